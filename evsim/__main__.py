@@ -1,0 +1,3 @@
+from evsim.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,190 @@
+"""The one exception tree of evsim.
+
+Every module translates third-party exceptions into these at its boundary, so callers catch evsim
+errors only. trio's rule applies: a ``Broken*`` error is the peer's (or the network's) doing, a
+``Closed*`` error is ours (we used something we had already closed).
+
+    EvsimError
+    ├── ConfigError                 bad configuration or scenario (names file, field path, value, fix)
+    ├── PkiError                    certificate/key generation, loading or CSR signing failed
+    ├── TransportError              anything below OCPP
+    │   ├── ConnectionRefused       nothing listens at that address, or a partition blocks it
+    │   ├── BrokenTransport         the peer or the link went away mid-stream (remote)
+    │   ├── ClosedTransport         we used a stream we had closed (local)
+    │   ├── TlsError                TLS failed
+    │   │   └── HandshakeFailed     handshake refused; carries a reason from the event vocabulary
+    │   └── WebSocketError
+    │       ├── UpgradeRejected     HTTP upgrade refused (status code: 401, 404, ...)
+    │       └── WebSocketClosed     close frame received or sent (code, reason)
+    └── OcppError                   OCPP-J RPC level; ``error_code`` is the CALLERROR code to answer with
+        ├── FrameError              unparsable or malformed frame (remote input)
+        ├── SchemaViolation         payload does not match the OCA schema (remote or local)
+        ├── CallTimeout             no answer within the message timeout
+        ├── CallErrorReceived       the peer answered our CALL with a CALLERROR
+        └── OutboxFull              bounded outgoing queue is full (local back-pressure)
+"""
+
+from __future__ import annotations
+
+
+class EvsimError(Exception):
+    """Base of every error evsim raises on purpose."""
+
+
+class ConfigError(EvsimError):
+    """A configuration or scenario is invalid.
+
+    Args:
+        message: what is wrong.
+        path: the field path (``stations.group1.security_profile``), or "" when not applicable.
+        value: the offending value (repr-ed in the message), or None.
+        fix: how to fix it, in one sentence.
+        file: the file it came from, if any.
+        line: 1-based line in that file, if known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str = "",
+        value: object = None,
+        fix: str = "",
+        file: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.message = message
+        self.path = path
+        self.value = value
+        self.fix = fix
+        self.file = file
+        self.line = line
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        where = ""
+        if self.file:
+            where = self.file + (f":{self.line}" if self.line else "") + ": "
+        field = f"{self.path}: " if self.path else ""
+        val = f" (got {self.value!r})" if self.value is not None else ""
+        fix = f"; fix: {self.fix}" if self.fix else ""
+        return f"{where}{field}{self.message}{val}{fix}"
+
+
+class PkiError(EvsimError):
+    """Certificate or key generation, loading, or CSR signing failed."""
+
+
+class TransportError(EvsimError):
+    """Anything below OCPP: network, TLS, WebSocket."""
+
+
+class ConnectionRefused(TransportError):
+    """Nothing listens at the address, or a partition/outage blocks it."""
+
+
+class BrokenTransport(TransportError):
+    """The peer or the link went away (remote cause)."""
+
+
+class ClosedTransport(TransportError):
+    """We used a stream after closing it (local cause)."""
+
+
+class TlsError(TransportError):
+    """TLS failed outside the handshake (record layer, shutdown)."""
+
+
+class HandshakeFailed(TlsError):
+    """The TLS handshake failed.
+
+    Args:
+        reason: a short reason from the event vocabulary (``cert_invalid:expired``,
+            ``downgrade_refused``, ``cipher_refused``, ``hostname_mismatch``, ``timeout``, ...).
+        detail: engine text (OpenSSL error, alert name) for logs.
+        remote: True when the peer refused us (we received an alert), False when we refused the peer.
+    """
+
+    def __init__(self, reason: str, detail: str = "", *, remote: bool = False) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.remote = remote
+        side = "peer refused" if remote else "refused"
+        super().__init__(f"TLS handshake {side}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class WebSocketError(TransportError):
+    """WebSocket protocol failure."""
+
+
+class UpgradeRejected(WebSocketError):
+    """The HTTP upgrade was refused with ``status`` (401 bad credentials, 404 unknown identity...)."""
+
+    def __init__(self, status: int, reason: str = "") -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(f"WebSocket upgrade rejected with HTTP {status}" + (f": {reason}" if reason else ""))
+
+
+class WebSocketClosed(WebSocketError):
+    """The WebSocket is closed (``code`` per RFC 6455 §7.4)."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"WebSocket closed ({code}{': ' + reason if reason else ''})")
+
+
+class OcppError(EvsimError):
+    """OCPP-J RPC level error; ``error_code`` is the CALLERROR code that answers it."""
+
+    error_code: str = "GenericError"
+
+    def __init__(self, description: str, *, error_code: str | None = None) -> None:
+        if error_code is not None:
+            self.error_code = error_code
+        self.description = description
+        super().__init__(f"{self.error_code}: {description}")
+
+
+class FrameError(OcppError):
+    """A received frame is unparsable or malformed.
+
+    ``message_id`` is the id when it could be read, else ``"-1"`` (OCPP-J 2.0.1 §4.2.3).
+    ``reply`` is False when the spec says not to answer (e.g. a broken CALLRESULT).
+    """
+
+    def __init__(
+        self, description: str, *, error_code: str = "RpcFrameworkError", message_id: str = "-1", reply: bool = True
+    ) -> None:
+        self.message_id = message_id
+        self.reply = reply
+        super().__init__(description, error_code=error_code)
+
+
+class SchemaViolation(OcppError):
+    """A payload does not match its OCA JSON schema; ``path`` is the JSON path of the bad field."""
+
+    def __init__(self, description: str, *, error_code: str, path: str = "") -> None:
+        self.path = path
+        super().__init__(description, error_code=error_code)
+
+
+class CallTimeout(OcppError):
+    """No CALLRESULT/CALLERROR arrived within the message timeout."""
+
+    error_code = "GenericError"
+
+
+class CallErrorReceived(OcppError):
+    """The peer answered our CALL with a CALLERROR."""
+
+    def __init__(self, error_code: str, description: str, details: dict[str, object] | None = None) -> None:
+        self.details = details or {}
+        super().__init__(description, error_code=error_code)
+
+
+class OutboxFull(OcppError):
+    """The bounded queue of outgoing CALLs is full: back-pressure, retry later."""
+
+    error_code = "InternalError"
