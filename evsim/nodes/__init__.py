@@ -1,0 +1,1 @@
+"""Simulation nodes: CSMS, charging stations (and, later, local controllers and side services)."""

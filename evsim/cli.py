@@ -1,0 +1,131 @@
+"""The ``evsim`` command line.
+
+    evsim certs init [--dir certs]            make the development PKI
+    evsim csms --listen HOST:PORT --pki DIR   serve wss://HOST:PORT/ocpp/<station-id>
+    evsim stations --csms URL --count N ...   run N stations against any OCPP 2.0.1 CSMS
+    evsim demo --pki DIR                      a CSMS and ten stations in one process (virtual time)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from evsim import __version__
+from evsim.errors import ConfigError, EvsimError
+
+DEV_PASSWORD = "evsim-dev-password-0001"  # >= 16 chars (OCPP A00.FR.205 passwordString minimum)
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _profile(value: str) -> int:
+    if value not in ("1", "2", "3"):
+        raise argparse.ArgumentTypeError("security profile is 1, 2 or 3")
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="evsim",
+        description="A Trio-based simulator of an EV charging network secured with TLS on every hop.",
+    )
+    p.add_argument("--version", action="version", version=f"evsim {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    certs = sub.add_parser("certs", help="development PKI")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
+    init = certs_sub.add_parser("init", help="generate the development PKI (root CA, CSMS server, station CA)")
+    init.add_argument("--dir", default="certs", help="output directory (default: certs)")
+    init.add_argument("--host", default="localhost", help="CSMS host name: server certificate CN and SAN")
+    init.add_argument("--org", default="evsim", help="operator organization (O of station certificates)")
+    init.add_argument("--key-type", choices=("ec", "rsa"), default="ec", help="ECDSA P-256 (default) or RSA-2048")
+    init.add_argument("--days", type=int, default=365, help="validity of the leaf certificates in days")
+    init.add_argument("--stations", type=int, default=0, help="also issue N station certificates (ST-0001...)")
+    group = init.add_mutually_exclusive_group()
+    group.add_argument("--force", action="store_true", help="overwrite an existing PKI")
+    group.add_argument("--if-missing", action="store_true", help="do nothing when the PKI already exists")
+
+    csms = sub.add_parser("csms", help="run a CSMS serving wss://HOST:PORT/ocpp/<station-id>")
+    csms.add_argument("--listen", type=_host_port, default=("127.0.0.1", 8443), help="HOST:PORT (loopback only)")
+    csms.add_argument("--pki", default="certs", help="PKI directory made by 'evsim certs init'")
+    csms.add_argument("--security-profile", type=_profile, default=2, help="1, 2 (default) or 3")
+    csms.add_argument("--password", default=DEV_PASSWORD, help="Basic-auth password accepted (profiles 1, 2)")
+    csms.add_argument("--org", default="evsim", help="organization required in station certificates (profile 3)")
+    csms.add_argument("--heartbeat-interval", type=int, default=300, help="interval sent in BootNotification (s)")
+    csms.add_argument(
+        "--ocpp-version", action="append", choices=("2.0.1", "2.1"), help="versions served (default: both)"
+    )
+    csms.add_argument("--duration", type=float, default=None, help="stop after S seconds (default: run forever)")
+    csms.add_argument("--keylog", default=None, help="write an NSS key log (for Wireshark) to FILE")
+    csms.add_argument(
+        "--insecure-allow-plain-ws",
+        action="store_true",
+        help="DANGEROUS: allow security profile 1 (plain ws://, passwords in clear)",
+    )
+
+    st = sub.add_parser("stations", help="run N charging stations against a CSMS")
+    st.add_argument("--csms", required=True, help="OCPP-J endpoint URL without the identity, e.g. wss://localhost:8443/ocpp")
+    st.add_argument("--count", type=int, default=1, help="number of stations")
+    st.add_argument("--ca", default=None, help="CSMS root CA file (PEM) to trust (default: PKI_DIR/ca.crt)")
+    st.add_argument("--pki", default=None, help="PKI directory: station certificates for profile 3")
+    st.add_argument("--security-profile", type=_profile, default=2, help="1, 2 (default) or 3")
+    st.add_argument("--password", default=DEV_PASSWORD, help="Basic-auth password (profiles 1, 2)")
+    st.add_argument("--id-prefix", default="ST-", help="station identity prefix (ST-0001, ST-0002, ...)")
+    st.add_argument("--ocpp-version", action="append", choices=("2.0.1", "2.1"), help="offered (default 2.0.1)")
+    st.add_argument("--sessions", type=int, default=1, help="charging sessions per station")
+    st.add_argument("--session-duration", type=float, default=20.0, help="seconds of charging per session")
+    st.add_argument("--meter-interval", type=float, default=5.0, help="seconds between meter values")
+    st.add_argument("--duration", type=float, default=120.0, help="give up after S seconds (exit 1)")
+    st.add_argument("--seed", type=int, default=1, help="seed for timing jitter and transaction ids")
+    st.add_argument("--keylog", default=None, help="write an NSS key log (for Wireshark) to FILE")
+    st.add_argument("--allow-wildcards", action="store_true", help="accept a wildcard CSMS certificate (not OCPP)")
+    st.add_argument(
+        "--insecure-skip-verify",
+        action="store_true",
+        help="DANGEROUS, development only: do not verify the CSMS certificate (prints a warning)",
+    )
+
+    demo = sub.add_parser("demo", help="one CSMS and ten stations over TLS 1.3 in one process")
+    demo.add_argument("--pki", default="certs", help="PKI directory made by 'evsim certs init'")
+    demo.add_argument("--stations", type=int, default=10, help="number of stations (default 10)")
+    demo.add_argument("--seed", type=int, default=1, help="seed")
+    demo.add_argument("--security-profile", type=_profile, default=2, help="2 (default) or 3")
+    demo.add_argument("--real-time", action="store_true", help="run on the real clock (default: virtual time)")
+    demo.add_argument("--tcp", action="store_true", help="loopback TCP instead of the in-memory network")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from evsim import commands
+
+    try:
+        if args.command == "certs":
+            return commands.certs_init(args)
+        if args.command == "csms":
+            return commands.run_csms(args)
+        if args.command == "stations":
+            return commands.run_stations(args)
+        if args.command == "demo":
+            return commands.run_demo(args)
+    except ConfigError as exc:
+        print(f"evsim: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except EvsimError as exc:
+        print(f"evsim: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("evsim: interrupted", file=sys.stderr)
+        return 130
+    raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices

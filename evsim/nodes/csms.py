@@ -1,0 +1,494 @@
+"""The CSMS node: accepts stations over TLS + WebSocket and answers OCPP 2.0.1 / 2.1.
+
+Theory of operation. :meth:`Csms.serve` listens on its :class:`~evsim.net.base.Network` and handles each
+connection in its own task of one nursery. A connection goes through three gates, each of which can refuse it
+with a specific reason (recorded as an event and logged), without disturbing any other station:
+
+1. TLS (security profiles 2 and 3): handshake at the simulation's time; profile 3 requires a client
+   certificate chaining to the CSMS root.
+2. WebSocket upgrade: the path must carry a valid station identity (else HTTP 404), Basic auth must match for
+   profiles 1 and 2 (else 401), and for profile 3 the client certificate's CN must be the station identity and
+   its O the operator's organization (A00.FR.404/405, else 401 — the status is not specified by OCPP).
+   No common OCPP subprotocol: accept without one, then close at once (OCPP-J §3.2).
+3. OCPP: every payload is schema-checked by the RPC core; before a station is Accepted, anything but
+   BootNotification gets a SecurityError CALLERROR (B02.FR.09).
+
+Per-station state (:class:`StationRecord`) survives reconnects: boots, status, transactions with their seqNos
+(duplicates from retries are detected and counted, never double-counted), security events.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import trio
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from evsim.clock import SimClock, isoformat
+from evsim.errors import (
+    BrokenTransport,
+    HandshakeFailed,
+    OcppError,
+    TransportError,
+    WebSocketClosed,
+)
+from evsim.metrics.recorder import Recorder
+from evsim.net.base import Network
+from evsim.ocpp.rpc import RpcConnection
+from evsim.ocpp.session import OcppSession
+from evsim.ocpp.versions import choose_subprotocol, version_for_subprotocol, subprotocol_for_version
+from evsim.tls.context import ServerTls
+from evsim.tls.events import ocpp_security_event
+from evsim.tls.stream import TlsInfo, tls_accept
+from evsim.ws.auth import parse_basic_auth
+from evsim.ws.connection import Accept, Reject, UpgradeRequest, WebSocket, ws_server
+from evsim.ws.paths import station_id_from_path
+
+log = logging.getLogger("evsim.csms")
+
+
+@attrs.frozen
+class CsmsConfig:
+    """How the CSMS behaves.
+
+    Args:
+        name: node name in events and logs.
+        host, port: where to listen (on the network given to :class:`Csms`).
+        path_prefix: OCPP-J endpoint path; stations connect to ``<prefix>/<station-id>``.
+        security_profile: 1 (plain ws + Basic auth; needs ``insecure_allow_plain_ws``), 2 (TLS + Basic auth),
+            3 (mutual TLS).
+        insecure_allow_plain_ws: the explicit opt-in for profile 1 (OCPP A00.FR.201: trusted networks only).
+        ocpp_versions: subprotocols served, in the CSMS's order of preference.
+        heartbeat_interval: the ``interval`` returned in BootNotificationResponse (s).
+        organization: operator name; profile 3 requires the station certificate's O to equal it.
+        passwords: Basic-auth password per station identity (profiles 1 and 2).
+        default_password: password accepted for any station not in ``passwords`` (None: only listed ones).
+        accept_unknown_stations: False answers HTTP 404 to identities not in ``passwords``.
+        compression: offer permessage-deflate (OCPP-J §3.4: a CSMS SHALL support it).
+        call_timeout: message timeout for CSMS-initiated calls (s).
+        authorize_unknown_tokens: Accepted for any idToken not in ``id_tokens``; else Invalid.
+        id_tokens: idToken -> AuthorizationStatus.
+    """
+
+    name: str = "csms"
+    host: str = "localhost"
+    port: int = 8443
+    path_prefix: str = "/ocpp"
+    security_profile: int = 2
+    insecure_allow_plain_ws: bool = False
+    ocpp_versions: tuple[str, ...] = ("2.0.1", "2.1")
+    heartbeat_interval: int = 300
+    organization: str = "evsim"
+    passwords: Mapping[str, str] = attrs.field(factory=dict)
+    default_password: str | None = None
+    accept_unknown_stations: bool = True
+    compression: bool = True
+    call_timeout: float = 30.0
+    authorize_unknown_tokens: bool = True
+    id_tokens: Mapping[str, str] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if self.security_profile not in (1, 2, 3):
+            raise ValueError(f"security_profile must be 1, 2 or 3, not {self.security_profile}")
+
+
+@attrs.define
+class TransactionRecord:
+    """What the CSMS saw of one transaction."""
+
+    transaction_id: str
+    seq_nos: list[int] = attrs.field(factory=list)
+    started: bool = False
+    ended: bool = False
+    offline_events: int = 0
+    duplicates: int = 0
+    energy_wh: float = 0.0
+
+    def gap_free(self) -> bool:
+        return self.seq_nos == list(range(len(self.seq_nos))) if self.seq_nos else True
+
+
+@attrs.define
+class StationRecord:
+    """Everything the CSMS knows about one station."""
+
+    station_id: str
+    accepted: bool = False
+    boots: int = 0
+    heartbeats: int = 0
+    connections: int = 0
+    connected: bool = False
+    subprotocol: str | None = None
+    tls: TlsInfo | None = None
+    serial_from_cert: str | None = None
+    connectors: dict[tuple[int, int], str] = attrs.field(factory=dict)
+    transactions: dict[str, TransactionRecord] = attrs.field(factory=dict)
+    security_events: list[dict[str, Any]] = attrs.field(factory=list)
+    messages: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    session: OcppSession | None = None
+
+
+@attrs.frozen
+class CsmsStatistics:
+    stations_known: int
+    stations_connected: int
+    stations_accepted: int
+    connections_total: int
+    handshake_failures: dict[str, int]
+    upgrade_rejections: dict[int, int]
+    messages: dict[str, int]
+    transactions_started: int
+    transactions_ended: int
+    duplicate_tx_events: int
+    tls_versions: dict[str, int]
+    tls_suites: dict[str, int]
+
+
+class Csms:
+    """A CSMS serving OCPP over WebSocket over TLS on a :class:`Network`.
+
+    Args:
+        config: behaviour.
+        network: where to listen.
+        server_tls: compiled TLS server configuration (None only for security profile 1).
+        clock: the run's clock (certificate checks and OCPP timestamps use its simulation time).
+        recorder: event sink shared by the run.
+    """
+
+    def __init__(
+        self,
+        config: CsmsConfig,
+        *,
+        network: Network,
+        server_tls: ServerTls | None,
+        clock: SimClock,
+        recorder: Recorder,
+    ) -> None:
+        if config.security_profile == 1 and not config.insecure_allow_plain_ws:
+            raise ValueError(
+                "security profile 1 sends credentials over plain ws://; set insecure_allow_plain_ws=True "
+                "(only on trusted networks, OCPP A00.FR.201)"
+            )
+        if config.security_profile >= 2 and server_tls is None:
+            raise ValueError(f"security profile {config.security_profile} needs a TLS server configuration")
+        self.config = config
+        self.network = network
+        self.server_tls = server_tls
+        self.clock = clock
+        self.recorder = recorder
+        self.stations: dict[str, StationRecord] = {}
+        self.address: tuple[str, int] | None = None
+        self._connections_total = 0
+        self._handshake_failures: collections.Counter[str] = collections.Counter()
+        self._upgrade_rejections: collections.Counter[int] = collections.Counter()
+        self._tls_versions: collections.Counter[str] = collections.Counter()
+        self._tls_suites: collections.Counter[str] = collections.Counter()
+
+    # ---------------------------------------------------------------- serving
+
+    async def serve(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve until cancelled; ``task_status.started`` gets the bound address."""
+        listener = await self.network.listen(self.config.host, self.config.port)
+        self.address = listener.address
+        self.recorder.emit(self.config.name, "listening", address=f"{self.address[0]}:{self.address[1]}")
+        async with listener, trio.open_nursery() as nursery:
+            task_status.started(self.address)
+            while True:
+                try:
+                    stream = await listener.accept()
+                except TransportError as exc:  # pragma: no cover - listener failures are rare
+                    self.recorder.emit(self.config.name, "accept_failed", reason=str(exc))
+                    await trio.sleep(0.01)
+                    continue
+                nursery.start_soon(self._handle_connection, stream)
+
+    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        self._connections_total += 1
+        name = self.config.name
+        tls_info: TlsInfo | None = None
+        try:
+            if self.server_tls is not None:
+                try:
+                    tls_stream = await tls_accept(stream, self.server_tls, verify_time=self.clock.utcnow)
+                except HandshakeFailed as exc:
+                    self._handshake_failures[exc.reason] += 1
+                    self.recorder.emit(
+                        name,
+                        "handshake_failed",
+                        reason=exc.reason,
+                        detail=exc.detail,
+                        security_event=ocpp_security_event(exc.reason, side="server") or "",
+                    )
+                    return
+                stream = tls_stream
+                tls_info = tls_stream.info
+                self._tls_versions[tls_info.version] += 1
+                self._tls_suites[tls_info.cipher_iana] += 1
+            decision: dict[str, str] = {}
+            ws = await ws_server(
+                stream,
+                lambda req: self._decide(req, tls_info, decision),
+                compression=self.config.compression,
+            )
+            if ws is None:
+                return
+            station_id = decision["station_id"]
+            if ws.subprotocol is None:
+                self.recorder.emit(name, "upgrade_rejected", station=station_id, status=0, reason="no subprotocol")
+                await ws.aclose(1002, "no supported OCPP subprotocol")
+                return
+            await self._serve_station(station_id, ws, tls_info)
+        except (TransportError, OcppError) as exc:
+            self.recorder.emit(name, "connection_lost", reason=type(exc).__name__, detail=str(exc))
+        finally:
+            with trio.CancelScope(shield=True):
+                await _aclose_quietly(stream)
+
+    def _decide(self, req: UpgradeRequest, tls_info: TlsInfo | None, out: dict[str, str]) -> Accept | Reject:
+        """The HTTP upgrade gate (see module doc)."""
+        cfg = self.config
+        station_id = station_id_from_path(req.path, cfg.path_prefix)
+        if station_id is None:
+            return self._reject(404, "bad or missing station identity in path", req.path)
+        if not cfg.accept_unknown_stations and station_id not in cfg.passwords and station_id not in self.stations:
+            return self._reject(404, "unknown station", station_id)
+        if cfg.security_profile in (1, 2):
+            creds = parse_basic_auth(req.headers.get("authorization", ""))
+            expected = cfg.passwords.get(station_id, cfg.default_password)
+            if creds is None:
+                return self._reject(401, "missing Basic auth", station_id)
+            user, password = creds
+            if user != station_id:
+                return self._reject(401, "Basic auth user is not the station identity", station_id)
+            if expected is None or password != expected:
+                return self._reject(401, "wrong password", station_id)
+        else:
+            problem = _check_station_certificate(tls_info, station_id, cfg.organization)
+            if problem:
+                return self._reject(401, problem, station_id)
+        out["station_id"] = station_id
+        return Accept(subprotocol=choose_subprotocol(req.subprotocols, [subprotocol_for_version(v) for v in cfg.ocpp_versions]))
+
+    def _reject(self, status: int, reason: str, station: str) -> Reject:
+        self._upgrade_rejections[status] += 1
+        extra = {}
+        if "certificate" in reason:
+            extra["security_event"] = "InvalidChargingStationCertificate"
+        self.recorder.emit(self.config.name, "upgrade_rejected", station=station, status=status, reason=reason, **extra)
+        return Reject(status=status, reason=reason)
+
+    async def _serve_station(self, station_id: str, ws: WebSocket, tls_info: TlsInfo | None) -> None:
+        rec = self.stations.get(station_id)
+        if rec is None:
+            rec = self.stations[station_id] = StationRecord(station_id=station_id)
+        if rec.session is not None:
+            self.recorder.emit(self.config.name, "replaced_connection", station=station_id)
+        assert ws.subprotocol is not None
+        version = version_for_subprotocol(ws.subprotocol)
+        rec.connections += 1
+        rec.connected = True
+        rec.accepted = False  # a new connection must boot again before other messages (B02.FR.09)
+        rec.subprotocol = ws.subprotocol
+        rec.tls = tls_info
+        if tls_info is not None and tls_info.peer_chain:
+            rec.serial_from_cert = _common_name(tls_info.peer_chain[0])
+        rpc = RpcConnection(version=version, call_timeout=self.config.call_timeout)
+
+        async def handler(action: str, payload: dict[str, Any]) -> dict[str, Any]:
+            return await self._handle_call(rec, ws, action, payload)
+
+        session = OcppSession(ws, rpc, handler)
+        rec.session = session
+        self.recorder.emit(
+            self.config.name,
+            "station_connected",
+            station=station_id,
+            subprotocol=ws.subprotocol,
+            tls_version=tls_info.version if tls_info else "none",
+            suite=tls_info.cipher_iana if tls_info else "none",
+            group=(tls_info.group or "") if tls_info else "",
+            compressed=ws.compressed,
+        )
+        try:
+            await session.run()
+        except (WebSocketClosed, BrokenTransport) as exc:
+            self.recorder.emit(self.config.name, "station_disconnected", station=station_id, reason=str(exc))
+        finally:
+            if rec.session is session:
+                rec.session = None
+                rec.connected = False
+
+    # ---------------------------------------------------------------- OCPP handlers
+
+    async def _handle_call(
+        self, rec: StationRecord, ws: WebSocket, action: str, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        rec.messages[action] += 1
+        now = isoformat(self.clock.utcnow())
+        if action == "BootNotification":
+            return await self._on_boot(rec, ws, payload, now)
+        if not rec.accepted:
+            raise OcppError("station has not been accepted by BootNotification yet", error_code="SecurityError")
+        if action == "Heartbeat":
+            rec.heartbeats += 1
+            return {"currentTime": now}
+        if action == "StatusNotification":
+            rec.connectors[(payload["evseId"], payload["connectorId"])] = payload["connectorStatus"]
+            return {}
+        if action == "Authorize":
+            return {"idTokenInfo": {"status": self._token_status(payload["idToken"]["idToken"])}}
+        if action == "TransactionEvent":
+            return self._on_transaction_event(rec, payload)
+        if action == "SecurityEventNotification":
+            rec.security_events.append(payload)
+            self.recorder.emit(
+                self.config.name,
+                "security_event_received",
+                station=rec.station_id,
+                type=payload["type"],
+                tech_info=payload.get("techInfo", ""),
+            )
+            return {}
+        if action in ("MeterValues", "NotifyEvent", "NotifyReport", "FirmwareStatusNotification",
+                      "LogStatusNotification", "NotifyMonitoringReport", "NotifyChargingLimit"):
+            return {}
+        raise OcppError(f"{action} is not supported by this CSMS", error_code="NotSupported")
+
+    async def _on_boot(
+        self, rec: StationRecord, ws: WebSocket, payload: dict[str, Any], now: str
+    ) -> dict[str, Any]:
+        serial = payload["chargingStation"].get("serialNumber")
+        if (
+            self.config.security_profile == 3
+            and serial is not None
+            and rec.serial_from_cert is not None
+            and serial != rec.serial_from_cert
+        ):
+            # B01.FR.11/12: the serial number must be the certificate's CN; close the connection.
+            self.recorder.emit(
+                self.config.name, "boot_rejected", station=rec.station_id, reason="serialNumber != certificate CN"
+            )
+            rec.accepted = False
+            await ws.aclose(1008, "serialNumber does not match the certificate")
+            return {"currentTime": now, "interval": self.config.heartbeat_interval, "status": "Rejected"}
+        rec.boots += 1
+        rec.accepted = True
+        self.recorder.emit(self.config.name, "booted", station=rec.station_id, reason=payload["reason"])
+        return {"currentTime": now, "interval": self.config.heartbeat_interval, "status": "Accepted"}
+
+    def _token_status(self, token: str) -> str:
+        if token in self.config.id_tokens:
+            return self.config.id_tokens[token]
+        return "Accepted" if self.config.authorize_unknown_tokens else "Invalid"
+
+    def _on_transaction_event(self, rec: StationRecord, payload: dict[str, Any]) -> dict[str, Any]:
+        info = payload["transactionInfo"]
+        tx_id = info["transactionId"]
+        tx = rec.transactions.get(tx_id)
+        if tx is None:
+            tx = rec.transactions[tx_id] = TransactionRecord(transaction_id=tx_id)
+        seq = payload["seqNo"]
+        event_type = payload["eventType"]
+        if seq in tx.seq_nos:
+            tx.duplicates += 1
+            self.recorder.emit(self.config.name, "tx_duplicate", station=rec.station_id, tx=tx_id, seq=seq)
+        else:
+            tx.seq_nos.append(seq)
+            tx.seq_nos.sort()
+            if payload.get("offline"):
+                tx.offline_events += 1
+            for mv in payload.get("meterValue", []):
+                for sv in mv["sampledValue"]:
+                    if sv.get("measurand", "Energy.Active.Import.Register") == "Energy.Active.Import.Register":
+                        tx.energy_wh = max(tx.energy_wh, float(sv["value"]))
+            if event_type == "Started":
+                tx.started = True
+            elif event_type == "Ended":
+                tx.ended = True
+            self.recorder.emit(
+                self.config.name,
+                "tx_event",
+                station=rec.station_id,
+                tx=tx_id,
+                type=event_type,
+                seq=seq,
+                offline=bool(payload.get("offline", False)),
+            )
+        response: dict[str, Any] = {}
+        if "idToken" in payload:
+            response["idTokenInfo"] = {"status": self._token_status(payload["idToken"]["idToken"])}
+        return response
+
+    # ---------------------------------------------------------------- CSMS-initiated
+
+    async def call(self, station_id: str, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send a CALL to a connected station and return its response payload.
+
+        Raises:
+            KeyError: the station is not connected.
+            CallErrorReceived, CallTimeout, TransportError: as :meth:`OcppSession.call`.
+        """
+        rec = self.stations.get(station_id)
+        if rec is None or rec.session is None:
+            raise KeyError(f"station {station_id!r} is not connected")
+        return await rec.session.call(action, payload)
+
+    def statistics(self) -> CsmsStatistics:
+        started = ended = dups = 0
+        msgs: collections.Counter[str] = collections.Counter()
+        for rec in self.stations.values():
+            msgs.update(rec.messages)
+            for tx in rec.transactions.values():
+                started += tx.started
+                ended += tx.ended
+                dups += tx.duplicates
+        return CsmsStatistics(
+            stations_known=len(self.stations),
+            stations_connected=sum(r.connected for r in self.stations.values()),
+            stations_accepted=sum(r.accepted and r.connected for r in self.stations.values()),
+            connections_total=self._connections_total,
+            handshake_failures=dict(self._handshake_failures),
+            upgrade_rejections=dict(self._upgrade_rejections),
+            messages=dict(msgs),
+            transactions_started=started,
+            transactions_ended=ended,
+            duplicate_tx_events=dups,
+            tls_versions=dict(self._tls_versions),
+            tls_suites=dict(self._tls_suites),
+        )
+
+
+def _common_name(cert: x509.Certificate) -> str | None:
+    attrs_ = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs_[0].value) if attrs_ else None
+
+
+def _organization(cert: x509.Certificate) -> str | None:
+    attrs_ = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return str(attrs_[0].value) if attrs_ else None
+
+
+def _check_station_certificate(tls_info: TlsInfo | None, station_id: str, organization: str) -> str:
+    """Profile 3 checks (A00.FR.404/405); returns "" when fine, else the reason."""
+    if tls_info is None or not tls_info.peer_chain:
+        return "no client certificate (security profile 3 requires one)"
+    leaf = tls_info.peer_chain[0]
+    cn = _common_name(leaf)
+    if cn != station_id:
+        return f"certificate CN {cn!r} is not the station identity {station_id!r}"
+    org = _organization(leaf)
+    if org != organization:
+        return f"certificate O {org!r} is not the operator organization {organization!r}"
+    return ""
+
+
+async def _aclose_quietly(stream: trio.abc.AsyncResource) -> None:
+    try:
+        await stream.aclose()
+    except (TransportError, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass

@@ -1,0 +1,519 @@
+"""The charging station node (EVCS).
+
+Theory of operation. A station runs two independent activities in one nursery:
+
+* the **connection loop** keeps a link to the CSMS: connect (network, TLS at the simulation's time, WebSocket
+  with Basic auth or a client certificate), BootNotification until Accepted, then heartbeats at the interval
+  the CSMS gave, connector StatusNotifications, and the **sender**, which delivers the message queue head by
+  head. Any failure ends the connection; the loop waits per OCPP RetryBackOff and tries again, forever.
+* the **behaviour** plays charging sessions on the station's EVSE regardless of connectivity: plug in,
+  authorize (online with Authorize; offline the station starts anyway, as with ``OfflineTxForUnknownIdEnabled``),
+  meter values every ``meter_interval_s``, stop. Its TransactionEvents go into the :class:`TxQueue`, so an
+  outage delays them but never loses them; they are sent later with ``offline=true``.
+
+A refused TLS handshake is turned into the matching OCPP security event (InvalidCsmsCertificate,
+InvalidTLSVersion, ...), queued once per failure streak and delivered after the next successful connection
+(A04.FR.02; errata 2023-12 §2.2.1).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import random
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from evsim.clock import SimClock, isoformat
+from evsim.errors import (
+    CallErrorReceived,
+    CallTimeout,
+    HandshakeFailed,
+    OcppError,
+    TransportError,
+    UpgradeRejected,
+)
+from evsim.metrics.recorder import Recorder
+from evsim.net.base import Network, parse_url
+from evsim.ocpp.backoff import BackOffSchedule, RetryBackOff
+from evsim.ocpp.rpc import RpcConnection
+from evsim.ocpp.session import OcppSession
+from evsim.ocpp.transaction import TransactionRecorder
+from evsim.ocpp.txqueue import TxQueue
+from evsim.ocpp.versions import subprotocol_for_version, version_for_subprotocol
+from evsim.tls.context import ClientTls
+from evsim.tls.events import ocpp_security_event
+from evsim.tls.stream import TlsInfo, tls_connect
+from evsim.ws.auth import basic_auth_header
+from evsim.ws.connection import ws_client
+from evsim.ws.paths import station_path
+
+log = logging.getLogger("evsim.station")
+
+
+@attrs.frozen
+class StationConfig:
+    """How one station behaves.
+
+    Args:
+        station_id: the OCPP identity (URL path, Basic-auth user, certificate CN for profile 3).
+        csms_url: OCPP-J endpoint without the identity, e.g. ``wss://csms.evsim.test/ocpp``.
+        security_profile: 1, 2 or 3 (see :class:`~evsim.nodes.csms.CsmsConfig`).
+        password: Basic-auth password (profiles 1 and 2).
+        ocpp_versions: subprotocols offered, in order of preference.
+        sessions: charging sessions to play (0: none; the station only boots and heartbeats).
+        session_start_s: (min, max) delay before each session starts, drawn from the station's RNG.
+        session_duration_s: how long the EV charges.
+        meter_interval_s: ``SampledDataCtrlr.TxUpdatedInterval``.
+        charge_power_w: charging power for the simulated meter.
+        id_token: the RFID token presented.
+        message_attempts, message_attempt_interval_s: E13 retry of TransactionEvents after a timeout.
+        message_timeout_s: the network profile's ``messageTimeout``.
+        backoff: RetryBackOff for reconnects.
+        queue_max: pressure threshold of the offline queue.
+        compression: offer permessage-deflate (optional for stations, OCPP-J §3.4).
+    """
+
+    station_id: str
+    csms_url: str
+    security_profile: int = 2
+    password: str | None = None
+    ocpp_versions: tuple[str, ...] = ("2.0.1",)
+    vendor: str = "evsim"
+    model: str = "evsim-ac22"
+    firmware_version: str = "0.1.0"
+    sessions: int = 1
+    session_start_s: tuple[float, float] = (5.0, 30.0)
+    session_duration_s: float = 600.0
+    meter_interval_s: float = 60.0
+    charge_power_w: float = 11_000.0
+    id_token: str = "EVSIM0001"
+    message_attempts: int = 3
+    message_attempt_interval_s: float = 10.0
+    message_timeout_s: float = 30.0
+    default_heartbeat_s: float = 300.0
+    backoff: RetryBackOff = RetryBackOff()
+    queue_max: int = 1000
+    compression: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.security_profile not in (1, 2, 3):
+            raise ValueError(f"security_profile must be 1, 2 or 3, not {self.security_profile}")
+
+
+@attrs.frozen
+class StationStatistics:
+    station_id: str
+    connected: bool
+    booted: bool
+    connects_ok: int
+    connect_failures: dict[str, int]
+    boots: int
+    heartbeats: int
+    sessions_completed: int
+    queue: Any
+    tls: TlsInfo | None
+    messages_sent: dict[str, int]
+    security_events_queued: int
+
+
+class Station:
+    """A simulated charging station.
+
+    Args:
+        config: behaviour.
+        network: how to reach the CSMS.
+        client_tls: compiled TLS client configuration (None only for security profile 1).
+        clock: the run's clock.
+        recorder: event sink.
+        rng: the station's seeded RNG (back-off jitter, session timing, transaction ids).
+    """
+
+    def __init__(
+        self,
+        config: StationConfig,
+        *,
+        network: Network,
+        client_tls: ClientTls | None,
+        clock: SimClock,
+        recorder: Recorder,
+        rng: random.Random,
+    ) -> None:
+        scheme, host, port, path = parse_url(config.csms_url)
+        if config.security_profile == 1 and scheme != "ws":
+            raise ValueError("security profile 1 uses ws:// URLs")
+        if config.security_profile >= 2 and (scheme != "wss" or client_tls is None):
+            raise ValueError(f"security profile {config.security_profile} needs a wss:// URL and a TLS configuration")
+        self.config = config
+        self.network = network
+        self.client_tls = client_tls
+        self.clock = clock
+        self.recorder = recorder
+        self.rng = rng
+        self.host, self.port = host, port
+        self.path = station_path(path, config.station_id)
+        self.queue = TxQueue(max_length=config.queue_max)
+        self.backoff = BackOffSchedule(config.backoff, rng)
+        self.session: OcppSession | None = None
+        self.booted = False
+        self.heartbeat_s = config.default_heartbeat_s
+        self.tls_info: TlsInfo | None = None
+        self.connector_status = "Available"
+        self._status_changed = trio.Event()
+        self._queue_changed = trio.Event()
+        self.done = trio.Event()
+        self.sessions_completed = 0
+        self.connects_ok = 0
+        self.boots = 0
+        self.heartbeats = 0
+        self.connect_failures: collections.Counter[str] = collections.Counter()
+        self.messages_sent: collections.Counter[str] = collections.Counter()
+        self._failure_streak_event: str | None = None
+        self.security_events_queued = 0
+        self.energy_wh = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.config.station_id
+
+    # ---------------------------------------------------------------- top level
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled: the connection loop and the charging behaviour."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._connection_loop)
+            task_status.started()
+            await self._behaviour()
+
+    async def _connection_loop(self) -> None:
+        while True:
+            try:
+                await self._connect_once()
+            except HandshakeFailed as exc:
+                self._on_connect_failure(exc.reason, detail=exc.detail, handshake=exc)
+            except UpgradeRejected as exc:
+                self._on_connect_failure(f"http_{exc.status}", detail=exc.reason)
+            except (TransportError, OcppError) as exc:
+                self._on_connect_failure(type(exc).__name__, detail=str(exc))
+            finally:
+                self.session = None
+                self.booted = False
+                self.queue.went_offline()
+            wait = self.backoff.next_wait()
+            self.recorder.emit(self.name, "reconnect_wait", seconds=round(wait, 3))
+            await trio.sleep(wait)
+
+    def _on_connect_failure(self, reason: str, *, detail: str = "", handshake: HandshakeFailed | None = None) -> None:
+        self.connect_failures[reason] += 1
+        kind = "handshake_failed" if handshake is not None else "connection_lost"
+        security_event = ocpp_security_event(reason, side="client") if handshake is not None else None
+        if reason == "http_401":
+            security_event = "FailedToAuthenticateAtCsms"
+        self.recorder.emit(self.name, kind, reason=reason, detail=detail, security_event=security_event or "")
+        if security_event and self._failure_streak_event != security_event:
+            # queue the critical event once per failure streak (errata 2023-12 §2.2.1)
+            self._failure_streak_event = security_event
+            self.queue_security_event(security_event, f"{reason}: {detail}"[:255])
+
+    def queue_security_event(self, event_type: str, tech_info: str = "") -> None:
+        """Queue a SecurityEventNotification with guaranteed delivery (A04.FR.02)."""
+        payload: dict[str, Any] = {"type": event_type, "timestamp": isoformat(self.clock.utcnow())}
+        if tech_info:
+            payload["techInfo"] = tech_info
+        self.security_events_queued += 1
+        self._enqueue("SecurityEventNotification", payload)
+
+    def _enqueue(self, action: str, payload: dict[str, Any]) -> None:
+        self.queue.put(action, payload)
+        self._queue_changed.set()
+
+    # ---------------------------------------------------------------- one connection
+
+    async def _connect_once(self) -> None:
+        cfg = self.config
+        stream: trio.abc.Stream = await self.network.connect(self.host, self.port)
+        try:
+            if self.client_tls is not None:
+                tls_stream = await tls_connect(
+                    stream, self.client_tls, self.host, verify_time=self.clock.utcnow
+                )
+                stream = tls_stream
+                self.tls_info = tls_stream.info
+                self.recorder.emit(
+                    self.name,
+                    "handshake_ok",
+                    version=tls_stream.info.version,
+                    suite=tls_stream.info.cipher_iana,
+                    group=tls_stream.info.group or "",
+                    resumed=tls_stream.info.session_reused,
+                )
+            headers: list[tuple[str, str]] = []
+            if cfg.security_profile in (1, 2) and cfg.password is not None:
+                headers.append(basic_auth_header(cfg.station_id, cfg.password))
+            ws = await ws_client(
+                stream,
+                host=self.host,
+                path=self.path,
+                subprotocols=[subprotocol_for_version(v) for v in cfg.ocpp_versions],
+                headers=headers,
+                compression=cfg.compression,
+            )
+            if ws.subprotocol is None:
+                await ws.aclose(1002, "no OCPP subprotocol agreed")
+                raise OcppError("CSMS agreed no OCPP subprotocol", error_code="ProtocolError")
+            rpc = RpcConnection(version=version_for_subprotocol(ws.subprotocol), call_timeout=cfg.message_timeout_s)
+            session = OcppSession(ws, rpc, self._handle_csms_call)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._run_session, session, nursery.cancel_scope)
+                await self._boot(session)
+                self.connects_ok += 1
+                self.backoff.reset()
+                self._failure_streak_event = None
+                self.session = session
+                self.queue.went_online()
+                nursery.start_soon(self._heartbeat_loop, session)
+                nursery.start_soon(self._status_loop, session)
+                nursery.start_soon(self._sender_loop, session)
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await stream.aclose()
+                except (TransportError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+    async def _run_session(
+        self, session: OcppSession, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        try:
+            await session.run(task_status=task_status)
+            raise TransportError("CSMS closed the connection")
+        finally:
+            scope.cancel()
+
+    async def _call(self, session: OcppSession, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        self.messages_sent[action] += 1
+        return await session.call(action, payload)
+
+    async def _boot(self, session: OcppSession) -> None:
+        cfg = self.config
+        reason = "PowerUp" if self.boots == 0 else "Unknown"
+        while True:
+            resp = await self._call(
+                session,
+                "BootNotification",
+                {
+                    "reason": reason,
+                    "chargingStation": {
+                        "serialNumber": cfg.station_id,
+                        "model": cfg.model,
+                        "vendorName": cfg.vendor,
+                        "firmwareVersion": cfg.firmware_version,
+                    },
+                },
+            )
+            interval = float(resp.get("interval", 0)) or cfg.default_heartbeat_s
+            if resp["status"] == "Accepted":
+                self.boots += 1
+                self.booted = True
+                self.heartbeat_s = interval
+                self.recorder.emit(self.name, "booted", interval=interval, status="Accepted")
+                return
+            self.recorder.emit(self.name, "boot_pending", status=resp["status"], retry_in=interval)
+            await trio.sleep(interval)
+
+    async def _heartbeat_loop(self, session: OcppSession) -> None:
+        while True:
+            await trio.sleep(self.heartbeat_s)
+            await self._call(session, "Heartbeat", {})
+            self.heartbeats += 1
+
+    async def _status_loop(self, session: OcppSession) -> None:
+        """Report the connector status now and on every change."""
+        while True:
+            status = self.connector_status
+            await self._call(
+                session,
+                "StatusNotification",
+                {
+                    "timestamp": isoformat(self.clock.utcnow()),
+                    "connectorStatus": status,
+                    "evseId": 1,
+                    "connectorId": 1,
+                },
+            )
+            while self.connector_status == status:
+                self._status_changed = trio.Event()
+                await self._status_changed.wait()
+
+    async def _sender_loop(self, session: OcppSession) -> None:
+        """Deliver the queue head by head; pop only on an answer (nothing lost on a drop)."""
+        cfg = self.config
+        while True:
+            msg = self.queue.head()
+            if msg is None:
+                self._queue_changed = trio.Event()
+                self._check_done()
+                await self._queue_changed.wait()
+                continue
+            msg.attempts += 1
+            try:
+                await self._call(session, msg.action, msg.payload)
+            except CallTimeout:
+                # E13: retry after attempts x interval; after the last attempt, discard and continue.
+                if msg.attempts >= cfg.message_attempts:
+                    self.queue.give_up(msg)
+                    self.recorder.emit(self.name, "message_discarded", action=msg.action, reason="timeout")
+                else:
+                    await trio.sleep(cfg.message_attempt_interval_s * msg.attempts)
+                continue
+            except CallErrorReceived as exc:
+                self.queue.give_up(msg)
+                self.recorder.emit(self.name, "message_discarded", action=msg.action, reason=exc.error_code)
+                continue
+            self.queue.delivered(msg)
+
+    def _check_done(self) -> None:
+        if self.sessions_completed >= self.config.sessions and self.booted and not len(self.queue):
+            self.done.set()
+
+    # ---------------------------------------------------------------- behaviour
+
+    def _set_status(self, status: str) -> None:
+        self.connector_status = status
+        self._status_changed.set()
+
+    async def _behaviour(self) -> None:
+        cfg = self.config
+        for _ in range(cfg.sessions):
+            lo, hi = cfg.session_start_s
+            await trio.sleep(self.rng.uniform(lo, hi))
+            await self._charging_session()
+            self.sessions_completed += 1
+            self._queue_changed.set()
+        self._check_done()
+
+    async def _charging_session(self) -> None:
+        cfg = self.config
+        tx_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        tx = TransactionRecorder(transaction_id=tx_id)
+        self._set_status("Occupied")
+        self._enqueue("TransactionEvent", tx.started(self.clock.utcnow(), energy_wh=self.energy_wh))
+        self.recorder.emit(self.name, "tx_started", tx=tx_id)
+        await self._authorize()
+        self._enqueue(
+            "TransactionEvent",
+            tx.updated(self.clock.utcnow(), trigger="Authorized", state="Charging", id_token=cfg.id_token),
+        )
+        steps = max(1, math.ceil(cfg.session_duration_s / cfg.meter_interval_s))
+        step_s = cfg.session_duration_s / steps
+        for _ in range(steps):
+            await trio.sleep(step_s)
+            self.energy_wh += cfg.charge_power_w * step_s / 3600.0
+            self._enqueue(
+                "TransactionEvent",
+                tx.updated(
+                    self.clock.utcnow(),
+                    trigger="MeterValuePeriodic",
+                    energy_wh=self.energy_wh,
+                    power_w=cfg.charge_power_w,
+                ),
+            )
+        self._enqueue(
+            "TransactionEvent",
+            tx.updated(self.clock.utcnow(), trigger="StopAuthorized", state="EVConnected", id_token=cfg.id_token),
+        )
+        self._enqueue(
+            "TransactionEvent",
+            tx.ended(self.clock.utcnow(), trigger="EVDeparted", stopped_reason="EVDisconnected",
+                     energy_wh=self.energy_wh),
+        )
+        self._set_status("Available")
+        self.recorder.emit(self.name, "tx_ended", tx=tx_id, energy_wh=round(self.energy_wh, 1))
+
+    async def _authorize(self) -> None:
+        session = self.session
+        if session is None:
+            self.recorder.emit(self.name, "authorize_offline", token=self.config.id_token)
+            return
+        try:
+            resp = await self._call(session, "Authorize", {"idToken": {"idToken": self.config.id_token, "type": "ISO14443"}})
+        except (TransportError, OcppError) as exc:
+            self.recorder.emit(self.name, "authorize_offline", token=self.config.id_token, reason=type(exc).__name__)
+            return
+        self.recorder.emit(self.name, "authorized", status=resp["idTokenInfo"]["status"])
+
+    # ---------------------------------------------------------------- CSMS-initiated calls
+
+    async def _handle_csms_call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if action == "TriggerMessage":
+            what = payload["requestedMessage"]
+            if what in ("Heartbeat", "StatusNotification"):
+                self._status_changed.set()
+                return {"status": "Accepted"}
+            return {"status": "NotImplemented"}
+        if action == "GetVariables":
+            return {"getVariableResult": [self._get_variable(v) for v in payload["getVariableData"]]}
+        if action == "SetVariables":
+            return {"setVariableResult": [self._set_variable(v) for v in payload["setVariableData"]]}
+        if action == "Reset":
+            return {"status": "Rejected"}
+        raise OcppError(f"{action} is not supported by this station", error_code="NotSupported")
+
+    def _variables(self) -> dict[tuple[str, str], str]:
+        return {
+            ("OCPPCommCtrlr", "HeartbeatInterval"): str(int(self.heartbeat_s)),
+            ("SecurityCtrlr", "SecurityProfile"): str(self.config.security_profile),
+            ("SecurityCtrlr", "Identity"): self.config.station_id,
+        }
+
+    def _get_variable(self, item: dict[str, Any]) -> dict[str, Any]:
+        key = (item["component"]["name"], item["variable"]["name"])
+        value = self._variables().get(key)
+        result: dict[str, Any] = {
+            "attributeStatus": "Accepted" if value is not None else "UnknownVariable",
+            "component": item["component"],
+            "variable": item["variable"],
+        }
+        if value is not None:
+            result["attributeValue"] = value
+        return result
+
+    def _set_variable(self, item: dict[str, Any]) -> dict[str, Any]:
+        key = (item["component"]["name"], item["variable"]["name"])
+        status = "UnknownVariable"
+        if key == ("OCPPCommCtrlr", "HeartbeatInterval"):
+            try:
+                self.heartbeat_s = float(int(item["attributeValue"]))
+                status = "Accepted"
+            except ValueError:
+                status = "Rejected"
+        return {"attributeStatus": status, "component": item["component"], "variable": item["variable"]}
+
+    # ---------------------------------------------------------------- reporting
+
+    def statistics(self) -> StationStatistics:
+        return StationStatistics(
+            station_id=self.name,
+            connected=self.session is not None,
+            booted=self.booted,
+            connects_ok=self.connects_ok,
+            connect_failures=dict(self.connect_failures),
+            boots=self.boots,
+            heartbeats=self.heartbeats,
+            sessions_completed=self.sessions_completed,
+            queue=self.queue.statistics(),
+            tls=self.tls_info,
+            messages_sent=dict(self.messages_sent),
+            security_events_queued=self.security_events_queued,
+        )
+
+
+def station_ids(prefix: str, count: int, start: int = 1) -> Sequence[str]:
+    """``prefix`` + zero-padded numbers: ``station_ids("ST-", 3) == ["ST-0001", "ST-0002", "ST-0003"]``."""
+    width = max(4, len(str(start + count - 1)))
+    return [f"{prefix}{i:0{width}d}" for i in range(start, start + count)]

@@ -1,0 +1,59 @@
+"""OCPP reconnect back-off (sans-IO).
+
+OCPP-J 2.0.1 §5.3 / 2.1 §5.4 with the 2025-04 errata (protocol-digest §1.7): the first reconnect waits
+``RetryBackOffWaitMinimum + U(0..RetryBackOffRandomRange)`` seconds; each further failed attempt doubles the
+previous wait and adds a fresh random part, at most ``RetryBackOffRepeatTimes`` doublings, then the last wait is
+kept. A successful connection resets the schedule.
+"""
+
+from __future__ import annotations
+
+import random
+
+import attrs
+
+
+@attrs.frozen
+class RetryBackOff:
+    """The three ``OCPPCommCtrlr.RetryBackOff*`` variables (seconds, seconds, count)."""
+
+    wait_minimum: float = 3.0
+    random_range: float = 3.0
+    repeat_times: int = 4
+
+    def __attrs_post_init__(self) -> None:
+        if self.wait_minimum < 0 or self.random_range < 0 or self.repeat_times < 0:
+            raise ValueError("RetryBackOff values must be >= 0")
+
+
+@attrs.define
+class BackOffSchedule:
+    """Yields successive reconnect waits; ``reset()`` after a successful connection.
+
+    Args:
+        policy: the RetryBackOff settings.
+        rng: a seeded ``random.Random`` so virtual runs are reproducible.
+    """
+
+    policy: RetryBackOff
+    rng: random.Random
+    attempt: int = 0
+    previous: float | None = None
+
+    def next_wait(self) -> float:
+        """The wait before the next reconnect attempt, in seconds."""
+        self.attempt += 1
+        jitter = self.rng.uniform(0.0, self.policy.random_range)
+        if self.previous is None:
+            wait = self.policy.wait_minimum + jitter
+        elif self.attempt - 1 <= self.policy.repeat_times:
+            wait = 2 * self.previous + jitter
+        else:
+            wait = self.previous
+        self.previous = wait
+        return wait
+
+    def reset(self) -> None:
+        """Back to ``wait_minimum`` (errata 2025-04: reset after a successful connection)."""
+        self.attempt = 0
+        self.previous = None

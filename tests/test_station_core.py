@@ -1,0 +1,101 @@
+"""Sans-IO station pieces: OCPP RetryBackOff, the offline message queue, the transaction builder."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from evsim.ocpp.backoff import BackOffSchedule, RetryBackOff
+from evsim.ocpp.transaction import TransactionRecorder
+from evsim.ocpp.txqueue import TxQueue
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def test_backoff_doubles_then_holds_and_resets() -> None:
+    sched = BackOffSchedule(RetryBackOff(wait_minimum=10, random_range=0, repeat_times=2), random.Random(1))
+    assert [sched.next_wait() for _ in range(5)] == [10, 20, 40, 40, 40]
+    sched.reset()
+    assert sched.next_wait() == 10
+
+
+@given(
+    wait_min=st.floats(0, 100),
+    rand=st.floats(0, 10),
+    repeat=st.integers(0, 6),
+    seed=st.integers(0, 2**32),
+)
+def test_backoff_bounds(wait_min: float, rand: float, repeat: int, seed: int) -> None:
+    sched = BackOffSchedule(RetryBackOff(wait_min, rand, repeat), random.Random(seed))
+    waits = [sched.next_wait() for _ in range(repeat + 4)]
+    assert wait_min <= waits[0] <= wait_min + rand
+    for i in range(1, repeat + 1):  # each doubling adds a fresh random part
+        assert 2 * waits[i - 1] <= waits[i] <= 2 * waits[i - 1] + rand + 1e-9
+    assert waits[repeat + 1 :] == [waits[repeat]] * 3  # then the last wait is kept
+
+
+def test_backoff_refuses_negative() -> None:
+    with pytest.raises(ValueError, match=">= 0"):
+        RetryBackOff(wait_minimum=-1)
+
+
+def _tx_messages(n_updates: int) -> list[tuple[str, dict[str, object]]]:
+    tx = TransactionRecorder(transaction_id="tx-1")
+    msgs: list[tuple[str, dict[str, object]]] = [("TransactionEvent", tx.started(T0))]
+    msgs += [("TransactionEvent", tx.updated(T0, trigger="MeterValuePeriodic", energy_wh=float(i))) for i in range(n_updates)]
+    msgs.append(("TransactionEvent", tx.ended(T0)))
+    return msgs
+
+
+def test_queue_flags_offline_and_keeps_order() -> None:
+    q = TxQueue()
+    q.went_online()
+    q.put("TransactionEvent", {"eventType": "Started", "seqNo": 0})
+    q.went_offline()  # E11.FR.07: still queued when going offline -> offline=true
+    q.put("TransactionEvent", {"eventType": "Updated", "seqNo": 1})
+    q.put("SecurityEventNotification", {"type": "InvalidTLSVersion"})
+    head = q.head()
+    assert head is not None and head.payload["offline"] is True
+    q.delivered(head)
+    head = q.head()
+    assert head is not None and head.payload == {"eventType": "Updated", "seqNo": 1, "offline": True}
+    q.delivered(head)
+    head = q.head()
+    assert head is not None and "offline" not in head.payload
+    assert q.statistics().delivered_total == 2
+
+
+@given(n_updates=st.integers(0, 60), max_length=st.integers(2, 20))
+def test_queue_sheds_only_intermediate_updates(n_updates: int, max_length: int) -> None:
+    q = TxQueue(max_length=max_length)
+    msgs = _tx_messages(n_updates)
+    for action, payload in msgs:
+        q.put(action, payload)
+    kept = []
+    while (m := q.head()) is not None:
+        kept.append(m.payload)
+        q.delivered(m)
+    kinds = [p["eventType"] for p in kept]
+    assert kinds[0] == "Started" and kinds[-1] == "Ended"  # never dropped
+    seqs = [p["seqNo"] for p in kept]
+    assert seqs == sorted(seqs)  # order preserved
+    assert len(kept) + q.statistics().dropped_total == len(msgs)  # every drop counted
+    assert len(kept) <= max(max_length, 2)
+
+
+def test_transaction_recorder_fields() -> None:
+    tx = TransactionRecorder(transaction_id="abc", evse_id=2)
+    started = tx.started(T0)
+    assert started["seqNo"] == 0 and started["evse"] == {"id": 2, "connectorId": 1}
+    assert started["transactionInfo"]["chargingState"] == "EVConnected"
+    upd = tx.updated(T0, trigger="Authorized", state="Charging", id_token="TOK")
+    assert upd["seqNo"] == 1 and upd["idToken"]["idToken"] == "TOK" and "evse" not in upd
+    same = tx.updated(T0, trigger="MeterValuePeriodic", state="Charging", energy_wh=5.0)
+    assert "chargingState" not in same["transactionInfo"]  # only when it changes
+    ended = tx.ended(T0)
+    assert ended["seqNo"] == 3 and ended["transactionInfo"]["stoppedReason"] == "EVDisconnected"
+    assert ended["timestamp"] == "2026-01-01T00:00:00.000Z"
