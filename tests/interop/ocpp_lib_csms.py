@@ -1,0 +1,326 @@
+"""Independent OCPP 2.0.1 CSMS built on the `ocpp` PyPI library (asyncio + websockets).
+
+Used by evsim's interop tests as a peer that shares no code with evsim. Listens on 127.0.0.1 only, over TLS,
+at ``wss://localhost:<port>/ocpp/<station id>``. Every line on stdout is one JSON object, flushed:
+
+* ``{"event": "listening", "port": P}`` once the socket is bound (the port also goes to ``--ready-file``);
+* ``{"event": "rejected", "status": 401|404, "path": ..., "reason": ...}`` for a refused upgrade;
+* ``{"event": "connected", "station": id, "subprotocol": ..., "tls_version": ..., "client_cn": ...}``;
+* ``{"station": id, "action": A, "message_id": M, "payload": {...}}`` per CALL received (wire camelCase);
+* ``{"station": id, "sent": "TriggerMessage", "status": ...}`` with ``--trigger-heartbeat``;
+* ``{"event": "disconnected", "station": id, "code": C}``;
+* ``{"event": "summary", "transactions": {...}}`` and ``{"event": "exit", "reason": ...}`` at the end.
+
+Exits by itself after ``--duration`` seconds, or on SIGTERM / SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote
+
+from ocpp.routing import after as _ocpp_after
+from ocpp.routing import on as _ocpp_on
+from ocpp.v201 import ChargePoint, call, call_result
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+SUBPROTOCOL = Subprotocol("ocpp2.0.1")
+PATH_PREFIX = "/ocpp/"
+LISTEN_HOST = "127.0.0.1"  # never anything else
+HEARTBEAT_INTERVAL = 300
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def on(action: str) -> Callable[[_F], _F]:
+    """Typed view of ``ocpp.routing.on`` (the library has no type hints)."""
+    decorator: Callable[[_F], _F] = _ocpp_on(action)
+    return decorator
+
+
+def after(action: str) -> Callable[[_F], _F]:
+    """Typed view of ``ocpp.routing.after``."""
+    decorator: Callable[[_F], _F] = _ocpp_after(action)
+    return decorator
+
+
+def emit(**fields: Any) -> None:
+    print(json.dumps(fields, sort_keys=True), flush=True)
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def station_id_from_path(path: str) -> str | None:
+    """``/ocpp/<percent-encoded id>`` (query string ignored) -> id, or None."""
+    path = path.split("?", 1)[0]
+    if not path.startswith(PATH_PREFIX):
+        return None
+    ident = unquote(path[len(PATH_PREFIX) :])
+    if not ident or "/" in ident or ":" in ident or len(ident) > 48:
+        return None
+    return ident
+
+
+class Recorder:
+    """What the CSMS saw, shared by all connections."""
+
+    def __init__(self) -> None:
+        # station id -> transaction id -> [{"eventType", "seqNo", "triggerReason"}, ...]
+        self.transactions: dict[str, dict[str, list[dict[str, Any]]]] = {}
+
+    def transaction_event(self, station: str, payload: dict[str, Any]) -> None:
+        tx_id = str(payload.get("transactionInfo", {}).get("transactionId"))
+        entry = {k: payload.get(k) for k in ("eventType", "seqNo", "triggerReason")}
+        self.transactions.setdefault(station, {}).setdefault(tx_id, []).append(entry)
+
+
+# The library ships no type information, so its ChargePoint is `Any` to mypy.
+class StationLink(ChargePoint):  # type: ignore[misc]  # subclassing an untyped library class
+    """CSMS side of one station's connection."""
+
+    def __init__(
+        self, station_id: str, connection: ServerConnection, recorder: Recorder, trigger: bool
+    ) -> None:
+        super().__init__(station_id, connection, response_timeout=30)
+        self.recorder = recorder
+        self.trigger_heartbeat = trigger
+
+    async def route_message(self, raw_msg: str) -> None:
+        # Log every CALL as it came off the wire (camelCase), then let the library dispatch it.
+        try:
+            frame = json.loads(raw_msg)
+        except ValueError:
+            frame = None
+        if isinstance(frame, list) and len(frame) == 4 and frame[0] == 2:
+            _, message_id, action, payload = frame
+            emit(station=self.id, action=action, message_id=message_id, payload=payload)
+            if action == "TransactionEvent" and isinstance(payload, dict):
+                self.recorder.transaction_event(self.id, payload)
+        await super().route_message(raw_msg)
+
+    @on("BootNotification")
+    def on_boot_notification(self, **_: Any) -> Any:
+        return call_result.BootNotification(
+            current_time=utcnow(), interval=HEARTBEAT_INTERVAL, status="Accepted"
+        )
+
+    @after("BootNotification")
+    async def after_boot_notification(self, **_: Any) -> None:
+        if not self.trigger_heartbeat:
+            return
+        try:
+            result = await self.call(call.TriggerMessage(requested_message="Heartbeat"), suppress=False)
+        except Exception as exc:  # CALLERROR or timeout from the station
+            emit(station=self.id, sent="TriggerMessage", error=f"{type(exc).__name__}: {exc}")
+            return
+        emit(station=self.id, sent="TriggerMessage", status=result.status)
+
+    @on("Heartbeat")
+    def on_heartbeat(self, **_: Any) -> Any:
+        return call_result.Heartbeat(current_time=utcnow())
+
+    @on("StatusNotification")
+    def on_status_notification(self, **_: Any) -> Any:
+        return call_result.StatusNotification()
+
+    @on("Authorize")
+    def on_authorize(self, **_: Any) -> Any:
+        return call_result.Authorize(id_token_info={"status": "Accepted"})
+
+    @on("TransactionEvent")
+    def on_transaction_event(self, **_: Any) -> Any:
+        return call_result.TransactionEvent()
+
+    @on("MeterValues")
+    def on_meter_values(self, **_: Any) -> Any:
+        return call_result.MeterValues()
+
+    @on("SecurityEventNotification")
+    def on_security_event_notification(self, **_: Any) -> Any:
+        return call_result.SecurityEventNotification()
+
+
+def build_ssl_context(cert: str, key: str, ca: str | None, require_client_cert: bool) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=cert, keyfile=key)
+    if ca is not None:
+        context.load_verify_locations(cafile=ca)
+        context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    return context
+
+
+def peer_common_name(connection: ServerConnection) -> str | None:
+    ssl_object = connection.transport.get_extra_info("ssl_object")
+    peer = ssl_object.getpeercert() if ssl_object is not None else None
+    if not peer:
+        return None
+    for rdn in peer.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return None
+
+
+def basic_auth_ok(header: str | None, station_id: str, password: str) -> tuple[bool, str]:
+    if header is None:
+        return False, "missing Authorization header"
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "basic":
+        return False, f"unsupported scheme {scheme!r}"
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return False, "malformed Basic credentials"
+    user, sep, given = decoded.partition(":")
+    if not sep or user != station_id:
+        return False, "username does not match the station identity"
+    if not hmac.compare_digest(given.encode(), password.encode()):
+        return False, "wrong password"
+    return True, "ok"
+
+
+class Csms:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.recorder = Recorder()
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        station_id = station_id_from_path(request.path)
+        if station_id is None:
+            emit(event="rejected", status=404, path=request.path, reason="path is not /ocpp/<id>")
+            return connection.respond(HTTPStatus.NOT_FOUND, "unknown charging station\n")
+        if self.args.password is not None:
+            ok, reason = basic_auth_ok(request.headers.get("Authorization"), station_id, self.args.password)
+            if not ok:
+                emit(event="rejected", status=401, path=request.path, station=station_id, reason=reason)
+                response = connection.respond(HTTPStatus.UNAUTHORIZED, "unauthorized\n")
+                response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
+                return response
+        return None
+
+    @staticmethod
+    def select_subprotocol(connection: ServerConnection, offered: Any) -> Subprotocol | None:
+        # OCPP-J §3.2: with no acceptable subprotocol, complete the handshake without one, then close.
+        return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+    async def handler(self, connection: ServerConnection) -> None:
+        assert connection.request is not None  # set once the handshake succeeded
+        station_id = station_id_from_path(connection.request.path)
+        assert station_id is not None  # process_request rejected anything else
+        ssl_object = connection.transport.get_extra_info("ssl_object")
+        emit(
+            event="connected",
+            station=station_id,
+            subprotocol=connection.subprotocol,
+            tls_version=ssl_object.version() if ssl_object is not None else None,
+            cipher=ssl_object.cipher()[0] if ssl_object is not None else None,
+            client_cn=peer_common_name(connection),
+        )
+        if connection.subprotocol != SUBPROTOCOL:
+            await connection.close(1002, "subprotocol ocpp2.0.1 required")
+            emit(event="disconnected", station=station_id, code=1002, reason="no subprotocol")
+            return
+        link = StationLink(station_id, connection, self.recorder, self.args.trigger_heartbeat)
+        with contextlib.suppress(ConnectionClosed):  # the library's read loop ends only this way
+            await link.start()
+        emit(event="disconnected", station=station_id, code=connection.close_code)
+
+    async def run(self) -> str:
+        args = self.args
+        ssl_context = build_ssl_context(args.cert, args.key, args.ca, args.require_client_cert)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        reason = "duration"
+
+        def on_signal(name: str) -> None:
+            nonlocal reason
+            reason = name
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+
+        async with serve(
+            self.handler,
+            LISTEN_HOST,
+            args.port,
+            ssl=ssl_context,
+            subprotocols=[SUBPROTOCOL],
+            select_subprotocol=self.select_subprotocol,
+            process_request=self.process_request,
+            ping_interval=None,
+        ) as server:
+            port = int(server.sockets[0].getsockname()[1])
+            if args.ready_file is not None:
+                ready = Path(args.ready_file)
+                tmp = ready.with_name(f".{ready.name}.{os.getpid()}.tmp")
+                tmp.write_text(str(port))
+                tmp.replace(ready)
+            emit(event="listening", port=port)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=args.duration)
+            server.close()
+            await server.wait_closed()
+        emit(event="summary", transactions=self.recorder.transactions)
+        return reason
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0 = pick one)")
+    parser.add_argument("--cert", required=True, help="server certificate chain (PEM)")
+    parser.add_argument("--key", required=True, help="private key of --cert (PEM)")
+    parser.add_argument("--ca", help="CA file(s) used to verify client certificates")
+    parser.add_argument("--require-client-cert", action="store_true", help="security profile 3 (needs --ca)")
+    parser.add_argument("--password", help="require HTTP Basic auth id:PASSWORD (security profile 2)")
+    parser.add_argument(
+        "--duration", type=float, default=60.0, help="exit after this many seconds (default 60)"
+    )
+    parser.add_argument("--ready-file", help="write the bound port here (atomically) once listening")
+    parser.add_argument(
+        "--trigger-heartbeat",
+        action="store_true",
+        help="after each accepted BootNotification send TriggerMessage(Heartbeat) to the station",
+    )
+    args = parser.parse_args(argv)
+    if args.require_client_cert and args.ca is None:
+        parser.error("--require-client-cert needs --ca")
+    if not 0 <= args.port <= 65535 or args.duration <= 0:
+        parser.error("--port must be 0..65535 and --duration > 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(levelname)s: %(message)s"
+    )
+    reason = asyncio.run(Csms(args).run())
+    emit(event="exit", reason=reason)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
