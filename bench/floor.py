@@ -1,0 +1,165 @@
+"""The TLS floor: what a full TLS 1.3 ECDSA handshake costs with no sockets and no event loop.
+
+Client and server are pyOpenSSL ``Connection`` objects on memory BIOs in one thread; bytes are pumped
+from one to the other by hand until both sides finish (including the server's post-handshake session
+tickets, which the client reads). What remains is OpenSSL's handshake machinery plus pyOpenSSL's
+call overhead: a lower bound for any peer's boot storm.
+
+    python -m bench.floor --n 500 [--stations 1000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from OpenSSL import SSL
+
+from bench.common import make_bench_pki
+
+__all__ = ["cli", "handshake_floor"]
+
+_CHUNK = 1 << 16
+
+
+def _contexts(pki: dict[str, Path]) -> tuple[SSL.Context, SSL.Context]:
+    server = SSL.Context(SSL.TLS_METHOD)
+    server.set_min_proto_version(SSL.TLS1_3_VERSION)
+    server.use_certificate_file(str(pki["cert"]))
+    server.use_privatekey_file(str(pki["key"]))
+    server.check_privatekey()
+
+    client = SSL.Context(SSL.TLS_METHOD)
+    client.set_min_proto_version(SSL.TLS1_3_VERSION)
+    client.load_verify_locations(str(pki["ca"]))
+    client.set_verify(SSL.VERIFY_PEER, None)
+    return client, server
+
+
+def _drain(conn: SSL.Connection) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = conn.bio_read(_CHUNK)
+        except SSL.WantReadError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def _step(conn: SSL.Connection, done: bool) -> bool:
+    """Advance one side: handshake until done, afterwards read (post-handshake messages). True if done."""
+    try:
+        if done:
+            conn.recv(_CHUNK)  # the client consumes NewSessionTicket messages here
+        else:
+            conn.do_handshake()
+    except SSL.WantReadError:
+        return done
+    return True
+
+
+def _one_handshake(client_ctx: SSL.Context, server_ctx: SSL.Context, cpu: list[float]) -> int:
+    """One full handshake; adds each end's CPU seconds to ``cpu[0]`` (client) and ``cpu[1]`` (server).
+
+    Returns the number of bytes that crossed the (virtual) wire.
+    """
+    t0 = time.process_time()
+    client = SSL.Connection(client_ctx, None)
+    client.set_tlsext_host_name(b"localhost")
+    client.set_connect_state()
+    t1 = time.process_time()
+    server = SSL.Connection(server_ctx, None)
+    server.set_accept_state()
+    t2 = time.process_time()
+    cpu[0] += t1 - t0
+    cpu[1] += t2 - t1
+    client_done = server_done = False
+    wire = 0
+    for _ in range(32):
+        t0 = time.process_time()
+        client_done = _step(client, client_done)
+        to_server = _drain(client)
+        t1 = time.process_time()
+        if to_server:
+            server.bio_write(to_server)
+        server_done = _step(server, server_done)
+        to_client = _drain(server)
+        t2 = time.process_time()
+        if to_client:
+            client.bio_write(to_client)
+        t3 = time.process_time()
+        cpu[0] += (t1 - t0) + (t3 - t2)
+        cpu[1] += t2 - t1
+        wire += len(to_server) + len(to_client)
+        # done when both finished and a full pass moved nothing (the client has read the tickets)
+        if client_done and server_done and not to_server and not to_client:
+            break
+    else:  # pragma: no cover - would mean a protocol loop, not a slow machine
+        raise RuntimeError("TLS handshake did not converge")
+    if client.get_protocol_version_name() != "TLSv1.3":
+        raise RuntimeError(f"expected TLSv1.3, got {client.get_protocol_version_name()}")
+    return wire
+
+
+def handshake_floor(
+    n: int = 500, *, stations: int = 1000, pki: dict[str, Path] | None = None, warmup: int = 20
+) -> dict[str, Any]:
+    """Run ``n`` full TLS 1.3 ECDSA P-256 handshakes on memory BIOs and report the floor.
+
+    Keys: ``handshakes``, ``wall_s``, ``handshakes_per_s``, ``cpu_ms_per_handshake`` (both ends),
+    ``client_cpu_ms``, ``server_cpu_ms``, ``stations`` and ``storm_floor_s`` (= stations x CPU per
+    handshake: the CPU seconds of one core a storm of that many stations cannot go below).
+    """
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    with tempfile.TemporaryDirectory(prefix="evsim-floor-") as tmp:
+        paths = pki if pki is not None else make_bench_pki(tmp)
+        client_ctx, server_ctx = _contexts(paths)
+        scratch = [0.0, 0.0]
+        for _ in range(warmup):
+            _one_handshake(client_ctx, server_ctx, scratch)
+        cpu = [0.0, 0.0]
+        wall0 = time.perf_counter()
+        cpu0 = time.process_time()
+        for _ in range(n):
+            _one_handshake(client_ctx, server_ctx, cpu)
+        wall = time.perf_counter() - wall0
+        total_cpu = time.process_time() - cpu0
+    per_handshake = total_cpu / n
+    return {
+        "handshakes": n,
+        "wall_s": round(wall, 4),
+        "handshakes_per_s": round(n / wall, 1),
+        "cpu_ms_per_handshake": round(per_handshake * 1e3, 4),
+        "client_cpu_ms": round(cpu[0] / n * 1e3, 4),
+        "server_cpu_ms": round(cpu[1] / n * 1e3, 4),
+        "stations": stations,
+        "storm_floor_s": round(per_handshake * stations, 4),
+        "tls": "TLSv1.3, ECDSA P-256 server certificate, no client certificate, memory BIOs",
+    }
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=500, help="handshakes to time (default 500)")
+    parser.add_argument("--stations", type=int, default=1000, help="storm size for the floor (default 1000)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    result = handshake_floor(args.n, stations=args.stations)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>22}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
