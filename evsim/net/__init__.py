@@ -1,0 +1,33 @@
+"""Network backends: :class:`VirtualNetwork` (in memory, with faults) and :class:`TcpNetwork` (loopback)."""
+
+from evsim.net.base import (
+    NetListener,
+    Network,
+    NetworkStatistics,
+    StreamBroken,
+    StreamClosed,
+    StreamStatistics,
+    is_loopback,
+    parse_url,
+)
+from evsim.net.tcp import TcpListener, TcpNetwork, TcpStream
+from evsim.net.virtual import LinkPolicy, VirtualListener, VirtualNetwork, VirtualStream, memory_pipe_pair
+
+__all__ = [
+    "LinkPolicy",
+    "NetListener",
+    "Network",
+    "NetworkStatistics",
+    "StreamBroken",
+    "StreamClosed",
+    "StreamStatistics",
+    "TcpListener",
+    "TcpNetwork",
+    "TcpStream",
+    "VirtualListener",
+    "VirtualNetwork",
+    "VirtualStream",
+    "is_loopback",
+    "memory_pipe_pair",
+    "parse_url",
+]

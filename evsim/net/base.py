@@ -1,0 +1,174 @@
+"""What every network backend provides: the :class:`Network` protocol, listeners, statistics, URL parsing.
+
+Two backends implement it: :class:`evsim.net.virtual.VirtualNetwork` (in memory, with faults) and
+:class:`evsim.net.tcp.TcpNetwork` (loopback TCP). TLS and WebSocket code only sees ``trio.abc.Stream``,
+so the same code path runs over either.
+
+Errors follow ``evsim.errors``. The stream errors raised by our streams are *also* trio's
+(:class:`StreamBroken` is a :class:`~evsim.errors.BrokenTransport` and a ``trio.BrokenResourceError``),
+so generic trio code (``trio.SSLStream``, ``trio.testing.check_two_way_stream``) and evsim code both
+understand them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import urllib.parse
+from typing import Protocol, runtime_checkable
+
+import attrs
+import trio
+
+from evsim.errors import BrokenTransport, ClosedTransport, ConfigError
+
+__all__ = [
+    "NetListener",
+    "Network",
+    "NetworkStatistics",
+    "StreamBroken",
+    "StreamClosed",
+    "StreamStatistics",
+    "parse_url",
+]
+
+
+class StreamBroken(BrokenTransport, trio.BrokenResourceError):
+    """The peer or the link went away (remote cause); both an evsim and a trio error."""
+
+
+class StreamClosed(ClosedTransport, trio.ClosedResourceError):
+    """We used a stream or listener we had closed (local cause); both an evsim and a trio error."""
+
+
+@attrs.frozen
+class StreamStatistics:
+    """A snapshot of one stream's counters.
+
+    Attributes:
+        bytes_sent: payload bytes handed to ``send_all`` and accepted.
+        bytes_received: bytes returned by ``receive_some``.
+        local: ``(host, port)`` of this end.
+        remote: ``(host, port)`` of the other end.
+        closed: True once this end was closed.
+    """
+
+    bytes_sent: int
+    bytes_received: int
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    closed: bool
+
+
+@attrs.frozen
+class NetworkStatistics:
+    """A snapshot of a network's counters.
+
+    Attributes:
+        connects: successful ``connect`` calls.
+        refused: ``connect`` calls that raised ``ConnectionRefused``.
+        open_streams: streams (one per end) not yet closed.
+        listeners: listeners not yet closed.
+        bytes_sent: total bytes sent by all streams.
+        bytes_received: total bytes received by all streams.
+        broken_links: connections broken by faults (partition, host down); virtual network only.
+    """
+
+    connects: int
+    refused: int
+    open_streams: int
+    listeners: int
+    bytes_sent: int
+    bytes_received: int
+    broken_links: int = 0
+
+
+class NetListener(trio.abc.Listener[trio.abc.Stream]):
+    """A listener that knows the address it is bound to."""
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` the listener accepts on; the port is the real one when 0 was asked for."""
+        raise NotImplementedError
+
+
+@runtime_checkable
+class Network(Protocol):
+    """A way to open streams: in memory (:class:`~evsim.net.virtual.VirtualNetwork`) or TCP."""
+
+    async def connect(self, host: str, port: int, *, source: str | None = None) -> trio.abc.Stream:
+        """Open a stream to ``host:port``.
+
+        Args:
+            host: host name or address.
+            port: TCP-style port.
+            source: name of the connecting host; the virtual network uses it for per-pair faults,
+                TCP ignores it.
+
+        Returns:
+            A connected stream.
+
+        Raises:
+            ConnectionRefused: nothing listens there, or a fault blocks it.
+            ConfigError: the address is not allowed (TCP: not loopback).
+        """
+        ...
+
+    async def listen(self, host: str, port: int) -> NetListener:
+        """Listen on ``host:port`` (port 0 picks a free port).
+
+        Raises:
+            ConfigError: the address is not allowed or already in use.
+        """
+        ...
+
+    def statistics(self) -> NetworkStatistics:
+        """A snapshot of the network's counters."""
+        ...
+
+
+_DEFAULT_PORTS = {"ws": 80, "wss": 443}
+
+
+def parse_url(url: str) -> tuple[str, str, int, str]:
+    """Split a ``ws://`` or ``wss://`` URL.
+
+    IPv6 literals come back without brackets; the path keeps its percent-encoding and any query.
+
+    Args:
+        url: for example ``wss://csms.evsim.test:8443/ocpp`` or ``ws://[::1]/ocpp/CS1``.
+
+    Returns:
+        ``(scheme, host, port, path)``; the port defaults to 80 (ws) or 443 (wss), the path to ``/``.
+
+    Raises:
+        ConfigError: not a ws/wss URL, no host, bad port, or credentials in the URL.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"bad URL: {exc}", value=url, fix="use ws://host[:port]/path") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise ConfigError("URL scheme must be ws or wss", value=url, fix="use ws://... or wss://...")
+    host = parts.hostname
+    if not host:
+        raise ConfigError("URL has no host", value=url, fix="use ws://host[:port]/path")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            "credentials in the URL are not supported", value=url, fix="configure the password separately"
+        )
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return scheme, host, port if port is not None else _DEFAULT_PORTS[scheme], path
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ``::1`` (no name resolution happens)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

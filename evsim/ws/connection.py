@@ -1,0 +1,995 @@
+"""WebSocket (RFC 6455, permessage-deflate RFC 7692) over any ``trio.abc.Stream``, on wsproto.
+
+The only module (with :mod:`evsim.ws.deflate`) that imports wsproto or h11; everything they raise is
+translated into :mod:`evsim.errors` here.
+
+Theory of operation
+-------------------
+No task per connection. A :class:`WebSocket` is a wsproto ``Connection`` (sans-IO) plus the stream:
+
+* **Reading** happens in whichever task calls :meth:`WebSocket.receive` (one at a time, like trio
+  streams). It reads up to :data:`RECEIVE_SIZE` bytes, feeds wsproto, and walks the events: complete
+  messages go to a small inbox (one read can carry several), fragments are joined, pings are
+  answered, a close frame is answered and ends the connection. Consequence: **pings that arrive
+  while nobody reads are answered on the next receive**; an OCPP session always has a reader, so this
+  costs nothing in practice. Pongs only bump ``statistics().pongs_received``: a keep-alive loop sends
+  :meth:`WebSocket.ping` and checks the counter moved before the next one (OCPP-J §8.4: no pong → drop
+  the connection), with no extra task.
+* **Writing** is serialised without a lock: the first writer sends, writers that arrive meanwhile
+  append their frame to an out-buffer and park; the sending task flushes the buffer before it leaves
+  (so concurrent senders are batched into one ``send_all``). wsproto frames are produced synchronously
+  at the call, so frames keep the order of the calls, which permessage-deflate's shared window needs.
+  A pong or close reply produced while reading never waits behind a blocked writer: it is appended
+  and sent by whoever is sending.
+* **Size limit**: a message larger than ``max_message_size`` bytes (UTF-8 for text) closes the
+  connection with 1009; inflation is bounded too (:mod:`evsim.ws.deflate`).
+* **Closing** (:meth:`WebSocket.aclose`) sends a close frame, waits up to ``close_timeout`` for the
+  peer's close frame (reading itself, or letting the active reader see it), then closes the stream.
+  A close frame from the peer is answered at once and the stream closed. Receivers then get
+  :class:`~evsim.errors.WebSocketClosed`; a transport that breaks or ends without a close frame gives
+  :class:`~evsim.errors.BrokenTransport` instead.
+* **Cancellation**: a send cancelled mid-way leaves the stream in an unknown state (trio's rule for
+  streams), so later sends raise ``BrokenTransport``. A sender parked behind another one that is
+  cancelled still has its frame sent.
+
+The opening handshake (:func:`ws_client`, :func:`ws_server`) is bounded by ``open_timeout``; on any
+failure the stream is closed. Rejections and malformed requests get a short ``text/plain`` HTTP
+response written here (status line, Content-Length, ``Connection: close``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http
+import math
+import types
+from collections.abc import Callable, Mapping, Sequence
+from typing import cast
+
+import attrs
+import h11
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import ProtocolError
+
+from evsim.errors import (
+    BrokenTransport,
+    ClosedTransport,
+    TransportError,
+    UpgradeRejected,
+    WebSocketClosed,
+    WebSocketError,
+)
+from evsim.ws.deflate import BoundedDeflate
+
+__all__ = [
+    "Accept",
+    "Reject",
+    "UpgradeRequest",
+    "WebSocket",
+    "WsStatistics",
+    "ws_client",
+    "ws_server",
+]
+
+RECEIVE_SIZE = 65536
+"""Bytes asked of the stream per read: one read holds a 64 KiB OCPP message or many small ones."""
+
+DEFAULT_MAX_MESSAGE_SIZE = 65536
+"""Default message size limit in bytes; OCPP has none, 64 KiB covers every schema-valid message we send."""
+
+DEFAULT_OPEN_TIMEOUT = 30.0
+"""Seconds for the opening handshake; OCPP-J suggests 30 s message timeouts (protocol-digest §1.5)."""
+
+DEFAULT_CLOSE_TIMEOUT = 10.0
+"""Seconds to wait for the peer's close frame (the ``websockets`` library's default close_timeout)."""
+
+_MAX_REJECT_BODY = 1024  # bytes of a rejection body kept for UpgradeRejected.reason
+# what wsproto and h11 raise on bad input (UnicodeError is a ValueError)
+_ERRORS = (ProtocolError, h11.ProtocolError, ValueError)
+
+# RFC 6455 §7.4: codes an endpoint may send (1004-1006 and 1015 are reserved, 1000-2999 are the RFC's).
+_SENDABLE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+
+
+def _frozen_headers(value: Mapping[str, str]) -> Mapping[str, str]:
+    return types.MappingProxyType(dict(value))
+
+
+@attrs.frozen
+class UpgradeRequest:
+    """What the server knows about a client's upgrade request when it decides.
+
+    Attributes:
+        path: the request target, still percent-encoded (``/ocpp/RDAM%7C123``).
+        host: the ``Host`` header.
+        subprotocols: ``Sec-WebSocket-Protocol`` offers in the client's order of preference.
+        headers: the other request headers, lower-case names; repeated headers joined with ``, ``.
+    """
+
+    path: str
+    host: str
+    subprotocols: tuple[str, ...]
+    headers: Mapping[str, str] = attrs.field(converter=_frozen_headers, factory=dict)
+
+
+@attrs.frozen
+class Accept:
+    """Accept the upgrade.
+
+    Attributes:
+        subprotocol: one of the client's offers, or None to complete the handshake without one
+            (what OCPP-J §3.2 asks when no version matches; the CSMS then closes).
+        extra_headers: additional response headers.
+    """
+
+    subprotocol: str | None = None
+    extra_headers: tuple[tuple[str, str], ...] = ()
+
+
+def _check_status(_instance: object, _attribute: object, value: int) -> None:
+    if not 300 <= value <= 599:
+        raise ValueError(f"a rejection needs an HTTP status in 300..599, got {value}")
+
+
+@attrs.frozen
+class Reject:
+    """Refuse the upgrade with an HTTP status (401 bad credentials, 404 unknown identity, ...).
+
+    Attributes:
+        status: HTTP status code, 300..599.
+        reason: short text for the response body (UTF-8, ``text/plain``).
+        headers: additional response headers; a 401 gets ``WWW-Authenticate: Basic`` if none is given.
+    """
+
+    status: int = attrs.field(validator=_check_status)
+    reason: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@attrs.frozen
+class WsStatistics:
+    """A snapshot of one WebSocket's counters.
+
+    Attributes:
+        messages_sent / messages_received: complete text or binary messages.
+        payload_bytes_sent / payload_bytes_received: message bytes before compression (UTF-8 for text).
+        wire_bytes_sent / wire_bytes_received: bytes through the stream, handshake included.
+        pings_sent / pings_received / pongs_received: control frames.
+        compressed: permessage-deflate is in use.
+        state: ``open``, ``closing`` (we sent a close frame), ``closed`` or ``broken``.
+        close_code / close_reason: from the close frame that ended the connection, if any.
+        closed_by: ``local`` or ``remote`` (who sent the first close frame), or None.
+    """
+
+    messages_sent: int
+    messages_received: int
+    payload_bytes_sent: int
+    payload_bytes_received: int
+    wire_bytes_sent: int
+    wire_bytes_received: int
+    pings_sent: int
+    pings_received: int
+    pongs_received: int
+    compressed: bool
+    state: str
+    close_code: int | None
+    close_reason: str
+    closed_by: str | None
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+class WebSocket(trio.abc.AsyncResource):
+    """An open WebSocket; made by :func:`ws_client` or :func:`ws_server`, never directly.
+
+    Attributes:
+        subprotocol: the negotiated ``Sec-WebSocket-Protocol``, or None.
+        path: the request path (percent-encoded).
+        request: the client's request (server side), None on the client side.
+        compressed: permessage-deflate was negotiated.
+
+    ``receive`` returns ``str`` for text and ``bytes`` for binary messages; ``receive_text`` /
+    ``receive_bytes`` close with 1003 (unsupported data) when the other kind arrives.
+    """
+
+    __slots__ = (
+        "_broken",
+        "_check_events",
+        "_close_code",
+        "_close_done",
+        "_close_reason",
+        "_close_timeout",
+        "_closed_by",
+        "_conn",
+        "_failed",
+        "_flushed",
+        "_inbox",
+        "_max",
+        "_messages_received",
+        "_messages_sent",
+        "_out",
+        "_parts",
+        "_parts_size",
+        "_payload_received",
+        "_payload_sent",
+        "_pings_received",
+        "_pings_sent",
+        "_pongs_received",
+        "_queued",
+        "_receiving",
+        "_send_broken",
+        "_sending",
+        "_stream",
+        "_transport_closed",
+        "_wire_received",
+        "_wire_sent",
+        "_write_lot",
+        "compressed",
+        "path",
+        "request",
+        "subprotocol",
+    )
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        conn: Connection,
+        *,
+        subprotocol: str | None,
+        path: str,
+        request: UpgradeRequest | None,
+        compressed: bool,
+        max_message_size: int,
+        close_timeout: float | None,
+        wire_bytes_sent: int,
+        wire_bytes_received: int,
+    ) -> None:
+        self.subprotocol = subprotocol
+        self.path = path
+        self.request = request
+        self.compressed = compressed
+        self._stream = stream
+        self._conn = conn
+        self._max = max_message_size
+        self._close_timeout = math.inf if close_timeout is None else close_timeout
+        # reading
+        self._receiving = False
+        self._inbox: list[str | bytes] = []  # usually 0 or 1 long; a list is 10x smaller than a deque
+        self._parts: list[str | bytes] = []
+        self._parts_size = 0
+        self._check_events = True  # the handshake may have left frames in wsproto's buffer
+        # writing
+        self._sending = False
+        self._out = bytearray()
+        self._queued = 0  # bytes ever appended for sending (handshake excluded)
+        self._flushed = 0  # bytes ever handed to send_all successfully
+        self._write_lot = trio.lowlevel.ParkingLot()
+        self._send_broken: str | None = None
+        # closing
+        self._close_code: int | None = None
+        self._close_reason = ""
+        self._closed_by: str | None = None
+        self._failed = False  # we failed the connection (protocol error, too big): no close reply awaited
+        self._broken: str | None = None
+        self._transport_closed = False
+        self._close_done: trio.Event | None = None
+        # statistics
+        self._messages_sent = 0
+        self._messages_received = 0
+        self._payload_sent = 0
+        self._payload_received = 0
+        self._wire_sent = wire_bytes_sent
+        self._wire_received = wire_bytes_received
+        self._pings_sent = 0
+        self._pings_received = 0
+        self._pongs_received = 0
+
+    # -- public API -------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection ended (closed either way, or broken)."""
+        return self._transport_closed or self._broken is not None
+
+    @property
+    def close_code(self) -> int | None:
+        """Code of the close frame that ended (or is ending) the connection, if any."""
+        return self._close_code
+
+    def statistics(self) -> WsStatistics:
+        """A snapshot of this WebSocket's counters."""
+        if self._broken is not None:
+            state = "broken"
+        elif self._transport_closed:
+            state = "closed"
+        elif self._close_code is not None:
+            state = "closing"
+        else:
+            state = "open"
+        return WsStatistics(
+            messages_sent=self._messages_sent,
+            messages_received=self._messages_received,
+            payload_bytes_sent=self._payload_sent,
+            payload_bytes_received=self._payload_received,
+            wire_bytes_sent=self._wire_sent,
+            wire_bytes_received=self._wire_received,
+            pings_sent=self._pings_sent,
+            pings_received=self._pings_received,
+            pongs_received=self._pongs_received,
+            compressed=self.compressed,
+            state=state,
+            close_code=self._close_code,
+            close_reason=self._close_reason,
+            closed_by=self._closed_by,
+        )
+
+    async def send_text(self, text: str) -> None:
+        """Send one text message.
+
+        Raises:
+            WebSocketClosed: the connection is closing or closed.
+            BrokenTransport: the transport broke (now or earlier).
+        """
+        self._check_can_send()
+        data = self._conn.send(TextMessage(data=text))
+        self._messages_sent += 1
+        self._payload_sent += _utf8_len(text)
+        await self._write(data, wait=True)
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Send one binary message.
+
+        Raises:
+            WebSocketClosed: the connection is closing or closed.
+            BrokenTransport: the transport broke (now or earlier).
+        """
+        self._check_can_send()
+        frame = self._conn.send(BytesMessage(data=data))
+        self._messages_sent += 1
+        self._payload_sent += len(data)
+        await self._write(frame, wait=True)
+
+    async def ping(self, payload: bytes = b"") -> None:
+        """Send a ping (at most 125 bytes of payload); the pong shows in ``statistics().pongs_received``.
+
+        Raises:
+            ValueError: payload longer than 125 bytes (RFC 6455 §5.5).
+            WebSocketClosed: the connection is closing or closed.
+            BrokenTransport: the transport broke.
+        """
+        if len(payload) > 125:
+            raise ValueError("a ping payload is at most 125 bytes (RFC 6455 §5.5)")
+        self._check_can_send()
+        data = self._conn.send(Ping(payload=payload))
+        self._pings_sent += 1
+        await self._write(data, wait=True)
+
+    async def receive(self) -> str | bytes:
+        """Wait for the next message: ``str`` (text) or ``bytes`` (binary).
+
+        Messages that arrived before a close frame are returned first.
+
+        Raises:
+            WebSocketClosed: the connection was closed by either side (``code``, ``reason``), or
+                we failed it (1009 message too big, 1002 protocol error, 1007 bad UTF-8).
+            BrokenTransport: the transport broke or ended without a close frame.
+            ClosedTransport: the stream was closed under us (not via :meth:`aclose`).
+            trio.BusyResourceError: another task is receiving.
+        """
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this WebSocket")
+        self._receiving = True
+        try:
+            inbox = self._inbox
+            if inbox:  # left over from an earlier read: still a checkpoint, as trio expects
+                await trio.lowlevel.checkpoint()
+            while not inbox:
+                self._raise_if_ended()
+                await self._pump()  # its read is this call's checkpoint
+            return inbox.pop(0)
+        finally:
+            self._receiving = False
+
+    async def receive_text(self) -> str:
+        """Wait for the next text message; a binary one closes the connection with 1003.
+
+        Raises:
+            WebSocketClosed, BrokenTransport, ClosedTransport: see :meth:`receive`.
+        """
+        message = await self.receive()
+        if isinstance(message, str):
+            return message
+        await self._fail_now(1003, "binary messages are not supported")
+        raise WebSocketClosed(1003, "binary messages are not supported")
+
+    async def receive_bytes(self) -> bytes:
+        """Wait for the next binary message; a text one closes the connection with 1003.
+
+        Raises:
+            WebSocketClosed, BrokenTransport, ClosedTransport: see :meth:`receive`.
+        """
+        message = await self.receive()
+        if isinstance(message, bytes):
+            return message
+        await self._fail_now(1003, "text messages are not supported")
+        raise WebSocketClosed(1003, "text messages are not supported")
+
+    async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        """Close: send a close frame, wait up to ``close_timeout`` for the reply, close the stream.
+
+        Idempotent; after the connection ended (either way) it only makes sure the stream is closed.
+
+        Args:
+            code: RFC 6455 §7.4 status: 1000 normal, 1001 going away, 1008 policy, 3000-4999 private.
+            reason: short text (truncated to 123 UTF-8 bytes).
+
+        Raises:
+            ValueError: ``code`` may not be sent (1004-1006, 1015, unassigned).
+        """
+        if code not in _SENDABLE_CLOSE_CODES and not 3000 <= code <= 4999:
+            raise ValueError(f"close code {code} may not be sent (RFC 6455 §7.4)")
+        try:
+            if (
+                self._conn.state is ConnectionState.OPEN
+                and self._broken is None
+                and self._send_broken is None
+                and not self._transport_closed
+            ):
+                self._set_close(code, reason, "local")
+                data = self._conn.send(CloseConnection(code=code, reason=reason))
+                with trio.move_on_after(self._close_timeout):  # bounds a blocked writer too
+                    try:
+                        await self._write(data, wait=True)
+                    except TransportError:
+                        pass
+                    else:
+                        await self._wait_close_reply()
+        finally:
+            await self._close_transport()
+
+    # -- internals: reading ---------------------------------------------------------------------------
+
+    def _raise_if_ended(self) -> None:
+        if self._broken is not None:
+            raise BrokenTransport(self._broken)
+        if self._close_code is not None and (
+            self._transport_closed or self._failed or self._conn.state is ConnectionState.CLOSED
+        ):
+            raise WebSocketClosed(self._close_code, self._close_reason)
+        if self._transport_closed:
+            raise ClosedTransport("the WebSocket's stream was closed")
+
+    async def _pump(self) -> None:
+        """Read once (or drain what the handshake left), handle the events, answer, maybe close."""
+        conn = self._conn
+        if self._check_events:  # once per connection: frames that came with the handshake response
+            self._check_events = False
+            await trio.lowlevel.checkpoint()
+        else:
+            try:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, BrokenTransport) as exc:
+                self._lost(f"transport broken: {exc}")
+                await self._close_transport()
+                raise BrokenTransport(self._broken or str(exc)) from exc
+            except (trio.ClosedResourceError, ClosedTransport) as exc:
+                if self._close_code is not None:  # aclose() gave up waiting and closed the stream
+                    self._transport_closed = True
+                    return
+                raise ClosedTransport("the WebSocket's stream was closed") from exc
+            if not data:
+                if self._close_code is None:
+                    self._lost("the peer closed the connection without a WebSocket close frame")
+                await self._close_transport()
+                return
+            self._wire_received += len(data)
+            conn.receive_data(bytes(data))
+        out = self._handle_events()
+        ending = self._failed or conn.state is ConnectionState.CLOSED
+        if out:
+            # errors are recorded by _write and raised by receive() next
+            with contextlib.suppress(TransportError):
+                if ending:  # a close frame: make sure it left before the stream closes
+                    with trio.move_on_after(self._close_timeout):
+                        await self._write(out, wait=True)
+                else:  # pongs never wait behind a blocked writer
+                    await self._write(out, wait=False)
+        if ending:
+            await self._close_transport()
+
+    def _handle_events(self) -> bytearray | None:
+        """Walk wsproto's events; return bytes to send (pongs, close replies), if any."""
+        conn = self._conn
+        out: bytearray | None = None
+        for event in conn.events():
+            kind = type(event)
+            if kind is TextMessage or kind is BytesMessage:
+                assert isinstance(event, (TextMessage, BytesMessage))
+                if not self._take_data(event):
+                    out = (out or bytearray()) + self._fail(1009, "message too big")
+                    break
+            elif kind is Ping:
+                assert isinstance(event, Ping)
+                self._pings_received += 1
+                if conn.state is ConnectionState.OPEN:
+                    out = (out or bytearray()) + conn.send(event.response())
+            elif kind is Pong:
+                self._pongs_received += 1
+            elif kind is CloseConnection:
+                assert isinstance(event, CloseConnection)
+                code = int(event.code)
+                reason = event.reason or ""
+                state = conn.state
+                if state is ConnectionState.REMOTE_CLOSING:  # the peer starts the closing handshake
+                    self._set_close(code, reason, "remote")
+                    out = (out or bytearray()) + conn.send(event.response())
+                elif state is ConnectionState.OPEN:  # wsproto found a protocol error (ParseFailed)
+                    if code == 1009:
+                        reason = "message too big"
+                    out = (out or bytearray()) + self._fail(code, reason)
+                # else CLOSED: the reply to our close frame
+                break
+        return out
+
+    def _take_data(self, event: TextMessage | BytesMessage) -> bool:
+        """Add a message or fragment; False if the message is too big."""
+        data = event.data
+        if isinstance(data, str):
+            size = _utf8_len(data)
+        else:
+            data = bytes(data)
+            size = len(data)
+        if event.message_finished and not self._parts:
+            if size > self._max:
+                return False
+            self._inbox.append(data)
+        else:
+            self._parts_size += size
+            if self._parts_size > self._max:
+                return False
+            self._parts.append(data)
+            if not event.message_finished:
+                return True
+            # all fragments of one message have the same type (RFC 6455 §5.4; wsproto checks opcodes)
+            parts = self._parts
+            if isinstance(data, str):
+                self._inbox.append("".join(cast("list[str]", parts)))
+            else:
+                self._inbox.append(b"".join(cast("list[bytes]", parts)))
+            size = self._parts_size
+            self._parts = []
+            self._parts_size = 0
+        self._messages_received += 1
+        self._payload_received += size
+        return True
+
+    def _fail(self, code: int, reason: str) -> bytes:
+        """Fail the connection (RFC 6455 §7.1.7): close frame now, no reply awaited, stream closed after."""
+        self._failed = True
+        self._set_close(code, reason, "local")
+        if self._conn.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            return self._conn.send(CloseConnection(code=code, reason=reason))
+        return b""
+
+    async def _fail_now(self, code: int, reason: str) -> None:
+        data = self._fail(code, reason)
+        try:
+            if data:
+                await self._write(data, wait=True)
+        except TransportError:
+            pass
+        finally:
+            await self._close_transport()
+
+    async def _wait_close_reply(self) -> None:
+        if self._receiving:  # the active reader will see the reply and close the transport
+            if self._close_done is None:
+                self._close_done = trio.Event()
+            await self._close_done.wait()
+            return
+        self._receiving = True
+        try:
+            while (
+                self._conn.state is ConnectionState.LOCAL_CLOSING
+                and not self._transport_closed
+                and self._broken is None
+            ):
+                try:
+                    await self._pump()
+                except TransportError:
+                    return
+        finally:
+            self._receiving = False
+
+    # -- internals: writing and state -------------------------------------------------------------------
+
+    def _check_can_send(self) -> None:
+        if self._broken is not None:
+            raise BrokenTransport(self._broken)
+        if self._send_broken is not None:
+            raise BrokenTransport(self._send_broken)
+        if self._close_code is not None:
+            raise WebSocketClosed(self._close_code, self._close_reason)
+        if self._transport_closed or self._conn.state is not ConnectionState.OPEN:
+            raise WebSocketClosed(1006, "connection closed")
+
+    async def _write(self, data: bytes | bytearray, *, wait: bool) -> None:
+        """Send ``data`` after everything queued before it; see the module docstring.
+
+        Raises:
+            BrokenTransport: the stream broke (or an earlier cancelled send left it unusable).
+            ClosedTransport: the stream was closed.
+        """
+        self._queued += len(data)
+        if self._sending:
+            self._out += data
+            if not wait:
+                return
+            target = self._queued
+            while self._flushed < target:
+                if self._send_broken is not None:
+                    raise BrokenTransport(self._send_broken)
+                await self._write_lot.park()
+            return
+        if self._send_broken is not None:
+            raise BrokenTransport(self._send_broken)
+        self._sending = True
+        chunk: bytes | bytearray = data
+        try:
+            while True:
+                await self._stream.send_all(chunk)
+                self._flushed += len(chunk)
+                self._wire_sent += len(chunk)
+                if not self._out:
+                    break
+                chunk = self._out
+                self._out = bytearray()
+                if self._write_lot:
+                    self._write_lot.unpark_all()
+        except (trio.BrokenResourceError, BrokenTransport) as exc:
+            self._send_broken = f"transport broken: {exc}"
+            self._lost(self._send_broken)
+            raise BrokenTransport(self._send_broken) from exc
+        except (trio.ClosedResourceError, ClosedTransport) as exc:
+            self._send_broken = "the WebSocket's stream was closed"
+            if self._close_code is not None:  # aclose() gave up on a blocked send and closed the stream
+                raise WebSocketClosed(self._close_code, self._close_reason) from exc
+            raise ClosedTransport(self._send_broken) from exc
+        except BaseException:
+            self._send_broken = "a cancelled or failed send left the stream in an unknown state"
+            raise
+        finally:
+            self._sending = False
+            if self._write_lot:
+                self._write_lot.unpark_all()
+
+    def _set_close(self, code: int, reason: str, by: str) -> None:
+        if self._close_code is None:
+            self._close_code = code
+            self._close_reason = reason
+            self._closed_by = by
+
+    def _lost(self, reason: str) -> None:
+        if self._broken is None and self._close_code is None:
+            self._broken = reason
+
+    async def _close_transport(self) -> None:
+        try:
+            if not self._transport_closed:
+                self._transport_closed = True
+                with trio.move_on_after(self._close_timeout):
+                    await self._stream.aclose()
+        except (TransportError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            if self._close_done is not None:
+                self._close_done.set()
+
+
+# -- opening handshake ------------------------------------------------------------------------------------
+
+
+async def _receive(stream: trio.abc.Stream) -> bytes:
+    try:
+        return bytes(await stream.receive_some(RECEIVE_SIZE))
+    except (trio.BrokenResourceError, BrokenTransport) as exc:
+        raise BrokenTransport(f"transport broken during the WebSocket handshake: {exc}") from exc
+    except trio.ClosedResourceError as exc:
+        raise ClosedTransport("the stream was closed during the WebSocket handshake") from exc
+
+
+async def _send(stream: trio.abc.Stream, data: bytes) -> None:
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, BrokenTransport) as exc:
+        raise BrokenTransport(f"transport broken during the WebSocket handshake: {exc}") from exc
+    except trio.ClosedResourceError as exc:
+        raise ClosedTransport("the stream was closed during the WebSocket handshake") from exc
+
+
+def _http_response(status: int, body: str, headers: Sequence[tuple[str, str]] = ()) -> bytes:
+    """A complete, short HTTP/1.1 response that ends the connection."""
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    payload = body.encode("utf-8")
+    lines = [f"HTTP/1.1 {status} {phrase}"]
+    for name, value in headers:
+        if not name or any(c in name for c in " \t\r\n:") or "\r" in value or "\n" in value:
+            raise ValueError(f"bad response header {name!r}: {value!r}")
+        lines.append(f"{name}: {value}")
+    lines += [
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(payload)}",
+        "Connection: close",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+
+
+async def ws_client(
+    stream: trio.abc.Stream,
+    *,
+    host: str,
+    path: str,
+    subprotocols: Sequence[str],
+    headers: Sequence[tuple[str, str]] = (),
+    compression: bool = True,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    open_timeout: float | None = DEFAULT_OPEN_TIMEOUT,
+    close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+) -> WebSocket:
+    """Open a WebSocket as the client over a connected ``stream`` (TLS already done, if any).
+
+    Args:
+        stream: the transport; closed by this function if the handshake fails.
+        host: the ``Host`` header (``csms.evsim.test:8443``).
+        path: the request target, percent-encoded (see :func:`evsim.ws.paths.station_path`).
+        subprotocols: offers in order of preference (``("ocpp2.1", "ocpp2.0.1")``).
+        headers: extra request headers, e.g. :func:`evsim.ws.auth.basic_auth_header`.
+        compression: offer permessage-deflate.
+        max_message_size: largest message accepted, in bytes; larger ones close with 1009.
+        open_timeout: seconds (trio time) for the handshake; None waits forever.
+        close_timeout: seconds :meth:`WebSocket.aclose` waits for the peer's close frame.
+
+    Returns:
+        The open :class:`WebSocket`; ``subprotocol`` may be None if the server picked none.
+
+    Raises:
+        UpgradeRejected: the server answered with an HTTP status instead of 101 (``.status``).
+        WebSocketError: malformed response, bad accept token, unknown subprotocol or extension,
+            timeout, or unusable ``headers``.
+        BrokenTransport: the connection broke or closed before the response.
+    """
+    conn = WSConnection(ConnectionType.CLIENT)
+    extensions = [BoundedDeflate(max_message_size)] if compression else []
+    ok = False
+    try:
+        try:
+            request = conn.send(
+                Request(
+                    host=host,
+                    target=path,
+                    subprotocols=list(subprotocols),
+                    extensions=extensions,
+                    extra_headers=[(n.encode("ascii"), v.encode("latin-1")) for n, v in headers],
+                )
+            )
+        except _ERRORS as exc:
+            raise WebSocketError(f"cannot build the upgrade request: {exc}") from exc
+        with trio.move_on_after(math.inf if open_timeout is None else open_timeout):
+            await _send(stream, request)
+            ws = await _client_handshake(stream, conn, path, max_message_size, close_timeout, len(request))
+            ok = True
+            return ws
+        raise WebSocketError(f"WebSocket opening handshake timed out after {open_timeout} s")
+    finally:
+        if not ok:
+            await trio.aclose_forcefully(stream)
+
+
+async def _client_handshake(
+    stream: trio.abc.Stream,
+    conn: WSConnection,
+    path: str,
+    max_message_size: int,
+    close_timeout: float | None,
+    sent: int,
+) -> WebSocket:
+    received = 0
+    status: int | None = None
+    body = bytearray()
+    while True:
+        data = await _receive(stream)
+        if not data:
+            if status is not None:  # a rejection whose body ends with the connection
+                raise UpgradeRejected(status, _reason_text(body))
+            raise BrokenTransport("the server closed the connection during the WebSocket handshake")
+        received += len(data)
+        try:
+            conn.receive_data(data)
+            for event in conn.events():
+                if isinstance(event, AcceptConnection):
+                    connection = conn.connection
+                    assert connection is not None
+                    return WebSocket(
+                        stream,
+                        connection,
+                        subprotocol=event.subprotocol,
+                        path=path,
+                        request=None,
+                        compressed=any(ext.enabled() for ext in event.extensions),
+                        max_message_size=max_message_size,
+                        close_timeout=close_timeout,
+                        wire_bytes_sent=sent,
+                        wire_bytes_received=received,
+                    )
+                if isinstance(event, RejectConnection):
+                    status = event.status_code
+                    if not event.has_body:
+                        raise UpgradeRejected(status)
+                elif isinstance(event, RejectData):
+                    body += event.data[: _MAX_REJECT_BODY - len(body)]
+                    if event.body_finished or len(body) >= _MAX_REJECT_BODY:
+                        raise UpgradeRejected(status or 0, _reason_text(body))
+        except _ERRORS as exc:
+            if status is not None:
+                raise UpgradeRejected(status, _reason_text(body)) from exc
+            raise WebSocketError(f"bad WebSocket upgrade response: {exc}") from exc
+
+
+def _reason_text(body: bytes | bytearray) -> str:
+    return bytes(body).decode("utf-8", "replace").strip()[:200]
+
+
+async def ws_server(
+    stream: trio.abc.Stream,
+    decide: Callable[[UpgradeRequest], Accept | Reject],
+    *,
+    compression: bool = True,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    open_timeout: float | None = DEFAULT_OPEN_TIMEOUT,
+    close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+) -> WebSocket | None:
+    """Serve the opening handshake on an accepted ``stream`` (TLS already done, if any).
+
+    Args:
+        stream: the transport; closed by this function unless a WebSocket is returned.
+        decide: called once with the parsed :class:`UpgradeRequest`; returns :class:`Accept` or
+            :class:`Reject` (check credentials and identity here; exceptions propagate).
+        compression: accept permessage-deflate if the client offers it (OCPP-J §3.4: a CSMS SHALL).
+        max_message_size: largest message accepted, in bytes; larger ones close with 1009.
+        open_timeout: seconds (trio time) for the client's request; None waits forever.
+        close_timeout: seconds :meth:`WebSocket.aclose` waits for the peer's close frame.
+
+    Returns:
+        The open :class:`WebSocket`, or None after sending ``decide``'s rejection and closing.
+
+    Raises:
+        WebSocketError: malformed or non-WebSocket request (answered with 400/426 first), or timeout.
+        BrokenTransport: the connection broke or closed before a complete request.
+        ValueError: ``decide`` accepted a subprotocol the client did not offer.
+    """
+    conn = WSConnection(ConnectionType.SERVER)
+    ok = False
+    try:
+        with trio.move_on_after(math.inf if open_timeout is None else open_timeout):
+            received = 0
+            while True:
+                data = await _receive(stream)
+                if not data:
+                    raise BrokenTransport(
+                        "the client closed the connection before completing its upgrade request"
+                    )
+                received += len(data)
+                try:
+                    conn.receive_data(data)
+                    event = next(iter(conn.events()), None)
+                except _ERRORS as exc:
+                    hint = getattr(exc, "event_hint", None)
+                    status = hint.status_code if isinstance(hint, RejectConnection) else 400
+                    extra = [("Sec-WebSocket-Version", "13")] if status == 426 else []
+                    await _send_best_effort(
+                        stream, _http_response(status, "bad WebSocket upgrade request", extra)
+                    )
+                    raise WebSocketError(f"bad WebSocket upgrade request: {exc}") from exc
+                if isinstance(event, Request):
+                    break
+            request = _upgrade_request(event)
+            decision = decide(request)
+            if isinstance(decision, Reject):
+                headers = list(decision.headers)
+                if decision.status == 401 and not any(n.lower() == "www-authenticate" for n, _ in headers):
+                    headers.append(("WWW-Authenticate", 'Basic realm="ocpp", charset="UTF-8"'))
+                await _send_best_effort(stream, _http_response(decision.status, decision.reason, headers))
+                ok = True
+                with (
+                    trio.move_on_after(math.inf if close_timeout is None else close_timeout),
+                    contextlib.suppress(TransportError, trio.BrokenResourceError),
+                ):
+                    await stream.aclose()
+                return None
+            ws = await _accept(stream, conn, request, decision, compression, max_message_size, close_timeout)
+            ws._wire_received = received
+            ok = True
+            return ws
+        raise WebSocketError(f"no complete WebSocket upgrade request within {open_timeout} s")
+    finally:
+        if not ok:
+            await trio.aclose_forcefully(stream)
+
+
+async def _send_best_effort(stream: trio.abc.Stream, data: bytes) -> None:
+    with contextlib.suppress(TransportError, trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(data)
+
+
+def _upgrade_request(event: Request) -> UpgradeRequest:
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in event.extra_headers:
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return UpgradeRequest(
+        path=event.target,
+        host=event.host,
+        subprotocols=tuple(event.subprotocols),
+        headers=headers,
+    )
+
+
+async def _accept(
+    stream: trio.abc.Stream,
+    conn: WSConnection,
+    request: UpgradeRequest,
+    decision: Accept,
+    compression: bool,
+    max_message_size: int,
+    close_timeout: float | None,
+) -> WebSocket:
+    if decision.subprotocol is not None and decision.subprotocol not in request.subprotocols:
+        raise ValueError(
+            f"Accept(subprotocol={decision.subprotocol!r}): the client offered {request.subprotocols}"
+        )
+    extension = BoundedDeflate(max_message_size) if compression else None
+    try:
+        data = conn.send(
+            AcceptConnection(
+                subprotocol=decision.subprotocol,
+                extensions=[extension] if extension is not None else [],
+                extra_headers=[(n.encode("ascii"), v.encode("latin-1")) for n, v in decision.extra_headers],
+            )
+        )
+    except _ERRORS as exc:
+        await _send_best_effort(stream, _http_response(400, "bad WebSocket upgrade request"))
+        raise WebSocketError(f"cannot accept the WebSocket upgrade: {exc}") from exc
+    await _send(stream, data)
+    connection = conn.connection
+    assert connection is not None
+    return WebSocket(
+        stream,
+        connection,
+        subprotocol=decision.subprotocol,
+        path=request.path,
+        request=request,
+        compressed=extension is not None and extension.enabled(),
+        max_message_size=max_message_size,
+        close_timeout=close_timeout,
+        wire_bytes_sent=len(data),
+        wire_bytes_received=0,
+    )
