@@ -1,9 +1,9 @@
 """The ``evsim`` command line.
 
-    evsim certs init [--dir certs]            make the development PKI
-    evsim csms --listen HOST:PORT --pki DIR   serve wss://HOST:PORT/ocpp/<station-id>
-    evsim stations --csms URL --count N ...   run N stations against any OCPP 2.0.1 CSMS
-    evsim demo --pki DIR                      a CSMS and ten stations in one process (virtual time)
+evsim certs init [--dir certs]            make the development PKI
+evsim csms --listen HOST:PORT --pki DIR   serve wss://HOST:PORT/ocpp/<station-id>
+evsim stations --csms URL --count N ...   run N stations against any OCPP 2.0.1 CSMS
+evsim demo --pki DIR                      a CSMS and ten stations in one process (virtual time)
 """
 
 from __future__ import annotations
@@ -43,28 +43,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     certs = sub.add_parser("certs", help="development PKI")
     certs_sub = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
-    init = certs_sub.add_parser("init", help="generate the development PKI (root CA, CSMS server, station CA)")
+    init = certs_sub.add_parser(
+        "init", help="generate the development PKI (root CA, CSMS server, station CA)"
+    )
     init.add_argument("--dir", default="certs", help="output directory (default: certs)")
     init.add_argument("--host", default="localhost", help="CSMS host name: server certificate CN and SAN")
     init.add_argument("--org", default="evsim", help="operator organization (O of station certificates)")
-    init.add_argument("--key-type", choices=("ec", "rsa"), default="ec", help="ECDSA P-256 (default) or RSA-2048")
+    init.add_argument(
+        "--key-type", choices=("ec", "rsa"), default="ec", help="ECDSA P-256 (default) or RSA-2048"
+    )
     init.add_argument("--days", type=int, default=365, help="validity of the leaf certificates in days")
-    init.add_argument("--stations", type=int, default=0, help="also issue N station certificates (ST-0001...)")
+    init.add_argument(
+        "--stations", type=int, default=0, help="also issue N station certificates (ST-0001...)"
+    )
     group = init.add_mutually_exclusive_group()
     group.add_argument("--force", action="store_true", help="overwrite an existing PKI")
     group.add_argument("--if-missing", action="store_true", help="do nothing when the PKI already exists")
 
     csms = sub.add_parser("csms", help="run a CSMS serving wss://HOST:PORT/ocpp/<station-id>")
-    csms.add_argument("--listen", type=_host_port, default=("127.0.0.1", 8443), help="HOST:PORT (loopback only)")
+    csms.add_argument(
+        "--listen", type=_host_port, default=("127.0.0.1", 8443), help="HOST:PORT (loopback only)"
+    )
     csms.add_argument("--pki", default="certs", help="PKI directory made by 'evsim certs init'")
     csms.add_argument("--security-profile", type=_profile, default=2, help="1, 2 (default) or 3")
     csms.add_argument("--password", default=DEV_PASSWORD, help="Basic-auth password accepted (profiles 1, 2)")
-    csms.add_argument("--org", default="evsim", help="organization required in station certificates (profile 3)")
-    csms.add_argument("--heartbeat-interval", type=int, default=300, help="interval sent in BootNotification (s)")
+    csms.add_argument(
+        "--org", default="evsim", help="organization required in station certificates (profile 3)"
+    )
+    csms.add_argument(
+        "--heartbeat-interval", type=int, default=300, help="interval sent in BootNotification (s)"
+    )
     csms.add_argument(
         "--ocpp-version", action="append", choices=("2.0.1", "2.1"), help="versions served (default: both)"
     )
-    csms.add_argument("--duration", type=float, default=None, help="stop after S seconds (default: run forever)")
+    csms.add_argument(
+        "--duration", type=float, default=None, help="stop after S seconds (default: run forever)"
+    )
     csms.add_argument("--keylog", default=None, help="write an NSS key log (for Wireshark) to FILE")
     csms.add_argument(
         "--insecure-allow-plain-ws",
@@ -73,21 +87,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     st = sub.add_parser("stations", help="run N charging stations against a CSMS")
-    st.add_argument("--csms", required=True, help="OCPP-J endpoint URL without the identity, e.g. wss://localhost:8443/ocpp")
+    st.add_argument(
+        "--csms",
+        required=True,
+        help="OCPP-J endpoint URL without the identity, e.g. wss://localhost:8443/ocpp",
+    )
     st.add_argument("--count", type=int, default=1, help="number of stations")
     st.add_argument("--ca", default=None, help="CSMS root CA file (PEM) to trust (default: PKI_DIR/ca.crt)")
     st.add_argument("--pki", default=None, help="PKI directory: station certificates for profile 3")
     st.add_argument("--security-profile", type=_profile, default=2, help="1, 2 (default) or 3")
     st.add_argument("--password", default=DEV_PASSWORD, help="Basic-auth password (profiles 1, 2)")
     st.add_argument("--id-prefix", default="ST-", help="station identity prefix (ST-0001, ST-0002, ...)")
-    st.add_argument("--ocpp-version", action="append", choices=("2.0.1", "2.1"), help="offered (default 2.0.1)")
+    st.add_argument(
+        "--ocpp-version", action="append", choices=("2.0.1", "2.1"), help="offered (default 2.0.1)"
+    )
     st.add_argument("--sessions", type=int, default=1, help="charging sessions per station")
     st.add_argument("--session-duration", type=float, default=20.0, help="seconds of charging per session")
     st.add_argument("--meter-interval", type=float, default=5.0, help="seconds between meter values")
     st.add_argument("--duration", type=float, default=120.0, help="give up after S seconds (exit 1)")
     st.add_argument("--seed", type=int, default=1, help="seed for timing jitter and transaction ids")
     st.add_argument("--keylog", default=None, help="write an NSS key log (for Wireshark) to FILE")
-    st.add_argument("--allow-wildcards", action="store_true", help="accept a wildcard CSMS certificate (not OCPP)")
+    st.add_argument(
+        "--allow-wildcards", action="store_true", help="accept a wildcard CSMS certificate (not OCPP)"
+    )
     st.add_argument(
         "--insecure-skip-verify",
         action="store_true",
@@ -99,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--stations", type=int, default=10, help="number of stations (default 10)")
     demo.add_argument("--seed", type=int, default=1, help="seed")
     demo.add_argument("--security-profile", type=_profile, default=2, help="2 (default) or 3")
-    demo.add_argument("--real-time", action="store_true", help="run on the real clock (default: virtual time)")
+    demo.add_argument(
+        "--real-time", action="store_true", help="run on the real clock (default: virtual time)"
+    )
     demo.add_argument("--tcp", action="store_true", help="loopback TCP instead of the in-memory network")
     return p
 

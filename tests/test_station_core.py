@@ -46,7 +46,10 @@ def test_backoff_refuses_negative() -> None:
 def _tx_messages(n_updates: int) -> list[tuple[str, dict[str, object]]]:
     tx = TransactionRecorder(transaction_id="tx-1")
     msgs: list[tuple[str, dict[str, object]]] = [("TransactionEvent", tx.started(T0))]
-    msgs += [("TransactionEvent", tx.updated(T0, trigger="MeterValuePeriodic", energy_wh=float(i))) for i in range(n_updates)]
+    msgs += [
+        ("TransactionEvent", tx.updated(T0, trigger="MeterValuePeriodic", energy_wh=float(i)))
+        for i in range(n_updates)
+    ]
     msgs.append(("TransactionEvent", tx.ended(T0)))
     return msgs
 

@@ -22,7 +22,14 @@ log = logging.getLogger("evsim")
 
 #: Kinds logged at WARNING (something was refused or lost); everything else is INFO/DEBUG.
 WARNING_KINDS = frozenset(
-    {"handshake_failed", "upgrade_rejected", "connection_lost", "bad_input", "security_event", "boot_rejected"}
+    {
+        "handshake_failed",
+        "upgrade_rejected",
+        "connection_lost",
+        "bad_input",
+        "security_event",
+        "boot_rejected",
+    }
 )
 
 

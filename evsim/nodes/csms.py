@@ -20,6 +20,7 @@ Per-station state (:class:`StationRecord`) survives reconnects: boots, status, t
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -41,7 +42,7 @@ from evsim.metrics.recorder import Recorder
 from evsim.net.base import Network
 from evsim.ocpp.rpc import RpcConnection
 from evsim.ocpp.session import OcppSession
-from evsim.ocpp.versions import choose_subprotocol, version_for_subprotocol, subprotocol_for_version
+from evsim.ocpp.versions import choose_subprotocol, subprotocol_for, version_for
 from evsim.tls.context import ServerTls
 from evsim.tls.events import ocpp_security_event
 from evsim.tls.stream import TlsInfo, tls_accept
@@ -191,7 +192,9 @@ class Csms:
 
     # ---------------------------------------------------------------- serving
 
-    async def serve(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Listen and serve until cancelled; ``task_status.started`` gets the bound address."""
         listener = await self.network.listen(self.config.host, self.config.port)
         self.address = listener.address
@@ -239,7 +242,9 @@ class Csms:
                 return
             station_id = decision["station_id"]
             if ws.subprotocol is None:
-                self.recorder.emit(name, "upgrade_rejected", station=station_id, status=0, reason="no subprotocol")
+                self.recorder.emit(
+                    name, "upgrade_rejected", station=station_id, status=0, reason="no subprotocol"
+                )
                 await ws.aclose(1002, "no supported OCPP subprotocol")
                 return
             await self._serve_station(station_id, ws, tls_info)
@@ -255,7 +260,11 @@ class Csms:
         station_id = station_id_from_path(req.path, cfg.path_prefix)
         if station_id is None:
             return self._reject(404, "bad or missing station identity in path", req.path)
-        if not cfg.accept_unknown_stations and station_id not in cfg.passwords and station_id not in self.stations:
+        if (
+            not cfg.accept_unknown_stations
+            and station_id not in cfg.passwords
+            and station_id not in self.stations
+        ):
             return self._reject(404, "unknown station", station_id)
         if cfg.security_profile in (1, 2):
             creds = parse_basic_auth(req.headers.get("authorization", ""))
@@ -272,14 +281,18 @@ class Csms:
             if problem:
                 return self._reject(401, problem, station_id)
         out["station_id"] = station_id
-        return Accept(subprotocol=choose_subprotocol(req.subprotocols, [subprotocol_for_version(v) for v in cfg.ocpp_versions]))
+        return Accept(
+            subprotocol=choose_subprotocol(req.subprotocols, [subprotocol_for(v) for v in cfg.ocpp_versions])
+        )
 
     def _reject(self, status: int, reason: str, station: str) -> Reject:
         self._upgrade_rejections[status] += 1
         extra = {}
         if "certificate" in reason:
             extra["security_event"] = "InvalidChargingStationCertificate"
-        self.recorder.emit(self.config.name, "upgrade_rejected", station=station, status=status, reason=reason, **extra)
+        self.recorder.emit(
+            self.config.name, "upgrade_rejected", station=station, status=status, reason=reason, **extra
+        )
         return Reject(status=status, reason=reason)
 
     async def _serve_station(self, station_id: str, ws: WebSocket, tls_info: TlsInfo | None) -> None:
@@ -289,7 +302,7 @@ class Csms:
         if rec.session is not None:
             self.recorder.emit(self.config.name, "replaced_connection", station=station_id)
         assert ws.subprotocol is not None
-        version = version_for_subprotocol(ws.subprotocol)
+        version = version_for(ws.subprotocol)
         rec.connections += 1
         rec.connected = True
         rec.accepted = False  # a new connection must boot again before other messages (B02.FR.09)
@@ -333,7 +346,9 @@ class Csms:
         if action == "BootNotification":
             return await self._on_boot(rec, ws, payload, now)
         if not rec.accepted:
-            raise OcppError("station has not been accepted by BootNotification yet", error_code="SecurityError")
+            raise OcppError(
+                "station has not been accepted by BootNotification yet", error_code="SecurityError"
+            )
         if action == "Heartbeat":
             rec.heartbeats += 1
             return {"currentTime": now}
@@ -354,8 +369,15 @@ class Csms:
                 tech_info=payload.get("techInfo", ""),
             )
             return {}
-        if action in ("MeterValues", "NotifyEvent", "NotifyReport", "FirmwareStatusNotification",
-                      "LogStatusNotification", "NotifyMonitoringReport", "NotifyChargingLimit"):
+        if action in (
+            "MeterValues",
+            "NotifyEvent",
+            "NotifyReport",
+            "FirmwareStatusNotification",
+            "LogStatusNotification",
+            "NotifyMonitoringReport",
+            "NotifyChargingLimit",
+        ):
             return {}
         raise OcppError(f"{action} is not supported by this CSMS", error_code="NotSupported")
 
@@ -371,7 +393,10 @@ class Csms:
         ):
             # B01.FR.11/12: the serial number must be the certificate's CN; close the connection.
             self.recorder.emit(
-                self.config.name, "boot_rejected", station=rec.station_id, reason="serialNumber != certificate CN"
+                self.config.name,
+                "boot_rejected",
+                station=rec.station_id,
+                reason="serialNumber != certificate CN",
             )
             rec.accepted = False
             await ws.aclose(1008, "serialNumber does not match the certificate")
@@ -404,7 +429,10 @@ class Csms:
                 tx.offline_events += 1
             for mv in payload.get("meterValue", []):
                 for sv in mv["sampledValue"]:
-                    if sv.get("measurand", "Energy.Active.Import.Register") == "Energy.Active.Import.Register":
+                    if (
+                        sv.get("measurand", "Energy.Active.Import.Register")
+                        == "Energy.Active.Import.Register"
+                    ):
                         tx.energy_wh = max(tx.energy_wh, float(sv["value"]))
             if event_type == "Started":
                 tx.started = True
@@ -488,7 +516,5 @@ def _check_station_certificate(tls_info: TlsInfo | None, station_id: str, organi
 
 
 async def _aclose_quietly(stream: trio.abc.AsyncResource) -> None:
-    try:
+    with contextlib.suppress(TransportError, trio.BrokenResourceError, trio.ClosedResourceError):
         await stream.aclose()
-    except (TransportError, trio.BrokenResourceError, trio.ClosedResourceError):
-        pass

@@ -19,6 +19,7 @@ InvalidTLSVersion, ...), queued once per failure streak and delivered after the 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import random
@@ -45,7 +46,7 @@ from evsim.ocpp.rpc import RpcConnection
 from evsim.ocpp.session import OcppSession
 from evsim.ocpp.transaction import TransactionRecorder
 from evsim.ocpp.txqueue import TxQueue
-from evsim.ocpp.versions import subprotocol_for_version, version_for_subprotocol
+from evsim.ocpp.versions import subprotocol_for, version_for
 from evsim.tls.context import ClientTls
 from evsim.tls.events import ocpp_security_event
 from evsim.tls.stream import TlsInfo, tls_connect
@@ -97,7 +98,7 @@ class StationConfig:
     message_attempt_interval_s: float = 10.0
     message_timeout_s: float = 30.0
     default_heartbeat_s: float = 300.0
-    backoff: RetryBackOff = RetryBackOff()
+    backoff: RetryBackOff = attrs.field(factory=RetryBackOff)
     queue_max: int = 1000
     compression: bool = False
 
@@ -148,7 +149,9 @@ class Station:
         if config.security_profile == 1 and scheme != "ws":
             raise ValueError("security profile 1 uses ws:// URLs")
         if config.security_profile >= 2 and (scheme != "wss" or client_tls is None):
-            raise ValueError(f"security profile {config.security_profile} needs a wss:// URL and a TLS configuration")
+            raise ValueError(
+                f"security profile {config.security_profile} needs a wss:// URL and a TLS configuration"
+            )
         self.config = config
         self.network = network
         self.client_tls = client_tls
@@ -208,7 +211,9 @@ class Station:
             self.recorder.emit(self.name, "reconnect_wait", seconds=round(wait, 3))
             await trio.sleep(wait)
 
-    def _on_connect_failure(self, reason: str, *, detail: str = "", handshake: HandshakeFailed | None = None) -> None:
+    def _on_connect_failure(
+        self, reason: str, *, detail: str = "", handshake: HandshakeFailed | None = None
+    ) -> None:
         self.connect_failures[reason] += 1
         kind = "handshake_failed" if handshake is not None else "connection_lost"
         security_event = ocpp_security_event(reason, side="client") if handshake is not None else None
@@ -236,7 +241,7 @@ class Station:
 
     async def _connect_once(self) -> None:
         cfg = self.config
-        stream: trio.abc.Stream = await self.network.connect(self.host, self.port)
+        stream: trio.abc.Stream = await self.network.connect(self.host, self.port, source=self.config.station_id)
         try:
             if self.client_tls is not None:
                 tls_stream = await tls_connect(
@@ -259,14 +264,14 @@ class Station:
                 stream,
                 host=self.host,
                 path=self.path,
-                subprotocols=[subprotocol_for_version(v) for v in cfg.ocpp_versions],
+                subprotocols=[subprotocol_for(v) for v in cfg.ocpp_versions],
                 headers=headers,
                 compression=cfg.compression,
             )
             if ws.subprotocol is None:
                 await ws.aclose(1002, "no OCPP subprotocol agreed")
                 raise OcppError("CSMS agreed no OCPP subprotocol", error_code="ProtocolError")
-            rpc = RpcConnection(version=version_for_subprotocol(ws.subprotocol), call_timeout=cfg.message_timeout_s)
+            rpc = RpcConnection(version=version_for(ws.subprotocol), call_timeout=cfg.message_timeout_s)
             session = OcppSession(ws, rpc, self._handle_csms_call)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._run_session, session, nursery.cancel_scope)
@@ -280,11 +285,11 @@ class Station:
                 nursery.start_soon(self._status_loop, session)
                 nursery.start_soon(self._sender_loop, session)
         finally:
-            with trio.CancelScope(shield=True):
-                try:
-                    await stream.aclose()
-                except (TransportError, trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+            with (
+                trio.CancelScope(shield=True),
+                contextlib.suppress(TransportError, trio.BrokenResourceError, trio.ClosedResourceError),
+            ):
+                await stream.aclose()
 
     async def _run_session(
         self, session: OcppSession, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
@@ -425,12 +430,18 @@ class Station:
             )
         self._enqueue(
             "TransactionEvent",
-            tx.updated(self.clock.utcnow(), trigger="StopAuthorized", state="EVConnected", id_token=cfg.id_token),
+            tx.updated(
+                self.clock.utcnow(), trigger="StopAuthorized", state="EVConnected", id_token=cfg.id_token
+            ),
         )
         self._enqueue(
             "TransactionEvent",
-            tx.ended(self.clock.utcnow(), trigger="EVDeparted", stopped_reason="EVDisconnected",
-                     energy_wh=self.energy_wh),
+            tx.ended(
+                self.clock.utcnow(),
+                trigger="EVDeparted",
+                stopped_reason="EVDisconnected",
+                energy_wh=self.energy_wh,
+            ),
         )
         self._set_status("Available")
         self.recorder.emit(self.name, "tx_ended", tx=tx_id, energy_wh=round(self.energy_wh, 1))
@@ -441,9 +452,13 @@ class Station:
             self.recorder.emit(self.name, "authorize_offline", token=self.config.id_token)
             return
         try:
-            resp = await self._call(session, "Authorize", {"idToken": {"idToken": self.config.id_token, "type": "ISO14443"}})
+            resp = await self._call(
+                session, "Authorize", {"idToken": {"idToken": self.config.id_token, "type": "ISO14443"}}
+            )
         except (TransportError, OcppError) as exc:
-            self.recorder.emit(self.name, "authorize_offline", token=self.config.id_token, reason=type(exc).__name__)
+            self.recorder.emit(
+                self.name, "authorize_offline", token=self.config.id_token, reason=type(exc).__name__
+            )
             return
         self.recorder.emit(self.name, "authorized", status=resp["idTokenInfo"]["status"])
 

@@ -25,7 +25,9 @@ def energy_meter_value(ts: dt.datetime, energy_wh: float, power_w: float | None 
         }
     ]
     if power_w is not None:
-        sampled.append({"value": round(power_w, 1), "measurand": "Power.Active.Import", "unitOfMeasure": {"unit": "W"}})
+        sampled.append(
+            {"value": round(power_w, 1), "measurand": "Power.Active.Import", "unitOfMeasure": {"unit": "W"}}
+        )
     return {"timestamp": isoformat(ts), "sampledValue": sampled}
 
 
@@ -55,7 +57,9 @@ class TransactionRecorder:
             payload["transactionInfo"]["chargingState"] = state
             self.charging_state = state
 
-    def started(self, ts: dt.datetime, *, trigger: str = "CablePluggedIn", energy_wh: float = 0.0) -> dict[str, Any]:
+    def started(
+        self, ts: dt.datetime, *, trigger: str = "CablePluggedIn", energy_wh: float = 0.0
+    ) -> dict[str, Any]:
         payload = self._base("Started", ts, trigger)
         self._state(payload, "EVConnected")
         payload["evse"] = {"id": self.evse_id, "connectorId": self.connector_id}

@@ -1,0 +1,352 @@
+"""Implementations of the CLI commands (argument parsing lives in :mod:`evsim.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+from evsim.clock import SimClock, real_utcnow
+from evsim.errors import ConfigError, PkiError
+from evsim.metrics.recorder import Recorder
+from evsim.net.base import Network, parse_url
+from evsim.net.tcp import TcpNetwork
+from evsim.net.virtual import VirtualNetwork
+from evsim.nodes.csms import Csms, CsmsConfig
+from evsim.nodes.security import csms_server_tls, load_anchors, station_client_tls
+from evsim.nodes.station import Station, StationConfig, station_ids
+from evsim.pki import DevPki, init_dev_pki
+from evsim.report import table
+
+
+def _warn(message: str) -> None:
+    print(f"WARNING: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- certs
+
+
+def certs_init(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    if args.if_missing and (directory / "ca.crt").exists():
+        DevPki.load(directory)  # fails loudly when the existing PKI is broken
+        print(f"PKI in {directory} already exists; left as is")
+        return 0
+    ids = list(station_ids("ST-", args.stations)) if args.stations else 0
+    pki = init_dev_pki(
+        directory,
+        host=args.host,
+        org=args.org,
+        key_type=args.key_type,
+        now=real_utcnow(),
+        force=args.force,
+        stations=ids,
+    )
+    print(f"dev PKI written to {directory}/ (host {pki.host}, organization {pki.org}, {args.key_type} keys)")
+    print("see certs/README.md for what each file is; these files are git-ignored, never commit them")
+    return 0
+
+
+# ---------------------------------------------------------------------------- csms
+
+
+def run_csms(args: argparse.Namespace) -> int:
+    host, port = args.listen
+    if args.security_profile == 1 and not args.insecure_allow_plain_ws:
+        raise ConfigError(
+            "security profile 1 is plain ws:// with passwords in clear",
+            path="--security-profile",
+            value=1,
+            fix="add --insecure-allow-plain-ws (trusted networks only) or use profile 2 or 3",
+        )
+    if args.keylog:
+        _warn(f"TLS key log enabled: session secrets are written to {args.keylog}")
+    pki = DevPki.load(args.pki)
+    config = CsmsConfig(
+        host=host,
+        port=port,
+        security_profile=args.security_profile,
+        insecure_allow_plain_ws=args.insecure_allow_plain_ws,
+        ocpp_versions=tuple(args.ocpp_version or ("2.0.1", "2.1")),
+        heartbeat_interval=args.heartbeat_interval,
+        organization=args.org,
+        default_password=args.password,
+    )
+    server_tls = csms_server_tls(pki, security_profile=args.security_profile, keylog=args.keylog)
+
+    async def main() -> None:
+        clock = SimClock.start()
+        recorder = Recorder(clock, sink=_print_event)
+        csms = Csms(config, network=TcpNetwork(), server_tls=server_tls, clock=clock, recorder=recorder)
+        with trio.move_on_after(args.duration if args.duration is not None else math.inf):
+            async with trio.open_nursery() as nursery:
+                addr = await nursery.start(csms.serve)
+                scheme = "ws" if args.security_profile == 1 else "wss"
+                print(
+                    f"CSMS listening on {scheme}://{addr[0]}:{addr[1]}{config.path_prefix}/<station-id>",
+                    flush=True,
+                )
+        print(_csms_summary(csms))
+
+    trio.run(main)
+    return 0
+
+
+def _print_event(ev: Any) -> None:
+    if ev.kind in (
+        "station_connected",
+        "booted",
+        "handshake_failed",
+        "upgrade_rejected",
+        "security_event_received",
+    ):
+        fields = " ".join(f"{k}={v}" for k, v in ev.data.items())
+        print(f"[{ev.t:9.3f}] {ev.node} {ev.kind} {fields}", flush=True)
+
+
+# ---------------------------------------------------------------------------- stations
+
+
+def run_stations(args: argparse.Namespace) -> int:
+    if args.count < 1:
+        raise ConfigError(
+            "need at least one station", path="--count", value=args.count, fix="use --count 1 or more"
+        )
+    scheme, _host, _port, _path = parse_url(args.csms)
+    if args.security_profile == 1 and scheme != "ws":
+        raise ConfigError(
+            "security profile 1 uses ws:// URLs", path="--csms", value=args.csms, fix="use ws://..."
+        )
+    if args.security_profile >= 2 and scheme != "wss":
+        raise ConfigError(
+            f"security profile {args.security_profile} uses TLS",
+            path="--csms",
+            value=args.csms,
+            fix="use wss://...",
+        )
+    if args.keylog:
+        _warn(f"TLS key log enabled: session secrets are written to {args.keylog}")
+    if args.insecure_skip_verify:
+        _warn("--insecure-skip-verify: the CSMS certificate is NOT verified; anyone can impersonate the CSMS")
+    pki = DevPki.load(args.pki) if args.pki else None
+    if args.security_profile == 3 and pki is None:
+        raise ConfigError(
+            "security profile 3 needs station certificates",
+            path="--pki",
+            fix="pass --pki DIR (see evsim certs init)",
+        )
+    ca_file = args.ca or (str(Path(args.pki) / "ca.crt") if args.pki else None)
+    if ca_file is None and scheme == "wss" and not args.insecure_skip_verify:
+        raise ConfigError("no CSMS root to trust", path="--ca", fix="pass --ca FILE (the CSMS root CA, PEM)")
+    anchors = load_anchors(ca_file) if ca_file else ()
+    ids = station_ids(args.id_prefix, args.count)
+    now = real_utcnow()
+    configs = [
+        StationConfig(
+            station_id=sid,
+            csms_url=args.csms,
+            security_profile=args.security_profile,
+            password=args.password if args.security_profile < 3 else None,
+            ocpp_versions=tuple(args.ocpp_version or ("2.0.1",)),
+            sessions=args.sessions,
+            session_start_s=(0.5, 2.0),
+            session_duration_s=args.session_duration,
+            meter_interval_s=args.meter_interval,
+        )
+        for sid in ids
+    ]
+    tls_by_id = {
+        sid: station_client_tls(
+            anchors,
+            identity=pki.station(sid, now=now) if (pki is not None and args.security_profile == 3) else None,
+            keylog=args.keylog,
+            allow_wildcards=args.allow_wildcards,
+            insecure_skip_verify=args.insecure_skip_verify,
+        )
+        if args.security_profile >= 2
+        else None
+        for sid in ids
+    }
+
+    async def main() -> list[Station]:
+        clock = SimClock.start()
+        recorder = Recorder(clock)
+        net = TcpNetwork()
+        stations = [
+            Station(
+                c,
+                network=net,
+                client_tls=tls_by_id[c.station_id],
+                clock=clock,
+                recorder=recorder,
+                rng=random.Random(f"{args.seed}:{c.station_id}"),
+            )
+            for c in configs
+        ]
+        with trio.move_on_after(args.duration):
+            async with trio.open_nursery() as nursery:
+                for st in stations:
+                    nursery.start_soon(st.run)
+                for st in stations:
+                    await st.done.wait()
+                nursery.cancel_scope.cancel()
+        return stations
+
+    stations = trio.run(main)
+    print(_stations_table(stations))
+    done = sum(st.done.is_set() for st in stations)
+    print(f"{done}/{len(stations)} stations booted and completed their sessions")
+    return 0 if done == len(stations) else 1
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    pki = DevPki.load(args.pki)
+    host = pki.host
+    n = args.stations
+    if n < 1:
+        raise ConfigError(
+            "need at least one station", path="--stations", value=n, fix="use --stations 1 or more"
+        )
+    sp = args.security_profile
+    if sp == 1:
+        raise ConfigError("the demo runs over TLS", path="--security-profile", value=1, fix="use 2 or 3")
+    real = args.real_time
+    # Virtual time: a 10-minute session with 60 s meter values and 60 s heartbeats, in about a second.
+    heartbeat = 5 if real else 60
+    session_s, meter_s, start_s = (6.0, 2.0, (0.2, 1.0)) if real else (600.0, 60.0, (10.0, 60.0))
+    now = real_utcnow()
+    ids = station_ids("ST-", n)
+    server_tls = csms_server_tls(pki, security_profile=sp)
+    client_tls = {
+        sid: station_client_tls((pki.root.cert,), identity=pki.station(sid, now=now) if sp == 3 else None)
+        for sid in ids
+    }
+
+    elapsed = [0.0]
+
+    async def main() -> tuple[Csms, list[Station], Recorder]:
+        clock = SimClock.start(now)
+        recorder = Recorder(clock)
+        net: Network = TcpNetwork() if args.tcp else VirtualNetwork()
+        listen_port = 0 if args.tcp else 443
+        csms = Csms(
+            CsmsConfig(
+                host=host,
+                port=listen_port,
+                security_profile=sp,
+                heartbeat_interval=heartbeat,
+                organization=pki.org,
+                default_password=_DEMO_PASSWORD,
+            ),
+            network=net,
+            server_tls=server_tls,
+            clock=clock,
+            recorder=recorder,
+        )
+        with trio.fail_after(600 if real else 24 * 3600):
+            async with trio.open_nursery() as nursery:
+                _, port = await nursery.start(csms.serve)
+                stations = [
+                    Station(
+                        StationConfig(
+                            station_id=sid,
+                            csms_url=f"wss://{host}:{port}/ocpp",
+                            security_profile=sp,
+                            password=_DEMO_PASSWORD if sp == 2 else None,
+                            sessions=1,
+                            session_start_s=start_s,
+                            session_duration_s=session_s,
+                            meter_interval_s=meter_s,
+                        ),
+                        network=net,
+                        client_tls=client_tls[sid],
+                        clock=clock,
+                        recorder=recorder,
+                        rng=random.Random(f"{args.seed}:{sid}"),
+                    )
+                    for sid in ids
+                ]
+                for st in stations:
+                    nursery.start_soon(st.run)
+                for st in stations:
+                    await st.done.wait()
+                await trio.sleep(heartbeat * 1.5)  # let every station heartbeat at least once more
+                elapsed[0] = clock.elapsed()
+                nursery.cancel_scope.cancel()
+        return csms, stations, recorder
+
+    clock = trio.testing.MockClock(autojump_threshold=0) if not real else None
+    csms, stations, _recorder = trio.run(main, clock=clock)
+    mode = f"{'real' if real else 'virtual'} time, {'loopback TCP' if args.tcp else 'in-memory network'}"
+    print(f"evsim demo: 1 CSMS ({host}), {n} stations, security profile {sp}, {mode}\n")
+    print(_stations_table(stations, csms))
+    print()
+    print(_csms_summary(csms))
+    ok = all(st.done.is_set() for st in stations)
+    st_ = csms.statistics()
+    print(
+        f"\n{'OK' if ok else 'INCOMPLETE'}: {sum(s.done.is_set() for s in stations)}/{n} stations booted, "
+        f"heartbeated and completed a charging session; {st_.transactions_ended} transactions ended at the CSMS, "
+        f"{st_.duplicate_tx_events} duplicates; simulated {elapsed[0]:.0f} s"
+    )
+    return 0 if ok else 1
+
+
+_DEMO_PASSWORD = "evsim-demo-password-01"
+
+
+def _stations_table(stations: list[Station], csms: Csms | None = None) -> str:
+    rows = []
+    for st in stations:
+        s = st.statistics()
+        tls = s.tls
+        rec = csms.stations.get(st.name) if csms else None
+        tx_events = sum(len(t.seq_nos) for t in rec.transactions.values()) if rec else s.queue.delivered_total
+        rows.append(
+            [
+                st.name,
+                tls.version if tls else "-",
+                tls.cipher_iana if tls else "-",
+                (tls.group or "-") if tls else "-",
+                "yes" if s.boots else "no",
+                rec.heartbeats if rec else s.heartbeats,
+                tx_events,
+                round(st.energy_wh / 1000, 2),
+                "done" if st.done.is_set() else "incomplete",
+            ]
+        )
+    return table(
+        ["station", "TLS", "cipher suite", "group", "booted", "heartbeats", "tx events", "kWh", "state"],
+        rows,
+        title="Stations (TLS as negotiated on each station's link to the CSMS)",
+    )
+
+
+def _csms_summary(csms: Csms) -> str:
+    s = csms.statistics()
+    rows: list[list[object]] = [
+        ["stations connected / known", f"{s.stations_connected} / {s.stations_known}"],
+        ["connections accepted", s.connections_total],
+        ["TLS versions", ", ".join(f"{k}: {v}" for k, v in s.tls_versions.items()) or "-"],
+        ["cipher suites", ", ".join(f"{k}: {v}" for k, v in s.tls_suites.items()) or "-"],
+        ["handshake failures", ", ".join(f"{k}: {v}" for k, v in s.handshake_failures.items()) or "none"],
+        [
+            "upgrade rejections",
+            ", ".join(f"HTTP {k}: {v}" for k, v in s.upgrade_rejections.items()) or "none",
+        ],
+        ["messages", ", ".join(f"{k}: {v}" for k, v in sorted(s.messages.items()))],
+        ["transactions started / ended", f"{s.transactions_started} / {s.transactions_ended}"],
+    ]
+    return table(["CSMS", "value"], rows, title="CSMS")
+
+
+__all__ = ["PkiError", "certs_init", "run_csms", "run_demo", "run_stations"]
