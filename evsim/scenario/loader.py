@@ -1,0 +1,1564 @@
+"""Load and validate scenario files (TOML, parsed with the stdlib ``tomllib``).
+
+Theory of operation. Loading happens in three passes, and the first error stops it:
+
+1. **Syntax**: ``tomllib`` parses the text; its error becomes a :class:`~evsim.errors.ConfigError` with the
+   line and column it reports.
+2. **Fields**: each table is read through a :class:`_Table`, which refuses unknown keys first (with a
+   did-you-mean from :func:`difflib.get_close_matches`), then reads each known key with a typed getter that
+   checks the TOML type, the range or the allowed values, and converts units (:mod:`evsim.scenario.units`).
+   Sections are read in dependency order (simulation, pki, tls, csms, stations, links, timeline), so every
+   reference to a root, profile, trust store, CSMS, group or node is checked against names already read.
+3. **Whole-scenario checks**: node names that clash, station ids produced twice, two CSMS on one address,
+   events after the end of the run.
+
+Every error names the file, the line where the offending key or table is defined (found by
+:mod:`evsim.scenario.locate`), the field path, the bad value and a fix. The loader only raises
+``ConfigError``: getters never index or convert without checking first, and :func:`loads_scenario` turns
+anything unexpected into a ``ConfigError`` that says it is an evsim bug, so a caller (``evsim validate``,
+``evsim run``) has exactly one exception to handle.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import ipaddress
+import math
+import os
+import re
+import string
+import tomllib
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Final, TypeVar
+
+import attrs
+
+from evsim.errors import ConfigError
+from evsim.ocpp.versions import OCPP_VERSIONS
+from evsim.scenario.locate import FieldPath, LineIndex, format_path, index_lines
+from evsim.scenario.model import (
+    DEFAULT_START,
+    CertificateSpec,
+    ClockKind,
+    CsmsSpec,
+    FrozenMap,
+    HostnameCheck,
+    KeyType,
+    LinkSpec,
+    NetworkKind,
+    PkiSpec,
+    ResetSpec,
+    RetryBackOffSpec,
+    RootSpec,
+    Scenario,
+    SimulationSpec,
+    StallSpec,
+    StationGroupSpec,
+    TimelineEvent,
+    TlsProfileSpec,
+    TrustSpec,
+    WildcardPolicy,
+)
+from evsim.scenario.units import format_duration, parse_bandwidth, parse_duration, parse_utc_timestamp
+from evsim.tls.config import MAX_FRAGMENT, MIN_FRAGMENT, TlsProfile
+from evsim.tls.suites import DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES
+
+T = TypeVar("T")
+S = TypeVar("S", bound=str)
+
+# ---------------------------------------------------------------- vocabulary
+
+TOP_KEYS: Final = ("simulation", "pki", "tls", "csms", "stations", "links", "timeline")
+SIMULATION_KEYS: Final = (
+    "name",
+    "description",
+    "outcome",
+    "seed",
+    "duration",
+    "clock",
+    "network",
+    "start",
+    "stop_when_done",
+)
+PKI_KEYS: Final = ("key_type", "validity", "organization", "roots")
+ROOT_KEYS: Final = ("key_type",)
+TLS_KEYS: Final = ("profiles", "trust")
+PROFILE_KEYS: Final = ("versions", "cipher_suites", "handshake_timeout", "max_send_fragment")
+TRUST_KEYS: Final = ("roots", "hostname", "wildcards")
+CSMS_KEYS: Final = (
+    "host",
+    "port",
+    "security_profile",
+    "insecure_allow_plain_ws",
+    "ocpp_versions",
+    "heartbeat_interval",
+    "tls_profile",
+    "certificate",
+    "password",
+    "accept_unknown_stations",
+)
+CERTIFICATE_KEYS: Final = ("root", "validity", "not_before", "key_type")
+STATION_KEYS: Final = (
+    "count",
+    "id_pattern",
+    "csms",
+    "security_profile",
+    "ocpp_versions",
+    "tls_profile",
+    "trust",
+    "password",
+    "sessions",
+    "sessions_per_day",
+    "session_duration",
+    "session_start",
+    "meter_interval",
+    "charge_power",
+    "heartbeat_fallback",
+    "retry_backoff",
+    "queue_max",
+)
+BACKOFF_KEYS: Final = ("wait_minimum", "random_range", "repeat_times")
+LINK_POLICY_KEYS: Final = ("latency", "jitter", "bandwidth", "stall", "reset")
+LINK_KEYS: Final = ("between", *LINK_POLICY_KEYS)
+STALL_KEYS: Final = ("every", "for")
+RESET_KEYS: Final = ("every",)
+
+ACTIONS: Final[Mapping[str, tuple[str, ...]]] = {
+    "stop": ("target",),
+    "start": ("target",),
+    "partition": ("between",),
+    "heal": ("between",),
+    "link": ("between", *LINK_POLICY_KEYS),
+    "expire_certificate": ("target",),
+    "renew_certificate": ("target", "validity"),
+    "revoke_certificate": ("target",),
+    "rotate_certificate": ("target", "new_key"),
+    "install_root": ("target", "root"),
+    "remove_root": ("target", "root"),
+    "set_network_profile": ("target", "csms"),
+    "attack_downgrade": ("target", "count", "versions"),
+    "attack_wrong_ca": ("target", "impersonate", "root", "duration"),
+    "attack_mitm": ("target", "impersonate", "root", "duration"),
+}
+"""Timeline actions and the parameters each takes (besides ``at`` and ``action``)."""
+
+CLOCKS: Final[tuple[ClockKind, ...]] = ("virtual", "real")
+NETWORKS: Final[tuple[NetworkKind, ...]] = ("memory", "tcp")
+KEY_TYPES: Final[tuple[KeyType, ...]] = ("ec", "rsa")
+HOSTNAME_CHECKS: Final[tuple[HostnameCheck, ...]] = ("cn", "san", "san+cn", "off")
+WILDCARD_POLICIES: Final[tuple[WildcardPolicy, ...]] = ("deny", "allow")
+SCENARIO_TLS_VERSIONS: Final = ("1.3", "1.2")
+"""Versions a profile may enable: OCPP 2.0.1 A00.FR.313 allows TLS 1.2 and above only."""
+ATTACK_TLS_VERSIONS: Final = ("1.3", "1.2", "1.1", "1.0")
+"""Versions an attacking client may offer (a downgrade attack may try legacy versions)."""
+SECURITY_PROFILES: Final = (1, 2, 3)
+
+MAX_STATIONS_PER_GROUP: Final = 100_000
+MAX_NAME_LENGTH: Final = 48
+MAX_IDENTITY_LENGTH: Final = 48
+"""OCPP-J 2.0.1 §3.1.1: the station identity is an identifierString of at most 48 characters."""
+PASSWORD_LENGTH: Final = (16, 64)
+"""OCPP 2.0.1 A00.FR.205 (errata 2025-01) and 2.1: ``BasicAuthPassword`` is 16..64 characters (40 in 2.0.1
+Ed.2; the errata raise the limit to the variable's maxLimit, 40..64)."""
+MAX_COMMON_NAME: Final = 64
+"""RFC 5280 ub-common-name: the CSMS host name becomes its certificate's CN."""
+MAX_ATTACK_CONNECTIONS: Final = 10_000
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_IDENTITY = re.compile(r"[A-Za-z0-9*\-_=+|@.]+")
+"""OCPP identifierString (``a-z A-Z 0-9 * - _ = : + | @ .``) without ``:``, the Basic-auth separator."""
+_IDENTITY_RULE = (
+    "station id {sid!r} is not an OCPP identity (1..48 characters from a-z A-Z 0-9 * - _ = + | @ ., "
+    "OCPP-J §3.1.1; no ':')"
+)
+_PATTERN_FIX = 'use a pattern like "ST-{n:04d}" (one field, n, with an optional integer format)'
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_SYNTAX_POSITION = re.compile(
+    r"^(?P<msg>.*?) \(at (?:line (?P<line>\d+), column (?P<col>\d+)|end of document)\)$", re.S
+)
+_MAX_SHOWN = 60  # characters of a bad string value quoted in an error message
+
+# tomllib message prefix -> how to fix it
+_SYNTAX_FIXES: Final = (
+    ("Invalid value", 'quote strings ("30s"), write booleans as true / false, tables as [name]'),
+    ("Expected '=' after a key", "write key = value, one per line"),
+    ("Invalid statement", "each line is a [table] header, a key = value pair, or a # comment"),
+    ("Cannot overwrite a value", "define each key once"),
+    ("Cannot declare", "define each table once (a [[table]] array adds an entry each time)"),
+    ("Unclosed array", "close the array with ]"),
+    ("Unclosed inline table", "close the inline table with }, all on one line"),
+    ("Unterminated string", "close the string with its quote (\" or ')"),
+    ("Illegal character", "remove the control character or escape it inside a string"),
+    (
+        "Expected newline or end of document",
+        'quote text values ("1h", "main") and put each key = value on its own line',
+    ),
+)
+
+
+# ---------------------------------------------------------------- public API
+
+
+def load_scenario(path: str | os.PathLike[str]) -> Scenario:
+    """Read, parse and validate a scenario file.
+
+    Args:
+        path: the TOML file.
+
+    Returns:
+        The validated :class:`~evsim.scenario.model.Scenario`, with ``source`` set to ``str(path)``.
+
+    Raises:
+        ConfigError: the file cannot be read, is not UTF-8, is not TOML, or is not a valid scenario; the
+            error names the file, the line, the field path, the bad value and a fix.
+    """
+    source = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            "scenario file not found", file=source, fix="check the path; shipped scenarios are in scenarios/"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the scenario file: {exc.strerror or exc}", file=source) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            "the file is not UTF-8 text",
+            file=source,
+            line=data.count(b"\n", 0, exc.start) + 1,
+            fix="save the scenario as UTF-8 (TOML files are UTF-8)",
+        ) from None
+    return loads_scenario(text, source=source)
+
+
+def loads_scenario(text: str, *, source: str = "<string>") -> Scenario:
+    """Parse and validate scenario text.
+
+    Args:
+        text: a TOML document.
+        source: what errors name as the file (a path, or a label such as ``"<string>"``); its stem is the
+            default scenario name.
+
+    Returns:
+        The validated :class:`~evsim.scenario.model.Scenario`.
+
+    Raises:
+        ConfigError: the only exception: TOML syntax errors carry the line tomllib reports; field errors
+            carry the line where the key or table is defined.
+    """
+    if not isinstance(text, str):
+        raise ConfigError(
+            "scenario text must be a str",
+            value=type(text).__name__,
+            file=source,
+            fix="decode the file as UTF-8 first, or use load_scenario(path)",
+        )
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _syntax_error(str(exc), text, source) from exc
+    except RecursionError as exc:
+        raise ConfigError(
+            "the TOML document is nested too deeply",
+            file=source,
+            fix="scenario files need only a few levels of tables and arrays",
+        ) from exc
+    except Exception as exc:  # tomllib documents only TOMLDecodeError; anything else is still a bad file
+        raise ConfigError(f"the TOML parser failed: {exc}", file=source, fix="check the TOML syntax") from exc
+    ctx = _Context(text, source)
+    try:
+        return _Builder(ctx).build(doc)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"internal error while validating the scenario ({type(exc).__name__}: {exc})",
+            file=source,
+            fix="this is an evsim bug: please report it together with the scenario file",
+        ) from exc
+
+
+def validate_tls_profile(spec: TlsProfileSpec) -> None:
+    """Check a TLS profile: the scenario's own rules, then the TLS layer's (:class:`evsim.tls.config.TlsProfile`).
+
+    Args:
+        spec: the profile as read from the file.
+
+    Raises:
+        ConfigError: with ``path`` relative to the profile table (``versions[0]``,
+            ``cipher_suites."1.3"[1]``): an unknown, repeated or missing version, an enabled version with no
+            suite, a suite name that is not a non-empty string, or anything the TLS layer refuses (unknown
+            IANA names, a TLS 1.2 suite in the 1.3 list, a record size out of range...).
+    """
+    if not spec.versions:
+        raise ConfigError("no TLS version enabled", path="versions", value=[], fix='use ["1.3", "1.2"]')
+    for i, version in enumerate(spec.versions):
+        if version not in SCENARIO_TLS_VERSIONS:
+            raise ConfigError(
+                "unsupported TLS version (OCPP A00.FR.313 allows TLS 1.2 and above)",
+                path=f"versions[{i}]",
+                value=version,
+                fix='use "1.3" and/or "1.2"',
+            )
+        if version in spec.versions[:i]:
+            raise ConfigError(
+                "TLS version listed twice", path=f"versions[{i}]", value=version, fix="list it once"
+            )
+    for key, suites in spec.cipher_suites.items():
+        if key not in SCENARIO_TLS_VERSIONS:
+            raise ConfigError(
+                "cipher_suites keys are TLS versions",
+                path=format_path(("cipher_suites", key)),
+                value=key,
+                fix='use "1.3" and "1.2" as keys',
+            )
+        for i, name in enumerate(suites):
+            if not isinstance(name, str) or not name:
+                raise ConfigError(
+                    "a cipher suite is a non-empty IANA name",
+                    path=format_path(("cipher_suites", key, i)),
+                    value=name,
+                    fix='use e.g. "TLS_AES_128_GCM_SHA256"',
+                )
+        if key in spec.versions and not suites:
+            raise ConfigError(
+                f"TLS {key} is enabled but has no cipher suite",
+                path=format_path(("cipher_suites", key)),
+                value=[],
+                fix=f'list suites for "{key}", or remove the key to use the defaults',
+            )
+    try:
+        TlsProfile(
+            versions=spec.versions,
+            cipher_suites={k: list(v) for k, v in spec.cipher_suites.items()},
+            handshake_timeout_s=spec.handshake_timeout,
+            max_send_fragment=spec.max_send_fragment,
+        )
+    except ConfigError as exc:
+        raise ConfigError(
+            exc.message, path=format_path(_tls_layer_path(exc.path)), value=exc.value, fix=exc.fix
+        ) from exc
+
+
+# ---------------------------------------------------------------- errors and locations
+
+
+def _shown(value: object) -> object:
+    """A value as an error shows it: containers are described by the message instead, long strings cut."""
+    if isinstance(value, dict | list):
+        return None
+    if isinstance(value, str) and len(value) > _MAX_SHOWN:
+        return value[: _MAX_SHOWN - 3] + "..."
+    return value
+
+
+def _type_name(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date/time"
+
+
+def _did_you_mean(word: str, choices: Collection[str]) -> str | None:
+    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _choices_fix(word: object, choices: Collection[str], *, what: str = "use one of") -> str:
+    listed = ", ".join(repr(c) for c in choices) if choices else "(none defined)"
+    guess = _did_you_mean(word, choices) if isinstance(word, str) else None
+    return (f"did you mean {guess!r}? " if guess else "") + f"{what} {listed}"
+
+
+def _syntax_error(message: str, text: str, source: str) -> ConfigError:
+    m = _SYNTAX_POSITION.match(message)
+    detail, line, column = message, None, None
+    if m is not None:
+        detail = m.group("msg")
+        if m.group("line"):
+            line, column = int(m.group("line")), int(m.group("col"))
+        else:
+            line = text.count("\n") + 1
+    fix = next(
+        (f for prefix, f in _SYNTAX_FIXES if detail.startswith(prefix)),
+        "fix the TOML syntax (https://toml.io)",
+    )
+    where = f" at column {column}" if column is not None else " at the end of the file"
+    return ConfigError(f"TOML syntax error: {detail}{where}", file=source, line=line, fix=fix)
+
+
+def _tls_layer_path(path: str) -> FieldPath:
+    """Turn a path from :mod:`evsim.tls.config` (``cipher_suites.1.3[0]``) into this loader's parts."""
+    m = re.fullmatch(r'(\w+)(?:\.(?:"([^"]*)"|([0-9.]+)))?(?:\[(\d+)\])?', path)
+    if m is None:
+        return ()
+    name = {"handshake_timeout_s": "handshake_timeout"}.get(m.group(1), m.group(1))
+    parts: list[str | int] = [name]
+    key = m.group(2) if m.group(2) is not None else m.group(3)
+    if key is not None:
+        parts.append(key)
+    if m.group(4) is not None:
+        parts.append(int(m.group(4)))
+    return tuple(parts)
+
+
+class _Context:
+    """The text and source of one load: builds located errors."""
+
+    def __init__(self, text: str, source: str) -> None:
+        self.text = text
+        self.source = source
+        self._index: LineIndex | None = None
+
+    def line(self, path: FieldPath) -> int | None:
+        if self._index is None:
+            self._index = index_lines(self.text)
+        return self._index.line_of(path)
+
+    def error(self, path: FieldPath, message: str, *, value: object = None, fix: str = "") -> ConfigError:
+        return ConfigError(
+            message,
+            path=format_path(path),
+            value=_shown(value),
+            fix=fix,
+            file=self.source,
+            line=self.line(path),
+        )
+
+    def relocate(self, exc: ConfigError, path: FieldPath) -> ConfigError:
+        """The same error, at ``path`` (for errors raised by code that does not know where it is)."""
+        return self.error(path, exc.message, value=exc.value, fix=exc.fix)
+
+
+# ---------------------------------------------------------------- typed table reader
+
+
+class _Table:
+    """One TOML table being read: refuses unknown keys up front, then typed getters per key.
+
+    Args:
+        ctx: the load's context.
+        path: where the table is.
+        data: the parsed value (checked to be a table).
+        keys: the keys it may hold.
+        what: how the fix names the table when it is not one (``"[simulation]"``).
+        unknown_hint: replaces the list of allowed keys in unknown-key errors.
+        elsewhere: keys that are valid in sibling tables but not in this one (timeline parameters of other
+            actions): they are reported as "not a parameter of <what>" instead of "unknown key".
+    """
+
+    def __init__(
+        self,
+        ctx: _Context,
+        path: FieldPath,
+        data: object,
+        keys: Sequence[str],
+        *,
+        what: str = "",
+        unknown_hint: str = "",
+        elsewhere: Collection[str] = (),
+    ) -> None:
+        if not isinstance(data, dict):
+            raise ctx.error(
+                path,
+                f"expected a table, got {_type_name(data)}",
+                value=data,
+                fix=f"write it as a table {what}".rstrip() if what else "write it as a table",
+            )
+        self.ctx = ctx
+        self.path = path
+        self.data: dict[str, object] = data
+        for key in data:
+            if key not in keys:
+                guess = _did_you_mean(key, keys)
+                hint = unknown_hint or "known keys: " + ", ".join(keys)
+                fix = f"did you mean {guess!r}?" if guess else f"remove it; {hint}"
+                message = f"not a parameter of {what}" if key in elsewhere else "unknown key"
+                raise ctx.error((*path, key), message, fix=fix)
+
+    def at(self, key: str | int, *more: str | int) -> FieldPath:
+        return (*self.path, key, *more)
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def error(self, key: str, message: str, *, value: object = None, fix: str = "") -> ConfigError:
+        return self.ctx.error(self.at(key), message, value=value, fix=fix)
+
+    def require(self, key: str, fix: str) -> None:
+        if key not in self.data:
+            raise self.ctx.error(self.at(key), f"missing required key {key!r}", fix=fix)
+
+    def _typed(self, key: str, check: Callable[[object], bool], expected: str, fix: str) -> object:
+        value = self.data[key]
+        if not check(value):
+            raise self.error(key, f"expected {expected}, got {_type_name(value)}", value=value, fix=fix)
+        return value
+
+    def string(self, key: str, default: str, *, one_line: bool = True, max_len: int = 1000) -> str:
+        if key not in self.data:
+            return default
+        value = self._typed(key, lambda v: isinstance(v, str), "a string", f'quote it: {key} = "..."')
+        assert isinstance(value, str)
+        if one_line and ("\n" in value or "\r" in value):
+            raise self.error(key, "must be one line", value=value, fix="remove the line breaks")
+        if not value.strip():
+            raise self.error(key, "must not be empty", value=value, fix=f"write a value, or remove {key}")
+        if len(value) > max_len:
+            raise self.error(key, f"too long (at most {max_len} characters)", value=value, fix="shorten it")
+        return value
+
+    def optional_string(self, key: str, *, one_line: bool = True, max_len: int = 1000) -> str | None:
+        return self.string(key, "", one_line=one_line, max_len=max_len) if key in self.data else None
+
+    def integer(self, key: str, default: int, lo: int, hi: int, *, fix: str = "") -> int:
+        if key not in self.data:
+            return default
+        value = self._typed(
+            key,
+            lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "an integer",
+            fix or f"write a whole number without quotes, e.g. {key} = {default}",
+        )
+        assert isinstance(value, int)
+        if not lo <= value <= hi:
+            raise self.error(
+                key, f"must be in {lo}..{hi}", value=value, fix=fix or f"use a value in {lo}..{hi}"
+            )
+        return value
+
+    def number(
+        self, key: str, default: float, *, minimum: float, maximum: float, positive: bool = False
+    ) -> float:
+        if key not in self.data:
+            return default
+        value = self._typed(
+            key,
+            lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+            "a number",
+            f"write a number without quotes, e.g. {key} = {default:g}",
+        )
+        assert isinstance(value, int | float)
+        number = float(value)
+        if not math.isfinite(number) or number < minimum or number > maximum or (positive and number <= 0):
+            bound = "> 0" if positive else f">= {minimum:g}"
+            raise self.error(
+                key,
+                f"must be {bound} and at most {maximum:g}",
+                value=value,
+                fix=f"use e.g. {key} = {default:g}",
+            )
+        return number
+
+    def boolean(self, key: str, default: bool) -> bool:
+        if key not in self.data:
+            return default
+        value = self._typed(
+            key,
+            lambda v: isinstance(v, bool),
+            "a boolean",
+            f"write {key} = true or {key} = false (no quotes)",
+        )
+        assert isinstance(value, bool)
+        return value
+
+    def enum(self, key: str, allowed: Sequence[S], default: S) -> S:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        for choice in allowed:
+            if value == choice and type(value) is type(choice):
+                return choice
+        raise self.error(key, f"unknown value for {key}", value=value, fix=_choices_fix(value, allowed))
+
+    def profile_number(self, key: str, default: int) -> int:
+        value = self.data.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value not in SECURITY_PROFILES:
+            raise self.error(
+                key,
+                "unknown security profile",
+                value=value,
+                fix="use 1 (plain ws, trusted networks only), 2 (TLS + password) or 3 (mutual TLS)",
+            )
+        return value
+
+    def duration(
+        self,
+        key: str,
+        default: float,
+        *,
+        allow_negative: bool = False,
+        positive: bool = False,
+        whole_seconds: bool = False,
+    ) -> float:
+        if key not in self.data:
+            return default
+        return self.ctx_duration(
+            self.at(key),
+            self.data[key],
+            allow_negative=allow_negative,
+            positive=positive,
+            whole_seconds=whole_seconds,
+        )
+
+    def ctx_duration(
+        self,
+        path: FieldPath,
+        value: object,
+        *,
+        allow_negative: bool = False,
+        positive: bool = False,
+        whole_seconds: bool = False,
+    ) -> float:
+        try:
+            seconds = parse_duration(value, allow_negative=allow_negative)
+        except ConfigError as exc:
+            raise self.ctx.relocate(exc, path) from None
+        if positive and seconds <= 0:
+            raise self.ctx.error(path, "must be longer than zero", value=value, fix='use e.g. "30s"')
+        if whole_seconds and seconds != math.floor(seconds):
+            raise self.ctx.error(
+                path,
+                "must be a whole number of seconds (OCPP intervals are integers)",
+                value=value,
+                fix=f'use e.g. "{max(1, math.floor(seconds))}s"',
+            )
+        return seconds
+
+    def string_list(
+        self,
+        key: str,
+        default: tuple[str, ...],
+        *,
+        allowed: Sequence[str] | None = None,
+        nonempty: bool = True,
+        example: str = '["a", "b"]',
+    ) -> tuple[str, ...]:
+        if key not in self.data:
+            return default
+        value = self._typed(
+            key, lambda v: isinstance(v, list), "an array of strings", f"write {key} = {example}"
+        )
+        assert isinstance(value, list)
+        if nonempty and not value:
+            raise self.error(key, "must not be empty", value=[], fix=f"write e.g. {key} = {example}")
+        out: list[str] = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise self.ctx.error(
+                    self.at(key, i),
+                    f"expected a string, got {_type_name(item)}",
+                    value=item,
+                    fix=f"quote each element: {key} = {example}",
+                )
+            if allowed is not None and item not in allowed:
+                raise self.ctx.error(
+                    self.at(key, i), f"unknown value in {key}", value=item, fix=_choices_fix(item, allowed)
+                )
+            if item in out:
+                raise self.ctx.error(
+                    self.at(key, i), f"listed twice in {key}", value=item, fix="list it once"
+                )
+            out.append(item)
+        return tuple(out)
+
+    def reference(
+        self, key: str, default: str, defined: Collection[str], kind: str, how_to_define: str
+    ) -> str:
+        """A name that must be defined elsewhere (``kind`` says what, ``how_to_define`` where)."""
+        if key not in self.data:
+            name = default
+        else:
+            value = self._typed(key, lambda v: isinstance(v, str), "a name (string)", f'write {key} = "name"')
+            assert isinstance(value, str)
+            name = value
+        if name not in defined:
+            raise self.error(
+                key,
+                f"undefined {kind} {name!r}",
+                value=name,
+                fix=_choices_fix(name, defined, what=f"define it ({how_to_define}) or use one of"),
+            )
+        return name
+
+    def sub_table(self, key: str, keys: Sequence[str], what: str) -> _Table | None:
+        if key not in self.data:
+            return None
+        return _Table(self.ctx, self.at(key), self.data[key], keys, what=what)
+
+    def named_tables(self, key: str, what: str) -> Iterator[tuple[str, object]]:
+        """Entries of a table of named tables (``[csms.<name>]``), names checked."""
+        sub = self.data.get(key, {})
+        if not isinstance(sub, dict):
+            raise self.error(
+                key,
+                f"expected a table of named tables, got {_type_name(sub)}",
+                value=sub,
+                fix=f"write [{key}.<name>] tables ({what})",
+            )
+        for name, value in sub.items():
+            _check_name(self.ctx, self.at(key, name), name)
+            yield name, value
+
+
+def _check_name(ctx: _Context, path: FieldPath, name: str) -> None:
+    """Names of roots, profiles, trust stores, CSMS and groups: selectors and ids are built from them."""
+    if not _NAME.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
+        raise ctx.error(
+            path,
+            f"invalid name (1..{MAX_NAME_LENGTH} letters, digits, '-' or '_', starting with a letter or digit)",
+            value=name,
+            fix="rename the table, e.g. [stations.fleet_a]",
+        )
+
+
+# ---------------------------------------------------------------- the builder
+
+
+class _Nodes:
+    """Every name a selector or target may use: CSMS, station groups, station ids."""
+
+    def __init__(self) -> None:
+        self.csms: dict[str, CsmsSpec] = {}
+        self.groups: dict[str, StationGroupSpec] = {}
+        self.station_group: dict[str, str] = {}  # station id -> group
+
+    def kind(self, name: str) -> str | None:
+        if name in self.csms:
+            return "csms"
+        if name in self.groups:
+            return "group"
+        if name in self.station_group:
+            return "station"
+        return None
+
+    def group_of(self, name: str) -> StationGroupSpec:
+        """The group of a group name or station id (the caller checked the kind)."""
+        return self.groups[self.station_group.get(name, name)]
+
+    def names(self, kinds: Collection[str]) -> list[str]:
+        out: list[str] = []
+        if "csms" in kinds:
+            out += self.csms
+        if "group" in kinds:
+            out += self.groups
+        return out
+
+
+class _Builder:
+    """Reads the parsed document section by section (see the module doc)."""
+
+    def __init__(self, ctx: _Context) -> None:
+        self.ctx = ctx
+        self.nodes = _Nodes()
+
+    def build(self, doc: dict[str, object]) -> Scenario:
+        root = _Table(self.ctx, (), doc, TOP_KEYS)
+        if "simulation" not in doc:
+            raise self.ctx.error(
+                ("simulation",),
+                "missing [simulation] table",
+                fix='add [simulation] with at least duration = "1h"',
+            )
+        sim = self.simulation(
+            _Table(self.ctx, ("simulation",), doc["simulation"], SIMULATION_KEYS, what="[simulation]")
+        )
+        pki = self.pki(root.sub_table("pki", PKI_KEYS, "[pki]"))
+        tls = root.sub_table("tls", TLS_KEYS, "[tls]")
+        profiles = self.tls_profiles(tls)
+        trust = self.trust_stores(tls, pki)
+        csms = self.csms(root, sim, pki, profiles)
+        groups = self.station_groups(root, csms, profiles, trust)
+        self.register_stations(groups)
+        links = self.links(root)
+        timeline = self.timeline(root, sim, pki)
+        return Scenario(
+            simulation=sim,
+            pki=pki,
+            tls_profiles=profiles,
+            trust_stores=trust,
+            csms=csms,
+            stations=groups,
+            links=links,
+            timeline=timeline,
+            source=self.ctx.source,
+        )
+
+    # ------------------------------------------------------------ [simulation]
+
+    def simulation(self, t: _Table) -> SimulationSpec:
+        t.require("duration", 'add duration = "1h" (how long the run lasts)')
+        duration = t.duration("duration", 0.0, positive=True)
+        clock = t.enum("clock", CLOCKS, "virtual")
+        network = t.enum("network", NETWORKS, "memory")
+        if network == "tcp" and clock != "real":
+            raise t.error(
+                "network",
+                'network = "tcp" needs clock = "real" (loopback sockets run on the real clock)',
+                value=network,
+                fix='set clock = "real", or use network = "memory" for virtual time',
+            )
+        start: datetime.datetime | None = DEFAULT_START if clock == "virtual" else None
+        if t.has("start"):
+            try:
+                start = parse_utc_timestamp(t.data["start"])
+            except ConfigError as exc:
+                raise self.ctx.relocate(exc, t.at("start")) from None
+        stem = Path(self.ctx.source).stem if not self.ctx.source.startswith("<") else ""
+        default_name = stem if stem and not stem.isspace() else "scenario"
+        return SimulationSpec(
+            name=t.string("name", default_name, max_len=100),
+            description=t.string("description", ""),
+            outcome=t.string("outcome", "", one_line=False, max_len=4000),
+            seed=t.integer("seed", 1, 0, 2**64 - 1),
+            duration=duration,
+            clock=clock,
+            network=network,
+            start=start,
+            stop_when_done=t.boolean("stop_when_done", False),
+        )
+
+    # ------------------------------------------------------------ [pki]
+
+    def pki(self, t: _Table | None) -> PkiSpec:
+        if t is None:
+            return PkiSpec()
+        key_type = t.enum("key_type", KEY_TYPES, "ec")
+        validity = t.duration("validity", PkiSpec().validity, positive=True)
+        organization = t.string("organization", "evsim", max_len=64)
+        roots: dict[str, RootSpec] = {"root": RootSpec(name="root", key_type=key_type)}
+        for name, value in t.named_tables("roots", "extra root CAs, e.g. [pki.roots.rogue]"):
+            r = _Table(
+                self.ctx,
+                t.at("roots", name),
+                value,
+                ROOT_KEYS,
+                what=f"[pki.roots.{name}] (may be empty: {{}})",
+            )
+            roots[name] = RootSpec(name=name, key_type=r.enum("key_type", KEY_TYPES, key_type))
+        return PkiSpec(key_type=key_type, validity=validity, organization=organization, roots=roots)
+
+    # ------------------------------------------------------------ [tls]
+
+    def tls_profiles(self, tls: _Table | None) -> dict[str, TlsProfileSpec]:
+        profiles = {"default": _profile_spec("default", ("1.3", "1.2"), {}, 10.0, None)}
+        if tls is None:
+            return profiles
+        for name, value in tls.named_tables("profiles", "TLS profiles, e.g. [tls.profiles.strict]"):
+            path = tls.at("profiles", name)
+            t = _Table(self.ctx, path, value, PROFILE_KEYS, what=f"[tls.profiles.{name}]")
+            versions = t.string_list("versions", ("1.3", "1.2"), example='["1.3", "1.2"]')
+            suites: dict[str, tuple[str, ...]] = {}
+            if t.has("cipher_suites"):
+                s = _Table(
+                    self.ctx,
+                    t.at("cipher_suites"),
+                    t.data["cipher_suites"],
+                    SCENARIO_TLS_VERSIONS,
+                    what='{ "1.3" = [...], "1.2" = [...] }',
+                )
+                for key in s.data:
+                    suites[key] = s.string_list(key, (), nonempty=False, example='["TLS_AES_128_GCM_SHA256"]')
+            timeout = t.duration("handshake_timeout", 10.0, positive=True)
+            fragment: int | None = None
+            if t.has("max_send_fragment"):
+                fragment = t.integer(
+                    "max_send_fragment",
+                    MAX_FRAGMENT,
+                    MIN_FRAGMENT,
+                    MAX_FRAGMENT,
+                    fix=f"use {MIN_FRAGMENT}..{MAX_FRAGMENT} bytes, e.g. 2048, or omit it",
+                )
+            spec = _profile_spec(name, versions, suites, timeout, fragment)
+            try:
+                validate_tls_profile(spec)
+            except ConfigError as exc:
+                raise self.ctx.error(
+                    (*path, *_tls_layer_path(exc.path)), exc.message, value=exc.value, fix=exc.fix
+                ) from None
+            profiles[name] = spec
+        return profiles
+
+    def trust_stores(self, tls: _Table | None, pki: PkiSpec) -> dict[str, TrustSpec]:
+        stores = {"default": TrustSpec(name="default")}
+        if tls is None:
+            return stores
+        for name, value in tls.named_tables("trust", "trust stores, e.g. [tls.trust.operator]"):
+            t = _Table(self.ctx, tls.at("trust", name), value, TRUST_KEYS, what=f"[tls.trust.{name}]")
+            roots = t.string_list("roots", ("root",), example='["root"]')
+            for i, root in enumerate(roots):
+                if root not in pki.roots:
+                    raise self.ctx.error(
+                        t.at("roots", i),
+                        f"undefined root {root!r}",
+                        value=root,
+                        fix=_choices_fix(root, pki.roots, what=f"define [pki.roots.{root}] or use one of"),
+                    )
+            stores[name] = TrustSpec(
+                name=name,
+                roots=roots,
+                hostname=t.enum("hostname", HOSTNAME_CHECKS, "san+cn"),
+                wildcards=t.enum("wildcards", WILDCARD_POLICIES, "deny"),
+            )
+        return stores
+
+    # ------------------------------------------------------------ [csms.<name>]
+
+    def csms(
+        self, root: _Table, sim: SimulationSpec, pki: PkiSpec, profiles: Mapping[str, TlsProfileSpec]
+    ) -> dict[str, CsmsSpec]:
+        out: dict[str, CsmsSpec] = {}
+        addresses: dict[tuple[str, int], str] = {}
+        for name, value in root.named_tables("csms", "CSMS nodes, e.g. [csms.main]"):
+            if not isinstance(value, dict):
+                fix = "write [csms.<name>] tables, e.g. [csms.main]"
+                if name in CSMS_KEYS:
+                    fix = f"name the CSMS: write [csms.main] instead of [csms] and put {name} under it"
+                raise self.ctx.error(
+                    ("csms", name),
+                    f"expected a table [csms.{name}], got {_type_name(value)}",
+                    value=value,
+                    fix=fix,
+                )
+            t = _Table(self.ctx, ("csms", name), value, CSMS_KEYS, what=f"[csms.{name}]")
+            spec = self.one_csms(t, name, sim, pki, profiles)
+            if spec.port != 0:
+                other = addresses.setdefault((spec.host.lower(), spec.port), name)
+                if other != name:
+                    raise t.error(
+                        "port",
+                        f"CSMS {other!r} already listens on {spec.host}:{spec.port}",
+                        value=spec.port,
+                        fix="give each CSMS its own host or port",
+                    )
+            out[name] = spec
+        if not out:
+            raise self.ctx.error(
+                ("csms",), "the scenario has no CSMS", fix="add a [csms.main] table (every key has a default)"
+            )
+        self.nodes.csms = out
+        return out
+
+    def one_csms(
+        self, t: _Table, name: str, sim: SimulationSpec, pki: PkiSpec, profiles: Mapping[str, TlsProfileSpec]
+    ) -> CsmsSpec:
+        host = t.string("host", f"{name}.evsim.test", max_len=253)
+        if not _valid_host(host):
+            key_fix = "set host to a DNS name such as csms.evsim.test"
+            if not t.has("host"):
+                key_fix = f"the default host {host!r} is not a valid DNS name: set host explicitly or rename the CSMS"
+            raise t.error("host", "not a valid host name or IP address", value=host, fix=key_fix)
+        if len(host) > MAX_COMMON_NAME:
+            raise t.error(
+                "host",
+                f"host names longer than {MAX_COMMON_NAME} characters cannot be a certificate CN "
+                "(RFC 5280 ub-common-name)",
+                value=host,
+                fix="use a shorter host name",
+            )
+        profile = t.profile_number("security_profile", 2)
+        insecure = t.boolean("insecure_allow_plain_ws", False)
+        if profile == 1 and not insecure:
+            raise t.error(
+                "security_profile",
+                "security profile 1 sends passwords over plain ws://",
+                value=1,
+                fix="add insecure_allow_plain_ws = true (trusted networks only, OCPP A00.FR.201) "
+                "or use security_profile = 2",
+            )
+        cert = self.certificate(t, pki)
+        return CsmsSpec(
+            name=name,
+            host=host,
+            port=t.integer("port", 443 if sim.network == "memory" else 0, 0, 65535),
+            security_profile=profile,
+            insecure_allow_plain_ws=insecure,
+            ocpp_versions=t.string_list(
+                "ocpp_versions", ("2.0.1", "2.1"), allowed=OCPP_VERSIONS, example='["2.0.1", "2.1"]'
+            ),
+            heartbeat_interval=t.duration("heartbeat_interval", 300.0, positive=True, whole_seconds=True),
+            tls_profile=t.reference(
+                "tls_profile", "default", profiles, "TLS profile", "[tls.profiles.<name>]"
+            ),
+            certificate=cert,
+            password=self.password(t),
+            accept_unknown_stations=t.boolean("accept_unknown_stations", True),
+        )
+
+    def certificate(self, t: _Table, pki: PkiSpec) -> CertificateSpec:
+        c = t.sub_table("certificate", CERTIFICATE_KEYS, '{ root = "root", validity = "365d" }')
+        if c is None:
+            return CertificateSpec(validity=pki.validity, key_type=pki.key_type)
+        validity = c.duration("validity", pki.validity, positive=True)
+        not_before = c.duration("not_before", -3600.0, allow_negative=True)
+        if not_before >= validity:
+            raise c.error(
+                "not_before",
+                f"not_before ({format_duration(not_before)}) must come before the end of "
+                f"validity ({format_duration(validity)})",
+                value=c.data.get("not_before"),
+                fix='use e.g. not_before = "-1h" (one hour before the start)',
+            )
+        return CertificateSpec(
+            root=c.reference("root", "root", pki.roots, "root", "[pki.roots.<name>]"),
+            validity=validity,
+            not_before=not_before,
+            key_type=c.enum("key_type", KEY_TYPES, pki.key_type),
+        )
+
+    def password(self, t: _Table) -> str | None:
+        password = t.optional_string("password", max_len=PASSWORD_LENGTH[1] * 4)
+        lo, hi = PASSWORD_LENGTH
+        if password is not None and not lo <= len(password) <= hi:
+            raise t.error(
+                "password",
+                f"a BasicAuthPassword has {lo}..{hi} characters (OCPP A00.FR.205)",
+                value=password,
+                fix="use a longer random password, or omit it to use a generated one",
+            )
+        if password is not None and not password.isprintable():
+            raise t.error(
+                "password",
+                "the password contains control characters",
+                value=password,
+                fix="use printable characters only",
+            )
+        return password
+
+    # ------------------------------------------------------------ [stations.<group>]
+
+    def station_groups(
+        self,
+        root: _Table,
+        csms: Mapping[str, CsmsSpec],
+        profiles: Mapping[str, TlsProfileSpec],
+        trust: Mapping[str, TrustSpec],
+    ) -> dict[str, StationGroupSpec]:
+        out: dict[str, StationGroupSpec] = {}
+        for name, value in root.named_tables("stations", "station groups, e.g. [stations.fleet]"):
+            if not isinstance(value, dict):
+                fix = "write [stations.<group>] tables, e.g. [stations.fleet]"
+                if name in STATION_KEYS:
+                    fix = f"name the group: write [stations.fleet] instead of [stations] and put {name} under it"
+                raise self.ctx.error(
+                    ("stations", name),
+                    f"expected a table [stations.{name}], got {_type_name(value)}",
+                    value=value,
+                    fix=fix,
+                )
+            if name in csms:
+                raise self.ctx.error(
+                    ("stations", name),
+                    f"{name!r} is already the name of a CSMS",
+                    value=name,
+                    fix="give the station group another name (selectors must be unambiguous)",
+                )
+            t = _Table(self.ctx, ("stations", name), value, STATION_KEYS, what=f"[stations.{name}]")
+            out[name] = self.one_group(t, name, csms, profiles, trust)
+        return out
+
+    def one_group(
+        self,
+        t: _Table,
+        name: str,
+        csms: Mapping[str, CsmsSpec],
+        profiles: Mapping[str, TlsProfileSpec],
+        trust: Mapping[str, TrustSpec],
+    ) -> StationGroupSpec:
+        count = t.integer("count", 1, 1, MAX_STATIONS_PER_GROUP)
+        pattern = t.string("id_pattern", f"{name}-{{n:04d}}", max_len=200)
+        _check_id_pattern(self.ctx, t.at("id_pattern"), pattern, count)
+        if not t.has("csms") and len(csms) > 1:
+            raise t.error(
+                "csms",
+                "missing required key 'csms' (the scenario has several CSMS)",
+                fix=_choices_fix("", list(csms), what="add csms = one of"),
+            )
+        target = t.reference("csms", next(iter(csms)), csms, "CSMS", "[csms.<name>]")
+        server = csms[target]
+        profile = t.profile_number("security_profile", server.security_profile)
+        if profile == 1 and not server.insecure_allow_plain_ws:
+            raise t.error(
+                "security_profile",
+                f"security profile 1 (plain ws://) but CSMS {target!r} does not allow it",
+                value=1,
+                fix=f"set insecure_allow_plain_ws = true in [csms.{target}] (trusted networks "
+                "only) or use security_profile = 2",
+            )
+        if t.has("sessions") and t.has("sessions_per_day"):
+            raise t.error(
+                "sessions_per_day",
+                "sessions and sessions_per_day are mutually exclusive",
+                value=t.data["sessions_per_day"],
+                fix="keep one of them",
+            )
+        sessions: int | None = t.integer("sessions", 1, 0, 1_000_000)
+        per_day: float | None = None
+        if t.has("sessions_per_day"):
+            sessions = None
+            per_day = t.number("sessions_per_day", 4.0, minimum=0.0, maximum=10_000.0)
+        session_start = self.delay_range(t, "session_start", (5.0, 30.0))
+        return StationGroupSpec(
+            name=name,
+            count=count,
+            id_pattern=pattern,
+            csms=target,
+            security_profile=profile,
+            ocpp_versions=t.string_list(
+                "ocpp_versions", ("2.0.1",), allowed=OCPP_VERSIONS, example='["2.0.1"]'
+            ),
+            tls_profile=t.reference(
+                "tls_profile", "default", profiles, "TLS profile", "[tls.profiles.<name>]"
+            ),
+            trust=t.reference("trust", "default", trust, "trust store", "[tls.trust.<name>]"),
+            password=self.password(t),
+            sessions=sessions,
+            sessions_per_day=per_day,
+            session_duration=t.duration("session_duration", 600.0, positive=True),
+            session_start=session_start,
+            meter_interval=t.duration("meter_interval", 60.0, positive=True),
+            charge_power=t.number("charge_power", 11_000.0, minimum=0.0, maximum=10e6, positive=True),
+            heartbeat_fallback=t.duration("heartbeat_fallback", 300.0, positive=True),
+            retry_backoff=self.backoff(t),
+            queue_max=t.integer("queue_max", 1000, 1, 10_000_000),
+        )
+
+    def delay_range(self, t: _Table, key: str, default: tuple[float, float]) -> tuple[float, float]:
+        if not t.has(key):
+            return default
+        value = t.data[key]
+        if not isinstance(value, list) or len(value) != 2:
+            raise t.error(
+                key, "expected [min, max], two durations", value=value, fix=f'write {key} = ["10s", "60s"]'
+            )
+        lo = t.ctx_duration(t.at(key, 0), value[0])
+        hi = t.ctx_duration(t.at(key, 1), value[1])
+        if lo > hi:
+            raise t.error(key, "min is larger than max", value=None, fix="write [min, max] with min <= max")
+        return (lo, hi)
+
+    def backoff(self, t: _Table) -> RetryBackOffSpec:
+        b = t.sub_table(
+            "retry_backoff", BACKOFF_KEYS, '{ wait_minimum = "3s", random_range = "3s", repeat_times = 4 }'
+        )
+        if b is None:
+            return RetryBackOffSpec()
+        return RetryBackOffSpec(
+            wait_minimum=b.duration("wait_minimum", 3.0),
+            random_range=b.duration("random_range", 3.0),
+            repeat_times=b.integer("repeat_times", 4, 0, 64),
+        )
+
+    def register_stations(self, groups: Mapping[str, StationGroupSpec]) -> None:
+        """Record every station id; refuse ids produced twice or equal to a CSMS or group name."""
+        self.nodes.groups = dict(groups)
+        owner = self.nodes.station_group
+        for name, group in groups.items():
+            path = ("stations", name, "id_pattern")
+            for sid in group.station_ids():
+                if sid in owner:
+                    other = owner[sid]
+                    message = (
+                        f"id_pattern gives the id {sid!r} to several stations"
+                        if other == name
+                        else f"station id {sid!r} is also produced by group {other!r}"
+                    )
+                    raise self.ctx.error(
+                        path,
+                        message,
+                        value=group.id_pattern,
+                        fix='include {n} and a prefix unique to the group, e.g. "'
+                        + name.upper()
+                        + '-{n:04d}"',
+                    )
+                if not _IDENTITY.fullmatch(sid) or len(sid) > MAX_IDENTITY_LENGTH:
+                    raise self.ctx.error(
+                        path, _IDENTITY_RULE.format(sid=sid), value=group.id_pattern, fix=_PATTERN_FIX
+                    )
+                clash = self.nodes.kind(sid)
+                if clash is not None:
+                    raise self.ctx.error(
+                        path,
+                        f"station id {sid!r} is also the name of a {clash}",
+                        value=group.id_pattern,
+                        fix="change the pattern or rename the table",
+                    )
+                owner[sid] = name
+
+    # ------------------------------------------------------------ [[links]]
+
+    def links(self, root: _Table) -> tuple[LinkSpec, ...]:
+        out: list[LinkSpec] = []
+        for i, value in enumerate(self.array_of_tables(root, "links")):
+            t = _Table(self.ctx, ("links", i), value, LINK_KEYS, what="[[links]]")
+            t.require("between", 'add between = ["fleet", "main"] (two node or group names, or "*")')
+            spec, _given = self.link_policy(t, self.between(t))
+            out.append(attrs.evolve(spec, line=self.ctx.line(("links", i))))
+        return tuple(out)
+
+    def array_of_tables(self, root: _Table, key: str) -> list[object]:
+        value = root.data.get(key, [])
+        if not isinstance(value, list):
+            raise root.error(
+                key,
+                f"expected an array of tables, got {_type_name(value)}",
+                value=value,
+                fix=f"write each entry as a [[{key}]] table",
+            )
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise self.ctx.error(
+                    (key, i),
+                    f"expected a table, got {_type_name(item)}",
+                    value=item,
+                    fix=f"write each entry as a [[{key}]] table",
+                )
+        return value
+
+    def between(self, t: _Table) -> tuple[str, str]:
+        value = t.data["between"]
+        if not isinstance(value, list) or len(value) != 2:
+            raise t.error(
+                "between",
+                "expected two selectors",
+                value=value,
+                fix='write between = ["fleet", "main"] (node, group or station names, or "*")',
+            )
+        names: list[str] = []
+        for i, sel in enumerate(value):
+            if not isinstance(sel, str):
+                raise self.ctx.error(
+                    t.at("between", i),
+                    f"expected a name, got {_type_name(sel)}",
+                    value=sel,
+                    fix='quote the name, e.g. "fleet"',
+                )
+            if sel != "*" and self.nodes.kind(sel) is None:
+                raise self.ctx.error(
+                    t.at("between", i),
+                    f"undefined node or group {sel!r}",
+                    value=sel,
+                    fix=_choices_fix(
+                        sel,
+                        [*self.nodes.names(("csms", "group")), "*"],
+                        what='use a CSMS, a station group, a station id or "*":',
+                    ),
+                )
+            names.append(sel)
+        if names[0] == names[1] and names[0] != "*":
+            raise t.error(
+                "between",
+                "a link joins two different selectors",
+                value=names[0],
+                fix='name the two ends, e.g. ["fleet", "main"]',
+            )
+        return (names[0], names[1])
+
+    def link_policy(self, t: _Table, between: tuple[str, str]) -> tuple[LinkSpec, list[str]]:
+        """The link policy in ``t`` (durations in s, bandwidth in bit/s) and the policy keys it gives."""
+        latency = t.duration("latency", 0.0)
+        jitter = t.duration("jitter", 0.0)
+        bandwidth: float | None = None
+        if t.has("bandwidth"):
+            try:
+                bandwidth = parse_bandwidth(t.data["bandwidth"])
+            except ConfigError as exc:
+                raise self.ctx.relocate(exc, t.at("bandwidth")) from None
+        stall: StallSpec | None = None
+        s = t.sub_table("stall", STALL_KEYS, '{ every = "1h", for = "30s" }')
+        if s is not None:
+            s.require("every", 'add every = "1h"')
+            s.require("for", 'add for = "30s"')
+            every = s.duration("every", 0.0, positive=True)
+            length = s.duration("for", 0.0)
+            if length >= every:
+                raise s.error(
+                    "for",
+                    "a stall must be shorter than its period (the link would never move)",
+                    value=s.data["for"],
+                    fix=f"use for < every ({format_duration(every)})",
+                )
+            stall = StallSpec(every=every, duration=length)
+        reset: ResetSpec | None = None
+        r = t.sub_table("reset", RESET_KEYS, '{ every = "6h" }')
+        if r is not None:
+            r.require("every", 'add every = "6h"')
+            reset = ResetSpec(every=r.duration("every", 0.0, positive=True))
+        spec = LinkSpec(
+            between=between, latency=latency, jitter=jitter, bandwidth=bandwidth, stall=stall, reset=reset
+        )
+        return spec, [key for key in LINK_POLICY_KEYS if t.has(key)]
+
+    # ------------------------------------------------------------ [[timeline]]
+
+    def timeline(self, root: _Table, sim: SimulationSpec, pki: PkiSpec) -> tuple[TimelineEvent, ...]:
+        events: list[TimelineEvent] = []
+        for i, value in enumerate(self.array_of_tables(root, "timeline")):
+            events.append(self.event(i, value, sim, pki))
+        return tuple(sorted(events, key=lambda e: e.at))
+
+    def event(self, index: int, value: object, sim: SimulationSpec, pki: PkiSpec) -> TimelineEvent:
+        path: FieldPath = ("timeline", index)
+        assert isinstance(value, dict)
+        if "action" not in value:
+            raise self.ctx.error(
+                (*path, "action"),
+                "missing required key 'action'",
+                fix=_choices_fix("", list(ACTIONS), what="add action = one of"),
+            )
+        action = value["action"]
+        if not isinstance(action, str) or action not in ACTIONS:
+            raise self.ctx.error(
+                (*path, "action"),
+                "unknown timeline action",
+                value=action,
+                fix=_choices_fix(action, list(ACTIONS)),
+            )
+        params = ACTIONS[action]
+        t = _Table(
+            self.ctx,
+            path,
+            value,
+            ("at", "action", *params),
+            what=f"action {action!r}",
+            unknown_hint=f"{action} takes: at, action, {', '.join(params)}",
+            elsewhere={key for keys in ACTIONS.values() for key in keys},
+        )
+        t.require("at", 'add at = "30m" (time from the start)')
+        at = t.duration("at", 0.0)
+        if at > sim.duration:
+            raise t.error(
+                "at",
+                f"the event is after the end of the run ({format_duration(sim.duration)})",
+                value=t.data["at"],
+                fix=f"use at <= {format_duration(sim.duration)} or lengthen simulation.duration",
+            )
+        handler = getattr(self, f"params_{action}")
+        parsed: dict[str, object] = handler(t, sim, pki)
+        return TimelineEvent(at=at, action=action, params=parsed, line=self.ctx.line(path))
+
+    def target(self, t: _Table, kinds: Collection[str], *, key: str = "target") -> str:
+        what = {"csms": "a CSMS", "group": "a station group", "station": "a station id"}
+        wanted = " or ".join(what[k] for k in kinds)
+        t.require(key, f'add {key} = "<name>" ({wanted})')
+        value = t.data[key]
+        if not isinstance(value, str):
+            raise t.error(key, f"expected a name, got {_type_name(value)}", value=value, fix="quote the name")
+        kind = self.nodes.kind(value)
+        if kind is None:
+            raise t.error(
+                key,
+                f"undefined node {value!r}",
+                value=value,
+                fix=_choices_fix(value, self.nodes.names(kinds), what=f"use {wanted}, e.g."),
+            )
+        if kind not in kinds:
+            raise t.error(
+                key,
+                f"{value!r} is {what[kind]}; {t.data['action']} needs {wanted}",
+                value=value,
+                fix=_choices_fix(value, self.nodes.names(kinds), what="use one of"),
+            )
+        return value
+
+    def tls_csms(self, t: _Table, key: str = "target") -> str:
+        name = self.target(t, ("csms",), key=key)
+        if self.nodes.csms[name].security_profile == 1:
+            raise t.error(
+                key,
+                f"CSMS {name!r} uses security profile 1 (no TLS, no certificate)",
+                value=name,
+                fix="target a CSMS with security_profile 2 or 3",
+            )
+        return name
+
+    def tls_stations(self, t: _Table) -> str:
+        name = self.target(t, ("group", "station"))
+        if self.nodes.group_of(name).security_profile == 1:
+            raise t.error(
+                "target",
+                f"{name!r} uses security profile 1 (no TLS)",
+                value=name,
+                fix="target stations with security_profile 2 or 3",
+            )
+        return name
+
+    def root_ref(self, t: _Table, pki: PkiSpec, default: str | None) -> str:
+        if default is None:
+            t.require("root", 'add root = "<name>" (a root from [pki.roots])')
+        return t.reference("root", default or "", pki.roots, "root", "[pki.roots.<name>]")
+
+    def params_stop(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
+        return {"target": self.target(t, ("csms", "group", "station"))}
+
+    params_start = params_stop
+
+    def params_partition(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
+        t.require("between", 'add between = ["fleet", "main"]')
+        return {"between": self.between(t)}
+
+    params_heal = params_partition
+
+    def params_link(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
+        t.require("between", 'add between = ["fleet", "main"]')
+        spec, given = self.link_policy(t, self.between(t))
+        if not given:
+            raise t.error(
+                "action",
+                "a link event changes at least one link policy key",
+                value="link",
+                fix=f"add one of {', '.join(LINK_POLICY_KEYS)}",
+            )
+        return {"between": spec.between, **{key: getattr(spec, key) for key in given}}
+
+    def params_expire_certificate(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
+        return {"target": self.tls_csms(t)}
+
+    def params_renew_certificate(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
+        return {"target": self.tls_csms(t), "validity": t.duration("validity", pki.validity, positive=True)}
+
+    def params_revoke_certificate(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
+        return {"target": self.target(t, ("csms", "group", "station"))}
+
+    def params_rotate_certificate(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
+        return {"target": self.target(t, ("csms", "group", "station")), "new_key": t.boolean("new_key", True)}
+
+    def params_install_root(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
+        return {"target": self.target(t, ("group", "station")), "root": self.root_ref(t, pki, None)}
+
+    params_remove_root = params_install_root
+
+    def params_set_network_profile(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
+        target = self.target(t, ("group", "station"))
+        t.require("csms", 'add csms = "<name>" (the CSMS the stations move to)')
+        return {"target": target, "csms": self.target(t, ("csms",), key="csms")}
+
+    def params_attack_downgrade(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
+        target = self.tls_csms(t)
+        versions = t.string_list("versions", ("1.2",), allowed=ATTACK_TLS_VERSIONS, example='["1.2"]')
+        order = [ATTACK_TLS_VERSIONS.index(v) for v in versions]
+        if max(order) - min(order) + 1 != len(order):
+            raise t.error(
+                "versions",
+                "TLS versions must be contiguous",
+                value=None,
+                fix='list neighbouring versions, e.g. ["1.2", "1.1"]',
+            )
+        count = t.integer("count", 1, 1, MAX_ATTACK_CONNECTIONS)
+        return {"target": target, "count": count, "versions": versions}
+
+    def params_attack_wrong_ca(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
+        target = self.tls_stations(t)
+        impersonate = self.nodes.group_of(target).csms
+        if t.has("impersonate"):
+            impersonate = self.target(t, ("csms",), key="impersonate")
+        duration: float | None = None
+        if t.has("duration"):
+            duration = t.duration("duration", 0.0, positive=True)
+        return {
+            "target": target,
+            "impersonate": impersonate,
+            "root": self.root_ref(t, pki, "rogue"),
+            "duration": duration,
+        }
+
+    params_attack_mitm = params_attack_wrong_ca
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _profile_spec(
+    name: str,
+    versions: tuple[str, ...],
+    suites: Mapping[str, tuple[str, ...]],
+    timeout: float,
+    fragment: int | None,
+) -> TlsProfileSpec:
+    """A profile whose enabled versions all have a suite list (the TLS layer's defaults fill the gaps)."""
+    defaults = {"1.3": DEFAULT_TLS13_SUITES, "1.2": DEFAULT_TLS12_SUITES}
+    full = dict(suites)
+    for version in versions:
+        if version in defaults and version not in full:
+            full[version] = defaults[version]
+    return TlsProfileSpec(
+        name=name,
+        versions=versions,
+        cipher_suites=FrozenMap(sorted(full.items(), reverse=True)),
+        handshake_timeout=timeout,
+        max_send_fragment=fragment,
+    )
+
+
+def _check_id_pattern(ctx: _Context, path: FieldPath, pattern: str, count: int) -> None:
+    """Check a station ``id_pattern``: only the field ``n``, a safe format spec, valid OCPP identities.
+
+    Args:
+        ctx: the load's context.
+        path: where the pattern is.
+        pattern: the pattern.
+        count: stations in the group (a pattern without ``{n}`` is fine for one station).
+
+    Raises:
+        ConfigError: a field other than ``n``, attribute or index access, a conversion, nested or huge
+            format specs, a spec that cannot format an integer, or ids that are not OCPP identities.
+    """
+    fix = _PATTERN_FIX
+    try:
+        pieces = list(string.Formatter().parse(pattern))
+    except ValueError as exc:
+        raise ctx.error(
+            path, f"invalid format pattern: {exc}", value=pattern, fix=fix + "; write {{ for {"
+        ) from None
+    has_n = False
+    for _literal, field, spec, conversion in pieces:
+        if field is None:
+            continue
+        if field != "n" or conversion is not None:
+            raise ctx.error(
+                path, f"id_pattern may only use the field {{n}}, not {{{field}}}", value=pattern, fix=fix
+            )
+        if spec and (
+            "{" in spec or "}" in spec or any(int(d) > MAX_IDENTITY_LENGTH for d in re.findall(r"\d+", spec))
+        ):
+            raise ctx.error(path, "format spec too wide or nested", value=pattern, fix=fix)
+        try:
+            format(1, spec or "")
+        except ValueError as exc:
+            raise ctx.error(path, f"bad format spec {spec!r} for n: {exc}", value=pattern, fix=fix) from None
+        has_n = True
+    if not has_n and count > 1:
+        raise ctx.error(
+            path,
+            f"id_pattern has no {{n}}, so all {count} stations would get the same id",
+            value=pattern,
+            fix=fix,
+        )
+    for n in (1, count):
+        sid = pattern.format(n=n)
+        if not _IDENTITY.fullmatch(sid) or len(sid) > MAX_IDENTITY_LENGTH:
+            raise ctx.error(path, _IDENTITY_RULE.format(sid=sid), value=pattern, fix=fix)
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    labels = host.rstrip(".").split(".")
+    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)

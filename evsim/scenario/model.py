@@ -1,0 +1,420 @@
+"""The scenario model: what a scenario file says, as frozen, hashable values.
+
+A :class:`Scenario` is pure data: the loader (:mod:`evsim.scenario.loader`) has already validated every field
+and resolved every default, so the runner never re-checks anything and never meets a missing key. Durations
+are float seconds, bandwidths bits per second, timestamps aware UTC datetimes; lists become tuples and tables
+:class:`FrozenMap`, so a scenario can be hashed, compared, and shared between tasks.
+
+The model follows the file format documented key by key in ``scenarios/README.md``; names match the TOML
+keys except where Python needs another (``for`` → ``duration``), and the units are in the field docs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeAlias, TypeVar
+
+import attrs
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+ClockKind: TypeAlias = Literal["virtual", "real"]
+NetworkKind: TypeAlias = Literal["memory", "tcp"]
+KeyType: TypeAlias = Literal["ec", "rsa"]
+HostnameCheck: TypeAlias = Literal["cn", "san", "san+cn", "off"]
+WildcardPolicy: TypeAlias = Literal["deny", "allow"]
+
+
+class FrozenMap(Mapping[K, V]):
+    """An immutable, hashable mapping that keeps insertion order (file order for scenario tables).
+
+    Args:
+        items: a mapping or an iterable of ``(key, value)`` pairs; values must be hashable for
+            :func:`hash` to work.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
+        self._items: dict[K, V] = dict(items)
+
+    def __getitem__(self, key: K) -> V:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._items.items()))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self._items) == dict(other.items())
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._items!r})"
+
+
+def _frozen_map(value: Mapping[Any, Any] | Iterable[tuple[Any, Any]]) -> FrozenMap[Any, Any]:
+    """attrs converter: any mapping (or pairs) to a :class:`FrozenMap` (typed loosely: attrs converters
+    cannot be generic over the field's type)."""
+    return value if isinstance(value, FrozenMap) else FrozenMap(value)
+
+
+DEFAULT_START = _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC)
+"""Simulation start of a virtual-clock run when the file gives none (fixed, so runs are reproducible)."""
+
+
+@attrs.frozen(kw_only=True)
+class SimulationSpec:
+    """The ``[simulation]`` table.
+
+    Attributes:
+        name: scenario name (default: the file's stem).
+        description: one line saying what the scenario is ("" when absent).
+        outcome: what the scenario demonstrates ("" when absent).
+        seed: seed of every random choice in the run (>= 0).
+        duration: length of the run in seconds (simulated for the virtual clock, wall time for the real one).
+        clock: ``"virtual"`` (trio MockClock, as fast as the CPU allows) or ``"real"``.
+        network: ``"memory"`` (in-process virtual network) or ``"tcp"`` (loopback; real clock only).
+        start: the simulation's wall time at the start (UTC); None means "the real clock's time when the run
+            starts" (only with ``clock = "real"``).
+        stop_when_done: end before ``duration`` once every station has played its sessions and emptied its
+            queue.
+    """
+
+    name: str
+    description: str = ""
+    outcome: str = ""
+    seed: int = 1
+    duration: float
+    clock: ClockKind = "virtual"
+    network: NetworkKind = "memory"
+    start: _dt.datetime | None = DEFAULT_START
+    stop_when_done: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class RootSpec:
+    """A root CA generated for the run (``[pki.roots.<name>]``; ``root`` always exists).
+
+    Attributes:
+        name: the root's name, referenced by trust stores, certificates and attacks.
+        key_type: ``"ec"`` (P-256) or ``"rsa"`` (2048 bits).
+    """
+
+    name: str
+    key_type: KeyType = "ec"
+
+
+@attrs.frozen(kw_only=True)
+class PkiSpec:
+    """The ``[pki]`` table: what the run generates.
+
+    Attributes:
+        key_type: default key type of every generated key.
+        validity: default validity of leaf certificates, in seconds from the simulation start.
+        organization: O of every certificate (profile 3 checks the station certificate's O against it).
+        roots: root CAs by name, always including ``"root"`` (the operator's CSMS root).
+    """
+
+    key_type: KeyType = "ec"
+    validity: float = 365 * 86_400.0
+    organization: str = "evsim"
+    roots: FrozenMap[str, RootSpec] = attrs.field(
+        factory=lambda: FrozenMap({"root": RootSpec(name="root")}), converter=_frozen_map
+    )
+
+
+@attrs.frozen(kw_only=True)
+class TlsProfileSpec:
+    """A ``[tls.profiles.<name>]`` table: how a node speaks TLS.
+
+    Attributes:
+        name: the profile's name.
+        versions: enabled TLS versions in preference order (``"1.3"``, ``"1.2"``), contiguous.
+        cipher_suites: IANA suite names per version key (``"1.3"``, ``"1.2"``) in priority order; every
+            enabled version has an entry (the TLS layer's defaults fill the versions the file leaves out).
+        handshake_timeout: seconds the whole handshake may take.
+        max_send_fragment: largest plaintext record written, bytes; None = the engine's 16384.
+    """
+
+    name: str
+    versions: tuple[str, ...] = ("1.3", "1.2")
+    cipher_suites: FrozenMap[str, tuple[str, ...]] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    handshake_timeout: float = 10.0
+    max_send_fragment: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TrustSpec:
+    """A ``[tls.trust.<name>]`` table: whom a client trusts and how it checks the server's name.
+
+    Attributes:
+        name: the trust store's name.
+        roots: names of roots in :attr:`PkiSpec.roots`.
+        hostname: ``"cn"``, ``"san"``, ``"san+cn"`` or ``"off"``.
+        wildcards: ``"deny"`` (OCPP default) or ``"allow"``.
+    """
+
+    name: str
+    roots: tuple[str, ...] = ("root",)
+    hostname: HostnameCheck = "san+cn"
+    wildcards: WildcardPolicy = "deny"
+
+
+@attrs.frozen(kw_only=True)
+class CertificateSpec:
+    """A node's certificate, relative to the simulation start.
+
+    Attributes:
+        root: name of the issuing root in :attr:`PkiSpec.roots`.
+        validity: ``notAfter`` = simulation start + ``validity`` seconds.
+        not_before: ``notBefore`` = simulation start + ``not_before`` seconds (negative: before the start).
+        key_type: ``"ec"`` or ``"rsa"``.
+    """
+
+    root: str = "root"
+    validity: float = 365 * 86_400.0
+    not_before: float = -3_600.0
+    key_type: KeyType = "ec"
+
+
+@attrs.frozen(kw_only=True)
+class CsmsSpec:
+    """A ``[csms.<name>]`` table.
+
+    Attributes:
+        name: the node's name (selectors, events, logs).
+        host: the host name it listens on (certificate CN and SAN).
+        port: the port (0: let the network pick one).
+        security_profile: 1, 2 or 3.
+        insecure_allow_plain_ws: the explicit opt-in profile 1 needs.
+        ocpp_versions: OCPP versions served, in preference order.
+        heartbeat_interval: interval returned in BootNotificationResponse, seconds (a whole number).
+        tls_profile: name of a :class:`TlsProfileSpec`.
+        certificate: the server certificate.
+        password: Basic-auth password accepted from every station; None = the run's generated password.
+        accept_unknown_stations: False refuses identities that no station group defines (HTTP 404).
+    """
+
+    name: str
+    host: str
+    port: int = 443
+    security_profile: int = 2
+    insecure_allow_plain_ws: bool = False
+    ocpp_versions: tuple[str, ...] = ("2.0.1", "2.1")
+    heartbeat_interval: float = 300.0
+    tls_profile: str = "default"
+    certificate: CertificateSpec = CertificateSpec()
+    password: str | None = None
+    accept_unknown_stations: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class RetryBackOffSpec:
+    """OCPP ``RetryBackOff*`` reconnect settings (OCPP-J 2.0.1 §5.3).
+
+    Attributes:
+        wait_minimum: ``RetryBackOffWaitMinimum``, seconds.
+        random_range: ``RetryBackOffRandomRange``, seconds.
+        repeat_times: ``RetryBackOffRepeatTimes``: how many times the wait doubles.
+    """
+
+    wait_minimum: float = 3.0
+    random_range: float = 3.0
+    repeat_times: int = 4
+
+
+@attrs.frozen(kw_only=True)
+class StationGroupSpec:
+    """A ``[stations.<group>]`` table: ``count`` stations that behave alike.
+
+    Attributes:
+        name: the group's name.
+        count: number of stations.
+        id_pattern: ``str.format`` pattern with the field ``n`` (1-based) giving each station's identity.
+        csms: name of the :class:`CsmsSpec` the stations connect to.
+        security_profile: 1, 2 or 3.
+        ocpp_versions: OCPP versions offered, in preference order.
+        tls_profile: name of a :class:`TlsProfileSpec`.
+        trust: name of a :class:`TrustSpec`.
+        password: Basic-auth password; None = the CSMS's.
+        sessions: charging sessions per station over the run, or None when ``sessions_per_day`` is used.
+        sessions_per_day: average sessions per station per day (the runner converts it), or None.
+        session_duration: how long an EV charges, seconds.
+        session_start: (min, max) random delay before each session, seconds.
+        meter_interval: seconds between meter values during a session.
+        charge_power: charging power, W.
+        heartbeat_fallback: heartbeat interval until the CSMS gives one, seconds.
+        retry_backoff: reconnect back-off.
+        queue_max: offline message queue threshold.
+    """
+
+    name: str
+    count: int = 1
+    id_pattern: str
+    csms: str
+    security_profile: int = 2
+    ocpp_versions: tuple[str, ...] = ("2.0.1",)
+    tls_profile: str = "default"
+    trust: str = "default"
+    password: str | None = None
+    sessions: int | None = 1
+    sessions_per_day: float | None = None
+    session_duration: float = 600.0
+    session_start: tuple[float, float] = (5.0, 30.0)
+    meter_interval: float = 60.0
+    charge_power: float = 11_000.0
+    heartbeat_fallback: float = 300.0
+    retry_backoff: RetryBackOffSpec = RetryBackOffSpec()
+    queue_max: int = 1000
+
+    def station_ids(self) -> list[str]:
+        """The identities of the group's stations, in order.
+
+        Returns:
+            ``id_pattern.format(n=n)`` for ``n`` in ``1..count``.
+        """
+        return [self.id_pattern.format(n=n) for n in range(1, self.count + 1)]
+
+
+@attrs.frozen(kw_only=True)
+class StallSpec:
+    """A link stalls (no bytes move either way) for ``duration`` seconds every ``every`` seconds."""
+
+    every: float
+    duration: float
+
+
+@attrs.frozen(kw_only=True)
+class ResetSpec:
+    """A link's connections are reset (both ends see a broken stream) every ``every`` seconds."""
+
+    every: float
+
+
+@attrs.frozen(kw_only=True)
+class LinkSpec:
+    """A ``[[links]]`` entry: the policy of every link between two node selectors (seeded by the run).
+
+    Attributes:
+        between: two selectors: a CSMS name, a station group, a station id, or ``"*"`` (every node).
+        latency: one-way delay, seconds.
+        jitter: random extra delay, up to this many seconds.
+        bandwidth: bits per second; None = unlimited.
+        stall: periodic stalls, or None.
+        reset: periodic connection resets, or None.
+        line: line of the entry in the scenario file (None when unknown).
+    """
+
+    between: tuple[str, str]
+    latency: float = 0.0
+    jitter: float = 0.0
+    bandwidth: float | None = None
+    stall: StallSpec | None = None
+    reset: ResetSpec | None = None
+    line: int | None = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen
+class TimelineEvent:
+    """A ``[[timeline]]`` entry: ``action`` happens ``at`` seconds after the start.
+
+    Attributes:
+        at: seconds from the simulation start (0 <= at <= duration).
+        action: one of :data:`evsim.scenario.loader.ACTIONS`.
+        params: the action's parameters with defaults filled in (durations in seconds, lists as tuples;
+            the table in ``scenarios/README.md`` lists them per action).
+        line: line of the entry in the scenario file (None when unknown).
+    """
+
+    at: float
+    action: str
+    params: FrozenMap[str, object] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    line: int | None = attrs.field(default=None, eq=False)
+
+
+@attrs.frozen
+class Scenario:
+    """A whole scenario file, validated.
+
+    Attributes:
+        simulation: run settings.
+        pki: what the run generates.
+        tls_profiles: profiles by name (``"default"`` always present).
+        trust_stores: trust stores by name (``"default"`` always present).
+        csms: CSMS nodes by name (at least one).
+        stations: station groups by name.
+        links: link policies, in file order (later entries override earlier ones where they overlap).
+        timeline: events sorted by ``at`` (events at the same time keep their file order).
+        source: the file it was loaded from, or the ``source`` label given to the loader.
+    """
+
+    simulation: SimulationSpec
+    pki: PkiSpec = PkiSpec()
+    tls_profiles: FrozenMap[str, TlsProfileSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    trust_stores: FrozenMap[str, TrustSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    csms: FrozenMap[str, CsmsSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    stations: FrozenMap[str, StationGroupSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    links: tuple[LinkSpec, ...] = ()
+    timeline: tuple[TimelineEvent, ...] = ()
+    source: str | None = None
+
+    def station_ids(self) -> list[str]:
+        """Every station identity, group by group in file order.
+
+        Returns:
+            The concatenation of each group's :meth:`StationGroupSpec.station_ids`.
+        """
+        return [sid for group in self.stations.values() for sid in group.station_ids()]
+
+    def station_count(self) -> int:
+        """Number of stations over all groups.
+
+        Returns:
+            The sum of the groups' ``count``.
+        """
+        return sum(group.count for group in self.stations.values())
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Scenario:
+        """Load and validate a scenario file (see :func:`evsim.scenario.loader.load_scenario`).
+
+        Args:
+            path: the TOML file.
+
+        Returns:
+            The scenario.
+
+        Raises:
+            ConfigError: the file is missing, not TOML, or not a valid scenario.
+        """
+        from evsim.scenario.loader import load_scenario  # the loader imports this module
+
+        return load_scenario(path)
+
+    @classmethod
+    def from_toml(cls, text: str, *, source: str = "<string>") -> Scenario:
+        """Parse and validate scenario text (see :func:`evsim.scenario.loader.loads_scenario`).
+
+        Args:
+            text: TOML text.
+            source: the label errors name as the file.
+
+        Returns:
+            The scenario.
+
+        Raises:
+            ConfigError: not TOML, or not a valid scenario.
+        """
+        from evsim.scenario.loader import loads_scenario
+
+        return loads_scenario(text, source=source)
