@@ -29,7 +29,9 @@ def load_anchors(path: str) -> tuple[x509.Certificate, ...]:
     try:
         return tuple(load_cert_file(path))
     except PkiError as exc:
-        raise ConfigError(str(exc), path="--ca", value=path, fix="pass the CSMS root CA (PEM), e.g. certs/ca.crt") from exc
+        raise ConfigError(
+            str(exc), path="--ca", value=path, fix="pass the CSMS root CA (PEM), e.g. certs/ca.crt"
+        ) from exc
 
 
 def csms_server_tls(
@@ -89,7 +91,9 @@ def station_client_tls(
             "INSECURE-any-server", anchors or _placeholder_anchor(identity), insecure_skip_verify=True
         )
     else:
-        trust = TrustStore("CSMSRootCertificate", tuple(anchors), wildcards="allow" if allow_wildcards else "deny")
+        trust = TrustStore(
+            "CSMSRootCertificate", tuple(anchors), wildcards="allow" if allow_wildcards else "deny"
+        )
     ident = Identity(chain=identity.chain, key=identity.key) if identity is not None else None
     return ClientTls.build(prof, trust, ident)
 

@@ -170,6 +170,7 @@ class Station:
         self._status_changed = trio.Event()
         self._queue_changed = trio.Event()
         self.done = trio.Event()
+        self._online = trio.Event()
         self.sessions_completed = 0
         self.connects_ok = 0
         self.boots = 0
@@ -184,6 +185,10 @@ class Station:
     def name(self) -> str:
         return self.config.station_id
 
+    async def wait_online(self) -> None:
+        """Wait until the station is connected and accepted by the CSMS."""
+        await self._online.wait()
+
     # ---------------------------------------------------------------- top level
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -196,7 +201,10 @@ class Station:
     async def _connection_loop(self) -> None:
         while True:
             try:
-                await self._connect_once()
+                try:
+                    await self._connect_once()
+                except BaseExceptionGroup as group:
+                    raise _sole_failure(group) from group
             except HandshakeFailed as exc:
                 self._on_connect_failure(exc.reason, detail=exc.detail, handshake=exc)
             except UpgradeRejected as exc:
@@ -206,6 +214,8 @@ class Station:
             finally:
                 self.session = None
                 self.booted = False
+                if self._online.is_set():
+                    self._online = trio.Event()
                 self.queue.went_offline()
             wait = self.backoff.next_wait()
             self.recorder.emit(self.name, "reconnect_wait", seconds=round(wait, 3))
@@ -241,7 +251,9 @@ class Station:
 
     async def _connect_once(self) -> None:
         cfg = self.config
-        stream: trio.abc.Stream = await self.network.connect(self.host, self.port, source=self.config.station_id)
+        stream: trio.abc.Stream = await self.network.connect(
+            self.host, self.port, source=self.config.station_id
+        )
         try:
             if self.client_tls is not None:
                 tls_stream = await tls_connect(
@@ -281,6 +293,7 @@ class Station:
                 self._failure_streak_event = None
                 self.session = session
                 self.queue.went_online()
+                self._online.set()
                 nursery.start_soon(self._heartbeat_loop, session)
                 nursery.start_soon(self._status_loop, session)
                 nursery.start_soon(self._sender_loop, session)
@@ -526,6 +539,22 @@ class Station:
             messages_sent=dict(self.messages_sent),
             security_events_queued=self.security_events_queued,
         )
+
+
+def _sole_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The connection failure inside a nursery's exception group.
+
+    A connection's tasks fail together when the link goes (each sees the broken transport); they are one
+    failure. If anything other than transport/OCPP errors is in the group, re-raise the whole group: that is a
+    bug, not a network event, and must not be swallowed.
+    """
+    matched, rest = group.split((TransportError, OcppError))
+    if rest is not None or matched is None:
+        raise group
+    first: BaseException = matched
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 def station_ids(prefix: str, count: int, start: int = 1) -> Sequence[str]:

@@ -104,6 +104,10 @@ class TxQueue:
                 self._items.remove(victim)
                 self.dropped_total += 1
 
+    def messages(self) -> tuple[QueuedMessage, ...]:
+        """A snapshot of the queue, head first."""
+        return tuple(self._items)
+
     def head(self) -> QueuedMessage | None:
         """The next message to deliver, or None."""
         return self._items[0] if self._items else None
