@@ -155,7 +155,12 @@ class FrameError(OcppError):
     """
 
     def __init__(
-        self, description: str, *, error_code: str = "RpcFrameworkError", message_id: str = "-1", reply: bool = True
+        self,
+        description: str,
+        *,
+        error_code: str = "RpcFrameworkError",
+        message_id: str = "-1",
+        reply: bool = True,
     ) -> None:
         self.message_id = message_id
         self.reply = reply
