@@ -1,0 +1,174 @@
+"""Interop with an independent OCPP 2.0.1 implementation (the `ocpp` PyPI library, asyncio + websockets).
+
+Loopback TCP, real clock, real TLS; the peer runs in a subprocess (tests/interop/). Every test is bounded by
+``trio.fail_after``; the peers also have their own hard timeouts.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from evsim.clock import SimClock, real_utcnow
+from evsim.metrics.recorder import Recorder
+from evsim.net.tcp import TcpNetwork
+from evsim.nodes.csms import Csms, CsmsConfig
+from evsim.nodes.security import csms_server_tls
+from evsim.pki import DevPki, init_dev_pki
+
+pytestmark = [pytest.mark.loopback, pytest.mark.slow]
+
+HERE = Path(__file__).parent / "interop"
+PASSWORD = "interop-password-0001"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
+    # Real clock: the asyncio peer checks certificates against the machine's time.
+    return init_dev_pki(tmp_path_factory.mktemp("pki"), host="localhost", now=real_utcnow())
+
+
+def _lines(out: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+
+
+@pytest.mark.parametrize("profile", [2, 3])
+async def test_ocpp_lib_station_against_evsim_csms(pki: DevPki, profile: int) -> None:
+    station_id = "LIB-0001"
+    clock = SimClock.start()
+    recorder = Recorder(clock)
+    csms = Csms(
+        CsmsConfig(
+            host="127.0.0.1",
+            port=0,
+            security_profile=profile,
+            default_password=PASSWORD,
+            organization=pki.org,
+        ),
+        network=TcpNetwork(),
+        server_tls=csms_server_tls(pki, security_profile=profile),
+        clock=clock,
+        recorder=recorder,
+    )
+    cmd = [
+        sys.executable,
+        str(HERE / "ocpp_lib_station.py"),
+        "--id",
+        station_id,
+        "--ca",
+        str(pki.path("ca.crt")),
+        "--heartbeats",
+        "2",
+        "--timeout",
+        "40",
+    ]
+    if profile == 2:
+        cmd += ["--password", PASSWORD]
+    else:
+        cert = pki.station(station_id, now=real_utcnow())
+        crt = pki.path(f"stations/{station_id}.crt")
+        key = pki.path(f"stations/{station_id}.key")
+        assert cert.cert is not None
+        cmd += ["--cert", str(crt), "--key", str(key)]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            _, port = await nursery.start(csms.serve)
+            cmd[2:2] = ["--url", f"wss://localhost:{port}/ocpp"]
+            result = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
+            nursery.cancel_scope.cancel()
+    lines = _lines(result.stdout)
+    assert result.returncode == 0, (result.stdout.decode(), result.stderr.decode())
+    assert lines[-1] == {"result": "ok"}
+    rec = csms.stations[station_id]
+    assert rec.boots == 1
+    assert rec.heartbeats == 2
+    (tx,) = rec.transactions.values()
+    assert tx.started
+    assert tx.ended
+    assert tx.gap_free()
+    assert rec.tls is not None
+    assert rec.tls.version == "TLSv1.3"
+    if profile == 3:
+        assert rec.serial_from_cert == station_id
+
+
+async def test_evsim_stations_against_ocpp_lib_csms(pki: DevPki, tmp_path: Path) -> None:
+    ready = tmp_path / "port"
+    csms_cmd = [
+        sys.executable,
+        str(HERE / "ocpp_lib_csms.py"),
+        "--port",
+        "0",
+        "--cert",
+        str(pki.path("server.crt")),
+        "--key",
+        str(pki.path("server.key")),
+        "--password",
+        PASSWORD,
+        "--duration",
+        "50",
+        "--ready-file",
+        str(ready),
+    ]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            proc: trio.Process = await nursery.start(
+                lambda task_status: trio.run_process(
+                    csms_cmd, stdout=subprocess.PIPE, check=False, task_status=task_status
+                )
+            )
+            assert proc.stdout is not None
+            buf = b""
+            while b'"listening"' not in buf:  # wait for the peer's readiness line, no polling
+                chunk = await proc.stdout.receive_some()
+                assert chunk, "the ocpp-library CSMS exited before listening"
+                buf += chunk
+            port = json.loads(buf.split(b"\n")[0])["port"]
+            result = await trio.run_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "evsim",
+                    "stations",
+                    "--csms",
+                    f"wss://localhost:{port}/ocpp",
+                    "--count",
+                    "3",
+                    "--ca",
+                    str(pki.path("ca.crt")),
+                    "--password",
+                    PASSWORD,
+                    "--session-duration",
+                    "2",
+                    "--meter-interval",
+                    "1",
+                    "--duration",
+                    "40",
+                ],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            proc.terminate()
+            rest = b""
+            while chunk := await proc.stdout.receive_some():
+                rest += chunk
+            nursery.cancel_scope.cancel()
+    assert result.returncode == 0, (result.stdout.decode(), result.stderr.decode())
+    assert b"3/3 stations booted and completed" in result.stdout
+    seen = _lines(buf + rest)
+    boots = [ln for ln in seen if ln.get("action") == "BootNotification"]
+    assert sorted(b["station"] for b in boots) == ["ST-0001", "ST-0002", "ST-0003"]
+    summary = next(ln for ln in seen if ln.get("event") == "summary")
+    assert sorted(summary["transactions"]) == ["ST-0001", "ST-0002", "ST-0003"]
+    for txs in summary["transactions"].values():
+        (events,) = txs.values()  # one session per station
+        assert [e["seqNo"] for e in events] == list(range(len(events)))  # gap-free, in order
+        assert events[0]["eventType"] == "Started"
+        assert events[-1]["eventType"] == "Ended"
