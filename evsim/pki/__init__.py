@@ -1,0 +1,72 @@
+"""Development PKI: keys, CAs, certificates, CSR signing (cryptography's x509 builders enter here only).
+
+Public API::
+
+    generate_key(key_type="ec") -> PrivateKey          check_key_strength(key, what=...)
+    CertificateAuthority.create_root(cn, org, *, now, days, key_type)
+        .create_sub_ca(...)  .issue_server(cn, *, sans, ips, ...)  .issue_client(cn, org, ...)
+        .sign_csr(csr_pem, *, now, days)
+    CertKey(cert, key, intermediates)                  make_csr(key, cn, org) -> bytes
+    spki_sha256(cert) / ski(cert)                      PEM load/save helpers
+    init_dev_pki(dir, *, host, org, key_type, now, force, stations) -> DevPki;  DevPki.load(dir)
+"""
+
+from __future__ import annotations
+
+from evsim.pki.ca import (
+    NOT_BEFORE_BACKDATE,
+    CertificateAuthority,
+    CertKey,
+    common_name,
+    make_csr,
+    organization,
+)
+from evsim.pki.dev import DevPki, default_station_id, init_dev_pki
+from evsim.pki.keys import (
+    KeyType,
+    PrivateKey,
+    cert_fingerprint,
+    certs_to_pem,
+    check_key_strength,
+    generate_key,
+    key_matches_cert,
+    key_to_pem,
+    load_cert_file,
+    load_certs_pem,
+    load_key_file,
+    load_key_pem,
+    public_key_der,
+    ski,
+    spki_sha256,
+    write_cert_file,
+    write_key_file,
+)
+
+__all__ = [
+    "NOT_BEFORE_BACKDATE",
+    "CertKey",
+    "CertificateAuthority",
+    "DevPki",
+    "KeyType",
+    "PrivateKey",
+    "cert_fingerprint",
+    "certs_to_pem",
+    "check_key_strength",
+    "common_name",
+    "default_station_id",
+    "generate_key",
+    "init_dev_pki",
+    "key_matches_cert",
+    "key_to_pem",
+    "load_cert_file",
+    "load_certs_pem",
+    "load_key_file",
+    "load_key_pem",
+    "make_csr",
+    "organization",
+    "public_key_der",
+    "ski",
+    "spki_sha256",
+    "write_cert_file",
+    "write_key_file",
+]

@@ -1,0 +1,417 @@
+"""Compile the TLS model to pyOpenSSL contexts (cached), one per (profile, trust, identity[, client auth]).
+
+A context is the expensive, shareable part (certificates parsed, key loaded, cipher lists compiled): 1000
+stations with the same profile share one. Per-connection inputs - the expected server name and the
+simulation time certificates are checked at - live in a :class:`~evsim.tls.verify.VerifyState` stored as
+the OpenSSL connection's app data, so one shared context is safe.
+
+What each model field compiles to:
+
+* ``versions``: ``set_min_proto_version`` / ``set_max_proto_version`` (contiguous by validation); TLS
+  1.0/1.1 additionally need ``@SECLEVEL=0`` on OpenSSL 3+.
+* ``cipher_suites``: ``set_cipher_list`` (TLS <= 1.2, OpenSSL names) and ``set_tls13_ciphersuites``.
+* always: no TLS compression (OCPP A00.FR.321), no renegotiation, ``SSL_MODE_RELEASE_BUFFERS`` (idle
+  connections give their 2 x 17 KiB record buffers back: thousands of mostly idle stations).
+* ``suite_preference = "server"``: ``OP_CIPHER_SERVER_PREFERENCE``.
+* trust: anchors in the context's X509 store; ``set_verify(VERIFY_PEER [| VERIFY_FAIL_IF_NO_PEER_CERT],
+  callback)``. Validity is checked at simulation time per connection (``verify.py`` says why
+  ``X509Store.set_time`` cannot be used); the callback records failure reasons and checks the hostname.
+* sessions (server): OpenSSL's internal server cache (``SESS_CACHE_SERVER``, OpenSSL default size and
+  lifetime) with a session-id context derived from the configuration, which OpenSSL requires to resume
+  sessions of verified clients; TLS 1.3 tickets as OpenSSL defaults (two per handshake).
+* ``keylog``: an NSS key log writer, with a :class:`KeylogWarning` and a log warning when compiled.
+* ``alpn``: ``set_alpn_protos`` (client) / a select callback taking the server's first choice offered.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import hashlib
+import logging
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeAlias, cast
+
+import attrs
+from OpenSSL import SSL, crypto
+
+from evsim.errors import ConfigError
+from evsim.tls import _ossl
+from evsim.tls.config import Identity, TlsProfile, TrustStore
+from evsim.tls.suites import BY_IANA
+from evsim.tls.verify import (
+    X509_V_ERR_CERT_HAS_EXPIRED,
+    X509_V_ERR_CERT_NOT_YET_VALID,
+    X509_V_FLAG_NO_CHECK_TIME,
+    VerifyState,
+    check_hostname_der,
+    check_validity,
+    is_ip_literal,
+    parse_asn1_time,
+    verify_error_reason,
+)
+
+log = logging.getLogger(__name__)
+
+ClientAuth: TypeAlias = Literal["none", "optional", "required"]
+
+_VERSIONS = {
+    "1.0": SSL.TLS1_VERSION,
+    "1.1": SSL.TLS1_1_VERSION,
+    "1.2": SSL.TLS1_2_VERSION,
+    "1.3": SSL.TLS1_3_VERSION,
+}
+
+# OP_NO_RENEGOTIATION exists in pyOpenSSL when the OpenSSL it runs on has it (1.1.0h+).
+_OP_NO_RENEGOTIATION: int = getattr(SSL, "OP_NO_RENEGOTIATION", 0)
+_MODE_RELEASE_BUFFERS: int = getattr(SSL, "MODE_RELEASE_BUFFERS", 0)
+
+_SSL_MODE_NO_AUTO_CHAIN = 0x00000008  # SSL_MODE_NO_AUTO_CHAIN, openssl/ssl.h (not exported by pyOpenSSL)
+
+_CONTEXT_CACHE_SIZE = 128
+
+
+def _needs_seclevel0(profile: TlsProfile) -> bool:
+    if profile.min_version in ("1.0", "1.1"):
+        return True
+    return any(BY_IANA[name].seclevel0 for v in profile.versions for name in profile.suites(v))
+
+
+class KeylogWarning(UserWarning):
+    """TLS key logging is on: anyone with the file can decrypt the captured traffic."""
+
+
+VerifyCallback: TypeAlias = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
+
+
+_TIME_ERRORS = frozenset({X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED})
+
+
+def _make_verify_callback(trust: TrustStore, *, check_host: bool, python_time: bool) -> VerifyCallback:
+    """OpenSSL verify callback: record the reason of the first failure on the connection's VerifyState.
+
+    OpenSSL calls it once per certificate, root first, leaf (depth 0) last, with ``ok`` = its own verdict
+    (and again for each error it finds). ``python_time``: OpenSSL's time check is off, check it here.
+    """
+    enforce_time = trust.time_check == "enforce"
+    python_time = python_time and enforce_time
+    host_mode = trust.hostname
+    wildcards = trust.wildcards
+
+    if trust.insecure_skip_verify:
+
+        def accept_anything(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+            state = conn.get_app_data()
+            if isinstance(state, VerifyState):
+                state.calls += 1
+            return True
+
+        return accept_anything
+
+    def callback(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+        state = conn.get_app_data()
+        if not isinstance(state, VerifyState):  # pragma: no cover - every evsim connection has one
+            return False
+        state.calls += 1
+        if state.failure is not None:
+            return False
+        if not ok:
+            if errno in _TIME_ERRORS and not enforce_time:
+                return True  # time_check = "off"
+            state.fail(
+                verify_error_reason(errno), f"X509 verify error {errno} at depth {depth}: {_subject(cert)}"
+            )
+            return False
+        if python_time:
+            nb, na = cert.get_notBefore(), cert.get_notAfter()
+            if nb is not None and na is not None:
+                now = state.now()
+                reason = check_validity(parse_asn1_time(nb), parse_asn1_time(na), now)
+                if reason is not None:
+                    state.fail(
+                        reason,
+                        f"{_subject(cert)} at depth {depth} is valid {nb.decode()}..{na.decode()}, "
+                        f"checked at {now.isoformat()}",
+                    )
+                    return False
+        if depth == 0 and check_host and state.server_hostname is not None and host_mode != "off":
+            der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+            reason = check_hostname_der(der, state.server_hostname, host_mode, wildcards)
+            if reason is not None:
+                state.fail(reason, f"{_subject(cert)} does not match {state.server_hostname!r} ({host_mode})")
+                return False
+        return True
+
+    return callback
+
+
+def _subject(cert: crypto.X509) -> str:
+    return cert.to_cryptography().subject.rfc4514_string()
+
+
+def _keylog_writer(path: str) -> Callable[[SSL.Connection, bytes], None]:
+    target = Path(path)
+
+    def write(conn: SSL.Connection, line: bytes) -> None:
+        del conn
+        with target.open("ab") as fh:
+            fh.write(line + b"\n")
+
+    return write
+
+
+def _base_context(
+    method: int, profile: TlsProfile, identity: Identity | None, *, server: bool
+) -> SSL.Context:
+    ctx = SSL.Context(method)
+    ctx.set_min_proto_version(_VERSIONS[profile.min_version])
+    ctx.set_max_proto_version(_VERSIONS[profile.max_version])
+    options = SSL.OP_NO_COMPRESSION | _OP_NO_RENEGOTIATION
+    if server and profile.suite_preference == "server":
+        options |= SSL.OP_CIPHER_SERVER_PREFERENCE
+    ctx.set_options(options)
+    # Send exactly Identity.chain: without NO_AUTO_CHAIN, OpenSSL completes a leaf-only chain from the
+    # context's *verify* store, so what a server sends would depend on its client-auth trust anchors.
+    ctx.set_mode(_MODE_RELEASE_BUFFERS | _SSL_MODE_NO_AUTO_CHAIN)
+    cipher_list = profile.openssl_cipher_list()
+    if _needs_seclevel0(profile):
+        # OpenSSL 3+ refuses TLS < 1.2 and the CCM_8 suites at security level >= 1 (suites.py); the level
+        # is set through the cipher string, so a TLS 1.3-only profile needs one too.
+        cipher_list = (cipher_list or b"DEFAULT") + b":@SECLEVEL=0"
+    if cipher_list:
+        try:
+            ctx.set_cipher_list(cipher_list)
+        except SSL.Error as exc:
+            raise ConfigError(
+                f"this OpenSSL build accepts none of the TLS 1.2 suites ({exc})",
+                path='cipher_suites."1.2"',
+                value=cipher_list.decode(),
+                fix="pick suites from `evsim tls capabilities`",
+            ) from exc
+    tls13 = profile.tls13_ciphersuites()
+    if tls13:
+        try:
+            ctx.set_tls13_ciphersuites(tls13)
+        except SSL.Error as exc:  # pragma: no cover - every name in the table is known to OpenSSL 3+
+            raise ConfigError(
+                f"this OpenSSL build refuses the TLS 1.3 suites ({exc})",
+                path='cipher_suites."1.3"',
+                value=tls13.decode(),
+                fix="pick suites from `evsim tls capabilities`",
+            ) from exc
+    if identity is not None:
+        # pyOpenSSL >= 24 takes cryptography objects (and deprecates its own X509/PKey here); typed Any
+        # because the installed types-pyOpenSSL stubs still declare the old signatures.
+        chain: tuple[Any, ...] = identity.chain
+        key: Any = identity.key
+        ctx.use_certificate(chain[0])
+        for intermediate in chain[1:]:
+            ctx.add_extra_chain_cert(intermediate)
+        ctx.use_privatekey(key)
+        ctx.check_privatekey()
+    if profile.keylog:
+        message = (
+            f"TLS key logging is ON: session keys are written to {profile.keylog}; anyone with this file "
+            "can decrypt the captured traffic. Use it for debugging only."
+        )
+        warnings.warn(message, KeylogWarning, stacklevel=4)
+        log.warning(message)
+        ctx.set_keylog_callback(_keylog_writer(profile.keylog))
+    return ctx
+
+
+def _install_trust(
+    ctx: SSL.Context, trust: TrustStore, mode: int, *, check_host: bool, conn_time: bool
+) -> None:
+    store = ctx.get_cert_store()
+    if store is None:  # pragma: no cover - a fresh context always has a store
+        raise ConfigError("OpenSSL context has no certificate store", path=f"trust.{trust.name}")
+    for anchor in trust.anchors:
+        store.add_cert(crypto.X509.from_cryptography(anchor))
+    if trust.insecure_skip_verify:
+        log.warning(
+            "TLS trust store %r has insecure_skip_verify: peer certificates are NOT verified (no chain, name "
+            "or validity check); anyone can impersonate the peer. Development only.",
+            trust.name,
+        )
+    if not conn_time:
+        store.set_flags(X509_V_FLAG_NO_CHECK_TIME)  # the verify callback checks validity instead
+    ctx.set_verify(mode, _make_verify_callback(trust, check_host=check_host, python_time=not conn_time))
+
+
+def _session_id_context(*parts: object) -> bytes:
+    """A <= 32-byte session id context unique to the configuration (OpenSSL needs one to resume sessions of
+    verified clients; sessions never cross configurations)."""
+    return b"evsim:" + hashlib.sha256(repr(parts).encode()).digest()[:16]
+
+
+def _encode_hostname(name: str) -> bytes:
+    try:
+        return name.encode("ascii")
+    except UnicodeEncodeError:
+        return name.encode("idna")
+
+
+@attrs.frozen(eq=False)
+class ClientTls:
+    """Compiled client-side TLS: a shared OpenSSL context plus the model it came from.
+
+    Build with :meth:`build` (cached: equal inputs give the same object).
+    """
+
+    side: ClassVar[Literal["client"]] = "client"
+    profile: TlsProfile
+    trust: TrustStore
+    identity: Identity | None
+    context: SSL.Context = attrs.field(repr=False)
+    connection_time: bool = True
+    """The stream sets the validity-check time per connection (else the verify callback checks it)."""
+
+    @classmethod
+    def build(cls, profile: TlsProfile, trust: TrustStore, identity: Identity | None = None) -> ClientTls:
+        """Compile (or fetch from the cache) a client context.
+
+        Args:
+            profile: versions, suites, timeouts...
+            trust: anchors and the hostname/time policy used to verify the server.
+            identity: our client certificate (OCPP security profile 3), or None.
+
+        Returns:
+            The compiled client configuration.
+
+        Raises:
+            ConfigError: the OpenSSL build refuses the configured suites.
+        """
+        return _build_client(profile, trust, identity)
+
+    def new_connection(
+        self,
+        server_hostname: str | None,
+        verify_time: Callable[[], datetime.datetime] | None = None,
+    ) -> tuple[SSL.Connection, VerifyState]:
+        """A fresh OpenSSL connection in client mode with SNI set (not for IP literals)."""
+        conn = SSL.Connection(self.context, None)
+        conn.set_connect_state()
+        state = VerifyState(server_hostname, verify_time)
+        conn.set_app_data(state)
+        if server_hostname and not is_ip_literal(server_hostname):
+            conn.set_tlsext_host_name(_encode_hostname(server_hostname))
+        return conn, state
+
+
+@functools.lru_cache(maxsize=_CONTEXT_CACHE_SIZE)
+def _build_client(profile: TlsProfile, trust: TrustStore, identity: Identity | None) -> ClientTls:
+    ctx = _base_context(SSL.TLS_CLIENT_METHOD, profile, identity, server=False)
+    conn_time = _ossl.HAVE_CONNECTION_TIME
+    _install_trust(ctx, trust, SSL.VERIFY_PEER, check_host=True, conn_time=conn_time)
+    if profile.alpn:
+        ctx.set_alpn_protos([p.encode() for p in profile.alpn])
+    return ClientTls(profile, trust, identity, ctx, conn_time)
+
+
+@attrs.frozen(eq=False)
+class ServerTls:
+    """Compiled server-side TLS: a shared OpenSSL context plus the model it came from.
+
+    Build with :meth:`build` (cached: equal inputs give the same object).
+    """
+
+    side: ClassVar[Literal["server"]] = "server"
+    profile: TlsProfile
+    identity: Identity
+    trust: TrustStore | None
+    client_auth: ClientAuth
+    context: SSL.Context = attrs.field(repr=False)
+    connection_time: bool = True
+    """The stream sets the validity-check time per connection (else the verify callback checks it)."""
+
+    @property
+    def verifies_peer(self) -> bool:
+        """True when client certificates are verified (``client_auth`` is not ``"none"``)."""
+        return self.client_auth != "none"
+
+    @classmethod
+    def build(
+        cls,
+        profile: TlsProfile,
+        identity: Identity,
+        trust: TrustStore | None = None,
+        client_auth: ClientAuth = "none",
+    ) -> ServerTls:
+        """Compile (or fetch from the cache) a server context.
+
+        Args:
+            profile: versions, suites, timeouts...
+            identity: the server certificate chain and key.
+            trust: anchors for verifying client certificates (needed unless ``client_auth="none"``).
+            client_auth: ``"none"`` (security profile 2), ``"optional"`` (verify a certificate if one is
+                sent), ``"required"`` (security profile 3: refuse clients without a valid certificate).
+
+        Returns:
+            The compiled server configuration.
+
+        Raises:
+            ConfigError: client authentication without a trust store, an unknown ``client_auth``, or
+                suites the OpenSSL build refuses.
+        """
+        if client_auth not in ("none", "optional", "required"):
+            raise ConfigError(
+                "unknown client_auth",
+                path="client_auth",
+                value=client_auth,
+                fix="use none, optional or required",
+            )
+        if client_auth != "none" and trust is None:
+            raise ConfigError(
+                f'client_auth = "{client_auth}" needs a trust store for client certificates',
+                path="client_auth",
+                value=client_auth,
+                fix="give the station CA trust store (e.g. certs/ca.crt)",
+            )
+        return _build_server(profile, identity, trust, client_auth)
+
+    def new_connection(
+        self, verify_time: Callable[[], datetime.datetime] | None = None
+    ) -> tuple[SSL.Connection, VerifyState]:
+        """A fresh OpenSSL connection in server mode."""
+        conn = SSL.Connection(self.context, None)
+        conn.set_accept_state()
+        state = VerifyState(None, verify_time)
+        conn.set_app_data(state)
+        return conn, state
+
+
+@functools.lru_cache(maxsize=_CONTEXT_CACHE_SIZE)
+def _build_server(
+    profile: TlsProfile, identity: Identity, trust: TrustStore | None, client_auth: ClientAuth
+) -> ServerTls:
+    ctx = _base_context(SSL.TLS_SERVER_METHOD, profile, identity, server=True)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    ctx.set_session_id(_session_id_context(profile, identity, trust, client_auth))
+    conn_time = _ossl.HAVE_CONNECTION_TIME
+    if trust is not None and client_auth != "none":
+        mode = SSL.VERIFY_PEER
+        if client_auth == "required":
+            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        _install_trust(ctx, trust, mode, check_host=False, conn_time=conn_time)
+    if profile.alpn:
+        offer = [p.encode() for p in profile.alpn]
+
+        def select(conn: SSL.Connection, offered: list[bytes]) -> bytes:
+            del conn
+            for proto in offer:
+                if proto in offered:
+                    return proto
+            none_shared: Any = SSL.NO_OVERLAPPING_PROTOCOLS  # typed differently by the stubs and pyOpenSSL
+            return cast(bytes, none_shared)
+
+        ctx.set_alpn_select_callback(select)
+    return ServerTls(profile, identity, trust, client_auth, ctx, conn_time)
+
+
+def clear_context_cache() -> None:
+    """Forget every compiled context (tests; or after regenerating certificates on disk)."""
+    _build_client.cache_clear()
+    _build_server.cache_clear()

@@ -1,0 +1,133 @@
+"""The TLS event vocabulary (``shared/design/tls-model.md`` "Events") and its OCPP security-event mapping.
+
+One vocabulary for logs, metrics and OCPP ``SecurityEventNotification``. A handshake failure carries
+a *reason*: an event name, optionally refined after a colon (``cert_invalid:expired``,
+``peer_alert:unknown_ca``).
+:data:`OCPP_SECURITY_EVENTS` is the one table that turns a reason seen on one side of a connection into the
+OCPP security event that side reports (OCPP 2.0.1 appendix "Security events", protocol-digest §2.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Literal, TypeAlias
+
+Side: TypeAlias = Literal["client", "server"]
+
+# ---------------------------------------------------------------- events (tls-model.md)
+HANDSHAKE_OK = "handshake_ok"
+HANDSHAKE_FAILED = "handshake_failed"
+DOWNGRADE_REFUSED = "downgrade_refused"
+CIPHER_REFUSED = "cipher_refused"
+CERT_INVALID = "cert_invalid"
+PIN_MISMATCH = "pin_mismatch"
+PIN_RELEASED = "pin_released"
+PIN_PROMOTED = "pin_promoted"
+PEER_KEY_CHANGED = "peer_key_changed"
+PEER_CERT_CHANGED = "peer_cert_changed"
+PAIRING_REQUESTED = "pairing_requested"
+PAIRED = "paired"
+UNPAIRED = "unpaired"
+OCSP_STATUS = "ocsp_status"
+SESSION_RESUMED = "session_resumed"
+CERT_EXPIRING = "cert_expiring"
+
+EVENTS: tuple[str, ...] = (
+    HANDSHAKE_OK,
+    HANDSHAKE_FAILED,
+    DOWNGRADE_REFUSED,
+    CIPHER_REFUSED,
+    CERT_INVALID,
+    PIN_MISMATCH,
+    PIN_RELEASED,
+    PIN_PROMOTED,
+    PEER_KEY_CHANGED,
+    PEER_CERT_CHANGED,
+    PAIRING_REQUESTED,
+    PAIRED,
+    UNPAIRED,
+    OCSP_STATUS,
+    SESSION_RESUMED,
+    CERT_EXPIRING,
+)
+
+# ---------------------------------------------------------------- handshake failure reasons
+CERT_EXPIRED = "cert_invalid:expired"
+CERT_NOT_YET_VALID = "cert_invalid:not_yet_valid"
+CERT_UNKNOWN_CA = "cert_invalid:unknown_ca"
+CERT_REVOKED = "cert_invalid:revoked"
+CERT_HOSTNAME_MISMATCH = "cert_invalid:hostname_mismatch"
+CERT_WILDCARD = "cert_invalid:wildcard"
+CERT_NO_CLIENT_CERT = "cert_invalid:no_client_cert"
+TIMEOUT = "timeout"
+EOF = "eof"
+PROTOCOL_ERROR = "protocol_error"
+PEER_ALERT = "peer_alert"
+"""Prefix: ``peer_alert:<alert name>`` - the peer refused us with a TLS alert (``bad_certificate``...)."""
+
+# ---------------------------------------------------------------- OCPP security events
+INVALID_CSMS_CERTIFICATE = "InvalidCsmsCertificate"
+INVALID_CHARGING_STATION_CERTIFICATE = "InvalidChargingStationCertificate"
+INVALID_TLS_VERSION = "InvalidTLSVersion"
+INVALID_TLS_CIPHER_SUITE = "InvalidTLSCipherSuite"
+FAILED_TO_AUTHENTICATE_AT_CSMS = "FailedToAuthenticateAtCsms"
+
+# Alerts a TLS server sends when it refuses the client's certificate (RFC 8446 §6.2).
+CERTIFICATE_ALERTS = frozenset(
+    {
+        "bad_certificate",
+        "unsupported_certificate",
+        "certificate_revoked",
+        "certificate_expired",
+        "certificate_unknown",
+        "unknown_ca",
+        "certificate_required",
+        "access_denied",
+        # TLS 1.2 OpenSSL servers refuse a missing client certificate with handshake_failure; the stream
+        # reports it as a peer_alert only when it came after the server's certificate (else cipher_refused)
+        "handshake_failure",
+    }
+)
+
+OCPP_SECURITY_EVENTS: Mapping[tuple[str, Side], str] = MappingProxyType(
+    {
+        # the station (TLS client) found the CSMS certificate invalid: A00.FR.310/311 (critical)
+        (CERT_INVALID, "client"): INVALID_CSMS_CERTIFICATE,
+        # the CSMS (TLS server) found the station certificate invalid: A00.FR.407/408
+        (CERT_INVALID, "server"): INVALID_CHARGING_STATION_CERTIFICATE,
+        # TLS < 1.2 or a version we refuse: A00.FR.316 (station), A00.FR.315 (CSMS terminates)
+        (DOWNGRADE_REFUSED, "client"): INVALID_TLS_VERSION,
+        (DOWNGRADE_REFUSED, "server"): INVALID_TLS_VERSION,
+        # no acceptable cipher suite: A00.FR.323 (station), A00.FR.322 (CSMS terminates)
+        (CIPHER_REFUSED, "client"): INVALID_TLS_CIPHER_SUITE,
+        (CIPHER_REFUSED, "server"): INVALID_TLS_CIPHER_SUITE,
+        # the CSMS refused the station's client certificate with a certificate alert (non-critical)
+        (PEER_ALERT + ":certificate", "client"): FAILED_TO_AUTHENTICATE_AT_CSMS,
+    }
+)
+"""(reason kind, side that saw it) -> OCPP security event. ``peer_alert:certificate`` stands for any of
+:data:`CERTIFICATE_ALERTS`."""
+
+
+def reason_kind(reason: str) -> str:
+    """The event part of a reason: ``cert_invalid:expired`` -> ``cert_invalid``."""
+    return reason.partition(":")[0]
+
+
+def ocpp_security_event(reason: str, *, side: Side) -> str | None:
+    """The OCPP security event a handshake failure maps to, for the side that observed it.
+
+    Args:
+        reason: a ``HandshakeFailed.reason``.
+        side: ``"client"`` (the station, usually) or ``"server"`` (the CSMS or a Local Controller).
+
+    Returns:
+        The OCPP ``SecurityEventNotification.type``, or None when OCPP defines none (timeout, eof...).
+    """
+    kind, _, detail = reason.partition(":")
+    if kind == PEER_ALERT:
+        if detail in CERTIFICATE_ALERTS:
+            return OCPP_SECURITY_EVENTS.get((PEER_ALERT + ":certificate", side))
+        return None
+    return OCPP_SECURITY_EVENTS.get((kind, side))

@@ -1,0 +1,182 @@
+"""Shared test helpers: an in-memory PKI and ready-made TLS configurations.
+
+Usage (no pytest fixture needed; results are cached per ``now``, so call it freely)::
+
+    from tests.pki_fixtures import TEST_NOW, make_test_pki
+    pki = make_test_pki(TEST_NOW)
+    server_tls = ServerTls.build(TlsProfile(), pki.server_identity())
+    client_tls = ClientTls.build(TlsProfile(), pki.csms_trust())
+    station = pki.station_cert("CS00001")           # CertKey (CN=CS00001, O=evsim), cached
+
+Certificates are valid from ``now - 1 h`` (backdating) for a year (leaves) or ten years (CAs): pass the
+simulation's start time as ``now`` and check at ``lambda: now``-based times (``verify_time``).
+
+``await tls_pair(client_tls, server_tls)`` runs both handshakes over an in-memory pair plus one
+ping/pong, and returns each side's ``TlsStream`` or the ``HandshakeFailed`` it raised.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+
+import attrs
+import trio
+import trio.testing
+
+from evsim.errors import HandshakeFailed, TransportError
+from evsim.pki import CertificateAuthority, CertKey
+from evsim.tls import ClientTls, Identity, ServerTls, TlsStream, TrustStore, tls_accept, tls_connect
+from evsim.tls.config import HostnameCheck, TimeCheck, WildcardPolicy
+
+TEST_NOW = dt.datetime(2030, 6, 1, 12, 0, tzinfo=dt.UTC)
+"""A fixed simulation time for tests (far from the machine's clock on purpose)."""
+CSMS_HOST = "csms.evsim.test"
+ORG = "evsim"
+
+
+@attrs.frozen
+class TestPki:
+    """A complete test PKI.
+
+    Attributes:
+        now: issuance time.
+        root: CSMS root CA (``CSMSRootCertificate``).
+        server: CSMS certificate for ``csms.evsim.test`` (CN and SAN).
+        localhost: CSMS certificate for ``localhost`` (SAN DNS localhost, IP 127.0.0.1 and ::1).
+        station_ca: Charging Station sub-CA under ``root``.
+        evil: an unrelated root CA (attack tests: a certificate nobody trusts).
+        evil_server: a ``csms.evsim.test`` certificate issued by ``evil``.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    now: dt.datetime
+    root: CertificateAuthority
+    server: CertKey
+    localhost: CertKey
+    station_ca: CertificateAuthority
+    evil: CertificateAuthority
+    evil_server: CertKey
+    _stations: dict[str, CertKey] = attrs.field(factory=dict, eq=False, repr=False)
+
+    def station_cert(self, station_id: str, *, org: str = ORG) -> CertKey:
+        """The station certificate for ``station_id`` (CN = id, O = org), issued by ``station_ca``; cached."""
+        key = f"{org}/{station_id}"
+        if key not in self._stations:
+            self._stations[key] = self.station_ca.issue_client(station_id, org, now=self.now)
+        return self._stations[key]
+
+    def evil_station_cert(self, station_id: str) -> CertKey:
+        """A station certificate issued by the ``evil`` CA (not cached)."""
+        return self.evil.issue_client(station_id, "evil", now=self.now)
+
+    # ------------------------------------------------------------ TLS shortcuts
+
+    def server_identity(self) -> Identity:
+        """Identity for ``csms.evsim.test``."""
+        return Identity.from_cert_key(self.server)
+
+    def localhost_identity(self) -> Identity:
+        """Identity for ``localhost`` / 127.0.0.1."""
+        return Identity.from_cert_key(self.localhost)
+
+    def station_identity(self, station_id: str) -> Identity:
+        """Identity (leaf + station sub-CA) for a station."""
+        return Identity.from_cert_key(self.station_cert(station_id))
+
+    def csms_trust(
+        self,
+        *,
+        hostname: HostnameCheck = "san+cn",
+        wildcards: WildcardPolicy = "deny",
+        time_check: TimeCheck = "enforce",
+    ) -> TrustStore:
+        """What a station trusts: the CSMS root, with the given hostname / wildcard / time policy."""
+        return TrustStore(
+            "CSMSRootCertificate",
+            (self.root.cert,),
+            hostname=hostname,
+            wildcards=wildcards,
+            time_check=time_check,
+        )
+
+    def station_trust(self) -> TrustStore:
+        """What the CSMS trusts for client certificates: the same root (the station sub-CA chains to it)."""
+        return TrustStore("ChargingStationRoot", (self.root.cert,))
+
+
+@functools.lru_cache(maxsize=8)
+def make_test_pki(now: dt.datetime = TEST_NOW) -> TestPki:
+    """Build (once per ``now``) an EC P-256 test PKI in memory.
+
+    Args:
+        now: simulation time of issuance.
+
+    Returns:
+        The PKI.
+    """
+    root = CertificateAuthority.create_root("evsim Test Root CA", ORG, now=now)
+    server = root.issue_server(CSMS_HOST, now=now)
+    localhost = root.issue_server("localhost", ips=("127.0.0.1", "::1"), now=now)
+    station_ca = root.create_sub_ca("evsim Test Station Sub-CA", ORG, now=now)
+    evil = CertificateAuthority.create_root("Evil Root CA", "evil", now=now)
+    evil_server = evil.issue_server(CSMS_HOST, now=now)
+    return TestPki(now, root, server, localhost, station_ca, evil, evil_server)
+
+
+async def tls_pair(
+    client_tls: ClientTls,
+    server_tls: ServerTls,
+    *,
+    host: str | None = CSMS_HOST,
+    client_time: dt.datetime | None = TEST_NOW,
+    server_time: dt.datetime | None = TEST_NOW,
+    exchange: bool = True,
+) -> tuple[TlsStream | TransportError, TlsStream | TransportError]:
+    """Handshake a client and a server over ``memory_stream_pair`` (both at once), then ping/pong.
+
+    The ping/pong matters for TLS 1.3 mutual TLS: the client's handshake completes before the server has
+    checked the client certificate, so a refusal only shows on the client's first read.
+
+    Args:
+        client_tls: client configuration.
+        server_tls: server configuration.
+        host: server name the client connects to.
+        client_time: simulation time the client checks certificates at (None = real clock).
+        server_time: simulation time the server checks certificates at (None = real clock).
+        exchange: do the ping/pong after the handshakes.
+
+    Returns:
+        (client result, server result): the stream, or the ``HandshakeFailed`` /
+        ``TransportError`` that side got.
+    """
+    a, b = trio.testing.memory_stream_pair()
+    results: dict[str, TlsStream | TransportError] = {}
+
+    async def client() -> None:
+        try:
+            s = await tls_connect(
+                a, client_tls, host, verify_time=(lambda: client_time) if client_time else None
+            )
+            results["client"] = s
+            if exchange:
+                await s.send_all(b"ping")
+                assert await s.receive_some() == b"pong"
+        except (HandshakeFailed, TransportError) as exc:
+            results["client"] = exc
+
+    async def server() -> None:
+        try:
+            s = await tls_accept(b, server_tls, verify_time=(lambda: server_time) if server_time else None)
+            results["server"] = s
+            if exchange:
+                assert await s.receive_some() == b"ping"
+                await s.send_all(b"pong")
+        except (HandshakeFailed, TransportError) as exc:
+            results["server"] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client)
+        nursery.start_soon(server)
+    return results["client"], results["server"]
