@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -82,7 +83,8 @@ async def test_csms_and_stations_as_two_processes(pki_dir: Path, tmp_path: Path,
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
             csms: trio.Process = await nursery.start(
-                lambda task_status: trio.run_process(
+                functools.partial(
+                    trio.run_process,
                     [
                         *EVSIM,
                         "csms",
@@ -97,7 +99,6 @@ async def test_csms_and_stations_as_two_processes(pki_dir: Path, tmp_path: Path,
                     ],
                     stdout=subprocess.PIPE,
                     check=False,
-                    task_status=task_status,
                 )
             )
             assert csms.stdout is not None

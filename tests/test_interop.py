@@ -6,6 +6,7 @@ Loopback TCP, real clock, real TLS; the peer runs in a subprocess (tests/interop
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -119,9 +120,7 @@ async def test_evsim_stations_against_ocpp_lib_csms(pki: DevPki, tmp_path: Path)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             proc: trio.Process = await nursery.start(
-                lambda task_status: trio.run_process(
-                    csms_cmd, stdout=subprocess.PIPE, check=False, task_status=task_status
-                )
+                functools.partial(trio.run_process, csms_cmd, stdout=subprocess.PIPE, check=False)
             )
             assert proc.stdout is not None
             buf = b""

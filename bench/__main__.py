@@ -1,0 +1,135 @@
+"""``make bench``: evsim against its peers and floors, measured in the same run, printed as tables.
+
+Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
+``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``). Each fleet runs in its own subprocess so
+its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute times.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench.common import Result
+from bench.floor import handshake_floor
+from evsim.clock import real_utcnow
+from evsim.pki import init_dev_pki
+from evsim.report import table
+
+TARGETS = "targets: boot storm <= 1.2x the handshake floor; round trips/s >= 1.5x websockets + hand-written; <= 100 KiB/station"
+
+
+def _fleet(module: str, *args: str) -> Result | str:
+    cmd = [sys.executable, "-m", module, *args, "--json"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=420, check=False)
+    except subprocess.TimeoutExpired:
+        return f"{module}: timed out"
+    if out.returncode != 0:
+        return f"{module} failed: {out.stderr.strip().splitlines()[-1:] or out.returncode}"
+    return Result.from_dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main() -> int:
+    n = int(os.environ.get("BENCH_N", "1000"))
+    rtt = os.environ.get("BENCH_RTT_SECONDS", "10")
+    skip = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
+    t0 = time.perf_counter()
+    print(
+        f"evsim benchmark: N = {n} stations, {rtt} s of steady-state round trips, loopback TCP, TLS 1.3 ECDSA P-256\n"
+    )
+
+    floor = handshake_floor(500, stations=n)
+    storm_floor = float(floor["storm_floor_s"])
+    print(
+        table(
+            ["floor", "value"],
+            [
+                ["raw pyOpenSSL TLS 1.3 handshake, CPU both ends", f"{floor['cpu_ms_per_handshake']:.3f} ms"],
+                [
+                    "  of which client / server",
+                    f"{floor['client_cpu_ms']:.3f} / {floor['server_cpu_ms']:.3f} ms",
+                ],
+                [f"boot-storm floor for {n} stations", f"{storm_floor:.2f} s"],
+            ],
+            title="Handshake floor (memory BIOs, one thread)",
+        )
+    )
+    print()
+
+    with tempfile.TemporaryDirectory(prefix="evsim-bench-") as tmp:
+        init_dev_pki(tmp, host="localhost", now=real_utcnow())
+        pki_args = ["--ca", f"{tmp}/ca.crt", "--cert", f"{tmp}/server.crt", "--key", f"{tmp}/server.key"]
+        fleets: list[Result | str] = [
+            _fleet("bench.evsim_peer", "--n", str(n), "--rtt-seconds", rtt, "--pki", tmp)
+        ]
+        if "peers" not in skip:
+            for variant in ("handwritten", "ocpp-lib"):
+                fleets.append(
+                    _fleet(
+                        "bench.peer_asyncio",
+                        "--variant",
+                        variant,
+                        "--n",
+                        str(n),
+                        "--rtt-seconds",
+                        rtt,
+                        *pki_args,
+                    )
+                )
+    results = [f for f in fleets if isinstance(f, Result)]
+    for f in fleets:
+        if isinstance(f, str):
+            print(f"! {f}")
+    base = next((r for r in results if "handwritten" in r.name), None)
+    rows = []
+    for r in results:
+        rows.append(
+            [
+                r.name[:60],
+                f"{r.boot_storm_s:.2f}",
+                f"{r.boot_storm_s / storm_floor:.2f}x" if storm_floor else "-",
+                f"{r.rtt_per_s:.0f}",
+                f"{r.rtt_per_s / base.rtt_per_s:.2f}x" if base else "-",
+                f"{r.cpu_us_per_rtt:.0f}",
+                f"{r.kib_per_station:.0f}",
+            ]
+        )
+    print(
+        table(
+            [
+                "fleet (CSMS + N stations, one process)",
+                "boot s",
+                "x floor",
+                "RT/s",
+                "x hand-written",
+                "CPU us/RT",
+                "KiB/station",
+            ],
+            rows,
+            title=f"Fleets, N = {n}",
+        )
+    )
+    for r in results:
+        if r.notes:
+            print(f"  {r.name[:40]}: {r.notes}")
+    print(TARGETS)
+    print()
+
+    if "micro" not in skip:
+        from bench import ocpp_core, tls_stream, ws_roundtrip
+
+        micro: list[list[object]] = []
+        for mod in (ocpp_core, ws_roundtrip, tls_stream):
+            micro += [[name, f"{value:.1f}", unit] for name, value, unit in mod.run()]
+        print(table(["micro-benchmark", "value", "unit"], micro, title="Layers"))
+    print(f"\n(benchmark took {time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

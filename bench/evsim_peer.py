@@ -1,0 +1,135 @@
+"""evsim's side of the benchmark: one trio process holding the CSMS and N stations over loopback TCP + TLS 1.3.
+
+Run as a subprocess so its memory figure is its own::
+
+    python -m bench.evsim_peer --n 1000 --rtt-seconds 10 --json --pki DIR
+
+The real node code runs (``evsim.nodes.Csms`` / ``Station``: TLS at the simulation's time, WebSocket, OCPP
+with schema validation on in both directions). Boot storm = from starting all stations until every one is
+online (TLS + WebSocket upgrade + BootNotification Accepted). Steady state = every station sends Heartbeats
+back to back through its live OCPP session for ``--rtt-seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+
+import trio
+
+from bench.common import Result, cpu_s, raise_nofile, rss_kib
+from evsim.clock import SimClock, real_utcnow
+from evsim.metrics.recorder import Recorder
+from evsim.net.tcp import TcpNetwork
+from evsim.nodes.csms import Csms, CsmsConfig
+from evsim.nodes.security import csms_server_tls, station_client_tls
+from evsim.nodes.station import Station, StationConfig, station_ids
+from evsim.pki import DevPki, init_dev_pki
+
+PASSWORD = "bench-password-000001"
+
+
+async def _run(n: int, rtt_seconds: float, pki: DevPki, compression: bool) -> Result:
+    clock = SimClock.start()
+    recorder = Recorder(clock, keep=1000)
+    net = TcpNetwork()
+    csms = Csms(
+        CsmsConfig(
+            host="127.0.0.1",
+            port=0,
+            heartbeat_interval=3600,
+            default_password=PASSWORD,
+            compression=compression,
+        ),
+        network=net,
+        server_tls=csms_server_tls(pki, security_profile=2),
+        clock=clock,
+        recorder=recorder,
+    )
+    client_tls = station_client_tls((pki.root.cert,))
+    rss0 = rss_kib()
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(csms.serve)
+        stations = [
+            Station(
+                StationConfig(
+                    station_id=sid,
+                    csms_url=f"wss://localhost:{port}/ocpp",
+                    password=PASSWORD,
+                    sessions=0,
+                    compression=compression,
+                    message_timeout_s=120.0,
+                ),
+                network=net,
+                client_tls=client_tls,
+                clock=clock,
+                recorder=recorder,
+                rng=random.Random(sid),
+            )
+            for sid in station_ids("B-", n)
+        ]
+        t0 = time.perf_counter()
+        for st in stations:
+            nursery.start_soon(st.run)
+        with trio.fail_after(240):
+            for st in stations:
+                await st.wait_online()
+        boot = time.perf_counter() - t0
+        await trio.sleep(0.5)  # let the StatusNotifications that follow boot settle
+        kib = (rss_kib() - rss0) / n
+        count = [0]
+        deadline = trio.current_time() + rtt_seconds
+
+        async def hammer(st: Station) -> None:
+            session = st.session
+            assert session is not None
+            while trio.current_time() < deadline:
+                await session.call("Heartbeat", {})
+                count[0] += 1
+
+        c0, w0 = cpu_s(), time.perf_counter()
+        async with trio.open_nursery() as inner:
+            for st in stations:
+                inner.start_soon(hammer, st)
+        cpu, wall = cpu_s() - c0, time.perf_counter() - w0
+        nursery.cancel_scope.cancel()
+    failures = sum(sum(st.connect_failures.values()) for st in stations)
+    return Result(
+        name="evsim (trio, pyOpenSSL stream, wsproto loop, sans-IO OCPP)"
+        + ("" if compression else ", no deflate"),
+        boot_storm_s=boot,
+        rtt_per_s=count[0] / wall,
+        cpu_us_per_rtt=cpu / max(count[0], 1) * 1e6,
+        kib_per_station=kib,
+        notes=f"validation on; {failures} connect failures during the storm",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--rtt-seconds", type=float, default=10.0)
+    p.add_argument("--pki", default=None, help="PKI directory (default: a fresh one in a temp dir)")
+    p.add_argument("--compression", choices=("deflate", "none"), default="deflate")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    raise_nofile()
+    if args.pki:
+        pki = DevPki.load(args.pki)
+    else:
+        import tempfile
+
+        pki = init_dev_pki(tempfile.mkdtemp(prefix="evsim-bench-"), host="localhost", now=real_utcnow())
+    result = trio.run(_run, args.n, args.rtt_seconds, pki, args.compression == "deflate")
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(result, file=sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
