@@ -7,11 +7,14 @@ station (where OCPP defines one), and an honest station next to it completing it
 from __future__ import annotations
 
 import datetime as dt
+import random
 
+import pytest
 import trio
 import trio.testing
 
-from evsim.nodes.station import Station
+from evsim.nodes.csms import Csms, CsmsConfig
+from evsim.nodes.station import Station, StationConfig
 from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile, TrustStore
 from tests.e2e_harness import Harness, harness
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW
@@ -238,3 +241,63 @@ async def test_offline_transactions_are_queued_and_delivered(autojump_clock: tri
         assert tx.ended
         assert tx.gap_free()
         assert tx.offline_events > 0
+
+
+async def test_profile1_plain_ws_only_when_explicitly_allowed(autojump_clock: trio.testing.MockClock) -> None:
+    async with harness() as h:
+        with pytest.raises(ValueError, match="insecure_allow_plain_ws"):
+            Csms(
+                CsmsConfig(security_profile=1),
+                network=h.net,
+                server_tls=None,
+                clock=h.clock,
+                recorder=h.recorder,
+            )
+        csms = Csms(
+            CsmsConfig(
+                host="plain.evsim.test",
+                port=80,
+                security_profile=1,
+                insecure_allow_plain_ws=True,
+                default_password="correct-horse-battery-staple",
+            ),
+            network=h.net,
+            server_tls=None,
+            clock=h.clock,
+            recorder=h.recorder,
+        )
+        await h.nursery.start(csms.serve)
+        st = Station(
+            StationConfig(
+                station_id="ST-plain",
+                csms_url="ws://plain.evsim.test/ocpp",
+                security_profile=1,
+                password="correct-horse-battery-staple",
+                session_start_s=(1, 2),
+                session_duration_s=60,
+            ),
+            network=h.net,
+            client_tls=None,
+            clock=h.clock,
+            recorder=h.recorder,
+            rng=random.Random(1),
+        )
+        h.nursery.start_soon(st.run)
+        await _until_done(st)
+        assert csms.stations["ST-plain"].tls is None
+        assert st.tls_info is None
+
+
+async def test_insecure_skip_verify_connects_to_an_untrusted_csms_and_warns(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with harness() as h:
+        await h.start_csms(identity=Identity.from_cert_key(h.pki.evil_server))
+        strict = h.start_station("ST-strict")
+        insecure = h.start_station(
+            "ST-insecure",
+            client_tls=ClientTls.build(TlsProfile(), TrustStore("dev", (), insecure_skip_verify=True)),
+        )
+        await _until_done(insecure)
+        _assert_refused(h, strict, "cert_invalid:unknown_ca", "InvalidCsmsCertificate")
+        assert any("insecure_skip_verify" in r.getMessage() for r in caplog.records)

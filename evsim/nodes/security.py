@@ -87,9 +87,7 @@ def station_client_tls(
     if keylog:
         prof = _with_keylog(prof, keylog)
     if insecure_skip_verify:
-        trust = TrustStore(
-            "INSECURE-any-server", anchors or _placeholder_anchor(identity), insecure_skip_verify=True
-        )
+        trust = TrustStore("INSECURE-any-server", tuple(anchors), insecure_skip_verify=True)
     else:
         trust = TrustStore(
             "CSMSRootCertificate", tuple(anchors), wildcards="allow" if allow_wildcards else "deny"
@@ -102,13 +100,3 @@ def _with_keylog(profile: TlsProfile, keylog: str) -> TlsProfile:
     import attrs
 
     return attrs.evolve(profile, keylog=keylog)
-
-
-def _placeholder_anchor(identity: CertKey | None) -> tuple[x509.Certificate, ...]:
-    if identity is None:
-        raise ConfigError(
-            "--insecure-skip-verify still needs some certificate to build a trust store",
-            path="--ca",
-            fix="pass --ca with any PEM certificate",
-        )
-    return (identity.cert,)
