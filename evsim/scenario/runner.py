@@ -1,0 +1,668 @@
+"""Runs a :class:`~evsim.scenario.model.Scenario`: PKI, network and nodes inside nurseries, the timeline, faults.
+
+Theory of operation. :func:`run_scenario` checks what this version cannot do yet (``preflight``) before
+anything starts, then calls ``trio.run`` — with ``MockClock(autojump_threshold=0)`` for ``clock = "virtual"``
+(time jumps to the next timer whenever every task is blocked, so a simulated day passes in seconds and two runs
+with the same seed produce the same canonical event log) or on the real clock. :meth:`ScenarioRunner.run`
+builds the per-run PKI, the network (in memory, or loopback TCP with every CSMS host resolved to 127.0.0.1),
+one cancel scope per node (so the timeline can stop and start them), link policies, and one task that plays
+the timeline. The run ends at ``duration``, or as soon as every station is done with ``stop_when_done``.
+
+Whatever happens — the end, Ctrl-C, or a node crashing with a bug — the runner keeps what it observed, and
+:class:`RunResult` says how the run ended; the CLI prints a (partial) report from it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import random
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+import trio
+import trio.testing
+
+from evsim.clock import SimClock, real_utcnow
+from evsim.errors import ConfigError
+from evsim.metrics.recorder import Event, Recorder
+from evsim.net.base import Network
+from evsim.net.tcp import TcpNetwork
+from evsim.net.virtual import LinkPolicy, VirtualNetwork
+from evsim.nodes.csms import Csms, CsmsConfig
+from evsim.nodes.station import Station, StationConfig
+from evsim.ocpp.backoff import RetryBackOff
+from evsim.scenario.attacks import RedirectingNetwork, downgrade_client, mitm_relay
+from evsim.scenario.model import CsmsSpec, Scenario, StationGroupSpec, TimelineEvent
+from evsim.scenario.pki import ScenarioPki
+from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile, TrustStore
+
+#: Actions and link knobs the model accepts that this runner cannot enforce yet; refused before the run starts.
+NOT_YET = {
+    "revoke_certificate": "revocation needs CRL/OCSP checking, which arrives with the TLS-model work",
+    "set_network_profile": "network profiles with several endpoints arrive with the failover work",
+}
+LINK_NOT_YET = {
+    "jitter": "the in-memory network models latency only so far",
+    "bandwidth": "the in-memory network models latency only so far",
+    "stall": "the in-memory network cannot hold bytes back without breaking the stream yet",
+}
+
+RUN_PASSWORD = "evsim-scenario-password"  # >= 16 chars (A00.FR.205); used when a scenario sets none
+
+
+@attrs.frozen
+class Sample:
+    """A periodic snapshot of the run, for the live display and metrics.csv."""
+
+    t: float
+    connected_stations: int
+    stations: int
+    messages_total: int
+    handshakes_ok: int
+    handshakes_failed: int
+    tx_started: int
+    tx_ended: int
+    queued_messages: int
+    done_stations: int
+
+
+@attrs.define
+class RunResult:
+    """What a run produced, complete or not."""
+
+    scenario: Scenario
+    recorder: Recorder
+    csms: dict[str, Csms]
+    stations: dict[str, Station]
+    group_of: dict[str, str]
+    samples: list[Sample]
+    sim_elapsed: float
+    wall_s: float
+    outcome: str
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.outcome in ("completed", "all stations done")
+
+
+def preflight(scenario: Scenario) -> None:
+    """Refuse, before anything starts, what the model accepts but this runner cannot enforce.
+
+    Raises:
+        ConfigError: naming the file, line, field and why.
+    """
+    src = scenario.source
+    for i, ev in enumerate(scenario.timeline):
+        if ev.action in NOT_YET:
+            raise ConfigError(
+                f"timeline action {ev.action!r} is not supported yet: {NOT_YET[ev.action]}",
+                path=f"timeline[{i}].action",
+                value=ev.action,
+                fix="remove the event",
+                file=src,
+                line=ev.line,
+            )
+        if ev.action == "link":
+            for knob, why in LINK_NOT_YET.items():
+                if ev.params.get(knob) not in (None, 0, 0.0):
+                    raise ConfigError(
+                        f"link knob {knob!r} is not supported yet: {why}",
+                        path=f"timeline[{i}].{knob}",
+                        fix=f"remove {knob}",
+                        file=src,
+                        line=ev.line,
+                    )
+        if scenario.simulation.network == "tcp" and ev.action in ("partition", "heal", "link"):
+            raise ConfigError(
+                f"{ev.action!r} needs the in-memory network (loopback TCP cannot be partitioned from inside)",
+                path=f"timeline[{i}].action",
+                fix='use network = "memory"',
+                file=src,
+                line=ev.line,
+            )
+    for i, link in enumerate(scenario.links):
+        for knob, why in LINK_NOT_YET.items():
+            value = getattr(link, knob)
+            if value not in (None, 0, 0.0):
+                raise ConfigError(
+                    f"link knob {knob!r} is not supported yet: {why}",
+                    path=f"links[{i}].{knob}",
+                    value=value if not attrs.has(type(value)) else None,
+                    fix=f"remove {knob}",
+                    file=src,
+                    line=link.line,
+                )
+        if scenario.simulation.network == "tcp":
+            raise ConfigError(
+                "link policies need the in-memory network",
+                path=f"links[{i}]",
+                fix='remove [[links]] or use network = "memory"',
+                file=src,
+                line=link.line,
+            )
+
+
+class _Node:
+    """A node's cancel scope, so the timeline can stop and start it."""
+
+    def __init__(self, name: str, run: Callable[..., Any]) -> None:
+        self.name = name
+        self._run = run
+        self._scope: trio.CancelScope | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._scope is not None
+
+    async def _body(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            try:
+                await self._run(task_status=task_status)
+            finally:
+                self._scope = None
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        if self._scope is None:
+            await nursery.start(self._body)
+
+    def stop(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+
+
+class ScenarioRunner:
+    """Builds and runs one scenario (call :meth:`run` inside ``trio.run``; see :func:`run_scenario`)."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        sink: Callable[[Event], None] | None = None,
+        on_sample: Callable[[Sample], None] | None = None,
+        sample_every: float | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.sink = sink
+        self.on_sample = on_sample
+        sim = scenario.simulation
+        self.sample_every = sample_every or max(1.0, sim.duration / 400)
+        self.csms: dict[str, Csms] = {}
+        self.csms_nodes: dict[str, _Node] = {}
+        self.stations: dict[str, Station] = {}
+        self.station_nodes: dict[str, _Node] = {}
+        self.group_of: dict[str, str] = {}
+        self.samples: list[Sample] = []
+        self.recorder: Recorder | None = None
+        self.clock: SimClock | None = None
+        self.outcome = "not started"
+
+    # ------------------------------------------------------------------ building
+
+    def _profile(self, name: str) -> TlsProfile:
+        spec = self.scenario.tls_profiles.get(name)
+        if spec is None:
+            return TlsProfile()
+        kwargs: dict[str, Any] = {"versions": spec.versions, "handshake_timeout_s": spec.handshake_timeout}
+        if spec.cipher_suites:
+            kwargs["cipher_suites"] = dict(spec.cipher_suites)
+        if spec.max_send_fragment is not None:
+            kwargs["max_send_fragment"] = spec.max_send_fragment
+        return TlsProfile(**kwargs)
+
+    def _trust(self, name: str, roots: Iterable[str] | None = None) -> TrustStore:
+        spec = self.scenario.trust_stores.get(name)
+        root_names = tuple(roots) if roots is not None else (spec.roots if spec else ("root",))
+        anchors = tuple(self.pki.roots[r].cert for r in root_names)
+        if spec is None:
+            return TrustStore(name, anchors)
+        return TrustStore(name, anchors, hostname=spec.hostname, wildcards=spec.wildcards)
+
+    def _server_tls(self, spec: CsmsSpec, identity: Identity) -> ServerTls | None:
+        if spec.security_profile == 1:
+            return None
+        profile = self._profile(spec.tls_profile)
+        if spec.security_profile == 3:
+            return ServerTls.build(
+                profile,
+                identity,
+                trust=TrustStore("ChargingStationRoots", (self.pki.roots["root"].cert,), hostname="off"),
+                client_auth="required",
+            )
+        return ServerTls.build(profile, identity)
+
+    def _client_tls(self, group: StationGroupSpec, station_id: str) -> ClientTls | None:
+        if group.security_profile == 1:
+            return None
+        identity = None
+        if group.security_profile == 3:
+            cert = self.pki.station_certificate(station_id, validity_s=self.scenario.pki.validity)
+            identity = Identity.from_cert_key(cert)
+        return ClientTls.build(
+            self._profile(group.tls_profile), self._trust(group.trust, self.group_roots[group.name]), identity
+        )
+
+    def _sessions(self, group: StationGroupSpec) -> tuple[int, tuple[float, float]]:
+        if group.sessions_per_day is None:
+            return group.sessions or 0, group.session_start
+        days = self.scenario.simulation.duration / 86_400
+        count = max(1, round(group.sessions_per_day * days))
+        gap = 86_400 / group.sessions_per_day  # mean time between session starts
+        return count, (0.0, max(1.0, 2 * gap - group.session_duration))
+
+    def _station_config(self, group: StationGroupSpec, sid: str, csms: CsmsSpec, port: int) -> StationConfig:
+        scheme = "ws" if group.security_profile == 1 else "wss"
+        sessions, start = self._sessions(group)
+        rb = group.retry_backoff
+        return StationConfig(
+            station_id=sid,
+            csms_url=f"{scheme}://{csms.host}:{port}/ocpp",
+            security_profile=group.security_profile,
+            password=(group.password or csms.password or RUN_PASSWORD)
+            if group.security_profile < 3
+            else None,
+            ocpp_versions=group.ocpp_versions,
+            sessions=sessions,
+            session_start_s=start,
+            session_duration_s=group.session_duration,
+            meter_interval_s=group.meter_interval,
+            charge_power_w=group.charge_power,
+            default_heartbeat_s=group.heartbeat_fallback,
+            backoff=RetryBackOff(rb.wait_minimum, rb.random_range, rb.repeat_times),
+            queue_max=group.queue_max,
+        )
+
+    def _select(self, selector: str) -> list[str]:
+        """Network host names of a selector: a CSMS (its host), a group or station id (station ids), or ``*``."""
+        sc = self.scenario
+        if selector == "*":
+            return [c.host for c in sc.csms.values()] + list(self.stations)
+        if selector in sc.csms:
+            return [sc.csms[selector].host]
+        if selector in sc.stations:
+            return sc.stations[selector].station_ids()
+        return [selector]
+
+    def _pairs(self, between: tuple[str, str]) -> list[tuple[str, str]]:
+        a, b = between
+        return [(x, y) for x in self._select(a) for y in self._select(b) if x != y]
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        sc = self.scenario
+        sim = sc.simulation
+        start = sim.start if sim.start is not None else real_utcnow()
+        self.clock = clock = SimClock.start(start)
+        self.recorder = recorder = Recorder(clock, sink=self.sink)
+        self.pki = ScenarioPki.build(sc, start)
+        self.group_roots: dict[str, tuple[str, ...]] = {}
+        for g in sc.stations.values():
+            spec = sc.trust_stores.get(g.trust)
+            self.group_roots[g.name] = spec.roots if spec else ("root",)
+        inner: Network
+        if sim.network == "tcp":
+            inner = TcpNetwork(resolve={c.host: "127.0.0.1" for c in sc.csms.values()})
+        else:
+            inner = VirtualNetwork()
+        self.vnet = inner if isinstance(inner, VirtualNetwork) else None
+        self.net = RedirectingNetwork(inner)
+        recorder.emit("runner", "run_started", scenario=sim.name, seed=sim.seed, stations=sc.station_count())
+        self.outcome = "running"
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            ports: dict[str, int] = {}
+            for spec in sc.csms.values():
+                ports[spec.name] = await self._start_csms(spec, nursery)
+            for group in sc.stations.values():
+                csms_spec = sc.csms[group.csms]
+                for sid in group.station_ids():
+                    self.group_of[sid] = group.name
+                    station = Station(
+                        self._station_config(group, sid, csms_spec, ports[csms_spec.name]),
+                        network=self.net,
+                        client_tls=self._client_tls(group, sid),
+                        clock=clock,
+                        recorder=recorder,
+                        rng=random.Random(f"{sim.seed}:{sid}"),
+                    )
+                    self.stations[sid] = station
+                    self.station_nodes[sid] = node = _Node(sid, station.run)
+                    await node.start(nursery)
+            for link in sc.links:
+                self._apply_link(link.between, latency=link.latency)
+                if link.reset is not None:
+                    nursery.start_soon(self._resets, link.between, link.reset.every)
+            nursery.start_soon(self._timeline, nursery)
+            nursery.start_soon(self._sampler)
+            with trio.move_on_after(sim.duration):
+                if sim.stop_when_done and self.stations:
+                    for st in self.stations.values():
+                        await st.done.wait()
+                    self.outcome = "all stations done"
+                else:
+                    await trio.sleep_forever()
+            if self.outcome == "running":
+                self.outcome = "completed"
+            self._take_sample()
+            recorder.emit("runner", "run_ended", outcome=self.outcome)
+            nursery.cancel_scope.cancel()
+
+    async def _start_csms(self, spec: CsmsSpec, nursery: trio.Nursery) -> int:
+        assert self.clock is not None and self.recorder is not None
+        cert = self.pki.server_certificate(spec.host, spec.certificate)
+        tcp = self.scenario.simulation.network == "tcp"
+        csms = Csms(
+            CsmsConfig(
+                name=spec.name,
+                host=spec.host,
+                port=0 if tcp else spec.port,
+                security_profile=spec.security_profile,
+                insecure_allow_plain_ws=spec.insecure_allow_plain_ws,
+                ocpp_versions=spec.ocpp_versions,
+                heartbeat_interval=int(spec.heartbeat_interval),
+                organization=self.pki.organization,
+                default_password=spec.password or RUN_PASSWORD,
+                accept_unknown_stations=spec.accept_unknown_stations,
+            ),
+            network=self.net,
+            server_tls=self._server_tls(spec, Identity.from_cert_key(cert)),
+            clock=self.clock,
+            recorder=self.recorder,
+        )
+        self.csms[spec.name] = csms
+        self.csms_nodes[spec.name] = node = _Node(spec.name, csms.serve)
+        await node.start(nursery)
+        assert csms.address is not None
+        return csms.address[1]
+
+    def _apply_link(self, between: tuple[str, str], *, latency: float) -> None:
+        if self.vnet is None:
+            return
+        for a, b in self._pairs(between):
+            self.vnet.set_link_policy(a, b, LinkPolicy(latency_s=latency))
+
+    async def _resets(self, between: tuple[str, str], every: float) -> None:
+        assert self.vnet is not None and self.recorder is not None
+        pairs = self._pairs(between)
+        while True:
+            await trio.sleep(every)
+            for a, b in pairs:
+                self.vnet.partition(a, b)
+                self.vnet.heal(a, b)
+            self.recorder.emit("runner", "link_reset", between=f"{between[0]}<->{between[1]}")
+
+    async def _sampler(self) -> None:
+        while True:
+            self._take_sample()
+            await trio.sleep(self.sample_every)
+
+    def _take_sample(self) -> None:
+        assert self.clock is not None and self.recorder is not None
+        counts = self.recorder.counts
+        stats = [c.statistics() for c in self.csms.values()]
+        sample = Sample(
+            t=round(self.clock.elapsed(), 6),
+            connected_stations=sum(1 for st in self.stations.values() if st.session is not None),
+            stations=len(self.stations),
+            messages_total=sum(sum(s.messages.values()) for s in stats),
+            handshakes_ok=counts["handshake_ok"],
+            handshakes_failed=counts["handshake_failed"],
+            tx_started=sum(s.transactions_started for s in stats),
+            tx_ended=sum(s.transactions_ended for s in stats),
+            queued_messages=sum(len(st.queue) for st in self.stations.values()),
+            done_stations=sum(st.done.is_set() for st in self.stations.values()),
+        )
+        self.samples.append(sample)
+        if self.on_sample is not None:
+            self.on_sample(sample)
+
+    # ------------------------------------------------------------------ timeline
+
+    async def _timeline(self, nursery: trio.Nursery) -> None:
+        assert self.clock is not None and self.recorder is not None
+        t0 = self.clock.t0
+        for ev in self.scenario.timeline:
+            await trio.sleep_until(t0 + ev.at)
+            self.recorder.emit("timeline", ev.action, **{k: _plain(v) for k, v in ev.params.items()})
+            await self._apply(ev, nursery)
+
+    def _targets(self, target: str) -> tuple[list[str], list[str]]:
+        """(csms names, station ids) named by a target selector."""
+        sc = self.scenario
+        if target in sc.csms:
+            return [target], []
+        if target in sc.stations:
+            return [], sc.stations[target].station_ids()
+        return [], [target]
+
+    async def _apply(self, ev: TimelineEvent, nursery: trio.Nursery) -> None:
+        assert self.clock is not None and self.recorder is not None
+        p = ev.params
+        action = ev.action
+        at = self.clock.elapsed()
+        if action in ("stop", "start"):
+            csms_names, station_ids = self._targets(str(p["target"]))
+            for name in csms_names:
+                host = self.scenario.csms[name].host
+                if action == "stop":
+                    self.csms_nodes[name].stop()
+                    if self.vnet is not None:
+                        self.vnet.set_host_down(host)
+                else:
+                    if self.vnet is not None:
+                        self.vnet.set_host_down(host, down=False)
+                    await self.csms_nodes[name].start(nursery)
+            for sid in station_ids:
+                if action == "stop":
+                    self.station_nodes[sid].stop()
+                else:
+                    await self.station_nodes[sid].start(nursery)
+        elif action in ("partition", "heal"):
+            assert self.vnet is not None
+            for a, b in self._pairs(_pair(p["between"])):
+                (self.vnet.partition if action == "partition" else self.vnet.heal)(a, b)
+        elif action == "link":
+            self._apply_link(_pair(p["between"]), latency=float(p.get("latency") or 0.0))
+        elif action in ("expire_certificate", "renew_certificate", "rotate_certificate"):
+            csms_names, station_ids = self._targets(str(p["target"]))
+            for name in csms_names:
+                spec = self.scenario.csms[name]
+                if action == "expire_certificate":
+                    cert = self.pki.expired_server_certificate(spec.host, spec.certificate, at=at)
+                else:
+                    validity = float(p.get("validity") or spec.certificate.validity)  # type: ignore[arg-type]
+                    cert = self.pki.server_certificate(
+                        spec.host, attrs.evolve(spec.certificate, validity=validity), at=at
+                    )
+                self.csms[name].server_tls = self._server_tls(spec, Identity.from_cert_key(cert))
+            for sid in station_ids:
+                group = self.scenario.stations[self.group_of[sid]]
+                if group.security_profile == 3:
+                    self.pki.station_certificate(
+                        sid, validity_s=self.scenario.pki.validity, at=at, renew=True
+                    )
+                    self.stations[sid].client_tls = self._client_tls(group, sid)
+        elif action in ("install_root", "remove_root"):
+            _, station_ids = self._targets(str(p["target"]))
+            root = str(p["root"])
+            for group_name in {self.group_of[s] for s in station_ids}:
+                roots = [r for r in self.group_roots[group_name] if r != root]
+                if action == "install_root":
+                    roots.append(root)
+                self.group_roots[group_name] = tuple(roots)
+            for sid in station_ids:
+                group = self.scenario.stations[self.group_of[sid]]
+                if not self.group_roots[group.name]:
+                    self.recorder.emit("timeline", "trust_store_empty", group=group.name)
+                    continue
+                self.stations[sid].client_tls = self._client_tls(group, sid)
+        elif action == "attack_downgrade":
+            spec = self.scenario.csms[str(p["target"])]
+            port = self.csms[spec.name].address
+            assert port is not None
+            versions = tuple(str(v) for v in p.get("versions") or ("1.2",))  # type: ignore[union-attr]
+            trust = self._trust("default")
+            for i in range(int(p.get("count") or 1)):  # type: ignore[call-overload]
+                nursery.start_soon(
+                    functools.partial(
+                        downgrade_client,
+                        f"attacker-downgrade-{i + 1}",
+                        self.net,
+                        spec.host,
+                        port[1],
+                        versions=versions,
+                        anchors=trust,
+                        clock=self.clock,
+                        recorder=self.recorder,
+                    )
+                )
+        elif action in ("attack_wrong_ca", "attack_mitm"):
+            await self._attack_redirect(ev, nursery)
+        else:  # pragma: no cover - preflight refuses the rest
+            raise ConfigError(
+                f"timeline action {action!r} is not supported", line=ev.line, file=self.scenario.source
+            )
+
+    async def _attack_redirect(self, ev: TimelineEvent, nursery: trio.Nursery) -> None:
+        assert self.clock is not None and self.recorder is not None
+        p = ev.params
+        _, victims = self._targets(str(p["target"]))
+        real_name = str(p.get("impersonate") or self.scenario.stations[self.group_of[victims[0]]].csms)
+        real = self.scenario.csms[real_name]
+        real_addr = self.csms[real_name].address
+        assert real_addr is not None
+        rogue = str(p.get("root") or "rogue")
+        kind = "impostor" if ev.action == "attack_wrong_ca" else "mitm"
+        attacker_host = f"{kind}-{real_name}.attacker"
+        fake = self.pki.server_certificate(
+            real.host, real.certificate, at=self.clock.elapsed() - 3600, root=rogue
+        )
+        server_tls = ServerTls.build(self._profile(real.tls_profile), Identity.from_cert_key(fake))
+        name = f"attacker-{kind}"
+        if kind == "impostor":
+            impostor = Csms(
+                CsmsConfig(
+                    name=name,
+                    host=attacker_host,
+                    port=real_addr[1],
+                    security_profile=2,
+                    default_password=RUN_PASSWORD,
+                ),
+                network=self.net,
+                server_tls=server_tls,
+                clock=self.clock,
+                recorder=self.recorder,
+            )
+            node = _Node(name, impostor.serve)
+        else:
+            listener = await self.net.listen(attacker_host, real_addr[1])
+            upstream_tls = ClientTls.build(TlsProfile(), self._trust("default"))
+
+            async def relay(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                assert self.clock is not None and self.recorder is not None
+                await mitm_relay(
+                    name,
+                    listener,
+                    self.net,
+                    server_tls=server_tls,
+                    upstream_tls=upstream_tls,
+                    upstream=(real.host, real_addr[1]),
+                    clock=self.clock,
+                    recorder=self.recorder,
+                    task_status=task_status,
+                )
+
+            node = _Node(name, relay)
+        await node.start(nursery)
+        self.net.redirect(victims, real.host, attacker_host)
+        # reconnect the victims now: drop their current connections to the real CSMS
+        if self.vnet is not None:
+            for sid in victims:
+                self.vnet.partition(sid, real.host)
+                self.vnet.heal(sid, real.host)
+        duration = p.get("duration")
+        if duration is not None:
+            nursery.start_soon(self._end_attack, float(duration), node, victims, real.host, name)  # type: ignore[arg-type]
+
+    async def _end_attack(self, after: float, node: _Node, victims: list[str], host: str, name: str) -> None:
+        assert self.recorder is not None
+        await trio.sleep(after)
+        self.net.restore(victims, host)
+        node.stop()
+        self.recorder.emit("timeline", "attack_ended", attacker=name)
+
+    # ------------------------------------------------------------------ result
+
+    def result(self, wall_s: float, outcome: str | None = None, error: str | None = None) -> RunResult:
+        if self.recorder is None or self.clock is None:
+            clock = SimClock(start_utc=_dt.datetime(1970, 1, 1, tzinfo=_dt.UTC))
+            self.recorder = Recorder(clock)
+        return RunResult(
+            scenario=self.scenario,
+            recorder=self.recorder,
+            csms=self.csms,
+            stations=self.stations,
+            group_of=self.group_of,
+            samples=self.samples,
+            sim_elapsed=self.samples[-1].t if self.samples else 0.0,
+            wall_s=wall_s,
+            outcome=outcome or self.outcome,
+            error=error,
+        )
+
+
+def _pair(value: object) -> tuple[str, str]:
+    a, b = value  # type: ignore[misc]
+    return str(a), str(b)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def run_scenario(
+    scenario: Scenario,
+    *,
+    sink: Callable[[Event], None] | None = None,
+    on_sample: Callable[[Sample], None] | None = None,
+) -> RunResult:
+    """Run a scenario to its end and return what happened (also after Ctrl-C or a node crashing).
+
+    Raises:
+        ConfigError: the scenario asks for something this version cannot do (before anything starts).
+    """
+    preflight(scenario)
+    runner = ScenarioRunner(scenario, sink=sink, on_sample=on_sample)
+    clock = trio.testing.MockClock(autojump_threshold=0) if scenario.simulation.clock == "virtual" else None
+    wall0 = time.perf_counter()
+    try:
+        trio.run(runner.run, clock=clock)
+    except KeyboardInterrupt:
+        return runner.result(
+            time.perf_counter() - wall0, outcome="interrupted", error="interrupted by the user (Ctrl-C)"
+        )
+    except BaseException as exc:  # a node crashed: keep what was observed and say what happened
+        leaf: BaseException = exc
+        while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, KeyboardInterrupt):
+            return runner.result(
+                time.perf_counter() - wall0, outcome="interrupted", error="interrupted (Ctrl-C)"
+            )
+        detail = "".join(traceback.format_exception_only(leaf)).strip()
+        where = traceback.extract_tb(leaf.__traceback__)[-1:] if leaf.__traceback__ else []
+        if where:
+            detail += f" (at {where[0].filename}:{where[0].lineno})"
+        return runner.result(time.perf_counter() - wall0, outcome="crashed", error=detail)
+    return runner.result(time.perf_counter() - wall0)
+
+
+__all__ = ["RunResult", "Sample", "ScenarioRunner", "preflight", "run_scenario"]
