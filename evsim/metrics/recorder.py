@@ -55,11 +55,14 @@ class Recorder:
         clock: the run's clock (event times are ``clock.elapsed()``).
         keep: how many recent events to keep in memory (bounded).
         sink: optional callable receiving every event as it happens.
+        echo: log refusals and losses at WARNING (True for interactive commands; a scenario run keeps them in its
+            event log and summary instead, and echoes them only with ``-v``).
     """
 
     clock: SimClock
     keep: int = 200_000
     sink: Callable[[Event], None] | None = None
+    echo: bool = True
     events: collections.deque[Event] = attrs.field(init=False)
     counts: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     _node_seq: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
@@ -74,7 +77,7 @@ class Recorder:
         ev = Event(t=self.clock.elapsed(), node=node, seq=seq, kind=kind, data=data)
         self.events.append(ev)
         self.counts[kind] += 1
-        if kind in WARNING_KINDS:
+        if kind in WARNING_KINDS and self.echo:
             log.warning("%s %s %s", node, kind, _fmt(data))
         elif log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s %s", node, kind, _fmt(data))

@@ -19,7 +19,7 @@ import functools
 import random
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -186,8 +186,10 @@ class ScenarioRunner:
         sink: Callable[[Event], None] | None = None,
         on_sample: Callable[[Sample], None] | None = None,
         sample_every: float | None = None,
+        echo: bool = False,
     ) -> None:
         self.scenario = scenario
+        self.echo = echo
         self.sink = sink
         self.on_sample = on_sample
         sim = scenario.simulation
@@ -299,12 +301,12 @@ class ScenarioRunner:
         sim = sc.simulation
         start = sim.start if sim.start is not None else real_utcnow()
         self.clock = clock = SimClock.start(start)
-        self.recorder = recorder = Recorder(clock, sink=self.sink)
+        self.recorder = recorder = Recorder(clock, sink=self.sink, echo=self.echo)
         self.pki = ScenarioPki.build(sc, start)
         self.group_roots: dict[str, tuple[str, ...]] = {}
         for g in sc.stations.values():
-            spec = sc.trust_stores.get(g.trust)
-            self.group_roots[g.name] = spec.roots if spec else ("root",)
+            trust_spec = sc.trust_stores.get(g.trust)
+            self.group_roots[g.name] = trust_spec.roots if trust_spec else ("root",)
         inner: Network
         if sim.network == "tcp":
             inner = TcpNetwork(resolve={c.host: "127.0.0.1" for c in sc.csms.values()})
@@ -468,7 +470,7 @@ class ScenarioRunner:
             for a, b in self._pairs(_pair(p["between"])):
                 (self.vnet.partition if action == "partition" else self.vnet.heal)(a, b)
         elif action == "link":
-            self._apply_link(_pair(p["between"]), latency=float(p.get("latency") or 0.0))
+            self._apply_link(_pair(p["between"]), latency=_num(p, "latency", 0.0))
         elif action in ("expire_certificate", "renew_certificate", "rotate_certificate"):
             csms_names, station_ids = self._targets(str(p["target"]))
             for name in csms_names:
@@ -476,7 +478,7 @@ class ScenarioRunner:
                 if action == "expire_certificate":
                     cert = self.pki.expired_server_certificate(spec.host, spec.certificate, at=at)
                 else:
-                    validity = float(p.get("validity") or spec.certificate.validity)  # type: ignore[arg-type]
+                    validity = _num(p, "validity", spec.certificate.validity)
                     cert = self.pki.server_certificate(
                         spec.host, attrs.evolve(spec.certificate, validity=validity), at=at
                     )
@@ -506,9 +508,9 @@ class ScenarioRunner:
             spec = self.scenario.csms[str(p["target"])]
             port = self.csms[spec.name].address
             assert port is not None
-            versions = tuple(str(v) for v in p.get("versions") or ("1.2",))  # type: ignore[union-attr]
+            versions = _strs(p, "versions", ("1.2",))
             trust = self._trust("default")
-            for i in range(int(p.get("count") or 1)):  # type: ignore[call-overload]
+            for i in range(int(_num(p, "count", 1))):
                 nursery.start_soon(
                     functools.partial(
                         downgrade_client,
@@ -588,7 +590,7 @@ class ScenarioRunner:
                 self.vnet.heal(sid, real.host)
         duration = p.get("duration")
         if duration is not None:
-            nursery.start_soon(self._end_attack, float(duration), node, victims, real.host, name)  # type: ignore[arg-type]
+            nursery.start_soon(self._end_attack, _num(p, "duration", 0.0), node, victims, real.host, name)
 
     async def _end_attack(self, after: float, node: _Node, victims: list[str], host: str, name: str) -> None:
         assert self.recorder is not None
@@ -618,8 +620,27 @@ class ScenarioRunner:
 
 
 def _pair(value: object) -> tuple[str, str]:
-    a, b = value  # type: ignore[misc]
-    return str(a), str(b)
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise ConfigError("expected two selectors", path="between", value=value)
+    return str(value[0]), str(value[1])
+
+
+def _num(params: Mapping[str, object], key: str, default: float) -> float:
+    value = params.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key} must be a number", path=key, value=value)
+    return float(value)
+
+
+def _strs(params: Mapping[str, object], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = params.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, tuple | list):
+        raise ConfigError(f"{key} must be a list", path=key, value=value)
+    return tuple(str(v) for v in value)
 
 
 def _plain(value: object) -> object:
