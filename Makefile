@@ -26,9 +26,10 @@ venv: $(STAMP)
 certs: $(STAMP)
 	$(BIN)/evsim certs init --dir $(CERTS)
 
+# The dev PKI (certs/) is for the two-process commands in the README; a scenario makes its own PKI per run.
 demo: $(STAMP)
 	$(BIN)/evsim certs init --dir $(CERTS) --if-missing
-	$(BIN)/evsim demo --pki $(CERTS)
+	$(BIN)/evsim run scenarios/default.toml
 
 lint: $(STAMP)
 	$(BIN)/ruff check evsim tests bench

@@ -125,6 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--real-time", action="store_true", help="run on the real clock (default: virtual time)"
     )
     demo.add_argument("--tcp", action="store_true", help="loopback TCP instead of the in-memory network")
+
+    run = sub.add_parser("run", help="run a scenario file and write a run directory with its report")
+    run.add_argument("file", help="scenario TOML file (see scenarios/README.md)")
+    run.add_argument("--out", default="runs", help="base directory for run directories (default: runs)")
+    run.add_argument("--seed", type=int, default=None, help="override [simulation].seed")
+    run.add_argument("--no-live", action="store_true", help="no live progress display")
+    run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    run.add_argument("--canonical-log", default=None, help="also write the canonical event log to FILE")
+
+    val = sub.add_parser("validate", help="check scenario files without running anything")
+    val.add_argument("files", nargs="+", help="scenario TOML files")
+
+    rep = sub.add_parser("report", help="re-render the summary and plots of a run directory")
+    rep.add_argument("run_dir", help="a directory written by 'evsim run'")
+    rep.add_argument("--no-plots", action="store_true", help="only print the summary")
     return p
 
 
@@ -143,6 +158,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.run_stations(args)
         if args.command == "demo":
             return commands.run_demo(args)
+        if args.command == "run":
+            from evsim.scenario import cli as scenario_cli
+
+            return scenario_cli.run(args)
+        if args.command == "validate":
+            from evsim.scenario import cli as scenario_cli
+
+            return scenario_cli.validate(args)
+        if args.command == "report":
+            from evsim.scenario import cli as scenario_cli
+
+            return scenario_cli.report(args)
     except ConfigError as exc:
         print(f"evsim: configuration error: {exc}", file=sys.stderr)
         return 2

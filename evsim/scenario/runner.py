@@ -29,6 +29,7 @@ import trio.testing
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError
 from evsim.metrics.recorder import Event, Recorder
+from evsim.metrics.rundir import Sample
 from evsim.net.base import Network
 from evsim.net.tcp import TcpNetwork
 from evsim.net.virtual import LinkPolicy, VirtualNetwork
@@ -52,22 +53,6 @@ LINK_NOT_YET = {
 }
 
 RUN_PASSWORD = "evsim-scenario-password"  # >= 16 chars (A00.FR.205); used when a scenario sets none
-
-
-@attrs.frozen
-class Sample:
-    """A periodic snapshot of the run, for the live display and metrics.csv."""
-
-    t: float
-    connected_stations: int
-    stations: int
-    messages_total: int
-    handshakes_ok: int
-    handshakes_failed: int
-    tx_started: int
-    tx_ended: int
-    queued_messages: int
-    done_stations: int
 
 
 @attrs.define
@@ -414,11 +399,13 @@ class ScenarioRunner:
             stations=len(self.stations),
             messages_total=sum(sum(s.messages.values()) for s in stats),
             handshakes_ok=counts["handshake_ok"],
-            handshakes_failed=counts["handshake_failed"],
+            handshakes_failed=counts["handshake_failed"]
+            - sum(sum(s.handshake_failures.values()) for s in stats),
             tx_started=sum(s.transactions_started for s in stats),
             tx_ended=sum(s.transactions_ended for s in stats),
             queued_messages=sum(len(st.queue) for st in self.stations.values()),
             done_stations=sum(st.done.is_set() for st in self.stations.values()),
+            connect_failures=sum(sum(st.connect_failures.values()) for st in self.stations.values()),
         )
         self.samples.append(sample)
         if self.on_sample is not None:

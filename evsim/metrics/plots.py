@@ -1,0 +1,531 @@
+"""PNG plots of a run over simulated time (matplotlib, non-interactive Agg canvas).
+
+Four plots, written to ``<run>/plots/``:
+
+* ``connected_stations.png`` — stations connected and accepted over time (the metrics samples when the run
+  has them, else derived from the stations' ``booted`` / ``reconnect_wait`` events), with the fleet size;
+* ``handshakes.png`` — per time bucket, TLS handshakes completed (full / resumed, stacked) above connection
+  failures seen by the stations, stacked by reason;
+* ``connection_rate.png`` — connection attempts per second: TLS handshakes started, TCP connections refused,
+  WebSocket sessions the CSMS accepted (the shape of a reconnect storm);
+* ``transactions.png`` — cumulative transactions started at the stations, started at the CSMS and ended at
+  the CSMS (an offline period shows as a gap between the first two curves).
+
+The series are computed by pure functions (:func:`connected_series`, :func:`handshake_buckets`,
+:func:`connection_rates`, :func:`transaction_curves`) that need no matplotlib; only :func:`render_plots`
+imports it, and says how to install it when it is missing. Figures are drawn on
+:class:`~matplotlib.backends.backend_agg.FigureCanvasAgg` directly, without pyplot: no global state, no GUI
+backend, never a window.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from evsim.errors import ConfigError
+from evsim.metrics.rundir import RunData, Sample
+from evsim.metrics.summary import Topology, node_roles
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+#: Bucket widths (seconds) a plot may use: round numbers on a clock.
+NICE_BUCKETS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+
+#: Failure reasons shown separately in the handshake plot; the rest are summed as "other".
+MAX_REASONS = 7
+
+PLOT_FILES = ("connected_stations.png", "handshakes.png", "connection_rate.png", "transactions.png")
+
+_DPI = 110
+_SIZE = (10.0, 4.8)
+_COLORS = {"ok": "#2a7ab0", "resumed": "#8cc5e8", "fleet": "#888888", "line": "#2a7ab0"}
+_FAILURE_COLORS = ("#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#7f7f7f")
+
+
+@attrs.frozen
+class TimeAxis:
+    """How simulated seconds are shown on an axis.
+
+    Attributes:
+        unit: ``s``, ``min``, ``h`` or ``d``.
+        seconds: seconds per unit.
+    """
+
+    unit: str
+    seconds: float
+
+    @classmethod
+    def for_span(cls, span_s: float) -> TimeAxis:
+        """Seconds up to 3 minutes, minutes up to 3 hours, hours up to 3 days, then days.
+
+        Args:
+            span_s: the simulated time covered, seconds.
+
+        Returns:
+            The axis unit.
+        """
+        if span_s <= 180:
+            return cls("s", 1.0)
+        if span_s <= 3 * 3600:
+            return cls("min", 60.0)
+        if span_s <= 3 * 86400:
+            return cls("h", 3600.0)
+        return cls("d", 86400.0)
+
+    @property
+    def label(self) -> str:
+        """The axis label, e.g. ``simulated time (min)``."""
+        return f"simulated time ({self.unit})"
+
+    def scale(self, ts: Iterable[float]) -> list[float]:
+        """Seconds to this axis's unit.
+
+        Args:
+            ts: times in seconds.
+
+        Returns:
+            The times in :attr:`unit`.
+        """
+        return [t / self.seconds for t in ts]
+
+
+def bucket_width(span_s: float, target: int = 100) -> float:
+    """The smallest round bucket width that splits ``span_s`` into at most ``target`` buckets.
+
+    Args:
+        span_s: simulated seconds covered.
+        target: wanted maximum number of buckets.
+
+    Returns:
+        A width from :data:`NICE_BUCKETS` (the largest if even that gives more buckets).
+    """
+    for width in NICE_BUCKETS:
+        if span_s / width <= target:
+            return float(width)
+    return float(NICE_BUCKETS[-1])
+
+
+def format_width(width_s: float) -> str:
+    """A bucket width for labels.
+
+    Args:
+        width_s: seconds.
+
+    Returns:
+        ``30 s``, ``5 min``, ``2 h``, ``1 d``...
+    """
+    for unit, secs in (("d", 86400), ("h", 3600), ("min", 60)):
+        if width_s >= secs and width_s % secs == 0:
+            return f"{int(width_s // secs)} {unit}"
+    return f"{width_s:g} s"
+
+
+# ------------------------------------------------------------------------------------------------ series
+
+
+@attrs.frozen
+class Buckets:
+    """Counts per time bucket.
+
+    Attributes:
+        width: bucket width, seconds.
+        starts: each bucket's start time, seconds.
+        series: label -> one count per bucket.
+    """
+
+    width: float
+    starts: tuple[float, ...]
+    series: Mapping[str, tuple[int, ...]]
+
+
+def _sorted(events: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return sorted(events, key=lambda e: (float(e["t"]), str(e["node"]), int(e.get("seq", 0))))
+
+
+def run_span(run: RunData) -> float:
+    """Simulated seconds the run covered: the meta's ``duration_s``, else the last event or sample.
+
+    Args:
+        run: the run.
+
+    Returns:
+        Seconds (at least 1, so axes never collapse).
+    """
+    candidates = [float(e["t"]) for e in run.events[-1:]]
+    candidates += [max((float(e["t"]) for e in run.events), default=0.0)]
+    candidates += [s.t for s in run.samples[-1:]]
+    duration = run.meta.get("duration_s")
+    if isinstance(duration, int | float):
+        candidates.append(float(duration))
+    return max(1.0, *candidates)
+
+
+def connected_series(
+    events: Sequence[Mapping[str, Any]], samples: Sequence[Sample], topology: Topology | None = None
+) -> tuple[list[float], list[int]]:
+    """Connected stations over time, as a step function.
+
+    Args:
+        events: JSON event objects (used when there are no samples).
+        samples: the metrics rows; preferred when present.
+        topology: tells stations from CSMSs (:func:`~evsim.metrics.summary.node_roles`).
+
+    Returns:
+        Times (s) and the number connected from each time on.
+    """
+    if samples:
+        return [s.t for s in samples], [s.connected_stations for s in samples]
+    roles = node_roles(events, topology)
+    online: set[str] = set()
+    ts, ns = [0.0], [0]
+    for e in _sorted(events):
+        node, kind = str(e["node"]), e["kind"]
+        if roles[node] != "station":
+            continue
+        if kind == "booted":
+            online.add(node)
+        elif kind == "reconnect_wait":
+            online.discard(node)
+        else:
+            continue
+        t = float(e["t"])
+        if len(online) == ns[-1]:
+            continue
+        if ts[-1] == t:
+            ns[-1] = len(online)
+        else:
+            ts.append(t)
+            ns.append(len(online))
+    return ts, ns
+
+
+def _bucketize(
+    span_s: float, width: float, points: Iterable[tuple[str, float]], labels: Sequence[str] = ()
+) -> Buckets:
+    n = max(1, int(-(-span_s // width)))
+    counts: dict[str, list[int]] = {label: [0] * n for label in labels}
+    for label, t in points:
+        row = counts.setdefault(label, [0] * n)
+        row[min(n - 1, max(0, int(t // width)))] += 1
+    return Buckets(
+        width=width,
+        starts=tuple(i * width for i in range(n)),
+        series={k: tuple(v) for k, v in counts.items()},
+    )
+
+
+def handshake_buckets(
+    events: Sequence[Mapping[str, Any]], span_s: float, width: float, topology: Topology | None = None
+) -> tuple[Buckets, Buckets]:
+    """TLS handshakes and connection failures per bucket, as the stations saw them.
+
+    Args:
+        events: JSON event objects.
+        span_s: simulated seconds covered.
+        width: bucket width, seconds.
+        topology: tells stations from CSMSs (:func:`~evsim.metrics.summary.node_roles`).
+
+    Returns:
+        (handshakes with series ``full`` and ``resumed``; failures with one series per reason, the
+        :data:`MAX_REASONS` most frequent kept and the rest summed as ``other``, most frequent first).
+    """
+    roles = node_roles(events, topology)
+    ok: list[tuple[str, float]] = []
+    failed: list[tuple[str, float]] = []
+    for e in events:
+        if roles[e["node"]] != "station":
+            continue
+        if e["kind"] == "handshake_ok":
+            ok.append(("resumed" if e.get("resumed") else "full", float(e["t"])))
+        elif e["kind"] in ("handshake_failed", "connection_lost"):
+            failed.append((str(e.get("reason") or e["kind"]), float(e["t"])))
+    ranked = [r for r, _ in collections.Counter(r for r, _ in failed).most_common()]
+    keep = set(ranked[:MAX_REASONS]) if len(ranked) > MAX_REASONS + 1 else set(ranked)
+    failed = [(r if r in keep else "other", t) for r, t in failed]
+    order = [r for r in ranked if r in keep] + (["other"] if len(keep) < len(ranked) else [])
+    return _bucketize(span_s, width, ok, ("full", "resumed")), _bucketize(span_s, width, failed, order)
+
+
+def connection_rates(
+    events: Sequence[Mapping[str, Any]], span_s: float, width: float, topology: Topology | None = None
+) -> Buckets:
+    """Connection attempts per second, averaged over each bucket.
+
+    Args:
+        events: JSON event objects.
+        span_s: simulated seconds covered.
+        width: bucket width, seconds.
+        topology: tells stations from CSMSs (:func:`~evsim.metrics.summary.node_roles`).
+
+    Returns:
+        Buckets whose series are counts per bucket (divide by ``width`` for a rate): ``TLS handshakes``
+        (completed or failed, station side), ``refused at TCP`` (station side ``ConnectionRefused``),
+        ``sessions accepted by CSMS`` (``station_connected``).
+    """
+    roles = node_roles(events, topology)
+    points: list[tuple[str, float]] = []
+    for e in events:
+        kind, t = e["kind"], float(e["t"])
+        role = roles[e["node"]]
+        if role == "csms":
+            if kind == "station_connected":
+                points.append(("sessions accepted by CSMS", t))
+        elif role != "station":
+            continue
+        elif kind in ("handshake_ok", "handshake_failed"):
+            points.append(("TLS handshakes", t))
+        elif kind == "connection_lost" and e.get("reason") == "ConnectionRefused":
+            points.append(("refused at TCP", t))
+    labels = ("TLS handshakes", "refused at TCP", "sessions accepted by CSMS")
+    return _bucketize(span_s, width, points, labels)
+
+
+def transaction_curves(
+    events: Sequence[Mapping[str, Any]], topology: Topology | None = None
+) -> dict[str, tuple[list[float], list[int]]]:
+    """Cumulative transaction counts over time.
+
+    Args:
+        events: JSON event objects.
+        topology: tells stations from CSMSs (:func:`~evsim.metrics.summary.node_roles`).
+
+    Returns:
+        label -> (times, cumulative count at each time) for ``started at stations``, ``started at CSMS``
+        and ``ended at CSMS`` (each transaction counted once, duplicates ignored).
+    """
+    roles = node_roles(events, topology)
+    seen: dict[str, set[tuple[str, str]]] = collections.defaultdict(set)
+    times: dict[str, list[float]] = {
+        k: [] for k in ("started at stations", "started at CSMS", "ended at CSMS")
+    }
+    for e in _sorted(events):
+        node, kind = str(e["node"]), e["kind"]
+        label = None
+        if roles[node] == "csms" and kind == "tx_event":
+            label = {"Started": "started at CSMS", "Ended": "ended at CSMS"}.get(str(e.get("type")))
+            key = (str(e.get("station")), str(e.get("tx")))
+        elif roles[node] == "station" and kind == "tx_started":
+            label, key = "started at stations", (node, str(e.get("tx")))
+        if label is None or key in seen[label]:
+            continue
+        seen[label].add(key)
+        times[label].append(float(e["t"]))
+    return {label: (ts, list(range(1, len(ts) + 1))) for label, ts in times.items()}
+
+
+# ------------------------------------------------------------------------------------------------ drawing
+
+
+def render_plots(
+    run: RunData, topology: Topology | None = None, *, out_dir: Path | None = None
+) -> list[Path]:
+    """Draw the four plots of a run (see the module doc) as PNG files.
+
+    Args:
+        run: the run (:func:`evsim.metrics.rundir.load`, or built in memory).
+        topology: station groups (fleet size, servers); None reads ``topology`` from the run's meta.
+        out_dir: where to write; default ``<run>/plots``.
+
+    Returns:
+        The files written, in :data:`PLOT_FILES` order.
+
+    Raises:
+        ConfigError: matplotlib is not installed (names the fix).
+        OSError: the directory cannot be written.
+    """
+    figure_cls, canvas_cls = _matplotlib()
+    topo = topology if topology is not None else Topology.from_json(run.meta.get("topology"))
+    out = out_dir if out_dir is not None else run.plots_dir
+    out.mkdir(parents=True, exist_ok=True)
+    span = run_span(run)
+    axis = TimeAxis.for_span(span)
+    width = bucket_width(span)
+    name = str(run.meta.get("scenario", run.path.name))
+    fleet = run.meta.get("stations_total")
+    if not isinstance(fleet, int):
+        fleet = len(topo.groups) or None
+
+    draws: list[tuple[str, Callable[[Figure], None]]] = [
+        ("connected_stations.png", lambda f: _draw_connected(f, run, topo, axis, span, fleet, name)),
+        ("handshakes.png", lambda f: _draw_handshakes(f, run, topo, axis, span, width, name)),
+        ("connection_rate.png", lambda f: _draw_rates(f, run, topo, axis, span, width, name)),
+        ("transactions.png", lambda f: _draw_transactions(f, run, topo, axis, span, name)),
+    ]
+    written = []
+    for filename, draw in draws:
+        fig = figure_cls(figsize=_SIZE, dpi=_DPI, layout="constrained")
+        canvas_cls(fig)
+        draw(fig)
+        path = out / filename
+        fig.savefig(path, format="png")
+        written.append(path)
+    return written
+
+
+def _matplotlib() -> tuple[type[Figure], type[FigureCanvasAgg]]:
+    """Import matplotlib's Figure and the Agg canvas, or explain how to get them."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ConfigError(
+            "plots need matplotlib, which is not installed",
+            fix="pip install 'matplotlib>=3.11,<4' (or reinstall evsim: pip install -e .), or skip the plots",
+        ) from exc
+    return Figure, FigureCanvasAgg
+
+
+def _finish_time_axis(ax: Axes, axis: TimeAxis, span: float) -> None:
+    ax.set_xlim(0, span / axis.seconds)
+    ax.set_xlabel(axis.label)
+    ax.grid(True, alpha=0.3)
+
+
+def _integer_y(ax: Axes) -> None:
+    """Counts: ticks on whole numbers only."""
+    from matplotlib.ticker import MaxNLocator  # after _matplotlib() found matplotlib
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _legend(ax: Axes, title: str | None = None) -> None:
+    """A legend to the right of the axes, where it never hides data."""
+    ax.legend(
+        loc="upper left", bbox_to_anchor=(1.01, 1.0), title=title, fontsize="small", title_fontsize="small"
+    )
+
+
+def _no_data(ax: Axes, what: str) -> None:
+    ax.text(
+        0.5, 0.5, f"no {what} in this run", transform=ax.transAxes, ha="center", va="center", color="#666"
+    )
+
+
+def _draw_connected(
+    fig: Figure, run: RunData, topo: Topology, axis: TimeAxis, span: float, fleet: int | None, name: str
+) -> None:
+    ax = fig.add_subplot()
+    ts, ns = connected_series(run.events, run.samples, topo)
+    if ts and ts[-1] < span:
+        ts, ns = [*ts, span], [*ns, ns[-1]]
+    xs = axis.scale(ts)
+    source = "samples" if run.samples else "events"
+    ax.step(xs, ns, where="post", color=_COLORS["line"], label=f"connected ({source})")
+    ax.fill_between(xs, ns, step="post", color=_COLORS["line"], alpha=0.15)
+    top = max(ns, default=0)
+    if fleet:
+        ax.axhline(fleet, color=_COLORS["fleet"], linestyle="--", linewidth=1, label=f"fleet size ({fleet})")
+        top = max(top, fleet)
+    ax.set_ylim(0, max(1, top) * 1.08)
+    ax.set_ylabel("stations connected and booted")
+    _integer_y(ax)
+    ax.set_title(f"{name}: connected stations")
+    _legend(ax)
+    _finish_time_axis(ax, axis, span)
+
+
+def _stacked_bars(ax: Axes, axis: TimeAxis, buckets: Buckets, colors: Sequence[str]) -> bool:
+    xs = axis.scale(buckets.starts)
+    w = buckets.width / axis.seconds
+    bottom = [0] * len(xs)
+    drawn = False
+    for (label, counts), color in zip(buckets.series.items(), colors, strict=False):
+        if not any(counts):
+            continue
+        ax.bar(xs, counts, width=w, bottom=bottom, align="edge", color=color, label=label, linewidth=0)
+        bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+        drawn = True
+    return drawn
+
+
+def _draw_handshakes(
+    fig: Figure, run: RunData, topo: Topology, axis: TimeAxis, span: float, width: float, name: str
+) -> None:
+    ok, failed = handshake_buckets(run.events, span, width, topo)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    per = format_width(width)
+    fig.suptitle(f"{name}: TLS handshakes and connection failures (per {per})")
+    if _stacked_bars(top, axis, ok, (_COLORS["ok"], _COLORS["resumed"])):
+        _legend(top, title="handshake")
+    else:
+        _no_data(top, "TLS handshakes")
+    top.set_ylabel(f"handshakes / {per}")
+    _integer_y(top)
+    top.grid(True, alpha=0.3)
+    if _stacked_bars(bottom, axis, failed, _FAILURE_COLORS):
+        _legend(bottom, title="failure reason\n(station side)")
+    else:
+        _no_data(bottom, "connection failures")
+    bottom.set_ylabel(f"failures / {per}")
+    _integer_y(bottom)
+    _finish_time_axis(bottom, axis, span)
+
+
+def _draw_rates(
+    fig: Figure, run: RunData, topo: Topology, axis: TimeAxis, span: float, width: float, name: str
+) -> None:
+    ax = fig.add_subplot()
+    buckets = connection_rates(run.events, span, width, topo)
+    xs = axis.scale([*buckets.starts, buckets.starts[-1] + buckets.width])
+    styles = {"TLS handshakes": "-", "refused at TCP": ":", "sessions accepted by CSMS": "--"}
+    drawn = False
+    for label, counts in buckets.series.items():
+        if not any(counts):
+            continue
+        rates = [c / buckets.width for c in counts]
+        ax.stairs(rates, xs, label=label, linestyle=styles.get(label, "-"), linewidth=1.6)
+        drawn = True
+    if drawn:
+        _legend(ax)
+    else:
+        _no_data(ax, "connection attempts")
+    ax.set_ylabel(f"connections / s (mean over {format_width(width)})")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{name}: connection attempts per second")
+    _finish_time_axis(ax, axis, span)
+
+
+def _draw_transactions(
+    fig: Figure, run: RunData, topo: Topology, axis: TimeAxis, span: float, name: str
+) -> None:
+    ax = fig.add_subplot()
+    # the stations' curve is dotted and on top, so it shows where it runs ahead of the CSMS's
+    styles = {
+        "started at stations": ("#555555", ":", 3),
+        "started at CSMS": ("#2a7ab0", "-", 2),
+        "ended at CSMS": ("#2ca02c", "-", 2),
+    }
+    drawn = False
+    for label, (ts, ns) in transaction_curves(run.events, topo).items():
+        if not ts:
+            continue
+        color, style, z = styles[label]
+        xs = axis.scale([0.0, *ts, max(span, ts[-1])])
+        ax.step(
+            xs,
+            [0, *ns, ns[-1]],
+            where="post",
+            color=color,
+            linestyle=style,
+            linewidth=1.6,
+            label=label,
+            zorder=z,
+        )
+        drawn = True
+    if drawn:
+        _legend(ax)
+    else:
+        _no_data(ax, "transactions")
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("transactions (cumulative)")
+    _integer_y(ax)
+    ax.set_title(f"{name}: transactions")
+    _finish_time_axis(ax, axis, span)

@@ -1,0 +1,147 @@
+"""``evsim run``, ``evsim validate`` and ``evsim report``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from evsim import __version__
+from evsim.errors import ConfigError
+from evsim.metrics.live import LiveProgress
+from evsim.metrics.rundir import RunDir, rerender, tee
+from evsim.metrics.summary import Topology, canonical_log
+from evsim.report import table
+from evsim.scenario.loader import load_scenario
+from evsim.scenario.runner import RunResult, preflight, run_scenario
+
+
+def validate(args: argparse.Namespace) -> int:
+    """Load and preflight every file; print one line each; exit 2 if any is invalid."""
+    bad = 0
+    for f in args.files:
+        try:
+            sc = load_scenario(f)
+            preflight(sc)
+        except ConfigError as exc:
+            bad += 1
+            print(f"evsim: {exc}", file=sys.stderr)
+            continue
+        sim = sc.simulation
+        print(
+            f"{f}: ok — {sim.name}: {len(sc.csms)} CSMS, {sc.station_count()} stations in {len(sc.stations)} "
+            f"group(s), {len(sc.timeline)} timeline event(s), {sim.clock} clock, {sim.network} network"
+        )
+    return 2 if bad else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a scenario file; write the run directory; print the summary. Exit 0 only if the run completed."""
+    sc = load_scenario(args.file)
+    if args.seed is not None:
+        sc = attrs.evolve(sc, simulation=attrs.evolve(sc.simulation, seed=args.seed))
+    preflight(sc)  # refuse before creating anything
+    sim = sc.simulation
+    from evsim.clock import real_utcnow
+
+    rd = RunDir.create(Path(args.out), sim.name, real_utcnow())
+    topology = Topology.from_scenario(sc)
+    with rd.open_event_sink() as sink:
+        if args.no_live:
+            result = run_scenario(sc, sink=sink)
+        else:
+            with LiveProgress(sc.station_count(), sim.duration, title=f"evsim run {sim.name}") as live:
+                result = run_scenario(sc, sink=tee(sink), on_sample=live.update)
+    rd.write_metrics_csv(result.samples)
+    rd.write_meta(_meta(args.file, sc_result=result, topology=topology))
+    text, pngs = rerender(rd.path, plots=not args.no_plots)
+    print(text)
+    if 0 < len(result.stations) <= PER_STATION_TABLE_MAX:
+        print()
+        print(station_links_table(result))
+    if args.canonical_log:
+        Path(args.canonical_log).write_text("\n".join(canonical_log(list(result.recorder.events))) + "\n")
+    print(f"\nrun directory: {rd.path}")
+    for png in pngs:
+        print(f"  plot: {png}")
+    if result.error:
+        print(f"evsim: run {result.outcome}: {result.error}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+PER_STATION_TABLE_MAX = 20
+"""Fleets up to this size also get one row per station (each link's negotiated TLS)."""
+
+
+def station_links_table(result: RunResult) -> str:
+    """One row per station: its link to the CSMS as last negotiated, and what the CSMS received from it."""
+    rows: list[list[object]] = []
+    for sid, st in result.stations.items():
+        tls = st.tls_info
+        csms = result.scenario.stations[result.group_of[sid]].csms
+        rec = result.csms[csms].stations.get(sid)
+        rows.append(
+            [
+                sid,
+                csms,
+                tls.version if tls else "-",
+                tls.cipher_iana if tls else "-",
+                (tls.group or "-") if tls else "-",
+                st.boots,
+                rec.heartbeats if rec else 0,
+                sum(len(t.seq_nos) for t in rec.transactions.values()) if rec else 0,
+                "done" if st.done.is_set() else "not done",
+            ]
+        )
+    return table(
+        [
+            "station",
+            "csms",
+            "TLS",
+            "cipher suite",
+            "key exchange",
+            "boots",
+            "heartbeats",
+            "tx events",
+            "state",
+        ],
+        rows,
+        title="Station links (TLS as negotiated on each station's last connection)",
+    )
+
+
+def _meta(file: str, *, sc_result: RunResult, topology: Topology) -> dict[str, Any]:
+    r = sc_result
+    sim = r.scenario.simulation
+    return {
+        "scenario": sim.name,
+        "description": sim.description,
+        "expected_outcome": sim.outcome,
+        "seed": sim.seed,
+        "file": file,
+        "started_utc": (sim.start.isoformat() if sim.start else None),
+        "duration_s": r.sim_elapsed,
+        "scenario_duration_s": sim.duration,
+        "wall_time_s": round(r.wall_s, 3),
+        "evsim_version": __version__,
+        "outcome": r.outcome,
+        "error": r.error,
+        "clock": sim.clock,
+        "network": sim.network,
+        "stations_total": len(r.stations),
+        "topology": topology.as_json(),
+        "ocpp_messages": {
+            sid: dict(rec.messages) for c in r.csms.values() for sid, rec in c.stations.items()
+        },
+    }
+
+
+def report(args: argparse.Namespace) -> int:
+    text, pngs = rerender(Path(args.run_dir), plots=not args.no_plots)
+    print(text)
+    for png in pngs:
+        print(f"  plot: {png}")
+    return 0
