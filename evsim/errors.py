@@ -193,3 +193,26 @@ class OutboxFull(OcppError):
     """The bounded queue of outgoing CALLs is full: back-pressure, retry later."""
 
     error_code = "InternalError"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A stable, short category for why a connection ended, for events and failure counts.
+
+    Two tasks of one connection can see the same loss as different exceptions (one reads a reset, the other
+    then finds the stream closed), so events carry this category, not the exception's class or text.
+    """
+    if isinstance(exc, HandshakeFailed):
+        return exc.reason
+    if isinstance(exc, UpgradeRejected):
+        return f"http_{exc.status}"
+    if isinstance(exc, WebSocketClosed):
+        return f"ws_closed_{exc.code}"
+    if isinstance(exc, ConnectionRefused):
+        return "refused"
+    if isinstance(exc, CallTimeout):
+        return "ocpp_timeout"
+    if isinstance(exc, OcppError):
+        return f"ocpp_{exc.error_code}"
+    if isinstance(exc, TransportError):
+        return "link_lost"
+    return type(exc).__name__

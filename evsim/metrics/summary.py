@@ -714,10 +714,15 @@ def canonical_log(events: Iterable[EventLike]) -> list[str]:
     return [line for _, line in sorted(_canonical(as_dict(e)) for e in events)]
 
 
+FREE_TEXT_FIELDS = frozenset({"detail"})
+"""Human-readable engine text (exception messages) kept in the JSONL log but left out of canonical lines: which
+of a connection's tasks notices a loss first decides its wording, not the seed."""
+
+
 def _canonical(e: Mapping[str, Any]) -> tuple[tuple[float, str, str, str], str]:
     """(sort key, line) of one event."""
     t = round(float(e["t"]), 6)
     node, kind = str(e["node"]), str(e["kind"])
-    data = {k: v for k, v in e.items() if k not in _ENVELOPE}
+    data = {k: v for k, v in e.items() if k not in _ENVELOPE and k not in FREE_TEXT_FIELDS}
     body = orjson.dumps(data, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
     return (t, node, kind, body), f"{t:.6f} {node} {kind} {body}"

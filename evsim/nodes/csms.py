@@ -32,11 +32,10 @@ from cryptography.x509.oid import NameOID
 
 from evsim.clock import SimClock, isoformat
 from evsim.errors import (
-    BrokenTransport,
     HandshakeFailed,
     OcppError,
     TransportError,
-    WebSocketClosed,
+    failure_reason,
 )
 from evsim.metrics.recorder import Recorder
 from evsim.net.base import Network
@@ -249,7 +248,7 @@ class Csms:
                 return
             await self._serve_station(station_id, ws, tls_info)
         except (TransportError, OcppError) as exc:
-            self.recorder.emit(name, "connection_lost", reason=type(exc).__name__, detail=str(exc))
+            self.recorder.emit(name, "connection_lost", reason=failure_reason(exc), detail=str(exc))
         finally:
             with trio.CancelScope(shield=True):
                 await _aclose_quietly(stream)
@@ -329,8 +328,14 @@ class Csms:
         )
         try:
             await session.run()
-        except (WebSocketClosed, BrokenTransport) as exc:
-            self.recorder.emit(self.config.name, "station_disconnected", station=station_id, reason=str(exc))
+        except (TransportError, OcppError) as exc:
+            self.recorder.emit(
+                self.config.name,
+                "station_disconnected",
+                station=station_id,
+                reason=failure_reason(exc),
+                detail=str(exc),
+            )
         finally:
             if rec.session is session:
                 rec.session = None

@@ -37,7 +37,7 @@ from evsim.errors import (
     HandshakeFailed,
     OcppError,
     TransportError,
-    UpgradeRejected,
+    failure_reason,
 )
 from evsim.metrics.recorder import Recorder
 from evsim.net.base import Network, parse_url
@@ -45,7 +45,7 @@ from evsim.ocpp.backoff import BackOffSchedule, RetryBackOff
 from evsim.ocpp.rpc import RpcConnection
 from evsim.ocpp.session import OcppSession
 from evsim.ocpp.transaction import TransactionRecorder
-from evsim.ocpp.txqueue import TxQueue
+from evsim.ocpp.txqueue import QueuedMessage, TxQueue
 from evsim.ocpp.versions import subprotocol_for, version_for
 from evsim.tls.context import ClientTls
 from evsim.tls.events import ocpp_security_event
@@ -167,8 +167,10 @@ class Station:
         self.heartbeat_s = config.default_heartbeat_s
         self.tls_info: TlsInfo | None = None
         self.connector_status = "Available"
-        self._status_changed = trio.Event()
-        self._queue_changed = trio.Event()
+        self._wake = trio.Event()  # set by producers (queue, status, authorize, triggers) to wake the uplink
+        self._authorize_request: _Pending | None = None
+        self._reported_status: str | None = None
+        self._trigger_heartbeat = False
         self.done = trio.Event()
         self._online = trio.Event()
         self.sessions_completed = 0
@@ -207,13 +209,13 @@ class Station:
                     raise _sole_failure(group) from group
             except HandshakeFailed as exc:
                 self._on_connect_failure(exc.reason, detail=exc.detail, handshake=exc)
-            except UpgradeRejected as exc:
-                self._on_connect_failure(f"http_{exc.status}", detail=exc.reason)
             except (TransportError, OcppError) as exc:
-                self._on_connect_failure(type(exc).__name__, detail=str(exc))
+                self._on_connect_failure(failure_reason(exc), detail=str(exc))
             finally:
                 self.session = None
                 self.booted = False
+                if self._authorize_request is not None:
+                    self._authorize_request.done.set()  # the behaviour goes on offline
                 if self._online.is_set():
                     self._online = trio.Event()
                 self.queue.went_offline()
@@ -245,7 +247,7 @@ class Station:
 
     def _enqueue(self, action: str, payload: dict[str, Any]) -> None:
         self.queue.put(action, payload)
-        self._queue_changed.set()
+        self._wake.set()
 
     # ---------------------------------------------------------------- one connection
 
@@ -294,9 +296,8 @@ class Station:
                 self.session = session
                 self.queue.went_online()
                 self._online.set()
-                nursery.start_soon(self._heartbeat_loop, session)
-                nursery.start_soon(self._status_loop, session)
-                nursery.start_soon(self._sender_loop, session)
+                self._reported_status = None  # report the connector status on every new connection
+                nursery.start_soon(self._uplink, session)
         finally:
             with (
                 trio.CancelScope(shield=True),
@@ -344,56 +345,73 @@ class Station:
             self.recorder.emit(self.name, "boot_pending", status=resp["status"], retry_in=interval)
             await trio.sleep(interval)
 
-    async def _heartbeat_loop(self, session: OcppSession) -> None:
-        while True:
-            await trio.sleep(self.heartbeat_s)
-            await self._call(session, "Heartbeat", {})
-            self.heartbeats += 1
+    async def _uplink(self, session: OcppSession) -> None:
+        """The station's only sender of CALLs while connected (besides BootNotification).
 
-    async def _status_loop(self, session: OcppSession) -> None:
-        """Report the connector status now and on every change."""
+        One task picks the next message by a fixed priority, so the order of a station's messages never
+        depends on trio's scheduling (same seed, same run): a pending Authorize, then a connector status change
+        (StatusNotification), then the message queue head by head (TransactionEvents, security events; popped
+        only when answered, so nothing is lost when the link drops), then a Heartbeat when it is due.
+        """
+        next_heartbeat = trio.current_time() + self.heartbeat_s
         while True:
+            request = self._authorize_request
+            if request is not None and not request.done.is_set():
+                try:
+                    request.result = await self._call(session, "Authorize", request.payload)
+                except OcppError:
+                    pass  # timeout or CALLERROR: the behaviour goes on as offline (result stays None)
+                finally:
+                    request.done.set()
+                continue
             status = self.connector_status
-            await self._call(
-                session,
-                "StatusNotification",
-                {
-                    "timestamp": isoformat(self.clock.utcnow()),
-                    "connectorStatus": status,
-                    "evseId": 1,
-                    "connectorId": 1,
-                },
-            )
-            while self.connector_status == status:
-                self._status_changed = trio.Event()
-                await self._status_changed.wait()
-
-    async def _sender_loop(self, session: OcppSession) -> None:
-        """Deliver the queue head by head; pop only on an answer (nothing lost on a drop)."""
-        cfg = self.config
-        while True:
+            if status != self._reported_status:
+                await self._call(
+                    session,
+                    "StatusNotification",
+                    {
+                        "timestamp": isoformat(self.clock.utcnow()),
+                        "connectorStatus": status,
+                        "evseId": 1,
+                        "connectorId": 1,
+                    },
+                )
+                self._reported_status = status
+                continue
             msg = self.queue.head()
-            if msg is None:
-                self._queue_changed = trio.Event()
-                self._check_done()
-                await self._queue_changed.wait()
+            if msg is not None:
+                await self._deliver(session, msg)
                 continue
-            msg.attempts += 1
-            try:
-                await self._call(session, msg.action, msg.payload)
-            except CallTimeout:
-                # E13: retry after attempts x interval; after the last attempt, discard and continue.
-                if msg.attempts >= cfg.message_attempts:
-                    self.queue.give_up(msg)
-                    self.recorder.emit(self.name, "message_discarded", action=msg.action, reason="timeout")
-                else:
-                    await trio.sleep(cfg.message_attempt_interval_s * msg.attempts)
+            if self._trigger_heartbeat or trio.current_time() >= next_heartbeat:
+                self._trigger_heartbeat = False
+                await self._call(session, "Heartbeat", {})
+                self.heartbeats += 1
+                next_heartbeat = trio.current_time() + self.heartbeat_s
                 continue
-            except CallErrorReceived as exc:
+            self._check_done()
+            self._wake = trio.Event()
+            with trio.move_on_at(next_heartbeat):
+                await self._wake.wait()
+
+    async def _deliver(self, session: OcppSession, msg: QueuedMessage) -> None:
+        """Send the queue head; E13 retries after a timeout; discard only on an answer that refuses it."""
+        cfg = self.config
+        msg.attempts += 1
+        try:
+            await self._call(session, msg.action, msg.payload)
+        except CallTimeout:
+            # E13: retry after attempts x interval; after the last attempt, discard and continue.
+            if msg.attempts >= cfg.message_attempts:
                 self.queue.give_up(msg)
-                self.recorder.emit(self.name, "message_discarded", action=msg.action, reason=exc.error_code)
-                continue
-            self.queue.delivered(msg)
+                self.recorder.emit(self.name, "message_discarded", action=msg.action, reason="timeout")
+            else:
+                await trio.sleep(cfg.message_attempt_interval_s * msg.attempts)
+            return
+        except CallErrorReceived as exc:
+            self.queue.give_up(msg)
+            self.recorder.emit(self.name, "message_discarded", action=msg.action, reason=exc.error_code)
+            return
+        self.queue.delivered(msg)
 
     def _check_done(self) -> None:
         if self.sessions_completed >= self.config.sessions and self.booted and not len(self.queue):
@@ -403,7 +421,7 @@ class Station:
 
     def _set_status(self, status: str) -> None:
         self.connector_status = status
-        self._status_changed.set()
+        self._wake.set()
 
     async def _behaviour(self) -> None:
         cfg = self.config
@@ -412,7 +430,7 @@ class Station:
             await trio.sleep(self.rng.uniform(lo, hi))
             await self._charging_session()
             self.sessions_completed += 1
-            self._queue_changed.set()
+            self._wake.set()
         self._check_done()
 
     async def _charging_session(self) -> None:
@@ -460,30 +478,34 @@ class Station:
         self.recorder.emit(self.name, "tx_ended", tx=tx_id, energy_wh=round(self.energy_wh, 1))
 
     async def _authorize(self) -> None:
-        session = self.session
-        if session is None:
-            self.recorder.emit(self.name, "authorize_offline", token=self.config.id_token)
+        """Authorize online through the uplink; offline (or if the link drops meanwhile) start anyway."""
+        token = self.config.id_token
+        if self.session is None:
+            self.recorder.emit(self.name, "authorize_offline", token=token)
             return
-        try:
-            resp = await self._call(
-                session, "Authorize", {"idToken": {"idToken": self.config.id_token, "type": "ISO14443"}}
-            )
-        except (TransportError, OcppError) as exc:
-            self.recorder.emit(
-                self.name, "authorize_offline", token=self.config.id_token, reason=type(exc).__name__
-            )
+        request = _Pending({"idToken": {"idToken": token, "type": "ISO14443"}})
+        self._authorize_request = request
+        self._wake.set()
+        await request.done.wait()
+        self._authorize_request = None
+        if request.result is None:
+            self.recorder.emit(self.name, "authorize_offline", token=token, reason="connection lost")
             return
-        self.recorder.emit(self.name, "authorized", status=resp["idTokenInfo"]["status"])
+        self.recorder.emit(self.name, "authorized", status=request.result["idTokenInfo"]["status"])
 
     # ---------------------------------------------------------------- CSMS-initiated calls
 
     async def _handle_csms_call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
         if action == "TriggerMessage":
             what = payload["requestedMessage"]
-            if what in ("Heartbeat", "StatusNotification"):
-                self._status_changed.set()
-                return {"status": "Accepted"}
-            return {"status": "NotImplemented"}
+            if what == "Heartbeat":
+                self._trigger_heartbeat = True
+            elif what == "StatusNotification":
+                self._reported_status = None
+            else:
+                return {"status": "NotImplemented"}
+            self._wake.set()
+            return {"status": "Accepted"}
         if action == "GetVariables":
             return {"getVariableResult": [self._get_variable(v) for v in payload["getVariableData"]]}
         if action == "SetVariables":
@@ -539,6 +561,15 @@ class Station:
             messages_sent=dict(self.messages_sent),
             security_events_queued=self.security_events_queued,
         )
+
+
+@attrs.define
+class _Pending:
+    """A CALL the behaviour asked the uplink to make; ``result`` stays None if the link dropped."""
+
+    payload: dict[str, Any]
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: dict[str, Any] | None = None
 
 
 def _sole_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:

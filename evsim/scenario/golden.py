@@ -1,7 +1,8 @@
 """Golden logs of the shipped scenarios: what a run must reproduce exactly, given its seed.
 
 A golden log is the run's canonical event log (:func:`evsim.metrics.summary.canonical_log`: sorted by simulated
-time, node, kind and data, without trio's scheduling order). Logs longer than :data:`FULL_LIMIT` lines (the
+time, node, kind and data, without trio's scheduling order), up to the run's last instant (see
+:func:`deterministic_events`). Logs longer than :data:`FULL_LIMIT` lines (the
 1,000-station storm) are stored as a digest instead: event counts per kind and the SHA-256 of the full log,
 so the file stays reviewable and a mismatch still shows which kinds changed.
 
@@ -17,6 +18,7 @@ import hashlib
 import sys
 from pathlib import Path
 
+from evsim.metrics.recorder import Event
 from evsim.metrics.summary import canonical_log
 from evsim.scenario.loader import load_scenario
 from evsim.scenario.runner import run_scenario
@@ -46,7 +48,20 @@ def scenario_log(path: Path) -> list[str]:
     result = run_scenario(load_scenario(path))
     if not result.ok:
         raise RuntimeError(f"{path}: run {result.outcome}: {result.error}")
-    return canonical_log(list(result.recorder.events))
+    return canonical_log(deterministic_events(list(result.recorder.events)))
+
+
+def deterministic_events(events: list[Event]) -> list[Event]:
+    """Drop what happened at the run's very last instant, except ``run_ended`` itself.
+
+    A run that ends at its duration ends by a timer; anything else due at exactly that virtual instant may run
+    before or after the end depending on trio's scheduling, so it is not part of what a seed determines.
+    """
+    ended = [e for e in events if e.kind == "run_ended"]
+    if not ended or ended[-1].data.get("outcome") != "completed":
+        return events  # ended by the last station finishing: everything at that instant happened before it
+    end = ended[-1].t
+    return [e for e in events if e.t < end or e.kind == "run_ended"]
 
 
 def shipped() -> list[Path]:

@@ -268,7 +268,7 @@ class ScenarioRunner:
         """Network host names of a selector: a CSMS (its host), a group or station id (station ids), or ``*``."""
         sc = self.scenario
         if selector == "*":
-            return [c.host for c in sc.csms.values()] + list(self.stations)
+            return [c.host for c in sc.csms.values()] + sc.station_ids()
         if selector in sc.csms:
             return [sc.csms[selector].host]
         if selector in sc.stations:
@@ -306,6 +306,11 @@ class ScenarioRunner:
             ports: dict[str, int] = {}
             for spec in sc.csms.values():
                 ports[spec.name] = await self._start_csms(spec, nursery)
+            # links first: no station may connect before its link has its policy
+            for link in sc.links:
+                self._apply_link(link.between, latency=link.latency)
+                if link.reset is not None:
+                    nursery.start_soon(self._resets, link.between, link.reset.every)
             for group in sc.stations.values():
                 csms_spec = sc.csms[group.csms]
                 for sid in group.station_ids():
@@ -321,10 +326,6 @@ class ScenarioRunner:
                     self.stations[sid] = station
                     self.station_nodes[sid] = node = _Node(sid, station.run)
                     await node.start(nursery)
-            for link in sc.links:
-                self._apply_link(link.between, latency=link.latency)
-                if link.reset is not None:
-                    nursery.start_soon(self._resets, link.between, link.reset.every)
             nursery.start_soon(self._timeline, nursery)
             nursery.start_soon(self._sampler)
             with trio.move_on_after(sim.duration):

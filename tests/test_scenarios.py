@@ -1,0 +1,229 @@
+"""Shipped scenarios end to end in virtual time: golden logs, determinism, and the outcome each one promises."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import attrs
+import pytest
+
+from evsim.cli import main
+from evsim.errors import ConfigError
+from evsim.metrics.summary import canonical_log
+from evsim.nodes.station import Station
+from evsim.scenario.golden import GOLDEN_DIR, deterministic_events, golden_text, shipped
+from evsim.scenario.loader import load_scenario, loads_scenario
+from evsim.scenario.runner import RunResult, preflight, run_scenario
+
+SCENARIOS = {p.stem: p for p in shipped()}
+
+
+@functools.cache
+def _run(name: str) -> RunResult:
+    result = run_scenario(load_scenario(SCENARIOS[name]))
+    assert result.ok, (result.outcome, result.error)
+    return result
+
+
+def _log(result: RunResult) -> list[str]:
+    return canonical_log(deterministic_events(list(result.recorder.events)))
+
+
+def test_every_shipped_scenario_has_a_golden_log() -> None:
+    assert set(SCENARIOS) == {p.stem for p in GOLDEN_DIR.glob("*.log")}
+    assert {
+        "default",
+        "boot_storm",
+        "tls_downgrade_attack",
+        "wrong_ca_mitm",
+        "certificate_expiry",
+        "partition_heal",
+    } <= set(SCENARIOS)
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_same_seed_same_log_and_matches_golden(name: str) -> None:
+    first = _log(_run(name))
+    second = _log(run_scenario(load_scenario(SCENARIOS[name])))
+    assert first == second, "two runs of the same seed differ"
+    assert golden_text(first) == (GOLDEN_DIR / f"{name}.log").read_text(), (
+        f"{name} no longer matches scenarios/golden/{name}.log; if the change is intended, run "
+        "python -m evsim.scenario.golden --update and review the diff"
+    )
+
+
+def test_another_seed_gives_another_log() -> None:
+    sc = load_scenario(SCENARIOS["default"])
+    other = run_scenario(attrs.evolve(sc, simulation=attrs.evolve(sc.simulation, seed=2)))
+    assert _log(other) != _log(_run("default"))
+
+
+def _tx(result: RunResult) -> tuple[int, int, int, bool]:
+    started = ended = dups = 0
+    gap_free = True
+    for csms in result.csms.values():
+        for rec in csms.stations.values():
+            for tx in rec.transactions.values():
+                started += tx.started
+                ended += tx.ended
+                dups += tx.duplicates
+                gap_free &= tx.gap_free()
+    return started, ended, dups, gap_free
+
+
+def _done(result: RunResult) -> int:
+    return sum(st.done.is_set() for st in result.stations.values())
+
+
+def test_default_outcome() -> None:
+    r = _run("default")
+    assert r.outcome == "all stations done"
+    assert _done(r) == 10
+    assert _tx(r) == (10, 10, 0, True)
+    assert {st.tls_info.version for st in r.stations.values() if st.tls_info} == {"TLSv1.3"}
+
+
+def test_boot_storm_outcome() -> None:
+    r = _run("boot_storm")
+    assert _done(r) == 1000
+    assert r.recorder.counts["handshake_failed"] == 0
+    assert sum(rec.boots for rec in r.csms["main"].stations.values()) == 1000
+    assert r.samples[-1].connected_stations == 1000  # sampled at the end, before teardown
+
+
+def test_tls_downgrade_attack_outcome() -> None:
+    r = _run("tls_downgrade_attack")
+    attacks = r.recorder.of_kind("attack_result")
+    assert [e.data["outcome"] for e in attacks] == ["refused"] * 3
+    assert {e.data["reason"] for e in attacks} == {"downgrade_refused"}
+    csms_side = [e for e in r.recorder.of_kind("handshake_failed") if e.node == "main"]
+    assert [e.data["security_event"] for e in csms_side] == ["InvalidTLSVersion"] * 3
+    assert _done(r) == 5
+    assert _tx(r)[:2] == (5, 5)
+
+
+def test_wrong_ca_mitm_outcome() -> None:
+    r = _run("wrong_ca_mitm")
+    assert not r.recorder.of_kind("mitm_intercepted")  # the relay never saw plaintext
+    station_refusals = [e for e in r.recorder.of_kind("handshake_failed") if e.node.startswith("ST-")]
+    assert station_refusals
+    assert {e.data["reason"] for e in station_refusals} == {"cert_invalid:unknown_ca"}
+    attackers = {e.node for e in r.recorder.of_kind("attack_result")} | {
+        e.node for e in r.recorder.of_kind("handshake_failed") if e.node.startswith("attacker")
+    }
+    assert attackers == {"attacker-impostor", "attacker-mitm"}
+    received = [e["type"] for rec in r.csms["main"].stations.values() for e in rec.security_events]
+    assert received == ["InvalidCsmsCertificate"] * 10  # once per station per attack, delivered afterwards
+    assert _done(r) == 5
+    assert _tx(r) == (10, 10, 0, True)
+
+
+def test_certificate_expiry_outcome() -> None:
+    r = _run("certificate_expiry")
+    day = 86_400
+    refusals = [e for e in r.recorder.of_kind("handshake_failed") if e.node.startswith("ST-")]
+    assert refusals
+    assert {e.data["reason"] for e in refusals} == {"cert_invalid:expired"}
+    assert all(3 * day <= e.t < 4 * day + 3600 for e in refusals)  # only between expiry and renewal
+    received = list(r.recorder.of_kind("security_event_received"))
+    assert len(received) == 5
+    assert all(e.data["type"] == "InvalidCsmsCertificate" and e.t >= 4 * day for e in received)
+    reconnected = {e.node for e in r.recorder.of_kind("handshake_ok") if e.t >= 4 * day}
+    assert reconnected == set(r.stations)  # service restored for every station after the renewal
+
+
+def test_partition_heal_outcome() -> None:
+    r = _run("partition_heal")
+    started, ended, dups, gap_free = _tx(r)
+    assert (started, ended, dups, gap_free) == (20, 20, 0, True)
+    offline = sum(
+        tx.offline_events for rec in r.csms["main"].stations.values() for tx in rec.transactions.values()
+    )
+    assert offline > 0  # some events were produced during the partition and delivered after it
+    assert all(len(st.queue) == 0 for st in r.stations.values())
+
+
+def test_preflight_refuses_what_this_version_cannot_enforce() -> None:
+    text = (
+        (SCENARIOS["default"]).read_text()
+        + '\n[[timeline]]\nat = "1m"\naction = "revoke_certificate"\ntarget = "main"\n'
+    )
+    sc = loads_scenario(text, source="x.toml")
+    with pytest.raises(ConfigError) as err:
+        preflight(sc)
+    assert err.value.file == "x.toml"
+    assert err.value.line is not None
+    assert "revocation" in str(err.value)
+    with_jitter = (
+        (SCENARIOS["default"]).read_text() + '\n[[links]]\nbetween = ["fleet", "main"]\njitter = "5ms"\n'
+    )
+    with pytest.raises(ConfigError, match="jitter"):
+        run_scenario(loads_scenario(with_jitter, source="y.toml"))
+
+
+def test_a_crashing_node_ends_the_run_with_a_partial_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(self: Station) -> None:
+        raise RuntimeError("simulated bug in a station")
+
+    monkeypatch.setattr(Station, "_behaviour", broken)
+    r = run_scenario(load_scenario(SCENARIOS["default"]))
+    assert r.outcome == "crashed"
+    assert r.error is not None
+    assert "simulated bug in a station" in r.error
+    assert r.recorder.of_kind("run_started")  # what happened before the crash is kept
+
+
+def test_ctrl_c_ends_the_run_with_a_partial_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def interrupt(self: Station) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Station, "_behaviour", interrupt)
+    r = run_scenario(load_scenario(SCENARIOS["default"]))
+    assert r.outcome == "interrupted"
+    assert not r.ok
+
+
+def test_evsim_run_writes_a_run_directory_and_report_rerenders_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    canon = tmp_path / "canonical.log"
+    assert (
+        main(
+            [
+                "run",
+                str(SCENARIOS["default"]),
+                "--out",
+                str(tmp_path),
+                "--no-live",
+                "--canonical-log",
+                str(canon),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "Station links" in out
+    assert out.count("TLSv1.3") >= 10
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    for name in ("events.jsonl", "metrics.csv", "meta.json", "summary.txt"):
+        assert (run_dir / name).stat().st_size > 0, name
+    pngs = sorted((run_dir / "plots").glob("*.png"))
+    assert len(pngs) >= 3
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["outcome"] == "all stations done"
+    assert canon.read_text().count("\n") > 100
+    assert main(["report", str(run_dir), "--no-plots"]) == 0
+    assert "Station groups" in capsys.readouterr().out
+
+
+def test_evsim_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", *map(str, SCENARIOS.values())]) == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[simulation]\nduration = "1h"\n\n[csms.main]\nsecurity_profil = 2\n')
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.toml:5" in err
+    assert "security_profile" in err  # did-you-mean
