@@ -227,3 +227,40 @@ def test_evsim_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     err = capsys.readouterr().err
     assert "bad.toml:5" in err
     assert "security_profile" in err  # did-you-mean
+
+
+REAL_TCP = """
+[simulation]
+duration = "30s"
+clock = "real"
+network = "tcp"
+stop_when_done = true
+
+[csms.main]
+heartbeat_interval = "60s"
+
+[stations.fleet]
+count = 3
+id_pattern = "TCP-{n:02d}"
+csms = "main"
+sessions = 1
+session_duration = "1s"
+session_start = ["0s", "200ms"]
+meter_interval = "500ms"
+"""
+
+
+@pytest.mark.loopback
+def test_real_clock_over_loopback_tcp() -> None:
+    """The same node code on the real clock over loopback TCP (bounded by the scenario's 30 s duration)."""
+    r = run_scenario(loads_scenario(REAL_TCP, source="real_tcp.toml"))
+    assert r.outcome == "all stations done", r.error
+    assert _tx(r) == (3, 3, 0, True)
+    assert r.wall_s < 30
+    assert {st.tls_info.version for st in r.stations.values() if st.tls_info} == {"TLSv1.3"}
+
+
+def test_tcp_network_refuses_partitions_before_starting() -> None:
+    text = REAL_TCP + '\n[[timeline]]\nat = "5s"\naction = "partition"\nbetween = ["fleet", "main"]\n'
+    with pytest.raises(ConfigError, match="in-memory network"):
+        run_scenario(loads_scenario(text, source="p.toml"))
