@@ -301,3 +301,21 @@ async def test_insecure_skip_verify_connects_to_an_untrusted_csms_and_warns(
         await _until_done(insecure)
         _assert_refused(h, strict, "cert_invalid:unknown_ca", "InvalidCsmsCertificate")
         assert any("insecure_skip_verify" in r.getMessage() for r in caplog.records)
+
+
+async def test_heartbeat_only_after_inactivity(autojump_clock: trio.testing.MockClock) -> None:
+    """G02: a Heartbeat is sent after HeartbeatInterval (60 s here) of inactivity; meter values every 30 s during
+    the 120 s session keep the link busy, so no Heartbeat is sent while charging."""
+    async with harness() as h:
+        await h.start_csms()
+        st = h.start_station("ST-1")
+        await _until_done(st)
+        await trio.sleep(200)
+        sent = [e.t for e in h.events("tx_event", "csms")]
+        session = (min(sent), max(sent))
+        beats = st.heartbeats
+        assert beats >= 3  # idle after the session: roughly one a minute
+        # no heartbeat was needed while the session produced a message at least every 30 s
+        assert h.csms.stations["ST-1"].heartbeats == beats
+        assert session[1] - session[0] >= 120
+        assert beats <= 200 // 60 + 1

@@ -171,6 +171,7 @@ class Station:
         self._authorize_request: _Pending | None = None
         self._reported_status: str | None = None
         self._trigger_heartbeat = False
+        self._last_activity = 0.0
         self.done = trio.Event()
         self._online = trio.Event()
         self.sessions_completed = 0
@@ -316,7 +317,9 @@ class Station:
 
     async def _call(self, session: OcppSession, action: str, payload: dict[str, Any]) -> dict[str, Any]:
         self.messages_sent[action] += 1
-        return await session.call(action, payload)
+        result = await session.call(action, payload)
+        self._last_activity = trio.current_time()
+        return result
 
     async def _boot(self, session: OcppSession) -> None:
         cfg = self.config
@@ -353,8 +356,11 @@ class Station:
         (StatusNotification), then the message queue head by head (TransactionEvents, security events; popped
         only when answered, so nothing is lost when the link drops), then a Heartbeat when it is due.
         """
-        next_heartbeat = trio.current_time() + self.heartbeat_s
+        # G02: a Heartbeat goes after HeartbeatInterval of *inactivity*; any answered message resets the timer
+        # (RECOMMENDED there), so a station busy with meter values sends none.
+        self._last_activity = trio.current_time()
         while True:
+            next_heartbeat = self._last_activity + self.heartbeat_s
             request = self._authorize_request
             if request is not None and not request.done.is_set():
                 try:
@@ -386,7 +392,6 @@ class Station:
                 self._trigger_heartbeat = False
                 await self._call(session, "Heartbeat", {})
                 self.heartbeats += 1
-                next_heartbeat = trio.current_time() + self.heartbeat_s
                 continue
             self._check_done()
             self._wake = trio.Event()
