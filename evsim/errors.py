@@ -214,5 +214,6 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, OcppError):
         return f"ocpp_{exc.error_code}"
     if isinstance(exc, TransportError):
-        return "link_lost"
+        own = getattr(exc, "reason", None)  # e.g. a failover helper's last attempt reason
+        return own if isinstance(own, str) and own else "link_lost"
     return type(exc).__name__
