@@ -13,6 +13,7 @@ back to back through its live OCPP session for ``--rtt-seconds``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import sys
@@ -114,9 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rtt-seconds", type=float, default=10.0)
     p.add_argument("--pki", default=None, help="PKI directory (default: a fresh one in a temp dir)")
     p.add_argument("--compression", choices=("deflate", "none"), default="deflate")
+    p.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=None,
+        help="gc.set_threshold(N, 20, 100) before the run (Python's default is 700, 10, 10): what an "
+        "application holding thousands of stations may choose; off by default, as in the other peers",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     raise_nofile()
+    if args.gc_threshold is not None:
+        gc.set_threshold(args.gc_threshold, 20, 100)
     if args.pki:
         pki = DevPki.load(args.pki)
     else:
@@ -124,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
         pki = init_dev_pki(tempfile.mkdtemp(prefix="evsim-bench-"), host="localhost", now=real_utcnow())
     result = trio.run(_run, args.n, args.rtt_seconds, pki, args.compression == "deflate")
+    if args.gc_threshold is not None:
+        result.name += f", gc threshold {args.gc_threshold}"
     if args.json:
         print(json.dumps(result.to_dict()))
     else:

@@ -173,3 +173,56 @@ async def test_ipv6_loopback() -> None:
         assert await server.receive_some() == b"v6"
         for resource in (client, server, listener):
             await resource.aclose()
+
+
+@pytest.mark.loopback
+async def test_send_nowait_queues_in_order_and_a_cancelled_send_loses_nothing() -> None:
+    # The synchronous path takes every byte: what the kernel refuses waits in the stream, in order, and
+    # goes out with the next send_all (send_all(b"") flushes). A send_all cancelled while it waits keeps
+    # its bytes queued: the stream stays usable and nothing is lost or reordered.
+    net = TcpNetwork()
+    with trio.fail_after(30):
+        listener = await net.listen("127.0.0.1", 0)
+        client = await net.connect("127.0.0.1", listener.address[1])
+        server = await listener.accept()
+        sent: list[bytes] = []
+        for i in range(10_000):
+            chunk = bytes([i % 251]) * 65536
+            sent.append(chunk)
+            if not client._send_nowait(chunk):
+                break
+        else:
+            pytest.fail("the kernel took 655 MB without pushing back")
+        sent.append(b"after")
+        assert client._send_nowait(b"after") is False  # queued behind the rest
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await client.send_all(b"never")  # cancelled before it started: takes nothing
+        async with trio.open_nursery() as nursery:
+            waiting = trio.CancelScope()
+
+            async def send_tail() -> None:
+                with waiting:
+                    await client.send_all(b"tail")  # taken, then cancelled while waiting for the socket
+
+            nursery.start_soon(send_tail)
+            await trio.testing.wait_all_tasks_blocked()
+            waiting.cancel()
+        assert waiting.cancelled_caught
+        sent.append(b"tail")
+        expected = b"".join(sent)
+        received = bytearray()
+
+        async def read_all() -> None:
+            while len(received) < len(expected):
+                received.extend(await server.receive_some())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await client.send_all(b"")  # flush
+        assert bytes(received) == expected
+        assert client.statistics().bytes_sent == len(expected)
+        for resource in (client, server, listener):
+            await resource.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            client._send_nowait(b"x")

@@ -367,3 +367,39 @@ async def test_thousands_of_connections_are_cheap_and_forgotten(
             await stream.aclose()
     assert net.statistics().open_streams == 0
     assert net._links == {}
+
+
+async def test_send_nowait_backlog_is_ordered_and_survives_a_cancelled_send() -> None:
+    # What does not fit into the pipe waits in the stream, in order; a send cancelled while it waits
+    # keeps its bytes there; send_all(b"") flushes.
+    a, b = memory_pipe_pair(buffer_size=100)
+    with trio.fail_after(5):
+        assert a._send_nowait(b"x" * 60) is True
+        assert a._send_nowait(b"y" * 60) is False  # 40 fit, 20 wait
+        assert a._send_nowait(b"z") is False  # behind them
+        async with trio.open_nursery() as nursery:
+            waiting = trio.CancelScope()
+
+            async def send_tail() -> None:
+                with waiting:
+                    await a.send_all(b"tail")
+
+            nursery.start_soon(send_tail)
+            await trio.testing.wait_all_tasks_blocked()
+            waiting.cancel()
+        assert waiting.cancelled_caught
+        received = bytearray()
+
+        async def read_all() -> None:
+            while len(received) < 125:
+                received.extend(await b.receive_some())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await a.send_all(b"")
+        assert bytes(received) == b"x" * 60 + b"y" * 60 + b"z" + b"tail"
+        assert a.statistics().bytes_sent == 125
+        await a.send_eof()
+        assert await b.receive_some() == b""
+        with pytest.raises(trio.ClosedResourceError):
+            a._send_nowait(b"more")

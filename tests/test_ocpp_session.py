@@ -385,3 +385,186 @@ async def test_on_send_failure_is_counted_not_fatal() -> None:
             assert stats.handler_errors == 1
             assert "bad stream data" in (stats.last_handler_error or "")
             assert await p.station.call("Heartbeat", {}) == {"currentTime": NOW}
+
+
+# -- over the real stack: WebSocket over TLS over a transport that counts its writes -----------------------
+
+
+class CountingEnd(trio.abc.Stream):
+    """One end of an in-memory byte stream with evsim's synchronous send path; counts transport writes."""
+
+    def __init__(
+        self, inbox: trio.testing.MemoryReceiveStream, peer_inbox: trio.testing.MemoryReceiveStream
+    ) -> None:
+        self._in = inbox
+        self._peer = peer_inbox
+        self.writes = 0
+
+    def _send_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        if data:
+            self.writes += 1
+            self._peer.put_data(bytes(data))
+        return True
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self._send_nowait(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return bytes(await self._in.receive_some(max_bytes))
+
+    async def aclose(self) -> None:
+        self._peer.put_eof()
+        await self._in.aclose()
+
+
+def counting_pair() -> tuple[CountingEnd, CountingEnd]:
+    a_in, b_in = trio.testing.MemoryReceiveStream(), trio.testing.MemoryReceiveStream()
+    return CountingEnd(a_in, b_in), CountingEnd(b_in, a_in)
+
+
+@pytest.mark.parametrize("compression", [False, True])
+async def test_one_transport_write_per_message_over_ws_and_tls(compression: bool) -> None:
+    from evsim.tls import ClientTls, ServerTls, TlsProfile, tls_accept, tls_connect
+    from evsim.ws import Accept, ws_client, ws_server
+    from tests.pki_fixtures import CSMS_HOST, TEST_NOW, make_test_pki
+
+    pki = make_test_pki(TEST_NOW)
+    server_tls = ServerTls.build(TlsProfile(), pki.server_identity())
+    client_tls = ClientTls.build(TlsProfile(), pki.csms_trust())
+    station_end, csms_end = counting_pair()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            sides: dict[str, Any] = {}
+
+            async def csms_side() -> None:
+                tls = await tls_accept(csms_end, server_tls, verify_time=lambda: TEST_NOW)
+                sides["csms"] = await ws_server(
+                    tls, lambda r: Accept(r.subprotocols[0]), compression=compression
+                )
+
+            nursery.start_soon(csms_side)
+            tls = await tls_connect(station_end, client_tls, CSMS_HOST, verify_time=lambda: TEST_NOW)
+            station_ws = await ws_client(
+                tls, host=CSMS_HOST, path="/ocpp/CS1", subprotocols=["ocpp2.0.1"], compression=compression
+            )
+        async with trio.open_nursery() as nursery:
+            station = OcppSession(station_ws, RpcConnection(), boot_handler)
+            csms = OcppSession(sides["csms"], RpcConnection(), boot_handler)
+            await nursery.start(_run, station)
+            await nursery.start(_run, csms)
+            assert await station.call("BootNotification", BOOT_REQ) == BOOT_RESP  # TLS 1.3 tickets settle
+            before = station_end.writes, csms_end.writes
+            for _ in range(20):
+                assert await station.call("Heartbeat", {}) == {"currentTime": NOW}
+            # one record, one transport write per CALL and per CALLRESULT
+            assert (station_end.writes - before[0], csms_end.writes - before[1]) == (20, 20)
+            answer = await csms.call("TriggerMessage", {"requestedMessage": "Heartbeat"})
+            assert answer == {"status": "Accepted"}
+            assert (station_end.writes - before[0], csms_end.writes - before[1]) == (21, 21)
+            nursery.cancel_scope.cancel()
+
+
+class BacklogTransport(PipeEnd):
+    """A text transport whose synchronous path never gets through: everything waits for ``_flush``."""
+
+    def __init__(self, send: trio.MemorySendChannel[str], receive: trio.MemoryReceiveChannel[str]) -> None:
+        super().__init__(send, receive)
+        self.parked: list[str] = []
+        self.flushes = 0
+
+    def _send_text_nowait(self, text: str) -> bool:
+        self.parked.append(text)
+        return False
+
+    async def _flush(self) -> None:
+        self.flushes += 1
+        parked, self.parked = self.parked, []
+        for text in parked:
+            await self.send_text(text)
+
+    async def send_text(self, text: str) -> None:
+        if self.parked:  # like the WebSocket: what waits goes first
+            await self._flush()
+        await super().send_text(text)
+
+
+async def test_backlog_goes_out_through_the_writer_in_order() -> None:
+    a_send, b_receive = trio.open_memory_channel[str](8)
+    b_send, a_receive = trio.open_memory_channel[str](8)
+    station_end = BacklogTransport(a_send, a_receive)
+    csms_end = PipeEnd(b_send, b_receive)
+    station = OcppSession(station_end, RpcConnection(id_factory=default_id_factory("st")), boot_handler)
+    csms = OcppSession(csms_end, RpcConnection(id_factory=default_id_factory("cs")), boot_handler)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_run, station)
+            await nursery.start(_run, csms)
+            for _ in range(3):
+                assert await station.call("Heartbeat", {}) == {"currentTime": NOW}
+            assert station_end.flushes >= 3
+            assert csms.statistics().rpc.calls_received == 3
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_blocking_handler_hands_reading_to_a_new_task() -> None:
+    # Handlers answer in arrival order, one at a time; while one is blocked, results still arrive.
+    release = trio.Event()
+    order: list[str] = []
+
+    async def csms_handler(action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        order.append(f"start {action}")
+        if action == "BootNotification":
+            await release.wait()
+        order.append(f"end {action}")
+        return await boot_handler(action, payload)
+
+    with trio.fail_after(5):
+        async with session_pair(csms_handler=csms_handler) as p:
+            results: list[str] = []
+
+            async def boot() -> None:
+                await p.station.call("BootNotification", BOOT_REQ)
+                results.append("boot")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(boot)
+                await trio.testing.wait_all_tasks_blocked()
+                # the CSMS's reader moved on: its own CALL gets its result while the handler waits
+                assert await p.csms.call("TriggerMessage", {"requestedMessage": "Heartbeat"}) == {
+                    "status": "Accepted"
+                }
+                release.set()
+            assert await p.station.call("Heartbeat", {}) == {"currentTime": NOW}
+            assert order == [
+                "start BootNotification",
+                "end BootNotification",
+                "start Heartbeat",
+                "end Heartbeat",
+            ]
+            assert results == ["boot"]
+
+
+async def test_a_handler_that_blocks_then_fails_is_answered_and_reading_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def csms_handler(action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if action == "Heartbeat":
+            await trio.sleep(1)  # blocks: the reader hands over, then the handler fails
+            raise RuntimeError("boom after a nap")
+        return await boot_handler(action, payload)
+
+    with trio.fail_after(10):
+        async with session_pair(csms_handler=csms_handler) as p:
+            for _ in range(3):  # a new reader each time; the old ones end when their handler is done
+                with pytest.raises(CallErrorReceived) as info:
+                    await p.station.call("Heartbeat", {})
+                assert info.value.error_code == "InternalError"
+                assert await p.station.call("BootNotification", BOOT_REQ) == BOOT_RESP
+            stats = p.csms.statistics()
+            assert stats.handler_errors == 3
+            assert "boom after a nap" in (stats.last_handler_error or "")
+            assert stats.incoming_queued == 0

@@ -958,3 +958,147 @@ async def test_websocket_over_loopback_tcp() -> None:
             with pytest.raises(WebSocketClosed):
                 await server.receive_text()
         await listener.aclose()
+
+
+# -- the frame fast path: unfragmented data frames parsed and built by evsim, the rest by wsproto ---------
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_mixed_frames_in_arbitrary_splits(
+    autojump_clock: trio.testing.MockClock, compressed: bool, seed: int
+) -> None:
+    # Whole frames (parsed by evsim), fragments and control frames (wsproto), in every order, cut at
+    # random points: messages come out in order, pings are answered, the deflate window carries over
+    # between the two paths.
+    import random
+
+    rng = random.Random(seed)
+    extra = (
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=11\r\n" if compressed else ""
+    )
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -WINDOW_BITS)
+
+    def data_frames(opcode: int, payload: bytes, parts: int) -> bytes:
+        if compressed:
+            payload = (compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        cuts = sorted(rng.sample(range(1, len(payload)), parts - 1)) if parts > 1 else []
+        pieces = [payload[i:j] for i, j in zip([0, *cuts], [*cuts, len(payload)], strict=True)]
+        return b"".join(
+            frame(
+                opcode if k == 0 else 0x0,
+                piece,
+                fin=k == len(pieces) - 1,
+                rsv1=compressed and k == 0,
+            )
+            for k, piece in enumerate(pieces)
+        )
+
+    with trio.fail_after(30):
+        a, ws, _, _ = await raw_client(server_kwargs={"compression": compressed}, extra=extra)
+        assert ws.compressed == compressed
+        wire = b""
+        expected: list[str | bytes] = []
+        pings = 0
+        for i in range(60):
+            kind = rng.choice(["text", "text", "binary", "fragmented", "ping"])
+            if kind == "ping":
+                wire += frame(0x9, f"p{i}".encode())
+                pings += 1
+                continue
+            text = f'[2,"{i}","Heartbeat",{{"n":"{"é" * rng.randrange(0, 40)}"}}]'
+            if kind == "binary":
+                expected.append(text.encode())
+                wire += data_frames(0x2, text.encode(), 1)
+            else:
+                expected.append(text)
+                wire += data_frames(0x1, text.encode(), rng.randrange(2, 4) if kind == "fragmented" else 1)
+        expected.append("end")  # read last, so every ping before it has been answered
+        wire += data_frames(0x1, b"end", 1)
+        pos = 0
+        while pos < len(wire):
+            step = rng.choice([1, 2, 3, 7, 50, 500])
+            await a.send_all(wire[pos : pos + step])
+            pos += step
+        got = [await ws.receive() for _ in expected]
+        assert got == expected
+        data = b""
+        pongs: list[tuple[int, bytes]] = []
+        while len(pongs) < pings:
+            parsed = read_frame(data)
+            if parsed is None:
+                data += await a.receive_some()
+                continue
+            opcode, payload, data = parsed
+            pongs.append((opcode, payload))
+        assert [opcode for opcode, _ in pongs] == [0xA] * pings
+        assert [payload[:1] for _, payload in pongs] == [b"p"] * pings
+        assert ws.statistics().messages_received == len(expected)
+
+
+async def test_frames_that_came_with_the_handshake_are_not_lost(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A client that sends frames right behind its upgrade request, in the same read (RFC 6455 §4.1 says
+    # it should wait; wsproto's server side drops those bytes): the server parses them.
+    with trio.fail_after(5):
+        a, b = memory_pipe_pair()
+        result: list[WebSocket | None] = []
+
+        async def serve() -> None:
+            result.append(await ws_server(b, pick(["ocpp2.0.1"]), compression=False))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            first = frame(0x1, b"first")
+            await a.send_all(upgrade_request() + first[:5])  # and half a frame
+            head, _ = await read_http_head(a)
+        assert head.startswith("HTTP/1.1 101")
+        ws = result[0]
+        assert ws is not None
+        await a.send_all(first[5:] + frame(0x1, b"second"))
+        assert await ws.receive_text() == "first"
+        assert await ws.receive_text() == "second"
+
+
+@pytest.mark.parametrize("compression", [False, True])
+@pytest.mark.parametrize("synchronous", [False, True])
+async def test_send_text_nowait_and_flush(
+    autojump_clock: trio.testing.MockClock, compression: bool, synchronous: bool
+) -> None:
+    # The session's synchronous path: frames keep their order with ordinary sends. Over an evsim stream
+    # the bytes go straight into it; over a transport without a synchronous path they wait in the
+    # out-buffer until _flush().
+    with trio.fail_after(5):
+        streams = await (_pipes() if synchronous else _trio_memory_streams())
+        client, server = await open_ok(
+            streams=streams, client={"compression": compression}, server={"compression": compression}
+        )
+        assert client._send_text_nowait("one") is synchronous
+        await client.send_text("two")  # goes after "one"
+        assert client._send_text_nowait("three") is synchronous
+        await client._flush()
+        assert [await server.receive_text() for _ in range(3)] == ["one", "two", "three"]
+        assert client.statistics().messages_sent == 3
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.aclose)
+            with pytest.raises(WebSocketClosed):
+                await server.receive_text()
+        with pytest.raises(WebSocketClosed):
+            client._send_text_nowait("four")
+
+
+async def test_close_reply_behind_a_ping_in_the_same_read(autojump_clock: trio.testing.MockClock) -> None:
+    # While we wait for the reply to our close frame, the peer's ping, a last message and its close reply
+    # arrive in one read: frames after the ping are still processed, so the close completes at once.
+    with trio.fail_after(30):
+        a, ws, _, _ = await raw_client(server_kwargs={"compression": False})
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ws.aclose, 4002, "bye")
+            assert await receive_frame(a) == (0x8, struct.pack("!H", 4002) + b"bye")
+            await a.send_all(
+                frame(0x9, b"still there?") + frame(0x1, b"last words") + frame(0x8, struct.pack("!H", 4002))
+            )
+        assert trio.current_time() - start < 1  # not the 10 s close timeout
+        assert ws.statistics().state == "closed"

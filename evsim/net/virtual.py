@@ -13,6 +13,8 @@ stream, no channel, no lock. A station storm creates thousands of these, and a s
 objects plus two empty ``bytearray``\\ s.
 
 * ``send_all`` appends what fits, wakes the reader, and parks while the pipe is full (back-pressure).
+  What does not fit yet waits in the stream's backlog, so a cancelled send loses nothing; the private
+  ``_send_nowait`` (evsim's TLS stream) takes bytes synchronously the same way.
 * ``receive_some`` takes up to ``max_bytes`` from the front, wakes the writer, and parks while empty.
 * An operation that does not block executes exactly one checkpoint (``trio.lowlevel.checkpoint``)
   *before* touching the buffer, so a cancellation never loses bytes; a parked operation's wait is its
@@ -200,6 +202,7 @@ class VirtualStream(trio.abc.HalfCloseableStream):
     """
 
     __slots__ = (
+        "_backlog",
         "_bytes_received",
         "_bytes_sent",
         "_closed",
@@ -233,6 +236,7 @@ class VirtualStream(trio.abc.HalfCloseableStream):
         self._eof_sent = False
         self._sending = False
         self._receiving = False
+        self._backlog = bytearray()  # bytes taken by _send_nowait / a cancelled send_all, not yet in the pipe
         self._bytes_sent = 0
         self._bytes_received = 0
         counters.open_streams += 1
@@ -258,7 +262,9 @@ class VirtualStream(trio.abc.HalfCloseableStream):
         )
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue all of ``data`` for the peer, waiting while the pipe is full.
+        """Queue all of ``data`` for the peer (after what :meth:`_send_nowait` left waiting), waiting while
+        the pipe is full; ``send_all(b"")`` therefore flushes. A send cancelled while it waits keeps the
+        rest waiting, in order, for the next send: nothing is lost or reordered.
 
         Raises:
             StreamBroken: the peer closed its end or the link was reset.
@@ -270,32 +276,81 @@ class VirtualStream(trio.abc.HalfCloseableStream):
         self._sending = True
         try:
             await checkpoint()
-            pipe = self._out
-            view = memoryview(data).cast("B")
-            total = len(view)
-            pos = 0
-            while True:
-                if self._closed or self._eof_sent:
-                    raise StreamClosed("this stream was closed")
-                if pipe.broken is not None:
-                    raise StreamBroken(pipe.broken)
-                if pipe.reader_gone:
-                    raise StreamBroken("the peer closed the connection")
-                if pos >= total:
-                    return
-                space = pipe.space()
-                if space > 0:
-                    end = min(total, pos + space)
-                    pipe.push(view[pos:end])
-                    sent = end - pos
-                    pos = end
-                    self._bytes_sent += sent
-                    self._counters.bytes_sent += sent
-                    pipe.wake_reader()
-                else:
-                    await pipe.park_writer()
+            self._check_send()
+            if not self._push(data):
+                await self._drain_backlog()
         finally:
             self._sending = False
+
+    def _send_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+        """Take all of ``data`` without blocking (private fast path for evsim's TLS stream).
+
+        What does not fit into the pipe waits here, in order, for the next :meth:`send_all` (which
+        ``send_all(b"")`` also is); a ``send_all`` waiting right now sends it too.
+
+        Returns:
+            True when nothing waits here (or a waiting ``send_all`` will send it); False when the caller
+            must arrange a ``send_all(b"")``.
+
+        Raises:
+            StreamBroken, StreamClosed: as :meth:`send_all`.
+        """
+        self._check_send()
+        return self._push(data) or self._sending
+
+    def _check_send(self) -> None:
+        if self._closed or self._eof_sent:
+            raise StreamClosed("this stream was closed")
+        pipe = self._out
+        if pipe.broken is not None:
+            raise StreamBroken(pipe.broken)
+        if pipe.reader_gone:
+            raise StreamBroken("the peer closed the connection")
+
+    def _count_sent(self, n: int) -> None:
+        self._bytes_sent += n
+        self._counters.bytes_sent += n
+
+    def _push(self, data: bytes | bytearray | memoryview) -> bool:
+        """Put what fits into the pipe and the rest into the backlog; True if nothing waits."""
+        backlog = self._backlog
+        if backlog:
+            backlog += data
+            return False
+        view = memoryview(data).cast("B")
+        total = len(view)
+        if not total:
+            return True
+        pipe = self._out
+        space = pipe.space()
+        if space >= total:
+            pipe.push(view)
+            self._count_sent(total)
+            pipe.wake_reader()
+            return True
+        if space > 0:
+            pipe.push(view[:space])
+            self._count_sent(space)
+            pipe.wake_reader()
+        self._backlog = bytearray(view[max(space, 0) :])
+        return False
+
+    async def _drain_backlog(self) -> None:
+        pipe = self._out
+        while True:
+            self._check_send()
+            backlog = self._backlog
+            if not backlog:
+                return
+            space = pipe.space()
+            if space > 0:
+                chunk = bytes(backlog[:space])
+                del backlog[:space]
+                pipe.push(memoryview(chunk))
+                self._count_sent(len(chunk))
+                pipe.wake_reader()
+            else:
+                await pipe.park_writer()
 
     async def wait_send_all_might_not_block(self) -> None:
         """Return once the pipe has room (or sending would fail at once).
@@ -336,6 +391,12 @@ class VirtualStream(trio.abc.HalfCloseableStream):
         await checkpoint()
         if self._closed:
             raise StreamClosed("this stream was closed")
+        if self._backlog and not self._eof_sent:  # what _send_nowait left goes first
+            self._sending = True
+            try:
+                await self._drain_backlog()
+            finally:
+                self._sending = False
         self._eof_sent = True
         self._out.eof = True
         self._out.wake_reader()

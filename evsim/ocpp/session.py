@@ -3,30 +3,35 @@
 The session only moves data; every protocol decision is :class:`~evsim.ocpp.rpc.RpcConnection`'s. It is the
 only trio code in :mod:`evsim.ocpp`.
 
-Tasks (all inside :meth:`OcppSession.run`'s nursery; no task per message):
+Theory of operation. A round trip should cost as few task switches as possible (each one resumes a deep
+stack of coroutines: measured ≈5 µs), so the common path has none besides waiting for the peer:
 
-* the *reader* (run's own task) awaits ``receive_text``, feeds :meth:`RpcConnection.receive`, wakes the
-  ``call()`` waiting for a result and queues incoming CALLs for the handler task. It never blocks on
-  sending, so two peers with full buffers cannot deadlock each other;
-* the *handler task* answers incoming CALLs one at a time, in arrival order, and writes its replies itself.
-  It is separate from the reader so a handler that awaits :meth:`OcppSession.call` (crossing CALLs) still
-  gets its result;
-* the *writer* sends frames queued by ``call()`` and by the reader. ``call()`` never writes itself: its
-  caller may be cancelled at any time, and a send cancelled halfway breaks a TLS or WebSocket stream for
-  everybody. Only one task writes at a time (``_writing``); whoever writes drains everything queued;
+* **Writing never blocks a caller.** Frames the RPC core queued are sent at once by whoever queued them
+  (``call()``, the reader after answering) through the WebSocket's synchronous path
+  (``WebSocket._send_text_nowait``), which frames, encrypts and hands the bytes to the kernel without a
+  checkpoint - so a cancelled caller can never leave half a frame on the wire. Whatever the kernel does not
+  take waits, in order, in the layers below; then (and for transports without that path) the *writer task*
+  sends it with ordinary awaits. The writer is started the first time it is needed and only the session's
+  end cancels it. Only one of them writes at a time (``_writing``); the writer drains everything queued.
+* **The reader** (at first :meth:`OcppSession.run`'s own task) awaits ``receive_text``, feeds
+  :meth:`RpcConnection.receive`, wakes the ``call()`` waiting for a result and answers incoming CALLs
+  itself, one at a time in arrival order: a handler that finishes without blocking (the usual case) runs
+  right there. A handler that blocks (it awaits something) is not stuck in the way of reading: at its first
+  suspension the reader starts a *new reader task* and carries on as the handler's task; once the queue of
+  incoming CALLs is empty it ends. So crossing CALLs (a handler awaiting :meth:`OcppSession.call`) still get
+  their results, and two peers with full buffers cannot deadlock, because reading never waits on writing.
 * the *timer* sleeps until the outstanding CALL's deadline and calls :meth:`RpcConnection.handle_timer`.
   It is never woken: with nothing outstanding it sleeps ``call_timeout`` seconds, since no CALL released
   from now on can expire earlier (every deadline is its release time + ``call_timeout``).
 
-A round trip costs the caller one wake-up of the writer and one of itself; the answering side one wake-up of
-its handler task.
+A round trip over a WebSocket costs the caller one wake-up (its result), the answering side one (its reader).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import deque
-from collections.abc import Awaitable, Callable
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Protocol, TypeAlias
 
 import attrs
@@ -53,6 +58,9 @@ from evsim.ocpp.rpc import (
     RpcStatistics,
     SendReceived,
 )
+
+_OUTCOMES = (ResultReceived, ErrorReceived, CallTimedOut)  # tuples: no union object built per event
+_INCOMING = (CallReceived, SendReceived)
 
 
 class TextTransport(Protocol):
@@ -88,14 +96,37 @@ class SessionStatistics:
 
 
 class _Waiter:
-    """One ``call()`` waiting for its outcome (an event, or None when the session closed)."""
+    """One ``call()`` waiting for its outcome (an event, or None when the session closed).
 
-    __slots__ = ("done", "event", "outcome")
+    Parks the calling task itself (``wait_task_rescheduled``) instead of holding a ``trio.Event``: no
+    Event, set and parking lot per CALL, one wake-up.
+    """
+
+    __slots__ = ("done", "outcome", "task")
 
     def __init__(self) -> None:
-        self.event = trio.Event()
         self.outcome: RpcEvent | None = None
         self.done = False
+        self.task: trio.lowlevel.Task | None = None
+
+    def wake(self, outcome: RpcEvent | None) -> None:
+        self.outcome = outcome
+        self.done = True
+        task = self.task
+        if task is not None:
+            self.task = None
+            trio.lowlevel.reschedule(task)
+
+    def _abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    async def wait(self) -> None:
+        if self.done:
+            await trio.lowlevel.checkpoint()
+            return
+        self.task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
 
 
 class OcppSession:
@@ -133,15 +164,21 @@ class OcppSession:
         self._on_event = on_event
         self._now: Callable[[], float] = clock.now if clock is not None else trio.current_time
 
+        # WebSocket's synchronous send path (see the module docstring), when the transport has one
+        self._send_fast: Callable[[str], bool] | None = getattr(transport, "_send_text_nowait", None)
+        self._flush_fast: Callable[[], Awaitable[None]] | None = getattr(transport, "_flush", None)
+
         self._waiters: dict[str, _Waiter] = {}
-        self._incoming: deque[CallReceived | SendReceived] = deque()
-        self._incoming_ready = trio.Event()
-        self._write_ready = trio.Event()
+        self._incoming: list[CallReceived | SendReceived] = []  # usually empty: a list is 10x smaller
+        self._handling = False  # a task is answering incoming CALLs (the reader, or a former reader)
+        self._moved = False  # ... and a handler blocked it, so another task reads now
+        self._write_ready: trio.Event | None = None  # None: no writer task yet
         self._writing = False
+        self._backlog = False  # the transport holds bytes only an awaited _flush() sends
         self._running = False
         self._closed = False
         self._close_reason: TransportError | None = None
-        self._cancel_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
 
         self._handler_errors = 0
         self._last_handler_error: str | None = None
@@ -179,13 +216,15 @@ class OcppSession:
         self._running = True
         try:
             async with trio.open_nursery() as nursery:
-                self._cancel_scope = nursery.cancel_scope
-                nursery.start_soon(self._guarded, self._writer_loop)
-                nursery.start_soon(self._guarded, self._handler_loop)
+                self._nursery = nursery
                 nursery.start_soon(self._timer_loop)
+                self._send_queued()  # CALLs made before run()
                 task_status.started()
-                await self._guarded(self._reader_loop)
+                # This task is the first reader; if a handler blocks it, a new reader takes over and this
+                # one leaves the loop once the queued CALLs are answered, then waits for the others here.
+                await self._reader_loop()
         finally:
+            self._nursery = None
             self._close()
         if self._close_reason is not None:
             raise self._close_reason
@@ -214,9 +253,9 @@ class OcppSession:
         mid = self.rpc.call(action, payload, self._now())
         waiter = _Waiter()
         self._waiters[mid] = waiter
-        self._kick_writer()
+        self._send_queued()
         try:
-            await waiter.event.wait()
+            await waiter.wait()
         finally:
             if not waiter.done:  # cancelled: withdraw it if it has not been sent yet
                 del self._waiters[mid]
@@ -245,7 +284,7 @@ class OcppSession:
         if self._closed:
             raise self._closed_error(action)
         mid = self.rpc.send_unconfirmed(action, payload)
-        self._kick_writer()
+        self._send_queued()
         return mid
 
     # ---- internals --------------------------------------------------------------------------------------
@@ -263,8 +302,7 @@ class OcppSession:
         self._closed = True
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():
-            waiter.done = True
-            waiter.event.set()
+            waiter.wake(None)
         self.rpc.cancel_pending()
 
     async def _guarded(self, loop: Callable[[], Awaitable[None]]) -> None:
@@ -272,38 +310,70 @@ class OcppSession:
         try:
             await loop()
         except TransportError as exc:
-            if self._close_reason is None:
-                self._close_reason = exc
-            assert self._cancel_scope is not None
-            self._cancel_scope.cancel()
+            self._fail(exc)
 
-    def _kick_writer(self) -> None:
-        if not self._writing and self.rpc.has_data_to_send:
-            self._write_ready.set()
+    def _fail(self, exc: TransportError) -> None:
+        if self._close_reason is None:
+            self._close_reason = exc
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def _send_queued(self) -> None:
+        """Send what the RPC core queued, without blocking (see the module docstring)."""
+        rpc = self.rpc
+        if self._writing or not rpc.has_data_to_send or self._nursery is None:
+            return  # the writer drains the queue; before run() the CALLs wait for it
+        send = self._send_fast
+        if send is not None and not self._backlog:
+            try:
+                for text in rpc.data_to_send():
+                    if not send(text):
+                        self._backlog = True
+            except TransportError as exc:  # the session ends; callers get BrokenTransport
+                self._fail(exc)
+                return
+            if not self._backlog:
+                return
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self._write_ready is None:
+            assert self._nursery is not None
+            self._write_ready = trio.Event()
+            self._nursery.start_soon(self._guarded, self._writer_loop)
+        self._write_ready.set()
 
     def _dispatch(self, events: list[RpcEvent]) -> None:
         hook = self._on_event
         for event in events:
             if hook is not None:
                 hook(event)
-            if isinstance(event, ResultReceived | ErrorReceived | CallTimedOut):
+            if isinstance(event, _OUTCOMES):
                 waiter = self._waiters.pop(event.message_id, None)
                 if waiter is not None:
-                    waiter.outcome = event
-                    waiter.done = True
-                    waiter.event.set()
-            elif isinstance(event, CallReceived | SendReceived):
+                    waiter.wake(event)
+            elif isinstance(event, _INCOMING):
                 self._incoming.append(event)
-                self._incoming_ready.set()
 
     async def _reader_loop(self) -> None:
+        """Read and dispatch until a handler blocks (then another task reads) or the transport ends.
+
+        Not wrapped in :meth:`_guarded` (one coroutine frame less on every message): it ends the session
+        on a transport error itself.
+        """
         receive_text = self.transport.receive_text
         rpc = self.rpc
         now = self._now
-        while True:
-            text = await receive_text()
-            self._dispatch(rpc.receive(text, now()))
-            self._kick_writer()
+        incoming = self._incoming
+        try:
+            while True:
+                text = await receive_text()
+                self._dispatch(rpc.receive(text, now()))
+                if incoming and not self._handling and await self._answer_incoming():
+                    return  # a handler blocked: another task reads now
+                self._send_queued()
+        except TransportError as exc:
+            self._fail(exc)
 
     async def _timer_loop(self) -> None:
         rpc = self.rpc
@@ -313,47 +383,66 @@ class OcppSession:
                 deadline = self._now() + rpc.call_timeout
             await trio.sleep_until(deadline)
             events = rpc.handle_timer(self._now())
-            if events:
+            if events:  # only CallTimedOut: wakes a caller, may release the next CALL
                 self._dispatch(events)
-                self._kick_writer()
-
-    async def _write_out(self) -> None:
-        """Send everything the RPC core has queued; the caller must check ``_writing`` first."""
-        self._writing = True
-        try:
-            send_text = self.transport.send_text
-            while frames := self.rpc.data_to_send():
-                for text in frames:
-                    await send_text(text)
-        finally:
-            self._writing = False
+                self._send_queued()
 
     async def _writer_loop(self) -> None:
+        assert self._write_ready is not None
+        rpc = self.rpc
+        send_text = self.transport.send_text
         while True:
-            if self._writing or not self.rpc.has_data_to_send:
+            if not rpc.has_data_to_send and not self._backlog:
                 self._write_ready = trio.Event()
                 await self._write_ready.wait()
                 continue
-            await self._write_out()
+            self._writing = True
+            try:
+                if self._backlog:
+                    self._backlog = False
+                    assert self._flush_fast is not None
+                    await self._flush_fast()
+                while frames := rpc.data_to_send():
+                    for text in frames:
+                        await send_text(text)
+            finally:
+                self._writing = False
 
-    async def _handler_loop(self) -> None:
+    async def _answer_incoming(self) -> bool:
+        """Answer the queued incoming CALLs (and SENDs) in order; called by the reader.
+
+        Returns:
+            True when a handler blocked: a new reader was started and this task must stop reading.
+        """
         incoming = self._incoming
-        while True:
-            if not incoming:
-                self._incoming_ready = trio.Event()
-                await self._incoming_ready.wait()
-                continue
-            event = incoming.popleft()
-            if type(event) is CallReceived:
-                await self._answer(event)
-            elif self._on_send is not None:
-                try:
-                    await self._on_send(event.action, event.payload)
-                except Exception as exc:  # like a handler: count it, never end the session
-                    self._handler_errors += 1
-                    self._last_handler_error = f"on_send for {event.action} failed: {exc!r}"
-            if self.rpc.has_data_to_send and not self._writing:
-                await self._write_out()
+        self._moved = False
+        self._handling = True
+        try:
+            while incoming:
+                event = incoming.pop(0)
+                answer = self._answer(event) if isinstance(event, CallReceived) else self._answer_send(event)
+                if self._moved:
+                    await answer
+                else:
+                    await _run_inline(answer, self._hand_over)
+                self._send_queued()
+        finally:
+            self._handling = False
+        return self._moved
+
+    def _hand_over(self) -> None:
+        """A handler is about to block the reader: from now on, a new task reads."""
+        self._moved = True
+        assert self._nursery is not None
+        self._nursery.start_soon(self._reader_loop)
+
+    async def _answer_send(self, event: SendReceived) -> None:
+        if self._on_send is not None:
+            try:
+                await self._on_send(event.action, event.payload)
+            except Exception as exc:  # like a handler: count it, never end the session
+                self._handler_errors += 1
+                self._last_handler_error = f"on_send for {event.action} failed: {exc!r}"
 
     def _handler_failed(self, message_id: str, exc: Exception, what: str) -> None:
         self._handler_errors += 1
@@ -384,3 +473,34 @@ class OcppSession:
             self._handler_failed(mid, exc, f"invalid {event.action} response")
         except ValueError:
             pass
+
+
+@types.coroutine
+def _run_inline(coro: Coroutine[Any, Any, None], on_block: Callable[[], None]) -> Generator[Any, Any, None]:
+    """Await ``coro`` in the current task; call ``on_block()`` right before its first suspension.
+
+    A handler that completes without suspending costs no task switch. This is what ``await coro`` does,
+    with a look at the first step: trio's traps pass through unchanged in both directions, so the
+    coroutine keeps running in this task, under its cancel scopes.
+    """
+    try:
+        trap = coro.send(None)
+    except StopIteration:
+        return
+    on_block()
+    while True:
+        try:
+            value = yield trap
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                trap = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                trap = coro.send(value)
+            except StopIteration:
+                return

@@ -35,6 +35,12 @@ time, an engine call is atomic with respect to other tasks. The stream's only jo
 * **Handshake**: done once, by whichever of ``do_handshake`` / first ``send_all`` / first ``receive_some``
   comes first (others wait for it), within ``profile.handshake_timeout_s`` of trio time
   (``trio.move_on_after``; virtual under ``MockClock``). ``tls_connect``/``tls_accept`` do it eagerly.
+* **Synchronous sends** (evsim's own transports, which have ``_send_nowait``): ciphertext is handed to
+  the transport synchronously and whatever the kernel does not take waits *in the transport*, in order,
+  even if the sender is then cancelled - so a cancelled send no longer breaks the stream over them.
+  ``_send_nowait`` (the WebSocket's fast path) encrypts one record and hands it over without blocking
+  or checkpointing; ``send_all(b"")`` flushes what waits. Data records are read and written on the raw
+  cffi binding (see "the record-layer fast path" below).
 * **Records**: ``send_all`` writes plaintext in chunks of at most ``max_send_fragment`` bytes (so each
   becomes one record of at most that size; OpenSSL's own ``SSL_set_max_send_fragment`` is not exposed by
   pyOpenSSL), and flushes once per 64 KiB of plaintext, so a small message is one ``SSL_write`` and one
@@ -83,15 +89,17 @@ from __future__ import annotations
 import contextlib
 import datetime
 import enum
+import functools
 import operator
 import re
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import attrs
 import trio
 from cryptography import x509
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 from evsim.errors import BrokenTransport, ClosedTransport, HandshakeFailed, TlsError
 from evsim.tls import _ossl, events
@@ -113,6 +121,93 @@ BIO_READ_SIZE = 65536
 """Bytes drained from the outgoing BIO per ``bio_read`` call (below glibc's mmap threshold)."""
 CLOSE_NOTIFY_TIMEOUT_S = 1.0
 """How long ``aclose`` (and a failed handshake sending its alert) may wait for the transport."""
+
+
+# ---------------------------------------------------------------- the record-layer fast path
+#
+# pyOpenSSL's ``recv`` / ``bio_read`` allocate a fresh buffer per call, and an empty ``bio_read`` raises
+# ``WantReadError`` (built, raised and caught) - per message, both ends. For data records the stream calls
+# ``SSL_read`` / ``BIO_read`` / ``BIO_write`` through the same cffi binding pyOpenSSL uses, into one scratch
+# buffer per thread, and lets pyOpenSSL's own ``_raise_ssl_error`` turn a failed ``SSL_read`` into the very
+# exception ``Connection.recv`` would raise. Like ``evsim.tls._ossl`` this reads private pyOpenSSL
+# attributes (``_ssl``, ``_from_ssl``, ``_into_ssl``) pinned by setup.cfg; without them the stream uses the
+# public API. Measured ≈3 µs per message (pyOpenSSL 26.4, OpenSSL 4.0).
+
+try:
+    from OpenSSL._util import ffi as _ffi
+    from OpenSSL._util import lib as _lib
+
+    _FAST: bool = all(
+        hasattr(_lib, n)
+        for n in ("SSL_read", "SSL_write", "SSL_pending", "BIO_read", "BIO_write", "BIO_get_mem_data")
+    ) and all(hasattr(SSL.Connection, n) for n in ("_raise_ssl_error",))
+except ImportError:  # pragma: no cover
+    _FAST = False
+
+_scratch = threading.local()
+
+
+def _buffer() -> Any:
+    buf = getattr(_scratch, "buf", None)
+    if buf is None:
+        buf = _scratch.buf = _ffi.new("char[]", RECEIVE_CHUNK)
+    return buf
+
+
+class _Engine:
+    """The data-path calls of one connection on the raw binding (see above); each behaves like its
+    pyOpenSSL twin. Methods, not closures: a few pointers per connection, thousands of connections."""
+
+    __slots__ = ("_conn", "_in", "_out", "_ssl")
+
+    def __init__(self, conn: SSL.Connection, ssl: Any, in_bio: Any, out_bio: Any) -> None:
+        self._conn = conn
+        self._ssl = ssl
+        self._in = in_bio
+        self._out = out_bio
+
+    def starved(self) -> bool:
+        """No plaintext left and no ciphertext waiting: the next ``SSL_read`` can only say WANT_READ."""
+        return bool(_lib.SSL_pending(self._ssl) == 0 and _lib.BIO_get_mem_data(self._in, _ffi.NULL) == 0)
+
+    def send(self, data: bytes) -> int:
+        n = _lib.SSL_write(self._ssl, data, len(data))
+        if n <= 0:
+            self._conn._raise_ssl_error(self._ssl, n)  # raises what Connection.send raises
+        return cast(int, n)
+
+    def feed(self, data: bytes) -> None:
+        if _lib.BIO_write(self._in, data, len(data)) <= 0:  # pragma: no cover - memory BIOs: only on OOM
+            self._conn.bio_write(data)  # let pyOpenSSL raise its error
+
+    def recv(self, size: int) -> bytes:
+        buf = _buffer()
+        n = _lib.SSL_read(self._ssl, buf, min(size, RECEIVE_CHUNK))
+        if n <= 0:
+            self._conn._raise_ssl_error(self._ssl, n)  # raises what Connection.recv raises
+        return cast(bytes, _ffi.buffer(buf, n)[:])
+
+    def drain(self) -> bytes:
+        buf = _buffer()
+        bio_read, out = _lib.BIO_read, self._out
+        n = bio_read(out, buf, RECEIVE_CHUNK)
+        if n <= 0:  # a memory BIO says -1 (retry) when empty
+            return b""
+        if n < RECEIVE_CHUNK:
+            return cast(bytes, _ffi.buffer(buf, n)[:])
+        parts = [_ffi.buffer(buf, n)[:]]
+        while (n := bio_read(out, buf, RECEIVE_CHUNK)) > 0:
+            parts.append(_ffi.buffer(buf, n)[:])
+        return b"".join(parts)
+
+
+def _fast_engine(conn: SSL.Connection) -> _Engine | None:
+    """The data-path calls for ``conn`` on the raw binding, or None if pyOpenSSL's internals differ."""
+    ssl = getattr(conn, "_ssl", None)
+    out_bio, in_bio = getattr(conn, "_from_ssl", None), getattr(conn, "_into_ssl", None)
+    if not _FAST or ssl is None or out_bio is None or in_bio is None:
+        return None
+    return _Engine(conn, ssl, in_bio, out_bio)
 
 
 # ---------------------------------------------------------------- exceptions
@@ -222,6 +317,17 @@ def _group_name(conn: SSL.Connection) -> str | None:
 # ---------------------------------------------------------------- info
 
 
+@functools.lru_cache(maxsize=1024)
+def _cert_from_der(der: bytes) -> x509.Certificate:
+    return x509.load_der_x509_certificate(der)
+
+
+def _shared_cert(cert: crypto.X509) -> x509.Certificate:
+    """The certificate as a (shared, immutable) cryptography object: a thousand stations that see the same
+    CSMS chain hold one copy of it in their ``TlsInfo``, not a thousand (≈2 KiB per certificate)."""
+    return _cert_from_der(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
+
+
 @attrs.frozen
 class TlsSession:
     """An opaque TLS session to resume (from :attr:`TlsStream.session`, for ``tls_connect(session=...)``)."""
@@ -316,6 +422,43 @@ class TlsStream(trio.abc.Stream):
         transport_stream: the stream carrying the ciphertext.
     """
 
+    __slots__ = (
+        "_app_data_seen",
+        "_conn",
+        "_conn_time",
+        "_drain_fast",
+        "_eof",
+        "_failure",
+        "_feed",
+        "_hs",
+        "_hs_event",
+        "_hs_seconds",
+        "_info",
+        "_need_input",
+        "_out_sent",
+        "_out_total",
+        "_outbox",
+        "_push",
+        "_receiving",
+        "_recv",
+        "_recv_count",
+        "_recv_lock",
+        "_send_lock",
+        "_sending",
+        "_server_hostname",
+        "_side",
+        "_starved",
+        "_state",
+        "_timeout",
+        "_tls",
+        "_transport_eof",
+        "_verifies",
+        "_vstate",
+        "_write",
+        "_write_chunk",
+        "transport_stream",
+    )
+
     def __init__(
         self,
         transport_stream: trio.abc.Stream,
@@ -326,8 +469,17 @@ class TlsStream(trio.abc.Stream):
         server_hostname: str | None,
     ) -> None:
         self.transport_stream = transport_stream
+        # evsim's own transports take bytes synchronously and keep what the kernel did not take queued, in
+        # order, even when a send is cancelled (TcpStream._send_nowait): then no send can break the stream.
+        self._push: Callable[[bytes], bool] | None = getattr(transport_stream, "_send_nowait", None)
         self._tls = tls
         self._conn = conn
+        fast = _fast_engine(conn)
+        self._recv: Callable[[int], bytes] = fast.recv if fast is not None else conn.recv
+        self._drain_fast: Callable[[], bytes] | None = fast.drain if fast is not None else None
+        self._write: Callable[[bytes], int] = fast.send if fast is not None else conn.send
+        self._feed: Callable[[bytes], object] = fast.feed if fast is not None else conn.bio_write
+        self._starved: Callable[[], bool] | None = fast.starved if fast is not None else None
         self._vstate = state
         self._side = tls.side
         self._server_hostname = server_hostname
@@ -341,7 +493,7 @@ class TlsStream(trio.abc.Stream):
         self._state = _State.OK
         self._failure: BaseException | None = None
         self._hs = _Hs.NOT_STARTED
-        self._hs_event = trio.Event()
+        self._hs_event: trio.Event | None = None  # made by a task that waits for a running handshake
         self._hs_seconds = 0.0
         self._send_lock = _Mutex()
         self._outbox: list[bytes] = []
@@ -428,6 +580,8 @@ class TlsStream(trio.abc.Stream):
 
     def _drain(self) -> bytes:
         """Everything the engine has written to the outgoing BIO (b"" if nothing)."""
+        if self._drain_fast is not None:
+            return self._drain_fast()
         conn = self._conn
         try:
             data = conn.bio_read(BIO_READ_SIZE)
@@ -446,19 +600,65 @@ class TlsStream(trio.abc.Stream):
                 break
         return b"".join(parts)
 
-    async def _send_raw(self, data: bytes) -> None:
+    async def _send_raw(self, data: bytes) -> bool:
+        """Hand ``data`` to the transport; True if that yielded to trio (a checkpoint happened)."""
+        push = self._push
         try:
+            if push is not None:
+                # Taken synchronously, so a cancellation below only delays the queued rest.
+                if push(data):
+                    return False
+                await self.transport_stream.send_all(b"")
+                return True
             await self.transport_stream.send_all(data)
+            return True
         except (trio.BrokenResourceError, BrokenTransport) as exc:
             raise self._set_broken(TlsBrokenTransport(f"transport broke while sending: {exc!r}")) from exc
         except (trio.ClosedResourceError, ClosedTransport) as exc:
             raise TlsClosedTransport("the transport under this TLS stream is closed") from exc
         except BaseException:
-            # Cancelled (or worse) inside send_all: an unknown prefix of a record went out.
-            self._set_broken(
-                TlsBrokenTransport("a send was interrupted mid-record; the TLS stream is unusable")
-            )
+            if push is None:
+                # Cancelled (or worse) inside send_all: an unknown prefix of a record went out.
+                self._set_broken(
+                    TlsBrokenTransport("a send was interrupted mid-record; the TLS stream is unusable")
+                )
             raise
+
+    def _send_nowait(self, data: bytes | bytearray) -> bool | None:
+        """Encrypt and send ``data`` without blocking (private fast path for evsim's WebSocket).
+
+        Only when the handshake is done, no ``send_all`` is running and ``data`` fits one record.
+
+        Returns:
+            None when it took nothing (use :meth:`send_all`); True when the records went to the transport
+            and nothing is queued; False when records are queued (here or in the transport): a later
+            ``send_all(b"")`` sends them.
+
+        Raises:
+            BrokenTransport, ClosedTransport, TlsError: as :meth:`send_all`.
+        """
+        if self._sending or self._hs is not _Hs.DONE or len(data) > self._write_chunk or not data:
+            return None
+        self._check_usable()
+        try:
+            self._write(data if type(data) is bytes else bytes(data))  # one whole record or nothing
+        except SSL.WantReadError:
+            return None
+        except SSL.Error as exc:
+            raise self._set_broken(self._record_error(exc)) from None
+        self._collect()
+        push = self._push
+        if push is None or self._send_lock.held:
+            return False  # the lock holder sends only up to its own bytes
+        chunks, self._outbox = self._outbox, []
+        out = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._out_sent += len(out)
+        try:
+            return push(out)
+        except (trio.BrokenResourceError, BrokenTransport) as exc:
+            raise self._set_broken(TlsBrokenTransport(f"transport broke while sending: {exc!r}")) from exc
+        except (trio.ClosedResourceError, ClosedTransport) as exc:
+            raise TlsClosedTransport("the transport under this TLS stream is closed") from exc
 
     def _collect(self) -> int:
         """Queue what the engine wrote; return the outbox position where it ends (call right after the
@@ -474,6 +674,7 @@ class TlsStream(trio.abc.Stream):
         if self._out_sent >= target:
             return False
         lock = self._send_lock
+        waited = lock.held
         await lock.acquire()
         try:
             if self._out_sent < target:  # else another task sent our bytes while we waited
@@ -481,10 +682,10 @@ class TlsStream(trio.abc.Stream):
                 chunks, self._outbox = self._outbox, []
                 data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 self._out_sent += len(data)
-                await self._send_raw(data)
+                return await self._send_raw(data) or waited
         finally:
             lock.release()
-        return True
+        return waited
 
     async def _flush(self) -> bool:
         """Queue and send everything the engine has written so far. Returns True if it yielded."""
@@ -500,7 +701,7 @@ class TlsStream(trio.abc.Stream):
         self._recv_count += 1
         self._need_input = False
         if data:
-            self._conn.bio_write(cast(bytes, data))
+            self._feed(data if type(data) is bytes else bytes(data))
         else:
             self._transport_eof = True
             self._conn.bio_shutdown()
@@ -521,9 +722,11 @@ class TlsStream(trio.abc.Stream):
         finally:
             lock.release()
 
-    async def _drive(self, op: Callable[..., T], *args: Any) -> T:
-        """Run an engine operation to completion, moving ciphertext as needed (see module doc)."""
-        yielded = False
+    async def _drive(self, op: Callable[..., T], *args: Any, yielded: bool = False) -> T:
+        """Run an engine operation to completion, moving ciphertext as needed (see module doc).
+
+        ``yielded``: the caller already passed a checkpoint, so none is added when nothing else yields.
+        """
         while True:
             before = self._out_total
             try:
@@ -576,6 +779,8 @@ class TlsStream(trio.abc.Stream):
 
     async def _handshake(self) -> None:
         if self._hs is _Hs.RUNNING:
+            if self._hs_event is None:
+                self._hs_event = trio.Event()
             await self._hs_event.wait()
             self._check_usable()
             return
@@ -611,7 +816,9 @@ class TlsStream(trio.abc.Stream):
             self._hs = _Hs.DONE
             self._hs_seconds = trio.current_time() - start
         finally:
-            self._hs_event.set()
+            if self._hs_event is not None:
+                self._hs_event.set()
+                self._hs_event = None
 
     def _classify(self, exc: SSL.Error) -> tuple[str, str, bool]:
         reason, detail, remote = classify_ssl_error(exc)
@@ -662,8 +869,8 @@ class TlsStream(trio.abc.Stream):
             if view.ndim != 1 or view.itemsize != 1:
                 view = view.cast("B")
             total = len(view)
-            if not total:
-                await trio.lowlevel.checkpoint()
+            if not total:  # flush what _send_nowait left queued (here and in the transport)
+                await self._flush_all()
                 return
             conn = self._conn
             step = self._write_chunk
@@ -681,10 +888,25 @@ class TlsStream(trio.abc.Stream):
                 if unflushed >= FLUSH_EVERY and pos < total:
                     await self._flush()
                     unflushed = 0
-            if not await self._flush():  # pragma: no cover - another task sent our records already
-                await trio.lowlevel.checkpoint()
+            if not await self._flush():  # the transport took the records without blocking
+                await trio.lowlevel.cancel_shielded_checkpoint()  # the schedule point of a checkpoint
         finally:
             self._sending = False
+
+    async def _flush_all(self) -> None:
+        lock = self._send_lock
+        waited = lock.held
+        await lock.acquire()
+        try:
+            self._check_usable()
+            chunks, self._outbox = self._outbox, []
+            data = b"".join(chunks)
+            self._out_sent += len(data)
+            yielded = await self._send_raw(data)  # b"" still flushes the transport's own queue
+        finally:
+            lock.release()
+        if not (yielded or waited):
+            await trio.lowlevel.checkpoint()
 
     async def _drive_send(self, chunk: memoryview) -> int:
         try:
@@ -745,9 +967,22 @@ class TlsStream(trio.abc.Stream):
                 await trio.lowlevel.checkpoint()
                 return b""
             try:
+                yielded = False
                 if self._need_input:  # skip an engine call that can only say WantRead again
-                    await self._receive_more()
-                data = await self._drive(self._conn.recv, size)
+                    lock = self._recv_lock
+                    if lock.held:
+                        await self._receive_more()
+                    else:  # _receive_more's uncontended path, one coroutine frame less
+                        lock.held = True
+                        try:
+                            await self._receive_raw()
+                        finally:
+                            lock.release()
+                    yielded = True  # the transport's receive is a checkpoint
+                data = await self._drive(self._recv, size, yielded=yielded)
+                starved = self._starved
+                if starved is not None and starved():
+                    self._need_input = True  # skip the next, doomed engine call (and its exception)
             except SSL.ZeroReturnError:
                 self._eof = True
                 await trio.lowlevel.checkpoint()
@@ -823,13 +1058,13 @@ class TlsStream(trio.abc.Stream):
         else:
             raw = conn.get_servername()
             sni = raw.decode("ascii", "replace") if raw else None
-        peer = [c.to_cryptography() for c in conn.get_peer_cert_chain() or ()]
+        peer = [_shared_cert(c) for c in conn.get_peer_cert_chain() or ()]
         if self._side == "server":
             # OpenSSL's server-side peer chain omits the leaf
             leaf = conn.get_peer_certificate()
             if leaf is not None:
-                peer.insert(0, leaf.to_cryptography())
-        verified = [c.to_cryptography() for c in conn.get_verified_chain() or ()]
+                peer.insert(0, _shared_cert(leaf))
+        verified = [_shared_cert(c) for c in conn.get_verified_chain() or ()]
         return TlsInfo(
             version=conn.get_protocol_version_name(),
             cipher_openssl=cipher,

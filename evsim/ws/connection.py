@@ -8,9 +8,18 @@ Theory of operation
 No task per connection. A :class:`WebSocket` is a wsproto ``Connection`` (sans-IO) plus the stream:
 
 * **Reading** happens in whichever task calls :meth:`WebSocket.receive` (one at a time, like trio
-  streams). It reads up to :data:`RECEIVE_SIZE` bytes, feeds wsproto, and walks the events: complete
-  messages go to a small inbox (one read can carry several), fragments are joined, pings are
-  answered, a close frame is answered and ends the connection. Consequence: **pings that arrive
+  streams). It reads up to :data:`RECEIVE_SIZE` bytes and walks the frames: complete messages go to a
+  small inbox (one read can carry several), fragments are joined, pings are answered, a close frame is
+  answered and ends the connection.
+* **Frames: the common case here, the rest in wsproto.** wsproto's generic frame machinery costs
+  ≈25 µs per small message (measured, both directions). So an unfragmented text/binary frame - every
+  OCPP message - is built (:meth:`WebSocket._frame`) and, when it arrives whole with the expected mask,
+  reserved bits, minimal length and size, parsed (:meth:`WebSocket._take_frames`) right here, deflated
+  and inflated on the *same* zlib objects wsproto's extension uses (:mod:`evsim.ws.deflate`). Every
+  other frame (control frames, fragments, anything malformed or too big) is handed to wsproto whole, in
+  order, so wsproto still answers pings and closes and fails the connection with its own codes.
+  Parsing starts at a frame boundary, so a client whose wsproto got bytes behind the 101 response parses
+  everything through wsproto; a server gets the bytes behind the request itself (wsproto drops them). Consequence: **pings that arrive
   while nobody reads are answered on the next receive**; an OCPP session always has a reader, so this
   costs nothing in practice. Pongs only bump ``statistics().pongs_received``: a keep-alive loop sends
   :meth:`WebSocket.ping` and checks the counter moved before the next one (OCPP-J §8.4: no pong → drop
@@ -20,7 +29,9 @@ No task per connection. A :class:`WebSocket` is a wsproto ``Connection`` (sans-I
   (so concurrent senders are batched into one ``send_all``). wsproto frames are produced synchronously
   at the call, so frames keep the order of the calls, which permessage-deflate's shared window needs.
   A pong or close reply produced while reading never waits behind a blocked writer: it is appended
-  and sent by whoever is sending.
+  and sent by whoever is sending. ``_send_text_nowait`` (the OCPP session's path) never blocks and is
+  never a checkpoint: it frames the message and hands it to an evsim stream's synchronous
+  ``_send_nowait`` (TLS, TCP), or leaves it in the out-buffer for ``_flush()``.
 * **Size limit**: a message larger than ``max_message_size`` bytes (UTF-8 for text) closes the
   connection with 1009; inflation is bounded too (:mod:`evsim.ws.deflate`).
 * **Closing** (:meth:`WebSocket.aclose`) sends a close frame, waits up to ``close_timeout`` for the
@@ -42,6 +53,8 @@ from __future__ import annotations
 import contextlib
 import http
 import math
+import os
+import struct
 import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import cast
@@ -62,6 +75,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import ProtocolError
 
 from evsim.errors import (
@@ -194,6 +208,38 @@ def _utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
+_OP_CONTINUATION = 0x0
+_OP_TEXT = 0x1
+_OP_BINARY = 0x2
+_HEADER_16 = struct.Struct("!BBH")
+_HEADER_64 = struct.Struct("!BBQ")
+
+_MASK_POOL_SIZE = 4096  # random bytes fetched at once: one getrandom(2) per 1024 client frames
+_mask_pool = b""
+_mask_pos = 0
+
+
+def _mask_key() -> bytes:
+    """A fresh 32-bit masking key from the OS's strong entropy source (RFC 6455 §5.3), fetched in bulk."""
+    global _mask_pool, _mask_pos
+    pos = _mask_pos
+    if pos + 4 > len(_mask_pool):
+        _mask_pool = os.urandom(_MASK_POOL_SIZE)
+        pos = 0
+    _mask_pos = pos + 4
+    return _mask_pool[pos : pos + 4]
+
+
+def _mask(data: bytes, key: bytes) -> bytes:
+    """XOR ``data`` with the repeated 4-byte ``key`` (RFC 6455 §5.3), as one big-integer operation."""
+    n = len(data)
+    if not n:
+        return b""
+    repeated = key * ((n >> 2) + 1)
+    value = int.from_bytes(data, "little") ^ int.from_bytes(repeated[:n], "little")
+    return value.to_bytes(n, "little")
+
+
 class WebSocket(trio.abc.AsyncResource):
     """An open WebSocket; made by :func:`ws_client` or :func:`ws_server`, never directly.
 
@@ -210,13 +256,16 @@ class WebSocket(trio.abc.AsyncResource):
     __slots__ = (
         "_broken",
         "_check_events",
+        "_client",
         "_close_code",
         "_close_done",
         "_close_reason",
         "_close_timeout",
         "_closed_by",
         "_conn",
+        "_deflate",
         "_failed",
+        "_fast_rx",
         "_flushed",
         "_inbox",
         "_max",
@@ -230,10 +279,14 @@ class WebSocket(trio.abc.AsyncResource):
         "_pings_received",
         "_pings_sent",
         "_pongs_received",
+        "_push",
         "_queued",
+        "_rbuf",
         "_receiving",
         "_send_broken",
         "_sending",
+        "_slow_left",
+        "_slow_message",
         "_stream",
         "_transport_closed",
         "_wire_received",
@@ -258,6 +311,9 @@ class WebSocket(trio.abc.AsyncResource):
         close_timeout: float | None,
         wire_bytes_sent: int,
         wire_bytes_received: int,
+        deflate: BoundedDeflate | None = None,
+        trailing_data: bool = False,
+        early_data: bytes = b"",
     ) -> None:
         self.subprotocol = subprotocol
         self.path = path
@@ -273,13 +329,23 @@ class WebSocket(trio.abc.AsyncResource):
         self._parts: list[str | bytes] = []
         self._parts_size = 0
         self._check_events = True  # the handshake may have left frames in wsproto's buffer
+        self._client = request is None
+        self._deflate = deflate if compressed else None
+        # Frames we parse ourselves (see _take_frames); only from a frame boundary, so not when wsproto got
+        # bytes after the handshake (it may hold part of a frame).
+        self._fast_rx = not trailing_data
+        self._rbuf = bytearray(early_data)  # received bytes not yet parsed (a partial frame)
+        self._slow_left = 0  # bytes of the current frame still owed to wsproto
+        self._slow_message = False  # wsproto is in the middle of a fragmented message
         # writing
         self._sending = False
         self._out = bytearray()
         self._queued = 0  # bytes ever appended for sending (handshake excluded)
         self._flushed = 0  # bytes ever handed to send_all successfully
-        self._write_lot = trio.lowlevel.ParkingLot()
+        self._write_lot: trio.lowlevel.ParkingLot | None = None  # made when a writer must wait
         self._send_broken: str | None = None
+        # evsim streams (TlsStream, TcpStream) take bytes synchronously: see _send_text_nowait
+        self._push: Callable[[bytes], bool | None] | None = getattr(stream, "_send_nowait", None)
         # closing
         self._close_code: int | None = None
         self._close_reason = ""
@@ -346,10 +412,68 @@ class WebSocket(trio.abc.AsyncResource):
             BrokenTransport: the transport broke (now or earlier).
         """
         self._check_can_send()
-        data = self._conn.send(TextMessage(data=text))
+        payload = text.encode("utf-8")
+        data = self._frame(payload, _OP_TEXT)
         self._messages_sent += 1
-        self._payload_sent += _utf8_len(text)
+        self._payload_sent += len(payload)
         await self._write(data, wait=True)
+
+    def _send_text_nowait(self, text: str) -> bool:
+        """Send one text message without blocking (private fast path for :class:`OcppSession`).
+
+        The frame is made at once (so it keeps its place among messages, as with :meth:`send_text`) and
+        handed to the stream if that can take it synchronously; otherwise it waits in the out-buffer.
+        Never a checkpoint, so a caller's cancellation cannot leave half a frame on the wire.
+
+        Returns:
+            True when the message reached the stream or a task already sending will send it; False when
+            bytes wait here or in the stream: ``await _flush()`` sends them.
+
+        Raises:
+            WebSocketClosed: the connection is closing or closed.
+            BrokenTransport: the transport broke (now or earlier).
+            ClosedTransport: the stream was closed.
+        """
+        self._check_can_send()
+        payload = text.encode("utf-8")
+        data = self._frame(payload, _OP_TEXT)
+        self._messages_sent += 1
+        self._payload_sent += len(payload)
+        self._queued += len(data)
+        if self._sending:
+            self._out += data  # the task sending now flushes the out-buffer before it leaves
+            return True
+        if self._send_broken is not None:
+            raise BrokenTransport(self._send_broken)
+        push = self._push
+        done = None
+        if push is not None and not self._out:
+            try:
+                done = push(data)
+            except (trio.BrokenResourceError, BrokenTransport) as exc:
+                self._send_broken = f"transport broken: {exc}"
+                self._lost(self._send_broken)
+                raise BrokenTransport(self._send_broken) from exc
+            except (trio.ClosedResourceError, ClosedTransport) as exc:
+                self._send_broken = "the WebSocket's stream was closed"
+                raise ClosedTransport(self._send_broken) from exc
+        if done is None:  # the stream took nothing
+            self._out += data
+            return False
+        self._flushed += len(data)
+        self._wire_sent += len(data)
+        return done
+
+    async def _flush(self) -> None:
+        """Send what :meth:`_send_text_nowait` left waiting (here and in the stream).
+
+        Raises:
+            BrokenTransport, ClosedTransport, WebSocketClosed: as :meth:`send_text`.
+        """
+        if self._sending:  # that task flushes the out-buffer, and the stream sends in order
+            await trio.lowlevel.checkpoint()
+            return
+        await self._write(b"", wait=True, counted=True)
 
     async def send_bytes(self, data: bytes) -> None:
         """Send one binary message.
@@ -359,7 +483,7 @@ class WebSocket(trio.abc.AsyncResource):
             BrokenTransport: the transport broke (now or earlier).
         """
         self._check_can_send()
-        frame = self._conn.send(BytesMessage(data=data))
+        frame = self._frame(bytes(data), _OP_BINARY)
         self._messages_sent += 1
         self._payload_sent += len(data)
         await self._write(frame, wait=True)
@@ -378,6 +502,33 @@ class WebSocket(trio.abc.AsyncResource):
         data = self._conn.send(Ping(payload=payload))
         self._pings_sent += 1
         await self._write(data, wait=True)
+
+    def _frame(self, payload: bytes, opcode: int) -> bytes:
+        """One unfragmented data frame (RFC 6455 §5.2), compressed (RFC 7692) and masked as negotiated.
+
+        What wsproto's ``send`` makes for a whole message, without its generic per-frame machinery; the
+        deflate state is the one wsproto's extension uses. Control frames still go through wsproto.
+        """
+        first = 0x80 | opcode
+        deflate = self._deflate
+        if deflate is not None:
+            payload = deflate.compress_message(payload, self._client)
+            first |= 0x40
+        n = len(payload)
+        if self._client:
+            if n < 126:
+                header = bytes((first, 0x80 | n))
+            elif n < 65536:
+                header = _HEADER_16.pack(first, 0xFE, n)
+            else:
+                header = _HEADER_64.pack(first, 0xFF, n)
+            key = _mask_key()
+            return header + key + _mask(payload, key)
+        if n < 126:
+            return bytes((first, n)) + payload
+        if n < 65536:
+            return _HEADER_16.pack(first, 126, n) + payload
+        return _HEADER_64.pack(first, 127, n) + payload
 
     async def receive(self) -> str | bytes:
         """Wait for the next message: ``str`` (text) or ``bytes`` (binary).
@@ -411,7 +562,20 @@ class WebSocket(trio.abc.AsyncResource):
         Raises:
             WebSocketClosed, BrokenTransport, ClosedTransport: see :meth:`receive`.
         """
-        message = await self.receive()
+        # receive(), inlined: one coroutine frame less on every message of an OCPP session
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this WebSocket")
+        self._receiving = True
+        try:
+            inbox = self._inbox
+            if inbox:  # left over from an earlier read: still a checkpoint, as trio expects
+                await trio.lowlevel.checkpoint()
+            while not inbox:
+                self._raise_if_ended()
+                await self._pump()  # its read is this call's checkpoint
+            message = inbox.pop(0)
+        finally:
+            self._receiving = False
         if isinstance(message, str):
             return message
         await self._fail_now(1003, "binary messages are not supported")
@@ -480,6 +644,7 @@ class WebSocket(trio.abc.AsyncResource):
         if self._check_events:  # once per connection: frames that came with the handshake response
             self._check_events = False
             await trio.lowlevel.checkpoint()
+            out = self._take_frames(b"") if self._fast_rx else self._handle_events()
         else:
             try:
                 data = await self._stream.receive_some(RECEIVE_SIZE)
@@ -498,8 +663,11 @@ class WebSocket(trio.abc.AsyncResource):
                 await self._close_transport()
                 return
             self._wire_received += len(data)
-            conn.receive_data(bytes(data))
-        out = self._handle_events()
+            if self._fast_rx:
+                out = self._take_frames(data)
+            else:
+                conn.receive_data(bytes(data))
+                out = self._handle_events()
         ending = self._failed or conn.state is ConnectionState.CLOSED
         if out:
             # errors are recorded by _write and raised by receive() next
@@ -545,6 +713,125 @@ class WebSocket(trio.abc.AsyncResource):
                 # else CLOSED: the reply to our close frame
                 break
         return out
+
+    def _take_frames(self, data: bytes | bytearray) -> bytearray | None:
+        """Parse received bytes: unfragmented data frames here, anything else through wsproto.
+
+        Walks the frames from a frame boundary. A complete FIN text/binary frame with the expected mask
+        and reserved bits, a minimal length encoding and at most ``max_message_size`` payload bytes is
+        unmasked, inflated (:meth:`BoundedDeflate.inflate_message`), checked and queued right here. Every
+        other frame - control frames, fragments, anything malformed or too big - is fed to wsproto whole
+        (as its bytes arrive), and its events are handled as before, in order, so wsproto answers pings,
+        closes, and fails the connection with its own codes and reasons.
+
+        Returns:
+            Bytes to send (pongs, close frames), if any.
+        """
+        buf: bytes | bytearray = self._rbuf
+        if buf:
+            buf += data  # a bytearray here
+        else:
+            buf = data  # usually one or more whole frames: parse them in place
+        out: bytearray | None = None
+        conn = self._conn
+        pos = 0
+        end = len(buf)
+        limit = self._max
+        server = not self._client
+        deflate = self._deflate
+        while pos < end:
+            if self._slow_left:
+                n = min(self._slow_left, end - pos)
+                conn.receive_data(bytes(buf[pos : pos + n]))
+                pos += n
+                self._slow_left -= n
+                more = self._handle_events()
+                if more:
+                    out = (out or bytearray()) + more
+                if self._failed or conn.state is ConnectionState.CLOSED:
+                    pos = end  # the connection ended (as _handle_events stops at a close frame)
+                    break
+                continue
+            if end - pos < 2:
+                break
+            b0 = buf[pos]
+            b1 = buf[pos + 1]
+            length = b1 & 0x7F
+            head = 2
+            minimal = True
+            if length == 126:
+                head = 4
+                if end - pos < 4:
+                    break
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
+                minimal = length > 125
+            elif length == 127:
+                head = 10
+                if end - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                minimal = 0xFFFF < length < 1 << 63
+            masked = b1 & 0x80
+            if masked:
+                head += 4
+            opcode = b0 & 0x0F
+            rsv = b0 & 0x70
+            if (
+                b0 & 0x80
+                and opcode in (_OP_TEXT, _OP_BINARY)
+                and not self._slow_message
+                and (rsv == 0 or (rsv == 0x40 and deflate is not None))
+                and bool(masked) == server
+                and minimal
+                and length <= limit
+            ):
+                total = head + length
+                if end - pos < total:
+                    break  # wait for the rest of the frame
+                payload = bytes(buf[pos + head : pos + total])
+                if masked:
+                    payload = _mask(payload, bytes(buf[pos + head - 4 : pos + head]))
+                pos += total
+                failure = self._take_frame(payload, opcode, rsv)
+                if failure is not None:
+                    out = (out or bytearray()) + failure
+                    pos = end
+                    break
+                continue
+            # wsproto takes this frame whole, as its bytes arrive
+            self._slow_left = head + length
+            if opcode in (_OP_CONTINUATION, _OP_TEXT, _OP_BINARY):
+                self._slow_message = not b0 & 0x80
+        if pos >= end:
+            if self._rbuf:
+                self._rbuf = bytearray()
+        else:
+            self._rbuf = bytearray(buf[pos:])
+        return out
+
+    def _take_frame(self, payload: bytes, opcode: int, rsv: int) -> bytes | None:
+        """Queue one whole message parsed by :meth:`_take_frames`; on failure, the close frame to send."""
+        if rsv:
+            assert self._deflate is not None
+            inflated = self._deflate.inflate_message(payload, self._client)
+            if isinstance(inflated, CloseReason):
+                if inflated is CloseReason.MESSAGE_TOO_BIG:
+                    return self._fail(1009, "message too big")
+                return self._fail(int(inflated), "error in extension")
+            payload = inflated
+        size = len(payload)
+        if size > self._max:
+            return self._fail(1009, "message too big")
+        if opcode == _OP_TEXT:
+            try:
+                self._inbox.append(payload.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                return self._fail(int(CloseReason.INVALID_FRAME_PAYLOAD_DATA), str(exc))
+        else:
+            self._inbox.append(payload)
+        self._messages_received += 1
+        self._payload_received += size
+        return None
 
     def _take_data(self, event: TextMessage | BytesMessage) -> bool:
         """Add a message or fragment; False if the message is too big."""
@@ -628,14 +915,18 @@ class WebSocket(trio.abc.AsyncResource):
         if self._transport_closed or self._conn.state is not ConnectionState.OPEN:
             raise WebSocketClosed(1006, "connection closed")
 
-    async def _write(self, data: bytes | bytearray, *, wait: bool) -> None:
+    async def _write(self, data: bytes | bytearray, *, wait: bool, counted: bool = False) -> None:
         """Send ``data`` after everything queued before it; see the module docstring.
+
+        ``counted``: ``data`` is already in ``_queued`` (it waited in the out-buffer). An empty ``data``
+        still flushes what the stream itself holds.
 
         Raises:
             BrokenTransport: the stream broke (or an earlier cancelled send left it unusable).
             ClosedTransport: the stream was closed.
         """
-        self._queued += len(data)
+        if not counted:
+            self._queued += len(data)
         if self._sending:
             self._out += data
             if not wait:
@@ -644,12 +935,18 @@ class WebSocket(trio.abc.AsyncResource):
             while self._flushed < target:
                 if self._send_broken is not None:
                     raise BrokenTransport(self._send_broken)
+                if self._write_lot is None:
+                    self._write_lot = trio.lowlevel.ParkingLot()
                 await self._write_lot.park()
             return
         if self._send_broken is not None:
             raise BrokenTransport(self._send_broken)
         self._sending = True
         chunk: bytes | bytearray = data
+        if self._out:  # left by _send_text_nowait: it goes first
+            chunk = self._out
+            chunk += data
+            self._out = bytearray()
         try:
             while True:
                 await self._stream.send_all(chunk)
@@ -777,7 +1074,8 @@ async def ws_client(
         BrokenTransport: the connection broke or closed before the response.
     """
     conn = WSConnection(ConnectionType.CLIENT)
-    extensions = [BoundedDeflate(max_message_size)] if compression else []
+    deflate = BoundedDeflate(max_message_size) if compression else None
+    extensions = [deflate] if deflate is not None else []
     ok = False
     try:
         try:
@@ -794,7 +1092,9 @@ async def ws_client(
             raise WebSocketError(f"cannot build the upgrade request: {exc}") from exc
         with trio.move_on_after(math.inf if open_timeout is None else open_timeout):
             await _send(stream, request)
-            ws = await _client_handshake(stream, conn, path, max_message_size, close_timeout, len(request))
+            ws = await _client_handshake(
+                stream, conn, path, max_message_size, close_timeout, len(request), deflate
+            )
             ok = True
             return ws
         raise WebSocketError(f"WebSocket opening handshake timed out after {open_timeout} s")
@@ -810,10 +1110,12 @@ async def _client_handshake(
     max_message_size: int,
     close_timeout: float | None,
     sent: int,
+    deflate: BoundedDeflate | None,
 ) -> WebSocket:
     received = 0
     status: int | None = None
     body = bytearray()
+    raw = bytearray()  # the response so far, to see whether frames followed it
     while True:
         data = await _receive(stream)
         if not data:
@@ -821,6 +1123,8 @@ async def _client_handshake(
                 raise UpgradeRejected(status, _reason_text(body))
             raise BrokenTransport("the server closed the connection during the WebSocket handshake")
         received += len(data)
+        if len(raw) < _MAX_HANDSHAKE_PEEK:
+            raw += data
         try:
             conn.receive_data(data)
             for event in conn.events():
@@ -838,6 +1142,8 @@ async def _client_handshake(
                         close_timeout=close_timeout,
                         wire_bytes_sent=sent,
                         wire_bytes_received=received,
+                        deflate=deflate,
+                        trailing_data=_has_trailing_data(raw),
                     )
                 if isinstance(event, RejectConnection):
                     status = event.status_code
@@ -851,6 +1157,21 @@ async def _client_handshake(
             if status is not None:
                 raise UpgradeRejected(status, _reason_text(body)) from exc
             raise WebSocketError(f"bad WebSocket upgrade response: {exc}") from exc
+
+
+_MAX_HANDSHAKE_PEEK = 65536  # an upgrade request or response is far shorter (h11 limits headers too)
+
+
+def _has_trailing_data(raw: bytearray) -> bool:
+    """True if bytes followed the HTTP head (frames wsproto already holds), or we cannot tell."""
+    end = raw.find(b"\r\n\r\n")
+    return end < 0 or end + 4 < len(raw)
+
+
+def _early_data(raw: bytearray) -> bytes:
+    """What followed the client's upgrade request in the same reads (wsproto's server side drops it)."""
+    end = raw.find(b"\r\n\r\n")
+    return bytes(raw[end + 4 :]) if end >= 0 else b""
 
 
 def _reason_text(body: bytes | bytearray) -> str:
@@ -890,6 +1211,7 @@ async def ws_server(
     try:
         with trio.move_on_after(math.inf if open_timeout is None else open_timeout):
             received = 0
+            raw = bytearray()
             while True:
                 data = await _receive(stream)
                 if not data:
@@ -897,6 +1219,7 @@ async def ws_server(
                         "the client closed the connection before completing its upgrade request"
                     )
                 received += len(data)
+                raw += data  # bounded: h11 refuses an incomplete request head over 16 KiB
                 try:
                     conn.receive_data(data)
                     event = next(iter(conn.events()), None)
@@ -924,7 +1247,9 @@ async def ws_server(
                 ):
                     await stream.aclose()
                 return None
-            ws = await _accept(stream, conn, request, decision, compression, max_message_size, close_timeout)
+            ws = await _accept(
+                stream, conn, request, decision, compression, max_message_size, close_timeout, raw
+            )
             ws._wire_received = received
             ok = True
             return ws
@@ -961,6 +1286,7 @@ async def _accept(
     compression: bool,
     max_message_size: int,
     close_timeout: float | None,
+    raw: bytearray,
 ) -> WebSocket:
     if decision.subprotocol is not None and decision.subprotocol not in request.subprotocols:
         raise ValueError(
@@ -992,4 +1318,6 @@ async def _accept(
         close_timeout=close_timeout,
         wire_bytes_sent=len(data),
         wire_bytes_received=0,
+        deflate=extension,
+        early_data=_early_data(raw),
     )

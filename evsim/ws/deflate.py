@@ -8,7 +8,10 @@ and thousands of stations in one process, so this subclass
 * compresses with a window of at most :data:`WINDOW_BITS` and memLevel :data:`MEM_LEVEL`. Measured on
   a mix of OCPP MeterValues/CALLRESULT frames (CPython 3.11, zlib 1.2/1.3): 15 bits/memLevel 8 →
   ratio 0.078, 262 KiB; 11 bits/memLevel 4 → ratio 0.084, 22 KiB (decompressor 9 KiB); 9 bits
-  collapses to 0.55 because a 284-byte frame no longer finds the previous one.
+  collapses to 0.55 because a 284-byte frame no longer finds the previous one. memLevel only sizes
+  zlib's hash table and pending buffer (2^(memLevel+9) bytes together): on a Heartbeat / CALLRESULT /
+  MeterValues mix, 11 bits with memLevel 1 and 4 both give ratio 0.172 (memLevel 1: ≈15 KiB per
+  compressor instead of 22, +0.3 µs per message), so memLevel 1 it is.
 * asks the peer for the same window (the offer and the answer say ``*_max_window_bits=11``) and
   inflates with 15 bits whenever the peer did not agree to a smaller window (RFC 7692 §7.1.2).
 * inflates at most ``max_message_size + 1`` bytes per received chunk; more means the message is too
@@ -16,6 +19,11 @@ and thousands of stations in one process, so this subclass
 
 It reaches into wsproto's private ``_compressor`` / ``_decompressor`` / ``_inbound_*`` attributes;
 wsproto is pinned ``<2`` in setup.cfg and the tests exercise every path.
+
+:meth:`BoundedDeflate.compress_message` / :meth:`BoundedDeflate.inflate_message` do the same work for a whole
+unfragmented message in one call, on the same compressor and decompressor (so the LZ77 window carries over
+whichever path handled the previous message): :mod:`evsim.ws.connection` frames and parses unfragmented
+data frames itself and leaves wsproto the rest.
 """
 
 from __future__ import annotations
@@ -30,8 +38,8 @@ __all__ = ["MEM_LEVEL", "WINDOW_BITS", "BoundedDeflate"]
 WINDOW_BITS = 11
 """Our compression window (2 KiB): see the module docstring for the measurement."""
 
-MEM_LEVEL = 4
-"""zlib memLevel for our compressors (default 8): 22 KiB instead of 262 KiB per compressor."""
+MEM_LEVEL = 1
+"""zlib memLevel for our compressors (default 8): ≈15 KiB instead of 262 KiB per compressor (see above)."""
 
 _MAX_BITS = 15  # RFC 7692 §7.1.2: the largest LZ77 window a peer may use when it did not agree on less
 _WINDOW_PARAMS = ("client_max_window_bits", "server_max_window_bits")
@@ -92,11 +100,45 @@ class BoundedDeflate(PerMessageDeflate):
     ) -> tuple[RsvBits, bytes]:
         """Create the compressor with our window and memLevel, then let wsproto compress."""
         if self._compressor is None and opcode in (Opcode.TEXT, Opcode.BINARY):
-            bits = self.client_max_window_bits if proto.client else self.server_max_window_bits
-            self._compressor = zlib.compressobj(
-                zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -min(bits, WINDOW_BITS), MEM_LEVEL
-            )
+            self._compressor = self._new_compressor(proto.client)
         return super().frame_outbound(proto, opcode, rsv, data, fin)
+
+    def _new_compressor(self, client: bool) -> zlib._Compress:
+        bits = self.client_max_window_bits if client else self.server_max_window_bits
+        return zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -min(bits, WINDOW_BITS), MEM_LEVEL)
+
+    def compress_message(self, data: bytes, client: bool) -> bytes:
+        """The payload of one whole compressed message (RSV1 set), as :meth:`frame_outbound` makes it."""
+        compressor = self._compressor
+        if compressor is None:
+            compressor = self._compressor = self._new_compressor(client)
+        out = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        if self.client_no_context_takeover if client else self.server_no_context_takeover:
+            self._compressor = None
+        return out[:-4]  # RFC 7692 §7.2.1: drop the 00 00 ff ff tail
+
+    def inflate_message(self, data: bytes, client: bool) -> bytes | CloseReason:
+        """Inflate one whole compressed message (one FIN frame with RSV1) within the size limit.
+
+        Returns:
+            The message bytes, or the close reason: invalid data, or more than ``max_message_size + 1``
+            bytes (what the frame-by-frame path returns for the same input).
+        """
+        decompressor = self._decompressor
+        if decompressor is None:
+            bits = self.server_max_window_bits if client else self.client_max_window_bits
+            decompressor = self._decompressor = zlib.decompressobj(-int(bits))
+        try:
+            out = decompressor.decompress(data, self._inflate_limit)
+            if decompressor.unconsumed_tail:
+                return CloseReason.MESSAGE_TOO_BIG
+            out += decompressor.decompress(b"\x00\x00\xff\xff")
+            out += decompressor.flush()
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        if self.server_no_context_takeover if client else self.client_no_context_takeover:
+            self._decompressor = None
+        return out
 
     def frame_inbound_payload_data(
         self, proto: FrameDecoder | FrameProtocol, data: bytes
