@@ -19,6 +19,7 @@ from bench.floor import handshake_floor
 from evsim.clock import real_utcnow
 from evsim.pki import init_dev_pki
 from evsim.report import table
+from evsim.runtime import GC_THRESHOLD
 
 TARGETS = "targets: boot storm <= 1.2x the handshake floor; round trips/s >= 1.5x websockets + hand-written; <= 100 KiB/station"
 
@@ -64,9 +65,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="evsim-bench-") as tmp:
         init_dev_pki(tmp, host="localhost", now=real_utcnow())
         pki_args = ["--ca", f"{tmp}/ca.crt", "--cert", f"{tmp}/server.crt", "--key", f"{tmp}/server.key"]
-        fleets: list[Result | str] = [
-            _fleet("bench.evsim_peer", "--n", str(n), "--rtt-seconds", rtt, "--pki", tmp)
-        ]
+        base = ["--n", str(n), "--rtt-seconds", rtt, "--pki", tmp]
+        shipped = _fleet("bench.evsim_peer", *base, "--gc-threshold", str(GC_THRESHOLD[0]))
+        default_gc = _fleet("bench.evsim_peer", *base)
+        if isinstance(shipped, Result):
+            shipped.name = "evsim as shipped (gc threshold 50,000: evsim.runtime)"
+        if isinstance(default_gc, Result):
+            default_gc.name = "evsim, Python's default gc (as the asyncio peers run)"
+        fleets: list[Result | str] = [shipped, default_gc]
         if "peers" not in skip:
             for variant in ("handwritten", "ocpp-lib"):
                 fleets.append(

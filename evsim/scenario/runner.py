@@ -36,6 +36,7 @@ from evsim.net.virtual import LinkPolicy, VirtualNetwork
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.station import Station, StationConfig
 from evsim.ocpp.backoff import RetryBackOff
+from evsim.runtime import tune_gc
 from evsim.scenario.attacks import RedirectingNetwork, downgrade_client, mitm_relay
 from evsim.scenario.model import CsmsSpec, Scenario, StationGroupSpec, TimelineEvent
 from evsim.scenario.pki import ScenarioPki
@@ -649,6 +650,7 @@ def run_scenario(
         ConfigError: the scenario asks for something this version cannot do (before anything starts).
     """
     preflight(scenario)
+    tune_gc()
     runner = ScenarioRunner(scenario, sink=sink, on_sample=on_sample)
     clock = trio.testing.MockClock(autojump_threshold=0) if scenario.simulation.clock == "virtual" else None
     wall0 = time.perf_counter()
