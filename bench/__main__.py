@@ -65,9 +65,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="evsim-bench-") as tmp:
         init_dev_pki(tmp, host="localhost", now=real_utcnow())
         pki_args = ["--ca", f"{tmp}/ca.crt", "--cert", f"{tmp}/server.crt", "--key", f"{tmp}/server.key"]
-        base = ["--n", str(n), "--rtt-seconds", rtt, "--pki", tmp]
-        shipped = _fleet("bench.evsim_peer", *base, "--gc-threshold", str(GC_THRESHOLD[0]))
-        default_gc = _fleet("bench.evsim_peer", *base)
+        evsim_args = ["--n", str(n), "--rtt-seconds", rtt, "--pki", tmp]
+        shipped = _fleet("bench.evsim_peer", *evsim_args, "--gc-threshold", str(GC_THRESHOLD[0]))
+        default_gc = _fleet("bench.evsim_peer", *evsim_args)
         if isinstance(shipped, Result):
             shipped.name = "evsim as shipped (gc threshold 50,000: evsim.runtime)"
         if isinstance(default_gc, Result):
