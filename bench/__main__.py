@@ -1,7 +1,7 @@
 """``make bench``: evsim against its peers and floors, measured in the same run, printed as tables.
 
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
-``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``). Each fleet runs in its own subprocess so
+``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``scale``). Each fleet runs in its own subprocess so
 its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute times.
 """
 
@@ -133,6 +133,20 @@ def main() -> int:
         for mod in (ocpp_core, ws_roundtrip, tls_stream):
             micro += [[name, f"{value:.1f}", unit] for name, value, unit in mod.run()]
         print(table(["micro-benchmark", "value", "unit"], micro, title="Layers"))
+    if "scale" not in skip:
+        print()
+        print("Scale in virtual time (bench/scenarios/day_1000.toml; target: <= 120 s of wall time)")
+        try:
+            out = subprocess.run(
+                [sys.executable, "-m", "bench.scale"],
+                capture_output=True,
+                text=True,
+                timeout=1200,
+                check=False,
+            )
+            print(out.stdout.rstrip() or out.stderr.strip().splitlines()[-1:])
+        except subprocess.TimeoutExpired:
+            print("! the scale run did not finish within 20 minutes")
     print(f"\n(benchmark took {time.perf_counter() - t0:.0f} s)")
     return 0
 
