@@ -91,7 +91,7 @@ def main() -> int:
     for f in fleets:
         if isinstance(f, str):
             print(f"! {f}")
-    base = next((r for r in results if "handwritten" in r.name), None)
+    base = next((r for r in results if "hand-written" in r.name or "handwritten" in r.name), None)
     rows = []
     for r in results:
         rows.append(

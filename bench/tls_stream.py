@@ -144,6 +144,12 @@ class _ScriptedEngine:
     def bio_shutdown(self) -> None:
         pass
 
+    def recv(self, bufsiz: int) -> bytes:  # application data: none in a handshake-only script
+        raise SSL.WantReadError()
+
+    def send(self, data: bytes) -> int:
+        return len(data)
+
 
 def _stdlib_contexts(root: CertificateAuthority, identity: Identity) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     client = ssl.create_default_context(cadata=certs_to_pem([root.cert]).decode())
