@@ -61,7 +61,13 @@ from evsim.scenario.model import (
     TrustSpec,
     WildcardPolicy,
 )
-from evsim.scenario.units import format_duration, parse_bandwidth, parse_duration, parse_utc_timestamp
+from evsim.scenario.units import (
+    format_duration,
+    parse_bandwidth,
+    parse_duration,
+    parse_utc_timestamp,
+    type_name,
+)
 from evsim.tls.config import MAX_FRAGMENT, MIN_FRAGMENT, TlsProfile
 from evsim.tls.suites import DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES
 
@@ -356,22 +362,6 @@ def _shown(value: object) -> object:
     return value
 
 
-def _type_name(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return "a date/time"
-
-
 def _did_you_mean(word: str, choices: Collection[str]) -> str | None:
     matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return matches[0] if matches else None
@@ -474,7 +464,7 @@ class _Table:
         if not isinstance(data, dict):
             raise ctx.error(
                 path,
-                f"expected a table, got {_type_name(data)}",
+                f"expected a table, got {type_name(data)}",
                 value=data,
                 fix=f"write it as a table {what}".rstrip() if what else "write it as a table",
             )
@@ -505,7 +495,7 @@ class _Table:
     def _typed(self, key: str, check: Callable[[object], bool], expected: str, fix: str) -> object:
         value = self.data[key]
         if not check(value):
-            raise self.error(key, f"expected {expected}, got {_type_name(value)}", value=value, fix=fix)
+            raise self.error(key, f"expected {expected}, got {type_name(value)}", value=value, fix=fix)
         return value
 
     def string(self, key: str, default: str, *, one_line: bool = True, max_len: int = 1000) -> str:
@@ -660,7 +650,7 @@ class _Table:
             if not isinstance(item, str):
                 raise self.ctx.error(
                     self.at(key, i),
-                    f"expected a string, got {_type_name(item)}",
+                    f"expected a string, got {type_name(item)}",
                     value=item,
                     fix=f"quote each element: {key} = {example}",
                 )
@@ -705,7 +695,7 @@ class _Table:
         if not isinstance(sub, dict):
             raise self.error(
                 key,
-                f"expected a table of named tables, got {_type_name(sub)}",
+                f"expected a table of named tables, got {type_name(sub)}",
                 value=sub,
                 fix=f"write [{key}.<name>] tables ({what})",
             )
@@ -929,7 +919,7 @@ class _Builder:
                     fix = f"name the CSMS: write [csms.main] instead of [csms] and put {name} under it"
                 raise self.ctx.error(
                     ("csms", name),
-                    f"expected a table [csms.{name}], got {_type_name(value)}",
+                    f"expected a table [csms.{name}], got {type_name(value)}",
                     value=value,
                     fix=fix,
                 )
@@ -1055,7 +1045,7 @@ class _Builder:
                     fix = f"name the group: write [stations.fleet] instead of [stations] and put {name} under it"
                 raise self.ctx.error(
                     ("stations", name),
-                    f"expected a table [stations.{name}], got {_type_name(value)}",
+                    f"expected a table [stations.{name}], got {type_name(value)}",
                     value=value,
                     fix=fix,
                 )
@@ -1214,7 +1204,7 @@ class _Builder:
         if not isinstance(value, list):
             raise root.error(
                 key,
-                f"expected an array of tables, got {_type_name(value)}",
+                f"expected an array of tables, got {type_name(value)}",
                 value=value,
                 fix=f"write each entry as a [[{key}]] table",
             )
@@ -1222,7 +1212,7 @@ class _Builder:
             if not isinstance(item, dict):
                 raise self.ctx.error(
                     (key, i),
-                    f"expected a table, got {_type_name(item)}",
+                    f"expected a table, got {type_name(item)}",
                     value=item,
                     fix=f"write each entry as a [[{key}]] table",
                 )
@@ -1242,7 +1232,7 @@ class _Builder:
             if not isinstance(sel, str):
                 raise self.ctx.error(
                     t.at("between", i),
-                    f"expected a name, got {_type_name(sel)}",
+                    f"expected a name, got {type_name(sel)}",
                     value=sel,
                     fix='quote the name, e.g. "fleet"',
                 )
@@ -1356,7 +1346,7 @@ class _Builder:
         t.require(key, f'add {key} = "<name>" ({wanted})')
         value = t.data[key]
         if not isinstance(value, str):
-            raise t.error(key, f"expected a name, got {_type_name(value)}", value=value, fix="quote the name")
+            raise t.error(key, f"expected a name, got {type_name(value)}", value=value, fix="quote the name")
         kind = self.nodes.kind(value)
         if kind is None:
             raise t.error(

@@ -41,7 +41,8 @@ _RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d{1,6})?(
 _DURATION_EXAMPLE = 'e.g. "250ms", "30s", "15m", "2h", "3d" or "1h30m"'
 
 
-def _type_name(value: object) -> str:
+def type_name(value: object) -> str:
+    """How an error message names a TOML value's type (\"an integer\", \"a table\"...)."""
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int):
@@ -85,7 +86,7 @@ def parse_duration(value: object, *, allow_negative: bool = False) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ConfigError(
-            f"expected a duration, got {_type_name(value)}",
+            f"expected a duration, got {type_name(value)}",
             value=_scalar(value),
             fix=f"write a quoted duration, {_DURATION_EXAMPLE}, or a number of seconds",
         )
@@ -209,7 +210,7 @@ def parse_bandwidth(value: object) -> float:
     example = 'e.g. "9600bps", "500kbps", "1Mbps" or "1Gbps"'
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ConfigError(
-            f"expected a bandwidth, got {_type_name(value)}",
+            f"expected a bandwidth, got {type_name(value)}",
             value=_scalar(value),
             fix=f"write a quoted bandwidth, {example}",
         )
@@ -269,7 +270,7 @@ def parse_utc_timestamp(value: object) -> _dt.datetime:
     elif isinstance(value, _dt.datetime):
         parsed = value
     else:
-        raise ConfigError(f"expected a timestamp, got {_type_name(value)}", value=_scalar(value), fix=fix)
+        raise ConfigError(f"expected a timestamp, got {type_name(value)}", value=_scalar(value), fix=fix)
     offset = parsed.utcoffset()
     if offset is None:
         raise ConfigError("the timestamp has no time zone", value=str(value), fix=fix)
