@@ -250,6 +250,33 @@ async def test_timeout_under_virtual_time(autojump_clock: trio.testing.MockClock
             assert p.station.statistics().rpc.timeouts == 2
 
 
+async def test_idle_session_costs_no_wakeups(autojump_clock: trio.testing.MockClock) -> None:
+    """With no CALL outstanding the timer parks: a day of idleness checks no timer at all (at scale, thousands
+    of idle stations would otherwise wake every call_timeout), and a CALL sent afterwards still times out."""
+
+    async def silent(action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    with trio.fail_after(100_000):
+        async with session_pair(csms_handler=silent, call_timeout=30.0) as p:
+            checks = [0]
+            real = p.station.rpc.handle_timer
+
+            def counting(now: float) -> list[Any]:
+                checks[0] += 1
+                return real(now)
+
+            p.station.rpc.handle_timer = counting  # type: ignore[method-assign]
+            await trio.sleep(86_400)
+            assert checks[0] == 0
+            start = trio.current_time()
+            with pytest.raises(CallTimeout):
+                await p.station.call("Heartbeat", {})
+            assert trio.current_time() - start == pytest.approx(30.0)
+            assert checks[0] == 1
+
+
 async def test_transport_close_wakes_pending_call(autojump_clock: trio.testing.MockClock) -> None:
     async def silent(action: str, payload: dict[str, Any]) -> dict[str, Any]:
         await trio.sleep_forever()

@@ -173,6 +173,7 @@ class OcppSession:
         self._handling = False  # a task is answering incoming CALLs (the reader, or a former reader)
         self._moved = False  # ... and a handler blocked it, so another task reads now
         self._write_ready: trio.Event | None = None  # None: no writer task yet
+        self._timer_parked: trio.Event | None = None  # set when the timer loop parks with no CALL outstanding
         self._writing = False
         self._backlog = False  # the transport holds bytes only an awaited _flush() sends
         self._running = False
@@ -321,6 +322,10 @@ class OcppSession:
     def _send_queued(self) -> None:
         """Send what the RPC core queued, without blocking (see the module docstring)."""
         rpc = self.rpc
+        parked = self._timer_parked
+        if parked is not None and rpc.get_timer() is not None:
+            self._timer_parked = None
+            parked.set()  # a CALL is outstanding now: the timer loop sleeps until its deadline
         if self._writing or not rpc.has_data_to_send or self._nursery is None:
             return  # the writer drains the queue; before run() the CALLs wait for it
         send = self._send_fast
@@ -376,11 +381,18 @@ class OcppSession:
             self._fail(exc)
 
     async def _timer_loop(self) -> None:
+        """Sleep until the outstanding CALL's deadline; with none outstanding, park until one is sent.
+
+        Parking (instead of re-checking every ``call_timeout``) matters at scale: an idle session must cost
+        nothing, or thousands of idle stations in virtual time wake up every 30 simulated seconds each.
+        """
         rpc = self.rpc
         while True:
             deadline = rpc.get_timer()
             if deadline is None:
-                deadline = self._now() + rpc.call_timeout
+                self._timer_parked = parked = trio.Event()
+                await parked.wait()
+                continue
             await trio.sleep_until(deadline)
             events = rpc.handle_timer(self._now())
             if events:  # only CallTimedOut: wakes a caller, may release the next CALL
