@@ -188,6 +188,8 @@ class Csms:
         self._upgrade_rejections: collections.Counter[int] = collections.Counter()
         self._tls_versions: collections.Counter[str] = collections.Counter()
         self._tls_suites: collections.Counter[str] = collections.Counter()
+        #: running totals for cheap periodic sampling: "messages", "tx_started", "tx_ended"
+        self.totals: collections.Counter[str] = collections.Counter()
 
     # ---------------------------------------------------------------- serving
 
@@ -347,6 +349,7 @@ class Csms:
         self, rec: StationRecord, ws: WebSocket, action: str, payload: dict[str, Any]
     ) -> dict[str, Any]:
         rec.messages[action] += 1
+        self.totals["messages"] += 1
         now = isoformat(self.clock.utcnow())
         if action == "BootNotification":
             return await self._on_boot(rec, ws, payload, now)
@@ -439,10 +442,12 @@ class Csms:
                         == "Energy.Active.Import.Register"
                     ):
                         tx.energy_wh = max(tx.energy_wh, float(sv["value"]))
-            if event_type == "Started":
+            if event_type == "Started" and not tx.started:
                 tx.started = True
-            elif event_type == "Ended":
+                self.totals["tx_started"] += 1
+            elif event_type == "Ended" and not tx.ended:
                 tx.ended = True
+                self.totals["tx_ended"] += 1
             self.recorder.emit(
                 self.config.name,
                 "tx_event",
@@ -470,6 +475,10 @@ class Csms:
         if rec is None or rec.session is None:
             raise KeyError(f"station {station_id!r} is not connected")
         return await rec.session.call(action, payload)
+
+    def statistics_handshake_failures(self) -> dict[str, int]:
+        """Handshake failures by reason (cheap: no walk over the stations)."""
+        return dict(self._handshake_failures)
 
     def statistics(self) -> CsmsStatistics:
         started = ended = dups = 0

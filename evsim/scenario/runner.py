@@ -394,17 +394,17 @@ class ScenarioRunner:
     def _take_sample(self) -> None:
         assert self.clock is not None and self.recorder is not None
         counts = self.recorder.counts
-        stats = [c.statistics() for c in self.csms.values()]
+        csms = list(self.csms.values())
+        csms_handshake_failures = sum(sum(c.statistics_handshake_failures().values()) for c in csms)
         sample = Sample(
             t=round(self.clock.elapsed(), 6),
             connected_stations=sum(1 for st in self.stations.values() if st.session is not None),
             stations=len(self.stations),
-            messages_total=sum(sum(s.messages.values()) for s in stats),
+            messages_total=sum(c.totals["messages"] for c in csms),
             handshakes_ok=counts["handshake_ok"],
-            handshakes_failed=counts["handshake_failed"]
-            - sum(sum(s.handshake_failures.values()) for s in stats),
-            tx_started=sum(s.transactions_started for s in stats),
-            tx_ended=sum(s.transactions_ended for s in stats),
+            handshakes_failed=counts["handshake_failed"] - csms_handshake_failures,
+            tx_started=sum(c.totals["tx_started"] for c in csms),
+            tx_ended=sum(c.totals["tx_ended"] for c in csms),
             queued_messages=sum(len(st.queue) for st in self.stations.values()),
             done_stations=sum(st.done.is_set() for st in self.stations.values()),
             connect_failures=sum(sum(st.connect_failures.values()) for st in self.stations.values()),
