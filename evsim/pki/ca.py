@@ -235,12 +235,9 @@ class CertificateAuthority:
             PkiError: bad name, or key generation refused.
         """
         key = generate_key(key_type)
-        cert = _build(
-            subject=_name(cn, org if org is not None else organization(self.cert)),
-            issuer=self.cert.subject,
-            public_key=key.public_key(),
-            signing_key=self.key,
-            issuer_cert=self.cert,
+        cert = self._sign(
+            _name(cn, org if org is not None else organization(self.cert)),
+            key.public_key(),
             now=now,
             days=days,
             ca=True,
@@ -362,12 +359,9 @@ class CertificateAuthority:
             key = generate_key(key_type)
         else:
             check_key_strength(key, what=f"key for {cn!r}")
-        cert = _build(
-            subject=_name(cn, org if org is not None else organization(self.cert)),
-            issuer=self.cert.subject,
-            public_key=key.public_key(),
-            signing_key=self.key,
-            issuer_cert=self.cert,
+        cert = self._sign(
+            _name(cn, org if org is not None else organization(self.cert)),
+            key.public_key(),
             now=now,
             days=days,
             ca=False,
@@ -418,16 +412,33 @@ class CertificateAuthority:
             orgs = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
             if orgs != [expected_org]:
                 raise PkiError(f"CSR subject O is {orgs!r}, expected {expected_org!r} (OCPP A00.FR.404)")
+        return self._sign(csr.subject, public_key, now=now, days=days, ca=False)
+
+    def _sign(
+        self,
+        subject: x509.Name,
+        public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+        *,
+        now: _dt.datetime,
+        days: int,
+        ca: bool,
+        path_length: int | None = None,
+        san: Sequence[x509.GeneralName] = (),
+        extended_key_usage: Sequence[x509.ObjectIdentifier] = (),
+    ) -> x509.Certificate:
+        """A certificate for ``subject``/``public_key`` issued and signed by this CA."""
         return _build(
-            subject=csr.subject,
+            subject=subject,
             issuer=self.cert.subject,
             public_key=public_key,
             signing_key=self.key,
             issuer_cert=self.cert,
             now=now,
             days=days,
-            ca=False,
-            san=[],
+            ca=ca,
+            path_length=path_length,
+            san=san,
+            extended_key_usage=extended_key_usage,
         )
 
 
