@@ -82,6 +82,41 @@ class NetworkStatistics:
     broken_links: int = 0
 
 
+class NetworkCounters:
+    """The mutable counters behind :class:`NetworkStatistics`, shared by a network and its streams."""
+
+    __slots__ = (
+        "broken_links",
+        "bytes_received",
+        "bytes_sent",
+        "connects",
+        "listeners",
+        "open_streams",
+        "refused",
+    )
+
+    def __init__(self) -> None:
+        self.connects = 0
+        self.refused = 0
+        self.open_streams = 0
+        self.listeners = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.broken_links = 0
+
+    def snapshot(self, *, listeners: int | None = None) -> NetworkStatistics:
+        """A frozen copy; ``listeners`` overrides the counter when the network tracks listeners itself."""
+        return NetworkStatistics(
+            connects=self.connects,
+            refused=self.refused,
+            open_streams=self.open_streams,
+            listeners=self.listeners if listeners is None else listeners,
+            bytes_sent=self.bytes_sent,
+            bytes_received=self.bytes_received,
+            broken_links=self.broken_links,
+        )
+
+
 class NetListener(trio.abc.Listener[trio.abc.Stream]):
     """A listener that knows the address it is bound to."""
 

@@ -22,6 +22,7 @@ import trio
 from evsim.errors import ConfigError, ConnectionRefused, TransportError
 from evsim.net.base import (
     NetListener,
+    NetworkCounters,
     NetworkStatistics,
     StreamBroken,
     StreamClosed,
@@ -41,18 +42,6 @@ DEFAULT_RECEIVE_SIZE = 65536
 """``receive_some()`` without ``max_bytes`` reads at most this (trio's SocketStream default)."""
 
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-
-
-class _Counters:
-    __slots__ = ("bytes_received", "bytes_sent", "connects", "listeners", "open_streams", "refused")
-
-    def __init__(self) -> None:
-        self.connects = 0
-        self.refused = 0
-        self.open_streams = 0
-        self.listeners = 0
-        self.bytes_sent = 0
-        self.bytes_received = 0
 
 
 class TcpStream(trio.abc.HalfCloseableStream):
@@ -85,7 +74,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
         "_trio_socket",
     )
 
-    def __init__(self, sock: _stdlib_socket.socket, counters: _Counters) -> None:
+    def __init__(self, sock: _stdlib_socket.socket, counters: NetworkCounters) -> None:
         sock.setblocking(False)
         # TCP_NODELAY: OCPP messages are small and latency-bound (trio sets it on its streams too).
         sock.setsockopt(_stdlib_socket.IPPROTO_TCP, _stdlib_socket.TCP_NODELAY, True)
@@ -105,7 +94,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
         counters.open_streams += 1
 
     @classmethod
-    def _from_trio(cls, sock: trio.socket.SocketType, counters: _Counters) -> TcpStream:
+    def _from_trio(cls, sock: trio.socket.SocketType, counters: NetworkCounters) -> TcpStream:
         """Take over a connected trio socket (its file descriptor moves to a stdlib socket)."""
         family, type_, proto = sock.family, sock.type, sock.proto
         fd = sock.detach()
@@ -358,7 +347,7 @@ class TcpListener(NetListener):
 
     __slots__ = ("_address", "_closed", "_counters", "_listener")
 
-    def __init__(self, listener: trio.SocketListener, counters: _Counters) -> None:
+    def __init__(self, listener: trio.SocketListener, counters: NetworkCounters) -> None:
         self._listener = listener
         self._counters = counters
         self._closed = False
@@ -410,7 +399,7 @@ class TcpNetwork:
 
     def __init__(self, resolve: Mapping[str, str] | None = None) -> None:
         self._resolve = {k.lower(): v for k, v in (resolve or {}).items()}
-        self._counters = _Counters()
+        self._counters = NetworkCounters()
 
     def resolve(self, host: str) -> str:
         """The loopback IP address ``host`` maps to.
@@ -487,15 +476,7 @@ class TcpNetwork:
 
     def statistics(self) -> NetworkStatistics:
         """A snapshot of the network's counters."""
-        c = self._counters
-        return NetworkStatistics(
-            connects=c.connects,
-            refused=c.refused,
-            open_streams=c.open_streams,
-            listeners=c.listeners,
-            bytes_sent=c.bytes_sent,
-            bytes_received=c.bytes_received,
-        )
+        return self._counters.snapshot()
 
 
 def _addr(sockaddr: object) -> tuple[str, int]:

@@ -49,7 +49,14 @@ from trio.lowlevel import (
 )
 
 from evsim.errors import ConfigError, ConnectionRefused
-from evsim.net.base import NetListener, NetworkStatistics, StreamBroken, StreamClosed, StreamStatistics
+from evsim.net.base import (
+    NetListener,
+    NetworkCounters,
+    NetworkStatistics,
+    StreamBroken,
+    StreamClosed,
+    StreamStatistics,
+)
 
 __all__ = ["LinkPolicy", "VirtualListener", "VirtualNetwork", "VirtualStream"]
 
@@ -181,18 +188,6 @@ class _Pipe:
         self.wake_writer()
 
 
-class _Counters:
-    __slots__ = ("broken_links", "bytes_received", "bytes_sent", "connects", "open_streams", "refused")
-
-    def __init__(self) -> None:
-        self.connects = 0
-        self.refused = 0
-        self.open_streams = 0
-        self.bytes_sent = 0
-        self.bytes_received = 0
-        self.broken_links = 0
-
-
 class VirtualStream(trio.abc.HalfCloseableStream):
     """One end of an in-memory connection. Passes ``trio.testing.check_half_closeable_stream``.
 
@@ -224,7 +219,7 @@ class VirtualStream(trio.abc.HalfCloseableStream):
         outbound: _Pipe,
         local: tuple[str, int],
         remote: tuple[str, int],
-        counters: _Counters,
+        counters: NetworkCounters,
     ) -> None:
         self._link = link
         self._in = inbound
@@ -588,7 +583,7 @@ class VirtualNetwork:
         self._policies: dict[frozenset[str], LinkPolicy] = {}
         self._links: dict[str, set[_Link]] = {}
         self._ports = itertools.cycle(range(*_EPHEMERAL))
-        self._counters = _Counters()
+        self._counters = NetworkCounters()
 
     # -- Network -------------------------------------------------------------------------------------
 
@@ -679,16 +674,7 @@ class VirtualNetwork:
 
     def statistics(self) -> NetworkStatistics:
         """A snapshot of the network's counters."""
-        c = self._counters
-        return NetworkStatistics(
-            connects=c.connects,
-            refused=c.refused,
-            open_streams=c.open_streams,
-            listeners=len(self._listeners),
-            bytes_sent=c.bytes_sent,
-            bytes_received=c.bytes_received,
-            broken_links=c.broken_links,
-        )
+        return self._counters.snapshot(listeners=len(self._listeners))
 
     # -- faults -----------------------------------------------------------------------------------------
 
@@ -761,7 +747,7 @@ def memory_pipe_pair(
     """
     to_right = _Pipe(buffer_size, latency_s)
     to_left = _Pipe(buffer_size, latency_s)
-    counters = _Counters()
+    counters = NetworkCounters()
     left = VirtualStream(None, to_left, to_right, ("left", 1), ("right", 2), counters)
     right = VirtualStream(None, to_right, to_left, ("right", 2), ("left", 1), counters)
     return left, right
