@@ -350,16 +350,15 @@ class Csms:
     ) -> dict[str, Any]:
         rec.messages[action] += 1
         self.totals["messages"] += 1
-        now = isoformat(self.clock.utcnow())
         if action == "BootNotification":
-            return await self._on_boot(rec, ws, payload, now)
+            return await self._on_boot(rec, ws, payload, isoformat(self.clock.utcnow()))
         if not rec.accepted:
             raise OcppError(
                 "station has not been accepted by BootNotification yet", error_code="SecurityError"
             )
         if action == "Heartbeat":
             rec.heartbeats += 1
-            return {"currentTime": now}
+            return {"currentTime": isoformat(self.clock.utcnow())}
         if action == "StatusNotification":
             rec.connectors[(payload["evseId"], payload["connectorId"])] = payload["connectorStatus"]
             return {}
