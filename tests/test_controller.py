@@ -504,3 +504,31 @@ async def test_station_link_failure_seen_from_a_raw_client(autojump_clock: trio.
             with pytest.raises(WebSocketClosed) as closed:
                 await ws.receive_text()
         assert closed.value.code == 1013
+
+
+async def test_keep_station_backlog_survives_the_station_reconnecting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The controller answered the station's TransactionEvents, so it owns them: when the station's link also
+    drops before the CSMS is back, the backlog is replayed on the station's next upstream link."""
+    async with harness() as h:
+        await h.start_csms()
+        lc = await start_controller(h, on_upstream_loss="keep_station")
+        st = h.start_station("ST-1", host=LC_HOST)
+        with trio.fail_after(600):
+            await st.wait_online()
+        h.net.partition(LC_HOST, CSMS_HOST)
+        await _until_done(st)
+        assert lc.statistics().stations["ST-1"].backlog >= 3
+        h.net.partition("ST-1", LC_HOST)
+        await trio.sleep(5)
+        assert not lc.statistics().stations["ST-1"].connected
+        h.net.heal(LC_HOST, CSMS_HOST)
+        h.net.heal("ST-1", LC_HOST)
+        with trio.fail_after(600):
+            await st.wait_online()
+        await trio.sleep(10)
+        (tx,) = h.csms.stations["ST-1"].transactions.values()
+        assert tx.started and tx.ended and tx.gap_free()
+        s = lc.statistics().stations["ST-1"]
+        assert s.backlog == 0 and s.connections == 2
