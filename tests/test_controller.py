@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from evsim.errors import WebSocketClosed
+from evsim.errors import ConfigError, WebSocketClosed
 from evsim.nodes.admission import TrustedController
 from evsim.nodes.controller import ControllerConfig, LocalController, UpstreamLossPolicy
 from evsim.nodes.csms import Csms, CsmsConfig
@@ -22,7 +22,7 @@ from evsim.ws.auth import basic_auth_header
 from evsim.ws.connection import WebSocket, ws_client
 from evsim.ws.paths import station_path
 from tests.e2e_harness import PASSWORD, Harness, harness
-from tests.pki_fixtures import CSMS_HOST, TEST_NOW
+from tests.pki_fixtures import CSMS_HOST, TEST_NOW, make_test_pki
 
 LC_HOST = "lc.evsim.test"
 LC2_HOST = "lc2.evsim.test"
@@ -116,6 +116,17 @@ async def start_sp3_controller(h: Harness, name: str = "LC-1", **extra: Any) -> 
     return await start_controller(
         h, name=name, security_profile=3, upstream_identity=h.pki.station_identity(name), **extra
     )
+
+
+async def _keeping_controller_cut_from_the_csms(h: Harness) -> tuple[LocalController, Station]:
+    """A keep_station controller with one online station behind it, then cut from the CSMS."""
+    await h.start_csms()
+    lc = await start_controller(h, on_upstream_loss="keep_station")
+    st = h.start_station("ST-1", host=LC_HOST)
+    with trio.fail_after(600):
+        await st.wait_online()
+    h.net.partition(LC_HOST, CSMS_HOST)
+    return lc, st
 
 
 def _csms_sees_connected(csms: Csms, station_id: str) -> bool:
@@ -462,12 +473,7 @@ async def test_keep_station_answers_locally_and_replays_transactions(
     """The errata exception (ERR-201 §4.13): the station stays connected while the CSMS is unreachable; the
     controller answers it and replays its TransactionEvents (after its BootNotification) once restored."""
     async with harness() as h:
-        await h.start_csms()
-        lc = await start_controller(h, on_upstream_loss="keep_station")
-        st = h.start_station("ST-1", host=LC_HOST)
-        with trio.fail_after(600):
-            await st.wait_online()
-        h.net.partition(LC_HOST, CSMS_HOST)
+        lc, st = await _keeping_controller_cut_from_the_csms(h)
         await _until_done(st)  # the whole session while the CSMS is unreachable
         await trio.sleep(120)
         assert st.connects_ok == 1 and st.session is not None  # never disconnected
@@ -512,12 +518,7 @@ async def test_keep_station_backlog_survives_the_station_reconnecting(
     """The controller answered the station's TransactionEvents, so it owns them: when the station's link also
     drops before the CSMS is back, the backlog is replayed on the station's next upstream link."""
     async with harness() as h:
-        await h.start_csms()
-        lc = await start_controller(h, on_upstream_loss="keep_station")
-        st = h.start_station("ST-1", host=LC_HOST)
-        with trio.fail_after(600):
-            await st.wait_online()
-        h.net.partition(LC_HOST, CSMS_HOST)
+        lc, st = await _keeping_controller_cut_from_the_csms(h)
         await _until_done(st)
         assert lc.statistics().stations["ST-1"].backlog >= 3
         h.net.partition("ST-1", LC_HOST)
@@ -532,3 +533,20 @@ async def test_keep_station_backlog_survives_the_station_reconnecting(
         assert tx.started and tx.ended and tx.gap_free()
         s = lc.statistics().stations["ST-1"]
         assert s.backlog == 0 and s.connections == 2
+
+
+def test_controller_config_refuses_incomplete_settings() -> None:
+    pki = make_test_pki()
+    upstream = Service("csms", (Endpoint("primary", f"wss://{CSMS_HOST}/ocpp", trust=pki.csms_trust()),))
+    ident = pki.server_identity()
+    with pytest.raises(ConfigError, match="own server certificate"):
+        ControllerConfig(upstream=upstream)
+    with pytest.raises(ConfigError, match="client certificates"):
+        ControllerConfig(upstream=upstream, identity=ident, security_profile=3)
+    with pytest.raises(ConfigError, match="plain ws"):
+        ControllerConfig(upstream=upstream, security_profile=1)
+    with pytest.raises(ConfigError, match="loss policy"):
+        ControllerConfig(upstream=upstream, identity=ident, on_upstream_loss="ignore")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="behind_controller"):
+        CsmsConfig(behind_controller="trust_everyone")  # type: ignore[arg-type]
+    assert ControllerConfig(upstream=upstream, identity=ident).on_upstream_loss == "close_station"

@@ -152,7 +152,7 @@ class ControllerConfig:
         station_passwords: Basic-auth passwords checked here; None = forward the credentials, the CSMS checks.
         ocpp_versions: subprotocols served, in order of preference.
         compression: accept permessage-deflate on both links (OCPP-J §3.4: a controller SHALL support it).
-        upstream: the CSMS service: endpoints (URL, priority, TLS profile, trust, the controller's client
+        upstream: (required, keyword) the CSMS service: endpoints (URL, priority, TLS profile, trust, the controller's client
             identity), failover policy and back-off.
         upstream_passwords: Basic-auth passwords per station for the upstream, used when the station sent none.
         upstream_default_password: the same for stations not in ``upstream_passwords``.
@@ -180,7 +180,7 @@ class ControllerConfig:
     station_passwords: Mapping[str, str] | None = None
     ocpp_versions: tuple[str, ...] = ("2.0.1", "2.1")
     compression: bool = True
-    upstream: Service | None = None
+    upstream: Service = attrs.field(kw_only=True)
     upstream_passwords: Mapping[str, str] = attrs.field(factory=dict)
     upstream_default_password: str | None = None
     upstream_connect_attempts: int = 3
@@ -215,12 +215,6 @@ class ControllerConfig:
                 "security profile 3 needs roots for the stations' client certificates",
                 path="controller.client_trust",
                 fix="give the station certificates' root (the CSO root)",
-            )
-        if self.upstream is None:
-            raise ConfigError(
-                "a controller needs an upstream service (the CSMS endpoints)",
-                path="controller.upstream",
-                fix='e.g. Service("csms", Endpoint("primary", "wss://csms.evsim.test/ocpp", trust=...))',
             )
         if self.on_upstream_loss not in ("close_station", "keep_station"):
             raise ConfigError(
@@ -363,7 +357,6 @@ class LocalController:
                 trust=config.client_trust,
                 client_auth="required" if config.security_profile == 3 else "none",
             )
-        assert config.upstream is not None
         self.upstream: Service = config.upstream
         self.address: tuple[str, int] | None = None
         self.stations: dict[str, _StationState] = {}
