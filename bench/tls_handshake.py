@@ -245,18 +245,19 @@ def _evsim_configs(spec: RowSpec, pki: _Pki) -> tuple[ClientTls, ServerTls]:
     profile = TlsProfile(versions=(spec.version,))
     mutual = spec.auth == "mutual"
     client_tls = ClientTls.build(profile, pki.trust, pki.client if mutual else None)
-    if spec.mode != "resumed id":
-        server_tls = ServerTls.build(
+
+    def server() -> ServerTls:
+        return ServerTls.build(
             profile, pki.server, pki.trust if mutual else None, "required" if mutual else "none"
         )
-        return client_tls, server_tls
+
+    if spec.mode != "resumed id":
+        return client_tls, server()
     # evsim has no session policy knob yet (tls-model.md `session`: off|ids|tickets|both, being added on
     # evsim/tls): until it lands, turn tickets off on a private copy of the compiled context, built with the
     # cache cleared on both sides so no other caller can ever be handed the modified context.
     clear_context_cache()
-    server_tls = ServerTls.build(
-        profile, pki.server, pki.trust if mutual else None, "required" if mutual else "none"
-    )
+    server_tls = server()
     clear_context_cache()
     server_tls.context.set_options(SSL.OP_NO_TICKET)
     return client_tls, server_tls
