@@ -637,3 +637,44 @@ async def test_expired_pin_is_released_by_expire_pins_and_refuses_new_connection
     assert log == [] and policy.epoch == 0
     policy.expire_pins(now=later)
     assert names(log) == [events.PIN_RELEASED] and log[0].spki_sha256 == spki(CSMS_A) and policy.epoch == 1
+
+
+async def test_pairing_listener_checks_client_validity_at_simulation_time() -> None:
+    """Inside a window, a self-signed client past its validity is still refused (time is checked)."""
+    log: list[PeerEvent] = []
+    server_tls, wallbox = pairing_listener(log)
+    later = NOW + dt.timedelta(days=3651)  # issue_self_signed: ten years
+    wallbox.open_pairing_window(now=later)
+    client_tls = ClientTls.build(
+        PROFILE,
+        TrustStore("ship", (), hostname="off", mode="pinned_peers", time_check="off"),
+        Identity.from_cert_key(HEMS),
+        peer=PeerPolicy(side="client", pins=pins(("leaf", WALLBOX, "active"))),
+    )
+    with trio.fail_after(IO_TIMEOUT_S):
+        client, server = await tls_pair(client_tls, server_tls, host=SHIP_HOST, server_time=later)
+    assert reason(server) == events.CERT_EXPIRED
+    assert reason(client) == "remote:peer_alert:certificate_expired"  # OpenSSL's own alert this time
+    assert log == [] and wallbox.state.pairing is not None and wallbox.state.pairing.peers == ()
+
+
+async def test_concurrent_handshakes_commit_on_the_current_state() -> None:
+    """Two devices pair at the same moment: both are recorded (each commit re-runs its transition on the
+    policy's current state instead of writing back the snapshot its connection started from)."""
+    log: list[PeerEvent] = []
+    server_tls, wallbox = pairing_listener(log)
+    wallbox.open_pairing_window(now=NOW)
+    results: list[tuple[TlsStream | TransportError, TlsStream | TransportError]] = []
+
+    async def pair(device: CertKey) -> None:
+        results.append(await tls_pair(hems_client(device), server_tls, host=SHIP_HOST))
+
+    with trio.fail_after(IO_TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pair, HEMS)
+            nursery.start_soon(pair, STRANGER)
+    assert sorted(reason(s) for _, s in results) == ["ok", "ok"]
+    assert names(log) == [events.PAIRED, events.PAIRED]
+    trust = wallbox.state.pairing
+    assert trust is not None
+    assert {p.ski for p in trust.peers if p.state == "trusted"} == {ski_hex(HEMS), ski_hex(STRANGER)}

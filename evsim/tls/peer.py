@@ -38,6 +38,9 @@ them *inside* the TLS handshake:
   pin released, peer unpaired), so a server's session cache never resumes across such a change.
 * Open connections are never disturbed: they keep the snapshot they were checked with; only new
   connections see the new state.
+* TLS 1.3 mutual TLS: a client's handshake completes before the server has checked the client's
+  certificate, so a client commits (e.g. promotes a pending pin of the server) even when the server then
+  refuses it on the first read. The client did verify that server; only the server's verdict came later.
 
 Nothing here imports OpenSSL or reads a clock: certificates arrive as cryptography objects, ``now`` is
 the simulation's wall time passed in by the stream.
