@@ -8,6 +8,7 @@ the events the policy emitted.
 from __future__ import annotations
 
 import datetime as dt
+import tomllib
 from collections.abc import Callable
 
 import pytest
@@ -31,7 +32,7 @@ from evsim.tls import (
 )
 from evsim.tls.change import ChangePolicy, OnKeyChange
 from evsim.tls.pairing import REFUSED_DENIED, REFUSED_PENDING, PeerTrust
-from evsim.tls.peer import PeerEvent, PeerPolicy
+from evsim.tls.peer import PeerEvent, PeerPolicy, PeerState
 from evsim.tls.pins import Enforcement, Pin, PinSet, PinState, PinTarget
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, tls_pair
 
@@ -678,3 +679,34 @@ async def test_concurrent_handshakes_commit_on_the_current_state() -> None:
     trust = wallbox.state.pairing
     assert trust is not None
     assert {p.ski for p in trust.peers if p.state == "trusted"} == {ski_hex(HEMS), ski_hex(STRANGER)}
+
+
+def test_peer_policy_from_toml() -> None:
+    text = f"""
+    [pins]
+    enforcement = "report_only"
+    pins = [{{ target = "intermediate", spki_sha256 = "{spki_sha256(SUB_A.cert).hex()}" }}]
+    [pairing]
+    pairing_window_s = 30
+    peers = [{{ ski = "{ski_hex(HEMS)}", device_id = "HEMS-0001" }}]
+    [change]
+    on_peer_key_change = "reject"
+    """
+    policy = PeerPolicy.from_toml(tomllib.loads(text), path="ship.peer", side="server", at=NOW)
+    state = policy.state
+    assert state.pins is not None and state.pins.enforcement == "report_only"
+    assert state.pins.pins[0].target == "intermediate"
+    assert state.pairing is not None and state.pairing.pairing_window_s == 30
+    assert state.pairing.get(ski_hex(HEMS)) is not None
+    assert state.change == ChangePolicy("reject")
+    assert policy.name == "ship.peer" and policy.side == "server"
+    assert PeerPolicy.from_toml({}, path="p", side="client", at=NOW).state == PeerState()
+    for bad, where in [
+        ("colour = 1", "p.colour"),
+        ('pins = "x"', "p.pins"),
+        ('[change]\non_peer_key_change = "shrug"', "p.change.on_peer_key_change"),
+        ("[pairing]\npairing_window_s = 0", "p.pairing.pairing_window_s"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            PeerPolicy.from_toml(tomllib.loads(bad), path="p", side="client", at=NOW)
+        assert info.value.path == where, (bad, info.value)

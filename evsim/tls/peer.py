@@ -49,7 +49,7 @@ the simulation's wall time passed in by the stream.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, TypeAlias
 
 import attrs
@@ -163,6 +163,70 @@ class PeerPolicy:
         self._state = PeerState(pins, pairing, change, memory if memory is not None else _new_memory())
         self._epoch = 0
         self.events_emitted = 0
+
+    @classmethod
+    def from_toml(
+        cls,
+        table: Mapping[str, object],
+        *,
+        path: str,
+        side: Side,
+        at: _dt.datetime,
+        sink: EventSink | None = None,
+    ) -> PeerPolicy:
+        """Build from a parsed TOML table::
+
+            [peer.pins]                       # PinSet.from_toml
+            enforcement = "enforce"
+            pins = [{ target = "leaf", spki_sha256 = "…" }]
+            [peer.pairing]                    # PeerTrust.from_toml
+            peers = [{ ski = "…", device_id = "HEMS-0001" }]
+            [peer.change]                     # ChangePolicy.from_toml
+            on_peer_key_change = "reject"
+
+        Args:
+            table: the table as ``tomllib`` returns it (every key optional).
+            path: its field path, prefixed to every error (and the policy's name).
+            side: ``"client"`` or ``"server"``.
+            at: the ``since`` of the listed pairing peers (the simulation's start).
+            sink: receives every event.
+
+        Returns:
+            The policy.
+
+        Raises:
+            ConfigError: unknown keys or bad values, with their field path.
+        """
+        if not isinstance(table, Mapping):
+            raise ConfigError("a peer policy must be a table", path=path, value=table, fix="write a table")
+        known = ("pins", "pairing", "change")
+        for key in table:
+            if key not in known:
+                raise ConfigError(
+                    "unknown key", path=f"{path}.{key}", value=key, fix=f"use one of {', '.join(known)}"
+                )
+
+        def sub(name: str) -> Mapping[str, object] | None:
+            value = table.get(name)
+            if value is not None and not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"{name} must be a table", path=f"{path}.{name}", value=value, fix="write a table"
+                )
+            return value
+
+        pins_t, pairing_t, change_t = sub("pins"), sub("pairing"), sub("change")
+        return cls(
+            side=side,
+            pins=None if pins_t is None else _pins.PinSet.from_toml(pins_t, path=f"{path}.pins"),
+            pairing=None
+            if pairing_t is None
+            else _pairing.PeerTrust.from_toml(pairing_t, path=f"{path}.pairing", at=at),
+            change=None
+            if change_t is None
+            else _change.ChangePolicy.from_toml(change_t, path=f"{path}.change"),
+            sink=sink,
+            name=path,
+        )
 
     # ------------------------------------------------------------ views
 
@@ -523,11 +587,12 @@ class PeerCheck:
         if self.checked:
             return self._refusal
         self.checked = True
+        self._now = now
         built = tuple(self._seen[d] for d in sorted(self._seen))
         chain = tuple(sent) if sent else built
-        if not chain:
+        if not chain:  # pragma: no cover - OpenSSL calls the callback with a certificate
             return self._refuse(events.CERT_INVALID, events.CERT_NO_CLIENT_CERT, "no peer certificate")
-        self._chain, self._leaf, self._now = chain, chain[0], now
+        self._chain, self._leaf = chain, chain[0]
         leaf = chain[0]
         snap = self._snapshot
         if snap.pairing is not None:
