@@ -463,53 +463,79 @@ async def test_pin_release_does_not_disturb_an_open_connection_but_refuses_new_o
         await server.aclose()
 
 
-async def test_resumed_session_is_rechecked_after_a_pin_release() -> None:
+@PROFILES
+async def test_resumed_session_is_rechecked_after_a_pin_release(profile: TlsProfile) -> None:
     """A session resumed after its server's pin was released skips OpenSSL's verification: the policy
     re-checks the session's chain after the handshake and refuses it."""
     log: list[PeerEvent] = []
     policy = PeerPolicy(
         side="client", pins=pins(("leaf", CSMS_A, "active"), ("leaf", CSMS_B, "backup")), sink=log.append
     )
-    client_tls = ca_client(TLS12)
-    server_tls = csms_server(CSMS_A, TLS12)
+    client_tls = ca_client(profile)
+    server_tls = csms_server(CSMS_A, profile)
     with trio.fail_after(IO_TIMEOUT_S):
         first, _ = await tls_pair(client_tls, server_tls, client_peer=policy)
         assert isinstance(first, TlsStream)
         session = first.session
         assert session is not None
-        resumed = await _connect_resuming(client_tls, server_tls, session, policy)
+        resumed, _ = await _connect_resuming(client_tls, server_tls, session, client_peer=policy)
         assert isinstance(resumed, TlsStream) and resumed.info.session_reused  # resumption works
         policy.release_pin(spki(CSMS_A), now=NOW)
         log.clear()
-        refused = await _connect_resuming(client_tls, server_tls, session, policy)
+        refused, _ = await _connect_resuming(client_tls, server_tls, session, client_peer=policy)
     assert reason(refused) == events.PIN_MISMATCH
     assert names(log) == [events.PIN_MISMATCH]
 
 
 async def _connect_resuming(
-    client_tls: ClientTls, server_tls: ServerTls, session: TlsSession, policy: PeerPolicy
-) -> TlsStream | TransportError:
+    client_tls: ClientTls,
+    server_tls: ServerTls,
+    session: TlsSession,
+    *,
+    client_peer: PeerPolicy | None = None,
+    server_peer: PeerPolicy | None = None,
+) -> tuple[TlsStream | TransportError, TlsStream | TransportError]:
+    """One connection offering ``session`` (handshakes only; each side's stream or refusal)."""
     a, b = trio.testing.memory_stream_pair()
-    out: list[TlsStream | TransportError] = []
+    out: dict[str, TlsStream | TransportError] = {}
 
     async def server_side() -> None:
         try:
-            s = await tls_accept(b, server_tls, verify_time=lambda: NOW)
-            await s.aclose()
-        except (HandshakeFailed, TransportError):
-            pass
+            out["server"] = await tls_accept(b, server_tls, verify_time=lambda: NOW, peer=server_peer)
+        except (HandshakeFailed, TransportError) as exc:
+            out["server"] = exc
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server_side)
         try:
-            out.append(
-                await tls_connect(
-                    a, client_tls, CSMS_HOST, verify_time=lambda: NOW, session=session, peer=policy
-                )
+            out["client"] = await tls_connect(
+                a, client_tls, CSMS_HOST, verify_time=lambda: NOW, session=session, peer=client_peer
             )
-        except HandshakeFailed as exc:
-            out.append(exc)
-    return out[0]
+        except (HandshakeFailed, TransportError) as exc:
+            out["client"] = exc
+    return out["client"], out["server"]
+
+
+async def test_server_rechecks_a_resumed_session_after_a_pin_release() -> None:
+    """Server side: a listener's shared context resumes the station's session, but the policy given at
+    accept re-checks the session's client chain and refuses it after its pin was released."""
+    log: list[PeerEvent] = []
+    policy = PeerPolicy(side="server", pins=pins(("leaf", STATION, "active")), sink=log.append)
+    server_tls = ServerTls.build(
+        TLS12, Identity.from_cert_key(CSMS_A), TrustStore("stations", (ROOT.cert,)), "required"
+    )
+    client_tls = ClientTls.build(TLS12, CA_TRUST, Identity.from_cert_key(STATION))
+    with trio.fail_after(IO_TIMEOUT_S):
+        first, _ = await tls_pair(client_tls, server_tls, server_peer=policy)
+        assert isinstance(first, TlsStream) and first.session is not None
+        session = first.session
+        _, server = await _connect_resuming(client_tls, server_tls, session, server_peer=policy)
+        assert isinstance(server, TlsStream) and server.info.session_reused
+        policy.release_pin(spki(STATION), now=NOW)
+        log.clear()
+        _, server = await _connect_resuming(client_tls, server_tls, session, server_peer=policy)
+    assert reason(server) == events.PIN_MISMATCH
+    assert names(log) == [events.PIN_MISMATCH] and log[0].peer == "CS0001"
 
 
 # ================================================================ self-signed modes: tofu, time, config
