@@ -140,6 +140,7 @@ async def test_pairing_full_sequence(profile: TlsProfile) -> None:
         assert log[0].reason == REFUSED_PENDING and log[0].ski == ski_hex(HEMS)
         entry = wallbox.state.pairing.get(ski_hex(HEMS)) if wallbox.state.pairing else None
         assert entry is not None and entry.state == "pending"
+        assert wallbox.statistics(now=t).pending_requests == 1
         log.clear()
 
         # 2. the user opens a window: accepted and recorded by SKI
@@ -705,6 +706,9 @@ async def test_concurrent_handshakes_commit_on_the_current_state() -> None:
     trust = wallbox.state.pairing
     assert trust is not None
     assert {p.ski for p in trust.peers if p.state == "trusted"} == {ski_hex(HEMS), ski_hex(STRANGER)}
+    stats = wallbox.statistics(now=NOW)
+    assert (stats.trusted_peers, stats.pending_requests, stats.events_emitted) == (2, 0, 2)
+    assert stats.pairing_window_open and stats.epoch == 0
 
 
 def test_peer_policy_from_toml() -> None:

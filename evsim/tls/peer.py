@@ -128,6 +128,29 @@ class PeerState:
     memory: _change.PeerMemory = attrs.field(factory=_change.PeerMemory)
 
 
+@attrs.frozen
+class PeerStatistics:
+    """What :meth:`PeerPolicy.statistics` reports.
+
+    Attributes:
+        epoch: the trust epoch (see :attr:`PeerPolicy.epoch`).
+        events_emitted: events sent to the sink so far.
+        live_pins: pins that can match now.
+        trusted_peers: paired devices in state ``trusted``.
+        pending_requests: pairing requests waiting (at most ``pairing.MAX_PENDING``).
+        pairing_window_open: whether a pairing window is open now.
+        remembered_peers: peers in the change memory (at most its ``limit``).
+    """
+
+    epoch: int
+    events_emitted: int
+    live_pins: int
+    trusted_peers: int
+    pending_requests: int
+    pairing_window_open: bool
+    remembered_peers: int
+
+
 class PeerPolicy:
     """The peer-trust holder of one endpoint or listener (see the module doc).
 
@@ -162,7 +185,7 @@ class PeerPolicy:
         self._sink = sink
         self._state = PeerState(pins, pairing, change, memory if memory is not None else _new_memory())
         self._epoch = 0
-        self.events_emitted = 0
+        self._emitted = 0
 
     @classmethod
     def from_toml(
@@ -243,8 +266,29 @@ class PeerPolicy:
 
     # ------------------------------------------------------------ commit and events
 
+    def statistics(self, *, now: _dt.datetime) -> PeerStatistics:
+        """A frozen snapshot for metrics.
+
+        Args:
+            now: simulation wall time (which pins are live, whether a window is open).
+
+        Returns:
+            The counts.
+        """
+        state = self._state
+        peers = state.pairing.peers if state.pairing is not None else ()
+        return PeerStatistics(
+            epoch=self._epoch,
+            events_emitted=self._emitted,
+            live_pins=len(state.pins.live_pins(now)) if state.pins is not None else 0,
+            trusted_peers=sum(p.state == "trusted" for p in peers),
+            pending_requests=sum(p.state == "pending" for p in peers),
+            pairing_window_open=state.pairing is not None and state.pairing.window_open(now),
+            remembered_peers=len(state.memory.peers),
+        )
+
     def _emit(self, event: PeerEvent) -> None:
-        self.events_emitted += 1
+        self._emitted += 1
         if self._sink is not None:
             self._sink(event)
 
