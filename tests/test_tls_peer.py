@@ -87,6 +87,7 @@ CSMS_A_REKEYED = SUB_A.issue_server(CSMS_HOST, now=NOW)  # same CA, new key
 CSMS_B = SUB_B.issue_server(CSMS_HOST, now=NOW)
 STATION = SUB_A.issue_client("CS0001", now=NOW)
 STATION_OTHER_KEY = SUB_A.issue_client("CS0001", now=NOW)
+STATION_FROM_B = SUB_B.issue_client("CS0001", now=NOW)
 CA_TRUST = TrustStore("CSMSRootCertificate", (ROOT.cert,))
 
 
@@ -275,18 +276,27 @@ async def test_pin_mismatch_report_only_allows_and_reports(
     assert log[0].ocpp_security_event == events.EVSIM_PIN_MISMATCH
 
 
-async def test_server_side_leaf_pin_refuses_a_station_with_another_key() -> None:
-    """A CSMS pinning a station's key (server side: the chain is the one OpenSSL built)."""
+@PROFILES
+@pytest.mark.parametrize(
+    ("target", "pinned", "violator"),
+    [("leaf", STATION, STATION_OTHER_KEY), ("intermediate", SUB_A, STATION_FROM_B)],
+    ids=["leaf", "intermediate"],
+)
+async def test_server_side_pin_refuses_a_station(
+    profile: TlsProfile, target: PinTarget, pinned: CertKey | CertificateAuthority, violator: CertKey
+) -> None:
+    """A CSMS pinning a station's key or its sub-CA (server side: the chain is the one OpenSSL built and
+    verified, shown to the policy by the verify callback)."""
     log: list[PeerEvent] = []
-    policy = PeerPolicy(side="server", pins=pins(("leaf", STATION, "active")), sink=log.append)
+    policy = PeerPolicy(side="server", pins=pins((target, pinned, "active")), sink=log.append)
     server_tls = ServerTls.build(
-        PROFILE, Identity.from_cert_key(CSMS_A), TrustStore("stations", (ROOT.cert,)), "required"
+        profile, Identity.from_cert_key(CSMS_A), TrustStore("stations", (ROOT.cert,)), "required"
     )
     with trio.fail_after(IO_TIMEOUT_S):
-        good_client = ClientTls.build(PROFILE, CA_TRUST, Identity.from_cert_key(STATION))
+        good_client = ClientTls.build(profile, CA_TRUST, Identity.from_cert_key(STATION))
         client, server = await tls_pair(good_client, server_tls, server_peer=policy)
         assert (reason(client), reason(server)) == ("ok", "ok")
-        bad_client = ClientTls.build(PROFILE, CA_TRUST, Identity.from_cert_key(STATION_OTHER_KEY))
+        bad_client = ClientTls.build(profile, CA_TRUST, Identity.from_cert_key(violator))
         client, server = await tls_pair(bad_client, server_tls, server_peer=policy)
     assert reason(server) == events.PIN_MISMATCH
     assert reason(client).startswith("remote:peer_alert:")
