@@ -462,8 +462,10 @@ async def test_pin_release_does_not_disturb_an_open_connection_but_refuses_new_o
     with trio.fail_after(IO_TIMEOUT_S):
         client, server = await tls_pair(client_tls, csms_server(CSMS_A))
         assert isinstance(client, TlsStream) and isinstance(server, TlsStream)
+        assert client_tls.new_connection(CSMS_HOST)[0].get_context() is client_tls.context
         policy.release_pin(spki(CSMS_A), now=NOW)
         assert names(log) == [events.PIN_RELEASED] and policy.epoch == 1
+        assert client_tls.new_connection(CSMS_HOST)[0].get_context() is not client_tls.context  # rebuilt
         await _still_talks(client, server)
         new_client, _ = await tls_pair(client_tls, csms_server(CSMS_A))
         assert reason(new_client) == events.PIN_MISMATCH
