@@ -37,10 +37,21 @@ them *inside* the TLS handshake:
   alert). Contexts compiled for a policy are rebuilt when trust shrinks (:attr:`PeerPolicy.epoch`:
   pin released, peer unpaired), so a server's session cache never resumes across such a change.
 * Open connections are never disturbed: they keep the snapshot they were checked with; only new
-  connections see the new state.
+  connections see the new state (a handshake already under way when trust changes is decided on its
+  snapshot, but its commit re-runs on the new state, so e.g. an unpaired device is not re-recorded).
 * TLS 1.3 mutual TLS: a client's handshake completes before the server has checked the client's
   certificate, so a client commits (e.g. promotes a pending pin of the server) even when the server then
   refuses it on the first read. The client did verify that server; only the server's verdict came later.
+
+Reasons and events
+------------------
+Refusals raise ``HandshakeFailed`` on the refusing side with ``pin_mismatch``, ``peer_key_changed``,
+``pairing_refused:unknown|pending|denied|key_mismatch`` or, for a certificate that cannot identify a SHIP
+device, ``cert_invalid:not_self_signed|no_ski|ski_mismatch|unsupported_key``. Events (``PeerEvent``):
+``pin_mismatch``, ``pin_added``, ``pin_released``, ``pin_promoted``, ``peer_cert_changed``,
+``peer_key_changed``, ``pairing_requested``, ``pairing_refused``, ``paired``, ``unpaired``,
+``cert_invalid``; :attr:`PeerEvent.ocpp_security_event` is the ``SecurityEventNotification`` type from the
+one table in ``evsim.tls.events``.
 
 Nothing here imports OpenSSL or reads a clock: certificates arrive as cryptography objects, ``now`` is
 the simulation's wall time passed in by the stream.
