@@ -193,7 +193,7 @@ async def test_pairing_full_sequence(profile: TlsProfile) -> None:
         assert reason(server) == REFUSED_DENIED
 
 
-async def test_pairing_refuses_a_ca_issued_client_and_an_unknown_one_when_full() -> None:
+async def test_pairing_refuses_a_ca_issued_client() -> None:
     """A pairing listener takes self-signed SHIP certificates only: a CA-issued one is refused by the
     pairing decision (OpenSSL's unknown-CA error is left to it), with a cert_invalid reason."""
     log: list[PeerEvent] = []
