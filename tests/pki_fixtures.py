@@ -28,6 +28,7 @@ from evsim.errors import HandshakeFailed, TransportError
 from evsim.pki import CertificateAuthority, CertKey
 from evsim.tls import ClientTls, Identity, ServerTls, TlsStream, TrustStore, tls_accept, tls_connect
 from evsim.tls.config import HostnameCheck, TimeCheck, WildcardPolicy
+from evsim.tls.peer import PeerPolicy
 
 TEST_NOW = dt.datetime(2030, 6, 1, 12, 0, tzinfo=dt.UTC)
 """A fixed simulation time for tests (far from the machine's clock on purpose)."""
@@ -133,6 +134,8 @@ async def tls_pair(
     client_time: dt.datetime | None = TEST_NOW,
     server_time: dt.datetime | None = TEST_NOW,
     exchange: bool = True,
+    client_peer: PeerPolicy | None = None,
+    server_peer: PeerPolicy | None = None,
 ) -> tuple[TlsStream | TransportError, TlsStream | TransportError]:
     """Handshake a client and a server over ``memory_stream_pair`` (both at once), then ping/pong.
 
@@ -146,6 +149,8 @@ async def tls_pair(
         client_time: simulation time the client checks certificates at (None = real clock).
         server_time: simulation time the server checks certificates at (None = real clock).
         exchange: do the ping/pong after the handshakes.
+        client_peer: a peer policy for the client's connection (else the one bound to ``client_tls``).
+        server_peer: a peer policy for the server's connection (else the one bound to ``server_tls``).
 
     Returns:
         (client result, server result): the stream, or the ``HandshakeFailed`` /
@@ -157,7 +162,11 @@ async def tls_pair(
     async def client() -> None:
         try:
             s = await tls_connect(
-                a, client_tls, host, verify_time=(lambda: client_time) if client_time else None
+                a,
+                client_tls,
+                host,
+                verify_time=(lambda: client_time) if client_time else None,
+                peer=client_peer,
             )
             results["client"] = s
             if exchange:
@@ -168,7 +177,9 @@ async def tls_pair(
 
     async def server() -> None:
         try:
-            s = await tls_accept(b, server_tls, verify_time=(lambda: server_time) if server_time else None)
+            s = await tls_accept(
+                b, server_tls, verify_time=(lambda: server_time) if server_time else None, peer=server_peer
+            )
             results["server"] = s
             if exchange:
                 assert await s.receive_some() == b"ping"

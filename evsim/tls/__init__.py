@@ -5,11 +5,15 @@ Public API::
     TlsProfile(versions, cipher_suites, handshake_timeout_s, max_send_fragment, keylog, alpn, ...)
     TrustStore(name, anchors, hostname="san+cn", wildcards="deny", time_check="enforce")
     Identity(chain, key) / Identity.from_cert_key(cert_key)
-    ClientTls.build(profile, trust, identity=None)
-    ServerTls.build(profile, identity, trust=None, client_auth="none")
-    await tls_connect(transport, client_tls, server_hostname, *, verify_time=None, session=None) -> TlsStream
-    await tls_accept(transport, server_tls, *, verify_time=None) -> TlsStream
+    TrustStore(..., mode="pki" | "pinned_peers" | "tofu")
+    ClientTls.build(profile, trust, identity=None, *, peer=None)
+    ServerTls.build(profile, identity, trust=None, client_auth="none" | ... | "pairing", *, peer=None)
+    await tls_connect(transport, client_tls, server_hostname, *, verify_time=None, session=None, peer=None)
+    await tls_accept(transport, server_tls, *, verify_time=None, peer=None) -> TlsStream
     TlsStream.info -> TlsInfo;  events.ocpp_security_event(reason, side=...)
+    PeerPolicy(side=..., pins=PinSet, pairing=PeerTrust, change=ChangePolicy, sink=callable)  (peer.py)
+        .open_pairing_window / .close_pairing_window / .register / .unpair / .release_pin / .expire_pins
+        .state -> PeerState; .epoch;  PeerEvent.ocpp_security_event
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from evsim.tls import events, suites
 from evsim.tls.config import DEFAULT_SUITES, Identity, SuiteMap, TlsProfile, TrustStore
 from evsim.tls.context import ClientAuth, ClientTls, KeylogWarning, ServerTls, clear_context_cache
 from evsim.tls.events import ocpp_security_event
+from evsim.tls.peer import PeerEvent, PeerPolicy, PeerState
 from evsim.tls.stream import (
     TlsBrokenTransport,
     TlsClosedTransport,
@@ -36,6 +41,9 @@ __all__ = [
     "ClientTls",
     "Identity",
     "KeylogWarning",
+    "PeerEvent",
+    "PeerPolicy",
+    "PeerState",
     "ServerTls",
     "SuiteMap",
     "TlsBrokenTransport",

@@ -32,6 +32,7 @@ OCPP_MIN_VERSION = "1.2"
 HostnameCheck: TypeAlias = Literal["cn", "san", "san+cn", "off"]
 WildcardPolicy: TypeAlias = Literal["deny", "allow"]
 TimeCheck: TypeAlias = Literal["enforce", "off"]
+TrustMode: TypeAlias = Literal["pki", "pinned_peers", "tofu"]
 SuitePreference: TypeAlias = Literal["server", "client"]
 
 MIN_FRAGMENT = 64
@@ -310,9 +311,15 @@ class TrustStore:
         insecure_skip_verify: accept *any* peer certificate (no chain, name or time check) - development
             only; anyone can impersonate the peer. Compiling such a store logs a warning; ``anchors`` may
             then be empty.
+        mode: ``"pki"`` (chain to ``anchors``), ``"pinned_peers"`` (self-signed peers, SHIP style: the chain
+            check is replaced by the pin / pairing decision of a :class:`~evsim.tls.peer.PeerPolicy`, which
+            compiling then requires) or ``"tofu"`` (like ``pinned_peers``; the first peer's leaf key is
+            pinned: needs a ``tofu`` pin set). Validity time and hostname are still checked as configured.
+            ``anchors`` must be empty in the peer modes.
 
     Raises:
-        ConfigError: no anchors, or an unknown policy value.
+        ConfigError: no anchors (pki), anchors or ``insecure_skip_verify`` in a peer mode, or an unknown
+            policy value.
     """
 
     name: str
@@ -321,9 +328,11 @@ class TrustStore:
     wildcards: WildcardPolicy = "deny"
     time_check: TimeCheck = "enforce"
     insecure_skip_verify: bool = False
+    mode: TrustMode = "pki"
 
     def __attrs_post_init__(self) -> None:
-        if not self.anchors and not self.insecure_skip_verify:
+        self._check_mode()
+        if not self.anchors and not self.insecure_skip_verify and self.mode == "pki":
             raise ConfigError(
                 "a trust store needs at least one anchor certificate",
                 path=f"trust.{self.name}.anchors",
@@ -342,6 +351,36 @@ class TrustStore:
                     value=value,
                     fix=f"use one of {', '.join(allowed)}",
                 )
+
+    def _check_mode(self) -> None:
+        if self.mode not in ("pki", "pinned_peers", "tofu"):
+            raise ConfigError(
+                "unknown trust mode",
+                path=f"trust.{self.name}.mode",
+                value=self.mode,
+                fix="use pki, pinned_peers or tofu",
+            )
+        if self.mode == "pki":
+            return
+        if self.anchors:
+            raise ConfigError(
+                f"a {self.mode} trust store does not use anchors (peers are self-signed and pinned)",
+                path=f"trust.{self.name}.anchors",
+                value=len(self.anchors),
+                fix='remove the anchors, or use mode = "pki" (pins then apply on top of the CA check)',
+            )
+        if self.insecure_skip_verify:
+            raise ConfigError(
+                f"insecure_skip_verify contradicts mode {self.mode!r}",
+                path=f"trust.{self.name}.insecure_skip_verify",
+                value=True,
+                fix="drop insecure_skip_verify: the pin / pairing decision replaces the chain check",
+            )
+
+    @property
+    def peer_mode(self) -> bool:
+        """True for ``pinned_peers`` and ``tofu``: self-signed peers, decided by a peer policy."""
+        return self.mode != "pki"
 
     @classmethod
     def from_files(

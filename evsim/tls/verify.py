@@ -21,12 +21,16 @@ import datetime as _dt
 import functools
 import ipaddress
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from evsim.clock import real_utcnow
 from evsim.tls import events
+
+if TYPE_CHECKING:
+    from evsim.tls.peer import PeerCheck
 
 # X509 verify error codes (OpenSSL include/openssl/x509_vfy.h)
 X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT = 2
@@ -104,9 +108,10 @@ class VerifyState:
         failure: the first failure reason recorded by the verify callback.
         detail: human-readable detail of that failure.
         calls: how many times the verify callback ran (0 after a resumed handshake).
+        peer: the connection's peer-trust check (pins, pairing, change; ``evsim.tls.peer``), or None.
     """
 
-    __slots__ = ("calls", "detail", "failure", "server_hostname", "verify_time")
+    __slots__ = ("calls", "detail", "failure", "peer", "server_hostname", "verify_time")
 
     def __init__(self, server_hostname: str | None, verify_time: Callable[[], _dt.datetime] | None) -> None:
         self.server_hostname = server_hostname
@@ -114,6 +119,7 @@ class VerifyState:
         self.failure: str | None = None
         self.detail = ""
         self.calls = 0
+        self.peer: PeerCheck | None = None
 
     def now(self) -> _dt.datetime:
         """The time certificates are checked at."""
