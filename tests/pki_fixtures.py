@@ -194,7 +194,12 @@ class GroupsPki:
       (the chain sent includes the sub-CA);
     * ``wild_a``: ``*.evsim.test``; ``cn_only_a``: no SAN; ``alt_san_a``: CN ``csms.evsim.test``, SAN
       ``alt.evsim.test`` only;
-    * ``short_a``: valid for one day.
+    * ``short_a``: valid for one day; ``ip_a``: CN ``localhost``, SAN ``localhost`` and 127.0.0.1;
+    * ``leaf_only_sub``: issued by ``a_sub`` but sent without it (only an anchored sub-CA completes it);
+    * ``old_late``: issued by ``late`` 400 days before ``now`` (expired since ``now - 3 days``), while
+      ``late``, a root created ten days after ``now``, is not valid yet: the root is checked first.
+
+    ``twin`` is an impostor root with ``a``'s name and another key.
 
     Client certificates (``clients``): ``cli_a``, ``cli_b``, ``cli_sub`` (by ``a_sub``), ``cli_short_a``
     (one day). Leaves are valid from ``now - 1 h`` for 397 (servers) / 730 (clients) days; CAs ten years.
@@ -206,15 +211,18 @@ class GroupsPki:
     a: CertificateAuthority
     a_sub: CertificateAuthority
     b: CertificateAuthority
+    twin: CertificateAuthority
+    late: CertificateAuthority
     servers: dict[str, Identity] = attrs.field(eq=False)
     clients: dict[str, Identity] = attrs.field(eq=False)
 
     @property
     def anchor_sets(self) -> tuple[tuple[x509.Certificate, ...], ...]:
         """Trust-store anchors to draw from, group A (which issued most certificates) most often: one root,
-        both, and the sub-CA alone or beside a root (a sub-CA alone anchors nothing: no partial chains)."""
-        a, b, sub = self.a.cert, self.b.cert, self.a_sub.cert
-        return ((a,), (a,), (a,), (a, b), (a, b), (b,), (sub,), (b, sub), (a, sub))
+        two, the sub-CA alone or beside a root (a sub-CA alone anchors nothing: no partial chains), the
+        impostor of ``a``."""
+        a, b, sub, twin, late = self.a.cert, self.b.cert, self.a_sub.cert, self.twin.cert, self.late.cert
+        return ((a,), (a,), (a,), (a, b), (a, b), (b,), (sub,), (b, sub), (a, sub), (twin,), (a, late))
 
 
 @functools.lru_cache(maxsize=2)
@@ -230,6 +238,9 @@ def make_groups_pki(now: dt.datetime = TEST_NOW) -> GroupsPki:
     a = CertificateAuthority.create_root("Group A Root CA", "group-a", now=now)
     b = CertificateAuthority.create_root("Group B Root CA", "group-b", now=now)
     a_sub = a.create_sub_ca("Group A Sub-CA", now=now)
+    twin = CertificateAuthority.create_root("Group A Root CA", "group-a", now=now)
+    late = CertificateAuthority.create_root("Late Root CA", "late", now=now + dt.timedelta(days=10))
+    leaf_only = a_sub.issue_server(CSMS_HOST, now=now)
     servers = {
         "ec_a": a.issue_server(CSMS_HOST, now=now),
         "rsa_a": a.issue_server(CSMS_HOST, now=now, key_type="rsa"),
@@ -239,6 +250,9 @@ def make_groups_pki(now: dt.datetime = TEST_NOW) -> GroupsPki:
         "cn_only_a": a.issue_server(CSMS_HOST, cn_in_san=False, now=now),
         "alt_san_a": a.issue_server(CSMS_HOST, sans=("alt.evsim.test",), cn_in_san=False, now=now),
         "short_a": a.issue_server(CSMS_HOST, now=now, days=1),
+        "ip_a": a.issue_server("localhost", ips=("127.0.0.1",), now=now),
+        "leaf_only_sub": CertKey(leaf_only.cert, leaf_only.key),
+        "old_late": late.issue_server(CSMS_HOST, now=now - dt.timedelta(days=400)),
     }
     clients = {
         "cli_a": a.issue_client("CS-A", now=now),
@@ -251,6 +265,8 @@ def make_groups_pki(now: dt.datetime = TEST_NOW) -> GroupsPki:
         a,
         a_sub,
         b,
+        twin,
+        late,
         {k: Identity.from_cert_key(v) for k, v in servers.items()},
         {k: Identity.from_cert_key(v) for k, v in clients.items()},
     )

@@ -151,7 +151,8 @@ AnchorSets = Sequence[tuple[x509.Certificate, ...]]
 
 
 def trust_stores(anchor_sets: AnchorSets) -> st.SearchStrategy[TrustStore]:
-    """Trust stores over one of ``anchor_sets`` (the "root-CA groups"), any hostname/wildcard/time policy."""
+    """Trust stores over one of ``anchor_sets`` (the "root-CA groups"), any hostname/wildcard/time policy,
+    and now and then ``insecure_skip_verify``."""
     return st.builds(
         TrustStore,
         name=st.just("property"),
@@ -159,6 +160,7 @@ def trust_stores(anchor_sets: AnchorSets) -> st.SearchStrategy[TrustStore]:
         hostname=st.sampled_from(("san+cn", "san+cn", "cn", "san", "off")),
         wildcards=st.sampled_from(("deny", "allow")),
         time_check=st.sampled_from(("enforce", "enforce", "off")),
+        insecure_skip_verify=st.sampled_from((False,) * 9 + (True,)),
     )
 
 

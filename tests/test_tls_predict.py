@@ -181,6 +181,11 @@ def refused_by_client(
         ((A,), "ec_sub", True),  # through the sub-CA the server sends
         ((SUB,), "ec_sub", False),  # a sub-CA alone anchors nothing (no partial chains)
         ((SUB,), "ec_a", False),
+        ((A,), "leaf_only_sub", False),  # the sub-CA is neither sent nor anchored
+        ((A, SUB), "leaf_only_sub", True),  # an anchored sub-CA completes the chain to root A
+        ((SUB,), "leaf_only_sub", False),
+        ((PKI.twin.cert,), "ec_a", False),  # same name as root A, other key
+        ((PKI.twin.cert, A), "ec_a", True),
     ],
 )
 def test_root_ca_groups(anchors: tuple[x509.Certificate, ...], identity: str, trusted: bool) -> None:
@@ -214,6 +219,17 @@ def test_validity_at_whole_seconds_inclusive() -> None:
     assert isinstance(
         predict(client(trust=TrustStore("a", (A,), time_check="off")), short, now=end + SECOND), Negotiated
     )
+
+
+def test_validity_is_checked_from_the_root_down() -> None:
+    """``old_late``: the leaf expired 3 days ago and its root starts in 10 days: the root speaks first."""
+    late = client(trust=TrustStore("late", (PKI.late.cert,)))
+    assert predict(late, server(identity="old_late"), now=TEST_NOW) == refused_by_client(
+        "cert_invalid:not_yet_valid", "bad_certificate"
+    )
+    assert predict(
+        late, server(identity="old_late"), now=TEST_NOW + 30 * dt.timedelta(days=1)
+    ) == refused_by_client("cert_invalid:expired", "certificate_expired")
 
 
 def test_the_order_of_client_checks() -> None:

@@ -48,7 +48,17 @@ TIMES = (
     TEST_NOW + 500 * DAY,
     TEST_NOW + 800 * DAY,
 )
-SERVER_NAMES = (CSMS_HOST, CSMS_HOST, CSMS_HOST, "alt.evsim.test", "evsim.test", "127.0.0.1", None)
+SERVER_NAMES = (
+    CSMS_HOST,
+    CSMS_HOST,
+    CSMS_HOST,
+    "alt.evsim.test",
+    "evsim.test",
+    "CSMS.Evsim.TEST.",
+    "localhost",
+    "127.0.0.1",
+    None,
+)
 
 VERSION_NAMES = {"TLSv1.3": "1.3", "TLSv1.2": "1.2", "TLSv1.1": "1.1", "TLSv1": "1.0"}
 """``TlsInfo.version`` (OpenSSL's spelling) -> the model's."""
