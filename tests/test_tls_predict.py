@@ -357,6 +357,9 @@ def test_pins_are_checked_after_the_chain() -> None:
     outcome = predict(client(pins=other), server(), now=TEST_NOW)
     assert isinstance(outcome, Refused)
     assert (outcome.side, outcome.reason, outcome.peer_reason) == ("client", "pin_mismatch", None)
+    assert view(outcome, "client") == View("pin_mismatch", False, "handshake")
+    with pytest.raises(ValueError, match="not predicted"):
+        view(outcome, "server")  # the stream does not apply pins yet: no claim about the server
     report_only = PinSet(enforcement="report_only", pins=other.pins)
     assert isinstance(predict(client(pins=report_only), server(), now=TEST_NOW), Negotiated)
     # the intermediate target is decided on the verified chain, which the predictor builds

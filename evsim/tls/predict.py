@@ -229,11 +229,16 @@ def view(outcome: Outcome, side: Side) -> View:
 
     Returns:
         The side's view.
+
+    Raises:
+        ValueError: the outcome does not predict what ``side`` sees (``peer_reason`` None: pins).
     """
     if isinstance(outcome, Negotiated):
         return View(None, negotiated=outcome)
     if side == outcome.side:
         return View(outcome.reason, remote=False, stage="handshake")
+    if outcome.peer_reason is None:
+        raise ValueError(f"what the {side} sees after a {outcome.reason} refusal is not predicted")
     shown = outcome.agreed if outcome.peer_stage == "first_read" else None
     return View(outcome.peer_reason, remote=outcome.peer_remote, stage=outcome.peer_stage, negotiated=shown)
 
