@@ -67,7 +67,8 @@ The handshake is a pipeline of stages; the first stage that refuses decides the 
 
    * no client identity: ``required`` refuses with ``cert_invalid:no_client_cert``; ``optional`` accepts;
    * an identity: rules 3a-3b with the server's trust store (no hostname check), also under ``optional``
-     (a certificate that is sent is verified).
+     (a certificate that is sent is verified); a store with ``insecure_skip_verify`` accepts any
+     certificate, but ``required`` still wants one.
 
    What the client reports depends on the version. TLS 1.3: the client's handshake completes (it has sent
    its certificate and Finished) before the server checks the certificate, so ``tls_connect`` succeeds,
