@@ -342,6 +342,14 @@ def test_client_certificates(
         assert outcome == Refused("server", reason, f"peer_alert:{alert}", "first_read", agreed)
 
 
+def test_an_insecure_server_store_still_wants_a_required_certificate() -> None:
+    insecure = TrustStore("x", (), insecure_skip_verify=True)
+    s = server(trust=insecure, client_auth="required")
+    assert isinstance(predict(client(identity=PKI.clients["cli_b"]), s, now=TEST_NOW), Negotiated)
+    outcome = predict(client(), s, now=TEST_NOW)
+    assert isinstance(outcome, Refused) and outcome.reason == "cert_invalid:no_client_cert"
+
+
 def test_a_client_refusal_comes_before_the_server_checks_the_client() -> None:
     outcome = predict(client(trust=TrustStore("b", (B,))), mtls("required", "1.2"), now=TEST_NOW)
     assert outcome == refused_by_client("cert_invalid:unknown_ca", "unknown_ca", "1.2", ECDSA_128)
