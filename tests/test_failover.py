@@ -290,12 +290,20 @@ async def test_each_slot_uses_its_own_trust_store(autojump_clock: trio.testing.M
             assert w.connected_to(right) == "secondary"
 
 
-@pytest.mark.parametrize("fallback", ["restart_list", "last_working"])
-async def test_primary_back_then_secondary_lost(
-    autojump_clock: trio.testing.MockClock, fallback: FallbackPolicy
+@pytest.mark.parametrize(
+    ("fallback", "after_blip", "after_loss"),
+    [
+        # B10.FR.08: every walk starts at the top, so any reconnect goes back to the primary
+        ("restart_list", "primary", ["slot0"]),
+        # B10.FR.07: the last working slot first (NetworkProfileConnectionAttempts = 2), then the next
+        ("last_working", "secondary", ["slot1", "slot1", "slot0"]),
+    ],
+)
+async def test_primary_back_policy_decides(
+    autojump_clock: trio.testing.MockClock, fallback: FallbackPolicy, after_blip: str, after_loss: list[str]
 ) -> None:
-    """Primary down -> secondary; primary back: the station stays (no reason to drop a working link); secondary
-    lost: after its attempts on the secondary, the walk reaches the primary again under either policy."""
+    """Primary down -> secondary; primary back: the working link is kept; at the next reconnect the policy
+    decides: a blip on the secondary link, then the secondary lost for good."""
     with trio.fail_after(3600):
         async with world() as w:
             await w.start_both()
@@ -305,12 +313,20 @@ async def test_primary_back_then_secondary_lost(
             await wait_for(lambda: w.connected_to(s) == "secondary")
             w.net.set_host_down(CSMS_HOST, False)
             await trio.sleep(600)
-            assert w.connected_to(s) == "secondary"
-            mark = len(s.network_profiles.log)
-            w.net.set_host_down(SECONDARY_HOST)
-            await wait_for(lambda: w.connected_to(s) == "primary")
-            tried = [a.endpoint for a in s.network_profiles.log[mark:]]
-            assert tried == ["slot1", "slot1", "slot0"]  # NetworkProfileConnectionAttempts = 2, then the next
+            assert w.connected_to(s) == "secondary"  # nothing makes a working station drop its link
+            w.net.partition(s.name, SECONDARY_HOST)  # a blip: the link resets, the secondary stays reachable
+            w.net.heal(s.name, SECONDARY_HOST)
+            await trio.sleep(1)  # less than RetryBackOffWaitMinimum: the station is between connections
+            assert w.connected_to(s) is None
+            await wait_for(lambda: w.connected_to(s) is not None)
+            assert w.connected_to(s) == after_blip
+            if after_blip == "secondary":
+                mark = len(s.network_profiles.log)
+                w.net.set_host_down(SECONDARY_HOST)
+                await wait_for(lambda: w.connected_to(s) == "primary")
+                assert [a.endpoint for a in s.network_profiles.log[mark:]] == after_loss
+            else:
+                assert [a.endpoint for a in s.network_profiles.log[-1:]] == after_loss
             assert s.statistics().slot_switches == 2
 
 

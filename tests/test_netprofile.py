@@ -84,70 +84,18 @@ def test_restart_list_walks_priority_with_attempts_and_backoff() -> None:
     assert all(a.reason == "refused" for a in p.log)
 
 
-def test_after_loss_current_slot_first_then_policy_decides() -> None:
-    def walk(fallback: FallbackPolicy) -> list[int]:
+def test_fallback_decides_where_the_walk_goes_after_a_loss_and_after_a_failed_pass() -> None:
+    def lost_on_slot_1(fallback: FallbackPolicy) -> NetworkProfiles:
         p = profiles([slot(0), slot(1), slot(2)], attempts=1, fallback=fallback)
-        fail_n(p, 1)  # slot 0 down
+        fail_n(p, 1)  # slot 0 is down
         assert connect(p).slot == 1
         assert p.connection_lost(0.0) == 10  # reconnect waits RetryBackOffWaitMinimum (+ 0 jitter)
-        return [s for s, _ in fail_n(p, 6)]
+        return p
 
-    assert walk("restart_list") == [1, 2, 0, 1, 2, 0]  # end of list -> top (B10.FR.08)
-    assert walk("last_working") == [1, 2, 0, 1, 2, 0]  # same first pass...
-
-    p = profiles([slot(0), slot(1), slot(2)], attempts=1, fallback="last_working")
-    fail_n(p, 1)
-    connect(p)
-    p.connection_lost(0.0)
-    fail_n(p, 1)  # slot 1 lost, fails
-    assert connect(p).slot == 2
-    p.connection_lost(0.0)
-    # last_working (B10.FR.07): every failed pass goes back to the last working slot (2)
-    assert [s for s, _ in fail_n(p, 6)] == [2, 0, 1, 2, 0, 1]
-    q = profiles([slot(0), slot(1), slot(2)], attempts=1, fallback="restart_list")
-    fail_n(q, 2)
-    connect(q)
-    q.connection_lost(0.0)
-    assert [s for s, _ in fail_n(q, 6)] == [2, 0, 1, 2, 0, 1]
-    # ...the difference shows when the lost slot is in the middle of the list
-    r = profiles([slot(0), slot(1), slot(2)], attempts=1, fallback="restart_list")
-    fail_n(r, 1)
-    connect(r)
-    r.connection_lost(0.0)
-    assert [s for s, _ in fail_n(r, 4)] == [1, 2, 0, 1]
-    w = profiles([slot(0), slot(1), slot(2)], attempts=1, fallback="last_working")
-    fail_n(w, 1)
-    connect(w)
-    w.connection_lost(0.0)
-    fail_n(w, 3)  # 1, 2, 0 all fail: back to 1
-    assert w.current.slot == 1
-
-
-def test_restart_list_and_last_working_differ_after_a_failed_pass() -> None:
-    seen = {}
-    for fallback in ("restart_list", "last_working"):
-        p = profiles([slot(0), slot(1), slot(2)], attempts=1, fallback=fallback)
-        fail_n(p, 1)
-        assert connect(p).slot == 1
-        p.connection_lost(0.0)
-        seen[fallback] = [s for s, _ in fail_n(p, 3)] + [p.current.slot]
-    assert seen["restart_list"] == [1, 2, 0, 1]  # 1,2 end of list -> 0 -> 1: list order
-    assert seen["last_working"] == [1, 2, 0, 1]
-    # with attempts counted per pass the two part ways once the pass does not start at the top:
-    p = profiles([slot(0), slot(1), slot(2)], attempts=1, fallback="restart_list")
-    fail_n(p, 2)
-    connect(p)  # slot 2
-    p.connection_lost(0.0)
-    fail_n(p, 1)  # slot 2 fails: end of the list -> restart at 0
-    assert p.current.slot == 0
-    p = profiles([slot(0), slot(1), slot(2)], attempts=1, fallback="last_working")
-    fail_n(p, 2)
-    connect(p)
-    p.connection_lost(0.0)
-    fail_n(p, 1)
-    assert p.current.slot == 0  # cyclic: after 2 comes 0
-    fail_n(p, 2)  # 0, 1 fail: the pass is over, back to the last working slot
-    assert p.current.slot == 2
+    # restart_list (B10.FR.08): from the top of the list, after a loss and after every failed pass
+    assert fail_n(lost_on_slot_1("restart_list"), 6) == [(0, 0), (1, 0), (2, 20), (0, 0), (1, 0), (2, 40)]
+    # last_working (B10.FR.07): the last working slot first, around the list, and back to it after a failed pass
+    assert fail_n(lost_on_slot_1("last_working"), 6) == [(1, 0), (2, 0), (0, 20), (1, 0), (2, 0), (0, 40)]
 
 
 def test_single_slot_draws_exactly_the_original_backoff() -> None:
@@ -345,8 +293,8 @@ class NetworkProfilesMachine(RuleBasedStateMachine):
     def never_stops_and_visits_every_usable_slot(self) -> None:
         # B10.FR.09 + liveness: within len(order) * attempts consecutive failures every usable slot was tried
         window = len(self.p.order) * self.p.connection_attempts
-        if self.failures_in_a_row >= window:
-            assert set(self.tried_since_success[-window:]) == set(self.p.order)
+        if self.failures_in_a_row >= window:  # a station never fails that often without trying every slot
+            assert set(self.tried_since_success) >= set(self.p.order)
         assert self.p.next_attempt(self.now)[1] >= 0
 
 

@@ -20,17 +20,23 @@ attempt, ``connection_lost(now)`` plans the reconnect after an established conne
   :attr:`NetworkProfiles.skipped`.
 * After a reboot the walk starts with the first entry (B10.FR.04). After a reboot or a lost connection each
   entry gets ``NetworkProfileConnectionAttempts`` attempts, then the walk moves to the next entry (B10.FR.03).
-  A lost connection retries the slot that was in use first.
+  Where the walk after a lost connection starts is the ``fallback`` setting (below).
 * Back-off (OCPP-J §5.3, errata 2025-04): retrying the same slot waits the next RetryBackOff value; moving to
   another slot in the middle of the list is immediate (another server); when every entry failed the wait is
   the next back-off value, so waits grow across passes; a success resets the schedule; the reconnect after a
   lost connection waits ``RetryBackOffWaitMinimum + U(0..RetryBackOffRandomRange)``.
-* When every entry failed (B10.FR.09: never stop trying) the ``fallback`` setting decides:
-  ``"restart_list"`` (B10.FR.08) starts again at the first entry; ``"last_working"`` (B10.FR.07) goes back to
-  the slot of the last successful connection and from there on around the list. B10.FR.07 read literally
-  ("keep reconnecting" to that one slot) would strand a station whose last slot is gone for good while
-  another CSMS is up; going around the list from the last working slot keeps the preference and the
-  liveness (the failover property tests check liveness).
+* The ``fallback`` setting: what the walk does when every entry failed (B10.FR.09: never stop trying), and,
+  consistently, where it starts after a lost connection:
+
+  - ``"restart_list"`` (B10.FR.08): restart with all entries, from the first. A lost connection also starts
+    at the first entry, so a station on a secondary slot goes back to the primary as soon as it reconnects
+    for any reason and the primary answers (like the ``priority`` policy of
+    :class:`~evsim.tls.service.EndpointPlanner`).
+  - ``"last_working"`` (B10.FR.07): fall back to the slot of the last successful connection. A lost
+    connection retries that slot first; when every entry failed the walk goes back to it. From there it goes
+    on around the list: B10.FR.07 read literally ("keep reconnecting" to that one slot) would strand a station
+    whose last slot is gone for good while another CSMS is up (like the ``sticky`` policy of the planner; the
+    failover property test checks liveness under both settings).
 * After connecting through a slot other than the one of the previous connection (or after a reboot) the station
   SHALL send BootNotification (B10.FR.10, B01.FR.03): :meth:`NetworkProfiles.must_boot`.
 * Changes made by the CSMS (SetNetworkProfile B09, SetVariables on NetworkConfigurationPriority B10.FR.01/02,
@@ -497,10 +503,10 @@ class NetworkProfiles:
             The wait before the next attempt: ``RetryBackOffWaitMinimum + U(0..RandomRange)``.
         """
         changed = self._apply_pending()
-        if changed:
-            self._replan()
+        if changed or self.settings.fallback == "restart_list":
+            self._replan()  # from the first entry (B10.FR.08; a changed configuration always)
         else:
-            self._replan(keep=self.active_slot)
+            self._replan(keep=self.active_slot)  # B10.FR.07: the last working slot first
         wait = self.backoff.next_wait()
         self._ready_at = now + wait
         return wait
