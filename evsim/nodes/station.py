@@ -6,6 +6,12 @@ Theory of operation. A station runs two independent activities in one nursery:
   with Basic auth or a client certificate), BootNotification until Accepted, then heartbeats at the interval
   the CSMS gave, connector StatusNotifications, and the **sender**, which delivers the message queue head by
   head. Any failure ends the connection; the loop waits per OCPP RetryBackOff and tries again, forever.
+  It walks the station's **network connection profiles** (configuration slots in NetworkConfigurationPriority
+  order, NetworkProfileConnectionAttempts per slot, the fallback when all failed, never a lower security
+  profile): :class:`~evsim.ocpp.netprofile.NetworkProfiles` decides, the loop only connects and reports. Each
+  slot has its own URL, security profile, message timeout, identity/password (2.1) and optionally its own TLS
+  settings; a plain ``csms_url`` is one slot. The CSMS may add slots (SetNetworkProfile) and change the
+  priority (SetVariables); both take effect at the next reconnect.
 * the **behaviour** plays charging sessions on the station's EVSE regardless of connectivity: plug in,
   authorize (online with Authorize; offline the station starts anyway, as with ``OfflineTxForUnknownIdEnabled``),
   meter values every ``meter_interval_s``, stop. Its TransactionEvents go into the :class:`TxQueue`, so an
