@@ -16,8 +16,9 @@ import collections
 import functools
 import itertools
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import attrs
 import pytest
@@ -141,7 +142,7 @@ class World:
             client_tls=client_tls,
             clock=self.clock,
             recorder=self.recorder,
-            rng=random.Random(station_id if rng_seed is None else rng_seed),
+            rng=random.Random(station_id if rng_seed is None else f"{rng_seed}:{station_id}"),
         )
         self.nursery.start_soon(station.run)
         self.stations.append(station)
@@ -463,8 +464,34 @@ class Schedule:
     latency: float
 
 
-TARGETS = (OutageTarget("primary", CSMS_HOST), OutageTarget("secondary", SECONDARY_HOST))
-"""The outage targets; a Local Controller layer adds its hosts here (and stations whose slots point at it)."""
+@attrs.frozen
+class Topology:
+    """The nodes of a property-test run, so a Local Controller layer plugs in without touching the checks.
+
+    Attributes:
+        targets: what outage schedules can take down (CSMS endpoints; controllers later).
+        start: starts every node and the stations, ``await start(world, station_settings)``; returns the stations.
+        uplink: the host a station's link goes to for a CSMS node name (where a lost response is injected);
+            with controllers it is the station's controller.
+    """
+
+    targets: tuple[OutageTarget, ...]
+    start: Callable[[World, dict[str, Any]], Awaitable[list[Station]]]
+    uplink: Callable[[str, str], str]
+
+
+async def start_two_csms(w: World, settings: dict[str, Any]) -> list[Station]:
+    """Primary and secondary CSMS (shared store); two stations with both slots."""
+    await w.start_both()
+    return [w.start_station(f"ST-{i}", slots=two_slots(), **settings) for i in range(2)]
+
+
+TWO_CSMS = Topology(
+    targets=(OutageTarget("primary", CSMS_HOST), OutageTarget("secondary", SECONDARY_HOST)),
+    start=start_two_csms,
+    uplink=lambda station, csms_node: {"primary": CSMS_HOST, "secondary": SECONDARY_HOST}[csms_node],
+)
+TARGETS = TWO_CSMS.targets
 
 
 def schedules(targets: Sequence[OutageTarget] = TARGETS) -> st.SearchStrategy[Schedule]:
@@ -497,10 +524,14 @@ async def play(net: VirtualNetwork, target: OutageTarget, outages: Sequence[Outa
 
 
 def run_example(
-    schedule: Schedule, fallback: FallbackPolicy, attempts: int, queue_max: int, seed: int
+    schedule: Schedule,
+    fallback: FallbackPolicy,
+    attempts: int,
+    queue_max: int,
+    seed: int,
+    topology: Topology = TWO_CSMS,
 ) -> None:
     w: World
-    hosts = {t.name: t.host for t in TARGETS}
     recorded = 0
 
     def lose_response(ev: Event) -> None:
@@ -509,7 +540,8 @@ def run_example(
             return
         recorded += 1
         if recorded - 1 in schedule.lost_responses:
-            station, host = ev.data["station"], hosts[ev.node]
+            station = ev.data["station"]
+            host = topology.uplink(station, ev.node)
             w.net.partition(station, host)  # before the CSMS's answer goes out
 
             async def heal() -> None:
@@ -522,25 +554,22 @@ def run_example(
         nonlocal w
         with trio.fail_after(HORIZON + SETTLE + 60):
             async with world(lose_response) as w:
-                await w.start_both()
-                stations = [
-                    w.start_station(
-                        f"ST-{i}",
-                        slots=two_slots(),
-                        rng_seed=seed + i,
-                        sessions=2,
-                        session_start_s=(1.0, 200.0),
-                        session_duration_s=300.0,
-                        meter_interval_s=60.0,
-                        network_fallback=fallback,
-                        network_attempts=attempts,
-                        queue_max=queue_max,
-                    )
-                    for i in range(2)
-                ]
-                for s, target in itertools.product(stations, TARGETS):
+                stations = await topology.start(
+                    w,
+                    {
+                        "rng_seed": seed,
+                        "sessions": 2,
+                        "session_start_s": (1.0, 200.0),
+                        "session_duration_s": 300.0,
+                        "meter_interval_s": 60.0,
+                        "network_fallback": fallback,
+                        "network_attempts": attempts,
+                        "queue_max": queue_max,
+                    },
+                )
+                for s, target in itertools.product(stations, topology.targets):
                     w.net.set_link_policy(s.name, target.host, LinkPolicy(latency_s=schedule.latency))
-                for target in TARGETS:
+                for target in topology.targets:
                     outages = schedule.outages[target.name] + schedule.everywhere
                     w.nursery.start_soon(play, w.net, target, outages, schedule.permanent == target.name)
                 await trio.sleep_until(HORIZON + SETTLE)
