@@ -220,6 +220,12 @@ class NetworkSlot:
         tls: the slot's own TLS settings (profile, trust store, client identity, SNI), as an
             :class:`~evsim.tls.service.Endpoint` whose URL is the profile's; None = the station's installed
             TLS configuration (what a SetNetworkProfile slot uses: OCPP sends no TLS material with it).
+            Only its TLS fields (``profile``, ``trust``, ``identity``, ``sni``) are used: the order comes from
+            NetworkConfigurationPriority and the attempts from NetworkProfileConnectionAttempts, so the
+            endpoint's ``priority`` and ``attempts`` are ignored here.
+
+    The profile's ``ocpp_version`` is informative: the station offers its configured subprotocols and the
+    WebSocket negotiation decides (as OCPP 2.1 says of this field).
 
     Raises:
         ConfigError: ``tls`` for another URL, or for a ``ws://`` profile.
