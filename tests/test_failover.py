@@ -96,9 +96,10 @@ class World:
     csms_nodes: dict[str, Csms] = attrs.field(factory=dict)
     stations: list[Station] = attrs.field(factory=list)
 
-    async def start_csms(self, name: str, host: str, identity: Identity) -> Csms:
+    async def start_csms(self, name: str, host: str, identity: Identity, **overrides: Any) -> Csms:
+        config = CsmsConfig(name=name, host=host, port=443, heartbeat_interval=300, default_password=PASSWORD)
         csms = Csms(
-            CsmsConfig(name=name, host=host, port=443, heartbeat_interval=300, default_password=PASSWORD),
+            attrs.evolve(config, **overrides),
             network=self.net,
             server_tls=ServerTls.build(TlsProfile(), identity),
             clock=self.clock,
@@ -385,6 +386,37 @@ async def test_set_network_profile_and_priority_round_trip(autojump_clock: trio.
             await wait_for(lambda: w.connected_to(s) == "secondary")  # ...and the reconnect uses "1,0"
             assert s.network_profiles.order == (1, 0)
             assert s.network_profiles.active_slot == 1
+
+
+async def test_per_slot_credentials_2_1(autojump_clock: trio.testing.MockClock) -> None:
+    """OCPP 2.1 NetworkConnectionProfile.identity / basicAuthPassword: the secondary knows the station under
+    another identity and password; the slot's credentials are used there, the station's elsewhere."""
+    with trio.fail_after(3600):
+        async with world() as w:
+            await w.start_csms("primary", CSMS_HOST, make_test_pki(TEST_NOW).server_identity())
+            alias_password = "another-password-of-20"
+            await w.start_csms(
+                "secondary",
+                SECONDARY_HOST,
+                secondary_identity(),
+                default_password=None,
+                passwords={"ST-1-alias": alias_password},
+            )
+            primary, secondary = two_slots()
+            secondary = attrs.evolve(
+                secondary,
+                profile=attrs.evolve(
+                    secondary.profile, identity="ST-1-alias", basic_auth_password=alias_password
+                ),
+            )
+            s = w.start_station("ST-1", slots=(primary, secondary), sessions=0)
+            await s.wait_online()
+            w.net.set_host_down(CSMS_HOST)
+            await wait_for(lambda: "ST-1-alias" in w.store and w.store["ST-1-alias"].connected)
+            assert w.recorder.of_kind("upgrade_rejected") == []
+            assert [e.data["station"] for e in w.recorder.of_kind("booted") if e.node == "secondary"] == [
+                "ST-1-alias"
+            ]
 
 
 async def test_never_downgrades_unless_allowed(autojump_clock: trio.testing.MockClock) -> None:
