@@ -23,6 +23,7 @@ import functools
 import attrs
 import trio
 import trio.testing
+from cryptography import x509
 
 from evsim.errors import HandshakeFailed, TransportError
 from evsim.pki import CertificateAuthority, CertKey
@@ -191,3 +192,92 @@ async def tls_pair(
         nursery.start_soon(client)
         nursery.start_soon(server)
     return results["client"], results["server"]
+
+
+@attrs.frozen
+class GroupsPki:
+    """A small PKI with two root-CA groups, for the handshake predictor's tests.
+
+    Group A: root ``a``, sub-CA ``a_sub``; group B: root ``b``. Server certificates (``servers``, by label)
+    are for ``csms.evsim.test`` (CN and SAN) unless the label says otherwise:
+
+    * ``ec_a`` / ``rsa_a``: EC / RSA key, issued by ``a``; ``ec_b``: by ``b``; ``ec_sub``: by ``a_sub``
+      (the chain sent includes the sub-CA);
+    * ``wild_a``: ``*.evsim.test``; ``cn_only_a``: no SAN; ``alt_san_a``: CN ``csms.evsim.test``, SAN
+      ``alt.evsim.test`` only;
+    * ``short_a``: valid for one day; ``ip_a``: CN ``localhost``, SAN ``localhost`` and 127.0.0.1;
+    * ``leaf_only_sub``: issued by ``a_sub`` but sent without it (only an anchored sub-CA completes it);
+    * ``old_late``: issued by ``late`` 400 days before ``now`` (expired since ``now - 3 days``), while
+      ``late``, a root created ten days after ``now``, is not valid yet: the root is checked first.
+
+    ``twin`` is an impostor root with ``a``'s name and another key.
+
+    Client certificates (``clients``): ``cli_a``, ``cli_b``, ``cli_sub`` (by ``a_sub``), ``cli_short_a``
+    (one day). Leaves are valid from ``now - 1 h`` for 397 (servers) / 730 (clients) days; CAs ten years.
+    """
+
+    __test__ = False
+
+    now: dt.datetime
+    a: CertificateAuthority
+    a_sub: CertificateAuthority
+    b: CertificateAuthority
+    twin: CertificateAuthority
+    late: CertificateAuthority
+    servers: dict[str, Identity] = attrs.field(eq=False)
+    clients: dict[str, Identity] = attrs.field(eq=False)
+
+    @property
+    def anchor_sets(self) -> tuple[tuple[x509.Certificate, ...], ...]:
+        """Trust-store anchors to draw from, group A (which issued most certificates) most often: one root,
+        two, the sub-CA alone or beside a root (a sub-CA alone anchors nothing: no partial chains), the
+        impostor of ``a``."""
+        a, b, sub, twin, late = self.a.cert, self.b.cert, self.a_sub.cert, self.twin.cert, self.late.cert
+        return ((a,), (a,), (a,), (a, b), (a, b), (b,), (sub,), (b, sub), (a, sub), (twin,), (a, late))
+
+
+@functools.lru_cache(maxsize=2)
+def make_groups_pki(now: dt.datetime = TEST_NOW) -> GroupsPki:
+    """Build (once per ``now``) the :class:`GroupsPki`.
+
+    Args:
+        now: simulation time of issuance.
+
+    Returns:
+        The PKI.
+    """
+    a = CertificateAuthority.create_root("Group A Root CA", "group-a", now=now)
+    b = CertificateAuthority.create_root("Group B Root CA", "group-b", now=now)
+    a_sub = a.create_sub_ca("Group A Sub-CA", now=now)
+    twin = CertificateAuthority.create_root("Group A Root CA", "group-a", now=now)
+    late = CertificateAuthority.create_root("Late Root CA", "late", now=now + dt.timedelta(days=10))
+    leaf_only = a_sub.issue_server(CSMS_HOST, now=now)
+    servers = {
+        "ec_a": a.issue_server(CSMS_HOST, now=now),
+        "rsa_a": a.issue_server(CSMS_HOST, now=now, key_type="rsa"),
+        "ec_b": b.issue_server(CSMS_HOST, now=now),
+        "ec_sub": a_sub.issue_server(CSMS_HOST, now=now),
+        "wild_a": a.issue_server("*.evsim.test", now=now),
+        "cn_only_a": a.issue_server(CSMS_HOST, cn_in_san=False, now=now),
+        "alt_san_a": a.issue_server(CSMS_HOST, sans=("alt.evsim.test",), cn_in_san=False, now=now),
+        "short_a": a.issue_server(CSMS_HOST, now=now, days=1),
+        "ip_a": a.issue_server("localhost", ips=("127.0.0.1",), now=now),
+        "leaf_only_sub": CertKey(leaf_only.cert, leaf_only.key),
+        "old_late": late.issue_server(CSMS_HOST, now=now - dt.timedelta(days=400)),
+    }
+    clients = {
+        "cli_a": a.issue_client("CS-A", now=now),
+        "cli_b": b.issue_client("CS-B", now=now),
+        "cli_sub": a_sub.issue_client("CS-SUB", now=now),
+        "cli_short_a": a.issue_client("CS-SHORT", now=now, days=1),
+    }
+    return GroupsPki(
+        now,
+        a,
+        a_sub,
+        b,
+        twin,
+        late,
+        {k: Identity.from_cert_key(v) for k, v in servers.items()},
+        {k: Identity.from_cert_key(v) for k, v in clients.items()},
+    )

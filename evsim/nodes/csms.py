@@ -17,7 +17,10 @@ with a specific reason (recorded as an event and logged), without disturbing any
    BootNotification gets a SecurityError CALLERROR (B02.FR.09).
 
 Per-station state (:class:`StationRecord`) survives reconnects: boots, status, transactions with their seqNos
-(duplicates from retries are detected and counted, never double-counted), security events.
+(duplicates from retries are detected and counted, never double-counted), security events. Several CSMS
+endpoints of one operator (a primary and a secondary a station fails over between) may share one ``store``:
+a TransactionEvent resent to the other endpoint after its response was lost is then recognised as a
+duplicate (same transactionId and seqNo) and acknowledged idempotently.
 """
 
 from __future__ import annotations
@@ -180,6 +183,8 @@ class Csms:
         server_tls: compiled TLS server configuration (None only for security profile 1).
         clock: the run's clock (certificate checks and OCPP timestamps use its simulation time).
         recorder: event sink shared by the run.
+        store: per-station records shared with other CSMS endpoints of the same operator (None: its own).
+            Statistics of nodes sharing a store count the shared records in each node.
     """
 
     def __init__(
@@ -190,6 +195,7 @@ class Csms:
         server_tls: ServerTls | None,
         clock: SimClock,
         recorder: Recorder,
+        store: dict[str, StationRecord] | None = None,
     ) -> None:
         if config.security_profile == 1 and not config.insecure_allow_plain_ws:
             raise ValueError(
@@ -203,7 +209,7 @@ class Csms:
         self.server_tls = server_tls
         self.clock = clock
         self.recorder = recorder
-        self.stations: dict[str, StationRecord] = {}
+        self.stations: dict[str, StationRecord] = {} if store is None else store
         self.address: tuple[str, int] | None = None
         self._connections_total = 0
         self._handshake_failures: collections.Counter[str] = collections.Counter()
@@ -498,6 +504,44 @@ class Csms:
         if rec is None or rec.session is None:
             raise KeyError(f"station {station_id!r} is not connected")
         return await rec.session.call(action, payload)
+
+    async def set_network_profile(
+        self, station_id: str, slot: int, connection_data: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Send SetNetworkProfile (B09) and return the response (``status``, ``statusInfo``).
+
+        Args:
+            station_id: a connected station.
+            slot: ``configurationSlot``.
+            connection_data: a ``NetworkConnectionProfileType`` object (e.g.
+                :meth:`evsim.ocpp.netprofile.NetworkConnectionProfile.to_ocpp`).
+
+        Raises:
+            KeyError, CallErrorReceived, CallTimeout, TransportError: as :meth:`call`.
+        """
+        payload = {"configurationSlot": slot, "connectionData": connection_data}
+        return await self.call(station_id, "SetNetworkProfile", payload)
+
+    async def set_variables(
+        self, station_id: str, values: Mapping[tuple[str, str], str]
+    ) -> list[dict[str, Any]]:
+        """Send SetVariables and return the ``setVariableResult`` list (in the order given).
+
+        Args:
+            station_id: a connected station.
+            values: ``(component, variable) -> attributeValue``, e.g.
+                ``{("OCPPCommCtrlr", "NetworkConfigurationPriority"): "1,0"}`` (B10).
+
+        Raises:
+            KeyError, CallErrorReceived, CallTimeout, TransportError: as :meth:`call`.
+        """
+        data = [
+            {"attributeValue": value, "component": {"name": comp}, "variable": {"name": var}}
+            for (comp, var), value in values.items()
+        ]
+        response = await self.call(station_id, "SetVariables", {"setVariableData": data})
+        results: list[dict[str, Any]] = response["setVariableResult"]
+        return results
 
     def statistics_handshake_failures(self) -> dict[str, int]:
         """Handshake failures by reason (cheap: no walk over the stations)."""

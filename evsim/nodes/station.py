@@ -6,6 +6,12 @@ Theory of operation. A station runs two independent activities in one nursery:
   with Basic auth or a client certificate), BootNotification until Accepted, then heartbeats at the interval
   the CSMS gave, connector StatusNotifications, and the **sender**, which delivers the message queue head by
   head. Any failure ends the connection; the loop waits per OCPP RetryBackOff and tries again, forever.
+  It walks the station's **network connection profiles** (configuration slots in NetworkConfigurationPriority
+  order, NetworkProfileConnectionAttempts per slot, the fallback when all failed, never a lower security
+  profile): :class:`~evsim.ocpp.netprofile.NetworkProfiles` decides, the loop only connects and reports. Each
+  slot has its own URL, security profile, message timeout, identity/password (2.1) and optionally its own TLS
+  settings; a plain ``csms_url`` is one slot. The CSMS may add slots (SetNetworkProfile) and change the
+  priority (SetVariables); both take effect at the next reconnect.
 * the **behaviour** plays charging sessions on the station's EVSE regardless of connectivity: plug in,
   authorize (online with Authorize; offline the station starts anyway, as with ``OfflineTxForUnknownIdEnabled``),
   meter values every ``meter_interval_s``, stop. Its TransactionEvents go into the :class:`TxQueue`, so an
@@ -24,7 +30,7 @@ import logging
 import math
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -41,7 +47,15 @@ from evsim.errors import (
 )
 from evsim.metrics.recorder import Recorder
 from evsim.net.base import Network, parse_url
-from evsim.ocpp.backoff import BackOffSchedule, RetryBackOff
+from evsim.ocpp.backoff import RetryBackOff
+from evsim.ocpp.netprofile import (
+    FallbackPolicy,
+    NetworkConnectionProfile,
+    NetworkProfiles,
+    NetworkSettings,
+    NetworkSlot,
+    ProfileRejected,
+)
 from evsim.ocpp.rpc import RpcConnection
 from evsim.ocpp.session import OcppSession
 from evsim.ocpp.transaction import TransactionRecorder
@@ -63,8 +77,11 @@ class StationConfig:
 
     Args:
         station_id: the OCPP identity (URL path, Basic-auth user, certificate CN for profile 3).
-        csms_url: OCPP-J endpoint without the identity, e.g. ``wss://csms.evsim.test/ocpp``.
-        security_profile: 1, 2 or 3 (see :class:`~evsim.nodes.csms.CsmsConfig`).
+        csms_url: OCPP-J endpoint without the identity, e.g. ``wss://csms.evsim.test/ocpp``; it becomes
+            configuration slot 0 with ``security_profile`` and ``message_timeout_s``. Leave it empty when
+            ``network_slots`` is given.
+        security_profile: 1, 2 or 3 (see :class:`~evsim.nodes.csms.CsmsConfig`): the profile of the
+            ``csms_url`` slot, and the station's starting security profile (no slot below it is used).
         password: Basic-auth password (profiles 1 and 2).
         ocpp_versions: subprotocols offered, in order of preference.
         sessions: charging sessions to play (0: none; the station only boots and heartbeats).
@@ -78,10 +95,17 @@ class StationConfig:
         backoff: RetryBackOff for reconnects.
         queue_max: pressure threshold of the offline queue.
         compression: offer permessage-deflate (optional for stations, OCPP-J §3.4).
+        network_slots: configuration slots (NetworkConnectionProfiles, each with optional own TLS settings);
+            empty: one slot 0 from ``csms_url``.
+        network_priority: ``OCPPCommCtrlr.NetworkConfigurationPriority`` (None: the slots in order given).
+        network_attempts: ``NetworkProfileConnectionAttempts`` (attempts per slot before the next).
+        network_fallback: when every slot failed: ``"restart_list"`` (B10.FR.08) or ``"last_working"``
+            (B10.FR.07); see :mod:`evsim.ocpp.netprofile`.
+        allow_security_downgrade: ``SecurityCtrlr.AllowSecurityProfileDowngrade`` (3→2 only).
     """
 
     station_id: str
-    csms_url: str
+    csms_url: str = ""
     security_profile: int = 2
     password: str | None = None
     ocpp_versions: tuple[str, ...] = ("2.0.1",)
@@ -101,10 +125,40 @@ class StationConfig:
     backoff: RetryBackOff = attrs.field(factory=RetryBackOff)
     queue_max: int = 1000
     compression: bool = False
+    network_slots: tuple[NetworkSlot, ...] = ()
+    network_priority: tuple[int, ...] | None = None
+    network_attempts: int = 3
+    network_fallback: FallbackPolicy = "restart_list"
+    allow_security_downgrade: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.security_profile not in (1, 2, 3):
             raise ValueError(f"security_profile must be 1, 2 or 3, not {self.security_profile}")
+        if bool(self.csms_url) == bool(self.network_slots):
+            raise ValueError("give either csms_url (one slot) or network_slots, not both or neither")
+
+    def slots(self) -> tuple[NetworkSlot, ...]:
+        """The configuration slots: ``network_slots``, or slot 0 made from ``csms_url``.
+
+        Raises:
+            ProfileRejected: ``csms_url`` does not fit ``security_profile`` (ws:// for 1, wss:// for 2/3).
+        """
+        if self.network_slots:
+            return self.network_slots
+        profile = NetworkConnectionProfile(
+            self.csms_url, self.security_profile, message_timeout=self.message_timeout_s
+        )
+        return (NetworkSlot(0, profile),)
+
+    def network_settings(self) -> NetworkSettings:
+        """The failover settings (:class:`~evsim.ocpp.netprofile.NetworkSettings`) from the fields above."""
+        return NetworkSettings(
+            priority=self.network_priority,
+            connection_attempts=self.network_attempts,
+            backoff=self.backoff,
+            fallback=self.network_fallback,
+            allow_security_downgrade=self.allow_security_downgrade,
+        )
 
 
 @attrs.frozen
@@ -121,6 +175,9 @@ class StationStatistics:
     tls: TlsInfo | None
     messages_sent: dict[str, int]
     security_events_queued: int
+    active_slot: int | None = None
+    slot_switches: int = 0
+    slots_skipped: int = 0
 
 
 class Station:
@@ -129,7 +186,8 @@ class Station:
     Args:
         config: behaviour.
         network: how to reach the CSMS.
-        client_tls: compiled TLS client configuration (None only for security profile 1).
+        client_tls: the installed TLS client configuration (CSMS root, client certificate), used by every
+            slot without TLS settings of its own; None only when every such slot is security profile 1.
         clock: the run's clock.
         recorder: event sink.
         rng: the station's seeded RNG (back-off jitter, session timing, transaction ids).
@@ -145,23 +203,24 @@ class Station:
         recorder: Recorder,
         rng: random.Random,
     ) -> None:
-        scheme, host, port, path = parse_url(config.csms_url)
-        if config.security_profile == 1 and scheme != "ws":
-            raise ValueError("security profile 1 uses ws:// URLs")
-        if config.security_profile >= 2 and (scheme != "wss" or client_tls is None):
-            raise ValueError(
-                f"security profile {config.security_profile} needs a wss:// URL and a TLS configuration"
-            )
+        slots = config.slots()
+        for slot in slots:
+            if slot.profile.security_profile >= 2 and slot.tls is None and client_tls is None:
+                raise ValueError(
+                    f"security profile {slot.profile.security_profile} (slot {slot.slot}) needs a wss:// URL "
+                    "and a TLS configuration"
+                )
         self.config = config
         self.network = network
         self.client_tls = client_tls
         self.clock = clock
         self.recorder = recorder
         self.rng = rng
-        self.host, self.port = host, port
-        self.path = station_path(path, config.station_id)
+        self.network_profiles = NetworkProfiles(
+            slots, config.network_settings(), rng, security_profile=config.security_profile
+        )
+        self.backoff = self.network_profiles.backoff
         self.queue = TxQueue(max_length=config.queue_max)
-        self.backoff = BackOffSchedule(config.backoff, rng)
         self.session: OcppSession | None = None
         self.booted = False
         self.heartbeat_s = config.default_heartbeat_s
@@ -181,6 +240,7 @@ class Station:
         self.connect_failures: collections.Counter[str] = collections.Counter()
         self.messages_sent: collections.Counter[str] = collections.Counter()
         self._failure_streak_event: str | None = None
+        self._established = False  # the current connection got past BootNotification
         self.security_events_queued = 0
         self.energy_wh = 0.0
 
@@ -202,16 +262,28 @@ class Station:
             await self._behaviour()
 
     async def _connection_loop(self) -> None:
+        """Walk the network slots forever (B10.FR.09): connect, run, and after a failure or loss wait and retry.
+
+        The slot walk and the waits are :class:`~evsim.ocpp.netprofile.NetworkProfiles`' decisions; an
+        attempt succeeds when BootNotification is accepted; every failure before that is reported with its
+        reason (``network_profiles.log``).
+        """
+        profiles = self.network_profiles
         while True:
+            slot = profiles.current
+            self._established = False
+            reason, detail = "", ""
             try:
                 try:
-                    await self._connect_once()
+                    await self._connect_once(slot)
                 except BaseExceptionGroup as group:
                     raise _sole_failure(group) from group
             except HandshakeFailed as exc:
+                reason, detail = exc.reason, exc.detail
                 self._on_connect_failure(exc.reason, detail=exc.detail, handshake=exc)
             except (TransportError, OcppError) as exc:
-                self._on_connect_failure(failure_reason(exc), detail=str(exc))
+                reason, detail = failure_reason(exc), str(exc)
+                self._on_connect_failure(reason, detail=detail)
             finally:
                 self.session = None
                 self.booted = False
@@ -220,7 +292,18 @@ class Station:
                 if self._online.is_set():
                     self._online = trio.Event()
                 self.queue.went_offline()
-            wait = self.backoff.next_wait()
+            now = trio.current_time()
+            if self._established:
+                wait = profiles.connection_lost(now)
+                if profiles.skipped:
+                    self.recorder.emit(
+                        self.name,
+                        "network_slots_skipped",
+                        slots=[f"{s.slot}:{s.reason}" for s in profiles.skipped],
+                    )
+            else:
+                profiles.report(slot, False, reason or "unknown", now, detail=detail)
+                _, wait = profiles.next_attempt(now)
             self.recorder.emit(self.name, "reconnect_wait", seconds=round(wait, 3))
             await trio.sleep(wait)
 
@@ -252,16 +335,27 @@ class Station:
 
     # ---------------------------------------------------------------- one connection
 
-    async def _connect_once(self) -> None:
+    async def _connect_once(self, slot: NetworkSlot) -> None:
+        """One connection through ``slot``: network, TLS, WebSocket, BootNotification, then the uplink.
+
+        Sets ``_established`` once BootNotification is accepted (the attempt succeeded); returns only by
+        raising the error that ended the connection.
+        """
         cfg = self.config
-        stream: trio.abc.Stream = await self.network.connect(
-            self.host, self.port, source=self.config.station_id
-        )
+        profile = slot.profile
+        _, host, port, url_path = parse_url(profile.ocpp_csms_url)
+        identity = profile.identity or cfg.station_id
+        password = profile.basic_auth_password or cfg.password
+        client_tls: ClientTls | None = None
+        server_name: str | None = host
+        if slot.tls is not None:
+            client_tls, server_name = slot.tls.client_tls(), slot.tls.server_name
+        elif profile.security_profile >= 2:
+            client_tls = self.client_tls
+        stream: trio.abc.Stream = await self.network.connect(host, port, source=self.config.station_id)
         try:
-            if self.client_tls is not None:
-                tls_stream = await tls_connect(
-                    stream, self.client_tls, self.host, verify_time=self.clock.utcnow
-                )
+            if client_tls is not None:
+                tls_stream = await tls_connect(stream, client_tls, server_name, verify_time=self.clock.utcnow)
                 stream = tls_stream
                 self.tls_info = tls_stream.info
                 self.recorder.emit(
@@ -273,12 +367,12 @@ class Station:
                     resumed=tls_stream.info.session_reused,
                 )
             headers: list[tuple[str, str]] = []
-            if cfg.security_profile in (1, 2) and cfg.password is not None:
-                headers.append(basic_auth_header(cfg.station_id, cfg.password))
+            if profile.security_profile in (1, 2) and password is not None:
+                headers.append(basic_auth_header(identity, password))
             ws = await ws_client(
                 stream,
-                host=self.host,
-                path=self.path,
+                host=host,
+                path=station_path(url_path, identity),
                 subprotocols=[subprotocol_for(v) for v in cfg.ocpp_versions],
                 headers=headers,
                 compression=cfg.compression,
@@ -286,13 +380,19 @@ class Station:
             if ws.subprotocol is None:
                 await ws.aclose(1002, "no OCPP subprotocol agreed")
                 raise OcppError("CSMS agreed no OCPP subprotocol", error_code="ProtocolError")
-            rpc = RpcConnection(version=version_for(ws.subprotocol), call_timeout=cfg.message_timeout_s)
+            rpc = RpcConnection(version=version_for(ws.subprotocol), call_timeout=profile.message_timeout)
             session = OcppSession(ws, rpc, self._handle_csms_call)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._run_session, session, nursery.cancel_scope)
+                previous = self.network_profiles.active_slot
+                # B01.FR.03 / B10.FR.10 demand a BootNotification after a reboot or a slot switch; this
+                # station boots on every connection anyway (the CSMS requires it per connection, B02.FR.09)
+                if self.network_profiles.must_boot(slot) and previous is not None:
+                    self.recorder.emit(self.name, "network_slot_switched", previous=previous, slot=slot.slot)
                 await self._boot(session)
                 self.connects_ok += 1
-                self.backoff.reset()
+                self.network_profiles.report(slot, True, "", trio.current_time())
+                self._established = True
                 self._failure_streak_event = None
                 self.session = session
                 self.queue.went_online()
@@ -515,16 +615,53 @@ class Station:
             return {"getVariableResult": [self._get_variable(v) for v in payload["getVariableData"]]}
         if action == "SetVariables":
             return {"setVariableResult": [self._set_variable(v) for v in payload["setVariableData"]]}
+        if action == "SetNetworkProfile":
+            return self._set_network_profile(payload)
         if action == "Reset":
             return {"status": "Rejected"}
         raise OcppError(f"{action} is not supported by this station", error_code="NotSupported")
 
     def _variables(self) -> dict[tuple[str, str], str]:
-        return {
+        out = {
             ("OCPPCommCtrlr", "HeartbeatInterval"): str(int(self.heartbeat_s)),
-            ("SecurityCtrlr", "SecurityProfile"): str(self.config.security_profile),
+            ("SecurityCtrlr", "SecurityProfile"): str(self.network_profiles.security_profile),
             ("SecurityCtrlr", "Identity"): self.config.station_id,
+            ("SecurityCtrlr", "AllowSecurityProfileDowngrade"): str(
+                self.config.allow_security_downgrade
+            ).lower(),
         }
+        for name, value in self.network_profiles.variables().items():
+            out[("OCPPCommCtrlr", name)] = value
+        return out
+
+    def _set_network_profile(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """SetNetworkProfile (B09): validate and store the slot; used from the next reconnect on.
+
+        Answers Accepted, or Rejected with ``statusInfo.reasonCode`` ``InvalidNetworkConf`` (B09.FR.02),
+        ``NoSecurityDowngrade`` (B09.FR.04/31) or ``InvalidConfSlot`` (B09.FR.05).
+        """
+        slot = payload["configurationSlot"]
+        try:
+            profile = NetworkConnectionProfile.from_ocpp(payload["connectionData"])
+            if profile.security_profile >= 2 and self.client_tls is None:
+                raise ProfileRejected("InvalidNetworkConf", "no TLS configuration installed for wss://")
+            self.network_profiles.set_network_profile(slot, profile)
+        except ProfileRejected as exc:
+            self.recorder.emit(
+                self.name, "network_profile_rejected", slot=slot, reason=exc.reason_code, detail=str(exc)
+            )
+            return {
+                "status": "Rejected",
+                "statusInfo": {"reasonCode": exc.reason_code, "additionalInfo": str(exc)[:512]},
+            }
+        self.recorder.emit(
+            self.name,
+            "network_profile_set",
+            slot=slot,
+            url=profile.ocpp_csms_url,
+            security_profile=profile.security_profile,
+        )
+        return {"status": "Accepted"}
 
     def _get_variable(self, item: dict[str, Any]) -> dict[str, Any]:
         key = (item["component"]["name"], item["variable"]["name"])
@@ -541,13 +678,25 @@ class Station:
     def _set_variable(self, item: dict[str, Any]) -> dict[str, Any]:
         key = (item["component"]["name"], item["variable"]["name"])
         status = "UnknownVariable"
+        value = item["attributeValue"]
+        info: dict[str, str] | None = None
         if key == ("OCPPCommCtrlr", "HeartbeatInterval"):
             try:
-                self.heartbeat_s = float(int(item["attributeValue"]))
+                self.heartbeat_s = float(int(value))
                 status = "Accepted"
             except ValueError:
                 status = "Rejected"
-        return {"attributeStatus": status, "component": item["component"], "variable": item["variable"]}
+        elif key[0] == "OCPPCommCtrlr" and key[1] in _NETWORK_SETTERS:
+            try:
+                _NETWORK_SETTERS[key[1]](self.network_profiles, value)
+                status = "Accepted"  # B10.FR.01; takes effect at the next reconnect (see netprofile)
+            except ProfileRejected as exc:  # B10.FR.02
+                status, info = "Rejected", {"reasonCode": exc.reason_code, "additionalInfo": str(exc)[:512]}
+            self.recorder.emit(self.name, "network_variable_set", variable=key[1], value=value, status=status)
+        result = {"attributeStatus": status, "component": item["component"], "variable": item["variable"]}
+        if info is not None:
+            result["attributeStatusInfo"] = info
+        return result
 
     # ---------------------------------------------------------------- reporting
 
@@ -565,7 +714,20 @@ class Station:
             tls=self.tls_info,
             messages_sent=dict(self.messages_sent),
             security_events_queued=self.security_events_queued,
+            active_slot=self.network_profiles.active_slot,
+            slot_switches=self.network_profiles.switches,
+            slots_skipped=self.network_profiles.skipped_total,
         )
+
+
+_NETWORK_SETTERS: dict[str, Callable[[NetworkProfiles, str], None]] = {
+    "NetworkConfigurationPriority": NetworkProfiles.set_priority,
+    "NetworkProfileConnectionAttempts": NetworkProfiles.set_connection_attempts,
+    "RetryBackOffWaitMinimum": lambda p, v: p.set_backoff(wait_minimum=v),
+    "RetryBackOffRandomRange": lambda p, v: p.set_backoff(random_range=v),
+    "RetryBackOffRepeatTimes": lambda p, v: p.set_backoff(repeat_times=v),
+}
+"""The OCPPCommCtrlr variables SetVariables may write, and how (:class:`NetworkProfiles` validates)."""
 
 
 @attrs.define

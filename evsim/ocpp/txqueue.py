@@ -10,7 +10,9 @@ when going offline, and every event that happened while offline).
 The queue is bounded. Under pressure the spec lets a station drop ``Updated`` events, intermediate ones first
 (1st, 3rd, 5th ..., OCPP 2.0.1 Part 2 E04/E11; protocol-digest §6.4), never ``Started`` or ``Ended`` and never
 security events;
-every drop is counted so a report can show it. When nothing droppable is left, the queue grows past its
+every drop is counted so a report can show it, and the dropped events' ``(transactionId, seqNo)`` are kept
+(bounded) so a receiver can tell a dropped event from a lost one. The head is never dropped: it may be in
+flight, and the sender pops it when answered. When nothing droppable is left, the queue grows past its
 bound rather than lose a Started/Ended (the bound is a pressure threshold, not a hard wall for those).
 """
 
@@ -21,6 +23,9 @@ from collections import deque
 from typing import Any
 
 import attrs
+
+DROPPED_LOG_SIZE = 1024
+"""How many dropped events' keys :class:`TxQueue` keeps (a report detail; the count is exact regardless)."""
 
 
 @attrs.define
@@ -56,6 +61,7 @@ class TxQueueStatistics:
     dropped_total: int
     failed_total: int
     max_length: int
+    dropped_recent: tuple[tuple[str, int], ...] = ()
 
 
 @attrs.define
@@ -75,6 +81,8 @@ class TxQueue:
     dropped_total: int = 0
     failed_total: int = 0
     peak: int = 0
+    dropped_log: deque[tuple[str, int]] = attrs.field(factory=lambda: deque(maxlen=DROPPED_LOG_SIZE))
+    """``(transactionId, seqNo)`` of the most recently dropped events (at most ``DROPPED_LOG_SIZE``)."""
 
     def __len__(self) -> int:
         return len(self._items)
@@ -94,7 +102,7 @@ class TxQueue:
     def _shed(self) -> None:
         """Drop intermediate Updated events: every other droppable one, oldest first (1st, 3rd, 5th...)."""
         while len(self._items) > self.max_length:
-            candidates = [m for m in self._items if m.droppable]
+            candidates = [m for m in itertools.islice(self._items, 1, None) if m.droppable]
             if not candidates:
                 return
             victims = candidates[::2] if len(candidates) > 1 else candidates
@@ -103,6 +111,8 @@ class TxQueue:
                     break
                 self._items.remove(victim)
                 self.dropped_total += 1
+                p = victim.payload
+                self.dropped_log.append((p["transactionInfo"]["transactionId"], p["seqNo"]))
 
     def messages(self) -> tuple[QueuedMessage, ...]:
         """A snapshot of the queue, head first."""
@@ -143,4 +153,5 @@ class TxQueue:
             dropped_total=self.dropped_total,
             failed_total=self.failed_total,
             max_length=self.peak,
+            dropped_recent=tuple(self.dropped_log),
         )
