@@ -62,7 +62,15 @@ from evsim.ocpp.transaction import TransactionRecorder
 from evsim.ocpp.txqueue import QueuedMessage, TxQueue
 from evsim.ocpp.versions import subprotocol_for, version_for
 from evsim.tls.context import ClientTls
-from evsim.tls.events import ocpp_security_event
+from evsim.tls.events import (
+    PEER_KEY_CHANGED,
+    PIN_ADDED,
+    PIN_MISMATCH,
+    PIN_PROMOTED,
+    PIN_RELEASED,
+    ocpp_security_event,
+)
+from evsim.tls.peer import PeerEvent
 from evsim.tls.stream import TlsInfo, tls_connect
 from evsim.ws.auth import basic_auth_header
 from evsim.ws.connection import ws_client
@@ -243,6 +251,7 @@ class Station:
         self._established = False  # the current connection got past BootNotification
         self.security_events_queued = 0
         self.energy_wh = 0.0
+        self._reported_keys: set[tuple[str, str | None]] = set()  # (peer event, key) queued already
 
     @property
     def name(self) -> str:
@@ -328,6 +337,37 @@ class Station:
             payload["techInfo"] = tech_info
         self.security_events_queued += 1
         self._enqueue("SecurityEventNotification", payload)
+
+    def on_peer_event(self, event: PeerEvent) -> None:
+        """Sink of the station's :class:`~evsim.tls.peer.PeerPolicy` (pins, change notification): record every
+        event, and queue the ones that map to an OCPP security event as SecurityEventNotification.
+
+        A refusal (``event.reason`` set: ``pin_mismatch``, ``peer_key_changed``) also fails the handshake, and
+        :meth:`_on_connect_failure` queues its event once per failure streak; it is only recorded here. A
+        report-only ``pin_mismatch`` and an accepted ``peer_key_changed`` are queued once per key: every
+        connection would repeat them (a key change accepted by the change policy but refused by the pins is
+        not remembered, so it is seen again), until the pins change. ``pin_promoted``, ``pin_released`` and
+        ``pin_added`` happen once each and are always queued.
+        """
+        security_event = event.ocpp_security_event
+        self.recorder.emit(
+            self.name,
+            event.event,
+            peer=event.peer,
+            detail=event.detail,
+            severity=event.severity,
+            refused=event.reason is not None,
+            security_event=security_event or "",
+        )
+        if security_event is None or event.reason is not None:
+            return
+        if event.event in (PIN_MISMATCH, PEER_KEY_CHANGED):
+            if (event.event, event.spki_sha256) in self._reported_keys:
+                return
+            self._reported_keys.add((event.event, event.spki_sha256))
+        elif event.event in (PIN_ADDED, PIN_PROMOTED, PIN_RELEASED):
+            self._reported_keys.clear()
+        self.queue_security_event(security_event, f"{event.event}: {event.detail}"[:255])
 
     def _enqueue(self, action: str, payload: dict[str, Any]) -> None:
         self.queue.put(action, payload)

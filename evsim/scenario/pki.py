@@ -7,11 +7,13 @@ time exactly where the scenario says.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import math
 
 import attrs
 
 from evsim.pki import CertificateAuthority, CertKey
+from evsim.pki.keys import KeyType, PrivateKey, generate_key, public_key_der
 from evsim.scenario.model import CertificateSpec, Scenario
 
 #: CA validity: long enough for any scenario (the loader caps durations at 100 years).
@@ -35,6 +37,8 @@ class ScenarioPki:
     roots: dict[str, CertificateAuthority]
     station_ca: CertificateAuthority
     _stations: dict[str, CertKey] = attrs.field(factory=dict)
+    _csms_keys: dict[str, list[PrivateKey]] = attrs.field(factory=dict)
+    _csms_key_index: dict[str, int] = attrs.field(factory=dict)
 
     @classmethod
     def build(cls, scenario: Scenario, start: _dt.datetime) -> ScenarioPki:
@@ -60,15 +64,62 @@ class ScenarioPki:
     def server_certificate(
         self, host: str, cert: CertificateSpec, *, at: float = 0.0, root: str | None = None
     ) -> CertKey:
-        """A CSMS certificate for ``host`` valid from ``at + not_before`` to ``at + validity`` (seconds from start)."""
+        """A CSMS certificate for ``host`` valid from ``at + not_before`` to ``at + validity`` (seconds from start).
+
+        It carries the CSMS's current key (:meth:`csms_key`), so a renewal keeps the key; with another
+        ``root`` (an attacker's certificate for the name) a fresh key.
+        """
         now, days = issue_window(self.start, at, cert.validity)
         ca = self.roots[root or cert.root]
-        return ca.issue_server(host, now=now, days=days, key_type=cert.key_type)
+        key = None if root is not None else self.current_csms_key(host, cert)
+        return ca.issue_server(host, now=now, days=days, key_type=cert.key_type, key=key)
 
     def expired_server_certificate(self, host: str, cert: CertificateSpec, *, at: float) -> CertKey:
-        """A certificate for ``host`` whose validity ended one second before ``at``."""
+        """A certificate for ``host`` (its current key) whose validity ended one second before ``at``."""
         now, days = issue_window(self.start, at - 86_400 - 1, 86_400)
-        return self.roots[cert.root].issue_server(host, now=now, days=days, key_type=cert.key_type)
+        return self.roots[cert.root].issue_server(
+            host, now=now, days=days, key_type=cert.key_type, key=self.current_csms_key(host, cert)
+        )
+
+    # ------------------------------------------------------------ CSMS keys (scenario-tls: pins, rotation)
+
+    def csms_key(self, host: str, index: int, key_type: KeyType = "ec") -> PrivateKey:
+        """Key number ``index`` of the CSMS at ``host`` (0: the key at the start, 1: the key of its first
+        new-key rotation, ...), generated on first use so pins can name keys the run will use later.
+
+        Args:
+            host: the CSMS host.
+            index: position in its key sequence.
+            key_type: ``"ec"`` or ``"rsa"`` for keys generated now.
+
+        Returns:
+            The key.
+        """
+        keys = self._csms_keys.setdefault(host, [])
+        while len(keys) <= index:
+            keys.append(generate_key(key_type))
+        return keys[index]
+
+    def current_csms_key(self, host: str, cert: CertificateSpec) -> PrivateKey:
+        """The key the CSMS at ``host`` uses now."""
+        return self.csms_key(host, self._csms_key_index.get(host, 0), cert.key_type)
+
+    def next_csms_key(self, host: str) -> int:
+        """Move the CSMS at ``host`` to the next key of its sequence (a rotation with a new key).
+
+        Returns:
+            The new key's index.
+        """
+        self._csms_key_index[host] = self._csms_key_index.get(host, 0) + 1
+        return self._csms_key_index[host]
+
+    def csms_spki(self, host: str, index: int, key_type: KeyType = "ec") -> str:
+        """Hex SHA-256 of the SubjectPublicKeyInfo of :meth:`csms_key` (what a pin holds)."""
+        return hashlib.sha256(public_key_der(self.csms_key(host, index, key_type))).hexdigest()
+
+    def root_spki(self, root: str) -> str:
+        """Hex SHA-256 of a root CA's SubjectPublicKeyInfo."""
+        return hashlib.sha256(public_key_der(self.roots[root].cert)).hexdigest()
 
     def station_certificate(
         self, station_id: str, *, validity_s: float, at: float = 0.0, renew: bool = False

@@ -38,9 +38,10 @@ from evsim.nodes.station import Station, StationConfig
 from evsim.ocpp.backoff import RetryBackOff
 from evsim.runtime import tune_gc
 from evsim.scenario.attacks import RedirectingNetwork, downgrade_client, mitm_relay
-from evsim.scenario.model import CsmsSpec, Scenario, StationGroupSpec, TimelineEvent
+from evsim.scenario.loader import layer_change_policy, layer_pin_set
+from evsim.scenario.model import CsmsSpec, PinSpec, Scenario, StationGroupSpec, TimelineEvent, TrustSpec
 from evsim.scenario.pki import ScenarioPki
-from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile, TrustStore
+from evsim.tls import ClientTls, Identity, PeerEvent, PeerPolicy, ServerTls, TlsProfile, TrustStore
 
 #: Actions and link knobs the model accepts that this runner cannot enforce yet; refused before the run starts.
 NOT_YET = {
@@ -187,6 +188,7 @@ class ScenarioRunner:
         self.group_of: dict[str, str] = {}
         self.samples: list[Sample] = []
         self.recorder: Recorder | None = None
+        self.peer_policies: dict[str, PeerPolicy] = {}
         self.clock: SimClock | None = None
         self.outcome = "not started"
 
@@ -209,7 +211,13 @@ class ScenarioRunner:
         anchors = tuple(self.pki.roots[r].cert for r in root_names)
         if spec is None:
             return TrustStore(name, anchors)
-        return TrustStore(name, anchors, hostname=spec.hostname, wildcards=spec.wildcards)
+        return TrustStore(
+            name,
+            anchors if spec.mode == "pki" else (),
+            hostname=spec.hostname,
+            wildcards=spec.wildcards,
+            **self._trust_model_kwargs(spec),
+        )
 
     def _server_tls(self, spec: CsmsSpec, identity: Identity) -> ServerTls | None:
         if spec.security_profile == 1:
@@ -232,7 +240,10 @@ class ScenarioRunner:
             cert = self.pki.station_certificate(station_id, validity_s=self.scenario.pki.validity)
             identity = Identity.from_cert_key(cert)
         return ClientTls.build(
-            self._profile(group.tls_profile), self._trust(group.trust, self.group_roots[group.name]), identity
+            self._profile(group.tls_profile),
+            self._trust(group.trust, self.group_roots[group.name]),
+            identity,
+            peer=self.peer_policies.get(station_id),
         )
 
     def _sessions(self, group: StationGroupSpec) -> tuple[int, tuple[float, float]]:
@@ -316,6 +327,7 @@ class ScenarioRunner:
                 csms_spec = sc.csms[group.csms]
                 for sid in group.station_ids():
                     self.group_of[sid] = group.name
+                    self._make_peer_policy(group, sid)
                     station = Station(
                         self._station_config(group, sid, csms_spec, ports[csms_spec.name]),
                         network=self.net,
@@ -464,6 +476,8 @@ class ScenarioRunner:
             csms_names, station_ids = self._targets(str(p["target"]))
             for name in csms_names:
                 spec = self.scenario.csms[name]
+                if action == "rotate_certificate" and p.get("new_key", True):
+                    self.pki.next_csms_key(spec.host)
                 if action == "expire_certificate":
                     cert = self.pki.expired_server_certificate(spec.host, spec.certificate, at=at)
                 else:
@@ -515,6 +529,8 @@ class ScenarioRunner:
                 )
         elif action in ("attack_wrong_ca", "attack_mitm"):
             await self._attack_redirect(ev, nursery)
+        elif action == "release_pin":
+            self._release_pin(ev)
         else:  # pragma: no cover - preflight refuses the rest
             raise ConfigError(
                 f"timeline action {action!r} is not supported", line=ev.line, file=self.scenario.source
@@ -587,6 +603,57 @@ class ScenarioRunner:
         self.net.restore(victims, host)
         node.stop()
         self.recorder.emit("timeline", "attack_ended", attacker=name)
+
+    # ------------------------------------------------------------------ TLS model (scenario-tls)
+
+    def _trust_model_kwargs(self, spec: TrustSpec) -> dict[str, Any]:
+        """The TrustStore keywords of the TLS-model knobs of a trust spec."""
+        return {"mode": spec.mode, "time_check": spec.time_check}
+
+    def _pin_spki(self, pin: PinSpec) -> str:
+        """The run's key hash a pin names (keys are generated per run)."""
+        if pin.spki_sha256 is not None:
+            return pin.spki_sha256
+        if pin.root is not None:
+            return self.pki.root_spki(pin.root)
+        assert pin.csms is not None
+        spec = self.scenario.csms[pin.csms]
+        return self.pki.csms_spki(spec.host, pin.key, spec.certificate.key_type)
+
+    def _make_peer_policy(self, group: StationGroupSpec, sid: str) -> None:
+        """Give the station its own PeerPolicy (own pins and memory) when its group names pins or change."""
+        sc = self.scenario
+        if group.pins is None and group.change is None:
+            return
+        assert self.clock is not None
+        pins = None
+        if group.pins is not None:
+            pins = layer_pin_set(sc.pin_sets[group.pins], self._pin_spki, start=self.clock.start_utc)
+        change = None if group.change is None else layer_change_policy(sc.change_policies[group.change])
+
+        def sink(event: PeerEvent) -> None:
+            self.stations[sid].on_peer_event(event)  # events come only from connections: the station exists
+
+        self.peer_policies[sid] = PeerPolicy(side="client", pins=pins, change=change, sink=sink, name=sid)
+
+    def _release_pin(self, ev: TimelineEvent) -> None:
+        """``release_pin``: each target station releases its pins of the named key (a new epoch: its context
+        is rebuilt for the next connection; the open connection is undisturbed)."""
+        assert self.clock is not None
+        p = ev.params
+        ref = PinSpec(
+            target="any",
+            spki_sha256=None if p.get("spki_sha256") is None else str(p["spki_sha256"]),
+            csms=None if p.get("cert") is None else str(p["cert"]).removeprefix("csms."),
+            key=int(_num(p, "key", 0)),
+            root=None if p.get("root") is None else str(p["root"]),
+        )
+        spki = self._pin_spki(ref)
+        _, station_ids = self._targets(str(p["target"]))
+        for sid in station_ids:
+            self.peer_policies[sid].release_pin(
+                spki, now=self.clock.utcnow(), reason=f"operator (timeline line {ev.line})"
+            )
 
     # ------------------------------------------------------------------ result
 
