@@ -367,7 +367,9 @@ class Station:
             self._reported_keys.add((event.event, event.spki_sha256))
         elif event.event in (PIN_ADDED, PIN_PROMOTED, PIN_RELEASED):
             self._reported_keys.clear()
-        self.queue_security_event(security_event, f"{event.event}: {event.detail}"[:255])
+        # techInfo names the event and the peer, not the key hashes of the detail: keys are generated per run,
+        # and what a station sends must not depend on them (the detail stays in the recorded event)
+        self.queue_security_event(security_event, f"{event.event} ({event.severity}): {event.peer}"[:255])
 
     def _enqueue(self, action: str, payload: dict[str, Any]) -> None:
         self.queue.put(action, payload)

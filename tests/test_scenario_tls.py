@@ -1,0 +1,334 @@
+"""The TLS model in scenario files: [tls.pins], [tls.change], trust-store knobs, group references, the TLS
+timeline actions, and what the runner does with them (one PeerPolicy per station, events on the wire)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+
+from evsim.errors import ConfigError
+from evsim.scenario.loader import loads_scenario
+from evsim.scenario.model import PinSpec
+from evsim.scenario.runner import RunResult, run_scenario
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+
+PINNED = """\
+[simulation]
+duration = "30m"
+
+[csms.main]
+heartbeat_interval = "60s"
+
+[tls.pins.leaf]
+pins = [
+  { target = "leaf", cert = "csms.main" },
+  { target = "leaf", cert = "csms.main", key = "next", state = "pending" },
+  { target = "root", root = "root", state = "backup" },
+]
+
+[tls.change.watch]
+on_peer_key_change = "warn"
+on_peer_cert_change_same_key = "warn"
+
+[stations.fleet]
+count = 2
+sessions = 0
+pins = "leaf"
+change = "watch"
+retry_backoff = { wait_minimum = "5s", random_range = "5s", repeat_times = 2 }
+"""
+
+
+def load_error(text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        loads_scenario(text, source="s.toml")
+    return info.value
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_pins_change_and_group_references_load() -> None:
+    s = loads_scenario(PINNED, source="s.toml")
+    pins = s.pin_sets["leaf"]
+    assert pins.enforcement == "enforce" and not pins.tofu
+    assert pins.pins == (
+        PinSpec(target="leaf", csms="main", key=0),
+        PinSpec(target="leaf", state="pending", csms="main", key=1),
+        PinSpec(target="root", state="backup", root="root"),
+    )
+    change = s.change_policies["watch"]
+    assert (change.on_peer_key_change, change.on_peer_cert_change_same_key) == ("warn", "warn")
+    assert (s.stations["fleet"].pins, s.stations["fleet"].change) == ("leaf", "watch")
+
+
+def test_literal_pins_report_only_tofu_and_trust_modes() -> None:
+    text = PINNED.replace(
+        "[tls.change.watch]",
+        '[tls.pins.lit]\nenforcement = "report_only"\n'
+        'pins = [{ target = "any", spki_sha256 = "AB:' + "cd" * 31 + '", not_after = "10m" }]\n\n'
+        "[tls.pins.first]\ntofu = true\n\n"
+        '[tls.trust.tofu]\nmode = "tofu"\ntime_check = "off"\n\n[tls.change.watch]',
+    ).replace('pins = "leaf"', 'pins = "first"\ntrust = "tofu"')
+    s = loads_scenario(text, source="s.toml")
+    (lit,) = s.pin_sets["lit"].pins
+    assert lit.spki_sha256 == "ab" + "cd" * 31 and lit.not_after == 600
+    assert s.pin_sets["lit"].enforcement == "report_only"
+    assert s.trust_stores["tofu"].mode == "tofu" and s.trust_stores["tofu"].roots == ()
+    assert s.trust_stores["tofu"].time_check == "off"
+
+
+def test_release_pin_event_params() -> None:
+    s = loads_scenario(
+        PINNED + '\n[[timeline]]\nat = "1m"\naction = "release_pin"\ntarget = "fleet"\n'
+        'cert = "csms.main"\nkey = "next"\n',
+        source="s.toml",
+    )
+    (ev,) = s.timeline
+    assert dict(ev.params) == {"target": "fleet", "cert": "csms.main", "key": 1}
+
+
+BAD = [
+    # (replace this, with this, line, field path, words in the message or fix)
+    (
+        'cert = "csms.main" },',
+        'cert = "csms.mian" },',
+        9,
+        "tls.pins.leaf.pins[0].cert",
+        "did you mean 'csms.main'",
+    ),
+    ('state = "pending"', 'state = "pendng"', 10, "tls.pins.leaf.pins[1].state", "did you mean 'pending'"),
+    ('key = "next"', 'key = "later"', 10, "tls.pins.leaf.pins[1].key", '"next"'),
+    ('key = "next"', "key = 99", 10, "tls.pins.leaf.pins[1].key", "0..16"),
+    (
+        '{ target = "leaf", cert = "csms.main" },',
+        '{ target = "root", cert = "csms.main" },',
+        9,
+        "tls.pins.leaf.pins[0].target",
+        "only ever the leaf",
+    ),
+    (
+        '{ target = "root", root = "root"',
+        '{ target = "intermediate", root = "root"',
+        11,
+        "tls.pins.leaf.pins[2].target",
+        "give its spki_sha256",
+    ),
+    ('root = "root", state', 'root = "rogue", state', 11, "tls.pins.leaf.pins[2].root", "undefined root"),
+    (
+        'root = "root", state',
+        'root = "root", cert = "csms.main", state',
+        11,
+        "tls.pins.leaf.pins[2].root",
+        "exactly one of cert, root, spki_sha256",
+    ),
+    (
+        '{ target = "leaf", cert = "csms.main" },',
+        '{ target = "leaf", spki_sha256 = "abc" },',
+        9,
+        "tls.pins.leaf.pins[0].spki_sha256",
+        "64 hex digits",
+    ),
+    (
+        '{ target = "leaf", cert = "csms.main" },',
+        '{ cert = "csms.main" },',
+        9,
+        "tls.pins.leaf.pins[0].target",
+        "missing required key",
+    ),
+    (
+        '{ target = "leaf", cert = "csms.main" },',
+        '{ target = "leaf", cert = "csms.main", colour = 1 },',
+        9,
+        "tls.pins.leaf.pins[0].colour",
+        "unknown key",
+    ),
+    # the TLS layer's own rules (PinSet), relocated to the file
+    (
+        '{ target = "leaf", cert = "csms.main" },',
+        '{ target = "leaf", cert = "csms.main", state = "backup" },',
+        8,
+        "tls.pins.leaf.pins",
+        "at least one active pin",
+    ),
+    (
+        '{ target = "root", root = "root", state = "backup" },',
+        '{ target = "leaf", cert = "csms.main" },',
+        11,
+        "tls.pins.leaf.pins[2].cert",
+        "pinned twice",
+    ),
+    (
+        'on_peer_key_change = "warn"',
+        'on_peer_key_change = "wran"',
+        15,
+        "tls.change.watch.on_peer_key_change",
+        "did you mean 'warn'",
+    ),
+    (
+        'on_peer_key_change = "warn"',
+        'on_key_change = "warn"',
+        15,
+        "tls.change.watch.on_key_change",
+        "did you mean 'on_peer_key_change'",
+    ),
+    ('pins = "leaf"', 'pins = "lef"', 21, "stations.fleet.pins", "did you mean 'leaf'"),
+    ('change = "watch"', 'change = "wach"', 22, "stations.fleet.change", "did you mean 'watch'"),
+    (
+        "[csms.main]",
+        "[csms.main]\nsecurity_profile = 1\ninsecure_allow_plain_ws = true",
+        11,
+        "tls.pins.leaf.pins[0].cert",
+        "security profile 1",
+    ),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "line", "path", "words"), BAD, ids=[b[3] + ":" + b[4] for b in BAD])
+def test_bad_tls_model_values_name_file_line_field_and_fix(
+    old: str, new: str, line: int, path: str, words: str
+) -> None:
+    assert old in PINNED
+    err = load_error(PINNED.replace(old, new, 1))
+    assert (err.file, err.line, err.path) == ("s.toml", line, path), str(err)
+    assert words in str(err)
+    assert err.fix
+
+
+def test_bad_trust_modes_and_references() -> None:
+    tofu_without_pins = PINNED + '\n[tls.trust.t]\nmode = "tofu"\n'
+    text = tofu_without_pins.replace('pins = "leaf"\n', 'trust = "t"\n')
+    err = load_error(text)
+    assert err.path == "stations.fleet.trust" and "tofu" in err.message and "tofu = true" in err.fix
+    err = load_error(PINNED + '\n[tls.trust.t]\nmode = "pinned_peers"\nroots = ["root"]\n')
+    assert err.path == "tls.trust.t.roots" and err.line == 27
+    err = load_error(PINNED + '\n[tls.trust.t]\nmode = "pki-ish"\n')
+    assert err.path == "tls.trust.t.mode" and "did you mean 'pki'" in str(err)
+    err = load_error(PINNED + '\n[tls.trust.t]\ntime_check = "sometimes"\n')
+    assert err.path == "tls.trust.t.time_check"
+    err = load_error(PINNED.replace("[csms.main]", "[csms.main]\nocsp_stapling = 1"))
+    assert err.path == "csms.main.ocsp_stapling" and "boolean" in err.message
+
+
+def test_bad_release_pin_events() -> None:
+    event = '\n[[timeline]]\nat = "1m"\naction = "release_pin"\n'
+    err = load_error(PINNED + event + 'target = "fleet"\nroot = "rogue"\n')
+    assert err.path == "timeline[0].root" and "undefined root" in err.message
+    err = load_error(PINNED + event + 'target = "fleet"\ncert = "csms.main"\nkey = 3\n')
+    assert err.path == "timeline[0].cert" and "no pin for this key" in err.message
+    err = load_error(PINNED + event + 'target = "main"\nroot = "root"\n')
+    assert err.path == "timeline[0].target" and "station group" in str(err)
+    err = load_error(PINNED.replace('pins = "leaf"\n', "") + event + 'target = "fleet"\nroot = "root"\n')
+    assert err.path == "timeline[0].target" and "has no pin set" in err.message
+    err = load_error(PINNED + event + 'target = "fleet"\n')
+    assert err.path == "timeline[0]" and "exactly one of" in err.message
+
+
+# ---------------------------------------------------------------- running
+
+
+@functools.cache
+def _run(text: str) -> RunResult:
+    result = run_scenario(loads_scenario(text, source="run.toml"))
+    assert result.ok, (result.outcome, result.error)
+    return result
+
+
+RESETS = '\n[[links]]\nbetween = ["fleet", "main"]\nreset = { every = "5m" }\n'
+
+
+def _events(r: RunResult, kind: str) -> list[tuple[float, str]]:
+    return [(e.t, e.node) for e in r.recorder.of_kind(kind)]
+
+
+def _received(r: RunResult) -> list[str]:
+    return [e["type"] for rec in r.csms["main"].stations.values() for e in rec.security_events]
+
+
+def test_rotation_to_the_announced_key_promotes_the_pending_pin() -> None:
+    r = _run(PINNED + RESETS + '\n[[timeline]]\nat = "7m"\naction = "rotate_certificate"\ntarget = "main"\n')
+    promoted = _events(r, "pin_promoted")
+    assert sorted(node for _, node in promoted) == ["fleet-0001", "fleet-0002"]
+    assert all(600 <= t < 700 for t, _ in promoted)  # at the first reconnect after the 10 min reset
+    assert len(_events(r, "peer_key_changed")) == 2  # the watch policy reports the key change, accepting it
+    assert not r.recorder.of_kind("handshake_failed")
+    received = _received(r)
+    assert received.count("ReconfigurationOfSecurityParameters") == 4  # promoted + old leaf pin released, x2
+    assert received.count("evsim:PeerKeyChanged") == 2
+    assert all(st.connects_ok >= 3 for st in r.stations.values())  # start, 5 min and 10 min resets
+
+
+def test_same_key_rotation_is_a_cert_change_and_an_unannounced_key_is_refused() -> None:
+    text = (
+        PINNED.replace('  { target = "root", root = "root", state = "backup" },\n', "")
+        + RESETS
+        + '\n[[timeline]]\nat = "7m"\naction = "rotate_certificate"\ntarget = "main"\nnew_key = false\n'
+        + '\n[[timeline]]\nat = "12m"\naction = "rotate_certificate"\ntarget = "main"\n'
+        + '\n[[timeline]]\nat = "13m"\naction = "rotate_certificate"\ntarget = "main"\n'
+    )
+    r = _run(text)
+    changed = list(r.recorder.of_kind("peer_cert_changed"))
+    assert sorted(e.node for e in changed) == ["fleet-0001", "fleet-0002"]
+    assert all(600 <= e.t < 700 and e.data["severity"] == "warn" for e in changed)
+    refusals = [e for e in r.recorder.of_kind("handshake_failed") if e.node.startswith("fleet")]
+    assert refusals and {e.data["reason"] for e in refusals} == {"pin_mismatch"}
+    assert all(e.t >= 900 for e in refusals)  # key 2 was never announced: refused from the 15 min reset on
+    # the refusal is queued once per failure streak, never delivered (the stations stay refused)
+    assert all(st.security_events_queued >= 1 for st in r.stations.values())
+    assert "InvalidCsmsCertificate" not in _received(r)
+
+
+def test_release_pin_takes_effect_on_the_next_connection() -> None:
+    text = PINNED.replace(
+        'pins = [\n  { target = "leaf", cert = "csms.main" },\n  { target = "leaf", cert = "csms.main", '
+        'key = "next", state = "pending" },\n',
+        'pins = [\n  { target = "leaf", cert = "csms.main" },\n',
+    ).replace('{ target = "root", root = "root", state = "backup" }', '{ target = "root", root = "root" }')
+    text += (
+        RESETS + '\n[[timeline]]\nat = "7m"\naction = "release_pin"\ntarget = "fleet-0001"\nroot = "root"\n'
+    )
+    text += '\n[[timeline]]\nat = "8m"\naction = "release_pin"\ntarget = "fleet-0001"\ncert = "csms.main"\n'
+    r = _run(text)
+    released = _events(r, "pin_released")
+    assert released == [(420.0, "fleet-0001"), (480.0, "fleet-0001")]
+    # its connection stays up until the 10 min reset; then no live pin is left: refused
+    refusals = [e for e in r.recorder.of_kind("handshake_failed") if e.node.startswith("fleet")]
+    assert {e.node for e in refusals} == {"fleet-0001"} and min(e.t for e in refusals) >= 600
+    assert {e.data["reason"] for e in refusals} == {"pin_mismatch"}
+    assert r.stations["fleet-0002"].connects_ok >= 3  # its own pins, untouched
+
+
+def test_report_only_mismatch_is_reported_once_per_key_and_lets_the_connection_through() -> None:
+    text = (
+        PINNED.replace("[tls.pins.leaf]", '[tls.pins.leaf]\nenforcement = "report_only"')
+        .replace(
+            '  { target = "leaf", cert = "csms.main" },\n  { target = "leaf", cert = "csms.main", key = "next", '
+            'state = "pending" },\n',
+            '  { target = "leaf", cert = "csms.main", key = "next" },\n',
+        )
+        .replace(', state = "backup" }', ', state = "backup", not_after = "1m" }')
+    )
+    r = _run(text + RESETS)
+    mismatches = [e for e in r.recorder.of_kind("pin_mismatch") if e.node == "fleet-0001"]
+    # the backup root pin matched the first connection; it expired after 1 min: every reset since mismatches
+    assert [round(e.t // 300) for e in mismatches] == [1, 2, 3, 4, 5]
+    assert all(not e.data["refused"] for e in mismatches)
+    assert not r.recorder.of_kind("handshake_failed")
+    assert _received(r).count("evsim:PinMismatch") == 2  # once per station for that key
+
+
+def test_shipped_pin_rotation_outcome() -> None:
+    r = run_scenario(
+        loads_scenario((SCENARIOS / "pin_rotation.toml").read_text(), source="pin_rotation.toml")
+    )
+    assert r.ok, r.error
+    promoted = {e.node for e in r.recorder.of_kind("pin_promoted")}
+    assert promoted == {f"PIN-0{n}" for n in (1, 2, 3)} | {f"WATCH-0{n}" for n in (1, 2, 3)}
+    refused = [e for e in r.recorder.of_kind("handshake_failed") if not e.node.startswith("main")]
+    by_reason = {(e.node.split("-")[0], e.data["reason"]) for e in refused}
+    assert by_reason == {("PIN", "pin_mismatch"), ("WATCH", "pin_mismatch"), ("STRICT", "peer_key_changed")}
+    assert all(e.t >= 19 * 60 for e in refused if e.data["reason"] == "pin_mismatch")
+    assert r.samples[-1].connected_stations == 0
