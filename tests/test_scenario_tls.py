@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from evsim.errors import ConfigError
+from evsim.scenario import loader
 from evsim.scenario.loader import loads_scenario
 from evsim.scenario.model import PinSpec
 from evsim.scenario.runner import RunResult, run_scenario
@@ -332,3 +333,18 @@ def test_shipped_pin_rotation_outcome() -> None:
     assert by_reason == {("PIN", "pin_mismatch"), ("WATCH", "pin_mismatch"), ("STRICT", "peer_key_changed")}
     assert all(e.t >= 19 * 60 for e in refused if e.data["reason"] == "pin_mismatch")
     assert r.samples[-1].connected_stations == 0
+
+
+def test_readme_documents_every_tls_model_key() -> None:
+    readme = (SCENARIOS / "README.md").read_text()
+    documented = {*loader.PINSET_KEYS, *loader.PIN_KEYS, *loader.CHANGE_KEYS, *loader.TRUST_KEYS}
+    documented |= {
+        "ocsp_stapling",
+        "pins",
+        "change",
+        "release_pin",
+        "[tls.pins.<name>]",
+        "[tls.change.<name>]",
+    }
+    missing = [key for key in sorted(documented) if f"`{key}`" not in readme]
+    assert not missing
