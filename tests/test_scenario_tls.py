@@ -12,7 +12,7 @@ from evsim.errors import ConfigError
 from evsim.scenario import loader
 from evsim.scenario.loader import loads_scenario
 from evsim.scenario.model import PinSpec
-from evsim.scenario.runner import RunResult, run_scenario
+from evsim.scenario.runner import RunResult, preflight, run_scenario
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -348,3 +348,30 @@ def test_readme_documents_every_tls_model_key() -> None:
     }
     missing = [key for key in sorted(documented) if f"`{key}`" not in readme]
     assert not missing
+
+
+def _readme_tls_examples() -> list[str]:
+    readme = (SCENARIOS.parent / "README.md").read_text()
+    section = readme.split("## Configuring TLS\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("```", 1)[0] for block in section.split("```toml\n")[1:]]
+
+
+def test_the_readme_tls_section_has_an_example_per_topic() -> None:
+    readme = (SCENARIOS.parent / "README.md").read_text()
+    section = readme.split("## Configuring TLS\n", 1)[1].split("\n## ", 1)[0]
+    for topic in ("Versions", "Cipher suites", "CA groups", "Pairing", "Pinning and release",
+                  "Change notification", "Buffer size", "Tickets and timeouts", "Certificate checks"):  # fmt: skip
+        assert f"**{topic}" in section, topic
+    assert len(_readme_tls_examples()) >= 9
+
+
+@pytest.mark.parametrize("index", range(len(_readme_tls_examples())))
+def test_readme_tls_examples_load_and_run_preflight(index: int) -> None:
+    example = _readme_tls_examples()[index]
+    text = '[simulation]\nduration = "1h"\n\n' + example
+    if example.startswith("# refused"):
+        with pytest.raises(ConfigError) as info:
+            preflight(loads_scenario(text, source="README.md"))
+        assert example.splitlines()[0].removeprefix("# refused: ") in str(info.value)
+        return
+    preflight(loads_scenario(text, source="README.md"))
