@@ -76,6 +76,7 @@ from evsim.scenario.units import (
 from evsim.tls import change as change_layer
 from evsim.tls import config as tls_config
 from evsim.tls import pins as pins_layer
+from evsim.tls import revocation as tls_revocation
 from evsim.tls.change import ChangePolicy
 from evsim.tls.config import MAX_FRAGMENT, MIN_FRAGMENT, TlsProfile
 from evsim.tls.peer import PeerPolicy
@@ -103,7 +104,7 @@ PKI_KEYS: Final = ("key_type", "validity", "organization", "roots")
 ROOT_KEYS: Final = ("key_type",)
 TLS_KEYS: Final = ("profiles", "trust", "pins", "change")
 PROFILE_KEYS: Final = ("versions", "cipher_suites", "handshake_timeout", "max_send_fragment")
-TRUST_KEYS: Final = ("roots", "hostname", "wildcards", "mode", "time_check")
+TRUST_KEYS: Final = ("roots", "hostname", "wildcards", "mode", "time_check", "revocation", "max_depth")
 CSMS_KEYS: Final = (
     "host",
     "port",
@@ -775,6 +776,12 @@ PIN_KEYS: Final = ("target", "state", "cert", "key", "root", "spki_sha256", "not
 PIN_SOURCES: Final = ("cert", "root", "spki_sha256")
 CHANGE_KEYS: Final = ("on_peer_key_change", "on_peer_cert_change_same_key")
 TRUST_MODES: Final = typing.get_args(tls_config.TrustMode)
+REVOCATION_KEYS: Final = ("crl", "ocsp", "on_unknown")
+CRL_MODES: Final = typing.get_args(tls_revocation.CrlMode)
+OCSP_POLICIES: Final = typing.get_args(tls_revocation.OcspPolicy)
+ON_UNKNOWN: Final = typing.get_args(tls_revocation.OnUnknown)
+MAX_DEPTH: Final = 100
+"""OpenSSL's default verify depth (``X509_VERIFY_PARAM``); the TLS layer's ``TrustStore.max_depth`` bound."""
 TIME_CHECKS: Final = typing.get_args(tls_config.TimeCheck)
 KEY_NAMES: Final = {"current": 0, "next": 1}
 """``key`` of a CSMS pin: ``current`` = the key at the start, ``next`` = the key of its first new-key rotation."""
@@ -856,7 +863,32 @@ class _TlsModelReader:
                     fix='remove roots, or use mode = "pki" (pins then apply on top of the CA check)',
                 )
             spec = attrs.evolve(spec, roots=())
-        return attrs.evolve(spec, mode=mode, time_check=t.enum("time_check", TIME_CHECKS, "enforce"))
+        spec = attrs.evolve(spec, mode=mode, time_check=t.enum("time_check", TIME_CHECKS, "enforce"))
+        return self.trust_revocation(t, spec)
+
+    def trust_revocation(self, t: _Table, spec: TrustSpec) -> TrustSpec:
+        r = t.sub_table(
+            "revocation", REVOCATION_KEYS, '{ crl = "leaf", ocsp = "request", on_unknown = "fail" }'
+        )
+        if r is not None:
+            spec = attrs.evolve(
+                spec,
+                crl=r.enum("crl", CRL_MODES, "off"),
+                ocsp=r.enum("ocsp", OCSP_POLICIES, "off"),
+                on_unknown=r.enum("on_unknown", ON_UNKNOWN, "fail"),
+            )
+            if spec.mode != "pki" and (spec.crl != "off" or spec.ocsp != "off"):
+                raise t.error(
+                    "revocation",
+                    f'mode = "{spec.mode}" has no CA whose revocations could be checked',
+                    value=None,
+                    fix='remove revocation, or use mode = "pki"',
+                )
+        if t.has("max_depth"):
+            spec = attrs.evolve(
+                spec, max_depth=t.integer("max_depth", 0, 0, MAX_DEPTH, fix=f"use 0..{MAX_DEPTH}, e.g. 2")
+            )
+        return spec
 
     # ------------------------------------------------------------ [csms.<name>] ocsp_stapling
 

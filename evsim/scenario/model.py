@@ -163,6 +163,13 @@ class TrustSpec:
         roots: names of roots in :attr:`PkiSpec.roots`.
         hostname: ``"cn"``, ``"san"``, ``"san+cn"`` or ``"off"``.
         wildcards: ``"deny"`` (OCPP default) or ``"allow"``.
+        mode: ``"pki"``, ``"pinned_peers"`` or ``"tofu"`` (no roots in the peer modes).
+        time_check: certificate validity check (``evsim.tls.config.TimeCheck``).
+        crl: ``"off"``, ``"leaf"`` or ``"chain"``: check the CRLs the scenario PKI publishes for its roots.
+        ocsp: ``"off"``, ``"request"`` or ``"require"``: OCSP stapling (the CSMS staples with
+            ``ocsp_stapling``).
+        on_unknown: ``"fail"`` or ``"soft_fail"`` for an authentic ``unknown`` OCSP status.
+        max_depth: longest chain accepted below the leaf; None = the engine's default.
     """
 
     name: str
@@ -172,6 +179,10 @@ class TrustSpec:
     # TLS model (scenario-tls): see the "TLS model" section at the end of this module
     mode: TrustMode = "pki"
     time_check: str = "enforce"
+    crl: str = "off"
+    ocsp: str = "off"
+    on_unknown: str = "fail"
+    max_depth: int | None = None
 
 
 @attrs.frozen(kw_only=True)

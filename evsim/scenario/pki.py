@@ -9,15 +9,21 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import math
+from collections.abc import Callable
 
 import attrs
+from cryptography import x509
 
 from evsim.pki import CertificateAuthority, CertKey
 from evsim.pki.keys import KeyType, PrivateKey, generate_key, public_key_der
+from evsim.pki.revocation import OcspResponder, OcspStaple
 from evsim.scenario.model import CertificateSpec, Scenario
 
 #: CA validity: long enough for any scenario (the loader caps durations at 100 years).
 CA_DAYS = 36_500
+STAPLE_REFRESH_S = 60.0
+"""How old a CSMS's stapled OCSP response may get before it asks the responder again (simulation time; a
+choice of evsim, well below the responder's 7-day nextUpdate)."""
 
 
 def issue_window(start: _dt.datetime, offset_s: float, validity_s: float) -> tuple[_dt.datetime, int]:
@@ -39,6 +45,9 @@ class ScenarioPki:
     _stations: dict[str, CertKey] = attrs.field(factory=dict)
     _csms_keys: dict[str, list[PrivateKey]] = attrs.field(factory=dict)
     _csms_key_index: dict[str, int] = attrs.field(factory=dict)
+    crl_lifetime_s: float = 7 * 86_400.0
+    _responders: dict[str, OcspResponder] = attrs.field(factory=dict)
+    _crls: dict[str, x509.CertificateRevocationList] = attrs.field(factory=dict)
 
     @classmethod
     def build(cls, scenario: Scenario, start: _dt.datetime) -> ScenarioPki:
@@ -59,7 +68,10 @@ class ScenarioPki:
         station_ca = roots["root"].create_sub_ca(
             f"{org} Charging Station Sub-CA", org, now=ca_start, days=CA_DAYS, key_type=spec.key_type
         )
-        return cls(start=start, organization=org, roots=roots, station_ca=station_ca)
+        # CRLs are published at the start and on every revocation; each stays valid past the end of the run,
+        # so a station never meets an expired CRL unless a scenario asks for it
+        lifetime = scenario.simulation.duration + 86_400.0
+        return cls(start=start, organization=org, roots=roots, station_ca=station_ca, crl_lifetime_s=lifetime)
 
     def server_certificate(
         self, host: str, cert: CertificateSpec, *, at: float = 0.0, root: str | None = None
@@ -131,3 +143,36 @@ class ScenarioPki:
                 station_id, self.organization, now=now, days=days
             )
         return self._stations[station_id]
+
+    # ------------------------------------------------------------ revocation (scenario-tls)
+
+    def responder(self, root: str) -> OcspResponder:
+        """The OCSP responder of ``root`` (the root signs its responses), sharing its revocation records."""
+        if root not in self._responders:
+            self._responders[root] = OcspResponder(self.roots[root])
+        return self._responders[root]
+
+    def crl(self, root: str) -> x509.CertificateRevocationList:
+        """The CRL ``root`` publishes now (built at the start, rebuilt by :meth:`revoke`)."""
+        if root not in self._crls:
+            self._publish(root, at=0.0)
+        return self._crls[root]
+
+    def _publish(self, root: str, *, at: float) -> None:
+        now = self.start + _dt.timedelta(seconds=at)
+        self._crls[root] = self.responder(root).revocations.build_crl(
+            now=now, next_update_s=self.crl_lifetime_s
+        )
+
+    def revoke(self, root: str, cert: x509.Certificate, *, at: float) -> None:
+        """Revoke ``cert`` (issued by ``root``) at ``at`` seconds from the start and publish a new CRL; the
+        root's OCSP responder answers ``revoked`` for it from then on."""
+        self.responder(root).revocations.revoke(cert, at=self.start + _dt.timedelta(seconds=at))
+        self._publish(root, at=at)
+
+    def staple(self, root: str, cert: x509.Certificate, clock: Callable[[], _dt.datetime]) -> OcspStaple:
+        """A server's OCSP staple for ``cert`` from ``root``'s responder, refreshed at most every minute of
+        simulation time (a fresh staple follows a revocation within a minute; the signature cost stays low)."""
+        return OcspStaple(
+            self.responder(root), cert, self.roots[root].cert, clock=clock, refresh_s=STAPLE_REFRESH_S
+        )
