@@ -23,6 +23,9 @@ import functools
 import attrs
 import trio
 import trio.testing
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
 
 from evsim.errors import HandshakeFailed, TransportError
 from evsim.pki import CertificateAuthority, CertKey
@@ -180,3 +183,23 @@ async def tls_pair(
         nursery.start_soon(client)
         nursery.start_soon(server)
     return results["client"], results["server"]
+
+
+def unknown_ocsp_staple(cert: x509.Certificate, issuer: CertificateAuthority, now: dt.datetime) -> bytes:
+    """An authentic OCSP response saying ``unknown`` for ``cert``, signed by its issuer.
+
+    A responder that is authoritative for the CA but does not know the certificate: a CertID with the right
+    issuer and serial, answered "unknown" (as a responder with a list of issued serials would).
+    """
+    builder = ocsp.OCSPResponseBuilder().add_response(
+        cert=cert,
+        issuer=issuer.cert,
+        algorithm=hashes.SHA256(),
+        cert_status=ocsp.OCSPCertStatus.UNKNOWN,
+        this_update=now,
+        next_update=now + dt.timedelta(hours=1),
+        revocation_time=None,
+        revocation_reason=None,
+    )
+    builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, issuer.cert)
+    return builder.sign(issuer.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)

@@ -108,3 +108,8 @@ def set_sigalgs(ctx: SSL.Context, names: list[str]) -> bool:
     if _set_sigalgs is None or ptr is None:  # pragma: no cover - binding without the call
         return False
     return bool(_set_sigalgs(ptr, ":".join(names).encode("ascii")) == 1)
+
+
+def engine_version() -> str:
+    """The OpenSSL version the engine runs on (``OpenSSL 3.5.0 8 Apr 2025``...)."""
+    return SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode("ascii", "replace")

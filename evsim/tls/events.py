@@ -80,6 +80,8 @@ OCSP_MISSING = "ocsp_status:missing"
 OCSP_UNKNOWN = "ocsp_status:unknown"
 OCSP_BAD_SIGNATURE = "ocsp_status:bad_signature"
 OCSP_STALE = "ocsp_status:stale"
+CERT_CHAIN_TOO_LONG = "cert_invalid:chain_too_long"
+"""The peer's chain is longer than ``TrustStore.max_depth`` (X509 error 22)."""
 CRL_UNAVAILABLE = "cert_invalid:crl_unavailable"
 CRL_EXPIRED = "cert_invalid:crl_expired"
 CRL_NOT_YET_VALID = "cert_invalid:crl_not_yet_valid"
@@ -87,6 +89,7 @@ CRL_BAD_SIGNATURE = "cert_invalid:crl_bad_signature"
 
 ENGINE_KNOB_REASONS: tuple[str, ...] = (
     CERT_REVOKED,
+    CERT_CHAIN_TOO_LONG,
     CRL_UNAVAILABLE,
     CRL_EXPIRED,
     CRL_NOT_YET_VALID,

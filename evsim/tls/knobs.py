@@ -115,9 +115,21 @@ ML-KEM groups of draft-ietf-tls-ecdhe-mlkem), spelled as OpenSSL spells them."""
 EC_GROUPS: frozenset[str] = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 """Groups the ``set_tmp_ecdh`` fallback can apply (NIST curves; RFC 8422 §5.1.1)."""
 
-DEFAULT_GROUPS: tuple[str, ...] = ("X25519MLKEM768", "X25519", "secp256r1", "secp384r1")
-"""What ``evsim tls capabilities`` reports when a profile leaves ``groups`` empty: OpenSSL 3.5+'s default
-key-share preference (the engine's default list is used, nothing is set)."""
+DEFAULT_GROUPS: tuple[str, ...] = (
+    "X25519MLKEM768",
+    "SecP256r1MLKEM768",
+    "curveSM2MLKEM768",
+    "X25519",
+    "secp256r1",
+    "X448",
+    "secp384r1",
+    "secp521r1",
+    "curveSM2",
+    "ffdhe2048",
+    "ffdhe3072",
+)
+"""What ``evsim tls capabilities`` reports when a profile leaves ``groups`` empty (nothing is set then): the
+supported_groups of a default client ClientHello, measured on the wire with OpenSSL 4.0.3."""
 
 SIGNATURE_SCHEMES: tuple[str, ...] = (
     "ecdsa_secp256r1_sha256",

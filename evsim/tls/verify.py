@@ -36,6 +36,7 @@ X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT = 18
 X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN = 19
 X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
 X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE = 21
+X509_V_ERR_CERT_CHAIN_TOO_LONG = 22
 X509_V_ERR_CERT_REVOKED = 23
 
 X509_V_FLAG_NO_CHECK_TIME = 0x200000
@@ -60,7 +61,8 @@ def verify_error_reason(code: int) -> str:
 
     Returns:
         ``cert_invalid:expired`` (10), ``cert_invalid:not_yet_valid`` (9), ``cert_invalid:unknown_ca``
-        (2, 18, 19, 20, 21), ``cert_invalid:revoked`` (23), else ``cert_invalid:<code>``.
+        (2, 18, 19, 20, 21), ``cert_invalid:revoked`` (23), ``cert_invalid:chain_too_long`` (22), else
+        ``cert_invalid:<code>``.
     """
     if code == X509_V_ERR_CERT_HAS_EXPIRED:
         return events.CERT_EXPIRED
@@ -70,6 +72,8 @@ def verify_error_reason(code: int) -> str:
         return events.CERT_UNKNOWN_CA
     if code == X509_V_ERR_CERT_REVOKED:
         return events.CERT_REVOKED
+    if code == X509_V_ERR_CERT_CHAIN_TOO_LONG:
+        return events.CERT_CHAIN_TOO_LONG  # TrustStore.max_depth
     return f"{events.CERT_INVALID}:{code}"
 
 
