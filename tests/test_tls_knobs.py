@@ -35,6 +35,7 @@ declared record knobs and ``enforce``, the TOML constructors, capabilities and t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -559,6 +560,54 @@ async def test_max_depth_refuses_a_longer_chain() -> None:
     assert reason(deep) == events.CERT_CHAIN_TOO_LONG
     with pytest.raises(ConfigError, match="max_depth"):
         rev_trust(max_depth=101)
+
+
+# ================================================================ time_check = skip_until_clock_synced
+
+
+async def _connect_at(client_tls: ClientTls, when: dt.datetime, *, clock_synced: bool) -> str:
+    a, b = trio.testing.memory_stream_pair()
+    result = "ok"
+    async with trio.open_nursery() as nursery:
+
+        async def accept() -> None:
+            with contextlib.suppress(HandshakeFailed):
+                await tls_accept(b, server())
+
+        nursery.start_soon(accept)
+        try:
+            c = await tls_connect(
+                a, client_tls, CSMS_HOST, verify_time=lambda: when, clock_synced=clock_synced
+            )
+            await c.aclose()
+        except HandshakeFailed as exc:
+            result = reason(exc)
+    return result
+
+
+@pytest.mark.parametrize("python_time", [False, True], ids=["openssl-time", "callback-time"])
+async def test_skip_until_clock_synced(python_time: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An RTC-less station after boot (cf. chrony nocerttimecheck): validity is not checked until its
+    clock is synced; the chain still is. ``callback-time``: the fallback without per-connection time."""
+    from evsim.tls import _ossl, clear_context_cache
+
+    if python_time:
+        monkeypatch.setattr(_ossl, "HAVE_CONNECTION_TIME", False)
+    clear_context_cache()
+    expired_at = PKI.server.cert.not_valid_after_utc + dt.timedelta(days=1)  # e.g. an RTC reset to garbage
+    skip = client(trust=PKI.csms_trust(time_check="skip_until_clock_synced"))
+    enforce = client()
+    try:
+        with trio.fail_after(IO_S):
+            assert await _connect_at(skip, expired_at, clock_synced=False) == "ok"
+            assert await _connect_at(skip, expired_at, clock_synced=True) == events.CERT_EXPIRED
+            assert await _connect_at(enforce, expired_at, clock_synced=False) == events.CERT_EXPIRED
+            evil = ClientTls.build(
+                DEFAULT, TrustStore("Evil", (PKI.evil.cert,), time_check="skip_until_clock_synced")
+            )
+            assert await _connect_at(evil, expired_at, clock_synced=False) == events.CERT_UNKNOWN_CA
+    finally:
+        clear_context_cache()
 
 
 # ================================================================ record knobs, enforce

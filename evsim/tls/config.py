@@ -41,7 +41,7 @@ OCPP_MIN_VERSION = "1.2"
 
 HostnameCheck: TypeAlias = Literal["cn", "san", "san+cn", "off"]
 WildcardPolicy: TypeAlias = Literal["deny", "allow"]
-TimeCheck: TypeAlias = Literal["enforce", "off"]
+TimeCheck: TypeAlias = Literal["enforce", "off", "skip_until_clock_synced"]
 SuitePreference: TypeAlias = Literal["server", "client"]
 
 MIN_FRAGMENT = 64
@@ -701,7 +701,10 @@ class TrustStore:
             For an IP-literal server name: the SAN iPAddress (``san``, ``san+cn``) or the CN text (``cn``).
         wildcards: ``"deny"`` (OCPP default: a wildcard certificate is refused with
             ``cert_invalid:wildcard``) or ``"allow"`` (``SecurityCtrlr.AllowCSMSTLSWildcards``).
-        time_check: ``"enforce"`` (validity checked at the simulation's time) or ``"off"``.
+        time_check: ``"enforce"`` (validity checked at the simulation's time), ``"off"``, or
+            ``"skip_until_clock_synced"`` (an RTC-less device after boot, cf. chrony's ``nocerttimecheck``:
+            validity is not checked on connections made with ``clock_synced=False``, and is checked on the
+            others; chains, names and signatures always are).
         insecure_skip_verify: accept *any* peer certificate (no chain, name or time check) - development
             only; anyone can impersonate the peer. Compiling such a store logs a warning; ``anchors`` may
             then be empty.
@@ -736,7 +739,7 @@ class TrustStore:
         for field, value, allowed in (
             ("hostname", self.hostname, ("cn", "san", "san+cn", "off")),
             ("wildcards", self.wildcards, ("deny", "allow")),
-            ("time_check", self.time_check, ("enforce", "off")),
+            ("time_check", self.time_check, ("enforce", "off", "skip_until_clock_synced")),
         ):
             if value not in allowed:
                 raise ConfigError(

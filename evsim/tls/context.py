@@ -119,7 +119,7 @@ def _make_verify_callback(trust: TrustStore, *, check_host: bool, python_time: b
     OpenSSL calls it once per certificate, root first, leaf (depth 0) last, with ``ok`` = its own verdict
     (and again for each error it finds). ``python_time``: OpenSSL's time check is off, check it here.
     """
-    enforce_time = trust.time_check == "enforce"
+    enforce_time = trust.time_check != "off"  # skip_until_clock_synced: per connection (state.skip_time)
     python_time = python_time and enforce_time
     host_mode = trust.hostname
     wildcards = trust.wildcards
@@ -142,13 +142,13 @@ def _make_verify_callback(trust: TrustStore, *, check_host: bool, python_time: b
         if state.failure is not None:
             return False
         if not ok:
-            if errno in _TIME_ERRORS and not enforce_time:
-                return True  # time_check = "off"
+            if errno in _TIME_ERRORS and not (enforce_time and not state.skip_time):
+                return True  # time_check = "off", or not checked before the clock is synced
             state.fail(
                 verify_error_reason(errno), f"X509 verify error {errno} at depth {depth}: {_subject(cert)}"
             )
             return False
-        if python_time:
+        if python_time and not state.skip_time:
             nb, na = cert.get_notBefore(), cert.get_notAfter()
             if nb is not None and na is not None:
                 now = state.now()

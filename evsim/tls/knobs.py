@@ -83,6 +83,7 @@ KNOB_NOTES: Mapping[str, str] = MappingProxyType(
             "bounds the client session store; the server cache keeps OpenSSL's default size (20480, "
             "SSL_SESSION_CACHE_MAX_SIZE_DEFAULT): SSL_CTX_sess_set_cache_size is not in the binding"
         ),
+        "trust.time_check": "enforce | off | skip_until_clock_synced (per connection: tls_connect(clock_synced=))",
         "record.max_send_fragment": "the stream writes plaintext in records of at most N bytes",
         "record.max_fragment_length": "RFC 6066 max_fragment_length is not negotiable through pyOpenSSL",
         "record.record_size_limit": "RFC 8449 record_size_limit is not negotiable through pyOpenSSL",

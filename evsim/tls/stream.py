@@ -532,6 +532,7 @@ class TlsStream(trio.abc.Stream):
         verify_time: Callable[[], datetime.datetime] | None = None,
         session: TlsSession | None = None,
         sessions: SessionStore | None = None,
+        clock_synced: bool = True,
     ) -> TlsStream:
         """A client stream; the handshake runs on first use or :meth:`do_handshake`.
 
@@ -545,8 +546,12 @@ class TlsStream(trio.abc.Stream):
             sessions: a session store: offers a session (when ``session`` is None) and keeps this
                 connection's session after the handshake and after the first data read
                 (``evsim.tls.sessions``).
+            clock_synced: False before the device's clock was synced: with ``time_check =
+                "skip_until_clock_synced"`` certificate validity times are then not checked.
         """
         conn, state = client_tls.new_connection(server_hostname, verify_time)
+        # time_check = "skip_until_clock_synced": the verify callback accepts validity errors (as for "off")
+        state.skip_time = not clock_synced and client_tls.trust.time_check == "skip_until_clock_synced"
         if session is None and sessions is not None:
             session = sessions.offer(client_tls, server_hostname, now=trio.current_time())
         if session is not None and client_tls.profile.session.resumption != "off":
@@ -1153,6 +1158,7 @@ async def tls_connect(
     verify_time: Callable[[], datetime.datetime] | None = None,
     session: TlsSession | None = None,
     sessions: SessionStore | None = None,
+    clock_synced: bool = True,
 ) -> TlsStream:
     """Run a client handshake over ``transport`` (within the profile's handshake timeout).
 
@@ -1164,6 +1170,7 @@ async def tls_connect(
             None = the real clock.
         session: a session to resume.
         sessions: a client session store (see :meth:`TlsStream.client`).
+        clock_synced: see :meth:`TlsStream.client` (``time_check = "skip_until_clock_synced"``).
 
     Returns:
         The handshaken stream.
@@ -1173,7 +1180,13 @@ async def tls_connect(
             requires ALPN and none was negotiated); the transport is closed.
     """
     stream = TlsStream.client(
-        transport, client_tls, server_hostname, verify_time=verify_time, session=session, sessions=sessions
+        transport,
+        client_tls,
+        server_hostname,
+        verify_time=verify_time,
+        session=session,
+        sessions=sessions,
+        clock_synced=clock_synced,
     )
     try:
         await stream.do_handshake()

@@ -108,9 +108,11 @@ class VerifyState:
         failure: the first failure reason recorded by the verify callback.
         detail: human-readable detail of that failure.
         calls: how many times the verify callback ran (0 after a resumed handshake).
+        skip_time: do not check validity on this connection (``time_check = "skip_until_clock_synced"``
+            and the clock is not synced yet).
     """
 
-    __slots__ = ("calls", "detail", "failure", "server_hostname", "verify_time")
+    __slots__ = ("calls", "detail", "failure", "server_hostname", "skip_time", "verify_time")
 
     def __init__(self, server_hostname: str | None, verify_time: Callable[[], _dt.datetime] | None) -> None:
         self.server_hostname = server_hostname
@@ -118,6 +120,7 @@ class VerifyState:
         self.failure: str | None = None
         self.detail = ""
         self.calls = 0
+        self.skip_time = False
 
     def now(self) -> _dt.datetime:
         """The time certificates are checked at."""
