@@ -522,13 +522,14 @@ async def test_ocsp_stapling_from_the_pki_responder(profile: TlsProfile) -> None
     good = _staple()
     with trio.fail_after(IO_S):
         ok, _ = await tls_pair(require, rev_server(profile, good))
-        revoked, _ = await tls_pair(require, rev_server(profile, _staple(revoked=True)))
+        revoked, s_revoked = await tls_pair(require, rev_server(profile, _staple(revoked=True)))
         missing, _ = await tls_pair(require, rev_server(profile))
         unknown_r, _ = await tls_pair(require, rev_server(profile, lambda: unknown))
         soft, _ = await tls_pair(request, rev_server(profile))
     assert good.fetches == 1  # the server stapled the responder's answer
     assert reason(ok) == "ok"
     assert reason(revoked) == events.CERT_REVOKED
+    assert reason(s_revoked) == "peer_alert:bad_certificate_status_response"  # RFC 6066 §8 alert
     assert reason(missing) == events.OCSP_MISSING
     assert reason(unknown_r) == events.OCSP_UNKNOWN
     assert reason(soft) == "ok"  # request: a missing staple is soft-fail

@@ -68,6 +68,8 @@ refused the peer's certificate, else it is read from OpenSSL's error text:
   ``peer_alert:handshake_failure`` instead: suites were settled by the ServerHello, and TLS 1.2 OpenSSL
   servers use that alert to refuse a missing client certificate;
 * "peer did not return a certificate" -> ``cert_invalid:no_client_cert``;
+* "bad certificate status response" (a client refused our OCSP staple) ->
+  ``peer_alert:bad_certificate_status_response``;
 * "no suitable signature algorithm" -> ``sigalg_refused``, "no suitable key share" -> ``group_refused``
   (TLS 1.3, the refusing side; its peer receives ``handshake_failure``, read as ``cipher_refused`` above);
 * any other received alert -> ``peer_alert:<name>``; transport EOF/reset -> ``eof``; else ``protocol_error``.
@@ -260,6 +262,8 @@ _KNOB_TEXTS = {  # engine knobs (tls-engine): what the refusing side's OpenSSL s
     "no suitable signature algorithm": events.SIGALG_REFUSED,
     "no suitable key share": events.GROUP_REFUSED,
 }
+_OCSP_REFUSED_TEXT = "tlsv1 bad certificate status response"
+"""A server's OpenSSL text when the client refused its staple (the alert, without the word "alert")."""
 
 
 def _error_texts(exc: SSL.Error) -> list[str]:
@@ -306,6 +310,8 @@ def classify_ssl_error(exc: SSL.Error) -> tuple[str, str, bool]:
             return events.CERT_NO_CLIENT_CERT, detail, False
         if text in _KNOB_TEXTS:
             return _KNOB_TEXTS[text], detail, False
+        if text == _OCSP_REFUSED_TEXT:
+            return f"{events.PEER_ALERT}:bad_certificate_status_response", detail, True
         if text == "certificate verify failed":
             return f"{events.CERT_INVALID}:unknown", detail, False
     return events.PROTOCOL_ERROR, detail, False
