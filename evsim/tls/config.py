@@ -207,7 +207,7 @@ class SessionPolicy:
             return cls(
                 cast(Resumption, t.text("resumption", "both")),
                 t.number("lifetime_s", DEFAULT_SESSION_LIFETIME_S),
-                t.opt_int("cache_entries") or DEFAULT_CACHE_ENTRIES,
+                DEFAULT_CACHE_ENTRIES if (entries := t.opt_int("cache_entries")) is None else entries,
             )
         except ConfigError as exc:
             raise rebased(exc, path, {"session": ""}) from None
@@ -540,16 +540,16 @@ class TlsProfile:
                 value=list(self.groups),
                 fix=f"give one of {', '.join(sorted(EC_GROUPS))} alone",
             )
+        if not isinstance(self.alpn_require, bool):
+            raise ConfigError(
+                "alpn_require must be true or false", path="alpn_require", value=self.alpn_require
+            )
         if self.alpn_require and not self.alpn:
             raise ConfigError(
                 "alpn_require with no ALPN protocol offered",
                 path="alpn_require",
                 value=True,
                 fix='add alpn = ["…"]',
-            )
-        if not isinstance(self.alpn_require, bool):
-            raise ConfigError(
-                "alpn_require must be true or false", path="alpn_require", value=self.alpn_require
             )
         if not isinstance(self.session, SessionPolicy):
             raise ConfigError("session must be a SessionPolicy", path="session", value=self.session)
@@ -624,6 +624,7 @@ class TlsProfile:
             ),
         )
         kwargs: dict[str, Any] = {}
+        renames = {"max_send_fragment": "record.max_send_fragment"}
         for key in ("versions", "groups", "signature_algorithms", "enforce"):
             if (values := t.text_list(key)) is not None:
                 kwargs[key] = values
@@ -636,6 +637,7 @@ class TlsProfile:
             alpn = t.table("alpn", ("offer", "require"))
             kwargs["alpn"] = alpn.text_list("offer") or ()
             kwargs["alpn_require"] = alpn.flag("require", False)
+            renames |= {"alpn_require": "alpn.require", "alpn": "alpn.offer"}
         elif (offer := t.text_list("alpn")) is not None:
             kwargs["alpn"] = offer
         kwargs["handshake_timeout_s"] = t.number("handshake_timeout_s", 10.0)
@@ -651,7 +653,7 @@ class TlsProfile:
         try:
             return cls(**kwargs)
         except ConfigError as exc:
-            raise rebased(exc, path, {"max_send_fragment": "record.max_send_fragment"}) from None
+            raise rebased(exc, path, renames) from None
 
     # ------------------------------------------------------------ derived
 
