@@ -1,8 +1,11 @@
 """``make bench``: evsim against its peers and floors, measured in the same run, printed as tables.
 
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
-``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``scale``). Each fleet runs in its own subprocess so
-its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute times.
+``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``),
+``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs in its own
+subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute times.
+
+``python -m bench SECTION`` runs one section alone; sections: ``tls-handshake``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,28 @@ def _fleet(module: str, *args: str) -> Result | str:
     return Result.from_dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def main() -> int:
+def _tls_handshake_section() -> None:
+    from bench import tls_handshake
+
+    print(tls_handshake.render(tls_handshake.run(tls_handshake.env_n())))
+
+
+SECTIONS = {"tls-handshake": _tls_handshake_section}
+"""Sections ``python -m bench SECTION`` runs alone."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args:
+        unknown = [a for a in args if a not in SECTIONS]
+        if unknown:
+            print(
+                f"unknown section(s) {', '.join(unknown)}; sections: {', '.join(SECTIONS)}", file=sys.stderr
+            )
+            return 2
+        for name in args:
+            SECTIONS[name]()
+        return 0
     n = int(os.environ.get("BENCH_N", "1000"))
     rtt = os.environ.get("BENCH_RTT_SECONDS", "10")
     skip = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
@@ -133,6 +157,9 @@ def main() -> int:
         for mod in (ocpp_core, ws_roundtrip, tls_stream):
             micro += [[name, f"{value:.1f}", unit] for name, value, unit in mod.run()]
         print(table(["micro-benchmark", "value", "unit"], micro, title="Layers"))
+    if "tls-handshake" not in skip:
+        print()
+        _tls_handshake_section()
     if "scale" not in skip:
         print()
         print("Scale in virtual time (bench/scenarios/day_1000.toml; target: <= 120 s of wall time)")

@@ -20,7 +20,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["Result", "cpu_s", "make_bench_pki", "raise_nofile", "rss_kib"]
+__all__ = [
+    "LOADED_WALL_OVER_CPU",
+    "Result",
+    "cpu_s",
+    "load_note",
+    "make_bench_pki",
+    "raise_nofile",
+    "rss_kib",
+]
 
 
 @dataclass
@@ -190,3 +198,21 @@ def raise_nofile() -> int:
         except (ValueError, OSError):
             return soft
     return target
+
+
+LOADED_WALL_OVER_CPU = 1.3
+"""A single-threaded, CPU-bound benchmark whose wall time exceeds its CPU time by more than this factor was
+sharing its core (30 %: above the few per cent that page faults and timer ticks explain on an idle machine)."""
+
+
+def load_note(wall_s: float, cpu_seconds: float) -> str | None:
+    """A note for the output when a single-threaded, CPU-bound run was slowed by other processes.
+
+    Returns None when ``wall_s <= LOADED_WALL_OVER_CPU * cpu_seconds`` (the machine looked idle enough).
+    """
+    if cpu_seconds <= 0 or wall_s <= LOADED_WALL_OVER_CPU * cpu_seconds:
+        return None
+    return (
+        f"taken on a loaded machine: wall {wall_s:.1f} s vs CPU {cpu_seconds:.1f} s "
+        f"({wall_s / cpu_seconds:.1f}x); CPU figures are the ones to read"
+    )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -29,8 +30,19 @@ from cryptography.x509 import ocsp
 
 from evsim.errors import HandshakeFailed, TransportError
 from evsim.pki import CertificateAuthority, CertKey
-from evsim.tls import ClientTls, Identity, ServerTls, TlsStream, TrustStore, tls_accept, tls_connect
+from evsim.tls import (
+    ClientTls,
+    Identity,
+    ServerTls,
+    SessionStore,
+    TlsSession,
+    TlsStream,
+    TrustStore,
+    tls_accept,
+    tls_connect,
+)
 from evsim.tls.config import HostnameCheck, TimeCheck, WildcardPolicy
+from evsim.tls.peer import PeerPolicy
 
 TEST_NOW = dt.datetime(2030, 6, 1, 12, 0, tzinfo=dt.UTC)
 """A fixed simulation time for tests (far from the machine's clock on purpose)."""
@@ -136,6 +148,12 @@ async def tls_pair(
     client_time: dt.datetime | None = TEST_NOW,
     server_time: dt.datetime | None = TEST_NOW,
     exchange: bool = True,
+    client_peer: PeerPolicy | None = None,
+    server_peer: PeerPolicy | None = None,
+    sessions: SessionStore | None = None,
+    session: TlsSession | None = None,
+    server_transport: Callable[[trio.abc.Stream], trio.abc.Stream] | None = None,
+    close: bool = False,
 ) -> tuple[TlsStream | TransportError, TlsStream | TransportError]:
     """Handshake a client and a server over ``memory_stream_pair`` (both at once), then ping/pong.
 
@@ -149,6 +167,13 @@ async def tls_pair(
         client_time: simulation time the client checks certificates at (None = real clock).
         server_time: simulation time the server checks certificates at (None = real clock).
         exchange: do the ping/pong after the handshakes.
+        client_peer: a peer policy for the client's connection (else the one bound to ``client_tls``).
+        server_peer: a peer policy for the server's connection (else the one bound to ``server_tls``).
+        sessions: the client's session store (``tls_connect(sessions=...)``).
+        session: a session for the client to offer.
+        server_transport: wraps the server's transport (e.g. to record what the server sends).
+        close: after the exchange, close both sides with close_notify (a session stays resumable only
+            when its connection was shut down properly).
 
     Returns:
         (client result, server result): the stream, or the ``HandshakeFailed`` /
@@ -160,22 +185,38 @@ async def tls_pair(
     async def client() -> None:
         try:
             s = await tls_connect(
-                a, client_tls, host, verify_time=(lambda: client_time) if client_time else None
+                a,
+                client_tls,
+                host,
+                verify_time=(lambda: client_time) if client_time else None,
+                peer=client_peer,
+                sessions=sessions,
+                session=session,
             )
             results["client"] = s
             if exchange:
                 await s.send_all(b"ping")
                 assert await s.receive_some() == b"pong"
+            if close:
+                await s.aclose()
         except (HandshakeFailed, TransportError) as exc:
             results["client"] = exc
 
     async def server() -> None:
         try:
-            s = await tls_accept(b, server_tls, verify_time=(lambda: server_time) if server_time else None)
+            s = await tls_accept(
+                server_transport(b) if server_transport is not None else b,
+                server_tls,
+                verify_time=(lambda: server_time) if server_time else None,
+                peer=server_peer,
+            )
             results["server"] = s
             if exchange:
                 assert await s.receive_some() == b"ping"
                 await s.send_all(b"pong")
+            if close:
+                assert await s.receive_some() == b""
+                await s.aclose()
         except (HandshakeFailed, TransportError) as exc:
             results["server"] = exc
 
@@ -203,3 +244,92 @@ def unknown_ocsp_staple(cert: x509.Certificate, issuer: CertificateAuthority, no
     )
     builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, issuer.cert)
     return builder.sign(issuer.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+@attrs.frozen
+class GroupsPki:
+    """A small PKI with two root-CA groups, for the handshake predictor's tests.
+
+    Group A: root ``a``, sub-CA ``a_sub``; group B: root ``b``. Server certificates (``servers``, by label)
+    are for ``csms.evsim.test`` (CN and SAN) unless the label says otherwise:
+
+    * ``ec_a`` / ``rsa_a``: EC / RSA key, issued by ``a``; ``ec_b``: by ``b``; ``ec_sub``: by ``a_sub``
+      (the chain sent includes the sub-CA);
+    * ``wild_a``: ``*.evsim.test``; ``cn_only_a``: no SAN; ``alt_san_a``: CN ``csms.evsim.test``, SAN
+      ``alt.evsim.test`` only;
+    * ``short_a``: valid for one day; ``ip_a``: CN ``localhost``, SAN ``localhost`` and 127.0.0.1;
+    * ``leaf_only_sub``: issued by ``a_sub`` but sent without it (only an anchored sub-CA completes it);
+    * ``old_late``: issued by ``late`` 400 days before ``now`` (expired since ``now - 3 days``), while
+      ``late``, a root created ten days after ``now``, is not valid yet: the root is checked first.
+
+    ``twin`` is an impostor root with ``a``'s name and another key.
+
+    Client certificates (``clients``): ``cli_a``, ``cli_b``, ``cli_sub`` (by ``a_sub``), ``cli_short_a``
+    (one day). Leaves are valid from ``now - 1 h`` for 397 (servers) / 730 (clients) days; CAs ten years.
+    """
+
+    __test__ = False
+
+    now: dt.datetime
+    a: CertificateAuthority
+    a_sub: CertificateAuthority
+    b: CertificateAuthority
+    twin: CertificateAuthority
+    late: CertificateAuthority
+    servers: dict[str, Identity] = attrs.field(eq=False)
+    clients: dict[str, Identity] = attrs.field(eq=False)
+
+    @property
+    def anchor_sets(self) -> tuple[tuple[x509.Certificate, ...], ...]:
+        """Trust-store anchors to draw from, group A (which issued most certificates) most often: one root,
+        two, the sub-CA alone or beside a root (a sub-CA alone anchors nothing: no partial chains), the
+        impostor of ``a``."""
+        a, b, sub, twin, late = self.a.cert, self.b.cert, self.a_sub.cert, self.twin.cert, self.late.cert
+        return ((a,), (a,), (a,), (a, b), (a, b), (b,), (sub,), (b, sub), (a, sub), (twin,), (a, late))
+
+
+@functools.lru_cache(maxsize=2)
+def make_groups_pki(now: dt.datetime = TEST_NOW) -> GroupsPki:
+    """Build (once per ``now``) the :class:`GroupsPki`.
+
+    Args:
+        now: simulation time of issuance.
+
+    Returns:
+        The PKI.
+    """
+    a = CertificateAuthority.create_root("Group A Root CA", "group-a", now=now)
+    b = CertificateAuthority.create_root("Group B Root CA", "group-b", now=now)
+    a_sub = a.create_sub_ca("Group A Sub-CA", now=now)
+    twin = CertificateAuthority.create_root("Group A Root CA", "group-a", now=now)
+    late = CertificateAuthority.create_root("Late Root CA", "late", now=now + dt.timedelta(days=10))
+    leaf_only = a_sub.issue_server(CSMS_HOST, now=now)
+    servers = {
+        "ec_a": a.issue_server(CSMS_HOST, now=now),
+        "rsa_a": a.issue_server(CSMS_HOST, now=now, key_type="rsa"),
+        "ec_b": b.issue_server(CSMS_HOST, now=now),
+        "ec_sub": a_sub.issue_server(CSMS_HOST, now=now),
+        "wild_a": a.issue_server("*.evsim.test", now=now),
+        "cn_only_a": a.issue_server(CSMS_HOST, cn_in_san=False, now=now),
+        "alt_san_a": a.issue_server(CSMS_HOST, sans=("alt.evsim.test",), cn_in_san=False, now=now),
+        "short_a": a.issue_server(CSMS_HOST, now=now, days=1),
+        "ip_a": a.issue_server("localhost", ips=("127.0.0.1",), now=now),
+        "leaf_only_sub": CertKey(leaf_only.cert, leaf_only.key),
+        "old_late": late.issue_server(CSMS_HOST, now=now - dt.timedelta(days=400)),
+    }
+    clients = {
+        "cli_a": a.issue_client("CS-A", now=now),
+        "cli_b": b.issue_client("CS-B", now=now),
+        "cli_sub": a_sub.issue_client("CS-SUB", now=now),
+        "cli_short_a": a.issue_client("CS-SHORT", now=now, days=1),
+    }
+    return GroupsPki(
+        now,
+        a,
+        a_sub,
+        b,
+        twin,
+        late,
+        {k: Identity.from_cert_key(v) for k, v in servers.items()},
+        {k: Identity.from_cert_key(v) for k, v in clients.items()},
+    )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from cryptography import x509
 from hypothesis import strategies as st
 
 from evsim.ocpp.framing import (
@@ -17,6 +19,9 @@ from evsim.ocpp.framing import (
     Frame,
     Send,
 )
+from evsim.tls.config import KNOWN_VERSIONS, Identity, TlsProfile, TrustStore
+from evsim.tls.predict import ClientSide, ServerSide
+from evsim.tls.suites import BY_IANA, DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES, SUITES
 
 #: Text orjson can encode: no lone surrogates.
 json_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=20)
@@ -76,3 +81,110 @@ def _frame_shaped() -> st.SearchStrategy[list[Any]]:
 
 #: JSON values biased towards almost-valid frames, for robustness tests.
 frame_like_values: st.SearchStrategy[Any] = _frame_shaped() | json_values
+
+
+# ---------------------------------------------------------------- TLS configurations (tests/test_tls_property.py)
+
+#: Every TLS 1.3 suite in the table.
+TLS13_SUITE_POOL: tuple[str, ...] = tuple(s.iana for s in SUITES if s.version == "1.3")
+#: TLS <= 1.2 suites chosen so random lists overlap often: ECDSA and RSA authentication, ECDHE, DHE and RSA
+#: key transport, a CCM_8 suite (security level 0) and CBC-SHA suites usable in TLS 1.0/1.1.
+TLS12_SUITE_POOL: tuple[str, ...] = (
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA",
+)
+_LEGACY_SUITES = tuple(n for n in TLS12_SUITE_POOL if BY_IANA[n].min_version == "1.0")
+#: Oldest..newest enabled version (indexes into KNOWN_VERSIONS); repeats weight the modern ranges, listed
+#: first so that failures shrink towards them.
+_VERSION_RANGES: tuple[tuple[int, int], ...] = (
+    (2, 3),
+    (3, 3),
+    (2, 2),
+    (2, 3),
+    (2, 3),
+    (2, 3),
+    (2, 3),
+    (1, 3),
+    (1, 2),
+    (0, 1),
+    (1, 1),
+)
+
+
+def _suite_lists(default: Sequence[str], pool: Sequence[str]) -> st.SearchStrategy[list[str]]:
+    """The default list in any order (so the two sides' orders differ and the preference matters), or a
+    few suites from ``pool`` (often disjoint from the peer's)."""
+    return st.permutations(default) | st.lists(st.sampled_from(pool), min_size=1, max_size=4, unique=True)
+
+
+@st.composite
+def tls_profiles(draw: st.DrawFn) -> TlsProfile:
+    """Valid profiles: a contiguous version range (sometimes with TLS 1.0/1.1), suite lists drawn from the
+    pools in random order (a legacy range always gets a CBC-SHA suite), either suite preference."""
+    lo, hi = draw(st.sampled_from(_VERSION_RANGES))
+    versions = tuple(reversed(KNOWN_VERSIONS[lo : hi + 1]))
+    suites: dict[str, list[str]] = {}
+    if "1.3" in versions or draw(st.booleans()):
+        suites["1.3"] = draw(_suite_lists(DEFAULT_TLS13_SUITES, TLS13_SUITE_POOL))
+    if lo <= 2:
+        names = draw(_suite_lists(DEFAULT_TLS12_SUITES, TLS12_SUITE_POOL))
+        if lo < 2 and not any(n in _LEGACY_SUITES for n in names):
+            names.insert(draw(st.integers(0, len(names))), draw(st.sampled_from(_LEGACY_SUITES)))
+        suites["1.2"] = names
+    return TlsProfile(
+        versions=versions,
+        cipher_suites=suites,
+        suite_preference=draw(st.sampled_from(("server", "client"))),
+        insecure_legacy_versions=lo < 2,
+    )
+
+
+AnchorSets = Sequence[tuple[x509.Certificate, ...]]
+"""Candidate anchor sets for a trust store (repeat one to draw it more often)."""
+
+
+def trust_stores(anchor_sets: AnchorSets) -> st.SearchStrategy[TrustStore]:
+    """Trust stores over one of ``anchor_sets`` (the "root-CA groups"), any hostname/wildcard/time policy,
+    and now and then ``insecure_skip_verify``."""
+    return st.builds(
+        TrustStore,
+        name=st.just("property"),
+        anchors=st.sampled_from(anchor_sets),
+        hostname=st.sampled_from(("san+cn", "san+cn", "cn", "san", "off")),
+        wildcards=st.sampled_from(("deny", "allow")),
+        time_check=st.sampled_from(("enforce", "enforce", "off")),
+        insecure_skip_verify=st.sampled_from((False,) * 9 + (True,)),
+    )
+
+
+def client_sides(
+    anchor_sets: AnchorSets,
+    identities: Sequence[Identity],
+    server_names: Sequence[str | None],
+) -> st.SearchStrategy[ClientSide]:
+    """Client halves: a profile, a trust store, maybe a client certificate, a server name (no pins)."""
+    return st.builds(
+        ClientSide,
+        profile=tls_profiles(),
+        trust=trust_stores(anchor_sets),
+        identity=st.none() | st.sampled_from(identities),
+        server_name=st.sampled_from(server_names),
+    )
+
+
+def server_sides(anchor_sets: AnchorSets, identities: Sequence[Identity]) -> st.SearchStrategy[ServerSide]:
+    """Server halves: a profile, a certificate, and client authentication with its trust store."""
+    return st.builds(
+        ServerSide,
+        profile=tls_profiles(),
+        identity=st.sampled_from(identities),
+        trust=trust_stores(anchor_sets),
+        client_auth=st.sampled_from(("none", "optional", "required")),
+    )

@@ -143,46 +143,24 @@ async def recorded_pair(
     *,
     store: SessionStore | None = None,
     session_from: TlsStream | None = None,
-    host: str = CSMS_HOST,
 ) -> tuple[TlsStream | TransportError, TlsStream | TransportError, bytes]:
-    """Handshake, ping/pong, close both sides (so sessions stay resumable); return the results and what the
+    """:func:`tls_pair` with ping/pong and close_notify (so sessions stay resumable); also returns what the
     server sent."""
-    a, b = trio.testing.memory_stream_pair()
-    wire = RecordingStream(b)
-    results: dict[str, TlsStream | TransportError] = {}
+    recorders: list[RecordingStream] = []
 
-    async def client() -> None:
-        try:
-            s = await tls_connect(
-                a,
-                client_tls,
-                host,
-                verify_time=lambda: NOW,
-                sessions=store,
-                session=session_from.session if session_from is not None else None,
-            )
-            results["client"] = s
-            await s.send_all(b"ping")
-            assert await s.receive_some() == b"pong"
-            await s.aclose()
-        except (HandshakeFailed, TransportError) as exc:
-            results["client"] = exc
+    def record(transport: trio.abc.Stream) -> trio.abc.Stream:
+        recorders.append(RecordingStream(transport))
+        return recorders[-1]
 
-    async def server() -> None:
-        try:
-            s = await tls_accept(wire, server_tls, verify_time=lambda: NOW)
-            results["server"] = s
-            assert await s.receive_some() == b"ping"
-            await s.send_all(b"pong")
-            assert await s.receive_some() == b""
-            await s.aclose()
-        except (HandshakeFailed, TransportError) as exc:
-            results["server"] = exc
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(client)
-        nursery.start_soon(server)
-    return results["client"], results["server"], bytes(wire.sent)
+    c, s = await tls_pair(
+        client_tls,
+        server_tls,
+        sessions=store,
+        session=session_from.session if session_from is not None else None,
+        server_transport=record,
+        close=True,
+    )
+    return c, s, bytes(recorders[0].sent)
 
 
 DEFAULT = TlsProfile()

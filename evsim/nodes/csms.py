@@ -9,6 +9,9 @@ with a specific reason (recorded as an event and logged), without disturbing any
 2. WebSocket upgrade: the path must carry a valid station identity (else HTTP 404), Basic auth must match for
    profiles 1 and 2 (else 401), and for profile 3 the client certificate's CN must be the station identity and
    its O the operator's organization (A00.FR.404/405, else 401 — the status is not specified by OCPP).
+   Stations behind a Local Controller arrive with the *controller's* certificate; ``behind_controller``
+   decides whether they are refused or identified by path + Basic auth (:mod:`evsim.nodes.admission`,
+   docs/local-controllers.md).
    No common OCPP subprotocol: accept without one, then close at once (OCPP-J §3.2).
 3. OCPP: every payload is schema-checked by the RPC core; before a station is Accepted, anything but
    BootNotification gets a SecurityError CALLERROR (B02.FR.09).
@@ -27,26 +30,31 @@ from typing import Any
 
 import attrs
 import trio
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from evsim.clock import SimClock, isoformat
 from evsim.errors import (
-    HandshakeFailed,
     OcppError,
     TransportError,
     failure_reason,
 )
 from evsim.metrics.recorder import Recorder
 from evsim.net.base import Network
+from evsim.nodes.admission import (
+    BEHIND_CONTROLLER_CHOICES,
+    BehindController,
+    TrustedController,
+    accept_tls,
+    basic_auth_problem,
+    check_client_certificate,
+    common_name,
+    upgrade_station,
+)
 from evsim.ocpp.rpc import RpcConnection
 from evsim.ocpp.session import OcppSession
 from evsim.ocpp.versions import choose_subprotocol, subprotocol_for, version_for
 from evsim.tls.context import ServerTls
-from evsim.tls.events import ocpp_security_event
-from evsim.tls.stream import TlsInfo, tls_accept
-from evsim.ws.auth import parse_basic_auth
-from evsim.ws.connection import Accept, Reject, UpgradeRequest, WebSocket, ws_server
+from evsim.tls.stream import TlsInfo
+from evsim.ws.connection import Accept, Reject, UpgradeRequest, WebSocket
 from evsim.ws.paths import station_id_from_path
 
 log = logging.getLogger("evsim.csms")
@@ -73,6 +81,12 @@ class CsmsConfig:
         call_timeout: message timeout for CSMS-initiated calls (s).
         authorize_unknown_tokens: Accepted for any idToken not in ``id_tokens``; else Invalid.
         id_tokens: idToken -> AuthorizationStatus.
+        behind_controller: profile 3, a TLS client certificate that is not the station's own (a Local
+            Controller relaying it, OCPP-J §6.5): ``"require_station_cert"`` refuses it (401);
+            ``"trust_controller"`` accepts a certificate listed in ``trusted_controllers`` and identifies the
+            station by the URL path plus Basic auth (``passwords`` / ``default_password``), skipping the
+            serialNumber-vs-CN check of B01.FR.11/12 for it. See :mod:`evsim.nodes.admission`.
+        trusted_controllers: the controllers ``"trust_controller"`` accepts (O, CN, optionally their stations).
     """
 
     name: str = "csms"
@@ -91,10 +105,17 @@ class CsmsConfig:
     call_timeout: float = 30.0
     authorize_unknown_tokens: bool = True
     id_tokens: Mapping[str, str] = attrs.field(factory=dict)
+    behind_controller: BehindController = "require_station_cert"
+    trusted_controllers: tuple[TrustedController, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         if self.security_profile not in (1, 2, 3):
             raise ValueError(f"security_profile must be 1, 2 or 3, not {self.security_profile}")
+        if self.behind_controller not in BEHIND_CONTROLLER_CHOICES:
+            raise ValueError(
+                f"behind_controller must be one of {', '.join(BEHIND_CONTROLLER_CHOICES)}, "
+                f"not {self.behind_controller!r}"
+            )
 
 
 @attrs.define
@@ -126,6 +147,7 @@ class StationRecord:
     subprotocol: str | None = None
     tls: TlsInfo | None = None
     serial_from_cert: str | None = None
+    via_controller: str | None = None
     connectors: dict[tuple[int, int], str] = attrs.field(factory=dict)
     transactions: dict[str, TransactionRecord] = attrs.field(factory=dict)
     security_events: list[dict[str, Any]] = attrs.field(factory=list)
@@ -217,38 +239,31 @@ class Csms:
         tls_info: TlsInfo | None = None
         try:
             if self.server_tls is not None:
-                try:
-                    tls_stream = await tls_accept(stream, self.server_tls, verify_time=self.clock.utcnow)
-                except HandshakeFailed as exc:
-                    self._handshake_failures[exc.reason] += 1
-                    self.recorder.emit(
-                        name,
-                        "handshake_failed",
-                        reason=exc.reason,
-                        detail=exc.detail,
-                        security_event=ocpp_security_event(exc.reason, side="server") or "",
-                    )
+                tls_stream = await accept_tls(
+                    stream,
+                    self.server_tls,
+                    node=name,
+                    clock=self.clock,
+                    recorder=self.recorder,
+                    failures=self._handshake_failures,
+                )
+                if tls_stream is None:
                     return
                 stream = tls_stream
                 tls_info = tls_stream.info
                 self._tls_versions[tls_info.version] += 1
                 self._tls_suites[tls_info.cipher_iana] += 1
-            decision: dict[str, str] = {}
-            ws = await ws_server(
+            upgraded = await upgrade_station(
                 stream,
-                lambda req: self._decide(req, tls_info, decision),
+                lambda req, decision: self._decide(req, tls_info, decision),
+                node=name,
+                recorder=self.recorder,
                 compression=self.config.compression,
             )
-            if ws is None:
+            if upgraded is None:
                 return
-            station_id = decision["station_id"]
-            if ws.subprotocol is None:
-                self.recorder.emit(
-                    name, "upgrade_rejected", station=station_id, status=0, reason="no subprotocol"
-                )
-                await ws.aclose(1002, "no supported OCPP subprotocol")
-                return
-            await self._serve_station(station_id, ws, tls_info)
+            ws, decision = upgraded
+            await self._serve_station(decision["station_id"], ws, tls_info, decision.get("controller"))
         except (TransportError, OcppError) as exc:
             self.recorder.emit(name, "connection_lost", reason=failure_reason(exc), detail=str(exc))
         finally:
@@ -267,18 +282,23 @@ class Csms:
             and station_id not in self.stations
         ):
             return self._reject(404, "unknown station", station_id)
-        if cfg.security_profile in (1, 2):
-            creds = parse_basic_auth(req.headers.get("authorization", ""))
+        check_password = cfg.security_profile in (1, 2)
+        if not check_password:
+            verdict = check_client_certificate(
+                tls_info,
+                station_id,
+                cfg.organization,
+                behind_controller=cfg.behind_controller,
+                trusted_controllers=cfg.trusted_controllers,
+            )
+            if not verdict.ok:
+                return self._reject(401, verdict.reason, station_id)
+            if verdict.controller is not None:
+                out["controller"] = verdict.controller
+                check_password = True  # behind a trusted controller: path + Basic auth identify the station
+        if check_password:
             expected = cfg.passwords.get(station_id, cfg.default_password)
-            if creds is None:
-                return self._reject(401, "missing Basic auth", station_id)
-            user, password = creds
-            if user != station_id:
-                return self._reject(401, "Basic auth user is not the station identity", station_id)
-            if expected is None or password != expected:
-                return self._reject(401, "wrong password", station_id)
-        else:
-            problem = _check_station_certificate(tls_info, station_id, cfg.organization)
+            problem = basic_auth_problem(req.headers.get("authorization", ""), station_id, expected)
             if problem:
                 return self._reject(401, problem, station_id)
         out["station_id"] = station_id
@@ -296,7 +316,9 @@ class Csms:
         )
         return Reject(status=status, reason=reason)
 
-    async def _serve_station(self, station_id: str, ws: WebSocket, tls_info: TlsInfo | None) -> None:
+    async def _serve_station(
+        self, station_id: str, ws: WebSocket, tls_info: TlsInfo | None, controller: str | None = None
+    ) -> None:
         rec = self.stations.get(station_id)
         if rec is None:
             rec = self.stations[station_id] = StationRecord(station_id=station_id)
@@ -309,8 +331,10 @@ class Csms:
         rec.accepted = False  # a new connection must boot again before other messages (B02.FR.09)
         rec.subprotocol = ws.subprotocol
         rec.tls = tls_info
-        if tls_info is not None and tls_info.peer_chain:
-            rec.serial_from_cert = _common_name(tls_info.peer_chain[0])
+        rec.via_controller = controller
+        rec.serial_from_cert = None
+        if tls_info is not None and tls_info.peer_chain and controller is None:
+            rec.serial_from_cert = common_name(tls_info.peer_chain[0])
         rpc = RpcConnection(version=version, call_timeout=self.config.call_timeout)
 
         async def handler(action: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -502,30 +526,6 @@ class Csms:
             tls_versions=dict(self._tls_versions),
             tls_suites=dict(self._tls_suites),
         )
-
-
-def _common_name(cert: x509.Certificate) -> str | None:
-    attrs_ = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(attrs_[0].value) if attrs_ else None
-
-
-def _organization(cert: x509.Certificate) -> str | None:
-    attrs_ = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-    return str(attrs_[0].value) if attrs_ else None
-
-
-def _check_station_certificate(tls_info: TlsInfo | None, station_id: str, organization: str) -> str:
-    """Profile 3 checks (A00.FR.404/405); returns "" when fine, else the reason."""
-    if tls_info is None or not tls_info.peer_chain:
-        return "no client certificate (security profile 3 requires one)"
-    leaf = tls_info.peer_chain[0]
-    cn = _common_name(leaf)
-    if cn != station_id:
-        return f"certificate CN {cn!r} is not the station identity {station_id!r}"
-    org = _organization(leaf)
-    if org != organization:
-        return f"certificate O {org!r} is not the operator organization {organization!r}"
-    return ""
 
 
 async def _aclose_quietly(stream: trio.abc.AsyncResource) -> None:

@@ -7,6 +7,7 @@ Public API::
         .create_sub_ca(...)  .issue_server(cn, *, sans, ips, ...)  .issue_client(cn, org, ...)
         .sign_csr(csr_pem, *, now, days)
     CertKey(cert, key, intermediates)                  make_csr(key, cn, org) -> bytes
+    issue_self_signed(cn, org, *, now, days, key_type, key) -> CertKey   (SHIP-style device certificate)
     spki_sha256(cert) / ski(cert)                      PEM load/save helpers
     init_dev_pki(dir, *, host, org, key_type, now, force, stations) -> DevPki;  DevPki.load(dir)
 """
@@ -18,6 +19,7 @@ from evsim.pki.ca import (
     CertificateAuthority,
     CertKey,
     common_name,
+    issue_self_signed,
     make_csr,
     organization,
 )
@@ -56,6 +58,7 @@ __all__ = [
     "default_station_id",
     "generate_key",
     "init_dev_pki",
+    "issue_self_signed",
     "key_matches_cert",
     "key_to_pem",
     "load_cert_file",

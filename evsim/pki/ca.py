@@ -194,19 +194,7 @@ class CertificateAuthority:
             PkiError: bad name, or key generation refused.
         """
         key = generate_key(key_type)
-        name = _name(cn, org)
-        cert = _build(
-            subject=name,
-            issuer=name,
-            public_key=key.public_key(),
-            signing_key=key,
-            issuer_cert=None,
-            now=now,
-            days=days,
-            ca=True,
-            path_length=path_length,
-        )
-        return cls(cert, key)
+        return cls(_self_signed(_name(cn, org), key, now=now, days=days, path_length=path_length), key)
 
     def create_sub_ca(
         self,
@@ -440,6 +428,57 @@ class CertificateAuthority:
             san=san,
             extended_key_usage=extended_key_usage,
         )
+
+
+def issue_self_signed(
+    cn: str,
+    org: str = "evsim",
+    *,
+    now: _dt.datetime,
+    days: int = 3650,
+    key_type: KeyType = "ec",
+    key: PrivateKey | None = None,
+) -> CertKey:
+    """Issue a self-signed device certificate, EEBus SHIP style (``protocol-digest.md`` §8).
+
+    As ship-go's ``cert.go`` makes them: self-signed, ``CA:true``, SubjectKeyIdentifier = SHA-1 of the
+    public key (SHIP 12.2, RFC 5280 §4.2.1.2 method 1: the device identity), ten years by default
+    ("~10-year validity"). Also a pinned self-signed server certificate. Pass ``key`` to renew a
+    certificate with the same key (a new certificate, the same SKI and SPKI hash).
+
+    Args:
+        cn: subject common name (SHIP: ``deviceModel-deviceSerialNumber``).
+        org: subject organization.
+        now: simulation time of issuance (valid from ``now`` minus the usual backdating).
+        days: validity after ``now``.
+        key_type: key to generate when ``key`` is not given (SHIP: ``"ec"``, P-256).
+        key: use this key instead of generating one.
+
+    Returns:
+        The certificate and its key (no intermediates).
+
+    Raises:
+        PkiError: bad name, weak key, or ``days`` < 1.
+    """
+    key = key if key is not None else generate_key(key_type)
+    return CertKey(_self_signed(_name(cn, org), key, now=now, days=days), key)
+
+
+def _self_signed(
+    name: x509.Name, key: PrivateKey, *, now: _dt.datetime, days: int, path_length: int | None = None
+) -> x509.Certificate:
+    """A self-signed CA certificate for ``name`` and ``key`` (roots and SHIP device certificates)."""
+    return _build(
+        subject=name,
+        issuer=name,
+        public_key=key.public_key(),
+        signing_key=key,
+        issuer_cert=None,
+        now=now,
+        days=days,
+        ca=True,
+        path_length=path_length,
+    )
 
 
 def make_csr(key: PrivateKey, cn: str, org: str) -> bytes:

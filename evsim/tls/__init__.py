@@ -7,13 +7,17 @@ Public API::
                max_fragment_length, record_size_limit, recv_buffer, enforce)   / TlsProfile.from_toml
     TrustStore(name, anchors, hostname="san+cn", wildcards="deny", time_check="enforce",
                revocation=RevocationPolicy(...), max_depth=None)  / from_toml(resolve=...) / from_toml_files
+    TrustStore(..., mode="pki" | "pinned_peers" | "tofu")
     Identity(chain, key) / Identity.from_cert_key(cert_key) / from_toml / from_toml_files
-    ClientTls.build(profile, trust, identity=None)
-    ServerTls.build(profile, identity, trust=None, client_auth="none", *, ocsp=None)
-    await tls_connect(transport, client_tls, server_hostname, *, verify_time=None, session=None,
-                      sessions=None) -> TlsStream
-    await tls_accept(transport, server_tls, *, verify_time=None) -> TlsStream
+    ClientTls.build(profile, trust, identity=None, *, peer=None)
+    ServerTls.build(profile, identity, trust=None, client_auth="none" | ... | "pairing", *, peer=None, ocsp=None)
+    await tls_connect(transport, client_tls, server_hostname, *, verify_time=None, session=None, peer=None,
+                      sessions=None, clock_synced=True) -> TlsStream
+    await tls_accept(transport, server_tls, *, verify_time=None, peer=None) -> TlsStream
     TlsStream.info -> TlsInfo;  events.ocpp_security_event(reason, side=...)
+    PeerPolicy(side=..., pins=PinSet, pairing=PeerTrust, change=ChangePolicy, sink=callable)  (peer.py)
+        .open_pairing_window / .close_pairing_window / .register / .unpair / .release_pin / .expire_pins
+        .state -> PeerState; .epoch;  PeerEvent.ocpp_security_event
     SessionStore (sessions.py);  Capabilities.of_profile(profile) (capabilities.py);  knobs.KNOB_STATES
 """
 
@@ -31,6 +35,7 @@ from evsim.tls.config import (
 )
 from evsim.tls.context import ClientAuth, ClientTls, KeylogWarning, ServerTls, clear_context_cache
 from evsim.tls.events import ocpp_security_event
+from evsim.tls.peer import PeerEvent, PeerPolicy, PeerState
 from evsim.tls.sessions import SessionStore
 from evsim.tls.stream import (
     TlsBrokenTransport,
@@ -50,6 +55,9 @@ __all__ = [
     "ClientTls",
     "Identity",
     "KeylogWarning",
+    "PeerEvent",
+    "PeerPolicy",
+    "PeerState",
     "RevocationPolicy",
     "ServerTls",
     "SessionPolicy",

@@ -42,6 +42,7 @@ OCPP_MIN_VERSION = "1.2"
 HostnameCheck: TypeAlias = Literal["cn", "san", "san+cn", "off"]
 WildcardPolicy: TypeAlias = Literal["deny", "allow"]
 TimeCheck: TypeAlias = Literal["enforce", "off", "skip_until_clock_synced"]
+TrustMode: TypeAlias = Literal["pki", "pinned_peers", "tofu"]
 SuitePreference: TypeAlias = Literal["server", "client"]
 
 MIN_FRAGMENT = 64
@@ -710,13 +711,19 @@ class TrustStore:
         insecure_skip_verify: accept *any* peer certificate (no chain, name or time check) - development
             only; anyone can impersonate the peer. Compiling such a store logs a warning; ``anchors`` may
             then be empty.
+        mode: ``"pki"`` (chain to ``anchors``), ``"pinned_peers"`` (self-signed peers, SHIP style: the chain
+            check is replaced by the pin / pairing decision of a :class:`~evsim.tls.peer.PeerPolicy`, which
+            compiling then requires) or ``"tofu"`` (like ``pinned_peers``; the first peer's leaf key is
+            pinned: needs a ``tofu`` pin set). Validity time and hostname are still checked as configured.
+            ``anchors`` must be empty in the peer modes.
         revocation: CRL and OCSP-stapling checks (:class:`RevocationPolicy`). A CRL refresh is a new
             value, so a new trust store and a new context: open connections keep the old one.
         max_depth: the longest chain accepted below the leaf (``SSL_CTX_set_verify_depth``); None =
             OpenSSL's default (100).
 
     Raises:
-        ConfigError: no anchors, an unknown policy value, or a bad ``max_depth``.
+        ConfigError: no anchors (pki), anchors or ``insecure_skip_verify`` in a peer mode, an unknown
+            policy value, or a bad ``max_depth``.
     """
 
     name: str
@@ -725,13 +732,15 @@ class TrustStore:
     wildcards: WildcardPolicy = "deny"
     time_check: TimeCheck = "enforce"
     insecure_skip_verify: bool = False
+    mode: TrustMode = "pki"
     # engine knobs (tls-engine)
     revocation: RevocationPolicy = RevocationPolicy()
     max_depth: int | None = None
 
     def __attrs_post_init__(self) -> None:
+        self._check_mode()
         self._check_engine_knobs()
-        if not self.anchors and not self.insecure_skip_verify:
+        if not self.anchors and not self.insecure_skip_verify and self.mode == "pki":
             raise ConfigError(
                 "a trust store needs at least one anchor certificate",
                 path=f"trust.{self.name}.anchors",
@@ -778,6 +787,7 @@ class TrustStore:
         "insecure_skip_verify",
         "revocation",
         "max_depth",
+        "mode",
     )
 
     @classmethod
@@ -798,6 +808,7 @@ class TrustStore:
             hostname = "san+cn"
             wildcards = "deny"
             time_check = "enforce"
+            mode = "pki"                        # or pinned_peers / tofu (then no anchors)
             max_depth = 2
             revocation = { crl = "leaf", crls = ["csms-sub-ca"], ocsp = "require", on_unknown = "fail" }
             insecure_skip_verify = false
@@ -835,6 +846,7 @@ class TrustStore:
                 insecure_skip_verify=t.flag("insecure_skip_verify", False),
                 revocation=revocation,
                 max_depth=t.opt_int("max_depth"),
+                mode=cast(TrustMode, t.text("mode", "pki")),
             )
         except ConfigError as exc:
             raise rebased(exc, path, {f"trust.{name}": ""}) from None
@@ -860,6 +872,36 @@ class TrustStore:
             resolve=_files_under(base_dir, load_cert_file),
             resolve_crls=_files_under(base_dir, _load_crl_file),
         )
+
+    def _check_mode(self) -> None:
+        if self.mode not in ("pki", "pinned_peers", "tofu"):
+            raise ConfigError(
+                "unknown trust mode",
+                path=f"trust.{self.name}.mode",
+                value=self.mode,
+                fix="use pki, pinned_peers or tofu",
+            )
+        if self.mode == "pki":
+            return
+        if self.anchors:
+            raise ConfigError(
+                f"a {self.mode} trust store does not use anchors (peers are self-signed and pinned)",
+                path=f"trust.{self.name}.anchors",
+                value=len(self.anchors),
+                fix='remove the anchors, or use mode = "pki" (pins then apply on top of the CA check)',
+            )
+        if self.insecure_skip_verify:
+            raise ConfigError(
+                f"insecure_skip_verify contradicts mode {self.mode!r}",
+                path=f"trust.{self.name}.insecure_skip_verify",
+                value=True,
+                fix="drop insecure_skip_verify: the pin / pairing decision replaces the chain check",
+            )
+
+    @property
+    def peer_mode(self) -> bool:
+        """True for ``pinned_peers`` and ``tofu``: self-signed peers, decided by a peer policy."""
+        return self.mode != "pki"
 
     @classmethod
     def from_files(

@@ -22,6 +22,12 @@ What each model field compiles to:
 * ``keylog``: an NSS key log writer, with a :class:`KeylogWarning` and a log warning when compiled.
 * ``alpn``: ``set_alpn_protos`` (client) / a select callback taking the server's first choice offered;
   ``alpn_require`` is checked by the stream after the handshake (``alpn_refused``).
+* peer trust (``evsim.tls.peer``): a :class:`~evsim.tls.peer.PeerPolicy` per connection (or bound at
+  build) runs pins, pairing and change checks from the verify callback at depth 0. ``TrustStore.mode``
+  ``pinned_peers`` / ``tofu`` and ``client_auth="pairing"`` accept self-signed peers: the callback lets
+  OpenSSL's unknown-CA errors through and the policy decides alone, so building one needs a policy that
+  can (``peer.require_policy``). A context bound to a policy is rebuilt when the policy's ``epoch``
+  changes (trust shrank), so its session cache never resumes a session from before the change.
 
 Engine knobs (see ``knobs.KNOB_STATES``; compiled by :func:`_apply_engine_knobs` and :func:`_apply_revocation`):
 
@@ -52,8 +58,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL, crypto
 
 from evsim.errors import ConfigError
-from evsim.tls import _ossl
+from evsim.tls import _ossl, events
 from evsim.tls.config import Identity, TlsProfile, TrustStore
+from evsim.tls.peer import PeerCheck, PeerMode, PeerPolicy, require_policy
 from evsim.tls.revocation import install_crls, install_ocsp_client, install_ocsp_stapling, request_ocsp
 from evsim.tls.suites import BY_IANA
 from evsim.tls.verify import (
@@ -70,7 +77,7 @@ from evsim.tls.verify import (
 
 log = logging.getLogger(__name__)
 
-ClientAuth: TypeAlias = Literal["none", "optional", "required"]
+ClientAuth: TypeAlias = Literal["none", "optional", "required", "pairing"]
 OcspProvider: TypeAlias = Callable[[], bytes | None]
 """Returns the DER OCSP response a server staples (e.g. ``evsim.pki.revocation.OcspStaple``), or None."""
 
@@ -118,7 +125,10 @@ def _make_verify_callback(trust: TrustStore, *, check_host: bool, python_time: b
 
     OpenSSL calls it once per certificate, root first, leaf (depth 0) last, with ``ok`` = its own verdict
     (and again for each error it finds). ``python_time``: OpenSSL's time check is off, check it here.
+    With a peer check on the VerifyState, each certificate is shown to it and it decides at depth 0; in
+    a peer mode (self-signed peers) unknown-CA errors are left to it.
     """
+    peer_mode = trust.peer_mode
     enforce_time = trust.time_check != "off"  # skip_until_clock_synced: per connection (state.skip_time)
     python_time = python_time and enforce_time
     host_mode = trust.hostname
@@ -130,6 +140,8 @@ def _make_verify_callback(trust: TrustStore, *, check_host: bool, python_time: b
             state = conn.get_app_data()
             if isinstance(state, VerifyState):
                 state.calls += 1
+                if state.peer is not None:
+                    return _check_peer(conn, state, cert, depth, verified=False)
             return True
 
         return accept_anything
@@ -144,6 +156,8 @@ def _make_verify_callback(trust: TrustStore, *, check_host: bool, python_time: b
         if not ok:
             if errno in _TIME_ERRORS and not (enforce_time and not state.skip_time):
                 return True  # time_check = "off", or not checked before the clock is synced
+            if peer_mode and verify_error_reason(errno) == events.CERT_UNKNOWN_CA:
+                return True  # self-signed peers: the peer policy decides at depth 0
             state.fail(
                 verify_error_reason(errno), f"X509 verify error {errno} at depth {depth}: {_subject(cert)}"
             )
@@ -166,9 +180,30 @@ def _make_verify_callback(trust: TrustStore, *, check_host: bool, python_time: b
             if reason is not None:
                 state.fail(reason, f"{_subject(cert)} does not match {state.server_hostname!r} ({host_mode})")
                 return False
+        if state.peer is not None or peer_mode:
+            return _check_peer(conn, state, cert, depth, verified=not peer_mode)
         return True
 
     return callback
+
+
+def _check_peer(
+    conn: SSL.Connection, state: VerifyState, cert: crypto.X509, depth: int, *, verified: bool
+) -> bool:
+    """Show ``cert`` to the connection's peer check; at depth 0 let it decide (see ``evsim.tls.peer``)."""
+    peer = state.peer
+    if peer is None:  # a peer mode without a policy: build and connect refuse this; fail closed anyway
+        state.fail(events.CERT_UNKNOWN_CA, f"self-signed peer {_subject(cert)} and no peer policy to decide")
+        return False
+    peer.see(depth, cert.to_cryptography())
+    if depth != 0:
+        return True
+    sent = conn.get_peer_cert_chain(as_cryptography=True) if peer.side == "client" else None
+    refusal = peer.check(now=state.now(), sent=sent, verified=verified)
+    if refusal is not None:
+        state.fail(*refusal)
+        return False
+    return True
 
 
 def _subject(cert: crypto.X509) -> str:
@@ -335,33 +370,73 @@ class ClientTls:
     context: SSL.Context = attrs.field(repr=False)
     connection_time: bool = True
     """The stream sets the validity-check time per connection (else the verify callback checks it)."""
+    peer: PeerPolicy | None = None
+    """The peer policy bound at build (used when a connection is given none)."""
+    epoch: int = 0
+    """``peer.epoch`` when this context was compiled (a newer epoch rebuilds it)."""
 
     @classmethod
-    def build(cls, profile: TlsProfile, trust: TrustStore, identity: Identity | None = None) -> ClientTls:
+    def build(
+        cls,
+        profile: TlsProfile,
+        trust: TrustStore,
+        identity: Identity | None = None,
+        *,
+        peer: PeerPolicy | None = None,
+    ) -> ClientTls:
         """Compile (or fetch from the cache) a client context.
 
         Args:
             profile: versions, suites, timeouts...
             trust: anchors and the hostname/time policy used to verify the server.
             identity: our client certificate (OCPP security profile 3), or None.
+            peer: a client-side peer policy (pins, pairing, change) bound to this context; required when
+                ``trust.mode`` is ``pinned_peers`` or ``tofu``.
 
         Returns:
             The compiled client configuration.
 
         Raises:
-            ConfigError: the OpenSSL build refuses the configured suites.
+            ConfigError: the OpenSSL build refuses the configured suites; a peer mode without a policy
+                that can decide alone; a server-side policy.
         """
-        return _build_client(profile, trust, identity)
+        require_policy(peer, trust.mode, side="client")
+        return _build_client(profile, trust, identity, peer, peer.epoch if peer is not None else 0)
+
+    def begin_peer(self, peer: PeerPolicy | None, server_hostname: str | None) -> PeerCheck | None:
+        """The peer check of a new connection: for ``peer``, else for the policy bound at build.
+
+        Args:
+            peer: a policy for this connection only, or None.
+            server_hostname: the name dialled (the peer's name in the change memory).
+
+        Returns:
+            The check to store on the connection's VerifyState, or None when there is no policy.
+
+        Raises:
+            ConfigError: ``peer`` cannot decide for this context's trust mode, or is server-side.
+        """
+        if peer is None:
+            return None if self.peer is None else self.peer.begin("client", server_hostname)
+        require_policy(peer, self.trust.mode, side="client")
+        return peer.begin("client", server_hostname)
 
     def new_connection(
         self,
         server_hostname: str | None,
         verify_time: Callable[[], datetime.datetime] | None = None,
     ) -> tuple[SSL.Connection, VerifyState]:
-        """A fresh OpenSSL connection in client mode with SNI set (not for IP literals)."""
-        conn = SSL.Connection(self.context, None)
+        """A fresh OpenSSL connection in client mode with SNI set (not for IP literals).
+
+        With a policy bound at build, the VerifyState carries its check (:meth:`begin_peer` replaces it).
+        """
+        current = self
+        if self.peer is not None and self.peer.epoch != self.epoch:  # trust shrank: a fresh context
+            current = _build_client(self.profile, self.trust, self.identity, self.peer, self.peer.epoch)
+        conn = SSL.Connection(current.context, None)
         conn.set_connect_state()
         state = VerifyState(server_hostname, verify_time)
+        state.peer = self.begin_peer(None, server_hostname)
         conn.set_app_data(state)
         if server_hostname and not is_ip_literal(server_hostname):
             conn.set_tlsext_host_name(_encode_hostname(server_hostname))
@@ -370,14 +445,16 @@ class ClientTls:
 
 
 @functools.lru_cache(maxsize=_CONTEXT_CACHE_SIZE)
-def _build_client(profile: TlsProfile, trust: TrustStore, identity: Identity | None) -> ClientTls:
+def _build_client(
+    profile: TlsProfile, trust: TrustStore, identity: Identity | None, peer: PeerPolicy | None, epoch: int
+) -> ClientTls:
     ctx = _base_context(SSL.TLS_CLIENT_METHOD, profile, identity, server=False)
     conn_time = _ossl.HAVE_CONNECTION_TIME
     _install_trust(ctx, trust, SSL.VERIFY_PEER, check_host=True, conn_time=conn_time)
     _apply_revocation(ctx, trust, server=False)
     if profile.alpn:
         ctx.set_alpn_protos([p.encode() for p in profile.alpn])
-    return ClientTls(profile, trust, identity, ctx, conn_time)
+    return ClientTls(profile, trust, identity, ctx, conn_time, peer, epoch)
 
 
 @attrs.frozen(eq=False)
@@ -395,6 +472,10 @@ class ServerTls:
     context: SSL.Context = attrs.field(repr=False)
     connection_time: bool = True
     """The stream sets the validity-check time per connection (else the verify callback checks it)."""
+    peer: PeerPolicy | None = None
+    """The peer policy bound at build (used when a connection is given none)."""
+    epoch: int = 0
+    """``peer.epoch`` when this context was compiled (a newer epoch rebuilds it: fresh session cache)."""
     ocsp: OcspProvider | None = attrs.field(default=None, repr=False)
     """What the server staples (None: nothing)."""
 
@@ -402,6 +483,11 @@ class ServerTls:
     def verifies_peer(self) -> bool:
         """True when client certificates are verified (``client_auth`` is not ``"none"``)."""
         return self.client_auth != "none"
+
+    @property
+    def peer_mode(self) -> PeerMode:
+        """What this context leaves to the peer policy (``pki``: nothing; else the whole decision)."""
+        return _server_peer_mode(self.trust, self.client_auth)
 
     @classmethod
     def build(
@@ -411,6 +497,7 @@ class ServerTls:
         trust: TrustStore | None = None,
         client_auth: ClientAuth = "none",
         *,
+        peer: PeerPolicy | None = None,
         ocsp: OcspProvider | None = None,
     ) -> ServerTls:
         """Compile (or fetch from the cache) a server context.
@@ -418,9 +505,14 @@ class ServerTls:
         Args:
             profile: versions, suites, timeouts...
             identity: the server certificate chain and key.
-            trust: anchors for verifying client certificates (needed unless ``client_auth="none"``).
+            trust: anchors for verifying client certificates (needed unless ``client_auth="none"``;
+                with ``"pairing"``: None, or a ``pinned_peers`` store to set the time check).
             client_auth: ``"none"`` (security profile 2), ``"optional"`` (verify a certificate if one is
-                sent), ``"required"`` (security profile 3: refuse clients without a valid certificate).
+                sent), ``"required"`` (security profile 3: refuse clients without a valid certificate),
+                ``"pairing"`` (SHIP: a client certificate is required, any self-signed one passes the chain
+                check and the peer policy's pairing list decides).
+            peer: a server-side peer policy bound to this listener's context; required for ``"pairing"``
+                (with a pairing list) and for a ``pinned_peers`` / ``tofu`` trust store.
             ocsp: staples what it returns (OCSP stapling, RFC 6066 §8) to clients that ask; must be
                 hashable (contexts are cached per provider: pass the same object to share a context).
 
@@ -428,17 +520,19 @@ class ServerTls:
             The compiled server configuration.
 
         Raises:
-            ConfigError: client authentication without a trust store, an unknown ``client_auth``, suites
-                the OpenSSL build refuses, or an OCSP policy on the client-certificate trust store (stapling
-                checks server certificates only).
+            ConfigError: client authentication without a trust store, an unknown ``client_auth``, a
+                peer mode without a policy that can decide alone, suites the OpenSSL build refuses, or an
+                OCSP policy on the client-certificate trust store (stapling checks server certificates only).
         """
-        if client_auth not in ("none", "optional", "required"):
+        if client_auth not in ("none", "optional", "required", "pairing"):
             raise ConfigError(
                 "unknown client_auth",
                 path="client_auth",
                 value=client_auth,
-                fix="use none, optional or required",
+                fix="use none, optional, required or pairing",
             )
+        if client_auth == "pairing":
+            trust = _pairing_trust(trust)
         if client_auth != "none" and trust is None:
             raise ConfigError(
                 f'client_auth = "{client_auth}" needs a trust store for client certificates',
@@ -453,17 +547,86 @@ class ServerTls:
                 value=trust.revocation.ocsp,
                 fix='use revocation.crl for client certificates and set ocsp = "off" here',
             )
-        return _build_server(profile, identity, trust, client_auth, ocsp)
+        if client_auth == "optional" and trust is not None and trust.peer_mode:
+            raise ConfigError(
+                f'client_auth = "optional" with a {trust.mode} trust store would let clients without a '
+                "certificate skip the peer policy",
+                path="client_auth",
+                value=client_auth,
+                fix='use client_auth = "required" (or "pairing")',
+            )
+        require_policy(peer, _server_peer_mode(trust, client_auth), side="server")
+        return _build_server(
+            profile, identity, trust, client_auth, peer, peer.epoch if peer is not None else 0, ocsp
+        )
+
+    def begin_peer(self, peer: PeerPolicy | None) -> PeerCheck | None:
+        """The peer check of a new connection: for ``peer``, else for the policy bound at build.
+
+        Args:
+            peer: a policy for this connection only, or None.
+
+        Returns:
+            The check to store on the connection's VerifyState; None without a policy or client auth.
+
+        Raises:
+            ConfigError: ``peer`` cannot decide for this context's mode, or is client-side.
+        """
+        if peer is not None:
+            require_policy(peer, self.peer_mode, side="server")
+        policy = peer if peer is not None else self.peer
+        return policy.begin("server", None) if policy is not None and self.verifies_peer else None
 
     def new_connection(
         self, verify_time: Callable[[], datetime.datetime] | None = None
     ) -> tuple[SSL.Connection, VerifyState]:
-        """A fresh OpenSSL connection in server mode."""
-        conn = SSL.Connection(self.context, None)
+        """A fresh OpenSSL connection in server mode.
+
+        With a policy bound at build, the VerifyState carries its check (:meth:`begin_peer` replaces it).
+        """
+        current = self
+        if self.peer is not None and self.peer.epoch != self.epoch:  # trust shrank: fresh session cache
+            current = _build_server(
+                self.profile,
+                self.identity,
+                self.trust,
+                self.client_auth,
+                self.peer,
+                self.peer.epoch,
+                self.ocsp,
+            )
+        conn = SSL.Connection(current.context, None)
         conn.set_accept_state()
         state = VerifyState(None, verify_time)
+        state.peer = self.begin_peer(None)
         conn.set_app_data(state)
         return conn, state
+
+
+PAIRING_TRUST_NAME = "pairing"
+"""Name of the trust store ``client_auth="pairing"`` uses when given none."""
+
+
+def _pairing_trust(trust: TrustStore | None) -> TrustStore:
+    """The trust store of a pairing listener: ``pinned_peers``, no hostname check (SHIP identifies by SKI)."""
+    if trust is None:
+        return TrustStore(PAIRING_TRUST_NAME, (), hostname="off", mode="pinned_peers")
+    if not trust.peer_mode:
+        raise ConfigError(
+            'client_auth = "pairing" accepts self-signed clients; a CA trust store does not apply',
+            path=f"trust.{trust.name}.mode",
+            value=trust.mode,
+            fix='omit the trust store, or give one with mode = "pinned_peers"',
+        )
+    return trust
+
+
+def _server_peer_mode(trust: TrustStore | None, client_auth: ClientAuth) -> PeerMode:
+    if client_auth == "pairing":
+        return "pairing"
+    if client_auth == "none" or trust is None:
+        return "pki"
+    return trust.mode
 
 
 @functools.lru_cache(maxsize=_CONTEXT_CACHE_SIZE)
@@ -472,14 +635,16 @@ def _build_server(
     identity: Identity,
     trust: TrustStore | None,
     client_auth: ClientAuth,
+    peer: PeerPolicy | None,
+    epoch: int,
     ocsp: OcspProvider | None = None,
 ) -> ServerTls:
-    ctx = _base_context(SSL.TLS_SERVER_METHOD, profile, identity, server=True)
-    ctx.set_session_id(_session_id_context(profile, identity, trust, client_auth))
+    ctx = _base_context(SSL.TLS_SERVER_METHOD, profile, identity, server=True)  # session cache mode too
+    ctx.set_session_id(_session_id_context(profile, identity, trust, client_auth, epoch))
     conn_time = _ossl.HAVE_CONNECTION_TIME
     if trust is not None and client_auth != "none":
         mode = SSL.VERIFY_PEER
-        if client_auth == "required":
+        if client_auth in ("required", "pairing"):
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
         _install_trust(ctx, trust, mode, check_host=False, conn_time=conn_time)
         _apply_revocation(ctx, trust, server=True)
@@ -497,7 +662,7 @@ def _build_server(
             return cast(bytes, none_shared)
 
         ctx.set_alpn_select_callback(select)
-    return ServerTls(profile, identity, trust, client_auth, ctx, conn_time, ocsp)
+    return ServerTls(profile, identity, trust, client_auth, ctx, conn_time, peer, epoch, ocsp)
 
 
 def clear_context_cache() -> None:

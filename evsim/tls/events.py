@@ -140,6 +140,88 @@ CERTIFICATE_ALERTS = frozenset(
     }
 )
 
+# ---------------------------------------------------------------- peer trust: pins, pairing, change (tls-peer)
+# Everything evsim/tls/peer.py adds lives in this one block (merge note: tls-engine adds its own block).
+PIN_ADDED = "pin_added"
+"""A pin learned at run time (trust on first use, re-pin after an accepted key change)."""
+PAIRING_REFUSED = "pairing_refused"
+"""Event and reason kind: a SHIP-style pairing decision refused the peer. Reasons (``evsim.tls.pairing``):
+``pairing_refused:unknown`` (unknown SKI, no window, or too many requests waiting),
+``pairing_refused:pending`` (unknown SKI recorded as a pairing request: event ``pairing_requested``),
+``pairing_refused:denied`` (unpaired), ``pairing_refused:key_mismatch`` (known SKI with another key).
+A peer certificate that cannot identify a SHIP device is ``cert_invalid:not_self_signed`` /
+``cert_invalid:no_ski`` / ``cert_invalid:ski_mismatch`` / ``cert_invalid:unsupported_key``."""
+PEER_EVENTS: tuple[str, ...] = (
+    PIN_MISMATCH,
+    PIN_ADDED,
+    PIN_RELEASED,
+    PIN_PROMOTED,
+    PEER_CERT_CHANGED,
+    PEER_KEY_CHANGED,
+    PAIRING_REQUESTED,
+    PAIRING_REFUSED,
+    PAIRED,
+    UNPAIRED,
+    CERT_INVALID,
+)
+"""Events a :class:`evsim.tls.peer.PeerPolicy` emits. Refusal reasons it raises ``HandshakeFailed`` with:
+``pin_mismatch``, ``peer_key_changed``, ``pairing_refused:<...>`` and the ``cert_invalid:<...>`` above."""
+
+RECONFIGURATION_OF_SECURITY_PARAMETERS = "ReconfigurationOfSecurityParameters"
+EVSIM_PIN_MISMATCH = "evsim:PinMismatch"
+EVSIM_PEER_KEY_CHANGED = "evsim:PeerKeyChanged"
+EVSIM_PAIRING_REFUSED = "evsim:PairingRefused"
+
+_PEER_REFUSALS: dict[tuple[str, Side], str] = {
+    # A pin or a key-change refusal is a failed check of the peer's certificate: the station reports the
+    # CSMS certificate invalid (A00.FR.310, critical), the CSMS the station certificate (A00.FR.407/408).
+    (PIN_MISMATCH, "client"): INVALID_CSMS_CERTIFICATE,
+    (PIN_MISMATCH, "server"): INVALID_CHARGING_STATION_CERTIFICATE,
+    (PEER_KEY_CHANGED, "client"): INVALID_CSMS_CERTIFICATE,
+    (PEER_KEY_CHANGED, "server"): INVALID_CHARGING_STATION_CERTIFICATE,
+    # Pairing is EEBus SHIP (station <-> energy manager): the peer is neither the CSMS nor a charging
+    # station, so neither OCPP name fits; OCPP's security-event type is a free string (protocol-digest
+    # §2.4: "use the standard name when one matches"), hence an evsim: type.
+    (PAIRING_REFUSED, "client"): EVSIM_PAIRING_REFUSED,
+    (PAIRING_REFUSED, "server"): EVSIM_PAIRING_REFUSED,
+}
+
+PEER_EVENT_OCPP: Mapping[str, str] = MappingProxyType(
+    {
+        # report_only: the connection went ahead, so the certificate was not "invalid" in OCPP's sense
+        # (InvalidCsmsCertificate means the station terminated); OCPP has no report-only event.
+        PIN_MISMATCH: EVSIM_PIN_MISMATCH,
+        # accepted key change (warn / accept_and_repin): security relevant, no OCPP name
+        PEER_KEY_CHANGED: EVSIM_PEER_KEY_CHANGED,
+        # the set of trusted keys changed: OCPP's "keys or security profile changed" (protocol-digest §2.4)
+        PIN_ADDED: RECONFIGURATION_OF_SECURITY_PARAMETERS,
+        PIN_RELEASED: RECONFIGURATION_OF_SECURITY_PARAMETERS,
+        PIN_PROMOTED: RECONFIGURATION_OF_SECURITY_PARAMETERS,
+        PAIRED: RECONFIGURATION_OF_SECURITY_PARAMETERS,
+        UNPAIRED: RECONFIGURATION_OF_SECURITY_PARAMETERS,
+        # peer_cert_changed (same key renewed): a routine renewal changes no trust: logged, not reported
+    }
+)
+"""Peer events that did *not* refuse a connection -> OCPP security event (refusals go through
+:data:`OCPP_SECURITY_EVENTS` by their reason, see :func:`peer_event_ocpp`)."""
+
+
+def peer_event_ocpp(event: str, *, side: Side, reason: str | None) -> str | None:
+    """The OCPP security event for a peer-trust event.
+
+    Args:
+        event: the event name (``pin_mismatch``, ``paired``...).
+        side: the side that observed it.
+        reason: the ``HandshakeFailed`` reason when the event refused the connection, else None.
+
+    Returns:
+        The ``SecurityEventNotification.type``, or None when nothing is reported.
+    """
+    if reason is not None:
+        return ocpp_security_event(reason, side=side)
+    return PEER_EVENT_OCPP.get(event)
+
+
 OCPP_SECURITY_EVENTS: Mapping[tuple[str, Side], str] = MappingProxyType(
     {
         # the station (TLS client) found the CSMS certificate invalid: A00.FR.310/311 (critical)
@@ -161,6 +243,7 @@ OCPP_SECURITY_EVENTS: Mapping[tuple[str, Side], str] = MappingProxyType(
         (SIGALG_REFUSED, "server"): INVALID_TLS_CIPHER_SUITE,
         (GROUP_REFUSED, "client"): INVALID_TLS_CIPHER_SUITE,
         (GROUP_REFUSED, "server"): INVALID_TLS_CIPHER_SUITE,
+        **_PEER_REFUSALS,
     }
 )
 """(reason kind, side that saw it) -> OCPP security event. ``peer_alert:certificate`` stands for any of

@@ -108,6 +108,7 @@ from OpenSSL import SSL, crypto
 from evsim.errors import BrokenTransport, ClosedTransport, HandshakeFailed, TlsError
 from evsim.tls import _ossl, events
 from evsim.tls.context import ClientTls, ServerTls
+from evsim.tls.peer import PeerPolicy
 from evsim.tls.sessions import SessionStore
 from evsim.tls.suites import iana_name
 from evsim.tls.verify import VerifyState, is_ip_literal
@@ -343,6 +344,16 @@ def _shared_cert(cert: crypto.X509) -> x509.Certificate:
     return _cert_from_der(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
 
 
+def _peer_chain(conn: SSL.Connection, side: str) -> tuple[x509.Certificate, ...]:
+    """The certificates the peer sent, leaf first (OpenSSL's server-side peer chain omits the leaf)."""
+    peer = [_shared_cert(c) for c in conn.get_peer_cert_chain() or ()]
+    if side == "server":
+        leaf = conn.get_peer_certificate()
+        if leaf is not None:
+            peer.insert(0, _shared_cert(leaf))
+    return tuple(peer)
+
+
 @attrs.frozen
 class TlsSession:
     """An opaque TLS session to resume (from :attr:`TlsStream.session`, for ``tls_connect(session=...)``)."""
@@ -537,6 +548,7 @@ class TlsStream(trio.abc.Stream):
         *,
         verify_time: Callable[[], datetime.datetime] | None = None,
         session: TlsSession | None = None,
+        peer: PeerPolicy | None = None,
         sessions: SessionStore | None = None,
         clock_synced: bool = True,
     ) -> TlsStream:
@@ -549,13 +561,20 @@ class TlsStream(trio.abc.Stream):
                 against; None skips the name check.
             verify_time: returns the simulation's wall time for certificate validity; None = real clock.
             session: a session to resume (ignored when the profile's resumption is ``"off"``).
+            peer: the peer policy (pins, pairing, change) for this connection; default: the one bound to
+                ``client_tls``.
             sessions: a session store: offers a session (when ``session`` is None) and keeps this
                 connection's session after the handshake and after the first data read
                 (``evsim.tls.sessions``).
             clock_synced: False before the device's clock was synced: with ``time_check =
                 "skip_until_clock_synced"`` certificate validity times are then not checked.
+
+        Raises:
+            ConfigError: ``peer`` cannot decide for the context's trust mode.
         """
         conn, state = client_tls.new_connection(server_hostname, verify_time)
+        if peer is not None:
+            state.peer = client_tls.begin_peer(peer, server_hostname)
         # time_check = "skip_until_clock_synced": the verify callback accepts validity errors (as for "off")
         state.skip_time = not clock_synced and client_tls.trust.time_check == "skip_until_clock_synced"
         if session is None and sessions is not None:
@@ -583,6 +602,7 @@ class TlsStream(trio.abc.Stream):
         server_tls: ServerTls,
         *,
         verify_time: Callable[[], datetime.datetime] | None = None,
+        peer: PeerPolicy | None = None,
     ) -> TlsStream:
         """A server stream; the handshake runs on first use or :meth:`do_handshake`.
 
@@ -590,8 +610,14 @@ class TlsStream(trio.abc.Stream):
             transport_stream: the accepted transport.
             server_tls: the compiled server configuration.
             verify_time: returns the simulation's wall time for client certificate validity.
+            peer: the peer policy for this connection; default: the one bound to ``server_tls``.
+
+        Raises:
+            ConfigError: ``peer`` cannot decide for the context's mode.
         """
         conn, state = server_tls.new_connection(verify_time)
+        if peer is not None:
+            state.peer = server_tls.begin_peer(peer)
         return cls(transport_stream, server_tls, conn, state, server_hostname=None)
 
     # ------------------------------------------------------------ state helpers
@@ -607,7 +633,24 @@ class TlsStream(trio.abc.Stream):
         if self._state is _State.BROKEN:
             self._state = _State.OK
         self._set_broken(exc)
+        self._peer_failed()
         return exc
+
+    # ------------------------------------------------------------ peer trust (evsim.tls.peer)
+
+    def _peer_failed(self) -> None:
+        """Tell the peer check (once) that the handshake failed: it emits what it observed."""
+        check, self._vstate.peer = self._vstate.peer, None
+        if check is not None:
+            check.handshake_failed()
+
+    def _peer_succeeded(self) -> TlsHandshakeFailed | None:
+        """Tell the peer check (once) that the handshake succeeded: it commits, or refuses a resumed peer."""
+        check, self._vstate.peer = self._vstate.peer, None
+        if check is None:
+            return None
+        refusal = check.handshake_succeeded(_peer_chain(self._conn, self._side), now=self._vstate.now())
+        return None if refusal is None else TlsHandshakeFailed(*refusal, remote=False)
 
     def _check_usable(self) -> None:
         if self._state is _State.CLOSED:
@@ -853,15 +896,19 @@ class TlsStream(trio.abc.Stream):
                         remote=False,
                     )
                 )
-            self._keep_session()
         except SSL.Error as exc:
             raise self._handshake_failed(self._handshake_error(exc)) from None
         except TlsBrokenTransport as exc:
             raise self._handshake_failed(TlsHandshakeFailed(events.EOF, str(exc), remote=True)) from exc
         except BaseException:
             self._set_broken(TlsBrokenTransport("the handshake was interrupted"))
+            self._peer_failed()
             raise
         else:
+            refused = self._peer_succeeded()
+            if refused is not None:  # a resumed session whose peer is no longer trusted
+                raise self._handshake_failed(refused)
+            self._keep_session()
             self._hs = _Hs.DONE
             self._hs_seconds = trio.current_time() - start
         finally:
@@ -1109,12 +1156,7 @@ class TlsStream(trio.abc.Stream):
         else:
             raw = conn.get_servername()
             sni = raw.decode("ascii", "replace") if raw else None
-        peer = [_shared_cert(c) for c in conn.get_peer_cert_chain() or ()]
-        if self._side == "server":
-            # OpenSSL's server-side peer chain omits the leaf
-            leaf = conn.get_peer_certificate()
-            if leaf is not None:
-                peer.insert(0, _shared_cert(leaf))
+        peer = _peer_chain(conn, self._side)
         verified = [_shared_cert(c) for c in conn.get_verified_chain() or ()]
         return TlsInfo(
             version=conn.get_protocol_version_name(),
@@ -1123,7 +1165,7 @@ class TlsStream(trio.abc.Stream):
             group=_group_name(conn),
             alpn=alpn.decode("ascii", "replace") if alpn else None,
             sni=sni,
-            peer_chain=tuple(peer),
+            peer_chain=peer,
             session_reused=_session_reused(conn, self._vstate, self._verifies),
             handshake_s=self._hs_seconds,
             verified_chain=tuple(verified),
@@ -1163,6 +1205,7 @@ async def tls_connect(
     *,
     verify_time: Callable[[], datetime.datetime] | None = None,
     session: TlsSession | None = None,
+    peer: PeerPolicy | None = None,
     sessions: SessionStore | None = None,
     clock_synced: bool = True,
 ) -> TlsStream:
@@ -1175,6 +1218,9 @@ async def tls_connect(
         verify_time: returns the simulation's wall time for certificate validity (``SimClock.utcnow``);
             None = the real clock.
         session: a session to resume.
+        peer: the client-side peer policy (pins, pairing, change) for this connection; default: the one
+            bound to ``client_tls``. Its checks run during the handshake and its state is committed
+            when the handshake succeeded.
         sessions: a client session store (see :meth:`TlsStream.client`).
         clock_synced: see :meth:`TlsStream.client` (``time_check = "skip_until_clock_synced"``).
 
@@ -1182,8 +1228,10 @@ async def tls_connect(
         The handshaken stream.
 
     Raises:
-        HandshakeFailed: refused (``reason`` from the event vocabulary; ``alpn_refused`` when the profile
-            requires ALPN and none was negotiated); the transport is closed.
+        HandshakeFailed: refused (``reason`` from the event vocabulary, including ``pin_mismatch``,
+            ``peer_key_changed``, ``pairing_refused:...`` and ``alpn_refused`` when the profile requires
+            ALPN and none was negotiated); the transport is closed.
+        ConfigError: ``peer`` cannot decide for the context's trust mode (the transport is not touched).
     """
     stream = TlsStream.client(
         transport,
@@ -1191,6 +1239,7 @@ async def tls_connect(
         server_hostname,
         verify_time=verify_time,
         session=session,
+        peer=peer,
         sessions=sessions,
         clock_synced=clock_synced,
     )
@@ -1207,6 +1256,7 @@ async def tls_accept(
     server_tls: ServerTls,
     *,
     verify_time: Callable[[], datetime.datetime] | None = None,
+    peer: PeerPolicy | None = None,
 ) -> TlsStream:
     """Run a server handshake over ``transport`` (within the profile's handshake timeout).
 
@@ -1214,14 +1264,17 @@ async def tls_accept(
         transport: the accepted transport stream.
         server_tls: the compiled server configuration.
         verify_time: returns the simulation's wall time for client-certificate validity.
+        peer: the server-side peer policy for this connection; default: the one bound to ``server_tls``.
 
     Returns:
         The handshaken stream.
 
     Raises:
-        HandshakeFailed: refused (``reason`` from the event vocabulary); the transport is closed.
+        HandshakeFailed: refused (``reason`` from the event vocabulary, including the peer-policy reasons);
+            the transport is closed.
+        ConfigError: ``peer`` cannot decide for the context's mode (the transport is not touched).
     """
-    stream = TlsStream.server(transport, server_tls, verify_time=verify_time)
+    stream = TlsStream.server(transport, server_tls, verify_time=verify_time, peer=peer)
     try:
         await stream.do_handshake()
     except BaseException:

@@ -21,12 +21,16 @@ import datetime as _dt
 import functools
 import ipaddress
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from evsim.clock import real_utcnow
 from evsim.tls import events
+
+if TYPE_CHECKING:
+    from evsim.tls.peer import PeerCheck
 
 # X509 verify error codes (OpenSSL include/openssl/x509_vfy.h)
 X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT = 2
@@ -108,11 +112,12 @@ class VerifyState:
         failure: the first failure reason recorded by the verify callback.
         detail: human-readable detail of that failure.
         calls: how many times the verify callback ran (0 after a resumed handshake).
+        peer: the connection's peer-trust check (pins, pairing, change; ``evsim.tls.peer``), or None.
         skip_time: do not check validity on this connection (``time_check = "skip_until_clock_synced"``
             and the clock is not synced yet).
     """
 
-    __slots__ = ("calls", "detail", "failure", "server_hostname", "skip_time", "verify_time")
+    __slots__ = ("calls", "detail", "failure", "peer", "server_hostname", "skip_time", "verify_time")
 
     def __init__(self, server_hostname: str | None, verify_time: Callable[[], _dt.datetime] | None) -> None:
         self.server_hostname = server_hostname
@@ -121,6 +126,7 @@ class VerifyState:
         self.detail = ""
         self.calls = 0
         self.skip_time = False
+        self.peer: PeerCheck | None = None
 
     def now(self) -> _dt.datetime:
         """The time certificates are checked at."""

@@ -1,0 +1,853 @@
+"""The Local Controller node: a TLS server towards stations, a TLS client towards the CSMS, a relay in between.
+
+Theory of operation (OCPP-J 2.0.1/2.1 §6, protocol-digest §4). The controller "SHALL work so the Charging
+Station doesn't have to behave different" and "so that the CSMS can not notice" it.
+
+* **Listener** (the controller acts as CSMS, §6.5): :meth:`LocalController.run` accepts on its own host and
+  port, does TLS with *its own* server certificate (security profiles 2 and 3; profile 3 requires a client
+  certificate), then the WebSocket upgrade with the CSMS's gates: the path must carry a valid station identity
+  (else 404); profile 1/2 need Basic auth whose user is that identity (else 401; the password is checked here
+  only if ``station_passwords`` is given, otherwise the CSMS checks the forwarded credentials); profile 3 uses
+  :func:`~evsim.nodes.admission.check_client_certificate` (so another controller may sit below this one);
+  the subprotocol is chosen from ``ocpp_versions`` (none: accept and close, OCPP-J §3.2).
+* **Upstream** (the controller acts as a station, §6.2): "once that connection is up" the controller opens one
+  WebSocket to the CSMS per station, *under the station's identity* (same URI path), through
+  :func:`~evsim.tls.service.connect_service`: the :class:`~evsim.tls.service.Service` lists the CSMS endpoints
+  (priority failover, OCPP back-off), each with the controller's TLS profile, trust store and - for profile 3 -
+  the controller's *own* client certificate (§6.5: it never holds the stations' keys; see
+  :mod:`evsim.nodes.admission` for how a CSMS accepts that). Basic auth: the station's own ``Authorization``
+  header is forwarded; a station that sent none (profile 3 below) gets ``upstream_passwords`` (or nothing).
+  Only the downstream subprotocol is offered, so both links speak the same OCPP version. An endpoint may be
+  another controller (chaining). The upgrade happens after the station's, because the WebSocket server decides
+  synchronously; an upstream refusal therefore closes the station's WebSocket (1008 for HTTP 401/404, 1013
+  otherwise) instead of answering its upgrade with the status.
+* **Relay**: one nursery per station pair; a reader per side feeds :class:`~evsim.nodes.relay.RelayCore`
+  (sans-IO) and writes what it says, so messages travel as text, unvalidated. A reader stops reading while the
+  lane it feeds is full (back-pressure); a writer lock per side keeps frame order. A malformed frame is relayed
+  like any other and the far endpoint answers it (a CALL with a bad payload gets the CSMS's CALLERROR, a text
+  that is not JSON its ``RpcFrameworkError`` for id ``"-1"``) - exactly what a direct station would get.
+* **Own CALLs**: :meth:`LocalController.call_station` sends a CALL of the controller's own on a station's link
+  (local smart charging, §6.4); its ids never collide with the CSMS's in flight and its answer is not forwarded
+  (:mod:`evsim.nodes.relay`). The controller does *not* model its optional own CSMS connection as a station
+  without EVSEs (§6.2, P1 §8.3); a scenario can run a :class:`~evsim.nodes.station.Station` with the
+  controller's identity for that.
+* **Loss coupling** (§6.3): losing the upstream closes the station's WebSocket (1001), so the station goes
+  offline and queues; losing the station closes the upstream, so the CSMS sees it offline. The errata exception
+  (ERR-201 §4.13, 2025-02: allowed when the controller "can itself answer CS requests and forwards
+  transaction-related requests to the CSMS once restored") is ``on_upstream_loss = "keep_station"``: the station
+  stays connected; the controller answers its CALLs (Heartbeat with the time; the ``store_and_forward`` actions,
+  TransactionEvent by default, with an empty response and into a bounded per-station backlog; other status
+  messages with an empty response; anything else with a CALLERROR) and reconnects upstream with the service's
+  back-off. On every upstream connection with a non-empty backlog it first sends the station's last
+  BootNotification (the CSMS wants a boot on each new connection, B02.FR.09) and then the backlog, in order,
+  as own CALLs; station CALLs queue behind them. The backlog survives the station's reconnects.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import random
+from collections.abc import Mapping
+from typing import Any, Literal, TypeAlias
+
+import attrs
+import trio
+
+from evsim.clock import SimClock, isoformat
+from evsim.errors import (
+    CallErrorReceived,
+    CallTimeout,
+    ConfigError,
+    OcppError,
+    TransportError,
+    UpgradeRejected,
+    failure_reason,
+)
+from evsim.metrics.recorder import Recorder
+from evsim.net.base import Network
+from evsim.nodes.admission import (
+    BehindController,
+    TrustedController,
+    accept_tls,
+    basic_auth_problem,
+    check_client_certificate,
+    upgrade_station,
+)
+from evsim.nodes.relay import (
+    CSMS,
+    STATION,
+    Dropped,
+    OwnError,
+    OwnResult,
+    OwnTimedOut,
+    RelayCore,
+    RelayEvent,
+    RelayStatistics,
+    Side,
+    UnroutedCall,
+)
+from evsim.ocpp.rpc import random_id_prefix
+from evsim.ocpp.versions import choose_subprotocol, subprotocol_for, version_for
+from evsim.tls.config import Identity, TlsProfile, TrustStore
+from evsim.tls.context import ServerTls
+from evsim.tls.service import Endpoint, EndpointPlanner, Service, ServiceUnavailable, connect_service
+from evsim.tls.stream import TlsInfo
+from evsim.ws.auth import basic_auth_header
+from evsim.ws.connection import Accept, Reject, UpgradeRequest, WebSocket, ws_client
+from evsim.ws.paths import station_id_from_path, station_path
+
+__all__ = [
+    "ControllerConfig",
+    "ControllerStatistics",
+    "LocalController",
+    "StationRelayStatistics",
+    "UpstreamLossPolicy",
+]
+
+log = logging.getLogger("evsim.controller")
+
+UpstreamLossPolicy: TypeAlias = Literal["close_station", "keep_station"]
+
+#: Station CALLs answered with an empty response while the upstream is down (their responses have no required
+#: field in the OCA 2.0.1 / 2.1 schemas); Heartbeat gets the time, the rest a CALLERROR.
+_EMPTY_ANSWERS = frozenset(
+    {
+        "StatusNotification",
+        "MeterValues",
+        "NotifyEvent",
+        "TransactionEvent",
+        "SecurityEventNotification",
+        "FirmwareStatusNotification",
+        "LogStatusNotification",
+        "NotifyReport",
+        "NotifyMonitoringReport",
+    }
+)
+
+#: WebSocket close codes (RFC 6455 §7.4.1): 1001 "going away" when the other link is lost, 1008 "policy
+#: violation" when the CSMS refused the station's credentials, 1013 "try again later" when it was unreachable.
+_CLOSE_GOING_AWAY = 1001
+_CLOSE_POLICY = 1008
+_CLOSE_TRY_LATER = 1013
+
+
+@attrs.frozen
+class ControllerConfig:
+    """How a Local Controller behaves.
+
+    Args:
+        name: node name in events and logs; also the network host name it connects upstream from.
+        host, port: where stations connect (on the network given to :class:`LocalController`).
+        path_prefix: OCPP-J endpoint path; stations connect to ``<prefix>/<station-id>``.
+        security_profile: towards the stations: 1 (needs ``insecure_allow_plain_ws``), 2 or 3.
+        insecure_allow_plain_ws: the explicit opt-in for profile 1 (A00.FR.201).
+        tls_profile: the listener's TLS profile.
+        identity: the controller's own server certificate (§6.5: its CN is the controller's FQDN).
+        client_trust: roots for station client certificates (profile 3).
+        organization: the O a direct station's certificate must carry (A00.FR.404).
+        behind_controller, trusted_controllers: profile 3 below a chain of controllers (see
+            :mod:`evsim.nodes.admission`).
+        station_passwords: Basic-auth passwords checked here; None = forward the credentials, the CSMS checks.
+        ocpp_versions: subprotocols served, in order of preference.
+        compression: accept permessage-deflate on both links (OCPP-J §3.4: a controller SHALL support it).
+        upstream: (required, keyword) the CSMS service: endpoints (URL, priority, TLS profile, trust, the controller's client
+            identity), failover policy and back-off.
+        upstream_passwords: Basic-auth passwords per station for the upstream, used when the station sent none.
+        upstream_default_password: the same for stations not in ``upstream_passwords``.
+        upstream_connect_attempts: attempts to reach the CSMS for a newly connected station before closing it.
+        on_upstream_loss: ``"close_station"`` (§6.3) or ``"keep_station"`` (ERR-201 §4.13 exception).
+        store_and_forward: actions answered locally and replayed upstream when restored (keep_station).
+        max_backlog: most CALLs kept per station for replay; beyond it, CALLERROR ``InternalError``.
+        call_timeout: own CALL timeout, and how long a lane waits for a relayed CALL's answer (s).
+        max_queue: CALLs that may wait per lane (back-pressure beyond).
+        id_prefix: start of the controller's own message ids (a random part is added per connection).
+    """
+
+    name: str = "lc"
+    host: str = "lc.evsim.test"
+    port: int = 443
+    path_prefix: str = "/ocpp"
+    security_profile: int = 2
+    insecure_allow_plain_ws: bool = False
+    tls_profile: TlsProfile = attrs.field(factory=TlsProfile)
+    identity: Identity | None = None
+    client_trust: TrustStore | None = None
+    organization: str = "evsim"
+    behind_controller: BehindController = "require_station_cert"
+    trusted_controllers: tuple[TrustedController, ...] = ()
+    station_passwords: Mapping[str, str] | None = None
+    ocpp_versions: tuple[str, ...] = ("2.0.1", "2.1")
+    compression: bool = True
+    upstream: Service = attrs.field(kw_only=True)
+    upstream_passwords: Mapping[str, str] = attrs.field(factory=dict)
+    upstream_default_password: str | None = None
+    upstream_connect_attempts: int = 3
+    on_upstream_loss: UpstreamLossPolicy = "close_station"
+    store_and_forward: tuple[str, ...] = ("TransactionEvent", "SecurityEventNotification")
+    max_backlog: int = 1000
+    call_timeout: float = 30.0
+    max_queue: int = 16
+    id_prefix: str = "lc-"
+
+    def __attrs_post_init__(self) -> None:
+        if self.security_profile not in (1, 2, 3):
+            raise ConfigError(
+                "security_profile must be 1, 2 or 3",
+                path="controller.security_profile",
+                value=self.security_profile,
+            )
+        if self.security_profile == 1 and not self.insecure_allow_plain_ws:
+            raise ConfigError(
+                "security profile 1 sends credentials over plain ws://",
+                path="controller.security_profile",
+                fix="set insecure_allow_plain_ws = true (trusted networks only, A00.FR.201), or use 2 or 3",
+            )
+        if self.security_profile >= 2 and self.identity is None:
+            raise ConfigError(
+                "a TLS listener needs the controller's own server certificate (OCPP-J §6.5)",
+                path="controller.identity",
+                fix="issue the controller a certificate with CN = its FQDN",
+            )
+        if self.security_profile == 3 and self.client_trust is None:
+            raise ConfigError(
+                "security profile 3 needs roots for the stations' client certificates",
+                path="controller.client_trust",
+                fix="give the station certificates' root (the CSO root)",
+            )
+        if self.on_upstream_loss not in ("close_station", "keep_station"):
+            raise ConfigError(
+                "unknown upstream loss policy",
+                path="controller.on_upstream_loss",
+                value=self.on_upstream_loss,
+                fix="use close_station (OCPP-J §6.3) or keep_station (errata exception)",
+            )
+        if self.upstream_connect_attempts < 1 or self.max_backlog < 0 or self.max_queue < 1:
+            raise ConfigError(
+                "upstream_connect_attempts and max_queue must be >= 1, max_backlog >= 0",
+                path="controller",
+                fix="use e.g. 3, 16 and 1000",
+            )
+
+
+@attrs.frozen
+class StationRelayStatistics:
+    """One station as the controller sees it (across its connections).
+
+    Attributes:
+        station_id: the identity.
+        connected: its station link is up now.
+        upstream_up: its CSMS link is up now.
+        upstream_endpoint: the endpoint of the current (or last) CSMS link.
+        connections: station links accepted.
+        upstream_connects: CSMS links established (first ones and reconnects).
+        upstream_reconnects: CSMS links re-established while the station stayed connected (keep_station).
+        upstream_losses: CSMS links lost.
+        frames_up / frames_down: texts received from the station / from the CSMS.
+        answered_locally: station CALLs the controller answered itself.
+        backlog: CALLs waiting to be replayed upstream.
+        replayed: backlog CALLs the CSMS answered.
+        relay: the live relay's counters (None when not connected).
+    """
+
+    station_id: str
+    connected: bool
+    upstream_up: bool
+    upstream_endpoint: str | None
+    connections: int
+    upstream_connects: int
+    upstream_reconnects: int
+    upstream_losses: int
+    frames_up: int
+    frames_down: int
+    answered_locally: int
+    backlog: int
+    replayed: int
+    relay: RelayStatistics | None
+
+
+@attrs.frozen
+class ControllerStatistics:
+    """A snapshot of the controller.
+
+    Attributes:
+        name: the node.
+        stations_connected: station links up now.
+        relays_total: station links accepted in all.
+        handshake_failures: listener TLS failures by reason.
+        upgrade_rejections: listener upgrade refusals by HTTP status.
+        upstream_failures: failed upstream attempts by reason.
+        stations: per-station figures.
+    """
+
+    name: str
+    stations_connected: int
+    relays_total: int
+    handshake_failures: dict[str, int]
+    upgrade_rejections: dict[int, int]
+    upstream_failures: dict[str, int]
+    stations: dict[str, StationRelayStatistics]
+
+
+@attrs.define
+class _StationState:
+    """What survives a station's reconnects."""
+
+    station_id: str
+    planner: EndpointPlanner
+    backlog: collections.deque[tuple[str, dict[str, Any]]] = attrs.field(factory=collections.deque)
+    last_boot: dict[str, Any] | None = None
+    relay: _Relay | None = None
+    upstream_endpoint: str | None = None
+    connections: int = 0
+    upstream_connects: int = 0
+    upstream_reconnects: int = 0
+    upstream_losses: int = 0
+    frames_up: int = 0
+    frames_down: int = 0
+    answered_locally: int = 0
+    replayed: int = 0
+
+
+@attrs.define
+class _Waiter:
+    event: trio.Event = attrs.field(factory=trio.Event)
+    outcome: RelayEvent | None = None
+
+
+class _UpstreamGone(Exception):
+    """The CSMS link ended and the policy closes the station's."""
+
+
+class LocalController:
+    """A Local Controller between stations and a CSMS (see the module docstring).
+
+    Args:
+        config: behaviour.
+        network: where to listen and connect.
+        clock: the run's clock (certificate checks, timestamps, back-off).
+        recorder: event sink shared by the run.
+        rng: seeded randomness (back-off jitter, own id prefixes); seeded from the name when None.
+
+    Raises:
+        ConfigError: the listener's TLS settings do not compile.
+    """
+
+    def __init__(
+        self,
+        config: ControllerConfig,
+        *,
+        network: Network,
+        clock: SimClock,
+        recorder: Recorder,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.network = network
+        self.clock = clock
+        self.recorder = recorder
+        self.rng = rng if rng is not None else random.Random(f"evsim.controller:{config.name}")
+        self.server_tls: ServerTls | None = None
+        if config.security_profile >= 2:
+            assert config.identity is not None
+            self.server_tls = ServerTls.build(
+                config.tls_profile,
+                config.identity,
+                trust=config.client_trust,
+                client_auth="required" if config.security_profile == 3 else "none",
+            )
+        self.upstream: Service = config.upstream
+        self.address: tuple[str, int] | None = None
+        self.stations: dict[str, _StationState] = {}
+        self._relays_total = 0
+        self._handshake_failures: collections.Counter[str] = collections.Counter()
+        self._upgrade_rejections: collections.Counter[int] = collections.Counter()
+        self._upstream_failures: collections.Counter[str] = collections.Counter()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    # ---------------------------------------------------------------- serving
+
+    async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and relay until cancelled; ``task_status.started`` gets the bound address."""
+        listener = await self.network.listen(self.config.host, self.config.port)
+        self.address = listener.address
+        self.recorder.emit(self.name, "listening", address=f"{self.address[0]}:{self.address[1]}")
+        async with listener, trio.open_nursery() as nursery:
+            task_status.started(self.address)
+            while True:
+                try:
+                    stream = await listener.accept()
+                except TransportError as exc:  # pragma: no cover - listener failures are rare
+                    self.recorder.emit(self.name, "accept_failed", reason=str(exc))
+                    await trio.sleep(0.01)
+                    continue
+                nursery.start_soon(self._handle_connection, stream)
+
+    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        tls_info: TlsInfo | None = None
+        try:
+            if self.server_tls is not None:
+                tls_stream = await accept_tls(
+                    stream,
+                    self.server_tls,
+                    node=self.name,
+                    clock=self.clock,
+                    recorder=self.recorder,
+                    failures=self._handshake_failures,
+                )
+                if tls_stream is None:
+                    return
+                stream = tls_stream
+                tls_info = tls_stream.info
+            upgraded = await upgrade_station(
+                stream,
+                lambda req, decision: self._decide(req, tls_info, decision),
+                node=self.name,
+                recorder=self.recorder,
+                compression=self.config.compression,
+            )
+            if upgraded is None:
+                return
+            ws, decision = upgraded
+            await self._serve_station(decision["station_id"], ws, decision.get("authorization"))
+        except TransportError as exc:
+            self.recorder.emit(self.name, "connection_lost", reason=failure_reason(exc), detail=str(exc))
+        finally:
+            with trio.CancelScope(shield=True):
+                await _aclose_quietly(stream)
+
+    def _decide(self, req: UpgradeRequest, tls_info: TlsInfo | None, out: dict[str, str]) -> Accept | Reject:
+        """The station-side upgrade gate (see the module docstring)."""
+        cfg = self.config
+        station_id = station_id_from_path(req.path, cfg.path_prefix)
+        if station_id is None:
+            return self._reject(404, "bad or missing station identity in path", req.path)
+        header = req.headers.get("authorization", "")
+        if cfg.security_profile in (1, 2):
+            passwords = cfg.station_passwords
+            expected = passwords.get(station_id) if passwords is not None else None
+            problem = basic_auth_problem(header, station_id, expected, check_password=passwords is not None)
+            if problem:
+                return self._reject(401, problem, station_id)
+        else:
+            verdict = check_client_certificate(
+                tls_info,
+                station_id,
+                cfg.organization,
+                behind_controller=cfg.behind_controller,
+                trusted_controllers=cfg.trusted_controllers,
+            )
+            if not verdict.ok:
+                return self._reject(401, verdict.reason, station_id)
+            if verdict.controller is not None:
+                problem = basic_auth_problem(header, station_id, None, check_password=False)
+                if problem:
+                    return self._reject(401, f"behind controller {verdict.controller}: {problem}", station_id)
+        if header:
+            out["authorization"] = header
+        out["station_id"] = station_id
+        return Accept(
+            subprotocol=choose_subprotocol(req.subprotocols, [subprotocol_for(v) for v in cfg.ocpp_versions])
+        )
+
+    def _reject(self, status: int, reason: str, station: str) -> Reject:
+        self._upgrade_rejections[status] += 1
+        self.recorder.emit(self.name, "upgrade_rejected", station=station, status=status, reason=reason)
+        return Reject(status=status, reason=reason)
+
+    def _state(self, station_id: str) -> _StationState:
+        state = self.stations.get(station_id)
+        if state is None:
+            planner = EndpointPlanner(self.upstream, random.Random(self.rng.getrandbits(64)))
+            state = self.stations[station_id] = _StationState(station_id, planner)
+        return state
+
+    async def _serve_station(self, station_id: str, ws: WebSocket, authorization: str | None) -> None:
+        state = self._state(station_id)
+        if state.relay is not None:
+            self.recorder.emit(self.name, "replaced_connection", station=station_id)
+            state.relay.cancel_scope.cancel()
+        assert ws.subprotocol is not None
+        state.connections += 1
+        self._relays_total += 1
+        relay = _Relay(self, state, ws, authorization)
+        state.relay = relay
+        self.recorder.emit(self.name, "station_connected", station=station_id, subprotocol=ws.subprotocol)
+        try:
+            await relay.run()
+        finally:
+            if state.relay is relay:
+                state.relay = None
+                if relay.core.last_station_boot is not None:
+                    state.last_boot = relay.core.last_station_boot
+
+    # ---------------------------------------------------------------- controller-initiated
+
+    async def call_station(self, station_id: str, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send a CALL of the controller's own to a connected station and return its response payload.
+
+        The answer is not forwarded to the CSMS, and the id never collides with a CSMS CALL in flight (§6.4).
+
+        Raises:
+            KeyError: the station is not connected.
+            CallErrorReceived: the station answered with a CALLERROR.
+            CallTimeout: no answer within ``call_timeout``.
+            TransportError: the station link was lost first.
+        """
+        state = self.stations.get(station_id)
+        if state is None or state.relay is None:
+            raise KeyError(f"station {station_id!r} is not connected to {self.name}")
+        return await state.relay.own_call(STATION, action, payload)
+
+    # ---------------------------------------------------------------- reporting
+
+    def statistics(self) -> ControllerStatistics:
+        """A snapshot of the controller and of every station it has seen."""
+        stations = {sid: self._station_statistics(s) for sid, s in self.stations.items()}
+        return ControllerStatistics(
+            name=self.name,
+            stations_connected=sum(s.connected for s in stations.values()),
+            relays_total=self._relays_total,
+            handshake_failures=dict(self._handshake_failures),
+            upgrade_rejections=dict(self._upgrade_rejections),
+            upstream_failures=dict(self._upstream_failures),
+            stations=stations,
+        )
+
+    def _station_statistics(self, s: _StationState) -> StationRelayStatistics:
+        relay = s.relay
+        return StationRelayStatistics(
+            station_id=s.station_id,
+            connected=relay is not None,
+            upstream_up=relay is not None and relay.upstream_ws is not None,
+            upstream_endpoint=s.upstream_endpoint,
+            connections=s.connections,
+            upstream_connects=s.upstream_connects,
+            upstream_reconnects=s.upstream_reconnects,
+            upstream_losses=s.upstream_losses,
+            frames_up=s.frames_up,
+            frames_down=s.frames_down,
+            answered_locally=s.answered_locally,
+            backlog=len(s.backlog),
+            replayed=s.replayed,
+            relay=relay.core.statistics() if relay is not None else None,
+        )
+
+
+class _Relay:
+    """One station pair: the station's WebSocket, the CSMS link (reconnected under keep_station), the core."""
+
+    def __init__(
+        self, lc: LocalController, state: _StationState, ws: WebSocket, authorization: str | None
+    ) -> None:
+        cfg = lc.config
+        assert ws.subprotocol is not None
+        self.lc = lc
+        self.state = state
+        self.station_ws = ws
+        self.subprotocol = ws.subprotocol
+        self.authorization = authorization
+        prefix = f"{cfg.id_prefix}{random_id_prefix(lc.rng)[:8]}-"
+        self.core = RelayCore(
+            version=version_for(ws.subprotocol),
+            id_prefix=prefix,
+            call_timeout=cfg.call_timeout,
+            max_queue=cfg.max_queue,
+        )
+        self.upstream_ws: WebSocket | None = None
+        self.cancel_scope = trio.CancelScope()
+        self._locks: dict[Side, trio.StrictFIFOLock] = {
+            STATION: trio.StrictFIFOLock(),
+            CSMS: trio.StrictFIFOLock(),
+        }
+        self._changed = trio.Event()  # set when a reader waits for room and the lanes changed
+        self._room_wanted = False
+        self._timer_parked: trio.Event | None = None
+        self._waiters: dict[str, _Waiter] = {}
+        self._replays: dict[str, tuple[str, dict[str, Any]]] = {}  # own message id -> backlog entry
+
+    @property
+    def name(self) -> str:
+        return self.lc.name
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        sid = self.state.station_id
+        lc = self.lc
+        close: tuple[int, str] = (_CLOSE_GOING_AWAY, "")
+        try:
+            with self.cancel_scope:
+                try:
+                    upstream = await self._connect_upstream(first=True)
+                except UpgradeRejected as exc:
+                    close = (_CLOSE_POLICY, f"CSMS refused the station: HTTP {exc.status}")
+                    return
+                except TransportError as exc:
+                    close = (_CLOSE_TRY_LATER, f"CSMS unreachable: {failure_reason(exc)}")
+                    return
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._station_side, nursery.cancel_scope)
+                        nursery.start_soon(self._upstream_side, upstream)
+                        nursery.start_soon(self._timer)
+                except* _UpstreamGone:
+                    close = (_CLOSE_GOING_AWAY, "CSMS connection lost")
+        finally:
+            with trio.CancelScope(shield=True):
+                if self.upstream_ws is not None:
+                    await _aclose_ws(self.upstream_ws, _CLOSE_GOING_AWAY, "station disconnected")
+                    self.upstream_ws = None
+                await _aclose_ws(self.station_ws, *close)
+                self._wake_waiters()
+            lc.recorder.emit(
+                self.name, "station_disconnected", station=sid, reason=close[1] or "station left"
+            )
+
+    async def _connect_upstream(self, *, first: bool) -> WebSocket:
+        lc, cfg, state = self.lc, self.lc.config, self.state
+        sid = state.station_id
+        headers: list[tuple[str, str]] = []
+        if self.authorization is not None:
+            headers.append(("Authorization", self.authorization))
+        else:
+            password = cfg.upstream_passwords.get(sid, cfg.upstream_default_password)
+            if password is not None:
+                headers.append(basic_auth_header(sid, password))
+
+        async def setup(stream: trio.abc.Stream, endpoint: Endpoint) -> WebSocket:
+            ws = await ws_client(
+                stream,
+                host=endpoint.host,
+                path=station_path(endpoint.path, sid),
+                subprotocols=[self.subprotocol],
+                headers=headers,
+                compression=cfg.compression,
+            )
+            if ws.subprotocol != self.subprotocol:
+                await ws.aclose(1002, "no common OCPP subprotocol")
+                raise UpgradeRejected(426, f"CSMS does not speak {self.subprotocol}")
+            return ws
+
+        # First link for a station: a few attempts, the station waits meanwhile. Reconnects (keep_station):
+        # until it works or the station leaves.
+        attempts = cfg.upstream_connect_attempts if first else None
+        try:
+            conn = await connect_service(
+                lc.upstream,
+                lc.network,
+                clock=lc.clock,
+                planner=state.planner,
+                recorder=lc.recorder,
+                source=cfg.host,
+                max_attempts=attempts,
+                setup=setup,
+            )
+        except ServiceUnavailable as exc:
+            for attempt in exc.attempts:
+                lc._upstream_failures[attempt.reason] += 1
+            lc.recorder.emit(self.name, "upstream_failed", station=sid, reason=exc.reason)
+            cause = exc.__cause__
+            if isinstance(cause, UpgradeRejected):
+                raise cause from exc
+            raise
+        for attempt in conn.failures:
+            lc._upstream_failures[attempt.reason] += 1
+        state.upstream_connects += 1
+        state.upstream_endpoint = conn.endpoint.name
+        if not first:
+            state.upstream_reconnects += 1
+        lc.recorder.emit(
+            self.name, "upstream_connected", station=sid, endpoint=conn.endpoint.name, first=first
+        )
+        return conn.setup
+
+    async def _station_side(self, scope: trio.CancelScope) -> None:
+        """Read the station until its link ends; then the pair ends (the upstream is closed by run())."""
+        try:
+            await self._pump(STATION, self.station_ws)
+        except TransportError as exc:
+            self.lc.recorder.emit(
+                self.name, "station_link_lost", station=self.state.station_id, reason=failure_reason(exc)
+            )
+        scope.cancel()
+
+    async def _upstream_side(self, ws: WebSocket) -> None:
+        """Read the CSMS link; on loss, close the pair or (keep_station) reconnect and replay."""
+        cfg, state = self.lc.config, self.state
+        while True:
+            reason = "closed"
+            self.upstream_ws = ws
+            self.core.upstream_restored()
+            self._replay_backlog()
+            await self._flush(CSMS)
+            try:
+                await self._pump(CSMS, ws)
+            except TransportError as exc:
+                reason = failure_reason(exc)
+            self.upstream_ws = None
+            state.upstream_losses += 1
+            self.lc.recorder.emit(self.name, "upstream_lost", station=state.station_id, reason=reason)
+            await _aclose_ws(ws, _CLOSE_GOING_AWAY, "")
+            if cfg.on_upstream_loss == "close_station":
+                raise _UpstreamGone(reason)
+            self._handle(self.core.upstream_lost())
+            await self._flush(STATION)
+            ws = await self._connect_upstream(first=False)
+
+    async def _pump(self, side: Side, ws: WebSocket) -> None:
+        core, state = self.core, self.state
+        to: Side = CSMS if side == STATION else STATION
+        now = self.lc.clock.now
+        while True:
+            while not core.has_room(to):
+                await self._wait_changed()
+            text = await ws.receive_text()
+            if side == STATION:
+                state.frames_up += 1
+            else:
+                state.frames_down += 1
+            events = core.receive(side, text, now())
+            if events:
+                self._handle(events)
+            self._after_change()
+            if core.has_data_to_send(to):
+                await self._flush(to)
+            if core.has_data_to_send(side):
+                await self._flush(side)
+
+    async def _timer(self) -> None:
+        """Sleep until the core's earliest deadline; park while there is none (an idle pair costs nothing)."""
+        core = self.core
+        while True:
+            deadline = core.get_timer()
+            if deadline is None:
+                self._timer_parked = parked = trio.Event()
+                await parked.wait()
+                continue
+            await trio.sleep_until(deadline)
+            events = core.handle_timer(self.lc.clock.now())
+            self._handle(events)
+            self._after_change()
+            await self._flush(STATION)
+            await self._flush(CSMS)
+
+    # ---- own CALLs and local answers ------------------------------------------------------------------
+
+    async def own_call(self, to: Side, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if to == CSMS and self.upstream_ws is None:
+            raise OcppError("the CSMS link is down", error_code="GenericError")
+        mid = self.core.own_call(to, action, payload, self.lc.clock.now())
+        waiter = self._waiters[mid] = _Waiter()
+        self._after_change()
+        await self._flush(to)
+        await waiter.event.wait()
+        outcome = waiter.outcome
+        if isinstance(outcome, OwnResult):
+            return outcome.payload
+        if isinstance(outcome, OwnError) and outcome.error_code != "ConnectionLost":
+            raise CallErrorReceived(outcome.error_code, outcome.description)
+        if isinstance(outcome, OwnTimedOut):
+            raise CallTimeout(f"{action} got no answer within {self.core.call_timeout:g} s")
+        raise TransportError(f"{action}: the link to the {to} was lost")
+
+    def _replay_backlog(self) -> None:
+        """Queue the backlog upstream as own CALLs, after the station's last BootNotification (see module doc)."""
+        state = self.state
+        if not state.backlog:
+            return
+        boot = self.core.last_station_boot or state.last_boot
+        now = self.lc.clock.now()
+        if boot is not None:
+            self.core.own_call(CSMS, "BootNotification", boot, now)
+        for entry in state.backlog:
+            mid = self.core.own_call(CSMS, entry[0], entry[1], now)
+            self._replays[mid] = entry
+        self.lc.recorder.emit(self.name, "backlog_replay", station=state.station_id, calls=len(state.backlog))
+
+    def _handle(self, events: list[RelayEvent]) -> None:
+        for event in events:
+            if isinstance(event, UnroutedCall):
+                self._answer_locally(event)
+            elif isinstance(event, Dropped):
+                pass  # counted by the core
+            else:
+                entry = self._replays.pop(event.message_id, None)
+                lost = isinstance(event, OwnTimedOut) or (
+                    isinstance(event, OwnError) and event.error_code == "ConnectionLost"
+                )
+                if entry is not None and not lost:
+                    # answered (even with a CALLERROR, after which the station itself would give up): done
+                    with contextlib.suppress(ValueError):
+                        self.state.backlog.remove(entry)
+                    self.state.replayed += 1
+                waiter = self._waiters.pop(event.message_id, None)
+                if waiter is not None:
+                    waiter.outcome = event
+                    waiter.event.set()
+
+    def _answer_locally(self, call: UnroutedCall) -> None:
+        cfg, core, state = self.lc.config, self.core, self.state
+        state.answered_locally += 1
+        if call.action in cfg.store_and_forward:
+            if len(state.backlog) >= cfg.max_backlog:
+                core.reply_error(STATION, call.message_id, "InternalError", "Local Controller backlog full")
+                return
+            state.backlog.append((call.action, call.payload))
+        if call.action == "Heartbeat":
+            core.reply(STATION, call.message_id, {"currentTime": isoformat(self.lc.clock.utcnow())})
+        elif call.action in _EMPTY_ANSWERS or call.action in cfg.store_and_forward:
+            core.reply(STATION, call.message_id, {})
+        else:
+            core.reply_error(STATION, call.message_id, "InternalError", "CSMS unreachable (Local Controller)")
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters.values():
+            waiter.event.set()
+
+    # ---- plumbing ------------------------------------------------------------------------------------
+
+    def _after_change(self) -> None:
+        """Wake a reader waiting for room, and the timer if it parked and a deadline exists now."""
+        if self._room_wanted:
+            self._room_wanted = False
+            self._changed.set()
+            self._changed = trio.Event()
+        parked = self._timer_parked
+        if parked is not None and self.core.get_timer() is not None:
+            self._timer_parked = None
+            parked.set()
+
+    async def _wait_changed(self) -> None:
+        self._room_wanted = True
+        await self._changed.wait()
+
+    async def _flush(self, to: Side) -> None:
+        """Write what the core has for ``to``, in order. Never raises a transport error: a link that fails
+        to take a message is closed, so its own reader sees the loss and handles it."""
+        ws = self.station_ws if to == STATION else self.upstream_ws
+        async with self._locks[to]:
+            while texts := self.core.data_to_send(to):
+                if ws is None:
+                    continue  # the CSMS link is down: the core turned its traffic into events already
+                try:
+                    for text in texts:
+                        await ws.send_text(text)
+                except TransportError:
+                    await _aclose_ws(ws, _CLOSE_GOING_AWAY, "")
+                    return
+
+
+async def _aclose_ws(ws: WebSocket, code: int, reason: str) -> None:
+    with contextlib.suppress(TransportError, trio.BrokenResourceError, trio.ClosedResourceError):
+        await ws.aclose(code, reason)
+
+
+async def _aclose_quietly(stream: trio.abc.AsyncResource) -> None:
+    with contextlib.suppress(TransportError, trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.aclose()
