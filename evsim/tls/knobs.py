@@ -59,6 +59,16 @@ KNOB_STATES: Mapping[str, KnobState] = MappingProxyType(
         "trust.revocation.crl": "enforced",
         "trust.revocation.ocsp": "enforced",
         "trust.revocation.on_unknown": "enforced",
+        "trust.mode": "enforced",
+        # Listener
+        "client_auth": "enforced",
+        # Peer trust (evsim.tls.peer.PeerPolicy: checked in the verify callback at depth 0)
+        "pins.enforcement": "enforced",
+        "pins.targets": "enforced",
+        "pins.release": "enforced",
+        "pairing": "enforced",
+        "change.on_peer_key_change": "enforced",
+        "change.on_peer_cert_change_same_key": "enforced",
     }
 )
 """Knob (field path in the model) -> state. The single source for validation and ``evsim tls capabilities``."""
@@ -88,6 +98,14 @@ KNOB_NOTES: Mapping[str, str] = MappingProxyType(
         "record.max_fragment_length": "RFC 6066 max_fragment_length is not negotiable through pyOpenSSL",
         "record.record_size_limit": "RFC 8449 record_size_limit is not negotiable through pyOpenSSL",
         "record.recv_buffer": "OpenSSL's read buffer size is not settable through pyOpenSSL",
+        "trust.mode": "pki | pinned_peers (self-signed peers decided by pins or pairing) | tofu",
+        "client_auth": "none | optional | required | pairing (SHIP: any self-signed client, decided by SKI)",
+        "pins.enforcement": "enforce refuses with pin_mismatch; report_only lets the peer in and reports it",
+        "pins.targets": "leaf | intermediate | root | any, by SPKI SHA-256 (RFC 7469)",
+        "pins.release": "operator release, expiry, promotion of a pending pin after a successful connection",
+        "pairing": "SKI list with trusted | pending | denied, pairing window, auto_accept (SHIP 12.2)",
+        "change.on_peer_key_change": "reject | warn | accept_and_repin (peer_key_changed)",
+        "change.on_peer_cert_change_same_key": "info | warn (peer_cert_changed)",
     }
 )
 """Why a knob is partial or declared (and what an enforced one compiles to, where that is not obvious)."""
