@@ -4,6 +4,7 @@ evsim certs init [--dir certs]            make the development PKI
 evsim csms --listen HOST:PORT --pki DIR   serve wss://HOST:PORT/ocpp/<station-id>
 evsim stations --csms URL --count N ...   run N stations against any OCPP 2.0.1 CSMS
 evsim demo --pki DIR                      a CSMS and ten stations in one process (virtual time)
+evsim tls capabilities [--json]           TLS versions, suites, groups and knob states of this engine
 """
 
 from __future__ import annotations
@@ -140,7 +141,44 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="re-render the summary and plots of a run directory")
     rep.add_argument("run_dir", help="a directory written by 'evsim run'")
     rep.add_argument("--no-plots", action="store_true", help="only print the summary")
+
+    tls = sub.add_parser("tls", help="the TLS engine")
+    tls_sub = tls.add_subparsers(dest="tls_command", required=True, metavar="ACTION")
+    caps = tls_sub.add_parser(
+        "capabilities", help="versions, suites (IANA and OpenSSL names), groups and each knob's state"
+    )
+    caps.add_argument("--json", action="store_true", help="print JSON instead of text")
+    caps.add_argument(
+        "--profile",
+        default=None,
+        help="a TOML file holding one TLS profile table (default: the built-in profile)",
+    )
     return p
+
+
+def _tls_capabilities(args: argparse.Namespace) -> int:
+    import json
+    import tomllib
+
+    from evsim.tls.capabilities import Capabilities
+    from evsim.tls.config import TlsProfile
+
+    profile = None
+    if args.profile is not None:
+        try:
+            with open(args.profile, "rb") as fh:
+                data = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read the TLS profile ({exc})", file=args.profile) from exc
+        try:
+            profile = TlsProfile.from_toml(data, path="")
+        except ConfigError as exc:
+            raise ConfigError(
+                exc.message, path=exc.path, value=exc.value, fix=exc.fix, file=args.profile
+            ) from exc
+    caps = Capabilities.of_profile(profile)
+    print(json.dumps(caps.to_json(), indent=2) if args.json else caps.render())
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -173,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from evsim.scenario import cli as scenario_cli
 
             return scenario_cli.report(args)
+        if args.command == "tls":
+            return _tls_capabilities(args)
     except ConfigError as exc:
         print(f"evsim: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -19,15 +19,28 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Callable
 
 import attrs
 import trio
 import trio.testing
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
 
 from evsim.errors import HandshakeFailed, TransportError
 from evsim.pki import CertificateAuthority, CertKey
-from evsim.tls import ClientTls, Identity, ServerTls, TlsStream, TrustStore, tls_accept, tls_connect
+from evsim.tls import (
+    ClientTls,
+    Identity,
+    ServerTls,
+    SessionStore,
+    TlsSession,
+    TlsStream,
+    TrustStore,
+    tls_accept,
+    tls_connect,
+)
 from evsim.tls.config import HostnameCheck, TimeCheck, WildcardPolicy
 from evsim.tls.peer import PeerPolicy
 
@@ -137,6 +150,10 @@ async def tls_pair(
     exchange: bool = True,
     client_peer: PeerPolicy | None = None,
     server_peer: PeerPolicy | None = None,
+    sessions: SessionStore | None = None,
+    session: TlsSession | None = None,
+    server_transport: Callable[[trio.abc.Stream], trio.abc.Stream] | None = None,
+    close: bool = False,
 ) -> tuple[TlsStream | TransportError, TlsStream | TransportError]:
     """Handshake a client and a server over ``memory_stream_pair`` (both at once), then ping/pong.
 
@@ -152,6 +169,11 @@ async def tls_pair(
         exchange: do the ping/pong after the handshakes.
         client_peer: a peer policy for the client's connection (else the one bound to ``client_tls``).
         server_peer: a peer policy for the server's connection (else the one bound to ``server_tls``).
+        sessions: the client's session store (``tls_connect(sessions=...)``).
+        session: a session for the client to offer.
+        server_transport: wraps the server's transport (e.g. to record what the server sends).
+        close: after the exchange, close both sides with close_notify (a session stays resumable only
+            when its connection was shut down properly).
 
     Returns:
         (client result, server result): the stream, or the ``HandshakeFailed`` /
@@ -168,23 +190,33 @@ async def tls_pair(
                 host,
                 verify_time=(lambda: client_time) if client_time else None,
                 peer=client_peer,
+                sessions=sessions,
+                session=session,
             )
             results["client"] = s
             if exchange:
                 await s.send_all(b"ping")
                 assert await s.receive_some() == b"pong"
+            if close:
+                await s.aclose()
         except (HandshakeFailed, TransportError) as exc:
             results["client"] = exc
 
     async def server() -> None:
         try:
             s = await tls_accept(
-                b, server_tls, verify_time=(lambda: server_time) if server_time else None, peer=server_peer
+                server_transport(b) if server_transport is not None else b,
+                server_tls,
+                verify_time=(lambda: server_time) if server_time else None,
+                peer=server_peer,
             )
             results["server"] = s
             if exchange:
                 assert await s.receive_some() == b"ping"
                 await s.send_all(b"pong")
+            if close:
+                assert await s.receive_some() == b""
+                await s.aclose()
         except (HandshakeFailed, TransportError) as exc:
             results["server"] = exc
 
@@ -192,6 +224,26 @@ async def tls_pair(
         nursery.start_soon(client)
         nursery.start_soon(server)
     return results["client"], results["server"]
+
+
+def unknown_ocsp_staple(cert: x509.Certificate, issuer: CertificateAuthority, now: dt.datetime) -> bytes:
+    """An authentic OCSP response saying ``unknown`` for ``cert``, signed by its issuer.
+
+    A responder that is authoritative for the CA but does not know the certificate: a CertID with the right
+    issuer and serial, answered "unknown" (as a responder with a list of issued serials would).
+    """
+    builder = ocsp.OCSPResponseBuilder().add_response(
+        cert=cert,
+        issuer=issuer.cert,
+        algorithm=hashes.SHA256(),
+        cert_status=ocsp.OCSPCertStatus.UNKNOWN,
+        this_update=now,
+        next_update=now + dt.timedelta(hours=1),
+        revocation_time=None,
+        revocation_reason=None,
+    )
+    builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, issuer.cert)
+    return builder.sign(issuer.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
 @attrs.frozen

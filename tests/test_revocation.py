@@ -54,7 +54,7 @@ from evsim.tls.revocation import (
     request_ocsp,
 )
 from evsim.tls.verify import VerifyState
-from tests.pki_fixtures import CSMS_HOST, TEST_NOW, tls_pair
+from tests.pki_fixtures import CSMS_HOST, TEST_NOW, tls_pair, unknown_ocsp_staple
 
 NOW = TEST_NOW
 HOUR = dt.timedelta(hours=1)
@@ -553,21 +553,7 @@ async def test_ocsp_missing_staple_require_vs_request(profile: TlsProfile) -> No
 
 
 def _unknown_staple() -> bytes:
-    # a responder that is authoritative for the sub-CA but does not know the certificate: a CertID with
-    # the right issuer and serial, answered "unknown" (as a responder with a list of issued serials would)
-    p = pki()
-    builder = ocsp.OCSPResponseBuilder().add_response(
-        cert=p.server.cert,
-        issuer=p.sub.cert,
-        algorithm=hashes.SHA256(),
-        cert_status=ocsp.OCSPCertStatus.UNKNOWN,
-        this_update=NOW,
-        next_update=NOW + HOUR,
-        revocation_time=None,
-        revocation_reason=None,
-    )
-    builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, p.sub.cert)
-    return builder.sign(p.sub.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    return unknown_ocsp_staple(pki().server.cert, pki().sub, NOW)
 
 
 @pytest.mark.parametrize(

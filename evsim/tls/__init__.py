@@ -2,27 +2,41 @@
 
 Public API::
 
-    TlsProfile(versions, cipher_suites, handshake_timeout_s, max_send_fragment, keylog, alpn, ...)
-    TrustStore(name, anchors, hostname="san+cn", wildcards="deny", time_check="enforce")
-    Identity(chain, key) / Identity.from_cert_key(cert_key)
+    TlsProfile(versions, cipher_suites, handshake_timeout_s, max_send_fragment, keylog, alpn, ...,
+               groups, signature_algorithms, alpn_require, session=SessionPolicy(...),
+               max_fragment_length, record_size_limit, recv_buffer, enforce)   / TlsProfile.from_toml
+    TrustStore(name, anchors, hostname="san+cn", wildcards="deny", time_check="enforce",
+               revocation=RevocationPolicy(...), max_depth=None)  / from_toml(resolve=...) / from_toml_files
     TrustStore(..., mode="pki" | "pinned_peers" | "tofu")
+    Identity(chain, key) / Identity.from_cert_key(cert_key) / from_toml / from_toml_files
     ClientTls.build(profile, trust, identity=None, *, peer=None)
-    ServerTls.build(profile, identity, trust=None, client_auth="none" | ... | "pairing", *, peer=None)
-    await tls_connect(transport, client_tls, server_hostname, *, verify_time=None, session=None, peer=None)
+    ServerTls.build(profile, identity, trust=None, client_auth="none" | ... | "pairing", *, peer=None, ocsp=None)
+    await tls_connect(transport, client_tls, server_hostname, *, verify_time=None, session=None, peer=None,
+                      sessions=None, clock_synced=True) -> TlsStream
     await tls_accept(transport, server_tls, *, verify_time=None, peer=None) -> TlsStream
     TlsStream.info -> TlsInfo;  events.ocpp_security_event(reason, side=...)
     PeerPolicy(side=..., pins=PinSet, pairing=PeerTrust, change=ChangePolicy, sink=callable)  (peer.py)
         .open_pairing_window / .close_pairing_window / .register / .unpair / .release_pin / .expire_pins
         .state -> PeerState; .epoch;  PeerEvent.ocpp_security_event
+    SessionStore (sessions.py);  Capabilities.of_profile(profile) (capabilities.py);  knobs.KNOB_STATES
 """
 
 from __future__ import annotations
 
 from evsim.tls import events, suites
-from evsim.tls.config import DEFAULT_SUITES, Identity, SuiteMap, TlsProfile, TrustStore
+from evsim.tls.config import (
+    DEFAULT_SUITES,
+    Identity,
+    RevocationPolicy,
+    SessionPolicy,
+    SuiteMap,
+    TlsProfile,
+    TrustStore,
+)
 from evsim.tls.context import ClientAuth, ClientTls, KeylogWarning, ServerTls, clear_context_cache
 from evsim.tls.events import ocpp_security_event
 from evsim.tls.peer import PeerEvent, PeerPolicy, PeerState
+from evsim.tls.sessions import SessionStore
 from evsim.tls.stream import (
     TlsBrokenTransport,
     TlsClosedTransport,
@@ -44,7 +58,10 @@ __all__ = [
     "PeerEvent",
     "PeerPolicy",
     "PeerState",
+    "RevocationPolicy",
     "ServerTls",
+    "SessionPolicy",
+    "SessionStore",
     "SuiteMap",
     "TlsBrokenTransport",
     "TlsClosedTransport",

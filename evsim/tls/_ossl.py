@@ -1,7 +1,7 @@
-"""The two OpenSSL calls evsim needs that pyOpenSSL does not expose (isolated here, each with a fallback).
+"""The OpenSSL calls evsim needs that pyOpenSSL does not expose (isolated here, each with a fallback).
 
 pyOpenSSL runs on cryptography's cffi binding (``OpenSSL._util.lib``), which declares more of OpenSSL
-than pyOpenSSL wraps. We use exactly two of those functions:
+than pyOpenSSL wraps. We use exactly these functions:
 
 * ``SSL_get0_param`` + ``X509_VERIFY_PARAM_set_time``: set the certificate-validity time on *one*
   connection. The public ``X509Store.set_time`` works on the context's shared store, and only the first
@@ -11,6 +11,12 @@ than pyOpenSSL wraps. We use exactly two of those functions:
   Fallback when missing: contexts disable OpenSSL's time check and our verify callback compares the
   validity period with the simulation time (same result locally; the peer then sees ``internal_error``).
 * ``SSL_session_reused``: for ``TlsInfo.session_reused``. Fallback: "the verify callback did not run".
+* ``SSL_CTX_set1_curves_list`` (the binding's name for ``SSL_CTX_set1_groups_list``): the ordered
+  key-exchange groups (``TlsProfile.groups``). Fallback: pyOpenSSL's ``Context.set_tmp_ecdh``, which in
+  OpenSSL 3+ restricts the context to that *one* EC curve, so only the first group is applied and it must
+  be an EC curve (``groups`` is then *partial*, see ``knobs.py``).
+* ``SSL_CTX_set1_sigalgs_list``: the signature algorithms offered / accepted
+  (``TlsProfile.signature_algorithms``). No fallback: without it the knob is *declared*.
 
 The module reads private attributes (``OpenSSL._util.lib``, ``Connection._ssl``); the dependency pins
 (pyOpenSSL < 27, cryptography < 51) keep them stable, and the fallbacks keep evsim working if they go.
@@ -32,6 +38,14 @@ except (ImportError, AttributeError):  # pragma: no cover
 _get0_param = getattr(_LIB, "SSL_get0_param", None)
 _set_time = getattr(_LIB, "X509_VERIFY_PARAM_set_time", None)
 _session_reused = getattr(_LIB, "SSL_session_reused", None)
+
+_set_groups = getattr(_LIB, "SSL_CTX_set1_curves_list", None)
+_set_sigalgs = getattr(_LIB, "SSL_CTX_set1_sigalgs_list", None)
+
+HAVE_GROUPS_LIST: bool = _set_groups is not None
+"""True when :func:`set_groups` applies the whole ordered list (else only the first EC curve)."""
+HAVE_SIGALGS_LIST: bool = _set_sigalgs is not None
+"""True when :func:`set_sigalgs` works."""
 
 HAVE_CONNECTION_TIME: bool = _get0_param is not None and _set_time is not None
 """True when :func:`set_verify_time` works; else the verify callback checks validity (see module doc)."""
@@ -57,3 +71,45 @@ def session_reused(conn: SSL.Connection) -> bool | None:
     if _session_reused is None or ptr is None:  # pragma: no cover
         return None
     return bool(_session_reused(ptr))
+
+
+def _ctx_ptr(ctx: SSL.Context) -> Any:
+    return getattr(ctx, "_context", None)
+
+
+def set_groups(ctx: SSL.Context, names: list[str]) -> bool:
+    """Restrict ``ctx`` to the key-exchange groups ``names`` (preference order).
+
+    Args:
+        ctx: a context no connection has used yet.
+        names: OpenSSL group names (``X25519``, ``secp256r1``...).
+
+    Returns:
+        True when the engine accepted the list; False when it refused it (an unknown name) or the
+        binding lacks the call (then use ``Context.set_tmp_ecdh``).
+    """
+    ptr = _ctx_ptr(ctx)
+    if _set_groups is None or ptr is None:  # pragma: no cover - binding without the call
+        return False
+    return bool(_set_groups(ptr, ":".join(names).encode("ascii")) == 1)
+
+
+def set_sigalgs(ctx: SSL.Context, names: list[str]) -> bool:
+    """Restrict ``ctx`` to the signature algorithms ``names`` (TLS SignatureScheme names, RFC 8446 §4.2.3).
+
+    Args:
+        ctx: a context no connection has used yet.
+        names: scheme names (``ecdsa_secp256r1_sha256``, ``rsa_pss_rsae_sha256``...).
+
+    Returns:
+        True when the engine accepted the list; False when it refused it or the binding lacks the call.
+    """
+    ptr = _ctx_ptr(ctx)
+    if _set_sigalgs is None or ptr is None:  # pragma: no cover - binding without the call
+        return False
+    return bool(_set_sigalgs(ptr, ":".join(names).encode("ascii")) == 1)
+
+
+def engine_version() -> str:
+    """The OpenSSL version the engine runs on (``OpenSSL 3.5.0 8 Apr 2025``...)."""
+    return SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode("ascii", "replace")

@@ -5,16 +5,21 @@ with the field path, the value and the fix. They compile to OpenSSL contexts in 
 The full model (pins, pairing, revocation, sessions, groups...) is in ``shared/design/tls-model.md``; new
 knobs are added as fields with defaults, so existing call sites keep working.
 
-* :class:`TlsProfile` - versions, cipher suites (IANA names), handshake timeout, record size, keylog, ALPN.
-* :class:`TrustStore` - trust anchors plus the hostname / wildcard / validity-time policy.
+* :class:`TlsProfile` - versions, cipher suites (IANA names), groups, signature algorithms, handshake
+  timeout, record knobs, keylog, ALPN, a :class:`SessionPolicy`, and ``enforce`` (knobs that must be enforced).
+* :class:`TrustStore` - trust anchors plus the hostname / wildcard / validity-time / depth policy and a
+  :class:`RevocationPolicy` (CRLs, OCSP stapling).
 * :class:`Identity` - our certificate chain and private key.
+
+Each has a ``from_toml(table, *, path, ...)`` named constructor (the scenario loader embeds these tables);
+which knob the engine enforces is the table ``evsim.tls.knobs.KNOB_STATES``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, cast
 
 import attrs
 from cryptography import x509
@@ -22,6 +27,11 @@ from cryptography import x509
 from evsim.errors import ConfigError, PkiError
 from evsim.pki.ca import CertKey
 from evsim.pki.keys import PrivateKey, check_key_strength, key_matches_cert, load_cert_file, load_key_file
+from evsim.pki.revocation import load_crl
+from evsim.tls import _ossl
+from evsim.tls._toml import Table, rebased
+from evsim.tls.knobs import EC_GROUPS, GROUPS, SIGNATURE_SCHEMES, check_enforce, choices_fix
+from evsim.tls.revocation import CrlMode, OcspPolicy, OnUnknown
 from evsim.tls.suites import BY_IANA, BY_OPENSSL, DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES
 
 KNOWN_VERSIONS: tuple[str, ...] = ("1.0", "1.1", "1.2", "1.3")
@@ -31,7 +41,7 @@ OCPP_MIN_VERSION = "1.2"
 
 HostnameCheck: TypeAlias = Literal["cn", "san", "san+cn", "off"]
 WildcardPolicy: TypeAlias = Literal["deny", "allow"]
-TimeCheck: TypeAlias = Literal["enforce", "off"]
+TimeCheck: TypeAlias = Literal["enforce", "off", "skip_until_clock_synced"]
 TrustMode: TypeAlias = Literal["pki", "pinned_peers", "tofu"]
 SuitePreference: TypeAlias = Literal["server", "client"]
 
@@ -105,6 +115,228 @@ def _to_str_tuple(value: Iterable[str]) -> tuple[str, ...]:
 DEFAULT_SUITES = SuiteMap({"1.3": DEFAULT_TLS13_SUITES, "1.2": DEFAULT_TLS12_SUITES})
 
 
+# ---------------------------------------------------------------- engine knobs (tls-engine): sessions, revocation
+
+Resumption: TypeAlias = Literal["off", "ids", "tickets", "both"]
+
+DEFAULT_SESSION_LIFETIME_S = 7200.0
+"""OpenSSL's default session timeout for TLS contexts (``SSL_CTX_get_timeout``, measured: 7200 s)."""
+MAX_SESSION_LIFETIME_S = 604800.0
+"""RFC 8446 §4.6.1: a ticket lifetime is at most seven days."""
+DEFAULT_CACHE_ENTRIES = 20480
+"""OpenSSL's ``SSL_SESSION_CACHE_MAX_SIZE_DEFAULT`` (1024 * 20)."""
+MAX_FRAGMENT_LENGTHS: tuple[int, ...] = (512, 1024, 2048, 4096)
+"""The values RFC 6066 §4 max_fragment_length can express."""
+MAX_RECORD_SIZE_LIMIT = 16385
+"""RFC 8449 §4: at most 2^14 + 1 (TLS 1.3 counts the inner content-type byte)."""
+MAX_VERIFY_DEPTH = 100
+"""OpenSSL's default verify depth (``X509_VERIFY_PARAM`` default)."""
+
+
+@attrs.frozen
+class SessionPolicy:
+    """Session resumption (``TlsProfile.session``).
+
+    Attributes:
+        resumption: ``"off"``, ``"ids"`` (session ids; TLS 1.3: stateful tickets naming a server cache
+            entry), ``"tickets"`` (stateless tickets, no server cache) or ``"both"`` (the default).
+        lifetime_s: how long a session may be resumed. The client's :class:`~evsim.tls.sessions.SessionStore`
+            counts it in simulation time (trio's clock, virtual under ``MockClock``); OpenSSL's server cache
+            and ticket lifetime count it on the machine's wall clock.
+        cache_entries: bound of the client session store (the server cache keeps OpenSSL's default).
+
+    Raises:
+        ConfigError: an unknown mode, a lifetime outside 1 s..7 days, a non-positive bound.
+    """
+
+    resumption: Resumption = "both"
+    lifetime_s: float = DEFAULT_SESSION_LIFETIME_S
+    cache_entries: int = DEFAULT_CACHE_ENTRIES
+
+    def __attrs_post_init__(self) -> None:
+        modes = ("off", "ids", "tickets", "both")
+        if self.resumption not in modes:
+            raise ConfigError(
+                "unknown session resumption mode",
+                path="session.resumption",
+                value=self.resumption,
+                fix=choices_fix(self.resumption, modes),
+            )
+        lt = self.lifetime_s
+        if isinstance(lt, bool) or not isinstance(lt, int | float) or not 1 <= lt <= MAX_SESSION_LIFETIME_S:
+            raise ConfigError(
+                f"session lifetime must be 1..{MAX_SESSION_LIFETIME_S:g} s (RFC 8446 §4.6.1: seven days at most)",
+                path="session.lifetime_s",
+                value=lt,
+                fix="use e.g. 7200 (OpenSSL's default)",
+            )
+        ce = self.cache_entries
+        if isinstance(ce, bool) or not isinstance(ce, int) or ce < 1:
+            raise ConfigError(
+                "cache_entries must be a positive integer",
+                path="session.cache_entries",
+                value=ce,
+                fix=f"use e.g. {DEFAULT_CACHE_ENTRIES} (OpenSSL's default)",
+            )
+
+    @property
+    def ids(self) -> bool:
+        """Resumption by session id (server cache) is on."""
+        return self.resumption in ("ids", "both")
+
+    @property
+    def tickets(self) -> bool:
+        """Resumption by (stateless) ticket is on."""
+        return self.resumption in ("tickets", "both")
+
+    @classmethod
+    def from_toml(cls, table: Mapping[str, object], *, path: str) -> SessionPolicy:
+        """Read ``{ resumption = "both", lifetime_s = 7200, cache_entries = 20480 }``.
+
+        Args:
+            table: the parsed table.
+            path: its field path (errors name ``<path>.lifetime_s``...).
+
+        Returns:
+            The policy.
+
+        Raises:
+            ConfigError: unknown keys, wrong types, bad values.
+        """
+        t = Table(table, path, ("resumption", "lifetime_s", "cache_entries"))
+        try:
+            return cls(
+                cast(Resumption, t.text("resumption", "both")),
+                t.number("lifetime_s", DEFAULT_SESSION_LIFETIME_S),
+                DEFAULT_CACHE_ENTRIES if (entries := t.opt_int("cache_entries")) is None else entries,
+            )
+        except ConfigError as exc:
+            raise rebased(exc, path, {"session": ""}) from None
+
+
+def _crl_der(crls: tuple[x509.CertificateRevocationList, ...]) -> tuple[bytes, ...]:
+    # cryptography's CRL objects are not hashable: compare and hash by DER
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return tuple(c.public_bytes(Encoding.DER) for c in crls)
+
+
+def _to_crls(value: Iterable[x509.CertificateRevocationList]) -> tuple[x509.CertificateRevocationList, ...]:
+    return tuple(value)
+
+
+CrlResolver: TypeAlias = Callable[[str], Sequence[x509.CertificateRevocationList]]
+"""name -> CRLs (for ``revocation.crls`` in TOML)."""
+CertResolver: TypeAlias = Callable[[str], Sequence[x509.Certificate]]
+"""name -> certificates (for ``anchors`` in TOML: a file, an OCPP certificate type of a node's store...)."""
+
+
+@attrs.frozen
+class RevocationPolicy:
+    """How a trust store checks revocation (``TrustStore.revocation``; compiled by ``evsim.tls.revocation``).
+
+    Attributes:
+        crl: ``"off"``, ``"leaf"`` (the peer's certificate against its issuer's CRL) or ``"chain"`` (every
+            certificate below the anchor; needs every CA's CRL).
+        crls: the CRLs (data: a refresh is a new value, hence a new trust store and a new context).
+        ocsp: stapling: ``"off"``, ``"request"`` (soft-fail) or ``"require"`` (a client refuses a missing,
+            unknown or revoked status). Checks the *server's* certificate: client side only.
+        on_unknown: ``"fail"`` or ``"soft_fail"`` for an authentic ``unknown`` status.
+
+    Raises:
+        ConfigError: unknown modes, or CRL checking without any CRL.
+    """
+
+    crl: CrlMode = "off"
+    crls: tuple[x509.CertificateRevocationList, ...] = attrs.field(
+        default=(), converter=_to_crls, eq=_crl_der
+    )
+    ocsp: OcspPolicy = "off"
+    on_unknown: OnUnknown = "fail"
+
+    def __attrs_post_init__(self) -> None:
+        for field, value, allowed in (
+            ("crl", self.crl, ("off", "leaf", "chain")),
+            ("ocsp", self.ocsp, ("off", "request", "require")),
+            ("on_unknown", self.on_unknown, ("fail", "soft_fail")),
+        ):
+            if value not in allowed:
+                raise ConfigError(
+                    f"unknown revocation {field} policy",
+                    path=f"revocation.{field}",
+                    value=value,
+                    fix=choices_fix(value, allowed),
+                )
+        if self.crl != "off" and not self.crls:
+            raise ConfigError(
+                f'revocation.crl = "{self.crl}" needs at least one CRL (OpenSSL would refuse every peer '
+                'with "unable to get certificate CRL")',
+                path="revocation.crls",
+                value=[],
+                fix="add the issuing CA's CRL (and, for chain, every CA's), or set crl = off",
+            )
+
+    @classmethod
+    def from_toml(
+        cls, table: Mapping[str, object], *, path: str, resolve_crls: CrlResolver | None = None
+    ) -> RevocationPolicy:
+        """Read ``{ crl = "leaf", crls = ["station-ca"], ocsp = "require", on_unknown = "fail" }``.
+
+        Args:
+            table: the parsed table.
+            path: its field path.
+            resolve_crls: name -> CRLs for ``crls`` (needed when ``crls`` is given).
+
+        Returns:
+            The policy.
+
+        Raises:
+            ConfigError: unknown keys, wrong types, bad values, a name the resolver does not know.
+        """
+        t = Table(table, path, ("crl", "crls", "ocsp", "on_unknown"))
+        crls: list[x509.CertificateRevocationList] = []
+        for i, name in enumerate(t.text_list("crls") or ()):
+            if resolve_crls is None:
+                raise ConfigError(
+                    "CRLs given but nothing resolves CRL names here", path=f"{t.at('crls')}[{i}]", value=name
+                )
+            crls += _resolve(resolve_crls, name, path=f"{t.at('crls')}[{i}]", what="CRL")
+        try:
+            return cls(
+                cast(CrlMode, t.text("crl", "off")),
+                tuple(crls),
+                cast(OcspPolicy, t.text("ocsp", "off")),
+                cast(OnUnknown, t.text("on_unknown", "fail")),
+            )
+        except ConfigError as exc:
+            raise rebased(exc, path, {"revocation": ""}) from None
+
+
+def _resolve(resolver: Callable[[str], Sequence[object]], name: str, *, path: str, what: str) -> list[Any]:
+    try:
+        found = list(resolver(name))
+    except (KeyError, FileNotFoundError, PkiError, ConfigError) as exc:
+        raise ConfigError(f"cannot find {what} {name!r} ({exc})", path=path, value=name) from exc
+    if not found:
+        raise ConfigError(f"{what} {name!r} holds nothing", path=path, value=name)
+    return found
+
+
+def _files_under(
+    base_dir: str | Path, loader: Callable[[Path], Sequence[Any]]
+) -> Callable[[str], Sequence[Any]]:
+    base = Path(base_dir)
+
+    def resolve(name: str) -> Sequence[Any]:
+        return loader(base / name)
+
+    return resolve
+
+
+def _load_crl_file(path: Path) -> Sequence[x509.CertificateRevocationList]:
+    return (load_crl(path.read_bytes(), source=str(path)),)
+
+
 @attrs.frozen
 class TlsProfile:
     """How to speak TLS.
@@ -122,10 +354,22 @@ class TlsProfile:
         alpn: ALPN protocols to offer (client) or accept, in preference order (server).
         insecure_legacy_versions: allow TLS 1.0/1.1 in ``versions`` (OCPP forbids them, A00.FR.313): only for
             simulating a legacy or attacking peer.
+        groups: key-exchange groups in preference order (:data:`evsim.tls.knobs.GROUPS`); empty = the
+            engine's default list.
+        signature_algorithms: signature schemes offered and accepted (RFC 8446 §4.2.3 names, e.g. SHIP's
+            ``ecdsa_secp256r1_sha256``); empty = the engine's default list.
+        alpn_require: close the connection (``alpn_refused``) when no ALPN protocol was negotiated.
+        session: resumption policy (:class:`SessionPolicy`).
+        max_fragment_length: RFC 6066 max_fragment_length (*declared*: recorded, not negotiated).
+        record_size_limit: RFC 8449 record_size_limit (*declared*).
+        recv_buffer: receive buffer size in bytes (*declared*).
+        enforce: knobs that must be enforced (``evsim.tls.knobs.KNOB_STATES`` names, or their last part):
+            a knob this engine only declares is refused here, never silently ignored.
 
     Raises:
         ConfigError: holes in versions, unknown or misplaced suite names, a version without a usable
-            suite, bad timeout / fragment / ALPN values.
+            suite, bad timeout / fragment / ALPN values, unknown groups or signature schemes, ``alpn_require``
+            with nothing offered, out-of-range record knobs, ``enforce`` on a knob the engine cannot enforce.
     """
 
     versions: tuple[str, ...] = attrs.field(default=("1.3", "1.2"), converter=_to_str_tuple)
@@ -136,10 +380,20 @@ class TlsProfile:
     keylog: str | None = None
     alpn: tuple[str, ...] = attrs.field(default=(), converter=_to_str_tuple)
     insecure_legacy_versions: bool = False
+    # engine knobs (tls-engine)
+    groups: tuple[str, ...] = attrs.field(default=(), converter=_to_str_tuple)
+    signature_algorithms: tuple[str, ...] = attrs.field(default=(), converter=_to_str_tuple)
+    alpn_require: bool = False
+    session: SessionPolicy = SessionPolicy()
+    max_fragment_length: int | None = None
+    record_size_limit: int | None = None
+    recv_buffer: int | None = None
+    enforce: tuple[str, ...] = attrs.field(default=(), converter=_to_str_tuple)
 
     def __attrs_post_init__(self) -> None:
         self._check_versions()
         self._check_suites()
+        self._check_engine_knobs()
         if self.suite_preference not in ("server", "client"):
             raise ConfigError(
                 "unknown suite preference",
@@ -259,6 +513,149 @@ class TlsProfile:
                     fix=fix,
                 )
 
+    def _check_engine_knobs(self) -> None:
+        for field, names, table in (
+            ("groups", self.groups, GROUPS),
+            ("signature_algorithms", self.signature_algorithms, SIGNATURE_SCHEMES),
+        ):
+            for i, name in enumerate(names):
+                if name not in table:
+                    raise ConfigError(
+                        f"unknown {field.replace('_', ' ').rstrip('s')}",
+                        path=f"{field}[{i}]",
+                        value=name,
+                        fix=choices_fix(name, table),
+                    )
+                if name in names[:i]:
+                    raise ConfigError(
+                        f"duplicate {field} entry", path=f"{field}[{i}]", value=name, fix="list it once"
+                    )
+        if (
+            self.groups
+            and not _ossl.HAVE_GROUPS_LIST
+            and (len(self.groups) > 1 or self.groups[0] not in EC_GROUPS)
+        ):
+            raise ConfigError(
+                "this engine applies only the first group, and only an EC curve (groups is partial here)",
+                path="groups",
+                value=list(self.groups),
+                fix=f"give one of {', '.join(sorted(EC_GROUPS))} alone",
+            )
+        if not isinstance(self.alpn_require, bool):
+            raise ConfigError(
+                "alpn_require must be true or false", path="alpn_require", value=self.alpn_require
+            )
+        if self.alpn_require and not self.alpn:
+            raise ConfigError(
+                "alpn_require with no ALPN protocol offered",
+                path="alpn_require",
+                value=True,
+                fix='add alpn = ["…"]',
+            )
+        if not isinstance(self.session, SessionPolicy):
+            raise ConfigError("session must be a SessionPolicy", path="session", value=self.session)
+        for field, value, ok, fix in (
+            (
+                "max_fragment_length",
+                self.max_fragment_length,
+                lambda v: v in MAX_FRAGMENT_LENGTHS,
+                "use 512, 1024, 2048 or 4096 (RFC 6066 §4)",
+            ),
+            (
+                "record_size_limit",
+                self.record_size_limit,
+                lambda v: MIN_FRAGMENT <= v <= MAX_RECORD_SIZE_LIMIT,
+                f"use {MIN_FRAGMENT}..{MAX_RECORD_SIZE_LIMIT} (RFC 8449 §4)",
+            ),
+            ("recv_buffer", self.recv_buffer, lambda v: v >= MIN_FRAGMENT, "use e.g. 16384"),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not ok(value)):
+                raise ConfigError(f"bad {field}", path=f"record.{field}", value=value, fix=fix)
+        object.__setattr__(self, "enforce", check_enforce(self.enforce))
+
+    # ------------------------------------------------------------ TOML
+
+    @classmethod
+    def from_toml(cls, table: Mapping[str, object], *, path: str) -> TlsProfile:
+        """Build a profile from a parsed TOML table.
+
+        The table (every key optional)::
+
+            versions = ["1.3", "1.2"]
+            cipher_suites = { "1.3" = ["TLS_AES_128_GCM_SHA256"], "1.2" = ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"] }
+            suite_preference = "server"
+            groups = ["X25519", "secp256r1"]
+            signature_algorithms = ["ecdsa_secp256r1_sha256"]
+            alpn = ["ntske/1"]                  # or { offer = ["ntske/1"], require = true }
+            handshake_timeout_s = 10
+            session = { resumption = "both", lifetime_s = 7200, cache_entries = 20480 }
+            record = { max_send_fragment = 2048, max_fragment_length = 2048, record_size_limit = 2048,
+                       recv_buffer = 16384 }
+            keylog = "tls.keylog"
+            insecure_legacy_versions = false
+            enforce = ["record.max_send_fragment"]
+
+        Args:
+            table: the table as ``tomllib`` returns it.
+            path: its field path (``tls.profiles.strict``), prefixed to every error.
+
+        Returns:
+            The validated profile.
+
+        Raises:
+            ConfigError: unknown keys (with a did-you-mean), wrong types, and every validation error of the
+                class; the path names the field (``tls.profiles.strict.cipher_suites.1.2[0]``).
+        """
+        t = Table(
+            table,
+            path,
+            (
+                "versions",
+                "cipher_suites",
+                "suite_preference",
+                "groups",
+                "signature_algorithms",
+                "alpn",
+                "handshake_timeout_s",
+                "session",
+                "record",
+                "keylog",
+                "insecure_legacy_versions",
+                "enforce",
+            ),
+        )
+        kwargs: dict[str, Any] = {}
+        renames = {"max_send_fragment": "record.max_send_fragment"}
+        for key in ("versions", "groups", "signature_algorithms", "enforce"):
+            if (values := t.text_list(key)) is not None:
+                kwargs[key] = values
+        if t.has("cipher_suites"):
+            suites = t.table("cipher_suites", ("1.3", "1.2"))
+            kwargs["cipher_suites"] = {k: suites.text_list(k) for k in ("1.3", "1.2") if suites.has(k)}
+        if t.has("suite_preference"):
+            kwargs["suite_preference"] = t.text("suite_preference", "server", choices=("server", "client"))
+        if t.has("alpn") and isinstance(t.data["alpn"], Mapping):
+            alpn = t.table("alpn", ("offer", "require"))
+            kwargs["alpn"] = alpn.text_list("offer") or ()
+            kwargs["alpn_require"] = alpn.flag("require", False)
+            renames |= {"alpn_require": "alpn.require", "alpn": "alpn.offer"}
+        elif (offer := t.text_list("alpn")) is not None:
+            kwargs["alpn"] = offer
+        kwargs["handshake_timeout_s"] = t.number("handshake_timeout_s", 10.0)
+        if t.has("session"):
+            kwargs["session"] = SessionPolicy.from_toml(t.data["session"], path=t.at("session"))
+        record = t.table(
+            "record", ("max_send_fragment", "max_fragment_length", "record_size_limit", "recv_buffer")
+        )
+        for key in ("max_send_fragment", "max_fragment_length", "record_size_limit", "recv_buffer"):
+            kwargs[key] = record.opt_int(key)
+        kwargs["keylog"] = t.opt_text("keylog")
+        kwargs["insecure_legacy_versions"] = t.flag("insecure_legacy_versions", False)
+        try:
+            return cls(**kwargs)
+        except ConfigError as exc:
+            raise rebased(exc, path, renames) from None
+
     # ------------------------------------------------------------ derived
 
     @property
@@ -307,7 +704,10 @@ class TrustStore:
             For an IP-literal server name: the SAN iPAddress (``san``, ``san+cn``) or the CN text (``cn``).
         wildcards: ``"deny"`` (OCPP default: a wildcard certificate is refused with
             ``cert_invalid:wildcard``) or ``"allow"`` (``SecurityCtrlr.AllowCSMSTLSWildcards``).
-        time_check: ``"enforce"`` (validity checked at the simulation's time) or ``"off"``.
+        time_check: ``"enforce"`` (validity checked at the simulation's time), ``"off"``, or
+            ``"skip_until_clock_synced"`` (an RTC-less device after boot, cf. chrony's ``nocerttimecheck``:
+            validity is not checked on connections made with ``clock_synced=False``, and is checked on the
+            others; chains, names and signatures always are).
         insecure_skip_verify: accept *any* peer certificate (no chain, name or time check) - development
             only; anyone can impersonate the peer. Compiling such a store logs a warning; ``anchors`` may
             then be empty.
@@ -316,10 +716,14 @@ class TrustStore:
             compiling then requires) or ``"tofu"`` (like ``pinned_peers``; the first peer's leaf key is
             pinned: needs a ``tofu`` pin set). Validity time and hostname are still checked as configured.
             ``anchors`` must be empty in the peer modes.
+        revocation: CRL and OCSP-stapling checks (:class:`RevocationPolicy`). A CRL refresh is a new
+            value, so a new trust store and a new context: open connections keep the old one.
+        max_depth: the longest chain accepted below the leaf (``SSL_CTX_set_verify_depth``); None =
+            OpenSSL's default (100).
 
     Raises:
-        ConfigError: no anchors (pki), anchors or ``insecure_skip_verify`` in a peer mode, or an unknown
-            policy value.
+        ConfigError: no anchors (pki), anchors or ``insecure_skip_verify`` in a peer mode, an unknown
+            policy value, or a bad ``max_depth``.
     """
 
     name: str
@@ -329,9 +733,13 @@ class TrustStore:
     time_check: TimeCheck = "enforce"
     insecure_skip_verify: bool = False
     mode: TrustMode = "pki"
+    # engine knobs (tls-engine)
+    revocation: RevocationPolicy = RevocationPolicy()
+    max_depth: int | None = None
 
     def __attrs_post_init__(self) -> None:
         self._check_mode()
+        self._check_engine_knobs()
         if not self.anchors and not self.insecure_skip_verify and self.mode == "pki":
             raise ConfigError(
                 "a trust store needs at least one anchor certificate",
@@ -342,7 +750,7 @@ class TrustStore:
         for field, value, allowed in (
             ("hostname", self.hostname, ("cn", "san", "san+cn", "off")),
             ("wildcards", self.wildcards, ("deny", "allow")),
-            ("time_check", self.time_check, ("enforce", "off")),
+            ("time_check", self.time_check, ("enforce", "off", "skip_until_clock_synced")),
         ):
             if value not in allowed:
                 raise ConfigError(
@@ -351,6 +759,119 @@ class TrustStore:
                     value=value,
                     fix=f"use one of {', '.join(allowed)}",
                 )
+
+    def _check_engine_knobs(self) -> None:
+        if not isinstance(self.revocation, RevocationPolicy):
+            raise ConfigError(
+                "revocation must be a RevocationPolicy",
+                path=f"trust.{self.name}.revocation",
+                value=self.revocation,
+            )
+        md = self.max_depth
+        if md is not None and (
+            isinstance(md, bool) or not isinstance(md, int) or not 0 <= md <= MAX_VERIFY_DEPTH
+        ):
+            raise ConfigError(
+                f"max_depth must be an integer in 0..{MAX_VERIFY_DEPTH} (OpenSSL's default is {MAX_VERIFY_DEPTH})",
+                path=f"trust.{self.name}.max_depth",
+                value=md,
+                fix="use e.g. 2 (root, one sub-CA, leaf), or omit it",
+            )
+
+    _TOML_KEYS = (
+        "name",
+        "anchors",
+        "hostname",
+        "wildcards",
+        "time_check",
+        "insecure_skip_verify",
+        "revocation",
+        "max_depth",
+        "mode",
+    )
+
+    @classmethod
+    def from_toml(
+        cls,
+        table: Mapping[str, object],
+        *,
+        path: str,
+        resolve: CertResolver,
+        resolve_crls: CrlResolver | None = None,
+    ) -> TrustStore:
+        """Build a trust store from a parsed TOML table; anchors and CRLs are *names* the resolvers look up.
+
+        The table::
+
+            name = "CSMSRootCertificate"        # default: the table's own name (last part of path)
+            anchors = ["CSMSRootCertificate"]   # names for `resolve` (files, OCPP certificate types...)
+            hostname = "san+cn"
+            wildcards = "deny"
+            time_check = "enforce"
+            mode = "pki"                        # or pinned_peers / tofu (then no anchors)
+            max_depth = 2
+            revocation = { crl = "leaf", crls = ["csms-sub-ca"], ocsp = "require", on_unknown = "fail" }
+            insecure_skip_verify = false
+
+        Args:
+            table: the table as ``tomllib`` returns it.
+            path: its field path (``tls.trust.operator``), prefixed to every error.
+            resolve: name -> certificates for ``anchors`` (a ``KeyError`` or ``PkiError`` becomes a
+                ``ConfigError`` naming the entry).
+            resolve_crls: name -> CRLs for ``revocation.crls``.
+
+        Returns:
+            The validated trust store.
+
+        Raises:
+            ConfigError: unknown keys, wrong types, unknown names, and every validation error of the class.
+        """
+        t = Table(table, path, cls._TOML_KEYS)
+        name = t.text("name", path.rpartition(".")[2] or "trust")
+        anchors: list[x509.Certificate] = []
+        for i, ref in enumerate(t.text_list("anchors") or ()):
+            anchors += _resolve(resolve, ref, path=f"{t.at('anchors')}[{i}]", what="anchor")
+        revocation = RevocationPolicy()
+        if t.has("revocation"):
+            revocation = RevocationPolicy.from_toml(
+                t.data["revocation"], path=t.at("revocation"), resolve_crls=resolve_crls
+            )
+        try:
+            return cls(
+                name,
+                tuple(anchors),
+                hostname=cast(HostnameCheck, t.text("hostname", "san+cn")),
+                wildcards=cast(WildcardPolicy, t.text("wildcards", "deny")),
+                time_check=cast(TimeCheck, t.text("time_check", "enforce")),
+                insecure_skip_verify=t.flag("insecure_skip_verify", False),
+                revocation=revocation,
+                max_depth=t.opt_int("max_depth"),
+                mode=cast(TrustMode, t.text("mode", "pki")),
+            )
+        except ConfigError as exc:
+            raise rebased(exc, path, {f"trust.{name}": ""}) from None
+
+    @classmethod
+    def from_toml_files(cls, table: Mapping[str, object], *, path: str, base_dir: str | Path) -> TrustStore:
+        """:meth:`from_toml` where ``anchors`` and ``revocation.crls`` are PEM/DER files under ``base_dir``.
+
+        Args:
+            table: the parsed table.
+            path: its field path.
+            base_dir: directory the file names are relative to.
+
+        Returns:
+            The validated trust store.
+
+        Raises:
+            ConfigError: as :meth:`from_toml`; a missing or corrupt file is named.
+        """
+        return cls.from_toml(
+            table,
+            path=path,
+            resolve=_files_under(base_dir, load_cert_file),
+            resolve_crls=_files_under(base_dir, _load_crl_file),
+        )
 
     def _check_mode(self) -> None:
         if self.mode not in ("pki", "pinned_peers", "tofu"):
@@ -461,6 +982,61 @@ class Identity:
     def from_cert_key(cls, cert_key: CertKey) -> Identity:
         """An identity from a PKI :class:`~evsim.pki.CertKey` (leaf + intermediates + key)."""
         return cls(cert_key.chain, cert_key.key)
+
+    @classmethod
+    def from_toml(
+        cls, table: Mapping[str, object], *, path: str, resolve: Callable[[str], CertKey]
+    ) -> Identity:
+        """Build an identity from ``{ certificate = "<name>" }``, the name looked up by ``resolve``.
+
+        Args:
+            table: the parsed table.
+            path: its field path (``nodes.csms.identity``).
+            resolve: name -> :class:`~evsim.pki.CertKey` (e.g. a node's certificate store by OCPP use).
+
+        Returns:
+            The identity.
+
+        Raises:
+            ConfigError: unknown keys, an unknown name, a key not matching its certificate, a weak key.
+        """
+        t = Table(table, path, ("certificate",))
+        if not t.has("certificate"):
+            raise ConfigError(
+                "an identity needs a certificate", path=t.at("certificate"), fix='add certificate = "…"'
+            )
+        ref = t.text("certificate", "")
+        cert_key = _resolve(lambda n: [resolve(n)], ref, path=t.at("certificate"), what="certificate")[0]
+        try:
+            return cls.from_cert_key(cert_key)
+        except ConfigError as exc:
+            raise rebased(exc, path, {"identity": ""}) from None
+
+    @classmethod
+    def from_toml_files(cls, table: Mapping[str, object], *, path: str, base_dir: str | Path) -> Identity:
+        """Build an identity from ``{ cert = "server.crt", key = "server.key" }`` (files under ``base_dir``).
+
+        Args:
+            table: the parsed table.
+            path: its field path.
+            base_dir: directory the file names are relative to.
+
+        Returns:
+            The identity.
+
+        Raises:
+            ConfigError: unknown or missing keys, a missing or corrupt file (named), a key that does not
+                match its certificate, a weak key.
+        """
+        t = Table(table, path, ("cert", "key"))
+        for key in ("cert", "key"):
+            if not t.has(key):
+                raise ConfigError(f"an identity needs {key}", path=t.at(key), fix=f'add {key} = "<PEM file>"')
+        base = Path(base_dir)
+        try:
+            return cls.from_files(base / t.text("cert", ""), base / t.text("key", ""))
+        except ConfigError as exc:
+            raise rebased(exc, path, {"identity": ""}) from None
 
     @classmethod
     def from_files(cls, cert_path: str | Path, key_path: str | Path) -> Identity:

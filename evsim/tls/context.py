@@ -20,13 +20,26 @@ What each model field compiles to:
   lifetime) with a session-id context derived from the configuration, which OpenSSL requires to resume
   sessions of verified clients; TLS 1.3 tickets as OpenSSL defaults (two per handshake).
 * ``keylog``: an NSS key log writer, with a :class:`KeylogWarning` and a log warning when compiled.
-* ``alpn``: ``set_alpn_protos`` (client) / a select callback taking the server's first choice offered.
+* ``alpn``: ``set_alpn_protos`` (client) / a select callback taking the server's first choice offered;
+  ``alpn_require`` is checked by the stream after the handshake (``alpn_refused``).
 * peer trust (``evsim.tls.peer``): a :class:`~evsim.tls.peer.PeerPolicy` per connection (or bound at
   build) runs pins, pairing and change checks from the verify callback at depth 0. ``TrustStore.mode``
   ``pinned_peers`` / ``tofu`` and ``client_auth="pairing"`` accept self-signed peers: the callback lets
   OpenSSL's unknown-CA errors through and the policy decides alone, so building one needs a policy that
   can (``peer.require_policy``). A context bound to a policy is rebuilt when the policy's ``epoch``
   changes (trust shrank), so its session cache never resumes a session from before the change.
+
+Engine knobs (see ``knobs.KNOB_STATES``; compiled by :func:`_apply_engine_knobs` and :func:`_apply_revocation`):
+
+* ``groups``: ``SSL_CTX_set1_groups_list`` through ``_ossl.set_groups`` (fallback ``set_tmp_ecdh``).
+* ``signature_algorithms``: ``SSL_CTX_set1_sigalgs_list`` through ``_ossl.set_sigalgs``.
+* ``session``: server ``resumption`` ``ids``/``both`` -> ``SESS_CACHE_SERVER``, else ``SESS_CACHE_OFF``;
+  ``tickets``/``both`` -> tickets, else ``OP_NO_TICKET`` (both sides; in TLS 1.3 ``ids`` means OpenSSL's
+  stateful tickets, which name a server cache entry). ``lifetime_s`` -> ``set_timeout`` (server cache and
+  ticket lifetime hint, on the machine's wall clock; the client store counts simulation time).
+* ``trust.max_depth``: ``set_verify_depth``. ``trust.revocation``: ``revocation.install_crls`` and, client
+  side, ``install_ocsp_client`` plus ``request_ocsp`` on every new connection; server stapling comes from
+  ``ServerTls.build(..., ocsp=provider)``.
 """
 
 from __future__ import annotations
@@ -41,12 +54,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeAlias, cast
 
 import attrs
+from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL, crypto
 
 from evsim.errors import ConfigError
 from evsim.tls import _ossl, events
 from evsim.tls.config import Identity, TlsProfile, TrustStore
 from evsim.tls.peer import PeerCheck, PeerMode, PeerPolicy, require_policy
+from evsim.tls.revocation import install_crls, install_ocsp_client, install_ocsp_stapling, request_ocsp
 from evsim.tls.suites import BY_IANA
 from evsim.tls.verify import (
     X509_V_ERR_CERT_HAS_EXPIRED,
@@ -63,6 +78,8 @@ from evsim.tls.verify import (
 log = logging.getLogger(__name__)
 
 ClientAuth: TypeAlias = Literal["none", "optional", "required", "pairing"]
+OcspProvider: TypeAlias = Callable[[], bytes | None]
+"""Returns the DER OCSP response a server staples (e.g. ``evsim.pki.revocation.OcspStaple``), or None."""
 
 _VERSIONS = {
     "1.0": SSL.TLS1_VERSION,
@@ -78,6 +95,13 @@ _MODE_RELEASE_BUFFERS: int = getattr(SSL, "MODE_RELEASE_BUFFERS", 0)
 _SSL_MODE_NO_AUTO_CHAIN = 0x00000008  # SSL_MODE_NO_AUTO_CHAIN, openssl/ssl.h (not exported by pyOpenSSL)
 
 _CONTEXT_CACHE_SIZE = 128
+
+_EC_CURVES: dict[str, type[ec.EllipticCurve]] = {
+    "secp256r1": ec.SECP256R1,
+    "secp384r1": ec.SECP384R1,
+    "secp521r1": ec.SECP521R1,
+}
+"""The ``set_tmp_ecdh`` fallback's curves (= ``knobs.EC_GROUPS``)."""
 
 
 def _needs_seclevel0(profile: TlsProfile) -> bool:
@@ -105,7 +129,7 @@ def _make_verify_callback(trust: TrustStore, *, check_host: bool, python_time: b
     a peer mode (self-signed peers) unknown-CA errors are left to it.
     """
     peer_mode = trust.peer_mode
-    enforce_time = trust.time_check == "enforce"
+    enforce_time = trust.time_check != "off"  # skip_until_clock_synced: per connection (state.skip_time)
     python_time = python_time and enforce_time
     host_mode = trust.hostname
     wildcards = trust.wildcards
@@ -130,15 +154,15 @@ def _make_verify_callback(trust: TrustStore, *, check_host: bool, python_time: b
         if state.failure is not None:
             return False
         if not ok:
-            if errno in _TIME_ERRORS and not enforce_time:
-                return True  # time_check = "off"
+            if errno in _TIME_ERRORS and not (enforce_time and not state.skip_time):
+                return True  # time_check = "off", or not checked before the clock is synced
             if peer_mode and verify_error_reason(errno) == events.CERT_UNKNOWN_CA:
                 return True  # self-signed peers: the peer policy decides at depth 0
             state.fail(
                 verify_error_reason(errno), f"X509 verify error {errno} at depth {depth}: {_subject(cert)}"
             )
             return False
-        if python_time:
+        if python_time and not state.skip_time:
             nb, na = cert.get_notBefore(), cert.get_notAfter()
             if nb is not None and na is not None:
                 now = state.now()
@@ -254,7 +278,50 @@ def _base_context(
         warnings.warn(message, KeylogWarning, stacklevel=4)
         log.warning(message)
         ctx.set_keylog_callback(_keylog_writer(profile.keylog))
+    _apply_engine_knobs(ctx, profile, server=server)
     return ctx
+
+
+# ---------------------------------------------------------------- engine knobs (tls-engine)
+
+
+def _apply_engine_knobs(ctx: SSL.Context, profile: TlsProfile, *, server: bool) -> None:
+    """Compile ``groups``, ``signature_algorithms`` and the session policy (module doc)."""
+    groups = list(profile.groups)
+    if groups and not _ossl.set_groups(ctx, groups):  # pragma: no cover - OpenSSL 3.5+ knows knobs.GROUPS
+        if _ossl.HAVE_GROUPS_LIST:
+            raise ConfigError(
+                "this OpenSSL build refuses the groups",
+                path="groups",
+                value=groups,
+                fix="pick groups from `evsim tls capabilities`",
+            )
+        # partial fallback: one EC curve (TlsProfile refused anything else when the binding lacks the list)
+        ctx.set_tmp_ecdh(_EC_CURVES[groups[0]]())
+    sigalgs = list(profile.signature_algorithms)
+    if sigalgs and not _ossl.set_sigalgs(ctx, sigalgs) and _ossl.HAVE_SIGALGS_LIST:  # pragma: no cover
+        raise ConfigError(
+            "this OpenSSL build refuses the signature algorithms",
+            path="signature_algorithms",
+            value=sigalgs,
+            fix="pick schemes from `evsim tls capabilities`",
+        )
+    session = profile.session
+    if not session.tickets:
+        ctx.set_options(SSL.OP_NO_TICKET)
+    if server:
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER if session.ids else SSL.SESS_CACHE_OFF)
+        ctx.set_timeout(int(session.lifetime_s))
+
+
+def _apply_revocation(ctx: SSL.Context, trust: TrustStore, *, server: bool) -> None:
+    """Compile ``trust.max_depth`` and ``trust.revocation`` on a fresh context (module doc)."""
+    if trust.max_depth is not None:
+        ctx.set_verify_depth(trust.max_depth)
+    policy = trust.revocation
+    install_crls(ctx, policy.crls, policy.crl)
+    if not server:
+        install_ocsp_client(ctx, policy.ocsp, on_unknown=policy.on_unknown)
 
 
 def _install_trust(
@@ -373,6 +440,7 @@ class ClientTls:
         conn.set_app_data(state)
         if server_hostname and not is_ip_literal(server_hostname):
             conn.set_tlsext_host_name(_encode_hostname(server_hostname))
+        request_ocsp(conn, self.trust.revocation.ocsp)
         return conn, state
 
 
@@ -383,6 +451,7 @@ def _build_client(
     ctx = _base_context(SSL.TLS_CLIENT_METHOD, profile, identity, server=False)
     conn_time = _ossl.HAVE_CONNECTION_TIME
     _install_trust(ctx, trust, SSL.VERIFY_PEER, check_host=True, conn_time=conn_time)
+    _apply_revocation(ctx, trust, server=False)
     if profile.alpn:
         ctx.set_alpn_protos([p.encode() for p in profile.alpn])
     return ClientTls(profile, trust, identity, ctx, conn_time, peer, epoch)
@@ -407,6 +476,8 @@ class ServerTls:
     """The peer policy bound at build (used when a connection is given none)."""
     epoch: int = 0
     """``peer.epoch`` when this context was compiled (a newer epoch rebuilds it: fresh session cache)."""
+    ocsp: OcspProvider | None = attrs.field(default=None, repr=False)
+    """What the server staples (None: nothing)."""
 
     @property
     def verifies_peer(self) -> bool:
@@ -427,6 +498,7 @@ class ServerTls:
         client_auth: ClientAuth = "none",
         *,
         peer: PeerPolicy | None = None,
+        ocsp: OcspProvider | None = None,
     ) -> ServerTls:
         """Compile (or fetch from the cache) a server context.
 
@@ -441,13 +513,16 @@ class ServerTls:
                 check and the peer policy's pairing list decides).
             peer: a server-side peer policy bound to this listener's context; required for ``"pairing"``
                 (with a pairing list) and for a ``pinned_peers`` / ``tofu`` trust store.
+            ocsp: staples what it returns (OCSP stapling, RFC 6066 §8) to clients that ask; must be
+                hashable (contexts are cached per provider: pass the same object to share a context).
 
         Returns:
             The compiled server configuration.
 
         Raises:
             ConfigError: client authentication without a trust store, an unknown ``client_auth``, a
-                peer mode without a policy that can decide alone, or suites the OpenSSL build refuses.
+                peer mode without a policy that can decide alone, suites the OpenSSL build refuses, or an
+                OCSP policy on the client-certificate trust store (stapling checks server certificates only).
         """
         if client_auth not in ("none", "optional", "required", "pairing"):
             raise ConfigError(
@@ -465,6 +540,13 @@ class ServerTls:
                 value=client_auth,
                 fix="give the station CA trust store (e.g. certs/ca.crt)",
             )
+        if trust is not None and client_auth != "none" and trust.revocation.ocsp != "off":
+            raise ConfigError(
+                "OCSP stapling checks the server's certificate; a server cannot ask a client for a staple",
+                path=f"trust.{trust.name}.revocation.ocsp",
+                value=trust.revocation.ocsp,
+                fix='use revocation.crl for client certificates and set ocsp = "off" here',
+            )
         if client_auth == "optional" and trust is not None and trust.peer_mode:
             raise ConfigError(
                 f'client_auth = "optional" with a {trust.mode} trust store would let clients without a '
@@ -475,7 +557,7 @@ class ServerTls:
             )
         require_policy(peer, _server_peer_mode(trust, client_auth), side="server")
         return _build_server(
-            profile, identity, trust, client_auth, peer, peer.epoch if peer is not None else 0
+            profile, identity, trust, client_auth, peer, peer.epoch if peer is not None else 0, ocsp
         )
 
     def begin_peer(self, peer: PeerPolicy | None) -> PeerCheck | None:
@@ -505,7 +587,13 @@ class ServerTls:
         current = self
         if self.peer is not None and self.peer.epoch != self.epoch:  # trust shrank: fresh session cache
             current = _build_server(
-                self.profile, self.identity, self.trust, self.client_auth, self.peer, self.peer.epoch
+                self.profile,
+                self.identity,
+                self.trust,
+                self.client_auth,
+                self.peer,
+                self.peer.epoch,
+                self.ocsp,
             )
         conn = SSL.Connection(current.context, None)
         conn.set_accept_state()
@@ -549,9 +637,9 @@ def _build_server(
     client_auth: ClientAuth,
     peer: PeerPolicy | None,
     epoch: int,
+    ocsp: OcspProvider | None = None,
 ) -> ServerTls:
-    ctx = _base_context(SSL.TLS_SERVER_METHOD, profile, identity, server=True)
-    ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    ctx = _base_context(SSL.TLS_SERVER_METHOD, profile, identity, server=True)  # session cache mode too
     ctx.set_session_id(_session_id_context(profile, identity, trust, client_auth, epoch))
     conn_time = _ossl.HAVE_CONNECTION_TIME
     if trust is not None and client_auth != "none":
@@ -559,6 +647,9 @@ def _build_server(
         if client_auth in ("required", "pairing"):
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
         _install_trust(ctx, trust, mode, check_host=False, conn_time=conn_time)
+        _apply_revocation(ctx, trust, server=True)
+    if ocsp is not None:
+        install_ocsp_stapling(ctx, ocsp)
     if profile.alpn:
         offer = [p.encode() for p in profile.alpn]
 
@@ -571,7 +662,7 @@ def _build_server(
             return cast(bytes, none_shared)
 
         ctx.set_alpn_select_callback(select)
-    return ServerTls(profile, identity, trust, client_auth, ctx, conn_time, peer, epoch)
+    return ServerTls(profile, identity, trust, client_auth, ctx, conn_time, peer, epoch, ocsp)
 
 
 def clear_context_cache() -> None:

@@ -66,6 +66,56 @@ PROTOCOL_ERROR = "protocol_error"
 PEER_ALERT = "peer_alert"
 """Prefix: ``peer_alert:<alert name>`` - the peer refused us with a TLS alert (``bad_certificate``...)."""
 
+# ---------------------------------------------------------------- engine knobs (tls-engine)
+# Reasons and events the engine knobs produce (kept together, for merging with the pin/pairing additions).
+ALPN_REFUSED = "alpn_refused"
+"""``alpn_require`` and no ALPN protocol negotiated (RFC 7301 §3.2: the connection is closed)."""
+SIGALG_REFUSED = "sigalg_refused"
+"""No shared signature algorithm (``signature_algorithms``), seen by the side that found none."""
+GROUP_REFUSED = "group_refused"
+"""No shared key-exchange group (``groups``), seen by the side that found none."""
+SESSION_EXPIRED = "session_expired"
+"""The client store dropped a session past ``session.lifetime_s`` (simulation time); an event, not a failure."""
+OCSP_MISSING = "ocsp_status:missing"
+OCSP_UNKNOWN = "ocsp_status:unknown"
+OCSP_BAD_SIGNATURE = "ocsp_status:bad_signature"
+OCSP_STALE = "ocsp_status:stale"
+CERT_CHAIN_TOO_LONG = "cert_invalid:chain_too_long"
+"""The peer's chain is longer than ``TrustStore.max_depth`` (X509 error 22)."""
+CRL_UNAVAILABLE = "cert_invalid:crl_unavailable"
+CRL_EXPIRED = "cert_invalid:crl_expired"
+CRL_NOT_YET_VALID = "cert_invalid:crl_not_yet_valid"
+CRL_BAD_SIGNATURE = "cert_invalid:crl_bad_signature"
+
+ENGINE_KNOB_REASONS: tuple[str, ...] = (
+    CERT_REVOKED,
+    CERT_CHAIN_TOO_LONG,
+    CRL_UNAVAILABLE,
+    CRL_EXPIRED,
+    CRL_NOT_YET_VALID,
+    CRL_BAD_SIGNATURE,
+    OCSP_MISSING,
+    OCSP_UNKNOWN,
+    OCSP_BAD_SIGNATURE,
+    OCSP_STALE,
+    ALPN_REFUSED,
+    SIGALG_REFUSED,
+    GROUP_REFUSED,
+    DOWNGRADE_REFUSED,
+    CIPHER_REFUSED,
+    CERT_EXPIRED,
+    CERT_UNKNOWN_CA,
+    CERT_HOSTNAME_MISMATCH,
+    CERT_WILDCARD,
+    CERT_NO_CLIENT_CERT,
+)
+"""Every handshake-failure reason the engine knobs produce (``tests/test_tls_knobs.py`` checks each maps)."""
+
+NO_OCPP_EVENT: frozenset[str] = frozenset(
+    {TIMEOUT, EOF, PROTOCOL_ERROR, ALPN_REFUSED, SESSION_RESUMED, SESSION_EXPIRED, HANDSHAKE_OK}
+)
+"""Reason kinds OCPP defines no security event for (deliberately unmapped: logs and metrics only)."""
+
 # ---------------------------------------------------------------- OCPP security events
 INVALID_CSMS_CERTIFICATE = "InvalidCsmsCertificate"
 INVALID_CHARGING_STATION_CERTIFICATE = "InvalidChargingStationCertificate"
@@ -186,6 +236,13 @@ OCPP_SECURITY_EVENTS: Mapping[tuple[str, Side], str] = MappingProxyType(
         (CIPHER_REFUSED, "server"): INVALID_TLS_CIPHER_SUITE,
         # the CSMS refused the station's client certificate with a certificate alert (non-critical)
         (PEER_ALERT + ":certificate", "client"): FAILED_TO_AUTHENTICATE_AT_CSMS,
+        # engine knobs (tls-engine): a refused OCSP status makes the CSMS certificate invalid (A00.FR.310)
+        (OCSP_STATUS, "client"): INVALID_CSMS_CERTIFICATE,
+        # no shared signature algorithm or group: the negotiation of the suite failed (A00.FR.322/323)
+        (SIGALG_REFUSED, "client"): INVALID_TLS_CIPHER_SUITE,
+        (SIGALG_REFUSED, "server"): INVALID_TLS_CIPHER_SUITE,
+        (GROUP_REFUSED, "client"): INVALID_TLS_CIPHER_SUITE,
+        (GROUP_REFUSED, "server"): INVALID_TLS_CIPHER_SUITE,
         **_PEER_REFUSALS,
     }
 )

@@ -68,6 +68,10 @@ refused the peer's certificate, else it is read from OpenSSL's error text:
   ``peer_alert:handshake_failure`` instead: suites were settled by the ServerHello, and TLS 1.2 OpenSSL
   servers use that alert to refuse a missing client certificate;
 * "peer did not return a certificate" -> ``cert_invalid:no_client_cert``;
+* "bad certificate status response" (a client refused our OCSP staple) ->
+  ``peer_alert:bad_certificate_status_response``;
+* "no suitable signature algorithm" -> ``sigalg_refused``, "no suitable key share" -> ``group_refused``
+  (TLS 1.3, the refusing side; its peer receives ``handshake_failure``, read as ``cipher_refused`` above);
 * any other received alert -> ``peer_alert:<name>``; transport EOF/reset -> ``eof``; else ``protocol_error``.
 
 What the *peer* hears when we refuse: validity and chain errors are found by OpenSSL (the validity time
@@ -105,6 +109,7 @@ from evsim.errors import BrokenTransport, ClosedTransport, HandshakeFailed, TlsE
 from evsim.tls import _ossl, events
 from evsim.tls.context import ClientTls, ServerTls
 from evsim.tls.peer import PeerPolicy
+from evsim.tls.sessions import SessionStore
 from evsim.tls.suites import iana_name
 from evsim.tls.verify import VerifyState, is_ip_literal
 
@@ -254,6 +259,12 @@ _DOWNGRADE_TEXTS = frozenset(
 )
 _CIPHER_TEXTS = frozenset({"no shared cipher", "no ciphers available", "no cipher match"})
 _NO_CLIENT_CERT_TEXTS = frozenset({"peer did not return a certificate"})
+_KNOB_TEXTS = {  # engine knobs (tls-engine): what the refusing side's OpenSSL says
+    "no suitable signature algorithm": events.SIGALG_REFUSED,
+    "no suitable key share": events.GROUP_REFUSED,
+}
+_OCSP_REFUSED_TEXT = "tlsv1 bad certificate status response"
+"""A server's OpenSSL text when the client refused its staple (the alert, without the word "alert")."""
 
 
 def _error_texts(exc: SSL.Error) -> list[str]:
@@ -298,6 +309,10 @@ def classify_ssl_error(exc: SSL.Error) -> tuple[str, str, bool]:
             return events.CIPHER_REFUSED, detail, False
         if text in _NO_CLIENT_CERT_TEXTS:
             return events.CERT_NO_CLIENT_CERT, detail, False
+        if text in _KNOB_TEXTS:
+            return _KNOB_TEXTS[text], detail, False
+        if text == _OCSP_REFUSED_TEXT:
+            return f"{events.PEER_ALERT}:bad_certificate_status_response", detail, True
         if text == "certificate verify failed":
             return f"{events.CERT_INVALID}:unknown", detail, False
     return events.PROTOCOL_ERROR, detail, False
@@ -457,6 +472,7 @@ class TlsStream(trio.abc.Stream):
         "_send_lock",
         "_sending",
         "_server_hostname",
+        "_sessions",
         "_side",
         "_starved",
         "_state",
@@ -519,6 +535,7 @@ class TlsStream(trio.abc.Stream):
         self._need_input = False  # the engine said WantRead and has been fed nothing since
         self._app_data_seen = False
         self._info: TlsInfo | None = None
+        self._sessions: SessionStore | None = None  # client: where the session is kept (tls-engine)
 
     # ------------------------------------------------------------ constructors
 
@@ -532,6 +549,8 @@ class TlsStream(trio.abc.Stream):
         verify_time: Callable[[], datetime.datetime] | None = None,
         session: TlsSession | None = None,
         peer: PeerPolicy | None = None,
+        sessions: SessionStore | None = None,
+        clock_synced: bool = True,
     ) -> TlsStream:
         """A client stream; the handshake runs on first use or :meth:`do_handshake`.
 
@@ -541,9 +560,14 @@ class TlsStream(trio.abc.Stream):
             server_hostname: the name to send as SNI (not for IP literals) and to check the certificate
                 against; None skips the name check.
             verify_time: returns the simulation's wall time for certificate validity; None = real clock.
-            session: a session to resume.
+            session: a session to resume (ignored when the profile's resumption is ``"off"``).
             peer: the peer policy (pins, pairing, change) for this connection; default: the one bound to
                 ``client_tls``.
+            sessions: a session store: offers a session (when ``session`` is None) and keeps this
+                connection's session after the handshake and after the first data read
+                (``evsim.tls.sessions``).
+            clock_synced: False before the device's clock was synced: with ``time_check =
+                "skip_until_clock_synced"`` certificate validity times are then not checked.
 
         Raises:
             ConfigError: ``peer`` cannot decide for the context's trust mode.
@@ -551,9 +575,25 @@ class TlsStream(trio.abc.Stream):
         conn, state = client_tls.new_connection(server_hostname, verify_time)
         if peer is not None:
             state.peer = client_tls.begin_peer(peer, server_hostname)
-        if session is not None:
+        # time_check = "skip_until_clock_synced": the verify callback accepts validity errors (as for "off")
+        state.skip_time = not clock_synced and client_tls.trust.time_check == "skip_until_clock_synced"
+        if session is None and sessions is not None:
+            session = sessions.offer(client_tls, server_hostname, now=trio.current_time())
+        if session is not None and client_tls.profile.session.resumption != "off":
             conn.set_session(session._session)
-        return cls(transport_stream, client_tls, conn, state, server_hostname=server_hostname)
+        stream = cls(transport_stream, client_tls, conn, state, server_hostname=server_hostname)
+        stream._sessions = sessions
+        return stream
+
+    def _keep_session(self) -> None:
+        """Save the current session in the client's store (after the handshake and the first data read)."""
+        store, tls = self._sessions, self._tls
+        if store is None or not isinstance(tls, ClientTls):
+            return
+        s = self._conn.get_session()
+        if s is not None:
+            reused = _session_reused(self._conn, self._vstate, self._verifies)
+            store.save(tls, self._server_hostname, TlsSession(s), now=trio.current_time(), resumed=reused)
 
     @classmethod
     def server(
@@ -848,6 +888,14 @@ class TlsStream(trio.abc.Stream):
                         events.TIMEOUT, f"no handshake within {self._timeout:g} s", remote=True
                     )
                 )
+            if self._tls.profile.alpn_require and not conn.get_alpn_proto_negotiated():
+                raise self._handshake_failed(
+                    TlsHandshakeFailed(
+                        events.ALPN_REFUSED,
+                        f"no ALPN protocol negotiated (offered/accepted: {', '.join(self._tls.profile.alpn)})",
+                        remote=False,
+                    )
+                )
         except SSL.Error as exc:
             raise self._handshake_failed(self._handshake_error(exc)) from None
         except TlsBrokenTransport as exc:
@@ -860,6 +908,7 @@ class TlsStream(trio.abc.Stream):
             refused = self._peer_succeeded()
             if refused is not None:  # a resumed session whose peer is no longer trusted
                 raise self._handshake_failed(refused)
+            self._keep_session()
             self._hs = _Hs.DONE
             self._hs_seconds = trio.current_time() - start
         finally:
@@ -1036,6 +1085,8 @@ class TlsStream(trio.abc.Stream):
                 return b""
             except SSL.Error as exc:
                 raise self._set_broken(self._record_error(exc)) from None
+            if not self._app_data_seen and self._sessions is not None:
+                self._keep_session()  # TLS 1.3: the tickets arrived before this data
             self._app_data_seen = True
             return data
         finally:
@@ -1155,6 +1206,8 @@ async def tls_connect(
     verify_time: Callable[[], datetime.datetime] | None = None,
     session: TlsSession | None = None,
     peer: PeerPolicy | None = None,
+    sessions: SessionStore | None = None,
+    clock_synced: bool = True,
 ) -> TlsStream:
     """Run a client handshake over ``transport`` (within the profile's handshake timeout).
 
@@ -1168,17 +1221,27 @@ async def tls_connect(
         peer: the client-side peer policy (pins, pairing, change) for this connection; default: the one
             bound to ``client_tls``. Its checks run during the handshake and its state is committed
             when the handshake succeeded.
+        sessions: a client session store (see :meth:`TlsStream.client`).
+        clock_synced: see :meth:`TlsStream.client` (``time_check = "skip_until_clock_synced"``).
 
     Returns:
         The handshaken stream.
 
     Raises:
         HandshakeFailed: refused (``reason`` from the event vocabulary, including ``pin_mismatch``,
-            ``peer_key_changed`` and ``pairing_refused:...``); the transport is closed.
+            ``peer_key_changed``, ``pairing_refused:...`` and ``alpn_refused`` when the profile requires
+            ALPN and none was negotiated); the transport is closed.
         ConfigError: ``peer`` cannot decide for the context's trust mode (the transport is not touched).
     """
     stream = TlsStream.client(
-        transport, client_tls, server_hostname, verify_time=verify_time, session=session, peer=peer
+        transport,
+        client_tls,
+        server_hostname,
+        verify_time=verify_time,
+        session=session,
+        peer=peer,
+        sessions=sessions,
+        clock_synced=clock_synced,
     )
     try:
         await stream.do_handshake()

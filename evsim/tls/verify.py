@@ -40,6 +40,7 @@ X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT = 18
 X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN = 19
 X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
 X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE = 21
+X509_V_ERR_CERT_CHAIN_TOO_LONG = 22
 X509_V_ERR_CERT_REVOKED = 23
 
 X509_V_FLAG_NO_CHECK_TIME = 0x200000
@@ -64,7 +65,8 @@ def verify_error_reason(code: int) -> str:
 
     Returns:
         ``cert_invalid:expired`` (10), ``cert_invalid:not_yet_valid`` (9), ``cert_invalid:unknown_ca``
-        (2, 18, 19, 20, 21), ``cert_invalid:revoked`` (23), else ``cert_invalid:<code>``.
+        (2, 18, 19, 20, 21), ``cert_invalid:revoked`` (23), ``cert_invalid:chain_too_long`` (22), else
+        ``cert_invalid:<code>``.
     """
     if code == X509_V_ERR_CERT_HAS_EXPIRED:
         return events.CERT_EXPIRED
@@ -74,6 +76,8 @@ def verify_error_reason(code: int) -> str:
         return events.CERT_UNKNOWN_CA
     if code == X509_V_ERR_CERT_REVOKED:
         return events.CERT_REVOKED
+    if code == X509_V_ERR_CERT_CHAIN_TOO_LONG:
+        return events.CERT_CHAIN_TOO_LONG  # TrustStore.max_depth
     return f"{events.CERT_INVALID}:{code}"
 
 
@@ -109,9 +113,11 @@ class VerifyState:
         detail: human-readable detail of that failure.
         calls: how many times the verify callback ran (0 after a resumed handshake).
         peer: the connection's peer-trust check (pins, pairing, change; ``evsim.tls.peer``), or None.
+        skip_time: do not check validity on this connection (``time_check = "skip_until_clock_synced"``
+            and the clock is not synced yet).
     """
 
-    __slots__ = ("calls", "detail", "failure", "peer", "server_hostname", "verify_time")
+    __slots__ = ("calls", "detail", "failure", "peer", "server_hostname", "skip_time", "verify_time")
 
     def __init__(self, server_hostname: str | None, verify_time: Callable[[], _dt.datetime] | None) -> None:
         self.server_hostname = server_hostname
@@ -119,6 +125,7 @@ class VerifyState:
         self.failure: str | None = None
         self.detail = ""
         self.calls = 0
+        self.skip_time = False
         self.peer: PeerCheck | None = None
 
     def now(self) -> _dt.datetime:
