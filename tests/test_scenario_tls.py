@@ -375,3 +375,193 @@ def test_readme_tls_examples_load_and_run_preflight(index: int) -> None:
         assert example.splitlines()[0].removeprefix("# refused: ") in str(info.value)
         return
     preflight(loads_scenario(text, source="README.md"))
+
+
+# ---------------------------------------------------------------- engine knobs: profiles, trust, revocation
+
+KNOBS = """\
+[simulation]
+duration = "30m"
+
+[tls.profiles.p]
+groups = ["X25519", "secp256r1"]
+signature_algorithms = ["ecdsa_secp256r1_sha256"]
+alpn = ["ocpp"]
+suite_preference = "client"
+session = { resumption = "tickets", lifetime = "30m", cache_entries = 100 }
+record = { max_fragment_length = 2048, record_size_limit = 2048 }
+max_send_fragment = 1024
+enforce = ["record.max_send_fragment", "alpn"]
+
+[tls.trust.checked]
+revocation = { crl = "leaf", ocsp = "request", on_unknown = "soft_fail" }
+max_depth = 2
+time_check = "skip_until_clock_synced"
+
+[csms.main]
+tls_profile = "p"
+ocsp_stapling = true
+
+[stations.fleet]
+count = 2
+sessions = 0
+tls_profile = "p"
+trust = "checked"
+"""
+
+
+def test_profile_engine_knobs_load_into_the_tls_layers_profile() -> None:
+    s = loads_scenario(KNOBS, source="s.toml")
+    tls = s.tls_profiles["p"].tls
+    assert tls is not None
+    assert (tls.groups, tls.signature_algorithms, tls.alpn) == (
+        ("X25519", "secp256r1"),
+        ("ecdsa_secp256r1_sha256",),
+        ("ocpp",),
+    )
+    assert tls.suite_preference == "client" and not tls.alpn_require
+    assert (tls.session.resumption, tls.session.lifetime_s, tls.session.cache_entries) == (
+        "tickets",
+        1800,
+        100,
+    )
+    assert (tls.max_send_fragment, tls.max_fragment_length, tls.record_size_limit) == (1024, 2048, 2048)
+    assert tls.enforce == ("record.max_send_fragment", "alpn")
+    trust = s.trust_stores["checked"]
+    assert (trust.crl, trust.ocsp, trust.on_unknown, trust.max_depth) == ("leaf", "request", "soft_fail", 2)
+    assert trust.time_check == "skip_until_clock_synced"
+    assert s.csms["main"].ocsp_stapling
+    assert s.tls_profiles["default"].tls is None  # built in code: the runner's defaults
+
+
+KNOB_ERRORS = [
+    (
+        '"X25519", "secp256r1"',
+        '"X25519", "secp256r2"',
+        5,
+        "tls.profiles.p.groups[1]",
+        "did you mean 'secp256r1'",
+    ),
+    ('"ecdsa_secp256r1_sha256"]', '"ecdsa_sha1"]', 6, "tls.profiles.p.signature_algorithms[0]", "unknown"),
+    ('"alpn"]', '"record.max_fragment_length"]', 12, "tls.profiles.p.enforce[1]", "cannot enforce"),
+    ('"alpn"]', '"alpm"]', 12, "tls.profiles.p.enforce[1]", "unknown knob"),
+    ('lifetime = "30m"', 'lifetime = "30d"', 9, "tls.profiles.p.session.lifetime", "seven days"),
+    ('resumption = "tickets"', 'resumption = "ticket"', 9, "tls.profiles.p.session.resumption", "'tickets'"),
+    ("cache_entries = 100", "cache_entry = 100", 9, "tls.profiles.p.session.cache_entry", "'cache_entries'"),
+    ('alpn = ["ocpp"]', "alpn_require = true", 7, "tls.profiles.p.alpn_require", "no ALPN protocol"),
+    (
+        "max_fragment_length = 2048",
+        "max_fragment_length = 3000",
+        10,
+        "tls.profiles.p.record.max_fragment_length",
+        "RFC 6066",
+    ),
+    (
+        "record = { max_fragment_length",
+        "record = { max_send_fragment = 512, max_fragment_length",
+        10,
+        "tls.profiles.p.record.max_send_fragment",
+        "given twice",
+    ),
+    (
+        "max_send_fragment = 1024",
+        "max_send_fragment = 10",
+        11,
+        "tls.profiles.p.max_send_fragment",
+        "64..16384",
+    ),
+    (
+        'suite_preference = "client"',
+        'suite_preference = "clients"',
+        8,
+        "tls.profiles.p.suite_preference",
+        "'client'",
+    ),
+    ('crl = "leaf"', 'crl = "leafs"', 15, "tls.trust.checked.revocation.crl", "did you mean 'leaf'"),
+    ('ocsp = "request"', 'ocsp = "required"', 15, "tls.trust.checked.revocation.ocsp", "'require'"),
+    (
+        'on_unknown = "soft_fail"',
+        'unknown = "fail"',
+        15,
+        "tls.trust.checked.revocation.unknown",
+        "on_unknown",
+    ),
+    ("max_depth = 2", "max_depth = 101", 16, "tls.trust.checked.max_depth", "0..100"),
+    ("ocsp_stapling = true", 'ocsp_stapling = "yes"', 21, "csms.main.ocsp_stapling", "boolean"),
+]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "path", "words"), KNOB_ERRORS, ids=[k[3] + ":" + k[4] for k in KNOB_ERRORS]
+)
+def test_bad_engine_knobs_name_file_line_field_and_fix(
+    old: str, new: str, line: int, path: str, words: str
+) -> None:
+    assert old in KNOBS
+    err = load_error(KNOBS.replace(old, new, 1))
+    assert (err.file, err.line, err.path) == ("s.toml", line, path), str(err)
+    assert words in str(err)
+    assert err.fix
+
+
+def test_revocation_needs_a_ca() -> None:
+    text = KNOBS.replace("[tls.trust.checked]", '[tls.trust.checked]\nmode = "tofu"')
+    err = load_error(text)
+    assert err.path == "tls.trust.checked.revocation" and "no CA" in err.message
+
+
+def test_sessions_are_resumed_only_with_a_session_table() -> None:
+    base = PINNED.replace(
+        "[tls.pins.leaf]", '[tls.profiles.resume]\nsession = { resumption = "both" }\n\n[tls.pins.leaf]'
+    ).replace('pins = "leaf"', 'pins = "leaf"\ntls_profile = "resume"')
+    r = _run(base + RESETS)
+    resumed = [e.data["resumed"] for e in r.recorder.of_kind("handshake_ok") if e.node == "fleet-0001"]
+    assert resumed[0] is False and all(resumed[1:]) and len(resumed) >= 5
+    plain = _run(PINNED + RESETS)
+    assert not any(e.data["resumed"] for e in plain.recorder.of_kind("handshake_ok"))
+
+
+def test_revoked_csms_certificate_is_refused_by_crl_and_ocsp_stations_only() -> None:
+    r = run_scenario(
+        loads_scenario(
+            (SCENARIOS / "certificate_revocation.toml").read_text(), source="certificate_revocation"
+        )
+    )
+    assert r.ok, r.error
+    refused = [e for e in r.recorder.of_kind("handshake_failed") if e.node != "main"]
+    assert {e.node.split("-")[0] for e in refused} == {"CRL", "OCSP"}
+    assert {e.data["reason"] for e in refused} == {"cert_invalid:revoked"}
+    assert all(600 <= e.t < 1200 for e in refused)  # between the revocation and the new certificate
+    plain = {e.node for e in r.recorder.of_kind("handshake_ok") if 600 <= e.t < 1200}
+    assert plain == {"PLAIN-01", "PLAIN-02"}  # no revocation check: still connecting to a revoked certificate
+    received = list(r.recorder.of_kind("security_event_received"))
+    assert sorted(e.data["station"] for e in received) == sorted(
+        [f"CRL-0{n}" for n in (1, 2, 3)] + [f"OCSP-0{n}" for n in (1, 2, 3)]
+    )
+    assert all(e.data["type"] == "InvalidCsmsCertificate" and e.t >= 1200 for e in received)
+    assert {e.node for e in r.recorder.of_kind("handshake_ok") if e.t >= 1200} == set(r.stations)
+
+
+def test_revocation_leaves_open_connections_alone_and_unchecked_stores_ignore_it() -> None:
+    text = (
+        KNOBS.replace('ocsp = "request", on_unknown = "soft_fail"', 'ocsp = "off"')
+        .replace('enforce = ["record.max_send_fragment", "alpn"]', "")
+        .replace('alpn = ["ocpp"]\n', "")
+    )
+    text += '\n[[timeline]]\nat = "5m"\naction = "revoke_certificate"\ntarget = "main"\n'
+    r = _run(text)  # no resets: the connections made at the start survive the revocation
+    assert not r.recorder.of_kind("handshake_failed")
+    assert r.samples[-1].connected_stations == 2
+    with_reset = _run(
+        text + '\n[[timeline]]\nat = "6m"\naction = "partition"\nbetween = ["fleet", "main"]\n'
+        '\n[[timeline]]\nat = "7m"\naction = "heal"\nbetween = ["fleet", "main"]\n'
+    )
+    reasons = {e.data["reason"] for e in with_reset.recorder.of_kind("handshake_failed") if e.node != "main"}
+    assert reasons == {"cert_invalid:revoked"}
+
+
+def test_preflight_refuses_revoking_station_certificates() -> None:
+    text = PINNED + '\n[[timeline]]\nat = "1m"\naction = "revoke_certificate"\ntarget = "fleet"\n'
+    with pytest.raises(ConfigError) as info:
+        preflight(loads_scenario(text, source="r.toml"))
+    assert info.value.path == "timeline[0].target" and info.value.line is not None

@@ -71,6 +71,7 @@ from evsim.tls.events import (
     ocpp_security_event,
 )
 from evsim.tls.peer import PeerEvent
+from evsim.tls.sessions import SessionStore
 from evsim.tls.stream import TlsInfo, tls_connect
 from evsim.ws.auth import basic_auth_header
 from evsim.ws.connection import ws_client
@@ -252,6 +253,8 @@ class Station:
         self.security_events_queued = 0
         self.energy_wh = 0.0
         self._reported_keys: set[tuple[str, str | None]] = set()  # (peer event, key) queued already
+        self.tls_sessions: SessionStore | None = None
+        """Where TLS sessions are kept for resumption (None: every handshake is a full one)."""
 
     @property
     def name(self) -> str:
@@ -397,7 +400,9 @@ class Station:
         stream: trio.abc.Stream = await self.network.connect(host, port, source=self.config.station_id)
         try:
             if client_tls is not None:
-                tls_stream = await tls_connect(stream, client_tls, server_name, verify_time=self.clock.utcnow)
+                tls_stream = await tls_connect(
+                    stream, client_tls, server_name, verify_time=self.clock.utcnow, sessions=self.tls_sessions
+                )
                 stream = tls_stream
                 self.tls_info = tls_stream.info
                 self.recorder.emit(

@@ -103,7 +103,22 @@ SIMULATION_KEYS: Final = (
 PKI_KEYS: Final = ("key_type", "validity", "organization", "roots")
 ROOT_KEYS: Final = ("key_type",)
 TLS_KEYS: Final = ("profiles", "trust", "pins", "change")
-PROFILE_KEYS: Final = ("versions", "cipher_suites", "handshake_timeout", "max_send_fragment")
+PROFILE_KEYS: Final = (
+    "versions",
+    "cipher_suites",
+    "handshake_timeout",
+    "max_send_fragment",
+    # engine knobs (scenario-tls; TlsProfile.from_toml checks them)
+    "suite_preference",
+    "groups",
+    "signature_algorithms",
+    "alpn",
+    "alpn_require",
+    "session",
+    "record",
+    "keylog",
+    "enforce",
+)
 TRUST_KEYS: Final = ("roots", "hostname", "wildcards", "mode", "time_check", "revocation", "max_depth")
 CSMS_KEYS: Final = (
     "host",
@@ -777,6 +792,10 @@ PIN_SOURCES: Final = ("cert", "root", "spki_sha256")
 CHANGE_KEYS: Final = ("on_peer_key_change", "on_peer_cert_change_same_key")
 TRUST_MODES: Final = typing.get_args(tls_config.TrustMode)
 REVOCATION_KEYS: Final = ("crl", "ocsp", "on_unknown")
+SESSION_KEYS: Final = ("resumption", "lifetime", "cache_entries")
+RECORD_KEYS: Final = ("max_send_fragment", "max_fragment_length", "record_size_limit", "recv_buffer")
+RESUMPTIONS: Final = typing.get_args(tls_config.Resumption)
+SUITE_PREFERENCES: Final = typing.get_args(tls_config.SuitePreference)
 CRL_MODES: Final = typing.get_args(tls_revocation.CrlMode)
 OCSP_POLICIES: Final = typing.get_args(tls_revocation.OcspPolicy)
 ON_UNKNOWN: Final = typing.get_args(tls_revocation.OnUnknown)
@@ -848,6 +867,69 @@ class _TlsModelReader:
     nodes: _Nodes
     _pin_sets: dict[str, PinSetSpec]
     _change: dict[str, ChangeSpec]
+
+    # ------------------------------------------------------------ [tls.profiles.<name>] engine knobs
+
+    def profile_engine_knobs(self, t: _Table, spec: TlsProfileSpec) -> TlsProfileSpec:
+        """Read the engine knobs of a profile table and build the TLS layer's profile with
+        ``TlsProfile.from_toml`` (its errors relocated to the file), kept in ``spec.tls``."""
+        table: dict[str, object] = {
+            "versions": list(spec.versions),
+            "cipher_suites": {k: list(v) for k, v in spec.cipher_suites.items()},
+            "handshake_timeout_s": spec.handshake_timeout,
+        }
+        if t.has("suite_preference"):
+            table["suite_preference"] = t.enum("suite_preference", SUITE_PREFERENCES, "server")
+        examples = {
+            "groups": '["X25519", "secp256r1"]',
+            "signature_algorithms": '["ecdsa_secp256r1_sha256"]',
+            "enforce": '["record.max_send_fragment"]',
+        }
+        for key, example in examples.items():
+            if t.has(key):
+                table[key] = list(t.string_list(key, (), nonempty=key != "enforce", example=example))
+        if t.has("alpn") or t.has("alpn_require"):
+            table["alpn"] = {
+                "offer": list(t.string_list("alpn", (), nonempty=False, example='["ocpp2.0.1"]')),
+                "require": t.boolean("alpn_require", False),
+            }
+        s = t.sub_table("session", SESSION_KEYS, '{ resumption = "both", lifetime = "2h" }')
+        if s is not None:
+            session: dict[str, object] = {"resumption": s.enum("resumption", RESUMPTIONS, "both")}
+            if s.has("lifetime"):
+                session["lifetime_s"] = s.duration("lifetime", 0.0, positive=True)
+            if s.has("cache_entries"):
+                session["cache_entries"] = s.integer("cache_entries", 1, 1, 10_000_000)
+            table["session"] = session
+        record: dict[str, object] = {}
+        r = t.sub_table("record", RECORD_KEYS, "{ max_send_fragment = 2048 }")
+        if r is not None:
+            if r.has("max_send_fragment") and spec.max_send_fragment is not None:
+                raise r.error(
+                    "max_send_fragment",
+                    "max_send_fragment is given twice (here and at the top of the profile)",
+                    value=r.data["max_send_fragment"],
+                    fix="keep one of them",
+                )
+            for key in RECORD_KEYS:
+                if r.has(key):
+                    record[key] = r.integer(key, 0, 1, 1 << 20)
+        if spec.max_send_fragment is not None:
+            record["max_send_fragment"] = spec.max_send_fragment
+        if record:
+            table["record"] = record
+        if t.has("keylog"):
+            table["keylog"] = t.string("keylog", "", max_len=4096)
+        try:
+            profile = TlsProfile.from_toml(table, path="")
+        except ConfigError as exc:
+            raise self.ctx.error(
+                (*t.path, *_profile_path(exc.path, top_fragment=spec.max_send_fragment is not None)),
+                exc.message,
+                value=exc.value,
+                fix=exc.fix,
+            ) from None
+        return attrs.evolve(spec, tls=profile, keep_sessions=s is not None)
 
     # ------------------------------------------------------------ [tls.trust.<name>] knobs
 
@@ -1130,6 +1212,24 @@ class _TlsModelReader:
         return params
 
 
+def _profile_path(path: str, *, top_fragment: bool) -> FieldPath:
+    """A ``TlsProfile.from_toml`` error path as the scenario profile table's parts."""
+    if path.startswith("cipher_suites"):
+        return _tls_layer_path(path)
+    for engine, ours in (
+        ("handshake_timeout_s", "handshake_timeout"),
+        ("session.lifetime_s", "session.lifetime"),
+        ("alpn.require", "alpn_require"),
+        ("alpn_require", "alpn_require"),
+        ("alpn.offer", "alpn"),
+        ("record.max_send_fragment", "max_send_fragment" if top_fragment else "record.max_send_fragment"),
+    ):
+        if path == engine or path.startswith((engine + ".", engine + "[")):
+            path = ours + path[len(engine) :]
+            break
+    return _layer_path(path)
+
+
 def layer_change_policy(spec: ChangeSpec) -> ChangePolicy:
     """The TLS layer's :class:`~evsim.tls.change.ChangePolicy` for a change spec.
 
@@ -1277,7 +1377,7 @@ class _Builder(_TlsModelReader):
                 raise self.ctx.error(
                     (*path, *_tls_layer_path(exc.path)), exc.message, value=exc.value, fix=exc.fix
                 ) from None
-            profiles[name] = spec
+            profiles[name] = self.profile_engine_knobs(t, spec)
         return profiles
 
     def trust_stores(self, tls: _Table | None, pki: PkiSpec) -> dict[str, TrustSpec]:

@@ -18,6 +18,8 @@ from typing import Any, Literal, TypeAlias, TypeVar
 
 import attrs
 
+from evsim.tls.config import TlsProfile
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -145,6 +147,11 @@ class TlsProfileSpec:
             enabled version has an entry (the TLS layer's defaults fill the versions the file leaves out).
         handshake_timeout: seconds the whole handshake may take.
         max_send_fragment: largest plaintext record written, bytes; None = the engine's 16384.
+        tls: the TLS layer's profile with every knob of the table (groups, signature algorithms, ALPN,
+            session, record knobs, keylog, enforce), validated by ``TlsProfile.from_toml``; None for a
+            profile built in code from the fields above.
+        keep_sessions: the table has a ``session`` table: stations using the profile keep sessions and resume
+            them (without one they make a full handshake every time, as before sessions were configurable).
     """
 
     name: str
@@ -152,6 +159,8 @@ class TlsProfileSpec:
     cipher_suites: FrozenMap[str, tuple[str, ...]] = attrs.field(factory=FrozenMap, converter=_frozen_map)
     handshake_timeout: float = 10.0
     max_send_fragment: int | None = None
+    tls: TlsProfile | None = None
+    keep_sessions: bool = False
 
 
 @attrs.frozen(kw_only=True)

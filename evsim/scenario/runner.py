@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 import trio
 import trio.testing
+from cryptography import x509
 
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError
@@ -36,16 +37,27 @@ from evsim.net.virtual import LinkPolicy, VirtualNetwork
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.station import Station, StationConfig
 from evsim.ocpp.backoff import RetryBackOff
+from evsim.pki import CertKey
+from evsim.pki.revocation import OcspStaple
 from evsim.runtime import tune_gc
 from evsim.scenario.attacks import RedirectingNetwork, downgrade_client, mitm_relay
 from evsim.scenario.loader import layer_change_policy, layer_pin_set
 from evsim.scenario.model import CsmsSpec, PinSpec, Scenario, StationGroupSpec, TimelineEvent, TrustSpec
 from evsim.scenario.pki import ScenarioPki
-from evsim.tls import ClientTls, Identity, PeerEvent, PeerPolicy, ServerTls, TlsProfile, TrustStore
+from evsim.tls import (
+    ClientTls,
+    Identity,
+    PeerEvent,
+    PeerPolicy,
+    RevocationPolicy,
+    ServerTls,
+    SessionStore,
+    TlsProfile,
+    TrustStore,
+)
 
 #: Actions and link knobs the model accepts that this runner cannot enforce yet; refused before the run starts.
 NOT_YET = {
-    "revoke_certificate": "revocation needs CRL/OCSP checking, which arrives with the TLS-model work",
     "set_network_profile": "network profiles with several endpoints arrive with the failover work",
 }
 LINK_NOT_YET = {
@@ -85,6 +97,16 @@ def preflight(scenario: Scenario) -> None:
     """
     src = scenario.source
     for i, ev in enumerate(scenario.timeline):
+        if ev.action == "revoke_certificate" and ev.params.get("target") not in scenario.csms:
+            raise ConfigError(
+                "revoke_certificate of station certificates is not supported yet: the CSMS's trust store for "
+                "station certificates has no revocation settings in scenarios",
+                path=f"timeline[{i}].target",
+                value=ev.params.get("target"),
+                fix="revoke a CSMS certificate (stations check it with [tls.trust.<name>] revocation)",
+                file=src,
+                line=ev.line,
+            )
         if ev.action in NOT_YET:
             raise ConfigError(
                 f"timeline action {ev.action!r} is not supported yet: {NOT_YET[ev.action]}",
@@ -189,6 +211,7 @@ class ScenarioRunner:
         self.samples: list[Sample] = []
         self.recorder: Recorder | None = None
         self.peer_policies: dict[str, PeerPolicy] = {}
+        self.csms_certs: dict[str, CertKey] = {}
         self.clock: SimClock | None = None
         self.outcome = "not started"
 
@@ -198,6 +221,8 @@ class ScenarioRunner:
         spec = self.scenario.tls_profiles.get(name)
         if spec is None:
             return TlsProfile()
+        if spec.tls is not None:
+            return spec.tls
         kwargs: dict[str, Any] = {"versions": spec.versions, "handshake_timeout_s": spec.handshake_timeout}
         if spec.cipher_suites:
             kwargs["cipher_suites"] = dict(spec.cipher_suites)
@@ -216,7 +241,7 @@ class ScenarioRunner:
             anchors if spec.mode == "pki" else (),
             hostname=spec.hostname,
             wildcards=spec.wildcards,
-            **self._trust_model_kwargs(spec),
+            **self._trust_model_kwargs(spec, root_names),
         )
 
     def _server_tls(self, spec: CsmsSpec, identity: Identity) -> ServerTls | None:
@@ -229,8 +254,9 @@ class ScenarioRunner:
                 identity,
                 trust=TrustStore("ChargingStationRoots", (self.pki.roots["root"].cert,), hostname="off"),
                 client_auth="required",
+                ocsp=self._ocsp_staple(spec, identity.leaf),
             )
-        return ServerTls.build(profile, identity)
+        return ServerTls.build(profile, identity, ocsp=self._ocsp_staple(spec, identity.leaf))
 
     def _client_tls(self, group: StationGroupSpec, station_id: str) -> ClientTls | None:
         if group.security_profile == 1:
@@ -337,6 +363,7 @@ class ScenarioRunner:
                         rng=random.Random(f"{sim.seed}:{sid}"),
                     )
                     self.stations[sid] = station
+                    station.tls_sessions = self._session_store(group)
                     self.station_nodes[sid] = node = _Node(sid, station.run)
                     await node.start(nursery)
             nursery.start_soon(self._timeline, nursery)
@@ -357,6 +384,7 @@ class ScenarioRunner:
     async def _start_csms(self, spec: CsmsSpec, nursery: trio.Nursery) -> int:
         assert self.clock is not None and self.recorder is not None
         cert = self.pki.server_certificate(spec.host, spec.certificate)
+        self.csms_certs[spec.name] = cert
         tcp = self.scenario.simulation.network == "tcp"
         csms = Csms(
             CsmsConfig(
@@ -485,7 +513,7 @@ class ScenarioRunner:
                     cert = self.pki.server_certificate(
                         spec.host, attrs.evolve(spec.certificate, validity=validity), at=at
                     )
-                self.csms[name].server_tls = self._server_tls(spec, Identity.from_cert_key(cert))
+                self._install_server_certificate(spec, cert)
             for sid in station_ids:
                 group = self.scenario.stations[self.group_of[sid]]
                 if group.security_profile == 3:
@@ -531,6 +559,8 @@ class ScenarioRunner:
             await self._attack_redirect(ev, nursery)
         elif action == "release_pin":
             self._release_pin(ev)
+        elif action == "revoke_certificate":
+            self._revoke_certificate(ev)
         else:  # pragma: no cover - preflight refuses the rest
             raise ConfigError(
                 f"timeline action {action!r} is not supported", line=ev.line, file=self.scenario.source
@@ -606,9 +636,53 @@ class ScenarioRunner:
 
     # ------------------------------------------------------------------ TLS model (scenario-tls)
 
-    def _trust_model_kwargs(self, spec: TrustSpec) -> dict[str, Any]:
-        """The TrustStore keywords of the TLS-model knobs of a trust spec."""
-        return {"mode": spec.mode, "time_check": spec.time_check}
+    def _trust_model_kwargs(self, spec: TrustSpec, roots: Iterable[str]) -> dict[str, Any]:
+        """The TrustStore keywords of the TLS-model knobs of a trust spec: mode, time check, depth, and the
+        revocation policy with the CRLs the scenario PKI publishes now for ``roots``."""
+        crls = tuple(self.pki.crl(r) for r in roots) if spec.crl != "off" else ()
+        revocation = RevocationPolicy(spec.crl, crls, spec.ocsp, spec.on_unknown)  # type: ignore[arg-type]
+        return {
+            "mode": spec.mode,
+            "time_check": spec.time_check,
+            "revocation": revocation,
+            "max_depth": spec.max_depth,
+        }
+
+    def _ocsp_staple(self, spec: CsmsSpec, cert: x509.Certificate) -> OcspStaple | None:
+        """The CSMS's OCSP staple provider when it staples (``ocsp_stapling``)."""
+        if not spec.ocsp_stapling:
+            return None
+        assert self.clock is not None
+        return self.pki.staple(spec.certificate.root, cert, self.clock.utcnow)
+
+    def _revoke_certificate(self, ev: TimelineEvent) -> None:
+        """``revoke_certificate`` of a CSMS: its root publishes a new CRL and its responder answers
+        ``revoked``. Stations whose trust store checks CRLs get a new trust store value, hence a new context,
+        for their next connection; the CSMS staples the new status from its next handshake. Open
+        connections are undisturbed (TLS checks certificates only during the handshake)."""
+        assert self.clock is not None
+        name = str(ev.params["target"])
+        spec = self.scenario.csms[name]
+        self.pki.revoke(spec.certificate.root, self.csms_certs[name].cert, at=self.clock.elapsed())
+        self._install_server_certificate(spec, self.csms_certs[name])
+        for sid, station in self.stations.items():
+            group = self.scenario.stations[self.group_of[sid]]
+            trust = self.scenario.trust_stores.get(group.trust)
+            if trust is not None and trust.crl != "off" and group.security_profile >= 2:
+                station.client_tls = self._client_tls(group, sid)
+
+    def _install_server_certificate(self, spec: CsmsSpec, cert: CertKey) -> None:
+        """Make ``cert`` the CSMS's certificate for its next handshakes (with a fresh staple)."""
+        self.csms_certs[spec.name] = cert
+        self.csms[spec.name].server_tls = self._server_tls(spec, Identity.from_cert_key(cert))
+
+    def _session_store(self, group: StationGroupSpec) -> SessionStore | None:
+        """A station's session store when its profile has a ``session`` table (else full handshakes only, as
+        before sessions were configurable: shipped scenarios' logs do not change)."""
+        spec = self.scenario.tls_profiles.get(group.tls_profile)
+        if spec is None or spec.tls is None or not spec.keep_sessions:
+            return None
+        return SessionStore(spec.tls.session.cache_entries)
 
     def _pin_spki(self, pin: PinSpec) -> str:
         """The run's key hash a pin names (keys are generated per run)."""
