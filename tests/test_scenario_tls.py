@@ -188,17 +188,6 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("old", "new", "line", "path", "words"), BAD, ids=[b[3] + ":" + b[4] for b in BAD])
-def test_bad_tls_model_values_name_file_line_field_and_fix(
-    old: str, new: str, line: int, path: str, words: str
-) -> None:
-    assert old in PINNED
-    err = load_error(PINNED.replace(old, new, 1))
-    assert (err.file, err.line, err.path) == ("s.toml", line, path), str(err)
-    assert words in str(err)
-    assert err.fix
-
-
 def test_bad_trust_modes_and_references() -> None:
     tofu_without_pins = PINNED + '\n[tls.trust.t]\nmode = "tofu"\n'
     text = tofu_without_pins.replace('pins = "leaf"\n', 'trust = "t"\n')
@@ -491,14 +480,18 @@ KNOB_ERRORS = [
 ]
 
 
+LOCATED = [(PINNED, *case) for case in BAD] + [(KNOBS, *case) for case in KNOB_ERRORS]
+
+
 @pytest.mark.parametrize(
-    ("old", "new", "line", "path", "words"), KNOB_ERRORS, ids=[k[3] + ":" + k[4] for k in KNOB_ERRORS]
+    ("base", "old", "new", "line", "path", "words"), LOCATED, ids=[c[4] + ":" + c[5] for c in LOCATED]
 )
-def test_bad_engine_knobs_name_file_line_field_and_fix(
-    old: str, new: str, line: int, path: str, words: str
+def test_bad_tls_model_values_name_file_line_field_and_fix(
+    base: str, old: str, new: str, line: int, path: str, words: str
 ) -> None:
-    assert old in KNOBS
-    err = load_error(KNOBS.replace(old, new, 1))
+    """Each bad value of a new table (pins, change, trust knobs, profile engine knobs) is located."""
+    assert old in base
+    err = load_error(base.replace(old, new, 1))
     assert (err.file, err.line, err.path) == ("s.toml", line, path), str(err)
     assert words in str(err)
     assert err.fix
