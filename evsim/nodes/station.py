@@ -19,7 +19,9 @@ Theory of operation. A station runs two independent activities in one nursery:
 
 A refused TLS handshake is turned into the matching OCPP security event (InvalidCsmsCertificate,
 InvalidTLSVersion, ...), queued once per failure streak and delivered after the next successful connection
-(A04.FR.02; errata 2023-12 §2.2.1).
+(A04.FR.02; errata 2023-12 §2.2.1). With a peer policy bound to its ``ClientTls`` (pins, change notification),
+the policy's events reach :meth:`Station.on_peer_event`, which queues those that map to an OCPP security event
+the same way (``pin_promoted``, an accepted ``peer_key_changed``, a report-only ``pin_mismatch``...).
 """
 
 from __future__ import annotations
