@@ -558,3 +558,37 @@ def test_preflight_refuses_revoking_station_certificates() -> None:
     with pytest.raises(ConfigError) as info:
         preflight(loads_scenario(text, source="r.toml"))
     assert info.value.path == "timeline[0].target" and info.value.line is not None
+
+
+def test_tofu_pins_the_first_csms_key_and_refuses_a_new_one() -> None:
+    text = PINNED.replace(
+        "[tls.pins.leaf]",
+        '[tls.trust.first]\nmode = "tofu"\n\n[tls.pins.learned]\ntofu = true\n\n[tls.pins.leaf]',
+    ).replace('pins = "leaf"\nchange = "watch"', 'pins = "learned"\ntrust = "first"')
+    r = _run(text + RESETS + '\n[[timeline]]\nat = "7m"\naction = "rotate_certificate"\ntarget = "main"\n')
+    added = list(r.recorder.of_kind("pin_added"))
+    assert sorted(e.node for e in added) == ["fleet-0001", "fleet-0002"] and all(e.t < 1 for e in added)
+    refusals = [e for e in r.recorder.of_kind("handshake_failed") if e.node.startswith("fleet")]
+    assert refusals and {e.data["reason"] for e in refusals} == {"pin_mismatch"}
+    assert min(e.t for e in refusals) >= 600  # the learned key served until the rotation met a reconnect
+
+
+def test_trust_knobs_reach_each_stations_trust_store() -> None:
+    """max_depth, time_check and the revocation policy arrive in the compiled ClientTls (scenario CSMS chains are
+    leaf + root, within any max_depth, so no scenario run can show a depth refusal: checked here by value)."""
+    text = PINNED.replace(
+        "[tls.pins.leaf]",
+        '[tls.trust.shallow]\nmax_depth = 0\ntime_check = "off"\nrevocation = { crl = "chain", ocsp = "request" }\n\n'
+        "[tls.pins.leaf]",
+    ).replace('pins = "leaf"\nchange = "watch"', 'trust = "shallow"')
+    r = _run(text)
+    client_tls = r.stations["fleet-0001"].client_tls
+    assert client_tls is not None
+    trust = client_tls.trust
+    assert (trust.max_depth, trust.time_check) == (0, "off")
+    assert (trust.revocation.crl, trust.revocation.ocsp, len(trust.revocation.crls)) == (
+        "chain",
+        "request",
+        1,
+    )
+    assert r.recorder.counts["handshake_ok"] >= 2
