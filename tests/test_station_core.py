@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from evsim.clock import isoformat
 from evsim.ocpp.backoff import BackOffSchedule, RetryBackOff
 from evsim.ocpp.transaction import TransactionRecorder
 from evsim.ocpp.txqueue import TxQueue
@@ -102,3 +103,23 @@ def test_transaction_recorder_fields() -> None:
     ended = tx.ended(T0)
     assert ended["seqNo"] == 3 and ended["transactionInfo"]["stoppedReason"] == "EVDisconnected"
     assert ended["timestamp"] == "2026-01-01T00:00:00.000Z"
+
+
+@given(
+    st.datetimes(
+        min_value=dt.datetime(1, 1, 2),
+        max_value=dt.datetime(9999, 12, 30),
+        timezones=st.timezones(),
+        allow_imaginary=False,
+    )
+)
+def test_isoformat_is_ocpp_datetime(ts: dt.datetime) -> None:
+    """The fast ``isoformat`` equals the reference RFC 3339 form: UTC, milliseconds truncated, ``Z``."""
+    utc = ts.astimezone(dt.UTC)
+    expected = (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}"
+        f".{utc.microsecond // 1000:03d}Z"
+    )
+    if utc.year >= 1000:
+        assert isoformat(ts) == expected
+    assert isoformat(ts)[-1] == "Z"

@@ -20,9 +20,13 @@ stack of coroutines: measured ≈5 µs), so the common path has none besides wai
   suspension the reader starts a *new reader task* and carries on as the handler's task; once the queue of
   incoming CALLs is empty it ends. So crossing CALLs (a handler awaiting :meth:`OcppSession.call`) still get
   their results, and two peers with full buffers cannot deadlock, because reading never waits on writing.
-* the *timer* sleeps until the outstanding CALL's deadline and calls :meth:`RpcConnection.handle_timer`.
-  It is never woken: with nothing outstanding it sleeps ``call_timeout`` seconds, since no CALL released
-  from now on can expire earlier (every deadline is its release time + ``call_timeout``).
+* the *timer* waits in one cancel scope whose deadline follows :meth:`RpcConnection.get_timer` (kept up to
+  date by :meth:`OcppSession._send_queued`, which runs whenever the RPC core may have released a CALL): it
+  wakes only when the outstanding CALL's deadline really passes, then calls
+  :meth:`RpcConnection.handle_timer`. A CALL answered in time costs two deadline updates and no wake-up
+  (sleeping until each deadline cost a task switch, a Cancelled exception and, in virtual time, a clock
+  jump of its own per CALL). Whatever the scope's deadline, ``handle_timer`` decides: a stale deadline only
+  causes a harmless early look.
 
 A round trip over a WebSocket costs the caller one wake-up (its result), the answering side one (its reader).
 """
@@ -30,6 +34,7 @@ A round trip over a WebSocket costs the caller one wake-up (its result), the ans
 from __future__ import annotations
 
 import contextlib
+import math
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Protocol, TypeAlias
@@ -173,7 +178,8 @@ class OcppSession:
         self._handling = False  # a task is answering incoming CALLs (the reader, or a former reader)
         self._moved = False  # ... and a handler blocked it, so another task reads now
         self._write_ready: trio.Event | None = None  # None: no writer task yet
-        self._timer_parked: trio.Event | None = None  # set when the timer loop parks with no CALL outstanding
+        self._timer_scope: trio.CancelScope | None = None  # the timer loop waits in it (see _timer_loop)
+        self._timer_deadline = math.inf  # what the scope's deadline was last set to
         self._writing = False
         self._backlog = False  # the transport holds bytes only an awaited _flush() sends
         self._running = False
@@ -322,10 +328,11 @@ class OcppSession:
     def _send_queued(self) -> None:
         """Send what the RPC core queued, without blocking (see the module docstring)."""
         rpc = self.rpc
-        parked = self._timer_parked
-        if parked is not None and rpc.get_timer() is not None:
-            self._timer_parked = None
-            parked.set()  # a CALL is outstanding now: the timer loop sleeps until its deadline
+        deadline = rpc.get_timer()
+        if deadline is None:
+            deadline = math.inf
+        if deadline != self._timer_deadline and self._timer_scope is not None:
+            self._timer_deadline = self._timer_scope.deadline = deadline
         if self._writing or not rpc.has_data_to_send or self._nursery is None:
             return  # the writer drains the queue; before run() the CALLs wait for it
         send = self._send_fast
@@ -381,19 +388,20 @@ class OcppSession:
             self._fail(exc)
 
     async def _timer_loop(self) -> None:
-        """Sleep until the outstanding CALL's deadline; with none outstanding, park until one is sent.
+        """Wait until the outstanding CALL's deadline passes; with none outstanding, wait without a deadline.
 
-        Parking (instead of re-checking every ``call_timeout``) matters at scale: an idle session must cost
-        nothing, or thousands of idle stations in virtual time wake up every 30 simulated seconds each.
+        The deadline lives in a cancel scope that :meth:`_send_queued` moves (earlier or later, or to
+        infinity when nothing is outstanding) instead of waking this task: an idle session, and a CALL
+        answered in time, cost no wake-up - at scale in virtual time every wake-up is also a clock jump.
         """
         rpc = self.rpc
         while True:
             deadline = rpc.get_timer()
-            if deadline is None:
-                self._timer_parked = parked = trio.Event()
-                await parked.wait()
-                continue
-            await trio.sleep_until(deadline)
+            self._timer_deadline = math.inf if deadline is None else deadline
+            with trio.CancelScope(deadline=self._timer_deadline) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
             events = rpc.handle_timer(self._now())
             if events:  # only CallTimedOut: wakes a caller, may release the next CALL
                 self._dispatch(events)
