@@ -799,8 +799,8 @@ SUITE_PREFERENCES: Final = typing.get_args(tls_config.SuitePreference)
 CRL_MODES: Final = typing.get_args(tls_revocation.CrlMode)
 OCSP_POLICIES: Final = typing.get_args(tls_revocation.OcspPolicy)
 ON_UNKNOWN: Final = typing.get_args(tls_revocation.OnUnknown)
-MAX_DEPTH: Final = 100
-"""OpenSSL's default verify depth (``X509_VERIFY_PARAM``); the TLS layer's ``TrustStore.max_depth`` bound."""
+MAX_DEPTH: Final = tls_config.MAX_VERIFY_DEPTH
+"""The TLS layer's ``TrustStore.max_depth`` bound (OpenSSL's default verify depth)."""
 TIME_CHECKS: Final = typing.get_args(tls_config.TimeCheck)
 KEY_NAMES: Final = {"current": 0, "next": 1}
 """``key`` of a CSMS pin: ``current`` = the key at the start, ``next`` = the key of its first new-key rotation."""
