@@ -592,3 +592,67 @@ def test_trust_knobs_reach_each_stations_trust_store() -> None:
         1,
     )
     assert r.recorder.counts["handshake_ok"] >= 2
+
+
+MUTUAL = """\
+[simulation]
+duration = "20m"
+
+[tls.change.strict]
+on_peer_key_change = "reject"
+
+[tls.pins.operator_root]
+pins = [{ target = "root", root = "root" }]
+
+[csms.main]
+security_profile = 3
+change = "strict"
+pins = "operator_root"
+
+[stations.fleet]
+count = 2
+sessions = 0
+retry_backoff = { wait_minimum = "5s", random_range = "5s", repeat_times = 2 }
+
+[[links]]
+between = ["fleet", "main"]
+reset = { every = "5m" }
+
+[[timeline]]
+at = "7m"
+action = "rotate_certificate"
+target = "fleet-0001"
+"""
+
+
+def test_csms_checks_station_certificates_with_its_own_pins_and_change_policy() -> None:
+    s = loads_scenario(MUTUAL, source="m.toml")
+    assert (s.csms["main"].pins, s.csms["main"].change) == ("operator_root", "strict")
+    r = _run(MUTUAL)
+    refused = [e for e in r.recorder.of_kind("peer_key_changed") if e.node == "main"]
+    assert refused and all(e.data["refused"] and e.data["peer"] == "fleet-0001" for e in refused)
+    assert min(e.t for e in refused) >= 600  # the station's new key, met at the 10 min reset
+    assert all(e.data["security_event"] == "InvalidChargingStationCertificate" for e in refused)
+    assert not [e for e in r.recorder.of_kind("peer_key_changed") if e.data["peer"] == "fleet-0002"]
+    assert r.stations["fleet-0002"].connects_ok >= 4  # start and three resets, its key unchanged
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "path", "words"),
+    [
+        ("security_profile = 3\n", "", "csms.main.pins", "security profile 3"),
+        ('pins = "operator_root"', 'pins = "operator_rot"', "csms.main.pins", "did you mean 'operator_root'"),
+        ('change = "strict"', 'change = "stict"', "csms.main.change", "did you mean 'strict'"),
+        (
+            'root = "root" }]',
+            'root = "root" }, { target = "leaf", cert = "csms.main" }]',
+            "csms.main.pins",
+            "checks station certificates",
+        ),
+    ],
+)
+def test_bad_csms_pins_and_change(old: str, new: str, path: str, words: str) -> None:
+    assert old in MUTUAL
+    err = load_error(MUTUAL.replace(old, new, 1))
+    assert err.path == path and words in str(err), str(err)
+    assert err.line is not None and err.fix

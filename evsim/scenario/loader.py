@@ -132,6 +132,8 @@ CSMS_KEYS: Final = (
     "password",
     "accept_unknown_stations",
     "ocsp_stapling",
+    "pins",
+    "change",
 )
 CERTIFICATE_KEYS: Final = ("root", "validity", "not_before", "key_type")
 STATION_KEYS: Final = (
@@ -1134,6 +1136,43 @@ class _TlsModelReader:
             self._change[name] = spec
         return self._change
 
+    # ------------------------------------------------------------ [csms.<name>] pins / change
+
+    def csms_peer_policy(self, root: _Table, csms: dict[str, CsmsSpec]) -> dict[str, CsmsSpec]:
+        """A CSMS's ``pins`` / ``change`` (read after the pin sets, which may name CSMS keys): applied to the
+        certificates of stations (security profile 3)."""
+        tables = root.data.get("csms")
+        assert isinstance(tables, dict)  # self.csms() checked it
+        for name, spec in list(csms.items()):
+            t = _Table(self.ctx, ("csms", name), tables[name], CSMS_KEYS)
+            if not (t.has("pins") or t.has("change")):
+                continue
+            key = "pins" if t.has("pins") else "change"
+            if spec.security_profile != 3:
+                raise t.error(
+                    key,
+                    f"a CSMS checks station certificates only with security profile 3 (got {spec.security_profile})",
+                    value=None,
+                    fix="use security_profile = 3, or remove it",
+                )
+            pins = None
+            if t.has("pins"):
+                pins = t.reference("pins", "", self._pin_sets, "pin set", "[tls.pins.<name>]")
+                if any(p.csms is not None for p in self._pin_sets[pins].pins):
+                    raise t.error(
+                        "pins",
+                        f'pin set {pins!r} pins a CSMS key (cert = "csms.<name>"); a CSMS checks station '
+                        "certificates",
+                        value=pins,
+                        fix='use a pin set with root = "<root>" or spki_sha256 pins',
+                    )
+            change = None
+            if t.has("change"):
+                change = t.reference("change", "", self._change, "change policy", "[tls.change.<name>]")
+            csms[name] = attrs.evolve(spec, pins=pins, change=change)
+        self.nodes.csms = csms
+        return csms
+
     # ------------------------------------------------------------ [stations.<group>] pins / change
 
     def group_peer_policy(
@@ -1267,6 +1306,7 @@ class _Builder(_TlsModelReader):
         csms = self.csms(root, sim, pki, profiles)
         pin_sets = self.pin_sets(tls, pki, csms)
         change_policies = self.change_policies(tls)
+        csms = self.csms_peer_policy(root, csms)
         groups = self.station_groups(root, csms, profiles, trust)
         self.register_stations(groups)
         links = self.links(root)

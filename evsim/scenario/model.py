@@ -228,6 +228,8 @@ class CsmsSpec:
         password: Basic-auth password accepted from every station; None = the run's generated password.
         accept_unknown_stations: False refuses identities that no station group defines (HTTP 404).
         ocsp_stapling: staple an OCPP-style OCSP response from the scenario PKI's responder for its root.
+        pins: name of a :class:`PinSetSpec` applied to station certificates (profile 3), or None.
+        change: name of a :class:`ChangeSpec` applied to station certificates (profile 3), or None.
     """
 
     name: str
@@ -242,6 +244,8 @@ class CsmsSpec:
     password: str | None = None
     accept_unknown_stations: bool = True
     ocsp_stapling: bool = False
+    pins: str | None = None
+    change: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -211,6 +211,7 @@ class ScenarioRunner:
         self.samples: list[Sample] = []
         self.recorder: Recorder | None = None
         self.peer_policies: dict[str, PeerPolicy] = {}
+        self.csms_policies: dict[str, PeerPolicy] = {}
         self.csms_certs: dict[str, CertKey] = {}
         self.clock: SimClock | None = None
         self.outcome = "not started"
@@ -255,6 +256,7 @@ class ScenarioRunner:
                 trust=TrustStore("ChargingStationRoots", (self.pki.roots["root"].cert,), hostname="off"),
                 client_auth="required",
                 ocsp=self._ocsp_staple(spec, identity.leaf),
+                peer=self._csms_peer_policy(spec),
             )
         return ServerTls.build(profile, identity, ocsp=self._ocsp_staple(spec, identity.leaf))
 
@@ -704,6 +706,35 @@ class ScenarioRunner:
         assert pin.csms is not None
         spec = self.scenario.csms[pin.csms]
         return self.pki.csms_spki(spec.host, pin.key, spec.certificate.key_type)
+
+    def _csms_peer_policy(self, spec: CsmsSpec) -> PeerPolicy | None:
+        """The CSMS's server-side PeerPolicy (pins / change on station certificates), made once; its events
+        are recorded at the CSMS (a CSMS sends no SecurityEventNotification)."""
+        if spec.pins is None and spec.change is None:
+            return None
+        if spec.name not in self.csms_policies:
+            assert self.clock is not None and self.recorder is not None
+            sc, recorder = self.scenario, self.recorder
+            pins = None
+            if spec.pins is not None:
+                pins = layer_pin_set(sc.pin_sets[spec.pins], self._pin_spki, start=self.clock.start_utc)
+            change = None if spec.change is None else layer_change_policy(sc.change_policies[spec.change])
+
+            def sink(event: PeerEvent) -> None:
+                recorder.emit(
+                    spec.name,
+                    event.event,
+                    peer=event.peer,
+                    detail=event.detail,
+                    severity=event.severity,
+                    refused=event.reason is not None,
+                    security_event=event.ocpp_security_event or "",
+                )
+
+            self.csms_policies[spec.name] = PeerPolicy(
+                side="server", pins=pins, change=change, sink=sink, name=spec.name
+            )
+        return self.csms_policies[spec.name]
 
     def _make_peer_policy(self, group: StationGroupSpec, sid: str) -> None:
         """Give the station its own PeerPolicy (own pins and memory) when its group names pins or change."""
