@@ -355,15 +355,7 @@ class Station:
         ``pin_added`` happen once each and are always queued.
         """
         security_event = event.ocpp_security_event
-        self.recorder.emit(
-            self.name,
-            event.event,
-            peer=event.peer,
-            detail=event.detail,
-            severity=event.severity,
-            refused=event.reason is not None,
-            security_event=security_event or "",
-        )
+        self.recorder.emit(self.name, event.event, **peer_event_fields(event))
         if security_event is None or event.reason is not None:
             return
         if event.event in (PIN_MISMATCH, PEER_KEY_CHANGED):
@@ -802,6 +794,25 @@ def _sole_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
     return first
+
+
+def peer_event_fields(event: PeerEvent) -> dict[str, Any]:
+    """What the event log records of a peer-trust event (the same for stations and the CSMS).
+
+    Args:
+        event: the event.
+
+    Returns:
+        ``peer``, ``detail`` (free text: left out of canonical logs), ``severity``, ``refused`` and
+        ``security_event`` (the OCPP type, or "").
+    """
+    return {
+        "peer": event.peer,
+        "detail": event.detail,
+        "severity": event.severity,
+        "refused": event.reason is not None,
+        "security_event": event.ocpp_security_event or "",
+    }
 
 
 def station_ids(prefix: str, count: int, start: int = 1) -> Sequence[str]:

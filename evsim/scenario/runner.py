@@ -35,7 +35,7 @@ from evsim.net.base import Network
 from evsim.net.tcp import TcpNetwork
 from evsim.net.virtual import LinkPolicy, VirtualNetwork
 from evsim.nodes.csms import Csms, CsmsConfig
-from evsim.nodes.station import Station, StationConfig
+from evsim.nodes.station import Station, StationConfig, peer_event_fields
 from evsim.ocpp.backoff import RetryBackOff
 from evsim.pki import CertKey
 from evsim.pki.revocation import OcspStaple
@@ -721,15 +721,7 @@ class ScenarioRunner:
             change = None if spec.change is None else layer_change_policy(sc.change_policies[spec.change])
 
             def sink(event: PeerEvent) -> None:
-                recorder.emit(
-                    spec.name,
-                    event.event,
-                    peer=event.peer,
-                    detail=event.detail,
-                    severity=event.severity,
-                    refused=event.reason is not None,
-                    security_event=event.ocpp_security_event or "",
-                )
+                recorder.emit(spec.name, event.event, **peer_event_fields(event))
 
             self.csms_policies[spec.name] = PeerPolicy(
                 side="server", pins=pins, change=change, sink=sink, name=spec.name
