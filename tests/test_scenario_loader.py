@@ -212,9 +212,14 @@ def test_every_action_is_accepted() -> None:
         "attack_downgrade": 'target = "main"\ncount = 5\nversions = ["1.2", "1.1"]',
         "attack_wrong_ca": 'target = "fleet"\nimpersonate = "backup"\nroot = "rogue"\nduration = "2m"',
         "attack_mitm": 'target = "fleet-0003"',
+        "release_pin": 'target = "fleet"\nroot = "root"',
     }
     assert set(params) == set(ACTIONS)
-    text = BASE.replace("count = 3", 'count = 3\ncsms = "main"') + "[csms.backup]\n[pki.roots.rogue]\n"
+    text = (
+        BASE.replace("count = 3", 'count = 3\ncsms = "main"\npins = "p"')
+        + "[csms.backup]\n[pki.roots.rogue]\n"
+    )
+    text += '[tls.pins.p]\npins = [{ target = "root", root = "root" }]\n'
     for action, body in params.items():
         text += f'[[timeline]]\nat = "1m"\naction = "{action}"\n{body}\n'
     events = loads_scenario(text).timeline

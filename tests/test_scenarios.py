@@ -148,7 +148,7 @@ def test_partition_heal_outcome() -> None:
 def test_preflight_refuses_what_this_version_cannot_enforce() -> None:
     text = (
         (SCENARIOS["default"]).read_text()
-        + '\n[[timeline]]\nat = "1m"\naction = "revoke_certificate"\ntarget = "main"\n'
+        + '\n[[timeline]]\nat = "1m"\naction = "revoke_certificate"\ntarget = "fleet"\n'
     )
     sc = loads_scenario(text, source="x.toml")
     with pytest.raises(ConfigError) as err:

@@ -19,7 +19,9 @@ Theory of operation. A station runs two independent activities in one nursery:
 
 A refused TLS handshake is turned into the matching OCPP security event (InvalidCsmsCertificate,
 InvalidTLSVersion, ...), queued once per failure streak and delivered after the next successful connection
-(A04.FR.02; errata 2023-12 §2.2.1).
+(A04.FR.02; errata 2023-12 §2.2.1). With a peer policy bound to its ``ClientTls`` (pins, change notification),
+the policy's events reach :meth:`Station.on_peer_event`, which queues those that map to an OCPP security event
+the same way (``pin_promoted``, an accepted ``peer_key_changed``, a report-only ``pin_mismatch``...).
 """
 
 from __future__ import annotations
@@ -62,7 +64,16 @@ from evsim.ocpp.transaction import TransactionRecorder
 from evsim.ocpp.txqueue import QueuedMessage, TxQueue
 from evsim.ocpp.versions import subprotocol_for, version_for
 from evsim.tls.context import ClientTls
-from evsim.tls.events import ocpp_security_event
+from evsim.tls.events import (
+    PEER_KEY_CHANGED,
+    PIN_ADDED,
+    PIN_MISMATCH,
+    PIN_PROMOTED,
+    PIN_RELEASED,
+    ocpp_security_event,
+)
+from evsim.tls.peer import PeerEvent
+from evsim.tls.sessions import SessionStore
 from evsim.tls.stream import TlsInfo, tls_connect
 from evsim.ws.auth import basic_auth_header
 from evsim.ws.connection import ws_client
@@ -243,6 +254,9 @@ class Station:
         self._established = False  # the current connection got past BootNotification
         self.security_events_queued = 0
         self.energy_wh = 0.0
+        self._reported_keys: set[tuple[str, str | None]] = set()  # (peer event, key) queued already
+        self.tls_sessions: SessionStore | None = None
+        """Where TLS sessions are kept for resumption (None: every handshake is a full one)."""
 
     @property
     def name(self) -> str:
@@ -329,6 +343,31 @@ class Station:
         self.security_events_queued += 1
         self._enqueue("SecurityEventNotification", payload)
 
+    def on_peer_event(self, event: PeerEvent) -> None:
+        """Sink of the station's :class:`~evsim.tls.peer.PeerPolicy` (pins, change notification): record every
+        event, and queue the ones that map to an OCPP security event as SecurityEventNotification.
+
+        A refusal (``event.reason`` set: ``pin_mismatch``, ``peer_key_changed``) also fails the handshake, and
+        :meth:`_on_connect_failure` queues its event once per failure streak; it is only recorded here. A
+        report-only ``pin_mismatch`` and an accepted ``peer_key_changed`` are queued once per key: every
+        connection would repeat them (a key change accepted by the change policy but refused by the pins is
+        not remembered, so it is seen again), until the pins change. ``pin_promoted``, ``pin_released`` and
+        ``pin_added`` happen once each and are always queued.
+        """
+        security_event = event.ocpp_security_event
+        self.recorder.emit(self.name, event.event, **peer_event_fields(event))
+        if security_event is None or event.reason is not None:
+            return
+        if event.event in (PIN_MISMATCH, PEER_KEY_CHANGED):
+            if (event.event, event.spki_sha256) in self._reported_keys:
+                return
+            self._reported_keys.add((event.event, event.spki_sha256))
+        elif event.event in (PIN_ADDED, PIN_PROMOTED, PIN_RELEASED):
+            self._reported_keys.clear()
+        # techInfo names the event and the peer, not the key hashes of the detail: keys are generated per run,
+        # and what a station sends must not depend on them (the detail stays in the recorded event)
+        self.queue_security_event(security_event, f"{event.event} ({event.severity}): {event.peer}"[:255])
+
     def _enqueue(self, action: str, payload: dict[str, Any]) -> None:
         self.queue.put(action, payload)
         self._wake.set()
@@ -355,7 +394,9 @@ class Station:
         stream: trio.abc.Stream = await self.network.connect(host, port, source=self.config.station_id)
         try:
             if client_tls is not None:
-                tls_stream = await tls_connect(stream, client_tls, server_name, verify_time=self.clock.utcnow)
+                tls_stream = await tls_connect(
+                    stream, client_tls, server_name, verify_time=self.clock.utcnow, sessions=self.tls_sessions
+                )
                 stream = tls_stream
                 self.tls_info = tls_stream.info
                 self.recorder.emit(
@@ -753,6 +794,25 @@ def _sole_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
     return first
+
+
+def peer_event_fields(event: PeerEvent) -> dict[str, Any]:
+    """What the event log records of a peer-trust event (the same for stations and the CSMS).
+
+    Args:
+        event: the event.
+
+    Returns:
+        ``peer``, ``detail`` (free text: left out of canonical logs), ``severity``, ``refused`` and
+        ``security_event`` (the OCPP type, or "").
+    """
+    return {
+        "peer": event.peer,
+        "detail": event.detail,
+        "severity": event.severity,
+        "refused": event.reason is not None,
+        "security_event": event.ocpp_security_event or "",
+    }
 
 
 def station_ids(prefix: str, count: int, start: int = 1) -> Sequence[str]:

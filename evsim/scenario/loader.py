@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import hashlib
 import ipaddress
 import math
 import os
 import re
 import string
 import tomllib
+import typing
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Final, TypeVar
@@ -41,6 +43,7 @@ from evsim.scenario.locate import FieldPath, LineIndex, format_path, index_lines
 from evsim.scenario.model import (
     DEFAULT_START,
     CertificateSpec,
+    ChangeSpec,
     ClockKind,
     CsmsSpec,
     FrozenMap,
@@ -48,6 +51,8 @@ from evsim.scenario.model import (
     KeyType,
     LinkSpec,
     NetworkKind,
+    PinSetSpec,
+    PinSpec,
     PkiSpec,
     ResetSpec,
     RetryBackOffSpec,
@@ -68,7 +73,14 @@ from evsim.scenario.units import (
     parse_utc_timestamp,
     type_name,
 )
+from evsim.tls import change as change_layer
+from evsim.tls import config as tls_config
+from evsim.tls import pins as pins_layer
+from evsim.tls import revocation as tls_revocation
+from evsim.tls.change import ChangePolicy
 from evsim.tls.config import MAX_FRAGMENT, MIN_FRAGMENT, TlsProfile
+from evsim.tls.peer import PeerPolicy
+from evsim.tls.pins import Enforcement, Pin, PinSet, PinState, PinTarget
 from evsim.tls.suites import DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES
 
 T = TypeVar("T")
@@ -90,9 +102,24 @@ SIMULATION_KEYS: Final = (
 )
 PKI_KEYS: Final = ("key_type", "validity", "organization", "roots")
 ROOT_KEYS: Final = ("key_type",)
-TLS_KEYS: Final = ("profiles", "trust")
-PROFILE_KEYS: Final = ("versions", "cipher_suites", "handshake_timeout", "max_send_fragment")
-TRUST_KEYS: Final = ("roots", "hostname", "wildcards")
+TLS_KEYS: Final = ("profiles", "trust", "pins", "change")
+PROFILE_KEYS: Final = (
+    "versions",
+    "cipher_suites",
+    "handshake_timeout",
+    "max_send_fragment",
+    # engine knobs (scenario-tls; TlsProfile.from_toml checks them)
+    "suite_preference",
+    "groups",
+    "signature_algorithms",
+    "alpn",
+    "alpn_require",
+    "session",
+    "record",
+    "keylog",
+    "enforce",
+)
+TRUST_KEYS: Final = ("roots", "hostname", "wildcards", "mode", "time_check", "revocation", "max_depth")
 CSMS_KEYS: Final = (
     "host",
     "port",
@@ -104,6 +131,9 @@ CSMS_KEYS: Final = (
     "certificate",
     "password",
     "accept_unknown_stations",
+    "ocsp_stapling",
+    "pins",
+    "change",
 )
 CERTIFICATE_KEYS: Final = ("root", "validity", "not_before", "key_type")
 STATION_KEYS: Final = (
@@ -124,6 +154,8 @@ STATION_KEYS: Final = (
     "heartbeat_fallback",
     "retry_backoff",
     "queue_max",
+    "pins",
+    "change",
 )
 BACKOFF_KEYS: Final = ("wait_minimum", "random_range", "repeat_times")
 LINK_POLICY_KEYS: Final = ("latency", "jitter", "bandwidth", "stall", "reset")
@@ -147,6 +179,7 @@ ACTIONS: Final[Mapping[str, tuple[str, ...]]] = {
     "attack_downgrade": ("target", "count", "versions"),
     "attack_wrong_ca": ("target", "impersonate", "root", "duration"),
     "attack_mitm": ("target", "impersonate", "root", "duration"),
+    "release_pin": ("target", "cert", "key", "root", "spki_sha256"),
 }
 """Timeline actions and the parameters each takes (besides ``at`` and ``action``)."""
 
@@ -748,7 +781,507 @@ class _Nodes:
         return out
 
 
-class _Builder:
+# ---------------------------------------------------------------- TLS model tables (scenario-tls)
+#
+# [tls.pins.<name>], [tls.change.<name>], the trust-store knobs mode / time_check, the station groups'
+# pins / change, the CSMS's ocsp_stapling and the release_pin action. Values are checked by the TLS layer
+# itself (PinSet, ChangePolicy, PeerPolicy.require), built here with placeholder key hashes because keys
+# are generated per run; its errors are relocated to the file's line and field.
+
+PINSET_KEYS: Final = ("enforcement", "tofu", "pins")
+PIN_KEYS: Final = ("target", "state", "cert", "key", "root", "spki_sha256", "not_after")
+PIN_SOURCES: Final = ("cert", "root", "spki_sha256")
+CHANGE_KEYS: Final = ("on_peer_key_change", "on_peer_cert_change_same_key")
+TRUST_MODES: Final = typing.get_args(tls_config.TrustMode)
+REVOCATION_KEYS: Final = ("crl", "ocsp", "on_unknown")
+SESSION_KEYS: Final = ("resumption", "lifetime", "cache_entries")
+RECORD_KEYS: Final = ("max_send_fragment", "max_fragment_length", "record_size_limit", "recv_buffer")
+RESUMPTIONS: Final = typing.get_args(tls_config.Resumption)
+SUITE_PREFERENCES: Final = typing.get_args(tls_config.SuitePreference)
+CRL_MODES: Final = typing.get_args(tls_revocation.CrlMode)
+OCSP_POLICIES: Final = typing.get_args(tls_revocation.OcspPolicy)
+ON_UNKNOWN: Final = typing.get_args(tls_revocation.OnUnknown)
+MAX_DEPTH: Final = tls_config.MAX_VERIFY_DEPTH
+"""The TLS layer's ``TrustStore.max_depth`` bound (OpenSSL's default verify depth)."""
+TIME_CHECKS: Final = typing.get_args(tls_config.TimeCheck)
+KEY_NAMES: Final = {"current": 0, "next": 1}
+"""``key`` of a CSMS pin: ``current`` = the key at the start, ``next`` = the key of its first new-key rotation."""
+MAX_KEY_INDEX: Final = 16
+"""Most key rotations a pin may look ahead (keys are generated on demand; a bound keeps typos cheap)."""
+_PIN_EXAMPLE = '{ target = "leaf", cert = "csms.main" }'
+
+
+def placeholder_spki(pin: PinSpec) -> str:
+    """A stand-in key hash for a pin that names its key by reference (keys are generated per run).
+
+    Two pins naming the same key get the same stand-in, so the TLS layer's duplicate check still works.
+
+    Args:
+        pin: the pin.
+
+    Returns:
+        64 hex digits.
+    """
+    if pin.spki_sha256 is not None:
+        return pin.spki_sha256
+    ref = f"csms:{pin.csms}#{pin.key}" if pin.csms is not None else f"root:{pin.root}"
+    return hashlib.sha256(ref.encode()).hexdigest()
+
+
+def layer_pin_set(spec: PinSetSpec, spki: Callable[[PinSpec], str], *, start: datetime.datetime) -> PinSet:
+    """The TLS layer's :class:`~evsim.tls.pins.PinSet` for a pin-set spec.
+
+    Args:
+        spec: the pin set.
+        spki: each pin's key hash (:func:`placeholder_spki` when loading, the run's keys when running).
+        start: the simulation start (``not_after`` is relative to it).
+
+    Returns:
+        The pin set.
+
+    Raises:
+        ConfigError: what :class:`~evsim.tls.pins.PinSet` refuses, with a path relative to the table.
+    """
+    pins = tuple(
+        Pin(
+            typing.cast(PinTarget, p.target),
+            spki(p),
+            typing.cast(PinState, p.state),
+            None if p.not_after is None else start + datetime.timedelta(seconds=p.not_after),
+        )
+        for p in spec.pins
+    )
+    return PinSet(typing.cast(Enforcement, spec.enforcement), pins, (), spec.tofu)
+
+
+def _layer_path(path: str) -> FieldPath:
+    """``pins[1].spki_sha256`` (a TLS-layer path) as this loader's parts."""
+    parts: list[str | int] = []
+    for piece in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        parts.append(int(piece[1:-1]) if piece.startswith("[") else piece)
+    return tuple(parts)
+
+
+class _TlsModelReader:
+    """The TLS-model part of :class:`_Builder` (kept apart so other sections merge cleanly)."""
+
+    ctx: _Context
+    nodes: _Nodes
+    _pin_sets: dict[str, PinSetSpec]
+    _change: dict[str, ChangeSpec]
+
+    # ------------------------------------------------------------ [tls.profiles.<name>] engine knobs
+
+    def profile_engine_knobs(self, t: _Table, spec: TlsProfileSpec) -> TlsProfileSpec:
+        """Read the engine knobs of a profile table and build the TLS layer's profile with
+        ``TlsProfile.from_toml`` (its errors relocated to the file), kept in ``spec.tls``."""
+        table: dict[str, object] = {
+            "versions": list(spec.versions),
+            "cipher_suites": {k: list(v) for k, v in spec.cipher_suites.items()},
+            "handshake_timeout_s": spec.handshake_timeout,
+        }
+        if t.has("suite_preference"):
+            table["suite_preference"] = t.enum("suite_preference", SUITE_PREFERENCES, "server")
+        examples = {
+            "groups": '["X25519", "secp256r1"]',
+            "signature_algorithms": '["ecdsa_secp256r1_sha256"]',
+            "enforce": '["record.max_send_fragment"]',
+        }
+        for key, example in examples.items():
+            if t.has(key):
+                table[key] = list(t.string_list(key, (), nonempty=key != "enforce", example=example))
+        if t.has("alpn") or t.has("alpn_require"):
+            table["alpn"] = {
+                "offer": list(t.string_list("alpn", (), nonempty=False, example='["ocpp2.0.1"]')),
+                "require": t.boolean("alpn_require", False),
+            }
+        s = t.sub_table("session", SESSION_KEYS, '{ resumption = "both", lifetime = "2h" }')
+        if s is not None:
+            session: dict[str, object] = {"resumption": s.enum("resumption", RESUMPTIONS, "both")}
+            if s.has("lifetime"):
+                session["lifetime_s"] = s.duration("lifetime", 0.0, positive=True)
+            if s.has("cache_entries"):
+                session["cache_entries"] = s.integer("cache_entries", 1, 1, 10_000_000)
+            table["session"] = session
+        record: dict[str, object] = {}
+        r = t.sub_table("record", RECORD_KEYS, "{ max_send_fragment = 2048 }")
+        if r is not None:
+            if r.has("max_send_fragment") and spec.max_send_fragment is not None:
+                raise r.error(
+                    "max_send_fragment",
+                    "max_send_fragment is given twice (here and at the top of the profile)",
+                    value=r.data["max_send_fragment"],
+                    fix="keep one of them",
+                )
+            for key in RECORD_KEYS:
+                if r.has(key):
+                    record[key] = r.integer(key, 0, 1, 1 << 20)
+        if spec.max_send_fragment is not None:
+            record["max_send_fragment"] = spec.max_send_fragment
+        if record:
+            table["record"] = record
+        if t.has("keylog"):
+            table["keylog"] = t.string("keylog", "", max_len=4096)
+        try:
+            profile = TlsProfile.from_toml(table, path="")
+        except ConfigError as exc:
+            raise self.ctx.error(
+                (*t.path, *_profile_path(exc.path, top_fragment=spec.max_send_fragment is not None)),
+                exc.message,
+                value=exc.value,
+                fix=exc.fix,
+            ) from None
+        return attrs.evolve(spec, tls=profile, keep_sessions=s is not None)
+
+    # ------------------------------------------------------------ [tls.trust.<name>] knobs
+
+    def trust_model(self, t: _Table, spec: TrustSpec) -> TrustSpec:
+        mode = t.enum("mode", TRUST_MODES, "pki")
+        if mode != "pki":
+            if t.has("roots"):
+                raise t.error(
+                    "roots",
+                    f'a mode = "{mode}" trust store trusts pinned keys, not roots (the TLS layer refuses '
+                    "anchors there)",
+                    value=None,
+                    fix='remove roots, or use mode = "pki" (pins then apply on top of the CA check)',
+                )
+            spec = attrs.evolve(spec, roots=())
+        spec = attrs.evolve(spec, mode=mode, time_check=t.enum("time_check", TIME_CHECKS, "enforce"))
+        return self.trust_revocation(t, spec)
+
+    def trust_revocation(self, t: _Table, spec: TrustSpec) -> TrustSpec:
+        r = t.sub_table(
+            "revocation", REVOCATION_KEYS, '{ crl = "leaf", ocsp = "request", on_unknown = "fail" }'
+        )
+        if r is not None:
+            spec = attrs.evolve(
+                spec,
+                crl=r.enum("crl", CRL_MODES, "off"),
+                ocsp=r.enum("ocsp", OCSP_POLICIES, "off"),
+                on_unknown=r.enum("on_unknown", ON_UNKNOWN, "fail"),
+            )
+            if spec.mode != "pki" and (spec.crl != "off" or spec.ocsp != "off"):
+                raise t.error(
+                    "revocation",
+                    f'mode = "{spec.mode}" has no CA whose revocations could be checked',
+                    value=None,
+                    fix='remove revocation, or use mode = "pki"',
+                )
+        if t.has("max_depth"):
+            spec = attrs.evolve(
+                spec, max_depth=t.integer("max_depth", 0, 0, MAX_DEPTH, fix=f"use 0..{MAX_DEPTH}, e.g. 2")
+            )
+        return spec
+
+    # ------------------------------------------------------------ [csms.<name>] ocsp_stapling
+
+    def ocsp_stapling(self, t: _Table, security_profile: int) -> bool:
+        staple = t.boolean("ocsp_stapling", False)
+        if staple and security_profile == 1:
+            raise t.error(
+                "ocsp_stapling",
+                "security profile 1 has no TLS, so nothing to staple",
+                value=True,
+                fix="remove ocsp_stapling or use security_profile = 2",
+            )
+        return staple
+
+    # ------------------------------------------------------------ [tls.pins.<name>]
+
+    def pin_sets(
+        self, tls: _Table | None, pki: PkiSpec, csms: Mapping[str, CsmsSpec]
+    ) -> dict[str, PinSetSpec]:
+        self._pin_sets = {}
+        if tls is None:
+            return self._pin_sets
+        for name, value in tls.named_tables("pins", "pin sets, e.g. [tls.pins.csms_leaf]"):
+            t = _Table(self.ctx, tls.at("pins", name), value, PINSET_KEYS, what=f"[tls.pins.{name}]")
+            raw = t.data.get("pins", [])
+            if not isinstance(raw, list):
+                raise t.error(
+                    "pins",
+                    f"expected an array of tables, got {type_name(raw)}",
+                    value=raw,
+                    fix=f"write pins = [{_PIN_EXAMPLE}]",
+                )
+            pins = tuple(self.pin(t, i, item, pki, csms) for i, item in enumerate(raw))
+            spec = PinSetSpec(
+                name=name,
+                enforcement=t.enum("enforcement", pins_layer.ENFORCEMENTS, "enforce"),
+                tofu=t.boolean("tofu", False),
+                pins=pins,
+            )
+            try:
+                layer_pin_set(spec, placeholder_spki, start=DEFAULT_START)
+            except ConfigError as exc:
+                where = _layer_path(exc.path)
+                if len(where) == 3 and where[2] == "spki_sha256" and isinstance(where[1], int):
+                    pin = pins[where[1]]
+                    where = (*where[:2], "cert" if pin.csms else "root" if pin.root else "spki_sha256")
+                raise self.ctx.error((*t.path, *where), exc.message, value=None, fix=exc.fix) from None
+            self._pin_sets[name] = spec
+        return self._pin_sets
+
+    def pin(self, t: _Table, i: int, item: object, pki: PkiSpec, csms: Mapping[str, CsmsSpec]) -> PinSpec:
+        p = _Table(self.ctx, t.at("pins", i), item, PIN_KEYS, what=_PIN_EXAMPLE)
+        p.require("target", 'add target = "leaf" (or intermediate, root, any)')
+        target = p.enum("target", pins_layer.TARGETS, "leaf")
+        state = p.enum("state", pins_layer.STATES, "active")
+        source = self.key_reference(p, pki, csms, action=None)
+        if source.csms is not None and target not in ("leaf", "any"):
+            raise p.error(
+                "target",
+                f"cert pins the CSMS's own key, which is only ever the leaf (target {target!r} never matches)",
+                value=target,
+                fix='use target = "leaf" (or "any"), or pin the issuing root with root = "<name>"',
+            )
+        if source.root is not None and target not in ("root", "any"):
+            raise p.error(
+                "target",
+                "scenario roots issue CSMS certificates directly, so a root key is only ever the root of the "
+                f"chain (target {target!r} never matches)",
+                value=target,
+                fix='use target = "root" (or "any"); for an intermediate, give its spki_sha256',
+            )
+        not_after: float | None = None
+        if p.has("not_after"):
+            not_after = p.duration("not_after", 0.0, positive=True)
+        return attrs.evolve(source, target=target, state=state, not_after=not_after)
+
+    def key_reference(
+        self, p: _Table, pki: PkiSpec, csms: Mapping[str, CsmsSpec], *, action: str | None
+    ) -> PinSpec:
+        """The key a pin (or a ``release_pin`` event) names: exactly one of cert (+ key), root, spki_sha256."""
+        given = [k for k in PIN_SOURCES if p.has(k)]
+        if len(given) != 1:
+            raise self.ctx.error(
+                p.at(given[1]) if len(given) > 1 else p.path,
+                "name the key with exactly one of cert, root, spki_sha256"
+                + (f" (got {', '.join(given)})" if given else ""),
+                fix='e.g. cert = "csms.main" (its key at the start; key = "next" for the key it rotates to), '
+                'root = "root", or spki_sha256 = "<64 hex digits>"',
+            )
+        if p.has("key") and given[0] != "cert":
+            raise p.error("key", "key selects one of a CSMS's keys: it goes with cert", fix="remove key")
+        if given[0] == "spki_sha256":
+            try:
+                spki = pins_layer.normalize_hex(
+                    p.data["spki_sha256"],
+                    digits=pins_layer.SPKI_SHA256_HEX_DIGITS,
+                    path="spki_sha256",
+                    what="SPKI SHA-256",
+                    fix="give the SHA-256 of the DER SubjectPublicKeyInfo as 64 hex digits",
+                )
+            except ConfigError as exc:
+                raise self.ctx.relocate(exc, p.at("spki_sha256")) from None
+            return PinSpec(target="any", spki_sha256=spki)
+        if given[0] == "root":
+            return PinSpec(
+                target="root", root=p.reference("root", "", pki.roots, "root", "[pki.roots.<name>]")
+            )
+        ref = p.data["cert"]
+        names = [f"csms.{n}" for n in csms]
+        if not isinstance(ref, str) or not ref.startswith("csms.") or ref[5:] not in csms:
+            raise p.error(
+                "cert",
+                "cert names a CSMS certificate as csms.<name>",
+                value=ref,
+                fix=_choices_fix(ref, names, what="use one of"),
+            )
+        name = ref[5:]
+        if csms[name].security_profile == 1:
+            raise p.error(
+                "cert",
+                f"CSMS {name!r} uses security profile 1 (no certificate)",
+                value=ref,
+                fix="pin a CSMS with security_profile 2 or 3",
+            )
+        key = 0
+        if p.has("key"):
+            raw = p.data["key"]
+            if isinstance(raw, str) and raw in KEY_NAMES:
+                key = KEY_NAMES[raw]
+            elif isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= MAX_KEY_INDEX:
+                key = raw
+            else:
+                raise p.error(
+                    "key",
+                    "unknown key of the CSMS",
+                    value=raw,
+                    fix=f'use "current" (the key at the start), "next" (the key its first rotate_certificate '
+                    f"with new_key = true switches to), or 0..{MAX_KEY_INDEX} (keys in rotation order)",
+                )
+        return PinSpec(target="leaf", csms=name, key=key)
+
+    # ------------------------------------------------------------ [tls.change.<name>]
+
+    def change_policies(self, tls: _Table | None) -> dict[str, ChangeSpec]:
+        self._change = {}
+        if tls is None:
+            return self._change
+        for name, value in tls.named_tables("change", "change policies, e.g. [tls.change.strict]"):
+            t = _Table(self.ctx, tls.at("change", name), value, CHANGE_KEYS, what=f"[tls.change.{name}]")
+            spec = ChangeSpec(
+                name=name,
+                on_peer_key_change=t.enum("on_peer_key_change", change_layer.ON_KEY_CHANGE, "warn"),
+                on_peer_cert_change_same_key=t.enum(
+                    "on_peer_cert_change_same_key", change_layer.ON_CERT_CHANGE, "info"
+                ),
+            )
+            try:
+                layer_change_policy(spec)
+            except ConfigError as exc:  # pragma: no cover - the enums above hold the layer's vocabulary
+                raise self.ctx.error((*t.path, *_layer_path(exc.path)), exc.message, fix=exc.fix) from None
+            self._change[name] = spec
+        return self._change
+
+    # ------------------------------------------------------------ [csms.<name>] pins / change
+
+    def csms_peer_policy(self, root: _Table, csms: dict[str, CsmsSpec]) -> dict[str, CsmsSpec]:
+        """A CSMS's ``pins`` / ``change`` (read after the pin sets, which may name CSMS keys): applied to the
+        certificates of stations (security profile 3)."""
+        tables = root.data.get("csms")
+        assert isinstance(tables, dict)  # self.csms() checked it
+        for name, spec in list(csms.items()):
+            t = _Table(self.ctx, ("csms", name), tables[name], CSMS_KEYS)
+            if not (t.has("pins") or t.has("change")):
+                continue
+            key = "pins" if t.has("pins") else "change"
+            if spec.security_profile != 3:
+                raise t.error(
+                    key,
+                    f"a CSMS checks station certificates only with security profile 3 (got {spec.security_profile})",
+                    value=None,
+                    fix="use security_profile = 3, or remove it",
+                )
+            pins = None
+            if t.has("pins"):
+                pins = t.reference("pins", "", self._pin_sets, "pin set", "[tls.pins.<name>]")
+                if any(p.csms is not None for p in self._pin_sets[pins].pins):
+                    raise t.error(
+                        "pins",
+                        f'pin set {pins!r} pins a CSMS key (cert = "csms.<name>"); a CSMS checks station '
+                        "certificates",
+                        value=pins,
+                        fix='use a pin set with root = "<root>" or spki_sha256 pins',
+                    )
+            change = None
+            if t.has("change"):
+                change = t.reference("change", "", self._change, "change policy", "[tls.change.<name>]")
+            csms[name] = attrs.evolve(spec, pins=pins, change=change)
+        self.nodes.csms = csms
+        return csms
+
+    # ------------------------------------------------------------ [stations.<group>] pins / change
+
+    def group_peer_policy(
+        self, t: _Table, group: StationGroupSpec, trust: Mapping[str, TrustSpec]
+    ) -> StationGroupSpec:
+        pins = change = None
+        if t.has("pins"):
+            pins = t.reference("pins", "", self._pin_sets, "pin set", "[tls.pins.<name>]")
+        if t.has("change"):
+            change = t.reference("change", "", self._change, "change policy", "[tls.change.<name>]")
+        key = "pins" if t.has("pins") else "change"
+        if (pins or change) and group.security_profile == 1:
+            raise t.error(
+                key,
+                "security profile 1 has no TLS: nothing to pin or watch",
+                value=None,
+                fix="remove it or use security_profile = 2",
+            )
+        store = trust[group.trust]
+        if store.mode != "pki":
+            if group.security_profile == 1:
+                raise t.error(
+                    "trust",
+                    f"trust store {store.name!r} is for TLS; the group uses profile 1",
+                    value=group.trust,
+                    fix="use security_profile = 2",
+                )
+            policy = PeerPolicy(
+                side="client",
+                pins=None
+                if pins is None
+                else layer_pin_set(self._pin_sets[pins], placeholder_spki, start=DEFAULT_START),
+                change=None if change is None else layer_change_policy(self._change[change]),
+            )
+            try:
+                policy.require(store.mode)
+            except ConfigError as exc:
+                raise t.error(
+                    "pins" if pins else "trust",
+                    f"trust store {store.name!r} (mode = {store.mode!r}): {exc.message}",
+                    value=pins or group.trust,
+                    fix='give the group pins = "<name>" with enforcement = "enforce"'
+                    + (" and tofu = true" if store.mode == "tofu" else "")
+                    + ', or use a mode = "pki" trust store',
+                ) from None
+        return attrs.evolve(group, pins=pins, change=change)
+
+    # ------------------------------------------------------------ [[timeline]] release_pin
+
+    def params_release_pin(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
+        target = self.target(t, ("group", "station"))  # type: ignore[attr-defined]  # _Builder.target
+        group = self.nodes.group_of(target)
+        if group.pins is None:
+            raise t.error(
+                "target",
+                f"group {group.name!r} has no pin set",
+                value=target,
+                fix='give the group pins = "<name>", or target a group that has one',
+            )
+        ref = self.key_reference(t, pki, self.nodes.csms, action="release_pin")
+        pinset = self._pin_sets[group.pins]
+        if not any(placeholder_spki(p) == placeholder_spki(ref) for p in pinset.pins):
+            raise t.error(
+                next(k for k in PIN_SOURCES if t.has(k)),
+                f"pin set {pinset.name!r} of group {group.name!r} has no pin for this key",
+                value=None,
+                fix="name the key as one of its pins does (cert and key, root, or spki_sha256)",
+            )
+        params: dict[str, object] = {"target": target}
+        if ref.csms is not None:
+            params |= {"cert": f"csms.{ref.csms}", "key": ref.key}
+        elif ref.root is not None:
+            params["root"] = ref.root
+        else:
+            params["spki_sha256"] = ref.spki_sha256
+        return params
+
+
+def _profile_path(path: str, *, top_fragment: bool) -> FieldPath:
+    """A ``TlsProfile.from_toml`` error path as the scenario profile table's parts."""
+    if path.startswith("cipher_suites"):
+        return _tls_layer_path(path)
+    for engine, ours in (
+        ("handshake_timeout_s", "handshake_timeout"),
+        ("session.lifetime_s", "session.lifetime"),
+        ("alpn.require", "alpn_require"),
+        ("alpn_require", "alpn_require"),
+        ("alpn.offer", "alpn"),
+        ("record.max_send_fragment", "max_send_fragment" if top_fragment else "record.max_send_fragment"),
+    ):
+        if path == engine or path.startswith((engine + ".", engine + "[")):
+            path = ours + path[len(engine) :]
+            break
+    return _layer_path(path)
+
+
+def layer_change_policy(spec: ChangeSpec) -> ChangePolicy:
+    """The TLS layer's :class:`~evsim.tls.change.ChangePolicy` for a change spec.
+
+    Raises:
+        ConfigError: what the TLS layer refuses (path relative to the table).
+    """
+    return ChangePolicy(
+        typing.cast(change_layer.OnKeyChange, spec.on_peer_key_change),
+        typing.cast(change_layer.OnCertChange, spec.on_peer_cert_change_same_key),
+    )
+
+
+class _Builder(_TlsModelReader):
     """Reads the parsed document section by section (see the module doc)."""
 
     def __init__(self, ctx: _Context) -> None:
@@ -771,6 +1304,9 @@ class _Builder:
         profiles = self.tls_profiles(tls)
         trust = self.trust_stores(tls, pki)
         csms = self.csms(root, sim, pki, profiles)
+        pin_sets = self.pin_sets(tls, pki, csms)
+        change_policies = self.change_policies(tls)
+        csms = self.csms_peer_policy(root, csms)
         groups = self.station_groups(root, csms, profiles, trust)
         self.register_stations(groups)
         links = self.links(root)
@@ -785,6 +1321,8 @@ class _Builder:
             links=links,
             timeline=timeline,
             source=self.ctx.source,
+            pin_sets=pin_sets,
+            change_policies=change_policies,
         )
 
     # ------------------------------------------------------------ [simulation]
@@ -879,7 +1417,7 @@ class _Builder:
                 raise self.ctx.error(
                     (*path, *_tls_layer_path(exc.path)), exc.message, value=exc.value, fix=exc.fix
                 ) from None
-            profiles[name] = spec
+            profiles[name] = self.profile_engine_knobs(t, spec)
         return profiles
 
     def trust_stores(self, tls: _Table | None, pki: PkiSpec) -> dict[str, TrustSpec]:
@@ -897,11 +1435,14 @@ class _Builder:
                         value=root,
                         fix=_choices_fix(root, pki.roots, what=f"define [pki.roots.{root}] or use one of"),
                     )
-            stores[name] = TrustSpec(
-                name=name,
-                roots=roots,
-                hostname=t.enum("hostname", HOSTNAME_CHECKS, "san+cn"),
-                wildcards=t.enum("wildcards", WILDCARD_POLICIES, "deny"),
+            stores[name] = self.trust_model(
+                t,
+                TrustSpec(
+                    name=name,
+                    roots=roots,
+                    hostname=t.enum("hostname", HOSTNAME_CHECKS, "san+cn"),
+                    wildcards=t.enum("wildcards", WILDCARD_POLICIES, "deny"),
+                ),
             )
         return stores
 
@@ -986,6 +1527,7 @@ class _Builder:
             certificate=cert,
             password=self.password(t),
             accept_unknown_stations=t.boolean("accept_unknown_stations", True),
+            ocsp_stapling=self.ocsp_stapling(t, profile),
         )
 
     def certificate(self, t: _Table, pki: PkiSpec) -> CertificateSpec:
@@ -1057,7 +1599,7 @@ class _Builder:
                     fix="give the station group another name (selectors must be unambiguous)",
                 )
             t = _Table(self.ctx, ("stations", name), value, STATION_KEYS, what=f"[stations.{name}]")
-            out[name] = self.one_group(t, name, csms, profiles, trust)
+            out[name] = self.group_peer_policy(t, self.one_group(t, name, csms, profiles, trust), trust)
         return out
 
     def one_group(

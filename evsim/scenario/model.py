@@ -18,6 +18,8 @@ from typing import Any, Literal, TypeAlias, TypeVar
 
 import attrs
 
+from evsim.tls.config import TlsProfile
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -26,6 +28,7 @@ NetworkKind: TypeAlias = Literal["memory", "tcp"]
 KeyType: TypeAlias = Literal["ec", "rsa"]
 HostnameCheck: TypeAlias = Literal["cn", "san", "san+cn", "off"]
 WildcardPolicy: TypeAlias = Literal["deny", "allow"]
+TrustMode: TypeAlias = Literal["pki", "pinned_peers", "tofu"]
 
 
 class FrozenMap(Mapping[K, V]):
@@ -144,6 +147,11 @@ class TlsProfileSpec:
             enabled version has an entry (the TLS layer's defaults fill the versions the file leaves out).
         handshake_timeout: seconds the whole handshake may take.
         max_send_fragment: largest plaintext record written, bytes; None = the engine's 16384.
+        tls: the TLS layer's profile with every knob of the table (groups, signature algorithms, ALPN,
+            session, record knobs, keylog, enforce), validated by ``TlsProfile.from_toml``; None for a
+            profile built in code from the fields above.
+        keep_sessions: the table has a ``session`` table: stations using the profile keep sessions and resume
+            them (without one they make a full handshake every time, as before sessions were configurable).
     """
 
     name: str
@@ -151,6 +159,8 @@ class TlsProfileSpec:
     cipher_suites: FrozenMap[str, tuple[str, ...]] = attrs.field(factory=FrozenMap, converter=_frozen_map)
     handshake_timeout: float = 10.0
     max_send_fragment: int | None = None
+    tls: TlsProfile | None = None
+    keep_sessions: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -162,12 +172,26 @@ class TrustSpec:
         roots: names of roots in :attr:`PkiSpec.roots`.
         hostname: ``"cn"``, ``"san"``, ``"san+cn"`` or ``"off"``.
         wildcards: ``"deny"`` (OCPP default) or ``"allow"``.
+        mode: ``"pki"``, ``"pinned_peers"`` or ``"tofu"`` (no roots in the peer modes).
+        time_check: certificate validity check (``evsim.tls.config.TimeCheck``).
+        crl: ``"off"``, ``"leaf"`` or ``"chain"``: check the CRLs the scenario PKI publishes for its roots.
+        ocsp: ``"off"``, ``"request"`` or ``"require"``: OCSP stapling (the CSMS staples with
+            ``ocsp_stapling``).
+        on_unknown: ``"fail"`` or ``"soft_fail"`` for an authentic ``unknown`` OCSP status.
+        max_depth: longest chain accepted below the leaf; None = the engine's default.
     """
 
     name: str
     roots: tuple[str, ...] = ("root",)
     hostname: HostnameCheck = "san+cn"
     wildcards: WildcardPolicy = "deny"
+    # TLS model (scenario-tls): see the "TLS model" section at the end of this module
+    mode: TrustMode = "pki"
+    time_check: str = "enforce"
+    crl: str = "off"
+    ocsp: str = "off"
+    on_unknown: str = "fail"
+    max_depth: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -203,6 +227,9 @@ class CsmsSpec:
         certificate: the server certificate.
         password: Basic-auth password accepted from every station; None = the run's generated password.
         accept_unknown_stations: False refuses identities that no station group defines (HTTP 404).
+        ocsp_stapling: staple an OCPP-style OCSP response from the scenario PKI's responder for its root.
+        pins: name of a :class:`PinSetSpec` applied to station certificates (profile 3), or None.
+        change: name of a :class:`ChangeSpec` applied to station certificates (profile 3), or None.
     """
 
     name: str
@@ -216,6 +243,9 @@ class CsmsSpec:
     certificate: CertificateSpec = CertificateSpec()
     password: str | None = None
     accept_unknown_stations: bool = True
+    ocsp_stapling: bool = False
+    pins: str | None = None
+    change: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -256,6 +286,8 @@ class StationGroupSpec:
         heartbeat_fallback: heartbeat interval until the CSMS gives one, seconds.
         retry_backoff: reconnect back-off.
         queue_max: offline message queue threshold.
+        pins: name of a :class:`PinSetSpec` (each station gets its own pin memory), or None.
+        change: name of a :class:`ChangeSpec` (each station remembers the CSMS's leaf), or None.
     """
 
     name: str
@@ -276,6 +308,8 @@ class StationGroupSpec:
     heartbeat_fallback: float = 300.0
     retry_backoff: RetryBackOffSpec = RetryBackOffSpec()
     queue_max: int = 1000
+    pins: str | None = None
+    change: str | None = None
 
     def station_ids(self) -> list[str]:
         """The identities of the group's stations, in order.
@@ -356,6 +390,8 @@ class Scenario:
         links: link policies, in file order (later entries override earlier ones where they overlap).
         timeline: events sorted by ``at`` (events at the same time keep their file order).
         source: the file it was loaded from, or the ``source`` label given to the loader.
+        pin_sets: ``[tls.pins.<name>]`` by name.
+        change_policies: ``[tls.change.<name>]`` by name.
     """
 
     simulation: SimulationSpec
@@ -367,6 +403,8 @@ class Scenario:
     links: tuple[LinkSpec, ...] = ()
     timeline: tuple[TimelineEvent, ...] = ()
     source: str | None = None
+    pin_sets: FrozenMap[str, PinSetSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    change_policies: FrozenMap[str, ChangeSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
 
     def station_ids(self) -> list[str]:
         """Every station identity, group by group in file order.
@@ -418,3 +456,63 @@ class Scenario:
         from evsim.scenario.loader import loads_scenario
 
         return loads_scenario(text, source=source)
+
+
+# ---------------------------------------------------------------- TLS model (scenario-tls): pins, change
+
+
+@attrs.frozen(kw_only=True)
+class PinSpec:
+    """One pin of a ``[tls.pins.<name>]`` table. Keys are generated per run, so a pin names its key by
+    reference to the scenario PKI; exactly one of ``spki_sha256``, ``csms`` and ``root`` is set.
+
+    Attributes:
+        target: ``leaf``, ``intermediate``, ``root`` or ``any`` (:mod:`evsim.tls.pins`).
+        state: ``active``, ``backup``, ``pending`` or ``released``.
+        spki_sha256: a literal key hash (64 hex digits, lower case).
+        csms: the CSMS whose server key is pinned (``cert = "csms.<name>"``).
+        key: which key of that CSMS: 0 = the key at the start, 1 = the key its first
+            ``rotate_certificate`` with a new key switches to ("next"), and so on.
+        root: the root CA (``[pki.roots]``) whose key is pinned.
+        not_after: the pin stops matching this many seconds after the start; None = never.
+    """
+
+    target: str
+    state: str = "active"
+    spki_sha256: str | None = None
+    csms: str | None = None
+    key: int = 0
+    root: str | None = None
+    not_after: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class PinSetSpec:
+    """A ``[tls.pins.<name>]`` table: certificate pins a station group applies to its CSMS.
+
+    Attributes:
+        name: the pin set's name.
+        enforcement: ``enforce`` (a mismatch refuses the connection) or ``report_only``.
+        tofu: trust on first use: pin the first CSMS leaf seen when no active pin is live.
+        pins: the pins, in file order.
+    """
+
+    name: str
+    enforcement: str = "enforce"
+    tofu: bool = False
+    pins: tuple[PinSpec, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class ChangeSpec:
+    """A ``[tls.change.<name>]`` table: what a station does when the CSMS's certificate or key changes.
+
+    Attributes:
+        name: the policy's name.
+        on_peer_key_change: ``reject``, ``warn`` or ``accept_and_repin`` (:mod:`evsim.tls.change`).
+        on_peer_cert_change_same_key: ``info`` or ``warn``.
+    """
+
+    name: str
+    on_peer_key_change: str = "warn"
+    on_peer_cert_change_same_key: str = "info"

@@ -7,15 +7,23 @@ time exactly where the scenario says.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import math
+from collections.abc import Callable
 
 import attrs
+from cryptography import x509
 
 from evsim.pki import CertificateAuthority, CertKey
+from evsim.pki.keys import KeyType, PrivateKey, generate_key, public_key_der
+from evsim.pki.revocation import OcspResponder, OcspStaple
 from evsim.scenario.model import CertificateSpec, Scenario
 
 #: CA validity: long enough for any scenario (the loader caps durations at 100 years).
 CA_DAYS = 36_500
+STAPLE_REFRESH_S = 60.0
+"""How old a CSMS's stapled OCSP response may get before it asks the responder again (simulation time; a
+choice of evsim, well below the responder's 7-day nextUpdate)."""
 
 
 def issue_window(start: _dt.datetime, offset_s: float, validity_s: float) -> tuple[_dt.datetime, int]:
@@ -35,6 +43,11 @@ class ScenarioPki:
     roots: dict[str, CertificateAuthority]
     station_ca: CertificateAuthority
     _stations: dict[str, CertKey] = attrs.field(factory=dict)
+    _csms_keys: dict[str, list[PrivateKey]] = attrs.field(factory=dict)
+    _csms_key_index: dict[str, int] = attrs.field(factory=dict)
+    crl_lifetime_s: float = 7 * 86_400.0
+    _responders: dict[str, OcspResponder] = attrs.field(factory=dict)
+    _crls: dict[str, x509.CertificateRevocationList] = attrs.field(factory=dict)
 
     @classmethod
     def build(cls, scenario: Scenario, start: _dt.datetime) -> ScenarioPki:
@@ -55,20 +68,70 @@ class ScenarioPki:
         station_ca = roots["root"].create_sub_ca(
             f"{org} Charging Station Sub-CA", org, now=ca_start, days=CA_DAYS, key_type=spec.key_type
         )
-        return cls(start=start, organization=org, roots=roots, station_ca=station_ca)
+        # CRLs are published at the start and on every revocation; each stays valid past the end of the run,
+        # so a station never meets an expired CRL unless a scenario asks for it
+        lifetime = scenario.simulation.duration + 86_400.0
+        return cls(start=start, organization=org, roots=roots, station_ca=station_ca, crl_lifetime_s=lifetime)
 
     def server_certificate(
         self, host: str, cert: CertificateSpec, *, at: float = 0.0, root: str | None = None
     ) -> CertKey:
-        """A CSMS certificate for ``host`` valid from ``at + not_before`` to ``at + validity`` (seconds from start)."""
+        """A CSMS certificate for ``host`` valid from ``at + not_before`` to ``at + validity`` (seconds from start).
+
+        It carries the CSMS's current key (:meth:`csms_key`), so a renewal keeps the key; with another
+        ``root`` (an attacker's certificate for the name) a fresh key.
+        """
         now, days = issue_window(self.start, at, cert.validity)
         ca = self.roots[root or cert.root]
-        return ca.issue_server(host, now=now, days=days, key_type=cert.key_type)
+        key = None if root is not None else self.current_csms_key(host, cert)
+        return ca.issue_server(host, now=now, days=days, key_type=cert.key_type, key=key)
 
     def expired_server_certificate(self, host: str, cert: CertificateSpec, *, at: float) -> CertKey:
-        """A certificate for ``host`` whose validity ended one second before ``at``."""
+        """A certificate for ``host`` (its current key) whose validity ended one second before ``at``."""
         now, days = issue_window(self.start, at - 86_400 - 1, 86_400)
-        return self.roots[cert.root].issue_server(host, now=now, days=days, key_type=cert.key_type)
+        return self.roots[cert.root].issue_server(
+            host, now=now, days=days, key_type=cert.key_type, key=self.current_csms_key(host, cert)
+        )
+
+    # ------------------------------------------------------------ CSMS keys (scenario-tls: pins, rotation)
+
+    def csms_key(self, host: str, index: int, key_type: KeyType = "ec") -> PrivateKey:
+        """Key number ``index`` of the CSMS at ``host`` (0: the key at the start, 1: the key of its first
+        new-key rotation, ...), generated on first use so pins can name keys the run will use later.
+
+        Args:
+            host: the CSMS host.
+            index: position in its key sequence.
+            key_type: ``"ec"`` or ``"rsa"`` for keys generated now.
+
+        Returns:
+            The key.
+        """
+        keys = self._csms_keys.setdefault(host, [])
+        while len(keys) <= index:
+            keys.append(generate_key(key_type))
+        return keys[index]
+
+    def current_csms_key(self, host: str, cert: CertificateSpec) -> PrivateKey:
+        """The key the CSMS at ``host`` uses now."""
+        return self.csms_key(host, self._csms_key_index.get(host, 0), cert.key_type)
+
+    def next_csms_key(self, host: str) -> int:
+        """Move the CSMS at ``host`` to the next key of its sequence (a rotation with a new key).
+
+        Returns:
+            The new key's index.
+        """
+        self._csms_key_index[host] = self._csms_key_index.get(host, 0) + 1
+        return self._csms_key_index[host]
+
+    def csms_spki(self, host: str, index: int, key_type: KeyType = "ec") -> str:
+        """Hex SHA-256 of the SubjectPublicKeyInfo of :meth:`csms_key` (what a pin holds)."""
+        return hashlib.sha256(public_key_der(self.csms_key(host, index, key_type))).hexdigest()
+
+    def root_spki(self, root: str) -> str:
+        """Hex SHA-256 of a root CA's SubjectPublicKeyInfo."""
+        return hashlib.sha256(public_key_der(self.roots[root].cert)).hexdigest()
 
     def station_certificate(
         self, station_id: str, *, validity_s: float, at: float = 0.0, renew: bool = False
@@ -80,3 +143,36 @@ class ScenarioPki:
                 station_id, self.organization, now=now, days=days
             )
         return self._stations[station_id]
+
+    # ------------------------------------------------------------ revocation (scenario-tls)
+
+    def responder(self, root: str) -> OcspResponder:
+        """The OCSP responder of ``root`` (the root signs its responses), sharing its revocation records."""
+        if root not in self._responders:
+            self._responders[root] = OcspResponder(self.roots[root])
+        return self._responders[root]
+
+    def crl(self, root: str) -> x509.CertificateRevocationList:
+        """The CRL ``root`` publishes now (built at the start, rebuilt by :meth:`revoke`)."""
+        if root not in self._crls:
+            self._publish(root, at=0.0)
+        return self._crls[root]
+
+    def _publish(self, root: str, *, at: float) -> None:
+        now = self.start + _dt.timedelta(seconds=at)
+        self._crls[root] = self.responder(root).revocations.build_crl(
+            now=now, next_update_s=self.crl_lifetime_s
+        )
+
+    def revoke(self, root: str, cert: x509.Certificate, *, at: float) -> None:
+        """Revoke ``cert`` (issued by ``root``) at ``at`` seconds from the start and publish a new CRL; the
+        root's OCSP responder answers ``revoked`` for it from then on."""
+        self.responder(root).revocations.revoke(cert, at=self.start + _dt.timedelta(seconds=at))
+        self._publish(root, at=at)
+
+    def staple(self, root: str, cert: x509.Certificate, clock: Callable[[], _dt.datetime]) -> OcspStaple:
+        """A server's OCSP staple for ``cert`` from ``root``'s responder, refreshed at most every minute of
+        simulation time (a fresh staple follows a revocation within a minute; the signature cost stays low)."""
+        return OcspStaple(
+            self.responder(root), cert, self.roots[root].cert, clock=clock, refresh_s=STAPLE_REFRESH_S
+        )

@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 import trio
 import trio.testing
+from cryptography import x509
 
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError
@@ -34,17 +35,29 @@ from evsim.net.base import Network
 from evsim.net.tcp import TcpNetwork
 from evsim.net.virtual import LinkPolicy, VirtualNetwork
 from evsim.nodes.csms import Csms, CsmsConfig
-from evsim.nodes.station import Station, StationConfig
+from evsim.nodes.station import Station, StationConfig, peer_event_fields
 from evsim.ocpp.backoff import RetryBackOff
+from evsim.pki import CertKey
+from evsim.pki.revocation import OcspStaple
 from evsim.runtime import tune_gc
 from evsim.scenario.attacks import RedirectingNetwork, downgrade_client, mitm_relay
-from evsim.scenario.model import CsmsSpec, Scenario, StationGroupSpec, TimelineEvent
+from evsim.scenario.loader import layer_change_policy, layer_pin_set
+from evsim.scenario.model import CsmsSpec, PinSpec, Scenario, StationGroupSpec, TimelineEvent, TrustSpec
 from evsim.scenario.pki import ScenarioPki
-from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile, TrustStore
+from evsim.tls import (
+    ClientTls,
+    Identity,
+    PeerEvent,
+    PeerPolicy,
+    RevocationPolicy,
+    ServerTls,
+    SessionStore,
+    TlsProfile,
+    TrustStore,
+)
 
 #: Actions and link knobs the model accepts that this runner cannot enforce yet; refused before the run starts.
 NOT_YET = {
-    "revoke_certificate": "revocation needs CRL/OCSP checking, which arrives with the TLS-model work",
     "set_network_profile": "network profiles with several endpoints arrive with the failover work",
 }
 LINK_NOT_YET = {
@@ -84,6 +97,16 @@ def preflight(scenario: Scenario) -> None:
     """
     src = scenario.source
     for i, ev in enumerate(scenario.timeline):
+        if ev.action == "revoke_certificate" and ev.params.get("target") not in scenario.csms:
+            raise ConfigError(
+                "revoke_certificate of station certificates is not supported yet: the CSMS's trust store for "
+                "station certificates has no revocation settings in scenarios",
+                path=f"timeline[{i}].target",
+                value=ev.params.get("target"),
+                fix="revoke a CSMS certificate (stations check it with [tls.trust.<name>] revocation)",
+                file=src,
+                line=ev.line,
+            )
         if ev.action in NOT_YET:
             raise ConfigError(
                 f"timeline action {ev.action!r} is not supported yet: {NOT_YET[ev.action]}",
@@ -187,6 +210,9 @@ class ScenarioRunner:
         self.group_of: dict[str, str] = {}
         self.samples: list[Sample] = []
         self.recorder: Recorder | None = None
+        self.peer_policies: dict[str, PeerPolicy] = {}
+        self.csms_policies: dict[str, PeerPolicy] = {}
+        self.csms_certs: dict[str, CertKey] = {}
         self.clock: SimClock | None = None
         self.outcome = "not started"
 
@@ -196,6 +222,8 @@ class ScenarioRunner:
         spec = self.scenario.tls_profiles.get(name)
         if spec is None:
             return TlsProfile()
+        if spec.tls is not None:
+            return spec.tls
         kwargs: dict[str, Any] = {"versions": spec.versions, "handshake_timeout_s": spec.handshake_timeout}
         if spec.cipher_suites:
             kwargs["cipher_suites"] = dict(spec.cipher_suites)
@@ -209,7 +237,13 @@ class ScenarioRunner:
         anchors = tuple(self.pki.roots[r].cert for r in root_names)
         if spec is None:
             return TrustStore(name, anchors)
-        return TrustStore(name, anchors, hostname=spec.hostname, wildcards=spec.wildcards)
+        return TrustStore(
+            name,
+            anchors if spec.mode == "pki" else (),
+            hostname=spec.hostname,
+            wildcards=spec.wildcards,
+            **self._trust_model_kwargs(spec, root_names),
+        )
 
     def _server_tls(self, spec: CsmsSpec, identity: Identity) -> ServerTls | None:
         if spec.security_profile == 1:
@@ -221,8 +255,10 @@ class ScenarioRunner:
                 identity,
                 trust=TrustStore("ChargingStationRoots", (self.pki.roots["root"].cert,), hostname="off"),
                 client_auth="required",
+                ocsp=self._ocsp_staple(spec, identity.leaf),
+                peer=self._csms_peer_policy(spec),
             )
-        return ServerTls.build(profile, identity)
+        return ServerTls.build(profile, identity, ocsp=self._ocsp_staple(spec, identity.leaf))
 
     def _client_tls(self, group: StationGroupSpec, station_id: str) -> ClientTls | None:
         if group.security_profile == 1:
@@ -232,7 +268,10 @@ class ScenarioRunner:
             cert = self.pki.station_certificate(station_id, validity_s=self.scenario.pki.validity)
             identity = Identity.from_cert_key(cert)
         return ClientTls.build(
-            self._profile(group.tls_profile), self._trust(group.trust, self.group_roots[group.name]), identity
+            self._profile(group.tls_profile),
+            self._trust(group.trust, self.group_roots[group.name]),
+            identity,
+            peer=self.peer_policies.get(station_id),
         )
 
     def _sessions(self, group: StationGroupSpec) -> tuple[int, tuple[float, float]]:
@@ -316,6 +355,7 @@ class ScenarioRunner:
                 csms_spec = sc.csms[group.csms]
                 for sid in group.station_ids():
                     self.group_of[sid] = group.name
+                    self._make_peer_policy(group, sid)
                     station = Station(
                         self._station_config(group, sid, csms_spec, ports[csms_spec.name]),
                         network=self.net,
@@ -325,6 +365,7 @@ class ScenarioRunner:
                         rng=random.Random(f"{sim.seed}:{sid}"),
                     )
                     self.stations[sid] = station
+                    station.tls_sessions = self._session_store(group)
                     self.station_nodes[sid] = node = _Node(sid, station.run)
                     await node.start(nursery)
             nursery.start_soon(self._timeline, nursery)
@@ -345,6 +386,7 @@ class ScenarioRunner:
     async def _start_csms(self, spec: CsmsSpec, nursery: trio.Nursery) -> int:
         assert self.clock is not None and self.recorder is not None
         cert = self.pki.server_certificate(spec.host, spec.certificate)
+        self.csms_certs[spec.name] = cert
         tcp = self.scenario.simulation.network == "tcp"
         csms = Csms(
             CsmsConfig(
@@ -475,6 +517,8 @@ class ScenarioRunner:
             csms_names, station_ids = self._targets(str(p["target"]))
             for name in csms_names:
                 spec = self.scenario.csms[name]
+                if action == "rotate_certificate" and p.get("new_key", True):
+                    self.pki.next_csms_key(spec.host)
                 if action == "expire_certificate":
                     cert = self.pki.expired_server_certificate(spec.host, spec.certificate, at=at)
                 else:
@@ -482,7 +526,7 @@ class ScenarioRunner:
                     cert = self.pki.server_certificate(
                         spec.host, attrs.evolve(spec.certificate, validity=validity), at=at
                     )
-                self.csms[name].server_tls = self._server_tls(spec, Identity.from_cert_key(cert))
+                self._install_server_certificate(spec, cert)
             for sid in station_ids:
                 group = self.scenario.stations[self.group_of[sid]]
                 if group.security_profile == 3:
@@ -526,6 +570,10 @@ class ScenarioRunner:
                 )
         elif action in ("attack_wrong_ca", "attack_mitm"):
             await self._attack_redirect(ev, nursery)
+        elif action == "release_pin":
+            self._release_pin(ev)
+        elif action == "revoke_certificate":
+            self._revoke_certificate(ev)
         else:  # pragma: no cover - preflight refuses the rest
             raise ConfigError(
                 f"timeline action {action!r} is not supported", line=ev.line, file=self.scenario.source
@@ -598,6 +646,122 @@ class ScenarioRunner:
         self.net.restore(victims, host)
         node.stop()
         self.recorder.emit("timeline", "attack_ended", attacker=name)
+
+    # ------------------------------------------------------------------ TLS model (scenario-tls)
+
+    def _trust_model_kwargs(self, spec: TrustSpec, roots: Iterable[str]) -> dict[str, Any]:
+        """The TrustStore keywords of the TLS-model knobs of a trust spec: mode, time check, depth, and the
+        revocation policy with the CRLs the scenario PKI publishes now for ``roots``."""
+        crls = tuple(self.pki.crl(r) for r in roots) if spec.crl != "off" else ()
+        revocation = RevocationPolicy(spec.crl, crls, spec.ocsp, spec.on_unknown)  # type: ignore[arg-type]
+        return {
+            "mode": spec.mode,
+            "time_check": spec.time_check,
+            "revocation": revocation,
+            "max_depth": spec.max_depth,
+        }
+
+    def _ocsp_staple(self, spec: CsmsSpec, cert: x509.Certificate) -> OcspStaple | None:
+        """The CSMS's OCSP staple provider when it staples (``ocsp_stapling``)."""
+        if not spec.ocsp_stapling:
+            return None
+        assert self.clock is not None
+        return self.pki.staple(spec.certificate.root, cert, self.clock.utcnow)
+
+    def _revoke_certificate(self, ev: TimelineEvent) -> None:
+        """``revoke_certificate`` of a CSMS: its root publishes a new CRL and its responder answers
+        ``revoked``. Stations whose trust store checks CRLs get a new trust store value, hence a new context,
+        for their next connection; the CSMS staples the new status from its next handshake. Open
+        connections are undisturbed (TLS checks certificates only during the handshake)."""
+        assert self.clock is not None
+        name = str(ev.params["target"])
+        spec = self.scenario.csms[name]
+        self.pki.revoke(spec.certificate.root, self.csms_certs[name].cert, at=self.clock.elapsed())
+        self._install_server_certificate(spec, self.csms_certs[name])
+        for sid, station in self.stations.items():
+            group = self.scenario.stations[self.group_of[sid]]
+            trust = self.scenario.trust_stores.get(group.trust)
+            if trust is not None and trust.crl != "off" and group.security_profile >= 2:
+                station.client_tls = self._client_tls(group, sid)
+
+    def _install_server_certificate(self, spec: CsmsSpec, cert: CertKey) -> None:
+        """Make ``cert`` the CSMS's certificate for its next handshakes (with a fresh staple)."""
+        self.csms_certs[spec.name] = cert
+        self.csms[spec.name].server_tls = self._server_tls(spec, Identity.from_cert_key(cert))
+
+    def _session_store(self, group: StationGroupSpec) -> SessionStore | None:
+        """A station's session store when its profile has a ``session`` table (else full handshakes only, as
+        before sessions were configurable: shipped scenarios' logs do not change)."""
+        spec = self.scenario.tls_profiles.get(group.tls_profile)
+        if spec is None or spec.tls is None or not spec.keep_sessions:
+            return None
+        return SessionStore(spec.tls.session.cache_entries)
+
+    def _pin_spki(self, pin: PinSpec) -> str:
+        """The run's key hash a pin names (keys are generated per run)."""
+        if pin.spki_sha256 is not None:
+            return pin.spki_sha256
+        if pin.root is not None:
+            return self.pki.root_spki(pin.root)
+        assert pin.csms is not None
+        spec = self.scenario.csms[pin.csms]
+        return self.pki.csms_spki(spec.host, pin.key, spec.certificate.key_type)
+
+    def _csms_peer_policy(self, spec: CsmsSpec) -> PeerPolicy | None:
+        """The CSMS's server-side PeerPolicy (pins / change on station certificates), made once; its events
+        are recorded at the CSMS (a CSMS sends no SecurityEventNotification)."""
+        if spec.pins is None and spec.change is None:
+            return None
+        if spec.name not in self.csms_policies:
+            assert self.clock is not None and self.recorder is not None
+            sc, recorder = self.scenario, self.recorder
+            pins = None
+            if spec.pins is not None:
+                pins = layer_pin_set(sc.pin_sets[spec.pins], self._pin_spki, start=self.clock.start_utc)
+            change = None if spec.change is None else layer_change_policy(sc.change_policies[spec.change])
+
+            def sink(event: PeerEvent) -> None:
+                recorder.emit(spec.name, event.event, **peer_event_fields(event))
+
+            self.csms_policies[spec.name] = PeerPolicy(
+                side="server", pins=pins, change=change, sink=sink, name=spec.name
+            )
+        return self.csms_policies[spec.name]
+
+    def _make_peer_policy(self, group: StationGroupSpec, sid: str) -> None:
+        """Give the station its own PeerPolicy (own pins and memory) when its group names pins or change."""
+        sc = self.scenario
+        if group.pins is None and group.change is None:
+            return
+        assert self.clock is not None
+        pins = None
+        if group.pins is not None:
+            pins = layer_pin_set(sc.pin_sets[group.pins], self._pin_spki, start=self.clock.start_utc)
+        change = None if group.change is None else layer_change_policy(sc.change_policies[group.change])
+
+        def sink(event: PeerEvent) -> None:
+            self.stations[sid].on_peer_event(event)  # events come only from connections: the station exists
+
+        self.peer_policies[sid] = PeerPolicy(side="client", pins=pins, change=change, sink=sink, name=sid)
+
+    def _release_pin(self, ev: TimelineEvent) -> None:
+        """``release_pin``: each target station releases its pins of the named key (a new epoch: its context
+        is rebuilt for the next connection; the open connection is undisturbed)."""
+        assert self.clock is not None
+        p = ev.params
+        ref = PinSpec(
+            target="any",
+            spki_sha256=None if p.get("spki_sha256") is None else str(p["spki_sha256"]),
+            csms=None if p.get("cert") is None else str(p["cert"]).removeprefix("csms."),
+            key=int(_num(p, "key", 0)),
+            root=None if p.get("root") is None else str(p["root"]),
+        )
+        spki = self._pin_spki(ref)
+        _, station_ids = self._targets(str(p["target"]))
+        for sid in station_ids:
+            self.peer_policies[sid].release_pin(
+                spki, now=self.clock.utcnow(), reason=f"operator (timeline line {ev.line})"
+            )
 
     # ------------------------------------------------------------------ result
 
