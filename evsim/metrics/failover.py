@@ -4,10 +4,13 @@ Pure functions of a run's events (JSON objects as in ``events.jsonl``, sorted he
 :mod:`evsim.metrics.summary`, which appends their tables to every summary:
 
 * **Recovery after outages** (:func:`recoveries`): for every ``stop`` or ``partition`` on the timeline at time
-  *T*, the *affected* stations are those online (booted, station side) just before *T* that lose their link
+  *T* (outages at the same instant are one row: a station's loss cannot be told apart between them), the
+  *affected* stations are those online (booted, station side) just before *T* that lose their link
   within :data:`LOSS_WINDOW` seconds; each one's recovery time is its next ``booted`` minus *T*. The table
   shows the time until 50 / 95 / 100 % of the affected stations were back, and the endpoint (the CSMS that
-  recorded the BootNotification) they came back to.
+  recorded the BootNotification) they came back to. A controller that keeps its stations (``keep_station``)
+  hides the outage from them; its per-station upstream links get a row of their own (``upstream_lost`` →
+  next ``upstream_connected``, back to the endpoint it names).
 * **Connections per endpoint** (:func:`endpoint_counts`): per CSMS or controller, the WebSocket sessions it
   accepted (``station_connected``), handshakes and upgrades it refused, its peak of sessions accepted in one
   second (the height of a reconnect storm), and per controller upstream endpoint the links it opened.
@@ -45,8 +48,8 @@ class Recovery:
 
     Attributes:
         t: when the outage started (s).
-        action: ``stop`` or ``partition``.
-        target: what it hit (a node, or ``a<->b``).
+        action: ``stop`` and/or ``partition`` (comma-separated when several happen at ``t``).
+        target: what it hit (a node, or ``a<->b``; comma-separated).
         online: stations online just before.
         affected: stations that lost their link within :data:`LOSS_WINDOW`.
         times: recovery time (s from ``t``) of each affected station that came back, sorted.
@@ -98,12 +101,18 @@ def recoveries(events: Iterable[Mapping[str, Any]], roles: Mapping[str, str]) ->
         One :class:`Recovery` per ``stop`` / ``partition`` event, in time order.
     """
     evs = _sorted(events)
-    outages = [e for e in evs if e["node"] == "timeline" and e["kind"] in OUTAGE_ACTIONS]
-    if not outages:
+    by_time: dict[float, list[Mapping[str, Any]]] = {}
+    for e in evs:
+        if e["node"] == "timeline" and e["kind"] in OUTAGE_ACTIONS:
+            by_time.setdefault(round(float(e["t"]), 6), []).append(e)
+    if not by_time:
         return []
     # per station: (t, "up"/"down") transitions; per station: CSMS-side boots (t, csms)
     transitions: dict[str, list[tuple[float, str]]] = collections.defaultdict(list)
     server_boots: dict[str, list[tuple[float, str]]] = collections.defaultdict(list)
+    # per (controller, station) upstream link: transitions, and where each connect went
+    upstream: dict[str, list[tuple[float, str]]] = collections.defaultdict(list)
+    upstream_to: dict[str, list[tuple[float, str]]] = collections.defaultdict(list)
     for e in evs:
         node, kind, t = str(e["node"]), e["kind"], float(e["t"])
         role = roles.get(node)
@@ -114,43 +123,62 @@ def recoveries(events: Iterable[Mapping[str, Any]], roles: Mapping[str, str]) ->
                 transitions[node].append((t, "down"))
         elif role == "csms" and kind == "booted" and "station" in e:
             server_boots[str(e["station"])].append((t, node))
+        elif kind in ("upstream_connected", "upstream_lost") and "station" in e:
+            key = f"{node}/{e['station']}"
+            upstream[key].append((t, "up" if kind == "upstream_connected" else "down"))
+            if kind == "upstream_connected":
+                upstream_to[key].append((t, f"{node} -> {e.get('endpoint', '?')}"))
     out: list[Recovery] = []
-    for o in outages:
-        t0 = float(o["t"])
-        online = affected = 0
-        times: list[float] = []
-        back_to: collections.Counter[str] = collections.Counter()
-        for station, trans in transitions.items():
-            state = "down"
-            i = 0
-            while i < len(trans) and trans[i][0] < t0:
-                state = trans[i][1]
-                i += 1
-            if state != "up":
-                continue
-            online += 1
-            lost = next((t for t, s in trans[i:] if s == "down"), None)
-            if lost is None or lost > t0 + LOSS_WINDOW:
-                continue
-            affected += 1
-            back = next((t for t, s in trans[i:] if s == "up" and t >= lost), None)
-            if back is None:
-                continue
-            times.append(back - t0)
-            where = next((n for t, n in server_boots.get(station, ()) if t >= lost), None)
-            back_to[where or "?"] += 1
-        out.append(
-            Recovery(
-                t=t0,
-                action=str(o["kind"]),
-                target=_target(o),
-                online=online,
-                affected=affected,
-                times=tuple(sorted(times)),
-                back_to=dict(sorted(back_to.items())),
-            )
-        )
+    for t0, same in by_time.items():
+        action = ", ".join(dict.fromkeys(str(o["kind"]) for o in same))
+        target = ", ".join(_target(o) for o in same)
+        out.append(_recovery(t0, action, target, transitions, server_boots))
+        if upstream:
+            links = _recovery(t0, action, target + " (controller upstream links)", upstream, upstream_to)
+            if links.affected:
+                out.append(links)
     return out
+
+
+def _recovery(
+    t0: float,
+    action: str,
+    target: str,
+    transitions: Mapping[str, list[tuple[float, str]]],
+    landed: Mapping[str, list[tuple[float, str]]],
+) -> Recovery:
+    """One row: who was up before ``t0``, who went down within the window, when each came back and where."""
+    online = affected = 0
+    times: list[float] = []
+    back_to: collections.Counter[str] = collections.Counter()
+    for station, trans in transitions.items():
+        state = "down"
+        i = 0
+        while i < len(trans) and trans[i][0] < t0:
+            state = trans[i][1]
+            i += 1
+        if state != "up":
+            continue
+        online += 1
+        lost = next((t for t, s in trans[i:] if s == "down"), None)
+        if lost is None or lost > t0 + LOSS_WINDOW:
+            continue
+        affected += 1
+        back = next((t for t, s in trans[i:] if s == "up" and t >= lost), None)
+        if back is None:
+            continue
+        times.append(back - t0)
+        where = next((n for t, n in landed.get(station, ()) if t >= lost), None)
+        back_to[where or "?"] += 1
+    return Recovery(
+        t=t0,
+        action=action,
+        target=target,
+        online=online,
+        affected=affected,
+        times=tuple(sorted(times)),
+        back_to=dict(sorted(back_to.items())),
+    )
 
 
 def recovery_rows(recs: Sequence[Recovery]) -> list[tuple[object, ...]]:

@@ -385,7 +385,7 @@ def summarize(
         elif role == "control":
             if e["node"] == "timeline":
                 a.timeline.append(e)
-        else:
+        elif e["kind"] != "service_attempt":  # a controller's upstream attempts, under its host name
             a.other_event(e)
     return Summary(
         (

@@ -38,9 +38,10 @@ Station doesn't have to behave different" and "so that the CSMS can not notice" 
   stays connected; the controller answers its CALLs (Heartbeat with the time; the ``store_and_forward`` actions,
   TransactionEvent by default, with an empty response and into a bounded per-station backlog; other status
   messages with an empty response; anything else with a CALLERROR) and reconnects upstream with the service's
-  back-off. On every upstream connection with a non-empty backlog it first sends the station's last
-  BootNotification (the CSMS wants a boot on each new connection, B02.FR.09) and then the backlog, in order,
-  as own CALLs; station CALLs queue behind them. The backlog survives the station's reconnects.
+  back-off. On every upstream reconnection (and on a first connection with a non-empty backlog) it first
+  sends the station's last BootNotification (the CSMS wants a boot on each new connection, B02.FR.09, and the
+  kept station will not boot again) and then the backlog, in order, as own CALLs; station CALLs queue behind
+  them. The backlog survives the station's reconnects.
 """
 
 from __future__ import annotations
@@ -679,11 +680,13 @@ class _Relay:
     async def _upstream_side(self, ws: WebSocket) -> None:
         """Read the CSMS link; on loss, close the pair or (keep_station) reconnect and replay."""
         cfg, state = self.lc.config, self.state
+        reconnected = False
         while True:
             reason = "closed"
             self.upstream_ws = ws
             self.core.upstream_restored()
-            self._replay_backlog()
+            self._replay_backlog(reconnected=reconnected)
+            reconnected = True
             await self._flush(CSMS)
             try:
                 await self._pump(CSMS, ws)
@@ -755,15 +758,22 @@ class _Relay:
             raise CallTimeout(f"{action} got no answer within {self.core.call_timeout:g} s")
         raise TransportError(f"{action}: the link to the {to} was lost")
 
-    def _replay_backlog(self) -> None:
-        """Queue the backlog upstream as own CALLs, after the station's last BootNotification (see module doc)."""
+    def _replay_backlog(self, *, reconnected: bool) -> None:
+        """Queue the backlog upstream as own CALLs, after the station's last BootNotification (see module doc).
+
+        On an upstream *re*connection the boot goes first even with an empty backlog: the kept station will
+        not boot again, and the CSMS (perhaps another endpoint) refuses anything before a boot on a new
+        connection (B02.FR.09).
+        """
         state = self.state
-        if not state.backlog:
+        if not state.backlog and not reconnected:
             return
         boot = self.core.last_station_boot or state.last_boot
         now = self.lc.clock.now()
         if boot is not None:
             self.core.own_call(CSMS, "BootNotification", boot, now)
+        if not state.backlog:
+            return
         for entry in state.backlog:
             mid = self.core.own_call(CSMS, entry[0], entry[1], now)
             self._replays[mid] = entry
