@@ -231,6 +231,40 @@ csms = "backup"
     assert all(st.network_profiles.priority[0] == 1 for st in r.stations.values())  # slot 1 = backup, first
 
 
+PROFILE3_BEHIND_CONTROLLER = """
+[simulation]
+duration = "5m"
+[csms.main]
+security_profile = 3
+behind_controller = "trust_controller"
+trusted_controllers = ["lc"]
+[controllers.lc]
+security_profile = 3
+upstream_security_profile = 3
+upstream = [{ csms = "main" }]
+[stations.fleet]
+count = 3
+endpoints = [{ controller = "lc" }]
+sessions = 0
+"""
+
+
+def test_profile_3_behind_a_controller_needs_the_csms_to_trust_it() -> None:
+    r = run_scenario(loads_scenario(PROFILE3_BEHIND_CONTROLLER, source="p3.toml"))
+    assert r.ok, r.error
+    records = r.station_records()
+    assert sorted(records) == sorted(r.stations) and all(rec.accepted for rec in records.values())
+    assert {rec.via_controller for rec in records.values()} == {"lc.evsim.test"}  # the controller's own CN
+    untrusted = PROFILE3_BEHIND_CONTROLLER.replace('behind_controller = "trust_controller"\n', "").replace(
+        'trusted_controllers = ["lc"]\n', ""
+    )
+    refused = run_scenario(loads_scenario(untrusted, source="p3-untrusted.toml"))
+    assert not any(rec.accepted for rec in refused.station_records().values())
+    assert {e.data["status"] for e in refused.recorder.of_kind("upgrade_rejected") if e.node == "main"} == {
+        401
+    }
+
+
 def test_preflight_refuses_what_this_version_cannot_enforce() -> None:
     text = (
         (SCENARIOS["default"]).read_text()
