@@ -554,22 +554,35 @@ def _draw_storm(fig: Figure, run: RunData, topo: Topology, axis: TimeAxis, span:
     series = storm_series(run.events, node_roles(run.events, topo), span, width)
     n = max((len(v) for v in series.values()), default=1)
     xs = axis.scale([i * width for i in range(n + 1)])
-    for endpoint, counts in series.items():
-        ax.stairs([c / width for c in counts], xs, label=endpoint, linewidth=1.4)
+    styles = (
+        "-",
+        "--",
+        "-.",
+        ":",
+    )  # endpoints often storm at the same moments: keep overlapping lines visible
+    for i, (endpoint, counts) in enumerate(series.items()):
+        rates = [c / width for c in counts]
+        ax.stairs(rates, xs, label=endpoint, linewidth=2.2 - 0.4 * (i % 3), linestyle=styles[i % len(styles)])
+    marks: dict[float, list[str]] = {}
     for e in run.events:
         if e["node"] == "timeline" and e["kind"] in (*OUTAGE_ACTIONS, "start", "heal", "set_network_profile"):
-            x = axis.scale([float(e["t"])])[0]
-            ax.axvline(x, color="#999999", linestyle=":", linewidth=1)
-            ax.annotate(
-                f"{e['kind']} {e.get('target', '')}".strip(),
-                (x, 1.0),
-                xycoords=("data", "axes fraction"),
-                rotation=90,
-                va="top",
-                ha="right",
-                fontsize=7,
-                color="#555555",
-            )
+            label = f"{e['kind']} {e.get('target', '')}".strip()
+            at = marks.setdefault(float(e["t"]), [])
+            if label not in at:
+                at.append(label)
+    for t, labels in marks.items():
+        x = axis.scale([t])[0]
+        ax.axvline(x, color="#999999", linestyle=":", linewidth=1)
+        ax.annotate(
+            ", ".join(labels),
+            (x, 1.0),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize=7,
+            color="#555555",
+        )
     if series:
         _legend(ax, "endpoint")
     else:
