@@ -335,8 +335,26 @@ def test_evsim_run_writes_a_run_directory_and_report_rerenders_it(
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["outcome"] == "all stations done"
     assert canon.read_text().count("\n") > 100
+    assert (
+        meta["tx_queues"]["ST-0001"]["enqueued_total"] == meta["tx_queues"]["ST-0001"]["delivered_total"] > 0
+    )
     assert main(["report", str(run_dir), "--no-plots"]) == 0
-    assert "Station groups" in capsys.readouterr().out
+    report = capsys.readouterr().out
+    assert "Station groups" in report
+    # the offline queue's figures come from meta.json; every queued TransactionEvent reached the CSMS once
+    lines = report.splitlines()
+    table_at = next(i for i, line in enumerate(lines) if line.startswith("Offline queue"))
+    group, queued, delivered, dropped, still, at_csms, dups = lines[table_at + 3].split()
+    total = sum(q["enqueued_total"] for q in meta["tx_queues"].values())
+    assert (group, int(queued), int(delivered), dropped, still, int(at_csms), dups) == (
+        "fleet",
+        total,
+        total,
+        "0",
+        "0",
+        total,
+        "0",
+    )
 
 
 def test_evsim_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
