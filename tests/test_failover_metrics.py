@@ -78,6 +78,16 @@ def test_connections_per_endpoint_and_the_storm_series() -> None:
     assert (counts["B"].accepted, counts["B"].peak_per_s) == (6, 5)
     assert (counts["A"].tls_failed, counts["A"].refused) == (1, 1)
     assert counts["lc -> B"].accepted == 1 and counts["lc -> upstream"].refused == 1
+    station_side = [
+        ev(40.0, "S1", "handshake_ok", endpoint="b.evsim.test"),
+        ev(41.0, "S2", "connection_lost", reason="refused", endpoint="a.evsim.test"),
+        ev(42.0, "S3", "handshake_failed", reason="eof", endpoint="a.evsim.test"),
+        ev(43.0, "S4", "connection_lost", reason="refused"),  # a one-slot station: no endpoint, not counted
+    ]
+    hosts = {"a.evsim.test": "A", "b.evsim.test": "B"}
+    counts = {c.endpoint: c for c in failover.endpoint_counts(events + station_side, ROLES, hosts)}
+    assert (counts["A"].station_failed, counts["A"].station_tls_ok) == (2, 0)
+    assert (counts["B"].station_failed, counts["B"].station_tls_ok, counts["B"].accepted) == (0, 1, 6)
     series = failover.storm_series(events, ROLES, span_s=40.0, width=10.0)
     assert series == {"B": [0, 5, 0, 1]}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 from pathlib import Path
@@ -167,6 +168,12 @@ def test_failover_primary_down_outcome() -> None:
         ("STICKY", "secondary"),
     }
     assert _tx(r) == (1000, 1000, 0, True)  # every Started and Ended once over both endpoints
+    # station side, per endpoint: 1,000 links lost + 2 x 1,000 refused attempts (network_attempts = 2) on the
+    # primary; on the secondary the 1,000 links reset at 15 min
+    lost = collections.Counter(
+        e.data["endpoint"] for e in r.recorder.of_kind("connection_lost") if e.node in r.stations
+    )
+    assert lost == {"primary.evsim.test": 3000, "secondary.evsim.test": 1000}
     assert all(len(st.queue) == 0 for st in r.stations.values())
     assert r.samples[-1].connected_stations == 1000  # sampled at the end, before teardown
 

@@ -13,7 +13,9 @@ Pure functions of a run's events (JSON objects as in ``events.jsonl``, sorted he
   next ``upstream_connected``, back to the endpoint it names).
 * **Connections per endpoint** (:func:`endpoint_counts`): per CSMS or controller, the WebSocket sessions it
   accepted (``station_connected``), handshakes and upgrades it refused, its peak of sessions accepted in one
-  second (the height of a reconnect storm), and per controller upstream endpoint the links it opened.
+  second (the height of a reconnect storm), per controller upstream endpoint the links it opened, and from the
+  stations' side (stations with several endpoints name the one they tried: ``endpoint``) the handshakes
+  completed with it and the attempts on it that failed.
 * **Offline queue** (:func:`tx_delivery`): per station group, what the stations' queues took, delivered,
   dropped and still held (``TxQueue`` statistics, kept in ``meta.json`` as ``tx_queues``), next to the
   TransactionEvents the CSMS recorded and the resends it recognised as duplicates.
@@ -205,6 +207,9 @@ class EndpointCount:
         tls_failed: handshakes the endpoint refused (server side).
         refused: upgrades refused (HTTP status) or upstream connects that failed.
         peak_per_s: most sessions accepted within one second.
+        station_tls_ok: handshakes stations with several endpoints completed with it (station side).
+        station_failed: their attempts on it that failed (refused, TLS, HTTP) and their links to it that were
+            lost (station side).
     """
 
     endpoint: str
@@ -212,16 +217,39 @@ class EndpointCount:
     tls_failed: int
     refused: int
     peak_per_s: int
+    station_tls_ok: int = 0
+    station_failed: int = 0
 
 
-def endpoint_counts(events: Iterable[Mapping[str, Any]], roles: Mapping[str, str]) -> list[EndpointCount]:
-    """Connections per endpoint (see the module doc), sorted by endpoint name."""
+def endpoint_counts(
+    events: Iterable[Mapping[str, Any]], roles: Mapping[str, str], hosts: Mapping[str, str] | None = None
+) -> list[EndpointCount]:
+    """Connections per endpoint (see the module doc), sorted by endpoint name.
+
+    Args:
+        events: JSON event objects.
+        roles: node -> role.
+        hosts: host -> CSMS or controller name, for station events naming the endpoint by host (unknown hosts
+            are shown as they are).
+
+    Returns:
+        One :class:`EndpointCount` per endpoint.
+    """
     accepted: collections.Counter[str] = collections.Counter()
     failed: collections.Counter[str] = collections.Counter()
     refused: collections.Counter[str] = collections.Counter()
+    station_ok: collections.Counter[str] = collections.Counter()
+    station_failed: collections.Counter[str] = collections.Counter()
     per_second: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
     for e in events:
         node, kind = str(e["node"]), e["kind"]
+        if roles.get(node) == "station" and "endpoint" in e:
+            where = (hosts or {}).get(str(e["endpoint"]), str(e["endpoint"]))
+            if kind == "handshake_ok":
+                station_ok[where] += 1
+            elif kind in ("handshake_failed", "connection_lost"):
+                station_failed[where] += 1
+            continue
         if roles.get(node) != "csms":
             continue
         if kind == "station_connected":
@@ -237,7 +265,7 @@ def endpoint_counts(events: Iterable[Mapping[str, Any]], roles: Mapping[str, str
             per_second[key][int(float(e["t"]))] += 1
         elif kind == "upstream_failed":
             refused[f"{node} -> upstream"] += 1
-    names = sorted(set(accepted) | set(failed) | set(refused))
+    names = sorted(set(accepted) | set(failed) | set(refused) | set(station_ok) | set(station_failed))
     return [
         EndpointCount(
             endpoint=n,
@@ -245,6 +273,8 @@ def endpoint_counts(events: Iterable[Mapping[str, Any]], roles: Mapping[str, str
             tls_failed=failed[n],
             refused=refused[n],
             peak_per_s=max(per_second[n].values(), default=0),
+            station_tls_ok=station_ok[n],
+            station_failed=station_failed[n],
         )
         for n in names
     ]

@@ -67,6 +67,8 @@ class Topology:
     groups: Mapping[str, str] = attrs.field(factory=FrozenMap, converter=_frozen_map)
     links: Mapping[str, str] = attrs.field(factory=FrozenMap, converter=_frozen_map)
     operators: Mapping[str, str] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    hosts: Mapping[str, str] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    """Host -> CSMS or controller name, for station events that name the endpoint they tried by its host."""
 
     def operator_of(self, csms: str) -> str:
         """The primary CSMS of ``csms`` (itself when it is no secondary)."""
@@ -127,14 +129,18 @@ class Topology:
             {name: spec.csms for name, spec in scenario.stations.items()},
         )
         operators = {name: spec.secondary_of for name, spec in scenario.csms.items() if spec.secondary_of}
-        return attrs.evolve(topo, operators=operators) if operators else topo
+        hosts = {spec.host: name for name, spec in scenario.csms.items()}
+        hosts.update({spec.host: name for name, spec in scenario.controllers.items()})
+        return attrs.evolve(topo, operators=operators, hosts=hosts)
 
     def as_json(self) -> dict[str, Any]:
         """The JSON form kept in ``meta.json``: ``{"stations": {group: [ids]}, "links": {group: csms}}``, and
-        ``"operators": {secondary: primary}`` when there are secondaries."""
+        ``"operators": {secondary: primary}`` when there are secondaries, ``"hosts": {host: node}``."""
         out: dict[str, Any] = {"stations": self.members(), "links": dict(self.links)}
         if self.operators:
             out["operators"] = dict(self.operators)
+        if self.hosts:
+            out["hosts"] = dict(self.hosts)
         return out
 
     @classmethod
@@ -160,6 +166,9 @@ class Topology:
         )
         if isinstance(operators, Mapping):
             topo = attrs.evolve(topo, operators={str(k): str(v) for k, v in operators.items()})
+        hosts = obj.get("hosts")
+        if isinstance(hosts, Mapping):
+            topo = attrs.evolve(topo, hosts={str(k): str(v) for k, v in hosts.items()})
         return topo
 
 
@@ -578,15 +587,35 @@ def _failover_tables(
                 "that recorded the BootNotification",
             )
         )
-    counts = failover.endpoint_counts(evs, roles)
+    counts = failover.endpoint_counts(evs, roles, topo.hosts)
     out.append(
         Table(
-            "Connections per endpoint (CSMS and controllers, server side)",
-            ("endpoint", "accepted", "tls refused", "refused", "peak / s"),
-            tuple((c.endpoint, c.accepted, c.tls_failed, c.refused, c.peak_per_s) for c in counts),
-            note="accepted: WebSocket sessions (controller -> endpoint: upstream links opened); "
-            "refused: HTTP upgrades refused (controller -> upstream: upstream connects given up); "
-            "peak / s: most accepted in one second",
+            "Connections per endpoint (CSMS and controllers)",
+            (
+                "endpoint",
+                "accepted",
+                "tls refused",
+                "refused",
+                "peak / s",
+                "station: tls ok",
+                "station: failed",
+            ),
+            tuple(
+                (
+                    c.endpoint,
+                    c.accepted,
+                    c.tls_failed,
+                    c.refused,
+                    c.peak_per_s,
+                    c.station_tls_ok,
+                    c.station_failed,
+                )
+                for c in counts
+            ),
+            note="server side: accepted: WebSocket sessions (controller -> endpoint: upstream links opened); "
+            "refused: HTTP upgrades refused (controller -> upstream: upstream connects given up); peak / s: most "
+            "accepted in one second. Station side (stations with several endpoints): handshakes completed, and "
+            "attempts refused or failed plus links lost, per endpoint tried",
         )
     )
     group_of = {node: topo.group_of(node) for node, role in roles.items() if role == "station"}
