@@ -1,11 +1,11 @@
 """``make bench``: evsim against its peers and floors, measured in the same run, printed as tables.
 
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
-``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``),
+``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``),
 ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs in its own
 subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute times.
 
-``python -m bench SECTION`` runs one section alone; sections: ``tls-handshake``.
+``python -m bench SECTION`` runs one section alone; sections: ``tls-handshake``, ``failover``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,24 @@ def _tls_handshake_section() -> None:
     print(tls_handshake.render(tls_handshake.run(tls_handshake.env_n())))
 
 
-SECTIONS = {"tls-handshake": _tls_handshake_section}
+def _failover_section() -> None:
+    """Failover recovery of N stations when the primary CSMS dies, in virtual time and over loopback TCP
+    (``bench/failover.py``; a subprocess, bounded by the runs' durations)."""
+    n = os.environ.get("BENCH_N", "1000")
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.failover", "--stations", n],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        print(out.stdout.rstrip() or out.stderr.strip().splitlines()[-1:])
+    except subprocess.TimeoutExpired:
+        print("! the failover runs did not finish within 10 minutes")
+
+
+SECTIONS = {"tls-handshake": _tls_handshake_section, "failover": _failover_section}
 """Sections ``python -m bench SECTION`` runs alone."""
 
 
@@ -174,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             print(out.stdout.rstrip() or out.stderr.strip().splitlines()[-1:])
         except subprocess.TimeoutExpired:
             print("! the scale run did not finish within 20 minutes")
+    if "failover" not in skip:
+        print()
+        _failover_section()
     print(f"\n(benchmark took {time.perf_counter() - t0:.0f} s)")
     return 0
 

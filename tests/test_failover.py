@@ -5,9 +5,10 @@ two :class:`Csms` nodes sharing one store, each with a certificate chain from a 
 slot trusts only its own endpoint's root (per-slot trust store). Outages are ``VirtualNetwork.set_host_down``
 (connections reset, connects refused), never sleeps.
 
-The property test draws outage schedules per *target* (:class:`OutageTarget`); the primary and the secondary
-CSMS are targets today, a Local Controller layer plugs in as more targets (and stations whose slots point at
-the controllers) without changing the checks.
+The property test draws outage schedules per *target* (:class:`OutageTarget`) of a :class:`Topology`: the
+primary and the secondary CSMS (:data:`TWO_CSMS`), and the same plus a Local Controller in front of them
+(:data:`BEHIND_CONTROLLER`: stations -> LC -> {primary, secondary}, with a direct slot to the secondary as
+their fallback), with the same checks.
 """
 
 from __future__ import annotations
@@ -24,23 +25,26 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from hypothesis import event, given
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 
 from evsim.clock import SimClock
 from evsim.metrics.recorder import Event, Recorder
 from evsim.net.virtual import LinkPolicy, VirtualNetwork
+from evsim.nodes.controller import ControllerConfig, LocalController, UpstreamLossPolicy
 from evsim.nodes.csms import Csms, CsmsConfig, StationRecord
 from evsim.nodes.station import Station, StationConfig
 from evsim.ocpp.backoff import RetryBackOff
 from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile, NetworkSlot
 from evsim.pki import CertificateAuthority
 from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile, TrustStore
-from evsim.tls.service import Endpoint
+from evsim.tls.service import Endpoint, Service
 from tests.e2e_harness import PASSWORD
 from tests.pki_fixtures import CSMS_HOST, ORG, TEST_NOW, make_test_pki
 
 SECONDARY_HOST = "csms2.evsim.test"
+LC_HOST = "lc.evsim.test"
+LC_URL = f"wss://{LC_HOST}/ocpp"
 PRIMARY_URL = f"wss://{CSMS_HOST}/ocpp"
 SECONDARY_URL = f"wss://{SECONDARY_HOST}/ocpp"
 BACKOFF = RetryBackOff(wait_minimum=2, random_range=2, repeat_times=3)  # small waits: cheap virtual runs
@@ -503,13 +507,13 @@ class Topology:
     Attributes:
         targets: what outage schedules can take down (CSMS endpoints; controllers later).
         start: starts every node and the stations, ``await start(world, station_settings)``; returns the stations.
-        uplink: the host a station's link goes to for a CSMS node name (where a lost response is injected);
-            with controllers it is the station's controller.
+        uplink: ``uplink(world, station, csms_node)``: the host the station's link goes to when ``csms_node``
+            recorded its message (where a lost response is injected); behind a controller, the controller.
     """
 
     targets: tuple[OutageTarget, ...]
     start: Callable[[World, dict[str, Any]], Awaitable[list[Station]]]
-    uplink: Callable[[str, str], str]
+    uplink: Callable[[World, str, str], str]
 
 
 async def start_two_csms(w: World, settings: dict[str, Any]) -> list[Station]:
@@ -521,12 +525,75 @@ async def start_two_csms(w: World, settings: dict[str, Any]) -> list[Station]:
 TWO_CSMS = Topology(
     targets=(OutageTarget("primary", CSMS_HOST), OutageTarget("secondary", SECONDARY_HOST)),
     start=start_two_csms,
-    uplink=lambda station, csms_node: {"primary": CSMS_HOST, "secondary": SECONDARY_HOST}[csms_node],
+    uplink=lambda w, station, csms_node: {"primary": CSMS_HOST, "secondary": SECONDARY_HOST}[csms_node],
 )
 TARGETS = TWO_CSMS.targets
 
 
-def schedules(targets: Sequence[OutageTarget] = TARGETS) -> st.SearchStrategy[Schedule]:
+@functools.lru_cache(maxsize=1)
+def controller_identity() -> Identity:
+    """The controller's own server certificate (CN = its host), from the root the stations trust."""
+    return Identity.from_cert_key(make_test_pki(TEST_NOW).root.issue_server(LC_HOST, now=TEST_NOW))
+
+
+def controller_topology(policy: UpstreamLossPolicy) -> Topology:
+    """Stations -> LC -> {primary, secondary}.
+
+    ``close_station``: each station's slot 1 goes to the secondary directly, so some path stays open whichever
+    single target is down for good. ``keep_station``: the controller is the stations' only endpoint (the errata
+    case: a controller that answers for its stations is their CSMS as far as they know; a bypass would let
+    later messages overtake the ones it acknowledged and holds, and strand its backlog), so the controller is
+    never the target that stays down.
+    """
+
+    async def start(w: World, settings: dict[str, Any]) -> list[Station]:
+        await w.start_both()
+        upstream = Service(
+            "lc-upstream",
+            (
+                Endpoint("primary", PRIMARY_URL, priority=0, trust=primary_trust()),
+                Endpoint("secondary", SECONDARY_URL, priority=1, trust=secondary_trust()),
+            ),
+            backoff=BACKOFF,
+        )
+        lc = LocalController(
+            ControllerConfig(
+                name="lc",
+                host=LC_HOST,
+                identity=controller_identity(),
+                upstream=upstream,
+                on_upstream_loss=policy,
+            ),
+            network=w.net,
+            clock=w.clock,
+            recorder=w.recorder,
+            rng=random.Random(f"{settings['rng_seed']}:lc"),
+        )
+        await w.nursery.start(lc.run)
+        slots: tuple[NetworkSlot, ...] = (
+            NetworkSlot(
+                0, NetworkConnectionProfile(LC_URL, 2), Endpoint("slot0", LC_URL, trust=primary_trust())
+            ),
+        )
+        if policy == "close_station":
+            slots += (two_slots()[1],)
+        return [w.start_station(f"ST-{i}", slots=slots, **settings) for i in range(2)]
+
+    def uplink(w: World, station: str, csms_node: str) -> str:
+        st = next(s for s in w.stations if s.name == station)
+        return LC_HOST if st.network_profiles.active_slot == 0 else SECONDARY_HOST
+
+    return Topology(
+        targets=(*TARGETS, OutageTarget("lc", LC_HOST)),
+        start=start,
+        uplink=uplink,
+    )
+
+
+def schedules(
+    targets: Sequence[OutageTarget] = TARGETS, *, may_stay_down: Sequence[str] | None = None
+) -> st.SearchStrategy[Schedule]:
+    """Outage schedules over ``targets``; ``may_stay_down`` limits which one may stay down (default: any)."""
     outage = st.builds(
         Outage, start=st.floats(0, HORIZON - 1, allow_nan=False), duration=st.floats(1, 600, allow_nan=False)
     )
@@ -534,7 +601,7 @@ def schedules(targets: Sequence[OutageTarget] = TARGETS) -> st.SearchStrategy[Sc
         Schedule,
         outages=st.fixed_dictionaries({t.name: st.lists(outage, max_size=3).map(tuple) for t in targets}),
         everywhere=st.lists(outage, max_size=2).map(tuple),
-        permanent=st.none() | st.sampled_from([t.name for t in targets]),
+        permanent=st.none() | st.sampled_from(list(may_stay_down or [t.name for t in targets])),
         lost_responses=st.frozensets(st.integers(0, 40), max_size=4),
         heal_after=st.floats(0.5, 120, allow_nan=False),
         latency=st.sampled_from([0.0, 0.5, 2.0]),
@@ -573,7 +640,7 @@ def run_example(
         recorded += 1
         if recorded - 1 in schedule.lost_responses:
             station = ev.data["station"]
-            host = topology.uplink(station, ev.node)
+            host = topology.uplink(w, station, ev.node)
             w.net.partition(station, host)  # before the CSMS's answer goes out
 
             async def heal() -> None:
@@ -618,6 +685,10 @@ def run_example(
                 event(f"slot switches: {min(3, sum(s.network_profiles.switches for s in stations))}")
                 offline = sum(e.data["offline"] for e in w.recorder.of_kind("tx_event"))
                 event(f"offline events delivered: {offline > 0}")
+                relayed = {e.data["endpoint"] for e in w.recorder.of_kind("upstream_connected")}
+                if relayed:
+                    event(f"controller upstream endpoints used: {sorted(relayed)}")
+                    event(f"controller backlog replayed: {bool(w.recorder.of_kind('backlog_replay'))}")
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
@@ -637,3 +708,56 @@ def test_failover_property(
     gap-free at the receiver (except the Updated events the queue reports as shed), and no station ends the run
     disconnected while an endpoint is up."""
     run_example(schedule, fallback, attempts, queue_max, seed)
+
+
+CONTROLLER_TARGETS = controller_topology("close_station").targets
+
+
+@given(
+    schedule=schedules(CONTROLLER_TARGETS),
+    fallback=st.sampled_from(["restart_list", "last_working"]),
+    attempts=st.integers(1, 3),
+    queue_max=st.sampled_from([4, 1000]),
+    seed=st.integers(0, 2**16),
+)
+@example(  # found by Hypothesis: the controller opened an upstream link for a station that had given up on it
+    # and moved to its direct slot; that link replaced the station's live one at the CSMS
+    schedule=Schedule(
+        outages={
+            "primary": (Outage(840.3348015248024, 581.3091075231295),),
+            "secondary": (Outage(430.26472004110354, 540.3278569507443),),
+            "lc": (Outage(287.470096097488, 445.97937948138303), Outage(0.0, 1.0), Outage(0.0, 1.0)),
+        },
+        everywhere=(),
+        permanent=None,
+        lost_responses=frozenset(),
+        heal_after=1.0,
+        latency=0.0,
+    ),
+    fallback="restart_list",
+    attempts=1,
+    queue_max=4,
+    seed=0,
+)
+def test_failover_property_behind_a_closing_controller(
+    schedule: Schedule, fallback: FallbackPolicy, attempts: int, queue_max: int, seed: int
+) -> None:
+    """The property of :func:`test_failover_property` with a Local Controller (close_station, OCPP-J §6.3) in
+    front of both CSMS and a direct slot to the secondary: outages of the primary, the secondary and the
+    controller."""
+    run_example(schedule, fallback, attempts, queue_max, seed, controller_topology("close_station"))
+
+
+@given(
+    schedule=schedules(CONTROLLER_TARGETS, may_stay_down=["primary", "secondary"]),
+    fallback=st.sampled_from(["restart_list", "last_working"]),
+    attempts=st.integers(1, 3),
+    queue_max=st.sampled_from([4, 1000]),
+    seed=st.integers(0, 2**16),
+)
+def test_failover_property_behind_a_keeping_controller(
+    schedule: Schedule, fallback: FallbackPolicy, attempts: int, queue_max: int, seed: int
+) -> None:
+    """The same with a keep_station controller (ERR-201 §4.13) as the stations' only endpoint: it answers for
+    them while its upstream is down and forwards their transaction messages, in order, once it is back."""
+    run_example(schedule, fallback, attempts, queue_max, seed, controller_topology("keep_station"))

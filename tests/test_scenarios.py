@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 from pathlib import Path
@@ -11,7 +12,8 @@ import pytest
 
 from evsim.cli import main
 from evsim.errors import ConfigError
-from evsim.metrics.summary import canonical_log
+from evsim.metrics.failover import Recovery, recoveries
+from evsim.metrics.summary import Topology, canonical_log, node_roles
 from evsim.nodes.station import Station
 from evsim.scenario.golden import GOLDEN_DIR, deterministic_events, golden_text, shipped
 from evsim.scenario.loader import load_scenario, loads_scenario
@@ -40,6 +42,9 @@ def test_every_shipped_scenario_has_a_golden_log() -> None:
         "wrong_ca_mitm",
         "certificate_expiry",
         "partition_heal",
+        "failover_primary_down",
+        "multi_hop",
+        "lc_upstream_failover",
     } <= set(SCENARIOS)
 
 
@@ -63,13 +68,12 @@ def test_another_seed_gives_another_log() -> None:
 def _tx(result: RunResult) -> tuple[int, int, int, bool]:
     started = ended = dups = 0
     gap_free = True
-    for csms in result.csms.values():
-        for rec in csms.stations.values():
-            for tx in rec.transactions.values():
-                started += tx.started
-                ended += tx.ended
-                dups += tx.duplicates
-                gap_free &= tx.gap_free()
+    for rec in result.station_records().values():  # a primary and its secondary share one store
+        for tx in rec.transactions.values():
+            started += tx.started
+            ended += tx.ended
+            dups += tx.duplicates
+            gap_free &= tx.gap_free()
     return started, ended, dups, gap_free
 
 
@@ -145,6 +149,129 @@ def test_partition_heal_outcome() -> None:
     assert all(len(st.queue) == 0 for st in r.stations.values())
 
 
+def _recovery(result: RunResult) -> list[Recovery]:
+    events = [e.as_json() for e in result.recorder.events]
+    return recoveries(events, node_roles(events, Topology.from_scenario(result.scenario)))
+
+
+def test_failover_primary_down_outcome() -> None:
+    r = _run("failover_primary_down")
+    stop, reset = _recovery(r)
+    assert (stop.t, stop.online, stop.affected, dict(stop.back_to)) == (60.0, 1000, 1000, {"secondary": 1000})
+    full = stop.time_until(1.0)
+    assert full is not None and full < 60  # network_attempts x back-off on the primary, then the secondary
+    # after the reset, the fallback policy decides: restart_list goes back to the primary, last_working stays
+    assert (reset.t, reset.affected, dict(reset.back_to)) == (900.0, 1000, {"primary": 500, "secondary": 500})
+    boots = [e for e in r.recorder.of_kind("booted") if e.node in ("primary", "secondary") and e.t > 900]
+    assert {(e.data["station"].split("-")[0], e.node) for e in boots} == {
+        ("HOME", "primary"),
+        ("STICKY", "secondary"),
+    }
+    assert _tx(r) == (1000, 1000, 0, True)  # every Started and Ended once over both endpoints
+    # station side, per endpoint: 1,000 links lost + 2 x 1,000 refused attempts (network_attempts = 2) on the
+    # primary; on the secondary the 1,000 links reset at 15 min
+    lost = collections.Counter(
+        e.data["endpoint"] for e in r.recorder.of_kind("connection_lost") if e.node in r.stations
+    )
+    assert lost == {"primary.evsim.test": 3000, "secondary.evsim.test": 1000}
+    assert all(len(st.queue) == 0 for st in r.stations.values())
+    assert r.samples[-1].connected_stations == 1000  # sampled at the end, before teardown
+
+
+def test_multi_hop_outcome() -> None:
+    r = _run("multi_hop")
+    stop, links = _recovery(r)
+    assert (stop.online, stop.affected, dict(stop.back_to)) == (20, 20, {"main": 20})
+    assert links.affected == 20  # bay's upstream links to site, and site's to main, went with site
+    back = stop.time_until(1.0)
+    assert back is not None and 300 <= back < 600  # not before `site` returns at 15 min
+    assert _tx(r) == (40, 40, 0, True)
+    offline = sum(
+        tx.offline_events for rec in r.station_records().values() for tx in rec.transactions.values()
+    )
+    assert offline > 0  # queued behind the outage, delivered through both hops afterwards
+    upstream = {(e.node, e.data["endpoint"]) for e in r.recorder.of_kind("upstream_connected")}
+    assert upstream == {("bay", "site"), ("site", "main")}
+    assert {rec.via_controller for rec in r.station_records().values()} == {None}  # profile 2: Basic auth
+
+
+def test_lc_upstream_failover_outcome() -> None:
+    r = _run("lc_upstream_failover")
+    stations, links = _recovery(r)
+    assert (stations.online, stations.affected) == (20, 0)  # keep_station: no station noticed
+    assert not [e for e in r.recorder.of_kind("connection_lost") if e.node in r.stations]
+    assert (links.affected, dict(links.back_to)) == (20, {"depot -> secondary": 20})
+    secondary_boots = [e for e in r.recorder.of_kind("booted") if e.node == "secondary"]
+    assert len(secondary_boots) == 20  # the controller replays each kept station's boot on the new endpoint
+    assert _tx(r) == (40, 40, 0, True)
+    assert not r.recorder.of_kind("message_discarded")
+
+
+def test_set_network_profile_moves_stations_over_ocpp() -> None:
+    text = """
+[simulation]
+duration = "10m"
+[pki.roots.backup]
+[tls.trust.both]
+roots = ["root", "backup"]
+[csms.main]
+heartbeat_interval = "60s"
+[csms.backup]
+secondary_of = "main"
+certificate = { root = "backup" }
+[stations.fleet]
+count = 3
+csms = "main"
+trust = "both"
+sessions = 0
+[[timeline]]
+at = "2m"
+action = "set_network_profile"
+target = "fleet"
+csms = "backup"
+"""
+    r = run_scenario(loads_scenario(text, source="snp.toml"))
+    assert r.ok, r.error
+    assert len(r.recorder.of_kind("network_profile_set")) == 3
+    moved = {e.data["station"] for e in r.recorder.of_kind("booted") if e.node == "backup" and e.t >= 120}
+    assert moved == set(r.stations)
+    assert all(st.network_profiles.priority[0] == 1 for st in r.stations.values())  # slot 1 = backup, first
+
+
+PROFILE3_BEHIND_CONTROLLER = """
+[simulation]
+duration = "5m"
+[csms.main]
+security_profile = 3
+behind_controller = "trust_controller"
+trusted_controllers = ["lc"]
+[controllers.lc]
+security_profile = 3
+upstream_security_profile = 3
+upstream = [{ csms = "main" }]
+[stations.fleet]
+count = 3
+endpoints = [{ controller = "lc" }]
+sessions = 0
+"""
+
+
+def test_profile_3_behind_a_controller_needs_the_csms_to_trust_it() -> None:
+    r = run_scenario(loads_scenario(PROFILE3_BEHIND_CONTROLLER, source="p3.toml"))
+    assert r.ok, r.error
+    records = r.station_records()
+    assert sorted(records) == sorted(r.stations) and all(rec.accepted for rec in records.values())
+    assert {rec.via_controller for rec in records.values()} == {"lc.evsim.test"}  # the controller's own CN
+    untrusted = PROFILE3_BEHIND_CONTROLLER.replace('behind_controller = "trust_controller"\n', "").replace(
+        'trusted_controllers = ["lc"]\n', ""
+    )
+    refused = run_scenario(loads_scenario(untrusted, source="p3-untrusted.toml"))
+    assert not any(rec.accepted for rec in refused.station_records().values())
+    assert {e.data["status"] for e in refused.recorder.of_kind("upgrade_rejected") if e.node == "main"} == {
+        401
+    }
+
+
 def test_preflight_refuses_what_this_version_cannot_enforce() -> None:
     text = (
         (SCENARIOS["default"]).read_text()
@@ -215,8 +342,26 @@ def test_evsim_run_writes_a_run_directory_and_report_rerenders_it(
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["outcome"] == "all stations done"
     assert canon.read_text().count("\n") > 100
+    assert (
+        meta["tx_queues"]["ST-0001"]["enqueued_total"] == meta["tx_queues"]["ST-0001"]["delivered_total"] > 0
+    )
     assert main(["report", str(run_dir), "--no-plots"]) == 0
-    assert "Station groups" in capsys.readouterr().out
+    report = capsys.readouterr().out
+    assert "Station groups" in report
+    # the offline queue's figures come from meta.json; every queued TransactionEvent reached the CSMS once
+    lines = report.splitlines()
+    table_at = next(i for i, line in enumerate(lines) if line.startswith("Offline queue"))
+    group, queued, delivered, dropped, still, at_csms, dups = lines[table_at + 3].split()
+    total = sum(q["enqueued_total"] for q in meta["tx_queues"].values())
+    assert (group, int(queued), int(delivered), dropped, still, int(at_csms), dups) == (
+        "fleet",
+        total,
+        total,
+        "0",
+        "0",
+        total,
+        "0",
+    )
 
 
 def test_evsim_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,6 +1,6 @@
 """PNG plots of a run over simulated time (matplotlib, non-interactive Agg canvas).
 
-Four plots, written to ``<run>/plots/``:
+Five plots, written to ``<run>/plots/``:
 
 * ``connected_stations.png`` — stations connected and accepted over time (the metrics samples when the run
   has them, else derived from the stations' ``booted`` / ``reconnect_wait`` events), with the fleet size;
@@ -9,7 +9,10 @@ Four plots, written to ``<run>/plots/``:
 * ``connection_rate.png`` — connection attempts per second: TLS handshakes started, TCP connections refused,
   WebSocket sessions the CSMS accepted (the shape of a reconnect storm);
 * ``transactions.png`` — cumulative transactions started at the stations, started at the CSMS and ended at
-  the CSMS (an offline period shows as a gap between the first two curves).
+  the CSMS (an offline period shows as a gap between the first two curves);
+* ``reconnect_storm.png`` — WebSocket sessions accepted per second by each CSMS and controller, with the
+  timeline's outages marked: the shape of the reconnect storm and where it lands
+  (:func:`evsim.metrics.failover.storm_series`).
 
 The series are computed by pure functions (:func:`connected_series`, :func:`handshake_buckets`,
 :func:`connection_rates`, :func:`transaction_curves`) that need no matplotlib; only :func:`render_plots`
@@ -42,7 +45,13 @@ NICE_BUCKETS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 1
 #: Failure reasons shown separately in the handshake plot; the rest are summed as "other".
 MAX_REASONS = 7
 
-PLOT_FILES = ("connected_stations.png", "handshakes.png", "connection_rate.png", "transactions.png")
+PLOT_FILES = (
+    "connected_stations.png",
+    "handshakes.png",
+    "connection_rate.png",
+    "transactions.png",
+    "reconnect_storm.png",
+)
 
 _DPI = 110
 _SIZE = (10.0, 4.8)
@@ -358,6 +367,7 @@ def render_plots(
         ("handshakes.png", lambda f: _draw_handshakes(f, run, topo, axis, span, width, name)),
         ("connection_rate.png", lambda f: _draw_rates(f, run, topo, axis, span, width, name)),
         ("transactions.png", lambda f: _draw_transactions(f, run, topo, axis, span, name)),
+        ("reconnect_storm.png", lambda f: _draw_storm(f, run, topo, axis, span, name)),
     ]
     written = []
     for filename, draw in draws:
@@ -528,4 +538,56 @@ def _draw_transactions(
     ax.set_ylabel("transactions (cumulative)")
     _integer_y(ax)
     ax.set_title(f"{name}: transactions")
+    _finish_time_axis(ax, axis, span)
+
+
+STORM_BUCKETS = 600
+"""Buckets across the run in the reconnect-storm plot: fine enough that a storm of a few seconds shows its
+shape (1 s buckets up to a 10-minute run)."""
+
+
+def _draw_storm(fig: Figure, run: RunData, topo: Topology, axis: TimeAxis, span: float, name: str) -> None:
+    from evsim.metrics.failover import OUTAGE_ACTIONS, storm_series
+
+    ax = fig.add_subplot()
+    width = bucket_width(span, target=STORM_BUCKETS)
+    series = storm_series(run.events, node_roles(run.events, topo), span, width)
+    n = max((len(v) for v in series.values()), default=1)
+    xs = axis.scale([i * width for i in range(n + 1)])
+    styles = (
+        "-",
+        "--",
+        "-.",
+        ":",
+    )  # endpoints often storm at the same moments: keep overlapping lines visible
+    for i, (endpoint, counts) in enumerate(series.items()):
+        rates = [c / width for c in counts]
+        ax.stairs(rates, xs, label=endpoint, linewidth=2.2 - 0.4 * (i % 3), linestyle=styles[i % len(styles)])
+    marks: dict[float, list[str]] = {}
+    for e in run.events:
+        if e["node"] == "timeline" and e["kind"] in (*OUTAGE_ACTIONS, "start", "heal", "set_network_profile"):
+            label = f"{e['kind']} {e.get('target', '')}".strip()
+            at = marks.setdefault(float(e["t"]), [])
+            if label not in at:
+                at.append(label)
+    for t, labels in marks.items():
+        x = axis.scale([t])[0]
+        ax.axvline(x, color="#999999", linestyle=":", linewidth=1)
+        ax.annotate(
+            ", ".join(labels),
+            (x, 1.0),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize=7,
+            color="#555555",
+        )
+    if series:
+        _legend(ax, "endpoint")
+    else:
+        _no_data(ax, "sessions accepted")
+    ax.set_ylabel(f"sessions accepted / s (mean over {format_width(width)})")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{name}: reconnect storm (sessions accepted per endpoint)")
     _finish_time_axis(ax, axis, span)

@@ -391,9 +391,13 @@ def rerender(run_dir: Path, *, plots: bool = True) -> tuple[str, list[Path]]:
 
     run = load(run_dir)
     topology = Topology.from_json(run.meta.get("topology"))
-    text = summarize(run.events, topology, messages=run.meta.get("ocpp_messages")).render(
-        header=_header(run.meta)
-    )
+    queues = run.meta.get("tx_queues")
+    text = summarize(
+        run.events,
+        topology,
+        messages=run.meta.get("ocpp_messages"),
+        tx_queues=queues if isinstance(queues, Mapping) else None,
+    ).render(header=_header(run.meta))
     RunDir(run_dir).write_summary(text)
     written = render_plots(run, topology) if plots else []
     return text, written

@@ -60,10 +60,19 @@ class Topology:
     Attributes:
         groups: node name -> group name (stations; nodes not listed get :func:`default_group`).
         links: station group -> name of the CSMS its stations connect to.
+        operators: CSMS -> the primary whose station records it shares (``secondary_of``); a CSMS not listed
+            is its own. A transaction recorded by any endpoint of the station's operator counts as delivered.
     """
 
     groups: Mapping[str, str] = attrs.field(factory=FrozenMap, converter=_frozen_map)
     links: Mapping[str, str] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    operators: Mapping[str, str] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    hosts: Mapping[str, str] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    """Host -> CSMS or controller name, for station events that name the endpoint they tried by its host."""
+
+    def operator_of(self, csms: str) -> str:
+        """The primary CSMS of ``csms`` (itself when it is no secondary)."""
+        return self.operators.get(csms) or csms
 
     def group_of(self, node: str) -> str:
         """The group of a node.
@@ -115,14 +124,24 @@ class Topology:
         Returns:
             The topology.
         """
-        return cls.from_groups(
+        topo = cls.from_groups(
             {name: spec.station_ids() for name, spec in scenario.stations.items()},
             {name: spec.csms for name, spec in scenario.stations.items()},
         )
+        operators = {name: spec.secondary_of for name, spec in scenario.csms.items() if spec.secondary_of}
+        hosts = {spec.host: name for name, spec in scenario.csms.items()}
+        hosts.update({spec.host: name for name, spec in scenario.controllers.items()})
+        return attrs.evolve(topo, operators=operators, hosts=hosts)
 
     def as_json(self) -> dict[str, Any]:
-        """The JSON form kept in ``meta.json``: ``{"stations": {group: [ids]}, "links": {group: csms}}``."""
-        return {"stations": self.members(), "links": dict(self.links)}
+        """The JSON form kept in ``meta.json``: ``{"stations": {group: [ids]}, "links": {group: csms}}``, and
+        ``"operators": {secondary: primary}`` when there are secondaries, ``"hosts": {host: node}``."""
+        out: dict[str, Any] = {"stations": self.members(), "links": dict(self.links)}
+        if self.operators:
+            out["operators"] = dict(self.operators)
+        if self.hosts:
+            out["hosts"] = dict(self.hosts)
+        return out
 
     @classmethod
     def from_json(cls, obj: object) -> Topology:
@@ -138,12 +157,19 @@ class Topology:
             return cls()
         stations = obj.get("stations")
         links = obj.get("links")
-        return cls.from_groups(
+        operators = obj.get("operators")
+        topo = cls.from_groups(
             {str(g): [str(n) for n in ids] for g, ids in stations.items()}
             if isinstance(stations, Mapping)
             else {},
             {str(g): str(c) for g, c in links.items()} if isinstance(links, Mapping) else {},
         )
+        if isinstance(operators, Mapping):
+            topo = attrs.evolve(topo, operators={str(k): str(v) for k, v in operators.items()})
+        hosts = obj.get("hosts")
+        if isinstance(hosts, Mapping):
+            topo = attrs.evolve(topo, hosts={str(k): str(v) for k, v in hosts.items()})
+        return topo
 
 
 #: Kinds only a CSMS emits, and kinds only a station emits (``booted``, ``handshake_failed`` and
@@ -325,6 +351,7 @@ def summarize(
     topology: Topology | None = None,
     *,
     messages: Mapping[str, Mapping[str, int]] | None = None,
+    tx_queues: Mapping[str, Mapping[str, int]] | None = None,
 ) -> Summary:
     """Compute the summary tables of a run.
 
@@ -335,10 +362,12 @@ def summarize(
         messages: station id -> OCPP action -> CALLs the CSMS received from it (``StationRecord.messages``),
             for the complete "OCPP messages" table; None derives the counts of BootNotification,
             TransactionEvent and SecurityEventNotification from the events (the only ones that have events).
+        tx_queues: station id -> its offline queue's statistics (``meta.json``'s ``tx_queues``), or None.
 
     Returns:
         Tables: station groups, links, TLS negotiated, failures by reason, OCPP messages by action, security
-        events, attacks, timeline.
+        events, attacks, timeline; then, for runs with an outage, a controller or queue statistics,
+        recovery after outages, connections per endpoint and the offline queue (:mod:`evsim.metrics.failover`).
     """
     topo = topology or Topology()
     # (time, node, node sequence): within one node, seq is the true order (the online state machine needs it)
@@ -365,7 +394,7 @@ def summarize(
         elif role == "control":
             if e["node"] == "timeline":
                 a.timeline.append(e)
-        else:
+        elif e["kind"] != "service_attempt":  # a controller's upstream attempts, under its host name
             a.other_event(e)
     return Summary(
         (
@@ -378,6 +407,7 @@ def summarize(
             _security_table(a.security),
             _attacks_table(a.attacks),
             _timeline_table(a.timeline),
+            *_failover_tables(evs, roles, topo, tx_queues),
         )
     )
 
@@ -404,6 +434,11 @@ class _Analysis:
         group = self.topo.group_of(station)
         server = self.topo.links.get(group) or self.seen_server.get(station, "?")
         return f"{group} -> {server}"
+
+    def home_operator(self, station: str) -> str:
+        """The primary CSMS of the station's own link."""
+        group = self.topo.group_of(station)
+        return self.topo.operator_of(self.topo.links.get(group) or self.seen_server.get(station, "?"))
 
     def station_event(self, e: Mapping[str, Any]) -> None:
         node, kind = str(e["node"]), e["kind"]
@@ -474,9 +509,8 @@ class _Analysis:
             elif kind == "tx_event":
                 link.offline_events += bool(e.get("offline"))
                 self.derived_messages[(where, "TransactionEvent")] += 1
-                if (
-                    self.link_of(str(station)) == where
-                ):  # only the station's own CSMS counts for its transactions
+                # only the station's own CSMS (or a secondary sharing its records) counts for its transactions
+                if self.home_operator(str(station)) == self.topo.operator_of(node):
                     tx = self.txs[(str(station), str(e.get("tx")))]
                     tx.csms_started |= e.get("type") == "Started"
                     tx.csms_ended |= e.get("type") == "Ended"
@@ -515,6 +549,87 @@ class _Analysis:
             c["open"] += is_open
             c["lost"] += not tx.csms_ended and not is_open and (tx.station_started or tx.csms_started)
         return out
+
+
+def _failover_tables(
+    evs: Sequence[Mapping[str, Any]],
+    roles: Mapping[str, str],
+    topo: Topology,
+    tx_queues: Mapping[str, Mapping[str, int]] | None,
+) -> tuple[Table, ...]:
+    """Recovery after outages, connections per endpoint, the offline queue (:mod:`evsim.metrics.failover`);
+    only for runs with an outage on the timeline, a controller, or queue statistics."""
+    from evsim.metrics import failover
+
+    recs = failover.recoveries(evs, roles)
+    has_controllers = any(e["kind"] == "upstream_connected" for e in evs)
+    if not recs and not has_controllers and tx_queues is None:
+        return ()
+    out: list[Table] = []
+    if recs:
+        out.append(
+            Table(
+                "Recovery after outages (stations that lost their link, station side)",
+                (
+                    "t (s)",
+                    "action",
+                    "target",
+                    "online",
+                    "lost link",
+                    "50 % back",
+                    "95 % back",
+                    "100 % back",
+                    "back to",
+                ),
+                tuple(failover.recovery_rows(recs)),
+                note=f"lost link: online before and disconnected within {failover.LOSS_WINDOW:g} s; "
+                "x % back: seconds from the outage until that share had booted again; back to: the CSMS "
+                "that recorded the BootNotification",
+            )
+        )
+    counts = failover.endpoint_counts(evs, roles, topo.hosts)
+    out.append(
+        Table(
+            "Connections per endpoint (CSMS and controllers)",
+            (
+                "endpoint",
+                "accepted",
+                "tls refused",
+                "refused",
+                "peak / s",
+                "station: tls ok",
+                "station: failed",
+            ),
+            tuple(
+                (
+                    c.endpoint,
+                    c.accepted,
+                    c.tls_failed,
+                    c.refused,
+                    c.peak_per_s,
+                    c.station_tls_ok,
+                    c.station_failed,
+                )
+                for c in counts
+            ),
+            note="server side: accepted: WebSocket sessions (controller -> endpoint: upstream links opened); "
+            "refused: HTTP upgrades refused (controller -> upstream: upstream connects given up); peak / s: most "
+            "accepted in one second. Station side (stations with several endpoints): handshakes completed, and "
+            "attempts refused or failed plus links lost, per endpoint tried",
+        )
+    )
+    group_of = {node: topo.group_of(node) for node, role in roles.items() if role == "station"}
+    out.append(
+        Table(
+            "Offline queue (station side) and TransactionEvents received (CSMS side)",
+            ("group", "queued", "delivered", "dropped", "still queued", "tx events at CSMS", "duplicates"),
+            tuple(failover.tx_delivery(evs, group_of, tx_queues)),
+            note="queued / delivered / dropped: messages through the stations' offline queues "
+            "(TransactionEvent, SecurityEventNotification); dropped: intermediate Updated events shed "
+            "under pressure; duplicates: resends the CSMS recognised (its answer was lost)",
+        )
+    )
+    return tuple(out)
 
 
 def _groups_table(groups: Mapping[str, _GroupTally]) -> Table:

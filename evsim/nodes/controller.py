@@ -38,9 +38,10 @@ Station doesn't have to behave different" and "so that the CSMS can not notice" 
   stays connected; the controller answers its CALLs (Heartbeat with the time; the ``store_and_forward`` actions,
   TransactionEvent by default, with an empty response and into a bounded per-station backlog; other status
   messages with an empty response; anything else with a CALLERROR) and reconnects upstream with the service's
-  back-off. On every upstream connection with a non-empty backlog it first sends the station's last
-  BootNotification (the CSMS wants a boot on each new connection, B02.FR.09) and then the backlog, in order,
-  as own CALLs; station CALLs queue behind them. The backlog survives the station's reconnects.
+  back-off. On every upstream reconnection (and on a first connection with a non-empty backlog) it first
+  sends the station's last BootNotification (the CSMS wants a boot on each new connection, B02.FR.09, and the
+  kept station will not boot again) and then the backlog, in order, as own CALLs; station CALLs queue behind
+  them. The backlog survives the station's reconnects.
 """
 
 from __future__ import annotations
@@ -569,6 +570,7 @@ class _Relay:
         self._timer_parked: trio.Event | None = None
         self._waiters: dict[str, _Waiter] = {}
         self._replays: dict[str, tuple[str, dict[str, Any]]] = {}  # own message id -> backlog entry
+        self._early: list[str] = []  # station frames read while the first upstream link was being connected
 
     @property
     def name(self) -> str:
@@ -583,13 +585,15 @@ class _Relay:
         try:
             with self.cancel_scope:
                 try:
-                    upstream = await self._connect_upstream(first=True)
+                    upstream = await self._first_upstream()
                 except UpgradeRejected as exc:
                     close = (_CLOSE_POLICY, f"CSMS refused the station: HTTP {exc.status}")
                     return
                 except TransportError as exc:
                     close = (_CLOSE_TRY_LATER, f"CSMS unreachable: {failure_reason(exc)}")
                     return
+                if upstream is None:
+                    return  # the station left while the upstream was being connected
                 try:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._station_side, nursery.cancel_scope)
@@ -607,6 +611,70 @@ class _Relay:
             lc.recorder.emit(
                 self.name, "station_disconnected", station=sid, reason=close[1] or "station left"
             )
+
+    async def _first_upstream(self) -> WebSocket | None:
+        """Connect upstream while watching the station (§6.3: no upstream link for a station that is gone).
+
+        The connect may take several attempts and back-off waits; a station that gives up meanwhile (its
+        message timeout) would otherwise get an upstream link opened in its name after it left, and that link
+        would replace, at the CSMS, the connection it made elsewhere in the meantime. What the station sends
+        meanwhile (its BootNotification) is read here and fed to the relay, in order, once the link is up.
+
+        Returns:
+            The upstream WebSocket, or None when the station's link ended first (the upstream is not opened,
+            or closed at once).
+
+        Raises:
+            UpgradeRejected, TransportError: as :meth:`_connect_upstream`.
+        """
+        early: list[str] = []
+        got: list[WebSocket] = []
+        failed: list[BaseException] = []
+        station_gone = False
+        async with trio.open_nursery() as nursery:
+
+            async def watch_station() -> None:
+                nonlocal station_gone
+                try:
+                    while True:  # ends with the connect (cancelled) or with the station's link
+                        early.append(await self.station_ws.receive_text())
+                except TransportError:
+                    station_gone = True
+                    nursery.cancel_scope.cancel()
+
+            async def connect() -> None:
+                try:
+                    got.append(await self._connect_upstream(first=True))
+                except (UpgradeRejected, TransportError) as exc:
+                    failed.append(exc)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_station)
+            nursery.start_soon(connect)
+        if station_gone:
+            if got:
+                await _aclose_ws(got[0], _CLOSE_GOING_AWAY, "station disconnected")
+                self.upstream_ws = None
+            self.lc.recorder.emit(
+                self.name, "station_link_lost", station=self.state.station_id, reason="left before upstream"
+            )
+            return None
+        if failed:
+            raise failed[0]
+        self._early = early  # relayed by _upstream_side once the core knows the upstream is up
+        return got[0]
+
+    def _receive_early(self) -> None:
+        """Feed the core what the station sent while the first upstream link was being connected."""
+        early, self._early = self._early, []
+        now = self.lc.clock.now
+        for text in early:
+            self.state.frames_up += 1
+            events = self.core.receive(STATION, text, now())
+            if events:
+                self._handle(events)
+        if early:
+            self._after_change()
 
     async def _connect_upstream(self, *, first: bool) -> WebSocket:
         lc, cfg, state = self.lc, self.lc.config, self.state
@@ -679,11 +747,14 @@ class _Relay:
     async def _upstream_side(self, ws: WebSocket) -> None:
         """Read the CSMS link; on loss, close the pair or (keep_station) reconnect and replay."""
         cfg, state = self.lc.config, self.state
+        reconnected = False
         while True:
             reason = "closed"
             self.upstream_ws = ws
             self.core.upstream_restored()
-            self._replay_backlog()
+            self._receive_early()
+            self._replay_backlog(reconnected=reconnected)
+            reconnected = True
             await self._flush(CSMS)
             try:
                 await self._pump(CSMS, ws)
@@ -755,15 +826,22 @@ class _Relay:
             raise CallTimeout(f"{action} got no answer within {self.core.call_timeout:g} s")
         raise TransportError(f"{action}: the link to the {to} was lost")
 
-    def _replay_backlog(self) -> None:
-        """Queue the backlog upstream as own CALLs, after the station's last BootNotification (see module doc)."""
+    def _replay_backlog(self, *, reconnected: bool) -> None:
+        """Queue the backlog upstream as own CALLs, after the station's last BootNotification (see module doc).
+
+        On an upstream *re*connection the boot goes first even with an empty backlog: the kept station will
+        not boot again, and the CSMS (perhaps another endpoint) refuses anything before a boot on a new
+        connection (B02.FR.09).
+        """
         state = self.state
-        if not state.backlog:
+        if not state.backlog and not reconnected:
             return
         boot = self.core.last_station_boot or state.last_boot
         now = self.lc.clock.now()
         if boot is not None:
             self.core.own_call(CSMS, "BootNotification", boot, now)
+        if not state.backlog:
+            return
         for entry in state.backlog:
             mid = self.core.own_call(CSMS, entry[0], entry[1], now)
             self._replays[mid] = entry

@@ -294,10 +294,10 @@ class Station:
                     raise _sole_failure(group) from group
             except HandshakeFailed as exc:
                 reason, detail = exc.reason, exc.detail
-                self._on_connect_failure(exc.reason, detail=exc.detail, handshake=exc)
+                self._on_connect_failure(exc.reason, detail=exc.detail, handshake=exc, slot=slot)
             except (TransportError, OcppError) as exc:
                 reason, detail = failure_reason(exc), str(exc)
-                self._on_connect_failure(reason, detail=detail)
+                self._on_connect_failure(reason, detail=detail, slot=slot)
             finally:
                 self.session = None
                 self.booted = False
@@ -321,15 +321,30 @@ class Station:
             self.recorder.emit(self.name, "reconnect_wait", seconds=round(wait, 3))
             await trio.sleep(wait)
 
+    def _endpoint(self, slot: NetworkSlot) -> dict[str, str]:
+        """``{"endpoint": host}`` of a slot for connection events, when the station has several slots (a
+        one-slot station's events stay as they were, so are the logs of runs without failover)."""
+        if len(self.network_profiles.slots) < 2:
+            return {}
+        return {"endpoint": parse_url(slot.profile.ocpp_csms_url)[1]}
+
     def _on_connect_failure(
-        self, reason: str, *, detail: str = "", handshake: HandshakeFailed | None = None
+        self,
+        reason: str,
+        *,
+        detail: str = "",
+        handshake: HandshakeFailed | None = None,
+        slot: NetworkSlot | None = None,
     ) -> None:
         self.connect_failures[reason] += 1
         kind = "handshake_failed" if handshake is not None else "connection_lost"
         security_event = ocpp_security_event(reason, side="client") if handshake is not None else None
         if reason == "http_401":
             security_event = "FailedToAuthenticateAtCsms"
-        self.recorder.emit(self.name, kind, reason=reason, detail=detail, security_event=security_event or "")
+        where = self._endpoint(slot) if slot is not None else {}
+        self.recorder.emit(
+            self.name, kind, reason=reason, detail=detail, security_event=security_event or "", **where
+        )
         if security_event and self._failure_streak_event != security_event:
             # queue the critical event once per failure streak (errata 2023-12 §2.2.1)
             self._failure_streak_event = security_event
@@ -402,6 +417,7 @@ class Station:
                 self.recorder.emit(
                     self.name,
                     "handshake_ok",
+                    **self._endpoint(slot),
                     version=tls_stream.info.version,
                     suite=tls_stream.info.cipher_iana,
                     group=tls_stream.info.group or "",

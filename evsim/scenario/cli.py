@@ -82,7 +82,7 @@ def station_links_table(result: RunResult) -> str:
     for sid, st in result.stations.items():
         tls = st.tls_info
         csms = result.scenario.stations[result.group_of[sid]].csms
-        rec = result.csms[csms].stations.get(sid)
+        rec = result.station_records().get(sid)
         rows.append(
             [
                 sid,
@@ -133,8 +133,16 @@ def _meta(file: str, *, sc_result: RunResult, topology: Topology) -> dict[str, A
         "network": sim.network,
         "stations_total": len(r.stations),
         "topology": topology.as_json(),
-        "ocpp_messages": {
-            sid: dict(rec.messages) for c in r.csms.values() for sid, rec in c.stations.items()
+        "ocpp_messages": {sid: dict(rec.messages) for sid, rec in r.station_records().items()},
+        "tx_queues": {
+            sid: {
+                "enqueued_total": q.enqueued_total,
+                "delivered_total": q.delivered_total,
+                "dropped_total": q.dropped_total,
+                "queued": q.queued,
+            }
+            for sid, st in r.stations.items()
+            for q in (st.queue.statistics(),)
         },
     }
 

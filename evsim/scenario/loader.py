@@ -42,10 +42,16 @@ from evsim.ocpp.versions import OCPP_VERSIONS
 from evsim.scenario.locate import FieldPath, LineIndex, format_path, index_lines
 from evsim.scenario.model import (
     DEFAULT_START,
+    BehindControllerKind,
     CertificateSpec,
     ChangeSpec,
     ClockKind,
+    ControllerSpec,
     CsmsSpec,
+    EndpointKind,
+    EndpointSpec,
+    FailoverKind,
+    FallbackKind,
     FrozenMap,
     HostnameCheck,
     KeyType,
@@ -64,6 +70,7 @@ from evsim.scenario.model import (
     TimelineEvent,
     TlsProfileSpec,
     TrustSpec,
+    UpstreamLossKind,
     WildcardPolicy,
 )
 from evsim.scenario.units import (
@@ -88,7 +95,7 @@ S = TypeVar("S", bound=str)
 
 # ---------------------------------------------------------------- vocabulary
 
-TOP_KEYS: Final = ("simulation", "pki", "tls", "csms", "stations", "links", "timeline")
+TOP_KEYS: Final = ("simulation", "pki", "tls", "csms", "controllers", "stations", "links", "timeline")
 SIMULATION_KEYS: Final = (
     "name",
     "description",
@@ -134,6 +141,9 @@ CSMS_KEYS: Final = (
     "ocsp_stapling",
     "pins",
     "change",
+    "secondary_of",
+    "behind_controller",
+    "trusted_controllers",
 )
 CERTIFICATE_KEYS: Final = ("root", "validity", "not_before", "key_type")
 STATION_KEYS: Final = (
@@ -156,7 +166,38 @@ STATION_KEYS: Final = (
     "queue_max",
     "pins",
     "change",
+    "endpoints",
+    "network_attempts",
+    "fallback",
 )
+CONTROLLER_KEYS: Final = (
+    "host",
+    "port",
+    "security_profile",
+    "insecure_allow_plain_ws",
+    "tls_profile",
+    "trust",
+    "certificate",
+    "upstream",
+    "upstream_security_profile",
+    "failover",
+    "on_upstream_loss",
+    "upstream_connect_attempts",
+    "retry_backoff",
+    "behind_controller",
+    "trusted_controllers",
+)
+ENDPOINT_KEYS: Final = ("csms", "controller", "priority", "trust", "tls_profile")
+FALLBACK_KINDS: Final[tuple[FallbackKind, ...]] = ("restart_list", "last_working")
+FAILOVER_KINDS: Final[tuple[FailoverKind, ...]] = ("priority", "round_robin", "sticky")
+UPSTREAM_LOSS_KINDS: Final[tuple[UpstreamLossKind, ...]] = ("close_station", "keep_station")
+BEHIND_CONTROLLER_KINDS: Final[tuple[BehindControllerKind, ...]] = (
+    "require_station_cert",
+    "trust_controller",
+)
+MAX_STATION_ENDPOINTS: Final = 4
+"""A station has the configuration slots 0..3 (``DEFAULT_SLOT_NUMBERS``; B09.FR.06 asks for at least two)."""
+MAX_NETWORK_ATTEMPTS: Final = 100
 BACKOFF_KEYS: Final = ("wait_minimum", "random_range", "repeat_times")
 LINK_POLICY_KEYS: Final = ("latency", "jitter", "bandwidth", "stall", "reset")
 LINK_KEYS: Final = ("between", *LINK_POLICY_KEYS)
@@ -175,7 +216,7 @@ ACTIONS: Final[Mapping[str, tuple[str, ...]]] = {
     "rotate_certificate": ("target", "new_key"),
     "install_root": ("target", "root"),
     "remove_root": ("target", "root"),
-    "set_network_profile": ("target", "csms"),
+    "set_network_profile": ("target", "csms", "reconnect"),
     "attack_downgrade": ("target", "count", "versions"),
     "attack_wrong_ca": ("target", "impersonate", "root", "duration"),
     "attack_mitm": ("target", "impersonate", "root", "duration"),
@@ -756,12 +797,15 @@ class _Nodes:
 
     def __init__(self) -> None:
         self.csms: dict[str, CsmsSpec] = {}
+        self.controllers: dict[str, ControllerSpec] = {}
         self.groups: dict[str, StationGroupSpec] = {}
         self.station_group: dict[str, str] = {}  # station id -> group
 
     def kind(self, name: str) -> str | None:
         if name in self.csms:
             return "csms"
+        if name in self.controllers:
+            return "controller"
         if name in self.groups:
             return "group"
         if name in self.station_group:
@@ -776,6 +820,8 @@ class _Nodes:
         out: list[str] = []
         if "csms" in kinds:
             out += self.csms
+        if "controller" in kinds:
+            out += self.controllers
         if "group" in kinds:
             out += self.groups
         return out
@@ -1307,6 +1353,7 @@ class _Builder(_TlsModelReader):
         pin_sets = self.pin_sets(tls, pki, csms)
         change_policies = self.change_policies(tls)
         csms = self.csms_peer_policy(root, csms)
+        controllers = self.controllers(root, sim, pki, profiles, trust)
         groups = self.station_groups(root, csms, profiles, trust)
         self.register_stations(groups)
         links = self.links(root)
@@ -1318,6 +1365,7 @@ class _Builder(_TlsModelReader):
             trust_stores=trust,
             csms=csms,
             stations=groups,
+            controllers=controllers,
             links=links,
             timeline=timeline,
             source=self.ctx.source,
@@ -1466,15 +1514,9 @@ class _Builder(_TlsModelReader):
                 )
             t = _Table(self.ctx, ("csms", name), value, CSMS_KEYS, what=f"[csms.{name}]")
             spec = self.one_csms(t, name, sim, pki, profiles)
-            if spec.port != 0:
-                other = addresses.setdefault((spec.host.lower(), spec.port), name)
-                if other != name:
-                    raise t.error(
-                        "port",
-                        f"CSMS {other!r} already listens on {spec.host}:{spec.port}",
-                        value=spec.port,
-                        fix="give each CSMS its own host or port",
-                    )
+            _claim_address(
+                t, addresses, name, spec.host, spec.port, "CSMS", "give each CSMS its own host or port"
+            )
             out[name] = spec
         if not out:
             raise self.ctx.error(
@@ -1500,18 +1542,9 @@ class _Builder(_TlsModelReader):
                 value=host,
                 fix="use a shorter host name",
             )
-        profile = t.profile_number("security_profile", 2)
-        insecure = t.boolean("insecure_allow_plain_ws", False)
-        if profile == 1 and not insecure:
-            raise t.error(
-                "security_profile",
-                "security profile 1 sends passwords over plain ws://",
-                value=1,
-                fix="add insecure_allow_plain_ws = true (trusted networks only, OCPP A00.FR.201) "
-                "or use security_profile = 2",
-            )
+        profile, insecure = _listener_profile(t)
         cert = self.certificate(t, pki)
-        return CsmsSpec(
+        spec = CsmsSpec(
             name=name,
             host=host,
             port=t.integer("port", 443 if sim.network == "memory" else 0, 0, 65535),
@@ -1529,6 +1562,7 @@ class _Builder(_TlsModelReader):
             accept_unknown_stations=t.boolean("accept_unknown_stations", True),
             ocsp_stapling=self.ocsp_stapling(t, profile),
         )
+        return self.with_failover_fields(t, spec)
 
     def certificate(self, t: _Table, pki: PkiSpec) -> CertificateSpec:
         c = t.sub_table("certificate", CERTIFICATE_KEYS, '{ root = "root", validity = "365d" }')
@@ -1591,10 +1625,10 @@ class _Builder(_TlsModelReader):
                     value=value,
                     fix=fix,
                 )
-            if name in csms:
+            if name in csms or name in self.nodes.controllers:
                 raise self.ctx.error(
                     ("stations", name),
-                    f"{name!r} is already the name of a CSMS",
+                    f"{name!r} is already the name of a {'CSMS' if name in csms else 'controller'}",
                     value=name,
                     fix="give the station group another name (selectors must be unambiguous)",
                 )
@@ -1613,21 +1647,32 @@ class _Builder(_TlsModelReader):
         count = t.integer("count", 1, 1, MAX_STATIONS_PER_GROUP)
         pattern = t.string("id_pattern", f"{name}-{{n:04d}}", max_len=200)
         _check_id_pattern(self.ctx, t.at("id_pattern"), pattern, count)
-        if not t.has("csms") and len(csms) > 1:
+        endpoints = self.station_endpoints(t, profiles, trust)
+        if not endpoints and not t.has("csms") and len(csms) > 1:
             raise t.error(
                 "csms",
                 "missing required key 'csms' (the scenario has several CSMS)",
-                fix=_choices_fix("", list(csms), what="add csms = one of"),
+                fix=_choices_fix("", list(csms), what="add csms = one of")
+                + ", or list endpoints = [{ csms = ... }, ...]",
             )
-        target = t.reference("csms", next(iter(csms)), csms, "CSMS", "[csms.<name>]")
-        server = csms[target]
+        if endpoints:
+            target = self.resolve_csms(endpoints[0])
+            first = endpoints[0]
+            server: CsmsSpec | ControllerSpec = (
+                csms[first.name] if first.kind == "csms" else self.nodes.controllers[first.name]
+            )
+            what = f"{'CSMS' if first.kind == 'csms' else 'controller'} {first.name!r}"
+        else:
+            target = t.reference("csms", next(iter(csms)), csms, "CSMS", "[csms.<name>]")
+            server = csms[target]
+            what = f"CSMS {target!r}"
         profile = t.profile_number("security_profile", server.security_profile)
         if profile == 1 and not server.insecure_allow_plain_ws:
             raise t.error(
                 "security_profile",
-                f"security profile 1 (plain ws://) but CSMS {target!r} does not allow it",
+                f"security profile 1 (plain ws://) but {what} does not allow it",
                 value=1,
-                fix=f"set insecure_allow_plain_ws = true in [csms.{target}] (trusted networks "
+                fix=f"set insecure_allow_plain_ws = true in {what} (trusted networks "
                 "only) or use security_profile = 2",
             )
         if t.has("sessions") and t.has("sessions_per_day"):
@@ -1666,6 +1711,9 @@ class _Builder(_TlsModelReader):
             heartbeat_fallback=t.duration("heartbeat_fallback", 300.0, positive=True),
             retry_backoff=self.backoff(t),
             queue_max=t.integer("queue_max", 1000, 1, 10_000_000),
+            endpoints=endpoints,
+            network_attempts=t.integer("network_attempts", 3, 1, MAX_NETWORK_ATTEMPTS),
+            fallback=t.enum("fallback", FALLBACK_KINDS, "restart_list"),
         )
 
     def delay_range(self, t: _Table, key: str, default: tuple[float, float]) -> tuple[float, float]:
@@ -1785,8 +1833,10 @@ class _Builder(_TlsModelReader):
                     value=sel,
                     fix=_choices_fix(
                         sel,
-                        [*self.nodes.names(("csms", "group")), "*"],
-                        what='use a CSMS, a station group, a station id or "*":',
+                        [*self.nodes.names(("csms", "controller", "group")), "*"],
+                        what='use a CSMS, a controller, a station group, a station id or "*":'
+                        if self.nodes.controllers
+                        else 'use a CSMS, a station group, a station id or "*":',
                     ),
                 )
             names.append(sel)
@@ -1883,7 +1933,14 @@ class _Builder(_TlsModelReader):
         return TimelineEvent(at=at, action=action, params=parsed, line=self.ctx.line(path))
 
     def target(self, t: _Table, kinds: Collection[str], *, key: str = "target") -> str:
-        what = {"csms": "a CSMS", "group": "a station group", "station": "a station id"}
+        what = {
+            "csms": "a CSMS",
+            "controller": "a controller",
+            "group": "a station group",
+            "station": "a station id",
+        }
+        if not self.nodes.controllers:  # scenarios without controllers keep their messages
+            kinds = [k for k in kinds if k != "controller"]
         wanted = " or ".join(what[k] for k in kinds)
         t.require(key, f'add {key} = "<name>" ({wanted})')
         value = t.data[key]
@@ -1934,7 +1991,7 @@ class _Builder(_TlsModelReader):
         return t.reference("root", default or "", pki.roots, "root", "[pki.roots.<name>]")
 
     def params_stop(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
-        return {"target": self.target(t, ("csms", "group", "station"))}
+        return {"target": self.target(t, ("csms", "controller", "group", "station"))}
 
     params_start = params_stop
 
@@ -1975,8 +2032,18 @@ class _Builder(_TlsModelReader):
 
     def params_set_network_profile(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
         target = self.target(t, ("group", "station"))
-        t.require("csms", 'add csms = "<name>" (the CSMS the stations move to)')
-        return {"target": target, "csms": self.target(t, ("csms",), key="csms")}
+        t.require("csms", 'add csms = "<name>" (the CSMS or controller the stations move to)')
+        to = self.target(t, ("csms", "controller"), key="csms")
+        group = self.nodes.group_of(target)
+        if len({e.name for e in group.endpoints} | {to}) > MAX_STATION_ENDPOINTS:
+            raise t.error(
+                "csms",
+                f"the stations of {group.name!r} have no free network-profile slot "
+                f"(slots 0..{MAX_STATION_ENDPOINTS - 1} hold their endpoints)",
+                value=to,
+                fix="give the group fewer endpoints, or move it to one of its endpoints",
+            )
+        return {"target": target, "csms": to, "reconnect": t.boolean("reconnect", True)}
 
     def params_attack_downgrade(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
         target = self.tls_csms(t)
@@ -2008,6 +2075,319 @@ class _Builder(_TlsModelReader):
         }
 
     params_attack_mitm = params_attack_wrong_ca
+
+    # ------------------------------------------------------------ failover: endpoints, controllers, secondaries
+    # (kept together so the TLS-table work on the same loader merges without conflicts)
+
+    def with_failover_fields(self, t: _Table, spec: CsmsSpec) -> CsmsSpec:
+        """``spec`` with ``secondary_of``, ``behind_controller`` and ``trusted_controllers`` of its table.
+
+        References are only type-checked here; :meth:`check_csms_references` resolves them once every CSMS and
+        controller is known.
+        """
+        secondary_of: str | None = None
+        if t.has("secondary_of"):
+            value = t._typed(
+                "secondary_of", lambda v: isinstance(v, str), "a CSMS name", 'write secondary_of = "primary"'
+            )
+            assert isinstance(value, str)
+            secondary_of = value
+        return attrs.evolve(
+            spec,
+            secondary_of=secondary_of,
+            behind_controller=t.enum("behind_controller", BEHIND_CONTROLLER_KINDS, "require_station_cert"),
+            trusted_controllers=t.string_list("trusted_controllers", (), nonempty=False, example='["lc1"]'),
+        )
+
+    def check_csms_references(self, csms: Mapping[str, CsmsSpec]) -> None:
+        """``secondary_of`` names another CSMS that is a primary; ``trusted_controllers`` name controllers."""
+        for name, spec in csms.items():
+            if spec.secondary_of is not None:
+                path: FieldPath = ("csms", name, "secondary_of")
+                primary = csms.get(spec.secondary_of)
+                if primary is None or spec.secondary_of == name:
+                    others = [c for c in csms if c != name]
+                    raise self.ctx.error(
+                        path,
+                        f"undefined CSMS {spec.secondary_of!r}"
+                        if primary is None
+                        else "a CSMS cannot be its own secondary",
+                        value=spec.secondary_of,
+                        fix=_choices_fix(spec.secondary_of, others, what="name the primary, one of"),
+                    )
+                if primary.secondary_of is not None:
+                    raise self.ctx.error(
+                        path,
+                        f"CSMS {spec.secondary_of!r} is itself a secondary (of {primary.secondary_of!r})",
+                        value=spec.secondary_of,
+                        fix=f'write secondary_of = "{primary.secondary_of}" (every endpoint names the primary)',
+                    )
+            self.check_trusted(("csms", name), spec.trusted_controllers, spec.behind_controller)
+
+    def check_trusted(self, path: FieldPath, names: Sequence[str], behind: str) -> None:
+        for i, ref in enumerate(names):
+            if ref not in self.nodes.controllers:
+                raise self.ctx.error(
+                    (*path, "trusted_controllers", i),
+                    f"undefined controller {ref!r}",
+                    value=ref,
+                    fix=_choices_fix(
+                        ref, self.nodes.controllers, what="define [controllers.<name>] or use one of"
+                    ),
+                )
+        if names and behind != "trust_controller":
+            raise self.ctx.error(
+                (*path, "trusted_controllers"),
+                'trusted_controllers only matter with behind_controller = "trust_controller"',
+                value=list(names),
+                fix='add behind_controller = "trust_controller", or remove trusted_controllers',
+            )
+
+    def controllers(
+        self,
+        root: _Table,
+        sim: SimulationSpec,
+        pki: PkiSpec,
+        profiles: Mapping[str, TlsProfileSpec],
+        trust: Mapping[str, TrustSpec],
+    ) -> dict[str, ControllerSpec]:
+        """Every ``[controllers.<name>]``, in dependency order (a controller after those it connects to)."""
+        raw: dict[str, object] = {}
+        for name, value in root.named_tables("controllers", "Local Controllers, e.g. [controllers.lc1]"):
+            if not isinstance(value, dict):
+                raise self.ctx.error(
+                    ("controllers", name),
+                    f"expected a table [controllers.{name}], got {type_name(value)}",
+                    value=value,
+                    fix="write [controllers.<name>] tables, e.g. [controllers.lc1]",
+                )
+            if name in self.nodes.csms:
+                raise self.ctx.error(
+                    ("controllers", name),
+                    f"{name!r} is already the name of a CSMS",
+                    value=name,
+                    fix="give the controller another name (selectors must be unambiguous)",
+                )
+            raw[name] = value
+        # names first, so an upstream may name a controller defined further down the file
+        self.nodes.controllers = {name: ControllerSpec(name=name, host="", upstream=()) for name in raw}
+        addresses = {(c.host.lower(), c.port): c.name for c in self.nodes.csms.values() if c.port != 0}
+        out: dict[str, ControllerSpec] = {}
+        for name, value in raw.items():
+            t = _Table(self.ctx, ("controllers", name), value, CONTROLLER_KEYS, what=f"[controllers.{name}]")
+            spec = self.one_controller(t, name, sim, pki, profiles, trust)
+            _claim_address(
+                t,
+                addresses,
+                name,
+                spec.host,
+                spec.port,
+                "node",
+                "give each CSMS and controller its own host or port",
+            )
+            out[name] = spec
+        self.nodes.controllers = out
+        order = self.controller_order(out)
+        self.nodes.controllers = {name: out[name] for name in order}
+        self.check_csms_references(self.nodes.csms)
+        return self.nodes.controllers
+
+    def one_controller(
+        self,
+        t: _Table,
+        name: str,
+        sim: SimulationSpec,
+        pki: PkiSpec,
+        profiles: Mapping[str, TlsProfileSpec],
+        trust: Mapping[str, TrustSpec],
+    ) -> ControllerSpec:
+        host = t.string("host", f"{name}.evsim.test", max_len=253)
+        if not _valid_host(host) or len(host) > MAX_COMMON_NAME:
+            raise t.error(
+                "host",
+                f"not a valid host name (at most {MAX_COMMON_NAME} characters: it is the certificate CN)",
+                value=host,
+                fix="set host to a DNS name such as lc1.site.evsim.test",
+            )
+        profile, insecure = _listener_profile(t)
+        t.require("upstream", 'add upstream = [{ csms = "main" }] (where the controller connects to)')
+        upstream = self.endpoint_list(t, "upstream", profiles, trust, owner=name)
+        behind = t.enum("behind_controller", BEHIND_CONTROLLER_KINDS, "require_station_cert")
+        trusted = t.string_list("trusted_controllers", (), nonempty=False, example='["lc2"]')
+        self.check_trusted(t.path, trusted, behind)
+        return ControllerSpec(
+            name=name,
+            host=host,
+            port=t.integer("port", 443 if sim.network == "memory" else 0, 0, 65535),
+            security_profile=profile,
+            insecure_allow_plain_ws=insecure,
+            tls_profile=t.reference(
+                "tls_profile", "default", profiles, "TLS profile", "[tls.profiles.<name>]"
+            ),
+            trust=t.reference("trust", "default", trust, "trust store", "[tls.trust.<name>]"),
+            certificate=self.certificate(t, pki),
+            upstream=upstream,
+            upstream_security_profile=t.profile_number("upstream_security_profile", 2),
+            failover=t.enum("failover", FAILOVER_KINDS, "priority"),
+            on_upstream_loss=t.enum("on_upstream_loss", UPSTREAM_LOSS_KINDS, "close_station"),
+            upstream_connect_attempts=t.integer("upstream_connect_attempts", 3, 1, MAX_NETWORK_ATTEMPTS),
+            retry_backoff=self.backoff(t),
+            behind_controller=behind,
+            trusted_controllers=trusted,
+        )
+
+    def endpoint_list(
+        self,
+        t: _Table,
+        key: str,
+        profiles: Mapping[str, TlsProfileSpec],
+        trust: Mapping[str, TrustSpec],
+        *,
+        owner: str | None = None,
+        max_len: int = 16,
+    ) -> tuple[EndpointSpec, ...]:
+        """An array of endpoint tables (``{ csms = "primary", priority = 1 }`` or ``{ controller = "lc1" }``).
+
+        Args:
+            t: the owning table.
+            key: ``"endpoints"`` or ``"upstream"``.
+            profiles: TLS profiles by name.
+            trust: trust stores by name.
+            owner: the controller whose upstream this is (may not name itself), or None.
+            max_len: most endpoints allowed.
+
+        Returns:
+            The endpoints sorted by priority (ties: file order); a missing priority is the 1-based position.
+        """
+        example = '[{ csms = "primary", priority = 1 }, { csms = "secondary", priority = 2 }]'
+        value = t._typed(
+            key, lambda v: isinstance(v, list), "an array of endpoint tables", f"write {key} = {example}"
+        )
+        assert isinstance(value, list)
+        if not value:
+            raise t.error(key, "must not be empty", value=[], fix=f"write e.g. {key} = {example}")
+        if len(value) > max_len:
+            raise t.error(
+                key,
+                f"at most {max_len} endpoints",
+                value=None,
+                fix=f"keep at most {max_len}"
+                + (
+                    " (a station has the network-profile slots 0..3)"
+                    if max_len == MAX_STATION_ENDPOINTS
+                    else ""
+                ),
+            )
+        out: list[EndpointSpec] = []
+        priorities: dict[int, int] = {}
+        for i, item in enumerate(value):
+            e = _Table(
+                self.ctx,
+                t.at(key, i),
+                item,
+                ENDPOINT_KEYS,
+                what=f"{key}[{i}] ({{ csms = ... }} or {{ controller = ... }})",
+            )
+            kinds = [k for k in ("csms", "controller") if e.has(k)]
+            if len(kinds) != 1:
+                raise self.ctx.error(
+                    t.at(key, i),
+                    "an endpoint names exactly one CSMS or one controller",
+                    value=None,
+                    fix='write { csms = "primary" } or { controller = "lc1" }',
+                )
+            kind: EndpointKind = "csms" if kinds[0] == "csms" else "controller"
+            defined: Collection[str] = self.nodes.csms if kind == "csms" else self.nodes.controllers
+            how = "[csms.<name>]" if kind == "csms" else "[controllers.<name>]"
+            ref = e.reference(kind, "", defined, "CSMS" if kind == "csms" else "controller", how)
+            if owner is not None and kind == "controller" and ref == owner:
+                raise e.error(
+                    "controller",
+                    "a controller cannot connect to itself",
+                    value=ref,
+                    fix="name a CSMS or another controller",
+                )
+            if any(o.kind == kind and o.name == ref for o in out):
+                raise e.error(
+                    kind, f"{ref!r} is listed twice in {key}", value=ref, fix="list each endpoint once"
+                )
+            priority = e.integer("priority", i + 1, 0, 1000)
+            if priority in priorities:
+                raise e.error(
+                    "priority",
+                    f"the same priority as {key}[{priorities[priority]}]",
+                    value=priority,
+                    fix="give each endpoint its own priority (lower is tried first)",
+                )
+            priorities[priority] = i
+            out.append(
+                EndpointSpec(
+                    kind=kind,
+                    name=ref,
+                    priority=priority,
+                    trust=e.reference("trust", "", trust, "trust store", "[tls.trust.<name>]")
+                    if e.has("trust")
+                    else None,
+                    tls_profile=e.reference(
+                        "tls_profile", "", profiles, "TLS profile", "[tls.profiles.<name>]"
+                    )
+                    if e.has("tls_profile")
+                    else None,
+                )
+            )
+        return tuple(sorted(out, key=lambda ep: ep.priority))
+
+    def station_endpoints(
+        self, t: _Table, profiles: Mapping[str, TlsProfileSpec], trust: Mapping[str, TrustSpec]
+    ) -> tuple[EndpointSpec, ...]:
+        """A group's ``endpoints`` (empty when it uses the ``csms = "name"`` shorthand)."""
+        if not t.has("endpoints"):
+            return ()
+        if t.has("csms"):
+            raise t.error(
+                "csms",
+                "csms and endpoints are mutually exclusive (csms is the one-endpoint shorthand)",
+                value=t.data["csms"],
+                fix="remove csms, or list that CSMS in endpoints",
+            )
+        return self.endpoint_list(t, "endpoints", profiles, trust, max_len=MAX_STATION_ENDPOINTS)
+
+    def resolve_csms(self, endpoint: EndpointSpec) -> str:
+        """The CSMS an endpoint leads to: itself, or its controller's first upstream, recursively."""
+        seen: set[str] = set()
+        while endpoint.kind == "controller":
+            assert endpoint.name not in seen  # controller_order refused cycles
+            seen.add(endpoint.name)
+            endpoint = self.nodes.controllers[endpoint.name].upstream[0]
+        return endpoint.name
+
+    def controller_order(self, controllers: Mapping[str, ControllerSpec]) -> list[str]:
+        """Controllers in dependency order; a cycle in the chains is refused where it closes."""
+        order: list[str] = []
+        state: dict[str, str] = {}  # name -> "visiting" | "done"
+
+        def visit(name: str, chain: list[str]) -> None:
+            if state.get(name) == "done":
+                return
+            state[name] = "visiting"
+            for i, ep in enumerate(controllers[name].upstream):
+                if ep.kind != "controller":
+                    continue
+                if state.get(ep.name) == "visiting":
+                    loop = " -> ".join([*chain[chain.index(ep.name) :], name, ep.name])
+                    raise self.ctx.error(
+                        ("controllers", name, "upstream", i, "controller"),
+                        f"controller chain loops: {loop}",
+                        value=ep.name,
+                        fix="controller chains must end at a CSMS; remove one link of the loop",
+                    )
+                visit(ep.name, [*chain, name])
+            state[name] = "done"
+            order.append(name)
+
+        for name in controllers:
+            visit(name, [])
+        return order
 
 
 # ---------------------------------------------------------------- helpers
@@ -2083,6 +2463,40 @@ def _check_id_pattern(ctx: _Context, path: FieldPath, pattern: str, count: int) 
         sid = pattern.format(n=n)
         if not _IDENTITY.fullmatch(sid) or len(sid) > MAX_IDENTITY_LENGTH:
             raise ctx.error(path, _IDENTITY_RULE.format(sid=sid), value=pattern, fix=fix)
+
+
+def _listener_profile(t: _Table) -> tuple[int, bool]:
+    """A listener's ``security_profile`` and ``insecure_allow_plain_ws`` (profile 1 needs the opt-in).
+
+    Raises:
+        ConfigError: profile 1 without ``insecure_allow_plain_ws = true``.
+    """
+    profile = t.profile_number("security_profile", 2)
+    insecure = t.boolean("insecure_allow_plain_ws", False)
+    if profile == 1 and not insecure:
+        raise t.error(
+            "security_profile",
+            "security profile 1 sends passwords over plain ws://",
+            value=1,
+            fix="add insecure_allow_plain_ws = true (trusted networks only, OCPP A00.FR.201) "
+            "or use security_profile = 2",
+        )
+    return profile, insecure
+
+
+def _claim_address(
+    t: _Table, addresses: dict[tuple[str, int], str], name: str, host: str, port: int, what: str, fix: str
+) -> None:
+    """Record that ``name`` listens on ``host:port`` (port 0 picks a free one, so never clashes).
+
+    Raises:
+        ConfigError: another node already listens there.
+    """
+    if port == 0:
+        return
+    other = addresses.setdefault((host.lower(), port), name)
+    if other != name:
+        raise t.error("port", f"{what} {other!r} already listens on {host}:{port}", value=port, fix=fix)
 
 
 def _valid_host(host: str) -> bool:

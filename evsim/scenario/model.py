@@ -29,6 +29,11 @@ KeyType: TypeAlias = Literal["ec", "rsa"]
 HostnameCheck: TypeAlias = Literal["cn", "san", "san+cn", "off"]
 WildcardPolicy: TypeAlias = Literal["deny", "allow"]
 TrustMode: TypeAlias = Literal["pki", "pinned_peers", "tofu"]
+EndpointKind: TypeAlias = Literal["csms", "controller"]
+FallbackKind: TypeAlias = Literal["restart_list", "last_working"]
+FailoverKind: TypeAlias = Literal["priority", "round_robin", "sticky"]
+UpstreamLossKind: TypeAlias = Literal["close_station", "keep_station"]
+BehindControllerKind: TypeAlias = Literal["require_station_cert", "trust_controller"]
 
 
 class FrozenMap(Mapping[K, V]):
@@ -230,6 +235,11 @@ class CsmsSpec:
         ocsp_stapling: staple an OCPP-style OCSP response from the scenario PKI's responder for its root.
         pins: name of a :class:`PinSetSpec` applied to station certificates (profile 3), or None.
         change: name of a :class:`ChangeSpec` applied to station certificates (profile 3), or None.
+        secondary_of: the CSMS this one is a secondary endpoint of (they share station records: a
+            TransactionEvent resent to the other endpoint is a counted duplicate), or None.
+        behind_controller: how profile 3 treats a client certificate that is a controller's
+            (``"require_station_cert"`` or ``"trust_controller"``).
+        trusted_controllers: names of the controllers whose certificate may carry other identities.
     """
 
     name: str
@@ -246,6 +256,69 @@ class CsmsSpec:
     ocsp_stapling: bool = False
     pins: str | None = None
     change: str | None = None
+    secondary_of: str | None = None
+    behind_controller: BehindControllerKind = "require_station_cert"
+    trusted_controllers: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class EndpointSpec:
+    """One endpoint a station group or a controller connects to (``endpoints = [...]``, ``upstream = [...]``).
+
+    Attributes:
+        kind: ``"csms"`` or ``"controller"``.
+        name: the CSMS or controller it names.
+        priority: lower is tried first (``NetworkConfigurationPriority`` order for stations).
+        trust: trust store name for this endpoint; None = the owner's ``trust``.
+        tls_profile: TLS profile name for this endpoint; None = the owner's ``tls_profile``.
+    """
+
+    kind: EndpointKind
+    name: str
+    priority: int = 0
+    trust: str | None = None
+    tls_profile: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ControllerSpec:
+    """A ``[controllers.<name>]`` table: a Local Controller between stations and CSMS (OCPP-J §6).
+
+    Attributes:
+        name: the node's name (selectors, events, logs).
+        host: the host name it listens on (its server certificate's CN and SAN).
+        port: the port stations connect to (0: let the network pick one).
+        security_profile: 1, 2 or 3 towards the stations.
+        insecure_allow_plain_ws: the explicit opt-in profile 1 needs.
+        tls_profile: TLS profile of the listener and (by default) of the upstream endpoints.
+        trust: trust store the upstream endpoints verify the CSMS (or the next controller) with, by default.
+        certificate: the controller's certificate (server towards stations; client upstream under profile 3).
+        upstream: the endpoints it connects to for each station, CSMS or controllers.
+        upstream_security_profile: the profile of the upstream links (1, 2 or 3).
+        failover: the upstream service's failover policy.
+        on_upstream_loss: ``"close_station"`` (OCPP-J §6.3) or ``"keep_station"`` (errata 2025-02).
+        upstream_connect_attempts: attempts before a new station is refused (1013).
+        retry_backoff: the upstream back-off.
+        behind_controller: profile 3 listener: whether a lower controller's certificate may carry stations.
+        trusted_controllers: controllers trusted by ``behind_controller = "trust_controller"``.
+    """
+
+    name: str
+    host: str
+    port: int = 443
+    security_profile: int = 2
+    insecure_allow_plain_ws: bool = False
+    tls_profile: str = "default"
+    trust: str = "default"
+    certificate: CertificateSpec = CertificateSpec()
+    upstream: tuple[EndpointSpec, ...]
+    upstream_security_profile: int = 2
+    failover: FailoverKind = "priority"
+    on_upstream_loss: UpstreamLossKind = "close_station"
+    upstream_connect_attempts: int = 3
+    retry_backoff: RetryBackOffSpec = attrs.field(factory=lambda: RetryBackOffSpec())
+    behind_controller: BehindControllerKind = "require_station_cert"
+    trusted_controllers: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -288,6 +361,11 @@ class StationGroupSpec:
         queue_max: offline message queue threshold.
         pins: name of a :class:`PinSetSpec` (each station gets its own pin memory), or None.
         change: name of a :class:`ChangeSpec` (each station remembers the CSMS's leaf), or None.
+        endpoints: the endpoints the stations connect to, one network-profile slot each (slot = position);
+            ``csms = "name"`` is the one-endpoint shorthand.
+        network_attempts: ``NetworkProfileConnectionAttempts`` (attempts per slot before the next).
+        fallback: what the slot walk does when every slot failed, and where it restarts after a loss
+            (``"restart_list"``, B10.FR.08, or ``"last_working"``, B10.FR.07).
     """
 
     name: str
@@ -310,6 +388,9 @@ class StationGroupSpec:
     queue_max: int = 1000
     pins: str | None = None
     change: str | None = None
+    endpoints: tuple[EndpointSpec, ...] = ()
+    network_attempts: int = 3
+    fallback: FallbackKind = "restart_list"
 
     def station_ids(self) -> list[str]:
         """The identities of the group's stations, in order.
@@ -387,6 +468,7 @@ class Scenario:
         trust_stores: trust stores by name (``"default"`` always present).
         csms: CSMS nodes by name (at least one).
         stations: station groups by name.
+        controllers: Local Controllers by name, in dependency order (a controller after those it connects to).
         links: link policies, in file order (later entries override earlier ones where they overlap).
         timeline: events sorted by ``at`` (events at the same time keep their file order).
         source: the file it was loaded from, or the ``source`` label given to the loader.
@@ -400,6 +482,7 @@ class Scenario:
     trust_stores: FrozenMap[str, TrustSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
     csms: FrozenMap[str, CsmsSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
     stations: FrozenMap[str, StationGroupSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    controllers: FrozenMap[str, ControllerSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
     links: tuple[LinkSpec, ...] = ()
     timeline: tuple[TimelineEvent, ...] = ()
     source: str | None = None

@@ -86,6 +86,14 @@ class ScenarioPki:
         key = None if root is not None else self.current_csms_key(host, cert)
         return ca.issue_server(host, now=now, days=days, key_type=cert.key_type, key=key)
 
+    def controller_certificate(self, host: str, cert: CertificateSpec, *, at: float = 0.0) -> CertKey:
+        """A Local Controller's own certificate: CN = its host (OCPP-J §6.5), O = the operator (profile 3
+        upstream gates check it), no EKU, so it serves as TLS server and client certificate."""
+        now, days = issue_window(self.start, at, cert.validity)
+        return self.roots[cert.root].issue_server(
+            host, org=self.organization, now=now, days=days, key_type=cert.key_type
+        )
+
     def expired_server_certificate(self, host: str, cert: CertificateSpec, *, at: float) -> CertKey:
         """A certificate for ``host`` (its current key) whose validity ended one second before ``at``."""
         now, days = issue_window(self.start, at - 86_400 - 1, 86_400)

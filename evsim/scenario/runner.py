@@ -28,21 +28,34 @@ import trio.testing
 from cryptography import x509
 
 from evsim.clock import SimClock, real_utcnow
-from evsim.errors import ConfigError
+from evsim.errors import ConfigError, OcppError, TransportError
 from evsim.metrics.recorder import Event, Recorder
 from evsim.metrics.rundir import Sample
 from evsim.net.base import Network
 from evsim.net.tcp import TcpNetwork
 from evsim.net.virtual import LinkPolicy, VirtualNetwork
-from evsim.nodes.csms import Csms, CsmsConfig
+from evsim.nodes.admission import TrustedController
+from evsim.nodes.controller import ControllerConfig, LocalController
+from evsim.nodes.csms import Csms, CsmsConfig, StationRecord
 from evsim.nodes.station import Station, StationConfig, peer_event_fields
 from evsim.ocpp.backoff import RetryBackOff
+from evsim.ocpp.netprofile import DEFAULT_SLOT_NUMBERS, NetworkConnectionProfile, NetworkSlot
 from evsim.pki import CertKey
 from evsim.pki.revocation import OcspStaple
 from evsim.runtime import tune_gc
 from evsim.scenario.attacks import RedirectingNetwork, downgrade_client, mitm_relay
 from evsim.scenario.loader import layer_change_policy, layer_pin_set
-from evsim.scenario.model import CsmsSpec, PinSpec, Scenario, StationGroupSpec, TimelineEvent, TrustSpec
+from evsim.scenario.model import (
+    ControllerSpec,
+    CsmsSpec,
+    EndpointSpec,
+    PinSpec,
+    RetryBackOffSpec,
+    Scenario,
+    StationGroupSpec,
+    TimelineEvent,
+    TrustSpec,
+)
 from evsim.scenario.pki import ScenarioPki
 from evsim.tls import (
     ClientTls,
@@ -55,11 +68,10 @@ from evsim.tls import (
     TlsProfile,
     TrustStore,
 )
+from evsim.tls.service import Endpoint, Service
 
 #: Actions and link knobs the model accepts that this runner cannot enforce yet; refused before the run starts.
-NOT_YET = {
-    "set_network_profile": "network profiles with several endpoints arrive with the failover work",
-}
+NOT_YET: dict[str, str] = {}
 LINK_NOT_YET = {
     "jitter": "the in-memory network models latency only so far",
     "bandwidth": "the in-memory network models latency only so far",
@@ -83,6 +95,15 @@ class RunResult:
     wall_s: float
     outcome: str
     error: str | None = None
+    controllers: dict[str, LocalController] = attrs.field(factory=dict)
+
+    def station_records(self) -> dict[str, StationRecord]:
+        """Every station record once (a primary and its secondaries share one store)."""
+        out: dict[str, StationRecord] = {}
+        for c in self.csms.values():
+            for sid, rec in c.stations.items():
+                out.setdefault(sid, rec)
+        return out
 
     @property
     def ok(self) -> bool:
@@ -208,6 +229,10 @@ class ScenarioRunner:
         self.stations: dict[str, Station] = {}
         self.station_nodes: dict[str, _Node] = {}
         self.group_of: dict[str, str] = {}
+        self.controllers: dict[str, LocalController] = {}
+        self.controller_nodes: dict[str, _Node] = {}
+        self.ports: dict[str, int] = {}  # CSMS and controller name -> bound port
+        self.stores: dict[str, dict[str, StationRecord]] = {}  # primary CSMS name -> shared station records
         self.samples: list[Sample] = []
         self.recorder: Recorder | None = None
         self.peer_policies: dict[str, PeerPolicy] = {}
@@ -308,9 +333,15 @@ class ScenarioRunner:
         """Network host names of a selector: a CSMS (its host), a group or station id (station ids), or ``*``."""
         sc = self.scenario
         if selector == "*":
-            return [c.host for c in sc.csms.values()] + sc.station_ids()
+            return (
+                [c.host for c in sc.csms.values()]
+                + [c.host for c in sc.controllers.values()]
+                + sc.station_ids()
+            )
         if selector in sc.csms:
             return [sc.csms[selector].host]
+        if selector in sc.controllers:
+            return [sc.controllers[selector].host]
         if selector in sc.stations:
             return sc.stations[selector].station_ids()
         return [selector]
@@ -328,13 +359,15 @@ class ScenarioRunner:
         self.clock = clock = SimClock.start(start)
         self.recorder = recorder = Recorder(clock, sink=self.sink, echo=self.echo)
         self.pki = ScenarioPki.build(sc, start)
+        self._lc_identities: dict[str, Identity] = {}
         self.group_roots: dict[str, tuple[str, ...]] = {}
         for g in sc.stations.values():
             trust_spec = sc.trust_stores.get(g.trust)
             self.group_roots[g.name] = trust_spec.roots if trust_spec else ("root",)
         inner: Network
         if sim.network == "tcp":
-            inner = TcpNetwork(resolve={c.host: "127.0.0.1" for c in sc.csms.values()})
+            hosts = [c.host for c in sc.csms.values()] + [c.host for c in sc.controllers.values()]
+            inner = TcpNetwork(resolve=dict.fromkeys(hosts, "127.0.0.1"))
         else:
             inner = VirtualNetwork()
         self.vnet = inner if isinstance(inner, VirtualNetwork) else None
@@ -343,21 +376,28 @@ class ScenarioRunner:
         self.outcome = "running"
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
-            ports: dict[str, int] = {}
+            ports = self.ports
             for spec in sc.csms.values():
                 ports[spec.name] = await self._start_csms(spec, nursery)
-            # links first: no station may connect before its link has its policy
+            # links first: no station (or controller) may connect before its link has its policy
             for link in sc.links:
                 self._apply_link(link.between, latency=link.latency)
                 if link.reset is not None:
                     nursery.start_soon(self._resets, link.between, link.reset.every)
+            for lc_spec in sc.controllers.values():  # dependency order: upstream controllers first
+                ports[lc_spec.name] = await self._start_controller(lc_spec, nursery)
             for group in sc.stations.values():
                 csms_spec = sc.csms[group.csms]
                 for sid in group.station_ids():
                     self.group_of[sid] = group.name
                     self._make_peer_policy(group, sid)
+                    config = (
+                        self._failover_station_config(group, sid)
+                        if group.endpoints
+                        else self._station_config(group, sid, csms_spec, ports[csms_spec.name])
+                    )
                     station = Station(
-                        self._station_config(group, sid, csms_spec, ports[csms_spec.name]),
+                        config,
                         network=self.net,
                         client_tls=self._client_tls(group, sid),
                         clock=clock,
@@ -400,11 +440,14 @@ class ScenarioRunner:
                 organization=self.pki.organization,
                 default_password=spec.password or RUN_PASSWORD,
                 accept_unknown_stations=spec.accept_unknown_stations,
+                behind_controller=spec.behind_controller,
+                trusted_controllers=self._trusted_controllers(spec.trusted_controllers),
             ),
             network=self.net,
             server_tls=self._server_tls(spec, Identity.from_cert_key(cert)),
             clock=self.clock,
             recorder=self.recorder,
+            store=self.stores.setdefault(spec.secondary_of or spec.name, {}),
         )
         self.csms[spec.name] = csms
         self.csms_nodes[spec.name] = node = _Node(spec.name, csms.serve)
@@ -490,7 +533,11 @@ class ScenarioRunner:
         p = ev.params
         action = ev.action
         at = self.clock.elapsed()
-        if action in ("stop", "start"):
+        if action in ("stop", "start") and str(p["target"]) in self.scenario.controllers:
+            await self._stop_start_controller(str(p["target"]), action, nursery)
+        elif action == "set_network_profile":
+            await self._set_network_profile(ev, nursery)
+        elif action in ("stop", "start"):
             csms_names, station_ids = self._targets(str(p["target"]))
             for name in csms_names:
                 host = self.scenario.csms[name].host
@@ -763,6 +810,196 @@ class ScenarioRunner:
                 spki, now=self.clock.utcnow(), reason=f"operator (timeline line {ev.line})"
             )
 
+    # ------------------------------------------------------------------ failover: controllers, endpoints, slots
+    # (kept together so the TLS-table work on the same runner merges without conflicts)
+
+    def _url(self, kind: str, name: str, security_profile: int) -> str:
+        """The ``ws(s)://host:port/ocpp`` URL of a CSMS or controller (its bound port)."""
+        spec: CsmsSpec | ControllerSpec = (
+            self.scenario.csms[name] if kind == "csms" else self.scenario.controllers[name]
+        )
+        scheme = "ws" if security_profile == 1 else "wss"
+        return f"{scheme}://{spec.host}:{self.ports[name]}/ocpp"
+
+    def _trusted_controllers(self, names: Iterable[str]) -> tuple[TrustedController, ...]:
+        """Controllers a profile 3 server lets carry other identities: their certificate's (O, CN)."""
+        return tuple(
+            TrustedController(self.pki.organization, self.scenario.controllers[n].host) for n in names
+        )
+
+    def _controller_identity(self, spec: ControllerSpec) -> Identity:
+        """The controller's own certificate (CN = its host, O = the operator): server to its stations and,
+        under profile 3, client to its upstream (OCPP-J §6.5: its own certificates only)."""
+        cached = self._lc_identities.get(spec.name)
+        if cached is None:
+            cert = self.pki.controller_certificate(spec.host, spec.certificate)
+            cached = self._lc_identities[spec.name] = Identity.from_cert_key(cert)
+        return cached
+
+    def _upstream_service(self, spec: ControllerSpec) -> Service:
+        sp = spec.upstream_security_profile
+        endpoints = []
+        for ep in spec.upstream:
+            url = self._url(ep.kind, ep.name, sp)
+            if sp == 1:
+                endpoints.append(Endpoint(ep.name, url, priority=ep.priority))
+                continue
+            endpoints.append(
+                Endpoint(
+                    ep.name,
+                    url,
+                    priority=ep.priority,
+                    profile=self._profile(ep.tls_profile or spec.tls_profile),
+                    trust=self._trust(ep.trust or spec.trust),
+                    identity=self._controller_identity(spec) if sp == 3 else None,
+                )
+            )
+        return Service(
+            f"{spec.name}-upstream", endpoints, policy=spec.failover, backoff=_backoff(spec.retry_backoff)
+        )
+
+    async def _start_controller(self, spec: ControllerSpec, nursery: trio.Nursery) -> int:
+        """Start a Local Controller (its upstream endpoints are already listening); returns its port."""
+        assert self.clock is not None and self.recorder is not None
+        tcp = self.scenario.simulation.network == "tcp"
+        config = ControllerConfig(
+            name=spec.name,
+            host=spec.host,
+            port=0 if tcp else spec.port,
+            security_profile=spec.security_profile,
+            insecure_allow_plain_ws=spec.insecure_allow_plain_ws,
+            tls_profile=self._profile(spec.tls_profile),
+            identity=self._controller_identity(spec) if spec.security_profile >= 2 else None,
+            client_trust=TrustStore("ChargingStationRoots", (self.pki.roots["root"].cert,), hostname="off")
+            if spec.security_profile == 3
+            else None,
+            organization=self.pki.organization,
+            behind_controller=spec.behind_controller,
+            trusted_controllers=self._trusted_controllers(spec.trusted_controllers),
+            upstream=self._upstream_service(spec),
+            upstream_default_password=RUN_PASSWORD,
+            upstream_connect_attempts=spec.upstream_connect_attempts,
+            on_upstream_loss=spec.on_upstream_loss,
+        )
+        lc = LocalController(
+            config,
+            network=self.net,
+            clock=self.clock,
+            recorder=self.recorder,
+            rng=random.Random(f"{self.scenario.simulation.seed}:{spec.name}"),
+        )
+        self.controllers[spec.name] = lc
+        self.controller_nodes[spec.name] = node = _Node(spec.name, lc.run)
+        await node.start(nursery)
+        assert lc.address is not None
+        return lc.address[1]
+
+    def _slot(self, group: StationGroupSpec, sid: str, number: int, ep: EndpointSpec) -> NetworkSlot:
+        """The network-profile slot of one endpoint; its own TLS bundle when the endpoint overrides trust or
+        profile (otherwise the station's installed TLS configuration serves it)."""
+        url = self._url(ep.kind, ep.name, group.security_profile)
+        profile = NetworkConnectionProfile(url, group.security_profile)
+        if group.security_profile == 1 or (ep.trust is None and ep.tls_profile is None):
+            return NetworkSlot(number, profile)
+        identity = None
+        if group.security_profile == 3:
+            identity = Identity.from_cert_key(
+                self.pki.station_certificate(sid, validity_s=self.scenario.pki.validity)
+            )
+        roots = self.scenario.trust_stores[ep.trust].roots if ep.trust is not None else None
+        tls = Endpoint(
+            f"slot{number}",
+            url,
+            profile=self._profile(ep.tls_profile or group.tls_profile),
+            trust=self._trust(ep.trust or group.trust, roots),
+            identity=identity,
+        )
+        return NetworkSlot(number, profile, tls)
+
+    def _failover_station_config(self, group: StationGroupSpec, sid: str) -> StationConfig:
+        """A station of a group with ``endpoints``: slot ``i`` = the i-th endpoint by priority."""
+        slots = tuple(self._slot(group, sid, i, ep) for i, ep in enumerate(group.endpoints))
+        one_slot = self._station_config(group, sid, self.scenario.csms[group.csms], 0)
+        return attrs.evolve(
+            one_slot,
+            csms_url="",
+            network_slots=slots,
+            network_priority=tuple(range(len(slots))),
+            network_attempts=group.network_attempts,
+            network_fallback=group.fallback,
+        )
+
+    async def _stop_start_controller(self, name: str, action: str, nursery: trio.Nursery) -> None:
+        """A controller stops (listener and every relay gone, host down) or starts again."""
+        host = self.scenario.controllers[name].host
+        if action == "stop":
+            self.controller_nodes[name].stop()
+            if self.vnet is not None:
+                self.vnet.set_host_down(host)
+        else:
+            if self.vnet is not None:
+                self.vnet.set_host_down(host, down=False)
+            await self.controller_nodes[name].start(nursery)
+
+    async def _set_network_profile(self, ev: TimelineEvent, nursery: trio.Nursery) -> None:
+        """B09/B10 from the CSMS holding each station's link: SetNetworkProfile for the new endpoint (a free
+        slot, or the slot that already names it), SetVariables NetworkConfigurationPriority with that slot
+        first; with ``reconnect`` the station's link is reset so the change takes effect now."""
+        p = ev.params
+        _, station_ids = self._targets(str(p["target"]))
+        to = str(p["csms"])
+        kind = "csms" if to in self.scenario.csms else "controller"
+        for sid in station_ids:
+            nursery.start_soon(self._move_station, sid, kind, to, bool(p.get("reconnect", True)))
+
+    async def _move_station(self, sid: str, kind: str, to: str, reconnect: bool) -> None:
+        assert self.recorder is not None
+        station = self.stations[sid]
+        group = self.scenario.stations[self.group_of[sid]]
+        holder = next(
+            (
+                c
+                for c in self.csms.values()
+                if (r := c.stations.get(sid)) is not None and r.session is not None
+            ),
+            None,
+        )
+        if holder is None or station.session is None:
+            self.recorder.emit("timeline", "network_profile_not_sent", station=sid, reason="station offline")
+            return
+        profiles = station.network_profiles
+        known = [i for i, ep in enumerate(group.endpoints) if ep.kind == kind and ep.name == to]
+        slot = known[0] if known else None
+        if slot is None:
+            free = [n for n in DEFAULT_SLOT_NUMBERS if n not in profiles.priority and n not in profiles.slots]
+            if not free:
+                self.recorder.emit("timeline", "network_profile_not_sent", station=sid, reason="no free slot")
+                return
+            slot = free[0]
+            profile = NetworkConnectionProfile(
+                self._url(kind, to, group.security_profile), group.security_profile
+            )
+            try:
+                with trio.fail_after(60):
+                    await holder.set_network_profile(sid, slot, profile.to_ocpp())
+            except (KeyError, OcppError, TransportError, trio.TooSlowError) as exc:
+                self.recorder.emit(
+                    "timeline", "network_profile_not_sent", station=sid, reason=type(exc).__name__
+                )
+                return
+        priority = ",".join(str(n) for n in [slot, *(n for n in profiles.priority if n != slot)])
+        try:
+            with trio.fail_after(60):
+                await holder.set_variables(sid, {("OCPPCommCtrlr", "NetworkConfigurationPriority"): priority})
+        except (KeyError, OcppError, TransportError, trio.TooSlowError) as exc:
+            self.recorder.emit("timeline", "network_profile_not_sent", station=sid, reason=type(exc).__name__)
+            return
+        if reconnect and self.vnet is not None:
+            for host in self._select("*"):
+                if host not in self.stations:
+                    self.vnet.partition(sid, host)
+                    self.vnet.heal(sid, host)
+
     # ------------------------------------------------------------------ result
 
     def result(self, wall_s: float, outcome: str | None = None, error: str | None = None) -> RunResult:
@@ -772,6 +1009,7 @@ class ScenarioRunner:
         return RunResult(
             scenario=self.scenario,
             recorder=self.recorder,
+            controllers=self.controllers,
             csms=self.csms,
             stations=self.stations,
             group_of=self.group_of,
@@ -781,6 +1019,10 @@ class ScenarioRunner:
             outcome=outcome or self.outcome,
             error=error,
         )
+
+
+def _backoff(spec: RetryBackOffSpec) -> RetryBackOff:
+    return RetryBackOff(spec.wait_minimum, spec.random_range, spec.repeat_times)
 
 
 def _pair(value: object) -> tuple[str, str]:
