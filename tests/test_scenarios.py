@@ -272,6 +272,28 @@ def test_profile_3_behind_a_controller_needs_the_csms_to_trust_it() -> None:
     }
 
 
+def test_tcp_refuses_a_set_network_profile_that_must_reset_links() -> None:
+    text = """
+[simulation]
+duration = "1m"
+clock = "real"
+network = "tcp"
+[csms.main]
+[csms.backup]
+[stations.fleet]
+csms = "main"
+[[timeline]]
+at = "30s"
+action = "set_network_profile"
+target = "fleet"
+csms = "backup"
+"""
+    with pytest.raises(ConfigError, match="in-memory network") as err:
+        preflight(loads_scenario(text, source="tcp.toml"))
+    assert (err.value.path, err.value.line) == ("timeline[0].reconnect", 10)
+    preflight(loads_scenario(text + "reconnect = false\n", source="tcp.toml"))  # moves at the next reconnect
+
+
 def test_preflight_refuses_what_this_version_cannot_enforce() -> None:
     text = (
         (SCENARIOS["default"]).read_text()

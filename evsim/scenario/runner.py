@@ -147,6 +147,19 @@ def preflight(scenario: Scenario) -> None:
                         file=src,
                         line=ev.line,
                     )
+        if (
+            scenario.simulation.network == "tcp"
+            and ev.action == "set_network_profile"
+            and ev.params.get("reconnect")
+        ):
+            raise ConfigError(
+                "set_network_profile with reconnect = true resets the stations' links, which needs the in-memory "
+                "network",
+                path=f"timeline[{i}].reconnect",
+                fix='set reconnect = false (the stations move at their next reconnect) or use network = "memory"',
+                file=src,
+                line=ev.line,
+            )
         if scenario.simulation.network == "tcp" and ev.action in ("partition", "heal", "link"):
             raise ConfigError(
                 f"{ev.action!r} needs the in-memory network (loopback TCP cannot be partitioned from inside)",
