@@ -273,6 +273,11 @@ def test_wildcard_for_a_bare_tld_never_matches() -> None:
         (20, "cert_invalid:unknown_ca"),
         (21, "cert_invalid:unknown_ca"),
         (23, "cert_invalid:revoked"),
+        (3, "cert_invalid:crl_unavailable"),
+        (33, "cert_invalid:crl_unavailable"),
+        (12, "cert_invalid:crl_expired"),
+        (11, "cert_invalid:crl_not_yet_valid"),
+        (8, "cert_invalid:crl_bad_signature"),
         (7, "cert_invalid:7"),
     ],
 )

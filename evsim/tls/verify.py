@@ -34,14 +34,21 @@ if TYPE_CHECKING:
 
 # X509 verify error codes (OpenSSL include/openssl/x509_vfy.h)
 X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT = 2
+X509_V_ERR_UNABLE_TO_GET_CRL = 3
+X509_V_ERR_UNABLE_TO_DECRYPT_CRL_SIGNATURE = 5
+X509_V_ERR_CRL_SIGNATURE_FAILURE = 8
 X509_V_ERR_CERT_NOT_YET_VALID = 9
 X509_V_ERR_CERT_HAS_EXPIRED = 10
+X509_V_ERR_CRL_NOT_YET_VALID = 11
+X509_V_ERR_CRL_HAS_EXPIRED = 12
 X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT = 18
 X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN = 19
 X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
 X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE = 21
 X509_V_ERR_CERT_CHAIN_TOO_LONG = 22
 X509_V_ERR_CERT_REVOKED = 23
+X509_V_ERR_UNABLE_TO_GET_CRL_ISSUER = 33
+X509_V_ERR_KEYUSAGE_NO_CRL_SIGN = 35
 
 X509_V_FLAG_NO_CHECK_TIME = 0x200000
 """``X509_V_FLAG_NO_CHECK_TIME`` (x509_vfy.h, OpenSSL >= 1.1.0); pyOpenSSL does not export it."""
@@ -56,6 +63,18 @@ _UNKNOWN_CA = frozenset(
     }
 )
 
+CRL_REASONS: dict[int, str] = {
+    X509_V_ERR_CERT_REVOKED: events.CERT_REVOKED,
+    X509_V_ERR_UNABLE_TO_GET_CRL: events.CRL_UNAVAILABLE,
+    X509_V_ERR_UNABLE_TO_GET_CRL_ISSUER: events.CRL_UNAVAILABLE,
+    X509_V_ERR_CRL_HAS_EXPIRED: events.CRL_EXPIRED,
+    X509_V_ERR_CRL_NOT_YET_VALID: events.CRL_NOT_YET_VALID,
+    X509_V_ERR_CRL_SIGNATURE_FAILURE: events.CRL_BAD_SIGNATURE,
+    X509_V_ERR_UNABLE_TO_DECRYPT_CRL_SIGNATURE: events.CRL_BAD_SIGNATURE,
+    X509_V_ERR_KEYUSAGE_NO_CRL_SIGN: events.CRL_BAD_SIGNATURE,
+}
+"""Revocation-related X509 verify errors (``TrustStore.revocation.crl``) -> readable reasons."""
+
 
 def verify_error_reason(code: int) -> str:
     """Event-vocabulary reason for an X509 verify error code.
@@ -65,7 +84,9 @@ def verify_error_reason(code: int) -> str:
 
     Returns:
         ``cert_invalid:expired`` (10), ``cert_invalid:not_yet_valid`` (9), ``cert_invalid:unknown_ca``
-        (2, 18, 19, 20, 21), ``cert_invalid:revoked`` (23), ``cert_invalid:chain_too_long`` (22), else
+        (2, 18, 19, 20, 21), ``cert_invalid:chain_too_long`` (22), the CRL reasons of :data:`CRL_REASONS`
+        (``cert_invalid:revoked`` 23, ``cert_invalid:crl_unavailable`` 3/33, ``cert_invalid:crl_expired``
+        12, ``cert_invalid:crl_not_yet_valid`` 11, ``cert_invalid:crl_bad_signature`` 5/8/35), else
         ``cert_invalid:<code>``.
     """
     if code == X509_V_ERR_CERT_HAS_EXPIRED:
@@ -74,8 +95,8 @@ def verify_error_reason(code: int) -> str:
         return events.CERT_NOT_YET_VALID
     if code in _UNKNOWN_CA:
         return events.CERT_UNKNOWN_CA
-    if code == X509_V_ERR_CERT_REVOKED:
-        return events.CERT_REVOKED
+    if code in CRL_REASONS:
+        return CRL_REASONS[code]
     if code == X509_V_ERR_CERT_CHAIN_TOO_LONG:
         return events.CERT_CHAIN_TOO_LONG  # TrustStore.max_depth
     return f"{events.CERT_INVALID}:{code}"
