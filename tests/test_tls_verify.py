@@ -150,6 +150,41 @@ async def test_fallback_validity_check_in_the_verify_callback() -> None:
         assert isinstance(c, TlsStream)
 
 
+SECOND = dt.timedelta(seconds=1)
+HALF = dt.timedelta(milliseconds=500)
+
+
+@pytest.mark.parametrize("path", ["engine", "fallback"])
+async def test_both_validity_paths_check_at_whole_seconds(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rule for OpenSSL's per-connection time and the Python fallback (``verify.whole_seconds``): the
+    seconds notBefore and notAfter name are valid entirely; half a second outside them is not."""
+    if path == "fallback":
+        monkeypatch.setattr(_ossl, "HAVE_CONNECTION_TIME", False)
+    clear_context_cache()
+    try:
+        client_tls, server = client_for(), server_with(PKI.server)
+        assert client_tls.connection_time is (path == "engine")
+        leaf = PKI.server.cert
+        end, start = leaf.not_valid_after_utc, leaf.not_valid_before_utc
+        cases = {
+            end: None,
+            end + HALF: None,
+            end + SECOND - dt.timedelta(microseconds=1): None,
+            end + SECOND: "cert_invalid:expired",
+            start: None,
+            start - HALF: "cert_invalid:not_yet_valid",
+            start - SECOND: "cert_invalid:not_yet_valid",
+        }
+        seen = {}
+        with trio.fail_after(10):
+            for when in cases:
+                c, _ = await tls_pair(client_tls, server, client_time=when)
+                seen[when] = None if isinstance(c, TlsStream) else refused(c).reason
+    finally:
+        clear_context_cache()
+    assert seen == cases
+
+
 async def test_insecure_skip_verify_accepts_anything(caplog: pytest.LogCaptureFixture) -> None:
     trust = TrustStore("INSECURE", (), insecure_skip_verify=True)
     with caplog.at_level("WARNING"):
@@ -292,6 +327,9 @@ def test_validity_helpers() -> None:
     assert check_validity(t, t + DAY, t + DAY) is None  # inclusive, like OpenSSL
     assert check_validity(t, t + DAY, t - dt.timedelta(seconds=1)) == "cert_invalid:not_yet_valid"
     assert check_validity(t, t + DAY, t + DAY + dt.timedelta(seconds=1)) == "cert_invalid:expired"
+    # whole seconds (verify.whole_seconds): the second notAfter names is valid all through
+    assert check_validity(t, t + DAY, t + DAY + dt.timedelta(milliseconds=999)) is None
+    assert check_validity(t, t + DAY, t - dt.timedelta(milliseconds=1)) == "cert_invalid:not_yet_valid"
 
 
 # ---------------------------------------------------------------- the server checks client certificates

@@ -47,8 +47,11 @@ The handshake is a pipeline of stages; the first stage that refuses decides the 
       intermediate or the leaf itself) does not make a chain trusted - partial chains are off.
       Otherwise ``cert_invalid:unknown_ca``, even when the certificate is also expired.
    b. *Validity* (``time_check = "enforce"``): each certificate of the trusted chain, root first, at the
-      simulation time truncated to whole seconds (``int(timestamp)``: 0.5 s after ``not_after`` is still
-      valid); both bounds inclusive. ``cert_invalid:not_yet_valid`` / ``cert_invalid:expired``.
+      simulation time rounded down to whole seconds, both bounds inclusive: X.509 times name whole
+      seconds and RFC 5280's period runs "from notBefore through notAfter, inclusive", so 0.5 s after
+      ``not_after`` is still valid and 0.5 s before ``not_before`` is not (the engine's rule,
+      ``verify.whole_seconds``, on both of its paths). ``cert_invalid:not_yet_valid`` /
+      ``cert_invalid:expired``.
    c. *Hostname* (a server name was given and ``hostname != "off"``): see :func:`hostname_verdict`;
       ``cert_invalid:hostname_mismatch`` or ``cert_invalid:wildcard``.
    d. *Pins* (``ClientSide.pins``): :func:`evsim.tls.pins.check` on the chain as sent and the verified
@@ -90,6 +93,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import ipaddress
+import math
 from collections.abc import Sequence
 from typing import Literal, TypeAlias
 
@@ -414,10 +418,10 @@ def chain_verdict(
 
 
 def validity_verdict(cert: x509.Certificate, now: _dt.datetime) -> str | None:
-    """Rule 3b for one certificate: checked at ``now`` truncated to whole seconds, bounds inclusive."""
+    """Rule 3b for one certificate: checked at ``now`` rounded down to whole seconds, bounds inclusive."""
     if now.tzinfo is None:
         now = now.replace(tzinfo=_dt.UTC)
-    at = _dt.datetime.fromtimestamp(int(now.timestamp()), _dt.UTC)
+    at = _dt.datetime.fromtimestamp(math.floor(now.timestamp()), _dt.UTC)
     if at < cert.not_valid_before_utc:
         return events.CERT_NOT_YET_VALID
     if at > cert.not_valid_after_utc:
