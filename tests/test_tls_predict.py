@@ -99,10 +99,10 @@ def test_no_common_version_is_refused_by_the_server(
 
 def test_a_tls12_client_refuses_an_older_server_pick() -> None:
     """The server picks TLS 1.1 for a client that only sends 'up to 1.2'; the client refuses the
-    ServerHello and the server misreads its alert as a protocol error."""
+    ServerHello, and the server reads the rejected alert record as that version refusal too."""
     outcome = predict(client(tls12(ECDSA_128, ECDSA_CBC)), server(legacy("1.1", "1.0")), now=TEST_NOW)
-    assert outcome == Refused("client", "downgrade_refused", "protocol_error", peer_remote=False)
-    assert view(outcome, "server") == View("protocol_error", remote=False, stage="handshake")
+    assert outcome == Refused("client", "downgrade_refused", "downgrade_refused")
+    assert view(outcome, "server") == View("downgrade_refused", remote=True, stage="handshake")
     # ... unless no suite fits the server's pick: then the server refuses first
     outcome = predict(client(tls12(ECDSA_128)), server(legacy("1.1", "1.0")), now=TEST_NOW)
     assert outcome == Refused("server", "cipher_refused", "cipher_refused")

@@ -177,7 +177,7 @@ SPLIT_SUITES_SERVER = TlsProfile(
     server=ServerSide(TlsProfile(), PKI.servers["short_a"]),
     now=SHORT_END + HALF,
 )
-# a TLS 1.2-only client refuses a TLS 1.1 ServerHello; the server reports protocol_error (rule 1)
+# a TLS 1.2-only client refuses a TLS 1.1 ServerHello; the server reports downgrade_refused too (rule 1)
 @example(
     client=ClientSide(TLS12_CBC, GROUP_A, server_name=CSMS_HOST),
     server=ServerSide(LEGACY_SERVER, PKI.servers["ec_a"]),

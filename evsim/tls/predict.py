@@ -21,8 +21,10 @@ The handshake is a pipeline of stages; the first stage that refuses decides the 
    the server's pick can be older than the client's *minimum* (a TLS 1.2-only client against a TLS
    1.0/1.1 server): the server then goes on to choose a suite for that version (rule 2, which may refuse
    first), and the *client* refuses the ServerHello (``downgrade_refused``, "unsupported protocol"); the
-   server reads the client's alert record as "wrong version number" and reports ``protocol_error`` as
-   its *own* failure (``remote=False``) - a classification gap of the stream, see ``Refused.peer_remote``.
+   server's record layer rejects the client's alert record ("wrong version number"), which the stream
+   reads as the client's version refusal: the server reports ``downgrade_refused`` too (``remote``).
+   When no suite fits the server's pick, the server refuses first with ``cipher_refused`` although the
+   version is the cause (neither side can tell: see ``evsim.tls.stream`` "Errors").
    Suites never influence the version: a client offering TLS 1.3 and 1.2 to a server enabling both, with
    no TLS 1.3 suite in common, is refused (rule 2) although a TLS 1.2 suite is shared - OpenSSL does not
    fall back.
@@ -192,8 +194,8 @@ class Refused:
         peer_reason: the reason the other side reports (``remote=True``), None when not predicted.
         peer_stage: when the other side learns it.
         agreed: version and suite agreed before the refusal (None for version and suite refusals).
-        peer_remote: the other side's ``HandshakeFailed.remote``: True (it heard an alert) except for the
-            server that misreads the client's version refusal (rule 1).
+
+    The other side always reports its failure as the peer's doing (``HandshakeFailed.remote``).
     """
 
     side: Side
@@ -201,7 +203,6 @@ class Refused:
     peer_reason: str | None
     peer_stage: Stage = "handshake"
     agreed: Negotiated | None = None
-    peer_remote: bool = True
 
 
 Outcome: TypeAlias = Negotiated | Refused
@@ -245,7 +246,7 @@ def view(outcome: Outcome, side: Side) -> View:
     if outcome.peer_reason is None:
         raise ValueError(f"what the {side} sees after a {outcome.reason} refusal is not predicted")
     shown = outcome.agreed if outcome.peer_stage == "first_read" else None
-    return View(outcome.peer_reason, remote=outcome.peer_remote, stage=outcome.peer_stage, negotiated=shown)
+    return View(outcome.peer_reason, remote=True, stage=outcome.peer_stage, negotiated=shown)
 
 
 # ---------------------------------------------------------------- the predictor
@@ -269,7 +270,7 @@ def predict(client: ClientSide, server: ServerSide, *, now: _dt.datetime) -> Out
     if suite is None:
         return Refused("server", events.CIPHER_REFUSED, events.CIPHER_REFUSED)
     if version not in client.profile.versions:
-        return Refused("client", events.DOWNGRADE_REFUSED, events.PROTOCOL_ERROR, peer_remote=False)
+        return Refused("client", events.DOWNGRADE_REFUSED, events.DOWNGRADE_REFUSED)
     agreed = Negotiated(version, suite)
 
     reason = server_cert_verdict(client, server.identity.chain, now)
