@@ -19,7 +19,7 @@ from evsim.tls import Identity, TlsProfile, TrustStore
 from evsim.tls import predict as predict_module
 from evsim.tls.config import HostnameCheck, WildcardPolicy
 from evsim.tls.pairing import PairedPeer, PeerTrust
-from evsim.tls.pins import Pin, PinSet, spki_hex
+from evsim.tls.pins import ENFORCEMENTS, Pin, PinSet, spki_hex
 from evsim.tls.predict import (
     ClientSide,
     Negotiated,
@@ -29,6 +29,7 @@ from evsim.tls.predict import (
     build_chain,
     hostname_verdict,
     predict,
+    reports_pin_mismatch,
     view,
 )
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, make_groups_pki
@@ -515,3 +516,16 @@ def test_the_predictor_reads_only_the_model() -> None:
         for alias in node.names
     }
     assert not names & {"check", "decide", "peer_identity", "add_tofu"}
+
+
+def test_a_pin_mismatch_is_reported_under_report_only_too_but_only_when_the_pins_are_reached() -> None:
+    other = (Pin("leaf", spki_hex(PKI.servers["ec_b"].leaf) or ""),)
+    for enforcement in ENFORCEMENTS:
+        pins = PinSet(enforcement, other)
+        assert reports_pin_mismatch(client(pins=pins), server(), now=TEST_NOW)
+        # the chain check refuses first: the pins are never consulted
+        untrusted = client(pins=pins, trust=TrustStore("b", (B,)))
+        assert not reports_pin_mismatch(untrusted, server(), now=TEST_NOW)
+    matching = PinSet(pins=(Pin("root", spki_hex(A) or ""),))
+    assert not reports_pin_mismatch(client(pins=matching), server(), now=TEST_NOW)
+    assert not reports_pin_mismatch(client(), server(), now=TEST_NOW)

@@ -36,10 +36,19 @@ from evsim.tls import (
     tls_accept,
     tls_connect,
 )
+from evsim.tls.events import PIN_MISMATCH
 from evsim.tls.pairing import PairedPeer, PeerTrust
-from evsim.tls.peer import PeerPolicy
+from evsim.tls.peer import PeerEvent, PeerPolicy
 from evsim.tls.pins import Pin, PinSet, PinTarget, spki_hex
-from evsim.tls.predict import ClientSide, Negotiated, ServerSide, View, predict, view
+from evsim.tls.predict import (
+    ClientSide,
+    Negotiated,
+    ServerSide,
+    View,
+    predict,
+    reports_pin_mismatch,
+    view,
+)
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, make_groups_pki
 from tests.strategies import client_sides, peer_trusts, pin_sets, server_sides, tls_profiles
 
@@ -108,8 +117,9 @@ def _unexpected(exc: TransportError) -> View:
     return View(f"unexpected {type(exc).__name__}: {exc}")
 
 
-async def observe(client: ClientSide, server: ServerSide, now: dt.datetime) -> tuple[View, View]:
-    """Run the real handshake pair and return what each side saw."""
+async def observe(client: ClientSide, server: ServerSide, now: dt.datetime) -> tuple[View, View, bool]:
+    """Run the real handshake pair: what each side saw, and whether the client's policy reported a pin
+    mismatch."""
     client_tls = ClientTls.build(
         client.profile,
         client.trust,
@@ -124,7 +134,10 @@ async def observe(client: ClientSide, server: ServerSide, now: dt.datetime) -> t
         server.client_auth,
         peer=SERVER_BUILD_POLICY if pairing else None,
     )
-    client_peer = None if client.pins is None else PeerPolicy(side="client", pins=client.pins)
+    reported: list[PeerEvent] = []
+    client_peer = (
+        None if client.pins is None else PeerPolicy(side="client", pins=client.pins, sink=reported.append)
+    )
     server_peer = PeerPolicy(side="server", pairing=server.pairing or PeerTrust()) if pairing else None
     a, b = trio.testing.memory_stream_pair()
     seen: dict[str, View] = {}
@@ -174,7 +187,7 @@ async def observe(client: ClientSide, server: ServerSide, now: dt.datetime) -> t
                 partial(tls_accept, b, server_tls, verify_time=lambda: now, peer=server_peer),
                 server_exchange,
             )
-    return seen["client"], seen["server"]
+    return seen["client"], seen["server"], any(e.event == PIN_MISMATCH for e in reported)
 
 
 def check_against_prediction(client: ClientSide, server: ServerSide, now: dt.datetime) -> None:
@@ -188,9 +201,10 @@ def check_against_prediction(client: ClientSide, server: ServerSide, now: dt.dat
         event(
             f"{expected.side} refuses: {expected.reason} (TLS {expected.agreed and expected.agreed.version})"
         )
-    client_view, server_view = trio.run(observe, client, server, now)
+    client_view, server_view, pin_report = trio.run(observe, client, server, now)
     assert client_view == view(expected, "client"), expected
     assert server_view == view(expected, "server"), expected
+    assert pin_report == reports_pin_mismatch(client, server, now=now), expected
 
 
 #: Keys a client may pin: every server leaf, the roots (the impostor ``twin`` too) and the sub-CA; the keys
@@ -288,6 +302,18 @@ def test_real_handshakes_agree_with_the_predictor(
 #: Servers every client below accepts at TEST_NOW (group A, the right name, either key type).
 TRUSTED_SERVERS = tuple(PKI.servers[k] for k in ("ec_a", "rsa_a", "ec_sub"))
 CLIENT_ANCHORS = ((PKI.a.cert,), (PKI.a.cert, PKI.b.cert))
+#: Keys of the trusted servers' chains, roots and the sub-CA often (so root and intermediate pins match
+#: as often as leaf pins), and a few that are in no chain here.
+TRUSTED_PIN_KEYS = (
+    *(identity.leaf for identity in TRUSTED_SERVERS),
+    PKI.a.cert,
+    PKI.a.cert,
+    PKI.a.cert,
+    PKI.a_sub.cert,
+    PKI.a_sub.cert,
+    PKI.b.cert,
+    PKI.twin.cert,
+)
 #: Every client certificate, the one-day one three times as often.
 CLIENT_IDENTITIES = (*PKI.clients.values(), PKI.clients["cli_short_a"], PKI.clients["cli_short_a"])
 #: Times where the one-day client certificate is valid, at its very end, or expired while the servers'
@@ -315,7 +341,12 @@ CLIENT_CERT_TIMES = (
     now=SHORT_END + SECOND,
 )
 @given(
-    client=client_sides(CLIENT_ANCHORS, CLIENT_IDENTITIES, (CSMS_HOST,)),
+    client=client_sides(
+        CLIENT_ANCHORS,
+        CLIENT_IDENTITIES,
+        (CSMS_HOST,),
+        pins=st.none() | pin_sets(TRUSTED_PIN_KEYS, PIN_NOT_AFTERS),
+    ),
     server=server_sides(PKI.anchor_sets, TRUSTED_SERVERS),
     now=st.sampled_from(CLIENT_CERT_TIMES),
 )
@@ -323,7 +354,8 @@ def test_client_authentication_agrees_with_the_predictor(
     client: ClientSide, server: ServerSide, now: dt.datetime
 ) -> None:
     """Focus on rule 4: the client usually accepts the server, so the server's verdict on the client's
-    certificate (group, validity, absence; TLS 1.2 in the handshake, TLS 1.3 on the first read) decides."""
+    certificate (group, validity, absence; TLS 1.2 in the handshake, TLS 1.3 on the first read) decides -
+    and, for half of the clients, pins on that trusted chain (rule 3d: every target matters here)."""
     check_against_prediction(client, server, now)
 
 

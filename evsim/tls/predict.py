@@ -65,7 +65,7 @@ The handshake is a pipeline of stages; the first stage that refuses decides the 
       or ``insecure_skip_verify``) the chain as *sent* decides: its last certificate is the root when it
       is self-signed (a lone self-signed leaf is its own root), the certificates after the leaf and
       before such a root are intermediates. No live pin matches: ``pin_mismatch`` under ``enforce``;
-      ``report_only`` lets the handshake go on. A pin refusal happens in the Python verify callback,
+      ``report_only`` lets the handshake go on; both report the event (:func:`reports_pin_mismatch`). A pin refusal happens in the Python verify callback,
       so the server hears ``internal_error`` - also under ``insecure_skip_verify`` with an unanchored
       chain (the callback decides on OpenSSL's success call, after accepting OpenSSL's own error).
 
@@ -381,19 +381,47 @@ def server_cert_verdict(
     client: ClientSide, chain: Sequence[x509.Certificate], now: _dt.datetime
 ) -> str | None:
     """Rule 3: the client's reason to refuse the server ``chain`` (leaf first), or None."""
-    trust = client.trust
-    verified: tuple[x509.Certificate, ...] | None = None
-    if not trust.insecure_skip_verify:
-        reason, verified = chain_verdict(trust, chain, now)
-        if reason is not None:
-            return reason
-        if client.server_name is not None:
-            reason = hostname_verdict(chain[0], client.server_name, trust.hostname, trust.wildcards)
-            if reason is not None:
-                return reason
-    if client.pins is not None:
+    reason, verified = _before_pins(client, chain, now)
+    if reason is None and client.pins is not None:
         return pin_verdict(client.pins, chain, verified, now)
-    return None
+    return reason
+
+
+def _before_pins(
+    client: ClientSide, chain: Sequence[x509.Certificate], now: _dt.datetime
+) -> tuple[str | None, tuple[x509.Certificate, ...] | None]:
+    """Rules 3a-3c: (the client's reason to refuse, the trusted chain or None)."""
+    trust = client.trust
+    if trust.insecure_skip_verify:
+        return None, None
+    reason, verified = chain_verdict(trust, chain, now)
+    if reason is None and client.server_name is not None:
+        reason = hostname_verdict(chain[0], client.server_name, trust.hostname, trust.wildcards)
+    return reason, verified
+
+
+def reports_pin_mismatch(client: ClientSide, server: ServerSide, *, now: _dt.datetime) -> bool:
+    """Whether the client's peer policy reports ``pin_mismatch`` (an event, under ``enforce`` and
+    ``report_only`` alike): version and suite were agreed, rules 3a-3c passed, and no live pin matched.
+
+    Args:
+        client: the client's configuration.
+        server: the server's configuration.
+        now: simulation time.
+
+    Returns:
+        True when the mismatch is reported.
+    """
+    if client.pins is None:
+        return False
+    version = server_version(client.profile, server.profile)
+    if version is None or version not in client.profile.versions:
+        return False
+    if choose_suite(version, client.profile, server.profile, key_kind(server.identity.leaf)) is None:
+        return False
+    chain = server.identity.chain
+    reason, verified = _before_pins(client, chain, now)
+    return reason is None and not pins_match(client.pins, chain, verified, now)
 
 
 def client_cert_verdict(server: ServerSide, identity: Identity | None, now: _dt.datetime) -> str | None:
@@ -526,6 +554,18 @@ def pin_verdict(
     Returns:
         The reason, or None.
     """
+    if pins_match(pins, chain, verified, now) or pins.enforcement == "report_only":
+        return None
+    return PIN_MISMATCH
+
+
+def pins_match(
+    pins: PinSet,
+    chain: Sequence[x509.Certificate],
+    verified: Sequence[x509.Certificate] | None,
+    now: _dt.datetime,
+) -> bool:
+    """Rule 3d: does a live pin match the certificate its target names? (Arguments as :func:`pin_verdict`.)"""
     if now.tzinfo is None:
         now = now.replace(tzinfo=_dt.UTC)
     if verified:
@@ -540,11 +580,12 @@ def pin_verdict(
         "root": {_spki_sha256(c) for c in root},
         "any": {_spki_sha256(c) for c in (*chain, *(verified or ()))},
     }
-    for pin in pins.pins:
-        live = pin.state != "released" and (pin.not_after is None or now <= pin.not_after)
-        if live and pin.spki_sha256 in keys[pin.target]:
-            return None
-    return None if pins.enforcement == "report_only" else PIN_MISMATCH
+    return any(
+        pin.state != "released"
+        and (pin.not_after is None or now <= pin.not_after)
+        and pin.spki_sha256 in keys[pin.target]
+        for pin in pins.pins
+    )
 
 
 def pairing_verdict(trust: PeerTrust, leaf: x509.Certificate, now: _dt.datetime) -> str | None:
