@@ -233,7 +233,7 @@ class Refused:
     Attributes:
         side: who refused.
         reason: the ``HandshakeFailed.reason`` of the refusing side (raised in its handshake).
-        peer_reason: the reason the other side reports (``remote=True``), None when not predicted.
+        peer_reason: the reason the other side reports (``remote=True``).
         peer_stage: when the other side learns it.
         agreed: version and suite agreed before the refusal (None for version and suite refusals).
 
@@ -242,7 +242,7 @@ class Refused:
 
     side: Side
     reason: str
-    peer_reason: str | None
+    peer_reason: str
     peer_stage: Stage = "handshake"
     agreed: Negotiated | None = None
 
@@ -277,16 +277,11 @@ def view(outcome: Outcome, side: Side) -> View:
 
     Returns:
         The side's view.
-
-    Raises:
-        ValueError: the outcome does not predict what ``side`` sees (``peer_reason`` None: pins).
     """
     if isinstance(outcome, Negotiated):
         return View(None, negotiated=outcome)
     if side == outcome.side:
         return View(outcome.reason, remote=False, stage="handshake")
-    if outcome.peer_reason is None:
-        raise ValueError(f"what the {side} sees after a {outcome.reason} refusal is not predicted")
     shown = outcome.agreed if outcome.peer_stage == "first_read" else None
     return View(outcome.peer_reason, remote=True, stage=outcome.peer_stage, negotiated=shown)
 
