@@ -24,7 +24,9 @@ connection freed without one as not resumable, which would silently turn resumed
 Both measure the handshake only, up to both ``do_handshake`` calls returning: the TLS 1.3 server writes its
 session tickets inside its last ``do_handshake`` (counted), the client does not read them (not counted, in
 both). Resumed rows reuse one session taken from a full handshake (for TLS 1.3 after the first application
-message, as tickets arrive after the handshake). Every row is checked in warm-up: the negotiated version,
+message, as tickets arrive after the handshake); "resumed id" rows compile the profile with
+``SessionPolicy(resumption="ids")`` (session ids in the server's cache, tickets off on both sides, as the
+floor's ``OP_NO_TICKET``) and their client offers the session from a ``SessionStore``, as an endpoint does. Every row is checked in warm-up: the negotiated version,
 that resumed rows resume and full rows do not, in the floor and in evsim, and that both settle on the same
 key-exchange group (``group``: OpenSSL's default list, X25519MLKEM768 first for TLS 1.3 on OpenSSL 3.5+).
 
@@ -61,12 +63,13 @@ from evsim.tls import (
     ClientTls,
     Identity,
     ServerTls,
+    SessionPolicy,
+    SessionStore,
     TlsProfile,
     TlsSession,
     TlsStream,
     TrustStore,
     _ossl,
-    clear_context_cache,
     tls_accept,
     tls_connect,
 )
@@ -239,27 +242,21 @@ class _Setup:
     server_tls: ServerTls
     floor_client: SSL.Context
     floor_server: SSL.Context
+    sessions: SessionStore | None
+    """The client's session store ("resumed id" rows: it offers the session, as a station's endpoint does);
+    other rows hand the session to ``tls_connect`` directly."""
 
 
 def _evsim_configs(spec: RowSpec, pki: _Pki) -> tuple[ClientTls, ServerTls]:
-    profile = TlsProfile(versions=(spec.version,))
+    """evsim's compiled configurations for a row: "resumed id" rows use the session policy ``ids`` (session
+    ids in the server cache, no tickets, on both sides), the others the default (``both``)."""
+    session = SessionPolicy(resumption="ids") if spec.mode == "resumed id" else SessionPolicy()
+    profile = TlsProfile(versions=(spec.version,), session=session)
     mutual = spec.auth == "mutual"
     client_tls = ClientTls.build(profile, pki.trust, pki.client if mutual else None)
-
-    def server() -> ServerTls:
-        return ServerTls.build(
-            profile, pki.server, pki.trust if mutual else None, "required" if mutual else "none"
-        )
-
-    if spec.mode != "resumed id":
-        return client_tls, server()
-    # evsim has no session policy knob yet (tls-model.md `session`: off|ids|tickets|both, being added on
-    # evsim/tls): until it lands, turn tickets off on a private copy of the compiled context, built with the
-    # cache cleared on both sides so no other caller can ever be handed the modified context.
-    clear_context_cache()
-    server_tls = server()
-    clear_context_cache()
-    server_tls.context.set_options(SSL.OP_NO_TICKET)
+    server_tls = ServerTls.build(
+        profile, pki.server, pki.trust if mutual else None, "required" if mutual else "none"
+    )
     return client_tls, server_tls
 
 
@@ -273,10 +270,10 @@ def _floor_contexts(spec: RowSpec, pki: _Pki, profile: TlsProfile) -> tuple[SSL.
         ctx.set_min_proto_version(version)
         ctx.set_max_proto_version(version)
         options = SSL.OP_NO_COMPRESSION | _OP_NO_RENEGOTIATION
+        if spec.mode == "resumed id":  # SessionPolicy(resumption="ids"): no tickets, on both sides
+            options |= SSL.OP_NO_TICKET
         if method == SSL.TLS_SERVER_METHOD:
             options |= SSL.OP_CIPHER_SERVER_PREFERENCE  # TlsProfile.suite_preference defaults to "server"
-            if spec.mode == "resumed id":
-                options |= SSL.OP_NO_TICKET
         ctx.set_options(options)
         ctx.set_mode(_MODE_RELEASE_BUFFERS | _SSL_MODE_NO_AUTO_CHAIN)
         cipher_list = profile.openssl_cipher_list()
@@ -314,7 +311,8 @@ def _setup(spec: RowSpec) -> _Setup:
     pki = _pki(spec.keys)
     client_tls, server_tls = _evsim_configs(spec, pki)
     floor_client, floor_server = _floor_contexts(spec, pki, client_tls.profile)
-    return _Setup(spec, client_tls, server_tls, floor_client, floor_server)
+    sessions = SessionStore() if spec.mode == "resumed id" else None
+    return _Setup(spec, client_tls, server_tls, floor_client, floor_server, sessions)
 
 
 # ---------------------------------------------------------------- the floor
@@ -418,6 +416,27 @@ def _floor_round(setup: _Setup, session: SSL.Session | None, n: int) -> tuple[fl
 # ---------------------------------------------------------------- evsim
 
 
+class _PerfClock(trio.abc.Clock):
+    """trio's default clock (``perf_counter``) without its random per-run offset, shared by every
+    ``trio.run`` of the bench: the client's ``SessionStore`` dates sessions in ``trio.current_time()``, and
+    with a fresh offset per run a session taken in one run would look decades old (or from the future) in
+    the next. Same cost per call as the default clock."""
+
+    def start_clock(self) -> None:
+        """Nothing to start: ``perf_counter`` runs."""
+
+    def current_time(self) -> float:
+        """``time.perf_counter()``."""
+        return time.perf_counter()
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        """Seconds until ``deadline``."""
+        return deadline - time.perf_counter()
+
+
+_CLOCK = _PerfClock()
+
+
 def _now() -> datetime.datetime:
     return NOW
 
@@ -489,7 +508,11 @@ async def _evsim_handshakes(
         a, b = trio.testing.memory_stream_pair()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_accept, b, setup.server_tls, keep, False, name=SERVER_TASK)
-            keep.append(await tls_connect(a, setup.client_tls, HOST, verify_time=_now, session=session))
+            keep.append(
+                await tls_connect(
+                    a, setup.client_tls, HOST, verify_time=_now, session=session, sessions=setup.sessions
+                )
+            )
     spent = cpu_s() - t0
     if clock is not None:
         clock.stop()
@@ -504,7 +527,9 @@ async def _evsim_one(setup: _Setup, session: TlsSession | None) -> tuple[str, bo
     servers: list[TlsStream] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_accept, b, setup.server_tls, servers, True, name=SERVER_TASK)
-        stream = await tls_connect(a, setup.client_tls, HOST, verify_time=_now, session=session)
+        stream = await tls_connect(
+            a, setup.client_tls, HOST, verify_time=_now, session=session, sessions=setup.sessions
+        )
         await stream.receive_some()  # TLS 1.3 tickets arrive with (before) the first message
     info = stream.info
     new_session = stream.session
@@ -536,18 +561,19 @@ def _prepare(spec: RowSpec) -> _Samples:
     setup = _setup(spec)
     floor_session = _floor_session(setup) if spec.resumed else None
     suite, floor_group = _check_floor(setup, floor_session)
-    _, _, evsim_session, _ = trio.run(_evsim_one, setup, None)
-    session = evsim_session if spec.resumed else None
-    if spec.resumed and session is None:  # pragma: no cover
+    _, _, evsim_session, _ = trio.run(_evsim_one, setup, None, clock=_CLOCK)
+    if spec.resumed and evsim_session is None:  # pragma: no cover
         raise RuntimeError(f"{spec}: no evsim session after a full handshake")
-    version, reused, _, group = trio.run(_evsim_one, setup, session)
+    # resumed rows offer that session: from the client's store ("resumed id"), else passed directly
+    session = evsim_session if spec.resumed and setup.sessions is None else None
+    version, reused, _, group = trio.run(_evsim_one, setup, session, clock=_CLOCK)
     if version != _VERSION_NAMES[spec.version] or reused is not spec.resumed or group != floor_group:
         raise RuntimeError(
             f"{spec}: evsim negotiated {version} {group}, resumed={reused} (floor: {floor_group})"
         )
     for _ in range(WARMUP):
         _close_floor(_floor_handshake(setup, floor_session, [0.0, 0.0]))
-    trio.run(_evsim_handshakes, setup, session, WARMUP)
+    trio.run(_evsim_handshakes, setup, session, WARMUP, clock=_CLOCK)
     return _Samples(setup, floor_session, session, suite, group, [], [], [], [])
 
 
@@ -558,10 +584,14 @@ def _sample(row: _Samples, per_round: int, split_n: int) -> None:
     row.floor_c.append(c_us)
     row.floor_s.append(s_us)
     gc.collect()
-    row.totals.append(trio.run(_evsim_handshakes, row.setup, row.session, per_round) / per_round * 1e6)
+    row.totals.append(
+        trio.run(_evsim_handshakes, row.setup, row.session, per_round, clock=_CLOCK) / per_round * 1e6
+    )
     gc.collect()
     clock = _SideClock()
-    cpu = trio.run(_evsim_handshakes, row.setup, row.session, split_n, clock, instruments=[clock])
+    cpu = trio.run(
+        _evsim_handshakes, row.setup, row.session, split_n, clock, clock=_CLOCK, instruments=[clock]
+    )
     if cpu > 0:
         row.shares.append((clock.client / cpu, clock.server / cpu, (cpu - clock.client - clock.server) / cpu))
 

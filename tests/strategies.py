@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,12 @@ from evsim.ocpp.framing import (
     Frame,
     Send,
 )
+from evsim.pki import ski
+from evsim.pki.ca import common_name
 from evsim.tls.config import KNOWN_VERSIONS, Identity, TlsProfile, TrustStore
+from evsim.tls.pairing import PairedPeer, PeerTrust
+from evsim.tls.pairing import PeerState as PairingState
+from evsim.tls.pins import TARGETS, Enforcement, Pin, PinSet, PinState, PinTarget, spki_hex
 from evsim.tls.predict import ClientSide, ServerSide
 from evsim.tls.suites import BY_IANA, DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES, SUITES
 
@@ -168,14 +174,85 @@ def client_sides(
     anchor_sets: AnchorSets,
     identities: Sequence[Identity],
     server_names: Sequence[str | None],
+    pins: st.SearchStrategy[PinSet | None] | None = None,
 ) -> st.SearchStrategy[ClientSide]:
-    """Client halves: a profile, a trust store, maybe a client certificate, a server name (no pins)."""
+    """Client halves: a profile, a trust store, maybe a client certificate, a server name, and the pins
+    of its peer policy (``pins``; default: none)."""
     return st.builds(
         ClientSide,
         profile=tls_profiles(),
         trust=trust_stores(anchor_sets),
         identity=st.none() | st.sampled_from(identities),
         server_name=st.sampled_from(server_names),
+        pins=st.none() if pins is None else pins,
+    )
+
+
+_PIN_STATES: tuple[PinState, ...] = ("active", "backup", "pending", "released")
+
+
+@st.composite
+def pin_sets(
+    draw: st.DrawFn,
+    keys: Sequence[x509.Certificate],
+    not_afters: Sequence[_dt.datetime | None],
+    enforcements: Sequence[Enforcement] = ("enforce", "report_only"),
+    targets: Sequence[PinTarget] = TARGETS,
+) -> PinSet:
+    """Valid pin sets: one to three pins on the keys of ``keys`` (targets from ``targets``), the first
+    ``active`` (a configured set needs one), the others in any state; each pin maybe expiring at one of
+    ``not_afters``.
+
+    Args:
+        keys: certificates whose keys may be pinned (repeat one to draw it more often).
+        not_afters: pin expiries to draw from (None = no expiry; repeat it to make it common).
+        enforcements: the enforcement modes to draw from.
+        targets: the pin targets to draw from (repeat one to draw it more often).
+
+    Returns:
+        A strategy for :class:`PinSet`.
+    """
+    pins: list[Pin] = []
+    for i in range(draw(st.integers(1, 3))):
+        cert = draw(st.sampled_from(keys))
+        target: PinTarget = draw(st.sampled_from(targets))
+        if any(p.target == target and p.spki_sha256 == spki_hex(cert) for p in pins):
+            continue  # the same (target, key) twice is refused by PinSet
+        state = "active" if i == 0 else draw(st.sampled_from(_PIN_STATES))
+        pins.append(Pin(target, spki_hex(cert) or "", state, draw(st.sampled_from(not_afters))))
+    return PinSet(draw(st.sampled_from(enforcements)), tuple(pins))
+
+
+@st.composite
+def peer_trusts(
+    draw: st.DrawFn,
+    devices: Sequence[x509.Certificate],
+    window_ends: Sequence[_dt.datetime | None],
+    since: _dt.datetime,
+) -> PeerTrust:
+    """Pairing lists: for each device maybe an entry (trusted, pending or denied; its SPKI hash known,
+    unknown or another key's; its device id or none), maybe an open window, maybe ``auto_accept``.
+
+    Args:
+        devices: self-signed device certificates (SKI = SHA-1 of the key), distinct keys.
+        window_ends: ``window_until`` values to draw from (None = no window).
+        since: the entries' ``since``.
+
+    Returns:
+        A strategy for :class:`PeerTrust`.
+    """
+    peers: list[PairedPeer] = []
+    for cert in devices:
+        if not draw(st.booleans()):
+            continue
+        spki = draw(st.sampled_from((spki_hex(cert), spki_hex(cert), None, "ab" * 32)))
+        device_id = draw(st.sampled_from((common_name(cert), None)))
+        state: PairingState = draw(st.sampled_from(("trusted", "trusted", "pending", "denied")))
+        peers.append(PairedPeer(ski(cert), spki, state, since, device_id))
+    return PeerTrust(
+        auto_accept=draw(st.sampled_from((False, False, False, True))),
+        peers=tuple(draw(st.permutations(peers))),
+        window_until=draw(st.sampled_from(window_ends)),
     )
 
 

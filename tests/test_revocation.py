@@ -53,7 +53,7 @@ from evsim.tls.revocation import (
     record_on_verify_state,
     request_ocsp,
 )
-from evsim.tls.verify import VerifyState
+from evsim.tls.verify import CRL_REASONS, VerifyState
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, tls_pair, unknown_ocsp_staple
 
 NOW = TEST_NOW
@@ -454,8 +454,8 @@ async def test_crl_revoked_intermediate_refused_only_in_chain_mode() -> None:
         no_root_crl, _ = await tls_pair(_client_with_crls(TLS13, [sub_crl], "chain"), _server(TLS13))
     assert _reason(leaf_mode) == "ok"
     assert _reason(chain_mode) == "cert_invalid:revoked"
-    assert _reason(no_root_crl) == f"{events.CERT_INVALID}:3"
-    assert crl_error_reason(3) == "cert_invalid:crl_unavailable"
+    assert _reason(no_root_crl) == events.CRL_UNAVAILABLE == "cert_invalid:crl_unavailable"
+    assert events.ocpp_security_event(_reason(no_root_crl), side="client") == events.INVALID_CSMS_CERTIFICATE
 
 
 async def test_crl_is_checked_at_simulation_time() -> None:
@@ -466,8 +466,9 @@ async def test_crl_is_checked_at_simulation_time() -> None:
         fresh, _ = await tls_pair(client_tls, _server(TLS13))
         expired, _ = await tls_pair(client_tls, _server(TLS13), client_time=NOW + 2 * HOUR)
     assert _reason(fresh) == "ok"
-    assert _reason(expired) == f"{events.CERT_INVALID}:12"  # CRL has expired (nextUpdate < sim time)
-    assert crl_error_reason(12) == "cert_invalid:crl_expired"
+    # the CRL has expired (nextUpdate < sim time): X509 error 12, by its readable name
+    assert _reason(expired) == events.CRL_EXPIRED == "cert_invalid:crl_expired"
+    assert events.ocpp_security_event(_reason(expired), side="client") == events.INVALID_CSMS_CERTIFICATE
 
 
 # ================================================================ TLS: OCSP stapling
@@ -626,3 +627,10 @@ async def test_ocsp_require_accepts_a_resumed_session(profile: TlsProfile) -> No
             await second.do_handshake()
     assert second.info.session_reused
     assert [o.status for o in outcomes] == ["good"]  # checked once, at the full handshake
+
+
+@pytest.mark.parametrize("reason", sorted(set(CRL_REASONS.values())))
+def test_every_crl_reason_is_readable_and_maps_to_an_ocpp_security_event(reason: str) -> None:
+    assert reason.startswith(f"{events.CERT_INVALID}:") and not reason.rpartition(":")[2].isdigit()
+    assert events.ocpp_security_event(reason, side="client") == events.INVALID_CSMS_CERTIFICATE
+    assert events.ocpp_security_event(reason, side="server") == events.INVALID_CHARGING_STATION_CERTIFICATE

@@ -258,6 +258,25 @@ async def test_pin_mismatch_enforce_refuses(
     assert log[0].ocpp_security_event == events.INVALID_CSMS_CERTIFICATE
 
 
+@PROFILES
+async def test_pins_without_verification_refuse_with_internal_error_even_for_an_unanchored_chain(
+    profile: TlsProfile,
+) -> None:
+    """``insecure_skip_verify`` accepts OpenSSL's own errors; a pin refusal is the Python callback's, so the
+    server hears ``internal_error`` - not the alert of the chain error the store skipped (``unknown_ca``:
+    nothing anchors CSMS_B's issuer, which it does not send), which it heard when the pins decided on
+    OpenSSL's error call at depth 0."""
+    policy = PeerPolicy(side="client", pins=pins(("leaf", CSMS_A, "active")))
+    insecure = ClientTls.build(profile, TrustStore("nothing", (), insecure_skip_verify=True))
+    leaf_only = ServerTls.build(profile, Identity((CSMS_B.cert,), CSMS_B.key))
+    with trio.fail_after(IO_TIMEOUT_S):
+        good, _ = await tls_pair(insecure, csms_server(CSMS_A, profile), client_peer=policy)
+        client, server = await tls_pair(insecure, leaf_only, client_peer=policy)
+    assert reason(good) == "ok"
+    assert reason(client) == events.PIN_MISMATCH
+    assert reason(server) == "remote:peer_alert:internal_error"
+
+
 @pytest.mark.parametrize(
     ("target", "pinned"), [("leaf", CSMS_A), ("intermediate", SUB_A)], ids=["leaf", "intermediate"]
 )

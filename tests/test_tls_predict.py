@@ -10,13 +10,16 @@ import ast
 import datetime as dt
 from pathlib import Path
 
+import attrs
 import pytest
 from cryptography import x509
 
-from evsim.tls import TlsProfile, TrustStore
+from evsim.pki import CertKey, issue_self_signed, ski, spki_sha256
+from evsim.tls import Identity, TlsProfile, TrustStore
 from evsim.tls import predict as predict_module
 from evsim.tls.config import HostnameCheck, WildcardPolicy
-from evsim.tls.pins import Pin, PinSet, spki_hex
+from evsim.tls.pairing import PairedPeer, PeerTrust
+from evsim.tls.pins import ENFORCEMENTS, Pin, PinSet, spki_hex
 from evsim.tls.predict import (
     ClientSide,
     Negotiated,
@@ -26,6 +29,7 @@ from evsim.tls.predict import (
     build_chain,
     hostname_verdict,
     predict,
+    reports_pin_mismatch,
     view,
 )
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, make_groups_pki
@@ -99,10 +103,10 @@ def test_no_common_version_is_refused_by_the_server(
 
 def test_a_tls12_client_refuses_an_older_server_pick() -> None:
     """The server picks TLS 1.1 for a client that only sends 'up to 1.2'; the client refuses the
-    ServerHello and the server misreads its alert as a protocol error."""
+    ServerHello, and the server reads the rejected alert record as that version refusal too."""
     outcome = predict(client(tls12(ECDSA_128, ECDSA_CBC)), server(legacy("1.1", "1.0")), now=TEST_NOW)
-    assert outcome == Refused("client", "downgrade_refused", "protocol_error", peer_remote=False)
-    assert view(outcome, "server") == View("protocol_error", remote=False, stage="handshake")
+    assert outcome == Refused("client", "downgrade_refused", "downgrade_refused")
+    assert view(outcome, "server") == View("downgrade_refused", remote=True, stage="handshake")
     # ... unless no suite fits the server's pick: then the server refuses first
     outcome = predict(client(tls12(ECDSA_128)), server(legacy("1.1", "1.0")), now=TEST_NOW)
     assert outcome == Refused("server", "cipher_refused", "cipher_refused")
@@ -355,7 +359,7 @@ def test_a_client_refusal_comes_before_the_server_checks_the_client() -> None:
     assert outcome == refused_by_client("cert_invalid:unknown_ca", "unknown_ca", "1.2", ECDSA_128)
 
 
-# ---------------------------------------------------------------- pins (predicted only) and purity
+# ---------------------------------------------------------------- pins, pairing and purity
 
 
 def test_pins_are_checked_after_the_chain() -> None:
@@ -363,16 +367,119 @@ def test_pins_are_checked_after_the_chain() -> None:
     assert isinstance(predict(client(pins=root_pin), server(), now=TEST_NOW), Negotiated)
     other = PinSet(pins=(Pin("leaf", spki_hex(PKI.servers["ec_b"].leaf) or ""),))
     outcome = predict(client(pins=other), server(), now=TEST_NOW)
-    assert isinstance(outcome, Refused)
-    assert (outcome.side, outcome.reason, outcome.peer_reason) == ("client", "pin_mismatch", None)
+    agreed = Negotiated("1.3", "TLS_AES_256_GCM_SHA384")
+    # the refusal comes from the Python verify callback: the server hears internal_error
+    assert outcome == Refused("client", "pin_mismatch", "peer_alert:internal_error", "handshake", agreed)
     assert view(outcome, "client") == View("pin_mismatch", False, "handshake")
-    with pytest.raises(ValueError, match="not predicted"):
-        view(outcome, "server")  # the stream does not apply pins yet: no claim about the server
+    assert view(outcome, "server") == View("peer_alert:internal_error", True, "handshake")
     report_only = PinSet(enforcement="report_only", pins=other.pins)
     assert isinstance(predict(client(pins=report_only), server(), now=TEST_NOW), Negotiated)
     # the intermediate target is decided on the verified chain, which the predictor builds
     sub_pin = PinSet(pins=(Pin("intermediate", spki_hex(SUB) or ""),))
     assert isinstance(predict(client(pins=sub_pin), server(identity="ec_sub"), now=TEST_NOW), Negotiated)
+    # a chain refusal wins over the pins
+    outcome = predict(client(pins=root_pin, trust=TrustStore("b", (B,))), server(), now=TEST_NOW)
+    assert isinstance(outcome, Refused) and outcome.reason == "cert_invalid:unknown_ca"
+
+
+def test_released_and_expired_pins_do_not_match() -> None:
+    leaf = spki_hex(EC_A.leaf) or ""
+    for pin in (Pin("leaf", leaf, "released"), Pin("leaf", leaf, not_after=TEST_NOW - SECOND)):
+        outcome = predict(client(pins=PinSet(pins=(Pin("leaf", "00" * 32), pin))), server(), now=TEST_NOW)
+        assert isinstance(outcome, Refused) and outcome.reason == "pin_mismatch"
+    at_the_instant = PinSet(pins=(Pin("leaf", "00" * 32), Pin("leaf", leaf, "backup", not_after=TEST_NOW)))
+    assert isinstance(predict(client(pins=at_the_instant), server(), now=TEST_NOW), Negotiated)
+
+
+def test_without_a_trusted_chain_pins_read_the_chain_as_sent() -> None:
+    insecure = TrustStore("x", (), insecure_skip_verify=True)
+    # ec_sub sends [leaf, sub-CA]: the sub-CA is not self-signed, so it counts as an intermediate, no root
+    sub_pin = PinSet(pins=(Pin("intermediate", spki_hex(SUB) or ""),))
+    assert isinstance(
+        predict(client(trust=insecure, pins=sub_pin), server(identity="ec_sub"), now=TEST_NOW), Negotiated
+    )
+    root_pin = PinSet(pins=(Pin("root", spki_hex(A) or ""),))
+    outcome = predict(client(trust=insecure, pins=root_pin), server(identity="ec_sub"), now=TEST_NOW)
+    assert isinstance(outcome, Refused) and outcome.reason == "pin_mismatch"
+
+
+DEVICE = issue_self_signed("HEMS-0001", now=TEST_NOW)
+DEVICE_REKEYED = issue_self_signed("HEMS-0001", now=TEST_NOW)
+WALLBOX = Identity.from_cert_key(issue_self_signed("WB-0002", now=TEST_NOW))
+PINNED = TrustStore("ship", (), hostname="off", mode="pinned_peers")
+
+
+def test_a_pinned_peers_client_accepts_a_pinned_self_signed_server_within_its_validity() -> None:
+    pinned = PinSet(pins=(Pin("root", spki_hex(WALLBOX.leaf) or ""),))
+    ship = ServerSide(TLS13, WALLBOX)
+    assert isinstance(predict(client(trust=PINNED, pins=pinned), ship, now=TEST_NOW), Negotiated)
+    outcome = predict(client(trust=PINNED, pins=pinned), ship, now=TEST_NOW + dt.timedelta(days=3651))
+    assert isinstance(outcome, Refused)
+    assert (outcome.reason, outcome.peer_reason) == ("cert_invalid:expired", "peer_alert:certificate_expired")
+    other = PinSet(pins=(Pin("leaf", spki_hex(EC_A.leaf) or ""),))
+    outcome = predict(client(trust=PINNED, pins=other), ship, now=TEST_NOW)
+    assert isinstance(outcome, Refused)
+    assert (outcome.reason, outcome.peer_reason) == ("pin_mismatch", "peer_alert:internal_error")
+
+
+def _entry(device: CertKey, state: str, **kw: object) -> PairedPeer:
+    return PairedPeer(ski(device.cert), spki_sha256(device.cert), state, TEST_NOW, "HEMS-0001", **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("trust", "now_offset_s", "expected"),
+    [
+        (PeerTrust(), 0, "pairing_refused:pending"),
+        (PeerTrust(auto_accept=True), 0, None),
+        (PeerTrust(window_until=TEST_NOW + SECOND), 0, None),
+        (PeerTrust(window_until=TEST_NOW + SECOND), 1, "pairing_refused:pending"),  # the end is exclusive
+        (PeerTrust(peers=(_entry(DEVICE, "trusted"),)), 0, None),
+        (PeerTrust(peers=(_entry(DEVICE, "denied"),), auto_accept=True), 0, "pairing_refused:denied"),
+        (PeerTrust(peers=(_entry(DEVICE, "pending"),)), 0, "pairing_refused:pending"),
+        (PeerTrust(peers=(_entry(DEVICE, "pending"),), auto_accept=True), 0, None),
+        (
+            PeerTrust(peers=(attrs.evolve(_entry(DEVICE, "trusted"), spki_sha256="ab" * 32),)),
+            0,
+            "pairing_refused:key_mismatch",
+        ),
+        # the same device id with another key: re-pairing needs a window, auto_accept is not enough
+        (
+            PeerTrust(peers=(_entry(DEVICE_REKEYED, "trusted"),), auto_accept=True),
+            0,
+            "pairing_refused:unknown",
+        ),
+        (PeerTrust(peers=(_entry(DEVICE_REKEYED, "trusted"),), window_until=TEST_NOW + SECOND), 0, None),
+    ],
+)
+def test_pairing_rules(trust: PeerTrust, now_offset_s: int, expected: str | None) -> None:
+    ship = ServerSide(TLS12, WALLBOX, client_auth="pairing", pairing=trust)
+    pinned = PinSet(pins=(Pin("leaf", spki_hex(WALLBOX.leaf) or ""),))
+    hems = client(TLS12, PINNED, identity=Identity.from_cert_key(DEVICE), pins=pinned)
+    outcome = predict(hems, ship, now=TEST_NOW + dt.timedelta(seconds=now_offset_s))
+    if expected is None:
+        assert isinstance(outcome, Negotiated)
+    else:
+        assert isinstance(outcome, Refused)
+        assert (outcome.side, outcome.reason, outcome.peer_reason) == (
+            "server",
+            expected,
+            "peer_alert:internal_error",
+        )
+
+
+def test_pairing_requires_a_self_signed_client_certificate() -> None:
+    ship = ServerSide(TLS13, WALLBOX, client_auth="pairing", pairing=PeerTrust(auto_accept=True))
+    pinned = PinSet(pins=(Pin("leaf", spki_hex(WALLBOX.leaf) or ""),))
+    ca_client = client(TLS13, PINNED, identity=PKI.clients["cli_a"], pins=pinned)
+    outcome = predict(ca_client, ship, now=TEST_NOW)
+    assert isinstance(outcome, Refused) and outcome.reason == "cert_invalid:not_self_signed"
+    assert outcome.peer_stage == "first_read"  # TLS 1.3: the client learns it on its first read
+    outcome = predict(client(TLS13, PINNED, pins=pinned), ship, now=TEST_NOW)
+    assert isinstance(outcome, Refused)
+    assert (outcome.reason, outcome.peer_reason) == (
+        "cert_invalid:no_client_cert",
+        "peer_alert:certificate_required",
+    )
 
 
 def test_views() -> None:
@@ -401,3 +508,24 @@ def test_the_predictor_reads_only_the_model() -> None:
         "evsim.tls._ossl",
     }
     assert not {m for m in imported if m.split(".")[0] in ("OpenSSL", "ssl") or m in engine}
+    # the pin and pairing modules give the model (values, reason names), not their decisions
+    names = {
+        alias.name
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.ImportFrom) and node.module in ("evsim.tls.pins", "evsim.tls.pairing")
+        for alias in node.names
+    }
+    assert not names & {"check", "decide", "peer_identity", "add_tofu"}
+
+
+def test_a_pin_mismatch_is_reported_under_report_only_too_but_only_when_the_pins_are_reached() -> None:
+    other = (Pin("leaf", spki_hex(PKI.servers["ec_b"].leaf) or ""),)
+    for enforcement in ENFORCEMENTS:
+        pins = PinSet(enforcement, other)
+        assert reports_pin_mismatch(client(pins=pins), server(), now=TEST_NOW)
+        # the chain check refuses first: the pins are never consulted
+        untrusted = client(pins=pins, trust=TrustStore("b", (B,)))
+        assert not reports_pin_mismatch(untrusted, server(), now=TEST_NOW)
+    matching = PinSet(pins=(Pin("root", spki_hex(A) or ""),))
+    assert not reports_pin_mismatch(client(pins=matching), server(), now=TEST_NOW)
+    assert not reports_pin_mismatch(client(), server(), now=TEST_NOW)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import trio
+import trio.testing
 from cryptography import x509
 
 from evsim.clock import real_utcnow
@@ -22,6 +23,7 @@ from evsim.tls import (
     _ossl,
     clear_context_cache,
     events,
+    tls_accept,
 )
 from evsim.tls.suites import SUITES, Suite
 from evsim.tls.verify import check_hostname, check_validity, parse_asn1_time, verify_error_reason
@@ -150,6 +152,41 @@ async def test_fallback_validity_check_in_the_verify_callback() -> None:
         assert isinstance(c, TlsStream)
 
 
+SECOND = dt.timedelta(seconds=1)
+HALF = dt.timedelta(milliseconds=500)
+
+
+@pytest.mark.parametrize("path", ["engine", "fallback"])
+async def test_both_validity_paths_check_at_whole_seconds(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rule for OpenSSL's per-connection time and the Python fallback (``verify.whole_seconds``): the
+    seconds notBefore and notAfter name are valid entirely; half a second outside them is not."""
+    if path == "fallback":
+        monkeypatch.setattr(_ossl, "HAVE_CONNECTION_TIME", False)
+    clear_context_cache()
+    try:
+        client_tls, server = client_for(), server_with(PKI.server)
+        assert client_tls.connection_time is (path == "engine")
+        leaf = PKI.server.cert
+        end, start = leaf.not_valid_after_utc, leaf.not_valid_before_utc
+        cases = {
+            end: None,
+            end + HALF: None,
+            end + SECOND - dt.timedelta(microseconds=1): None,
+            end + SECOND: "cert_invalid:expired",
+            start: None,
+            start - HALF: "cert_invalid:not_yet_valid",
+            start - SECOND: "cert_invalid:not_yet_valid",
+        }
+        seen = {}
+        with trio.fail_after(10):
+            for when in cases:
+                c, _ = await tls_pair(client_tls, server, client_time=when)
+                seen[when] = None if isinstance(c, TlsStream) else refused(c).reason
+    finally:
+        clear_context_cache()
+    assert seen == cases
+
+
 async def test_insecure_skip_verify_accepts_anything(caplog: pytest.LogCaptureFixture) -> None:
     trust = TrustStore("INSECURE", (), insecure_skip_verify=True)
     with caplog.at_level("WARNING"):
@@ -273,6 +310,11 @@ def test_wildcard_for_a_bare_tld_never_matches() -> None:
         (20, "cert_invalid:unknown_ca"),
         (21, "cert_invalid:unknown_ca"),
         (23, "cert_invalid:revoked"),
+        (3, "cert_invalid:crl_unavailable"),
+        (33, "cert_invalid:crl_unavailable"),
+        (12, "cert_invalid:crl_expired"),
+        (11, "cert_invalid:crl_not_yet_valid"),
+        (8, "cert_invalid:crl_bad_signature"),
         (7, "cert_invalid:7"),
     ],
 )
@@ -287,6 +329,9 @@ def test_validity_helpers() -> None:
     assert check_validity(t, t + DAY, t + DAY) is None  # inclusive, like OpenSSL
     assert check_validity(t, t + DAY, t - dt.timedelta(seconds=1)) == "cert_invalid:not_yet_valid"
     assert check_validity(t, t + DAY, t + DAY + dt.timedelta(seconds=1)) == "cert_invalid:expired"
+    # whole seconds (verify.whole_seconds): the second notAfter names is valid all through
+    assert check_validity(t, t + DAY, t + DAY + dt.timedelta(milliseconds=999)) is None
+    assert check_validity(t, t + DAY, t - dt.timedelta(milliseconds=1)) == "cert_invalid:not_yet_valid"
 
 
 # ---------------------------------------------------------------- the server checks client certificates
@@ -393,6 +438,52 @@ async def test_legacy_tls11_client_is_refused() -> None:
     with trio.fail_after(10):
         c, s = await tls_pair(ClientTls.build(legacy, PKI.csms_trust()), server_with(PKI.server))
     assert refused(c).reason == refused(s).reason == "downgrade_refused"
+
+
+LEGACY_CBC = "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA"
+
+
+def legacy_server(*suites: str) -> ServerTls:
+    profile = TlsProfile(
+        versions=("1.1", "1.0"), insecure_legacy_versions=True, cipher_suites={"1.2": list(suites)}
+    )
+    return ServerTls.build(profile, PKI.server_identity())
+
+
+async def test_a_tls12_only_client_refusing_a_tls11_server_pick_is_a_version_refusal_on_both_sides() -> None:
+    """The server answers TLS 1.1 (its newest) to a client that only says "up to 1.2"; the client refuses
+    it, and its alert comes in a TLS 1.2 record the server's record layer rejects ("wrong version number"):
+    the server still reports the cause, so the CSMS logs InvalidTLSVersion, not a protocol error."""
+    client = TlsProfile(
+        versions=("1.2",), cipher_suites={"1.2": ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", LEGACY_CBC]}
+    )
+    with trio.fail_after(10):
+        c, s = await tls_pair(ClientTls.build(client, PKI.csms_trust()), legacy_server(LEGACY_CBC))
+    fc, fs = refused(c), refused(s)
+    assert (fc.reason, fc.remote) == ("downgrade_refused", False)
+    assert (fs.reason, fs.remote) == ("downgrade_refused", True)
+    assert "wrong version number" in fs.detail
+    assert events.ocpp_security_event(fs.reason, side="server") == "InvalidTLSVersion"
+
+
+async def test_a_tls12_only_client_without_a_tls11_suite_is_still_a_cipher_refusal() -> None:
+    """The documented gap (stream.py "Errors"): the server refuses at TLS 1.1 with "no shared cipher"
+    before the client sees its version, and neither side can tell the version was the cause."""
+    client = TlsProfile(versions=("1.2",), cipher_suites={"1.2": ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]})
+    with trio.fail_after(10):
+        c, s = await tls_pair(ClientTls.build(client, PKI.csms_trust()), legacy_server(LEGACY_CBC))
+    assert refused(c).reason == refused(s).reason == "cipher_refused"
+
+
+async def test_garbage_with_a_wrong_record_version_stays_a_protocol_error() -> None:
+    """ "wrong version number" before the server chose a version is not a version refusal."""
+    a, b = trio.testing.memory_stream_pair()
+    with trio.fail_after(10):
+        await a.send_all(b"\x16\x05\x01\x00\x05hello")
+        with pytest.raises(HandshakeFailed) as info:
+            await tls_accept(b, legacy_server(LEGACY_CBC))
+    assert (info.value.reason, info.value.remote) == ("protocol_error", False)
+    assert "wrong version number" in info.value.detail
 
 
 async def test_disjoint_tls12_suites_is_a_cipher_refusal() -> None:

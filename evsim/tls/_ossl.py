@@ -30,6 +30,8 @@ from typing import Any
 
 from OpenSSL import SSL
 
+from evsim.tls.verify import whole_seconds
+
 try:
     _LIB: Any = importlib.import_module("OpenSSL._util").lib
 except (ImportError, AttributeError):  # pragma: no cover
@@ -56,13 +58,14 @@ def _ssl_ptr(conn: SSL.Connection) -> Any:
 
 
 def set_verify_time(conn: SSL.Connection, when: _dt.datetime) -> None:
-    """Make OpenSSL check certificate validity on ``conn`` at ``when`` (whole seconds, like OpenSSL).
+    """Make OpenSSL check certificate validity on ``conn`` at ``when``, truncated to whole seconds
+    (``verify.whole_seconds``: the same rule as the fallback check, ``verify.check_validity``).
 
     Only call when :data:`HAVE_CONNECTION_TIME` is True.
     """
     assert _get0_param is not None and _set_time is not None
     param = _get0_param(_ssl_ptr(conn))
-    _set_time(param, int(when.timestamp()))
+    _set_time(param, whole_seconds(when))
 
 
 def session_reused(conn: SSL.Connection) -> bool | None:

@@ -140,7 +140,12 @@ def _make_verify_callback(trust: TrustStore, *, check_host: bool, python_time: b
             state = conn.get_app_data()
             if isinstance(state, VerifyState):
                 state.calls += 1
-                if state.peer is not None:
+                # Overriding an OpenSSL error (ok = 0): accept, and let the peer check decide on the call
+                # that signals success at the same depth (OpenSSL makes one per certificate after its
+                # checks). Returning True clears the X509 error (pyOpenSSL sets X509_V_OK), so a refusal
+                # there sends internal_error like every refusal of the Python callback; refusing on the
+                # error call itself would send that error's alert (unknown_ca for an unanchored chain).
+                if state.peer is not None and ok:
                     return _check_peer(conn, state, cert, depth, verified=False)
             return True
 

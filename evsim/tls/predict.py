@@ -5,7 +5,8 @@ The oracle of the property test (``tls-model.md`` "Proof"): :func:`predict` read
 :class:`~evsim.tls.config.Identity`, the suite table of :mod:`evsim.tls.suites`) and the simulation time, and
 says either :class:`Negotiated` (version and suite) or :class:`Refused` (who refused, why, and what the
 other side reports). It imports no OpenSSL binding and shares no code with the engine's checks (the chain,
-validity and hostname rules are restated here from the specifications), so a real handshake that disagrees
+validity hostname, pin and pairing rules are restated here from the specifications and ``tls-model.md``), so a
+real handshake that disagrees
 points at a bug in one of the two - or at a rule missing below.
 
 Theory of operation
@@ -21,8 +22,10 @@ The handshake is a pipeline of stages; the first stage that refuses decides the 
    the server's pick can be older than the client's *minimum* (a TLS 1.2-only client against a TLS
    1.0/1.1 server): the server then goes on to choose a suite for that version (rule 2, which may refuse
    first), and the *client* refuses the ServerHello (``downgrade_refused``, "unsupported protocol"); the
-   server reads the client's alert record as "wrong version number" and reports ``protocol_error`` as
-   its *own* failure (``remote=False``) - a classification gap of the stream, see ``Refused.peer_remote``.
+   server's record layer rejects the client's alert record ("wrong version number"), which the stream
+   reads as the client's version refusal: the server reports ``downgrade_refused`` too (``remote``).
+   When no suite fits the server's pick, the server refuses first with ``cipher_refused`` although the
+   version is the cause (neither side can tell: see ``evsim.tls.stream`` "Errors").
    Suites never influence the version: a client offering TLS 1.3 and 1.2 to a server enabling both, with
    no TLS 1.3 suite in common, is refused (rule 2) although a TLS 1.2 suite is shared - OpenSSL does not
    fall back.
@@ -47,14 +50,29 @@ The handshake is a pipeline of stages; the first stage that refuses decides the 
       intermediate or the leaf itself) does not make a chain trusted - partial chains are off.
       Otherwise ``cert_invalid:unknown_ca``, even when the certificate is also expired.
    b. *Validity* (``time_check = "enforce"``): each certificate of the trusted chain, root first, at the
-      simulation time truncated to whole seconds (``int(timestamp)``: 0.5 s after ``not_after`` is still
-      valid); both bounds inclusive. ``cert_invalid:not_yet_valid`` / ``cert_invalid:expired``.
+      simulation time rounded down to whole seconds, both bounds inclusive: X.509 times name whole
+      seconds and RFC 5280's period runs "from notBefore through notAfter, inclusive", so 0.5 s after
+      ``not_after`` is still valid and 0.5 s before ``not_before`` is not (the engine's rule,
+      ``verify.whole_seconds``, on both of its paths). ``cert_invalid:not_yet_valid`` /
+      ``cert_invalid:expired``.
    c. *Hostname* (a server name was given and ``hostname != "off"``): see :func:`hostname_verdict`;
       ``cert_invalid:hostname_mismatch`` or ``cert_invalid:wildcard``.
-   d. *Pins* (``ClientSide.pins``): :func:`evsim.tls.pins.check` on the chain as sent and the verified
-      chain; ``pin_mismatch`` under ``enforce``. Predicted only: the stream does not apply pins yet, so
-      what the server then hears is not predicted (``peer_reason`` None) and the property test does not
-      generate pins for real handshakes.
+   d. *Pins* (``ClientSide.pins``, the client's ``PeerPolicy``), after 3a-3c passed: a pin counts when
+      it is not ``released`` and ``now <= not_after`` (an instant, not truncated); ``active``, ``backup``
+      and ``pending`` pins all match. Its target picks the keys it may match: ``leaf`` the server's leaf;
+      ``intermediate`` the CAs between leaf and root of the trusted chain (3a); ``root`` that chain's
+      root; ``any`` every certificate sent or in the trusted chain. Without a trusted chain (a peer mode,
+      or ``insecure_skip_verify``) the chain as *sent* decides: its last certificate is the root when it
+      is self-signed (a lone self-signed leaf is its own root), the certificates after the leaf and
+      before such a root are intermediates. No live pin matches: ``pin_mismatch`` under ``enforce``;
+      ``report_only`` lets the handshake go on; both report the event (:func:`reports_pin_mismatch`). A pin refusal happens in the Python verify callback,
+      so the server hears ``internal_error`` - also under ``insecure_skip_verify`` with an unanchored
+      chain (the callback decides on OpenSSL's success call, after accepting OpenSSL's own error).
+
+   Peer modes (``TrustStore.mode = "pinned_peers"``, SHIP style, with enforced pins): 3a does not
+   refuse an unanchored chain; the chain is built from the leaf through the certificates sent and the
+   anchors as far as issuers are found, 3b checks that path (for a self-signed server: its leaf), then
+   3c and 3d as above.
 
    The server hears an alert during its handshake (TLS 1.2 and 1.3 alike): ``unknown_ca`` ->
    ``peer_alert:unknown_ca``, ``expired`` -> ``peer_alert:certificate_expired``, ``not_yet_valid`` ->
@@ -62,13 +80,26 @@ The handshake is a pipeline of stages; the first stage that refuses decides the 
    which cannot set an X509 error code, so for them OpenSSL sends ``peer_alert:internal_error``.
    A client refusal always wins over a server refusal of the client certificate: the server's certificate
    arrives, and is checked, before the client sends its own.
-4. **The server verifies the client** (``client_auth`` ``optional`` or ``required``; with ``none`` the
-   server requests no certificate and the client sends none, whatever its identity):
+4. **The server verifies the client** (``client_auth`` ``optional``, ``required`` or ``pairing``; with
+   ``none`` the server requests no certificate and the client sends none, whatever its identity):
 
    * no client identity: ``required`` refuses with ``cert_invalid:no_client_cert``; ``optional`` accepts;
    * an identity: rules 3a-3b with the server's trust store (no hostname check), also under ``optional``
      (a certificate that is sent is verified); a store with ``insecure_skip_verify`` accepts any
-     certificate, but ``required`` still wants one.
+     certificate, but ``required`` still wants one;
+   * ``pairing`` (SHIP, :class:`ServerSide` ``pairing``: the server policy's ``PeerTrust``): a
+     certificate is required (as ``required``); the chain check is that of a peer mode (no anchors, the
+     path as far as it goes, validity checked), then the pairing decision on the leaf, restated from
+     ``evsim.tls.pairing``: not self-signed -> ``cert_invalid:not_self_signed``; no SKI or an SKI that
+     is not SHA-1 of the key -> ``cert_invalid:no_ski`` / ``cert_invalid:ski_mismatch``; a known SKI
+     with another SPKI hash -> ``pairing_refused:key_mismatch``; ``denied`` ->
+     ``pairing_refused:denied`` (window or not); ``trusted`` -> accepted; ``pending`` -> accepted inside
+     a window or with ``auto_accept``, else ``pairing_refused:pending``; an unknown SKI whose CN is the
+     device id of a trusted or pending entry (a re-keyed device) -> accepted only inside a window (not
+     by ``auto_accept``), else ``pairing_refused:unknown``; any other unknown SKI -> accepted inside a
+     window or with ``auto_accept``, else ``pairing_refused:pending`` (recorded as a request) or, with
+     ``MAX_PENDING`` requests waiting, ``pairing_refused:unknown``. These refusals (and
+     ``not_self_signed``...) come from the Python callback: the client hears ``internal_error``.
 
    What the client reports depends on the version. TLS 1.3: the client's handshake completes (it has sent
    its certificate and Finished) before the server checks the certificate, so ``tls_connect`` succeeds,
@@ -81,32 +112,44 @@ The handshake is a pipeline of stages; the first stage that refuses decides the 
 Extending
 ---------
 Each stage is a function of the model values returning a reason or None, so a new knob is a new stage
-or a new input of one: pins are stage 3d (their peer's reason waits for the stream's wiring); SHIP pairing
-(``evsim.tls.pairing.decide``) will replace rule 4's chain check for ``client_auth = "pairing"`` with a
-:class:`ServerSide` ``peer_trust`` field; revocation would be a step between 3a and 3b.
+or a new input of one: pins are stage 3d, pairing is rule 4's ``pairing`` branch; revocation would be a
+step between 3a and 3b. Not predicted: ``tofu`` trust, change notification (``ChangePolicy``: it needs
+a history of earlier connections), groups and signature algorithms.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import ipaddress
+import math
 from collections.abc import Sequence
 from typing import Literal, TypeAlias
 
 import attrs
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from evsim.tls import events
 from evsim.tls.config import KNOWN_VERSIONS, Identity, TlsProfile, TrustStore
 from evsim.tls.events import Side
+from evsim.tls.pairing import (
+    MAX_PENDING,
+    NO_SKI,
+    NOT_SELF_SIGNED,
+    REFUSED_DENIED,
+    REFUSED_KEY_MISMATCH,
+    REFUSED_PENDING,
+    REFUSED_UNKNOWN,
+    SKI_MISMATCH,
+    PeerTrust,
+)
 from evsim.tls.pins import PinSet
-from evsim.tls.pins import check as check_pins
 from evsim.tls.suites import BY_IANA
 
-ClientAuthMode: TypeAlias = Literal["none", "optional", "required"]
+ClientAuthMode: TypeAlias = Literal["none", "optional", "required", "pairing"]
 """``ServerTls.client_auth`` (restated: ``evsim.tls.context`` imports OpenSSL)."""
 Stage: TypeAlias = Literal["handshake", "first_read"]
 """When a side learns of a refusal: in its handshake, or (TLS 1.3 client) on its first read after it."""
@@ -117,10 +160,11 @@ _ALERT_FOR: dict[str, str] = {
     events.CERT_UNKNOWN_CA: "unknown_ca",
     events.CERT_EXPIRED: "certificate_expired",
     events.CERT_NOT_YET_VALID: "bad_certificate",
-    events.CERT_HOSTNAME_MISMATCH: "internal_error",
-    events.CERT_WILDCARD: "internal_error",
 }
-"""The alert a peer receives when a certificate is refused for this reason (rule 3)."""
+"""The alert a peer receives when OpenSSL refuses a certificate for this reason (rules 3a-3b); every
+other refusal (hostname, wildcard, pins, pairing) comes from evsim's Python verify callback, which cannot
+set an X509 error code: OpenSSL then sends ``internal_error``."""
+_CALLBACK_ALERT = "internal_error"
 
 
 # ---------------------------------------------------------------- inputs
@@ -135,7 +179,8 @@ class ClientSide:
         trust: how it verifies the server.
         identity: its client certificate, or None.
         server_name: the name it connects to (SNI and hostname check); None skips the hostname check.
-        pins: pins on the server's chain (predicted only, see the module doc), or None.
+        pins: the pins of its peer policy on the server's chain (rule 3d), or None. A ``pinned_peers``
+            trust store needs enforced pins (``peer.require_policy``).
     """
 
     profile: TlsProfile
@@ -152,14 +197,17 @@ class ServerSide:
     Attributes:
         profile: how it speaks TLS (``suite_preference`` applies here).
         identity: its certificate chain and key.
-        trust: how it verifies client certificates (needed unless ``client_auth = "none"``).
-        client_auth: ``none``, ``optional`` or ``required``.
+        trust: how it verifies client certificates (needed for ``optional`` and ``required``; for
+            ``pairing`` None means the default pairing store: no anchors, time checked).
+        client_auth: ``none``, ``optional``, ``required`` or ``pairing``.
+        pairing: the pairing list of its peer policy (``client_auth = "pairing"``; None = an empty one).
     """
 
     profile: TlsProfile
     identity: Identity
     trust: TrustStore | None = None
     client_auth: ClientAuthMode = "none"
+    pairing: PeerTrust | None = None
 
 
 # ---------------------------------------------------------------- outcomes
@@ -185,19 +233,18 @@ class Refused:
     Attributes:
         side: who refused.
         reason: the ``HandshakeFailed.reason`` of the refusing side (raised in its handshake).
-        peer_reason: the reason the other side reports (``remote=True``), None when not predicted.
+        peer_reason: the reason the other side reports (``remote=True``).
         peer_stage: when the other side learns it.
         agreed: version and suite agreed before the refusal (None for version and suite refusals).
-        peer_remote: the other side's ``HandshakeFailed.remote``: True (it heard an alert) except for the
-            server that misreads the client's version refusal (rule 1).
+
+    The other side always reports its failure as the peer's doing (``HandshakeFailed.remote``).
     """
 
     side: Side
     reason: str
-    peer_reason: str | None
+    peer_reason: str
     peer_stage: Stage = "handshake"
     agreed: Negotiated | None = None
-    peer_remote: bool = True
 
 
 Outcome: TypeAlias = Negotiated | Refused
@@ -230,18 +277,13 @@ def view(outcome: Outcome, side: Side) -> View:
 
     Returns:
         The side's view.
-
-    Raises:
-        ValueError: the outcome does not predict what ``side`` sees (``peer_reason`` None: pins).
     """
     if isinstance(outcome, Negotiated):
         return View(None, negotiated=outcome)
     if side == outcome.side:
         return View(outcome.reason, remote=False, stage="handshake")
-    if outcome.peer_reason is None:
-        raise ValueError(f"what the {side} sees after a {outcome.reason} refusal is not predicted")
     shown = outcome.agreed if outcome.peer_stage == "first_read" else None
-    return View(outcome.peer_reason, remote=outcome.peer_remote, stage=outcome.peer_stage, negotiated=shown)
+    return View(outcome.peer_reason, remote=True, stage=outcome.peer_stage, negotiated=shown)
 
 
 # ---------------------------------------------------------------- the predictor
@@ -265,14 +307,13 @@ def predict(client: ClientSide, server: ServerSide, *, now: _dt.datetime) -> Out
     if suite is None:
         return Refused("server", events.CIPHER_REFUSED, events.CIPHER_REFUSED)
     if version not in client.profile.versions:
-        return Refused("client", events.DOWNGRADE_REFUSED, events.PROTOCOL_ERROR, peer_remote=False)
+        return Refused("client", events.DOWNGRADE_REFUSED, events.DOWNGRADE_REFUSED)
     agreed = Negotiated(version, suite)
 
     reason = server_cert_verdict(client, server.identity.chain, now)
     if reason is not None:
-        alert = _ALERT_FOR.get(reason)
-        peer = None if alert is None else f"{events.PEER_ALERT}:{alert}"
-        return Refused("client", reason, peer, "handshake", agreed)
+        alert = _ALERT_FOR.get(reason, _CALLBACK_ALERT)
+        return Refused("client", reason, f"{events.PEER_ALERT}:{alert}", "handshake", agreed)
 
     reason = client_cert_verdict(server, client.identity, now)
     if reason is not None:
@@ -280,7 +321,7 @@ def predict(client: ClientSide, server: ServerSide, *, now: _dt.datetime) -> Out
         if reason == events.CERT_NO_CLIENT_CERT:
             alert = "certificate_required" if tls13 else "handshake_failure"
         else:
-            alert = _ALERT_FOR[reason]
+            alert = _ALERT_FOR.get(reason, _CALLBACK_ALERT)
         stage: Stage = "first_read" if tls13 else "handshake"
         return Refused("server", reason, f"{events.PEER_ALERT}:{alert}", stage, agreed)
     return agreed
@@ -335,25 +376,57 @@ def server_cert_verdict(
     client: ClientSide, chain: Sequence[x509.Certificate], now: _dt.datetime
 ) -> str | None:
     """Rule 3: the client's reason to refuse the server ``chain`` (leaf first), or None."""
+    reason, verified = _before_pins(client, chain, now)
+    if reason is None and client.pins is not None:
+        return pin_verdict(client.pins, chain, verified, now)
+    return reason
+
+
+def _before_pins(
+    client: ClientSide, chain: Sequence[x509.Certificate], now: _dt.datetime
+) -> tuple[str | None, tuple[x509.Certificate, ...] | None]:
+    """Rules 3a-3c: (the client's reason to refuse, the trusted chain or None)."""
     trust = client.trust
     if trust.insecure_skip_verify:
-        return None
+        return None, None
     reason, verified = chain_verdict(trust, chain, now)
-    if reason is not None:
-        return reason
-    if client.server_name is not None:
+    if reason is None and client.server_name is not None:
         reason = hostname_verdict(chain[0], client.server_name, trust.hostname, trust.wildcards)
-        if reason is not None:
-            return reason
-    if client.pins is not None:
-        check = check_pins(client.pins, chain, now=now, verified=verified)
-        if not check.ok:
-            return check.reason
-    return None
+    return reason, verified
+
+
+def reports_pin_mismatch(client: ClientSide, server: ServerSide, *, now: _dt.datetime) -> bool:
+    """Whether the client's peer policy reports ``pin_mismatch`` (an event, under ``enforce`` and
+    ``report_only`` alike): version and suite were agreed, rules 3a-3c passed, and no live pin matched.
+
+    Args:
+        client: the client's configuration.
+        server: the server's configuration.
+        now: simulation time.
+
+    Returns:
+        True when the mismatch is reported.
+    """
+    if client.pins is None:
+        return False
+    version = server_version(client.profile, server.profile)
+    if version is None or version not in client.profile.versions:
+        return False
+    if choose_suite(version, client.profile, server.profile, key_kind(server.identity.leaf)) is None:
+        return False
+    chain = server.identity.chain
+    reason, verified = _before_pins(client, chain, now)
+    return reason is None and not pins_match(client.pins, chain, verified, now)
 
 
 def client_cert_verdict(server: ServerSide, identity: Identity | None, now: _dt.datetime) -> str | None:
     """Rule 4: the server's reason to refuse the client's certificate (or its absence), or None."""
+    if server.client_auth == "pairing":
+        if identity is None:
+            return events.CERT_NO_CLIENT_CERT
+        trust = server.trust or TrustStore("pairing", (), hostname="off", mode="pinned_peers")
+        reason = chain_verdict(trust, identity.chain, now)[0]
+        return reason or pairing_verdict(server.pairing or PeerTrust(), identity.leaf, now)
     if server.client_auth == "none" or server.trust is None:
         return None
     if identity is None:
@@ -376,6 +449,29 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
+def build_path(
+    chain: Sequence[x509.Certificate], anchors: Sequence[x509.Certificate]
+) -> tuple[x509.Certificate, ...]:
+    """The path from the leaf through issuers found among the anchors and the certificates sent, until a
+    self-signed certificate or a missing issuer.
+
+    Args:
+        chain: the certificates the peer sent, leaf first.
+        anchors: the trust store's anchors.
+
+    Returns:
+        Leaf first.
+    """
+    pool = [*anchors, *chain[1:]]  # anchors first, like OpenSSL's X509_V_FLAG_TRUSTED_FIRST
+    path = [chain[0]]
+    while not _issued_by(path[-1], path[-1]):
+        issuer = next((c for c in pool if c not in path and _issued_by(path[-1], c)), None)
+        if issuer is None:
+            break
+        path.append(issuer)
+    return tuple(path)
+
+
 def build_chain(
     chain: Sequence[x509.Certificate], anchors: Sequence[x509.Certificate]
 ) -> tuple[x509.Certificate, ...] | None:
@@ -388,25 +484,23 @@ def build_chain(
     Returns:
         Leaf to root, or None.
     """
-    pool = [*anchors, *chain[1:]]  # anchors first, like OpenSSL's X509_V_FLAG_TRUSTED_FIRST
-    path = [chain[0]]
-    while not _issued_by(path[-1], path[-1]):
-        issuer = next((c for c in pool if c not in path and _issued_by(path[-1], c)), None)
-        if issuer is None:
-            return None
-        path.append(issuer)
-    return tuple(path) if path[-1] in anchors else None
+    path = build_path(chain, anchors)
+    return path if _issued_by(path[-1], path[-1]) and path[-1] in anchors else None
 
 
 def chain_verdict(
     trust: TrustStore, chain: Sequence[x509.Certificate], now: _dt.datetime
 ) -> tuple[str | None, tuple[x509.Certificate, ...] | None]:
-    """Rules 3a and 3b: (reason or None, the verified chain or None)."""
-    verified = build_chain(chain, trust.anchors)
-    if verified is None:
-        return events.CERT_UNKNOWN_CA, None
+    """Rules 3a and 3b: (reason or None, the verified chain or None; always None in a peer mode)."""
+    if trust.peer_mode:  # unanchored chains pass 3a; their path is still checked for validity
+        checked, verified = build_path(chain, trust.anchors), None
+    else:
+        verified = build_chain(chain, trust.anchors)
+        if verified is None:
+            return events.CERT_UNKNOWN_CA, None
+        checked = verified
     if trust.time_check == "enforce":
-        for cert in reversed(verified):
+        for cert in reversed(checked):
             reason = validity_verdict(cert, now)
             if reason is not None:
                 return reason, verified
@@ -414,15 +508,124 @@ def chain_verdict(
 
 
 def validity_verdict(cert: x509.Certificate, now: _dt.datetime) -> str | None:
-    """Rule 3b for one certificate: checked at ``now`` truncated to whole seconds, bounds inclusive."""
+    """Rule 3b for one certificate: checked at ``now`` rounded down to whole seconds, bounds inclusive."""
     if now.tzinfo is None:
         now = now.replace(tzinfo=_dt.UTC)
-    at = _dt.datetime.fromtimestamp(int(now.timestamp()), _dt.UTC)
+    at = _dt.datetime.fromtimestamp(math.floor(now.timestamp()), _dt.UTC)
     if at < cert.not_valid_before_utc:
         return events.CERT_NOT_YET_VALID
     if at > cert.not_valid_after_utc:
         return events.CERT_EXPIRED
     return None
+
+
+# ---------------------------------------------------------------- pins and pairing
+
+
+def _spki_sha256(cert: x509.Certificate) -> str:
+    """RFC 7469 §2.4: SHA-256 of the DER SubjectPublicKeyInfo, hex."""
+    der = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(der)
+    return digest.finalize().hex()
+
+
+def pin_verdict(
+    pins: PinSet,
+    chain: Sequence[x509.Certificate],
+    verified: Sequence[x509.Certificate] | None,
+    now: _dt.datetime,
+) -> str | None:
+    """Rule 3d: ``pin_mismatch`` when no live pin matches its target under ``enforce``, else None.
+
+    Args:
+        pins: the client's pins.
+        chain: the chain the server sent, leaf first.
+        verified: the trusted chain (rule 3a), None without one (peer mode, ``insecure_skip_verify``).
+        now: simulation time.
+
+    Returns:
+        The reason, or None.
+    """
+    if pins_match(pins, chain, verified, now) or pins.enforcement == "report_only":
+        return None
+    return PIN_MISMATCH
+
+
+def pins_match(
+    pins: PinSet,
+    chain: Sequence[x509.Certificate],
+    verified: Sequence[x509.Certificate] | None,
+    now: _dt.datetime,
+) -> bool:
+    """Rule 3d: does a live pin match the certificate its target names? (Arguments as :func:`pin_verdict`.)"""
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=_dt.UTC)
+    if verified:
+        inter, root = list(verified[1:-1]), list(verified[-1:])
+    elif _issued_by(chain[-1], chain[-1]):
+        inter, root = list(chain[1:-1]), list(chain[-1:])
+    else:
+        inter, root = list(chain[1:]), []
+    keys = {
+        "leaf": {_spki_sha256(chain[0])},
+        "intermediate": {_spki_sha256(c) for c in inter},
+        "root": {_spki_sha256(c) for c in root},
+        "any": {_spki_sha256(c) for c in (*chain, *(verified or ()))},
+    }
+    return any(
+        pin.state != "released"
+        and (pin.not_after is None or now <= pin.not_after)
+        and pin.spki_sha256 in keys[pin.target]
+        for pin in pins.pins
+    )
+
+
+def pairing_verdict(trust: PeerTrust, leaf: x509.Certificate, now: _dt.datetime) -> str | None:
+    """Rule 4, ``pairing``: the pairing listener's reason to refuse the client's leaf, or None.
+
+    Args:
+        trust: the listener's pairing list.
+        leaf: the client's certificate.
+        now: simulation time.
+
+    Returns:
+        The reason, or None to accept.
+    """
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=_dt.UTC)
+    if not _issued_by(leaf, leaf):
+        return NOT_SELF_SIGNED
+    ski = x509.SubjectKeyIdentifier.from_public_key(leaf.public_key()).digest.hex()
+    try:
+        declared = leaf.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+    except x509.ExtensionNotFound:
+        return NO_SKI
+    if declared != ski:
+        return SKI_MISMATCH
+    window = trust.window_until is not None and now < trust.window_until
+    may_pair = trust.auto_accept or window
+    known = next((p for p in trust.peers if p.ski == ski), None)
+    if known is not None:
+        if known.spki_sha256 is not None and known.spki_sha256 != _spki_sha256(leaf):
+            return REFUSED_KEY_MISMATCH
+        if known.state == "denied":
+            return REFUSED_DENIED
+        if known.state == "trusted" or may_pair:
+            return None
+        return REFUSED_PENDING
+    cns = [str(a.value) for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    device = cns[0] if cns else None
+    if device is not None and any(
+        p.device_id == device and p.state in ("trusted", "pending") for p in trust.peers
+    ):
+        return None if window else REFUSED_UNKNOWN
+    if may_pair:
+        return None
+    pending = sum(p.state == "pending" for p in trust.peers)
+    return REFUSED_UNKNOWN if pending >= MAX_PENDING else REFUSED_PENDING
 
 
 # ---------------------------------------------------------------- hostnames

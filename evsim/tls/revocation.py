@@ -10,8 +10,9 @@ pure) into pyOpenSSL. It compiles the ``TrustStore.revocation`` part of the mode
   certificate with X509 error 23 (``cert_invalid:revoked`` through ``verify.verify_error_reason``) and
   sends the ``certificate_revoked`` alert. With CRL checking on, OpenSSL needs a CRL from the issuer of
   *every* checked certificate: a missing one is error 3 (``unable to get certificate CRL``), an expired one
-  error 12 - :func:`crl_error_reason` names them. CRL validity (thisUpdate/nextUpdate) is checked at the
-  connection's verify time, i.e. the simulation time the stream sets per connection (``_ossl``); under the
+  error 12 - ``verify.verify_error_reason`` names them (``cert_invalid:crl_unavailable``,
+  ``cert_invalid:crl_expired``...; :func:`crl_error_reason` is the CRL part of that table). CRL validity
+  (thisUpdate/nextUpdate) is checked at the connection's verify time, i.e. the simulation time the stream sets per connection (``_ossl``); under the
   ``X509_V_FLAG_NO_CHECK_TIME`` fallback it is not checked at all.
 
   **Refresh = a new context.** A context's store is shared by every connection made from it, and OpenSSL
@@ -52,7 +53,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Callable, Iterable, Sequence
-from typing import Final, Literal, TypeAlias
+from typing import Literal, TypeAlias
 
 import attrs
 from cryptography import x509
@@ -62,7 +63,7 @@ from OpenSSL import SSL, crypto
 from evsim.errors import ConfigError
 from evsim.pki.revocation import OcspCheck, OcspCheckStatus, check_ocsp_response
 from evsim.tls import _ossl, events
-from evsim.tls.verify import VerifyState
+from evsim.tls.verify import CRL_REASONS, VerifyState
 
 __all__ = [
     "CrlMode",
@@ -93,27 +94,6 @@ ServerOcspCallback: TypeAlias = Callable[[SSL.Connection, object], bytes]
 ClientOcspCallback: TypeAlias = Callable[[SSL.Connection, bytes, object], bool]
 IssuerLookup: TypeAlias = Callable[[x509.Certificate, Sequence[x509.Certificate]], x509.Certificate | None]
 
-# X509 verify error codes for CRL checking (OpenSSL include/openssl/x509_vfy.h)
-X509_V_ERR_UNABLE_TO_GET_CRL: Final = 3
-X509_V_ERR_UNABLE_TO_DECRYPT_CRL_SIGNATURE: Final = 5
-X509_V_ERR_CRL_SIGNATURE_FAILURE: Final = 8
-X509_V_ERR_CRL_NOT_YET_VALID: Final = 11
-X509_V_ERR_CRL_HAS_EXPIRED: Final = 12
-X509_V_ERR_CERT_REVOKED: Final = 23
-X509_V_ERR_UNABLE_TO_GET_CRL_ISSUER: Final = 33
-X509_V_ERR_KEYUSAGE_NO_CRL_SIGN: Final = 35
-
-_CRL_REASONS: Final[dict[int, str]] = {
-    X509_V_ERR_CERT_REVOKED: events.CERT_REVOKED,
-    X509_V_ERR_UNABLE_TO_GET_CRL: f"{events.CERT_INVALID}:crl_unavailable",
-    X509_V_ERR_UNABLE_TO_GET_CRL_ISSUER: f"{events.CERT_INVALID}:crl_unavailable",
-    X509_V_ERR_CRL_HAS_EXPIRED: f"{events.CERT_INVALID}:crl_expired",
-    X509_V_ERR_CRL_NOT_YET_VALID: f"{events.CERT_INVALID}:crl_not_yet_valid",
-    X509_V_ERR_CRL_SIGNATURE_FAILURE: f"{events.CERT_INVALID}:crl_bad_signature",
-    X509_V_ERR_UNABLE_TO_DECRYPT_CRL_SIGNATURE: f"{events.CERT_INVALID}:crl_bad_signature",
-    X509_V_ERR_KEYUSAGE_NO_CRL_SIGN: f"{events.CERT_INVALID}:crl_bad_signature",
-}
-
 # ---------------------------------------------------------------- CRLs
 
 
@@ -128,7 +108,7 @@ def crl_error_reason(code: int) -> str | None:
         ``cert_invalid:crl_expired`` (12), ``cert_invalid:crl_not_yet_valid`` (11),
         ``cert_invalid:crl_bad_signature`` (5, 8, 35), else None.
     """
-    return _CRL_REASONS.get(code)
+    return CRL_REASONS.get(code)
 
 
 def install_crls(ctx: SSL.Context, crls: Iterable[x509.CertificateRevocationList], mode: CrlMode) -> None:

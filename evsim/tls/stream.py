@@ -60,10 +60,19 @@ refused the peer's certificate, else it is read from OpenSSL's error text:
 
 * received ``protocol_version`` alert, "unsupported protocol", "no protocols available" ->
   ``downgrade_refused``;
+* server side, "wrong version number" right after we chose our newest version (older than TLS 1.3) for a
+  legacy client -> ``downgrade_refused`` (remote): the client refused that version, and its alert came in
+  a record of its own version (``TlsStream._refused_our_max_version``);
 * "no shared cipher", received ``handshake_failure`` / ``insufficient_security`` alert ->
   ``cipher_refused``. This is a heuristic: OpenSSL sends ``handshake_failure`` for any failed
   negotiation (no shared cipher, but also no shared signature algorithm or group); with evsim's
-  configurations the suite list is the knob that differs, so that is what it reports. A client that
+  configurations the suite list is the knob that differs, so that is what it reports. Known gap: when
+  the cause is the *version* - a TLS 1.2-only client offering only TLS 1.2 suites (AEAD, SHA-256) to a
+  server whose newest version is TLS 1.1 - both sides still report ``cipher_refused``. Neither can tell:
+  the server sees the same "no shared cipher" at TLS 1.1 as for a TLS 1.1 client with disjoint suites,
+  because it cannot see what the ClientHello offered (cryptography's binding exposes no
+  ``SSL_client_version``, ``SSL_get_client_ciphers`` or client-hello callback), and the client hears
+  ``handshake_failure`` before any ServerHello tells it the server's version. A client that
   receives ``handshake_failure`` *after* the server's certificate (our verify callback ran) reports
   ``peer_alert:handshake_failure`` instead: suites were settled by the ServerHello, and TLS 1.2 OpenSSL
   servers use that alert to refuse a missing client certificate;
@@ -263,6 +272,10 @@ _KNOB_TEXTS = {  # engine knobs (tls-engine): what the refusing side's OpenSSL s
     "no suitable signature algorithm": events.SIGALG_REFUSED,
     "no suitable key share": events.GROUP_REFUSED,
 }
+_WRONG_VERSION_TEXT = "wrong version number"
+"""A record of another version than the one negotiated (see ``TlsStream._refused_our_max_version``)."""
+_VERSION_BY_NAME = {"TLSv1.3": "1.3", "TLSv1.2": "1.2", "TLSv1.1": "1.1", "TLSv1": "1.0"}
+"""``Connection.get_protocol_version_name()`` -> the model's version spelling."""
 _OCSP_REFUSED_TEXT = "tlsv1 bad certificate status response"
 """A server's OpenSSL text when the client refused its staple (the alert, without the word "alert")."""
 
@@ -923,7 +936,30 @@ class TlsStream(trio.abc.Stream):
             # (after the ServerHello) arrived: this handshake_failure refuses something later - in TLS 1.2
             # OpenSSL sends it for a missing client certificate.
             reason = f"{events.PEER_ALERT}:handshake_failure"
+        elif (
+            reason == events.PROTOCOL_ERROR
+            and self._side == "server"
+            and _WRONG_VERSION_TEXT in detail
+            and self._refused_our_max_version()
+        ):
+            reason, remote = events.DOWNGRADE_REFUSED, True
         return reason, detail, remote
+
+    def _refused_our_max_version(self) -> bool:
+        """Server side, after "wrong version number" in the handshake: did the client refuse our version?
+
+        A client whose newest version is TLS 1.2 or older sends only that maximum (no
+        ``supported_versions``), and we answer ``min(its max, our max)``. When that was *our* max (older
+        than TLS 1.3) the client may still refuse it - its minimum is newer - and it then sends its
+        ``protocol_version`` alert in a record of *its* version, which our record layer, now bound to the
+        version we chose, rejects as "wrong version number" before reading the alert. Had we answered
+        below our max, we would have answered the client's own maximum, which it never refuses; so in
+        this state the text means the client refused our newest version: ``downgrade_refused`` (the
+        peer's doing: ``remote``), as the client reports it, not a protocol error of ours.
+        """
+        version = _VERSION_BY_NAME.get(self._conn.get_protocol_version_name())
+        max_version = self._tls.profile.max_version
+        return version is not None and version == max_version != "1.3"
 
     def _handshake_error(self, exc: SSL.Error) -> TlsHandshakeFailed:
         state = self._vstate

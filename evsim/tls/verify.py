@@ -8,7 +8,9 @@
   (``_ossl.set_verify_time``), so OpenSSL checks validity at ``verify_time()`` and reports errors 9/10,
   race-free with a shared context. If that binding is unavailable, contexts disable OpenSSL's time check
   (``X509_V_FLAG_NO_CHECK_TIME``) and the verify callback compares each certificate's validity with
-  ``VerifyState.now()`` (:func:`check_validity`: OpenSSL's comparison, same top-down order).
+  ``VerifyState.now()`` (:func:`check_validity`: OpenSSL's comparison, same top-down order). Both paths
+  check at the simulation time truncated to whole seconds, bounds inclusive (:func:`whole_seconds` says
+  why), so a certificate is valid during the whole second its notAfter names.
 * **Hostname.** OCPP wants CN = FQDN (A00.FR.309/412) and refuses wildcards unless
   ``AllowCSMSTLSWildcards``; RFC 6125 clients use the SAN. :func:`check_hostname` implements the
   ``TrustStore.hostname`` modes.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import ipaddress
+import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -34,14 +37,21 @@ if TYPE_CHECKING:
 
 # X509 verify error codes (OpenSSL include/openssl/x509_vfy.h)
 X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT = 2
+X509_V_ERR_UNABLE_TO_GET_CRL = 3
+X509_V_ERR_UNABLE_TO_DECRYPT_CRL_SIGNATURE = 5
+X509_V_ERR_CRL_SIGNATURE_FAILURE = 8
 X509_V_ERR_CERT_NOT_YET_VALID = 9
 X509_V_ERR_CERT_HAS_EXPIRED = 10
+X509_V_ERR_CRL_NOT_YET_VALID = 11
+X509_V_ERR_CRL_HAS_EXPIRED = 12
 X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT = 18
 X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN = 19
 X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
 X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE = 21
 X509_V_ERR_CERT_CHAIN_TOO_LONG = 22
 X509_V_ERR_CERT_REVOKED = 23
+X509_V_ERR_UNABLE_TO_GET_CRL_ISSUER = 33
+X509_V_ERR_KEYUSAGE_NO_CRL_SIGN = 35
 
 X509_V_FLAG_NO_CHECK_TIME = 0x200000
 """``X509_V_FLAG_NO_CHECK_TIME`` (x509_vfy.h, OpenSSL >= 1.1.0); pyOpenSSL does not export it."""
@@ -56,6 +66,18 @@ _UNKNOWN_CA = frozenset(
     }
 )
 
+CRL_REASONS: dict[int, str] = {
+    X509_V_ERR_CERT_REVOKED: events.CERT_REVOKED,
+    X509_V_ERR_UNABLE_TO_GET_CRL: events.CRL_UNAVAILABLE,
+    X509_V_ERR_UNABLE_TO_GET_CRL_ISSUER: events.CRL_UNAVAILABLE,
+    X509_V_ERR_CRL_HAS_EXPIRED: events.CRL_EXPIRED,
+    X509_V_ERR_CRL_NOT_YET_VALID: events.CRL_NOT_YET_VALID,
+    X509_V_ERR_CRL_SIGNATURE_FAILURE: events.CRL_BAD_SIGNATURE,
+    X509_V_ERR_UNABLE_TO_DECRYPT_CRL_SIGNATURE: events.CRL_BAD_SIGNATURE,
+    X509_V_ERR_KEYUSAGE_NO_CRL_SIGN: events.CRL_BAD_SIGNATURE,
+}
+"""Revocation-related X509 verify errors (``TrustStore.revocation.crl``) -> readable reasons."""
+
 
 def verify_error_reason(code: int) -> str:
     """Event-vocabulary reason for an X509 verify error code.
@@ -65,7 +87,9 @@ def verify_error_reason(code: int) -> str:
 
     Returns:
         ``cert_invalid:expired`` (10), ``cert_invalid:not_yet_valid`` (9), ``cert_invalid:unknown_ca``
-        (2, 18, 19, 20, 21), ``cert_invalid:revoked`` (23), ``cert_invalid:chain_too_long`` (22), else
+        (2, 18, 19, 20, 21), ``cert_invalid:chain_too_long`` (22), the CRL reasons of :data:`CRL_REASONS`
+        (``cert_invalid:revoked`` 23, ``cert_invalid:crl_unavailable`` 3/33, ``cert_invalid:crl_expired``
+        12, ``cert_invalid:crl_not_yet_valid`` 11, ``cert_invalid:crl_bad_signature`` 5/8/35), else
         ``cert_invalid:<code>``.
     """
     if code == X509_V_ERR_CERT_HAS_EXPIRED:
@@ -74,8 +98,8 @@ def verify_error_reason(code: int) -> str:
         return events.CERT_NOT_YET_VALID
     if code in _UNKNOWN_CA:
         return events.CERT_UNKNOWN_CA
-    if code == X509_V_ERR_CERT_REVOKED:
-        return events.CERT_REVOKED
+    if code in CRL_REASONS:
+        return CRL_REASONS[code]
     if code == X509_V_ERR_CERT_CHAIN_TOO_LONG:
         return events.CERT_CHAIN_TOO_LONG  # TrustStore.max_depth
     return f"{events.CERT_INVALID}:{code}"
@@ -94,8 +118,35 @@ def parse_asn1_time(value: bytes) -> _dt.datetime:
     )
 
 
+def whole_seconds(now: _dt.datetime) -> int:
+    """``now`` as a POSIX time in whole seconds, rounded down: the time certificates are checked at.
+
+    The validity rule (one for both paths, and for ``evsim.tls.predict``): X.509 validity times have
+    1-second resolution (RFC 5280 §4.1.2.5: UTCTime/GeneralizedTime "MUST include seconds", no fractions),
+    so each bound names a whole second, and the period "from notBefore through notAfter, inclusive"
+    contains both of those seconds entirely. A certificate with ``notAfter = 12:00:00Z`` is therefore
+    still valid at 12:00:00.5 and expired from 12:00:01; one with ``notBefore = 12:00:00Z`` is not yet
+    valid at 11:59:59.5. Equivalently: truncate the time to whole seconds, then compare with both bounds
+    inclusive - which is what OpenSSL does with a ``time_t`` (``X509_VERIFY_PARAM_set_time``), and what
+    RFC 5280's ``99991231235959Z`` ("no well-defined expiration") needs to mean "to the end of time".
+    Rounding down (``floor``, not ``int``) keeps the rule right before 1970 too.
+    """
+    return math.floor(now.timestamp())
+
+
 def check_validity(not_before: _dt.datetime, not_after: _dt.datetime, now: _dt.datetime) -> str | None:
-    """OpenSSL's validity comparison at ``now``: a reason, or None when valid."""
+    """OpenSSL's validity comparison at ``now`` (truncated to whole seconds, see :func:`whole_seconds`;
+    both bounds inclusive): a reason, or None when valid.
+
+    Args:
+        not_before: the certificate's notBefore (whole seconds, aware).
+        not_after: its notAfter (whole seconds, aware).
+        now: the simulation's wall time (aware; fractions of a second are dropped).
+
+    Returns:
+        ``cert_invalid:not_yet_valid``, ``cert_invalid:expired`` or None.
+    """
+    now = _dt.datetime.fromtimestamp(whole_seconds(now), _dt.UTC)
     if now < not_before:
         return events.CERT_NOT_YET_VALID
     if now > not_after:
