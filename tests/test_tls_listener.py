@@ -17,7 +17,17 @@ from evsim.clock import SimClock
 from evsim.errors import ConfigError, HandshakeFailed, TransportError
 from evsim.net import VirtualNetwork
 from evsim.pki import CertificateAuthority, CertKey, issue_self_signed, ski, spki_sha256
-from evsim.tls import ClientTls, Identity, Listener, ServerTls, TlsProfile, TlsStream, TrustStore, events
+from evsim.tls import (
+    ClientTls,
+    Identity,
+    Listener,
+    ServerTls,
+    SessionStore,
+    TlsProfile,
+    TlsStream,
+    TrustStore,
+    events,
+)
 from evsim.tls.capabilities import Capabilities
 from evsim.tls.knobs import KNOB_STATES, check_enforce
 from evsim.tls.pairing import REFUSED_PENDING, PeerTrust
@@ -431,3 +441,20 @@ def test_server_tls_build_takes_an_sni_table_directly() -> None:
         with_sni is not plain and with_sni.context is not plain.context
     )  # the callback needs its own context
     assert with_sni is ServerTls.build(TlsProfile(), ident(DEFAULT), sni={HOST_A: ident(CERT_A)})
+
+
+@PROFILES
+async def test_a_session_with_a_selected_identity_resumes(profile: TlsProfile) -> None:
+    """The session cache is the default context's; a session made on B's context is resumed for B."""
+    client_tls = ClientTls.build(profile, CLIENT_TRUST)
+    store = SessionStore()
+    with trio.fail_after(IO_TIMEOUT_S):
+        first, _ = await tls_pair(
+            client_tls, listener(profile).compile(), host=HOST_B, sessions=store, close=True
+        )
+        again, _ = await tls_pair(
+            client_tls, listener(profile).compile(), host=HOST_B, sessions=store, close=True
+        )
+    assert isinstance(first, TlsStream) and isinstance(again, TlsStream)
+    assert (first.info.session_reused, again.info.session_reused) == (False, True)
+    assert served(again) == CERT_B

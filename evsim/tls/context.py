@@ -19,6 +19,8 @@ What each model field compiles to:
 * sessions (server): OpenSSL's internal server cache (``SESS_CACHE_SERVER``, OpenSSL default size and
   lifetime) with a session-id context derived from the configuration, which OpenSSL requires to resume
   sessions of verified clients; TLS 1.3 tickets as OpenSSL defaults (two per handshake).
+* server ``sni`` (``evsim.tls.listener.Listener.sni_identities``): a servername callback on the default
+  context switches the connection to the context compiled for the requested name (:func:`_install_sni`).
 * ``keylog``: an NSS key log writer, with a :class:`KeylogWarning` and a log warning when compiled.
 * ``alpn``: ``set_alpn_protos`` (client) / a select callback taking the server's first choice offered;
   ``alpn_require`` is checked by the stream after the handshake (``alpn_refused``).

@@ -1,8 +1,8 @@
 """A service reachable at several endpoints, and the helper that connects to it with failover.
 
 A :class:`Service` (the CSMS, a firmware server, a log server, NTS-KE...) lists :class:`Endpoint`\\ s, each with
-its own URL, priority, TLS profile, trust store, client identity, SNI name and number of connection attempts
-(OCPP ``NetworkProfileConnectionAttempts``), plus a failover policy and the OCPP reconnect back-off
+its own URL, priority, TLS profile, trust store, client identity, SNI name, peer policy (pins, change policy)
+and number of connection attempts (OCPP ``NetworkProfileConnectionAttempts``), plus a failover policy and the OCPP reconnect back-off
 (``RetryBackOff*``).
 
 Two layers, so the decisions are testable without I/O:
