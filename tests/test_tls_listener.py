@@ -416,6 +416,11 @@ def test_listener_from_toml_checks_client_auth_against_trust() -> None:
     assert info.value.path == "csms.main.listener.peer"
     policy = PeerPolicy(side="server", pairing=PeerTrust())
     assert from_toml(text.replace('"required"', '"pairing"'), peer=policy).peer is policy
+    with pytest.raises(ConfigError) as info:  # the store's own checks land on the trust table
+        from_toml(
+            GOOD_TOML.replace('hostname = "off"', 'hostname = "off"\nrevocation = { ocsp = "require" }')
+        )
+    assert info.value.path == "csms.main.listener.trust.revocation.ocsp" and "staple" in info.value.message
 
 
 # ================================================================ knobs

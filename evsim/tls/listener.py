@@ -356,7 +356,7 @@ class Listener:
         try:
             return cls(name, host, port, identity, profile, tuple(sni), trust, client_auth, peer, ocsp)
         except ConfigError as exc:
-            raise _toml_path(exc, path, name, sni_path, sni) from None
+            raise _toml_path(exc, path, name, sni_path, sni, trust) from None
 
 
 def _table(t: Table, key: str, default: Mapping[str, object] | None = None) -> Mapping[str, object]:
@@ -369,10 +369,16 @@ def _table(t: Table, key: str, default: Mapping[str, object] | None = None) -> M
 
 
 def _toml_path(
-    exc: ConfigError, path: str, name: str, sni_path: str, sni: list[tuple[str, Identity]]
+    exc: ConfigError,
+    path: str,
+    name: str,
+    sni_path: str,
+    sni: list[tuple[str, Identity]],
+    trust: TrustStore | None,
 ) -> ConfigError:
-    """A constructor error with its ``listener.<name>`` path moved under the TOML table's path (and
-    ``sni_identities[i]`` named by the server name, as the table spells it)."""
+    """A constructor error with its ``listener.<name>`` path moved under the TOML table's path (with
+    ``sni_identities[i]`` named by the server name, as the table spells it, and ``trust.<store name>`` as
+    the ``trust`` table)."""
     prefix = f"listener.{name}"
     inner = exc.path
     if inner.startswith(prefix + ".sni_identities["):
@@ -380,4 +386,5 @@ def _toml_path(
         label = sni[index][0]  # the constructor numbers the pairs in the order given: the table's
         rest = inner.split("]", 1)[1]
         return ConfigError(exc.message, path=f'{sni_path}."{label}"{rest}', value=exc.value, fix=exc.fix)
-    return rebased(exc, path, {prefix: ""})
+    renames = {f"{prefix}.trust.{trust.name}": "trust"} if trust is not None else {}
+    return rebased(exc, path, renames | {prefix: ""})
