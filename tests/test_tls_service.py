@@ -4,6 +4,7 @@ in-memory network with real TLS servers (virtual time)."""
 from __future__ import annotations
 
 import random
+import tomllib
 from collections.abc import Sequence
 
 import attrs
@@ -18,7 +19,10 @@ from evsim.errors import ConfigError, TransportError, UpgradeRejected, failure_r
 from evsim.metrics.recorder import Recorder
 from evsim.net import VirtualNetwork
 from evsim.ocpp.backoff import RetryBackOff
-from evsim.tls import Identity, ServerTls, TlsInfo, TlsProfile, TrustStore, tls_accept
+from evsim.pki import CertKey, spki_sha256
+from evsim.tls import Identity, ServerTls, TlsInfo, TlsProfile, TrustStore, events, tls_accept
+from evsim.tls.peer import PeerEvent, PeerPolicy
+from evsim.tls.pins import Pin, PinSet
 from evsim.tls.service import (
     POLICIES,
     Endpoint,
@@ -27,6 +31,7 @@ from evsim.tls.service import (
     Service,
     ServiceConnection,
     ServiceUnavailable,
+    TlsNames,
     connect_service,
 )
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, make_test_pki
@@ -595,3 +600,181 @@ async def test_connect_service_argument_checks(autojump_clock: trio.testing.Mock
     other = EndpointPlanner(service(ws_endpoint("b")), random.Random(1))
     with pytest.raises(ValueError, match="walks service"):
         await connect_service(svc, net, clock=clock, planner=other)
+
+
+# ---------------------------------------------------------------- per-endpoint peer policies (pins)
+
+
+def leaf_pins(*cert_keys: CertKey) -> PinSet:
+    return PinSet("enforce", tuple(Pin("leaf", spki_sha256(ck.cert), "active") for ck in cert_keys))
+
+
+async def test_two_endpoints_with_their_own_pins(autojump_clock: trio.testing.MockClock) -> None:
+    """Both servers pass the CA check; only each endpoint's own pin set tells them apart."""
+    with trio.fail_after(LIMIT):
+        clock = SimClock.start(TEST_NOW)
+        net = VirtualNetwork()
+        log_a: list[PeerEvent] = []
+        log_b: list[PeerEvent] = []
+        pin_a = PeerPolicy(side="client", pins=leaf_pins(PKI.server), sink=log_a.append, name="a")
+        pin_b = PeerPolicy(side="client", pins=leaf_pins(PKI.localhost), sink=log_b.append, name="b")
+        # b is tried first (priority 0) and pins a key the server does not have
+        b = wss("b", f"wss://{CSMS_HOST}:8443/ocpp", 0, peer=pin_b)
+        a = wss("a", f"wss://{CSMS_HOST}:443/ocpp", 1, peer=pin_a)
+        assert a.client_tls() is not None and a.client_tls().peer is pin_a  # type: ignore[union-attr]
+        async with trio.open_nursery() as nursery:
+            await start_server(nursery, net, clock, CSMS_HOST, 443, GOOD)
+            sb = await start_server(nursery, net, clock, CSMS_HOST, 8443, GOOD)
+            conn = await connect_service(service(b, a), net, clock=clock)
+            assert [(x.endpoint, x.reason) for x in conn.attempts] == [("b", "pin_mismatch"), ("a", "")]
+            assert conn.endpoint is a and conn.tls is not None and conn.tls.peer_chain[0] == PKI.server.cert
+            await settle_and_close(conn)
+            await trio.testing.wait_all_tasks_blocked()
+            assert sb.failures and sb.failures[0].startswith("peer_alert")  # refused during the handshake
+            nursery.cancel_scope.cancel()
+        assert [e.event for e in log_b] == [events.PIN_MISMATCH] and log_a == []
+        assert log_b[0].spki_sha256 == spki_sha256(PKI.server.cert).hex()
+
+
+def test_endpoint_peer_validation() -> None:
+    policy = PeerPolicy(side="client", pins=leaf_pins(PKI.server))
+    with pytest.raises(ConfigError, match="does not use TLS") as info:
+        Endpoint("a", "ws://h/", peer=policy)
+    assert info.value.path == "endpoint.a.peer"
+    pinned = TrustStore("ship", (), hostname="off", mode="pinned_peers")
+    with pytest.raises(ConfigError, match="needs a peer policy") as info:
+        Endpoint("a", "wss://h/", trust=pinned)
+    assert info.value.path == "endpoint.a.peer"
+    with pytest.raises(ConfigError, match="server-side") as info:
+        Endpoint("a", "wss://h/", trust=ROOT_X, peer=PeerPolicy(side="server"))
+    assert info.value.path == "endpoint.a.peer.side"
+    # equality ignores the (mutable) policy
+    assert Endpoint("a", "wss://h/", trust=ROOT_X, peer=policy) == Endpoint("a", "wss://h/", trust=ROOT_X)
+
+
+# ---------------------------------------------------------------- TOML
+
+NAMES = TlsNames(
+    profiles={"strict": TlsProfile(versions=("1.3",))},
+    trust={"CSMSRootCertificate": ROOT_X, "PartnerRoot": ROOT_Y},
+    identities={"ChargingStationCertificate": PKI.station_identity("CS1")},
+)
+
+SERVICE_TOML = f"""
+name = "csms"
+policy = "sticky"
+backoff = {{ wait_minimum = 1, random_range = 0, repeat_times = 2 }}
+[[endpoints]]
+name = "primary"
+url = "wss://csms-a.evsim.test/ocpp"
+profile = "strict"
+trust = "CSMSRootCertificate"
+identity = "ChargingStationCertificate"
+sni = "{CSMS_HOST}"
+attempts = 3
+[endpoints.peer.pins]
+pins = [{{ target = "leaf", spki_sha256 = "{spki_sha256(PKI.server.cert).hex()}" }}]
+[[endpoints]]
+name = "secondary"
+url = "wss://csms-b.evsim.test/ocpp"
+priority = 1
+trust = "PartnerRoot"
+"""
+
+
+def service_from_toml(text: str) -> Service:
+    return Service.from_toml(tomllib.loads(text), path="stations.g1.service", names=NAMES, at=TEST_NOW)
+
+
+def test_service_from_toml() -> None:
+    svc = service_from_toml(SERVICE_TOML)
+    primary, secondary = svc.endpoints
+    assert svc == Service(
+        "csms",
+        (
+            Endpoint(
+                "primary",
+                "wss://csms-a.evsim.test/ocpp",
+                0,
+                TlsProfile(versions=("1.3",)),
+                ROOT_X,
+                PKI.station_identity("CS1"),
+                CSMS_HOST,
+                3,
+            ),
+            Endpoint("secondary", "wss://csms-b.evsim.test/ocpp", 1, trust=ROOT_Y),
+        ),
+        "sticky",
+        FIXED,
+    )
+    assert primary.peer is not None and primary.peer.side == "client" and secondary.peer is None
+    assert primary.peer.state.pins is not None
+    assert primary.peer.state.pins.pins[0].spki_sha256 == spki_sha256(PKI.server.cert).hex()
+    tie = SERVICE_TOML.replace('policy = "sticky"', 'policy = "priority"').replace(
+        "priority = 1", "priority = 0"
+    )
+    with pytest.raises(ConfigError, match="same priority") as info:
+        service_from_toml(tie)
+    assert info.value.path == "stations.g1.service.endpoints[1].priority"
+    plain = Endpoint.from_toml({"url": "ws://h/ocpp"}, path="svc.endpoints.plain", names=TlsNames())
+    assert plain == Endpoint("plain", "ws://h/ocpp")
+
+
+@pytest.mark.parametrize(
+    ("edit", "path", "words"),
+    [
+        (('policy = "sticky"', 'polcy = "sticky"'), "stations.g1.service.polcy", "did you mean 'policy'"),
+        (('policy = "sticky"', 'policy = "stiky"'), "stations.g1.service.policy", "did you mean 'sticky'"),
+        (
+            ('profile = "strict"', 'profile = "strcit"'),
+            "stations.g1.service.endpoints[0].profile",
+            "'strict'",
+        ),
+        (
+            ('trust = "PartnerRoot"', 'trust = "Partner"'),
+            "stations.g1.service.endpoints[1].trust",
+            "PartnerRoot",
+        ),
+        (
+            ('identity = "ChargingStationCertificate"', 'identity = "x"'),
+            "stations.g1.service.endpoints[0].identity",
+            "unknown identity",
+        ),
+        (("attempts = 3", "attempts = 0"), "stations.g1.service.endpoints[0].attempts", ">= 1"),
+        (
+            ("attempts = 3", "atempts = 3"),
+            "stations.g1.service.endpoints[0].atempts",
+            "did you mean 'attempts'",
+        ),
+        (('name = "secondary"', 'name = "primary"'), "stations.g1.service.endpoints[1].name", "duplicate"),
+        (
+            ('url = "wss://csms-b.evsim.test/ocpp"', 'url = "https://csms-b.evsim.test/"'),
+            "stations.g1.service.endpoints[1].url",
+            "ws or wss",
+        ),
+        (
+            ('target = "leaf"', 'target = "leef"'),
+            "stations.g1.service.endpoints[0].peer.pins.pins[0].target",
+            "leaf",
+        ),
+        (("repeat_times = 2", "repeat_times = -1"), "stations.g1.service.backoff.repeat_times", ">= 0"),
+    ],
+)
+def test_service_from_toml_errors_name_the_field(edit: tuple[str, str], path: str, words: str) -> None:
+    old, new = edit
+    assert old in SERVICE_TOML
+    with pytest.raises(ConfigError) as info:
+        service_from_toml(SERVICE_TOML.replace(old, new, 1))
+    assert info.value.path == path, info.value
+    assert words in str(info.value)
+
+
+def test_endpoint_from_toml_peer_needs_the_start_time() -> None:
+    with pytest.raises(ConfigError, match="start time") as info:
+        Endpoint.from_toml(
+            {"url": "wss://h/", "trust": "CSMSRootCertificate", "peer": {}}, path="e", names=NAMES
+        )
+    assert info.value.path == "e.peer"
+    with pytest.raises(ConfigError, match="needs a url") as info:
+        Endpoint.from_toml({}, path="e", names=NAMES)
+    assert info.value.path == "e.url"

@@ -10,7 +10,11 @@ Public API::
     TrustStore(..., mode="pki" | "pinned_peers" | "tofu")
     Identity(chain, key) / Identity.from_cert_key(cert_key) / from_toml / from_toml_files
     ClientTls.build(profile, trust, identity=None, *, peer=None)
-    ServerTls.build(profile, identity, trust=None, client_auth="none" | ... | "pairing", *, peer=None, ocsp=None)
+    ServerTls.build(profile, identity, trust=None, client_auth="none" | ... | "pairing", *, peer=None, ocsp=None,
+                    sni={server_name: Identity})
+    Listener(name, host, port, identity, profile, sni_identities, trust, client_auth, peer=, ocsp=)
+        .compile() -> ServerTls (selects the identity by SNI) / .server_tls(name) / .identity_for(name)
+        await .accept(transport, verify_time=...) -> TlsStream;  Listener.from_toml(table, path=, resolve=...)
     await tls_connect(transport, client_tls, server_hostname, *, verify_time=None, session=None, peer=None,
                       sessions=None, clock_synced=True) -> TlsStream
     await tls_accept(transport, server_tls, *, verify_time=None, peer=None) -> TlsStream
@@ -35,6 +39,7 @@ from evsim.tls.config import (
 )
 from evsim.tls.context import ClientAuth, ClientTls, KeylogWarning, ServerTls, clear_context_cache
 from evsim.tls.events import ocpp_security_event
+from evsim.tls.listener import Listener
 from evsim.tls.peer import PeerEvent, PeerPolicy, PeerState
 from evsim.tls.sessions import SessionStore
 from evsim.tls.stream import (
@@ -55,6 +60,7 @@ __all__ = [
     "ClientTls",
     "Identity",
     "KeylogWarning",
+    "Listener",
     "PeerEvent",
     "PeerPolicy",
     "PeerState",

@@ -19,6 +19,8 @@ What each model field compiles to:
 * sessions (server): OpenSSL's internal server cache (``SESS_CACHE_SERVER``, OpenSSL default size and
   lifetime) with a session-id context derived from the configuration, which OpenSSL requires to resume
   sessions of verified clients; TLS 1.3 tickets as OpenSSL defaults (two per handshake).
+* server ``sni`` (``evsim.tls.listener.Listener.sni_identities``): a servername callback on the default
+  context switches the connection to the context compiled for the requested name (:func:`_install_sni`).
 * ``keylog``: an NSS key log writer, with a :class:`KeylogWarning` and a log warning when compiled.
 * ``alpn``: ``set_alpn_protos`` (client) / a select callback taking the server's first choice offered;
   ``alpn_require`` is checked by the stream after the handshake (``alpn_refused``).
@@ -49,7 +51,7 @@ import functools
 import hashlib
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeAlias, cast
 
@@ -483,6 +485,8 @@ class ServerTls:
     """``peer.epoch`` when this context was compiled (a newer epoch rebuilds it: fresh session cache)."""
     ocsp: OcspProvider | None = attrs.field(default=None, repr=False)
     """What the server staples (None: nothing)."""
+    sni: tuple[tuple[str, Identity], ...] = ()
+    """Server name -> identity, sorted by name (empty: one identity for every client)."""
 
     @property
     def verifies_peer(self) -> bool:
@@ -504,6 +508,7 @@ class ServerTls:
         *,
         peer: PeerPolicy | None = None,
         ocsp: OcspProvider | None = None,
+        sni: Mapping[str, Identity] | None = None,
     ) -> ServerTls:
         """Compile (or fetch from the cache) a server context.
 
@@ -520,6 +525,9 @@ class ServerTls:
                 (with a pairing list) and for a ``pinned_peers`` / ``tofu`` trust store.
             ocsp: staples what it returns (OCSP stapling, RFC 6066 §8) to clients that ask; must be
                 hashable (contexts are cached per provider: pass the same object to share a context).
+            sni: server name -> identity (exact, lower-case names; see :func:`_install_sni`): a client
+                that sends one of these names gets that certificate, any other client gets ``identity``.
+                Every other setting is shared. Usually built by :class:`evsim.tls.listener.Listener`.
 
         Returns:
             The compiled server configuration.
@@ -561,8 +569,9 @@ class ServerTls:
                 fix='use client_auth = "required" (or "pairing")',
             )
         require_policy(peer, _server_peer_mode(trust, client_auth), side="server")
+        by_name = tuple(sorted((sni or {}).items()))
         return _build_server(
-            profile, identity, trust, client_auth, peer, peer.epoch if peer is not None else 0, ocsp
+            profile, identity, trust, client_auth, peer, peer.epoch if peer is not None else 0, ocsp, by_name
         )
 
     def begin_peer(self, peer: PeerPolicy | None) -> PeerCheck | None:
@@ -599,6 +608,7 @@ class ServerTls:
                 self.peer,
                 self.peer.epoch,
                 self.ocsp,
+                self.sni,
             )
         conn = SSL.Connection(current.context, None)
         conn.set_accept_state()
@@ -643,6 +653,7 @@ def _build_server(
     peer: PeerPolicy | None,
     epoch: int,
     ocsp: OcspProvider | None = None,
+    sni: tuple[tuple[str, Identity], ...] = (),
 ) -> ServerTls:
     ctx = _base_context(SSL.TLS_SERVER_METHOD, profile, identity, server=True)  # session cache mode too
     ctx.set_session_id(_session_id_context(profile, identity, trust, client_auth, epoch))
@@ -667,7 +678,39 @@ def _build_server(
             return cast(bytes, none_shared)
 
         ctx.set_alpn_select_callback(select)
-    return ServerTls(profile, identity, trust, client_auth, ctx, conn_time, peer, epoch, ocsp)
+    if sni:
+        alternatives = {
+            name: _build_server(profile, ident, trust, client_auth, peer, epoch, ocsp).context
+            for name, ident in sni
+        }
+        _install_sni(ctx, alternatives)
+    return ServerTls(profile, identity, trust, client_auth, ctx, conn_time, peer, epoch, ocsp, sni)
+
+
+def _install_sni(ctx: SSL.Context, alternatives: Mapping[str, SSL.Context]) -> None:
+    """Serve another certificate per requested server name (SNI, RFC 6066 §3).
+
+    OpenSSL calls the servername callback of the connection's (default) context while it processes the
+    ClientHello; for a name in ``alternatives`` (exact match after lower-casing and dropping a trailing dot)
+    it switches the connection to that name's context (``SSL_set_SSL_CTX``), which changes the certificate
+    and key sent. No SNI, or any other name: the default context's identity. The alternatives are compiled
+    from the same profile, trust, client auth, peer policy and OCSP provider, so it does not matter which
+    of the two contexts OpenSSL reads the other settings from (verify mode and callback stay the
+    connection's, the verify store is the new context's: the same anchors).
+
+    pyOpenSSL's wrapper lets the callback only accept (return) or fail by raising, which it reports through
+    ``sys.excepthook``; so unknown names are never refused here (no ``unrecognized_name`` strict mode).
+    """
+
+    def on_servername(conn: SSL.Connection) -> None:
+        raw = conn.get_servername()
+        if not raw:
+            return
+        alternative = alternatives.get(raw.decode("ascii", "replace").lower().rstrip("."))
+        if alternative is not None:
+            conn.set_context(alternative)
+
+    ctx.set_tlsext_servername_callback(on_servername)
 
 
 def clear_context_cache() -> None:

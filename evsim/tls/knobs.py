@@ -60,8 +60,10 @@ KNOB_STATES: Mapping[str, KnobState] = MappingProxyType(
         "trust.revocation.ocsp": "enforced",
         "trust.revocation.on_unknown": "enforced",
         "trust.mode": "enforced",
-        # Listener
+        # Listener (evsim.tls.listener)
         "client_auth": "enforced",
+        "listener.sni_identities": "enforced",
+        "listener.sni_strict": "declared",
         # Peer trust (evsim.tls.peer.PeerPolicy: checked in the verify callback at depth 0)
         "pins.enforcement": "enforced",
         "pins.targets": "enforced",
@@ -100,6 +102,14 @@ KNOB_NOTES: Mapping[str, str] = MappingProxyType(
         "record.recv_buffer": "OpenSSL's read buffer size is not settable through pyOpenSSL",
         "trust.mode": "pki | pinned_peers (self-signed peers decided by pins or pairing) | tofu",
         "client_auth": "none | optional | required | pairing (SHIP: any self-signed client, decided by SKI)",
+        "listener.sni_identities": (
+            "a certificate per requested server name (servername callback + SSL_set_SSL_CTX); exact names, "
+            "case-insensitive, no wildcards; no SNI or an unknown name gets the default identity"
+        ),
+        "listener.sni_strict": (
+            "refusing unknown names with unrecognized_name: pyOpenSSL's servername callback can only fail "
+            "by raising into sys.excepthook, so unknown names get the default identity (not a Listener field)"
+        ),
         "pins.enforcement": "enforce refuses with pin_mismatch; report_only lets the peer in and reports it",
         "pins.targets": "leaf | intermediate | root | any, by SPKI SHA-256 (RFC 7469)",
         "pins.release": "operator release, expiry, promotion of a pending pin after a successful connection",

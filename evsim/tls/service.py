@@ -1,8 +1,8 @@
 """A service reachable at several endpoints, and the helper that connects to it with failover.
 
 A :class:`Service` (the CSMS, a firmware server, a log server, NTS-KE...) lists :class:`Endpoint`\\ s, each with
-its own URL, priority, TLS profile, trust store, client identity, SNI name and number of connection attempts
-(OCPP ``NetworkProfileConnectionAttempts``), plus a failover policy and the OCPP reconnect back-off
+its own URL, priority, TLS profile, trust store, client identity, SNI name, peer policy (pins, change policy)
+and number of connection attempts (OCPP ``NetworkProfileConnectionAttempts``), plus a failover policy and the OCPP reconnect back-off
 (``RetryBackOff*``).
 
 Two layers, so the decisions are testable without I/O:
@@ -50,10 +50,11 @@ otherwise would silently turn the hostname check off too.
 from __future__ import annotations
 
 import collections
+import datetime
 import math
 import random
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Generic, Literal, Protocol, TypeAlias, TypeVar, overload
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Generic, Literal, Protocol, TypeAlias, TypeVar, cast, overload
 
 import attrs
 import trio
@@ -62,8 +63,12 @@ from evsim.clock import SimClock
 from evsim.errors import ConfigError, TransportError, failure_reason
 from evsim.net.base import Network, parse_url
 from evsim.ocpp.backoff import BackOffSchedule, RetryBackOff
+from evsim.tls._toml import Table, rebased
 from evsim.tls.config import Identity, TlsProfile, TrustStore
 from evsim.tls.context import ClientTls
+from evsim.tls.knobs import choices_fix
+from evsim.tls.peer import EventSink as PeerEventSink
+from evsim.tls.peer import PeerPolicy, require_policy
 from evsim.tls.stream import TlsInfo, TlsStream, tls_connect
 
 __all__ = [
@@ -76,6 +81,7 @@ __all__ = [
     "Service",
     "ServiceConnection",
     "ServiceUnavailable",
+    "TlsNames",
     "connect_service",
 ]
 
@@ -93,6 +99,53 @@ T_co = TypeVar("T_co", covariant=True)
 
 
 # ---------------------------------------------------------------- model
+
+
+@attrs.frozen(eq=False)
+class TlsNames:
+    """Named parts of the TLS model that endpoint tables refer to (``profile = "strict"``), as the scenario
+    loader holds them.
+
+    Args:
+        profiles: name -> profile.
+        trust: name -> trust store.
+        identities: name -> client identity.
+    """
+
+    profiles: Mapping[str, TlsProfile] = attrs.field(factory=dict)
+    trust: Mapping[str, TrustStore] = attrs.field(factory=dict)
+    identities: Mapping[str, Identity] = attrs.field(factory=dict)
+
+    def profile(self, name: str, *, path: str) -> TlsProfile:
+        """The profile called ``name``.
+
+        Raises:
+            ConfigError: no such profile (with a did-you-mean), at ``path``.
+        """
+        return _lookup(self.profiles, name, path=path, what="TLS profile")
+
+    def trust_store(self, name: str, *, path: str) -> TrustStore:
+        """The trust store called ``name``.
+
+        Raises:
+            ConfigError: no such trust store (with a did-you-mean), at ``path``.
+        """
+        return _lookup(self.trust, name, path=path, what="trust store")
+
+    def identity(self, name: str, *, path: str) -> Identity:
+        """The identity called ``name``.
+
+        Raises:
+            ConfigError: no such identity (with a did-you-mean), at ``path``.
+        """
+        return _lookup(self.identities, name, path=path, what="identity")
+
+
+def _lookup(table: Mapping[str, T], name: str, *, path: str, what: str) -> T:
+    if name in table:
+        return table[name]
+    fix = choices_fix(name, sorted(table)) if table else f"define the {what} first"
+    raise ConfigError(f"unknown {what}", path=path, value=name, fix=fix)
 
 
 def _check_int(value: object, *, path: str, minimum: int | None, fix: str) -> None:
@@ -117,6 +170,8 @@ class Endpoint:
         sni: the server name to send and verify; None = the URL host; ``"off"`` = send none (only with a
             trust store that checks no hostname, see the module docstring); forbidden for ``ws://``.
         attempts: connection attempts in a row before moving on (``NetworkProfileConnectionAttempts``).
+        peer: this endpoint's client-side peer policy (its own pins, change policy, pairing list), bound to
+            its compiled context; a mutable holder, so not part of equality. Forbidden for ``ws://``.
 
     Raises:
         ConfigError: empty name, a URL that is not ws/wss (or has no host, a bad port, credentials),
@@ -133,6 +188,7 @@ class Endpoint:
     identity: Identity | None = None
     sni: str | None = None
     attempts: int = 1
+    peer: PeerPolicy | None = attrs.field(default=None, eq=False, repr=False)
     scheme: str = attrs.field(init=False, eq=False, repr=False)
     host: str = attrs.field(init=False, eq=False, repr=False)
     port: int = attrs.field(init=False, eq=False, repr=False)
@@ -166,6 +222,7 @@ class Endpoint:
                 ("trust", self.trust),
                 ("identity", self.identity),
                 ("sni", self.sni),
+                ("peer", self.peer),
                 ("profile", None if self.profile == TlsProfile() else self.profile),
             ):
                 if value is not None:
@@ -183,6 +240,12 @@ class Endpoint:
                 path=f"{where}.trust",
                 fix="give the CSMS root trust store (e.g. CSMSRootCertificate), or use ws://",
             )
+        if self.peer is not None and not isinstance(self.peer, PeerPolicy):
+            raise ConfigError("peer must be a PeerPolicy", path=f"{where}.peer", value=self.peer)
+        try:
+            require_policy(self.peer, self.trust.mode, side="client")
+        except ConfigError as exc:
+            raise rebased(exc, where) from None
         sni = self.sni
         if sni is None:
             return
@@ -218,14 +281,96 @@ class Endpoint:
         """The compiled TLS client configuration (cached by :meth:`ClientTls.build`); None for ``ws://``.
 
         Returns:
-            The configuration built from ``profile``, ``trust`` and ``identity``.
+            The configuration built from ``profile``, ``trust`` and ``identity``, with ``peer`` bound.
 
         Raises:
             ConfigError: the OpenSSL build refuses the profile's suites.
         """
         if self.trust is None:
             return None
-        return ClientTls.build(self.profile, self.trust, self.identity)
+        return ClientTls.build(self.profile, self.trust, self.identity, peer=self.peer)
+
+    _TOML_KEYS = ("name", "url", "priority", "profile", "trust", "identity", "sni", "attempts", "peer")
+
+    @classmethod
+    def from_toml(
+        cls,
+        table: Mapping[str, object],
+        *,
+        path: str,
+        names: TlsNames,
+        at: datetime.datetime | None = None,
+        sink: PeerEventSink | None = None,
+    ) -> Endpoint:
+        """Build an endpoint from a parsed TOML table; profile, trust and identity are *names* in ``names``.
+
+        The table::
+
+            name = "primary"                        # default: the table's own name (last part of path)
+            url = "wss://csms.evsim.test/ocpp"
+            priority = 0
+            profile = "strict"                      # names.profiles (default: TlsProfile())
+            trust = "CSMSRootCertificate"           # names.trust
+            identity = "ChargingStationCertificate" # names.identities (security profile 3)
+            sni = "csms.evsim.test"                 # or "off"
+            attempts = 3
+            [peer]                                  # PeerPolicy.from_toml, side "client": this endpoint's
+            pins = { enforcement = "enforce", pins = [{ target = "leaf", spki_sha256 = "…" }] }
+
+        Args:
+            table: the table as ``tomllib`` returns it.
+            path: its field path (``csms_service.endpoints[0]``), prefixed to every error.
+            names: the named profiles, trust stores and identities.
+            at: the simulation's start (``since`` of listed pairing peers); needed with a ``peer`` table.
+            sink: receives the endpoint policy's events.
+
+        Returns:
+            The validated endpoint (with its own fresh :class:`~evsim.tls.peer.PeerPolicy` when the table
+            has ``peer``).
+
+        Raises:
+            ConfigError: unknown keys (did-you-mean), wrong types, unknown names (did-you-mean), and every
+                validation error of the class, with the field path under ``path``.
+        """
+        t = Table(table, path, cls._TOML_KEYS)
+        name = t.text("name", path.rpartition(".")[2] or "endpoint")
+        if not t.has("url"):
+            raise ConfigError("an endpoint needs a url", path=t.at("url"), fix='add url = "wss://host/ocpp"')
+        profile = (
+            names.profile(t.text("profile", ""), path=t.at("profile")) if t.has("profile") else TlsProfile()
+        )
+        trust = names.trust_store(t.text("trust", ""), path=t.at("trust")) if t.has("trust") else None
+        identity = (
+            names.identity(t.text("identity", ""), path=t.at("identity")) if t.has("identity") else None
+        )
+        peer = None
+        if t.has("peer"):
+            if at is None:
+                raise ConfigError(
+                    "a peer table needs the simulation's start time",
+                    path=t.at("peer"),
+                    fix="pass at= to from_toml",
+                )
+            peer_table = t.data["peer"]
+            if not isinstance(peer_table, Mapping):
+                raise ConfigError("expected a table", path=t.at("peer"), value=peer_table, fix="write [peer]")
+            peer = PeerPolicy.from_toml(peer_table, path=t.at("peer"), side="client", at=at, sink=sink)
+        priority = t.opt_int("priority")
+        attempts = t.opt_int("attempts")
+        try:
+            return cls(
+                name,
+                t.text("url", ""),
+                0 if priority is None else priority,
+                profile,
+                trust,
+                identity,
+                t.opt_text("sni"),
+                1 if attempts is None else attempts,
+                peer,
+            )
+        except ConfigError as exc:
+            raise rebased(exc, path, {f"endpoint.{name}": "", "endpoint": ""}) from None
 
 
 def _to_endpoints(value: Endpoint | Iterable[Endpoint]) -> tuple[Endpoint, ...]:
@@ -304,6 +449,81 @@ class Service:
                 priorities[ep.priority] = ep.name
         order = sorted(range(len(self.endpoints)), key=lambda i: (self.endpoints[i].priority, i))
         object.__setattr__(self, "ordered", tuple(self.endpoints[i] for i in order))
+
+    _TOML_KEYS = ("name", "endpoints", "policy", "backoff")
+    _BACKOFF_KEYS = ("wait_minimum", "random_range", "repeat_times")
+
+    @classmethod
+    def from_toml(
+        cls,
+        table: Mapping[str, object],
+        *,
+        path: str,
+        names: TlsNames,
+        at: datetime.datetime | None = None,
+        sink: PeerEventSink | None = None,
+    ) -> Service:
+        """Build a service from a parsed TOML table (endpoints through :meth:`Endpoint.from_toml`).
+
+        The table::
+
+            name = "csms"                           # default: the table's own name
+            policy = "priority"                     # priority | round_robin | sticky
+            backoff = { wait_minimum = 3, random_range = 3, repeat_times = 4 }   # OCPP RetryBackOff*
+            [[endpoints]]
+            name = "primary"
+            url = "wss://csms-a.evsim.test/ocpp"
+            trust = "CSMSRootCertificate"
+            [[endpoints]]
+            name = "secondary"
+            url = "wss://csms-b.evsim.test/ocpp"
+            priority = 1
+            trust = "CSMSRootCertificate"
+
+        Args:
+            table: the table as ``tomllib`` returns it.
+            path: its field path, prefixed to every error.
+            names: the named profiles, trust stores and identities the endpoints refer to.
+            at: the simulation's start (for endpoint ``peer`` tables).
+            sink: receives the endpoint policies' events.
+
+        Returns:
+            The validated service.
+
+        Raises:
+            ConfigError: unknown keys (did-you-mean), wrong types, unknown names, and every validation
+                error of the class and its endpoints, with the field path under ``path``.
+        """
+        t = Table(table, path, cls._TOML_KEYS)
+        name = t.text("name", path.rpartition(".")[2] or "service")
+        raw = t.data.get("endpoints", [])
+        if not isinstance(raw, list):
+            raise ConfigError(
+                "expected an array of endpoint tables",
+                path=t.at("endpoints"),
+                value=raw,
+                fix="write [[endpoints]]",
+            )
+        endpoints = tuple(
+            Endpoint.from_toml(item, path=f"{t.at('endpoints')}[{i}]", names=names, at=at, sink=sink)
+            for i, item in enumerate(raw)
+        )
+        b = t.table("backoff", cls._BACKOFF_KEYS)
+        default = RetryBackOff()
+        repeat = b.opt_int("repeat_times")
+        values = (
+            b.number("wait_minimum", default.wait_minimum),
+            b.number("random_range", default.random_range),
+            default.repeat_times if repeat is None else repeat,
+        )
+        for key, value in zip(cls._BACKOFF_KEYS, values, strict=True):
+            if value < 0:
+                raise ConfigError("must be >= 0", path=b.at(key), value=value, fix="use e.g. 3")
+        policy = t.text("policy", "priority", choices=POLICIES)
+        try:
+            return cls(name, endpoints, cast(FailoverPolicy, policy), RetryBackOff(*values))
+        except ConfigError as exc:
+            raise rebased(exc, path, {f"service.{name}": ""}) from None
 
     def endpoint(self, name: str) -> Endpoint:
         """The endpoint called ``name``.
