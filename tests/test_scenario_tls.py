@@ -656,3 +656,59 @@ def test_bad_csms_pins_and_change(old: str, new: str, path: str, words: str) -> 
     err = load_error(MUTUAL.replace(old, new, 1))
     assert err.path == path and words in str(err), str(err)
     assert err.line is not None and err.fix
+
+
+# ---------------------------------------------------------------- pins on every network-profile slot
+
+FAILOVER_PINNED = """\
+[simulation]
+duration = "10m"
+
+[pki.roots.backup]
+
+[tls.trust.both]
+roots = ["root", "backup"]
+
+[tls.pins.primary_only]
+pins = [{ target = "leaf", cert = "csms.primary" }]
+
+[tls.pins.both_keys]
+pins = [{ target = "leaf", cert = "csms.primary" }, { target = "leaf", cert = "csms.secondary" }]
+
+[csms.primary]
+heartbeat_interval = "60s"
+
+[csms.secondary]
+secondary_of = "primary"
+heartbeat_interval = "60s"
+certificate = { root = "backup" }
+
+[stations.fleet]
+count = 2
+sessions = 0
+endpoints = [{ csms = "primary", priority = 1 }, { csms = "secondary", priority = 2, trust = "both" }]
+network_attempts = 1
+pins = "PINS"
+retry_backoff = { wait_minimum = "2s", random_range = "2s", repeat_times = 2 }
+
+[[timeline]]
+at = "60s"
+action = "stop"
+target = "primary"
+"""
+
+
+@pytest.mark.parametrize(("pins", "moved"), [("primary_only", False), ("both_keys", True)])
+def test_group_pins_apply_on_a_slot_with_its_own_tls_settings(pins: str, moved: bool) -> None:
+    """The secondary's slot has its own trust store (so its own TLS bundle): the station's pins must still
+    be checked there. Pinning only the primary's key refuses the secondary with pin_mismatch."""
+    r = run_scenario(loads_scenario(FAILOVER_PINNED.replace("PINS", pins), source="run.toml"))
+    refused = [e for e in r.recorder.of_kind("handshake_failed") if e.data.get("reason") == "pin_mismatch"]
+    host = r.scenario.csms["secondary"].host
+    secondary = {e.node for e in r.recorder.of_kind("handshake_ok") if e.data.get("endpoint") == host}
+    if moved:
+        assert not refused
+        assert secondary == {"fleet-0001", "fleet-0002"}
+    else:
+        assert {e.node for e in refused} == {"fleet-0001", "fleet-0002"}
+        assert not secondary

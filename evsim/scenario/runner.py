@@ -913,7 +913,7 @@ class ScenarioRunner:
         url = self._url(ep.kind, ep.name, group.security_profile)
         profile = NetworkConnectionProfile(url, group.security_profile)
         if group.security_profile == 1 or (ep.trust is None and ep.tls_profile is None):
-            return NetworkSlot(number, profile)
+            return NetworkSlot(number, profile)  # the station's ClientTls, with its PeerPolicy bound
         identity = None
         if group.security_profile == 3:
             identity = Identity.from_cert_key(
@@ -926,6 +926,7 @@ class ScenarioRunner:
             profile=self._profile(ep.tls_profile or group.tls_profile),
             trust=self._trust(ep.trust or group.trust, roots),
             identity=identity,
+            peer=self.peer_policies.get(sid),  # the station's one pin store / peer memory, on every slot
         )
         return NetworkSlot(number, profile, tls)
 
