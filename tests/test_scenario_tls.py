@@ -712,3 +712,19 @@ def test_group_pins_apply_on_a_slot_with_its_own_tls_settings(pins: str, moved: 
     else:
         assert {e.node for e in refused} == {"fleet-0001", "fleet-0002"}
         assert not secondary
+
+
+def test_readme_pairing_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's Python pairing example runs and prints the verdicts its comments promise."""
+    readme = (SCENARIOS.parent / "README.md").read_text()
+    section = readme.split("## Configuring TLS\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})  # our own README block
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":", 1)[1].strip() for line in lines[:4]] == [
+        "pairing_refused:pending",
+        "ok",
+        "ok",
+        "pairing_refused:denied",
+    ]
+    assert lines[4] == "['pairing_requested', 'paired', 'unpaired', 'pairing_refused']"
