@@ -8,17 +8,14 @@ owns (normally a temporary one).
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import resource
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from evsim.pki.ca import CertificateAuthority
+from evsim.pki.keys import write_cert_file, write_key_file
 
 __all__ = [
     "LOADED_WALL_OVER_CPU",
@@ -57,114 +54,31 @@ class Result:
         )
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "evsim bench"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-
-
 def make_bench_pki(directory: Path | str) -> dict[str, Path]:
     """Create a throwaway root CA and a ``localhost`` server certificate (ECDSA P-256) in ``directory``.
 
-    Returns paths keyed ``ca`` (root certificate), ``ca_key``, ``cert`` (server leaf) and ``key``
-    (server private key), all PEM.
+    Built with :mod:`evsim.pki` (the one place x509 builders live); the asyncio peers only read the files.
+
+    Returns paths keyed ``ca`` (root certificate), ``ca_key``, ``cert`` (server leaf, SAN localhost and
+    127.0.0.1) and ``key`` (server private key), all PEM.
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
-    not_before = now - datetime.timedelta(hours=1)
-    not_after = now + datetime.timedelta(days=2)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("evsim bench root CA")
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
+    ca = CertificateAuthority.create_root(
+        "evsim bench root CA", "evsim bench", now=now, days=2, path_length=0
     )
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
+    server = ca.issue_server("localhost", ips=("127.0.0.1",), org="evsim bench", now=now, days=2)
     paths = {
         "ca": out / "bench-root-ca.pem",
         "ca_key": out / "bench-root-ca.key",
         "cert": out / "bench-server.pem",
         "key": out / "bench-server.key",
     }
-    paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(paths["ca_key"], ca_key)
-    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(paths["key"], key)
+    write_cert_file(paths["ca"], ca.cert)
+    write_key_file(paths["ca_key"], ca.key)
+    write_cert_file(paths["cert"], server.cert)
+    write_key_file(paths["key"], server.key)
     return paths
 
 
