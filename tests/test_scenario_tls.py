@@ -728,3 +728,40 @@ def test_readme_pairing_example_runs(capsys: pytest.CaptureFixture[str]) -> None
         "pairing_refused:denied",
     ]
     assert lines[4] == "['pairing_requested', 'paired', 'unpaired', 'pairing_refused']"
+
+
+def test_an_endpoint_with_its_own_pins_is_checked_with_them() -> None:
+    """Group pins name only the primary's key; the secondary endpoint brings its own pin set, so the move
+    succeeds; with a wrong own pin set it is refused (its own pins, not the group's, decide)."""
+    text = FAILOVER_PINNED.replace("PINS", "primary_only")
+    ok = text.replace('trust = "both" }', 'trust = "both", pins = "secondary_key" }') + (
+        '\n[tls.pins.secondary_key]\npins = [{ target = "leaf", cert = "csms.secondary" }]\n'
+    )
+    wrong = text.replace('trust = "both" }', 'trust = "both", pins = "other" }') + (
+        '\n[tls.pins.other]\npins = [{ target = "leaf", cert = "csms.primary", key = "next" }]\n'
+    )
+    host = loads_scenario(text, source="run.toml").csms["secondary"].host
+    for variant, moved in ((ok, True), (wrong, False)):
+        r = run_scenario(loads_scenario(variant, source="run.toml"))
+        on_secondary = {e.node for e in r.recorder.of_kind("handshake_ok") if e.data.get("endpoint") == host}
+        refused = {
+            e.node for e in r.recorder.of_kind("handshake_failed") if e.data.get("reason") == "pin_mismatch"
+        }
+        assert on_secondary == ({"fleet-0001", "fleet-0002"} if moved else set())
+        assert refused == (set() if moved else {"fleet-0001", "fleet-0002"})
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "message"),
+    [
+        ('trust = "both" }', 'trust = "both", pins = "nope" }', "stations.fleet.endpoints[1].pins", "nope"),
+        ('pins = "PINS"\n', "", "stations.fleet.endpoints[1].trust", "needs pins"),
+    ],
+)
+def test_endpoint_pins_errors_name_the_field(old: str, new: str, field: str, message: str) -> None:
+    text = FAILOVER_PINNED.replace(old, new).replace("PINS", "primary_only")
+    assert text != FAILOVER_PINNED.replace("PINS", "primary_only")
+    if "needs pins" in message:
+        text = text.replace('[tls.trust.both]\nroots = ["root", "backup"]', '[tls.trust.both]\nmode = "tofu"')
+    err = load_error(text)
+    assert field in str(err) and message in str(err)

@@ -187,7 +187,7 @@ CONTROLLER_KEYS: Final = (
     "behind_controller",
     "trusted_controllers",
 )
-ENDPOINT_KEYS: Final = ("csms", "controller", "priority", "trust", "tls_profile")
+ENDPOINT_KEYS: Final = ("csms", "controller", "priority", "trust", "tls_profile", "pins")
 FALLBACK_KINDS: Final[tuple[FallbackKind, ...]] = ("restart_list", "last_working")
 FAILOVER_KINDS: Final[tuple[FailoverKind, ...]] = ("priority", "round_robin", "sticky")
 UPSTREAM_LOSS_KINDS: Final[tuple[UpstreamLossKind, ...]] = ("close_station", "keep_station")
@@ -1264,7 +1264,35 @@ class _TlsModelReader:
                     + (" and tofu = true" if store.mode == "tofu" else "")
                     + ', or use a mode = "pki" trust store',
                 ) from None
+        self.endpoint_peer_checks(t, group, pins, trust)
         return attrs.evolve(group, pins=pins, change=change)
+
+    def endpoint_peer_checks(
+        self, t: _Table, group: StationGroupSpec, group_pins: str | None, trust: Mapping[str, TrustSpec]
+    ) -> None:
+        """A station endpoint's own ``pins`` need TLS, and an endpoint whose trust store has no CA
+        (``pinned_peers``/``tofu``) needs pins (its own or the group's): else nothing could decide."""
+        raw = t.data.get("endpoints")
+        if not isinstance(raw, list):
+            return
+        for i, item in enumerate(raw):
+            if not isinstance(item, dict):
+                continue
+            if "pins" in item and group.security_profile == 1:
+                raise self.ctx.error(
+                    t.at("endpoints", i, "pins"),
+                    "security profile 1 has no TLS: nothing to pin",
+                    value=item["pins"],
+                    fix="remove it or use security_profile = 2",
+                )
+            store = trust.get(str(item.get("trust", "")))
+            if store is not None and store.mode != "pki" and "pins" not in item and group_pins is None:
+                raise self.ctx.error(
+                    t.at("endpoints", i, "trust"),
+                    f"trust store {store.name!r} (mode = {store.mode!r}) has no CA: this endpoint needs pins",
+                    value=store.name,
+                    fix='add pins = "<name>" to the endpoint or the group, or use a mode = "pki" trust store',
+                )
 
     # ------------------------------------------------------------ [[timeline]] release_pin
 
@@ -2333,9 +2361,23 @@ class _Builder(_TlsModelReader):
                     )
                     if e.has("tls_profile")
                     else None,
+                    pins=self.endpoint_pins(e, owner),
                 )
             )
         return tuple(sorted(out, key=lambda ep: ep.priority))
+
+    def endpoint_pins(self, e: _Table, owner: str | None) -> str | None:
+        """An endpoint's own ``pins`` (station endpoints only: a controller's upstream links have none)."""
+        if not e.has("pins"):
+            return None
+        if owner is not None:
+            raise e.error(
+                "pins",
+                "pins on a controller's upstream endpoints are not supported",
+                value=e.data["pins"],
+                fix="remove it (pins apply to station endpoints and station groups)",
+            )
+        return e.reference("pins", "", self._pin_sets, "pin set", "[tls.pins.<name>]")
 
     def station_endpoints(
         self, t: _Table, profiles: Mapping[str, TlsProfileSpec], trust: Mapping[str, TrustSpec]

@@ -271,6 +271,7 @@ class EndpointSpec:
         priority: lower is tried first (``NetworkConfigurationPriority`` order for stations).
         trust: trust store name for this endpoint; None = the owner's ``trust``.
         tls_profile: TLS profile name for this endpoint; None = the owner's ``tls_profile``.
+        pins: pin set name for this endpoint (station endpoints only); None = the group's ``pins``.
     """
 
     kind: EndpointKind
@@ -278,6 +279,7 @@ class EndpointSpec:
     priority: int = 0
     trust: str | None = None
     tls_profile: str | None = None
+    pins: str | None = None
 
 
 @attrs.frozen(kw_only=True)

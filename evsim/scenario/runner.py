@@ -14,6 +14,7 @@ Whatever happens — the end, Ctrl-C, or a node crashing with a bug — the runn
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import random
@@ -249,6 +250,7 @@ class ScenarioRunner:
         self.samples: list[Sample] = []
         self.recorder: Recorder | None = None
         self.peer_policies: dict[str, PeerPolicy] = {}
+        self.endpoint_policies: dict[str, list[PeerPolicy]] = {}  # endpoints with their own pins
         self.csms_policies: dict[str, PeerPolicy] = {}
         self.csms_certs: dict[str, CertKey] = {}
         self.clock: SimClock | None = None
@@ -804,6 +806,22 @@ class ScenarioRunner:
 
         self.peer_policies[sid] = PeerPolicy(side="client", pins=pins, change=change, sink=sink, name=sid)
 
+    def _endpoint_peer_policy(self, group: StationGroupSpec, sid: str, ep: EndpointSpec) -> PeerPolicy | None:
+        """A station's own PeerPolicy for an endpoint with its own ``pins`` (the group's change policy too)."""
+        if ep.pins is None:
+            return None
+        assert self.clock is not None
+        sc = self.scenario
+        pins = layer_pin_set(sc.pin_sets[ep.pins], self._pin_spki, start=self.clock.start_utc)
+        change = None if group.change is None else layer_change_policy(sc.change_policies[group.change])
+
+        def sink(event: PeerEvent) -> None:
+            self.stations[sid].on_peer_event(event)  # events come only from connections: the station exists
+
+        policy = PeerPolicy(side="client", pins=pins, change=change, sink=sink, name=f"{sid}:{ep.name}")
+        self.endpoint_policies.setdefault(sid, []).append(policy)
+        return policy
+
     def _release_pin(self, ev: TimelineEvent) -> None:
         """``release_pin``: each target station releases its pins of the named key (a new epoch: its context
         is rebuilt for the next connection; the open connection is undisturbed)."""
@@ -818,10 +836,12 @@ class ScenarioRunner:
         )
         spki = self._pin_spki(ref)
         _, station_ids = self._targets(str(p["target"]))
+        reason = f"operator (timeline line {ev.line})"
         for sid in station_ids:
-            self.peer_policies[sid].release_pin(
-                spki, now=self.clock.utcnow(), reason=f"operator (timeline line {ev.line})"
-            )
+            self.peer_policies[sid].release_pin(spki, now=self.clock.utcnow(), reason=reason)
+            for policy in self.endpoint_policies.get(sid, ()):  # endpoints with their own pins
+                with contextlib.suppress(ConfigError):  # "no pin has this key": that endpoint keeps its pins
+                    policy.release_pin(spki, now=self.clock.utcnow(), reason=reason)
 
     # ------------------------------------------------------------------ failover: controllers, endpoints, slots
     # (kept together so the TLS-table work on the same runner merges without conflicts)
@@ -912,7 +932,7 @@ class ScenarioRunner:
         profile (otherwise the station's installed TLS configuration serves it)."""
         url = self._url(ep.kind, ep.name, group.security_profile)
         profile = NetworkConnectionProfile(url, group.security_profile)
-        if group.security_profile == 1 or (ep.trust is None and ep.tls_profile is None):
+        if group.security_profile == 1 or (ep.trust is None and ep.tls_profile is None and ep.pins is None):
             return NetworkSlot(number, profile)  # the station's ClientTls, with its PeerPolicy bound
         identity = None
         if group.security_profile == 3:
@@ -926,7 +946,8 @@ class ScenarioRunner:
             profile=self._profile(ep.tls_profile or group.tls_profile),
             trust=self._trust(ep.trust or group.trust, roots),
             identity=identity,
-            peer=self.peer_policies.get(sid),  # the station's one pin store / peer memory, on every slot
+            # the endpoint's own pins, else the station's one pin store / peer memory (on every slot)
+            peer=self._endpoint_peer_policy(group, sid, ep) or self.peer_policies.get(sid),
         )
         return NetworkSlot(number, profile, tls)
 
