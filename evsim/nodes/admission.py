@@ -22,7 +22,8 @@ The same gate serves a Local Controller's own listener, so a controller can sit 
 
 :func:`check_client_certificate` is pure. The listener steps both servers share live here too: :func:`accept_tls` (the handshake at the simulation's time,
 a refusal counted and recorded with its OCPP security event), :func:`upgrade_station` (the WebSocket upgrade;
-no common OCPP subprotocol: accept, then close at once, OCPP-J §3.2) and :func:`basic_auth_problem`.
+no common OCPP subprotocol: accept, then close at once, OCPP-J §3.2), :func:`admit_station` (the two in turn)
+and :func:`basic_auth_problem`.
 """
 
 from __future__ import annotations
@@ -47,10 +48,12 @@ from evsim.ws.connection import Accept, Reject, UpgradeRequest, WebSocket, ws_se
 
 __all__ = [
     "BEHIND_CONTROLLER_CHOICES",
+    "Admission",
     "BehindController",
     "CertificateVerdict",
     "TrustedController",
     "accept_tls",
+    "admit_station",
     "basic_auth_problem",
     "check_client_certificate",
     "common_name",
@@ -234,3 +237,76 @@ async def upgrade_station(
         await ws.aclose(1002, "no supported OCPP subprotocol")
         return None
     return ws, decision
+
+
+@attrs.define
+class Admission:
+    """One station connection going through a listener; the caller closes :attr:`stream` when done.
+
+    Attributes:
+        stream: what to close: the accepted transport, or the TLS stream once the handshake succeeded.
+        tls_info: the handshake's outcome (None without TLS or before it).
+        ws: the upgraded WebSocket, once accepted with an OCPP subprotocol.
+        decision: what the upgrade gate noted (``station_id`` at least).
+    """
+
+    stream: trio.abc.Stream
+    tls_info: TlsInfo | None = None
+    ws: WebSocket | None = None
+    decision: dict[str, str] = attrs.field(factory=dict)
+
+
+async def admit_station(
+    admission: Admission,
+    server_tls: ServerTls | None,
+    decide: Callable[[UpgradeRequest, TlsInfo | None, dict[str, str]], Accept | Reject],
+    *,
+    node: str,
+    clock: SimClock,
+    recorder: Recorder,
+    failures: collections.Counter[str],
+    compression: bool,
+    on_tls: Callable[[TlsInfo], None] | None = None,
+) -> bool:
+    """The listener steps of the CSMS and the Local Controller: :func:`accept_tls` (when ``server_tls`` is
+    set), then :func:`upgrade_station` with ``decide`` seeing the handshake's outcome.
+
+    Args:
+        admission: filled in as the steps succeed (its ``stream`` always names what to close).
+        server_tls: the listener's TLS, or None (security profile 1).
+        decide: the upgrade gate: request, TLS outcome, and the dict to note the decision in.
+        node: the server's name, for events.
+        clock: certificate checks at the simulation's time.
+        recorder: where refusals are recorded.
+        failures: handshake refusals counted by reason.
+        compression: offer permessage-deflate.
+        on_tls: called with the outcome of every successful handshake (statistics).
+
+    Returns:
+        True when the station is admitted (``admission.ws`` and ``admission.decision`` set), False when the
+        handshake or the upgrade refused it.
+
+    Raises:
+        TransportError: the upgrade failed (malformed, timeout, connection lost).
+    """
+    if server_tls is not None:
+        tls_stream = await accept_tls(
+            admission.stream, server_tls, node=node, clock=clock, recorder=recorder, failures=failures
+        )
+        if tls_stream is None:
+            return False
+        admission.stream = tls_stream
+        admission.tls_info = info = tls_stream.info
+        if on_tls is not None:
+            on_tls(info)
+    upgraded = await upgrade_station(
+        admission.stream,
+        lambda req, decision: decide(req, admission.tls_info, decision),
+        node=node,
+        recorder=recorder,
+        compression=compression,
+    )
+    if upgraded is None:
+        return False
+    admission.ws, admission.decision = upgraded
+    return True

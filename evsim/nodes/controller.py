@@ -69,12 +69,12 @@ from evsim.errors import (
 from evsim.metrics.recorder import Recorder
 from evsim.net.base import Network
 from evsim.nodes.admission import (
+    Admission,
     BehindController,
     TrustedController,
-    accept_tls,
+    admit_station,
     basic_auth_problem,
     check_client_certificate,
-    upgrade_station,
 )
 from evsim.nodes.relay import (
     CSMS,
@@ -389,37 +389,26 @@ class LocalController:
                 nursery.start_soon(self._handle_connection, stream)
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
-        tls_info: TlsInfo | None = None
+        admission = Admission(stream)
         try:
-            if self.server_tls is not None:
-                tls_stream = await accept_tls(
-                    stream,
-                    self.server_tls,
-                    node=self.name,
-                    clock=self.clock,
-                    recorder=self.recorder,
-                    failures=self._handshake_failures,
-                )
-                if tls_stream is None:
-                    return
-                stream = tls_stream
-                tls_info = tls_stream.info
-            upgraded = await upgrade_station(
-                stream,
-                lambda req, decision: self._decide(req, tls_info, decision),
+            if await admit_station(
+                admission,
+                self.server_tls,
+                self._decide,
                 node=self.name,
+                clock=self.clock,
                 recorder=self.recorder,
+                failures=self._handshake_failures,
                 compression=self.config.compression,
-            )
-            if upgraded is None:
-                return
-            ws, decision = upgraded
-            await self._serve_station(decision["station_id"], ws, decision.get("authorization"))
+            ):
+                assert admission.ws is not None
+                decision = admission.decision
+                await self._serve_station(decision["station_id"], admission.ws, decision.get("authorization"))
         except TransportError as exc:
             self.recorder.emit(self.name, "connection_lost", reason=failure_reason(exc), detail=str(exc))
         finally:
             with trio.CancelScope(shield=True):
-                await _aclose_quietly(stream)
+                await _aclose_quietly(admission.stream)
 
     def _decide(self, req: UpgradeRequest, tls_info: TlsInfo | None, out: dict[str, str]) -> Accept | Reject:
         """The station-side upgrade gate (see the module docstring)."""

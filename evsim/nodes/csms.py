@@ -44,13 +44,13 @@ from evsim.metrics.recorder import Recorder
 from evsim.net.base import Network
 from evsim.nodes.admission import (
     BEHIND_CONTROLLER_CHOICES,
+    Admission,
     BehindController,
     TrustedController,
-    accept_tls,
+    admit_station,
     basic_auth_problem,
     check_client_certificate,
     common_name,
-    upgrade_station,
 )
 from evsim.ocpp.rpc import RpcConnection
 from evsim.ocpp.session import OcppSession
@@ -242,39 +242,33 @@ class Csms:
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         self._connections_total += 1
         name = self.config.name
-        tls_info: TlsInfo | None = None
+        admission = Admission(stream)
         try:
-            if self.server_tls is not None:
-                tls_stream = await accept_tls(
-                    stream,
-                    self.server_tls,
-                    node=name,
-                    clock=self.clock,
-                    recorder=self.recorder,
-                    failures=self._handshake_failures,
-                )
-                if tls_stream is None:
-                    return
-                stream = tls_stream
-                tls_info = tls_stream.info
-                self._tls_versions[tls_info.version] += 1
-                self._tls_suites[tls_info.cipher_iana] += 1
-            upgraded = await upgrade_station(
-                stream,
-                lambda req, decision: self._decide(req, tls_info, decision),
+            if await admit_station(
+                admission,
+                self.server_tls,
+                self._decide,
                 node=name,
+                clock=self.clock,
                 recorder=self.recorder,
+                failures=self._handshake_failures,
                 compression=self.config.compression,
-            )
-            if upgraded is None:
-                return
-            ws, decision = upgraded
-            await self._serve_station(decision["station_id"], ws, tls_info, decision.get("controller"))
+                on_tls=self._count_tls,
+            ):
+                assert admission.ws is not None
+                decision = admission.decision
+                await self._serve_station(
+                    decision["station_id"], admission.ws, admission.tls_info, decision.get("controller")
+                )
         except (TransportError, OcppError) as exc:
             self.recorder.emit(name, "connection_lost", reason=failure_reason(exc), detail=str(exc))
         finally:
             with trio.CancelScope(shield=True):
-                await _aclose_quietly(stream)
+                await _aclose_quietly(admission.stream)
+
+    def _count_tls(self, info: TlsInfo) -> None:
+        self._tls_versions[info.version] += 1
+        self._tls_suites[info.cipher_iana] += 1
 
     def _decide(self, req: UpgradeRequest, tls_info: TlsInfo | None, out: dict[str, str]) -> Accept | Reject:
         """The HTTP upgrade gate (see module doc)."""
