@@ -792,35 +792,37 @@ class ScenarioRunner:
 
     def _make_peer_policy(self, group: StationGroupSpec, sid: str) -> None:
         """Give the station its own PeerPolicy (own pins and memory) when its group names pins or change."""
-        sc = self.scenario
-        if group.pins is None and group.change is None:
-            return
-        assert self.clock is not None
-        pins = None
-        if group.pins is not None:
-            pins = layer_pin_set(sc.pin_sets[group.pins], self._pin_spki, start=self.clock.start_utc)
-        change = None if group.change is None else layer_change_policy(sc.change_policies[group.change])
-
-        def sink(event: PeerEvent) -> None:
-            self.stations[sid].on_peer_event(event)  # events come only from connections: the station exists
-
-        self.peer_policies[sid] = PeerPolicy(side="client", pins=pins, change=change, sink=sink, name=sid)
+        if group.pins is not None or group.change is not None:
+            self.peer_policies[sid] = self._station_peer_policy(group.pins, group.change, sid, name=sid)
 
     def _endpoint_peer_policy(self, group: StationGroupSpec, sid: str, ep: EndpointSpec) -> PeerPolicy | None:
         """A station's own PeerPolicy for an endpoint with its own ``pins`` (the group's change policy too)."""
         if ep.pins is None:
             return None
+        policy = self._station_peer_policy(ep.pins, group.change, sid, name=f"{sid}:{ep.name}")
+        self.endpoint_policies.setdefault(sid, []).append(policy)
+        return policy
+
+    def _station_peer_policy(
+        self, pins: str | None, change: str | None, sid: str, *, name: str
+    ) -> PeerPolicy:
+        """A client PeerPolicy from named pin set / change policy (pins resolved against the run's PKI), whose
+        events go to station ``sid``."""
         assert self.clock is not None
         sc = self.scenario
-        pins = layer_pin_set(sc.pin_sets[ep.pins], self._pin_spki, start=self.clock.start_utc)
-        change = None if group.change is None else layer_change_policy(sc.change_policies[group.change])
 
         def sink(event: PeerEvent) -> None:
             self.stations[sid].on_peer_event(event)  # events come only from connections: the station exists
 
-        policy = PeerPolicy(side="client", pins=pins, change=change, sink=sink, name=f"{sid}:{ep.name}")
-        self.endpoint_policies.setdefault(sid, []).append(policy)
-        return policy
+        return PeerPolicy(
+            side="client",
+            pins=None
+            if pins is None
+            else layer_pin_set(sc.pin_sets[pins], self._pin_spki, start=self.clock.start_utc),
+            change=None if change is None else layer_change_policy(sc.change_policies[change]),
+            sink=sink,
+            name=name,
+        )
 
     def _release_pin(self, ev: TimelineEvent) -> None:
         """``release_pin``: each target station releases its pins of the named key (a new epoch: its context
