@@ -162,7 +162,7 @@ link                         sessions  boots  boot rej  http rej  tx started  tx
 fleet -> main                       3      3         0         0           3         1        1        1          1              0           1
 legacy -> attacker-impostor         1      1         0         0           0         0        0        0          0              0           0
 legacy -> main                      0      0         0         1           0         0        0        0          0              0           0
-tx ended: seen Ended at the CSMS; tx open: still charging at the end; tx lost: ended at the station (or never tracked there) but not Ended at the CSMS by the end of the run
+each figure on the row of the endpoint that recorded it (a controller's row: the sessions it accepted, what they carried is on the CSMS's row); tx started / tx ended: where Started / Ended was recorded; tx open: still charging at the end; tx lost: ended at the station (or never tracked there) but not Ended at the CSMS by the end of the run
 
 TLS handshakes completed (station side)
 group   version  suite                   key exchange  full  resumed
@@ -506,7 +506,8 @@ def test_series_from_events() -> None:
     assert rates.series == {
         "TLS handshakes": (4, 2),
         "refused at TCP": (1, 0),
-        "sessions accepted by CSMS": (2, 2),
+        "sessions accepted by attacker-impostor": (0, 1),
+        "sessions accepted by main": (2, 1),
     }
     curves = plots.transaction_curves(events, TOPOLOGY)
     assert curves["started at stations"] == ([10.0, 30.0, 50.0], [1, 2, 3])
