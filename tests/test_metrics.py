@@ -240,6 +240,25 @@ def test_messages_from_statistics_replace_derived_counts() -> None:
     t = summarize(_events(), TOPOLOGY, messages=messages).table("OCPP messages")
     assert t.title == "OCPP messages by action (received by the CSMS)"
     assert t.rows == (("fleet -> main", "BootNotification", 2), ("fleet -> main", "Heartbeat", 5))
+    assert "no per-endpoint counts" in t.note  # a run directory written before they were kept
+
+
+def test_messages_per_endpoint_go_to_the_endpoint_that_received_them() -> None:
+    by_endpoint = {
+        "main": {"ST-0001": {"BootNotification": 1, "Heartbeat": 3}},
+        "attacker-impostor": {"LG-0001": {"BootNotification": 1}},
+        "backup": {"ST-0001": {"BootNotification": 1, "Heartbeat": 2}},
+    }
+    shared = {"ST-0001": {"BootNotification": 2, "Heartbeat": 5}, "LG-0001": {"BootNotification": 1}}
+    t = summarize(_events(), TOPOLOGY, messages=shared, endpoint_messages=by_endpoint).table("OCPP messages")
+    assert t.rows == (
+        ("fleet -> backup", "BootNotification", 1),
+        ("fleet -> backup", "Heartbeat", 2),
+        ("fleet -> main", "BootNotification", 1),
+        ("fleet -> main", "Heartbeat", 3),
+        ("legacy -> attacker-impostor", "BootNotification", 1),
+    )
+    assert t.note == ""
 
 
 def test_without_topology_groups_by_id_prefix_and_links_by_observation() -> None:
