@@ -114,16 +114,24 @@ def test_summary_adds_the_failover_tables_only_when_there_is_something_to_show()
     assert with_outage.table("Offline queue")
 
 
-def test_a_secondary_sharing_records_counts_for_the_stations_transactions() -> None:
+def test_a_secondary_sharing_records_counts_for_the_stations_transactions_on_its_own_row() -> None:
     topo = Topology(groups={"S1": "fleet"}, links={"fleet": "A"}, operators={"B": "A"})
     events = [
         ev(1.0, "S1", "tx_started", tx="t1"),
         ev(1.0, "S1", "tx_ended", tx="t1"),
         ev(2.0, "B", "tx_event", station="S1", tx="t1", type="Started", seq=0, offline=True),
         ev(3.0, "B", "tx_event", station="S1", tx="t1", type="Ended", seq=1, offline=True),
+        ev(4.0, "S1", "tx_started", tx="t2"),
+        ev(4.0, "A", "tx_event", station="S1", tx="t2", type="Started", seq=0, offline=False),
+        ev(5.0, "B", "tx_event", station="S1", tx="t2", type="Ended", seq=1, offline=False),
+        ev(5.0, "S1", "tx_ended", tx="t2"),
+        ev(6.0, "S1", "tx_started", tx="t3"),  # still open: on the row of its last event
+        ev(6.0, "B", "tx_event", station="S1", tx="t3", type="Started", seq=0, offline=False),
     ]
     links = summarize(events, topo).table("Links")
-    row = next(r for r in links.rows if r[0] == "fleet -> A")
     headers = links.headers
-    assert row[headers.index("tx ended")] == 1 and row[headers.index("tx lost")] == 0
+    cols = ("tx started", "tx ended", "tx open", "tx lost", "offline tx ev")
+    got = {r[0]: tuple(r[headers.index(c)] for c in cols) for r in links.rows}
+    # the secondary's own recording counts as delivered (shared records), on its own row
+    assert got == {"fleet -> A": (1, 0, 0, 0, 0), "fleet -> B": (2, 2, 1, 0, 2)}
     assert Topology.from_json(topo.as_json()) == topo

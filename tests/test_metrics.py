@@ -162,7 +162,7 @@ link                         sessions  boots  boot rej  http rej  tx started  tx
 fleet -> main                       3      3         0         0           3         1        1        1          1              0           1
 legacy -> attacker-impostor         1      1         0         0           0         0        0        0          0              0           0
 legacy -> main                      0      0         0         1           0         0        0        0          0              0           0
-tx ended: seen Ended at the CSMS; tx open: still charging at the end; tx lost: ended at the station (or never tracked there) but not Ended at the CSMS by the end of the run
+each figure on the row of the endpoint that recorded it (a controller's row: the sessions it accepted, what they carried is on the CSMS's row); tx started / tx ended: where Started / Ended was recorded; tx open: still charging at the end; tx lost: ended at the station (or never tracked there) but not Ended at the CSMS by the end of the run
 
 TLS handshakes completed (station side)
 group   version  suite                   key exchange  full  resumed
@@ -240,6 +240,25 @@ def test_messages_from_statistics_replace_derived_counts() -> None:
     t = summarize(_events(), TOPOLOGY, messages=messages).table("OCPP messages")
     assert t.title == "OCPP messages by action (received by the CSMS)"
     assert t.rows == (("fleet -> main", "BootNotification", 2), ("fleet -> main", "Heartbeat", 5))
+    assert "no per-endpoint counts" in t.note  # a run directory written before they were kept
+
+
+def test_messages_per_endpoint_go_to_the_endpoint_that_received_them() -> None:
+    by_endpoint = {
+        "main": {"ST-0001": {"BootNotification": 1, "Heartbeat": 3}},
+        "attacker-impostor": {"LG-0001": {"BootNotification": 1}},
+        "backup": {"ST-0001": {"BootNotification": 1, "Heartbeat": 2}},
+    }
+    shared = {"ST-0001": {"BootNotification": 2, "Heartbeat": 5}, "LG-0001": {"BootNotification": 1}}
+    t = summarize(_events(), TOPOLOGY, messages=shared, endpoint_messages=by_endpoint).table("OCPP messages")
+    assert t.rows == (
+        ("fleet -> backup", "BootNotification", 1),
+        ("fleet -> backup", "Heartbeat", 2),
+        ("fleet -> main", "BootNotification", 1),
+        ("fleet -> main", "Heartbeat", 3),
+        ("legacy -> attacker-impostor", "BootNotification", 1),
+    )
+    assert t.note == ""
 
 
 def test_without_topology_groups_by_id_prefix_and_links_by_observation() -> None:
@@ -506,7 +525,8 @@ def test_series_from_events() -> None:
     assert rates.series == {
         "TLS handshakes": (4, 2),
         "refused at TCP": (1, 0),
-        "sessions accepted by CSMS": (2, 2),
+        "sessions accepted by attacker-impostor": (0, 1),
+        "sessions accepted by main": (2, 1),
     }
     curves = plots.transaction_curves(events, TOPOLOGY)
     assert curves["started at stations"] == ([10.0, 30.0, 50.0], [1, 2, 3])

@@ -7,9 +7,10 @@ Five plots, written to ``<run>/plots/``:
 * ``handshakes.png`` — per time bucket, TLS handshakes completed (full / resumed, stacked) above connection
   failures seen by the stations, stacked by reason;
 * ``connection_rate.png`` — connection attempts per second: TLS handshakes started, TCP connections refused,
-  WebSocket sessions the CSMS accepted (the shape of a reconnect storm);
+  WebSocket sessions accepted by each CSMS and controller (the shape of a reconnect storm);
 * ``transactions.png`` — cumulative transactions started at the stations, started at the CSMS and ended at
-  the CSMS (an offline period shows as a gap between the first two curves);
+  the CSMS (an offline period shows as a gap between the first two curves), and when several endpoints
+  recorded transactions (a primary and its secondary), started and ended at each of them;
 * ``reconnect_storm.png`` — WebSocket sessions accepted per second by each CSMS and controller, with the
   timeline's outages marked: the shape of the reconnect storm and where it lands
   (:func:`evsim.metrics.failover.storm_series`).
@@ -276,24 +277,27 @@ def connection_rates(
 
     Returns:
         Buckets whose series are counts per bucket (divide by ``width`` for a rate): ``TLS handshakes``
-        (completed or failed, station side), ``refused at TCP`` (station side ``ConnectionRefused``),
-        ``sessions accepted by CSMS`` (``station_connected``).
+        (completed or failed, station side), ``refused at TCP`` (station side ``ConnectionRefused``), and
+        ``sessions accepted by <endpoint>`` (``station_connected``) for each CSMS and controller, sorted.
     """
     roles = node_roles(events, topology)
     points: list[tuple[str, float]] = []
+    endpoints: set[str] = set()
     for e in events:
         kind, t = e["kind"], float(e["t"])
         role = roles[e["node"]]
         if role == "csms":
             if kind == "station_connected":
-                points.append(("sessions accepted by CSMS", t))
+                label = f"sessions accepted by {e['node']}"
+                endpoints.add(label)
+                points.append((label, t))
         elif role != "station":
             continue
         elif kind in ("handshake_ok", "handshake_failed"):
             points.append(("TLS handshakes", t))
         elif kind == "connection_lost" and e.get("reason") == "ConnectionRefused":
             points.append(("refused at TCP", t))
-    labels = ("TLS handshakes", "refused at TCP", "sessions accepted by CSMS")
+    labels = ("TLS handshakes", "refused at TCP", *sorted(endpoints))
     return _bucketize(span_s, width, points, labels)
 
 
@@ -308,25 +312,37 @@ def transaction_curves(
 
     Returns:
         label -> (times, cumulative count at each time) for ``started at stations``, ``started at CSMS``
-        and ``ended at CSMS`` (each transaction counted once, duplicates ignored).
+        and ``ended at CSMS`` (each transaction counted once, duplicates ignored); when more than one CSMS
+        recorded transactions, also ``started at <endpoint>`` and ``ended at <endpoint>`` for each of them
+        (the endpoint that recorded the Started or Ended event).
     """
     roles = node_roles(events, topology)
     seen: dict[str, set[tuple[str, str]]] = collections.defaultdict(set)
     times: dict[str, list[float]] = {
         k: [] for k in ("started at stations", "started at CSMS", "ended at CSMS")
     }
+    per_endpoint: dict[str, list[float]] = {}
+    endpoints: set[str] = set()
     for e in _sorted(events):
         node, kind = str(e["node"]), e["kind"]
-        label = None
+        labels: tuple[str, ...] = ()
         if roles[node] == "csms" and kind == "tx_event":
-            label = {"Started": "started at CSMS", "Ended": "ended at CSMS"}.get(str(e.get("type")))
+            what = {"Started": "started", "Ended": "ended"}.get(str(e.get("type")))
+            endpoints.add(node)
+            if what is not None:
+                labels = (f"{what} at CSMS", f"{what} at {node}")
             key = (str(e.get("station")), str(e.get("tx")))
         elif roles[node] == "station" and kind == "tx_started":
-            label, key = "started at stations", (node, str(e.get("tx")))
-        if label is None or key in seen[label]:
-            continue
-        seen[label].add(key)
-        times[label].append(float(e["t"]))
+            labels, key = ("started at stations",), (node, str(e.get("tx")))
+        for label in labels:
+            if key in seen[label]:
+                continue
+            seen[label].add(key)
+            (times[label] if label in times else per_endpoint.setdefault(label, [])).append(float(e["t"]))
+    if len(endpoints) > 1:
+        for node in sorted(endpoints):
+            for what in ("started", "ended"):
+                times[f"{what} at {node}"] = per_endpoint.get(f"{what} at {node}", [])
     return {label: (ts, list(range(1, len(ts) + 1))) for label, ts in times.items()}
 
 
@@ -514,9 +530,16 @@ def _draw_transactions(
         "ended at CSMS": ("#2ca02c", "-", 2),
     }
     drawn = False
+    endpoint_colors: dict[str, str] = {}  # per-endpoint curves: one colour per endpoint, dashed when ended
     for label, (ts, ns) in transaction_curves(run.events, topo).items():
         if not ts:
             continue
+        if label not in styles:
+            endpoint = label.split(" at ", 1)[1]
+            color = endpoint_colors.setdefault(
+                endpoint, _FAILURE_COLORS[(1 + len(endpoint_colors)) % len(_FAILURE_COLORS)]
+            )
+            styles[label] = (color, "--" if label.startswith("ended") else "-.", 1)
         color, style, z = styles[label]
         xs = axis.scale([0.0, *ts, max(span, ts[-1])])
         ax.step(

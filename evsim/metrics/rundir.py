@@ -25,13 +25,16 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import attrs
 import orjson
 
 from evsim.errors import ConfigError
 from evsim.metrics.recorder import Event
+
+if TYPE_CHECKING:
+    from evsim.metrics.summary import Summary
 
 EVENTS_FILE = "events.jsonl"
 METRICS_FILE = "metrics.csv"
@@ -316,7 +319,9 @@ class RunDir:
         (the scenario file), ``started_utc``, ``duration_s`` (simulated seconds run), ``wall_time_s``,
         ``evsim_version``, ``outcome`` (``"completed"``, ``"interrupted"``, ``"crashed: <what>"``),
         ``stations_total``, ``topology`` (:meth:`evsim.metrics.summary.Topology.as_json`) and, optionally,
-        ``ocpp_messages`` (station id -> OCPP action -> CALLs the CSMS received). ``format`` is added.
+        ``ocpp_messages`` (station id -> OCPP action -> CALLs the CSMS received, summed over the endpoints
+        sharing the station's records) and ``ocpp_messages_by_endpoint`` (CSMS node -> station id -> OCPP
+        action -> CALLs that endpoint received). ``format`` is added.
 
         Args:
             meta: the values; datetimes and paths are written as strings.
@@ -387,20 +392,38 @@ def rerender(run_dir: Path, *, plots: bool = True) -> tuple[str, list[Path]]:
         ConfigError: not a readable run directory, or matplotlib is missing when ``plots`` is true.
     """
     from evsim.metrics.plots import render_plots
-    from evsim.metrics.summary import Topology, summarize
+    from evsim.metrics.summary import Topology
 
     run = load(run_dir)
-    topology = Topology.from_json(run.meta.get("topology"))
-    queues = run.meta.get("tx_queues")
-    text = summarize(
-        run.events,
-        topology,
-        messages=run.meta.get("ocpp_messages"),
-        tx_queues=queues if isinstance(queues, Mapping) else None,
-    ).render(header=_header(run.meta))
+    text = summary_of(run).render(header=_header(run.meta))
     RunDir(run_dir).write_summary(text)
-    written = render_plots(run, topology) if plots else []
+    written = render_plots(run, Topology.from_json(run.meta.get("topology"))) if plots else []
     return text, written
+
+
+def summary_of(run: RunData) -> Summary:
+    """The summary tables of a run directory read back (what :func:`rerender` prints).
+
+    Args:
+        run: the run (:func:`load`).
+
+    Returns:
+        :func:`evsim.metrics.summary.summarize` of its events, with the topology, per-endpoint message counts
+        and queue statistics its ``meta.json`` holds.
+    """
+    from evsim.metrics.summary import Topology, summarize
+
+    def mapping(key: str) -> Any:
+        value = run.meta.get(key)
+        return value if isinstance(value, Mapping) else None
+
+    return summarize(
+        run.events,
+        Topology.from_json(run.meta.get("topology")),
+        messages=mapping("ocpp_messages"),
+        endpoint_messages=mapping("ocpp_messages_by_endpoint"),
+        tx_queues=mapping("tx_queues"),
+    )
 
 
 def _header(meta: Mapping[str, Any]) -> str:

@@ -315,10 +315,22 @@ class Summary:
 
 @attrs.define
 class _Tx:
+    """One transaction: what its station said, and which link's CSMS recorded its Started, its Ended and its
+    last event (a transaction may start on the primary and end on the secondary)."""
+
     station_started: bool = False
     station_ended: bool = False
-    csms_started: bool = False
-    csms_ended: bool = False
+    started_at: str | None = None
+    ended_at: str | None = None
+    last_at: str | None = None
+
+    @property
+    def csms_started(self) -> bool:
+        return self.started_at is not None
+
+    @property
+    def csms_ended(self) -> bool:
+        return self.ended_at is not None
 
 
 @attrs.define
@@ -351,6 +363,7 @@ def summarize(
     topology: Topology | None = None,
     *,
     messages: Mapping[str, Mapping[str, int]] | None = None,
+    endpoint_messages: Mapping[str, Mapping[str, Mapping[str, int]]] | None = None,
     tx_queues: Mapping[str, Mapping[str, int]] | None = None,
 ) -> Summary:
     """Compute the summary tables of a run.
@@ -359,9 +372,13 @@ def summarize(
         events: the run's events (JSON objects as in ``events.jsonl``, or :class:`Event`), any order.
         topology: station groups and their CSMS; None groups stations by :func:`default_group` and gives
             each the CSMS whose events name it most.
-        messages: station id -> OCPP action -> CALLs the CSMS received from it (``StationRecord.messages``),
-            for the complete "OCPP messages" table; None derives the counts of BootNotification,
-            TransactionEvent and SecurityEventNotification from the events (the only ones that have events).
+        messages: station id -> OCPP action -> CALLs the CSMS received from it (``StationRecord.messages``,
+            summed over the endpoints sharing the station's records): the "OCPP messages" table of run
+            directories without ``endpoint_messages``, on each station's own link.
+        endpoint_messages: CSMS node -> station id -> OCPP action -> CALLs that endpoint received
+            (``Csms.received``): the complete "OCPP messages" table, on the link that received each call.
+            With neither, the counts of BootNotification, TransactionEvent and SecurityEventNotification are
+            derived from the events (the only ones that have events), on the link of the CSMS that emitted them.
         tx_queues: station id -> its offline queue's statistics (``meta.json``'s ``tx_queues``), or None.
 
     Returns:
@@ -403,7 +420,7 @@ def summarize(
             _tls_table(a.tls),
             _sessions_table(a.sessions),
             _failures_table(a.failures),
-            _messages_table(messages, a.link_of, a.derived_messages),
+            _messages_table(messages, endpoint_messages, a.link_of, topo.group_of, a.derived_messages),
             _security_table(a.security),
             _attacks_table(a.attacks),
             _timeline_table(a.timeline),
@@ -509,14 +526,20 @@ class _Analysis:
             elif kind == "tx_event":
                 link.offline_events += bool(e.get("offline"))
                 self.derived_messages[(where, "TransactionEvent")] += 1
-                # only the station's own CSMS (or a secondary sharing its records) counts for its transactions
+                # only the station's own CSMS (or a secondary sharing its records) counts for its
+                # transactions, on the link of the endpoint that recorded each event
                 if self.home_operator(str(station)) == self.topo.operator_of(node):
                     tx = self.txs[(str(station), str(e.get("tx")))]
-                    tx.csms_started |= e.get("type") == "Started"
-                    tx.csms_ended |= e.get("type") == "Ended"
+                    tx.last_at = where
+                    if e.get("type") == "Started" and tx.started_at is None:
+                        tx.started_at = where
+                    elif e.get("type") == "Ended" and tx.ended_at is None:
+                        tx.ended_at = where
             elif kind == "tx_duplicate":
                 link.duplicates += 1
                 self.derived_messages[(where, "TransactionEvent")] += 1
+                if self.home_operator(str(station)) == self.topo.operator_of(node):
+                    self.txs[(str(station), str(e.get("tx")))].last_at = where
             elif kind == "security_event_received":
                 link.security_events += 1
                 self.security[(where, "received by CSMS", str(e.get("type", "")))] += 1
@@ -539,15 +562,24 @@ class _Analysis:
             self.attacks[(str(e["node"]), kind, detail)] += 1
 
     def tx_counts(self) -> dict[str, collections.Counter[str]]:
-        """Per link: transactions started, ended at the CSMS, open (still charging) and lost."""
+        """Per link: transactions started, ended at the CSMS, open (still charging) and lost.
+
+        Started counts on the link whose CSMS recorded the Started event, ended on the one that recorded the
+        Ended event; a transaction no endpoint of the station's operator saw start, and one still open or
+        lost, counts on the link of its last recorded event (the station's own link when there is none).
+        """
         out: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         for (station, _), tx in self.txs.items():
-            c = out[self.link_of(station)]
+            last = tx.last_at or self.link_of(station)
             is_open = not tx.csms_ended and tx.station_started and not tx.station_ended
-            c["started"] += tx.station_started or tx.csms_started
-            c["ended"] += tx.csms_ended
-            c["open"] += is_open
-            c["lost"] += not tx.csms_ended and not is_open and (tx.station_started or tx.csms_started)
+            if tx.started_at is not None:
+                out[tx.started_at]["started"] += 1
+            elif tx.station_started:
+                out[last]["started"] += 1
+            if tx.ended_at is not None:
+                out[tx.ended_at]["ended"] += 1
+            out[last]["open"] += is_open
+            out[last]["lost"] += not tx.csms_ended and not is_open and (tx.station_started or tx.csms_started)
         return out
 
 
@@ -707,7 +739,9 @@ def _links_table(links: Mapping[str, _LinkTally], tx: Mapping[str, collections.C
             "sec events",
         ),
         tuple(rows),
-        "tx ended: seen Ended at the CSMS; tx open: still charging at the end; "
+        "each figure on the row of the endpoint that recorded it (a controller's row: the sessions it accepted, "
+        "what they carried is on the CSMS's row); tx started / tx ended: where Started / Ended was recorded; "
+        "tx open: still charging at the end; "
         "tx lost: ended at the station (or never tracked there) but not Ended at the CSMS by the end of the run",
     )
 
@@ -745,15 +779,24 @@ def _failures_table(failures: Mapping[tuple[str, str, str, str], int]) -> Table:
 
 def _messages_table(
     messages: Mapping[str, Mapping[str, int]] | None,
+    endpoint_messages: Mapping[str, Mapping[str, Mapping[str, int]]] | None,
     link_of: Callable[[str], str],
+    group_of: Callable[[str], str],
     derived: Mapping[tuple[str, str], int],
 ) -> Table:
-    if messages is not None:
-        counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    if endpoint_messages is not None:
+        for endpoint, by_station in endpoint_messages.items():
+            for station, by_action in by_station.items():
+                for action, n in by_action.items():
+                    counts[(f"{group_of(station)} -> {endpoint}", action)] += int(n)
+        note = ""
+        title = "OCPP messages by action (received by the CSMS)"
+    elif messages is not None:
         for station, by_action in messages.items():
             for action, n in by_action.items():
                 counts[(link_of(station), action)] += int(n)
-        note = ""
+        note = "on each station's own link (this run directory has no per-endpoint counts)"
         title = "OCPP messages by action (received by the CSMS)"
     else:
         counts = collections.Counter(derived)

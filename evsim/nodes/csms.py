@@ -218,6 +218,8 @@ class Csms:
         self._tls_suites: collections.Counter[str] = collections.Counter()
         #: running totals for cheap periodic sampling: "messages", "tx_started", "tx_ended"
         self.totals: collections.Counter[str] = collections.Counter()
+        #: station id -> action -> CALLs this endpoint received (``stations`` may be shared with other endpoints)
+        self.received: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
 
     # ---------------------------------------------------------------- serving
 
@@ -373,6 +375,7 @@ class Csms:
         self, rec: StationRecord, ws: WebSocket, action: str, payload: dict[str, Any]
     ) -> dict[str, Any]:
         rec.messages[action] += 1
+        self.received[rec.station_id][action] += 1
         self.totals["messages"] += 1
         if action == "BootNotification":
             return await self._on_boot(rec, ws, payload, isoformat(self.clock.utcnow()))

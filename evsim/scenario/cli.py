@@ -77,12 +77,18 @@ PER_STATION_TABLE_MAX = 20
 
 
 def station_links_table(result: RunResult) -> str:
-    """One row per station: its link to the CSMS as last negotiated, and what the CSMS received from it."""
+    """One row per station: its link to the CSMS as last negotiated, the CSMS endpoint that recorded its last
+    BootNotification, and what the operator's endpoints (sharing its record) received from it."""
+    last_boot: dict[str, str] = {}
+    for e in sorted(result.recorder.of_kind("booted"), key=lambda e: e.t):  # stable: emission order at one t
+        if e.node in result.csms and "station" in e.data:
+            last_boot[str(e.data["station"])] = e.node
+    records = result.station_records()
     rows: list[list[object]] = []
     for sid, st in result.stations.items():
         tls = st.tls_info
-        csms = result.scenario.stations[result.group_of[sid]].csms
-        rec = result.station_records().get(sid)
+        csms = last_boot.get(sid, "-")
+        rec = records.get(sid)
         rows.append(
             [
                 sid,
@@ -99,7 +105,7 @@ def station_links_table(result: RunResult) -> str:
     return table(
         [
             "station",
-            "csms",
+            "last boot at",
             "TLS",
             "cipher suite",
             "key exchange",
@@ -109,7 +115,8 @@ def station_links_table(result: RunResult) -> str:
             "state",
         ],
         rows,
-        title="Station links (TLS as negotiated on each station's last connection)",
+        title="Station links (TLS as negotiated on each station's last connection; heartbeats and tx events: "
+        "received by all the endpoints sharing the station's record)",
     )
 
 
@@ -134,6 +141,10 @@ def _meta(file: str, *, sc_result: RunResult, topology: Topology) -> dict[str, A
         "stations_total": len(r.stations),
         "topology": topology.as_json(),
         "ocpp_messages": {sid: dict(rec.messages) for sid, rec in r.station_records().items()},
+        "ocpp_messages_by_endpoint": {
+            name: {sid: dict(by_action) for sid, by_action in c.received.items()}
+            for name, c in r.csms.items()
+        },
         "tx_queues": {
             sid: {
                 "enqueued_total": q.enqueued_total,
