@@ -17,6 +17,11 @@ Theory of operation. A station runs two independent activities in one nursery:
   meter values every ``meter_interval_s``, stop. Its TransactionEvents go into the :class:`TxQueue`, so an
   outage delays them but never loses them; they are sent later with ``offline=true``.
 
+Every number the CSMS sends is range-checked against :mod:`evsim.ocpp.limits` before the station acts on it:
+a SetVariables value out of range is Rejected with a ``reasonCode``, a SetNetworkProfile one with
+``InvalidNetworkConf``; a BootNotificationResponse ``interval`` the station cannot use (negative, or above a
+day) is replaced by ``default_heartbeat_s`` (at least 1 s). Each refusal is one ``value_refused`` event.
+
 A refused TLS handshake is turned into the matching OCPP security event (InvalidCsmsCertificate,
 InvalidTLSVersion, ...), queued once per failure streak and delivered after the next successful connection
 (A04.FR.02; errata 2023-12 §2.2.1). With a peer policy bound to its ``ClientTls`` (pins, change notification),
