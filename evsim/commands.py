@@ -310,7 +310,7 @@ def _stations_table(stations: list[Station], csms: Csms | None = None) -> str:
         s = st.statistics()
         tls = s.tls
         rec = csms.stations.get(st.name) if csms else None
-        tx_events = sum(len(t.seq_nos) for t in rec.transactions.values()) if rec else s.queue.delivered_total
+        tx_events = rec.tx_events() if rec else s.queue.delivered_total
         rows.append(
             [
                 st.name,

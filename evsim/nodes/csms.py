@@ -21,6 +21,25 @@ Per-station state (:class:`StationRecord`) survives reconnects: boots, status, t
 endpoints of one operator (a primary and a secondary a station fails over between) may share one ``store``:
 a TransactionEvent resent to the other endpoint after its response was lost is then recognised as a
 duplicate (same transactionId and seqNo) and acknowledged idempotently.
+
+Numbers a station sends are range-checked against :mod:`evsim.ocpp.limits` before anything is recorded
+(seqNo, evseId, connectorId, meter values): a value out of range is answered with CALLERROR
+``PropertyConstraintViolation`` and recorded as one ``value_refused`` event; the station's other messages and
+every other station are not affected.
+
+Memory per station is bounded, whatever a station sends:
+
+* a record whose station never got an Accepted BootNotification is dropped when its connection ends (its
+  message counts stay in :meth:`Csms.statistics`);
+* a transaction's seqNos are runs of consecutive numbers (:class:`~evsim.ocpp.seqno.SeqNos`): constant memory
+  and O(1) per event for a transaction delivered in order, however long, at most ``MAX_RUNS`` runs otherwise;
+* at most :data:`MAX_TRANSACTIONS_KEPT` transactions are kept per station: opening one more retires the
+  oldest, whose counts (started, ended, events, duplicates, offline events) are added to the station's
+  ``retired`` totals, so statistics and reports do not change; an event for a retired transaction starts a new
+  record;
+* at most :data:`MAX_CONNECTORS` (evseId, connectorId) pairs per station (one more: CALLERROR
+  ``OccurrenceConstraintViolation``), and the last :data:`SECURITY_EVENTS_KEPT` security events (all are
+  counted).
 """
 
 from __future__ import annotations
@@ -52,7 +71,17 @@ from evsim.nodes.admission import (
     check_client_certificate,
     common_name,
 )
+from evsim.ocpp.limits import (
+    CONNECTOR_ID,
+    ENERGY_REGISTER_WH,
+    EVSE_ID,
+    SAMPLED_VALUE,
+    SEQ_NO,
+    Bound,
+    OutOfRange,
+)
 from evsim.ocpp.rpc import RpcConnection
+from evsim.ocpp.seqno import SeqNos
 from evsim.ocpp.session import OcppSession
 from evsim.ocpp.versions import choose_subprotocol, subprotocol_for, version_for
 from evsim.tls.context import ServerTls
@@ -61,6 +90,14 @@ from evsim.ws.connection import Accept, Reject, UpgradeRequest, WebSocket
 from evsim.ws.paths import station_id_from_path
 
 log = logging.getLogger("evsim.csms")
+
+MAX_TRANSACTIONS_KEPT = 100
+"""Transactions kept per station; opening one more retires the oldest into :attr:`StationRecord.retired`."""
+MAX_CONNECTORS = 64
+"""Distinct (evseId, connectorId) pairs whose status is kept per station."""
+SECURITY_EVENTS_KEPT = 100
+"""The most recent SecurityEventNotifications kept per station (:attr:`StationRecord.security_events`)."""
+_ENERGY = "Energy.Active.Import.Register"
 
 
 @attrs.frozen
@@ -123,18 +160,48 @@ class CsmsConfig:
 
 @attrs.define
 class TransactionRecord:
-    """What the CSMS saw of one transaction."""
+    """What the CSMS saw of one transaction.
+
+    Attributes:
+        seq_nos: the seqNos received (runs of consecutive numbers: constant size for an in-order transaction).
+        events: TransactionEvents received, duplicates not counted.
+    """
 
     transaction_id: str
-    seq_nos: list[int] = attrs.field(factory=list)
+    seq_nos: SeqNos = attrs.field(factory=SeqNos)
     started: bool = False
     ended: bool = False
     offline_events: int = 0
     duplicates: int = 0
     energy_wh: float = 0.0
 
+    @property
+    def events(self) -> int:
+        return self.seq_nos.count
+
     def gap_free(self) -> bool:
-        return self.seq_nos == list(range(len(self.seq_nos))) if self.seq_nos else True
+        """True if the seqNos received are exactly 0..events-1 (none missing, none out of place)."""
+        return self.seq_nos.gap_free()
+
+
+@attrs.define
+class RetiredTransactions:
+    """The counts of a station's transactions no longer kept (see :data:`MAX_TRANSACTIONS_KEPT`)."""
+
+    transactions: int = 0
+    started: int = 0
+    ended: int = 0
+    events: int = 0
+    duplicates: int = 0
+    offline_events: int = 0
+
+    def add(self, tx: TransactionRecord) -> None:
+        self.transactions += 1
+        self.started += tx.started
+        self.ended += tx.ended
+        self.events += tx.events
+        self.duplicates += tx.duplicates
+        self.offline_events += tx.offline_events
 
 
 @attrs.define
@@ -153,9 +220,17 @@ class StationRecord:
     via_controller: str | None = None
     connectors: dict[tuple[int, int], str] = attrs.field(factory=dict)
     transactions: dict[str, TransactionRecord] = attrs.field(factory=dict)
-    security_events: list[dict[str, Any]] = attrs.field(factory=list)
+    retired: RetiredTransactions = attrs.field(factory=RetiredTransactions)
+    security_events: collections.deque[dict[str, Any]] = attrs.field(
+        factory=lambda: collections.deque(maxlen=SECURITY_EVENTS_KEPT)
+    )
+    security_events_total: int = 0
     messages: collections.Counter[str] = attrs.field(factory=collections.Counter)
     session: OcppSession | None = None
+
+    def tx_events(self) -> int:
+        """TransactionEvents received from this station (duplicates not counted), retired ones included."""
+        return self.retired.events + sum(tx.events for tx in self.transactions.values())
 
 
 @attrs.frozen
@@ -220,6 +295,7 @@ class Csms:
         self.totals: collections.Counter[str] = collections.Counter()
         #: station id -> action -> CALLs this endpoint received (``stations`` may be shared with other endpoints)
         self.received: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        self._dropped_messages: collections.Counter[str] = collections.Counter()  # of records dropped
 
     # ---------------------------------------------------------------- serving
 
@@ -368,6 +444,14 @@ class Csms:
             if rec.session is session:
                 rec.session = None
                 rec.connected = False
+                self._drop_if_never_booted(rec)
+
+    def _drop_if_never_booted(self, rec: StationRecord) -> None:
+        """Forget a station that never got an Accepted BootNotification (see the module doc)."""
+        if rec.boots == 0 and not rec.transactions and self.stations.get(rec.station_id) is rec:
+            del self.stations[rec.station_id]
+            self._dropped_messages.update(rec.messages)
+            self.received.pop(rec.station_id, None)  # bounded: a hostile peer may try any number of identities
 
     # ---------------------------------------------------------------- OCPP handlers
 
@@ -387,7 +471,17 @@ class Csms:
             rec.heartbeats += 1
             return {"currentTime": isoformat(self.clock.utcnow())}
         if action == "StatusNotification":
-            rec.connectors[(payload["evseId"], payload["connectorId"])] = payload["connectorStatus"]
+            key = (
+                int(self._check(rec, action, EVSE_ID, payload["evseId"])),
+                int(self._check(rec, action, CONNECTOR_ID, payload["connectorId"])),
+            )
+            if key not in rec.connectors and len(rec.connectors) >= MAX_CONNECTORS:
+                self._emit_refused(rec, action, "connectors", f"{key}", f"more than {MAX_CONNECTORS}")
+                raise OcppError(
+                    f"more than {MAX_CONNECTORS} connectors reported",
+                    error_code="OccurrenceConstraintViolation",
+                )
+            rec.connectors[key] = payload["connectorStatus"]
             return {}
         if action == "Authorize":
             return {"idTokenInfo": {"status": self._token_status(payload["idToken"]["idToken"])}}
@@ -395,6 +489,7 @@ class Csms:
             return self._on_transaction_event(rec, payload)
         if action == "SecurityEventNotification":
             rec.security_events.append(payload)
+            rec.security_events_total += 1
             self.recorder.emit(
                 self.config.name,
                 "security_event_received",
@@ -445,29 +540,67 @@ class Csms:
             return self.config.id_tokens[token]
         return "Accepted" if self.config.authorize_unknown_tokens else "Invalid"
 
+    def _check(self, rec: StationRecord, action: str, bound: Bound, value: object) -> float:
+        """``value`` if in range; else record it and refuse the CALL (PropertyConstraintViolation)."""
+        try:
+            return bound.check(value)
+        except OutOfRange as exc:
+            self._emit_refused(rec, action, exc.field, exc.shown, exc.reason_code)
+            raise OcppError(str(exc), error_code=exc.error_code) from None
+
+    def _emit_refused(self, rec: StationRecord, action: str, field: str, value: str, reason: str) -> None:
+        self.recorder.emit(
+            self.config.name,
+            "value_refused",
+            station=rec.station_id,
+            action=action,
+            field=field,
+            value=value,
+            reason=reason,
+        )
+
+    def _energy_wh(self, rec: StationRecord, payload: dict[str, Any]) -> float | None:
+        """The highest energy register reading of a TransactionEvent (None: none), every value checked."""
+        energy: float | None = None
+        for mv in payload.get("meterValue", ()):
+            for sv in mv["sampledValue"]:
+                value = float(self._check(rec, "TransactionEvent", SAMPLED_VALUE, sv["value"]))
+                if sv.get("measurand", _ENERGY) == _ENERGY:
+                    value = float(self._check(rec, "TransactionEvent", ENERGY_REGISTER_WH, value))
+                    energy = value if energy is None else max(energy, value)
+        return energy
+
+    def _new_transaction(self, rec: StationRecord, tx_id: str) -> TransactionRecord:
+        """A record for a transaction not seen (or no longer kept); retires the oldest beyond the cap."""
+        if len(rec.transactions) >= MAX_TRANSACTIONS_KEPT:
+            oldest = next(iter(rec.transactions))
+            rec.retired.add(rec.transactions.pop(oldest))
+        tx = rec.transactions[tx_id] = TransactionRecord(transaction_id=tx_id)
+        return tx
+
     def _on_transaction_event(self, rec: StationRecord, payload: dict[str, Any]) -> dict[str, Any]:
         info = payload["transactionInfo"]
         tx_id = info["transactionId"]
+        action = "TransactionEvent"
+        seq = int(self._check(rec, action, SEQ_NO, payload["seqNo"]))
+        evse = payload.get("evse")
+        if evse is not None:
+            self._check(rec, action, EVSE_ID, evse["id"])
+            if "connectorId" in evse:
+                self._check(rec, action, CONNECTOR_ID, evse["connectorId"])
+        energy = self._energy_wh(rec, payload)
         tx = rec.transactions.get(tx_id)
         if tx is None:
-            tx = rec.transactions[tx_id] = TransactionRecord(transaction_id=tx_id)
-        seq = payload["seqNo"]
+            tx = self._new_transaction(rec, tx_id)
         event_type = payload["eventType"]
-        if seq in tx.seq_nos:
+        if not tx.seq_nos.add(seq):
             tx.duplicates += 1
             self.recorder.emit(self.config.name, "tx_duplicate", station=rec.station_id, tx=tx_id, seq=seq)
         else:
-            tx.seq_nos.append(seq)
-            tx.seq_nos.sort()
             if payload.get("offline"):
                 tx.offline_events += 1
-            for mv in payload.get("meterValue", []):
-                for sv in mv["sampledValue"]:
-                    if (
-                        sv.get("measurand", "Energy.Active.Import.Register")
-                        == "Energy.Active.Import.Register"
-                    ):
-                        tx.energy_wh = max(tx.energy_wh, float(sv["value"]))
+            if energy is not None:
+                tx.energy_wh = max(tx.energy_wh, energy)
             if event_type == "Started" and not tx.started:
                 tx.started = True
                 self.totals["tx_started"] += 1
@@ -546,9 +679,12 @@ class Csms:
 
     def statistics(self) -> CsmsStatistics:
         started = ended = dups = 0
-        msgs: collections.Counter[str] = collections.Counter()
+        msgs: collections.Counter[str] = collections.Counter(self._dropped_messages)
         for rec in self.stations.values():
             msgs.update(rec.messages)
+            started += rec.retired.started
+            ended += rec.retired.ended
+            dups += rec.retired.duplicates
             for tx in rec.transactions.values():
                 started += tx.started
                 ended += tx.ended

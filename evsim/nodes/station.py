@@ -17,6 +17,11 @@ Theory of operation. A station runs two independent activities in one nursery:
   meter values every ``meter_interval_s``, stop. Its TransactionEvents go into the :class:`TxQueue`, so an
   outage delays them but never loses them; they are sent later with ``offline=true``.
 
+Every number the CSMS sends is range-checked against :mod:`evsim.ocpp.limits` before the station acts on it:
+a SetVariables value out of range is Rejected with a ``reasonCode``, a SetNetworkProfile one with
+``InvalidNetworkConf``; a BootNotificationResponse ``interval`` the station cannot use (negative, or above a
+day) is replaced by ``default_heartbeat_s`` (at least 1 s). Each refusal is one ``value_refused`` event.
+
 A refused TLS handshake is turned into the matching OCPP security event (InvalidCsmsCertificate,
 InvalidTLSVersion, ...), queued once per failure streak and delivered after the next successful connection
 (A04.FR.02; errata 2023-12 §2.2.1). With a peer policy bound to its ``ClientTls`` (pins, change notification),
@@ -50,6 +55,7 @@ from evsim.errors import (
 from evsim.metrics.recorder import Recorder
 from evsim.net.base import Network, parse_url
 from evsim.ocpp.backoff import RetryBackOff
+from evsim.ocpp.limits import BOOT_RETRY_INTERVAL, HEARTBEAT_INTERVAL, OutOfRange
 from evsim.ocpp.netprofile import (
     FallbackPolicy,
     NetworkConnectionProfile,
@@ -495,8 +501,9 @@ class Station:
                     },
                 },
             )
-            interval = float(resp.get("interval", 0)) or cfg.default_heartbeat_s
-            if resp["status"] == "Accepted":
+            accepted = resp["status"] == "Accepted"
+            interval = self._boot_interval(resp.get("interval", 0), accepted=accepted)
+            if accepted:
                 self.boots += 1
                 self.booted = True
                 self.heartbeat_s = interval
@@ -504,6 +511,39 @@ class Station:
                 return
             self.recorder.emit(self.name, "boot_pending", status=resp["status"], retry_in=interval)
             await trio.sleep(interval)
+
+    def _boot_interval(self, value: object, *, accepted: bool) -> float:
+        """The seconds a BootNotificationResponse ``interval`` means to this station.
+
+        Accepted: the heartbeat interval (B01.FR.04), valid in :data:`~evsim.ocpp.limits.HEARTBEAT_INTERVAL`.
+        Pending/Rejected: the wait before the next BootNotification (B02.FR.04, B03.FR.02), valid in
+        :data:`~evsim.ocpp.limits.BOOT_RETRY_INTERVAL`; 0 lets the station choose (B02.FR.07): its configured
+        ``default_heartbeat_s``. A value out of range cannot be used: the station takes that same fallback
+        (never below 1 s) and records one ``value_refused`` event.
+        """
+        fallback = max(1.0, self.config.default_heartbeat_s)
+        bound = HEARTBEAT_INTERVAL if accepted else BOOT_RETRY_INTERVAL
+        used, refused = bound.usable(value, fallback)
+        if refused is not None:
+            self._refused("BootNotification", refused, used=fallback)
+        return float(used) or fallback
+
+    def _refused(self, action: str, exc: OutOfRange, **fields: Any) -> None:
+        """Record a number from the CSMS this station refused or could not use (one event each)."""
+        self.recorder.emit(
+            self.name,
+            "value_refused",
+            peer=self._peer(),
+            action=action,
+            field=exc.field,
+            value=exc.shown,
+            reason=exc.reason_code,
+            **fields,
+        )
+
+    def _peer(self) -> str:
+        """The CSMS endpoint this station is talking to (host of the current slot's URL)."""
+        return parse_url(self.network_profiles.current.profile.ocpp_csms_url)[1]
 
     async def _uplink(self, session: OcppSession) -> None:
         """The station's only sender of CALLs while connected (besides BootNotification).
@@ -739,17 +779,21 @@ class Station:
         info: dict[str, str] | None = None
         if key == ("OCPPCommCtrlr", "HeartbeatInterval"):
             try:
-                self.heartbeat_s = float(int(value))
+                self.heartbeat_s = float(HEARTBEAT_INTERVAL.parse(value))
                 status = "Accepted"
-            except ValueError:
-                status = "Rejected"
+            except OutOfRange as exc:
+                status, info = "Rejected", {"reasonCode": exc.reason_code, "additionalInfo": str(exc)[:512]}
+                self._refused("SetVariables", exc)
         elif key[0] == "OCPPCommCtrlr" and key[1] in _NETWORK_SETTERS:
             try:
                 _NETWORK_SETTERS[key[1]](self.network_profiles, value)
                 status = "Accepted"  # B10.FR.01; takes effect at the next reconnect (see netprofile)
             except ProfileRejected as exc:  # B10.FR.02
                 status, info = "Rejected", {"reasonCode": exc.reason_code, "additionalInfo": str(exc)[:512]}
-            self.recorder.emit(self.name, "network_variable_set", variable=key[1], value=value, status=status)
+            reason = {"reason": info["reasonCode"]} if info is not None else {}
+            self.recorder.emit(
+                self.name, "network_variable_set", variable=key[1], value=value, status=status, **reason
+            )
         result = {"attributeStatus": status, "component": item["component"], "variable": item["variable"]}
         if info is not None:
             result["attributeStatusInfo"] = info

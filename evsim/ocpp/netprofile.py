@@ -65,6 +65,15 @@ import attrs
 from evsim.errors import ConfigError
 from evsim.net.base import parse_url
 from evsim.ocpp.backoff import BackOffSchedule, RetryBackOff
+from evsim.ocpp.limits import (
+    MESSAGE_TIMEOUT,
+    NETWORK_CONNECTION_ATTEMPTS,
+    RETRY_BACKOFF_RANDOM_RANGE,
+    RETRY_BACKOFF_REPEAT_TIMES,
+    RETRY_BACKOFF_WAIT_MINIMUM,
+    Bound,
+    OutOfRange,
+)
 from evsim.tls.service import Attempt, Endpoint
 
 __all__ = [
@@ -176,15 +185,20 @@ class NetworkConnectionProfile:
             The profile.
 
         Raises:
-            ProfileRejected: ``InvalidNetworkConf`` (a field the station cannot use, or VPN/APN settings,
+            ProfileRejected: ``InvalidNetworkConf`` (a field the station cannot use, such as a
+                ``messageTimeout`` outside :data:`~evsim.ocpp.limits.MESSAGE_TIMEOUT`, or VPN/APN settings,
                 which the simulator has no network interface for).
         """
         if "vpn" in data or "apn" in data:
             raise ProfileRejected("InvalidNetworkConf", "VPN and APN settings are not supported")
+        try:
+            message_timeout = MESSAGE_TIMEOUT.check(data["messageTimeout"])
+        except OutOfRange as exc:
+            raise ProfileRejected("InvalidNetworkConf", str(exc)) from None
         return cls(
             ocpp_csms_url=data["ocppCsmsUrl"],
             security_profile=data["securityProfile"],
-            message_timeout=data["messageTimeout"],
+            message_timeout=message_timeout,
             ocpp_version=data.get("ocppVersion", "OCPP20"),
             ocpp_transport=data.get("ocppTransport", "JSON"),
             ocpp_interface=data["ocppInterface"],
@@ -614,9 +628,10 @@ class NetworkProfiles:
         """SetVariables ``NetworkProfileConnectionAttempts``; effective at the next reconnect.
 
         Raises:
-            ProfileRejected: ``InvalidValue`` unless an integer >= 1.
+            ProfileRejected: ``InvalidValue``, ``ValueTooLow``, ``ValueTooHigh``: not an integer in
+                :data:`~evsim.ocpp.limits.NETWORK_CONNECTION_ATTEMPTS`.
         """
-        self._pending_attempts = _int_at_least(value, 1)
+        self._pending_attempts = _parse(NETWORK_CONNECTION_ATTEMPTS, value)
 
     def set_backoff(
         self,
@@ -628,13 +643,21 @@ class NetworkProfiles:
         """SetVariables ``RetryBackOffWaitMinimum / RandomRange / RepeatTimes``; applies to the next wait.
 
         Raises:
-            ProfileRejected: ``InvalidValue`` unless integers >= 0.
+            ProfileRejected: ``InvalidValue``, ``ValueTooLow``, ``ValueTooHigh``: not an integer in the
+                :mod:`evsim.ocpp.limits` range of the variable (a day at most for the two waits, 30
+                doublings), so the back-off stays a finite wait.
         """
         old = self.backoff.policy
         self.backoff.policy = RetryBackOff(
-            wait_minimum=old.wait_minimum if wait_minimum is None else _int_at_least(wait_minimum, 0),
-            random_range=old.random_range if random_range is None else _int_at_least(random_range, 0),
-            repeat_times=old.repeat_times if repeat_times is None else _int_at_least(repeat_times, 0),
+            wait_minimum=old.wait_minimum
+            if wait_minimum is None
+            else _parse(RETRY_BACKOFF_WAIT_MINIMUM, wait_minimum),
+            random_range=old.random_range
+            if random_range is None
+            else _parse(RETRY_BACKOFF_RANDOM_RANGE, random_range),
+            repeat_times=old.repeat_times
+            if repeat_times is None
+            else _parse(RETRY_BACKOFF_REPEAT_TIMES, repeat_times),
         )
 
     def variables(self) -> dict[str, str]:
@@ -663,11 +686,8 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def _int_at_least(value: str, minimum: int) -> int:
+def _parse(bound: Bound, value: str) -> int:
     try:
-        n = int(value)
-    except ValueError:
-        raise ProfileRejected("InvalidValue", f"not an integer: {value!r}") from None
-    if n < minimum:
-        raise ProfileRejected("InvalidValue", f"must be >= {minimum}")
-    return n
+        return bound.parse(value)
+    except OutOfRange as exc:
+        raise ProfileRejected(exc.reason_code, str(exc)) from None

@@ -98,7 +98,7 @@ def station_links_table(result: RunResult) -> str:
                 (tls.group or "-") if tls else "-",
                 st.boots,
                 rec.heartbeats if rec else 0,
-                sum(len(t.seq_nos) for t in rec.transactions.values()) if rec else 0,
+                rec.tx_events() if rec else 0,
                 "done" if st.done.is_set() else "not done",
             ]
         )
