@@ -4,8 +4,9 @@
 one connection does, the loop keeps accepting and the other sessions keep running:
 
 * **A connection lost before it is accepted** (a connect followed at once by a reset: ``getpeername`` fails
-  with ENOTCONN, or any other per-connection ``OSError`` or transport error) is skipped, counted and recorded as
-  one ``accept_failed`` event.
+  with ENOTCONN; ECONNABORTED, ECONNRESET, ...) is skipped, counted and recorded as one ``accept_failed``
+  event. Any other accept error is counted and recorded the same way, followed by a short wait
+  (:data:`ACCEPT_RETRY_INITIAL_S`) so that a listener failing every accept cannot make the loop spin.
 * **Out of file descriptors or kernel memory** (EMFILE, ENFILE, ENOMEM, ENOBUFS from accept(2)): the loop
   waits :data:`ACCEPT_RETRY_INITIAL_S` of trio time and retries, doubling the wait up to
   :data:`ACCEPT_RETRY_MAX_S` (like ``trio.serve_listeners``, which waits a fixed 0.1 s), until accept works
@@ -43,7 +44,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
-from evsim.errors import ClosedTransport, TransportError
+from evsim.errors import BrokenTransport, ClosedTransport, TransportError
 from evsim.metrics.recorder import Recorder
 
 __all__ = [
@@ -72,6 +73,11 @@ _UNLIMITED_FDS = 1 << 20
 """What an unlimited ``RLIMIT_NOFILE`` counts as (Linux's default ``fs.nr_open``)."""
 
 _CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+#: accept(2) / getpeername errors that concern the one connection being accepted (it was reset or aborted).
+_PER_CONNECTION_ERRNOS = frozenset(
+    {errno.ENOTCONN, errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO, errno.EPERM, errno.ETIMEDOUT}
+)
 
 _current: contextvars.ContextVar[_Slot] = contextvars.ContextVar("evsim_accepted_connection")
 
@@ -245,19 +251,22 @@ class Acceptor:
                         self._retries += 1
                         await trio.sleep(delay)
                         continue
-                    self._accept_failed(exc)
+                    await self._accept_failed(exc, per_connection=exc.errno in _PER_CONNECTION_ERRNOS)
                     continue
                 except TransportError as exc:
-                    self._accept_failed(exc)
+                    await self._accept_failed(exc, per_connection=isinstance(exc, BrokenTransport))
                     continue
                 delay = None
                 await self._admit(stream, nursery, handler)
 
-    def _accept_failed(self, exc: Exception) -> None:
+    async def _accept_failed(self, exc: Exception, *, per_connection: bool) -> None:
+        """Count and record a failed accept; after an error that may not be one connection's, wait a little
+        (a listener that fails every accept must not spin)."""
         self._accept_failures += 1
-        self.recorder.emit(
-            self.node, "accept_failed", reason="connection lost before accept", detail=str(exc)
-        )
+        reason = "connection lost before accept" if per_connection else "accept failed"
+        self.recorder.emit(self.node, "accept_failed", reason=reason, detail=str(exc))
+        if not per_connection:
+            await trio.sleep(ACCEPT_RETRY_INITIAL_S)
 
     async def _admit(
         self,
