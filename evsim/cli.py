@@ -186,9 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from evsim import commands
-    from evsim.runtime import tune_gc
+    from evsim.runtime import raise_open_file_limit, tune_gc
 
     tune_gc()
+    raise_open_file_limit()
 
     try:
         if args.command == "certs":

@@ -28,8 +28,8 @@ from evsim.clock import SimClock
 from evsim.errors import TransportError
 from evsim.metrics.recorder import Recorder
 from evsim.net.tcp import TcpNetwork
-from evsim.net.virtual import VirtualListener
-from evsim.nodes.acceptor import ACCEPT_RETRY_INITIAL_S, ACCEPT_RETRY_MAX_S, Acceptor
+from evsim.net.virtual import VirtualListener, VirtualNetwork
+from evsim.nodes.acceptor import ACCEPT_RETRY_INITIAL_S, ACCEPT_RETRY_MAX_S, FD_RESERVE, Acceptor
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.security import load_anchors, station_client_tls
 from evsim.tls import ClientTls, ServerTls, TlsProfile, tls_connect
@@ -290,11 +290,10 @@ async def test_csms_under_a_low_open_file_limit_refuses_cleanly(tmp_path: Path) 
 
 
 def _spawn_csms_with_open_file_limit(pki: Path, nofile: int) -> subprocess.Popen[bytes]:
-    """``evsim csms`` on a free port with the soft RLIMIT_NOFILE lowered (only in the child)."""
+    """``evsim csms`` on a free port with RLIMIT_NOFILE lowered, soft and hard (only in the child)."""
     code = (
         "import resource, sys\n"
-        "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
-        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, hard))\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile}))\n"
         "from evsim.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
@@ -379,18 +378,42 @@ async def test_total_connections_are_capped(autojump_clock: trio.testing.MockClo
 
 
 async def test_default_limits_come_from_the_open_file_limit() -> None:
+    """Derived from RLIMIT_NOFILE for loopback TCP (descriptors), none on the in-memory network."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     recorder = Recorder(SimClock.start(TEST_NOW))
-    acceptor = Acceptor("csms", recorder)
-    if soft != resource.RLIM_INFINITY:
-        assert acceptor.max_connections == max(1, soft - 64)
-        assert Acceptor("lc", recorder, fds_per_connection=2).max_connections == max(1, (soft - 64) // 2)
-    assert acceptor.max_connections is not None
-    assert acceptor.max_pending_per_address == max(1, acceptor.max_connections // 2)
+    tcp = await TcpNetwork().listen("127.0.0.1", 0)
+    virtual = await VirtualNetwork().listen("csms", 443)
+    async with tcp, virtual:
+        csms, lc = Acceptor("csms", recorder), Acceptor("lc", recorder, fds_per_connection=2)
+        csms.resolve_limits(tcp)
+        lc.resolve_limits(tcp)
+        if soft != resource.RLIM_INFINITY:
+            assert csms.max_connections == max(1, soft - FD_RESERVE)
+            assert lc.max_connections == max(1, (soft - FD_RESERVE) // 2)
+        assert csms.max_connections is not None
+        assert csms.max_pending_per_address == max(1, csms.max_connections // 2)
+        in_memory = Acceptor("csms", recorder)
+        in_memory.resolve_limits(virtual)
+        assert (in_memory.max_connections, in_memory.max_pending_per_address) == (None, None)
+        explicit = Acceptor("csms", recorder, max_connections=10)
+        explicit.resolve_limits(virtual)
+        assert (explicit.max_connections, explicit.max_pending_per_address) == (10, 5)
     with pytest.raises(ValueError, match="max_connections"):
         CsmsConfig(max_connections=0)
     with pytest.raises(ValueError, match="boot_timeout"):
         CsmsConfig(boot_timeout=-1)
+
+
+def test_the_command_raises_the_soft_open_file_limit() -> None:
+    """A default soft limit of 1024 would cap a CSMS below 1,000 stations; ``evsim`` raises it to the hard one."""
+    code = (
+        "import resource\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096))\n"
+        "from evsim.runtime import raise_open_file_limit\n"
+        "print(raise_open_file_limit(), resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.split() == ["4096", "(4096,", "4096)"]
 
 
 # ---------------------------------------------------------------------------- boot deadline

@@ -347,6 +347,8 @@ class TcpListener(NetListener):
 
     __slots__ = ("_address", "_closed", "_counters", "_listener")
 
+    uses_file_descriptors = True
+
     def __init__(self, listener: trio.SocketListener, counters: NetworkCounters) -> None:
         self._listener = listener
         self._counters = counters

@@ -16,10 +16,12 @@ one connection does, the loop keeps accepting and the other sessions keep runnin
   ``connection_refused`` event names the reason, the peer and the limit):
 
   ``max_connections``
-      Connections open at once through this listener. Default: derived from the process's soft
-      ``RLIMIT_NOFILE`` minus :data:`FD_RESERVE` descriptors, divided by the descriptors one connection costs
-      (1 for the CSMS, 2 for a Local Controller, which opens an upstream link per station), so the node
-      refuses connections cleanly before accept(2) would fail.
+      Connections open at once through this listener. Default, for a listener whose connections hold file
+      descriptors (loopback TCP): the process's soft ``RLIMIT_NOFILE`` minus :data:`FD_RESERVE` descriptors,
+      divided by the descriptors one connection costs (1 for the CSMS, 2 for a Local Controller, which opens an
+      upstream link per station), so the node refuses connections cleanly before accept(2) would fail. No
+      default limit on the in-memory network. (The ``evsim`` command raises the soft limit to the hard one at
+      start, :func:`evsim.runtime.raise_open_file_limit`.)
   ``max_pending_per_address``
       Connections from one peer address (IP, or host name on the in-memory network) that are not yet
       *admitted*: still in the TLS handshake, the HTTP upgrade, or - at the CSMS - before their first Accepted
@@ -178,7 +180,8 @@ class Acceptor:
     Args:
         node: the node's name, for events.
         recorder: where refusals and failures are recorded.
-        max_connections: connections open at once; None derives it from ``RLIMIT_NOFILE``.
+        max_connections: connections open at once; None derives it from ``RLIMIT_NOFILE`` for a listener whose
+            connections hold file descriptors (none otherwise).
         max_pending_per_address: not-yet-admitted connections per peer address; None: half of
             ``max_connections``.
         fds_per_connection: descriptors one connection costs the node (for the derived ``max_connections``).
@@ -202,12 +205,11 @@ class Acceptor:
             raise ValueError(f"max_pending_per_address must be >= 1, not {max_pending_per_address}")
         self.node = node
         self.recorder = recorder
-        if max_connections is None:
-            max_connections = default_max_connections(fds_per_connection)
-        if max_pending_per_address is None and max_connections is not None:
-            max_pending_per_address = max(1, max_connections // 2)
-        self.max_connections = max_connections
-        self.max_pending_per_address = max_pending_per_address
+        self._settings = (max_connections, max_pending_per_address)
+        self._fds_per_connection = fds_per_connection
+        #: the limits in force (set by :meth:`serve` from the settings and the listener)
+        self.max_connections: int | None = max_connections
+        self.max_pending_per_address: int | None = max_pending_per_address
         self._open = 0
         self._pending: collections.Counter[str] = collections.Counter()
         self._accepted = 0
@@ -226,6 +228,7 @@ class Acceptor:
         The handler owns its stream (it closes it); its exceptions are its own and propagate (a handler must
         catch what a peer can cause).
         """
+        self.resolve_limits(listener)
         async with trio.open_nursery() as nursery:
             delay: float | None = None  # the wait before the next retry while out of resources
             while True:
@@ -258,6 +261,16 @@ class Acceptor:
                     continue
                 delay = None
                 await self._admit(stream, nursery, handler)
+
+    def resolve_limits(self, listener: trio.abc.Listener[trio.abc.Stream]) -> None:
+        """Fill in the default limits for ``listener``: ``max_connections`` from ``RLIMIT_NOFILE`` only when its
+        connections hold file descriptors (loopback TCP; the in-memory network has no such limit)."""
+        total, pending = self._settings
+        if total is None and getattr(listener, "uses_file_descriptors", False):
+            total = default_max_connections(self._fds_per_connection)
+        if pending is None and total is not None:
+            pending = max(1, total // 2)
+        self.max_connections, self.max_pending_per_address = total, pending
 
     async def _accept_failed(self, exc: Exception, *, per_connection: bool) -> None:
         """Count and record a failed accept; after an error that may not be one connection's, wait a little
