@@ -186,9 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from evsim import commands
-    from evsim.runtime import tune_gc
+    from evsim.runtime import raise_open_file_limit, tune_gc
 
     tune_gc()
+    raise_open_file_limit()
 
     try:
         if args.command == "certs":
@@ -213,13 +214,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             return scenario_cli.report(args)
         if args.command == "tls":
             return _tls_capabilities(args)
-    except ConfigError as exc:
+    except (EvsimError, KeyboardInterrupt) as exc:
+        return _failed(exc)
+    except BaseExceptionGroup as group:
+        # A trio nursery wraps a node's error (a port already taken when a listener starts) in a group.
+        sole = _sole_exception(group)
+        if not isinstance(sole, EvsimError | KeyboardInterrupt):
+            raise
+        return _failed(sole)
+    raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+
+
+def _failed(exc: EvsimError | KeyboardInterrupt) -> int:
+    """Print what went wrong in one line (with its fix, for a configuration error); the exit status."""
+    if isinstance(exc, ConfigError):
         print(f"evsim: configuration error: {exc}", file=sys.stderr)
         return 2
-    except EvsimError as exc:
-        print(f"evsim: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+    if isinstance(exc, KeyboardInterrupt):
         print("evsim: interrupted", file=sys.stderr)
         return 130
-    raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+    print(f"evsim: {exc}", file=sys.stderr)
+    return 1
+
+
+def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside (possibly nested) groups, or None when there are several."""
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        if len(leaf.exceptions) != 1:
+            return None
+        leaf = leaf.exceptions[0]
+    return leaf

@@ -29,6 +29,10 @@ WARNING_KINDS = frozenset(
         "bad_input",
         "security_event",
         "boot_rejected",
+        "accept_failed",
+        "accept_paused",
+        "connection_refused",
+        "boot_timeout",
     }
 )
 

@@ -120,6 +120,9 @@ class NetworkCounters:
 class NetListener(trio.abc.Listener[trio.abc.Stream]):
     """A listener that knows the address it is bound to."""
 
+    uses_file_descriptors = False
+    """True when every accepted connection holds a file descriptor (counts against ``RLIMIT_NOFILE``)."""
+
     @property
     def address(self) -> tuple[str, int]:
         """``(host, port)`` the listener accepts on; the port is the real one when 0 was asked for."""

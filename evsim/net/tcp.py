@@ -347,6 +347,8 @@ class TcpListener(NetListener):
 
     __slots__ = ("_address", "_closed", "_counters", "_listener")
 
+    uses_file_descriptors = True
+
     def __init__(self, listener: trio.SocketListener, counters: NetworkCounters) -> None:
         self._listener = listener
         self._counters = counters
@@ -366,6 +368,7 @@ class TcpListener(NetListener):
             StreamClosed: the listener was closed.
             OSError: out of file descriptors or memory (EMFILE, ENFILE, ENOMEM, ENOBUFS), left as
                 OSError so ``trio.serve_listeners`` backs off and retries.
+            StreamBroken: this connection was reset before it could be accepted (the listener is fine).
             TransportError: any other accept failure.
         """
         try:
@@ -376,7 +379,10 @@ class TcpListener(NetListener):
             if exc.errno in _ACCEPT_CAPACITY_ERRNOS:
                 raise
             raise TransportError(f"accept failed: {exc}") from exc
-        return TcpStream._from_trio(stream.socket, self._counters)
+        try:
+            return TcpStream._from_trio(stream.socket, self._counters)
+        except OSError as exc:  # reset between accept(2) and getpeername (ENOTCONN): that connection only
+            raise StreamBroken(f"connection lost before it was accepted: {exc}") from exc
 
     async def aclose(self) -> None:
         """Stop listening (idempotent)."""

@@ -68,6 +68,7 @@ from evsim.errors import (
 )
 from evsim.metrics.recorder import Recorder
 from evsim.net.base import Network
+from evsim.nodes.acceptor import Acceptor, connection_admitted
 from evsim.nodes.admission import (
     Admission,
     BehindController,
@@ -164,6 +165,12 @@ class ControllerConfig:
         call_timeout: own CALL timeout, and how long a lane waits for a relayed CALL's answer (s).
         max_queue: CALLs that may wait per lane (back-pressure beyond).
         id_prefix: start of the controller's own message ids (a random part is added per connection).
+        max_connections: station links open at once; more are closed at once (``connection_refused``). None
+            (default): (the process's soft ``RLIMIT_NOFILE`` minus a reserve) / 2, as every station link needs an
+            upstream link too (:mod:`evsim.nodes.acceptor`).
+        max_pending_per_address: station connections from one peer address still in the TLS handshake or the
+            HTTP upgrade; more are closed at once. None (default): half of ``max_connections``. (A station that
+            upgraded but never boots is closed by the CSMS's boot timeout, which ends its relayed link.)
     """
 
     name: str = "lc"
@@ -191,6 +198,8 @@ class ControllerConfig:
     call_timeout: float = 30.0
     max_queue: int = 16
     id_prefix: str = "lc-"
+    max_connections: int | None = None
+    max_pending_per_address: int | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.security_profile not in (1, 2, 3):
@@ -230,6 +239,15 @@ class ControllerConfig:
                 path="controller",
                 fix="use e.g. 3, 16 and 1000",
             )
+        for limit in ("max_connections", "max_pending_per_address"):
+            value = getattr(self, limit)
+            if value is not None and value < 1:
+                raise ConfigError(
+                    f"{limit} must be >= 1",
+                    path=f"controller.{limit}",
+                    value=value,
+                    fix="leave it unset for the default (from the open-file limit)",
+                )
 
 
 @attrs.frozen
@@ -360,6 +378,13 @@ class LocalController:
             )
         self.upstream: Service = config.upstream
         self.address: tuple[str, int] | None = None
+        self.acceptor = Acceptor(
+            config.name,
+            recorder,
+            max_connections=config.max_connections,
+            max_pending_per_address=config.max_pending_per_address,
+            fds_per_connection=2,
+        )
         self.stations: dict[str, _StationState] = {}
         self._relays_total = 0
         self._handshake_failures: collections.Counter[str] = collections.Counter()
@@ -377,16 +402,9 @@ class LocalController:
         listener = await self.network.listen(self.config.host, self.config.port)
         self.address = listener.address
         self.recorder.emit(self.name, "listening", address=f"{self.address[0]}:{self.address[1]}")
-        async with listener, trio.open_nursery() as nursery:
+        async with listener:
             task_status.started(self.address)
-            while True:
-                try:
-                    stream = await listener.accept()
-                except TransportError as exc:  # pragma: no cover - listener failures are rare
-                    self.recorder.emit(self.name, "accept_failed", reason=str(exc))
-                    await trio.sleep(0.01)
-                    continue
-                nursery.start_soon(self._handle_connection, stream)
+            await self.acceptor.serve(listener, self._handle_connection)
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         admission = Admission(stream)
@@ -403,6 +421,7 @@ class LocalController:
             ):
                 assert admission.ws is not None
                 decision = admission.decision
+                connection_admitted()
                 await self._serve_station(decision["station_id"], admission.ws, decision.get("authorization"))
         except TransportError as exc:
             self.recorder.emit(self.name, "connection_lost", reason=failure_reason(exc), detail=str(exc))

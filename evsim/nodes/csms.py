@@ -47,6 +47,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,6 +62,7 @@ from evsim.errors import (
 )
 from evsim.metrics.recorder import Recorder
 from evsim.net.base import Network
+from evsim.nodes.acceptor import Acceptor, connection_admitted, current_peer
 from evsim.nodes.admission import (
     BEHIND_CONTROLLER_CHOICES,
     Admission,
@@ -127,6 +129,15 @@ class CsmsConfig:
             station by the URL path plus Basic auth (``passwords`` / ``default_password``), skipping the
             serialNumber-vs-CN check of B01.FR.11/12 for it. See :mod:`evsim.nodes.admission`.
         trusted_controllers: the controllers ``"trust_controller"`` accepts (O, CN, optionally their stations).
+        max_connections: connections open at once; more are closed at once (``connection_refused``). None
+            (default): the process's soft ``RLIMIT_NOFILE`` minus a reserve (:mod:`evsim.nodes.acceptor`).
+        max_pending_per_address: connections from one peer address not yet admitted (TLS, HTTP upgrade, or
+            no Accepted BootNotification yet); more are closed at once. None (default): half of
+            ``max_connections`` (admitted stations do not count, so a fleet behind one address is not refused).
+        boot_timeout: seconds (trio time) a WebSocket connection may stay open without an Accepted
+            BootNotification; then it is closed (1008) with a ``boot_timeout`` event. Measured per connection
+            from the upgrade to the first Accepted boot, across Pending/Rejected boots a station resends (B02).
+            Default 180 s: several BootNotification retries of an honest station that is kept Pending.
     """
 
     name: str = "csms"
@@ -147,10 +158,19 @@ class CsmsConfig:
     id_tokens: Mapping[str, str] = attrs.field(factory=dict)
     behind_controller: BehindController = "require_station_cert"
     trusted_controllers: tuple[TrustedController, ...] = ()
+    max_connections: int | None = None
+    max_pending_per_address: int | None = None
+    boot_timeout: float = 180.0
 
     def __attrs_post_init__(self) -> None:
         if self.security_profile not in (1, 2, 3):
             raise ValueError(f"security_profile must be 1, 2 or 3, not {self.security_profile}")
+        for limit in ("max_connections", "max_pending_per_address"):
+            value = getattr(self, limit)
+            if value is not None and value < 1:
+                raise ValueError(f"{limit} must be >= 1 (or None for the default), not {value}")
+        if not self.boot_timeout > 0:
+            raise ValueError(f"boot_timeout must be > 0, not {self.boot_timeout}")
         if self.behind_controller not in BEHIND_CONTROLLER_CHOICES:
             raise ValueError(
                 f"behind_controller must be one of {', '.join(BEHIND_CONTROLLER_CHOICES)}, "
@@ -286,6 +306,12 @@ class Csms:
         self.recorder = recorder
         self.stations: dict[str, StationRecord] = {} if store is None else store
         self.address: tuple[str, int] | None = None
+        self.acceptor = Acceptor(
+            config.name,
+            recorder,
+            max_connections=config.max_connections,
+            max_pending_per_address=config.max_pending_per_address,
+        )
         self._connections_total = 0
         self._handshake_failures: collections.Counter[str] = collections.Counter()
         self._upgrade_rejections: collections.Counter[int] = collections.Counter()
@@ -306,16 +332,9 @@ class Csms:
         listener = await self.network.listen(self.config.host, self.config.port)
         self.address = listener.address
         self.recorder.emit(self.config.name, "listening", address=f"{self.address[0]}:{self.address[1]}")
-        async with listener, trio.open_nursery() as nursery:
+        async with listener:
             task_status.started(self.address)
-            while True:
-                try:
-                    stream = await listener.accept()
-                except TransportError as exc:  # pragma: no cover - listener failures are rare
-                    self.recorder.emit(self.config.name, "accept_failed", reason=str(exc))
-                    await trio.sleep(0.01)
-                    continue
-                nursery.start_soon(self._handle_connection, stream)
+            await self.acceptor.serve(listener, self._handle_connection)
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         self._connections_total += 1
@@ -415,8 +434,15 @@ class Csms:
             rec.serial_from_cert = common_name(tls_info.peer_chain[0])
         rpc = RpcConnection(version=version, call_timeout=self.config.call_timeout)
 
+        # B02: until its first Accepted boot a connection is pending; it has boot_timeout to get there.
+        boot_scope = trio.CancelScope(deadline=trio.current_time() + self.config.boot_timeout)
+
         async def handler(action: str, payload: dict[str, Any]) -> dict[str, Any]:
-            return await self._handle_call(rec, ws, action, payload)
+            response = await self._handle_call(rec, ws, action, payload)
+            if action == "BootNotification" and response.get("status") == "Accepted":
+                boot_scope.deadline = math.inf
+                connection_admitted()
+            return response
 
         session = OcppSession(ws, rpc, handler)
         rec.session = session
@@ -431,7 +457,17 @@ class Csms:
             compressed=ws.compressed,
         )
         try:
-            await session.run()
+            with boot_scope:
+                await session.run()
+            if boot_scope.cancelled_caught:
+                self.recorder.emit(
+                    self.config.name,
+                    "boot_timeout",
+                    station=station_id,
+                    peer=current_peer(),
+                    timeout=self.config.boot_timeout,
+                )
+                await ws.aclose(1008, "no accepted BootNotification in time")
         except (TransportError, OcppError) as exc:
             self.recorder.emit(
                 self.config.name,
