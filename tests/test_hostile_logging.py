@@ -24,7 +24,7 @@ from evsim.tls import ClientTls, ServerTls, TlsProfile, tls_connect
 from evsim.ws.auth import basic_auth_header
 from evsim.ws.connection import WebSocket, ws_client
 from evsim.ws.paths import station_path
-from tests.e2e_harness import PASSWORD
+from tests.e2e_harness import PASSWORD, harness
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, make_test_pki
 
 HOSTILE = "ST\r\nFAKE [    0.000] INFO  csms booted\x00\x1b[2J\x1b]0;owned\x07\u202e\ud800\U0001f600\\x41"
@@ -297,3 +297,45 @@ async def test_hostile_identity_never_reaches_the_log_raw(autojump_clock: trio.t
     evil = _of(lines, "evil")
     assert evil and all(_printable_ascii(line) for line in lines), lines
     assert any("ST\\x0d\\x0a\\x1b[31mFAKE\\x00" in line for line in evil), evil
+
+
+# ---------------------------------------------------------------- peer addresses on listener events
+
+_LISTENER_KINDS = {
+    "connection_opened",
+    "tls_accepted",
+    "handshake_failed",
+    "upgrade_rejected",
+    "station_connected",
+    "booted",
+    "station_disconnected",
+    "connection_lost",
+}
+
+
+async def test_csms_and_controller_listener_events_carry_the_peer_address(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from tests.test_controller import LC_HOST, start_controller
+
+    async with harness() as h:
+        await h.start_csms()
+        await start_controller(h)
+        relayed = h.start_station("ST-1", host=LC_HOST, sessions=0)
+        direct = h.start_station("ST-2", sessions=0)
+        h.start_station("ST-3", sessions=0, password="not-the-password-0123")
+        with trio.fail_after(600):
+            await relayed.wait_online()
+            await direct.wait_online()
+            await trio.sleep(30)  # virtual time: ST-3 has been refused by then
+    listener_events = [
+        e for e in h.recorder.events if e.node in ("csms", "LC-1") and e.kind in _LISTENER_KINDS
+    ]
+    assert {e.kind for e in listener_events} >= {"connection_opened", "tls_accepted", "station_connected"}
+    for e in listener_events:
+        assert re.fullmatch(r"[^:]+:[0-9]+", e.data.get("peer", "")), e
+    by = {(e.node, e.kind, e.data.get("station")): e.data["peer"] for e in listener_events}
+    assert by["LC-1", "station_connected", "ST-1"].startswith("ST-1:")
+    assert by["csms", "station_connected", "ST-2"].startswith("ST-2:")
+    assert by["csms", "upgrade_rejected", "ST-3"].startswith("ST-3:")
+    assert not by["csms", "station_connected", "ST-1"].startswith("ST-1:")  # the controller's own link

@@ -220,7 +220,7 @@ def format_event(ev: Event, start_utc: _dt.datetime | None = None) -> str:
     ``2030-06-01T12:00:03.250Z [     3.250] WARN  csms upgrade_rejected peer=10.0.0.7:50312 station=ST-1
     status=401 reason="wrong password"``: the wall-clock time (UTC; the simulated one in virtual time), the
     seconds since the run started, the level, the node, the kind, then the fields: ``peer`` and ``station``
-    first. A value holding a space or a double quote is quoted, with ``\"`` for the quote.
+    first, empty ones left out. A value holding a space or a double quote is quoted, a backslash before each quote in it.
 
     Args:
         ev: the event.
@@ -237,7 +237,7 @@ def format_event(ev: Event, start_utc: _dt.datetime | None = None) -> str:
         escape(ev.node),
         escape(ev.kind),
     ]
-    fields = ev.data
+    fields = {k: v for k, v in ev.data.items() if v is not None and v != ""}
     for key in _FIRST_FIELDS:
         if key in fields:
             parts.append(_field(key, fields[key]))
