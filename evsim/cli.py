@@ -33,19 +33,37 @@ def _profile(value: str) -> int:
     return int(value)
 
 
+_VERBOSE_HELP = (
+    "more output: evsim csms and evsim stations add per-message detail to their event lines; "
+    "other commands log at INFO (-vv: DEBUG); accepted before or after the command"
+)
+_QUIET_HELP = (
+    "less output: evsim csms and evsim stations print only refusals, lost connections and errors; "
+    "accepted before or after the command"
+)
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, *, default: object) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=default, help=_VERBOSE_HELP)
+    parser.add_argument("-q", "--quiet", action="count", default=default, help=_QUIET_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="evsim",
         description="A Trio-based simulator of an EV charging network secured with TLS on every hop.",
     )
     p.add_argument("--version", action="version", version=f"evsim {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
+    _add_verbosity(p, default=0)
+    # The same flags after the command (SUPPRESS: a command given none keeps the counts given before it).
+    verbosity = argparse.ArgumentParser(add_help=False)
+    _add_verbosity(verbosity, default=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    certs = sub.add_parser("certs", help="development PKI")
+    certs = sub.add_parser("certs", help="development PKI", parents=[verbosity])
     certs_sub = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
     init = certs_sub.add_parser(
-        "init", help="generate the development PKI (root CA, CSMS server, station CA)"
+        "init", help="generate the development PKI (root CA, CSMS server, station CA)", parents=[verbosity]
     )
     init.add_argument("--dir", default="certs", help="output directory (default: certs)")
     init.add_argument("--host", default="localhost", help="CSMS host name: server certificate CN and SAN")
@@ -61,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--force", action="store_true", help="overwrite an existing PKI")
     group.add_argument("--if-missing", action="store_true", help="do nothing when the PKI already exists")
 
-    csms = sub.add_parser("csms", help="run a CSMS serving wss://HOST:PORT/ocpp/<station-id>")
+    csms = sub.add_parser(
+        "csms", help="run a CSMS serving wss://HOST:PORT/ocpp/<station-id>", parents=[verbosity]
+    )
     csms.add_argument(
         "--listen", type=_host_port, default=("127.0.0.1", 8443), help="HOST:PORT (loopback only)"
     )
@@ -87,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="DANGEROUS: allow security profile 1 (plain ws://, passwords in clear)",
     )
 
-    st = sub.add_parser("stations", help="run N charging stations against a CSMS")
+    st = sub.add_parser("stations", help="run N charging stations against a CSMS", parents=[verbosity])
     st.add_argument(
         "--csms",
         required=True,
@@ -117,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="DANGEROUS, development only: do not verify the CSMS certificate (prints a warning)",
     )
 
-    demo = sub.add_parser("demo", help="one CSMS and ten stations over TLS 1.3 in one process")
+    demo = sub.add_parser(
+        "demo", help="one CSMS and ten stations over TLS 1.3 in one process", parents=[verbosity]
+    )
     demo.add_argument("--pki", default="certs", help="PKI directory made by 'evsim certs init'")
     demo.add_argument("--stations", type=int, default=10, help="number of stations (default 10)")
     demo.add_argument("--seed", type=int, default=1, help="seed")
@@ -127,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--tcp", action="store_true", help="loopback TCP instead of the in-memory network")
 
-    run = sub.add_parser("run", help="run a scenario file and write a run directory with its report")
+    run = sub.add_parser(
+        "run", help="run a scenario file and write a run directory with its report", parents=[verbosity]
+    )
     run.add_argument("file", help="scenario TOML file (see scenarios/README.md)")
     run.add_argument("--out", default="runs", help="base directory for run directories (default: runs)")
     run.add_argument("--seed", type=int, default=None, help="override [simulation].seed")
@@ -135,17 +159,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     run.add_argument("--canonical-log", default=None, help="also write the canonical event log to FILE")
 
-    val = sub.add_parser("validate", help="check scenario files without running anything")
+    val = sub.add_parser(
+        "validate", help="check scenario files without running anything", parents=[verbosity]
+    )
     val.add_argument("files", nargs="+", help="scenario TOML files")
 
-    rep = sub.add_parser("report", help="re-render the summary and plots of a run directory")
+    rep = sub.add_parser(
+        "report", help="re-render the summary and plots of a run directory", parents=[verbosity]
+    )
     rep.add_argument("run_dir", help="a directory written by 'evsim run'")
     rep.add_argument("--no-plots", action="store_true", help="only print the summary")
 
-    tls = sub.add_parser("tls", help="the TLS engine")
+    tls = sub.add_parser("tls", help="the TLS engine", parents=[verbosity])
     tls_sub = tls.add_subparsers(dest="tls_command", required=True, metavar="ACTION")
     caps = tls_sub.add_parser(
-        "capabilities", help="versions, suites (IANA and OpenSSL names), groups and each knob's state"
+        "capabilities",
+        help="versions, suites (IANA and OpenSSL names), groups and each knob's state",
+        parents=[verbosity],
     )
     caps.add_argument("--json", action="store_true", help="print JSON instead of text")
     caps.add_argument(
@@ -183,7 +213,7 @@ def _tls_capabilities(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(max(args.verbose - args.quiet, 0), logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from evsim import commands
     from evsim.runtime import raise_open_file_limit, tune_gc

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import logging
 import math
 import random
 import sys
 from pathlib import Path
-from typing import Any
 
 import trio
 import trio.testing
 
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, PkiError
-from evsim.metrics.recorder import Recorder
+from evsim.metrics.recorder import EventPrinter, Recorder, level_of_verbosity
 from evsim.net.base import Network, parse_url
 from evsim.net.tcp import TcpNetwork
 from evsim.net.virtual import VirtualNetwork
@@ -23,6 +24,7 @@ from evsim.nodes.security import csms_server_tls, load_anchors, station_client_t
 from evsim.nodes.station import Station, StationConfig, station_ids
 from evsim.pki import DevPki, init_dev_pki
 from evsim.report import table
+from evsim.tls.context import ServerTls
 
 
 def _warn(message: str) -> None:
@@ -57,6 +59,28 @@ def certs_init(args: argparse.Namespace) -> int:
 
 
 def run_csms(args: argparse.Namespace) -> int:
+    config, server_tls = csms_setup(args)
+    printer = EventPrinter(level=event_log_level(args))
+    trio.run(
+        functools.partial(
+            serve_csms,
+            config,
+            network=TcpNetwork(),
+            server_tls=server_tls,
+            printer=printer,
+            duration=args.duration,
+        )
+    )
+    return 0
+
+
+def csms_setup(args: argparse.Namespace) -> tuple[CsmsConfig, ServerTls | None]:
+    """The CSMS configuration and listener TLS that ``evsim csms`` arguments ask for.
+
+    Raises:
+        ConfigError: a combination the CSMS refuses (profile 1 without its opt-in).
+        PkiError: the PKI directory is missing or broken.
+    """
     host, port = args.listen
     if args.security_profile == 1 and not args.insecure_allow_plain_ws:
         raise ConfigError(
@@ -78,36 +102,49 @@ def run_csms(args: argparse.Namespace) -> int:
         organization=args.org,
         default_password=args.password,
     )
-    server_tls = csms_server_tls(pki, security_profile=args.security_profile, keylog=args.keylog)
-
-    async def main() -> None:
-        clock = SimClock.start()
-        recorder = Recorder(clock, sink=_print_event)
-        csms = Csms(config, network=TcpNetwork(), server_tls=server_tls, clock=clock, recorder=recorder)
-        with trio.move_on_after(args.duration if args.duration is not None else math.inf):
-            async with trio.open_nursery() as nursery:
-                addr = await nursery.start(csms.serve)
-                scheme = "ws" if args.security_profile == 1 else "wss"
-                print(
-                    f"CSMS listening on {scheme}://{addr[0]}:{addr[1]}{config.path_prefix}/<station-id>",
-                    flush=True,
-                )
-        print(_csms_summary(csms))
-
-    trio.run(main)
-    return 0
+    return config, csms_server_tls(pki, security_profile=args.security_profile, keylog=args.keylog)
 
 
-def _print_event(ev: Any) -> None:
-    if ev.kind in (
-        "station_connected",
-        "booted",
-        "handshake_failed",
-        "upgrade_rejected",
-        "security_event_received",
-    ):
-        fields = " ".join(f"{k}={v}" for k, v in ev.data.items())
-        print(f"[{ev.t:9.3f}] {ev.node} {ev.kind} {fields}", flush=True)
+def event_log_level(args: argparse.Namespace) -> int:
+    """The event-line level asked for with ``-q`` / ``-v`` (before or after the command)."""
+    return level_of_verbosity(getattr(args, "verbose", 0) or 0, getattr(args, "quiet", 0) or 0)
+
+
+def _recorder(clock: SimClock, printer: EventPrinter) -> Recorder:
+    """A recorder printing its events as log lines (and per-message detail at DEBUG)."""
+    printer.start_utc = clock.start_utc
+    trace = printer if printer.level <= logging.DEBUG else None
+    return Recorder(clock, sink=printer, echo=False, trace=trace)
+
+
+async def serve_csms(
+    config: CsmsConfig,
+    *,
+    network: Network,
+    server_tls: ServerTls | None,
+    printer: EventPrinter,
+    duration: float | None = None,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> Csms:
+    """Run the CSMS of ``evsim csms`` on ``network`` for ``duration`` seconds (None: until cancelled): one log
+    line per event through ``printer``, the listening URL and, at the end, the summary on standard output.
+
+    ``task_status.started`` gets the bound address.
+    """
+    clock = SimClock.start()
+    recorder = _recorder(clock, printer)
+    csms = Csms(config, network=network, server_tls=server_tls, clock=clock, recorder=recorder)
+    with trio.move_on_after(duration if duration is not None else math.inf):
+        async with trio.open_nursery() as nursery:
+            addr = await nursery.start(csms.serve)
+            scheme = "ws" if config.security_profile == 1 else "wss"
+            print(
+                f"CSMS listening on {scheme}://{addr[0]}:{addr[1]}{config.path_prefix}/<station-id>",
+                flush=True,
+            )
+            task_status.started(addr)
+    print(_csms_summary(csms))
+    return csms
 
 
 # ---------------------------------------------------------------------------- stations
@@ -174,9 +211,11 @@ def run_stations(args: argparse.Namespace) -> int:
         for sid in ids
     }
 
+    printer = EventPrinter(level=event_log_level(args))
+
     async def main() -> list[Station]:
         clock = SimClock.start()
-        recorder = Recorder(clock)
+        recorder = _recorder(clock, printer)
         net = TcpNetwork()
         stations = [
             Station(

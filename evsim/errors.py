@@ -15,6 +15,7 @@ errors only. trio's rule applies: a ``Broken*`` error is the peer's (or the netw
     │   │   └── HandshakeFailed     handshake refused; carries a reason from the event vocabulary
     │   └── WebSocketError
     │       ├── UpgradeRejected     HTTP upgrade refused (status code: 401, 404, ...)
+    │       ├── UpgradeFailed       opening handshake unusable: malformed HTTP, or too slow (``reason``)
     │       └── WebSocketClosed     close frame received or sent (code, reason)
     └── OcppError                   OCPP-J RPC level; ``error_code`` is the CALLERROR code to answer with
         ├── FrameError              unparsable or malformed frame (remote input)
@@ -124,6 +125,23 @@ class UpgradeRejected(WebSocketError):
         self.status = status
         self.reason = reason
         super().__init__(f"WebSocket upgrade rejected with HTTP {status}" + (f": {reason}" if reason else ""))
+
+
+class UpgradeFailed(WebSocketError):
+    """The opening handshake failed before either side decided anything.
+
+    Args:
+        reason: a short reason from the event vocabulary: ``bad_http_request`` (a client's request did not
+            parse or was no WebSocket upgrade), ``bad_http_response`` (the server's answer did not), or
+            ``upgrade_timeout`` (no complete request or response in time).
+        message: what happened, with the parser's words.
+        status: the HTTP status answered (400, 426), 0 when none was.
+    """
+
+    def __init__(self, reason: str, message: str, *, status: int = 0) -> None:
+        self.reason = reason
+        self.status = status
+        super().__init__(message)
 
 
 class WebSocketClosed(WebSocketError):

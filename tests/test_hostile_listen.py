@@ -486,9 +486,10 @@ async def test_slowloris_on_tls_and_http_is_bounded(autojump_clock: trio.testing
                 await trio.sleep(2)
         assert trio.current_time() - start <= 30 + 2
         await trio.sleep(1)
-        lost = h.events("connection_lost")
-        assert len(lost) == 1
-        assert "30" in lost[0].data["detail"]
+        refused = h.events("upgrade_rejected")
+        assert len(refused) == 1
+        assert refused[0].data["reason"] == "upgrade_timeout"
+        assert "30" in refused[0].data["detail"]
 
 
 # ---------------------------------------------------------------------------- port taken

@@ -5,36 +5,125 @@ Every node reports what happens (``handshake_ok``, ``handshake_failed``, ``boote
 per-recorder sequence number and a small dict of fields. The recorder keeps a bounded window of events, counts
 every kind, and forwards each event to an optional sink (a JSONL writer, a live display). Trio's scheduler
 order is random, so a canonical log is the events sorted by (time, node, node-local sequence).
+
+A log line (:func:`format_event`) shows an event with its times, its level (:data:`EVENT_LEVELS`), node, kind
+and fields, every value escaped with :func:`evsim.text.escape`: what a peer sent never reaches a terminal or a
+log file raw. Events recorded while serving an accepted connection carry its ``peer`` address
+(:func:`bind_peer`).
 """
 
 from __future__ import annotations
 
 import collections
+import contextvars
+import datetime as _dt
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 
 from evsim.clock import SimClock
+from evsim.text import escape
 
 log = logging.getLogger("evsim")
 
-#: Kinds logged at WARNING (something was refused or lost); everything else is INFO/DEBUG.
-WARNING_KINDS = frozenset(
-    {
-        "handshake_failed",
-        "upgrade_rejected",
-        "connection_lost",
-        "bad_input",
-        "security_event",
-        "boot_rejected",
-        "accept_failed",
-        "accept_paused",
-        "connection_refused",
-        "boot_timeout",
-    }
+#: The level of each event kind in a log: WARNING for refusals and losses (``-q`` shows only these), INFO for
+#: the life of a connection, DEBUG for per-message detail. Kinds not listed get :func:`event_level`'s default.
+EVENT_LEVELS: dict[str, int] = {
+    # refused or lost
+    "handshake_failed": logging.WARNING,
+    "upgrade_rejected": logging.WARNING,
+    "connection_lost": logging.WARNING,
+    "bad_input": logging.WARNING,
+    "security_event": logging.WARNING,
+    "boot_rejected": logging.WARNING,
+    "accept_failed": logging.WARNING,
+    "accept_paused": logging.WARNING,
+    "connection_refused": logging.WARNING,
+    "boot_timeout": logging.WARNING,
+    "replaced_connection": logging.WARNING,
+    "message_discarded": logging.WARNING,
+    "station_link_lost": logging.WARNING,
+    "upstream_failed": logging.WARNING,
+    "upstream_lost": logging.WARNING,
+    "network_profile_rejected": logging.WARNING,
+    "trust_store_empty": logging.WARNING,
+    # the life of a connection, and what a run does
+    "listening": logging.INFO,
+    "connection_opened": logging.INFO,
+    "tls_accepted": logging.INFO,
+    "station_connected": logging.INFO,
+    "booted": logging.INFO,
+    "station_disconnected": logging.INFO,
+    "security_event_received": logging.INFO,
+    "handshake_ok": logging.INFO,
+    "upstream_connected": logging.INFO,
+    "reconnect_wait": logging.INFO,
+    "boot_pending": logging.INFO,
+    "tx_started": logging.INFO,
+    "tx_ended": logging.INFO,
+    # per message
+    "tx_event": logging.DEBUG,
+    "tx_duplicate": logging.DEBUG,
+    "authorized": logging.DEBUG,
+    "authorize_offline": logging.DEBUG,
+    "message": logging.DEBUG,
+    "timeline": logging.DEBUG,
+    "service_attempt": logging.DEBUG,
+}
+
+#: Words that make an unlisted kind a refusal or loss (WARNING); other unlisted kinds are INFO.
+_WARNING_WORDS = (
+    "fail",
+    "reject",
+    "refus",
+    "lost",
+    "limit",
+    "bad",
+    "error",
+    "invalid",
+    "timeout",
+    "timed_out",
+    "denied",
+    "exceed",
+    "drop",
+    "discard",
+    "replaced",
 )
+
+#: Kinds logged at WARNING (something was refused or lost); everything else is INFO/DEBUG.
+WARNING_KINDS = frozenset(k for k, level in EVENT_LEVELS.items() if level >= logging.WARNING)
+
+
+def event_level(kind: str) -> int:
+    """The log level of an event kind: :data:`EVENT_LEVELS`, else WARNING when its name says it was refused,
+    failed or lost, else INFO."""
+    level = EVENT_LEVELS.get(kind)
+    if level is None:
+        level = _guessed.get(kind)
+        if level is None:
+            level = _guessed[kind] = (
+                logging.WARNING if any(w in kind for w in _WARNING_WORDS) else logging.INFO
+            )
+    return level
+
+
+_guessed: dict[str, int] = {}  # event_level's answers for kinds EVENT_LEVELS does not list
+
+
+_PEER: contextvars.ContextVar[str] = contextvars.ContextVar("evsim_peer", default="")
+
+
+def bind_peer(peer: str) -> None:
+    """Make ``peer`` (``host:port`` of an accepted connection) the ``peer`` field of every event the current
+    task and the tasks it starts from now on record (unless they pass their own).
+
+    A listener calls it once in the task that serves one accepted connection, so its refusals, its station's
+    events and (behind a Local Controller) the relay's upstream events name the address they concern.
+    """
+    _PEER.set(peer)
 
 
 @attrs.frozen
@@ -59,14 +148,18 @@ class Recorder:
         clock: the run's clock (event times are ``clock.elapsed()``).
         keep: how many recent events to keep in memory (bounded).
         sink: optional callable receiving every event as it happens.
-        echo: log refusals and losses at WARNING (True for interactive commands; a scenario run keeps them in its
-            event log and summary instead, and echoes them only with ``-v``).
+        echo: log each event on the ``evsim`` logger at its :func:`event_level` (WARNING for refusals and
+            losses). Off, events are not logged: a scenario run keeps them in its event log and summary, and
+            interactive commands print them with an :class:`EventPrinter` sink instead.
+        trace: optional callable receiving per-message detail (:meth:`trace`); such events are neither kept,
+            counted nor given to ``sink``.
     """
 
     clock: SimClock
     keep: int = 200_000
     sink: Callable[[Event], None] | None = None
     echo: bool = True
+    trace_sink: Callable[[Event], None] | None = attrs.field(default=None, alias="trace")
     events: collections.deque[Event] = attrs.field(init=False)
     counts: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     _node_seq: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
@@ -75,19 +168,40 @@ class Recorder:
         self.events = collections.deque(maxlen=self.keep)
 
     def emit(self, node: str, kind: str, **data: Any) -> Event:
-        """Record an event and log it (WARNING for refusals and losses, DEBUG otherwise)."""
+        """Record an event and log it (see ``echo``).
+
+        The event gets a ``peer`` field when the current task serves an accepted connection (:func:`bind_peer`)
+        and none is given.
+        """
+        peer = _PEER.get()
+        if peer and "peer" not in data:
+            data["peer"] = peer
         seq = self._node_seq[node]
         self._node_seq[node] = seq + 1
         ev = Event(t=self.clock.elapsed(), node=node, seq=seq, kind=kind, data=data)
         self.events.append(ev)
         self.counts[kind] += 1
-        if kind in WARNING_KINDS and self.echo:
-            log.warning("%s %s %s", node, kind, _fmt(data))
-        elif log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s %s", node, kind, _fmt(data))
+        if self.echo:
+            level = event_level(kind)
+            if log.isEnabledFor(level):
+                log.log(level, "%s", format_event(ev, self.clock.start_utc))
         if self.sink is not None:
             self.sink(ev)
         return ev
+
+    @property
+    def tracing(self) -> bool:
+        """True when :meth:`trace` goes anywhere (callers skip building per-message detail otherwise)."""
+        return self.trace_sink is not None
+
+    def trace(self, node: str, kind: str, **data: Any) -> None:
+        """Pass per-message detail to the ``trace`` callable (no sequence number; not kept or counted)."""
+        if self.trace_sink is None:
+            return
+        peer = _PEER.get()
+        if peer and "peer" not in data:
+            data["peer"] = peer
+        self.trace_sink(Event(t=self.clock.elapsed(), node=node, seq=-1, kind=kind, data=data))
 
     def of_kind(self, kind: str) -> list[Event]:
         return [e for e in self.events if e.kind == kind]
@@ -97,5 +211,77 @@ class Recorder:
         return sorted(self.events, key=lambda e: (round(e.t, 6), e.node, e.seq))
 
 
-def _fmt(data: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in data.items())
+#: Fields a log line shows first, in this order: where the connection came from and who it claims to be.
+_FIRST_FIELDS = ("peer", "station")
+
+_LEVEL_NAMES = {logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARN", logging.ERROR: "ERROR"}
+
+
+def format_event(ev: Event, start_utc: _dt.datetime | None = None) -> str:
+    """One log line for an event, every value escaped (:func:`evsim.text.escape`).
+
+    ``2030-06-01T12:00:03.250Z [     3.250] WARN  csms upgrade_rejected peer=10.0.0.7:50312 station=ST-1
+    status=401 reason="wrong password"``: the wall-clock time (UTC; the simulated one in virtual time), the
+    seconds since the run started, the level, the node, the kind, then the fields: ``peer`` and ``station``
+    first, empty ones left out. A value holding a space or a double quote is quoted, a backslash before each quote in it.
+
+    Args:
+        ev: the event.
+        start_utc: the wall-clock time of the run's start (``SimClock.start_utc``); None leaves it out.
+    """
+    parts: list[str] = []
+    if start_utc is not None:
+        wall = start_utc + _dt.timedelta(seconds=ev.t)
+        parts.append(wall.strftime("%Y-%m-%dT%H:%M:%S.") + f"{wall.microsecond // 1000:03d}Z")
+    level = event_level(ev.kind)
+    parts += [
+        f"[{ev.t:10.3f}]",
+        f"{_LEVEL_NAMES.get(level, str(level)):<5}",
+        escape(ev.node),
+        escape(ev.kind),
+    ]
+    fields = {k: v for k, v in ev.data.items() if v is not None and v != ""}
+    for key in _FIRST_FIELDS:
+        if key in fields:
+            parts.append(_field(key, fields[key]))
+    parts += [_field(k, v) for k, v in fields.items() if k not in _FIRST_FIELDS]
+    return " ".join(parts)
+
+
+def _field(key: str, value: object) -> str:
+    text = escape(value)
+    if not text or " " in text or '"' in text:
+        text = '"' + text.replace('"', '\\"') + '"'
+    return f"{escape(key)}={text}"
+
+
+@attrs.define
+class EventPrinter:
+    """A recorder sink printing one :func:`format_event` line per event at or above ``level``.
+
+    Args:
+        level: ``logging.WARNING`` (refusals and losses only), ``logging.INFO`` (and the life of each
+            connection) or ``logging.DEBUG`` (and per-message detail: pass the printer as the recorder's
+            ``trace`` too).
+        start_utc: the run's wall-clock start (``SimClock.start_utc``) for the lines' UTC time; None leaves it out.
+        write: where a line goes (default: standard error, flushed).
+    """
+
+    level: int = logging.INFO
+    start_utc: _dt.datetime | None = None
+    write: Callable[[str], None] = attrs.field(factory=lambda: _write_stderr)
+
+    def __call__(self, ev: Event) -> None:
+        if event_level(ev.kind) >= self.level:
+            self.write(format_event(ev, self.start_utc))
+
+
+def _write_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def level_of_verbosity(verbose: int, quiet: int) -> int:
+    """The :class:`EventPrinter` level for ``-v``/``-q`` counts: WARNING with ``-q``, INFO by default, DEBUG
+    with ``-v``."""
+    step = verbose - quiet
+    return logging.WARNING if step < 0 else logging.INFO if step == 0 else logging.DEBUG

@@ -178,6 +178,8 @@ CSMS_KINDS = frozenset(
     {
         "listening",
         "accept_failed",
+        "connection_opened",
+        "tls_accepted",
         "station_connected",
         "station_disconnected",
         "replaced_connection",
@@ -876,11 +878,24 @@ FREE_TEXT_FIELDS = frozenset({"detail"})
 """Human-readable engine text (exception messages) kept in the JSONL log but left out of canonical lines: which
 of a connection's tasks notices a loss first decides its wording, not the seed."""
 
+ADDRESS_FIELDS = frozenset({"peer"})
+"""Fields left out of canonical lines when they hold a ``host:port`` address (an accepted connection's peer; a
+pinned peer's *name* stays): a client's port is taken when it connects, and which of several stations due at
+one instant connects first is trio's choice, not the seed's. The JSONL log keeps them."""
+
+_ADDRESS = re.compile(r".+:[0-9]+")
+
 
 def _canonical(e: Mapping[str, Any]) -> tuple[tuple[float, str, str, str], str]:
     """(sort key, line) of one event."""
     t = round(float(e["t"]), 6)
     node, kind = str(e["node"]), str(e["kind"])
-    data = {k: v for k, v in e.items() if k not in _ENVELOPE and k not in FREE_TEXT_FIELDS}
+    data = {
+        k: v
+        for k, v in e.items()
+        if k not in _ENVELOPE
+        and k not in FREE_TEXT_FIELDS
+        and not (k in ADDRESS_FIELDS and isinstance(v, str) and _ADDRESS.fullmatch(v))
+    }
     body = orjson.dumps(data, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
     return (t, node, kind, body), f"{t:.6f} {node} {kind} {body}"

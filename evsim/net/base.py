@@ -28,7 +28,10 @@ __all__ = [
     "StreamBroken",
     "StreamClosed",
     "StreamStatistics",
+    "format_address",
     "parse_url",
+    "peer_address",
+    "remote_address",
 ]
 
 
@@ -210,3 +213,27 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def format_address(address: tuple[str, int]) -> str:
+    """``host:port``, with an IPv6 host in brackets (``[::1]:8443``)."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def remote_address(stream: object) -> tuple[str, int] | None:
+    """``(host, port)`` of the other end of an accepted stream, from its :class:`StreamStatistics`; None when the
+    stream keeps no statistics (a test double) or they name no remote address."""
+    statistics = getattr(stream, "statistics", None)
+    if statistics is None:
+        return None
+    remote = getattr(statistics(), "remote", None)
+    if not isinstance(remote, tuple) or len(remote) < 2:
+        return None
+    return str(remote[0]), int(remote[1])
+
+
+def peer_address(stream: object) -> str:
+    """``host:port`` of the other end of an accepted stream (:func:`remote_address`); "" when unknown."""
+    remote = remote_address(stream)
+    return "" if remote is None else format_address(remote)

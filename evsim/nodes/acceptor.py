@@ -48,6 +48,7 @@ import trio
 
 from evsim.errors import BrokenTransport, ClosedTransport, TransportError
 from evsim.metrics.recorder import Recorder
+from evsim.net.base import format_address, remote_address
 
 __all__ = [
     "ACCEPT_RETRY_INITIAL_S",
@@ -58,7 +59,6 @@ __all__ = [
     "connection_admitted",
     "current_peer",
     "default_max_connections",
-    "peer_address",
 ]
 
 ACCEPT_RETRY_INITIAL_S = 0.05
@@ -98,18 +98,6 @@ def default_max_connections(fds_per_connection: int = 1) -> int | None:
     if soft == resource.RLIM_INFINITY or soft > _UNLIMITED_FDS:
         soft = _UNLIMITED_FDS
     return max(1, (soft - FD_RESERVE) // max(1, fds_per_connection))
-
-
-def peer_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
-    """``(host, port)`` of the other end of an accepted stream, when the stream knows it."""
-    statistics = getattr(stream, "statistics", None)
-    if statistics is None:
-        return None
-    with contextlib.suppress(Exception):
-        remote = statistics().remote
-        if isinstance(remote, tuple) and len(remote) == 2:
-            return str(remote[0]), int(remote[1])
-    return None
 
 
 def connection_admitted() -> None:
@@ -287,9 +275,9 @@ class Acceptor:
         nursery: trio.Nursery,
         handler: Callable[[trio.abc.Stream], Awaitable[None]],
     ) -> None:
-        peer = peer_address(stream)
+        peer = remote_address(stream)
         host = peer[0] if peer is not None else "?"
-        shown = f"{peer[0]}:{peer[1]}" if peer is not None else "?"
+        shown = format_address(peer) if peer is not None else "?"
         refusal: tuple[str, int] | None = None
         if self.max_connections is not None and self._open >= self.max_connections:
             refusal = ("max_connections", self.max_connections)

@@ -38,8 +38,9 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from evsim.clock import SimClock
-from evsim.errors import HandshakeFailed
-from evsim.metrics.recorder import Recorder
+from evsim.errors import HandshakeFailed, UpgradeFailed
+from evsim.metrics.recorder import Recorder, bind_peer
+from evsim.net.base import peer_address
 from evsim.tls.context import ServerTls
 from evsim.tls.events import ocpp_security_event
 from evsim.tls.stream import TlsInfo, TlsStream, tls_accept
@@ -221,13 +222,19 @@ async def upgrade_station(
 
     Returns:
         The WebSocket with an OCPP subprotocol and what ``decide`` noted, or None when refused (by ``decide``,
-        or for want of a common subprotocol: then accepted without one and closed with 1002, OCPP-J §3.2).
+        for want of a common subprotocol: then accepted without one and closed with 1002, OCPP-J §3.2, or
+        because the request was malformed or too slow: then recorded as ``upgrade_rejected`` with the reason
+        ``bad_http_request`` or ``upgrade_timeout`` and the parser's words as ``detail``).
 
     Raises:
-        TransportError: the upgrade failed (malformed, timeout, connection lost).
+        TransportError: the connection was lost before a complete request.
     """
     decision: dict[str, str] = {}
-    ws = await ws_server(stream, lambda req: decide(req, decision), compression=compression)
+    try:
+        ws = await ws_server(stream, lambda req: decide(req, decision), compression=compression)
+    except UpgradeFailed as exc:
+        recorder.emit(node, "upgrade_rejected", status=exc.status, reason=exc.reason, detail=str(exc))
+        return None
     if ws is None:
         return None
     if ws.subprotocol is None:
@@ -245,12 +252,15 @@ class Admission:
 
     Attributes:
         stream: what to close: the accepted transport, or the TLS stream once the handshake succeeded.
+        peer: ``host:port`` of the other end ("" when the stream cannot say); :func:`admit_station` fills it in
+            from the accepted stream and binds it to the task (every event it records carries ``peer``).
         tls_info: the handshake's outcome (None without TLS or before it).
         ws: the upgraded WebSocket, once accepted with an OCPP subprotocol.
         decision: what the upgrade gate noted (``station_id`` at least).
     """
 
     stream: trio.abc.Stream
+    peer: str = ""
     tls_info: TlsInfo | None = None
     ws: WebSocket | None = None
     decision: dict[str, str] = attrs.field(factory=dict)
@@ -271,6 +281,10 @@ async def admit_station(
     """The listener steps of the CSMS and the Local Controller: :func:`accept_tls` (when ``server_tls`` is
     set), then :func:`upgrade_station` with ``decide`` seeing the handshake's outcome.
 
+    It binds the connection's peer address to the current task (:func:`~evsim.metrics.recorder.bind_peer`),
+    so every event recorded while serving this connection names it, and records ``connection_opened`` and,
+    after a handshake, ``tls_accepted`` (version, suite, group, resumed, and the client certificate's CN).
+
     Args:
         admission: filled in as the steps succeed (its ``stream`` always names what to close).
         server_tls: the listener's TLS, or None (security profile 1).
@@ -287,8 +301,12 @@ async def admit_station(
         handshake or the upgrade refused it.
 
     Raises:
-        TransportError: the upgrade failed (malformed, timeout, connection lost).
+        TransportError: the connection was lost during the upgrade.
     """
+    if not admission.peer:
+        admission.peer = peer_address(admission.stream)
+    bind_peer(admission.peer)
+    recorder.emit(node, "connection_opened")
     if server_tls is not None:
         tls_stream = await accept_tls(
             admission.stream, server_tls, node=node, clock=clock, recorder=recorder, failures=failures
@@ -297,6 +315,16 @@ async def admit_station(
             return False
         admission.stream = tls_stream
         admission.tls_info = info = tls_stream.info
+        client = common_name(info.peer_chain[0]) if info.peer_chain else None
+        recorder.emit(
+            node,
+            "tls_accepted",
+            version=info.version,
+            suite=info.cipher_iana,
+            group=info.group or "",
+            resumed=info.session_reused,
+            client=client or "",
+        )
         if on_tls is not None:
             on_tls(info)
     upgraded = await upgrade_station(

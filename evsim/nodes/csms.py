@@ -48,7 +48,7 @@ import collections
 import contextlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -82,7 +82,7 @@ from evsim.ocpp.limits import (
     Bound,
     OutOfRange,
 )
-from evsim.ocpp.rpc import RpcConnection
+from evsim.ocpp.rpc import BadInput, RpcConnection, RpcEvent
 from evsim.ocpp.seqno import SeqNos
 from evsim.ocpp.session import OcppSession
 from evsim.ocpp.versions import choose_subprotocol, subprotocol_for, version_for
@@ -444,7 +444,9 @@ class Csms:
                 connection_admitted()
             return response
 
-        session = OcppSession(ws, rpc, handler)
+        session = OcppSession(
+            ws, rpc, handler, on_event=rpc_event_recorder(self.recorder, self.config.name, station_id)
+        )
         rec.session = session
         self.recorder.emit(
             self.config.name,
@@ -487,7 +489,9 @@ class Csms:
         if rec.boots == 0 and not rec.transactions and self.stations.get(rec.station_id) is rec:
             del self.stations[rec.station_id]
             self._dropped_messages.update(rec.messages)
-            self.received.pop(rec.station_id, None)  # bounded: a hostile peer may try any number of identities
+            self.received.pop(
+                rec.station_id, None
+            )  # bounded: a hostile peer may try any number of identities
 
     # ---------------------------------------------------------------- OCPP handlers
 
@@ -739,6 +743,45 @@ class Csms:
             tls_versions=dict(self._tls_versions),
             tls_suites=dict(self._tls_suites),
         )
+
+
+BAD_INPUT_EVENTS = 10
+"""``bad_input`` events recorded per connection; after that one ``bad_input_suppressed`` event, then silence
+(a peer sending nothing but bad frames must not turn each into a log line)."""
+
+
+def rpc_event_recorder(recorder: Recorder, node: str, station_id: str) -> Callable[[RpcEvent], None]:
+    """An ``on_event`` hook for one station's :class:`OcppSession`: each bad frame or payload the session
+    answered or dropped is recorded as ``bad_input`` (reason: the CALLERROR code; detail: its description), up to
+    :data:`BAD_INPUT_EVENTS` per connection; every other RPC event goes to :meth:`Recorder.trace` as a
+    ``message`` when the recorder traces."""
+    bad = 0
+
+    def hook(event: RpcEvent) -> None:
+        nonlocal bad
+        if isinstance(event, BadInput):
+            bad += 1
+            if bad <= BAD_INPUT_EVENTS:
+                error = event.error
+                recorder.emit(
+                    node,
+                    "bad_input",
+                    station=station_id,
+                    reason=error.error_code,
+                    detail=getattr(error, "description", str(error)),
+                    replied=event.replied,
+                )
+            elif bad == BAD_INPUT_EVENTS + 1:
+                recorder.emit(node, "bad_input_suppressed", station=station_id, after=BAD_INPUT_EVENTS)
+        elif recorder.tracing:
+            fields = {
+                name: getattr(event, name)
+                for name in ("message_id", "action", "error_code", "description")
+                if hasattr(event, name)
+            }
+            recorder.trace(node, "message", station=station_id, received=type(event).__name__, **fields)
+
+    return hook
 
 
 async def _aclose_quietly(stream: trio.abc.AsyncResource) -> None:

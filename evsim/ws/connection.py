@@ -82,6 +82,7 @@ from evsim.errors import (
     BrokenTransport,
     ClosedTransport,
     TransportError,
+    UpgradeFailed,
     UpgradeRejected,
     WebSocketClosed,
     WebSocketError,
@@ -1097,7 +1098,9 @@ async def ws_client(
             )
             ok = True
             return ws
-        raise WebSocketError(f"WebSocket opening handshake timed out after {open_timeout} s")
+        raise UpgradeFailed(
+            "upgrade_timeout", f"WebSocket opening handshake timed out after {open_timeout} s"
+        )
     finally:
         if not ok:
             await trio.aclose_forcefully(stream)
@@ -1156,7 +1159,7 @@ async def _client_handshake(
         except _ERRORS as exc:
             if status is not None:
                 raise UpgradeRejected(status, _reason_text(body)) from exc
-            raise WebSocketError(f"bad WebSocket upgrade response: {exc}") from exc
+            raise UpgradeFailed("bad_http_response", f"bad WebSocket upgrade response: {exc}") from exc
 
 
 _MAX_HANDSHAKE_PEEK = 65536  # an upgrade request or response is far shorter (h11 limits headers too)
@@ -1202,7 +1205,8 @@ async def ws_server(
         The open :class:`WebSocket`, or None after sending ``decide``'s rejection and closing.
 
     Raises:
-        WebSocketError: malformed or non-WebSocket request (answered with 400/426 first), or timeout.
+        UpgradeFailed: malformed or non-WebSocket request (``bad_http_request``, answered with 400/426 first),
+            or no complete request within ``open_timeout`` (``upgrade_timeout``).
         BrokenTransport: the connection broke or closed before a complete request.
         ValueError: ``decide`` accepted a subprotocol the client did not offer.
     """
@@ -1230,7 +1234,9 @@ async def ws_server(
                     await _send_best_effort(
                         stream, _http_response(status, "bad WebSocket upgrade request", extra)
                     )
-                    raise WebSocketError(f"bad WebSocket upgrade request: {exc}") from exc
+                    raise UpgradeFailed(
+                        "bad_http_request", f"bad WebSocket upgrade request: {exc}", status=status
+                    ) from exc
                 if isinstance(event, Request):
                     break
             request = _upgrade_request(event)
@@ -1253,7 +1259,9 @@ async def ws_server(
             ws._wire_received = received
             ok = True
             return ws
-        raise WebSocketError(f"no complete WebSocket upgrade request within {open_timeout} s")
+        raise UpgradeFailed(
+            "upgrade_timeout", f"no complete WebSocket upgrade request within {open_timeout} s"
+        )
     finally:
         if not ok:
             await trio.aclose_forcefully(stream)
