@@ -46,6 +46,7 @@ Engine knobs (see ``knobs.KNOB_STATES``; compiled by :func:`_apply_engine_knobs`
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import hashlib
@@ -711,6 +712,51 @@ def _install_sni(ctx: SSL.Context, alternatives: Mapping[str, SSL.Context]) -> N
             conn.set_context(alternative)
 
     ctx.set_tlsext_servername_callback(on_servername)
+
+
+_WIRE_VERSIONS = {"1.0": 0x0301, "1.1": 0x0302, "1.2": 0x0303, "1.3": 0x0303}
+"""ClientHello.client_version per newest offered version (TLS 1.3 sends 1.2 there, RFC 8446 §4.1.2)."""
+
+
+@functools.lru_cache(maxsize=_CONTEXT_CACHE_SIZE)
+def check_client_hello(profile: TlsProfile) -> None:
+    """Check that this OpenSSL build can send a ClientHello offering ``profile``'s versions and suites.
+
+    Compiles a client context (no trust: nothing is verified) and lets OpenSSL write its first flight to a
+    memory BIO; nothing is sent anywhere. A build without TLS 1.0/1.1 (``no-tls1``...), or one that drops
+    every suite of an enabled version even at security level 0, fails here ("no protocols available",
+    "no ciphers available") instead of in the middle of a run.
+
+    Raises:
+        ConfigError: what OpenSSL said, with the versions, at path ``versions``.
+    """
+    versions = ", ".join(f"TLS {v}" for v in profile.versions)
+    try:
+        ctx = _base_context(SSL.TLS_CLIENT_METHOD, profile, None, server=False)
+        conn = SSL.Connection(ctx, None)
+        conn.set_connect_state()
+        with contextlib.suppress(SSL.WantReadError):  # the ClientHello is written, the reply awaited
+            conn.do_handshake()
+        hello = conn.bio_read(65536)
+    except (SSL.Error, ConfigError) as exc:
+        reason = exc.message if isinstance(exc, ConfigError) else str(exc)
+        raise ConfigError(
+            f"this OpenSSL build ({_ossl.engine_version()}) cannot offer {versions}: {reason}",
+            path="versions",
+            value=list(profile.versions),
+            fix="offer TLS 1.2 or 1.3, or install a cryptography wheel whose OpenSSL still has TLS 1.0/1.1 "
+            "(the PyPI wheels do, at security level 0)",
+        ) from exc
+    # record header (5 bytes), handshake header (4 bytes), then ClientHello.client_version (RFC 5246 §7.4.1.2)
+    offered = int.from_bytes(hello[9:11], "big") if len(hello) >= 11 else None
+    if offered != _WIRE_VERSIONS[profile.max_version]:  # pragma: no cover - a build that caps the version
+        raise ConfigError(
+            f"this OpenSSL build ({_ossl.engine_version()}) cannot offer {versions}: its ClientHello says "
+            f"{offered if offered is None else hex(offered)}",
+            path="versions",
+            value=list(profile.versions),
+            fix="offer TLS 1.2 or 1.3, or install a cryptography wheel whose OpenSSL still has TLS 1.0/1.1",
+        )
 
 
 def clear_context_cache() -> None:
