@@ -23,6 +23,7 @@ from evsim.errors import HandshakeFailed, TransportError
 from evsim.metrics.recorder import Recorder
 from evsim.net.base import NetListener, Network, NetworkStatistics
 from evsim.tls import ClientTls, ServerTls, TlsProfile, TrustStore, tls_accept, tls_connect
+from evsim.tls.config import KNOWN_VERSIONS
 from evsim.tls.suites import DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES, SUITES
 
 LEGACY_VERSIONS = frozenset({"1.0", "1.1"})
@@ -93,6 +94,7 @@ def downgrade_profile(versions: tuple[str, ...]) -> TlsProfile:
     Raises:
         ConfigError: ``versions`` is not a valid (contiguous, known) version list.
     """
+    versions = tuple(sorted(versions, key=KNOWN_VERSIONS.index, reverse=True))  # the order OpenSSL honours
     legacy = tuple(s.iana for s in SUITES if s.version == "1.2" and s.min_version == "1.0")
     tls12 = DEFAULT_TLS12_SUITES + legacy if LEGACY_VERSIONS & set(versions) else DEFAULT_TLS12_SUITES
     return TlsProfile(
