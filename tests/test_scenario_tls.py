@@ -7,14 +7,20 @@ import functools
 from pathlib import Path
 
 import pytest
+import trio
+from OpenSSL import SSL
 
 from evsim.errors import ConfigError
 from evsim.scenario import loader
+from evsim.scenario.attacks import downgrade_profile
 from evsim.scenario.loader import loads_scenario
 from evsim.scenario.model import PinSpec
 from evsim.scenario.runner import RunResult, preflight, run_scenario
+from evsim.tls import ClientTls, ServerTls, TlsProfile, TlsStream, context
+from tests.pki_fixtures import make_test_pki, tls_pair
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+PKI = make_test_pki()
 
 PINNED = """\
 [simulation]
@@ -434,6 +440,14 @@ KNOB_ERRORS = [
     ('"ecdsa_secp256r1_sha256"]', '"ecdsa_sha1"]', 6, "tls.profiles.p.signature_algorithms[0]", "unknown"),
     ('"alpn"]', '"record.max_fragment_length"]', 12, "tls.profiles.p.enforce[1]", "cannot enforce"),
     ('"alpn"]', '"alpm"]', 12, "tls.profiles.p.enforce[1]", "unknown knob"),
+    (
+        "[tls.profiles.p]",
+        '[tls.profiles.p]\nversions = ["1.2", "1.3"]',
+        5,
+        "tls.profiles.p.versions",
+        "newest first",
+    ),
+    ('"alpn"]', '"versions.order"]', 12, "tls.profiles.p.enforce[1]", "ClientHello callback"),
     ('lifetime = "30m"', 'lifetime = "30d"', 9, "tls.profiles.p.session.lifetime", "seven days"),
     ('resumption = "tickets"', 'resumption = "ticket"', 9, "tls.profiles.p.session.resumption", "'tickets'"),
     ("cache_entries = 100", "cache_entry = 100", 9, "tls.profiles.p.session.cache_entry", "'cache_entries'"),
@@ -765,3 +779,81 @@ def test_endpoint_pins_errors_name_the_field(old: str, new: str, field: str, mes
         text = text.replace('[tls.trust.both]\nroots = ["root", "backup"]', '[tls.trust.both]\nmode = "tofu"')
     err = load_error(text)
     assert field in str(err) and message in str(err)
+
+
+# ---------------------------------------------------------------- downgrade attacks with legacy versions
+
+LEGACY_DOWNGRADE = """\
+[simulation]
+duration = "3m"
+
+[csms.main]
+
+[stations.honest]
+count = 1
+sessions = 0
+
+[[timeline]]
+at = "1m"
+action = "attack_downgrade"
+target = "main"
+count = 2
+versions = {versions}
+"""
+
+
+@pytest.mark.parametrize("versions", ['["1.0"]', '["1.1"]', '["1.1", "1.0"]'])
+def test_legacy_downgrade_attack_runs_and_is_refused(versions: str) -> None:
+    r = _run(LEGACY_DOWNGRADE.format(versions=versions))
+    assert r.outcome == "completed"
+    attacks = r.recorder.of_kind("attack_result")
+    assert [(e.data["outcome"], e.data["reason"]) for e in attacks] == [("refused", "downgrade_refused")] * 2
+    csms_side = [e for e in r.recorder.of_kind("handshake_failed") if e.node == "main"]
+    assert [(e.data["reason"], e.data["security_event"]) for e in csms_side] == [
+        ("downgrade_refused", "InvalidTLSVersion")
+    ] * 2
+
+
+@pytest.mark.parametrize(("versions", "negotiated"), [(("1.0",), "TLSv1"), (("1.1",), "TLSv1.1")])
+async def test_the_downgrade_attacker_really_offers_the_legacy_version(
+    versions: tuple[str, ...], negotiated: str
+) -> None:
+    """Against a (deliberately weak) server that still allows it, the attacker negotiates its legacy version:
+    the refusals above are the honest CSMS refusing the version, not the attacker failing to speak it."""
+    weak = TlsProfile(
+        versions=("1.2", "1.1", "1.0"),
+        insecure_legacy_versions=True,
+        cipher_suites={"1.2": ["TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA", "TLS_RSA_WITH_AES_128_CBC_SHA"]},
+    )
+    with trio.fail_after(10):
+        c, s = await tls_pair(
+            ClientTls.build(downgrade_profile(versions), PKI.csms_trust()),
+            ServerTls.build(weak, PKI.server_identity()),
+        )
+    assert isinstance(c, TlsStream) and isinstance(s, TlsStream)
+    assert c.info.version == s.info.version == negotiated
+
+
+def test_a_build_without_legacy_tls_refuses_the_attack_at_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OpenSSL built without TLS 1.0/1.1 (simulated with OP_NO_TLSv1*) cannot send the attacker's
+    ClientHello: preflight says so, with the field and the fix, before anything runs."""
+    base = context._base_context
+
+    def no_legacy(*args: object, **kwargs: object) -> SSL.Context:
+        ctx = base(*args, **kwargs)  # type: ignore[arg-type]
+        ctx.set_options(SSL.OP_NO_TLSv1 | SSL.OP_NO_TLSv1_1)
+        return ctx
+
+    monkeypatch.setattr(context, "_base_context", no_legacy)
+    context.check_client_hello.cache_clear()
+    try:
+        sc = loads_scenario(LEGACY_DOWNGRADE.format(versions='["1.0"]'), source="s.toml")
+        with pytest.raises(ConfigError) as info:
+            preflight(sc)
+        err = info.value
+        assert err.path == "timeline[0].versions" and err.file == "s.toml" and err.line
+        assert "cannot offer TLS 1.0" in err.message and "no protocols available" in err.message
+        assert "TLS 1.2 or 1.3" in err.fix
+        preflight(loads_scenario(LEGACY_DOWNGRADE.format(versions='["1.2"]'), source="s.toml"))
+    finally:
+        context.check_client_hello.cache_clear()

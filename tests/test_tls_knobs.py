@@ -2,29 +2,11 @@
 ``trio.testing.memory_stream_pair`` with contexts compiled from the model (``ClientTls.build`` /
 ``ServerTls.build``), every I/O under ``trio.fail_after``, verification never disabled.
 
-Knobs already proven elsewhere keep their test there (this file does not repeat them):
-
-=============================  ===========================================================================
-knob                           test
-=============================  ===========================================================================
-versions (downgrade)           test_tls_verify.py::test_tls12_client_vs_tls13_only_server_is_a_downgrade_refusal,
-                               ::test_tls13_only_client_vs_tls12_only_server, ::test_legacy_tls11_client_is_refused
-cipher_suites (restrict)       test_tls_stream.py::test_tls12_suite_list_restricts_negotiation,
-                               ::test_tls13_suite_list_restricts_negotiation;
-                               test_tls_verify.py::test_disjoint_tls12_suites_is_a_cipher_refusal
-trust anchors (root groups)    test_tls_verify.py::test_unknown_ca_refused_by_client,
-                               ::test_impostor_root_with_the_same_name_is_unknown;
-                               test_tls_service.py::test_each_endpoint_trusts_its_own_root
-mutual TLS with a CA           test_tls_verify.py::test_required_client_cert_missing,
-                               ::test_client_cert_from_another_ca, ::test_client_cert_expired_at_server_time
-record.max_send_fragment       test_tls_stream.py::test_max_send_fragment_limits_records (records measured)
-time_check (simulation time)   test_tls_verify.py::test_validity_uses_simulation_time_not_the_wall_clock,
-                               ::test_expired_at_simulation_time
-keylog                         test_tls_stream.py::test_keylog_only_when_asked
-hostname / wildcards           test_tls_verify.py::test_hostname_mismatch,
-                               ::test_wildcard_refused_by_default_and_allowed_on_request
-revocation hooks (raw)         test_revocation.py (CRL/OCSP hooks installed by hand; here: from the model)
-=============================  ===========================================================================
+Knobs already proven elsewhere keep their test there (this file does not repeat them). Which test proves
+which knob is the table :data:`KNOB_TESTS` below, checked by
+``test_every_enforced_knob_has_a_test_that_changes_the_handshake``: every knob the engine calls ``enforced``
+(``evsim.tls.knobs.KNOB_STATES``) must name at least one existing handshake test (an ``async`` test: real
+TLS over trio streams) that refuses a violating peer or observes the setting on the wire.
 
 Here: version priority, suite preference on the wire, groups, signature algorithms, ALPN require,
 sessions (ids, tickets, off, lifetime in virtual time, keys across trust), revocation from the model (CRL
@@ -35,6 +17,7 @@ declared record knobs and ``enforce``, the TOML constructors, capabilities and t
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import datetime as dt
 import functools
@@ -69,10 +52,103 @@ from evsim.tls.capabilities import Capabilities
 from evsim.tls.config import RevocationPolicy, SessionPolicy
 from evsim.tls.knobs import KNOB_STATES, check_enforce
 from evsim.tls.sessions import SessionStore
+from evsim.tls.suites import BY_OPENSSL, SUITES
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, make_test_pki, tls_pair, unknown_ocsp_staple
 from tests.test_tls_stream import RecordingStream
 
 PKI = make_test_pki()
+
+KNOB_TESTS: dict[str, tuple[str, ...]] = {
+    # TlsProfile
+    "versions": (
+        "test_tls_knobs.py::test_version_priority_and_downgrade",
+        "test_tls_verify.py::test_tls12_client_vs_tls13_only_server_is_a_downgrade_refusal",
+        "test_tls_verify.py::test_tls13_only_client_vs_tls12_only_server",
+        "test_tls_verify.py::test_legacy_tls11_client_is_refused",
+    ),
+    "versions.order": (
+        "test_tls_knobs.py::test_version_priority_and_downgrade",
+        "test_tls_knobs.py::test_a_version_order_the_engine_cannot_honour_is_refused",
+    ),
+    "cipher_suites": (
+        "test_tls_stream.py::test_tls12_suite_list_restricts_negotiation",
+        "test_tls_stream.py::test_tls13_suite_list_restricts_negotiation",
+        "test_tls_verify.py::test_disjoint_tls12_suites_is_a_cipher_refusal",
+    ),
+    "suite_preference": ("test_tls_knobs.py::test_suite_preference_is_observed_in_the_server_hello",),
+    "groups": (
+        "test_tls_knobs.py::test_groups_restrict_the_key_exchange",
+        "test_tls_knobs.py::test_the_clients_group_order_decides",
+    ),
+    "signature_algorithms": (
+        "test_tls_knobs.py::test_signature_algorithms_refuse_a_server_that_cannot_sign_with_them",
+    ),
+    "alpn": ("test_tls_stream.py::test_info_tls13_mutual",),
+    "alpn_require": ("test_tls_knobs.py::test_alpn_require_closes_when_nothing_was_negotiated",),
+    "handshake_timeout_s": (
+        "test_tls_stream.py::test_handshake_timeout_client",
+        "test_tls_stream.py::test_handshake_timeout_server",
+    ),
+    "session.resumption": (
+        "test_tls_knobs.py::test_tls12_resumption_by_ids_and_by_tickets",
+        "test_tls_knobs.py::test_tls13_resumption_modes",
+        "test_tls_knobs.py::test_client_resumption_off_never_offers",
+    ),
+    "session.lifetime_s": ("test_tls_knobs.py::test_session_lifetime_expires_in_virtual_time",),
+    "session.cache_entries": ("test_tls_knobs.py::test_session_store_is_bounded",),
+    "record.max_send_fragment": ("test_tls_stream.py::test_max_send_fragment_limits_records",),
+    "keylog": ("test_tls_stream.py::test_keylog_only_when_asked",),
+    # TrustStore
+    "trust.anchors": (
+        "test_tls_verify.py::test_unknown_ca_refused_by_client",
+        "test_tls_verify.py::test_impostor_root_with_the_same_name_is_unknown",
+        "test_tls_service.py::test_each_endpoint_trusts_its_own_root",
+    ),
+    "trust.hostname": ("test_tls_verify.py::test_hostname_mismatch",),
+    "trust.wildcards": ("test_tls_verify.py::test_wildcard_refused_by_default_and_allowed_on_request",),
+    "trust.time_check": (
+        "test_tls_verify.py::test_expired_at_simulation_time",
+        "test_tls_verify.py::test_time_check_off_accepts_expired",
+        "test_tls_knobs.py::test_skip_until_clock_synced",
+    ),
+    "trust.max_depth": ("test_tls_knobs.py::test_max_depth_refuses_a_longer_chain",),
+    "trust.revocation.crl": ("test_tls_knobs.py::test_crl_leaf_and_chain_from_the_trust_store",),
+    "trust.revocation.ocsp": ("test_tls_knobs.py::test_ocsp_stapling_from_the_pki_responder",),
+    "trust.revocation.on_unknown": ("test_tls_knobs.py::test_ocsp_on_unknown_from_the_trust_store",),
+    "trust.mode": (
+        "test_tls_peer.py::test_tofu_learns_the_first_server_and_refuses_another_key",
+        "test_tls_peer.py::test_pinned_peers_mode_still_refuses_a_self_signed_server_without_a_matching_pin",
+    ),
+    # Listener
+    "client_auth": (
+        "test_tls_verify.py::test_required_client_cert_missing",
+        "test_tls_verify.py::test_client_cert_from_another_ca",
+        "test_tls_listener.py::test_client_auth_none_and_optional",
+        "test_tls_listener.py::test_client_auth_pairing_through_a_listener",
+    ),
+    "listener.sni_identities": (
+        "test_tls_listener.py::test_the_client_gets_the_certificate_of_the_name_it_asked_for",
+    ),
+    # peer trust
+    "pins.enforcement": (
+        "test_tls_peer.py::test_pin_mismatch_enforce_refuses",
+        "test_tls_peer.py::test_pin_mismatch_report_only_allows_and_reports",
+    ),
+    "pins.targets": ("test_tls_peer.py::test_pin_mismatch_enforce_refuses",),
+    "pins.release": (
+        "test_tls_peer.py::test_pin_release_does_not_disturb_an_open_connection_but_refuses_new_ones",
+        "test_tls_peer.py::test_pending_pin_promoted_after_success_old_released_history_kept",
+        "test_tls_peer.py::test_expired_pin_is_released_by_expire_pins_and_refuses_new_connections",
+    ),
+    "pairing": ("test_tls_peer.py::test_pairing_full_sequence",),
+    "change.on_peer_key_change": (
+        "test_tls_peer.py::test_new_key_gives_peer_key_changed_and_the_policy_decides",
+    ),
+    "change.on_peer_cert_change_same_key": (
+        "test_tls_peer.py::test_same_key_renewal_gives_peer_cert_changed",
+    ),
+}
+"""Knob -> the tests (``file::function`` under ``tests/``) that show it on the wire (see the module doc)."""
 NOW = TEST_NOW
 HOUR = dt.timedelta(hours=1)
 IO_S = 10
@@ -198,6 +274,32 @@ async def test_version_priority_and_downgrade(
         assert c.info.version == s.info.version == expected
     else:
         assert reason(c) == reason(s) == expected
+
+
+@pytest.mark.parametrize(
+    ("versions", "fix"),
+    [
+        (
+            ("1.2", "1.3"),
+            '["1.3", "1.2"]), or, to get TLS 1.2 whenever the peer has it, drop the newer ones '
+            '(["1.2"]; that disables TLS 1.3)',
+        ),
+        (("1.3", "1.1", "1.2"), '["1.3", "1.2", "1.1"])'),
+    ],
+)
+def test_a_version_order_the_engine_cannot_honour_is_refused(versions: tuple[str, ...], fix: str) -> None:
+    """OpenSSL negotiates the newest version both sides enable (above: ["1.3", "1.2"] on both sides gives
+    TLS 1.3), whatever order a list is written in; so only newest first loads (``versions.order`` is
+    partial), and ``enforce`` cannot demand more."""
+    with pytest.raises(ConfigError, match=r"priority list.*newest first.*versions\.order is partial") as info:
+        TlsProfile(versions=versions, insecure_legacy_versions=True)
+    assert info.value.path == "versions" and info.value.fix.endswith(fix)
+    assert KNOB_STATES["versions.order"] == "partial" and KNOB_STATES["versions"] == "enforced"
+    with pytest.raises(ConfigError, match=r"cannot enforce versions\.order .*partial.*ClientHello callback"):
+        check_enforce(["versions.order"])
+    with pytest.raises(ConfigError, match="priority list") as info:
+        TlsProfile.from_toml({"versions": ["1.2", "1.3"]}, path="tls.profiles.p")
+    assert info.value.path == "tls.profiles.p.versions"
 
 
 # ================================================================ suites: preference observed on the wire
@@ -514,6 +616,19 @@ async def test_ocsp_stapling_from_the_pki_responder(profile: TlsProfile) -> None
     assert events.ocpp_security_event(events.OCSP_MISSING, side="client") == "InvalidCsmsCertificate"
 
 
+@pytest.mark.parametrize("profile", [TLS12, TLS13], ids=["tls12", "tls13"])
+async def test_ocsp_on_unknown_from_the_trust_store(profile: TlsProfile) -> None:
+    """An authentic ``unknown`` staple: refused by default, let through with ``on_unknown = "soft_fail"``."""
+    unknown = _unknown_staple()
+    strict = ClientTls.build(profile, rev_trust(RevocationPolicy(ocsp="require")))
+    soft = ClientTls.build(profile, rev_trust(RevocationPolicy(ocsp="require", on_unknown="soft_fail")))
+    with trio.fail_after(IO_S):
+        refused, _ = await tls_pair(strict, rev_server(profile, lambda: unknown))
+        accepted, _ = await tls_pair(soft, rev_server(profile, lambda: unknown))
+    assert reason(refused) == events.OCSP_UNKNOWN
+    assert reason(accepted) == "ok"
+
+
 def test_revocation_policy_validation() -> None:
     with pytest.raises(ConfigError, match="needs at least one CRL") as excinfo:
         RevocationPolicy("leaf")
@@ -795,6 +910,33 @@ def test_capabilities_report_suites_groups_and_knob_states() -> None:
     assert "OpenSSL" in caps.engine and "SupportedCiphers12: ECDHE-ECDSA" in caps.render()
 
 
+def test_capabilities_list_every_engine_suite_beside_the_configured_ones(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    profile = TlsProfile(versions=("1.3",), cipher_suites={"1.3": ["TLS_AES_128_GCM_SHA256"]})
+    caps = Capabilities.of_profile(profile)
+    engine = {key: [x.iana for x in suites] for key, suites in caps.engine_suites}
+    # every suite of the table negotiates on this engine (test_tls_verify::test_every_suite_in_the_table_negotiates)
+    assert {n for names in engine.values() for n in names} == {x.iana for x in SUITES}
+    assert "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA" in engine["1.2"]  # not configured, still listed
+    assert [k for k, _ in caps.suites] == ["1.3"] and caps.supported_ciphers13 == "TLS_AES_128_GCM_SHA256"
+    assert {"1.3", "1.2"} <= set(caps.engine_versions)
+    assert caps.engine_other_suites and not set(caps.engine_other_suites) & set(BY_OPENSSL)
+    text = caps.render()
+    assert "* TLS_AES_128_GCM_SHA256" in text and "  TLS_AES_256_GCM_SHA384" in text
+    assert "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA" in text and "TLS 1.0+, legacy" in text
+    cbc8 = next(line for line in text.splitlines() if "TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8" in line)
+    assert "security level 0" in cbc8
+    good = tmp_path / "p.toml"
+    good.write_text('versions = ["1.3"]\ncipher_suites = { "1.3" = ["TLS_AES_128_GCM_SHA256"] }\n')
+    assert main(["tls", "capabilities", "--profile", str(good), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert list(data["suites"]) == ["1.3"] and len(data["engine_suites"]["1.2"]) == len(engine["1.2"])
+    configured = {x["iana"] for key in ("1.3", "1.2") for x in data["engine_suites"][key] if x["configured"]}
+    assert configured == {"TLS_AES_128_GCM_SHA256"}
+    assert data["engine_versions"][:2] == ["1.3", "1.2"] and data["engine_other_suites"]
+
+
 def test_cli_tls_capabilities(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["tls", "capabilities", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -829,6 +971,34 @@ def _tls_capabilities_flags() -> list[argparse.Action]:
     tls = sub.choices["tls"]  # type: ignore[index]
     caps = next(a for a in tls._actions if a.dest == "tls_command").choices["capabilities"]
     return [a for a in caps._actions if a.option_strings and a.dest != "help"]
+
+
+def _test_functions(file: str) -> dict[str, bool]:
+    """Top-level test functions of ``tests/<file>``: name -> is it ``async`` (a real handshake under trio)."""
+    tree = ast.parse((Path(__file__).parent / file).read_text())
+    return {
+        node.name: isinstance(node, ast.AsyncFunctionDef)
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test_")
+    }
+
+
+def test_every_enforced_knob_has_a_test_that_changes_the_handshake() -> None:
+    assert set(KNOB_TESTS) <= set(KNOB_STATES), set(KNOB_TESTS) - set(KNOB_STATES)
+    enforced = {k for k, state in KNOB_STATES.items() if state == "enforced"}
+    assert enforced <= set(KNOB_TESTS), (
+        f"enforced knobs with no test in KNOB_TESTS: {enforced - set(KNOB_TESTS)}"
+    )
+    functions: dict[str, dict[str, bool]] = {}
+    for knob, test_ids in KNOB_TESTS.items():
+        handshakes = 0
+        for test_id in test_ids:
+            file, _, name = test_id.partition("::")
+            found = functions.setdefault(file, _test_functions(file))
+            assert name in found, f"{knob}: {test_id} does not exist"
+            handshakes += found[name]
+        if knob in enforced:
+            assert handshakes, f"{knob} is enforced, but none of its tests runs a handshake"
 
 
 # ================================================================ events

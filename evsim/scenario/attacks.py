@@ -23,6 +23,11 @@ from evsim.errors import HandshakeFailed, TransportError
 from evsim.metrics.recorder import Recorder
 from evsim.net.base import NetListener, Network, NetworkStatistics
 from evsim.tls import ClientTls, ServerTls, TlsProfile, TrustStore, tls_accept, tls_connect
+from evsim.tls.config import KNOWN_VERSIONS
+from evsim.tls.suites import DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES, SUITES
+
+LEGACY_VERSIONS = frozenset({"1.0", "1.1"})
+"""Versions OCPP forbids (A00.FR.313) that a downgrading attacker may still offer."""
 
 
 class RedirectingNetwork:
@@ -63,8 +68,7 @@ async def downgrade_client(
     recorder: Recorder,
 ) -> None:
     """One client offering only ``versions`` (e.g. TLS 1.2) to a CSMS; records how the handshake ended."""
-    legacy = any(v in ("1.0", "1.1") for v in versions)
-    client_tls = ClientTls.build(TlsProfile(versions=versions, insecure_legacy_versions=legacy), anchors)
+    client_tls = ClientTls.build(downgrade_profile(versions), anchors)
     try:
         stream = await network.connect(host, port, source=name)
     except TransportError as exc:
@@ -78,6 +82,26 @@ async def downgrade_client(
         return
     recorder.emit(name, "attack_result", outcome="accepted", version=tls.info.version)
     await _close(tls)
+
+
+def downgrade_profile(versions: tuple[str, ...]) -> TlsProfile:
+    """The attacker's profile: only ``versions``, with suites every one of them can negotiate.
+
+    TLS 1.0/1.1 cannot use the AEAD suites of the default profile, so the attacker adds the legacy CBC-SHA
+    suites (ECDSA and RSA certificates). Compiling a profile with TLS < 1.2 lowers OpenSSL's security level
+    to 0 on the attacker's context only (``evsim.tls.context``); honest nodes keep their own profile.
+
+    Raises:
+        ConfigError: ``versions`` is not a valid (contiguous, known) version list.
+    """
+    versions = tuple(sorted(versions, key=KNOWN_VERSIONS.index, reverse=True))  # the order OpenSSL honours
+    legacy = tuple(s.iana for s in SUITES if s.version == "1.2" and s.min_version == "1.0")
+    tls12 = DEFAULT_TLS12_SUITES + legacy if LEGACY_VERSIONS & set(versions) else DEFAULT_TLS12_SUITES
+    return TlsProfile(
+        versions=versions,
+        cipher_suites={"1.3": DEFAULT_TLS13_SUITES, "1.2": tls12},
+        insecure_legacy_versions=bool(LEGACY_VERSIONS & set(versions)),
+    )
 
 
 async def mitm_relay(

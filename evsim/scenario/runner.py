@@ -44,7 +44,7 @@ from evsim.ocpp.netprofile import DEFAULT_SLOT_NUMBERS, NetworkConnectionProfile
 from evsim.pki import CertKey
 from evsim.pki.revocation import OcspStaple
 from evsim.runtime import tune_gc
-from evsim.scenario.attacks import RedirectingNetwork, downgrade_client, mitm_relay
+from evsim.scenario.attacks import RedirectingNetwork, downgrade_client, downgrade_profile, mitm_relay
 from evsim.scenario.loader import layer_change_policy, layer_pin_set
 from evsim.scenario.model import (
     ControllerSpec,
@@ -69,6 +69,7 @@ from evsim.tls import (
     TlsProfile,
     TrustStore,
 )
+from evsim.tls.context import check_client_hello
 from evsim.tls.service import Endpoint, Service
 
 #: Actions and link knobs the model accepts that this runner cannot enforce yet; refused before the run starts.
@@ -111,6 +112,23 @@ class RunResult:
         return self.error is None and self.outcome in ("completed", "all stations done")
 
 
+def _check_downgrade_versions(
+    versions: tuple[str, ...], path: str, file: str | None, line: int | None
+) -> None:
+    """Refuse a downgrade attack this OpenSSL build cannot even start (a build without TLS 1.0/1.1)."""
+    try:
+        check_client_hello(downgrade_profile(versions))
+    except ConfigError as exc:
+        raise ConfigError(
+            f"the downgrade attacker cannot be built: {exc.message}",
+            path=path,
+            value=list(versions),
+            fix=exc.fix,
+            file=file,
+            line=line,
+        ) from None
+
+
 def preflight(scenario: Scenario) -> None:
     """Refuse, before anything starts, what the model accepts but this runner cannot enforce.
 
@@ -128,6 +146,10 @@ def preflight(scenario: Scenario) -> None:
                 fix="revoke a CSMS certificate (stations check it with [tls.trust.<name>] revocation)",
                 file=src,
                 line=ev.line,
+            )
+        if ev.action == "attack_downgrade":
+            _check_downgrade_versions(
+                _strs(ev.params, "versions", ("1.2",)), f"timeline[{i}].versions", src, ev.line
             )
         if ev.action in NOT_YET:
             raise ConfigError(

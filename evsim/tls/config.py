@@ -56,6 +56,11 @@ def _vi(version: str) -> int:
     return KNOWN_VERSIONS.index(version)
 
 
+def _toml_list(values: Iterable[str]) -> str:
+    """``["1.3", "1.2"]``: a list of strings as it is written in TOML."""
+    return "[" + ", ".join(f'"{v}"' for v in values) + "]"
+
+
 def _suite_key(version: str) -> str:
     """Which cipher list configures ``version``: OpenSSL has one list for TLS <= 1.2 and one for 1.3."""
     return "1.3" if version == "1.3" else "1.2"
@@ -342,8 +347,10 @@ class TlsProfile:
     """How to speak TLS.
 
     Attributes:
-        versions: enabled versions (``"1.0"``..``"1.3"``), contiguous; ``("1.3",)`` disables 1.2
-            (anti-downgrade). Versions below 1.2 need ``insecure_legacy_versions``.
+        versions: enabled versions (``"1.0"``..``"1.3"``), contiguous, newest first (a priority list, but
+            OpenSSL always negotiates the newest version both sides enable, so another order is refused:
+            ``versions.order`` is *partial*); ``("1.3",)`` disables 1.2 (anti-downgrade). Versions below 1.2
+            need ``insecure_legacy_versions``.
         cipher_suites: ``{"1.3": [...], "1.2": [...]}`` IANA names in priority order. The ``"1.2"`` list
             also configures TLS 1.0/1.1 (OpenSSL has one list for <= 1.2).
         suite_preference: whose suite order wins when we are the server.
@@ -367,7 +374,7 @@ class TlsProfile:
             a knob this engine only declares is refused here, never silently ignored.
 
     Raises:
-        ConfigError: holes in versions, unknown or misplaced suite names, a version without a usable
+        ConfigError: holes in versions, versions not newest first, unknown or misplaced suite names, a version without a usable
             suite, bad timeout / fragment / ALPN values, unknown groups or signature schemes, ``alpn_require``
             with nothing offered, out-of-range record knobs, ``enforce`` on a knob the engine cannot enforce.
     """
@@ -460,6 +467,26 @@ class TlsProfile:
                 path="versions",
                 value=list(self.versions),
                 fix=f"add {', '.join(missing)} or drop the versions around the hole",
+            )
+        newest_first = tuple(sorted(self.versions, key=_vi, reverse=True))
+        if self.versions != newest_first:
+            fix = f"list them newest first ({_toml_list(newest_first)})"
+            first = self.versions[0]
+            if first != newest_first[0]:
+                newer = ", ".join(f"TLS {v}" for v in newest_first if _vi(v) > _vi(first))
+                capped = tuple(v for v in newest_first if _vi(v) <= _vi(first))
+                fix += (
+                    f", or, to get TLS {first} whenever the peer has it, drop the newer ones "
+                    f"({_toml_list(capped)}; that disables {newer})"
+                )
+            # versions.order is partial (knobs.py): OpenSSL negotiates the newest version both sides enable,
+            # and pyOpenSSL has no ClientHello callback that would let a server choose by its own order.
+            raise ConfigError(
+                "TLS versions are a priority list, but this engine can only honour newest first: OpenSSL "
+                "always negotiates the newest version both sides enable (versions.order is partial)",
+                path="versions",
+                value=list(self.versions),
+                fix=fix,
             )
 
     def _check_suites(self) -> None:

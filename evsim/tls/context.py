@@ -46,6 +46,7 @@ Engine knobs (see ``knobs.KNOB_STATES``; compiled by :func:`_apply_engine_knobs`
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import hashlib
@@ -61,10 +62,10 @@ from OpenSSL import SSL, crypto
 
 from evsim.errors import ConfigError
 from evsim.tls import _ossl, events
-from evsim.tls.config import Identity, TlsProfile, TrustStore
+from evsim.tls.config import KNOWN_VERSIONS, Identity, TlsProfile, TrustStore
 from evsim.tls.peer import PeerCheck, PeerMode, PeerPolicy, require_policy
 from evsim.tls.revocation import install_crls, install_ocsp_client, install_ocsp_stapling, request_ocsp
-from evsim.tls.suites import BY_IANA
+from evsim.tls.suites import BY_IANA, SUITES
 from evsim.tls.verify import (
     X509_V_ERR_CERT_HAS_EXPIRED,
     X509_V_ERR_CERT_NOT_YET_VALID,
@@ -711,6 +712,95 @@ def _install_sni(ctx: SSL.Context, alternatives: Mapping[str, SSL.Context]) -> N
             conn.set_context(alternative)
 
     ctx.set_tlsext_servername_callback(on_servername)
+
+
+_WIRE_VERSIONS = {"1.0": 0x0301, "1.1": 0x0302, "1.2": 0x0303, "1.3": 0x0303}
+"""ClientHello.client_version per newest offered version (TLS 1.3 sends 1.2 there, RFC 8446 §4.1.2)."""
+
+
+@functools.lru_cache(maxsize=_CONTEXT_CACHE_SIZE)
+def check_client_hello(profile: TlsProfile) -> None:
+    """Check that this OpenSSL build can send a ClientHello offering ``profile``'s versions and suites.
+
+    Compiles a client context (no trust: nothing is verified) and lets OpenSSL write its first flight to a
+    memory BIO; nothing is sent anywhere. A build without TLS 1.0/1.1 (``no-tls1``...), or one that drops
+    every suite of an enabled version even at security level 0, fails here ("no protocols available",
+    "no ciphers available") instead of in the middle of a run.
+
+    Raises:
+        ConfigError: what OpenSSL said, with the versions, at path ``versions``.
+    """
+    versions = ", ".join(f"TLS {v}" for v in profile.versions)
+    try:
+        ctx = _base_context(SSL.TLS_CLIENT_METHOD, profile, None, server=False)
+        conn = SSL.Connection(ctx, None)
+        conn.set_connect_state()
+        with contextlib.suppress(SSL.WantReadError):  # the ClientHello is written, the reply awaited
+            conn.do_handshake()
+        hello = conn.bio_read(65536)
+    except (SSL.Error, ConfigError) as exc:
+        reason = exc.message if isinstance(exc, ConfigError) else str(exc)
+        raise ConfigError(
+            f"this OpenSSL build ({_ossl.engine_version()}) cannot offer {versions}: {reason}",
+            path="versions",
+            value=list(profile.versions),
+            fix="offer TLS 1.2 or 1.3, or install a cryptography wheel whose OpenSSL still has TLS 1.0/1.1 "
+            "(the PyPI wheels do, at security level 0)",
+        ) from exc
+    # record header (5 bytes), handshake header (4 bytes), then ClientHello.client_version (RFC 5246 §7.4.1.2)
+    offered = int.from_bytes(hello[9:11], "big") if len(hello) >= 11 else None
+    if offered != _WIRE_VERSIONS[profile.max_version]:  # pragma: no cover - a build that caps the version
+        raise ConfigError(
+            f"this OpenSSL build ({_ossl.engine_version()}) cannot offer {versions}: its ClientHello says "
+            f"{offered if offered is None else hex(offered)}",
+            path="versions",
+            value=list(profile.versions),
+            fix="offer TLS 1.2 or 1.3, or install a cryptography wheel whose OpenSSL still has TLS 1.0/1.1",
+        )
+
+
+@functools.cache
+def engine_cipher_names() -> tuple[str, ...]:
+    """Every cipher suite this OpenSSL build can offer, OpenSSL names, in its default order.
+
+    TLS <= 1.2: OpenSSL's ``ALL`` list at security level 0 (every suite it has, except the null ciphers);
+    TLS 1.3: each suite of ``evsim.tls.suites`` tried on its own (``SSL_CTX_set_ciphersuites`` knows no
+    wildcard).
+    """
+    tls13: list[str] = []
+    for suite in SUITES:
+        if suite.version != "1.3":
+            continue
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        try:
+            ctx.set_tls13_ciphersuites(suite.iana.encode())
+        except SSL.Error:  # pragma: no cover - every TLS 1.3 name of the table is in OpenSSL 3+
+            continue
+        if suite.iana in SSL.Connection(ctx, None).get_cipher_list():
+            tls13.append(suite.iana)
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_VERSION)
+    ctx.set_cipher_list(b"ALL:@SECLEVEL=0")
+    ctx.set_tls13_ciphersuites(b"")
+    return (*tls13, *SSL.Connection(ctx, None).get_cipher_list())
+
+
+@functools.cache
+def engine_versions() -> tuple[str, ...]:
+    """The versions this OpenSSL build can offer (newest first): each one checked with a ClientHello offering
+    only it, with every suite of ``evsim.tls.suites`` that works in it (TLS 1.0/1.1 at security level 0)."""
+    out: list[str] = []
+    for version in reversed(KNOWN_VERSIONS):
+        key = "1.3" if version == "1.3" else "1.2"
+        at = KNOWN_VERSIONS.index(version)
+        usable = [s.iana for s in SUITES if s.version == key and KNOWN_VERSIONS.index(s.min_version) <= at]
+        profile = TlsProfile(versions=(version,), cipher_suites={key: usable}, insecure_legacy_versions=True)
+        try:
+            check_client_hello(profile)
+        except ConfigError:  # pragma: no cover - a build without this version
+            continue
+        out.append(version)
+    return tuple(out)
 
 
 def clear_context_cache() -> None:

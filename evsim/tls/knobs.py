@@ -35,6 +35,7 @@ KNOB_STATES: Mapping[str, KnobState] = MappingProxyType(
     {
         # TlsProfile
         "versions": "enforced",
+        "versions.order": "partial",
         "cipher_suites": "enforced",
         "suite_preference": "enforced",
         "groups": GROUPS_STATE,
@@ -77,6 +78,14 @@ KNOB_STATES: Mapping[str, KnobState] = MappingProxyType(
 
 KNOB_NOTES: Mapping[str, str] = MappingProxyType(
     {
+        "versions": (
+            "the set: set_min/max_proto_version; a peer with no version in it is refused (downgrade_refused)"
+        ),
+        "versions.order": (
+            "newest first only: OpenSSL always negotiates the newest version both sides enable, and "
+            "pyOpenSSL exposes no ClientHello callback for a server to choose by its own order, so "
+            "another order is refused when the profile loads"
+        ),
         "groups": (
             "the whole ordered list (SSL_CTX_set1_groups_list)"
             if _ossl.HAVE_GROUPS_LIST
