@@ -28,6 +28,20 @@ stack of coroutines: measured ≈5 µs), so the common path has none besides wai
   jump of its own per CALL). Whatever the scope's deadline, ``handle_timer`` decides: a stale deadline only
   causes a harmless early look.
 
+* **Back-pressure.** Reading produces output for the same peer (a CALLRESULT or CALLERROR per CALL, even per
+  malformed frame), so a peer that sends and never reads would make us queue without limit. When frames wait
+  for the writer (the fast path could not hand everything to the kernel), the reader checks the *send queue* -
+  the UTF-8 bytes of the frames the RPC core holds plus those handed down but not yet sent - and stops reading
+  while it exceeds ``max_send_queue``; the writer wakes it once the queue is back under the bound. The queue
+  can thus exceed the bound by at most the answers to one received message. Honest peers never get near it
+  (one outstanding CALL per direction, OCPP-J §4.1.1), so two peers that both stop reading cannot deadlock in
+  practice, and the send timeout below ends such a pair anyway. When nothing waits (the fast path) the reader
+  only looks at two flags.
+* **Send timeout.** A peer that never reads would still hold the bound's memory forever: when the writer has
+  frames to send and makes no progress for ``send_timeout`` seconds, the session ends with
+  :class:`~evsim.errors.PeerNotReading` (the node records one disconnect event with reason
+  ``peer_not_reading``) and the node closes the connection.
+
 A round trip over a WebSocket costs the caller one wake-up (its result), the answering side one (its reader).
 """
 
@@ -49,10 +63,11 @@ from evsim.errors import (
     CallTimeout,
     ClosedTransport,
     OcppError,
+    PeerNotReading,
     SchemaViolation,
     TransportError,
 )
-from evsim.ocpp.framing import ERROR_CODES
+from evsim.ocpp.framing import ERROR_CODES, utf8_length
 from evsim.ocpp.rpc import (
     CallReceived,
     CallTimedOut,
@@ -63,6 +78,12 @@ from evsim.ocpp.rpc import (
     RpcStatistics,
     SendReceived,
 )
+
+DEFAULT_MAX_SEND_QUEUE = 256 * 1024
+"""Bytes (UTF-8 text of OCPP frames) that may wait to be sent to one peer before the session stops reading it."""
+
+DEFAULT_SEND_TIMEOUT = 60.0
+"""Seconds the writer may make no progress while frames wait before the peer is dropped as not reading."""
 
 _OUTCOMES = (ResultReceived, ErrorReceived, CallTimedOut)  # tuples: no union object built per event
 _INCOMING = (CallReceived, SendReceived)
@@ -90,7 +111,15 @@ EventHook: TypeAlias = Callable[[RpcEvent], None]
 
 @attrs.frozen
 class SessionStatistics:
-    """Snapshot of a session: the RPC counters plus the driver's own."""
+    """Snapshot of a session: the RPC counters plus the driver's own.
+
+    Attributes:
+        send_queue_bytes: UTF-8 bytes of frames waiting to be sent (in the RPC core, or handed down to the
+            transport and not sent yet).
+        send_queue_peak: the largest ``send_queue_bytes`` the reader saw (it stops reading above
+            ``max_send_queue``).
+        reads_paused: how often the reader stopped reading until the writer drained the send queue.
+    """
 
     rpc: RpcStatistics
     handler_errors: int
@@ -98,6 +127,9 @@ class SessionStatistics:
     callers_waiting: int
     incoming_queued: int
     closed: bool
+    send_queue_bytes: int = 0
+    send_queue_peak: int = 0
+    reads_paused: int = 0
 
 
 class _Waiter:
@@ -150,6 +182,9 @@ class OcppSession:
             exception it raises ends the session.
         on_send: consumes incoming OCPP 2.1 SEND messages (in order with CALLs); dropped when None. An
             ``Exception`` it raises is counted like a handler's.
+        max_send_queue: bytes that may wait to be sent before the reader stops reading (back-pressure).
+        send_timeout: seconds without progress of the writer, while frames wait, before the session ends
+            with :class:`~evsim.errors.PeerNotReading`; None never gives up.
     """
 
     def __init__(
@@ -161,7 +196,11 @@ class OcppSession:
         clock: SimClock | None = None,
         on_event: EventHook | None = None,
         on_send: SendHandler | None = None,
+        max_send_queue: int = DEFAULT_MAX_SEND_QUEUE,
+        send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
     ) -> None:
+        if max_send_queue < 1 or (send_timeout is not None and send_timeout <= 0):
+            raise ValueError("max_send_queue and send_timeout must be positive")
         self.transport = transport
         self.rpc = rpc
         self._handler = handler
@@ -182,6 +221,12 @@ class OcppSession:
         self._timer_deadline = math.inf  # what the scope's deadline was last set to
         self._writing = False
         self._backlog = False  # the transport holds bytes only an awaited _flush() sends
+        self._max_send_queue = max_send_queue
+        self._send_timeout = send_timeout
+        self._held = 0  # bytes of frames taken from the RPC core and not yet sent (see _send_queue_bytes)
+        self._room: trio.Event | None = None  # the reader waits for the send queue to drain
+        self._queue_peak = 0
+        self._reads_paused = 0
         self._running = False
         self._closed = False
         self._close_reason: TransportError | None = None
@@ -206,6 +251,9 @@ class OcppSession:
             callers_waiting=len(self._waiters),
             incoming_queued=len(self._incoming),
             closed=self._closed,
+            send_queue_bytes=self._send_queue_bytes(),
+            send_queue_peak=self._queue_peak,
+            reads_paused=self._reads_paused,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -339,8 +387,9 @@ class OcppSession:
         if send is not None and not self._backlog:
             try:
                 for text in rpc.data_to_send():
-                    if not send(text):
+                    if not send(text):  # it waits below until the writer's _flush()
                         self._backlog = True
+                        self._held += utf8_length(text)
             except TransportError as exc:  # the session ends; callers get BrokenTransport
                 self._fail(exc)
                 return
@@ -384,8 +433,34 @@ class OcppSession:
                 if incoming and not self._handling and await self._answer_incoming():
                     return  # a handler blocked: another task reads now
                 self._send_queued()
+                if self._held or rpc.queued_bytes:  # frames wait for the writer: maybe stop reading
+                    await self._wait_for_room()
         except TransportError as exc:
             self._fail(exc)
+
+    def _send_queue_bytes(self) -> int:
+        return self.rpc.queued_bytes + self._held
+
+    async def _wait_for_room(self) -> None:
+        """Stop reading while more than ``max_send_queue`` bytes wait to be sent to the peer."""
+        queued = self._send_queue_bytes()
+        if queued > self._queue_peak:
+            self._queue_peak = queued
+        if queued <= self._max_send_queue:
+            return
+        self._reads_paused += 1
+        while self._send_queue_bytes() > self._max_send_queue:
+            self._room = room = trio.Event()
+            await room.wait()
+
+    def _progress(self, scope: trio.CancelScope) -> None:
+        """The writer sent something: push its deadline back, wake the reader if the queue has room."""
+        if self._send_timeout is not None:
+            scope.deadline = trio.current_time() + self._send_timeout
+        room = self._room
+        if room is not None and self._send_queue_bytes() <= self._max_send_queue:
+            self._room = None
+            room.set()
 
     async def _timer_loop(self) -> None:
         """Wait until the outstanding CALL's deadline passes; with none outstanding, wait without a deadline.
@@ -418,13 +493,26 @@ class OcppSession:
                 continue
             self._writing = True
             try:
-                if self._backlog:
-                    self._backlog = False
-                    assert self._flush_fast is not None
-                    await self._flush_fast()
-                while frames := rpc.data_to_send():
-                    for text in frames:
-                        await send_text(text)
+                with trio.CancelScope() as scope:  # its deadline: the send timeout, moved on by progress
+                    self._progress(scope)
+                    if self._backlog:
+                        self._backlog = False
+                        assert self._flush_fast is not None
+                        await self._flush_fast()
+                        self._held = 0
+                        self._progress(scope)
+                    while frames := rpc.data_to_send():
+                        sizes = [utf8_length(text) for text in frames]
+                        self._held += sum(sizes)
+                        for text, size in zip(frames, sizes, strict=True):
+                            await send_text(text)
+                            self._held -= size
+                            self._progress(scope)
+                if scope.cancelled_caught:
+                    raise PeerNotReading(
+                        f"the peer read nothing for {self._send_timeout:g} s while "
+                        f"{self._send_queue_bytes()} bytes waited to be sent to it"
+                    )
             finally:
                 self._writing = False
 
