@@ -66,6 +66,7 @@ from evsim.errors import (
     CallTimeout,
     ConfigError,
     OcppError,
+    PeerNotReading,
     TransportError,
     UpgradeRejected,
     failure_reason,
@@ -564,6 +565,8 @@ class _Relay:
         self._waiters: dict[str, _Waiter] = {}
         self._replays: dict[str, tuple[str, dict[str, Any]]] = {}  # own message id -> backlog entry
         self._early: list[str] = []  # station frames read while the first upstream link was being connected
+        self._pair_scope: trio.CancelScope | None = None  # the relay's nursery, while it runs
+        self._station_lost_reported = False
 
     @property
     def name(self) -> str:
@@ -589,7 +592,8 @@ class _Relay:
                     return  # the station left while the upstream was being connected
                 try:
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._station_side, nursery.cancel_scope)
+                        self._pair_scope = nursery.cancel_scope
+                        nursery.start_soon(self._station_side)
                         nursery.start_soon(self._upstream_side, upstream)
                         nursery.start_soon(self._timer)
                 except* _UpstreamGone:
@@ -728,15 +732,22 @@ class _Relay:
         )
         return conn.setup
 
-    async def _station_side(self, scope: trio.CancelScope) -> None:
+    async def _station_side(self) -> None:
         """Read the station until its link ends; then the pair ends (the upstream is closed by run())."""
         try:
             await self._pump(STATION, self.station_ws)
         except TransportError as exc:
+            self._station_lost(exc)
+
+    def _station_lost(self, exc: TransportError) -> None:
+        """The station's link ended (its reader saw it, or we dropped it): record it once, end the pair."""
+        if not self._station_lost_reported:
+            self._station_lost_reported = True
             self.lc.recorder.emit(
                 self.name, "station_link_lost", station=self.state.station_id, reason=failure_reason(exc)
             )
-        scope.cancel()
+        if self._pair_scope is not None:
+            self._pair_scope.cancel()
 
     async def _upstream_side(self, ws: WebSocket) -> None:
         """Read the CSMS link; on loss, close the pair or (keep_station) reconnect and replay."""
@@ -918,7 +929,10 @@ class _Relay:
                     await _aclose_ws(ws, _CLOSE_GOING_AWAY, "")
                     return
                 if scope.cancelled_caught:
-                    await ws.abort(f"the {to} read nothing for {timeout:g} s while messages waited for it")
+                    reason = f"the {to} read nothing for {timeout:g} s while messages waited for it"
+                    await ws.abort(reason)
+                    if to == STATION:  # its reader may be stuck writing upstream: end the pair here
+                        self._station_lost(PeerNotReading(reason))
                     return
 
 
