@@ -9,6 +9,7 @@ bytes, frames read, bytes produced), never with time or RSS; in virtual time (``
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -82,10 +83,18 @@ def _bad_frames(n: int) -> list[str]:
     return [kinds[i % 3].format(i=i) for i in range(n)]
 
 
-async def _wait_event(h: Harness, kind: str, station: str) -> list[dict[str, Any]]:
-    while not (found := [e.data for e in h.events(kind) if e.data.get("station") == station]):
+async def _wait_for(predicate: Callable[[], bool]) -> None:
+    # polling in virtual time (costs nothing real): no one event to wait on across the nodes
+    while not predicate():  # noqa: ASYNC110
         await trio.sleep(1)
-    return found
+
+
+async def _wait_event(h: Harness, kind: str, station: str) -> list[dict[str, Any]]:
+    def found() -> list[dict[str, Any]]:
+        return [e.data for e in h.events(kind) if e.data.get("station") == station]
+
+    await _wait_for(lambda: bool(found()))
+    return found()
 
 
 @pytest.mark.parametrize("calls", [False, True], ids=["bad-frames", "valid-calls"])
@@ -218,8 +227,7 @@ async def test_session_queue_stays_under_its_bound_and_a_sentinel_session_keeps_
                 assert trio.current_time() == start
 
             with trio.fail_after(30):  # the send timeout ends the session
-                while not evil_session.statistics().closed:
-                    await trio.sleep(1)
+                await _wait_for(lambda: evil_session.statistics().closed)
             assert isinstance(evil_session.close_reason, PeerNotReading)
             assert "read nothing for 20 s" in str(evil_session.close_reason)
             assert not sentinel.statistics().closed
@@ -250,7 +258,9 @@ async def _ws_server_pair(**server_kwargs: Any) -> tuple[trio.abc.Stream, WebSoc
     return a, ws
 
 
-async def test_ping_flood_behind_a_blocked_writer_queues_one_pong(autojump_clock: trio.testing.MockClock) -> None:
+async def test_ping_flood_behind_a_blocked_writer_queues_one_pong(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """While a send is blocked (the peer does not read), pings are still read, but only the newest pong
     waits (RFC 6455 §5.5.3); it goes out, before anything queued behind it, once the peer reads."""
     raw, ws = await _ws_server_pair()
@@ -284,7 +294,9 @@ async def test_ping_flood_behind_a_blocked_writer_queues_one_pong(autojump_clock
             nursery.cancel_scope.cancel()
 
 
-async def test_ping_flood_from_a_peer_that_never_reads_is_dropped(autojump_clock: trio.testing.MockClock) -> None:
+async def test_ping_flood_from_a_peer_that_never_reads_is_dropped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """The reader answers pings itself and waits for its pongs to leave (back-pressure: it stops reading);
     when they do not leave within ``send_timeout`` the peer is dropped and the reader gets PeerNotReading."""
     raw, ws = await _ws_server_pair(send_timeout=15)
@@ -299,9 +311,13 @@ async def test_ping_flood_from_a_peer_that_never_reads_is_dropped(autojump_clock
 
             nursery.start_soon(flood)
             start = trio.current_time()
-            with pytest.raises(PeerNotReading, match="read nothing for 15 s"):
+
+            async def read_forever() -> None:
                 while True:
                     await ws.receive_text()
+
+            with pytest.raises(PeerNotReading, match="read nothing for 15 s"):
+                await read_forever()
             assert trio.current_time() - start == pytest.approx(15, abs=1)
             # reading stopped once the pongs filled the pipe: bounded by the pipe, not by the flood
             assert ws.statistics().wire_bytes_received < 4 * PIPE
