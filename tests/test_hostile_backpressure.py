@@ -136,7 +136,7 @@ async def test_csms_stops_reading_a_station_that_never_reads(
 
             # the client that never reads is dropped after the send timeout, with one event
             dropped = await _wait_event(h, "station_disconnected", "CS-EVIL")
-            assert trio.current_time() - start <= DEFAULT_SEND_TIMEOUT + 5
+            assert trio.current_time() - start <= 2 * DEFAULT_SEND_TIMEOUT  # found within two looks
             await flood.ended.wait()
         assert [d["reason"] for d in dropped] == ["peer_not_reading"]
         assert not [e for e in h.events("station_disconnected") if e.data["station"] == "CS-GOOD"]
@@ -226,7 +226,7 @@ async def test_session_queue_stays_under_its_bound_and_a_sentinel_session_keeps_
                 assert json.loads(await honest_ws.receive_text())[:2] == [3, f"ok{i}"]
                 assert trio.current_time() == start
 
-            with trio.fail_after(30):  # the send timeout ends the session
+            with trio.fail_after(40):  # the send timeout ends the session (found within two looks)
                 await _wait_for(lambda: evil_session.statistics().closed)
             assert isinstance(evil_session.close_reason, PeerNotReading)
             assert "read nothing for 20 s" in str(evil_session.close_reason)

@@ -40,7 +40,9 @@ stack of coroutines: measured ≈5 µs), so the common path has none besides wai
 * **Send timeout.** A peer that never reads would still hold the bound's memory forever: when the writer has
   frames to send and makes no progress for ``send_timeout`` seconds, the session ends with
   :class:`~evsim.errors.PeerNotReading` (the node records one disconnect event with reason
-  ``peer_not_reading``) and the node closes the connection.
+  ``peer_not_reading``) and the node closes the connection. The timer task watches (:meth:`_check_stall`):
+  armed when the writer starts, it looks every ``send_timeout`` s whether the busy writer sent anything
+  since, so a stuck writer is found after between one and two ``send_timeout``; the writer only counts.
 
 A round trip over a WebSocket costs the caller one wake-up (its result), the answering side one (its reader).
 """
@@ -184,7 +186,7 @@ class OcppSession:
             ``Exception`` it raises is counted like a handler's.
         max_send_queue: bytes that may wait to be sent before the reader stops reading (back-pressure).
         send_timeout: seconds without progress of the writer, while frames wait, before the session ends
-            with :class:`~evsim.errors.PeerNotReading`; None never gives up.
+            with :class:`~evsim.errors.PeerNotReading` (found within twice that); None never gives up.
     """
 
     def __init__(
@@ -225,6 +227,9 @@ class OcppSession:
         self._send_timeout = send_timeout
         self._held = 0  # bytes of frames taken from the RPC core and not yet sent (see _send_queue_bytes)
         self._room: trio.Event | None = None  # the reader waits for the send queue to drain
+        self._sends_done = 0  # the writer's progress: flushes and frames sent
+        self._stall_deadline = math.inf  # when the stall watch looks at the writer's progress next
+        self._stall_mark = 0  # _sends_done when the stall watch was armed
         self._queue_peak = 0
         self._reads_paused = 0
         self._running = False
@@ -379,6 +384,8 @@ class OcppSession:
         deadline = rpc.get_timer()
         if deadline is None:
             deadline = math.inf
+        if self._stall_deadline < deadline:
+            deadline = self._stall_deadline
         if deadline != self._timer_deadline and self._timer_scope is not None:
             self._timer_deadline = self._timer_scope.deadline = deadline
         if self._writing or not rpc.has_data_to_send or self._nursery is None:
@@ -433,8 +440,12 @@ class OcppSession:
                 if incoming and not self._handling and await self._answer_incoming():
                     return  # a handler blocked: another task reads now
                 self._send_queued()
-                if self._held or rpc.queued_bytes:  # frames wait for the writer: maybe stop reading
-                    await self._wait_for_room()
+                queued = self._held + rpc.queued_bytes  # frames waiting for the writer, usually none
+                if queued:
+                    if queued > self._queue_peak:
+                        self._queue_peak = queued
+                    if queued > self._max_send_queue:
+                        await self._wait_for_room()
         except TransportError as exc:
             self._fail(exc)
 
@@ -442,25 +453,44 @@ class OcppSession:
         return self.rpc.queued_bytes + self._held
 
     async def _wait_for_room(self) -> None:
-        """Stop reading while more than ``max_send_queue`` bytes wait to be sent to the peer."""
-        queued = self._send_queue_bytes()
-        if queued > self._queue_peak:
-            self._queue_peak = queued
-        if queued <= self._max_send_queue:
-            return
+        """Stop reading until no more than ``max_send_queue`` bytes wait to be sent to the peer."""
         self._reads_paused += 1
         while self._send_queue_bytes() > self._max_send_queue:
             self._room = room = trio.Event()
             await room.wait()
 
-    def _progress(self, scope: trio.CancelScope) -> None:
-        """The writer sent something: push its deadline back, wake the reader if the queue has room."""
-        if self._send_timeout is not None:
-            scope.deadline = trio.current_time() + self._send_timeout
+    def _wake_reader(self) -> None:
+        """The writer sent something: wake the reader if it waits and the queue has room again."""
         room = self._room
         if room is not None and self._send_queue_bytes() <= self._max_send_queue:
             self._room = None
             room.set()
+
+    def _watch_writer(self) -> None:
+        """The writer starts sending and the stall watch is off: arm it (see :meth:`_check_stall`)."""
+        if self._send_timeout is not None:
+            self._stall_deadline = self._now() + self._send_timeout
+            self._stall_mark = self._sends_done
+            if self._timer_scope is not None and self._stall_deadline < self._timer_deadline:
+                self._timer_deadline = self._timer_scope.deadline = self._stall_deadline
+
+    def _check_stall(self, now: float) -> None:
+        """The stall watch's deadline passed: drop the peer if the busy writer sent nothing since it was
+        armed; else re-arm it while the writer is busy. A writer stuck for ``send_timeout`` is thus found
+        after between one and two ``send_timeout`` s; the watch costs the writer a counter per frame."""
+        assert self._send_timeout is not None
+        if not (self._writing or self._backlog):
+            self._stall_deadline = math.inf
+        elif self._sends_done == self._stall_mark:
+            self._fail(
+                PeerNotReading(
+                    f"the peer read nothing for {self._send_timeout:g} s while "
+                    f"{self._send_queue_bytes()} bytes waited to be sent to it"
+                )
+            )
+        else:
+            self._stall_deadline = now + self._send_timeout
+            self._stall_mark = self._sends_done
 
     async def _timer_loop(self) -> None:
         """Wait until the outstanding CALL's deadline passes; with none outstanding, wait without a deadline.
@@ -472,12 +502,16 @@ class OcppSession:
         rpc = self.rpc
         while True:
             deadline = rpc.get_timer()
-            self._timer_deadline = math.inf if deadline is None else deadline
+            deadline = math.inf if deadline is None else deadline
+            self._timer_deadline = min(deadline, self._stall_deadline)
             with trio.CancelScope(deadline=self._timer_deadline) as scope:
                 self._timer_scope = scope
                 await trio.sleep_forever()
             self._timer_scope = None
-            events = rpc.handle_timer(self._now())
+            now = self._now()
+            if now >= self._stall_deadline:
+                self._check_stall(now)
+            events = rpc.handle_timer(now)
             if events:  # only CallTimedOut: wakes a caller, may release the next CALL
                 self._dispatch(events)
                 self._send_queued()
@@ -492,27 +526,26 @@ class OcppSession:
                 await self._write_ready.wait()
                 continue
             self._writing = True
+            if self._stall_deadline == math.inf:
+                self._watch_writer()
             try:
-                with trio.CancelScope() as scope:  # its deadline: the send timeout, moved on by progress
-                    self._progress(scope)
-                    if self._backlog:
-                        self._backlog = False
-                        assert self._flush_fast is not None
-                        await self._flush_fast()
-                        self._held = 0
-                        self._progress(scope)
-                    while frames := rpc.data_to_send():
-                        sizes = [utf8_length(text) for text in frames]
-                        self._held += sum(sizes)
-                        for text, size in zip(frames, sizes, strict=True):
-                            await send_text(text)
-                            self._held -= size
-                            self._progress(scope)
-                if scope.cancelled_caught:
-                    raise PeerNotReading(
-                        f"the peer read nothing for {self._send_timeout:g} s while "
-                        f"{self._send_queue_bytes()} bytes waited to be sent to it"
-                    )
+                if self._backlog:
+                    self._backlog = False
+                    assert self._flush_fast is not None
+                    await self._flush_fast()
+                    self._held = 0
+                    self._sends_done += 1
+                    if self._room is not None:
+                        self._wake_reader()
+                while rpc.has_data_to_send:
+                    size = rpc.queued_bytes
+                    self._held += size
+                    for text in rpc.data_to_send():
+                        await send_text(text)
+                        self._sends_done += 1
+                    self._held -= size
+                    if self._room is not None:
+                        self._wake_reader()
             finally:
                 self._writing = False
 
