@@ -693,7 +693,6 @@ class WebSocket(trio.abc.AsyncResource):
     async def _pump(self) -> None:
         """Read once (or drain what the handshake left), handle the events, answer, maybe close."""
         conn = self._conn
-        pings = self._pings_received
         if self._check_events:  # once per connection: frames that came with the handshake response
             self._check_events = False
             await trio.lowlevel.checkpoint()
@@ -729,15 +728,15 @@ class WebSocket(trio.abc.AsyncResource):
                 with contextlib.suppress(TransportError), trio.move_on_after(self._close_timeout):
                     await self._write(out, wait=True)  # errors are recorded, receive() raises next
             else:  # only pongs
-                await self._send_pongs(out, self._pings_received - pings)
+                await self._send_pongs(out)
         if ending:
             await self._close_transport()
 
-    async def _send_pongs(self, out: bytearray, pings: int) -> None:
+    async def _send_pongs(self, out: bytearray) -> None:
         """Answer pings read in one go (``out``: their pongs); see the module docstring."""
         if self._sending:  # never wait behind a blocked writer; it sends the newest pong only
-            last = self._last_pong(out)
-            self._pongs_skipped += max(pings - 1, 0) + (1 if self._pong else 0)
+            last, count = self._last_pong(out)
+            self._pongs_skipped += count - 1 + (1 if self._pong else 0)
             self._pong = last
             return
         with trio.move_on_after(self._send_timeout) as scope:
@@ -747,15 +746,18 @@ class WebSocket(trio.abc.AsyncResource):
             await self.abort(f"the peer read nothing for {self._send_timeout:g} s (pongs waited to be sent)")
             raise self._broken_error(self._broken or "")
 
-    def _last_pong(self, out: bytearray) -> bytes:
-        """The last frame of ``out``, a run of whole pong frames (as this side masks or not)."""
-        pos, last = 0, b""
+    def _last_pong(self, out: bytearray) -> tuple[bytes, int]:
+        """The last frame of ``out``, a run of whole pong frames (as this side masks or not), and their
+        number."""
+        pos = count = 0
+        last = b""
         while pos < len(out):
             n = out[pos + 1] & 0x7F  # control frames: payload <= 125 bytes, 7-bit length
             end = pos + 2 + (4 if out[pos + 1] & 0x80 else 0) + n
             last = bytes(out[pos:end])
             pos = end
-        return last
+            count += 1
+        return last, count
 
     def _handle_events(self) -> bytearray | None:
         """Walk wsproto's events; return bytes to send (pongs, close replies), if any."""
