@@ -10,6 +10,7 @@ errors only. trio's rule applies: a ``Broken*`` error is the peer's (or the netw
     ├── TransportError              anything below OCPP
     │   ├── ConnectionRefused       nothing listens at that address, or a partition blocks it
     │   ├── BrokenTransport         the peer or the link went away mid-stream (remote)
+    │   │   └── PeerNotReading      we dropped a peer that read nothing we sent for the send timeout
     │   ├── ClosedTransport         we used a stream we had closed (local)
     │   ├── TlsError                TLS failed
     │   │   └── HandshakeFailed     handshake refused; carries a reason from the event vocabulary
@@ -86,6 +87,16 @@ class ConnectionRefused(TransportError):
 
 class BrokenTransport(TransportError):
     """The peer or the link went away (remote cause)."""
+
+
+class PeerNotReading(BrokenTransport):
+    """The peer read nothing of what waited to be sent for longer than the send timeout: we dropped it.
+
+    Reading from a peer waits while too much waits to be sent to it (back-pressure); a peer that never reads
+    would hold that memory forever, so the connection ends instead. ``reason`` is the event category.
+    """
+
+    reason = "peer_not_reading"
 
 
 class ClosedTransport(TransportError):

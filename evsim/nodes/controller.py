@@ -23,7 +23,11 @@ Station doesn't have to behave different" and "so that the CSMS can not notice" 
   otherwise) instead of answering its upgrade with the status.
 * **Relay**: one nursery per station pair; a reader per side feeds :class:`~evsim.nodes.relay.RelayCore`
   (sans-IO) and writes what it says, so messages travel as text, unvalidated. A reader stops reading while the
-  lane it feeds is full (back-pressure); a writer lock per side keeps frame order. A malformed frame is relayed
+  lane it feeds is full, and while what it produced is being written (it awaits the write): back-pressure, so a
+  side that never reads holds at most one lane's worth of data here. A writer lock per side keeps frame order.
+  A write that makes no progress for the WebSocket's ``send_timeout`` drops that link as not reading
+  (:meth:`~evsim.ws.connection.WebSocket.abort`): its reader ends with reason ``peer_not_reading``. While the
+  first upstream link is being connected, at most ``max_queue`` station frames are read ahead. A malformed frame is relayed
   like any other and the far endpoint answers it (a CALL with a bad payload gets the CSMS's CALLERROR, a text
   that is not JSON its ``RpcFrameworkError`` for id ``"-1"``) - exactly what a direct station would get.
 * **Own CALLs**: :meth:`LocalController.call_station` sends a CALL of the controller's own on a station's link
@@ -62,6 +66,7 @@ from evsim.errors import (
     CallTimeout,
     ConfigError,
     OcppError,
+    PeerNotReading,
     TransportError,
     UpgradeRejected,
     failure_reason,
@@ -579,6 +584,8 @@ class _Relay:
         self._waiters: dict[str, _Waiter] = {}
         self._replays: dict[str, tuple[str, dict[str, Any]]] = {}  # own message id -> backlog entry
         self._early: list[str] = []  # station frames read while the first upstream link was being connected
+        self._pair_scope: trio.CancelScope | None = None  # the relay's nursery, while it runs
+        self._station_lost_reported = False
 
     @property
     def name(self) -> str:
@@ -604,7 +611,8 @@ class _Relay:
                     return  # the station left while the upstream was being connected
                 try:
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._station_side, nursery.cancel_scope)
+                        self._pair_scope = nursery.cancel_scope
+                        nursery.start_soon(self._station_side)
                         nursery.start_soon(self._upstream_side, upstream)
                         nursery.start_soon(self._timer)
                 except* _UpstreamGone:
@@ -643,9 +651,10 @@ class _Relay:
 
             async def watch_station() -> None:
                 nonlocal station_gone
-                try:
-                    while True:  # ends with the connect (cancelled) or with the station's link
+                try:  # ends with the connect (cancelled) or with the station's link
+                    while len(early) < self.lc.config.max_queue:
                         early.append(await self.station_ws.receive_text())
+                    await trio.sleep_forever()  # read no further ahead: the relay reads the rest
                 except TransportError:
                     station_gone = True
                     nursery.cancel_scope.cancel()
@@ -742,15 +751,22 @@ class _Relay:
         )
         return conn.setup
 
-    async def _station_side(self, scope: trio.CancelScope) -> None:
+    async def _station_side(self) -> None:
         """Read the station until its link ends; then the pair ends (the upstream is closed by run())."""
         try:
             await self._pump(STATION, self.station_ws)
         except TransportError as exc:
+            self._station_lost(exc)
+
+    def _station_lost(self, exc: TransportError) -> None:
+        """The station's link ended (its reader saw it, or we dropped it): record it once, end the pair."""
+        if not self._station_lost_reported:
+            self._station_lost_reported = True
             self.lc.recorder.emit(
                 self.name, "station_link_lost", station=self.state.station_id, reason=failure_reason(exc)
             )
-        scope.cancel()
+        if self._pair_scope is not None:
+            self._pair_scope.cancel()
 
     async def _upstream_side(self, ws: WebSocket) -> None:
         """Read the CSMS link; on loss, close the pair or (keep_station) reconnect and replay."""
@@ -915,17 +931,27 @@ class _Relay:
 
     async def _flush(self, to: Side) -> None:
         """Write what the core has for ``to``, in order. Never raises a transport error: a link that fails
-        to take a message is closed, so its own reader sees the loss and handles it."""
+        to take a message is closed (dropped if it read nothing for its ``send_timeout``), so its own reader
+        sees the loss and handles it."""
         ws = self.station_ws if to == STATION else self.upstream_ws
         async with self._locks[to]:
             while texts := self.core.data_to_send(to):
                 if ws is None:
                     continue  # the CSMS link is down: the core turned its traffic into events already
+                timeout = ws.send_timeout
                 try:
-                    for text in texts:
-                        await ws.send_text(text)
+                    with trio.CancelScope() as scope:
+                        for text in texts:
+                            scope.deadline = trio.current_time() + timeout
+                            await ws.send_text(text)
                 except TransportError:
                     await _aclose_ws(ws, _CLOSE_GOING_AWAY, "")
+                    return
+                if scope.cancelled_caught:
+                    reason = f"the {to} read nothing for {timeout:g} s while messages waited for it"
+                    await ws.abort(reason)
+                    if to == STATION:  # its reader may be stuck writing upstream: end the pair here
+                        self._station_lost(PeerNotReading(reason))
                     return
 
 

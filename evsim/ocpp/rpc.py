@@ -281,6 +281,7 @@ class RpcConnection:
         self._outstanding: _OutgoingCall | None = None
         self._incoming: dict[str, str] = {}  # message id -> action of CALLs we still have to answer
         self._out: list[str] = []
+        self._out_bytes = 0  # UTF-8 bytes of the frames in _out
 
         self._calls_sent = self._calls_received = 0
         self._results_sent = self._results_received = 0
@@ -302,6 +303,11 @@ class RpcConnection:
     def has_data_to_send(self) -> bool:
         """True when :meth:`data_to_send` would return frames."""
         return bool(self._out)
+
+    @property
+    def queued_bytes(self) -> int:
+        """UTF-8 bytes of the frames :meth:`data_to_send` would return (what the driver must bound)."""
+        return self._out_bytes
 
     def pending_incoming(self) -> dict[str, str]:
         """Incoming CALLs not answered yet, message id → action (a copy)."""
@@ -348,9 +354,11 @@ class RpcConnection:
         return text
 
     def _emit(self, text: str) -> None:
+        size = framing.utf8_length(text)
         self._out.append(text)
         self._frames_out += 1
-        self._bytes_out += framing.utf8_length(text)
+        self._bytes_out += size
+        self._out_bytes += size
 
     def _new_id(self) -> str:
         mid = self._next_id()
@@ -502,6 +510,7 @@ class RpcConnection:
         """Take the text messages waiting to be sent, oldest first (empties the queue)."""
         out = self._out
         self._out = []
+        self._out_bytes = 0
         return out
 
     # ---- timers -------------------------------------------------------------------------------------
@@ -544,6 +553,7 @@ class RpcConnection:
         self._queue.clear()
         self._incoming.clear()
         self._out = []
+        self._out_bytes = 0
         return pending
 
     # ---- receiving ----------------------------------------------------------------------------------

@@ -28,6 +28,22 @@ stack of coroutines: measured ≈5 µs), so the common path has none besides wai
   jump of its own per CALL). Whatever the scope's deadline, ``handle_timer`` decides: a stale deadline only
   causes a harmless early look.
 
+* **Back-pressure.** Reading produces output for the same peer (a CALLRESULT or CALLERROR per CALL, even per
+  malformed frame), so a peer that sends and never reads would make us queue without limit. When frames wait
+  for the writer (the fast path could not hand everything to the kernel), the reader checks the *send queue* -
+  the UTF-8 bytes of the frames the RPC core holds plus those handed down but not yet sent - and stops reading
+  while it exceeds ``max_send_queue``; the writer wakes it once the queue is back under the bound. The queue
+  can thus exceed the bound by at most the answers to one received message. Honest peers never get near it
+  (one outstanding CALL per direction, OCPP-J §4.1.1), so two peers that both stop reading cannot deadlock in
+  practice, and the send timeout below ends such a pair anyway. When nothing waits (the fast path) the reader
+  only looks at two flags.
+* **Send timeout.** A peer that never reads would still hold the bound's memory forever: when the writer has
+  frames to send and makes no progress for ``send_timeout`` seconds, the session ends with
+  :class:`~evsim.errors.PeerNotReading` (the node records one disconnect event with reason
+  ``peer_not_reading``) and the node closes the connection. The timer task watches (:meth:`_check_stall`):
+  armed when the writer starts, it looks every ``send_timeout`` s whether the busy writer sent anything
+  since, so a stuck writer is found after between one and two ``send_timeout``; the writer only counts.
+
 A round trip over a WebSocket costs the caller one wake-up (its result), the answering side one (its reader).
 """
 
@@ -49,10 +65,11 @@ from evsim.errors import (
     CallTimeout,
     ClosedTransport,
     OcppError,
+    PeerNotReading,
     SchemaViolation,
     TransportError,
 )
-from evsim.ocpp.framing import ERROR_CODES
+from evsim.ocpp.framing import ERROR_CODES, utf8_length
 from evsim.ocpp.rpc import (
     CallReceived,
     CallTimedOut,
@@ -63,6 +80,12 @@ from evsim.ocpp.rpc import (
     RpcStatistics,
     SendReceived,
 )
+
+DEFAULT_MAX_SEND_QUEUE = 256 * 1024
+"""Bytes (UTF-8 text of OCPP frames) that may wait to be sent to one peer before the session stops reading it."""
+
+DEFAULT_SEND_TIMEOUT = 60.0
+"""Seconds the writer may make no progress while frames wait before the peer is dropped as not reading."""
 
 _OUTCOMES = (ResultReceived, ErrorReceived, CallTimedOut)  # tuples: no union object built per event
 _INCOMING = (CallReceived, SendReceived)
@@ -90,7 +113,15 @@ EventHook: TypeAlias = Callable[[RpcEvent], None]
 
 @attrs.frozen
 class SessionStatistics:
-    """Snapshot of a session: the RPC counters plus the driver's own."""
+    """Snapshot of a session: the RPC counters plus the driver's own.
+
+    Attributes:
+        send_queue_bytes: UTF-8 bytes of frames waiting to be sent (in the RPC core, or handed down to the
+            transport and not sent yet).
+        send_queue_peak: the largest ``send_queue_bytes`` the reader saw (it stops reading above
+            ``max_send_queue``).
+        reads_paused: how often the reader stopped reading until the writer drained the send queue.
+    """
 
     rpc: RpcStatistics
     handler_errors: int
@@ -98,6 +129,9 @@ class SessionStatistics:
     callers_waiting: int
     incoming_queued: int
     closed: bool
+    send_queue_bytes: int = 0
+    send_queue_peak: int = 0
+    reads_paused: int = 0
 
 
 class _Waiter:
@@ -150,6 +184,9 @@ class OcppSession:
             exception it raises ends the session.
         on_send: consumes incoming OCPP 2.1 SEND messages (in order with CALLs); dropped when None. An
             ``Exception`` it raises is counted like a handler's.
+        max_send_queue: bytes that may wait to be sent before the reader stops reading (back-pressure).
+        send_timeout: seconds without progress of the writer, while frames wait, before the session ends
+            with :class:`~evsim.errors.PeerNotReading` (found within twice that); None never gives up.
     """
 
     def __init__(
@@ -161,7 +198,11 @@ class OcppSession:
         clock: SimClock | None = None,
         on_event: EventHook | None = None,
         on_send: SendHandler | None = None,
+        max_send_queue: int = DEFAULT_MAX_SEND_QUEUE,
+        send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
     ) -> None:
+        if max_send_queue < 1 or (send_timeout is not None and send_timeout <= 0):
+            raise ValueError("max_send_queue and send_timeout must be positive")
         self.transport = transport
         self.rpc = rpc
         self._handler = handler
@@ -182,6 +223,15 @@ class OcppSession:
         self._timer_deadline = math.inf  # what the scope's deadline was last set to
         self._writing = False
         self._backlog = False  # the transport holds bytes only an awaited _flush() sends
+        self._max_send_queue = max_send_queue
+        self._send_timeout = send_timeout
+        self._held = 0  # bytes of frames taken from the RPC core and not yet sent (see _send_queue_bytes)
+        self._room: trio.Event | None = None  # the reader waits for the send queue to drain
+        self._sends_done = 0  # the writer's progress: flushes and frames sent
+        self._stall_deadline = math.inf  # when the stall watch looks at the writer's progress next
+        self._stall_mark = 0  # _sends_done when the stall watch was armed
+        self._queue_peak = 0
+        self._reads_paused = 0
         self._running = False
         self._closed = False
         self._close_reason: TransportError | None = None
@@ -206,6 +256,9 @@ class OcppSession:
             callers_waiting=len(self._waiters),
             incoming_queued=len(self._incoming),
             closed=self._closed,
+            send_queue_bytes=self._send_queue_bytes(),
+            send_queue_peak=self._queue_peak,
+            reads_paused=self._reads_paused,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -331,6 +384,8 @@ class OcppSession:
         deadline = rpc.get_timer()
         if deadline is None:
             deadline = math.inf
+        if self._stall_deadline < deadline:
+            deadline = self._stall_deadline
         if deadline != self._timer_deadline and self._timer_scope is not None:
             self._timer_deadline = self._timer_scope.deadline = deadline
         if self._writing or not rpc.has_data_to_send or self._nursery is None:
@@ -339,8 +394,9 @@ class OcppSession:
         if send is not None and not self._backlog:
             try:
                 for text in rpc.data_to_send():
-                    if not send(text):
+                    if not send(text):  # it waits below until the writer's _flush()
                         self._backlog = True
+                        self._held += utf8_length(text)
             except TransportError as exc:  # the session ends; callers get BrokenTransport
                 self._fail(exc)
                 return
@@ -384,8 +440,57 @@ class OcppSession:
                 if incoming and not self._handling and await self._answer_incoming():
                     return  # a handler blocked: another task reads now
                 self._send_queued()
+                queued = self._held + rpc.queued_bytes  # frames waiting for the writer, usually none
+                if queued:
+                    if queued > self._queue_peak:
+                        self._queue_peak = queued
+                    if queued > self._max_send_queue:
+                        await self._wait_for_room()
         except TransportError as exc:
             self._fail(exc)
+
+    def _send_queue_bytes(self) -> int:
+        return self.rpc.queued_bytes + self._held
+
+    async def _wait_for_room(self) -> None:
+        """Stop reading until no more than ``max_send_queue`` bytes wait to be sent to the peer."""
+        self._reads_paused += 1
+        while self._send_queue_bytes() > self._max_send_queue:
+            self._room = room = trio.Event()
+            await room.wait()
+
+    def _wake_reader(self) -> None:
+        """The writer sent something: wake the reader if it waits and the queue has room again."""
+        room = self._room
+        if room is not None and self._send_queue_bytes() <= self._max_send_queue:
+            self._room = None
+            room.set()
+
+    def _watch_writer(self) -> None:
+        """The writer starts sending and the stall watch is off: arm it (see :meth:`_check_stall`)."""
+        if self._send_timeout is not None:
+            self._stall_deadline = self._now() + self._send_timeout
+            self._stall_mark = self._sends_done
+            if self._timer_scope is not None and self._stall_deadline < self._timer_deadline:
+                self._timer_deadline = self._timer_scope.deadline = self._stall_deadline
+
+    def _check_stall(self, now: float) -> None:
+        """The stall watch's deadline passed: drop the peer if the busy writer sent nothing since it was
+        armed; else re-arm it while the writer is busy. A writer stuck for ``send_timeout`` is thus found
+        after between one and two ``send_timeout`` s; the watch costs the writer a counter per frame."""
+        assert self._send_timeout is not None
+        if not (self._writing or self._backlog):
+            self._stall_deadline = math.inf
+        elif self._sends_done == self._stall_mark:
+            self._fail(
+                PeerNotReading(
+                    f"the peer read nothing for {self._send_timeout:g} s while "
+                    f"{self._send_queue_bytes()} bytes waited to be sent to it"
+                )
+            )
+        else:
+            self._stall_deadline = now + self._send_timeout
+            self._stall_mark = self._sends_done
 
     async def _timer_loop(self) -> None:
         """Wait until the outstanding CALL's deadline passes; with none outstanding, wait without a deadline.
@@ -397,12 +502,16 @@ class OcppSession:
         rpc = self.rpc
         while True:
             deadline = rpc.get_timer()
-            self._timer_deadline = math.inf if deadline is None else deadline
+            deadline = math.inf if deadline is None else deadline
+            self._timer_deadline = min(deadline, self._stall_deadline)
             with trio.CancelScope(deadline=self._timer_deadline) as scope:
                 self._timer_scope = scope
                 await trio.sleep_forever()
             self._timer_scope = None
-            events = rpc.handle_timer(self._now())
+            now = self._now()
+            if now >= self._stall_deadline:
+                self._check_stall(now)
+            events = rpc.handle_timer(now)
             if events:  # only CallTimedOut: wakes a caller, may release the next CALL
                 self._dispatch(events)
                 self._send_queued()
@@ -417,14 +526,26 @@ class OcppSession:
                 await self._write_ready.wait()
                 continue
             self._writing = True
+            if self._stall_deadline == math.inf:
+                self._watch_writer()
             try:
                 if self._backlog:
                     self._backlog = False
                     assert self._flush_fast is not None
                     await self._flush_fast()
-                while frames := rpc.data_to_send():
-                    for text in frames:
+                    self._held = 0
+                    self._sends_done += 1
+                    if self._room is not None:
+                        self._wake_reader()
+                while rpc.has_data_to_send:
+                    size = rpc.queued_bytes
+                    self._held += size
+                    for text in rpc.data_to_send():
                         await send_text(text)
+                        self._sends_done += 1
+                    self._held -= size
+                    if self._room is not None:
+                        self._wake_reader()
             finally:
                 self._writing = False
 

@@ -29,9 +29,16 @@ No task per connection. A :class:`WebSocket` is a wsproto ``Connection`` (sans-I
   (so concurrent senders are batched into one ``send_all``). wsproto frames are produced synchronously
   at the call, so frames keep the order of the calls, which permessage-deflate's shared window needs.
   A pong or close reply produced while reading never waits behind a blocked writer: it is appended
-  and sent by whoever is sending. ``_send_text_nowait`` (the OCPP session's path) never blocks and is
+  and sent by whoever is sending; of the pongs waiting that way only the newest is kept (RFC 6455 §5.5.3
+  allows answering only the most recent Ping), so a ping flood from a peer that does not read queues at
+  most one pong. ``_send_text_nowait`` (the OCPP session's path) never blocks and is
   never a checkpoint: it frames the message and hands it to an evsim stream's synchronous
   ``_send_nowait`` (TLS, TCP), or leaves it in the out-buffer for ``_flush()``.
+* **A peer that does not read**: a reader that must send a pong itself waits for it to leave, so it stops
+  reading (back-pressure). Such a write that makes no progress for ``send_timeout`` seconds drops the
+  connection: :meth:`WebSocket.abort` closes the stream without a closing handshake (a close frame could not
+  leave either) and every receive and send then raises :class:`~evsim.errors.PeerNotReading`. Callers that
+  send (the Local Controller's relay) bound their own sends the same way and call :meth:`WebSocket.abort`.
 * **Size limit**: a message larger than ``max_message_size`` bytes (UTF-8 for text) closes the
   connection with 1009; inflation is bounded too (:mod:`evsim.ws.deflate`).
 * **Closing** (:meth:`WebSocket.aclose`) sends a close frame, waits up to ``close_timeout`` for the
@@ -81,6 +88,7 @@ from wsproto.utilities import ProtocolError
 from evsim.errors import (
     BrokenTransport,
     ClosedTransport,
+    PeerNotReading,
     TransportError,
     UpgradeFailed,
     UpgradeRejected,
@@ -110,6 +118,9 @@ DEFAULT_OPEN_TIMEOUT = 30.0
 
 DEFAULT_CLOSE_TIMEOUT = 10.0
 """Seconds to wait for the peer's close frame (the ``websockets`` library's default close_timeout)."""
+
+DEFAULT_SEND_TIMEOUT = 60.0
+"""Seconds a send may make no progress (the peer reads nothing) before the connection is dropped."""
 
 _MAX_REJECT_BODY = 1024  # bytes of a rejection body kept for UpgradeRejected.reason
 # what wsproto and h11 raise on bad input (UnicodeError is a ValueError)
@@ -187,6 +198,8 @@ class WsStatistics:
         state: ``open``, ``closing`` (we sent a close frame), ``closed`` or ``broken``.
         close_code / close_reason: from the close frame that ended the connection, if any.
         closed_by: ``local`` or ``remote`` (who sent the first close frame), or None.
+        send_buffered: bytes waiting in the out-buffer for the task that is sending (pending pong included).
+        pongs_skipped: pings not answered because a newer ping's pong replaced theirs while a send blocked.
     """
 
     messages_sent: int
@@ -203,6 +216,8 @@ class WsStatistics:
     close_code: int | None
     close_reason: str
     closed_by: str | None
+    send_buffered: int = 0
+    pongs_skipped: int = 0
 
 
 def _utf8_len(text: str) -> int:
@@ -265,6 +280,7 @@ class WebSocket(trio.abc.AsyncResource):
         "_closed_by",
         "_conn",
         "_deflate",
+        "_dropped",
         "_failed",
         "_fast_rx",
         "_flushed",
@@ -279,12 +295,15 @@ class WebSocket(trio.abc.AsyncResource):
         "_payload_sent",
         "_pings_received",
         "_pings_sent",
+        "_pong",
         "_pongs_received",
+        "_pongs_skipped",
         "_push",
         "_queued",
         "_rbuf",
         "_receiving",
         "_send_broken",
+        "_send_timeout",
         "_sending",
         "_slow_left",
         "_slow_message",
@@ -312,6 +331,7 @@ class WebSocket(trio.abc.AsyncResource):
         close_timeout: float | None,
         wire_bytes_sent: int,
         wire_bytes_received: int,
+        send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
         deflate: BoundedDeflate | None = None,
         trailing_data: bool = False,
         early_data: bytes = b"",
@@ -324,6 +344,7 @@ class WebSocket(trio.abc.AsyncResource):
         self._conn = conn
         self._max = max_message_size
         self._close_timeout = math.inf if close_timeout is None else close_timeout
+        self._send_timeout = math.inf if send_timeout is None else send_timeout
         # reading
         self._receiving = False
         self._inbox: list[str | bytes] = []  # usually 0 or 1 long; a list is 10x smaller than a deque
@@ -341,6 +362,7 @@ class WebSocket(trio.abc.AsyncResource):
         # writing
         self._sending = False
         self._out = bytearray()
+        self._pong = b""  # the newest pong waiting for the task that is sending (not in _queued yet)
         self._queued = 0  # bytes ever appended for sending (handshake excluded)
         self._flushed = 0  # bytes ever handed to send_all successfully
         self._write_lot: trio.lowlevel.ParkingLot | None = None  # made when a writer must wait
@@ -353,6 +375,7 @@ class WebSocket(trio.abc.AsyncResource):
         self._closed_by: str | None = None
         self._failed = False  # we failed the connection (protocol error, too big): no close reply awaited
         self._broken: str | None = None
+        self._dropped = False  # abort() dropped the connection: errors are PeerNotReading
         self._transport_closed = False
         self._close_done: trio.Event | None = None
         # statistics
@@ -365,6 +388,7 @@ class WebSocket(trio.abc.AsyncResource):
         self._pings_sent = 0
         self._pings_received = 0
         self._pongs_received = 0
+        self._pongs_skipped = 0
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -403,7 +427,32 @@ class WebSocket(trio.abc.AsyncResource):
             close_code=self._close_code,
             close_reason=self._close_reason,
             closed_by=self._closed_by,
+            send_buffered=len(self._out) + len(self._pong),
+            pongs_skipped=self._pongs_skipped,
         )
+
+    @property
+    def send_timeout(self) -> float:
+        """Seconds a send may make no progress before the peer counts as not reading (inf: never)."""
+        return self._send_timeout
+
+    async def abort(self, reason: str) -> None:
+        """Drop a peer that does not read: close the stream at once, without a closing handshake.
+
+        A close frame could not reach such a peer, so none is sent. Every pending and later receive or send
+        raises :class:`~evsim.errors.PeerNotReading` with ``reason``. Idempotent.
+        """
+        if not self.closed:
+            self._dropped = True
+            self._broken = reason
+            self._send_broken = reason
+        self._out = bytearray()
+        self._pong = b""
+        if not self._transport_closed:
+            self._transport_closed = True
+            await trio.aclose_forcefully(self._stream)
+        if self._close_done is not None:
+            self._close_done.set()
 
     async def send_text(self, text: str) -> None:
         """Send one text message.
@@ -445,7 +494,7 @@ class WebSocket(trio.abc.AsyncResource):
             self._out += data  # the task sending now flushes the out-buffer before it leaves
             return True
         if self._send_broken is not None:
-            raise BrokenTransport(self._send_broken)
+            raise self._broken_error(self._send_broken)
         push = self._push
         done = None
         if push is not None and not self._out:
@@ -629,9 +678,12 @@ class WebSocket(trio.abc.AsyncResource):
 
     # -- internals: reading ---------------------------------------------------------------------------
 
+    def _broken_error(self, reason: str) -> BrokenTransport:
+        return PeerNotReading(reason) if self._dropped else BrokenTransport(reason)
+
     def _raise_if_ended(self) -> None:
         if self._broken is not None:
-            raise BrokenTransport(self._broken)
+            raise self._broken_error(self._broken)
         if self._close_code is not None and (
             self._transport_closed or self._failed or self._conn.state is ConnectionState.CLOSED
         ):
@@ -654,6 +706,8 @@ class WebSocket(trio.abc.AsyncResource):
                 await self._close_transport()
                 raise BrokenTransport(self._broken or str(exc)) from exc
             except (trio.ClosedResourceError, ClosedTransport) as exc:
+                if self._broken is not None:  # abort() from another task
+                    raise self._broken_error(self._broken) from exc
                 if self._close_code is not None:  # aclose() gave up waiting and closed the stream
                     self._transport_closed = True
                     return
@@ -671,15 +725,40 @@ class WebSocket(trio.abc.AsyncResource):
                 out = self._handle_events()
         ending = self._failed or conn.state is ConnectionState.CLOSED
         if out:
-            # errors are recorded by _write and raised by receive() next
-            with contextlib.suppress(TransportError):
-                if ending:  # a close frame: make sure it left before the stream closes
-                    with trio.move_on_after(self._close_timeout):
-                        await self._write(out, wait=True)
-                else:  # pongs never wait behind a blocked writer
-                    await self._write(out, wait=False)
+            if ending:  # a close frame: make sure it left before the stream closes
+                with contextlib.suppress(TransportError), trio.move_on_after(self._close_timeout):
+                    await self._write(out, wait=True)  # errors are recorded, receive() raises next
+            else:  # only pongs
+                await self._send_pongs(out)
         if ending:
             await self._close_transport()
+
+    async def _send_pongs(self, out: bytearray) -> None:
+        """Answer pings read in one go (``out``: their pongs); see the module docstring."""
+        if self._sending:  # never wait behind a blocked writer; it sends the newest pong only
+            last, count = self._last_pong(out)
+            self._pongs_skipped += count - 1 + (1 if self._pong else 0)
+            self._pong = last
+            return
+        with trio.move_on_after(self._send_timeout) as scope:
+            with contextlib.suppress(TransportError):  # recorded by _write, raised by receive() next
+                await self._write(out, wait=False)
+        if scope.cancelled_caught:
+            await self.abort(f"the peer read nothing for {self._send_timeout:g} s (pongs waited to be sent)")
+            raise self._broken_error(self._broken or "")
+
+    def _last_pong(self, out: bytearray) -> tuple[bytes, int]:
+        """The last frame of ``out``, a run of whole pong frames (as this side masks or not), and their
+        number."""
+        pos = count = 0
+        last = b""
+        while pos < len(out):
+            n = out[pos + 1] & 0x7F  # control frames: payload <= 125 bytes, 7-bit length
+            end = pos + 2 + (4 if out[pos + 1] & 0x80 else 0) + n
+            last = bytes(out[pos:end])
+            pos = end
+            count += 1
+        return last, count
 
     def _handle_events(self) -> bytearray | None:
         """Walk wsproto's events; return bytes to send (pongs, close replies), if any."""
@@ -908,9 +987,9 @@ class WebSocket(trio.abc.AsyncResource):
 
     def _check_can_send(self) -> None:
         if self._broken is not None:
-            raise BrokenTransport(self._broken)
+            raise self._broken_error(self._broken)
         if self._send_broken is not None:
-            raise BrokenTransport(self._send_broken)
+            raise self._broken_error(self._send_broken)
         if self._close_code is not None:
             raise WebSocketClosed(self._close_code, self._close_reason)
         if self._transport_closed or self._conn.state is not ConnectionState.OPEN:
@@ -935,13 +1014,13 @@ class WebSocket(trio.abc.AsyncResource):
             target = self._queued
             while self._flushed < target:
                 if self._send_broken is not None:
-                    raise BrokenTransport(self._send_broken)
+                    raise self._broken_error(self._send_broken)
                 if self._write_lot is None:
                     self._write_lot = trio.lowlevel.ParkingLot()
                 await self._write_lot.park()
             return
         if self._send_broken is not None:
-            raise BrokenTransport(self._send_broken)
+            raise self._broken_error(self._send_broken)
         self._sending = True
         chunk: bytes | bytearray = data
         if self._out:  # left by _send_text_nowait: it goes first
@@ -953,10 +1032,14 @@ class WebSocket(trio.abc.AsyncResource):
                 await self._stream.send_all(chunk)
                 self._flushed += len(chunk)
                 self._wire_sent += len(chunk)
-                if not self._out:
+                if not self._out and not self._pong:
                     break
                 chunk = self._out
                 self._out = bytearray()
+                if self._pong:  # first: a close frame may be in the out-buffer (counted now)
+                    chunk[:0] = self._pong
+                    self._queued += len(self._pong)
+                    self._pong = b""
                 if self._write_lot:
                     self._write_lot.unpark_all()
         except (trio.BrokenResourceError, BrokenTransport) as exc:
@@ -1051,6 +1134,7 @@ async def ws_client(
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     open_timeout: float | None = DEFAULT_OPEN_TIMEOUT,
     close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+    send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
 ) -> WebSocket:
     """Open a WebSocket as the client over a connected ``stream`` (TLS already done, if any).
 
@@ -1064,6 +1148,8 @@ async def ws_client(
         max_message_size: largest message accepted, in bytes; larger ones close with 1009.
         open_timeout: seconds (trio time) for the handshake; None waits forever.
         close_timeout: seconds :meth:`WebSocket.aclose` waits for the peer's close frame.
+        send_timeout: seconds a pong may wait for a peer that reads nothing before it is dropped (see
+            :attr:`WebSocket.send_timeout`); None never gives up.
 
     Returns:
         The open :class:`WebSocket`; ``subprotocol`` may be None if the server picked none.
@@ -1096,6 +1182,7 @@ async def ws_client(
             ws = await _client_handshake(
                 stream, conn, path, max_message_size, close_timeout, len(request), deflate
             )
+            ws._send_timeout = math.inf if send_timeout is None else send_timeout
             ok = True
             return ws
         raise UpgradeFailed(
@@ -1189,6 +1276,7 @@ async def ws_server(
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     open_timeout: float | None = DEFAULT_OPEN_TIMEOUT,
     close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+    send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
 ) -> WebSocket | None:
     """Serve the opening handshake on an accepted ``stream`` (TLS already done, if any).
 
@@ -1200,6 +1288,8 @@ async def ws_server(
         max_message_size: largest message accepted, in bytes; larger ones close with 1009.
         open_timeout: seconds (trio time) for the client's request; None waits forever.
         close_timeout: seconds :meth:`WebSocket.aclose` waits for the peer's close frame.
+        send_timeout: seconds a pong may wait for a peer that reads nothing before it is dropped (see
+            :attr:`WebSocket.send_timeout`); None never gives up.
 
     Returns:
         The open :class:`WebSocket`, or None after sending ``decide``'s rejection and closing.
@@ -1257,6 +1347,7 @@ async def ws_server(
                 stream, conn, request, decision, compression, max_message_size, close_timeout, raw
             )
             ws._wire_received = received
+            ws._send_timeout = math.inf if send_timeout is None else send_timeout
             ok = True
             return ws
         raise UpgradeFailed(
