@@ -12,12 +12,15 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import json
 import os
+import random
 import struct
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import attrs
 import pytest
@@ -26,8 +29,13 @@ import trio.testing
 
 from evsim.errors import TransportError, WebSocketClosed
 from evsim.net import VirtualStream, memory_pipe_pair
+from evsim.nodes.csms import Csms, CsmsConfig
+from evsim.nodes.station import Station, StationConfig
+from evsim.tls import ClientTls, TlsProfile
 from evsim.ws import WebSocket, ws_client, ws_server
 from evsim.ws.deflate import WINDOW_BITS
+from tests.e2e_harness import PASSWORD, Harness, harness
+from tests.pki_fixtures import CSMS_HOST
 from tests.test_ws_connection import GUID, OFFERS, pick, read_http_head, upgrade_request
 
 SIDES = ["server", "client"]  # which end is ours
@@ -573,3 +581,109 @@ async def test_messages_before_a_refused_frame_are_delivered(
         await peer.send(peer.frame(0x1, b"good"), peer.frame(0x0, b"orphan"))
         assert await peer.ws.receive() == "good"
         await expect_failure(peer, 1002)
+
+
+# -- a station that stops says goodbye with a close frame -----------------------------------------------------
+
+
+def _station(h: Harness, station_id: str, url: str, client_tls: ClientTls | None, **config: Any) -> Station:
+    return Station(
+        StationConfig(
+            station_id=station_id,
+            csms_url=url,
+            security_profile=1 if client_tls is None else 2,
+            password=PASSWORD,
+            sessions=0,
+            **config,
+        ),
+        network=h.net,
+        client_tls=client_tls,
+        clock=h.clock,
+        recorder=h.recorder,
+        rng=random.Random(station_id),
+    )
+
+
+async def _run_until_stopped(station: Station, scope: trio.CancelScope, done: trio.Event) -> None:
+    with scope:
+        await station.run()
+    done.set()
+
+
+@pytest.mark.parametrize("security_profile", [1, 2])
+async def test_a_stopped_station_closes_with_1001(
+    autojump_clock: trio.testing.MockClock, security_profile: int
+) -> None:
+    # Whatever stops a station (end of the run, --duration, a scenario's node stop) cancels it; the CSMS
+    # still gets a close frame (1001 going away) instead of a lost link. Used to be link_lost.
+    async with harness() as h:
+        if security_profile == 1:
+            csms = Csms(
+                CsmsConfig(
+                    host="plain.evsim.test",
+                    port=80,
+                    security_profile=1,
+                    insecure_allow_plain_ws=True,
+                    default_password=PASSWORD,
+                ),
+                network=h.net,
+                server_tls=None,
+                clock=h.clock,
+                recorder=h.recorder,
+            )
+            await h.nursery.start(csms.serve)
+            station = _station(h, "ST-1", "ws://plain.evsim.test/ocpp", None)
+        else:
+            await h.start_csms()
+            client_tls = ClientTls.build(TlsProfile(), h.pki.csms_trust())
+            station = _station(h, "ST-1", f"wss://{CSMS_HOST}/ocpp", client_tls)
+        scope = trio.CancelScope()
+        done = trio.Event()
+        with trio.fail_after(120):
+            h.nursery.start_soon(_run_until_stopped, station, scope, done)
+            await station.wait_online()
+            await trio.sleep(5)
+            stopped_at = trio.current_time()
+            scope.cancel()
+            await done.wait()
+            assert trio.current_time() - stopped_at < 1  # the CSMS answered the close frame at once
+            await trio.sleep(1)
+        gone = [e for e in h.events("station_disconnected") if e.data["station"] == "ST-1"]
+        assert [e.data["reason"] for e in gone] == ["ws_closed_1001"]
+
+
+async def test_a_stopping_station_does_not_wait_for_a_csms_that_never_answers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A CSMS that accepts the boot and then never reads: the station's close frame gets no reply, and the
+    # station is gone after close_timeout_s anyway. The CSMS finds the close frame (1001) when it reads.
+    async with harness() as h:
+        listener = await h.net.listen("mute.evsim.test", 80)
+        csms_side: list[WebSocket] = []
+        booted = trio.Event()
+
+        async def mute_csms() -> None:
+            ws = await ws_server(await listener.accept(), pick(["ocpp2.0.1"]))
+            assert ws is not None
+            csms_side.append(ws)
+            call = json.loads(await ws.receive_text())
+            assert call[2] == "BootNotification"
+            answer = {"status": "Accepted", "interval": 300, "currentTime": "2025-01-01T00:00:00Z"}
+            await ws.send_text(json.dumps([3, call[1], answer]))
+            booted.set()
+
+        h.nursery.start_soon(mute_csms)
+        station = _station(h, "ST-1", "ws://mute.evsim.test/ocpp", None, close_timeout_s=3.0)
+        scope = trio.CancelScope()
+        done = trio.Event()
+        with trio.fail_after(120):
+            h.nursery.start_soon(_run_until_stopped, station, scope, done)
+            await station.wait_online()
+            await booted.wait()
+            stopped_at = trio.current_time()
+            scope.cancel()
+            await done.wait()
+            assert 3.0 <= trio.current_time() - stopped_at < 4.0
+            with pytest.raises(WebSocketClosed) as info:
+                await receive_forever(csms_side[0])
+        assert info.value.code == 1001
