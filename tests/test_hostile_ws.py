@@ -144,11 +144,13 @@ async def hostile(
     deflate: str | None = None,
     compression: bool = True,
     max_message_size: int = MAX,
+    behind_101: bytes = b"",
 ) -> AsyncIterator[Peer]:
     """Our ``side`` against a hand-written peer.
 
     ``deflate``: the peer's permessage-deflate parameters (its offer as a client, its answer as a server);
-    None negotiates no compression.
+    None negotiates no compression. ``behind_101``: bytes a hostile server sends in the same write as its 101
+    response.
     """
     a, b = memory_pipe_pair(buffer_size=1 << 22)
     with trio.fail_after(60):
@@ -201,6 +203,7 @@ async def hostile(
                         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                         f"Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: ocpp2.0.1\r\n{ext}\r\n"
                     ).encode()
+                    + behind_101
                 )
             peer = Peer(b, ours[0], is_client=False)
         assert peer.ws.compressed == bool(deflate and compression)
@@ -324,6 +327,32 @@ async def test_close_between_compressed_fragments(
         await peer.expect_close(1000)
         stats = peer.ws.statistics()
         assert (stats.state, stats.closed_by, stats.messages_received) == ("closed", "remote", 0)
+
+
+@pytest.mark.parametrize("no_context_takeover", [False, True])
+async def test_frames_right_behind_the_101_response(
+    autojump_clock: trio.testing.MockClock, no_context_takeover: bool
+) -> None:
+    # A server may send frames in the same write as its 101 response: our client parses them like any other
+    # (compressed fragments with a ping between them included), and a header announcing too much is refused
+    # at once. Such frames used to go through wsproto alone, unchecked, for the whole connection.
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -WINDOW_BITS)
+    payload = compressed(compressor, MESSAGE)
+    frames = (
+        raw_frame(0x81, b"plain", mask=False)
+        + raw_frame(0x41, payload[:7], mask=False)
+        + raw_frame(0x89, b"hi", mask=False)
+        + raw_frame(0x80, payload[7:], mask=False)
+        + raw_frame(0x82, b"", mask=False, length=2**63 - 1)
+    )
+    deflate = deflate_params("client", no_context_takeover)
+    async with hostile("client", deflate=deflate, behind_101=frames) as peer:
+        assert await peer.ws.receive() == "plain"
+        assert await peer.ws.receive() == MESSAGE.decode()
+        assert await peer.next_frame() == (0xA, b"hi")
+        start = trio.current_time()
+        await expect_failure(peer, 1009)
+        assert trio.current_time() - start < 1
 
 
 # -- sizes ------------------------------------------------------------------------------------------------

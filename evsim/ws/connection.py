@@ -18,8 +18,9 @@ No task per connection. A :class:`WebSocket` is a wsproto ``Connection`` (sans-I
   and inflated on the *same* zlib objects wsproto's extension uses (:mod:`evsim.ws.deflate`). Every
   other frame (control frames, fragments, anything malformed or too big) is handed to wsproto whole, in
   order, so wsproto still answers pings and closes and fails the connection with its own codes.
-  Parsing starts at a frame boundary, so a client whose wsproto got bytes behind the 101 response parses
-  everything through wsproto; a server gets the bytes behind the request itself (wsproto drops them). Consequence: **pings that arrive
+  Parsing starts at a frame boundary: both sides take the bytes behind the handshake themselves (a server's
+  wsproto drops them, a client's wsproto is replaced by a fresh frame parser); only a client whose
+  handshake reads passed 64 KiB parses everything through wsproto. Consequence: **pings that arrive
   while nobody reads are answered on the next receive**; an OCPP session always has a reader, so this
   costs nothing in practice. Pongs only bump ``statistics().pongs_received``: a keep-alive loop sends
   :meth:`WebSocket.ping` and checks the counter moved before the next one (OCPP-J §8.4: no pong → drop
@@ -77,6 +78,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import ProtocolError
 
@@ -1180,6 +1182,12 @@ async def _client_handshake(
                 if isinstance(event, AcceptConnection):
                     connection = conn.connection
                     assert connection is not None
+                    early: bytes | None = None
+                    if len(raw) == received and _has_trailing_data(raw):
+                        # Frames right behind the response: parse them ourselves from their start, like the
+                        # rest, with a frame parser that has not seen them (see _restart_frames)
+                        early = _early_data(raw)
+                        connection = _restart_frames(event.extensions)
                     return WebSocket(
                         stream,
                         connection,
@@ -1192,7 +1200,8 @@ async def _client_handshake(
                         wire_bytes_sent=sent,
                         wire_bytes_received=received,
                         deflate=deflate,
-                        trailing_data=_has_trailing_data(raw),
+                        trailing_data=early is None and _has_trailing_data(raw),
+                        early_data=early or b"",
                     )
                 if isinstance(event, RejectConnection):
                     status = event.status_code
@@ -1209,6 +1218,19 @@ async def _client_handshake(
 
 
 _MAX_HANDSHAKE_PEEK = 65536  # an upgrade request or response is far shorter (h11 limits headers too)
+
+
+def _restart_frames(extensions: Sequence[Extension]) -> Connection:
+    """A client frame parser for the negotiated ``extensions`` that has seen no frame yet.
+
+    wsproto's client feeds the bytes behind the 101 response to its frame parser (and the deflate extension's
+    inbound state) at once; the caller hands those bytes to :class:`WebSocket` instead, which parses from a
+    frame boundary and checks every header before wsproto sees it.
+    """
+    for extension in extensions:
+        if isinstance(extension, BoundedDeflate):
+            extension.reset_inbound()
+    return Connection(ConnectionType.CLIENT, list(extensions))
 
 
 def _has_trailing_data(raw: bytearray) -> bool:

@@ -90,6 +90,12 @@ class BoundedDeflate(PerMessageDeflate):
         self.server_max_window_bits = _MAX_BITS
         super().finalize(offer)
 
+    def reset_inbound(self) -> None:
+        """Forget every received frame (the state right after the handshake): nothing was inflated yet."""
+        self._decompressor = None
+        self._inbound_compressed = None
+        self._inbound_is_compressible = None
+
     # -- data -----------------------------------------------------------------------------------------
 
     def frame_outbound(
