@@ -26,6 +26,8 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from evsim.errors import TransportError, WebSocketClosed
 from evsim.net import VirtualStream, memory_pipe_pair
@@ -222,10 +224,12 @@ def deflate_params(side: str, no_context_takeover: bool) -> str:
     return params + (f"; {role}_no_context_takeover" if no_context_takeover else "")
 
 
-async def receive_forever(ws: WebSocket) -> None:
-    """Read (and drop) messages until our end raises."""
+async def receive_forever(ws: WebSocket, into: list[str | bytes] | None = None) -> None:
+    """Read messages (into ``into``, if given) until our end raises."""
     while True:
-        await ws.receive()
+        message = await ws.receive()
+        if into is not None:
+            into.append(message)
 
 
 async def expect_failure(peer: Peer, code: int) -> None:
@@ -716,3 +720,68 @@ async def test_a_stopping_station_does_not_wait_for_a_csms_that_never_answers(
             with pytest.raises(WebSocketClosed) as info:
                 await receive_forever(csms_side[0])
         assert info.value.code == 1001
+
+
+# -- property: valid and hostile frames mixed ----------------------------------------------------------------
+
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("text"), st.text(max_size=60), st.integers(1, 4)),  # message, fragments
+        st.tuples(st.just("ping"), st.binary(max_size=20), st.just(0)),
+        st.tuples(st.just("junk"), st.binary(min_size=1, max_size=24), st.just(0)),
+    ),
+    max_size=10,
+)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_ops, side=st.sampled_from(SIDES), compress=st.booleans(), step=st.integers(1, 64))
+def test_valid_and_hostile_frames_mixed(
+    ops: list[tuple[str, str | bytes, int]], side: str, compress: bool, step: int
+) -> None:
+    # Messages (compressed or not, in fragments with pings between them), pings and junk, cut at arbitrary
+    # points. Only TransportError leaves our end; without junk every message arrives in order and every ping
+    # is answered; with junk, the messages before it arrive first.
+    async def main() -> None:
+        async with hostile(side, deflate=deflate_params(side, False) if compress else None) as peer:
+            compressor = zlib.compressobj(6, zlib.DEFLATED, -WINDOW_BITS)
+            wire = b""
+            expected: list[str] = []
+            before_junk: int | None = None
+            pings = 0
+            for kind, value, parts in ops:
+                if kind == "junk":
+                    assert isinstance(value, bytes)
+                    wire += value
+                    before_junk = len(expected) if before_junk is None else before_junk
+                elif kind == "ping":
+                    assert isinstance(value, bytes)
+                    wire += peer.frame(0x9, value)
+                    pings += 1
+                else:
+                    assert isinstance(value, str)
+                    expected.append(value)
+                    payload = compressed(compressor, value.encode()) if compress else value.encode()
+                    cut = [len(payload) * k // parts for k in range(parts + 1)]
+                    for k in range(parts):
+                        last = k == parts - 1
+                        rsv = 0x40 if compress and k == 0 else 0
+                        wire += peer.frame(
+                            0x1 if k == 0 else 0x0, payload[cut[k] : cut[k + 1]], fin=last, rsv=rsv
+                        )
+                        if not last:
+                            wire += peer.frame(0x9, b"between")
+                            pings += 1
+            for pos in range(0, len(wire), step):
+                await peer.stream.send_all(wire[pos : pos + step])
+            await peer.stream.send_eof()
+            got: list[str | bytes] = []
+            with pytest.raises(TransportError):
+                await receive_forever(peer.ws, got)
+            if before_junk is None:
+                assert got == expected
+                assert peer.ws.statistics().pings_received == pings
+            else:
+                assert got[:before_junk] == expected[:before_junk]
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
