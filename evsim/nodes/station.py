@@ -82,7 +82,7 @@ from evsim.tls.peer import PeerEvent
 from evsim.tls.sessions import SessionStore
 from evsim.tls.stream import TlsInfo, tls_connect
 from evsim.ws.auth import basic_auth_header
-from evsim.ws.connection import ws_client
+from evsim.ws.connection import WebSocket, ws_client
 from evsim.ws.paths import station_path
 
 log = logging.getLogger("evsim.station")
@@ -112,6 +112,8 @@ class StationConfig:
         backoff: RetryBackOff for reconnects.
         queue_max: pressure threshold of the offline queue.
         compression: offer permessage-deflate (optional for stations, OCPP-J §3.4).
+        close_timeout_s: how long a station that ends a connection (it stops, or gives up on the CSMS) waits
+            for the CSMS's reply to its WebSocket close frame before it closes the link anyway.
         network_slots: configuration slots (NetworkConnectionProfiles, each with optional own TLS settings);
             empty: one slot 0 from ``csms_url``.
         network_priority: ``OCPPCommCtrlr.NetworkConfigurationPriority`` (None: the slots in order given).
@@ -142,6 +144,7 @@ class StationConfig:
     backoff: RetryBackOff = attrs.field(factory=RetryBackOff)
     queue_max: int = 1000
     compression: bool = False
+    close_timeout_s: float = 5.0
     network_slots: tuple[NetworkSlot, ...] = ()
     network_priority: tuple[int, ...] | None = None
     network_attempts: int = 3
@@ -413,6 +416,7 @@ class Station:
         elif profile.security_profile >= 2:
             client_tls = self.client_tls
         stream: trio.abc.Stream = await self.network.connect(host, port, source=self.config.station_id)
+        ws: WebSocket | None = None
         try:
             if client_tls is not None:
                 tls_stream = await tls_connect(
@@ -439,6 +443,7 @@ class Station:
                 subprotocols=[subprotocol_for(v) for v in cfg.ocpp_versions],
                 headers=headers,
                 compression=cfg.compression,
+                close_timeout=cfg.close_timeout_s,
             )
             if ws.subprotocol is None:
                 await ws.aclose(1002, "no OCPP subprotocol agreed")
@@ -463,10 +468,18 @@ class Station:
                 self._reported_status = None  # report the connector status on every new connection
                 nursery.start_soon(self._uplink, session)
         finally:
+            # A station that stops (end of run, node stop) is cancelled here: it still says goodbye with a close
+            # frame (1001) rather than dropping the link; one that gives up on this connection closes with 1000.
+            # Either way within close_timeout_s: a CSMS that does not answer cannot hold the station.
+            # A connection the CSMS closed or that broke is only closed here (ws.aclose is idempotent).
+            stopping = trio.current_effective_deadline() == -math.inf
             with (
                 trio.CancelScope(shield=True),
                 contextlib.suppress(TransportError, trio.BrokenResourceError, trio.ClosedResourceError),
             ):
+                if ws is not None:
+                    with trio.move_on_after(cfg.close_timeout_s):
+                        await ws.aclose(*((1001, "going away") if stopping else (1000, "")))
                 await stream.aclose()
 
     async def _run_session(

@@ -18,8 +18,9 @@ No task per connection. A :class:`WebSocket` is a wsproto ``Connection`` (sans-I
   and inflated on the *same* zlib objects wsproto's extension uses (:mod:`evsim.ws.deflate`). Every
   other frame (control frames, fragments, anything malformed or too big) is handed to wsproto whole, in
   order, so wsproto still answers pings and closes and fails the connection with its own codes.
-  Parsing starts at a frame boundary, so a client whose wsproto got bytes behind the 101 response parses
-  everything through wsproto; a server gets the bytes behind the request itself (wsproto drops them). Consequence: **pings that arrive
+  Parsing starts at a frame boundary: both sides take the bytes behind the handshake themselves (a server's
+  wsproto drops them, a client's wsproto is replaced by a fresh frame parser); only a client whose
+  handshake reads passed 64 KiB parses everything through wsproto. Consequence: **pings that arrive
   while nobody reads are answered on the next receive**; an OCPP session always has a reader, so this
   costs nothing in practice. Pongs only bump ``statistics().pongs_received``: a keep-alive loop sends
   :meth:`WebSocket.ping` and checks the counter moved before the next one (OCPP-J §8.4: no pong → drop
@@ -40,7 +41,9 @@ No task per connection. A :class:`WebSocket` is a wsproto ``Connection`` (sans-I
   leave either) and every receive and send then raises :class:`~evsim.errors.PeerNotReading`. Callers that
   send (the Local Controller's relay) bound their own sends the same way and call :meth:`WebSocket.abort`.
 * **Size limit**: a message larger than ``max_message_size`` bytes (UTF-8 for text) closes the
-  connection with 1009; inflation is bounded too (:mod:`evsim.ws.deflate`).
+  connection with 1009; inflation is bounded too (:mod:`evsim.ws.deflate`). Sizes are checked as frames
+  and fragments arrive: a frame header that announces too much is refused before its payload, so is a
+  fragment out of order (:meth:`WebSocket._check_data_header`).
 * **Closing** (:meth:`WebSocket.aclose`) sends a close frame, waits up to ``close_timeout`` for the
   peer's close frame (reading itself, or letting the active reader see it), then closes the stream.
   A close frame from the peer is answered at once and the stream closed. Receivers then get
@@ -82,6 +85,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import ProtocolError
 
@@ -229,6 +233,8 @@ _OP_TEXT = 0x1
 _OP_BINARY = 0x2
 _HEADER_16 = struct.Struct("!BBH")
 _HEADER_64 = struct.Struct("!BBQ")
+_DEFLATE_WIRE_FACTOR = 4
+"""A compressed message's frames may carry this many times ``max_message_size`` (+ 1 KiB) on the wire."""
 
 _MASK_POOL_SIZE = 4096  # random bytes fetched at once: one getrandom(2) per 1024 client frames
 _mask_pool = b""
@@ -307,6 +313,8 @@ class WebSocket(trio.abc.AsyncResource):
         "_sending",
         "_slow_left",
         "_slow_message",
+        "_slow_wire",
+        "_slow_wire_limit",
         "_stream",
         "_transport_closed",
         "_wire_received",
@@ -359,6 +367,8 @@ class WebSocket(trio.abc.AsyncResource):
         self._rbuf = bytearray(early_data)  # received bytes not yet parsed (a partial frame)
         self._slow_left = 0  # bytes of the current frame still owed to wsproto
         self._slow_message = False  # wsproto is in the middle of a fragmented message
+        self._slow_wire = 0  # payload bytes announced by the frames of that message so far
+        self._slow_wire_limit = max_message_size  # larger for a compressed message (see _check_data_header)
         # writing
         self._sending = False
         self._out = bytearray()
@@ -790,6 +800,10 @@ class WebSocket(trio.abc.AsyncResource):
                     if code == 1009:
                         reason = "message too big"
                     out = (out or bytearray()) + self._fail(code, reason)
+                elif state is ConnectionState.LOCAL_CLOSING:
+                    # a protocol error while we wait for the reply to our close frame: wsproto parses no
+                    # more, so no reply can come; end now instead of waiting for close_timeout
+                    self._fail(code, reason)
                 # else CLOSED: the reply to our close frame
                 break
         return out
@@ -879,15 +893,52 @@ class WebSocket(trio.abc.AsyncResource):
                     break
                 continue
             # wsproto takes this frame whole, as its bytes arrive
-            self._slow_left = head + length
-            if opcode in (_OP_CONTINUATION, _OP_TEXT, _OP_BINARY):
+            if opcode <= _OP_BINARY:
+                if (
+                    bool(masked) == server
+                    and minimal
+                    and (rsv == 0 or (rsv == 0x40 and deflate is not None and opcode != _OP_CONTINUATION))
+                ):  # else wsproto fails the connection at the header
+                    failure = self._check_data_header(opcode, rsv, length)
+                    if failure is not None:
+                        out = (out or bytearray()) + failure
+                        pos = end
+                        break
                 self._slow_message = not b0 & 0x80
+            self._slow_left = head + length
         if pos >= end:
             if self._rbuf:
                 self._rbuf = bytearray()
         else:
             self._rbuf = bytearray(buf[pos:])
         return out
+
+    def _check_data_header(self, opcode: int, rsv: int, length: int) -> bytes | None:
+        """Check a data frame wsproto is about to get, from its header alone; on failure, the close frame.
+
+        wsproto checks the order of fragments only when payload arrives and has no size limit: a header that
+        announces 2**63-1 bytes, or a continuation without a message, would wait for bytes that never come.
+        So both are refused here, before any payload: a frame that starts a message inside a fragmented one
+        or continues none (1002), and a message whose frames announce more than ``max_message_size`` bytes
+        (1009). A compressed message may take more room on the wire than inflated (stored blocks, a flush per
+        fragment) but never several times as much: its frames may announce up to
+        :data:`_DEFLATE_WIRE_FACTOR` times ``max_message_size`` + 1 KiB; what they inflate to is limited as it is
+        inflated (:mod:`evsim.ws.deflate`, :meth:`_take_data`).
+        """
+        if opcode == _OP_CONTINUATION:
+            if not self._slow_message:
+                return self._fail(int(CloseReason.PROTOCOL_ERROR), "continuation frame without a message")
+        else:
+            if self._slow_message:
+                return self._fail(int(CloseReason.PROTOCOL_ERROR), "new message inside a fragmented message")
+            self._slow_wire = 0
+            self._slow_wire_limit = self._max
+            if rsv:
+                self._slow_wire_limit = _DEFLATE_WIRE_FACTOR * self._max + 1024
+        self._slow_wire += length
+        if self._slow_wire > self._slow_wire_limit:
+            return self._fail(1009, "message too big")
+        return None
 
     def _take_frame(self, payload: bytes, opcode: int, rsv: int) -> bytes | None:
         """Queue one whole message parsed by :meth:`_take_frames`; on failure, the close frame to send."""
@@ -1221,6 +1272,12 @@ async def _client_handshake(
                 if isinstance(event, AcceptConnection):
                     connection = conn.connection
                     assert connection is not None
+                    early: bytes | None = None
+                    if len(raw) == received and _has_trailing_data(raw):
+                        # Frames right behind the response: parse them ourselves from their start, like the
+                        # rest, with a frame parser that has not seen them (see _restart_frames)
+                        early = _early_data(raw)
+                        connection = _restart_frames(event.extensions)
                     return WebSocket(
                         stream,
                         connection,
@@ -1233,7 +1290,8 @@ async def _client_handshake(
                         wire_bytes_sent=sent,
                         wire_bytes_received=received,
                         deflate=deflate,
-                        trailing_data=_has_trailing_data(raw),
+                        trailing_data=early is None and _has_trailing_data(raw),
+                        early_data=early or b"",
                     )
                 if isinstance(event, RejectConnection):
                     status = event.status_code
@@ -1250,6 +1308,19 @@ async def _client_handshake(
 
 
 _MAX_HANDSHAKE_PEEK = 65536  # an upgrade request or response is far shorter (h11 limits headers too)
+
+
+def _restart_frames(extensions: Sequence[Extension]) -> Connection:
+    """A client frame parser for the negotiated ``extensions`` that has seen no frame yet.
+
+    wsproto's client feeds the bytes behind the 101 response to its frame parser (and the deflate extension's
+    inbound state) at once; the caller hands those bytes to :class:`WebSocket` instead, which parses from a
+    frame boundary and checks every header before wsproto sees it.
+    """
+    for extension in extensions:
+        if isinstance(extension, BoundedDeflate):
+            extension.reset_inbound()
+    return Connection(ConnectionType.CLIENT, list(extensions))
 
 
 def _has_trailing_data(raw: bytearray) -> bool:

@@ -16,6 +16,8 @@ and thousands of stations in one process, so this subclass
   inflates with 15 bits whenever the peer did not agree to a smaller window (RFC 7692 §7.1.2).
 * inflates at most ``max_message_size + 1`` bytes per received chunk; more means the message is too
   big (close 1009) and nothing larger is ever allocated.
+* lets control frames pass between the fragments of a compressed message (RFC 6455 §5.4) without
+  touching the message's inflate state, which wsproto's hooks reset at every frame.
 
 It reaches into wsproto's private ``_compressor`` / ``_decompressor`` / ``_inbound_*`` attributes;
 wsproto is pinned ``<2`` in setup.cfg and the tests exercise every path.
@@ -88,6 +90,12 @@ class BoundedDeflate(PerMessageDeflate):
         self.server_max_window_bits = _MAX_BITS
         super().finalize(offer)
 
+    def reset_inbound(self) -> None:
+        """Forget every received frame (the state right after the handshake): nothing was inflated yet."""
+        self._decompressor = None
+        self._inbound_compressed = None
+        self._inbound_is_compressible = None
+
     # -- data -----------------------------------------------------------------------------------------
 
     def frame_outbound(
@@ -139,6 +147,33 @@ class BoundedDeflate(PerMessageDeflate):
         if self.server_no_context_takeover if client else self.client_no_context_takeover:
             self._decompressor = None
         return out
+
+    def frame_inbound_header(
+        self, proto: FrameDecoder | FrameProtocol, opcode: Opcode, rsv: RsvBits, payload_length: int
+    ) -> CloseReason | RsvBits:
+        """Leave the message's compression state alone for a control frame.
+
+        RFC 6455 §5.4 lets control frames arrive between the fragments of a message, and RFC 7692 §6 inflates
+        the joined payloads of the message. wsproto 1.x keeps "this message is compressed" in the extension and
+        lets any frame set it (a ping between fragments records "uncompressed") and clear it at the frame's end,
+        so on its own it takes the continuation after a ping as uncompressed (garbage: 1007). Control frames are
+        never compressed: here and in :meth:`frame_inbound_complete` they only mark the current frame as not
+        compressible.
+        """
+        if opcode.iscontrol():
+            if rsv.rsv1:
+                return CloseReason.PROTOCOL_ERROR
+            self._inbound_is_compressible = False
+            return RsvBits(True, False, False)
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+
+    def frame_inbound_complete(
+        self, proto: FrameDecoder | FrameProtocol, fin: bool
+    ) -> bytes | CloseReason | None:
+        """End of a frame: a control frame ends no message (see :meth:`frame_inbound_header`)."""
+        if not self._inbound_is_compressible:
+            return None
+        return super().frame_inbound_complete(proto, fin)
 
     def frame_inbound_payload_data(
         self, proto: FrameDecoder | FrameProtocol, data: bytes
