@@ -23,6 +23,7 @@ from evsim.nodes.security import csms_server_tls, load_anchors, station_client_t
 from evsim.nodes.station import Station, StationConfig, station_ids
 from evsim.pki import DevPki, init_dev_pki
 from evsim.report import table
+from evsim.ws.paths import IDENTITY_RULE, valid_identity
 
 
 def _warn(message: str) -> None:
@@ -146,6 +147,14 @@ def run_stations(args: argparse.Namespace) -> int:
         raise ConfigError("no CSMS root to trust", path="--ca", fix="pass --ca FILE (the CSMS root CA, PEM)")
     anchors = load_anchors(ca_file) if ca_file else ()
     ids = station_ids(args.id_prefix, args.count)
+    for sid in (ids[0], ids[-1]):  # the prefix is the same for all; the last has the widest number
+        if not valid_identity(sid):
+            raise ConfigError(
+                f"station identity {sid!r} is not {IDENTITY_RULE}",
+                path="--id-prefix",
+                value=args.id_prefix,
+                fix="use only those characters and a shorter prefix",
+            )
     now = real_utcnow()
     configs = [
         StationConfig(
