@@ -12,6 +12,7 @@ from typing import Any
 import trio
 import trio.testing
 
+from evsim.cli import DEV_PASSWORD
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, PkiError
 from evsim.metrics.recorder import Recorder
@@ -68,6 +69,11 @@ def run_csms(args: argparse.Namespace) -> int:
         )
     if args.keylog:
         _warn(f"TLS key log enabled: session secrets are written to {args.keylog}")
+    if args.password == DEV_PASSWORD and args.security_profile < 3:
+        _warn(
+            "the CSMS accepts the public development password for every station (the --password default); "
+            "anyone can connect as any station: pass --password"
+        )
     pki = DevPki.load(args.pki)
     config = CsmsConfig(
         host=host,
@@ -78,6 +84,8 @@ def run_csms(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
         organization=args.org,
         default_password=args.password,
+        # profile 3: a station certificate must come through the station sub-CA (never the server's own)
+        station_issuers=(pki.station_ca.cert,) if args.security_profile == 3 else (),
     )
     server_tls = csms_server_tls(pki, security_profile=args.security_profile, keylog=args.keylog)
 
@@ -106,6 +114,8 @@ def _print_event(ev: Any) -> None:
         "handshake_failed",
         "upgrade_rejected",
         "security_event_received",
+        "replaced_connection",
+        "auth_throttled",
     ):
         fields = " ".join(f"{k}={v}" for k, v in ev.data.items())
         print(f"[{ev.t:9.3f}] {ev.node} {ev.kind} {fields}", flush=True)
@@ -133,6 +143,8 @@ def run_stations(args: argparse.Namespace) -> int:
         )
     if args.keylog:
         _warn(f"TLS key log enabled: session secrets are written to {args.keylog}")
+    if args.password == DEV_PASSWORD and args.security_profile < 3:
+        _warn("the stations use the public development password (the --password default): pass --password")
     if args.insecure_skip_verify:
         _warn("--insecure-skip-verify: the CSMS certificate is NOT verified; anyone can impersonate the CSMS")
     pki = DevPki.load(args.pki) if args.pki else None
