@@ -14,6 +14,7 @@ import trio.testing
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from evsim.cli import main
 from evsim.errors import ConfigError, UpgradeRejected
 from evsim.nodes.admission import (
     REPLACED_CLOSE,
@@ -358,6 +359,17 @@ async def test_controller_newcomer_waits_for_its_accepted_boot(
         await ws.aclose()
 
 
+async def test_controller_refuse_newer_policy_answers_409(autojump_clock: trio.testing.MockClock) -> None:
+    async with harness() as h:
+        csms = await h.start_csms()
+        lc = await start_controller(h, duplicate_identity="refuse_newer")
+        st = await _online(h, host=LC_HOST)
+        assert await _status_of(h, "/ocpp/ST-1", host=LC_HOST) == 409
+        assert lc.stations["ST-1"].connections == 1 and st.statistics().connected
+        assert csms.stations["ST-1"].connections == 1  # no upstream link was opened for the newcomer
+        assert lc.statistics().upgrade_rejections == {409: 1}
+
+
 # ---------------------------------------------------------------- in memory: password guessing
 
 
@@ -435,3 +447,17 @@ async def test_profile3_with_station_sub_ca_refuses_the_server_certificate(
 def test_duplicate_policy_is_checked() -> None:
     with pytest.raises(ValueError, match="duplicate_identity"):
         CsmsConfig(duplicate_identity="both")  # type: ignore[arg-type]
+
+
+def test_cli_refuses_a_bad_id_prefix_and_warns_about_the_dev_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    init_dev_pki(tmp_path, now=TEST_NOW)
+    args = ["stations", "--csms", "wss://localhost:1/ocpp", "--ca", str(tmp_path / "ca.crt")]
+    assert main([*args, "--id-prefix", "ST 1/"]) == 2
+    err = capsys.readouterr().err
+    assert "WARNING: the stations use the public development password" in err
+    assert "--id-prefix" in err and "'ST 1/0001'" in err
+    with pytest.raises(SystemExit):
+        main(["csms", "--help"])
+    assert "public development password" in " ".join(capsys.readouterr().out.split())
