@@ -338,6 +338,8 @@ class _StationState:
     frames_down: int = 0
     answered_locally: int = 0
     replayed: int = 0
+    #: (number, source) of the link the CSMS closed as replaced, until a newer link here takes over
+    replaced_upstream: tuple[int, str] | None = None
 
 
 @attrs.define
@@ -541,15 +543,19 @@ class LocalController:
         old = state.relay
         relay.live = True
         state.relay = relay
+        replaced = state.replaced_upstream  # the CSMS's close of the older link may have come first
+        state.replaced_upstream = None
         if old is not None and old is not relay:
             old.replaced = True
             old.cancel_scope.cancel()
+            replaced = (old.number, old.source)
+        if replaced is not None:
             self.recorder.emit(
                 self.name,
                 "replaced_connection",
                 station=state.station_id,
-                old=old.number,
-                old_source=old.source,
+                old=replaced[0],
+                old_source=replaced[1],
                 new=relay.number,
                 new_source=relay.source,
             )
@@ -843,6 +849,8 @@ class _Relay:
             await _aclose_ws(ws, _CLOSE_GOING_AWAY, "")
             if replaced:
                 self._gone_close = REPLACED_CLOSE  # the identity lives elsewhere now: do not take it back
+                if self.live:
+                    state.replaced_upstream = (self.number, self.source)
             if cfg.on_upstream_loss == "close_station" or replaced or not self.live:
                 raise _UpstreamGone(reason)
             self._handle(self.core.upstream_lost())
