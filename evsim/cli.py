@@ -18,6 +18,7 @@ from evsim import __version__
 from evsim.errors import ConfigError, EvsimError
 
 DEV_PASSWORD = "evsim-dev-password-0001"  # >= 16 chars (OCPP A00.FR.205 passwordString minimum)
+"""The default of ``--password``: public, so ``evsim csms`` and ``evsim stations`` warn when they use it."""
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -87,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     csms.add_argument("--pki", default="certs", help="PKI directory made by 'evsim certs init'")
     csms.add_argument("--security-profile", type=_profile, default=2, help="1, 2 (default) or 3")
-    csms.add_argument("--password", default=DEV_PASSWORD, help="Basic-auth password accepted (profiles 1, 2)")
+    csms.add_argument(
+        "--password",
+        default=DEV_PASSWORD,
+        help="Basic-auth password accepted for every station (profiles 1, 2); the default is the public "
+        "development password (a warning says so): set your own",
+    )
     csms.add_argument(
         "--org", default="evsim", help="organization required in station certificates (profile 3)"
     )
@@ -117,7 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--ca", default=None, help="CSMS root CA file (PEM) to trust (default: PKI_DIR/ca.crt)")
     st.add_argument("--pki", default=None, help="PKI directory: station certificates for profile 3")
     st.add_argument("--security-profile", type=_profile, default=2, help="1, 2 (default) or 3")
-    st.add_argument("--password", default=DEV_PASSWORD, help="Basic-auth password (profiles 1, 2)")
+    st.add_argument(
+        "--password",
+        default=DEV_PASSWORD,
+        help="Basic-auth password (profiles 1, 2); the default is the public development password (a warning "
+        "says so)",
+    )
     st.add_argument("--id-prefix", default="ST-", help="station identity prefix (ST-0001, ST-0002, ...)")
     st.add_argument(
         "--ocpp-version", action="append", choices=("2.0.1", "2.1"), help="offered (default 2.0.1)"

@@ -13,6 +13,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
+from evsim.cli import DEV_PASSWORD
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, PkiError
 from evsim.metrics.recorder import EventPrinter, Recorder, level_of_verbosity
@@ -25,6 +26,7 @@ from evsim.nodes.station import Station, StationConfig, station_ids
 from evsim.pki import DevPki, init_dev_pki
 from evsim.report import table
 from evsim.tls.context import ServerTls
+from evsim.ws.paths import IDENTITY_RULE, valid_identity
 
 
 def _warn(message: str) -> None:
@@ -91,6 +93,11 @@ def csms_setup(args: argparse.Namespace) -> tuple[CsmsConfig, ServerTls | None]:
         )
     if args.keylog:
         _warn(f"TLS key log enabled: session secrets are written to {args.keylog}")
+    if args.password == DEV_PASSWORD and args.security_profile < 3:
+        _warn(
+            "the CSMS accepts the public development password for every station (the --password default); "
+            "anyone can connect as any station: pass --password"
+        )
     pki = DevPki.load(args.pki)
     config = CsmsConfig(
         host=host,
@@ -101,6 +108,8 @@ def csms_setup(args: argparse.Namespace) -> tuple[CsmsConfig, ServerTls | None]:
         heartbeat_interval=args.heartbeat_interval,
         organization=args.org,
         default_password=args.password,
+        # profile 3: a station certificate must come through the station sub-CA (never the server's own)
+        station_issuers=(pki.station_ca.cert,) if args.security_profile == 3 else (),
     )
     return config, csms_server_tls(pki, security_profile=args.security_profile, keylog=args.keylog)
 
@@ -169,6 +178,8 @@ def run_stations(args: argparse.Namespace) -> int:
         )
     if args.keylog:
         _warn(f"TLS key log enabled: session secrets are written to {args.keylog}")
+    if args.password == DEV_PASSWORD and args.security_profile < 3:
+        _warn("the stations use the public development password (the --password default): pass --password")
     if args.insecure_skip_verify:
         _warn("--insecure-skip-verify: the CSMS certificate is NOT verified; anyone can impersonate the CSMS")
     pki = DevPki.load(args.pki) if args.pki else None
@@ -183,6 +194,14 @@ def run_stations(args: argparse.Namespace) -> int:
         raise ConfigError("no CSMS root to trust", path="--ca", fix="pass --ca FILE (the CSMS root CA, PEM)")
     anchors = load_anchors(ca_file) if ca_file else ()
     ids = station_ids(args.id_prefix, args.count)
+    for sid in (ids[0], ids[-1]):  # the prefix is the same for all; the last has the widest number
+        if not valid_identity(sid):
+            raise ConfigError(
+                f"station identity {sid!r} is not {IDENTITY_RULE}",
+                path="--id-prefix",
+                value=args.id_prefix,
+                fix="use only those characters and a shorter prefix",
+            )
     now = real_utcnow()
     configs = [
         StationConfig(

@@ -507,6 +507,6 @@ def test_port_taken_prints_the_clean_message(tmp_path: Path, capsys: pytest.Capt
         code = main(["csms", "--listen", f"127.0.0.1:{port}", "--pki", str(pki), "--duration", "1"])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith("evsim: configuration error: cannot listen on 127.0.0.1:")
+    assert err.splitlines()[-1].startswith("evsim: configuration error: cannot listen on 127.0.0.1:")
     assert "fix: pick another port" in err
     assert "Traceback" not in err

@@ -22,7 +22,7 @@ from evsim.clock import SimClock
 from evsim.errors import CallErrorReceived
 from evsim.metrics.recorder import Recorder
 from evsim.net.virtual import VirtualNetwork
-from evsim.nodes.csms import Csms, CsmsConfig, StationRecord
+from evsim.nodes.csms import Csms, CsmsConfig, StationConnection, StationRecord
 from evsim.nodes.station import Station, StationConfig
 from evsim.ocpp.backoff import RetryBackOff
 from evsim.ocpp.netprofile import (
@@ -33,7 +33,6 @@ from evsim.ocpp.netprofile import (
     ProfileRejected,
 )
 from evsim.tls import ClientTls, ServerTls, TlsProfile
-from evsim.ws.connection import WebSocket
 from tests.e2e_harness import PASSWORD, Harness, harness
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW
 
@@ -215,23 +214,23 @@ class FakeCsms(Csms):
         self.cancel_on_flood: trio.CancelScope | None = None
 
     async def _on_boot(
-        self, rec: StationRecord, ws: WebSocket, payload: dict[str, Any], now: str
+        self, rec: StationRecord, conn: StationConnection, payload: dict[str, Any], now: str
     ) -> dict[str, Any]:
         n = self.boot_calls[rec.station_id] = self.boot_calls.get(rec.station_id, 0) + 1
         status, interval = self.boot(rec.station_id, n)
         if status == "Accepted":
             rec.boots += 1
-            rec.accepted = True
+            rec.accepted = conn.accepted = True
         return {"currentTime": now, "interval": interval, "status": status}
 
     async def _handle_call(
-        self, rec: StationRecord, ws: WebSocket, action: str, payload: dict[str, Any]
+        self, rec: StationRecord, conn: StationConnection, action: str, payload: dict[str, Any]
     ) -> dict[str, Any]:
         if action == "Heartbeat" and rec.heartbeats >= self.heartbeat_limit:
             self.flooded.add(rec.station_id)
             if self.cancel_on_flood is not None:
                 self.cancel_on_flood.cancel()
-        return await super()._handle_call(rec, ws, action, payload)
+        return await super()._handle_call(rec, conn, action, payload)
 
 
 async def _start_fake(h: Harness, boot: Any, heartbeat_limit: int = 50) -> FakeCsms:

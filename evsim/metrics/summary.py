@@ -183,6 +183,7 @@ CSMS_KINDS = frozenset(
         "station_connected",
         "station_disconnected",
         "replaced_connection",
+        "auth_throttled",
         "upgrade_rejected",
         "boot_rejected",
         "tx_event",

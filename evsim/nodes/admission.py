@@ -20,6 +20,35 @@ keys. The specification does not say how the CSMS should then authenticate the r
 
 The same gate serves a Local Controller's own listener, so a controller can sit behind another (chaining).
 
+Certificate purpose (profile 3). OCPP calls ExtendedKeyUsage "strongly NOT RECOMMENDED" (A00.FR.5xx, ISO 15118
+compatibility), so a station leaf *without* the extension is accepted, as RFC 5280 §4.2.1.12 reads it (any
+purpose). A leaf *with* the extension must list ``clientAuth`` (or ``anyExtendedKeyUsage``): a TLS server
+certificate (``serverAuth`` only), the CSMS's own for instance, never speaks for a station. OpenSSL checks that
+during the handshake too (``cert_invalid:purpose``); the gate repeats it so the rule holds whatever the TLS
+settings. The evsim PKIs issue ``serverAuth`` on server certificates and ``clientAuth`` on station
+certificates. Where a station sub-CA is configured (``station_issuers``), the verified chain must go through
+one of those CAs, which also refuses root-issued certificates without the extension.
+
+Duplicate identities (:data:`DuplicatePolicy`). OCPP leaves a second connection with the identity of a connected
+station to the CSMS. Both servers share the choice:
+
+``"replace_older"`` (default)
+    The newer connection, once it passed the gates above (it holds the station's credentials), runs beside the
+    older one without touching it: its own acceptance state (anything but BootNotification answered with
+    SecurityError until its boot is Accepted), no CSMS-initiated CALLs. When its BootNotification is Accepted
+    it becomes the station's session and the older connection is closed with 1008 "replaced by a newer
+    connection" and one ``replaced_connection`` event naming both. A newcomer that never boots (or is
+    rejected) never disturbs the live session. A station that reconnects after a link loss the server did not
+    notice (half-open TCP) thereby takes over as soon as it boots.
+``"refuse_newer"``
+    While a connection of that identity is up, a new one is refused with HTTP 409 (one ``upgrade_rejected``
+    event); the station gets through once the older connection ended (closed, or found dead).
+
+Password guessing (:class:`AuthBudget`). Every upgrade refused with 401 counts against the source address; after
+``max_failures`` within ``window_s`` the address is refused with HTTP 429 (``Retry-After``) for ``cooldown_s``
+before its credentials are even looked at, with one ``auth_throttled`` event per streak. Other addresses are
+not affected. The table of addresses is bounded (least recently failing forgotten first).
+
 :func:`check_client_certificate` is pure. The listener steps both servers share live here too: :func:`accept_tls` (the handshake at the simulation's time,
 a refusal counted and recorded with its OCPP security event), :func:`upgrade_station` (the WebSocket upgrade;
 no common OCPP subprotocol: accept, then close at once, OCPP-J §3.2), :func:`admit_station` (the two in turn)
@@ -29,18 +58,19 @@ and :func:`basic_auth_problem`.
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Callable, Iterable
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, TypeVar
 
 import attrs
 import trio
 from cryptography import x509
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from evsim.clock import SimClock
 from evsim.errors import HandshakeFailed, UpgradeFailed
 from evsim.metrics.recorder import Recorder, bind_peer
-from evsim.net.base import peer_address
+from evsim.net.base import peer_address, remote_address
 from evsim.tls.context import ServerTls
 from evsim.tls.events import ocpp_security_event
 from evsim.tls.stream import TlsInfo, TlsStream, tls_accept
@@ -49,9 +79,14 @@ from evsim.ws.connection import Accept, Reject, UpgradeRequest, WebSocket, ws_se
 
 __all__ = [
     "BEHIND_CONTROLLER_CHOICES",
+    "DUPLICATE_POLICY_CHOICES",
+    "REPLACED_CLOSE",
     "Admission",
+    "AuthBudget",
+    "AuthBudgetConfig",
     "BehindController",
     "CertificateVerdict",
+    "DuplicatePolicy",
     "TrustedController",
     "accept_tls",
     "admit_station",
@@ -65,6 +100,15 @@ __all__ = [
 BehindController: TypeAlias = Literal["require_station_cert", "trust_controller"]
 BEHIND_CONTROLLER_CHOICES: tuple[BehindController, ...] = ("require_station_cert", "trust_controller")
 """The values of the ``behind_controller`` setting, in the spelling scenario files use."""
+
+DuplicatePolicy: TypeAlias = Literal["replace_older", "refuse_newer"]
+DUPLICATE_POLICY_CHOICES: tuple[DuplicatePolicy, ...] = ("replace_older", "refuse_newer")
+"""The values of the ``duplicate_identity`` setting (see the module docstring)."""
+
+REPLACED_CLOSE = (1008, "replaced by a newer connection")
+"""WebSocket close code and reason of a connection replaced under ``"replace_older"``: policy violation (one
+connection per identity), RFC 6455 §7.4.1. A Local Controller that gets it on a station's upstream link closes
+the station's link too instead of reconnecting (which would take the identity back)."""
 
 
 def _station_set(value: Iterable[str] | None) -> frozenset[str] | None:
@@ -114,6 +158,29 @@ def organization(cert: x509.Certificate) -> str | None:
     return str(values[0].value) if values else None
 
 
+def client_auth_problem(leaf: x509.Certificate) -> str:
+    """Why ``leaf`` may not be a TLS client certificate: "" when it has no ExtendedKeyUsage (OCPP advises
+    against the extension) or lists ``clientAuth`` or ``anyExtendedKeyUsage``, else the rule it breaks."""
+    try:
+        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return ""
+    if ExtendedKeyUsageOID.CLIENT_AUTH in eku or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku:
+        return ""
+    return "certificate extended key usage lacks clientAuth (not a client certificate)"
+
+
+def issuer_problem(tls_info: TlsInfo, station_issuers: Iterable[x509.Certificate]) -> str:
+    """Why the verified chain does not go through one of ``station_issuers`` ("" when it does, or when none is
+    configured)."""
+    issuers = tuple(station_issuers)
+    if not issuers:
+        return ""
+    if any(cert in issuers for cert in tls_info.verified_chain[1:]):
+        return ""
+    return "certificate is not issued through the station sub-CA"
+
+
 def check_client_certificate(
     tls_info: TlsInfo | None,
     station_id: str,
@@ -121,6 +188,7 @@ def check_client_certificate(
     *,
     behind_controller: BehindController = "require_station_cert",
     trusted_controllers: Iterable[TrustedController] = (),
+    station_issuers: Iterable[x509.Certificate] = (),
 ) -> CertificateVerdict:
     """Decide whether the TLS client certificate may speak for ``station_id`` (see the module docstring).
 
@@ -130,6 +198,8 @@ def check_client_certificate(
         operator: the operator organization a direct station's certificate O must equal (A00.FR.404).
         behind_controller: the server's setting.
         trusted_controllers: the allow-list used by ``"trust_controller"``.
+        station_issuers: CAs (the station sub-CA) one of which the verified chain must contain; empty: any
+            chain to the server's client-certificate roots.
 
     Returns:
         The verdict; ``controller`` is set when the station is admitted behind a controller.
@@ -137,6 +207,9 @@ def check_client_certificate(
     if tls_info is None or not tls_info.peer_chain:
         return CertificateVerdict(False, "no client certificate (security profile 3 requires one)")
     leaf = tls_info.peer_chain[0]
+    problem = client_auth_problem(leaf) or issuer_problem(tls_info, station_issuers)
+    if problem:
+        return CertificateVerdict(False, problem)
     cn = common_name(leaf)
     org = organization(leaf)
     if cn == station_id:
@@ -179,6 +252,94 @@ def basic_auth_problem(
     if check_password and (expected is None or password != expected):
         return "wrong password"
     return ""
+
+
+_V = TypeVar("_V")
+
+
+@attrs.frozen
+class AuthBudgetConfig:
+    """How many failed authentications a source address gets (see the module docstring).
+
+    Args:
+        max_failures: 401 refusals per address within ``window_s`` that start a cool-down.
+        window_s: the sliding window the failures are counted in (s).
+        cooldown_s: how long the address is then refused with 429 (s).
+        max_sources: addresses remembered at most (the least recently failing is forgotten first).
+    """
+
+    max_failures: int = 10
+    window_s: float = 60.0
+    cooldown_s: float = 300.0
+    max_sources: int = 4096
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_failures < 1 or self.max_sources < 1:
+            raise ValueError("max_failures and max_sources must be >= 1")
+        if not (0 < self.window_s < math.inf and 0 < self.cooldown_s < math.inf):
+            raise ValueError("window_s and cooldown_s must be positive and finite")
+
+
+class AuthBudget:
+    """Failed authentications per source address (sans-IO: every call gets ``now``, in trio time).
+
+    Memory is bounded by ``max_sources`` addresses of at most ``max_failures`` timestamps each.
+    """
+
+    def __init__(self, config: AuthBudgetConfig | None = None) -> None:
+        self.config = config if config is not None else AuthBudgetConfig()
+        self._failures: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
+        self._blocked: collections.OrderedDict[str, float] = collections.OrderedDict()  # source -> until
+        #: attempts refused during a cool-down, and cool-downs started
+        self.refused = 0
+        self.cooldowns = 0
+
+    def __len__(self) -> int:
+        """Addresses remembered (failing or cooling down)."""
+        return len(self._failures) + len(self._blocked)
+
+    def retry_after(self, source: str, now: float) -> float:
+        """Seconds ``source`` must still wait (0.0 when it may try); a positive answer counts a refusal."""
+        until = self._blocked.get(source)
+        if until is None:
+            return 0.0
+        if now >= until:
+            del self._blocked[source]
+            return 0.0
+        self.refused += 1
+        return until - now
+
+    def failure(self, source: str, now: float) -> bool:
+        """Count a failed authentication of ``source``.
+
+        Returns:
+            True when this failure used up the budget: ``source`` is refused for ``cooldown_s`` from now.
+        """
+        cfg = self.config
+        times = self._failures.pop(source, None)
+        if times is None:
+            times = collections.deque(maxlen=cfg.max_failures)
+        while times and times[0] <= now - cfg.window_s:
+            times.popleft()
+        times.append(now)
+        if len(times) < cfg.max_failures:
+            self._remember(self._failures, source, times)
+            return False
+        self._blocked.pop(source, None)
+        self._remember(self._blocked, source, now + cfg.cooldown_s)
+        self.cooldowns += 1
+        return True
+
+    def _remember(self, table: collections.OrderedDict[str, _V], source: str, value: _V) -> None:
+        table[source] = value  # newest last
+        while len(table) > self.config.max_sources:
+            table.popitem(last=False)
+
+
+def stream_source(stream: trio.abc.Stream) -> str:
+    """The remote host of an evsim network stream (``statistics().remote``), or "" for other streams."""
+    remote = remote_address(stream)
+    return "" if remote is None else remote[0]
 
 
 async def accept_tls(
@@ -257,6 +418,7 @@ class Admission:
         tls_info: the handshake's outcome (None without TLS or before it).
         ws: the upgraded WebSocket, once accepted with an OCPP subprotocol.
         decision: what the upgrade gate noted (``station_id`` at least).
+        source: the remote host (failure budget; "" when the stream does not say).
     """
 
     stream: trio.abc.Stream
@@ -264,6 +426,7 @@ class Admission:
     tls_info: TlsInfo | None = None
     ws: WebSocket | None = None
     decision: dict[str, str] = attrs.field(factory=dict)
+    source: str = ""
 
 
 async def admit_station(
@@ -277,6 +440,8 @@ async def admit_station(
     failures: collections.Counter[str],
     compression: bool,
     on_tls: Callable[[TlsInfo], None] | None = None,
+    budget: AuthBudget | None = None,
+    rejections: collections.Counter[int] | None = None,
 ) -> bool:
     """The listener steps of the CSMS and the Local Controller: :func:`accept_tls` (when ``server_tls`` is
     set), then :func:`upgrade_station` with ``decide`` seeing the handshake's outcome.
@@ -295,6 +460,9 @@ async def admit_station(
         failures: handshake refusals counted by reason.
         compression: offer permessage-deflate.
         on_tls: called with the outcome of every successful handshake (statistics).
+        budget: failed authentications per source: 401 refusals count, an address past its budget gets 429
+            without ``decide`` being asked (one ``auth_throttled`` event per cool-down).
+        rejections: upgrade refusals by HTTP status, counted here for the 429s.
 
     Returns:
         True when the station is admitted (``admission.ws`` and ``admission.decision`` set), False when the
@@ -305,6 +473,9 @@ async def admit_station(
     """
     if not admission.peer:
         admission.peer = peer_address(admission.stream)
+    if not admission.source:
+        admission.source = stream_source(admission.stream)
+    source = admission.source
     bind_peer(admission.peer)
     recorder.emit(node, "connection_opened")
     if server_tls is not None:
@@ -327,9 +498,35 @@ async def admit_station(
         )
         if on_tls is not None:
             on_tls(info)
+
+    def gate(req: UpgradeRequest, decision: dict[str, str]) -> Accept | Reject:
+        if budget is None:
+            return decide(req, admission.tls_info, decision)
+        wait = budget.retry_after(source, clock.now())
+        if wait > 0:
+            if rejections is not None:
+                rejections[429] += 1
+            return Reject(
+                status=429,
+                reason="too many failed authentications from this address",
+                headers=(("Retry-After", str(math.ceil(wait))),),
+            )
+        verdict = decide(req, admission.tls_info, decision)
+        if isinstance(verdict, Reject) and verdict.status == 401 and budget.failure(source, clock.now()):
+            cfg = budget.config
+            recorder.emit(
+                node,
+                "auth_throttled",
+                source=source,
+                failures=cfg.max_failures,
+                window=cfg.window_s,
+                cooldown=cfg.cooldown_s,
+            )
+        return verdict
+
     upgraded = await upgrade_station(
         admission.stream,
-        lambda req, decision: decide(req, admission.tls_info, decision),
+        gate,
         node=node,
         recorder=recorder,
         compression=compression,

@@ -9,7 +9,14 @@ Station doesn't have to behave different" and "so that the CSMS can not notice" 
   (else 404); profile 1/2 need Basic auth whose user is that identity (else 401; the password is checked here
   only if ``station_passwords`` is given, otherwise the CSMS checks the forwarded credentials); profile 3 uses
   :func:`~evsim.nodes.admission.check_client_certificate` (so another controller may sit below this one);
-  the subprotocol is chosen from ``ocpp_versions`` (none: accept and close, OCPP-J §3.2).
+  the subprotocol is chosen from ``ocpp_versions`` (none: accept and close, OCPP-J §3.2). Sources that fail
+  authentication too often get 429 for a while (``auth_budget``). A second link with a connected station's
+  identity (``duplicate_identity``, :mod:`evsim.nodes.admission`): by default it is relayed beside the first
+  and replaces it (closed with 1008, one ``replaced_connection`` event) once the CSMS Accepted its
+  BootNotification; until then it gets no backlog and no own CALLs, and losing its upstream closes it.
+  ``"refuse_newer"`` answers HTTP 409 while the first is up. An upstream link the CSMS closes because a newer
+  connection replaced it there (1008 "replaced by a newer connection") closes the station's link the same
+  way, whatever ``on_upstream_loss`` says: reconnecting would take the identity back.
 * **Upstream** (the controller acts as a station, §6.2): "once that connection is up" the controller opens one
   WebSocket to the CSMS per station, *under the station's identity* (same URI path), through
   :func:`~evsim.tls.service.connect_service`: the :class:`~evsim.tls.service.Service` lists the CSMS endpoints
@@ -59,6 +66,7 @@ from typing import Any, Literal, TypeAlias
 
 import attrs
 import trio
+from cryptography import x509
 
 from evsim.clock import SimClock, isoformat
 from evsim.errors import (
@@ -69,14 +77,20 @@ from evsim.errors import (
     PeerNotReading,
     TransportError,
     UpgradeRejected,
+    WebSocketClosed,
     failure_reason,
 )
 from evsim.metrics.recorder import Recorder
 from evsim.net.base import Network
 from evsim.nodes.acceptor import Acceptor, connection_admitted
 from evsim.nodes.admission import (
+    DUPLICATE_POLICY_CHOICES,
+    REPLACED_CLOSE,
     Admission,
+    AuthBudget,
+    AuthBudgetConfig,
     BehindController,
+    DuplicatePolicy,
     TrustedController,
     admit_station,
     basic_auth_problem,
@@ -103,7 +117,7 @@ from evsim.tls.service import Endpoint, EndpointPlanner, Service, ServiceUnavail
 from evsim.tls.stream import TlsInfo
 from evsim.ws.auth import basic_auth_header
 from evsim.ws.connection import Accept, Reject, UpgradeRequest, WebSocket, ws_client
-from evsim.ws.paths import station_id_from_path, station_path
+from evsim.ws.paths import printable_target, station_id_from_path, station_path
 
 __all__ = [
     "ControllerConfig",
@@ -156,6 +170,11 @@ class ControllerConfig:
         organization: the O a direct station's certificate must carry (A00.FR.404).
         behind_controller, trusted_controllers: profile 3 below a chain of controllers (see
             :mod:`evsim.nodes.admission`).
+        station_issuers: profile 3: CAs (the station sub-CA) a client certificate's verified chain must go
+            through; empty (default): any chain to ``client_trust``.
+        duplicate_identity: a second link for a connected identity: ``"replace_older"`` (default) or
+            ``"refuse_newer"`` (see the module docstring).
+        auth_budget: failed authentications (401) allowed per source address before 429; None: no limit.
         station_passwords: Basic-auth passwords checked here; None = forward the credentials, the CSMS checks.
         ocpp_versions: subprotocols served, in order of preference.
         compression: accept permessage-deflate on both links (OCPP-J §3.4: a controller SHALL support it).
@@ -190,6 +209,9 @@ class ControllerConfig:
     organization: str = "evsim"
     behind_controller: BehindController = "require_station_cert"
     trusted_controllers: tuple[TrustedController, ...] = ()
+    station_issuers: tuple[x509.Certificate, ...] = ()
+    duplicate_identity: DuplicatePolicy = "replace_older"
+    auth_budget: AuthBudgetConfig | None = attrs.field(factory=AuthBudgetConfig)
     station_passwords: Mapping[str, str] | None = None
     ocpp_versions: tuple[str, ...] = ("2.0.1", "2.1")
     compression: bool = True
@@ -237,6 +259,13 @@ class ControllerConfig:
                 path="controller.on_upstream_loss",
                 value=self.on_upstream_loss,
                 fix="use close_station (OCPP-J §6.3) or keep_station (errata exception)",
+            )
+        if self.duplicate_identity not in DUPLICATE_POLICY_CHOICES:
+            raise ConfigError(
+                "unknown duplicate identity policy",
+                path="controller.duplicate_identity",
+                value=self.duplicate_identity,
+                fix="use " + " or ".join(DUPLICATE_POLICY_CHOICES),
             )
         if self.upstream_connect_attempts < 1 or self.max_backlog < 0 or self.max_queue < 1:
             raise ConfigError(
@@ -332,6 +361,8 @@ class _StationState:
     frames_down: int = 0
     answered_locally: int = 0
     replayed: int = 0
+    #: (number, source) of the link the CSMS closed as replaced, until a newer link here takes over
+    replaced_upstream: tuple[int, str] | None = None
 
 
 @attrs.define
@@ -395,6 +426,7 @@ class LocalController:
         self._handshake_failures: collections.Counter[str] = collections.Counter()
         self._upgrade_rejections: collections.Counter[int] = collections.Counter()
         self._upstream_failures: collections.Counter[str] = collections.Counter()
+        self._auth_budget = AuthBudget(config.auth_budget) if config.auth_budget is not None else None
 
     @property
     def name(self) -> str:
@@ -423,11 +455,18 @@ class LocalController:
                 recorder=self.recorder,
                 failures=self._handshake_failures,
                 compression=self.config.compression,
+                budget=self._auth_budget,
+                rejections=self._upgrade_rejections,
             ):
                 assert admission.ws is not None
                 decision = admission.decision
                 connection_admitted()
-                await self._serve_station(decision["station_id"], admission.ws, decision.get("authorization"))
+                await self._serve_station(
+                    decision["station_id"],
+                    admission.ws,
+                    decision.get("authorization"),
+                    source=admission.source,
+                )
         except TransportError as exc:
             self.recorder.emit(self.name, "connection_lost", reason=failure_reason(exc), detail=str(exc))
         finally:
@@ -439,7 +478,7 @@ class LocalController:
         cfg = self.config
         station_id = station_id_from_path(req.path, cfg.path_prefix)
         if station_id is None:
-            return self._reject(404, "bad or missing station identity in path", req.path)
+            return self._reject(404, "bad or missing station identity in path", printable_target(req.path))
         header = req.headers.get("authorization", "")
         if cfg.security_profile in (1, 2):
             passwords = cfg.station_passwords
@@ -454,6 +493,7 @@ class LocalController:
                 cfg.organization,
                 behind_controller=cfg.behind_controller,
                 trusted_controllers=cfg.trusted_controllers,
+                station_issuers=cfg.station_issuers,
             )
             if not verdict.ok:
                 return self._reject(401, verdict.reason, station_id)
@@ -461,6 +501,8 @@ class LocalController:
                 problem = basic_auth_problem(header, station_id, None, check_password=False)
                 if problem:
                     return self._reject(401, f"behind controller {verdict.controller}: {problem}", station_id)
+        if cfg.duplicate_identity == "refuse_newer" and self._connected(station_id):
+            return self._reject(409, _ALREADY_CONNECTED, station_id)
         if header:
             out["authorization"] = header
         out["station_id"] = station_id
@@ -470,7 +512,12 @@ class LocalController:
 
     def _reject(self, status: int, reason: str, station: str) -> Reject:
         self._upgrade_rejections[status] += 1
-        self.recorder.emit(self.name, "upgrade_rejected", station=station, status=status, reason=reason)
+        extra = {}
+        if "certificate" in reason:
+            extra["security_event"] = "InvalidChargingStationCertificate"
+        self.recorder.emit(
+            self.name, "upgrade_rejected", station=station, status=status, reason=reason, **extra
+        )
         return Reject(status=status, reason=reason)
 
     def _state(self, station_id: str) -> _StationState:
@@ -480,16 +527,30 @@ class LocalController:
             state = self.stations[station_id] = _StationState(station_id, planner)
         return state
 
-    async def _serve_station(self, station_id: str, ws: WebSocket, authorization: str | None) -> None:
+    def _connected(self, station_id: str) -> bool:
+        state = self.stations.get(station_id)
+        return state is not None and state.relay is not None
+
+    async def _serve_station(
+        self, station_id: str, ws: WebSocket, authorization: str | None, *, source: str = ""
+    ) -> None:
+        if self.config.duplicate_identity == "refuse_newer" and self._connected(station_id):
+            # another link of the identity got through the upgrade meanwhile
+            self._upgrade_rejections[409] += 1
+            self.recorder.emit(
+                self.name, "upgrade_rejected", station=station_id, status=409, reason=_ALREADY_CONNECTED
+            )
+            await _aclose_ws(ws, _CLOSE_POLICY, _ALREADY_CONNECTED)
+            return
         state = self._state(station_id)
-        if state.relay is not None:
-            self.recorder.emit(self.name, "replaced_connection", station=station_id)
-            state.relay.cancel_scope.cancel()
         assert ws.subprotocol is not None
         state.connections += 1
         self._relays_total += 1
         relay = _Relay(self, state, ws, authorization)
-        state.relay = relay
+        relay.number, relay.source = state.connections, source
+        if state.relay is None:
+            relay.live = True
+            state.relay = relay  # else it waits beside the live one until the CSMS accepts its boot
         self.recorder.emit(self.name, "station_connected", station=station_id, subprotocol=ws.subprotocol)
         try:
             await relay.run()
@@ -498,6 +559,30 @@ class LocalController:
                 state.relay = None
                 if relay.core.last_station_boot is not None:
                     state.last_boot = relay.core.last_station_boot
+
+    def _promote(self, relay: _Relay) -> None:
+        """The CSMS accepted ``relay``'s BootNotification: it becomes the station's link, an older one is
+        closed with :data:`REPLACED_CLOSE`."""
+        state = relay.state
+        old = state.relay
+        relay.live = True
+        state.relay = relay
+        replaced = state.replaced_upstream  # the CSMS's close of the older link may have come first
+        state.replaced_upstream = None
+        if old is not None and old is not relay:
+            old.replaced = True
+            old.cancel_scope.cancel()
+            replaced = (old.number, old.source)
+        if replaced is not None:
+            self.recorder.emit(
+                self.name,
+                "replaced_connection",
+                station=state.station_id,
+                old=replaced[0],
+                old_source=replaced[1],
+                new=relay.number,
+                new_source=relay.source,
+            )
 
     # ---------------------------------------------------------------- controller-initiated
 
@@ -574,6 +659,11 @@ class _Relay:
         )
         self.upstream_ws: WebSocket | None = None
         self.cancel_scope = trio.CancelScope()
+        self.number = 0  # the station's link count when this one arrived
+        self.source = ""  # the station's remote host
+        self.live = False  # the station's link (else a newcomer waiting for its boot to be Accepted)
+        self.replaced = False  # a newer link took over; closed with REPLACED_CLOSE
+        self._gone_close: tuple[int, str] | None = None  # how to close the station when the upstream is gone
         self._locks: dict[Side, trio.StrictFIFOLock] = {
             STATION: trio.StrictFIFOLock(),
             CSMS: trio.StrictFIFOLock(),
@@ -616,8 +706,10 @@ class _Relay:
                         nursery.start_soon(self._upstream_side, upstream)
                         nursery.start_soon(self._timer)
                 except* _UpstreamGone:
-                    close = (_CLOSE_GOING_AWAY, "CSMS connection lost")
+                    close = self._gone_close or (_CLOSE_GOING_AWAY, "CSMS connection lost")
         finally:
+            if self.replaced:
+                close = REPLACED_CLOSE
             with trio.CancelScope(shield=True):
                 if self.upstream_ws is not None:
                     await _aclose_ws(self.upstream_ws, _CLOSE_GOING_AWAY, "station disconnected")
@@ -780,15 +872,21 @@ class _Relay:
             self._replay_backlog(reconnected=reconnected)
             reconnected = True
             await self._flush(CSMS)
+            replaced = False
             try:
                 await self._pump(CSMS, ws)
             except TransportError as exc:
                 reason = failure_reason(exc)
+                replaced = isinstance(exc, WebSocketClosed) and (exc.code, exc.reason) == REPLACED_CLOSE
             self.upstream_ws = None
             state.upstream_losses += 1
             self.lc.recorder.emit(self.name, "upstream_lost", station=state.station_id, reason=reason)
             await _aclose_ws(ws, _CLOSE_GOING_AWAY, "")
-            if cfg.on_upstream_loss == "close_station":
+            if replaced:
+                self._gone_close = REPLACED_CLOSE  # the identity lives elsewhere now: do not take it back
+                if self.live:
+                    state.replaced_upstream = (self.number, self.source)
+            if cfg.on_upstream_loss == "close_station" or replaced or not self.live:
                 raise _UpstreamGone(reason)
             self._handle(self.core.upstream_lost())
             await self._flush(STATION)
@@ -809,6 +907,8 @@ class _Relay:
             events = core.receive(side, text, now())
             if events:
                 self._handle(events)
+            if not self.live and core.station_boots_accepted:
+                self.lc._promote(self)
             self._after_change()
             if core.has_data_to_send(to):
                 await self._flush(to)
@@ -858,8 +958,8 @@ class _Relay:
         connection (B02.FR.09).
         """
         state = self.state
-        if not state.backlog and not reconnected:
-            return
+        if not self.live or (not state.backlog and not reconnected):
+            return  # a newcomer not yet accepted does not touch the station's backlog
         boot = self.core.last_station_boot or state.last_boot
         now = self.lc.clock.now()
         if boot is not None:
@@ -953,6 +1053,9 @@ class _Relay:
                     if to == STATION:  # its reader may be stuck writing upstream: end the pair here
                         self._station_lost(PeerNotReading(reason))
                     return
+
+
+_ALREADY_CONNECTED = "station already connected (duplicate identity)"
 
 
 async def _aclose_ws(ws: WebSocket, code: int, reason: str) -> None:

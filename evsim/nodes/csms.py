@@ -6,15 +6,26 @@ with a specific reason (recorded as an event and logged), without disturbing any
 
 1. TLS (security profiles 2 and 3): handshake at the simulation's time; profile 3 requires a client
    certificate chaining to the CSMS root.
-2. WebSocket upgrade: the path must carry a valid station identity (else HTTP 404), Basic auth must match for
-   profiles 1 and 2 (else 401), and for profile 3 the client certificate's CN must be the station identity and
-   its O the operator's organization (A00.FR.404/405, else 401 — the status is not specified by OCPP).
+2. WebSocket upgrade: the path must carry a valid station identity (an OCPP identifierString of at most 48
+   characters without ``:``, else HTTP 404), Basic auth must match for profiles 1 and 2 (else 401), and for
+   profile 3 the client certificate's CN must be the station identity and its O the operator's organization
+   (A00.FR.404/405, else 401 — the status is not specified by OCPP); a certificate whose ExtendedKeyUsage
+   lacks clientAuth, or (with ``station_issuers``) that is not issued through the station sub-CA, is refused
+   too. An address that failed authentication too often is refused with 429 for a while (``auth_budget``).
    Stations behind a Local Controller arrive with the *controller's* certificate; ``behind_controller``
    decides whether they are refused or identified by path + Basic auth (:mod:`evsim.nodes.admission`,
    docs/local-controllers.md).
    No common OCPP subprotocol: accept without one, then close at once (OCPP-J §3.2).
-3. OCPP: every payload is schema-checked by the RPC core; before a station is Accepted, anything but
-   BootNotification gets a SecurityError CALLERROR (B02.FR.09).
+3. OCPP: every payload is schema-checked by the RPC core; before a connection is Accepted, anything but
+   BootNotification gets a SecurityError CALLERROR (B02.FR.09). Acceptance belongs to the connection, not to
+   the station record.
+
+One connection per identity (``duplicate_identity``, :mod:`evsim.nodes.admission`): by default a second
+connection with the identity of a connected station replaces the first only once its own BootNotification
+is Accepted; the first is then closed with 1008 "replaced by a newer connection" and one
+``replaced_connection`` event names both connections (number and source address). Until then it runs beside
+the first without disturbing it, and CSMS-initiated CALLs go to the first. ``"refuse_newer"`` refuses the
+second connection with HTTP 409 instead, as long as the first is up.
 
 Per-station state (:class:`StationRecord`) survives reconnects: boots, status, transactions with their seqNos
 (duplicates from retries are detected and counted, never double-counted), security events. Several CSMS
@@ -53,6 +64,7 @@ from typing import Any
 
 import attrs
 import trio
+from cryptography import x509
 
 from evsim.clock import SimClock, isoformat
 from evsim.errors import (
@@ -65,8 +77,13 @@ from evsim.net.base import Network
 from evsim.nodes.acceptor import Acceptor, connection_admitted, current_peer
 from evsim.nodes.admission import (
     BEHIND_CONTROLLER_CHOICES,
+    DUPLICATE_POLICY_CHOICES,
+    REPLACED_CLOSE,
     Admission,
+    AuthBudget,
+    AuthBudgetConfig,
     BehindController,
+    DuplicatePolicy,
     TrustedController,
     admit_station,
     basic_auth_problem,
@@ -89,7 +106,7 @@ from evsim.ocpp.versions import choose_subprotocol, subprotocol_for, version_for
 from evsim.tls.context import ServerTls
 from evsim.tls.stream import TlsInfo
 from evsim.ws.connection import Accept, Reject, UpgradeRequest, WebSocket
-from evsim.ws.paths import station_id_from_path
+from evsim.ws.paths import printable_target, station_id_from_path
 
 log = logging.getLogger("evsim.csms")
 
@@ -138,6 +155,13 @@ class CsmsConfig:
             BootNotification; then it is closed (1008) with a ``boot_timeout`` event. Measured per connection
             from the upgrade to the first Accepted boot, across Pending/Rejected boots a station resends (B02).
             Default 180 s: several BootNotification retries of an honest station that is kept Pending.
+        station_issuers: profile 3: CAs (the station sub-CA) a client certificate's verified chain must go
+            through; empty (default): any chain to the client-certificate roots.
+        duplicate_identity: a second connection for a connected identity: ``"replace_older"`` (default: it
+            replaces the first once its BootNotification is Accepted) or ``"refuse_newer"`` (HTTP 409 while
+            the first is up).
+        auth_budget: failed authentications (401) allowed per source address before it is refused with 429
+            for a cool-down; None: no limit.
     """
 
     name: str = "csms"
@@ -161,6 +185,9 @@ class CsmsConfig:
     max_connections: int | None = None
     max_pending_per_address: int | None = None
     boot_timeout: float = 180.0
+    station_issuers: tuple[x509.Certificate, ...] = ()
+    duplicate_identity: DuplicatePolicy = "replace_older"
+    auth_budget: AuthBudgetConfig | None = attrs.field(factory=AuthBudgetConfig)
 
     def __attrs_post_init__(self) -> None:
         if self.security_profile not in (1, 2, 3):
@@ -171,6 +198,11 @@ class CsmsConfig:
                 raise ValueError(f"{limit} must be >= 1 (or None for the default), not {value}")
         if not self.boot_timeout > 0:
             raise ValueError(f"boot_timeout must be > 0, not {self.boot_timeout}")
+        if self.duplicate_identity not in DUPLICATE_POLICY_CHOICES:
+            raise ValueError(
+                f"duplicate_identity must be one of {', '.join(DUPLICATE_POLICY_CHOICES)}, "
+                f"not {self.duplicate_identity!r}"
+            )
         if self.behind_controller not in BEHIND_CONTROLLER_CHOICES:
             raise ValueError(
                 f"behind_controller must be one of {', '.join(BEHIND_CONTROLLER_CHOICES)}, "
@@ -224,9 +256,34 @@ class RetiredTransactions:
         self.offline_events += tx.offline_events
 
 
+@attrs.define(eq=False)
+class StationConnection:
+    """One upgraded connection speaking for a station (a record may have several, see the module doc).
+
+    Attributes:
+        number: the record's connection count when it arrived (1 = the first).
+        source: the remote host.
+        accepted: its BootNotification was Accepted (B02.FR.09 is per connection).
+        replaced: a newer connection took over; it is being closed with 1008.
+    """
+
+    number: int
+    source: str
+    ws: WebSocket
+    tls: TlsInfo | None
+    controller: str | None
+    serial_from_cert: str | None
+    accepted: bool = False
+    replaced: bool = False
+    session: OcppSession | None = None
+    cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+
+
 @attrs.define
 class StationRecord:
-    """Everything the CSMS knows about one station."""
+    """Everything the CSMS knows about one station; the fields of the live connection (``accepted``,
+    ``connected``, ``subprotocol``, ``tls``, ``serial_from_cert``, ``via_controller``, ``session``) are those of
+    ``connection``, the station's session."""
 
     station_id: str
     accepted: bool = False
@@ -247,6 +304,7 @@ class StationRecord:
     security_events_total: int = 0
     messages: collections.Counter[str] = attrs.field(factory=collections.Counter)
     session: OcppSession | None = None
+    connection: StationConnection | None = None
 
     def tx_events(self) -> int:
         """TransactionEvents received from this station (duplicates not counted), retired ones included."""
@@ -317,6 +375,7 @@ class Csms:
         self._upgrade_rejections: collections.Counter[int] = collections.Counter()
         self._tls_versions: collections.Counter[str] = collections.Counter()
         self._tls_suites: collections.Counter[str] = collections.Counter()
+        self._auth_budget = AuthBudget(config.auth_budget) if config.auth_budget is not None else None
         #: running totals for cheap periodic sampling: "messages", "tx_started", "tx_ended"
         self.totals: collections.Counter[str] = collections.Counter()
         #: station id -> action -> CALLs this endpoint received (``stations`` may be shared with other endpoints)
@@ -351,11 +410,17 @@ class Csms:
                 failures=self._handshake_failures,
                 compression=self.config.compression,
                 on_tls=self._count_tls,
+                budget=self._auth_budget,
+                rejections=self._upgrade_rejections,
             ):
                 assert admission.ws is not None
                 decision = admission.decision
                 await self._serve_station(
-                    decision["station_id"], admission.ws, admission.tls_info, decision.get("controller")
+                    decision["station_id"],
+                    admission.ws,
+                    admission.tls_info,
+                    decision.get("controller"),
+                    source=admission.source,
                 )
         except (TransportError, OcppError) as exc:
             self.recorder.emit(name, "connection_lost", reason=failure_reason(exc), detail=str(exc))
@@ -372,7 +437,7 @@ class Csms:
         cfg = self.config
         station_id = station_id_from_path(req.path, cfg.path_prefix)
         if station_id is None:
-            return self._reject(404, "bad or missing station identity in path", req.path)
+            return self._reject(404, "bad or missing station identity in path", printable_target(req.path))
         if (
             not cfg.accept_unknown_stations
             and station_id not in cfg.passwords
@@ -387,6 +452,7 @@ class Csms:
                 cfg.organization,
                 behind_controller=cfg.behind_controller,
                 trusted_controllers=cfg.trusted_controllers,
+                station_issuers=cfg.station_issuers,
             )
             if not verdict.ok:
                 return self._reject(401, verdict.reason, station_id)
@@ -398,6 +464,8 @@ class Csms:
             problem = basic_auth_problem(req.headers.get("authorization", ""), station_id, expected)
             if problem:
                 return self._reject(401, problem, station_id)
+        if cfg.duplicate_identity == "refuse_newer" and self._connected(station_id):
+            return self._reject(409, _ALREADY_CONNECTED, station_id)
         out["station_id"] = station_id
         return Accept(
             subprotocol=choose_subprotocol(req.subprotocols, [subprotocol_for(v) for v in cfg.ocpp_versions])
@@ -413,43 +481,57 @@ class Csms:
         )
         return Reject(status=status, reason=reason)
 
+    def _connected(self, station_id: str) -> bool:
+        rec = self.stations.get(station_id)
+        return rec is not None and rec.connection is not None
+
     async def _serve_station(
-        self, station_id: str, ws: WebSocket, tls_info: TlsInfo | None, controller: str | None = None
+        self,
+        station_id: str,
+        ws: WebSocket,
+        tls_info: TlsInfo | None,
+        controller: str | None = None,
+        *,
+        source: str = "",
     ) -> None:
+        name = self.config.name
+        if self.config.duplicate_identity == "refuse_newer" and self._connected(station_id):
+            # another connection of the identity got through the upgrade meanwhile
+            self._upgrade_rejections[409] += 1
+            self.recorder.emit(
+                name, "upgrade_rejected", station=station_id, status=409, reason=_ALREADY_CONNECTED
+            )
+            await ws.aclose(REPLACED_CLOSE[0], _ALREADY_CONNECTED)
+            return
         rec = self.stations.get(station_id)
         if rec is None:
             rec = self.stations[station_id] = StationRecord(station_id=station_id)
-        if rec.session is not None:
-            self.recorder.emit(self.config.name, "replaced_connection", station=station_id)
         assert ws.subprotocol is not None
         version = version_for(ws.subprotocol)
         rec.connections += 1
-        rec.connected = True
-        rec.accepted = False  # a new connection must boot again before other messages (B02.FR.09)
-        rec.subprotocol = ws.subprotocol
-        rec.tls = tls_info
-        rec.via_controller = controller
-        rec.serial_from_cert = None
+        serial = None
         if tls_info is not None and tls_info.peer_chain and controller is None:
-            rec.serial_from_cert = common_name(tls_info.peer_chain[0])
+            serial = common_name(tls_info.peer_chain[0])
+        conn = StationConnection(rec.connections, source, ws, tls_info, controller, serial)
         rpc = RpcConnection(version=version, call_timeout=self.config.call_timeout)
 
         # B02: until its first Accepted boot a connection is pending; it has boot_timeout to get there.
         boot_scope = trio.CancelScope(deadline=trio.current_time() + self.config.boot_timeout)
 
         async def handler(action: str, payload: dict[str, Any]) -> dict[str, Any]:
-            response = await self._handle_call(rec, ws, action, payload)
+            response = await self._handle_call(rec, conn, action, payload)
             if action == "BootNotification" and response.get("status") == "Accepted":
                 boot_scope.deadline = math.inf
                 connection_admitted()
             return response
 
-        session = OcppSession(
-            ws, rpc, handler, on_event=rpc_event_recorder(self.recorder, self.config.name, station_id)
+        session = conn.session = OcppSession(
+            ws, rpc, handler, on_event=rpc_event_recorder(self.recorder, name, station_id)
         )
-        rec.session = session
+        if rec.connection is None:
+            _make_live(rec, conn)  # else it waits beside the live one until its own boot is Accepted
         self.recorder.emit(
-            self.config.name,
+            name,
             "station_connected",
             station=station_id,
             subprotocol=ws.subprotocol,
@@ -459,27 +541,35 @@ class Csms:
             compressed=ws.compressed,
         )
         try:
-            with boot_scope:
-                await session.run()
-            if boot_scope.cancelled_caught:
-                self.recorder.emit(
-                    self.config.name,
-                    "boot_timeout",
-                    station=station_id,
-                    peer=current_peer(),
-                    timeout=self.config.boot_timeout,
-                )
-                await ws.aclose(1008, "no accepted BootNotification in time")
+            with conn.cancel_scope:
+                with boot_scope:
+                    await session.run()
+                if boot_scope.cancelled_caught:
+                    self.recorder.emit(
+                        name,
+                        "boot_timeout",
+                        station=station_id,
+                        peer=current_peer(),
+                        timeout=self.config.boot_timeout,
+                    )
+                    await ws.aclose(1008, "no accepted BootNotification in time")
         except (TransportError, OcppError) as exc:
             self.recorder.emit(
-                self.config.name,
+                name,
                 "station_disconnected",
                 station=station_id,
                 reason=failure_reason(exc),
                 detail=str(exc),
             )
         finally:
-            if rec.session is session:
+            if conn.replaced:
+                with (
+                    trio.CancelScope(shield=True),
+                    contextlib.suppress(TransportError, trio.BrokenResourceError, trio.ClosedResourceError),
+                ):
+                    await ws.aclose(*REPLACED_CLOSE)
+            if rec.connection is conn:
+                rec.connection = None
                 rec.session = None
                 rec.connected = False
                 self._drop_if_never_booted(rec)
@@ -489,21 +579,20 @@ class Csms:
         if rec.boots == 0 and not rec.transactions and self.stations.get(rec.station_id) is rec:
             del self.stations[rec.station_id]
             self._dropped_messages.update(rec.messages)
-            self.received.pop(
-                rec.station_id, None
-            )  # bounded: a hostile peer may try any number of identities
+            # bounded: a hostile peer may try any number of identities
+            self.received.pop(rec.station_id, None)
 
     # ---------------------------------------------------------------- OCPP handlers
 
     async def _handle_call(
-        self, rec: StationRecord, ws: WebSocket, action: str, payload: dict[str, Any]
+        self, rec: StationRecord, conn: StationConnection, action: str, payload: dict[str, Any]
     ) -> dict[str, Any]:
         rec.messages[action] += 1
         self.received[rec.station_id][action] += 1
         self.totals["messages"] += 1
         if action == "BootNotification":
-            return await self._on_boot(rec, ws, payload, isoformat(self.clock.utcnow()))
-        if not rec.accepted:
+            return await self._on_boot(rec, conn, payload, isoformat(self.clock.utcnow()))
+        if not conn.accepted:
             raise OcppError(
                 "station has not been accepted by BootNotification yet", error_code="SecurityError"
             )
@@ -551,14 +640,14 @@ class Csms:
         raise OcppError(f"{action} is not supported by this CSMS", error_code="NotSupported")
 
     async def _on_boot(
-        self, rec: StationRecord, ws: WebSocket, payload: dict[str, Any], now: str
+        self, rec: StationRecord, conn: StationConnection, payload: dict[str, Any], now: str
     ) -> dict[str, Any]:
         serial = payload["chargingStation"].get("serialNumber")
         if (
             self.config.security_profile == 3
             and serial is not None
-            and rec.serial_from_cert is not None
-            and serial != rec.serial_from_cert
+            and conn.serial_from_cert is not None
+            and serial != conn.serial_from_cert
         ):
             # B01.FR.11/12: the serial number must be the certificate's CN; close the connection.
             self.recorder.emit(
@@ -567,10 +656,28 @@ class Csms:
                 station=rec.station_id,
                 reason="serialNumber != certificate CN",
             )
-            rec.accepted = False
-            await ws.aclose(1008, "serialNumber does not match the certificate")
+            conn.accepted = False
+            if rec.connection is conn:
+                rec.accepted = False
+            await conn.ws.aclose(1008, "serialNumber does not match the certificate")
             return {"currentTime": now, "interval": self.config.heartbeat_interval, "status": "Rejected"}
         rec.boots += 1
+        conn.accepted = True
+        old = rec.connection
+        if old is not conn:
+            _make_live(rec, conn)
+            if old is not None:
+                old.replaced = True
+                old.cancel_scope.cancel()  # its task closes it with REPLACED_CLOSE
+                self.recorder.emit(
+                    self.config.name,
+                    "replaced_connection",
+                    station=rec.station_id,
+                    old=old.number,
+                    old_source=old.source,
+                    new=conn.number,
+                    new_source=conn.source,
+                )
         rec.accepted = True
         self.recorder.emit(self.config.name, "booted", station=rec.station_id, reason=payload["reason"])
         return {"currentTime": now, "interval": self.config.heartbeat_interval, "status": "Accepted"}
@@ -782,6 +889,21 @@ def rpc_event_recorder(recorder: Recorder, node: str, station_id: str) -> Callab
             recorder.trace(node, "message", station=station_id, received=type(event).__name__, **fields)
 
     return hook
+
+
+_ALREADY_CONNECTED = "station already connected (duplicate identity)"
+
+
+def _make_live(rec: StationRecord, conn: StationConnection) -> None:
+    """Make ``conn`` the station's session: the record's connection fields become its."""
+    rec.connection = conn
+    rec.session = conn.session
+    rec.connected = True
+    rec.accepted = conn.accepted
+    rec.subprotocol = conn.ws.subprotocol
+    rec.tls = conn.tls
+    rec.via_controller = conn.controller
+    rec.serial_from_cert = conn.serial_from_cert
 
 
 async def _aclose_quietly(stream: trio.abc.AsyncResource) -> None:

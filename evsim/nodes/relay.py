@@ -247,6 +247,8 @@ class RelayCore:
         self.max_queue = max_queue
         self.upstream_up = True
         self.last_station_boot: dict[str, Any] | None = None
+        #: the station's BootNotifications the CSMS answered with status Accepted
+        self.station_boots_accepted = 0
         self._lanes: dict[Side, _Lane] = {STATION: _Lane(), CSMS: _Lane()}
         self._counter = 0
         self._stats: collections.Counter[str] = collections.Counter()
@@ -345,9 +347,19 @@ class RelayCore:
             event = self._own_outcome(side, own, frame, text)
             self._pump(side, now)
             return [event]
-        if lane.relayed_out.pop(mid, None) is None:
+        item = lane.relayed_out.pop(mid, None)
+        if item is None:
             self._stats["stale"] += 1
         else:
+            if (
+                side == CSMS
+                and item.action == "BootNotification"
+                and mtype == MessageType.CALLRESULT
+                and len(frame) > 2
+                and type(frame[2]) is dict
+                and frame[2].get("status") == "Accepted"
+            ):
+                self.station_boots_accepted += 1
             self._pump(side, now)
         return self._forward(to, text, frame, now)
 

@@ -15,7 +15,9 @@ Public API::
 from __future__ import annotations
 
 from evsim.pki.ca import (
+    CLIENT_EKU,
     NOT_BEFORE_BACKDATE,
+    SERVER_EKU,
     CertificateAuthority,
     CertKey,
     common_name,
@@ -45,7 +47,9 @@ from evsim.pki.keys import (
 )
 
 __all__ = [
+    "CLIENT_EKU",
     "NOT_BEFORE_BACKDATE",
+    "SERVER_EKU",
     "CertKey",
     "CertificateAuthority",
     "DevPki",

@@ -8,6 +8,9 @@ Certificates follow OCPP 2.0.1 A00.FR.501-514 (Certificate Properties):
 * KeyUsage restricts each key (CA: keyCertSign/cRLSign/digitalSignature; leaf: digitalSignature, plus
   keyEncipherment for RSA so the OCPP ``TLS_RSA_WITH_*`` key-transport suites work);
 * no ExtendedKeyUsage by default ("strongly NOT RECOMMENDED", ISO 15118 compatibility), but a caller can ask;
+  the evsim PKIs (dev and scenario) ask for :data:`SERVER_EKU` on server and :data:`CLIENT_EKU` on station
+  certificates, so that a server certificate is never accepted as a station's (the listeners refuse a client
+  leaf whose EKU lacks clientAuth);
 * CSMS certificate CN = FQDN; Charging Station certificate CN = station serial/identity, O = organization.
 
 Time is never read here: every function takes ``now`` (the simulation's wall time, see ``evsim.clock``).
@@ -27,7 +30,7 @@ import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from evsim.errors import PkiError
 from evsim.pki.keys import (
@@ -45,6 +48,12 @@ NOT_BEFORE_BACKDATE = _dt.timedelta(hours=1)
 
 _UTC = _dt.UTC
 _MAX_CN = 64  # X.520 ub-common-name (RFC 5280 Appendix A)
+
+
+SERVER_EKU: tuple[x509.ObjectIdentifier, ...] = (ExtendedKeyUsageOID.SERVER_AUTH,)
+"""ExtendedKeyUsage of evsim's TLS server certificates."""
+CLIENT_EKU: tuple[x509.ObjectIdentifier, ...] = (ExtendedKeyUsageOID.CLIENT_AUTH,)
+"""ExtendedKeyUsage of evsim's station (TLS client) certificates."""
 
 
 def _utc(now: _dt.datetime) -> _dt.datetime:

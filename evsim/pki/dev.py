@@ -4,11 +4,12 @@ Layout (all PEM; keys unencrypted, mode 0600; see ``certs/README.md``)::
 
     ca.crt, ca.key                              CSMS root CA (OCPP CSMSRootCertificate)
     server.crt, server.key                      CSMS server certificate, issued by the root: CN = host,
-                                                SAN = host (+ 127.0.0.1 and ::1 for localhost); leaf only
+                                                SAN = host (+ 127.0.0.1 and ::1 for localhost), EKU
+                                                serverAuth (so it never passes as a station); leaf only
     station-ca.crt, station-ca.key              Charging Station sub-CA, issued by the root
     manufacturer-root.crt, manufacturer-root.key  Manufacturer root CA (firmware signing, later)
-    stations/<id>.crt, stations/<id>.key        station certificates on demand: CN = id, O = org;
-                                                the .crt holds the leaf followed by station-ca.crt
+    stations/<id>.crt, stations/<id>.key        station certificates on demand: CN = id, O = org, EKU
+                                                clientAuth; the .crt holds the leaf followed by station-ca.crt
 
 Nothing here reads the clock: ``now`` is passed in.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 import attrs
 
 from evsim.errors import PkiError
-from evsim.pki.ca import CertificateAuthority, CertKey, common_name, organization
+from evsim.pki.ca import CLIENT_EKU, SERVER_EKU, CertificateAuthority, CertKey, common_name, organization
 from evsim.pki.keys import (
     KeyType,
     key_matches_cert,
@@ -45,7 +46,7 @@ ALL_FILES = (CA_CRT, CA_KEY, SERVER_CRT, SERVER_KEY, STATION_CA_CRT, STATION_CA_
 
 # OCPP identifierString (a-z A-Z 0-9 * - _ = : + | @ .), max 48, without ':' (J21 §3.1.1); we also refuse a
 # leading '.' so an id can never name a hidden file or a parent directory.
-_STATION_ID = re.compile(r"^[A-Za-z0-9*\-_=+|@][A-Za-z0-9*\-_=+|@.]{0,47}$")
+_STATION_ID = re.compile(r"[A-Za-z0-9*\-_=+|@][A-Za-z0-9*\-_=+|@.]{0,47}")
 
 # Validity in days. Roots/sub-CAs: long enough never to expire during a simulation; server: 397 days (the
 # CA/Browser Forum maximum for TLS server certificates); stations: two years.
@@ -62,7 +63,7 @@ def _fix(directory: Path) -> str:
 
 
 def _check_station_id(station_id: str) -> None:
-    if not _STATION_ID.match(station_id):
+    if not _STATION_ID.fullmatch(station_id):
         raise PkiError(
             f"station id {station_id!r} is not a valid OCPP identity (1..48 of a-z A-Z 0-9 * - _ = + | @ ., "
             "no ':' and no leading '.')"
@@ -179,7 +180,9 @@ class DevPki:
             if not key_matches_cert(k, certs[0]):
                 raise PkiError(f"{key}: key does not match {crt}; fix: {fix}")
             return CertKey(certs[0], k, tuple(certs[1:]))
-        issued = self.station_ca.issue_client(station_id, self.org, now=now, days=days, key_type=key_type)
+        issued = self.station_ca.issue_client(
+            station_id, self.org, now=now, days=days, key_type=key_type, extended_key_usage=CLIENT_EKU
+        )
         write_key_file(key, issued.key)
         write_cert_file(crt, *issued.chain)
         return issued
@@ -253,6 +256,7 @@ def init_dev_pki(
         now=now,
         days=SERVER_DAYS,
         key_type=key_type,
+        extended_key_usage=SERVER_EKU,
     )
     station_ca = root.create_sub_ca(
         f"{org} Charging Station Sub-CA", org, now=now, days=SUB_CA_DAYS, key_type=key_type

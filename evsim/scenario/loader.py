@@ -89,6 +89,7 @@ from evsim.tls.config import MAX_FRAGMENT, MIN_FRAGMENT, TlsProfile
 from evsim.tls.peer import PeerPolicy
 from evsim.tls.pins import Enforcement, Pin, PinSet, PinState, PinTarget
 from evsim.tls.suites import DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES
+from evsim.ws.paths import IDENTITY_RULE, valid_identity
 
 T = TypeVar("T")
 S = TypeVar("S", bound=str)
@@ -247,12 +248,7 @@ MAX_COMMON_NAME: Final = 64
 MAX_ATTACK_CONNECTIONS: Final = 10_000
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-_IDENTITY = re.compile(r"[A-Za-z0-9*\-_=+|@.]+")
-"""OCPP identifierString (``a-z A-Z 0-9 * - _ = : + | @ .``) without ``:``, the Basic-auth separator."""
-_IDENTITY_RULE = (
-    "station id {sid!r} is not an OCPP identity (1..48 characters from a-z A-Z 0-9 * - _ = + | @ ., "
-    "OCPP-J §3.1.1; no ':')"
-)
+_IDENTITY_RULE = "station id {sid!r} is not an OCPP identity (" + IDENTITY_RULE + ", OCPP-J §3.1.1)"
 _PATTERN_FIX = 'use a pattern like "ST-{n:04d}" (one field, n, with an optional integer format)'
 _HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _SYNTAX_POSITION = re.compile(
@@ -1792,7 +1788,7 @@ class _Builder(_TlsModelReader):
                         + name.upper()
                         + '-{n:04d}"',
                     )
-                if not _IDENTITY.fullmatch(sid) or len(sid) > MAX_IDENTITY_LENGTH:
+                if not valid_identity(sid):
                     raise self.ctx.error(
                         path, _IDENTITY_RULE.format(sid=sid), value=group.id_pattern, fix=_PATTERN_FIX
                     )
@@ -2503,7 +2499,7 @@ def _check_id_pattern(ctx: _Context, path: FieldPath, pattern: str, count: int) 
         )
     for n in (1, count):
         sid = pattern.format(n=n)
-        if not _IDENTITY.fullmatch(sid) or len(sid) > MAX_IDENTITY_LENGTH:
+        if not valid_identity(sid):
             raise ctx.error(path, _IDENTITY_RULE.format(sid=sid), value=pattern, fix=fix)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import attrs
 from cryptography import x509
 
-from evsim.pki import CertificateAuthority, CertKey
+from evsim.pki import CLIENT_EKU, SERVER_EKU, CertificateAuthority, CertKey
 from evsim.pki.keys import KeyType, PrivateKey, generate_key, public_key_der
 from evsim.pki.revocation import OcspResponder, OcspStaple
 from evsim.scenario.model import CertificateSpec, Scenario
@@ -84,21 +84,33 @@ class ScenarioPki:
         now, days = issue_window(self.start, at, cert.validity)
         ca = self.roots[root or cert.root]
         key = None if root is not None else self.current_csms_key(host, cert)
-        return ca.issue_server(host, now=now, days=days, key_type=cert.key_type, key=key)
+        return ca.issue_server(
+            host, now=now, days=days, key_type=cert.key_type, key=key, extended_key_usage=SERVER_EKU
+        )
 
     def controller_certificate(self, host: str, cert: CertificateSpec, *, at: float = 0.0) -> CertKey:
         """A Local Controller's own certificate: CN = its host (OCPP-J §6.5), O = the operator (profile 3
-        upstream gates check it), no EKU, so it serves as TLS server and client certificate."""
+        upstream gates check it), EKU serverAuth and clientAuth: it serves as TLS server and client certificate."""
         now, days = issue_window(self.start, at, cert.validity)
         return self.roots[cert.root].issue_server(
-            host, org=self.organization, now=now, days=days, key_type=cert.key_type
+            host,
+            org=self.organization,
+            now=now,
+            days=days,
+            key_type=cert.key_type,
+            extended_key_usage=SERVER_EKU + CLIENT_EKU,
         )
 
     def expired_server_certificate(self, host: str, cert: CertificateSpec, *, at: float) -> CertKey:
         """A certificate for ``host`` (its current key) whose validity ended one second before ``at``."""
         now, days = issue_window(self.start, at - 86_400 - 1, 86_400)
         return self.roots[cert.root].issue_server(
-            host, now=now, days=days, key_type=cert.key_type, key=self.current_csms_key(host, cert)
+            host,
+            now=now,
+            days=days,
+            key_type=cert.key_type,
+            key=self.current_csms_key(host, cert),
+            extended_key_usage=SERVER_EKU,
         )
 
     # ------------------------------------------------------------ CSMS keys (scenario-tls: pins, rotation)
@@ -148,7 +160,7 @@ class ScenarioPki:
         if renew or station_id not in self._stations:
             now, days = issue_window(self.start, at, validity_s)
             self._stations[station_id] = self.station_ca.issue_client(
-                station_id, self.organization, now=now, days=days
+                station_id, self.organization, now=now, days=days, extended_key_usage=CLIENT_EKU
             )
         return self._stations[station_id]
 

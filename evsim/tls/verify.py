@@ -50,6 +50,7 @@ X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
 X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE = 21
 X509_V_ERR_CERT_CHAIN_TOO_LONG = 22
 X509_V_ERR_CERT_REVOKED = 23
+X509_V_ERR_INVALID_PURPOSE = 26
 X509_V_ERR_UNABLE_TO_GET_CRL_ISSUER = 33
 X509_V_ERR_KEYUSAGE_NO_CRL_SIGN = 35
 
@@ -89,7 +90,8 @@ def verify_error_reason(code: int) -> str:
         ``cert_invalid:expired`` (10), ``cert_invalid:not_yet_valid`` (9), ``cert_invalid:unknown_ca``
         (2, 18, 19, 20, 21), ``cert_invalid:chain_too_long`` (22), the CRL reasons of :data:`CRL_REASONS`
         (``cert_invalid:revoked`` 23, ``cert_invalid:crl_unavailable`` 3/33, ``cert_invalid:crl_expired``
-        12, ``cert_invalid:crl_not_yet_valid`` 11, ``cert_invalid:crl_bad_signature`` 5/8/35), else
+        12, ``cert_invalid:crl_not_yet_valid`` 11, ``cert_invalid:crl_bad_signature`` 5/8/35),
+        ``cert_invalid:purpose`` (26: the ExtendedKeyUsage does not allow the certificate's role), else
         ``cert_invalid:<code>``.
     """
     if code == X509_V_ERR_CERT_HAS_EXPIRED:
@@ -102,6 +104,8 @@ def verify_error_reason(code: int) -> str:
         return CRL_REASONS[code]
     if code == X509_V_ERR_CERT_CHAIN_TOO_LONG:
         return events.CERT_CHAIN_TOO_LONG  # TrustStore.max_depth
+    if code == X509_V_ERR_INVALID_PURPOSE:
+        return events.CERT_WRONG_PURPOSE  # e.g. a server-only certificate (EKU serverAuth) as a client's
     return f"{events.CERT_INVALID}:{code}"
 
 

@@ -2,23 +2,43 @@
 
 OCPP-J 2.1 §3.1.1 (protocol-digest §1.1): ``wss://csms.example.com/ocppj/RDAM%7C123``; the identity
 is an identifierString of at most 48 characters and never contains ``:`` (the Basic-auth separator).
+identifierString (OCPP 2.0.1 part 2, primitive datatypes) allows only ``a-z A-Z 0-9 * - _ = : + | @ .``, so
+an identity never carries a control character, a NUL, a space, a ``/`` or non-ASCII text: whatever decodes
+to such a character is not an identity, which keeps peer-chosen bytes out of records and log lines. ``.``
+and ``..`` are refused too: they are dot-segments, which URL normalisation removes (RFC 3986 §5.2.4), so no
+client could address them.
 """
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 
 from evsim.errors import ConfigError
 
-__all__ = ["MAX_IDENTITY_LENGTH", "station_id_from_path", "station_path", "valid_identity"]
+__all__ = [
+    "IDENTITY_RULE",
+    "MAX_IDENTITY_LENGTH",
+    "printable_target",
+    "station_id_from_path",
+    "station_path",
+    "valid_identity",
+]
 
 MAX_IDENTITY_LENGTH = 48
 """identifierString[48] (OCPP-J 2.1 §3.1.1)."""
 
+_IDENTIFIER_STRING = re.compile(r"[A-Za-z0-9*\-_=+|@.]{1,48}")
+"""identifierString without ``:``, at most :data:`MAX_IDENTITY_LENGTH` characters."""
+
+IDENTITY_RULE = "1..48 characters from a-z A-Z 0-9 * - _ = + | @ . (OCPP identifierString without ':')"
+"""The identity rule in words, for error messages."""
+
 
 def valid_identity(station_id: str) -> bool:
-    """True if ``station_id`` may appear in a connection URL: 1..48 characters, no ``:``."""
-    return 0 < len(station_id) <= MAX_IDENTITY_LENGTH and ":" not in station_id
+    """True if ``station_id`` may appear in a connection URL: an identifierString of 1..48 characters
+    without ``:``, and not the dot-segment ``.`` or ``..``."""
+    return _IDENTIFIER_STRING.fullmatch(station_id) is not None and station_id not in (".", "..")
 
 
 def _prefix(prefix: str) -> str:
@@ -36,13 +56,13 @@ def station_path(prefix: str, station_id: str) -> str:
         For example ``/ocpp/RDAM%7C123``.
 
     Raises:
-        ConfigError: the identity is empty, longer than 48 characters, or contains ``:``.
+        ConfigError: the identity is not valid (see :func:`valid_identity`).
     """
     if not valid_identity(station_id):
         raise ConfigError(
-            "a station identity must be 1..48 characters without ':' (OCPP-J §3.1.1)",
+            f"a station identity must be {IDENTITY_RULE}, OCPP-J §3.1.1",
             value=station_id,
-            fix="shorten the identity or remove the colon",
+            fix="use only those characters, at most 48 of them",
         )
     return f"{_prefix(prefix)}/{urllib.parse.quote(station_id, safe='')}"
 
@@ -56,7 +76,7 @@ def station_id_from_path(path: str, prefix: str) -> str | None:
 
     Returns:
         The decoded identity; None when the path is not ``prefix/<one segment>``, the segment is not
-        valid percent-encoded UTF-8, or the identity is empty, longer than 48 characters or has ``:``.
+        valid percent-encoded UTF-8, or the decoded identity is not valid (see :func:`valid_identity`).
     """
     path = path.partition("?")[0]
     head = _prefix(prefix) + "/"
@@ -70,3 +90,22 @@ def station_id_from_path(path: str, prefix: str) -> str | None:
     except UnicodeDecodeError:
         return None
     return station_id if valid_identity(station_id) else None
+
+
+_SHOWN_TARGET = 96
+"""Most characters of a refused request target kept for events and logs."""
+
+
+def printable_target(target: str, limit: int = _SHOWN_TARGET) -> str:
+    """A request target as it may appear in an event or a log line: ``!``..``~`` kept except ``\\``, everything
+    else (space, controls, ``\\``, non-ASCII) as ``\\xNN`` / ``\\uNNNN``, cut to ``limit`` characters with
+    ``...`` after a cut."""
+    shown = "".join(_printable_char(c) for c in target[: limit + 1])
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
+def _printable_char(c: str) -> str:
+    if "!" <= c <= "~" and c != "\\":
+        return c
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
