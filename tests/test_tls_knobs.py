@@ -961,7 +961,12 @@ def test_cli_tls_capabilities(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     err = capsys.readouterr().err
     assert "bad.toml" in err and "enforce[0]" in err and "cannot enforce" in err
     flags = _tls_capabilities_flags()
-    assert {f.option_strings[0] for f in flags} == {"--json", "--profile"}
+    assert {f.option_strings[0] for f in flags} == {
+        "--json",
+        "--profile",
+        "-q",
+        "-v",
+    }  # -q/-v on every command
     assert all(f.help for f in flags)  # every flag has help (test_cli checks only first-level commands)
 
 
