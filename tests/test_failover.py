@@ -28,13 +28,13 @@ import trio.testing
 from hypothesis import event, example, given
 from hypothesis import strategies as st
 
+from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock
 from evsim.metrics.recorder import Event, Recorder
 from evsim.net.virtual import LinkPolicy, VirtualNetwork
 from evsim.nodes.controller import ControllerConfig, LocalController, UpstreamLossPolicy
 from evsim.nodes.csms import Csms, CsmsConfig, StationRecord
 from evsim.nodes.station import Station, StationConfig
-from evsim.ocpp.backoff import RetryBackOff
 from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile, NetworkSlot
 from evsim.pki import CertificateAuthority
 from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile, TrustStore

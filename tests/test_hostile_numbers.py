@@ -18,13 +18,13 @@ import trio
 import trio.testing
 from hypothesis import given
 
+from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock
 from evsim.errors import CallErrorReceived
 from evsim.metrics.recorder import Recorder
 from evsim.net.virtual import VirtualNetwork
 from evsim.nodes.csms import Csms, CsmsConfig, StationRecord
 from evsim.nodes.station import Station, StationConfig
-from evsim.ocpp.backoff import RetryBackOff
 from evsim.ocpp.netprofile import (
     NetworkConnectionProfile,
     NetworkProfiles,

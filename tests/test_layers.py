@@ -24,7 +24,18 @@ SOURCE = ROOT / "evsim"
 #: The layers, bottom first: (name, the modules and packages in it). A package entry covers its submodules;
 #: ``evsim`` itself (the package's ``__init__``) is only that module.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("evsim", "evsim.errors", "evsim.clock", "evsim.report", "evsim.runtime")),
+    (
+        "base",
+        (
+            "evsim",
+            "evsim.errors",
+            "evsim.clock",
+            "evsim.report",
+            "evsim.runtime",
+            "evsim.backoff",
+            "evsim.urls",
+        ),
+    ),
     ("pki", ("evsim.pki",)),
     ("net", ("evsim.net",)),
     ("tls", ("evsim.tls",)),
@@ -46,9 +57,7 @@ ONLY: dict[str, frozenset[str]] = {
 #: entry that no longer matches an import fails the test too, so the list only shrinks.
 KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset(
     {
-        ("evsim.ocpp.netprofile", "evsim.net.base"),
         ("evsim.ocpp.netprofile", "evsim.tls.service"),
-        ("evsim.tls.service", "evsim.ocpp.backoff"),
         ("evsim.metrics.summary", "evsim.scenario.model"),
         ("evsim.nodes.admission", "evsim.metrics.recorder"),
         ("evsim.nodes.controller", "evsim.metrics.recorder"),
@@ -60,7 +69,6 @@ KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset(
 #: Package cycles that exist today (each a set of packages), emptied like :data:`KNOWN_VIOLATIONS`.
 KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset(
     {
-        frozenset({"evsim.ocpp", "evsim.tls"}),
         frozenset({"evsim.metrics", "evsim.nodes", "evsim.scenario"}),
     }
 )

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from evsim.backoff import BackOffSchedule, RetryBackOff
 from evsim.errors import ConfigError
-from evsim.ocpp.backoff import BackOffSchedule, RetryBackOff
 from evsim.ocpp.netprofile import (
     FallbackPolicy,
     NetworkConnectionProfile,

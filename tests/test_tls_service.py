@@ -14,11 +14,11 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock
 from evsim.errors import ConfigError, TransportError, UpgradeRejected, failure_reason
 from evsim.metrics.recorder import Recorder
 from evsim.net import VirtualNetwork
-from evsim.ocpp.backoff import RetryBackOff
 from evsim.pki import CertKey, spki_sha256
 from evsim.tls import Identity, ServerTls, TlsInfo, TlsProfile, TrustStore, events, tls_accept
 from evsim.tls.peer import PeerEvent, PeerPolicy

@@ -43,6 +43,7 @@ from typing import Any
 import attrs
 import trio
 
+from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock, isoformat
 from evsim.errors import (
     CallErrorReceived,
@@ -53,8 +54,7 @@ from evsim.errors import (
     failure_reason,
 )
 from evsim.metrics.recorder import Recorder
-from evsim.net.base import Network, parse_url
-from evsim.ocpp.backoff import RetryBackOff
+from evsim.net.base import Network
 from evsim.ocpp.limits import BOOT_RETRY_INTERVAL, HEARTBEAT_INTERVAL, OutOfRange
 from evsim.ocpp.netprofile import (
     FallbackPolicy,
@@ -81,6 +81,7 @@ from evsim.tls.events import (
 from evsim.tls.peer import PeerEvent
 from evsim.tls.sessions import SessionStore
 from evsim.tls.stream import TlsInfo, tls_connect
+from evsim.urls import parse_url
 from evsim.ws.auth import basic_auth_header
 from evsim.ws.connection import ws_client
 from evsim.ws.paths import station_path

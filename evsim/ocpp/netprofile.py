@@ -49,8 +49,8 @@ back-off value, a lost connection waits the first one), and it draws the same ra
 moments, so existing runs and golden logs do not change. (That, the runtime-mutable priority, the
 downgrade filter and the station-installed TLS of SetNetworkProfile slots are why this walker does not
 wrap :class:`~evsim.tls.service.EndpointPlanner`, whose ``Service`` is frozen, needs a trust store per ``wss``
-endpoint and draws the reconnect jitter at success time; it reuses its :class:`~evsim.tls.service.Attempt`
-record, the :class:`~evsim.tls.service.Endpoint` TLS bundle and :class:`~evsim.ocpp.backoff.BackOffSchedule`.)
+endpoint and draws the reconnect jitter at success time; it shares its :class:`~evsim.backoff.Attempt`
+record, the :class:`~evsim.tls.service.Endpoint` TLS bundle and :class:`~evsim.backoff.BackOffSchedule`.)
 """
 
 from __future__ import annotations
@@ -62,9 +62,8 @@ from typing import Any, Literal, TypeAlias
 
 import attrs
 
+from evsim.backoff import Attempt, BackOffSchedule, RetryBackOff
 from evsim.errors import ConfigError
-from evsim.net.base import parse_url
-from evsim.ocpp.backoff import BackOffSchedule, RetryBackOff
 from evsim.ocpp.limits import (
     MESSAGE_TIMEOUT,
     NETWORK_CONNECTION_ATTEMPTS,
@@ -74,7 +73,8 @@ from evsim.ocpp.limits import (
     Bound,
     OutOfRange,
 )
-from evsim.tls.service import Attempt, Endpoint
+from evsim.tls.service import Endpoint
+from evsim.urls import parse_url
 
 __all__ = [
     "DEFAULT_SLOT_NUMBERS",

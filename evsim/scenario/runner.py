@@ -28,6 +28,7 @@ import trio
 import trio.testing
 from cryptography import x509
 
+from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, OcppError, TransportError
 from evsim.metrics.recorder import Event, Recorder
@@ -39,7 +40,6 @@ from evsim.nodes.admission import TrustedController
 from evsim.nodes.controller import ControllerConfig, LocalController
 from evsim.nodes.csms import Csms, CsmsConfig, StationRecord
 from evsim.nodes.station import Station, StationConfig, peer_event_fields
-from evsim.ocpp.backoff import RetryBackOff
 from evsim.ocpp.netprofile import DEFAULT_SLOT_NUMBERS, NetworkConnectionProfile, NetworkSlot
 from evsim.pki import CertKey
 from evsim.pki.revocation import OcspStaple
