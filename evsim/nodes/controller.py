@@ -12,7 +12,7 @@ Station doesn't have to behave different" and "so that the CSMS can not notice" 
   the subprotocol is chosen from ``ocpp_versions`` (none: accept and close, OCPP-J §3.2).
 * **Upstream** (the controller acts as a station, §6.2): "once that connection is up" the controller opens one
   WebSocket to the CSMS per station, *under the station's identity* (same URI path), through
-  :func:`~evsim.tls.service.connect_service`: the :class:`~evsim.tls.service.Service` lists the CSMS endpoints
+  :func:`~evsim.link.service.connect_service`: the :class:`~evsim.link.service.Service` lists the CSMS endpoints
   (priority failover, OCPP back-off), each with the controller's TLS profile, trust store and - for profile 3 -
   the controller's *own* client certificate (§6.5: it never holds the stations' keys; see
   :mod:`evsim.nodes.admission` for how a CSMS accepts that). Basic auth: the station's own ``Authorization``
@@ -66,6 +66,7 @@ from evsim.errors import (
     UpgradeRejected,
     failure_reason,
 )
+from evsim.link.service import Endpoint, EndpointPlanner, Service, ServiceUnavailable, connect_service
 from evsim.metrics.recorder import Recorder
 from evsim.net.base import Network
 from evsim.nodes.admission import (
@@ -93,7 +94,6 @@ from evsim.ocpp.rpc import random_id_prefix
 from evsim.ocpp.versions import choose_subprotocol, subprotocol_for, version_for
 from evsim.tls.config import Identity, TlsProfile, TrustStore
 from evsim.tls.context import ServerTls
-from evsim.tls.service import Endpoint, EndpointPlanner, Service, ServiceUnavailable, connect_service
 from evsim.tls.stream import TlsInfo
 from evsim.ws.auth import basic_auth_header
 from evsim.ws.connection import Accept, Reject, UpgradeRequest, WebSocket, ws_client

@@ -53,17 +53,11 @@ from evsim.errors import (
     TransportError,
     failure_reason,
 )
+from evsim.link.slots import NetworkProfiles, NetworkSlot
 from evsim.metrics.recorder import Recorder
 from evsim.net.base import Network
 from evsim.ocpp.limits import BOOT_RETRY_INTERVAL, HEARTBEAT_INTERVAL, OutOfRange
-from evsim.ocpp.netprofile import (
-    FallbackPolicy,
-    NetworkConnectionProfile,
-    NetworkProfiles,
-    NetworkSettings,
-    NetworkSlot,
-    ProfileRejected,
-)
+from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile, NetworkSettings, ProfileRejected
 from evsim.ocpp.rpc import RpcConnection
 from evsim.ocpp.session import OcppSession
 from evsim.ocpp.transaction import TransactionRecorder

@@ -31,6 +31,8 @@ from cryptography import x509
 from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, OcppError, TransportError
+from evsim.link.service import Endpoint, Service
+from evsim.link.slots import NetworkSlot
 from evsim.metrics.recorder import Event, Recorder
 from evsim.metrics.rundir import Sample
 from evsim.net.base import Network
@@ -40,7 +42,7 @@ from evsim.nodes.admission import TrustedController
 from evsim.nodes.controller import ControllerConfig, LocalController
 from evsim.nodes.csms import Csms, CsmsConfig, StationRecord
 from evsim.nodes.station import Station, StationConfig, peer_event_fields
-from evsim.ocpp.netprofile import DEFAULT_SLOT_NUMBERS, NetworkConnectionProfile, NetworkSlot
+from evsim.ocpp.netprofile import DEFAULT_SLOT_NUMBERS, NetworkConnectionProfile
 from evsim.pki import CertKey
 from evsim.pki.revocation import OcspStaple
 from evsim.runtime import tune_gc
@@ -69,7 +71,6 @@ from evsim.tls import (
     TlsProfile,
     TrustStore,
 )
-from evsim.tls.service import Endpoint, Service
 
 #: Actions and link knobs the model accepts that this runner cannot enforce yet; refused before the run starts.
 NOT_YET: dict[str, str] = {}
