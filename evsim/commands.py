@@ -14,7 +14,6 @@ import trio.testing
 
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, PkiError
-from evsim.metrics.recorder import Recorder
 from evsim.net.base import Network
 from evsim.net.tcp import TcpNetwork
 from evsim.net.virtual import VirtualNetwork
@@ -22,6 +21,7 @@ from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.security import csms_server_tls, load_anchors, station_client_tls
 from evsim.nodes.station import Station, StationConfig, station_ids
 from evsim.pki import DevPki, init_dev_pki
+from evsim.recorder import Recorder
 from evsim.report import table
 from evsim.urls import parse_url
 

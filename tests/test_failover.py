@@ -32,13 +32,13 @@ from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock
 from evsim.link.service import Endpoint, Service
 from evsim.link.slots import NetworkSlot
-from evsim.metrics.recorder import Event, Recorder
 from evsim.net.virtual import LinkPolicy, VirtualNetwork
 from evsim.nodes.controller import ControllerConfig, LocalController, UpstreamLossPolicy
 from evsim.nodes.csms import Csms, CsmsConfig, StationRecord
 from evsim.nodes.station import Station, StationConfig
 from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile
 from evsim.pki import CertificateAuthority
+from evsim.recorder import Event, Recorder
 from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile, TrustStore
 from tests.e2e_harness import PASSWORD
 from tests.pki_fixtures import CSMS_HOST, ORG, TEST_NOW, make_test_pki

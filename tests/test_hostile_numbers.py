@@ -22,11 +22,11 @@ from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock
 from evsim.errors import CallErrorReceived
 from evsim.link.slots import NetworkProfiles, NetworkSlot
-from evsim.metrics.recorder import Recorder
 from evsim.net.virtual import VirtualNetwork
 from evsim.nodes.csms import Csms, CsmsConfig, StationRecord
 from evsim.nodes.station import Station, StationConfig
 from evsim.ocpp.netprofile import NetworkConnectionProfile, NetworkSettings, ProfileRejected
+from evsim.recorder import Recorder
 from evsim.tls import ClientTls, ServerTls, TlsProfile
 from evsim.ws.connection import WebSocket
 from tests.e2e_harness import PASSWORD, Harness, harness

@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "evsim.runtime",
             "evsim.backoff",
             "evsim.urls",
+            "evsim.recorder",
         ),
     ),
     ("pki", ("evsim.pki",)),
@@ -59,17 +60,13 @@ ONLY: dict[str, frozenset[str]] = {
 KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset(
     {
         ("evsim.metrics.summary", "evsim.scenario.model"),
-        ("evsim.nodes.admission", "evsim.metrics.recorder"),
-        ("evsim.nodes.controller", "evsim.metrics.recorder"),
-        ("evsim.nodes.csms", "evsim.metrics.recorder"),
-        ("evsim.nodes.station", "evsim.metrics.recorder"),
     }
 )
 
 #: Package cycles that exist today (each a set of packages), emptied like :data:`KNOWN_VIOLATIONS`.
 KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset(
     {
-        frozenset({"evsim.metrics", "evsim.nodes", "evsim.scenario"}),
+        frozenset({"evsim.metrics", "evsim.scenario"}),
     }
 )
 

@@ -28,9 +28,9 @@ from evsim.link.service import (
     TlsNames,
     connect_service,
 )
-from evsim.metrics.recorder import Recorder
 from evsim.net import VirtualNetwork
 from evsim.pki import CertKey, spki_sha256
+from evsim.recorder import Recorder
 from evsim.tls import Identity, ServerTls, TlsInfo, TlsProfile, TrustStore, events, tls_accept
 from evsim.tls.peer import PeerEvent, PeerPolicy
 from evsim.tls.pins import Pin, PinSet

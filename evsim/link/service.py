@@ -667,7 +667,7 @@ class EndpointPlanner:
 
 
 class EventSink(Protocol):
-    """What :func:`connect_service` needs of a recorder (:class:`evsim.metrics.recorder.Recorder` fits)."""
+    """What :func:`connect_service` needs of a recorder (:class:`evsim.recorder.Recorder` fits)."""
 
     def emit(self, node: str, kind: str, **data: Any) -> object:
         """Record one event."""

@@ -1,7 +1,7 @@
 """Summary tables and the canonical event log, computed from a run's events alone.
 
 Everything here is a pure function of the event list (the JSON objects of ``events.jsonl``, or
-:class:`~evsim.metrics.recorder.Event` objects) and of a :class:`Topology` saying which station belongs to
+:class:`~evsim.recorder.Event` objects) and of a :class:`Topology` saying which station belongs to
 which group and which CSMS each group connects to, so ``evsim report`` can rebuild the summary from a run
 directory without re-running anything.
 
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import attrs
 import orjson
 
-from evsim.metrics.recorder import Event
+from evsim.recorder import Event
 from evsim.report import table
 from evsim.scenario.model import FrozenMap
 

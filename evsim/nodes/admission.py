@@ -39,7 +39,7 @@ from cryptography.x509.oid import NameOID
 
 from evsim.clock import SimClock
 from evsim.errors import HandshakeFailed
-from evsim.metrics.recorder import Recorder
+from evsim.recorder import Recorder
 from evsim.tls.context import ServerTls
 from evsim.tls.events import ocpp_security_event
 from evsim.tls.stream import TlsInfo, TlsStream, tls_accept

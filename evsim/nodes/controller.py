@@ -67,7 +67,6 @@ from evsim.errors import (
     failure_reason,
 )
 from evsim.link.service import Endpoint, EndpointPlanner, Service, ServiceUnavailable, connect_service
-from evsim.metrics.recorder import Recorder
 from evsim.net.base import Network
 from evsim.nodes.admission import (
     Admission,
@@ -92,6 +91,7 @@ from evsim.nodes.relay import (
 )
 from evsim.ocpp.rpc import random_id_prefix
 from evsim.ocpp.versions import choose_subprotocol, subprotocol_for, version_for
+from evsim.recorder import Recorder
 from evsim.tls.config import Identity, TlsProfile, TrustStore
 from evsim.tls.context import ServerTls
 from evsim.tls.stream import TlsInfo

@@ -54,7 +54,6 @@ from evsim.errors import (
     failure_reason,
 )
 from evsim.link.slots import NetworkProfiles, NetworkSlot
-from evsim.metrics.recorder import Recorder
 from evsim.net.base import Network
 from evsim.ocpp.limits import BOOT_RETRY_INTERVAL, HEARTBEAT_INTERVAL, OutOfRange
 from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile, NetworkSettings, ProfileRejected
@@ -63,6 +62,7 @@ from evsim.ocpp.session import OcppSession
 from evsim.ocpp.transaction import TransactionRecorder
 from evsim.ocpp.txqueue import QueuedMessage, TxQueue
 from evsim.ocpp.versions import subprotocol_for, version_for
+from evsim.recorder import Recorder
 from evsim.tls.context import ClientTls
 from evsim.tls.events import (
     PEER_KEY_CHANGED,

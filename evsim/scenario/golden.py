@@ -18,8 +18,8 @@ import hashlib
 import sys
 from pathlib import Path
 
-from evsim.metrics.recorder import Event
 from evsim.metrics.summary import canonical_log
+from evsim.recorder import Event
 from evsim.scenario.loader import load_scenario
 from evsim.scenario.runner import run_scenario
 

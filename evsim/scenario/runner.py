@@ -33,7 +33,6 @@ from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, OcppError, TransportError
 from evsim.link.service import Endpoint, Service
 from evsim.link.slots import NetworkSlot
-from evsim.metrics.recorder import Event, Recorder
 from evsim.metrics.rundir import Sample
 from evsim.net.base import Network
 from evsim.net.tcp import TcpNetwork
@@ -45,6 +44,7 @@ from evsim.nodes.station import Station, StationConfig, peer_event_fields
 from evsim.ocpp.netprofile import DEFAULT_SLOT_NUMBERS, NetworkConnectionProfile
 from evsim.pki import CertKey
 from evsim.pki.revocation import OcspStaple
+from evsim.recorder import Event, Recorder
 from evsim.runtime import tune_gc
 from evsim.scenario.attacks import RedirectingNetwork, downgrade_client, mitm_relay
 from evsim.scenario.loader import layer_change_policy, layer_pin_set

@@ -5,6 +5,9 @@ Every node reports what happens (``handshake_ok``, ``handshake_failed``, ``boote
 per-recorder sequence number and a small dict of fields. The recorder keeps a bounded window of events, counts
 every kind, and forwards each event to an optional sink (a JSONL writer, a live display). Trio's scheduler
 order is random, so a canonical log is the events sorted by (time, node, node-local sequence).
+
+The recorder is a base-layer module: nodes, links and scenarios write to it without importing the reports,
+and :mod:`evsim.metrics` reads what it recorded (metrics consume events and import no node or scenario code).
 """
 
 from __future__ import annotations
