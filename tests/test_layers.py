@@ -35,6 +35,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "evsim.backoff",
             "evsim.urls",
             "evsim.recorder",
+            "evsim.frozenmap",
         ),
     ),
     ("pki", ("evsim.pki",)),
@@ -54,21 +55,6 @@ ONLY: dict[str, frozenset[str]] = {
     "ocpp": frozenset({"base"}),  # sans-IO: no network, TLS or WebSocket code
     "metrics": frozenset({"base"}),  # consumes the event stream only
 }
-
-#: Imports that break the contract today, as (importer, imported module). Each fix removes its entry; an
-#: entry that no longer matches an import fails the test too, so the list only shrinks.
-KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("evsim.metrics.summary", "evsim.scenario.model"),
-    }
-)
-
-#: Package cycles that exist today (each a set of packages), emptied like :data:`KNOWN_VIOLATIONS`.
-KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset(
-    {
-        frozenset({"evsim.metrics", "evsim.scenario"}),
-    }
-)
 
 
 def module_name(path: Path) -> str:
@@ -212,18 +198,12 @@ def test_layer_table_entries_exist() -> None:
 
 def test_imports_only_go_down() -> None:
     found = violations()
-    new = {k: v for k, v in found.items() if k not in KNOWN_VIOLATIONS}
-    assert not new, "imports against the layer order:\n" + "\n".join(sorted(new.values()))
-    stale = KNOWN_VIOLATIONS - set(found)
-    assert not stale, f"fixed, remove from KNOWN_VIOLATIONS: {sorted(stale)}"
+    assert not found, "imports against the layer order:\n" + "\n".join(sorted(found.values()))
 
 
 def test_no_package_cycles() -> None:
     cycles = package_cycles()
-    new = cycles - KNOWN_CYCLES
-    assert not new, f"import cycles between packages: {[sorted(c) for c in new]}"
-    stale = KNOWN_CYCLES - cycles
-    assert not stale, f"fixed, remove from KNOWN_CYCLES: {[sorted(c) for c in stale]}"
+    assert not cycles, f"import cycles between packages: {[sorted(c) for c in cycles]}"
 
 
 def test_the_checker_sees_every_kind_of_import(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 from evsim.cli import main
 from evsim.errors import ConfigError
 from evsim.metrics.failover import Recovery, recoveries
-from evsim.metrics.summary import Topology, canonical_log, node_roles
+from evsim.metrics.summary import canonical_log, node_roles
 from evsim.nodes.station import Station
 from evsim.scenario.golden import GOLDEN_DIR, deterministic_events, golden_text, shipped
 from evsim.scenario.loader import load_scenario, loads_scenario
@@ -151,7 +151,7 @@ def test_partition_heal_outcome() -> None:
 
 def _recovery(result: RunResult) -> list[Recovery]:
     events = [e.as_json() for e in result.recorder.events]
-    return recoveries(events, node_roles(events, Topology.from_scenario(result.scenario)))
+    return recoveries(events, node_roles(events, result.scenario.topology()))
 
 
 def test_failover_primary_down_outcome() -> None:
