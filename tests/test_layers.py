@@ -4,8 +4,8 @@ Every module under ``evsim/`` belongs to one layer of :data:`LAYERS` (bottom fir
 own layer or the layers below. Some layers are narrower still (:data:`ONLY`): the OCPP core is sans-IO and
 metrics consume events, so both import from the base layer alone. Imports are read with :mod:`ast`, so an
 import inside a function or under ``if TYPE_CHECKING:`` counts like one at module level. On top of the
-order, the packages must form no import cycle, and the sans-IO OCPP modules must load without trio or
-OpenSSL.
+order, the packages must form no import cycle, the sans-IO OCPP modules must load without trio or
+OpenSSL, and each confined third-party library (:data:`ENTRY_POINTS`) enters through one package.
 """
 
 from __future__ import annotations
@@ -54,6 +54,18 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 ONLY: dict[str, frozenset[str]] = {
     "ocpp": frozenset({"base"}),  # sans-IO: no network, TLS or WebSocket code
     "metrics": frozenset({"base"}),  # consumes the event stream only
+}
+
+
+#: Third-party libraries that enter through one place: library -> the package or module allowed to import it
+#: (None: no evsim module may; trio-websocket is only the benchmark's comparison for our WebSocket loop).
+ENTRY_POINTS: dict[str, str | None] = {
+    "OpenSSL": "evsim.tls",
+    "wsproto": "evsim.ws",
+    "fastjsonschema": "evsim.ocpp.schema",
+    "rich": "evsim.metrics.live",
+    "matplotlib": "evsim.metrics.plots",
+    "trio_websocket": None,
 }
 
 
@@ -204,6 +216,25 @@ def test_imports_only_go_down() -> None:
 def test_no_package_cycles() -> None:
     cycles = package_cycles()
     assert not cycles, f"import cycles between packages: {[sorted(c) for c in cycles]}"
+
+
+def third_party_imports(path: Path) -> Iterator[str]:
+    """The top-level names of the absolute, non-evsim imports in a file."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            yield node.module.partition(".")[0]
+
+
+def test_third_party_libraries_enter_through_one_place() -> None:
+    wrong = []
+    for module, path in modules().items():
+        for library in set(third_party_imports(path)) & set(ENTRY_POINTS):
+            allowed = ENTRY_POINTS[library]
+            if allowed is None or not (module == allowed or module.startswith(allowed + ".")):
+                wrong.append(f"{module} imports {library} (allowed in: {allowed or 'nothing'})")
+    assert not wrong, "\n".join(sorted(wrong))
 
 
 def test_the_checker_sees_every_kind_of_import(tmp_path: Path) -> None:
