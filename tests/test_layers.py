@@ -278,3 +278,31 @@ def test_sans_io_modules_load_neither_trio_nor_openssl(module: str) -> None:
         cwd=ROOT,
     )
     assert result.stdout.strip() == "", f"import {module} loaded {result.stdout.strip()}"
+
+
+def documented_layers() -> list[tuple[str, tuple[str, ...], str]]:
+    """The ```layers block of docs/architecture.md, bottom first: (layer, modules, description)."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    start = text.index("```layers\n") + len("```layers\n")
+    block = text[start : text.index("```", start)]
+    out = []
+    for line in block.splitlines():
+        name, *words = line.split()
+        paths = [w for w in words if w.endswith((".py", "/"))]
+        description = " ".join(w for w in words if w not in paths)
+        mods = tuple(
+            "evsim" if p == "__init__.py" else "evsim." + p.removesuffix("/").removesuffix(".py")
+            for p in paths
+        )
+        out.append((name, mods, description))
+    return out[::-1]
+
+
+def test_architecture_doc_lists_the_layers_of_the_code() -> None:
+    documented = documented_layers()
+    assert [(name, set(mods)) for name, mods, _ in documented] == [
+        (name, set(entries)) for name, entries in LAYERS
+    ], "docs/architecture.md's layers block and LAYERS differ"
+    for name, _, description in documented:
+        if name in ONLY:
+            assert f"imports {' '.join(sorted(ONLY[name]))} only" in description, name
