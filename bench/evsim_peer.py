@@ -23,12 +23,12 @@ import trio
 
 from bench.common import Result, cpu_s, raise_nofile, rss_kib
 from evsim.clock import SimClock, real_utcnow
-from evsim.metrics.recorder import Recorder
 from evsim.net.tcp import TcpNetwork
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.security import csms_server_tls, station_client_tls
 from evsim.nodes.station import Station, StationConfig, station_ids
 from evsim.pki import DevPki, init_dev_pki
+from evsim.recorder import Recorder
 
 PASSWORD = "bench-password-000001"
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.common import raise_nofile
 from evsim.metrics.failover import endpoint_counts, recoveries
-from evsim.metrics.summary import Topology, node_roles
+from evsim.metrics.summary import node_roles
 from evsim.report import table
 from evsim.scenario.loader import loads_scenario
 from evsim.scenario.runner import run_scenario
@@ -73,7 +73,7 @@ def run_one(clock: str, n: int) -> dict[str, Any]:
     result = run_scenario(sc)
     wall = time.perf_counter() - t0
     events = [e.as_json() for e in result.recorder.events]
-    roles = node_roles(events, Topology.from_scenario(sc))
+    roles = node_roles(events, sc.topology())
     (rec,) = recoveries(events, roles)
     peak = {c.endpoint: c.peak_per_s for c in endpoint_counts(events, roles)}
     return {

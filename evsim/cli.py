@@ -14,11 +14,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from evsim import __version__
+from evsim import DEV_PASSWORD, __version__
 from evsim.errors import ConfigError, EvsimError
-
-DEV_PASSWORD = "evsim-dev-password-0001"  # >= 16 chars (OCPP A00.FR.205 passwordString minimum)
-"""The default of ``--password``: public, so ``evsim csms`` and ``evsim stations`` warn when they use it."""
 
 
 def _host_port(value: str) -> tuple[str, int]:

@@ -13,19 +13,20 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from evsim.cli import DEV_PASSWORD
+from evsim import DEV_PASSWORD
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, PkiError
-from evsim.metrics.recorder import EventPrinter, Recorder, level_of_verbosity
-from evsim.net.base import Network, parse_url
+from evsim.net.base import Network
 from evsim.net.tcp import TcpNetwork
 from evsim.net.virtual import VirtualNetwork
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.security import csms_server_tls, load_anchors, station_client_tls
 from evsim.nodes.station import Station, StationConfig, station_ids
 from evsim.pki import DevPki, init_dev_pki
+from evsim.recorder import EventPrinter, Recorder, level_of_verbosity
 from evsim.report import table
 from evsim.tls.context import ServerTls
+from evsim.urls import parse_url
 from evsim.ws.paths import IDENTITY_RULE, valid_identity
 
 

@@ -9,12 +9,12 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
+from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock
-from evsim.metrics.recorder import Event, Recorder
 from evsim.net.virtual import VirtualNetwork
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.station import Station, StationConfig
-from evsim.ocpp.backoff import RetryBackOff
+from evsim.recorder import Event, Recorder
 from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, TestPki, make_test_pki
 

@@ -10,14 +10,14 @@ import pytest
 import trio
 import trio.testing
 
+from evsim.backoff import RetryBackOff
 from evsim.errors import ConfigError, WebSocketClosed
+from evsim.link.service import Endpoint, Service
 from evsim.nodes.admission import TrustedController
 from evsim.nodes.controller import ControllerConfig, LocalController, UpstreamLossPolicy
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.station import Station
-from evsim.ocpp.backoff import RetryBackOff
 from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile, tls_connect
-from evsim.tls.service import Endpoint, Service
 from evsim.ws.auth import basic_auth_header
 from evsim.ws.connection import WebSocket, ws_client
 from evsim.ws.paths import station_path

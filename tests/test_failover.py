@@ -28,17 +28,18 @@ import trio.testing
 from hypothesis import event, example, given
 from hypothesis import strategies as st
 
+from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock
-from evsim.metrics.recorder import Event, Recorder
+from evsim.link.service import Endpoint, Service
+from evsim.link.slots import NetworkSlot
 from evsim.net.virtual import LinkPolicy, VirtualNetwork
 from evsim.nodes.controller import ControllerConfig, LocalController, UpstreamLossPolicy
 from evsim.nodes.csms import Csms, CsmsConfig, StationRecord
 from evsim.nodes.station import Station, StationConfig
-from evsim.ocpp.backoff import RetryBackOff
-from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile, NetworkSlot
+from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile
 from evsim.pki import CertificateAuthority
+from evsim.recorder import Event, Recorder
 from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile, TrustStore
-from evsim.tls.service import Endpoint, Service
 from tests.e2e_harness import PASSWORD
 from tests.pki_fixtures import CSMS_HOST, ORG, TEST_NOW, make_test_pki
 

@@ -23,15 +23,16 @@ import pytest
 import trio
 import trio.testing
 
-from evsim.cli import DEV_PASSWORD, main
+from evsim import DEV_PASSWORD
+from evsim.cli import main
 from evsim.clock import SimClock
 from evsim.errors import TransportError
-from evsim.metrics.recorder import Recorder
 from evsim.net.tcp import TcpNetwork
 from evsim.net.virtual import VirtualListener, VirtualNetwork
 from evsim.nodes.acceptor import ACCEPT_RETRY_INITIAL_S, ACCEPT_RETRY_MAX_S, FD_RESERVE, Acceptor
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.security import load_anchors, station_client_tls
+from evsim.recorder import Recorder
 from evsim.tls import ClientTls, ServerTls, TlsProfile, tls_connect
 from evsim.ws.auth import basic_auth_header
 from evsim.ws.connection import WebSocket, ws_client

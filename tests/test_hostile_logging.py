@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from evsim.cli import build_parser
 from evsim.commands import event_log_level, serve_csms
 from evsim.errors import TransportError, UpgradeRejected
-from evsim.metrics.recorder import Event, EventPrinter, event_level, format_event
 from evsim.net.virtual import VirtualNetwork
 from evsim.nodes.csms import CsmsConfig
+from evsim.recorder import Event, EventPrinter, event_level, format_event
 from evsim.text import ELLIPSIS, escape
 from evsim.tls import ClientTls, ServerTls, TlsProfile, tls_connect
 from evsim.ws.auth import basic_auth_header

@@ -18,20 +18,15 @@ import trio
 import trio.testing
 from hypothesis import given
 
+from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock
 from evsim.errors import CallErrorReceived
-from evsim.metrics.recorder import Recorder
+from evsim.link.slots import NetworkProfiles, NetworkSlot
 from evsim.net.virtual import VirtualNetwork
 from evsim.nodes.csms import Csms, CsmsConfig, StationConnection, StationRecord
 from evsim.nodes.station import Station, StationConfig
-from evsim.ocpp.backoff import RetryBackOff
-from evsim.ocpp.netprofile import (
-    NetworkConnectionProfile,
-    NetworkProfiles,
-    NetworkSettings,
-    NetworkSlot,
-    ProfileRejected,
-)
+from evsim.ocpp.netprofile import NetworkConnectionProfile, NetworkSettings, ProfileRejected
+from evsim.recorder import Recorder
 from evsim.tls import ClientTls, ServerTls, TlsProfile
 from tests.e2e_harness import PASSWORD, Harness, harness
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW

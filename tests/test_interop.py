@@ -17,11 +17,11 @@ import pytest
 import trio
 
 from evsim.clock import SimClock, real_utcnow
-from evsim.metrics.recorder import Recorder
 from evsim.net.tcp import TcpNetwork
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.security import csms_server_tls
 from evsim.pki import DevPki, init_dev_pki
+from evsim.recorder import Recorder
 
 pytestmark = [pytest.mark.loopback, pytest.mark.slow]
 

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import random
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from evsim.backoff import BackOffSchedule, RetryBackOff
 from evsim.errors import ConfigError
-from evsim.ocpp.backoff import BackOffSchedule, RetryBackOff
+from evsim.link.slots import NetworkProfiles, NetworkSlot
+from evsim.ocpp import netprofile
 from evsim.ocpp.netprofile import (
     FallbackPolicy,
     NetworkConnectionProfile,
-    NetworkProfiles,
     NetworkSettings,
-    NetworkSlot,
     ProfileRejected,
     downgrade_allowed,
 )
@@ -326,3 +327,22 @@ def test_failed_pass_visits_each_slot_attempts_times(
             assert w == 0  # another server: at once
         else:
             assert w >= backoff.wait_minimum  # retry / new pass: back-off
+
+
+@attrs.frozen
+class _PlainTls:
+    url: str
+    secure: bool = True
+
+
+def test_a_slot_takes_any_tls_settings_value() -> None:
+    """The walk is generic in a slot's own TLS settings: a plain value works, and the slot checks still apply."""
+    url = "wss://csms0.evsim.test/ocpp"
+    profile = NetworkConnectionProfile(url, 2)
+    own = netprofile.NetworkSlot(0, profile, _PlainTls(url))
+    p = netprofile.NetworkProfiles([own], NetworkSettings(), random.Random(0))
+    assert p.next_attempt(0.0)[0].tls == _PlainTls(url)
+    with pytest.raises(ConfigError, match="another URL"):
+        netprofile.NetworkSlot(0, profile, _PlainTls("wss://csms1.evsim.test/ocpp"))
+    with pytest.raises(ConfigError, match="ws:// slot"):
+        netprofile.NetworkSlot(0, profile, _PlainTls(url, secure=False))

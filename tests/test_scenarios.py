@@ -13,13 +13,15 @@ import pytest
 from evsim.cli import main
 from evsim.errors import ConfigError
 from evsim.metrics.failover import Recovery, recoveries
-from evsim.metrics.summary import Topology, canonical_log, node_roles
+from evsim.metrics.summary import canonical_log, node_roles
 from evsim.nodes.station import Station
-from evsim.scenario.golden import GOLDEN_DIR, deterministic_events, golden_text, shipped
+from evsim.scenario.golden import GOLDEN_DIR, deterministic_events, golden_diff, golden_text, shipped
 from evsim.scenario.loader import load_scenario, loads_scenario
 from evsim.scenario.runner import RunResult, preflight, run_scenario
 
 SCENARIOS = {p.stem: p for p in shipped()}
+LARGE = frozenset({"boot_storm", "failover_primary_down"})
+"""The 1,000-station scenarios (marked slow: ``make test-fast`` leaves them out)."""
 
 
 @functools.cache
@@ -48,14 +50,17 @@ def test_every_shipped_scenario_has_a_golden_log() -> None:
     } <= set(SCENARIOS)
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[pytest.mark.slow] if n in LARGE else []) for n in sorted(SCENARIOS)]
+)
 def test_same_seed_same_log_and_matches_golden(name: str) -> None:
     first = _log(_run(name))
     second = _log(run_scenario(load_scenario(SCENARIOS[name])))
     assert first == second, "two runs of the same seed differ"
-    assert golden_text(first) == (GOLDEN_DIR / f"{name}.log").read_text(), (
+    golden = (GOLDEN_DIR / f"{name}.log").read_text()
+    assert golden_text(first) == golden, (
         f"{name} no longer matches scenarios/golden/{name}.log; if the change is intended, run "
-        "python -m evsim.scenario.golden --update and review the diff"
+        f"python -m evsim.scenario.golden --update {name} and review the diff:\n{golden_diff(golden, first)}"
     )
 
 
@@ -89,6 +94,7 @@ def test_default_outcome() -> None:
     assert {st.tls_info.version for st in r.stations.values() if st.tls_info} == {"TLSv1.3"}
 
 
+@pytest.mark.slow
 def test_boot_storm_outcome() -> None:
     r = _run("boot_storm")
     assert _done(r) == 1000
@@ -151,9 +157,10 @@ def test_partition_heal_outcome() -> None:
 
 def _recovery(result: RunResult) -> list[Recovery]:
     events = [e.as_json() for e in result.recorder.events]
-    return recoveries(events, node_roles(events, Topology.from_scenario(result.scenario)))
+    return recoveries(events, node_roles(events, result.scenario.topology()))
 
 
+@pytest.mark.slow
 def test_failover_primary_down_outcome() -> None:
     r = _run("failover_primary_down")
     stop, reset = _recovery(r)

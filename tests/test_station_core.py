@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from evsim.backoff import BackOffSchedule, RetryBackOff
 from evsim.clock import isoformat
-from evsim.ocpp.backoff import BackOffSchedule, RetryBackOff
 from evsim.ocpp.transaction import TransactionRecorder
 from evsim.ocpp.txqueue import TxQueue
 

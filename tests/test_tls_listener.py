@@ -15,6 +15,7 @@ import trio.testing
 
 from evsim.clock import SimClock
 from evsim.errors import ConfigError, HandshakeFailed, TransportError
+from evsim.link.service import Endpoint, Service, connect_service
 from evsim.net import VirtualNetwork
 from evsim.pki import CertificateAuthority, CertKey, issue_self_signed, ski, spki_sha256
 from evsim.tls import (
@@ -33,7 +34,6 @@ from evsim.tls.knobs import KNOB_STATES, check_enforce
 from evsim.tls.pairing import REFUSED_PENDING, PeerTrust
 from evsim.tls.peer import PeerPolicy
 from evsim.tls.pins import Pin, PinSet
-from evsim.tls.service import Endpoint, Service, connect_service
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, tls_pair
 
 NOW = TEST_NOW

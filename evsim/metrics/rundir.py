@@ -31,7 +31,7 @@ import attrs
 import orjson
 
 from evsim.errors import ConfigError
-from evsim.metrics.recorder import Event
+from evsim.recorder import Event
 
 if TYPE_CHECKING:
     from evsim.metrics.summary import Summary
@@ -111,7 +111,7 @@ class RunData:
 
 
 class EventSink:
-    """Appends events to a JSONL file in batches; a callable for :class:`~evsim.metrics.recorder.Recorder`.
+    """Appends events to a JSONL file in batches; a callable for :class:`~evsim.recorder.Recorder`.
 
     Use it as a context manager (or call :meth:`close`): buffered lines are written when ``batch`` of them
     have accumulated, on :meth:`flush`, and on close, so a run interrupted by Ctrl-C still has its log.

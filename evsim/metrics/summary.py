@@ -1,7 +1,7 @@
 """Summary tables and the canonical event log, computed from a run's events alone.
 
 Everything here is a pure function of the event list (the JSON objects of ``events.jsonl``, or
-:class:`~evsim.metrics.recorder.Event` objects) and of a :class:`Topology` saying which station belongs to
+:class:`~evsim.recorder.Event` objects) and of a :class:`Topology` saying which station belongs to
 which group and which CSMS each group connects to, so ``evsim report`` can rebuild the summary from a run
 directory without re-running anything.
 
@@ -21,17 +21,14 @@ from __future__ import annotations
 import collections
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 import attrs
 import orjson
 
-from evsim.metrics.recorder import Event
+from evsim.frozenmap import FrozenMap
+from evsim.recorder import Event
 from evsim.report import table
-from evsim.scenario.model import FrozenMap
-
-if TYPE_CHECKING:
-    from evsim.scenario.model import Scenario
 
 EventLike: TypeAlias = Event | Mapping[str, Any]
 
@@ -113,25 +110,6 @@ class Topology:
             groups={node: group for group, nodes in groups.items() for node in nodes},
             links=dict(links or {}),
         )
-
-    @classmethod
-    def from_scenario(cls, scenario: Scenario) -> Topology:
-        """The station groups of a loaded scenario and the CSMS each one names.
-
-        Args:
-            scenario: a validated scenario.
-
-        Returns:
-            The topology.
-        """
-        topo = cls.from_groups(
-            {name: spec.station_ids() for name, spec in scenario.stations.items()},
-            {name: spec.csms for name, spec in scenario.stations.items()},
-        )
-        operators = {name: spec.secondary_of for name, spec in scenario.csms.items() if spec.secondary_of}
-        hosts = {spec.host: name for name, spec in scenario.csms.items()}
-        hosts.update({spec.host: name for name, spec in scenario.controllers.items()})
-        return attrs.evolve(topo, operators=operators, hosts=hosts)
 
     def as_json(self) -> dict[str, Any]:
         """The JSON form kept in ``meta.json``: ``{"stations": {group: [ids]}, "links": {group: csms}}``, and

@@ -8,7 +8,6 @@ from evsim.net.base import (
     StreamClosed,
     StreamStatistics,
     is_loopback,
-    parse_url,
 )
 from evsim.net.tcp import TcpListener, TcpNetwork, TcpStream
 from evsim.net.virtual import LinkPolicy, VirtualListener, VirtualNetwork, VirtualStream, memory_pipe_pair
@@ -29,5 +28,4 @@ __all__ = [
     "VirtualStream",
     "is_loopback",
     "memory_pipe_pair",
-    "parse_url",
 ]

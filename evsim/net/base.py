@@ -1,4 +1,4 @@
-"""What every network backend provides: the :class:`Network` protocol, listeners, statistics, URL parsing.
+"""What every network backend provides: the :class:`Network` protocol, listeners, statistics.
 
 Two backends implement it: :class:`evsim.net.virtual.VirtualNetwork` (in memory, with faults) and
 :class:`evsim.net.tcp.TcpNetwork` (loopback TCP). TLS and WebSocket code only sees ``trio.abc.Stream``,
@@ -13,13 +13,12 @@ understand them.
 from __future__ import annotations
 
 import ipaddress
-import urllib.parse
 from typing import Protocol, runtime_checkable
 
 import attrs
 import trio
 
-from evsim.errors import BrokenTransport, ClosedTransport, ConfigError
+from evsim.errors import BrokenTransport, ClosedTransport
 
 __all__ = [
     "NetListener",
@@ -29,7 +28,6 @@ __all__ = [
     "StreamClosed",
     "StreamStatistics",
     "format_address",
-    "parse_url",
     "peer_address",
     "remote_address",
 ]
@@ -165,44 +163,6 @@ class Network(Protocol):
     def statistics(self) -> NetworkStatistics:
         """A snapshot of the network's counters."""
         ...
-
-
-_DEFAULT_PORTS = {"ws": 80, "wss": 443}
-
-
-def parse_url(url: str) -> tuple[str, str, int, str]:
-    """Split a ``ws://`` or ``wss://`` URL.
-
-    IPv6 literals come back without brackets; the path keeps its percent-encoding and any query.
-
-    Args:
-        url: for example ``wss://csms.evsim.test:8443/ocpp`` or ``ws://[::1]/ocpp/CS1``.
-
-    Returns:
-        ``(scheme, host, port, path)``; the port defaults to 80 (ws) or 443 (wss), the path to ``/``.
-
-    Raises:
-        ConfigError: not a ws/wss URL, no host, bad port, or credentials in the URL.
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"bad URL: {exc}", value=url, fix="use ws://host[:port]/path") from None
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS:
-        raise ConfigError("URL scheme must be ws or wss", value=url, fix="use ws://... or wss://...")
-    host = parts.hostname
-    if not host:
-        raise ConfigError("URL has no host", value=url, fix="use ws://host[:port]/path")
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError(
-            "credentials in the URL are not supported", value=url, fix="configure the password separately"
-        )
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    return scheme, host, port if port is not None else _DEFAULT_PORTS[scheme], path
 
 
 def is_loopback(host: str) -> bool:

@@ -47,8 +47,8 @@ import attrs
 import trio
 
 from evsim.errors import BrokenTransport, ClosedTransport, TransportError
-from evsim.metrics.recorder import Recorder
 from evsim.net.base import format_address, remote_address
+from evsim.recorder import Recorder
 
 __all__ = [
     "ACCEPT_RETRY_INITIAL_S",

@@ -69,8 +69,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from evsim.clock import SimClock
 from evsim.errors import HandshakeFailed, UpgradeFailed
-from evsim.metrics.recorder import Recorder, bind_peer
 from evsim.net.base import peer_address, remote_address
+from evsim.recorder import Recorder, bind_peer
 from evsim.tls.context import ServerTls
 from evsim.tls.events import ocpp_security_event
 from evsim.tls.stream import TlsInfo, TlsStream, tls_accept
@@ -446,7 +446,7 @@ async def admit_station(
     """The listener steps of the CSMS and the Local Controller: :func:`accept_tls` (when ``server_tls`` is
     set), then :func:`upgrade_station` with ``decide`` seeing the handshake's outcome.
 
-    It binds the connection's peer address to the current task (:func:`~evsim.metrics.recorder.bind_peer`),
+    It binds the connection's peer address to the current task (:func:`~evsim.recorder.bind_peer`),
     so every event recorded while serving this connection names it, and records ``connection_opened`` and,
     after a handshake, ``tls_accepted`` (version, suite, group, resumed, and the client certificate's CN).
 

@@ -19,7 +19,7 @@ Station doesn't have to behave different" and "so that the CSMS can not notice" 
   way, whatever ``on_upstream_loss`` says: reconnecting would take the identity back.
 * **Upstream** (the controller acts as a station, §6.2): "once that connection is up" the controller opens one
   WebSocket to the CSMS per station, *under the station's identity* (same URI path), through
-  :func:`~evsim.tls.service.connect_service`: the :class:`~evsim.tls.service.Service` lists the CSMS endpoints
+  :func:`~evsim.link.service.connect_service`: the :class:`~evsim.link.service.Service` lists the CSMS endpoints
   (priority failover, OCPP back-off), each with the controller's TLS profile, trust store and - for profile 3 -
   the controller's *own* client certificate (§6.5: it never holds the stations' keys; see
   :mod:`evsim.nodes.admission` for how a CSMS accepts that). Basic auth: the station's own ``Authorization``
@@ -80,7 +80,7 @@ from evsim.errors import (
     WebSocketClosed,
     failure_reason,
 )
-from evsim.metrics.recorder import Recorder
+from evsim.link.service import Endpoint, EndpointPlanner, Service, ServiceUnavailable, connect_service
 from evsim.net.base import Network
 from evsim.nodes.acceptor import Acceptor, connection_admitted
 from evsim.nodes.admission import (
@@ -111,9 +111,9 @@ from evsim.nodes.relay import (
 )
 from evsim.ocpp.rpc import random_id_prefix
 from evsim.ocpp.versions import choose_subprotocol, subprotocol_for, version_for
+from evsim.recorder import Recorder
 from evsim.tls.config import Identity, TlsProfile, TrustStore
 from evsim.tls.context import ServerTls
-from evsim.tls.service import Endpoint, EndpointPlanner, Service, ServiceUnavailable, connect_service
 from evsim.tls.stream import TlsInfo
 from evsim.ws.auth import basic_auth_header
 from evsim.ws.connection import Accept, Reject, UpgradeRequest, WebSocket, ws_client

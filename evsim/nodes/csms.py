@@ -72,7 +72,6 @@ from evsim.errors import (
     TransportError,
     failure_reason,
 )
-from evsim.metrics.recorder import Recorder
 from evsim.net.base import Network
 from evsim.nodes.acceptor import Acceptor, connection_admitted, current_peer
 from evsim.nodes.admission import (
@@ -103,6 +102,7 @@ from evsim.ocpp.rpc import BadInput, RpcConnection, RpcEvent
 from evsim.ocpp.seqno import SeqNos
 from evsim.ocpp.session import OcppSession
 from evsim.ocpp.versions import choose_subprotocol, subprotocol_for, version_for
+from evsim.recorder import Recorder
 from evsim.tls.context import ServerTls
 from evsim.tls.stream import TlsInfo
 from evsim.ws.connection import Accept, Reject, UpgradeRequest, WebSocket

@@ -43,6 +43,7 @@ from typing import Any
 import attrs
 import trio
 
+from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock, isoformat
 from evsim.errors import (
     CallErrorReceived,
@@ -52,23 +53,16 @@ from evsim.errors import (
     TransportError,
     failure_reason,
 )
-from evsim.metrics.recorder import Recorder
-from evsim.net.base import Network, parse_url
-from evsim.ocpp.backoff import RetryBackOff
+from evsim.link.slots import NetworkProfiles, NetworkSlot
+from evsim.net.base import Network
 from evsim.ocpp.limits import BOOT_RETRY_INTERVAL, HEARTBEAT_INTERVAL, OutOfRange
-from evsim.ocpp.netprofile import (
-    FallbackPolicy,
-    NetworkConnectionProfile,
-    NetworkProfiles,
-    NetworkSettings,
-    NetworkSlot,
-    ProfileRejected,
-)
+from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile, NetworkSettings, ProfileRejected
 from evsim.ocpp.rpc import RpcConnection
 from evsim.ocpp.session import OcppSession
 from evsim.ocpp.transaction import TransactionRecorder
 from evsim.ocpp.txqueue import QueuedMessage, TxQueue
 from evsim.ocpp.versions import subprotocol_for, version_for
+from evsim.recorder import Recorder
 from evsim.tls.context import ClientTls
 from evsim.tls.events import (
     PEER_KEY_CHANGED,
@@ -81,6 +75,7 @@ from evsim.tls.events import (
 from evsim.tls.peer import PeerEvent
 from evsim.tls.sessions import SessionStore
 from evsim.tls.stream import TlsInfo, tls_connect
+from evsim.urls import parse_url
 from evsim.ws.auth import basic_auth_header
 from evsim.ws.connection import WebSocket, ws_client
 from evsim.ws.paths import station_path

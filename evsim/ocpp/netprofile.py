@@ -6,11 +6,15 @@ A station holds configuration *slots* (``configurationSlot`` → ``NetworkConnec
 security profile, message timeout, OCPP version/transport/interface, and in 2.1 a per-slot identity and
 Basic-auth password), the ``OCPPCommCtrlr`` variables ``NetworkConfigurationPriority`` (which slots, in
 which order), ``NetworkProfileConnectionAttempts`` and ``RetryBackOff*`` (protocol-digest §3, §1.7). In the
-simulator each slot may also carry its own TLS settings (an :class:`~evsim.tls.service.Endpoint`: TLS profile,
-trust store, client identity, SNI); a slot without them uses the station's installed TLS configuration.
+simulator each slot may also carry its own TLS settings (TLS profile, trust store, client identity, SNI); a
+slot without them uses the station's installed TLS configuration. This module does not look inside those
+settings: :class:`NetworkSlot` and :class:`NetworkProfiles` are generic in their type (any :class:`SlotTls`,
+which only says which URL they are for and whether they secure it), and the link layer fills it in
+(:mod:`evsim.link.slots`: an :class:`~evsim.link.service.Endpoint`). So the walk imports no network or TLS
+code.
 
 :class:`NetworkProfiles` decides, without I/O, which slot to try next and how long to wait first, exactly like
-:class:`~evsim.tls.service.EndpointPlanner` does for a fixed :class:`~evsim.tls.service.Service`:
+:class:`~evsim.link.service.EndpointPlanner` does for a fixed :class:`~evsim.link.service.Service`:
 ``next_attempt(now)`` is a pure query, ``report(slot, ok, reason, now)`` records the outcome and plans the next
 attempt, ``connection_lost(now)`` plans the reconnect after an established connection ended. The walk:
 
@@ -31,7 +35,7 @@ attempt, ``connection_lost(now)`` plans the reconnect after an established conne
   - ``"restart_list"`` (B10.FR.08): restart with all entries, from the first. A lost connection also starts
     at the first entry, so a station on a secondary slot goes back to the primary as soon as it reconnects
     for any reason and the primary answers (like the ``priority`` policy of
-    :class:`~evsim.tls.service.EndpointPlanner`).
+    :class:`~evsim.link.service.EndpointPlanner`).
   - ``"last_working"`` (B10.FR.07): fall back to the slot of the last successful connection. A lost
     connection retries that slot first; when every entry failed the walk goes back to it. From there it goes
     on around the list: B10.FR.07 read literally ("keep reconnecting" to that one slot) would strand a station
@@ -48,9 +52,9 @@ With one slot this walk is exactly the station's original reconnect loop (every 
 back-off value, a lost connection waits the first one), and it draws the same random numbers at the same
 moments, so existing runs and golden logs do not change. (That, the runtime-mutable priority, the
 downgrade filter and the station-installed TLS of SetNetworkProfile slots are why this walker does not
-wrap :class:`~evsim.tls.service.EndpointPlanner`, whose ``Service`` is frozen, needs a trust store per ``wss``
-endpoint and draws the reconnect jitter at success time; it reuses its :class:`~evsim.tls.service.Attempt`
-record, the :class:`~evsim.tls.service.Endpoint` TLS bundle and :class:`~evsim.ocpp.backoff.BackOffSchedule`.)
+wrap :class:`~evsim.link.service.EndpointPlanner`, whose ``Service`` is frozen, needs a trust store per ``wss``
+endpoint and draws the reconnect jitter at success time; it shares its :class:`~evsim.backoff.Attempt`
+record and :class:`~evsim.backoff.BackOffSchedule`.)
 """
 
 from __future__ import annotations
@@ -58,13 +62,12 @@ from __future__ import annotations
 import collections
 import random
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal, TypeAlias
+from typing import Any, Generic, Literal, Protocol, TypeAlias, TypeVar
 
 import attrs
 
+from evsim.backoff import Attempt, BackOffSchedule, RetryBackOff
 from evsim.errors import ConfigError
-from evsim.net.base import parse_url
-from evsim.ocpp.backoff import BackOffSchedule, RetryBackOff
 from evsim.ocpp.limits import (
     MESSAGE_TIMEOUT,
     NETWORK_CONNECTION_ATTEMPTS,
@@ -74,7 +77,7 @@ from evsim.ocpp.limits import (
     Bound,
     OutOfRange,
 )
-from evsim.tls.service import Attempt, Endpoint
+from evsim.urls import parse_url
 
 __all__ = [
     "DEFAULT_SLOT_NUMBERS",
@@ -86,6 +89,7 @@ __all__ = [
     "NetworkSlot",
     "ProfileRejected",
     "SkippedSlot",
+    "SlotTls",
 ]
 
 FallbackPolicy: TypeAlias = Literal["last_working", "restart_list"]
@@ -100,6 +104,24 @@ _INTERFACES = (*(f"{k}{i}" for k in ("Wired", "Wireless") for i in range(4)), "A
 _URL_MAX = 2000  # SCH v21 ocppCsmsUrl maxLength (2.0.1: 512)
 _IDENTITY_MAX = 48  # SCH v21 NetworkConnectionProfile.identity
 _PASSWORD_MAX = 64  # SCH v21 NetworkConnectionProfile.basicAuthPassword
+
+
+class SlotTls(Protocol):
+    """What the walk needs of a slot's own TLS settings (:class:`evsim.link.service.Endpoint` has it)."""
+
+    @property
+    def url(self) -> str:
+        """The URL the settings are for."""
+        ...
+
+    @property
+    def secure(self) -> bool:
+        """True for a ``wss://`` URL (TLS)."""
+        ...
+
+
+TlsT = TypeVar("TlsT", bound=SlotTls)
+"""The type of a slot's own TLS settings."""
 
 
 class ProfileRejected(ValueError):
@@ -225,14 +247,14 @@ class NetworkConnectionProfile:
 
 
 @attrs.frozen
-class NetworkSlot:
+class NetworkSlot(Generic[TlsT]):
     """One configuration slot.
 
     Args:
         slot: the ``configurationSlot`` number.
         profile: its NetworkConnectionProfile.
-        tls: the slot's own TLS settings (profile, trust store, client identity, SNI), as an
-            :class:`~evsim.tls.service.Endpoint` whose URL is the profile's; None = the station's installed
+        tls: the slot's own TLS settings (profile, trust store, client identity, SNI; in the simulator an
+            :class:`~evsim.link.service.Endpoint`) for the profile's URL; None = the station's installed
             TLS configuration (what a SetNetworkProfile slot uses: OCPP sends no TLS material with it).
             Only its TLS fields (``profile``, ``trust``, ``identity``, ``sni``) are used: the order comes from
             NetworkConfigurationPriority and the attempts from NetworkProfileConnectionAttempts, so the
@@ -247,7 +269,7 @@ class NetworkSlot:
 
     slot: int
     profile: NetworkConnectionProfile
-    tls: Endpoint | None = None
+    tls: TlsT | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.tls is not None and self.tls.url != self.profile.ocpp_csms_url:
@@ -338,7 +360,7 @@ def downgrade_allowed(current: int, new: int, *, allow_downgrade: bool) -> bool:
     return allow_downgrade and current == 3 and new == 2
 
 
-class NetworkProfiles:
+class NetworkProfiles(Generic[TlsT]):
     """The slots, the failover walk and the CSMS-side changes of one station (sans-IO).
 
     Args:
@@ -355,14 +377,14 @@ class NetworkProfiles:
 
     def __init__(
         self,
-        slots: Iterable[NetworkSlot],
+        slots: Iterable[NetworkSlot[TlsT]],
         settings: NetworkSettings,
         rng: random.Random,
         *,
         security_profile: int | None = None,
         log_size: int = 200,
     ) -> None:
-        self._slots: dict[int, NetworkSlot] = {}
+        self._slots: dict[int, NetworkSlot[TlsT]] = {}
         for s in slots:
             if s.slot in self._slots:
                 raise ConfigError("duplicate configuration slot", path="network_slots", value=s.slot)
@@ -382,7 +404,7 @@ class NetworkProfiles:
         self.security_profile = (
             security_profile if security_profile is not None else first.profile.security_profile
         )
-        self._pending_slots: dict[int, NetworkSlot] = {}
+        self._pending_slots: dict[int, NetworkSlot[TlsT]] = {}
         self._pending_priority: tuple[int, ...] | None = None
         self._pending_attempts: int | None = None
         self.active_slot: int | None = None  # slot of the current (or last) established connection
@@ -407,7 +429,7 @@ class NetworkProfiles:
     # ---------------------------------------------------------------- queries
 
     @property
-    def slots(self) -> Mapping[int, NetworkSlot]:
+    def slots(self) -> Mapping[int, NetworkSlot[TlsT]]:
         """The slots in effect (pending SetNetworkProfile changes not included)."""
         return dict(self._slots)
 
@@ -417,7 +439,7 @@ class NetworkProfiles:
         return self._order
 
     @property
-    def current(self) -> NetworkSlot:
+    def current(self) -> NetworkSlot[TlsT]:
         """The slot the next attempt goes to."""
         return self._slots[self._order[self._index]]
 
@@ -435,7 +457,7 @@ class NetworkProfiles:
             or self._pending_attempts is not None
         )
 
-    def next_attempt(self, now: float) -> tuple[NetworkSlot, float]:
+    def next_attempt(self, now: float) -> tuple[NetworkSlot[TlsT], float]:
         """The slot to try next and the seconds to wait first (pure query).
 
         Args:
@@ -446,7 +468,7 @@ class NetworkProfiles:
         """
         return self.current, max(0.0, self._ready_at - now)
 
-    def must_boot(self, slot: NetworkSlot) -> bool:
+    def must_boot(self, slot: NetworkSlot[TlsT]) -> bool:
         """Whether a connection through ``slot`` must start with BootNotification.
 
         True for the first connection after a reboot (B01.FR.03) and after connecting through another slot
@@ -456,7 +478,9 @@ class NetworkProfiles:
 
     # ---------------------------------------------------------------- outcomes
 
-    def report(self, slot: NetworkSlot, ok: bool, reason: str, now: float, *, detail: str = "") -> Attempt:
+    def report(
+        self, slot: NetworkSlot[TlsT], ok: bool, reason: str, now: float, *, detail: str = ""
+    ) -> Attempt:
         """Record an attempt through ``slot`` and plan the next one.
 
         ``ok`` means the station is connected and accepted (BootNotification answered), i.e. the link is
@@ -495,7 +519,7 @@ class NetworkProfiles:
             self._ready_at = now + self._failed(slot)
         return attempt
 
-    def _failed(self, slot: NetworkSlot) -> float:
+    def _failed(self, slot: NetworkSlot[TlsT]) -> float:
         self._tries += 1
         if self._tries < self.connection_attempts:
             return self.backoff.next_wait()  # retry the same slot after the back-off (B10.FR.03)
@@ -571,7 +595,7 @@ class NetworkProfiles:
     # ---------------------------------------------------------------- CSMS changes
 
     def _priority_problem(
-        self, priority: tuple[int, ...], slots: Mapping[int, NetworkSlot] | None = None
+        self, priority: tuple[int, ...], slots: Mapping[int, NetworkSlot[TlsT]] | None = None
     ) -> str:
         known = {**self._slots, **(slots or {})}
         if not priority:

@@ -20,8 +20,8 @@ import trio
 
 from evsim.clock import SimClock
 from evsim.errors import HandshakeFailed, TransportError
-from evsim.metrics.recorder import Recorder
 from evsim.net.base import NetListener, Network, NetworkStatistics
+from evsim.recorder import Recorder
 from evsim.tls import ClientTls, ServerTls, TlsProfile, TrustStore, tls_accept, tls_connect
 from evsim.tls.config import KNOWN_VERSIONS
 from evsim.tls.suites import DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES, SUITES

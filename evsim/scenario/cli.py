@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from evsim.clock import real_utcnow
 
     rd = RunDir.create(Path(args.out), sim.name, real_utcnow())
-    topology = Topology.from_scenario(sc)
+    topology = sc.topology()
     with rd.open_event_sink() as sink:
         if args.no_live:
             result = run_scenario(sc, sink=sink)

@@ -2,24 +2,28 @@
 
 A golden log is the run's canonical event log (:func:`evsim.metrics.summary.canonical_log`: sorted by simulated
 time, node, kind and data, without trio's scheduling order), up to the run's last instant (see
-:func:`deterministic_events`). Logs longer than :data:`FULL_LIMIT` lines (the
-1,000-station storm) are stored as a digest instead: event counts per kind and the SHA-256 of the full log,
-so the file stays reviewable and a mismatch still shows which kinds changed.
+:func:`deterministic_events`). Logs longer than :data:`FULL_LIMIT` lines (the 1,000-station runs) are stored as
+a digest that stays small and diffable: the event count of every kind, then one line per node with its event
+count and a short hash of its lines. The canonical log is sorted by time and node, so the node lines
+determine it; a changed event changes exactly its node's line (and a kind count when kinds change), and
+:func:`golden_diff` prints that diff together with the node's events from the new run.
 
-    python -m evsim.scenario.golden            check every shipped scenario (exit 1 on a difference)
-    python -m evsim.scenario.golden --update   rewrite scenarios/golden/*.log after an intended change
+    python -m evsim.scenario.golden                  check every shipped scenario (exit 1 on a difference)
+    python -m evsim.scenario.golden boot_storm       check some of them
+    python -m evsim.scenario.golden --update [name]  rewrite scenarios/golden/*.log after an intended change
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import difflib
 import hashlib
 import sys
 from pathlib import Path
 
-from evsim.metrics.recorder import Event
 from evsim.metrics.summary import canonical_log
+from evsim.recorder import Event
 from evsim.scenario.loader import load_scenario
 from evsim.scenario.runner import run_scenario
 
@@ -28,15 +32,68 @@ GOLDEN_DIR = SCENARIOS_DIR / "golden"
 FULL_LIMIT = 3000
 
 
-def golden_text(lines: list[str]) -> str:
-    """The golden file's content for a canonical log."""
-    if len(lines) <= FULL_LIMIT:
+NODE_HASH_DIGITS = 12
+"""Hex digits of a node's SHA-256 kept in a digest line."""
+
+
+def golden_text(lines: list[str], *, limit: int = FULL_LIMIT) -> str:
+    """The golden file's content for a canonical log: the log itself, or its digest when longer than ``limit``."""
+    if len(lines) <= limit:
         return "\n".join(lines) + "\n"
-    digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
-    kinds = collections.Counter(line.split(" ", 3)[2] for line in lines)
-    out = [f"# digest of a {len(lines)}-line canonical log", f"sha256 {digest}"]
+    kinds: collections.Counter[str] = collections.Counter()
+    nodes: dict[str, list[str]] = collections.defaultdict(list)
+    for line in lines:
+        _t, node, kind = line.split(" ", 3)[:3]
+        kinds[kind] += 1
+        nodes[node].append(line)
+    out = [
+        f"# digest of a {len(lines)}-line canonical log: events per kind, then per node its event count and "
+        f"the first {NODE_HASH_DIGITS} hex digits of the SHA-256 of its lines"
+    ]
     out += [f"count {kind} {n}" for kind, n in sorted(kinds.items())]
+    out += [f"node {node} {len(own)} {_node_hash(own)}" for node, own in sorted(nodes.items())]
     return "\n".join(out) + "\n"
+
+
+def _node_hash(lines: list[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:NODE_HASH_DIGITS]
+
+
+def golden_diff(
+    expected: str, lines: list[str], *, limit: int = FULL_LIMIT, max_lines: int = 80, max_nodes: int = 5
+) -> str:
+    """Where a run's canonical log differs from a golden file, readably.
+
+    Args:
+        expected: the golden file's content.
+        lines: the run's canonical log.
+        limit: :data:`FULL_LIMIT` (as for :func:`golden_text`).
+        max_lines: diff lines shown (the rest is counted).
+        max_nodes: nodes whose events from this run are listed (digests only).
+
+    Returns:
+        A unified diff of the golden file against this run's :func:`golden_text`; for a digest, followed by
+        the run's events of the first nodes whose line differs. Empty when they are equal.
+    """
+    actual = golden_text(lines, limit=limit)
+    if actual == expected:
+        return ""
+    diff = list(
+        difflib.unified_diff(
+            expected.splitlines(), actual.splitlines(), "golden", "this run", lineterm="", n=1
+        )
+    )
+    out = diff[:max_lines]
+    if len(diff) > max_lines:
+        out.append(f"... {len(diff) - max_lines} more diff lines")
+    changed = sorted({d.split(" ")[1] for d in diff if d.startswith(("-node ", "+node "))})
+    for node in changed[:max_nodes]:
+        own = [line for line in lines if line.split(" ", 2)[1] == node]
+        out.append(f"events of {node} in this run ({len(own)}):")
+        out += [f"  {line}" for line in own[:max_lines]]
+    if len(changed) > max_nodes:
+        out.append(f"... and {len(changed) - max_nodes} more nodes differ")
+    return "\n".join(out)
 
 
 def scenario_log(path: Path) -> list[str]:
@@ -71,18 +128,30 @@ def shipped() -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--update", action="store_true", help="rewrite the golden files")
+    p.add_argument("names", nargs="*", help="scenarios to check or update (file stems; default: all)")
     args = p.parse_args(argv)
+    paths = shipped()
+    unknown = set(args.names) - {path.stem for path in paths}
+    if unknown:
+        p.error(f"no shipped scenario {', '.join(sorted(unknown))}")
     GOLDEN_DIR.mkdir(exist_ok=True)
     failed = 0
-    for path in shipped():
-        text = golden_text(scenario_log(path))
+    for path in paths:
+        if args.names and path.stem not in args.names:
+            continue
+        lines = scenario_log(path)
+        text = golden_text(lines)
         golden = GOLDEN_DIR / f"{path.stem}.log"
         if args.update:
             golden.write_text(text)
             print(f"wrote {golden} ({text.count(chr(10))} lines)")
-        elif not golden.exists() or golden.read_text() != text:
+        elif not golden.exists():
+            failed += 1
+            print(f"{path.name}: no golden log {golden}", file=sys.stderr)
+        elif golden.read_text() != text:
             failed += 1
             print(f"{path.name}: differs from {golden}", file=sys.stderr)
+            print(golden_diff(golden.read_text(), lines), file=sys.stderr)
         else:
             print(f"{path.name}: matches its golden log")
     return 1 if failed else 0

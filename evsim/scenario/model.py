@@ -3,7 +3,7 @@
 A :class:`Scenario` is pure data: the loader (:mod:`evsim.scenario.loader`) has already validated every field
 and resolved every default, so the runner never re-checks anything and never meets a missing key. Durations
 are float seconds, bandwidths bits per second, timestamps aware UTC datetimes; lists become tuples and tables
-:class:`FrozenMap`, so a scenario can be hashed, compared, and shared between tasks.
+:class:`~evsim.frozenmap.FrozenMap`, so a scenario can be hashed, compared, and shared between tasks.
 
 The model follows the file format documented key by key in ``scenarios/README.md``; names match the TOML
 keys except where Python needs another (``for`` → ``duration``), and the units are in the field docs.
@@ -12,16 +12,15 @@ keys except where Python needs another (``for`` → ``duration``), and the units
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeAlias, TypeVar
+from typing import Any, Literal, TypeAlias
 
 import attrs
 
+from evsim.frozenmap import FrozenMap
+from evsim.metrics.summary import Topology
 from evsim.tls.config import TlsProfile
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 ClockKind: TypeAlias = Literal["virtual", "real"]
 NetworkKind: TypeAlias = Literal["memory", "tcp"]
@@ -34,40 +33,6 @@ FallbackKind: TypeAlias = Literal["restart_list", "last_working"]
 FailoverKind: TypeAlias = Literal["priority", "round_robin", "sticky"]
 UpstreamLossKind: TypeAlias = Literal["close_station", "keep_station"]
 BehindControllerKind: TypeAlias = Literal["require_station_cert", "trust_controller"]
-
-
-class FrozenMap(Mapping[K, V]):
-    """An immutable, hashable mapping that keeps insertion order (file order for scenario tables).
-
-    Args:
-        items: a mapping or an iterable of ``(key, value)`` pairs; values must be hashable for
-            :func:`hash` to work.
-    """
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
-        self._items: dict[K, V] = dict(items)
-
-    def __getitem__(self, key: K) -> V:
-        return self._items[key]
-
-    def __iter__(self) -> Iterator[K]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __hash__(self) -> int:
-        return hash(tuple(self._items.items()))
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):
-            return dict(self._items) == dict(other.items())
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return f"FrozenMap({self._items!r})"
 
 
 def _frozen_map(value: Mapping[Any, Any] | Iterable[tuple[Any, Any]]) -> FrozenMap[Any, Any]:
@@ -506,6 +471,22 @@ class Scenario:
             The sum of the groups' ``count``.
         """
         return sum(group.count for group in self.stations.values())
+
+    def topology(self) -> Topology:
+        """Who is who in this scenario's events, for the reports (metrics read events, never the scenario).
+
+        Returns:
+            The station groups and the CSMS each one names, each secondary CSMS's primary, and the host of
+            every CSMS and controller.
+        """
+        topo = Topology.from_groups(
+            {name: spec.station_ids() for name, spec in self.stations.items()},
+            {name: spec.csms for name, spec in self.stations.items()},
+        )
+        operators = {name: spec.secondary_of for name, spec in self.csms.items() if spec.secondary_of}
+        hosts = {spec.host: name for name, spec in self.csms.items()}
+        hosts.update({spec.host: name for name, spec in self.controllers.items()})
+        return attrs.evolve(topo, operators=operators, hosts=hosts)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Scenario:

@@ -28,9 +28,11 @@ import trio
 import trio.testing
 from cryptography import x509
 
+from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, OcppError, TransportError
-from evsim.metrics.recorder import Event, Recorder
+from evsim.link.service import Endpoint, Service
+from evsim.link.slots import NetworkSlot
 from evsim.metrics.rundir import Sample
 from evsim.net.base import Network
 from evsim.net.tcp import TcpNetwork
@@ -39,10 +41,10 @@ from evsim.nodes.admission import TrustedController
 from evsim.nodes.controller import ControllerConfig, LocalController
 from evsim.nodes.csms import Csms, CsmsConfig, StationRecord
 from evsim.nodes.station import Station, StationConfig, peer_event_fields
-from evsim.ocpp.backoff import RetryBackOff
-from evsim.ocpp.netprofile import DEFAULT_SLOT_NUMBERS, NetworkConnectionProfile, NetworkSlot
+from evsim.ocpp.netprofile import DEFAULT_SLOT_NUMBERS, NetworkConnectionProfile
 from evsim.pki import CertKey
 from evsim.pki.revocation import OcspStaple
+from evsim.recorder import Event, Recorder
 from evsim.runtime import tune_gc
 from evsim.scenario.attacks import RedirectingNetwork, downgrade_client, downgrade_profile, mitm_relay
 from evsim.scenario.loader import layer_change_policy, layer_pin_set
@@ -70,7 +72,6 @@ from evsim.tls import (
     TrustStore,
 )
 from evsim.tls.context import check_client_hello
-from evsim.tls.service import Endpoint, Service
 
 #: Actions and link knobs the model accepts that this runner cannot enforce yet; refused before the run starts.
 NOT_YET: dict[str, str] = {}

@@ -1,4 +1,7 @@
-"""OCPP reconnect back-off (sans-IO).
+"""Reconnecting to a server: the OCPP back-off and the record of one attempt (sans-IO).
+
+Both are plain values used from below by the OCPP network-profile walk (:mod:`evsim.ocpp.netprofile`) and by
+endpoint failover (:mod:`evsim.link.service`), so neither of those imports the other.
 
 OCPP-J 2.0.1 §5.3 / 2.1 §5.4 with the 2025-04 errata (protocol-digest §1.7): the first reconnect waits
 ``RetryBackOffWaitMinimum + U(0..RetryBackOffRandomRange)`` seconds; each further failed attempt doubles the
@@ -57,3 +60,23 @@ class BackOffSchedule:
         """Back to ``wait_minimum`` (errata 2025-04: reset after a successful connection)."""
         self.attempt = 0
         self.previous = None
+
+
+@attrs.frozen
+class Attempt:
+    """One connection attempt, as recorded by a failover walk.
+
+    Attributes:
+        endpoint: the name of what was tried (an endpoint, or a configuration slot ``slot<N>``).
+        t: trio time the outcome was reported.
+        ok: True when the connection was established.
+        reason: failure category (:func:`evsim.errors.failure_reason`: ``refused``,
+            ``cert_invalid:unknown_ca``, ``timeout``, ``http_401``...); empty on success.
+        detail: free text for logs (the exception message); not meant for comparisons.
+    """
+
+    endpoint: str
+    t: float
+    ok: bool
+    reason: str = ""
+    detail: str = ""

@@ -19,7 +19,7 @@ Failover rules (all policies)
 -----------------------------
 Endpoints are ordered by ``(priority, position in the service)``, lower priority first. An endpoint is tried
 ``attempts`` times in a row before the planner moves on to the next one in that order (cyclically). One
-:class:`~evsim.ocpp.backoff.BackOffSchedule` paces the retries:
+:class:`~evsim.backoff.BackOffSchedule` paces the retries:
 
 * retrying the *same* endpoint waits the next back-off value (OCPP: wait after each failed attempt);
 * moving to a *different* endpoint in the middle of a pass is immediate (another server, no reason to wait);
@@ -59,10 +59,10 @@ from typing import Any, Generic, Literal, Protocol, TypeAlias, TypeVar, cast, ov
 import attrs
 import trio
 
+from evsim.backoff import Attempt, BackOffSchedule, RetryBackOff
 from evsim.clock import SimClock
 from evsim.errors import ConfigError, TransportError, failure_reason
-from evsim.net.base import Network, parse_url
-from evsim.ocpp.backoff import BackOffSchedule, RetryBackOff
+from evsim.net.base import Network
 from evsim.tls._toml import Table, rebased
 from evsim.tls.config import Identity, TlsProfile, TrustStore
 from evsim.tls.context import ClientTls
@@ -70,10 +70,10 @@ from evsim.tls.knobs import choices_fix
 from evsim.tls.peer import EventSink as PeerEventSink
 from evsim.tls.peer import PeerPolicy, require_policy
 from evsim.tls.stream import TlsInfo, TlsStream, tls_connect
+from evsim.urls import parse_url
 
 __all__ = [
     "POLICIES",
-    "Attempt",
     "Endpoint",
     "EndpointPlanner",
     "EventSink",
@@ -540,26 +540,6 @@ class Service:
 # ---------------------------------------------------------------- planner (sans-IO)
 
 
-@attrs.frozen
-class Attempt:
-    """One connection attempt, as recorded by the planner.
-
-    Attributes:
-        endpoint: the endpoint's name.
-        t: trio time the outcome was reported.
-        ok: True when the connection was established.
-        reason: failure category (:func:`evsim.errors.failure_reason`: ``refused``,
-            ``cert_invalid:unknown_ca``, ``timeout``, ``http_401``...); empty on success.
-        detail: free text for logs (the exception message); not meant for comparisons.
-    """
-
-    endpoint: str
-    t: float
-    ok: bool
-    reason: str = ""
-    detail: str = ""
-
-
 class EndpointPlanner:
     """Which endpoint of a service to try next, and how long to wait first (sans-IO).
 
@@ -687,7 +667,7 @@ class EndpointPlanner:
 
 
 class EventSink(Protocol):
-    """What :func:`connect_service` needs of a recorder (:class:`evsim.metrics.recorder.Recorder` fits)."""
+    """What :func:`connect_service` needs of a recorder (:class:`evsim.recorder.Recorder` fits)."""
 
     def emit(self, node: str, kind: str, **data: Any) -> object:
         """Record one event."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from evsim.errors import ConfigError
-from evsim.net import parse_url
+from evsim.urls import parse_url
 
 
 @pytest.mark.parametrize(

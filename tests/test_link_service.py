@@ -14,16 +14,10 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock
 from evsim.errors import ConfigError, TransportError, UpgradeRejected, failure_reason
-from evsim.metrics.recorder import Recorder
-from evsim.net import VirtualNetwork
-from evsim.ocpp.backoff import RetryBackOff
-from evsim.pki import CertKey, spki_sha256
-from evsim.tls import Identity, ServerTls, TlsInfo, TlsProfile, TrustStore, events, tls_accept
-from evsim.tls.peer import PeerEvent, PeerPolicy
-from evsim.tls.pins import Pin, PinSet
-from evsim.tls.service import (
+from evsim.link.service import (
     POLICIES,
     Endpoint,
     EndpointPlanner,
@@ -34,6 +28,12 @@ from evsim.tls.service import (
     TlsNames,
     connect_service,
 )
+from evsim.net import VirtualNetwork
+from evsim.pki import CertKey, spki_sha256
+from evsim.recorder import Recorder
+from evsim.tls import Identity, ServerTls, TlsInfo, TlsProfile, TrustStore, events, tls_accept
+from evsim.tls.peer import PeerEvent, PeerPolicy
+from evsim.tls.pins import Pin, PinSet
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, make_test_pki
 
 PKI = make_test_pki()

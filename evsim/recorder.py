@@ -10,6 +10,9 @@ A log line (:func:`format_event`) shows an event with its times, its level (:dat
 and fields, every value escaped with :func:`evsim.text.escape`: what a peer sent never reaches a terminal or a
 log file raw. Events recorded while serving an accepted connection carry its ``peer`` address
 (:func:`bind_peer`).
+
+The recorder is a base-layer module: nodes, links and scenarios write to it without importing the reports,
+and :mod:`evsim.metrics` reads what it recorded (metrics consume events and import no node or scenario code).
 """
 
 from __future__ import annotations
