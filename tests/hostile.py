@@ -24,6 +24,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import socket
 import struct
 import zlib
@@ -918,6 +919,117 @@ def events_since(recorder: Recorder, node: str, index: int) -> list[Event]:
 def mentions(event: Event, *needles: str) -> bool:
     text = " ".join(str(v) for v in event.data.values())
     return any(n in text for n in needles)
+
+
+# ---------------------------------------------------------------- what the catalogue checks
+
+
+@attrs.frozen
+class Expect:
+    """What the CSMS must record for a fault: ``count`` events (at least one, at most ``count`` when
+    ``at_most``) whose kind matches ``kind`` and whose ``reason``/``detail`` match ``reason`` (regexes),
+    naming the attacker's station when ``station`` is True. ``kind=""``: no refusal event is required."""
+
+    kind: str
+    reason: str = ""
+    station: bool = False
+    count: int = 1
+    at_most: bool = False
+
+
+Check = Callable[[dict[str, Any]], "str | None"]
+"""Looks at what the attacker observed (``Attack.notes``); returns what is wrong, or None."""
+
+
+def closed_by_node(notes: dict[str, Any]) -> str | None:
+    return None if notes.get("closed_by_node") else "the node kept the connection open"
+
+
+def reads_bounded(notes: dict[str, Any]) -> str | None:
+    accepted = notes["bytes_accepted"]
+    return None if accepted < 2 << 20 else f"the node read {accepted} bytes from a peer that never reads"
+
+
+def answered_fragmented_boot(deflate: bool) -> Check:
+    def check(notes: dict[str, Any]) -> str | None:
+        frames = server_frames(notes.get("reply", b""), deflate=deflate)
+        if not any(op == PONG for op, _ in frames):
+            return f"no pong: {frames}"
+        texts = [json.loads(p) for op, p in frames if op == TEXT]
+        if not any(t[:2] == [3, "boot-frag"] for t in texts):
+            return f"the fragmented BootNotification was not answered: {frames}"
+        return None
+
+    return check
+
+
+def all_call_errors(notes: dict[str, Any]) -> str | None:
+    replies = notes["replies"]
+    bad = [r for r in replies if not (isinstance(r, list) and r and r[0] == 4)]
+    return f"accepted: {bad}" if bad or not replies else None
+
+
+def matching(events: list[Event], expect: Expect, station: str) -> list[Event]:
+    pattern = re.compile(expect.reason) if expect.reason else None
+    kind = re.compile(expect.kind)
+    out = []
+    for e in events:
+        if not kind.fullmatch(e.kind):
+            continue
+        if expect.station and e.data.get("station") != station:
+            continue
+        text = " ".join(str(e.data.get(k, "")) for k in ("reason", "detail"))
+        if pattern is not None and not pattern.search(text):
+            continue
+        out.append(e)
+    return out
+
+
+def assert_recorded(events: list[Event], expect: Expect, station: str) -> None:
+    if not expect.kind:
+        return
+    found = matching(events, expect, station)
+    ok = 1 <= len(found) <= expect.count if expect.at_most else len(found) == expect.count
+    assert ok, (len(found), [(e.kind, e.data) for e in events])
+
+
+BAD = r".*(bad|refus|reject|invalid|violation).*"
+"""Kind of the event a refused frame must produce (its name is not fixed yet: any refusal-like name)."""
+HANDSHAKE = Expect("handshake_failed")
+LOST = Expect("connection_lost")
+DISCONNECTED = Expect("station_disconnected", station=True)
+NONE = Expect("")
+
+
+async def _probe(sentinel: Sentinel, done: trio.Event, rtts: list[float]) -> None:
+    while not done.is_set():
+        rtts.append(await sentinel.rtt())
+        with trio.move_on_after(7):
+            await done.wait()
+
+
+async def run_fault(
+    recorder: Recorder, node: str, sentinel: Sentinel, fault: Fault, attack: Attack, *, settle: float = 120
+) -> tuple[list[Event], list[float]]:
+    """Run one attack while probing the sentinel every 7 s; then let the node's timers run out (``settle``).
+
+    Returns:
+        The node's events since the attack started (the sentinel's left out) and the round trips measured.
+    """
+    start = len(recorder.events)
+    rtts: list[float] = []
+    done = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_probe, sentinel, done, rtts)
+        try:
+            with trio.fail_after(3600):
+                await fault(attack)
+        finally:
+            done.set()
+    await trio.sleep(settle)
+    rtts.append(await sentinel.rtt())
+    events = [e for e in events_since(recorder, node, start) if e.data.get("station") != sentinel.station_id]
+    return events, rtts
 
 
 # ---------------------------------------------------------------- a hostile CSMS

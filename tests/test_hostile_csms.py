@@ -10,9 +10,7 @@ where the CSMS knows it). In-memory network, virtual time; loopback TCP only for
 from __future__ import annotations
 
 import contextlib
-import json
-import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,6 +28,20 @@ from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.tls import ClientTls, ServerTls, TlsProfile
 from tests import hostile
 from tests.e2e_harness import PASSWORD, Harness, harness
+from tests.hostile import (
+    BAD,
+    DISCONNECTED,
+    HANDSHAKE,
+    LOST,
+    NONE,
+    Check,
+    Expect,
+    all_call_errors,
+    answered_fragmented_boot,
+    assert_recorded,
+    closed_by_node,
+    reads_bounded,
+)
 from tests.pki_fixtures import CSMS_HOST
 
 LATENCY = 0.005  # one way, sentinel <-> CSMS: the sentinel's round trip is exactly 2 x this when undisturbed
@@ -74,58 +86,6 @@ async def scene(*, net: Network | None = None, **config: object) -> AsyncIterato
         await h.nursery.start(sentinel.run)
         baseline = await sentinel.rtt()
         yield Scene(h, csms, node, target, sentinel, baseline)
-
-
-@attrs.frozen
-class Expect:
-    """What the CSMS must record for a fault: ``count`` events (at least one, at most ``count`` when
-    ``at_most``) whose kind matches ``kind`` and whose ``reason``/``detail`` match ``reason`` (regexes),
-    naming the attacker's station when ``station`` is True. ``kind=""``: no refusal event is required."""
-
-    kind: str
-    reason: str = ""
-    station: bool = False
-    count: int = 1
-    at_most: bool = False
-
-
-Check = Callable[[dict[str, Any]], "str | None"]
-"""Looks at what the attacker observed (``Attack.notes``); returns what is wrong, or None."""
-
-
-def closed_by_node(notes: dict[str, Any]) -> str | None:
-    return None if notes.get("closed_by_node") else "the node kept the connection open"
-
-
-def reads_bounded(notes: dict[str, Any]) -> str | None:
-    accepted = notes["bytes_accepted"]
-    return None if accepted < 2 << 20 else f"the node read {accepted} bytes from a peer that never reads"
-
-
-def answered_fragmented_boot(deflate: bool) -> Check:
-    def check(notes: dict[str, Any]) -> str | None:
-        frames = hostile.server_frames(notes.get("reply", b""), deflate=deflate)
-        if not any(op == hostile.PONG for op, _ in frames):
-            return f"no pong: {frames}"
-        texts = [json.loads(p) for op, p in frames if op == hostile.TEXT]
-        if not any(t[:2] == [3, "boot-frag"] for t in texts):
-            return f"the fragmented BootNotification was not answered: {frames}"
-        return None
-
-    return check
-
-
-def all_call_errors(notes: dict[str, Any]) -> str | None:
-    replies = notes["replies"]
-    bad = [r for r in replies if not (isinstance(r, list) and r and r[0] == 4)]
-    return f"accepted: {bad}" if bad or not replies else None
-
-
-BAD = "bad|refus|reject|invalid|violation"
-HANDSHAKE = Expect("handshake_failed")
-LOST = Expect("connection_lost")
-DISCONNECTED = Expect("station_disconnected", station=True)
-NONE = Expect("")
 
 
 def xfail(reason: str) -> pytest.MarkDecorator:
@@ -223,49 +183,10 @@ CASES: list[Any] = [
 ]
 
 
-def _matching(events: list[Event], expect: Expect, station: str) -> list[Event]:
-    pattern = re.compile(expect.reason) if expect.reason else None
-    kind = re.compile(expect.kind)
-    out = []
-    for e in events:
-        if not kind.fullmatch(e.kind) and not (expect.kind == BAD and kind.search(e.kind)):
-            continue
-        if expect.station and e.data.get("station") != station:
-            continue
-        text = " ".join(str(e.data.get(k, "")) for k in ("reason", "detail"))
-        if pattern is not None and not pattern.search(text):
-            continue
-        out.append(e)
-    return out
-
-
-async def _probe(s: Scene, done: trio.Event, rtts: list[float]) -> None:
-    while not done.is_set():
-        rtts.append(await s.sentinel.rtt())
-        with trio.move_on_after(7):
-            await done.wait()
-
-
 async def run_fault(
     s: Scene, fault: hostile.Fault, attack: hostile.Attack
 ) -> tuple[list[Event], list[float]]:
-    """Run one attack while probing the sentinel; then let the CSMS's timers run out."""
-    start = len(s.h.recorder.events)
-    rtts: list[float] = []
-    done = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_probe, s, done, rtts)
-        try:
-            with trio.fail_after(3600):
-                await fault(attack)
-        finally:
-            done.set()
-    await trio.sleep(120)  # handshake / upgrade / close timeouts
-    rtts.append(await s.sentinel.rtt())
-    events = [
-        e for e in hostile.events_since(s.h.recorder, "csms", start) if e.data.get("station") != "SENTINEL"
-    ]
-    return events, rtts
+    return await hostile.run_fault(s.h.recorder, "csms", s.sentinel, fault, attack)
 
 
 def assert_undisturbed(s: Scene, rtts: list[float], *, exact: bool = True) -> None:
@@ -284,14 +205,6 @@ def assert_bounded(s: Scene, open_before: int) -> None:
     for rec in s.csms.stations.values():
         assert len(rec.connectors) <= 64, f"{rec.station_id}: {len(rec.connectors)} connector records"
         assert len(rec.transactions) <= 256, f"{rec.station_id}: {len(rec.transactions)} transaction records"
-
-
-def assert_recorded(events: list[Event], expect: Expect, station: str) -> None:
-    if not expect.kind:
-        return
-    matching = _matching(events, expect, station)
-    ok = 1 <= len(matching) <= expect.count if expect.at_most else len(matching) == expect.count
-    assert ok, (len(matching), [(e.kind, e.data) for e in events])
 
 
 @pytest.mark.parametrize(("fault", "expect", "check"), CASES)
