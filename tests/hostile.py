@@ -1153,10 +1153,16 @@ async def answer_boot(ws: WebSocket, clock: SimClock, response: Mapping[str, Any
     return str(call[1])
 
 
-async def answer_everything(ws: WebSocket, clock: SimClock, *, interval: int = 60) -> None:
-    """Answer every CALL as an honest, minimal CSMS would (until the link ends)."""
+async def answer_everything(
+    ws: WebSocket, clock: SimClock, *, interval: int = 60, budget: list[int] | None = None
+) -> None:
+    """Answer every CALL as an honest, minimal CSMS would, until the link ends or ``budget[0]`` (messages
+    left, shared across connections; default 2000 for this one) runs out - then close: a station in a
+    message storm would never let virtual time advance."""
+    left = budget if budget is not None else [2000]
     with contextlib.suppress(TransportError):
-        while True:
+        while left[0] > 0:
+            left[0] -= 1
             msg = json.loads(await ws.receive_text())
             if msg[0] != 2:
                 continue
@@ -1169,3 +1175,4 @@ async def answer_everything(ws: WebSocket, clock: SimClock, *, interval: int = 6
             elif action == "Authorize":
                 payload = {"idTokenInfo": {"status": "Accepted"}}
             await ws.send_text(json.dumps([3, msg[1], payload]))
+        await ws.aclose(1008, "message budget exhausted")
