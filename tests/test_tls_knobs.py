@@ -102,7 +102,7 @@ KNOB_TESTS: dict[str, tuple[str, ...]] = {
     "trust.anchors": (
         "test_tls_verify.py::test_unknown_ca_refused_by_client",
         "test_tls_verify.py::test_impostor_root_with_the_same_name_is_unknown",
-        "test_tls_service.py::test_each_endpoint_trusts_its_own_root",
+        "test_link_service.py::test_each_endpoint_trusts_its_own_root",
     ),
     "trust.hostname": ("test_tls_verify.py::test_hostname_mismatch",),
     "trust.wildcards": ("test_tls_verify.py::test_wildcard_refused_by_default_and_allowed_on_request",),
