@@ -260,7 +260,7 @@ class Frames:
 
 
 class Ours:
-    """Our frame reader with wsproto behind it, wired as :class:`~evsim.ws.connection.WebSocket` wires them."""
+    """Our frame reader with wsproto behind it, as a :class:`~evsim.ws.connection.WebSocket` wires them."""
 
     def __init__(self, side: str, compression: bool) -> None:
         extension = _extension(side) if compression else None

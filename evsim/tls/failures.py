@@ -1,4 +1,4 @@
-"""How a :class:`~evsim.tls.stream.TlsStream` fails: its exception classes, and OpenSSL errors read as reasons.
+"""How a :class:`~evsim.tls.stream.TlsStream` fails: its exception classes; OpenSSL errors read as reasons.
 
 OpenSSL exceptions never escape a stream: handshake failures become ``HandshakeFailed(reason)`` with a
 reason from the event vocabulary (``events.py``); the reason is the one our verify callback recorded when

@@ -9,28 +9,27 @@ raises ``WantReadError`` ("feed me more ciphertext"); it never blocks, and since
 time, an engine call is atomic with respect to other tasks. The stream's only job is to move bytes (the
 first three points are :class:`~evsim.tls.engine.BioPump`, the base class of :class:`TlsStream`):
 
-* **Driving an operation** (:meth:`~evsim.tls.engine.BioPump._drive`): call the engine; move what it wrote (a handshake
-  flight, an alert, records) to the outbox and ship it; if it wanted input, read one chunk from the
-  transport, feed it, and call again.
-* **Shipping ciphertext** (:meth:`~evsim.tls.engine.BioPump._collect`, ``_flush_to``): ciphertext must reach the transport in
-  the order the engine produced it, even when a sender and a receiver both make the engine write (a
-  TLS 1.3 receiver may have to answer a KeyUpdate while a sender writes records). Right after each engine
-  call - with no checkpoint in between - the calling task moves the BIO's contents to the end of an
-  ordered *outbox* and notes the outbox position where its bytes end. It then sends, under the send
-  lock, everything queued up to that position (earlier bytes first, so order holds) in one
-  ``transport.send_all``; if another task already sent them while it waited for the lock, it sends
-  nothing. A task sends only when *its own* engine call produced bytes: a receiver whose ``recv``
-  wrote nothing never blocks on the transport's send side for a sender's records - which is what keeps
-  two peers that both send and receive over full TCP buffers from deadlocking. A task cancelled while
-  waiting for the lock loses nothing (its bytes stay queued for the next flush); a task cancelled
-  *inside* ``transport.send_all`` leaves an unknown prefix on the wire, so the stream is then broken
-  (as in trio's SSLStream).
-* **Receiving ciphertext** (:meth:`~evsim.tls.engine.BioPump._receive_more`): only one task reads the transport at a time (the
-  receive lock). A task that waited for the lock checks a counter: if someone else fed the engine while
-  it waited, it retries its engine call instead of reading, since the data it needed may have arrived.
-  Once the engine said ``WantRead``, the next ``receive_some`` reads the transport before calling it
-  (a call before new input could only say ``WantRead`` again); the server side likewise waits for the
-  ClientHello before its first ``do_handshake``.
+* **Driving an operation** (:meth:`~evsim.tls.engine.BioPump._drive`): call the engine; move what it
+  wrote (a handshake flight, an alert, records) to the outbox and ship it; if it wanted input, read one
+  chunk from the transport, feed it, and call again.
+* **Shipping ciphertext** (:meth:`~evsim.tls.engine.BioPump._collect`, ``_flush_to``): ciphertext must reach
+  the transport in the order the engine produced it, even when a sender and a receiver both make the engine
+  write (a TLS 1.3 receiver may have to answer a KeyUpdate while a sender writes records). Right after each
+  engine call - with no checkpoint in between - the calling task moves the BIO's contents to the end of an
+  ordered *outbox* and notes the outbox position where its bytes end. It then sends, under the send lock,
+  everything queued up to that position (earlier bytes first, so order holds) in one ``transport.send_all``;
+  if another task already sent them while it waited for the lock, it sends nothing. A task sends only when
+  *its own* engine call produced bytes: a receiver whose ``recv`` wrote nothing never blocks on the
+  transport's send side for a sender's records - which is what keeps two peers that both send and receive
+  over full TCP buffers from deadlocking. A task cancelled while waiting for the lock loses nothing (its
+  bytes stay queued for the next flush); a task cancelled *inside* ``transport.send_all`` leaves an unknown
+  prefix on the wire, so the stream is then broken (as in trio's SSLStream).
+* **Receiving ciphertext** (:meth:`~evsim.tls.engine.BioPump._receive_more`): only one task reads the
+  transport at a time (the receive lock). A task that waited for the lock checks a counter: if someone else
+  fed the engine while it waited, it retries its engine call instead of reading, since the data it needed
+  may have arrived. Once the engine said ``WantRead``, the next ``receive_some`` reads the transport before
+  calling it (a call before new input could only say ``WantRead`` again); the server side likewise waits for
+  the ClientHello before its first ``do_handshake``.
 * **Locks** are ``evsim.tls.engine._Mutex``, a FIFO mutex without ``trio.Lock``'s owner bookkeeping: the
   uncontended path is two attribute writes, which matters at thousands of small records per second.
 * **Handshake**: done once, by whichever of ``do_handshake`` / first ``send_all`` / first ``receive_some``

@@ -668,7 +668,11 @@ class WebSocket(trio.abc.AsyncResource):
         return out
 
     def _to_wsproto(self, data: bytes) -> tuple[bytearray | None, bool]:
-        """Feed wsproto bytes the frame reader leaves it; the bytes to send and whether the connection ended."""
+        """Feed wsproto the bytes the frame reader leaves it.
+
+        Returns:
+            The bytes to send (or None) and whether the connection ended.
+        """
         conn = self._conn
         conn.receive_data(data)
         out = self._handle_events()

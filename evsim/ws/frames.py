@@ -1,4 +1,4 @@
-"""WebSocket frame codec (RFC 6455 §5.2, RFC 7692 §6): the common frame built and parsed here, the rest by wsproto.
+"""WebSocket frame codec (RFC 6455 §5.2, RFC 7692 §6): the common frame here, every other one in wsproto.
 
 Theory of operation
 -------------------
