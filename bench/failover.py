@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.common import raise_nofile
 from evsim.metrics.failover import endpoint_counts, recoveries
-from evsim.metrics.summary import node_roles
+from evsim.metrics.topology import node_roles
 from evsim.report import table
 from evsim.scenario.loader import loads_scenario
 from evsim.scenario.runner import run_scenario

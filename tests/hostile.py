@@ -45,8 +45,8 @@ from evsim.ocpp.session import OcppSession
 from evsim.recorder import Event, Recorder
 from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile, tls_accept, tls_connect
 from evsim.tls.stream import TlsStream
+from evsim.ws import Accept, UpgradeRequest, WebSocket, ws_client, ws_server
 from evsim.ws.auth import basic_auth_header
-from evsim.ws.connection import Accept, UpgradeRequest, WebSocket, ws_client, ws_server
 from evsim.ws.paths import station_path
 
 PASSWORD = "correct-horse-battery-staple"

@@ -23,7 +23,7 @@ from evsim.cli import main
 from evsim.metrics import plots
 from evsim.metrics.failover import storm_series
 from evsim.metrics.rundir import load
-from evsim.metrics.summary import Topology
+from evsim.metrics.topology import Topology
 
 DIRECT = """
 [simulation]

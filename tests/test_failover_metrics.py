@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from evsim.metrics import failover
-from evsim.metrics.summary import Topology, summarize
+from evsim.metrics.summary import summarize
+from evsim.metrics.topology import Topology
 
 ROLES = {
     "S1": "station",

@@ -27,8 +27,8 @@ from evsim.nodes.csms import CsmsConfig
 from evsim.pki import init_dev_pki
 from evsim.scenario.loader import loads_scenario
 from evsim.tls import ClientTls, Identity, TlsProfile, tls_connect
+from evsim.ws import WebSocket, ws_client
 from evsim.ws.auth import basic_auth_header
-from evsim.ws.connection import WebSocket, ws_client
 from evsim.ws.paths import printable_target, station_id_from_path, station_path, valid_identity
 from tests.e2e_harness import PASSWORD, Harness, harness
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, make_test_pki

@@ -34,8 +34,8 @@ from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.security import load_anchors, station_client_tls
 from evsim.recorder import Recorder
 from evsim.tls import ClientTls, ServerTls, TlsProfile, tls_connect
+from evsim.ws import WebSocket, ws_client
 from evsim.ws.auth import basic_auth_header
-from evsim.ws.connection import WebSocket, ws_client
 from evsim.ws.paths import station_path
 from tests.e2e_harness import PASSWORD, Harness, harness
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, make_test_pki

@@ -22,8 +22,8 @@ from evsim.nodes.csms import CsmsConfig
 from evsim.recorder import Event, EventPrinter, event_level, format_event
 from evsim.text import ELLIPSIS, escape
 from evsim.tls import ClientTls, ServerTls, TlsProfile, tls_connect
+from evsim.ws import WebSocket, ws_client
 from evsim.ws.auth import basic_auth_header
-from evsim.ws.connection import WebSocket, ws_client
 from tests.e2e_harness import PASSWORD, harness
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, make_test_pki
 

@@ -20,9 +20,11 @@ from rich.console import Console
 
 from evsim.errors import ConfigError
 from evsim.metrics import plots
+from evsim.metrics.canonical import canonical_line, canonical_log
 from evsim.metrics.live import LiveProgress, format_sim_time
 from evsim.metrics.rundir import METRICS_COLUMNS, RunData, RunDir, Sample, load, rerender
-from evsim.metrics.summary import Topology, canonical_line, canonical_log, default_group, summarize
+from evsim.metrics.summary import summarize
+from evsim.metrics.topology import Topology, default_group
 from evsim.recorder import Event
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -531,7 +531,7 @@ async def test_ocsp_stapling_good_and_revoked(profile: TlsProfile) -> None:
         client, server = await tls_pair(client_tls, server_tls)
         assert _reason(client) == "cert_invalid:revoked"
         # OpenSSL sent bad_certificate_status_response (RFC 6066 §8); its error text for that alert lacks the
-        # "alert" word stream.classify_ssl_error looks for, so today the server reads protocol_error
+        # "alert" word failures.classify_ssl_error looks for, so today the server reads protocol_error
         assert isinstance(server, HandshakeFailed) and "bad certificate status response" in server.detail
         assert [(o.status, o.accepted) for o in outcomes] == [("revoked", False)]
         assert outcomes[0].check.revocation_reason is x509.ReasonFlags.key_compromise

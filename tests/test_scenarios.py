@@ -12,8 +12,9 @@ import pytest
 
 from evsim.cli import main
 from evsim.errors import ConfigError
+from evsim.metrics.canonical import canonical_log
 from evsim.metrics.failover import Recovery, recoveries
-from evsim.metrics.summary import canonical_log, node_roles
+from evsim.metrics.topology import node_roles
 from evsim.nodes.station import Station
 from evsim.scenario.golden import GOLDEN_DIR, deterministic_events, golden_diff, golden_text, shipped
 from evsim.scenario.loader import load_scenario, loads_scenario

@@ -350,7 +350,9 @@ async def test_groups_restrict_the_key_exchange() -> None:
             client(TlsProfile(groups=("secp384r1",))), server(TlsProfile(groups=("X25519",)))
         )
     assert reason(s) == events.GROUP_REFUSED
-    assert reason(c) == events.CIPHER_REFUSED  # the client hears handshake_failure (stream.py heuristic)
+    assert (
+        reason(c) == events.CIPHER_REFUSED
+    )  # the client hears handshake_failure (evsim.tls.failures heuristic)
     assert events.ocpp_security_event(events.GROUP_REFUSED, side="server") == "InvalidTLSCipherSuite"
 
 

@@ -504,6 +504,8 @@ def test_the_predictor_reads_only_the_model() -> None:
         "ssl",
         "evsim.tls.context",
         "evsim.tls.stream",
+        "evsim.tls.engine",
+        "evsim.tls.failures",
         "evsim.tls.verify",
         "evsim.tls._ossl",
     }

@@ -467,7 +467,7 @@ async def test_a_tls12_only_client_refusing_a_tls11_server_pick_is_a_version_ref
 
 
 async def test_a_tls12_only_client_without_a_tls11_suite_is_still_a_cipher_refusal() -> None:
-    """The documented gap (stream.py "Errors"): the server refuses at TLS 1.1 with "no shared cipher"
+    """The documented gap (evsim.tls.failures): the server refuses at TLS 1.1 with "no shared cipher"
     before the client sees its version, and neither side can tell the version was the cause."""
     client = TlsProfile(versions=("1.2",), cipher_suites={"1.2": ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]})
     with trio.fail_after(10):

@@ -97,7 +97,7 @@ def recoveries(events: Iterable[Mapping[str, Any]], roles: Mapping[str, str]) ->
 
     Args:
         events: JSON event objects, any order.
-        roles: node -> role (:func:`evsim.metrics.summary.node_roles`).
+        roles: node -> role (:func:`evsim.metrics.topology.node_roles`).
 
     Returns:
         One :class:`Recovery` per ``stop`` / ``partition`` event, in time order.

@@ -33,7 +33,7 @@ import attrs
 
 from evsim.errors import ConfigError
 from evsim.metrics.rundir import RunData, Sample
-from evsim.metrics.summary import Topology, node_roles
+from evsim.metrics.topology import Topology, node_roles
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -186,7 +186,7 @@ def connected_series(
     Args:
         events: JSON event objects (used when there are no samples).
         samples: the metrics rows; preferred when present.
-        topology: tells stations from CSMSs (:func:`~evsim.metrics.summary.node_roles`).
+        topology: tells stations from CSMSs (:func:`~evsim.metrics.topology.node_roles`).
 
     Returns:
         Times (s) and the number connected from each time on.
@@ -241,7 +241,7 @@ def handshake_buckets(
         events: JSON event objects.
         span_s: simulated seconds covered.
         width: bucket width, seconds.
-        topology: tells stations from CSMSs (:func:`~evsim.metrics.summary.node_roles`).
+        topology: tells stations from CSMSs (:func:`~evsim.metrics.topology.node_roles`).
 
     Returns:
         (handshakes with series ``full`` and ``resumed``; failures with one series per reason, the
@@ -273,7 +273,7 @@ def connection_rates(
         events: JSON event objects.
         span_s: simulated seconds covered.
         width: bucket width, seconds.
-        topology: tells stations from CSMSs (:func:`~evsim.metrics.summary.node_roles`).
+        topology: tells stations from CSMSs (:func:`~evsim.metrics.topology.node_roles`).
 
     Returns:
         Buckets whose series are counts per bucket (divide by ``width`` for a rate): ``TLS handshakes``
@@ -308,7 +308,7 @@ def transaction_curves(
 
     Args:
         events: JSON event objects.
-        topology: tells stations from CSMSs (:func:`~evsim.metrics.summary.node_roles`).
+        topology: tells stations from CSMSs (:func:`~evsim.metrics.topology.node_roles`).
 
     Returns:
         label -> (times, cumulative count at each time) for ``started at stations``, ``started at CSMS``

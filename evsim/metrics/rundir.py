@@ -318,7 +318,7 @@ class RunDir:
         Keys the runner should give (others are kept as they are): ``scenario`` (name), ``seed``, ``file``
         (the scenario file), ``started_utc``, ``duration_s`` (simulated seconds run), ``wall_time_s``,
         ``evsim_version``, ``outcome`` (``"completed"``, ``"interrupted"``, ``"crashed: <what>"``),
-        ``stations_total``, ``topology`` (:meth:`evsim.metrics.summary.Topology.as_json`) and, optionally,
+        ``stations_total``, ``topology`` (:meth:`evsim.metrics.topology.Topology.as_json`) and, optionally,
         ``ocpp_messages`` (station id -> OCPP action -> CALLs the CSMS received, summed over the endpoints
         sharing the station's records) and ``ocpp_messages_by_endpoint`` (CSMS node -> station id -> OCPP
         action -> CALLs that endpoint received). ``format`` is added.
@@ -392,7 +392,7 @@ def rerender(run_dir: Path, *, plots: bool = True) -> tuple[str, list[Path]]:
         ConfigError: not a readable run directory, or matplotlib is missing when ``plots`` is true.
     """
     from evsim.metrics.plots import render_plots
-    from evsim.metrics.summary import Topology
+    from evsim.metrics.topology import Topology
 
     run = load(run_dir)
     text = summary_of(run).render(header=_header(run.meta))
@@ -411,7 +411,8 @@ def summary_of(run: RunData) -> Summary:
         :func:`evsim.metrics.summary.summarize` of its events, with the topology, per-endpoint message counts
         and queue statistics its ``meta.json`` holds.
     """
-    from evsim.metrics.summary import Topology, summarize
+    from evsim.metrics.summary import summarize
+    from evsim.metrics.topology import Topology
 
     def mapping(key: str) -> Any:
         value = run.meta.get(key)

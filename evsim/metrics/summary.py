@@ -1,11 +1,13 @@
-"""Summary tables and the canonical event log, computed from a run's events alone.
+"""Summary tables computed from a run's events alone.
 
 Everything here is a pure function of the event list (the JSON objects of ``events.jsonl``, or
-:class:`~evsim.recorder.Event` objects) and of a :class:`Topology` saying which station belongs to
-which group and which CSMS each group connects to, so ``evsim report`` can rebuild the summary from a run
-directory without re-running anything.
+:class:`~evsim.recorder.Event` objects) and of a :class:`~evsim.metrics.topology.Topology` saying
+which station belongs to which group and which CSMS each group connects to, so ``evsim report`` can rebuild
+the summary from a run directory without re-running anything. The canonical event log that golden logs
+compare is :mod:`evsim.metrics.canonical`.
 
-Every node has a role (:func:`node_roles`), and the two points of view are kept apart:
+Every node has a role (:func:`~evsim.metrics.topology.node_roles`), and the two points of view are kept
+apart:
 
 * **station** nodes (``handshake_ok``, ``handshake_failed``, ``connection_lost``, ``booted``,
   ``reconnect_wait``, ``tx_started``, ``tx_ended``, ``message_discarded``...), summed per station group;
@@ -19,21 +21,14 @@ Every node has a role (:func:`node_roles`), and the two points of view are kept 
 from __future__ import annotations
 
 import collections
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any
 
 import attrs
-import orjson
 
-from evsim.frozenmap import FrozenMap
-from evsim.recorder import Event
+from evsim.metrics.canonical import ENVELOPE, EventLike, as_dict
+from evsim.metrics.topology import Topology, node_roles
 from evsim.report import table
-
-EventLike: TypeAlias = Event | Mapping[str, Any]
-
-#: Fields of an event object that are not its data.
-_ENVELOPE = ("t", "node", "seq", "kind")
 
 #: Station-side event kinds counted as failures, and CSMS-side ones.
 _STATION_FAILURES = ("handshake_failed", "connection_lost", "message_discarded")
@@ -44,189 +39,6 @@ _SERVER_FAILURES = (
     "connection_lost",
     "accept_failed",
 )
-
-
-def _frozen_map(value: Mapping[str, str]) -> FrozenMap[str, str]:
-    return value if isinstance(value, FrozenMap) else FrozenMap(value)
-
-
-@attrs.frozen
-class Topology:
-    """Which group each station belongs to and which CSMS each group connects to.
-
-    Attributes:
-        groups: node name -> group name (stations; nodes not listed get :func:`default_group`).
-        links: station group -> name of the CSMS its stations connect to.
-        operators: CSMS -> the primary whose station records it shares (``secondary_of``); a CSMS not listed
-            is its own. A transaction recorded by any endpoint of the station's operator counts as delivered.
-    """
-
-    groups: Mapping[str, str] = attrs.field(factory=FrozenMap, converter=_frozen_map)
-    links: Mapping[str, str] = attrs.field(factory=FrozenMap, converter=_frozen_map)
-    operators: Mapping[str, str] = attrs.field(factory=FrozenMap, converter=_frozen_map)
-    hosts: Mapping[str, str] = attrs.field(factory=FrozenMap, converter=_frozen_map)
-    """Host -> CSMS or controller name, for station events that name the endpoint they tried by its host."""
-
-    def operator_of(self, csms: str) -> str:
-        """The primary CSMS of ``csms`` (itself when it is no secondary)."""
-        return self.operators.get(csms) or csms
-
-    def group_of(self, node: str) -> str:
-        """The group of a node.
-
-        Args:
-            node: a node name (station id, CSMS name...).
-
-        Returns:
-            Its group from :attr:`groups`, else :func:`default_group`.
-        """
-        return self.groups.get(node) or default_group(node)
-
-    def members(self) -> dict[str, list[str]]:
-        """The stations of each group.
-
-        Returns:
-            Group name -> its nodes, in the order given.
-        """
-        out: dict[str, list[str]] = {}
-        for node, group in self.groups.items():
-            out.setdefault(group, []).append(node)
-        return out
-
-    @classmethod
-    def from_groups(
-        cls, groups: Mapping[str, Iterable[str]], links: Mapping[str, str] | None = None
-    ) -> Topology:
-        """Build from group name -> station ids.
-
-        Args:
-            groups: each group's station ids.
-            links: group -> CSMS name.
-
-        Returns:
-            The topology.
-        """
-        return cls(
-            groups={node: group for group, nodes in groups.items() for node in nodes},
-            links=dict(links or {}),
-        )
-
-    def as_json(self) -> dict[str, Any]:
-        """The JSON form kept in ``meta.json``: ``{"stations": {group: [ids]}, "links": {group: csms}}``, and
-        ``"operators": {secondary: primary}`` when there are secondaries, ``"hosts": {host: node}``."""
-        out: dict[str, Any] = {"stations": self.members(), "links": dict(self.links)}
-        if self.operators:
-            out["operators"] = dict(self.operators)
-        if self.hosts:
-            out["hosts"] = dict(self.hosts)
-        return out
-
-    @classmethod
-    def from_json(cls, obj: object) -> Topology:
-        """Read :meth:`as_json`'s form back; anything else (e.g. None for an old run) gives an empty topology.
-
-        Args:
-            obj: the ``topology`` value of ``meta.json``.
-
-        Returns:
-            The topology.
-        """
-        if not isinstance(obj, Mapping):
-            return cls()
-        stations = obj.get("stations")
-        links = obj.get("links")
-        operators = obj.get("operators")
-        topo = cls.from_groups(
-            {str(g): [str(n) for n in ids] for g, ids in stations.items()}
-            if isinstance(stations, Mapping)
-            else {},
-            {str(g): str(c) for g, c in links.items()} if isinstance(links, Mapping) else {},
-        )
-        if isinstance(operators, Mapping):
-            topo = attrs.evolve(topo, operators={str(k): str(v) for k, v in operators.items()})
-        hosts = obj.get("hosts")
-        if isinstance(hosts, Mapping):
-            topo = attrs.evolve(topo, hosts={str(k): str(v) for k, v in hosts.items()})
-        return topo
-
-
-#: Kinds only a CSMS emits, and kinds only a station emits (``booted``, ``handshake_failed`` and
-#: ``connection_lost`` come from both).
-CSMS_KINDS = frozenset(
-    {
-        "listening",
-        "accept_failed",
-        "connection_opened",
-        "tls_accepted",
-        "station_connected",
-        "station_disconnected",
-        "replaced_connection",
-        "auth_throttled",
-        "upgrade_rejected",
-        "boot_rejected",
-        "tx_event",
-        "tx_duplicate",
-        "security_event_received",
-    }
-)
-STATION_KINDS = frozenset(
-    {
-        "handshake_ok",
-        "reconnect_wait",
-        "boot_pending",
-        "tx_started",
-        "tx_ended",
-        "authorized",
-        "authorize_offline",
-        "message_discarded",
-    }
-)
-#: Nodes of the simulation itself (run start/end, timeline actions), not of the charging network.
-CONTROL_NODES = frozenset({"runner", "timeline"})
-
-
-def node_roles(events: Iterable[Mapping[str, Any]], topology: Topology | None = None) -> dict[str, str]:
-    """The role of every node: ``csms``, ``station``, ``control`` or ``other`` (attackers...).
-
-    The topology decides for the nodes it names (its stations, its groups' CSMS); the others are known by the
-    kinds they emit (:data:`CSMS_KINDS`, :data:`STATION_KINDS`); :data:`CONTROL_NODES` are ``control``.
-
-    Args:
-        events: JSON event objects.
-        topology: station groups and their CSMS.
-
-    Returns:
-        node -> role, for every node that emitted an event or that the topology names.
-    """
-    roles: dict[str, str] = {}
-    emitted: dict[str, set[str]] = collections.defaultdict(set)
-    for e in events:
-        emitted[str(e["node"])].add(str(e["kind"]))
-    for node, kinds in emitted.items():
-        if node in CONTROL_NODES:
-            roles[node] = "control"
-        elif kinds & CSMS_KINDS:
-            roles[node] = "csms"
-        elif kinds & STATION_KINDS:
-            roles[node] = "station"
-        else:
-            roles[node] = "other"
-    if topology is not None:
-        roles.update(dict.fromkeys(topology.groups, "station"))
-        roles.update(dict.fromkeys(topology.links.values(), "csms"))
-    return roles
-
-
-def default_group(node: str) -> str:
-    """The group of a node the topology does not list: its name without the trailing number.
-
-    Args:
-        node: e.g. ``ST-0042``.
-
-    Returns:
-        e.g. ``ST``; the name itself when nothing is left.
-    """
-    return re.sub(r"[-_.]*\d+$", "", node) or node
 
 
 @attrs.frozen
@@ -351,7 +163,7 @@ def summarize(
 
     Args:
         events: the run's events (JSON objects as in ``events.jsonl``, or :class:`Event`), any order.
-        topology: station groups and their CSMS; None groups stations by :func:`default_group` and gives
+        topology: station groups and their CSMS; None groups stations by :func:`~evsim.metrics.topology.default_group` and gives
             each the CSMS whose events name it most.
         messages: station id -> OCPP action -> CALLs the CSMS received from it (``StationRecord.messages``,
             summed over the endpoints sharing the station's records): the "OCPP messages" table of run
@@ -802,79 +614,7 @@ def _attacks_table(attacks: Mapping[tuple[str, str, str], int]) -> Table:
 def _timeline_table(timeline: Sequence[Mapping[str, Any]]) -> Table:
     rows = []
     for e in timeline:
-        data = {k: v for k, v in e.items() if k not in _ENVELOPE}
+        data = {k: v for k, v in e.items() if k not in ENVELOPE}
         params = " ".join(f"{k}={v}" for k, v in sorted(data.items()))
         rows.append((f"{float(e['t']):.3f}", e["kind"], params or "-"))
     return Table("Timeline", ("t (s)", "action", "parameters"), tuple(rows))
-
-
-# ------------------------------------------------------------------------------------------------ canonical log
-
-
-def as_dict(event: EventLike) -> dict[str, Any]:
-    """An event as its JSON object (``t``, ``node``, ``seq``, ``kind`` and the data fields).
-
-    Args:
-        event: an :class:`Event` or a mapping already in that form.
-
-    Returns:
-        A dict (a copy for mappings).
-    """
-    return event.as_json() if isinstance(event, Event) else dict(event)
-
-
-def canonical_line(event: EventLike) -> str:
-    """One event as a canonical log line: ``<t µs> <node> <kind> <data as sorted compact JSON>``.
-
-    ``seq`` is left out: it numbers a node's events in the order trio happened to run its tasks.
-
-    Args:
-        event: the event.
-
-    Returns:
-        The line, e.g. ``12.500000 ST-0001 booted {"interval":60,"status":"Accepted"}``.
-    """
-    return _canonical(as_dict(event))[1]
-
-
-def canonical_log(events: Iterable[EventLike]) -> list[str]:
-    """The run's events in an order that does not depend on trio's scheduling: what golden logs compare.
-
-    Sorted by (time rounded to µs, node, kind, data as canonical JSON); the per-node sequence number is
-    neither used nor printed, so two runs of the same seed give the same lines even when tasks woken at the
-    same instant ran in another order.
-
-    Args:
-        events: the events, any order.
-
-    Returns:
-        One line per event (:func:`canonical_line`), sorted.
-    """
-    return [line for _, line in sorted(_canonical(as_dict(e)) for e in events)]
-
-
-FREE_TEXT_FIELDS = frozenset({"detail"})
-"""Human-readable engine text (exception messages) kept in the JSONL log but left out of canonical lines: which
-of a connection's tasks notices a loss first decides its wording, not the seed."""
-
-ADDRESS_FIELDS = frozenset({"peer"})
-"""Fields left out of canonical lines when they hold a ``host:port`` address (an accepted connection's peer; a
-pinned peer's *name* stays): a client's port is taken when it connects, and which of several stations due at
-one instant connects first is trio's choice, not the seed's. The JSONL log keeps them."""
-
-_ADDRESS = re.compile(r".+:[0-9]+")
-
-
-def _canonical(e: Mapping[str, Any]) -> tuple[tuple[float, str, str, str], str]:
-    """(sort key, line) of one event."""
-    t = round(float(e["t"]), 6)
-    node, kind = str(e["node"]), str(e["kind"])
-    data = {
-        k: v
-        for k, v in e.items()
-        if k not in _ENVELOPE
-        and k not in FREE_TEXT_FIELDS
-        and not (k in ADDRESS_FIELDS and isinstance(v, str) and _ADDRESS.fullmatch(v))
-    }
-    body = orjson.dumps(data, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
-    return (t, node, kind, body), f"{t:.6f} {node} {kind} {body}"

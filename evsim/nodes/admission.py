@@ -74,8 +74,8 @@ from evsim.recorder import Recorder, bind_peer
 from evsim.tls.context import ServerTls
 from evsim.tls.events import ocpp_security_event
 from evsim.tls.stream import TlsInfo, TlsStream, tls_accept
+from evsim.ws import Accept, Reject, UpgradeRequest, WebSocket, ws_server
 from evsim.ws.auth import parse_basic_auth
-from evsim.ws.connection import Accept, Reject, UpgradeRequest, WebSocket, ws_server
 
 __all__ = [
     "BEHIND_CONTROLLER_CHOICES",

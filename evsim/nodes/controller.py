@@ -115,8 +115,8 @@ from evsim.recorder import Recorder
 from evsim.tls.config import Identity, TlsProfile, TrustStore
 from evsim.tls.context import ServerTls
 from evsim.tls.stream import TlsInfo
+from evsim.ws import Accept, Reject, UpgradeRequest, WebSocket, ws_client
 from evsim.ws.auth import basic_auth_header
-from evsim.ws.connection import Accept, Reject, UpgradeRequest, WebSocket, ws_client
 from evsim.ws.paths import printable_target, station_id_from_path, station_path
 
 __all__ = [

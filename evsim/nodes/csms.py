@@ -105,7 +105,7 @@ from evsim.ocpp.versions import choose_subprotocol, subprotocol_for, version_for
 from evsim.recorder import Recorder
 from evsim.tls.context import ServerTls
 from evsim.tls.stream import TlsInfo
-from evsim.ws.connection import Accept, Reject, UpgradeRequest, WebSocket
+from evsim.ws import Accept, Reject, UpgradeRequest, WebSocket
 from evsim.ws.paths import printable_target, station_id_from_path
 
 log = logging.getLogger("evsim.csms")

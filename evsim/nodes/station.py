@@ -76,8 +76,8 @@ from evsim.tls.peer import PeerEvent
 from evsim.tls.sessions import SessionStore
 from evsim.tls.stream import TlsInfo, tls_connect
 from evsim.urls import parse_url
+from evsim.ws import WebSocket, ws_client
 from evsim.ws.auth import basic_auth_header
-from evsim.ws.connection import WebSocket, ws_client
 from evsim.ws.paths import station_path
 
 log = logging.getLogger("evsim.station")

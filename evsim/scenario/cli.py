@@ -11,9 +11,10 @@ import attrs
 
 from evsim import __version__
 from evsim.errors import ConfigError
+from evsim.metrics.canonical import canonical_log
 from evsim.metrics.live import LiveProgress
 from evsim.metrics.rundir import RunDir, rerender, tee
-from evsim.metrics.summary import Topology, canonical_log
+from evsim.metrics.topology import Topology
 from evsim.report import table
 from evsim.scenario.loader import load_scenario
 from evsim.scenario.runner import RunResult, preflight, run_scenario

@@ -1,6 +1,6 @@
 """Golden logs of the shipped scenarios: what a run must reproduce exactly, given its seed.
 
-A golden log is the run's canonical event log (:func:`evsim.metrics.summary.canonical_log`: sorted by simulated
+A golden log is the run's canonical event log (:func:`evsim.metrics.canonical.canonical_log`: sorted by simulated
 time, node, kind and data, without trio's scheduling order), up to the run's last instant (see
 :func:`deterministic_events`). Logs longer than :data:`FULL_LIMIT` lines (the 1,000-station runs) are stored as
 a digest that stays small and diffable: the event count of every kind, then one line per node with its event
@@ -22,7 +22,7 @@ import hashlib
 import sys
 from pathlib import Path
 
-from evsim.metrics.summary import canonical_log
+from evsim.metrics.canonical import canonical_log
 from evsim.recorder import Event
 from evsim.scenario.loader import load_scenario
 from evsim.scenario.runner import run_scenario

@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeAlias
 import attrs
 
 from evsim.frozenmap import FrozenMap
-from evsim.metrics.summary import Topology
+from evsim.metrics.topology import Topology
 from evsim.tls.config import TlsProfile
 
 ClockKind: TypeAlias = Literal["virtual", "real"]

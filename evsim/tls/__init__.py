@@ -39,20 +39,11 @@ from evsim.tls.config import (
 )
 from evsim.tls.context import ClientAuth, ClientTls, KeylogWarning, ServerTls, clear_context_cache
 from evsim.tls.events import ocpp_security_event
+from evsim.tls.failures import TlsBrokenTransport, TlsClosedTransport, TlsHandshakeFailed, TlsRecordError
 from evsim.tls.listener import Listener
 from evsim.tls.peer import PeerEvent, PeerPolicy, PeerState
 from evsim.tls.sessions import SessionStore
-from evsim.tls.stream import (
-    TlsBrokenTransport,
-    TlsClosedTransport,
-    TlsHandshakeFailed,
-    TlsInfo,
-    TlsRecordError,
-    TlsSession,
-    TlsStream,
-    tls_accept,
-    tls_connect,
-)
+from evsim.tls.stream import TlsInfo, TlsSession, TlsStream, tls_accept, tls_connect
 
 __all__ = [
     "DEFAULT_SUITES",

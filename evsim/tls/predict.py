@@ -25,7 +25,7 @@ The handshake is a pipeline of stages; the first stage that refuses decides the 
    server's record layer rejects the client's alert record ("wrong version number"), which the stream
    reads as the client's version refusal: the server reports ``downgrade_refused`` too (``remote``).
    When no suite fits the server's pick, the server refuses first with ``cipher_refused`` although the
-   version is the cause (neither side can tell: see ``evsim.tls.stream`` "Errors").
+   version is the cause (neither side can tell: see ``evsim.tls.failures``).
    Suites never influence the version: a client offering TLS 1.3 and 1.2 to a server enabling both, with
    no TLS 1.3 suite in common, is refused (rule 2) although a TLS 1.2 suite is shared - OpenSSL does not
    fall back.

@@ -1,7 +1,8 @@
-"""WebSocket (RFC 6455, permessage-deflate RFC 7692) over any ``trio.abc.Stream``, on wsproto.
+"""An open WebSocket (RFC 6455, permessage-deflate RFC 7692) over any ``trio.abc.Stream``, on wsproto.
 
-The only module (with :mod:`evsim.ws.deflate`) that imports wsproto or h11; everything they raise is
-translated into :mod:`evsim.errors` here.
+This module, :mod:`evsim.ws.handshake` (the opening handshake), :mod:`evsim.ws.frames` (the frame codec)
+and :mod:`evsim.ws.deflate` are the only modules that import wsproto (h11: the handshake only); what
+they raise is translated into :mod:`evsim.errors` where it is caught.
 
 Theory of operation
 -------------------
@@ -11,16 +12,14 @@ No task per connection. A :class:`WebSocket` is a wsproto ``Connection`` (sans-I
   streams). It reads up to :data:`RECEIVE_SIZE` bytes and walks the frames: complete messages go to a
   small inbox (one read can carry several), fragments are joined, pings are answered, a close frame is
   answered and ends the connection.
-* **Frames: the common case here, the rest in wsproto.** wsproto's generic frame machinery costs
-  ≈25 µs per small message (measured, both directions). So an unfragmented text/binary frame - every
-  OCPP message - is built (:meth:`WebSocket._frame`) and, when it arrives whole with the expected mask,
-  reserved bits, minimal length and size, parsed (:meth:`WebSocket._take_frames`) right here, deflated
-  and inflated on the *same* zlib objects wsproto's extension uses (:mod:`evsim.ws.deflate`). Every
-  other frame (control frames, fragments, anything malformed or too big) is handed to wsproto whole, in
-  order, so wsproto still answers pings and closes and fails the connection with its own codes.
-  Parsing starts at a frame boundary: both sides take the bytes behind the handshake themselves (a server's
-  wsproto drops them, a client's wsproto is replaced by a fresh frame parser); only a client whose
-  handshake reads passed 64 KiB parses everything through wsproto. Consequence: **pings that arrive
+* **Frames: the common case in our codec, the rest in wsproto.** An unfragmented text/binary frame -
+  every OCPP message - is built (:func:`~evsim.ws.frames.encode_data_frame`) and, when it arrives whole
+  with the expected mask, reserved bits, minimal length and size, parsed
+  (:class:`~evsim.ws.frames.FrameReader`) by :mod:`evsim.ws.frames`; every other frame (control frames,
+  fragments, anything malformed or too big) is handed to wsproto whole, in order, and its events are
+  handled here (:meth:`WebSocket._handle_events`). Parsing starts at a frame boundary: both sides take
+  the bytes behind the handshake themselves (:mod:`evsim.ws.handshake`); only a client whose handshake
+  reads passed 64 KiB parses everything through wsproto. Consequence: **pings that arrive
   while nobody reads are answered on the next receive**; an OCPP session always has a reader, so this
   costs nothing in practice. Pongs only bump ``statistics().pongs_received``: a keep-alive loop sends
   :meth:`WebSocket.ping` and checks the counter moved before the next one (OCPP-J §8.4: no pong → drop
@@ -43,7 +42,7 @@ No task per connection. A :class:`WebSocket` is a wsproto ``Connection`` (sans-I
 * **Size limit**: a message larger than ``max_message_size`` bytes (UTF-8 for text) closes the
   connection with 1009; inflation is bounded too (:mod:`evsim.ws.deflate`). Sizes are checked as frames
   and fragments arrive: a frame header that announces too much is refused before its payload, so is a
-  fragment out of order (:meth:`WebSocket._check_data_header`).
+  fragment out of order (:mod:`evsim.ws.frames`).
 * **Closing** (:meth:`WebSocket.aclose`) sends a close frame, waits up to ``close_timeout`` for the
   peer's close frame (reading itself, or letting the active reader see it), then closes the stream.
   A close frame from the peer is answered at once and the stream closed. Receivers then get
@@ -53,62 +52,42 @@ No task per connection. A :class:`WebSocket` is a wsproto ``Connection`` (sans-I
   streams), so later sends raise ``BrokenTransport``. A sender parked behind another one that is
   cancelled still has its frame sent.
 
-The opening handshake (:func:`ws_client`, :func:`ws_server`) is bounded by ``open_timeout``; on any
-failure the stream is closed. Rejections and malformed requests get a short ``text/plain`` HTTP
-response written here (status line, Content-Length, ``Connection: close``).
+The opening handshake (:func:`~evsim.ws.handshake.ws_client`, :func:`~evsim.ws.handshake.ws_server`)
+makes the :class:`WebSocket`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http
 import math
-import os
-import struct
-import types
-from collections.abc import Callable, Mapping, Sequence
-from typing import cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import attrs
-import h11
 import trio
-from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection, ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    Pong,
-    RejectConnection,
-    RejectData,
-    Request,
-    TextMessage,
-)
-from wsproto.extensions import Extension
-from wsproto.frame_protocol import CloseReason
-from wsproto.utilities import ProtocolError
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from evsim.errors import (
     BrokenTransport,
     ClosedTransport,
     PeerNotReading,
     TransportError,
-    UpgradeFailed,
-    UpgradeRejected,
     WebSocketClosed,
-    WebSocketError,
 )
 from evsim.ws.deflate import BoundedDeflate
+from evsim.ws.frames import OP_BINARY, OP_TEXT, FrameReader, encode_data_frame
+
+if TYPE_CHECKING:
+    from evsim.ws.handshake import UpgradeRequest
 
 __all__ = [
-    "Accept",
-    "Reject",
-    "UpgradeRequest",
+    "DEFAULT_CLOSE_TIMEOUT",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_SEND_TIMEOUT",
+    "RECEIVE_SIZE",
     "WebSocket",
     "WsStatistics",
-    "ws_client",
-    "ws_server",
 ]
 
 RECEIVE_SIZE = 65536
@@ -117,76 +96,14 @@ RECEIVE_SIZE = 65536
 DEFAULT_MAX_MESSAGE_SIZE = 65536
 """Default message size limit in bytes; OCPP has none, 64 KiB covers every schema-valid message we send."""
 
-DEFAULT_OPEN_TIMEOUT = 30.0
-"""Seconds for the opening handshake; OCPP-J suggests 30 s message timeouts (protocol-digest §1.5)."""
-
 DEFAULT_CLOSE_TIMEOUT = 10.0
 """Seconds to wait for the peer's close frame (the ``websockets`` library's default close_timeout)."""
 
 DEFAULT_SEND_TIMEOUT = 60.0
 """Seconds a send may make no progress (the peer reads nothing) before the connection is dropped."""
 
-_MAX_REJECT_BODY = 1024  # bytes of a rejection body kept for UpgradeRejected.reason
-# what wsproto and h11 raise on bad input (UnicodeError is a ValueError)
-_ERRORS = (ProtocolError, h11.ProtocolError, ValueError)
-
 # RFC 6455 §7.4: codes an endpoint may send (1004-1006 and 1015 are reserved, 1000-2999 are the RFC's).
 _SENDABLE_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
-
-
-def _frozen_headers(value: Mapping[str, str]) -> Mapping[str, str]:
-    return types.MappingProxyType(dict(value))
-
-
-@attrs.frozen
-class UpgradeRequest:
-    """What the server knows about a client's upgrade request when it decides.
-
-    Attributes:
-        path: the request target, still percent-encoded (``/ocpp/RDAM%7C123``).
-        host: the ``Host`` header.
-        subprotocols: ``Sec-WebSocket-Protocol`` offers in the client's order of preference.
-        headers: the other request headers, lower-case names; repeated headers joined with ``, ``.
-    """
-
-    path: str
-    host: str
-    subprotocols: tuple[str, ...]
-    headers: Mapping[str, str] = attrs.field(converter=_frozen_headers, factory=dict)
-
-
-@attrs.frozen
-class Accept:
-    """Accept the upgrade.
-
-    Attributes:
-        subprotocol: one of the client's offers, or None to complete the handshake without one
-            (what OCPP-J §3.2 asks when no version matches; the CSMS then closes).
-        extra_headers: additional response headers.
-    """
-
-    subprotocol: str | None = None
-    extra_headers: tuple[tuple[str, str], ...] = ()
-
-
-def _check_status(_instance: object, _attribute: object, value: int) -> None:
-    if not 300 <= value <= 599:
-        raise ValueError(f"a rejection needs an HTTP status in 300..599, got {value}")
-
-
-@attrs.frozen
-class Reject:
-    """Refuse the upgrade with an HTTP status (401 bad credentials, 404 unknown identity, ...).
-
-    Attributes:
-        status: HTTP status code, 300..599.
-        reason: short text for the response body (UTF-8, ``text/plain``).
-        headers: additional response headers; a 401 gets ``WWW-Authenticate: Basic`` if none is given.
-    """
-
-    status: int = attrs.field(validator=_check_status)
-    reason: str = ""
-    headers: tuple[tuple[str, str], ...] = ()
 
 
 @attrs.frozen
@@ -228,42 +145,9 @@ def _utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
-_OP_CONTINUATION = 0x0
-_OP_TEXT = 0x1
-_OP_BINARY = 0x2
-_HEADER_16 = struct.Struct("!BBH")
-_HEADER_64 = struct.Struct("!BBQ")
-_DEFLATE_WIRE_FACTOR = 4
-"""A compressed message's frames may carry this many times ``max_message_size`` (+ 1 KiB) on the wire."""
-
-_MASK_POOL_SIZE = 4096  # random bytes fetched at once: one getrandom(2) per 1024 client frames
-_mask_pool = b""
-_mask_pos = 0
-
-
-def _mask_key() -> bytes:
-    """A fresh 32-bit masking key from the OS's strong entropy source (RFC 6455 §5.3), fetched in bulk."""
-    global _mask_pool, _mask_pos
-    pos = _mask_pos
-    if pos + 4 > len(_mask_pool):
-        _mask_pool = os.urandom(_MASK_POOL_SIZE)
-        pos = 0
-    _mask_pos = pos + 4
-    return _mask_pool[pos : pos + 4]
-
-
-def _mask(data: bytes, key: bytes) -> bytes:
-    """XOR ``data`` with the repeated 4-byte ``key`` (RFC 6455 §5.3), as one big-integer operation."""
-    n = len(data)
-    if not n:
-        return b""
-    repeated = key * ((n >> 2) + 1)
-    value = int.from_bytes(data, "little") ^ int.from_bytes(repeated[:n], "little")
-    return value.to_bytes(n, "little")
-
-
 class WebSocket(trio.abc.AsyncResource):
-    """An open WebSocket; made by :func:`ws_client` or :func:`ws_server`, never directly.
+    """An open WebSocket; made by :func:`~evsim.ws.handshake.ws_client` or
+    :func:`~evsim.ws.handshake.ws_server`, never directly.
 
     Attributes:
         subprotocol: the negotiated ``Sec-WebSocket-Protocol``, or None.
@@ -288,7 +172,6 @@ class WebSocket(trio.abc.AsyncResource):
         "_deflate",
         "_dropped",
         "_failed",
-        "_fast_rx",
         "_flushed",
         "_inbox",
         "_max",
@@ -306,15 +189,11 @@ class WebSocket(trio.abc.AsyncResource):
         "_pongs_skipped",
         "_push",
         "_queued",
-        "_rbuf",
+        "_reader",
         "_receiving",
         "_send_broken",
         "_send_timeout",
         "_sending",
-        "_slow_left",
-        "_slow_message",
-        "_slow_wire",
-        "_slow_wire_limit",
         "_stream",
         "_transport_closed",
         "_wire_received",
@@ -361,14 +240,19 @@ class WebSocket(trio.abc.AsyncResource):
         self._check_events = True  # the handshake may have left frames in wsproto's buffer
         self._client = request is None
         self._deflate = deflate if compressed else None
-        # Frames we parse ourselves (see _take_frames); only from a frame boundary, so not when wsproto got
+        # Frames we parse ourselves (evsim.ws.frames); only from a frame boundary, so not when wsproto got
         # bytes after the handshake (it may hold part of a frame).
-        self._fast_rx = not trailing_data
-        self._rbuf = bytearray(early_data)  # received bytes not yet parsed (a partial frame)
-        self._slow_left = 0  # bytes of the current frame still owed to wsproto
-        self._slow_message = False  # wsproto is in the middle of a fragmented message
-        self._slow_wire = 0  # payload bytes announced by the frames of that message so far
-        self._slow_wire_limit = max_message_size  # larger for a compressed message (see _check_data_header)
+        self._reader: FrameReader | None = None
+        if not trailing_data:
+            self._reader = FrameReader(
+                client=self._client,
+                max_message_size=max_message_size,
+                deflate=self._deflate,
+                deliver=self._deliver,
+                refuse=self._fail,
+                to_wsproto=self._to_wsproto,
+                early_data=early_data,
+            )
         # writing
         self._sending = False
         self._out = bytearray()
@@ -473,7 +357,7 @@ class WebSocket(trio.abc.AsyncResource):
         """
         self._check_can_send()
         payload = text.encode("utf-8")
-        data = self._frame(payload, _OP_TEXT)
+        data = encode_data_frame(payload, OP_TEXT, client=self._client, deflate=self._deflate)
         self._messages_sent += 1
         self._payload_sent += len(payload)
         await self._write(data, wait=True)
@@ -496,7 +380,7 @@ class WebSocket(trio.abc.AsyncResource):
         """
         self._check_can_send()
         payload = text.encode("utf-8")
-        data = self._frame(payload, _OP_TEXT)
+        data = encode_data_frame(payload, OP_TEXT, client=self._client, deflate=self._deflate)
         self._messages_sent += 1
         self._payload_sent += len(payload)
         self._queued += len(data)
@@ -543,7 +427,7 @@ class WebSocket(trio.abc.AsyncResource):
             BrokenTransport: the transport broke (now or earlier).
         """
         self._check_can_send()
-        frame = self._frame(bytes(data), _OP_BINARY)
+        frame = encode_data_frame(bytes(data), OP_BINARY, client=self._client, deflate=self._deflate)
         self._messages_sent += 1
         self._payload_sent += len(data)
         await self._write(frame, wait=True)
@@ -562,33 +446,6 @@ class WebSocket(trio.abc.AsyncResource):
         data = self._conn.send(Ping(payload=payload))
         self._pings_sent += 1
         await self._write(data, wait=True)
-
-    def _frame(self, payload: bytes, opcode: int) -> bytes:
-        """One unfragmented data frame (RFC 6455 §5.2), compressed (RFC 7692) and masked as negotiated.
-
-        What wsproto's ``send`` makes for a whole message, without its generic per-frame machinery; the
-        deflate state is the one wsproto's extension uses. Control frames still go through wsproto.
-        """
-        first = 0x80 | opcode
-        deflate = self._deflate
-        if deflate is not None:
-            payload = deflate.compress_message(payload, self._client)
-            first |= 0x40
-        n = len(payload)
-        if self._client:
-            if n < 126:
-                header = bytes((first, 0x80 | n))
-            elif n < 65536:
-                header = _HEADER_16.pack(first, 0xFE, n)
-            else:
-                header = _HEADER_64.pack(first, 0xFF, n)
-            key = _mask_key()
-            return header + key + _mask(payload, key)
-        if n < 126:
-            return bytes((first, n)) + payload
-        if n < 65536:
-            return _HEADER_16.pack(first, 126, n) + payload
-        return _HEADER_64.pack(first, 127, n) + payload
 
     async def receive(self) -> str | bytes:
         """Wait for the next message: ``str`` (text) or ``bytes`` (binary).
@@ -707,7 +564,8 @@ class WebSocket(trio.abc.AsyncResource):
         if self._check_events:  # once per connection: frames that came with the handshake response
             self._check_events = False
             await trio.lowlevel.checkpoint()
-            out = self._take_frames(b"") if self._fast_rx else self._handle_events()
+            reader = self._reader
+            out = reader.receive(b"") if reader is not None else self._handle_events()
         else:
             try:
                 data = await self._stream.receive_some(RECEIVE_SIZE)
@@ -728,8 +586,9 @@ class WebSocket(trio.abc.AsyncResource):
                 await self._close_transport()
                 return
             self._wire_received += len(data)
-            if self._fast_rx:
-                out = self._take_frames(data)
+            reader = self._reader
+            if reader is not None:
+                out = reader.receive(data)
             else:
                 conn.receive_data(bytes(data))
                 out = self._handle_events()
@@ -808,161 +667,22 @@ class WebSocket(trio.abc.AsyncResource):
                 break
         return out
 
-    def _take_frames(self, data: bytes | bytearray) -> bytearray | None:
-        """Parse received bytes: unfragmented data frames here, anything else through wsproto.
-
-        Walks the frames from a frame boundary. A complete FIN text/binary frame with the expected mask
-        and reserved bits, a minimal length encoding and at most ``max_message_size`` payload bytes is
-        unmasked, inflated (:meth:`BoundedDeflate.inflate_message`), checked and queued right here. Every
-        other frame - control frames, fragments, anything malformed or too big - is fed to wsproto whole
-        (as its bytes arrive), and its events are handled as before, in order, so wsproto answers pings,
-        closes, and fails the connection with its own codes and reasons.
+    def _to_wsproto(self, data: bytes) -> tuple[bytearray | None, bool]:
+        """Feed wsproto the bytes the frame reader leaves it.
 
         Returns:
-            Bytes to send (pongs, close frames), if any.
+            The bytes to send (or None) and whether the connection ended.
         """
-        buf: bytes | bytearray = self._rbuf
-        if buf:
-            buf += data  # a bytearray here
-        else:
-            buf = data  # usually one or more whole frames: parse them in place
-        out: bytearray | None = None
         conn = self._conn
-        pos = 0
-        end = len(buf)
-        limit = self._max
-        server = not self._client
-        deflate = self._deflate
-        while pos < end:
-            if self._slow_left:
-                n = min(self._slow_left, end - pos)
-                conn.receive_data(bytes(buf[pos : pos + n]))
-                pos += n
-                self._slow_left -= n
-                more = self._handle_events()
-                if more:
-                    out = (out or bytearray()) + more
-                if self._failed or conn.state is ConnectionState.CLOSED:
-                    pos = end  # the connection ended (as _handle_events stops at a close frame)
-                    break
-                continue
-            if end - pos < 2:
-                break
-            b0 = buf[pos]
-            b1 = buf[pos + 1]
-            length = b1 & 0x7F
-            head = 2
-            minimal = True
-            if length == 126:
-                head = 4
-                if end - pos < 4:
-                    break
-                length = (buf[pos + 2] << 8) | buf[pos + 3]
-                minimal = length > 125
-            elif length == 127:
-                head = 10
-                if end - pos < 10:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                minimal = 0xFFFF < length < 1 << 63
-            masked = b1 & 0x80
-            if masked:
-                head += 4
-            opcode = b0 & 0x0F
-            rsv = b0 & 0x70
-            if (
-                b0 & 0x80
-                and opcode in (_OP_TEXT, _OP_BINARY)
-                and not self._slow_message
-                and (rsv == 0 or (rsv == 0x40 and deflate is not None))
-                and bool(masked) == server
-                and minimal
-                and length <= limit
-            ):
-                total = head + length
-                if end - pos < total:
-                    break  # wait for the rest of the frame
-                payload = bytes(buf[pos + head : pos + total])
-                if masked:
-                    payload = _mask(payload, bytes(buf[pos + head - 4 : pos + head]))
-                pos += total
-                failure = self._take_frame(payload, opcode, rsv)
-                if failure is not None:
-                    out = (out or bytearray()) + failure
-                    pos = end
-                    break
-                continue
-            # wsproto takes this frame whole, as its bytes arrive
-            if opcode <= _OP_BINARY:
-                if (
-                    bool(masked) == server
-                    and minimal
-                    and (rsv == 0 or (rsv == 0x40 and deflate is not None and opcode != _OP_CONTINUATION))
-                ):  # else wsproto fails the connection at the header
-                    failure = self._check_data_header(opcode, rsv, length)
-                    if failure is not None:
-                        out = (out or bytearray()) + failure
-                        pos = end
-                        break
-                self._slow_message = not b0 & 0x80
-            self._slow_left = head + length
-        if pos >= end:
-            if self._rbuf:
-                self._rbuf = bytearray()
-        else:
-            self._rbuf = bytearray(buf[pos:])
-        return out
+        conn.receive_data(data)
+        out = self._handle_events()
+        return out, self._failed or conn.state is ConnectionState.CLOSED
 
-    def _check_data_header(self, opcode: int, rsv: int, length: int) -> bytes | None:
-        """Check a data frame wsproto is about to get, from its header alone; on failure, the close frame.
-
-        wsproto checks the order of fragments only when payload arrives and has no size limit: a header that
-        announces 2**63-1 bytes, or a continuation without a message, would wait for bytes that never come.
-        So both are refused here, before any payload: a frame that starts a message inside a fragmented one
-        or continues none (1002), and a message whose frames announce more than ``max_message_size`` bytes
-        (1009). A compressed message may take more room on the wire than inflated (stored blocks, a flush per
-        fragment) but never several times as much: its frames may announce up to
-        :data:`_DEFLATE_WIRE_FACTOR` times ``max_message_size`` + 1 KiB; what they inflate to is limited as it is
-        inflated (:mod:`evsim.ws.deflate`, :meth:`_take_data`).
-        """
-        if opcode == _OP_CONTINUATION:
-            if not self._slow_message:
-                return self._fail(int(CloseReason.PROTOCOL_ERROR), "continuation frame without a message")
-        else:
-            if self._slow_message:
-                return self._fail(int(CloseReason.PROTOCOL_ERROR), "new message inside a fragmented message")
-            self._slow_wire = 0
-            self._slow_wire_limit = self._max
-            if rsv:
-                self._slow_wire_limit = _DEFLATE_WIRE_FACTOR * self._max + 1024
-        self._slow_wire += length
-        if self._slow_wire > self._slow_wire_limit:
-            return self._fail(1009, "message too big")
-        return None
-
-    def _take_frame(self, payload: bytes, opcode: int, rsv: int) -> bytes | None:
-        """Queue one whole message parsed by :meth:`_take_frames`; on failure, the close frame to send."""
-        if rsv:
-            assert self._deflate is not None
-            inflated = self._deflate.inflate_message(payload, self._client)
-            if isinstance(inflated, CloseReason):
-                if inflated is CloseReason.MESSAGE_TOO_BIG:
-                    return self._fail(1009, "message too big")
-                return self._fail(int(inflated), "error in extension")
-            payload = inflated
-        size = len(payload)
-        if size > self._max:
-            return self._fail(1009, "message too big")
-        if opcode == _OP_TEXT:
-            try:
-                self._inbox.append(payload.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                return self._fail(int(CloseReason.INVALID_FRAME_PAYLOAD_DATA), str(exc))
-        else:
-            self._inbox.append(payload)
+    def _deliver(self, message: str | bytes, size: int) -> None:
+        """Queue one whole message parsed by the frame reader (``size``: its bytes, UTF-8 for text)."""
+        self._inbox.append(message)
         self._messages_received += 1
         self._payload_received += size
-        return None
 
     def _take_data(self, event: TextMessage | BytesMessage) -> bool:
         """Add a message or fragment; False if the message is too big."""
@@ -1131,363 +851,3 @@ class WebSocket(trio.abc.AsyncResource):
         finally:
             if self._close_done is not None:
                 self._close_done.set()
-
-
-# -- opening handshake ------------------------------------------------------------------------------------
-
-
-async def _receive(stream: trio.abc.Stream) -> bytes:
-    try:
-        return bytes(await stream.receive_some(RECEIVE_SIZE))
-    except (trio.BrokenResourceError, BrokenTransport) as exc:
-        raise BrokenTransport(f"transport broken during the WebSocket handshake: {exc}") from exc
-    except trio.ClosedResourceError as exc:
-        raise ClosedTransport("the stream was closed during the WebSocket handshake") from exc
-
-
-async def _send(stream: trio.abc.Stream, data: bytes) -> None:
-    try:
-        await stream.send_all(data)
-    except (trio.BrokenResourceError, BrokenTransport) as exc:
-        raise BrokenTransport(f"transport broken during the WebSocket handshake: {exc}") from exc
-    except trio.ClosedResourceError as exc:
-        raise ClosedTransport("the stream was closed during the WebSocket handshake") from exc
-
-
-def _http_response(status: int, body: str, headers: Sequence[tuple[str, str]] = ()) -> bytes:
-    """A complete, short HTTP/1.1 response that ends the connection."""
-    try:
-        phrase = http.HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    payload = body.encode("utf-8")
-    lines = [f"HTTP/1.1 {status} {phrase}"]
-    for name, value in headers:
-        if not name or any(c in name for c in " \t\r\n:") or "\r" in value or "\n" in value:
-            raise ValueError(f"bad response header {name!r}: {value!r}")
-        lines.append(f"{name}: {value}")
-    lines += [
-        "Content-Type: text/plain; charset=utf-8",
-        f"Content-Length: {len(payload)}",
-        "Connection: close",
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
-
-
-async def ws_client(
-    stream: trio.abc.Stream,
-    *,
-    host: str,
-    path: str,
-    subprotocols: Sequence[str],
-    headers: Sequence[tuple[str, str]] = (),
-    compression: bool = True,
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-    open_timeout: float | None = DEFAULT_OPEN_TIMEOUT,
-    close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
-    send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
-) -> WebSocket:
-    """Open a WebSocket as the client over a connected ``stream`` (TLS already done, if any).
-
-    Args:
-        stream: the transport; closed by this function if the handshake fails.
-        host: the ``Host`` header (``csms.evsim.test:8443``).
-        path: the request target, percent-encoded (see :func:`evsim.ws.paths.station_path`).
-        subprotocols: offers in order of preference (``("ocpp2.1", "ocpp2.0.1")``).
-        headers: extra request headers, e.g. :func:`evsim.ws.auth.basic_auth_header`.
-        compression: offer permessage-deflate.
-        max_message_size: largest message accepted, in bytes; larger ones close with 1009.
-        open_timeout: seconds (trio time) for the handshake; None waits forever.
-        close_timeout: seconds :meth:`WebSocket.aclose` waits for the peer's close frame.
-        send_timeout: seconds a pong may wait for a peer that reads nothing before it is dropped (see
-            :attr:`WebSocket.send_timeout`); None never gives up.
-
-    Returns:
-        The open :class:`WebSocket`; ``subprotocol`` may be None if the server picked none.
-
-    Raises:
-        UpgradeRejected: the server answered with an HTTP status instead of 101 (``.status``).
-        WebSocketError: malformed response, bad accept token, unknown subprotocol or extension,
-            timeout, or unusable ``headers``.
-        BrokenTransport: the connection broke or closed before the response.
-    """
-    conn = WSConnection(ConnectionType.CLIENT)
-    deflate = BoundedDeflate(max_message_size) if compression else None
-    extensions = [deflate] if deflate is not None else []
-    ok = False
-    try:
-        try:
-            request = conn.send(
-                Request(
-                    host=host,
-                    target=path,
-                    subprotocols=list(subprotocols),
-                    extensions=extensions,
-                    extra_headers=[(n.encode("ascii"), v.encode("latin-1")) for n, v in headers],
-                )
-            )
-        except _ERRORS as exc:
-            raise WebSocketError(f"cannot build the upgrade request: {exc}") from exc
-        with trio.move_on_after(math.inf if open_timeout is None else open_timeout):
-            await _send(stream, request)
-            ws = await _client_handshake(
-                stream, conn, path, max_message_size, close_timeout, len(request), deflate
-            )
-            ws._send_timeout = math.inf if send_timeout is None else send_timeout
-            ok = True
-            return ws
-        raise UpgradeFailed(
-            "upgrade_timeout", f"WebSocket opening handshake timed out after {open_timeout} s"
-        )
-    finally:
-        if not ok:
-            await trio.aclose_forcefully(stream)
-
-
-async def _client_handshake(
-    stream: trio.abc.Stream,
-    conn: WSConnection,
-    path: str,
-    max_message_size: int,
-    close_timeout: float | None,
-    sent: int,
-    deflate: BoundedDeflate | None,
-) -> WebSocket:
-    received = 0
-    status: int | None = None
-    body = bytearray()
-    raw = bytearray()  # the response so far, to see whether frames followed it
-    while True:
-        data = await _receive(stream)
-        if not data:
-            if status is not None:  # a rejection whose body ends with the connection
-                raise UpgradeRejected(status, _reason_text(body))
-            raise BrokenTransport("the server closed the connection during the WebSocket handshake")
-        received += len(data)
-        if len(raw) < _MAX_HANDSHAKE_PEEK:
-            raw += data
-        try:
-            conn.receive_data(data)
-            for event in conn.events():
-                if isinstance(event, AcceptConnection):
-                    connection = conn.connection
-                    assert connection is not None
-                    early: bytes | None = None
-                    if len(raw) == received and _has_trailing_data(raw):
-                        # Frames right behind the response: parse them ourselves from their start, like the
-                        # rest, with a frame parser that has not seen them (see _restart_frames)
-                        early = _early_data(raw)
-                        connection = _restart_frames(event.extensions)
-                    return WebSocket(
-                        stream,
-                        connection,
-                        subprotocol=event.subprotocol,
-                        path=path,
-                        request=None,
-                        compressed=any(ext.enabled() for ext in event.extensions),
-                        max_message_size=max_message_size,
-                        close_timeout=close_timeout,
-                        wire_bytes_sent=sent,
-                        wire_bytes_received=received,
-                        deflate=deflate,
-                        trailing_data=early is None and _has_trailing_data(raw),
-                        early_data=early or b"",
-                    )
-                if isinstance(event, RejectConnection):
-                    status = event.status_code
-                    if not event.has_body:
-                        raise UpgradeRejected(status)
-                elif isinstance(event, RejectData):
-                    body += event.data[: _MAX_REJECT_BODY - len(body)]
-                    if event.body_finished or len(body) >= _MAX_REJECT_BODY:
-                        raise UpgradeRejected(status or 0, _reason_text(body))
-        except _ERRORS as exc:
-            if status is not None:
-                raise UpgradeRejected(status, _reason_text(body)) from exc
-            raise UpgradeFailed("bad_http_response", f"bad WebSocket upgrade response: {exc}") from exc
-
-
-_MAX_HANDSHAKE_PEEK = 65536  # an upgrade request or response is far shorter (h11 limits headers too)
-
-
-def _restart_frames(extensions: Sequence[Extension]) -> Connection:
-    """A client frame parser for the negotiated ``extensions`` that has seen no frame yet.
-
-    wsproto's client feeds the bytes behind the 101 response to its frame parser (and the deflate extension's
-    inbound state) at once; the caller hands those bytes to :class:`WebSocket` instead, which parses from a
-    frame boundary and checks every header before wsproto sees it.
-    """
-    for extension in extensions:
-        if isinstance(extension, BoundedDeflate):
-            extension.reset_inbound()
-    return Connection(ConnectionType.CLIENT, list(extensions))
-
-
-def _has_trailing_data(raw: bytearray) -> bool:
-    """True if bytes followed the HTTP head (frames wsproto already holds), or we cannot tell."""
-    end = raw.find(b"\r\n\r\n")
-    return end < 0 or end + 4 < len(raw)
-
-
-def _early_data(raw: bytearray) -> bytes:
-    """What followed the client's upgrade request in the same reads (wsproto's server side drops it)."""
-    end = raw.find(b"\r\n\r\n")
-    return bytes(raw[end + 4 :]) if end >= 0 else b""
-
-
-def _reason_text(body: bytes | bytearray) -> str:
-    return bytes(body).decode("utf-8", "replace").strip()[:200]
-
-
-async def ws_server(
-    stream: trio.abc.Stream,
-    decide: Callable[[UpgradeRequest], Accept | Reject],
-    *,
-    compression: bool = True,
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-    open_timeout: float | None = DEFAULT_OPEN_TIMEOUT,
-    close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
-    send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
-) -> WebSocket | None:
-    """Serve the opening handshake on an accepted ``stream`` (TLS already done, if any).
-
-    Args:
-        stream: the transport; closed by this function unless a WebSocket is returned.
-        decide: called once with the parsed :class:`UpgradeRequest`; returns :class:`Accept` or
-            :class:`Reject` (check credentials and identity here; exceptions propagate).
-        compression: accept permessage-deflate if the client offers it (OCPP-J §3.4: a CSMS SHALL).
-        max_message_size: largest message accepted, in bytes; larger ones close with 1009.
-        open_timeout: seconds (trio time) for the client's request; None waits forever.
-        close_timeout: seconds :meth:`WebSocket.aclose` waits for the peer's close frame.
-        send_timeout: seconds a pong may wait for a peer that reads nothing before it is dropped (see
-            :attr:`WebSocket.send_timeout`); None never gives up.
-
-    Returns:
-        The open :class:`WebSocket`, or None after sending ``decide``'s rejection and closing.
-
-    Raises:
-        UpgradeFailed: malformed or non-WebSocket request (``bad_http_request``, answered with 400/426 first),
-            or no complete request within ``open_timeout`` (``upgrade_timeout``).
-        BrokenTransport: the connection broke or closed before a complete request.
-        ValueError: ``decide`` accepted a subprotocol the client did not offer.
-    """
-    conn = WSConnection(ConnectionType.SERVER)
-    ok = False
-    try:
-        with trio.move_on_after(math.inf if open_timeout is None else open_timeout):
-            received = 0
-            raw = bytearray()
-            while True:
-                data = await _receive(stream)
-                if not data:
-                    raise BrokenTransport(
-                        "the client closed the connection before completing its upgrade request"
-                    )
-                received += len(data)
-                raw += data  # bounded: h11 refuses an incomplete request head over 16 KiB
-                try:
-                    conn.receive_data(data)
-                    event = next(iter(conn.events()), None)
-                except _ERRORS as exc:
-                    hint = getattr(exc, "event_hint", None)
-                    status = hint.status_code if isinstance(hint, RejectConnection) else 400
-                    extra = [("Sec-WebSocket-Version", "13")] if status == 426 else []
-                    await _send_best_effort(
-                        stream, _http_response(status, "bad WebSocket upgrade request", extra)
-                    )
-                    raise UpgradeFailed(
-                        "bad_http_request", f"bad WebSocket upgrade request: {exc}", status=status
-                    ) from exc
-                if isinstance(event, Request):
-                    break
-            request = _upgrade_request(event)
-            decision = decide(request)
-            if isinstance(decision, Reject):
-                headers = list(decision.headers)
-                if decision.status == 401 and not any(n.lower() == "www-authenticate" for n, _ in headers):
-                    headers.append(("WWW-Authenticate", 'Basic realm="ocpp", charset="UTF-8"'))
-                await _send_best_effort(stream, _http_response(decision.status, decision.reason, headers))
-                ok = True
-                with (
-                    trio.move_on_after(math.inf if close_timeout is None else close_timeout),
-                    contextlib.suppress(TransportError, trio.BrokenResourceError),
-                ):
-                    await stream.aclose()
-                return None
-            ws = await _accept(
-                stream, conn, request, decision, compression, max_message_size, close_timeout, raw
-            )
-            ws._wire_received = received
-            ws._send_timeout = math.inf if send_timeout is None else send_timeout
-            ok = True
-            return ws
-        raise UpgradeFailed(
-            "upgrade_timeout", f"no complete WebSocket upgrade request within {open_timeout} s"
-        )
-    finally:
-        if not ok:
-            await trio.aclose_forcefully(stream)
-
-
-async def _send_best_effort(stream: trio.abc.Stream, data: bytes) -> None:
-    with contextlib.suppress(TransportError, trio.BrokenResourceError, trio.ClosedResourceError):
-        await stream.send_all(data)
-
-
-def _upgrade_request(event: Request) -> UpgradeRequest:
-    headers: dict[str, str] = {}
-    for raw_name, raw_value in event.extra_headers:
-        name = raw_name.decode("latin-1").lower()
-        value = raw_value.decode("latin-1")
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return UpgradeRequest(
-        path=event.target,
-        host=event.host,
-        subprotocols=tuple(event.subprotocols),
-        headers=headers,
-    )
-
-
-async def _accept(
-    stream: trio.abc.Stream,
-    conn: WSConnection,
-    request: UpgradeRequest,
-    decision: Accept,
-    compression: bool,
-    max_message_size: int,
-    close_timeout: float | None,
-    raw: bytearray,
-) -> WebSocket:
-    if decision.subprotocol is not None and decision.subprotocol not in request.subprotocols:
-        raise ValueError(
-            f"Accept(subprotocol={decision.subprotocol!r}): the client offered {request.subprotocols}"
-        )
-    extension = BoundedDeflate(max_message_size) if compression else None
-    try:
-        data = conn.send(
-            AcceptConnection(
-                subprotocol=decision.subprotocol,
-                extensions=[extension] if extension is not None else [],
-                extra_headers=[(n.encode("ascii"), v.encode("latin-1")) for n, v in decision.extra_headers],
-            )
-        )
-    except _ERRORS as exc:
-        await _send_best_effort(stream, _http_response(400, "bad WebSocket upgrade request"))
-        raise WebSocketError(f"cannot accept the WebSocket upgrade: {exc}") from exc
-    await _send(stream, data)
-    connection = conn.connection
-    assert connection is not None
-    return WebSocket(
-        stream,
-        connection,
-        subprotocol=decision.subprotocol,
-        path=request.path,
-        request=request,
-        compressed=extension is not None and extension.enabled(),
-        max_message_size=max_message_size,
-        close_timeout=close_timeout,
-        wire_bytes_sent=len(data),
-        wire_bytes_received=0,
-        deflate=extension,
-        early_data=_early_data(raw),
-    )

@@ -24,7 +24,7 @@ wsproto is pinned ``<2`` in setup.cfg and the tests exercise every path.
 
 :meth:`BoundedDeflate.compress_message` / :meth:`BoundedDeflate.inflate_message` do the same work for a whole
 unfragmented message in one call, on the same compressor and decompressor (so the LZ77 window carries over
-whichever path handled the previous message): :mod:`evsim.ws.connection` frames and parses unfragmented
+whichever path handled the previous message): :mod:`evsim.ws.frames` frames and parses unfragmented
 data frames itself and leaves wsproto the rest.
 """
 
