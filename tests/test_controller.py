@@ -379,7 +379,7 @@ async def test_sp3_trusted_controller_still_needs_the_station_password(
         reasons = {
             e.data["reason"] for e in h.events("upgrade_rejected", "csms") if e.data["station"] == "ST-bad"
         }
-        assert reasons == {"wrong password"}
+        assert reasons == {"behind controller LC-1: wrong password"}
 
 
 # ---------------------------------------------------------------- chaining

@@ -76,6 +76,7 @@ from evsim.metrics.recorder import Recorder
 from evsim.net.base import Network
 from evsim.nodes.acceptor import Acceptor, connection_admitted, current_peer
 from evsim.nodes.admission import (
+    ALREADY_CONNECTED,
     BEHIND_CONTROLLER_CHOICES,
     DUPLICATE_POLICY_CHOICES,
     REPLACED_CLOSE,
@@ -86,9 +87,8 @@ from evsim.nodes.admission import (
     DuplicatePolicy,
     TrustedController,
     admit_station,
-    basic_auth_problem,
-    check_client_certificate,
     common_name,
+    decide_upgrade,
 )
 from evsim.ocpp.limits import (
     CONNECTOR_ID,
@@ -102,11 +102,10 @@ from evsim.ocpp.limits import (
 from evsim.ocpp.rpc import BadInput, RpcConnection, RpcEvent
 from evsim.ocpp.seqno import SeqNos
 from evsim.ocpp.session import OcppSession
-from evsim.ocpp.versions import choose_subprotocol, subprotocol_for, version_for
+from evsim.ocpp.versions import version_for
 from evsim.tls.context import ServerTls
 from evsim.tls.stream import TlsInfo
 from evsim.ws.connection import Accept, Reject, UpgradeRequest, WebSocket
-from evsim.ws.paths import printable_target, station_id_from_path
 
 log = logging.getLogger("evsim.csms")
 
@@ -433,42 +432,28 @@ class Csms:
         self._tls_suites[info.cipher_iana] += 1
 
     def _decide(self, req: UpgradeRequest, tls_info: TlsInfo | None, out: dict[str, str]) -> Accept | Reject:
-        """The HTTP upgrade gate (see module doc)."""
+        """The HTTP upgrade gate (see module doc): the shared decision, with the CSMS's own password table,
+        unknown-identity check and password check of stations behind a trusted controller."""
         cfg = self.config
-        station_id = station_id_from_path(req.path, cfg.path_prefix)
-        if station_id is None:
-            return self._reject(404, "bad or missing station identity in path", printable_target(req.path))
-        if (
-            not cfg.accept_unknown_stations
-            and station_id not in cfg.passwords
-            and station_id not in self.stations
-        ):
-            return self._reject(404, "unknown station", station_id)
-        check_password = cfg.security_profile in (1, 2)
-        if not check_password:
-            verdict = check_client_certificate(
-                tls_info,
-                station_id,
-                cfg.organization,
-                behind_controller=cfg.behind_controller,
-                trusted_controllers=cfg.trusted_controllers,
-                station_issuers=cfg.station_issuers,
-            )
-            if not verdict.ok:
-                return self._reject(401, verdict.reason, station_id)
-            if verdict.controller is not None:
-                out["controller"] = verdict.controller
-                check_password = True  # behind a trusted controller: path + Basic auth identify the station
-        if check_password:
-            expected = cfg.passwords.get(station_id, cfg.default_password)
-            problem = basic_auth_problem(req.headers.get("authorization", ""), station_id, expected)
-            if problem:
-                return self._reject(401, problem, station_id)
-        if cfg.duplicate_identity == "refuse_newer" and self._connected(station_id):
-            return self._reject(409, _ALREADY_CONNECTED, station_id)
-        out["station_id"] = station_id
-        return Accept(
-            subprotocol=choose_subprotocol(req.subprotocols, [subprotocol_for(v) for v in cfg.ocpp_versions])
+        return decide_upgrade(
+            req,
+            tls_info,
+            out,
+            reject=self._reject,
+            path_prefix=cfg.path_prefix,
+            security_profile=cfg.security_profile,
+            organization=cfg.organization,
+            behind_controller=cfg.behind_controller,
+            trusted_controllers=cfg.trusted_controllers,
+            station_issuers=cfg.station_issuers,
+            ocpp_versions=cfg.ocpp_versions,
+            password_for=lambda sid: cfg.passwords.get(sid, cfg.default_password),
+            check_relayed_password=True,
+            known=None
+            if cfg.accept_unknown_stations
+            else lambda sid: sid in cfg.passwords or sid in self.stations,
+            connected=self._connected,
+            refuse_newer=cfg.duplicate_identity == "refuse_newer",
         )
 
     def _reject(self, status: int, reason: str, station: str) -> Reject:
@@ -499,9 +484,9 @@ class Csms:
             # another connection of the identity got through the upgrade meanwhile
             self._upgrade_rejections[409] += 1
             self.recorder.emit(
-                name, "upgrade_rejected", station=station_id, status=409, reason=_ALREADY_CONNECTED
+                name, "upgrade_rejected", station=station_id, status=409, reason=ALREADY_CONNECTED
             )
-            await ws.aclose(REPLACED_CLOSE[0], _ALREADY_CONNECTED)
+            await ws.aclose(REPLACED_CLOSE[0], ALREADY_CONNECTED)
             return
         rec = self.stations.get(station_id)
         if rec is None:
@@ -889,9 +874,6 @@ def rpc_event_recorder(recorder: Recorder, node: str, station_id: str) -> Callab
             recorder.trace(node, "message", station=station_id, received=type(event).__name__, **fields)
 
     return hook
-
-
-_ALREADY_CONNECTED = "station already connected (duplicate identity)"
 
 
 def _make_live(rec: StationRecord, conn: StationConnection) -> None:
