@@ -4,9 +4,10 @@ Theory of operation. Loading happens in three passes, and the first error stops 
 
 1. **Syntax**: ``tomllib`` parses the text; its error becomes a :class:`~evsim.errors.ConfigError` with the
    line and column it reports.
-2. **Fields**: each table is read through a :class:`_Table`, which refuses unknown keys first (with a
-   did-you-mean from :func:`difflib.get_close_matches`), then reads each known key with a typed getter that
-   checks the TOML type, the range or the allowed values, and converts units (:mod:`evsim.scenario.units`).
+2. **Fields**: each table is read through a :class:`_Table` (the one table reader,
+   :class:`evsim.toml_table.Table`, with errors located in the file), which refuses unknown keys first (with
+   a did-you-mean), then reads each known key with a typed getter that checks the TOML type, the range or
+   the allowed values, and converts units (:mod:`evsim.scenario.units`).
    Sections are read in dependency order (simulation, pki, tls, csms, stations, links, timeline), so every
    reference to a root, profile, trust store, CSMS, group or node is checked against names already read.
 3. **Whole-scenario checks**: node names that clash, station ids produced twice, two CSMS on one address,
@@ -22,7 +23,6 @@ anything unexpected into a ``ConfigError`` that says it is an evsim bug, so a ca
 from __future__ import annotations
 
 import datetime
-import difflib
 import hashlib
 import ipaddress
 import math
@@ -39,7 +39,7 @@ import attrs
 
 from evsim.errors import ConfigError
 from evsim.ocpp.versions import OCPP_VERSIONS
-from evsim.scenario.locate import FieldPath, LineIndex, format_path, index_lines
+from evsim.scenario.locate import LineIndex, index_lines
 from evsim.scenario.model import (
     DEFAULT_START,
     BehindControllerKind,
@@ -78,7 +78,6 @@ from evsim.scenario.units import (
     parse_bandwidth,
     parse_duration,
     parse_utc_timestamp,
-    type_name,
 )
 from evsim.tls import change as change_layer
 from evsim.tls import config as tls_config
@@ -89,6 +88,7 @@ from evsim.tls.config import MAX_FRAGMENT, MIN_FRAGMENT, TlsProfile
 from evsim.tls.peer import PeerPolicy
 from evsim.tls.pins import Enforcement, Pin, PinSet, PinState, PinTarget
 from evsim.tls.suites import DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES
+from evsim.toml_table import FieldPath, Table, choices_fix, format_path, shown, type_name
 from evsim.ws.paths import IDENTITY_RULE, valid_identity
 
 T = TypeVar("T")
@@ -254,7 +254,6 @@ _HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _SYNTAX_POSITION = re.compile(
     r"^(?P<msg>.*?) \(at (?:line (?P<line>\d+), column (?P<col>\d+)|end of document)\)$", re.S
 )
-_MAX_SHOWN = 60  # characters of a bad string value quoted in an error message
 
 # tomllib message prefix -> how to fix it
 _SYNTAX_FIXES: Final = (
@@ -423,26 +422,6 @@ def validate_tls_profile(spec: TlsProfileSpec) -> None:
 # ---------------------------------------------------------------- errors and locations
 
 
-def _shown(value: object) -> object:
-    """A value as an error shows it: containers are described by the message instead, long strings cut."""
-    if isinstance(value, dict | list):
-        return None
-    if isinstance(value, str) and len(value) > _MAX_SHOWN:
-        return value[: _MAX_SHOWN - 3] + "..."
-    return value
-
-
-def _did_you_mean(word: str, choices: Collection[str]) -> str | None:
-    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return matches[0] if matches else None
-
-
-def _choices_fix(word: object, choices: Collection[str], *, what: str = "use one of") -> str:
-    listed = ", ".join(repr(c) for c in choices) if choices else "(none defined)"
-    guess = _did_you_mean(word, choices) if isinstance(word, str) else None
-    return (f"did you mean {guess!r}? " if guess else "") + f"{what} {listed}"
-
-
 def _syntax_error(message: str, text: str, source: str) -> ConfigError:
     m = _SYNTAX_POSITION.match(message)
     detail, line, column = message, None, None
@@ -488,11 +467,14 @@ class _Context:
             self._index = index_lines(self.text)
         return self._index.line_of(path)
 
+    def render(self, path: FieldPath) -> str:
+        return format_path(path)
+
     def error(self, path: FieldPath, message: str, *, value: object = None, fix: str = "") -> ConfigError:
         return ConfigError(
             message,
             path=format_path(path),
-            value=_shown(value),
+            value=shown(value),
             fix=fix,
             file=self.source,
             line=self.line(path),
@@ -506,8 +488,9 @@ class _Context:
 # ---------------------------------------------------------------- typed table reader
 
 
-class _Table:
-    """One TOML table being read: refuses unknown keys up front, then typed getters per key.
+class _Table(Table):
+    """A scenario table: the base reader (:class:`evsim.toml_table.Table`) with errors located in the file
+    (``ctx``), plus the scenario's own getters (units, security profiles, named tables).
 
     Args:
         ctx: the load's context.
@@ -531,118 +514,18 @@ class _Table:
         unknown_hint: str = "",
         elsewhere: Collection[str] = (),
     ) -> None:
-        if not isinstance(data, dict):
-            raise ctx.error(
-                path,
-                f"expected a table, got {type_name(data)}",
-                value=data,
-                fix=f"write it as a table {what}".rstrip() if what else "write it as a table",
-            )
         self.ctx = ctx
-        self.path = path
-        self.data: dict[str, object] = data
-        for key in data:
-            if key not in keys:
-                guess = _did_you_mean(key, keys)
-                hint = unknown_hint or "known keys: " + ", ".join(keys)
-                fix = f"did you mean {guess!r}?" if guess else f"remove it; {hint}"
-                message = f"not a parameter of {what}" if key in elsewhere else "unknown key"
-                raise ctx.error((*path, key), message, fix=fix)
-
-    def at(self, key: str | int, *more: str | int) -> FieldPath:
-        return (*self.path, key, *more)
-
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def error(self, key: str, message: str, *, value: object = None, fix: str = "") -> ConfigError:
-        return self.ctx.error(self.at(key), message, value=value, fix=fix)
-
-    def require(self, key: str, fix: str) -> None:
-        if key not in self.data:
-            raise self.ctx.error(self.at(key), f"missing required key {key!r}", fix=fix)
-
-    def _typed(self, key: str, check: Callable[[object], bool], expected: str, fix: str) -> object:
-        value = self.data[key]
-        if not check(value):
-            raise self.error(key, f"expected {expected}, got {type_name(value)}", value=value, fix=fix)
-        return value
-
-    def string(self, key: str, default: str, *, one_line: bool = True, max_len: int = 1000) -> str:
-        if key not in self.data:
-            return default
-        value = self._typed(key, lambda v: isinstance(v, str), "a string", f'quote it: {key} = "..."')
-        assert isinstance(value, str)
-        if one_line and ("\n" in value or "\r" in value):
-            raise self.error(key, "must be one line", value=value, fix="remove the line breaks")
-        if not value.strip():
-            raise self.error(key, "must not be empty", value=value, fix=f"write a value, or remove {key}")
-        if len(value) > max_len:
-            raise self.error(key, f"too long (at most {max_len} characters)", value=value, fix="shorten it")
-        return value
-
-    def optional_string(self, key: str, *, one_line: bool = True, max_len: int = 1000) -> str | None:
-        return self.string(key, "", one_line=one_line, max_len=max_len) if key in self.data else None
-
-    def integer(self, key: str, default: int, lo: int, hi: int, *, fix: str = "") -> int:
-        if key not in self.data:
-            return default
-        value = self._typed(
-            key,
-            lambda v: isinstance(v, int) and not isinstance(v, bool),
-            "an integer",
-            fix or f"write a whole number without quotes, e.g. {key} = {default}",
+        super().__init__(
+            data, path, keys, site=ctx, what=what, unknown_hint=unknown_hint, elsewhere=elsewhere
         )
-        assert isinstance(value, int)
-        if not lo <= value <= hi:
-            raise self.error(
-                key, f"must be in {lo}..{hi}", value=value, fix=fix or f"use a value in {lo}..{hi}"
-            )
-        return value
 
-    def number(
-        self, key: str, default: float, *, minimum: float, maximum: float, positive: bool = False
-    ) -> float:
-        if key not in self.data:
-            return default
-        value = self._typed(
-            key,
-            lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-            "a number",
-            f"write a number without quotes, e.g. {key} = {default:g}",
-        )
-        assert isinstance(value, int | float)
-        number = float(value)
-        if not math.isfinite(number) or number < minimum or number > maximum or (positive and number <= 0):
-            bound = "> 0" if positive else f">= {minimum:g}"
-            raise self.error(
-                key,
-                f"must be {bound} and at most {maximum:g}",
-                value=value,
-                fix=f"use e.g. {key} = {default:g}",
-            )
-        return number
+    def child(self, path: FieldPath, data: object, keys: Sequence[str], *, what: str = "") -> _Table:
+        return _Table(self.ctx, path, data, keys, what=what)
 
-    def boolean(self, key: str, default: bool) -> bool:
-        if key not in self.data:
-            return default
-        value = self._typed(
-            key,
-            lambda v: isinstance(v, bool),
-            "a boolean",
-            f"write {key} = true or {key} = false (no quotes)",
-        )
-        assert isinstance(value, bool)
-        return value
-
-    def enum(self, key: str, allowed: Sequence[S], default: S) -> S:
-        if key not in self.data:
-            return default
-        value = self.data[key]
-        for choice in allowed:
-            if value == choice and type(value) is type(choice):
-                return choice
-        raise self.error(key, f"unknown value for {key}", value=value, fix=_choices_fix(value, allowed))
+    def sub_table(self, key: str, keys: Sequence[str], what: str = "") -> _Table | None:
+        sub = super().sub_table(key, keys, what)
+        assert sub is None or isinstance(sub, _Table)
+        return sub
 
     def profile_number(self, key: str, default: int) -> int:
         value = self.data.get(key, default)
@@ -697,67 +580,6 @@ class _Table:
                 fix=f'use e.g. "{max(1, math.floor(seconds))}s"',
             )
         return seconds
-
-    def string_list(
-        self,
-        key: str,
-        default: tuple[str, ...],
-        *,
-        allowed: Sequence[str] | None = None,
-        nonempty: bool = True,
-        example: str = '["a", "b"]',
-    ) -> tuple[str, ...]:
-        if key not in self.data:
-            return default
-        value = self._typed(
-            key, lambda v: isinstance(v, list), "an array of strings", f"write {key} = {example}"
-        )
-        assert isinstance(value, list)
-        if nonempty and not value:
-            raise self.error(key, "must not be empty", value=[], fix=f"write e.g. {key} = {example}")
-        out: list[str] = []
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                raise self.ctx.error(
-                    self.at(key, i),
-                    f"expected a string, got {type_name(item)}",
-                    value=item,
-                    fix=f"quote each element: {key} = {example}",
-                )
-            if allowed is not None and item not in allowed:
-                raise self.ctx.error(
-                    self.at(key, i), f"unknown value in {key}", value=item, fix=_choices_fix(item, allowed)
-                )
-            if item in out:
-                raise self.ctx.error(
-                    self.at(key, i), f"listed twice in {key}", value=item, fix="list it once"
-                )
-            out.append(item)
-        return tuple(out)
-
-    def reference(
-        self, key: str, default: str, defined: Collection[str], kind: str, how_to_define: str
-    ) -> str:
-        """A name that must be defined elsewhere (``kind`` says what, ``how_to_define`` where)."""
-        if key not in self.data:
-            name = default
-        else:
-            value = self._typed(key, lambda v: isinstance(v, str), "a name (string)", f'write {key} = "name"')
-            assert isinstance(value, str)
-            name = value
-        if name not in defined:
-            raise self.error(
-                key,
-                f"undefined {kind} {name!r}",
-                value=name,
-                fix=_choices_fix(name, defined, what=f"define it ({how_to_define}) or use one of"),
-            )
-        return name
-
-    def sub_table(self, key: str, keys: Sequence[str], what: str) -> _Table | None:
-        if key not in self.data:
-            return None
-        return _Table(self.ctx, self.at(key), self.data[key], keys, what=what)
 
     def named_tables(self, key: str, what: str) -> Iterator[tuple[str, object]]:
         """Entries of a table of named tables (``[csms.<name>]``), names checked."""
@@ -1129,7 +951,7 @@ class _TlsModelReader:
                 "cert",
                 "cert names a CSMS certificate as csms.<name>",
                 value=ref,
-                fix=_choices_fix(ref, names, what="use one of"),
+                fix=choices_fix(ref, names, what="use one of"),
             )
         name = ref[5:]
         if csms[name].security_profile == 1:
@@ -1505,7 +1327,7 @@ class _Builder(_TlsModelReader):
                         t.at("roots", i),
                         f"undefined root {root!r}",
                         value=root,
-                        fix=_choices_fix(root, pki.roots, what=f"define [pki.roots.{root}] or use one of"),
+                        fix=choices_fix(root, pki.roots, what=f"define [pki.roots.{root}] or use one of"),
                     )
             stores[name] = self.trust_model(
                 t,
@@ -1676,7 +1498,7 @@ class _Builder(_TlsModelReader):
             raise t.error(
                 "csms",
                 "missing required key 'csms' (the scenario has several CSMS)",
-                fix=_choices_fix("", list(csms), what="add csms = one of")
+                fix=choices_fix("", list(csms), what="add csms = one of")
                 + ", or list endpoints = [{ csms = ... }, ...]",
             )
         if endpoints:
@@ -1855,7 +1677,7 @@ class _Builder(_TlsModelReader):
                     t.at("between", i),
                     f"undefined node or group {sel!r}",
                     value=sel,
-                    fix=_choices_fix(
+                    fix=choices_fix(
                         sel,
                         [*self.nodes.names(("csms", "controller", "group")), "*"],
                         what='use a CSMS, a controller, a station group, a station id or "*":'
@@ -1923,7 +1745,7 @@ class _Builder(_TlsModelReader):
             raise self.ctx.error(
                 (*path, "action"),
                 "missing required key 'action'",
-                fix=_choices_fix("", list(ACTIONS), what="add action = one of"),
+                fix=choices_fix("", list(ACTIONS), what="add action = one of"),
             )
         action = value["action"]
         if not isinstance(action, str) or action not in ACTIONS:
@@ -1931,7 +1753,7 @@ class _Builder(_TlsModelReader):
                 (*path, "action"),
                 "unknown timeline action",
                 value=action,
-                fix=_choices_fix(action, list(ACTIONS)),
+                fix=choices_fix(action, list(ACTIONS)),
             )
         params = ACTIONS[action]
         t = _Table(
@@ -1976,14 +1798,14 @@ class _Builder(_TlsModelReader):
                 key,
                 f"undefined node {value!r}",
                 value=value,
-                fix=_choices_fix(value, self.nodes.names(kinds), what=f"use {wanted}, e.g."),
+                fix=choices_fix(value, self.nodes.names(kinds), what=f"use {wanted}, e.g."),
             )
         if kind not in kinds:
             raise t.error(
                 key,
                 f"{value!r} is {what[kind]}; {t.data['action']} needs {wanted}",
                 value=value,
-                fix=_choices_fix(value, self.nodes.names(kinds), what="use one of"),
+                fix=choices_fix(value, self.nodes.names(kinds), what="use one of"),
             )
         return value
 
@@ -2137,7 +1959,7 @@ class _Builder(_TlsModelReader):
                         if primary is None
                         else "a CSMS cannot be its own secondary",
                         value=spec.secondary_of,
-                        fix=_choices_fix(spec.secondary_of, others, what="name the primary, one of"),
+                        fix=choices_fix(spec.secondary_of, others, what="name the primary, one of"),
                     )
                 if primary.secondary_of is not None:
                     raise self.ctx.error(
@@ -2155,7 +1977,7 @@ class _Builder(_TlsModelReader):
                     (*path, "trusted_controllers", i),
                     f"undefined controller {ref!r}",
                     value=ref,
-                    fix=_choices_fix(
+                    fix=choices_fix(
                         ref, self.nodes.controllers, what="define [controllers.<name>] or use one of"
                     ),
                 )

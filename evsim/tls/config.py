@@ -29,10 +29,10 @@ from evsim.pki.ca import CertKey
 from evsim.pki.keys import PrivateKey, check_key_strength, key_matches_cert, load_cert_file, load_key_file
 from evsim.pki.revocation import load_crl
 from evsim.tls import _ossl
-from evsim.tls._toml import Table, rebased
-from evsim.tls.knobs import EC_GROUPS, GROUPS, SIGNATURE_SCHEMES, check_enforce, choices_fix
+from evsim.tls.knobs import EC_GROUPS, GROUPS, SIGNATURE_SCHEMES, check_enforce
 from evsim.tls.revocation import CrlMode, OcspPolicy, OnUnknown
 from evsim.tls.suites import BY_IANA, BY_OPENSSL, DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES
+from evsim.toml_table import Table, choices_fix, rebased
 
 KNOWN_VERSIONS: tuple[str, ...] = ("1.0", "1.1", "1.2", "1.3")
 """Protocol versions the model knows, oldest first (holes are detected against this order)."""
@@ -211,9 +211,11 @@ class SessionPolicy:
         t = Table(table, path, ("resumption", "lifetime_s", "cache_entries"))
         try:
             return cls(
-                cast(Resumption, t.text("resumption", "both")),
+                cast(Resumption, t.string("resumption", "both")),
                 t.number("lifetime_s", DEFAULT_SESSION_LIFETIME_S),
-                DEFAULT_CACHE_ENTRIES if (entries := t.opt_int("cache_entries")) is None else entries,
+                DEFAULT_CACHE_ENTRIES
+                if (entries := t.optional_integer("cache_entries")) is None
+                else entries,
             )
         except ConfigError as exc:
             raise rebased(exc, path, {"session": ""}) from None
@@ -300,18 +302,20 @@ class RevocationPolicy:
         """
         t = Table(table, path, ("crl", "crls", "ocsp", "on_unknown"))
         crls: list[x509.CertificateRevocationList] = []
-        for i, name in enumerate(t.text_list("crls") or ()):
+        for i, name in enumerate(t.optional_string_list("crls") or ()):
             if resolve_crls is None:
                 raise ConfigError(
-                    "CRLs given but nothing resolves CRL names here", path=f"{t.at('crls')}[{i}]", value=name
+                    "CRLs given but nothing resolves CRL names here",
+                    path=f"{t.where('crls')}[{i}]",
+                    value=name,
                 )
-            crls += _resolve(resolve_crls, name, path=f"{t.at('crls')}[{i}]", what="CRL")
+            crls += _resolve(resolve_crls, name, path=f"{t.where('crls')}[{i}]", what="CRL")
         try:
             return cls(
-                cast(CrlMode, t.text("crl", "off")),
+                cast(CrlMode, t.string("crl", "off")),
                 tuple(crls),
-                cast(OcspPolicy, t.text("ocsp", "off")),
-                cast(OnUnknown, t.text("on_unknown", "fail")),
+                cast(OcspPolicy, t.string("ocsp", "off")),
+                cast(OnUnknown, t.string("on_unknown", "fail")),
             )
         except ConfigError as exc:
             raise rebased(exc, path, {"revocation": ""}) from None
@@ -654,30 +658,32 @@ class TlsProfile:
         kwargs: dict[str, Any] = {}
         renames = {"max_send_fragment": "record.max_send_fragment"}
         for key in ("versions", "groups", "signature_algorithms", "enforce"):
-            if (values := t.text_list(key)) is not None:
+            if (values := t.optional_string_list(key)) is not None:
                 kwargs[key] = values
         if t.has("cipher_suites"):
             suites = t.table("cipher_suites", ("1.3", "1.2"))
-            kwargs["cipher_suites"] = {k: suites.text_list(k) for k in ("1.3", "1.2") if suites.has(k)}
+            kwargs["cipher_suites"] = {
+                k: suites.optional_string_list(k) for k in ("1.3", "1.2") if suites.has(k)
+            }
         if t.has("suite_preference"):
-            kwargs["suite_preference"] = t.text("suite_preference", "server", choices=("server", "client"))
+            kwargs["suite_preference"] = t.enum("suite_preference", ("server", "client"), "server")
         if t.has("alpn") and isinstance(t.data["alpn"], Mapping):
             alpn = t.table("alpn", ("offer", "require"))
-            kwargs["alpn"] = alpn.text_list("offer") or ()
-            kwargs["alpn_require"] = alpn.flag("require", False)
+            kwargs["alpn"] = alpn.optional_string_list("offer") or ()
+            kwargs["alpn_require"] = alpn.boolean("require", False)
             renames |= {"alpn_require": "alpn.require", "alpn": "alpn.offer"}
-        elif (offer := t.text_list("alpn")) is not None:
+        elif (offer := t.optional_string_list("alpn")) is not None:
             kwargs["alpn"] = offer
         kwargs["handshake_timeout_s"] = t.number("handshake_timeout_s", 10.0)
         if t.has("session"):
-            kwargs["session"] = SessionPolicy.from_toml(t.data["session"], path=t.at("session"))
+            kwargs["session"] = SessionPolicy.from_toml(t.data["session"], path=t.where("session"))
         record = t.table(
             "record", ("max_send_fragment", "max_fragment_length", "record_size_limit", "recv_buffer")
         )
         for key in ("max_send_fragment", "max_fragment_length", "record_size_limit", "recv_buffer"):
-            kwargs[key] = record.opt_int(key)
-        kwargs["keylog"] = t.opt_text("keylog")
-        kwargs["insecure_legacy_versions"] = t.flag("insecure_legacy_versions", False)
+            kwargs[key] = record.optional_integer(key)
+        kwargs["keylog"] = t.optional_string("keylog", allow_empty=True) or None
+        kwargs["insecure_legacy_versions"] = t.boolean("insecure_legacy_versions", False)
         try:
             return cls(**kwargs)
         except ConfigError as exc:
@@ -854,26 +860,26 @@ class TrustStore:
             ConfigError: unknown keys, wrong types, unknown names, and every validation error of the class.
         """
         t = Table(table, path, cls._TOML_KEYS)
-        name = t.text("name", path.rpartition(".")[2] or "trust")
+        name = t.string("name", path.rpartition(".")[2] or "trust")
         anchors: list[x509.Certificate] = []
-        for i, ref in enumerate(t.text_list("anchors") or ()):
-            anchors += _resolve(resolve, ref, path=f"{t.at('anchors')}[{i}]", what="anchor")
+        for i, ref in enumerate(t.optional_string_list("anchors") or ()):
+            anchors += _resolve(resolve, ref, path=f"{t.where('anchors')}[{i}]", what="anchor")
         revocation = RevocationPolicy()
         if t.has("revocation"):
             revocation = RevocationPolicy.from_toml(
-                t.data["revocation"], path=t.at("revocation"), resolve_crls=resolve_crls
+                t.data["revocation"], path=t.where("revocation"), resolve_crls=resolve_crls
             )
         try:
             return cls(
                 name,
                 tuple(anchors),
-                hostname=cast(HostnameCheck, t.text("hostname", "san+cn")),
-                wildcards=cast(WildcardPolicy, t.text("wildcards", "deny")),
-                time_check=cast(TimeCheck, t.text("time_check", "enforce")),
-                insecure_skip_verify=t.flag("insecure_skip_verify", False),
+                hostname=cast(HostnameCheck, t.string("hostname", "san+cn")),
+                wildcards=cast(WildcardPolicy, t.string("wildcards", "deny")),
+                time_check=cast(TimeCheck, t.string("time_check", "enforce")),
+                insecure_skip_verify=t.boolean("insecure_skip_verify", False),
                 revocation=revocation,
-                max_depth=t.opt_int("max_depth"),
-                mode=cast(TrustMode, t.text("mode", "pki")),
+                max_depth=t.optional_integer("max_depth"),
+                mode=cast(TrustMode, t.string("mode", "pki")),
             )
         except ConfigError as exc:
             raise rebased(exc, path, {f"trust.{name}": ""}) from None
@@ -1030,10 +1036,10 @@ class Identity:
         t = Table(table, path, ("certificate",))
         if not t.has("certificate"):
             raise ConfigError(
-                "an identity needs a certificate", path=t.at("certificate"), fix='add certificate = "…"'
+                "an identity needs a certificate", path=t.where("certificate"), fix='add certificate = "…"'
             )
-        ref = t.text("certificate", "")
-        cert_key = _resolve(lambda n: [resolve(n)], ref, path=t.at("certificate"), what="certificate")[0]
+        ref = t.string("certificate", "")
+        cert_key = _resolve(lambda n: [resolve(n)], ref, path=t.where("certificate"), what="certificate")[0]
         try:
             return cls.from_cert_key(cert_key)
         except ConfigError as exc:
@@ -1058,10 +1064,12 @@ class Identity:
         t = Table(table, path, ("cert", "key"))
         for key in ("cert", "key"):
             if not t.has(key):
-                raise ConfigError(f"an identity needs {key}", path=t.at(key), fix=f'add {key} = "<PEM file>"')
+                raise ConfigError(
+                    f"an identity needs {key}", path=t.where(key), fix=f'add {key} = "<PEM file>"'
+                )
         base = Path(base_dir)
         try:
-            return cls.from_files(base / t.text("cert", ""), base / t.text("key", ""))
+            return cls.from_files(base / t.string("cert", ""), base / t.string("key", ""))
         except ConfigError as exc:
             raise rebased(exc, path, {"identity": ""}) from None
 
