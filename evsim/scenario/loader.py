@@ -38,6 +38,7 @@ from typing import Final, TypeVar
 import attrs
 
 from evsim.errors import ConfigError
+from evsim.frozen import FrozenMap
 from evsim.ocpp.versions import OCPP_VERSIONS
 from evsim.scenario.locate import LineIndex, index_lines
 from evsim.scenario.model import (
@@ -52,7 +53,6 @@ from evsim.scenario.model import (
     EndpointSpec,
     FailoverKind,
     FallbackKind,
-    FrozenMap,
     HostnameCheck,
     KeyType,
     LinkSpec,

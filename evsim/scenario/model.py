@@ -3,7 +3,7 @@
 A :class:`Scenario` is pure data: the loader (:mod:`evsim.scenario.loader`) has already validated every field
 and resolved every default, so the runner never re-checks anything and never meets a missing key. Durations
 are float seconds, bandwidths bits per second, timestamps aware UTC datetimes; lists become tuples and tables
-:class:`FrozenMap`, so a scenario can be hashed, compared, and shared between tasks.
+:class:`~evsim.frozen.FrozenMap`, so a scenario can be hashed, compared, and shared between tasks.
 
 The model follows the file format documented key by key in ``scenarios/README.md``; names match the TOML
 keys except where Python needs another (``for`` → ``duration``), and the units are in the field docs.
@@ -12,16 +12,14 @@ keys except where Python needs another (``for`` → ``duration``), and the units
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeAlias, TypeVar
+from typing import Literal, TypeAlias
 
 import attrs
 
+from evsim.frozen import FrozenMap as FrozenMap
+from evsim.frozen import frozen_map
 from evsim.tls.config import TlsProfile
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 ClockKind: TypeAlias = Literal["virtual", "real"]
 NetworkKind: TypeAlias = Literal["memory", "tcp"]
@@ -34,46 +32,6 @@ FallbackKind: TypeAlias = Literal["restart_list", "last_working"]
 FailoverKind: TypeAlias = Literal["priority", "round_robin", "sticky"]
 UpstreamLossKind: TypeAlias = Literal["close_station", "keep_station"]
 BehindControllerKind: TypeAlias = Literal["require_station_cert", "trust_controller"]
-
-
-class FrozenMap(Mapping[K, V]):
-    """An immutable, hashable mapping that keeps insertion order (file order for scenario tables).
-
-    Args:
-        items: a mapping or an iterable of ``(key, value)`` pairs; values must be hashable for
-            :func:`hash` to work.
-    """
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
-        self._items: dict[K, V] = dict(items)
-
-    def __getitem__(self, key: K) -> V:
-        return self._items[key]
-
-    def __iter__(self) -> Iterator[K]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __hash__(self) -> int:
-        return hash(tuple(self._items.items()))
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):
-            return dict(self._items) == dict(other.items())
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return f"FrozenMap({self._items!r})"
-
-
-def _frozen_map(value: Mapping[Any, Any] | Iterable[tuple[Any, Any]]) -> FrozenMap[Any, Any]:
-    """attrs converter: any mapping (or pairs) to a :class:`FrozenMap` (typed loosely: attrs converters
-    cannot be generic over the field's type)."""
-    return value if isinstance(value, FrozenMap) else FrozenMap(value)
 
 
 DEFAULT_START = _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC)
@@ -137,7 +95,7 @@ class PkiSpec:
     validity: float = 365 * 86_400.0
     organization: str = "evsim"
     roots: FrozenMap[str, RootSpec] = attrs.field(
-        factory=lambda: FrozenMap({"root": RootSpec(name="root")}), converter=_frozen_map
+        factory=lambda: FrozenMap({"root": RootSpec(name="root")}), converter=frozen_map
     )
 
 
@@ -161,7 +119,7 @@ class TlsProfileSpec:
 
     name: str
     versions: tuple[str, ...] = ("1.3", "1.2")
-    cipher_suites: FrozenMap[str, tuple[str, ...]] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    cipher_suites: FrozenMap[str, tuple[str, ...]] = attrs.field(factory=FrozenMap, converter=frozen_map)
     handshake_timeout: float = 10.0
     max_send_fragment: int | None = None
     tls: TlsProfile | None = None
@@ -455,7 +413,7 @@ class TimelineEvent:
 
     at: float
     action: str
-    params: FrozenMap[str, object] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    params: FrozenMap[str, object] = attrs.field(factory=FrozenMap, converter=frozen_map)
     line: int | None = attrs.field(default=None, eq=False)
 
 
@@ -480,16 +438,16 @@ class Scenario:
 
     simulation: SimulationSpec
     pki: PkiSpec = PkiSpec()
-    tls_profiles: FrozenMap[str, TlsProfileSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
-    trust_stores: FrozenMap[str, TrustSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
-    csms: FrozenMap[str, CsmsSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
-    stations: FrozenMap[str, StationGroupSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
-    controllers: FrozenMap[str, ControllerSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    tls_profiles: FrozenMap[str, TlsProfileSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    trust_stores: FrozenMap[str, TrustSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    csms: FrozenMap[str, CsmsSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    stations: FrozenMap[str, StationGroupSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    controllers: FrozenMap[str, ControllerSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
     links: tuple[LinkSpec, ...] = ()
     timeline: tuple[TimelineEvent, ...] = ()
     source: str | None = None
-    pin_sets: FrozenMap[str, PinSetSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
-    change_policies: FrozenMap[str, ChangeSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    pin_sets: FrozenMap[str, PinSetSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    change_policies: FrozenMap[str, ChangeSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
 
     def station_ids(self) -> list[str]:
         """Every station identity, group by group in file order.

@@ -17,7 +17,7 @@ which knob the engine enforces is the table ``evsim.tls.knobs.KNOB_STATES``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, cast
 
@@ -25,6 +25,7 @@ import attrs
 from cryptography import x509
 
 from evsim.errors import ConfigError, PkiError
+from evsim.frozen import FrozenMap
 from evsim.pki.ca import CertKey
 from evsim.pki.keys import PrivateKey, check_key_strength, key_matches_cert, load_cert_file, load_key_file
 from evsim.pki.revocation import load_crl
@@ -66,49 +67,28 @@ def _suite_key(version: str) -> str:
     return "1.3" if version == "1.3" else "1.2"
 
 
-class SuiteMap(Mapping[str, tuple[str, ...]]):
-    """An immutable, hashable ``{"1.3": (IANA names...), "1.2": (...)}`` mapping (order = priority)."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: Mapping[str, Iterable[str]] | Iterable[tuple[str, Iterable[str]]] = ()) -> None:
-        pairs = items.items() if isinstance(items, Mapping) else items
-        self._items: dict[str, tuple[str, ...]] = {}
-        for k, v in pairs:
-            if isinstance(v, str):
-                raise ConfigError(
-                    "cipher suites must be a list of names",
-                    path=f"cipher_suites.{k}",
-                    value=v,
-                    fix=f'write cipher_suites."{k}" = ["{v}"]',
-                )
-            self._items[str(k)] = tuple(v)
-
-    def __getitem__(self, key: str) -> tuple[str, ...]:
-        return self._items[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __hash__(self) -> int:
-        return hash(tuple(self._items.items()))
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, SuiteMap):
-            return self._items == other._items
-        if isinstance(other, Mapping):
-            return dict(self._items) == {k: tuple(v) for k, v in other.items()}
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return f"SuiteMap({self._items!r})"
+SuiteMap: TypeAlias = FrozenMap[str, tuple[str, ...]]
+"""``{"1.3": (IANA names...), "1.2": (...)}`` (order = priority): a :class:`~evsim.frozen.FrozenMap`."""
 
 
-def _to_suite_map(value: Mapping[str, Iterable[str]] | SuiteMap) -> SuiteMap:
-    return value if isinstance(value, SuiteMap) else SuiteMap(value)
+def _to_suite_map(value: Mapping[str, Iterable[str]] | Iterable[tuple[str, Iterable[str]]]) -> SuiteMap:
+    """attrs converter of ``cipher_suites``: each list of names to a tuple, the table to a :data:`SuiteMap`.
+
+    Raises:
+        ConfigError: a version maps to one string instead of a list of names.
+    """
+    pairs = value.items() if isinstance(value, Mapping) else value
+    items: dict[str, tuple[str, ...]] = {}
+    for k, v in pairs:
+        if isinstance(v, str):
+            raise ConfigError(
+                "cipher suites must be a list of names",
+                path=f"cipher_suites.{k}",
+                value=v,
+                fix=f'write cipher_suites."{k}" = ["{v}"]',
+            )
+        items[str(k)] = tuple(v)
+    return FrozenMap(items)
 
 
 def _to_str_tuple(value: Iterable[str]) -> tuple[str, ...]:
@@ -117,7 +97,7 @@ def _to_str_tuple(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
-DEFAULT_SUITES = SuiteMap({"1.3": DEFAULT_TLS13_SUITES, "1.2": DEFAULT_TLS12_SUITES})
+DEFAULT_SUITES: SuiteMap = FrozenMap({"1.3": DEFAULT_TLS13_SUITES, "1.2": DEFAULT_TLS12_SUITES})
 
 
 # ---------------------------------------------------------------- engine knobs (tls-engine): sessions, revocation

@@ -1,0 +1,56 @@
+"""An immutable, hashable mapping: the one frozen table type of the configuration models.
+
+Scenario tables (:mod:`evsim.scenario.model`) and the TLS model's cipher-suite table
+(:data:`evsim.tls.config.SuiteMap`) are :class:`FrozenMap` values, so the frozen attrs classes holding them
+can be hashed, compared and shared between tasks. This is a base-layer module (standard library only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, TypeVar
+
+__all__ = ["FrozenMap", "frozen_map"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class FrozenMap(Mapping[K, V]):
+    """An immutable, hashable mapping that keeps insertion order (file order for scenario tables).
+
+    Args:
+        items: a mapping or an iterable of ``(key, value)`` pairs; values must be hashable for
+            :func:`hash` to work.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
+        self._items: dict[K, V] = dict(items)
+
+    def __getitem__(self, key: K) -> V:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._items.items()))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self._items) == dict(other.items())
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._items!r})"
+
+
+def frozen_map(value: Mapping[Any, Any] | Iterable[tuple[Any, Any]]) -> FrozenMap[Any, Any]:
+    """attrs converter: any mapping (or pairs) to a :class:`FrozenMap` (typed loosely: attrs converters
+    cannot be generic over the field's type)."""
+    return value if isinstance(value, FrozenMap) else FrozenMap(value)
