@@ -25,7 +25,7 @@ import trio.testing
 
 from evsim.cli import DEV_PASSWORD, main
 from evsim.clock import SimClock
-from evsim.errors import TransportError
+from evsim.errors import ConfigError, TransportError
 from evsim.metrics.recorder import Recorder
 from evsim.net.tcp import TcpNetwork
 from evsim.net.virtual import VirtualListener, VirtualNetwork
@@ -398,9 +398,9 @@ async def test_default_limits_come_from_the_open_file_limit() -> None:
         explicit = Acceptor("csms", recorder, max_connections=10)
         explicit.resolve_limits(virtual)
         assert (explicit.max_connections, explicit.max_pending_per_address) == (10, 5)
-    with pytest.raises(ValueError, match="max_connections"):
+    with pytest.raises(ConfigError, match="max_connections"):
         CsmsConfig(max_connections=0)
-    with pytest.raises(ValueError, match="boot_timeout"):
+    with pytest.raises(ConfigError, match="boot_timeout"):
         CsmsConfig(boot_timeout=-1)
 
 

@@ -68,7 +68,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from evsim.clock import SimClock
-from evsim.errors import HandshakeFailed, UpgradeFailed
+from evsim.errors import ConfigError, HandshakeFailed, UpgradeFailed
 from evsim.metrics.recorder import Recorder, bind_peer
 from evsim.net.base import peer_address, remote_address
 from evsim.ocpp.versions import choose_subprotocol, subprotocol_for
@@ -371,10 +371,18 @@ class AuthBudgetConfig:
     max_sources: int = 4096
 
     def __attrs_post_init__(self) -> None:
-        if self.max_failures < 1 or self.max_sources < 1:
-            raise ValueError("max_failures and max_sources must be >= 1")
-        if not (0 < self.window_s < math.inf and 0 < self.cooldown_s < math.inf):
-            raise ValueError("window_s and cooldown_s must be positive and finite")
+        for name in ("max_failures", "max_sources"):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"{name} must be >= 1", path=f"auth_budget.{name}", value=getattr(self, name)
+                )
+        for name in ("window_s", "cooldown_s"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(
+                    f"{name} must be positive and finite",
+                    path=f"auth_budget.{name}",
+                    value=getattr(self, name),
+                )
 
 
 class AuthBudget:

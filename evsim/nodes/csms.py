@@ -68,6 +68,7 @@ from cryptography import x509
 
 from evsim.clock import SimClock, isoformat
 from evsim.errors import (
+    ConfigError,
     OcppError,
     TransportError,
     failure_reason,
@@ -105,6 +106,7 @@ from evsim.ocpp.session import OcppSession
 from evsim.ocpp.versions import version_for
 from evsim.tls.context import ServerTls
 from evsim.tls.stream import TlsInfo
+from evsim.toml_table import choices_fix
 from evsim.ws.connection import Accept, Reject, UpgradeRequest, WebSocket
 
 log = logging.getLogger("evsim.csms")
@@ -190,22 +192,32 @@ class CsmsConfig:
 
     def __attrs_post_init__(self) -> None:
         if self.security_profile not in (1, 2, 3):
-            raise ValueError(f"security_profile must be 1, 2 or 3, not {self.security_profile}")
+            raise ConfigError(
+                "security_profile must be 1, 2 or 3",
+                path="csms.security_profile",
+                value=self.security_profile,
+            )
         for limit in ("max_connections", "max_pending_per_address"):
             value = getattr(self, limit)
             if value is not None and value < 1:
-                raise ValueError(f"{limit} must be >= 1 (or None for the default), not {value}")
+                raise ConfigError(
+                    f"{limit} must be >= 1", path=f"csms.{limit}", value=value, fix="or None for the default"
+                )
         if not self.boot_timeout > 0:
-            raise ValueError(f"boot_timeout must be > 0, not {self.boot_timeout}")
+            raise ConfigError("boot_timeout must be > 0", path="csms.boot_timeout", value=self.boot_timeout)
         if self.duplicate_identity not in DUPLICATE_POLICY_CHOICES:
-            raise ValueError(
-                f"duplicate_identity must be one of {', '.join(DUPLICATE_POLICY_CHOICES)}, "
-                f"not {self.duplicate_identity!r}"
+            raise ConfigError(
+                "unknown duplicate_identity policy",
+                path="csms.duplicate_identity",
+                value=self.duplicate_identity,
+                fix=choices_fix(self.duplicate_identity, DUPLICATE_POLICY_CHOICES),
             )
         if self.behind_controller not in BEHIND_CONTROLLER_CHOICES:
-            raise ValueError(
-                f"behind_controller must be one of {', '.join(BEHIND_CONTROLLER_CHOICES)}, "
-                f"not {self.behind_controller!r}"
+            raise ConfigError(
+                "unknown behind_controller policy",
+                path="csms.behind_controller",
+                value=self.behind_controller,
+                fix=choices_fix(self.behind_controller, BEHIND_CONTROLLER_CHOICES),
             )
 
 
@@ -350,12 +362,17 @@ class Csms:
         store: dict[str, StationRecord] | None = None,
     ) -> None:
         if config.security_profile == 1 and not config.insecure_allow_plain_ws:
-            raise ValueError(
-                "security profile 1 sends credentials over plain ws://; set insecure_allow_plain_ws=True "
-                "(only on trusted networks, OCPP A00.FR.201)"
+            raise ConfigError(
+                "security profile 1 sends credentials over plain ws://",
+                path="csms.security_profile",
+                fix="set insecure_allow_plain_ws=True (only on trusted networks, OCPP A00.FR.201), or use 2 or 3",
             )
         if config.security_profile >= 2 and server_tls is None:
-            raise ValueError(f"security profile {config.security_profile} needs a TLS server configuration")
+            raise ConfigError(
+                f"security profile {config.security_profile} needs a TLS server configuration",
+                path="csms.server_tls",
+                fix="pass server_tls",
+            )
         self.config = config
         self.network = network
         self.server_tls = server_tls
