@@ -39,6 +39,7 @@ import attrs
 
 from evsim.errors import ConfigError
 from evsim.frozen import FrozenMap
+from evsim.ocpp.backoff import RetryBackOff
 from evsim.ocpp.versions import OCPP_VERSIONS
 from evsim.scenario.locate import LineIndex, index_lines
 from evsim.scenario.model import (
@@ -61,7 +62,6 @@ from evsim.scenario.model import (
     PinSpec,
     PkiSpec,
     ResetSpec,
-    RetryBackOffSpec,
     RootSpec,
     Scenario,
     SimulationSpec,
@@ -1576,16 +1576,17 @@ class _Builder(_TlsModelReader):
             raise t.error(key, "min is larger than max", value=None, fix="write [min, max] with min <= max")
         return (lo, hi)
 
-    def backoff(self, t: _Table) -> RetryBackOffSpec:
+    def backoff(self, t: _Table) -> RetryBackOff:
         b = t.sub_table(
             "retry_backoff", BACKOFF_KEYS, '{ wait_minimum = "3s", random_range = "3s", repeat_times = 4 }'
         )
+        default = RetryBackOff()
         if b is None:
-            return RetryBackOffSpec()
-        return RetryBackOffSpec(
-            wait_minimum=b.duration("wait_minimum", 3.0),
-            random_range=b.duration("random_range", 3.0),
-            repeat_times=b.integer("repeat_times", 4, 0, 64),
+            return default
+        return RetryBackOff(
+            wait_minimum=b.duration("wait_minimum", default.wait_minimum),
+            random_range=b.duration("random_range", default.random_range),
+            repeat_times=b.integer("repeat_times", default.repeat_times, 0, 64),
         )
 
     def register_stations(self, groups: Mapping[str, StationGroupSpec]) -> None:

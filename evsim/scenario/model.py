@@ -19,6 +19,7 @@ import attrs
 
 from evsim.frozen import FrozenMap as FrozenMap
 from evsim.frozen import frozen_map
+from evsim.ocpp.backoff import RetryBackOff
 from evsim.tls.config import TlsProfile
 
 ClockKind: TypeAlias = Literal["virtual", "real"]
@@ -276,24 +277,14 @@ class ControllerSpec:
     failover: FailoverKind = "priority"
     on_upstream_loss: UpstreamLossKind = "close_station"
     upstream_connect_attempts: int = 3
-    retry_backoff: RetryBackOffSpec = attrs.field(factory=lambda: RetryBackOffSpec())
+    retry_backoff: RetryBackOff = attrs.field(factory=RetryBackOff)
     behind_controller: BehindControllerKind = "require_station_cert"
     trusted_controllers: tuple[str, ...] = ()
 
 
-@attrs.frozen(kw_only=True)
-class RetryBackOffSpec:
-    """OCPP ``RetryBackOff*`` reconnect settings (OCPP-J 2.0.1 §5.3).
-
-    Attributes:
-        wait_minimum: ``RetryBackOffWaitMinimum``, seconds.
-        random_range: ``RetryBackOffRandomRange``, seconds.
-        repeat_times: ``RetryBackOffRepeatTimes``: how many times the wait doubles.
-    """
-
-    wait_minimum: float = 3.0
-    random_range: float = 3.0
-    repeat_times: int = 4
+RetryBackOffSpec = RetryBackOff
+"""The ``retry_backoff`` table is the OCPP layer's :class:`~evsim.ocpp.backoff.RetryBackOff` itself (the old
+name stays for existing importers)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -344,7 +335,7 @@ class StationGroupSpec:
     meter_interval: float = 60.0
     charge_power: float = 11_000.0
     heartbeat_fallback: float = 300.0
-    retry_backoff: RetryBackOffSpec = RetryBackOffSpec()
+    retry_backoff: RetryBackOff = attrs.field(factory=RetryBackOff)
     queue_max: int = 1000
     pins: str | None = None
     change: str | None = None
