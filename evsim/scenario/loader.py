@@ -230,9 +230,9 @@ NETWORKS: Final[tuple[NetworkKind, ...]] = ("memory", "tcp")
 KEY_TYPES: Final[tuple[KeyType, ...]] = ("ec", "rsa")
 HOSTNAME_CHECKS: Final[tuple[HostnameCheck, ...]] = ("cn", "san", "san+cn", "off")
 WILDCARD_POLICIES: Final[tuple[WildcardPolicy, ...]] = ("deny", "allow")
-SCENARIO_TLS_VERSIONS: Final = ("1.3", "1.2")
+SCENARIO_TLS_VERSIONS: Final = tls_config.OCPP_TLS_VERSIONS
 """Versions a profile may enable: OCPP 2.0.1 A00.FR.313 allows TLS 1.2 and above only."""
-ATTACK_TLS_VERSIONS: Final = ("1.3", "1.2", "1.1", "1.0")
+ATTACK_TLS_VERSIONS: Final = tuple(reversed(tls_config.KNOWN_VERSIONS))
 """Versions an attacking client may offer (a downgrade attack may try legacy versions)."""
 SECURITY_PROFILES: Final = (1, 2, 3)
 
@@ -358,54 +358,18 @@ def loads_scenario(text: str, *, source: str = "<string>") -> Scenario:
 
 
 def validate_tls_profile(spec: TlsProfileSpec) -> None:
-    """Check a TLS profile: the scenario's own rules, then the TLS layer's (:class:`evsim.tls.config.TlsProfile`).
+    """Check a TLS profile with the TLS layer's rules (:class:`evsim.tls.config.TlsProfile`, the one place that
+    checks versions and suites).
 
     Args:
-        spec: the profile as read from the file.
+        spec: the profile as read from the file (or built in Python).
 
     Raises:
         ConfigError: with ``path`` relative to the profile table (``versions[0]``,
-            ``cipher_suites."1.3"[1]``): an unknown, repeated or missing version, an enabled version with no
-            suite, a suite name that is not a non-empty string, or anything the TLS layer refuses (unknown
-            IANA names, a TLS 1.2 suite in the 1.3 list, a record size out of range...).
+            ``cipher_suites."1.3"[1]``): no version, an unknown, repeated, legacy (below TLS 1.2, OCPP
+            A00.FR.313) or out-of-order version, an unknown ``cipher_suites`` key, an enabled version with no
+            usable suite, unknown IANA names, a TLS 1.2 suite in the 1.3 list, a record size out of range...
     """
-    if not spec.versions:
-        raise ConfigError("no TLS version enabled", path="versions", value=[], fix='use ["1.3", "1.2"]')
-    for i, version in enumerate(spec.versions):
-        if version not in SCENARIO_TLS_VERSIONS:
-            raise ConfigError(
-                "unsupported TLS version (OCPP A00.FR.313 allows TLS 1.2 and above)",
-                path=f"versions[{i}]",
-                value=version,
-                fix='use "1.3" and/or "1.2"',
-            )
-        if version in spec.versions[:i]:
-            raise ConfigError(
-                "TLS version listed twice", path=f"versions[{i}]", value=version, fix="list it once"
-            )
-    for key, suites in spec.cipher_suites.items():
-        if key not in SCENARIO_TLS_VERSIONS:
-            raise ConfigError(
-                "cipher_suites keys are TLS versions",
-                path=format_path(("cipher_suites", key)),
-                value=key,
-                fix='use "1.3" and "1.2" as keys',
-            )
-        for i, name in enumerate(suites):
-            if not isinstance(name, str) or not name:
-                raise ConfigError(
-                    "a cipher suite is a non-empty IANA name",
-                    path=format_path(("cipher_suites", key, i)),
-                    value=name,
-                    fix='use e.g. "TLS_AES_128_GCM_SHA256"',
-                )
-        if key in spec.versions and not suites:
-            raise ConfigError(
-                f"TLS {key} is enabled but has no cipher suite",
-                path=format_path(("cipher_suites", key)),
-                value=[],
-                fix=f'list suites for "{key}", or remove the key to use the defaults',
-            )
     try:
         TlsProfile(
             versions=spec.versions,
@@ -414,8 +378,12 @@ def validate_tls_profile(spec: TlsProfileSpec) -> None:
             max_send_fragment=spec.max_send_fragment,
         )
     except ConfigError as exc:
+        fix = exc.fix
+        if exc.path.startswith("versions[") and exc.value in tls_config.LEGACY_TLS_VERSIONS:
+            # scenario profiles have no insecure_legacy_versions: only attack_downgrade offers legacy versions
+            fix = "use " + " and/or ".join(f'"{v}"' for v in SCENARIO_TLS_VERSIONS)
         raise ConfigError(
-            exc.message, path=format_path(_tls_layer_path(exc.path)), value=exc.value, fix=exc.fix
+            exc.message, path=format_path(_tls_layer_path(exc.path)), value=exc.value, fix=fix
         ) from exc
 
 
@@ -1276,20 +1244,20 @@ class _Builder(_TlsModelReader):
     # ------------------------------------------------------------ [tls]
 
     def tls_profiles(self, tls: _Table | None) -> dict[str, TlsProfileSpec]:
-        profiles = {"default": _profile_spec("default", ("1.3", "1.2"), {}, 10.0, None)}
+        profiles = {"default": _profile_spec("default", SCENARIO_TLS_VERSIONS, {}, 10.0, None)}
         if tls is None:
             return profiles
         for name, value in tls.named_tables("profiles", "TLS profiles, e.g. [tls.profiles.strict]"):
             path = tls.at("profiles", name)
             t = _Table(self.ctx, path, value, PROFILE_KEYS, what=f"[tls.profiles.{name}]")
-            versions = t.string_list("versions", ("1.3", "1.2"), example='["1.3", "1.2"]')
+            versions = t.string_list("versions", SCENARIO_TLS_VERSIONS, example='["1.3", "1.2"]')
             suites: dict[str, tuple[str, ...]] = {}
             if t.has("cipher_suites"):
                 s = _Table(
                     self.ctx,
                     t.at("cipher_suites"),
                     t.data["cipher_suites"],
-                    SCENARIO_TLS_VERSIONS,
+                    tls_config.SUITE_KEYS,
                     what='{ "1.3" = [...], "1.2" = [...] }',
                 )
                 for key in s.data:

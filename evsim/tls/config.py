@@ -39,6 +39,16 @@ KNOWN_VERSIONS: tuple[str, ...] = ("1.0", "1.1", "1.2", "1.3")
 """Protocol versions the model knows, oldest first (holes are detected against this order)."""
 OCPP_MIN_VERSION = "1.2"
 """OCPP 2.0.1 A00.FR.313/314: TLS v1.2 or above only."""
+OCPP_TLS_VERSIONS: tuple[str, ...] = tuple(
+    v for v in reversed(KNOWN_VERSIONS) if KNOWN_VERSIONS.index(v) >= KNOWN_VERSIONS.index(OCPP_MIN_VERSION)
+)
+"""The versions a profile may enable without ``insecure_legacy_versions``, newest first (``("1.3", "1.2")``)."""
+LEGACY_TLS_VERSIONS: tuple[str, ...] = tuple(
+    v for v in reversed(KNOWN_VERSIONS) if v not in OCPP_TLS_VERSIONS
+)
+"""The versions OCPP forbids (A00.FR.313), newest first: only a simulated legacy peer enables them."""
+SUITE_KEYS: tuple[str, ...] = ("1.3", "1.2")
+"""The keys of ``cipher_suites``: OpenSSL has one list for TLS 1.3 and one for TLS 1.2 and older."""
 
 HostnameCheck: TypeAlias = Literal["cn", "san", "san+cn", "off"]
 WildcardPolicy: TypeAlias = Literal["deny", "allow"]
@@ -363,7 +373,7 @@ class TlsProfile:
             with nothing offered, out-of-range record knobs, ``enforce`` on a knob the engine cannot enforce.
     """
 
-    versions: tuple[str, ...] = attrs.field(default=("1.3", "1.2"), converter=_to_str_tuple)
+    versions: tuple[str, ...] = attrs.field(default=OCPP_TLS_VERSIONS, converter=_to_str_tuple)
     cipher_suites: SuiteMap = attrs.field(default=DEFAULT_SUITES, converter=_to_suite_map)
     suite_preference: SuitePreference = "server"
     handshake_timeout_s: float = 10.0
@@ -475,7 +485,7 @@ class TlsProfile:
 
     def _check_suites(self) -> None:
         for key, names in self.cipher_suites.items():
-            if key not in ("1.2", "1.3"):
+            if key not in SUITE_KEYS:
                 raise ConfigError(
                     'cipher_suites keys are "1.3" (TLS 1.3 suites) and "1.2" (suites for TLS 1.2 and older)',
                     path=f"cipher_suites.{key}",
@@ -641,10 +651,8 @@ class TlsProfile:
             if (values := t.optional_string_list(key)) is not None:
                 kwargs[key] = values
         if t.has("cipher_suites"):
-            suites = t.table("cipher_suites", ("1.3", "1.2"))
-            kwargs["cipher_suites"] = {
-                k: suites.optional_string_list(k) for k in ("1.3", "1.2") if suites.has(k)
-            }
+            suites = t.table("cipher_suites", SUITE_KEYS)
+            kwargs["cipher_suites"] = {k: suites.optional_string_list(k) for k in SUITE_KEYS if suites.has(k)}
         if t.has("suite_preference"):
             kwargs["suite_preference"] = t.enum("suite_preference", ("server", "client"), "server")
         if t.has("alpn") and isinstance(t.data["alpn"], Mapping):
