@@ -72,6 +72,7 @@ from evsim.scenario.model import (
     TrustSpec,
     UpstreamLossKind,
     WildcardPolicy,
+    default_of,
 )
 from evsim.scenario.units import (
     format_duration,
@@ -1262,7 +1263,9 @@ class _Builder(_TlsModelReader):
                 )
                 for key in s.data:
                     suites[key] = s.string_list(key, (), nonempty=False, example='["TLS_AES_128_GCM_SHA256"]')
-            timeout = t.duration("handshake_timeout", 10.0, positive=True)
+            timeout = t.duration(
+                "handshake_timeout", default_of(TlsProfileSpec, "handshake_timeout"), positive=True
+            )
             fragment: int | None = None
             if t.has("max_send_fragment"):
                 fragment = t.integer(
@@ -1356,24 +1359,34 @@ class _Builder(_TlsModelReader):
                 value=host,
                 fix="use a shorter host name",
             )
-        profile, insecure = _listener_profile(t)
+        profile, insecure = _listener_profile(t, CsmsSpec)
         cert = self.certificate(t, pki)
         spec = CsmsSpec(
             name=name,
             host=host,
-            port=t.integer("port", 443 if sim.network == "memory" else 0, 0, 65535),
+            port=t.integer("port", default_of(CsmsSpec, "port") if sim.network == "memory" else 0, 0, 65535),
             security_profile=profile,
             insecure_allow_plain_ws=insecure,
             ocpp_versions=t.string_list(
-                "ocpp_versions", ("2.0.1", "2.1"), allowed=OCPP_VERSIONS, example='["2.0.1", "2.1"]'
+                "ocpp_versions",
+                default_of(CsmsSpec, "ocpp_versions"),
+                allowed=OCPP_VERSIONS,
+                example='["2.0.1", "2.1"]',
             ),
-            heartbeat_interval=t.duration("heartbeat_interval", 300.0, positive=True, whole_seconds=True),
+            heartbeat_interval=t.duration(
+                "heartbeat_interval",
+                default_of(CsmsSpec, "heartbeat_interval"),
+                positive=True,
+                whole_seconds=True,
+            ),
             tls_profile=t.reference(
                 "tls_profile", "default", profiles, "TLS profile", "[tls.profiles.<name>]"
             ),
             certificate=cert,
             password=self.password(t),
-            accept_unknown_stations=t.boolean("accept_unknown_stations", True),
+            accept_unknown_stations=t.boolean(
+                "accept_unknown_stations", default_of(CsmsSpec, "accept_unknown_stations")
+            ),
             ocsp_stapling=self.ocsp_stapling(t, profile),
         )
         return self.with_failover_fields(t, spec)
@@ -1496,12 +1509,12 @@ class _Builder(_TlsModelReader):
                 value=t.data["sessions_per_day"],
                 fix="keep one of them",
             )
-        sessions: int | None = t.integer("sessions", 1, 0, 1_000_000)
+        sessions: int | None = t.integer("sessions", default_of(StationGroupSpec, "sessions"), 0, 1_000_000)
         per_day: float | None = None
         if t.has("sessions_per_day"):
             sessions = None
             per_day = t.number("sessions_per_day", 4.0, minimum=0.0, maximum=10_000.0)
-        session_start = self.delay_range(t, "session_start", (5.0, 30.0))
+        session_start = self.delay_range(t, "session_start", default_of(StationGroupSpec, "session_start"))
         return StationGroupSpec(
             name=name,
             count=count,
@@ -1509,7 +1522,10 @@ class _Builder(_TlsModelReader):
             csms=target,
             security_profile=profile,
             ocpp_versions=t.string_list(
-                "ocpp_versions", ("2.0.1",), allowed=OCPP_VERSIONS, example='["2.0.1"]'
+                "ocpp_versions",
+                default_of(StationGroupSpec, "ocpp_versions"),
+                allowed=OCPP_VERSIONS,
+                example='["2.0.1"]',
             ),
             tls_profile=t.reference(
                 "tls_profile", "default", profiles, "TLS profile", "[tls.profiles.<name>]"
@@ -1518,16 +1534,30 @@ class _Builder(_TlsModelReader):
             password=self.password(t),
             sessions=sessions,
             sessions_per_day=per_day,
-            session_duration=t.duration("session_duration", 600.0, positive=True),
+            session_duration=t.duration(
+                "session_duration", default_of(StationGroupSpec, "session_duration"), positive=True
+            ),
             session_start=session_start,
-            meter_interval=t.duration("meter_interval", 60.0, positive=True),
-            charge_power=t.number("charge_power", 11_000.0, minimum=0.0, maximum=10e6, positive=True),
-            heartbeat_fallback=t.duration("heartbeat_fallback", 300.0, positive=True),
+            meter_interval=t.duration(
+                "meter_interval", default_of(StationGroupSpec, "meter_interval"), positive=True
+            ),
+            charge_power=t.number(
+                "charge_power",
+                default_of(StationGroupSpec, "charge_power"),
+                minimum=0.0,
+                maximum=10e6,
+                positive=True,
+            ),
+            heartbeat_fallback=t.duration(
+                "heartbeat_fallback", default_of(StationGroupSpec, "heartbeat_fallback"), positive=True
+            ),
             retry_backoff=self.backoff(t),
-            queue_max=t.integer("queue_max", 1000, 1, 10_000_000),
+            queue_max=t.integer("queue_max", default_of(StationGroupSpec, "queue_max"), 1, 10_000_000),
             endpoints=endpoints,
-            network_attempts=t.integer("network_attempts", 3, 1, MAX_NETWORK_ATTEMPTS),
-            fallback=t.enum("fallback", FALLBACK_KINDS, "restart_list"),
+            network_attempts=t.integer(
+                "network_attempts", default_of(StationGroupSpec, "network_attempts"), 1, MAX_NETWORK_ATTEMPTS
+            ),
+            fallback=t.enum("fallback", FALLBACK_KINDS, default_of(StationGroupSpec, "fallback")),
         )
 
     def delay_range(self, t: _Table, key: str, default: tuple[float, float]) -> tuple[float, float]:
@@ -1910,7 +1940,9 @@ class _Builder(_TlsModelReader):
         return attrs.evolve(
             spec,
             secondary_of=secondary_of,
-            behind_controller=t.enum("behind_controller", BEHIND_CONTROLLER_KINDS, "require_station_cert"),
+            behind_controller=t.enum(
+                "behind_controller", BEHIND_CONTROLLER_KINDS, default_of(CsmsSpec, "behind_controller")
+            ),
             trusted_controllers=t.string_list("trusted_controllers", (), nonempty=False, example='["lc1"]'),
         )
 
@@ -2024,16 +2056,20 @@ class _Builder(_TlsModelReader):
                 value=host,
                 fix="set host to a DNS name such as lc1.site.evsim.test",
             )
-        profile, insecure = _listener_profile(t)
+        profile, insecure = _listener_profile(t, ControllerSpec)
         t.require("upstream", 'add upstream = [{ csms = "main" }] (where the controller connects to)')
         upstream = self.endpoint_list(t, "upstream", profiles, trust, owner=name)
-        behind = t.enum("behind_controller", BEHIND_CONTROLLER_KINDS, "require_station_cert")
+        behind = t.enum(
+            "behind_controller", BEHIND_CONTROLLER_KINDS, default_of(ControllerSpec, "behind_controller")
+        )
         trusted = t.string_list("trusted_controllers", (), nonempty=False, example='["lc2"]')
         self.check_trusted(t.path, trusted, behind)
         return ControllerSpec(
             name=name,
             host=host,
-            port=t.integer("port", 443 if sim.network == "memory" else 0, 0, 65535),
+            port=t.integer(
+                "port", default_of(ControllerSpec, "port") if sim.network == "memory" else 0, 0, 65535
+            ),
             security_profile=profile,
             insecure_allow_plain_ws=insecure,
             tls_profile=t.reference(
@@ -2042,10 +2078,19 @@ class _Builder(_TlsModelReader):
             trust=t.reference("trust", "default", trust, "trust store", "[tls.trust.<name>]"),
             certificate=self.certificate(t, pki),
             upstream=upstream,
-            upstream_security_profile=t.profile_number("upstream_security_profile", 2),
-            failover=t.enum("failover", FAILOVER_KINDS, "priority"),
-            on_upstream_loss=t.enum("on_upstream_loss", UPSTREAM_LOSS_KINDS, "close_station"),
-            upstream_connect_attempts=t.integer("upstream_connect_attempts", 3, 1, MAX_NETWORK_ATTEMPTS),
+            upstream_security_profile=t.profile_number(
+                "upstream_security_profile", default_of(ControllerSpec, "upstream_security_profile")
+            ),
+            failover=t.enum("failover", FAILOVER_KINDS, default_of(ControllerSpec, "failover")),
+            on_upstream_loss=t.enum(
+                "on_upstream_loss", UPSTREAM_LOSS_KINDS, default_of(ControllerSpec, "on_upstream_loss")
+            ),
+            upstream_connect_attempts=t.integer(
+                "upstream_connect_attempts",
+                default_of(ControllerSpec, "upstream_connect_attempts"),
+                1,
+                MAX_NETWORK_ATTEMPTS,
+            ),
             retry_backoff=self.backoff(t),
             behind_controller=behind,
             trusted_controllers=trusted,
@@ -2294,14 +2339,15 @@ def _check_id_pattern(ctx: _Context, path: FieldPath, pattern: str, count: int) 
             raise ctx.error(path, _IDENTITY_RULE.format(sid=sid), value=pattern, fix=fix)
 
 
-def _listener_profile(t: _Table) -> tuple[int, bool]:
-    """A listener's ``security_profile`` and ``insecure_allow_plain_ws`` (profile 1 needs the opt-in).
+def _listener_profile(t: _Table, spec: type[CsmsSpec | ControllerSpec]) -> tuple[int, bool]:
+    """A listener's ``security_profile`` and ``insecure_allow_plain_ws`` (profile 1 needs the opt-in); the
+    defaults are ``spec``'s.
 
     Raises:
         ConfigError: profile 1 without ``insecure_allow_plain_ws = true``.
     """
-    profile = t.profile_number("security_profile", 2)
-    insecure = t.boolean("insecure_allow_plain_ws", False)
+    profile = t.profile_number("security_profile", default_of(spec, "security_profile"))
+    insecure = t.boolean("insecure_allow_plain_ws", default_of(spec, "insecure_allow_plain_ws"))
     if profile == 1 and not insecure:
         raise t.error(
             "security_profile",
