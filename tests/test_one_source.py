@@ -7,7 +7,7 @@ import attrs
 import pytest
 
 from evsim.errors import ConfigError
-from evsim.frozen import FrozenMap
+from evsim.frozenmap import FrozenMap
 from evsim.nodes.admission import AuthBudgetConfig
 from evsim.nodes.controller import ControllerConfig
 from evsim.nodes.csms import CsmsConfig

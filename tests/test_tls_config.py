@@ -6,7 +6,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from evsim.errors import ConfigError
-from evsim.frozen import FrozenMap
+from evsim.frozenmap import FrozenMap
 from evsim.tls import (
     DEFAULT_SUITES,
     ClientTls,

@@ -38,7 +38,7 @@ from typing import Final, TypeVar
 import attrs
 
 from evsim.errors import ConfigError
-from evsim.frozen import FrozenMap
+from evsim.frozenmap import FrozenMap
 from evsim.ocpp.backoff import RetryBackOff
 from evsim.ocpp.versions import OCPP_VERSIONS
 from evsim.scenario.locate import LineIndex, index_lines

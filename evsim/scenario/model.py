@@ -3,7 +3,7 @@
 A :class:`Scenario` is pure data: the loader (:mod:`evsim.scenario.loader`) has already validated every field
 and resolved every default, so the runner never re-checks anything and never meets a missing key. Durations
 are float seconds, bandwidths bits per second, timestamps aware UTC datetimes; lists become tuples and tables
-:class:`~evsim.frozen.FrozenMap`, so a scenario can be hashed, compared, and shared between tasks.
+:class:`~evsim.frozenmap.FrozenMap`, so a scenario can be hashed, compared, and shared between tasks.
 
 The model follows the file format documented key by key in ``scenarios/README.md``; names match the TOML
 keys except where Python needs another (``for`` → ``duration``), and the units are in the field docs.
@@ -17,8 +17,8 @@ from typing import Any, Literal, TypeAlias
 
 import attrs
 
-from evsim.frozen import FrozenMap as FrozenMap
-from evsim.frozen import frozen_map
+from evsim.frozenmap import FrozenMap as FrozenMap
+from evsim.frozenmap import frozen_map
 from evsim.nodes.controller import ControllerConfig
 from evsim.nodes.csms import CsmsConfig
 from evsim.nodes.station import StationConfig

@@ -25,7 +25,7 @@ import attrs
 from cryptography import x509
 
 from evsim.errors import ConfigError, PkiError
-from evsim.frozen import FrozenMap
+from evsim.frozenmap import FrozenMap
 from evsim.pki.ca import CertKey
 from evsim.pki.keys import PrivateKey, check_key_strength, key_matches_cert, load_cert_file, load_key_file
 from evsim.pki.revocation import load_crl
@@ -78,7 +78,7 @@ def _suite_key(version: str) -> str:
 
 
 SuiteMap: TypeAlias = FrozenMap[str, tuple[str, ...]]
-"""``{"1.3": (IANA names...), "1.2": (...)}`` (order = priority): a :class:`~evsim.frozen.FrozenMap`."""
+"""``{"1.3": (IANA names...), "1.2": (...)}`` (order = priority): a :class:`~evsim.frozenmap.FrozenMap`."""
 
 
 def _to_suite_map(value: Mapping[str, Iterable[str]] | Iterable[tuple[str, Iterable[str]]]) -> SuiteMap:

@@ -1,8 +1,7 @@
-"""An immutable, hashable mapping: the one frozen table type of the configuration models.
+"""An immutable, hashable mapping: the table type of frozen configuration values (scenarios, topologies).
 
-Scenario tables (:mod:`evsim.scenario.model`) and the TLS model's cipher-suite table
-(:data:`evsim.tls.config.SuiteMap`) are :class:`FrozenMap` values, so the frozen attrs classes holding them
-can be hashed, compared and shared between tasks. This is a base-layer module (standard library only).
+It is also the TLS model's cipher-suite table (:data:`evsim.tls.config.SuiteMap`), so there is one frozen table
+type. Standard library only (base layer).
 """
 
 from __future__ import annotations
