@@ -15,6 +15,8 @@ import random
 
 import attrs
 
+from evsim.errors import ConfigError
+
 
 @attrs.frozen
 class RetryBackOff:
@@ -25,8 +27,15 @@ class RetryBackOff:
     repeat_times: int = 4
 
     def __attrs_post_init__(self) -> None:
-        if self.wait_minimum < 0 or self.random_range < 0 or self.repeat_times < 0:
-            raise ValueError("RetryBackOff values must be >= 0")
+        for name in ("wait_minimum", "random_range", "repeat_times"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ConfigError(
+                    "RetryBackOff values must be >= 0",
+                    path=f"retry_backoff.{name}",
+                    value=value,
+                    fix="use e.g. 3",
+                )
 
 
 @attrs.define

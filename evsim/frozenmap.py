@@ -1,11 +1,15 @@
-"""An immutable, hashable mapping: the table type of frozen configuration values (scenarios, topologies)."""
+"""An immutable, hashable mapping: the table type of frozen configuration values (scenarios, topologies).
+
+It is also the TLS model's cipher-suite table (:data:`evsim.tls.config.SuiteMap`), so there is one frozen table
+type. Standard library only (base layer).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["FrozenMap"]
+__all__ = ["FrozenMap", "frozen_map"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -43,3 +47,9 @@ class FrozenMap(Mapping[K, V]):
 
     def __repr__(self) -> str:
         return f"FrozenMap({self._items!r})"
+
+
+def frozen_map(value: Mapping[Any, Any] | Iterable[tuple[Any, Any]]) -> FrozenMap[Any, Any]:
+    """attrs converter: any mapping (or pairs) to a :class:`FrozenMap` (typed loosely: attrs converters
+    cannot be generic over the field's type)."""
+    return value if isinstance(value, FrozenMap) else FrozenMap(value)

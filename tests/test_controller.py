@@ -379,7 +379,7 @@ async def test_sp3_trusted_controller_still_needs_the_station_password(
         reasons = {
             e.data["reason"] for e in h.events("upgrade_rejected", "csms") if e.data["station"] == "ST-bad"
         }
-        assert reasons == {"wrong password"}
+        assert reasons == {"behind controller LC-1: wrong password"}
 
 
 # ---------------------------------------------------------------- chaining
@@ -547,6 +547,6 @@ def test_controller_config_refuses_incomplete_settings() -> None:
         ControllerConfig(upstream=upstream, security_profile=1)
     with pytest.raises(ConfigError, match="loss policy"):
         ControllerConfig(upstream=upstream, identity=ident, on_upstream_loss="ignore")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="behind_controller"):
+    with pytest.raises(ConfigError, match="behind_controller"):
         CsmsConfig(behind_controller="trust_everyone")  # type: ignore[arg-type]
     assert ControllerConfig(upstream=upstream, identity=ident).on_upstream_loss == "close_station"

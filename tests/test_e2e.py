@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from evsim.errors import ConfigError
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.station import Station, StationConfig
 from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile, TrustStore
@@ -245,7 +246,7 @@ async def test_offline_transactions_are_queued_and_delivered(autojump_clock: tri
 
 async def test_profile1_plain_ws_only_when_explicitly_allowed(autojump_clock: trio.testing.MockClock) -> None:
     async with harness() as h:
-        with pytest.raises(ValueError, match="insecure_allow_plain_ws"):
+        with pytest.raises(ConfigError, match="insecure_allow_plain_ws"):
             Csms(
                 CsmsConfig(security_profile=1),
                 network=h.net,

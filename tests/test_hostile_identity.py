@@ -111,9 +111,9 @@ def test_budget_memory_is_bounded() -> None:
 
 
 def test_budget_settings_are_checked() -> None:
-    with pytest.raises(ValueError, match="max_failures"):
+    with pytest.raises(ConfigError, match="max_failures"):
         AuthBudgetConfig(max_failures=0)
-    with pytest.raises(ValueError, match="cooldown_s"):
+    with pytest.raises(ConfigError, match="cooldown_s"):
         AuthBudgetConfig(cooldown_s=-1)
 
 
@@ -447,7 +447,7 @@ async def test_profile3_with_station_sub_ca_refuses_the_server_certificate(
 
 
 def test_duplicate_policy_is_checked() -> None:
-    with pytest.raises(ValueError, match="duplicate_identity"):
+    with pytest.raises(ConfigError, match="duplicate_identity"):
         CsmsConfig(duplicate_identity="both")  # type: ignore[arg-type]
 
 

@@ -26,7 +26,7 @@ import trio.testing
 from evsim import DEV_PASSWORD
 from evsim.cli import main
 from evsim.clock import SimClock
-from evsim.errors import TransportError
+from evsim.errors import ConfigError, TransportError
 from evsim.net.tcp import TcpNetwork
 from evsim.net.virtual import VirtualListener, VirtualNetwork
 from evsim.nodes.acceptor import ACCEPT_RETRY_INITIAL_S, ACCEPT_RETRY_MAX_S, FD_RESERVE, Acceptor
@@ -399,9 +399,9 @@ async def test_default_limits_come_from_the_open_file_limit() -> None:
         explicit = Acceptor("csms", recorder, max_connections=10)
         explicit.resolve_limits(virtual)
         assert (explicit.max_connections, explicit.max_pending_per_address) == (10, 5)
-    with pytest.raises(ValueError, match="max_connections"):
+    with pytest.raises(ConfigError, match="max_connections"):
         CsmsConfig(max_connections=0)
-    with pytest.raises(ValueError, match="boot_timeout"):
+    with pytest.raises(ConfigError, match="boot_timeout"):
         CsmsConfig(boot_timeout=-1)
 
 

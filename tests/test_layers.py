@@ -37,6 +37,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "evsim.recorder",
             "evsim.frozenmap",
             "evsim.text",
+            "evsim.toml_table",
         ),
     ),
     ("pki", ("evsim.pki",)),

@@ -9,6 +9,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given
 
+from evsim.errors import ConfigError
 from evsim.nodes.relay import (
     CSMS,
     STATION,
@@ -145,9 +146,9 @@ def test_upstream_lost_hands_back_unanswered_station_calls() -> None:
 
 
 def test_bad_prefix_refused() -> None:
-    with pytest.raises(ValueError, match="id_prefix"):
+    with pytest.raises(ConfigError, match="id_prefix"):
         RelayCore(id_prefix="")
-    with pytest.raises(ValueError, match="id_prefix"):
+    with pytest.raises(ConfigError, match="id_prefix"):
         RelayCore(id_prefix="x" * 25)
 
 

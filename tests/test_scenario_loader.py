@@ -435,7 +435,7 @@ GOLDEN: list[tuple[str, str, int, str, str]] = [
         '[simulation]\nduration = "1h"\n[tls.profiles.x]\nversions = ["1.3",\n  "1.1"]\n[csms.main]\n',
         5,
         "tls.profiles.x.versions[1]",
-        "unsupported TLS version (OCPP A00.FR.313 allows TLS 1.2 and above) (got '1.1'); "
+        "TLS 1.1 is forbidden by OCPP (A00.FR.313: TLS 1.2 or above) (got '1.1'); "
         'fix: use "1.3" and/or "1.2"',
     ),
 ]

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from evsim.backoff import BackOffSchedule, RetryBackOff
 from evsim.clock import isoformat
+from evsim.errors import ConfigError
 from evsim.ocpp.transaction import TransactionRecorder
 from evsim.ocpp.txqueue import TxQueue
 
@@ -40,7 +41,7 @@ def test_backoff_bounds(wait_min: float, rand: float, repeat: int, seed: int) ->
 
 
 def test_backoff_refuses_negative() -> None:
-    with pytest.raises(ValueError, match=">= 0"):
+    with pytest.raises(ConfigError, match=">= 0"):
         RetryBackOff(wait_minimum=-1)
 
 

@@ -54,7 +54,7 @@ import datetime
 import math
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Generic, Literal, Protocol, TypeAlias, TypeVar, cast, overload
+from typing import Any, Generic, Literal, Protocol, TypeAlias, TypeVar, overload
 
 import attrs
 import trio
@@ -63,13 +63,12 @@ from evsim.backoff import Attempt, BackOffSchedule, RetryBackOff
 from evsim.clock import SimClock
 from evsim.errors import ConfigError, TransportError, failure_reason
 from evsim.net.base import Network
-from evsim.tls._toml import Table, rebased
 from evsim.tls.config import Identity, TlsProfile, TrustStore
 from evsim.tls.context import ClientTls
-from evsim.tls.knobs import choices_fix
 from evsim.tls.peer import EventSink as PeerEventSink
 from evsim.tls.peer import PeerPolicy, require_policy
 from evsim.tls.stream import TlsInfo, TlsStream, tls_connect
+from evsim.toml_table import Table, choices_fix, rebased
 from evsim.urls import parse_url
 
 __all__ = [
@@ -333,39 +332,45 @@ class Endpoint:
                 validation error of the class, with the field path under ``path``.
         """
         t = Table(table, path, cls._TOML_KEYS)
-        name = t.text("name", path.rpartition(".")[2] or "endpoint")
+        name = t.string("name", path.rpartition(".")[2] or "endpoint")
         if not t.has("url"):
-            raise ConfigError("an endpoint needs a url", path=t.at("url"), fix='add url = "wss://host/ocpp"')
+            raise ConfigError(
+                "an endpoint needs a url", path=t.where("url"), fix='add url = "wss://host/ocpp"'
+            )
         profile = (
-            names.profile(t.text("profile", ""), path=t.at("profile")) if t.has("profile") else TlsProfile()
+            names.profile(t.string("profile", ""), path=t.where("profile"))
+            if t.has("profile")
+            else TlsProfile()
         )
-        trust = names.trust_store(t.text("trust", ""), path=t.at("trust")) if t.has("trust") else None
+        trust = names.trust_store(t.string("trust", ""), path=t.where("trust")) if t.has("trust") else None
         identity = (
-            names.identity(t.text("identity", ""), path=t.at("identity")) if t.has("identity") else None
+            names.identity(t.string("identity", ""), path=t.where("identity")) if t.has("identity") else None
         )
         peer = None
         if t.has("peer"):
             if at is None:
                 raise ConfigError(
                     "a peer table needs the simulation's start time",
-                    path=t.at("peer"),
+                    path=t.where("peer"),
                     fix="pass at= to from_toml",
                 )
             peer_table = t.data["peer"]
             if not isinstance(peer_table, Mapping):
-                raise ConfigError("expected a table", path=t.at("peer"), value=peer_table, fix="write [peer]")
-            peer = PeerPolicy.from_toml(peer_table, path=t.at("peer"), side="client", at=at, sink=sink)
-        priority = t.opt_int("priority")
-        attempts = t.opt_int("attempts")
+                raise ConfigError(
+                    "expected a table", path=t.where("peer"), value=peer_table, fix="write [peer]"
+                )
+            peer = PeerPolicy.from_toml(peer_table, path=t.where("peer"), side="client", at=at, sink=sink)
+        priority = t.optional_integer("priority")
+        attempts = t.optional_integer("attempts")
         try:
             return cls(
                 name,
-                t.text("url", ""),
+                t.string("url", ""),
                 0 if priority is None else priority,
                 profile,
                 trust,
                 identity,
-                t.opt_text("sni"),
+                (t.optional_string("sni", allow_empty=True) or None),
                 1 if attempts is None else attempts,
                 peer,
             )
@@ -495,22 +500,22 @@ class Service:
                 error of the class and its endpoints, with the field path under ``path``.
         """
         t = Table(table, path, cls._TOML_KEYS)
-        name = t.text("name", path.rpartition(".")[2] or "service")
+        name = t.string("name", path.rpartition(".")[2] or "service")
         raw = t.data.get("endpoints", [])
         if not isinstance(raw, list):
             raise ConfigError(
                 "expected an array of endpoint tables",
-                path=t.at("endpoints"),
+                path=t.where("endpoints"),
                 value=raw,
                 fix="write [[endpoints]]",
             )
         endpoints = tuple(
-            Endpoint.from_toml(item, path=f"{t.at('endpoints')}[{i}]", names=names, at=at, sink=sink)
+            Endpoint.from_toml(item, path=f"{t.where('endpoints')}[{i}]", names=names, at=at, sink=sink)
             for i, item in enumerate(raw)
         )
         b = t.table("backoff", cls._BACKOFF_KEYS)
         default = RetryBackOff()
-        repeat = b.opt_int("repeat_times")
+        repeat = b.optional_integer("repeat_times")
         values = (
             b.number("wait_minimum", default.wait_minimum),
             b.number("random_range", default.random_range),
@@ -518,10 +523,10 @@ class Service:
         )
         for key, value in zip(cls._BACKOFF_KEYS, values, strict=True):
             if value < 0:
-                raise ConfigError("must be >= 0", path=b.at(key), value=value, fix="use e.g. 3")
-        policy = t.text("policy", "priority", choices=POLICIES)
+                raise ConfigError("must be >= 0", path=b.where(key), value=value, fix="use e.g. 3")
+        policy = t.enum("policy", POLICIES, "priority")
         try:
-            return cls(name, endpoints, cast(FailoverPolicy, policy), RetryBackOff(*values))
+            return cls(name, endpoints, policy, RetryBackOff(*values))
         except ConfigError as exc:
             raise rebased(exc, path, {f"service.{name}": ""}) from None
 

@@ -46,7 +46,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
-from evsim.errors import BrokenTransport, ClosedTransport, TransportError
+from evsim.errors import BrokenTransport, ClosedTransport, ConfigError, TransportError
 from evsim.net.base import format_address, remote_address
 from evsim.recorder import Recorder
 
@@ -175,7 +175,7 @@ class Acceptor:
         fds_per_connection: descriptors one connection costs the node (for the derived ``max_connections``).
 
     Raises:
-        ValueError: a limit below 1.
+        ConfigError: a limit below 1.
     """
 
     def __init__(
@@ -187,10 +187,12 @@ class Acceptor:
         max_pending_per_address: int | None = None,
         fds_per_connection: int = 1,
     ) -> None:
-        if max_connections is not None and max_connections < 1:
-            raise ValueError(f"max_connections must be >= 1, not {max_connections}")
-        if max_pending_per_address is not None and max_pending_per_address < 1:
-            raise ValueError(f"max_pending_per_address must be >= 1, not {max_pending_per_address}")
+        for name, limit in (
+            ("max_connections", max_connections),
+            ("max_pending_per_address", max_pending_per_address),
+        ):
+            if limit is not None and limit < 1:
+                raise ConfigError(f"{name} must be >= 1", path=f"{node}.{name}", value=limit)
         self.node = node
         self.recorder = recorder
         self._settings = (max_connections, max_pending_per_address)

@@ -68,16 +68,19 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from evsim.clock import SimClock
-from evsim.errors import HandshakeFailed, UpgradeFailed
+from evsim.errors import ConfigError, HandshakeFailed, UpgradeFailed
 from evsim.net.base import peer_address, remote_address
+from evsim.ocpp.versions import choose_subprotocol, subprotocol_for
 from evsim.recorder import Recorder, bind_peer
 from evsim.tls.context import ServerTls
 from evsim.tls.events import ocpp_security_event
 from evsim.tls.stream import TlsInfo, TlsStream, tls_accept
 from evsim.ws import Accept, Reject, UpgradeRequest, WebSocket, ws_server
 from evsim.ws.auth import parse_basic_auth
+from evsim.ws.paths import printable_target, station_id_from_path
 
 __all__ = [
+    "ALREADY_CONNECTED",
     "BEHIND_CONTROLLER_CHOICES",
     "DUPLICATE_POLICY_CHOICES",
     "REPLACED_CLOSE",
@@ -93,6 +96,7 @@ __all__ = [
     "basic_auth_problem",
     "check_client_certificate",
     "common_name",
+    "decide_upgrade",
     "organization",
     "upgrade_station",
 ]
@@ -254,6 +258,99 @@ def basic_auth_problem(
     return ""
 
 
+ALREADY_CONNECTED = "station already connected (duplicate identity)"
+"""Reason of the HTTP 409 refusal under ``"refuse_newer"``."""
+
+
+def decide_upgrade(
+    req: UpgradeRequest,
+    tls_info: TlsInfo | None,
+    out: dict[str, str],
+    *,
+    reject: Callable[[int, str, str], Reject],
+    path_prefix: str,
+    security_profile: int,
+    organization: str,
+    behind_controller: BehindController,
+    trusted_controllers: Iterable[TrustedController],
+    station_issuers: Iterable[x509.Certificate],
+    ocpp_versions: Iterable[str],
+    password_for: Callable[[str], str | None] | None,
+    check_relayed_password: bool,
+    known: Callable[[str], bool] | None,
+    connected: Callable[[str], bool],
+    refuse_newer: bool,
+) -> Accept | Reject:
+    """The upgrade gate of a station listener, the one decision the CSMS and the Local Controller share.
+
+    In turn: the identity in the path; an unknown identity (only when ``known`` is given); profiles 1 and 2:
+    Basic auth; profile 3: the client certificate (:func:`check_client_certificate`), and for a station behind a
+    trusted controller Basic auth as well; a duplicate identity under ``"refuse_newer"``; the subprotocol.
+
+    Args:
+        req: the upgrade request.
+        tls_info: the handshake's outcome (None without TLS).
+        out: receives ``station_id``, ``controller`` (the relaying controller's CN, when there is one) and
+            ``authorization`` (the header as sent, when there is one).
+        reject: builds (and counts, and records) a refusal from status, reason and station.
+        path_prefix: the listener's path before the identity.
+        security_profile: 1, 2 or 3.
+        organization: the operator O a direct station's certificate must carry.
+        behind_controller: see :data:`BehindController`.
+        trusted_controllers: the allow-list of ``"trust_controller"``.
+        station_issuers: the station sub-CAs a profile 3 chain must go through (none: any).
+        ocpp_versions: the versions offered as subprotocols.
+        password_for: a station's expected password (None refuses every password); None checks only that
+            Basic auth is present and names the station (a controller forwarding credentials to its CSMS).
+        check_relayed_password: check the password of a station behind a trusted controller with
+            ``password_for`` too; False checks presence and user only (the CSMS above decides).
+        known: whether an identity may connect at all (HTTP 404 otherwise); None admits any identity.
+        connected: whether a connection of the identity is up.
+        refuse_newer: the ``"refuse_newer"`` duplicate policy (HTTP 409 while ``connected``).
+
+    Returns:
+        The acceptance with the chosen subprotocol, or what ``reject`` returned.
+    """
+    station_id = station_id_from_path(req.path, path_prefix)
+    if station_id is None:
+        return reject(404, "bad or missing station identity in path", printable_target(req.path))
+    if known is not None and not known(station_id):
+        return reject(404, "unknown station", station_id)
+    header = req.headers.get("authorization", "")
+    if security_profile in (1, 2):
+        expected = password_for(station_id) if password_for is not None else None
+        problem = basic_auth_problem(header, station_id, expected, check_password=password_for is not None)
+        if problem:
+            return reject(401, problem, station_id)
+    else:
+        verdict = check_client_certificate(
+            tls_info,
+            station_id,
+            organization,
+            behind_controller=behind_controller,
+            trusted_controllers=trusted_controllers,
+            station_issuers=station_issuers,
+        )
+        if not verdict.ok:
+            return reject(401, verdict.reason, station_id)
+        if verdict.controller is not None:
+            # behind a trusted controller: the path and Basic auth identify the station
+            check = check_relayed_password and password_for is not None
+            expected = password_for(station_id) if check and password_for is not None else None
+            problem = basic_auth_problem(header, station_id, expected, check_password=check)
+            if problem:
+                return reject(401, f"behind controller {verdict.controller}: {problem}", station_id)
+            out["controller"] = verdict.controller
+    if refuse_newer and connected(station_id):
+        return reject(409, ALREADY_CONNECTED, station_id)
+    if header:
+        out["authorization"] = header
+    out["station_id"] = station_id
+    return Accept(
+        subprotocol=choose_subprotocol(req.subprotocols, [subprotocol_for(v) for v in ocpp_versions])
+    )
+
+
 _V = TypeVar("_V")
 
 
@@ -274,10 +371,18 @@ class AuthBudgetConfig:
     max_sources: int = 4096
 
     def __attrs_post_init__(self) -> None:
-        if self.max_failures < 1 or self.max_sources < 1:
-            raise ValueError("max_failures and max_sources must be >= 1")
-        if not (0 < self.window_s < math.inf and 0 < self.cooldown_s < math.inf):
-            raise ValueError("window_s and cooldown_s must be positive and finite")
+        for name in ("max_failures", "max_sources"):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"{name} must be >= 1", path=f"auth_budget.{name}", value=getattr(self, name)
+                )
+        for name in ("window_s", "cooldown_s"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(
+                    f"{name} must be positive and finite",
+                    path=f"auth_budget.{name}",
+                    value=getattr(self, name),
+                )
 
 
 class AuthBudget:

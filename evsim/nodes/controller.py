@@ -84,6 +84,7 @@ from evsim.link.service import Endpoint, EndpointPlanner, Service, ServiceUnavai
 from evsim.net.base import Network
 from evsim.nodes.acceptor import Acceptor, connection_admitted
 from evsim.nodes.admission import (
+    ALREADY_CONNECTED,
     DUPLICATE_POLICY_CHOICES,
     REPLACED_CLOSE,
     Admission,
@@ -93,8 +94,7 @@ from evsim.nodes.admission import (
     DuplicatePolicy,
     TrustedController,
     admit_station,
-    basic_auth_problem,
-    check_client_certificate,
+    decide_upgrade,
 )
 from evsim.nodes.relay import (
     CSMS,
@@ -110,14 +110,14 @@ from evsim.nodes.relay import (
     UnroutedCall,
 )
 from evsim.ocpp.rpc import random_id_prefix
-from evsim.ocpp.versions import choose_subprotocol, subprotocol_for, version_for
+from evsim.ocpp.versions import version_for
 from evsim.recorder import Recorder
 from evsim.tls.config import Identity, TlsProfile, TrustStore
 from evsim.tls.context import ServerTls
 from evsim.tls.stream import TlsInfo
 from evsim.ws import Accept, Reject, UpgradeRequest, WebSocket, ws_client
 from evsim.ws.auth import basic_auth_header
-from evsim.ws.paths import printable_target, station_id_from_path, station_path
+from evsim.ws.paths import station_path
 
 __all__ = [
     "ControllerConfig",
@@ -474,40 +474,28 @@ class LocalController:
                 await _aclose_quietly(admission.stream)
 
     def _decide(self, req: UpgradeRequest, tls_info: TlsInfo | None, out: dict[str, str]) -> Accept | Reject:
-        """The station-side upgrade gate (see the module docstring)."""
+        """The station-side upgrade gate (see the module docstring): the shared decision; passwords are checked
+        here only with ``station_passwords`` (else forwarded for the CSMS to check), and a station behind a
+        trusted controller is checked for Basic auth, not its password."""
         cfg = self.config
-        station_id = station_id_from_path(req.path, cfg.path_prefix)
-        if station_id is None:
-            return self._reject(404, "bad or missing station identity in path", printable_target(req.path))
-        header = req.headers.get("authorization", "")
-        if cfg.security_profile in (1, 2):
-            passwords = cfg.station_passwords
-            expected = passwords.get(station_id) if passwords is not None else None
-            problem = basic_auth_problem(header, station_id, expected, check_password=passwords is not None)
-            if problem:
-                return self._reject(401, problem, station_id)
-        else:
-            verdict = check_client_certificate(
-                tls_info,
-                station_id,
-                cfg.organization,
-                behind_controller=cfg.behind_controller,
-                trusted_controllers=cfg.trusted_controllers,
-                station_issuers=cfg.station_issuers,
-            )
-            if not verdict.ok:
-                return self._reject(401, verdict.reason, station_id)
-            if verdict.controller is not None:
-                problem = basic_auth_problem(header, station_id, None, check_password=False)
-                if problem:
-                    return self._reject(401, f"behind controller {verdict.controller}: {problem}", station_id)
-        if cfg.duplicate_identity == "refuse_newer" and self._connected(station_id):
-            return self._reject(409, _ALREADY_CONNECTED, station_id)
-        if header:
-            out["authorization"] = header
-        out["station_id"] = station_id
-        return Accept(
-            subprotocol=choose_subprotocol(req.subprotocols, [subprotocol_for(v) for v in cfg.ocpp_versions])
+        passwords = cfg.station_passwords
+        return decide_upgrade(
+            req,
+            tls_info,
+            out,
+            reject=self._reject,
+            path_prefix=cfg.path_prefix,
+            security_profile=cfg.security_profile,
+            organization=cfg.organization,
+            behind_controller=cfg.behind_controller,
+            trusted_controllers=cfg.trusted_controllers,
+            station_issuers=cfg.station_issuers,
+            ocpp_versions=cfg.ocpp_versions,
+            password_for=None if passwords is None else passwords.get,
+            check_relayed_password=False,
+            known=None,
+            connected=self._connected,
+            refuse_newer=cfg.duplicate_identity == "refuse_newer",
         )
 
     def _reject(self, status: int, reason: str, station: str) -> Reject:
@@ -538,9 +526,9 @@ class LocalController:
             # another link of the identity got through the upgrade meanwhile
             self._upgrade_rejections[409] += 1
             self.recorder.emit(
-                self.name, "upgrade_rejected", station=station_id, status=409, reason=_ALREADY_CONNECTED
+                self.name, "upgrade_rejected", station=station_id, status=409, reason=ALREADY_CONNECTED
             )
-            await _aclose_ws(ws, _CLOSE_POLICY, _ALREADY_CONNECTED)
+            await _aclose_ws(ws, _CLOSE_POLICY, ALREADY_CONNECTED)
             return
         state = self._state(station_id)
         assert ws.subprotocol is not None
@@ -1053,9 +1041,6 @@ class _Relay:
                     if to == STATION:  # its reader may be stuck writing upstream: end the pair here
                         self._station_lost(PeerNotReading(reason))
                     return
-
-
-_ALREADY_CONNECTED = "station already connected (duplicate identity)"
 
 
 async def _aclose_ws(ws: WebSocket, code: int, reason: str) -> None:

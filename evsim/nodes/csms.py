@@ -68,6 +68,7 @@ from cryptography import x509
 
 from evsim.clock import SimClock, isoformat
 from evsim.errors import (
+    ConfigError,
     OcppError,
     TransportError,
     failure_reason,
@@ -75,6 +76,7 @@ from evsim.errors import (
 from evsim.net.base import Network
 from evsim.nodes.acceptor import Acceptor, connection_admitted, current_peer
 from evsim.nodes.admission import (
+    ALREADY_CONNECTED,
     BEHIND_CONTROLLER_CHOICES,
     DUPLICATE_POLICY_CHOICES,
     REPLACED_CLOSE,
@@ -85,9 +87,8 @@ from evsim.nodes.admission import (
     DuplicatePolicy,
     TrustedController,
     admit_station,
-    basic_auth_problem,
-    check_client_certificate,
     common_name,
+    decide_upgrade,
 )
 from evsim.ocpp.limits import (
     CONNECTOR_ID,
@@ -101,12 +102,12 @@ from evsim.ocpp.limits import (
 from evsim.ocpp.rpc import BadInput, RpcConnection, RpcEvent
 from evsim.ocpp.seqno import SeqNos
 from evsim.ocpp.session import OcppSession
-from evsim.ocpp.versions import choose_subprotocol, subprotocol_for, version_for
+from evsim.ocpp.versions import version_for
 from evsim.recorder import Recorder
 from evsim.tls.context import ServerTls
 from evsim.tls.stream import TlsInfo
+from evsim.toml_table import choices_fix
 from evsim.ws import Accept, Reject, UpgradeRequest, WebSocket
-from evsim.ws.paths import printable_target, station_id_from_path
 
 log = logging.getLogger("evsim.csms")
 
@@ -191,22 +192,32 @@ class CsmsConfig:
 
     def __attrs_post_init__(self) -> None:
         if self.security_profile not in (1, 2, 3):
-            raise ValueError(f"security_profile must be 1, 2 or 3, not {self.security_profile}")
+            raise ConfigError(
+                "security_profile must be 1, 2 or 3",
+                path="csms.security_profile",
+                value=self.security_profile,
+            )
         for limit in ("max_connections", "max_pending_per_address"):
             value = getattr(self, limit)
             if value is not None and value < 1:
-                raise ValueError(f"{limit} must be >= 1 (or None for the default), not {value}")
+                raise ConfigError(
+                    f"{limit} must be >= 1", path=f"csms.{limit}", value=value, fix="or None for the default"
+                )
         if not self.boot_timeout > 0:
-            raise ValueError(f"boot_timeout must be > 0, not {self.boot_timeout}")
+            raise ConfigError("boot_timeout must be > 0", path="csms.boot_timeout", value=self.boot_timeout)
         if self.duplicate_identity not in DUPLICATE_POLICY_CHOICES:
-            raise ValueError(
-                f"duplicate_identity must be one of {', '.join(DUPLICATE_POLICY_CHOICES)}, "
-                f"not {self.duplicate_identity!r}"
+            raise ConfigError(
+                "unknown duplicate_identity policy",
+                path="csms.duplicate_identity",
+                value=self.duplicate_identity,
+                fix=choices_fix(self.duplicate_identity, DUPLICATE_POLICY_CHOICES),
             )
         if self.behind_controller not in BEHIND_CONTROLLER_CHOICES:
-            raise ValueError(
-                f"behind_controller must be one of {', '.join(BEHIND_CONTROLLER_CHOICES)}, "
-                f"not {self.behind_controller!r}"
+            raise ConfigError(
+                "unknown behind_controller policy",
+                path="csms.behind_controller",
+                value=self.behind_controller,
+                fix=choices_fix(self.behind_controller, BEHIND_CONTROLLER_CHOICES),
             )
 
 
@@ -351,12 +362,17 @@ class Csms:
         store: dict[str, StationRecord] | None = None,
     ) -> None:
         if config.security_profile == 1 and not config.insecure_allow_plain_ws:
-            raise ValueError(
-                "security profile 1 sends credentials over plain ws://; set insecure_allow_plain_ws=True "
-                "(only on trusted networks, OCPP A00.FR.201)"
+            raise ConfigError(
+                "security profile 1 sends credentials over plain ws://",
+                path="csms.security_profile",
+                fix="set insecure_allow_plain_ws=True (only on trusted networks, OCPP A00.FR.201), or use 2 or 3",
             )
         if config.security_profile >= 2 and server_tls is None:
-            raise ValueError(f"security profile {config.security_profile} needs a TLS server configuration")
+            raise ConfigError(
+                f"security profile {config.security_profile} needs a TLS server configuration",
+                path="csms.server_tls",
+                fix="pass server_tls",
+            )
         self.config = config
         self.network = network
         self.server_tls = server_tls
@@ -433,42 +449,28 @@ class Csms:
         self._tls_suites[info.cipher_iana] += 1
 
     def _decide(self, req: UpgradeRequest, tls_info: TlsInfo | None, out: dict[str, str]) -> Accept | Reject:
-        """The HTTP upgrade gate (see module doc)."""
+        """The HTTP upgrade gate (see module doc): the shared decision, with the CSMS's own password table,
+        unknown-identity check and password check of stations behind a trusted controller."""
         cfg = self.config
-        station_id = station_id_from_path(req.path, cfg.path_prefix)
-        if station_id is None:
-            return self._reject(404, "bad or missing station identity in path", printable_target(req.path))
-        if (
-            not cfg.accept_unknown_stations
-            and station_id not in cfg.passwords
-            and station_id not in self.stations
-        ):
-            return self._reject(404, "unknown station", station_id)
-        check_password = cfg.security_profile in (1, 2)
-        if not check_password:
-            verdict = check_client_certificate(
-                tls_info,
-                station_id,
-                cfg.organization,
-                behind_controller=cfg.behind_controller,
-                trusted_controllers=cfg.trusted_controllers,
-                station_issuers=cfg.station_issuers,
-            )
-            if not verdict.ok:
-                return self._reject(401, verdict.reason, station_id)
-            if verdict.controller is not None:
-                out["controller"] = verdict.controller
-                check_password = True  # behind a trusted controller: path + Basic auth identify the station
-        if check_password:
-            expected = cfg.passwords.get(station_id, cfg.default_password)
-            problem = basic_auth_problem(req.headers.get("authorization", ""), station_id, expected)
-            if problem:
-                return self._reject(401, problem, station_id)
-        if cfg.duplicate_identity == "refuse_newer" and self._connected(station_id):
-            return self._reject(409, _ALREADY_CONNECTED, station_id)
-        out["station_id"] = station_id
-        return Accept(
-            subprotocol=choose_subprotocol(req.subprotocols, [subprotocol_for(v) for v in cfg.ocpp_versions])
+        return decide_upgrade(
+            req,
+            tls_info,
+            out,
+            reject=self._reject,
+            path_prefix=cfg.path_prefix,
+            security_profile=cfg.security_profile,
+            organization=cfg.organization,
+            behind_controller=cfg.behind_controller,
+            trusted_controllers=cfg.trusted_controllers,
+            station_issuers=cfg.station_issuers,
+            ocpp_versions=cfg.ocpp_versions,
+            password_for=lambda sid: cfg.passwords.get(sid, cfg.default_password),
+            check_relayed_password=True,
+            known=None
+            if cfg.accept_unknown_stations
+            else lambda sid: sid in cfg.passwords or sid in self.stations,
+            connected=self._connected,
+            refuse_newer=cfg.duplicate_identity == "refuse_newer",
         )
 
     def _reject(self, status: int, reason: str, station: str) -> Reject:
@@ -499,9 +501,9 @@ class Csms:
             # another connection of the identity got through the upgrade meanwhile
             self._upgrade_rejections[409] += 1
             self.recorder.emit(
-                name, "upgrade_rejected", station=station_id, status=409, reason=_ALREADY_CONNECTED
+                name, "upgrade_rejected", station=station_id, status=409, reason=ALREADY_CONNECTED
             )
-            await ws.aclose(REPLACED_CLOSE[0], _ALREADY_CONNECTED)
+            await ws.aclose(REPLACED_CLOSE[0], ALREADY_CONNECTED)
             return
         rec = self.stations.get(station_id)
         if rec is None:
@@ -889,9 +891,6 @@ def rpc_event_recorder(recorder: Recorder, node: str, station_id: str) -> Callab
             recorder.trace(node, "message", station=station_id, received=type(event).__name__, **fields)
 
     return hook
-
-
-_ALREADY_CONNECTED = "station already connected (duplicate identity)"
 
 
 def _make_live(rec: StationRecord, conn: StationConnection) -> None:

@@ -50,6 +50,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import attrs
 
+from evsim.errors import ConfigError
 from evsim.ocpp import framing
 from evsim.ocpp.framing import CallError, CallResult, FrameDecodeError, MessageType
 
@@ -226,7 +227,7 @@ class RelayCore:
         max_queue: CALLs that may wait in one lane; :meth:`has_room` says when the node must stop reading.
 
     Raises:
-        ValueError: a prefix that is empty or too long, a non-positive timeout or queue size.
+        ConfigError: a prefix that is empty or too long, a non-positive timeout or queue size.
     """
 
     def __init__(
@@ -238,9 +239,14 @@ class RelayCore:
         max_queue: int = 16,
     ) -> None:
         if not 0 < len(id_prefix) <= MAX_ID_PREFIX:
-            raise ValueError(f"id_prefix must be 1..{MAX_ID_PREFIX} characters, got {id_prefix!r}")
-        if call_timeout <= 0 or max_queue < 1:
-            raise ValueError("call_timeout and max_queue must be positive")
+            raise ConfigError(
+                f"id_prefix must be 1..{MAX_ID_PREFIX} characters",
+                path="controller.id_prefix",
+                value=id_prefix,
+            )
+        for name, value in (("call_timeout", call_timeout), ("max_queue", max_queue)):
+            if not value > 0:
+                raise ConfigError(f"{name} must be positive", path=f"controller.{name}", value=value)
         self.version = version
         self.id_prefix = id_prefix
         self.call_timeout = float(call_timeout)

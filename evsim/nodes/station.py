@@ -48,6 +48,7 @@ from evsim.clock import SimClock, isoformat
 from evsim.errors import (
     CallErrorReceived,
     CallTimeout,
+    ConfigError,
     HandshakeFailed,
     OcppError,
     TransportError,
@@ -148,9 +149,17 @@ class StationConfig:
 
     def __attrs_post_init__(self) -> None:
         if self.security_profile not in (1, 2, 3):
-            raise ValueError(f"security_profile must be 1, 2 or 3, not {self.security_profile}")
+            raise ConfigError(
+                "security_profile must be 1, 2 or 3",
+                path="station.security_profile",
+                value=self.security_profile,
+            )
         if bool(self.csms_url) == bool(self.network_slots):
-            raise ValueError("give either csms_url (one slot) or network_slots, not both or neither")
+            raise ConfigError(
+                "give either csms_url (one slot) or network_slots, not both or neither",
+                path="station.csms_url",
+                fix="set exactly one of them",
+            )
 
     def slots(self) -> tuple[NetworkSlot, ...]:
         """The configuration slots: ``network_slots``, or slot 0 made from ``csms_url``.
@@ -221,9 +230,11 @@ class Station:
         slots = config.slots()
         for slot in slots:
             if slot.profile.security_profile >= 2 and slot.tls is None and client_tls is None:
-                raise ValueError(
+                raise ConfigError(
                     f"security profile {slot.profile.security_profile} (slot {slot.slot}) needs a wss:// URL "
-                    "and a TLS configuration"
+                    "and a TLS configuration",
+                    path="station.client_tls",
+                    fix="use a wss:// URL and pass client_tls",
                 )
         self.config = config
         self.network = network

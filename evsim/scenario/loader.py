@@ -4,9 +4,10 @@ Theory of operation. Loading happens in three passes, and the first error stops 
 
 1. **Syntax**: ``tomllib`` parses the text; its error becomes a :class:`~evsim.errors.ConfigError` with the
    line and column it reports.
-2. **Fields**: each table is read through a :class:`_Table`, which refuses unknown keys first (with a
-   did-you-mean from :func:`difflib.get_close_matches`), then reads each known key with a typed getter that
-   checks the TOML type, the range or the allowed values, and converts units (:mod:`evsim.scenario.units`).
+2. **Fields**: each table is read through a :class:`_Table` (the one table reader,
+   :class:`evsim.toml_table.Table`, with errors located in the file), which refuses unknown keys first (with
+   a did-you-mean), then reads each known key with a typed getter that checks the TOML type, the range or
+   the allowed values, and converts units (:mod:`evsim.scenario.units`).
    Sections are read in dependency order (simulation, pki, tls, csms, stations, links, timeline), so every
    reference to a root, profile, trust store, CSMS, group or node is checked against names already read.
 3. **Whole-scenario checks**: node names that clash, station ids produced twice, two CSMS on one address,
@@ -22,7 +23,6 @@ anything unexpected into a ``ConfigError`` that says it is an evsim bug, so a ca
 from __future__ import annotations
 
 import datetime
-import difflib
 import hashlib
 import ipaddress
 import math
@@ -37,10 +37,11 @@ from typing import Final, TypeVar
 
 import attrs
 
+from evsim.backoff import RetryBackOff
 from evsim.errors import ConfigError
 from evsim.frozenmap import FrozenMap
 from evsim.ocpp.versions import OCPP_VERSIONS
-from evsim.scenario.locate import FieldPath, LineIndex, format_path, index_lines
+from evsim.scenario.locate import LineIndex, index_lines
 from evsim.scenario.model import (
     DEFAULT_START,
     BehindControllerKind,
@@ -61,7 +62,6 @@ from evsim.scenario.model import (
     PinSpec,
     PkiSpec,
     ResetSpec,
-    RetryBackOffSpec,
     RootSpec,
     Scenario,
     SimulationSpec,
@@ -72,13 +72,13 @@ from evsim.scenario.model import (
     TrustSpec,
     UpstreamLossKind,
     WildcardPolicy,
+    default_of,
 )
 from evsim.scenario.units import (
     format_duration,
     parse_bandwidth,
     parse_duration,
     parse_utc_timestamp,
-    type_name,
 )
 from evsim.tls import change as change_layer
 from evsim.tls import config as tls_config
@@ -89,6 +89,7 @@ from evsim.tls.config import MAX_FRAGMENT, MIN_FRAGMENT, TlsProfile
 from evsim.tls.peer import PeerPolicy
 from evsim.tls.pins import Enforcement, Pin, PinSet, PinState, PinTarget
 from evsim.tls.suites import DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES
+from evsim.toml_table import FieldPath, Table, choices_fix, format_path, shown, type_name
 from evsim.ws.paths import IDENTITY_RULE, valid_identity
 
 T = TypeVar("T")
@@ -230,9 +231,9 @@ NETWORKS: Final[tuple[NetworkKind, ...]] = ("memory", "tcp")
 KEY_TYPES: Final[tuple[KeyType, ...]] = ("ec", "rsa")
 HOSTNAME_CHECKS: Final[tuple[HostnameCheck, ...]] = ("cn", "san", "san+cn", "off")
 WILDCARD_POLICIES: Final[tuple[WildcardPolicy, ...]] = ("deny", "allow")
-SCENARIO_TLS_VERSIONS: Final = ("1.3", "1.2")
+SCENARIO_TLS_VERSIONS: Final = tls_config.OCPP_TLS_VERSIONS
 """Versions a profile may enable: OCPP 2.0.1 A00.FR.313 allows TLS 1.2 and above only."""
-ATTACK_TLS_VERSIONS: Final = ("1.3", "1.2", "1.1", "1.0")
+ATTACK_TLS_VERSIONS: Final = tuple(reversed(tls_config.KNOWN_VERSIONS))
 """Versions an attacking client may offer (a downgrade attack may try legacy versions)."""
 SECURITY_PROFILES: Final = (1, 2, 3)
 
@@ -254,7 +255,6 @@ _HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _SYNTAX_POSITION = re.compile(
     r"^(?P<msg>.*?) \(at (?:line (?P<line>\d+), column (?P<col>\d+)|end of document)\)$", re.S
 )
-_MAX_SHOWN = 60  # characters of a bad string value quoted in an error message
 
 # tomllib message prefix -> how to fix it
 _SYNTAX_FIXES: Final = (
@@ -359,54 +359,18 @@ def loads_scenario(text: str, *, source: str = "<string>") -> Scenario:
 
 
 def validate_tls_profile(spec: TlsProfileSpec) -> None:
-    """Check a TLS profile: the scenario's own rules, then the TLS layer's (:class:`evsim.tls.config.TlsProfile`).
+    """Check a TLS profile with the TLS layer's rules (:class:`evsim.tls.config.TlsProfile`, the one place that
+    checks versions and suites).
 
     Args:
-        spec: the profile as read from the file.
+        spec: the profile as read from the file (or built in Python).
 
     Raises:
         ConfigError: with ``path`` relative to the profile table (``versions[0]``,
-            ``cipher_suites."1.3"[1]``): an unknown, repeated or missing version, an enabled version with no
-            suite, a suite name that is not a non-empty string, or anything the TLS layer refuses (unknown
-            IANA names, a TLS 1.2 suite in the 1.3 list, a record size out of range...).
+            ``cipher_suites."1.3"[1]``): no version, an unknown, repeated, legacy (below TLS 1.2, OCPP
+            A00.FR.313) or out-of-order version, an unknown ``cipher_suites`` key, an enabled version with no
+            usable suite, unknown IANA names, a TLS 1.2 suite in the 1.3 list, a record size out of range...
     """
-    if not spec.versions:
-        raise ConfigError("no TLS version enabled", path="versions", value=[], fix='use ["1.3", "1.2"]')
-    for i, version in enumerate(spec.versions):
-        if version not in SCENARIO_TLS_VERSIONS:
-            raise ConfigError(
-                "unsupported TLS version (OCPP A00.FR.313 allows TLS 1.2 and above)",
-                path=f"versions[{i}]",
-                value=version,
-                fix='use "1.3" and/or "1.2"',
-            )
-        if version in spec.versions[:i]:
-            raise ConfigError(
-                "TLS version listed twice", path=f"versions[{i}]", value=version, fix="list it once"
-            )
-    for key, suites in spec.cipher_suites.items():
-        if key not in SCENARIO_TLS_VERSIONS:
-            raise ConfigError(
-                "cipher_suites keys are TLS versions",
-                path=format_path(("cipher_suites", key)),
-                value=key,
-                fix='use "1.3" and "1.2" as keys',
-            )
-        for i, name in enumerate(suites):
-            if not isinstance(name, str) or not name:
-                raise ConfigError(
-                    "a cipher suite is a non-empty IANA name",
-                    path=format_path(("cipher_suites", key, i)),
-                    value=name,
-                    fix='use e.g. "TLS_AES_128_GCM_SHA256"',
-                )
-        if key in spec.versions and not suites:
-            raise ConfigError(
-                f"TLS {key} is enabled but has no cipher suite",
-                path=format_path(("cipher_suites", key)),
-                value=[],
-                fix=f'list suites for "{key}", or remove the key to use the defaults',
-            )
     try:
         TlsProfile(
             versions=spec.versions,
@@ -415,32 +379,16 @@ def validate_tls_profile(spec: TlsProfileSpec) -> None:
             max_send_fragment=spec.max_send_fragment,
         )
     except ConfigError as exc:
+        fix = exc.fix
+        if exc.path.startswith("versions[") and exc.value in tls_config.LEGACY_TLS_VERSIONS:
+            # scenario profiles have no insecure_legacy_versions: only attack_downgrade offers legacy versions
+            fix = "use " + " and/or ".join(f'"{v}"' for v in SCENARIO_TLS_VERSIONS)
         raise ConfigError(
-            exc.message, path=format_path(_tls_layer_path(exc.path)), value=exc.value, fix=exc.fix
+            exc.message, path=format_path(_tls_layer_path(exc.path)), value=exc.value, fix=fix
         ) from exc
 
 
 # ---------------------------------------------------------------- errors and locations
-
-
-def _shown(value: object) -> object:
-    """A value as an error shows it: containers are described by the message instead, long strings cut."""
-    if isinstance(value, dict | list):
-        return None
-    if isinstance(value, str) and len(value) > _MAX_SHOWN:
-        return value[: _MAX_SHOWN - 3] + "..."
-    return value
-
-
-def _did_you_mean(word: str, choices: Collection[str]) -> str | None:
-    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return matches[0] if matches else None
-
-
-def _choices_fix(word: object, choices: Collection[str], *, what: str = "use one of") -> str:
-    listed = ", ".join(repr(c) for c in choices) if choices else "(none defined)"
-    guess = _did_you_mean(word, choices) if isinstance(word, str) else None
-    return (f"did you mean {guess!r}? " if guess else "") + f"{what} {listed}"
 
 
 def _syntax_error(message: str, text: str, source: str) -> ConfigError:
@@ -488,11 +436,14 @@ class _Context:
             self._index = index_lines(self.text)
         return self._index.line_of(path)
 
+    def render(self, path: FieldPath) -> str:
+        return format_path(path)
+
     def error(self, path: FieldPath, message: str, *, value: object = None, fix: str = "") -> ConfigError:
         return ConfigError(
             message,
             path=format_path(path),
-            value=_shown(value),
+            value=shown(value),
             fix=fix,
             file=self.source,
             line=self.line(path),
@@ -506,8 +457,9 @@ class _Context:
 # ---------------------------------------------------------------- typed table reader
 
 
-class _Table:
-    """One TOML table being read: refuses unknown keys up front, then typed getters per key.
+class _Table(Table):
+    """A scenario table: the base reader (:class:`evsim.toml_table.Table`) with errors located in the file
+    (``ctx``), plus the scenario's own getters (units, security profiles, named tables).
 
     Args:
         ctx: the load's context.
@@ -531,118 +483,18 @@ class _Table:
         unknown_hint: str = "",
         elsewhere: Collection[str] = (),
     ) -> None:
-        if not isinstance(data, dict):
-            raise ctx.error(
-                path,
-                f"expected a table, got {type_name(data)}",
-                value=data,
-                fix=f"write it as a table {what}".rstrip() if what else "write it as a table",
-            )
         self.ctx = ctx
-        self.path = path
-        self.data: dict[str, object] = data
-        for key in data:
-            if key not in keys:
-                guess = _did_you_mean(key, keys)
-                hint = unknown_hint or "known keys: " + ", ".join(keys)
-                fix = f"did you mean {guess!r}?" if guess else f"remove it; {hint}"
-                message = f"not a parameter of {what}" if key in elsewhere else "unknown key"
-                raise ctx.error((*path, key), message, fix=fix)
-
-    def at(self, key: str | int, *more: str | int) -> FieldPath:
-        return (*self.path, key, *more)
-
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def error(self, key: str, message: str, *, value: object = None, fix: str = "") -> ConfigError:
-        return self.ctx.error(self.at(key), message, value=value, fix=fix)
-
-    def require(self, key: str, fix: str) -> None:
-        if key not in self.data:
-            raise self.ctx.error(self.at(key), f"missing required key {key!r}", fix=fix)
-
-    def _typed(self, key: str, check: Callable[[object], bool], expected: str, fix: str) -> object:
-        value = self.data[key]
-        if not check(value):
-            raise self.error(key, f"expected {expected}, got {type_name(value)}", value=value, fix=fix)
-        return value
-
-    def string(self, key: str, default: str, *, one_line: bool = True, max_len: int = 1000) -> str:
-        if key not in self.data:
-            return default
-        value = self._typed(key, lambda v: isinstance(v, str), "a string", f'quote it: {key} = "..."')
-        assert isinstance(value, str)
-        if one_line and ("\n" in value or "\r" in value):
-            raise self.error(key, "must be one line", value=value, fix="remove the line breaks")
-        if not value.strip():
-            raise self.error(key, "must not be empty", value=value, fix=f"write a value, or remove {key}")
-        if len(value) > max_len:
-            raise self.error(key, f"too long (at most {max_len} characters)", value=value, fix="shorten it")
-        return value
-
-    def optional_string(self, key: str, *, one_line: bool = True, max_len: int = 1000) -> str | None:
-        return self.string(key, "", one_line=one_line, max_len=max_len) if key in self.data else None
-
-    def integer(self, key: str, default: int, lo: int, hi: int, *, fix: str = "") -> int:
-        if key not in self.data:
-            return default
-        value = self._typed(
-            key,
-            lambda v: isinstance(v, int) and not isinstance(v, bool),
-            "an integer",
-            fix or f"write a whole number without quotes, e.g. {key} = {default}",
+        super().__init__(
+            data, path, keys, site=ctx, what=what, unknown_hint=unknown_hint, elsewhere=elsewhere
         )
-        assert isinstance(value, int)
-        if not lo <= value <= hi:
-            raise self.error(
-                key, f"must be in {lo}..{hi}", value=value, fix=fix or f"use a value in {lo}..{hi}"
-            )
-        return value
 
-    def number(
-        self, key: str, default: float, *, minimum: float, maximum: float, positive: bool = False
-    ) -> float:
-        if key not in self.data:
-            return default
-        value = self._typed(
-            key,
-            lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-            "a number",
-            f"write a number without quotes, e.g. {key} = {default:g}",
-        )
-        assert isinstance(value, int | float)
-        number = float(value)
-        if not math.isfinite(number) or number < minimum or number > maximum or (positive and number <= 0):
-            bound = "> 0" if positive else f">= {minimum:g}"
-            raise self.error(
-                key,
-                f"must be {bound} and at most {maximum:g}",
-                value=value,
-                fix=f"use e.g. {key} = {default:g}",
-            )
-        return number
+    def child(self, path: FieldPath, data: object, keys: Sequence[str], *, what: str = "") -> _Table:
+        return _Table(self.ctx, path, data, keys, what=what)
 
-    def boolean(self, key: str, default: bool) -> bool:
-        if key not in self.data:
-            return default
-        value = self._typed(
-            key,
-            lambda v: isinstance(v, bool),
-            "a boolean",
-            f"write {key} = true or {key} = false (no quotes)",
-        )
-        assert isinstance(value, bool)
-        return value
-
-    def enum(self, key: str, allowed: Sequence[S], default: S) -> S:
-        if key not in self.data:
-            return default
-        value = self.data[key]
-        for choice in allowed:
-            if value == choice and type(value) is type(choice):
-                return choice
-        raise self.error(key, f"unknown value for {key}", value=value, fix=_choices_fix(value, allowed))
+    def sub_table(self, key: str, keys: Sequence[str], what: str = "") -> _Table | None:
+        sub = super().sub_table(key, keys, what)
+        assert sub is None or isinstance(sub, _Table)
+        return sub
 
     def profile_number(self, key: str, default: int) -> int:
         value = self.data.get(key, default)
@@ -697,67 +549,6 @@ class _Table:
                 fix=f'use e.g. "{max(1, math.floor(seconds))}s"',
             )
         return seconds
-
-    def string_list(
-        self,
-        key: str,
-        default: tuple[str, ...],
-        *,
-        allowed: Sequence[str] | None = None,
-        nonempty: bool = True,
-        example: str = '["a", "b"]',
-    ) -> tuple[str, ...]:
-        if key not in self.data:
-            return default
-        value = self._typed(
-            key, lambda v: isinstance(v, list), "an array of strings", f"write {key} = {example}"
-        )
-        assert isinstance(value, list)
-        if nonempty and not value:
-            raise self.error(key, "must not be empty", value=[], fix=f"write e.g. {key} = {example}")
-        out: list[str] = []
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                raise self.ctx.error(
-                    self.at(key, i),
-                    f"expected a string, got {type_name(item)}",
-                    value=item,
-                    fix=f"quote each element: {key} = {example}",
-                )
-            if allowed is not None and item not in allowed:
-                raise self.ctx.error(
-                    self.at(key, i), f"unknown value in {key}", value=item, fix=_choices_fix(item, allowed)
-                )
-            if item in out:
-                raise self.ctx.error(
-                    self.at(key, i), f"listed twice in {key}", value=item, fix="list it once"
-                )
-            out.append(item)
-        return tuple(out)
-
-    def reference(
-        self, key: str, default: str, defined: Collection[str], kind: str, how_to_define: str
-    ) -> str:
-        """A name that must be defined elsewhere (``kind`` says what, ``how_to_define`` where)."""
-        if key not in self.data:
-            name = default
-        else:
-            value = self._typed(key, lambda v: isinstance(v, str), "a name (string)", f'write {key} = "name"')
-            assert isinstance(value, str)
-            name = value
-        if name not in defined:
-            raise self.error(
-                key,
-                f"undefined {kind} {name!r}",
-                value=name,
-                fix=_choices_fix(name, defined, what=f"define it ({how_to_define}) or use one of"),
-            )
-        return name
-
-    def sub_table(self, key: str, keys: Sequence[str], what: str) -> _Table | None:
-        if key not in self.data:
-            return None
-        return _Table(self.ctx, self.at(key), self.data[key], keys, what=what)
 
     def named_tables(self, key: str, what: str) -> Iterator[tuple[str, object]]:
         """Entries of a table of named tables (``[csms.<name>]``), names checked."""
@@ -1129,7 +920,7 @@ class _TlsModelReader:
                 "cert",
                 "cert names a CSMS certificate as csms.<name>",
                 value=ref,
-                fix=_choices_fix(ref, names, what="use one of"),
+                fix=choices_fix(ref, names, what="use one of"),
             )
         name = ref[5:]
         if csms[name].security_profile == 1:
@@ -1454,25 +1245,27 @@ class _Builder(_TlsModelReader):
     # ------------------------------------------------------------ [tls]
 
     def tls_profiles(self, tls: _Table | None) -> dict[str, TlsProfileSpec]:
-        profiles = {"default": _profile_spec("default", ("1.3", "1.2"), {}, 10.0, None)}
+        profiles = {"default": _profile_spec("default", SCENARIO_TLS_VERSIONS, {}, 10.0, None)}
         if tls is None:
             return profiles
         for name, value in tls.named_tables("profiles", "TLS profiles, e.g. [tls.profiles.strict]"):
             path = tls.at("profiles", name)
             t = _Table(self.ctx, path, value, PROFILE_KEYS, what=f"[tls.profiles.{name}]")
-            versions = t.string_list("versions", ("1.3", "1.2"), example='["1.3", "1.2"]')
+            versions = t.string_list("versions", SCENARIO_TLS_VERSIONS, example='["1.3", "1.2"]')
             suites: dict[str, tuple[str, ...]] = {}
             if t.has("cipher_suites"):
                 s = _Table(
                     self.ctx,
                     t.at("cipher_suites"),
                     t.data["cipher_suites"],
-                    SCENARIO_TLS_VERSIONS,
+                    tls_config.SUITE_KEYS,
                     what='{ "1.3" = [...], "1.2" = [...] }',
                 )
                 for key in s.data:
                     suites[key] = s.string_list(key, (), nonempty=False, example='["TLS_AES_128_GCM_SHA256"]')
-            timeout = t.duration("handshake_timeout", 10.0, positive=True)
+            timeout = t.duration(
+                "handshake_timeout", default_of(TlsProfileSpec, "handshake_timeout"), positive=True
+            )
             fragment: int | None = None
             if t.has("max_send_fragment"):
                 fragment = t.integer(
@@ -1505,7 +1298,7 @@ class _Builder(_TlsModelReader):
                         t.at("roots", i),
                         f"undefined root {root!r}",
                         value=root,
-                        fix=_choices_fix(root, pki.roots, what=f"define [pki.roots.{root}] or use one of"),
+                        fix=choices_fix(root, pki.roots, what=f"define [pki.roots.{root}] or use one of"),
                     )
             stores[name] = self.trust_model(
                 t,
@@ -1566,24 +1359,34 @@ class _Builder(_TlsModelReader):
                 value=host,
                 fix="use a shorter host name",
             )
-        profile, insecure = _listener_profile(t)
+        profile, insecure = _listener_profile(t, CsmsSpec)
         cert = self.certificate(t, pki)
         spec = CsmsSpec(
             name=name,
             host=host,
-            port=t.integer("port", 443 if sim.network == "memory" else 0, 0, 65535),
+            port=t.integer("port", default_of(CsmsSpec, "port") if sim.network == "memory" else 0, 0, 65535),
             security_profile=profile,
             insecure_allow_plain_ws=insecure,
             ocpp_versions=t.string_list(
-                "ocpp_versions", ("2.0.1", "2.1"), allowed=OCPP_VERSIONS, example='["2.0.1", "2.1"]'
+                "ocpp_versions",
+                default_of(CsmsSpec, "ocpp_versions"),
+                allowed=OCPP_VERSIONS,
+                example='["2.0.1", "2.1"]',
             ),
-            heartbeat_interval=t.duration("heartbeat_interval", 300.0, positive=True, whole_seconds=True),
+            heartbeat_interval=t.duration(
+                "heartbeat_interval",
+                default_of(CsmsSpec, "heartbeat_interval"),
+                positive=True,
+                whole_seconds=True,
+            ),
             tls_profile=t.reference(
                 "tls_profile", "default", profiles, "TLS profile", "[tls.profiles.<name>]"
             ),
             certificate=cert,
             password=self.password(t),
-            accept_unknown_stations=t.boolean("accept_unknown_stations", True),
+            accept_unknown_stations=t.boolean(
+                "accept_unknown_stations", default_of(CsmsSpec, "accept_unknown_stations")
+            ),
             ocsp_stapling=self.ocsp_stapling(t, profile),
         )
         return self.with_failover_fields(t, spec)
@@ -1676,7 +1479,7 @@ class _Builder(_TlsModelReader):
             raise t.error(
                 "csms",
                 "missing required key 'csms' (the scenario has several CSMS)",
-                fix=_choices_fix("", list(csms), what="add csms = one of")
+                fix=choices_fix("", list(csms), what="add csms = one of")
                 + ", or list endpoints = [{ csms = ... }, ...]",
             )
         if endpoints:
@@ -1706,12 +1509,12 @@ class _Builder(_TlsModelReader):
                 value=t.data["sessions_per_day"],
                 fix="keep one of them",
             )
-        sessions: int | None = t.integer("sessions", 1, 0, 1_000_000)
+        sessions: int | None = t.integer("sessions", default_of(StationGroupSpec, "sessions"), 0, 1_000_000)
         per_day: float | None = None
         if t.has("sessions_per_day"):
             sessions = None
             per_day = t.number("sessions_per_day", 4.0, minimum=0.0, maximum=10_000.0)
-        session_start = self.delay_range(t, "session_start", (5.0, 30.0))
+        session_start = self.delay_range(t, "session_start", default_of(StationGroupSpec, "session_start"))
         return StationGroupSpec(
             name=name,
             count=count,
@@ -1719,7 +1522,10 @@ class _Builder(_TlsModelReader):
             csms=target,
             security_profile=profile,
             ocpp_versions=t.string_list(
-                "ocpp_versions", ("2.0.1",), allowed=OCPP_VERSIONS, example='["2.0.1"]'
+                "ocpp_versions",
+                default_of(StationGroupSpec, "ocpp_versions"),
+                allowed=OCPP_VERSIONS,
+                example='["2.0.1"]',
             ),
             tls_profile=t.reference(
                 "tls_profile", "default", profiles, "TLS profile", "[tls.profiles.<name>]"
@@ -1728,16 +1534,30 @@ class _Builder(_TlsModelReader):
             password=self.password(t),
             sessions=sessions,
             sessions_per_day=per_day,
-            session_duration=t.duration("session_duration", 600.0, positive=True),
+            session_duration=t.duration(
+                "session_duration", default_of(StationGroupSpec, "session_duration"), positive=True
+            ),
             session_start=session_start,
-            meter_interval=t.duration("meter_interval", 60.0, positive=True),
-            charge_power=t.number("charge_power", 11_000.0, minimum=0.0, maximum=10e6, positive=True),
-            heartbeat_fallback=t.duration("heartbeat_fallback", 300.0, positive=True),
+            meter_interval=t.duration(
+                "meter_interval", default_of(StationGroupSpec, "meter_interval"), positive=True
+            ),
+            charge_power=t.number(
+                "charge_power",
+                default_of(StationGroupSpec, "charge_power"),
+                minimum=0.0,
+                maximum=10e6,
+                positive=True,
+            ),
+            heartbeat_fallback=t.duration(
+                "heartbeat_fallback", default_of(StationGroupSpec, "heartbeat_fallback"), positive=True
+            ),
             retry_backoff=self.backoff(t),
-            queue_max=t.integer("queue_max", 1000, 1, 10_000_000),
+            queue_max=t.integer("queue_max", default_of(StationGroupSpec, "queue_max"), 1, 10_000_000),
             endpoints=endpoints,
-            network_attempts=t.integer("network_attempts", 3, 1, MAX_NETWORK_ATTEMPTS),
-            fallback=t.enum("fallback", FALLBACK_KINDS, "restart_list"),
+            network_attempts=t.integer(
+                "network_attempts", default_of(StationGroupSpec, "network_attempts"), 1, MAX_NETWORK_ATTEMPTS
+            ),
+            fallback=t.enum("fallback", FALLBACK_KINDS, default_of(StationGroupSpec, "fallback")),
         )
 
     def delay_range(self, t: _Table, key: str, default: tuple[float, float]) -> tuple[float, float]:
@@ -1754,16 +1574,17 @@ class _Builder(_TlsModelReader):
             raise t.error(key, "min is larger than max", value=None, fix="write [min, max] with min <= max")
         return (lo, hi)
 
-    def backoff(self, t: _Table) -> RetryBackOffSpec:
+    def backoff(self, t: _Table) -> RetryBackOff:
         b = t.sub_table(
             "retry_backoff", BACKOFF_KEYS, '{ wait_minimum = "3s", random_range = "3s", repeat_times = 4 }'
         )
+        default = RetryBackOff()
         if b is None:
-            return RetryBackOffSpec()
-        return RetryBackOffSpec(
-            wait_minimum=b.duration("wait_minimum", 3.0),
-            random_range=b.duration("random_range", 3.0),
-            repeat_times=b.integer("repeat_times", 4, 0, 64),
+            return default
+        return RetryBackOff(
+            wait_minimum=b.duration("wait_minimum", default.wait_minimum),
+            random_range=b.duration("random_range", default.random_range),
+            repeat_times=b.integer("repeat_times", default.repeat_times, 0, 64),
         )
 
     def register_stations(self, groups: Mapping[str, StationGroupSpec]) -> None:
@@ -1855,7 +1676,7 @@ class _Builder(_TlsModelReader):
                     t.at("between", i),
                     f"undefined node or group {sel!r}",
                     value=sel,
-                    fix=_choices_fix(
+                    fix=choices_fix(
                         sel,
                         [*self.nodes.names(("csms", "controller", "group")), "*"],
                         what='use a CSMS, a controller, a station group, a station id or "*":'
@@ -1923,7 +1744,7 @@ class _Builder(_TlsModelReader):
             raise self.ctx.error(
                 (*path, "action"),
                 "missing required key 'action'",
-                fix=_choices_fix("", list(ACTIONS), what="add action = one of"),
+                fix=choices_fix("", list(ACTIONS), what="add action = one of"),
             )
         action = value["action"]
         if not isinstance(action, str) or action not in ACTIONS:
@@ -1931,7 +1752,7 @@ class _Builder(_TlsModelReader):
                 (*path, "action"),
                 "unknown timeline action",
                 value=action,
-                fix=_choices_fix(action, list(ACTIONS)),
+                fix=choices_fix(action, list(ACTIONS)),
             )
         params = ACTIONS[action]
         t = _Table(
@@ -1976,14 +1797,14 @@ class _Builder(_TlsModelReader):
                 key,
                 f"undefined node {value!r}",
                 value=value,
-                fix=_choices_fix(value, self.nodes.names(kinds), what=f"use {wanted}, e.g."),
+                fix=choices_fix(value, self.nodes.names(kinds), what=f"use {wanted}, e.g."),
             )
         if kind not in kinds:
             raise t.error(
                 key,
                 f"{value!r} is {what[kind]}; {t.data['action']} needs {wanted}",
                 value=value,
-                fix=_choices_fix(value, self.nodes.names(kinds), what="use one of"),
+                fix=choices_fix(value, self.nodes.names(kinds), what="use one of"),
             )
         return value
 
@@ -2119,7 +1940,9 @@ class _Builder(_TlsModelReader):
         return attrs.evolve(
             spec,
             secondary_of=secondary_of,
-            behind_controller=t.enum("behind_controller", BEHIND_CONTROLLER_KINDS, "require_station_cert"),
+            behind_controller=t.enum(
+                "behind_controller", BEHIND_CONTROLLER_KINDS, default_of(CsmsSpec, "behind_controller")
+            ),
             trusted_controllers=t.string_list("trusted_controllers", (), nonempty=False, example='["lc1"]'),
         )
 
@@ -2137,7 +1960,7 @@ class _Builder(_TlsModelReader):
                         if primary is None
                         else "a CSMS cannot be its own secondary",
                         value=spec.secondary_of,
-                        fix=_choices_fix(spec.secondary_of, others, what="name the primary, one of"),
+                        fix=choices_fix(spec.secondary_of, others, what="name the primary, one of"),
                     )
                 if primary.secondary_of is not None:
                     raise self.ctx.error(
@@ -2155,7 +1978,7 @@ class _Builder(_TlsModelReader):
                     (*path, "trusted_controllers", i),
                     f"undefined controller {ref!r}",
                     value=ref,
-                    fix=_choices_fix(
+                    fix=choices_fix(
                         ref, self.nodes.controllers, what="define [controllers.<name>] or use one of"
                     ),
                 )
@@ -2233,16 +2056,20 @@ class _Builder(_TlsModelReader):
                 value=host,
                 fix="set host to a DNS name such as lc1.site.evsim.test",
             )
-        profile, insecure = _listener_profile(t)
+        profile, insecure = _listener_profile(t, ControllerSpec)
         t.require("upstream", 'add upstream = [{ csms = "main" }] (where the controller connects to)')
         upstream = self.endpoint_list(t, "upstream", profiles, trust, owner=name)
-        behind = t.enum("behind_controller", BEHIND_CONTROLLER_KINDS, "require_station_cert")
+        behind = t.enum(
+            "behind_controller", BEHIND_CONTROLLER_KINDS, default_of(ControllerSpec, "behind_controller")
+        )
         trusted = t.string_list("trusted_controllers", (), nonempty=False, example='["lc2"]')
         self.check_trusted(t.path, trusted, behind)
         return ControllerSpec(
             name=name,
             host=host,
-            port=t.integer("port", 443 if sim.network == "memory" else 0, 0, 65535),
+            port=t.integer(
+                "port", default_of(ControllerSpec, "port") if sim.network == "memory" else 0, 0, 65535
+            ),
             security_profile=profile,
             insecure_allow_plain_ws=insecure,
             tls_profile=t.reference(
@@ -2251,10 +2078,19 @@ class _Builder(_TlsModelReader):
             trust=t.reference("trust", "default", trust, "trust store", "[tls.trust.<name>]"),
             certificate=self.certificate(t, pki),
             upstream=upstream,
-            upstream_security_profile=t.profile_number("upstream_security_profile", 2),
-            failover=t.enum("failover", FAILOVER_KINDS, "priority"),
-            on_upstream_loss=t.enum("on_upstream_loss", UPSTREAM_LOSS_KINDS, "close_station"),
-            upstream_connect_attempts=t.integer("upstream_connect_attempts", 3, 1, MAX_NETWORK_ATTEMPTS),
+            upstream_security_profile=t.profile_number(
+                "upstream_security_profile", default_of(ControllerSpec, "upstream_security_profile")
+            ),
+            failover=t.enum("failover", FAILOVER_KINDS, default_of(ControllerSpec, "failover")),
+            on_upstream_loss=t.enum(
+                "on_upstream_loss", UPSTREAM_LOSS_KINDS, default_of(ControllerSpec, "on_upstream_loss")
+            ),
+            upstream_connect_attempts=t.integer(
+                "upstream_connect_attempts",
+                default_of(ControllerSpec, "upstream_connect_attempts"),
+                1,
+                MAX_NETWORK_ATTEMPTS,
+            ),
             retry_backoff=self.backoff(t),
             behind_controller=behind,
             trusted_controllers=trusted,
@@ -2503,14 +2339,15 @@ def _check_id_pattern(ctx: _Context, path: FieldPath, pattern: str, count: int) 
             raise ctx.error(path, _IDENTITY_RULE.format(sid=sid), value=pattern, fix=fix)
 
 
-def _listener_profile(t: _Table) -> tuple[int, bool]:
-    """A listener's ``security_profile`` and ``insecure_allow_plain_ws`` (profile 1 needs the opt-in).
+def _listener_profile(t: _Table, spec: type[CsmsSpec | ControllerSpec]) -> tuple[int, bool]:
+    """A listener's ``security_profile`` and ``insecure_allow_plain_ws`` (profile 1 needs the opt-in); the
+    defaults are ``spec``'s.
 
     Raises:
         ConfigError: profile 1 without ``insecure_allow_plain_ws = true``.
     """
-    profile = t.profile_number("security_profile", 2)
-    insecure = t.boolean("insecure_allow_plain_ws", False)
+    profile = t.profile_number("security_profile", default_of(spec, "security_profile"))
+    insecure = t.boolean("insecure_allow_plain_ws", default_of(spec, "insecure_allow_plain_ws"))
     if profile == 1 and not insecure:
         raise t.error(
             "security_profile",

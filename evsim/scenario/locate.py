@@ -14,7 +14,7 @@ nearest enclosing table that was found, and a bug in the scanner can only cost p
 (:func:`index_lines` returns whatever it recorded before the problem).
 
 Field paths are tuples of keys (``str``) and array indices (``int``): ``("stations", "fleet", "count")``,
-``("timeline", 2, "at")``. :func:`format_path` renders them as ``stations.fleet.count`` and
+``("timeline", 2, "at")``; :func:`evsim.toml_table.format_path` renders them as ``stations.fleet.count`` and
 ``timeline[2].at``.
 """
 
@@ -24,35 +24,14 @@ import contextlib
 import re
 from collections.abc import Iterator, Mapping
 
-FieldPath = tuple[str | int, ...]
-"""A field's location in the parsed document: keys and array indices from the root."""
+from evsim.toml_table import FieldPath, format_path
+
+__all__ = ["FieldPath", "LineIndex", "format_path", "index_lines"]
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _DATE_PREFIX = re.compile(r"\d{4}-\d{2}-\d{2}")
 _MAX_DEPTH = 64  # nesting deeper than any scenario needs; deeper values are skipped, not followed
 _ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\", "e": "\x1b"}
-
-
-def format_path(path: FieldPath) -> str:
-    """Render a field path the way error messages show it.
-
-    Args:
-        path: keys and indices, e.g. ``("tls", "profiles", "strict", "cipher_suites", "1.3", 0)``.
-
-    Returns:
-        ``tls.profiles.strict.cipher_suites."1.3"[0]``: keys joined with dots (quoted when they are not bare
-        TOML keys), indices in brackets.
-    """
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-            continue
-        key = (
-            part if _BARE_KEY.fullmatch(part) else '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        )
-        out += ("." if out else "") + key
-    return out
 
 
 class LineIndex(Mapping[FieldPath, int]):

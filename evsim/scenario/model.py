@@ -12,14 +12,18 @@ keys except where Python needs another (``for`` → ``duration``), and the units
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
 import attrs
 
-from evsim.frozenmap import FrozenMap
+from evsim.backoff import RetryBackOff
+from evsim.frozenmap import FrozenMap, frozen_map
+from evsim.link.service import Service
 from evsim.metrics.topology import Topology
+from evsim.nodes.controller import ControllerConfig
+from evsim.nodes.csms import CsmsConfig
+from evsim.nodes.station import StationConfig
 from evsim.tls.config import TlsProfile
 
 ClockKind: TypeAlias = Literal["virtual", "real"]
@@ -35,10 +39,19 @@ UpstreamLossKind: TypeAlias = Literal["close_station", "keep_station"]
 BehindControllerKind: TypeAlias = Literal["require_station_cert", "trust_controller"]
 
 
-def _frozen_map(value: Mapping[Any, Any] | Iterable[tuple[Any, Any]]) -> FrozenMap[Any, Any]:
-    """attrs converter: any mapping (or pairs) to a :class:`FrozenMap` (typed loosely: attrs converters
-    cannot be generic over the field's type)."""
-    return value if isinstance(value, FrozenMap) else FrozenMap(value)
+def default_of(cls: type, name: str) -> Any:
+    """The default of field ``name`` of the attrs class ``cls`` (a factory is called).
+
+    The scenario model takes the defaults of the node settings from the node configuration classes
+    (:class:`~evsim.nodes.csms.CsmsConfig`, :class:`~evsim.nodes.controller.ControllerConfig`,
+    :class:`~evsim.nodes.station.StationConfig`, :class:`~evsim.tls.config.TlsProfile`,
+    :class:`~evsim.link.service.Service`), so each default is written once; the loader takes its defaults from
+    the model the same way.
+    """
+    default: Any = attrs.fields_dict(cls)[name].default
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]  # attrs.Factory is a class at run time
+        return default.factory()
+    return default
 
 
 DEFAULT_START = _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC)
@@ -102,7 +115,7 @@ class PkiSpec:
     validity: float = 365 * 86_400.0
     organization: str = "evsim"
     roots: FrozenMap[str, RootSpec] = attrs.field(
-        factory=lambda: FrozenMap({"root": RootSpec(name="root")}), converter=_frozen_map
+        factory=lambda: FrozenMap({"root": RootSpec(name="root")}), converter=frozen_map
     )
 
 
@@ -125,9 +138,9 @@ class TlsProfileSpec:
     """
 
     name: str
-    versions: tuple[str, ...] = ("1.3", "1.2")
-    cipher_suites: FrozenMap[str, tuple[str, ...]] = attrs.field(factory=FrozenMap, converter=_frozen_map)
-    handshake_timeout: float = 10.0
+    versions: tuple[str, ...] = default_of(TlsProfile, "versions")
+    cipher_suites: FrozenMap[str, tuple[str, ...]] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    handshake_timeout: float = default_of(TlsProfile, "handshake_timeout_s")
     max_send_fragment: int | None = None
     tls: TlsProfile | None = None
     keep_sessions: bool = False
@@ -210,19 +223,19 @@ class CsmsSpec:
     name: str
     host: str
     port: int = 443
-    security_profile: int = 2
-    insecure_allow_plain_ws: bool = False
-    ocpp_versions: tuple[str, ...] = ("2.0.1", "2.1")
-    heartbeat_interval: float = 300.0
+    security_profile: int = default_of(CsmsConfig, "security_profile")
+    insecure_allow_plain_ws: bool = default_of(CsmsConfig, "insecure_allow_plain_ws")
+    ocpp_versions: tuple[str, ...] = default_of(CsmsConfig, "ocpp_versions")
+    heartbeat_interval: float = float(default_of(CsmsConfig, "heartbeat_interval"))
     tls_profile: str = "default"
     certificate: CertificateSpec = CertificateSpec()
     password: str | None = None
-    accept_unknown_stations: bool = True
+    accept_unknown_stations: bool = default_of(CsmsConfig, "accept_unknown_stations")
     ocsp_stapling: bool = False
     pins: str | None = None
     change: str | None = None
     secondary_of: str | None = None
-    behind_controller: BehindControllerKind = "require_station_cert"
+    behind_controller: BehindControllerKind = default_of(CsmsConfig, "behind_controller")  # noqa: RUF009 - an immutable value
     trusted_controllers: tuple[str, ...] = ()
 
 
@@ -272,35 +285,25 @@ class ControllerSpec:
 
     name: str
     host: str
-    port: int = 443
-    security_profile: int = 2
-    insecure_allow_plain_ws: bool = False
+    port: int = default_of(ControllerConfig, "port")
+    security_profile: int = default_of(ControllerConfig, "security_profile")
+    insecure_allow_plain_ws: bool = default_of(ControllerConfig, "insecure_allow_plain_ws")
     tls_profile: str = "default"
     trust: str = "default"
     certificate: CertificateSpec = CertificateSpec()
     upstream: tuple[EndpointSpec, ...]
     upstream_security_profile: int = 2
-    failover: FailoverKind = "priority"
-    on_upstream_loss: UpstreamLossKind = "close_station"
-    upstream_connect_attempts: int = 3
-    retry_backoff: RetryBackOffSpec = attrs.field(factory=lambda: RetryBackOffSpec())
-    behind_controller: BehindControllerKind = "require_station_cert"
+    failover: FailoverKind = default_of(Service, "policy")  # noqa: RUF009 - an immutable value
+    on_upstream_loss: UpstreamLossKind = default_of(ControllerConfig, "on_upstream_loss")  # noqa: RUF009 - an immutable value
+    upstream_connect_attempts: int = default_of(ControllerConfig, "upstream_connect_attempts")
+    retry_backoff: RetryBackOff = attrs.field(factory=RetryBackOff)
+    behind_controller: BehindControllerKind = default_of(ControllerConfig, "behind_controller")  # noqa: RUF009 - an immutable value
     trusted_controllers: tuple[str, ...] = ()
 
 
-@attrs.frozen(kw_only=True)
-class RetryBackOffSpec:
-    """OCPP ``RetryBackOff*`` reconnect settings (OCPP-J 2.0.1 §5.3).
-
-    Attributes:
-        wait_minimum: ``RetryBackOffWaitMinimum``, seconds.
-        random_range: ``RetryBackOffRandomRange``, seconds.
-        repeat_times: ``RetryBackOffRepeatTimes``: how many times the wait doubles.
-    """
-
-    wait_minimum: float = 3.0
-    random_range: float = 3.0
-    repeat_times: int = 4
+RetryBackOffSpec = RetryBackOff
+"""The ``retry_backoff`` table is the OCPP layer's :class:`~evsim.ocpp.backoff.RetryBackOff` itself (the old
+name stays for existing importers)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -339,25 +342,25 @@ class StationGroupSpec:
     count: int = 1
     id_pattern: str
     csms: str
-    security_profile: int = 2
-    ocpp_versions: tuple[str, ...] = ("2.0.1",)
+    security_profile: int = default_of(StationConfig, "security_profile")
+    ocpp_versions: tuple[str, ...] = default_of(StationConfig, "ocpp_versions")
     tls_profile: str = "default"
     trust: str = "default"
     password: str | None = None
-    sessions: int | None = 1
+    sessions: int | None = default_of(StationConfig, "sessions")
     sessions_per_day: float | None = None
-    session_duration: float = 600.0
-    session_start: tuple[float, float] = (5.0, 30.0)
-    meter_interval: float = 60.0
-    charge_power: float = 11_000.0
-    heartbeat_fallback: float = 300.0
-    retry_backoff: RetryBackOffSpec = RetryBackOffSpec()
-    queue_max: int = 1000
+    session_duration: float = default_of(StationConfig, "session_duration_s")
+    session_start: tuple[float, float] = default_of(StationConfig, "session_start_s")
+    meter_interval: float = default_of(StationConfig, "meter_interval_s")
+    charge_power: float = default_of(StationConfig, "charge_power_w")
+    heartbeat_fallback: float = default_of(StationConfig, "default_heartbeat_s")
+    retry_backoff: RetryBackOff = attrs.field(factory=RetryBackOff)
+    queue_max: int = default_of(StationConfig, "queue_max")
     pins: str | None = None
     change: str | None = None
     endpoints: tuple[EndpointSpec, ...] = ()
-    network_attempts: int = 3
-    fallback: FallbackKind = "restart_list"
+    network_attempts: int = default_of(StationConfig, "network_attempts")
+    fallback: FallbackKind = default_of(StationConfig, "network_fallback")  # noqa: RUF009 - an immutable value
 
     def station_ids(self) -> list[str]:
         """The identities of the group's stations, in order.
@@ -420,7 +423,7 @@ class TimelineEvent:
 
     at: float
     action: str
-    params: FrozenMap[str, object] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    params: FrozenMap[str, object] = attrs.field(factory=FrozenMap, converter=frozen_map)
     line: int | None = attrs.field(default=None, eq=False)
 
 
@@ -445,16 +448,16 @@ class Scenario:
 
     simulation: SimulationSpec
     pki: PkiSpec = PkiSpec()
-    tls_profiles: FrozenMap[str, TlsProfileSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
-    trust_stores: FrozenMap[str, TrustSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
-    csms: FrozenMap[str, CsmsSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
-    stations: FrozenMap[str, StationGroupSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
-    controllers: FrozenMap[str, ControllerSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    tls_profiles: FrozenMap[str, TlsProfileSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    trust_stores: FrozenMap[str, TrustSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    csms: FrozenMap[str, CsmsSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    stations: FrozenMap[str, StationGroupSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    controllers: FrozenMap[str, ControllerSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
     links: tuple[LinkSpec, ...] = ()
     timeline: tuple[TimelineEvent, ...] = ()
     source: str | None = None
-    pin_sets: FrozenMap[str, PinSetSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
-    change_policies: FrozenMap[str, ChangeSpec] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    pin_sets: FrozenMap[str, PinSetSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    change_policies: FrozenMap[str, ChangeSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
 
     def station_ids(self) -> list[str]:
         """Every station identity, group by group in file order.

@@ -16,6 +16,19 @@ import math
 import re
 
 from evsim.errors import ConfigError
+from evsim.toml_table import shown, type_name
+
+__all__ = [
+    "BANDWIDTH_BPS",
+    "MAX_BANDWIDTH_BPS",
+    "MAX_DURATION_S",
+    "UNIT_SECONDS",
+    "format_duration",
+    "parse_bandwidth",
+    "parse_duration",
+    "parse_utc_timestamp",
+    "type_name",
+]
 
 UNIT_SECONDS: dict[str, float] = {"d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 """Duration units, largest first (their order in a combination like ``"1h30m"``)."""
@@ -33,40 +46,11 @@ MIN_YEAR, MAX_YEAR = 1970, 9000
 """Simulation start years accepted: POSIX time onwards, and far enough from 9999 that start + 100 years of
 durations stays inside ``datetime``'s range."""
 
-_MAX_SHOWN = 60  # characters of a bad string value quoted in an error message
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _COMPONENT = re.compile(r"(\d+(?:\.\d+)?)([A-Za-z]*)")
 _BANDWIDTH = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z/]*)")
 _RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d{1,6})?(Z|z|[+-]\d{2}:\d{2})")
 _DURATION_EXAMPLE = 'e.g. "250ms", "30s", "15m", "2h", "3d" or "1h30m"'
-
-
-def type_name(value: object) -> str:
-    """How an error message names a TOML value's type (\"an integer\", \"a table\"...)."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
-        return "a date/time"
-    return type(value).__name__
-
-
-def _scalar(value: object) -> object:
-    """The value to show in an error: scalars as they are (long strings cut), containers not at all."""
-    if isinstance(value, list | dict):
-        return None
-    if isinstance(value, str) and len(value) > _MAX_SHOWN:
-        return value[: _MAX_SHOWN - 3] + "..."
-    return value
 
 
 def parse_duration(value: object, *, allow_negative: bool = False) -> float:
@@ -87,13 +71,13 @@ def parse_duration(value: object, *, allow_negative: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ConfigError(
             f"expected a duration, got {type_name(value)}",
-            value=_scalar(value),
+            value=shown(value),
             fix=f"write a quoted duration, {_DURATION_EXAMPLE}, or a number of seconds",
         )
     if isinstance(value, int | float):
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(
-                "a duration must be a finite number", value=_scalar(value), fix=f"use {_DURATION_EXAMPLE}"
+                "a duration must be a finite number", value=shown(value), fix=f"use {_DURATION_EXAMPLE}"
             )
         seconds = float(value)
     else:
@@ -101,13 +85,13 @@ def parse_duration(value: object, *, allow_negative: bool = False) -> float:
     if seconds < 0 and not allow_negative:
         raise ConfigError(
             "a negative duration is not allowed here",
-            value=_scalar(value),
+            value=shown(value),
             fix=f"use a duration >= 0, {_DURATION_EXAMPLE}",
         )
     if abs(seconds) > MAX_DURATION_S:
         raise ConfigError(
             "duration too long (the limit is 100 years)",
-            value=_scalar(value),
+            value=shown(value),
             fix='use a shorter duration, e.g. "365d"',
         )
     return seconds
@@ -121,9 +105,7 @@ def _parse_duration_text(value: str) -> float:
     elif text.startswith("+"):
         text = text[1:].lstrip()
     if not text:
-        raise ConfigError(
-            "empty duration", value=_scalar(value), fix=f"write a duration, {_DURATION_EXAMPLE}"
-        )
+        raise ConfigError("empty duration", value=shown(value), fix=f"write a duration, {_DURATION_EXAMPLE}")
     if _NUMBER.fullmatch(text):
         return sign * float(text)
     total = 0.0
@@ -139,27 +121,27 @@ def _parse_duration_text(value: str) -> float:
         if m is None:
             raise ConfigError(
                 f"not a duration: unexpected {text[pos]!r} at position {pos + 1}",
-                value=_scalar(value),
+                value=shown(value),
                 fix=f"write <number><unit> parts, {_DURATION_EXAMPLE}",
             )
         number, unit = m.group(1), m.group(2)
         if not unit:
             raise ConfigError(
                 f"the number {number} has no unit",
-                value=_scalar(value),
+                value=shown(value),
                 fix=f"add a unit (ms, s, m, h or d), {_DURATION_EXAMPLE}; only a lone number means seconds",
             )
         if unit not in UNIT_SECONDS:
             raise ConfigError(
                 f"unknown duration unit {unit!r}",
-                value=_scalar(value),
+                value=shown(value),
                 fix=f"use ms, s, m, h or d, {_DURATION_EXAMPLE}",
             )
         rank = units.index(unit)
         if unit in seen or rank < last_rank:
             raise ConfigError(
                 "duration units must go from largest to smallest, each at most once",
-                value=_scalar(value),
+                value=shown(value),
                 fix='write e.g. "1h30m" (not "30m1h" or "1h1h")',
             )
         seen.add(unit)
@@ -211,18 +193,18 @@ def parse_bandwidth(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ConfigError(
             f"expected a bandwidth, got {type_name(value)}",
-            value=_scalar(value),
+            value=shown(value),
             fix=f"write a quoted bandwidth, {example}",
         )
     if isinstance(value, str):
         m = _BANDWIDTH.fullmatch(value.strip())
         if m is None:
-            raise ConfigError("not a bandwidth", value=_scalar(value), fix=f"write <number><unit>, {example}")
+            raise ConfigError("not a bandwidth", value=shown(value), fix=f"write <number><unit>, {example}")
         unit = m.group(2).lower() or "bps"
         if unit not in BANDWIDTH_BPS:
             raise ConfigError(
                 f"unknown bandwidth unit {m.group(2)!r}",
-                value=_scalar(value),
+                value=shown(value),
                 fix=f"use bps, kbps, Mbps or Gbps, {example}",
             )
         bps = float(m.group(1)) * BANDWIDTH_BPS[unit]
@@ -231,13 +213,13 @@ def parse_bandwidth(value: object) -> float:
     if not math.isfinite(bps) or bps <= 0:
         raise ConfigError(
             "a bandwidth must be a positive number",
-            value=_scalar(value),
+            value=shown(value),
             fix=f"use {example}, or omit it for unlimited",
         )
     if bps > MAX_BANDWIDTH_BPS:
         raise ConfigError(
             "bandwidth too large (the limit is 1Tbps)",
-            value=_scalar(value),
+            value=shown(value),
             fix="omit it for an unlimited link",
         )
     return bps
@@ -259,18 +241,18 @@ def parse_utc_timestamp(value: object) -> _dt.datetime:
     if isinstance(value, str):
         m = _RFC3339.fullmatch(value.strip())
         if m is None:
-            raise ConfigError("not an RFC 3339 timestamp with a time zone", value=_scalar(value), fix=fix)
+            raise ConfigError("not an RFC 3339 timestamp with a time zone", value=shown(value), fix=fix)
         text = m.group(1) + "T" + m.group(2) + (m.group(3) or "")
         zone = m.group(4)
         text += "+00:00" if zone in ("Z", "z") else zone
         try:
             parsed = _dt.datetime.fromisoformat(text)
         except ValueError:
-            raise ConfigError("not a valid date or time", value=_scalar(value), fix=fix) from None
+            raise ConfigError("not a valid date or time", value=shown(value), fix=fix) from None
     elif isinstance(value, _dt.datetime):
         parsed = value
     else:
-        raise ConfigError(f"expected a timestamp, got {type_name(value)}", value=_scalar(value), fix=fix)
+        raise ConfigError(f"expected a timestamp, got {type_name(value)}", value=shown(value), fix=fix)
     offset = parsed.utcoffset()
     if offset is None:
         raise ConfigError("the timestamp has no time zone", value=str(value), fix=fix)

@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives import hashes
 
 from evsim.errors import ConfigError
 from evsim.tls import events
-from evsim.tls.pins import _check_choice, _no_unknown_keys, _rebase, as_utc, spki_hex
+from evsim.tls.pins import _check_choice, as_utc, spki_hex
+from evsim.toml_table import Table, rebased
 
 OnKeyChange: TypeAlias = Literal["reject", "warn", "accept_and_repin"]
 OnCertChange: TypeAlias = Literal["info", "warn"]
@@ -87,14 +88,16 @@ class ChangePolicy:
         """
         if not isinstance(table, Mapping):
             raise ConfigError("change policy must be a table", path=path, value=table, fix="write a table")
-        _no_unknown_keys(table, ("on_peer_key_change", "on_peer_cert_change_same_key"), path=path)
+        Table(
+            table, path, ("on_peer_key_change", "on_peer_cert_change_same_key")
+        )  # refuses unknown keys (did-you-mean)
         try:
             return cls(
                 cast(OnKeyChange, table.get("on_peer_key_change", "warn")),  # checked in __attrs_post_init__
                 cast(OnCertChange, table.get("on_peer_cert_change_same_key", "info")),
             )
         except ConfigError as exc:
-            raise _rebase(exc, "", path) from None
+            raise rebased(exc, path) from None
 
 
 @attrs.frozen

@@ -17,7 +17,7 @@ which knob the engine enforces is the table ``evsim.tls.knobs.KNOB_STATES``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, cast
 
@@ -25,19 +25,30 @@ import attrs
 from cryptography import x509
 
 from evsim.errors import ConfigError, PkiError
+from evsim.frozenmap import FrozenMap
 from evsim.pki.ca import CertKey
 from evsim.pki.keys import PrivateKey, check_key_strength, key_matches_cert, load_cert_file, load_key_file
 from evsim.pki.revocation import load_crl
 from evsim.tls import _ossl
-from evsim.tls._toml import Table, rebased
-from evsim.tls.knobs import EC_GROUPS, GROUPS, SIGNATURE_SCHEMES, check_enforce, choices_fix
+from evsim.tls.knobs import EC_GROUPS, GROUPS, SIGNATURE_SCHEMES, check_enforce
 from evsim.tls.revocation import CrlMode, OcspPolicy, OnUnknown
 from evsim.tls.suites import BY_IANA, BY_OPENSSL, DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES
+from evsim.toml_table import Table, choices_fix, rebased
 
 KNOWN_VERSIONS: tuple[str, ...] = ("1.0", "1.1", "1.2", "1.3")
 """Protocol versions the model knows, oldest first (holes are detected against this order)."""
 OCPP_MIN_VERSION = "1.2"
 """OCPP 2.0.1 A00.FR.313/314: TLS v1.2 or above only."""
+OCPP_TLS_VERSIONS: tuple[str, ...] = tuple(
+    v for v in reversed(KNOWN_VERSIONS) if KNOWN_VERSIONS.index(v) >= KNOWN_VERSIONS.index(OCPP_MIN_VERSION)
+)
+"""The versions a profile may enable without ``insecure_legacy_versions``, newest first (``("1.3", "1.2")``)."""
+LEGACY_TLS_VERSIONS: tuple[str, ...] = tuple(
+    v for v in reversed(KNOWN_VERSIONS) if v not in OCPP_TLS_VERSIONS
+)
+"""The versions OCPP forbids (A00.FR.313), newest first: only a simulated legacy peer enables them."""
+SUITE_KEYS: tuple[str, ...] = ("1.3", "1.2")
+"""The keys of ``cipher_suites``: OpenSSL has one list for TLS 1.3 and one for TLS 1.2 and older."""
 
 HostnameCheck: TypeAlias = Literal["cn", "san", "san+cn", "off"]
 WildcardPolicy: TypeAlias = Literal["deny", "allow"]
@@ -66,49 +77,28 @@ def _suite_key(version: str) -> str:
     return "1.3" if version == "1.3" else "1.2"
 
 
-class SuiteMap(Mapping[str, tuple[str, ...]]):
-    """An immutable, hashable ``{"1.3": (IANA names...), "1.2": (...)}`` mapping (order = priority)."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: Mapping[str, Iterable[str]] | Iterable[tuple[str, Iterable[str]]] = ()) -> None:
-        pairs = items.items() if isinstance(items, Mapping) else items
-        self._items: dict[str, tuple[str, ...]] = {}
-        for k, v in pairs:
-            if isinstance(v, str):
-                raise ConfigError(
-                    "cipher suites must be a list of names",
-                    path=f"cipher_suites.{k}",
-                    value=v,
-                    fix=f'write cipher_suites."{k}" = ["{v}"]',
-                )
-            self._items[str(k)] = tuple(v)
-
-    def __getitem__(self, key: str) -> tuple[str, ...]:
-        return self._items[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __hash__(self) -> int:
-        return hash(tuple(self._items.items()))
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, SuiteMap):
-            return self._items == other._items
-        if isinstance(other, Mapping):
-            return dict(self._items) == {k: tuple(v) for k, v in other.items()}
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return f"SuiteMap({self._items!r})"
+SuiteMap: TypeAlias = FrozenMap[str, tuple[str, ...]]
+"""``{"1.3": (IANA names...), "1.2": (...)}`` (order = priority): a :class:`~evsim.frozenmap.FrozenMap`."""
 
 
-def _to_suite_map(value: Mapping[str, Iterable[str]] | SuiteMap) -> SuiteMap:
-    return value if isinstance(value, SuiteMap) else SuiteMap(value)
+def _to_suite_map(value: Mapping[str, Iterable[str]] | Iterable[tuple[str, Iterable[str]]]) -> SuiteMap:
+    """attrs converter of ``cipher_suites``: each list of names to a tuple, the table to a :data:`SuiteMap`.
+
+    Raises:
+        ConfigError: a version maps to one string instead of a list of names.
+    """
+    pairs = value.items() if isinstance(value, Mapping) else value
+    items: dict[str, tuple[str, ...]] = {}
+    for k, v in pairs:
+        if isinstance(v, str):
+            raise ConfigError(
+                "cipher suites must be a list of names",
+                path=f"cipher_suites.{k}",
+                value=v,
+                fix=f'write cipher_suites."{k}" = ["{v}"]',
+            )
+        items[str(k)] = tuple(v)
+    return FrozenMap(items)
 
 
 def _to_str_tuple(value: Iterable[str]) -> tuple[str, ...]:
@@ -117,7 +107,7 @@ def _to_str_tuple(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
-DEFAULT_SUITES = SuiteMap({"1.3": DEFAULT_TLS13_SUITES, "1.2": DEFAULT_TLS12_SUITES})
+DEFAULT_SUITES: SuiteMap = FrozenMap({"1.3": DEFAULT_TLS13_SUITES, "1.2": DEFAULT_TLS12_SUITES})
 
 
 # ---------------------------------------------------------------- engine knobs (tls-engine): sessions, revocation
@@ -211,9 +201,11 @@ class SessionPolicy:
         t = Table(table, path, ("resumption", "lifetime_s", "cache_entries"))
         try:
             return cls(
-                cast(Resumption, t.text("resumption", "both")),
+                cast(Resumption, t.string("resumption", "both")),
                 t.number("lifetime_s", DEFAULT_SESSION_LIFETIME_S),
-                DEFAULT_CACHE_ENTRIES if (entries := t.opt_int("cache_entries")) is None else entries,
+                DEFAULT_CACHE_ENTRIES
+                if (entries := t.optional_integer("cache_entries")) is None
+                else entries,
             )
         except ConfigError as exc:
             raise rebased(exc, path, {"session": ""}) from None
@@ -300,18 +292,20 @@ class RevocationPolicy:
         """
         t = Table(table, path, ("crl", "crls", "ocsp", "on_unknown"))
         crls: list[x509.CertificateRevocationList] = []
-        for i, name in enumerate(t.text_list("crls") or ()):
+        for i, name in enumerate(t.optional_string_list("crls") or ()):
             if resolve_crls is None:
                 raise ConfigError(
-                    "CRLs given but nothing resolves CRL names here", path=f"{t.at('crls')}[{i}]", value=name
+                    "CRLs given but nothing resolves CRL names here",
+                    path=f"{t.where('crls')}[{i}]",
+                    value=name,
                 )
-            crls += _resolve(resolve_crls, name, path=f"{t.at('crls')}[{i}]", what="CRL")
+            crls += _resolve(resolve_crls, name, path=f"{t.where('crls')}[{i}]", what="CRL")
         try:
             return cls(
-                cast(CrlMode, t.text("crl", "off")),
+                cast(CrlMode, t.string("crl", "off")),
                 tuple(crls),
-                cast(OcspPolicy, t.text("ocsp", "off")),
-                cast(OnUnknown, t.text("on_unknown", "fail")),
+                cast(OcspPolicy, t.string("ocsp", "off")),
+                cast(OnUnknown, t.string("on_unknown", "fail")),
             )
         except ConfigError as exc:
             raise rebased(exc, path, {"revocation": ""}) from None
@@ -379,7 +373,7 @@ class TlsProfile:
             with nothing offered, out-of-range record knobs, ``enforce`` on a knob the engine cannot enforce.
     """
 
-    versions: tuple[str, ...] = attrs.field(default=("1.3", "1.2"), converter=_to_str_tuple)
+    versions: tuple[str, ...] = attrs.field(default=OCPP_TLS_VERSIONS, converter=_to_str_tuple)
     cipher_suites: SuiteMap = attrs.field(default=DEFAULT_SUITES, converter=_to_suite_map)
     suite_preference: SuitePreference = "server"
     handshake_timeout_s: float = 10.0
@@ -491,7 +485,7 @@ class TlsProfile:
 
     def _check_suites(self) -> None:
         for key, names in self.cipher_suites.items():
-            if key not in ("1.2", "1.3"):
+            if key not in SUITE_KEYS:
                 raise ConfigError(
                     'cipher_suites keys are "1.3" (TLS 1.3 suites) and "1.2" (suites for TLS 1.2 and older)',
                     path=f"cipher_suites.{key}",
@@ -654,30 +648,30 @@ class TlsProfile:
         kwargs: dict[str, Any] = {}
         renames = {"max_send_fragment": "record.max_send_fragment"}
         for key in ("versions", "groups", "signature_algorithms", "enforce"):
-            if (values := t.text_list(key)) is not None:
+            if (values := t.optional_string_list(key)) is not None:
                 kwargs[key] = values
         if t.has("cipher_suites"):
-            suites = t.table("cipher_suites", ("1.3", "1.2"))
-            kwargs["cipher_suites"] = {k: suites.text_list(k) for k in ("1.3", "1.2") if suites.has(k)}
+            suites = t.table("cipher_suites", SUITE_KEYS)
+            kwargs["cipher_suites"] = {k: suites.optional_string_list(k) for k in SUITE_KEYS if suites.has(k)}
         if t.has("suite_preference"):
-            kwargs["suite_preference"] = t.text("suite_preference", "server", choices=("server", "client"))
+            kwargs["suite_preference"] = t.enum("suite_preference", ("server", "client"), "server")
         if t.has("alpn") and isinstance(t.data["alpn"], Mapping):
             alpn = t.table("alpn", ("offer", "require"))
-            kwargs["alpn"] = alpn.text_list("offer") or ()
-            kwargs["alpn_require"] = alpn.flag("require", False)
+            kwargs["alpn"] = alpn.optional_string_list("offer") or ()
+            kwargs["alpn_require"] = alpn.boolean("require", False)
             renames |= {"alpn_require": "alpn.require", "alpn": "alpn.offer"}
-        elif (offer := t.text_list("alpn")) is not None:
+        elif (offer := t.optional_string_list("alpn")) is not None:
             kwargs["alpn"] = offer
         kwargs["handshake_timeout_s"] = t.number("handshake_timeout_s", 10.0)
         if t.has("session"):
-            kwargs["session"] = SessionPolicy.from_toml(t.data["session"], path=t.at("session"))
+            kwargs["session"] = SessionPolicy.from_toml(t.data["session"], path=t.where("session"))
         record = t.table(
             "record", ("max_send_fragment", "max_fragment_length", "record_size_limit", "recv_buffer")
         )
         for key in ("max_send_fragment", "max_fragment_length", "record_size_limit", "recv_buffer"):
-            kwargs[key] = record.opt_int(key)
-        kwargs["keylog"] = t.opt_text("keylog")
-        kwargs["insecure_legacy_versions"] = t.flag("insecure_legacy_versions", False)
+            kwargs[key] = record.optional_integer(key)
+        kwargs["keylog"] = t.optional_string("keylog", allow_empty=True) or None
+        kwargs["insecure_legacy_versions"] = t.boolean("insecure_legacy_versions", False)
         try:
             return cls(**kwargs)
         except ConfigError as exc:
@@ -854,26 +848,26 @@ class TrustStore:
             ConfigError: unknown keys, wrong types, unknown names, and every validation error of the class.
         """
         t = Table(table, path, cls._TOML_KEYS)
-        name = t.text("name", path.rpartition(".")[2] or "trust")
+        name = t.string("name", path.rpartition(".")[2] or "trust")
         anchors: list[x509.Certificate] = []
-        for i, ref in enumerate(t.text_list("anchors") or ()):
-            anchors += _resolve(resolve, ref, path=f"{t.at('anchors')}[{i}]", what="anchor")
+        for i, ref in enumerate(t.optional_string_list("anchors") or ()):
+            anchors += _resolve(resolve, ref, path=f"{t.where('anchors')}[{i}]", what="anchor")
         revocation = RevocationPolicy()
         if t.has("revocation"):
             revocation = RevocationPolicy.from_toml(
-                t.data["revocation"], path=t.at("revocation"), resolve_crls=resolve_crls
+                t.data["revocation"], path=t.where("revocation"), resolve_crls=resolve_crls
             )
         try:
             return cls(
                 name,
                 tuple(anchors),
-                hostname=cast(HostnameCheck, t.text("hostname", "san+cn")),
-                wildcards=cast(WildcardPolicy, t.text("wildcards", "deny")),
-                time_check=cast(TimeCheck, t.text("time_check", "enforce")),
-                insecure_skip_verify=t.flag("insecure_skip_verify", False),
+                hostname=cast(HostnameCheck, t.string("hostname", "san+cn")),
+                wildcards=cast(WildcardPolicy, t.string("wildcards", "deny")),
+                time_check=cast(TimeCheck, t.string("time_check", "enforce")),
+                insecure_skip_verify=t.boolean("insecure_skip_verify", False),
                 revocation=revocation,
-                max_depth=t.opt_int("max_depth"),
-                mode=cast(TrustMode, t.text("mode", "pki")),
+                max_depth=t.optional_integer("max_depth"),
+                mode=cast(TrustMode, t.string("mode", "pki")),
             )
         except ConfigError as exc:
             raise rebased(exc, path, {f"trust.{name}": ""}) from None
@@ -1030,10 +1024,10 @@ class Identity:
         t = Table(table, path, ("certificate",))
         if not t.has("certificate"):
             raise ConfigError(
-                "an identity needs a certificate", path=t.at("certificate"), fix='add certificate = "…"'
+                "an identity needs a certificate", path=t.where("certificate"), fix='add certificate = "…"'
             )
-        ref = t.text("certificate", "")
-        cert_key = _resolve(lambda n: [resolve(n)], ref, path=t.at("certificate"), what="certificate")[0]
+        ref = t.string("certificate", "")
+        cert_key = _resolve(lambda n: [resolve(n)], ref, path=t.where("certificate"), what="certificate")[0]
         try:
             return cls.from_cert_key(cert_key)
         except ConfigError as exc:
@@ -1058,10 +1052,12 @@ class Identity:
         t = Table(table, path, ("cert", "key"))
         for key in ("cert", "key"):
             if not t.has(key):
-                raise ConfigError(f"an identity needs {key}", path=t.at(key), fix=f'add {key} = "<PEM file>"')
+                raise ConfigError(
+                    f"an identity needs {key}", path=t.where(key), fix=f'add {key} = "<PEM file>"'
+                )
         base = Path(base_dir)
         try:
-            return cls.from_files(base / t.text("cert", ""), base / t.text("key", ""))
+            return cls.from_files(base / t.string("cert", ""), base / t.string("key", ""))
         except ConfigError as exc:
             raise rebased(exc, path, {"identity": ""}) from None
 

@@ -18,13 +18,13 @@ Groups" and "TLS SignatureScheme" registries, spelled as OpenSSL spells them).
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Final, Literal, TypeAlias
 
 from evsim.errors import ConfigError
 from evsim.tls import _ossl
+from evsim.toml_table import choices_fix
 
 KnobState: TypeAlias = Literal["enforced", "partial", "declared"]
 
@@ -186,21 +186,6 @@ SIGNATURE_SCHEMES: tuple[str, ...] = (
     "rsa_pkcs1_sha512",
 )
 """Signature schemes the model accepts (RFC 8446 §4.2.3; SHA-1 schemes left out on purpose)."""
-
-
-def did_you_mean(word: object, choices: Iterable[str]) -> str | None:
-    """The closest of ``choices`` to ``word`` (difflib ratio >= 0.6), or None."""
-    if not isinstance(word, str):
-        return None
-    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return matches[0] if matches else None
-
-
-def choices_fix(word: object, choices: Iterable[str]) -> str:
-    """``did you mean 'x'? use one of 'a', 'b'`` (the guess only when there is a close one)."""
-    listed = list(choices)
-    guess = did_you_mean(word, listed)
-    return (f"did you mean {guess!r}? " if guess else "") + "use one of " + ", ".join(map(repr, listed))
 
 
 def resolve_knob(name: str) -> str | None:

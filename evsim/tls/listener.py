@@ -26,19 +26,18 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Iterable, Mapping
-from typing import cast
 
 import attrs
 import trio
 
 from evsim.errors import ConfigError
 from evsim.pki.ca import CertKey
-from evsim.tls._toml import Table, rebased
 from evsim.tls.config import CertResolver, CrlResolver, Identity, TlsProfile, TrustStore
 from evsim.tls.context import ClientAuth, OcspProvider, ServerTls
 from evsim.tls.peer import PeerPolicy
 from evsim.tls.stream import TlsStream, tls_accept
 from evsim.tls.verify import is_ip_literal
+from evsim.toml_table import Table, rebased
 
 __all__ = ["CLIENT_AUTH", "Listener", "normalize_server_name"]
 
@@ -313,38 +312,38 @@ class Listener:
                 validation error of the class, with the field path under ``path``.
         """
         t = Table(table, path, cls._TOML_KEYS)
-        name = t.text("name", path.rpartition(".")[2] or "listener")
+        name = t.string("name", path.rpartition(".")[2] or "listener")
         if not t.has("host"):
             raise ConfigError(
-                "a listener needs a host", path=t.at("host"), fix='add host = "csms.evsim.test"'
+                "a listener needs a host", path=t.where("host"), fix='add host = "csms.evsim.test"'
             )
-        host = t.text("host", "")
-        port = t.opt_int("port")
+        host = t.string("host", "")
+        port = t.optional_integer("port")
         if port is None:
-            raise ConfigError("a listener needs a port", path=t.at("port"), fix="add port = 443")
+            raise ConfigError("a listener needs a port", path=t.where("port"), fix="add port = 443")
         if not t.has("identity"):
             raise ConfigError(
                 "a listener needs an identity",
-                path=t.at("identity"),
+                path=t.where("identity"),
                 fix='add identity = { certificate = "…" }',
             )
-        identity = Identity.from_toml(_table(t, "identity"), path=t.at("identity"), resolve=resolve)
+        identity = Identity.from_toml(_table(t, "identity"), path=t.where("identity"), resolve=resolve)
         profile = TlsProfile()
         if t.has("profile"):
-            profile = TlsProfile.from_toml(_table(t, "profile"), path=t.at("profile"))
+            profile = TlsProfile.from_toml(_table(t, "profile"), path=t.where("profile"))
         trust = None
         if t.has("trust"):
             if resolve_anchors is None:
                 raise ConfigError(
                     "a trust table given but nothing resolves anchor names here",
-                    path=t.at("trust"),
+                    path=t.where("trust"),
                     fix="pass resolve_anchors= to Listener.from_toml",
                 )
             trust = TrustStore.from_toml(
-                _table(t, "trust"), path=t.at("trust"), resolve=resolve_anchors, resolve_crls=resolve_crls
+                _table(t, "trust"), path=t.where("trust"), resolve=resolve_anchors, resolve_crls=resolve_crls
             )
         sni: list[tuple[str, Identity]] = []
-        sni_path = t.at("sni_identities")
+        sni_path = t.where("sni_identities")
         for server_name, sub in _table(t, "sni_identities", default={}).items():
             sub_path = f'{sni_path}."{server_name}"'
             if not isinstance(sub, Mapping):
@@ -352,7 +351,7 @@ class Listener:
                     "expected an identity table", path=sub_path, value=sub, fix='write { certificate = "…" }'
                 )
             sni.append((str(server_name), Identity.from_toml(sub, path=sub_path, resolve=resolve)))
-        client_auth = cast(ClientAuth, t.text("client_auth", "none", choices=CLIENT_AUTH))
+        client_auth = t.enum("client_auth", CLIENT_AUTH, "none")
         try:
             return cls(name, host, port, identity, profile, tuple(sni), trust, client_auth, peer, ocsp)
         except ConfigError as exc:
@@ -363,7 +362,7 @@ def _table(t: Table, key: str, default: Mapping[str, object] | None = None) -> M
     value = t.data.get(key, default)
     if not isinstance(value, Mapping):
         raise ConfigError(
-            "expected a table", path=t.at(key), value=value, fix=f"write [{t.at(key)}] with keys"
+            "expected a table", path=t.where(key), value=value, fix=f"write [{t.where(key)}] with keys"
         )
     return value
 

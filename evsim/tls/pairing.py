@@ -45,14 +45,12 @@ from evsim.tls import events
 from evsim.tls.pins import (
     SPKI_SHA256_HEX_DIGITS,
     _check_choice,
-    _join,
-    _no_unknown_keys,
-    _rebase,
     as_utc,
     is_self_signed,
     normalize_hex,
     spki_hex,
 )
+from evsim.toml_table import Table, join_path, rebased
 
 PeerState: TypeAlias = Literal["trusted", "pending", "denied"]
 PairingEvent: TypeAlias = Literal[
@@ -238,30 +236,34 @@ class PeerTrust:
             raise ConfigError(
                 "pairing must be a table", path=path, value=table, fix="write a table with keys"
             )
-        _no_unknown_keys(table, ("auto_accept", "pairing_window_s", "peers"), path=path)
+        Table(
+            table, path, ("auto_accept", "pairing_window_s", "peers")
+        )  # refuses unknown keys (did-you-mean)
         raw_peers = table.get("peers", [])
         if not isinstance(raw_peers, list):
             raise ConfigError(
                 "peers must be an array of tables",
-                path=_join(path, "peers"),
+                path=join_path(path, "peers"),
                 value=raw_peers,
                 fix='write peers = [{ ski = "…" }]',
             )
         peers: list[PairedPeer] = []
         for i, item in enumerate(raw_peers):
-            where = f"{_join(path, 'peers')}[{i}]"
+            where = f"{join_path(path, 'peers')}[{i}]"
             if not isinstance(item, Mapping):
                 raise ConfigError("a peer must be a table", path=where, value=item, fix='write { ski = "…" }')
-            _no_unknown_keys(item, ("ski", "spki_sha256", "state", "device_id"), path=where)
+            Table(
+                item, where, ("ski", "spki_sha256", "state", "device_id")
+            )  # refuses unknown keys (did-you-mean)
             if "ski" not in item:
                 raise ConfigError(
-                    "a peer needs ski", path=_join(where, "ski"), fix=f"add ski = … ({_SKI_FIX})"
+                    "a peer needs ski", path=join_path(where, "ski"), fix=f"add ski = … ({_SKI_FIX})"
                 )
             device_id = item.get("device_id")
             if device_id is not None and not isinstance(device_id, str):
                 raise ConfigError(
                     "device_id must be a string",
-                    path=_join(where, "device_id"),
+                    path=join_path(where, "device_id"),
                     value=device_id,
                     fix="quote it",
                 )
@@ -276,7 +278,7 @@ class PeerTrust:
                     )
                 )
             except ConfigError as exc:
-                raise _rebase(exc, "peer", where) from None
+                raise rebased(exc, where, {"peer": ""}) from None
         try:
             return cls(
                 cast(bool, table.get("auto_accept", False)),  # checked in __attrs_post_init__
@@ -284,7 +286,7 @@ class PeerTrust:
                 tuple(peers),
             )
         except ConfigError as exc:
-            raise _rebase(exc, "", path) from None
+            raise rebased(exc, path) from None
 
 
 # ---------------------------------------------------------------- identity

@@ -73,6 +73,7 @@ from evsim.tls import events
 from evsim.tls import pairing as _pairing
 from evsim.tls import pins as _pins
 from evsim.tls.events import Side
+from evsim.toml_table import Table
 
 Severity: TypeAlias = Literal["info", "warn", "error"]
 PeerMode: TypeAlias = Literal["pki", "pinned_peers", "tofu", "pairing"]
@@ -233,12 +234,7 @@ class PeerPolicy:
         """
         if not isinstance(table, Mapping):
             raise ConfigError("a peer policy must be a table", path=path, value=table, fix="write a table")
-        known = ("pins", "pairing", "change")
-        for key in table:
-            if key not in known:
-                raise ConfigError(
-                    "unknown key", path=f"{path}.{key}", value=key, fix=f"use one of {', '.join(known)}"
-                )
+        Table(table, path, ("pins", "pairing", "change"))  # refuses unknown keys (did-you-mean)
 
         def sub(name: str) -> Mapping[str, object] | None:
             value = table.get(name)

@@ -45,6 +45,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from evsim.errors import ConfigError
 from evsim.pki.keys import spki_sha256 as _spki_sha256_bytes
 from evsim.tls import events
+from evsim.toml_table import Table, choices_fix, join_path, rebased
 
 PinTarget: TypeAlias = Literal["leaf", "intermediate", "root", "any"]
 PinState: TypeAlias = Literal["active", "backup", "pending", "released"]
@@ -163,23 +164,9 @@ def is_self_signed(cert: x509.Certificate) -> bool:
     return True
 
 
-def _rebase(exc: ConfigError, old: str, new: str) -> ConfigError:
-    """``exc`` with its field path moved from under ``old`` to under ``new``."""
-    path = exc.path
-    if path == old:
-        path = new
-    elif path.startswith((old + ".", old + "[")):
-        path = new + path[len(old) :]
-    elif new:
-        path = f"{new}.{path}" if path else new
-    return ConfigError(exc.message, path=path, value=exc.value, fix=exc.fix, file=exc.file, line=exc.line)
-
-
 def _check_choice(value: object, allowed: Sequence[str], *, path: str, what: str) -> None:
     if value not in allowed:
-        raise ConfigError(
-            f"unknown {what}", path=path, value=value, fix=f"use one of {', '.join(map(repr, allowed))}"
-        )
+        raise ConfigError(f"unknown {what}", path=path, value=value, fix=choices_fix(value, allowed))
 
 
 # ---------------------------------------------------------------- values
@@ -378,47 +365,35 @@ class PinSet:
         """
         if not isinstance(table, Mapping):
             raise ConfigError("pins must be a table", path=path, value=table, fix=f"write [{path}] with keys")
-        _no_unknown_keys(table, ("enforcement", "tofu", "pins"), path=path)
+        Table(table, path, ("enforcement", "tofu", "pins"))  # refuses unknown keys (did-you-mean)
         enforcement = table.get("enforcement", "enforce")
         if not isinstance(enforcement, str):
             raise ConfigError(
                 "enforcement must be a string",
-                path=_join(path, "enforcement"),
+                path=join_path(path, "enforcement"),
                 value=enforcement,
                 fix='use "enforce" or "report_only"',
             )
         tofu = table.get("tofu", False)
         if not isinstance(tofu, bool):
             raise ConfigError(
-                "tofu must be true or false", path=_join(path, "tofu"), value=tofu, fix="tofu = true"
+                "tofu must be true or false", path=join_path(path, "tofu"), value=tofu, fix="tofu = true"
             )
         raw_pins = table.get("pins", [])
         if not isinstance(raw_pins, list):
             raise ConfigError(
                 "pins must be an array of tables",
-                path=_join(path, "pins"),
+                path=join_path(path, "pins"),
                 value=raw_pins,
                 fix='write pins = [{ target = "leaf", spki_sha256 = "…" }]',
             )
         pins = tuple(
-            _pin_from_toml(item, path=f"{_join(path, 'pins')}[{i}]") for i, item in enumerate(raw_pins)
+            _pin_from_toml(item, path=f"{join_path(path, 'pins')}[{i}]") for i, item in enumerate(raw_pins)
         )
         try:
             return cls(cast(Enforcement, enforcement), pins, (), tofu)  # checked in __attrs_post_init__
         except ConfigError as exc:
-            raise _rebase(exc, "", path) from None
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-def _no_unknown_keys(table: Mapping[str, object], known: Sequence[str], *, path: str) -> None:
-    for key in table:
-        if key not in known:
-            raise ConfigError(
-                "unknown key", path=_join(path, str(key)), value=key, fix=f"use one of {', '.join(known)}"
-            )
+            raise rebased(exc, path) from None
 
 
 def _datetime_from_toml(value: object, *, path: str) -> _dt.datetime:
@@ -443,23 +418,25 @@ def _pin_from_toml(item: object, *, path: str) -> Pin:
             value=item,
             fix='write { target = "leaf", spki_sha256 = "…" }',
         )
-    _no_unknown_keys(item, ("target", "spki_sha256", "state", "not_after", "origin"), path=path)
+    Table(
+        item, path, ("target", "spki_sha256", "state", "not_after", "origin")
+    )  # refuses unknown keys (did-you-mean)
     for required in ("target", "spki_sha256"):
         if required not in item:
             raise ConfigError(
                 f"a pin needs {required}",
-                path=_join(path, required),
+                path=join_path(path, required),
                 fix=f"add {required} = …"
                 + (" (leaf, intermediate, root or any)" if required == "target" else f" ({_SPKI_FIX})"),
             )
     for name in ("target", "state", "origin"):
         if name in item and not isinstance(item[name], str):
             raise ConfigError(
-                f"{name} must be a string", path=_join(path, name), value=item[name], fix="quote it"
+                f"{name} must be a string", path=join_path(path, name), value=item[name], fix="quote it"
             )
     not_after = None
     if "not_after" in item:
-        not_after = _datetime_from_toml(item["not_after"], path=_join(path, "not_after"))
+        not_after = _datetime_from_toml(item["not_after"], path=join_path(path, "not_after"))
     try:
         return Pin(
             item["target"],  # values checked by Pin's converter and __attrs_post_init__
@@ -469,7 +446,7 @@ def _pin_from_toml(item: object, *, path: str) -> Pin:
             item.get("origin", "config"),
         )
     except ConfigError as exc:
-        raise _rebase(exc, "pin", path) from None
+        raise rebased(exc, path, {"pin": ""}) from None
 
 
 # ---------------------------------------------------------------- check
