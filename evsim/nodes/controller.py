@@ -738,7 +738,7 @@ class _Relay:
         early: list[str] = []
         got: list[WebSocket] = []
         failed: list[BaseException] = []
-        station_gone = False
+        station_gone: TransportError | None = None
         async with trio.open_nursery() as nursery:
 
             async def watch_station() -> None:
@@ -747,8 +747,8 @@ class _Relay:
                     while len(early) < self.lc.config.max_queue:
                         early.append(await self.station_ws.receive_text())
                     await trio.sleep_forever()  # read no further ahead: the relay reads the rest
-                except TransportError:
-                    station_gone = True
+                except TransportError as exc:
+                    station_gone = exc
                     nursery.cancel_scope.cancel()
 
             async def connect() -> None:
@@ -760,13 +760,11 @@ class _Relay:
 
             nursery.start_soon(watch_station)
             nursery.start_soon(connect)
-        if station_gone:
+        if station_gone is not None:
             if got:
                 await _aclose_ws(got[0], _CLOSE_GOING_AWAY, "station disconnected")
                 self.upstream_ws = None
-            self.lc.recorder.emit(
-                self.name, "station_link_lost", station=self.state.station_id, reason="left before upstream"
-            )
+            self._station_lost(station_gone)
             return None
         if failed:
             raise failed[0]
@@ -851,7 +849,8 @@ class _Relay:
             self._station_lost(exc)
 
     def _station_lost(self, exc: TransportError) -> None:
-        """The station's link ended (its reader saw it, or we dropped it): record it once, end the pair."""
+        """The station's link ended (its reader saw it, or we dropped it, or it ended while the first upstream
+        link was being connected): record it once with the link's reason (Close code, loss), end the pair."""
         if not self._station_lost_reported:
             self._station_lost_reported = True
             self.lc.recorder.emit(
