@@ -23,7 +23,7 @@ from evsim.clock import SimClock
 from evsim.errors import CallErrorReceived
 from evsim.link.slots import NetworkProfiles, NetworkSlot
 from evsim.net.virtual import VirtualNetwork
-from evsim.nodes.csms import Csms, CsmsConfig, StationConnection, StationRecord
+from evsim.nodes.csms import Csms, CsmsConfig, InputLog, StationConnection, StationRecord
 from evsim.nodes.station import Station, StationConfig
 from evsim.ocpp.netprofile import NetworkConnectionProfile, NetworkSettings, ProfileRejected
 from evsim.recorder import Recorder
@@ -561,11 +561,12 @@ async def test_transaction_bookkeeping_cost_per_event_does_not_grow() -> None:
         recorder=recorder,
     )
     rec = StationRecord(station_id="ST-long")
+    inputs = InputLog(recorder, "csms", "ST-long")
     sizes: dict[int, int] = {}
     work: dict[int, int] = {}
     for seq in range(6000):
         before = _CountingInt.comparisons
-        csms._on_transaction_event(rec, _tx_event("tx-long", _CountingInt(seq), energy=float(seq)))
+        csms._on_transaction_event(rec, _tx_event("tx-long", _CountingInt(seq), energy=float(seq)), inputs)
         work[seq] = _CountingInt.comparisons - before
         if seq in (999, 5999):
             sizes[seq] = len(pickle.dumps(rec.transactions["tx-long"]))
@@ -573,5 +574,5 @@ async def test_transaction_bookkeeping_cost_per_event_does_not_grow() -> None:
     assert sizes[5999] <= sizes[999] + 8  # a few bytes more for larger ints, not one entry per event
     (tx,) = rec.transactions.values()
     assert tx.events == 6000 and tx.gap_free() and tx.energy_wh == 5999.0
-    csms._on_transaction_event(rec, _tx_event("tx-long", 17))  # a resent event
+    csms._on_transaction_event(rec, _tx_event("tx-long", 17), inputs)  # a resent event
     assert tx.duplicates == 1 and tx.events == 6000

@@ -24,12 +24,12 @@ one connection does, the loop keeps accepting and the other sessions keep runnin
       start, :func:`evsim.runtime.raise_open_file_limit`.)
   ``max_pending_per_address``
       Connections from one peer address (IP, or host name on the in-memory network) that are not yet
-      *admitted*: still in the TLS handshake, the HTTP upgrade, or - at the CSMS - before their first Accepted
-      BootNotification. Default: half of ``max_connections``, so one address can never hold every socket with
+      *admitted*: still in the TLS handshake, the HTTP upgrade, or before their first Accepted BootNotification
+      (at the CSMS; at a Local Controller, before the CSMS accepted one). Default: half of ``max_connections``, so one address can never hold every socket with
       connections that never finish. Admitted stations do not count, and honest stations are pre-admission
       only for the moment of their boot, so a whole fleet behind one address (every station of a loopback run
       comes from 127.0.0.1) is not refused; what bounds the time a connection may stay pre-admission is the TLS
-      handshake timeout, the WebSocket ``open_timeout`` and the CSMS's boot timeout.
+      handshake timeout, the WebSocket ``open_timeout`` and the node's boot timeout.
 
 The handler marks its connection admitted with :func:`connection_admitted` (from the connection's task or any
 task it started); a connection's slots are released when its handler returns.

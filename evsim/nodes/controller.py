@@ -10,7 +10,8 @@ Station doesn't have to behave different" and "so that the CSMS can not notice" 
   only if ``station_passwords`` is given, otherwise the CSMS checks the forwarded credentials); profile 3 uses
   :func:`~evsim.nodes.admission.check_client_certificate` (so another controller may sit below this one);
   the subprotocol is chosen from ``ocpp_versions`` (none: accept and close, OCPP-J §3.2). Sources that fail
-  authentication too often get 429 for a while (``auth_budget``). A second link with a connected station's
+  authentication too often get 429 for a while (``auth_budget``). A link whose BootNotification the CSMS has
+  not Accepted within ``boot_timeout`` is closed (1008, one ``boot_timeout`` event) with its upstream link. A second link with a connected station's
   identity (``duplicate_identity``, :mod:`evsim.nodes.admission`): by default it is relayed beside the first
   and replaces it (closed with 1008, one ``replaced_connection`` event) once the CSMS Accepted its
   BootNotification; until then it gets no backlog and no own CALLs, and losing its upstream closes it.
@@ -60,6 +61,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import random
 from collections.abc import Mapping
 from typing import Any, Literal, TypeAlias
@@ -192,9 +194,12 @@ class ControllerConfig:
         max_connections: station links open at once; more are closed at once (``connection_refused``). None
             (default): (the process's soft ``RLIMIT_NOFILE`` minus a reserve) / 2, as every station link needs an
             upstream link too (:mod:`evsim.nodes.acceptor`).
-        max_pending_per_address: station connections from one peer address still in the TLS handshake or the
-            HTTP upgrade; more are closed at once. None (default): half of ``max_connections``. (A station that
-            upgraded but never boots is closed by the CSMS's boot timeout, which ends its relayed link.)
+        max_pending_per_address: station connections from one peer address not yet admitted (TLS handshake,
+            HTTP upgrade, or no BootNotification the CSMS Accepted yet); more are closed at once. None
+            (default): half of ``max_connections``.
+        boot_timeout: seconds (trio time) a station link may stay open until the CSMS Accepts one of its
+            BootNotifications (counted from the upgrade, across Pending/Rejected boots); then it is closed
+            (1008, its upstream link with it) with a ``boot_timeout`` event. Default 180 s, as the CSMS's.
     """
 
     name: str = "lc"
@@ -227,8 +232,16 @@ class ControllerConfig:
     id_prefix: str = "lc-"
     max_connections: int | None = None
     max_pending_per_address: int | None = None
+    boot_timeout: float = 180.0
 
     def __attrs_post_init__(self) -> None:
+        if not self.boot_timeout > 0:
+            raise ConfigError(
+                "boot_timeout must be > 0",
+                path="controller.boot_timeout",
+                value=self.boot_timeout,
+                fix="use the seconds a station may take to get its BootNotification accepted, e.g. 180",
+            )
         if self.security_profile not in (1, 2, 3):
             raise ConfigError(
                 "security_profile must be 1, 2 or 3",
@@ -460,7 +473,6 @@ class LocalController:
             ):
                 assert admission.ws is not None
                 decision = admission.decision
-                connection_admitted()
                 await self._serve_station(
                     decision["station_id"],
                     admission.ws,
@@ -663,6 +675,8 @@ class _Relay:
         self._replays: dict[str, tuple[str, dict[str, Any]]] = {}  # own message id -> backlog entry
         self._early: list[str] = []  # station frames read while the first upstream link was being connected
         self._pair_scope: trio.CancelScope | None = None  # the relay's nursery, while it runs
+        self._boot_scope = trio.CancelScope()  # the boot deadline (set by run)
+        self._admitted = False  # the CSMS accepted a BootNotification of this link
         self._station_lost_reported = False
 
     @property
@@ -675,26 +689,17 @@ class _Relay:
         sid = self.state.station_id
         lc = self.lc
         close: tuple[int, str] = (_CLOSE_GOING_AWAY, "")
+        # until the CSMS accepts a BootNotification of this link it is pending; it has boot_timeout to get there
+        boot_scope = self._boot_scope = trio.CancelScope(
+            deadline=trio.current_time() + lc.config.boot_timeout
+        )
         try:
             with self.cancel_scope:
-                try:
-                    upstream = await self._first_upstream()
-                except UpgradeRejected as exc:
-                    close = (_CLOSE_POLICY, f"CSMS refused the station: HTTP {exc.status}")
-                    return
-                except TransportError as exc:
-                    close = (_CLOSE_TRY_LATER, f"CSMS unreachable: {failure_reason(exc)}")
-                    return
-                if upstream is None:
-                    return  # the station left while the upstream was being connected
-                try:
-                    async with trio.open_nursery() as nursery:
-                        self._pair_scope = nursery.cancel_scope
-                        nursery.start_soon(self._station_side)
-                        nursery.start_soon(self._upstream_side, upstream)
-                        nursery.start_soon(self._timer)
-                except* _UpstreamGone:
-                    close = self._gone_close or (_CLOSE_GOING_AWAY, "CSMS connection lost")
+                with boot_scope:
+                    close = await self._relay_pair()
+                if boot_scope.cancelled_caught:
+                    close = (_CLOSE_POLICY, "no accepted BootNotification in time")
+                    lc.recorder.emit(self.name, "boot_timeout", station=sid, timeout=lc.config.boot_timeout)
         finally:
             if self.replaced:
                 close = REPLACED_CLOSE
@@ -707,6 +712,37 @@ class _Relay:
             lc.recorder.emit(
                 self.name, "station_disconnected", station=sid, reason=close[1] or "station left"
             )
+
+    async def _relay_pair(self) -> tuple[int, str]:
+        """Connect upstream, then relay until either link ends; returns how to close the station's link."""
+        try:
+            upstream = await self._first_upstream()
+        except UpgradeRejected as exc:
+            return (_CLOSE_POLICY, f"CSMS refused the station: HTTP {exc.status}")
+        except TransportError as exc:
+            return (_CLOSE_TRY_LATER, f"CSMS unreachable: {failure_reason(exc)}")
+        if upstream is None:
+            return (_CLOSE_GOING_AWAY, "")  # the station left while the upstream was being connected
+        close = (_CLOSE_GOING_AWAY, "")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._pair_scope = nursery.cancel_scope
+                nursery.start_soon(self._station_side)
+                nursery.start_soon(self._upstream_side, upstream)
+                nursery.start_soon(self._timer)
+        except* _UpstreamGone:
+            close = self._gone_close or (_CLOSE_GOING_AWAY, "CSMS connection lost")
+        return close
+
+    def _boot_accepted(self) -> None:
+        """The CSMS accepted a BootNotification of this link: no boot deadline any more, the connection is
+        admitted (it no longer counts as pending for its address), and a newcomer takes over the identity."""
+        if not self._admitted:
+            self._admitted = True
+            self._boot_scope.deadline = math.inf
+            connection_admitted()
+        if not self.live:
+            self.lc._promote(self)
 
     async def _first_upstream(self) -> WebSocket | None:
         """Connect upstream while watching the station (§6.3: no upstream link for a station that is gone).
@@ -726,7 +762,7 @@ class _Relay:
         early: list[str] = []
         got: list[WebSocket] = []
         failed: list[BaseException] = []
-        station_gone = False
+        station_gone: TransportError | None = None
         async with trio.open_nursery() as nursery:
 
             async def watch_station() -> None:
@@ -735,8 +771,8 @@ class _Relay:
                     while len(early) < self.lc.config.max_queue:
                         early.append(await self.station_ws.receive_text())
                     await trio.sleep_forever()  # read no further ahead: the relay reads the rest
-                except TransportError:
-                    station_gone = True
+                except TransportError as exc:
+                    station_gone = exc
                     nursery.cancel_scope.cancel()
 
             async def connect() -> None:
@@ -748,13 +784,11 @@ class _Relay:
 
             nursery.start_soon(watch_station)
             nursery.start_soon(connect)
-        if station_gone:
+        if station_gone is not None:
             if got:
                 await _aclose_ws(got[0], _CLOSE_GOING_AWAY, "station disconnected")
                 self.upstream_ws = None
-            self.lc.recorder.emit(
-                self.name, "station_link_lost", station=self.state.station_id, reason="left before upstream"
-            )
+            self._station_lost(station_gone)
             return None
         if failed:
             raise failed[0]
@@ -839,7 +873,8 @@ class _Relay:
             self._station_lost(exc)
 
     def _station_lost(self, exc: TransportError) -> None:
-        """The station's link ended (its reader saw it, or we dropped it): record it once, end the pair."""
+        """The station's link ended (its reader saw it, or we dropped it, or it ended while the first upstream
+        link was being connected): record it once with the link's reason (Close code, loss), end the pair."""
         if not self._station_lost_reported:
             self._station_lost_reported = True
             self.lc.recorder.emit(
@@ -895,8 +930,8 @@ class _Relay:
             events = core.receive(side, text, now())
             if events:
                 self._handle(events)
-            if not self.live and core.station_boots_accepted:
-                self.lc._promote(self)
+            if core.station_boots_accepted and not (self._admitted and self.live):
+                self._boot_accepted()
             self._after_change()
             if core.has_data_to_send(to):
                 await self._flush(to)

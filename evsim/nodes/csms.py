@@ -17,8 +17,8 @@ with a specific reason (recorded as an event and logged), without disturbing any
    docs/local-controllers.md).
    No common OCPP subprotocol: accept without one, then close at once (OCPP-J §3.2).
 3. OCPP: every payload is schema-checked by the RPC core; before a connection is Accepted, anything but
-   BootNotification gets a SecurityError CALLERROR (B02.FR.09). Acceptance belongs to the connection, not to
-   the station record.
+   BootNotification gets a SecurityError CALLERROR (B02.FR.09) and a ``bad_input`` event. Acceptance belongs to
+   the connection, not to the station record.
 
 One connection per identity (``duplicate_identity``, :mod:`evsim.nodes.admission`): by default a second
 connection with the identity of a connected station replaces the first only once its own BootNotification
@@ -36,7 +36,8 @@ duplicate (same transactionId and seqNo) and acknowledged idempotently.
 Numbers a station sends are range-checked against :mod:`evsim.ocpp.limits` before anything is recorded
 (seqNo, evseId, connectorId, meter values): a value out of range is answered with CALLERROR
 ``PropertyConstraintViolation`` and recorded as one ``value_refused`` event; the station's other messages and
-every other station are not affected.
+every other station are not affected. Refusals are recorded per connection up to :data:`BAD_INPUT_EVENTS`
+(:class:`InputLog`): a peer sending nothing but bad frames or values cannot flood the log.
 
 Memory per station is bounded, whatever a station sends:
 
@@ -59,7 +60,7 @@ import collections
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -99,7 +100,7 @@ from evsim.ocpp.limits import (
     Bound,
     OutOfRange,
 )
-from evsim.ocpp.rpc import BadInput, RpcConnection, RpcEvent
+from evsim.ocpp.rpc import BadInput, CallReceived, RpcConnection, RpcEvent
 from evsim.ocpp.seqno import SeqNos
 from evsim.ocpp.session import OcppSession
 from evsim.ocpp.versions import version_for
@@ -276,6 +277,7 @@ class StationConnection:
         source: the remote host.
         accepted: its BootNotification was Accepted (B02.FR.09 is per connection).
         replaced: a newer connection took over; it is being closed with 1008.
+        inputs: records what the connection's peer sent that was refused (see :class:`InputLog`).
     """
 
     number: int
@@ -284,6 +286,7 @@ class StationConnection:
     tls: TlsInfo | None
     controller: str | None
     serial_from_cert: str | None
+    inputs: InputLog
     accepted: bool = False
     replaced: bool = False
     session: OcppSession | None = None
@@ -514,7 +517,8 @@ class Csms:
         serial = None
         if tls_info is not None and tls_info.peer_chain and controller is None:
             serial = common_name(tls_info.peer_chain[0])
-        conn = StationConnection(rec.connections, source, ws, tls_info, controller, serial)
+        inputs = InputLog(self.recorder, name, station_id)
+        conn = StationConnection(rec.connections, source, ws, tls_info, controller, serial, inputs)
         rpc = RpcConnection(version=version, call_timeout=self.config.call_timeout)
 
         # B02: until its first Accepted boot a connection is pending; it has boot_timeout to get there.
@@ -527,9 +531,7 @@ class Csms:
                 connection_admitted()
             return response
 
-        session = conn.session = OcppSession(
-            ws, rpc, handler, on_event=rpc_event_recorder(self.recorder, name, station_id)
-        )
+        session = conn.session = OcppSession(ws, rpc, handler, on_event=inputs)
         if rec.connection is None:
             _make_live(rec, conn)  # else it waits beside the live one until its own boot is Accepted
         self.recorder.emit(
@@ -595,19 +597,23 @@ class Csms:
         if action == "BootNotification":
             return await self._on_boot(rec, conn, payload, isoformat(self.clock.utcnow()))
         if not conn.accepted:
-            raise OcppError(
+            error = OcppError(
                 "station has not been accepted by BootNotification yet", error_code="SecurityError"
             )
+            conn.inputs.emit(
+                "bad_input", reason=error.error_code, detail=f"{action} before an Accepted boot", replied=True
+            )
+            raise error
         if action == "Heartbeat":
             rec.heartbeats += 1
             return {"currentTime": isoformat(self.clock.utcnow())}
         if action == "StatusNotification":
             key = (
-                int(self._check(rec, action, EVSE_ID, payload["evseId"])),
-                int(self._check(rec, action, CONNECTOR_ID, payload["connectorId"])),
+                int(self._check(conn.inputs, action, EVSE_ID, payload["evseId"])),
+                int(self._check(conn.inputs, action, CONNECTOR_ID, payload["connectorId"])),
             )
             if key not in rec.connectors and len(rec.connectors) >= MAX_CONNECTORS:
-                self._emit_refused(rec, action, "connectors", f"{key}", f"more than {MAX_CONNECTORS}")
+                self._emit_refused(conn.inputs, action, "connectors", f"{key}", f"more than {MAX_CONNECTORS}")
                 raise OcppError(
                     f"more than {MAX_CONNECTORS} connectors reported",
                     error_code="OccurrenceConstraintViolation",
@@ -617,7 +623,7 @@ class Csms:
         if action == "Authorize":
             return {"idTokenInfo": {"status": self._token_status(payload["idToken"]["idToken"])}}
         if action == "TransactionEvent":
-            return self._on_transaction_event(rec, payload)
+            return self._on_transaction_event(rec, payload, conn.inputs)
         if action == "SecurityEventNotification":
             rec.security_events.append(payload)
             rec.security_events_total += 1
@@ -689,33 +695,26 @@ class Csms:
             return self.config.id_tokens[token]
         return "Accepted" if self.config.authorize_unknown_tokens else "Invalid"
 
-    def _check(self, rec: StationRecord, action: str, bound: Bound, value: object) -> float:
+    def _check(self, inputs: InputLog, action: str, bound: Bound, value: object) -> float:
         """``value`` if in range; else record it and refuse the CALL (PropertyConstraintViolation)."""
         try:
             return bound.check(value)
         except OutOfRange as exc:
-            self._emit_refused(rec, action, exc.field, exc.shown, exc.reason_code)
+            self._emit_refused(inputs, action, exc.field, exc.shown, exc.reason_code)
             raise OcppError(str(exc), error_code=exc.error_code) from None
 
-    def _emit_refused(self, rec: StationRecord, action: str, field: str, value: str, reason: str) -> None:
-        self.recorder.emit(
-            self.config.name,
-            "value_refused",
-            station=rec.station_id,
-            action=action,
-            field=field,
-            value=value,
-            reason=reason,
-        )
+    @staticmethod
+    def _emit_refused(inputs: InputLog, action: str, field: str, value: str, reason: str) -> None:
+        inputs.emit("value_refused", action=action, field=field, value=value, reason=reason)
 
-    def _energy_wh(self, rec: StationRecord, payload: dict[str, Any]) -> float | None:
+    def _energy_wh(self, inputs: InputLog, payload: dict[str, Any]) -> float | None:
         """The highest energy register reading of a TransactionEvent (None: none), every value checked."""
         energy: float | None = None
         for mv in payload.get("meterValue", ()):
             for sv in mv["sampledValue"]:
-                value = float(self._check(rec, "TransactionEvent", SAMPLED_VALUE, sv["value"]))
+                value = float(self._check(inputs, "TransactionEvent", SAMPLED_VALUE, sv["value"]))
                 if sv.get("measurand", _ENERGY) == _ENERGY:
-                    value = float(self._check(rec, "TransactionEvent", ENERGY_REGISTER_WH, value))
+                    value = float(self._check(inputs, "TransactionEvent", ENERGY_REGISTER_WH, value))
                     energy = value if energy is None else max(energy, value)
         return energy
 
@@ -727,17 +726,19 @@ class Csms:
         tx = rec.transactions[tx_id] = TransactionRecord(transaction_id=tx_id)
         return tx
 
-    def _on_transaction_event(self, rec: StationRecord, payload: dict[str, Any]) -> dict[str, Any]:
+    def _on_transaction_event(
+        self, rec: StationRecord, payload: dict[str, Any], inputs: InputLog
+    ) -> dict[str, Any]:
         info = payload["transactionInfo"]
         tx_id = info["transactionId"]
         action = "TransactionEvent"
-        seq = int(self._check(rec, action, SEQ_NO, payload["seqNo"]))
+        seq = int(self._check(inputs, action, SEQ_NO, payload["seqNo"]))
         evse = payload.get("evse")
         if evse is not None:
-            self._check(rec, action, EVSE_ID, evse["id"])
+            self._check(inputs, action, EVSE_ID, evse["id"])
             if "connectorId" in evse:
-                self._check(rec, action, CONNECTOR_ID, evse["connectorId"])
-        energy = self._energy_wh(rec, payload)
+                self._check(inputs, action, CONNECTOR_ID, evse["connectorId"])
+        energy = self._energy_wh(inputs, payload)
         tx = rec.transactions.get(tx_id)
         if tx is None:
             tx = self._new_transaction(rec, tx_id)
@@ -855,42 +856,73 @@ class Csms:
 
 
 BAD_INPUT_EVENTS = 10
-"""``bad_input`` events recorded per connection; after that one ``bad_input_suppressed`` event, then silence
-(a peer sending nothing but bad frames must not turn each into a log line)."""
+"""Refusals (``bad_input``, ``value_refused``) recorded per connection; after that one ``bad_input_suppressed``
+event, then silence (a peer sending nothing but bad frames or values must not turn each into a log line)."""
+
+RECENT_CALL_IDS = 8
+"""Ids of a connection's last CALLs remembered to notice one reused (OCPP-J: every CALL of a sender on a
+connection has a new id)."""
 
 
-def rpc_event_recorder(recorder: Recorder, node: str, station_id: str) -> Callable[[RpcEvent], None]:
-    """An ``on_event`` hook for one station's :class:`OcppSession`: each bad frame or payload the session
-    answered or dropped is recorded as ``bad_input`` (reason: the CALLERROR code; detail: its description), up to
-    :data:`BAD_INPUT_EVENTS` per connection; every other RPC event goes to :meth:`Recorder.trace` as a
-    ``message`` when the recorder traces."""
-    bad = 0
+class InputLog:
+    """What one station connection sent that was refused or broke the rules, recorded with a budget.
 
-    def hook(event: RpcEvent) -> None:
-        nonlocal bad
+    It is the connection's :class:`OcppSession` ``on_event`` hook: each bad frame or payload the session
+    answered or dropped is recorded as ``bad_input`` (reason: the CALLERROR code; detail: its description), and
+    so is a CALL whose id one of the last :data:`RECENT_CALL_IDS` CALLs had (it is answered: reason
+    ``RpcFrameworkError``, ``replied`` True). The CSMS records its own refusals through :meth:`emit` too (a
+    CALL before an Accepted boot, an out-of-range value). Up to :data:`BAD_INPUT_EVENTS` such events per
+    connection; every other RPC event goes to :meth:`Recorder.trace` as a ``message`` when the recorder traces.
+    """
+
+    __slots__ = ("_count", "_node", "_recent", "_recorder", "_station_id")
+
+    def __init__(self, recorder: Recorder, node: str, station_id: str) -> None:
+        self._recorder = recorder
+        self._node = node
+        self._station_id = station_id
+        self._count = 0
+        self._recent: collections.deque[str] = collections.deque(maxlen=RECENT_CALL_IDS)
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        """Record one refusal (within the connection's budget)."""
+        self._count += 1
+        if self._count <= BAD_INPUT_EVENTS:
+            self._recorder.emit(self._node, kind, station=self._station_id, **fields)
+        elif self._count == BAD_INPUT_EVENTS + 1:
+            self._recorder.emit(
+                self._node, "bad_input_suppressed", station=self._station_id, after=BAD_INPUT_EVENTS
+            )
+
+    def __call__(self, event: RpcEvent) -> None:
         if isinstance(event, BadInput):
-            bad += 1
-            if bad <= BAD_INPUT_EVENTS:
-                error = event.error
-                recorder.emit(
-                    node,
+            error = event.error
+            self.emit(
+                "bad_input",
+                reason=error.error_code,
+                detail=getattr(error, "description", str(error)),
+                replied=event.replied,
+            )
+            return
+        if isinstance(event, CallReceived):
+            mid = event.message_id
+            if mid in self._recent:
+                self.emit(
                     "bad_input",
-                    station=station_id,
-                    reason=error.error_code,
-                    detail=getattr(error, "description", str(error)),
-                    replied=event.replied,
+                    reason="RpcFrameworkError",
+                    detail=f"CALL id {mid!r} reused (answered again)",
+                    replied=True,
                 )
-            elif bad == BAD_INPUT_EVENTS + 1:
-                recorder.emit(node, "bad_input_suppressed", station=station_id, after=BAD_INPUT_EVENTS)
-        elif recorder.tracing:
+            self._recent.append(mid)
+        if self._recorder.tracing:
             fields = {
                 name: getattr(event, name)
                 for name in ("message_id", "action", "error_code", "description")
                 if hasattr(event, name)
             }
-            recorder.trace(node, "message", station=station_id, received=type(event).__name__, **fields)
-
-    return hook
+            self._recorder.trace(
+                self._node, "message", station=self._station_id, received=type(event).__name__, **fields
+            )
 
 
 def _make_live(rec: StationRecord, conn: StationConnection) -> None:
