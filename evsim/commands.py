@@ -145,7 +145,7 @@ async def serve_csms(
     csms = Csms(config, network=network, server_tls=server_tls, clock=clock, recorder=recorder)
     with trio.move_on_after(duration if duration is not None else math.inf):
         async with trio.open_nursery() as nursery:
-            addr = await nursery.start(csms.serve)
+            addr = await nursery.start(csms.run)
             scheme = "ws" if config.security_profile == 1 else "wss"
             print(
                 f"CSMS listening on {scheme}://{addr[0]}:{addr[1]}{config.path_prefix}/<station-id>",
@@ -312,7 +312,7 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         with trio.fail_after(600 if real else 24 * 3600):
             async with trio.open_nursery() as nursery:
-                _, port = await nursery.start(csms.serve)
+                _, port = await nursery.start(csms.run)
                 stations = [
                     Station(
                         StationConfig(

@@ -64,7 +64,7 @@ class Harness:
             clock=self.clock,
             recorder=self.recorder,
         )
-        await self.nursery.start(csms.serve)
+        await self.nursery.start(csms.run)
         self.csms_nodes.append(csms)
         return csms
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime
 import difflib
-import hashlib
 import ipaddress
 import math
 import os
@@ -84,11 +83,10 @@ from evsim.tls import change as change_layer
 from evsim.tls import config as tls_config
 from evsim.tls import pins as pins_layer
 from evsim.tls import revocation as tls_revocation
-from evsim.tls.change import ChangePolicy
 from evsim.tls.config import MAX_FRAGMENT, MIN_FRAGMENT, TlsProfile
 from evsim.tls.peer import PeerPolicy
-from evsim.tls.pins import Enforcement, Pin, PinSet, PinState, PinTarget
 from evsim.tls.suites import DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES
+from evsim.world.specs import layer_change_policy, layer_pin_set, placeholder_spki
 from evsim.ws.paths import IDENTITY_RULE, valid_identity
 
 T = TypeVar("T")
@@ -853,49 +851,6 @@ MAX_KEY_INDEX: Final = 16
 _PIN_EXAMPLE = '{ target = "leaf", cert = "csms.main" }'
 
 
-def placeholder_spki(pin: PinSpec) -> str:
-    """A stand-in key hash for a pin that names its key by reference (keys are generated per run).
-
-    Two pins naming the same key get the same stand-in, so the TLS layer's duplicate check still works.
-
-    Args:
-        pin: the pin.
-
-    Returns:
-        64 hex digits.
-    """
-    if pin.spki_sha256 is not None:
-        return pin.spki_sha256
-    ref = f"csms:{pin.csms}#{pin.key}" if pin.csms is not None else f"root:{pin.root}"
-    return hashlib.sha256(ref.encode()).hexdigest()
-
-
-def layer_pin_set(spec: PinSetSpec, spki: Callable[[PinSpec], str], *, start: datetime.datetime) -> PinSet:
-    """The TLS layer's :class:`~evsim.tls.pins.PinSet` for a pin-set spec.
-
-    Args:
-        spec: the pin set.
-        spki: each pin's key hash (:func:`placeholder_spki` when loading, the run's keys when running).
-        start: the simulation start (``not_after`` is relative to it).
-
-    Returns:
-        The pin set.
-
-    Raises:
-        ConfigError: what :class:`~evsim.tls.pins.PinSet` refuses, with a path relative to the table.
-    """
-    pins = tuple(
-        Pin(
-            typing.cast(PinTarget, p.target),
-            spki(p),
-            typing.cast(PinState, p.state),
-            None if p.not_after is None else start + datetime.timedelta(seconds=p.not_after),
-        )
-        for p in spec.pins
-    )
-    return PinSet(typing.cast(Enforcement, spec.enforcement), pins, (), spec.tofu)
-
-
 def _layer_path(path: str) -> FieldPath:
     """``pins[1].spki_sha256`` (a TLS-layer path) as this loader's parts."""
     parts: list[str | int] = []
@@ -1337,18 +1292,6 @@ def _profile_path(path: str, *, top_fragment: bool) -> FieldPath:
             path = ours + path[len(engine) :]
             break
     return _layer_path(path)
-
-
-def layer_change_policy(spec: ChangeSpec) -> ChangePolicy:
-    """The TLS layer's :class:`~evsim.tls.change.ChangePolicy` for a change spec.
-
-    Raises:
-        ConfigError: what the TLS layer refuses (path relative to the table).
-    """
-    return ChangePolicy(
-        typing.cast(change_layer.OnKeyChange, spec.on_peer_key_change),
-        typing.cast(change_layer.OnCertChange, spec.on_peer_cert_change_same_key),
-    )
 
 
 class _Builder(_TlsModelReader):
