@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeAlias, TypeVar
 import attrs
 
 from evsim.tls.config import TlsProfile
+from evsim.world.actions import Action
 from evsim.world.specs import (
     CertificateSpec,
     ChangeSpec,
@@ -406,16 +407,23 @@ class TimelineEvent:
 
     Attributes:
         at: seconds from the simulation start (0 <= at <= duration).
-        action: one of :data:`evsim.scenario.loader.ACTIONS`.
-        params: the action's parameters with defaults filled in (durations in seconds, lists as tuples;
-            the table in ``scenarios/README.md`` lists them per action).
+        action: the typed action (:mod:`evsim.world.actions`; its parameters with defaults filled in).
         line: line of the entry in the scenario file (None when unknown).
     """
 
     at: float
-    action: str
-    params: FrozenMap[str, object] = attrs.field(factory=FrozenMap, converter=_frozen_map)
+    action: Action
     line: int | None = attrs.field(default=None, eq=False)
+
+    @property
+    def name(self) -> str:
+        """The action's name (``"partition"``...)."""
+        return self.action.name
+
+    @property
+    def params(self) -> FrozenMap[str, object]:
+        """What the ``timeline`` event records: the action's parameters (lists as tuples)."""
+        return FrozenMap(self.action.fields())
 
 
 @attrs.frozen

@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -41,20 +41,10 @@ from evsim.scenario.model import (
     RetryBackOffSpec,
     Scenario,
     StationGroupSpec,
-    TimelineEvent,
 )
 from evsim.tls import TlsProfile
-from evsim.tls.context import check_client_hello
-from evsim.world import CertificateSpec, PinSpec, Route, Tls, World, open_world
-from evsim.world.attacks import downgrade_profile
-
-#: Actions and link knobs the model accepts that this runner cannot enforce yet; refused before the run starts.
-NOT_YET: dict[str, str] = {}
-LINK_NOT_YET = {
-    "jitter": "the in-memory network models latency only so far",
-    "bandwidth": "the in-memory network models latency only so far",
-    "stall": "the in-memory network cannot hold bytes back without breaking the stream yet",
-}
+from evsim.world import CertificateSpec, Route, Tls, World, open_world
+from evsim.world.actions import LINK_NOT_YET
 
 
 @attrs.define
@@ -72,6 +62,8 @@ class RunResult:
     outcome: str
     error: str | None = None
     controllers: dict[str, LocalController] = attrs.field(factory=dict)
+    world: World | None = None
+    """The world the run happened in (its nodes stopped): ``world.summary()`` is the run's summary."""
 
     def station_records(self) -> dict[str, StationRecord]:
         """Every station record once (a primary and its secondaries share one store)."""
@@ -86,85 +78,27 @@ class RunResult:
         return self.error is None and self.outcome in ("completed", "all stations done")
 
 
-def _check_downgrade_versions(
-    versions: tuple[str, ...], path: str, file: str | None, line: int | None
-) -> None:
-    """Refuse a downgrade attack this OpenSSL build cannot even start (a build without TLS 1.0/1.1)."""
-    try:
-        check_client_hello(downgrade_profile(versions))
-    except ConfigError as exc:
-        raise ConfigError(
-            f"the downgrade attacker cannot be built: {exc.message}",
-            path=path,
-            value=list(versions),
-            fix=exc.fix,
-            file=file,
-            line=line,
-        ) from None
-
-
 def preflight(scenario: Scenario) -> None:
-    """Refuse, before anything starts, what the model accepts but this runner cannot enforce.
+    """Refuse, before anything starts, what the model accepts but a run cannot enforce yet (each timeline
+    action's :meth:`~evsim.world.actions.Action.preflight`, and link policy knobs).
 
     Raises:
         ConfigError: naming the file, line, field and why.
     """
     src = scenario.source
+    network = scenario.simulation.network
     for i, ev in enumerate(scenario.timeline):
-        if ev.action == "revoke_certificate" and ev.params.get("target") not in scenario.csms:
+        try:
+            ev.action.preflight(network=network, csms=scenario.csms)
+        except ConfigError as exc:
             raise ConfigError(
-                "revoke_certificate of station certificates is not supported yet: the CSMS's trust store for "
-                "station certificates has no revocation settings in scenarios",
-                path=f"timeline[{i}].target",
-                value=ev.params.get("target"),
-                fix="revoke a CSMS certificate (stations check it with [tls.trust.<name>] revocation)",
+                exc.message,
+                path=f"timeline[{i}].{exc.path}",
+                value=exc.value,
+                fix=exc.fix,
                 file=src,
                 line=ev.line,
-            )
-        if ev.action == "attack_downgrade":
-            _check_downgrade_versions(
-                _strs(ev.params, "versions", ("1.2",)), f"timeline[{i}].versions", src, ev.line
-            )
-        if ev.action in NOT_YET:
-            raise ConfigError(
-                f"timeline action {ev.action!r} is not supported yet: {NOT_YET[ev.action]}",
-                path=f"timeline[{i}].action",
-                value=ev.action,
-                fix="remove the event",
-                file=src,
-                line=ev.line,
-            )
-        if ev.action == "link":
-            for knob, why in LINK_NOT_YET.items():
-                if ev.params.get(knob) not in (None, 0, 0.0):
-                    raise ConfigError(
-                        f"link knob {knob!r} is not supported yet: {why}",
-                        path=f"timeline[{i}].{knob}",
-                        fix=f"remove {knob}",
-                        file=src,
-                        line=ev.line,
-                    )
-        if (
-            scenario.simulation.network == "tcp"
-            and ev.action == "set_network_profile"
-            and ev.params.get("reconnect")
-        ):
-            raise ConfigError(
-                "set_network_profile with reconnect = true resets the stations' links, which needs the in-memory "
-                "network",
-                path=f"timeline[{i}].reconnect",
-                fix='set reconnect = false (the stations move at their next reconnect) or use network = "memory"',
-                file=src,
-                line=ev.line,
-            )
-        if scenario.simulation.network == "tcp" and ev.action in ("partition", "heal", "link"):
-            raise ConfigError(
-                f"{ev.action!r} needs the in-memory network (loopback TCP cannot be partitioned from inside)",
-                path=f"timeline[{i}].action",
-                fix='use network = "memory"',
-                file=src,
-                line=ev.line,
-            )
+            ) from None
     for i, link in enumerate(scenario.links):
         for knob, why in LINK_NOT_YET.items():
             value = getattr(link, knob)
@@ -177,7 +111,7 @@ def preflight(scenario: Scenario) -> None:
                     file=src,
                     line=link.line,
                 )
-        if scenario.simulation.network == "tcp":
+        if network == "tcp":
             raise ConfigError(
                 "link policies need the in-memory network",
                 path=f"links[{i}]",
@@ -404,67 +338,12 @@ class ScenarioRunner:
     # ------------------------------------------------------------------ timeline
 
     async def _timeline(self, world: World) -> None:
+        """Play the timeline in one task: at each event's time, record it, then apply it to the world."""
         t0 = world.clock.t0
         for ev in self.scenario.timeline:
             await trio.sleep_until(t0 + ev.at)
-            world.recorder.emit("timeline", ev.action, **{k: _plain(v) for k, v in ev.params.items()})
-            await self._apply(ev, world)
-
-    async def _apply(self, ev: TimelineEvent, w: World) -> None:
-        p = ev.params
-        action = ev.action
-        target = str(p.get("target"))
-        if action == "stop":
-            await w.stop(target)
-        elif action == "start":
-            await w.start(target)
-        elif action == "set_network_profile":
-            await w.set_network_profile(target, str(p["csms"]), reconnect=bool(p.get("reconnect", True)))
-        elif action in ("partition", "heal", "link"):
-            a, b = _pair(p["between"])
-            if action == "partition":
-                w.partition(a, b)
-            elif action == "heal":
-                w.heal(a, b)
-            else:
-                w.set_link(a, b, latency=_num(p, "latency", 0.0))
-        elif action == "expire_certificate":
-            w.expire_certificate(target)
-        elif action == "renew_certificate":
-            w.renew_certificate(target, validity=_num(p, "validity", 0.0) if "validity" in p else None)
-        elif action == "rotate_certificate":
-            w.rotate_certificate(target, new_key=bool(p.get("new_key", True)))
-        elif action == "install_root":
-            w.install_root(target, str(p["root"]))
-        elif action == "remove_root":
-            w.remove_root(target, str(p["root"]))
-        elif action == "attack_downgrade":
-            w.attack_downgrade(
-                target, versions=_strs(p, "versions", ("1.2",)), count=int(_num(p, "count", 1))
-            )
-        elif action in ("attack_wrong_ca", "attack_mitm"):
-            attack = w.attack_wrong_ca if action == "attack_wrong_ca" else w.attack_mitm
-            await attack(
-                target,
-                impersonate=None if p.get("impersonate") is None else str(p["impersonate"]),
-                root=str(p.get("root") or "rogue"),
-                duration=None if p.get("duration") is None else _num(p, "duration", 0.0),
-            )
-        elif action == "release_pin":
-            ref = PinSpec(
-                target="any",
-                spki_sha256=None if p.get("spki_sha256") is None else str(p["spki_sha256"]),
-                csms=None if p.get("cert") is None else str(p["cert"]).removeprefix("csms."),
-                key=int(_num(p, "key", 0)),
-                root=None if p.get("root") is None else str(p["root"]),
-            )
-            w.release_pin(target, ref, reason=f"operator (timeline line {ev.line})")
-        elif action == "revoke_certificate":
-            w.revoke_certificate(target)
-        else:  # pragma: no cover - preflight refuses the rest
-            raise ConfigError(
-                f"timeline action {action!r} is not supported", line=ev.line, file=self.scenario.source
-            )
+            world.recorder.emit("timeline", ev.name, **{k: _plain(v) for k, v in ev.action.fields().items()})
+            await ev.action.apply(world)
 
     # ------------------------------------------------------------------ result
 
@@ -486,35 +365,12 @@ class ScenarioRunner:
             wall_s=wall_s,
             outcome=outcome or self.outcome,
             error=error,
+            world=w,
         )
 
 
 def _backoff(spec: RetryBackOffSpec) -> RetryBackOff:
     return RetryBackOff(spec.wait_minimum, spec.random_range, spec.repeat_times)
-
-
-def _pair(value: object) -> tuple[str, str]:
-    if not isinstance(value, tuple | list) or len(value) != 2:
-        raise ConfigError("expected two selectors", path="between", value=value)
-    return str(value[0]), str(value[1])
-
-
-def _num(params: Mapping[str, object], key: str, default: float) -> float:
-    value = params.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{key} must be a number", path=key, value=value)
-    return float(value)
-
-
-def _strs(params: Mapping[str, object], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    value = params.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, tuple | list):
-        raise ConfigError(f"{key} must be a list", path=key, value=value)
-    return tuple(str(v) for v in value)
 
 
 def _plain(value: object) -> object:

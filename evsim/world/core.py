@@ -641,7 +641,7 @@ class World:
 
     async def start_stations(
         self,
-        count: int,
+        count: int = 1,
         *,
         csms: str | CsmsNode | ControllerNode | None = None,
         routes: Sequence[Route] = (),

@@ -41,21 +41,26 @@ class NodeHandle:
         self.host = host
         self._run = run
         self._scope: trio.CancelScope | None = None
+        self._ended: trio.Event | None = None  # set when the current run has unwound
 
     @property
     def running(self) -> bool:
         """Whether the node runs now (started and not stopped)."""
-        return self._scope is not None
+        return self._scope is not None and not self._scope.cancel_called
 
     async def _body(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        ended = self._ended = trio.Event()
         with trio.CancelScope() as scope:
             self._scope = scope
             try:
                 await self._run(task_status=task_status)
             finally:
                 self._scope = None
+                ended.set()
 
     async def _start(self, nursery: trio.Nursery) -> None:
+        if self._scope is not None and self._scope.cancel_called and self._ended is not None:
+            await self._ended.wait()  # stopped, still unwinding: start once it is gone
         if self._scope is None:
             await nursery.start(self._body)
 

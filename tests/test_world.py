@@ -1,0 +1,200 @@
+"""evsim.world: the public nursery API, its timeline actions, and the documentation that shows them."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+import evsim
+from evsim.errors import ConfigError
+from evsim.scenario.loader import load_scenario, loads_scenario
+from evsim.scenario.model import CsmsSpec, StationGroupSpec
+from evsim.scenario.runner import run_scenario, run_scenario_async
+from evsim.world import Route, Tls, World, open_world
+from evsim.world.actions import ACTIONS, Action, Partition, ReleasePin, Stop
+from evsim.world.core import WORLD_START
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------- the action registry
+
+
+def _readme_action_rows() -> dict[str, str]:
+    """``scenarios/README.md``'s timeline table: action -> its parameters column."""
+    text = (ROOT / "scenarios" / "README.md").read_text()
+    table = text.split("| action | parameters (defaults) | what happens |", 1)[1].split("\n\n", 1)[0]
+    rows: dict[str, str] = {}
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        m = re.fullmatch(r"`(\w+)`", cells[0])
+        assert m, line
+        rows[m.group(1)] = cells[1]
+    return rows
+
+
+def test_readme_action_table_matches_the_registry() -> None:
+    rows = _readme_action_rows()
+    assert set(rows) == set(ACTIONS), "scenarios/README.md lists other actions than ACTIONS"
+    for name, cls in ACTIONS.items():
+        params = rows[name]
+        if params == "same as `attack_wrong_ca`":
+            params = rows["attack_wrong_ca"]
+        missing = [key for key in cls.keys if f"`{key}`" not in params]
+        assert not missing, f"{name}: README does not document {missing}"
+
+
+def test_every_action_is_a_frozen_attrs_class_with_typed_fields() -> None:
+    for name, cls in ACTIONS.items():
+        assert issubclass(cls, Action) and cls.name == name
+        assert attrs.has(cls) and cls.__setattr__ is not object.__setattr__  # frozen
+        hints = inspect.get_annotations(cls, eval_str=True)
+        for field in attrs.fields(cls):
+            assert field.name in hints or any(
+                field.name in inspect.get_annotations(base, eval_str=True) for base in cls.__mro__[1:-1]
+            ), f"{name}.{field.name} has no annotation"
+        for method in ("read", "apply"):
+            assert getattr(cls, method) is not getattr(Action, method), f"{name} does not define {method}"
+
+
+def test_loaded_timeline_holds_the_typed_actions() -> None:
+    text = """
+[simulation]
+duration = "1h"
+[csms.main]
+[stations.fleet]
+count = 2
+[[timeline]]
+at = "10m"
+action = "partition"
+between = ["fleet", "main"]
+[[timeline]]
+at = "20m"
+action = "stop"
+target = "main"
+"""
+    sc = loads_scenario(text)
+    assert [ev.action for ev in sc.timeline] == [Partition(between=("fleet", "main")), Stop(target="main")]
+
+
+# ---------------------------------------------------------------------------- the world
+
+
+def test_world_defaults_match_the_scenario_model() -> None:
+    """A network written in Python behaves like the same network written in TOML, key by key."""
+    csms = inspect.signature(World.start_csms).parameters
+    for field in attrs.fields(CsmsSpec):
+        if field.name in csms and field.name not in ("name", "host", "port", "password"):
+            assert csms[field.name].default == field.default, field.name
+    stations = inspect.signature(World.start_stations).parameters
+    for field in attrs.fields(StationGroupSpec):
+        # names are the caller's; a group's security profile defaults to its CSMS's (None) in both
+        skip = ("name", "csms", "id_pattern", "retry_backoff", "security_profile")
+        if field.name in stations and field.name not in skip:
+            assert stations[field.name].default == field.default, field.name
+
+
+async def test_virtual_world_needs_a_mock_clock() -> None:
+    with pytest.raises(ConfigError, match="MockClock"):
+        async with open_world(clock="virtual"):
+            pass  # pragma: no cover
+
+
+async def test_world_runs_a_csms_and_stations(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(3600):
+        async with evsim.open_world(seed=3) as world:
+            assert world.clock.start_utc == WORLD_START
+            csms = await world.start_csms("main", heartbeat_interval=60)
+            fleet = await world.start_stations(3, csms=csms, session_duration=120, meter_interval=30)
+            await fleet.done()
+            assert fleet.ids == ["fleet-0001", "fleet-0002", "fleet-0003"]
+            assert all(rec.transactions for rec in world.station_records().values())
+            summary = world.summary()
+            groups = summary.table("Station groups")
+            assert groups.rows[0][0] == "fleet"
+            assert "fleet -> main" in summary.render()
+
+
+async def test_world_partition_stop_and_rotation(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(3600):
+        async with open_world() as world:
+            csms = await world.start_csms("main", tls=Tls(), heartbeat_interval=60)
+            fleet = await world.start_stations(2, csms=csms, sessions=0)
+            await trio.sleep(30)
+            assert all(n.station.session is not None for n in fleet)
+            await Partition(between=("fleet", "main")).apply(world)
+            await trio.sleep(5)
+            assert all(n.station.session is None for n in fleet)
+            world.heal(fleet, csms)
+            await world.stop(csms)
+            assert not csms.running
+            await world.start(csms)
+            first = csms.certificate
+            world.rotate_certificate(csms)
+            assert csms.certificate is not first
+            await trio.sleep(120)
+            assert all(n.station.session is not None for n in fleet)
+
+
+async def test_world_routes_and_controller(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(3600):
+        async with open_world() as world:
+            main = await world.start_csms("main", heartbeat_interval=60)
+            lc = await world.start_controller("site", upstream=[main])
+            fleet = await world.start_stations(2, routes=[Route(to="site")], sessions=1, session_duration=60)
+            await fleet.done()
+            assert fleet.csms == "main"
+            assert set(lc.controller.stations) == set(fleet.ids)
+
+
+async def test_release_pin_needs_pins(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_world() as world:
+        csms = await world.start_csms()
+        await world.start_stations(1, csms=csms, sessions=0)
+        with pytest.raises(ConfigError, match="no pins"):
+            await ReleasePin(target="fleet", key=evsim.world.PinSpec(target="root", root="root")).apply(world)
+
+
+async def test_run_scenario_async_in_a_callers_nursery(autojump_clock: trio.testing.MockClock) -> None:
+    sc = load_scenario(ROOT / "scenarios" / "default.toml")
+    results = []
+    async with trio.open_nursery() as nursery:
+
+        async def one() -> None:
+            results.append(await run_scenario_async(sc))
+
+        nursery.start_soon(one)
+        nursery.start_soon(one)
+    assert [r.outcome for r in results] == ["all stations done"] * 2
+    assert all(len(r.station_records()) == 10 for r in results)
+
+
+def test_run_scenario_async_checks_the_clock() -> None:
+    sc = load_scenario(ROOT / "scenarios" / "default.toml")
+    with pytest.raises(ConfigError, match="MockClock"):
+        trio.run(run_scenario_async, sc)
+
+
+def test_world_summary_is_the_summary_evsim_run_prints(tmp_path: Path) -> None:
+    """The summary a world computes is the one ``evsim run`` prints (rebuilt from the run directory)."""
+    from evsim.metrics.rundir import RunDir, rerender
+    from evsim.metrics.summary import Topology
+    from evsim.scenario.cli import _meta
+
+    sc = load_scenario(ROOT / "scenarios" / "partition_heal.toml")
+    rd = RunDir.create(tmp_path, sc.simulation.name, WORLD_START)
+    with rd.open_event_sink() as sink:
+        result = run_scenario(sc, sink=sink)
+    rd.write_metrics_csv(result.samples)
+    rd.write_meta(_meta("partition_heal.toml", sc_result=result, topology=Topology.from_scenario(sc)))
+    printed, _ = rerender(rd.path, plots=False)
+    assert result.world is not None
+    header, tables = printed.split("\n\n", 1)
+    assert header.startswith("scenario partition_heal")
+    assert tables == result.world.summary().render()
