@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import functools
+import ipaddress
 import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -190,6 +191,18 @@ async def open_world(
             nursery.cancel_scope.cancel()
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _identity(given: Identity | Callable[[str], Identity], name: str) -> Identity:
+    return given if isinstance(given, Identity) else given(name)
+
+
 def _label(selector: Selector) -> str:
     if isinstance(selector, NodeHandle | StationGroup):
         return selector.name
@@ -257,7 +270,7 @@ class World:
                 f"host {host!r} is already {self._hosts[host]!r}'s", value=host, fix="give it another host"
             )
         self._hosts[host] = name
-        if self._tcp is not None:
+        if self._tcp is not None and not _is_ip(host):
             self._tcp.map_host(host)
 
     def _port(self, port: int | None) -> int:
@@ -416,7 +429,7 @@ class World:
     def _station_identity(self, group: StationGroup, sid: str) -> Identity:
         """A station's certificate (profile 3): issued once by the station sub-CA, or the group's own."""
         if group.tls.identity is not None:
-            return group.tls.identity
+            return _identity(group.tls.identity, sid)
         return Identity.from_cert_key(
             self.pki.station_certificate(sid, validity_s=group.tls.certificate.validity)
         )
@@ -494,7 +507,9 @@ class World:
         if security_profile >= 2:
             if tls.identity is None:
                 cert = self.pki.server_certificate(host, tls.certificate)
-            identity = tls.identity or Identity.from_cert_key(cert)  # type: ignore[arg-type]
+                identity = Identity.from_cert_key(cert)
+            else:
+                identity = _identity(tls.identity, name)
             server_tls = self._server_tls(name, security_profile, tls, identity)
         csms = Csms(
             CsmsConfig(
@@ -571,8 +586,10 @@ class World:
         routes = tuple(r if isinstance(r, Route) else Route(to=self._name(r)) for r in upstream)
         identity: Identity | None = None
         if security_profile >= 2 or upstream_security_profile == 3:
-            identity = tls.identity or Identity.from_cert_key(
-                self.pki.controller_certificate(host, tls.certificate)
+            identity = (
+                Identity.from_cert_key(self.pki.controller_certificate(host, tls.certificate))
+                if tls.identity is None
+                else _identity(tls.identity, name)
             )
         config = ControllerConfig(
             name=name,

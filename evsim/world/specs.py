@@ -208,7 +208,8 @@ class Tls:
             station sub-CA).
         certificate: how the world issues the node's own certificate (server certificate of a CSMS or a
             controller; a station's client certificate under profile 3 comes from the station sub-CA).
-        identity: a ready certificate and key to use instead of issuing one (e.g. a test PKI's).
+        identity: a ready certificate and key to use instead of issuing one (e.g. a test PKI's), or a
+            function of the node name giving one (a station group: each station its own).
         pins: certificate pins the node applies to its peer, or None.
         change: what the node does when its peer's certificate or key changes, or None.
         ocsp_stapling: a CSMS staples an OCSP response from the run PKI's responder for its root.
@@ -219,7 +220,7 @@ class Tls:
     trust: TrustSpec | TrustStore | None = None
     client_trust: TrustSpec | TrustStore | None = None
     certificate: CertificateSpec = CertificateSpec()
-    identity: Identity | None = None
+    identity: Identity | Callable[[str], Identity] | None = None
     pins: PinSetSpec | None = None
     change: ChangeSpec | None = None
     ocsp_stapling: bool = False
