@@ -198,3 +198,59 @@ def test_world_summary_is_the_summary_evsim_run_prints(tmp_path: Path) -> None:
     header, tables = printed.split("\n\n", 1)
     assert header.startswith("scenario partition_heal")
     assert tables == result.world.summary().render()
+
+
+# ---------------------------------------------------------------------------- evsim.testing
+
+
+async def test_testing_csms_peer_serves_a_station_under_test(autojump_clock: trio.testing.MockClock) -> None:
+    """A station someone writes (here evsim's own, wired by hand) reaches the peer with what it returns."""
+    import random
+
+    from evsim.nodes.station import Station, StationConfig
+    from evsim.testing import csms_peer, open_test_world
+
+    with trio.fail_after(3600):
+        async with open_test_world() as world:
+            for sp in (2, 3):
+                peer = await csms_peer(world, f"csms{sp}", security_profile=sp, station_id=f"MINE-{sp}")
+                mine = Station(
+                    StationConfig(
+                        station_id=f"MINE-{sp}",
+                        csms_url=peer.url,
+                        security_profile=sp,
+                        password=peer.password if sp < 3 else None,
+                        sessions=1,
+                    ),
+                    network=peer.network,
+                    client_tls=peer.client_tls,
+                    clock=world.clock,
+                    recorder=world.recorder,
+                    rng=random.Random(sp),
+                )
+                world.nursery.start_soon(mine.run)
+                await mine.done.wait()
+                assert peer.node.csms.stations[f"MINE-{sp}"].transactions
+
+
+async def test_testing_station_peers_against_a_csms_under_test(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Stations of evsim against a CSMS someone writes (here evsim's own Csms, wired by hand)."""
+    from evsim.nodes.csms import Csms, CsmsConfig
+    from evsim.testing import TEST_PASSWORD, open_test_world, server_tls, start_station
+
+    with trio.fail_after(3600):
+        async with open_test_world() as world:
+            theirs = Csms(
+                CsmsConfig(name="theirs", host="theirs.test", port=443, default_password=TEST_PASSWORD),
+                network=world.network,
+                server_tls=server_tls(world, "theirs.test"),
+                clock=world.clock,
+                recorder=world.recorder,
+            )
+            await world.nursery.start(theirs.run)
+            stations = [start_station(world, f"S{i}", url="wss://theirs.test/ocpp") for i in range(3)]
+            for st in stations:
+                await st.done.wait()
+            assert sorted(theirs.stations) == ["S0", "S1", "S2"]
