@@ -254,3 +254,20 @@ async def test_testing_station_peers_against_a_csms_under_test(
             for st in stations:
                 await st.done.wait()
             assert sorted(theirs.stations) == ["S0", "S1", "S2"]
+
+
+# ---------------------------------------------------------------------------- the README's Python network
+
+
+def test_readme_python_network_is_the_default_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## A network in Python (`evsim.world`)", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 20
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    printed = capsys.readouterr().out
+    scenario = run_scenario(load_scenario(ROOT / "scenarios" / "default.toml"))
+    assert scenario.world is not None
+    expected = scenario.world.summary()
+    for title in ("Station groups", "Links", "TLS"):
+        assert expected.table(title).render() in printed, title
