@@ -271,3 +271,59 @@ def test_readme_python_network_is_the_default_scenario(capsys: pytest.CaptureFix
     expected = scenario.world.summary()
     for title in ("Station groups", "Links", "TLS"):
         assert expected.table(title).render() in printed, title
+
+
+# ---------------------------------------------------------------------------- scenarios built in Python
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.toml")), ids=lambda p: p.stem)
+def test_a_valid_scenario_stays_itself_through_validation(path: Path) -> None:
+    sc = load_scenario(path)
+    assert sc.validate() == sc
+
+
+def test_python_scenario_is_validated_like_a_file() -> None:
+    """The same mistake, written in TOML and built in Python, gives the same error."""
+    from evsim.scenario.model import Scenario, SimulationSpec
+
+    text = '[simulation]\nduration = "1h"\n[csms.main]\n[stations.fleet]\ncsms = "mian"\n'
+    with pytest.raises(ConfigError) as from_file:
+        loads_scenario(text)
+    built = Scenario(
+        simulation=SimulationSpec(name="x", duration=3600.0),
+        csms={"main": CsmsSpec(name="main", host="main.evsim.test")},
+        stations={"fleet": StationGroupSpec(name="fleet", id_pattern="fleet-{n:04d}", csms="mian")},
+    )
+    with pytest.raises(ConfigError) as from_python:
+        built.validate()
+    with pytest.raises(ConfigError) as from_run:
+        run_scenario(built)
+    for exc in (from_python.value, from_run.value):
+        assert (exc.message, exc.path, exc.fix) == (
+            from_file.value.message,
+            from_file.value.path,
+            from_file.value.fix,
+        )
+    assert "did you mean 'main'" in from_python.value.fix
+    # and a valid one runs, with the loader's defaults filled in
+    ok = attrs.evolve(built, stations={"fleet": attrs.evolve(built.stations["fleet"], csms="main", count=2)})
+    result = run_scenario(ok)
+    assert result.ok and len(result.stations) == 2 and "default" in result.scenario.trust_stores
+
+
+async def test_world_plays_a_timeline(autojump_clock: trio.testing.MockClock) -> None:
+    from evsim.world.actions import Heal
+
+    with trio.fail_after(3600):
+        async with open_world() as world:
+            csms = await world.start_csms("main", heartbeat_interval=60)
+            fleet = await world.start_stations(2, csms=csms, sessions=0)
+            world.play([(60, Partition(between=("fleet", "main"))), (120, Heal(between=("fleet", "main")))])
+            await trio.sleep(300)
+            timeline = [(e.t, e.kind, e.data) for e in world.recorder.events if e.node == "timeline"]
+            assert timeline == [
+                (60.0, "partition", {"between": ["fleet", "main"]}),
+                (120.0, "heal", {"between": ["fleet", "main"]}),
+            ]
+            assert all(n.station.session is not None for n in fleet)
+            assert world.recorder.counts["connection_lost"] >= 2

@@ -324,7 +324,22 @@ def loads_scenario(text: str, *, source: str = "<string>") -> Scenario:
         ) from exc
     except Exception as exc:  # tomllib documents only TOMLDecodeError; anything else is still a bad file
         raise ConfigError(f"the TOML parser failed: {exc}", file=source, fix="check the TOML syntax") from exc
-    ctx = _Context(text, source)
+    return _build(doc, _Context(text, source))
+
+
+def loads_document(doc: dict[str, object], *, source: str = "<python>") -> Scenario:
+    """Validate a parsed document (what ``tomllib`` returns) with every check a file gets.
+
+    :func:`evsim.scenario.document.validate_scenario` uses it for scenarios built in Python; errors carry
+    the field path but no line (there is no text).
+
+    Raises:
+        ConfigError: the only exception.
+    """
+    return _build(doc, _Context("", source))
+
+
+def _build(doc: dict[str, object], ctx: _Context) -> Scenario:
     try:
         return _Builder(ctx).build(doc)
     except ConfigError:
@@ -332,7 +347,7 @@ def loads_scenario(text: str, *, source: str = "<string>") -> Scenario:
     except Exception as exc:
         raise ConfigError(
             f"internal error while validating the scenario ({type(exc).__name__}: {exc})",
-            file=source,
+            file=ctx.source,
             fix="this is an evsim bug: please report it together with the scenario file",
         ) from exc
 

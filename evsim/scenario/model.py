@@ -1,7 +1,9 @@
 """The scenario model: what a scenario file says, as frozen, hashable values.
 
 A :class:`Scenario` is pure data: the loader (:mod:`evsim.scenario.loader`) has already validated every field
-and resolved every default, so the runner never re-checks anything and never meets a missing key. Durations
+and resolved every default, so the runner never re-checks anything and never meets a missing key. One built
+in Python goes through the same checks with :meth:`Scenario.validate` (``run_scenario`` does it for a
+scenario without a ``source``). Durations
 are float seconds, bandwidths bits per second, timestamps aware UTC datetimes; lists become tuples and tables
 :class:`FrozenMap`, so a scenario can be hashed, compared, and shared between tasks.
 
@@ -473,6 +475,21 @@ class Scenario:
             The sum of the groups' ``count``.
         """
         return sum(group.count for group in self.stations.values())
+
+    def validate(self) -> Scenario:
+        """Check a scenario built in Python with exactly the checks a file gets
+        (:func:`evsim.scenario.document.validate_scenario`); ``run_scenario`` does it for a scenario without
+        a ``source``.
+
+        Returns:
+            The scenario as the loader would have made it (defaults filled in, timeline sorted).
+
+        Raises:
+            ConfigError: the first problem, with its field path and a fix.
+        """
+        from evsim.scenario.document import validate_scenario  # it imports this module
+
+        return validate_scenario(self)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Scenario:

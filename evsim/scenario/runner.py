@@ -228,7 +228,7 @@ class ScenarioRunner:
             )
             self.outcome = "running"
             await self.start_nodes(world)
-            world.nursery.start_soon(self._timeline, world)
+            world.play((ev.at, ev.action) for ev in sc.timeline)
             world.nursery.start_soon(self._sampler, world)
             if await world.run_for(sim.duration, until_done=sim.stop_when_done):
                 self.outcome = "all stations done"
@@ -335,16 +335,6 @@ class ScenarioRunner:
         if self.on_sample is not None:
             self.on_sample(sample)
 
-    # ------------------------------------------------------------------ timeline
-
-    async def _timeline(self, world: World) -> None:
-        """Play the timeline in one task: at each event's time, record it, then apply it to the world."""
-        t0 = world.clock.t0
-        for ev in self.scenario.timeline:
-            await trio.sleep_until(t0 + ev.at)
-            world.recorder.emit("timeline", ev.name, **{k: _plain(v) for k, v in ev.action.fields().items()})
-            await ev.action.apply(world)
-
     # ------------------------------------------------------------------ result
 
     def result(self, wall_s: float, outcome: str | None = None, error: str | None = None) -> RunResult:
@@ -373,12 +363,6 @@ def _backoff(spec: RetryBackOffSpec) -> RetryBackOff:
     return RetryBackOff(spec.wait_minimum, spec.random_range, spec.repeat_times)
 
 
-def _plain(value: object) -> object:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 def run_scenario(
     scenario: Scenario,
     *,
@@ -387,9 +371,14 @@ def run_scenario(
 ) -> RunResult:
     """Run a scenario to its end and return what happened (also after Ctrl-C or a node crashing).
 
+    A scenario built in Python (without a ``source``) is first validated like a file (:meth:`Scenario.validate`).
+
     Raises:
-        ConfigError: the scenario asks for something this version cannot do (before anything starts).
+        ConfigError: the scenario is invalid, or asks for something this version cannot do (before anything
+            starts).
     """
+    if scenario.source is None:
+        scenario = scenario.validate()
     preflight(scenario)
     tune_gc()
     runner = ScenarioRunner(scenario, sink=sink, on_sample=on_sample)
@@ -430,10 +419,14 @@ async def run_scenario_async(
     fixture), ``clock = "real"`` trio's own. A node crashing raises out of this call (inside a nursery, the
     caller decides what a crash means).
 
+    A scenario built in Python (without a ``source``) is first validated like a file.
+
     Raises:
-        ConfigError: the scenario asks for something this version cannot do, or the clock does not match
-            (before anything starts).
+        ConfigError: the scenario is invalid, asks for something this version cannot do, or the clock does
+            not match (before anything starts).
     """
+    if scenario.source is None:
+        scenario = scenario.validate()
     preflight(scenario)
     runner = ScenarioRunner(scenario, sink=sink, on_sample=on_sample)
     wall0 = time.perf_counter()

@@ -420,14 +420,18 @@ class ReleasePin(Action):
 
     target: str
     key: PinSpec
-    reason: str = "operator"
+    reason: str = attrs.field(default="operator", eq=False)  # what the pin_released event says
 
     @classmethod
     def read(cls, r: Reader) -> Self:
         target = r.target(("group", "station"))
         key = r.key_reference()
         r.check_pinned(target, key)
-        return cls(target=target, key=key, reason=f"operator (timeline line {r.line})")
+        return cls(
+            target=target,
+            key=key,
+            reason="operator" if r.line is None else f"operator (timeline line {r.line})",
+        )
 
     async def apply(self, world: World) -> None:
         world.release_pin(self.target, self.key, reason=self.reason)

@@ -64,6 +64,7 @@ from evsim.tls import (
     TrustStore,
 )
 from evsim.tls.service import Endpoint, Service
+from evsim.world.actions import Action
 from evsim.world.attacks import RedirectingNetwork, downgrade_client, mitm_relay
 from evsim.world.nodes import ControllerNode, CsmsNode, NodeHandle, StationGroup, StationNode
 from evsim.world.pki import WorldPki
@@ -201,6 +202,13 @@ def _is_ip(host: str) -> bool:
 
 def _identity(given: Identity | Callable[[str], Identity], name: str) -> Identity:
     return given if isinstance(given, Identity) else given(name)
+
+
+def _plain(value: object) -> object:
+    """An event field as JSON has it (tuples become lists)."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _label(selector: Selector) -> str:
@@ -1250,6 +1258,25 @@ class World:
                 for q in (node.station.queue.statistics(),)
             },
         )
+
+    def play(self, timeline: Iterable[tuple[float, Action]]) -> None:
+        """Play timeline actions in a task of the world's nursery: at ``at`` seconds from the world's start
+        (in the order given, so sort by time first), record a ``timeline`` event with the action's fields,
+        then apply it. Returns at once.
+
+        Example::
+
+            world.play([(2400, Partition(between=("fleet", "main"))), (3300, Heal(between=("fleet", "main")))])
+        """
+        events = list(timeline)
+
+        async def player() -> None:
+            for at, act in events:
+                await trio.sleep_until(self.clock.t0 + at)
+                self.recorder.emit("timeline", act.name, **{k: _plain(v) for k, v in act.fields().items()})
+                await act.apply(self)
+
+        self.nursery.start_soon(player)
 
     async def run_for(self, duration: float = math.inf, *, until_done: bool = False) -> bool:
         """Let the world run for ``duration`` seconds, or until every station is done with ``until_done``.
