@@ -27,7 +27,7 @@ from evsim.report import table
 from evsim.tls import Identity, TrustStore
 from evsim.tls.context import ServerTls
 from evsim.world import Tls, open_world, run
-from evsim.world.core import STATION_ROOTS
+from evsim.world.base import STATION_ROOTS
 from evsim.ws.paths import IDENTITY_RULE, valid_identity
 
 

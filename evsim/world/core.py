@@ -27,10 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import functools
-import ipaddress
 import math
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Literal, TypeAlias, TypeVar
 
@@ -42,58 +39,42 @@ from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, OcppError, TransportError
 from evsim.metrics.recorder import Event, Recorder
 from evsim.metrics.rundir import Sample
-from evsim.net.base import Network
-from evsim.net.tcp import TcpNetwork
-from evsim.net.virtual import LinkPolicy, VirtualNetwork
+from evsim.net.virtual import LinkPolicy
 from evsim.nodes.admission import TrustedController
 from evsim.nodes.controller import ControllerConfig, LocalController
 from evsim.nodes.csms import Csms, CsmsConfig, StationRecord
-from evsim.nodes.station import Station, StationConfig, peer_event_fields
+from evsim.nodes.station import Station, StationConfig
 from evsim.ocpp.backoff import RetryBackOff
 from evsim.ocpp.netprofile import DEFAULT_SLOT_NUMBERS, NetworkConnectionProfile, NetworkSlot
-from evsim.pki import CertKey
 from evsim.tls import (
-    ClientTls,
     Identity,
-    PeerEvent,
     PeerPolicy,
-    RevocationPolicy,
-    ServerTls,
     SessionStore,
-    TlsProfile,
-    TrustStore,
 )
 from evsim.tls.service import Endpoint, Service
 from evsim.world.actions import Action
-from evsim.world.attacks import RedirectingNetwork, downgrade_client, mitm_relay
-from evsim.world.nodes import ControllerNode, CsmsNode, NodeHandle, StationGroup, StationNode
+from evsim.world.attackers import WorldAttacks
+from evsim.world.base import (
+    RUN_PASSWORD,
+    WORLD_START,
+    NetworkKind,
+    Selector,
+    _identity,
+    _label,
+)
+from evsim.world.nodes import ControllerNode, CsmsNode, StationGroup, StationNode
 from evsim.world.pki import WorldPki
 from evsim.world.specs import (
     DEFAULT_TRUST,
     CertificateSpec,
     KeyType,
-    PinSpec,
     Route,
     Tls,
     TrustSpec,
-    layer_change_policy,
-    layer_pin_set,
 )
 
 ClockKind: TypeAlias = Literal["virtual", "real"]
-NetworkKind: TypeAlias = Literal["memory", "tcp"]
-Selector: TypeAlias = "str | NodeHandle | StationGroup | Sequence[str]"
-"""What names nodes: a CSMS, controller, group or station (a name or a handle), ``"*"`` (every node), or a
-list of such names (a name the world does not know is taken as a host name, so a link policy can be set
-before the nodes at its ends start)."""
 T = TypeVar("T")
-
-WORLD_START = _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC)
-"""Simulation start of a virtual-clock world when none is given (fixed, so runs are reproducible)."""
-RUN_PASSWORD = "evsim-scenario-password"
-"""The Basic-auth password of a run when a CSMS sets none (>= 16 characters, A00.FR.205)."""
-STATION_ROOTS = "ChargingStationRoots"
-"""The name of a server's default trust store for client certificates (profile 3)."""
 
 
 def run(main: Callable[..., Awaitable[T]], *args: object, clock: ClockKind = "virtual") -> T:
@@ -192,18 +173,6 @@ async def open_world(
             nursery.cancel_scope.cancel()
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
-def _identity(given: Identity | Callable[[str], Identity], name: str) -> Identity:
-    return given if isinstance(given, Identity) else given(name)
-
-
 def _plain(value: object) -> object:
     """An event field as JSON has it (tuples become lists)."""
     if isinstance(value, tuple):
@@ -211,263 +180,13 @@ def _plain(value: object) -> object:
     return value
 
 
-def _label(selector: Selector) -> str:
-    if isinstance(selector, NodeHandle | StationGroup):
-        return selector.name
-    return selector if isinstance(selector, str) else ",".join(selector)
-
-
-class World:
+class World(WorldAttacks):
     """A network of nodes sharing one clock, recorder, network and PKI (open it with :func:`open_world`).
 
-    Attributes:
-        seed: the run's seed.
-        clock: the simulation clock.
-        recorder: every node's event sink.
-        network: the network nodes connect over (attacks redirect connections through it).
-        memory: the in-memory network (partitions, link policies), or None on loopback TCP.
-        pki: the per-run PKI.
-        csms, controllers, stations, groups: the nodes by name, in start order.
+    Starting nodes, their lifecycle and the network are here; TLS and certificates in
+    :class:`~evsim.world.trust.WorldTls`, attackers in :class:`~evsim.world.attackers.WorldAttacks`, the shared
+    state and selectors in :class:`~evsim.world.base.WorldBase`.
     """
-
-    def __init__(
-        self,
-        *,
-        seed: int,
-        clock: SimClock,
-        recorder: Recorder,
-        network: NetworkKind,
-        pki: WorldPki,
-        nursery: trio.Nursery,
-    ) -> None:
-        self.seed = seed
-        self.clock = clock
-        self.recorder = recorder
-        self.pki = pki
-        self.nursery = nursery
-        self.network_kind = network
-        inner: Network
-        self._tcp: TcpNetwork | None = None
-        if network == "tcp":
-            inner = self._tcp = TcpNetwork()
-            self.memory: VirtualNetwork | None = None
-        else:
-            inner = self.memory = VirtualNetwork()
-        self.network = RedirectingNetwork(inner)
-        self.csms: dict[str, CsmsNode] = {}
-        self.controllers: dict[str, ControllerNode] = {}
-        self.stations: dict[str, StationNode] = {}
-        self.groups: dict[str, StationGroup] = {}
-        self.attackers: dict[str, NodeHandle] = {}
-        self._stores: dict[str, dict[str, StationRecord]] = {}  # primary CSMS -> its station records
-        self._hosts: dict[str, str] = {}  # host -> node name (CSMS and controllers)
-        self._server_peers: dict[str, PeerPolicy] = {}
-
-    # ------------------------------------------------------------------ helpers
-
-    def rng(self, name: str) -> random.Random:
-        """The seeded random source of the node ``name``."""
-        return random.Random(f"{self.seed}:{name}")
-
-    def _claim(self, name: str, host: str) -> None:
-        taken = {**self.csms, **self.controllers, **self.groups, **self.stations}
-        if name in taken:
-            raise ConfigError(f"a node named {name!r} exists already", value=name, fix="give it another name")
-        if host in self._hosts:
-            raise ConfigError(
-                f"host {host!r} is already {self._hosts[host]!r}'s", value=host, fix="give it another host"
-            )
-        self._hosts[host] = name
-        if self._tcp is not None and not _is_ip(host):
-            self._tcp.map_host(host)
-
-    def _port(self, port: int | None) -> int:
-        if self._tcp is not None:
-            return 0 if port is None else port
-        return 443 if port is None else port
-
-    @staticmethod
-    def _name(node: Selector) -> str:
-        if isinstance(node, NodeHandle | StationGroup):
-            return node.name
-        if not isinstance(node, str):
-            raise ConfigError("expected one node here, not a list", value=list(node), fix="name one node")
-        return node
-
-    def select(self, selector: Selector) -> list[str]:
-        """The network host names a selector covers (station ids are their own host names).
-
-        Args:
-            selector: a CSMS or controller (its host), a group (its stations), a station id, ``"*"``, or a
-                list of these.
-        """
-        if not isinstance(selector, str | NodeHandle | StationGroup):
-            return [host for one in selector for host in self.select(one)]
-        name = self._name(selector)
-        if name == "*":
-            return (
-                [c.host for c in self.csms.values()]
-                + [c.host for c in self.controllers.values()]
-                + list(self.stations)
-            )
-        if name in self.csms:
-            return [self.csms[name].host]
-        if name in self.controllers:
-            return [self.controllers[name].host]
-        if name in self.groups:
-            return self.groups[name].ids
-        return [name]
-
-    def _pairs(self, a: Selector, b: Selector) -> list[tuple[str, str]]:
-        return [(x, y) for x in self.select(a) for y in self.select(b) if x != y]
-
-    def targets(self, target: Selector) -> tuple[list[str], list[str]]:
-        """(CSMS names, station ids) a target names: a CSMS, a group, or a station."""
-        name = self._name(target)
-        if name in self.csms:
-            return [name], []
-        if name in self.groups:
-            return [], self.groups[name].ids
-        return [], [name]
-
-    def _memory(self, what: str) -> VirtualNetwork:
-        if self.memory is None:
-            raise ConfigError(
-                f"{what} needs the in-memory network (loopback TCP cannot be partitioned from inside)",
-                path="network",
-                fix='open the world with network="memory"',
-            )
-        return self.memory
-
-    def url(self, node: str, security_profile: int) -> str:
-        """The ``ws(s)://host:port/ocpp`` URL of a started CSMS or controller."""
-        target: CsmsNode | ControllerNode = self.csms[node] if node in self.csms else self.controllers[node]
-        scheme = "ws" if security_profile == 1 else "wss"
-        return f"{scheme}://{target.host}:{target.port}/ocpp"
-
-    # ------------------------------------------------------------------ TLS resolution
-
-    def trust_store(
-        self, trust: TrustSpec | TrustStore | None, roots: Iterable[str] | None = None
-    ) -> TrustStore:
-        """A trust store from its spec and the PKI as it is now (roots, CRLs); a ready one as it is.
-
-        Args:
-            trust: the spec, a ready store, or None (:data:`DEFAULT_TRUST`).
-            roots: root names replacing the spec's (a group after ``install_root`` / ``remove_root``).
-        """
-        if isinstance(trust, TrustStore):
-            return trust
-        spec = trust or DEFAULT_TRUST
-        root_names = tuple(roots) if roots is not None else spec.roots
-        anchors = tuple(self.pki.roots[r].cert for r in root_names)
-        crls = tuple(self.pki.crl(r) for r in root_names) if spec.crl != "off" else ()
-        return TrustStore(
-            spec.name,
-            anchors if spec.mode == "pki" else (),
-            hostname=spec.hostname,
-            wildcards=spec.wildcards,
-            mode=spec.mode,
-            time_check=spec.time_check,  # type: ignore[arg-type]  # checked by the scenario loader
-            revocation=RevocationPolicy(spec.crl, crls, spec.ocsp, spec.on_unknown),  # type: ignore[arg-type]
-            max_depth=spec.max_depth,
-        )
-
-    def _client_trust(self, tls: Tls) -> TrustStore:
-        if tls.client_trust is None:
-            return TrustStore(STATION_ROOTS, (self.pki.roots["root"].cert,), hostname="off")
-        return self.trust_store(tls.client_trust)
-
-    def pin_spki(self, pin: PinSpec) -> str:
-        """The key hash a pin names, in this run's PKI (keys are generated per run)."""
-        if pin.spki_sha256 is not None:
-            return pin.spki_sha256
-        if pin.root is not None:
-            return self.pki.root_spki(pin.root)
-        assert pin.csms is not None
-        node = self.csms[pin.csms]
-        return self.pki.csms_spki(node.host, pin.key, node.tls.certificate.key_type)
-
-    def _server_tls(self, name: str, security_profile: int, tls: Tls, identity: Identity) -> ServerTls | None:
-        if security_profile == 1:
-            return None
-        ocsp = None
-        if tls.ocsp_stapling:
-            ocsp = self.pki.staple(tls.certificate.root, identity.leaf, self.clock.utcnow)
-        if security_profile == 3:
-            return ServerTls.build(
-                tls.profile,
-                identity,
-                trust=self._client_trust(tls),
-                client_auth="required",
-                ocsp=ocsp,
-                peer=self._csms_peer_policy(name, tls),
-            )
-        return ServerTls.build(tls.profile, identity, ocsp=ocsp)
-
-    def _csms_peer_policy(self, name: str, tls: Tls) -> PeerPolicy | None:
-        """A server's peer policy (pins / change on station certificates), made once; its events are recorded
-        at the server (a CSMS sends no SecurityEventNotification)."""
-        if tls.pins is None and tls.change is None:
-            return None
-        if name not in self._server_peers:
-            recorder = self.recorder
-
-            def sink(event: PeerEvent) -> None:
-                recorder.emit(name, event.event, **peer_event_fields(event))
-
-            self._server_peers[name] = PeerPolicy(
-                side="server",
-                pins=None
-                if tls.pins is None
-                else layer_pin_set(tls.pins, self.pin_spki, start=self.clock.start_utc),
-                change=None if tls.change is None else layer_change_policy(tls.change),
-                sink=sink,
-                name=name,
-            )
-        return self._server_peers[name]
-
-    def _install_server_certificate(self, node: CsmsNode, cert: CertKey) -> None:
-        """Make ``cert`` the CSMS's certificate for its next handshakes (with a fresh staple)."""
-        node.certificate = cert
-        node.csms.server_tls = self._server_tls(
-            node.name, node.security_profile, node.tls, Identity.from_cert_key(cert)
-        )
-
-    def _station_identity(self, group: StationGroup, sid: str) -> Identity:
-        """A station's certificate (profile 3): issued once by the station sub-CA, or the group's own."""
-        if group.tls.identity is not None:
-            return _identity(group.tls.identity, sid)
-        return Identity.from_cert_key(
-            self.pki.station_certificate(sid, validity_s=group.tls.certificate.validity)
-        )
-
-    def _client_tls(self, group: StationGroup, sid: str, peer: PeerPolicy | None) -> ClientTls | None:
-        if group.security_profile == 1:
-            return None
-        identity = self._station_identity(group, sid) if group.security_profile == 3 else None
-        return ClientTls.build(
-            group.tls.profile, self.trust_store(group.tls.trust, group.roots), identity, peer=peer
-        )
-
-    def _rebuild_client_tls(self, node: StationNode) -> None:
-        node.station.client_tls = self._client_tls(node.group, node.name, node.peer)
-
-    def _station_peer_policy(self, sid: str, tls: Tls, name: str) -> PeerPolicy:
-        """A client peer policy from pins / change settings, whose events go to station ``sid``."""
-
-        def sink(event: PeerEvent) -> None:
-            self.stations[sid].station.on_peer_event(event)  # events come only from connections: it exists
-
-        return PeerPolicy(
-            side="client",
-            pins=None
-            if tls.pins is None
-            else layer_pin_set(tls.pins, self.pin_spki, start=self.clock.start_utc),
-            change=None if tls.change is None else layer_change_policy(tls.change),
-            sink=sink,
-            name=name,
-        )
 
     # ------------------------------------------------------------------ starting nodes
 
@@ -909,103 +628,6 @@ class World:
 
         self.nursery.start_soon(resets)
 
-    # ------------------------------------------------------------------ certificates and trust
-
-    def renew_certificate(self, target: Selector, *, validity: float | None = None) -> None:
-        """Issue the target a new certificate now, for the same key (CSMS) or a new one (stations, profile 3)."""
-        self._reissue(target, rotate=False, expire=False, validity=validity)
-
-    def rotate_certificate(
-        self, target: Selector, *, new_key: bool = True, validity: float | None = None
-    ) -> None:
-        """Issue the target a new certificate now; a CSMS moves to its next key with ``new_key``."""
-        self._reissue(target, rotate=new_key, expire=False, validity=validity)
-
-    def expire_certificate(self, target: Selector) -> None:
-        """Give a CSMS a certificate that ended one second ago (same key)."""
-        self._reissue(target, rotate=False, expire=True, validity=None)
-
-    def _reissue(self, target: Selector, *, rotate: bool, expire: bool, validity: float | None) -> None:
-        at = self.clock.elapsed()
-        csms_names, station_ids = self.targets(target)
-        for name in csms_names:
-            node = self.csms[name]
-            spec = node.tls.certificate
-            if rotate:
-                self.pki.next_csms_key(node.host)
-            if expire:
-                cert = self.pki.expired_server_certificate(node.host, spec, at=at)
-            else:
-                spec = attrs.evolve(spec, validity=spec.validity if validity is None else validity)
-                cert = self.pki.server_certificate(node.host, spec, at=at)
-            self._install_server_certificate(node, cert)
-        for sid in station_ids:
-            st = self.stations[sid]
-            if st.group.security_profile == 3:
-                self.pki.station_certificate(
-                    sid, validity_s=st.group.tls.certificate.validity, at=at, renew=True
-                )
-                self._rebuild_client_tls(st)
-
-    def revoke_certificate(self, target: Selector) -> None:
-        """Revoke a CSMS's certificate: its root publishes a new CRL and its responder answers ``revoked``.
-
-        Stations whose trust store checks CRLs get a new trust store (a new context) for their next
-        connection; the CSMS staples the new status from its next handshake."""
-        name = self._name(target)
-        if name not in self.csms:
-            raise ConfigError(
-                "only a CSMS certificate can be revoked so far", value=name, fix="revoke a CSMS certificate"
-            )
-        node = self.csms[name]
-        if node.certificate is None:
-            raise ConfigError(
-                f"CSMS {name!r} has no certificate of the run's PKI", value=name, fix="revoke another CSMS"
-            )
-        self.pki.revoke(node.tls.certificate.root, node.certificate.cert, at=self.clock.elapsed())
-        self._install_server_certificate(node, node.certificate)
-        for st in self.stations.values():
-            trust = st.group.tls.trust
-            if isinstance(trust, TrustSpec) and trust.crl != "off" and st.group.security_profile >= 2:
-                self._rebuild_client_tls(st)
-
-    def install_root(self, target: Selector, root: str) -> None:
-        """The target stations trust ``root`` too (their groups' trust stores gain it)."""
-        self._change_roots(target, root, install=True)
-
-    def remove_root(self, target: Selector, root: str) -> None:
-        """The target stations no longer trust ``root``."""
-        self._change_roots(target, root, install=False)
-
-    def _change_roots(self, target: Selector, root: str, *, install: bool) -> None:
-        _, station_ids = self.targets(target)
-        for group in {self.stations[s].group for s in station_ids}:
-            roots = [r for r in group.roots if r != root]
-            if install:
-                roots.append(root)
-            group.roots = tuple(roots)
-        for sid in station_ids:
-            st = self.stations[sid]
-            if not st.group.roots:
-                self.recorder.emit("timeline", "trust_store_empty", group=st.group.name)
-                continue
-            self._rebuild_client_tls(st)
-
-    def release_pin(self, target: Selector, key: PinSpec, *, reason: str = "operator") -> None:
-        """Each target station releases its pins of ``key`` (a new epoch: its context is rebuilt for the next
-        connection; the open connection is undisturbed)."""
-        spki = self.pin_spki(key)
-        _, station_ids = self.targets(target)
-        now = self.clock.utcnow()
-        for sid in station_ids:
-            st = self.stations[sid]
-            if st.peer is None:
-                raise ConfigError(f"station {sid!r} has no pins", value=sid, fix="give its group pins")
-            st.peer.release_pin(spki, now=now, reason=reason)
-            for policy in st.endpoint_peers:  # endpoints with their own pins
-                with contextlib.suppress(ConfigError):  # "no pin has this key": that endpoint keeps its pins
-                    policy.release_pin(spki, now=now, reason=reason)
-
     async def set_network_profile(self, target: Selector, to: str, *, reconnect: bool = True) -> None:
         """B09/B10 from the CSMS holding each station's link: SetNetworkProfile for the new endpoint (a free
         slot, or the slot that already names it), SetVariables NetworkConfigurationPriority with that slot
@@ -1062,125 +684,6 @@ class World:
                 if host not in self.stations:
                     self.memory.partition(sid, host)
                     self.memory.heal(sid, host)
-
-    # ------------------------------------------------------------------ attackers
-
-    def attack_downgrade(
-        self, csms: Selector, *, versions: tuple[str, ...] = ("1.2",), count: int = 1
-    ) -> None:
-        """``count`` clients offer the CSMS only ``versions`` (legacy ones allowed); each records an
-        ``attack_result``. They run in tasks of their own; this returns at once."""
-        node = self.csms[self._name(csms)]
-        trust = self.trust_store(None)
-        for i in range(count):
-            self.nursery.start_soon(
-                functools.partial(
-                    downgrade_client,
-                    f"attacker-downgrade-{i + 1}",
-                    self.network,
-                    node.host,
-                    node.port,
-                    versions=versions,
-                    anchors=trust,
-                    clock=self.clock,
-                    recorder=self.recorder,
-                )
-            )
-
-    async def attack_wrong_ca(
-        self,
-        victims: Selector,
-        *,
-        impersonate: Selector | None = None,
-        root: str = "rogue",
-        duration: float | None = None,
-    ) -> NodeHandle:
-        """An impostor CSMS with a certificate for the real CSMS's name from ``root``; the victims' traffic
-        for the real CSMS goes to it (and their connections are reset) until ``duration`` ends."""
-        return await self._attack_redirect("impostor", victims, impersonate, root, duration)
-
-    async def attack_mitm(
-        self,
-        victims: Selector,
-        *,
-        impersonate: Selector | None = None,
-        root: str = "rogue",
-        duration: float | None = None,
-    ) -> NodeHandle:
-        """A relay presenting a certificate from ``root`` that forwards plaintext to the real CSMS if a victim
-        ever accepts it (``mitm_intercepted``); redirected as :meth:`attack_wrong_ca`."""
-        return await self._attack_redirect("mitm", victims, impersonate, root, duration)
-
-    async def _attack_redirect(
-        self,
-        kind: Literal["impostor", "mitm"],
-        victims_sel: Selector,
-        impersonate: Selector | None,
-        root: str,
-        duration: float | None,
-    ) -> NodeHandle:
-        _, victims = self.targets(victims_sel)
-        real_name = (
-            self._name(impersonate) if impersonate is not None else self.stations[victims[0]].group.csms
-        )
-        real = self.csms[real_name]
-        self.pki.add_root(root)
-        fake = self.pki.server_certificate(
-            real.host, real.tls.certificate, at=self.clock.elapsed() - 3600, root=root
-        )
-        server_tls = ServerTls.build(real.tls.profile, Identity.from_cert_key(fake))
-        name = f"attacker-{kind}"
-        attacker_host = f"{kind}-{real_name}.attacker"
-        node: NodeHandle
-        if kind == "impostor":
-            impostor = Csms(
-                CsmsConfig(
-                    name=name,
-                    host=attacker_host,
-                    port=real.port,
-                    security_profile=2,
-                    default_password=RUN_PASSWORD,
-                ),
-                network=self.network,
-                server_tls=server_tls,
-                clock=self.clock,
-                recorder=self.recorder,
-            )
-            node = NodeHandle(name, attacker_host, impostor.run)
-        else:
-            listener = await self.network.listen(attacker_host, real.port)
-            upstream_tls = ClientTls.build(TlsProfile(), self.trust_store(None))
-
-            async def relay(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-                await mitm_relay(
-                    name,
-                    listener,
-                    self.network,
-                    server_tls=server_tls,
-                    upstream_tls=upstream_tls,
-                    upstream=(real.host, real.port),
-                    clock=self.clock,
-                    recorder=self.recorder,
-                    task_status=task_status,
-                )
-
-            node = NodeHandle(name, attacker_host, relay)
-        self.attackers[name] = node
-        await node._start(self.nursery)
-        self.network.redirect(victims, real.host, attacker_host)
-        if self.memory is not None:  # reconnect the victims now: drop their connections to the real CSMS
-            for sid in victims:
-                self.memory.partition(sid, real.host)
-                self.memory.heal(sid, real.host)
-        if duration is not None:
-            self.nursery.start_soon(self._end_attack, duration, node, victims, real.host)
-        return node
-
-    async def _end_attack(self, after: float, node: NodeHandle, victims: list[str], host: str) -> None:
-        await trio.sleep(after)
-        self.network.restore(victims, host)
-        node._stop()
-        self.recorder.emit("timeline", "attack_ended", attacker=node.name)
 
     # ------------------------------------------------------------------ observing
 
