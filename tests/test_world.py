@@ -327,3 +327,16 @@ async def test_world_plays_a_timeline(autojump_clock: trio.testing.MockClock) ->
             ]
             assert all(n.station.session is not None for n in fleet)
             assert world.recorder.counts["connection_lost"] >= 2
+
+
+def test_world_does_not_import_the_scenario_layer() -> None:
+    """world sits below scenario: importing it (and evsim.testing) loads no scenario module."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, evsim.world, evsim.world.actions, evsim.testing; "
+        "print(sorted(m for m in sys.modules if m.startswith('evsim.scenario')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
