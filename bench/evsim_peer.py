@@ -53,7 +53,7 @@ async def _run(n: int, rtt_seconds: float, pki: DevPki, compression: bool) -> Re
     client_tls = station_client_tls((pki.root.cert,))
     rss0 = rss_kib()
     async with trio.open_nursery() as nursery:
-        _, port = await nursery.start(csms.serve)
+        _, port = await nursery.start(csms.run)
         stations = [
             Station(
                 StationConfig(

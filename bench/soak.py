@@ -67,7 +67,7 @@ def serve(pki_dir: str, port: int) -> int:
         recorder = Recorder(clock, keep=10_000, echo=False)
         csms = Csms(config, network=TcpNetwork(), server_tls=server_tls, clock=clock, recorder=recorder)
         async with trio.open_nursery() as nursery:
-            await nursery.start(csms.serve)
+            await nursery.start(csms.run)
             print("READY", flush=True)
             stdin = trio.lowlevel.FdStream(os.dup(0))
             while await stdin.receive_some(4096):

@@ -18,15 +18,17 @@ from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, PkiError
 from evsim.net.base import Network
 from evsim.net.tcp import TcpNetwork
-from evsim.net.virtual import VirtualNetwork
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.security import csms_server_tls, load_anchors, station_client_tls
 from evsim.nodes.station import Station, StationConfig, station_ids
 from evsim.pki import DevPki, init_dev_pki
 from evsim.recorder import EventPrinter, Recorder, level_of_verbosity
 from evsim.report import table
+from evsim.tls import Identity, TrustStore
 from evsim.tls.context import ServerTls
 from evsim.urls import parse_url
+from evsim.world import Tls, open_world, run
+from evsim.world.base import STATION_ROOTS
 from evsim.ws.paths import IDENTITY_RULE, valid_identity
 
 
@@ -146,7 +148,7 @@ async def serve_csms(
     csms = Csms(config, network=network, server_tls=server_tls, clock=clock, recorder=recorder)
     with trio.move_on_after(duration if duration is not None else math.inf):
         async with trio.open_nursery() as nursery:
-            addr = await nursery.start(csms.serve)
+            addr = await nursery.start(csms.run)
             scheme = "ws" if config.security_profile == 1 else "wss"
             print(
                 f"CSMS listening on {scheme}://{addr[0]}:{addr[1]}{config.path_prefix}/<station-id>",
@@ -283,68 +285,46 @@ def run_demo(args: argparse.Namespace) -> int:
     heartbeat = 5 if real else 60
     session_s, meter_s, start_s = (6.0, 2.0, (0.2, 1.0)) if real else (600.0, 60.0, (10.0, 60.0))
     now = real_utcnow()
-    ids = station_ids("ST-", n)
-    server_tls = csms_server_tls(pki, security_profile=sp)
-    client_tls = {
-        sid: station_client_tls((pki.root.cert,), identity=pki.station(sid, now=now) if sp == 3 else None)
-        for sid in ids
-    }
-
+    server = Identity(chain=pki.server.chain, key=pki.server.key)
+    csms_tls = Tls(identity=server, client_trust=TrustStore(STATION_ROOTS, (pki.root.cert,), hostname="off"))
+    station_tls = Tls(
+        trust=TrustStore("CSMSRootCertificate", (pki.root.cert,)),
+        identity=(lambda sid: Identity.from_cert_key(pki.station(sid, now=now))) if sp == 3 else None,
+    )
     elapsed = [0.0]
 
-    async def main() -> tuple[Csms, list[Station], Recorder]:
-        clock = SimClock.start(now)
-        recorder = Recorder(clock)
-        net: Network = TcpNetwork() if args.tcp else VirtualNetwork()
-        listen_port = 0 if args.tcp else 443
-        csms = Csms(
-            CsmsConfig(
+    async def main() -> tuple[Csms, list[Station]]:
+        async with open_world(
+            seed=args.seed,
+            clock="real" if real else "virtual",
+            network="tcp" if args.tcp else "memory",
+            start=now,
+            organization=pki.org,
+        ) as world:
+            csms = await world.start_csms(
+                "csms",
                 host=host,
-                port=listen_port,
                 security_profile=sp,
+                tls=csms_tls,
                 heartbeat_interval=heartbeat,
-                organization=pki.org,
-                default_password=_DEMO_PASSWORD,
-            ),
-            network=net,
-            server_tls=server_tls,
-            clock=clock,
-            recorder=recorder,
-        )
-        with trio.fail_after(600 if real else 24 * 3600):
-            async with trio.open_nursery() as nursery:
-                _, port = await nursery.start(csms.serve)
-                stations = [
-                    Station(
-                        StationConfig(
-                            station_id=sid,
-                            csms_url=f"wss://{host}:{port}/ocpp",
-                            security_profile=sp,
-                            password=_DEMO_PASSWORD if sp == 2 else None,
-                            sessions=1,
-                            session_start_s=start_s,
-                            session_duration_s=session_s,
-                            meter_interval_s=meter_s,
-                        ),
-                        network=net,
-                        client_tls=client_tls[sid],
-                        clock=clock,
-                        recorder=recorder,
-                        rng=random.Random(f"{args.seed}:{sid}"),
-                    )
-                    for sid in ids
-                ]
-                for st in stations:
-                    nursery.start_soon(st.run)
-                for st in stations:
-                    await st.done.wait()
+                password=_DEMO_PASSWORD,
+            )
+            fleet = await world.start_stations(
+                n,
+                csms=csms,
+                id_pattern=f"ST-{{n:0{max(4, len(str(n)))}d}}",  # as station_ids("ST-", n)
+                tls=station_tls,
+                session_start=start_s,
+                session_duration=session_s,
+                meter_interval=meter_s,
+            )
+            with trio.fail_after(600 if real else 24 * 3600):
+                await fleet.done()
                 await trio.sleep(heartbeat * 1.5)  # let every station heartbeat at least once more
-                elapsed[0] = clock.elapsed()
-                nursery.cancel_scope.cancel()
-        return csms, stations, recorder
+            elapsed[0] = world.clock.elapsed()
+            return csms.csms, [node.station for node in fleet]
 
-    clock = trio.testing.MockClock(autojump_threshold=0) if not real else None
-    csms, stations, _recorder = trio.run(main, clock=clock)
+    csms, stations = run(main, clock="real" if real else "virtual")
     mode = f"{'real' if real else 'virtual'} time, {'loopback TCP' if args.tcp else 'in-memory network'}"
     print(f"evsim demo: 1 CSMS ({host}), {n} stations, security profile {sp}, {mode}\n")
     print(_stations_table(stations, csms))

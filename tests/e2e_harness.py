@@ -1,4 +1,9 @@
-"""A CSMS and stations on the in-memory network, in virtual time, for end-to-end tests."""
+"""A CSMS and stations on the in-memory network, in virtual time, for end-to-end tests.
+
+Built on :mod:`evsim.testing`: the world owns the clock, recorder, network and nursery; the CSMS are the
+world's, with certificates from the fixed test PKI of :mod:`tests.pki_fixtures` (so tests can name them), and
+stations are :func:`evsim.testing.start_station` peers (any host, any TLS settings a test needs).
+"""
 
 from __future__ import annotations
 
@@ -12,24 +17,40 @@ import trio
 from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock
 from evsim.net.virtual import VirtualNetwork
-from evsim.nodes.csms import Csms, CsmsConfig
-from evsim.nodes.station import Station, StationConfig
+from evsim.nodes.csms import Csms
+from evsim.nodes.station import Station
 from evsim.recorder import Event, Recorder
-from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile
+from evsim.testing import TEST_PASSWORD, open_test_world, start_station
+from evsim.tls import ClientTls, Identity, TlsProfile
+from evsim.world import Tls, World
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, TestPki, make_test_pki
 
-PASSWORD = "correct-horse-battery-staple"
+PASSWORD = TEST_PASSWORD
 
 
 @attrs.define
 class Harness:
     pki: TestPki
-    clock: SimClock
-    recorder: Recorder
-    net: VirtualNetwork
-    nursery: trio.Nursery
+    world: World
     csms_nodes: list[Csms] = attrs.field(factory=list)
     stations: list[Station] = attrs.field(factory=list)
+
+    @property
+    def clock(self) -> SimClock:
+        return self.world.clock
+
+    @property
+    def recorder(self) -> Recorder:
+        return self.world.recorder
+
+    @property
+    def net(self) -> VirtualNetwork:
+        assert self.world.memory is not None
+        return self.world.memory
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        return self.world.nursery
 
     @property
     def csms(self) -> Csms:
@@ -44,29 +65,21 @@ class Harness:
         profile: TlsProfile | None = None,
         name: str = "csms",
     ) -> Csms:
-        ident = identity or self.pki.server_identity()
-        prof = profile or TlsProfile()
-        if security_profile == 3:
-            server_tls = ServerTls.build(prof, ident, trust=self.pki.station_trust(), client_auth="required")
-        else:
-            server_tls = ServerTls.build(prof, ident)
-        csms = Csms(
-            CsmsConfig(
-                name=name,
-                host=host,
-                port=443,
-                security_profile=security_profile,
-                heartbeat_interval=60,
-                default_password=PASSWORD,
+        node = await self.world.start_csms(
+            name,
+            host=host,
+            port=443,
+            security_profile=security_profile,
+            tls=Tls(
+                profile=profile or TlsProfile(),
+                identity=identity or self.pki.server_identity(),
+                client_trust=self.pki.station_trust(),
             ),
-            network=self.net,
-            server_tls=server_tls,
-            clock=self.clock,
-            recorder=self.recorder,
+            heartbeat_interval=60,
+            password=PASSWORD,
         )
-        await self.nursery.start(csms.serve)
-        self.csms_nodes.append(csms)
-        return csms
+        self.csms_nodes.append(node.csms)
+        return node.csms
 
     def start_station(
         self,
@@ -80,29 +93,25 @@ class Harness:
         sessions: int = 1,
         profile: TlsProfile | None = None,
     ) -> Station:
-        if client_tls is None:
-            if security_profile == 3 and identity is None:
-                identity = self.pki.station_identity(station_id)
-            client_tls = ClientTls.build(profile or TlsProfile(), self.pki.csms_trust(), identity)
-        station = Station(
-            StationConfig(
-                station_id=station_id,
-                csms_url=f"wss://{host}/ocpp",
-                security_profile=security_profile,
-                password=password if security_profile < 3 else None,
-                sessions=sessions,
-                session_start_s=(1.0, 5.0),
-                session_duration_s=120.0,
-                meter_interval_s=30.0,
-                backoff=RetryBackOff(wait_minimum=5, random_range=2, repeat_times=3),
-            ),
-            network=self.net,
+        if security_profile == 3 and identity is None and client_tls is None:
+            identity = self.pki.station_identity(station_id)
+        station = start_station(
+            self.world,
+            station_id,
+            url=f"wss://{host}/ocpp",
+            security_profile=security_profile,
+            password=password,
             client_tls=client_tls,
-            clock=self.clock,
-            recorder=self.recorder,
+            profile=profile,
+            trust=self.pki.csms_trust(),
+            identity=identity,
             rng=random.Random(station_id),
+            sessions=sessions,
+            session_start_s=(1.0, 5.0),
+            session_duration_s=120.0,
+            meter_interval_s=30.0,
+            backoff=RetryBackOff(wait_minimum=5, random_range=2, repeat_times=3),
         )
-        self.nursery.start_soon(station.run)
         self.stations.append(station)
         return station
 
@@ -113,12 +122,5 @@ class Harness:
 @asynccontextmanager
 async def harness(now: object = TEST_NOW) -> AsyncIterator[Harness]:
     """Run a harness; everything started in it is cancelled on exit."""
-    pki = make_test_pki(TEST_NOW)
-    clock = SimClock.start(TEST_NOW)
-    recorder = Recorder(clock)
-    async with trio.open_nursery() as nursery:
-        h = Harness(pki=pki, clock=clock, recorder=recorder, net=VirtualNetwork(), nursery=nursery)
-        try:
-            yield h
-        finally:
-            nursery.cancel_scope.cancel()
+    async with open_test_world(start=TEST_NOW) as world:
+        yield Harness(pki=make_test_pki(TEST_NOW), world=world)

@@ -96,7 +96,7 @@ async def start_csms(h: Harness, **config: Any) -> Csms:
         clock=h.clock,
         recorder=h.recorder,
     )
-    await h.nursery.start(csms.serve)
+    await h.nursery.start(csms.run)
     h.csms_nodes.append(csms)
     return csms
 

@@ -267,7 +267,7 @@ async def test_profile1_plain_ws_only_when_explicitly_allowed(autojump_clock: tr
             clock=h.clock,
             recorder=h.recorder,
         )
-        await h.nursery.start(csms.serve)
+        await h.nursery.start(csms.run)
         st = Station(
             StationConfig(
                 station_id="ST-plain",

@@ -111,7 +111,7 @@ class World:
             recorder=self.recorder,
             store=self.store,
         )
-        await self.nursery.start(csms.serve)
+        await self.nursery.start(csms.run)
         self.csms_nodes[name] = csms
         return csms
 

@@ -81,7 +81,7 @@ async def scene(*, net: Network | None = None, **config: object) -> AsyncIterato
             recorder=h.recorder,
         )
         node = hostile.Supervised("csms")
-        address = await h.nursery.start(node.run, csms.serve)
+        address = await h.nursery.start(node.run, csms.run)
         target = hostile.Target(
             network, CSMS_HOST, address[1], ClientTls.build(TlsProfile(), h.pki.csms_trust()), h.clock
         )

@@ -127,7 +127,7 @@ async def start_csms(h: Harness, **config: object) -> Csms:
         clock=h.clock,
         recorder=h.recorder,
     )
-    await h.nursery.start(csms.serve)
+    await h.nursery.start(csms.run)
     h.csms_nodes.append(csms)
     return csms
 
@@ -145,14 +145,14 @@ async def closed_by_peer(stream: trio.abc.Stream) -> bool:
 
 @pytest.mark.loopback
 async def test_connects_reset_before_accept_do_not_kill_the_csms() -> None:
-    """Fails on the old code: ``getpeername`` raised ENOTCONN out of the accept loop and ended ``Csms.serve``
+    """Fails on the old code: ``getpeername`` raised ENOTCONN out of the accept loop and ended ``Csms.run``
     with every session on it."""
     clock = SimClock.start(TEST_NOW)
     recorder = Recorder(clock, echo=False)
     csms = tcp_csms(recorder, clock)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            _, port = await nursery.start(csms.serve)
+            _, port = await nursery.start(csms.run)
             sentinel = await raw_ws(csms.network, "127.0.0.1", port, "SENTINEL", tls_host="localhost")
             assert (await ocpp_call(sentinel, "b1", "BootNotification", BOOT))["status"] == "Accepted"
             for _ in range(3):
@@ -200,7 +200,7 @@ async def test_accept_out_of_descriptors_backs_off_and_keeps_serving(
 ) -> None:
     """EMFILE from accept: the loop backs off (doubling to a cap), the booted sentinel keeps heartbeating, the
     station waiting in the backlog gets in afterwards; one event for the episode. Fails on the old code (the
-    OSError ended ``Csms.serve``)."""
+    OSError ended ``Csms.run``)."""
     async with harness() as h:
         csms = await start_csms(h)
         sentinel = h.start_station("SENTINEL", sessions=0)

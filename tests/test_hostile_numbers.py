@@ -239,7 +239,7 @@ async def _start_fake(h: Harness, boot: Any, heartbeat_limit: int = 50) -> FakeC
         heartbeat_limit=heartbeat_limit,
     )
     csms.cancel_on_flood = h.nursery.cancel_scope
-    await h.nursery.start(csms.serve)
+    await h.nursery.start(csms.run)
     h.csms_nodes.append(csms)
     return csms
 

@@ -664,7 +664,7 @@ async def test_a_stopped_station_closes_with_1001(
                 clock=h.clock,
                 recorder=h.recorder,
             )
-            await h.nursery.start(csms.serve)
+            await h.nursery.start(csms.run)
             station = _station(h, "ST-1", "ws://plain.evsim.test/ocpp", None)
         else:
             await h.start_csms()

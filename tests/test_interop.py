@@ -79,7 +79,7 @@ async def test_ocpp_lib_station_against_evsim_csms(pki: DevPki, profile: int) ->
         cmd += ["--cert", str(crt), "--key", str(key)]
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            _, port = await nursery.start(csms.serve)
+            _, port = await nursery.start(csms.run)
             cmd[2:2] = ["--url", f"wss://localhost:{port}/ocpp"]
             result = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
             nursery.cancel_scope.cancel()

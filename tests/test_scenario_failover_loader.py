@@ -61,7 +61,7 @@ def test_a_chain_loads_in_dependency_order_with_endpoints_by_priority() -> None:
     assert [(e.kind, e.name) for e in fleet.endpoints] == [("csms", "primary"), ("controller", "bay")]
     assert (fleet.csms, fleet.network_attempts, fleet.fallback) == ("primary", 2, "last_working")
     assert sc.csms["secondary"].secondary_of == "primary"
-    assert [ev.params["target"] for ev in sc.timeline if ev.action == "stop"] == ["site"]
+    assert [ev.params["target"] for ev in sc.timeline if ev.name == "stop"] == ["site"]
 
 
 def test_the_csms_shorthand_is_unchanged_and_a_group_behind_a_controller_names_its_csms() -> None:

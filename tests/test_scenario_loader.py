@@ -98,10 +98,10 @@ def test_attack_scenarios_contents() -> None:
     s = load_scenario(SCENARIOS / "tls_downgrade_attack.toml")
     assert s.tls_profiles[s.csms["main"].tls_profile].versions == ("1.3",)
     (attack,) = s.timeline
-    assert (attack.at, attack.action, attack.params["versions"]) == (60, "attack_downgrade", ("1.2",))
+    assert (attack.at, attack.name, attack.params["versions"]) == (60, "attack_downgrade", ("1.2",))
 
     s = load_scenario(SCENARIOS / "wrong_ca_mitm.toml")
-    assert [(e.at, e.action, e.params["root"], e.params["duration"]) for e in s.timeline] == [
+    assert [(e.at, e.name, e.params["root"], e.params["duration"]) for e in s.timeline] == [
         (300, "attack_wrong_ca", "rogue", 180),
         (600, "attack_mitm", "rogue", 180),
     ]
@@ -109,10 +109,10 @@ def test_attack_scenarios_contents() -> None:
 
     s = load_scenario(SCENARIOS / "certificate_expiry.toml")
     assert s.csms["main"].certificate.validity == 3 * 86400
-    assert [(e.at, e.action) for e in s.timeline] == [(4 * 86400, "renew_certificate")]
+    assert [(e.at, e.name) for e in s.timeline] == [(4 * 86400, "renew_certificate")]
 
     s = load_scenario(SCENARIOS / "partition_heal.toml")
-    assert [(e.at, e.action, e.params["between"]) for e in s.timeline] == [
+    assert [(e.at, e.name, e.params["between"]) for e in s.timeline] == [
         (1200, "partition", ("fleet", "main")),
         (3000, "heal", ("fleet", "main")),
     ]
@@ -173,7 +173,7 @@ def test_timeline_is_sorted_stably_and_keeps_lines() -> None:
         + '[[timeline]]\nat = "30m"\naction = "stop"\ntarget = "ST"\n'.replace('"ST"', '"fleet-0002"')
     )
     events = loads_scenario(text).timeline
-    assert [(e.at, e.action, e.line) for e in events] == [
+    assert [(e.at, e.name, e.line) for e in events] == [
         (600, "partition", 12),
         (1800, "heal", 8),
         (1800, "stop", 16),
@@ -223,8 +223,8 @@ def test_every_action_is_accepted() -> None:
     for action, body in params.items():
         text += f'[[timeline]]\nat = "1m"\naction = "{action}"\n{body}\n'
     events = loads_scenario(text).timeline
-    assert [e.action for e in events] == list(params)
-    by_action = {e.action: dict(e.params) for e in events}
+    assert [e.name for e in events] == list(params)
+    by_action = {e.name: dict(e.params) for e in events}
     assert by_action["renew_certificate"]["validity"] == 30 * 86400
     assert by_action["link"]["bandwidth"] == 1e6
     assert by_action["rotate_certificate"]["new_key"] is False
@@ -900,7 +900,7 @@ def test_readme_example_loads() -> None:
     example = readme.rsplit("```toml\n", 1)[1].split("```", 1)[0]
     s = loads_scenario(example, source="README.md")
     assert s.station_count() == 250 and s.stations["depot"].security_profile == 3
-    assert [e.action for e in s.timeline] == ["stop", "start"]
+    assert [e.name for e in s.timeline] == ["stop", "start"]
 
 
 def test_readme_documents_every_key_and_action() -> None:

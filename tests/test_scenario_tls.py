@@ -12,11 +12,11 @@ from OpenSSL import SSL
 
 from evsim.errors import ConfigError
 from evsim.scenario import loader
-from evsim.scenario.attacks import downgrade_profile
 from evsim.scenario.loader import loads_scenario
 from evsim.scenario.model import PinSpec
 from evsim.scenario.runner import RunResult, preflight, run_scenario
 from evsim.tls import ClientTls, ServerTls, TlsProfile, TlsStream, context
+from evsim.world.attacks import downgrade_profile
 from tests.pki_fixtures import make_test_pki, tls_pair
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"

@@ -407,6 +407,10 @@ class TcpNetwork:
         self._resolve = {k.lower(): v for k, v in (resolve or {}).items()}
         self._counters = NetworkCounters()
 
+    def map_host(self, host: str, ip: str = "127.0.0.1") -> None:
+        """Add a name to the ``resolve`` map (a node started later gets its host name mapped to loopback)."""
+        self._resolve[host.lower()] = ip
+
     def resolve(self, host: str) -> str:
         """The loopback IP address ``host`` maps to.
 

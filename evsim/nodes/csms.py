@@ -1,6 +1,6 @@
 """The CSMS node: accepts stations over TLS + WebSocket and answers OCPP 2.0.1 / 2.1.
 
-Theory of operation. :meth:`Csms.serve` listens on its :class:`~evsim.net.base.Network` and handles each
+Theory of operation. :meth:`Csms.run` listens on its :class:`~evsim.net.base.Network` and handles each
 connection in its own task of one nursery. A connection goes through three gates, each of which can refuse it
 with a specific reason (recorded as an event and logged), without disturbing any other station:
 
@@ -403,9 +403,7 @@ class Csms:
 
     # ---------------------------------------------------------------- serving
 
-    async def serve(
-        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen and serve until cancelled; ``task_status.started`` gets the bound address."""
         listener = await self.network.listen(self.config.host, self.config.port)
         self.address = listener.address

@@ -23,7 +23,6 @@ anything unexpected into a ``ConfigError`` that says it is an evsim bug, so a ca
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ipaddress
 import math
 import os
@@ -31,7 +30,7 @@ import re
 import string
 import tomllib
 import typing
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -84,12 +83,13 @@ from evsim.tls import change as change_layer
 from evsim.tls import config as tls_config
 from evsim.tls import pins as pins_layer
 from evsim.tls import revocation as tls_revocation
-from evsim.tls.change import ChangePolicy
 from evsim.tls.config import MAX_FRAGMENT, MIN_FRAGMENT, TlsProfile
 from evsim.tls.peer import PeerPolicy
-from evsim.tls.pins import Enforcement, Pin, PinSet, PinState, PinTarget
 from evsim.tls.suites import DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES
 from evsim.toml_table import FieldPath, Table, choices_fix, format_path, shown, type_name
+from evsim.world.actions import ACTIONS as ACTION_CLASSES
+from evsim.world.actions import LINK_POLICY_KEYS, LinkKnobs
+from evsim.world.specs import layer_change_policy, layer_pin_set, placeholder_spki
 from evsim.ws.paths import IDENTITY_RULE, valid_identity
 
 T = TypeVar("T")
@@ -201,29 +201,11 @@ MAX_STATION_ENDPOINTS: Final = 4
 """A station has the configuration slots 0..3 (``DEFAULT_SLOT_NUMBERS``; B09.FR.06 asks for at least two)."""
 MAX_NETWORK_ATTEMPTS: Final = 100
 BACKOFF_KEYS: Final = ("wait_minimum", "random_range", "repeat_times")
-LINK_POLICY_KEYS: Final = ("latency", "jitter", "bandwidth", "stall", "reset")
 LINK_KEYS: Final = ("between", *LINK_POLICY_KEYS)
 STALL_KEYS: Final = ("every", "for")
 RESET_KEYS: Final = ("every",)
 
-ACTIONS: Final[Mapping[str, tuple[str, ...]]] = {
-    "stop": ("target",),
-    "start": ("target",),
-    "partition": ("between",),
-    "heal": ("between",),
-    "link": ("between", *LINK_POLICY_KEYS),
-    "expire_certificate": ("target",),
-    "renew_certificate": ("target", "validity"),
-    "revoke_certificate": ("target",),
-    "rotate_certificate": ("target", "new_key"),
-    "install_root": ("target", "root"),
-    "remove_root": ("target", "root"),
-    "set_network_profile": ("target", "csms", "reconnect"),
-    "attack_downgrade": ("target", "count", "versions"),
-    "attack_wrong_ca": ("target", "impersonate", "root", "duration"),
-    "attack_mitm": ("target", "impersonate", "root", "duration"),
-    "release_pin": ("target", "cert", "key", "root", "spki_sha256"),
-}
+ACTIONS: Final[Mapping[str, tuple[str, ...]]] = {name: cls.keys for name, cls in ACTION_CLASSES.items()}
 """Timeline actions and the parameters each takes (besides ``at`` and ``action``)."""
 
 CLOCKS: Final[tuple[ClockKind, ...]] = ("virtual", "real")
@@ -233,8 +215,6 @@ HOSTNAME_CHECKS: Final[tuple[HostnameCheck, ...]] = ("cn", "san", "san+cn", "off
 WILDCARD_POLICIES: Final[tuple[WildcardPolicy, ...]] = ("deny", "allow")
 SCENARIO_TLS_VERSIONS: Final = tls_config.OCPP_TLS_VERSIONS
 """Versions a profile may enable: OCPP 2.0.1 A00.FR.313 allows TLS 1.2 and above only."""
-ATTACK_TLS_VERSIONS: Final = tuple(reversed(tls_config.KNOWN_VERSIONS))
-"""Versions an attacking client may offer (a downgrade attack may try legacy versions)."""
 SECURITY_PROFILES: Final = (1, 2, 3)
 
 MAX_STATIONS_PER_GROUP: Final = 100_000
@@ -246,7 +226,6 @@ PASSWORD_LENGTH: Final = (16, 64)
 Ed.2; the errata raise the limit to the variable's maxLimit, 40..64)."""
 MAX_COMMON_NAME: Final = 64
 """RFC 5280 ub-common-name: the CSMS host name becomes its certificate's CN."""
-MAX_ATTACK_CONNECTIONS: Final = 10_000
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _IDENTITY_RULE = "station id {sid!r} is not an OCPP identity (" + IDENTITY_RULE + ", OCPP-J §3.1.1)"
@@ -345,7 +324,22 @@ def loads_scenario(text: str, *, source: str = "<string>") -> Scenario:
         ) from exc
     except Exception as exc:  # tomllib documents only TOMLDecodeError; anything else is still a bad file
         raise ConfigError(f"the TOML parser failed: {exc}", file=source, fix="check the TOML syntax") from exc
-    ctx = _Context(text, source)
+    return _build(doc, _Context(text, source))
+
+
+def loads_document(doc: dict[str, object], *, source: str = "<python>") -> Scenario:
+    """Validate a parsed document (what ``tomllib`` returns) with every check a file gets.
+
+    :func:`evsim.scenario.document.validate_scenario` uses it for scenarios built in Python; errors carry
+    the field path but no line (there is no text).
+
+    Raises:
+        ConfigError: the only exception.
+    """
+    return _build(doc, _Context("", source))
+
+
+def _build(doc: dict[str, object], ctx: _Context) -> Scenario:
     try:
         return _Builder(ctx).build(doc)
     except ConfigError:
@@ -353,7 +347,7 @@ def loads_scenario(text: str, *, source: str = "<string>") -> Scenario:
     except Exception as exc:
         raise ConfigError(
             f"internal error while validating the scenario ({type(exc).__name__}: {exc})",
-            file=source,
+            file=ctx.source,
             fix="this is an evsim bug: please report it together with the scenario file",
         ) from exc
 
@@ -642,49 +636,6 @@ KEY_NAMES: Final = {"current": 0, "next": 1}
 MAX_KEY_INDEX: Final = 16
 """Most key rotations a pin may look ahead (keys are generated on demand; a bound keeps typos cheap)."""
 _PIN_EXAMPLE = '{ target = "leaf", cert = "csms.main" }'
-
-
-def placeholder_spki(pin: PinSpec) -> str:
-    """A stand-in key hash for a pin that names its key by reference (keys are generated per run).
-
-    Two pins naming the same key get the same stand-in, so the TLS layer's duplicate check still works.
-
-    Args:
-        pin: the pin.
-
-    Returns:
-        64 hex digits.
-    """
-    if pin.spki_sha256 is not None:
-        return pin.spki_sha256
-    ref = f"csms:{pin.csms}#{pin.key}" if pin.csms is not None else f"root:{pin.root}"
-    return hashlib.sha256(ref.encode()).hexdigest()
-
-
-def layer_pin_set(spec: PinSetSpec, spki: Callable[[PinSpec], str], *, start: datetime.datetime) -> PinSet:
-    """The TLS layer's :class:`~evsim.tls.pins.PinSet` for a pin-set spec.
-
-    Args:
-        spec: the pin set.
-        spki: each pin's key hash (:func:`placeholder_spki` when loading, the run's keys when running).
-        start: the simulation start (``not_after`` is relative to it).
-
-    Returns:
-        The pin set.
-
-    Raises:
-        ConfigError: what :class:`~evsim.tls.pins.PinSet` refuses, with a path relative to the table.
-    """
-    pins = tuple(
-        Pin(
-            typing.cast(PinTarget, p.target),
-            spki(p),
-            typing.cast(PinState, p.state),
-            None if p.not_after is None else start + datetime.timedelta(seconds=p.not_after),
-        )
-        for p in spec.pins
-    )
-    return PinSet(typing.cast(Enforcement, spec.enforcement), pins, (), spec.tofu)
 
 
 def _layer_path(path: str) -> FieldPath:
@@ -1083,8 +1034,8 @@ class _TlsModelReader:
 
     # ------------------------------------------------------------ [[timeline]] release_pin
 
-    def params_release_pin(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
-        target = self.target(t, ("group", "station"))  # type: ignore[attr-defined]  # _Builder.target
+    def check_pinned(self, t: _Table, target: str, ref: PinSpec) -> None:
+        """Refuse a ``release_pin`` whose stations have no pin set, or whose pin set has no pin for the key."""
         group = self.nodes.group_of(target)
         if group.pins is None:
             raise t.error(
@@ -1093,7 +1044,6 @@ class _TlsModelReader:
                 value=target,
                 fix='give the group pins = "<name>", or target a group that has one',
             )
-        ref = self.key_reference(t, pki, self.nodes.csms, action="release_pin")
         pinset = self._pin_sets[group.pins]
         if not any(placeholder_spki(p) == placeholder_spki(ref) for p in pinset.pins):
             raise t.error(
@@ -1102,14 +1052,6 @@ class _TlsModelReader:
                 value=None,
                 fix="name the key as one of its pins does (cert and key, root, or spki_sha256)",
             )
-        params: dict[str, object] = {"target": target}
-        if ref.csms is not None:
-            params |= {"cert": f"csms.{ref.csms}", "key": ref.key}
-        elif ref.root is not None:
-            params["root"] = ref.root
-        else:
-            params["spki_sha256"] = ref.spki_sha256
-        return params
 
 
 def _profile_path(path: str, *, top_fragment: bool) -> FieldPath:
@@ -1128,18 +1070,6 @@ def _profile_path(path: str, *, top_fragment: bool) -> FieldPath:
             path = ours + path[len(engine) :]
             break
     return _layer_path(path)
-
-
-def layer_change_policy(spec: ChangeSpec) -> ChangePolicy:
-    """The TLS layer's :class:`~evsim.tls.change.ChangePolicy` for a change spec.
-
-    Raises:
-        ConfigError: what the TLS layer refuses (path relative to the table).
-    """
-    return ChangePolicy(
-        typing.cast(change_layer.OnKeyChange, spec.on_peer_key_change),
-        typing.cast(change_layer.OnCertChange, spec.on_peer_cert_change_same_key),
-    )
 
 
 class _Builder(_TlsModelReader):
@@ -1773,9 +1703,10 @@ class _Builder(_TlsModelReader):
                 value=t.data["at"],
                 fix=f"use at <= {format_duration(sim.duration)} or lengthen simulation.duration",
             )
-        handler = getattr(self, f"params_{action}")
-        parsed: dict[str, object] = handler(t, sim, pki)
-        return TimelineEvent(at=at, action=action, params=parsed, line=self.ctx.line(path))
+        line = self.ctx.line(path)
+        return TimelineEvent(
+            at=at, action=ACTION_CLASSES[action].read(_TimelineReader(self, t, pki, line)), line=line
+        )
 
     def target(self, t: _Table, kinds: Collection[str], *, key: str = "target") -> str:
         what = {
@@ -1835,50 +1766,8 @@ class _Builder(_TlsModelReader):
             t.require("root", 'add root = "<name>" (a root from [pki.roots])')
         return t.reference("root", default or "", pki.roots, "root", "[pki.roots.<name>]")
 
-    def params_stop(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
-        return {"target": self.target(t, ("csms", "controller", "group", "station"))}
-
-    params_start = params_stop
-
-    def params_partition(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
-        t.require("between", 'add between = ["fleet", "main"]')
-        return {"between": self.between(t)}
-
-    params_heal = params_partition
-
-    def params_link(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
-        t.require("between", 'add between = ["fleet", "main"]')
-        spec, given = self.link_policy(t, self.between(t))
-        if not given:
-            raise t.error(
-                "action",
-                "a link event changes at least one link policy key",
-                value="link",
-                fix=f"add one of {', '.join(LINK_POLICY_KEYS)}",
-            )
-        return {"between": spec.between, **{key: getattr(spec, key) for key in given}}
-
-    def params_expire_certificate(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
-        return {"target": self.tls_csms(t)}
-
-    def params_renew_certificate(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
-        return {"target": self.tls_csms(t), "validity": t.duration("validity", pki.validity, positive=True)}
-
-    def params_revoke_certificate(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
-        return {"target": self.target(t, ("csms", "group", "station"))}
-
-    def params_rotate_certificate(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
-        return {"target": self.target(t, ("csms", "group", "station")), "new_key": t.boolean("new_key", True)}
-
-    def params_install_root(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
-        return {"target": self.target(t, ("group", "station")), "root": self.root_ref(t, pki, None)}
-
-    params_remove_root = params_install_root
-
-    def params_set_network_profile(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
-        target = self.target(t, ("group", "station"))
-        t.require("csms", 'add csms = "<name>" (the CSMS or controller the stations move to)')
-        to = self.target(t, ("csms", "controller"), key="csms")
+    def check_free_slot(self, t: _Table, target: str, to: str) -> None:
+        """Refuse moving stations to ``to`` when their four network-profile slots hold other endpoints."""
         group = self.nodes.group_of(target)
         if len({e.name for e in group.endpoints} | {to}) > MAX_STATION_ENDPOINTS:
             raise t.error(
@@ -1888,38 +1777,6 @@ class _Builder(_TlsModelReader):
                 value=to,
                 fix="give the group fewer endpoints, or move it to one of its endpoints",
             )
-        return {"target": target, "csms": to, "reconnect": t.boolean("reconnect", True)}
-
-    def params_attack_downgrade(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
-        target = self.tls_csms(t)
-        versions = t.string_list("versions", ("1.2",), allowed=ATTACK_TLS_VERSIONS, example='["1.2"]')
-        order = [ATTACK_TLS_VERSIONS.index(v) for v in versions]
-        if max(order) - min(order) + 1 != len(order):
-            raise t.error(
-                "versions",
-                "TLS versions must be contiguous",
-                value=None,
-                fix='list neighbouring versions, e.g. ["1.2", "1.1"]',
-            )
-        count = t.integer("count", 1, 1, MAX_ATTACK_CONNECTIONS)
-        return {"target": target, "count": count, "versions": versions}
-
-    def params_attack_wrong_ca(self, t: _Table, sim: SimulationSpec, pki: PkiSpec) -> dict[str, object]:
-        target = self.tls_stations(t)
-        impersonate = self.nodes.group_of(target).csms
-        if t.has("impersonate"):
-            impersonate = self.target(t, ("csms",), key="impersonate")
-        duration: float | None = None
-        if t.has("duration"):
-            duration = t.duration("duration", 0.0, positive=True)
-        return {
-            "target": target,
-            "impersonate": impersonate,
-            "root": self.root_ref(t, pki, "rogue"),
-            "duration": duration,
-        }
-
-    params_attack_mitm = params_attack_wrong_ca
 
     # ------------------------------------------------------------ failover: endpoints, controllers, secondaries
     # (kept together so the TLS-table work on the same loader merges without conflicts)
@@ -2265,6 +2122,86 @@ class _Builder(_TlsModelReader):
 
 
 # ---------------------------------------------------------------- helpers
+
+
+class _TimelineReader:
+    """A ``[[timeline]]`` entry as a timeline action reads itself (:class:`evsim.world.actions.Reader`): the
+    entry's typed getters and the scenario's names, every error located in the file."""
+
+    def __init__(self, builder: _Builder, t: _Table, pki: PkiSpec, line: int | None) -> None:
+        self._b = builder
+        self._t = t
+        self._pki = pki
+        self._line = line
+
+    @property
+    def line(self) -> int | None:
+        return self._line
+
+    @property
+    def default_validity(self) -> float:
+        return self._pki.validity
+
+    def has(self, key: str) -> bool:
+        return self._t.has(key)
+
+    def require(self, key: str, fix: str) -> None:
+        self._t.require(key, fix)
+
+    def error(self, key: str, message: str, *, value: object = None, fix: str = "") -> ConfigError:
+        return self._t.error(key, message, value=value, fix=fix)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return self._t.boolean(key, default)
+
+    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
+        return self._t.integer(key, default, lo, hi)
+
+    def duration(self, key: str, default: float, *, positive: bool = False) -> float:
+        return self._t.duration(key, default, positive=positive)
+
+    def string_list(
+        self, key: str, default: tuple[str, ...], *, allowed: Collection[str], example: str
+    ) -> tuple[str, ...]:
+        return self._t.string_list(key, default, allowed=tuple(allowed), example=example)
+
+    def target(self, kinds: Collection[str], *, key: str = "target") -> str:
+        return self._b.target(self._t, kinds, key=key)
+
+    def tls_csms(self, key: str = "target") -> str:
+        return self._b.tls_csms(self._t, key)
+
+    def tls_stations(self) -> str:
+        return self._b.tls_stations(self._t)
+
+    def between(self) -> tuple[str, str]:
+        self._t.require("between", 'add between = ["fleet", "main"]')
+        return self._b.between(self._t)
+
+    def link_knobs(self) -> LinkKnobs:
+        spec, given = self._b.link_policy(self._t, ("*", "*"))
+        return LinkKnobs(
+            latency=spec.latency if "latency" in given else None,
+            jitter=spec.jitter if "jitter" in given else None,
+            bandwidth=spec.bandwidth,
+            stall=None if spec.stall is None else (spec.stall.every, spec.stall.duration),
+            reset=None if spec.reset is None else spec.reset.every,
+        )
+
+    def root(self, default: str | None) -> str:
+        return self._b.root_ref(self._t, self._pki, default)
+
+    def key_reference(self) -> PinSpec:
+        return self._b.key_reference(self._t, self._pki, self._b.nodes.csms, action="release_pin")
+
+    def csms_of(self, stations: str) -> str:
+        return self._b.nodes.group_of(stations).csms
+
+    def check_free_slot(self, stations: str, to: str) -> None:
+        self._b.check_free_slot(self._t, stations, to)
+
+    def check_pinned(self, stations: str, key: PinSpec) -> None:
+        self._b.check_pinned(self._t, stations, key)
 
 
 def _profile_spec(

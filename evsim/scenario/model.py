@@ -1,7 +1,9 @@
 """The scenario model: what a scenario file says, as frozen, hashable values.
 
 A :class:`Scenario` is pure data: the loader (:mod:`evsim.scenario.loader`) has already validated every field
-and resolved every default, so the runner never re-checks anything and never meets a missing key. Durations
+and resolved every default, so the runner never re-checks anything and never meets a missing key. One built
+in Python goes through the same checks with :meth:`Scenario.validate` (``run_scenario`` does it for a
+scenario without a ``source``). Durations
 are float seconds, bandwidths bits per second, timestamps aware UTC datetimes; lists become tuples and tables
 :class:`~evsim.frozenmap.FrozenMap`, so a scenario can be hashed, compared, and shared between tasks.
 
@@ -25,13 +27,21 @@ from evsim.nodes.controller import ControllerConfig
 from evsim.nodes.csms import CsmsConfig
 from evsim.nodes.station import StationConfig
 from evsim.tls.config import TlsProfile
+from evsim.world.actions import Action
+from evsim.world.specs import (
+    CertificateSpec,
+    ChangeSpec,
+    HostnameCheck,
+    KeyType,
+    PinSetSpec,
+    PinSpec,
+    TrustMode,
+    TrustSpec,
+    WildcardPolicy,
+)
 
 ClockKind: TypeAlias = Literal["virtual", "real"]
 NetworkKind: TypeAlias = Literal["memory", "tcp"]
-KeyType: TypeAlias = Literal["ec", "rsa"]
-HostnameCheck: TypeAlias = Literal["cn", "san", "san+cn", "off"]
-WildcardPolicy: TypeAlias = Literal["deny", "allow"]
-TrustMode: TypeAlias = Literal["pki", "pinned_peers", "tofu"]
 EndpointKind: TypeAlias = Literal["csms", "controller"]
 FallbackKind: TypeAlias = Literal["restart_list", "last_working"]
 FailoverKind: TypeAlias = Literal["priority", "round_robin", "sticky"]
@@ -147,54 +157,6 @@ class TlsProfileSpec:
 
 
 @attrs.frozen(kw_only=True)
-class TrustSpec:
-    """A ``[tls.trust.<name>]`` table: whom a client trusts and how it checks the server's name.
-
-    Attributes:
-        name: the trust store's name.
-        roots: names of roots in :attr:`PkiSpec.roots`.
-        hostname: ``"cn"``, ``"san"``, ``"san+cn"`` or ``"off"``.
-        wildcards: ``"deny"`` (OCPP default) or ``"allow"``.
-        mode: ``"pki"``, ``"pinned_peers"`` or ``"tofu"`` (no roots in the peer modes).
-        time_check: certificate validity check (``evsim.tls.config.TimeCheck``).
-        crl: ``"off"``, ``"leaf"`` or ``"chain"``: check the CRLs the scenario PKI publishes for its roots.
-        ocsp: ``"off"``, ``"request"`` or ``"require"``: OCSP stapling (the CSMS staples with
-            ``ocsp_stapling``).
-        on_unknown: ``"fail"`` or ``"soft_fail"`` for an authentic ``unknown`` OCSP status.
-        max_depth: longest chain accepted below the leaf; None = the engine's default.
-    """
-
-    name: str
-    roots: tuple[str, ...] = ("root",)
-    hostname: HostnameCheck = "san+cn"
-    wildcards: WildcardPolicy = "deny"
-    # TLS model (scenario-tls): see the "TLS model" section at the end of this module
-    mode: TrustMode = "pki"
-    time_check: str = "enforce"
-    crl: str = "off"
-    ocsp: str = "off"
-    on_unknown: str = "fail"
-    max_depth: int | None = None
-
-
-@attrs.frozen(kw_only=True)
-class CertificateSpec:
-    """A node's certificate, relative to the simulation start.
-
-    Attributes:
-        root: name of the issuing root in :attr:`PkiSpec.roots`.
-        validity: ``notAfter`` = simulation start + ``validity`` seconds.
-        not_before: ``notBefore`` = simulation start + ``not_before`` seconds (negative: before the start).
-        key_type: ``"ec"`` or ``"rsa"``.
-    """
-
-    root: str = "root"
-    validity: float = 365 * 86_400.0
-    not_before: float = -3_600.0
-    key_type: KeyType = "ec"
-
-
-@attrs.frozen(kw_only=True)
 class CsmsSpec:
     """A ``[csms.<name>]`` table.
 
@@ -228,7 +190,7 @@ class CsmsSpec:
     ocpp_versions: tuple[str, ...] = default_of(CsmsConfig, "ocpp_versions")
     heartbeat_interval: float = float(default_of(CsmsConfig, "heartbeat_interval"))
     tls_profile: str = "default"
-    certificate: CertificateSpec = CertificateSpec()
+    certificate: CertificateSpec = attrs.field(factory=CertificateSpec)
     password: str | None = None
     accept_unknown_stations: bool = default_of(CsmsConfig, "accept_unknown_stations")
     ocsp_stapling: bool = False
@@ -290,7 +252,7 @@ class ControllerSpec:
     insecure_allow_plain_ws: bool = default_of(ControllerConfig, "insecure_allow_plain_ws")
     tls_profile: str = "default"
     trust: str = "default"
-    certificate: CertificateSpec = CertificateSpec()
+    certificate: CertificateSpec = attrs.field(factory=CertificateSpec)
     upstream: tuple[EndpointSpec, ...]
     upstream_security_profile: int = 2
     failover: FailoverKind = default_of(Service, "policy")  # noqa: RUF009 - an immutable value
@@ -415,16 +377,23 @@ class TimelineEvent:
 
     Attributes:
         at: seconds from the simulation start (0 <= at <= duration).
-        action: one of :data:`evsim.scenario.loader.ACTIONS`.
-        params: the action's parameters with defaults filled in (durations in seconds, lists as tuples;
-            the table in ``scenarios/README.md`` lists them per action).
+        action: the typed action (:mod:`evsim.world.actions`; its parameters with defaults filled in).
         line: line of the entry in the scenario file (None when unknown).
     """
 
     at: float
-    action: str
-    params: FrozenMap[str, object] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    action: Action
     line: int | None = attrs.field(default=None, eq=False)
+
+    @property
+    def name(self) -> str:
+        """The action's name (``"partition"``...)."""
+        return self.action.name
+
+    @property
+    def params(self) -> FrozenMap[str, object]:
+        """What the ``timeline`` event records: the action's parameters (lists as tuples)."""
+        return FrozenMap(self.action.fields())
 
 
 @attrs.frozen
@@ -491,6 +460,21 @@ class Scenario:
         hosts.update({spec.host: name for name, spec in self.controllers.items()})
         return attrs.evolve(topo, operators=operators, hosts=hosts)
 
+    def validate(self) -> Scenario:
+        """Check a scenario built in Python with exactly the checks a file gets
+        (:func:`evsim.scenario.document.validate_scenario`); ``run_scenario`` does it for a scenario without
+        a ``source``.
+
+        Returns:
+            The scenario as the loader would have made it (defaults filled in, timeline sorted).
+
+        Raises:
+            ConfigError: the first problem, with its field path and a fix.
+        """
+        from evsim.scenario.document import validate_scenario  # it imports this module
+
+        return validate_scenario(self)
+
     @classmethod
     def from_file(cls, path: str | Path) -> Scenario:
         """Load and validate a scenario file (see :func:`evsim.scenario.loader.load_scenario`).
@@ -527,61 +511,37 @@ class Scenario:
         return loads_scenario(text, source=source)
 
 
-# ---------------------------------------------------------------- TLS model (scenario-tls): pins, change
-
-
-@attrs.frozen(kw_only=True)
-class PinSpec:
-    """One pin of a ``[tls.pins.<name>]`` table. Keys are generated per run, so a pin names its key by
-    reference to the scenario PKI; exactly one of ``spki_sha256``, ``csms`` and ``root`` is set.
-
-    Attributes:
-        target: ``leaf``, ``intermediate``, ``root`` or ``any`` (:mod:`evsim.tls.pins`).
-        state: ``active``, ``backup``, ``pending`` or ``released``.
-        spki_sha256: a literal key hash (64 hex digits, lower case).
-        csms: the CSMS whose server key is pinned (``cert = "csms.<name>"``).
-        key: which key of that CSMS: 0 = the key at the start, 1 = the key its first
-            ``rotate_certificate`` with a new key switches to ("next"), and so on.
-        root: the root CA (``[pki.roots]``) whose key is pinned.
-        not_after: the pin stops matching this many seconds after the start; None = never.
-    """
-
-    target: str
-    state: str = "active"
-    spki_sha256: str | None = None
-    csms: str | None = None
-    key: int = 0
-    root: str | None = None
-    not_after: float | None = None
-
-
-@attrs.frozen(kw_only=True)
-class PinSetSpec:
-    """A ``[tls.pins.<name>]`` table: certificate pins a station group applies to its CSMS.
-
-    Attributes:
-        name: the pin set's name.
-        enforcement: ``enforce`` (a mismatch refuses the connection) or ``report_only``.
-        tofu: trust on first use: pin the first CSMS leaf seen when no active pin is live.
-        pins: the pins, in file order.
-    """
-
-    name: str
-    enforcement: str = "enforce"
-    tofu: bool = False
-    pins: tuple[PinSpec, ...] = ()
-
-
-@attrs.frozen(kw_only=True)
-class ChangeSpec:
-    """A ``[tls.change.<name>]`` table: what a station does when the CSMS's certificate or key changes.
-
-    Attributes:
-        name: the policy's name.
-        on_peer_key_change: ``reject``, ``warn`` or ``accept_and_repin`` (:mod:`evsim.tls.change`).
-        on_peer_cert_change_same_key: ``info`` or ``warn``.
-    """
-
-    name: str
-    on_peer_key_change: str = "warn"
-    on_peer_cert_change_same_key: str = "info"
+__all__ = [
+    "DEFAULT_START",
+    "BehindControllerKind",
+    "CertificateSpec",
+    "ChangeSpec",
+    "ClockKind",
+    "ControllerSpec",
+    "CsmsSpec",
+    "EndpointKind",
+    "EndpointSpec",
+    "FailoverKind",
+    "FallbackKind",
+    "FrozenMap",
+    "HostnameCheck",
+    "KeyType",
+    "LinkSpec",
+    "NetworkKind",
+    "PinSetSpec",
+    "PinSpec",
+    "PkiSpec",
+    "ResetSpec",
+    "RetryBackOffSpec",
+    "RootSpec",
+    "Scenario",
+    "SimulationSpec",
+    "StallSpec",
+    "StationGroupSpec",
+    "TimelineEvent",
+    "TlsProfileSpec",
+    "TrustMode",
+    "TrustSpec",
+    "UpstreamLossKind",
+    "WildcardPolicy",
+]

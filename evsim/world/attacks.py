@@ -1,4 +1,4 @@
-"""Attackers for scenario timelines: a TLS-downgrading client, an impostor CSMS, a man-in-the-middle relay.
+"""Attackers a world runs: a TLS-downgrading client, an impostor CSMS, a man-in-the-middle relay.
 
 Stations reach an attacker the way they would in the field, by having their traffic for the CSMS's name sent
 elsewhere (DNS spoofing, a hostile access point). :class:`RedirectingNetwork` wraps the run's network and

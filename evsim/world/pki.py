@@ -1,7 +1,10 @@
-"""The per-run PKI of a scenario: named roots, the station sub-CA, CSMS server and station certificates.
+"""The per-run PKI of a world: named roots, the station sub-CA, CSMS, controller and station certificates.
 
-Every certificate is issued at the simulation's time (``start`` plus an offset), so expiry happens in virtual
-time exactly where the scenario says.
+Keys are generated for each run and never written anywhere. Every certificate is issued at the simulation's
+time (``start`` plus an offset in seconds), so expiry happens in virtual time exactly where a scenario says.
+A CSMS has a sequence of keys (key 0 at the start, key 1 after its first rotation with a new key, ...),
+generated on first use, so a pin can name a key the run will only use later. Each root has an OCSP
+responder and publishes a CRL, rebuilt on every revocation.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import attrs
 from cryptography import x509
@@ -17,9 +20,9 @@ from cryptography import x509
 from evsim.pki import CLIENT_EKU, SERVER_EKU, CertificateAuthority, CertKey
 from evsim.pki.keys import KeyType, PrivateKey, generate_key, public_key_der
 from evsim.pki.revocation import OcspResponder, OcspStaple
-from evsim.scenario.model import CertificateSpec, Scenario
+from evsim.world.specs import CertificateSpec
 
-#: CA validity: long enough for any scenario (the loader caps durations at 100 years).
+#: CA validity: long enough for any run (the scenario loader caps durations at 100 years).
 CA_DAYS = 36_500
 STAPLE_REFRESH_S = 60.0
 """How old a CSMS's stapled OCSP response may get before it asks the responder again (simulation time; a
@@ -35,7 +38,7 @@ def issue_window(start: _dt.datetime, offset_s: float, validity_s: float) -> tup
 
 
 @attrs.define
-class ScenarioPki:
+class WorldPki:
     """Roots by name (``root`` always exists), the station sub-CA under ``root``, and issued certificates."""
 
     start: _dt.datetime
@@ -50,28 +53,56 @@ class ScenarioPki:
     _crls: dict[str, x509.CertificateRevocationList] = attrs.field(factory=dict)
 
     @classmethod
-    def build(cls, scenario: Scenario, start: _dt.datetime) -> ScenarioPki:
-        spec = scenario.pki
-        org = spec.organization
+    def build(
+        cls,
+        start: _dt.datetime,
+        *,
+        organization: str = "evsim",
+        key_type: KeyType = "ec",
+        roots: Mapping[str, KeyType] | None = None,
+        crl_lifetime_s: float = 7 * 86_400.0,
+    ) -> WorldPki:
+        """Generate the roots and the station sub-CA.
+
+        Args:
+            start: the simulation start (offsets of every certificate are relative to it).
+            organization: O of every node certificate (profile 3 checks the station certificate's O).
+            key_type: key type of ``root``, the station sub-CA and, by default, every leaf.
+            roots: further roots by name and key type (``root``, the operator's, always exists).
+            crl_lifetime_s: how long each published CRL stays valid (pass more than the run's duration so a
+                station never meets an expired CRL unless a scenario asks for it).
+        """
+        org = organization
         ca_start = start - _dt.timedelta(days=1)
-        roots = {
+        made = {
             "root": CertificateAuthority.create_root(
-                f"{org} CSMS Root CA", org, now=ca_start, days=CA_DAYS, key_type=spec.key_type
+                f"{org} CSMS Root CA", org, now=ca_start, days=CA_DAYS, key_type=key_type
             )
         }
-        for name, root in spec.roots.items():
+        for name, root_key_type in (roots or {}).items():
             if name == "root":
                 continue
-            roots[name] = CertificateAuthority.create_root(
-                f"{name} Root CA", name, now=ca_start, days=CA_DAYS, key_type=root.key_type
+            made[name] = CertificateAuthority.create_root(
+                f"{name} Root CA", name, now=ca_start, days=CA_DAYS, key_type=root_key_type
             )
-        station_ca = roots["root"].create_sub_ca(
-            f"{org} Charging Station Sub-CA", org, now=ca_start, days=CA_DAYS, key_type=spec.key_type
+        station_ca = made["root"].create_sub_ca(
+            f"{org} Charging Station Sub-CA", org, now=ca_start, days=CA_DAYS, key_type=key_type
         )
-        # CRLs are published at the start and on every revocation; each stays valid past the end of the run,
-        # so a station never meets an expired CRL unless a scenario asks for it
-        lifetime = scenario.simulation.duration + 86_400.0
-        return cls(start=start, organization=org, roots=roots, station_ca=station_ca, crl_lifetime_s=lifetime)
+        return cls(
+            start=start, organization=org, roots=made, station_ca=station_ca, crl_lifetime_s=crl_lifetime_s
+        )
+
+    def add_root(self, name: str, key_type: KeyType = "ec") -> CertificateAuthority:
+        """A further root CA (an attacker's, or another operator's), generated now; the existing one if named."""
+        if name not in self.roots:
+            self.roots[name] = CertificateAuthority.create_root(
+                f"{name} Root CA",
+                name,
+                now=self.start - _dt.timedelta(days=1),
+                days=CA_DAYS,
+                key_type=key_type,
+            )
+        return self.roots[name]
 
     def server_certificate(
         self, host: str, cert: CertificateSpec, *, at: float = 0.0, root: str | None = None
@@ -113,7 +144,7 @@ class ScenarioPki:
             extended_key_usage=SERVER_EKU,
         )
 
-    # ------------------------------------------------------------ CSMS keys (scenario-tls: pins, rotation)
+    # ------------------------------------------------------------ CSMS keys (pins, rotation)
 
     def csms_key(self, host: str, index: int, key_type: KeyType = "ec") -> PrivateKey:
         """Key number ``index`` of the CSMS at ``host`` (0: the key at the start, 1: the key of its first
@@ -164,7 +195,7 @@ class ScenarioPki:
             )
         return self._stations[station_id]
 
-    # ------------------------------------------------------------ revocation (scenario-tls)
+    # ------------------------------------------------------------ revocation
 
     def responder(self, root: str) -> OcspResponder:
         """The OCSP responder of ``root`` (the root signs its responses), sharing its revocation records."""

@@ -1,0 +1,275 @@
+"""A :class:`~evsim.scenario.model.Scenario` back as the TOML document it stands for, so one built in Python is
+validated by exactly the checks a file gets.
+
+Theory of operation. The loader validates while it reads (every reference, range, name and whole-scenario
+rule lives in its passes), so there is one validator and it reads documents. :func:`validate_scenario` writes a
+scenario as the document a file would hold — every field explicit, durations as numbers of seconds — and runs
+the loader's passes on it: the same errors, with field paths (there is no file, so no line numbers). A TLS
+profile built in code (``TlsProfileSpec.tls``) is checked by the TLS layer's own rules
+(:func:`evsim.scenario.loader.validate_tls_profile`) and kept as it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from evsim.scenario.model import (
+    CertificateSpec,
+    ChangeSpec,
+    ControllerSpec,
+    CsmsSpec,
+    EndpointSpec,
+    LinkSpec,
+    PinSetSpec,
+    PinSpec,
+    RetryBackOffSpec,
+    Scenario,
+    StationGroupSpec,
+    TimelineEvent,
+    TlsProfileSpec,
+    TrustSpec,
+)
+from evsim.world.actions import Link
+
+
+def _drop_none(table: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in table.items() if value is not None}
+
+
+def _lists(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_lists(v) for v in value]
+    return value
+
+
+def _certificate(c: CertificateSpec) -> dict[str, Any]:
+    return {"root": c.root, "validity": c.validity, "not_before": c.not_before, "key_type": c.key_type}
+
+
+def _backoff(b: RetryBackOffSpec) -> dict[str, Any]:
+    return {"wait_minimum": b.wait_minimum, "random_range": b.random_range, "repeat_times": b.repeat_times}
+
+
+def _endpoint(e: EndpointSpec) -> dict[str, Any]:
+    return _drop_none(
+        {
+            e.kind: e.name,
+            "priority": e.priority,
+            "trust": e.trust,
+            "tls_profile": e.tls_profile,
+            "pins": e.pins,
+        }
+    )
+
+
+def _profile(p: TlsProfileSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "versions": list(p.versions),
+        "handshake_timeout": p.handshake_timeout,
+        "cipher_suites": {v: list(s) for v, s in p.cipher_suites.items()},
+    }
+    if p.max_send_fragment is not None:
+        out["max_send_fragment"] = p.max_send_fragment
+    return out
+
+
+def _trust(t: TrustSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"hostname": t.hostname, "wildcards": t.wildcards, "mode": t.mode}
+    out["time_check"] = t.time_check
+    if t.mode == "pki":
+        out["roots"] = list(t.roots)
+    if (t.crl, t.ocsp, t.on_unknown) != ("off", "off", "fail"):
+        out["revocation"] = {"crl": t.crl, "ocsp": t.ocsp, "on_unknown": t.on_unknown}
+    if t.max_depth is not None:
+        out["max_depth"] = t.max_depth
+    return out
+
+
+def _pin(p: PinSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"target": p.target, "state": p.state}
+    if p.csms is not None:
+        out |= {"cert": f"csms.{p.csms}", "key": p.key}
+    elif p.root is not None:
+        out["root"] = p.root
+    else:
+        out["spki_sha256"] = p.spki_sha256
+    if p.not_after is not None:
+        out["not_after"] = p.not_after
+    return out
+
+
+def _pin_set(s: PinSetSpec) -> dict[str, Any]:
+    return {"enforcement": s.enforcement, "tofu": s.tofu, "pins": [_pin(p) for p in s.pins]}
+
+
+def _change(c: ChangeSpec) -> dict[str, Any]:
+    return {
+        "on_peer_key_change": c.on_peer_key_change,
+        "on_peer_cert_change_same_key": c.on_peer_cert_change_same_key,
+    }
+
+
+def _csms(c: CsmsSpec) -> dict[str, Any]:
+    return _drop_none(
+        {
+            "host": c.host,
+            "port": c.port,
+            "security_profile": c.security_profile,
+            "insecure_allow_plain_ws": c.insecure_allow_plain_ws,
+            "ocpp_versions": list(c.ocpp_versions),
+            "heartbeat_interval": c.heartbeat_interval,
+            "tls_profile": c.tls_profile,
+            "certificate": _certificate(c.certificate),
+            "password": c.password,
+            "accept_unknown_stations": c.accept_unknown_stations,
+            "ocsp_stapling": c.ocsp_stapling or None,  # only profile 2 and 3 may name it
+            "pins": c.pins,
+            "change": c.change,
+            "secondary_of": c.secondary_of,
+            "behind_controller": c.behind_controller if c.security_profile == 3 else None,
+            "trusted_controllers": list(c.trusted_controllers) or None,
+        }
+    )
+
+
+def _controller(c: ControllerSpec) -> dict[str, Any]:
+    return _drop_none(
+        {
+            "host": c.host,
+            "port": c.port,
+            "security_profile": c.security_profile,
+            "insecure_allow_plain_ws": c.insecure_allow_plain_ws,
+            "tls_profile": c.tls_profile,
+            "trust": c.trust,
+            "certificate": _certificate(c.certificate),
+            "upstream": [_endpoint(e) for e in c.upstream],
+            "upstream_security_profile": c.upstream_security_profile,
+            "failover": c.failover,
+            "on_upstream_loss": c.on_upstream_loss,
+            "upstream_connect_attempts": c.upstream_connect_attempts,
+            "retry_backoff": _backoff(c.retry_backoff),
+            "behind_controller": c.behind_controller if c.security_profile == 3 else None,
+            "trusted_controllers": list(c.trusted_controllers) or None,
+        }
+    )
+
+
+def _group(g: StationGroupSpec) -> dict[str, Any]:
+    out = _drop_none(
+        {
+            "count": g.count,
+            "id_pattern": g.id_pattern,
+            "security_profile": g.security_profile,
+            "ocpp_versions": list(g.ocpp_versions),
+            "tls_profile": g.tls_profile,
+            "trust": g.trust,
+            "password": g.password,
+            "session_duration": g.session_duration,
+            "session_start": list(g.session_start),
+            "meter_interval": g.meter_interval,
+            "charge_power": g.charge_power,
+            "heartbeat_fallback": g.heartbeat_fallback,
+            "retry_backoff": _backoff(g.retry_backoff),
+            "queue_max": g.queue_max,
+            "pins": g.pins,
+            "change": g.change,
+        }
+    )
+    if g.sessions_per_day is not None:
+        out["sessions_per_day"] = g.sessions_per_day
+    else:
+        out["sessions"] = g.sessions or 0
+    if g.endpoints:
+        out |= {
+            "endpoints": [_endpoint(e) for e in g.endpoints],
+            "network_attempts": g.network_attempts,
+            "fallback": g.fallback,
+        }
+    else:
+        out["csms"] = g.csms
+    return out
+
+
+def _link(link: LinkSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"between": list(link.between), "latency": link.latency, "jitter": link.jitter}
+    if link.bandwidth is not None:
+        out["bandwidth"] = link.bandwidth
+    if link.stall is not None:
+        out["stall"] = {"every": link.stall.every, "for": link.stall.duration}
+    if link.reset is not None:
+        out["reset"] = {"every": link.reset.every}
+    return out
+
+
+def _event(ev: TimelineEvent) -> dict[str, Any]:
+    params = _drop_none(dict(ev.action.fields()))
+    if isinstance(ev.action, Link):
+        if ev.action.stall is not None:
+            params["stall"] = {"every": ev.action.stall[0], "for": ev.action.stall[1]}
+        if ev.action.reset is not None:
+            params["reset"] = {"every": ev.action.reset}
+    return {"at": ev.at, "action": ev.name, **{k: _lists(v) for k, v in params.items()}}
+
+
+def scenario_document(sc: Scenario) -> dict[str, Any]:
+    """The parsed-TOML form of a scenario: what ``tomllib`` would return for a file saying the same."""
+    sim = sc.simulation
+    simulation = _drop_none(
+        {
+            "name": sim.name,
+            "description": sim.description or None,
+            "outcome": sim.outcome or None,
+            "seed": sim.seed,
+            "duration": sim.duration,
+            "clock": sim.clock,
+            "network": sim.network,
+            "start": sim.start,
+            "stop_when_done": sim.stop_when_done,
+        }
+    )
+    doc: dict[str, Any] = {
+        "simulation": simulation,
+        "pki": {
+            "key_type": sc.pki.key_type,
+            "validity": sc.pki.validity,
+            "organization": sc.pki.organization,
+            "roots": {name: {"key_type": r.key_type} for name, r in sc.pki.roots.items() if name != "root"},
+        },
+        "tls": {
+            "profiles": {name: _profile(p) for name, p in sc.tls_profiles.items()},
+            "trust": {name: _trust(t) for name, t in sc.trust_stores.items()},
+            "pins": {name: _pin_set(p) for name, p in sc.pin_sets.items()},
+            "change": {name: _change(c) for name, c in sc.change_policies.items()},
+        },
+        "csms": {name: _csms(c) for name, c in sc.csms.items()},
+        "controllers": {name: _controller(c) for name, c in sc.controllers.items()},
+        "stations": {name: _group(g) for name, g in sc.stations.items()},
+        "links": [_link(link) for link in sc.links],
+        "timeline": [_event(ev) for ev in sc.timeline],
+    }
+    return doc
+
+
+def validate_scenario(sc: Scenario) -> Scenario:
+    """Check a scenario exactly as the loader checks a file, and return it as the loader would.
+
+    Raises:
+        ConfigError: the first problem, with its field path and a fix (as for a file, without a line).
+    """
+    from evsim.scenario.loader import loads_document, validate_tls_profile
+
+    for spec in sc.tls_profiles.values():
+        if spec.tls is not None:
+            validate_tls_profile(spec)
+    loaded = loads_document(scenario_document(sc), source=sc.source or "<python>")
+    # the document carries a profile's basic fields; its engine knobs (built in code, checked above) stay
+    profiles = {
+        name: attrs.evolve(loaded.tls_profiles[name], tls=spec.tls, keep_sessions=spec.keep_sessions)
+        for name, spec in sc.tls_profiles.items()
+    }
+    return attrs.evolve(loaded, tls_profiles={**loaded.tls_profiles, **profiles}, source=sc.source)
+
+
+__all__ = ["scenario_document", "validate_scenario"]

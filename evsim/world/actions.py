@@ -1,0 +1,560 @@
+"""Timeline actions: one frozen class per action, registered by name, each reading itself and applying itself.
+
+A scenario file's ``[[timeline]]`` entry names an action; the loader looks the class up in :data:`ACTIONS` and
+calls its :meth:`~Action.read` with a :class:`Reader` over the entry (the loader's table reader, so every error
+carries the file, line, field path, value and a did-you-mean fix). The runner records each event and awaits
+its :meth:`~Action.apply` on the :class:`~evsim.world.World`. Python callers build the same classes::
+
+    await Partition(between=("fleet", "main")).apply(world)
+
+Each class lists the TOML keys it takes besides ``at`` and ``action`` (:attr:`Action.keys`), says what the
+timeline event records (:meth:`Action.fields`), and refuses in :meth:`Action.preflight` what this version
+cannot enforce for a run (before anything starts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, ClassVar, Protocol, Self, TypeVar
+
+import attrs
+
+from evsim.errors import ConfigError
+from evsim.world.specs import PinSpec
+
+if TYPE_CHECKING:
+    from evsim.world.core import World
+
+LINK_POLICY_KEYS = ("latency", "jitter", "bandwidth", "stall", "reset")
+"""The link policy keys of ``[[links]]`` entries and ``link`` events."""
+LINK_NOT_YET = {
+    "jitter": "the in-memory network models latency only so far",
+    "bandwidth": "the in-memory network models latency only so far",
+    "stall": "the in-memory network cannot hold bytes back without breaking the stream yet",
+}
+"""Link knobs the model accepts that a run cannot enforce yet; refused before the run starts."""
+ATTACK_TLS_VERSIONS = ("1.3", "1.2", "1.1", "1.0")
+"""Versions an attacking client may offer (a downgrade attack may try legacy versions)."""
+MAX_ATTACK_CONNECTIONS = 10_000
+
+
+@attrs.frozen
+class LinkKnobs:
+    """The link policy keys an entry gives (None: not given): durations in seconds, bandwidth in bit/s,
+    ``stall`` as (every, for), ``reset`` as its period."""
+
+    latency: float | None = None
+    jitter: float | None = None
+    bandwidth: float | None = None
+    stall: tuple[float, float] | None = None
+    reset: float | None = None
+
+
+class Reader(Protocol):
+    """One ``[[timeline]]`` entry being read, with the scenario's names to check references against.
+
+    Every method raises :class:`~evsim.errors.ConfigError` located at the entry's key in the file.
+    """
+
+    @property
+    def line(self) -> int | None:
+        """The entry's line in the file."""
+
+    @property
+    def default_validity(self) -> float:
+        """The scenario's default certificate validity (``pki.validity``), seconds."""
+
+    def has(self, key: str) -> bool: ...
+    def require(self, key: str, fix: str) -> None: ...
+    def error(self, key: str, message: str, *, value: object = None, fix: str = "") -> ConfigError: ...
+    def boolean(self, key: str, default: bool) -> bool: ...
+    def integer(self, key: str, default: int, lo: int, hi: int) -> int: ...
+    def duration(self, key: str, default: float, *, positive: bool = False) -> float: ...
+
+    def string_list(
+        self, key: str, default: tuple[str, ...], *, allowed: Collection[str], example: str
+    ) -> tuple[str, ...]: ...
+
+    def target(self, kinds: Collection[str], *, key: str = "target") -> str:
+        """A node name of one of ``kinds`` (``csms``, ``controller``, ``group``, ``station``)."""
+
+    def tls_csms(self, key: str = "target") -> str:
+        """A CSMS with TLS (profile 2 or 3)."""
+
+    def tls_stations(self) -> str:
+        """A group or station id with TLS (profile 2 or 3)."""
+
+    def between(self) -> tuple[str, str]:
+        """The two selectors of ``between`` (required)."""
+
+    def link_knobs(self) -> LinkKnobs:
+        """The link policy keys the entry gives."""
+
+    def root(self, default: str | None) -> str:
+        """A root of the scenario's PKI (``root``; required when ``default`` is None)."""
+
+    def key_reference(self) -> PinSpec:
+        """The key named as in a pin: ``cert`` (+ ``key``), ``root`` or ``spki_sha256``."""
+
+    def csms_of(self, stations: str) -> str:
+        """The CSMS a group's (or station's) stations connect to."""
+
+    def check_free_slot(self, stations: str, to: str) -> None:
+        """Refuse a move to ``to`` when the stations have no free network-profile slot for it."""
+
+    def check_pinned(self, stations: str, key: PinSpec) -> None:
+        """Refuse releasing a key the stations' pin set has no pin for."""
+
+
+A = TypeVar("A", bound="Action")
+
+ACTIONS: dict[str, type[Action]] = {}
+"""Every timeline action by name."""
+
+
+def action(name: str, *keys: str) -> Callable[[type[A]], type[A]]:
+    """Register an action class under ``name``; ``keys`` are the TOML keys it takes (besides ``at`` and
+    ``action``)."""
+
+    def register(cls: type[A]) -> type[A]:
+        if name in ACTIONS:
+            raise ValueError(f"timeline action {name!r} is registered twice")
+        cls.name = name
+        cls.keys = keys
+        ACTIONS[name] = cls
+        return cls
+
+    return register
+
+
+class Action:
+    """Base of the timeline actions (see the module docstring)."""
+
+    name: ClassVar[str]
+    keys: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        """The action an entry of a scenario file describes."""
+        raise NotImplementedError
+
+    async def apply(self, world: World) -> None:
+        """Do it, now."""
+        raise NotImplementedError
+
+    def fields(self) -> dict[str, object]:
+        """What the ``timeline`` event records: the parameters, defaults filled in (lists as tuples)."""
+        return attrs.asdict(self, recurse=False)  # type: ignore[arg-type]  # every action is an attrs class
+
+    def preflight(self, *, network: str, csms: Collection[str]) -> None:
+        """Refuse what a run on ``network`` (with these CSMS names) cannot do yet; paths are relative to the
+        entry."""
+
+
+def _memory_only(act: Action, network: str) -> None:
+    if network == "tcp":
+        raise ConfigError(
+            f"{act.name!r} needs the in-memory network (loopback TCP cannot be partitioned from inside)",
+            path="action",
+            fix='use network = "memory"',
+        )
+
+
+# ---------------------------------------------------------------- nodes
+
+
+@action("stop", "target")
+@attrs.frozen
+class Stop(Action):
+    """The node(s) shut down: a CSMS or controller stops listening and its host is down; stations go dark."""
+
+    target: str
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(target=r.target(("csms", "controller", "group", "station")))
+
+    async def apply(self, world: World) -> None:
+        await world.stop(self.target)
+
+
+@action("start", "target")
+@attrs.frozen
+class Start(Action):
+    """The node(s) start again (the same node objects, their records kept)."""
+
+    target: str
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(target=r.target(("csms", "controller", "group", "station")))
+
+    async def apply(self, world: World) -> None:
+        await world.start(self.target)
+
+
+# ---------------------------------------------------------------- the network
+
+
+@action("partition", "between")
+@attrs.frozen
+class Partition(Action):
+    """No bytes pass between two selectors (connections break, new ones are refused)."""
+
+    between: tuple[str, str]
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(between=r.between())
+
+    async def apply(self, world: World) -> None:
+        world.partition(*self.between)
+
+    def preflight(self, *, network: str, csms: Collection[str]) -> None:
+        _memory_only(self, network)
+
+
+@action("heal", "between")
+@attrs.frozen
+class Heal(Action):
+    """Undo a partition."""
+
+    between: tuple[str, str]
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(between=r.between())
+
+    async def apply(self, world: World) -> None:
+        world.heal(*self.between)
+
+    def preflight(self, *, network: str, csms: Collection[str]) -> None:
+        _memory_only(self, network)
+
+
+@action("link", "between", *LINK_POLICY_KEYS)
+@attrs.frozen
+class Link(Action):
+    """Change the given link policy keys between two selectors from now on (None: not given)."""
+
+    between: tuple[str, str]
+    latency: float | None = None
+    jitter: float | None = None
+    bandwidth: float | None = None
+    stall: tuple[float, float] | None = None
+    reset: float | None = None
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        between = r.between()
+        knobs = r.link_knobs()
+        if knobs == LinkKnobs():
+            raise r.error(
+                "action",
+                "a link event changes at least one link policy key",
+                value="link",
+                fix=f"add one of {', '.join(LINK_POLICY_KEYS)}",
+            )
+        return cls(between=between, **attrs.asdict(knobs))
+
+    async def apply(self, world: World) -> None:
+        world.set_link(*self.between, latency=self.latency or 0.0)
+
+    def fields(self) -> dict[str, object]:
+        return {key: value for key, value in super().fields().items() if value is not None}
+
+    def preflight(self, *, network: str, csms: Collection[str]) -> None:
+        given = {"jitter": self.jitter, "bandwidth": self.bandwidth, "stall": self.stall}
+        for knob, why in LINK_NOT_YET.items():
+            if given[knob] not in (None, 0, 0.0):
+                raise ConfigError(
+                    f"link knob {knob!r} is not supported yet: {why}", path=knob, fix=f"remove {knob}"
+                )
+        _memory_only(self, network)
+
+
+@action("set_network_profile", "target", "csms", "reconnect")
+@attrs.frozen
+class SetNetworkProfile(Action):
+    """The CSMS holding each station's link moves it to ``csms`` (SetNetworkProfile, B09, and
+    NetworkConfigurationPriority, B10); ``reconnect`` resets the link so it moves now."""
+
+    target: str
+    csms: str
+    reconnect: bool = True
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        target = r.target(("group", "station"))
+        r.require("csms", 'add csms = "<name>" (the CSMS or controller the stations move to)')
+        to = r.target(("csms", "controller"), key="csms")
+        r.check_free_slot(target, to)
+        return cls(target=target, csms=to, reconnect=r.boolean("reconnect", True))
+
+    async def apply(self, world: World) -> None:
+        await world.set_network_profile(self.target, self.csms, reconnect=self.reconnect)
+
+    def preflight(self, *, network: str, csms: Collection[str]) -> None:
+        if network == "tcp" and self.reconnect:
+            raise ConfigError(
+                "set_network_profile with reconnect = true resets the stations' links, which needs the in-memory "
+                "network",
+                path="reconnect",
+                fix='set reconnect = false (the stations move at their next reconnect) or use network = "memory"',
+            )
+
+
+# ---------------------------------------------------------------- certificates and trust
+
+
+@action("expire_certificate", "target")
+@attrs.frozen
+class ExpireCertificate(Action):
+    """The CSMS's certificate is re-issued already expired (same key)."""
+
+    target: str
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(target=r.tls_csms())
+
+    async def apply(self, world: World) -> None:
+        world.expire_certificate(self.target)
+
+
+@action("renew_certificate", "target", "validity")
+@attrs.frozen
+class RenewCertificate(Action):
+    """A fresh certificate for the CSMS's current key, valid ``validity`` seconds from now (None: its
+    certificate spec's)."""
+
+    target: str
+    validity: float | None = None
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(target=r.tls_csms(), validity=r.duration("validity", r.default_validity, positive=True))
+
+    async def apply(self, world: World) -> None:
+        world.renew_certificate(self.target, validity=self.validity)
+
+
+@action("revoke_certificate", "target")
+@attrs.frozen
+class RevokeCertificate(Action):
+    """The CSMS's certificate is revoked: a new CRL, and its OCSP responder answers ``revoked``."""
+
+    target: str
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(target=r.target(("csms", "group", "station")))
+
+    async def apply(self, world: World) -> None:
+        world.revoke_certificate(self.target)
+
+    def preflight(self, *, network: str, csms: Collection[str]) -> None:
+        if self.target not in csms:
+            raise ConfigError(
+                "revoke_certificate of station certificates is not supported yet: the CSMS's trust store for "
+                "station certificates has no revocation settings in scenarios",
+                path="target",
+                value=self.target,
+                fix="revoke a CSMS certificate (stations check it with [tls.trust.<name>] revocation)",
+            )
+
+
+@action("rotate_certificate", "target", "new_key")
+@attrs.frozen
+class RotateCertificate(Action):
+    """A new certificate: a CSMS moves to its next key with ``new_key``; stations (profile 3) get a new
+    certificate and key."""
+
+    target: str
+    new_key: bool = True
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(target=r.target(("csms", "group", "station")), new_key=r.boolean("new_key", True))
+
+    async def apply(self, world: World) -> None:
+        world.rotate_certificate(self.target, new_key=self.new_key)
+
+
+@action("install_root", "target", "root")
+@attrs.frozen
+class InstallRoot(Action):
+    """The stations add a root to their trust store."""
+
+    target: str
+    root: str
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(target=r.target(("group", "station")), root=r.root(None))
+
+    async def apply(self, world: World) -> None:
+        world.install_root(self.target, self.root)
+
+
+@action("remove_root", "target", "root")
+@attrs.frozen
+class RemoveRoot(Action):
+    """The stations remove a root from their trust store."""
+
+    target: str
+    root: str
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(target=r.target(("group", "station")), root=r.root(None))
+
+    async def apply(self, world: World) -> None:
+        world.remove_root(self.target, self.root)
+
+
+@action("release_pin", "target", "cert", "key", "root", "spki_sha256")
+@attrs.frozen
+class ReleasePin(Action):
+    """Each target station releases its pins of ``key`` (its next connection no longer matches them)."""
+
+    target: str
+    key: PinSpec
+    reason: str = attrs.field(default="operator", eq=False)  # what the pin_released event says
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        target = r.target(("group", "station"))
+        key = r.key_reference()
+        r.check_pinned(target, key)
+        return cls(
+            target=target,
+            key=key,
+            reason="operator" if r.line is None else f"operator (timeline line {r.line})",
+        )
+
+    async def apply(self, world: World) -> None:
+        world.release_pin(self.target, self.key, reason=self.reason)
+
+    def fields(self) -> dict[str, object]:
+        out: dict[str, object] = {"target": self.target}
+        if self.key.csms is not None:
+            out |= {"cert": f"csms.{self.key.csms}", "key": self.key.key}
+        elif self.key.root is not None:
+            out["root"] = self.key.root
+        else:
+            out["spki_sha256"] = self.key.spki_sha256
+        return out
+
+
+# ---------------------------------------------------------------- attacks
+
+
+@action("attack_downgrade", "target", "count", "versions")
+@attrs.frozen
+class AttackDowngrade(Action):
+    """``count`` clients offer the CSMS only ``versions``."""
+
+    target: str
+    count: int = 1
+    versions: tuple[str, ...] = ("1.2",)
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        target = r.tls_csms()
+        versions = r.string_list("versions", ("1.2",), allowed=ATTACK_TLS_VERSIONS, example='["1.2"]')
+        order = [ATTACK_TLS_VERSIONS.index(v) for v in versions]
+        if max(order) - min(order) + 1 != len(order):
+            raise r.error(
+                "versions",
+                "TLS versions must be contiguous",
+                value=None,
+                fix='list neighbouring versions, e.g. ["1.2", "1.1"]',
+            )
+        return cls(target=target, count=r.integer("count", 1, 1, MAX_ATTACK_CONNECTIONS), versions=versions)
+
+    async def apply(self, world: World) -> None:
+        world.attack_downgrade(self.target, versions=self.versions, count=self.count)
+
+    def fields(self) -> dict[str, object]:
+        return {"target": self.target, "count": self.count, "versions": self.versions}
+
+    def preflight(self, *, network: str, csms: Collection[str]) -> None:
+        """Refuse a downgrade attack this OpenSSL build cannot even start (a build without TLS 1.0/1.1)."""
+        from evsim.tls.context import check_client_hello
+        from evsim.world.attacks import downgrade_profile
+
+        try:
+            check_client_hello(downgrade_profile(self.versions))
+        except ConfigError as exc:
+            raise ConfigError(
+                f"the downgrade attacker cannot be built: {exc.message}",
+                path="versions",
+                value=list(self.versions),
+                fix=exc.fix,
+            ) from None
+
+
+@attrs.frozen
+class _Redirect(Action):
+    target: str
+    impersonate: str | None = None
+    root: str = "rogue"
+    duration: float | None = None
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        target = r.tls_stations()
+        impersonate = r.target(("csms",), key="impersonate") if r.has("impersonate") else r.csms_of(target)
+        duration = r.duration("duration", 0.0, positive=True) if r.has("duration") else None
+        return cls(target=target, impersonate=impersonate, root=r.root("rogue"), duration=duration)
+
+
+@action("attack_wrong_ca", "target", "impersonate", "root", "duration")
+@attrs.frozen
+class AttackWrongCa(_Redirect):
+    """The stations are redirected to an impostor of ``impersonate`` with a certificate from ``root``."""
+
+    async def apply(self, world: World) -> None:
+        await world.attack_wrong_ca(
+            self.target, impersonate=self.impersonate, root=self.root, duration=self.duration
+        )
+
+
+@action("attack_mitm", "target", "impersonate", "root", "duration")
+@attrs.frozen
+class AttackMitm(_Redirect):
+    """A relay between the stations and ``impersonate`` terminates TLS with a certificate from ``root``."""
+
+    async def apply(self, world: World) -> None:
+        await world.attack_mitm(
+            self.target, impersonate=self.impersonate, root=self.root, duration=self.duration
+        )
+
+
+__all__ = [
+    "ACTIONS",
+    "ATTACK_TLS_VERSIONS",
+    "LINK_NOT_YET",
+    "LINK_POLICY_KEYS",
+    "Action",
+    "AttackDowngrade",
+    "AttackMitm",
+    "AttackWrongCa",
+    "ExpireCertificate",
+    "Heal",
+    "InstallRoot",
+    "Link",
+    "LinkKnobs",
+    "Partition",
+    "Reader",
+    "ReleasePin",
+    "RemoveRoot",
+    "RenewCertificate",
+    "RevokeCertificate",
+    "RotateCertificate",
+    "SetNetworkProfile",
+    "Start",
+    "Stop",
+    "action",
+]

@@ -1,0 +1,192 @@
+"""The state every part of a :class:`~evsim.world.World` shares, and how selectors name its nodes.
+
+A selector names nodes the way a scenario file does: a CSMS or controller (its host), a station group (its
+stations), a station id, ``"*"`` (every node), a handle, or a list of these; a name the world does not know is
+taken as a host name, so a link policy can be set before the nodes at its ends start.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ipaddress
+import random
+from collections.abc import Callable, Sequence
+from typing import Literal, TypeAlias
+
+import trio
+import trio.testing
+
+from evsim.clock import SimClock
+from evsim.errors import ConfigError
+from evsim.net.base import Network
+from evsim.net.tcp import TcpNetwork
+from evsim.net.virtual import VirtualNetwork
+from evsim.nodes.csms import StationRecord
+from evsim.recorder import Recorder
+from evsim.tls import (
+    Identity,
+    PeerPolicy,
+)
+from evsim.world.attacks import RedirectingNetwork
+from evsim.world.nodes import ControllerNode, CsmsNode, NodeHandle, StationGroup, StationNode
+from evsim.world.pki import WorldPki
+
+NetworkKind: TypeAlias = Literal["memory", "tcp"]
+Selector: TypeAlias = "str | NodeHandle | StationGroup | Sequence[str]"
+"""What names nodes: a CSMS, controller, group or station (a name or a handle), ``"*"`` (every node), or a
+list of such names (a name the world does not know is taken as a host name, so a link policy can be set
+before the nodes at its ends start)."""
+
+WORLD_START = _dt.datetime(2026, 1, 1, tzinfo=_dt.UTC)
+"""Simulation start of a virtual-clock world when none is given (fixed, so runs are reproducible)."""
+RUN_PASSWORD = "evsim-scenario-password"
+"""The Basic-auth password of a run when a CSMS sets none (>= 16 characters, A00.FR.205)."""
+STATION_ROOTS = "ChargingStationRoots"
+"""The name of a server's default trust store for client certificates (profile 3)."""
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _identity(given: Identity | Callable[[str], Identity], name: str) -> Identity:
+    return given if isinstance(given, Identity) else given(name)
+
+
+def _label(selector: Selector) -> str:
+    if isinstance(selector, NodeHandle | StationGroup):
+        return selector.name
+    return selector if isinstance(selector, str) else ",".join(selector)
+
+
+class WorldBase:
+    """What a world's parts share: one clock, recorder, network and PKI, and its nodes by name.
+
+    Attributes:
+        seed: the run's seed.
+        clock: the simulation clock.
+        recorder: every node's event sink.
+        network: the network nodes connect over (attacks redirect connections through it).
+        memory: the in-memory network (partitions, link policies), or None on loopback TCP.
+        pki: the per-run PKI.
+        csms, controllers, stations, groups: the nodes by name, in start order.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        clock: SimClock,
+        recorder: Recorder,
+        network: NetworkKind,
+        pki: WorldPki,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.seed = seed
+        self.clock = clock
+        self.recorder = recorder
+        self.pki = pki
+        self.nursery = nursery
+        self.network_kind = network
+        inner: Network
+        self._tcp: TcpNetwork | None = None
+        if network == "tcp":
+            inner = self._tcp = TcpNetwork()
+            self.memory: VirtualNetwork | None = None
+        else:
+            inner = self.memory = VirtualNetwork()
+        self.network = RedirectingNetwork(inner)
+        self.csms: dict[str, CsmsNode] = {}
+        self.controllers: dict[str, ControllerNode] = {}
+        self.stations: dict[str, StationNode] = {}
+        self.groups: dict[str, StationGroup] = {}
+        self.attackers: dict[str, NodeHandle] = {}
+        self._stores: dict[str, dict[str, StationRecord]] = {}  # primary CSMS -> its station records
+        self._hosts: dict[str, str] = {}  # host -> node name (CSMS and controllers)
+        self._server_peers: dict[str, PeerPolicy] = {}
+
+    # ------------------------------------------------------------------ helpers
+
+    def rng(self, name: str) -> random.Random:
+        """The seeded random source of the node ``name``."""
+        return random.Random(f"{self.seed}:{name}")
+
+    def _claim(self, name: str, host: str) -> None:
+        taken = {**self.csms, **self.controllers, **self.groups, **self.stations}
+        if name in taken:
+            raise ConfigError(f"a node named {name!r} exists already", value=name, fix="give it another name")
+        if host in self._hosts:
+            raise ConfigError(
+                f"host {host!r} is already {self._hosts[host]!r}'s", value=host, fix="give it another host"
+            )
+        self._hosts[host] = name
+        if self._tcp is not None and not _is_ip(host):
+            self._tcp.map_host(host)
+
+    def _port(self, port: int | None) -> int:
+        if self._tcp is not None:
+            return 0 if port is None else port
+        return 443 if port is None else port
+
+    @staticmethod
+    def _name(node: Selector) -> str:
+        if isinstance(node, NodeHandle | StationGroup):
+            return node.name
+        if not isinstance(node, str):
+            raise ConfigError("expected one node here, not a list", value=list(node), fix="name one node")
+        return node
+
+    def select(self, selector: Selector) -> list[str]:
+        """The network host names a selector covers (station ids are their own host names).
+
+        Args:
+            selector: a CSMS or controller (its host), a group (its stations), a station id, ``"*"``, or a
+                list of these.
+        """
+        if not isinstance(selector, str | NodeHandle | StationGroup):
+            return [host for one in selector for host in self.select(one)]
+        name = self._name(selector)
+        if name == "*":
+            return (
+                [c.host for c in self.csms.values()]
+                + [c.host for c in self.controllers.values()]
+                + list(self.stations)
+            )
+        if name in self.csms:
+            return [self.csms[name].host]
+        if name in self.controllers:
+            return [self.controllers[name].host]
+        if name in self.groups:
+            return self.groups[name].ids
+        return [name]
+
+    def _pairs(self, a: Selector, b: Selector) -> list[tuple[str, str]]:
+        return [(x, y) for x in self.select(a) for y in self.select(b) if x != y]
+
+    def targets(self, target: Selector) -> tuple[list[str], list[str]]:
+        """(CSMS names, station ids) a target names: a CSMS, a group, or a station."""
+        name = self._name(target)
+        if name in self.csms:
+            return [name], []
+        if name in self.groups:
+            return [], self.groups[name].ids
+        return [], [name]
+
+    def _memory(self, what: str) -> VirtualNetwork:
+        if self.memory is None:
+            raise ConfigError(
+                f"{what} needs the in-memory network (loopback TCP cannot be partitioned from inside)",
+                path="network",
+                fix='open the world with network="memory"',
+            )
+        return self.memory
+
+    def url(self, node: str, security_profile: int) -> str:
+        """The ``ws(s)://host:port/ocpp`` URL of a started CSMS or controller."""
+        target: CsmsNode | ControllerNode = self.csms[node] if node in self.csms else self.controllers[node]
+        scheme = "ws" if security_profile == 1 else "wss"
+        return f"{scheme}://{target.host}:{target.port}/ocpp"
