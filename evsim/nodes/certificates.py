@@ -78,7 +78,7 @@ ONE_MONTH_S: Final = 30 * 86400.0
 RENEWAL_RETRY_S: Final = 86400.0
 """After a renewal the station started itself failed or was given up, it tries again this much later."""
 
-EmitFn = Callable[..., None]
+EmitFn = Callable[..., object]
 """``emit(kind, **fields)``: record one event of the station."""
 SecurityEventFn = Callable[[str, str], None]
 """``security_event(type, tech_info)``: queue a SecurityEventNotification."""
