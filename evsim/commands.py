@@ -19,6 +19,7 @@ from evsim.errors import ConfigError, PkiError
 from evsim.net.base import Network
 from evsim.net.tcp import TcpNetwork
 from evsim.net.virtual import VirtualNetwork
+from evsim.nodes.certificates import CertificateSettings
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.csms_certs import CsrSigner, SubCaSigner
 from evsim.nodes.security import csms_server_tls, load_anchors, station_client_tls
@@ -232,6 +233,10 @@ def run_stations(args: argparse.Namespace) -> int:
             session_start_s=(0.5, 2.0),
             session_duration_s=args.session_duration,
             meter_interval_s=args.meter_interval,
+            # SecurityCtrlr.OrganizationName: the O of the CSRs the stations send (A02/A03)
+            certificates=CertificateSettings(organization_name=pki.org or "evsim")
+            if pki is not None
+            else CertificateSettings(),
         )
         for sid in ids
     ]

@@ -171,3 +171,80 @@ async def test_evsim_stations_against_ocpp_lib_csms(pki: DevPki, tmp_path: Path)
         assert [e["seqNo"] for e in events] == list(range(len(events)))  # gap-free, in order
         assert events[0]["eventType"] == "Started"
         assert events[-1]["eventType"] == "Ended"
+
+
+async def test_ocpp_lib_csms_renews_evsim_station_certificates(pki: DevPki, tmp_path: Path) -> None:
+    """A02 with an independent CSMS: it triggers SignChargingStationCertificate on three evsim stations at
+    security profile 3, signs their CSRs with `cryptography` under the station sub-CA, and each station
+    reconnects with the certificate it was sent."""
+    csms_cmd = [
+        sys.executable,
+        str(HERE / "ocpp_lib_csms.py"),
+        "--port",
+        "0",
+        "--cert",
+        str(pki.path("server.crt")),
+        "--key",
+        str(pki.path("server.key")),
+        "--ca",
+        str(pki.path("ca.crt")),
+        "--require-client-cert",
+        "--sign-cert",
+        str(pki.path("station-ca.crt")),
+        "--sign-key",
+        str(pki.path("station-ca.key")),
+        "--duration",
+        "50",
+    ]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            proc: trio.Process = await nursery.start(
+                functools.partial(trio.run_process, csms_cmd, stdout=subprocess.PIPE, check=False)
+            )
+            assert proc.stdout is not None
+            buf = b""
+            while b'"listening"' not in buf:
+                chunk = await proc.stdout.receive_some()
+                assert chunk, "the ocpp-library CSMS exited before listening"
+                buf += chunk
+            port = json.loads(buf.split(b"\n")[0])["port"]
+            result = await trio.run_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "evsim",
+                    "stations",
+                    "--csms",
+                    f"wss://localhost:{port}/ocpp",
+                    "--count",
+                    "3",
+                    "--security-profile",
+                    "3",
+                    "--pki",
+                    str(pki.dir),
+                    "--session-duration",
+                    "4",
+                    "--meter-interval",
+                    "1",
+                    "--duration",
+                    "40",
+                ],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            proc.terminate()
+            rest = b""
+            while chunk := await proc.stdout.receive_some():
+                rest += chunk
+            nursery.cancel_scope.cancel()
+    assert result.returncode == 0, (result.stdout.decode(), result.stderr.decode())
+    seen = _lines(buf + rest)
+    for sid in ("ST-0001", "ST-0002", "ST-0003"):
+        (signed,) = [ln for ln in seen if ln.get("station") == sid and ln.get("sent") == "CertificateSigned"]
+        assert signed["status"] == "Accepted", signed
+        connects = [ln for ln in seen if ln.get("event") == "connected" and ln.get("station") == sid]
+        assert len(connects) >= 2, connects
+        assert connects[0]["client_cert_sha256"] != signed["cert_sha256"]
+        assert connects[-1]["client_cert_sha256"] == signed["cert_sha256"]
+        assert connects[-1]["client_cn"] == sid
