@@ -19,6 +19,7 @@ import trio
 from evsim.clock import SimClock, real_utcnow
 from evsim.net.tcp import TcpNetwork
 from evsim.nodes.csms import Csms, CsmsConfig
+from evsim.nodes.csms_certs import SubCaSigner
 from evsim.nodes.security import csms_server_tls
 from evsim.pki import DevPki, init_dev_pki
 from evsim.recorder import Recorder
@@ -248,3 +249,51 @@ async def test_ocpp_lib_csms_renews_evsim_station_certificates(pki: DevPki, tmp_
         assert connects[0]["client_cert_sha256"] != signed["cert_sha256"]
         assert connects[-1]["client_cert_sha256"] == signed["cert_sha256"]
         assert connects[-1]["client_cn"] == sid
+
+
+async def test_ocpp_lib_station_gets_its_csr_signed_by_evsim_csms(pki: DevPki) -> None:
+    """A02 the other way: an ocpp-library station sends SignCertificate to `evsim csms` (station sub-CA) and
+    receives a CertificateSigned chain that it verifies against the CSMS root with `cryptography`."""
+    station_id = "LIB-0002"
+    clock = SimClock.start()
+    recorder = Recorder(clock)
+    csms = Csms(
+        CsmsConfig(
+            host="127.0.0.1", port=0, security_profile=2, default_password=PASSWORD, organization=pki.org
+        ),
+        network=TcpNetwork(),
+        server_tls=csms_server_tls(pki, security_profile=2),
+        clock=clock,
+        recorder=recorder,
+        signer=SubCaSigner(pki.station_ca),
+    )
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            _, port = await nursery.start(csms.serve)
+            cmd = [
+                sys.executable,
+                str(HERE / "ocpp_lib_station.py"),
+                "--url",
+                f"wss://localhost:{port}/ocpp",
+                "--id",
+                station_id,
+                "--ca",
+                str(pki.path("ca.crt")),
+                "--password",
+                PASSWORD,
+                "--heartbeats",
+                "1",
+                "--sign-certificate",
+                pki.org,
+                "--timeout",
+                "40",
+            ]
+            result = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
+            nursery.cancel_scope.cancel()
+    lines = _lines(result.stdout)
+    assert result.returncode == 0, (result.stdout.decode(), result.stderr.decode())
+    steps = {ln.get("step"): ln for ln in lines}
+    assert steps["sign_certificate"]["status"] == "Accepted"
+    assert steps["certificate_signed"]["verified"] is True, steps["certificate_signed"]
+    (signed,) = [e.data for e in recorder.of_kind("certificate_signed")]
+    assert signed["status"] == "Accepted"
