@@ -8,14 +8,11 @@ from contextlib import asynccontextmanager
 
 import attrs
 import trio
-from cryptography import x509
 
 from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock
 from evsim.net.virtual import VirtualNetwork
-from evsim.nodes.certificates import CertificateSettings
 from evsim.nodes.csms import Csms, CsmsConfig
-from evsim.nodes.csms_certs import CsrSigner
 from evsim.nodes.station import Station, StationConfig
 from evsim.recorder import Event, Recorder
 from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile
@@ -46,8 +43,6 @@ class Harness:
         identity: Identity | None = None,
         profile: TlsProfile | None = None,
         name: str = "csms",
-        signer: CsrSigner | None = None,
-        station_issuers: tuple[x509.Certificate, ...] = (),
     ) -> Csms:
         ident = identity or self.pki.server_identity()
         prof = profile or TlsProfile()
@@ -63,13 +58,11 @@ class Harness:
                 security_profile=security_profile,
                 heartbeat_interval=60,
                 default_password=PASSWORD,
-                station_issuers=station_issuers,
             ),
             network=self.net,
             server_tls=server_tls,
             clock=self.clock,
             recorder=self.recorder,
-            signer=signer,
         )
         await self.nursery.start(csms.serve)
         self.csms_nodes.append(csms)
@@ -86,7 +79,6 @@ class Harness:
         identity: Identity | None = None,
         sessions: int = 1,
         profile: TlsProfile | None = None,
-        certificates: CertificateSettings | None = None,
     ) -> Station:
         if client_tls is None:
             if security_profile == 3 and identity is None:
@@ -103,7 +95,6 @@ class Harness:
                 session_duration_s=120.0,
                 meter_interval_s=30.0,
                 backoff=RetryBackOff(wait_minimum=5, random_range=2, repeat_times=3),
-                certificates=certificates or CertificateSettings(),
             ),
             network=self.net,
             client_tls=client_tls,

@@ -9,33 +9,135 @@ import contextlib
 import datetime as dt
 import itertools
 import json
+import random
+from collections.abc import AsyncIterator
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock
 from evsim.errors import TransportError
 from evsim.net.virtual import VirtualNetwork
 from evsim.nodes.certificates import CertificateSettings
 from evsim.nodes.csms import Csms, CsmsConfig
-from evsim.nodes.csms_certs import DegradedSigner, SigningSettings, SubCaSigner
-from evsim.nodes.station import Station
+from evsim.nodes.csms_certs import CsrSigner, DegradedSigner, SigningSettings, SubCaSigner
+from evsim.nodes.station import Station, StationConfig
 from evsim.pki import CertificateAuthority, generate_key, make_csr
 from evsim.pki.keys import certs_to_pem
 from evsim.pki.lifecycle import CsrInfo, certificate_hash_data
-from evsim.recorder import Recorder
-from evsim.tls import Identity
+from evsim.recorder import Event, Recorder
+from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile
 from evsim.ws import WebSocket
 from tests import hostile
-from tests.e2e_harness import Harness, harness
-from tests.pki_fixtures import ORG, TEST_NOW
+from tests.pki_fixtures import CSMS_HOST, ORG, TEST_NOW, TestPki, make_test_pki
 from tests.test_certificates import tampered_csr
 
 SID = "CS-0001"
+PASSWORD = "certificate-flow-password-01"
+
+
+@attrs.define
+class Harness:
+    """A CSMS with a CSR signer and stations with certificate settings, in memory (built here directly, so
+    these tests do not depend on how the shared harness wires nodes)."""
+
+    pki: TestPki
+    clock: SimClock
+    recorder: Recorder
+    net: VirtualNetwork
+    nursery: trio.Nursery
+    csms_nodes: list[Csms] = attrs.field(factory=list)
+
+    @property
+    def csms(self) -> Csms:
+        return self.csms_nodes[0]
+
+    async def start_csms(
+        self,
+        *,
+        security_profile: int = 3,
+        signer: CsrSigner | None = None,
+        station_issuers: tuple[x509.Certificate, ...] = (),
+    ) -> Csms:
+        if security_profile == 3:
+            tls = ServerTls.build(
+                TlsProfile(),
+                self.pki.server_identity(),
+                trust=self.pki.station_trust(),
+                client_auth="required",
+            )
+        else:
+            tls = ServerTls.build(TlsProfile(), self.pki.server_identity())
+        csms = Csms(
+            CsmsConfig(
+                host=CSMS_HOST,
+                port=443,
+                security_profile=security_profile,
+                heartbeat_interval=60,
+                default_password=PASSWORD,
+                organization=ORG,
+                station_issuers=station_issuers,
+            ),
+            network=self.net,
+            server_tls=tls,
+            clock=self.clock,
+            recorder=self.recorder,
+            signer=signer,
+        )
+        await self.nursery.start(csms.serve)
+        self.csms_nodes.append(csms)
+        return csms
+
+    def start_station(
+        self,
+        station_id: str,
+        *,
+        host: str = CSMS_HOST,
+        security_profile: int = 2,
+        identity: Identity | None = None,
+        sessions: int = 0,
+        certificates: CertificateSettings | None = None,
+    ) -> Station:
+        if security_profile == 3 and identity is None:
+            identity = self.pki.station_identity(station_id)
+        station = Station(
+            StationConfig(
+                station_id=station_id,
+                csms_url=f"wss://{host}/ocpp",
+                security_profile=security_profile,
+                password=PASSWORD if security_profile < 3 else None,
+                sessions=sessions,
+                backoff=RetryBackOff(wait_minimum=5, random_range=2, repeat_times=3),
+                certificates=certificates or CertificateSettings(),
+            ),
+            network=self.net,
+            client_tls=ClientTls.build(TlsProfile(), self.pki.csms_trust(), identity),
+            clock=self.clock,
+            recorder=self.recorder,
+            rng=random.Random(station_id),
+        )
+        self.nursery.start_soon(station.run)
+        return station
+
+    def events(self, kind: str, node: str | None = None) -> list[Event]:
+        return [e for e in self.recorder.of_kind(kind) if node is None or e.node == node]
+
+
+@contextlib.asynccontextmanager
+async def harness() -> AsyncIterator[Harness]:
+    pki = make_test_pki(TEST_NOW)
+    clock = SimClock.start(TEST_NOW)
+    async with trio.open_nursery() as nursery:
+        try:
+            yield Harness(pki, clock, Recorder(clock), VirtualNetwork(), nursery)
+        finally:
+            nursery.cancel_scope.cancel()
 
 
 async def _until(predicate: Any, *, step: float = 1.0) -> None:
