@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--key-type", choices=("ec", "rsa"), default="ec", help="ECDSA P-256 (default) or RSA-2048"
     )
+    init.add_argument(
+        "--key-size",
+        type=int,
+        default=None,
+        help="key size in bits: RSA 2048 (default), 3072 or 4096 (up to 8192); EC 256 (default), 384 or 521",
+    )
     init.add_argument("--days", type=int, default=365, help="validity of the leaf certificates in days")
     init.add_argument(
         "--stations", type=int, default=0, help="also issue N station certificates (ST-0001...)"
@@ -83,7 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     csms.add_argument(
         "--listen", type=_host_port, default=("127.0.0.1", 8443), help="HOST:PORT (loopback only)"
     )
-    csms.add_argument("--pki", default="certs", help="PKI directory made by 'evsim certs init'")
+    csms.add_argument(
+        "--pki",
+        default="certs",
+        help="PKI directory: ca.crt, server.crt and server.key are enough (your own, e.g. made with openssl; RSA "
+        "up to 4096 bits); with station-ca.crt and station-ca.key (as 'evsim certs init' makes them) the CSMS "
+        "also signs station CSRs (OCPP A02/A03)",
+    )
     csms.add_argument("--security-profile", type=_profile, default=2, help="1, 2 (default) or 3")
     csms.add_argument(
         "--password",

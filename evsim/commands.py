@@ -18,10 +18,13 @@ from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, PkiError
 from evsim.net.base import Network
 from evsim.net.tcp import TcpNetwork
+from evsim.nodes.certificates import CertificateSettings
 from evsim.nodes.csms import Csms, CsmsConfig
+from evsim.nodes.csms_certs import CsrSigner, SubCaSigner
 from evsim.nodes.security import csms_server_tls, load_anchors, station_client_tls
 from evsim.nodes.station import Station, StationConfig, station_ids
 from evsim.pki import DevPki, init_dev_pki
+from evsim.pki.dev import CsmsPki
 from evsim.recorder import EventPrinter, Recorder, level_of_verbosity
 from evsim.report import table
 from evsim.tls import Identity, TrustStore
@@ -51,11 +54,15 @@ def certs_init(args: argparse.Namespace) -> int:
         host=args.host,
         org=args.org,
         key_type=args.key_type,
+        key_size=args.key_size,
         now=real_utcnow(),
         force=args.force,
         stations=ids,
     )
-    print(f"dev PKI written to {directory}/ (host {pki.host}, organization {pki.org}, {args.key_type} keys)")
+    size = f"{args.key_size}-bit " if args.key_size else ""
+    print(
+        f"dev PKI written to {directory}/ (host {pki.host}, organization {pki.org}, {size}{args.key_type} keys)"
+    )
     print("see certs/README.md for what each file is; these files are git-ignored, never commit them")
     return 0
 
@@ -64,7 +71,7 @@ def certs_init(args: argparse.Namespace) -> int:
 
 
 def run_csms(args: argparse.Namespace) -> int:
-    config, server_tls = csms_setup(args)
+    config, server_tls, signer = csms_setup(args)
     printer = EventPrinter(level=event_log_level(args))
     trio.run(
         functools.partial(
@@ -74,13 +81,17 @@ def run_csms(args: argparse.Namespace) -> int:
             server_tls=server_tls,
             printer=printer,
             duration=args.duration,
+            signer=signer,
         )
     )
     return 0
 
 
-def csms_setup(args: argparse.Namespace) -> tuple[CsmsConfig, ServerTls | None]:
-    """The CSMS configuration and listener TLS that ``evsim csms`` arguments ask for.
+def csms_setup(args: argparse.Namespace) -> tuple[CsmsConfig, ServerTls | None, CsrSigner | None]:
+    """The CSMS configuration, listener TLS and CSR signer that ``evsim csms`` arguments ask for.
+
+    The PKI directory needs only ``ca.crt``, ``server.crt`` and ``server.key``
+    (:class:`~evsim.pki.dev.CsmsPki`); the station sub-CA, when there, signs station CSRs.
 
     Raises:
         ConfigError: a combination the CSMS refuses (profile 1 without its opt-in).
@@ -101,7 +112,11 @@ def csms_setup(args: argparse.Namespace) -> tuple[CsmsConfig, ServerTls | None]:
             "the CSMS accepts the public development password for every station (the --password default); "
             "anyone can connect as any station: pass --password"
         )
-    pki = DevPki.load(args.pki)
+    pki = CsmsPki.load(args.pki)
+    if pki.station_ca is None:
+        _warn(
+            f"{args.pki} has no station-ca.crt/station-ca.key: station CSRs (SignCertificate) are answered Rejected"
+        )
     config = CsmsConfig(
         host=host,
         port=port,
@@ -112,9 +127,11 @@ def csms_setup(args: argparse.Namespace) -> tuple[CsmsConfig, ServerTls | None]:
         organization=args.org,
         default_password=args.password,
         # profile 3: a station certificate must come through the station sub-CA (never the server's own)
-        station_issuers=(pki.station_ca.cert,) if args.security_profile == 3 else (),
+        station_issuers=(pki.station_ca.cert,) if args.security_profile == 3 and pki.station_ca else (),
     )
-    return config, csms_server_tls(pki, security_profile=args.security_profile, keylog=args.keylog)
+    signer = SubCaSigner(pki.station_ca) if pki.station_ca is not None else None
+    tls = csms_server_tls(pki, security_profile=args.security_profile, keylog=args.keylog)
+    return config, tls, signer
 
 
 def event_log_level(args: argparse.Namespace) -> int:
@@ -136,6 +153,7 @@ async def serve_csms(
     server_tls: ServerTls | None,
     printer: EventPrinter,
     duration: float | None = None,
+    signer: CsrSigner | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> Csms:
     """Run the CSMS of ``evsim csms`` on ``network`` for ``duration`` seconds (None: until cancelled): one log
@@ -145,7 +163,7 @@ async def serve_csms(
     """
     clock = SimClock.start()
     recorder = _recorder(clock, printer)
-    csms = Csms(config, network=network, server_tls=server_tls, clock=clock, recorder=recorder)
+    csms = Csms(config, network=network, server_tls=server_tls, clock=clock, recorder=recorder, signer=signer)
     with trio.move_on_after(duration if duration is not None else math.inf):
         async with trio.open_nursery() as nursery:
             addr = await nursery.start(csms.run)
@@ -217,6 +235,10 @@ def run_stations(args: argparse.Namespace) -> int:
             session_start_s=(0.5, 2.0),
             session_duration_s=args.session_duration,
             meter_interval_s=args.meter_interval,
+            # SecurityCtrlr.OrganizationName: the O of the CSRs the stations send (A02/A03)
+            certificates=CertificateSettings(organization_name=pki.org or "evsim")
+            if pki is not None
+            else CertificateSettings(),
         )
         for sid in ids
     ]

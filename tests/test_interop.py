@@ -19,6 +19,7 @@ import trio
 from evsim.clock import SimClock, real_utcnow
 from evsim.net.tcp import TcpNetwork
 from evsim.nodes.csms import Csms, CsmsConfig
+from evsim.nodes.csms_certs import SubCaSigner
 from evsim.nodes.security import csms_server_tls
 from evsim.pki import DevPki, init_dev_pki
 from evsim.recorder import Recorder
@@ -171,3 +172,128 @@ async def test_evsim_stations_against_ocpp_lib_csms(pki: DevPki, tmp_path: Path)
         assert [e["seqNo"] for e in events] == list(range(len(events)))  # gap-free, in order
         assert events[0]["eventType"] == "Started"
         assert events[-1]["eventType"] == "Ended"
+
+
+async def test_ocpp_lib_csms_renews_evsim_station_certificates(pki: DevPki, tmp_path: Path) -> None:
+    """A02 with an independent CSMS: it triggers SignChargingStationCertificate on three evsim stations at
+    security profile 3, signs their CSRs with `cryptography` under the station sub-CA, and each station
+    reconnects with the certificate it was sent."""
+    csms_cmd = [
+        sys.executable,
+        str(HERE / "ocpp_lib_csms.py"),
+        "--port",
+        "0",
+        "--cert",
+        str(pki.path("server.crt")),
+        "--key",
+        str(pki.path("server.key")),
+        "--ca",
+        str(pki.path("ca.crt")),
+        "--require-client-cert",
+        "--sign-cert",
+        str(pki.path("station-ca.crt")),
+        "--sign-key",
+        str(pki.path("station-ca.key")),
+        "--duration",
+        "50",
+    ]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            proc: trio.Process = await nursery.start(
+                functools.partial(trio.run_process, csms_cmd, stdout=subprocess.PIPE, check=False)
+            )
+            assert proc.stdout is not None
+            buf = b""
+            while b'"listening"' not in buf:
+                chunk = await proc.stdout.receive_some()
+                assert chunk, "the ocpp-library CSMS exited before listening"
+                buf += chunk
+            port = json.loads(buf.split(b"\n")[0])["port"]
+            result = await trio.run_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "evsim",
+                    "stations",
+                    "--csms",
+                    f"wss://localhost:{port}/ocpp",
+                    "--count",
+                    "3",
+                    "--security-profile",
+                    "3",
+                    "--pki",
+                    str(pki.dir),
+                    "--session-duration",
+                    "4",
+                    "--meter-interval",
+                    "1",
+                    "--duration",
+                    "40",
+                ],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            proc.terminate()
+            rest = b""
+            while chunk := await proc.stdout.receive_some():
+                rest += chunk
+            nursery.cancel_scope.cancel()
+    assert result.returncode == 0, (result.stdout.decode(), result.stderr.decode())
+    seen = _lines(buf + rest)
+    for sid in ("ST-0001", "ST-0002", "ST-0003"):
+        (signed,) = [ln for ln in seen if ln.get("station") == sid and ln.get("sent") == "CertificateSigned"]
+        assert signed["status"] == "Accepted", signed
+        connects = [ln for ln in seen if ln.get("event") == "connected" and ln.get("station") == sid]
+        assert len(connects) >= 2, connects
+        assert connects[0]["client_cert_sha256"] != signed["cert_sha256"]
+        assert connects[-1]["client_cert_sha256"] == signed["cert_sha256"]
+        assert connects[-1]["client_cn"] == sid
+
+
+async def test_ocpp_lib_station_gets_its_csr_signed_by_evsim_csms(pki: DevPki) -> None:
+    """A02 the other way: an ocpp-library station sends SignCertificate to `evsim csms` (station sub-CA) and
+    receives a CertificateSigned chain that it verifies against the CSMS root with `cryptography`."""
+    station_id = "LIB-0002"
+    clock = SimClock.start()
+    recorder = Recorder(clock)
+    csms = Csms(
+        CsmsConfig(
+            host="127.0.0.1", port=0, security_profile=2, default_password=PASSWORD, organization=pki.org
+        ),
+        network=TcpNetwork(),
+        server_tls=csms_server_tls(pki, security_profile=2),
+        clock=clock,
+        recorder=recorder,
+        signer=SubCaSigner(pki.station_ca),
+    )
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            _, port = await nursery.start(csms.run)
+            cmd = [
+                sys.executable,
+                str(HERE / "ocpp_lib_station.py"),
+                "--url",
+                f"wss://localhost:{port}/ocpp",
+                "--id",
+                station_id,
+                "--ca",
+                str(pki.path("ca.crt")),
+                "--password",
+                PASSWORD,
+                "--heartbeats",
+                "1",
+                "--sign-certificate",
+                pki.org,
+                "--timeout",
+                "40",
+            ]
+            result = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
+            nursery.cancel_scope.cancel()
+    lines = _lines(result.stdout)
+    assert result.returncode == 0, (result.stdout.decode(), result.stderr.decode())
+    steps = {ln.get("step"): ln for ln in lines}
+    assert steps["sign_certificate"]["status"] == "Accepted"
+    assert steps["certificate_signed"]["verified"] is True, steps["certificate_signed"]
+    (signed,) = [e.data for e in recorder.of_kind("certificate_signed")]
+    assert signed["status"] == "Accepted"

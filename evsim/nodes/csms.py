@@ -91,6 +91,7 @@ from evsim.nodes.admission import (
     common_name,
     decide_upgrade,
 )
+from evsim.nodes.csms_certs import CsmsCertificates, CsrSigner, SigningSettings
 from evsim.ocpp.limits import (
     CONNECTOR_ID,
     ENERGY_REGISTER_WH,
@@ -164,6 +165,7 @@ class CsmsConfig:
             the first is up).
         auth_budget: failed authentications (401) allowed per source address before it is refused with 429
             for a cool-down; None: no limit.
+        signing: how many station CSRs are signed at once and may wait (:mod:`evsim.nodes.csms_certs`).
     """
 
     name: str = "csms"
@@ -190,6 +192,7 @@ class CsmsConfig:
     station_issuers: tuple[x509.Certificate, ...] = ()
     duplicate_identity: DuplicatePolicy = "replace_older"
     auth_budget: AuthBudgetConfig | None = attrs.field(factory=AuthBudgetConfig)
+    signing: SigningSettings = attrs.field(factory=SigningSettings)
 
     def __attrs_post_init__(self) -> None:
         if self.security_profile not in (1, 2, 3):
@@ -352,6 +355,8 @@ class Csms:
         recorder: event sink shared by the run.
         store: per-station records shared with other CSMS endpoints of the same operator (None: its own).
             Statistics of nodes sharing a store count the shared records in each node.
+        signer: the CA station CSRs are signed with (:mod:`evsim.nodes.csms_certs`; None: SignCertificate is
+            answered Rejected).
     """
 
     def __init__(
@@ -363,6 +368,7 @@ class Csms:
         clock: SimClock,
         recorder: Recorder,
         store: dict[str, StationRecord] | None = None,
+        signer: CsrSigner | None = None,
     ) -> None:
         if config.security_profile == 1 and not config.insecure_allow_plain_ws:
             raise ConfigError(
@@ -400,6 +406,8 @@ class Csms:
         #: station id -> action -> CALLs this endpoint received (``stations`` may be shared with other endpoints)
         self.received: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         self._dropped_messages: collections.Counter[str] = collections.Counter()  # of records dropped
+        self.certificates = CsmsCertificates(self, signer, config.signing)
+        """Signs station CSRs; sends TriggerMessage and the certificate management messages."""
 
     # ---------------------------------------------------------------- serving
 
@@ -408,9 +416,12 @@ class Csms:
         listener = await self.network.listen(self.config.host, self.config.port)
         self.address = listener.address
         self.recorder.emit(self.config.name, "listening", address=f"{self.address[0]}:{self.address[1]}")
-        async with listener:
+        async with listener, trio.open_nursery() as nursery:
+            if self.certificates.signer is not None:
+                nursery.start_soon(self.certificates.run)
             task_status.started(self.address)
             await self.acceptor.serve(listener, self._handle_connection)
+            nursery.cancel_scope.cancel()
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         self._connections_total += 1
@@ -622,6 +633,8 @@ class Csms:
             return {"idTokenInfo": {"status": self._token_status(payload["idToken"]["idToken"])}}
         if action == "TransactionEvent":
             return self._on_transaction_event(rec, payload, conn.inputs)
+        if action == "SignCertificate":
+            return self.certificates.on_sign_certificate(rec.station_id, payload)
         if action == "SecurityEventNotification":
             rec.security_events.append(payload)
             rec.security_events_total += 1

@@ -12,6 +12,7 @@ from cryptography import x509
 from evsim.errors import ConfigError, PkiError
 from evsim.pki import DevPki
 from evsim.pki.ca import CertKey
+from evsim.pki.dev import CsmsPki
 from evsim.pki.keys import load_cert_file
 from evsim.tls.config import Identity, TlsProfile, TrustStore
 from evsim.tls.context import ClientTls, ServerTls
@@ -35,7 +36,7 @@ def load_anchors(path: str) -> tuple[x509.Certificate, ...]:
 
 
 def csms_server_tls(
-    pki: DevPki,
+    pki: DevPki | CsmsPki,
     *,
     security_profile: int,
     keylog: str | None = None,
@@ -45,7 +46,8 @@ def csms_server_tls(
     """The CSMS listener's TLS: its server certificate; profile 3 adds required client certificates.
 
     Args:
-        pki: the PKI (server certificate, and the root that issued the station sub-CA).
+        pki: the PKI (server certificate, and the root(s) station certificates chain to): a full development
+            PKI, or a CSMS's own ``ca.crt`` / ``server.crt`` / ``server.key``.
         security_profile: 1 (no TLS: returns None), 2 or 3.
         keylog: NSS key-log file (warns loudly when set).
         profile: TLS profile (default: TLS 1.3 and 1.2 with OCPP's suites).
@@ -59,7 +61,8 @@ def csms_server_tls(
     cert = server or pki.server
     identity = Identity(chain=cert.chain, key=cert.key)
     if security_profile == 3:
-        trust = TrustStore("ChargingStationRoots", (pki.root.cert,), hostname="off")
+        anchors = (pki.root.cert,) if isinstance(pki, DevPki) else pki.anchors
+        trust = TrustStore("ChargingStationRoots", anchors, hostname="off")
         return ServerTls.build(prof, identity, trust=trust, client_auth="required")
     return ServerTls.build(prof, identity)
 

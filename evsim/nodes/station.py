@@ -56,14 +56,17 @@ from evsim.errors import (
 )
 from evsim.link.slots import NetworkProfiles, NetworkSlot
 from evsim.net.base import Network
+from evsim.nodes.certificates import CertificateSettings, CertificateSwitch, StationCertificates
 from evsim.ocpp.limits import BOOT_RETRY_INTERVAL, HEARTBEAT_INTERVAL, OutOfRange
 from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile, NetworkSettings, ProfileRejected
-from evsim.ocpp.rpc import RpcConnection
+from evsim.ocpp.rpc import BadInput, RpcConnection, RpcEvent
 from evsim.ocpp.session import OcppSession
 from evsim.ocpp.transaction import TransactionRecorder
 from evsim.ocpp.txqueue import QueuedMessage, TxQueue
 from evsim.ocpp.versions import subprotocol_for, version_for
+from evsim.pki.ca import CertKey
 from evsim.recorder import Recorder
+from evsim.tls.config import Identity
 from evsim.tls.context import ClientTls
 from evsim.tls.events import (
     PEER_KEY_CHANGED,
@@ -117,6 +120,8 @@ class StationConfig:
         network_fallback: when every slot failed: ``"restart_list"`` (B10.FR.08) or ``"last_working"``
             (B10.FR.07); see :mod:`evsim.ocpp.netprofile`.
         allow_security_downgrade: ``SecurityCtrlr.AllowSecurityProfileDowngrade`` (3→2 only).
+        certificates: the certificate device model (OrganizationName, the key pair a CSR gets, resend
+            schedule, A03 threshold, MaxCertificateChainSize...; :mod:`evsim.nodes.certificates`).
     """
 
     station_id: str
@@ -146,6 +151,7 @@ class StationConfig:
     network_attempts: int = 3
     network_fallback: FallbackPolicy = "restart_list"
     allow_security_downgrade: bool = False
+    certificates: CertificateSettings = attrs.field(factory=CertificateSettings)
 
     def __attrs_post_init__(self) -> None:
         if self.security_profile not in (1, 2, 3):
@@ -202,6 +208,7 @@ class StationStatistics:
     active_slot: int | None = None
     slot_switches: int = 0
     slots_skipped: int = 0
+    certificates_renewed: int = 0
 
 
 class Station:
@@ -272,6 +279,19 @@ class Station:
         self._reported_keys: set[tuple[str, str | None]] = set()  # (peer event, key) queued already
         self.tls_sessions: SessionStore | None = None
         """Where TLS sessions are kept for resumption (None: every handshake is a full one)."""
+        own = client_tls.identity if client_tls is not None else None
+        self.certs = StationCertificates(
+            config.station_id,
+            config.certificates,
+            identity=CertKey(own.chain[0], own.key, own.chain[1:]) if own is not None else None,
+            csms_roots=client_tls.trust.anchors if client_tls is not None else (),
+            emit=lambda kind, **fields: self.recorder.emit(self.name, kind, **fields),
+            security_event=self.queue_security_event,
+        )
+        """The station's certificates and their OCPP management (A02/A03, M03-M05)."""
+        self._tls_built: tuple[int, ClientTls] | None = None
+        self._used_candidate = False  # the current connection attempt uses a renewed, unproven certificate
+        self._bad_inputs = 0
 
     @property
     def name(self) -> str:
@@ -332,6 +352,7 @@ class Station:
                     )
             else:
                 profiles.report(slot, False, reason or "unknown", now, detail=detail)
+                self.certs.connection_failed(self._used_candidate)
                 _, wait = profiles.next_attempt(now)
             self.recorder.emit(self.name, "reconnect_wait", seconds=round(wait, 3))
             await trio.sleep(wait)
@@ -398,6 +419,49 @@ class Station:
         # and what a station sends must not depend on them (the detail stays in the recorded event)
         self.queue_security_event(security_event, f"{event.event} ({event.severity}): {event.peer}"[:255])
 
+    def _station_tls(self) -> ClientTls | None:
+        """The TLS configuration of the next connection: the configured one, rebuilt with the installed CSMS
+        roots and client certificate once OCPP changed them (:attr:`StationCertificates.version`).
+
+        Raises:
+            HandshakeFailed: no CSMS root is installed any more (``no_csms_root``); nothing can be verified.
+        """
+        base = self.client_tls
+        certs = self.certs
+        if base is None or certs.version == 0:
+            return base
+        if self._tls_built is not None and self._tls_built[0] == certs.version:
+            return self._tls_built[1]
+        trust = base.trust
+        if trust.mode == "pki" and not trust.insecure_skip_verify:
+            anchors = certs.anchors()
+            if not anchors:
+                raise HandshakeFailed("no_csms_root", "no CSMSRootCertificate is installed")
+            trust = attrs.evolve(trust, anchors=anchors)
+        cert = certs.client_certificate()
+        identity = Identity(cert.chain, cert.key) if cert is not None else None
+        tls = ClientTls.build(base.profile, trust, identity, peer=base.peer)
+        self._tls_built = (certs.version, tls)
+        return tls
+
+    def _on_rpc_event(self, event: RpcEvent) -> None:
+        """Record what the CSMS sent that the RPC core refused (one ``bad_input`` event each, at most
+        :data:`BAD_INPUT_EVENTS` per connection)."""
+        if not isinstance(event, BadInput):
+            return
+        self._bad_inputs += 1
+        if self._bad_inputs > BAD_INPUT_EVENTS:
+            return
+        error = event.error
+        self.recorder.emit(
+            self.name,
+            "bad_input",
+            peer=self._peer(),
+            reason=error.error_code,
+            detail=str(getattr(error, "description", error))[:300],
+            replied=event.replied,
+        )
+
     def _enqueue(self, action: str, payload: dict[str, Any]) -> None:
         self.queue.put(action, payload)
         self._wake.set()
@@ -417,10 +481,13 @@ class Station:
         password = profile.basic_auth_password or cfg.password
         client_tls: ClientTls | None = None
         server_name: str | None = host
+        self._used_candidate = False
         if slot.tls is not None:
             client_tls, server_name = slot.tls.client_tls(), slot.tls.server_name
         elif profile.security_profile >= 2:
-            client_tls = self.client_tls
+            client_tls = self._station_tls()
+            self._used_candidate = self.certs.candidate is not None
+        self._bad_inputs = 0
         stream: trio.abc.Stream = await self.network.connect(host, port, source=self.config.station_id)
         ws: WebSocket | None = None
         try:
@@ -455,7 +522,7 @@ class Station:
                 await ws.aclose(1002, "no OCPP subprotocol agreed")
                 raise OcppError("CSMS agreed no OCPP subprotocol", error_code="ProtocolError")
             rpc = RpcConnection(version=version_for(ws.subprotocol), call_timeout=profile.message_timeout)
-            session = OcppSession(ws, rpc, self._handle_csms_call)
+            session = OcppSession(ws, rpc, self._handle_csms_call, on_event=self._on_rpc_event)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._run_session, session, nursery.cancel_scope)
                 previous = self.network_profiles.active_slot
@@ -466,6 +533,8 @@ class Station:
                 await self._boot(session)
                 self.connects_ok += 1
                 self.network_profiles.report(slot, True, "", trio.current_time())
+                if slot.tls is None:
+                    self.certs.connection_succeeded()
                 self._established = True
                 self._failure_streak_event = None
                 self.session = session
@@ -604,6 +673,8 @@ class Station:
             if msg is not None:
                 await self._deliver(session, msg)
                 continue
+            if await self._certificate_step(session):
+                continue
             if self._trigger_heartbeat or trio.current_time() >= next_heartbeat:
                 self._trigger_heartbeat = False
                 await self._call(session, "Heartbeat", {})
@@ -611,8 +682,29 @@ class Station:
                 continue
             self._check_done()
             self._wake = trio.Event()
-            with trio.move_on_at(next_heartbeat):
+            wake_at = min(next_heartbeat, self.certs.next_deadline(trio.current_time(), self.clock.utcnow()))
+            with trio.move_on_at(wake_at):
                 await self._wake.wait()
+
+    async def _certificate_step(self, session: OcppSession) -> bool:
+        """The uplink's certificate work: reconnect with an accepted certificate (A02.FR.08), or send the
+        SignCertificateRequest :meth:`StationCertificates.poll` asks for. True when it did something."""
+        certs = self.certs
+        if certs.take_reconnect():
+            raise CertificateSwitch("reconnecting with the renewed client certificate")
+        request = certs.poll(trio.current_time(), self.clock.utcnow())
+        if request is None:
+            return False
+        try:
+            response = await self._call(session, "SignCertificate", request)
+        except OcppError as exc:  # timeout or CALLERROR: the resend schedule decides
+            certs.request_failed(failure_reason(exc), trio.current_time())
+            return True
+        except BaseException:
+            certs.request_failed("link_lost", trio.current_time())
+            raise
+        certs.request_answered(response["status"], trio.current_time())
+        return True
 
     async def _deliver(self, session: OcppSession, msg: QueuedMessage) -> None:
         """Send the queue head; E13 retries after a timeout; discard only on an answer that refuses it."""
@@ -723,6 +815,10 @@ class Station:
                 self._trigger_heartbeat = True
             elif what == "StatusNotification":
                 self._reported_status = None
+            elif what == "SignChargingStationCertificate":
+                status = self.certs.trigger(trio.current_time())
+                self._wake.set()
+                return {"status": status}
             else:
                 return {"status": "NotImplemented"}
             self._wake.set()
@@ -733,6 +829,16 @@ class Station:
             return {"setVariableResult": [self._set_variable(v) for v in payload["setVariableData"]]}
         if action == "SetNetworkProfile":
             return self._set_network_profile(payload)
+        if action == "CertificateSigned":
+            response = self.certs.certificate_signed(payload, trio.current_time(), self.clock.utcnow())
+            self._wake.set()
+            return response
+        if action == "InstallCertificate":
+            return self.certs.install(payload, self.clock.utcnow())
+        if action == "DeleteCertificate":
+            return self.certs.delete(payload)
+        if action == "GetInstalledCertificateIds":
+            return self.certs.installed_ids(payload)
         if action == "Reset":
             return {"status": "Rejected"}
         raise OcppError(f"{action} is not supported by this station", error_code="NotSupported")
@@ -748,6 +854,8 @@ class Station:
         }
         for name, value in self.network_profiles.variables().items():
             out[("OCPPCommCtrlr", name)] = value
+        for name, value in self.certs.variables().items():
+            out[("SecurityCtrlr", name)] = value
         return out
 
     def _set_network_profile(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -813,6 +921,10 @@ class Station:
             self.recorder.emit(
                 self.name, "network_variable_set", variable=key[1], value=value, status=status, **reason
             )
+        elif key[0] == "SecurityCtrlr" and key[1] in self.certs.variables():
+            status, code = self.certs.set_variable(key[1], value)
+            if code is not None:
+                info = {"reasonCode": code}
         result = {"attributeStatus": status, "component": item["component"], "variable": item["variable"]}
         if info is not None:
             result["attributeStatusInfo"] = info
@@ -837,8 +949,13 @@ class Station:
             active_slot=self.network_profiles.active_slot,
             slot_switches=self.network_profiles.switches,
             slots_skipped=self.network_profiles.skipped_total,
+            certificates_renewed=self.certs.renewals,
         )
 
+
+BAD_INPUT_EVENTS = 10
+"""Refused frames or payloads from the CSMS recorded per connection (``bad_input``); the rest are counted by
+the RPC core only."""
 
 _NETWORK_SETTERS: dict[str, Callable[[NetworkProfiles, str], None]] = {
     "NetworkConfigurationPriority": NetworkProfiles.set_priority,

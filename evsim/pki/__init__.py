@@ -9,7 +9,9 @@ Public API::
     CertKey(cert, key, intermediates)                  make_csr(key, cn, org) -> bytes
     issue_self_signed(cn, org, *, now, days, key_type, key) -> CertKey   (SHIP-style device certificate)
     spki_sha256(cert) / ski(cert)                      PEM load/save helpers
-    init_dev_pki(dir, *, host, org, key_type, now, force, stations) -> DevPki;  DevPki.load(dir)
+    init_dev_pki(dir, *, host, org, key_type, key_size, now, force, stations) -> DevPki;  DevPki.load(dir)
+    CsmsPki.load(dir)   a CSMS's ca.crt + server.crt + server.key (+ the station sub-CA when present)
+    lifecycle: check_csr, check_signed_chain, check_root, certificate_hash_data (OCPP A02/A03, M03-M05)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from evsim.pki.ca import (
     make_csr,
     organization,
 )
-from evsim.pki.dev import DevPki, default_station_id, init_dev_pki
+from evsim.pki.dev import CsmsPki, DevPki, default_station_id, init_dev_pki
 from evsim.pki.keys import (
     KeyType,
     PrivateKey,
@@ -52,6 +54,7 @@ __all__ = [
     "SERVER_EKU",
     "CertKey",
     "CertificateAuthority",
+    "CsmsPki",
     "DevPki",
     "KeyType",
     "PrivateKey",

@@ -185,6 +185,7 @@ class CertificateAuthority:
         days: int = 3650,
         key_type: KeyType = "ec",
         path_length: int | None = None,
+        key_size: int | None = None,
     ) -> CertificateAuthority:
         """Create a self-signed root CA.
 
@@ -195,6 +196,7 @@ class CertificateAuthority:
             days: validity after ``now``.
             key_type: ``"ec"`` (P-256) or ``"rsa"`` (2048).
             path_length: BasicConstraints pathLenConstraint (None: unlimited).
+            key_size: key size in bits (None: the type's default; see :func:`~evsim.pki.keys.generate_key`).
 
         Returns:
             The root CA.
@@ -202,7 +204,7 @@ class CertificateAuthority:
         Raises:
             PkiError: bad name, or key generation refused.
         """
-        key = generate_key(key_type)
+        key = generate_key(key_type, size=key_size)
         return cls(_self_signed(_name(cn, org), key, now=now, days=days, path_length=path_length), key)
 
     def create_sub_ca(
@@ -214,6 +216,7 @@ class CertificateAuthority:
         days: int = 3650,
         key_type: KeyType = "ec",
         path_length: int | None = 0,
+        key_size: int | None = None,
     ) -> CertificateAuthority:
         """Issue a subordinate CA under this CA.
 
@@ -224,6 +227,7 @@ class CertificateAuthority:
             days: validity after ``now``.
             key_type: ``"ec"`` or ``"rsa"``.
             path_length: pathLenConstraint; 0 (default) = it may only issue leaves.
+            key_size: key size in bits (None: the type's default).
 
         Returns:
             The sub-CA, whose ``parents`` are this CA's chain.
@@ -231,7 +235,7 @@ class CertificateAuthority:
         Raises:
             PkiError: bad name, or key generation refused.
         """
-        key = generate_key(key_type)
+        key = generate_key(key_type, size=key_size)
         cert = self._sign(
             _name(cn, org if org is not None else organization(self.cert)),
             key.public_key(),
@@ -257,6 +261,7 @@ class CertificateAuthority:
         key_type: KeyType = "ec",
         key: PrivateKey | None = None,
         extended_key_usage: Sequence[x509.ObjectIdentifier] = (),
+        key_size: int | None = None,
     ) -> CertKey:
         """Issue a TLS server (CSMS) certificate.
 
@@ -276,6 +281,7 @@ class CertificateAuthority:
             key_type: key to generate when ``key`` is not given.
             key: use this key instead of generating one.
             extended_key_usage: EKU OIDs to include (none by default, per OCPP).
+            key_size: size of a generated key in bits (None: the type's default).
 
         Returns:
             The certificate with its key and this CA's intermediates.
@@ -299,6 +305,7 @@ class CertificateAuthority:
             key=key,
             san=general,
             extended_key_usage=extended_key_usage,
+            key_size=key_size,
         )
 
     def issue_client(
@@ -311,6 +318,7 @@ class CertificateAuthority:
         key_type: KeyType = "ec",
         key: PrivateKey | None = None,
         extended_key_usage: Sequence[x509.ObjectIdentifier] = (),
+        key_size: int | None = None,
     ) -> CertKey:
         """Issue a TLS client certificate (OCPP Charging Station certificate: CN = station id, O = CSO).
 
@@ -322,6 +330,7 @@ class CertificateAuthority:
             key_type: key to generate when ``key`` is not given.
             key: use this key instead of generating one.
             extended_key_usage: EKU OIDs to include (none by default, per OCPP).
+            key_size: size of a generated key in bits (None: the type's default).
 
         Returns:
             The certificate with its key and this CA's intermediates.
@@ -338,6 +347,7 @@ class CertificateAuthority:
             key=key,
             san=[],
             extended_key_usage=extended_key_usage,
+            key_size=key_size,
         )
 
     def _issue_leaf(
@@ -351,9 +361,10 @@ class CertificateAuthority:
         key: PrivateKey | None,
         san: list[x509.GeneralName],
         extended_key_usage: Sequence[x509.ObjectIdentifier],
+        key_size: int | None = None,
     ) -> CertKey:
         if key is None:
-            key = generate_key(key_type)
+            key = generate_key(key_type, size=key_size)
         else:
             check_key_strength(key, what=f"key for {cn!r}")
         cert = self._sign(
@@ -374,6 +385,7 @@ class CertificateAuthority:
         now: _dt.datetime,
         days: int = 730,
         expected_org: str | None = None,
+        extended_key_usage: Sequence[x509.ObjectIdentifier] = (),
     ) -> x509.Certificate:
         """Sign a PKCS#10 CSR as a client (Charging Station) certificate (OCPP A02/A03).
 
@@ -385,6 +397,7 @@ class CertificateAuthority:
             now: simulation time of issuance.
             days: validity after ``now``.
             expected_org: when given, the CSR's O must equal it (OCPP A00.FR.404: O = CSO name).
+            extended_key_usage: EKU OIDs to include (e.g. :data:`CLIENT_EKU`; none by default, per OCPP).
 
         Returns:
             The signed certificate (send it with :attr:`intermediates` as the chain).
@@ -409,7 +422,9 @@ class CertificateAuthority:
             orgs = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
             if orgs != [expected_org]:
                 raise PkiError(f"CSR subject O is {orgs!r}, expected {expected_org!r} (OCPP A00.FR.404)")
-        return self._sign(csr.subject, public_key, now=now, days=days, ca=False)
+        return self._sign(
+            csr.subject, public_key, now=now, days=days, ca=False, extended_key_usage=extended_key_usage
+        )
 
     def _sign(
         self,

@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import datetime as _dt
 import ipaddress
+import itertools
 import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import attrs
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
 from evsim.errors import PkiError
 from evsim.pki.ca import CLIENT_EKU, SERVER_EKU, CertificateAuthority, CertKey, common_name, organization
 from evsim.pki.keys import (
     KeyType,
+    check_key_strength,
     key_matches_cert,
     load_cert_file,
     load_key_file,
@@ -155,6 +159,7 @@ class DevPki:
         now: _dt.datetime,
         days: int = STATION_DAYS,
         key_type: KeyType = "ec",
+        key_size: int | None = None,
     ) -> CertKey:
         """Load ``stations/<id>.crt|.key``, creating them (CN = id, O = org) if they do not exist.
 
@@ -163,6 +168,7 @@ class DevPki:
             now: simulation time, used only when a certificate is created.
             days: validity of a created certificate.
             key_type: key type of a created certificate.
+            key_size: its key size in bits (None: the type's default).
 
         Returns:
             The station certificate (with the station sub-CA as intermediate) and key.
@@ -181,11 +187,111 @@ class DevPki:
                 raise PkiError(f"{key}: key does not match {crt}; fix: {fix}")
             return CertKey(certs[0], k, tuple(certs[1:]))
         issued = self.station_ca.issue_client(
-            station_id, self.org, now=now, days=days, key_type=key_type, extended_key_usage=CLIENT_EKU
+            station_id,
+            self.org,
+            now=now,
+            days=days,
+            key_type=key_type,
+            key_size=key_size,
+            extended_key_usage=CLIENT_EKU,
         )
         write_key_file(key, issued.key)
         write_cert_file(crt, *issued.chain)
         return issued
+
+
+@attrs.frozen
+class CsmsPki:
+    """What a CSMS needs from a PKI directory: its server certificate and key, the CA, and optionally the
+    Charging Station sub-CA it signs station CSRs with.
+
+    Only three files are required (a bring-your-own layout, e.g. made with openssl)::
+
+        ca.crt          the CA (one or more certificates): trusted for station client certificates
+        server.crt      the CSMS certificate (leaf first; intermediates may follow), issued under ca.crt
+        server.key      its private key (EC, or RSA of 2048 bits or more)
+
+    ``station-ca.crt`` with ``station-ca.key`` (as ``evsim certs init`` writes them) add the sub-CA the CSMS
+    signs CSRs with (A02); without them it has no CA to sign with.
+
+    Attributes:
+        dir: the directory.
+        anchors: the certificates of ``ca.crt``.
+        server: the server certificate (with its intermediates) and key.
+        station_ca: the station sub-CA, or None.
+    """
+
+    dir: Path
+    anchors: tuple[x509.Certificate, ...]
+    server: CertKey
+    station_ca: CertificateAuthority | None = None
+
+    @property
+    def root_cert(self) -> x509.Certificate:
+        """The first certificate of ``ca.crt``."""
+        return self.anchors[0]
+
+    @property
+    def host(self) -> str:
+        """The CN of the server certificate."""
+        return common_name(self.server.cert) or ""
+
+    @property
+    def org(self) -> str:
+        """The organization (O) of the server certificate, else of the CA, else ""."""
+        return organization(self.server.cert) or organization(self.root_cert) or ""
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> CsmsPki:
+        """Load ``ca.crt``, ``server.crt``, ``server.key`` and, if both exist, ``station-ca.crt|.key``.
+
+        Raises:
+            PkiError: a required file is missing or corrupt, a key does not match its certificate, or the
+                server certificate is not issued under ``ca.crt`` (the message names the file).
+        """
+        d = Path(directory)
+        fix = f"put ca.crt, server.crt and server.key in {d}, or run `evsim certs init --dir {d}`"
+        anchors = tuple(load_cert_file(d / CA_CRT, fix=fix))
+        chain = load_cert_file(d / SERVER_CRT, fix=fix)
+        key = load_key_file(d / SERVER_KEY, fix=fix)
+        if not key_matches_cert(key, chain[0]):
+            raise PkiError(f"{d / SERVER_KEY}: key does not match {d / SERVER_CRT}; fix: {fix}")
+        try:
+            check_key_strength(key, what=f"{d / SERVER_KEY}")
+        except PkiError as exc:
+            raise PkiError(f"{exc}; fix: {fix}") from exc
+        if not _chains_to(chain, anchors):
+            raise PkiError(
+                f"{d / SERVER_CRT}: not issued under {d / CA_CRT} (its issuer is "
+                f"{chain[-1].issuer.rfc4514_string()!r}); fix: {fix}"
+            )
+        station_ca: CertificateAuthority | None = None
+        if (d / STATION_CA_CRT).exists() and (d / STATION_CA_KEY).exists():
+            ca_cert = load_cert_file(d / STATION_CA_CRT, fix=fix)[0]
+            ca_key = load_key_file(d / STATION_CA_KEY, fix=fix)
+            if not key_matches_cert(ca_key, ca_cert):
+                raise PkiError(f"{d / STATION_CA_KEY}: key does not match {d / STATION_CA_CRT}; fix: {fix}")
+            parents = tuple(a for a in anchors if _signed_by(ca_cert, a))
+            station_ca = CertificateAuthority(ca_cert, ca_key, parents[:1])
+        return cls(d, anchors, CertKey(chain[0], key, tuple(chain[1:])), station_ca)
+
+
+def _signed_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    try:
+        child.verify_directly_issued_by(parent)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _chains_to(chain: list[x509.Certificate], anchors: tuple[x509.Certificate, ...]) -> bool:
+    """True when ``chain`` (leaf first) is linked by signatures and its last certificate is, or is issued by,
+    one of ``anchors``."""
+    for child, parent in itertools.pairwise(chain):
+        if not _signed_by(child, parent):
+            return False
+    top = chain[-1]
+    return any(top == a or _signed_by(top, a) for a in anchors)
 
 
 def init_dev_pki(
@@ -194,6 +300,7 @@ def init_dev_pki(
     host: str = "localhost",
     org: str = "evsim",
     key_type: KeyType = "ec",
+    key_size: int | None = None,
     now: _dt.datetime,
     force: bool = False,
     stations: int | Iterable[str] = 0,
@@ -205,6 +312,7 @@ def init_dev_pki(
         host: the CSMS FQDN (server certificate CN and SAN).
         org: organization (O) of every certificate.
         key_type: ``"ec"`` (P-256) or ``"rsa"`` (2048) for all keys.
+        key_size: their size in bits (None: the type's default; RSA 2048..8192, EC 256/384/521).
         now: simulation time of issuance.
         force: overwrite an existing PKI (and delete its station certificates, which the new station
             sub-CA did not issue).
@@ -244,7 +352,13 @@ def init_dev_pki(
                     f.unlink()
 
     root = CertificateAuthority.create_root(
-        f"{org} CSMS Root CA", org, now=now, days=ROOT_DAYS, key_type=key_type, path_length=1
+        f"{org} CSMS Root CA",
+        org,
+        now=now,
+        days=ROOT_DAYS,
+        key_type=key_type,
+        key_size=key_size,
+        path_length=1,
     )
     dns, ips = _server_names(host)
     server = root.issue_server(
@@ -256,13 +370,20 @@ def init_dev_pki(
         now=now,
         days=SERVER_DAYS,
         key_type=key_type,
+        key_size=key_size,
         extended_key_usage=SERVER_EKU,
     )
     station_ca = root.create_sub_ca(
-        f"{org} Charging Station Sub-CA", org, now=now, days=SUB_CA_DAYS, key_type=key_type
+        f"{org} Charging Station Sub-CA", org, now=now, days=SUB_CA_DAYS, key_type=key_type, key_size=key_size
     )
     mfr = CertificateAuthority.create_root(
-        f"{org} Manufacturer Root CA", org, now=now, days=ROOT_DAYS, key_type=key_type, path_length=1
+        f"{org} Manufacturer Root CA",
+        org,
+        now=now,
+        days=ROOT_DAYS,
+        key_type=key_type,
+        key_size=key_size,
+        path_length=1,
     )
     for crt, key, cert, k in (
         (CA_CRT, CA_KEY, root.cert, root.key),
@@ -274,5 +395,5 @@ def init_dev_pki(
         write_cert_file(d / crt, cert)
     pki = DevPki(d, root, server, station_ca, mfr)
     for sid in ids:
-        pki.station(sid, now=now, key_type=key_type)
+        pki.station(sid, now=now, key_type=key_type, key_size=key_size)
     return pki

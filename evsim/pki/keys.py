@@ -34,31 +34,47 @@ MIN_RSA_BITS = 2048
 MIN_EC_BITS = 224
 """OCPP A00.FR.501-514: EC keys of at least 224 bits (112-bit security)."""
 
+MAX_RSA_BITS = 8192
+"""The largest RSA key evsim generates (an 8192-bit key takes seconds; 4096 is the usual maximum)."""
+EC_SIZES: dict[int, type[ec.EllipticCurve]] = {256: ec.SECP256R1, 384: ec.SECP384R1, 521: ec.SECP521R1}
+"""EC key sizes evsim generates, and their curves."""
+
 _KEY_TYPES: tuple[KeyType, ...] = ("ec", "rsa")
 
 
-def generate_key(key_type: KeyType = "ec", *, rsa_bits: int = 2048) -> PrivateKey:
+def generate_key(key_type: KeyType = "ec", *, rsa_bits: int = 2048, size: int | None = None) -> PrivateKey:
     """Generate a private key.
 
     Args:
-        key_type: ``"ec"`` for ECDSA on P-256 (fast; the default) or ``"rsa"``.
+        key_type: ``"ec"`` for ECDSA (P-256 unless ``size`` says otherwise; the default) or ``"rsa"``.
         rsa_bits: RSA modulus size; refused below 2048 bits (OCPP A00.FR.501-514).
+        size: the key size in bits, overriding ``rsa_bits``: RSA :data:`MIN_RSA_BITS` ..
+            :data:`MAX_RSA_BITS`, EC one of :data:`EC_SIZES` (256, 384, 521); None: the default of the type.
 
     Returns:
         The new private key.
 
     Raises:
-        PkiError: unknown ``key_type`` or an RSA size below 2048 bits.
+        PkiError: unknown ``key_type``, an RSA size below 2048 or above 8192 bits, or an EC size without a
+            curve.
     """
     if key_type == "ec":
-        return ec.generate_private_key(ec.SECP256R1())
-    if key_type == "rsa":
-        if rsa_bits < MIN_RSA_BITS:
+        curve = EC_SIZES.get(256 if size is None else size)
+        if curve is None:
             raise PkiError(
-                f"RSA key of {rsa_bits} bits is too weak: "
-                f"OCPP (A00.FR.501-514) requires at least {MIN_RSA_BITS}"
+                f"no EC curve of {size} bits; use one of {', '.join(str(s) for s in EC_SIZES)} "
+                "(P-256, P-384, P-521)"
             )
-        return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+        return ec.generate_private_key(curve())
+    if key_type == "rsa":
+        bits = rsa_bits if size is None else size
+        if bits < MIN_RSA_BITS:
+            raise PkiError(
+                f"RSA key of {bits} bits is too weak: OCPP (A00.FR.501-514) requires at least {MIN_RSA_BITS}"
+            )
+        if bits > MAX_RSA_BITS:
+            raise PkiError(f"RSA key of {bits} bits is larger than evsim generates (at most {MAX_RSA_BITS})")
+        return rsa.generate_private_key(public_exponent=65537, key_size=bits)
     raise PkiError(f"unknown key type {key_type!r}; use one of {', '.join(_KEY_TYPES)}")
 
 

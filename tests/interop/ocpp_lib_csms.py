@@ -7,7 +7,8 @@ at ``wss://localhost:<port>/ocpp/<station id>``. Every line on stdout is one JSO
 * ``{"event": "rejected", "status": 401|404, "path": ..., "reason": ...}`` for a refused upgrade;
 * ``{"event": "connected", "station": id, "subprotocol": ..., "tls_version": ..., "client_cn": ...}``;
 * ``{"station": id, "action": A, "message_id": M, "payload": {...}}`` per CALL received (wire camelCase);
-* ``{"station": id, "sent": "TriggerMessage", "status": ...}`` with ``--trigger-heartbeat``;
+* ``{"station": id, "sent": "TriggerMessage", "status": ...}`` with ``--trigger-heartbeat`` or ``--trigger-csr``;
+* ``{"station": id, "sent": "CertificateSigned", "status": ..., "cert_sha256": ...}`` with ``--trigger-csr``;
 * ``{"event": "disconnected", "station": id, "code": C}``;
 * ``{"event": "summary", "transactions": {...}}`` and ``{"event": "exit", "reason": ...}`` at the end.
 
@@ -29,12 +30,14 @@ import signal
 import ssl
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from ocpp.routing import after as _ocpp_after
 from ocpp.routing import on as _ocpp_on
 from ocpp.v201 import ChargePoint, call, call_result
@@ -100,11 +103,17 @@ class StationLink(ChargePoint):  # type: ignore[misc]  # subclassing an untyped 
     """CSMS side of one station's connection."""
 
     def __init__(
-        self, station_id: str, connection: ServerConnection, recorder: Recorder, trigger: bool
+        self,
+        station_id: str,
+        connection: ServerConnection,
+        recorder: Recorder,
+        trigger: bool,
+        signer: CsrSigner | None = None,
     ) -> None:
         super().__init__(station_id, connection, response_timeout=30)
         self.recorder = recorder
         self.trigger_heartbeat = trigger
+        self.signer = signer
 
     async def route_message(self, raw_msg: str) -> None:
         # Log every CALL as it came off the wire (camelCase), then let the library dispatch it.
@@ -127,14 +136,41 @@ class StationLink(ChargePoint):  # type: ignore[misc]  # subclassing an untyped 
 
     @after("BootNotification")
     async def after_boot_notification(self, **_: Any) -> None:
-        if not self.trigger_heartbeat:
-            return
+        if self.trigger_heartbeat:
+            await self._trigger("Heartbeat")
+        if self.signer is not None and self.id not in self.signer.renewed:
+            self.signer.renewed.add(self.id)  # once per station: its next connection uses the new certificate
+            await self._trigger("SignChargingStationCertificate")
+
+    async def _trigger(self, what: str) -> None:
         try:
-            result = await self.call(call.TriggerMessage(requested_message="Heartbeat"), suppress=False)
+            result = await self.call(call.TriggerMessage(requested_message=what), suppress=False)
         except Exception as exc:  # CALLERROR or timeout from the station
             emit(station=self.id, sent="TriggerMessage", error=f"{type(exc).__name__}: {exc}")
             return
-        emit(station=self.id, sent="TriggerMessage", status=result.status)
+        emit(station=self.id, sent="TriggerMessage", requested=what, status=result.status)
+
+    @on("SignCertificate")
+    def on_sign_certificate(self, **_: Any) -> Any:
+        status = "Accepted" if self.signer is not None else "Rejected"
+        return call_result.SignCertificate(status=status)
+
+    @after("SignCertificate")
+    async def after_sign_certificate(self, csr: str, **_: Any) -> None:
+        if self.signer is None:
+            return
+        chain, fingerprint = self.signer.sign(csr)
+        try:
+            result = await self.call(
+                call.CertificateSigned(
+                    certificate_chain=chain, certificate_type="ChargingStationCertificate"
+                ),
+                suppress=False,
+            )
+        except Exception as exc:
+            emit(station=self.id, sent="CertificateSigned", error=f"{type(exc).__name__}: {exc}")
+            return
+        emit(station=self.id, sent="CertificateSigned", status=result.status, cert_sha256=fingerprint)
 
     @on("Heartbeat")
     def on_heartbeat(self, **_: Any) -> Any:
@@ -159,6 +195,43 @@ class StationLink(ChargePoint):  # type: ignore[misc]  # subclassing an untyped 
     @on("SecurityEventNotification")
     def on_security_event_notification(self, **_: Any) -> Any:
         return call_result.SecurityEventNotification()
+
+
+class CsrSigner:
+    """Signs station CSRs with a CA certificate and key (``--sign-cert``/``--sign-key``), cryptography only."""
+
+    def __init__(self, cert_file: str, key_file: str) -> None:
+        self.ca = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
+        self.key = serialization.load_pem_private_key(Path(key_file).read_bytes(), password=None)
+        self.renewed: set[str] = set()
+
+    def sign(self, csr_pem: str) -> tuple[str, str]:
+        """The chain (leaf, CA) for ``csr_pem`` and the leaf's SHA-256 fingerprint (hex)."""
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+        if not csr.is_signature_valid:
+            raise ValueError("CSR signature does not verify")
+        now = datetime.now(UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(csr.subject)
+            .issuer_name(self.ca.subject)
+            .public_key(csr.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(hours=1))
+            .not_valid_after(now + timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())  # type: ignore[arg-type]  # an EC or RSA CA key
+        )
+        chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (cert, self.ca))
+        return chain.decode(), cert.fingerprint(hashes.SHA256()).hex()
+
+
+def client_cert_sha256(connection: ServerConnection) -> str | None:
+    ssl_object = connection.transport.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        return None
+    return x509.load_der_x509_certificate(der).fingerprint(hashes.SHA256()).hex()
 
 
 def build_ssl_context(cert: str, key: str, ca: str | None, require_client_cert: bool) -> ssl.SSLContext:
@@ -205,6 +278,7 @@ class Csms:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.recorder = Recorder()
+        self.signer = CsrSigner(args.sign_cert, args.sign_key) if args.sign_cert else None
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         station_id = station_id_from_path(request.path)
@@ -237,12 +311,13 @@ class Csms:
             tls_version=ssl_object.version() if ssl_object is not None else None,
             cipher=ssl_object.cipher()[0] if ssl_object is not None else None,
             client_cn=peer_common_name(connection),
+            client_cert_sha256=client_cert_sha256(connection),
         )
         if connection.subprotocol != SUBPROTOCOL:
             await connection.close(1002, "subprotocol ocpp2.0.1 required")
             emit(event="disconnected", station=station_id, code=1002, reason="no subprotocol")
             return
-        link = StationLink(station_id, connection, self.recorder, self.args.trigger_heartbeat)
+        link = StationLink(station_id, connection, self.recorder, self.args.trigger_heartbeat, self.signer)
         with contextlib.suppress(ConnectionClosed):  # the library's read loop ends only this way
             await link.start()
         emit(event="disconnected", station=station_id, code=connection.close_code)
@@ -304,7 +379,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="after each accepted BootNotification send TriggerMessage(Heartbeat) to the station",
     )
+    parser.add_argument(
+        "--sign-cert",
+        help="CA certificate (PEM) to sign station CSRs with; after each station's first BootNotification send "
+        "TriggerMessage(SignChargingStationCertificate) and answer its SignCertificate with CertificateSigned",
+    )
+    parser.add_argument("--sign-key", help="private key of --sign-cert (PEM)")
     args = parser.parse_args(argv)
+    if bool(args.sign_cert) != bool(args.sign_key):
+        parser.error("--sign-cert and --sign-key go together")
     if args.require_client_cert and args.ca is None:
         parser.error("--require-client-cert needs --ca")
     if not 0 <= args.port <= 65535 or args.duration <= 0:

@@ -14,15 +14,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import itertools
 import json
 import ssl
 import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from ocpp.routing import after as _ocpp_after
 from ocpp.routing import on as _ocpp_on
 from ocpp.v201 import ChargePoint, call, call_result
@@ -75,6 +81,36 @@ class Station(ChargePoint):  # type: ignore[misc]  # subclassing an untyped libr
     def __init__(self, station_id: str, connection: ClientConnection, response_timeout: float) -> None:
         super().__init__(station_id, connection, response_timeout=response_timeout)
         self.background: set[asyncio.Task[None]] = set()
+        self.csr_key: ec.EllipticCurvePrivateKey | None = None
+        self.roots: list[x509.Certificate] = []
+        self.signed: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    @on("CertificateSigned")
+    def on_certificate_signed(self, certificate_chain: str, **_: Any) -> Any:
+        verified, why = self._verify_chain(certificate_chain)
+        emit(step="certificate_signed", verified=verified, reason=why)
+        if not self.signed.done():
+            self.signed.set_result(verified)
+        return call_result.CertificateSigned(status="Accepted" if verified else "Rejected")
+
+    def _verify_chain(self, pem: str) -> tuple[bool, str]:
+        """Leaf first: our key and CN, each certificate signed by the next, the last by a --ca root."""
+        try:
+            chain = x509.load_pem_x509_certificates(pem.encode())
+            leaf = chain[0]
+            assert self.csr_key is not None
+            if leaf.public_key() != self.csr_key.public_key():
+                return False, "not the key of our CSR"
+            if leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value != self.id:
+                return False, "wrong CN"
+            for child, parent in itertools.pairwise(chain):
+                child.verify_directly_issued_by(parent)
+            top = chain[-1]
+            if not any(top == root or _issued_by(top, root) for root in self.roots):
+                return False, "not issued under --ca"
+        except Exception as exc:  # anything wrong with the chain is a refusal
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, "ok"
 
     async def request(self, payload: Any) -> Any:
         """CALL and return the typed result; a CALLERROR raises instead of returning None."""
@@ -148,7 +184,40 @@ def describe_ssl_error(err: ssl.SSLError) -> dict[str, Any]:
     return info
 
 
-async def run_session(station: Station, heartbeats: int) -> None:
+def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    try:
+        child.verify_directly_issued_by(parent)
+    except Exception:
+        return False
+    return True
+
+
+async def sign_certificate(station: Station, org: str, roots: list[x509.Certificate]) -> None:
+    """A02 from the station side: a new P-256 key, a CSR (CN = id, O = org), SignCertificate, then wait for
+    CertificateSigned and verify the chain against --ca."""
+    station.roots = roots
+    station.csr_key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, station.id),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+        ]
+    )
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(station.csr_key, hashes.SHA256())
+    pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+    answer = await station.request(
+        call.SignCertificate(csr=pem, certificate_type="ChargingStationCertificate")
+    )
+    emit(step="sign_certificate", status=answer.status)
+    if answer.status != "Accepted":
+        raise StepFailed(f"SignCertificate answered {answer.status}")
+    if not await asyncio.wait_for(station.signed, timeout=20):
+        raise StepFailed("CertificateSigned did not verify")
+
+
+async def run_session(
+    station: Station, heartbeats: int, csr_org: str | None = None, roots: list[x509.Certificate] | None = None
+) -> None:
     boot = await station.request(
         call.BootNotification(
             reason="PowerUp",
@@ -167,6 +236,9 @@ async def run_session(station: Station, heartbeats: int) -> None:
         call.StatusNotification(timestamp=utcnow(), connector_status="Available", evse_id=1, connector_id=1)
     )
     emit(step="status_notification", connector_status="Available")
+
+    if csr_org is not None:
+        await sign_certificate(station, csr_org, roots or [])
 
     for n in range(heartbeats):
         beat = await station.request(call.Heartbeat())
@@ -277,7 +349,9 @@ async def main_async(args: argparse.Namespace) -> int:
     station = Station(args.id, connection, response_timeout=min(args.timeout, 30))
     reader = asyncio.get_running_loop().create_task(station.start())
     try:
-        session = asyncio.get_running_loop().create_task(run_session(station, args.heartbeats))
+        session = asyncio.get_running_loop().create_task(
+            run_session(station, args.heartbeats, args.sign_certificate, args.roots)
+        )
         done, _ = await asyncio.wait({session, reader}, return_when=asyncio.FIRST_COMPLETED)
         if session not in done:
             session.cancel()
@@ -309,11 +383,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--heartbeats", type=int, default=2, help="Heartbeats to send back to back (default 2)"
     )
     parser.add_argument(
+        "--sign-certificate",
+        metavar="ORG",
+        help="after StatusNotification, run A02: send a CSR (CN = --id, O = ORG) and verify the CertificateSigned "
+        "chain against --ca",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=30.0, help="hard overall timeout in seconds (default 30)"
     )
     args = parser.parse_args(argv)
     if args.key is not None and args.cert is None:
         parser.error("--key needs --cert")
+    args.roots = x509.load_pem_x509_certificates(Path(args.ca).read_bytes()) if args.sign_certificate else []
     if args.heartbeats < 0 or args.timeout <= 0:
         parser.error("--heartbeats must be >= 0 and --timeout > 0")
     return args
