@@ -13,6 +13,7 @@ from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock
 from evsim.net.virtual import VirtualNetwork
 from evsim.nodes.csms import Csms, CsmsConfig
+from evsim.nodes.filetransfer import FileTransferConfig
 from evsim.nodes.station import Station, StationConfig
 from evsim.recorder import Event, Recorder
 from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile
@@ -79,6 +80,8 @@ class Harness:
         identity: Identity | None = None,
         sessions: int = 1,
         profile: TlsProfile | None = None,
+        files: FileTransferConfig | None = None,
+        firmware_version: str = "0.1.0",
     ) -> Station:
         if client_tls is None:
             if security_profile == 3 and identity is None:
@@ -91,6 +94,7 @@ class Harness:
                 security_profile=security_profile,
                 password=password if security_profile < 3 else None,
                 sessions=sessions,
+                firmware_version=firmware_version,
                 session_start_s=(1.0, 5.0),
                 session_duration_s=120.0,
                 meter_interval_s=30.0,
@@ -101,6 +105,7 @@ class Harness:
             clock=self.clock,
             recorder=self.recorder,
             rng=random.Random(station_id),
+            files=files,
         )
         self.nursery.start_soon(station.run)
         self.stations.append(station)
