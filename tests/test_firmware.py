@@ -3,7 +3,11 @@ on the in-memory network in virtual time."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import trio
@@ -521,3 +525,86 @@ async def test_get_log_to_a_server_that_refuses_uploads_ends_in_not_supported_af
 )
 def test_log_status_for_failure_reasons(reason: str, status: str) -> None:
     assert log_status_for(reason) == status
+
+
+# ---------------------------------------------------------------- evsim firmware sign, checked by openssl
+
+
+def test_firmware_sign_builds_an_image_openssl_verifies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from evsim.cli import main
+
+    assert main(["certs", "init", "--dir", str(tmp_path / "pki")]) == 0
+    out = tmp_path / "fw"
+    assert (
+        main(
+            [
+                "firmware",
+                "sign",
+                "--pki",
+                str(tmp_path / "pki"),
+                "--version",
+                "2.0.1",
+                "--size",
+                "5000",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    image = (out / "evsim-fw-2.0.1.bin").read_bytes()
+    signature = (out / "evsim-fw-2.0.1.bin.sig").read_text().strip()
+    signer_pem = (out / "firmware-signer.crt").read_text()
+    mfr = x509.load_pem_x509_certificate((tmp_path / "pki" / "manufacturer-root.crt").read_bytes())
+    cert = check_signing_certificate(signer_pem, (mfr,), now=dt.datetime.now(dt.UTC))
+    verify_image(image, signature, cert)
+    assert image_version(image) == "2.0.1"
+    # a second image from the same PKI has the same signer
+    assert (
+        main(
+            [
+                "firmware",
+                "sign",
+                "--pki",
+                str(tmp_path / "pki"),
+                "--image",
+                str(out / "evsim-fw-2.0.1.bin"),
+                "--out",
+                str(tmp_path / "again"),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "again" / "firmware-signer.crt").read_text() == signer_pem
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (.ci/run installs it)")
+    pub = tmp_path / "pub.pem"
+    pub.write_bytes(
+        cert.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    (tmp_path / "sig.der").write_bytes(base64.b64decode(signature))
+    for command in (
+        [
+            "openssl",
+            "dgst",
+            "-sha256",
+            "-verify",
+            str(pub),
+            "-signature",
+            str(tmp_path / "sig.der"),
+            str(out / "evsim-fw-2.0.1.bin"),
+        ],
+        [
+            "openssl",
+            "verify",
+            "-CAfile",
+            str(tmp_path / "pki" / "manufacturer-root.crt"),
+            str(out / "firmware-signer.crt"),
+        ],
+    ):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
