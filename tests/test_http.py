@@ -668,3 +668,15 @@ async def test_download_and_upload_over_loopback_tcp() -> None:
                 filename="CS1.log",
             )
             assert up.status == 201 and server.uploaded("/fw/up/CS1.log") is not None
+
+
+def test_the_knobs_vs_tools_page_covers_every_knob_of_the_tls_model() -> None:
+    from pathlib import Path
+
+    from evsim.tls.knobs import KNOB_STATES
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "tls-knobs-vs-tools.md").read_text(
+        encoding="utf-8"
+    )
+    rows = {line.split("|")[1].strip().strip("`") for line in page.splitlines() if line.startswith("| `")}
+    assert set(KNOB_STATES) <= rows, sorted(set(KNOB_STATES) - rows)
