@@ -680,3 +680,38 @@ def test_the_knobs_vs_tools_page_covers_every_knob_of_the_tls_model() -> None:
     )
     rows = {line.split("|")[1].strip().strip("`") for line in page.splitlines() if line.startswith("| `")}
     assert set(KNOB_STATES) <= rows, sorted(set(KNOB_STATES) - rows)
+
+
+async def test_a_revoked_mirror_is_refused_by_the_crl_and_the_next_one_serves(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from cryptography import x509
+
+    from evsim.pki.revocation import RevocationList
+    from evsim.tls import RevocationPolicy
+
+    revocations = RevocationList(PKI.root)
+    revocations.revoke(
+        server_cert("fw-a.evsim.test").cert, at=TEST_NOW, reason=x509.ReasonFlags.key_compromise
+    )
+    crl = revocations.build_crl(now=TEST_NOW, next_update_s=86400)
+    trust = attrs.evolve(PKI.csms_trust(), revocation=RevocationPolicy(crl="leaf", crls=(crl,)))
+    with trio.fail_after(60):
+        async with scene() as s:
+            await s.server("fw-a.evsim.test")
+            await s.server("fw-b.evsim.test")
+            svc = Service(
+                "firmware",
+                (
+                    mirror("a", "fw-a.evsim.test", 0, trust=trust),
+                    mirror("b", "fw-b.evsim.test", 1, trust=trust),
+                ),
+                backoff=FAST,
+            )
+            result = await download(
+                svc, "/image.bin", s.net, clock=s.clock, recorder=s.recorder, source="CS1"
+            )
+            assert result.endpoint == "b" and result.body == IMAGE
+            [refused] = s.events("handshake_failed", "CS1")
+            assert refused.data["reason"] == "cert_invalid:revoked"
+            assert refused.data["security_event"] == "InvalidCsmsCertificate"
