@@ -5,6 +5,7 @@ evsim csms --listen HOST:PORT --pki DIR   serve wss://HOST:PORT/ocpp/<station-id
 evsim stations --csms URL --count N ...   run N stations against any OCPP 2.0.1 CSMS
 evsim demo --pki DIR                      a CSMS and ten stations in one process (virtual time)
 evsim tls capabilities [--json]           TLS versions, suites, groups and knob states of this engine
+evsim firmware sign --version V           a signed test firmware image (manufacturer root of the dev PKI)
 """
 
 from __future__ import annotations
@@ -198,6 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[verbosity],
     )
     caps.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    fw = sub.add_parser("firmware", help="signed firmware images (OCPP L01)", parents=[verbosity])
+    fw_sub = fw.add_subparsers(dest="firmware_command", required=True, metavar="ACTION")
+    sign = fw_sub.add_parser(
+        "sign",
+        help="sign a firmware image (or build a test image) with a signing certificate of the manufacturer root",
+        parents=[verbosity],
+    )
+    sign.add_argument("--pki", default="certs", help="PKI directory made by 'evsim certs init'")
+    what = sign.add_mutually_exclusive_group(required=True)
+    what.add_argument("--version", dest="fw_version", help="build a test image of this version")
+    what.add_argument("--image", help="sign this file instead")
+    sign.add_argument("--size", type=int, default=64 * 1024, help="payload bytes of a test image")
+    sign.add_argument("--out", default="firmware", help="output directory (default: firmware)")
     caps.add_argument(
         "--profile",
         default=None,
@@ -264,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return scenario_cli.report(args)
         if args.command == "tls":
             return _tls_capabilities(args)
+        if args.command == "firmware":
+            return commands.firmware_sign(args)
     except (EvsimError, KeyboardInterrupt) as exc:
         return _failed(exc)
     except BaseExceptionGroup as group:

@@ -67,6 +67,56 @@ def certs_init(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- firmware
+
+FIRMWARE_SIGNER_CRT, FIRMWARE_SIGNER_KEY = "firmware-signer.crt", "firmware-signer.key"
+
+
+def firmware_sign(args: argparse.Namespace) -> int:
+    """``evsim firmware sign``: the image, its base64 signature and the signing certificate, in ``--out``.
+
+    The signing certificate is issued once by the PKI's manufacturer root and kept in the PKI directory
+    (``firmware-signer.crt`` / ``.key``), so every image signed from one PKI has the same signer.
+    """
+    from evsim.pki import CertKey, load_cert_file, load_key_file, write_cert_file, write_key_file
+    from evsim.pki.firmware import build_test_image, issue_firmware_signer, sign_image
+
+    pki = DevPki.load(args.pki)
+    crt, key = pki.path(FIRMWARE_SIGNER_CRT), pki.path(FIRMWARE_SIGNER_KEY)
+    if crt.exists() and key.exists():
+        signer = CertKey(load_cert_file(crt)[0], load_key_file(key))
+    else:
+        signer = issue_firmware_signer(pki.manufacturer_root, now=real_utcnow())
+        write_key_file(key, signer.key)
+        write_cert_file(crt, signer.cert)
+    if args.image is not None:
+        source = Path(args.image)
+        try:
+            image = source.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the image ({exc})", path="--image", value=args.image) from exc
+        name = source.name
+    else:
+        if args.size < 0:
+            raise ConfigError("must be >= 0", path="--size", value=args.size)
+        image = build_test_image(args.fw_version, args.size)
+        name = f"evsim-fw-{args.fw_version}.bin"
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(image)
+        (out / f"{name}.sig").write_text(sign_image(image, signer) + "\n", encoding="ascii")
+        (out / FIRMWARE_SIGNER_CRT).write_bytes(signer.cert_pem())
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {out} ({exc})", path="--out", value=args.out) from exc
+    print(f"{out / name}: {len(image)} bytes")
+    print(f"{out / name}.sig: base64 signature (UpdateFirmware firmware.signature)")
+    print(
+        f"{out / FIRMWARE_SIGNER_CRT}: signing certificate (firmware.signingCertificate), issued by {pki.path('manufacturer-root.crt')}"
+    )
+    return 0
+
+
 # ---------------------------------------------------------------------------- csms
 
 

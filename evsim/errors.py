@@ -14,6 +14,7 @@ errors only. trio's rule applies: a ``Broken*`` error is the peer's (or the netw
     │   ├── ClosedTransport         we used a stream we had closed (local)
     │   ├── TlsError                TLS failed
     │   │   └── HandshakeFailed     handshake refused; carries a reason from the event vocabulary
+    │   ├── HttpError               an HTTP exchange refused or failed (``reason``, ``status``)
     │   └── WebSocketError
     │       ├── UpgradeRejected     HTTP upgrade refused (status code: 401, 404, ...)
     │       ├── UpgradeFailed       opening handshake unusable: malformed HTTP, or too slow (``reason``)
@@ -123,6 +124,24 @@ class HandshakeFailed(TlsError):
         self.remote = remote
         side = "peer refused" if remote else "refused"
         super().__init__(f"TLS handshake {side}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class HttpError(TransportError):
+    """An HTTP request or response was refused or could not be completed (file transfers over HTTPS).
+
+    Args:
+        reason: a short category for events and failure counts: ``http_<status>`` for a refusing status
+            (``http_404``), or a limit or protocol reason (``head_too_large``, ``body_too_large``,
+            ``head_timeout``, ``body_timeout``, ``bad_http_request``, ``bad_http_response``,
+            ``response_overrun``, ``bad_content_range``, ``range_not_satisfiable``, ``truncated``...).
+        message: what happened (may quote the peer: escape it before logging).
+        status: the HTTP status received (client side) or to answer with (server side); 0 when none.
+    """
+
+    def __init__(self, reason: str, message: str, *, status: int = 0) -> None:
+        self.reason = reason
+        self.status = status
+        super().__init__(message)
 
 
 class WebSocketError(TransportError):

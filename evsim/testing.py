@@ -37,6 +37,7 @@ import trio
 import trio.testing
 
 from evsim.net.base import Network
+from evsim.nodes.filetransfer import FileTransferConfig
 from evsim.nodes.station import Station, StationConfig
 from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile, TrustStore
 from evsim.world import CsmsNode, Tls, TrustSpec, World, open_world
@@ -162,6 +163,7 @@ def start_station(
     trust: TrustSpec | TrustStore | None = None,
     identity: Identity | None = None,
     rng: random.Random | None = None,
+    files: FileTransferConfig | None = None,
     **config: Any,
 ) -> Station:
     """Start an evsim station connecting to ``url`` on the world's network (a CSMS or controller under test,
@@ -180,6 +182,7 @@ def start_station(
             world's root) and ``identity`` (default under profile 3: a station certificate from the world's
             station sub-CA).
         rng: its random source; default the world's for ``station_id``.
+        files: its firmware and log transfer settings (services, trust, manufacturer roots).
         config: further :class:`~evsim.nodes.station.StationConfig` fields (``sessions``, ``backoff``...).
     """
     if client_tls is None and security_profile >= 2:
@@ -200,6 +203,7 @@ def start_station(
         clock=world.clock,
         recorder=world.recorder,
         rng=rng or world.rng(station_id),
+        files=files,
     )
     world.nursery.start_soon(station.run)
     return station

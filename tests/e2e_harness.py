@@ -18,6 +18,7 @@ from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock
 from evsim.net.virtual import VirtualNetwork
 from evsim.nodes.csms import Csms
+from evsim.nodes.filetransfer import FileTransferConfig
 from evsim.nodes.station import Station
 from evsim.recorder import Event, Recorder
 from evsim.testing import TEST_PASSWORD, open_test_world, start_station
@@ -92,6 +93,8 @@ class Harness:
         identity: Identity | None = None,
         sessions: int = 1,
         profile: TlsProfile | None = None,
+        files: FileTransferConfig | None = None,
+        firmware_version: str = "0.1.0",
     ) -> Station:
         if security_profile == 3 and identity is None and client_tls is None:
             identity = self.pki.station_identity(station_id)
@@ -111,6 +114,8 @@ class Harness:
             session_duration_s=120.0,
             meter_interval_s=30.0,
             backoff=RetryBackOff(wait_minimum=5, random_range=2, repeat_times=3),
+            firmware_version=firmware_version,
+            files=files,
         )
         self.stations.append(station)
         return station

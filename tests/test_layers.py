@@ -43,7 +43,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pki", ("evsim.pki",)),
     ("net", ("evsim.net",)),
     ("tls", ("evsim.tls",)),
-    ("ws", ("evsim.ws",)),
+    ("ws", ("evsim.ws", "evsim.http")),
     ("ocpp", ("evsim.ocpp",)),
     ("link", ("evsim.link",)),
     ("nodes", ("evsim.nodes",)),

@@ -74,7 +74,7 @@ def test_endpoint_derives_address_and_server_name() -> None:
     ("make", "path", "words"),
     [
         (lambda: Endpoint("", "ws://h/"), "endpoint.name", "needs a name"),
-        (lambda: Endpoint("a", "https://h/"), "endpoint.a.url", "ws or wss"),
+        (lambda: Endpoint("a", "ftp://h/"), "endpoint.a.url", "ws or wss or http or https"),
         (lambda: Endpoint("a", "wss:///ocpp", trust=ROOT_X), "endpoint.a.url", "no host"),
         (lambda: Endpoint("a", "wss://h/"), "endpoint.a.trust", "needs a trust store"),
         (lambda: Endpoint("a", "ws://h/", trust=ROOT_X), "endpoint.a.trust", "does not use TLS"),
@@ -750,7 +750,7 @@ def test_service_from_toml() -> None:
         (
             ('url = "wss://csms-b.evsim.test/ocpp"', 'url = "https://csms-b.evsim.test/"'),
             "stations.g1.service.endpoints[1].url",
-            "ws or wss",
+            "all WebSocket (ws/wss) or all file transfer",
         ),
         (
             ('target = "leaf"', 'target = "leef"'),

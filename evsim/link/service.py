@@ -69,7 +69,7 @@ from evsim.tls.peer import EventSink as PeerEventSink
 from evsim.tls.peer import PeerPolicy, require_policy
 from evsim.tls.stream import TlsInfo, TlsStream, tls_connect
 from evsim.toml_table import Table, choices_fix, rebased
-from evsim.urls import parse_url
+from evsim.urls import HTTP_SCHEMES, WS_SCHEMES, parse_url
 
 __all__ = [
     "POLICIES",
@@ -91,7 +91,8 @@ POLICIES: tuple[FailoverPolicy, ...] = ("priority", "round_robin", "sticky")
 SNI_OFF = "off"
 """The ``sni`` value that sends no server name."""
 
-_SCHEMES_WITH_TLS = frozenset({"wss"})
+_SCHEMES_WITH_TLS = frozenset({"wss", "https"})
+_PLAIN_TWIN = {"wss": "ws", "https": "http"}
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -161,11 +162,12 @@ class Endpoint:
 
     Args:
         name: unique within the service (logs, events, ``Attempt.endpoint``), e.g. ``"primary"``.
-        url: ``ws://`` or ``wss://`` URL (path included, station identity not appended).
+        url: ``ws://`` or ``wss://`` URL (path included, station identity not appended); a file service
+            (firmware, logs) uses ``http://`` or ``https://`` (path: the base the file path goes under).
         priority: lower is tried first (OCPP ``NetworkConfigurationPriority`` order).
-        profile: how to speak TLS; must stay the default for ``ws://`` (nothing would apply it).
-        trust: whom to trust; required for ``wss://``, forbidden for ``ws://``.
-        identity: our client certificate (security profile 3), or None; forbidden for ``ws://``.
+        profile: how to speak TLS; must stay the default for ``ws://`` / ``http://`` (nothing would apply it).
+        trust: whom to trust; required for ``wss://`` / ``https://``, forbidden without TLS.
+        identity: our client certificate (security profile 3), or None; forbidden without TLS.
         sni: the server name to send and verify; None = the URL host; ``"off"`` = send none (only with a
             trust store that checks no hostname, see the module docstring); forbidden for ``ws://``.
         attempts: connection attempts in a row before moving on (``NetworkProfileConnectionAttempts``).
@@ -173,7 +175,7 @@ class Endpoint:
             its compiled context; a mutable holder, so not part of equality. Forbidden for ``ws://``.
 
     Raises:
-        ConfigError: empty name, a URL that is not ws/wss (or has no host, a bad port, credentials),
+        ConfigError: empty name, a URL that is not ws/wss/http/https (or has no host, a bad port, credentials),
             ``wss://`` without a trust store, TLS settings (trust, identity, SNI, a non-default profile) on a
             ``ws://`` URL, a bad SNI value, ``"off"`` SNI with a hostname check, a non-integer priority, or
             ``attempts < 1``.
@@ -200,7 +202,7 @@ class Endpoint:
                 "an endpoint needs a name", path="endpoint.name", value=self.name, fix='e.g. name = "primary"'
             )
         try:
-            scheme, host, port, path = parse_url(self.url)
+            scheme, host, port, path = parse_url(self.url, schemes=WS_SCHEMES + HTTP_SCHEMES)
         except ConfigError as exc:
             raise ConfigError(exc.message, path=f"{where}.url", value=self.url, fix=exc.fix) from None
         object.__setattr__(self, "scheme", scheme)
@@ -226,18 +228,19 @@ class Endpoint:
             ):
                 if value is not None:
                     raise ConfigError(
-                        f"{field} is a TLS setting but ws:// does not use TLS",
+                        f"{field} is a TLS setting but {self.scheme}:// does not use TLS",
                         path=f"{where}.{field}",
                         value=value if field == "sni" else None,
-                        fix=f"remove {field}, or use a wss:// URL",
+                        fix=f"remove {field}, or use a {self.scheme}s:// URL",
                     )
 
     def _check_tls(self, where: str) -> None:
         if self.trust is None:
             raise ConfigError(
-                "a wss:// endpoint needs a trust store to verify the server",
+                f"a {self.scheme}:// endpoint needs a trust store to verify the server",
                 path=f"{where}.trust",
-                fix="give the CSMS root trust store (e.g. CSMSRootCertificate), or use ws://",
+                fix="give the CSMS root trust store (e.g. CSMSRootCertificate), "
+                f"or use {_PLAIN_TWIN[self.scheme]}://",
             )
         if self.peer is not None and not isinstance(self.peer, PeerPolicy):
             raise ConfigError("peer must be a PeerPolicy", path=f"{where}.peer", value=self.peer)
@@ -266,8 +269,13 @@ class Endpoint:
 
     @property
     def secure(self) -> bool:
-        """True for ``wss://`` (TLS)."""
+        """True for ``wss://`` and ``https://`` (TLS)."""
         return self.scheme in _SCHEMES_WITH_TLS
+
+    @property
+    def kind(self) -> Literal["ws", "http"]:
+        """``"ws"`` for an OCPP-J (WebSocket) endpoint, ``"http"`` for a file-transfer endpoint."""
+        return "http" if self.scheme in HTTP_SCHEMES else "ws"
 
     @property
     def server_name(self) -> str | None:
@@ -277,7 +285,7 @@ class Endpoint:
         return self.sni if self.sni is not None else self.host
 
     def client_tls(self) -> ClientTls | None:
-        """The compiled TLS client configuration (cached by :meth:`ClientTls.build`); None for ``ws://``.
+        """The compiled TLS client configuration (cached by :meth:`ClientTls.build`); None without TLS.
 
         Returns:
             The configuration built from ``profile``, ``trust`` and ``identity``, with ``peer`` bound.
@@ -406,6 +414,11 @@ class Service:
     ordered: tuple[Endpoint, ...] = attrs.field(init=False, eq=False, repr=False)
     """The endpoints sorted by ``(priority, position)``: the order the planner walks."""
 
+    @property
+    def kind(self) -> Literal["ws", "http"]:
+        """What its endpoints speak: ``"ws"`` (OCPP-J) or ``"http"`` (file transfers)."""
+        return self.endpoints[0].kind
+
     def __attrs_post_init__(self) -> None:
         where = f"service.{self.name}"
         if self.policy not in POLICIES:
@@ -431,6 +444,13 @@ class Service:
                     path=f"{where}.endpoints[{i}]",
                     value=ep,
                     fix="build it with Endpoint(...)",
+                )
+            if ep.kind != self.endpoints[0].kind:
+                raise ConfigError(
+                    "a service's endpoints are all WebSocket (ws/wss) or all file transfer (http/https)",
+                    path=f"{where}.endpoints[{i}].url",
+                    value=ep.url,
+                    fix=f"use a {self.endpoints[0].kind} URL, or put this endpoint in a service of its own",
                 )
             if ep.name in names:
                 raise ConfigError(

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime
 import logging
 import math
 from collections.abc import Mapping
@@ -322,6 +323,10 @@ class StationRecord:
     messages: collections.Counter[str] = attrs.field(factory=collections.Counter)
     session: OcppSession | None = None
     connection: StationConnection | None = None
+    firmware_status: str | None = None
+    """The last FirmwareStatusNotification status (None before the first)."""
+    log_status: str | None = None
+    """The last LogStatusNotification status (None before the first)."""
 
     def tx_events(self) -> int:
         """TransactionEvents received from this station (duplicates not counted), retired ones included."""
@@ -646,12 +651,24 @@ class Csms:
                 tech_info=payload.get("techInfo", ""),
             )
             return {}
+        if action in ("FirmwareStatusNotification", "LogStatusNotification"):
+            firmware = action == "FirmwareStatusNotification"
+            if firmware:
+                rec.firmware_status = payload["status"]
+            else:
+                rec.log_status = payload["status"]
+            self.recorder.emit(
+                self.config.name,
+                "firmware_status_received" if firmware else "log_status_received",
+                station=rec.station_id,
+                status=payload["status"],
+                request=payload.get("requestId", -1),
+            )
+            return {}
         if action in (
             "MeterValues",
             "NotifyEvent",
             "NotifyReport",
-            "FirmwareStatusNotification",
-            "LogStatusNotification",
             "NotifyMonitoringReport",
             "NotifyChargingLimit",
         ):
@@ -795,6 +812,75 @@ class Csms:
         if rec is None or rec.session is None:
             raise KeyError(f"station {station_id!r} is not connected")
         return await rec.session.call(action, payload)
+
+    async def update_firmware(
+        self,
+        station_id: str,
+        *,
+        request_id: int,
+        location: str,
+        signing_certificate: str,
+        signature: str,
+        retries: int | None = None,
+        retry_interval: int | None = None,
+        retrieve_in_s: float = 0.0,
+        install_in_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Send UpdateFirmware (L01) and return the response (``status``).
+
+        Args:
+            station_id: a connected station.
+            request_id: ``requestId`` (the station's FirmwareStatusNotifications carry it).
+            location: the image's URL.
+            signing_certificate: the firmware signing certificate (PEM).
+            signature: the base64 signature over the image.
+            retries, retry_interval: how often and how far apart the station retries the download.
+            retrieve_in_s, install_in_s: when to download and to install, from the simulation's now.
+
+        Raises:
+            KeyError, CallErrorReceived, CallTimeout, TransportError: as :meth:`call`.
+        """
+        now = self.clock.utcnow()
+        firmware: dict[str, Any] = {
+            "location": location,
+            "retrieveDateTime": isoformat(now + _seconds(retrieve_in_s)),
+            "signingCertificate": signing_certificate,
+            "signature": signature,
+        }
+        if install_in_s is not None:
+            firmware["installDateTime"] = isoformat(now + _seconds(install_in_s))
+        payload: dict[str, Any] = {"requestId": request_id, "firmware": firmware}
+        if retries is not None:
+            payload["retries"] = retries
+        if retry_interval is not None:
+            payload["retryInterval"] = retry_interval
+        return await self.call(station_id, "UpdateFirmware", payload)
+
+    async def get_log(
+        self,
+        station_id: str,
+        *,
+        request_id: int,
+        remote_location: str,
+        log_type: str = "DiagnosticsLog",
+        retries: int | None = None,
+        retry_interval: int | None = None,
+    ) -> dict[str, Any]:
+        """Send GetLog (N01) and return the response (``status``, ``filename``).
+
+        Raises:
+            KeyError, CallErrorReceived, CallTimeout, TransportError: as :meth:`call`.
+        """
+        payload: dict[str, Any] = {
+            "requestId": request_id,
+            "logType": log_type,
+            "log": {"remoteLocation": remote_location},
+        }
+        if retries is not None:
+            payload["retries"] = retries
+        if retry_interval is not None:
+            payload["retryInterval"] = retry_interval
+        return await self.call(station_id, "GetLog", payload)
 
     async def set_network_profile(
         self, station_id: str, slot: int, connection_data: dict[str, Any]
@@ -951,3 +1037,7 @@ def _make_live(rec: StationRecord, conn: StationConnection) -> None:
 async def _aclose_quietly(stream: trio.abc.AsyncResource) -> None:
     with contextlib.suppress(TransportError, trio.BrokenResourceError, trio.ClosedResourceError):
         await stream.aclose()
+
+
+def _seconds(value: float) -> datetime.timedelta:
+    return datetime.timedelta(seconds=value)

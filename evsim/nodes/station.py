@@ -57,6 +57,9 @@ from evsim.errors import (
 from evsim.link.slots import NetworkProfiles, NetworkSlot
 from evsim.net.base import Network
 from evsim.nodes.certificates import CertificateSettings, CertificateSwitch, StationCertificates
+from evsim.nodes.filetransfer import FileTransferConfig
+from evsim.nodes.firmware import FirmwareUpdater
+from evsim.nodes.logupload import LogUploader
 from evsim.ocpp.limits import BOOT_RETRY_INTERVAL, HEARTBEAT_INTERVAL, OutOfRange
 from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile, NetworkSettings, ProfileRejected
 from evsim.ocpp.rpc import BadInput, RpcConnection, RpcEvent
@@ -222,6 +225,9 @@ class Station:
         clock: the run's clock.
         recorder: event sink.
         rng: the station's seeded RNG (back-off jitter, session timing, transaction ids).
+        files: firmware and log transfer settings (UpdateFirmware, GetLog; :mod:`evsim.nodes.firmware`,
+            :mod:`evsim.nodes.logupload`); None: no mirrors, no manufacturer root, so every signed update is
+            refused with InvalidCertificate.
     """
 
     def __init__(
@@ -233,6 +239,7 @@ class Station:
         clock: SimClock,
         recorder: Recorder,
         rng: random.Random,
+        files: FileTransferConfig | None = None,
     ) -> None:
         slots = config.slots()
         for slot in slots:
@@ -292,6 +299,10 @@ class Station:
         self._tls_built: tuple[int, ClientTls] | None = None
         self._used_candidate = False  # the current connection attempt uses a renewed, unproven certificate
         self._bad_inputs = 0
+        self.firmware = FirmwareUpdater(self, files or FileTransferConfig(), config.firmware_version)
+        self.logs = LogUploader(self, files or FileTransferConfig())
+        self._link_scope: trio.CancelScope | None = None
+        self._rebooting = False
 
     @property
     def name(self) -> str:
@@ -307,6 +318,8 @@ class Station:
         """Run until cancelled: the connection loop and the charging behaviour."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._connection_loop)
+            nursery.start_soon(self.firmware.run)
+            nursery.start_soon(self.logs.run)
             task_status.started()
             await self._behaviour()
 
@@ -466,6 +479,20 @@ class Station:
         self.queue.put(action, payload)
         self._wake.set()
 
+    def queue_message(self, action: str, payload: dict[str, Any]) -> None:
+        """Queue a CALL with guaranteed delivery, sent in order once the station is online."""
+        self._enqueue(action, payload)
+
+    def outbox_size(self) -> int:
+        """Messages queued and not yet answered by the CSMS."""
+        return len(self.queue)
+
+    def reboot(self) -> None:
+        """Reboot (after a firmware install): end the CSMS connection; the connection loop boots again."""
+        self._rebooting = True
+        if self._link_scope is not None:
+            self._link_scope.cancel()
+
     # ---------------------------------------------------------------- one connection
 
     async def _connect_once(self, slot: NetworkSlot) -> None:
@@ -524,6 +551,7 @@ class Station:
             rpc = RpcConnection(version=version_for(ws.subprotocol), call_timeout=profile.message_timeout)
             session = OcppSession(ws, rpc, self._handle_csms_call, on_event=self._on_rpc_event)
             async with trio.open_nursery() as nursery:
+                self._link_scope = nursery.cancel_scope
                 await nursery.start(self._run_session, session, nursery.cancel_scope)
                 previous = self.network_profiles.active_slot
                 # B01.FR.03 / B10.FR.10 demand a BootNotification after a reboot or a slot switch; this
@@ -542,7 +570,10 @@ class Station:
                 self._online.set()
                 self._reported_status = None  # report the connector status on every new connection
                 nursery.start_soon(self._uplink, session)
+            if self._rebooting:
+                raise Rebooting("rebooting to install new firmware")
         finally:
+            self._link_scope = None
             # A station that stops (end of run, node stop) is cancelled here: it still says goodbye with a close
             # frame (1001) rather than dropping the link; one that gives up on this connection closes with 1000.
             # Either way within close_timeout_s: a CSMS that does not answer cannot hold the station.
@@ -574,7 +605,8 @@ class Station:
 
     async def _boot(self, session: OcppSession) -> None:
         cfg = self.config
-        reason = "PowerUp" if self.boots == 0 else "Unknown"
+        reason = self.firmware.boot_reason() or ("PowerUp" if self.boots == 0 else "Unknown")
+        self._rebooting = False
         while True:
             resp = await self._call(
                 session,
@@ -585,7 +617,7 @@ class Station:
                         "serialNumber": cfg.station_id,
                         "model": cfg.model,
                         "vendorName": cfg.vendor,
-                        "firmwareVersion": cfg.firmware_version,
+                        "firmwareVersion": self.firmware.version,
                     },
                 },
             )
@@ -596,6 +628,7 @@ class Station:
                 self.booted = True
                 self.heartbeat_s = interval
                 self.recorder.emit(self.name, "booted", interval=interval, status="Accepted")
+                self.firmware.booted()
                 return
             self.recorder.emit(self.name, "boot_pending", status=resp["status"], retry_in=interval)
             await trio.sleep(interval)
@@ -819,6 +852,11 @@ class Station:
                 status = self.certs.trigger(trio.current_time())
                 self._wake.set()
                 return {"status": status}
+            elif what == "FirmwareStatusNotification":  # L01.FR.25/26: the last status, Idle when done
+                status = self.firmware.last_status
+                self._enqueue(
+                    "FirmwareStatusNotification", {"status": "Idle" if status == "Installed" else status}
+                )
             else:
                 return {"status": "NotImplemented"}
             self._wake.set()
@@ -841,6 +879,10 @@ class Station:
             return self.certs.installed_ids(payload)
         if action == "Reset":
             return {"status": "Rejected"}
+        if action == "UpdateFirmware":
+            return self.firmware.update_firmware(payload)
+        if action == "GetLog":
+            return self.logs.get_log(payload)
         raise OcppError(f"{action} is not supported by this station", error_code="NotSupported")
 
     def _variables(self) -> dict[tuple[str, str], str]:
@@ -965,6 +1007,12 @@ _NETWORK_SETTERS: dict[str, Callable[[NetworkProfiles, str], None]] = {
     "RetryBackOffRepeatTimes": lambda p, v: p.set_backoff(repeat_times=v),
 }
 """The OCPPCommCtrlr variables SetVariables may write, and how (:class:`NetworkProfiles` validates)."""
+
+
+class Rebooting(TransportError):
+    """The station ends its CSMS connection to reboot (a firmware install)."""
+
+    reason = "reboot"
 
 
 @attrs.define
