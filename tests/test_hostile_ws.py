@@ -556,14 +556,20 @@ CATALOGUE: dict[str, tuple[Callable[[Peer], bytes], int]] = {
 
 
 @pytest.mark.parametrize("side", SIDES)
-@pytest.mark.parametrize("case", list(CATALOGUE))
-@pytest.mark.parametrize("compression", [False, True])
+@pytest.mark.parametrize(
+    ("case", "compression"),
+    [
+        (case, compression)
+        for case in CATALOGUE
+        for compression in (False, True)
+        # RSV1 is the compressed-message bit once permessage-deflate is agreed: not an abuse then
+        if not (compression and case == "RSV1 without permessage-deflate")
+    ],
+)
 async def test_framing_abuse(
     autojump_clock: trio.testing.MockClock, side: str, case: str, compression: bool
 ) -> None:
     build, code = CATALOGUE[case]
-    if compression and case == "RSV1 without permessage-deflate":
-        pytest.skip("RSV1 is allowed with permessage-deflate")
     async with hostile(side, deflate=deflate_params(side, False) if compression else None) as peer:
         await peer.send(build(peer))
         await expect_failure(peer, code)
