@@ -418,7 +418,8 @@ async def test_on_send_failure_is_counted_not_fatal() -> None:
 
 
 class CountingEnd(trio.abc.Stream):
-    """One end of an in-memory byte stream with evsim's synchronous send path; counts transport writes."""
+    """One end of an in-memory byte stream with a synchronous send path (``NowaitSend``); counts transport
+    writes."""
 
     def __init__(
         self, inbox: trio.testing.MemoryReceiveStream, peer_inbox: trio.testing.MemoryReceiveStream
@@ -427,7 +428,7 @@ class CountingEnd(trio.abc.Stream):
         self._peer = peer_inbox
         self.writes = 0
 
-    def _send_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+    def send_nowait(self, data: bytes | bytearray | memoryview, /) -> bool:
         if data:
             self.writes += 1
             self._peer.put_data(bytes(data))
@@ -435,7 +436,7 @@ class CountingEnd(trio.abc.Stream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await trio.lowlevel.checkpoint()
-        self._send_nowait(data)
+        self.send_nowait(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.checkpoint()

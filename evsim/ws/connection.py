@@ -32,8 +32,8 @@ No task per connection. A :class:`WebSocket` is a wsproto ``Connection`` (sans-I
   and sent by whoever is sending; of the pongs waiting that way only the newest is kept (RFC 6455 §5.5.3
   allows answering only the most recent Ping), so a ping flood from a peer that does not read queues at
   most one pong. ``_send_text_nowait`` (the OCPP session's path) never blocks and is
-  never a checkpoint: it frames the message and hands it to an evsim stream's synchronous
-  ``_send_nowait`` (TLS, TCP), or leaves it in the out-buffer for ``_flush()``.
+  never a checkpoint: it frames the message and hands it to the stream's synchronous ``send_nowait``
+  (:class:`~evsim.net.base.NowaitSend`: TLS, TCP), or leaves it in the out-buffer for ``_flush()``.
 * **A peer that does not read**: a reader that must send a pong itself waits for it to leave, so it stops
   reading (back-pressure). Such a write that makes no progress for ``send_timeout`` seconds drops the
   connection: :meth:`WebSocket.abort` closes the stream without a closing handshake (a close frame could not
@@ -75,6 +75,7 @@ from evsim.errors import (
     TransportError,
     WebSocketClosed,
 )
+from evsim.net.base import NowaitSend
 from evsim.ws.deflate import BoundedDeflate
 from evsim.ws.frames import OP_BINARY, OP_TEXT, FrameReader, encode_data_frame
 
@@ -262,7 +263,9 @@ class WebSocket(trio.abc.AsyncResource):
         self._write_lot: trio.lowlevel.ParkingLot | None = None  # made when a writer must wait
         self._send_broken: str | None = None
         # evsim streams (TlsStream, TcpStream) take bytes synchronously: see _send_text_nowait
-        self._push: Callable[[bytes], bool | None] | None = getattr(stream, "_send_nowait", None)
+        self._push: Callable[[bytes], bool | None] | None = (
+            stream.send_nowait if isinstance(stream, NowaitSend) else None
+        )
         # closing
         self._close_code: int | None = None
         self._close_reason = ""
