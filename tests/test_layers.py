@@ -5,7 +5,11 @@ own layer or the layers below. Some layers are narrower still (:data:`ONLY`): th
 metrics consume events, so both import from the base layer alone. Imports are read with :mod:`ast`, so an
 import inside a function or under ``if TYPE_CHECKING:`` counts like one at module level. On top of the
 order, the packages must form no import cycle, the sans-IO OCPP modules must load without trio or
-OpenSSL, and each confined third-party library (:data:`ENTRY_POINTS`) enters through one package.
+OpenSSL, and each confined third-party library (:data:`ENTRY_POINTS`) enters through one package. Layers
+talk through public, typed interfaces: no module reaches for a private attribute by name with
+``getattr``/``hasattr``/``setattr`` (an optional capability of a lower layer is a ``runtime_checkable``
+protocol, e.g. ``evsim.net.base.NowaitSend``), except the pyOpenSSL internals listed in
+:data:`PRIVATE_BY_NAME`.
 """
 
 from __future__ import annotations
@@ -316,3 +320,61 @@ def test_architecture_doc_lists_the_layers_of_the_code() -> None:
     for name, _, description in documented:
         if name in ONLY:
             assert f"imports {' '.join(sorted(ONLY[name]))} only" in description, name
+
+
+#: The private attributes a module may read by name, (module, attribute) -> why. Only evsim.tls reading
+#: pyOpenSSL internals (the dependency pins in setup.cfg keep them stable; each use has a fallback).
+PRIVATE_BY_NAME: dict[tuple[str, str], str] = {
+    ("evsim.tls._ossl", "_ssl"): "Connection's SSL* for the cffi calls pyOpenSSL does not wrap",
+    ("evsim.tls._ossl", "_context"): "Context's SSL_CTX* for the cffi calls pyOpenSSL does not wrap",
+    ("evsim.tls.engine", "_ssl"): "record-layer fast path: SSL_read/SSL_write on the raw binding",
+    ("evsim.tls.engine", "_from_ssl"): "record-layer fast path: BIO_read of the outgoing memory BIO",
+    ("evsim.tls.engine", "_into_ssl"): "record-layer fast path: BIO_write of the incoming memory BIO",
+    ("evsim.tls.revocation", "_used"): "pyOpenSSL marks a Context a Connection was made from (CRLs too late)",
+}
+
+_BY_NAME = ("getattr", "hasattr", "setattr", "delattr")
+
+
+def private_by_name(path: Path) -> Iterator[tuple[str, int]]:
+    """``getattr(x, "_name", ...)`` and the like in a file: (attribute, line) for each literal name with one
+    leading underscore (dunders are Python's, not private)."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _BY_NAME):
+            continue
+        if len(node.args) < 2:
+            continue
+        name = node.args[1]
+        if isinstance(name, ast.Constant) and isinstance(name.value, str):
+            attribute = name.value
+            if attribute.startswith("_") and not attribute.startswith("__"):
+                yield attribute, node.lineno
+
+
+def test_no_private_attribute_is_read_by_name() -> None:
+    found: dict[tuple[str, str], list[int]] = {}
+    for module, path in modules().items():
+        for attribute, line in private_by_name(path):
+            found.setdefault((module, attribute), []).append(line)
+    wrong = [
+        f"{module}:{lines} reads {attribute!r} by name: make it a public method of a typed protocol"
+        for (module, attribute), lines in sorted(found.items())
+        if (module, attribute) not in PRIVATE_BY_NAME
+    ]
+    assert not wrong, "\n".join(wrong)
+    stale = set(PRIVATE_BY_NAME) - set(found)
+    assert not stale, f"PRIVATE_BY_NAME lists reads that are gone: {sorted(stale)}"
+
+
+def test_the_private_attribute_checker_sees_getattr_hasattr_and_setattr(tmp_path: Path) -> None:
+    source = tmp_path / "x.py"
+    source.write_text(
+        "a = getattr(t, '_send_nowait', None)\n"
+        "b = hasattr(t, '_flush')\n"
+        "setattr(t, '_x', 1)\n"
+        "c = getattr(t, '__globals__', {})\n"
+        "d = getattr(t, 'statistics', None)\n"
+        "e = t.getattr('_y')\n",
+        encoding="utf-8",
+    )
+    assert list(private_by_name(source)) == [("_send_nowait", 1), ("_flush", 2), ("_x", 3)]

@@ -189,12 +189,12 @@ async def test_send_nowait_queues_in_order_and_a_cancelled_send_loses_nothing() 
         for i in range(10_000):
             chunk = bytes([i % 251]) * 65536
             sent.append(chunk)
-            if not client._send_nowait(chunk):
+            if not client.send_nowait(chunk):
                 break
         else:
             pytest.fail("the kernel took 655 MB without pushing back")
         sent.append(b"after")
-        assert client._send_nowait(b"after") is False  # queued behind the rest
+        assert client.send_nowait(b"after") is False  # queued behind the rest
         with trio.CancelScope() as scope:
             scope.cancel()
             await client.send_all(b"never")  # cancelled before it started: takes nothing
@@ -225,4 +225,4 @@ async def test_send_nowait_queues_in_order_and_a_cancelled_send_loses_nothing() 
         for resource in (client, server, listener):
             await resource.aclose()
         with pytest.raises(trio.ClosedResourceError):
-            client._send_nowait(b"x")
+            client.send_nowait(b"x")

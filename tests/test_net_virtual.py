@@ -374,9 +374,9 @@ async def test_send_nowait_backlog_is_ordered_and_survives_a_cancelled_send() ->
     # keeps its bytes there; send_all(b"") flushes.
     a, b = memory_pipe_pair(buffer_size=100)
     with trio.fail_after(5):
-        assert a._send_nowait(b"x" * 60) is True
-        assert a._send_nowait(b"y" * 60) is False  # 40 fit, 20 wait
-        assert a._send_nowait(b"z") is False  # behind them
+        assert a.send_nowait(b"x" * 60) is True
+        assert a.send_nowait(b"y" * 60) is False  # 40 fit, 20 wait
+        assert a.send_nowait(b"z") is False  # behind them
         async with trio.open_nursery() as nursery:
             waiting = trio.CancelScope()
 
@@ -402,4 +402,4 @@ async def test_send_nowait_backlog_is_ordered_and_survives_a_cancelled_send() ->
         await a.send_eof()
         assert await b.receive_some() == b""
         with pytest.raises(trio.ClosedResourceError):
-            a._send_nowait(b"more")
+            a.send_nowait(b"more")

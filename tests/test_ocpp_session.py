@@ -23,7 +23,7 @@ from evsim.errors import (
 )
 from evsim.ocpp.framing import CallError, decode_frame
 from evsim.ocpp.rpc import BadInput, RpcConnection, RpcEvent, default_id_factory
-from evsim.ocpp.session import Handler, OcppSession
+from evsim.ocpp.session import Handler, NowaitTextTransport, OcppSession
 
 NOW = "2024-05-01T12:00:00.000Z"
 BOOT_REQ: dict[str, Any] = {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}}
@@ -418,7 +418,8 @@ async def test_on_send_failure_is_counted_not_fatal() -> None:
 
 
 class CountingEnd(trio.abc.Stream):
-    """One end of an in-memory byte stream with evsim's synchronous send path; counts transport writes."""
+    """One end of an in-memory byte stream with a synchronous send path (``NowaitSend``); counts transport
+    writes."""
 
     def __init__(
         self, inbox: trio.testing.MemoryReceiveStream, peer_inbox: trio.testing.MemoryReceiveStream
@@ -427,7 +428,7 @@ class CountingEnd(trio.abc.Stream):
         self._peer = peer_inbox
         self.writes = 0
 
-    def _send_nowait(self, data: bytes | bytearray | memoryview) -> bool:
+    def send_nowait(self, data: bytes | bytearray | memoryview, /) -> bool:
         if data:
             self.writes += 1
             self._peer.put_data(bytes(data))
@@ -435,7 +436,7 @@ class CountingEnd(trio.abc.Stream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await trio.lowlevel.checkpoint()
-        self._send_nowait(data)
+        self.send_nowait(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -478,6 +479,7 @@ async def test_one_transport_write_per_message_over_ws_and_tls(compression: bool
             station_ws = await ws_client(
                 tls, host=CSMS_HOST, path="/ocpp/CS1", subprotocols=["ocpp2.0.1"], compression=compression
             )
+        assert isinstance(station_ws, NowaitTextTransport)  # the session's synchronous path
         async with trio.open_nursery() as nursery:
             station = OcppSession(station_ws, RpcConnection(), boot_handler)
             csms = OcppSession(sides["csms"], RpcConnection(), boot_handler)
@@ -496,18 +498,18 @@ async def test_one_transport_write_per_message_over_ws_and_tls(compression: bool
 
 
 class BacklogTransport(PipeEnd):
-    """A text transport whose synchronous path never gets through: everything waits for ``_flush``."""
+    """A text transport whose synchronous path never gets through: everything waits for ``flush``."""
 
     def __init__(self, send: trio.MemorySendChannel[str], receive: trio.MemoryReceiveChannel[str]) -> None:
         super().__init__(send, receive)
         self.parked: list[str] = []
         self.flushes = 0
 
-    def _send_text_nowait(self, text: str) -> bool:
+    def send_text_nowait(self, text: str, /) -> bool:
         self.parked.append(text)
         return False
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
         self.flushes += 1
         parked, self.parked = self.parked, []
         for text in parked:
@@ -515,7 +517,7 @@ class BacklogTransport(PipeEnd):
 
     async def send_text(self, text: str) -> None:
         if self.parked:  # like the WebSocket: what waits goes first
-            await self._flush()
+            await self.flush()
         await super().send_text(text)
 
 
@@ -523,6 +525,7 @@ async def test_backlog_goes_out_through_the_writer_in_order() -> None:
     a_send, b_receive = trio.open_memory_channel[str](8)
     b_send, a_receive = trio.open_memory_channel[str](8)
     station_end = BacklogTransport(a_send, a_receive)
+    assert isinstance(station_end, NowaitTextTransport)
     csms_end = PipeEnd(b_send, b_receive)
     station = OcppSession(station_end, RpcConnection(id_factory=default_id_factory("st")), boot_handler)
     csms = OcppSession(csms_end, RpcConnection(id_factory=default_id_factory("cs")), boot_handler)

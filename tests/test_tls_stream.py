@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from evsim.errors import BrokenTransport, ClosedTransport, HandshakeFailed, TlsError
+from evsim.net import NowaitSend, VirtualNetwork
 from evsim.tls import (
     ClientTls,
     Identity,
@@ -435,6 +436,43 @@ async def test_small_messages_are_one_transport_write_each() -> None:
         for _ in range(3):
             await client.send_all(b"x" * 200)
     assert [length for _, length in parse_records(bytes(wire.sent))] == [217, 217, 217]
+
+
+# ---------------------------------------------------------------- synchronous sends (NowaitSend)
+
+
+async def test_evsim_streams_are_nowait_send_and_trio_test_streams_are_not() -> None:
+    net = VirtualNetwork()
+    listener = await net.listen("csms", 443)
+    with trio.fail_after(5):
+        stream = await net.connect("csms", 443, source="st")
+        assert isinstance(stream, NowaitSend)
+        assert isinstance(make_pair((stream, stream))[0], NowaitSend)
+        assert not isinstance(trio.testing.memory_stream_pair()[0], NowaitSend)
+        await stream.aclose()
+        await listener.aclose()
+
+
+async def test_tls_over_tls_loses_nothing_when_the_inner_stream_declines_a_synchronous_send() -> None:
+    # The inner TLS stream is the outer one's NowaitSend transport; it takes nothing (None) for more than one
+    # record, so the outer stream's 64 KiB flushes must take the ordinary send_all path.
+    outer_client, outer_server = make_pair(make_pair(trio.testing.memory_stream_pair(), TLS13), TLS13)
+    payload = bytes(range(256)) * 1024  # 256 KiB
+    received = bytearray()
+
+    async def read_all() -> None:
+        while len(received) < len(payload):
+            received.extend(await outer_server.receive_some())
+
+    with trio.fail_after(10):
+        inner_client, inner_server = outer_client.transport_stream, outer_server.transport_stream
+        assert isinstance(inner_client, TlsStream) and isinstance(inner_server, TlsStream)
+        await handshake_both(inner_client, inner_server)
+        await handshake_both(outer_client, outer_server)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await outer_client.send_all(payload)
+    assert bytes(received) == payload
 
 
 # ---------------------------------------------------------------- keylog

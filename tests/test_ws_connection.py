@@ -27,6 +27,7 @@ from evsim.errors import (
     WebSocketError,
 )
 from evsim.net import TcpNetwork, VirtualNetwork, VirtualStream, memory_pipe_pair
+from evsim.ocpp.session import NowaitTextTransport
 from evsim.ws import (
     Accept,
     Reject,
@@ -1068,16 +1069,17 @@ async def test_send_text_nowait_and_flush(
 ) -> None:
     # The session's synchronous path: frames keep their order with ordinary sends. Over an evsim stream
     # the bytes go straight into it; over a transport without a synchronous path they wait in the
-    # out-buffer until _flush().
+    # out-buffer until flush().
     with trio.fail_after(5):
         streams = await (_pipes() if synchronous else _trio_memory_streams())
         client, server = await open_ok(
             streams=streams, client={"compression": compression}, server={"compression": compression}
         )
-        assert client._send_text_nowait("one") is synchronous
+        assert isinstance(client, NowaitTextTransport)  # what the OCPP session looks for
+        assert client.send_text_nowait("one") is synchronous
         await client.send_text("two")  # goes after "one"
-        assert client._send_text_nowait("three") is synchronous
-        await client._flush()
+        assert client.send_text_nowait("three") is synchronous
+        await client.flush()
         assert [await server.receive_text() for _ in range(3)] == ["one", "two", "three"]
         assert client.statistics().messages_sent == 3
         async with trio.open_nursery() as nursery:
@@ -1085,7 +1087,7 @@ async def test_send_text_nowait_and_flush(
             with pytest.raises(WebSocketClosed):
                 await server.receive_text()
         with pytest.raises(WebSocketClosed):
-            client._send_text_nowait("four")
+            client.send_text_nowait("four")
 
 
 async def test_close_reply_behind_a_ping_in_the_same_read(autojump_clock: trio.testing.MockClock) -> None:

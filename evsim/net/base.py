@@ -24,6 +24,7 @@ __all__ = [
     "NetListener",
     "Network",
     "NetworkStatistics",
+    "NowaitSend",
     "StreamBroken",
     "StreamClosed",
     "StreamStatistics",
@@ -162,6 +163,37 @@ class Network(Protocol):
 
     def statistics(self) -> NetworkStatistics:
         """A snapshot of the network's counters."""
+        ...
+
+
+@runtime_checkable
+class NowaitSend(Protocol):
+    """A stream that can also take bytes synchronously: :meth:`send_nowait` never blocks or checkpoints.
+
+    Layers above use it, when their stream has it (``isinstance(stream, NowaitSend)``, once per
+    connection), to hand bytes down in the same step that produced them: a caller cancelled afterwards can
+    never leave part of them on the wire, so cancelling a sender cannot break the stream. Both network
+    backends' streams (:class:`~evsim.net.tcp.TcpStream`, :class:`~evsim.net.virtual.VirtualStream`) and
+    :class:`~evsim.tls.stream.TlsStream` implement it.
+    """
+
+    def send_nowait(self, data: bytes, /) -> bool | None:
+        """Take all of ``data`` or none of it, without blocking and without a trio checkpoint.
+
+        What the stream took but could not pass on yet (the kernel's or the peer's buffer is full) waits
+        in the stream, in order: ``send_all`` sends it before its own data, ``send_all(b"")`` sends only
+        it, and a ``send_all`` running at this moment sends it too. Bytes taken are never lost or reordered
+        by a later cancellation of the caller.
+
+        Returns:
+            True when it took ``data`` and nothing waits (or a running ``send_all`` will send it); False
+            when it took ``data`` and bytes wait: the caller must arrange a ``send_all(b"")``; None when it
+            took nothing (it cannot send synchronously now): send ``data`` with ``send_all``. The network
+            backends' streams always take ``data`` (never None).
+
+        Raises:
+            BrokenTransport, ClosedTransport: the stream is broken or closed, as ``send_all`` would raise.
+        """
         ...
 
 

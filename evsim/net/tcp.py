@@ -6,7 +6,8 @@ mapping and before any socket is created; anything but ``localhost``, 127.0.0.0/
 
 Streams drive a non-blocking socket with trio's I/O waits, count bytes and raise errors from the evsim
 tree (which are still trio's ``BrokenResourceError`` / ``ClosedResourceError``, see :mod:`evsim.net.base`).
-``TcpStream._send_nowait`` is a private synchronous send used by :class:`evsim.tls.stream.TlsStream`.
+Streams also take bytes synchronously (:meth:`TcpStream.send_nowait`, the
+:class:`~evsim.net.base.NowaitSend` protocol :class:`evsim.tls.stream.TlsStream` uses).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
         self._closed = False
         self._eof_sent = False
         self._drained = False  # the last receive_some took everything the kernel had
-        self._out = bytearray()  # bytes taken by _send_nowait / a cancelled send_all, not yet sent
+        self._out = bytearray()  # bytes taken by send_nowait / a cancelled send_all, not yet sent
         self._sending = False
         self._receiving = False
         self._bytes_sent = 0
@@ -123,7 +124,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
         )
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Send all of ``data`` (after anything :meth:`_send_nowait` left queued).
+        """Send all of ``data`` (after anything :meth:`send_nowait` left queued).
 
         ``send_all(b"")`` therefore flushes what is queued. Cancellation never breaks the stream: bytes
         not yet taken by the kernel stay queued, in order, for the next send.
@@ -188,8 +189,8 @@ class TcpStream(trio.abc.HalfCloseableStream):
                 raise self._error(exc, "send") from exc
             del out[:sent]
 
-    def _send_nowait(self, data: bytes | bytearray | memoryview) -> bool:
-        """Take all of ``data`` without blocking (private fast path for evsim's TLS stream).
+    def send_nowait(self, data: bytes | bytearray | memoryview, /) -> bool:
+        """Take all of ``data`` without blocking or a checkpoint (:class:`~evsim.net.base.NowaitSend`).
 
         Hands it to the kernel if it can, else queues it (in order) for the next :meth:`send_all`, which
         ``send_all(b"")`` also flushes. While a ``send_all`` is waiting, that call sends it too.
@@ -249,7 +250,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
             raise StreamClosed("this stream was closed")
         if self._eof_sent:
             return
-        if self._out:  # bytes queued by _send_nowait go first
+        if self._out:  # bytes queued by send_nowait go first
             self._sending = True
             try:
                 await self._drain_out()

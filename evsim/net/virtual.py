@@ -13,8 +13,9 @@ stream, no channel, no lock. A station storm creates thousands of these, and a s
 objects plus two empty ``bytearray``\\ s.
 
 * ``send_all`` appends what fits, wakes the reader, and parks while the pipe is full (back-pressure).
-  What does not fit yet waits in the stream's backlog, so a cancelled send loses nothing; the private
-  ``_send_nowait`` (evsim's TLS stream) takes bytes synchronously the same way.
+  What does not fit yet waits in the stream's backlog, so a cancelled send loses nothing;
+  :meth:`~VirtualStream.send_nowait` (:class:`~evsim.net.base.NowaitSend`, used by evsim's TLS stream) takes
+  bytes synchronously the same way.
 * ``receive_some`` takes up to ``max_bytes`` from the front, wakes the writer, and parks while empty.
 * An operation that does not block executes exactly one checkpoint (``trio.lowlevel.checkpoint``)
   *before* touching the buffer, so a cancellation never loses bytes; a parked operation's wait is its
@@ -231,7 +232,7 @@ class VirtualStream(trio.abc.HalfCloseableStream):
         self._eof_sent = False
         self._sending = False
         self._receiving = False
-        self._backlog = bytearray()  # bytes taken by _send_nowait / a cancelled send_all, not yet in the pipe
+        self._backlog = bytearray()  # bytes taken by send_nowait / a cancelled send_all, not yet in the pipe
         self._bytes_sent = 0
         self._bytes_received = 0
         counters.open_streams += 1
@@ -257,7 +258,7 @@ class VirtualStream(trio.abc.HalfCloseableStream):
         )
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue all of ``data`` for the peer (after what :meth:`_send_nowait` left waiting), waiting while
+        """Queue all of ``data`` for the peer (after what :meth:`send_nowait` left waiting), waiting while
         the pipe is full; ``send_all(b"")`` therefore flushes. A send cancelled while it waits keeps the
         rest waiting, in order, for the next send: nothing is lost or reordered.
 
@@ -277,8 +278,8 @@ class VirtualStream(trio.abc.HalfCloseableStream):
         finally:
             self._sending = False
 
-    def _send_nowait(self, data: bytes | bytearray | memoryview) -> bool:
-        """Take all of ``data`` without blocking (private fast path for evsim's TLS stream).
+    def send_nowait(self, data: bytes | bytearray | memoryview, /) -> bool:
+        """Take all of ``data`` without blocking or a checkpoint (:class:`~evsim.net.base.NowaitSend`).
 
         What does not fit into the pipe waits here, in order, for the next :meth:`send_all` (which
         ``send_all(b"")`` also is); a ``send_all`` waiting right now sends it too.
@@ -399,7 +400,7 @@ class VirtualStream(trio.abc.HalfCloseableStream):
         await checkpoint()
         if self._closed:
             raise StreamClosed("this stream was closed")
-        if self._backlog and not self._eof_sent:  # what _send_nowait left goes first
+        if self._backlog and not self._eof_sent:  # what send_nowait left goes first
             self._sending = True
             try:
                 await self._drain_backlog()

@@ -8,8 +8,8 @@ stack of coroutines: measured ≈5 µs), so the common path has none besides wai
 
 * **Writing never blocks a caller.** Frames the RPC core queued are sent at once by whoever queued them
   (``call()``, the reader after answering) through the WebSocket's synchronous path
-  (``WebSocket._send_text_nowait``), which frames, encrypts and hands the bytes to the kernel without a
-  checkpoint - so a cancelled caller can never leave half a frame on the wire. Whatever the kernel does not
+  (:meth:`NowaitTextTransport.send_text_nowait`), which frames, encrypts and hands the bytes to the kernel
+  without a checkpoint - so a cancelled caller can never leave half a frame on the wire. Whatever the kernel does not
   take waits, in order, in the layers below; then (and for transports without that path) the *writer task*
   sends it with ordinary awaits. The writer is started the first time it is needed and only the session's
   end cancels it. Only one of them writes at a time (``_writing``); the writer drains everything queued.
@@ -53,7 +53,7 @@ import contextlib
 import math
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import attrs
 import trio
@@ -100,6 +100,35 @@ class TextTransport(Protocol):
 
     async def receive_text(self) -> str:
         """Receive one text message; raises a :class:`evsim.errors.TransportError` when closed."""
+        ...
+
+
+@runtime_checkable
+class NowaitTextTransport(TextTransport, Protocol):
+    """A text transport with a synchronous send path (:class:`evsim.ws.WebSocket` is one).
+
+    The session uses it, when its transport has it (``isinstance``, once per session), to send a frame in the
+    same step that produced it (see the module docstring).
+    """
+
+    def send_text_nowait(self, text: str, /) -> bool:
+        """Send one text message without blocking and without a trio checkpoint.
+
+        The message takes its place among the transport's messages at once (as with ``send_text``), so a
+        caller's cancellation can never leave part of it on the wire.
+
+        Returns:
+            True when the message is on its way (nothing waits for the caller); False when bytes wait in
+            the transport: ``await flush()`` sends them (``send_text`` sends them first too).
+
+        Raises:
+            TransportError: the transport is closed or broken.
+        """
+        ...
+
+    async def flush(self) -> None:
+        """Send what :meth:`send_text_nowait` left waiting; raises a :class:`evsim.errors.TransportError`
+        when closed."""
         ...
 
 
@@ -210,9 +239,11 @@ class OcppSession:
         self._on_event = on_event
         self._now: Callable[[], float] = clock.now if clock is not None else trio.current_time
 
-        # WebSocket's synchronous send path (see the module docstring), when the transport has one
-        self._send_fast: Callable[[str], bool] | None = getattr(transport, "_send_text_nowait", None)
-        self._flush_fast: Callable[[], Awaitable[None]] | None = getattr(transport, "_flush", None)
+        # the transport's synchronous send path (see the module docstring), when it has one
+        self._send_fast: Callable[[str], bool] | None = None
+        self._flush_fast: Callable[[], Awaitable[None]] | None = None
+        if isinstance(transport, NowaitTextTransport):
+            self._send_fast, self._flush_fast = transport.send_text_nowait, transport.flush
 
         self._waiters: dict[str, _Waiter] = {}
         self._incoming: list[CallReceived | SendReceived] = []  # usually empty: a list is 10x smaller
@@ -222,7 +253,7 @@ class OcppSession:
         self._timer_scope: trio.CancelScope | None = None  # the timer loop waits in it (see _timer_loop)
         self._timer_deadline = math.inf  # what the scope's deadline was last set to
         self._writing = False
-        self._backlog = False  # the transport holds bytes only an awaited _flush() sends
+        self._backlog = False  # the transport holds bytes only an awaited flush() sends
         self._max_send_queue = max_send_queue
         self._send_timeout = send_timeout
         self._held = 0  # bytes of frames taken from the RPC core and not yet sent (see _send_queue_bytes)
@@ -394,7 +425,7 @@ class OcppSession:
         if send is not None and not self._backlog:
             try:
                 for text in rpc.data_to_send():
-                    if not send(text):  # it waits below until the writer's _flush()
+                    if not send(text):  # it waits below until the writer's flush()
                         self._backlog = True
                         self._held += utf8_length(text)
             except TransportError as exc:  # the session ends; callers get BrokenTransport

@@ -26,6 +26,7 @@ import trio
 from OpenSSL import SSL
 
 from evsim.errors import BrokenTransport, ClosedTransport
+from evsim.net.base import NowaitSend
 from evsim.tls.failures import TlsBrokenTransport, TlsClosedTransport, again
 
 __all__ = ["BIO_READ_SIZE", "CLOSE_NOTIFY_TIMEOUT_S", "RECEIVE_CHUNK", "BioPump", "StreamState"]
@@ -199,8 +200,10 @@ class BioPump:
     def __init__(self, transport_stream: trio.abc.Stream, conn: SSL.Connection) -> None:
         self.transport_stream = transport_stream
         # evsim's own transports take bytes synchronously and keep what the kernel did not take queued, in
-        # order, even when a send is cancelled (TcpStream._send_nowait): then no send can break the stream.
-        self._push: Callable[[bytes], bool] | None = getattr(transport_stream, "_send_nowait", None)
+        # order, even when a send is cancelled (NowaitSend): then no send can break the stream.
+        self._push: Callable[[bytes], bool | None] | None = (
+            transport_stream.send_nowait if isinstance(transport_stream, NowaitSend) else None
+        )
         self._conn = conn
         fast = _fast_engine(conn)
         self._recv: Callable[[int], bytes] = fast.recv if fast is not None else conn.recv
@@ -264,10 +267,13 @@ class BioPump:
         try:
             if push is not None:
                 # Taken synchronously, so a cancellation below only delays the queued rest.
-                if push(data):
+                taken = push(data)
+                if taken:
                     return False
-                await self.transport_stream.send_all(b"")
-                return True
+                if taken is False:
+                    await self.transport_stream.send_all(b"")
+                    return True
+                push = None  # it took nothing (a TLS stream in its handshake): the ordinary way below
             await self.transport_stream.send_all(data)
             return True
         except (trio.BrokenResourceError, BrokenTransport) as exc:

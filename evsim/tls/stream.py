@@ -35,11 +35,12 @@ first three points are :class:`~evsim.tls.engine.BioPump`, the base class of :cl
 * **Handshake**: done once, by whichever of ``do_handshake`` / first ``send_all`` / first ``receive_some``
   comes first (others wait for it), within ``profile.handshake_timeout_s`` of trio time
   (``trio.move_on_after``; virtual under ``MockClock``). ``tls_connect``/``tls_accept`` do it eagerly.
-* **Synchronous sends** (evsim's own transports, which have ``_send_nowait``): ciphertext is handed to
-  the transport synchronously and whatever the kernel does not take waits *in the transport*, in order,
-  even if the sender is then cancelled - so a cancelled send does not break the stream over them.
-  ``_send_nowait`` (the WebSocket's fast path) encrypts one record and hands it over without blocking
-  or checkpointing; ``send_all(b"")`` flushes what waits. Data records are read and written on the raw
+* **Synchronous sends** (transports that implement :class:`~evsim.net.base.NowaitSend`, as evsim's own
+  do): ciphertext is handed to the transport synchronously and whatever the kernel does not take waits
+  *in the transport*, in order, even if the sender is then cancelled - so a cancelled send does not break
+  the stream over them. :meth:`TlsStream.send_nowait` (the WebSocket's fast path; the stream is a
+  ``NowaitSend`` itself) encrypts one record and hands it over without blocking or checkpointing;
+  ``send_all(b"")`` flushes what waits. Data records are read and written on the raw
   cffi binding (see "the record-layer fast path" in :mod:`evsim.tls.engine`).
 * **Records**: ``send_all`` writes plaintext in chunks of at most ``max_send_fragment`` bytes (so each
   becomes one record of at most that size; OpenSSL's own ``SSL_set_max_send_fragment`` is not exposed by
@@ -349,10 +350,12 @@ class TlsStream(BioPump, trio.abc.Stream):
         refusal = check.handshake_succeeded(_peer_chain(self._conn, self._side), now=self._vstate.now())
         return None if refusal is None else TlsHandshakeFailed(*refusal, remote=False)
 
-    def _send_nowait(self, data: bytes | bytearray) -> bool | None:
-        """Encrypt and send ``data`` without blocking (private fast path for evsim's WebSocket).
+    def send_nowait(self, data: bytes | bytearray, /) -> bool | None:
+        """Encrypt and send ``data`` without blocking or a checkpoint (:class:`~evsim.net.base.NowaitSend`,
+        the fast path of evsim's WebSocket).
 
-        Only when the handshake is done, no ``send_all`` is running and ``data`` fits one record.
+        Only when the handshake is done, no ``send_all`` is running and ``data`` fits one record; the
+        record goes to the transport synchronously when it has ``send_nowait`` too, else it waits here.
 
         Returns:
             None when it took nothing (use :meth:`send_all`); True when the records went to the transport
@@ -379,11 +382,16 @@ class TlsStream(BioPump, trio.abc.Stream):
         out = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._out_sent += len(out)
         try:
-            return push(out)
+            taken = push(out)
         except (trio.BrokenResourceError, BrokenTransport) as exc:
             raise self._set_broken(TlsBrokenTransport(f"transport broke while sending: {exc!r}")) from exc
         except (trio.ClosedResourceError, ClosedTransport) as exc:
             raise TlsClosedTransport("the transport under this TLS stream is closed") from exc
+        if taken is None:  # the transport took nothing: the records wait here for send_all(b"")
+            self._outbox = [out]
+            self._out_sent -= len(out)
+            return False
+        return taken
 
     # ------------------------------------------------------------ handshake
 
@@ -507,7 +515,7 @@ class TlsStream(BioPump, trio.abc.Stream):
             if view.ndim != 1 or view.itemsize != 1:
                 view = view.cast("B")
             total = len(view)
-            if not total:  # flush what _send_nowait left queued (here and in the transport)
+            if not total:  # flush what send_nowait left queued (here and in the transport)
                 await self._flush_all()
                 return
             conn = self._conn

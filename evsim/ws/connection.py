@@ -31,9 +31,10 @@ No task per connection. A :class:`WebSocket` is a wsproto ``Connection`` (sans-I
   A pong or close reply produced while reading never waits behind a blocked writer: it is appended
   and sent by whoever is sending; of the pongs waiting that way only the newest is kept (RFC 6455 §5.5.3
   allows answering only the most recent Ping), so a ping flood from a peer that does not read queues at
-  most one pong. ``_send_text_nowait`` (the OCPP session's path) never blocks and is
-  never a checkpoint: it frames the message and hands it to an evsim stream's synchronous
-  ``_send_nowait`` (TLS, TCP), or leaves it in the out-buffer for ``_flush()``.
+  most one pong. :meth:`WebSocket.send_text_nowait` (the OCPP session's path) never blocks and is
+  never a checkpoint: it frames the message and hands it to the stream's synchronous ``send_nowait``
+  (:class:`~evsim.net.base.NowaitSend`: TLS, TCP), or leaves it in the out-buffer for
+  :meth:`WebSocket.flush`.
 * **A peer that does not read**: a reader that must send a pong itself waits for it to leave, so it stops
   reading (back-pressure). Such a write that makes no progress for ``send_timeout`` seconds drops the
   connection: :meth:`WebSocket.abort` closes the stream without a closing handshake (a close frame could not
@@ -75,6 +76,7 @@ from evsim.errors import (
     TransportError,
     WebSocketClosed,
 )
+from evsim.net.base import NowaitSend
 from evsim.ws.deflate import BoundedDeflate
 from evsim.ws.frames import OP_BINARY, OP_TEXT, FrameReader, encode_data_frame
 
@@ -261,8 +263,10 @@ class WebSocket(trio.abc.AsyncResource):
         self._flushed = 0  # bytes ever handed to send_all successfully
         self._write_lot: trio.lowlevel.ParkingLot | None = None  # made when a writer must wait
         self._send_broken: str | None = None
-        # evsim streams (TlsStream, TcpStream) take bytes synchronously: see _send_text_nowait
-        self._push: Callable[[bytes], bool | None] | None = getattr(stream, "_send_nowait", None)
+        # evsim streams (TlsStream, TcpStream) take bytes synchronously: see send_text_nowait
+        self._push: Callable[[bytes], bool | None] | None = (
+            stream.send_nowait if isinstance(stream, NowaitSend) else None
+        )
         # closing
         self._close_code: int | None = None
         self._close_reason = ""
@@ -362,8 +366,9 @@ class WebSocket(trio.abc.AsyncResource):
         self._payload_sent += len(payload)
         await self._write(data, wait=True)
 
-    def _send_text_nowait(self, text: str) -> bool:
-        """Send one text message without blocking (private fast path for :class:`OcppSession`).
+    def send_text_nowait(self, text: str, /) -> bool:
+        """Send one text message without blocking or a checkpoint (the OCPP session's fast path:
+        :class:`evsim.ocpp.session.NowaitTextTransport`).
 
         The frame is made at once (so it keeps its place among messages, as with :meth:`send_text`) and
         handed to the stream if that can take it synchronously; otherwise it waits in the out-buffer.
@@ -371,7 +376,7 @@ class WebSocket(trio.abc.AsyncResource):
 
         Returns:
             True when the message reached the stream or a task already sending will send it; False when
-            bytes wait here or in the stream: ``await _flush()`` sends them.
+            bytes wait here or in the stream: ``await flush()`` (or the next send) sends them.
 
         Raises:
             WebSocketClosed: the connection is closing or closed.
@@ -408,8 +413,8 @@ class WebSocket(trio.abc.AsyncResource):
         self._wire_sent += len(data)
         return done
 
-    async def _flush(self) -> None:
-        """Send what :meth:`_send_text_nowait` left waiting (here and in the stream).
+    async def flush(self) -> None:
+        """Send what :meth:`send_text_nowait` left waiting (here and in the stream).
 
         Raises:
             BrokenTransport, ClosedTransport, WebSocketClosed: as :meth:`send_text`.
@@ -794,7 +799,7 @@ class WebSocket(trio.abc.AsyncResource):
             raise self._broken_error(self._send_broken)
         self._sending = True
         chunk: bytes | bytearray = data
-        if self._out:  # left by _send_text_nowait: it goes first
+        if self._out:  # left by send_text_nowait: it goes first
             chunk = self._out
             chunk += data
             self._out = bytearray()
