@@ -133,7 +133,7 @@ class WorldAttacks(WorldTls):
 
             node = NodeHandle(name, attacker_host, relay)
         self.attackers[name] = node
-        await node._start(self.nursery)
+        await node.start_in(self.nursery)
         self.network.redirect(victims, real.host, attacker_host)
         if self.memory is not None:  # reconnect the victims now: drop their connections to the real CSMS
             for sid in victims:
@@ -146,5 +146,5 @@ class WorldAttacks(WorldTls):
     async def _end_attack(self, after: float, node: NodeHandle, victims: list[str], host: str) -> None:
         await trio.sleep(after)
         self.network.restore(victims, host)
-        node._stop()
+        node.stop()
         self.recorder.emit("timeline", "attack_ended", attacker=node.name)

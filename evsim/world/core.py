@@ -264,7 +264,7 @@ class World(WorldAttacks):
         node = CsmsNode(csms, tls=tls, primary=primary, station_password=password)
         node.certificate = cert
         self.csms[name] = node
-        await node._start(self.nursery)
+        await node.start_in(self.nursery)
         assert csms.address is not None
         node.port = csms.address[1]
         return node
@@ -344,7 +344,7 @@ class World(WorldAttacks):
         )
         node = ControllerNode(lc, tls=tls, routes=routes, upstream_security_profile=upstream_security_profile)
         self.controllers[name] = node
-        await node._start(self.nursery)
+        await node.start_in(self.nursery)
         assert lc.address is not None
         node.port = lc.address[1]
         return node
@@ -514,7 +514,7 @@ class World(WorldAttacks):
             node.endpoint_peers = endpoint_peers
             group.stations.append(node)
             self.stations[sid] = node
-            await node._start(self.nursery)
+            await node.start_in(self.nursery)
         return group
 
     def _slot(
@@ -557,17 +557,17 @@ class World(WorldAttacks):
         name = self._name(target)
         if name in self.controllers:
             node = self.controllers[name]
-            node._stop()
+            node.stop()
             if self.memory is not None:
                 self.memory.set_host_down(node.host)
             return
         csms_names, station_ids = self.targets(name)
         for n in csms_names:
-            self.csms[n]._stop()
+            self.csms[n].stop()
             if self.memory is not None:
                 self.memory.set_host_down(self.csms[n].host)
         for sid in station_ids:
-            self.stations[sid]._stop()
+            self.stations[sid].stop()
 
     async def start(self, target: Selector) -> None:
         """Start again what :meth:`stop` stopped (the same node objects, their records kept)."""
@@ -576,15 +576,15 @@ class World(WorldAttacks):
             node = self.controllers[name]
             if self.memory is not None:
                 self.memory.set_host_down(node.host, down=False)
-            await node._start(self.nursery)
+            await node.start_in(self.nursery)
             return
         csms_names, station_ids = self.targets(name)
         for n in csms_names:
             if self.memory is not None:
                 self.memory.set_host_down(self.csms[n].host, down=False)
-            await self.csms[n]._start(self.nursery)
+            await self.csms[n].start_in(self.nursery)
         for sid in station_ids:
-            await self.stations[sid]._start(self.nursery)
+            await self.stations[sid].start_in(self.nursery)
 
     # ------------------------------------------------------------------ the network
 

@@ -58,13 +58,15 @@ class NodeHandle:
                 self._scope = None
                 ended.set()
 
-    async def _start(self, nursery: trio.Nursery) -> None:
+    async def start_in(self, nursery: trio.Nursery) -> None:
+        """Run the node in ``nursery`` (after a stopped run has unwound); returns once it has started."""
         if self._scope is not None and self._scope.cancel_called and self._ended is not None:
             await self._ended.wait()  # stopped, still unwinding: start once it is gone
         if self._scope is None:
             await nursery.start(self._body)
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
+        """Cancel the node's run (it unwinds in the background; :meth:`start_in` waits for that)."""
         if self._scope is not None:
             self._scope.cancel()
 
