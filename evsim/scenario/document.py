@@ -6,7 +6,7 @@ rule lives in its passes), so there is one validator and it reads documents. :fu
 scenario as the document a file would hold — every field explicit, durations as numbers of seconds — and runs
 the loader's passes on it: the same errors, with field paths (there is no file, so no line numbers). A TLS
 profile built in code (``TlsProfileSpec.tls``) is checked by the TLS layer's own rules
-(:func:`evsim.scenario.loader.validate_tls_profile`) and kept as it is.
+(:func:`evsim.scenario.read_tls.validate_tls_profile`) and kept as it is.
 """
 
 from __future__ import annotations
@@ -258,7 +258,8 @@ def validate_scenario(sc: Scenario) -> Scenario:
     Raises:
         ConfigError: the first problem, with its field path and a fix (as for a file, without a line).
     """
-    from evsim.scenario.loader import loads_document, validate_tls_profile
+    from evsim.scenario.loader import loads_document
+    from evsim.scenario.read_tls import validate_tls_profile
 
     for spec in sc.tls_profiles.values():
         if spec.tls is not None:
