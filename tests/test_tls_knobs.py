@@ -49,10 +49,11 @@ from evsim.tls import (
     tls_connect,
 )
 from evsim.tls.capabilities import Capabilities
-from evsim.tls.config import RevocationPolicy, SessionPolicy
+from evsim.tls.config import SessionPolicy
 from evsim.tls.knobs import KNOB_STATES, check_enforce
 from evsim.tls.sessions import SessionStore
 from evsim.tls.suites import BY_OPENSSL, SUITES
+from evsim.tls.trust import RevocationPolicy
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, make_test_pki, tls_pair, unknown_ocsp_staple
 from tests.test_tls_stream import RecordingStream
 

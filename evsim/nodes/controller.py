@@ -114,9 +114,10 @@ from evsim.nodes.relay import (
 from evsim.ocpp.rpc import random_id_prefix
 from evsim.ocpp.versions import version_for
 from evsim.recorder import Recorder
-from evsim.tls.config import Identity, TlsProfile, TrustStore
+from evsim.tls.config import Identity, TlsProfile
 from evsim.tls.context import ServerTls
 from evsim.tls.stream import TlsInfo
+from evsim.tls.trust import TrustStore
 from evsim.ws import Accept, Reject, UpgradeRequest, WebSocket, ws_client
 from evsim.ws.auth import basic_auth_header
 from evsim.ws.paths import station_path

@@ -26,6 +26,7 @@ from evsim.scenario.model import (
 )
 from evsim.tls import config as tls_config
 from evsim.tls import revocation as tls_revocation
+from evsim.tls import trust as tls_trust
 from evsim.world.actions import ACTIONS as ACTION_CLASSES
 from evsim.world.actions import LINK_POLICY_KEYS
 from evsim.ws.paths import IDENTITY_RULE
@@ -165,7 +166,7 @@ PINSET_KEYS: Final = ("enforcement", "tofu", "pins")
 PIN_KEYS: Final = ("target", "state", "cert", "key", "root", "spki_sha256", "not_after")
 PIN_SOURCES: Final = ("cert", "root", "spki_sha256")
 CHANGE_KEYS: Final = ("on_peer_key_change", "on_peer_cert_change_same_key")
-TRUST_MODES: Final = typing.get_args(tls_config.TrustMode)
+TRUST_MODES: Final = typing.get_args(tls_trust.TrustMode)
 REVOCATION_KEYS: Final = ("crl", "ocsp", "on_unknown")
 SESSION_KEYS: Final = ("resumption", "lifetime", "cache_entries")
 RECORD_KEYS: Final = ("max_send_fragment", "max_fragment_length", "record_size_limit", "recv_buffer")
@@ -174,9 +175,9 @@ SUITE_PREFERENCES: Final = typing.get_args(tls_config.SuitePreference)
 CRL_MODES: Final = typing.get_args(tls_revocation.CrlMode)
 OCSP_POLICIES: Final = typing.get_args(tls_revocation.OcspPolicy)
 ON_UNKNOWN: Final = typing.get_args(tls_revocation.OnUnknown)
-MAX_DEPTH: Final = tls_config.MAX_VERIFY_DEPTH
+MAX_DEPTH: Final = tls_trust.MAX_VERIFY_DEPTH
 """The TLS layer's ``TrustStore.max_depth`` bound (OpenSSL's default verify depth)."""
-TIME_CHECKS: Final = typing.get_args(tls_config.TimeCheck)
+TIME_CHECKS: Final = typing.get_args(tls_trust.TimeCheck)
 KEY_NAMES: Final = {"current": 0, "next": 1}
 """``key`` of a CSMS pin: ``current`` = the key at the start, ``next`` = the key of its first new-key rotation."""
 MAX_KEY_INDEX: Final = 16

@@ -62,10 +62,11 @@ from OpenSSL import SSL, crypto
 
 from evsim.errors import ConfigError
 from evsim.tls import _ossl, events
-from evsim.tls.config import KNOWN_VERSIONS, Identity, TlsProfile, TrustStore
+from evsim.tls.config import KNOWN_VERSIONS, Identity, TlsProfile
 from evsim.tls.peer import PeerCheck, PeerMode, PeerPolicy, require_policy
 from evsim.tls.revocation import install_crls, install_ocsp_client, install_ocsp_stapling, request_ocsp
 from evsim.tls.suites import BY_IANA, SUITES
+from evsim.tls.trust import TrustStore
 from evsim.tls.verify import (
     X509_V_ERR_CERT_HAS_EXPIRED,
     X509_V_ERR_CERT_NOT_YET_VALID,
