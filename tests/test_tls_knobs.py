@@ -36,7 +36,8 @@ from cryptography.hazmat.primitives import serialization
 from evsim.cli import build_parser, main
 from evsim.errors import ConfigError, HandshakeFailed, TransportError
 from evsim.pki import CertificateAuthority, CertKey
-from evsim.pki.revocation import OcspResponder, OcspStaple, RevocationList
+from evsim.pki.ocsp import OcspResponder, OcspStaple
+from evsim.pki.revocation import RevocationList
 from evsim.tls import (
     ClientTls,
     Identity,

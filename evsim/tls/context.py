@@ -83,7 +83,7 @@ log = logging.getLogger(__name__)
 
 ClientAuth: TypeAlias = Literal["none", "optional", "required", "pairing"]
 OcspProvider: TypeAlias = Callable[[], bytes | None]
-"""Returns the DER OCSP response a server staples (e.g. ``evsim.pki.revocation.OcspStaple``), or None."""
+"""Returns the DER OCSP response a server staples (e.g. ``evsim.pki.ocsp.OcspStaple``), or None."""
 
 _VERSIONS = {
     "1.0": SSL.TLS1_VERSION,
