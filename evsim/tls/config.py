@@ -254,7 +254,7 @@ class TlsProfile:
     keylog: str | None = None
     alpn: tuple[str, ...] = attrs.field(default=(), converter=_to_str_tuple)
     insecure_legacy_versions: bool = False
-    # engine knobs (tls-engine)
+    # engine knobs (``evsim.tls.knobs.KNOB_STATES`` says which the engine enforces)
     groups: tuple[str, ...] = attrs.field(default=(), converter=_to_str_tuple)
     signature_algorithms: tuple[str, ...] = attrs.field(default=(), converter=_to_str_tuple)
     alpn_require: bool = False

@@ -291,7 +291,7 @@ def _base_context(
     return ctx
 
 
-# ---------------------------------------------------------------- engine knobs (tls-engine)
+# ---------------------------------------------------------------- engine knobs
 
 
 def _apply_engine_knobs(ctx: SSL.Context, profile: TlsProfile, *, server: bool) -> None:
