@@ -133,6 +133,8 @@ def station_links_table(result: RunResult) -> str:
 
 
 def _meta(file: str, *, sc_result: RunResult, topology: Topology) -> dict[str, Any]:
+    """The run directory's ``meta.json``: what ran (scenario, seed, evsim version, clock, network, topology),
+    how it ended, and the OCPP message and offline-queue counts per station and per CSMS endpoint."""
     r = sc_result
     sim = r.scenario.simulation
     return {

@@ -172,6 +172,7 @@ def loads_document(doc: dict[str, object], *, source: str = "<python>") -> Scena
 
 
 def _build(doc: dict[str, object], ctx: LoadContext) -> Scenario:
+    """Run the builder; anything but a ``ConfigError`` is an evsim bug, reported as a ``ConfigError`` that says so."""
     try:
         return _Builder(ctx).build(doc)
     except ConfigError:
@@ -188,6 +189,9 @@ def _build(doc: dict[str, object], ctx: LoadContext) -> Scenario:
 
 
 def _syntax_error(message: str, text: str, source: str) -> ConfigError:
+    """A tomllib error as a ``ConfigError``: tomllib ends its message with ``(at line L, column C)``, which is
+    parsed back into the line; the fix is chosen by how the message starts (:data:`_SYNTAX_FIXES`).
+    """
     m = _SYNTAX_POSITION.match(message)
     detail, line, column = message, None, None
     if m is not None:
@@ -212,6 +216,7 @@ class _Builder(NodeReader, TimelineReader):
     one object, so each section sees the names and tables the earlier ones read."""
 
     def build(self, doc: dict[str, object]) -> Scenario:
+        """The scenario, section by section (see the class doc)."""
         root = ScenarioTable(self.ctx, (), doc, TOP_KEYS)
         if "simulation" not in doc:
             raise self.ctx.error(
@@ -258,6 +263,10 @@ class _Builder(NodeReader, TimelineReader):
     # ------------------------------------------------------------ [simulation]
 
     def simulation(self, t: ScenarioTable) -> SimulationSpec:
+        """``[simulation]``: ``duration`` is required. A TCP network runs only on the real clock (loopback
+        sockets cannot follow virtual time); a virtual run starts at :data:`DEFAULT_START` unless ``start`` is
+        given, a real one at the host's time. The name defaults to the file's stem.
+        """
         t.require("duration", 'add duration = "1h" (how long the run lasts)')
         duration = t.duration("duration", 0.0, positive=True)
         clock = t.enum("clock", CLOCKS, "virtual")
@@ -292,6 +301,9 @@ class _Builder(NodeReader, TimelineReader):
     # ------------------------------------------------------------ [pki]
 
     def pki(self, t: ScenarioTable | None) -> PkiSpec:
+        """``[pki]``: key type, validity and organization of the run's certificates, and extra roots (``root``
+        always exists; an attacker's root, e.g. ``[pki.roots.rogue]``, is declared here).
+        """
         if t is None:
             return PkiSpec()
         key_type = t.enum("key_type", KEY_TYPES, "ec")

@@ -105,6 +105,9 @@ class ScenarioChecks(SectionReader):
             self.check_trusted(("csms", name), spec.trusted_controllers, spec.behind_controller)
 
     def check_trusted(self, path: FieldPath, names: Sequence[str], behind: str) -> None:
+        """``trusted_controllers`` at ``path``: defined controllers, and only with ``behind_controller =
+        "trust_controller"`` (the one setting that reads them).
+        """
         for i, ref in enumerate(names):
             if ref not in self.nodes.controllers:
                 raise self.ctx.error(
@@ -138,6 +141,7 @@ class ScenarioChecks(SectionReader):
         state: dict[str, str] = {}  # name -> "visiting" | "done"
 
         def visit(name: str, chain: list[str]) -> None:
+            """Append ``name`` after every controller it connects to; reaching one still being visited closes a loop."""
             if state.get(name) == "done":
                 return
             state[name] = "visiting"

@@ -90,6 +90,7 @@ class NodeReader(TlsReader, ScenarioChecks):
     def csms(
         self, root: ScenarioTable, sim: SimulationSpec, pki: PkiSpec, profiles: Mapping[str, TlsProfileSpec]
     ) -> dict[str, CsmsSpec]:
+        """Every ``[csms.<name>]``: at least one, no two on one host and port."""
         out: dict[str, CsmsSpec] = {}
         addresses: dict[tuple[str, int], str] = {}
         for name, value in root.named_tables("csms", "CSMS nodes, e.g. [csms.main]"):
@@ -124,6 +125,9 @@ class NodeReader(TlsReader, ScenarioChecks):
         pki: PkiSpec,
         profiles: Mapping[str, TlsProfileSpec],
     ) -> CsmsSpec:
+        """One CSMS table. Its host becomes its certificate's CN, so it must be a DNS name or IP address of at
+        most :data:`MAX_COMMON_NAME` characters; a default host made from an unusual table name is reported as such.
+        """
         host = t.string("host", f"{name}.evsim.test", max_len=253)
         if not _valid_host(host):
             key_fix = "set host to a DNS name such as csms.evsim.test"
@@ -171,6 +175,9 @@ class NodeReader(TlsReader, ScenarioChecks):
         return self.with_failover_fields(t, spec)
 
     def certificate(self, t: ScenarioTable, pki: PkiSpec) -> CertificateSpec:
+        """A node's ``certificate`` table: the issuing root, validity, key type, and ``not_before`` relative
+        to the start (one hour before it by default), which must come before the end of validity.
+        """
         c = t.sub_table("certificate", CERTIFICATE_KEYS, '{ root = "root", validity = "365d" }')
         if c is None:
             return CertificateSpec(validity=pki.validity, key_type=pki.key_type)
@@ -192,6 +199,9 @@ class NodeReader(TlsReader, ScenarioChecks):
         )
 
     def password(self, t: ScenarioTable) -> str | None:
+        """A ``password``: OCPP's BasicAuthPassword (:data:`PASSWORD_LENGTH` printable characters); None
+        means a generated one.
+        """
         password = t.optional_string("password", max_len=PASSWORD_LENGTH[1] * 4)
         lo, hi = PASSWORD_LENGTH
         if password is not None and not lo <= len(password) <= hi:
@@ -294,6 +304,10 @@ class NodeReader(TlsReader, ScenarioChecks):
         profiles: Mapping[str, TlsProfileSpec],
         trust: Mapping[str, TrustSpec],
     ) -> ControllerSpec:
+        """One controller table: its host (its certificate's CN), listener profile, ``upstream`` endpoints (a
+        controller may not name itself; loops through others are refused by :meth:`controller_order`), the
+        upstream side's profile, failover and loss policies, back-off, and how it admits controllers below it.
+        """
         host = t.string("host", f"{name}.evsim.test", max_len=253)
         if not _valid_host(host) or len(host) > MAX_COMMON_NAME:
             raise t.error(
@@ -483,6 +497,9 @@ class NodeReader(TlsReader, ScenarioChecks):
         profiles: Mapping[str, TlsProfileSpec],
         trust: Mapping[str, TrustSpec],
     ) -> dict[str, StationGroupSpec]:
+        """Every ``[stations.<group>]``. A group may not share a name with a CSMS or a controller: selectors
+        name any of them.
+        """
         out: dict[str, StationGroupSpec] = {}
         for name, value in root.named_tables("stations", "station groups, e.g. [stations.fleet]"):
             if not isinstance(value, dict):
@@ -514,6 +531,12 @@ class NodeReader(TlsReader, ScenarioChecks):
         profiles: Mapping[str, TlsProfileSpec],
         trust: Mapping[str, TrustSpec],
     ) -> StationGroupSpec:
+        """One station group table.
+
+        Its CSMS is the ``csms`` shorthand or the one its first endpoint leads to; its security profile
+        defaults to that server's, and profile 1 needs the server's ``insecure_allow_plain_ws``. ``sessions``
+        (a fixed count) and ``sessions_per_day`` (a rate) exclude each other.
+        """
         count = t.integer("count", 1, 1, MAX_STATIONS_PER_GROUP)
         pattern = t.string("id_pattern", f"{name}-{{n:04d}}", max_len=200)
         _check_id_pattern(self.ctx, t.at("id_pattern"), pattern, count)
@@ -604,6 +627,7 @@ class NodeReader(TlsReader, ScenarioChecks):
         )
 
     def delay_range(self, t: ScenarioTable, key: str, default: tuple[float, float]) -> tuple[float, float]:
+        """``key = [min, max]``: two durations, ``min <= max`` (a uniformly drawn delay)."""
         if not t.has(key):
             return default
         value = t.data[key]
@@ -618,6 +642,7 @@ class NodeReader(TlsReader, ScenarioChecks):
         return (lo, hi)
 
     def backoff(self, t: ScenarioTable) -> RetryBackOff:
+        """``retry_backoff``: OCPP's reconnect back-off (wait minimum, random range, repeat times)."""
         b = t.sub_table(
             "retry_backoff", BACKOFF_KEYS, '{ wait_minimum = "3s", random_range = "3s", repeat_times = 4 }'
         )
@@ -702,6 +727,9 @@ def _listener_profile(t: ScenarioTable, spec: type[CsmsSpec | ControllerSpec]) -
 
 
 def _valid_host(host: str) -> bool:
+    """An IP address, or a DNS name of at most 253 characters whose labels are 1..63 letters, digits or
+    hyphens, not starting or ending with a hyphen (RFC 1035 §2.3.1 as relaxed by RFC 1123 §2.1).
+    """
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -57,6 +57,7 @@ class TimelineReader(TlsReader):
     # ------------------------------------------------------------ [[links]]
 
     def links(self, root: ScenarioTable) -> tuple[LinkSpec, ...]:
+        """Every ``[[links]]`` entry: two selectors (``between``) and the link policy, with its line."""
         out: list[LinkSpec] = []
         for i, value in enumerate(self.array_of_tables(root, "links")):
             t = ScenarioTable(self.ctx, ("links", i), value, LINK_KEYS, what="[[links]]")
@@ -66,6 +67,7 @@ class TimelineReader(TlsReader):
         return tuple(out)
 
     def array_of_tables(self, root: ScenarioTable, key: str) -> list[object]:
+        """The entries of ``[[key]]``, each checked to be a table."""
         value = root.data.get(key, [])
         if not isinstance(value, list):
             raise root.error(
@@ -85,6 +87,9 @@ class TimelineReader(TlsReader):
         return value
 
     def between(self, t: ScenarioTable) -> tuple[str, str]:
+        """The two selectors of a link or a partition: each a node, group, station id or ``"*"``; a link
+        joins two different selectors (``["*", "*"]`` is every link).
+        """
         value = t.data["between"]
         if not isinstance(value, list) or len(value) != 2:
             raise t.error(
@@ -169,6 +174,10 @@ class TimelineReader(TlsReader):
         return tuple(sorted(events, key=lambda e: e.at))
 
     def event(self, index: int, value: object, sim: SimulationSpec, pki: PkiSpec) -> TimelineEvent:
+        """One ``[[timeline]]`` entry: its action from the registry, its time within the run, and its
+        parameters, read by the action class itself through an :class:`ActionReader`. A parameter of another
+        action is reported as not being one of this action's.
+        """
         path: FieldPath = ("timeline", index)
         assert isinstance(value, dict)
         if "action" not in value:
@@ -210,6 +219,9 @@ class TimelineReader(TlsReader):
         )
 
     def target(self, t: ScenarioTable, kinds: Collection[str], *, key: str = "target") -> str:
+        """The node an entry names at ``key``, of one of ``kinds``; errors say what the action needs and offer
+        the names of those kinds.
+        """
         what = {
             "csms": "a CSMS",
             "controller": "a controller",
@@ -241,6 +253,7 @@ class TimelineReader(TlsReader):
         return value
 
     def tls_csms(self, t: ScenarioTable, key: str = "target") -> str:
+        """A target CSMS that speaks TLS (actions on its certificate or key need one)."""
         name = self.target(t, ("csms",), key=key)
         if self.nodes.csms[name].security_profile == 1:
             raise t.error(
@@ -252,6 +265,7 @@ class TimelineReader(TlsReader):
         return name
 
     def tls_stations(self, t: ScenarioTable) -> str:
+        """Target stations (a group or a station id) that speak TLS."""
         name = self.target(t, ("group", "station"))
         if self.nodes.group_of(name).security_profile == 1:
             raise t.error(
@@ -335,6 +349,7 @@ class ActionReader:
         return self._b.between(self._t)
 
     def link_knobs(self) -> LinkKnobs:
+        """The link-policy keys of the entry; None for each it leaves as it is."""
         spec, given = self._b.link_policy(self._t, ("*", "*"))
         return LinkKnobs(
             latency=spec.latency if "latency" in given else None,

@@ -140,6 +140,10 @@ class TlsReader(SectionReader):
     # ------------------------------------------------------------ [tls.profiles.<name>] and [tls.trust.<name>]
 
     def tls_profiles(self, tls: ScenarioTable | None) -> dict[str, TlsProfileSpec]:
+        """Every ``[tls.profiles.<name>]``, plus ``default`` (TLS 1.3 and 1.2 with the TLS layer's default
+        suites). The basic fields are checked by the TLS layer's rules (:func:`validate_tls_profile`) before
+        the engine knobs are read (:meth:`profile_engine_knobs`).
+        """
         profiles = {"default": _profile_spec("default", SCENARIO_TLS_VERSIONS, {}, 10.0, None)}
         if tls is None:
             return profiles
@@ -181,6 +185,9 @@ class TlsReader(SectionReader):
         return profiles
 
     def trust_stores(self, tls: ScenarioTable | None, pki: PkiSpec) -> dict[str, TrustSpec]:
+        """Every ``[tls.trust.<name>]``, plus ``default`` (the root ``root`` and the default checks). Each
+        root a store lists must be defined in ``[pki.roots]``.
+        """
         stores = {"default": TrustSpec(name="default")}
         if tls is None:
             return stores
@@ -272,6 +279,10 @@ class TlsReader(SectionReader):
     # ------------------------------------------------------------ [tls.trust.<name>] knobs
 
     def trust_model(self, t: ScenarioTable, spec: TrustSpec) -> TrustSpec:
+        """A trust store's ``mode`` and ``time_check``, then its revocation. A store without a CA
+        (``pinned_peers``, ``tofu``) may not list roots, since the TLS layer refuses anchors there; its default
+        ``roots`` is dropped.
+        """
         mode = t.enum("mode", TRUST_MODES, "pki")
         if mode != "pki":
             if t.has("roots"):
@@ -287,6 +298,9 @@ class TlsReader(SectionReader):
         return self.trust_revocation(t, spec)
 
     def trust_revocation(self, t: ScenarioTable, spec: TrustSpec) -> TrustSpec:
+        """A trust store's ``revocation`` and ``max_depth``. Revocation is checked against a CA, so it is
+        refused in the modes that have none.
+        """
         r = t.sub_table(
             "revocation", REVOCATION_KEYS, '{ crl = "leaf", ocsp = "request", on_unknown = "fail" }'
         )
@@ -313,6 +327,7 @@ class TlsReader(SectionReader):
     # ------------------------------------------------------------ [csms.<name>] ocsp_stapling
 
     def ocsp_stapling(self, t: ScenarioTable, security_profile: int) -> bool:
+        """A CSMS's ``ocsp_stapling``: the staple travels in the TLS handshake, so profile 1 cannot have one."""
         staple = t.boolean("ocsp_stapling", False)
         if staple and security_profile == 1:
             raise t.error(
@@ -328,6 +343,10 @@ class TlsReader(SectionReader):
     def pin_sets(
         self, tls: ScenarioTable | None, pki: PkiSpec, csms: Mapping[str, CsmsSpec]
     ) -> dict[str, PinSetSpec]:
+        """Every ``[tls.pins.<name>]``, built by the TLS layer (:func:`~evsim.world.specs.layer_pin_set`) with
+        placeholder key hashes so that its rules apply here. An error about a pin's key hash is reported at
+        the key the user wrote (``cert``, ``root`` or ``spki_sha256``).
+        """
         self._pin_sets = {}
         if tls is None:
             return self._pin_sets
@@ -362,6 +381,11 @@ class TlsReader(SectionReader):
     def pin(
         self, t: ScenarioTable, i: int, item: object, pki: PkiSpec, csms: Mapping[str, CsmsSpec]
     ) -> PinSpec:
+        """One pin of a set: target, state, the key it names (:meth:`key_reference`) and an optional expiry.
+
+        A ``cert`` pin names a CSMS's own key, which is only ever the leaf of its chain, and a ``root`` pin a
+        scenario root, which only ever is the root: any other target would never match, so it is refused.
+        """
         p = ScenarioTable(self.ctx, t.at("pins", i), item, PIN_KEYS, what=_PIN_EXAMPLE)
         p.require("target", 'add target = "leaf" (or intermediate, root, any)')
         target = p.enum("target", pins_layer.TARGETS, "leaf")
@@ -455,6 +479,9 @@ class TlsReader(SectionReader):
     # ------------------------------------------------------------ [tls.change.<name>]
 
     def change_policies(self, tls: ScenarioTable | None) -> dict[str, ChangeSpec]:
+        """Every ``[tls.change.<name>]``: what a station does when its peer's key changes, or its certificate
+        changes with the same key.
+        """
         self._change = {}
         if tls is None:
             return self._change
@@ -518,6 +545,12 @@ class TlsReader(SectionReader):
     def group_peer_policy(
         self, t: ScenarioTable, group: StationGroupSpec, trust: Mapping[str, TrustSpec]
     ) -> StationGroupSpec:
+        """A station group's ``pins`` / ``change``, which need TLS (profile 2 or 3).
+
+        A trust store without a CA leaves every decision to the pins, so the TLS layer's
+        :meth:`PeerPolicy.require <evsim.tls.peer.PeerPolicy.require>` checks that the group's pins can make
+        it (enforced pins, and ``tofu`` for a ``tofu`` store); the group's endpoints are checked the same way.
+        """
         pins = change = None
         if t.has("pins"):
             pins = t.reference("pins", "", self._pin_sets, "pin set", "[tls.pins.<name>]")

@@ -65,6 +65,7 @@ class LoadContext:
         return format_path(path)
 
     def error(self, path: FieldPath, message: str, *, value: object = None, fix: str = "") -> ConfigError:
+        """A ``ConfigError`` at ``path``, with the file and the line where ``path`` is defined."""
         return ConfigError(
             message,
             path=format_path(path),
@@ -119,6 +120,7 @@ class ScenarioTable(Table):
         return sub
 
     def profile_number(self, key: str, default: int) -> int:
+        """A security profile number: 1, 2 or 3 (the OCPP security profiles)."""
         value = self.data.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or value not in SECURITY_PROFILES:
             raise self.error(
@@ -138,6 +140,7 @@ class ScenarioTable(Table):
         positive: bool = False,
         whole_seconds: bool = False,
     ) -> float:
+        """A duration at ``key`` (see :meth:`ctx_duration`), or ``default`` when the key is absent."""
         if key not in self.data:
             return default
         return self.ctx_duration(
@@ -157,6 +160,9 @@ class ScenarioTable(Table):
         positive: bool = False,
         whole_seconds: bool = False,
     ) -> float:
+        """A duration at ``path`` (units: :func:`~evsim.scenario.units.parse_duration`). ``positive`` refuses
+        zero, ``whole_seconds`` fractions (OCPP intervals are integers).
+        """
         try:
             seconds = parse_duration(value, allow_negative=allow_negative)
         except ConfigError as exc:
@@ -208,6 +214,7 @@ class NodeNames:
         self.station_group: dict[str, str] = {}  # station id -> group
 
     def kind(self, name: str) -> str | None:
+        """What ``name`` is: ``"csms"``, ``"controller"``, ``"group"``, ``"station"`` or None."""
         if name in self.csms:
             return "csms"
         if name in self.controllers:
@@ -223,6 +230,7 @@ class NodeNames:
         return self.groups[self.station_group.get(name, name)]
 
     def names(self, kinds: Collection[str]) -> list[str]:
+        """The names of the given kinds (station ids excluded), for did-you-means."""
         out: list[str] = []
         if "csms" in kinds:
             out += self.csms

@@ -31,6 +31,8 @@ from evsim.world.actions import ACTIONS as ACTION_CLASSES
 from evsim.world.actions import LINK_POLICY_KEYS
 from evsim.ws.paths import IDENTITY_RULE
 
+# ---------------------------------------------------------------- keys of each table
+
 TOP_KEYS: Final = ("simulation", "pki", "tls", "csms", "controllers", "stations", "links", "timeline")
 SIMULATION_KEYS: Final = (
     "name",
@@ -124,6 +126,13 @@ CONTROLLER_KEYS: Final = (
     "trusted_controllers",
 )
 ENDPOINT_KEYS: Final = ("csms", "controller", "priority", "trust", "tls_profile", "pins")
+BACKOFF_KEYS: Final = ("wait_minimum", "random_range", "repeat_times")
+LINK_KEYS: Final = ("between", *LINK_POLICY_KEYS)
+STALL_KEYS: Final = ("every", "for")
+RESET_KEYS: Final = ("every",)
+
+# ---------------------------------------------------------------- choices and bounds
+
 FALLBACK_KINDS: Final[tuple[FallbackKind, ...]] = ("restart_list", "last_working")
 FAILOVER_KINDS: Final[tuple[FailoverKind, ...]] = ("priority", "round_robin", "sticky")
 UPSTREAM_LOSS_KINDS: Final[tuple[UpstreamLossKind, ...]] = ("close_station", "keep_station")
@@ -134,10 +143,6 @@ BEHIND_CONTROLLER_KINDS: Final[tuple[BehindControllerKind, ...]] = (
 MAX_STATION_ENDPOINTS: Final = 4
 """A station has the configuration slots 0..3 (``DEFAULT_SLOT_NUMBERS``; B09.FR.06 asks for at least two)."""
 MAX_NETWORK_ATTEMPTS: Final = 100
-BACKOFF_KEYS: Final = ("wait_minimum", "random_range", "repeat_times")
-LINK_KEYS: Final = ("between", *LINK_POLICY_KEYS)
-STALL_KEYS: Final = ("every", "for")
-RESET_KEYS: Final = ("every",)
 
 ACTIONS: Final[Mapping[str, tuple[str, ...]]] = {name: cls.keys for name, cls in ACTION_CLASSES.items()}
 """Timeline actions and the parameters each takes (besides ``at`` and ``action``)."""
@@ -161,6 +166,8 @@ Ed.2; the errata raise the limit to the variable's maxLimit, 40..64)."""
 MAX_COMMON_NAME: Final = 64
 """RFC 5280 ub-common-name: the CSMS host name becomes its certificate's CN."""
 
+
+# ---------------------------------------------------------------- the TLS model tables (checked by the TLS layer)
 
 PINSET_KEYS: Final = ("enforcement", "tofu", "pins")
 PIN_KEYS: Final = ("target", "state", "cert", "key", "root", "spki_sha256", "not_after")
