@@ -41,8 +41,8 @@ from evsim.tls import (
     tls_accept,
     tls_connect,
 )
-from evsim.tls.config import HostnameCheck, TimeCheck, WildcardPolicy
 from evsim.tls.peer import PeerPolicy
+from evsim.tls.trust import HostnameCheck, TimeCheck, WildcardPolicy
 
 TEST_NOW = dt.datetime(2030, 6, 1, 12, 0, tzinfo=dt.UTC)
 """A fixed simulation time for tests (far from the machine's clock on purpose)."""

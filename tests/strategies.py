@@ -22,12 +22,13 @@ from evsim.ocpp.framing import (
 )
 from evsim.pki import ski
 from evsim.pki.ca import common_name
-from evsim.tls.config import KNOWN_VERSIONS, Identity, TlsProfile, TrustStore
+from evsim.tls.config import KNOWN_VERSIONS, Identity, TlsProfile
 from evsim.tls.pairing import PairedPeer, PeerTrust
 from evsim.tls.pairing import PeerState as PairingState
 from evsim.tls.pins import TARGETS, Enforcement, Pin, PinSet, PinState, PinTarget, spki_hex
 from evsim.tls.predict import ClientSide, ServerSide
 from evsim.tls.suites import BY_IANA, DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES, SUITES
+from evsim.tls.trust import TrustStore
 
 #: Text orjson can encode: no lone surrogates.
 json_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=20)

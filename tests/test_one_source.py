@@ -15,8 +15,9 @@ from evsim.nodes.controller import ControllerConfig
 from evsim.nodes.csms import CsmsConfig
 from evsim.nodes.station import StationConfig
 from evsim.scenario import model
-from evsim.scenario.loader import loads_scenario, validate_tls_profile
+from evsim.scenario.loader import loads_scenario
 from evsim.scenario.model import ControllerSpec, CsmsSpec, StationGroupSpec, TlsProfileSpec
+from evsim.scenario.read_tls import validate_tls_profile
 from evsim.tls.config import DEFAULT_SUITES, OCPP_TLS_VERSIONS, TlsProfile
 
 SAME_DEFAULTS = [

@@ -1,4 +1,4 @@
-"""Revocation: CRLs and the OCSP responder (evsim.pki.revocation), and their TLS hooks (evsim.tls.revocation).
+"""Revocation: CRLs and the OCSP responder (evsim.pki.revocation, evsim.pki.ocsp), and their TLS hooks (evsim.tls.revocation).
 
 The TLS tests run real handshakes over ``trio.testing.memory_stream_pair`` through ``TlsStream`` with
 contexts compiled by ``ClientTls.build`` / ``ServerTls.build``, then given the revocation hooks the way
@@ -24,19 +24,18 @@ from OpenSSL import SSL
 
 from evsim.errors import ConfigError, HandshakeFailed, PkiError
 from evsim.pki import CertificateAuthority, CertKey
-from evsim.pki.revocation import (
+from evsim.pki.ocsp import (
     OCSP_STATUS_EVENT,
     OcspCheck,
     OcspCheckStatus,
     OcspResponder,
     OcspStaple,
-    RevocationList,
     check_ocsp_response,
     issue_ocsp_responder,
-    load_crl,
     ocsp_request_data,
     ocsp_request_from_data,
 )
+from evsim.pki.revocation import RevocationList, load_crl
 from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile, TlsStream, TrustStore, events
 from evsim.tls.context import clear_context_cache
 from evsim.tls.revocation import (

@@ -18,11 +18,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from evsim.errors import ConfigError
-from evsim.scenario import loader
-from evsim.scenario.loader import ACTIONS, load_scenario, loads_scenario, validate_tls_profile
+from evsim.scenario import loader, vocabulary
+from evsim.scenario.loader import load_scenario, loads_scenario
 from evsim.scenario.locate import format_path, index_lines
 from evsim.scenario.model import DEFAULT_START, Scenario, StationGroupSpec, TlsProfileSpec
+from evsim.scenario.read_tls import validate_tls_profile
 from evsim.scenario.units import format_duration, parse_bandwidth, parse_duration, parse_utc_timestamp
+from evsim.scenario.vocabulary import ACTIONS
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 SHIPPED = sorted(SCENARIOS.glob("*.toml"))
@@ -716,17 +718,17 @@ def test_index_lines_never_raises(text: str) -> None:
 
 KEY_VOCABULARY = sorted(
     {
-        *loader.TOP_KEYS,
-        *loader.SIMULATION_KEYS,
-        *loader.PKI_KEYS,
-        *loader.PROFILE_KEYS,
-        *loader.TRUST_KEYS,
-        *loader.CSMS_KEYS,
-        *loader.CERTIFICATE_KEYS,
-        *loader.STATION_KEYS,
-        *loader.BACKOFF_KEYS,
-        *loader.LINK_KEYS,
-        *loader.STALL_KEYS,
+        *vocabulary.TOP_KEYS,
+        *vocabulary.SIMULATION_KEYS,
+        *vocabulary.PKI_KEYS,
+        *vocabulary.PROFILE_KEYS,
+        *vocabulary.TRUST_KEYS,
+        *vocabulary.CSMS_KEYS,
+        *vocabulary.CERTIFICATE_KEYS,
+        *vocabulary.STATION_KEYS,
+        *vocabulary.BACKOFF_KEYS,
+        *vocabulary.LINK_KEYS,
+        *vocabulary.STALL_KEYS,
         "at",
         "action",
         "target",
@@ -906,10 +908,10 @@ def test_readme_example_loads() -> None:
 def test_readme_documents_every_key_and_action() -> None:
     readme = (SCENARIOS / "README.md").read_text()
     documented = {
-        *loader.SIMULATION_KEYS, *loader.PKI_KEYS, *loader.PROFILE_KEYS, *loader.TRUST_KEYS, *loader.CSMS_KEYS,
-        *loader.CERTIFICATE_KEYS, *loader.STATION_KEYS, *loader.BACKOFF_KEYS, *loader.LINK_KEYS,
-        *loader.STALL_KEYS, *ACTIONS, *(p for params in ACTIONS.values() for p in params),
-        *loader.CONTROLLER_KEYS, *loader.ENDPOINT_KEYS,
+        *vocabulary.SIMULATION_KEYS, *vocabulary.PKI_KEYS, *vocabulary.PROFILE_KEYS, *vocabulary.TRUST_KEYS, *vocabulary.CSMS_KEYS,
+        *vocabulary.CERTIFICATE_KEYS, *vocabulary.STATION_KEYS, *vocabulary.BACKOFF_KEYS, *vocabulary.LINK_KEYS,
+        *vocabulary.STALL_KEYS, *ACTIONS, *(p for params in ACTIONS.values() for p in params),
+        *vocabulary.CONTROLLER_KEYS, *vocabulary.ENDPOINT_KEYS,
     }  # fmt: skip
     missing = [key for key in sorted(documented) if f"`{key}`" not in readme]
     assert not missing

@@ -11,7 +11,7 @@ import trio
 from OpenSSL import SSL
 
 from evsim.errors import ConfigError
-from evsim.scenario import loader
+from evsim.scenario import vocabulary
 from evsim.scenario.loader import loads_scenario
 from evsim.scenario.model import PinSpec
 from evsim.scenario.runner import RunResult, preflight, run_scenario
@@ -332,7 +332,12 @@ def test_shipped_pin_rotation_outcome() -> None:
 
 def test_readme_documents_every_tls_model_key() -> None:
     readme = (SCENARIOS / "README.md").read_text()
-    documented = {*loader.PINSET_KEYS, *loader.PIN_KEYS, *loader.CHANGE_KEYS, *loader.TRUST_KEYS}
+    documented = {
+        *vocabulary.PINSET_KEYS,
+        *vocabulary.PIN_KEYS,
+        *vocabulary.CHANGE_KEYS,
+        *vocabulary.TRUST_KEYS,
+    }
     documented |= {
         "ocsp_stapling",
         "pins",

@@ -36,7 +36,8 @@ from cryptography.hazmat.primitives import serialization
 from evsim.cli import build_parser, main
 from evsim.errors import ConfigError, HandshakeFailed, TransportError
 from evsim.pki import CertificateAuthority, CertKey
-from evsim.pki.revocation import OcspResponder, OcspStaple, RevocationList
+from evsim.pki.ocsp import OcspResponder, OcspStaple
+from evsim.pki.revocation import RevocationList
 from evsim.tls import (
     ClientTls,
     Identity,
@@ -49,10 +50,11 @@ from evsim.tls import (
     tls_connect,
 )
 from evsim.tls.capabilities import Capabilities
-from evsim.tls.config import RevocationPolicy, SessionPolicy
+from evsim.tls.config import SessionPolicy
 from evsim.tls.knobs import KNOB_STATES, check_enforce
 from evsim.tls.sessions import SessionStore
 from evsim.tls.suites import BY_OPENSSL, SUITES
+from evsim.tls.trust import RevocationPolicy
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, make_test_pki, tls_pair, unknown_ocsp_staple
 from tests.test_tls_stream import RecordingStream
 

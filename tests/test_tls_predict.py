@@ -17,7 +17,6 @@ from cryptography import x509
 from evsim.pki import CertKey, issue_self_signed, ski, spki_sha256
 from evsim.tls import Identity, TlsProfile, TrustStore
 from evsim.tls import predict as predict_module
-from evsim.tls.config import HostnameCheck, WildcardPolicy
 from evsim.tls.pairing import PairedPeer, PeerTrust
 from evsim.tls.pins import ENFORCEMENTS, Pin, PinSet, spki_hex
 from evsim.tls.predict import (
@@ -32,6 +31,7 @@ from evsim.tls.predict import (
     reports_pin_mismatch,
     view,
 )
+from evsim.tls.trust import HostnameCheck, WildcardPolicy
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, make_groups_pki
 
 PKI = make_groups_pki(TEST_NOW)

@@ -63,11 +63,12 @@ from evsim.backoff import Attempt, BackOffSchedule, RetryBackOff
 from evsim.clock import SimClock
 from evsim.errors import ConfigError, TransportError, failure_reason
 from evsim.net.base import Network
-from evsim.tls.config import Identity, TlsProfile, TrustStore
+from evsim.tls.config import Identity, TlsProfile
 from evsim.tls.context import ClientTls
 from evsim.tls.peer import EventSink as PeerEventSink
 from evsim.tls.peer import PeerPolicy, require_policy
 from evsim.tls.stream import TlsInfo, TlsStream, tls_connect
+from evsim.tls.trust import TrustStore
 from evsim.toml_table import Table, choices_fix, rebased
 from evsim.urls import HTTP_SCHEMES, WS_SCHEMES, parse_url
 

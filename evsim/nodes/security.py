@@ -14,8 +14,9 @@ from evsim.pki import DevPki
 from evsim.pki.ca import CertKey
 from evsim.pki.dev import CsmsPki
 from evsim.pki.keys import load_cert_file
-from evsim.tls.config import Identity, TlsProfile, TrustStore
+from evsim.tls.config import Identity, TlsProfile
 from evsim.tls.context import ClientTls, ServerTls
+from evsim.tls.trust import TrustStore
 
 #: OCPP requires TLS 1.2 or above (A00.FR.313); evsim prefers 1.3.
 DEFAULT_PROFILE = TlsProfile()

@@ -1,4 +1,15 @@
-"""``evsim run``, ``evsim validate`` and ``evsim report``."""
+"""``evsim run``, ``evsim validate`` and ``evsim report``: the scenario commands behind :mod:`evsim.cli`.
+
+Theory of operation. Each command is a function of the parsed arguments that returns the process exit code;
+:mod:`evsim.cli` parses the arguments and turns a :class:`~evsim.errors.ConfigError` into a message and exit
+code 2. ``validate`` loads every file and runs the runner's ``preflight`` (what this version cannot run yet),
+so a file that validates is one ``run`` accepts. ``run`` refuses a bad file before creating anything, then
+creates the run directory, streams every event into its log while the run goes on (and into the live
+display unless ``--no-live``), and afterwards writes the metrics, ``meta.json`` and the report; the report
+and plots are always rendered from the run directory (:func:`evsim.metrics.rundir.rerender`), so ``report``
+on a saved directory prints exactly what ``run`` printed. A run that did not complete still gets its
+directory and a partial report, and exits 1.
+"""
 
 from __future__ import annotations
 
@@ -122,6 +133,8 @@ def station_links_table(result: RunResult) -> str:
 
 
 def _meta(file: str, *, sc_result: RunResult, topology: Topology) -> dict[str, Any]:
+    """The run directory's ``meta.json``: what ran (scenario, seed, evsim version, clock, network, topology),
+    how it ended, and the OCPP message and offline-queue counts per station and per CSMS endpoint."""
     r = sc_result
     sim = r.scenario.simulation
     return {

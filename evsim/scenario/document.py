@@ -6,7 +6,7 @@ rule lives in its passes), so there is one validator and it reads documents. :fu
 scenario as the document a file would hold — every field explicit, durations as numbers of seconds — and runs
 the loader's passes on it: the same errors, with field paths (there is no file, so no line numbers). A TLS
 profile built in code (``TlsProfileSpec.tls``) is checked by the TLS layer's own rules
-(:func:`evsim.scenario.loader.validate_tls_profile`) and kept as it is.
+(:func:`evsim.scenario.read_tls.validate_tls_profile`) and kept as it is.
 """
 
 from __future__ import annotations
@@ -35,13 +35,23 @@ from evsim.world.actions import Link
 
 
 def _drop_none(table: dict[str, Any]) -> dict[str, Any]:
+    """The table without its None values: TOML has no null, so an unset optional key is left out."""
     return {key: value for key, value in table.items() if value is not None}
 
 
 def _lists(value: Any) -> Any:
+    """Tuples (the model's sequences) as lists (what ``tomllib`` returns for arrays), recursively."""
     if isinstance(value, tuple | list):
         return [_lists(v) for v in value]
     return value
+
+
+# ---------------------------------------------------------------- one writer per table
+#
+# Each writer returns the table a file would hold for one spec, every key explicit and durations as seconds
+# (the loader reads a bare number as seconds). Keys that a file may only give in some configurations are
+# written only there: the loader would refuse them elsewhere (``ocsp_stapling`` without TLS, both
+# ``sessions`` and ``sessions_per_day``, both ``csms`` and ``endpoints``).
 
 
 def _certificate(c: CertificateSpec) -> dict[str, Any]:
@@ -157,6 +167,8 @@ def _controller(c: ControllerSpec) -> dict[str, Any]:
 
 
 def _group(g: StationGroupSpec) -> dict[str, Any]:
+    """A station group: ``sessions`` or ``sessions_per_day``, and ``endpoints`` (with the failover keys that
+    only mean something with them) or the one-CSMS shorthand ``csms``."""
     out = _drop_none(
         {
             "count": g.count,
@@ -204,6 +216,8 @@ def _link(link: LinkSpec) -> dict[str, Any]:
 
 
 def _event(ev: TimelineEvent) -> dict[str, Any]:
+    """A ``[[timeline]]`` entry from the action's own fields; a ``link`` action's stall and reset are written as
+    the inline tables a file uses."""
     params = _drop_none(dict(ev.action.fields()))
     if isinstance(ev.action, Link):
         if ev.action.stall is not None:
@@ -258,7 +272,8 @@ def validate_scenario(sc: Scenario) -> Scenario:
     Raises:
         ConfigError: the first problem, with its field path and a fix (as for a file, without a line).
     """
-    from evsim.scenario.loader import loads_document, validate_tls_profile
+    from evsim.scenario.loader import loads_document
+    from evsim.scenario.read_tls import validate_tls_profile
 
     for spec in sc.tls_profiles.values():
         if spec.tls is not None:

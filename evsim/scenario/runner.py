@@ -147,6 +147,8 @@ class ScenarioRunner:
     # ------------------------------------------------------------------ scenario names -> world values
 
     def _profile(self, name: str) -> TlsProfile:
+        """The TLS layer's profile for a scenario profile name: the one the loader built (with its engine
+        knobs), or one built from the basic fields of a profile made in Python."""
         spec = self.scenario.tls_profiles.get(name)
         if spec is None:
             return TlsProfile()
@@ -160,14 +162,15 @@ class ScenarioRunner:
         return TlsProfile(**kwargs)
 
     def _session_cache(self, profile: str) -> int | None:
-        """Cache entries of stations whose profile has a ``session`` table (else full handshakes only, as
-        before sessions were configurable: shipped scenarios' logs do not change)."""
+        """Cache entries of stations whose profile has a ``session`` table; None (full handshakes only) for
+        the others, so a scenario resumes TLS sessions only when its file asks for it."""
         spec = self.scenario.tls_profiles.get(profile)
         if spec is None or spec.tls is None or not spec.keep_sessions:
             return None
         return spec.tls.session.cache_entries
 
     def _route(self, ep: EndpointSpec) -> Route:
+        """A scenario endpoint as the world's :class:`Route`, its profile, trust store and pins resolved."""
         sc = self.scenario
         return Route(
             to=ep.name,
@@ -338,6 +341,7 @@ class ScenarioRunner:
     # ------------------------------------------------------------------ result
 
     def result(self, wall_s: float, outcome: str | None = None, error: str | None = None) -> RunResult:
+        """What the run observed, also when it ended early or never opened its world (an empty recorder)."""
         w = self.world
         if w is None:
             recorder = Recorder(SimClock(start_utc=_dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)))

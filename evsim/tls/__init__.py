@@ -28,15 +28,7 @@ Public API::
 from __future__ import annotations
 
 from evsim.tls import events, suites
-from evsim.tls.config import (
-    DEFAULT_SUITES,
-    Identity,
-    RevocationPolicy,
-    SessionPolicy,
-    SuiteMap,
-    TlsProfile,
-    TrustStore,
-)
+from evsim.tls.config import DEFAULT_SUITES, Identity, SessionPolicy, SuiteMap, TlsProfile
 from evsim.tls.context import ClientAuth, ClientTls, KeylogWarning, ServerTls, clear_context_cache
 from evsim.tls.events import ocpp_security_event
 from evsim.tls.failures import TlsBrokenTransport, TlsClosedTransport, TlsHandshakeFailed, TlsRecordError
@@ -44,6 +36,7 @@ from evsim.tls.listener import Listener
 from evsim.tls.peer import PeerEvent, PeerPolicy, PeerState
 from evsim.tls.sessions import SessionStore
 from evsim.tls.stream import TlsInfo, TlsSession, TlsStream, tls_accept, tls_connect
+from evsim.tls.trust import RevocationPolicy, TrustStore
 
 __all__ = [
     "DEFAULT_SUITES",

@@ -1,23 +1,28 @@
-"""The TLS model (first slice): how to speak TLS, whom to trust, who we are.
+"""The TLS model: how to speak TLS (:class:`TlsProfile`) and who we are (:class:`Identity`).
 
 Frozen attrs values, validated on construction; every error is a :class:`~evsim.errors.ConfigError`
 with the field path, the value and the fix. They compile to OpenSSL contexts in ``evsim.tls.context``.
-The full model (pins, pairing, revocation, sessions, groups...) is in ``shared/design/tls-model.md``; new
-knobs are added as fields with defaults, so existing call sites keep working.
+The full model (pins, pairing, revocation, sessions, groups...) is in ``shared/design/tls-model.md``; every
+knob is a field with a default, so a value built with only the fields a caller cares about is complete.
 
 * :class:`TlsProfile` - versions, cipher suites (IANA names), groups, signature algorithms, handshake
   timeout, record knobs, keylog, ALPN, a :class:`SessionPolicy`, and ``enforce`` (knobs that must be enforced).
-* :class:`TrustStore` - trust anchors plus the hostname / wildcard / validity-time / depth policy and a
-  :class:`RevocationPolicy` (CRLs, OCSP stapling).
 * :class:`Identity` - our certificate chain and private key.
+* Whom to trust (:class:`~evsim.tls.trust.TrustStore`, :class:`~evsim.tls.trust.RevocationPolicy`) is in
+  :mod:`evsim.tls.trust`.
 
-Each has a ``from_toml(table, *, path, ...)`` named constructor (the scenario loader embeds these tables);
-which knob the engine enforces is the table ``evsim.tls.knobs.KNOB_STATES``.
+Theory of operation. The model checks everything OpenSSL would otherwise refuse late or accept silently:
+versions must be contiguous and newest first (OpenSSL negotiates the newest version both sides enable, so a
+list in another order would promise a priority it does not have), legacy versions below TLS 1.2 need an
+explicit opt-in (OCPP A00.FR.313), each enabled version needs a usable cipher suite from the suite table
+(:mod:`evsim.tls.suites`, IANA names translated to OpenSSL's), and engine knobs the engine cannot honour
+are refused when listed in ``enforce`` (``evsim.tls.knobs.KNOB_STATES`` says which are enforced). Each value
+has a ``from_toml(table, *, path, ...)`` named constructor (the scenario loader embeds these tables).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, cast
 
@@ -28,10 +33,9 @@ from evsim.errors import ConfigError, PkiError
 from evsim.frozenmap import FrozenMap
 from evsim.pki.ca import CertKey
 from evsim.pki.keys import PrivateKey, check_key_strength, key_matches_cert, load_cert_file, load_key_file
-from evsim.pki.revocation import load_crl
 from evsim.tls import _ossl
 from evsim.tls.knobs import EC_GROUPS, GROUPS, SIGNATURE_SCHEMES, check_enforce
-from evsim.tls.revocation import CrlMode, OcspPolicy, OnUnknown
+from evsim.tls.resolve import cert_tuple, resolve_named
 from evsim.tls.suites import BY_IANA, BY_OPENSSL, DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES
 from evsim.toml_table import Table, choices_fix, rebased
 
@@ -50,10 +54,6 @@ LEGACY_TLS_VERSIONS: tuple[str, ...] = tuple(
 SUITE_KEYS: tuple[str, ...] = ("1.3", "1.2")
 """The keys of ``cipher_suites``: OpenSSL has one list for TLS 1.3 and one for TLS 1.2 and older."""
 
-HostnameCheck: TypeAlias = Literal["cn", "san", "san+cn", "off"]
-WildcardPolicy: TypeAlias = Literal["deny", "allow"]
-TimeCheck: TypeAlias = Literal["enforce", "off", "skip_until_clock_synced"]
-TrustMode: TypeAlias = Literal["pki", "pinned_peers", "tofu"]
 SuitePreference: TypeAlias = Literal["server", "client"]
 
 MIN_FRAGMENT = 64
@@ -110,7 +110,7 @@ def _to_str_tuple(value: Iterable[str]) -> tuple[str, ...]:
 DEFAULT_SUITES: SuiteMap = FrozenMap({"1.3": DEFAULT_TLS13_SUITES, "1.2": DEFAULT_TLS12_SUITES})
 
 
-# ---------------------------------------------------------------- engine knobs (tls-engine): sessions, revocation
+# ---------------------------------------------------------------- engine knobs: sessions
 
 Resumption: TypeAlias = Literal["off", "ids", "tickets", "both"]
 
@@ -124,8 +124,6 @@ MAX_FRAGMENT_LENGTHS: tuple[int, ...] = (512, 1024, 2048, 4096)
 """The values RFC 6066 §4 max_fragment_length can express."""
 MAX_RECORD_SIZE_LIMIT = 16385
 """RFC 8449 §4: at most 2^14 + 1 (TLS 1.3 counts the inner content-type byte)."""
-MAX_VERIFY_DEPTH = 100
-"""OpenSSL's default verify depth (``X509_VERIFY_PARAM`` default)."""
 
 
 @attrs.frozen
@@ -211,131 +209,6 @@ class SessionPolicy:
             raise rebased(exc, path, {"session": ""}) from None
 
 
-def _crl_der(crls: tuple[x509.CertificateRevocationList, ...]) -> tuple[bytes, ...]:
-    # cryptography's CRL objects are not hashable: compare and hash by DER
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return tuple(c.public_bytes(Encoding.DER) for c in crls)
-
-
-def _to_crls(value: Iterable[x509.CertificateRevocationList]) -> tuple[x509.CertificateRevocationList, ...]:
-    return tuple(value)
-
-
-CrlResolver: TypeAlias = Callable[[str], Sequence[x509.CertificateRevocationList]]
-"""name -> CRLs (for ``revocation.crls`` in TOML)."""
-CertResolver: TypeAlias = Callable[[str], Sequence[x509.Certificate]]
-"""name -> certificates (for ``anchors`` in TOML: a file, an OCPP certificate type of a node's store...)."""
-
-
-@attrs.frozen
-class RevocationPolicy:
-    """How a trust store checks revocation (``TrustStore.revocation``; compiled by ``evsim.tls.revocation``).
-
-    Attributes:
-        crl: ``"off"``, ``"leaf"`` (the peer's certificate against its issuer's CRL) or ``"chain"`` (every
-            certificate below the anchor; needs every CA's CRL).
-        crls: the CRLs (data: a refresh is a new value, hence a new trust store and a new context).
-        ocsp: stapling: ``"off"``, ``"request"`` (soft-fail) or ``"require"`` (a client refuses a missing,
-            unknown or revoked status). Checks the *server's* certificate: client side only.
-        on_unknown: ``"fail"`` or ``"soft_fail"`` for an authentic ``unknown`` status.
-
-    Raises:
-        ConfigError: unknown modes, or CRL checking without any CRL.
-    """
-
-    crl: CrlMode = "off"
-    crls: tuple[x509.CertificateRevocationList, ...] = attrs.field(
-        default=(), converter=_to_crls, eq=_crl_der
-    )
-    ocsp: OcspPolicy = "off"
-    on_unknown: OnUnknown = "fail"
-
-    def __attrs_post_init__(self) -> None:
-        for field, value, allowed in (
-            ("crl", self.crl, ("off", "leaf", "chain")),
-            ("ocsp", self.ocsp, ("off", "request", "require")),
-            ("on_unknown", self.on_unknown, ("fail", "soft_fail")),
-        ):
-            if value not in allowed:
-                raise ConfigError(
-                    f"unknown revocation {field} policy",
-                    path=f"revocation.{field}",
-                    value=value,
-                    fix=choices_fix(value, allowed),
-                )
-        if self.crl != "off" and not self.crls:
-            raise ConfigError(
-                f'revocation.crl = "{self.crl}" needs at least one CRL (OpenSSL would refuse every peer '
-                'with "unable to get certificate CRL")',
-                path="revocation.crls",
-                value=[],
-                fix="add the issuing CA's CRL (and, for chain, every CA's), or set crl = off",
-            )
-
-    @classmethod
-    def from_toml(
-        cls, table: Mapping[str, object], *, path: str, resolve_crls: CrlResolver | None = None
-    ) -> RevocationPolicy:
-        """Read ``{ crl = "leaf", crls = ["station-ca"], ocsp = "require", on_unknown = "fail" }``.
-
-        Args:
-            table: the parsed table.
-            path: its field path.
-            resolve_crls: name -> CRLs for ``crls`` (needed when ``crls`` is given).
-
-        Returns:
-            The policy.
-
-        Raises:
-            ConfigError: unknown keys, wrong types, bad values, a name the resolver does not know.
-        """
-        t = Table(table, path, ("crl", "crls", "ocsp", "on_unknown"))
-        crls: list[x509.CertificateRevocationList] = []
-        for i, name in enumerate(t.optional_string_list("crls") or ()):
-            if resolve_crls is None:
-                raise ConfigError(
-                    "CRLs given but nothing resolves CRL names here",
-                    path=f"{t.where('crls')}[{i}]",
-                    value=name,
-                )
-            crls += _resolve(resolve_crls, name, path=f"{t.where('crls')}[{i}]", what="CRL")
-        try:
-            return cls(
-                cast(CrlMode, t.string("crl", "off")),
-                tuple(crls),
-                cast(OcspPolicy, t.string("ocsp", "off")),
-                cast(OnUnknown, t.string("on_unknown", "fail")),
-            )
-        except ConfigError as exc:
-            raise rebased(exc, path, {"revocation": ""}) from None
-
-
-def _resolve(resolver: Callable[[str], Sequence[object]], name: str, *, path: str, what: str) -> list[Any]:
-    try:
-        found = list(resolver(name))
-    except (KeyError, FileNotFoundError, PkiError, ConfigError) as exc:
-        raise ConfigError(f"cannot find {what} {name!r} ({exc})", path=path, value=name) from exc
-    if not found:
-        raise ConfigError(f"{what} {name!r} holds nothing", path=path, value=name)
-    return found
-
-
-def _files_under(
-    base_dir: str | Path, loader: Callable[[Path], Sequence[Any]]
-) -> Callable[[str], Sequence[Any]]:
-    base = Path(base_dir)
-
-    def resolve(name: str) -> Sequence[Any]:
-        return loader(base / name)
-
-    return resolve
-
-
-def _load_crl_file(path: Path) -> Sequence[x509.CertificateRevocationList]:
-    return (load_crl(path.read_bytes(), source=str(path)),)
-
-
 @attrs.frozen
 class TlsProfile:
     """How to speak TLS.
@@ -381,7 +254,7 @@ class TlsProfile:
     keylog: str | None = None
     alpn: tuple[str, ...] = attrs.field(default=(), converter=_to_str_tuple)
     insecure_legacy_versions: bool = False
-    # engine knobs (tls-engine)
+    # engine knobs (``evsim.tls.knobs.KNOB_STATES`` says which the engine enforces)
     groups: tuple[str, ...] = attrs.field(default=(), converter=_to_str_tuple)
     signature_algorithms: tuple[str, ...] = attrs.field(default=(), converter=_to_str_tuple)
     alpn_require: bool = False
@@ -706,257 +579,8 @@ class TlsProfile:
         return ":".join(self.suites("1.3")).encode()
 
 
-def _to_cert_tuple(value: Iterable[x509.Certificate]) -> tuple[x509.Certificate, ...]:
-    if isinstance(value, x509.Certificate):
-        return (value,)
-    return tuple(value)
-
-
-@attrs.frozen
-class TrustStore:
-    """A named group of trust anchors and the checks applied to a peer's certificate.
-
-    Attributes:
-        name: a label for logs and capabilities (``"CSMSRootCertificate"``).
-        anchors: trusted root (or intermediate) certificates.
-        hostname: how the client checks the server name: ``"cn"`` (OCPP A00.FR.309: CN = FQDN),
-            ``"san"`` (RFC 6125), ``"san+cn"`` (both: CN must match, and so must the SAN when there is one;
-            the default, so a certificate satisfies OCPP and RFC 6125 clients alike), or ``"off"``.
-            For an IP-literal server name: the SAN iPAddress (``san``, ``san+cn``) or the CN text (``cn``).
-        wildcards: ``"deny"`` (OCPP default: a wildcard certificate is refused with
-            ``cert_invalid:wildcard``) or ``"allow"`` (``SecurityCtrlr.AllowCSMSTLSWildcards``).
-        time_check: ``"enforce"`` (validity checked at the simulation's time), ``"off"``, or
-            ``"skip_until_clock_synced"`` (an RTC-less device after boot, cf. chrony's ``nocerttimecheck``:
-            validity is not checked on connections made with ``clock_synced=False``, and is checked on the
-            others; chains, names and signatures always are).
-        insecure_skip_verify: accept *any* peer certificate (no chain, name or time check) - development
-            only; anyone can impersonate the peer. Compiling such a store logs a warning; ``anchors`` may
-            then be empty.
-        mode: ``"pki"`` (chain to ``anchors``), ``"pinned_peers"`` (self-signed peers, SHIP style: the chain
-            check is replaced by the pin / pairing decision of a :class:`~evsim.tls.peer.PeerPolicy`, which
-            compiling then requires) or ``"tofu"`` (like ``pinned_peers``; the first peer's leaf key is
-            pinned: needs a ``tofu`` pin set). Validity time and hostname are still checked as configured.
-            ``anchors`` must be empty in the peer modes.
-        revocation: CRL and OCSP-stapling checks (:class:`RevocationPolicy`). A CRL refresh is a new
-            value, so a new trust store and a new context: open connections keep the old one.
-        max_depth: the longest chain accepted below the leaf (``SSL_CTX_set_verify_depth``); None =
-            OpenSSL's default (100).
-
-    Raises:
-        ConfigError: no anchors (pki), anchors or ``insecure_skip_verify`` in a peer mode, an unknown
-            policy value, or a bad ``max_depth``.
-    """
-
-    name: str
-    anchors: tuple[x509.Certificate, ...] = attrs.field(converter=_to_cert_tuple)
-    hostname: HostnameCheck = "san+cn"
-    wildcards: WildcardPolicy = "deny"
-    time_check: TimeCheck = "enforce"
-    insecure_skip_verify: bool = False
-    mode: TrustMode = "pki"
-    # engine knobs (tls-engine)
-    revocation: RevocationPolicy = RevocationPolicy()
-    max_depth: int | None = None
-
-    def __attrs_post_init__(self) -> None:
-        self._check_mode()
-        self._check_engine_knobs()
-        if not self.anchors and not self.insecure_skip_verify and self.mode == "pki":
-            raise ConfigError(
-                "a trust store needs at least one anchor certificate",
-                path=f"trust.{self.name}.anchors",
-                value=[],
-                fix="add the root CA certificate (e.g. certs/ca.crt)",
-            )
-        for field, value, allowed in (
-            ("hostname", self.hostname, ("cn", "san", "san+cn", "off")),
-            ("wildcards", self.wildcards, ("deny", "allow")),
-            ("time_check", self.time_check, ("enforce", "off", "skip_until_clock_synced")),
-        ):
-            if value not in allowed:
-                raise ConfigError(
-                    f"unknown {field} policy",
-                    path=f"trust.{self.name}.{field}",
-                    value=value,
-                    fix=f"use one of {', '.join(allowed)}",
-                )
-
-    def _check_engine_knobs(self) -> None:
-        if not isinstance(self.revocation, RevocationPolicy):
-            raise ConfigError(
-                "revocation must be a RevocationPolicy",
-                path=f"trust.{self.name}.revocation",
-                value=self.revocation,
-            )
-        md = self.max_depth
-        if md is not None and (
-            isinstance(md, bool) or not isinstance(md, int) or not 0 <= md <= MAX_VERIFY_DEPTH
-        ):
-            raise ConfigError(
-                f"max_depth must be an integer in 0..{MAX_VERIFY_DEPTH} (OpenSSL's default is {MAX_VERIFY_DEPTH})",
-                path=f"trust.{self.name}.max_depth",
-                value=md,
-                fix="use e.g. 2 (root, one sub-CA, leaf), or omit it",
-            )
-
-    _TOML_KEYS = (
-        "name",
-        "anchors",
-        "hostname",
-        "wildcards",
-        "time_check",
-        "insecure_skip_verify",
-        "revocation",
-        "max_depth",
-        "mode",
-    )
-
-    @classmethod
-    def from_toml(
-        cls,
-        table: Mapping[str, object],
-        *,
-        path: str,
-        resolve: CertResolver,
-        resolve_crls: CrlResolver | None = None,
-    ) -> TrustStore:
-        """Build a trust store from a parsed TOML table; anchors and CRLs are *names* the resolvers look up.
-
-        The table::
-
-            name = "CSMSRootCertificate"        # default: the table's own name (last part of path)
-            anchors = ["CSMSRootCertificate"]   # names for `resolve` (files, OCPP certificate types...)
-            hostname = "san+cn"
-            wildcards = "deny"
-            time_check = "enforce"
-            mode = "pki"                        # or pinned_peers / tofu (then no anchors)
-            max_depth = 2
-            revocation = { crl = "leaf", crls = ["csms-sub-ca"], ocsp = "require", on_unknown = "fail" }
-            insecure_skip_verify = false
-
-        Args:
-            table: the table as ``tomllib`` returns it.
-            path: its field path (``tls.trust.operator``), prefixed to every error.
-            resolve: name -> certificates for ``anchors`` (a ``KeyError`` or ``PkiError`` becomes a
-                ``ConfigError`` naming the entry).
-            resolve_crls: name -> CRLs for ``revocation.crls``.
-
-        Returns:
-            The validated trust store.
-
-        Raises:
-            ConfigError: unknown keys, wrong types, unknown names, and every validation error of the class.
-        """
-        t = Table(table, path, cls._TOML_KEYS)
-        name = t.string("name", path.rpartition(".")[2] or "trust")
-        anchors: list[x509.Certificate] = []
-        for i, ref in enumerate(t.optional_string_list("anchors") or ()):
-            anchors += _resolve(resolve, ref, path=f"{t.where('anchors')}[{i}]", what="anchor")
-        revocation = RevocationPolicy()
-        if t.has("revocation"):
-            revocation = RevocationPolicy.from_toml(
-                t.data["revocation"], path=t.where("revocation"), resolve_crls=resolve_crls
-            )
-        try:
-            return cls(
-                name,
-                tuple(anchors),
-                hostname=cast(HostnameCheck, t.string("hostname", "san+cn")),
-                wildcards=cast(WildcardPolicy, t.string("wildcards", "deny")),
-                time_check=cast(TimeCheck, t.string("time_check", "enforce")),
-                insecure_skip_verify=t.boolean("insecure_skip_verify", False),
-                revocation=revocation,
-                max_depth=t.optional_integer("max_depth"),
-                mode=cast(TrustMode, t.string("mode", "pki")),
-            )
-        except ConfigError as exc:
-            raise rebased(exc, path, {f"trust.{name}": ""}) from None
-
-    @classmethod
-    def from_toml_files(cls, table: Mapping[str, object], *, path: str, base_dir: str | Path) -> TrustStore:
-        """:meth:`from_toml` where ``anchors`` and ``revocation.crls`` are PEM/DER files under ``base_dir``.
-
-        Args:
-            table: the parsed table.
-            path: its field path.
-            base_dir: directory the file names are relative to.
-
-        Returns:
-            The validated trust store.
-
-        Raises:
-            ConfigError: as :meth:`from_toml`; a missing or corrupt file is named.
-        """
-        return cls.from_toml(
-            table,
-            path=path,
-            resolve=_files_under(base_dir, load_cert_file),
-            resolve_crls=_files_under(base_dir, _load_crl_file),
-        )
-
-    def _check_mode(self) -> None:
-        if self.mode not in ("pki", "pinned_peers", "tofu"):
-            raise ConfigError(
-                "unknown trust mode",
-                path=f"trust.{self.name}.mode",
-                value=self.mode,
-                fix="use pki, pinned_peers or tofu",
-            )
-        if self.mode == "pki":
-            return
-        if self.anchors:
-            raise ConfigError(
-                f"a {self.mode} trust store does not use anchors (peers are self-signed and pinned)",
-                path=f"trust.{self.name}.anchors",
-                value=len(self.anchors),
-                fix='remove the anchors, or use mode = "pki" (pins then apply on top of the CA check)',
-            )
-        if self.insecure_skip_verify:
-            raise ConfigError(
-                f"insecure_skip_verify contradicts mode {self.mode!r}",
-                path=f"trust.{self.name}.insecure_skip_verify",
-                value=True,
-                fix="drop insecure_skip_verify: the pin / pairing decision replaces the chain check",
-            )
-
-    @property
-    def peer_mode(self) -> bool:
-        """True for ``pinned_peers`` and ``tofu``: self-signed peers, decided by a peer policy."""
-        return self.mode != "pki"
-
-    @classmethod
-    def from_files(
-        cls,
-        name: str,
-        paths: Sequence[str | Path],
-        *,
-        hostname: HostnameCheck = "san+cn",
-        wildcards: WildcardPolicy = "deny",
-        time_check: TimeCheck = "enforce",
-    ) -> TrustStore:
-        """Load anchors from PEM files.
-
-        Args:
-            name: the store's name.
-            paths: PEM files (each may hold several certificates).
-            hostname: see the class.
-            wildcards: see the class.
-            time_check: see the class.
-
-        Raises:
-            ConfigError: a file is missing or corrupt (names the file), or a bad policy.
-        """
-        anchors: list[x509.Certificate] = []
-        for p in paths:
-            try:
-                anchors += load_cert_file(p)
-            except PkiError as exc:
-                raise ConfigError(str(exc), path=f"trust.{name}.anchors", file=str(p)) from exc
-        return cls(name, tuple(anchors), hostname=hostname, wildcards=wildcards, time_check=time_check)
-
-
 def _to_chain(value: Iterable[x509.Certificate]) -> tuple[x509.Certificate, ...]:
-    return _to_cert_tuple(value)
+    return cert_tuple(value)
 
 
 @attrs.frozen
@@ -1027,7 +651,9 @@ class Identity:
                 "an identity needs a certificate", path=t.where("certificate"), fix='add certificate = "…"'
             )
         ref = t.string("certificate", "")
-        cert_key = _resolve(lambda n: [resolve(n)], ref, path=t.where("certificate"), what="certificate")[0]
+        cert_key = resolve_named(
+            lambda n: [resolve(n)], ref, path=t.where("certificate"), what="certificate"
+        )[0]
         try:
             return cls.from_cert_key(cert_key)
         except ConfigError as exc:

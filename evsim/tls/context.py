@@ -62,10 +62,11 @@ from OpenSSL import SSL, crypto
 
 from evsim.errors import ConfigError
 from evsim.tls import _ossl, events
-from evsim.tls.config import KNOWN_VERSIONS, Identity, TlsProfile, TrustStore
+from evsim.tls.config import KNOWN_VERSIONS, Identity, TlsProfile
 from evsim.tls.peer import PeerCheck, PeerMode, PeerPolicy, require_policy
 from evsim.tls.revocation import install_crls, install_ocsp_client, install_ocsp_stapling, request_ocsp
 from evsim.tls.suites import BY_IANA, SUITES
+from evsim.tls.trust import TrustStore
 from evsim.tls.verify import (
     X509_V_ERR_CERT_HAS_EXPIRED,
     X509_V_ERR_CERT_NOT_YET_VALID,
@@ -82,7 +83,7 @@ log = logging.getLogger(__name__)
 
 ClientAuth: TypeAlias = Literal["none", "optional", "required", "pairing"]
 OcspProvider: TypeAlias = Callable[[], bytes | None]
-"""Returns the DER OCSP response a server staples (e.g. ``evsim.pki.revocation.OcspStaple``), or None."""
+"""Returns the DER OCSP response a server staples (e.g. ``evsim.pki.ocsp.OcspStaple``), or None."""
 
 _VERSIONS = {
     "1.0": SSL.TLS1_VERSION,
@@ -290,7 +291,7 @@ def _base_context(
     return ctx
 
 
-# ---------------------------------------------------------------- engine knobs (tls-engine)
+# ---------------------------------------------------------------- engine knobs
 
 
 def _apply_engine_knobs(ctx: SSL.Context, profile: TlsProfile, *, server: bool) -> None:

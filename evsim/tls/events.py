@@ -69,8 +69,8 @@ PROTOCOL_ERROR = "protocol_error"
 PEER_ALERT = "peer_alert"
 """Prefix: ``peer_alert:<alert name>`` - the peer refused us with a TLS alert (``bad_certificate``...)."""
 
-# ---------------------------------------------------------------- engine knobs (tls-engine)
-# Reasons and events the engine knobs produce (kept together, for merging with the pin/pairing additions).
+# ---------------------------------------------------------------- engine knobs
+# Reasons the engine knobs produce (ALPN, signature algorithms and groups, sessions, OCSP, chain depth, CRLs).
 ALPN_REFUSED = "alpn_refused"
 """``alpn_require`` and no ALPN protocol negotiated (RFC 7301 §3.2: the connection is closed)."""
 SIGALG_REFUSED = "sigalg_refused"
@@ -143,8 +143,8 @@ CERTIFICATE_ALERTS = frozenset(
     }
 )
 
-# ---------------------------------------------------------------- peer trust: pins, pairing, change (tls-peer)
-# Everything evsim/tls/peer.py adds lives in this one block (merge note: tls-engine adds its own block).
+# ---------------------------------------------------------------- peer trust: pins, pairing, change
+# Reasons and events of evsim/tls/peer.py's decisions.
 PIN_ADDED = "pin_added"
 """A pin learned at run time (trust on first use, re-pin after an accepted key change)."""
 PAIRING_REFUSED = "pairing_refused"
@@ -239,7 +239,7 @@ OCPP_SECURITY_EVENTS: Mapping[tuple[str, Side], str] = MappingProxyType(
         (CIPHER_REFUSED, "server"): INVALID_TLS_CIPHER_SUITE,
         # the CSMS refused the station's client certificate with a certificate alert (non-critical)
         (PEER_ALERT + ":certificate", "client"): FAILED_TO_AUTHENTICATE_AT_CSMS,
-        # engine knobs (tls-engine): a refused OCSP status makes the CSMS certificate invalid (A00.FR.310)
+        # a refused OCSP status makes the CSMS certificate invalid (A00.FR.310)
         (OCSP_STATUS, "client"): INVALID_CSMS_CERTIFICATE,
         # no shared signature algorithm or group: the negotiation of the suite failed (A00.FR.322/323)
         (SIGALG_REFUSED, "client"): INVALID_TLS_CIPHER_SUITE,

@@ -32,10 +32,11 @@ import trio
 
 from evsim.errors import ConfigError
 from evsim.pki.ca import CertKey
-from evsim.tls.config import CertResolver, CrlResolver, Identity, TlsProfile, TrustStore
+from evsim.tls.config import Identity, TlsProfile
 from evsim.tls.context import ClientAuth, OcspProvider, ServerTls
 from evsim.tls.peer import PeerPolicy
 from evsim.tls.stream import TlsStream, tls_accept
+from evsim.tls.trust import CertResolver, CrlResolver, TrustStore
 from evsim.tls.verify import is_ip_literal
 from evsim.toml_table import Table, rebased
 

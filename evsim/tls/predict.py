@@ -1,7 +1,7 @@
 """A pure predictor of TLS handshakes: given both sides' models, what must happen.
 
 The oracle of the property test (``tls-model.md`` "Proof"): :func:`predict` reads only the model values
-(:class:`~evsim.tls.config.TlsProfile`, :class:`~evsim.tls.config.TrustStore`,
+(:class:`~evsim.tls.config.TlsProfile`, :class:`~evsim.tls.trust.TrustStore`,
 :class:`~evsim.tls.config.Identity`, the suite table of :mod:`evsim.tls.suites`) and the simulation time, and
 says either :class:`Negotiated` (version and suite) or :class:`Refused` (who refused, why, and what the
 other side reports). It imports no OpenSSL binding and shares no code with the engine's checks (the chain,
@@ -133,7 +133,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from evsim.tls import events
-from evsim.tls.config import KNOWN_VERSIONS, Identity, TlsProfile, TrustStore
+from evsim.tls.config import KNOWN_VERSIONS, Identity, TlsProfile
 from evsim.tls.events import Side
 from evsim.tls.pairing import (
     MAX_PENDING,
@@ -148,6 +148,7 @@ from evsim.tls.pairing import (
 )
 from evsim.tls.pins import PinSet
 from evsim.tls.suites import BY_IANA
+from evsim.tls.trust import TrustStore
 
 ClientAuthMode: TypeAlias = Literal["none", "optional", "required", "pairing"]
 """``ServerTls.client_auth`` (restated: ``evsim.tls.context`` imports OpenSSL)."""

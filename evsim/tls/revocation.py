@@ -1,7 +1,7 @@
 """Revocation checks in the TLS engine: CRLs in the context's X509 store, OCSP stapling on both sides.
 
-This module only wires :mod:`evsim.pki.revocation` (CRL building, OCSP responses and their checking, all
-pure) into pyOpenSSL. It compiles the ``TrustStore.revocation`` part of the model
+This module only wires :mod:`evsim.pki.revocation` and :mod:`evsim.pki.ocsp` (CRL building, OCSP responses
+and their checking, all pure) into pyOpenSSL. It compiles the ``TrustStore.revocation`` part of the model
 (``shared/design/tls-model.md``):
 
 * ``crl = "leaf" | "chain"`` -> :func:`install_crls`: the CRLs go into the context's ``X509Store`` with
@@ -23,7 +23,7 @@ pure) into pyOpenSSL. It compiles the ``TrustStore.revocation`` part of the mode
   that new connections use; connections already open keep the old one.
 * ``ocsp = "request" | "require"`` -> stapling (RFC 6066 §8 ``status_request``, TLS 1.3: RFC 8446 §4.4.2.1):
   :func:`server_ocsp_callback` hands OpenSSL the DER response to staple; :func:`client_ocsp_callback` checks
-  the stapled response (:func:`evsim.pki.revocation.check_ocsp_response`: signer, CertID, time at the
+  the stapled response (:func:`evsim.pki.ocsp.check_ocsp_response`: signer, CertID, time at the
   simulation's time, status) and decides with :func:`ocsp_decision`. A client only gets a staple if it asks
   for one: **call** ``conn.request_ocsp()`` (:func:`request_ocsp`) **on every client connection before the
   handshake** - pyOpenSSL sets the status type per connection, so the context callback alone is not enough,
@@ -61,7 +61,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from OpenSSL import SSL, crypto
 
 from evsim.errors import ConfigError
-from evsim.pki.revocation import OcspCheck, OcspCheckStatus, check_ocsp_response
+from evsim.pki.ocsp import OcspCheck, OcspCheckStatus, check_ocsp_response
 from evsim.tls import _ossl, events
 from evsim.tls.verify import CRL_REASONS, VerifyState
 
@@ -167,7 +167,7 @@ def server_ocsp_callback(provider: Callable[[], bytes | None]) -> ServerOcspCall
 
     OpenSSL calls it during a handshake in which the client asked for a status (``status_request``); the
     provider returns the current DER ``OCSPResponse`` for the server's certificate (typically a cached
-    :meth:`evsim.pki.revocation.OcspResponder.respond_for` result, refreshed on the simulation clock) or
+    :meth:`evsim.pki.ocsp.OcspResponder.respond_for` result, refreshed on the simulation clock) or
     None to staple nothing.
 
     Args:
@@ -237,7 +237,7 @@ def ocsp_decision(policy: OcspPolicy, status: OcspCheckStatus, on_unknown: OnUnk
 
     Args:
         policy: ``"off"`` (always), ``"request"`` or ``"require"``.
-        status: what :func:`~evsim.pki.revocation.check_ocsp_response` concluded.
+        status: what :func:`~evsim.pki.ocsp.check_ocsp_response` concluded.
         on_unknown: ``"fail"`` or ``"soft_fail"`` for an authentic ``unknown``.
 
     Returns:

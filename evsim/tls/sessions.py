@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from evsim.tls.config import DEFAULT_CACHE_ENTRIES, Identity, TlsProfile, TrustStore
+from evsim.tls.config import DEFAULT_CACHE_ENTRIES, Identity, TlsProfile
+from evsim.tls.trust import TrustStore
 
 if TYPE_CHECKING:  # the stream imports this module
     from evsim.tls.context import ClientTls

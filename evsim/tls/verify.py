@@ -275,7 +275,7 @@ def check_hostname(cert: x509.Certificate, host: str, mode: str, wildcards: str)
     Args:
         cert: the server's leaf certificate.
         host: the expected server name (DNS name or IP literal).
-        mode: ``"cn"``, ``"san"``, ``"san+cn"`` or ``"off"`` (see :class:`~evsim.tls.config.TrustStore`).
+        mode: ``"cn"``, ``"san"``, ``"san+cn"`` or ``"off"`` (see :class:`~evsim.tls.trust.TrustStore`).
         wildcards: ``"deny"`` or ``"allow"``.
 
     Returns:

@@ -19,7 +19,7 @@ from cryptography import x509
 
 from evsim.pki import CLIENT_EKU, SERVER_EKU, CertificateAuthority, CertKey
 from evsim.pki.keys import KeyType, PrivateKey, generate_key, public_key_der
-from evsim.pki.revocation import OcspResponder, OcspStaple
+from evsim.pki.ocsp import OcspResponder, OcspStaple
 from evsim.world.specs import CertificateSpec
 
 #: CA validity: long enough for any run (the scenario loader caps durations at 100 years).

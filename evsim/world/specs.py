@@ -22,8 +22,9 @@ from typing import Literal, TypeAlias
 import attrs
 
 from evsim.tls.change import ChangePolicy, OnCertChange, OnKeyChange
-from evsim.tls.config import Identity, TlsProfile, TrustStore
+from evsim.tls.config import Identity, TlsProfile
 from evsim.tls.pins import Enforcement, Pin, PinSet, PinState, PinTarget
+from evsim.tls.trust import TrustStore
 
 KeyType: TypeAlias = Literal["ec", "rsa"]
 HostnameCheck: TypeAlias = Literal["cn", "san", "san+cn", "off"]
@@ -41,7 +42,7 @@ class TrustSpec:
         hostname: ``"cn"``, ``"san"``, ``"san+cn"`` or ``"off"``.
         wildcards: ``"deny"`` (OCPP default) or ``"allow"``.
         mode: ``"pki"``, ``"pinned_peers"`` or ``"tofu"`` (no roots in the peer modes).
-        time_check: certificate validity check (``evsim.tls.config.TimeCheck``).
+        time_check: certificate validity check (``evsim.tls.trust.TimeCheck``).
         crl: ``"off"``, ``"leaf"`` or ``"chain"``: check the CRLs the run's PKI publishes for its roots.
         ocsp: ``"off"``, ``"request"`` or ``"require"``: OCSP stapling (the CSMS staples with
             ``ocsp_stapling``).
