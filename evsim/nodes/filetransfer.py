@@ -29,7 +29,8 @@ from evsim.link.service import Endpoint, Service
 from evsim.link.transfer import locate
 from evsim.net.base import Network
 from evsim.recorder import Recorder
-from evsim.tls.config import Identity, TlsProfile, TrustStore
+from evsim.tls.config import Identity, TlsProfile
+from evsim.tls.trust import TrustStore
 from evsim.urls import HTTP_SCHEMES, parse_url
 
 __all__ = [

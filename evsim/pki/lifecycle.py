@@ -31,7 +31,7 @@ from cryptography.x509.oid import NameOID
 
 from evsim.errors import PkiError
 from evsim.pki.keys import check_key_strength, public_key_der
-from evsim.pki.revocation import OCPP_HASH_ALGORITHMS, issuer_key_hash, issuer_name_hash
+from evsim.pki.ocsp import OCPP_HASH_ALGORITHMS, issuer_key_hash, issuer_name_hash
 
 __all__ = [
     "CHAIN_MAX_BYTES",
