@@ -38,6 +38,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "evsim.frozenmap",
             "evsim.text",
             "evsim.toml_table",
+            "evsim.interrupts",
         ),
     ),
     ("pki", ("evsim.pki",)),
