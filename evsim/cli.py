@@ -14,15 +14,24 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from evsim import DEV_PASSWORD, __version__
+from evsim import DEV_PASSWORD, __version__, interrupts
 from evsim.errors import ConfigError, EvsimError
 
 
 def _host_port(value: str) -> tuple[str, int]:
+    from evsim.net.base import is_loopback
+
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    if int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range: use 1-65535, or 0 for any free port")
+    host = host.strip("[]") or "127.0.0.1"
+    if not is_loopback(host):
+        raise argparse.ArgumentTypeError(
+            f"{host} is not a loopback address: evsim listens on loopback only (127.0.0.0/8, ::1, localhost)"
+        )
+    return host, int(port)
 
 
 def _profile(value: str) -> int:
@@ -223,44 +232,62 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(max(args.verbose - args.quiet, 0), logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from evsim import commands
     from evsim.runtime import raise_open_file_limit, tune_gc
 
     tune_gc()
     raise_open_file_limit()
+    with interrupts.handling():
+        try:
+            return _command(args)
+        except BrokenPipeError:
+            return _closed_stdout()
+        except (EvsimError, KeyboardInterrupt) as exc:
+            return _failed(exc)
+        except BaseExceptionGroup as group:
+            # A trio nursery wraps a node's error (a port already taken when a listener starts) in a group.
+            leaves = _leaves(group)
+            if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+                return _failed(KeyboardInterrupt())  # whatever else failed while the run was torn down
+            if any(isinstance(leaf, BrokenPipeError) for leaf in leaves):
+                return _closed_stdout()
+            if len(leaves) != 1 or not isinstance(leaves[0], EvsimError):
+                raise
+            return _failed(leaves[0])
 
-    try:
-        if args.command == "certs":
-            return commands.certs_init(args)
-        if args.command == "csms":
-            return commands.run_csms(args)
-        if args.command == "stations":
-            return commands.run_stations(args)
-        if args.command == "demo":
-            return commands.run_demo(args)
-        if args.command == "run":
-            from evsim.scenario import cli as scenario_cli
 
-            return scenario_cli.run(args)
-        if args.command == "validate":
-            from evsim.scenario import cli as scenario_cli
+def _command(args: argparse.Namespace) -> int:
+    """Run the command ``args`` names; its exit status."""
+    from evsim import commands
 
-            return scenario_cli.validate(args)
-        if args.command == "report":
-            from evsim.scenario import cli as scenario_cli
+    if args.command == "certs":
+        return commands.certs_init(args)
+    if args.command == "csms":
+        return commands.run_csms(args)
+    if args.command == "stations":
+        return commands.run_stations(args)
+    if args.command == "demo":
+        return commands.run_demo(args)
+    if args.command == "run":
+        from evsim.scenario import cli as scenario_cli
 
-            return scenario_cli.report(args)
-        if args.command == "tls":
-            return _tls_capabilities(args)
-    except (EvsimError, KeyboardInterrupt) as exc:
-        return _failed(exc)
-    except BaseExceptionGroup as group:
-        # A trio nursery wraps a node's error (a port already taken when a listener starts) in a group.
-        sole = _sole_exception(group)
-        if not isinstance(sole, EvsimError | KeyboardInterrupt):
-            raise
-        return _failed(sole)
+        return scenario_cli.run(args)
+    if args.command == "validate":
+        from evsim.scenario import cli as scenario_cli
+
+        return scenario_cli.validate(args)
+    if args.command == "report":
+        from evsim.scenario import cli as scenario_cli
+
+        return scenario_cli.report(args)
+    if args.command == "tls":
+        return _tls_capabilities(args)
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+
+
+def _closed_stdout() -> int:
+    """Standard output's reader went away (``evsim run ... | head``): stop writing there, quietly."""
+    interrupts.quiet_stdout()
+    return interrupts.EXIT_BROKEN_PIPE
 
 
 def _failed(exc: EvsimError | KeyboardInterrupt) -> int:
@@ -270,16 +297,14 @@ def _failed(exc: EvsimError | KeyboardInterrupt) -> int:
         return 2
     if isinstance(exc, KeyboardInterrupt):
         print("evsim: interrupted", file=sys.stderr)
-        return 130
+        return interrupts.EXIT_INTERRUPTED
     print(f"evsim: {exc}", file=sys.stderr)
     return 1
 
 
-def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one exception inside (possibly nested) groups, or None when there are several."""
-    leaf: BaseException = group
-    while isinstance(leaf, BaseExceptionGroup):
-        if len(leaf.exceptions) != 1:
-            return None
-        leaf = leaf.exceptions[0]
-    return leaf
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside (possibly nested) groups."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out

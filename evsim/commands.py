@@ -13,7 +13,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from evsim import DEV_PASSWORD
+from evsim import DEV_PASSWORD, interrupts
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, PkiError
 from evsim.net.base import Network
@@ -64,7 +64,7 @@ def certs_init(args: argparse.Namespace) -> int:
 def run_csms(args: argparse.Namespace) -> int:
     config, server_tls = csms_setup(args)
     printer = EventPrinter(level=event_log_level(args))
-    trio.run(
+    interrupts.run(
         functools.partial(
             serve_csms,
             config,
@@ -257,7 +257,7 @@ def run_stations(args: argparse.Namespace) -> int:
                 nursery.cancel_scope.cancel()
         return stations
 
-    stations = trio.run(main)
+    stations = interrupts.run(main)
     print(_stations_table(stations))
     done = sum(st.done.is_set() for st in stations)
     print(f"{done}/{len(stations)} stations booted and completed their sessions")
@@ -344,7 +344,7 @@ def run_demo(args: argparse.Namespace) -> int:
         return csms, stations, recorder
 
     clock = trio.testing.MockClock(autojump_threshold=0) if not real else None
-    csms, stations, _recorder = trio.run(main, clock=clock)
+    csms, stations, _recorder = interrupts.run(main, clock=clock)
     mode = f"{'real' if real else 'virtual'} time, {'loopback TCP' if args.tcp else 'in-memory network'}"
     print(f"evsim demo: 1 CSMS ({host}), {n} stations, security profile {sp}, {mode}\n")
     print(_stations_table(stations, csms))

@@ -28,6 +28,7 @@ import trio
 import trio.testing
 from cryptography import x509
 
+from evsim import interrupts
 from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, OcppError, TransportError
@@ -509,6 +510,18 @@ class ScenarioRunner:
                 self.vnet.heal(a, b)
             self.recorder.emit("runner", "link_reset", between=f"{between[0]}<->{between[1]}")
 
+    def interrupt(self) -> None:
+        """Ctrl-C: end the run here (called by the run loop between task steps, before every task is
+        cancelled). The result is what was observed up to now, marked ``interrupted``; what the nodes do
+        while they are torn down is not recorded, so it cannot add failures a complete run would not have."""
+        if self.outcome not in ("not started", "running"):
+            return  # the run had already ended
+        self.outcome = "interrupted"
+        if self.recorder is not None and self.clock is not None:
+            self._take_sample()
+            self.recorder.emit("runner", "run_ended", outcome=self.outcome)
+            self.recorder.stop()
+
     async def _sampler(self) -> None:
         while True:
             self._take_sample()
@@ -516,6 +529,8 @@ class ScenarioRunner:
 
     def _take_sample(self) -> None:
         assert self.clock is not None and self.recorder is not None
+        if self.recorder.stopped:
+            return  # interrupted: the last sample is the one taken then
         counts = self.recorder.counts
         csms = list(self.csms.values())
         csms_handshake_failures = sum(sum(c.statistics_handshake_failures().values()) for c in csms)
@@ -1132,25 +1147,28 @@ def run_scenario(
     clock = trio.testing.MockClock(autojump_threshold=0) if scenario.simulation.clock == "virtual" else None
     wall0 = time.perf_counter()
     try:
-        trio.run(runner.run, clock=clock)
+        interrupts.run(runner.run, clock=clock, on_interrupt=runner.interrupt)
     except KeyboardInterrupt:
-        return runner.result(
-            time.perf_counter() - wall0, outcome="interrupted", error="interrupted by the user (Ctrl-C)"
-        )
+        return _interrupted(runner, time.perf_counter() - wall0)
     except BaseException as exc:  # a node crashed: keep what was observed and say what happened
         leaf: BaseException = exc
         while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
             leaf = leaf.exceptions[0]
         if isinstance(leaf, KeyboardInterrupt):
-            return runner.result(
-                time.perf_counter() - wall0, outcome="interrupted", error="interrupted (Ctrl-C)"
-            )
+            return _interrupted(runner, time.perf_counter() - wall0)
         detail = "".join(traceback.format_exception_only(leaf)).strip()
         where = traceback.extract_tb(leaf.__traceback__)[-1:] if leaf.__traceback__ else []
         if where:
             detail += f" (at {where[0].filename}:{where[0].lineno})"
         return runner.result(time.perf_counter() - wall0, outcome="crashed", error=detail)
     return runner.result(time.perf_counter() - wall0)
+
+
+def _interrupted(runner: ScenarioRunner, wall_s: float) -> RunResult:
+    """The result of a run Ctrl-C stopped: complete if the run had ended by itself, else ``interrupted``."""
+    if runner.outcome in ("completed", "all stations done"):
+        return runner.result(wall_s)
+    return runner.result(wall_s, outcome="interrupted", error="interrupted by the user (Ctrl-C)")
 
 
 __all__ = ["RunResult", "Sample", "ScenarioRunner", "preflight", "run_scenario"]
