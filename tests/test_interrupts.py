@@ -6,17 +6,28 @@ callback; the end-to-end tests send SIGINT to ``evsim`` subprocesses at moments 
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import json
 import signal
+import subprocess
 import sys
+import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from evsim import interrupts
+from evsim.metrics.canonical import canonical_log
 from evsim.tls import ClientTls, ServerTls, TlsProfile, TlsStream, context
 from evsim.tls.verify import check_hostname_der
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW, make_test_pki
@@ -220,3 +231,228 @@ def test_run_stops_cleanly_on_the_first_ctrl_c() -> None:
     assert log == ["stop", "cancelled at 5"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     assert interrupts.run(trio.sleep, 0) is None  # and a run that is not interrupted returns its value
+
+
+# ---------------------------------------------------------------- evsim as a process
+
+EVSIM = [sys.executable, "-m", "evsim"]
+PROCESS_TIMEOUT_S = 60.0
+
+SMALL_SCENARIO = """
+[simulation]
+description = "Eight stations, two short sessions each, links reset every 90 s"
+seed = 3
+duration = "12m"
+stop_when_done = true
+
+[csms.main]
+heartbeat_interval = "60s"
+
+[stations.fleet]
+count = 8
+id_pattern = "ST-{n:04d}"
+csms = "main"
+sessions = 2
+session_duration = "3m"
+session_start = ["10s", "60s"]
+meter_interval = "30s"
+
+[[links]]
+between = ["fleet", "main"]
+latency = "20ms"
+reset = { every = "90s" }
+"""
+"""About 0.4 s of run (virtual time, in-memory network): TLS handshakes, resets and transactions all along,
+and a plain progress line about every simulated minute."""
+
+COMPLETE = "all stations done"
+
+
+class Process:
+    """A process whose output lines the test can wait for (every wait bounded)."""
+
+    def __init__(self, argv: list[str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # the bound of every wait: a stuck process is killed, which ends any pending read
+        self._watchdog = threading.Timer(PROCESS_TIMEOUT_S, self.proc.kill)
+        self._watchdog.start()
+        self.lines: list[str] = []
+
+    def wait_for(self, stream: str, predicate: Callable[[str], bool]) -> str:
+        """Read ``stream`` ("stdout" or "stderr") until a line matches; that line."""
+        pipe = self.proc.stdout if stream == "stdout" else self.proc.stderr
+        assert pipe is not None
+        for line in pipe:
+            self.lines.append(line)
+            if predicate(line):
+                return line
+        raise AssertionError(f"the process ended without the expected line; read: {self.lines[-5:]}")
+
+    def sigint(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+
+    def finish(self) -> tuple[int, str, str]:
+        """Wait for the exit: (status, rest of stdout, stderr)."""
+        try:
+            out, err = self.proc.communicate(timeout=PROCESS_TIMEOUT_S)
+        finally:
+            self._watchdog.cancel()
+        assert self.proc.returncode != -signal.SIGKILL, "the process did not end in time (killed)"
+        return self.proc.returncode, out, err
+
+
+def evsim(args: list[str], cwd: Path) -> Process:
+    """``evsim ARGS`` as a :class:`Process`."""
+    return Process([*EVSIM, *args], cwd)
+
+
+def assert_quiet(err: str) -> None:
+    """No traceback, nothing "ignored", no flood: at most a few lines of its own."""
+    for bad in ("Traceback", "Exception ignored", "must be called from async context", "cffi callback"):
+        assert bad not in err, err[-3000:]
+    assert len(err.splitlines()) <= 4, err[-3000:]
+
+
+@attrs.frozen
+class RunFigures:
+    outcome: str
+    events: collections.Counter[str]  # canonical lines, without run_ended
+    messages: dict[str, dict[str, int]]  # station -> OCPP action -> CALLs received
+    dropped: dict[str, int]  # station -> TransactionEvents dropped from its queue
+
+
+def figures(out_dir: Path) -> RunFigures:
+    (run_dir,) = out_dir.iterdir()
+    meta = json.loads((run_dir / "meta.json").read_text())
+    lines = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    ended = [e for e in lines if e["kind"] == "run_ended"]
+    assert len(ended) == 1 and ended[0]["outcome"] == meta["outcome"], (ended, meta["outcome"])
+    assert lines[-1]["kind"] == "run_ended"  # nothing recorded after the run ended
+    return RunFigures(
+        outcome=meta["outcome"],
+        events=collections.Counter(canonical_log(e for e in lines if e["kind"] != "run_ended")),
+        messages=meta["ocpp_messages"],
+        dropped={sid: q["dropped_total"] for sid, q in meta["tx_queues"].items()},
+    )
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunFigures]:
+    """The scenario file and the figures of its uninterrupted run."""
+    d = tmp_path_factory.mktemp("small")
+    (d / "small.toml").write_text(SMALL_SCENARIO)
+    run = evsim(["run", "small.toml", "--out", "complete", "--no-plots"], d)
+    status, _, err = run.finish()
+    assert status == 0, err
+    complete = figures(d / "complete")
+    assert complete.outcome == COMPLETE
+    return d / "small.toml", complete
+
+
+def interrupted_run(scenario: Path, out: Path, *, after_line: int, delay_s: float) -> tuple[int, str]:
+    """Run ``scenario`` and send SIGINT ``delay_s`` after its ``after_line``-th progress line."""
+    run = evsim(["run", str(scenario), "--out", str(out), "--no-plots"], scenario.parent)
+    seen = 0
+
+    def progress(line: str) -> bool:
+        nonlocal seen
+        if line.startswith("[evsim run small]"):
+            seen += 1
+        return seen > after_line
+
+    run.wait_for("stdout", progress)
+    if delay_s:
+        time.sleep(delay_s)  # the moment under test, measured from a line of the run's own output
+    run.sigint()
+    status, _, err = run.finish()
+    assert_quiet(err)
+    return status, err
+
+
+def check_never_altered(run: RunFigures, complete: RunFigures, status: int) -> None:
+    """Complete and equal, or marked interrupted with nothing the complete run does not have."""
+    if run.outcome == COMPLETE:  # the signal came after the run ended (writing the report, or gone)
+        assert status in (0, 130)
+        assert run == complete
+        return
+    assert run.outcome == "interrupted"
+    assert status == 130
+    extra = run.events - complete.events
+    assert not extra, f"the interrupted run has events the complete run does not: {sorted(extra)[:5]}"
+    for sid, by_action in run.messages.items():
+        for action, n in by_action.items():
+            assert n <= complete.messages[sid].get(action, 0), (sid, action)
+    for sid, n in run.dropped.items():
+        assert n <= complete.dropped[sid], sid
+
+
+@pytest.mark.slow
+def test_ctrl_c_early_in_a_run_marks_it_interrupted(small: tuple[Path, RunFigures], tmp_path: Path) -> None:
+    scenario, complete = small
+    status, err = interrupted_run(scenario, tmp_path / "runs", after_line=0, delay_s=0.0)
+    run = figures(tmp_path / "runs")
+    assert run.outcome == "interrupted", err
+    assert status == 130
+    assert "interrupted" in err
+    check_never_altered(run, complete, status)
+
+
+@pytest.mark.slow
+@settings(max_examples=min(settings().max_examples, 8), deadline=None)
+@given(after_line=st.integers(0, 8), delay_ms=st.integers(0, 60))
+def test_ctrl_c_at_any_moment_never_alters_a_run(
+    small: tuple[Path, RunFigures], after_line: int, delay_ms: int
+) -> None:
+    scenario, complete = small
+    with tempfile.TemporaryDirectory() as out:
+        status, _ = interrupted_run(scenario, Path(out), after_line=after_line, delay_s=delay_ms / 1000)
+        run = figures(Path(out))
+        event(f"outcome: {run.outcome}")
+        check_never_altered(run, complete, status)
+
+
+@pytest.mark.slow
+def test_closed_stdout_ends_quietly_and_the_run_completes(
+    small: tuple[Path, RunFigures], tmp_path: Path
+) -> None:
+    scenario, complete = small
+    run = evsim(["run", str(scenario), "--out", str(tmp_path / "runs"), "--no-plots"], tmp_path)
+    run.wait_for("stdout", lambda line: line.startswith("[evsim run small]"))
+    assert run.proc.stdout is not None
+    run.proc.stdout.close()  # `evsim run ... | head -1`
+    status = run.proc.wait(timeout=PROCESS_TIMEOUT_S)
+    assert run.proc.stderr is not None
+    err = run.proc.stderr.read()
+    run.finish()
+    assert_quiet(err)
+    assert status == 141
+    assert figures(tmp_path / "runs") == complete
+
+
+SPIN = """
+import sys, trio, trio.testing
+from evsim import interrupts
+
+async def main():
+    with trio.CancelScope(shield=True):  # a run that never winds down: time jumps forever
+        print("READY", flush=True)
+        while True:
+            await trio.sleep(1)
+
+interrupts.run(main, clock=trio.testing.MockClock(autojump_threshold=0),
+               on_interrupt=lambda: print("STOPPING", flush=True))
+"""
+
+
+@pytest.mark.slow
+def test_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
+    spin = Process([sys.executable, "-c", SPIN], tmp_path)
+    spin.wait_for("stdout", lambda line: line == "READY\n")
+    spin.sigint()
+    spin.wait_for("stdout", lambda line: line == "STOPPING\n")  # asked to stop; it does not
+    spin.sigint()
+    status, _, err = spin.finish()
+    assert status == 130
+    assert "interrupted again" in err
+    assert_quiet(err)
