@@ -155,7 +155,8 @@ def run(
         What ``async_fn`` returned.
 
     Raises:
-        KeyboardInterrupt: the run was interrupted (after it has wound down).
+        KeyboardInterrupt: the run was interrupted (after it has wound down; also when a task failed while
+            it was torn down: that failure is chained as the cause, not reported).
     """
     stopped = False
     returned: list[T] = []
@@ -183,7 +184,13 @@ def run(
                 _SIGINT.stop = previous
 
     with handling():
-        trio.run(main, clock=clock)
+        try:
+            trio.run(main, clock=clock)
+        except BaseException as exc:
+            if not stopped or isinstance(exc, KeyboardInterrupt):
+                raise
+            # What failed while the stopped run was torn down (a task seeing its peer gone) is no result.
+            raise KeyboardInterrupt from exc
     if stopped:
         raise KeyboardInterrupt
     return returned[0]

@@ -9,7 +9,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from evsim import interrupts
+from evsim.cli import main
 from evsim.metrics.canonical import canonical_log
 from evsim.tls import ClientTls, ServerTls, TlsProfile, TlsStream, context
 from evsim.tls.verify import check_hostname_der
@@ -231,6 +234,23 @@ def test_run_stops_cleanly_on_the_first_ctrl_c() -> None:
     assert log == ["stop", "cancelled at 5"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     assert interrupts.run(trio.sleep, 0) is None  # and a run that is not interrupted returns its value
+
+
+def test_failures_while_an_interrupted_run_winds_down_are_not_its_result() -> None:
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is not Python's default handler here")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_sigint_soon(1.0))
+            try:
+                await trio.sleep_forever()
+            except trio.Cancelled:
+                raise ConnectionError("the peer went away while we were torn down") from None
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        interrupts.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert any(isinstance(e, ConnectionError) for e in _leaves(info.value.__cause__ or info.value))
 
 
 # ---------------------------------------------------------------- evsim as a process
@@ -456,3 +476,114 @@ def test_second_ctrl_c_exits_at_once(tmp_path: Path) -> None:
     assert status == 130
     assert "interrupted again" in err
     assert_quiet(err)
+
+
+# ---------------------------------------------------------------- the other commands
+
+
+@pytest.fixture(scope="module")
+def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("pki")
+    assert main(["certs", "init", "--dir", str(d)]) == 0
+    return d
+
+
+EVENT_LINE = re.compile(r"^(INFO evsim: )?\d{4}-\d\d-\d\dT\S+ \[")
+
+
+def without_events(err: str) -> str:
+    """Standard error without the event lines ``-v`` asks for."""
+    return "\n".join(line for line in err.splitlines() if not EVENT_LINE.match(line))
+
+
+@pytest.mark.loopback
+@pytest.mark.slow
+@pytest.mark.parametrize("after_lines", [1, 12])
+def test_ctrl_c_ends_csms_and_stations_quietly(pki_dir: Path, tmp_path: Path, after_lines: int) -> None:
+    """Ctrl-C to ``evsim stations`` while stations connect and boot, then to ``evsim csms`` while stations are
+    still connected: each exits 130 with one line, no traceback."""
+    csms = evsim(["csms", "--listen", "127.0.0.1:0", "--pki", str(pki_dir)], tmp_path)
+    listening = csms.wait_for("stdout", lambda line: "CSMS listening on " in line)
+    port = listening.split("127.0.0.1:")[1].split("/")[0]
+    args = ["stations", "--csms", f"wss://localhost:{port}/ocpp", "--ca", str(pki_dir / "ca.crt")]
+    args += ["--count", "20", "--session-duration", "30", "--meter-interval", "1", "--duration", "50", "-v"]
+    stations = evsim(args, tmp_path)
+    for _ in range(after_lines):
+        stations.wait_for("stderr", lambda line: " INFO " in line)
+    watcher = evsim(
+        [
+            *args[:5],
+            "--count",
+            "2",
+            "--id-prefix",
+            "W-",
+            "--session-duration",
+            "30",
+            "--duration",
+            "50",
+            "-v",
+        ],
+        tmp_path,
+    )
+    watcher.wait_for("stderr", lambda line: " booted " in line)  # connected while the CSMS is interrupted
+    stations.sigint()
+    status, _, err = stations.finish()
+    assert status == 130
+    assert err.rstrip().endswith("evsim: interrupted")
+    assert_quiet(without_events(err))
+    csms.sigint()
+    status, _, err = csms.finish()
+    assert status == 130
+    assert err.rstrip().endswith("evsim: interrupted")
+    assert_quiet(without_events(err))
+    watcher.sigint()
+    status, _, err = watcher.finish()
+    assert status == 130
+    assert_quiet(without_events(err))
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_demo_quietly(pki_dir: Path, tmp_path: Path) -> None:
+    demo = evsim(["-v", "demo", "--pki", str(pki_dir), "--stations", "5", "--real-time"], tmp_path)
+    demo.wait_for("stderr", lambda line: "booted" in line)
+    demo.sigint()
+    status, _, err = demo.finish()
+    assert status == 130, err
+    assert err.rstrip().endswith("evsim: interrupted")
+    assert_quiet(without_events(err))
+
+
+@pytest.mark.parametrize(
+    ("listen", "says"),
+    [
+        ("127.0.0.1:99999", "out of range"),
+        ("[::1]:70000", "out of range"),
+        ("10.1.2.3:8443", "not a loopback address"),
+        ("0.0.0.0:8443", "not a loopback address"),
+        ("csms.example:8443", "not a loopback address"),
+    ],
+)
+def test_listen_out_of_range_or_not_loopback_is_a_usage_error(
+    listen: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["csms", "--listen", listen, "--pki", "certs"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err
+    assert "--listen" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.loopback
+def test_taken_port_is_one_line(pki_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status = main(["csms", "--listen", f"127.0.0.1:{port}", "--pki", str(pki_dir), "--duration", "5"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "already in use" in err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("evsim:")] == [err.splitlines()[-1]]
