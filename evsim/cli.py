@@ -229,82 +229,88 @@ def _tls_capabilities(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``evsim ARGV``; the exit status (130 after Ctrl-C: see :mod:`evsim.interrupts`)."""
+    with interrupts.handling():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(max(args.verbose - args.quiet, 0), logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from evsim import commands
     from evsim.runtime import raise_open_file_limit, tune_gc
 
     tune_gc()
     raise_open_file_limit()
-    with interrupts.handling():
-        try:
-            return _command(args)
-        except BrokenPipeError:
-            return _closed_stdout()
-        except (EvsimError, KeyboardInterrupt) as exc:
-            return _failed(exc)
-        except BaseExceptionGroup as group:
-            # A trio nursery wraps a node's error (a port already taken when a listener starts) in a group.
-            leaves = _leaves(group)
-            if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
-                return _failed(KeyboardInterrupt())  # whatever else failed while the run was torn down
-            if any(isinstance(leaf, BrokenPipeError) for leaf in leaves):
-                return _closed_stdout()
-            if len(leaves) != 1 or not isinstance(leaves[0], EvsimError):
-                raise
-            return _failed(leaves[0])
 
+    try:
+        if args.command == "certs":
+            return commands.certs_init(args)
+        if args.command == "csms":
+            return commands.run_csms(args)
+        if args.command == "stations":
+            return commands.run_stations(args)
+        if args.command == "demo":
+            return commands.run_demo(args)
+        if args.command == "run":
+            from evsim.scenario import cli as scenario_cli
 
-def _command(args: argparse.Namespace) -> int:
-    """Run the command ``args`` names; its exit status."""
-    from evsim import commands
+            return scenario_cli.run(args)
+        if args.command == "validate":
+            from evsim.scenario import cli as scenario_cli
 
-    if args.command == "certs":
-        return commands.certs_init(args)
-    if args.command == "csms":
-        return commands.run_csms(args)
-    if args.command == "stations":
-        return commands.run_stations(args)
-    if args.command == "demo":
-        return commands.run_demo(args)
-    if args.command == "run":
-        from evsim.scenario import cli as scenario_cli
+            return scenario_cli.validate(args)
+        if args.command == "report":
+            from evsim.scenario import cli as scenario_cli
 
-        return scenario_cli.run(args)
-    if args.command == "validate":
-        from evsim.scenario import cli as scenario_cli
-
-        return scenario_cli.validate(args)
-    if args.command == "report":
-        from evsim.scenario import cli as scenario_cli
-
-        return scenario_cli.report(args)
-    if args.command == "tls":
-        return _tls_capabilities(args)
+            return scenario_cli.report(args)
+        if args.command == "tls":
+            return _tls_capabilities(args)
+    except (EvsimError, KeyboardInterrupt) as exc:
+        return _failed(exc)
+    except BrokenPipeError as exc:
+        return _failed(exc)
+    except BaseExceptionGroup as group:
+        # A trio nursery wraps a node's error (a port already taken when a listener starts) in a group.
+        sole = _sole_exception(group)
+        if not isinstance(sole, EvsimError | KeyboardInterrupt | BrokenPipeError):
+            raise
+        return _failed(sole)
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
 
 
-def _closed_stdout() -> int:
-    """Standard output's reader went away (``evsim run ... | head``): stop writing there, quietly."""
-    interrupts.quiet_stdout()
-    return interrupts.EXIT_BROKEN_PIPE
+def _failed(exc: EvsimError | KeyboardInterrupt | BrokenPipeError) -> int:
+    """Print what went wrong in one line (with its fix, for a configuration error); the exit status.
 
-
-def _failed(exc: EvsimError | KeyboardInterrupt) -> int:
-    """Print what went wrong in one line (with its fix, for a configuration error); the exit status."""
+    A closed standard output (``evsim run ... | head``) prints nothing: its reader went away.
+    """
     if isinstance(exc, ConfigError):
         print(f"evsim: configuration error: {exc}", file=sys.stderr)
         return 2
     if isinstance(exc, KeyboardInterrupt):
         print("evsim: interrupted", file=sys.stderr)
         return interrupts.EXIT_INTERRUPTED
+    if isinstance(exc, BrokenPipeError):
+        interrupts.quiet_stdout()
+        return interrupts.EXIT_BROKEN_PIPE
     print(f"evsim: {exc}", file=sys.stderr)
     return 1
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    """The exceptions inside (possibly nested) groups."""
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
+def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The exception that decides the exit status, inside (possibly nested) groups: a Ctrl-C or a closed
+    standard output among others (what failed while the run was torn down), else the only one, else None."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for kind in (KeyboardInterrupt, BrokenPipeError):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0] if len(leaves) == 1 else None
