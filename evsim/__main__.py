@@ -1,3 +1,3 @@
-from evsim.cli import main
+from evsim.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -12,18 +12,29 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
-from evsim import DEV_PASSWORD, __version__
+from evsim import DEV_PASSWORD, __version__, interrupts
 from evsim.errors import ConfigError, EvsimError
 
 
 def _host_port(value: str) -> tuple[str, int]:
+    from evsim.net.base import is_loopback
+
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    if int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range: use 1-65535, or 0 for any free port")
+    host = host.strip("[]") or "127.0.0.1"
+    if not is_loopback(host):
+        raise argparse.ArgumentTypeError(
+            f"{host} is not a loopback address: evsim listens on loopback only (127.0.0.0/8, ::1, localhost)"
+        )
+    return host, int(port)
 
 
 def _profile(value: str) -> int:
@@ -246,10 +257,44 @@ def _tls_capabilities(args: argparse.Namespace) -> int:
     return 0
 
 
+class _EventLines(logging.Handler):
+    """Echoed events are whole log lines already (time, level, node, kind, escaped fields): print them bare, to
+    the standard error of the moment (``main`` may run many times in one process, e.g. under a test runner)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(record.getMessage(), file=sys.stderr, flush=True)
+
+
+def _event_lines_as_they_are() -> None:
+    events = logging.getLogger("evsim.events")
+    if not any(isinstance(h, _EventLines) for h in events.handlers):
+        events.addHandler(_EventLines())
+    events.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``evsim ARGV``; the exit status (130 after Ctrl-C: see :mod:`evsim.interrupts`)."""
+    with interrupts.handling():
+        return _main(argv)
+
+
+def entry() -> NoReturn:
+    """The process's entry point (the ``evsim`` command, ``python -m evsim``): :func:`main`, then exit.
+
+    Once :func:`main` has returned, the result is written; a Ctrl-C arriving between then and the exit can no
+    longer change it, so it is ignored (instead of killing the process with a traceback-free SIGINT status).
+    """
+    with interrupts.handling():
+        status = _main(None)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(status)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(max(args.verbose - args.quiet, 0), logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _event_lines_as_they_are()
     from evsim import commands
     from evsim.runtime import raise_open_file_limit, tune_gc
 
@@ -283,32 +328,48 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.firmware_sign(args)
     except (EvsimError, KeyboardInterrupt) as exc:
         return _failed(exc)
+    except BrokenPipeError as exc:
+        return _failed(exc)
     except BaseExceptionGroup as group:
         # A trio nursery wraps a node's error (a port already taken when a listener starts) in a group.
         sole = _sole_exception(group)
-        if not isinstance(sole, EvsimError | KeyboardInterrupt):
+        if not isinstance(sole, EvsimError | KeyboardInterrupt | BrokenPipeError):
             raise
         return _failed(sole)
     raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
 
 
-def _failed(exc: EvsimError | KeyboardInterrupt) -> int:
-    """Print what went wrong in one line (with its fix, for a configuration error); the exit status."""
+def _failed(exc: EvsimError | KeyboardInterrupt | BrokenPipeError) -> int:
+    """Print what went wrong in one line (with its fix, for a configuration error); the exit status.
+
+    A closed standard output (``evsim run ... | head``) prints nothing: its reader went away.
+    """
     if isinstance(exc, ConfigError):
         print(f"evsim: configuration error: {exc}", file=sys.stderr)
         return 2
     if isinstance(exc, KeyboardInterrupt):
         print("evsim: interrupted", file=sys.stderr)
-        return 130
+        return interrupts.EXIT_INTERRUPTED
+    if isinstance(exc, BrokenPipeError):
+        interrupts.quiet_stdout()
+        return interrupts.EXIT_BROKEN_PIPE
     print(f"evsim: {exc}", file=sys.stderr)
     return 1
 
 
 def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one exception inside (possibly nested) groups, or None when there are several."""
-    leaf: BaseException = group
-    while isinstance(leaf, BaseExceptionGroup):
-        if len(leaf.exceptions) != 1:
-            return None
-        leaf = leaf.exceptions[0]
-    return leaf
+    """The exception that decides the exit status, inside (possibly nested) groups: a Ctrl-C or a closed
+    standard output among others (what failed while the run was torn down), else the only one, else None."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for kind in (KeyboardInterrupt, BrokenPipeError):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0] if len(leaves) == 1 else None

@@ -13,7 +13,7 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from evsim import DEV_PASSWORD
+from evsim import DEV_PASSWORD, interrupts
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, PkiError
 from evsim.net.base import Network
@@ -123,7 +123,7 @@ def firmware_sign(args: argparse.Namespace) -> int:
 def run_csms(args: argparse.Namespace) -> int:
     config, server_tls, signer = csms_setup(args)
     printer = EventPrinter(level=event_log_level(args))
-    trio.run(
+    interrupts.run(
         functools.partial(
             serve_csms,
             config,
@@ -331,7 +331,7 @@ def run_stations(args: argparse.Namespace) -> int:
                 nursery.cancel_scope.cancel()
         return stations
 
-    stations = trio.run(main)
+    stations = interrupts.run(main)
     print(_stations_table(stations))
     done = sum(st.done.is_set() for st in stations)
     print(f"{done}/{len(stations)} stations booted and completed their sessions")
@@ -372,6 +372,7 @@ def run_demo(args: argparse.Namespace) -> int:
             network="tcp" if args.tcp else "memory",
             start=now,
             organization=pki.org,
+            echo=True,  # events as log lines at their level (-v shows the INFO ones)
         ) as world:
             csms = await world.start_csms(
                 "csms",

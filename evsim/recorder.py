@@ -31,6 +31,8 @@ from evsim.clock import SimClock
 from evsim.text import escape
 
 log = logging.getLogger("evsim")
+events_log = logging.getLogger("evsim.events")
+"""Where echoed event lines go; each line carries its own time and level (:func:`format_event`)."""
 
 #: The level of each event kind in a log: WARNING for refusals and losses (``-q`` shows only these), INFO for
 #: the life of a connection, DEBUG for per-message detail. Kinds not listed get :func:`event_level`'s default.
@@ -166,6 +168,7 @@ class Recorder:
     events: collections.deque[Event] = attrs.field(init=False)
     counts: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     _node_seq: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
+    _stopped_at: float | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.events = collections.deque(maxlen=self.keep)
@@ -174,8 +177,10 @@ class Recorder:
         """Record an event and log it (see ``echo``).
 
         The event gets a ``peer`` field when the current task serves an accepted connection (:func:`bind_peer`)
-        and none is given.
+        and none is given. After :meth:`stop` the event is neither kept, counted, logged nor given to ``sink``.
         """
+        if self._stopped_at is not None:
+            return Event(t=self._stopped_at, node=node, seq=-1, kind=kind, data=data)
         peer = _PEER.get()
         if peer and "peer" not in data:
             data["peer"] = peer
@@ -186,11 +191,21 @@ class Recorder:
         self.counts[kind] += 1
         if self.echo:
             level = event_level(kind)
-            if log.isEnabledFor(level):
-                log.log(level, "%s", format_event(ev, self.clock.start_utc))
+            if events_log.isEnabledFor(level):
+                events_log.log(level, "%s", format_event(ev, self.clock.start_utc))
         if self.sink is not None:
             self.sink(ev)
         return ev
+
+    def stop(self) -> None:
+        """Record nothing more: what happens after this (a run being torn down) is not part of the run."""
+        if self._stopped_at is None:
+            self._stopped_at = self.clock.elapsed()
+
+    @property
+    def stopped(self) -> bool:
+        """True after :meth:`stop`."""
+        return self._stopped_at is not None
 
     @property
     def tracing(self) -> bool:
@@ -199,7 +214,7 @@ class Recorder:
 
     def trace(self, node: str, kind: str, **data: Any) -> None:
         """Pass per-message detail to the ``trace`` callable (no sequence number; not kept or counted)."""
-        if self.trace_sink is None:
+        if self.trace_sink is None or self._stopped_at is not None:
             return
         peer = _PEER.get()
         if peer and "peer" not in data:

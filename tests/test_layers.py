@@ -42,6 +42,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "evsim.frozenmap",
             "evsim.text",
             "evsim.toml_table",
+            "evsim.interrupts",
         ),
     ),
     ("pki", ("evsim.pki",)),

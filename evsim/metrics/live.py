@@ -98,6 +98,7 @@ class LiveProgress:
         self._next_line_t = 0.0
         self._printed: Sample | None = None
         self._live: Live | None = None
+        self._closed_pipe = False
         if self.interactive:
             self._live = Live(
                 console=self.console,
@@ -196,10 +197,16 @@ class LiveProgress:
         return sample.stations or self.total_stations
 
     def _write_line(self, sample: Sample) -> None:
-        # straight to the file: rich must not add styles, wrapping or control codes to a pipe
-        self.console.file.write(self.line(sample) + "\n")
-        self.console.file.flush()
         self._printed = sample
+        if self._closed_pipe:
+            return
+        try:
+            # straight to the file: rich must not add styles, wrapping or control codes to a pipe
+            self.console.file.write(self.line(sample) + "\n")
+            self.console.file.flush()
+        except BrokenPipeError:
+            # the reader went away (``evsim run ... | head``): the run goes on, its progress is not shown
+            self._closed_pipe = True
 
 
 def _default_interval(duration_s: float) -> float:

@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from evsim import __version__
+from evsim import __version__, interrupts
 from evsim.errors import ConfigError
 from evsim.metrics.canonical import canonical_log
 from evsim.metrics.live import LiveProgress
@@ -61,14 +61,16 @@ def run(args: argparse.Namespace) -> int:
 
     rd = RunDir.create(Path(args.out), sim.name, real_utcnow())
     topology = sc.topology()
-    with rd.open_event_sink() as sink:
-        if args.no_live:
-            result = run_scenario(sc, sink=sink)
-        else:
-            with LiveProgress(sc.station_count(), sim.duration, title=f"evsim run {sim.name}") as live:
-                result = run_scenario(sc, sink=tee(sink), on_sample=live.update)
-    rd.write_metrics_csv(result.samples)
-    rd.write_meta(_meta(args.file, sc_result=result, topology=topology))
+    # Ctrl-C during the run stops it (the result says "interrupted"); around it, it waits for whole files
+    with interrupts.deferred():
+        with rd.open_event_sink() as sink:
+            if args.no_live:
+                result = run_scenario(sc, sink=sink)
+            else:
+                with LiveProgress(sc.station_count(), sim.duration, title=f"evsim run {sim.name}") as live:
+                    result = run_scenario(sc, sink=tee(sink), on_sample=live.update)
+        rd.write_metrics_csv(result.samples)
+        rd.write_meta(_meta(args.file, sc_result=result, topology=topology))
     text, pngs = rerender(rd.path, plots=not args.no_plots)
     print(text)
     if 0 < len(result.stations) <= PER_STATION_TABLE_MAX:
@@ -81,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  plot: {png}")
     if result.error:
         print(f"evsim: run {result.outcome}: {result.error}", file=sys.stderr)
+    if result.outcome == "interrupted":
+        return interrupts.EXIT_INTERRUPTED
     return 0 if result.ok else 1
 
 

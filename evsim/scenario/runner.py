@@ -27,6 +27,7 @@ import attrs
 import trio
 import trio.testing
 
+from evsim import interrupts
 from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError
@@ -332,7 +333,21 @@ class ScenarioRunner:
             self._take_sample(world)
             await trio.sleep(self.sample_every)
 
+    def interrupt(self) -> None:
+        """Ctrl-C: end the run here (called by the run loop between task steps, before every task is
+        cancelled). The result is what was observed up to now, marked ``interrupted``; what the nodes do
+        while they are torn down is not recorded, so it cannot add failures a complete run would not have."""
+        if self.outcome not in ("not started", "running"):
+            return  # the run had already ended
+        self.outcome = "interrupted"
+        if self.world is not None:
+            self._take_sample(self.world)
+            self.world.recorder.emit("runner", "run_ended", outcome=self.outcome)
+            self.world.recorder.stop()
+
     def _take_sample(self, world: World) -> None:
+        if world.recorder.stopped:
+            return  # interrupted: the last sample is the one taken then
         sample = world.sample()
         self.samples.append(sample)
         if self.on_sample is not None:
@@ -389,25 +404,28 @@ def run_scenario(
     clock = trio.testing.MockClock(autojump_threshold=0) if scenario.simulation.clock == "virtual" else None
     wall0 = time.perf_counter()
     try:
-        trio.run(runner.run, clock=clock)
+        interrupts.run(runner.run, clock=clock, on_interrupt=runner.interrupt)
     except KeyboardInterrupt:
-        return runner.result(
-            time.perf_counter() - wall0, outcome="interrupted", error="interrupted by the user (Ctrl-C)"
-        )
+        return _interrupted(runner, time.perf_counter() - wall0)
     except BaseException as exc:  # a node crashed: keep what was observed and say what happened
         leaf: BaseException = exc
         while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
             leaf = leaf.exceptions[0]
         if isinstance(leaf, KeyboardInterrupt):
-            return runner.result(
-                time.perf_counter() - wall0, outcome="interrupted", error="interrupted (Ctrl-C)"
-            )
+            return _interrupted(runner, time.perf_counter() - wall0)
         detail = "".join(traceback.format_exception_only(leaf)).strip()
         where = traceback.extract_tb(leaf.__traceback__)[-1:] if leaf.__traceback__ else []
         if where:
             detail += f" (at {where[0].filename}:{where[0].lineno})"
         return runner.result(time.perf_counter() - wall0, outcome="crashed", error=detail)
     return runner.result(time.perf_counter() - wall0)
+
+
+def _interrupted(runner: ScenarioRunner, wall_s: float) -> RunResult:
+    """The result of a run Ctrl-C stopped: complete if the run had ended by itself, else ``interrupted``."""
+    if runner.outcome in ("completed", "all stations done"):
+        return runner.result(wall_s)
+    return runner.result(wall_s, outcome="interrupted", error="interrupted by the user (Ctrl-C)")
 
 
 async def run_scenario_async(

@@ -61,6 +61,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL, crypto
 
 from evsim.errors import ConfigError
+from evsim.interrupts import c_callback
 from evsim.tls import _ossl, events
 from evsim.tls.config import KNOWN_VERSIONS, Identity, TlsProfile
 from evsim.tls.peer import PeerCheck, PeerMode, PeerPolicy, require_policy
@@ -140,6 +141,7 @@ def _make_verify_callback(trust: TrustStore, *, check_host: bool, python_time: b
 
     if trust.insecure_skip_verify:
 
+        @c_callback(refuse=False)
         def accept_anything(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
             state = conn.get_app_data()
             if isinstance(state, VerifyState):
@@ -155,6 +157,7 @@ def _make_verify_callback(trust: TrustStore, *, check_host: bool, python_time: b
 
         return accept_anything
 
+    @c_callback(refuse=False)  # an interrupt here is raised by the stream, never taken for a verdict
     def callback(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
         state = conn.get_app_data()
         if not isinstance(state, VerifyState):  # pragma: no cover - every evsim connection has one
@@ -222,6 +225,7 @@ def _subject(cert: crypto.X509) -> str:
 def _keylog_writer(path: str) -> Callable[[SSL.Connection, bytes], None]:
     target = Path(path)
 
+    @c_callback(refuse=None)
     def write(conn: SSL.Connection, line: bytes) -> None:
         del conn
         with target.open("ab") as fh:
@@ -671,6 +675,7 @@ def _build_server(
     if profile.alpn:
         offer = [p.encode() for p in profile.alpn]
 
+        @c_callback(refuse=cast(bytes, SSL.NO_OVERLAPPING_PROTOCOLS))
         def select(conn: SSL.Connection, offered: list[bytes]) -> bytes:
             del conn
             for proto in offer:
@@ -704,6 +709,7 @@ def _install_sni(ctx: SSL.Context, alternatives: Mapping[str, SSL.Context]) -> N
     ``sys.excepthook``; so unknown names are never refused here (no ``unrecognized_name`` strict mode).
     """
 
+    @c_callback(refuse=None)
     def on_servername(conn: SSL.Connection) -> None:
         raw = conn.get_servername()
         if not raw:

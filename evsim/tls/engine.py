@@ -87,6 +87,10 @@ class _Engine:
         """No plaintext left and no ciphertext waiting: the next ``SSL_read`` can only say WANT_READ."""
         return bool(_lib.SSL_pending(self._ssl) == 0 and _lib.BIO_get_mem_data(self._in, _ffi.NULL) == 0)
 
+    # send and recv are KI-protected (as is the stream's handshake step): trio defers a Ctrl-C that arrives
+    # while OpenSSL runs a Python callback to the next checkpoint (see evsim.interrupts).
+
+    @trio.lowlevel.enable_ki_protection
     def send(self, data: bytes) -> int:
         n = _lib.SSL_write(self._ssl, data, len(data))
         if n <= 0:
@@ -97,6 +101,7 @@ class _Engine:
         if _lib.BIO_write(self._in, data, len(data)) <= 0:  # pragma: no cover - memory BIOs: only on OOM
             self._conn.bio_write(data)  # let pyOpenSSL raise its error
 
+    @trio.lowlevel.enable_ki_protection
     def recv(self, size: int) -> bytes:
         buf = _buffer()
         n = _lib.SSL_read(self._ssl, buf, min(size, RECEIVE_CHUNK))

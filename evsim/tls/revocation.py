@@ -61,6 +61,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from OpenSSL import SSL, crypto
 
 from evsim.errors import ConfigError
+from evsim.interrupts import c_callback
 from evsim.pki.ocsp import OcspCheck, OcspCheckStatus, check_ocsp_response
 from evsim.tls import _ossl, events
 from evsim.tls.verify import CRL_REASONS, VerifyState
@@ -179,6 +180,7 @@ def server_ocsp_callback(provider: Callable[[], bytes | None]) -> ServerOcspCall
         call), so a provider should return None when it has nothing fresh.
     """
 
+    @c_callback(refuse=b"")
     def callback(conn: SSL.Connection, data: object) -> bytes:
         del conn, data
         return provider() or b""
@@ -371,6 +373,7 @@ def client_ocsp_callback(
             fix="use fail or soft_fail",
         )
 
+    @c_callback(refuse=False)  # an interrupt here is raised by the stream, never taken for a verdict
     def callback(conn: SSL.Connection, ocsp_data: bytes, data: object) -> bool:
         del data
         reused = _ossl.session_reused(conn)

@@ -420,18 +420,11 @@ class TlsStream(BioPump, trio.abc.Stream):
         self._hs = _Hs.RUNNING
         start = trio.current_time()
         conn = self._conn
-        clock = self._conn_time
-
-        def step() -> None:
-            if clock is not None:
-                _ossl.set_verify_time(conn, clock())
-            conn.do_handshake()
-
         try:
             with trio.move_on_after(self._timeout) as scope:
                 if self._side == "server":
                     await self._receive_more()  # nothing to do before the ClientHello arrives
-                await self._drive(step)
+                await self._drive(self._handshake_step)
             if scope.cancelled_caught:
                 raise self._handshake_failed(
                     TlsHandshakeFailed(
@@ -466,6 +459,23 @@ class TlsStream(BioPump, trio.abc.Stream):
                 self._hs_event.set()
                 self._hs_event = None
 
+    @trio.lowlevel.enable_ki_protection
+    def _handshake_step(self) -> None:
+        """One engine call of the handshake.
+
+        KI-protected: trio defers a Ctrl-C that arrives while OpenSSL runs our callbacks to the next
+        checkpoint. An interrupt a callback kept anyway (``evsim.interrupts.c_callback``) is raised here,
+        before the engine's verdict is read: an interrupted handshake has none.
+        """
+        conn = self._conn
+        clock = self._conn_time
+        if clock is not None:
+            _ossl.set_verify_time(conn, clock())
+        try:
+            conn.do_handshake()
+        finally:
+            self._vstate.raise_kept()
+
     def _classify(self, exc: SSL.Error) -> tuple[str, str, bool]:
         return classify_handshake_error(
             exc,
@@ -477,12 +487,14 @@ class TlsStream(BioPump, trio.abc.Stream):
 
     def _handshake_error(self, exc: SSL.Error) -> TlsHandshakeFailed:
         state = self._vstate
+        state.raise_kept()
         if state.failure is not None:
             return TlsHandshakeFailed(state.failure, state.detail, remote=False)
         reason, detail, remote = self._classify(exc)
         return TlsHandshakeFailed(reason, detail, remote=remote)
 
     def _record_error(self, exc: SSL.Error) -> BaseException:
+        self._vstate.raise_kept()  # a callback of a post-handshake message was interrupted: no verdict
         if isinstance(exc, SSL.SysCallError):
             return TlsBrokenTransport("the peer closed the connection without close_notify (truncation)")
         reason, detail, remote = self._classify(exc)

@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from evsim.clock import real_utcnow
+from evsim.interrupts import InterruptSlot
 from evsim.tls import events
 
 if TYPE_CHECKING:
@@ -158,8 +159,11 @@ def check_validity(not_before: _dt.datetime, not_after: _dt.datetime, now: _dt.d
     return None
 
 
-class VerifyState:
+class VerifyState(InterruptSlot):
     """Per-connection verification inputs and outcome (stored as the OpenSSL connection's app data).
+
+    Also the connection's :class:`~evsim.interrupts.InterruptSlot`: a Ctrl-C that lands in one of the
+    connection's callbacks is kept there, never recorded as a failure, and raised again by the stream.
 
     Attributes:
         server_hostname: the name the client expects (None on the server side or when not checked).
@@ -175,6 +179,7 @@ class VerifyState:
     __slots__ = ("calls", "detail", "failure", "peer", "server_hostname", "skip_time", "verify_time")
 
     def __init__(self, server_hostname: str | None, verify_time: Callable[[], _dt.datetime] | None) -> None:
+        super().__init__()
         self.server_hostname = server_hostname
         self.verify_time = verify_time
         self.failure: str | None = None

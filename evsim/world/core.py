@@ -35,6 +35,7 @@ import attrs
 import trio
 import trio.testing
 
+from evsim import interrupts
 from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, OcppError, TransportError
@@ -91,7 +92,7 @@ def run(main: Callable[..., Awaitable[T]], *args: object, clock: ClockKind = "vi
         What ``main`` returns.
     """
     mock = trio.testing.MockClock(autojump_threshold=0) if clock == "virtual" else None
-    return trio.run(main, *args, clock=mock)
+    return interrupts.run(main, *args, clock=mock)
 
 
 def check_clock(clock: ClockKind) -> None:
