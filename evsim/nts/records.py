@@ -180,7 +180,7 @@ class RecordReader:
     def _fail(self, reason: str, detail: str) -> KeProtocolError:
         return KeProtocolError(reason, detail, error_code=ErrorCode.BAD_REQUEST if self._server else None)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         """Take the next bytes of the message.
 
         Raises:
