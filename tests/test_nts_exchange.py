@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from evsim.nts.cookies import MasterKeys
 from evsim.nts.errors import NtpRejected
-from evsim.nts.exchange import KISS_NTSN, KissOfDeath, NtpSample, NtsAssociation, NtsServerCore
+from evsim.nts.exchange import (
+    KISS_NTSN,
+    KissOfDeath,
+    NtpSample,
+    NtsAssociation,
+    NtsServerCore,
+    authenticator_field,
+)
 from evsim.nts.ntp import (
     FieldType,
     Mode,
@@ -330,3 +337,30 @@ def test_bad_authenticator_lengths_get_a_nak() -> None:
     for value in (b"\0\x08\0\x10" + b"\0" * 24, b"\0\x10\0\x08" + b"\0" * 24, b"\0\x10\x01\x00" + b"\0" * 32):
         bad = request[:-40] + encode_field(FieldType.AUTHENTICATOR, value)
         assert s.respond(bad, received=T, transmit=T).kind == "nak"
+
+
+def signed_response(a: NtsAssociation, request: bytes, **header: int | bytes) -> bytes:
+    """A response to ``request`` with header fields of our choice, authenticated with the S2C key."""
+    packet = parse_packet(request)
+    uid = next(f for f in packet.fields if f.ftype == FieldType.UNIQUE_IDENTIFIER).value
+    fields: dict[str, int | bytes] = {
+        "origin_ts": packet.header.transmit_ts,
+        "receive_ts": 1,
+        "transmit_ts": 1,
+    }
+    fields.update(header)
+    head = NtpHeader(mode=Mode.SERVER, **fields).encode() + encode_field(FieldType.UNIQUE_IDENTIFIER, uid)  # type: ignore[arg-type]
+    return head + authenticator_field(b"s" * 32, head, b"", b"n" * 16)
+
+
+def test_authenticated_kiss_codes_and_unsynchronized_servers() -> None:
+    a, _ = pair()
+    deny = a.receive(signed_response(a, a.request(T), stratum=0, reference_id=b"DENY"), T)
+    assert deny == KissOfDeath("DENY", authenticated=True) and a.cookies == MAX_COOKIES - 1
+    ntsn = a.receive(signed_response(a, a.request(T), stratum=0, reference_id=KISS_NTSN), T)
+    assert ntsn == KissOfDeath("NTSN", authenticated=True) and a.cookies == 0
+    b, _ = pair()
+    for header, reason in (({"stratum": 1, "leap": 3}, "unsynchronized"), ({"stratum": 16}, "bad_stratum")):
+        with pytest.raises(NtpRejected) as info:
+            b.receive(signed_response(b, b.request(T), **header), T)
+        assert info.value.reason == reason
