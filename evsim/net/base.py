@@ -169,6 +169,40 @@ class Network(Protocol):
         ...
 
 
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ``::1`` (no name resolution happens)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def format_address(address: tuple[str, int]) -> str:
+    """``host:port``, with an IPv6 host in brackets (``[::1]:8443``)."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def remote_address(stream: object) -> tuple[str, int] | None:
+    """``(host, port)`` of the other end of an accepted stream, from its :class:`StreamStatistics`; None when the
+    stream keeps no statistics (a test double) or they name no remote address."""
+    statistics = getattr(stream, "statistics", None)
+    if statistics is None:
+        return None
+    remote = getattr(statistics(), "remote", None)
+    if not isinstance(remote, tuple) or len(remote) < 2:
+        return None
+    return str(remote[0]), int(remote[1])
+
+
+def peer_address(stream: object) -> str:
+    """``host:port`` of the other end of an accepted stream (:func:`remote_address`); "" when unknown."""
+    remote = remote_address(stream)
+    return "" if remote is None else format_address(remote)
+
+
 MAX_DATAGRAM = 65507
 """Largest UDP payload over IPv4 (65535 minus the IP and UDP headers); larger sends are refused."""
 
@@ -268,37 +302,3 @@ class DatagramCounters:
         return DatagramStatistics(
             local, self.sent, self.received, self.bytes_sent, self.bytes_received, dict(self.dropped), closed
         )
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost``, 127.0.0.0/8 and ``::1`` (no name resolution happens)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def format_address(address: tuple[str, int]) -> str:
-    """``host:port``, with an IPv6 host in brackets (``[::1]:8443``)."""
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def remote_address(stream: object) -> tuple[str, int] | None:
-    """``(host, port)`` of the other end of an accepted stream, from its :class:`StreamStatistics`; None when the
-    stream keeps no statistics (a test double) or they name no remote address."""
-    statistics = getattr(stream, "statistics", None)
-    if statistics is None:
-        return None
-    remote = getattr(statistics(), "remote", None)
-    if not isinstance(remote, tuple) or len(remote) < 2:
-        return None
-    return str(remote[0]), int(remote[1])
-
-
-def peer_address(stream: object) -> str:
-    """``host:port`` of the other end of an accepted stream (:func:`remote_address`); "" when unknown."""
-    remote = remote_address(stream)
-    return "" if remote is None else format_address(remote)
