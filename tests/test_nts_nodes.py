@@ -8,6 +8,7 @@ import datetime as dt
 import functools
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Literal
 
 import attrs
 import pytest
@@ -36,10 +37,10 @@ from evsim.nts.records import (
 from evsim.pki import CertificateAuthority
 from evsim.recorder import Recorder
 from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile, TrustStore, tls_accept, tls_connect
-from evsim.tls.config import TimeCheck
 from tests.pki_fixtures import TEST_NOW
 
 YEAR = 365 * 86400.0
+TimeCheck = Literal["enforce", "off", "skip_until_clock_synced"]  # TrustStore.time_check
 
 
 @attrs.frozen
