@@ -77,6 +77,7 @@ EVENT_LEVELS: dict[str, int] = {
     "message": logging.DEBUG,
     "timeline": logging.DEBUG,
     "service_attempt": logging.DEBUG,
+    "nts_sample": logging.DEBUG,
 }
 
 #: Words that make an unlisted kind a refusal or loss (WARNING); other unlisted kinds are INFO.

@@ -47,6 +47,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("pki", ("evsim.pki",)),
     ("net", ("evsim.net",)),
+    ("nts", ("evsim.nts",)),
     ("tls", ("evsim.tls",)),
     ("ws", ("evsim.ws", "evsim.http")),
     ("ocpp", ("evsim.ocpp",)),
@@ -61,6 +62,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: Layers that may import from fewer layers than all those below them.
 ONLY: dict[str, frozenset[str]] = {
     "ocpp": frozenset({"base"}),  # sans-IO: no network, TLS or WebSocket code
+    "nts": frozenset({"base"}),  # sans-IO NTS cores: records, packets, cookies
     "metrics": frozenset({"base"}),  # consumes the event stream only
 }
 
@@ -281,7 +283,7 @@ print(",".join(loaded))
 
 @pytest.mark.parametrize(
     "module",
-    ["evsim.ocpp.rpc", "evsim.ocpp.netprofile"],
+    ["evsim.ocpp.rpc", "evsim.ocpp.netprofile", "evsim.nts", "evsim.nts.exchange"],
 )
 def test_sans_io_modules_load_neither_trio_nor_openssl(module: str) -> None:
     result = subprocess.run(

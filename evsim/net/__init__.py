@@ -1,6 +1,11 @@
-"""Network backends: :class:`VirtualNetwork` (in memory, with faults) and :class:`TcpNetwork` (loopback)."""
+"""Network backends: :class:`VirtualNetwork` (in memory, with faults) and :class:`TcpNetwork` (loopback), streams
+and datagrams (``bind_datagram``)."""
 
 from evsim.net.base import (
+    MAX_DATAGRAM,
+    DatagramNetwork,
+    DatagramSocket,
+    DatagramStatistics,
     NetListener,
     Network,
     NetworkStatistics,
@@ -11,9 +16,21 @@ from evsim.net.base import (
     is_loopback,
 )
 from evsim.net.tcp import TcpListener, TcpNetwork, TcpStream
-from evsim.net.virtual import LinkPolicy, VirtualListener, VirtualNetwork, VirtualStream, memory_pipe_pair
+from evsim.net.udp import UdpSocket
+from evsim.net.virtual import (
+    LinkPolicy,
+    VirtualDatagramSocket,
+    VirtualListener,
+    VirtualNetwork,
+    VirtualStream,
+    memory_pipe_pair,
+)
 
 __all__ = [
+    "MAX_DATAGRAM",
+    "DatagramNetwork",
+    "DatagramSocket",
+    "DatagramStatistics",
     "LinkPolicy",
     "NetListener",
     "Network",
@@ -25,6 +42,8 @@ __all__ = [
     "TcpListener",
     "TcpNetwork",
     "TcpStream",
+    "UdpSocket",
+    "VirtualDatagramSocket",
     "VirtualListener",
     "VirtualNetwork",
     "VirtualStream",

@@ -21,6 +21,10 @@ import trio
 from evsim.errors import BrokenTransport, ClosedTransport
 
 __all__ = [
+    "MAX_DATAGRAM",
+    "DatagramNetwork",
+    "DatagramSocket",
+    "DatagramStatistics",
     "NetListener",
     "Network",
     "NetworkStatistics",
@@ -229,3 +233,104 @@ def peer_address(stream: object) -> str:
     """``host:port`` of the other end of an accepted stream (:func:`remote_address`); "" when unknown."""
     remote = remote_address(stream)
     return "" if remote is None else format_address(remote)
+
+
+MAX_DATAGRAM = 65507
+"""Largest UDP payload over IPv4 (65535 minus the IP and UDP headers); larger sends are refused."""
+
+
+@attrs.frozen
+class DatagramStatistics:
+    """A snapshot of one datagram socket's counters.
+
+    Attributes:
+        local: ``(host, port)`` the socket is bound to.
+        sent: datagrams handed to the network.
+        received: datagrams returned by ``receive_from``.
+        bytes_sent, bytes_received: their payload octets.
+        dropped: datagrams this socket sent that the network dropped, by reason (``loss``, ``partition``,
+            ``host_down``, ``no_listener``, ``queue_full``; virtual network only), and datagrams it could not
+            receive (``receive_error``, loopback UDP).
+        closed: True once the socket was closed.
+    """
+
+    local: tuple[str, int]
+    sent: int
+    received: int
+    bytes_sent: int
+    bytes_received: int
+    dropped: dict[str, int]
+    closed: bool
+
+
+@runtime_checkable
+class DatagramSocket(Protocol):
+    """A bound datagram (UDP) socket: unreliable, unordered, unconnected, message boundaries kept.
+
+    ``send_to`` never waits for the receiver: a datagram nobody can take is dropped and counted, as UDP does.
+    """
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        """``(host, port)`` this socket is bound to (the real port when 0 was asked for)."""
+        ...
+
+    async def send_to(self, data: bytes, address: tuple[str, int]) -> None:
+        """Send one datagram to ``address``.
+
+        Raises:
+            TransportError: the datagram is larger than :data:`MAX_DATAGRAM`.
+            ConfigError: the address is not allowed (loopback backend: not loopback).
+            StreamClosed: this socket was closed.
+        """
+        ...
+
+    async def receive_from(self) -> tuple[bytes, tuple[str, int]]:
+        """Wait for the next datagram; return it and the sender's address.
+
+        Raises:
+            StreamClosed: this socket was closed (before or during the call).
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Close the socket (idempotent); a waiting ``receive_from`` raises ``StreamClosed``."""
+        ...
+
+    def statistics(self) -> DatagramStatistics:
+        """A snapshot of the socket's counters."""
+        ...
+
+
+@runtime_checkable
+class DatagramNetwork(Protocol):
+    """A network that carries datagrams besides streams (both backends)."""
+
+    async def bind_datagram(self, host: str, port: int) -> DatagramSocket:
+        """Bind a datagram socket to ``host:port`` (port 0 picks a free port).
+
+        Raises:
+            ConfigError: the address is not allowed or already in use.
+        """
+        ...
+
+
+class DatagramCounters:
+    """The mutable counters behind :class:`DatagramStatistics`."""
+
+    __slots__ = ("bytes_received", "bytes_sent", "dropped", "received", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.received = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.dropped: dict[str, int] = {}
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def snapshot(self, local: tuple[str, int], closed: bool) -> DatagramStatistics:
+        return DatagramStatistics(
+            local, self.sent, self.received, self.bytes_sent, self.bytes_received, dict(self.dropped), closed
+        )

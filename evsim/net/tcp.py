@@ -1,4 +1,4 @@
-"""Loopback TCP backend over trio sockets.
+"""Loopback TCP backend over trio sockets (and loopback UDP through :mod:`evsim.net.udp`).
 
 Project rule: evsim sends traffic only to loopback. Every address is checked *after* the ``resolve``
 mapping and before any socket is created; anything but ``localhost``, 127.0.0.0/8 or ``::1`` is a
@@ -30,6 +30,7 @@ from evsim.net.base import (
     StreamStatistics,
     is_loopback,
 )
+from evsim.net.udp import UdpSocket, bind_udp
 
 __all__ = ["LISTEN_BACKLOG", "TcpListener", "TcpNetwork", "TcpStream"]
 
@@ -488,6 +489,14 @@ class TcpNetwork:
     def statistics(self) -> NetworkStatistics:
         """A snapshot of the network's counters."""
         return self._counters.snapshot()
+
+    async def bind_datagram(self, host: str, port: int) -> UdpSocket:
+        """A loopback UDP socket on ``host:port`` (port 0 picks a free port); it sends only to loopback.
+
+        Raises:
+            ConfigError: the host is not loopback, or the address is in use.
+        """
+        return await bind_udp(host, port, self.resolve)
 
 
 def _addr(sockaddr: object) -> tuple[str, int]:

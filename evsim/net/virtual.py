@@ -32,8 +32,10 @@ objects plus two empty ``bytearray``\\ s.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import operator
+import random
 from collections import deque
 from collections.abc import Iterator
 
@@ -49,8 +51,11 @@ from trio.lowlevel import (
     wait_task_rescheduled,
 )
 
-from evsim.errors import ConfigError, ConnectionRefused
+from evsim.errors import ConfigError, ConnectionRefused, TransportError
 from evsim.net.base import (
+    MAX_DATAGRAM,
+    DatagramCounters,
+    DatagramStatistics,
     NetListener,
     NetworkCounters,
     NetworkStatistics,
@@ -59,13 +64,17 @@ from evsim.net.base import (
     StreamStatistics,
 )
 
-__all__ = ["LinkPolicy", "VirtualListener", "VirtualNetwork", "VirtualStream"]
+__all__ = ["LinkPolicy", "VirtualDatagramSocket", "VirtualListener", "VirtualNetwork", "VirtualStream"]
 
 DEFAULT_BUFFER_SIZE = 64 * 1024
 """Bytes buffered per direction: the order of a default Linux TCP socket buffer (net.core.wmem_default)."""
 
 DEFAULT_BACKLOG = 4096
 """Connections queued per listener before further connects wait; same as TcpNetwork (performance.md)."""
+
+DEFAULT_DATAGRAM_QUEUE = 256
+"""Datagrams queued per datagram socket (arrived or in flight) before further ones are dropped, like a full
+UDP receive buffer."""
 
 DEFAULT_CONNECT_TIMEOUT = 127.0
 """Seconds a connect waits for room in a full backlog: Linux drops the SYN and retries it with
@@ -76,18 +85,26 @@ _EPHEMERAL = (49152, 65535)  # RFC 6335 §6 dynamic ports, used for port 0 and f
 
 @attrs.frozen
 class LinkPolicy:
-    """Properties of the links between two hosts (mininet's vocabulary; only delay so far).
+    """Properties of the links between two hosts (mininet's vocabulary).
 
     Attributes:
-        latency_s: one-way delay in trio seconds applied to every byte (virtual time under MockClock).
+        latency_s: one-way delay in trio seconds applied to every byte and datagram (virtual time under
+            MockClock).
+        loss: probability that a datagram between the two hosts is lost (streams are reliable, like TCP).
     """
 
     latency_s: float = attrs.field(default=0.0)
+    loss: float = attrs.field(default=0.0)
 
     @latency_s.validator
     def _check_latency(self, _attribute: object, value: float) -> None:
         if not value >= 0.0:
             raise ConfigError("latency must be >= 0 seconds", path="latency_s", value=value)
+
+    @loss.validator
+    def _check_loss(self, _attribute: object, value: float) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError("loss must be a probability in 0..1", path="loss", value=value)
 
 
 class _Pipe:
@@ -575,6 +592,8 @@ class VirtualNetwork:
         buffer_size: bytes buffered per direction of every connection (back-pressure beyond that).
         backlog: connections queued per listener (not yet accepted); further connects wait for room.
         connect_timeout: seconds a connect waits for room before it is refused (trio time).
+        datagram_queue: datagrams queued per datagram socket before further ones are dropped.
+        seed: seed of the random source that decides datagram loss (:attr:`LinkPolicy.loss`).
     """
 
     def __init__(
@@ -583,6 +602,8 @@ class VirtualNetwork:
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         backlog: int = DEFAULT_BACKLOG,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        datagram_queue: int = DEFAULT_DATAGRAM_QUEUE,
+        seed: int | str = 0,
     ) -> None:
         if buffer_size < 1:
             raise ConfigError("buffer_size must be >= 1", path="buffer_size", value=buffer_size)
@@ -598,6 +619,11 @@ class VirtualNetwork:
         self._links: dict[str, set[_Link]] = {}
         self._ports = itertools.cycle(range(*_EPHEMERAL))
         self._counters = NetworkCounters()
+        if datagram_queue < 1:
+            raise ConfigError("datagram_queue must be >= 1", path="datagram_queue", value=datagram_queue)
+        self._datagram_queue = datagram_queue
+        self._datagram_sockets: dict[tuple[str, int], VirtualDatagramSocket] = {}
+        self._loss_rng = random.Random(seed)
 
     # -- Network -------------------------------------------------------------------------------------
 
@@ -690,6 +716,63 @@ class VirtualNetwork:
         """A snapshot of the network's counters."""
         return self._counters.snapshot(listeners=len(self._listeners))
 
+    # -- datagrams ----------------------------------------------------------------------------------------
+
+    async def bind_datagram(self, host: str, port: int) -> VirtualDatagramSocket:
+        """Bind a datagram socket on virtual host ``host`` (port 0 picks a free port); a namespace of its own,
+        like UDP beside TCP.
+
+        Raises:
+            ConfigError: the address is in use or the port is out of range.
+        """
+        await checkpoint()
+        if not 0 <= port <= 65535:
+            raise ConfigError("port must be in 0..65535", path="port", value=port)
+        if port == 0:
+            for _ in range(_EPHEMERAL[1] - _EPHEMERAL[0]):
+                candidate = next(self._ports)
+                if (host, candidate) not in self._datagram_sockets:
+                    port = candidate
+                    break
+            else:
+                raise ConfigError(f"no free datagram port left on virtual host {host}", value=host)
+        elif (host, port) in self._datagram_sockets:
+            raise ConfigError(
+                f"datagram address {host}:{port} is already in use on the virtual network",
+                value=f"{host}:{port}",
+                fix="close the other socket or pick another port",
+            )
+        sock = VirtualDatagramSocket(self, (host, port), self._datagram_queue)
+        self._datagram_sockets[host, port] = sock
+        return sock
+
+    def _deliver(self, sender: VirtualDatagramSocket, data: bytes, address: tuple[str, int]) -> None:
+        """Route one datagram: drop it (counted on the sender) or queue it at the receiver."""
+        src = sender.local_address[0]
+        dst_host = address[0]
+        counters = sender._counters
+        if src in self._down or dst_host in self._down:
+            counters.drop("host_down")
+            return
+        if _pair(src, dst_host) in self._partitions:
+            counters.drop("partition")
+            return
+        policy = self._policies.get(_pair(src, dst_host))
+        if policy is not None and policy.loss > 0.0 and self._loss_rng.random() < policy.loss:
+            counters.drop("loss")
+            return
+        receiver = self._datagram_sockets.get((address[0], address[1]))
+        if receiver is None:
+            counters.drop("no_listener")
+            return
+        latency = policy.latency_s if policy is not None else 0.0
+        if not receiver._enqueue(data, sender.local_address, trio.current_time() + latency):
+            counters.drop("queue_full")
+
+    def _unbind(self, sock: VirtualDatagramSocket) -> None:
+        if self._datagram_sockets.get(sock.local_address) is sock:
+            del self._datagram_sockets[sock.local_address]
+
     # -- faults -----------------------------------------------------------------------------------------
 
     def partition(self, host_a: str, host_b: str) -> None:
@@ -745,6 +828,78 @@ class VirtualNetwork:
     def _unlisten(self, listener: VirtualListener) -> None:
         if self._listeners.get(listener.address) is listener:
             del self._listeners[listener.address]
+
+
+class VirtualDatagramSocket:
+    """A datagram socket on the virtual network (implements :class:`~evsim.net.base.DatagramSocket`).
+
+    A datagram sent at trio time ``t`` arrives at ``t + latency_s`` of the pair's :class:`LinkPolicy`, unless
+    either host is down, the hosts are partitioned, the policy's ``loss`` draws it, nothing is bound to the
+    address, or the receiver already holds ``datagram_queue`` datagrams (arrived or in flight): then it is
+    dropped and counted in the sender's :meth:`statistics`. Datagrams are returned in order of arrival.
+    """
+
+    __slots__ = ("_closed", "_counters", "_heap", "_local", "_lot", "_net", "_queue_limit", "_seq")
+
+    def __init__(self, net: VirtualNetwork, local: tuple[str, int], queue_limit: int) -> None:
+        self._net = net
+        self._local = local
+        self._queue_limit = queue_limit
+        self._heap: list[tuple[float, int, bytes, tuple[str, int]]] = []
+        self._seq = itertools.count()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._counters = DatagramCounters()
+        self._closed = False
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return self._local
+
+    def statistics(self) -> DatagramStatistics:
+        return self._counters.snapshot(self._local, self._closed)
+
+    def _enqueue(self, data: bytes, source: tuple[str, int], arrival: float) -> bool:
+        if self._closed or len(self._heap) >= self._queue_limit:
+            return False
+        heapq.heappush(self._heap, (arrival, next(self._seq), data, source))
+        self._lot.unpark_all()
+        return True
+
+    async def send_to(self, data: bytes, address: tuple[str, int]) -> None:
+        await checkpoint()
+        if self._closed:
+            raise StreamClosed("this datagram socket was closed")
+        if len(data) > MAX_DATAGRAM:
+            raise TransportError(f"datagram of {len(data)} octets is larger than {MAX_DATAGRAM}")
+        payload = bytes(data)
+        self._counters.sent += 1
+        self._counters.bytes_sent += len(payload)
+        self._net._deliver(self, payload, address)
+
+    async def receive_from(self) -> tuple[bytes, tuple[str, int]]:
+        await checkpoint()
+        while True:
+            if self._closed:
+                raise StreamClosed("this datagram socket was closed")
+            heap = self._heap
+            if heap and heap[0][0] <= trio.current_time():
+                _, _, data, source = heapq.heappop(heap)
+                self._counters.received += 1
+                self._counters.bytes_received += len(data)
+                return data, source
+            if heap:
+                with trio.move_on_at(heap[0][0]):
+                    await self._lot.park()
+            else:
+                await self._lot.park()
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._heap.clear()
+            self._net._unbind(self)
+            self._lot.unpark_all()
+        await checkpoint()
 
 
 def memory_pipe_pair(
