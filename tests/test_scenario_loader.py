@@ -909,7 +909,7 @@ def test_readme_documents_every_key_and_action() -> None:
         *loader.SIMULATION_KEYS, *loader.PKI_KEYS, *loader.PROFILE_KEYS, *loader.TRUST_KEYS, *loader.CSMS_KEYS,
         *loader.CERTIFICATE_KEYS, *loader.STATION_KEYS, *loader.BACKOFF_KEYS, *loader.LINK_KEYS,
         *loader.STALL_KEYS, *ACTIONS, *(p for params in ACTIONS.values() for p in params),
-        *loader.CONTROLLER_KEYS, *loader.ENDPOINT_KEYS,
+        *loader.CONTROLLER_KEYS, *loader.ENDPOINT_KEYS, *loader.SIGNING_KEYS, *loader.STATION_CERTIFICATE_KEYS,
     }  # fmt: skip
     missing = [key for key in sorted(documented) if f"`{key}`" not in readme]
     assert not missing

@@ -415,6 +415,34 @@ class StationCertificates:
         self._emit("client_certificate_discarded", serial=serial, attempts=self.candidate_failures)
         self._security_event("DiscardedRenewedClientCertificate", f"serial {serial}")
 
+    # ------------------------------------------------------------ out of band
+
+    def provision(
+        self,
+        *,
+        identity: CertKey | None = None,
+        add_roots: Sequence[x509.Certificate] = (),
+        remove_roots: Sequence[x509.Certificate] = (),
+    ) -> None:
+        """Changes made outside OCPP (an installer on site, a scenario's fiat): a new client certificate
+        (replacing the installed one and any candidate) and CSMS roots added or removed.
+
+        The station's configured TLS is rebuilt by whoever provisions; :attr:`version` moves only once OCPP
+        has changed something (until then the configured TLS is used as it is)."""
+        if identity is not None:
+            self.identity, self.candidate, self.candidate_failures = identity, None, 0
+        store = self.roots[CSMS_ROOT]
+        for cert in add_roots:
+            if cert not in store:
+                store.append(cert)
+        for cert in remove_roots:
+            if cert in store:
+                store.remove(cert)
+            if self.root_fallback == cert:
+                self.root_fallback = None
+        if self.version:
+            self.version += 1
+
     # ------------------------------------------------------------ M03 - M05
 
     def install(self, payload: dict[str, Any], now_utc: _dt.datetime) -> dict[str, Any]:

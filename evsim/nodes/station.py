@@ -289,7 +289,7 @@ class Station:
             security_event=self.queue_security_event,
         )
         """The station's certificates and their OCPP management (A02/A03, M03-M05)."""
-        self._tls_built: tuple[int, ClientTls] | None = None
+        self._tls_built: tuple[int, ClientTls, ClientTls] | None = None  # (version, base, built)
         self._used_candidate = False  # the current connection attempt uses a renewed, unproven certificate
         self._bad_inputs = 0
 
@@ -430,8 +430,9 @@ class Station:
         certs = self.certs
         if base is None or certs.version == 0:
             return base
-        if self._tls_built is not None and self._tls_built[0] == certs.version:
-            return self._tls_built[1]
+        built = self._tls_built
+        if built is not None and built[0] == certs.version and built[1] is base:
+            return built[2]
         trust = base.trust
         if trust.mode == "pki" and not trust.insecure_skip_verify:
             anchors = certs.anchors()
@@ -441,7 +442,7 @@ class Station:
         cert = certs.client_certificate()
         identity = Identity(cert.chain, cert.key) if cert is not None else None
         tls = ClientTls.build(base.profile, trust, identity, peer=base.peer)
-        self._tls_built = (certs.version, tls)
+        self._tls_built = (certs.version, base, tls)
         return tls
 
     def _on_rpc_event(self, event: RpcEvent) -> None:

@@ -130,6 +130,11 @@ def _csms(c: CsmsSpec) -> dict[str, Any]:
             "secondary_of": c.secondary_of,
             "behind_controller": c.behind_controller if c.security_profile == 3 else None,
             "trusted_controllers": list(c.trusted_controllers) or None,
+            "signing": {
+                "max_concurrent": c.signing.max_concurrent,
+                "max_queued": c.signing.max_queued,
+                "validity": c.signing.validity,
+            },
         }
     )
 
@@ -175,6 +180,16 @@ def _group(g: StationGroupSpec) -> dict[str, Any]:
             "queue_max": g.queue_max,
             "pins": g.pins,
             "change": g.change,
+            "certificates": _drop_none(
+                {
+                    "key_type": g.certificates.key_type,
+                    "key_size": g.certificates.key_size,
+                    "renewal_threshold": g.certificates.renewal_threshold,
+                    "sign_wait_minimum": g.certificates.sign_wait_minimum,
+                    "sign_repeat_times": g.certificates.sign_repeat_times,
+                    "renewed_attempts": g.certificates.renewed_attempts,
+                }
+            ),
         }
     )
     if g.sessions_per_day is not None:

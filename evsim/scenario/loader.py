@@ -63,8 +63,10 @@ from evsim.scenario.model import (
     ResetSpec,
     RootSpec,
     Scenario,
+    SigningSpec,
     SimulationSpec,
     StallSpec,
+    StationCertificatesSpec,
     StationGroupSpec,
     TimelineEvent,
     TlsProfileSpec,
@@ -146,6 +148,16 @@ CSMS_KEYS: Final = (
     "secondary_of",
     "behind_controller",
     "trusted_controllers",
+    "signing",
+)
+SIGNING_KEYS: Final = ("max_concurrent", "max_queued", "validity")
+STATION_CERTIFICATE_KEYS: Final = (
+    "key_type",
+    "key_size",
+    "renewal_threshold",
+    "sign_wait_minimum",
+    "sign_repeat_times",
+    "renewed_attempts",
 )
 CERTIFICATE_KEYS: Final = ("root", "validity", "not_before", "key_type")
 STATION_KEYS: Final = (
@@ -171,6 +183,7 @@ STATION_KEYS: Final = (
     "endpoints",
     "network_attempts",
     "fallback",
+    "certificates",
 )
 CONTROLLER_KEYS: Final = (
     "host",
@@ -1318,6 +1331,7 @@ class _Builder(_TlsModelReader):
                 "accept_unknown_stations", default_of(CsmsSpec, "accept_unknown_stations")
             ),
             ocsp_stapling=self.ocsp_stapling(t, profile),
+            signing=_signing(t),
         )
         return self.with_failover_fields(t, spec)
 
@@ -1488,6 +1502,7 @@ class _Builder(_TlsModelReader):
                 "network_attempts", default_of(StationGroupSpec, "network_attempts"), 1, MAX_NETWORK_ATTEMPTS
             ),
             fallback=t.enum("fallback", FALLBACK_KINDS, default_of(StationGroupSpec, "fallback")),
+            certificates=_station_certificates(t),
         )
 
     def delay_range(self, t: _Table, key: str, default: tuple[float, float]) -> tuple[float, float]:
@@ -2202,6 +2217,43 @@ class _TimelineReader:
 
     def check_pinned(self, stations: str, key: PinSpec) -> None:
         self._b.check_pinned(self._t, stations, key)
+
+
+def _signing(t: _Table) -> SigningSpec:
+    """A CSMS's ``signing`` table (how it signs station CSRs)."""
+    c = t.sub_table("signing", SIGNING_KEYS, '{ max_concurrent = 8, validity = "365d" }')
+    if c is None:
+        return SigningSpec()
+    return SigningSpec(
+        max_concurrent=c.integer("max_concurrent", default_of(SigningSpec, "max_concurrent"), 1, 10_000),
+        max_queued=c.integer("max_queued", default_of(SigningSpec, "max_queued"), 1, 10_000_000),
+        validity=c.duration("validity", default_of(SigningSpec, "validity"), positive=True),
+    )
+
+
+def _station_certificates(t: _Table) -> StationCertificatesSpec:
+    """A station group's ``certificates`` table (its certificate device model); the key size is checked by
+    the station layer's rules."""
+    c = t.sub_table("certificates", STATION_CERTIFICATE_KEYS, '{ renewal_threshold = "30d" }')
+    if c is None:
+        return StationCertificatesSpec()
+    d = StationCertificatesSpec()
+    spec = StationCertificatesSpec(
+        key_type=c.enum("key_type", KEY_TYPES, d.key_type),
+        key_size=c.optional_integer("key_size", 256, 8192),
+        renewal_threshold=c.duration("renewal_threshold", d.renewal_threshold),
+        sign_wait_minimum=c.duration(
+            "sign_wait_minimum", d.sign_wait_minimum, positive=True, whole_seconds=True
+        ),
+        sign_repeat_times=c.integer("sign_repeat_times", d.sign_repeat_times, 0, 16),
+        renewed_attempts=c.integer("renewed_attempts", d.renewed_attempts, 1, 100),
+    )
+    try:
+        spec.settings("evsim")
+    except ConfigError as exc:  # the station layer's own limits (key sizes, the longest waits)
+        field = (exc.path or "").rsplit(".", 1)[-1].removesuffix("_s")
+        raise c.error(field, exc.message, value=exc.value, fix=exc.fix or "see scenarios/README.md") from None
+    return spec
 
 
 def _profile_spec(

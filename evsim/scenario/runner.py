@@ -33,6 +33,7 @@ from evsim.errors import ConfigError
 from evsim.metrics.rundir import Sample
 from evsim.nodes.controller import LocalController
 from evsim.nodes.csms import Csms, StationRecord
+from evsim.nodes.csms_certs import SigningSettings
 from evsim.nodes.station import Station
 from evsim.recorder import Event, Recorder
 from evsim.runtime import tune_gc
@@ -262,6 +263,8 @@ class ScenarioRunner:
                 secondary_of=spec.secondary_of,
                 behind_controller=spec.behind_controller,
                 trusted_controllers=[sc.controllers[n].host for n in spec.trusted_controllers],
+                signing=SigningSettings(spec.signing.max_concurrent, spec.signing.max_queued),
+                signed_validity=spec.signing.validity,
             )
         # links first: no station (or controller) may connect before its link has its policy
         for link in sc.links:
@@ -322,6 +325,7 @@ class ScenarioRunner:
                 queue_max=group.queue_max,
                 network_attempts=group.network_attempts,
                 fallback=group.fallback,
+                certificates=group.certificates.settings(sc.pki.organization),
             )
 
     async def _sampler(self, world: World) -> None:

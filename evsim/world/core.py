@@ -44,8 +44,10 @@ from evsim.metrics.rundir import Sample
 from evsim.metrics.topology import Topology
 from evsim.net.virtual import LinkPolicy
 from evsim.nodes.admission import TrustedController
+from evsim.nodes.certificates import CertificateSettings
 from evsim.nodes.controller import ControllerConfig, LocalController
 from evsim.nodes.csms import Csms, CsmsConfig, StationRecord
+from evsim.nodes.csms_certs import DegradedSigner, SigningSettings, SubCaSigner
 from evsim.nodes.station import Station, StationConfig
 from evsim.ocpp.netprofile import DEFAULT_SLOT_NUMBERS, NetworkConnectionProfile
 from evsim.recorder import Event, Recorder
@@ -208,6 +210,8 @@ class World(WorldAttacks):
         secondary_of: str | CsmsNode | None = None,
         behind_controller: Literal["require_station_cert", "trust_controller"] = "require_station_cert",
         trusted_controllers: Sequence[str] = (),
+        signing: SigningSettings | None = None,
+        signed_validity: float = 365 * 86_400.0,
     ) -> CsmsNode:
         """Start a CSMS; returns once it listens.
 
@@ -226,6 +230,12 @@ class World(WorldAttacks):
             secondary_of: the CSMS this one is a secondary endpoint of (they share station records).
             behind_controller: profile 3: whether a controller's certificate may carry stations.
             trusted_controllers: host names of the controllers ``"trust_controller"`` accepts.
+            signing: how many station CSRs it signs at once and lets wait.
+            signed_validity: validity of the station certificates it signs, seconds (whole days).
+
+        It signs station CSRs (A02/A03) with the world PKI's station sub-CA, through a
+        :class:`~evsim.nodes.csms_certs.DegradedSigner` that :meth:`degrade_ca` slows down or makes fail
+        (``node.signer``).
         """
         tls = tls or Tls()
         host = host or f"{name}.evsim.test"
@@ -254,15 +264,24 @@ class World(WorldAttacks):
                 accept_unknown_stations=accept_unknown_stations,
                 behind_controller=behind_controller,
                 trusted_controllers=self._trusted_controllers(trusted_controllers),
+                signing=signing or SigningSettings(),
             ),
             network=self.network,
             server_tls=server_tls,
             clock=self.clock,
             recorder=self.recorder,
             store=self._stores.setdefault(primary, {}),
+            signer=(
+                signer := DegradedSigner(
+                    SubCaSigner(self.pki.station_ca, days=max(1, math.ceil(signed_validity / 86_400))),
+                    rng=self.rng(f"{name}:ca"),
+                    name="station_sub_ca",
+                )
+            ),
         )
         node = CsmsNode(csms, tls=tls, primary=primary, station_password=password)
         node.certificate = cert
+        node.signer = signer
         self.csms[name] = node
         await node._start(self.nursery)
         assert csms.address is not None
@@ -407,6 +426,7 @@ class World(WorldAttacks):
         queue_max: int = 1000,
         network_attempts: int = 3,
         fallback: Literal["restart_list", "last_working"] = "restart_list",
+        certificates: CertificateSettings | None = None,
     ) -> StationGroup:
         """Start ``count`` stations that behave alike; returns once each one's connection loop runs.
 
@@ -431,6 +451,9 @@ class World(WorldAttacks):
             queue_max: offline message queue threshold.
             network_attempts: attempts per slot before the next (with ``routes``).
             fallback: the slot walk after every slot failed (with ``routes``).
+            certificates: their certificate device model (key pair of a CSR, A03 renewal threshold,
+                CertSigningWaitMinimum / RepeatTimes...); default: the defaults with the PKI's organization as
+                OrganizationName.
         """
         if (csms is None) == (not routes):
             raise ConfigError(
@@ -477,6 +500,7 @@ class World(WorldAttacks):
             "default_heartbeat_s": heartbeat_fallback,
             "backoff": group.backoff,
             "queue_max": queue_max,
+            "certificates": certificates or CertificateSettings(organization_name=self.pki.organization),
         }
         for n in range(1, count + 1):
             sid = pattern.format(n=n)

@@ -133,7 +133,12 @@ class WorldTls(WorldBase):
         )
 
     def _station_identity(self, group: StationGroup, sid: str) -> Identity:
-        """A station's certificate (profile 3): issued once by the station sub-CA, or the group's own."""
+        """A station's certificate (profile 3): the one it holds now (renewed over OCPP or provisioned), else
+        issued once by the station sub-CA, or the group's own."""
+        node = self.stations.get(sid)
+        held = node.certificate if node is not None else None
+        if held is not None:
+            return Identity(held.chain, held.key)
         if group.tls.identity is not None:
             return _identity(group.tls.identity, sid)
         return Identity.from_cert_key(
@@ -200,9 +205,10 @@ class WorldTls(WorldBase):
         for sid in station_ids:
             st = self.stations[sid]
             if st.group.security_profile == 3:
-                self.pki.station_certificate(
+                cert = self.pki.station_certificate(
                     sid, validity_s=st.group.tls.certificate.validity, at=at, renew=True
                 )
+                st.station.certs.provision(identity=cert)
                 self._rebuild_client_tls(st)
 
     def revoke_certificate(self, target: Selector) -> None:
@@ -242,8 +248,13 @@ class WorldTls(WorldBase):
             if install:
                 roots.append(root)
             group.roots = tuple(roots)
+        cert = self.pki.roots[root].cert
         for sid in station_ids:
             st = self.stations[sid]
+            if install:
+                st.station.certs.provision(add_roots=(cert,))
+            else:
+                st.station.certs.provision(remove_roots=(cert,))
             if not st.group.roots:
                 self.recorder.emit("timeline", "trust_store_empty", group=st.group.name)
                 continue

@@ -1,0 +1,138 @@
+"""Certificate lifecycle in the world and in scenarios: the world's CSMS signs CSRs with the PKI's station
+sub-CA, stations renew over OCPP (A02, A03) with their group's certificate settings, and the world knows which
+certificate each station holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import evsim
+from evsim.errors import ConfigError
+from evsim.nodes.certificates import CertificateSettings
+from evsim.recorder import Event
+from evsim.scenario.loader import loads_scenario
+from evsim.scenario.runner import run_scenario
+from evsim.world import World
+
+
+def _kinds(events: list[Event], kind: str, node: str | None = None) -> list[dict[str, Any]]:
+    return [e.data for e in events if e.kind == kind and (node is None or e.node == node)]
+
+
+async def _until(predicate: Any, step: float = 1.0) -> None:
+    """Wait (virtual time) until ``predicate()``: the nodes expose no event for each condition."""
+    while not predicate():  # noqa: ASYNC110
+        await trio.sleep(step)
+
+
+async def test_world_csms_signs_with_the_station_sub_ca(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(3600):
+        async with evsim.open_world(seed=4) as world:
+            main = await world.start_csms("main", security_profile=3, heartbeat_interval=60)
+            fleet = await world.start_stations(
+                2, csms=main, sessions=0, certificates=CertificateSettings(organization_name="evsim")
+            )
+            node = fleet.stations[0]
+            await node.station.wait_online()
+            before = node.certificate
+            assert before is not None
+            await main.csms.certificates.trigger_message(node.name)
+            await _until(lambda: node.certificate is not before)
+            after = node.certificate
+            assert after is not None and after.cert.issuer == world.pki.station_ca.cert.subject
+            assert after.cert.serial_number != before.cert.serial_number
+            await _until(lambda: node.station.session is not None)
+            events = list(world.recorder.events)
+            assert [e["status"] for e in _kinds(events, "certificate_signed", "main")] == ["Accepted"]
+            assert _kinds(events, "certificate_signed", "main")[0]["signer"] == "station_sub_ca"
+            # the station's next connection presented its new certificate
+            switched = _kinds(events, "client_certificate_switched", node.name)
+            assert switched and switched[0]["serial"] == format(after.cert.serial_number, "x")
+
+
+async def test_world_fiat_rotation_after_an_ocpp_renewal_is_used(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A certificate provisioned by the world after an OCPP renewal is the one the next connection uses."""
+    with trio.fail_after(3600):
+        async with evsim.open_world(seed=4) as world:
+            main = await world.start_csms("main", security_profile=3)
+            fleet = await world.start_stations(1, csms=main, sessions=0)
+            node = fleet.stations[0]
+            await node.station.wait_online()
+            first = node.certificate
+            await main.csms.certificates.trigger_message(node.name)
+            await _until(lambda: _switched(world, node.name) == 1)
+            renewed = node.certificate
+            assert renewed is not first
+            world.rotate_certificate(node.name)
+            provisioned = node.certificate
+            assert provisioned is not None and provisioned is not renewed
+            world.reset_links(node.name, "main")
+            await trio.sleep(30)
+            await _until(lambda: node.station.session is not None)
+            opened = [e for e in world.recorder.events if e.kind == "tls_accepted" and e.node == "main"]
+            assert opened[-1].data["client"] == node.name
+            tls = node.station._station_tls()
+            assert tls is not None and tls.identity is not None
+            assert tls.identity.chain[0] == provisioned.cert
+
+
+def _switched(world: World, sid: str) -> int:
+    return sum(1 for e in world.recorder.events if e.kind == "client_certificate_switched" and e.node == sid)
+
+
+A03 = """
+[simulation]
+seed = 3
+duration = "3d"
+
+[pki]
+validity = "2d"
+
+[csms.main]
+security_profile = 3
+heartbeat_interval = "1h"
+signing = { max_concurrent = 2, validity = "30d" }
+
+[stations.fleet]
+count = 3
+id_pattern = "CS-{n}"
+sessions = 0
+certificates = { renewal_threshold = "1d", sign_wait_minimum = "30s", sign_repeat_times = 2, key_type = "rsa", key_size = 2048 }
+"""
+
+
+def test_scenario_stations_renew_by_themselves_with_their_group_settings() -> None:
+    sc = loads_scenario(A03)
+    group = sc.stations["fleet"]
+    assert group.certificates.renewal_threshold == 86_400
+    assert group.certificates.key_type == "rsa" and group.certificates.sign_repeat_times == 2
+    assert sc.csms["main"].signing.validity == 30 * 86_400 and sc.csms["main"].signing.max_concurrent == 2
+    assert sc.validate() == sc  # the Python document round trip keeps both tables
+    result = run_scenario(sc)
+    assert result.ok, result.error
+    events = list(result.recorder.events)
+    signed = _kinds(events, "certificate_signed", "main")
+    assert [e["status"] for e in signed] == ["Accepted"] * 3
+    started = [e for e in events if e.kind == "renewal_started"]
+    assert len(started) == 3 and all(86_400 - 1 <= e.t <= 86_400 + 3600 for e in started)
+    world = result.world
+    assert world is not None
+    for node in world.stations.values():
+        cert = node.certificate
+        assert cert is not None and cert.cert.issuer == world.pki.station_ca.cert.subject
+        assert cert.key.key_size == 2048  # an RSA key, as configured
+        assert (cert.cert.not_valid_after_utc - world.clock.start_utc).days >= 30
+
+
+def test_scenario_station_certificate_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="EC keys") as info:
+        loads_scenario(A03.replace('key_type = "rsa", key_size = 2048', "key_size = 2048"))
+    assert info.value.path == "stations.fleet.certificates.key_size"
+    with pytest.raises(ConfigError, match="did you mean"):
+        loads_scenario(A03.replace("sign_repeat_times", "sign_repeats"))
