@@ -213,6 +213,11 @@ def test_every_action_is_accepted() -> None:
         "attack_wrong_ca": 'target = "fleet"\nimpersonate = "backup"\nroot = "rogue"\nduration = "2m"',
         "attack_mitm": 'target = "fleet-0003"',
         "release_pin": 'target = "fleet"\nroot = "root"',
+        "trigger_renewal": 'target = "main"\nspread = "10m"',
+        "install_certificate": 'target = "fleet"\nroot = "rogue"\ntype = "ManufacturerRootCertificate"',
+        "delete_certificate": 'target = "fleet-0001"\nroot = "root"',
+        "switch_server_certificate": 'target = "main"\nroot = "rogue"',
+        "degrade_ca": 'target = "main"\ndelay = "30s"\nfailure_rate = 0.25',
     }
     assert set(params) == set(ACTIONS)
     text = (

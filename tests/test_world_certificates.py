@@ -136,3 +136,113 @@ def test_scenario_station_certificate_settings_are_checked() -> None:
     assert info.value.path == "stations.fleet.certificates.key_size"
     with pytest.raises(ConfigError, match="did you mean"):
         loads_scenario(A03.replace("sign_repeat_times", "sign_repeats"))
+
+
+# ---------------------------------------------------------------------------- timeline actions over OCPP
+
+LIFECYCLE = """
+[simulation]
+seed = 11
+duration = "2h"
+
+[pki.roots.next]
+
+[csms.main]
+security_profile = 3
+heartbeat_interval = "10m"
+
+[stations.fleet]
+count = 6
+id_pattern = "CS-{n}"
+sessions = 0
+retry_backoff = { wait_minimum = "5s", random_range = "5s", repeat_times = 2 }
+certificates = { sign_wait_minimum = "60s", sign_repeat_times = 2 }
+
+[[links]]
+between = ["fleet", "main"]
+reset = { every = "20m" }
+"""
+
+
+def _timeline(*entries: str) -> str:
+    return LIFECYCLE + "".join(f"\n[[timeline]]\n{e}\n" for e in entries)
+
+
+def test_trigger_renewal_spreads_over_its_window() -> None:
+    sc = loads_scenario(_timeline('at = "5m"\naction = "trigger_renewal"\ntarget = "main"\nspread = "10m"'))
+    result = run_scenario(sc)
+    assert result.ok, result.error
+    events = list(result.recorder.events)
+    triggers = [e for e in events if e.kind == "certificate_call" and e.data["action"] == "TriggerMessage"]
+    assert len(triggers) == 6 and {e.data["status"] for e in triggers} == {"Accepted"}
+    times = sorted(e.t for e in triggers)
+    assert times[0] >= 300 and times[-1] < 900 and times[-1] - times[0] > 60  # spread, not at one instant
+    assert [e.data["status"] for e in events if e.kind == "certificate_signed"] == ["Accepted"] * 6
+    assert len([e for e in events if e.kind == "client_certificate_switched"]) == 6
+
+
+def test_install_switch_and_delete_roots_over_ocpp() -> None:
+    sc = loads_scenario(
+        _timeline(
+            'at = "1m"\naction = "stop"\ntarget = "CS-6"',
+            'at = "5m"\naction = "install_certificate"\ntarget = "fleet"\nroot = "next"\nspread = "1m"',
+            'at = "10m"\naction = "start"\ntarget = "CS-6"',
+            'at = "15m"\naction = "switch_server_certificate"\ntarget = "main"\nroot = "next"',
+            'at = "30m"\naction = "delete_certificate"\ntarget = "fleet"\nroot = "root"',
+        )
+    )
+    result = run_scenario(sc)
+    assert result.ok, result.error
+    events = list(result.recorder.events)
+    missed = [e.data for e in events if e.kind == "certificate_not_sent"]
+    assert missed == [  # CS-6 was stopped during the install, and cannot connect to the new hierarchy since
+        {"action": "install_certificate", "station": "CS-6", "reason": "station offline"},
+        {"action": "delete_certificate", "station": "CS-6", "reason": "station offline"},
+    ]
+    installed = {e.node for e in events if e.kind == "certificate_installed"}
+    assert installed == {f"CS-{n}" for n in range(1, 6)}
+    # after the switch (and the link reset at 20 min) the five that got the root reconnect, CS-6 cannot
+    after = [e for e in events if e.t > 20 * 60]
+    ok = {e.node for e in after if e.kind == "handshake_ok"}
+    assert ok == {f"CS-{n}" for n in range(1, 6)}
+    refused = {e.data["reason"] for e in after if e.kind == "handshake_failed" and e.node == "CS-6"}
+    assert refused == {"cert_invalid:unknown_ca"}
+    deleted = {e.node for e in events if e.kind == "certificate_deleted"}
+    assert deleted == {f"CS-{n}" for n in range(1, 6)}
+    # the old root is gone and the new one is what the stations trust: service continues at the 40 min reset
+    boots = {e.data["station"] for e in events if e.kind == "booted" and e.node == "main" and e.t > 40 * 60}
+    assert boots == {f"CS-{n}" for n in range(1, 6)}
+
+
+def test_degrade_ca_fails_signing_and_the_station_resends() -> None:
+    sc = loads_scenario(
+        _timeline(
+            'at = "1m"\naction = "degrade_ca"\ntarget = "main"\ndelay = "10s"\nfailure_rate = 1.0',
+            'at = "2m"\naction = "trigger_renewal"\ntarget = "CS-1"',
+            'at = "4m"\naction = "degrade_ca"\ntarget = "main"',
+        )
+    )
+    result = run_scenario(sc)
+    assert result.ok, result.error
+    events = list(result.recorder.events)
+    failed = [e for e in events if e.kind == "csr_signing_failed"]
+    assert failed and {e.data["reason"] for e in failed} == {"ca_unavailable"}
+    assert all(e.t >= 120 + 10 for e in failed)  # after the CA's delay
+    signed = [e for e in events if e.kind == "certificate_signed" and e.data["status"] == "Accepted"]
+    assert len(signed) == 1 and signed[0].t >= 240  # the resend after the CA recovered was signed
+    assert [e.node for e in events if e.kind == "client_certificate_switched"] == ["CS-1"]
+
+
+def test_lifecycle_actions_are_checked_when_loading() -> None:
+    with pytest.raises(ConfigError, match="failure_rate"):
+        loads_scenario(_timeline('at = "1m"\naction = "degrade_ca"\ntarget = "main"\nfailure_rate = 2'))
+    with pytest.raises(ConfigError, match="did you mean"):
+        loads_scenario(_timeline('at = "1m"\naction = "install_certificate"\ntarget = "fleet"\nroot = "nxt"'))
+    with pytest.raises(ConfigError, match="type"):
+        loads_scenario(
+            _timeline(
+                'at = "1m"\naction = "install_certificate"\ntarget = "fleet"\nroot = "next"\ntype = "V2G"'
+            )
+        )
+    with pytest.raises(ConfigError, match="30 days"):
+        loads_scenario(_timeline('at = "1m"\naction = "trigger_renewal"\ntarget = "fleet"\nspread = "31d"'))

@@ -2175,6 +2175,12 @@ class _TimelineReader:
     def duration(self, key: str, default: float, *, positive: bool = False) -> float:
         return self._t.duration(key, default, positive=positive)
 
+    def number(self, key: str, default: float, lo: float, hi: float) -> float:
+        return self._t.number(key, default, minimum=lo, maximum=hi)
+
+    def choice(self, key: str, allowed: Sequence[str], default: str) -> str:
+        return self._t.enum(key, tuple(allowed), default)
+
     def string_list(
         self, key: str, default: tuple[str, ...], *, allowed: Collection[str], example: str
     ) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ cannot enforce for a run (before anything starts).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol, Self, TypeVar
 
 import attrs
@@ -70,6 +70,8 @@ class Reader(Protocol):
     def boolean(self, key: str, default: bool) -> bool: ...
     def integer(self, key: str, default: int, lo: int, hi: int) -> int: ...
     def duration(self, key: str, default: float, *, positive: bool = False) -> float: ...
+    def number(self, key: str, default: float, lo: float, hi: float) -> float: ...
+    def choice(self, key: str, allowed: Sequence[str], default: str) -> str: ...
 
     def string_list(
         self, key: str, default: tuple[str, ...], *, allowed: Collection[str], example: str
@@ -447,6 +449,115 @@ class ReleasePin(Action):
         return out
 
 
+# ---------------------------------------------------------------- certificate lifecycle over OCPP
+
+MAX_SPREAD_S = 30 * 86_400.0
+CERTIFICATE_TYPES = ("CSMSRootCertificate", "ManufacturerRootCertificate")
+"""Root certificate types ``install_certificate`` can send (``InstallCertificateUseEnumType``)."""
+
+
+def _spread(r: Reader) -> float:
+    spread = r.duration("spread", 0.0)
+    if spread > MAX_SPREAD_S:
+        raise r.error("spread", "spread is at most 30 days", value=spread, fix='use e.g. spread = "10m"')
+    return spread
+
+
+@action("trigger_renewal", "target", "spread")
+@attrs.frozen
+class TriggerRenewal(Action):
+    """The CSMS holding each station's session sends TriggerMessage SignChargingStationCertificate (A02):
+    every station of a CSMS's fleet, a group or one station, spread over ``spread`` seconds."""
+
+    target: str
+    spread: float = 0.0
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(target=r.target(("csms", "group", "station")), spread=_spread(r))
+
+    async def apply(self, world: World) -> None:
+        world.trigger_renewal(self.target, spread=self.spread)
+
+
+@action("install_certificate", "target", "root", "type", "spread")
+@attrs.frozen
+class InstallCertificate(Action):
+    """The CSMS sends InstallCertificate of a PKI root to each station (M05; the stations' rules decide)."""
+
+    target: str
+    root: str
+    type: str = "CSMSRootCertificate"
+    spread: float = 0.0
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(
+            target=r.target(("csms", "group", "station")),
+            root=r.root(None),
+            type=r.choice("type", CERTIFICATE_TYPES, "CSMSRootCertificate"),
+            spread=_spread(r),
+        )
+
+    async def apply(self, world: World) -> None:
+        world.install_certificate(self.target, self.root, certificate_type=self.type, spread=self.spread)
+
+
+@action("delete_certificate", "target", "root", "spread")
+@attrs.frozen
+class DeleteCertificate(Action):
+    """The CSMS sends DeleteCertificate of a PKI root to each station (M04)."""
+
+    target: str
+    root: str
+    spread: float = 0.0
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(target=r.target(("csms", "group", "station")), root=r.root(None), spread=_spread(r))
+
+    async def apply(self, world: World) -> None:
+        world.delete_certificate(self.target, self.root, spread=self.spread)
+
+
+@action("switch_server_certificate", "target", "root")
+@attrs.frozen
+class SwitchServerCertificate(Action):
+    """The CSMS moves to a server certificate from another root (a new hierarchy), from its next handshake."""
+
+    target: str
+    root: str
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(target=r.tls_csms(), root=r.root(None))
+
+    async def apply(self, world: World) -> None:
+        world.switch_server_certificate(self.target, self.root)
+
+
+@action("degrade_ca", "target", "delay", "failure_rate")
+@attrs.frozen
+class DegradeCa(Action):
+    """The CA the CSMS signs station CSRs with becomes slow (``delay`` per CSR) and fails with probability
+    ``failure_rate``; ``degrade_ca`` with neither restores it."""
+
+    target: str
+    delay: float = 0.0
+    failure_rate: float = 0.0
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(
+            target=r.target(("csms",)),
+            delay=r.duration("delay", 0.0),
+            failure_rate=r.number("failure_rate", 0.0, 0.0, 1.0),
+        )
+
+    async def apply(self, world: World) -> None:
+        world.degrade_ca(self.target, delay=self.delay, failure_rate=self.failure_rate)
+
+
 # ---------------------------------------------------------------- attacks
 
 
@@ -541,8 +652,11 @@ __all__ = [
     "AttackDowngrade",
     "AttackMitm",
     "AttackWrongCa",
+    "DegradeCa",
+    "DeleteCertificate",
     "ExpireCertificate",
     "Heal",
+    "InstallCertificate",
     "InstallRoot",
     "Link",
     "LinkKnobs",
@@ -556,5 +670,7 @@ __all__ = [
     "SetNetworkProfile",
     "Start",
     "Stop",
+    "SwitchServerCertificate",
+    "TriggerRenewal",
     "action",
 ]

@@ -57,7 +57,6 @@ from evsim.tls import (
     SessionStore,
 )
 from evsim.world.actions import Action
-from evsim.world.attackers import WorldAttacks
 from evsim.world.base import (
     RUN_PASSWORD,
     WORLD_START,
@@ -66,6 +65,7 @@ from evsim.world.base import (
     _identity,
     _label,
 )
+from evsim.world.lifecycle import WorldLifecycle
 from evsim.world.nodes import ControllerNode, CsmsNode, StationGroup, StationNode
 from evsim.world.pki import WorldPki
 from evsim.world.specs import (
@@ -184,12 +184,13 @@ def _plain(value: object) -> object:
     return value
 
 
-class World(WorldAttacks):
+class World(WorldLifecycle):
     """A network of nodes sharing one clock, recorder, network and PKI (open it with :func:`open_world`).
 
     Starting nodes, their lifecycle and the network are here; TLS and certificates in
-    :class:`~evsim.world.trust.WorldTls`, attackers in :class:`~evsim.world.attackers.WorldAttacks`, the shared
-    state and selectors in :class:`~evsim.world.base.WorldBase`.
+    :class:`~evsim.world.trust.WorldTls`, attackers in :class:`~evsim.world.attackers.WorldAttacks`, certificate
+    operations over OCPP in :class:`~evsim.world.lifecycle.WorldLifecycle`, the shared state and selectors in
+    :class:`~evsim.world.base.WorldBase`.
     """
 
     # ------------------------------------------------------------------ starting nodes
