@@ -305,14 +305,14 @@ csms = "backup"
 def test_preflight_refuses_what_this_version_cannot_enforce() -> None:
     text = (
         (SCENARIOS["default"]).read_text()
-        + '\n[[timeline]]\nat = "1m"\naction = "revoke_certificate"\ntarget = "fleet"\n'
+        + '\n[[timeline]]\nat = "1m"\naction = "link"\nbetween = ["fleet", "main"]\nstall = { every = "1h", for = "1m" }\n'
     )
     sc = loads_scenario(text, source="x.toml")
     with pytest.raises(ConfigError) as err:
         preflight(sc)
     assert err.value.file == "x.toml"
     assert err.value.line is not None
-    assert "revocation" in str(err.value)
+    assert "stall" in str(err.value)
     with_jitter = (
         (SCENARIOS["default"]).read_text() + '\n[[links]]\nbetween = ["fleet", "main"]\njitter = "5ms"\n'
     )

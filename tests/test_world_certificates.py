@@ -246,3 +246,143 @@ def test_lifecycle_actions_are_checked_when_loading() -> None:
         )
     with pytest.raises(ConfigError, match="30 days"):
         loads_scenario(_timeline('at = "1m"\naction = "trigger_renewal"\ntarget = "fleet"\nspread = "31d"'))
+
+
+# ---------------------------------------------------------------------------- station certificate revocation
+
+REVOCATION = """
+[simulation]
+seed = 5
+duration = "40m"
+
+[tls.trust.stations]
+revocation = {{ {check} }}
+
+[csms.main]
+security_profile = 3
+heartbeat_interval = "5m"
+client_trust = "stations"
+
+[stations.renewed]
+count = 2
+id_pattern = "REN-{{n}}"
+sessions = 0
+retry_backoff = {{ wait_minimum = "20s", random_range = "10s", repeat_times = 2 }}
+
+[stations.lost]
+count = 2
+id_pattern = "LOST-{{n}}"
+sessions = 0
+retry_backoff = {{ wait_minimum = "20s", random_range = "10s", repeat_times = 2 }}
+
+[stations.good]
+count = 2
+id_pattern = "GOOD-{{n}}"
+sessions = 0
+
+[[links]]
+between = ["*", "main"]
+reset = {{ every = "10m" }}
+
+[[timeline]]
+at = "5m"
+action = "revoke_certificate"
+target = "renewed"
+
+[[timeline]]
+at = "5m"
+action = "revoke_certificate"
+target = "lost"
+
+[[timeline]]
+at = "6m"
+action = "trigger_renewal"
+target = "renewed"
+
+[[timeline]]
+at = "25m"
+action = "rotate_certificate"
+target = "lost"
+"""
+
+
+@pytest.mark.parametrize(
+    ("check", "refusal"),
+    [
+        ('crl = "leaf"', ("handshake_failed", "cert_invalid:revoked")),
+        ('ocsp = "require"', ("upgrade_rejected", "certificate revoked (OCSP)")),
+    ],
+)
+def test_revoked_stations_are_refused_until_renewed(check: str, refusal: tuple[str, str]) -> None:
+    result = run_scenario(loads_scenario(REVOCATION.format(check=check)))
+    assert result.ok, result.error
+    events = list(result.recorder.events)
+    kind, reason = refusal
+    refused = [e for e in events if e.node == "main" and e.kind == kind]
+    assert refused and {e.data["reason"] for e in refused} == {reason}
+    assert {e.data["security_event"] for e in refused} == {"InvalidChargingStationCertificate"}
+    assert all(10 * 60 <= e.t < 25 * 60 + 60 for e in refused)  # from the reset after the revocation
+    if kind == "upgrade_rejected":
+        assert {e.data["station"] for e in refused} == {"LOST-1", "LOST-2"}
+    else:  # the handshake refusal names the peer (the station's host)
+        assert {e.data["peer"].split(":")[0] for e in refused} == {"LOST-1", "LOST-2"}
+    # the renewed stations got fresh certificates over their open sessions and were never refused
+    switched = sorted(e.node for e in events if e.kind == "client_certificate_switched")
+    assert switched == ["REN-1", "REN-2"]
+    boots = {e.data["station"] for e in events if e.kind == "booted" and e.node == "main" and e.t > 30 * 60}
+    assert boots == {"REN-1", "REN-2", "LOST-1", "LOST-2", "GOOD-1", "GOOD-2"}  # every one back after 30 min
+
+
+def test_client_trust_is_checked_when_loading() -> None:
+    text = REVOCATION.format(check='crl = "leaf"')
+    with pytest.raises(ConfigError, match="security profile 3"):
+        loads_scenario(text.replace("security_profile = 3\n", ""))
+    with pytest.raises(ConfigError, match="did you mean"):
+        loads_scenario(text.replace('client_trust = "stations"', 'client_trust = "station"'))
+
+
+CONTROLLER_REVOCATION = """
+[simulation]
+seed = 6
+duration = "20m"
+
+[tls.trust.stations]
+revocation = { ocsp = "request", crl = "leaf" }
+
+[csms.main]
+heartbeat_interval = "5m"
+
+[controllers.lc]
+security_profile = 3
+client_trust = "stations"
+upstream = [{ csms = "main" }]
+
+[stations.site]
+count = 3
+id_pattern = "SITE-{n}"
+sessions = 0
+endpoints = [{ controller = "lc" }]
+retry_backoff = { wait_minimum = "20s", random_range = "10s", repeat_times = 2 }
+
+[[links]]
+between = ["site", "lc"]
+reset = { every = "10m" }
+
+[[timeline]]
+at = "5m"
+action = "revoke_certificate"
+target = "SITE-2"
+"""
+
+
+def test_a_controller_refuses_a_revoked_station() -> None:
+    sc = loads_scenario(CONTROLLER_REVOCATION)
+    assert sc.controllers["lc"].client_trust == "stations"
+    result = run_scenario(sc)
+    assert result.ok, result.error
+    events = list(result.recorder.events)
+    refused = [e for e in events if e.node == "lc" and e.kind == "handshake_failed"]
+    assert refused and {e.data["peer"].split(":")[0] for e in refused} == {"SITE-2"}
+    assert {e.data["reason"] for e in refused} == {"cert_invalid:revoked"}
+    back = {e.data["station"] for e in events if e.kind == "booted" and e.node == "main" and e.t > 10 * 60}
+    assert back == {"SITE-1", "SITE-3"}

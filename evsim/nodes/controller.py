@@ -93,6 +93,7 @@ from evsim.nodes.admission import (
     AuthBudget,
     AuthBudgetConfig,
     BehindController,
+    ClientStatus,
     DuplicatePolicy,
     TrustedController,
     admit_station,
@@ -174,6 +175,8 @@ class ControllerConfig:
             :mod:`evsim.nodes.admission`).
         station_issuers: profile 3: CAs (the station sub-CA) a client certificate's verified chain must go
             through; empty (default): any chain to ``client_trust``.
+        client_status: profile 3: the revocation check of a client certificate after the handshake (an OCSP
+            query; :data:`evsim.nodes.admission.ClientStatus`); None: only the trust store's CRLs.
         duplicate_identity: a second link for a connected identity: ``"replace_older"`` (default) or
             ``"refuse_newer"`` (see the module docstring).
         auth_budget: failed authentications (401) allowed per source address before 429; None: no limit.
@@ -215,6 +218,7 @@ class ControllerConfig:
     behind_controller: BehindController = "require_station_cert"
     trusted_controllers: tuple[TrustedController, ...] = ()
     station_issuers: tuple[x509.Certificate, ...] = ()
+    client_status: ClientStatus | None = attrs.field(default=None, eq=False, repr=False)
     duplicate_identity: DuplicatePolicy = "replace_older"
     auth_budget: AuthBudgetConfig | None = attrs.field(factory=AuthBudgetConfig)
     station_passwords: Mapping[str, str] | None = None
@@ -502,6 +506,7 @@ class LocalController:
             behind_controller=cfg.behind_controller,
             trusted_controllers=cfg.trusted_controllers,
             station_issuers=cfg.station_issuers,
+            client_status=cfg.client_status,
             ocpp_versions=cfg.ocpp_versions,
             password_for=None if passwords is None else passwords.get,
             check_relayed_password=False,

@@ -85,6 +85,7 @@ from evsim.nodes.admission import (
     AuthBudget,
     AuthBudgetConfig,
     BehindController,
+    ClientStatus,
     DuplicatePolicy,
     TrustedController,
     admit_station,
@@ -160,6 +161,8 @@ class CsmsConfig:
             Default 180 s: several BootNotification retries of an honest station that is kept Pending.
         station_issuers: profile 3: CAs (the station sub-CA) a client certificate's verified chain must go
             through; empty (default): any chain to the client-certificate roots.
+        client_status: profile 3: the revocation check of a client certificate after the handshake (an OCSP
+            query; :data:`evsim.nodes.admission.ClientStatus`); None: only the trust store's CRLs.
         duplicate_identity: a second connection for a connected identity: ``"replace_older"`` (default: it
             replaces the first once its BootNotification is Accepted) or ``"refuse_newer"`` (HTTP 409 while
             the first is up).
@@ -190,6 +193,7 @@ class CsmsConfig:
     max_pending_per_address: int | None = None
     boot_timeout: float = 180.0
     station_issuers: tuple[x509.Certificate, ...] = ()
+    client_status: ClientStatus | None = attrs.field(default=None, eq=False, repr=False)
     duplicate_identity: DuplicatePolicy = "replace_older"
     auth_budget: AuthBudgetConfig | None = attrs.field(factory=AuthBudgetConfig)
     signing: SigningSettings = attrs.field(factory=SigningSettings)
@@ -475,6 +479,7 @@ class Csms:
             behind_controller=cfg.behind_controller,
             trusted_controllers=cfg.trusted_controllers,
             station_issuers=cfg.station_issuers,
+            client_status=cfg.client_status,
             ocpp_versions=cfg.ocpp_versions,
             password_for=lambda sid: cfg.passwords.get(sid, cfg.default_password),
             check_relayed_password=True,

@@ -130,6 +130,7 @@ def _csms(c: CsmsSpec) -> dict[str, Any]:
             "secondary_of": c.secondary_of,
             "behind_controller": c.behind_controller if c.security_profile == 3 else None,
             "trusted_controllers": list(c.trusted_controllers) or None,
+            "client_trust": c.client_trust,
             "signing": {
                 "max_concurrent": c.signing.max_concurrent,
                 "max_queued": c.signing.max_queued,
@@ -157,6 +158,7 @@ def _controller(c: ControllerSpec) -> dict[str, Any]:
             "retry_backoff": _backoff(c.retry_backoff),
             "behind_controller": c.behind_controller if c.security_profile == 3 else None,
             "trusted_controllers": list(c.trusted_controllers) or None,
+            "client_trust": c.client_trust,
         }
     )
 

@@ -149,6 +149,7 @@ CSMS_KEYS: Final = (
     "behind_controller",
     "trusted_controllers",
     "signing",
+    "client_trust",
 )
 SIGNING_KEYS: Final = ("max_concurrent", "max_queued", "validity")
 STATION_CERTIFICATE_KEYS: Final = (
@@ -201,6 +202,7 @@ CONTROLLER_KEYS: Final = (
     "retry_backoff",
     "behind_controller",
     "trusted_controllers",
+    "client_trust",
 )
 ENDPOINT_KEYS: Final = ("csms", "controller", "priority", "trust", "tls_profile", "pins")
 FALLBACK_KINDS: Final[tuple[FallbackKind, ...]] = ("restart_list", "last_working")
@@ -970,6 +972,20 @@ class _TlsModelReader:
         self.nodes.csms = csms
         return csms
 
+    def csms_client_trust(
+        self, root: _Table, csms: dict[str, CsmsSpec], trust: Mapping[str, TrustSpec]
+    ) -> dict[str, CsmsSpec]:
+        """A CSMS's ``client_trust`` (read after the trust stores)."""
+        tables = root.data.get("csms")
+        assert isinstance(tables, dict)  # self.csms() checked it
+        for name, spec in list(csms.items()):
+            t = _Table(self.ctx, ("csms", name), tables[name], CSMS_KEYS)
+            client_trust = _client_trust(t, trust, spec.security_profile)
+            if client_trust is not None:
+                csms[name] = attrs.evolve(spec, client_trust=client_trust)
+        self.nodes.csms = csms
+        return csms
+
     # ------------------------------------------------------------ [stations.<group>] pins / change
 
     def group_peer_policy(
@@ -1111,6 +1127,7 @@ class _Builder(_TlsModelReader):
         pin_sets = self.pin_sets(tls, pki, csms)
         change_policies = self.change_policies(tls)
         csms = self.csms_peer_policy(root, csms)
+        csms = self.csms_client_trust(root, csms, trust)
         controllers = self.controllers(root, sim, pki, profiles, trust)
         groups = self.station_groups(root, csms, profiles, trust)
         self.register_stations(groups)
@@ -1966,6 +1983,7 @@ class _Builder(_TlsModelReader):
             retry_backoff=self.backoff(t),
             behind_controller=behind,
             trusted_controllers=trusted,
+            client_trust=_client_trust(t, trust, profile),
         )
 
     def endpoint_list(
@@ -2223,6 +2241,28 @@ class _TimelineReader:
 
     def check_pinned(self, stations: str, key: PinSpec) -> None:
         self._b.check_pinned(self._t, stations, key)
+
+
+def _client_trust(t: _Table, trust: Mapping[str, TrustSpec], security_profile: int) -> str | None:
+    """A listener's ``client_trust``: a trust store of roots (``mode = "pki"``), profile 3 only."""
+    if not t.has("client_trust"):
+        return None
+    name = t.reference("client_trust", "", trust, "trust store", "[tls.trust.<name>]")
+    if security_profile != 3:
+        raise t.error(
+            "client_trust",
+            f"client certificates are checked only with security profile 3 (got {security_profile})",
+            value=name,
+            fix="use security_profile = 3, or remove client_trust",
+        )
+    if trust[name].mode != "pki":
+        raise t.error(
+            "client_trust",
+            f"trust store {name!r} has mode {trust[name].mode!r}; station certificates are checked against roots",
+            value=name,
+            fix='use a trust store with mode = "pki" (the default)',
+        )
+    return name
 
 
 def _signing(t: _Table) -> SigningSpec:

@@ -198,6 +198,8 @@ class CsmsSpec:
             (``"require_station_cert"`` or ``"trust_controller"``).
         trusted_controllers: names of the controllers whose certificate may carry other identities.
         signing: how it signs station CSRs.
+        client_trust: name of the :class:`TrustSpec` station certificates are checked with (profile 3: roots,
+            CRL, OCSP); None: the run's ``root``.
     """
 
     name: str
@@ -218,6 +220,7 @@ class CsmsSpec:
     behind_controller: BehindControllerKind = default_of(CsmsConfig, "behind_controller")  # noqa: RUF009 - an immutable value
     trusted_controllers: tuple[str, ...] = ()
     signing: SigningSpec = attrs.field(factory=SigningSpec)
+    client_trust: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -262,6 +265,8 @@ class ControllerSpec:
         retry_backoff: the upstream back-off.
         behind_controller: profile 3 listener: whether a lower controller's certificate may carry stations.
         trusted_controllers: controllers trusted by ``behind_controller = "trust_controller"``.
+        client_trust: name of the :class:`TrustSpec` station certificates are checked with (profile 3);
+            None: the run's ``root``.
     """
 
     name: str
@@ -280,6 +285,7 @@ class ControllerSpec:
     retry_backoff: RetryBackOff = attrs.field(factory=RetryBackOff)
     behind_controller: BehindControllerKind = default_of(ControllerConfig, "behind_controller")  # noqa: RUF009 - an immutable value
     trusted_controllers: tuple[str, ...] = ()
+    client_trust: str | None = None
 
 
 RetryBackOffSpec = RetryBackOff

@@ -344,7 +344,8 @@ class RenewCertificate(Action):
 @action("revoke_certificate", "target")
 @attrs.frozen
 class RevokeCertificate(Action):
-    """The CSMS's certificate is revoked: a new CRL, and its OCSP responder answers ``revoked``."""
+    """A CSMS's certificate, or the certificates of a group's stations (or one station), is revoked: its CA
+    publishes a new CRL and its OCSP responder answers ``revoked``."""
 
     target: str
 
@@ -354,16 +355,6 @@ class RevokeCertificate(Action):
 
     async def apply(self, world: World) -> None:
         world.revoke_certificate(self.target)
-
-    def preflight(self, *, network: str, csms: Collection[str]) -> None:
-        if self.target not in csms:
-            raise ConfigError(
-                "revoke_certificate of station certificates is not supported yet: the CSMS's trust store for "
-                "station certificates has no revocation settings in scenarios",
-                path="target",
-                value=self.target,
-                fix="revoke a CSMS certificate (stations check it with [tls.trust.<name>] revocation)",
-            )
 
 
 @action("rotate_certificate", "target", "new_key")
