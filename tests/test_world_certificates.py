@@ -179,6 +179,9 @@ def test_trigger_renewal_spreads_over_its_window() -> None:
     assert times[0] >= 300 and times[-1] < 900 and times[-1] - times[0] > 60  # spread, not at one instant
     assert [e.data["status"] for e in events if e.kind == "certificate_signed"] == ["Accepted"] * 6
     assert len([e for e in events if e.kind == "client_certificate_switched"]) == 6
+    assert result.world is not None
+    (row,) = result.world.summary().table("Certificate renewal").rows
+    assert row[:3] == ("main", 6, 6) and float(row[7]) > 0  # CSRs accepted, signed, signed per second
 
 
 def test_install_switch_and_delete_roots_over_ocpp() -> None:
@@ -212,6 +215,15 @@ def test_install_switch_and_delete_roots_over_ocpp() -> None:
     # the old root is gone and the new one is what the stations trust: service continues at the 40 min reset
     boots = {e.data["station"] for e in events if e.kind == "booted" and e.node == "main" and e.t > 40 * 60}
     assert boots == {f"CS-{n}" for n in range(1, 6)}
+    assert result.world is not None
+    failures = result.world.summary().table("Certificate failures").rows
+    assert (
+        "timeline",
+        "certificate_not_sent (install_certificate)",
+        "station offline",
+        1,
+        "CS-6",
+    ) in failures
 
 
 def test_degrade_ca_fails_signing_and_the_station_resends() -> None:
@@ -386,3 +398,91 @@ def test_a_controller_refuses_a_revoked_station() -> None:
     assert {e.data["reason"] for e in refused} == {"cert_invalid:revoked"}
     back = {e.data["station"] for e in events if e.kind == "booted" and e.node == "main" and e.t > 10 * 60}
     assert back == {"SITE-1", "SITE-3"}
+
+
+# ---------------------------------------------------------------------------- expiry monitoring
+
+EXPIRY = """
+[simulation]
+seed = 8
+duration = "3d"
+
+[pki]
+expiry_warning = "2d"
+validity = "30d"
+
+[csms.main]
+security_profile = 3
+heartbeat_interval = "1h"
+certificate = { validity = "2d12h" }
+
+[stations.fleet]
+count = 2
+id_pattern = "CS-{n}"
+sessions = 0
+certificates = { renewal_threshold = "1d" }
+
+[stations.late]
+count = 1
+id_pattern = "LATE-{n}"
+sessions = 0
+certificates = { renewal_threshold = "1d" }
+
+[[timeline]]
+at = "1h"
+action = "stop"
+target = "late"
+
+[[timeline]]
+at = "1d"
+action = "renew_certificate"
+target = "main"
+validity = "10d"
+"""
+
+
+def test_every_node_warns_before_its_own_and_its_peers_certificates_expire() -> None:
+    sc = loads_scenario(EXPIRY)
+    assert sc.pki.expiry_warning == 2 * 86_400
+    result = run_scenario(sc)
+    assert result.ok, result.error
+    warnings = [e for e in result.recorder.events if e.kind == "cert_expiring"]
+    # the CSMS certificate (notAfter 2.5 d) is due at 0.5 d: the CSMS (own) and each connected station (peer)
+    first = {(e.node, e.data["role"]) for e in warnings if e.t == 43_200}
+    assert first == {("main", "own"), ("CS-1", "peer"), ("CS-2", "peer")}  # LATE-1 is stopped by then
+    assert all(
+        e.data["subject"] == "main.evsim.test" and e.data["expires_in"] == 2 * 86_400
+        for e in warnings
+        if e.t == 43_200
+    )
+    # the renewal at 1 d replaced it: no more warnings for it; the new certificate (10 d) is not due in the run.
+    # The stations' own certificates (30 d) are not due either.
+    assert all(e.t == 43_200 for e in warnings)
+    summary = result.world.summary() if result.world is not None else None
+    assert summary is not None
+    rows = summary.table("Certificates expiring").rows
+    assert {(r[0], r[1]) for r in rows} == first
+    text = summary.render()
+    assert "Certificates expiring" in text
+
+
+def test_a_renewed_certificate_replaces_a_pending_warning() -> None:
+    # the stations' own certificates expire at 30 d; warned 29 d before: due at 1 d. The A03 renewals (threshold
+    # 29.5 d) at 0.5 d replace them first, so no station warns about its own certificate
+    text = EXPIRY.replace('expiry_warning = "2d"', 'expiry_warning = "29d"').replace(
+        'renewal_threshold = "1d"', 'renewal_threshold = "29d12h"'
+    )
+    result = run_scenario(loads_scenario(text))
+    assert result.ok, result.error
+    events = list(result.recorder.events)
+    renewed = {e.node for e in events if e.kind == "client_certificate_switched"}
+    assert renewed == {"CS-1", "CS-2"}  # LATE-1 was stopped at 1 h
+    own = [e for e in events if e.kind == "cert_expiring" and e.data["role"] == "own" and e.node != "main"]
+    assert own == []  # replaced before due; LATE-1's was due while it was stopped
+    # the CSMS met the old station certificates; the renewed ones replaced their warnings (due at 1 d), and
+    # LATE-1's, which it never renewed, is due at 1 d
+    of_stations = [
+        e for e in events if e.kind == "cert_expiring" and e.node == "main" and e.data["role"] == "peer"
+    ]
+    assert [e.data["peer"] for e in of_stations] == ["LATE-1"]
+    assert abs(of_stations[0].t - 86_400) < 1e-3

@@ -70,6 +70,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from evsim.clock import SimClock
 from evsim.errors import ConfigError, HandshakeFailed, UpgradeFailed
 from evsim.net.base import peer_address, remote_address
+from evsim.nodes.expiry import ExpiryMonitor
 from evsim.ocpp.versions import choose_subprotocol, subprotocol_for
 from evsim.recorder import Recorder, bind_peer
 from evsim.tls.context import ServerTls
@@ -453,6 +454,17 @@ class AuthBudget:
         table[source] = value  # newest last
         while len(table) > self.config.max_sources:
             table.popitem(last=False)
+
+
+def note_accepted(
+    expiry: ExpiryMonitor, node: str, server_tls: ServerTls | None, tls_info: TlsInfo | None, station_id: str
+) -> None:
+    """Note a listener's own certificate and the client certificate of an admitted station (expiry warnings)."""
+    if server_tls is None:
+        return
+    expiry.note(node, server_tls.identity.chain[0], role="own")
+    if tls_info is not None and tls_info.peer_chain:
+        expiry.note(node, tls_info.peer_chain[0], role="peer", peer=station_id)
 
 
 def stream_source(stream: trio.abc.Stream) -> str:

@@ -98,7 +98,9 @@ from evsim.nodes.admission import (
     TrustedController,
     admit_station,
     decide_upgrade,
+    note_accepted,
 )
+from evsim.nodes.expiry import ExpiryMonitor
 from evsim.nodes.relay import (
     CSMS,
     STATION,
@@ -444,6 +446,8 @@ class LocalController:
         self._upgrade_rejections: collections.Counter[int] = collections.Counter()
         self._upstream_failures: collections.Counter[str] = collections.Counter()
         self._auth_budget = AuthBudget(config.auth_budget) if config.auth_budget is not None else None
+        self.expiry: ExpiryMonitor | None = None
+        """Where its own certificate and its stations' are noted for ``cert_expiring`` (None: not watched)."""
 
     @property
     def name(self) -> str:
@@ -477,6 +481,10 @@ class LocalController:
             ):
                 assert admission.ws is not None
                 decision = admission.decision
+                if self.expiry is not None:
+                    note_accepted(
+                        self.expiry, self.name, self.server_tls, admission.tls_info, decision["station_id"]
+                    )
                 await self._serve_station(
                     decision["station_id"],
                     admission.ws,

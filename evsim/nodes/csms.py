@@ -91,8 +91,10 @@ from evsim.nodes.admission import (
     admit_station,
     common_name,
     decide_upgrade,
+    note_accepted,
 )
 from evsim.nodes.csms_certs import CsmsCertificates, CsrSigner, SigningSettings
+from evsim.nodes.expiry import ExpiryMonitor
 from evsim.ocpp.limits import (
     CONNECTOR_ID,
     ENERGY_REGISTER_WH,
@@ -405,6 +407,8 @@ class Csms:
         self._tls_versions: collections.Counter[str] = collections.Counter()
         self._tls_suites: collections.Counter[str] = collections.Counter()
         self._auth_budget = AuthBudget(config.auth_budget) if config.auth_budget is not None else None
+        self.expiry: ExpiryMonitor | None = None
+        """Where its own certificate and its stations' are noted for ``cert_expiring`` (None: not watched)."""
         #: running totals for cheap periodic sampling: "messages", "tx_started", "tx_ended"
         self.totals: collections.Counter[str] = collections.Counter()
         #: station id -> action -> CALLs this endpoint received (``stations`` may be shared with other endpoints)
@@ -447,6 +451,14 @@ class Csms:
             ):
                 assert admission.ws is not None
                 decision = admission.decision
+                if self.expiry is not None:
+                    note_accepted(
+                        self.expiry,
+                        self.config.name,
+                        self.server_tls,
+                        admission.tls_info,
+                        decision["station_id"],
+                    )
                 await self._serve_station(
                     decision["station_id"],
                     admission.ws,

@@ -57,6 +57,7 @@ from evsim.errors import (
 from evsim.link.slots import NetworkProfiles, NetworkSlot
 from evsim.net.base import Network
 from evsim.nodes.certificates import CertificateSettings, CertificateSwitch, StationCertificates
+from evsim.nodes.expiry import ExpiryMonitor
 from evsim.ocpp.limits import BOOT_RETRY_INTERVAL, HEARTBEAT_INTERVAL, OutOfRange
 from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile, NetworkSettings, ProfileRejected
 from evsim.ocpp.rpc import BadInput, RpcConnection, RpcEvent
@@ -290,6 +291,8 @@ class Station:
         )
         """The station's certificates and their OCPP management (A02/A03, M03-M05)."""
         self._tls_built: tuple[int, ClientTls, ClientTls] | None = None  # (version, base, built)
+        self.expiry: ExpiryMonitor | None = None
+        """Where the certificates of its connections are noted for ``cert_expiring`` (None: not watched)."""
         self._used_candidate = False  # the current connection attempt uses a renewed, unproven certificate
         self._bad_inputs = 0
 
@@ -445,6 +448,13 @@ class Station:
         self._tls_built = (certs.version, base, tls)
         return tls
 
+    def _note_certificates(self, expiry: ExpiryMonitor, tls: ClientTls, info: TlsInfo, host: str) -> None:
+        """Its own client certificate and the CSMS's, for expiry warnings."""
+        if tls.identity is not None:
+            expiry.note(self.name, tls.identity.chain[0], role="own")
+        if info.peer_chain:
+            expiry.note(self.name, info.peer_chain[0], role="peer", peer=host)
+
     def _on_rpc_event(self, event: RpcEvent) -> None:
         """Record what the CSMS sent that the RPC core refused (one ``bad_input`` event each, at most
         :data:`BAD_INPUT_EVENTS` per connection)."""
@@ -507,6 +517,8 @@ class Station:
                     group=tls_stream.info.group or "",
                     resumed=tls_stream.info.session_reused,
                 )
+                if self.expiry is not None:
+                    self._note_certificates(self.expiry, client_tls, tls_stream.info, host)
             headers: list[tuple[str, str]] = []
             if profile.security_profile in (1, 2) and password is not None:
                 headers.append(basic_auth_header(identity, password))

@@ -253,6 +253,7 @@ def scenario_document(sc: Scenario) -> dict[str, Any]:
             "validity": sc.pki.validity,
             "organization": sc.pki.organization,
             "roots": {name: {"key_type": r.key_type} for name, r in sc.pki.roots.items() if name != "root"},
+            **({"expiry_warning": sc.pki.expiry_warning} if sc.pki.expiry_warning is not None else {}),
         },
         "tls": {
             "profiles": {name: _profile(p) for name, p in sc.tls_profiles.items()},

@@ -111,7 +111,7 @@ SIMULATION_KEYS: Final = (
     "start",
     "stop_when_done",
 )
-PKI_KEYS: Final = ("key_type", "validity", "organization", "roots")
+PKI_KEYS: Final = ("key_type", "validity", "organization", "roots", "expiry_warning")
 ROOT_KEYS: Final = ("key_type",)
 TLS_KEYS: Final = ("profiles", "trust", "pins", "change")
 PROFILE_KEYS: Final = (
@@ -1200,7 +1200,14 @@ class _Builder(_TlsModelReader):
                 what=f"[pki.roots.{name}] (may be empty: {{}})",
             )
             roots[name] = RootSpec(name=name, key_type=r.enum("key_type", KEY_TYPES, key_type))
-        return PkiSpec(key_type=key_type, validity=validity, organization=organization, roots=roots)
+        expiry_warning = t.duration("expiry_warning", 0.0, positive=True) if t.has("expiry_warning") else None
+        return PkiSpec(
+            key_type=key_type,
+            validity=validity,
+            organization=organization,
+            roots=roots,
+            expiry_warning=expiry_warning,
+        )
 
     # ------------------------------------------------------------ [tls]
 

@@ -121,6 +121,8 @@ class PkiSpec:
         validity: default validity of leaf certificates, in seconds from the simulation start.
         organization: O of every certificate (profile 3 checks the station certificate's O against it).
         roots: root CAs by name, always including ``"root"`` (the operator's CSMS root).
+        expiry_warning: every node emits ``cert_expiring`` this many seconds before the notAfter of its own and
+            its peers' certificates; None: no expiry warnings.
     """
 
     key_type: KeyType = "ec"
@@ -129,6 +131,7 @@ class PkiSpec:
     roots: FrozenMap[str, RootSpec] = attrs.field(
         factory=lambda: FrozenMap({"root": RootSpec(name="root")}), converter=frozen_map
     )
+    expiry_warning: float | None = None
 
 
 @attrs.frozen(kw_only=True)

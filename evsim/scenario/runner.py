@@ -222,6 +222,7 @@ class ScenarioRunner:
             crl_lifetime=sim.duration + 86_400.0,
             sink=self.sink,
             echo=self.echo,
+            expiry_warning=sc.pki.expiry_warning,
         ) as world:
             self.world = world
             world.recorder.emit(

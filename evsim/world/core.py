@@ -48,6 +48,7 @@ from evsim.nodes.certificates import CertificateSettings
 from evsim.nodes.controller import ControllerConfig, LocalController
 from evsim.nodes.csms import Csms, CsmsConfig, StationRecord
 from evsim.nodes.csms_certs import DegradedSigner, SigningSettings, SubCaSigner
+from evsim.nodes.expiry import ExpiryMonitor
 from evsim.nodes.station import Station, StationConfig
 from evsim.ocpp.netprofile import DEFAULT_SLOT_NUMBERS, NetworkConnectionProfile
 from evsim.recorder import Event, Recorder
@@ -136,6 +137,7 @@ async def open_world(
     crl_lifetime: float = 7 * 86_400.0,
     sink: Callable[[Event], None] | None = None,
     echo: bool = False,
+    expiry_warning: float | None = None,
 ) -> AsyncIterator[World]:
     """Open a world: shared clock, recorder, network and PKI, and a nursery its nodes run in.
 
@@ -151,6 +153,8 @@ async def open_world(
         crl_lifetime: how long each published CRL stays valid, seconds.
         sink: called with every event as it is recorded.
         echo: print events as they are recorded.
+        expiry_warning: every node emits ``cert_expiring`` this many seconds before the notAfter of its own
+            certificate and of each peer certificate it met (:mod:`evsim.nodes.expiry`); None: no warnings.
 
     Yields:
         The world; leaving the block cancels every node in it.
@@ -171,6 +175,11 @@ async def open_world(
         world = World(
             seed=seed, clock=sim_clock, recorder=recorder, network=network, pki=pki, nursery=nursery
         )
+        if expiry_warning is not None:
+            world.expiry = ExpiryMonitor(
+                expiry_warning, clock=sim_clock, recorder=recorder, running=world.is_running
+            )
+            nursery.start_soon(world.expiry.run)
         try:
             yield world
         finally:
@@ -284,6 +293,9 @@ class World(WorldLifecycle):
         node = CsmsNode(csms, tls=tls, primary=primary, station_password=password)
         node.certificate = cert
         node.signer = signer
+        csms.expiry = self.expiry
+        if self.expiry is not None and server_tls is not None:
+            self.expiry.note(name, server_tls.identity.chain[0], role="own")
         self.csms[name] = node
         await node._start(self.nursery)
         assert csms.address is not None
@@ -364,6 +376,9 @@ class World(WorldLifecycle):
         lc = LocalController(
             config, network=self.network, clock=self.clock, recorder=self.recorder, rng=self.rng(name)
         )
+        lc.expiry = self.expiry
+        if self.expiry is not None and identity is not None:
+            self.expiry.note(name, identity.chain[0], role="own")
         node = ControllerNode(lc, tls=tls, routes=routes, upstream_security_profile=upstream_security_profile)
         self.controllers[name] = node
         await node._start(self.nursery)
@@ -536,6 +551,9 @@ class World(WorldLifecycle):
                 rng=self.rng(sid),
             )
             station.tls_sessions = SessionStore(tls.session_cache) if tls.session_cache else None
+            station.expiry = self.expiry
+            if self.expiry is not None and station.certs.identity is not None:
+                self.expiry.note(sid, station.certs.identity.cert, role="own")
             node = StationNode(station, group)
             node.peer = peer
             node.endpoint_peers = endpoint_peers

@@ -187,6 +187,8 @@ class WorldTls(WorldBase):
     def _install_server_certificate(self, node: CsmsNode, cert: CertKey) -> None:
         """Make ``cert`` the CSMS's certificate for its next handshakes (with a fresh staple)."""
         node.certificate = cert
+        if self.expiry is not None:
+            self.expiry.note(node.name, cert.cert, role="own")
         node.csms.server_tls = self._server_tls(
             node.name, node.security_profile, node.tls, Identity.from_cert_key(cert)
         )
