@@ -215,6 +215,49 @@ def test_lc_upstream_failover_outcome() -> None:
     assert not r.recorder.of_kind("message_discarded")
 
 
+def test_root_rollover_outcome() -> None:
+    r = _run("root_rollover")
+    events = list(r.recorder.events)
+    fleet = {f"ST-{n:02d}" for n in range(1, 10)}
+    missed = [e.data for e in events if e.kind == "certificate_not_sent"]
+    assert {(m["action"], m["station"]) for m in missed} == {
+        ("install_certificate", "ST-10"),
+        ("delete_certificate", "ST-10"),
+    }
+    assert {e.node for e in events if e.kind == "certificate_installed"} == fleet
+    assert {e.node for e in events if e.kind == "certificate_deleted"} == fleet
+    # after the switch (25 min), every station that got the new root reconnects at each reset; ST-10 cannot
+    after = [e for e in events if e.t >= 30 * 60]
+    for reset in (30 * 60, 60 * 60):
+        back = {
+            e.data["station"]
+            for e in after
+            if e.kind == "booted" and e.node == "main" and reset <= e.t < reset + 60
+        }
+        assert back == fleet
+    refused = {e.data["reason"] for e in after if e.kind == "handshake_failed" and e.node == "ST-10"}
+    assert refused == {"cert_invalid:unknown_ca"}
+    assert not any(
+        e.kind == "handshake_failed" and e.node in fleet for e in events
+    )  # no station lost service
+    assert r.world is not None
+    failures = r.world.summary().table("Certificate failures").rows
+    assert {row[4] for row in failures} == {"ST-10"}  # the station that missed the install is named
+
+
+def test_station_revocation_outcome() -> None:
+    r = _run("station_revocation")
+    events = list(r.recorder.events)
+    refused = [e for e in events if e.node == "main" and e.kind == "handshake_failed"]
+    assert {e.data["reason"] for e in refused} == {"cert_invalid:revoked"}
+    assert {e.data["peer"].split(":")[0] for e in refused} == {"LOST-01", "LOST-02", "LOST-03"}
+    assert all(10 * 60 <= e.t < 25 * 60 + 60 for e in refused)
+    switched = sorted(e.node for e in events if e.kind == "client_certificate_switched")
+    assert switched == ["REN-01", "REN-02", "REN-03"]  # renewed over their open sessions, never refused
+    back = {e.data["station"] for e in events if e.kind == "booted" and e.node == "main" and e.t >= 30 * 60}
+    assert back == set(r.stations)  # every station connects after the 30 min reset
+
+
 def test_set_network_profile_moves_stations_over_ocpp() -> None:
     text = """
 [simulation]

@@ -107,7 +107,8 @@ def certificate_tables(events: Sequence[Mapping[str, Any]]) -> tuple[Table, ...]
         if failure is not None:
             station = str(e.get("station", node if failure[0] == "stations" else ""))
             failures[failure].append(station)
-    tables = [_renewal_table(accepted, signed_at, latencies), _failures_table(failures)]
+    tables = [_renewal_table(accepted, signed_at, latencies)] if accepted or signed_at else []
+    tables.append(_failures_table(failures))
     if expiring:
         more = len(expiring) - EXPIRING_ROWS
         tables.append(

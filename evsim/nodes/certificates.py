@@ -390,7 +390,7 @@ class StationCertificates:
             self._emit(
                 "client_certificate_switched",
                 serial=format(self.identity.cert.serial_number, "x"),
-                previous=format(old.cert.serial_number, "x") if old is not None else "",
+                previous_serial=format(old.cert.serial_number, "x") if old is not None else "",
             )
         if self.root_fallback is not None and self._fallback_releasable():
             self._emit("root_fallback_released", fingerprint=cert_fingerprint(self.root_fallback)[:16])
