@@ -21,7 +21,7 @@ from evsim.scenario.loader import load_scenario, loads_scenario
 from evsim.scenario.runner import RunResult, preflight, run_scenario
 
 SCENARIOS = {p.stem: p for p in shipped()}
-LARGE = frozenset({"boot_storm", "failover_primary_down"})
+LARGE = frozenset({"boot_storm", "failover_primary_down", "fleet_certificate_renewal"})
 """The 1,000-station scenarios (marked slow: ``make test-fast`` leaves them out)."""
 
 
@@ -213,6 +213,26 @@ def test_lc_upstream_failover_outcome() -> None:
     assert len(secondary_boots) == 20  # the controller replays each kept station's boot on the new endpoint
     assert _tx(r) == (40, 40, 0, True)
     assert not r.recorder.of_kind("message_discarded")
+
+
+@pytest.mark.slow
+def test_fleet_certificate_renewal_outcome() -> None:
+    r = _run("fleet_certificate_renewal")
+    assert r.world is not None
+    summary = r.world.summary()
+    (signing,) = summary.table("Certificate renewal").rows
+    assert signing[0] == "main" and signing[2] == 1000  # every certificate signed
+    assert 2.0 < float(signing[7]) <= 4.0  # signed/s: at most 4 CSRs at once, 1 s each
+    (renewals,) = summary.table("Station renewals").rows
+    assert renewals[:3] == ("main", 1000, 1000)  # every station reconnected with its new certificate
+    failed = [e for e in r.recorder.events if e.kind == "csr_signing_failed"]
+    assert failed and {e.data["reason"] for e in failed} == {"ca_unavailable"}
+    issuer = r.world.pki.station_ca.cert.subject
+    renewal_start = r.world.clock.start_utc.timestamp() + 600
+    for node in r.world.stations.values():
+        cert = node.certificate
+        assert cert is not None and cert.cert.issuer == issuer
+        assert cert.cert.not_valid_before_utc.timestamp() >= renewal_start - 3600  # issued by the renewal
 
 
 def test_root_rollover_outcome() -> None:

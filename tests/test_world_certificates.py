@@ -182,6 +182,8 @@ def test_trigger_renewal_spreads_over_its_window() -> None:
     assert result.world is not None
     (row,) = result.world.summary().table("Certificate renewal").rows
     assert row[:3] == ("main", 6, 6) and float(row[7]) > 0  # CSRs accepted, signed, signed per second
+    (renewals,) = result.world.summary().table("Station renewals").rows
+    assert renewals[:3] == ("main", 6, 6) and 0 < float(renewals[3]) < 60  # triggered, renewed, p50 latency
 
 
 def test_install_switch_and_delete_roots_over_ocpp() -> None:

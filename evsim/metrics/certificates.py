@@ -3,6 +3,9 @@
 * **Certificate renewal**, per CSMS: CSRs accepted for signing, certificates signed and accepted by their
   station, the signing latency (SignCertificateRequest to the station's CertificateSigned answer) as
   percentiles, and certificates signed per second (over the span between the first and the last one).
+* **Station renewals**, per CSMS: stations it triggered (TriggerMessage accepted), stations whose renewed
+  certificate then connected (``client_certificate_switched``), and the renewal latency from the trigger to
+  that switch, as percentiles.
 * **Certificate failures**: every refusal or failure of the lifecycle by where it happened, what and why, with
   the stations it concerned (the first few named): bad CSRs, CA failures, chains a station refused,
   operations that could not reach a station (``certificate_not_sent``: e.g. a station that missed a root
@@ -32,6 +35,8 @@ CERTIFICATE_KINDS = frozenset(
         "client_certificate_discarded",
         "csr_abandoned",
         "cert_expiring",
+        "certificate_call",
+        "client_certificate_switched",
     }
 )
 """The event kinds these tables read (a run without any of them gets none of the tables)."""
@@ -84,6 +89,8 @@ def certificate_tables(events: Sequence[Mapping[str, Any]]) -> tuple[Table, ...]
     latencies: dict[str, list[float]] = collections.defaultdict(list)
     failures: dict[tuple[str, str, str], list[str]] = collections.defaultdict(list)
     expiring: list[tuple[object, ...]] = []
+    triggered: dict[str, tuple[str, float]] = {}  # station -> (CSMS, first accepted trigger)
+    switched: dict[str, float] = {}  # station -> its first switch after the trigger
     for e in relevant:
         kind, node = e["kind"], str(e["node"])
         if kind == "csr_accepted":
@@ -92,6 +99,14 @@ def certificate_tables(events: Sequence[Mapping[str, Any]]) -> tuple[Table, ...]
             signed_at[node].append(float(e["t"]))
             if "latency" in e:
                 latencies[node].append(float(e["latency"]))
+        elif (
+            kind == "certificate_call"
+            and e.get("action") == "TriggerMessage"
+            and e.get("status") == "Accepted"
+        ):
+            triggered.setdefault(str(e.get("station", "")), (node, float(e["t"])))
+        elif kind == "client_certificate_switched" and node in triggered and node not in switched:
+            switched[node] = float(e["t"])
         elif kind == "cert_expiring":
             expiring.append(
                 (
@@ -108,6 +123,8 @@ def certificate_tables(events: Sequence[Mapping[str, Any]]) -> tuple[Table, ...]
             station = str(e.get("station", node if failure[0] == "stations" else ""))
             failures[failure].append(station)
     tables = [_renewal_table(accepted, signed_at, latencies)] if accepted or signed_at else []
+    if triggered:
+        tables.append(_station_renewals_table(triggered, switched))
     tables.append(_failures_table(failures))
     if expiring:
         more = len(expiring) - EXPIRING_ROWS
@@ -146,6 +163,33 @@ def _renewal_table(
         tuple(rows),
         note="latency: SignCertificateRequest to the station's CertificateSigned answer; signed/s: over the span "
         "from the first to the last signed certificate",
+    )
+
+
+def _station_renewals_table(
+    triggered: Mapping[str, tuple[str, float]], switched: Mapping[str, float]
+) -> Table:
+    by_csms: dict[str, list[float | None]] = collections.defaultdict(list)
+    for station, (csms, at) in triggered.items():
+        done = switched.get(station)
+        by_csms[csms].append(None if done is None else done - at)
+    rows = []
+    for csms, values in sorted(by_csms.items()):
+        lat = sorted(v for v in values if v is not None)
+        rows.append(
+            (
+                csms,
+                len(values),
+                len(lat),
+                *(f"{percentile(lat, q):.3f}" if lat else "-" for q in (0.5, 0.9, 0.99, 1.0)),
+            )
+        )
+    return Table(
+        "Station renewals",
+        ("csms", "triggered", "renewed", "p50 (s)", "p90 (s)", "p99 (s)", "max (s)"),
+        tuple(rows),
+        note="renewed: the renewed certificate connected; latency: from the accepted TriggerMessage to that "
+        "connection",
     )
 
 
