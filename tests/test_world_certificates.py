@@ -488,3 +488,15 @@ def test_a_renewed_certificate_replaces_a_pending_warning() -> None:
     ]
     assert [e.data["peer"] for e in of_stations] == ["LATE-1"]
     assert abs(of_stations[0].t - 86_400) < 1e-3
+
+
+async def test_revoking_a_station_without_a_certificate_is_recorded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(600):
+        async with evsim.open_world(seed=2) as world:
+            main = await world.start_csms("main")  # profile 2: stations hold no client certificate
+            fleet = await world.start_stations(1, csms=main, sessions=0)
+            world.revoke_certificate(fleet)
+            (event,) = [e for e in world.recorder.events if e.kind == "certificate_not_revoked"]
+            assert event.data == {"station": fleet.ids[0], "reason": "no certificate"}
