@@ -215,6 +215,11 @@ def test_every_action_is_accepted() -> None:
         "attack_wrong_ca": 'target = "fleet"\nimpersonate = "backup"\nroot = "rogue"\nduration = "2m"',
         "attack_mitm": 'target = "fleet-0003"',
         "release_pin": 'target = "fleet"\nroot = "root"',
+        "trigger_renewal": 'target = "main"\nspread = "10m"',
+        "install_certificate": 'target = "fleet"\nroot = "rogue"\ntype = "ManufacturerRootCertificate"',
+        "delete_certificate": 'target = "fleet-0001"\nroot = "root"',
+        "switch_server_certificate": 'target = "main"\nroot = "rogue"',
+        "degrade_ca": 'target = "main"\ndelay = "30s"\nfailure_rate = 0.25',
     }
     assert set(params) == set(ACTIONS)
     text = (
@@ -911,7 +916,7 @@ def test_readme_documents_every_key_and_action() -> None:
         *vocabulary.SIMULATION_KEYS, *vocabulary.PKI_KEYS, *vocabulary.PROFILE_KEYS, *vocabulary.TRUST_KEYS, *vocabulary.CSMS_KEYS,
         *vocabulary.CERTIFICATE_KEYS, *vocabulary.STATION_KEYS, *vocabulary.BACKOFF_KEYS, *vocabulary.LINK_KEYS,
         *vocabulary.STALL_KEYS, *ACTIONS, *(p for params in ACTIONS.values() for p in params),
-        *vocabulary.CONTROLLER_KEYS, *vocabulary.ENDPOINT_KEYS,
+        *vocabulary.CONTROLLER_KEYS, *vocabulary.ENDPOINT_KEYS, *vocabulary.SIGNING_KEYS, *vocabulary.STATION_CERTIFICATE_KEYS,
     }  # fmt: skip
     missing = [key for key in sorted(documented) if f"`{key}`" not in readme]
     assert not missing

@@ -21,7 +21,7 @@ from evsim.scenario.loader import load_scenario, loads_scenario
 from evsim.scenario.runner import RunResult, preflight, run_scenario
 
 SCENARIOS = {p.stem: p for p in shipped()}
-LARGE = frozenset({"boot_storm", "failover_primary_down"})
+LARGE = frozenset({"boot_storm", "failover_primary_down", "fleet_certificate_renewal"})
 """The 1,000-station scenarios (marked slow: ``make test-fast`` leaves them out)."""
 
 
@@ -215,6 +215,69 @@ def test_lc_upstream_failover_outcome() -> None:
     assert not r.recorder.of_kind("message_discarded")
 
 
+@pytest.mark.slow
+def test_fleet_certificate_renewal_outcome() -> None:
+    r = _run("fleet_certificate_renewal")
+    assert r.world is not None
+    summary = r.world.summary()
+    (signing,) = summary.table("Certificate renewal").rows
+    assert signing[0] == "main" and signing[2] == 1000  # every certificate signed
+    assert 2.0 < float(signing[7]) <= 4.0  # signed/s: at most 4 CSRs at once, 1 s each
+    (renewals,) = summary.table("Station renewals").rows
+    assert renewals[:3] == ("main", 1000, 1000)  # every station reconnected with its new certificate
+    failed = [e for e in r.recorder.events if e.kind == "csr_signing_failed"]
+    assert failed and {e.data["reason"] for e in failed} == {"ca_unavailable"}
+    issuer = r.world.pki.station_ca.cert.subject
+    renewal_start = r.world.clock.start_utc.timestamp() + 600
+    for node in r.world.stations.values():
+        cert = node.certificate
+        assert cert is not None and cert.cert.issuer == issuer
+        assert cert.cert.not_valid_before_utc.timestamp() >= renewal_start - 3600  # issued by the renewal
+
+
+def test_root_rollover_outcome() -> None:
+    r = _run("root_rollover")
+    events = list(r.recorder.events)
+    fleet = {f"ST-{n:02d}" for n in range(1, 10)}
+    missed = [e.data for e in events if e.kind == "certificate_not_sent"]
+    assert {(m["action"], m["station"]) for m in missed} == {
+        ("install_certificate", "ST-10"),
+        ("delete_certificate", "ST-10"),
+    }
+    assert {e.node for e in events if e.kind == "certificate_installed"} == fleet
+    assert {e.node for e in events if e.kind == "certificate_deleted"} == fleet
+    # after the switch (25 min), every station that got the new root reconnects at each reset; ST-10 cannot
+    after = [e for e in events if e.t >= 30 * 60]
+    for reset in (30 * 60, 60 * 60):
+        back = {
+            e.data["station"]
+            for e in after
+            if e.kind == "booted" and e.node == "main" and reset <= e.t < reset + 60
+        }
+        assert back == fleet
+    refused = {e.data["reason"] for e in after if e.kind == "handshake_failed" and e.node == "ST-10"}
+    assert refused == {"cert_invalid:unknown_ca"}
+    assert not any(
+        e.kind == "handshake_failed" and e.node in fleet for e in events
+    )  # no station lost service
+    assert r.world is not None
+    failures = r.world.summary().table("Certificate failures").rows
+    assert {row[4] for row in failures} == {"ST-10"}  # the station that missed the install is named
+
+
+def test_station_revocation_outcome() -> None:
+    r = _run("station_revocation")
+    events = list(r.recorder.events)
+    refused = [e for e in events if e.node == "main" and e.kind == "handshake_failed"]
+    assert {e.data["reason"] for e in refused} == {"cert_invalid:revoked"}
+    assert {e.data["peer"].split(":")[0] for e in refused} == {"LOST-01", "LOST-02", "LOST-03"}
+    assert all(10 * 60 <= e.t < 25 * 60 + 60 for e in refused)
+    switched = sorted(e.node for e in events if e.kind == "client_certificate_switched")
+    assert switched == ["REN-01", "REN-02", "REN-03"]  # renewed over their open sessions, never refused
+    back = {e.data["station"] for e in events if e.kind == "booted" and e.node == "main" and e.t >= 30 * 60}
+    assert back == set(r.stations)  # every station connects after the 30 min reset
+
+
 def test_set_network_profile_moves_stations_over_ocpp() -> None:
     text = """
 [simulation]
@@ -305,14 +368,14 @@ csms = "backup"
 def test_preflight_refuses_what_this_version_cannot_enforce() -> None:
     text = (
         (SCENARIOS["default"]).read_text()
-        + '\n[[timeline]]\nat = "1m"\naction = "revoke_certificate"\ntarget = "fleet"\n'
+        + '\n[[timeline]]\nat = "1m"\naction = "link"\nbetween = ["fleet", "main"]\nstall = { every = "1h", for = "1m" }\n'
     )
     sc = loads_scenario(text, source="x.toml")
     with pytest.raises(ConfigError) as err:
         preflight(sc)
     assert err.value.file == "x.toml"
     assert err.value.line is not None
-    assert "revocation" in str(err.value)
+    assert "stall" in str(err.value)
     with_jitter = (
         (SCENARIOS["default"]).read_text() + '\n[[links]]\nbetween = ["fleet", "main"]\njitter = "5ms"\n'
     )

@@ -3,8 +3,9 @@
 Golden logs (:mod:`evsim.scenario.golden`) and ``evsim run --canonical-log`` compare these lines. Each event
 is one line, ``<t µs> <node> <kind> <data as sorted compact JSON>`` (:func:`canonical_line`); the log is
 sorted by (time rounded to µs, node, kind, data) (:func:`canonical_log`). What the seed does not decide is
-left out: the per-node sequence number, free engine text (:data:`FREE_TEXT_FIELDS`) and ephemeral
-``host:port`` addresses (:data:`ADDRESS_FIELDS`).
+left out: the per-node sequence number, free engine text (:data:`FREE_TEXT_FIELDS`), ephemeral
+``host:port`` addresses (:data:`ADDRESS_FIELDS`) and certificate serials and fingerprints, which are generated
+per run (:data:`PER_RUN_FIELDS`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "ADDRESS_FIELDS",
     "ENVELOPE",
     "FREE_TEXT_FIELDS",
+    "PER_RUN_FIELDS",
     "EventLike",
     "as_dict",
     "canonical_line",
@@ -84,6 +86,11 @@ ADDRESS_FIELDS = frozenset({"peer"})
 pinned peer's *name* stays): a client's port is taken when it connects, and which of several stations due at
 one instant connects first is trio's choice, not the seed's. The JSONL log keeps them."""
 
+PER_RUN_FIELDS = frozenset({"serial", "previous_serial", "fingerprint"})
+"""Fields naming a certificate by its serial number or fingerprint, left out of canonical lines: keys and
+serial numbers are generated afresh for each run (they are random, not drawn from the seed). The certificate's
+subject, issuer and validity, which the seed and the timeline decide, stay. The JSONL log keeps them."""
+
 _ADDRESS = re.compile(r".+:[0-9]+")
 
 
@@ -96,6 +103,7 @@ def _canonical(e: Mapping[str, Any]) -> tuple[tuple[float, str, str, str], str]:
         for k, v in e.items()
         if k not in ENVELOPE
         and k not in FREE_TEXT_FIELDS
+        and k not in PER_RUN_FIELDS
         and not (k in ADDRESS_FIELDS and isinstance(v, str) and _ADDRESS.fullmatch(v))
     }
     body = orjson.dumps(data, default=str, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()

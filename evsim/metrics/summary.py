@@ -177,8 +177,12 @@ def summarize(
     Returns:
         Tables: station groups, links, TLS negotiated, failures by reason, OCPP messages by action, security
         events, attacks, timeline; then, for runs with an outage, a controller or queue statistics,
-        recovery after outages, connections per endpoint and the offline queue (:mod:`evsim.metrics.failover`).
+        recovery after outages, connections per endpoint and the offline queue (:mod:`evsim.metrics.failover`);
+        for runs with certificate lifecycle events, renewal, its failures and expiry warnings
+        (:mod:`evsim.metrics.certificates`).
     """
+    from evsim.metrics.certificates import certificate_tables  # it imports Table from here
+
     topo = topology or Topology()
     # (time, node, node sequence): within one node, seq is the true order (the online state machine needs it)
     evs = sorted(
@@ -218,6 +222,7 @@ def summarize(
             _attacks_table(a.attacks),
             _timeline_table(a.timeline),
             *_failover_tables(evs, roles, topo, tx_queues),
+            *certificate_tables(evs),
         )
     )
 

@@ -70,6 +70,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from evsim.clock import SimClock
 from evsim.errors import ConfigError, HandshakeFailed, UpgradeFailed
 from evsim.net.base import peer_address, remote_address
+from evsim.nodes.expiry import ExpiryMonitor
 from evsim.ocpp.versions import choose_subprotocol, subprotocol_for
 from evsim.recorder import Recorder, bind_peer
 from evsim.tls.context import ServerTls
@@ -185,6 +186,12 @@ def issuer_problem(tls_info: TlsInfo, station_issuers: Iterable[x509.Certificate
     return "certificate is not issued through the station sub-CA"
 
 
+ClientStatus = Callable[[x509.Certificate], str]
+"""A server's revocation check of a client certificate after the handshake (TLS gives a server no OCSP
+staple from its client, so the server asks the responder itself): the reason it is refused (a text containing
+"certificate", e.g. ``"certificate revoked (OCSP)"``), or "" when it may be used."""
+
+
 def check_client_certificate(
     tls_info: TlsInfo | None,
     station_id: str,
@@ -193,6 +200,7 @@ def check_client_certificate(
     behind_controller: BehindController = "require_station_cert",
     trusted_controllers: Iterable[TrustedController] = (),
     station_issuers: Iterable[x509.Certificate] = (),
+    client_status: ClientStatus | None = None,
 ) -> CertificateVerdict:
     """Decide whether the TLS client certificate may speak for ``station_id`` (see the module docstring).
 
@@ -204,6 +212,8 @@ def check_client_certificate(
         trusted_controllers: the allow-list used by ``"trust_controller"``.
         station_issuers: CAs (the station sub-CA) one of which the verified chain must contain; empty: any
             chain to the server's client-certificate roots.
+        client_status: the revocation status check of the server's trust store beyond the handshake's CRLs
+            (an OCSP query): why the leaf is refused, or "" (see :data:`ClientStatus`).
 
     Returns:
         The verdict; ``controller`` is set when the station is admitted behind a controller.
@@ -212,6 +222,8 @@ def check_client_certificate(
         return CertificateVerdict(False, "no client certificate (security profile 3 requires one)")
     leaf = tls_info.peer_chain[0]
     problem = client_auth_problem(leaf) or issuer_problem(tls_info, station_issuers)
+    if not problem and client_status is not None:
+        problem = client_status(leaf)
     if problem:
         return CertificateVerdict(False, problem)
     cn = common_name(leaf)
@@ -274,6 +286,7 @@ def decide_upgrade(
     behind_controller: BehindController,
     trusted_controllers: Iterable[TrustedController],
     station_issuers: Iterable[x509.Certificate],
+    client_status: ClientStatus | None = None,
     ocpp_versions: Iterable[str],
     password_for: Callable[[str], str | None] | None,
     check_relayed_password: bool,
@@ -299,6 +312,7 @@ def decide_upgrade(
         behind_controller: see :data:`BehindController`.
         trusted_controllers: the allow-list of ``"trust_controller"``.
         station_issuers: the station sub-CAs a profile 3 chain must go through (none: any).
+        client_status: profile 3: the revocation check of the client certificate after the handshake.
         ocpp_versions: the versions offered as subprotocols.
         password_for: a station's expected password (None refuses every password); None checks only that
             Basic auth is present and names the station (a controller forwarding credentials to its CSMS).
@@ -330,6 +344,7 @@ def decide_upgrade(
             behind_controller=behind_controller,
             trusted_controllers=trusted_controllers,
             station_issuers=station_issuers,
+            client_status=client_status,
         )
         if not verdict.ok:
             return reject(401, verdict.reason, station_id)
@@ -439,6 +454,17 @@ class AuthBudget:
         table[source] = value  # newest last
         while len(table) > self.config.max_sources:
             table.popitem(last=False)
+
+
+def note_accepted(
+    expiry: ExpiryMonitor, node: str, server_tls: ServerTls | None, tls_info: TlsInfo | None, station_id: str
+) -> None:
+    """Note a listener's own certificate and the client certificate of an admitted station (expiry warnings)."""
+    if server_tls is None:
+        return
+    expiry.note(node, server_tls.identity.chain[0], role="own")
+    if tls_info is not None and tls_info.peer_chain:
+        expiry.note(node, tls_info.peer_chain[0], role="peer", peer=station_id)
 
 
 def stream_source(stream: trio.abc.Stream) -> str:

@@ -390,7 +390,7 @@ class StationCertificates:
             self._emit(
                 "client_certificate_switched",
                 serial=format(self.identity.cert.serial_number, "x"),
-                previous=format(old.cert.serial_number, "x") if old is not None else "",
+                previous_serial=format(old.cert.serial_number, "x") if old is not None else "",
             )
         if self.root_fallback is not None and self._fallback_releasable():
             self._emit("root_fallback_released", fingerprint=cert_fingerprint(self.root_fallback)[:16])
@@ -414,6 +414,34 @@ class StationCertificates:
         self.version += 1
         self._emit("client_certificate_discarded", serial=serial, attempts=self.candidate_failures)
         self._security_event("DiscardedRenewedClientCertificate", f"serial {serial}")
+
+    # ------------------------------------------------------------ out of band
+
+    def provision(
+        self,
+        *,
+        identity: CertKey | None = None,
+        add_roots: Sequence[x509.Certificate] = (),
+        remove_roots: Sequence[x509.Certificate] = (),
+    ) -> None:
+        """Changes made outside OCPP (an installer on site, a scenario's fiat): a new client certificate
+        (replacing the installed one and any candidate) and CSMS roots added or removed.
+
+        The station's configured TLS is rebuilt by whoever provisions; :attr:`version` moves only once OCPP
+        has changed something (until then the configured TLS is used as it is)."""
+        if identity is not None:
+            self.identity, self.candidate, self.candidate_failures = identity, None, 0
+        store = self.roots[CSMS_ROOT]
+        for cert in add_roots:
+            if cert not in store:
+                store.append(cert)
+        for cert in remove_roots:
+            if cert in store:
+                store.remove(cert)
+            if self.root_fallback == cert:
+                self.root_fallback = None
+        if self.version:
+            self.version += 1
 
     # ------------------------------------------------------------ M03 - M05
 

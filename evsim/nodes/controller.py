@@ -85,11 +85,14 @@ from evsim.nodes.admission import (
     AuthBudget,
     AuthBudgetConfig,
     BehindController,
+    ClientStatus,
     DuplicatePolicy,
     TrustedController,
     admit_station,
     decide_upgrade,
+    note_accepted,
 )
+from evsim.nodes.expiry import ExpiryMonitor
 from evsim.nodes.relay import (
     STATION,
     RelayStatistics,
@@ -133,6 +136,8 @@ class ControllerConfig:
             :mod:`evsim.nodes.admission`).
         station_issuers: profile 3: CAs (the station sub-CA) a client certificate's verified chain must go
             through; empty (default): any chain to ``client_trust``.
+        client_status: profile 3: the revocation check of a client certificate after the handshake (an OCSP
+            query; :data:`evsim.nodes.admission.ClientStatus`); None: only the trust store's CRLs.
         duplicate_identity: a second link for a connected identity: ``"replace_older"`` (default) or
             ``"refuse_newer"`` (see the module docstring).
         auth_budget: failed authentications (401) allowed per source address before 429; None: no limit.
@@ -174,6 +179,7 @@ class ControllerConfig:
     behind_controller: BehindController = "require_station_cert"
     trusted_controllers: tuple[TrustedController, ...] = ()
     station_issuers: tuple[x509.Certificate, ...] = ()
+    client_status: ClientStatus | None = attrs.field(default=None, eq=False, repr=False)
     duplicate_identity: DuplicatePolicy = "replace_older"
     auth_budget: AuthBudgetConfig | None = attrs.field(factory=AuthBudgetConfig)
     station_passwords: Mapping[str, str] | None = None
@@ -368,6 +374,8 @@ class LocalController:
         #: failed upstream attempts by reason (counted by the relay pairs; ``statistics().upstream_failures``)
         self.upstream_failures: collections.Counter[str] = collections.Counter()
         self._auth_budget = AuthBudget(config.auth_budget) if config.auth_budget is not None else None
+        self.expiry: ExpiryMonitor | None = None
+        """Where its own certificate and its stations' are noted for ``cert_expiring`` (None: not watched)."""
 
     @property
     def name(self) -> str:
@@ -401,6 +409,10 @@ class LocalController:
             ):
                 assert admission.ws is not None
                 decision = admission.decision
+                if self.expiry is not None:
+                    note_accepted(
+                        self.expiry, self.name, self.server_tls, admission.tls_info, decision["station_id"]
+                    )
                 await self._serve_station(
                     decision["station_id"],
                     admission.ws,
@@ -430,6 +442,7 @@ class LocalController:
             behind_controller=cfg.behind_controller,
             trusted_controllers=cfg.trusted_controllers,
             station_issuers=cfg.station_issuers,
+            client_status=cfg.client_status,
             ocpp_versions=cfg.ocpp_versions,
             password_for=None if passwords is None else passwords.get,
             check_relayed_password=False,

@@ -86,13 +86,16 @@ from evsim.nodes.admission import (
     AuthBudget,
     AuthBudgetConfig,
     BehindController,
+    ClientStatus,
     DuplicatePolicy,
     TrustedController,
     admit_station,
     common_name,
     decide_upgrade,
+    note_accepted,
 )
 from evsim.nodes.csms_certs import CsmsCertificates, CsrSigner, SigningSettings
+from evsim.nodes.expiry import ExpiryMonitor
 from evsim.ocpp.limits import (
     CONNECTOR_ID,
     ENERGY_REGISTER_WH,
@@ -161,6 +164,8 @@ class CsmsConfig:
             Default 180 s: several BootNotification retries of an honest station that is kept Pending.
         station_issuers: profile 3: CAs (the station sub-CA) a client certificate's verified chain must go
             through; empty (default): any chain to the client-certificate roots.
+        client_status: profile 3: the revocation check of a client certificate after the handshake (an OCSP
+            query; :data:`evsim.nodes.admission.ClientStatus`); None: only the trust store's CRLs.
         duplicate_identity: a second connection for a connected identity: ``"replace_older"`` (default: it
             replaces the first once its BootNotification is Accepted) or ``"refuse_newer"`` (HTTP 409 while
             the first is up).
@@ -191,6 +196,7 @@ class CsmsConfig:
     max_pending_per_address: int | None = None
     boot_timeout: float = 180.0
     station_issuers: tuple[x509.Certificate, ...] = ()
+    client_status: ClientStatus | None = attrs.field(default=None, eq=False, repr=False)
     duplicate_identity: DuplicatePolicy = "replace_older"
     auth_budget: AuthBudgetConfig | None = attrs.field(factory=AuthBudgetConfig)
     signing: SigningSettings = attrs.field(factory=SigningSettings)
@@ -406,6 +412,8 @@ class Csms:
         self._tls_versions: collections.Counter[str] = collections.Counter()
         self._tls_suites: collections.Counter[str] = collections.Counter()
         self._auth_budget = AuthBudget(config.auth_budget) if config.auth_budget is not None else None
+        self.expiry: ExpiryMonitor | None = None
+        """Where its own certificate and its stations' are noted for ``cert_expiring`` (None: not watched)."""
         #: running totals for cheap periodic sampling: "messages", "tx_started", "tx_ended"
         self.totals: collections.Counter[str] = collections.Counter()
         #: station id -> action -> CALLs this endpoint received (``stations`` may be shared with other endpoints)
@@ -448,6 +456,14 @@ class Csms:
             ):
                 assert admission.ws is not None
                 decision = admission.decision
+                if self.expiry is not None:
+                    note_accepted(
+                        self.expiry,
+                        self.config.name,
+                        self.server_tls,
+                        admission.tls_info,
+                        decision["station_id"],
+                    )
                 await self._serve_station(
                     decision["station_id"],
                     admission.ws,
@@ -480,6 +496,7 @@ class Csms:
             behind_controller=cfg.behind_controller,
             trusted_controllers=cfg.trusted_controllers,
             station_issuers=cfg.station_issuers,
+            client_status=cfg.client_status,
             ocpp_versions=cfg.ocpp_versions,
             password_for=lambda sid: cfg.passwords.get(sid, cfg.default_password),
             check_relayed_password=True,

@@ -57,6 +57,7 @@ from evsim.errors import (
 from evsim.link.slots import NetworkProfiles, NetworkSlot
 from evsim.net.base import Network
 from evsim.nodes.certificates import CertificateSettings, CertificateSwitch, StationCertificates
+from evsim.nodes.expiry import ExpiryMonitor
 from evsim.nodes.filetransfer import FileTransferConfig
 from evsim.nodes.firmware import FirmwareUpdater
 from evsim.nodes.logupload import LogUploader
@@ -296,7 +297,9 @@ class Station:
             security_event=self.queue_security_event,
         )
         """The station's certificates and their OCPP management (A02/A03, M03-M05)."""
-        self._tls_built: tuple[int, ClientTls] | None = None
+        self._tls_built: tuple[int, ClientTls, ClientTls] | None = None  # (version, base, built)
+        self.expiry: ExpiryMonitor | None = None
+        """Where the certificates of its connections are noted for ``cert_expiring`` (None: not watched)."""
         self._used_candidate = False  # the current connection attempt uses a renewed, unproven certificate
         self._bad_inputs = 0
         self.firmware = FirmwareUpdater(self, files or FileTransferConfig(), config.firmware_version)
@@ -443,8 +446,9 @@ class Station:
         certs = self.certs
         if base is None or certs.version == 0:
             return base
-        if self._tls_built is not None and self._tls_built[0] == certs.version:
-            return self._tls_built[1]
+        built = self._tls_built
+        if built is not None and built[0] == certs.version and built[1] is base:
+            return built[2]
         trust = base.trust
         if trust.mode == "pki" and not trust.insecure_skip_verify:
             anchors = certs.anchors()
@@ -454,8 +458,15 @@ class Station:
         cert = certs.client_certificate()
         identity = Identity(cert.chain, cert.key) if cert is not None else None
         tls = ClientTls.build(base.profile, trust, identity, peer=base.peer)
-        self._tls_built = (certs.version, tls)
+        self._tls_built = (certs.version, base, tls)
         return tls
+
+    def _note_certificates(self, expiry: ExpiryMonitor, tls: ClientTls, info: TlsInfo, host: str) -> None:
+        """Its own client certificate and the CSMS's, for expiry warnings."""
+        if tls.identity is not None:
+            expiry.note(self.name, tls.identity.chain[0], role="own")
+        if info.peer_chain:
+            expiry.note(self.name, info.peer_chain[0], role="peer", peer=host)
 
     def _on_rpc_event(self, event: RpcEvent) -> None:
         """Record what the CSMS sent that the RPC core refused (one ``bad_input`` event each, at most
@@ -533,6 +544,8 @@ class Station:
                     group=tls_stream.info.group or "",
                     resumed=tls_stream.info.session_reused,
                 )
+                if self.expiry is not None:
+                    self._note_certificates(self.expiry, client_tls, tls_stream.info, host)
             headers: list[tuple[str, str]] = []
             if profile.security_profile in (1, 2) and password is not None:
                 headers.append(basic_auth_header(identity, password))

@@ -140,6 +140,12 @@ def _csms(c: CsmsSpec) -> dict[str, Any]:
             "secondary_of": c.secondary_of,
             "behind_controller": c.behind_controller if c.security_profile == 3 else None,
             "trusted_controllers": list(c.trusted_controllers) or None,
+            "client_trust": c.client_trust,
+            "signing": {
+                "max_concurrent": c.signing.max_concurrent,
+                "max_queued": c.signing.max_queued,
+                "validity": c.signing.validity,
+            },
         }
     )
 
@@ -162,6 +168,7 @@ def _controller(c: ControllerSpec) -> dict[str, Any]:
             "retry_backoff": _backoff(c.retry_backoff),
             "behind_controller": c.behind_controller if c.security_profile == 3 else None,
             "trusted_controllers": list(c.trusted_controllers) or None,
+            "client_trust": c.client_trust,
         }
     )
 
@@ -187,6 +194,16 @@ def _group(g: StationGroupSpec) -> dict[str, Any]:
             "queue_max": g.queue_max,
             "pins": g.pins,
             "change": g.change,
+            "certificates": _drop_none(
+                {
+                    "key_type": g.certificates.key_type,
+                    "key_size": g.certificates.key_size,
+                    "renewal_threshold": g.certificates.renewal_threshold,
+                    "sign_wait_minimum": g.certificates.sign_wait_minimum,
+                    "sign_repeat_times": g.certificates.sign_repeat_times,
+                    "renewed_attempts": g.certificates.renewed_attempts,
+                }
+            ),
         }
     )
     if g.sessions_per_day is not None:
@@ -250,6 +267,7 @@ def scenario_document(sc: Scenario) -> dict[str, Any]:
             "validity": sc.pki.validity,
             "organization": sc.pki.organization,
             "roots": {name: {"key_type": r.key_type} for name, r in sc.pki.roots.items() if name != "root"},
+            **({"expiry_warning": sc.pki.expiry_warning} if sc.pki.expiry_warning is not None else {}),
         },
         "tls": {
             "profiles": {name: _profile(p) for name, p in sc.tls_profiles.items()},

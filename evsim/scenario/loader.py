@@ -240,6 +240,7 @@ class _Builder(NodeReader, TimelineReader):
         pin_sets = self.pin_sets(tls, pki, csms)
         change_policies = self.change_policies(tls)
         csms = self.csms_peer_policy(root, csms)
+        csms = self.csms_client_trust(root, csms, trust)
         controllers = self.controllers(root, sim, pki, profiles, trust)
         groups = self.station_groups(root, csms, profiles, trust)
         self.register_stations(groups)
@@ -319,4 +320,11 @@ class _Builder(NodeReader, TimelineReader):
                 what=f"[pki.roots.{name}] (may be empty: {{}})",
             )
             roots[name] = RootSpec(name=name, key_type=r.enum("key_type", KEY_TYPES, key_type))
-        return PkiSpec(key_type=key_type, validity=validity, organization=organization, roots=roots)
+        expiry_warning = t.duration("expiry_warning", 0.0, positive=True) if t.has("expiry_warning") else None
+        return PkiSpec(
+            key_type=key_type,
+            validity=validity,
+            organization=organization,
+            roots=roots,
+            expiry_warning=expiry_warning,
+        )

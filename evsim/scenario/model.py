@@ -23,8 +23,10 @@ from evsim.backoff import RetryBackOff
 from evsim.frozenmap import FrozenMap, frozen_map
 from evsim.link.service import Service
 from evsim.metrics.topology import Topology
+from evsim.nodes.certificates import CertificateSettings
 from evsim.nodes.controller import ControllerConfig
 from evsim.nodes.csms import CsmsConfig
+from evsim.nodes.csms_certs import SigningSettings
 from evsim.nodes.station import StationConfig
 from evsim.tls.config import TlsProfile
 from evsim.world.actions import Action
@@ -119,6 +121,8 @@ class PkiSpec:
         validity: default validity of leaf certificates, in seconds from the simulation start.
         organization: O of every certificate (profile 3 checks the station certificate's O against it).
         roots: root CAs by name, always including ``"root"`` (the operator's CSMS root).
+        expiry_warning: every node emits ``cert_expiring`` this many seconds before the notAfter of its own and
+            its peers' certificates; None: no expiry warnings.
     """
 
     key_type: KeyType = "ec"
@@ -127,6 +131,7 @@ class PkiSpec:
     roots: FrozenMap[str, RootSpec] = attrs.field(
         factory=lambda: FrozenMap({"root": RootSpec(name="root")}), converter=frozen_map
     )
+    expiry_warning: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -157,6 +162,21 @@ class TlsProfileSpec:
 
 
 @attrs.frozen(kw_only=True)
+class SigningSpec:
+    """A CSMS's ``signing`` table: how it signs station CSRs with the scenario PKI's station sub-CA.
+
+    Attributes:
+        max_concurrent: CSRs signed at once.
+        max_queued: CSRs waiting; more are answered Rejected ``Busy``.
+        validity: validity of the certificates it signs, seconds (whole days).
+    """
+
+    max_concurrent: int = default_of(SigningSettings, "max_concurrent")
+    max_queued: int = default_of(SigningSettings, "max_queued")
+    validity: float = 365 * 86_400.0
+
+
+@attrs.frozen(kw_only=True)
 class CsmsSpec:
     """A ``[csms.<name>]`` table.
 
@@ -180,6 +200,9 @@ class CsmsSpec:
         behind_controller: how profile 3 treats a client certificate that is a controller's
             (``"require_station_cert"`` or ``"trust_controller"``).
         trusted_controllers: names of the controllers whose certificate may carry other identities.
+        signing: how it signs station CSRs.
+        client_trust: name of the :class:`TrustSpec` station certificates are checked with (profile 3: roots,
+            CRL, OCSP); None: the run's ``root``.
     """
 
     name: str
@@ -199,6 +222,8 @@ class CsmsSpec:
     secondary_of: str | None = None
     behind_controller: BehindControllerKind = default_of(CsmsConfig, "behind_controller")  # noqa: RUF009 - an immutable value
     trusted_controllers: tuple[str, ...] = ()
+    signing: SigningSpec = attrs.field(factory=SigningSpec)
+    client_trust: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -243,6 +268,8 @@ class ControllerSpec:
         retry_backoff: the upstream back-off.
         behind_controller: profile 3 listener: whether a lower controller's certificate may carry stations.
         trusted_controllers: controllers trusted by ``behind_controller = "trust_controller"``.
+        client_trust: name of the :class:`TrustSpec` station certificates are checked with (profile 3);
+            None: the run's ``root``.
     """
 
     name: str
@@ -261,11 +288,46 @@ class ControllerSpec:
     retry_backoff: RetryBackOff = attrs.field(factory=RetryBackOff)
     behind_controller: BehindControllerKind = default_of(ControllerConfig, "behind_controller")  # noqa: RUF009 - an immutable value
     trusted_controllers: tuple[str, ...] = ()
+    client_trust: str | None = None
 
 
 RetryBackOffSpec = RetryBackOff
 """The ``retry_backoff`` table is the OCPP layer's :class:`~evsim.ocpp.backoff.RetryBackOff` itself (the old
 name stays for existing importers)."""
+
+
+@attrs.frozen(kw_only=True)
+class StationCertificatesSpec:
+    """A group's ``certificates`` table: the stations' certificate device model (SecurityCtrlr), used when
+    they renew their certificate over OCPP (A02 on a trigger, A03 on their own).
+
+    Attributes:
+        key_type: the key pair generated for a CSR: ``"ec"`` or ``"rsa"``.
+        key_size: its size in bits; None: P-256 / RSA-2048.
+        renewal_threshold: A03: a station renews when its certificate expires within this, seconds.
+        sign_wait_minimum: ``CertSigningWaitMinimum``: first wait for CertificateSigned before resending, s.
+        sign_repeat_times: ``CertSigningRepeatTimes``: resends, the wait doubling each time.
+        renewed_attempts: connection attempts with a renewed certificate before it is discarded.
+    """
+
+    key_type: KeyType = default_of(CertificateSettings, "key_type")  # noqa: RUF009 - an immutable value
+    key_size: int | None = default_of(CertificateSettings, "key_size")
+    renewal_threshold: float = default_of(CertificateSettings, "renewal_threshold_s")
+    sign_wait_minimum: float = float(default_of(CertificateSettings, "sign_wait_minimum_s"))
+    sign_repeat_times: int = default_of(CertificateSettings, "sign_repeat_times")
+    renewed_attempts: int = default_of(CertificateSettings, "renewed_attempts")
+
+    def settings(self, organization: str) -> CertificateSettings:
+        """The station layer's settings, with the operator's ``organization`` as OrganizationName."""
+        return CertificateSettings(
+            organization_name=organization,
+            key_type=self.key_type,
+            key_size=self.key_size,
+            renewal_threshold_s=self.renewal_threshold,
+            sign_wait_minimum_s=int(self.sign_wait_minimum),
+            sign_repeat_times=self.sign_repeat_times,
+            renewed_attempts=self.renewed_attempts,
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -298,6 +360,7 @@ class StationGroupSpec:
         network_attempts: ``NetworkProfileConnectionAttempts`` (attempts per slot before the next).
         fallback: what the slot walk does when every slot failed, and where it restarts after a loss
             (``"restart_list"``, B10.FR.08, or ``"last_working"``, B10.FR.07).
+        certificates: the stations' certificate device model (renewal over OCPP).
     """
 
     name: str
@@ -323,6 +386,7 @@ class StationGroupSpec:
     endpoints: tuple[EndpointSpec, ...] = ()
     network_attempts: int = default_of(StationConfig, "network_attempts")
     fallback: FallbackKind = default_of(StationConfig, "network_fallback")  # noqa: RUF009 - an immutable value
+    certificates: StationCertificatesSpec = attrs.field(factory=StationCertificatesSpec)
 
     def station_ids(self) -> list[str]:
         """The identities of the group's stations, in order.
@@ -535,8 +599,10 @@ __all__ = [
     "RetryBackOffSpec",
     "RootSpec",
     "Scenario",
+    "SigningSpec",
     "SimulationSpec",
     "StallSpec",
+    "StationCertificatesSpec",
     "StationGroupSpec",
     "TimelineEvent",
     "TlsProfileSpec",

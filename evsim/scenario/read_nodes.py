@@ -35,6 +35,7 @@ from collections.abc import Collection, Mapping
 import attrs
 
 from evsim.backoff import RetryBackOff
+from evsim.errors import ConfigError
 from evsim.ocpp.versions import OCPP_VERSIONS
 from evsim.scenario.model import (
     CertificateSpec,
@@ -43,14 +44,16 @@ from evsim.scenario.model import (
     EndpointKind,
     EndpointSpec,
     PkiSpec,
+    SigningSpec,
     SimulationSpec,
+    StationCertificatesSpec,
     StationGroupSpec,
     TlsProfileSpec,
     TrustSpec,
     default_of,
 )
 from evsim.scenario.passes import ScenarioChecks, claim_address
-from evsim.scenario.read_tls import TlsReader
+from evsim.scenario.read_tls import TlsReader, client_trust_of
 from evsim.scenario.reader import LoadContext, ScenarioTable
 from evsim.scenario.units import (
     format_duration,
@@ -72,6 +75,8 @@ from evsim.scenario.vocabulary import (
     MAX_STATION_ENDPOINTS,
     MAX_STATIONS_PER_GROUP,
     PASSWORD_LENGTH,
+    SIGNING_KEYS,
+    STATION_CERTIFICATE_KEYS,
     STATION_ID_RULE,
     STATION_KEYS,
     UPSTREAM_LOSS_KINDS,
@@ -171,6 +176,7 @@ class NodeReader(TlsReader, ScenarioChecks):
                 "accept_unknown_stations", default_of(CsmsSpec, "accept_unknown_stations")
             ),
             ocsp_stapling=self.ocsp_stapling(t, profile),
+            signing=_signing(t),
         )
         return self.with_failover_fields(t, spec)
 
@@ -354,6 +360,7 @@ class NodeReader(TlsReader, ScenarioChecks):
             retry_backoff=self.backoff(t),
             behind_controller=behind,
             trusted_controllers=trusted,
+            client_trust=client_trust_of(t, trust, profile),
         )
 
     # ------------------------------------------------------------ endpoints (station groups, controller upstreams)
@@ -624,6 +631,7 @@ class NodeReader(TlsReader, ScenarioChecks):
                 "network_attempts", default_of(StationGroupSpec, "network_attempts"), 1, MAX_NETWORK_ATTEMPTS
             ),
             fallback=t.enum("fallback", FALLBACK_KINDS, default_of(StationGroupSpec, "fallback")),
+            certificates=_station_certificates(t),
         )
 
     def delay_range(self, t: ScenarioTable, key: str, default: tuple[float, float]) -> tuple[float, float]:
@@ -738,3 +746,40 @@ def _valid_host(host: str) -> bool:
         return True
     labels = host.rstrip(".").split(".")
     return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+
+
+def _signing(t: ScenarioTable) -> SigningSpec:
+    """A CSMS's ``signing`` table (how it signs station CSRs)."""
+    c = t.sub_table("signing", SIGNING_KEYS, '{ max_concurrent = 8, validity = "365d" }')
+    if c is None:
+        return SigningSpec()
+    return SigningSpec(
+        max_concurrent=c.integer("max_concurrent", default_of(SigningSpec, "max_concurrent"), 1, 10_000),
+        max_queued=c.integer("max_queued", default_of(SigningSpec, "max_queued"), 1, 10_000_000),
+        validity=c.duration("validity", default_of(SigningSpec, "validity"), positive=True),
+    )
+
+
+def _station_certificates(t: ScenarioTable) -> StationCertificatesSpec:
+    """A station group's ``certificates`` table (its certificate device model); the key size is checked by
+    the station layer's rules."""
+    c = t.sub_table("certificates", STATION_CERTIFICATE_KEYS, '{ renewal_threshold = "30d" }')
+    if c is None:
+        return StationCertificatesSpec()
+    d = StationCertificatesSpec()
+    spec = StationCertificatesSpec(
+        key_type=c.enum("key_type", KEY_TYPES, d.key_type),
+        key_size=c.optional_integer("key_size", 256, 8192),
+        renewal_threshold=c.duration("renewal_threshold", d.renewal_threshold),
+        sign_wait_minimum=c.duration(
+            "sign_wait_minimum", d.sign_wait_minimum, positive=True, whole_seconds=True
+        ),
+        sign_repeat_times=c.integer("sign_repeat_times", d.sign_repeat_times, 0, 16),
+        renewed_attempts=c.integer("renewed_attempts", d.renewed_attempts, 1, 100),
+    )
+    try:
+        spec.settings("evsim")
+    except ConfigError as exc:  # the station layer's own limits (key sizes, the longest waits)
+        field = (exc.path or "").rsplit(".", 1)[-1].removesuffix("_s")
+        raise c.error(field, exc.message, value=exc.value, fix=exc.fix or "see scenarios/README.md") from None
+    return spec

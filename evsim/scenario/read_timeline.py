@@ -19,7 +19,7 @@ than as unknown. Entries are returned sorted by time; entries at the same time k
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import attrs
 
@@ -329,6 +329,12 @@ class ActionReader:
 
     def duration(self, key: str, default: float, *, positive: bool = False) -> float:
         return self._t.duration(key, default, positive=positive)
+
+    def number(self, key: str, default: float, lo: float, hi: float) -> float:
+        return self._t.number(key, default, minimum=lo, maximum=hi)
+
+    def choice(self, key: str, allowed: Sequence[str], default: str) -> str:
+        return self._t.enum(key, tuple(allowed), default)
 
     def string_list(
         self, key: str, default: tuple[str, ...], *, allowed: Collection[str], example: str

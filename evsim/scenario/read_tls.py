@@ -503,6 +503,22 @@ class TlsReader(SectionReader):
             self._change[name] = spec
         return self._change
 
+    # ------------------------------------------------------------ [csms.<name>] client_trust
+
+    def csms_client_trust(
+        self, root: ScenarioTable, csms: dict[str, CsmsSpec], trust: Mapping[str, TrustSpec]
+    ) -> dict[str, CsmsSpec]:
+        """A CSMS's ``client_trust`` (read after the trust stores)."""
+        tables = root.data.get("csms")
+        assert isinstance(tables, dict)  # self.csms() checked it
+        for name, spec in list(csms.items()):
+            t = ScenarioTable(self.ctx, ("csms", name), tables[name], CSMS_KEYS)
+            client_trust = client_trust_of(t, trust, spec.security_profile)
+            if client_trust is not None:
+                csms[name] = attrs.evolve(spec, client_trust=client_trust)
+        self.nodes.csms = csms
+        return csms
+
     # ------------------------------------------------------------ [csms.<name>] pins / change
 
     def csms_peer_policy(self, root: ScenarioTable, csms: dict[str, CsmsSpec]) -> dict[str, CsmsSpec]:
@@ -685,3 +701,25 @@ def _profile_spec(
         handshake_timeout=timeout,
         max_send_fragment=fragment,
     )
+
+
+def client_trust_of(t: ScenarioTable, trust: Mapping[str, TrustSpec], security_profile: int) -> str | None:
+    """A listener's ``client_trust``: a trust store of roots (``mode = "pki"``), profile 3 only."""
+    if not t.has("client_trust"):
+        return None
+    name = t.reference("client_trust", "", trust, "trust store", "[tls.trust.<name>]")
+    if security_profile != 3:
+        raise t.error(
+            "client_trust",
+            f"client certificates are checked only with security profile 3 (got {security_profile})",
+            value=name,
+            fix="use security_profile = 3, or remove client_trust",
+        )
+    if trust[name].mode != "pki":
+        raise t.error(
+            "client_trust",
+            f"trust store {name!r} has mode {trust[name].mode!r}; station certificates are checked against roots",
+            value=name,
+            fix='use a trust store with mode = "pki" (the default)',
+        )
+    return name

@@ -34,6 +34,7 @@ from evsim.errors import ConfigError
 from evsim.metrics.rundir import Sample
 from evsim.nodes.controller import LocalController
 from evsim.nodes.csms import Csms, StationRecord
+from evsim.nodes.csms_certs import SigningSettings
 from evsim.nodes.station import Station
 from evsim.recorder import Event, Recorder
 from evsim.runtime import tune_gc
@@ -225,6 +226,7 @@ class ScenarioRunner:
             crl_lifetime=sim.duration + 86_400.0,
             sink=self.sink,
             echo=self.echo,
+            expiry_warning=sc.pki.expiry_warning,
         ) as world:
             self.world = world
             world.recorder.emit(
@@ -257,6 +259,7 @@ class ScenarioRunner:
                     pins=None if spec.pins is None else sc.pin_sets[spec.pins],
                     change=None if spec.change is None else sc.change_policies[spec.change],
                     ocsp_stapling=spec.ocsp_stapling,
+                    client_trust=None if spec.client_trust is None else sc.trust_stores[spec.client_trust],
                 ),
                 insecure_allow_plain_ws=spec.insecure_allow_plain_ws,
                 ocpp_versions=spec.ocpp_versions,
@@ -266,6 +269,8 @@ class ScenarioRunner:
                 secondary_of=spec.secondary_of,
                 behind_controller=spec.behind_controller,
                 trusted_controllers=[sc.controllers[n].host for n in spec.trusted_controllers],
+                signing=SigningSettings(spec.signing.max_concurrent, spec.signing.max_queued),
+                signed_validity=spec.signing.validity,
             )
         # links first: no station (or controller) may connect before its link has its policy
         for link in sc.links:
@@ -287,6 +292,7 @@ class ScenarioRunner:
                     profile=self._profile(lc.tls_profile),
                     trust=sc.trust_stores.get(lc.trust),
                     certificate=lc.certificate,
+                    client_trust=None if lc.client_trust is None else sc.trust_stores[lc.client_trust],
                 ),
                 insecure_allow_plain_ws=lc.insecure_allow_plain_ws,
                 upstream_security_profile=lc.upstream_security_profile,
@@ -326,6 +332,7 @@ class ScenarioRunner:
                 queue_max=group.queue_max,
                 network_attempts=group.network_attempts,
                 fallback=group.fallback,
+                certificates=group.certificates.settings(sc.pki.organization),
             )
 
     async def _sampler(self, world: World) -> None:

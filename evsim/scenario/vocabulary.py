@@ -45,7 +45,7 @@ SIMULATION_KEYS: Final = (
     "start",
     "stop_when_done",
 )
-PKI_KEYS: Final = ("key_type", "validity", "organization", "roots")
+PKI_KEYS: Final = ("key_type", "validity", "organization", "roots", "expiry_warning")
 ROOT_KEYS: Final = ("key_type",)
 TLS_KEYS: Final = ("profiles", "trust", "pins", "change")
 PROFILE_KEYS: Final = (
@@ -82,6 +82,17 @@ CSMS_KEYS: Final = (
     "secondary_of",
     "behind_controller",
     "trusted_controllers",
+    "signing",
+    "client_trust",
+)
+SIGNING_KEYS: Final = ("max_concurrent", "max_queued", "validity")
+STATION_CERTIFICATE_KEYS: Final = (
+    "key_type",
+    "key_size",
+    "renewal_threshold",
+    "sign_wait_minimum",
+    "sign_repeat_times",
+    "renewed_attempts",
 )
 CERTIFICATE_KEYS: Final = ("root", "validity", "not_before", "key_type")
 STATION_KEYS: Final = (
@@ -107,6 +118,7 @@ STATION_KEYS: Final = (
     "endpoints",
     "network_attempts",
     "fallback",
+    "certificates",
 )
 CONTROLLER_KEYS: Final = (
     "host",
@@ -124,6 +136,7 @@ CONTROLLER_KEYS: Final = (
     "retry_backoff",
     "behind_controller",
     "trusted_controllers",
+    "client_trust",
 )
 ENDPOINT_KEYS: Final = ("csms", "controller", "priority", "trust", "tls_profile", "pins")
 BACKOFF_KEYS: Final = ("wait_minimum", "random_range", "repeat_times")

@@ -14,7 +14,7 @@ cannot enforce for a run (before anything starts).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol, Self, TypeVar
 
 import attrs
@@ -70,6 +70,8 @@ class Reader(Protocol):
     def boolean(self, key: str, default: bool) -> bool: ...
     def integer(self, key: str, default: int, lo: int, hi: int) -> int: ...
     def duration(self, key: str, default: float, *, positive: bool = False) -> float: ...
+    def number(self, key: str, default: float, lo: float, hi: float) -> float: ...
+    def choice(self, key: str, allowed: Sequence[str], default: str) -> str: ...
 
     def string_list(
         self, key: str, default: tuple[str, ...], *, allowed: Collection[str], example: str
@@ -342,7 +344,8 @@ class RenewCertificate(Action):
 @action("revoke_certificate", "target")
 @attrs.frozen
 class RevokeCertificate(Action):
-    """The CSMS's certificate is revoked: a new CRL, and its OCSP responder answers ``revoked``."""
+    """A CSMS's certificate, or the certificates of a group's stations (or one station), is revoked: its CA
+    publishes a new CRL and its OCSP responder answers ``revoked``."""
 
     target: str
 
@@ -352,16 +355,6 @@ class RevokeCertificate(Action):
 
     async def apply(self, world: World) -> None:
         world.revoke_certificate(self.target)
-
-    def preflight(self, *, network: str, csms: Collection[str]) -> None:
-        if self.target not in csms:
-            raise ConfigError(
-                "revoke_certificate of station certificates is not supported yet: the CSMS's trust store for "
-                "station certificates has no revocation settings in scenarios",
-                path="target",
-                value=self.target,
-                fix="revoke a CSMS certificate (stations check it with [tls.trust.<name>] revocation)",
-            )
 
 
 @action("rotate_certificate", "target", "new_key")
@@ -445,6 +438,115 @@ class ReleasePin(Action):
         else:
             out["spki_sha256"] = self.key.spki_sha256
         return out
+
+
+# ---------------------------------------------------------------- certificate lifecycle over OCPP
+
+MAX_SPREAD_S = 30 * 86_400.0
+CERTIFICATE_TYPES = ("CSMSRootCertificate", "ManufacturerRootCertificate")
+"""Root certificate types ``install_certificate`` can send (``InstallCertificateUseEnumType``)."""
+
+
+def _spread(r: Reader) -> float:
+    spread = r.duration("spread", 0.0)
+    if spread > MAX_SPREAD_S:
+        raise r.error("spread", "spread is at most 30 days", value=spread, fix='use e.g. spread = "10m"')
+    return spread
+
+
+@action("trigger_renewal", "target", "spread")
+@attrs.frozen
+class TriggerRenewal(Action):
+    """The CSMS holding each station's session sends TriggerMessage SignChargingStationCertificate (A02):
+    every station of a CSMS's fleet, a group or one station, spread over ``spread`` seconds."""
+
+    target: str
+    spread: float = 0.0
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(target=r.target(("csms", "group", "station")), spread=_spread(r))
+
+    async def apply(self, world: World) -> None:
+        world.trigger_renewal(self.target, spread=self.spread)
+
+
+@action("install_certificate", "target", "root", "type", "spread")
+@attrs.frozen
+class InstallCertificate(Action):
+    """The CSMS sends InstallCertificate of a PKI root to each station (M05; the stations' rules decide)."""
+
+    target: str
+    root: str
+    type: str = "CSMSRootCertificate"
+    spread: float = 0.0
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(
+            target=r.target(("csms", "group", "station")),
+            root=r.root(None),
+            type=r.choice("type", CERTIFICATE_TYPES, "CSMSRootCertificate"),
+            spread=_spread(r),
+        )
+
+    async def apply(self, world: World) -> None:
+        world.install_certificate(self.target, self.root, certificate_type=self.type, spread=self.spread)
+
+
+@action("delete_certificate", "target", "root", "spread")
+@attrs.frozen
+class DeleteCertificate(Action):
+    """The CSMS sends DeleteCertificate of a PKI root to each station (M04)."""
+
+    target: str
+    root: str
+    spread: float = 0.0
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(target=r.target(("csms", "group", "station")), root=r.root(None), spread=_spread(r))
+
+    async def apply(self, world: World) -> None:
+        world.delete_certificate(self.target, self.root, spread=self.spread)
+
+
+@action("switch_server_certificate", "target", "root")
+@attrs.frozen
+class SwitchServerCertificate(Action):
+    """The CSMS moves to a server certificate from another root (a new hierarchy), from its next handshake."""
+
+    target: str
+    root: str
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(target=r.tls_csms(), root=r.root(None))
+
+    async def apply(self, world: World) -> None:
+        world.switch_server_certificate(self.target, self.root)
+
+
+@action("degrade_ca", "target", "delay", "failure_rate")
+@attrs.frozen
+class DegradeCa(Action):
+    """The CA the CSMS signs station CSRs with becomes slow (``delay`` per CSR) and fails with probability
+    ``failure_rate``; ``degrade_ca`` with neither restores it."""
+
+    target: str
+    delay: float = 0.0
+    failure_rate: float = 0.0
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(
+            target=r.target(("csms",)),
+            delay=r.duration("delay", 0.0),
+            failure_rate=r.number("failure_rate", 0.0, 0.0, 1.0),
+        )
+
+    async def apply(self, world: World) -> None:
+        world.degrade_ca(self.target, delay=self.delay, failure_rate=self.failure_rate)
 
 
 # ---------------------------------------------------------------- attacks
@@ -541,8 +643,11 @@ __all__ = [
     "AttackDowngrade",
     "AttackMitm",
     "AttackWrongCa",
+    "DegradeCa",
+    "DeleteCertificate",
     "ExpireCertificate",
     "Heal",
+    "InstallCertificate",
     "InstallRoot",
     "Link",
     "LinkKnobs",
@@ -556,5 +661,7 @@ __all__ = [
     "SetNetworkProfile",
     "Start",
     "Stop",
+    "SwitchServerCertificate",
+    "TriggerRenewal",
     "action",
 ]

@@ -22,6 +22,7 @@ from evsim.net.base import Network
 from evsim.net.tcp import TcpNetwork
 from evsim.net.virtual import VirtualNetwork
 from evsim.nodes.csms import StationRecord
+from evsim.nodes.expiry import ExpiryMonitor
 from evsim.recorder import Recorder
 from evsim.tls import (
     Identity,
@@ -74,6 +75,7 @@ class WorldBase:
         memory: the in-memory network (partitions, link policies), or None on loopback TCP.
         pki: the per-run PKI.
         csms, controllers, stations, groups: the nodes by name, in start order.
+        expiry: the expiry monitor (``open_world(expiry_warning=...)``), or None.
     """
 
     def __init__(
@@ -108,12 +110,20 @@ class WorldBase:
         self._stores: dict[str, dict[str, StationRecord]] = {}  # primary CSMS -> its station records
         self._hosts: dict[str, str] = {}  # host -> node name (CSMS and controllers)
         self._server_peers: dict[str, PeerPolicy] = {}
+        self.expiry: ExpiryMonitor | None = None
+        """Emits ``cert_expiring`` for the certificates the nodes use and meet (None: no expiry warnings)."""
 
     # ------------------------------------------------------------------ helpers
 
     def rng(self, name: str) -> random.Random:
         """The seeded random source of the node ``name``."""
         return random.Random(f"{self.seed}:{name}")
+
+    def is_running(self, name: str) -> bool:
+        """Whether the CSMS, controller or station ``name`` runs now (False for names the world does not
+        know)."""
+        node = self.csms.get(name) or self.controllers.get(name) or self.stations.get(name)
+        return node is not None and node.running
 
     def _claim(self, name: str, host: str) -> None:
         taken = {**self.csms, **self.controllers, **self.groups, **self.stations}

@@ -45,8 +45,11 @@ from evsim.metrics.rundir import Sample
 from evsim.metrics.topology import Topology
 from evsim.net.virtual import LinkPolicy
 from evsim.nodes.admission import TrustedController
+from evsim.nodes.certificates import CertificateSettings
 from evsim.nodes.controller import ControllerConfig, LocalController
 from evsim.nodes.csms import Csms, CsmsConfig, StationRecord
+from evsim.nodes.csms_certs import DegradedSigner, SigningSettings, SubCaSigner
+from evsim.nodes.expiry import ExpiryMonitor
 from evsim.nodes.station import Station, StationConfig
 from evsim.ocpp.netprofile import DEFAULT_SLOT_NUMBERS, NetworkConnectionProfile
 from evsim.recorder import Event, Recorder
@@ -56,7 +59,6 @@ from evsim.tls import (
     SessionStore,
 )
 from evsim.world.actions import Action
-from evsim.world.attackers import WorldAttacks
 from evsim.world.base import (
     RUN_PASSWORD,
     WORLD_START,
@@ -65,6 +67,7 @@ from evsim.world.base import (
     _identity,
     _label,
 )
+from evsim.world.lifecycle import WorldLifecycle
 from evsim.world.nodes import ControllerNode, CsmsNode, StationGroup, StationNode
 from evsim.world.pki import WorldPki
 from evsim.world.specs import (
@@ -135,6 +138,7 @@ async def open_world(
     crl_lifetime: float = 7 * 86_400.0,
     sink: Callable[[Event], None] | None = None,
     echo: bool = False,
+    expiry_warning: float | None = None,
 ) -> AsyncIterator[World]:
     """Open a world: shared clock, recorder, network and PKI, and a nursery its nodes run in.
 
@@ -150,6 +154,8 @@ async def open_world(
         crl_lifetime: how long each published CRL stays valid, seconds.
         sink: called with every event as it is recorded.
         echo: print events as they are recorded.
+        expiry_warning: every node emits ``cert_expiring`` this many seconds before the notAfter of its own
+            certificate and of each peer certificate it met (:mod:`evsim.nodes.expiry`); None: no warnings.
 
     Yields:
         The world; leaving the block cancels every node in it.
@@ -170,6 +176,11 @@ async def open_world(
         world = World(
             seed=seed, clock=sim_clock, recorder=recorder, network=network, pki=pki, nursery=nursery
         )
+        if expiry_warning is not None:
+            world.expiry = ExpiryMonitor(
+                expiry_warning, clock=sim_clock, recorder=recorder, running=world.is_running
+            )
+            nursery.start_soon(world.expiry.run)
         try:
             yield world
         finally:
@@ -183,12 +194,13 @@ def _plain(value: object) -> object:
     return value
 
 
-class World(WorldAttacks):
+class World(WorldLifecycle):
     """A network of nodes sharing one clock, recorder, network and PKI (open it with :func:`open_world`).
 
     Starting nodes, their lifecycle and the network are here; TLS and certificates in
-    :class:`~evsim.world.trust.WorldTls`, attackers in :class:`~evsim.world.attackers.WorldAttacks`, the shared
-    state and selectors in :class:`~evsim.world.base.WorldBase`.
+    :class:`~evsim.world.trust.WorldTls`, attackers in :class:`~evsim.world.attackers.WorldAttacks`, certificate
+    operations over OCPP in :class:`~evsim.world.lifecycle.WorldLifecycle`, the shared state and selectors in
+    :class:`~evsim.world.base.WorldBase`.
     """
 
     # ------------------------------------------------------------------ starting nodes
@@ -209,6 +221,8 @@ class World(WorldAttacks):
         secondary_of: str | CsmsNode | None = None,
         behind_controller: Literal["require_station_cert", "trust_controller"] = "require_station_cert",
         trusted_controllers: Sequence[str] = (),
+        signing: SigningSettings | None = None,
+        signed_validity: float = 365 * 86_400.0,
     ) -> CsmsNode:
         """Start a CSMS; returns once it listens.
 
@@ -227,6 +241,12 @@ class World(WorldAttacks):
             secondary_of: the CSMS this one is a secondary endpoint of (they share station records).
             behind_controller: profile 3: whether a controller's certificate may carry stations.
             trusted_controllers: host names of the controllers ``"trust_controller"`` accepts.
+            signing: how many station CSRs it signs at once and lets wait.
+            signed_validity: validity of the station certificates it signs, seconds (whole days).
+
+        It signs station CSRs (A02/A03) with the world PKI's station sub-CA, through a
+        :class:`~evsim.nodes.csms_certs.DegradedSigner` that :meth:`degrade_ca` slows down or makes fail
+        (``node.signer``).
         """
         tls = tls or Tls()
         host = host or f"{name}.evsim.test"
@@ -255,15 +275,28 @@ class World(WorldAttacks):
                 accept_unknown_stations=accept_unknown_stations,
                 behind_controller=behind_controller,
                 trusted_controllers=self._trusted_controllers(trusted_controllers),
+                signing=signing or SigningSettings(),
+                client_status=self._client_status(tls) if security_profile == 3 else None,
             ),
             network=self.network,
             server_tls=server_tls,
             clock=self.clock,
             recorder=self.recorder,
             store=self._stores.setdefault(primary, {}),
+            signer=(
+                signer := DegradedSigner(
+                    SubCaSigner(self.pki.station_ca, days=max(1, math.ceil(signed_validity / 86_400))),
+                    rng=self.rng(f"{name}:ca"),
+                    name="station_sub_ca",
+                )
+            ),
         )
         node = CsmsNode(csms, tls=tls, primary=primary, station_password=password)
         node.certificate = cert
+        node.signer = signer
+        csms.expiry = self.expiry
+        if self.expiry is not None and server_tls is not None:
+            self.expiry.note(name, server_tls.identity.chain[0], role="own")
         self.csms[name] = node
         await node.start_in(self.nursery)
         assert csms.address is not None
@@ -330,6 +363,7 @@ class World(WorldAttacks):
             tls_profile=tls.profile,
             identity=identity if security_profile >= 2 else None,
             client_trust=self._client_trust(tls) if security_profile == 3 else None,
+            client_status=self._client_status(tls) if security_profile == 3 else None,
             organization=self.pki.organization,
             behind_controller=behind_controller,
             trusted_controllers=self._trusted_controllers(trusted_controllers),
@@ -343,6 +377,9 @@ class World(WorldAttacks):
         lc = LocalController(
             config, network=self.network, clock=self.clock, recorder=self.recorder, rng=self.rng(name)
         )
+        lc.expiry = self.expiry
+        if self.expiry is not None and identity is not None:
+            self.expiry.note(name, identity.chain[0], role="own")
         node = ControllerNode(lc, tls=tls, routes=routes, upstream_security_profile=upstream_security_profile)
         self.controllers[name] = node
         await node.start_in(self.nursery)
@@ -408,6 +445,7 @@ class World(WorldAttacks):
         queue_max: int = 1000,
         network_attempts: int = 3,
         fallback: Literal["restart_list", "last_working"] = "restart_list",
+        certificates: CertificateSettings | None = None,
     ) -> StationGroup:
         """Start ``count`` stations that behave alike; returns once each one's connection loop runs.
 
@@ -432,6 +470,9 @@ class World(WorldAttacks):
             queue_max: offline message queue threshold.
             network_attempts: attempts per slot before the next (with ``routes``).
             fallback: the slot walk after every slot failed (with ``routes``).
+            certificates: their certificate device model (key pair of a CSR, A03 renewal threshold,
+                CertSigningWaitMinimum / RepeatTimes...); default: the defaults with the PKI's organization as
+                OrganizationName.
         """
         if (csms is None) == (not routes):
             raise ConfigError(
@@ -478,6 +519,7 @@ class World(WorldAttacks):
             "default_heartbeat_s": heartbeat_fallback,
             "backoff": group.backoff,
             "queue_max": queue_max,
+            "certificates": certificates or CertificateSettings(organization_name=self.pki.organization),
         }
         for n in range(1, count + 1):
             sid = pattern.format(n=n)
@@ -510,6 +552,9 @@ class World(WorldAttacks):
                 rng=self.rng(sid),
             )
             station.tls_sessions = SessionStore(tls.session_cache) if tls.session_cache else None
+            station.expiry = self.expiry
+            if self.expiry is not None and station.certs.identity is not None:
+                self.expiry.note(sid, station.certs.identity.cert, role="own")
             node = StationNode(station, group)
             node.peer = peer
             node.endpoint_peers = endpoint_peers

@@ -17,6 +17,7 @@ import trio
 from evsim.backoff import RetryBackOff
 from evsim.nodes.controller import LocalController
 from evsim.nodes.csms import Csms
+from evsim.nodes.csms_certs import DegradedSigner
 from evsim.nodes.station import Station
 from evsim.pki import CertKey
 from evsim.tls import PeerPolicy
@@ -85,6 +86,8 @@ class CsmsNode(NodeHandle):
         station_password: the password it was given (its stations send it by default), or None.
         port: the port it listens on (known once started).
         certificate: its current server certificate (None for profile 1 or a given identity).
+        signer: what signs its stations' CSRs (the world PKI's station sub-CA behind a
+            :class:`~evsim.nodes.csms_certs.DegradedSigner` whose delay and failure rate ``degrade_ca`` sets).
     """
 
     kind: ClassVar[NodeKind] = "csms"
@@ -98,6 +101,7 @@ class CsmsNode(NodeHandle):
         self.station_password = station_password
         self.port = 0
         self.certificate: CertKey | None = None
+        self.signer: DegradedSigner | None = None
 
 
 class ControllerNode(NodeHandle):
@@ -149,6 +153,12 @@ class StationNode(NodeHandle):
         self.group = group
         self.peer: PeerPolicy | None = None
         self.endpoint_peers: list[PeerPolicy] = []
+
+    @property
+    def certificate(self) -> CertKey | None:
+        """The client certificate the station holds now (renewed over OCPP, A02/A03, or provisioned by the
+        world); None without one (profiles 1 and 2 until a renewal)."""
+        return self.station.certs.identity
 
 
 class StationGroup:

@@ -24,6 +24,8 @@ from evsim.world.specs import CertificateSpec
 
 #: CA validity: long enough for any run (the scenario loader caps durations at 100 years).
 CA_DAYS = 36_500
+STATION_CA = "station-ca"
+"""The name the station sub-CA goes by where a CA is named (its CRL, its OCSP responder, revocations)."""
 STAPLE_REFRESH_S = 60.0
 """How old a CSMS's stapled OCSP response may get before it asks the responder again (simulation time; a
 choice of evsim, well below the responder's 7-day nextUpdate)."""
@@ -195,16 +197,37 @@ class WorldPki:
             )
         return self._stations[station_id]
 
+    def record_station_certificate(self, station_id: str, cert: CertKey) -> None:
+        """Note the certificate a station holds now (one it got over OCPP, A02/A03)."""
+        self._stations[station_id] = cert
+
     # ------------------------------------------------------------ revocation
 
+    def ca(self, name: str) -> CertificateAuthority:
+        """A CA by name: a root, or :data:`STATION_CA` (the station sub-CA)."""
+        return self.station_ca if name == STATION_CA else self.roots[name]
+
     def responder(self, root: str) -> OcspResponder:
-        """The OCSP responder of ``root`` (the root signs its responses), sharing its revocation records."""
+        """The OCSP responder of a CA (a root, or :data:`STATION_CA`; the CA signs its responses), sharing its
+        revocation records."""
         if root not in self._responders:
-            self._responders[root] = OcspResponder(self.roots[root])
+            self._responders[root] = OcspResponder(self.ca(root))
         return self._responders[root]
 
+    def ocsp_status(self, cert: x509.Certificate, *, at: float) -> str:
+        """What the OCSP responder of ``cert``'s issuer answers about it ``at`` seconds from the start:
+        ``"good"``, ``"revoked"``, or ``"unknown"`` (no CA of the run issued it)."""
+        for name in (STATION_CA, *self.roots):
+            if self.ca(name).cert.subject == cert.issuer:
+                status, _ = self.responder(name).status(
+                    cert.serial_number, now=self.start + _dt.timedelta(seconds=at)
+                )
+                return status
+        return "unknown"
+
     def crl(self, root: str) -> x509.CertificateRevocationList:
-        """The CRL ``root`` publishes now (built at the start, rebuilt by :meth:`revoke`)."""
+        """The CRL a CA (a root, or :data:`STATION_CA`) publishes now (built at the start, rebuilt by
+        :meth:`revoke`)."""
         if root not in self._crls:
             self._publish(root, at=0.0)
         return self._crls[root]
@@ -216,7 +239,7 @@ class WorldPki:
         )
 
     def revoke(self, root: str, cert: x509.Certificate, *, at: float) -> None:
-        """Revoke ``cert`` (issued by ``root``) at ``at`` seconds from the start and publish a new CRL; the
+        """Revoke ``cert`` (issued by ``root``, a root or :data:`STATION_CA`) at ``at`` seconds from the start and publish a new CRL; the
         root's OCSP responder answers ``revoked`` for it from then on."""
         self.responder(root).revocations.revoke(cert, at=self.start + _dt.timedelta(seconds=at))
         self._publish(root, at=at)

@@ -15,8 +15,10 @@ import contextlib
 from collections.abc import Iterable
 
 import attrs
+from cryptography import x509
 
 from evsim.errors import ConfigError
+from evsim.nodes.admission import ClientStatus
 from evsim.nodes.station import peer_event_fields
 from evsim.pki import CertKey
 from evsim.tls import (
@@ -30,6 +32,7 @@ from evsim.tls import (
 )
 from evsim.world.base import STATION_ROOTS, Selector, WorldBase, _identity
 from evsim.world.nodes import CsmsNode, StationGroup, StationNode
+from evsim.world.pki import STATION_CA
 from evsim.world.specs import (
     DEFAULT_TRUST,
     PinSpec,
@@ -72,9 +75,65 @@ class WorldTls(WorldBase):
         )
 
     def _client_trust(self, tls: Tls) -> TrustStore:
-        if tls.client_trust is None:
+        """A server's trust store for client certificates (profile 3): the run's ``root`` by default; a
+        :class:`TrustSpec` names its roots and revocation checks. Its CRLs include the station sub-CA's (it
+        issues the station certificates) and no server name is checked; its OCSP setting is enforced after
+        the handshake (:meth:`_client_status`: TLS carries no staple from a client)."""
+        spec = tls.client_trust
+        if spec is None:
             return TrustStore(STATION_ROOTS, (self.pki.roots["root"].cert,), hostname="off")
-        return self.trust_store(tls.client_trust)
+        if not isinstance(spec, TrustSpec):
+            return spec
+        crls: tuple[x509.CertificateRevocationList, ...] = ()
+        if spec.crl != "off":
+            crls = (*(self.pki.crl(r) for r in spec.roots), self.pki.crl(STATION_CA))
+        return TrustStore(
+            spec.name,
+            tuple(self.pki.roots[r].cert for r in spec.roots),
+            hostname="off",
+            time_check=spec.time_check,  # type: ignore[arg-type]  # checked by the scenario loader
+            revocation=RevocationPolicy(spec.crl, crls, "off", spec.on_unknown),  # type: ignore[arg-type]
+            max_depth=spec.max_depth,
+        )
+
+    def _client_status(self, tls: Tls) -> ClientStatus | None:
+        """The OCSP check a server's client trust asks for (``ocsp = "request"`` or ``"require"``), asked of the
+        run PKI's responders at the simulation's time: a revoked certificate is refused; an unknown one too
+        under ``require`` with ``on_unknown = "fail"``."""
+        spec = tls.client_trust
+        if not isinstance(spec, TrustSpec) or spec.ocsp == "off":
+            return None
+        pki, clock = self.pki, self.clock
+        strict = spec.ocsp == "require" and spec.on_unknown == "fail"
+
+        def status(leaf: x509.Certificate) -> str:
+            answer = pki.ocsp_status(leaf, at=clock.elapsed())
+            if answer == "revoked":
+                return "certificate revoked (OCSP)"
+            if answer == "unknown" and strict:
+                return "certificate status unknown (OCSP)"
+            return ""
+
+        return status
+
+    def _refresh_client_trust(self) -> None:
+        """Rebuild the listener TLS of every profile 3 CSMS and controller whose client trust checks CRLs (a new
+        CRL was published); their next handshakes use it."""
+        for node in self.csms.values():
+            trust = node.tls.client_trust
+            current = node.csms.server_tls
+            if current is not None and isinstance(trust, TrustSpec) and trust.crl != "off":
+                node.csms.server_tls = self._server_tls(
+                    node.name, node.security_profile, node.tls, current.identity
+                )
+        for lc in self.controllers.values():
+            trust = lc.tls.client_trust
+            if lc.security_profile == 3 and isinstance(trust, TrustSpec) and trust.crl != "off":
+                old = lc.controller.server_tls
+                assert old is not None
+                lc.controller.server_tls = ServerTls.build(
+                    old.profile, old.identity, trust=self._client_trust(lc.tls), client_auth="required"
+                )
 
     def pin_spki(self, pin: PinSpec) -> str:
         """The key hash a pin names, in this run's PKI (keys are generated per run)."""
@@ -128,12 +187,19 @@ class WorldTls(WorldBase):
     def _install_server_certificate(self, node: CsmsNode, cert: CertKey) -> None:
         """Make ``cert`` the CSMS's certificate for its next handshakes (with a fresh staple)."""
         node.certificate = cert
+        if self.expiry is not None:
+            self.expiry.note(node.name, cert.cert, role="own")
         node.csms.server_tls = self._server_tls(
             node.name, node.security_profile, node.tls, Identity.from_cert_key(cert)
         )
 
     def _station_identity(self, group: StationGroup, sid: str) -> Identity:
-        """A station's certificate (profile 3): issued once by the station sub-CA, or the group's own."""
+        """A station's certificate (profile 3): the one it holds now (renewed over OCPP or provisioned), else
+        issued once by the station sub-CA, or the group's own."""
+        node = self.stations.get(sid)
+        held = node.certificate if node is not None else None
+        if held is not None:
+            return Identity(held.chain, held.key)
         if group.tls.identity is not None:
             return _identity(group.tls.identity, sid)
         return Identity.from_cert_key(
@@ -200,21 +266,25 @@ class WorldTls(WorldBase):
         for sid in station_ids:
             st = self.stations[sid]
             if st.group.security_profile == 3:
-                self.pki.station_certificate(
+                cert = self.pki.station_certificate(
                     sid, validity_s=st.group.tls.certificate.validity, at=at, renew=True
                 )
+                st.station.certs.provision(identity=cert)
                 self._rebuild_client_tls(st)
 
     def revoke_certificate(self, target: Selector) -> None:
-        """Revoke a CSMS's certificate: its root publishes a new CRL and its responder answers ``revoked``.
+        """Revoke a CSMS's certificate, or the certificates the stations of a group (or one station) hold.
 
-        Stations whose trust store checks CRLs get a new trust store (a new context) for their next
-        connection; the CSMS staples the new status from its next handshake."""
+        A CSMS's: its root publishes a new CRL and its responder answers ``revoked``; stations whose trust store
+        checks CRLs get a new trust store (a new context) for their next connection; the CSMS staples the new
+        status from its next handshake. A station's (the one it holds now and a renewed one not yet in use):
+        the station sub-CA publishes a new CRL and its responder answers ``revoked``; every CSMS and controller
+        whose client trust checks CRLs gets a new listener context, those that check OCSP ask the responder at
+        each upgrade. Open connections are undisturbed."""
         name = self._name(target)
         if name not in self.csms:
-            raise ConfigError(
-                "only a CSMS certificate can be revoked so far", value=name, fix="revoke a CSMS certificate"
-            )
+            self._revoke_stations(name)
+            return
         node = self.csms[name]
         if node.certificate is None:
             raise ConfigError(
@@ -226,6 +296,29 @@ class WorldTls(WorldBase):
             trust = st.group.tls.trust
             if isinstance(trust, TrustSpec) and trust.crl != "off" and st.group.security_profile >= 2:
                 self._rebuild_client_tls(st)
+
+    def _revoke_stations(self, target: str) -> None:
+        at = self.clock.elapsed()
+        _, station_ids = self.targets(target)
+        issuer = self.pki.station_ca.cert.subject
+        for sid in station_ids:
+            certs = self.stations[sid].station.certs
+            held = [c.cert for c in (certs.identity, certs.candidate) if c is not None]
+            if not held:
+                self.recorder.emit(
+                    "timeline", "certificate_not_revoked", station=sid, reason="no certificate"
+                )
+            for cert in held:
+                if cert.issuer != issuer:
+                    self.recorder.emit(
+                        "timeline",
+                        "certificate_not_revoked",
+                        station=sid,
+                        reason="not issued by the run's PKI",
+                    )
+                    continue
+                self.pki.revoke(STATION_CA, cert, at=at)
+        self._refresh_client_trust()
 
     def install_root(self, target: Selector, root: str) -> None:
         """The target stations trust ``root`` too (their groups' trust stores gain it)."""
@@ -242,8 +335,13 @@ class WorldTls(WorldBase):
             if install:
                 roots.append(root)
             group.roots = tuple(roots)
+        cert = self.pki.roots[root].cert
         for sid in station_ids:
             st = self.stations[sid]
+            if install:
+                st.station.certs.provision(add_roots=(cert,))
+            else:
+                st.station.certs.provision(remove_roots=(cert,))
             if not st.group.roots:
                 self.recorder.emit("timeline", "trust_store_empty", group=st.group.name)
                 continue
