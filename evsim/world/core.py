@@ -46,7 +46,8 @@ from evsim.metrics.topology import Topology
 from evsim.net.virtual import LinkPolicy
 from evsim.nodes.admission import TrustedController
 from evsim.nodes.controller import ControllerConfig, LocalController
-from evsim.nodes.csms import Csms, CsmsConfig, StationRecord
+from evsim.nodes.csms import Csms, CsmsConfig
+from evsim.nodes.csms_records import StationRecord
 from evsim.nodes.station import Station, StationConfig
 from evsim.ocpp.netprofile import DEFAULT_SLOT_NUMBERS, NetworkConnectionProfile
 from evsim.recorder import Event, Recorder
