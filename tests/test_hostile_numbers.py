@@ -25,7 +25,8 @@ from evsim.link.slots import NetworkProfiles, NetworkSlot
 from evsim.net.virtual import VirtualNetwork
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.csms_records import InputLog, StationConnection, StationRecord
-from evsim.nodes.station import Station, StationConfig
+from evsim.nodes.station import Station
+from evsim.nodes.station_model import StationConfig
 from evsim.ocpp.netprofile import NetworkConnectionProfile, NetworkSettings, ProfileRejected
 from evsim.recorder import Recorder
 from evsim.tls import ClientTls, ServerTls, TlsProfile
