@@ -22,7 +22,8 @@ from evsim.nodes.certificates import CertificateSettings
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.csms_certs import CsrSigner, SubCaSigner
 from evsim.nodes.security import csms_server_tls, load_anchors, station_client_tls
-from evsim.nodes.station import Station, StationConfig, station_ids
+from evsim.nodes.station import Station, station_ids
+from evsim.nodes.station_model import StationConfig
 from evsim.pki import DevPki, init_dev_pki
 from evsim.pki.dev import CsmsPki
 from evsim.recorder import EventPrinter, Recorder, level_of_verbosity

@@ -38,7 +38,8 @@ import trio.testing
 
 from evsim.net.base import Network
 from evsim.nodes.filetransfer import FileTransferConfig
-from evsim.nodes.station import Station, StationConfig
+from evsim.nodes.station import Station
+from evsim.nodes.station_model import StationConfig
 from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile, TrustStore
 from evsim.world import CsmsNode, Tls, TrustSpec, World, open_world
 from evsim.world.core import NetworkKind
@@ -183,7 +184,7 @@ def start_station(
             station sub-CA).
         rng: its random source; default the world's for ``station_id``.
         files: its firmware and log transfer settings (services, trust, manufacturer roots).
-        config: further :class:`~evsim.nodes.station.StationConfig` fields (``sessions``, ``backoff``...).
+        config: further :class:`~evsim.nodes.station_model.StationConfig` fields (``sessions``, ``backoff``...).
     """
     if client_tls is None and security_profile >= 2:
         if security_profile == 3 and identity is None:

@@ -19,7 +19,8 @@ from evsim.commands import csms_setup
 from evsim.net.virtual import VirtualNetwork
 from evsim.nodes.csms import Csms
 from evsim.nodes.security import load_anchors, station_client_tls
-from evsim.nodes.station import Station, StationConfig
+from evsim.nodes.station import Station
+from evsim.nodes.station_model import StationConfig
 from evsim.pki import CsmsPki, DevPki
 from evsim.pki.keys import load_key_file
 from evsim.recorder import Recorder

@@ -27,7 +27,8 @@ from evsim.net.virtual import VirtualNetwork
 from evsim.nodes.certificates import CertificateSettings
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.csms_certs import CsrSigner, DegradedSigner, SigningSettings, SubCaSigner
-from evsim.nodes.station import Station, StationConfig
+from evsim.nodes.station import Station
+from evsim.nodes.station_model import StationConfig
 from evsim.pki import CertificateAuthority, generate_key, make_csr
 from evsim.pki.keys import certs_to_pem
 from evsim.pki.lifecycle import CsrInfo, certificate_hash_data

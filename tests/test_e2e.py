@@ -15,7 +15,8 @@ import trio.testing
 
 from evsim.errors import ConfigError
 from evsim.nodes.csms import Csms, CsmsConfig
-from evsim.nodes.station import Station, StationConfig
+from evsim.nodes.station import Station
+from evsim.nodes.station_model import StationConfig
 from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile, TrustStore
 from tests.e2e_harness import Harness, harness
 from tests.pki_fixtures import CSMS_HOST, TEST_NOW

@@ -34,8 +34,10 @@ from evsim.link.service import Endpoint, Service
 from evsim.link.slots import NetworkSlot
 from evsim.net.virtual import LinkPolicy, VirtualNetwork
 from evsim.nodes.controller import ControllerConfig, LocalController, UpstreamLossPolicy
-from evsim.nodes.csms import Csms, CsmsConfig, StationRecord
-from evsim.nodes.station import Station, StationConfig
+from evsim.nodes.csms import Csms, CsmsConfig
+from evsim.nodes.csms_records import StationRecord
+from evsim.nodes.station import Station
+from evsim.nodes.station_model import StationConfig
 from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile
 from evsim.pki import CertificateAuthority
 from evsim.recorder import Event, Recorder

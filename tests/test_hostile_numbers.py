@@ -23,8 +23,10 @@ from evsim.clock import SimClock
 from evsim.errors import CallErrorReceived
 from evsim.link.slots import NetworkProfiles, NetworkSlot
 from evsim.net.virtual import VirtualNetwork
-from evsim.nodes.csms import Csms, CsmsConfig, InputLog, StationConnection, StationRecord
-from evsim.nodes.station import Station, StationConfig
+from evsim.nodes.csms import Csms, CsmsConfig
+from evsim.nodes.csms_records import InputLog, StationConnection, StationRecord
+from evsim.nodes.station import Station
+from evsim.nodes.station_model import StationConfig
 from evsim.ocpp.netprofile import NetworkConnectionProfile, NetworkSettings, ProfileRejected
 from evsim.recorder import Recorder
 from evsim.tls import ClientTls, ServerTls, TlsProfile
@@ -467,7 +469,8 @@ async def test_csms_refuses_out_of_range_numbers_and_serves_an_honest_station(
 
 async def test_station_records_are_bounded(autojump_clock: trio.testing.MockClock) -> None:
     """Old code kept every connector pair and every transaction a station ever named."""
-    max_connectors, max_transactions = 64, 100  # evsim.nodes.csms.MAX_CONNECTORS, MAX_TRANSACTIONS_KEPT
+    # evsim.nodes.csms_records.MAX_CONNECTORS, MAX_TRANSACTIONS_KEPT
+    max_connectors, max_transactions = 64, 100
     async with harness() as h:
         csms = await h.start_csms()
         hostile = h.start_station("ST-evil", sessions=0)
@@ -490,7 +493,7 @@ async def test_station_records_are_bounded(autojump_clock: trio.testing.MockCloc
         assert len(rec.transactions) == max_transactions
         assert csms.statistics().transactions_started == max_transactions * 3  # counts are kept
         assert rec.tx_events() == max_transactions * 3
-        from evsim.nodes.csms import MAX_CONNECTORS, MAX_TRANSACTIONS_KEPT
+        from evsim.nodes.csms_records import MAX_CONNECTORS, MAX_TRANSACTIONS_KEPT
 
         assert (max_connectors, max_transactions) == (MAX_CONNECTORS, MAX_TRANSACTIONS_KEPT)
 

@@ -23,7 +23,8 @@ import trio.testing
 
 from evsim.backoff import RetryBackOff
 from evsim.errors import TransportError
-from evsim.nodes.station import Station, StationConfig
+from evsim.nodes.station import Station
+from evsim.nodes.station_model import StationConfig
 from evsim.tls import ClientTls, Identity, TlsProfile
 from evsim.ws.connection import WebSocket
 from tests import hostile

@@ -32,7 +32,8 @@ from hypothesis import strategies as st
 from evsim.errors import TransportError, WebSocketClosed
 from evsim.net import VirtualStream, memory_pipe_pair
 from evsim.nodes.csms import Csms, CsmsConfig
-from evsim.nodes.station import Station, StationConfig
+from evsim.nodes.station import Station
+from evsim.nodes.station_model import StationConfig
 from evsim.tls import ClientTls, TlsProfile
 from evsim.ws import WebSocket, ws_client, ws_server
 from evsim.ws.deflate import WINDOW_BITS

@@ -213,6 +213,21 @@ async def test_download_fails_over_to_the_next_mirror_with_the_tls_reason_and_se
             assert s.servers["fw-b.evsim.test"].statistics().bytes_served == len(IMAGE)
 
 
+async def test_transfer_settings_are_config_errors(autojump_clock: trio.testing.MockClock) -> None:
+    """Old code raised a bare ValueError, without the field, value and fix of every other setting."""
+    with trio.fail_after(10):
+        svc = Service("firmware", (mirror("a", "fw-a.evsim.test", 0),), backoff=FAST)
+        with pytest.raises(ConfigError) as info:
+            await download(
+                svc, "/image.bin", VirtualNetwork(), clock=SimClock.start(TEST_NOW), max_attempts=0
+            )
+        assert (info.value.path, info.value.value) == ("transfer.max_attempts", 0) and info.value.fix
+        ws = Service("csms", (Endpoint("a", "wss://csms.evsim.test/ocpp", trust=PKI.csms_trust()),))
+        with pytest.raises(ConfigError, match="http") as info:
+            await download(ws, "/image.bin", VirtualNetwork(), clock=SimClock.start(TEST_NOW))
+        assert info.value.path == "service.csms" and info.value.fix
+
+
 async def test_an_interrupted_download_resumes_on_another_mirror_with_a_range(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -210,8 +210,10 @@ def test_wait_counts_from_now_and_report_checks_the_endpoint() -> None:
         planner.report(b, True, "", 12.0)
     with pytest.raises(ValueError, match="needs a reason"):
         planner.report(a, False, "", 12.0)
-    with pytest.raises(ValueError, match="log_size"):
+    with pytest.raises(ConfigError, match="log_size") as info:
         EndpointPlanner(service(a), random.Random(1), log_size=0)
+    assert (info.value.path, info.value.value) == ("planner.log_size", 0)
+    assert info.value.fix
 
 
 def test_log_is_bounded() -> None:
@@ -595,8 +597,10 @@ async def test_connect_service_argument_checks(autojump_clock: trio.testing.Mock
     clock = SimClock.start(TEST_NOW)
     net = VirtualNetwork()
     svc = service(ws_endpoint("a"))
-    with pytest.raises(ValueError, match="max_attempts"):
+    with pytest.raises(ConfigError, match="max_attempts") as info:
         await connect_service(svc, net, clock=clock, max_attempts=0)
+    assert (info.value.path, info.value.value) == ("connect_service.max_attempts", 0)
+    assert info.value.fix
     other = EndpointPlanner(service(ws_endpoint("b")), random.Random(1))
     with pytest.raises(ValueError, match="walks service"):
         await connect_service(svc, net, clock=clock, planner=other)

@@ -13,7 +13,7 @@ from evsim.link.service import Service
 from evsim.nodes.admission import AuthBudgetConfig
 from evsim.nodes.controller import ControllerConfig
 from evsim.nodes.csms import CsmsConfig
-from evsim.nodes.station import StationConfig
+from evsim.nodes.station_model import StationConfig
 from evsim.scenario import model
 from evsim.scenario.loader import loads_scenario
 from evsim.scenario.model import ControllerSpec, CsmsSpec, StationGroupSpec, TlsProfileSpec

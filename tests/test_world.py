@@ -207,7 +207,8 @@ async def test_testing_csms_peer_serves_a_station_under_test(autojump_clock: tri
     """A station someone writes (here evsim's own, wired by hand) reaches the peer with what it returns."""
     import random
 
-    from evsim.nodes.station import Station, StationConfig
+    from evsim.nodes.station import Station
+    from evsim.nodes.station_model import StationConfig
     from evsim.testing import csms_peer, open_test_world
 
     with trio.fail_after(3600):

@@ -577,7 +577,7 @@ class EndpointPlanner:
         log_size: how many attempts :attr:`log` keeps (the oldest are dropped).
 
     Raises:
-        ValueError: ``log_size < 1``.
+        ConfigError: ``log_size < 1`` (path ``planner.log_size``).
     """
 
     def __init__(
@@ -589,7 +589,12 @@ class EndpointPlanner:
         log_size: int = 1000,
     ) -> None:
         if log_size < 1:
-            raise ValueError("log_size must be >= 1")
+            raise ConfigError(
+                "must be an integer >= 1",
+                path="planner.log_size",
+                value=log_size,
+                fix="keep e.g. 1000 attempts",
+            )
         self.service = service
         self._order = service.ordered
         self._backoff = BackOffSchedule(service.backoff, rng)
@@ -821,11 +826,17 @@ async def connect_service(
 
     Raises:
         ServiceUnavailable: ``max_attempts`` attempts failed; lists every attempt's reason.
-        ValueError: ``max_attempts < 1``, or a planner made for another service.
-        ConfigError: an endpoint's TLS configuration does not compile.
+        ConfigError: ``max_attempts < 1`` (path ``connect_service.max_attempts``), or an endpoint's TLS
+            configuration does not compile.
+        ValueError: a planner made for another service.
     """
     if max_attempts is not None and max_attempts < 1:
-        raise ValueError("max_attempts must be >= 1 (or None for no limit)")
+        raise ConfigError(
+            "must be an integer >= 1",
+            path="connect_service.max_attempts",
+            value=max_attempts,
+            fix="use e.g. 3, or None for no limit",
+        )
     if planner is None:
         planner = EndpointPlanner(service, random.Random(f"evsim.service:{service.name}"))
     elif planner.service != service:

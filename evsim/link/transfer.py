@@ -37,7 +37,7 @@ import trio
 
 from evsim.backoff import Attempt
 from evsim.clock import SimClock
-from evsim.errors import HandshakeFailed, HttpError, TransportError, failure_reason
+from evsim.errors import ConfigError, HandshakeFailed, HttpError, TransportError, failure_reason
 from evsim.http import HttpConnection, HttpLimits, parse_content_range
 from evsim.link.service import (
     Endpoint,
@@ -439,10 +439,20 @@ async def _walk(
 ) -> tuple[ServiceConnection[tuple[int, int]], tuple[int, int], tuple[Attempt, ...]]:
     """Try the endpoints one attempt at a time (so each failure's exception is at hand for its event)."""
     if service.kind != "http":
-        raise ValueError(f"service {service.name!r} has ws:// endpoints, not http(s)://")
+        raise ConfigError(
+            "a transfer needs http(s):// endpoints",
+            path=f"service.{service.name}",
+            value=service.kind,
+            fix="give the service http:// or https:// URLs",
+        )
     limit = _default_attempts(service) if max_attempts is None else max_attempts
     if limit < 1:
-        raise ValueError("max_attempts must be >= 1 (or None for one pass)")
+        raise ConfigError(
+            "must be an integer >= 1",
+            path="transfer.max_attempts",
+            value=max_attempts,
+            fix="use e.g. 3, or None for one pass",
+        )
     if planner is None:
         planner = EndpointPlanner(
             service, random.Random(f"evsim.transfer:{service.name}"), wait_after_success=False

@@ -39,19 +39,8 @@ Numbers a station sends are range-checked against :mod:`evsim.ocpp.limits` befor
 every other station are not affected. Refusals are recorded per connection up to :data:`BAD_INPUT_EVENTS`
 (:class:`InputLog`): a peer sending nothing but bad frames or values cannot flood the log.
 
-Memory per station is bounded, whatever a station sends:
-
-* a record whose station never got an Accepted BootNotification is dropped when its connection ends (its
-  message counts stay in :meth:`Csms.statistics`);
-* a transaction's seqNos are runs of consecutive numbers (:class:`~evsim.ocpp.seqno.SeqNos`): constant memory
-  and O(1) per event for a transaction delivered in order, however long, at most ``MAX_RUNS`` runs otherwise;
-* at most :data:`MAX_TRANSACTIONS_KEPT` transactions are kept per station: opening one more retires the
-  oldest, whose counts (started, ended, events, duplicates, offline events) are added to the station's
-  ``retired`` totals, so statistics and reports do not change; an event for a retired transaction starts a new
-  record;
-* at most :data:`MAX_CONNECTORS` (evseId, connectorId) pairs per station (one more: CALLERROR
-  ``OccurrenceConstraintViolation``), and the last :data:`SECURITY_EVENTS_KEPT` security events (all are
-  counted).
+The records kept per station and per connection, and the bounds on their memory, are
+:mod:`evsim.nodes.csms_records`.
 """
 
 from __future__ import annotations
@@ -95,6 +84,15 @@ from evsim.nodes.admission import (
     note_accepted,
 )
 from evsim.nodes.csms_certs import CsmsCertificates, CsrSigner, SigningSettings
+from evsim.nodes.csms_records import (
+    MAX_CONNECTORS,
+    MAX_TRANSACTIONS_KEPT,
+    InputLog,
+    StationConnection,
+    StationRecord,
+    TransactionRecord,
+    make_live,
+)
 from evsim.nodes.expiry import ExpiryMonitor
 from evsim.ocpp.limits import (
     CONNECTOR_ID,
@@ -105,8 +103,7 @@ from evsim.ocpp.limits import (
     Bound,
     OutOfRange,
 )
-from evsim.ocpp.rpc import BadInput, CallReceived, RpcConnection, RpcEvent
-from evsim.ocpp.seqno import SeqNos
+from evsim.ocpp.rpc import RpcConnection
 from evsim.ocpp.session import OcppSession
 from evsim.ocpp.versions import version_for
 from evsim.recorder import Recorder
@@ -117,12 +114,6 @@ from evsim.ws import Accept, Reject, UpgradeRequest, WebSocket
 
 log = logging.getLogger("evsim.csms")
 
-MAX_TRANSACTIONS_KEPT = 100
-"""Transactions kept per station; opening one more retires the oldest into :attr:`StationRecord.retired`."""
-MAX_CONNECTORS = 64
-"""Distinct (evseId, connectorId) pairs whose status is kept per station."""
-SECURITY_EVENTS_KEPT = 100
-"""The most recent SecurityEventNotifications kept per station (:attr:`StationRecord.security_events`)."""
 _ENERGY = "Energy.Active.Import.Register"
 
 
@@ -230,113 +221,6 @@ class CsmsConfig:
                 value=self.behind_controller,
                 fix=choices_fix(self.behind_controller, BEHIND_CONTROLLER_CHOICES),
             )
-
-
-@attrs.define
-class TransactionRecord:
-    """What the CSMS saw of one transaction.
-
-    Attributes:
-        seq_nos: the seqNos received (runs of consecutive numbers: constant size for an in-order transaction).
-        events: TransactionEvents received, duplicates not counted.
-    """
-
-    transaction_id: str
-    seq_nos: SeqNos = attrs.field(factory=SeqNos)
-    started: bool = False
-    ended: bool = False
-    offline_events: int = 0
-    duplicates: int = 0
-    energy_wh: float = 0.0
-
-    @property
-    def events(self) -> int:
-        return self.seq_nos.count
-
-    def gap_free(self) -> bool:
-        """True if the seqNos received are exactly 0..events-1 (none missing, none out of place)."""
-        return self.seq_nos.gap_free()
-
-
-@attrs.define
-class RetiredTransactions:
-    """The counts of a station's transactions no longer kept (see :data:`MAX_TRANSACTIONS_KEPT`)."""
-
-    transactions: int = 0
-    started: int = 0
-    ended: int = 0
-    events: int = 0
-    duplicates: int = 0
-    offline_events: int = 0
-
-    def add(self, tx: TransactionRecord) -> None:
-        self.transactions += 1
-        self.started += tx.started
-        self.ended += tx.ended
-        self.events += tx.events
-        self.duplicates += tx.duplicates
-        self.offline_events += tx.offline_events
-
-
-@attrs.define(eq=False)
-class StationConnection:
-    """One upgraded connection speaking for a station (a record may have several, see the module doc).
-
-    Attributes:
-        number: the record's connection count when it arrived (1 = the first).
-        source: the remote host.
-        accepted: its BootNotification was Accepted (B02.FR.09 is per connection).
-        replaced: a newer connection took over; it is being closed with 1008.
-        inputs: records what the connection's peer sent that was refused (see :class:`InputLog`).
-    """
-
-    number: int
-    source: str
-    ws: WebSocket
-    tls: TlsInfo | None
-    controller: str | None
-    serial_from_cert: str | None
-    inputs: InputLog
-    accepted: bool = False
-    replaced: bool = False
-    session: OcppSession | None = None
-    cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-
-
-@attrs.define
-class StationRecord:
-    """Everything the CSMS knows about one station; the fields of the live connection (``accepted``,
-    ``connected``, ``subprotocol``, ``tls``, ``serial_from_cert``, ``via_controller``, ``session``) are those of
-    ``connection``, the station's session."""
-
-    station_id: str
-    accepted: bool = False
-    boots: int = 0
-    heartbeats: int = 0
-    connections: int = 0
-    connected: bool = False
-    subprotocol: str | None = None
-    tls: TlsInfo | None = None
-    serial_from_cert: str | None = None
-    via_controller: str | None = None
-    connectors: dict[tuple[int, int], str] = attrs.field(factory=dict)
-    transactions: dict[str, TransactionRecord] = attrs.field(factory=dict)
-    retired: RetiredTransactions = attrs.field(factory=RetiredTransactions)
-    security_events: collections.deque[dict[str, Any]] = attrs.field(
-        factory=lambda: collections.deque(maxlen=SECURITY_EVENTS_KEPT)
-    )
-    security_events_total: int = 0
-    messages: collections.Counter[str] = attrs.field(factory=collections.Counter)
-    session: OcppSession | None = None
-    connection: StationConnection | None = None
-    firmware_status: str | None = None
-    """The last FirmwareStatusNotification status (None before the first)."""
-    log_status: str | None = None
-    """The last LogStatusNotification status (None before the first)."""
-
-    def tx_events(self) -> int:
-        """TransactionEvents received from this station (duplicates not counted), retired ones included."""
-        return self.retired.events + sum(tx.events for tx in self.transactions.values())
 
 
 @attrs.frozen
@@ -564,7 +448,7 @@ class Csms:
 
         session = conn.session = OcppSession(ws, rpc, handler, on_event=inputs)
         if rec.connection is None:
-            _make_live(rec, conn)  # else it waits beside the live one until its own boot is Accepted
+            make_live(rec, conn)  # else it waits beside the live one until its own boot is Accepted
         self.recorder.emit(
             name,
             "station_connected",
@@ -718,7 +602,7 @@ class Csms:
         conn.accepted = True
         old = rec.connection
         if old is not conn:
-            _make_live(rec, conn)
+            make_live(rec, conn)
             if old is not None:
                 old.replaced = True
                 old.cancel_scope.cancel()  # its task closes it with REPLACED_CLOSE
@@ -967,88 +851,6 @@ class Csms:
             tls_versions=dict(self._tls_versions),
             tls_suites=dict(self._tls_suites),
         )
-
-
-BAD_INPUT_EVENTS = 10
-"""Refusals (``bad_input``, ``value_refused``) recorded per connection; after that one ``bad_input_suppressed``
-event, then silence (a peer sending nothing but bad frames or values must not turn each into a log line)."""
-
-RECENT_CALL_IDS = 8
-"""Ids of a connection's last CALLs remembered to notice one reused (OCPP-J: every CALL of a sender on a
-connection has a new id)."""
-
-
-class InputLog:
-    """What one station connection sent that was refused or broke the rules, recorded with a budget.
-
-    It is the connection's :class:`OcppSession` ``on_event`` hook: each bad frame or payload the session
-    answered or dropped is recorded as ``bad_input`` (reason: the CALLERROR code; detail: its description), and
-    so is a CALL whose id one of the last :data:`RECENT_CALL_IDS` CALLs had (it is answered: reason
-    ``RpcFrameworkError``, ``replied`` True). The CSMS records its own refusals through :meth:`emit` too (a
-    CALL before an Accepted boot, an out-of-range value). Up to :data:`BAD_INPUT_EVENTS` such events per
-    connection; every other RPC event goes to :meth:`Recorder.trace` as a ``message`` when the recorder traces.
-    """
-
-    __slots__ = ("_count", "_node", "_recent", "_recorder", "_station_id")
-
-    def __init__(self, recorder: Recorder, node: str, station_id: str) -> None:
-        self._recorder = recorder
-        self._node = node
-        self._station_id = station_id
-        self._count = 0
-        self._recent: collections.deque[str] = collections.deque(maxlen=RECENT_CALL_IDS)
-
-    def emit(self, kind: str, **fields: Any) -> None:
-        """Record one refusal (within the connection's budget)."""
-        self._count += 1
-        if self._count <= BAD_INPUT_EVENTS:
-            self._recorder.emit(self._node, kind, station=self._station_id, **fields)
-        elif self._count == BAD_INPUT_EVENTS + 1:
-            self._recorder.emit(
-                self._node, "bad_input_suppressed", station=self._station_id, after=BAD_INPUT_EVENTS
-            )
-
-    def __call__(self, event: RpcEvent) -> None:
-        if isinstance(event, BadInput):
-            error = event.error
-            self.emit(
-                "bad_input",
-                reason=error.error_code,
-                detail=getattr(error, "description", str(error)),
-                replied=event.replied,
-            )
-            return
-        if isinstance(event, CallReceived):
-            mid = event.message_id
-            if mid in self._recent:
-                self.emit(
-                    "bad_input",
-                    reason="RpcFrameworkError",
-                    detail=f"CALL id {mid!r} reused (answered again)",
-                    replied=True,
-                )
-            self._recent.append(mid)
-        if self._recorder.tracing:
-            fields = {
-                name: getattr(event, name)
-                for name in ("message_id", "action", "error_code", "description")
-                if hasattr(event, name)
-            }
-            self._recorder.trace(
-                self._node, "message", station=self._station_id, received=type(event).__name__, **fields
-            )
-
-
-def _make_live(rec: StationRecord, conn: StationConnection) -> None:
-    """Make ``conn`` the station's session: the record's connection fields become its."""
-    rec.connection = conn
-    rec.session = conn.session
-    rec.connected = True
-    rec.accepted = conn.accepted
-    rec.subprotocol = conn.ws.subprotocol
-    rec.tls = conn.tls
-    rec.via_controller = conn.controller
-    rec.serial_from_cert = conn.serial_from_cert
 
 
 async def _aclose_quietly(stream: trio.abc.AsyncResource) -> None:

@@ -27,6 +27,9 @@ InvalidTLSVersion, ...), queued once per failure streak and delivered after the 
 (A04.FR.02; errata 2023-12 §2.2.1). With a peer policy bound to its ``ClientTls`` (pins, change notification),
 the policy's events reach :meth:`Station.on_peer_event`, which queues those that map to an OCPP security event
 the same way (``pin_promoted``, an accepted ``peer_key_changed``, a report-only ``pin_mismatch``...).
+
+The station's configuration and the device model the CSMS reads and writes (GetVariables, SetVariables,
+SetNetworkProfile) are :mod:`evsim.nodes.station_model`.
 """
 
 from __future__ import annotations
@@ -37,13 +40,12 @@ import logging
 import math
 import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import trio
 
-from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock, isoformat
 from evsim.errors import (
     CallErrorReceived,
@@ -56,13 +58,13 @@ from evsim.errors import (
 )
 from evsim.link.slots import NetworkProfiles, NetworkSlot
 from evsim.net.base import Network
-from evsim.nodes.certificates import CertificateSettings, CertificateSwitch, StationCertificates
+from evsim.nodes.certificates import CertificateSwitch, StationCertificates
 from evsim.nodes.expiry import ExpiryMonitor
 from evsim.nodes.filetransfer import FileTransferConfig
 from evsim.nodes.firmware import FirmwareUpdater
 from evsim.nodes.logupload import LogUploader
+from evsim.nodes.station_model import DeviceModel, StationConfig
 from evsim.ocpp.limits import BOOT_RETRY_INTERVAL, HEARTBEAT_INTERVAL, OutOfRange
-from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile, NetworkSettings, ProfileRejected
 from evsim.ocpp.rpc import BadInput, RpcConnection, RpcEvent
 from evsim.ocpp.session import OcppSession
 from evsim.ocpp.transaction import TransactionRecorder
@@ -89,110 +91,6 @@ from evsim.ws.auth import basic_auth_header
 from evsim.ws.paths import station_path
 
 log = logging.getLogger("evsim.station")
-
-
-@attrs.frozen
-class StationConfig:
-    """How one station behaves.
-
-    Args:
-        station_id: the OCPP identity (URL path, Basic-auth user, certificate CN for profile 3).
-        csms_url: OCPP-J endpoint without the identity, e.g. ``wss://csms.evsim.test/ocpp``; it becomes
-            configuration slot 0 with ``security_profile`` and ``message_timeout_s``. Leave it empty when
-            ``network_slots`` is given.
-        security_profile: 1, 2 or 3 (see :class:`~evsim.nodes.csms.CsmsConfig`): the profile of the
-            ``csms_url`` slot, and the station's starting security profile (no slot below it is used).
-        password: Basic-auth password (profiles 1 and 2).
-        ocpp_versions: subprotocols offered, in order of preference.
-        sessions: charging sessions to play (0: none; the station only boots and heartbeats).
-        session_start_s: (min, max) delay before each session starts, drawn from the station's RNG.
-        session_duration_s: how long the EV charges.
-        meter_interval_s: ``SampledDataCtrlr.TxUpdatedInterval``.
-        charge_power_w: charging power for the simulated meter.
-        id_token: the RFID token presented.
-        message_attempts, message_attempt_interval_s: E13 retry of TransactionEvents after a timeout.
-        message_timeout_s: the network profile's ``messageTimeout``.
-        backoff: RetryBackOff for reconnects.
-        queue_max: pressure threshold of the offline queue.
-        compression: offer permessage-deflate (optional for stations, OCPP-J §3.4).
-        close_timeout_s: how long a station that ends a connection (it stops, or gives up on the CSMS) waits
-            for the CSMS's reply to its WebSocket close frame before it closes the link anyway.
-        network_slots: configuration slots (NetworkConnectionProfiles, each with optional own TLS settings);
-            empty: one slot 0 from ``csms_url``.
-        network_priority: ``OCPPCommCtrlr.NetworkConfigurationPriority`` (None: the slots in order given).
-        network_attempts: ``NetworkProfileConnectionAttempts`` (attempts per slot before the next).
-        network_fallback: when every slot failed: ``"restart_list"`` (B10.FR.08) or ``"last_working"``
-            (B10.FR.07); see :mod:`evsim.ocpp.netprofile`.
-        allow_security_downgrade: ``SecurityCtrlr.AllowSecurityProfileDowngrade`` (3→2 only).
-        certificates: the certificate device model (OrganizationName, the key pair a CSR gets, resend
-            schedule, A03 threshold, MaxCertificateChainSize...; :mod:`evsim.nodes.certificates`).
-    """
-
-    station_id: str
-    csms_url: str = ""
-    security_profile: int = 2
-    password: str | None = None
-    ocpp_versions: tuple[str, ...] = ("2.0.1",)
-    vendor: str = "evsim"
-    model: str = "evsim-ac22"
-    firmware_version: str = "0.1.0"
-    sessions: int = 1
-    session_start_s: tuple[float, float] = (5.0, 30.0)
-    session_duration_s: float = 600.0
-    meter_interval_s: float = 60.0
-    charge_power_w: float = 11_000.0
-    id_token: str = "EVSIM0001"
-    message_attempts: int = 3
-    message_attempt_interval_s: float = 10.0
-    message_timeout_s: float = 30.0
-    default_heartbeat_s: float = 300.0
-    backoff: RetryBackOff = attrs.field(factory=RetryBackOff)
-    queue_max: int = 1000
-    compression: bool = False
-    close_timeout_s: float = 5.0
-    network_slots: tuple[NetworkSlot, ...] = ()
-    network_priority: tuple[int, ...] | None = None
-    network_attempts: int = 3
-    network_fallback: FallbackPolicy = "restart_list"
-    allow_security_downgrade: bool = False
-    certificates: CertificateSettings = attrs.field(factory=CertificateSettings)
-
-    def __attrs_post_init__(self) -> None:
-        if self.security_profile not in (1, 2, 3):
-            raise ConfigError(
-                "security_profile must be 1, 2 or 3",
-                path="station.security_profile",
-                value=self.security_profile,
-            )
-        if bool(self.csms_url) == bool(self.network_slots):
-            raise ConfigError(
-                "give either csms_url (one slot) or network_slots, not both or neither",
-                path="station.csms_url",
-                fix="set exactly one of them",
-            )
-
-    def slots(self) -> tuple[NetworkSlot, ...]:
-        """The configuration slots: ``network_slots``, or slot 0 made from ``csms_url``.
-
-        Raises:
-            ProfileRejected: ``csms_url`` does not fit ``security_profile`` (ws:// for 1, wss:// for 2/3).
-        """
-        if self.network_slots:
-            return self.network_slots
-        profile = NetworkConnectionProfile(
-            self.csms_url, self.security_profile, message_timeout=self.message_timeout_s
-        )
-        return (NetworkSlot(0, profile),)
-
-    def network_settings(self) -> NetworkSettings:
-        """The failover settings (:class:`~evsim.ocpp.netprofile.NetworkSettings`) from the fields above."""
-        return NetworkSettings(
-            priority=self.network_priority,
-            connection_attempts=self.network_attempts,
-            backoff=self.backoff,
-            fallback=self.network_fallback,
-            allow_security_downgrade=self.allow_security_downgrade,
-        )
 
 
 @attrs.frozen
@@ -304,6 +202,8 @@ class Station:
         self._bad_inputs = 0
         self.firmware = FirmwareUpdater(self, files or FileTransferConfig(), config.firmware_version)
         self.logs = LogUploader(self, files or FileTransferConfig())
+        self.device_model = DeviceModel(self, self._refused)
+        """Answers GetVariables, SetVariables and SetNetworkProfile from the station's live values."""
         self._link_scope: trio.CancelScope | None = None
         self._rebooting = False
 
@@ -875,11 +775,15 @@ class Station:
             self._wake.set()
             return {"status": "Accepted"}
         if action == "GetVariables":
-            return {"getVariableResult": [self._get_variable(v) for v in payload["getVariableData"]]}
+            return {
+                "getVariableResult": [self.device_model.get_variable(v) for v in payload["getVariableData"]]
+            }
         if action == "SetVariables":
-            return {"setVariableResult": [self._set_variable(v) for v in payload["setVariableData"]]}
+            return {
+                "setVariableResult": [self.device_model.set_variable(v) for v in payload["setVariableData"]]
+            }
         if action == "SetNetworkProfile":
-            return self._set_network_profile(payload)
+            return self.device_model.set_network_profile(payload)
         if action == "CertificateSigned":
             response = self.certs.certificate_signed(payload, trio.current_time(), self.clock.utcnow())
             self._wake.set()
@@ -897,93 +801,6 @@ class Station:
         if action == "GetLog":
             return self.logs.get_log(payload)
         raise OcppError(f"{action} is not supported by this station", error_code="NotSupported")
-
-    def _variables(self) -> dict[tuple[str, str], str]:
-        out = {
-            ("OCPPCommCtrlr", "HeartbeatInterval"): str(int(self.heartbeat_s)),
-            ("SecurityCtrlr", "SecurityProfile"): str(self.network_profiles.security_profile),
-            ("SecurityCtrlr", "Identity"): self.config.station_id,
-            ("SecurityCtrlr", "AllowSecurityProfileDowngrade"): str(
-                self.config.allow_security_downgrade
-            ).lower(),
-        }
-        for name, value in self.network_profiles.variables().items():
-            out[("OCPPCommCtrlr", name)] = value
-        for name, value in self.certs.variables().items():
-            out[("SecurityCtrlr", name)] = value
-        return out
-
-    def _set_network_profile(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """SetNetworkProfile (B09): validate and store the slot; used from the next reconnect on.
-
-        Answers Accepted, or Rejected with ``statusInfo.reasonCode`` ``InvalidNetworkConf`` (B09.FR.02),
-        ``NoSecurityDowngrade`` (B09.FR.04/31) or ``InvalidConfSlot`` (B09.FR.05).
-        """
-        slot = payload["configurationSlot"]
-        try:
-            profile = NetworkConnectionProfile.from_ocpp(payload["connectionData"])
-            if profile.security_profile >= 2 and self.client_tls is None:
-                raise ProfileRejected("InvalidNetworkConf", "no TLS configuration installed for wss://")
-            self.network_profiles.set_network_profile(slot, profile)
-        except ProfileRejected as exc:
-            self.recorder.emit(
-                self.name, "network_profile_rejected", slot=slot, reason=exc.reason_code, detail=str(exc)
-            )
-            return {
-                "status": "Rejected",
-                "statusInfo": {"reasonCode": exc.reason_code, "additionalInfo": str(exc)[:512]},
-            }
-        self.recorder.emit(
-            self.name,
-            "network_profile_set",
-            slot=slot,
-            url=profile.ocpp_csms_url,
-            security_profile=profile.security_profile,
-        )
-        return {"status": "Accepted"}
-
-    def _get_variable(self, item: dict[str, Any]) -> dict[str, Any]:
-        key = (item["component"]["name"], item["variable"]["name"])
-        value = self._variables().get(key)
-        result: dict[str, Any] = {
-            "attributeStatus": "Accepted" if value is not None else "UnknownVariable",
-            "component": item["component"],
-            "variable": item["variable"],
-        }
-        if value is not None:
-            result["attributeValue"] = value
-        return result
-
-    def _set_variable(self, item: dict[str, Any]) -> dict[str, Any]:
-        key = (item["component"]["name"], item["variable"]["name"])
-        status = "UnknownVariable"
-        value = item["attributeValue"]
-        info: dict[str, str] | None = None
-        if key == ("OCPPCommCtrlr", "HeartbeatInterval"):
-            try:
-                self.heartbeat_s = float(HEARTBEAT_INTERVAL.parse(value))
-                status = "Accepted"
-            except OutOfRange as exc:
-                status, info = "Rejected", {"reasonCode": exc.reason_code, "additionalInfo": str(exc)[:512]}
-                self._refused("SetVariables", exc)
-        elif key[0] == "OCPPCommCtrlr" and key[1] in _NETWORK_SETTERS:
-            try:
-                _NETWORK_SETTERS[key[1]](self.network_profiles, value)
-                status = "Accepted"  # B10.FR.01; takes effect at the next reconnect (see netprofile)
-            except ProfileRejected as exc:  # B10.FR.02
-                status, info = "Rejected", {"reasonCode": exc.reason_code, "additionalInfo": str(exc)[:512]}
-            reason = {"reason": info["reasonCode"]} if info is not None else {}
-            self.recorder.emit(
-                self.name, "network_variable_set", variable=key[1], value=value, status=status, **reason
-            )
-        elif key[0] == "SecurityCtrlr" and key[1] in self.certs.variables():
-            status, code = self.certs.set_variable(key[1], value)
-            if code is not None:
-                info = {"reasonCode": code}
-        result = {"attributeStatus": status, "component": item["component"], "variable": item["variable"]}
-        if info is not None:
-            result["attributeStatusInfo"] = info
-        return result
 
     # ---------------------------------------------------------------- reporting
 
@@ -1011,15 +828,6 @@ class Station:
 BAD_INPUT_EVENTS = 10
 """Refused frames or payloads from the CSMS recorded per connection (``bad_input``); the rest are counted by
 the RPC core only."""
-
-_NETWORK_SETTERS: dict[str, Callable[[NetworkProfiles, str], None]] = {
-    "NetworkConfigurationPriority": NetworkProfiles.set_priority,
-    "NetworkProfileConnectionAttempts": NetworkProfiles.set_connection_attempts,
-    "RetryBackOffWaitMinimum": lambda p, v: p.set_backoff(wait_minimum=v),
-    "RetryBackOffRandomRange": lambda p, v: p.set_backoff(random_range=v),
-    "RetryBackOffRepeatTimes": lambda p, v: p.set_backoff(repeat_times=v),
-}
-"""The OCPPCommCtrlr variables SetVariables may write, and how (:class:`NetworkProfiles` validates)."""
 
 
 class Rebooting(TransportError):

@@ -27,7 +27,7 @@ from evsim.nodes.certificates import CertificateSettings
 from evsim.nodes.controller import ControllerConfig
 from evsim.nodes.csms import CsmsConfig
 from evsim.nodes.csms_certs import SigningSettings
-from evsim.nodes.station import StationConfig
+from evsim.nodes.station_model import StationConfig
 from evsim.tls.config import TlsProfile
 from evsim.world.actions import Action
 from evsim.world.specs import (
@@ -56,7 +56,7 @@ def default_of(cls: type, name: str) -> Any:
 
     The scenario model takes the defaults of the node settings from the node configuration classes
     (:class:`~evsim.nodes.csms.CsmsConfig`, :class:`~evsim.nodes.controller.ControllerConfig`,
-    :class:`~evsim.nodes.station.StationConfig`, :class:`~evsim.tls.config.TlsProfile`,
+    :class:`~evsim.nodes.station_model.StationConfig`, :class:`~evsim.tls.config.TlsProfile`,
     :class:`~evsim.link.service.Service`), so each default is written once; the loader takes its defaults from
     the model the same way.
     """

@@ -33,8 +33,9 @@ from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError
 from evsim.metrics.rundir import Sample
 from evsim.nodes.controller import LocalController
-from evsim.nodes.csms import Csms, StationRecord
+from evsim.nodes.csms import Csms
 from evsim.nodes.csms_certs import SigningSettings
+from evsim.nodes.csms_records import StationRecord
 from evsim.nodes.station import Station
 from evsim.recorder import Event, Recorder
 from evsim.runtime import tune_gc

@@ -21,7 +21,7 @@ from evsim.errors import ConfigError
 from evsim.net.base import Network
 from evsim.net.tcp import TcpNetwork
 from evsim.net.virtual import VirtualNetwork
-from evsim.nodes.csms import StationRecord
+from evsim.nodes.csms_records import StationRecord
 from evsim.nodes.expiry import ExpiryMonitor
 from evsim.recorder import Recorder
 from evsim.tls import (

@@ -47,10 +47,12 @@ from evsim.net.virtual import LinkPolicy
 from evsim.nodes.admission import TrustedController
 from evsim.nodes.certificates import CertificateSettings
 from evsim.nodes.controller import ControllerConfig, LocalController
-from evsim.nodes.csms import Csms, CsmsConfig, StationRecord
+from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.csms_certs import DegradedSigner, SigningSettings, SubCaSigner
+from evsim.nodes.csms_records import StationRecord
 from evsim.nodes.expiry import ExpiryMonitor
-from evsim.nodes.station import Station, StationConfig
+from evsim.nodes.station import Station
+from evsim.nodes.station_model import StationConfig
 from evsim.ocpp.netprofile import DEFAULT_SLOT_NUMBERS, NetworkConnectionProfile
 from evsim.recorder import Event, Recorder
 from evsim.tls import (
