@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -80,9 +81,10 @@ async def test_evsim_csms_serves_sp2_from_the_three_files(
     openssl_layout: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     args = build_parser().parse_args(
-        ["csms", "--pki", str(openssl_layout), "--password", PASSWORD, "--listen", "csms-server:443"]
+        ["csms", "--pki", str(openssl_layout), "--password", PASSWORD, "--listen", "127.0.0.1:443"]
     )
     config, server_tls, signer = csms_setup(args)
+    config = attrs.evolve(config, host="csms-server")  # on the in-memory network, under the seed's host name
     assert signer is None
     clock = SimClock.start(real_utcnow())  # openssl issued the certificates at the machine's time
     recorder = Recorder(clock)
