@@ -4,6 +4,7 @@ a station's (sans-IO first, then in memory on virtual time)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -252,6 +253,30 @@ async def test_controller_refuses_abusive_identities_with_404(autojump_clock: tr
             assert await _status_of(h, path, host=LC_HOST) == 404, path
         assert not lc.stations
         assert len(h.events("upgrade_rejected", "LC-1")) == 3
+
+
+async def test_controller_forgets_identities_the_csms_never_accepted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Without station passwords the controller lets any well-formed identity through and leaves the password to
+    the CSMS: what it keeps for identities the CSMS never accepted goes when their links end, so a peer without
+    credentials cannot grow it by trying identities; an accepted station keeps its record."""
+    async with harness() as h:
+        await h.start_csms()
+        lc = await start_controller(h)
+        st = await _online(h, "ST-1", host=LC_HOST)
+        for n in range(20):
+            with trio.move_on_after(60):
+                ws = await _raw(
+                    h, f"/ocpp/GUESS-{n}", host=LC_HOST, user=f"GUESS-{n}", password="wrong-password-0"
+                )
+                with contextlib.suppress(Exception):
+                    await _call(ws, "b1", "BootNotification", _BOOT)
+                with contextlib.suppress(Exception):
+                    await ws.aclose()
+        await trio.sleep(60)
+        assert set(lc.stations) == {"ST-1"}, sorted(lc.stations)
+        assert st.statistics().connected
 
 
 # ---------------------------------------------------------------- in memory: duplicate identities

@@ -493,13 +493,24 @@ class LocalController:
             relay.live = True
             state.relay = relay  # else it waits beside the live one until the CSMS accepts its boot
         self.recorder.emit(self.name, "station_connected", station=station_id, subprotocol=ws.subprotocol)
+        state.running += 1
         try:
             await relay.run()
         finally:
+            state.running -= 1
+            state.boots_accepted += relay.core.station_boots_accepted
             if state.relay is relay:
                 state.relay = None
                 if relay.core.last_station_boot is not None:
                     state.last_boot = relay.core.last_station_boot
+            self._forget_if_never_accepted(state)
+
+    def _forget_if_never_accepted(self, state: StationState) -> None:
+        """Drop what the controller kept for an identity the CSMS never accepted once its last link is gone:
+        what a peer without credentials leaves behind is bounded by the connection caps, not by how many
+        identities it tries (the CSMS does the same with its station records)."""
+        if state.running == 0 and state.boots_accepted == 0 and self.stations.get(state.station_id) is state:
+            del self.stations[state.station_id]
 
     def promote(self, relay: RelayPair) -> None:
         """The CSMS accepted ``relay``'s BootNotification: it becomes the station's link, an older one is

@@ -90,6 +90,10 @@ class StationState:
     replayed: int = 0
     #: (number, source) of the link the CSMS closed as replaced, until a newer link here takes over
     replaced_upstream: tuple[int, str] | None = None
+    #: links of this identity running now, and BootNotifications the CSMS accepted over any of them: an
+    #: identity with no link left and no accepted boot is forgotten (a peer may try any number of identities)
+    running: int = 0
+    boots_accepted: int = 0
 
 
 @attrs.define
