@@ -84,7 +84,6 @@ from evsim.nts.records import (
     parse_response,
 )
 from evsim.recorder import Recorder
-from evsim.text import escape
 from evsim.tls import ClientTls, Identity, ServerTls, TlsProfile, TlsStream, tls_accept, tls_connect
 
 __all__ = [
@@ -330,7 +329,7 @@ class NtsServer:
 
     def _refuse(self, peer: str, reason: str, detail: str = "") -> None:
         self._ke_refused[reason] += 1
-        self._recorder.emit(self.name, "ntske_refused", peer=peer, reason=reason, detail=escape(detail))
+        self._recorder.emit(self.name, "ntske_refused", peer=peer, reason=reason, detail=detail)
 
     async def _serve_ke(self, transport: trio.abc.Stream) -> None:
         remote = remote_address(transport)
@@ -425,7 +424,7 @@ class NtsServer:
                         "ntp_dropped",
                         peer=format_address(source),
                         reason="send_failed",
-                        detail=escape(str(exc)),
+                        detail=str(exc),
                     )
 
 
@@ -683,7 +682,7 @@ class NtsClient:
         except KeFailed as exc:
             self._ke_failed[exc.reason] += 1
             self._recorder.emit(
-                self.name, "nts_ke_failed", source=source.name, reason=exc.reason, detail=escape(exc.detail)
+                self.name, "nts_ke_failed", source=source.name, reason=exc.reason, detail=exc.detail
             )
             return None
         self._ke_ok += 1
@@ -773,7 +772,7 @@ class NtsClient:
             await sock.send_to(request, self._target)
         except (ConfigError, TransportError) as exc:
             self._rejected["send_failed"] += 1
-            self._recorder.emit(self.name, "ntp_send_failed", source=source.name, detail=escape(str(exc)))
+            self._recorder.emit(self.name, "ntp_send_failed", source=source.name, detail=str(exc))
             self._unanswered += 1
             return None
         with trio.move_on_after(self.timeout_s):
@@ -799,7 +798,7 @@ class NtsClient:
                         self.name,
                         "nts_cookies_refused" if outcome.code == "NTSN" else "nts_kiss_of_death",
                         source=source.name,
-                        code=escape(outcome.code),
+                        code=outcome.code,
                         authenticated=outcome.authenticated,
                     )
                     return outcome

@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from evsim.backoff import RetryBackOff
 from evsim.scenario.model import (
     CertificateSpec,
     ChangeSpec,
@@ -24,7 +25,6 @@ from evsim.scenario.model import (
     LinkSpec,
     PinSetSpec,
     PinSpec,
-    RetryBackOffSpec,
     Scenario,
     StationGroupSpec,
     TimelineEvent,
@@ -58,7 +58,7 @@ def _certificate(c: CertificateSpec) -> dict[str, Any]:
     return {"root": c.root, "validity": c.validity, "not_before": c.not_before, "key_type": c.key_type}
 
 
-def _backoff(b: RetryBackOffSpec) -> dict[str, Any]:
+def _backoff(b: RetryBackOff) -> dict[str, Any]:
     return {"wait_minimum": b.wait_minimum, "random_range": b.random_range, "repeat_times": b.repeat_times}
 
 

@@ -291,11 +291,6 @@ class ControllerSpec:
     client_trust: str | None = None
 
 
-RetryBackOffSpec = RetryBackOff
-"""The ``retry_backoff`` table is the OCPP layer's :class:`~evsim.ocpp.backoff.RetryBackOff` itself (the old
-name stays for existing importers)."""
-
-
 @attrs.frozen(kw_only=True)
 class StationCertificatesSpec:
     """A group's ``certificates`` table: the stations' certificate device model (SecurityCtrlr), used when
@@ -596,7 +591,6 @@ __all__ = [
     "PinSpec",
     "PkiSpec",
     "ResetSpec",
-    "RetryBackOffSpec",
     "RootSpec",
     "Scenario",
     "SigningSpec",

@@ -28,7 +28,6 @@ import trio
 import trio.testing
 
 from evsim import interrupts
-from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError
 from evsim.metrics.rundir import Sample
@@ -41,7 +40,6 @@ from evsim.recorder import Event, Recorder
 from evsim.runtime import tune_gc
 from evsim.scenario.model import (
     EndpointSpec,
-    RetryBackOffSpec,
     Scenario,
     StationGroupSpec,
 )
@@ -300,7 +298,7 @@ class ScenarioRunner:
                 failover=lc.failover,
                 on_upstream_loss=lc.on_upstream_loss,
                 upstream_connect_attempts=lc.upstream_connect_attempts,
-                retry_backoff=_backoff(lc.retry_backoff),
+                retry_backoff=lc.retry_backoff,
                 behind_controller=lc.behind_controller,
                 trusted_controllers=[sc.controllers[n].host for n in lc.trusted_controllers],
             )
@@ -329,7 +327,7 @@ class ScenarioRunner:
                 meter_interval=group.meter_interval,
                 charge_power=group.charge_power,
                 heartbeat_fallback=group.heartbeat_fallback,
-                retry_backoff=_backoff(group.retry_backoff),
+                retry_backoff=group.retry_backoff,
                 queue_max=group.queue_max,
                 network_attempts=group.network_attempts,
                 fallback=group.fallback,
@@ -384,10 +382,6 @@ class ScenarioRunner:
             error=error,
             world=w,
         )
-
-
-def _backoff(spec: RetryBackOffSpec) -> RetryBackOff:
-    return RetryBackOff(spec.wait_minimum, spec.random_range, spec.repeat_times)
 
 
 def run_scenario(
