@@ -4,6 +4,7 @@ virtual time. OCPP-J §6 (protocol-digest §4) and the errata exception (ERR-201
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import trio.testing
 
 from evsim.backoff import RetryBackOff
 from evsim.errors import ConfigError, WebSocketClosed
-from evsim.link.service import Endpoint, Service
+from evsim.link.service import Endpoint, EndpointPlanner, Service
 from evsim.nodes.admission import TrustedController
 from evsim.nodes.controller import ControllerConfig, LocalController, UpstreamLossPolicy
 from evsim.nodes.csms import Csms, CsmsConfig
@@ -27,6 +28,7 @@ from tests.pki_fixtures import CSMS_HOST, TEST_NOW, make_test_pki
 LC_HOST = "lc.evsim.test"
 LC2_HOST = "lc2.evsim.test"
 _BACKOFF = RetryBackOff(wait_minimum=5, random_range=2, repeat_times=3)
+_BOOT = {"reason": "PowerUp", "chargingStation": {"model": "m", "vendorName": "v"}}
 
 
 async def _until_done(*stations: Station, limit: float = 3600) -> None:
@@ -533,6 +535,41 @@ async def test_keep_station_backlog_survives_the_station_reconnecting(
         assert tx.started and tx.ended and tx.gap_free()
         s = lc.statistics().stations["ST-1"]
         assert s.backlog == 0 and s.connections == 2
+
+
+async def test_keep_station_backlog_is_replayed_when_a_newer_link_takes_over(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The station reconnects while its older link still looks alive (that link's CSMS connection waits for a
+    retry): once the CSMS accepts the newcomer's BootNotification the newcomer owns the identity, and with it
+    the backlog, which goes up its CSMS link at once (no link drop needed)."""
+    async with harness() as h:
+        await h.start_csms()
+        slow = RetryBackOff(wait_minimum=100_000, random_range=0, repeat_times=0)
+        lc = await start_controller(h, on_upstream_loss="keep_station", upstream=_upstream(h, backoff=slow))
+        st = h.start_station("ST-1", host=LC_HOST)
+        with trio.fail_after(600):
+            await st.wait_online()
+        h.net.partition(LC_HOST, CSMS_HOST)
+        await _until_done(st)
+        state = lc.stations["ST-1"]
+        assert len(state.backlog) >= 3 and state.relay is not None and state.relay.number == 1
+        h.net.heal(LC_HOST, CSMS_HOST)  # the older link would retry only much later
+        losses = state.upstream_losses
+        # the older link sleeps on its planner's back-off; a fresh planner lets the newcomer connect now
+        state.planner = EndpointPlanner(lc.upstream, random.Random(1))
+        with trio.fail_after(120):
+            ws = await _raw_client(h, LC_HOST, "ST-1")
+            await ws.send_text(json.dumps([2, "b1", "BootNotification", _BOOT]))
+            answer = json.loads(await ws.receive_text())
+        assert answer[0] == 3 and answer[2]["status"] == "Accepted"
+        await trio.sleep(10)
+        assert state.relay is not None and state.relay.number == 2
+        assert not state.backlog and state.upstream_losses == losses
+        (tx,) = h.csms.stations["ST-1"].transactions.values()
+        assert tx.started and tx.ended and tx.gap_free()
+        assert h.events("backlog_replay", "LC-1")
+        await ws.aclose()
 
 
 def test_controller_config_refuses_incomplete_settings() -> None:

@@ -99,6 +99,8 @@ __all__ = [
     "common_name",
     "decide_upgrade",
     "organization",
+    "refuse_late_duplicate",
+    "reject_upgrade",
     "upgrade_station",
 ]
 
@@ -364,6 +366,41 @@ def decide_upgrade(
     return Accept(
         subprotocol=choose_subprotocol(req.subprotocols, [subprotocol_for(v) for v in ocpp_versions])
     )
+
+
+def reject_upgrade(
+    recorder: Recorder,
+    node: str,
+    rejections: collections.Counter[int],
+    status: int,
+    reason: str,
+    station: str,
+) -> Reject:
+    """The ``reject`` of :func:`decide_upgrade` at a station listener: count the status, record one
+    ``upgrade_rejected`` event (with the OCPP security event a refused certificate calls for), build the
+    refusal. Bind the first three arguments (``functools.partial``) to get the callable."""
+    rejections[status] += 1
+    extra = {}
+    if "certificate" in reason:
+        extra["security_event"] = "InvalidChargingStationCertificate"
+    recorder.emit(node, "upgrade_rejected", station=station, status=status, reason=reason, **extra)
+    return Reject(status=status, reason=reason)
+
+
+async def refuse_late_duplicate(
+    ws: WebSocket,
+    station: str,
+    *,
+    recorder: Recorder,
+    node: str,
+    rejections: collections.Counter[int],
+) -> None:
+    """Refuse, under ``"refuse_newer"``, a connection of an identity that got connected elsewhere while this
+    one was being upgraded: counted and recorded like the HTTP 409 of :func:`decide_upgrade`, and the already
+    upgraded WebSocket closed with 1008 (policy violation)."""
+    rejections[409] += 1
+    recorder.emit(node, "upgrade_rejected", station=station, status=409, reason=ALREADY_CONNECTED)
+    await ws.aclose(REPLACED_CLOSE[0], ALREADY_CONNECTED)
 
 
 _V = TypeVar("_V")

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Mapping
@@ -79,7 +80,6 @@ from evsim.link.service import EndpointPlanner, Service
 from evsim.net.base import Network
 from evsim.nodes.acceptor import Acceptor
 from evsim.nodes.admission import (
-    ALREADY_CONNECTED,
     DUPLICATE_POLICY_CHOICES,
     Admission,
     AuthBudget,
@@ -91,13 +91,15 @@ from evsim.nodes.admission import (
     admit_station,
     decide_upgrade,
     note_accepted,
+    refuse_late_duplicate,
+    reject_upgrade,
 )
 from evsim.nodes.expiry import ExpiryMonitor
 from evsim.nodes.relay import (
     STATION,
     RelayStatistics,
 )
-from evsim.nodes.relay_pair import CLOSE_POLICY, RelayPair, StationState, aclose_ws
+from evsim.nodes.relay_pair import RelayPair, StationState
 from evsim.recorder import Recorder
 from evsim.tls.config import Identity, TlsProfile
 from evsim.tls.context import ServerTls
@@ -435,7 +437,7 @@ class LocalController:
             req,
             tls_info,
             out,
-            reject=self._reject,
+            reject=functools.partial(reject_upgrade, self.recorder, self.name, self._upgrade_rejections),
             path_prefix=cfg.path_prefix,
             security_profile=cfg.security_profile,
             organization=cfg.organization,
@@ -450,16 +452,6 @@ class LocalController:
             connected=self._connected,
             refuse_newer=cfg.duplicate_identity == "refuse_newer",
         )
-
-    def _reject(self, status: int, reason: str, station: str) -> Reject:
-        self._upgrade_rejections[status] += 1
-        extra = {}
-        if "certificate" in reason:
-            extra["security_event"] = "InvalidChargingStationCertificate"
-        self.recorder.emit(
-            self.name, "upgrade_rejected", station=station, status=status, reason=reason, **extra
-        )
-        return Reject(status=status, reason=reason)
 
     def _state(self, station_id: str) -> StationState:
         state = self.stations.get(station_id)
@@ -477,11 +469,9 @@ class LocalController:
     ) -> None:
         if self.config.duplicate_identity == "refuse_newer" and self._connected(station_id):
             # another link of the identity got through the upgrade meanwhile
-            self._upgrade_rejections[409] += 1
-            self.recorder.emit(
-                self.name, "upgrade_rejected", station=station_id, status=409, reason=ALREADY_CONNECTED
+            await refuse_late_duplicate(
+                ws, station_id, recorder=self.recorder, node=self.name, rejections=self._upgrade_rejections
             )
-            await aclose_ws(ws, CLOSE_POLICY, ALREADY_CONNECTED)
             return
         state = self._state(station_id)
         assert ws.subprotocol is not None

@@ -48,6 +48,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
+import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -67,7 +68,6 @@ from evsim.errors import (
 from evsim.net.base import Network
 from evsim.nodes.acceptor import Acceptor, connection_admitted, current_peer
 from evsim.nodes.admission import (
-    ALREADY_CONNECTED,
     BEHIND_CONTROLLER_CHOICES,
     DUPLICATE_POLICY_CHOICES,
     REPLACED_CLOSE,
@@ -82,6 +82,8 @@ from evsim.nodes.admission import (
     common_name,
     decide_upgrade,
     note_accepted,
+    refuse_late_duplicate,
+    reject_upgrade,
 )
 from evsim.nodes.csms_certs import CsmsCertificates, CsrSigner, SigningSettings
 from evsim.nodes.csms_records import (
@@ -373,7 +375,7 @@ class Csms:
             req,
             tls_info,
             out,
-            reject=self._reject,
+            reject=functools.partial(reject_upgrade, self.recorder, cfg.name, self._upgrade_rejections),
             path_prefix=cfg.path_prefix,
             security_profile=cfg.security_profile,
             organization=cfg.organization,
@@ -391,16 +393,6 @@ class Csms:
             refuse_newer=cfg.duplicate_identity == "refuse_newer",
         )
 
-    def _reject(self, status: int, reason: str, station: str) -> Reject:
-        self._upgrade_rejections[status] += 1
-        extra = {}
-        if "certificate" in reason:
-            extra["security_event"] = "InvalidChargingStationCertificate"
-        self.recorder.emit(
-            self.config.name, "upgrade_rejected", station=station, status=status, reason=reason, **extra
-        )
-        return Reject(status=status, reason=reason)
-
     def _connected(self, station_id: str) -> bool:
         rec = self.stations.get(station_id)
         return rec is not None and rec.connection is not None
@@ -417,11 +409,9 @@ class Csms:
         name = self.config.name
         if self.config.duplicate_identity == "refuse_newer" and self._connected(station_id):
             # another connection of the identity got through the upgrade meanwhile
-            self._upgrade_rejections[409] += 1
-            self.recorder.emit(
-                name, "upgrade_rejected", station=station_id, status=409, reason=ALREADY_CONNECTED
+            await refuse_late_duplicate(
+                ws, station_id, recorder=self.recorder, node=name, rejections=self._upgrade_rejections
             )
-            await ws.aclose(REPLACED_CLOSE[0], ALREADY_CONNECTED)
             return
         rec = self.stations.get(station_id)
         if rec is None:

@@ -41,6 +41,7 @@ __all__ = [
     "JobSlot",
     "LocationRefused",
     "StationHooks",
+    "TransferReport",
     "bounded_retries",
     "resolve_location",
     "seconds_until",
@@ -210,6 +211,47 @@ def seconds_until(value: object, clock: SimClock) -> float | None:
     if wait > MAX_SCHEDULE_S:
         return None
     return max(0.0, wait)
+
+
+class TransferReport:
+    """How a firmware or log job reports: its status notifications (and the last status queued, which a
+    TriggerMessage answers), its refused requests and the request values it refused.
+
+    Args:
+        station: the station's hooks.
+        action: the CSMS request (``UpdateFirmware``, ``GetLog``), named by ``value_refused`` events.
+        notification: the status notification's action (``FirmwareStatusNotification``, ...).
+        kind: the events' prefix: ``<kind>_status`` and ``<kind>_refused``.
+    """
+
+    def __init__(self, station: StationHooks, *, action: str, notification: str, kind: str) -> None:
+        self.station = station
+        self.action = action
+        self.notification = notification
+        self.kind = kind
+        self.last_status = "Idle"
+
+    def status(self, status: str, request_id: int, **fields: Any) -> None:
+        self.last_status = status
+        self.station.queue_message(self.notification, {"status": status, "requestId": request_id})
+        self.station.recorder.emit(
+            self.station.name, f"{self.kind}_status", status=status, request=request_id, **fields
+        )
+
+    def refused(self, request_id: int, reason: str, detail: str) -> None:
+        self.station.recorder.emit(
+            self.station.name, f"{self.kind}_refused", request=request_id, reason=reason, detail=detail[:300]
+        )
+
+    def value_refused(self, field: str, value: object, reason: str) -> None:
+        self.station.recorder.emit(
+            self.station.name,
+            "value_refused",
+            action=self.action,
+            field=field,
+            value=repr(value)[:50],
+            reason=reason,
+        )
 
 
 class JobSlot:

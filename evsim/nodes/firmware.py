@@ -42,6 +42,7 @@ from evsim.nodes.filetransfer import (
     JobSlot,
     LocationRefused,
     StationHooks,
+    TransferReport,
     bounded_retries,
     resolve_location,
     seconds_until,
@@ -75,11 +76,18 @@ class FirmwareUpdater:
         self.station = station
         self.config = config
         self.version = version
-        self.last_status = "Idle"
+        self._report = TransferReport(
+            station, action="UpdateFirmware", notification="FirmwareStatusNotification", kind="firmware"
+        )
         self.served_by: str | None = None
         self._slot = JobSlot()
         self._installed: tuple[int, str] | None = None  # (request id, version) awaiting the next boot
         self._rebooting = False
+
+    @property
+    def last_status(self) -> str:
+        """The last status notification queued (TriggerMessage answers it)."""
+        return self._report.last_status
 
     async def run(self) -> None:
         """The update task (start it in the station's nursery)."""
@@ -97,7 +105,7 @@ class FirmwareUpdater:
             return
         request_id, version = self._installed
         self._installed = None
-        self._status("Installed", request_id, version=version)
+        self._report.status("Installed", request_id, version=version)
         self.station.queue_security_event("FirmwareUpdated", f"version {version}"[:255])
 
     # ---------------------------------------------------------------- UpdateFirmware
@@ -113,7 +121,7 @@ class FirmwareUpdater:
                 now=self.station.clock.utcnow(),
             )
         except FirmwareRefused as exc:
-            self._refused(request_id, exc.reason, str(exc))
+            self._report.refused(request_id, exc.reason, str(exc))
             self.station.queue_security_event(
                 "InvalidFirmwareSigningCertificate", f"{exc.reason}: {exc}"[:255]
             )
@@ -121,18 +129,18 @@ class FirmwareUpdater:
         try:
             service, relative = resolve_location(firmware["location"], self.config, name="firmware")
         except LocationRefused as exc:
-            self._refused(request_id, "location", str(exc))
+            self._report.refused(request_id, "location", str(exc))
             return {"status": "Rejected", "statusInfo": {"reasonCode": "InvalidURL"}}
         retrieve = seconds_until(firmware["retrieveDateTime"], self.station.clock)
         install = seconds_until(
             firmware.get("installDateTime", firmware["retrieveDateTime"]), self.station.clock
         )
         if retrieve is None or install is None:
-            self._refused(
+            self._report.refused(
                 request_id, "schedule", "retrieveDateTime or installDateTime unusable or over a year ahead"
             )
             return {"status": "Rejected", "statusInfo": {"reasonCode": "InvalidValue"}}
-        retries, interval = bounded_retries(payload, self.config, self._value_refused)
+        retries, interval = bounded_retries(payload, self.config, self._report.value_refused)
         signature = firmware.get("signature")
         start = trio.current_time()
 
@@ -169,9 +177,9 @@ class FirmwareUpdater:
     ) -> None:
         st = self.station
         if retrieve_in > 0:
-            self._status("DownloadScheduled", request_id)
+            self._report.status("DownloadScheduled", request_id)
             await trio.sleep_until(start + retrieve_in)
-        self._status("Downloading", request_id)
+        self._report.status("Downloading", request_id)
         state = DownloadState()
         image: bytes | None = None
         failure = ""
@@ -197,35 +205,35 @@ class FirmwareUpdater:
             image, self.served_by = result.body, result.endpoint
             break
         if image is None:
-            self._refused(request_id, "download", failure)
-            self._status("DownloadFailed", request_id)
+            self._report.refused(request_id, "download", failure)
+            self._report.status("DownloadFailed", request_id)
             return
-        self._status("Downloaded", request_id, endpoint=self.served_by or "", bytes=len(image))
+        self._report.status("Downloaded", request_id, endpoint=self.served_by or "", bytes=len(image))
         try:
             verify_image(image, signature, cert)
         except FirmwareRefused as exc:
-            self._refused(request_id, exc.reason, str(exc))
-            self._status("InvalidSignature", request_id)
+            self._report.refused(request_id, exc.reason, str(exc))
+            self._report.status("InvalidSignature", request_id)
             st.queue_security_event("InvalidFirmwareSignature", f"{exc.reason}: {exc}"[:255])
             return
-        self._status("SignatureVerified", request_id)
+        self._report.status("SignatureVerified", request_id)
         wait_until = start + install_in
         if trio.current_time() < wait_until or st.connector_status != "Available":
-            self._status("InstallScheduled", request_id)
+            self._report.status("InstallScheduled", request_id)
             await trio.sleep_until(wait_until)
             # L01.FR.06: let the session end first (the station has no status-change event to wait on; a poll
             # every few seconds of virtual time costs nothing)
             while st.connector_status != "Available":  # noqa: ASYNC110
                 await trio.sleep(_BUSY_POLL_S)
-        self._status("Installing", request_id)
+        self._report.status("Installing", request_id)
         await trio.sleep(self.config.install_s)
         try:
             version = image_version(image)
         except FirmwareRefused as exc:
-            self._refused(request_id, exc.reason, str(exc))
-            self._status("InstallVerificationFailed", request_id)
+            self._report.refused(request_id, exc.reason, str(exc))
+            self._report.status("InstallVerificationFailed", request_id)
             return
-        self._status("InstallRebooting", request_id, version=version)
+        self._report.status("InstallRebooting", request_id, version=version)
         self.version = version
         self._installed = (request_id, version)
         # reboot once the CSMS has the statuses (else InstallRebooting would be sent again after the boot), but
@@ -244,25 +252,3 @@ class FirmwareUpdater:
                     event, f"firmware {attempt.endpoint}: {attempt.reason}"[:255]
                 )
                 return
-
-    def _status(self, status: str, request_id: int, **fields: Any) -> None:
-        self.last_status = status
-        self.station.queue_message("FirmwareStatusNotification", {"status": status, "requestId": request_id})
-        self.station.recorder.emit(
-            self.station.name, "firmware_status", status=status, request=request_id, **fields
-        )
-
-    def _refused(self, request_id: int, reason: str, detail: str) -> None:
-        self.station.recorder.emit(
-            self.station.name, "firmware_refused", request=request_id, reason=reason, detail=detail[:300]
-        )
-
-    def _value_refused(self, field: str, value: object, reason: str) -> None:
-        self.station.recorder.emit(
-            self.station.name,
-            "value_refused",
-            action="UpdateFirmware",
-            field=field,
-            value=repr(value)[:50],
-            reason=reason,
-        )

@@ -33,6 +33,7 @@ from evsim.nodes.filetransfer import (
     JobSlot,
     LocationRefused,
     StationHooks,
+    TransferReport,
     bounded_retries,
     resolve_location,
 )
@@ -72,10 +73,17 @@ class LogUploader:
     def __init__(self, station: StationHooks, config: FileTransferConfig) -> None:
         self.station = station
         self.config = config
-        self.last_status = "Idle"
+        self._report = TransferReport(
+            station, action="GetLog", notification="LogStatusNotification", kind="log"
+        )
         self.uploaded_to: str | None = None
         self._slot = JobSlot()
         self._current: int | None = None
+
+    @property
+    def last_status(self) -> str:
+        """The last status notification queued (TriggerMessage answers it)."""
+        return self._report.last_status
 
     async def run(self) -> None:
         """The upload task (start it in the station's nursery)."""
@@ -89,9 +97,9 @@ class LogUploader:
         try:
             service, relative = resolve_location(window["remoteLocation"], self.config, name="logs")
         except LocationRefused as exc:
-            self._refused(request_id, "location", str(exc))
+            self._report.refused(request_id, "location", str(exc))
             return {"status": "Rejected"}
-        retries, interval = bounded_retries(payload, self.config, self._value_refused)
+        retries, interval = bounded_retries(payload, self.config, self._report.value_refused)
         filename = f"{self.station.name}-{log_type}-{request_id}.log"
         body = self._collect(log_type, window.get("oldestTimestamp"), window.get("latestTimestamp"))
         if relative.endswith("/"):
@@ -103,7 +111,7 @@ class LogUploader:
 
         cancelled = self._slot.submit(job)
         if cancelled and previous is not None:
-            self._status("AcceptedCanceled", previous)
+            self._report.status("AcceptedCanceled", previous)
         return {"status": "AcceptedCanceled" if cancelled else "Accepted", "filename": filename}
 
     def _collect(self, log_type: str, oldest: object, latest: object) -> bytes:
@@ -140,7 +148,7 @@ class LogUploader:
         st = self.station
         self._current = request_id
         try:
-            self._status("Uploading", request_id)
+            self._report.status("Uploading", request_id)
             reason = ""
             for attempt in range(retries + 1):
                 if attempt:
@@ -168,34 +176,12 @@ class LogUploader:
                             break
                     continue
                 self.uploaded_to = result.endpoint
-                self._status("Uploaded", request_id, endpoint=result.endpoint, bytes=len(body))
+                self._report.status("Uploaded", request_id, endpoint=result.endpoint, bytes=len(body))
                 return
-            self._refused(request_id, reason, "every upload attempt failed")
-            self._status(log_status_for(reason), request_id)
+            self._report.refused(request_id, reason, "every upload attempt failed")
+            self._report.status(log_status_for(reason), request_id)
         finally:
             self._current = None
-
-    def _status(self, status: str, request_id: int, **fields: Any) -> None:
-        self.last_status = status
-        self.station.queue_message("LogStatusNotification", {"status": status, "requestId": request_id})
-        self.station.recorder.emit(
-            self.station.name, "log_status", status=status, request=request_id, **fields
-        )
-
-    def _refused(self, request_id: int, reason: str, detail: str) -> None:
-        self.station.recorder.emit(
-            self.station.name, "log_refused", request=request_id, reason=reason, detail=detail[:300]
-        )
-
-    def _value_refused(self, field: str, value: object, reason: str) -> None:
-        self.station.recorder.emit(
-            self.station.name,
-            "value_refused",
-            action="GetLog",
-            field=field,
-            value=repr(value)[:50],
-            reason=reason,
-        )
 
 
 def _parse_time(value: object) -> _dt.datetime | None:

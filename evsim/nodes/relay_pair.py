@@ -205,13 +205,16 @@ class RelayPair:
 
     def _boot_accepted(self) -> None:
         """The CSMS accepted a BootNotification of this link: no boot deadline any more, the connection is
-        admitted (it no longer counts as pending for its address), and a newcomer takes over the identity."""
+        admitted (it no longer counts as pending for its address), and a newcomer takes over the identity
+        together with the station's backlog, replayed at once when its CSMS link is up (the caller flushes)."""
         if not self._admitted:
             self._admitted = True
             self._boot_scope.deadline = math.inf
             connection_admitted()
         if not self.live:
             self.lc.promote(self)
+            if self.upstream_ws is not None and self.state.backlog:
+                self._replay_backlog(reconnected=False)
 
     async def _first_upstream(self) -> WebSocket | None:
         """Connect upstream while watching the station (§6.3: no upstream link for a station that is gone).
