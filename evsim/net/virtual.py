@@ -37,7 +37,7 @@ import itertools
 import operator
 import random
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import attrs
 import trio
@@ -692,25 +692,33 @@ class VirtualNetwork:
             ConfigError: the address is already in use, or the port is out of range.
         """
         await checkpoint()
-        if not 0 <= port <= 65535:
-            raise ConfigError("port must be in 0..65535", path="port", value=port)
-        if port == 0:
-            for _ in range(_EPHEMERAL[1] - _EPHEMERAL[0]):
-                candidate = next(self._ports)
-                if (host, candidate) not in self._listeners:
-                    port = candidate
-                    break
-            else:
-                raise ConfigError(f"no free port left on virtual host {host}", value=host)
-        elif (host, port) in self._listeners:
-            raise ConfigError(
-                f"address {host}:{port} is already in use on the virtual network",
-                value=f"{host}:{port}",
-                fix="close the other listener or pick another port",
-            )
+        port = self._claim_port(self._listeners, host, port, "")
         listener = VirtualListener(self, (host, port), self._backlog)
         self._listeners[host, port] = listener
         return listener
+
+    def _claim_port(self, taken: Mapping[tuple[str, int], object], host: str, port: int, what: str) -> int:
+        """The port to bind on ``host``: ``port`` if free, a free ephemeral one for 0 (streams and datagrams
+        have separate namespaces, like TCP and UDP: ``taken`` is the one in question, ``what`` names it).
+
+        Raises:
+            ConfigError: out of range, in use, or no ephemeral port left.
+        """
+        if not 0 <= port <= 65535:
+            raise ConfigError("port must be in 0..65535", path="port", value=port)
+        if port:
+            if (host, port) in taken:
+                raise ConfigError(
+                    f"{what}address {host}:{port} is already in use on the virtual network",
+                    value=f"{host}:{port}",
+                    fix="close the other listener or socket, or pick another port",
+                )
+            return port
+        for _ in range(_EPHEMERAL[1] - _EPHEMERAL[0]):
+            candidate = next(self._ports)
+            if (host, candidate) not in taken:
+                return candidate
+        raise ConfigError(f"no free {what}port left on virtual host {host}", value=host)
 
     def statistics(self) -> NetworkStatistics:
         """A snapshot of the network's counters."""
@@ -726,22 +734,7 @@ class VirtualNetwork:
             ConfigError: the address is in use or the port is out of range.
         """
         await checkpoint()
-        if not 0 <= port <= 65535:
-            raise ConfigError("port must be in 0..65535", path="port", value=port)
-        if port == 0:
-            for _ in range(_EPHEMERAL[1] - _EPHEMERAL[0]):
-                candidate = next(self._ports)
-                if (host, candidate) not in self._datagram_sockets:
-                    port = candidate
-                    break
-            else:
-                raise ConfigError(f"no free datagram port left on virtual host {host}", value=host)
-        elif (host, port) in self._datagram_sockets:
-            raise ConfigError(
-                f"datagram address {host}:{port} is already in use on the virtual network",
-                value=f"{host}:{port}",
-                fix="close the other socket or pick another port",
-            )
+        port = self._claim_port(self._datagram_sockets, host, port, "datagram ")
         sock = VirtualDatagramSocket(self, (host, port), self._datagram_queue)
         self._datagram_sockets[host, port] = sock
         return sock
