@@ -69,7 +69,7 @@ from evsim.world.base import (
     _identity,
     _label,
 )
-from evsim.world.lifecycle import WorldLifecycle
+from evsim.world.clocks import ClockSpec, WorldClocks
 from evsim.world.nodes import ControllerNode, CsmsNode, StationGroup, StationNode
 from evsim.world.pki import WorldPki
 from evsim.world.specs import (
@@ -196,7 +196,7 @@ def _plain(value: object) -> object:
     return value
 
 
-class World(WorldLifecycle):
+class World(WorldClocks):
     """A network of nodes sharing one clock, recorder, network and PKI (open it with :func:`open_world`).
 
     Starting nodes, their lifecycle and the network are here; TLS and certificates in
@@ -448,6 +448,7 @@ class World(WorldLifecycle):
         network_attempts: int = 3,
         fallback: Literal["restart_list", "last_working"] = "restart_list",
         certificates: CertificateSettings | None = None,
+        clock: ClockSpec | None = None,
     ) -> StationGroup:
         """Start ``count`` stations that behave alike; returns once each one's connection loop runs.
 
@@ -475,7 +476,10 @@ class World(WorldLifecycle):
             certificates: their certificate device model (key pair of a CSR, A03 renewal threshold,
                 CertSigningWaitMinimum / RepeatTimes...); default: the defaults with the PKI's organization as
                 OrganizationName.
+            clock: their clocks (offset, drift, a dead clock) and time sources (NTS servers, currentTime);
+                default perfect clocks (:mod:`evsim.world.clocks`).
         """
+        clock = clock or ClockSpec()
         if (csms is None) == (not routes):
             raise ConfigError(
                 "give the stations either csms= or routes=", path="csms", fix="e.g. csms=world.csms['main']"
@@ -522,6 +526,7 @@ class World(WorldLifecycle):
             "backoff": group.backoff,
             "queue_max": queue_max,
             "certificates": certificates or CertificateSettings(organization_name=self.pki.organization),
+            "clock": clock.settings(),
         }
         for n in range(1, count + 1):
             sid = pattern.format(n=n)
@@ -549,11 +554,12 @@ class World(WorldLifecycle):
                 config,
                 network=self.network,
                 client_tls=self._client_tls(group, sid, peer),
-                clock=self.clock,
+                clock=self.station_clock(sid, clock),
                 recorder=self.recorder,
                 rng=self.rng(sid),
             )
             station.tls_sessions = SessionStore(tls.session_cache) if tls.session_cache else None
+            self.use_nts(station, group, clock)
             station.expiry = self.expiry
             if self.expiry is not None and station.certs.identity is not None:
                 self.expiry.note(sid, station.certs.identity.cert, role="own")
@@ -603,6 +609,9 @@ class World(WorldLifecycle):
         """Stop a node, a group's stations, or a station. A stopped CSMS or controller's host is down
         (connections to it are refused) until it starts again."""
         name = self._name(target)
+        if name in self.nts_servers:
+            self.stop_nts_server(name)
+            return
         if name in self.controllers:
             node = self.controllers[name]
             node.stop()
@@ -620,6 +629,9 @@ class World(WorldLifecycle):
     async def start(self, target: Selector) -> None:
         """Start again what :meth:`stop` stopped (the same node objects, their records kept)."""
         name = self._name(target)
+        if name in self.nts_servers:
+            await self.start_nts_server_again(name)
+            return
         if name in self.controllers:
             node = self.controllers[name]
             if self.memory is not None:
