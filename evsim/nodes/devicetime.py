@@ -161,7 +161,8 @@ class DeviceTime:
         return "Heartbeat" in self.settings.time_source
 
     def correct(self, delta: float, source: str, *, now: float | None = None, step: bool = False) -> str:
-        """Correct the clock by ``delta`` seconds; returns ``"step"`` or ``"slew"``.
+        """Correct the clock by ``delta`` seconds; returns ``"step"``, ``"slew"`` or ``"none"`` (a correction
+        below a microsecond, the events' resolution, is left out: a perfect clock's NTS samples change nothing).
 
         Args:
             delta: the correction (true time minus the clock's reading).
@@ -171,6 +172,9 @@ class DeviceTime:
             step: step whatever the size (the operator's ``clock_step``).
         """
         at = trio.current_time() if now is None else now
+        self._waiting_for -= {"NTP"} if source == "nts" else {"Heartbeat"} if source == "csms" else set()
+        if not step and abs(delta) < 1e-6:
+            return "none"
         device = self.clock.device
         stepped = step or abs(delta) >= self.settings.step_threshold_s
         if stepped:
@@ -191,7 +195,6 @@ class DeviceTime:
         threshold = self.settings.report_threshold_s
         if stepped and threshold is not None and abs(delta) > threshold:
             self._security_event("SettingSystemTime", f"clock stepped by {delta:+.3f} s ({source})")
-        self._waiting_for -= {"NTP"} if source == "nts" else {"Heartbeat"} if source == "csms" else set()
         return mode
 
     def on_nts_offset(self, offset: float) -> None:

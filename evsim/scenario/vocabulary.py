@@ -33,7 +33,7 @@ from evsim.ws.paths import IDENTITY_RULE
 
 # ---------------------------------------------------------------- keys of each table
 
-TOP_KEYS: Final = ("simulation", "pki", "tls", "csms", "controllers", "stations", "links", "timeline")
+TOP_KEYS: Final = ("simulation", "pki", "tls", "csms", "controllers", "stations", "links", "timeline", "nts")
 SIMULATION_KEYS: Final = (
     "name",
     "description",
@@ -119,7 +119,23 @@ STATION_KEYS: Final = (
     "network_attempts",
     "fallback",
     "certificates",
+    "clock",
 )
+CLOCK_KEYS: Final = (
+    "offset",
+    "offset_spread",
+    "drift_ppm",
+    "drift_spread_ppm",
+    "set_to",
+    "time_source",
+    "report_threshold",
+    "step_threshold",
+    "nts",
+    "nts_roots",
+    "nts_time_check",
+    "nts_poll",
+)
+NTS_KEYS: Final = ("host", "root", "validity", "clock_error")
 CONTROLLER_KEYS: Final = (
     "host",
     "port",

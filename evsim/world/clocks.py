@@ -89,6 +89,22 @@ class ClockSpec:
         return DeviceClock(offset_s=offset, drift_ppm=drift)
 
 
+@attrs.frozen(kw_only=True)
+class NtsServerSpec:
+    """An ``[nts.<name>]`` table: an NTS server (see :meth:`WorldClocks.start_nts_server`)."""
+
+    name: str
+    host: str | None = None
+    root: str = "root"
+    validity: float = 365 * 86_400.0
+    clock_error: float = 0.0
+
+    @property
+    def address(self) -> str:
+        """The host it listens on (``<name>.evsim.test`` unless ``host`` is given)."""
+        return self.host or f"{self.name}.evsim.test"
+
+
 class NtsServerNode(NodeHandle):
     """An NTS server in the world.
 
@@ -179,9 +195,13 @@ class WorldClocks(WorldLifecycle):
         await node.start_in(self.nursery)
 
     def select(self, selector: Selector) -> list[str]:
+        """As :meth:`~evsim.world.base.WorldBase.select`, with NTS servers (by name, and in ``"*"``)."""
         if isinstance(selector, str) and selector in self.nts_servers:
             return [self.nts_servers[selector].host]
-        return super().select(selector)
+        hosts = super().select(selector)
+        if selector == "*":
+            hosts += [n.host for n in self.nts_servers.values()]
+        return hosts
 
     # ------------------------------------------------------------------ station clocks
 
