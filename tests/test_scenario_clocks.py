@@ -126,3 +126,15 @@ def test_clock_report_is_recomputed_from_events_jsonl(
     replayed = offset_series(events, [end])
     for sid, station in result.stations.items():
         assert replayed[sid][0] == pytest.approx(station.clock.offset(station.clock.t0 + end), abs=1e-5)
+
+
+def test_a_controller_clock_loads_and_takes_a_clock_step() -> None:
+    sc = loads_scenario(
+        BASE.replace("[stations.fleet]", '[controllers.lc]\nupstream = [{ csms = "main" }]\n'
+                     'clock = { offset = "-1h", nts = ["time1"] }\n[stations.fleet]\ncsms = "main"')
+        + '[[timeline]]\nat = "10m"\naction = "clock_step"\ntarget = "lc"\nby = "1h"\n'
+    )  # fmt: skip
+    clock = sc.controllers["lc"].clock
+    assert clock is not None and clock.offset == -3600.0 and clock.nts == ("time1",)
+    assert sc.timeline[0].action == ClockStep(target="lc", by=3600.0)
+    assert validate_scenario(sc).controllers["lc"].clock == clock

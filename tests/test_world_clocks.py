@@ -117,3 +117,31 @@ async def test_station_follows_current_time_when_time_source_says_heartbeat(
             assert not _events(world, "clock_adjusted", b.ids[0])
             assert b.stations[0].station.session is None
             assert "not_yet_valid" in str(_events(world, "handshake_failed", b.ids[0])[0].data)
+
+
+async def test_a_controller_with_a_dead_clock_refuses_its_upstream_until_nts_sets_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(3 * 3600):
+        async with open_world(seed=11) as world:
+            await world.start_csms("main")
+            await world.start_nts_server("time1")
+            spec = ClockSpec(
+                set_to=DEAD, nts=("time1",), nts_time_check="skip_until_clock_synced", nts_poll=64.0
+            )
+            world.set_link("lc.evsim.test", "time1", latency=0.3)  # NTS answers after the first upstream try
+            lc = await world.start_controller("lc", upstream=["main"], clock=spec)
+            fleet = await world.start_stations(2, csms=lc, sessions=0)
+            await trio.sleep(600)
+            assert all(n.station.session is not None for n in fleet)
+            attempts = [e for e in world.recorder.events if e.kind == "service_attempt"]
+            assert not attempts[0].data["ok"] and "not_yet_valid" in attempts[0].data["reason"]
+            assert attempts[0].t < _events(world, "clock_adjusted", "lc")[0].t < attempts[-1].t
+            assert attempts[-1].data["ok"]
+            assert abs(lc.controller.clock.utcnow() - world.clock.utcnow()).total_seconds() < 1e-3
+            step = _events(world, "clock_adjusted", "lc")[0]
+            assert step.data["source"] == "nts" and step.data["mode"] == "step"
+            await world.step_clock("lc", -3600.0)
+            assert _events(world, "clock_adjusted", "lc")[-1].data["source"] == "operator"
+            await trio.sleep(120)  # the next poll steps it back
+            assert abs(lc.controller.clock.utcnow() - world.clock.utcnow()).total_seconds() < 1e-3

@@ -170,6 +170,7 @@ def _controller(c: ControllerSpec) -> dict[str, Any]:
             "behind_controller": c.behind_controller if c.security_profile == 3 else None,
             "trusted_controllers": list(c.trusted_controllers) or None,
             "client_trust": c.client_trust,
+            "clock": None if c.clock is None else _clock(c.clock),
         }
     )
 

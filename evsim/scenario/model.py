@@ -271,6 +271,7 @@ class ControllerSpec:
         trusted_controllers: controllers trusted by ``behind_controller = "trust_controller"``.
         client_trust: name of the :class:`TrustSpec` station certificates are checked with (profile 3);
             None: the run's ``root``.
+        clock: its clock and NTS servers (None: a perfect clock).
     """
 
     name: str
@@ -290,6 +291,7 @@ class ControllerSpec:
     behind_controller: BehindControllerKind = default_of(ControllerConfig, "behind_controller")  # noqa: RUF009 - an immutable value
     trusted_controllers: tuple[str, ...] = ()
     client_trust: str | None = None
+    clock: ClockSpec | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -362,6 +362,7 @@ class NodeReader(TlsReader, ScenarioChecks):
             behind_controller=behind,
             trusted_controllers=trusted,
             client_trust=client_trust_of(t, trust, profile),
+            clock=read_group_clock(t, self.nodes),
         )
 
     # ------------------------------------------------------------ endpoints (station groups, controller upstreams)

@@ -303,6 +303,7 @@ class ScenarioRunner:
                 upstream_connect_attempts=lc.upstream_connect_attempts,
                 retry_backoff=lc.retry_backoff,
                 behind_controller=lc.behind_controller,
+                clock=lc.clock,
                 trusted_controllers=[sc.controllers[n].host for n in lc.trusted_controllers],
             )
         for nts in sc.nts_servers.values():

@@ -153,6 +153,7 @@ CONTROLLER_KEYS: Final = (
     "behind_controller",
     "trusted_controllers",
     "client_trust",
+    "clock",
 )
 ENDPOINT_KEYS: Final = ("csms", "controller", "priority", "trust", "tls_profile", "pins")
 BACKOFF_KEYS: Final = ("wait_minimum", "random_range", "repeat_times")

@@ -646,7 +646,8 @@ MAX_CLOCK_STEP_S = 100 * 365 * 86_400.0
 @action("clock_step", "target", "by")
 @attrs.frozen
 class ClockStep(Action):
-    """The stations' clocks jump by ``by`` seconds (the operator sets them, or a dead clock resets)."""
+    """The clocks of stations or a controller jump by ``by`` seconds (the operator sets them, or a dead clock
+    resets)."""
 
     target: str
     by: float
@@ -657,7 +658,7 @@ class ClockStep(Action):
         by = r.duration("by", 0.0, allow_negative=True)
         if abs(by) > MAX_CLOCK_STEP_S:
             raise r.error("by", "at most 100 years either way", value=by, fix='use e.g. by = "-9500d"')
-        return cls(target=r.target(("group", "station")), by=by)
+        return cls(target=r.target(("group", "station", "controller")), by=by)
 
     async def apply(self, world: World) -> None:
         await world.step_clock(self.target, self.by)

@@ -26,15 +26,15 @@ import attrs
 
 from evsim.clock import DeviceClock, NodeClock
 from evsim.errors import ConfigError
-from evsim.nodes.devicetime import ClockSettings
+from evsim.nodes.devicetime import ClockSettings, DeviceTime
 from evsim.nodes.nts import NtsClient, NtsServer, NtsServerConfig, NtsSource, ntske_profile
 from evsim.nodes.station import Station
 from evsim.nts.records import DEFAULT_KE_PORT
 from evsim.tls import ClientTls, Identity
 from evsim.world.base import Selector
 from evsim.world.lifecycle import WorldLifecycle
-from evsim.world.nodes import NodeHandle, NodeKind, StationGroup
-from evsim.world.specs import CertificateSpec, TrustSpec
+from evsim.world.nodes import ControllerNode, NodeHandle, NodeKind, StationGroup
+from evsim.world.specs import DEFAULT_TRUST, CertificateSpec, TrustSpec
 
 NTS_TIME_CHECKS = ("enforce", "skip_until_clock_synced", "off")
 
@@ -129,6 +129,7 @@ class WorldClocks(WorldLifecycle):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.nts_servers: dict[str, NtsServerNode] = {}
+        self.controller_times: dict[str, DeviceTime] = {}
 
     async def start_nts_server(
         self,
@@ -203,10 +204,11 @@ class WorldClocks(WorldLifecycle):
             hosts += [n.host for n in self.nts_servers.values()]
         return hosts
 
-    # ------------------------------------------------------------------ station clocks
+    # ------------------------------------------------------------------ station and controller clocks
 
     def station_clock(self, sid: str, spec: ClockSpec) -> NodeClock:
-        """Station ``sid``'s clock: perfect, or drawn from ``spec`` (recorded as ``clock_set``)."""
+        """Node ``sid``'s clock (a station's or a controller's): perfect, or drawn from ``spec`` (recorded as
+        ``clock_set``)."""
         drawn = spec.draw(random.Random(f"{self.seed}:{sid}:clock"), self.clock.start_utc)
         if drawn.perfect:
             return NodeClock.of(self.clock)
@@ -215,40 +217,77 @@ class WorldClocks(WorldLifecycle):
         self.recorder.emit(sid, "clock_set", offset=offset, drift_ppm=drift)
         return NodeClock.of(self.clock, DeviceClock(offset_s=offset, drift_ppm=drift, ref=self.clock.now()))
 
-    def use_nts(self, station: Station, group: StationGroup, spec: ClockSpec) -> None:
-        """Give ``station`` an NTS client for the servers ``spec.nts`` names (nothing when none)."""
-        if not spec.nts:
-            return
+    def _nts_client(
+        self,
+        name: str,
+        host: str,
+        clock: NodeClock,
+        time: DeviceTime,
+        roots: tuple[str, ...],
+        spec: ClockSpec,
+    ) -> NtsClient:
+        """An NTS client for node ``name`` connecting from ``host``."""
         trust = TrustSpec(
-            name=f"{group.name}-nts",
-            roots=spec.nts_roots if spec.nts_roots is not None else group.roots,
+            name=f"{name}-nts",
+            roots=spec.nts_roots if spec.nts_roots is not None else roots,
             time_check=spec.nts_time_check,
         )
         client_tls = ClientTls.build(ntske_profile(), self.trust_store(trust), None)
         sources = []
-        for priority, name in enumerate(spec.nts):
-            if name not in self.nts_servers:
-                raise ConfigError("unknown NTS server", path="clock.nts", value=name, fix="start it first")
-            node = self.nts_servers[name]
-            sources.append(NtsSource(name, node.host, client_tls, port=node.port, priority=priority))
-        clock = station.clock
-        client = NtsClient(
-            station.name,
+        for priority, server in enumerate(spec.nts):
+            if server not in self.nts_servers:
+                raise ConfigError("unknown NTS server", path="clock.nts", value=server, fix="start it first")
+            node = self.nts_servers[server]
+            sources.append(NtsSource(server, node.host, client_tls, port=node.port, priority=priority))
+        return NtsClient(
+            name,
             sources,
             self.network,
             self.clock,
             self.recorder,
-            host=station.name,
+            host=host,
             wall=clock.wall,
             poll_s=spec.nts_poll,
-            entropy=random.Random(f"{self.seed}:{station.name}:nts").randbytes,
-            discipline=station.time.on_nts_offset,
+            entropy=random.Random(f"{self.seed}:{name}:nts").randbytes,
+            discipline=time.on_nts_offset,
         )
-        station.time.use_nts(client)
+
+    def use_nts(self, station: Station, group: StationGroup, spec: ClockSpec) -> None:
+        """Give ``station`` an NTS client for the servers ``spec.nts`` names (nothing when none); it runs with
+        the station."""
+        if spec.nts:
+            station.time.use_nts(
+                self._nts_client(station.name, station.name, station.clock, station.time, group.roots, spec)
+            )
+
+    async def controller_time(self, node: ControllerNode, spec: ClockSpec) -> None:
+        """A controller's clock corrections and, with ``spec.nts``, its NTS client (run in the world's
+        nursery, in a cancel scope of its own). A controller has no device model here: its steps raise no
+        SettingSystemTime."""
+        clock = node.controller.clock
+        assert isinstance(clock, NodeClock)
+        time = DeviceTime(
+            node.name,
+            clock,
+            spec.settings(),
+            emit=self.recorder.emit,
+            security_event=lambda _kind, _info: None,
+        )
+        self.controller_times[node.name] = time
+        if spec.nts:
+            trust = node.tls.trust
+            roots = trust.roots if isinstance(trust, TrustSpec) else DEFAULT_TRUST.roots
+            client = self._nts_client(node.name, node.host, clock, time, roots, spec)
+            time.use_nts(client)
+            await NodeHandle(f"{node.name}:nts", node.host, client.run).start_in(self.nursery)
 
     async def step_clock(self, target: Selector, delta: float) -> None:
-        """Step the clocks of a group's stations or one station by ``delta`` seconds (the operator, or a
-        clock that dies: a step of minus 26 years)."""
-        _, station_ids = self.targets(target)
+        """Step the clocks of a controller, a group's stations or one station by ``delta`` seconds (the
+        operator, or a clock that dies: a step of minus 26 years)."""
+        name = self._name(target)
+        if name in self.controller_times:
+            self.controller_times[name].correct(delta, "operator", step=True)
+            return
+        _, station_ids = self.targets(name)
         for sid in station_ids:
             self.stations[sid].station.time.correct(delta, "operator", step=True)

@@ -326,6 +326,7 @@ class World(WorldClocks):
         retry_backoff: RetryBackOff | None = None,
         behind_controller: Literal["require_station_cert", "trust_controller"] = "require_station_cert",
         trusted_controllers: Sequence[str] = (),
+        clock: ClockSpec | None = None,
     ) -> ControllerNode:
         """Start a Local Controller (its upstream nodes already run); returns once it listens.
 
@@ -344,6 +345,7 @@ class World(WorldClocks):
             upstream_connect_attempts: attempts before a new station is refused (1013).
             retry_backoff: the upstream back-off; default OCPP's (3 s, 3 s, 4 doublings).
             behind_controller, trusted_controllers: profile 3 below a chain of controllers (hosts).
+            clock: its clock and NTS servers (:mod:`evsim.world.clocks`); default a perfect clock.
         """
         tls = tls or Tls()
         host = host or f"{name}.evsim.test"
@@ -377,13 +379,18 @@ class World(WorldClocks):
             on_upstream_loss=on_upstream_loss,
         )
         lc = LocalController(
-            config, network=self.network, clock=self.clock, recorder=self.recorder, rng=self.rng(name)
+            config,
+            network=self.network,
+            clock=self.station_clock(name, clock or ClockSpec()),
+            recorder=self.recorder,
+            rng=self.rng(name),
         )
         lc.expiry = self.expiry
         if self.expiry is not None and identity is not None:
             self.expiry.note(name, identity.chain[0], role="own")
         node = ControllerNode(lc, tls=tls, routes=routes, upstream_security_profile=upstream_security_profile)
         self.controllers[name] = node
+        await self.controller_time(node, clock or ClockSpec())
         await node.start_in(self.nursery)
         assert lc.address is not None
         node.port = lc.address[1]
