@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from evsim.recorder import Event
-from evsim.world import ClockSpec, Tls, TrustSpec, World, open_world
+from evsim.world import CertificateSpec, ClockSpec, Tls, TrustSpec, World, open_world
 
 DEAD = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
@@ -145,3 +145,20 @@ async def test_a_controller_with_a_dead_clock_refuses_its_upstream_until_nts_set
             assert _events(world, "clock_adjusted", "lc")[-1].data["source"] == "operator"
             await trio.sleep(120)  # the next poll steps it back
             assert abs(lc.controller.clock.utcnow() - world.clock.utcnow()).total_seconds() < 1e-3
+
+
+async def test_a_clock_behind_accepts_an_expired_certificate(autojump_clock: trio.testing.MockClock) -> None:
+    """The failure mode the other way round: the CSMS certificate expired an hour ago, a station whose clock
+    is two hours behind still accepts it, one with a perfect clock refuses it."""
+    with trio.fail_after(6 * 3600):
+        async with open_world(seed=13) as world:
+            await world.start_csms("main", tls=Tls(certificate=CertificateSpec(validity=3600.0)))
+            await trio.sleep(2 * 3600)
+            behind = await world.start_stations(
+                1, name="behind", csms="main", sessions=0, clock=ClockSpec(offset=-7200.0)
+            )
+            right = await world.start_stations(1, name="right", csms="main", sessions=0)
+            await trio.sleep(60)
+            assert behind.stations[0].station.session is not None
+            assert right.stations[0].station.session is None
+            assert "expired" in str(_events(world, "handshake_failed", right.ids[0])[0].data)
