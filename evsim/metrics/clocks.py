@@ -5,7 +5,7 @@ Theory of operation. A station whose clock is not perfect records ``clock_set`` 
 ``delta``). Replaying those events through the same :class:`~evsim.clock.DeviceClock` arithmetic the stations
 run gives every such station's clock error at any instant, so the table and the plot below are recomputed from
 ``events.jsonl`` alone (to the microsecond the events are rounded to). Stations without a ``clock_set`` have
-perfect clocks and are not counted. Percentiles are of the absolute offset, nearest rank.
+perfect clocks and are not counted; controllers with a clock of their own are (their events look alike). Percentiles are of the absolute offset, nearest rank.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def clock_tables(events: Sequence[Mapping[str, Any]]) -> tuple[Table, ...]:
             "Clock offsets",
             ("t (s)", "stations", "p50", "p90", "p99", "max"),
             rows,
-            note="|station clock - simulation time| of the stations without a perfect clock, replayed from "
-            "their clock_set and clock_adjusted events",
+            note="|node clock - simulation time| of the stations and controllers without a perfect clock, "
+            "replayed from their clock_set and clock_adjusted events",
         ),
     )
