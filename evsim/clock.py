@@ -8,12 +8,19 @@ Protocol cores are sans-IO and get ``now`` (monotonic seconds, a float) passed i
 * ``utcnow()``: the simulation's wall time, ``start_utc + (now() - t0)``. Certificate validity,
   OCPP timestamps and logs use this, so a certificate can expire on day 3 of a virtual run.
 
+A device (a station, a controller) reads its own clock, a :class:`NodeClock`: the simulation's wall time plus
+the error of its :class:`DeviceClock` (an offset, a drift in ppm, and a pending slew), so a station whose
+battery-backed clock died reads the year 2000 while the run is in 2026. ``now()`` is still trio's clock, so
+timers of a device with a wrong clock run at the simulation's pace; only what it believes the date is
+differs (certificate checks, OCPP timestamps, renewal thresholds). Events are stamped with the run's time.
+
 Nothing else in evsim calls ``time.time()`` or ``datetime.now()``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import math
 
 import attrs
 import trio
@@ -59,6 +66,105 @@ class SimClock:
     def utc_at(self, now: float) -> _dt.datetime:
         """Simulation wall time at trio time ``now`` (for sans-IO code that got ``now`` passed in)."""
         return self.start_utc + _dt.timedelta(seconds=now - self.t0)
+
+
+MAX_SLEW_PPM = 500.0
+"""How fast a clock is slewed, ppm: the 500 ppm frequency tolerance of NTPv4 (RFC 5905 §11.3) and of the
+kernel's ``adjtime``; chrony's ``maxslewrate`` default is much faster (83,333 ppm), evsim keeps the RFC's."""
+
+
+@attrs.define
+class DeviceClock:
+    """A device clock's error against the simulation's wall time, as a function of trio time (sans-IO).
+
+    ``offset(now) = offset_s + drift_ppm * 1e-6 * (now - ref) + s(now)`` where ``s`` is the part of a pending slew
+    applied so far: a slew of ``slew_s`` seconds moves the clock at ``slew_ppm`` until it is done. A step
+    changes the offset at once and drops a pending slew. Every change first folds the error accumulated since
+    ``ref`` into ``offset_s``, so the arithmetic never depends on how often the clock is read.
+
+    Attributes:
+        offset_s: the error at trio time ``ref`` (seconds; negative: the clock is behind).
+        drift_ppm: how fast the error grows (positive: the clock runs fast).
+        ref: the trio time ``offset_s`` holds at.
+        slew_s: the correction still to be slewed (signed seconds).
+        slew_ppm: the slew rate.
+    """
+
+    offset_s: float = 0.0
+    drift_ppm: float = 0.0
+    ref: float = 0.0
+    slew_s: float = 0.0
+    slew_ppm: float = MAX_SLEW_PPM
+
+    @property
+    def perfect(self) -> bool:
+        """No error and none to come (the default clock reads the simulation's time exactly)."""
+        return self.offset_s == 0.0 and self.drift_ppm == 0.0 and self.slew_s == 0.0
+
+    def _slewed(self, dt: float) -> float:
+        if self.slew_s == 0.0:
+            return 0.0
+        return math.copysign(min(abs(self.slew_s), self.slew_ppm * 1e-6 * dt), self.slew_s)
+
+    def offset(self, now: float) -> float:
+        """The clock's error at trio time ``now`` (seconds; times before ``ref`` read as ``ref``)."""
+        dt = max(0.0, now - self.ref)
+        return self.offset_s + self.drift_ppm * 1e-6 * dt + self._slewed(dt)
+
+    def _fold(self, now: float) -> None:
+        dt = max(0.0, now - self.ref)
+        done = self._slewed(dt)
+        self.offset_s += self.drift_ppm * 1e-6 * dt + done
+        self.slew_s -= done
+        self.ref = max(now, self.ref)
+
+    def step(self, now: float, delta: float) -> None:
+        """Change the clock by ``delta`` seconds at once (a pending slew is dropped)."""
+        self._fold(now)
+        self.offset_s += delta
+        self.slew_s = 0.0
+
+    def slew(self, now: float, delta: float) -> None:
+        """Correct the clock by ``delta`` seconds gradually, at ``slew_ppm`` (replaces a pending slew: a new
+        measurement already includes what the old one had not corrected yet)."""
+        self._fold(now)
+        self.slew_s = delta
+
+    def slew_done_at(self, now: float) -> float:
+        """The trio time the pending slew ends (``now`` when none is pending)."""
+        left = self.slew_s - self._slewed(max(0.0, now - self.ref))
+        return now + abs(left) / (self.slew_ppm * 1e-6)
+
+
+@attrs.define
+class NodeClock(SimClock):
+    """A device's own clock: the run's :class:`SimClock` seen through a :class:`DeviceClock`.
+
+    ``now()`` and ``elapsed()`` are the run's (trio time); ``utcnow()`` / ``utc_at()`` / :meth:`wall` are what
+    the device believes the date is.
+    """
+
+    device: DeviceClock = attrs.field(factory=DeviceClock)
+
+    @classmethod
+    def of(cls, run: SimClock, device: DeviceClock | None = None) -> NodeClock:
+        """A device clock on top of the run's clock (a perfect one unless ``device`` is given)."""
+        return cls(start_utc=run.start_utc, t0=run.t0, device=device or DeviceClock(ref=run.t0))
+
+    def utc_at(self, now: float) -> _dt.datetime:
+        true = SimClock.utc_at(self, now)
+        if self.device.perfect:
+            return true
+        return true + _dt.timedelta(seconds=self.device.offset(now))
+
+    def wall(self, now: float | None = None) -> float:
+        """The device's time in Unix seconds (float, no microsecond rounding) at trio time ``now``."""
+        at = trio.current_time() if now is None else now
+        return self.start_utc.timestamp() + (at - self.t0) + self.device.offset(at)
+
+    def offset(self, now: float | None = None) -> float:
+        """The device clock's error now (seconds)."""
+        return self.device.offset(trio.current_time() if now is None else now)
 
 
 def isoformat(ts: _dt.datetime) -> str:

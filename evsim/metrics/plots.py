@@ -11,6 +11,8 @@ Five plots, written to ``<run>/plots/``:
 * ``transactions.png`` — cumulative transactions started at the stations, started at the CSMS and ended at
   the CSMS (an offline period shows as a gap between the first two curves), and when several endpoints
   recorded transactions (a primary and its secondary), started and ended at each of them;
+* ``clock_offsets.png`` — percentiles of the stations' clock offsets over time, replayed from the clock
+  events (:mod:`evsim.metrics.clocks`; "no data" when every clock is perfect).
 * ``reconnect_storm.png`` — WebSocket sessions accepted per second by each CSMS and controller, with the
   timeline's outages marked: the shape of the reconnect storm and where it lands
   (:func:`evsim.metrics.failover.storm_series`).
@@ -52,6 +54,7 @@ PLOT_FILES = (
     "connection_rate.png",
     "transactions.png",
     "reconnect_storm.png",
+    "clock_offsets.png",
 )
 
 _DPI = 110
@@ -384,6 +387,7 @@ def render_plots(
         ("connection_rate.png", lambda f: _draw_rates(f, run, topo, axis, span, width, name)),
         ("transactions.png", lambda f: _draw_transactions(f, run, topo, axis, span, name)),
         ("reconnect_storm.png", lambda f: _draw_storm(f, run, topo, axis, span, name)),
+        ("clock_offsets.png", lambda f: _draw_clocks(f, run, axis, span, name)),
     ]
     written = []
     for filename, draw in draws:
@@ -613,4 +617,26 @@ def _draw_storm(fig: Figure, run: RunData, topo: Topology, axis: TimeAxis, span:
     ax.set_ylabel(f"sessions accepted / s (mean over {format_width(width)})")
     ax.set_ylim(bottom=0)
     ax.set_title(f"{name}: reconnect storm (sessions accepted per endpoint)")
+    _finish_time_axis(ax, axis, span)
+
+
+CLOCK_POINTS = 200
+"""Instants the clock-offset plot replays the clocks at (one per 0.5 % of the run)."""
+
+
+def _draw_clocks(fig: Figure, run: RunData, axis: TimeAxis, span: float, name: str) -> None:
+    from evsim.metrics.clocks import offset_percentiles, sample_times
+
+    ax = fig.add_subplot()
+    rows = offset_percentiles(run.events, sample_times(span, CLOCK_POINTS))
+    if not rows:
+        _no_data(ax, "station clocks other than perfect ones")
+    else:
+        xs = axis.scale([r[0] for r in rows])
+        for column, label in ((2, "p50"), (3, "p90"), (4, "p99"), (5, "max")):
+            ax.step(xs, [max(r[column], 1e-6) for r in rows], where="post", label=label)
+        ax.set_yscale("log")
+        _legend(ax, "|offset|")
+    ax.set_ylabel("station clock offset (s, log)")
+    ax.set_title(f"{name}: station clock offsets")
     _finish_time_axis(ax, axis, span)

@@ -114,9 +114,13 @@ class StationHooks(Protocol):
     def name(self) -> str: ...
 
     network: Network
-    clock: SimClock
     recorder: Recorder
     connector_status: str
+
+    @property
+    def clock(self) -> SimClock:
+        """The station's own clock."""
+        ...
 
     def queue_message(self, action: str, payload: dict[str, Any]) -> None:
         """Queue a CALL with guaranteed delivery (delivered in order once online)."""

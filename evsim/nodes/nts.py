@@ -26,7 +26,8 @@ failed NTS-KE fail over to the next source (``nts_failover``); after a whole rou
 
 **Bootstrap (checking an NTS-KE certificate before the time is known).** The client's own clock is ``wall()``
 (Unix seconds; a station's clock, possibly wrong). Certificates are checked at ``wall() + offset`` once a
-sample was accepted, and at ``wall()`` before. What happens before the first sample is the source trust
+sample was accepted, and at ``wall()`` before; a client given ``discipline`` hands each accepted offset to
+it (a station steps or slews its clock, :mod:`evsim.nodes.devicetime`) and checks at ``wall()`` itself. What happens before the first sample is the source trust
 store's ``time_check``:
 
 * ``enforce`` (default): validity is checked at the unsynced clock; a clock far off refuses a valid
@@ -561,6 +562,8 @@ class NtsClient:
         revert_s: how often a client on a lower-priority source retries the better ones.
         aead_algorithms: AEAD ids offered.
         entropy: the random source (Unique Identifiers, nonces).
+        discipline: called with each accepted sample's offset (seconds) to correct ``wall`` itself; None:
+            the client only measures, and :meth:`corrected_time` adds the offset.
     """
 
     def __init__(
@@ -582,6 +585,7 @@ class NtsClient:
         revert_s: float = 128.0,
         aead_algorithms: Sequence[int] = (AEAD_AES_SIV_CMAC_256,),
         entropy: Callable[[int], bytes] = os.urandom,
+        discipline: Callable[[float], None] | None = None,
     ) -> None:
         if not sources:
             raise ConfigError("an NTS client needs at least one source", path="sources")
@@ -611,6 +615,7 @@ class NtsClient:
         self.revert_s = revert_s
         self._aeads = tuple(aead_algorithms)
         self._entropy = entropy
+        self._discipline = discipline
         self._limiter = _Limiter()
         self.offset: float | None = None
         self.delay: float | None = None
@@ -635,7 +640,10 @@ class NtsClient:
         await self._synced.wait()
 
     def corrected_time(self) -> float:
-        """This client's clock corrected by the measured offset (its own clock until synced)."""
+        """This client's clock corrected by the measured offset (its own clock until synced, or when the
+        offsets go to ``discipline``)."""
+        if self._discipline is not None:
+            return self._wall()
         return self._wall() + (self.offset or 0.0)
 
     def _verify_time(self) -> datetime.datetime:
@@ -821,3 +829,5 @@ class NtsClient:
             delay=round(sample.delay, 6),
             stratum=sample.stratum,
         )
+        if self._discipline is not None:
+            self._discipline(sample.offset)

@@ -46,7 +46,7 @@ from typing import Any
 import attrs
 import trio
 
-from evsim.clock import SimClock, isoformat
+from evsim.clock import NodeClock, SimClock, isoformat
 from evsim.errors import (
     CallErrorReceived,
     CallTimeout,
@@ -59,6 +59,7 @@ from evsim.errors import (
 from evsim.link.slots import NetworkProfiles, NetworkSlot
 from evsim.net.base import Network
 from evsim.nodes.certificates import CertificateSwitch, StationCertificates
+from evsim.nodes.devicetime import DeviceTime
 from evsim.nodes.expiry import ExpiryMonitor
 from evsim.nodes.filetransfer import FileTransferConfig
 from evsim.nodes.firmware import FirmwareUpdater
@@ -121,7 +122,7 @@ class Station:
         network: how to reach the CSMS.
         client_tls: the installed TLS client configuration (CSMS root, client certificate), used by every
             slot without TLS settings of its own; None only when every such slot is security profile 1.
-        clock: the run's clock.
+        clock: the station's own clock (a :class:`~evsim.clock.NodeClock`; the run's clock gives a perfect one).
         recorder: event sink.
         rng: the station's seeded RNG (back-off jitter, session timing, transaction ids).
         files: firmware and log transfer settings (UpdateFirmware, GetLog; :mod:`evsim.nodes.firmware`,
@@ -152,9 +153,12 @@ class Station:
         self.config = config
         self.network = network
         self.client_tls = client_tls
-        self.clock = clock
+        self.clock = clock if isinstance(clock, NodeClock) else NodeClock.of(clock)
         self.recorder = recorder
         self.rng = rng
+        self.time = DeviceTime.of(
+            self, config.clock
+        )  # its clock's corrections, NTS client, ClockCtrlr variables
         self.network_profiles = NetworkProfiles(
             slots, config.network_settings(), rng, security_profile=config.security_profile
         )
@@ -223,6 +227,8 @@ class Station:
             nursery.start_soon(self._connection_loop)
             nursery.start_soon(self.firmware.run)
             nursery.start_soon(self.logs.run)
+            if self.time.nts is not None:
+                nursery.start_soon(self.time.nts.run)
             task_status.started()
             await self._behaviour()
 
@@ -431,7 +437,12 @@ class Station:
         try:
             if client_tls is not None:
                 tls_stream = await tls_connect(
-                    stream, client_tls, server_name, verify_time=self.clock.utcnow, sessions=self.tls_sessions
+                    stream,
+                    client_tls,
+                    server_name,
+                    verify_time=self.clock.utcnow,
+                    sessions=self.tls_sessions,
+                    clock_synced=self.time.synced,
                 )
                 stream = tls_stream
                 self.tls_info = tls_stream.info
@@ -535,6 +546,7 @@ class Station:
                 },
             )
             accepted = resp["status"] == "Accepted"
+            self.time.follow(resp, "BootNotification")
             interval = self._boot_interval(resp.get("interval", 0), accepted=accepted)
             if accepted:
                 self.boots += 1
@@ -623,7 +635,7 @@ class Station:
                 continue
             if self._trigger_heartbeat or trio.current_time() >= next_heartbeat:
                 self._trigger_heartbeat = False
-                await self._call(session, "Heartbeat", {})
+                self.time.follow(await self._call(session, "Heartbeat", {}), "Heartbeat")
                 self.heartbeats += 1
                 continue
             self._check_done()

@@ -6,7 +6,8 @@ the CSMS URL or its network configuration slots, charging behaviour, retry and q
 settings). Some of it is also visible to the CSMS as device-model variables, and a little of it can be changed
 at run time: :class:`DeviceModel` answers GetVariables and SetVariables (B06/B05: the heartbeat interval, the
 security profile and identity, the OCPPCommCtrlr network variables of :mod:`evsim.ocpp.netprofile`, the
-SecurityCtrlr certificate variables of :mod:`evsim.nodes.certificates`) and SetNetworkProfile (B09). It keeps
+SecurityCtrlr certificate variables of :mod:`evsim.nodes.certificates`, the ClockCtrlr variables of
+:mod:`evsim.nodes.devicetime`) and SetNetworkProfile (B09). It keeps
 no state of its own: every value is read from, and written to, the live station (:class:`ModelHost`), whose
 :class:`~evsim.link.slots.NetworkProfiles` and :class:`~evsim.nodes.certificates.StationCertificates`
 validate what they own. A value out of range is Rejected with a ``reasonCode`` and recorded once
@@ -25,6 +26,7 @@ from evsim.backoff import RetryBackOff
 from evsim.errors import ConfigError
 from evsim.link.slots import NetworkProfiles, NetworkSlot
 from evsim.nodes.certificates import CertificateSettings, StationCertificates
+from evsim.nodes.devicetime import ClockSettings, DeviceTime
 from evsim.ocpp.limits import HEARTBEAT_INTERVAL, OutOfRange
 from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile, NetworkSettings, ProfileRejected
 from evsim.recorder import Recorder
@@ -66,6 +68,7 @@ class StationConfig:
         allow_security_downgrade: ``SecurityCtrlr.AllowSecurityProfileDowngrade`` (3→2 only).
         certificates: the certificate device model (OrganizationName, the key pair a CSR gets, resend
             schedule, A03 threshold, MaxCertificateChainSize...; :mod:`evsim.nodes.certificates`).
+        clock: how its clock is corrected and reported (ClockCtrlr; :mod:`evsim.nodes.devicetime`).
     """
 
     station_id: str
@@ -96,6 +99,7 @@ class StationConfig:
     network_fallback: FallbackPolicy = "restart_list"
     allow_security_downgrade: bool = False
     certificates: CertificateSettings = attrs.field(factory=CertificateSettings)
+    clock: ClockSettings = attrs.field(factory=ClockSettings)
 
     def __attrs_post_init__(self) -> None:
         if self.security_profile not in (1, 2, 3):
@@ -156,6 +160,7 @@ class ModelHost(Protocol):
     client_tls: ClientTls | None
     network_profiles: NetworkProfiles
     certs: StationCertificates
+    time: DeviceTime
     heartbeat_s: float
 
 
@@ -184,6 +189,8 @@ class DeviceModel:
             out[("OCPPCommCtrlr", name)] = value
         for name, value in self.station.certs.variables().items():
             out[("SecurityCtrlr", name)] = value
+        for name, value in self.station.time.variables().items():
+            out[("ClockCtrlr", name)] = value
         return out
 
     def set_network_profile(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -260,6 +267,10 @@ class DeviceModel:
             )
         elif key[0] == "SecurityCtrlr" and key[1] in self.station.certs.variables():
             status, code = self.station.certs.set_variable(key[1], value)
+            if code is not None:
+                info = {"reasonCode": code}
+        elif key[0] == "ClockCtrlr":
+            status, code = self.station.time.set_variable(key[1], value)
             if code is not None:
                 info = {"reasonCode": code}
         result = {"attributeStatus": status, "component": item["component"], "variable": item["variable"]}

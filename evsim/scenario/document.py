@@ -32,6 +32,7 @@ from evsim.scenario.model import (
     TrustSpec,
 )
 from evsim.world.actions import Link
+from evsim.world.clocks import ClockSpec
 
 
 def _drop_none(table: dict[str, Any]) -> dict[str, Any]:
@@ -169,8 +170,17 @@ def _controller(c: ControllerSpec) -> dict[str, Any]:
             "behind_controller": c.behind_controller if c.security_profile == 3 else None,
             "trusted_controllers": list(c.trusted_controllers) or None,
             "client_trust": c.client_trust,
+            "clock": None if c.clock is None else _clock(c.clock),
         }
     )
+
+
+def _clock(c: ClockSpec) -> dict[str, Any]:
+    """A group's ``clock`` table (lists left out when empty: the loader refuses empty ones)."""
+    out = {field.name: getattr(c, field.name) for field in attrs.fields(ClockSpec)}
+    if c.set_to is not None:
+        out["set_to"] = c.set_to.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _drop_none({k: list(v) or None if isinstance(v, tuple) else v for k, v in out.items()})
 
 
 def _group(g: StationGroupSpec) -> dict[str, Any]:
@@ -206,6 +216,8 @@ def _group(g: StationGroupSpec) -> dict[str, Any]:
             ),
         }
     )
+    if g.clock is not None:
+        out["clock"] = _clock(g.clock)
     if g.sessions_per_day is not None:
         out["sessions_per_day"] = g.sessions_per_day
     else:
@@ -281,6 +293,13 @@ def scenario_document(sc: Scenario) -> dict[str, Any]:
         "links": [_link(link) for link in sc.links],
         "timeline": [_event(ev) for ev in sc.timeline],
     }
+    if sc.nts_servers:
+        doc["nts"] = {
+            n.name: _drop_none(
+                {"host": n.host, "root": n.root, "validity": n.validity, "clock_error": n.clock_error}
+            )
+            for n in sc.nts_servers.values()
+        }
     return doc
 
 

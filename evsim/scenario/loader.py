@@ -46,6 +46,7 @@ from evsim.scenario.model import (
     Scenario,
     SimulationSpec,
 )
+from evsim.scenario.read_clocks import check_nts_names, read_nts_servers
 from evsim.scenario.read_nodes import NodeReader
 from evsim.scenario.read_timeline import TimelineReader
 from evsim.scenario.reader import LoadContext, ScenarioTable
@@ -233,6 +234,7 @@ class _Builder(NodeReader, TimelineReader):
         # controllers, profiles, trust stores and pin sets, and links and timeline entries name any node,
         # group or station id (known once register_stations has run).
         pki = self.pki(root.sub_table("pki", PKI_KEYS, "[pki]"))
+        nts = read_nts_servers(root, pki, self.nodes)
         tls = root.sub_table("tls", TLS_KEYS, "[tls]")
         profiles = self.tls_profiles(tls)
         trust = self.trust_stores(tls, pki)
@@ -244,6 +246,7 @@ class _Builder(NodeReader, TimelineReader):
         controllers = self.controllers(root, sim, pki, profiles, trust)
         groups = self.station_groups(root, csms, profiles, trust)
         self.register_stations(groups)
+        check_nts_names(root, self.nodes)
         links = self.links(root)
         timeline = self.timeline(root, sim, pki)
         return Scenario(
@@ -259,6 +262,7 @@ class _Builder(NodeReader, TimelineReader):
             source=self.ctx.source,
             pin_sets=pin_sets,
             change_policies=change_policies,
+            nts_servers=nts,
         )
 
     # ------------------------------------------------------------ [simulation]

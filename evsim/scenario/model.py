@@ -30,6 +30,7 @@ from evsim.nodes.csms_certs import SigningSettings
 from evsim.nodes.station_model import StationConfig
 from evsim.tls.config import TlsProfile
 from evsim.world.actions import Action
+from evsim.world.clocks import ClockSpec, NtsServerSpec
 from evsim.world.specs import (
     CertificateSpec,
     ChangeSpec,
@@ -270,6 +271,7 @@ class ControllerSpec:
         trusted_controllers: controllers trusted by ``behind_controller = "trust_controller"``.
         client_trust: name of the :class:`TrustSpec` station certificates are checked with (profile 3);
             None: the run's ``root``.
+        clock: its clock and NTS servers (None: a perfect clock).
     """
 
     name: str
@@ -289,6 +291,7 @@ class ControllerSpec:
     behind_controller: BehindControllerKind = default_of(ControllerConfig, "behind_controller")  # noqa: RUF009 - an immutable value
     trusted_controllers: tuple[str, ...] = ()
     client_trust: str | None = None
+    clock: ClockSpec | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -356,6 +359,7 @@ class StationGroupSpec:
         fallback: what the slot walk does when every slot failed, and where it restarts after a loss
             (``"restart_list"``, B10.FR.08, or ``"last_working"``, B10.FR.07).
         certificates: the stations' certificate device model (renewal over OCPP).
+        clock: the stations' clocks and time sources (None: perfect clocks).
     """
 
     name: str
@@ -382,6 +386,7 @@ class StationGroupSpec:
     network_attempts: int = default_of(StationConfig, "network_attempts")
     fallback: FallbackKind = default_of(StationConfig, "network_fallback")  # noqa: RUF009 - an immutable value
     certificates: StationCertificatesSpec = attrs.field(factory=StationCertificatesSpec)
+    clock: ClockSpec | None = None
 
     def station_ids(self) -> list[str]:
         """The identities of the group's stations, in order.
@@ -472,6 +477,7 @@ class Scenario:
         source: the file it was loaded from, or the ``source`` label given to the loader.
         pin_sets: ``[tls.pins.<name>]`` by name.
         change_policies: ``[tls.change.<name>]`` by name.
+        nts_servers: ``[nts.<name>]`` by name.
     """
 
     simulation: SimulationSpec
@@ -486,6 +492,7 @@ class Scenario:
     source: str | None = None
     pin_sets: FrozenMap[str, PinSetSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
     change_policies: FrozenMap[str, ChangeSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    nts_servers: FrozenMap[str, NtsServerSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
 
     def station_ids(self) -> list[str]:
         """Every station identity, group by group in file order.

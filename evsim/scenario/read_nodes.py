@@ -53,6 +53,7 @@ from evsim.scenario.model import (
     default_of,
 )
 from evsim.scenario.passes import ScenarioChecks, claim_address
+from evsim.scenario.read_clocks import read_group_clock
 from evsim.scenario.read_tls import TlsReader, client_trust_of
 from evsim.scenario.reader import LoadContext, ScenarioTable
 from evsim.scenario.units import (
@@ -361,6 +362,7 @@ class NodeReader(TlsReader, ScenarioChecks):
             behind_controller=behind,
             trusted_controllers=trusted,
             client_trust=client_trust_of(t, trust, profile),
+            clock=read_group_clock(t, self.nodes),
         )
 
     # ------------------------------------------------------------ endpoints (station groups, controller upstreams)
@@ -632,6 +634,7 @@ class NodeReader(TlsReader, ScenarioChecks):
             ),
             fallback=t.enum("fallback", FALLBACK_KINDS, default_of(StationGroupSpec, "fallback")),
             certificates=_station_certificates(t),
+            clock=read_group_clock(t, self.nodes),
         )
 
     def delay_range(self, t: ScenarioTable, key: str, default: tuple[float, float]) -> tuple[float, float]:

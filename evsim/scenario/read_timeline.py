@@ -227,7 +227,10 @@ class TimelineReader(TlsReader):
             "controller": "a controller",
             "group": "a station group",
             "station": "a station id",
+            "nts": "an NTS server",
         }
+        if not self.nodes.nts:  # offer NTS servers as targets only where the scenario has some
+            kinds = [k for k in kinds if k != "nts"]
         if not self.nodes.controllers:  # offer controllers as targets only where the scenario has some
             kinds = [k for k in kinds if k != "controller"]
         wanted = " or ".join(what[k] for k in kinds)
@@ -327,8 +330,10 @@ class ActionReader:
     def integer(self, key: str, default: int, lo: int, hi: int) -> int:
         return self._t.integer(key, default, lo, hi)
 
-    def duration(self, key: str, default: float, *, positive: bool = False) -> float:
-        return self._t.duration(key, default, positive=positive)
+    def duration(
+        self, key: str, default: float, *, positive: bool = False, allow_negative: bool = False
+    ) -> float:
+        return self._t.duration(key, default, positive=positive, allow_negative=allow_negative)
 
     def number(self, key: str, default: float, lo: float, hi: float) -> float:
         return self._t.number(key, default, minimum=lo, maximum=hi)

@@ -44,6 +44,7 @@ from evsim.scenario.vocabulary import (
     SECURITY_PROFILES,
 )
 from evsim.toml_table import FieldPath, Table, format_path, shown, type_name
+from evsim.world.clocks import NtsServerSpec
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -212,6 +213,8 @@ class NodeNames:
         self.controllers: dict[str, ControllerSpec] = {}
         self.groups: dict[str, StationGroupSpec] = {}
         self.station_group: dict[str, str] = {}  # station id -> group
+        self.nts: dict[str, NtsServerSpec] = {}
+        self.roots: tuple[str, ...] = ("root",)  # the run's roots, once [pki] is read
 
     def kind(self, name: str) -> str | None:
         """What ``name`` is: ``"csms"``, ``"controller"``, ``"group"``, ``"station"`` or None."""
@@ -223,6 +226,8 @@ class NodeNames:
             return "group"
         if name in self.station_group:
             return "station"
+        if name in self.nts:
+            return "nts"
         return None
 
     def group_of(self, name: str) -> StationGroupSpec:
@@ -238,6 +243,8 @@ class NodeNames:
             out += self.controllers
         if "group" in kinds:
             out += self.groups
+        if "nts" in kinds:
+            out += self.nts
         return out
 
 

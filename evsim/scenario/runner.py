@@ -190,7 +190,10 @@ class ScenarioRunner:
                 [c.host for c in sc.csms.values()]
                 + [c.host for c in sc.controllers.values()]
                 + sc.station_ids()
+                + [n.address for n in sc.nts_servers.values()]
             )
+        if selector in sc.nts_servers:
+            return [sc.nts_servers[selector].address]
         if selector in sc.csms:
             return [sc.csms[selector].host]
         if selector in sc.controllers:
@@ -300,7 +303,12 @@ class ScenarioRunner:
                 upstream_connect_attempts=lc.upstream_connect_attempts,
                 retry_backoff=lc.retry_backoff,
                 behind_controller=lc.behind_controller,
+                clock=lc.clock,
                 trusted_controllers=[sc.controllers[n].host for n in lc.trusted_controllers],
+            )
+        for nts in sc.nts_servers.values():
+            await world.start_nts_server(
+                nts.name, host=nts.host, root=nts.root, validity=nts.validity, clock_error=nts.clock_error
             )
         for group in sc.stations.values():
             sessions, session_start = self._sessions(group)
@@ -332,6 +340,7 @@ class ScenarioRunner:
                 network_attempts=group.network_attempts,
                 fallback=group.fallback,
                 certificates=group.certificates.settings(sc.pki.organization),
+                clock=group.clock,
             )
 
     async def _sampler(self, world: World) -> None:

@@ -33,7 +33,7 @@ from evsim.ws.paths import IDENTITY_RULE
 
 # ---------------------------------------------------------------- keys of each table
 
-TOP_KEYS: Final = ("simulation", "pki", "tls", "csms", "controllers", "stations", "links", "timeline")
+TOP_KEYS: Final = ("simulation", "pki", "tls", "csms", "controllers", "stations", "links", "timeline", "nts")
 SIMULATION_KEYS: Final = (
     "name",
     "description",
@@ -119,7 +119,23 @@ STATION_KEYS: Final = (
     "network_attempts",
     "fallback",
     "certificates",
+    "clock",
 )
+CLOCK_KEYS: Final = (
+    "offset",
+    "offset_spread",
+    "drift_ppm",
+    "drift_spread_ppm",
+    "set_to",
+    "time_source",
+    "report_threshold",
+    "step_threshold",
+    "nts",
+    "nts_roots",
+    "nts_time_check",
+    "nts_poll",
+)
+NTS_KEYS: Final = ("host", "root", "validity", "clock_error")
 CONTROLLER_KEYS: Final = (
     "host",
     "port",
@@ -137,6 +153,7 @@ CONTROLLER_KEYS: Final = (
     "behind_controller",
     "trusted_controllers",
     "client_trust",
+    "clock",
 )
 ENDPOINT_KEYS: Final = ("csms", "controller", "priority", "trust", "tls_profile", "pins")
 BACKOFF_KEYS: Final = ("wait_minimum", "random_range", "repeat_times")

@@ -4,6 +4,7 @@ See :mod:`evsim.world.core` for how it works, :mod:`evsim.world.specs` for how n
 :mod:`evsim.world.actions` for the timeline actions a scenario (or a Python caller) applies to a world.
 """
 
+from evsim.world.clocks import ClockSpec, NtsServerNode
 from evsim.world.core import RUN_PASSWORD, WORLD_START, World, check_clock, open_world, run
 from evsim.world.nodes import ControllerNode, CsmsNode, NodeHandle, StationGroup, StationNode
 from evsim.world.pki import WorldPki
@@ -24,9 +25,11 @@ __all__ = [
     "WORLD_START",
     "CertificateSpec",
     "ChangeSpec",
+    "ClockSpec",
     "ControllerNode",
     "CsmsNode",
     "NodeHandle",
+    "NtsServerNode",
     "PinSetSpec",
     "PinSpec",
     "Route",

@@ -69,7 +69,9 @@ class Reader(Protocol):
     def error(self, key: str, message: str, *, value: object = None, fix: str = "") -> ConfigError: ...
     def boolean(self, key: str, default: bool) -> bool: ...
     def integer(self, key: str, default: int, lo: int, hi: int) -> int: ...
-    def duration(self, key: str, default: float, *, positive: bool = False) -> float: ...
+    def duration(
+        self, key: str, default: float, *, positive: bool = False, allow_negative: bool = False
+    ) -> float: ...
     def number(self, key: str, default: float, lo: float, hi: float) -> float: ...
     def choice(self, key: str, allowed: Sequence[str], default: str) -> str: ...
 
@@ -168,13 +170,14 @@ def _memory_only(act: Action, network: str) -> None:
 @action("stop", "target")
 @attrs.frozen
 class Stop(Action):
-    """The node(s) shut down: a CSMS or controller stops listening and its host is down; stations go dark."""
+    """The node(s) shut down: a CSMS, controller or NTS server stops listening and its host is down; stations go
+    dark."""
 
     target: str
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        return cls(target=r.target(("csms", "controller", "group", "station")))
+        return cls(target=r.target(("csms", "controller", "group", "station", "nts")))
 
     async def apply(self, world: World) -> None:
         await world.stop(self.target)
@@ -189,7 +192,7 @@ class Start(Action):
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        return cls(target=r.target(("csms", "controller", "group", "station")))
+        return cls(target=r.target(("csms", "controller", "group", "station", "nts")))
 
     async def apply(self, world: World) -> None:
         await world.start(self.target)
@@ -634,6 +637,33 @@ class AttackMitm(_Redirect):
         )
 
 
+# ---------------------------------------------------------------- time
+
+MAX_CLOCK_STEP_S = 100 * 365 * 86_400.0
+"""Largest clock step (a century: enough to kill a clock back to the year 2000 and to move it forward)."""
+
+
+@action("clock_step", "target", "by")
+@attrs.frozen
+class ClockStep(Action):
+    """The clocks of stations or a controller jump by ``by`` seconds (the operator sets them, or a dead clock
+    resets)."""
+
+    target: str
+    by: float
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        r.require("by", 'add by = "-1h" (how far the clocks jump; negative: back)')
+        by = r.duration("by", 0.0, allow_negative=True)
+        if abs(by) > MAX_CLOCK_STEP_S:
+            raise r.error("by", "at most 100 years either way", value=by, fix='use e.g. by = "-9500d"')
+        return cls(target=r.target(("group", "station", "controller")), by=by)
+
+    async def apply(self, world: World) -> None:
+        await world.step_clock(self.target, self.by)
+
+
 __all__ = [
     "ACTIONS",
     "ATTACK_TLS_VERSIONS",
@@ -643,6 +673,7 @@ __all__ = [
     "AttackDowngrade",
     "AttackMitm",
     "AttackWrongCa",
+    "ClockStep",
     "DegradeCa",
     "DeleteCertificate",
     "ExpireCertificate",

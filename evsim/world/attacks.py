@@ -19,8 +19,8 @@ from collections.abc import Iterable
 import trio
 
 from evsim.clock import SimClock
-from evsim.errors import HandshakeFailed, TransportError
-from evsim.net.base import NetListener, Network, NetworkStatistics
+from evsim.errors import ConfigError, HandshakeFailed, TransportError
+from evsim.net.base import DatagramNetwork, DatagramSocket, NetListener, Network, NetworkStatistics
 from evsim.recorder import Recorder
 from evsim.tls import ClientTls, ServerTls, TlsProfile, TrustStore, tls_accept, tls_connect
 from evsim.tls.config import KNOWN_VERSIONS
@@ -51,6 +51,12 @@ class RedirectingNetwork:
 
     async def listen(self, host: str, port: int) -> NetListener:
         return await self.inner.listen(host, port)
+
+    async def bind_datagram(self, host: str, port: int) -> DatagramSocket:
+        """A datagram socket of the inner network (datagrams are never redirected)."""
+        if not isinstance(self.inner, DatagramNetwork):
+            raise ConfigError("the network carries no datagrams", value=type(self.inner).__name__)
+        return await self.inner.bind_datagram(host, port)
 
     def statistics(self) -> NetworkStatistics:
         return self.inner.statistics()

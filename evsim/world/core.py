@@ -69,7 +69,7 @@ from evsim.world.base import (
     _identity,
     _label,
 )
-from evsim.world.lifecycle import WorldLifecycle
+from evsim.world.clocks import ClockSpec, WorldClocks
 from evsim.world.nodes import ControllerNode, CsmsNode, StationGroup, StationNode
 from evsim.world.pki import WorldPki
 from evsim.world.specs import (
@@ -196,7 +196,7 @@ def _plain(value: object) -> object:
     return value
 
 
-class World(WorldLifecycle):
+class World(WorldClocks):
     """A network of nodes sharing one clock, recorder, network and PKI (open it with :func:`open_world`).
 
     Starting nodes, their lifecycle and the network are here; TLS and certificates in
@@ -326,6 +326,7 @@ class World(WorldLifecycle):
         retry_backoff: RetryBackOff | None = None,
         behind_controller: Literal["require_station_cert", "trust_controller"] = "require_station_cert",
         trusted_controllers: Sequence[str] = (),
+        clock: ClockSpec | None = None,
     ) -> ControllerNode:
         """Start a Local Controller (its upstream nodes already run); returns once it listens.
 
@@ -344,6 +345,7 @@ class World(WorldLifecycle):
             upstream_connect_attempts: attempts before a new station is refused (1013).
             retry_backoff: the upstream back-off; default OCPP's (3 s, 3 s, 4 doublings).
             behind_controller, trusted_controllers: profile 3 below a chain of controllers (hosts).
+            clock: its clock and NTS servers (:mod:`evsim.world.clocks`); default a perfect clock.
         """
         tls = tls or Tls()
         host = host or f"{name}.evsim.test"
@@ -377,13 +379,18 @@ class World(WorldLifecycle):
             on_upstream_loss=on_upstream_loss,
         )
         lc = LocalController(
-            config, network=self.network, clock=self.clock, recorder=self.recorder, rng=self.rng(name)
+            config,
+            network=self.network,
+            clock=self.station_clock(name, clock or ClockSpec()),
+            recorder=self.recorder,
+            rng=self.rng(name),
         )
         lc.expiry = self.expiry
         if self.expiry is not None and identity is not None:
             self.expiry.note(name, identity.chain[0], role="own")
         node = ControllerNode(lc, tls=tls, routes=routes, upstream_security_profile=upstream_security_profile)
         self.controllers[name] = node
+        await self.controller_time(node, clock or ClockSpec())
         await node.start_in(self.nursery)
         assert lc.address is not None
         node.port = lc.address[1]
@@ -448,6 +455,7 @@ class World(WorldLifecycle):
         network_attempts: int = 3,
         fallback: Literal["restart_list", "last_working"] = "restart_list",
         certificates: CertificateSettings | None = None,
+        clock: ClockSpec | None = None,
     ) -> StationGroup:
         """Start ``count`` stations that behave alike; returns once each one's connection loop runs.
 
@@ -475,7 +483,10 @@ class World(WorldLifecycle):
             certificates: their certificate device model (key pair of a CSR, A03 renewal threshold,
                 CertSigningWaitMinimum / RepeatTimes...); default: the defaults with the PKI's organization as
                 OrganizationName.
+            clock: their clocks (offset, drift, a dead clock) and time sources (NTS servers, currentTime);
+                default perfect clocks (:mod:`evsim.world.clocks`).
         """
+        clock = clock or ClockSpec()
         if (csms is None) == (not routes):
             raise ConfigError(
                 "give the stations either csms= or routes=", path="csms", fix="e.g. csms=world.csms['main']"
@@ -522,6 +533,7 @@ class World(WorldLifecycle):
             "backoff": group.backoff,
             "queue_max": queue_max,
             "certificates": certificates or CertificateSettings(organization_name=self.pki.organization),
+            "clock": clock.settings(),
         }
         for n in range(1, count + 1):
             sid = pattern.format(n=n)
@@ -549,11 +561,12 @@ class World(WorldLifecycle):
                 config,
                 network=self.network,
                 client_tls=self._client_tls(group, sid, peer),
-                clock=self.clock,
+                clock=self.station_clock(sid, clock),
                 recorder=self.recorder,
                 rng=self.rng(sid),
             )
             station.tls_sessions = SessionStore(tls.session_cache) if tls.session_cache else None
+            self.use_nts(station, group, clock)
             station.expiry = self.expiry
             if self.expiry is not None and station.certs.identity is not None:
                 self.expiry.note(sid, station.certs.identity.cert, role="own")
@@ -603,6 +616,9 @@ class World(WorldLifecycle):
         """Stop a node, a group's stations, or a station. A stopped CSMS or controller's host is down
         (connections to it are refused) until it starts again."""
         name = self._name(target)
+        if name in self.nts_servers:
+            self.stop_nts_server(name)
+            return
         if name in self.controllers:
             node = self.controllers[name]
             node.stop()
@@ -620,6 +636,9 @@ class World(WorldLifecycle):
     async def start(self, target: Selector) -> None:
         """Start again what :meth:`stop` stopped (the same node objects, their records kept)."""
         name = self._name(target)
+        if name in self.nts_servers:
+            await self.start_nts_server_again(name)
+            return
         if name in self.controllers:
             node = self.controllers[name]
             if self.memory is not None:
