@@ -152,14 +152,10 @@ class Action:
         """Refuse what a run on ``network`` (with these CSMS names) cannot do yet; paths are relative to the
         entry."""
 
-
-def _memory_only(act: Action, network: str) -> None:
-    if network == "tcp":
-        raise ConfigError(
-            f"{act.name!r} needs the in-memory network (loopback TCP cannot be partitioned from inside)",
-            path="action",
-            fix='use network = "memory"',
-        )
+    def needs_faults(self) -> bool:
+        """Whether it acts on the network itself (partitions, link policies, resets): on loopback TCP the run
+        then connects its nodes through the fault relay (:class:`~evsim.net.relay.FaultRelay`)."""
+        return False
 
 
 # ---------------------------------------------------------------- nodes
@@ -212,8 +208,8 @@ class Partition(Action):
     async def apply(self, world: World) -> None:
         world.partition(*self.between)
 
-    def preflight(self, *, network: str, csms: Collection[str]) -> None:
-        _memory_only(self, network)
+    def needs_faults(self) -> bool:
+        return True
 
 
 @action("heal", "between")
@@ -230,8 +226,8 @@ class Heal(Action):
     async def apply(self, world: World) -> None:
         world.heal(*self.between)
 
-    def preflight(self, *, network: str, csms: Collection[str]) -> None:
-        _memory_only(self, network)
+    def needs_faults(self) -> bool:
+        return True
 
 
 @action("link", "between", *LINK_POLICY_KEYS)
@@ -272,7 +268,9 @@ class Link(Action):
                 raise ConfigError(
                     f"link knob {knob!r} is not supported yet: {why}", path=knob, fix=f"remove {knob}"
                 )
-        _memory_only(self, network)
+
+    def needs_faults(self) -> bool:
+        return True
 
 
 @action("set_network_profile", "target", "csms", "reconnect")
@@ -296,14 +294,8 @@ class SetNetworkProfile(Action):
     async def apply(self, world: World) -> None:
         await world.set_network_profile(self.target, self.csms, reconnect=self.reconnect)
 
-    def preflight(self, *, network: str, csms: Collection[str]) -> None:
-        if network == "tcp" and self.reconnect:
-            raise ConfigError(
-                "set_network_profile with reconnect = true resets the stations' links, which needs the in-memory "
-                "network",
-                path="reconnect",
-                fix='set reconnect = false (the stations move at their next reconnect) or use network = "memory"',
-            )
+    def needs_faults(self) -> bool:
+        return self.reconnect  # resetting the stations' links is a partition and a heal
 
 
 # ---------------------------------------------------------------- certificates and trust
