@@ -244,7 +244,7 @@ async def test_a_connection_no_connect_claimed_is_reset(autojump_clock: trio.tes
             assert await _ended(intruder)
             assert net.relay.statistics().strangers == 1
             kinds = [kind for kind, _ in net.events]  # type: ignore[attr-defined]
-            assert kinds == ["relay_stranger"]
+            assert kinds == ["relay_refused"]
 
 
 async def test_the_relay_holds_a_bounded_amount_for_a_reader_that_does_not_read(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 import trio
+import trio.testing
 
 from evsim.backoff import RetryBackOff
 from evsim.errors import ConfigError
@@ -14,6 +15,7 @@ from evsim.recorder import Event
 from evsim.scenario.loader import loads_scenario
 from evsim.scenario.runner import needs_fault_relay, preflight, run_scenario
 from evsim.testing import open_test_world
+from evsim.world.actions import Link
 
 FAST_RETRY = RetryBackOff(wait_minimum=0.05, random_range=0.05, repeat_times=2)
 
@@ -170,3 +172,58 @@ def test_a_tcp_scenario_with_a_partition_runs_on_the_real_clock() -> None:
     for rec in r.station_records().values():
         (tx,) = rec.transactions.values()
         assert tx.started and tx.ended and tx.gap_free()
+
+
+@pytest.mark.loopback
+async def test_a_stall_over_loopback_tcp_holds_the_link_without_dropping_it() -> None:
+    watch = Watch()
+    with trio.fail_after(20):
+        async with open_test_world(network="tcp", fault_relay=True, sink=watch) as world:
+            csms = await world.start_csms("main", heartbeat_interval=60)
+            fleet = await world.start_stations(1, csms=csms, sessions=0, retry_backoff=FAST_RETRY)
+            await watch.until(lambda: watch.count("booted") == 1)
+            (sid,) = fleet.ids
+            world.stall_links_every(fleet, csms, every=0.3, duration=0.2)
+            await watch.until(lambda: watch.count("link_stall") >= 2)
+            assert world.relay is not None and world.relay.statistics().resets == 0
+            assert watch.count("connection_lost") == 0
+            assert csms.csms.stations[sid].connections == 1  # the same connection throughout
+    stall = next(e for e in watch.events if e.kind == "link_stall")
+    assert stall.data == {"between": "fleet<->main", "seconds": 0.2}
+
+
+async def test_stalls_are_refused_in_memory_and_accepted_on_tcp(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_test_world() as world:
+        with pytest.raises(ConfigError, match="fault relay"):
+            world.stall_links_every("a", "b", every=10, duration=1)
+    text = TCP_PARTITION.replace(
+        'latency = "5ms"', 'latency = "5ms"\nstall = { every = "1s", for = "100ms" }'
+    )
+    preflight(loads_scenario(text, source="stall.toml"))
+    memory = text.replace('clock = "real"\nnetwork = "tcp"\n', "")
+    with pytest.raises(ConfigError, match="link knob 'stall' is not supported yet"):
+        preflight(loads_scenario(memory, source="stall-memory.toml"))
+
+
+async def test_a_link_event_changes_only_the_keys_it_gives(autojump_clock: trio.testing.MockClock) -> None:
+    """A ``link`` event with only ``reset`` keeps the latency set before and resets the links periodically."""
+    watch = Watch()
+    async with open_test_world(sink=watch) as world:
+        csms = await world.start_csms("main", heartbeat_interval=60)
+        fleet = await world.start_stations(1, csms=csms, sessions=0)
+        world.set_link(fleet, csms, latency=0.5)
+        await Link(between=("fleet", "main"), reset=60.0).apply(world)
+        with trio.fail_after(3600):
+            await watch.until(lambda: watch.count("link_reset") >= 2)
+        assert world.memory is not None
+        assert world.memory.statistics().broken_links >= 1
+        (sid,) = fleet.ids
+        stream = await world.network.connect(csms.host, csms.port, source=sid)
+        start = trio.current_time()
+        await stream.send_all(b"GET / HTTP/1.0\r\n\r\n")  # not TLS: the server answers or closes at once
+        with trio.fail_after(60):
+            await stream.receive_some()
+        assert trio.current_time() - start >= 0.5  # the bytes took the 0.5 s latency: it was kept
+        await stream.aclose()

@@ -191,7 +191,7 @@ class FaultRelay:
         queue: chunks held per direction.
         claim_timeout: seconds the connect and the relay wait for each other.
         on_event: called as ``on_event(kind, **fields)`` for what the relay decides on its own: a connection
-            nobody claimed (``relay_stranger``, with the relay port and the peer) and the connections a fault
+            nobody claimed (``relay_refused``, with the relay port and the peer) and the connections a fault
             reset (``relay_reset``, with the fault and how many); None: not reported.
     """
 
@@ -374,7 +374,12 @@ class FaultRelay:
             self._counters.strangers += 1
             if self._on_event is not None:
                 shown = "unknown" if peer is None else format_address(peer)
-                self._on_event("relay_stranger", peer=shown, reason="no connect of this run claimed it")
+                self._on_event(
+                    "relay_refused",
+                    peer=shown,
+                    relay=format_address(route.address) if route.address is not None else "",
+                    reason="no connect of this run claimed it",
+                )
             await abort(accepted)
             return
         assert peer is not None

@@ -45,7 +45,7 @@ from evsim.scenario.model import (
 )
 from evsim.tls import TlsProfile
 from evsim.world import CertificateSpec, Route, Tls, World, open_world
-from evsim.world.actions import LINK_NOT_YET
+from evsim.world.actions import link_not_yet
 
 
 @attrs.define
@@ -110,7 +110,7 @@ def preflight(scenario: Scenario) -> None:
                 line=ev.line,
             ) from None
     for i, link in enumerate(scenario.links):
-        for knob, why in LINK_NOT_YET.items():
+        for knob, why in link_not_yet(network).items():
             value = getattr(link, knob)
             if value not in (None, 0, 0.0):
                 raise ConfigError(
@@ -283,6 +283,14 @@ class ScenarioRunner:
             if link.reset is not None:
                 world.reset_links_every(
                     a, b, link.reset.every, label=f"{link.between[0]}<->{link.between[1]}"
+                )
+            if link.stall is not None:
+                world.stall_links_every(
+                    a,
+                    b,
+                    link.stall.every,
+                    link.stall.duration,
+                    label=f"{link.between[0]}<->{link.between[1]}",
                 )
         for lc in sc.controllers.values():  # dependency order: upstream controllers first
             await world.start_controller(

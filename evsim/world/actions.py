@@ -33,6 +33,14 @@ LINK_NOT_YET = {
     "stall": "the in-memory network cannot hold bytes back without breaking the stream yet",
 }
 """Link knobs the model accepts that a run cannot enforce yet; refused before the run starts."""
+
+
+def link_not_yet(network: str) -> dict[str, str]:
+    """The knobs of :data:`LINK_NOT_YET` a run on ``network`` cannot enforce: on ``"tcp"`` the fault relay holds
+    bytes back, so stalls work there."""
+    return {knob: why for knob, why in LINK_NOT_YET.items() if not (network == "tcp" and knob == "stall")}
+
+
 ATTACK_TLS_VERSIONS = ("1.3", "1.2", "1.1", "1.0")
 """Versions an attacking client may offer (a downgrade attack may try legacy versions)."""
 MAX_ATTACK_CONNECTIONS = 10_000
@@ -256,14 +264,19 @@ class Link(Action):
         return cls(between=between, **attrs.asdict(knobs))
 
     async def apply(self, world: World) -> None:
-        world.set_link(*self.between, latency=self.latency or 0.0)
+        if self.latency is not None:
+            world.set_link(*self.between, latency=self.latency)
+        if self.reset is not None:
+            world.reset_links_every(*self.between, self.reset)
+        if self.stall is not None:
+            world.stall_links_every(*self.between, *self.stall)
 
     def fields(self) -> dict[str, object]:
         return {key: value for key, value in super().fields().items() if value is not None}
 
     def preflight(self, *, network: str, csms: Collection[str]) -> None:
         given = {"jitter": self.jitter, "bandwidth": self.bandwidth, "stall": self.stall}
-        for knob, why in LINK_NOT_YET.items():
+        for knob, why in link_not_yet(network).items():
             if given[knob] not in (None, 0, 0.0):
                 raise ConfigError(
                     f"link knob {knob!r} is not supported yet: {why}", path=knob, fix=f"remove {knob}"
@@ -656,4 +669,5 @@ __all__ = [
     "SwitchServerCertificate",
     "TriggerRenewal",
     "action",
+    "link_not_yet",
 ]

@@ -80,6 +80,7 @@ from evsim.world.specs import (
     Tls,
     TrustSpec,
 )
+from evsim.world.stalls import WorldStalls
 
 ClockKind: TypeAlias = Literal["virtual", "real"]
 T = TypeVar("T")
@@ -208,11 +209,12 @@ def _plain(value: object) -> object:
     return value
 
 
-class World(WorldLifecycle):
+class World(WorldLifecycle, WorldStalls):
     """A network of nodes sharing one clock, recorder, network and PKI (open it with :func:`open_world`).
 
     Starting nodes, their lifecycle and the network are here; TLS and certificates in
-    :class:`~evsim.world.trust.WorldTls`, attackers in :class:`~evsim.world.attackers.WorldAttacks`, certificate
+    :class:`~evsim.world.trust.WorldTls`, attackers in :class:`~evsim.world.attackers.WorldAttacks`, link stalls in
+    :class:`~evsim.world.stalls.WorldStalls`, certificate
     operations over OCPP in :class:`~evsim.world.lifecycle.WorldLifecycle`, the shared state and selectors in
     :class:`~evsim.world.base.WorldBase`.
     """
