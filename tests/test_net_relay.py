@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from evsim.errors import ConnectionRefused
-from evsim.net.base import FaultyNetwork, Network
+from evsim.net.base import FaultyNetwork, NetListener, Network, NetworkStatistics
 from evsim.net.faults import FaultTable
 from evsim.net.relay import FaultRelay, RelayedNetwork
 from evsim.net.tcp import TcpNetwork
@@ -206,6 +206,46 @@ async def test_a_destination_that_does_not_listen_is_refused_at_connect(
             with pytest.raises(ConnectionRefused, match="nothing listens"):
                 await net.connect("csms", port + 1, source="st1")
             assert net.relay.statistics().unreachable == 1
+
+
+class _GatedNetwork:
+    """A virtual network whose connects to ``csms`` wait at a gate (to start a fault while the relay connects)."""
+
+    def __init__(self) -> None:
+        self.inner = VirtualNetwork()
+        self.reached = trio.Event()
+        self.gate = trio.Event()
+
+    async def connect(self, host: str, port: int, *, source: str | None = None) -> trio.abc.Stream:
+        if host == "csms":
+            self.reached.set()
+            await self.gate.wait()
+        return await self.inner.connect(host, port, source=source)
+
+    async def listen(self, host: str, port: int) -> NetListener:
+        return await self.inner.listen(host, port)
+
+    def statistics(self) -> NetworkStatistics:
+        return self.inner.statistics()
+
+
+async def test_a_partition_that_starts_while_the_relay_connects_refuses_that_connect(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gated = _GatedNetwork()
+    with trio.fail_after(60):
+        async with _relayed(gated, "csms", host="relay") as (net, port):
+            async with trio.open_nursery() as nursery:
+
+                async def release() -> None:
+                    await gated.reached.wait()
+                    net.partition("st1", "csms")
+                    gated.gate.set()
+
+                nursery.start_soon(release)
+                with pytest.raises(ConnectionRefused, match="partitioned"):
+                    await net.connect("csms", port, source="st1")
+            assert net.relay.statistics().open_connections == 0
 
 
 async def test_latency_delays_every_chunk_each_way(autojump_clock: trio.testing.MockClock) -> None:

@@ -385,17 +385,23 @@ class FaultRelay:
         assert peer is not None
         upstream: trio.abc.Stream | None = None
         reason = self.faults.refusal(route.source, route.host)
-        if reason is not None:
-            self._counters.refused += 1
-            handoff.error = ConnectionRefused(
-                f"connect {route.source} -> {route.host}:{route.port} refused: {reason}"
-            )
-        else:
+        if reason is None:
             try:
                 upstream = await self.network.connect(route.host, route.port, source=self.host)
             except (TransportError, ConfigError) as exc:
                 self._counters.unreachable += 1
                 handoff.error = exc
+            else:
+                # a fault that began while the relay connected cuts this connection too
+                reason = self.faults.refusal(route.source, route.host)
+                if reason is not None:
+                    await abort(upstream)
+                    upstream = None
+        if reason is not None:
+            self._counters.refused += 1
+            handoff.error = ConnectionRefused(
+                f"connect {route.source} -> {route.host}:{route.port} refused: {reason}"
+            )
         route.handoffs.pop(peer, None)
         handoff.settled.set()
         if upstream is None:
