@@ -314,7 +314,7 @@ class FaultRelay:
         return stream
 
     async def _route(self, source: str, host: str, port: int) -> _Route:
-        key = (source, host.lower(), port)
+        key = (source, host, port)
         route = self._routes.get(key)
         if route is not None:
             await route.ready.wait()
@@ -329,7 +329,7 @@ class FaultRelay:
         try:
             route.listener = await self.network.listen(self.host, 0)
             route.address = route.listener.address
-            nursery.start_soon(self._serve, route)
+            nursery.start_soon(self._serve, route, nursery)
         except BaseException:
             del self._routes[key]
             if route.listener is not None:
@@ -341,10 +341,9 @@ class FaultRelay:
 
     # -- forwarding ------------------------------------------------------------------------------------
 
-    async def _serve(self, route: _Route) -> None:
+    async def _serve(self, route: _Route, nursery: trio.Nursery) -> None:
         listener = route.listener
-        assert listener is not None and self._nursery is not None
-        nursery = self._nursery
+        assert listener is not None
         try:
             while True:
                 try:
