@@ -15,6 +15,7 @@ from evsim.recorder import Event
 from evsim.scenario.loader import loads_scenario
 from evsim.scenario.runner import needs_fault_relay, preflight, run_scenario
 from evsim.testing import open_test_world
+from evsim.world import Route
 from evsim.world.actions import Link
 
 FAST_RETRY = RetryBackOff(wait_minimum=0.05, random_range=0.05, repeat_times=2)
@@ -227,3 +228,27 @@ async def test_a_link_event_changes_only_the_keys_it_gives(autojump_clock: trio.
             await stream.receive_some()
         assert trio.current_time() - start >= 0.5  # the bytes took the 0.5 s latency: it was kept
         await stream.aclose()
+
+
+@pytest.mark.loopback
+async def test_a_partition_between_a_controller_and_its_csms_over_loopback_tcp() -> None:
+    """The relay knows the controller as the source of its upstream links: cutting the controller from the CSMS
+    leaves the station-to-controller links alone, and the upstream comes back after the heal."""
+    watch = Watch()
+    with trio.fail_after(30):
+        async with open_test_world(network="tcp", fault_relay=True, sink=watch) as world:
+            csms = await world.start_csms("main", heartbeat_interval=60)
+            lc = await world.start_controller(
+                "site", upstream=[csms], on_upstream_loss="keep_station", retry_backoff=FAST_RETRY
+            )
+            await world.start_stations(1, routes=[Route(to="site")], sessions=0, retry_backoff=FAST_RETRY)
+            await watch.until(lambda: watch.count("booted", "fleet-0001") >= 1)
+            mark = len(watch.events)
+            world.partition(lc, csms)
+            await watch.until(lambda: watch.count("upstream_lost", "site", after=mark) >= 1)
+            world.heal(lc, csms)
+            await watch.until(lambda: watch.count("upstream_connected", "site", after=mark) >= 1)
+            assert world.relay is not None
+            stats = world.relay.statistics()
+    assert stats.resets == 1  # the controller's one upstream link; the station's link to it was untouched
+    assert watch.count("connection_lost") == 0  # the station never lost the controller
