@@ -1,11 +1,12 @@
 """``make bench``: evsim against its peers and floors, measured in the same run, printed as tables.
 
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
-``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``),
+``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``,
+``relay``),
 ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs in its own
 subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute times.
 
-``python -m bench SECTION`` runs one section alone; sections: ``tls-handshake``, ``failover``.
+``python -m bench SECTION`` runs one section alone; sections: ``tls-handshake``, ``failover``, ``relay``.
 """
 
 from __future__ import annotations
@@ -61,7 +62,14 @@ def _failover_section() -> None:
         print("! the failover runs did not finish within 10 minutes")
 
 
-SECTIONS = {"tls-handshake": _tls_handshake_section, "failover": _failover_section}
+def _relay_section() -> None:
+    """What the loopback TCP fault relay adds to a connect and a round trip (``bench/relay.py``)."""
+    from bench import relay
+
+    print(relay.render(relay.run(500, 300, 5), 500, 300))
+
+
+SECTIONS = {"tls-handshake": _tls_handshake_section, "failover": _failover_section, "relay": _relay_section}
 """Sections ``python -m bench SECTION`` runs alone."""
 
 
@@ -194,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     if "failover" not in skip:
         print()
         _failover_section()
+    if "relay" not in skip:
+        print()
+        _relay_section()
     print(f"\n(benchmark took {time.perf_counter() - t0:.0f} s)")
     return 0
 

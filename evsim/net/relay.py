@@ -143,6 +143,17 @@ class _Route:
         return found
 
 
+class _Direction:
+    """One direction of a forwarded connection: where it writes, and how many chunks wait in its queue (or are
+    being written from it); the reader writes a chunk itself only when none do, so the order holds."""
+
+    __slots__ = ("dst", "pending")
+
+    def __init__(self, dst: trio.abc.Stream) -> None:
+        self.dst = dst
+        self.pending = 0
+
+
 class _Relayed:
     """One forwarded connection: its pair and the cancel scope a fault cancels."""
 
@@ -415,9 +426,10 @@ class FaultRelay:
             with conn.scope:
                 async with trio.open_nursery() as nursery:
                     for src, dst in ((client, upstream), (upstream, client)):
+                        way = _Direction(dst)
                         send, receive = trio.open_memory_channel[tuple[float, bytes | bytearray]](self._queue)
-                        nursery.start_soon(self._read, conn, src, send)
-                        nursery.start_soon(self._write, conn, receive, dst)
+                        nursery.start_soon(self._read, conn, src, way, send)
+                        nursery.start_soon(self._write, conn, receive, way)
         finally:
             self._open.discard(conn)
             if conn.broken is None:
@@ -436,32 +448,48 @@ class FaultRelay:
         self,
         conn: _Relayed,
         src: trio.abc.Stream,
+        way: _Direction,
         send: trio.MemorySendChannel[tuple[float, bytes | bytearray]],
     ) -> None:
+        """Read one direction; a chunk goes straight on when nothing waits before it and the pair has no latency
+        or stall now, else it queues for :meth:`_write` (which keeps the order and the delays)."""
+        faults = self.faults
         async with send:
             try:
                 while True:
                     data = await src.receive_some(self._chunk)
                     if not data:
                         return
-                    await send.send((trio.current_time(), data))
+                    now = trio.current_time()
+                    if (
+                        not way.pending
+                        and not faults.latency(conn.source, conn.host)
+                        and faults.held_until(conn.source, conn.host, now) is None
+                    ):
+                        await way.dst.send_all(data)
+                        self._counters.bytes_forwarded += len(data)
+                    else:
+                        way.pending += 1
+                        await send.send((now, data))
             except _STREAM_ERRORS as exc:
-                conn.fail(f"read failed: {exc}")
+                conn.fail(f"relaying failed: {exc}")
 
     async def _write(
         self,
         conn: _Relayed,
         receive: trio.MemoryReceiveChannel[tuple[float, bytes | bytearray]],
-        dst: trio.abc.Stream,
+        way: _Direction,
     ) -> None:
+        """Write the chunks :meth:`_read` queued, each once it is due; then forward the end of stream."""
         async with receive:
             try:
                 async for read_at, data in receive:
                     await self._due(conn, read_at)
-                    await dst.send_all(data)
+                    await way.dst.send_all(data)
+                    way.pending -= 1
                     self._counters.bytes_forwarded += len(data)
-                if isinstance(dst, trio.abc.HalfCloseableStream):
-                    await dst.send_eof()
+                if isinstance(way.dst, trio.abc.HalfCloseableStream):
+                    await way.dst.send_eof()
             except _STREAM_ERRORS as exc:
                 conn.fail(f"write failed: {exc}")
 
