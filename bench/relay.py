@@ -24,7 +24,8 @@ from evsim.net.tcp import TcpNetwork
 from evsim.report import table
 
 
-async def _echo(stream: trio.abc.Stream) -> None:
+async def echo(stream: trio.abc.Stream) -> None:
+    """Echo until the end of stream, then close (a broken stream just ends)."""
     try:
         async with stream:
             while data := await stream.receive_some():
@@ -61,7 +62,7 @@ def run(n: int, size: int, rounds: int) -> dict[str, dict[str, float]]:
             await nursery.start(relay.run)
             listener = await tcp.listen("127.0.0.1", 0)
             port = listener.address[1]
-            nursery.start_soon(trio.serve_listeners, _echo, [listener])
+            nursery.start_soon(trio.serve_listeners, echo, [listener])
             await _connects(relayed, port, 1)  # the route's port, opened once per pair
             for _ in range(rounds):
                 for label, net in (("direct", tcp), ("relayed", relayed)):

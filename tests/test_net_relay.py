@@ -12,6 +12,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bench.relay import echo
 from evsim.errors import ConnectionRefused
 from evsim.net.base import FaultyNetwork, NetListener, Network, NetworkStatistics
 from evsim.net.faults import FaultTable
@@ -95,16 +96,6 @@ def test_latency_and_stalls_per_pair() -> None:
 # ---------------------------------------------------------------------------- the relay in memory
 
 
-async def _echo(stream: trio.abc.Stream) -> None:
-    """Echo until the end of stream, then close (a broken stream just ends)."""
-    try:
-        async with stream:
-            while data := await stream.receive_some():
-                await stream.send_all(data)
-    except trio.BrokenResourceError:
-        pass
-
-
 async def _read(stream: trio.abc.Stream, n: int) -> bytes:
     data = b""
     while len(data) < n:
@@ -133,7 +124,7 @@ async def _relayed(
     async with trio.open_nursery() as nursery:
         await nursery.start(relay.run)
         listener = await inner.listen(server, 0)
-        nursery.start_soon(trio.serve_listeners, _echo, [listener])
+        nursery.start_soon(trio.serve_listeners, echo, [listener])
         net = RelayedNetwork(relay)
         net.events = events  # type: ignore[attr-defined]
         yield net, listener.address[1]
