@@ -32,9 +32,11 @@ the relay are dropped, bytes the kernel already handed to an end can still be re
 moment the relay read it (a change applies to open connections from the next chunk); a stall
 (:meth:`RelayedNetwork.hold`) keeps bytes in the relay until it ends, without breaking the connection.
 
-**Bounds.** Per direction of a connection the relay holds at most ``queue`` chunks of at most ``chunk`` bytes
-(64 KiB by default, the virtual network's pipe size) plus one chunk being written; a slow reader back-pressures
-the writer through the relay. End of stream is forwarded as a half-close; a reset or error on either side
+**Bounds and tasks.** Each direction of a connection has a reader task and a writer task. A chunk read when
+nothing waits before it and the pair has no latency or stall goes straight to the other end from the reader;
+otherwise it queues for the writer, which sends each chunk when it is due, in order. Per direction the relay
+holds at most ``queue`` chunks of at most ``chunk`` bytes (64 KiB by default, the virtual network's pipe size)
+plus one chunk being written; a slow reader back-pressures the writer through the relay. End of stream is forwarded as a half-close; a reset or error on either side
 resets both. Datagrams are not relayed (``bind_datagram`` goes to the inner network).
 """
 
