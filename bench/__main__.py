@@ -2,11 +2,11 @@
 
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
 ``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``,
-``nts``; ``BENCH_NTS_SECONDS`` seconds per NTS phase, default 3),
+and any name of ``SECTIONS``: ``nts``, ``relay``, ...; ``BENCH_NTS_SECONDS`` seconds per NTS phase, default 3),
 ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs in its own
 subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute times.
 
-``python -m bench SECTION`` runs one section alone; sections: ``tls-handshake``, ``failover``, ``nts``.
+``python -m bench SECTION`` runs one section alone; sections: the keys of ``SECTIONS``.
 """
 
 from __future__ import annotations
@@ -63,7 +63,19 @@ def _failover_section() -> None:
         print("! the failover runs did not finish within 10 minutes")
 
 
-SECTIONS = {"tls-handshake": _tls_handshake_section, "failover": _failover_section, "nts": nts.section}
+def _relay_section() -> None:
+    """What the loopback TCP fault relay adds to a connect and a round trip (``bench/relay.py``)."""
+    from bench import relay
+
+    print(relay.render(relay.run(500, 300, 5), 500, 300))
+
+
+SECTIONS = {
+    "tls-handshake": _tls_handshake_section,
+    "failover": _failover_section,
+    "nts": nts.section,
+    "relay": _relay_section,
+}
 """Sections ``python -m bench SECTION`` runs alone."""
 
 
@@ -196,9 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     if "failover" not in skip:
         print()
         _failover_section()
-    if "nts" not in skip:
-        print()
-        nts.section()
+    # the sections after the fleet tables, in the order of SECTIONS
+    for name, section in SECTIONS.items():
+        if name not in ("tls-handshake", "failover") and name not in skip:
+            print()
+            section()
     print(f"\n(benchmark took {time.perf_counter() - t0:.0f} s)")
     return 0
 

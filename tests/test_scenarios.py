@@ -343,28 +343,6 @@ def test_profile_3_behind_a_controller_needs_the_csms_to_trust_it() -> None:
     }
 
 
-def test_tcp_refuses_a_set_network_profile_that_must_reset_links() -> None:
-    text = """
-[simulation]
-duration = "1m"
-clock = "real"
-network = "tcp"
-[csms.main]
-[csms.backup]
-[stations.fleet]
-csms = "main"
-[[timeline]]
-at = "30s"
-action = "set_network_profile"
-target = "fleet"
-csms = "backup"
-"""
-    with pytest.raises(ConfigError, match="in-memory network") as err:
-        preflight(loads_scenario(text, source="tcp.toml"))
-    assert (err.value.path, err.value.line) == ("timeline[0].reconnect", 10)
-    preflight(loads_scenario(text + "reconnect = false\n", source="tcp.toml"))  # moves at the next reconnect
-
-
 def test_preflight_refuses_what_this_version_cannot_enforce() -> None:
     text = (
         (SCENARIOS["default"]).read_text()
@@ -496,9 +474,3 @@ def test_real_clock_over_loopback_tcp() -> None:
     assert _tx(r) == (3, 3, 0, True)
     assert r.wall_s < 30
     assert {st.tls_info.version for st in r.stations.values() if st.tls_info} == {"TLSv1.3"}
-
-
-def test_tcp_network_refuses_partitions_before_starting() -> None:
-    text = REAL_TCP + '\n[[timeline]]\nat = "5s"\naction = "partition"\nbetween = ["fleet", "main"]\n'
-    with pytest.raises(ConfigError, match="in-memory network"):
-        run_scenario(loads_scenario(text, source="p.toml"))

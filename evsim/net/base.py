@@ -13,18 +13,23 @@ understand them.
 from __future__ import annotations
 
 import ipaddress
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import attrs
 import trio
 
 from evsim.errors import BrokenTransport, ClosedTransport
 
+if TYPE_CHECKING:
+    from evsim.net.virtual import LinkPolicy
+
 __all__ = [
     "MAX_DATAGRAM",
+    "Abortable",
     "DatagramNetwork",
     "DatagramSocket",
     "DatagramStatistics",
+    "FaultyNetwork",
     "NetListener",
     "Network",
     "NetworkStatistics",
@@ -198,6 +203,40 @@ class NowaitSend(Protocol):
         Raises:
             BrokenTransport, ClosedTransport: the stream is broken or closed, as ``send_all`` would raise.
         """
+        ...
+
+
+@runtime_checkable
+class Abortable(Protocol):
+    """A stream that can close with a reset (TCP RST) instead of an orderly end of stream."""
+
+    async def abort(self) -> None:
+        """Close at once; the peer's next operation fails with a broken stream instead of reading an end."""
+        ...
+
+
+@runtime_checkable
+class FaultyNetwork(Protocol):
+    """The fault controls a network offers between named hosts: the in-memory network
+    (:class:`~evsim.net.virtual.VirtualNetwork`) and the relayed loopback network
+    (:class:`~evsim.net.relay.RelayedNetwork`) have the same ones, with the same semantics."""
+
+    def partition(self, host_a: str, host_b: str) -> None:
+        """Cut the two hosts apart: their connections reset, new connects between them are refused."""
+        ...
+
+    def heal(self, host_a: str, host_b: str) -> None:
+        """Undo :meth:`partition` for new connections."""
+        ...
+
+    def set_host_down(self, host: str, down: bool = True) -> None:
+        """Take ``host`` off the network (its connections reset, connects refused) or back on."""
+        ...
+
+    def is_host_down(self, host: str) -> bool: ...
+
+    def set_link_policy(self, host_a: str, host_b: str, policy: LinkPolicy) -> None:
+        """The link policy between the two hosts, for open and new connections."""
         ...
 
 

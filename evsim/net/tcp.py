@@ -12,10 +12,12 @@ Streams also take bytes synchronously (:meth:`TcpStream.send_nowait`, the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import operator
 import socket as _stdlib_socket
+import struct
 from collections.abc import Mapping
 
 import trio
@@ -43,6 +45,7 @@ LISTEN_BACKLOG = 4096
 DEFAULT_RECEIVE_SIZE = 65536
 """``receive_some()`` without ``max_bytes`` reads at most this (trio's SocketStream default)."""
 
+_LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}: close(2) sends RST
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
@@ -333,6 +336,15 @@ class TcpStream(trio.abc.HalfCloseableStream):
                 pass
             except OSError as exc:
                 raise self._error(exc, "receive") from exc
+
+    async def abort(self) -> None:
+        """Close with a reset (RST, through ``SO_LINGER`` 0) instead of a FIN: the peer's next operation fails
+        with a broken stream once it has read what its kernel already holds (:class:`~evsim.net.base.Abortable`).
+        Idempotent; closed also when cancelled."""
+        if not self._closed:
+            with contextlib.suppress(OSError):  # the peer reset first: closing is all that is left
+                self._sock.setsockopt(_stdlib_socket.SOL_SOCKET, _stdlib_socket.SO_LINGER, _LINGER_RESET)
+        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the socket (idempotent)."""

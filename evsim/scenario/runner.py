@@ -45,7 +45,7 @@ from evsim.scenario.model import (
 )
 from evsim.tls import TlsProfile
 from evsim.world import CertificateSpec, Route, Tls, World, open_world
-from evsim.world.actions import LINK_NOT_YET
+from evsim.world.actions import link_not_yet
 
 
 @attrs.define
@@ -79,6 +79,15 @@ class RunResult:
         return self.error is None and self.outcome in ("completed", "all stations done")
 
 
+def needs_fault_relay(scenario: Scenario) -> bool:
+    """Whether a loopback TCP run must connect its nodes through the fault relay: it has ``[[links]]`` or a
+    timeline action that acts on the network (:meth:`~evsim.world.actions.Action.needs_faults`). Other TCP runs
+    connect directly (no extra hop in the load figures)."""
+    if scenario.simulation.network != "tcp":
+        return False
+    return bool(scenario.links) or any(ev.action.needs_faults() for ev in scenario.timeline)
+
+
 def preflight(scenario: Scenario) -> None:
     """Refuse, before anything starts, what the model accepts but a run cannot enforce yet (each timeline
     action's :meth:`~evsim.world.actions.Action.preflight`, and link policy knobs).
@@ -101,7 +110,7 @@ def preflight(scenario: Scenario) -> None:
                 line=ev.line,
             ) from None
     for i, link in enumerate(scenario.links):
-        for knob, why in LINK_NOT_YET.items():
+        for knob, why in link_not_yet(network).items():
             value = getattr(link, knob)
             if value not in (None, 0, 0.0):
                 raise ConfigError(
@@ -112,14 +121,6 @@ def preflight(scenario: Scenario) -> None:
                     file=src,
                     line=link.line,
                 )
-        if network == "tcp":
-            raise ConfigError(
-                "link policies need the in-memory network",
-                path=f"links[{i}]",
-                fix='remove [[links]] or use network = "memory"',
-                file=src,
-                line=link.line,
-            )
 
 
 class ScenarioRunner:
@@ -220,6 +221,7 @@ class ScenarioRunner:
             seed=sim.seed,
             clock=sim.clock,
             network=sim.network,
+            fault_relay=needs_fault_relay(sc),
             start=sim.start if sim.start is not None else real_utcnow(),
             organization=sc.pki.organization,
             key_type=sc.pki.key_type,
@@ -243,6 +245,8 @@ class ScenarioRunner:
             if self.outcome == "running":
                 self.outcome = "completed"
             self._take_sample(world)
+            if world.relay is not None:
+                world.recorder.emit("relay", "relay_statistics", **attrs.asdict(world.relay.statistics()))
             world.recorder.emit("runner", "run_ended", outcome=self.outcome)
 
     async def start_nodes(self, world: World) -> None:
@@ -277,11 +281,19 @@ class ScenarioRunner:
         # links first: no station (or controller) may connect before its link has its policy
         for link in sc.links:
             a, b = (self._hosts(sel) for sel in link.between)
-            if world.memory is not None:
+            if world.faults is not None:
                 world.set_link(a, b, latency=link.latency)
             if link.reset is not None:
                 world.reset_links_every(
                     a, b, link.reset.every, label=f"{link.between[0]}<->{link.between[1]}"
+                )
+            if link.stall is not None:
+                world.stall_links_every(
+                    a,
+                    b,
+                    link.stall.every,
+                    link.stall.duration,
+                    label=f"{link.between[0]}<->{link.between[1]}",
                 )
         for lc in sc.controllers.values():  # dependency order: upstream controllers first
             await world.start_controller(

@@ -33,6 +33,14 @@ LINK_NOT_YET = {
     "stall": "the in-memory network cannot hold bytes back without breaking the stream yet",
 }
 """Link knobs the model accepts that a run cannot enforce yet; refused before the run starts."""
+
+
+def link_not_yet(network: str) -> dict[str, str]:
+    """The knobs of :data:`LINK_NOT_YET` a run on ``network`` cannot enforce: on ``"tcp"`` the fault relay holds
+    bytes back, so stalls work there."""
+    return {knob: why for knob, why in LINK_NOT_YET.items() if not (network == "tcp" and knob == "stall")}
+
+
 ATTACK_TLS_VERSIONS = ("1.3", "1.2", "1.1", "1.0")
 """Versions an attacking client may offer (a downgrade attack may try legacy versions)."""
 MAX_ATTACK_CONNECTIONS = 10_000
@@ -154,14 +162,10 @@ class Action:
         """Refuse what a run on ``network`` (with these CSMS names) cannot do yet; paths are relative to the
         entry."""
 
-
-def _memory_only(act: Action, network: str) -> None:
-    if network == "tcp":
-        raise ConfigError(
-            f"{act.name!r} needs the in-memory network (loopback TCP cannot be partitioned from inside)",
-            path="action",
-            fix='use network = "memory"',
-        )
+    def needs_faults(self) -> bool:
+        """Whether it acts on the network itself (partitions, link policies, resets): on loopback TCP the run
+        then connects its nodes through the fault relay (:class:`~evsim.net.relay.FaultRelay`)."""
+        return False
 
 
 # ---------------------------------------------------------------- nodes
@@ -215,8 +219,8 @@ class Partition(Action):
     async def apply(self, world: World) -> None:
         world.partition(*self.between)
 
-    def preflight(self, *, network: str, csms: Collection[str]) -> None:
-        _memory_only(self, network)
+    def needs_faults(self) -> bool:
+        return True
 
 
 @action("heal", "between")
@@ -233,8 +237,8 @@ class Heal(Action):
     async def apply(self, world: World) -> None:
         world.heal(*self.between)
 
-    def preflight(self, *, network: str, csms: Collection[str]) -> None:
-        _memory_only(self, network)
+    def needs_faults(self) -> bool:
+        return True
 
 
 @action("link", "between", *LINK_POLICY_KEYS)
@@ -263,19 +267,26 @@ class Link(Action):
         return cls(between=between, **attrs.asdict(knobs))
 
     async def apply(self, world: World) -> None:
-        world.set_link(*self.between, latency=self.latency or 0.0)
+        if self.latency is not None:
+            world.set_link(*self.between, latency=self.latency)
+        if self.reset is not None:
+            world.reset_links_every(*self.between, self.reset)
+        if self.stall is not None:
+            world.stall_links_every(*self.between, *self.stall)
 
     def fields(self) -> dict[str, object]:
         return {key: value for key, value in super().fields().items() if value is not None}
 
     def preflight(self, *, network: str, csms: Collection[str]) -> None:
         given = {"jitter": self.jitter, "bandwidth": self.bandwidth, "stall": self.stall}
-        for knob, why in LINK_NOT_YET.items():
+        for knob, why in link_not_yet(network).items():
             if given[knob] not in (None, 0, 0.0):
                 raise ConfigError(
                     f"link knob {knob!r} is not supported yet: {why}", path=knob, fix=f"remove {knob}"
                 )
-        _memory_only(self, network)
+
+    def needs_faults(self) -> bool:
+        return True
 
 
 @action("set_network_profile", "target", "csms", "reconnect")
@@ -299,14 +310,8 @@ class SetNetworkProfile(Action):
     async def apply(self, world: World) -> None:
         await world.set_network_profile(self.target, self.csms, reconnect=self.reconnect)
 
-    def preflight(self, *, network: str, csms: Collection[str]) -> None:
-        if network == "tcp" and self.reconnect:
-            raise ConfigError(
-                "set_network_profile with reconnect = true resets the stations' links, which needs the in-memory "
-                "network",
-                path="reconnect",
-                fix='set reconnect = false (the stations move at their next reconnect) or use network = "memory"',
-            )
+    def needs_faults(self) -> bool:
+        return self.reconnect  # resetting the stations' links is a partition and a heal
 
 
 # ---------------------------------------------------------------- certificates and trust
@@ -695,4 +700,5 @@ __all__ = [
     "SwitchServerCertificate",
     "TriggerRenewal",
     "action",
+    "link_not_yet",
 ]

@@ -135,10 +135,10 @@ class WorldAttacks(WorldTls):
         self.attackers[name] = node
         await node.start_in(self.nursery)
         self.network.redirect(victims, real.host, attacker_host)
-        if self.memory is not None:  # reconnect the victims now: drop their connections to the real CSMS
+        if self.faults is not None:  # reconnect the victims now: drop their connections to the real CSMS
             for sid in victims:
-                self.memory.partition(sid, real.host)
-                self.memory.heal(sid, real.host)
+                self.faults.partition(sid, real.host)
+                self.faults.heal(sid, real.host)
         if duration is not None:
             self.nursery.start_soon(self._end_attack, duration, node, victims, real.host)
         return node

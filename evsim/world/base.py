@@ -18,7 +18,8 @@ import trio.testing
 
 from evsim.clock import SimClock
 from evsim.errors import ConfigError
-from evsim.net.base import Network
+from evsim.net.base import FaultyNetwork, Network
+from evsim.net.relay import FaultRelay, RelayedNetwork
 from evsim.net.tcp import TcpNetwork
 from evsim.net.virtual import VirtualNetwork
 from evsim.nodes.csms_records import StationRecord
@@ -72,7 +73,10 @@ class WorldBase:
         clock: the simulation clock.
         recorder: every node's event sink.
         network: the network nodes connect over (attacks redirect connections through it).
-        memory: the in-memory network (partitions, link policies), or None on loopback TCP.
+        memory: the in-memory network, or None on loopback TCP.
+        relay: on loopback TCP with ``fault_relay``, the relay every connection between nodes goes through.
+        faults: the network's fault controls (partitions, hosts down, link policies): the in-memory network's,
+            or the relay's; None on loopback TCP without the relay.
         pki: the per-run PKI.
         csms, controllers, stations, groups: the nodes by name, in start order.
         expiry: the expiry monitor (``open_world(expiry_warning=...)``), or None.
@@ -87,6 +91,7 @@ class WorldBase:
         network: NetworkKind,
         pki: WorldPki,
         nursery: trio.Nursery,
+        fault_relay: bool = False,
     ) -> None:
         self.seed = seed
         self.clock = clock
@@ -96,11 +101,18 @@ class WorldBase:
         self.network_kind = network
         inner: Network
         self._tcp: TcpNetwork | None = None
+        self.relay: FaultRelay | None = None
+        self.faults: FaultyNetwork | None = None
         if network == "tcp":
             inner = self._tcp = TcpNetwork()
             self.memory: VirtualNetwork | None = None
+            if fault_relay:
+                self.relay = FaultRelay(
+                    self._tcp, on_event=lambda kind, **fields: recorder.emit("relay", kind, **fields)
+                )
+                inner = self.faults = RelayedNetwork(self.relay)
         else:
-            inner = self.memory = VirtualNetwork()
+            inner = self.faults = self.memory = VirtualNetwork()
         self.network = RedirectingNetwork(inner)
         self.csms: dict[str, CsmsNode] = {}
         self.controllers: dict[str, ControllerNode] = {}
@@ -186,14 +198,14 @@ class WorldBase:
             return [], self.groups[name].ids
         return [], [name]
 
-    def _memory(self, what: str) -> VirtualNetwork:
-        if self.memory is None:
+    def _faults(self, what: str) -> FaultyNetwork:
+        if self.faults is None:
             raise ConfigError(
-                f"{what} needs the in-memory network (loopback TCP cannot be partitioned from inside)",
+                f"{what} needs the in-memory network or, on loopback TCP, the fault relay",
                 path="network",
-                fix='open the world with network="memory"',
+                fix='open the world with network="memory", or network="tcp" and fault_relay=True',
             )
-        return self.memory
+        return self.faults
 
     def url(self, node: str, security_profile: int) -> str:
         """The ``ws(s)://host:port/ocpp`` URL of a started CSMS or controller."""

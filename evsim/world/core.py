@@ -80,6 +80,7 @@ from evsim.world.specs import (
     Tls,
     TrustSpec,
 )
+from evsim.world.stalls import WorldStalls
 
 ClockKind: TypeAlias = Literal["virtual", "real"]
 T = TypeVar("T")
@@ -133,6 +134,7 @@ async def open_world(
     seed: int = 1,
     clock: ClockKind = "virtual",
     network: NetworkKind = "memory",
+    fault_relay: bool = False,
     start: _dt.datetime | None = None,
     organization: str = "evsim",
     key_type: KeyType = "ec",
@@ -148,6 +150,9 @@ async def open_world(
         seed: seed of every random choice the world's nodes make.
         clock: ``"virtual"`` (needs trio's MockClock, see the module docstring) or ``"real"``.
         network: ``"memory"`` (in-process) or ``"tcp"`` (loopback; host names map to 127.0.0.1).
+        fault_relay: on loopback TCP, connect every node through a :class:`~evsim.net.relay.FaultRelay` the world
+            runs, so partitions, hosts down, link latency and resets work as in memory (one extra loopback hop
+            per connection; ignored in memory, which has faults of its own).
         start: the simulation's wall time at the start; None: :data:`WORLD_START` under the virtual clock, the
             machine's time under the real one.
         organization: O of every certificate the PKI issues.
@@ -176,8 +181,16 @@ async def open_world(
     )
     async with trio.open_nursery() as nursery:
         world = World(
-            seed=seed, clock=sim_clock, recorder=recorder, network=network, pki=pki, nursery=nursery
+            seed=seed,
+            clock=sim_clock,
+            recorder=recorder,
+            network=network,
+            pki=pki,
+            nursery=nursery,
+            fault_relay=fault_relay,
         )
+        if world.relay is not None:
+            await nursery.start(world.relay.run)
         if expiry_warning is not None:
             world.expiry = ExpiryMonitor(
                 expiry_warning, clock=sim_clock, recorder=recorder, running=world.is_running
@@ -196,11 +209,12 @@ def _plain(value: object) -> object:
     return value
 
 
-class World(WorldClocks):
+class World(WorldClocks, WorldStalls):
     """A network of nodes sharing one clock, recorder, network and PKI (open it with :func:`open_world`).
 
     Starting nodes, their lifecycle and the network are here; TLS and certificates in
-    :class:`~evsim.world.trust.WorldTls`, attackers in :class:`~evsim.world.attackers.WorldAttacks`, certificate
+    :class:`~evsim.world.trust.WorldTls`, attackers in :class:`~evsim.world.attackers.WorldAttacks`, link stalls in
+    :class:`~evsim.world.stalls.WorldStalls`, certificate
     operations over OCPP in :class:`~evsim.world.lifecycle.WorldLifecycle`, the shared state and selectors in
     :class:`~evsim.world.base.WorldBase`.
     """
@@ -622,14 +636,14 @@ class World(WorldClocks):
         if name in self.controllers:
             node = self.controllers[name]
             node.stop()
-            if self.memory is not None:
-                self.memory.set_host_down(node.host)
+            if self.faults is not None:
+                self.faults.set_host_down(node.host)
             return
         csms_names, station_ids = self.targets(name)
         for n in csms_names:
             self.csms[n].stop()
-            if self.memory is not None:
-                self.memory.set_host_down(self.csms[n].host)
+            if self.faults is not None:
+                self.faults.set_host_down(self.csms[n].host)
         for sid in station_ids:
             self.stations[sid].stop()
 
@@ -641,14 +655,14 @@ class World(WorldClocks):
             return
         if name in self.controllers:
             node = self.controllers[name]
-            if self.memory is not None:
-                self.memory.set_host_down(node.host, down=False)
+            if self.faults is not None:
+                self.faults.set_host_down(node.host, down=False)
             await node.start_in(self.nursery)
             return
         csms_names, station_ids = self.targets(name)
         for n in csms_names:
-            if self.memory is not None:
-                self.memory.set_host_down(self.csms[n].host, down=False)
+            if self.faults is not None:
+                self.faults.set_host_down(self.csms[n].host, down=False)
             await self.csms[n].start_in(self.nursery)
         for sid in station_ids:
             await self.stations[sid].start_in(self.nursery)
@@ -657,25 +671,25 @@ class World(WorldClocks):
 
     def partition(self, a: Selector, b: Selector) -> None:
         """Cut every link between the hosts of two selectors (open connections break)."""
-        net = self._memory("partition")
+        net = self._faults("partition")
         for x, y in self._pairs(a, b):
             net.partition(x, y)
 
     def heal(self, a: Selector, b: Selector) -> None:
         """Undo :meth:`partition`."""
-        net = self._memory("heal")
+        net = self._faults("heal")
         for x, y in self._pairs(a, b):
             net.heal(x, y)
 
     def set_link(self, a: Selector, b: Selector, *, latency: float = 0.0) -> None:
         """The policy of every link between two selectors (one-way latency, seconds)."""
-        net = self._memory("a link policy")
+        net = self._faults("a link policy")
         for x, y in self._pairs(a, b):
             net.set_link_policy(x, y, LinkPolicy(latency_s=latency))
 
     def reset_links(self, a: Selector, b: Selector) -> None:
         """Reset the connections between two selectors now (both ends see a broken stream)."""
-        net = self._memory("a link reset")
+        net = self._faults("a link reset")
         for x, y in self._pairs(a, b):
             net.partition(x, y)
             net.heal(x, y)
@@ -683,7 +697,7 @@ class World(WorldClocks):
     def reset_links_every(self, a: Selector, b: Selector, every: float, *, label: str | None = None) -> None:
         """Reset the connections between two selectors every ``every`` seconds (a background task; the
         hosts are those the selectors cover now)."""
-        net = self._memory("a link reset")
+        net = self._faults("a link reset")
         between = label or f"{_label(a)}<->{_label(b)}"
         pairs = self._pairs(a, b)
 
@@ -703,7 +717,7 @@ class World(WorldClocks):
         first; with ``reconnect`` the station's link is reset so the change takes effect now. Each station
         moves in a task of its own; this returns at once."""
         if reconnect:
-            self._memory("set_network_profile with reconnect")
+            self._faults("set_network_profile with reconnect")
         _, station_ids = self.targets(target)
         for sid in station_ids:
             self.nursery.start_soon(self._move_station, sid, to, reconnect)
@@ -748,11 +762,11 @@ class World(WorldClocks):
         except (KeyError, OcppError, TransportError, trio.TooSlowError) as exc:
             self.recorder.emit("timeline", "network_profile_not_sent", station=sid, reason=type(exc).__name__)
             return
-        if reconnect and self.memory is not None:
+        if reconnect and self.faults is not None:
             for host in self.select("*"):
                 if host not in self.stations:
-                    self.memory.partition(sid, host)
-                    self.memory.heal(sid, host)
+                    self.faults.partition(sid, host)
+                    self.faults.heal(sid, host)
 
     # ------------------------------------------------------------------ observing
 
