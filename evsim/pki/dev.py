@@ -63,7 +63,7 @@ def default_station_id(index: int) -> str:
 
 
 def _fix(directory: Path) -> str:
-    return f"run `evsim certs init --dir {directory}` (add --force to replace an existing PKI)"
+    return f"run `evsim certs init --pki {directory}` (add --force to replace an existing PKI)"
 
 
 def _check_station_id(station_id: str) -> None:
@@ -250,7 +250,7 @@ class CsmsPki:
                 server certificate is not issued under ``ca.crt`` (the message names the file).
         """
         d = Path(directory)
-        fix = f"put ca.crt, server.crt and server.key in {d}, or run `evsim certs init --dir {d}`"
+        fix = f"put ca.crt, server.crt and server.key in {d}, or run `evsim certs init --pki {d}`"
         anchors = tuple(load_cert_file(d / CA_CRT, fix=fix))
         chain = load_cert_file(d / SERVER_CRT, fix=fix)
         key = load_key_file(d / SERVER_KEY, fix=fix)
@@ -330,7 +330,7 @@ def init_dev_pki(
     existing = [d / f for f in ALL_FILES if (d / f).exists()]
     if existing and not force:
         raise PkiError(
-            f"{existing[0]} already exists; fix: pass --force (force=True) to replace the PKI, "
+            f"{existing[0]} already exists; fix: pass force=True to replace the PKI, "
             f"or load it with DevPki.load({str(d)!r})"
         )
     ids = (
