@@ -141,7 +141,8 @@ def test_one_name_per_concept_with_hidden_old_names(
         text = capsys.readouterr().out
         assert flag in text and old not in text
     # every command that takes a PKI directory calls it --pki, every number of stations --stations
-    sub = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[union-attr]
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    assert isinstance(sub, dict)
     flags = {name: {s for a in p._actions for s in a.option_strings} for name, p in sub.items()}
     for name in ("csms", "stations", "demo"):
         assert "--pki" in flags[name], name
