@@ -135,8 +135,18 @@ def test_check_document_names_what_is_wrong() -> None:
     assert any("schema_version" in e for e in errors)
     assert any("rows[0] does not have exactly the columns" in e for e in errors)
     assert any("used twice" in e for e in errors)
-    with pytest.raises(ValueError, match="two summary tables"):
-        summary_document(Summary((Table("Links", ("a",), ()), Table("Links (again)", ("a",), ()))), {})
+    # a title giving a key already taken, and a repeated column name, stay distinct (and render as before)
+    twins = Summary(
+        (
+            Table("Links", ("a",), ()),
+            Table("Links (again)", ("n", "n"), ((1, Seconds(2.0)),)),
+            Table("Links", ("a",), ()),
+        )
+    )
+    doc = summary_document(twins, {})
+    assert [t["key"] for t in doc["tables"]] == ["links", "links_again", "links_2"]
+    assert doc["tables"][1]["rows"] == [{"n": 1, "n (2)": 2.0}]
+    assert check_document(doc) == [] and render_document(doc) == twins.render()
 
 
 def test_human_durations_read_back_as_scenario_durations() -> None:

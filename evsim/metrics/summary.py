@@ -62,13 +62,17 @@ class Table:
     def key(self) -> str:
         """A stable identifier for machine-readable output: the title up to its first parenthesis, in lower
         case with underscores (``"Links (station group -> CSMS, CSMS side)"`` → ``"links"``)."""
-        head = self.title.split(" (", 1)[0]
-        return re.sub(r"[^a-z0-9]+", "_", head.lower()).strip("_") or "table"
+        return slug(self.title.split(" (", 1)[0])
 
     def render(self) -> str:
         """Plain text (:func:`evsim.report.table`), or ``(none)`` under the title when there are no rows."""
         text = table(self.headers, self.rows, title=self.title) if self.rows else f"{self.title}\n(none)"
         return f"{text}\n{self.note}" if self.note and self.rows else text
+
+
+def slug(text: str) -> str:
+    """``text`` in lower case with ``_`` for every run of other characters than letters and digits."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "table"
 
 
 @attrs.frozen

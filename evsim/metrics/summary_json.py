@@ -30,10 +30,10 @@ new tables may appear within a version.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from evsim.metrics.summary import Summary, Table
+from evsim.metrics.summary import Summary, Table, slug
 from evsim.report import Seconds
 
 SCHEMA = "evsim.summary"
@@ -67,20 +67,22 @@ def summary_document(summary: Summary, meta: Mapping[str, Any], *, header: str =
         meta: the run's ``meta.json`` (the keys of :data:`RUN_KEYS` that it has go to ``run``).
         header: the first line of ``summary.txt``.
 
+    Two tables whose titles give one key get distinct keys (the whole title, then a number), and two columns
+    of one name distinct names (``name (2)``, the printed header kept as ``header``), so a new table can never
+    make the document ambiguous.
+
     Returns:
         A JSON-ready dict (see the module doc).
-
-    Raises:
-        ValueError: a table has two columns with one name, or two tables have one key (the JSON could not
-            tell them apart).
     """
     keys: set[str] = set()
     tables = []
     for t in summary.tables:
-        if t.key in keys:
-            raise ValueError(f"two summary tables have the key {t.key!r}: give one a distinct title")
-        keys.add(t.key)
-        tables.append(table_document(t))
+        key = t.key if t.key not in keys else slug(t.title)
+        base, n = key, 2
+        while key in keys:
+            key, n = f"{base}_{n}", n + 1
+        keys.add(key)
+        tables.append(table_document(t, key=key))
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -90,18 +92,23 @@ def summary_document(summary: Summary, meta: Mapping[str, Any], *, header: str =
     }
 
 
-def table_document(t: Table) -> dict[str, Any]:
-    """One table as JSON: key, title, columns (``unit: "s"`` for durations), rows as objects, note."""
-    if len(set(t.headers)) != len(t.headers):
-        raise ValueError(f"table {t.title!r} has two columns with one name: {t.headers}")
+def table_document(t: Table, *, key: str | None = None) -> dict[str, Any]:
+    """One table as JSON: key (default ``t.key``), title, columns (``unit: "s"`` for durations), rows as
+    objects, note."""
+    names: list[str] = []
+    for header in t.headers:
+        name, n = header, 2
+        while name in names:
+            name, n = f"{header} ({n})", n + 1
+        names.append(name)
     columns: list[dict[str, str]] = []
-    for i, name in enumerate(t.headers):
-        column = {"name": name}
+    for i, (name, header) in enumerate(zip(names, t.headers, strict=True)):
+        column = {"name": name} if name == header else {"name": name, "header": header}
         if any(isinstance(row[i], Seconds) for row in t.rows):
             column["unit"] = "s"
         columns.append(column)
-    rows = [{name: _json_cell(value) for name, value in zip(t.headers, row, strict=True)} for row in t.rows]
-    return {"key": t.key, "title": t.title, "columns": columns, "rows": rows, "note": t.note}
+    rows = [{name: _json_cell(value) for name, value in zip(names, row, strict=True)} for row in t.rows]
+    return {"key": key or t.key, "title": t.title, "columns": columns, "rows": rows, "note": t.note}
 
 
 def _json_cell(value: object) -> object:
@@ -119,7 +126,8 @@ def document_tables(doc: Mapping[str, Any]) -> tuple[Table, ...]:
         names = [c["name"] for c in t["columns"]]
         durations = {c["name"] for c in t["columns"] if c.get("unit") == "s"}
         rows = tuple(tuple(_table_cell(row[name], name in durations) for name in names) for row in t["rows"])
-        out.append(Table(t["title"], tuple(names), rows, t.get("note", "")))
+        headers = tuple(c.get("header", c["name"]) for c in t["columns"])
+        out.append(Table(t["title"], headers, rows, t.get("note", "")))
     return tuple(out)
 
 
@@ -177,9 +185,13 @@ def _check_table(t: object) -> list[str]:
     errors = [f"{k} is not a string" for k in ("key", "title", "note") if not isinstance(t.get(k), str)]
     columns = t.get("columns")
     if not isinstance(columns, list) or not all(
-        isinstance(c, dict) and isinstance(c.get("name"), str) and c.get("unit", "s") == "s" for c in columns
+        isinstance(c, dict)
+        and isinstance(c.get("name"), str)
+        and c.get("unit", "s") == "s"
+        and isinstance(c.get("header", ""), str)
+        for c in columns
     ):
-        return [*errors, 'columns is not an array of {"name": str, "unit"?: "s"}']
+        return [*errors, 'columns is not an array of {"name": str, "unit"?: "s", "header"?: str}']
     names = [c["name"] for c in columns]
     durations = {c["name"] for c in columns if "unit" in c}
     rows = t.get("rows")
@@ -197,20 +209,10 @@ def _check_table(t: object) -> list[str]:
     return errors
 
 
-def cells_of(doc: Mapping[str, Any]) -> Sequence[object]:
-    """Every value of the document's tables and ``run`` object (for checks that look for a figure)."""
-    out: list[object] = list(doc.get("run", {}).values())
-    for t in doc.get("tables", []):
-        for row in t.get("rows", []):
-            out.extend(row.values())
-    return out
-
-
 __all__ = [
     "RUN_KEYS",
     "SCHEMA",
     "SCHEMA_VERSION",
-    "cells_of",
     "check_document",
     "document_tables",
     "render_document",
