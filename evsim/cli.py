@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress",
         type=_duration,
         default=5.0,
-        help="time between progress lines on standard error (default 5s; 0 turns them off, as -q does)",
+        help="time between 'progress' lines on standard error (stations booted and done, connection failures, "
+        "time left; default 5s; 0: none; -q hides them)",
     )
     st.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     st.add_argument("--seed", type=int, default=1, help="seed for timing jitter and transaction ids")

@@ -348,14 +348,13 @@ def run_stations(args: argparse.Namespace) -> int:
             async with trio.open_nursery() as nursery:
                 for st in stations:
                     nursery.start_soon(st.run)
-                if progress > 0:
-                    nursery.start_soon(_report_progress, stations, clock, progress, args.duration)
+                if args.progress > 0:
+                    nursery.start_soon(_report_progress, stations, recorder, args.progress, args.duration)
                 for st in stations:
                     await st.done.wait()
                 nursery.cancel_scope.cancel()
         return stations
 
-    progress = 0.0 if event_log_level(args) > logging.INFO else args.progress
     stations = interrupts.run(main)
     done = sum(st.done.is_set() for st in stations)
     links = _stations_table(stations)
@@ -379,23 +378,22 @@ def run_stations(args: argparse.Namespace) -> int:
     return 0 if done == len(stations) else 1
 
 
-def progress_line(stations: list[Station], elapsed: float, limit: float) -> str:
-    """One status line of ``evsim stations``: how far the fleet got, and how long until it gives up."""
+def progress_fields(stations: list[Station], elapsed: float, limit: float) -> dict[str, object]:
+    """What one ``progress`` line of ``evsim stations`` says: how far the fleet got, how long until it gives up."""
     stats = [st.statistics() for st in stations]
-    booted = sum(bool(s.boots) for s in stats)
-    done = sum(st.done.is_set() for st in stations)
-    failures = sum(sum(s.connect_failures.values()) for s in stats)
-    return (
-        f"[{human_duration(elapsed)}] {booted}/{len(stations)} booted, {done} done, {failures} connection "
-        f"failures; giving up in {human_duration(max(limit - elapsed, 0.0))}"
-    )
+    return {
+        "booted": f"{sum(bool(s.boots) for s in stats)}/{len(stations)}",
+        "done": sum(st.done.is_set() for st in stations),
+        "connection_failures": sum(sum(s.connect_failures.values()) for s in stats),
+        "gives_up_in": human_duration(max(limit - elapsed, 0.0)),
+    }
 
 
-async def _report_progress(stations: list[Station], clock: SimClock, every: float, limit: float) -> None:
-    """Print :func:`progress_line` on standard error every ``every`` seconds (until cancelled)."""
+async def _report_progress(stations: list[Station], recorder: Recorder, every: float, limit: float) -> None:
+    """A ``progress`` event (an INFO line: ``-q`` hides it) every ``every`` seconds, until cancelled."""
     while True:
         await trio.sleep(every)
-        print(progress_line(stations, clock.elapsed(), limit), file=sys.stderr, flush=True)
+        recorder.emit("stations", "progress", **progress_fields(stations, recorder.clock.elapsed(), limit))
 
 
 # ---------------------------------------------------------------------------- demo

@@ -248,9 +248,9 @@ async def test_stations_show_progress_and_give_up(tmp_path: Path) -> None:
         result = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
     assert result.returncode == 1
     err = result.stderr.decode()
-    progress = [line for line in err.splitlines() if "booted," in line]
+    progress = [line for line in err.splitlines() if " stations progress " in line]
     assert len(progress) >= 2, err
-    assert "0/2 booted, 0 done" in progress[0] and "giving up in" in progress[0]
+    assert "booted=0/2 done=0" in progress[0] and "gives_up_in=" in progress[0]
     doc = json.loads(result.stdout)
     assert (doc["ok"], doc["stations"], doc["booted"], doc["completed"]) == (False, 2, 0, 0)
     assert [r["state"] for r in doc["table"]["rows"]] == ["incomplete", "incomplete"]
