@@ -67,6 +67,19 @@ def _whole_seconds(value: str) -> int:
     return int(seconds)
 
 
+def _whole_days(value: str) -> int:
+    seconds = _positive_duration(value)
+    if seconds % 86_400:
+        raise argparse.ArgumentTypeError(f"{value!r}: must be whole days, e.g. 90d")
+    return int(seconds // 86_400)
+
+
+def _day_count(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: a number of days, 1 or more")
+    return int(value)
+
+
 def _profile(value: str) -> int:
     if value not in ("1", "2", "3"):
         raise argparse.ArgumentTypeError("security profile is 1, 2 or 3")
@@ -123,7 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="key size in bits: RSA 2048 (default), 3072 or 4096 (up to 8192); EC 256 (default), 384 or 521",
     )
-    init.add_argument("--days", type=int, default=365, help="validity of the leaf certificates in days")
+    init.add_argument(
+        "--validity",
+        type=_whole_days,
+        default=None,
+        help="validity of the CSMS server certificate and the station certificates, whole days, e.g. 90d "
+        "(default: server 397d, the CA/Browser Forum maximum; stations 730d)",
+    )
+    init.add_argument("--days", dest="validity", type=_day_count, help=argparse.SUPPRESS)  # older form
     init.add_argument(
         "--stations", type=int, default=0, help="also issue N station certificates (ST-0001...)"
     )

@@ -70,6 +70,7 @@ def certs_init(args: argparse.Namespace) -> int:
         now=real_utcnow(),
         force=args.force,
         stations=ids,
+        leaf_days=args.validity,
     )
     size = f"{args.key_size}-bit " if args.key_size else ""
     print(

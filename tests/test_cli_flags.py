@@ -254,3 +254,18 @@ async def test_stations_show_progress_and_give_up(tmp_path: Path) -> None:
     doc = json.loads(result.stdout)
     assert (doc["ok"], doc["stations"], doc["booted"], doc["completed"]) == (False, 2, 0, 0)
     assert [r["state"] for r in doc["table"]["rows"]] == ["incomplete", "incomplete"]
+
+
+def test_certs_init_validity_is_applied(tmp_path: Path) -> None:
+    from evsim.pki import DevPki
+
+    assert main(["certs", "init", "--pki", str(tmp_path / "a"), "--validity", "30d", "--stations", "1"]) == 0
+    assert main(["certs", "init", "--pki", str(tmp_path / "b"), "--days", "45"]) == 0  # the older form
+    for name, days in (("a", 30), ("b", 45)):
+        pki = DevPki.load(tmp_path / name)
+        server = pki.server.cert
+        assert (server.not_valid_after_utc - server.not_valid_before_utc).days == days
+    station = DevPki.load(tmp_path / "a").station("ST-0001", now=server.not_valid_before_utc).cert
+    assert (station.not_valid_after_utc - station.not_valid_before_utc).days == 30
+    with pytest.raises(SystemExit):
+        main(["certs", "init", "--pki", str(tmp_path / "c"), "--validity", "36h"])  # not whole days
