@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument(
         "--validity",
         type=_whole_days,
+        metavar="DURATION",
         default=None,
         help="validity of the CSMS server certificate and the station certificates, whole days, e.g. 90d "
         "(default: server 397d, the CA/Browser Forum maximum; stations 730d)",
@@ -177,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     csms.add_argument(
         "--heartbeat-interval",
         type=_whole_seconds,
+        metavar="DURATION",
         default=300,
         help="interval sent in BootNotification, whole seconds (default 5m)",
     )
@@ -186,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     csms.add_argument(
         "--duration",
         type=_positive_duration,
+        metavar="DURATION",
         default=None,
         help="stop after this long, e.g. 90s, 15m, 1h (default: run until Ctrl-C)",
     )
@@ -202,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="OCPP-J endpoint URL without the identity, e.g. wss://localhost:8443/ocpp",
     )
-    st.add_argument("--stations", type=int, default=1, help="number of stations (default 1)")
+    st.add_argument("--stations", type=int, default=1, metavar="N", help="number of stations (default 1)")
     st.add_argument("--count", dest="stations", type=int, help=argparse.SUPPRESS)  # older name of --stations
     st.add_argument("--ca", default=None, help="CSMS root CA file (PEM) to trust (default: PKI_DIR/ca.crt)")
     st.add_argument("--pki", default=None, help="PKI directory: station certificates for profile 3")
@@ -221,18 +224,21 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--session-duration",
         type=_positive_duration,
+        metavar="DURATION",
         default=20.0,
         help="charging time per session, e.g. 20s, 5m (default 20s)",
     )
     st.add_argument(
         "--meter-interval",
         type=_positive_duration,
+        metavar="DURATION",
         default=5.0,
         help="time between meter values (default 5s)",
     )
     st.add_argument(
         "--duration",
         type=_positive_duration,
+        metavar="DURATION",
         default=STATIONS_GIVE_UP_S,
         help="give up after this long, e.g. 90s, 10m, 1h (exit 1 unless every station completed; default 2m, "
         "so an unreachable CSMS is not retried forever)",
@@ -240,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--progress",
         type=_duration,
+        metavar="DURATION",
         default=5.0,
         help="time between 'progress' lines on standard error (stations booted and done, connection failures, "
         "time left; default 5s; 0: none; -q hides them)",
