@@ -49,7 +49,9 @@ class Table:
     Attributes:
         title: the heading.
         headers: column names.
-        rows: the cells.
+        rows: the cells: keep figures as numbers (``int``, ``float``, :class:`~evsim.report.Seconds` for
+            durations), not pre-formatted text, so ``summary.json`` (:mod:`evsim.metrics.summary_json`, built
+            from these tables) carries them as numbers; the text rendering formats them.
         note: a line printed under the table (what the columns mean), or "".
     """
 
