@@ -94,6 +94,9 @@ def test_tables_read_as_data(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 def test_report_regenerates_summary_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir, printed = _run(tmp_path, "default", capsys)
+    links = printed["station_links"]  # the per-station table evsim run prints for small fleets
+    assert [r["station"] for r in links["rows"]] == [f"ST-{n:04d}" for n in range(1, 11)]
+    assert {r["TLS"] for r in links["rows"]} == {"TLSv1.3"} and {r["boots"] for r in links["rows"]} == {1}
     (run_dir / SUMMARY_JSON_FILE).unlink()
     assert main(["report", str(run_dir), "--no-plots", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
