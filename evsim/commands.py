@@ -19,7 +19,7 @@ from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, PkiError
 from evsim.metrics.summary import Table
 from evsim.metrics.summary_json import table_document
-from evsim.net.base import Network, is_loopback
+from evsim.net.base import Network, format_address, is_loopback
 from evsim.net.tcp import TcpNetwork
 from evsim.nodes.certificates import CertificateSettings
 from evsim.nodes.csms import Csms, CsmsConfig
@@ -441,6 +441,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 heartbeat_interval=heartbeat,
                 password=_DEMO_PASSWORD,
             )
+            if args.tcp:  # a capture filter needs the port
+                print(f"CSMS listening on {format_address(csms.csms.address)}", file=sys.stderr, flush=True)
             fleet = await world.start_stations(
                 n,
                 csms=csms,

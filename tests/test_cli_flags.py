@@ -269,3 +269,14 @@ def test_certs_init_validity_is_applied(tmp_path: Path) -> None:
     assert (station.not_valid_after_utc - station.not_valid_before_utc).days == 30
     with pytest.raises(SystemExit):
         main(["certs", "init", "--pki", str(tmp_path / "c"), "--validity", "36h"])  # not whole days
+
+
+def test_run_refuses_a_bad_file_with_every_error_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(BROKEN)
+    assert main(["run", str(bad), "--out", str(tmp_path / "runs"), "--no-live"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("evsim: configuration error: ") == 4 and "timeline[0].at" in err
+    assert not (tmp_path / "runs").exists()

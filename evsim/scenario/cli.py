@@ -34,7 +34,6 @@ from evsim.metrics.summary_json import table_document
 from evsim.metrics.topology import Topology
 from evsim.recorder import Event
 from evsim.scenario.diagnose import scenario_errors
-from evsim.scenario.loader import load_scenario
 from evsim.scenario.model import Scenario
 from evsim.scenario.runner import RunResult, preflight, run_scenario
 
@@ -104,7 +103,11 @@ def print_json(doc: object) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run a scenario file; write the run directory; print the summary (or, with ``--json``, the summary
     document). Exit 0 only if the run completed."""
-    sc = load_scenario(args.file)
+    sc, errors = scenario_errors(args.file)
+    if sc is None or errors:  # every error at once, as evsim validate says them
+        for exc in errors:
+            print(f"evsim: configuration error: {exc}", file=sys.stderr)
+        return 2
     if args.seed is not None:
         sc = attrs.evolve(sc, simulation=attrs.evolve(sc.simulation, seed=args.seed))
     preflight(sc)  # refuse before creating anything
