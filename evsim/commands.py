@@ -441,7 +441,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 heartbeat_interval=heartbeat,
                 password=_DEMO_PASSWORD,
             )
-            if args.tcp:  # a capture filter needs the port
+            if args.tcp and csms.csms.address is not None:  # a capture filter needs the port
                 print(f"CSMS listening on {format_address(csms.csms.address)}", file=sys.stderr, flush=True)
             fleet = await world.start_stations(
                 n,
