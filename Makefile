@@ -25,11 +25,11 @@ $(STAMP): setup.cfg pyproject.toml | $(PY)
 venv: $(STAMP)
 
 certs: $(STAMP)
-	$(BIN)/evsim certs init --dir $(CERTS)
+	$(BIN)/evsim certs init --pki $(CERTS)
 
 # The dev PKI (certs/) is for the two-process commands in the README; a scenario makes its own PKI per run.
 demo: $(STAMP)
-	$(BIN)/evsim certs init --dir $(CERTS) --if-missing
+	$(BIN)/evsim certs init --pki $(CERTS) --if-missing
 	$(BIN)/evsim run scenarios/default.toml
 
 lint: $(STAMP)

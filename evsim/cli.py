@@ -1,11 +1,17 @@
 """The ``evsim`` command line.
 
-evsim certs init [--dir certs]            make the development PKI
+evsim certs init [--pki certs]            make the development PKI
 evsim csms --listen HOST:PORT --pki DIR   serve wss://HOST:PORT/ocpp/<station-id>
-evsim stations --csms URL --count N ...   run N stations against any OCPP 2.0.1 CSMS
+evsim stations --csms URL --stations N    run N stations against any OCPP 2.0.1 CSMS
 evsim demo --pki DIR                      a CSMS and ten stations in one process (virtual time)
+evsim run FILE / validate FILE... / report RUN_DIR   scenarios (``--json`` on each)
 evsim tls capabilities [--json]           TLS versions, suites, groups and knob states of this engine
 evsim firmware sign --version V           a signed test firmware image (manufacturer root of the dev PKI)
+
+One name per concept on every command: ``--pki DIR`` is the PKI directory, ``--stations N`` a number of
+stations, ``--duration`` a duration with units as in scenario files (``90s``, ``15m``, ``1h30m``; a bare number
+is seconds), ``--json`` machine-readable output on standard output; ``-q`` / ``-v`` go before or after the
+command. (``--dir`` and ``--count``, the older names, are still accepted.)
 """
 
 from __future__ import annotations
@@ -37,6 +43,43 @@ def _host_port(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _duration(value: str) -> float:
+    """A command-line duration, read like the scenario files' (:func:`evsim.scenario.units.parse_duration`)."""
+    from evsim.scenario.units import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(f"{exc.message}; {exc.fix}" if exc.fix else exc.message) from None
+
+
+def _positive_duration(value: str) -> float:
+    seconds = _duration(value)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: must be longer than 0s")
+    return seconds
+
+
+def _whole_seconds(value: str) -> int:
+    seconds = _positive_duration(value)
+    if seconds != int(seconds):
+        raise argparse.ArgumentTypeError(f"{value!r}: must be a whole number of seconds")
+    return int(seconds)
+
+
+def _whole_days(value: str) -> int:
+    seconds = _positive_duration(value)
+    if seconds % 86_400:
+        raise argparse.ArgumentTypeError(f"{value!r}: must be whole days, e.g. 90d")
+    return int(seconds // 86_400)
+
+
+def _day_count(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: a number of days, 1 or more")
+    return int(value)
+
+
 def _profile(value: str) -> int:
     if value not in ("1", "2", "3"):
         raise argparse.ArgumentTypeError("security profile is 1, 2 or 3")
@@ -51,6 +94,11 @@ _QUIET_HELP = (
     "less output: evsim csms and evsim stations print only refusals, lost connections and errors; "
     "accepted before or after the command"
 )
+
+
+STATIONS_GIVE_UP_S = 120.0
+"""``evsim stations --duration`` default: long enough for a session of the default length with retries, short
+enough that a dead URL ends the command."""
 
 
 def _add_verbosity(parser: argparse.ArgumentParser, *, default: object) -> None:
@@ -75,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     init = certs_sub.add_parser(
         "init", help="generate the development PKI (root CA, CSMS server, station CA)", parents=[verbosity]
     )
-    init.add_argument("--dir", default="certs", help="output directory (default: certs)")
+    init.add_argument("--pki", default="certs", help="PKI directory to write (default: certs)")
+    init.add_argument("--dir", dest="pki", help=argparse.SUPPRESS)  # the older name of --pki
     init.add_argument("--host", default="localhost", help="CSMS host name: server certificate CN and SAN")
     init.add_argument("--org", default="evsim", help="operator organization (O of station certificates)")
     init.add_argument(
@@ -87,7 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="key size in bits: RSA 2048 (default), 3072 or 4096 (up to 8192); EC 256 (default), 384 or 521",
     )
-    init.add_argument("--days", type=int, default=365, help="validity of the leaf certificates in days")
+    init.add_argument(
+        "--validity",
+        type=_whole_days,
+        metavar="DURATION",
+        default=None,
+        help="validity of the CSMS server certificate and the station certificates, whole days, e.g. 90d "
+        "(default: server 397d, the CA/Browser Forum maximum; stations 730d)",
+    )
+    init.add_argument("--days", dest="validity", type=_day_count, help=argparse.SUPPRESS)  # older form
     init.add_argument(
         "--stations", type=int, default=0, help="also issue N station certificates (ST-0001...)"
     )
@@ -119,13 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--org", default="evsim", help="organization required in station certificates (profile 3)"
     )
     csms.add_argument(
-        "--heartbeat-interval", type=int, default=300, help="interval sent in BootNotification (s)"
+        "--heartbeat-interval",
+        type=_whole_seconds,
+        metavar="DURATION",
+        default=300,
+        help="interval sent in BootNotification, whole seconds (default 5m)",
     )
     csms.add_argument(
         "--ocpp-version", action="append", choices=("2.0.1", "2.1"), help="versions served (default: both)"
     )
     csms.add_argument(
-        "--duration", type=float, default=None, help="stop after S seconds (default: run forever)"
+        "--duration",
+        type=_positive_duration,
+        metavar="DURATION",
+        default=None,
+        help="stop after this long, e.g. 90s, 15m, 1h (default: run until Ctrl-C)",
     )
     csms.add_argument("--keylog", default=None, help="write an NSS key log (for Wireshark) to FILE")
     csms.add_argument(
@@ -140,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="OCPP-J endpoint URL without the identity, e.g. wss://localhost:8443/ocpp",
     )
-    st.add_argument("--count", type=int, default=1, help="number of stations")
+    st.add_argument("--stations", type=int, default=1, metavar="N", help="number of stations (default 1)")
+    st.add_argument("--count", dest="stations", type=int, help=argparse.SUPPRESS)  # older name of --stations
     st.add_argument("--ca", default=None, help="CSMS root CA file (PEM) to trust (default: PKI_DIR/ca.crt)")
     st.add_argument("--pki", default=None, help="PKI directory: station certificates for profile 3")
     st.add_argument("--security-profile", type=_profile, default=2, help="1, 2 (default) or 3")
@@ -155,9 +221,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--ocpp-version", action="append", choices=("2.0.1", "2.1"), help="offered (default 2.0.1)"
     )
     st.add_argument("--sessions", type=int, default=1, help="charging sessions per station")
-    st.add_argument("--session-duration", type=float, default=20.0, help="seconds of charging per session")
-    st.add_argument("--meter-interval", type=float, default=5.0, help="seconds between meter values")
-    st.add_argument("--duration", type=float, default=120.0, help="give up after S seconds (exit 1)")
+    st.add_argument(
+        "--session-duration",
+        type=_positive_duration,
+        metavar="DURATION",
+        default=20.0,
+        help="charging time per session, e.g. 20s, 5m (default 20s)",
+    )
+    st.add_argument(
+        "--meter-interval",
+        type=_positive_duration,
+        metavar="DURATION",
+        default=5.0,
+        help="time between meter values (default 5s)",
+    )
+    st.add_argument(
+        "--duration",
+        type=_positive_duration,
+        metavar="DURATION",
+        default=STATIONS_GIVE_UP_S,
+        help="give up after this long, e.g. 90s, 10m, 1h (exit 1 unless every station completed; default 2m, "
+        "so an unreachable CSMS is not retried forever)",
+    )
+    st.add_argument(
+        "--progress",
+        type=_duration,
+        metavar="DURATION",
+        default=5.0,
+        help="time between 'progress' lines on standard error (stations booted and done, connection failures, "
+        "time left; default 5s; 0: none; -q hides them)",
+    )
+    st.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     st.add_argument("--seed", type=int, default=1, help="seed for timing jitter and transaction ids")
     st.add_argument("--keylog", default=None, help="write an NSS key log (for Wireshark) to FILE")
     st.add_argument(
@@ -190,17 +284,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-live", action="store_true", help="no live progress display")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     run.add_argument("--canonical-log", default=None, help="also write the canonical event log to FILE")
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run directory, its plots and its summary (summary.json, docs/summary-json.md) as JSON "
+        "instead of text; live progress goes to standard error",
+    )
 
     val = sub.add_parser(
         "validate", help="check scenario files without running anything", parents=[verbosity]
     )
     val.add_argument("files", nargs="+", help="scenario TOML files")
+    val.add_argument(
+        "--json", action="store_true", help="print every file's result and all its errors as JSON"
+    )
 
     rep = sub.add_parser(
         "report", help="re-render the summary and plots of a run directory", parents=[verbosity]
     )
     rep.add_argument("run_dir", help="a directory written by 'evsim run'")
     rep.add_argument("--no-plots", action="store_true", help="only print the summary")
+    rep.add_argument(
+        "--json", action="store_true", help="print the summary document (summary.json) instead of the text"
+    )
 
     tls = sub.add_parser("tls", help="the TLS engine", parents=[verbosity])
     tls_sub = tls.add_subparsers(dest="tls_command", required=True, metavar="ACTION")
@@ -227,31 +333,31 @@ def build_parser() -> argparse.ArgumentParser:
     caps.add_argument(
         "--profile",
         default=None,
-        help="a TOML file holding one TLS profile table (default: the built-in profile)",
+        help="a TOML file holding one TLS profile with the keys of a scenario's [tls.profiles.<name>] table, "
+        "or a scenario file (default: the built-in profile)",
+    )
+    caps.add_argument(
+        "--name",
+        default=None,
+        help="which [tls.profiles.<name>] of the --profile file (needed when it defines several)",
     )
     return p
 
 
 def _tls_capabilities(args: argparse.Namespace) -> int:
     import json
-    import tomllib
 
     from evsim.tls.capabilities import Capabilities
-    from evsim.tls.config import TlsProfile
 
     profile = None
     if args.profile is not None:
-        try:
-            with open(args.profile, "rb") as fh:
-                data = tomllib.load(fh)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read the TLS profile ({exc})", file=args.profile) from exc
-        try:
-            profile = TlsProfile.from_toml(data, path="")
-        except ConfigError as exc:
-            raise ConfigError(
-                exc.message, path=exc.path, value=exc.value, fix=exc.fix, file=args.profile
-            ) from exc
+        from evsim.scenario.profile_file import load_tls_profile
+
+        profile = load_tls_profile(args.profile, args.name)
+    elif args.name is not None:
+        raise ConfigError(
+            "--name picks a profile of the --profile file", path="--name", fix="add --profile FILE"
+        )
     caps = Capabilities.of_profile(profile)
     print(json.dumps(caps.to_json(), indent=2) if args.json else caps.render())
     return 0

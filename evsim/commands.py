@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import math
 import random
@@ -16,7 +17,9 @@ import trio.testing
 from evsim import DEV_PASSWORD, interrupts
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, PkiError
-from evsim.net.base import Network
+from evsim.metrics.summary import Table
+from evsim.metrics.summary_json import table_document
+from evsim.net.base import Network, format_address, is_loopback
 from evsim.net.tcp import TcpNetwork
 from evsim.nodes.certificates import CertificateSettings
 from evsim.nodes.csms import Csms, CsmsConfig
@@ -25,9 +28,9 @@ from evsim.nodes.security import csms_server_tls, load_anchors, station_client_t
 from evsim.nodes.station import Station, station_ids
 from evsim.nodes.station_model import StationConfig
 from evsim.pki import DevPki, init_dev_pki
-from evsim.pki.dev import CsmsPki
+from evsim.pki.dev import ALL_FILES, CsmsPki
 from evsim.recorder import EventPrinter, Recorder, level_of_verbosity
-from evsim.report import table
+from evsim.report import human_duration, table
 from evsim.tls import Identity, TrustStore
 from evsim.tls.context import ServerTls
 from evsim.urls import parse_url
@@ -44,11 +47,19 @@ def _warn(message: str) -> None:
 
 
 def certs_init(args: argparse.Namespace) -> int:
-    directory = Path(args.dir)
+    directory = Path(args.pki)
     if args.if_missing and (directory / "ca.crt").exists():
         DevPki.load(directory)  # fails loudly when the existing PKI is broken
         print(f"PKI in {directory} already exists; left as is")
         return 0
+    existing = [name for name in ALL_FILES if (directory / name).exists()]
+    if existing and not args.force:
+        raise ConfigError(
+            f"{directory / existing[0]} already exists",
+            path="--pki",
+            value=str(directory),
+            fix="add --if-missing to keep the existing PKI, --force to replace it, or give another --pki DIR",
+        )
     ids = list(station_ids("ST-", args.stations)) if args.stations else 0
     pki = init_dev_pki(
         directory,
@@ -59,6 +70,7 @@ def certs_init(args: argparse.Namespace) -> int:
         now=real_utcnow(),
         force=args.force,
         stations=ids,
+        leaf_days=args.validity,
     )
     size = f"{args.key_size}-bit " if args.key_size else ""
     print(
@@ -232,11 +244,21 @@ async def serve_csms(
 
 
 def run_stations(args: argparse.Namespace) -> int:
-    if args.count < 1:
+    if args.stations < 1:
         raise ConfigError(
-            "need at least one station", path="--count", value=args.count, fix="use --count 1 or more"
+            "need at least one station",
+            path="--stations",
+            value=args.stations,
+            fix="use --stations 1 or more",
         )
-    scheme, _host, _port, _path = parse_url(args.csms)
+    scheme, host, _port, _path = parse_url(args.csms)
+    if not is_loopback(host.strip("[]")):
+        raise ConfigError(
+            "evsim connects only to this machine (loopback: localhost, 127.0.0.0/8, ::1)",
+            path="--csms",
+            value=args.csms,
+            fix=f"use {scheme}://localhost:PORT/... with the CSMS listening on loopback",
+        )
     if args.security_profile == 1 and scheme != "ws":
         raise ConfigError(
             "security profile 1 uses ws:// URLs", path="--csms", value=args.csms, fix="use ws://..."
@@ -265,7 +287,7 @@ def run_stations(args: argparse.Namespace) -> int:
     if ca_file is None and scheme == "wss" and not args.insecure_skip_verify:
         raise ConfigError("no CSMS root to trust", path="--ca", fix="pass --ca FILE (the CSMS root CA, PEM)")
     anchors = load_anchors(ca_file) if ca_file else ()
-    ids = station_ids(args.id_prefix, args.count)
+    ids = station_ids(args.id_prefix, args.stations)
     for sid in (ids[0], ids[-1]):  # the prefix is the same for all; the last has the widest number
         if not valid_identity(sid):
             raise ConfigError(
@@ -327,16 +349,52 @@ def run_stations(args: argparse.Namespace) -> int:
             async with trio.open_nursery() as nursery:
                 for st in stations:
                     nursery.start_soon(st.run)
+                if args.progress > 0:
+                    nursery.start_soon(_report_progress, stations, recorder, args.progress, args.duration)
                 for st in stations:
                     await st.done.wait()
                 nursery.cancel_scope.cancel()
         return stations
 
     stations = interrupts.run(main)
-    print(_stations_table(stations))
     done = sum(st.done.is_set() for st in stations)
-    print(f"{done}/{len(stations)} stations booted and completed their sessions")
+    links = _stations_table(stations)
+    if args.json:
+        booted = sum(bool(st.statistics().boots) for st in stations)
+        print(
+            json.dumps(
+                {
+                    "ok": done == len(stations),
+                    "stations": len(stations),
+                    "booted": booted,
+                    "completed": done,
+                    "table": table_document(links),
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(links.render())
+        print(f"{done}/{len(stations)} stations booted and completed their sessions")
     return 0 if done == len(stations) else 1
+
+
+def progress_fields(stations: list[Station], elapsed: float, limit: float) -> dict[str, object]:
+    """What one ``progress`` line of ``evsim stations`` says: how far the fleet got, how long until it gives up."""
+    stats = [st.statistics() for st in stations]
+    return {
+        "booted": f"{sum(bool(s.boots) for s in stats)}/{len(stations)}",
+        "done": sum(st.done.is_set() for st in stations),
+        "connection_failures": sum(sum(s.connect_failures.values()) for s in stats),
+        "gives_up_in": human_duration(max(limit - elapsed, 0.0)),
+    }
+
+
+async def _report_progress(stations: list[Station], recorder: Recorder, every: float, limit: float) -> None:
+    """A ``progress`` event (an INFO line: ``-q`` hides it) every ``every`` seconds, until cancelled."""
+    while True:
+        await trio.sleep(every)
+        recorder.emit("stations", "progress", **progress_fields(stations, recorder.clock.elapsed(), limit))
 
 
 # ---------------------------------------------------------------------------- demo
@@ -383,6 +441,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 heartbeat_interval=heartbeat,
                 password=_DEMO_PASSWORD,
             )
+            if args.tcp and csms.csms.address is not None:  # a capture filter needs the port
+                print(f"CSMS listening on {format_address(csms.csms.address)}", file=sys.stderr, flush=True)
             fleet = await world.start_stations(
                 n,
                 csms=csms,
@@ -401,7 +461,7 @@ def run_demo(args: argparse.Namespace) -> int:
     csms, stations = run(main, clock="real" if real else "virtual")
     mode = f"{'real' if real else 'virtual'} time, {'loopback TCP' if args.tcp else 'in-memory network'}"
     print(f"evsim demo: 1 CSMS ({host}), {n} stations, security profile {sp}, {mode}\n")
-    print(_stations_table(stations, csms))
+    print(_stations_table(stations, csms).render())
     print()
     print(_csms_summary(csms))
     ok = all(st.done.is_set() for st in stations)
@@ -409,7 +469,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(
         f"\n{'OK' if ok else 'INCOMPLETE'}: {sum(s.done.is_set() for s in stations)}/{n} stations booted, "
         f"heartbeated and completed a charging session; {st_.transactions_ended} transactions ended at the CSMS, "
-        f"{st_.duplicate_tx_events} duplicates; simulated {elapsed[0]:.0f} s"
+        f"{st_.duplicate_tx_events} duplicates; simulated {human_duration(elapsed[0])}"
     )
     return 0 if ok else 1
 
@@ -417,7 +477,7 @@ def run_demo(args: argparse.Namespace) -> int:
 _DEMO_PASSWORD = "evsim-demo-password-01"
 
 
-def _stations_table(stations: list[Station], csms: Csms | None = None) -> str:
+def _stations_table(stations: list[Station], csms: Csms | None = None) -> Table:
     rows = []
     for st in stations:
         s = st.statistics()
@@ -425,7 +485,7 @@ def _stations_table(stations: list[Station], csms: Csms | None = None) -> str:
         rec = csms.stations.get(st.name) if csms else None
         tx_events = rec.tx_events() if rec else s.queue.delivered_total
         rows.append(
-            [
+            (
                 st.name,
                 tls.version if tls else "-",
                 tls.cipher_iana if tls else "-",
@@ -435,12 +495,12 @@ def _stations_table(stations: list[Station], csms: Csms | None = None) -> str:
                 tx_events,
                 round(st.energy_wh / 1000, 2),
                 "done" if st.done.is_set() else "incomplete",
-            ]
+            )
         )
-    return table(
-        ["station", "TLS", "cipher suite", "group", "booted", "heartbeats", "tx events", "kWh", "state"],
-        rows,
-        title="Stations (TLS as negotiated on each station's link to the CSMS)",
+    return Table(
+        "Stations (TLS as negotiated on each station's link to the CSMS)",
+        ("station", "TLS", "cipher suite", "group", "booted", "heartbeats", "tx events", "kWh", "state"),
+        tuple(rows),
     )
 
 

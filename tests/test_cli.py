@@ -28,7 +28,7 @@ def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for flag in (
         "--csms",
-        "--count",
+        "--stations",
         "--ca",
         "--pki",
         "--security-profile",
@@ -41,17 +41,18 @@ def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_certs_init_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = tmp_path / "certs"
-    assert main(["certs", "init", "--dir", str(d), "--stations", "2"]) == 0
+    assert main(["certs", "init", "--pki", str(d), "--stations", "2"]) == 0
     for name in ("ca.crt", "ca.key", "server.crt", "server.key", "station-ca.crt", "manufacturer-root.crt"):
         assert (d / name).is_file(), name
     assert (d / "stations" / "ST-0001.crt").is_file()
     assert (d / "server.key").stat().st_mode & 0o077 == 0  # keys are private
-    assert main(["certs", "init", "--dir", str(d), "--if-missing"]) == 0
+    assert main(["certs", "init", "--dir", str(d), "--if-missing"]) == 0  # the older name of --pki
     capsys.readouterr()
-    assert main(["certs", "init", "--dir", str(d)]) == 1  # refuses to overwrite
+    assert main(["certs", "init", "--pki", str(d)]) == 2  # refuses to overwrite
     err = capsys.readouterr().err
     assert "already exists" in err
-    assert "--force" in err
+    assert "--force" in err and "--if-missing" in err
+    assert "DevPki" not in err and "=True" not in err  # CLI flags, not Python calls
     (d / "server.key").write_text("garbage")
     assert main(["demo", "--pki", str(d)]) == 1
     assert "server.key" in capsys.readouterr().err  # names the broken file
@@ -71,7 +72,7 @@ def test_config_errors_say_how_to_fix(tmp_path: Path, capsys: pytest.CaptureFixt
 @pytest.fixture(scope="module")
 def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("pki")
-    assert main(["certs", "init", "--dir", str(d), "--if-missing"]) == 0
+    assert main(["certs", "init", "--pki", str(d), "--if-missing"]) == 0
     return d
 
 
@@ -114,7 +115,7 @@ async def test_csms_and_stations_as_two_processes(pki_dir: Path, tmp_path: Path,
                 "stations",
                 "--csms",
                 f"wss://localhost:{port}/ocpp",
-                "--count",
+                "--stations",
                 "3",
                 "--ca",
                 str(pki_dir / "ca.crt"),

@@ -44,7 +44,7 @@ def test_recovery_counts_the_affected_stations_and_when_each_came_back() -> None
     assert r.time_until(0.5) == 5.0
     assert r.time_until(1.0) is None  # S2 never came back
     assert dict(r.back_to) == {"B": 1}
-    assert failover.recovery_rows([r])[0][5:] == ("5.0", "not by end", "not by end", "B 1")
+    assert failover.recovery_rows([r])[0][5:] == (5.0, "not by end", "not by end", "B 1")
 
 
 def test_outages_at_one_instant_are_one_row_and_order_of_events_does_not_matter() -> None:
@@ -110,7 +110,7 @@ def test_summary_adds_the_failover_tables_only_when_there_is_something_to_show()
     assert not any(t.title.startswith("Recovery") for t in plain.tables)
     with_outage = summarize(base(), topo)
     rec = with_outage.table("Recovery")
-    assert rec.rows[0][:5] == ("20.000", "stop", "A", 3, 2)
+    assert rec.rows[0][:5] == (20.0, "stop", "A", 3, 2)
     assert with_outage.table("Connections per endpoint")
     assert with_outage.table("Offline queue")
 

@@ -211,10 +211,10 @@ attacker            outcome  detail             count
 attacker-downgrade  refused  downgrade_refused      1
 
 Timeline
-t (s)   action            parameters
-------  ----------------  ------------------------
-40.000  attack_downgrade  target=main versions=1.2
-45.000  attack_wrong_ca   target=legacy"""
+ at  action            parameters
+---  ----------------  ------------------------
+40s  attack_downgrade  target=main versions=1.2
+45s  attack_wrong_ca   target=legacy"""
 
 
 # ------------------------------------------------------------------------------------------------ summary
@@ -453,7 +453,7 @@ def test_load_refuses_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
 def test_rerender_rebuilds_summary_and_plots_from_files(tmp_path: Path) -> None:
     run = _write_run(tmp_path)
     text, written = rerender(run.path)
-    assert text.startswith("scenario demo, seed 1, simulated s 60.0, outcome: completed\n\n")
+    assert text.startswith("scenario demo, seed 1, simulated 1m, outcome: completed\n\n")
     assert text.endswith(GOLDEN_SUMMARY)
     assert run.summary_path.read_text() == text + "\n"
     assert load(run.path).summary == text + "\n"

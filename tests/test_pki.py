@@ -325,7 +325,7 @@ def test_dev_pki_ip_host_and_rsa(tmp_path: Path) -> None:
 
 def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     first = init_dev_pki(tmp_path, now=NOW, stations=1)
-    with pytest.raises(PkiError, match=r"ca.crt already exists; fix: pass --force"):
+    with pytest.raises(PkiError, match=r"ca.crt already exists; fix: pass force=True"):
         init_dev_pki(tmp_path, now=NOW)
     second = init_dev_pki(tmp_path, now=NOW, force=True)
     assert second.root.cert != first.root.cert
@@ -341,7 +341,7 @@ def test_load_errors_name_the_file_and_the_fix(tmp_path: Path) -> None:
         DevPki.load(tmp_path)
     msg = str(excinfo.value)
     assert str(tmp_path / "ca.crt") in msg and "missing" in msg
-    assert f"evsim certs init --dir {tmp_path}" in msg
+    assert f"evsim certs init --pki {tmp_path}" in msg
     init_dev_pki(tmp_path, now=NOW)
     (tmp_path / "station-ca.key").write_text(
         "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n"
@@ -373,7 +373,7 @@ def test_corrupt_station_files_name_the_file(tmp_path: Path) -> None:
 
 def test_certs_readme_lists_every_file() -> None:
     text = (REPO / "certs" / "README.md").read_text()
-    for name in (*ALL_FILES, "stations/<id>.crt", "stations/<id>.key", "evsim certs init --dir certs"):
+    for name in (*ALL_FILES, "stations/<id>.crt", "stations/<id>.key", "evsim certs init --pki certs"):
         assert name in text, name
     gitignore = (REPO / ".gitignore").read_text()
     assert "certs/**" in gitignore and "!certs/README.md" in gitignore

@@ -968,6 +968,7 @@ def test_cli_tls_capabilities(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert {f.option_strings[0] for f in flags} == {
         "--json",
         "--profile",
+        "--name",
         "-q",
         "-v",
     }  # -q/-v on every command

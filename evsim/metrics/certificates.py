@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from evsim.metrics.summary import Table
+from evsim.report import Seconds
 
 CERTIFICATE_KINDS = frozenset(
     {
@@ -115,7 +116,7 @@ def certificate_tables(events: Sequence[Mapping[str, Any]]) -> tuple[Table, ...]
                     e.get("peer") or "-",
                     e.get("subject", ""),
                     e.get("not_after", ""),
-                    f"{float(e['t']):.0f}",
+                    Seconds(float(e["t"])),
                 )
             )
         failure = _failure(e)
@@ -131,7 +132,7 @@ def certificate_tables(events: Sequence[Mapping[str, Any]]) -> tuple[Table, ...]
         tables.append(
             Table(
                 "Certificates expiring",
-                ("node", "certificate", "peer", "subject", "not after", "warned at (s)"),
+                ("node", "certificate", "peer", "subject", "not after", "warned at"),
                 tuple(expiring[:EXPIRING_ROWS]),
                 note=f"... and {more} more warnings" if more > 0 else "",
             )
@@ -153,13 +154,13 @@ def _renewal_table(
                 node,
                 accepted.get(node, 0),
                 len(times),
-                *(f"{percentile(lat, q):.3f}" if lat else "-" for q in (0.5, 0.9, 0.99, 1.0)),
-                f"{rate:.2f}",
+                *(Seconds(percentile(lat, q)) if lat else "-" for q in (0.5, 0.9, 0.99, 1.0)),
+                rate,
             )
         )
     return Table(
         "Certificate renewal",
-        ("csms", "CSRs accepted", "signed", "p50 (s)", "p90 (s)", "p99 (s)", "max (s)", "signed/s"),
+        ("csms", "CSRs accepted", "signed", "p50", "p90", "p99", "max", "signed/s"),
         tuple(rows),
         note="latency: SignCertificateRequest to the station's CertificateSigned answer; signed/s: over the span "
         "from the first to the last signed certificate",
@@ -181,12 +182,12 @@ def _station_renewals_table(
                 csms,
                 len(values),
                 len(lat),
-                *(f"{percentile(lat, q):.3f}" if lat else "-" for q in (0.5, 0.9, 0.99, 1.0)),
+                *(Seconds(percentile(lat, q)) if lat else "-" for q in (0.5, 0.9, 0.99, 1.0)),
             )
         )
     return Table(
         "Station renewals",
-        ("csms", "triggered", "renewed", "p50 (s)", "p90 (s)", "p99 (s)", "max (s)"),
+        ("csms", "triggered", "renewed", "p50", "p90", "p99", "max"),
         tuple(rows),
         note="renewed: the renewed certificate connected; latency: from the accepted TriggerMessage to that "
         "connection",

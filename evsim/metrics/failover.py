@@ -31,6 +31,8 @@ from typing import Any
 
 import attrs
 
+from evsim.report import Seconds
+
 #: Seconds after an outage starts within which a station's link loss counts as caused by it. A reset or a
 #: stopped host breaks connections at once; a partition is noticed at the next read, at the latest when the
 #: OCPP message timeout (30 s, OCPP 2.0.1 Part 2 §3.2 "use 30 seconds as a starting point") fires on a
@@ -187,10 +189,10 @@ def recovery_rows(recs: Sequence[Recovery]) -> list[tuple[object, ...]]:
     """Rows of the recovery table: t, action, target, online, affected, 50/95/100 %, back to."""
     rows: list[tuple[object, ...]] = []
     for r in recs:
-        cells: list[object] = [f"{r.t:.3f}", r.action, r.target, r.online, r.affected]
+        cells: list[object] = [Seconds(r.t), r.action, r.target, r.online, r.affected]
         for q in QUANTILES:
             v = r.time_until(q)
-            cells.append("-" if r.affected == 0 else ("not by end" if v is None else f"{v:.1f}"))
+            cells.append("-" if r.affected == 0 else ("not by end" if v is None else Seconds(v)))
         cells.append(", ".join(f"{k} {n}" for k, n in r.back_to.items()) or "-")
         rows.append(tuple(cells))
     return rows

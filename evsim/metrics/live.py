@@ -56,7 +56,8 @@ class LiveProgress:
     Args:
         total_stations: stations in the scenario (the "of N" of connected stations).
         duration_s: the simulated duration (the progress bar's end).
-        console: where to draw; default a new :class:`rich.console.Console` on stdout. Its
+        console: where to draw; default a new :class:`rich.console.Console` on stdout (on stderr with
+            ``to_stderr``, e.g. when stdout carries JSON). Its
             ``is_interactive`` (a terminal, not ``TERM=dumb``; ``TTY_INTERACTIVE=0`` turns it off) decides
             between the live display and plain lines.
         title: shown first (e.g. the scenario name).
@@ -64,6 +65,7 @@ class LiveProgress:
             rounded to a whole minute or second.
         rate_window_s: simulated seconds over which messages/s is averaged.
         refresh_per_second: redraws per second on a terminal (capped at :data:`MAX_REFRESH_PER_SECOND`).
+        to_stderr: draw on the standard error when no ``console`` is given.
 
     Raises:
         ValueError: a non-positive duration or interval.
@@ -79,6 +81,7 @@ class LiveProgress:
         plain_every_s: float | None = None,
         rate_window_s: float = 60.0,
         refresh_per_second: float = MAX_REFRESH_PER_SECOND,
+        to_stderr: bool = False,
     ) -> None:
         if duration_s <= 0:
             raise ValueError(f"duration_s must be positive, not {duration_s}")
@@ -86,7 +89,7 @@ class LiveProgress:
             raise ValueError(f"plain_every_s must be positive, not {plain_every_s}")
         self.total_stations = total_stations
         self.duration_s = duration_s
-        self.console = console if console is not None else Console(highlight=False)
+        self.console = console if console is not None else Console(highlight=False, stderr=to_stderr)
         self.title = title
         self.plain_every_s = plain_every_s if plain_every_s is not None else _default_interval(duration_s)
         self.rate_window_s = rate_window_s

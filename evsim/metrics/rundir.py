@@ -6,6 +6,7 @@ Layout of ``<base>/<scenario>-<YYYYmmdd-HHMMSS>[-N]/``::
     events.jsonl    every recorder event, one JSON object a line (:meth:`Event.as_json`)
     metrics.csv     periodic samples (:class:`Sample`), one row per sampling instant
     summary.txt     the final summary tables (:mod:`evsim.metrics.summary`)
+    summary.json    the same tables as data (:mod:`evsim.metrics.summary_json`, ``docs/summary-json.md``)
     plots/*.png     plots over simulated time (:mod:`evsim.metrics.plots`)
 
 The runner creates the directory with :meth:`RunDir.create`, streams events into :meth:`RunDir.open_event_sink`
@@ -32,6 +33,7 @@ import orjson
 
 from evsim.errors import ConfigError
 from evsim.recorder import Event
+from evsim.report import human_duration
 
 if TYPE_CHECKING:
     from evsim.metrics.summary import Summary
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 EVENTS_FILE = "events.jsonl"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.txt"
+SUMMARY_JSON_FILE = "summary.json"
 META_FILE = "meta.json"
 PLOTS_DIR = "plots"
 
@@ -312,6 +315,18 @@ class RunDir:
         """
         return _atomic_write_text(self.summary_path, lambda f: f.write(text.rstrip("\n") + "\n"))
 
+    def write_summary_json(self, document: Mapping[str, Any]) -> Path:
+        """Write the summary document as ``summary.json``.
+
+        Args:
+            document: :func:`evsim.metrics.summary_json.summary_document`.
+
+        Returns:
+            The file's path.
+        """
+        text = json.dumps(document, indent=2, default=_json_default, ensure_ascii=False, allow_nan=False)
+        return _atomic_write_text(self.path / SUMMARY_JSON_FILE, lambda f: f.write(text + "\n"))
+
     def write_meta(self, meta: Mapping[str, Any]) -> Path:
         """Write ``meta.json``, which marks the directory as a run for :func:`load`.
 
@@ -379,26 +394,48 @@ def load(run_dir: Path) -> RunData:
 def rerender(run_dir: Path, *, plots: bool = True) -> tuple[str, list[Path]]:
     """``evsim report RUN_DIR``: rebuild the summary (and plots) from the run directory's files alone.
 
-    Rewrites ``summary.txt`` and ``plots/*.png``.
+    Rewrites ``summary.txt``, ``summary.json`` and ``plots/*.png``.
 
     Args:
         run_dir: the run directory.
         plots: also render the PNG plots (needs matplotlib).
 
     Returns:
-        The summary text and the plot files written.
+        The summary text and the plot files written (:func:`read_summary_json` reads the document back).
 
     Raises:
         ConfigError: not a readable run directory, or matplotlib is missing when ``plots`` is true.
     """
     from evsim.metrics.plots import render_plots
+    from evsim.metrics.summary_json import summary_document
     from evsim.metrics.topology import Topology
 
     run = load(run_dir)
-    text = summary_of(run).render(header=_header(run.meta))
-    RunDir(run_dir).write_summary(text)
+    summary = summary_of(run)
+    header = _header(run.meta)
+    text = summary.render(header=header)
+    document = summary_document(summary, run.meta, header=header)
+    rd = RunDir(run_dir)
+    rd.write_summary(text)
+    rd.write_summary_json(document)
     written = render_plots(run, Topology.from_json(run.meta.get("topology"))) if plots else []
     return text, written
+
+
+def read_summary_json(run_dir: Path) -> dict[str, Any]:
+    """The ``summary.json`` of a run directory (:func:`rerender` writes it).
+
+    Raises:
+        ConfigError: missing or unreadable.
+    """
+    path = run_dir / SUMMARY_JSON_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"unreadable: {exc}", file=str(path), fix=f"run: evsim report {run_dir}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError("expected a JSON object", file=str(path), fix=f"run: evsim report {run_dir}")
+    return doc
 
 
 def summary_of(run: RunData) -> Summary:
@@ -429,9 +466,11 @@ def summary_of(run: RunData) -> Summary:
 
 def _header(meta: Mapping[str, Any]) -> str:
     parts = [f"scenario {meta.get('scenario', '?')}"]
-    for key, label in (("seed", "seed"), ("duration_s", "simulated s"), ("wall_time_s", "wall s")):
-        if key in meta:
-            parts.append(f"{label} {meta[key]}")
+    if "seed" in meta:
+        parts.append(f"seed {meta['seed']}")
+    for key, label in (("duration_s", "simulated"), ("wall_time_s", "wall")):
+        if isinstance(meta.get(key), int | float):
+            parts.append(f"{label} {human_duration(float(meta[key]))}")
     if "outcome" in meta:
         parts.append(f"outcome: {meta['outcome']}")
     return ", ".join(parts)

@@ -21,6 +21,7 @@ apart:
 from __future__ import annotations
 
 import collections
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -28,7 +29,7 @@ import attrs
 
 from evsim.metrics.canonical import ENVELOPE, EventLike, as_dict
 from evsim.metrics.topology import Topology, node_roles
-from evsim.report import table
+from evsim.report import Seconds, human_duration, table
 
 #: Station-side event kinds counted as failures, and CSMS-side ones.
 _STATION_FAILURES = ("handshake_failed", "connection_lost", "message_discarded")
@@ -48,7 +49,9 @@ class Table:
     Attributes:
         title: the heading.
         headers: column names.
-        rows: the cells.
+        rows: the cells: keep figures as numbers (``int``, ``float``, :class:`~evsim.report.Seconds` for
+            durations), not pre-formatted text, so ``summary.json`` (:mod:`evsim.metrics.summary_json`, built
+            from these tables) carries them as numbers; the text rendering formats them.
         note: a line printed under the table (what the columns mean), or "".
     """
 
@@ -57,10 +60,21 @@ class Table:
     rows: tuple[tuple[object, ...], ...]
     note: str = ""
 
+    @property
+    def key(self) -> str:
+        """A stable identifier for machine-readable output: the title up to its first parenthesis, in lower
+        case with underscores (``"Links (station group -> CSMS, CSMS side)"`` → ``"links"``)."""
+        return slug(self.title.split(" (", 1)[0])
+
     def render(self) -> str:
         """Plain text (:func:`evsim.report.table`), or ``(none)`` under the title when there are no rows."""
         text = table(self.headers, self.rows, title=self.title) if self.rows else f"{self.title}\n(none)"
         return f"{text}\n{self.note}" if self.note and self.rows else text
+
+
+def slug(text: str) -> str:
+    """``text`` in lower case with ``_`` for every run of other characters than letters and digits."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "table"
 
 
 @attrs.frozen
@@ -403,7 +417,7 @@ def _failover_tables(
             Table(
                 "Recovery after outages (stations that lost their link, station side)",
                 (
-                    "t (s)",
+                    "at",
                     "action",
                     "target",
                     "online",
@@ -415,7 +429,7 @@ def _failover_tables(
                 ),
                 tuple(failover.recovery_rows(recs)),
                 note=f"lost link: online before and disconnected within {failover.LOSS_WINDOW:g} s; "
-                "x % back: seconds from the outage until that share had booted again; back to: the CSMS "
+                "x % back: time from the outage until that share had booted again; back to: the CSMS "
                 "that recorded the BootNotification",
             )
         )
@@ -622,6 +636,35 @@ def _timeline_table(timeline: Sequence[Mapping[str, Any]]) -> Table:
     rows = []
     for e in timeline:
         data = {k: v for k, v in e.items() if k not in ENVELOPE}
-        params = " ".join(f"{k}={v}" for k, v in sorted(data.items()))
-        rows.append((f"{float(e['t']):.3f}", e["kind"], params or "-"))
-    return Table("Timeline", ("t (s)", "action", "parameters"), tuple(rows))
+        params = " ".join(f"{k}={_param(k, v)}" for k, v in sorted(data.items()))
+        rows.append((Seconds(float(e["t"])), e["kind"], params or "-"))
+    return Table("Timeline", ("at", "action", "parameters"), tuple(rows))
+
+
+#: Timeline parameters that hold seconds (:class:`~evsim.world.actions.Action` fields), shown as durations.
+_DURATION_PARAMS = frozenset(
+    {"latency", "jitter", "stall", "reset", "validity", "spread", "delay", "duration", "every", "for"}
+)
+
+
+def _param(key: str, value: object) -> str:
+    """A timeline parameter as a person reads it: durations with units, lists joined by commas, whole
+    numbers without a decimal point, bandwidths in bit/s units."""
+    if isinstance(value, list | tuple):
+        return ",".join(_param(key, v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        if key in _DURATION_PARAMS:
+            return human_duration(float(value))
+        if key == "bandwidth":
+            return _bandwidth(float(value))
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    return str(value)
+
+
+def _bandwidth(bps: float) -> str:
+    for unit, size in (("Gbps", 1e9), ("Mbps", 1e6), ("kbps", 1e3)):
+        if bps >= size:
+            return f"{bps / size:g}{unit}"
+    return f"{bps:g}bps"

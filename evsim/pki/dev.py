@@ -63,7 +63,7 @@ def default_station_id(index: int) -> str:
 
 
 def _fix(directory: Path) -> str:
-    return f"run `evsim certs init --dir {directory}` (add --force to replace an existing PKI)"
+    return f"run `evsim certs init --pki {directory}` (add --force to replace an existing PKI)"
 
 
 def _check_station_id(station_id: str) -> None:
@@ -250,7 +250,7 @@ class CsmsPki:
                 server certificate is not issued under ``ca.crt`` (the message names the file).
         """
         d = Path(directory)
-        fix = f"put ca.crt, server.crt and server.key in {d}, or run `evsim certs init --dir {d}`"
+        fix = f"put ca.crt, server.crt and server.key in {d}, or run `evsim certs init --pki {d}`"
         anchors = tuple(load_cert_file(d / CA_CRT, fix=fix))
         chain = load_cert_file(d / SERVER_CRT, fix=fix)
         key = load_key_file(d / SERVER_KEY, fix=fix)
@@ -304,6 +304,7 @@ def init_dev_pki(
     now: _dt.datetime,
     force: bool = False,
     stations: int | Iterable[str] = 0,
+    leaf_days: int | None = None,
 ) -> DevPki:
     """Create a development PKI in ``directory`` (see the module docstring for the layout).
 
@@ -317,6 +318,8 @@ def init_dev_pki(
         force: overwrite an existing PKI (and delete its station certificates, which the new station
             sub-CA did not issue).
         stations: a number N of station certificates to pre-create (ids ``CS00001``..), or the ids.
+        leaf_days: validity of the CSMS server certificate and those station certificates, days (None:
+            ``SERVER_DAYS`` and ``STATION_DAYS``).
 
     Returns:
         The new PKI.
@@ -330,7 +333,7 @@ def init_dev_pki(
     existing = [d / f for f in ALL_FILES if (d / f).exists()]
     if existing and not force:
         raise PkiError(
-            f"{existing[0]} already exists; fix: pass --force (force=True) to replace the PKI, "
+            f"{existing[0]} already exists; fix: pass force=True to replace the PKI, "
             f"or load it with DevPki.load({str(d)!r})"
         )
     ids = (
@@ -368,7 +371,7 @@ def init_dev_pki(
         cn_in_san=bool(dns),
         org=org,
         now=now,
-        days=SERVER_DAYS,
+        days=leaf_days or SERVER_DAYS,
         key_type=key_type,
         key_size=key_size,
         extended_key_usage=SERVER_EKU,
@@ -395,5 +398,5 @@ def init_dev_pki(
         write_cert_file(d / crt, cert)
     pki = DevPki(d, root, server, station_ca, mfr)
     for sid in ids:
-        pki.station(sid, now=now, key_type=key_type, key_size=key_size)
+        pki.station(sid, now=now, days=leaf_days or STATION_DAYS, key_type=key_type, key_size=key_size)
     return pki

@@ -3,17 +3,21 @@
 Theory of operation. Each command is a function of the parsed arguments that returns the process exit code;
 :mod:`evsim.cli` parses the arguments and turns a :class:`~evsim.errors.ConfigError` into a message and exit
 code 2. ``validate`` loads every file and runs the runner's ``preflight`` (what this version cannot run yet),
-so a file that validates is one ``run`` accepts. ``run`` refuses a bad file before creating anything, then
+so a file that validates is one ``run`` accepts; it reports every error of a file, not only the first
+(:mod:`evsim.scenario.diagnose`). ``run`` refuses a bad file before creating anything, then
 creates the run directory, streams every event into its log while the run goes on (and into the live
 display unless ``--no-live``), and afterwards writes the metrics, ``meta.json`` and the report; the report
-and plots are always rendered from the run directory (:func:`evsim.metrics.rundir.rerender`), so ``report``
-on a saved directory prints exactly what ``run`` printed. A run that did not complete still gets its
+and plots are always rendered from the run directory (:func:`evsim.metrics.rundir.rerender`, which also
+writes ``summary.json``), so ``report`` on a saved directory prints exactly what ``run`` printed. With
+``--json`` the commands print one JSON document on standard output instead of text (live progress and
+errors go to standard error). A run that did not complete still gets its
 directory and a partial report, and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,35 +28,86 @@ from evsim import __version__, interrupts
 from evsim.errors import ConfigError
 from evsim.metrics.canonical import canonical_log
 from evsim.metrics.live import LiveProgress
-from evsim.metrics.rundir import RunDir, rerender, tee
+from evsim.metrics.rundir import RunDir, read_summary_json, rerender, tee
+from evsim.metrics.summary import Table
+from evsim.metrics.summary_json import table_document
 from evsim.metrics.topology import Topology
-from evsim.report import table
-from evsim.scenario.loader import load_scenario
+from evsim.recorder import Event
+from evsim.scenario.diagnose import scenario_errors
+from evsim.scenario.model import Scenario
 from evsim.scenario.runner import RunResult, preflight, run_scenario
 
 
 def validate(args: argparse.Namespace) -> int:
-    """Load and preflight every file; print one line each; exit 2 if any is invalid."""
-    bad = 0
+    """Load and preflight every file and report every error of each (:mod:`evsim.scenario.diagnose`): one
+    line per valid file and per error (or one JSON document with ``--json``); exit 2 if any is invalid."""
+    results = []
     for f in args.files:
-        try:
-            sc = load_scenario(f)
-            preflight(sc)
-        except ConfigError as exc:
-            bad += 1
-            print(f"evsim: {exc}", file=sys.stderr)
+        sc, errors = scenario_errors(f)
+        results.append(_validation(f, sc if not errors else None, errors))
+        if args.json:
             continue
+        for exc in errors:
+            print(f"evsim: {exc}", file=sys.stderr)
+        if errors:
+            print(f"{f}: {len(errors)} error{'s' if len(errors) > 1 else ''}", file=sys.stderr)
+        elif sc is not None:
+            sim = sc.simulation
+            print(
+                f"{f}: ok — {sim.name}: {len(sc.csms)} CSMS, {sc.station_count()} stations in "
+                f"{len(sc.stations)} group(s), {len(sc.timeline)} timeline event(s), {sim.clock} clock, "
+                f"{sim.network} network"
+            )
+    ok = all(r["ok"] for r in results)
+    if args.json:
+        print_json({"ok": ok, "files": results})
+    return 0 if ok else 2
+
+
+def _validation(file: str, sc: Scenario | None, errors: list[ConfigError]) -> dict[str, Any]:
+    """One file's entry in ``evsim validate --json``."""
+    out: dict[str, Any] = {"file": file, "ok": sc is not None, "errors": [error_json(e) for e in errors]}
+    if sc is not None:
         sim = sc.simulation
-        print(
-            f"{f}: ok — {sim.name}: {len(sc.csms)} CSMS, {sc.station_count()} stations in {len(sc.stations)} "
-            f"group(s), {len(sc.timeline)} timeline event(s), {sim.clock} clock, {sim.network} network"
-        )
-    return 2 if bad else 0
+        out["scenario"] = {
+            "name": sim.name,
+            "csms": len(sc.csms),
+            "stations": sc.station_count(),
+            "station_groups": len(sc.stations),
+            "timeline_events": len(sc.timeline),
+            "clock": sim.clock,
+            "network": sim.network,
+            "duration_s": sim.duration,
+        }
+    return out
+
+
+def error_json(exc: ConfigError) -> dict[str, Any]:
+    """A configuration error as JSON: where (file, line, field path), what, the bad value, the fix."""
+    return {
+        "file": exc.file,
+        "line": exc.line,
+        "path": exc.path,
+        "message": exc.message,
+        "value": exc.value,
+        "fix": exc.fix,
+        "text": str(exc),
+    }
+
+
+def print_json(doc: object) -> None:
+    """``doc`` on standard output as indented JSON (values JSON cannot hold are written as text)."""
+    print(json.dumps(doc, indent=2, ensure_ascii=False, default=str))
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run a scenario file; write the run directory; print the summary. Exit 0 only if the run completed."""
-    sc = load_scenario(args.file)
+    """Run a scenario file; write the run directory; print the summary (or, with ``--json``, the summary
+    document). Exit 0 only if the run completed."""
+    sc, errors = scenario_errors(args.file)
+    if sc is None or errors:  # every error at once, as evsim validate says them
+        for exc in errors:
+            print(f"evsim: configuration error: {exc}", file=sys.stderr)
+        return 2
     if args.seed is not None:
         sc = attrs.evolve(sc, simulation=attrs.evolve(sc.simulation, seed=args.seed))
     preflight(sc)  # refuse before creating anything
@@ -61,26 +116,37 @@ def run(args: argparse.Namespace) -> int:
 
     rd = RunDir.create(Path(args.out), sim.name, real_utcnow())
     topology = sc.topology()
+    # On loopback TCP, say where each node listens as soon as it does (a capture filter needs the ports).
+    announce = _announce_listening if sim.network == "tcp" else _ignore
     # Ctrl-C during the run stops it (the result says "interrupted"); around it, it waits for whole files
     with interrupts.deferred():
         with rd.open_event_sink() as sink:
             if args.no_live:
-                result = run_scenario(sc, sink=sink)
+                result = run_scenario(sc, sink=tee(sink, announce))
             else:
-                with LiveProgress(sc.station_count(), sim.duration, title=f"evsim run {sim.name}") as live:
-                    result = run_scenario(sc, sink=tee(sink), on_sample=live.update)
+                with LiveProgress(
+                    sc.station_count(), sim.duration, title=f"evsim run {sim.name}", to_stderr=args.json
+                ) as live:
+                    result = run_scenario(sc, sink=tee(sink, announce), on_sample=live.update)
         rd.write_metrics_csv(result.samples)
         rd.write_meta(_meta(args.file, sc_result=result, topology=topology))
     text, pngs = rerender(rd.path, plots=not args.no_plots)
-    print(text)
-    if 0 < len(result.stations) <= PER_STATION_TABLE_MAX:
-        print()
-        print(station_links_table(result))
+    links = station_links_table(result) if 0 < len(result.stations) <= PER_STATION_TABLE_MAX else None
     if args.canonical_log:
         Path(args.canonical_log).write_text("\n".join(canonical_log(list(result.recorder.events))) + "\n")
-    print(f"\nrun directory: {rd.path}")
-    for png in pngs:
-        print(f"  plot: {png}")
+    if args.json:
+        doc = _report_json(rd.path, pngs)
+        if links is not None:
+            doc["station_links"] = table_document(links)
+        print_json(doc)
+    else:
+        print(text)
+        if links is not None:
+            print()
+            print(links.render())
+        print(f"\nrun directory: {rd.path}")
+        for png in pngs:
+            print(f"  plot: {png}")
     if result.error:
         print(f"evsim: run {result.outcome}: {result.error}", file=sys.stderr)
     if result.outcome == "interrupted":
@@ -88,11 +154,29 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _announce_listening(event: Event) -> None:
+    if event.kind == "listening":
+        print(f"{event.node} listening on {event.data.get('address', '?')}", file=sys.stderr, flush=True)
+
+
+def _ignore(event: Event) -> None:
+    pass
+
+
+def _report_json(run_dir: Path, pngs: list[Path]) -> dict[str, Any]:
+    """What ``run --json`` and ``report --json`` print: the run directory, its plots and its summary."""
+    return {
+        "run_directory": str(run_dir),
+        "plots": [str(p) for p in pngs],
+        "summary": read_summary_json(run_dir),
+    }
+
+
 PER_STATION_TABLE_MAX = 20
 """Fleets up to this size also get one row per station (each link's negotiated TLS)."""
 
 
-def station_links_table(result: RunResult) -> str:
+def station_links_table(result: RunResult) -> Table:
     """One row per station: its link to the CSMS as last negotiated, the CSMS endpoint that recorded its last
     BootNotification, and what the operator's endpoints (sharing its record) received from it."""
     last_boot: dict[str, str] = {}
@@ -100,13 +184,13 @@ def station_links_table(result: RunResult) -> str:
         if e.node in result.csms and "station" in e.data:
             last_boot[str(e.data["station"])] = e.node
     records = result.station_records()
-    rows: list[list[object]] = []
+    rows: list[tuple[object, ...]] = []
     for sid, st in result.stations.items():
         tls = st.tls_info
         csms = last_boot.get(sid, "-")
         rec = records.get(sid)
         rows.append(
-            [
+            (
                 sid,
                 csms,
                 tls.version if tls else "-",
@@ -116,10 +200,12 @@ def station_links_table(result: RunResult) -> str:
                 rec.heartbeats if rec else 0,
                 rec.tx_events() if rec else 0,
                 "done" if st.done.is_set() else "not done",
-            ]
+            )
         )
-    return table(
-        [
+    return Table(
+        "Station links (TLS as negotiated on each station's last connection; heartbeats and tx events: "
+        "received by all the endpoints sharing the station's record)",
+        (
             "station",
             "last boot at",
             "TLS",
@@ -129,10 +215,8 @@ def station_links_table(result: RunResult) -> str:
             "heartbeats",
             "tx events",
             "state",
-        ],
-        rows,
-        title="Station links (TLS as negotiated on each station's last connection; heartbeats and tx events: "
-        "received by all the endpoints sharing the station's record)",
+        ),
+        tuple(rows),
     )
 
 
@@ -177,7 +261,12 @@ def _meta(file: str, *, sc_result: RunResult, topology: Topology) -> dict[str, A
 
 
 def report(args: argparse.Namespace) -> int:
+    """Re-render ``summary.txt``, ``summary.json`` and the plots of a run directory; print the summary (or,
+    with ``--json``, the summary document)."""
     text, pngs = rerender(Path(args.run_dir), plots=not args.no_plots)
+    if args.json:
+        print_json(_report_json(Path(args.run_dir), pngs))
+        return 0
     print(text)
     for png in pngs:
         print(f"  plot: {png}")

@@ -160,16 +160,16 @@ def loads_scenario(text: str, *, source: str = "<string>") -> Scenario:
     return _build(doc, LoadContext(text, source))
 
 
-def loads_document(doc: dict[str, object], *, source: str = "<python>") -> Scenario:
+def loads_document(doc: dict[str, object], *, source: str = "<python>", text: str = "") -> Scenario:
     """Validate a parsed document (what ``tomllib`` returns) with every check a file gets.
 
     :func:`evsim.scenario.document.validate_scenario` uses it for scenarios built in Python; errors carry
-    the field path but no line (there is no text).
+    the field path, and a line when ``text`` (the TOML the document was parsed from) is given.
 
     Raises:
         ConfigError: the only exception.
     """
-    return _build(doc, LoadContext("", source))
+    return _build(doc, LoadContext(text, source))
 
 
 def _build(doc: dict[str, object], ctx: LoadContext) -> Scenario:

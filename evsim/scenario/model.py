@@ -161,6 +161,17 @@ class TlsProfileSpec:
     tls: TlsProfile | None = None
     keep_sessions: bool = False
 
+    def engine_profile(self) -> TlsProfile:
+        """The TLS layer's profile: :attr:`tls` when the loader built it, else one from the basic fields."""
+        if self.tls is not None:
+            return self.tls
+        kwargs: dict[str, Any] = {"versions": self.versions, "handshake_timeout_s": self.handshake_timeout}
+        if self.cipher_suites:
+            kwargs["cipher_suites"] = dict(self.cipher_suites)
+        if self.max_send_fragment is not None:
+            kwargs["max_send_fragment"] = self.max_send_fragment
+        return TlsProfile(**kwargs)
+
 
 @attrs.frozen(kw_only=True)
 class SigningSpec:

@@ -165,6 +165,12 @@ class ScenarioChecks(SectionReader):
         return order
 
 
+def listen_host(host: str, network: str) -> str:
+    """The address a node of ``host`` listens on, for clash checks: on loopback TCP every host name maps to
+    127.0.0.1 (:func:`evsim.world.open_world`), so only the port tells nodes apart."""
+    return "127.0.0.1" if network == "tcp" else host.lower()
+
+
 def claim_address(
     t: ScenarioTable,
     addresses: dict[tuple[str, int], str],

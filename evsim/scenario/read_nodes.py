@@ -52,7 +52,7 @@ from evsim.scenario.model import (
     TrustSpec,
     default_of,
 )
-from evsim.scenario.passes import ScenarioChecks, claim_address
+from evsim.scenario.passes import ScenarioChecks, claim_address, listen_host
 from evsim.scenario.read_clocks import read_group_clock
 from evsim.scenario.read_tls import TlsReader, client_trust_of
 from evsim.scenario.reader import LoadContext, ScenarioTable
@@ -113,7 +113,15 @@ class NodeReader(TlsReader, ScenarioChecks):
             t = ScenarioTable(self.ctx, ("csms", name), value, CSMS_KEYS, what=f"[csms.{name}]")
             spec = self.one_csms(t, name, sim, pki, profiles)
             claim_address(
-                t, addresses, name, spec.host, spec.port, "CSMS", "give each CSMS its own host or port"
+                t,
+                addresses,
+                name,
+                listen_host(spec.host, sim.network),
+                spec.port,
+                "CSMS",
+                "give each CSMS its own port"
+                if sim.network == "tcp"
+                else "give each CSMS its own host or port",
             )
             out[name] = spec
         if not out:
@@ -279,7 +287,11 @@ class NodeReader(TlsReader, ScenarioChecks):
             raw[name] = value
         # names first, so an upstream may name a controller defined further down the file
         self.nodes.controllers = {name: ControllerSpec(name=name, host="", upstream=()) for name in raw}
-        addresses = {(c.host.lower(), c.port): c.name for c in self.nodes.csms.values() if c.port != 0}
+        addresses = {
+            (listen_host(c.host, sim.network), c.port): c.name
+            for c in self.nodes.csms.values()
+            if c.port != 0
+        }
         out: dict[str, ControllerSpec] = {}
         for name, value in raw.items():
             t = ScenarioTable(
@@ -290,10 +302,12 @@ class NodeReader(TlsReader, ScenarioChecks):
                 t,
                 addresses,
                 name,
-                spec.host,
+                listen_host(spec.host, sim.network),
                 spec.port,
                 "node",
-                "give each CSMS and controller its own host or port",
+                "give each CSMS and controller its own port"
+                if sim.network == "tcp"
+                else "give each CSMS and controller its own host or port",
             )
             out[name] = spec
         self.nodes.controllers = out

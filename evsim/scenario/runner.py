@@ -21,7 +21,6 @@ import datetime as _dt
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 import trio
@@ -93,34 +92,47 @@ def preflight(scenario: Scenario) -> None:
     action's :meth:`~evsim.world.actions.Action.preflight`, and link policy knobs).
 
     Raises:
-        ConfigError: naming the file, line, field and why.
+        ConfigError: the first of :func:`preflight_errors`, naming the file, line, field and why.
     """
+    errors = preflight_errors(scenario)
+    if errors:
+        raise errors[0]
+
+
+def preflight_errors(scenario: Scenario) -> list[ConfigError]:
+    """Everything :func:`preflight` refuses, in file order (empty: the scenario can run)."""
     src = scenario.source
     network = scenario.simulation.network
+    errors: list[ConfigError] = []
     for i, ev in enumerate(scenario.timeline):
         try:
             ev.action.preflight(network=network, csms=scenario.csms)
         except ConfigError as exc:
-            raise ConfigError(
-                exc.message,
-                path=f"timeline[{i}].{exc.path}",
-                value=exc.value,
-                fix=exc.fix,
-                file=src,
-                line=ev.line,
-            ) from None
+            errors.append(
+                ConfigError(
+                    exc.message,
+                    path=f"timeline[{i}].{exc.path}",
+                    value=exc.value,
+                    fix=exc.fix,
+                    file=src,
+                    line=ev.line,
+                )
+            )
     for i, link in enumerate(scenario.links):
         for knob, why in link_not_yet(network).items():
             value = getattr(link, knob)
             if value not in (None, 0, 0.0):
-                raise ConfigError(
-                    f"link knob {knob!r} is not supported yet: {why}",
-                    path=f"links[{i}].{knob}",
-                    value=value if not attrs.has(type(value)) else None,
-                    fix=f"remove {knob}",
-                    file=src,
-                    line=link.line,
+                errors.append(
+                    ConfigError(
+                        f"link knob {knob!r} is not supported yet: {why}",
+                        path=f"links[{i}].{knob}",
+                        value=value if not attrs.has(type(value)) else None,
+                        fix=f"remove {knob}",
+                        file=src,
+                        line=link.line,
+                    )
                 )
+    return sorted(errors, key=lambda e: e.line or 0)
 
 
 class ScenarioRunner:
@@ -152,16 +164,7 @@ class ScenarioRunner:
         """The TLS layer's profile for a scenario profile name: the one the loader built (with its engine
         knobs), or one built from the basic fields of a profile made in Python."""
         spec = self.scenario.tls_profiles.get(name)
-        if spec is None:
-            return TlsProfile()
-        if spec.tls is not None:
-            return spec.tls
-        kwargs: dict[str, Any] = {"versions": spec.versions, "handshake_timeout_s": spec.handshake_timeout}
-        if spec.cipher_suites:
-            kwargs["cipher_suites"] = dict(spec.cipher_suites)
-        if spec.max_send_fragment is not None:
-            kwargs["max_send_fragment"] = spec.max_send_fragment
-        return TlsProfile(**kwargs)
+        return TlsProfile() if spec is None else spec.engine_profile()
 
     def _session_cache(self, profile: str) -> int | None:
         """Cache entries of stations whose profile has a ``session`` table; None (full handshakes only) for
@@ -252,12 +255,11 @@ class ScenarioRunner:
     async def start_nodes(self, world: World) -> None:
         """Start the scenario's CSMS, links, controllers and station groups in ``world``, in that order."""
         sc = self.scenario
-        tcp = sc.simulation.network == "tcp"
         for spec in sc.csms.values():
             await world.start_csms(
                 spec.name,
                 host=spec.host,
-                port=0 if tcp else spec.port,
+                port=spec.port,
                 security_profile=spec.security_profile,
                 tls=Tls(
                     profile=self._profile(spec.tls_profile),
@@ -300,7 +302,7 @@ class ScenarioRunner:
                 lc.name,
                 upstream=[self._route(ep) for ep in lc.upstream],
                 host=lc.host,
-                port=0 if tcp else lc.port,
+                port=lc.port,
                 security_profile=lc.security_profile,
                 tls=Tls(
                     profile=self._profile(lc.tls_profile),
