@@ -430,6 +430,14 @@ def test_data_before_connected_is_unexpected() -> None:
     assert closed(server.events()).reason == "unexpected_message"
 
 
+def test_deny_when_connected_announces_a_close_and_ends_at_once() -> None:
+    pair = Pair()
+    pair.pump()
+    pair.server.deny(pair.now, "unpaired")
+    assert closed(pair.server.events()).reason == "trust_denied"
+    assert decode(pair.server.data_to_send()[-1]) == Close("announce", None, "removedConnection")
+
+
 def test_transport_lost_is_one_event_and_then_silence() -> None:
     pair = Pair()
     pair.pump()

@@ -182,6 +182,7 @@ def summarize(
         (:mod:`evsim.metrics.certificates`).
     """
     from evsim.metrics.certificates import certificate_tables  # it imports Table from here
+    from evsim.metrics.pairing import PAIRING_KINDS, pairing_tables  # likewise
 
     topo = topology or Topology()
     # (time, node, node sequence): within one node, seq is the true order (the online state machine needs it)
@@ -208,7 +209,7 @@ def summarize(
         elif role == "control":
             if e["node"] == "timeline":
                 a.timeline.append(e)
-        elif e["kind"] != "service_attempt":  # a controller's upstream attempts, under its host name
+        elif e["kind"] != "service_attempt" and e["kind"] not in PAIRING_KINDS:  # pairing: its own tables
             a.other_event(e)
     return Summary(
         (
@@ -223,6 +224,7 @@ def summarize(
             _timeline_table(a.timeline),
             *_failover_tables(evs, roles, topo, tx_queues),
             *certificate_tables(evs),
+            *pairing_tables(evs),
         )
     )
 

@@ -236,7 +236,7 @@ class EnergyManager:
         self.address = listener.address
         try:
             self._recorder.emit(
-                self.name, "listening", address=format_address(listener.address), ski=self.ski
+                self.name, "ship_listening", address=format_address(listener.address), ski=self.ski
             )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._acceptor.serve, listener, self._serve)

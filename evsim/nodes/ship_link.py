@@ -4,7 +4,7 @@
 mode ``pinned_peers`` with a pairing list: the manager's SKI registered by the installer, or ``auto_accept``),
 opens the WebSocket with subprotocol ``ship`` and runs the SHIP set-up as the client. While connected it stays
 in the data phase. When the connection fails or ends it waits and dials again: ``retry_s``, doubled after
-every failed attempt up to ``max_retry_s``, back to ``retry_s`` after a connection that completed the set-up
+every wait up to ``max_retry_s``, back to ``retry_s`` after a connection that completed the set-up
 (no jitter: the retry times are part of the scenario's golden log).
 
 :meth:`ShipLink.rotate_key` is crypto agility: a new P-256 key and self-signed certificate with the same
@@ -73,6 +73,7 @@ class ShipLinkConfig:
         profile: TLS settings.
         retry_s: first wait before dialling again.
         max_retry_s: longest wait.
+        attempts: stop after this many connection attempts (an impostor's one try); None: never stop.
     """
 
     name: str
@@ -85,6 +86,7 @@ class ShipLinkConfig:
     profile: TlsProfile = attrs.field(factory=ship_profile)
     retry_s: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     max_retry_s: float = attrs.field(default=300.0, validator=attrs.validators.gt(0))
+    attempts: int | None = None
 
 
 @attrs.frozen
@@ -167,20 +169,22 @@ class ShipLink:
         record_peer_event(self._recorder, self.name, event)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep the link up until cancelled."""
+        """Keep the link up until cancelled (or until ``attempts`` attempts were made)."""
         task_status.started()
         delay = self.config.retry_s
         while True:
             self._dial_now = trio.Event()
             connected = await self._attempt()
+            if self.config.attempts is not None and self._attempts >= self.config.attempts:
+                return
             if self._dial_now.is_set():
                 delay = self.config.retry_s
                 continue
-            delay = self.config.retry_s if connected else delay
+            if connected:
+                delay = self.config.retry_s
             with trio.move_on_after(delay):
                 await self._dial_now.wait()
-            if not connected:
-                delay = min(delay * 2, self.config.max_retry_s)
+            delay = min(delay * 2, self.config.max_retry_s)  # the wait after a further failure
 
     def _fail(self, reason: str, detail: str) -> None:
         self._failures[reason] += 1

@@ -22,6 +22,7 @@ from evsim.scenario.model import (
     ControllerSpec,
     CsmsSpec,
     EndpointSpec,
+    EnergyManagerSpec,
     LinkSpec,
     PinSetSpec,
     PinSpec,
@@ -244,6 +245,18 @@ def _event(ev: TimelineEvent) -> dict[str, Any]:
     return {"at": ev.at, "action": ev.name, **{k: _lists(v) for k, v in params.items()}}
 
 
+def _energy_manager(e: EnergyManagerSpec) -> dict[str, Any]:
+    return {
+        "host": e.host,
+        "port": e.port,
+        "stations": list(e.stations),
+        "auto_accept": e.auto_accept,
+        "pairing_window": e.pairing_window,
+        "station_trust": e.station_trust,
+        "retry": e.retry,
+    }
+
+
 def scenario_document(sc: Scenario) -> dict[str, Any]:
     """The parsed-TOML form of a scenario: what ``tomllib`` would return for a file saying the same."""
     sim = sc.simulation
@@ -278,6 +291,7 @@ def scenario_document(sc: Scenario) -> dict[str, Any]:
         "csms": {name: _csms(c) for name, c in sc.csms.items()},
         "controllers": {name: _controller(c) for name, c in sc.controllers.items()},
         "stations": {name: _group(g) for name, g in sc.stations.items()},
+        "energy_managers": {name: _energy_manager(e) for name, e in sc.energy_managers.items()},
         "links": [_link(link) for link in sc.links],
         "timeline": [_event(ev) for ev in sc.timeline],
     }

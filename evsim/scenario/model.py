@@ -248,6 +248,31 @@ class EndpointSpec:
 
 
 @attrs.frozen(kw_only=True)
+class EnergyManagerSpec:
+    """An energy manager (``[energy_managers.<name>]``): an EEBus SHIP server that pairs with stations.
+
+    Attributes:
+        name: the node's name (targets, events).
+        host: the host it listens on.
+        port: its port (eebus-go's 4711).
+        stations: the groups and station ids with a SHIP link to it, in file order.
+        auto_accept: pair every new device at once (SHIP ``register=true``).
+        pairing_window: seconds a pairing window stays open.
+        station_trust: how the linked stations trust it: ``register`` (its SKI installed) or ``auto_accept``.
+        retry: the stations' first retry wait, seconds (doubling up to ten times that).
+    """
+
+    name: str
+    host: str
+    port: int = 4711
+    stations: tuple[str, ...] = ()
+    auto_accept: bool = False
+    pairing_window: float = 120.0
+    station_trust: Literal["register", "auto_accept"] = "register"
+    retry: float = 30.0
+
+
+@attrs.frozen(kw_only=True)
 class ControllerSpec:
     """A ``[controllers.<name>]`` table: a Local Controller between stations and CSMS (OCPP-J §6).
 
@@ -472,6 +497,7 @@ class Scenario:
         source: the file it was loaded from, or the ``source`` label given to the loader.
         pin_sets: ``[tls.pins.<name>]`` by name.
         change_policies: ``[tls.change.<name>]`` by name.
+        energy_managers: ``[energy_managers.<name>]`` by name.
     """
 
     simulation: SimulationSpec
@@ -486,6 +512,7 @@ class Scenario:
     source: str | None = None
     pin_sets: FrozenMap[str, PinSetSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
     change_policies: FrozenMap[str, ChangeSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    energy_managers: FrozenMap[str, EnergyManagerSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
 
     def station_ids(self) -> list[str]:
         """Every station identity, group by group in file order.

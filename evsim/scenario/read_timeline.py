@@ -227,6 +227,7 @@ class TimelineReader(TlsReader):
             "controller": "a controller",
             "group": "a station group",
             "station": "a station id",
+            "energy_manager": "an energy manager",
         }
         if not self.nodes.controllers:  # offer controllers as targets only where the scenario has some
             kinds = [k for k in kinds if k != "controller"]

@@ -33,6 +33,7 @@ from evsim.scenario.model import (
     ChangeSpec,
     ControllerSpec,
     CsmsSpec,
+    EnergyManagerSpec,
     PinSetSpec,
     StationGroupSpec,
 )
@@ -212,9 +213,11 @@ class NodeNames:
         self.controllers: dict[str, ControllerSpec] = {}
         self.groups: dict[str, StationGroupSpec] = {}
         self.station_group: dict[str, str] = {}  # station id -> group
+        self.energy_managers: dict[str, EnergyManagerSpec] = {}
 
     def kind(self, name: str) -> str | None:
-        """What ``name`` is: ``"csms"``, ``"controller"``, ``"group"``, ``"station"`` or None."""
+        """What ``name`` is: ``"csms"``, ``"controller"``, ``"group"``, ``"station"``, ``"energy_manager"`` or
+        None."""
         if name in self.csms:
             return "csms"
         if name in self.controllers:
@@ -223,6 +226,8 @@ class NodeNames:
             return "group"
         if name in self.station_group:
             return "station"
+        if name in self.energy_managers:
+            return "energy_manager"
         return None
 
     def group_of(self, name: str) -> StationGroupSpec:
@@ -238,6 +243,8 @@ class NodeNames:
             out += self.controllers
         if "group" in kinds:
             out += self.groups
+        if "energy_manager" in kinds:
+            out += self.energy_managers
         return out
 
 

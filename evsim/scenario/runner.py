@@ -243,7 +243,8 @@ class ScenarioRunner:
             world.recorder.emit("runner", "run_ended", outcome=self.outcome)
 
     async def start_nodes(self, world: World) -> None:
-        """Start the scenario's CSMS, links, controllers and station groups in ``world``, in that order."""
+        """Start the scenario's CSMS, links, controllers, station groups and energy managers in ``world``, in that
+        order."""
         sc = self.scenario
         tcp = sc.simulation.network == "tcp"
         for spec in sc.csms.values():
@@ -333,6 +334,16 @@ class ScenarioRunner:
                 fallback=group.fallback,
                 certificates=group.certificates.settings(sc.pki.organization),
             )
+        for em in sc.energy_managers.values():  # after the stations: their SHIP links dial at once
+            await world.start_energy_manager(
+                em.name,
+                host=em.host,
+                port=0 if tcp else em.port,
+                auto_accept=em.auto_accept,
+                pairing_window=em.pairing_window,
+            )
+            for selector in em.stations:
+                await world.link_energy_manager(selector, em.name, trust=em.station_trust, retry=em.retry)
 
     async def _sampler(self, world: World) -> None:
         while True:

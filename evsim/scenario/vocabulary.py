@@ -33,7 +33,17 @@ from evsim.ws.paths import IDENTITY_RULE
 
 # ---------------------------------------------------------------- keys of each table
 
-TOP_KEYS: Final = ("simulation", "pki", "tls", "csms", "controllers", "stations", "links", "timeline")
+TOP_KEYS: Final = (
+    "simulation",
+    "pki",
+    "tls",
+    "csms",
+    "controllers",
+    "stations",
+    "energy_managers",
+    "links",
+    "timeline",
+)
 SIMULATION_KEYS: Final = (
     "name",
     "description",
@@ -137,6 +147,15 @@ CONTROLLER_KEYS: Final = (
     "behind_controller",
     "trusted_controllers",
     "client_trust",
+)
+ENERGY_MANAGER_KEYS: Final = (
+    "host",
+    "port",
+    "stations",
+    "auto_accept",
+    "pairing_window",
+    "station_trust",
+    "retry",
 )
 ENDPOINT_KEYS: Final = ("csms", "controller", "priority", "trust", "tls_profile", "pins")
 BACKOFF_KEYS: Final = ("wait_minimum", "random_range", "repeat_times")

@@ -323,9 +323,13 @@ class ShipConnection:
             self._timers["wait_ready"] = now + T_HELLO_INIT_S
 
     def deny(self, now: float, detail: str = "the user refused the peer") -> None:
-        """The local user refuses the peer: hello ``aborted`` (or a plain end after the hello phase)."""
+        """The local user refuses the peer: hello ``aborted`` during the set-up; once connected a
+        ``connectionClose`` announce (``removedConnection``) and the end, without waiting for the confirm."""
         del now
-        if self.state == "connected":
+        if self.state in ("connected", "closing"):
+            # SHIP close with ship-go's reason for a removed pairing; no confirmation awaited from a peer
+            # this side no longer trusts
+            self._send(Close("announce", None, "removedConnection"))
             self._end("trust_denied", detail, "local")
             return
         if self.state != "closed":
@@ -477,7 +481,7 @@ class ShipConnection:
             self._end("peer_aborted", "the peer refused to trust this side (hello aborted)", "remote")
             return
         if hello.phase == "ready":
-            if not self._peer_ready:
+            if not self._peer_ready and self._trust == "pending":  # news only while our user decides
                 self._events.append(HelloChanged("peer_ready", hello.waiting_ms))
             self._peer_ready = True
             if self._trust == "ready":

@@ -69,6 +69,7 @@ from evsim.world.base import (
     _identity,
     _label,
 )
+from evsim.world.energy import WorldEnergy
 from evsim.world.lifecycle import WorldLifecycle
 from evsim.world.nodes import ControllerNode, CsmsNode, StationGroup, StationNode
 from evsim.world.pki import WorldPki
@@ -196,7 +197,7 @@ def _plain(value: object) -> object:
     return value
 
 
-class World(WorldLifecycle):
+class World(WorldEnergy, WorldLifecycle):
     """A network of nodes sharing one clock, recorder, network and PKI (open it with :func:`open_world`).
 
     Starting nodes, their lifecycle and the network are here; TLS and certificates in
