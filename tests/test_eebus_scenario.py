@@ -64,7 +64,10 @@ def test_pairing_tables_are_recomputed_from_events_jsonl(
     lines = (run_dir / "events.jsonl").read_text().splitlines()
     events = sorted((json.loads(line) for line in lines), key=lambda e: (e["t"], e["node"], e["seq"]))
     tables = pairing_tables(events)
-    assert [t.title for t in tables] == ["Pairing states (energy managers)", "Energy managers"]
+    assert [t.title for t in tables] == [
+        "Pairing states (energy managers and pairing listeners)",
+        "Energy managers",
+    ]
     summary = (run_dir / "summary.txt").read_text()
     for t in tables:
         assert t.render() in summary
@@ -112,3 +115,57 @@ sessions = 0
         300.0,
         "register",
     )
+
+
+def test_controller_listener_with_client_auth_pairing() -> None:
+    """A scenario controller with ``client_auth = "pairing"``: its stations present self-signed
+    certificates, are refused until the pairing window at 30 s, then pair and boot through it."""
+    text = """
+[simulation]
+duration = "3m"
+[csms.main]
+[controllers.site]
+security_profile = 3
+upstream = [{ csms = "main" }]
+client_auth = "pairing"
+pairing_window = "1m"
+[stations.fleet]
+count = 3
+sessions = 0
+endpoints = [{ controller = "site" }]
+retry_backoff = { wait_minimum = "10s", random_range = "0s", repeat_times = 1 }
+[[timeline]]
+at = "30s"
+action = "open_pairing_window"
+target = "site"
+"""
+    result = run_scenario(loads_scenario(text))
+    assert result.ok, (result.outcome, result.error)
+    events = sorted(
+        (e.as_json() for e in result.recorder.events), key=lambda e: (e["t"], e["node"], e["seq"])
+    )
+    rows = pairing_states(events)
+    assert [(node, device, state) for node, device, _, state, _, _ in rows] == [
+        ("site", f"fleet-{n:04d}", "paired") for n in range(1, 4)
+    ]
+    assert all(float(str(e["t"])) < 30 for e in events if e["kind"] == "pairing_requested")
+    booted = {e["station"] for e in events if e["kind"] == "booted" and e["node"] == "main"}
+    assert booted == {f"fleet-{n:04d}" for n in range(1, 4)}
+    (table,) = pairing_tables(events)  # no energy manager: the states table only
+    assert len(table.rows) == 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ('client_auth = "pairing"\n', "only security profile 3"),
+        ("security_profile = 3\nauto_accept = true\n", 'needs client_auth = "pairing"'),
+        ('security_profile = 3\nclient_auth = "pairing"\nclient_trust = "default"\n', "checks no CA"),
+        ('security_profile = 3\nclient_auth = "pin"\n', "client_auth"),
+    ],
+)
+def test_controller_pairing_keys_are_checked(extra: str, words: str) -> None:
+    text = '[simulation]\nduration = "1m"\n[csms.main]\n[controllers.site]\nupstream = [{ csms = "main" }]\n'
+    with pytest.raises(ConfigError) as info:
+        loads_scenario(text + extra)
+    assert words in str(info.value)

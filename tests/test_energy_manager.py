@@ -23,6 +23,9 @@ from evsim.ship.messages import CMI
 from evsim.tls import ClientTls, Identity, tls_connect
 from evsim.tls.pairing import PeerTrust, register
 from evsim.tls.peer import PeerPolicy
+from evsim.world import open_world
+from evsim.world.actions import OpenPairingWindow
+from evsim.world.specs import Route, Tls
 from evsim.ws import WebSocket, ws_client
 from tests.pki_fixtures import TEST_NOW
 
@@ -333,3 +336,37 @@ async def test_loopback_pairing() -> None:
             await env.count("ship_connected", 1, "hems")
             nursery.cancel_scope.cancel()
     assert env.events("paired", "hems")[0]["ski"] == link.ski
+
+
+# ---------------------------------------------------------------- a controller's pairing listener
+
+
+async def test_controller_listener_pairs_self_signed_stations(autojump_clock: trio.testing.MockClock) -> None:
+    """``client_auth = "pairing"`` on a controller (profile 3): stations with self-signed certificates (CN =
+    their id) are refused until a pairing window opens, then admitted; a CA-issued certificate is refused."""
+    with trio.fail_after(3600):
+        async with open_world() as world:
+            main = await world.start_csms("main", heartbeat_interval=60)
+            lc = await world.start_controller(
+                "site", upstream=[main], security_profile=3, pairing=PeerTrust(pairing_window_s=300)
+            )
+
+            def self_signed(sid: str) -> Identity:
+                return Identity.from_cert_key(issue_self_signed(sid, now=world.clock.utcnow()))
+
+            fleet = await world.start_stations(
+                2, routes=[Route(to="site")], sessions=0, tls=Tls(identity=self_signed), name="paired"
+            )
+            ca_issued = await world.start_stations(1, routes=[Route(to="site")], sessions=0, name="ca")
+            await trio.sleep(20)
+            kinds = [(e.node, e.kind) for e in world.recorder.events if e.node == "site"]
+            assert kinds.count(("site", "pairing_requested")) >= 2 and not lc.controller.stations
+            await OpenPairingWindow(target="site").apply(world)
+            await trio.sleep(120)
+            assert set(lc.controller.stations) == set(fleet.ids)
+    site = [e for e in world.recorder.events if e.node == "site"]
+    paired = [e.data for e in site if e.kind == "paired"]
+    assert {str(d["device"]) for d in paired} == set(fleet.ids)
+    assert any(e.kind == "pairing_window_opened" for e in site)
+    refused = {str(e.data.get("reason")) for e in site if e.kind == "cert_invalid"}
+    assert refused == {"cert_invalid:not_self_signed"} and ca_issued.ids[0] not in lc.controller.stations

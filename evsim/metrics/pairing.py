@@ -1,7 +1,9 @@
 """The pairing states of energy managers (EEBus SHIP), from a run's events alone.
 
-An energy manager is a node that emitted ``ship_listening``. Each device key it met (an SKI) gets one row with
-the state of its last pairing event at that manager:
+Pairing states are kept by the node a device dials: an energy manager (a node that emitted ``ship_listening``)
+or a controller whose listener pairs (``client_auth = "pairing"``), i.e. every pairing event with ``side =
+"server"``. Each device key such a node met (an SKI) gets one row with the state of its last pairing event
+there:
 
 * ``paired`` (``paired``), later ``replaced`` when the same device id paired again with another key
   (re-pairing for a new key);
@@ -52,7 +54,7 @@ _STATE = {
 
 
 def pairing_states(events: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str, str, str, float]]:
-    """(manager, device, SKI, state, reason, since) per device key, for events sorted by time.
+    """(pairing node, device, SKI, state, reason, since) per device key, for events sorted by time.
 
     Args:
         events: JSON event objects (``events.jsonl``), sorted by time.
@@ -60,11 +62,10 @@ def pairing_states(events: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, 
     Returns:
         Rows sorted by manager, device, then the time the state was reached.
     """
-    managers = {str(e["node"]) for e in events if e["kind"] == "ship_listening"}
     rows: dict[tuple[str, str], list[Any]] = {}  # (manager, ski) -> [device, state, reason, since]
     for e in events:
         node, kind = str(e["node"]), str(e["kind"])
-        if node not in managers or kind not in _STATE or "ski" not in e:
+        if kind not in _STATE or e.get("side") != "server" or "ski" not in e:
             continue
         key = (node, str(e["ski"]))
         old = rows.get(key)
@@ -88,10 +89,10 @@ def pairing_states(events: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, 
 
 
 def pairing_tables(events: Sequence[Mapping[str, Any]]) -> tuple[Table, ...]:
-    """The two tables of the module doc (none for a run without an energy manager)."""
+    """The two tables of the module doc (none for a run without pairing)."""
     states = pairing_states(events)
     managers = sorted({str(e["node"]) for e in events if e["kind"] == "ship_listening"})
-    if not managers:
+    if not managers and not states:
         return ()
     counts: dict[str, collections.Counter[str]] = {m: collections.Counter() for m in managers}
     for e in events:
@@ -120,13 +121,16 @@ def pairing_tables(events: Sequence[Mapping[str, Any]]) -> tuple[Table, ...]:
         )
         for m in managers
     )
+    states_table = Table(
+        "Pairing states (energy managers and pairing listeners)",
+        ("node", "device", "SKI", "state", "reason", "since (s)"),
+        tuple((m, d, ski[:12], s, r or "-", f"{t:.1f}") for m, d, ski, s, r, t in states),
+        note="one row per device key; SKI shortened to 12 hex digits",
+    )
+    if not managers:
+        return (states_table,)
     return (
-        Table(
-            "Pairing states (energy managers)",
-            ("energy manager", "device", "SKI", "state", "reason", "since (s)"),
-            tuple((m, d, ski[:12], s, r or "-", f"{t:.1f}") for m, d, ski, s, r, t in states),
-            note="one row per device key; SKI shortened to 12 hex digits",
-        ),
+        states_table,
         Table(
             "Energy managers",
             (

@@ -66,8 +66,9 @@ DEFAULT_SHIP_PORT = 4711
 
 
 def record_peer_event(recorder: Recorder, node: str, event: PeerEvent) -> None:
-    """Record one TLS peer-trust event (pairing decision, unpairing) as a node event with its SKI and reason."""
-    data: dict[str, object] = {"device": escape(event.peer, 80)}
+    """Record one TLS peer-trust event (pairing decision, unpairing) as a node event with its side (``server``:
+    the peer dialled this node), SKI and reason."""
+    data: dict[str, object] = {"device": escape(event.peer, 80), "side": event.side}
     if event.ski is not None:
         data["ski"] = event.ski
     if event.reason is not None:

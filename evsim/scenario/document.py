@@ -170,6 +170,9 @@ def _controller(c: ControllerSpec) -> dict[str, Any]:
             "behind_controller": c.behind_controller if c.security_profile == 3 else None,
             "trusted_controllers": list(c.trusted_controllers) or None,
             "client_trust": c.client_trust,
+            "client_auth": c.client_auth if c.security_profile == 3 else None,
+            "auto_accept": c.auto_accept if c.client_auth == "pairing" else None,
+            "pairing_window": c.pairing_window if c.client_auth == "pairing" else None,
         }
     )
 

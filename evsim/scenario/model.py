@@ -295,6 +295,11 @@ class ControllerSpec:
         trusted_controllers: controllers trusted by ``behind_controller = "trust_controller"``.
         client_trust: name of the :class:`TrustSpec` station certificates are checked with (profile 3);
             None: the run's ``root``.
+        client_auth: profile 3: ``required`` (a certificate from ``client_trust``'s roots) or ``pairing`` (any
+            self-signed certificate, decided by SKI: a pairing window, or ``auto_accept``; the stations whose
+            first endpoint it is then present self-signed certificates).
+        auto_accept: with ``pairing``: pair every new station at once.
+        pairing_window: with ``pairing``: seconds a pairing window stays open.
     """
 
     name: str
@@ -314,6 +319,9 @@ class ControllerSpec:
     behind_controller: BehindControllerKind = default_of(ControllerConfig, "behind_controller")  # noqa: RUF009 - an immutable value
     trusted_controllers: tuple[str, ...] = ()
     client_trust: str | None = None
+    client_auth: Literal["required", "pairing"] = "required"
+    auto_accept: bool = False
+    pairing_window: float = 120.0
 
 
 @attrs.frozen(kw_only=True)

@@ -7,16 +7,54 @@ node does.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from evsim.scenario.model import EnergyManagerSpec
 from evsim.scenario.passes import claim_address
 from evsim.scenario.reader import ScenarioTable, SectionReader
-from evsim.scenario.vocabulary import ENERGY_MANAGER_KEYS
+from evsim.scenario.vocabulary import CLIENT_AUTH_KINDS, ENERGY_MANAGER_KEYS
 from evsim.toml_table import choices_fix, type_name
 from evsim.world.energy import STATION_TRUST
 
-__all__ = ["EnergyReader"]
+__all__ = ["EnergyReader", "controller_pairing"]
 
 DAY_S = 86_400.0
+
+
+def controller_pairing(
+    t: ScenarioTable, security_profile: int, client_trust: str | None
+) -> tuple[Literal["required", "pairing"], bool, float]:
+    """A controller listener's ``client_auth`` (``required`` or ``pairing``), ``auto_accept`` and
+    ``pairing_window``; pairing needs profile 3 and excludes ``client_trust``."""
+    client_auth = t.enum("client_auth", CLIENT_AUTH_KINDS, "required")
+    if client_auth == "pairing" and security_profile != 3:
+        raise t.error(
+            "client_auth",
+            f"pairing decides on client certificates, which only security profile 3 asks for (got {security_profile})",
+            value=client_auth,
+            fix="use security_profile = 3, or remove client_auth",
+        )
+    if client_auth == "pairing" and client_trust is not None:
+        raise t.error(
+            "client_trust",
+            'a pairing listener checks no CA: client_trust has no use with client_auth = "pairing"',
+            value=client_trust,
+            fix='remove client_trust, or use client_auth = "required"',
+        )
+    for key in ("auto_accept", "pairing_window"):
+        if t.has(key) and client_auth != "pairing":
+            raise t.error(
+                key,
+                f'{key} needs client_auth = "pairing"',
+                value=t.data[key],
+                fix="add it or remove this key",
+            )
+    window = t.duration("pairing_window", 120.0, positive=True)
+    if window > DAY_S:
+        raise t.error(
+            "pairing_window", "at most one day", value=t.data["pairing_window"], fix='write e.g. "2m"'
+        )
+    return client_auth, t.boolean("auto_accept", False), window
 
 
 class EnergyReader(SectionReader):

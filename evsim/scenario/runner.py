@@ -36,6 +36,7 @@ from evsim.nodes.csms import Csms
 from evsim.nodes.csms_certs import SigningSettings
 from evsim.nodes.csms_records import StationRecord
 from evsim.nodes.station import Station
+from evsim.pki import issue_self_signed
 from evsim.recorder import Event, Recorder
 from evsim.runtime import tune_gc
 from evsim.scenario.model import (
@@ -43,7 +44,8 @@ from evsim.scenario.model import (
     Scenario,
     StationGroupSpec,
 )
-from evsim.tls import TlsProfile
+from evsim.tls import Identity, TlsProfile
+from evsim.tls.pairing import PeerTrust
 from evsim.world import CertificateSpec, Route, Tls, World, open_world
 from evsim.world.actions import LINK_NOT_YET
 
@@ -302,6 +304,11 @@ class ScenarioRunner:
                 retry_backoff=lc.retry_backoff,
                 behind_controller=lc.behind_controller,
                 trusted_controllers=[sc.controllers[n].host for n in lc.trusted_controllers],
+                pairing=(
+                    PeerTrust(auto_accept=lc.auto_accept, pairing_window_s=lc.pairing_window)
+                    if lc.client_auth == "pairing"
+                    else None
+                ),
             )
         for group in sc.stations.values():
             sessions, session_start = self._sessions(group)
@@ -319,6 +326,7 @@ class ScenarioRunner:
                     pins=None if group.pins is None else sc.pin_sets[group.pins],
                     change=None if group.change is None else sc.change_policies[group.change],
                     session_cache=self._session_cache(group.tls_profile),
+                    identity=self._self_signed(world, group),
                 ),
                 password=group.password,
                 ocpp_versions=group.ocpp_versions,
@@ -344,6 +352,21 @@ class ScenarioRunner:
             )
             for selector in em.stations:
                 await world.link_energy_manager(selector, em.name, trust=em.station_trust, retry=em.retry)
+
+    def _self_signed(self, world: World, group: StationGroupSpec) -> Callable[[str], Identity] | None:
+        """Stations whose first endpoint is a pairing controller present self-signed certificates (CN = the
+        station id, O = the run's organization), SHIP style; None: the run's station sub-CA issues them."""
+        first = group.endpoints[0] if group.endpoints else None
+        if first is None or first.kind != "controller":
+            return None
+        if self.scenario.controllers[first.name].client_auth != "pairing":
+            return None
+        org = self.scenario.pki.organization
+
+        def issue(sid: str) -> Identity:
+            return Identity.from_cert_key(issue_self_signed(sid, org, now=world.clock.utcnow()))
+
+        return issue
 
     async def _sampler(self, world: World) -> None:
         while True:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, Literal
 
 from evsim.scenario.model import (
     BehindControllerKind,
@@ -147,7 +147,11 @@ CONTROLLER_KEYS: Final = (
     "behind_controller",
     "trusted_controllers",
     "client_trust",
+    "client_auth",
+    "auto_accept",
+    "pairing_window",
 )
+CLIENT_AUTH_KINDS: Final[tuple[Literal["required", "pairing"], ...]] = ("required", "pairing")
 ENERGY_MANAGER_KEYS: Final = (
     "host",
     "port",

@@ -639,19 +639,19 @@ class AttackMitm(_Redirect):
 
 
 @attrs.frozen
-class _OnManager(Action):
+class _PairingButton(Action):
     target: str
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        return cls(target=r.target(("energy_manager",)))
+        return cls(target=r.target(("energy_manager", "controller")))
 
 
 @action("open_pairing_window", "target")
 @attrs.frozen
-class OpenPairingWindow(_OnManager):
-    """The energy manager's pairing button: for its ``pairing_window``, new devices pair and known devices
-    with a new key re-pair."""
+class OpenPairingWindow(_PairingButton):
+    """The pairing button of an energy manager (or of a controller with ``client_auth = "pairing"``): for its
+    ``pairing_window``, new devices pair and known devices with a new key re-pair."""
 
     async def apply(self, world: World) -> None:
         world.open_pairing_window(self.target)
@@ -659,8 +659,8 @@ class OpenPairingWindow(_OnManager):
 
 @action("close_pairing_window", "target")
 @attrs.frozen
-class ClosePairingWindow(_OnManager):
-    """The energy manager's pairing window closes before its time."""
+class ClosePairingWindow(_PairingButton):
+    """The pairing window of an energy manager (or a pairing controller) closes before its time."""
 
     async def apply(self, world: World) -> None:
         world.close_pairing_window(self.target)

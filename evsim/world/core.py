@@ -60,6 +60,7 @@ from evsim.tls import (
     PeerPolicy,
     SessionStore,
 )
+from evsim.tls.pairing import PeerTrust
 from evsim.world.actions import Action
 from evsim.world.base import (
     RUN_PASSWORD,
@@ -327,6 +328,7 @@ class World(WorldEnergy, WorldLifecycle):
         retry_backoff: RetryBackOff | None = None,
         behind_controller: Literal["require_station_cert", "trust_controller"] = "require_station_cert",
         trusted_controllers: Sequence[str] = (),
+        pairing: PeerTrust | None = None,
     ) -> ControllerNode:
         """Start a Local Controller (its upstream nodes already run); returns once it listens.
 
@@ -345,6 +347,9 @@ class World(WorldEnergy, WorldLifecycle):
             upstream_connect_attempts: attempts before a new station is refused (1013).
             retry_backoff: the upstream back-off; default OCPP's (3 s, 3 s, 4 doublings).
             behind_controller, trusted_controllers: profile 3 below a chain of controllers (hosts).
+            pairing: profile 3 with SHIP-style pairing of the stations' self-signed certificates instead of the
+                run's CA (``client_auth = "pairing"``; events at the controller; windows with
+                :meth:`open_pairing_window`).
         """
         tls = tls or Tls()
         host = host or f"{name}.evsim.test"
@@ -365,8 +370,9 @@ class World(WorldEnergy, WorldLifecycle):
             insecure_allow_plain_ws=insecure_allow_plain_ws,
             tls_profile=tls.profile,
             identity=identity if security_profile >= 2 else None,
-            client_trust=self._client_trust(tls) if security_profile == 3 else None,
-            client_status=self._client_status(tls) if security_profile == 3 else None,
+            client_trust=self._client_trust(tls) if security_profile == 3 and pairing is None else None,
+            client_status=self._client_status(tls) if security_profile == 3 and pairing is None else None,
+            pairing=None if pairing is None else self.pairing_policy(name, pairing),
             organization=self.pki.organization,
             behind_controller=behind_controller,
             trusted_controllers=self._trusted_controllers(trusted_controllers),

@@ -14,11 +14,17 @@ from __future__ import annotations
 from typing import Literal, TypeAlias
 
 from evsim.errors import ConfigError
-from evsim.nodes.energy_manager import DEFAULT_SHIP_PORT, EnergyManager, EnergyManagerConfig
+from evsim.nodes.energy_manager import (
+    DEFAULT_SHIP_PORT,
+    EnergyManager,
+    EnergyManagerConfig,
+    record_peer_event,
+)
 from evsim.nodes.ship_link import ShipLink, ShipLinkConfig
 from evsim.pki import issue_self_signed
 from evsim.pki.ca import common_name
 from evsim.tls.pairing import DEFAULT_PAIRING_WINDOW_S, PeerTrust, register
+from evsim.tls.peer import PeerPolicy
 from evsim.world.base import Selector, WorldBase
 
 __all__ = ["STATION_TRUST", "StationTrust", "WorldEnergy"]
@@ -139,13 +145,50 @@ class WorldEnergy(WorldBase):
         await self.nursery.start(link.run)
         return link
 
-    def open_pairing_window(self, manager: Selector) -> None:
-        """The operator presses the manager's pairing button."""
-        self._manager(manager).open_pairing_window()
+    def pairing_policy(self, name: str, pairing: PeerTrust) -> PeerPolicy:
+        """A listener's server-side pairing policy whose events are recorded at node ``name`` (a controller
+        with ``client_auth = "pairing"``)."""
+        recorder = self.recorder
+        return PeerPolicy(
+            side="server",
+            pairing=pairing,
+            sink=lambda event: record_peer_event(recorder, name, event),
+            name=name,
+        )
 
-    def close_pairing_window(self, manager: Selector) -> None:
-        """The operator closes the manager's pairing window."""
-        self._manager(manager).close_pairing_window()
+    def _controller_pairing(self, name: str) -> PeerPolicy | None:
+        node = self.controllers.get(name)
+        if node is None:
+            return None
+        if node.controller.config.pairing is None:
+            raise ConfigError(
+                f"controller {name!r} does not pair its stations",
+                value=name,
+                fix='give it client_auth = "pairing" (security profile 3)',
+            )
+        return node.controller.config.pairing
+
+    def open_pairing_window(self, target: Selector) -> None:
+        """The operator presses the pairing button of an energy manager, or of a controller whose listener
+        pairs (``pairing_window_opened``)."""
+        name = self._name(target)
+        policy = self._controller_pairing(name)
+        if policy is None:
+            self._manager(name).open_pairing_window()
+            return
+        policy.open_pairing_window(now=self.clock.utcnow())
+        until = policy.state.pairing.window_until if policy.state.pairing is not None else None
+        self.recorder.emit(name, "pairing_window_opened", until=until.isoformat() if until else None)
+
+    def close_pairing_window(self, target: Selector) -> None:
+        """The operator closes the pairing window of an energy manager or a pairing controller."""
+        name = self._name(target)
+        policy = self._controller_pairing(name)
+        if policy is None:
+            self._manager(name).close_pairing_window()
+            return
+        policy.close_pairing_window()
+        self.recorder.emit(name, "pairing_window_closed")
 
     def unpair(self, manager: Selector, station: str) -> None:
         """The operator removes ``station`` (its current SHIP key) from the manager; its connection ends.
