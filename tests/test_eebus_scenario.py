@@ -51,6 +51,13 @@ def test_eebus_pairing_outcome() -> None:
     assert all(float(str(e["t"])) < 60 for e in requested)  # before the first window only
     paired_at = sorted(float(str(e["t"])) for e in events if e["kind"] == "paired" and e["node"] == "hems")
     assert paired_at == [90.0] * 10 + [690.0]
+    # each newly paired device waits 45 s for the user's confirmation (SHIP hello pending, one prolongation)
+    connected_at = sorted(
+        float(str(e["t"])) for e in events if e["kind"] == "ship_connected" and e["node"] == "hems"
+    )
+    assert connected_at == [135.0] * 10 + [735.0]
+    steps = [e["step"] for e in events if e["kind"] == "ship_hello" and e["node"] == "ST-0001"]
+    assert steps == ["peer_pending", "prolongation_granted"]
     refused = [e for e in events if e["kind"] == "pairing_refused" and e["device"] == "ST-0003"]
     assert refused and all("re-pairing needs a pairing window" in str(e["detail"]) for e in refused)
 

@@ -57,10 +57,12 @@ class Env:
     nursery: trio.Nursery
     links: dict[str, tuple[ShipLink, trio.CancelScope]] = attrs.field(factory=dict)
 
-    async def hems(self, **pairing: object) -> EnergyManager:
+    async def hems(self, confirm_s: float = 0.0, **pairing: object) -> EnergyManager:
         trust = PeerTrust(**pairing)  # type: ignore[arg-type]
         node = EnergyManager(
-            EnergyManagerConfig("hems", HEMS_HOST, HEMS_KEY, port=0 if self.tcp else 4711, pairing=trust),
+            EnergyManagerConfig(
+                "hems", HEMS_HOST, HEMS_KEY, port=0 if self.tcp else 4711, pairing=trust, confirm_s=confirm_s
+            ),
             self.net,
             self.clock,
             self.recorder,
@@ -162,6 +164,29 @@ async def test_auto_accept_pairs_every_new_station(autojump_clock: trio.testing.
             await env.connected(link)
     assert hems.statistics().paired == 3
     assert "auto_accept" in str(env.events("paired", "hems")[0]["detail"])
+
+
+async def test_user_confirmation_holds_the_hello_pending_with_prolongation(
+    autojump_clock: trio.testing.MockClock, env: Env
+) -> None:
+    """A newly paired device waits for the user's confirmation (``confirm_s``): the manager's hello is
+    ``pending``, it asks the station for more time 30 s before the station's 60 s wait ends, the station
+    grants it, and the set-up completes once confirmed. A device paired earlier is not asked again."""
+    hems = await env.hems(confirm_s=45.0, auto_accept=True)
+    with trio.fail_after(600):
+        link = await env.station("ST-1", hems)
+        start = trio.current_time()
+        await env.connected(link)
+        assert trio.current_time() - start == pytest.approx(45.0)
+    steps = [e["step"] for e in env.events("ship_hello", "hems")]
+    assert steps == ["awaiting_confirmation", "peer_ready", "prolongation_requested", "confirmed"]
+    assert [e["step"] for e in env.events("ship_hello", "ST-1")] == ["peer_pending", "prolongation_granted"]
+    with trio.fail_after(600):
+        link.rotate_key()  # a known device with a new key: refused until a window, then confirmed again
+        await env.count("pairing_refused", 1, "hems")
+        hems.open_pairing_window()
+        await env.count("ship_connected", 2, "hems")
+    assert [e["step"] for e in env.events("ship_hello", "hems")].count("confirmed") == 2
 
 
 async def test_registered_ski_connects_without_a_window(

@@ -61,6 +61,8 @@ __all__ = [
     "record_peer_event",
 ]
 
+_MAX_JUST_PAIRED = 1024
+"""SKIs remembered between a pairing in the TLS handshake and the SHIP set-up of the same connection."""
 DEFAULT_SHIP_PORT = 4711
 """eebus-go's ``defaultPort`` (``protocol-digest.md`` §8); SHIP itself announces the port over mDNS."""
 
@@ -91,6 +93,9 @@ class EnergyManagerConfig:
         profile: TLS settings (:func:`~evsim.nodes.ship_session.ship_profile`).
         ship_id: its SHIP id (``accessMethods``); default: the name.
         max_connections: connections open at once.
+        confirm_s: the user's confirmation of a device paired by this very connection: for this long its
+            SHIP hello stays ``pending`` (with prolongation requests when it lasts), then ``ready``. 0: none
+            (hello ``ready`` at once).
     """
 
     name: str
@@ -101,6 +106,9 @@ class EnergyManagerConfig:
     profile: TlsProfile = attrs.field(factory=ship_profile)
     ship_id: str | None = None
     max_connections: int = 256
+    confirm_s: float = attrs.field(
+        default=0.0, validator=[attrs.validators.ge(0), attrs.validators.le(86_400)]
+    )
 
 
 @attrs.frozen
@@ -163,6 +171,9 @@ class EnergyManager:
         self._ship = ShipConfig(config.ship_id or config.name)
         self._acceptor = Acceptor(config.name, recorder, max_connections=config.max_connections)
         self._peers: dict[str, _Peer] = {}
+        self._just_paired: dict[
+            str, None
+        ] = {}  # SKIs the policy paired in a handshake under way (ordered set)
         self._accepted = 0
         self._refused: collections.Counter[str] = collections.Counter()
         self._closed: collections.Counter[str] = collections.Counter()
@@ -250,6 +261,10 @@ class EnergyManager:
 
     def _peer_event(self, event: PeerEvent) -> None:
         record_peer_event(self._recorder, self.name, event)
+        if event.event == "paired" and event.ski is not None and event.side == "server":
+            self._just_paired[event.ski] = None
+            while len(self._just_paired) > _MAX_JUST_PAIRED:  # handshakes that failed after pairing
+                del self._just_paired[next(iter(self._just_paired))]
 
     def _refuse(self, address: str, reason: str, detail: str = "") -> None:
         self._refused[reason] += 1
@@ -286,7 +301,8 @@ class EnergyManager:
             self._refuse(address, "no_ship_subprotocol", "the client did not offer the ship subprotocol")
             return
         connection_admitted()
-        conn = ShipConnection("server", self._ship, trusted=True, now=trio.current_time())
+        confirming = self._just_paired.pop(peer_ski, 0) is None and self.config.confirm_s > 0
+        conn = ShipConnection("server", self._ship, trusted=not confirming, now=trio.current_time())
         session = ShipSession(ws, conn, lambda ev: self._ship_event(ev, peer_ski, device))
         old = self._peers.get(peer_ski)
         if old is not None:  # SHIP 12.2.2: one connection per device; the newer replaces the older
@@ -294,10 +310,24 @@ class EnergyManager:
         mine = _Peer(peer_ski, device, address, session)
         self._peers[peer_ski] = mine
         try:
-            await session.run()
+            async with trio.open_nursery() as nursery:
+                if confirming:
+                    nursery.start_soon(self._confirm, session, peer_ski, device)
+                await session.run()
+                nursery.cancel_scope.cancel()
         finally:
             if self._peers.get(peer_ski) is mine:
                 del self._peers[peer_ski]
+
+    async def _confirm(self, session: ShipSession, peer_ski: str, device: str) -> None:
+        """The user confirms a newly paired device after ``confirm_s``: its hello turns ``ready``."""
+        self._recorder.emit(
+            self.name, "ship_hello", device=device, ski=peer_ski, step="awaiting_confirmation"
+        )
+        await trio.sleep(self.config.confirm_s)
+        if session.conn.state == "hello":
+            self._recorder.emit(self.name, "ship_hello", device=device, ski=peer_ski, step="confirmed")
+            session.trust()
 
     def _device_of(self, peer_ski: str) -> str:
         pairing = self.policy.state.pairing

@@ -32,7 +32,7 @@ from evsim.nodes.ship_session import SHIP_PATH, SHIP_SUBPROTOCOL, ShipSession, s
 from evsim.pki import CertKey, issue_self_signed, ski
 from evsim.pki.ca import common_name
 from evsim.recorder import Recorder
-from evsim.ship import Closed, Connected, ShipConfig, ShipConnection, ShipEvent
+from evsim.ship import Closed, Connected, HelloChanged, ShipConfig, ShipConnection, ShipEvent
 from evsim.text import escape
 from evsim.tls import ClientTls, Identity, TlsProfile, TrustStore, tls_connect
 from evsim.tls.pairing import PeerTrust
@@ -251,6 +251,8 @@ class ShipLink:
                 self._recorder.emit(
                     self.name, "ship_connected", manager=cfg.manager, ship_id=escape(event.peer_id, 80)
                 )
+            elif isinstance(event, HelloChanged):
+                self._recorder.emit(self.name, "ship_hello", manager=cfg.manager, step=event.step)
             elif isinstance(event, Closed):
                 self._recorder.emit(
                     self.name,

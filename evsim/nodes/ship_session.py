@@ -68,6 +68,11 @@ class ShipSession:
         self.conn.close(trio.current_time(), reason)
         self._kick()
 
+    def trust(self) -> None:
+        """The local user trusts the peer now: hello ``ready`` (if the set-up still waits for it)."""
+        self.conn.trust(trio.current_time())
+        self._kick()
+
     def deny(self, detail: str) -> None:
         """The local user no longer trusts the peer: end the connection (hello ``aborted`` when in time)."""
         self.conn.deny(trio.current_time(), detail)

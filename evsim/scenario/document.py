@@ -257,6 +257,7 @@ def _energy_manager(e: EnergyManagerSpec) -> dict[str, Any]:
         "pairing_window": e.pairing_window,
         "station_trust": e.station_trust,
         "retry": e.retry,
+        "confirm": e.confirm,
     }
 
 

@@ -260,6 +260,7 @@ class EnergyManagerSpec:
         pairing_window: seconds a pairing window stays open.
         station_trust: how the linked stations trust it: ``register`` (its SKI installed) or ``auto_accept``.
         retry: the stations' first retry wait, seconds (doubling up to ten times that).
+        confirm: seconds the user takes to confirm a newly paired device (its SHIP hello stays ``pending``).
     """
 
     name: str
@@ -270,6 +271,7 @@ class EnergyManagerSpec:
     pairing_window: float = 120.0
     station_trust: Literal["register", "auto_accept"] = "register"
     retry: float = 30.0
+    confirm: float = 0.0
 
 
 @attrs.frozen(kw_only=True)

@@ -117,9 +117,11 @@ class EnergyReader(SectionReader):
                 pairing_window=t.duration("pairing_window", 120.0, positive=True),
                 station_trust=t.enum("station_trust", STATION_TRUST, "register"),
                 retry=t.duration("retry", 30.0, positive=True),
+                confirm=t.duration("confirm", 0.0),
             )
-            if spec.pairing_window > DAY_S or spec.retry > DAY_S:
-                key = "pairing_window" if spec.pairing_window > DAY_S else "retry"
+            too_long = [k for k in ("pairing_window", "retry", "confirm") if getattr(spec, k) > DAY_S]
+            if too_long:
+                key = too_long[0]
                 raise t.error(key, "at most one day", value=t.data[key], fix=f'write e.g. {key} = "2m"')
             claim_address(
                 t,

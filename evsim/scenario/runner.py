@@ -349,6 +349,7 @@ class ScenarioRunner:
                 port=0 if tcp else em.port,
                 auto_accept=em.auto_accept,
                 pairing_window=em.pairing_window,
+                confirm=em.confirm,
             )
             for selector in em.stations:
                 await world.link_energy_manager(selector, em.name, trust=em.station_trust, retry=em.retry)

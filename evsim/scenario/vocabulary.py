@@ -160,6 +160,7 @@ ENERGY_MANAGER_KEYS: Final = (
     "pairing_window",
     "station_trust",
     "retry",
+    "confirm",
 )
 ENDPOINT_KEYS: Final = ("csms", "controller", "priority", "trust", "tls_profile", "pins")
 BACKOFF_KEYS: Final = ("wait_minimum", "random_range", "repeat_times")

@@ -68,6 +68,7 @@ class WorldEnergy(WorldBase):
         port: int | None = None,
         auto_accept: bool = False,
         pairing_window: float = DEFAULT_PAIRING_WINDOW_S,
+        confirm: float = 0.0,
     ) -> EnergyManager:
         """Start an energy manager (SHIP server); returns once it listens.
 
@@ -77,6 +78,7 @@ class WorldEnergy(WorldBase):
             port: default 4711 in memory (eebus-go's), a free port on loopback TCP.
             auto_accept: pair every new device (SHIP ``register=true``).
             pairing_window: length of a window :meth:`open_pairing_window` opens, seconds.
+            confirm: seconds the user takes to confirm a newly paired device (SHIP hello ``pending``).
         """
         host = host or f"{name}.evsim.test"
         self._claim(name, host)
@@ -87,6 +89,7 @@ class WorldEnergy(WorldBase):
             identity,
             port=self._port(port) if port is not None or self.memory is None else DEFAULT_SHIP_PORT,
             pairing=PeerTrust(auto_accept=auto_accept, pairing_window_s=pairing_window),
+            confirm_s=confirm,
         )
         node = EnergyManager(config, self.network, self.clock, self.recorder)
         await self.nursery.start(node.run)
