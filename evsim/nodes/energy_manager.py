@@ -21,8 +21,12 @@ Theory of operation
    are recorded by the policy's event sink (``paired``, ``pairing_requested``, ``pairing_refused``,
    ``cert_invalid``, ``unpaired``) with the device, its SKI and the reason;
 2. the WebSocket opening handshake, which must offer subprotocol ``ship`` (else HTTP 400);
-3. the SHIP set-up (:class:`evsim.ship.ShipConnection`, role ``server``, hello ``ready``: the TLS layer
-   already decided trust), then the data phase until either side closes.
+3. the SHIP set-up (:class:`evsim.ship.ShipConnection`, role ``server``), then the data phase until either
+   side closes. The TLS layer already decided trust, so the hello is ``ready`` at once, except for a device
+   the policy paired in this very handshake when ``confirm_s`` > 0: the user still has to confirm it, so the
+   hello stays ``pending`` that long (the core asks the station for a prolongation when its wait would
+   run out) and turns ``ready`` when confirmed (``ship_hello`` events ``awaiting_confirmation``,
+   ``confirmed``).
 
 Every refused connection yields one event with the peer and the reason: the policy's event for a pairing
 decision, else ``ship_refused`` (TLS failures other than pairing, a missing subprotocol, a broken upgrade);
