@@ -7,7 +7,8 @@ each accepted connection (role ``server``), a station's energy-manager link (rol
 :meth:`ShipSession.close` and :meth:`ShipSession.deny` may be called from any task (an operator action, a
 node stopping): they change the core and wake the session's task, which sends what the core queued. The
 session ends when the core is ``closed``; the WebSocket is then closed (1000) and :meth:`ShipSession.run`
-returns the core's :class:`~evsim.ship.Closed` event.
+returns the core's :class:`~evsim.ship.Closed` event. A cancelled session (its node stops) drops the
+connection at once instead.
 """
 
 from __future__ import annotations
@@ -117,8 +118,10 @@ class ShipSession:
                         conn.receive(message, trio.current_time())
                 if scope.cancelled_caught:
                     conn.handle_timer(trio.current_time())
-        finally:
+        except BaseException:  # cancelled (the node stops) or failing: no closing handshake to wait for
             with trio.CancelScope(shield=True):
-                await self.ws.aclose()
+                await self.ws.abort("the SHIP session ended")
+            raise
+        await self.ws.aclose()  # the core ended the connection: close frame, bounded by the close timeout
         assert conn.closed_event is not None  # the loop ends only when the core is closed
         return conn.closed_event
