@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from evsim.clock import SimClock
-from evsim.errors import UpgradeRejected
+from evsim.errors import ConfigError, UpgradeRejected
 from evsim.net import TcpNetwork, VirtualNetwork
 from evsim.net.base import Network
 from evsim.nodes.energy_manager import EnergyManager, EnergyManagerConfig
@@ -395,3 +395,46 @@ async def test_controller_listener_pairs_self_signed_stations(autojump_clock: tr
     assert any(e.kind == "pairing_window_opened" for e in site)
     refused = {str(e.data.get("reason")) for e in site if e.kind == "cert_invalid"}
     assert refused == {"cert_invalid:not_self_signed"} and ca_issued.ids[0] not in lc.controller.stations
+
+
+async def test_world_energy_manager_operations(autojump_clock: trio.testing.MockClock) -> None:
+    """The world's energy-manager API as the timeline actions use it, its errors, and the nodes' statistics."""
+    with trio.fail_after(3600):
+        async with open_world() as world:
+            main = await world.start_csms("main")
+            lc = await world.start_controller("site", upstream=[main])
+            await world.start_stations(2, csms=main, sessions=0)
+            hems = await world.start_energy_manager("hems", auto_accept=True, confirm=0.0)
+            links = await world.link_energy_manager("fleet", "hems", trust="register", retry=10.0)
+            await trio.sleep(5)
+            assert all(link.connected for link in links)
+            assert hems.statistics().paired == 2 and hems.statistics().connected == 2
+            stats = links[0].statistics()
+            assert (stats.connected, stats.attempts, stats.connections, stats.ski) == (
+                True,
+                1,
+                1,
+                links[0].ski,
+            )
+            impostor = await world.ship_impostor("hems", "fleet-0001", attempts=2)
+            await trio.sleep(60)
+            assert impostor.statistics().attempts == 2 and not impostor.connected  # it gave up after two
+            world.rotate_ship_key("fleet-0002")
+            await trio.sleep(5)
+            assert links[1].statistics().rotations == 1 and not links[1].connected
+            world.open_pairing_window("hems")
+            await trio.sleep(15)
+            assert links[1].connected
+            world.close_pairing_window("hems")
+            world.unpair("hems", "fleet-0001")
+            await trio.sleep(1)
+            assert not links[0].connected and hems.statistics().denied == 1
+            with pytest.raises(ConfigError, match="no energy-manager link"):
+                world.unpair("hems", "main")
+            with pytest.raises(ConfigError, match="does not pair"):
+                world.open_pairing_window(lc)
+            with pytest.raises(ConfigError, match="no energy manager"):
+                world.open_pairing_window("nobody")
+    kinds = [e.kind for e in world.recorder.events if e.node == "hems"]
+    assert kinds.count("pairing_refused") >= 3  # the impostor twice, the re-keyed station before the window
+    assert "pairing_window_closed" in kinds and "unpaired" in kinds

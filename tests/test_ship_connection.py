@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -511,3 +512,49 @@ class ShipPairModel(RuleBasedStateMachine):
 
 ShipPairModel.TestCase.settings = settings(max_examples=60, stateful_step_count=20, deadline=None)
 test_ship_pair_model = ShipPairModel.TestCase
+
+
+# ---------------------------------------------------------------- fuzzing the decoder and the core
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_decode_refuses_garbage_with_its_own_error_only(data: bytes) -> None:
+    reason = None
+    try:
+        decode(data)
+    except ShipMessageError as exc:
+        reason = exc.reason
+    assert reason in (None, "bad_message", "message_too_large")
+
+
+JSON_LEAF = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=8)
+JSON = st.recursive(
+    JSON_LEAF,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from([0, 1, 2, 3]),
+    name=st.sampled_from(["connectionHello", "data", "accessMethods", "x"]),
+    body=JSON,
+)
+def test_decode_refuses_any_json_shape_with_its_own_error_only(kind: int, name: str, body: object) -> None:
+    data = bytes((kind,)) + json.dumps({name: body}).encode()
+    with contextlib.suppress(ShipMessageError):  # anything else (KeyError, TypeError...) fails the test
+        decode(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages=st.lists(st.binary(max_size=60), max_size=8), role=st.sampled_from(["client", "server"]))
+def test_the_core_survives_any_message_sequence(messages: list[bytes], role: str) -> None:
+    conn = ShipConnection(role, ShipConfig("x"), trusted=True, now=0.0)  # type: ignore[arg-type]
+    for i, data in enumerate([CMI, *messages]):
+        conn.receive(data, float(i))
+    ends = [e for e in conn.events() if isinstance(e, Closed)]
+    assert len(ends) <= 1
+    assert (conn.state == "closed") == bool(ends)
+    assert conn.state == "closed" or conn.get_timer() is not None
