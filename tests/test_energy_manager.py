@@ -421,10 +421,10 @@ async def test_world_energy_manager_operations(autojump_clock: trio.testing.Mock
             assert impostor.statistics().attempts == 2 and not impostor.connected  # it gave up after two
             world.rotate_ship_key("fleet-0002")
             await trio.sleep(5)
-            assert links[1].statistics().rotations == 1 and not links[1].connected
+            assert links[1].statistics().rotations == 1 and not links[1].statistics().connected
             world.open_pairing_window("hems")
             await trio.sleep(15)
-            assert links[1].connected
+            assert links[1].statistics().connected
             world.close_pairing_window("hems")
             world.unpair("hems", "fleet-0001")
             await trio.sleep(1)
