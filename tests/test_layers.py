@@ -48,6 +48,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pki", ("evsim.pki",)),
     ("net", ("evsim.net",)),
     ("nts", ("evsim.nts",)),
+    ("ship", ("evsim.ship",)),
     ("tls", ("evsim.tls",)),
     ("ws", ("evsim.ws", "evsim.http")),
     ("ocpp", ("evsim.ocpp",)),
@@ -63,6 +64,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 ONLY: dict[str, frozenset[str]] = {
     "ocpp": frozenset({"base"}),  # sans-IO: no network, TLS or WebSocket code
     "nts": frozenset({"base"}),  # sans-IO NTS cores: records, packets, cookies
+    "ship": frozenset({"base"}),  # sans-IO SHIP connection set-up and messages
     "metrics": frozenset({"base"}),  # consumes the event stream only
 }
 
@@ -283,7 +285,7 @@ print(",".join(loaded))
 
 @pytest.mark.parametrize(
     "module",
-    ["evsim.ocpp.rpc", "evsim.ocpp.netprofile", "evsim.nts", "evsim.nts.exchange"],
+    ["evsim.ocpp.rpc", "evsim.ocpp.netprofile", "evsim.nts", "evsim.nts.exchange", "evsim.ship"],
 )
 def test_sans_io_modules_load_neither_trio_nor_openssl(module: str) -> None:
     result = subprocess.run(

@@ -221,11 +221,17 @@ def test_every_action_is_accepted() -> None:
         "switch_server_certificate": 'target = "main"\nroot = "rogue"',
         "degrade_ca": 'target = "main"\ndelay = "30s"\nfailure_rate = 0.25',
         "clock_step": 'target = "fleet"\nby = "-1h"',
+        "open_pairing_window": 'target = "hems"',
+        "close_pairing_window": 'target = "hems"',
+        "unpair": 'target = "hems"\nstation = "fleet-0001"',
+        "rotate_ship_key": 'target = "fleet-0002"',
+        "ship_impostor": 'target = "hems"\ndevice = "fleet-0003"\nattempts = 2',
     }
     assert set(params) == set(ACTIONS)
     text = (
         BASE.replace("count = 3", 'count = 3\ncsms = "main"\npins = "p"')
         + "[csms.backup]\n[pki.roots.rogue]\n"
+        + '[energy_managers.hems]\nstations = ["fleet"]\n'
     )
     text += '[tls.pins.p]\npins = [{ target = "root", root = "root" }]\n'
     for action, body in params.items():

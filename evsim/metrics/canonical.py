@@ -86,8 +86,8 @@ ADDRESS_FIELDS = frozenset({"peer"})
 pinned peer's *name* stays): a client's port is taken when it connects, and which of several stations due at
 one instant connects first is trio's choice, not the seed's. The JSONL log keeps them."""
 
-PER_RUN_FIELDS = frozenset({"serial", "previous_serial", "fingerprint"})
-"""Fields naming a certificate by its serial number or fingerprint, left out of canonical lines: keys and
+PER_RUN_FIELDS = frozenset({"serial", "previous_serial", "fingerprint", "ski", "old_ski"})
+"""Fields naming a certificate by its serial number, fingerprint or key (SKI), left out of canonical lines: keys and
 serial numbers are generated afresh for each run (they are random, not drawn from the seed). The certificate's
 subject, issuer and validity, which the seed and the timeline decide, stay. The JSONL log keeps them."""
 

@@ -197,6 +197,7 @@ def summarize(
     """
     from evsim.metrics.certificates import certificate_tables  # it imports Table from here
     from evsim.metrics.clocks import clock_tables  # so does this one
+    from evsim.metrics.pairing import PAIRING_KINDS, pairing_tables  # likewise
 
     topo = topology or Topology()
     # (time, node, node sequence): within one node, seq is the true order (the online state machine needs it)
@@ -223,7 +224,7 @@ def summarize(
         elif role == "control":
             if e["node"] == "timeline":
                 a.timeline.append(e)
-        elif e["kind"] != "service_attempt":  # a controller's upstream attempts, under its host name
+        elif e["kind"] != "service_attempt" and e["kind"] not in PAIRING_KINDS:  # pairing: its own tables
             a.other_event(e)
     return Summary(
         (
@@ -239,6 +240,7 @@ def summarize(
             *_failover_tables(evs, roles, topo, tx_queues),
             *certificate_tables(evs),
             *clock_tables(evs),
+            *pairing_tables(evs),
         )
     )
 

@@ -103,6 +103,7 @@ from evsim.nodes.relay_pair import RelayPair, StationState
 from evsim.recorder import Recorder
 from evsim.tls.config import Identity, TlsProfile
 from evsim.tls.context import ServerTls
+from evsim.tls.peer import PeerPolicy
 from evsim.tls.stream import TlsInfo
 from evsim.tls.trust import TrustStore
 from evsim.ws import Accept, Reject, UpgradeRequest, WebSocket
@@ -132,7 +133,11 @@ class ControllerConfig:
         insecure_allow_plain_ws: the explicit opt-in for profile 1 (A00.FR.201).
         tls_profile: the listener's TLS profile.
         identity: the controller's own server certificate (§6.5: its CN is the controller's FQDN).
-        client_trust: roots for station client certificates (profile 3).
+        client_trust: roots for station client certificates (profile 3; not used with ``pairing``).
+        pairing: profile 3 with SHIP-style pairing instead of a CA: the listener takes any self-signed client
+            certificate and this server-side peer policy's pairing list decides by SKI (``client_auth =
+            "pairing"``: a window, auto-accept, registered SKIs); the admission checks (CN = station id, O)
+            still apply. None: the CA check of ``client_trust``.
         organization: the O a direct station's certificate must carry (A00.FR.404).
         behind_controller, trusted_controllers: profile 3 below a chain of controllers (see
             :mod:`evsim.nodes.admission`).
@@ -177,6 +182,7 @@ class ControllerConfig:
     tls_profile: TlsProfile = attrs.field(factory=TlsProfile)
     identity: Identity | None = None
     client_trust: TrustStore | None = None
+    pairing: PeerPolicy | None = attrs.field(default=None, eq=False, repr=False)
     organization: str = "evsim"
     behind_controller: BehindController = "require_station_cert"
     trusted_controllers: tuple[TrustedController, ...] = ()
@@ -227,7 +233,13 @@ class ControllerConfig:
                 path="controller.identity",
                 fix="issue the controller a certificate with CN = its FQDN",
             )
-        if self.security_profile == 3 and self.client_trust is None:
+        if self.pairing is not None and self.security_profile != 3:
+            raise ConfigError(
+                "pairing decides on client certificates, which only security profile 3 asks for",
+                path="controller.pairing",
+                fix="use security_profile = 3, or drop the pairing policy",
+            )
+        if self.security_profile == 3 and self.client_trust is None and self.pairing is None:
             raise ConfigError(
                 "security profile 3 needs roots for the stations' client certificates",
                 path="controller.client_trust",
@@ -357,8 +369,15 @@ class LocalController:
             self.server_tls = ServerTls.build(
                 config.tls_profile,
                 config.identity,
-                trust=config.client_trust,
-                client_auth="required" if config.security_profile == 3 else "none",
+                trust=None if config.pairing is not None else config.client_trust,
+                client_auth=(
+                    "pairing"
+                    if config.pairing is not None
+                    else "required"
+                    if config.security_profile == 3
+                    else "none"
+                ),
+                peer=config.pairing,
             )
         self.upstream: Service = config.upstream
         self.address: tuple[str, int] | None = None

@@ -22,6 +22,7 @@ from evsim.scenario.model import (
     ControllerSpec,
     CsmsSpec,
     EndpointSpec,
+    EnergyManagerSpec,
     LinkSpec,
     PinSetSpec,
     PinSpec,
@@ -171,6 +172,9 @@ def _controller(c: ControllerSpec) -> dict[str, Any]:
             "trusted_controllers": list(c.trusted_controllers) or None,
             "client_trust": c.client_trust,
             "clock": None if c.clock is None else _clock(c.clock),
+            "client_auth": c.client_auth if c.security_profile == 3 else None,
+            "auto_accept": c.auto_accept if c.client_auth == "pairing" else None,
+            "pairing_window": c.pairing_window if c.client_auth == "pairing" else None,
         }
     )
 
@@ -256,6 +260,19 @@ def _event(ev: TimelineEvent) -> dict[str, Any]:
     return {"at": ev.at, "action": ev.name, **{k: _lists(v) for k, v in params.items()}}
 
 
+def _energy_manager(e: EnergyManagerSpec) -> dict[str, Any]:
+    return {
+        "host": e.host,
+        "port": e.port,
+        "stations": list(e.stations),
+        "auto_accept": e.auto_accept,
+        "pairing_window": e.pairing_window,
+        "station_trust": e.station_trust,
+        "retry": e.retry,
+        "confirm": e.confirm,
+    }
+
+
 def scenario_document(sc: Scenario) -> dict[str, Any]:
     """The parsed-TOML form of a scenario: what ``tomllib`` would return for a file saying the same."""
     sim = sc.simulation
@@ -290,6 +307,7 @@ def scenario_document(sc: Scenario) -> dict[str, Any]:
         "csms": {name: _csms(c) for name, c in sc.csms.items()},
         "controllers": {name: _controller(c) for name, c in sc.controllers.items()},
         "stations": {name: _group(g) for name, g in sc.stations.items()},
+        "energy_managers": {name: _energy_manager(e) for name, e in sc.energy_managers.items()},
         "links": [_link(link) for link in sc.links],
         "timeline": [_event(ev) for ev in sc.timeline],
     }

@@ -8,7 +8,7 @@ Theory of operation. Loading happens in three passes, and the first error stops 
    reader, :class:`evsim.toml_table.Table`, with errors located in the file), which refuses unknown keys
    first (with a did-you-mean), then reads each known key with a typed getter that checks the TOML type, the
    range or the allowed values, and converts units (:mod:`evsim.scenario.units`). Sections are read in
-   dependency order (simulation, pki, tls, csms, controllers, stations, links, timeline; see
+   dependency order (simulation, pki, tls, csms, controllers, stations, energy managers, links, timeline; see
    :meth:`_Builder.build`), so every reference to a root, profile, trust store, CSMS, group or node is
    checked against names already read.
 3. **Whole-scenario checks**: node names that clash, station ids produced twice, two nodes on one address,
@@ -47,6 +47,7 @@ from evsim.scenario.model import (
     SimulationSpec,
 )
 from evsim.scenario.read_clocks import check_nts_names, read_nts_servers
+from evsim.scenario.read_energy import EnergyReader
 from evsim.scenario.read_nodes import NodeReader
 from evsim.scenario.read_timeline import TimelineReader
 from evsim.scenario.reader import LoadContext, ScenarioTable
@@ -212,7 +213,7 @@ def _syntax_error(message: str, text: str, source: str) -> ConfigError:
 # ---------------------------------------------------------------- the builder
 
 
-class _Builder(NodeReader, TimelineReader):
+class _Builder(NodeReader, EnergyReader, TimelineReader):
     """Reads the parsed document section by section (see the module doc): the section readers' methods on
     one object, so each section sees the names and tables the earlier ones read."""
 
@@ -247,6 +248,7 @@ class _Builder(NodeReader, TimelineReader):
         groups = self.station_groups(root, csms, profiles, trust)
         self.register_stations(groups)
         check_nts_names(root, self.nodes)
+        energy_managers = self.energy_managers(root)
         links = self.links(root)
         timeline = self.timeline(root, sim, pki)
         return Scenario(
@@ -263,6 +265,7 @@ class _Builder(NodeReader, TimelineReader):
             pin_sets=pin_sets,
             change_policies=change_policies,
             nts_servers=nts,
+            energy_managers=energy_managers,
         )
 
     # ------------------------------------------------------------ [simulation]

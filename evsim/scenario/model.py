@@ -260,6 +260,33 @@ class EndpointSpec:
 
 
 @attrs.frozen(kw_only=True)
+class EnergyManagerSpec:
+    """An energy manager (``[energy_managers.<name>]``): an EEBus SHIP server that pairs with stations.
+
+    Attributes:
+        name: the node's name (targets, events).
+        host: the host it listens on.
+        port: its port (eebus-go's 4711).
+        stations: the groups and station ids with a SHIP link to it, in file order.
+        auto_accept: pair every new device at once (SHIP ``register=true``).
+        pairing_window: seconds a pairing window stays open.
+        station_trust: how the linked stations trust it: ``register`` (its SKI installed) or ``auto_accept``.
+        retry: the stations' first retry wait, seconds (doubling up to ten times that).
+        confirm: seconds the user takes to confirm a newly paired device (its SHIP hello stays ``pending``).
+    """
+
+    name: str
+    host: str
+    port: int = 4711
+    stations: tuple[str, ...] = ()
+    auto_accept: bool = False
+    pairing_window: float = 120.0
+    station_trust: Literal["register", "auto_accept"] = "register"
+    retry: float = 30.0
+    confirm: float = 0.0
+
+
+@attrs.frozen(kw_only=True)
 class ControllerSpec:
     """A ``[controllers.<name>]`` table: a Local Controller between stations and CSMS (OCPP-J §6).
 
@@ -283,6 +310,11 @@ class ControllerSpec:
         client_trust: name of the :class:`TrustSpec` station certificates are checked with (profile 3);
             None: the run's ``root``.
         clock: its clock and NTS servers (None: a perfect clock).
+        client_auth: profile 3: ``required`` (a certificate from ``client_trust``'s roots) or ``pairing`` (any
+            self-signed certificate, decided by SKI: a pairing window, or ``auto_accept``; the stations whose
+            first endpoint it is then present self-signed certificates).
+        auto_accept: with ``pairing``: pair every new station at once.
+        pairing_window: with ``pairing``: seconds a pairing window stays open.
     """
 
     name: str
@@ -303,6 +335,9 @@ class ControllerSpec:
     trusted_controllers: tuple[str, ...] = ()
     client_trust: str | None = None
     clock: ClockSpec | None = None
+    client_auth: Literal["required", "pairing"] = "required"
+    auto_accept: bool = False
+    pairing_window: float = 120.0
 
 
 @attrs.frozen(kw_only=True)
@@ -489,6 +524,7 @@ class Scenario:
         pin_sets: ``[tls.pins.<name>]`` by name.
         change_policies: ``[tls.change.<name>]`` by name.
         nts_servers: ``[nts.<name>]`` by name.
+        energy_managers: ``[energy_managers.<name>]`` by name.
     """
 
     simulation: SimulationSpec
@@ -504,6 +540,7 @@ class Scenario:
     pin_sets: FrozenMap[str, PinSetSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
     change_policies: FrozenMap[str, ChangeSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
     nts_servers: FrozenMap[str, NtsServerSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    energy_managers: FrozenMap[str, EnergyManagerSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
 
     def station_ids(self) -> list[str]:
         """Every station identity, group by group in file order.

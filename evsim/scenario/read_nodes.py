@@ -54,6 +54,7 @@ from evsim.scenario.model import (
 )
 from evsim.scenario.passes import ScenarioChecks, claim_address, listen_host
 from evsim.scenario.read_clocks import read_group_clock
+from evsim.scenario.read_energy import controller_pairing
 from evsim.scenario.read_tls import TlsReader, client_trust_of
 from evsim.scenario.reader import LoadContext, ScenarioTable
 from evsim.scenario.units import (
@@ -345,6 +346,8 @@ class NodeReader(TlsReader, ScenarioChecks):
         )
         trusted = t.string_list("trusted_controllers", (), nonempty=False, example='["lc2"]')
         self.check_trusted(t.path, trusted, behind)
+        client_trust = client_trust_of(t, trust, profile)
+        client_auth, auto_accept, window = controller_pairing(t, profile, client_trust)
         return ControllerSpec(
             name=name,
             host=host,
@@ -375,8 +378,11 @@ class NodeReader(TlsReader, ScenarioChecks):
             retry_backoff=self.backoff(t),
             behind_controller=behind,
             trusted_controllers=trusted,
-            client_trust=client_trust_of(t, trust, profile),
+            client_trust=client_trust,
             clock=read_group_clock(t, self.nodes),
+            client_auth=client_auth,
+            auto_accept=auto_accept,
+            pairing_window=window,
         )
 
     # ------------------------------------------------------------ endpoints (station groups, controller upstreams)

@@ -228,6 +228,7 @@ class TimelineReader(TlsReader):
             "group": "a station group",
             "station": "a station id",
             "nts": "an NTS server",
+            "energy_manager": "an energy manager",
         }
         if not self.nodes.nts:  # offer NTS servers as targets only where the scenario has some
             kinds = [k for k in kinds if k != "nts"]

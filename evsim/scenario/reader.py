@@ -33,6 +33,7 @@ from evsim.scenario.model import (
     ChangeSpec,
     ControllerSpec,
     CsmsSpec,
+    EnergyManagerSpec,
     PinSetSpec,
     StationGroupSpec,
 )
@@ -215,9 +216,11 @@ class NodeNames:
         self.station_group: dict[str, str] = {}  # station id -> group
         self.nts: dict[str, NtsServerSpec] = {}
         self.roots: tuple[str, ...] = ("root",)  # the run's roots, once [pki] is read
+        self.energy_managers: dict[str, EnergyManagerSpec] = {}
 
     def kind(self, name: str) -> str | None:
-        """What ``name`` is: ``"csms"``, ``"controller"``, ``"group"``, ``"station"`` or None."""
+        """What ``name`` is: ``"csms"``, ``"controller"``, ``"group"``, ``"station"``, ``"energy_manager"`` or
+        None."""
         if name in self.csms:
             return "csms"
         if name in self.controllers:
@@ -228,6 +231,8 @@ class NodeNames:
             return "station"
         if name in self.nts:
             return "nts"
+        if name in self.energy_managers:
+            return "energy_manager"
         return None
 
     def group_of(self, name: str) -> StationGroupSpec:
@@ -245,6 +250,8 @@ class NodeNames:
             out += self.groups
         if "nts" in kinds:
             out += self.nts
+        if "energy_manager" in kinds:
+            out += self.energy_managers
         return out
 
 

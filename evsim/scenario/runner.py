@@ -35,6 +35,7 @@ from evsim.nodes.csms import Csms
 from evsim.nodes.csms_certs import SigningSettings
 from evsim.nodes.csms_records import StationRecord
 from evsim.nodes.station import Station
+from evsim.pki import issue_self_signed
 from evsim.recorder import Event, Recorder
 from evsim.runtime import tune_gc
 from evsim.scenario.model import (
@@ -42,7 +43,8 @@ from evsim.scenario.model import (
     Scenario,
     StationGroupSpec,
 )
-from evsim.tls import TlsProfile
+from evsim.tls import Identity, TlsProfile
+from evsim.tls.pairing import PeerTrust
 from evsim.world import CertificateSpec, Route, Tls, World, open_world
 from evsim.world.actions import link_not_yet
 
@@ -253,7 +255,8 @@ class ScenarioRunner:
             world.recorder.emit("runner", "run_ended", outcome=self.outcome)
 
     async def start_nodes(self, world: World) -> None:
-        """Start the scenario's CSMS, links, controllers and station groups in ``world``, in that order."""
+        """Start the scenario's CSMS, links, controllers, station groups and energy managers in ``world``, in that
+        order."""
         sc = self.scenario
         for spec in sc.csms.values():
             await world.start_csms(
@@ -319,6 +322,11 @@ class ScenarioRunner:
                 behind_controller=lc.behind_controller,
                 clock=lc.clock,
                 trusted_controllers=[sc.controllers[n].host for n in lc.trusted_controllers],
+                pairing=(
+                    PeerTrust(auto_accept=lc.auto_accept, pairing_window_s=lc.pairing_window)
+                    if lc.client_auth == "pairing"
+                    else None
+                ),
             )
         for nts in sc.nts_servers.values():
             await world.start_nts_server(
@@ -340,6 +348,7 @@ class ScenarioRunner:
                     pins=None if group.pins is None else sc.pin_sets[group.pins],
                     change=None if group.change is None else sc.change_policies[group.change],
                     session_cache=self._session_cache(group.tls_profile),
+                    identity=self._self_signed(world, group),
                 ),
                 password=group.password,
                 ocpp_versions=group.ocpp_versions,
@@ -356,6 +365,35 @@ class ScenarioRunner:
                 certificates=group.certificates.settings(sc.pki.organization),
                 clock=group.clock,
             )
+        # after the stations: their SHIP links dial at once; over TCP the default SHIP port would clash between
+        # runs on one machine, so each manager takes a free one (the stations learn it from the world)
+        tcp = sc.simulation.network == "tcp"
+        for em in sc.energy_managers.values():
+            await world.start_energy_manager(
+                em.name,
+                host=em.host,
+                port=0 if tcp else em.port,
+                auto_accept=em.auto_accept,
+                pairing_window=em.pairing_window,
+                confirm=em.confirm,
+            )
+            for selector in em.stations:
+                await world.link_energy_manager(selector, em.name, trust=em.station_trust, retry=em.retry)
+
+    def _self_signed(self, world: World, group: StationGroupSpec) -> Callable[[str], Identity] | None:
+        """Stations whose first endpoint is a pairing controller present self-signed certificates (CN = the
+        station id, O = the run's organization), SHIP style; None: the run's station sub-CA issues them."""
+        first = group.endpoints[0] if group.endpoints else None
+        if first is None or first.kind != "controller":
+            return None
+        if self.scenario.controllers[first.name].client_auth != "pairing":
+            return None
+        org = self.scenario.pki.organization
+
+        def issue(sid: str) -> Identity:
+            return Identity.from_cert_key(issue_self_signed(sid, org, now=world.clock.utcnow()))
+
+        return issue
 
     async def _sampler(self, world: World) -> None:
         while True:

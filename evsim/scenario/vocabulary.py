@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, Literal
 
 from evsim.scenario.model import (
     BehindControllerKind,
@@ -33,7 +33,18 @@ from evsim.ws.paths import IDENTITY_RULE
 
 # ---------------------------------------------------------------- keys of each table
 
-TOP_KEYS: Final = ("simulation", "pki", "tls", "csms", "controllers", "stations", "links", "timeline", "nts")
+TOP_KEYS: Final = (
+    "simulation",
+    "pki",
+    "tls",
+    "csms",
+    "controllers",
+    "stations",
+    "energy_managers",
+    "links",
+    "timeline",
+    "nts",
+)
 SIMULATION_KEYS: Final = (
     "name",
     "description",
@@ -154,6 +165,20 @@ CONTROLLER_KEYS: Final = (
     "trusted_controllers",
     "client_trust",
     "clock",
+    "client_auth",
+    "auto_accept",
+    "pairing_window",
+)
+CLIENT_AUTH_KINDS: Final[tuple[Literal["required", "pairing"], ...]] = ("required", "pairing")
+ENERGY_MANAGER_KEYS: Final = (
+    "host",
+    "port",
+    "stations",
+    "auto_accept",
+    "pairing_window",
+    "station_trust",
+    "retry",
+    "confirm",
 )
 ENDPOINT_KEYS: Final = ("csms", "controller", "priority", "trust", "tls_profile", "pins")
 BACKOFF_KEYS: Final = ("wait_minimum", "random_range", "repeat_times")

@@ -88,7 +88,8 @@ class Reader(Protocol):
     ) -> tuple[str, ...]: ...
 
     def target(self, kinds: Collection[str], *, key: str = "target") -> str:
-        """A node name of one of ``kinds`` (``csms``, ``controller``, ``group``, ``station``)."""
+        """A node name of one of ``kinds`` (``csms``, ``controller``, ``group``, ``station``,
+        ``energy_manager``)."""
 
     def tls_csms(self, key: str = "target") -> str:
         """A CSMS with TLS (profile 2 or 3)."""
@@ -669,6 +670,91 @@ class ClockStep(Action):
         await world.step_clock(self.target, self.by)
 
 
+# ---------------------------------------------------------------- energy managers (EEBus SHIP pairing)
+
+
+@attrs.frozen
+class _PairingButton(Action):
+    target: str
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(target=r.target(("energy_manager", "controller")))
+
+
+@action("open_pairing_window", "target")
+@attrs.frozen
+class OpenPairingWindow(_PairingButton):
+    """The pairing button of an energy manager (or of a controller with ``client_auth = "pairing"``): for its
+    ``pairing_window``, new devices pair and known devices with a new key re-pair."""
+
+    async def apply(self, world: World) -> None:
+        world.open_pairing_window(self.target)
+
+
+@action("close_pairing_window", "target")
+@attrs.frozen
+class ClosePairingWindow(_PairingButton):
+    """The pairing window of an energy manager (or a pairing controller) closes before its time."""
+
+    async def apply(self, world: World) -> None:
+        world.close_pairing_window(self.target)
+
+
+@action("unpair", "target", "station")
+@attrs.frozen
+class Unpair(Action):
+    """The energy manager forgets ``station``'s key: its SHIP connection ends and it is refused from then on."""
+
+    target: str
+    station: str
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(target=r.target(("energy_manager",)), station=r.target(("station",), key="station"))
+
+    async def apply(self, world: World) -> None:
+        world.unpair(self.target, self.station)
+
+
+@action("rotate_ship_key", "target")
+@attrs.frozen
+class RotateShipKey(Action):
+    """The stations make a new SHIP key and certificate (same device id) and reconnect with it (crypto
+    agility): their energy manager re-pairs them only inside a pairing window."""
+
+    target: str
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(target=r.target(("group", "station")))
+
+    async def apply(self, world: World) -> None:
+        world.rotate_ship_key(self.target)
+
+
+@action("ship_impostor", "target", "device", "attempts")
+@attrs.frozen
+class ShipImpostor(Action):
+    """A device claiming station ``device``'s SHIP device id with a key of its own dials the energy manager
+    ``attempts`` times."""
+
+    target: str
+    device: str
+    attempts: int = 1
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(
+            target=r.target(("energy_manager",)),
+            device=r.target(("station",), key="device"),
+            attempts=r.integer("attempts", 1, 1, 100),
+        )
+
+    async def apply(self, world: World) -> None:
+        await world.ship_impostor(self.target, self.device, attempts=self.attempts)
+
+
 __all__ = [
     "ACTIONS",
     "ATTACK_TLS_VERSIONS",
@@ -679,6 +765,7 @@ __all__ = [
     "AttackMitm",
     "AttackWrongCa",
     "ClockStep",
+    "ClosePairingWindow",
     "DegradeCa",
     "DeleteCertificate",
     "ExpireCertificate",
@@ -687,6 +774,7 @@ __all__ = [
     "InstallRoot",
     "Link",
     "LinkKnobs",
+    "OpenPairingWindow",
     "Partition",
     "Reader",
     "ReleasePin",
@@ -694,11 +782,14 @@ __all__ = [
     "RenewCertificate",
     "RevokeCertificate",
     "RotateCertificate",
+    "RotateShipKey",
     "SetNetworkProfile",
+    "ShipImpostor",
     "Start",
     "Stop",
     "SwitchServerCertificate",
     "TriggerRenewal",
+    "Unpair",
     "action",
     "link_not_yet",
 ]

@@ -60,6 +60,7 @@ from evsim.tls import (
     PeerPolicy,
     SessionStore,
 )
+from evsim.tls.pairing import PeerTrust
 from evsim.world.actions import Action
 from evsim.world.base import (
     RUN_PASSWORD,
@@ -70,6 +71,7 @@ from evsim.world.base import (
     _label,
 )
 from evsim.world.clocks import ClockSpec, WorldClocks
+from evsim.world.energy import WorldEnergy
 from evsim.world.nodes import ControllerNode, CsmsNode, StationGroup, StationNode
 from evsim.world.pki import WorldPki
 from evsim.world.specs import (
@@ -209,7 +211,7 @@ def _plain(value: object) -> object:
     return value
 
 
-class World(WorldClocks, WorldStalls):
+class World(WorldClocks, WorldEnergy, WorldStalls):
     """A network of nodes sharing one clock, recorder, network and PKI (open it with :func:`open_world`).
 
     Starting nodes, their lifecycle and the network are here; TLS and certificates in
@@ -341,6 +343,7 @@ class World(WorldClocks, WorldStalls):
         behind_controller: Literal["require_station_cert", "trust_controller"] = "require_station_cert",
         trusted_controllers: Sequence[str] = (),
         clock: ClockSpec | None = None,
+        pairing: PeerTrust | None = None,
     ) -> ControllerNode:
         """Start a Local Controller (its upstream nodes already run); returns once it listens.
 
@@ -360,6 +363,9 @@ class World(WorldClocks, WorldStalls):
             retry_backoff: the upstream back-off; default OCPP's (3 s, 3 s, 4 doublings).
             behind_controller, trusted_controllers: profile 3 below a chain of controllers (hosts).
             clock: its clock and NTS servers (:mod:`evsim.world.clocks`); default a perfect clock.
+            pairing: profile 3 with SHIP-style pairing of the stations' self-signed certificates instead of the
+                run's CA (``client_auth = "pairing"``; events at the controller; windows with
+                :meth:`open_pairing_window`).
         """
         tls = tls or Tls()
         host = host or f"{name}.evsim.test"
@@ -380,8 +386,9 @@ class World(WorldClocks, WorldStalls):
             insecure_allow_plain_ws=insecure_allow_plain_ws,
             tls_profile=tls.profile,
             identity=identity if security_profile >= 2 else None,
-            client_trust=self._client_trust(tls) if security_profile == 3 else None,
-            client_status=self._client_status(tls) if security_profile == 3 else None,
+            client_trust=self._client_trust(tls) if security_profile == 3 and pairing is None else None,
+            client_status=self._client_status(tls) if security_profile == 3 and pairing is None else None,
+            pairing=None if pairing is None else self.pairing_policy(name, pairing),
             organization=self.pki.organization,
             behind_controller=behind_controller,
             trusted_controllers=self._trusted_controllers(trusted_controllers),

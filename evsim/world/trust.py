@@ -128,7 +128,8 @@ class WorldTls(WorldBase):
                 )
         for lc in self.controllers.values():
             trust = lc.tls.client_trust
-            if lc.security_profile == 3 and isinstance(trust, TrustSpec) and trust.crl != "off":
+            pairs = lc.controller.config.pairing is not None  # no CA check to refresh
+            if lc.security_profile == 3 and not pairs and isinstance(trust, TrustSpec) and trust.crl != "off":
                 old = lc.controller.server_tls
                 assert old is not None
                 lc.controller.server_tls = ServerTls.build(
