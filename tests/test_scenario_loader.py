@@ -537,7 +537,7 @@ def test_tls_layer_errors_are_located() -> None:
         ),
         ("[csms.a]\n[stations.s]\n[[links]]\nbetween = ['s', 's']\n", "links[0].between", "two different"),
         (
-            "[csms.a]\n[stations.s]\n[[links]]\nbetween = ['s', 'a']\nbandwidth = '1Mbit'\n",
+            "[csms.a]\n[stations.s]\n[[links]]\nbetween = ['s', 'a']\nbandwidth = '1Mb/s'\n",
             "links[0].bandwidth",
             "unit",
         ),
@@ -657,7 +657,9 @@ def test_parse_bandwidth() -> None:
     assert parse_bandwidth("1Mbps") == parse_bandwidth("1 mbps") == 1e6
     assert parse_bandwidth("2Gbps") == 2e9
     assert parse_bandwidth(1200) == 1200
-    for bad in ("1Mbit", "0bps", "-5kbps", "fast", True, 0):
+    assert parse_bandwidth("10Mbit") == parse_bandwidth("10 mbit/s") == 10e6
+    assert parse_bandwidth("1MB/s") == parse_bandwidth("1000kB/s") == 8e6
+    for bad in ("1Mb/s", "1mB/s", "0bps", "-5kbps", "fast", True, 0):
         with pytest.raises(ConfigError):
             parse_bandwidth(bad)
 

@@ -275,7 +275,7 @@ class ScenarioRunner:
         for link in sc.links:
             a, b = (self._hosts(sel) for sel in link.between)
             if world.memory is not None:
-                world.set_link(a, b, latency=link.latency)
+                world.set_link(a, b, latency=link.latency, bytes_per_s=(link.bandwidth or 0.0) / 8)
             if link.reset is not None:
                 world.reset_links_every(
                     a, b, link.reset.every, label=f"{link.between[0]}<->{link.between[1]}"

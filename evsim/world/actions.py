@@ -28,8 +28,7 @@ if TYPE_CHECKING:
 LINK_POLICY_KEYS = ("latency", "jitter", "bandwidth", "stall", "reset")
 """The link policy keys of ``[[links]]`` entries and ``link`` events."""
 LINK_NOT_YET = {
-    "jitter": "the in-memory network models latency only so far",
-    "bandwidth": "the in-memory network models latency only so far",
+    "jitter": "the in-memory network models latency and bandwidth only so far",
     "stall": "the in-memory network cannot hold bytes back without breaking the stream yet",
 }
 """Link knobs the model accepts that a run cannot enforce yet; refused before the run starts."""
@@ -260,13 +259,17 @@ class Link(Action):
         return cls(between=between, **attrs.asdict(knobs))
 
     async def apply(self, world: World) -> None:
-        world.set_link(*self.between, latency=self.latency or 0.0)
+        world.set_link(
+            *self.between,
+            latency=self.latency,
+            bytes_per_s=None if self.bandwidth is None else self.bandwidth / 8,
+        )
 
     def fields(self) -> dict[str, object]:
         return {key: value for key, value in super().fields().items() if value is not None}
 
     def preflight(self, *, network: str, csms: Collection[str]) -> None:
-        given = {"jitter": self.jitter, "bandwidth": self.bandwidth, "stall": self.stall}
+        given = {"jitter": self.jitter, "stall": self.stall}
         for knob, why in LINK_NOT_YET.items():
             if given[knob] not in (None, 0, 0.0):
                 raise ConfigError(

@@ -43,7 +43,6 @@ from evsim.link.service import Endpoint, Service
 from evsim.link.slots import NetworkSlot
 from evsim.metrics.rundir import Sample
 from evsim.metrics.topology import Topology
-from evsim.net.virtual import LinkPolicy
 from evsim.nodes.admission import TrustedController
 from evsim.nodes.certificates import CertificateSettings
 from evsim.nodes.controller import ControllerConfig, LocalController
@@ -648,11 +647,23 @@ class World(WorldLifecycle):
         for x, y in self._pairs(a, b):
             net.heal(x, y)
 
-    def set_link(self, a: Selector, b: Selector, *, latency: float = 0.0) -> None:
-        """The policy of every link between two selectors (one-way latency, seconds)."""
+    def set_link(
+        self, a: Selector, b: Selector, *, latency: float | None = None, bytes_per_s: float | None = None
+    ) -> None:
+        """The policy of every link between two selectors: one-way ``latency`` (seconds) and the rate of each
+        direction (``bytes_per_s``, 0: unlimited); a key left None keeps the link's current value."""
         net = self._memory("a link policy")
         for x, y in self._pairs(a, b):
-            net.set_link_policy(x, y, LinkPolicy(latency_s=latency))
+            now = net.link_policy(x, y)
+            net.set_link_policy(
+                x,
+                y,
+                attrs.evolve(
+                    now,
+                    latency_s=now.latency_s if latency is None else latency,
+                    bytes_per_s=now.bytes_per_s if bytes_per_s is None else bytes_per_s,
+                ),
+            )
 
     def reset_links(self, a: Selector, b: Selector) -> None:
         """Reset the connections between two selectors now (both ends see a broken stream)."""
