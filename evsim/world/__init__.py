@@ -5,6 +5,7 @@ See :mod:`evsim.world.core` for how it works, :mod:`evsim.world.specs` for how n
 """
 
 from evsim.world.core import RUN_PASSWORD, WORLD_START, World, check_clock, open_world, run
+from evsim.world.files import FileRoute, FileServerNode, FileSettings, FirmwareRelease
 from evsim.world.nodes import ControllerNode, CsmsNode, NodeHandle, StationGroup, StationNode
 from evsim.world.pki import WorldPki
 from evsim.world.specs import (
@@ -26,6 +27,10 @@ __all__ = [
     "ChangeSpec",
     "ControllerNode",
     "CsmsNode",
+    "FileRoute",
+    "FileServerNode",
+    "FileSettings",
+    "FirmwareRelease",
     "NodeHandle",
     "PinSetSpec",
     "PinSpec",

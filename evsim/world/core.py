@@ -68,7 +68,7 @@ from evsim.world.base import (
     _identity,
     _label,
 )
-from evsim.world.lifecycle import WorldLifecycle
+from evsim.world.files import FileSettings, WorldFiles
 from evsim.world.nodes import ControllerNode, CsmsNode, StationGroup, StationNode
 from evsim.world.pki import WorldPki
 from evsim.world.specs import (
@@ -195,7 +195,7 @@ def _plain(value: object) -> object:
     return value
 
 
-class World(WorldLifecycle):
+class World(WorldFiles):
     """A network of nodes sharing one clock, recorder, network and PKI (open it with :func:`open_world`).
 
     Starting nodes, their lifecycle and the network are here; TLS and certificates in
@@ -447,6 +447,8 @@ class World(WorldLifecycle):
         network_attempts: int = 3,
         fallback: Literal["restart_list", "last_working"] = "restart_list",
         certificates: CertificateSettings | None = None,
+        files: Sequence[str] = (),
+        file_settings: FileSettings | None = None,
     ) -> StationGroup:
         """Start ``count`` stations that behave alike; returns once each one's connection loop runs.
 
@@ -474,6 +476,8 @@ class World(WorldLifecycle):
             certificates: their certificate device model (key pair of a CSR, A03 renewal threshold,
                 CertSigningWaitMinimum / RepeatTimes...); default: the defaults with the PKI's organization as
                 OrganizationName.
+            files: the file services (:meth:`add_file_service`) their firmware updates and log uploads use.
+            file_settings: their retries, install time and log size for file transfers.
         """
         if (csms is None) == (not routes):
             raise ConfigError(
@@ -551,6 +555,9 @@ class World(WorldLifecycle):
                 clock=self.clock,
                 recorder=self.recorder,
                 rng=self.rng(sid),
+                files=self.files_config(group, sid, files, file_settings or FileSettings())
+                if files
+                else None,
             )
             station.tls_sessions = SessionStore(tls.session_cache) if tls.session_cache else None
             station.expiry = self.expiry
@@ -602,8 +609,8 @@ class World(WorldLifecycle):
         """Stop a node, a group's stations, or a station. A stopped CSMS or controller's host is down
         (connections to it are refused) until it starts again."""
         name = self._name(target)
-        if name in self.controllers:
-            node = self.controllers[name]
+        if name in self.file_servers or name in self.controllers:
+            node = self.file_servers.get(name) or self.controllers[name]
             node.stop()
             if self.memory is not None:
                 self.memory.set_host_down(node.host)
@@ -619,8 +626,8 @@ class World(WorldLifecycle):
     async def start(self, target: Selector) -> None:
         """Start again what :meth:`stop` stopped (the same node objects, their records kept)."""
         name = self._name(target)
-        if name in self.controllers:
-            node = self.controllers[name]
+        if name in self.file_servers or name in self.controllers:
+            node = self.file_servers.get(name) or self.controllers[name]
             if self.memory is not None:
                 self.memory.set_host_down(node.host, down=False)
             await node.start_in(self.nursery)
