@@ -220,6 +220,8 @@ def test_every_action_is_accepted() -> None:
         "delete_certificate": 'target = "fleet-0001"\nroot = "root"',
         "switch_server_certificate": 'target = "main"\nroot = "rogue"',
         "degrade_ca": 'target = "main"\ndelay = "30s"\nfailure_rate = 0.25',
+        "update_firmware": 'target = "fleet"\nfirmware = "v2"\nservice = "fw"\nspread = "5m"',
+        "get_log": 'target = "main"\nservice = "fw"\nlog_type = "SecurityLog"\nretries = 1\nretry_interval = "1m"',
     }
     assert set(params) == set(ACTIONS)
     text = (
@@ -227,6 +229,8 @@ def test_every_action_is_accepted() -> None:
         + "[csms.backup]\n[pki.roots.rogue]\n"
     )
     text += '[tls.pins.p]\npins = [{ target = "root", root = "root" }]\n'
+    text += '[firmware.v2]\nversion = "2.0.0"\n[file_servers.fw]\nfirmware = ["v2"]\naccept_uploads = true\n'
+    text += '[file_services.fw]\nmirrors = [{ server = "fw" }]\n'
     for action, body in params.items():
         text += f'[[timeline]]\nat = "1m"\naction = "{action}"\n{body}\n'
     events = loads_scenario(text).timeline
@@ -919,6 +923,8 @@ def test_readme_documents_every_key_and_action() -> None:
         *vocabulary.CERTIFICATE_KEYS, *vocabulary.STATION_KEYS, *vocabulary.BACKOFF_KEYS, *vocabulary.LINK_KEYS,
         *vocabulary.STALL_KEYS, *ACTIONS, *(p for params in ACTIONS.values() for p in params),
         *vocabulary.CONTROLLER_KEYS, *vocabulary.ENDPOINT_KEYS, *vocabulary.SIGNING_KEYS, *vocabulary.STATION_CERTIFICATE_KEYS,
+        *vocabulary.FIRMWARE_KEYS, *vocabulary.FILE_SERVER_KEYS, *vocabulary.FILE_SERVICE_KEYS, *vocabulary.FILE_ROUTE_KEYS,
+        *vocabulary.FILE_TRANSFERS_KEYS,
     }  # fmt: skip
     missing = [key for key in sorted(documented) if f"`{key}`" not in readme]
     assert not missing

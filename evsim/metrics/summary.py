@@ -179,9 +179,11 @@ def summarize(
         events, attacks, timeline; then, for runs with an outage, a controller or queue statistics,
         recovery after outages, connections per endpoint and the offline queue (:mod:`evsim.metrics.failover`);
         for runs with certificate lifecycle events, renewal, its failures and expiry warnings
-        (:mod:`evsim.metrics.certificates`).
+        (:mod:`evsim.metrics.certificates`); for runs that transferred files, firmware rollouts, log
+        collection, transfers by mirror and their failures (:mod:`evsim.metrics.transfers`).
     """
     from evsim.metrics.certificates import certificate_tables  # it imports Table from here
+    from evsim.metrics.transfers import transfer_tables  # it imports Table from here
 
     topo = topology or Topology()
     # (time, node, node sequence): within one node, seq is the true order (the online state machine needs it)
@@ -223,6 +225,7 @@ def summarize(
             _timeline_table(a.timeline),
             *_failover_tables(evs, roles, topo, tx_queues),
             *certificate_tables(evs),
+            *transfer_tables(evs),
         )
     )
 

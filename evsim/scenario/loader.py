@@ -46,6 +46,7 @@ from evsim.scenario.model import (
     Scenario,
     SimulationSpec,
 )
+from evsim.scenario.read_files import FileReader
 from evsim.scenario.read_nodes import NodeReader
 from evsim.scenario.read_timeline import TimelineReader
 from evsim.scenario.reader import LoadContext, ScenarioTable
@@ -211,7 +212,7 @@ def _syntax_error(message: str, text: str, source: str) -> ConfigError:
 # ---------------------------------------------------------------- the builder
 
 
-class _Builder(NodeReader, TimelineReader):
+class _Builder(NodeReader, FileReader, TimelineReader):
     """Reads the parsed document section by section (see the module doc): the section readers' methods on
     one object, so each section sees the names and tables the earlier ones read."""
 
@@ -244,6 +245,9 @@ class _Builder(NodeReader, TimelineReader):
         controllers = self.controllers(root, sim, pki, profiles, trust)
         groups = self.station_groups(root, csms, profiles, trust)
         self.register_stations(groups)
+        firmware = self.firmware_releases(root)
+        file_servers = self.file_servers(root, profiles, firmware)
+        file_services = self.file_services(root, profiles, trust, file_servers)
         links = self.links(root)
         timeline = self.timeline(root, sim, pki)
         return Scenario(
@@ -259,6 +263,10 @@ class _Builder(NodeReader, TimelineReader):
             source=self.ctx.source,
             pin_sets=pin_sets,
             change_policies=change_policies,
+            firmware=firmware,
+            file_servers=file_servers,
+            file_services=file_services,
+            file_transfers=self.file_transfers(root),
         )
 
     # ------------------------------------------------------------ [simulation]

@@ -28,6 +28,7 @@ from evsim.nodes.controller import ControllerConfig
 from evsim.nodes.csms import CsmsConfig
 from evsim.nodes.csms_certs import SigningSettings
 from evsim.nodes.station_model import StationConfig
+from evsim.scenario.files import FileServerSpec, FileServiceSpec, FileTransfersSpec, FirmwareSpec
 from evsim.tls.config import TlsProfile
 from evsim.world.actions import Action
 from evsim.world.specs import (
@@ -472,6 +473,8 @@ class Scenario:
         source: the file it was loaded from, or the ``source`` label given to the loader.
         pin_sets: ``[tls.pins.<name>]`` by name.
         change_policies: ``[tls.change.<name>]`` by name.
+        firmware, file_servers, file_services, file_transfers: HTTPS file servers and what they serve
+            (:mod:`evsim.scenario.files`).
     """
 
     simulation: SimulationSpec
@@ -486,6 +489,10 @@ class Scenario:
     source: str | None = None
     pin_sets: FrozenMap[str, PinSetSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
     change_policies: FrozenMap[str, ChangeSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    firmware: FrozenMap[str, FirmwareSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    file_servers: FrozenMap[str, FileServerSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    file_services: FrozenMap[str, FileServiceSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    file_transfers: FileTransfersSpec = attrs.field(factory=FileTransfersSpec)
 
     def station_ids(self) -> list[str]:
         """Every station identity, group by group in file order.

@@ -212,9 +212,13 @@ class NodeNames:
         self.controllers: dict[str, ControllerSpec] = {}
         self.groups: dict[str, StationGroupSpec] = {}
         self.station_group: dict[str, str] = {}  # station id -> group
+        self.file_servers: dict[str, object] = {}
+        self.file_services: dict[str, object] = {}
+        self.firmware: dict[str, str] = {}  # release name -> version
 
     def kind(self, name: str) -> str | None:
-        """What ``name`` is: ``"csms"``, ``"controller"``, ``"group"``, ``"station"`` or None."""
+        """What ``name`` is: ``"csms"``, ``"controller"``, ``"group"``, ``"station"``, ``"file_server"`` or
+        None."""
         if name in self.csms:
             return "csms"
         if name in self.controllers:
@@ -223,6 +227,8 @@ class NodeNames:
             return "group"
         if name in self.station_group:
             return "station"
+        if name in self.file_servers:
+            return "file_server"
         return None
 
     def group_of(self, name: str) -> StationGroupSpec:
@@ -238,6 +244,8 @@ class NodeNames:
             out += self.controllers
         if "group" in kinds:
             out += self.groups
+        if "file_server" in kinds:
+            out += self.file_servers
         return out
 
 

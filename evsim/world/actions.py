@@ -106,6 +106,12 @@ class Reader(Protocol):
     def check_pinned(self, stations: str, key: PinSpec) -> None:
         """Refuse releasing a key the stations' pin set has no pin for."""
 
+    def file_reference(self, key: str, kind: str) -> str:
+        """The name at ``key`` (required) of a ``firmware`` release or a ``file_service`` the scenario declares."""
+
+    def firmware_version(self, name: str) -> str:
+        """The version of the ``[firmware.<name>]`` release."""
+
 
 A = TypeVar("A", bound="Action")
 
@@ -167,13 +173,14 @@ def _memory_only(act: Action, network: str) -> None:
 @action("stop", "target")
 @attrs.frozen
 class Stop(Action):
-    """The node(s) shut down: a CSMS or controller stops listening and its host is down; stations go dark."""
+    """The node(s) shut down: a CSMS, controller or file server stops listening and its host is down; stations
+    go dark."""
 
     target: str
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        return cls(target=r.target(("csms", "controller", "group", "station")))
+        return cls(target=r.target(("csms", "controller", "group", "station", "file_server")))
 
     async def apply(self, world: World) -> None:
         await world.stop(self.target)
@@ -188,7 +195,7 @@ class Start(Action):
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        return cls(target=r.target(("csms", "controller", "group", "station")))
+        return cls(target=r.target(("csms", "controller", "group", "station", "file_server")))
 
     async def apply(self, world: World) -> None:
         await world.start(self.target)
