@@ -1,11 +1,12 @@
 """``make bench``: evsim against its peers and floors, measured in the same run, printed as tables.
 
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
-``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``),
+``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``,
+``firmware``),
 ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs in its own
 subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute times.
 
-``python -m bench SECTION`` runs one section alone; sections: ``tls-handshake``, ``failover``.
+``python -m bench SECTION`` runs one section alone; sections: ``tls-handshake``, ``failover``, ``firmware``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 
+from bench import firmware
 from bench.common import Result
 from bench.floor import handshake_floor
 from evsim.clock import real_utcnow
@@ -61,7 +63,11 @@ def _failover_section() -> None:
         print("! the failover runs did not finish within 10 minutes")
 
 
-SECTIONS = {"tls-handshake": _tls_handshake_section, "failover": _failover_section}
+SECTIONS = {
+    "tls-handshake": _tls_handshake_section,
+    "failover": _failover_section,
+    "firmware": firmware.section,
+}
 """Sections ``python -m bench SECTION`` runs alone."""
 
 
@@ -191,9 +197,10 @@ def main(argv: list[str] | None = None) -> int:
             print(out.stdout.rstrip() or out.stderr.strip().splitlines()[-1:])
         except subprocess.TimeoutExpired:
             print("! the scale run did not finish within 20 minutes")
-    if "failover" not in skip:
-        print()
-        _failover_section()
+    for name, run_section in SECTIONS.items():  # the sections after the fleets and layers, in this order
+        if name != "tls-handshake" and name not in skip:
+            print()
+            run_section()
     print(f"\n(benchmark took {time.perf_counter() - t0:.0f} s)")
     return 0
 

@@ -14,7 +14,7 @@ from evsim.errors import ConfigError
 from evsim.metrics.summary import summarize
 from evsim.metrics.transfers import transfer_tables
 from evsim.scenario.loader import load_scenario, loads_scenario
-from evsim.scenario.runner import RunResult, run_scenario
+from evsim.scenario.runner import RunResult, preflight, run_scenario
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 BASE = """
@@ -190,3 +190,13 @@ def test_log_collection_uploads_every_log_through_mutual_tls() -> None:
     assert all(u.client == u.path.rsplit("/", 1)[1] for u in uploads)  # each station's own certificate
     by_mirror = {row[1]: row[3] for row in summary.table("File transfers by mirror").rows}
     assert by_mirror["logs-a"] > 0 and by_mirror["logs-b"] > 0  # the primary took some before it died
+
+
+def test_link_bandwidth_runs_and_jitter_is_still_refused() -> None:
+    links = '[[links]]\nbetween = ["fleet", "a"]\nbandwidth = "1MB/s"\n'
+    event = '[[timeline]]\nat = "1m"\naction = "link"\nbetween = ["fleet", "a"]\nbandwidth = "10Mbit"\n'
+    sc = loads_scenario(BASE + links + event)
+    preflight(sc)  # no longer refused
+    assert sc.links[0].bandwidth == 8e6 and dict(sc.timeline[0].params)["bandwidth"] == 10e6
+    with pytest.raises(ConfigError, match="jitter"):
+        preflight(loads_scenario(BASE + links + 'jitter = "5ms"\n'))
