@@ -172,6 +172,9 @@ def test_small_firmware_rollout_and_its_tables_are_recomputable_from_events_json
     failures = {(row[0], row[1]): row[2] for row in recomputed.table("File transfer failures").rows}
     assert failures[("firmware status", "InvalidSignature")] == 10
     assert transfer_tables([e for e in events if e["kind"] != "transfer_done"])  # no crash on partial logs
+    # the stations' reboots to install are not links the mirror's death cost
+    (stop,) = [row for row in recomputed.table("Recovery after outages").rows if row[1] == "stop"]
+    assert stop[2:] == ("mirror-a", 50, 0, "-", "-", "-", "-")
 
 
 @pytest.mark.slow
