@@ -2,9 +2,10 @@
 
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
 ``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``,
-and any name of ``SECTIONS``: ``nts``, ``relay``, ...; ``BENCH_NTS_SECONDS`` seconds per NTS phase, default 3),
-``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs in its own
-subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute times.
+and any name of ``SECTIONS``: ``nts``, ``relay``, ``firmware``, ...; ``BENCH_NTS_SECONDS`` seconds per NTS phase,
+default 3), ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs
+in its own subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute
+times.
 
 ``python -m bench SECTION`` runs one section alone; sections: the keys of ``SECTIONS``.
 """
@@ -18,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from bench import nts
+from bench import firmware, nts
 from bench.common import Result
 from bench.floor import handshake_floor
 from evsim.clock import real_utcnow
@@ -75,6 +76,7 @@ SECTIONS = {
     "failover": _failover_section,
     "nts": nts.section,
     "relay": _relay_section,
+    "firmware": firmware.section,
 }
 """Sections ``python -m bench SECTION`` runs alone."""
 

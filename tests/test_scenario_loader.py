@@ -226,6 +226,8 @@ def test_every_action_is_accepted() -> None:
         "unpair": 'target = "hems"\nstation = "fleet-0001"',
         "rotate_ship_key": 'target = "fleet-0002"',
         "ship_impostor": 'target = "hems"\ndevice = "fleet-0003"\nattempts = 2',
+        "update_firmware": 'target = "fleet"\nfirmware = "v2"\nservice = "fw"\nspread = "5m"',
+        "get_log": 'target = "main"\nservice = "fw"\nlog_type = "SecurityLog"\nretries = 1\nretry_interval = "1m"',
     }
     assert set(params) == set(ACTIONS)
     text = (
@@ -234,6 +236,8 @@ def test_every_action_is_accepted() -> None:
         + '[energy_managers.hems]\nstations = ["fleet"]\n'
     )
     text += '[tls.pins.p]\npins = [{ target = "root", root = "root" }]\n'
+    text += '[firmware.v2]\nversion = "2.0.0"\n[file_servers.fw]\nfirmware = ["v2"]\naccept_uploads = true\n'
+    text += '[file_services.fw]\nmirrors = [{ server = "fw" }]\n'
     for action, body in params.items():
         text += f'[[timeline]]\nat = "1m"\naction = "{action}"\n{body}\n'
     events = loads_scenario(text).timeline
@@ -544,7 +548,7 @@ def test_tls_layer_errors_are_located() -> None:
         ),
         ("[csms.a]\n[stations.s]\n[[links]]\nbetween = ['s', 's']\n", "links[0].between", "two different"),
         (
-            "[csms.a]\n[stations.s]\n[[links]]\nbetween = ['s', 'a']\nbandwidth = '1Mbit'\n",
+            "[csms.a]\n[stations.s]\n[[links]]\nbetween = ['s', 'a']\nbandwidth = '1Mb/s'\n",
             "links[0].bandwidth",
             "unit",
         ),
@@ -664,7 +668,9 @@ def test_parse_bandwidth() -> None:
     assert parse_bandwidth("1Mbps") == parse_bandwidth("1 mbps") == 1e6
     assert parse_bandwidth("2Gbps") == 2e9
     assert parse_bandwidth(1200) == 1200
-    for bad in ("1Mbit", "0bps", "-5kbps", "fast", True, 0):
+    assert parse_bandwidth("10Mbit") == parse_bandwidth("10 mbit/s") == 10e6
+    assert parse_bandwidth("1MB/s") == parse_bandwidth("1000kB/s") == 8e6
+    for bad in ("1Mb/s", "1mB/s", "0bps", "-5kbps", "fast", True, 0):
         with pytest.raises(ConfigError):
             parse_bandwidth(bad)
 
@@ -924,6 +930,8 @@ def test_readme_documents_every_key_and_action() -> None:
         *vocabulary.CERTIFICATE_KEYS, *vocabulary.STATION_KEYS, *vocabulary.BACKOFF_KEYS, *vocabulary.LINK_KEYS,
         *vocabulary.STALL_KEYS, *ACTIONS, *(p for params in ACTIONS.values() for p in params),
         *vocabulary.CONTROLLER_KEYS, *vocabulary.ENDPOINT_KEYS, *vocabulary.SIGNING_KEYS, *vocabulary.STATION_CERTIFICATE_KEYS,
+        *vocabulary.FIRMWARE_KEYS, *vocabulary.FILE_SERVER_KEYS, *vocabulary.FILE_SERVICE_KEYS, *vocabulary.FILE_ROUTE_KEYS,
+        *vocabulary.FILE_TRANSFERS_KEYS,
     }  # fmt: skip
     missing = [key for key in sorted(documented) if f"`{key}`" not in readme]
     assert not missing

@@ -21,7 +21,7 @@ from evsim.scenario.loader import load_scenario, loads_scenario
 from evsim.scenario.runner import RunResult, preflight, run_scenario
 
 SCENARIOS = {p.stem: p for p in shipped()}
-LARGE = frozenset({"boot_storm", "failover_primary_down", "fleet_certificate_renewal"})
+LARGE = frozenset({"boot_storm", "failover_primary_down", "fleet_certificate_renewal", "firmware_rollout"})
 """The 1,000-station scenarios (marked slow: ``make test-fast`` leaves them out)."""
 
 

@@ -194,15 +194,20 @@ def _station_renewals_table(
     )
 
 
+def named_stations(stations: list[str]) -> str:
+    """The first :data:`NAMED_STATIONS` of ``stations`` (sorted, each once), ``+n`` for the rest; ``-`` for none."""
+    names = sorted({s for s in stations if s})
+    shown = ", ".join(names[:NAMED_STATIONS]) + (
+        f" +{len(names) - NAMED_STATIONS}" if len(names) > NAMED_STATIONS else ""
+    )
+    return shown or "-"
+
+
 def _failures_table(failures: Mapping[tuple[str, str, str], list[str]]) -> Table:
     rows = []
     for (where, what, why), stations in sorted(failures.items()):
-        names = sorted({s for s in stations if s})
-        shown = ", ".join(names[:NAMED_STATIONS]) + (
-            f" +{len(names) - NAMED_STATIONS}" if len(names) > NAMED_STATIONS else ""
-        )
-        rows.append((where, what, why or "-", len(stations), shown or "-"))
+        rows.append((where, what, why or "-", len(stations), named_stations(stations)))
     return Table("Certificate failures", ("where", "what", "reason", "count", "stations"), tuple(rows))
 
 
-__all__ = ["CERTIFICATE_KINDS", "certificate_tables", "percentile"]
+__all__ = ["CERTIFICATE_KINDS", "certificate_tables", "named_stations", "percentile"]

@@ -117,13 +117,17 @@ def recoveries(events: Iterable[Mapping[str, Any]], roles: Mapping[str, str]) ->
     # per (controller, station) upstream link: transitions, and where each connect went
     upstream: dict[str, list[tuple[float, str]]] = collections.defaultdict(list)
     upstream_to: dict[str, list[tuple[float, str]]] = collections.defaultdict(list)
+    rebooting: set[str] = set()  # a station's own reboot (a firmware install) is no outage
     for e in evs:
         node, kind, t = str(e["node"]), e["kind"], float(e["t"])
         role = roles.get(node)
         if role == "station":
             if kind == "booted":
+                rebooting.discard(node)
                 transitions[node].append((t, "up"))
-            elif kind == "reconnect_wait":
+            elif kind == "connection_lost" and e.get("reason") == "reboot":
+                rebooting.add(node)
+            elif kind == "reconnect_wait" and node not in rebooting:
                 transitions[node].append((t, "down"))
         elif role == "csms" and kind == "booted" and "station" in e:
             server_boots[str(e["station"])].append((t, node))

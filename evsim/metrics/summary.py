@@ -193,11 +193,13 @@ def summarize(
         events, attacks, timeline; then, for runs with an outage, a controller or queue statistics,
         recovery after outages, connections per endpoint and the offline queue (:mod:`evsim.metrics.failover`);
         for runs with certificate lifecycle events, renewal, its failures and expiry warnings
-        (:mod:`evsim.metrics.certificates`).
+        (:mod:`evsim.metrics.certificates`); for runs that transferred files, firmware rollouts, log
+        collection, transfers by mirror and their failures (:mod:`evsim.metrics.transfers`).
     """
     from evsim.metrics.certificates import certificate_tables  # it imports Table from here
     from evsim.metrics.clocks import clock_tables  # so does this one
     from evsim.metrics.pairing import PAIRING_KINDS, pairing_tables  # likewise
+    from evsim.metrics.transfers import transfer_tables  # it imports Table from here
 
     topo = topology or Topology()
     # (time, node, node sequence): within one node, seq is the true order (the online state machine needs it)
@@ -241,6 +243,7 @@ def summarize(
             *certificate_tables(evs),
             *clock_tables(evs),
             *pairing_tables(evs),
+            *transfer_tables(evs),
         )
     )
 

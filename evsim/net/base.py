@@ -239,6 +239,10 @@ class FaultyNetwork(Protocol):
         """The link policy between the two hosts, for open and new connections."""
         ...
 
+    def link_policy(self, host_a: str, host_b: str) -> LinkPolicy:
+        """The policy between the two hosts now (the default when none was set)."""
+        ...
+
 
 def is_loopback(host: str) -> bool:
     """True for ``localhost``, 127.0.0.0/8 and ``::1`` (no name resolution happens)."""

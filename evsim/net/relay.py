@@ -567,6 +567,10 @@ class RelayedNetwork:
         datagrams, which the relay does not carry)."""
         self.faults.set_link_policy(host_a, host_b, policy)
 
+    def link_policy(self, host_a: str, host_b: str) -> LinkPolicy:
+        """The policy between the two hosts now (the default when none was set)."""
+        return self.faults.policy(host_a, host_b)
+
     def hold(self, host_a: str, host_b: str, until: float) -> None:
         """Stall the connections between the two hosts until trio time ``until`` (they stay open)."""
         self.faults.hold(host_a, host_b, until)

@@ -28,11 +28,15 @@ objects plus two empty ``bytearray``\\ s.
 * Optional latency (:class:`LinkPolicy`): bytes written at trio time ``t`` become readable at
   ``t + latency_s``; they count against the buffer while in flight. A reader parks with a deadline at
   the earliest arrival, so it works under ``trio.testing.MockClock``.
+* Optional bandwidth (:attr:`LinkPolicy.bytes_per_s`, per direction, like a full-duplex link): all connections
+  between two hosts share one transmitter (:class:`_Rate`) per direction. Written bytes leave in segments of
+  :data:`SEGMENT` bytes, each when the transmitter is free, taking ``size / bytes_per_s``, readable once sent
+  plus the latency; flows that keep their pipes full share the rate about equally. A transfer of N bytes takes
+  N / rate trio seconds (plus framing). A new policy applies to bytes written from then on.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import operator
 import random
@@ -51,11 +55,8 @@ from trio.lowlevel import (
     wait_task_rescheduled,
 )
 
-from evsim.errors import ConfigError, ConnectionRefused, TransportError
+from evsim.errors import ConfigError, ConnectionRefused
 from evsim.net.base import (
-    MAX_DATAGRAM,
-    DatagramCounters,
-    DatagramStatistics,
     NetListener,
     NetworkCounters,
     NetworkStatistics,
@@ -63,6 +64,7 @@ from evsim.net.base import (
     StreamClosed,
     StreamStatistics,
 )
+from evsim.net.virtual_datagram import VirtualDatagramSocket
 
 __all__ = ["LinkPolicy", "VirtualDatagramSocket", "VirtualListener", "VirtualNetwork", "VirtualStream"]
 
@@ -80,6 +82,10 @@ DEFAULT_CONNECT_TIMEOUT = 127.0
 """Seconds a connect waits for room in a full backlog: Linux drops the SYN and retries it with
 tcp_syn_retries=6 (1+2+4+8+16+32+64 s) before giving up, so a storm queues instead of failing."""
 
+SEGMENT = 16 * 1024
+"""Bytes a rate-limited pipe schedules as one unit: one full TLS record (RFC 8446 §5.1, 2^14 bytes of
+plaintext), so a reader sees a download progress record by record."""
+
 _EPHEMERAL = (49152, 65535)  # RFC 6335 §6 dynamic ports, used for port 0 and for client ends
 
 
@@ -91,10 +97,20 @@ class LinkPolicy:
         latency_s: one-way delay in trio seconds applied to every byte and datagram (virtual time under
             MockClock).
         loss: probability that a datagram between the two hosts is lost (streams are reliable, like TCP).
+        bytes_per_s: the rate of each direction between the two hosts, bytes per second, shared by all their
+            connections (0: unlimited). Streams only; datagrams are not rate-limited.
     """
 
     latency_s: float = attrs.field(default=0.0)
     loss: float = attrs.field(default=0.0)
+    bytes_per_s: float = attrs.field(default=0.0)
+
+    @bytes_per_s.validator
+    def _check_rate(self, _attribute: object, value: float) -> None:
+        if not 0.0 <= value < float("inf"):
+            raise ConfigError(
+                "bytes_per_s must be a finite number >= 0 (0: unlimited)", path="bytes_per_s", value=value
+            )
 
     @latency_s.validator
     def _check_latency(self, _attribute: object, value: float) -> None:
@@ -105,6 +121,22 @@ class LinkPolicy:
     def _check_loss(self, _attribute: object, value: float) -> None:
         if not 0.0 <= value <= 1.0:
             raise ConfigError("loss must be a probability in 0..1", path="loss", value=value)
+
+
+class _Rate:
+    """The transmitter of one direction between two hosts: its rate and when it is free again (trio time)."""
+
+    __slots__ = ("busy_until", "bytes_per_s")
+
+    def __init__(self, bytes_per_s: float) -> None:
+        self.bytes_per_s = bytes_per_s
+        self.busy_until = 0.0
+
+    def schedule(self, size: int, now: float) -> float:
+        """Send ``size`` bytes after what is queued; return when the last byte has left."""
+        done = max(now, self.busy_until) + size / self.bytes_per_s
+        self.busy_until = done
+        return done
 
 
 class _Pipe:
@@ -118,12 +150,13 @@ class _Pipe:
         "latency",
         "pending",
         "pending_bytes",
+        "rate",
         "reader",
         "reader_gone",
         "writer",
     )
 
-    def __init__(self, capacity: int, latency: float) -> None:
+    def __init__(self, capacity: int, latency: float, rate: _Rate | None = None) -> None:
         self.buf = bytearray()
         self.capacity = capacity
         self.eof = False  # the writing end closed or sent EOF
@@ -132,6 +165,7 @@ class _Pipe:
         self.reader: Task | None = None
         self.writer: Task | None = None
         self.latency = latency
+        self.rate = rate  # shared with every pipe in the same direction between the same two hosts
         # (arrival time, bytes) in flight when latency > 0, counted against capacity; created on first
         # use (an empty deque costs ~600 bytes, and most links have no latency)
         self.pending: deque[tuple[float, bytes]] | None = None
@@ -141,10 +175,17 @@ class _Pipe:
         return self.capacity - len(self.buf) - self.pending_bytes
 
     def push(self, chunk: memoryview) -> None:
-        if self.latency > 0.0:
+        rate = self.rate
+        if self.latency > 0.0 or rate is not None or self.pending:  # bytes in flight go first: no reordering
             if self.pending is None:
                 self.pending = deque()
-            self.pending.append((trio.current_time() + self.latency, bytes(chunk)))
+            now = trio.current_time()
+            if rate is None:
+                self.pending.append((now + self.latency, bytes(chunk)))
+            else:
+                for start in range(0, len(chunk), SEGMENT):
+                    segment = bytes(chunk[start : start + SEGMENT])
+                    self.pending.append((rate.schedule(len(segment), now) + self.latency, segment))
             self.pending_bytes += len(chunk)
         else:
             self.buf += chunk
@@ -331,7 +372,7 @@ class VirtualStream(trio.abc.HalfCloseableStream):
             backlog += data
             return False
         pipe = self._out
-        if type(data) is bytes and pipe.latency == 0.0:
+        if type(data) is bytes and pipe.latency == 0.0 and pipe.rate is None and not pipe.pending:
             # The usual case (a TLS record on a link without latency), inlined: one message per call.
             total = len(data)
             buf = pipe.buf
@@ -616,6 +657,7 @@ class VirtualNetwork:
         self._down: set[str] = set()
         self._partitions: set[frozenset[str]] = set()
         self._policies: dict[frozenset[str], LinkPolicy] = {}
+        self._rates: dict[tuple[str, str], _Rate] = {}  # (from, to) -> the transmitter of that direction
         self._links: dict[str, set[_Link]] = {}
         self._ports = itertools.cycle(range(*_EPHEMERAL))
         self._counters = NetworkCounters()
@@ -670,8 +712,8 @@ class VirtualNetwork:
                 await listener._room.park()
         policy = self._policies.get(_pair(src, host))
         latency = policy.latency_s if policy is not None else 0.0
-        to_server = _Pipe(self._buffer_size, latency)
-        to_client = _Pipe(self._buffer_size, latency)
+        to_server = _Pipe(self._buffer_size, latency, self._rates.get((src, host)))
+        to_client = _Pipe(self._buffer_size, latency, self._rates.get((host, src)))
         link = _Link(self, src, host, (to_server, to_client))
         client_addr = (src, next(self._ports))
         server_addr = (host, port)
@@ -792,16 +834,33 @@ class VirtualNetwork:
         """Whether :meth:`set_host_down` took ``host`` off the network."""
         return host in self._down
 
+    def link_policy(self, host_a: str, host_b: str) -> LinkPolicy:
+        """The policy between the two hosts now (the default when none was set)."""
+        return self._policies.get(_pair(host_a, host_b), LinkPolicy())
+
     def set_link_policy(self, host_a: str, host_b: str, policy: LinkPolicy) -> None:
-        """Apply ``policy`` to connections between the two hosts, existing and new."""
+        """Apply ``policy`` to connections between the two hosts, existing and new (to the bytes written from
+        now on: bytes in flight keep their arrival times)."""
         pair = _pair(host_a, host_b)
         if policy == LinkPolicy():
             self._policies.pop(pair, None)
         else:
             self._policies[pair] = policy
+        for direction in ((host_a, host_b), (host_b, host_a)):
+            rate = self._rates.get(direction)
+            if not policy.bytes_per_s:
+                self._rates.pop(direction, None)
+            elif rate is None:
+                self._rates[direction] = _Rate(policy.bytes_per_s)
+            else:
+                rate.bytes_per_s = policy.bytes_per_s
         for link in self._links_between(host_a, host_b):
-            for pipe in link.pipes:
+            for pipe, src, dst in (
+                (link.pipes[0], link.a_host, link.b_host),
+                (link.pipes[1], link.b_host, link.a_host),
+            ):
                 pipe.latency = policy.latency_s
+                pipe.rate = self._rates.get((src, dst))
 
     # -- internals ----------------------------------------------------------------------------------------
 
@@ -823,92 +882,17 @@ class VirtualNetwork:
             del self._listeners[listener.address]
 
 
-class VirtualDatagramSocket:
-    """A datagram socket on the virtual network (implements :class:`~evsim.net.base.DatagramSocket`).
-
-    A datagram sent at trio time ``t`` arrives at ``t + latency_s`` of the pair's :class:`LinkPolicy`, unless
-    either host is down, the hosts are partitioned, the policy's ``loss`` draws it, nothing is bound to the
-    address, or the receiver already holds ``datagram_queue`` datagrams (arrived or in flight): then it is
-    dropped and counted in the sender's :meth:`statistics`. Datagrams are returned in order of arrival.
-    """
-
-    __slots__ = ("_closed", "_counters", "_heap", "_local", "_lot", "_net", "_queue_limit", "_seq")
-
-    def __init__(self, net: VirtualNetwork, local: tuple[str, int], queue_limit: int) -> None:
-        self._net = net
-        self._local = local
-        self._queue_limit = queue_limit
-        self._heap: list[tuple[float, int, bytes, tuple[str, int]]] = []
-        self._seq = itertools.count()
-        self._lot = trio.lowlevel.ParkingLot()
-        self._counters = DatagramCounters()
-        self._closed = False
-
-    @property
-    def local_address(self) -> tuple[str, int]:
-        return self._local
-
-    def statistics(self) -> DatagramStatistics:
-        return self._counters.snapshot(self._local, self._closed)
-
-    def _enqueue(self, data: bytes, source: tuple[str, int], arrival: float) -> bool:
-        if self._closed or len(self._heap) >= self._queue_limit:
-            return False
-        heapq.heappush(self._heap, (arrival, next(self._seq), data, source))
-        self._lot.unpark_all()
-        return True
-
-    async def send_to(self, data: bytes, address: tuple[str, int]) -> None:
-        await checkpoint()
-        if self._closed:
-            raise StreamClosed("this datagram socket was closed")
-        if len(data) > MAX_DATAGRAM:
-            raise TransportError(f"datagram of {len(data)} octets is larger than {MAX_DATAGRAM}")
-        payload = bytes(data)
-        self._counters.sent += 1
-        self._counters.bytes_sent += len(payload)
-        self._net._deliver(self, payload, address)
-
-    async def receive_from(self) -> tuple[bytes, tuple[str, int]]:
-        await checkpoint()
-        while True:
-            if self._closed:
-                raise StreamClosed("this datagram socket was closed")
-            heap = self._heap
-            if heap and heap[0][0] <= trio.current_time():
-                _, _, data, source = heapq.heappop(heap)
-                self._counters.received += 1
-                self._counters.bytes_received += len(data)
-                return data, source
-            if heap:
-                with trio.move_on_at(heap[0][0]):
-                    await self._lot.park()
-            else:
-                await self._lot.park()
-
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._heap.clear()
-            self._net._unbind(self)
-            self._lot.unpark_all()
-        await checkpoint()
-
-
 def memory_pipe_pair(
-    buffer_size: int = DEFAULT_BUFFER_SIZE, *, latency_s: float = 0.0
+    buffer_size: int = DEFAULT_BUFFER_SIZE, *, latency_s: float = 0.0, bytes_per_s: float = 0.0
 ) -> tuple[VirtualStream, VirtualStream]:
     """Two connected :class:`VirtualStream` ends outside any network (for tests and benchmarks).
 
-    Args:
-        buffer_size: bytes buffered per direction.
-        latency_s: one-way delay in trio seconds.
-
-    Returns:
-        ``(left, right)``; what one sends, the other receives.
+    ``buffer_size`` bytes are buffered, ``latency_s`` and ``bytes_per_s`` (0: unlimited) apply per direction
+    (see :class:`LinkPolicy`). Returns ``(left, right)``; what one sends, the other receives.
     """
-    to_right = _Pipe(buffer_size, latency_s)
-    to_left = _Pipe(buffer_size, latency_s)
+    LinkPolicy(latency_s=latency_s, bytes_per_s=bytes_per_s)  # the same checks as a link's policy
+    to_right = _Pipe(buffer_size, latency_s, _Rate(bytes_per_s) if bytes_per_s else None)
+    to_left = _Pipe(buffer_size, latency_s, _Rate(bytes_per_s) if bytes_per_s else None)
     counters = NetworkCounters()
     left = VirtualStream(None, to_left, to_right, ("left", 1), ("right", 2), counters)
     right = VirtualStream(None, to_right, to_left, ("right", 2), ("left", 1), counters)

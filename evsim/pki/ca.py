@@ -524,6 +524,13 @@ def make_csr(key: PrivateKey, cn: str, org: str) -> bytes:
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
+def random_serial() -> int:
+    """A random certificate serial of 158 random bits with the 159th set: always 20 octets in DER (RFC 5280
+    §4.1.2.2's maximum), so a certificate's size does not vary from run to run (over a link with a bandwidth,
+    every byte takes time)."""
+    return x509.random_serial_number() | (1 << 158)
+
+
 def _build(
     *,
     subject: x509.Name,
@@ -547,7 +554,7 @@ def _build(
         .subject_name(subject)
         .issuer_name(issuer)
         .public_key(public_key)
-        .serial_number(x509.random_serial_number())
+        .serial_number(random_serial())
         .not_valid_before(start - NOT_BEFORE_BACKDATE)
         .not_valid_after(start + _dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length if ca else None), critical=True)

@@ -16,7 +16,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from evsim.errors import PkiError
-from evsim.pki.ca import NOT_BEFORE_BACKDATE, CertificateAuthority, CertKey, organization
+from evsim.pki.ca import NOT_BEFORE_BACKDATE, CertificateAuthority, CertKey, organization, random_serial
 from evsim.pki.keys import KeyType, check_key_strength, generate_key
 from evsim.pki.revocation import (
     RevocationList,
@@ -173,7 +173,7 @@ def issue_ocsp_responder(
         .subject_name(x509.Name(name_attrs))
         .issuer_name(ca.cert.subject)
         .public_key(public_key)
-        .serial_number(x509.random_serial_number())
+        .serial_number(random_serial())
         .not_valid_before(start - NOT_BEFORE_BACKDATE)
         .not_valid_after(start + _dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

@@ -252,6 +252,8 @@ def _event(ev: TimelineEvent) -> dict[str, Any]:
     """A ``[[timeline]]`` entry from the action's own fields; a ``link`` action's stall and reset are written as
     the inline tables a file uses."""
     params = _drop_none(dict(ev.action.fields()))
+    if ev.name == "update_firmware":
+        params.pop("version")  # read from the [firmware.<name>] table the entry names
     if isinstance(ev.action, Link):
         if ev.action.stall is not None:
             params["stall"] = {"every": ev.action.stall[0], "for": ev.action.stall[1]}
@@ -310,6 +312,7 @@ def scenario_document(sc: Scenario) -> dict[str, Any]:
         "energy_managers": {name: _energy_manager(e) for name, e in sc.energy_managers.items()},
         "links": [_link(link) for link in sc.links],
         "timeline": [_event(ev) for ev in sc.timeline],
+        **_files(sc),
     }
     if sc.nts_servers:
         doc["nts"] = {
@@ -319,6 +322,36 @@ def scenario_document(sc: Scenario) -> dict[str, Any]:
             for n in sc.nts_servers.values()
         }
     return doc
+
+
+def _files(sc: Scenario) -> dict[str, Any]:
+    """The ``[firmware]``, ``[file_servers]``, ``[file_services]`` and ``[file_transfers]`` tables."""
+    t = sc.file_transfers
+    return {
+        "firmware": {name: {"version": f.version, "size": f.size} for name, f in sc.firmware.items()},
+        "file_servers": {
+            name: {
+                "host": s.host,
+                "port": s.port,
+                "tls_profile": s.tls_profile,
+                "client_certificates": s.client_certificates,
+                "firmware": list(s.firmware),
+                "tampered": list(s.tampered),
+                "accept_uploads": s.accept_uploads,
+            }
+            for name, s in sc.file_servers.items()
+        },
+        "file_services": {
+            name: {"mirrors": [_drop_none(attrs.asdict(m)) for m in s.mirrors], "stations": list(s.stations)}
+            for name, s in sc.file_services.items()
+        },
+        "file_transfers": {
+            "retries": t.retries,
+            "retry_interval": t.retry_interval,
+            "install": t.install,
+            "log_bytes": t.log_bytes,
+        },
+    }
 
 
 def validate_scenario(sc: Scenario) -> Scenario:

@@ -48,6 +48,7 @@ from evsim.scenario.model import (
 )
 from evsim.scenario.read_clocks import check_nts_names, read_nts_servers
 from evsim.scenario.read_energy import EnergyReader
+from evsim.scenario.read_files import FileReader
 from evsim.scenario.read_nodes import NodeReader
 from evsim.scenario.read_timeline import TimelineReader
 from evsim.scenario.reader import LoadContext, ScenarioTable
@@ -213,7 +214,7 @@ def _syntax_error(message: str, text: str, source: str) -> ConfigError:
 # ---------------------------------------------------------------- the builder
 
 
-class _Builder(NodeReader, EnergyReader, TimelineReader):
+class _Builder(NodeReader, EnergyReader, FileReader, TimelineReader):
     """Reads the parsed document section by section (see the module doc): the section readers' methods on
     one object, so each section sees the names and tables the earlier ones read."""
 
@@ -249,6 +250,9 @@ class _Builder(NodeReader, EnergyReader, TimelineReader):
         self.register_stations(groups)
         check_nts_names(root, self.nodes)
         energy_managers = self.energy_managers(root)
+        firmware = self.firmware_releases(root)
+        file_servers = self.file_servers(root, profiles, firmware)
+        file_services = self.file_services(root, profiles, trust, file_servers)
         links = self.links(root)
         timeline = self.timeline(root, sim, pki)
         return Scenario(
@@ -266,6 +270,10 @@ class _Builder(NodeReader, EnergyReader, TimelineReader):
             change_policies=change_policies,
             nts_servers=nts,
             energy_managers=energy_managers,
+            firmware=firmware,
+            file_servers=file_servers,
+            file_services=file_services,
+            file_transfers=self.file_transfers(root),
         )
 
     # ------------------------------------------------------------ [simulation]

@@ -28,6 +28,7 @@ from evsim.nodes.controller import ControllerConfig
 from evsim.nodes.csms import CsmsConfig
 from evsim.nodes.csms_certs import SigningSettings
 from evsim.nodes.station_model import StationConfig
+from evsim.scenario.files import FileServerSpec, FileServiceSpec, FileTransfersSpec, FirmwareSpec
 from evsim.tls.config import TlsProfile
 from evsim.world.actions import Action
 from evsim.world.clocks import ClockSpec, NtsServerSpec
@@ -525,6 +526,8 @@ class Scenario:
         change_policies: ``[tls.change.<name>]`` by name.
         nts_servers: ``[nts.<name>]`` by name.
         energy_managers: ``[energy_managers.<name>]`` by name.
+        firmware, file_servers, file_services, file_transfers: HTTPS file servers and what they serve
+            (:mod:`evsim.scenario.files`).
     """
 
     simulation: SimulationSpec
@@ -541,6 +544,10 @@ class Scenario:
     change_policies: FrozenMap[str, ChangeSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
     nts_servers: FrozenMap[str, NtsServerSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
     energy_managers: FrozenMap[str, EnergyManagerSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    firmware: FrozenMap[str, FirmwareSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    file_servers: FrozenMap[str, FileServerSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    file_services: FrozenMap[str, FileServiceSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    file_transfers: FileTransfersSpec = attrs.field(factory=FileTransfersSpec)
 
     def station_ids(self) -> list[str]:
         """Every station identity, group by group in file order.

@@ -229,11 +229,14 @@ class TimelineReader(TlsReader):
             "station": "a station id",
             "nts": "an NTS server",
             "energy_manager": "an energy manager",
+            "file_server": "a file server",
         }
         if not self.nodes.nts:  # offer NTS servers as targets only where the scenario has some
             kinds = [k for k in kinds if k != "nts"]
         if not self.nodes.controllers:  # offer controllers as targets only where the scenario has some
             kinds = [k for k in kinds if k != "controller"]
+        if not self.nodes.file_servers:
+            kinds = [k for k in kinds if k != "file_server"]
         wanted = " or ".join(what[k] for k in kinds)
         t.require(key, f'add {key} = "<name>" ({wanted})')
         value = t.data[key]
@@ -385,3 +388,16 @@ class ActionReader:
 
     def check_pinned(self, stations: str, key: PinSpec) -> None:
         self._b.check_pinned(self._t, stations, key)
+
+    def file_reference(self, key: str, kind: str) -> str:
+        nodes = self._b.nodes
+        defined, how = (
+            (nodes.firmware, "[firmware.<name>]")
+            if kind == "firmware"
+            else (nodes.file_services, "[file_services.<name>]")
+        )
+        self._t.require(key, f'add {key} = "<name>" (a {how})')
+        return self._t.reference(key, "", defined, kind.replace("_", " "), how)
+
+    def firmware_version(self, name: str) -> str:
+        return self._b.nodes.firmware[name]

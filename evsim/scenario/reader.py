@@ -217,9 +217,13 @@ class NodeNames:
         self.nts: dict[str, NtsServerSpec] = {}
         self.roots: tuple[str, ...] = ("root",)  # the run's roots, once [pki] is read
         self.energy_managers: dict[str, EnergyManagerSpec] = {}
+        self.file_servers: dict[str, object] = {}
+        self.file_services: dict[str, object] = {}
+        self.firmware: dict[str, str] = {}  # release name -> version
 
     def kind(self, name: str) -> str | None:
-        """What ``name`` is: ``"csms"``, ``"controller"``, ``"group"``, ``"station"``, ``"energy_manager"`` or
+        """What ``name`` is: ``"csms"``, ``"controller"``, ``"group"``, ``"station"``, ``"energy_manager"``,
+        ``"file_server"`` or
         None."""
         if name in self.csms:
             return "csms"
@@ -233,6 +237,8 @@ class NodeNames:
             return "nts"
         if name in self.energy_managers:
             return "energy_manager"
+        if name in self.file_servers:
+            return "file_server"
         return None
 
     def group_of(self, name: str) -> StationGroupSpec:
@@ -252,6 +258,8 @@ class NodeNames:
             out += self.nts
         if "energy_manager" in kinds:
             out += self.energy_managers
+        if "file_server" in kinds:
+            out += self.file_servers
         return out
 
 

@@ -45,7 +45,7 @@ from evsim.scenario.model import (
 )
 from evsim.tls import Identity, TlsProfile
 from evsim.tls.pairing import PeerTrust
-from evsim.world import CertificateSpec, Route, Tls, World, open_world
+from evsim.world import CertificateSpec, FileRoute, FileSettings, Route, Tls, World, open_world
 from evsim.world.actions import link_not_yet
 
 
@@ -206,6 +206,8 @@ class ScenarioRunner:
             return [sc.controllers[selector].host]
         if selector in sc.stations:
             return sc.stations[selector].station_ids()
+        if selector in sc.file_servers:
+            return [sc.file_servers[selector].host]
         return [selector]
 
     def _sessions(self, group: StationGroupSpec) -> tuple[int, tuple[float, float]]:
@@ -283,11 +285,12 @@ class ScenarioRunner:
                 signing=SigningSettings(spec.signing.max_concurrent, spec.signing.max_queued),
                 signed_validity=spec.signing.validity,
             )
+        await self.start_file_servers(world)
         # links first: no station (or controller) may connect before its link has its policy
         for link in sc.links:
             a, b = (self._hosts(sel) for sel in link.between)
             if world.faults is not None:
-                world.set_link(a, b, latency=link.latency)
+                world.set_link(a, b, latency=link.latency, bytes_per_s=(link.bandwidth or 0.0) / 8)
             if link.reset is not None:
                 world.reset_links_every(
                     a, b, link.reset.every, label=f"{link.between[0]}<->{link.between[1]}"
@@ -364,6 +367,48 @@ class ScenarioRunner:
                 fallback=group.fallback,
                 certificates=group.certificates.settings(sc.pki.organization),
                 clock=group.clock,
+                files=[s.name for s in sc.file_services.values() if group.name in s.stations],
+                file_settings=FileSettings(
+                    sc.file_transfers.retries,
+                    sc.file_transfers.retry_interval,
+                    sc.file_transfers.install,
+                    sc.file_transfers.log_bytes,
+                ),
+            )
+
+    async def start_file_servers(self, world: World) -> None:
+        """The scenario's firmware releases, file servers and file services (:mod:`evsim.scenario.files`)."""
+        sc = self.scenario
+        for release in sc.firmware.values():
+            world.release(release.version, release.size)
+        for spec in sc.file_servers.values():
+            await world.start_file_server(
+                spec.name,
+                host=spec.host,
+                port=0 if sc.simulation.network == "tcp" else spec.port,
+                tls=Tls(
+                    profile=self._profile(spec.tls_profile),
+                    certificate=CertificateSpec(validity=sc.pki.validity, key_type=sc.pki.key_type),
+                ),
+                client_certificates=spec.client_certificates,
+                firmware=[sc.firmware[name].version for name in spec.firmware],
+                tampered=[sc.firmware[name].version for name in spec.tampered],
+                accept_uploads=spec.accept_uploads,
+            )
+        for service in sc.file_services.values():
+            world.add_file_service(
+                service.name,
+                [
+                    FileRoute(
+                        server=m.server,
+                        priority=m.priority,
+                        profile=None if m.tls_profile is None else self._profile(m.tls_profile),
+                        trust=None if m.trust is None else sc.trust_stores[m.trust],
+                        pins=None if m.pins is None else sc.pin_sets[m.pins],
+                        client_certificate=m.client_certificate,
+                    )
+                    for m in service.mirrors
+                ],
             )
         # after the stations: their SHIP links dial at once; over TCP the default SHIP port would clash between
         # runs on one machine, so each manager takes a free one (the stations learn it from the world)

@@ -36,8 +36,18 @@ UNIT_SECONDS: dict[str, float] = {"d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1
 MAX_DURATION_S = 100 * 365 * 86_400.0
 """Longest duration accepted (100 years): simulation start plus this stays far inside ``datetime``'s range."""
 
-BANDWIDTH_BPS: dict[str, float] = {"bps": 1.0, "kbps": 1e3, "mbps": 1e6, "gbps": 1e9}
-"""Bandwidth units (decimal, as in networking; matched case-insensitively)."""
+BANDWIDTH_BPS: dict[str, float] = {
+    **{
+        f"{p}{u}": m
+        for p, m in (("", 1.0), ("k", 1e3), ("m", 1e6), ("g", 1e9))
+        for u in ("bps", "bit", "bit/s")
+    }
+}
+"""Bandwidth units in bits (decimal, as in networking; matched case-insensitively): ``bps``, ``kbit``,
+``Mbit/s``..."""
+
+BANDWIDTH_BYTE_UNITS: dict[str, float] = {"B/s": 8.0, "kB/s": 8e3, "KB/s": 8e3, "MB/s": 8e6, "GB/s": 8e9}
+"""Bandwidth units in bytes (decimal; a capital ``B`` is a byte, so these are matched as written)."""
 
 MAX_BANDWIDTH_BPS = 1e12
 """Largest bandwidth accepted (1 Tbps): anything faster is "unlimited" for a simulated charging network."""
@@ -180,8 +190,8 @@ def parse_bandwidth(value: object) -> float:
     """Parse a bandwidth into bits per second.
 
     Args:
-        value: ``"9600bps"``, ``"500kbps"``, ``"1Mbps"``, ``"1.5 Gbps"`` (units case-insensitive), or a
-            positive number of bits per second.
+        value: ``"9600bps"``, ``"500kbps"``, ``"10Mbit"``, ``"1.5 Gbit/s"`` (bit units case-insensitive),
+            ``"1MB/s"``, ``"250kB/s"`` (byte units as written), or a positive number of bits per second.
 
     Returns:
         Bits per second, > 0 and at most :data:`MAX_BANDWIDTH_BPS`.
@@ -189,7 +199,7 @@ def parse_bandwidth(value: object) -> float:
     Raises:
         ConfigError: wrong type, unknown unit, zero, negative, or out of range.
     """
-    example = 'e.g. "9600bps", "500kbps", "1Mbps" or "1Gbps"'
+    example = 'e.g. "9600bps", "500kbps", "10Mbit" or "1MB/s"'
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ConfigError(
             f"expected a bandwidth, got {type_name(value)}",
@@ -201,13 +211,14 @@ def parse_bandwidth(value: object) -> float:
         if m is None:
             raise ConfigError("not a bandwidth", value=shown(value), fix=f"write <number><unit>, {example}")
         unit = m.group(2).lower() or "bps"
-        if unit not in BANDWIDTH_BPS:
+        factor = BANDWIDTH_BYTE_UNITS.get(m.group(2), BANDWIDTH_BPS.get(unit))
+        if factor is None:
             raise ConfigError(
                 f"unknown bandwidth unit {m.group(2)!r}",
                 value=shown(value),
-                fix=f"use bps, kbps, Mbps or Gbps, {example}",
+                fix=f"use bps, kbps, Mbps, Gbps, kbit, Mbit(/s) (bits) or B/s, kB/s, MB/s (bytes), {example}",
             )
-        bps = float(m.group(1)) * BANDWIDTH_BPS[unit]
+        bps = float(m.group(1)) * factor
     else:
         bps = float(value)
     if not math.isfinite(bps) or bps <= 0:

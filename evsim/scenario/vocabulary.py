@@ -44,6 +44,10 @@ TOP_KEYS: Final = (
     "links",
     "timeline",
     "nts",
+    "firmware",
+    "file_servers",
+    "file_services",
+    "file_transfers",
 )
 SIMULATION_KEYS: Final = (
     "name",
@@ -181,6 +185,21 @@ ENERGY_MANAGER_KEYS: Final = (
     "confirm",
 )
 ENDPOINT_KEYS: Final = ("csms", "controller", "priority", "trust", "tls_profile", "pins")
+FIRMWARE_KEYS: Final = ("version", "size")
+FILE_SERVER_KEYS: Final = (
+    "host",
+    "port",
+    "tls_profile",
+    "client_certificates",
+    "firmware",
+    "tampered",
+    "accept_uploads",
+)
+FILE_SERVICE_KEYS: Final = ("mirrors", "stations")
+FILE_ROUTE_KEYS: Final = ("server", "priority", "tls_profile", "trust", "pins", "client_certificate")
+FILE_TRANSFERS_KEYS: Final = ("retries", "retry_interval", "install", "log_bytes")
+MAX_FIRMWARE_BYTES: Final = 256 * 1024 * 1024
+"""The largest test image (the station's default ``max_body_bytes``)."""
 BACKOFF_KEYS: Final = ("wait_minimum", "random_range", "repeat_times")
 LINK_KEYS: Final = ("between", *LINK_POLICY_KEYS)
 STALL_KEYS: Final = ("every", "for")

@@ -4,8 +4,10 @@ See :mod:`evsim.world.core` for how it works, :mod:`evsim.world.specs` for how n
 :mod:`evsim.world.actions` for the timeline actions a scenario (or a Python caller) applies to a world.
 """
 
+from evsim.world import file_actions as file_actions  # registers update_firmware and get_log
 from evsim.world.clocks import ClockSpec, NtsServerNode
 from evsim.world.core import RUN_PASSWORD, WORLD_START, World, check_clock, open_world, run
+from evsim.world.files import FileRoute, FileServerNode, FileSettings, FirmwareRelease
 from evsim.world.nodes import ControllerNode, CsmsNode, NodeHandle, StationGroup, StationNode
 from evsim.world.pki import WorldPki
 from evsim.world.specs import (
@@ -28,6 +30,10 @@ __all__ = [
     "ClockSpec",
     "ControllerNode",
     "CsmsNode",
+    "FileRoute",
+    "FileServerNode",
+    "FileSettings",
+    "FirmwareRelease",
     "NodeHandle",
     "NtsServerNode",
     "PinSetSpec",

@@ -28,8 +28,7 @@ if TYPE_CHECKING:
 LINK_POLICY_KEYS = ("latency", "jitter", "bandwidth", "stall", "reset")
 """The link policy keys of ``[[links]]`` entries and ``link`` events."""
 LINK_NOT_YET = {
-    "jitter": "the in-memory network models latency only so far",
-    "bandwidth": "the in-memory network models latency only so far",
+    "jitter": "the in-memory network models latency and bandwidth only so far",
     "stall": "the in-memory network cannot hold bytes back without breaking the stream yet",
 }
 """Link knobs the model accepts that a run cannot enforce yet; refused before the run starts."""
@@ -118,6 +117,12 @@ class Reader(Protocol):
     def check_pinned(self, stations: str, key: PinSpec) -> None:
         """Refuse releasing a key the stations' pin set has no pin for."""
 
+    def file_reference(self, key: str, kind: str) -> str:
+        """The name at ``key`` (required) of a ``firmware`` release or a ``file_service`` the scenario declares."""
+
+    def firmware_version(self, name: str) -> str:
+        """The version of the ``[firmware.<name>]`` release."""
+
 
 A = TypeVar("A", bound="Action")
 
@@ -175,14 +180,14 @@ class Action:
 @action("stop", "target")
 @attrs.frozen
 class Stop(Action):
-    """The node(s) shut down: a CSMS, controller or NTS server stops listening and its host is down; stations go
-    dark."""
+    """The node(s) shut down: a CSMS, controller, NTS server or file server stops listening and its host is down;
+    stations go dark."""
 
     target: str
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        return cls(target=r.target(("csms", "controller", "group", "station", "nts")))
+        return cls(target=r.target(("csms", "controller", "group", "station", "nts", "file_server")))
 
     async def apply(self, world: World) -> None:
         await world.stop(self.target)
@@ -197,7 +202,7 @@ class Start(Action):
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        return cls(target=r.target(("csms", "controller", "group", "station", "nts")))
+        return cls(target=r.target(("csms", "controller", "group", "station", "nts", "file_server")))
 
     async def apply(self, world: World) -> None:
         await world.start(self.target)
@@ -268,8 +273,12 @@ class Link(Action):
         return cls(between=between, **attrs.asdict(knobs))
 
     async def apply(self, world: World) -> None:
-        if self.latency is not None:
-            world.set_link(*self.between, latency=self.latency)
+        if self.latency is not None or self.bandwidth is not None:
+            world.set_link(
+                *self.between,
+                latency=self.latency,
+                bytes_per_s=None if self.bandwidth is None else self.bandwidth / 8,
+            )
         if self.reset is not None:
             world.reset_links_every(*self.between, self.reset)
         if self.stall is not None:

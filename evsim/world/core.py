@@ -43,7 +43,6 @@ from evsim.link.service import Endpoint, Service
 from evsim.link.slots import NetworkSlot
 from evsim.metrics.rundir import Sample
 from evsim.metrics.topology import Topology
-from evsim.net.virtual import LinkPolicy
 from evsim.nodes.admission import TrustedController
 from evsim.nodes.certificates import CertificateSettings
 from evsim.nodes.controller import ControllerConfig, LocalController
@@ -72,6 +71,7 @@ from evsim.world.base import (
 )
 from evsim.world.clocks import ClockSpec, WorldClocks
 from evsim.world.energy import WorldEnergy
+from evsim.world.files import FileSettings, WorldFiles
 from evsim.world.nodes import ControllerNode, CsmsNode, StationGroup, StationNode
 from evsim.world.pki import WorldPki
 from evsim.world.specs import (
@@ -211,7 +211,7 @@ def _plain(value: object) -> object:
     return value
 
 
-class World(WorldClocks, WorldEnergy, WorldStalls):
+class World(WorldClocks, WorldEnergy, WorldFiles, WorldStalls):
     """A network of nodes sharing one clock, recorder, network and PKI (open it with :func:`open_world`).
 
     Starting nodes, their lifecycle and the network are here; TLS and certificates in
@@ -477,6 +477,8 @@ class World(WorldClocks, WorldEnergy, WorldStalls):
         fallback: Literal["restart_list", "last_working"] = "restart_list",
         certificates: CertificateSettings | None = None,
         clock: ClockSpec | None = None,
+        files: Sequence[str] = (),
+        file_settings: FileSettings | None = None,
     ) -> StationGroup:
         """Start ``count`` stations that behave alike; returns once each one's connection loop runs.
 
@@ -506,6 +508,8 @@ class World(WorldClocks, WorldEnergy, WorldStalls):
                 OrganizationName.
             clock: their clocks (offset, drift, a dead clock) and time sources (NTS servers, currentTime);
                 default perfect clocks (:mod:`evsim.world.clocks`).
+            files: the file services (:meth:`add_file_service`) their firmware updates and log uploads use.
+            file_settings: their retries, install time and log size for file transfers.
         """
         clock = clock or ClockSpec()
         if (csms is None) == (not routes):
@@ -585,6 +589,9 @@ class World(WorldClocks, WorldEnergy, WorldStalls):
                 clock=self.station_clock(sid, clock),
                 recorder=self.recorder,
                 rng=self.rng(sid),
+                files=self.files_config(group, sid, files, file_settings or FileSettings())
+                if files
+                else None,
             )
             station.tls_sessions = SessionStore(tls.session_cache) if tls.session_cache else None
             self.use_nts(station, group, clock)
@@ -640,8 +647,8 @@ class World(WorldClocks, WorldEnergy, WorldStalls):
         if name in self.nts_servers:
             self.stop_nts_server(name)
             return
-        if name in self.controllers:
-            node = self.controllers[name]
+        if name in self.file_servers or name in self.controllers:
+            node = self.file_servers.get(name) or self.controllers[name]
             node.stop()
             if self.faults is not None:
                 self.faults.set_host_down(node.host)
@@ -660,8 +667,8 @@ class World(WorldClocks, WorldEnergy, WorldStalls):
         if name in self.nts_servers:
             await self.start_nts_server_again(name)
             return
-        if name in self.controllers:
-            node = self.controllers[name]
+        if name in self.file_servers or name in self.controllers:
+            node = self.file_servers.get(name) or self.controllers[name]
             if self.faults is not None:
                 self.faults.set_host_down(node.host, down=False)
             await node.start_in(self.nursery)
@@ -688,11 +695,24 @@ class World(WorldClocks, WorldEnergy, WorldStalls):
         for x, y in self._pairs(a, b):
             net.heal(x, y)
 
-    def set_link(self, a: Selector, b: Selector, *, latency: float = 0.0) -> None:
-        """The policy of every link between two selectors (one-way latency, seconds)."""
+    def set_link(
+        self, a: Selector, b: Selector, *, latency: float | None = None, bytes_per_s: float | None = None
+    ) -> None:
+        """The policy of every link between two selectors: one-way ``latency`` (seconds) and the rate of each
+        direction (``bytes_per_s``, 0: unlimited; the in-memory network only); a key left None keeps the link's
+        current value."""
         net = self._faults("a link policy")
         for x, y in self._pairs(a, b):
-            net.set_link_policy(x, y, LinkPolicy(latency_s=latency))
+            now = net.link_policy(x, y)
+            net.set_link_policy(
+                x,
+                y,
+                attrs.evolve(
+                    now,
+                    latency_s=now.latency_s if latency is None else latency,
+                    bytes_per_s=now.bytes_per_s if bytes_per_s is None else bytes_per_s,
+                ),
+            )
 
     def reset_links(self, a: Selector, b: Selector) -> None:
         """Reset the connections between two selectors now (both ends see a broken stream)."""

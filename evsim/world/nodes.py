@@ -23,7 +23,7 @@ from evsim.pki import CertKey
 from evsim.tls import PeerPolicy
 from evsim.world.specs import Route, Tls
 
-NodeKind: TypeAlias = Literal["csms", "controller", "station", "attacker", "nts"]
+NodeKind: TypeAlias = Literal["csms", "controller", "station", "attacker", "nts", "file_server"]
 
 
 class NodeHandle:

@@ -51,6 +51,8 @@ class WorldPki:
     _csms_keys: dict[str, list[PrivateKey]] = attrs.field(factory=dict)
     _csms_key_index: dict[str, int] = attrs.field(factory=dict)
     crl_lifetime_s: float = 7 * 86_400.0
+    key_type: KeyType = "ec"
+    """The run's key type: ``root``, the station sub-CA and the station certificates it issues."""
     _responders: dict[str, OcspResponder] = attrs.field(factory=dict)
     _crls: dict[str, x509.CertificateRevocationList] = attrs.field(factory=dict)
 
@@ -91,7 +93,12 @@ class WorldPki:
             f"{org} Charging Station Sub-CA", org, now=ca_start, days=CA_DAYS, key_type=key_type
         )
         return cls(
-            start=start, organization=org, roots=made, station_ca=station_ca, crl_lifetime_s=crl_lifetime_s
+            start=start,
+            organization=org,
+            roots=made,
+            station_ca=station_ca,
+            crl_lifetime_s=crl_lifetime_s,
+            key_type=key_type,
         )
 
     def add_root(self, name: str, key_type: KeyType = "ec") -> CertificateAuthority:
@@ -193,7 +200,12 @@ class WorldPki:
         if renew or station_id not in self._stations:
             now, days = issue_window(self.start, at, validity_s)
             self._stations[station_id] = self.station_ca.issue_client(
-                station_id, self.organization, now=now, days=days, extended_key_usage=CLIENT_EKU
+                station_id,
+                self.organization,
+                now=now,
+                days=days,
+                key_type=self.key_type,
+                extended_key_usage=CLIENT_EKU,
             )
         return self._stations[station_id]
 
