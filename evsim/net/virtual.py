@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A connection is a :class:`_Link`: two :class:`_Pipe` objects (one per direction) and two
+A connection is a :class:`_Link`: two :class:`Pipe` objects (one per direction) and two
 :class:`VirtualStream` ends. A pipe is a bounded byte buffer (``buffer_size`` bytes, default 64 KiB,
 the Linux default socket buffer order of magnitude) plus at most one parked reader task and one
 parked writer task. trio forbids concurrent ``receive_some`` (and concurrent ``send_all``) on one
@@ -41,15 +41,7 @@ from collections.abc import Iterator, Mapping
 
 import attrs
 import trio
-from trio.lowlevel import (
-    Abort,
-    RaiseCancelT,
-    Task,
-    checkpoint,
-    current_task,
-    reschedule,
-    wait_task_rescheduled,
-)
+from trio.lowlevel import checkpoint, reschedule
 
 from evsim.errors import ConfigError, ConnectionRefused, TransportError
 from evsim.net.base import (
@@ -63,6 +55,8 @@ from evsim.net.base import (
     StreamClosed,
     StreamStatistics,
 )
+from evsim.net.capture import Capture
+from evsim.net.pipe import Pipe, TappedPipe
 
 __all__ = ["LinkPolicy", "VirtualDatagramSocket", "VirtualListener", "VirtualNetwork", "VirtualStream"]
 
@@ -107,105 +101,6 @@ class LinkPolicy:
             raise ConfigError("loss must be a probability in 0..1", path="loss", value=value)
 
 
-class _Pipe:
-    """One direction of a connection: a bounded byte buffer with one parked reader and one parked writer."""
-
-    __slots__ = (
-        "broken",
-        "buf",
-        "capacity",
-        "eof",
-        "latency",
-        "pending",
-        "pending_bytes",
-        "reader",
-        "reader_gone",
-        "writer",
-    )
-
-    def __init__(self, capacity: int, latency: float) -> None:
-        self.buf = bytearray()
-        self.capacity = capacity
-        self.eof = False  # the writing end closed or sent EOF
-        self.reader_gone = False  # the reading end closed: writes fail
-        self.broken: str | None = None  # link reset: everything fails
-        self.reader: Task | None = None
-        self.writer: Task | None = None
-        self.latency = latency
-        # (arrival time, bytes) in flight when latency > 0, counted against capacity; created on first
-        # use (an empty deque costs ~600 bytes, and most links have no latency)
-        self.pending: deque[tuple[float, bytes]] | None = None
-        self.pending_bytes = 0
-
-    def space(self) -> int:
-        return self.capacity - len(self.buf) - self.pending_bytes
-
-    def push(self, chunk: memoryview) -> None:
-        if self.latency > 0.0:
-            if self.pending is None:
-                self.pending = deque()
-            self.pending.append((trio.current_time() + self.latency, bytes(chunk)))
-            self.pending_bytes += len(chunk)
-        else:
-            self.buf += chunk
-
-    def promote(self) -> float | None:
-        """Move arrived bytes into the buffer; return the next arrival time, if any is still in flight."""
-        pending = self.pending
-        if pending is None:
-            return None
-        now = trio.current_time()
-        while pending:
-            arrival, chunk = pending[0]
-            if arrival > now:
-                return arrival
-            pending.popleft()
-            self.pending_bytes -= len(chunk)
-            self.buf += chunk
-        return None
-
-    def wake_reader(self) -> None:
-        task = self.reader
-        if task is not None:
-            self.reader = None
-            reschedule(task)
-
-    def wake_writer(self) -> None:
-        task = self.writer
-        if task is not None:
-            self.writer = None
-            reschedule(task)
-
-    def _abort_reader(self, _raise_cancel: RaiseCancelT) -> Abort:
-        self.reader = None
-        return Abort.SUCCEEDED
-
-    def _abort_writer(self, _raise_cancel: RaiseCancelT) -> Abort:
-        self.writer = None
-        return Abort.SUCCEEDED
-
-    async def park_reader(self, deadline: float | None) -> None:
-        self.reader = current_task()
-        if deadline is None:
-            await wait_task_rescheduled(self._abort_reader)
-        else:
-            with trio.move_on_at(deadline):
-                await wait_task_rescheduled(self._abort_reader)
-
-    async def park_writer(self) -> None:
-        self.writer = current_task()
-        await wait_task_rescheduled(self._abort_writer)
-
-    def reset(self, reason: str) -> None:
-        if self.broken is None:
-            self.broken = reason
-        self.buf.clear()
-        self.pending = None
-        self.pending_bytes = 0
-        self.wake_reader()
-        self.wake_writer()
-
-
 class VirtualStream(trio.abc.HalfCloseableStream):
     """One end of an in-memory connection. Passes ``trio.testing.check_half_closeable_stream``.
 
@@ -233,8 +128,8 @@ class VirtualStream(trio.abc.HalfCloseableStream):
     def __init__(
         self,
         link: _Link | None,
-        inbound: _Pipe,
-        outbound: _Pipe,
+        inbound: Pipe,
+        outbound: Pipe,
         local: tuple[str, int],
         remote: tuple[str, int],
         counters: NetworkCounters,
@@ -331,8 +226,8 @@ class VirtualStream(trio.abc.HalfCloseableStream):
             backlog += data
             return False
         pipe = self._out
-        if type(data) is bytes and pipe.latency == 0.0:
-            # The usual case (a TLS record on a link without latency), inlined: one message per call.
+        if type(data) is bytes and pipe.direct:
+            # The usual case (a TLS record on a link without latency or capture), inlined: one message per call.
             total = len(data)
             buf = pipe.buf
             if total and pipe.capacity - len(buf) - pipe.pending_bytes >= total:
@@ -424,7 +319,7 @@ class VirtualStream(trio.abc.HalfCloseableStream):
             finally:
                 self._sending = False
         self._eof_sent = True
-        self._out.eof = True
+        self._out.set_eof()
         self._out.wake_reader()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
@@ -490,7 +385,7 @@ class VirtualStream(trio.abc.HalfCloseableStream):
         inbound.wake_writer()  # the peer's blocked sender: broken
         inbound.wake_reader()  # our own blocked receiver: closed
         outbound = self._out
-        outbound.eof = True
+        outbound.set_eof()
         outbound.wake_reader()  # the peer's blocked receiver: end of stream
         outbound.wake_writer()  # our own blocked sender: closed
         if self._link is not None:
@@ -507,7 +402,7 @@ class _Link:
 
     __slots__ = ("_net", "a_host", "b_host", "open_ends", "pipes")
 
-    def __init__(self, net: VirtualNetwork, a_host: str, b_host: str, pipes: tuple[_Pipe, _Pipe]) -> None:
+    def __init__(self, net: VirtualNetwork, a_host: str, b_host: str, pipes: tuple[Pipe, Pipe]) -> None:
         self._net = net
         self.a_host = a_host
         self.b_host = b_host
@@ -624,6 +519,11 @@ class VirtualNetwork:
         self._datagram_queue = datagram_queue
         self._datagram_sockets: dict[tuple[str, int], VirtualDatagramSocket] = {}
         self._loss_rng = random.Random(seed)
+        self._capture: Capture | None = None
+
+    def attach_capture(self, capture: Capture | None) -> None:
+        """Capture the connections made from now on to ``capture`` (:mod:`evsim.net.capture`); None stops."""
+        self._capture = capture
 
     # -- Network -------------------------------------------------------------------------------------
 
@@ -670,11 +570,18 @@ class VirtualNetwork:
                 await listener._room.park()
         policy = self._policies.get(_pair(src, host))
         latency = policy.latency_s if policy is not None else 0.0
-        to_server = _Pipe(self._buffer_size, latency)
-        to_client = _Pipe(self._buffer_size, latency)
-        link = _Link(self, src, host, (to_server, to_client))
         client_addr = (src, next(self._ports))
         server_addr = (host, port)
+        to_server: Pipe
+        to_client: Pipe
+        if self._capture is None:
+            to_server = Pipe(self._buffer_size, latency)
+            to_client = Pipe(self._buffer_size, latency)
+        else:
+            tap = self._capture.open_link(client_addr, server_addr)
+            to_server = TappedPipe(self._buffer_size, latency, tap, 0)
+            to_client = TappedPipe(self._buffer_size, latency, tap, 1)
+        link = _Link(self, src, host, (to_server, to_client))
         counters = self._counters
         client = VirtualStream(link, to_client, to_server, client_addr, server_addr, counters)
         server = VirtualStream(link, to_server, to_client, server_addr, client_addr, counters)
@@ -801,7 +708,7 @@ class VirtualNetwork:
             self._policies[pair] = policy
         for link in self._links_between(host_a, host_b):
             for pipe in link.pipes:
-                pipe.latency = policy.latency_s
+                pipe.set_latency(policy.latency_s)
 
     # -- internals ----------------------------------------------------------------------------------------
 
@@ -907,8 +814,8 @@ def memory_pipe_pair(
     Returns:
         ``(left, right)``; what one sends, the other receives.
     """
-    to_right = _Pipe(buffer_size, latency_s)
-    to_left = _Pipe(buffer_size, latency_s)
+    to_right = Pipe(buffer_size, latency_s)
+    to_left = Pipe(buffer_size, latency_s)
     counters = NetworkCounters()
     left = VirtualStream(None, to_left, to_right, ("left", 1), ("right", 2), counters)
     right = VirtualStream(None, to_right, to_left, ("right", 2), ("left", 1), counters)
