@@ -190,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-live", action="store_true", help="no live progress display")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     run.add_argument("--canonical-log", default=None, help="also write the canonical event log to FILE")
+    run.add_argument(
+        "--pcap",
+        default=None,
+        metavar="FILE",
+        help="write every connection of the run (in-memory network) to FILE as pcapng: synthetic TCP/IPv4 "
+        "frames at simulation time with the TLS secrets embedded, so Wireshark and tshark decrypt it as is; "
+        "the file holds session keys (see README, Capturing a run)",
+    )
 
     val = sub.add_parser(
         "validate", help="check scenario files without running anything", parents=[verbosity]

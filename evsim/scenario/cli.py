@@ -64,11 +64,14 @@ def run(args: argparse.Namespace) -> int:
     # Ctrl-C during the run stops it (the result says "interrupted"); around it, it waits for whole files
     with interrupts.deferred():
         with rd.open_event_sink() as sink:
+            pcap = args.pcap
+            if pcap:
+                print(f"evsim: capturing to {pcap}, TLS session secrets included", file=sys.stderr)
             if args.no_live:
-                result = run_scenario(sc, sink=sink)
+                result = run_scenario(sc, sink=sink, pcap=pcap)
             else:
                 with LiveProgress(sc.station_count(), sim.duration, title=f"evsim run {sim.name}") as live:
-                    result = run_scenario(sc, sink=tee(sink), on_sample=live.update)
+                    result = run_scenario(sc, sink=tee(sink), on_sample=live.update, pcap=pcap)
         rd.write_metrics_csv(result.samples)
         rd.write_meta(_meta(args.file, sc_result=result, topology=topology))
     text, pngs = rerender(rd.path, plots=not args.no_plots)

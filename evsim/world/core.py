@@ -29,6 +29,7 @@ import contextlib
 import datetime as _dt
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeAlias, TypeVar
 
 import attrs
@@ -69,6 +70,7 @@ from evsim.world.base import (
     _identity,
     _label,
 )
+from evsim.world.capture import open_capture
 from evsim.world.clocks import ClockSpec, WorldClocks
 from evsim.world.nodes import ControllerNode, CsmsNode, StationGroup, StationNode
 from evsim.world.pki import WorldPki
@@ -141,6 +143,7 @@ async def open_world(
     sink: Callable[[Event], None] | None = None,
     echo: bool = False,
     expiry_warning: float | None = None,
+    pcap: str | Path | None = None,
 ) -> AsyncIterator[World]:
     """Open a world: shared clock, recorder, network and PKI, and a nursery its nodes run in.
 
@@ -158,12 +161,16 @@ async def open_world(
         echo: print events as they are recorded.
         expiry_warning: every node emits ``cert_expiring`` this many seconds before the notAfter of its own
             certificate and of each peer certificate it met (:mod:`evsim.nodes.expiry`); None: no warnings.
+        pcap: write every connection of the in-memory network to this pcapng file, with the TLS secrets of
+            every handshake in the process (:mod:`evsim.net.capture`; timestamps are the simulation's wall
+            time); None: no capture, at no cost.
 
     Yields:
         The world; leaving the block cancels every node in it.
 
     Raises:
-        ConfigError: the clock kind does not match trio's clock, or an unknown network kind.
+        ConfigError: the clock kind does not match trio's clock, an unknown network kind, or ``pcap`` on
+            loopback TCP (capture that with tcpdump on ``lo`` and ``--keylog``).
     """
     check_clock(clock)
     if network not in ("memory", "tcp"):
@@ -174,19 +181,22 @@ async def open_world(
     pki = WorldPki.build(
         anchor, organization=organization, key_type=key_type, roots=roots, crl_lifetime_s=crl_lifetime
     )
-    async with trio.open_nursery() as nursery:
-        world = World(
-            seed=seed, clock=sim_clock, recorder=recorder, network=network, pki=pki, nursery=nursery
-        )
-        if expiry_warning is not None:
-            world.expiry = ExpiryMonitor(
-                expiry_warning, clock=sim_clock, recorder=recorder, running=world.is_running
+    with open_capture(pcap, network=network, clock=sim_clock) as capture:
+        async with trio.open_nursery() as nursery:
+            world = World(
+                seed=seed, clock=sim_clock, recorder=recorder, network=network, pki=pki, nursery=nursery
             )
-            nursery.start_soon(world.expiry.run)
-        try:
-            yield world
-        finally:
-            nursery.cancel_scope.cancel()
+            if world.memory is not None:
+                world.memory.attach_capture(capture)
+            if expiry_warning is not None:
+                world.expiry = ExpiryMonitor(
+                    expiry_warning, clock=sim_clock, recorder=recorder, running=world.is_running
+                )
+                nursery.start_soon(world.expiry.run)
+            try:
+                yield world
+            finally:
+                nursery.cancel_scope.cancel()
 
 
 def _plain(value: object) -> object:
