@@ -194,9 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--pcap",
         default=None,
         metavar="FILE",
-        help="write every connection of the run (in-memory network) to FILE as pcapng: synthetic TCP/IPv4 "
-        "frames at simulation time with the TLS secrets embedded, so Wireshark and tshark decrypt it as is; "
-        "the file holds session keys (see README, Capturing a run)",
+        help="write every connection of the run to FILE as pcapng: synthetic TCP/IPv4 frames at simulation "
+        "time with the TLS secrets embedded, so Wireshark and tshark decrypt it as is; host addresses: "
+        "scenarios/README.md; the file holds session keys (see README, Capturing a run)",
     )
 
     val = sub.add_parser(

@@ -15,6 +15,7 @@ import trio
 import evsim.world
 from evsim.cli import main
 from evsim.world import Route, Tls, open_world
+from tests.test_scenarios import REAL_TCP
 
 pytestmark = [
     pytest.mark.slow,
@@ -62,6 +63,18 @@ def tshark(capture: Path, display_filter: str, *fields: str) -> list[list[str]]:
     return [line.split("\t") for line in done.stdout.splitlines()]
 
 
+def run_captured(tmp_path: Path, text: str) -> Path:
+    """``evsim run --pcap`` on scenario ``text``; the capture's path."""
+    scenario = tmp_path / "captured.toml"
+    scenario.write_text(text)
+    pcap = tmp_path / "run.pcapng"
+    assert (
+        main(["run", str(scenario), "--out", str(tmp_path), "--no-live", "--no-plots", "--pcap", str(pcap)])
+        == 0
+    )
+    return pcap
+
+
 def _undecrypted_or_broken(capture: Path) -> list[list[str]]:
     """Frames tshark could not decrypt, or whose TCP it finds inconsistent (lost or out-of-order segments)."""
     return tshark(
@@ -73,13 +86,7 @@ def _undecrypted_or_broken(capture: Path) -> list[list[str]]:
 
 
 def test_run_pcap_decrypts_boot_notification_and_shows_the_downgrade_alert(tmp_path: Path) -> None:
-    scenario = tmp_path / "captured.toml"
-    scenario.write_text(SCENARIO)
-    pcap = tmp_path / "run.pcapng"
-    assert (
-        main(["run", str(scenario), "--out", str(tmp_path), "--no-live", "--no-plots", "--pcap", str(pcap)])
-        == 0
-    )
+    pcap = run_captured(tmp_path, SCENARIO)
     boots = tshark(
         pcap, 'websocket.payload.text contains "BootNotification"', "ip.src", "websocket.payload.text"
     )
@@ -140,13 +147,13 @@ def test_world_capture_through_a_controller_with_permessage_deflate(tmp_path: Pa
     assert _undecrypted_or_broken(pcap) == []
 
 
-def test_pcap_on_loopback_tcp_is_refused(tmp_path: Path) -> None:
-    from evsim.errors import ConfigError
-
-    async def scenario() -> None:
-        async with open_world(clock="real", network="tcp", pcap=tmp_path / "x.pcapng"):
-            pass  # pragma: no cover
-
-    with pytest.raises(ConfigError, match="in-memory network"):
-        evsim.world.run(scenario, clock="real")
-    assert not (tmp_path / "x.pcapng").exists()
+@pytest.mark.loopback
+def test_loopback_tcp_run_is_captured_from_the_client_ends(tmp_path: Path) -> None:
+    """A real-clock run over loopback TCP (bounded by its 30 s duration): each connection once, decrypted."""
+    pcap = run_captured(tmp_path, REAL_TCP)
+    boots = tshark(pcap, 'websocket.payload.text contains "BootNotification"', "websocket.payload.text")
+    assert len(boots) == 3
+    assert any('"serialNumber":"TCP-02"' in row[0] for row in boots)
+    syns = tshark(pcap, "tcp.flags.syn == 1 && tcp.flags.ack == 0", "tcp.dstport")
+    assert len(syns) == 3  # one connection per station, captured once (at the client end)
+    assert _undecrypted_or_broken(pcap) == []

@@ -32,6 +32,9 @@ at an instant go in a Decryption Secrets Block ahead of that instant's frames: a
 record it protects is written, so a reader in one pass has it in time. Writes go to a buffered file, so
 memory stays bounded whatever the length of the run.
 
+Loopback TCP (:meth:`~evsim.net.tcp.TcpNetwork.attach_capture`): the client end of each connection
+(:class:`~evsim.net.tcp.TappedTcpStream`) reports what it sends and what it reads, the same tap makes the frames.
+
 Timestamps are ``epoch + trio.current_time()`` in nanoseconds: give ``epoch`` so that this is the
 simulation's wall time (the world does).
 """

@@ -161,16 +161,16 @@ async def open_world(
         echo: print events as they are recorded.
         expiry_warning: every node emits ``cert_expiring`` this many seconds before the notAfter of its own
             certificate and of each peer certificate it met (:mod:`evsim.nodes.expiry`); None: no warnings.
-        pcap: write every connection of the in-memory network to this pcapng file, with the TLS secrets of
+        pcap: write every connection of the world's network to this pcapng file, with the TLS secrets of
             every handshake in the process (:mod:`evsim.net.capture`; timestamps are the simulation's wall
-            time); None: no capture, at no cost.
+            time; on loopback TCP, as seen by the client ends); None: no capture, at no cost.
 
     Yields:
         The world; leaving the block cancels every node in it.
 
     Raises:
-        ConfigError: the clock kind does not match trio's clock, an unknown network kind, or ``pcap`` on
-            loopback TCP (capture that with tcpdump on ``lo`` and ``--keylog``).
+        ConfigError: the clock kind does not match trio's clock, an unknown network kind, or another
+            capture runs in this process.
     """
     check_clock(clock)
     if network not in ("memory", "tcp"):
@@ -181,13 +181,12 @@ async def open_world(
     pki = WorldPki.build(
         anchor, organization=organization, key_type=key_type, roots=roots, crl_lifetime_s=crl_lifetime
     )
-    with open_capture(pcap, network=network, clock=sim_clock) as capture:
+    with open_capture(pcap, clock=sim_clock) as capture:
         async with trio.open_nursery() as nursery:
             world = World(
                 seed=seed, clock=sim_clock, recorder=recorder, network=network, pki=pki, nursery=nursery
             )
-            if world.memory is not None:
-                world.memory.attach_capture(capture)
+            world.attach_capture(capture)
             if expiry_warning is not None:
                 world.expiry = ExpiryMonitor(
                     expiry_warning, clock=sim_clock, recorder=recorder, running=world.is_running
