@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -12,6 +13,8 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from evsim.cli import main
+from evsim.errors import ConfigError, ConnectionRefused
 from evsim.net import pcapng
 from evsim.net.capture import MSS, Capture, host_ipv4
 from evsim.net.pipe import TappedPipe
@@ -270,3 +273,35 @@ async def test_uncaptured_links_use_plain_pipes(autojump_clock: trio.testing.Moc
     tapped = await net.connect("server", 443, source="a")
     assert isinstance(tapped._out, TappedPipe) and not tapped._out.direct
     capture.close()
+
+
+def test_a_capture_file_that_cannot_be_written_is_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "missing" / "run.pcapng"
+    with pytest.raises(ConfigError, match="cannot write the capture file"):
+        Capture(bad)
+    scenario = Path(__file__).resolve().parent.parent / "scenarios" / "default.toml"
+    assert main(["run", str(scenario), "--out", str(tmp_path), "--no-live", "--pcap", str(bad)]) == 2
+    assert "cannot write the capture file" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no run directory either
+
+
+async def test_tap_shows_refused_connects(autojump_clock: trio.testing.MockClock) -> None:
+    """Nothing listening: SYN and RST-ACK; a partition: a SYN nobody answers."""
+    out = io.BytesIO()
+    capture = Capture(out)
+    net = VirtualNetwork()
+    net.attach_capture(capture)
+    await net.listen("b", 1)
+    with pytest.raises(ConnectionRefused):
+        await net.connect("b", 2, source="a")  # nothing listens there
+    await trio.sleep(1)
+    net.partition("a", "b")
+    with pytest.raises(ConnectionRefused):
+        await net.connect("b", 1, source="a")
+    capture.close()
+    segs = [tcp(f) for _, f in packets(out.getvalue())]
+    assert [(s[1], s[4]) for s in segs] == [(2, 0x02), (segs[0][0], 0x14), (1, 0x02)]
+    assert segs[1][3] == (segs[0][2] + 1) & 0xFFFFFFFF  # the RST acknowledges the SYN
+    assert all(32768 <= s[0] < 49152 for s in (segs[0], segs[2]))

@@ -8,7 +8,8 @@ connection's pipes report to it: the bytes each end writes (when they enter the 
 ``trio.current_time()``), a FIN when an end sends EOF or closes, a reset when a fault breaks the link. The
 tap turns that into what a TCP stack would have put on the wire:
 
-* connect: SYN, SYN-ACK, ACK (MSS option 1460 on the first two), all at the connect time;
+* connect: SYN, SYN-ACK, ACK (MSS option 1460 on the first two), all at the connect time; a refused connect:
+  a SYN, and an RST-ACK if nothing listens (a host down or partitioned answers nothing);
 * data: segments of at most :data:`MSS` octets with ACK, PSH on the last one of a write; sequence numbers
   count from an initial one derived from the 4-tuple; acknowledgement numbers are what the other side had
   sent up to then (data is acknowledged implicitly by the next segment, no pure ACKs);
@@ -50,9 +51,10 @@ from typing import BinaryIO
 
 import trio
 
+from evsim.errors import ConfigError
 from evsim.net import pcapng
 
-__all__ = ["MSS", "TICK_LIMIT", "Capture", "LinkTap", "host_ipv4"]
+__all__ = ["MSS", "TICK_LIMIT", "Capture", "LinkTap", "host_ipv4", "open_capture_file"]
 
 MSS = 1460
 """Largest TCP payload per frame: a 1500-octet Ethernet MTU less 20 octets each of IPv4 and TCP header."""
@@ -91,10 +93,27 @@ def host_ipv4(host: str, attempt: int = 0) -> bytes:
     return bytes((10, digest[0], digest[1], 1 + digest[2] % 254))
 
 
+def open_capture_file(path: str | Path) -> BinaryIO:
+    """Create (or empty) ``path`` for writing a capture, buffered.
+
+    Raises:
+        ConfigError: the file cannot be created.
+    """
+    try:
+        return open(path, "wb", buffering=_FILE_BUFFER)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the capture file: {exc.strerror or exc}",
+            path="pcap",
+            value=str(path),
+            fix="give a path in a directory that exists and is writable",
+        ) from exc
+
+
 class LinkTap:
     """One captured connection: its TCP state per side (0 = client, 1 = server) and the frames so far."""
 
-    __slots__ = ("_capture", "_closed", "_fin", "_ip", "_ip_id", "_mac", "_port", "_reset", "_seq", "key")
+    __slots__ = ("_capture", "_fin", "_ip", "_ip_id", "_mac", "_port", "_reset", "_seq", "key")
 
     def __init__(self, capture: Capture, client: tuple[str, int], server: tuple[str, int]) -> None:
         self._capture = capture
@@ -107,10 +126,19 @@ class LinkTap:
         self._ip_id = [0, 0]
         self._fin = [False, False]
         self._reset = False
-        self._closed = False
+
+    def handshake(self) -> None:
+        """The connection was made: SYN, SYN-ACK, ACK."""
         self._segment(0, _SYN, b"", syn=True)
         self._segment(1, _SYN | _ACK, b"", syn=True)
         self._segment(0, _ACK, b"")
+
+    def refused(self, *, answered: bool) -> None:
+        """The connect failed: the client's SYN, and the server's RST-ACK if ``answered`` (nothing listens)."""
+        self._segment(0, _SYN, b"", syn=True)
+        if answered:
+            self._segment(1, _RST | _ACK, b"")
+        self._reset = True
 
     def data(self, side: int, chunk: bytes | bytearray | memoryview) -> None:
         """``side`` wrote ``chunk``: its segments."""
@@ -191,7 +219,7 @@ class Capture:
         tick_limit: int = TICK_LIMIT,
     ) -> None:
         if isinstance(out, str | Path):
-            self._out: BinaryIO = open(out, "wb", buffering=_FILE_BUFFER)  # noqa: SIM115 - closed by close()
+            self._out: BinaryIO = open_capture_file(out)
             self._owned = True
         else:
             self._out = out
@@ -206,6 +234,7 @@ class Capture:
         self._taken: set[bytes] = set()
         self._new_names: list[tuple[bytes, str]] = []
         self._closed = False
+        self._refused_ports = itertools.cycle(range(32768, 49152))
         self.frames = 0
         """Frames written so far."""
         self._out.write(pcapng.section_header(application) + pcapng.interface_description("evsim-virtual"))
@@ -231,7 +260,16 @@ class Capture:
 
     def open_link(self, client: tuple[str, int], server: tuple[str, int]) -> LinkTap:
         """A new connection from ``client`` to ``server``: its handshake frames and its tap."""
-        return LinkTap(self, client, server)
+        tap = LinkTap(self, client, server)
+        tap.handshake()
+        return tap
+
+    def refused(self, client_host: str, server: tuple[str, int], *, answered: bool) -> None:
+        """A connect from ``client_host`` to ``server`` that failed: a SYN from a port of 32768-49151 (a range
+        the networks' connections never use), and an RST-ACK when ``answered`` (nothing listens there; a
+        host down or partitioned answers nothing)."""
+        port = next(self._refused_ports)
+        LinkTap(self, (client_host, port), server).refused(answered=answered)
 
     def add_secrets(self, lines: bytes) -> None:
         """NSS key log lines (newline-terminated) for the next Decryption Secrets Block."""

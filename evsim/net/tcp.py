@@ -514,6 +514,8 @@ class TcpNetwork:
         except OSError as exc:
             sock.close()
             self._counters.refused += 1
+            if capture is not None:
+                capture.refused(source or "client", (host, port), answered=exc.errno == errno.ECONNREFUSED)
             raise ConnectionRefused(f"connect to {host}:{port} ({ip}) failed: {exc}") from exc
         except BaseException:
             sock.close()

@@ -74,6 +74,7 @@ DEFAULT_CONNECT_TIMEOUT = 127.0
 """Seconds a connect waits for room in a full backlog: Linux drops the SYN and retries it with
 tcp_syn_retries=6 (1+2+4+8+16+32+64 s) before giving up, so a storm queues instead of failing."""
 
+_NO_LISTENER = "nothing listens there"
 _EPHEMERAL = (49152, 65535)  # RFC 6335 §6 dynamic ports, used for port 0 and for client ends
 
 
@@ -551,9 +552,13 @@ class VirtualNetwork:
             elif _pair(src, host) in self._partitions:
                 reason = f"{src} and {host} are partitioned"
             elif listener is None:
-                reason = "nothing listens there"
+                reason = _NO_LISTENER
             if reason is not None or listener is None:
                 self._counters.refused += 1
+                if self._capture is not None:
+                    self._capture.refused(
+                        src, (host, port), answered=listener is None and reason == _NO_LISTENER
+                    )
                 if listener is not None:
                     listener._pass_room()
                 raise ConnectionRefused(f"connect {src} -> {host}:{port} refused: {reason}")

@@ -26,6 +26,7 @@ from evsim.metrics.canonical import canonical_log
 from evsim.metrics.live import LiveProgress
 from evsim.metrics.rundir import RunDir, rerender, tee
 from evsim.metrics.topology import Topology
+from evsim.net.capture import open_capture_file
 from evsim.report import table
 from evsim.scenario.loader import load_scenario
 from evsim.scenario.runner import RunResult, preflight, run_scenario
@@ -56,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         sc = attrs.evolve(sc, simulation=attrs.evolve(sc.simulation, seed=args.seed))
     preflight(sc)  # refuse before creating anything
+    if args.pcap:
+        open_capture_file(args.pcap).close()  # a path that cannot be written is refused before the run
     sim = sc.simulation
     from evsim.clock import real_utcnow
 

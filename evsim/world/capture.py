@@ -24,7 +24,7 @@ def open_capture(pcap: str | Path | None, *, clock: SimClock) -> Iterator[Captur
     """Capture to ``pcap`` while the block runs (None: yield None and capture nothing).
 
     Raises:
-        ConfigError: another capture is active in this process.
+        ConfigError: the file cannot be written, or another capture is active in this process.
     """
     if pcap is None:
         yield None
