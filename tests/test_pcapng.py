@@ -6,6 +6,7 @@ import io
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -144,6 +145,15 @@ def test_address_plan_is_stable_and_private() -> None:
 # ---------------------------------------------------------------------------- the tap on the virtual network
 
 
+def captured_network(**options: Any) -> tuple[io.BytesIO, Capture, VirtualNetwork]:
+    """A virtual network captured into memory: (the file, the capture, the network)."""
+    out = io.BytesIO()
+    capture = Capture(out, **options)
+    net = VirtualNetwork()
+    net.attach_capture(capture)
+    return out, capture, net
+
+
 async def _exchange(net: VirtualNetwork, payload: bytes) -> None:
     listener = await net.listen("server", 443)
 
@@ -167,10 +177,7 @@ async def _exchange(net: VirtualNetwork, payload: bytes) -> None:
 
 
 async def test_tap_writes_a_tcp_conversation(autojump_clock: trio.testing.MockClock) -> None:
-    out = io.BytesIO()
-    capture = Capture(out, epoch=1000.0)
-    net = VirtualNetwork()
-    net.attach_capture(capture)
+    out, capture, net = captured_network(epoch=1000.0)
     payload = bytes(range(256)) * 20  # 5120 octets: four segments
     with trio.fail_after(60):
         await _exchange(net, payload)
@@ -207,10 +214,7 @@ async def test_tap_writes_a_tcp_conversation(autojump_clock: trio.testing.MockCl
 
 
 async def test_tap_resets_a_partitioned_link(autojump_clock: trio.testing.MockClock) -> None:
-    out = io.BytesIO()
-    capture = Capture(out)
-    net = VirtualNetwork()
-    net.attach_capture(capture)
+    out, capture, net = captured_network()
     await net.listen("b", 1)
     stream = await net.connect("b", 1, source="a")
     await stream.send_all(b"x")
@@ -226,10 +230,7 @@ async def test_frames_at_one_instant_are_sorted_by_connection(autojump_clock: tr
     """Connections opened in any order at one instant come out in the same order (by client host)."""
 
     async def capture_of(order: list[str]) -> list[bytes]:
-        out = io.BytesIO()
-        capture = Capture(out)
-        net = VirtualNetwork()
-        net.attach_capture(capture)
+        out, capture, net = captured_network()
         await net.listen("server", 443)
         for host in order:
             await net.connect("server", 443, source=host)
@@ -244,10 +245,7 @@ async def test_frames_at_one_instant_are_sorted_by_connection(autojump_clock: tr
 
 
 async def test_tick_limit_bounds_what_waits(autojump_clock: trio.testing.MockClock) -> None:
-    out = io.BytesIO()
-    capture = Capture(out, tick_limit=4)
-    net = VirtualNetwork()
-    net.attach_capture(capture)
+    _, capture, net = captured_network(tick_limit=4)
     await net.listen("server", 443)
     await net.connect("server", 443, source="a")
     await net.connect("server", 443, source="b")
@@ -289,10 +287,7 @@ def test_a_capture_file_that_cannot_be_written_is_refused_before_the_run(
 
 async def test_tap_shows_refused_connects(autojump_clock: trio.testing.MockClock) -> None:
     """Nothing listening: SYN and RST-ACK; a partition: a SYN nobody answers."""
-    out = io.BytesIO()
-    capture = Capture(out)
-    net = VirtualNetwork()
-    net.attach_capture(capture)
+    out, capture, net = captured_network()
     await net.listen("b", 1)
     with pytest.raises(ConnectionRefused):
         await net.connect("b", 2, source="a")  # nothing listens there
