@@ -230,6 +230,7 @@ class Capture:
         self._held: list[tuple[tuple[str, str, int, int], int, bytes]] = []
         self._order = itertools.count()
         self._secrets = bytearray()
+        self._secret_lines: set[bytes] = set()
         self._hosts: dict[str, bytes] = {}
         self._taken: set[bytes] = set()
         self._new_names: list[tuple[bytes, str]] = []
@@ -272,11 +273,15 @@ class Capture:
         LinkTap(self, (client_host, port), server).refused(answered=answered)
 
     def add_secrets(self, lines: bytes) -> None:
-        """NSS key log lines (newline-terminated) for the next Decryption Secrets Block."""
+        """NSS key log lines (newline-terminated) for the next Decryption Secrets Block (a line both ends of a
+        connection logged at one instant goes in once)."""
         if self._closed:
             return
         self._advance()
-        self._secrets += lines
+        for line in lines.splitlines(keepends=True):
+            if line not in self._secret_lines:
+                self._secret_lines.add(line)
+                self._secrets += line
 
     def frame(self, tap: LinkTap, frame: bytes) -> None:
         """Hold ``frame`` of connection ``tap`` for the current instant (written in order, see module doc)."""
@@ -301,6 +306,7 @@ class Capture:
         if self._secrets:
             out.write(pcapng.decryption_secrets(bytes(self._secrets)))
             self._secrets.clear()
+            self._secret_lines.clear()
         if not self._held:
             return
         assert self._tick is not None
