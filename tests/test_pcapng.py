@@ -301,3 +301,22 @@ async def test_tap_shows_refused_connects(autojump_clock: trio.testing.MockClock
     assert [(s[1], s[4]) for s in segs] == [(2, 0x02), (segs[0][0], 0x14), (1, 0x02)]
     assert segs[1][3] == (segs[0][2] + 1) & 0xFFFFFFFF  # the RST acknowledges the SYN
     assert all(32768 <= s[0] < 49152 for s in (segs[0], segs[2]))
+
+
+async def test_tap_writes_datagrams_as_udp(autojump_clock: trio.testing.MockClock) -> None:
+    out, capture, net = captured_network()
+    server = await net.bind_datagram("time", 123)
+    client = await net.bind_datagram("station", 0)
+    await client.send_to(b"request", ("time", 123))
+    await client.send_to(b"lost", ("nobody", 123))  # dropped by the network, still seen leaving the sender
+    assert (await server.receive_from())[0] == b"request"
+    capture.close()
+    frames = [f for _, f in packets(out.getvalue())]
+    assert [f[23] for f in frames] == [17, 17]  # IPv4 protocol: UDP
+    for frame in frames:
+        ip, udp = frame[14:34], frame[34:]
+        assert _internet_sum(ip) == 0xFFFF
+        assert _internet_sum(ip[12:20] + struct.pack("!BBH", 0, 17, len(udp)) + udp) == 0xFFFF
+    # one instant: ordered by flow (sender host, then destination host "nobody" < "time")
+    assert [f[34 + 8 :] for f in frames] == [b"lost", b"request"]
+    assert struct.unpack_from("!H", frames[1], 34 + 2)[0] == 123

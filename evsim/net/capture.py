@@ -14,9 +14,10 @@ tap turns that into what a TCP stack would have put on the wire:
   count from an initial one derived from the 4-tuple; acknowledgement numbers are what the other side had
   sent up to then (data is acknowledged implicitly by the next segment, no pure ACKs);
 * EOF or close: FIN-ACK from that end and the ACK of it from the other;
-* a fault (partition, host down, listener closed): RST-ACK from each end, then nothing more.
+* a fault (partition, host down, listener closed): RST-ACK from each end, then nothing more;
+* a datagram (:meth:`Capture.datagram`, NTP): one UDP frame when it is sent, also if the network then drops it.
 
-IPv4 header and TCP checksums are computed (the frames are what a stack without offloading sends).
+IPv4 header, TCP and UDP checksums are computed (the frames are what a stack without offloading sends).
 
 Addresses (see scenarios/README.md, "Capturing a run"): each host name gets ``10.a.b.c`` from the first
 octets of the SHA-256 of its name (``c`` in 1..254), so a host has the same address in every run and every
@@ -68,6 +69,7 @@ WINDOW = 65535
 _FIN, _SYN, _RST, _PSH, _ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 _ETHERTYPE_IPV4 = 0x0800
 _PROTO_TCP = 6
+_PROTO_UDP = 17
 _TTL = 64
 _FILE_BUFFER = 64 * 1024
 
@@ -80,6 +82,13 @@ def _checksum(data: bytes) -> int:
     while total > 0xFFFF:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
+
+
+def _ipv4_frame(src: bytes, dst: bytes, proto: int, ip_id: int, transport: bytes) -> bytes:
+    """An Ethernet frame (MACs ``02:00`` + address) carrying an IPv4 packet (DF, TTL 64) of ``transport``."""
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(transport), ip_id, 0x4000, _TTL, proto, 0, src, dst)
+    ip = ip[:10] + _checksum(ip).to_bytes(2, "big") + ip[12:]
+    return b"\x02\x00" + dst + b"\x02\x00" + src + _ETHERTYPE_IPV4.to_bytes(2, "big") + ip + transport
 
 
 def host_ipv4(host: str, attempt: int = 0) -> bytes:
@@ -113,13 +122,12 @@ def open_capture_file(path: str | Path) -> BinaryIO:
 class LinkTap:
     """One captured connection: its TCP state per side (0 = client, 1 = server) and the frames so far."""
 
-    __slots__ = ("_capture", "_fin", "_ip", "_ip_id", "_mac", "_port", "_reset", "_seq", "key")
+    __slots__ = ("_capture", "_fin", "_ip", "_ip_id", "_port", "_reset", "_seq", "key")
 
     def __init__(self, capture: Capture, client: tuple[str, int], server: tuple[str, int]) -> None:
         self._capture = capture
         self.key = (client[0], server[0], server[1], client[1])
         self._ip = (capture.address(client[0]), capture.address(server[0]))
-        self._mac = tuple(b"\x02\x00" + ip for ip in self._ip)
         self._port = (client[1], server[1])
         digest = hashlib.sha256(repr(self.key).encode()).digest()
         self._seq = [int.from_bytes(digest[0:4], "big"), int.from_bytes(digest[4:8], "big")]
@@ -192,12 +200,9 @@ class LinkTap:
         tcp = header[:16] + check.to_bytes(2, "big") + header[18:] + options
         ip_id = self._ip_id[side]
         self._ip_id[side] = (ip_id + 1) & 0xFFFF
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + tcp_len, ip_id, 0x4000, _TTL, _PROTO_TCP, 0, src, dst)
-        ip = ip[:10] + _checksum(ip).to_bytes(2, "big") + ip[12:]
-        eth = self._mac[other] + self._mac[side] + _ETHERTYPE_IPV4.to_bytes(2, "big")
         consumed = len(payload) + (1 if flags & (_SYN | _FIN) else 0)
         self._seq[side] = (seq + consumed) & 0xFFFFFFFF
-        self._capture.frame(self, eth + ip + tcp + payload)
+        self._capture.frame(self.key, _ipv4_frame(src, dst, _PROTO_TCP, ip_id, tcp + payload))
 
 
 class Capture:
@@ -236,6 +241,7 @@ class Capture:
         self._new_names: list[tuple[bytes, str]] = []
         self._closed = False
         self._refused_ports = itertools.cycle(range(32768, 49152))
+        self._datagram_ids = itertools.count()
         self.frames = 0
         """Frames written so far."""
         self._out.write(pcapng.section_header(application) + pcapng.interface_description("evsim-virtual"))
@@ -283,12 +289,26 @@ class Capture:
                 self._secret_lines.add(line)
                 self._secrets += line
 
-    def frame(self, tap: LinkTap, frame: bytes) -> None:
-        """Hold ``frame`` of connection ``tap`` for the current instant (written in order, see module doc)."""
+    def datagram(self, source: tuple[str, int], destination: tuple[str, int], payload: bytes) -> None:
+        """A datagram ``source`` sent to ``destination`` (as it left the sender: also one the network then
+        drops): a UDP frame, checksum included."""
+        if self._closed:
+            return
+        src, dst = self.address(source[0]), self.address(destination[0])
+        length = 8 + len(payload)
+        header = struct.pack("!HHHH", source[1], destination[1], length, 0)
+        check = _checksum(src + dst + struct.pack("!BBH", 0, _PROTO_UDP, length) + header + payload) or 0xFFFF
+        udp = header[:6] + check.to_bytes(2, "big") + payload
+        key = (source[0], destination[0], destination[1], source[1])
+        self.frame(key, _ipv4_frame(src, dst, _PROTO_UDP, next(self._datagram_ids) & 0xFFFF, udp))
+
+    def frame(self, key: tuple[str, str, int, int], frame: bytes) -> None:
+        """Hold ``frame`` of the flow ``key`` (client host, server host, server port, client port) for the
+        current instant (written in order, see the module docstring)."""
         if self._closed:
             return
         self._advance()
-        self._held.append((tap.key, next(self._order), frame))
+        self._held.append((key, next(self._order), frame))
         if len(self._held) >= self._tick_limit:
             self._flush()
 

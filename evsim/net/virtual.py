@@ -653,6 +653,8 @@ class VirtualNetwork:
 
     def _deliver(self, sender: VirtualDatagramSocket, data: bytes, address: tuple[str, int]) -> None:
         """Route one datagram: drop it (counted on the sender) or queue it at the receiver."""
+        if self._capture is not None:
+            self._capture.datagram(sender.local_address, address, data)
         src = sender.local_address[0]
         dst_host = address[0]
         counters = sender._counters
