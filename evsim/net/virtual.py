@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A connection is a :class:`_Link`: two :class:`Pipe` objects (one per direction) and two
+A connection is a :class:`_Link`: two :class:`~evsim.net.pipe.Pipe` objects (one per direction) and two
 :class:`VirtualStream` ends. A pipe is a bounded byte buffer (``buffer_size`` bytes, default 64 KiB,
 the Linux default socket buffer order of magnitude) plus at most one parked reader task and one
 parked writer task. trio forbids concurrent ``receive_some`` (and concurrent ``send_all``) on one
@@ -28,6 +28,8 @@ objects plus two empty ``bytearray``\\ s.
 * Optional latency (:class:`LinkPolicy`): bytes written at trio time ``t`` become readable at
   ``t + latency_s``; they count against the buffer while in flight. A reader parks with a deadline at
   the earliest arrival, so it works under ``trio.testing.MockClock``.
+* A capture (:meth:`VirtualNetwork.attach_capture`, :mod:`evsim.net.capture`) gives connections made while it
+  is attached tapped pipes, and sees refused connects and every datagram sent; without one, nothing changes.
 """
 
 from __future__ import annotations
