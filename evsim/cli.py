@@ -290,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the run directory, its plots and its summary (summary.json, docs/summary-json.md) as JSON "
         "instead of text; live progress goes to standard error",
     )
+    run.add_argument(
+        "--pcap",
+        default=None,
+        metavar="FILE",
+        help="write every connection of the run to FILE as pcapng: synthetic TCP/IPv4 frames at simulation "
+        "time with the TLS secrets embedded, so Wireshark and tshark decrypt it as is; host addresses: "
+        "scenarios/README.md; the file holds session keys (see README, Capturing a run)",
+    )
 
     val = sub.add_parser(
         "validate", help="check scenario files without running anything", parents=[verbosity]

@@ -19,6 +19,7 @@ import operator
 import socket as _stdlib_socket
 import struct
 from collections.abc import Mapping
+from typing import Self
 
 import trio
 
@@ -32,6 +33,7 @@ from evsim.net.base import (
     StreamStatistics,
     is_loopback,
 )
+from evsim.net.capture import Capture, LinkTap
 from evsim.net.udp import UdpSocket, bind_udp
 
 __all__ = ["LISTEN_BACKLOG", "TcpListener", "TcpNetwork", "TcpStream"]
@@ -99,7 +101,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
         counters.open_streams += 1
 
     @classmethod
-    def _from_trio(cls, sock: trio.socket.SocketType, counters: NetworkCounters) -> TcpStream:
+    def _from_trio(cls, sock: trio.socket.SocketType, counters: NetworkCounters) -> Self:
         """Take over a connected trio socket (its file descriptor moves to a stdlib socket)."""
         family, type_, proto = sock.family, sock.type, sock.proto
         fd = sock.detach()
@@ -356,6 +358,48 @@ class TcpStream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
 
 
+class TappedTcpStream(TcpStream):
+    """The client end of a captured loopback connection: it reports what passes through it to ``tap``.
+
+    Both directions are seen from the client end (what it sends when the stream takes it, what it receives
+    when it reads it), so each in-process connection is captured once whatever the server side is.
+    """
+
+    __slots__ = ("tap",)
+    tap: LinkTap
+
+    def _send_now(self, data: bytes | bytearray | memoryview) -> bool:
+        self.tap.data(0, data)
+        return super()._send_now(data)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await super().send_all(data)
+        except StreamBroken:
+            self.tap.reset()
+            raise
+
+    async def send_eof(self) -> None:
+        await super().send_eof()
+        self.tap.fin(0)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            data = await super().receive_some(max_bytes)
+        except StreamBroken:
+            self.tap.reset()
+            raise
+        if data:
+            self.tap.data(1, data)
+        else:
+            self.tap.fin(1)
+        return data
+
+    async def aclose(self) -> None:
+        self.tap.fin(0)
+        await super().aclose()
+
+
 class TcpListener(NetListener):
     """A listening loopback socket; ``accept`` returns :class:`TcpStream`."""
 
@@ -420,6 +464,12 @@ class TcpNetwork:
     def __init__(self, resolve: Mapping[str, str] | None = None) -> None:
         self._resolve = {k.lower(): v for k, v in (resolve or {}).items()}
         self._counters = NetworkCounters()
+        self._capture: Capture | None = None
+
+    def attach_capture(self, capture: Capture | None) -> None:
+        """Capture the connections this network opens from now on (their client ends, see
+        :class:`TappedTcpStream`) to ``capture``; None stops."""
+        self._capture = capture
 
     def map_host(self, host: str, ip: str = "127.0.0.1") -> None:
         """Add a name to the ``resolve`` map (a node started later gets its host name mapped to loopback)."""
@@ -452,7 +502,7 @@ class TcpNetwork:
         return mapped
 
     async def connect(self, host: str, port: int, *, source: str | None = None) -> TcpStream:
-        """Connect to a loopback ``host:port`` (``source`` is ignored).
+        """Connect to a loopback ``host:port`` (``source`` names the client in a capture, nothing else).
 
         Raises:
             ConfigError: the host is not loopback after mapping.
@@ -463,12 +513,21 @@ class TcpNetwork:
         # getaddrinfo, a nursery and a task per attempt (Happy Eyeballs), ≈14 % of a boot storm's CPU.
         family = trio.socket.AF_INET6 if ":" in ip else trio.socket.AF_INET
         sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+        capture = self._capture
         try:
             await sock.connect((ip, port))
-            tcp = TcpStream._from_trio(sock, self._counters)
+            if capture is None:
+                tcp = TcpStream._from_trio(sock, self._counters)
+            else:
+                tcp = tapped = TappedTcpStream._from_trio(sock, self._counters)
+                tapped.tap = capture.open_link(
+                    (source or "client", tapped.statistics().local[1]), (host, port)
+                )
         except OSError as exc:
             sock.close()
             self._counters.refused += 1
+            if capture is not None:
+                capture.refused(source or "client", (host, port), answered=exc.errno == errno.ECONNREFUSED)
             raise ConnectionRefused(f"connect to {host}:{port} ({ip}) failed: {exc}") from exc
         except BaseException:
             sock.close()

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A connection is a :class:`_Link`: two :class:`_Pipe` objects (one per direction) and two
+A connection is a :class:`_Link`: two :class:`~evsim.net.pipe.Pipe` objects (one per direction) and two
 :class:`VirtualStream` ends. A pipe is a bounded byte buffer (``buffer_size`` bytes, default 64 KiB,
 the Linux default socket buffer order of magnitude) plus at most one parked reader task and one
 parked writer task. trio forbids concurrent ``receive_some`` (and concurrent ``send_all``) on one
@@ -29,10 +29,13 @@ objects plus two empty ``bytearray``\\ s.
   ``t + latency_s``; they count against the buffer while in flight. A reader parks with a deadline at
   the earliest arrival, so it works under ``trio.testing.MockClock``.
 * Optional bandwidth (:attr:`LinkPolicy.bytes_per_s`, per direction, like a full-duplex link): all connections
-  between two hosts share one transmitter (:class:`_Rate`) per direction. Written bytes leave in segments of
-  :data:`SEGMENT` bytes, each when the transmitter is free, taking ``size / bytes_per_s``, readable once sent
-  plus the latency; flows that keep their pipes full share the rate about equally. A transfer of N bytes takes
-  N / rate trio seconds (plus framing). A new policy applies to bytes written from then on.
+  between two hosts share one transmitter (:class:`~evsim.net.pipe.Rate`) per direction. Written bytes leave in
+  segments of :data:`~evsim.net.pipe.SEGMENT` bytes, each when the transmitter is free, taking
+  ``size / bytes_per_s``, readable once sent plus the latency; flows that keep their pipes full share the rate
+  about equally. A transfer of N bytes takes N / rate trio seconds (plus framing). A new policy applies to bytes
+  written from then on.
+* A capture (:meth:`VirtualNetwork.attach_capture`, :mod:`evsim.net.capture`) gives connections made while it
+  is attached tapped pipes, and sees refused connects and every datagram sent; without one, nothing changes.
 """
 
 from __future__ import annotations
@@ -45,15 +48,7 @@ from collections.abc import Iterator, Mapping
 
 import attrs
 import trio
-from trio.lowlevel import (
-    Abort,
-    RaiseCancelT,
-    Task,
-    checkpoint,
-    current_task,
-    reschedule,
-    wait_task_rescheduled,
-)
+from trio.lowlevel import checkpoint, reschedule
 
 from evsim.errors import ConfigError, ConnectionRefused
 from evsim.net.base import (
@@ -64,6 +59,8 @@ from evsim.net.base import (
     StreamClosed,
     StreamStatistics,
 )
+from evsim.net.capture import Capture
+from evsim.net.pipe import Pipe, Rate, TappedPipe
 from evsim.net.virtual_datagram import VirtualDatagramSocket
 
 __all__ = ["LinkPolicy", "VirtualDatagramSocket", "VirtualListener", "VirtualNetwork", "VirtualStream"]
@@ -82,10 +79,7 @@ DEFAULT_CONNECT_TIMEOUT = 127.0
 """Seconds a connect waits for room in a full backlog: Linux drops the SYN and retries it with
 tcp_syn_retries=6 (1+2+4+8+16+32+64 s) before giving up, so a storm queues instead of failing."""
 
-SEGMENT = 16 * 1024
-"""Bytes a rate-limited pipe schedules as one unit: one full TLS record (RFC 8446 §5.1, 2^14 bytes of
-plaintext), so a reader sees a download progress record by record."""
-
+_NO_LISTENER = "nothing listens there"
 _EPHEMERAL = (49152, 65535)  # RFC 6335 §6 dynamic ports, used for port 0 and for client ends
 
 
@@ -123,130 +117,6 @@ class LinkPolicy:
             raise ConfigError("loss must be a probability in 0..1", path="loss", value=value)
 
 
-class _Rate:
-    """The transmitter of one direction between two hosts: its rate and when it is free again (trio time)."""
-
-    __slots__ = ("busy_until", "bytes_per_s")
-
-    def __init__(self, bytes_per_s: float) -> None:
-        self.bytes_per_s = bytes_per_s
-        self.busy_until = 0.0
-
-    def schedule(self, size: int, now: float) -> float:
-        """Send ``size`` bytes after what is queued; return when the last byte has left."""
-        done = max(now, self.busy_until) + size / self.bytes_per_s
-        self.busy_until = done
-        return done
-
-
-class _Pipe:
-    """One direction of a connection: a bounded byte buffer with one parked reader and one parked writer."""
-
-    __slots__ = (
-        "broken",
-        "buf",
-        "capacity",
-        "eof",
-        "latency",
-        "pending",
-        "pending_bytes",
-        "rate",
-        "reader",
-        "reader_gone",
-        "writer",
-    )
-
-    def __init__(self, capacity: int, latency: float, rate: _Rate | None = None) -> None:
-        self.buf = bytearray()
-        self.capacity = capacity
-        self.eof = False  # the writing end closed or sent EOF
-        self.reader_gone = False  # the reading end closed: writes fail
-        self.broken: str | None = None  # link reset: everything fails
-        self.reader: Task | None = None
-        self.writer: Task | None = None
-        self.latency = latency
-        self.rate = rate  # shared with every pipe in the same direction between the same two hosts
-        # (arrival time, bytes) in flight when latency > 0, counted against capacity; created on first
-        # use (an empty deque costs ~600 bytes, and most links have no latency)
-        self.pending: deque[tuple[float, bytes]] | None = None
-        self.pending_bytes = 0
-
-    def space(self) -> int:
-        return self.capacity - len(self.buf) - self.pending_bytes
-
-    def push(self, chunk: memoryview) -> None:
-        rate = self.rate
-        if self.latency > 0.0 or rate is not None or self.pending:  # bytes in flight go first: no reordering
-            if self.pending is None:
-                self.pending = deque()
-            now = trio.current_time()
-            if rate is None:
-                self.pending.append((now + self.latency, bytes(chunk)))
-            else:
-                for start in range(0, len(chunk), SEGMENT):
-                    segment = bytes(chunk[start : start + SEGMENT])
-                    self.pending.append((rate.schedule(len(segment), now) + self.latency, segment))
-            self.pending_bytes += len(chunk)
-        else:
-            self.buf += chunk
-
-    def promote(self) -> float | None:
-        """Move arrived bytes into the buffer; return the next arrival time, if any is still in flight."""
-        pending = self.pending
-        if pending is None:
-            return None
-        now = trio.current_time()
-        while pending:
-            arrival, chunk = pending[0]
-            if arrival > now:
-                return arrival
-            pending.popleft()
-            self.pending_bytes -= len(chunk)
-            self.buf += chunk
-        return None
-
-    def wake_reader(self) -> None:
-        task = self.reader
-        if task is not None:
-            self.reader = None
-            reschedule(task)
-
-    def wake_writer(self) -> None:
-        task = self.writer
-        if task is not None:
-            self.writer = None
-            reschedule(task)
-
-    def _abort_reader(self, _raise_cancel: RaiseCancelT) -> Abort:
-        self.reader = None
-        return Abort.SUCCEEDED
-
-    def _abort_writer(self, _raise_cancel: RaiseCancelT) -> Abort:
-        self.writer = None
-        return Abort.SUCCEEDED
-
-    async def park_reader(self, deadline: float | None) -> None:
-        self.reader = current_task()
-        if deadline is None:
-            await wait_task_rescheduled(self._abort_reader)
-        else:
-            with trio.move_on_at(deadline):
-                await wait_task_rescheduled(self._abort_reader)
-
-    async def park_writer(self) -> None:
-        self.writer = current_task()
-        await wait_task_rescheduled(self._abort_writer)
-
-    def reset(self, reason: str) -> None:
-        if self.broken is None:
-            self.broken = reason
-        self.buf.clear()
-        self.pending = None
-        self.pending_bytes = 0
-        self.wake_reader()
-        self.wake_writer()
-
-
 class VirtualStream(trio.abc.HalfCloseableStream):
     """One end of an in-memory connection. Passes ``trio.testing.check_half_closeable_stream``.
 
@@ -274,8 +144,8 @@ class VirtualStream(trio.abc.HalfCloseableStream):
     def __init__(
         self,
         link: _Link | None,
-        inbound: _Pipe,
-        outbound: _Pipe,
+        inbound: Pipe,
+        outbound: Pipe,
         local: tuple[str, int],
         remote: tuple[str, int],
         counters: NetworkCounters,
@@ -372,8 +242,9 @@ class VirtualStream(trio.abc.HalfCloseableStream):
             backlog += data
             return False
         pipe = self._out
-        if type(data) is bytes and pipe.latency == 0.0 and pipe.rate is None and not pipe.pending:
-            # The usual case (a TLS record on a link without latency), inlined: one message per call.
+        if type(data) is bytes and pipe.direct and not pipe.pending:
+            # The usual case (a TLS record on a link without latency, rate or capture), inlined: one message per
+            # call (bytes still in flight after a policy change go first).
             total = len(data)
             buf = pipe.buf
             if total and pipe.capacity - len(buf) - pipe.pending_bytes >= total:
@@ -465,7 +336,7 @@ class VirtualStream(trio.abc.HalfCloseableStream):
             finally:
                 self._sending = False
         self._eof_sent = True
-        self._out.eof = True
+        self._out.set_eof()
         self._out.wake_reader()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
@@ -531,7 +402,7 @@ class VirtualStream(trio.abc.HalfCloseableStream):
         inbound.wake_writer()  # the peer's blocked sender: broken
         inbound.wake_reader()  # our own blocked receiver: closed
         outbound = self._out
-        outbound.eof = True
+        outbound.set_eof()
         outbound.wake_reader()  # the peer's blocked receiver: end of stream
         outbound.wake_writer()  # our own blocked sender: closed
         if self._link is not None:
@@ -548,7 +419,7 @@ class _Link:
 
     __slots__ = ("_net", "a_host", "b_host", "open_ends", "pipes")
 
-    def __init__(self, net: VirtualNetwork, a_host: str, b_host: str, pipes: tuple[_Pipe, _Pipe]) -> None:
+    def __init__(self, net: VirtualNetwork, a_host: str, b_host: str, pipes: tuple[Pipe, Pipe]) -> None:
         self._net = net
         self.a_host = a_host
         self.b_host = b_host
@@ -657,7 +528,7 @@ class VirtualNetwork:
         self._down: set[str] = set()
         self._partitions: set[frozenset[str]] = set()
         self._policies: dict[frozenset[str], LinkPolicy] = {}
-        self._rates: dict[tuple[str, str], _Rate] = {}  # (from, to) -> the transmitter of that direction
+        self._rates: dict[tuple[str, str], Rate] = {}  # (from, to) -> the transmitter of that direction
         self._links: dict[str, set[_Link]] = {}
         self._ports = itertools.cycle(range(*_EPHEMERAL))
         self._counters = NetworkCounters()
@@ -666,6 +537,11 @@ class VirtualNetwork:
         self._datagram_queue = datagram_queue
         self._datagram_sockets: dict[tuple[str, int], VirtualDatagramSocket] = {}
         self._loss_rng = random.Random(seed)
+        self._capture: Capture | None = None
+
+    def attach_capture(self, capture: Capture | None) -> None:
+        """Capture the connections made from now on to ``capture`` (:mod:`evsim.net.capture`); None stops."""
+        self._capture = capture
 
     # -- Network -------------------------------------------------------------------------------------
 
@@ -693,9 +569,13 @@ class VirtualNetwork:
             elif _pair(src, host) in self._partitions:
                 reason = f"{src} and {host} are partitioned"
             elif listener is None:
-                reason = "nothing listens there"
+                reason = _NO_LISTENER
             if reason is not None or listener is None:
                 self._counters.refused += 1
+                if self._capture is not None:
+                    self._capture.refused(
+                        src, (host, port), answered=listener is None and reason == _NO_LISTENER
+                    )
                 if listener is not None:
                     listener._pass_room()
                 raise ConnectionRefused(f"connect {src} -> {host}:{port} refused: {reason}")
@@ -712,11 +592,19 @@ class VirtualNetwork:
                 await listener._room.park()
         policy = self._policies.get(_pair(src, host))
         latency = policy.latency_s if policy is not None else 0.0
-        to_server = _Pipe(self._buffer_size, latency, self._rates.get((src, host)))
-        to_client = _Pipe(self._buffer_size, latency, self._rates.get((host, src)))
-        link = _Link(self, src, host, (to_server, to_client))
         client_addr = (src, next(self._ports))
         server_addr = (host, port)
+        to_server: Pipe
+        to_client: Pipe
+        up, down = self._rates.get((src, host)), self._rates.get((host, src))
+        if self._capture is None:
+            to_server = Pipe(self._buffer_size, latency, up)
+            to_client = Pipe(self._buffer_size, latency, down)
+        else:
+            tap = self._capture.open_link(client_addr, server_addr)
+            to_server = TappedPipe(self._buffer_size, latency, up, tap, 0)
+            to_client = TappedPipe(self._buffer_size, latency, down, tap, 1)
+        link = _Link(self, src, host, (to_server, to_client))
         counters = self._counters
         client = VirtualStream(link, to_client, to_server, client_addr, server_addr, counters)
         server = VirtualStream(link, to_server, to_client, server_addr, client_addr, counters)
@@ -783,6 +671,8 @@ class VirtualNetwork:
 
     def _deliver(self, sender: VirtualDatagramSocket, data: bytes, address: tuple[str, int]) -> None:
         """Route one datagram: drop it (counted on the sender) or queue it at the receiver."""
+        if self._capture is not None:
+            self._capture.datagram(sender.local_address, address, data)
         src = sender.local_address[0]
         dst_host = address[0]
         counters = sender._counters
@@ -851,7 +741,7 @@ class VirtualNetwork:
             if not policy.bytes_per_s:
                 self._rates.pop(direction, None)
             elif rate is None:
-                self._rates[direction] = _Rate(policy.bytes_per_s)
+                self._rates[direction] = Rate(policy.bytes_per_s)
             else:
                 rate.bytes_per_s = policy.bytes_per_s
         for link in self._links_between(host_a, host_b):
@@ -859,8 +749,7 @@ class VirtualNetwork:
                 (link.pipes[0], link.a_host, link.b_host),
                 (link.pipes[1], link.b_host, link.a_host),
             ):
-                pipe.latency = policy.latency_s
-                pipe.rate = self._rates.get((src, dst))
+                pipe.set_policy(policy.latency_s, self._rates.get((src, dst)))
 
     # -- internals ----------------------------------------------------------------------------------------
 
@@ -891,8 +780,8 @@ def memory_pipe_pair(
     (see :class:`LinkPolicy`). Returns ``(left, right)``; what one sends, the other receives.
     """
     LinkPolicy(latency_s=latency_s, bytes_per_s=bytes_per_s)  # the same checks as a link's policy
-    to_right = _Pipe(buffer_size, latency_s, _Rate(bytes_per_s) if bytes_per_s else None)
-    to_left = _Pipe(buffer_size, latency_s, _Rate(bytes_per_s) if bytes_per_s else None)
+    to_right = Pipe(buffer_size, latency_s, Rate(bytes_per_s) if bytes_per_s else None)
+    to_left = Pipe(buffer_size, latency_s, Rate(bytes_per_s) if bytes_per_s else None)
     counters = NetworkCounters()
     left = VirtualStream(None, to_left, to_right, ("left", 1), ("right", 2), counters)
     right = VirtualStream(None, to_right, to_left, ("right", 2), ("left", 1), counters)

@@ -32,6 +32,7 @@ from evsim.metrics.rundir import RunDir, read_summary_json, rerender, tee
 from evsim.metrics.summary import Table
 from evsim.metrics.summary_json import table_document
 from evsim.metrics.topology import Topology
+from evsim.net.capture import open_capture_file
 from evsim.recorder import Event
 from evsim.scenario.diagnose import scenario_errors
 from evsim.scenario.model import Scenario
@@ -111,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         sc = attrs.evolve(sc, simulation=attrs.evolve(sc.simulation, seed=args.seed))
     preflight(sc)  # refuse before creating anything
+    if args.pcap:
+        open_capture_file(args.pcap).close()  # a path that cannot be written is refused before the run
     sim = sc.simulation
     from evsim.clock import real_utcnow
 
@@ -121,13 +124,16 @@ def run(args: argparse.Namespace) -> int:
     # Ctrl-C during the run stops it (the result says "interrupted"); around it, it waits for whole files
     with interrupts.deferred():
         with rd.open_event_sink() as sink:
+            pcap = args.pcap
+            if pcap:
+                print(f"evsim: capturing to {pcap}, TLS session secrets included", file=sys.stderr)
             if args.no_live:
-                result = run_scenario(sc, sink=tee(sink, announce))
+                result = run_scenario(sc, sink=tee(sink, announce), pcap=pcap)
             else:
                 with LiveProgress(
                     sc.station_count(), sim.duration, title=f"evsim run {sim.name}", to_stderr=args.json
                 ) as live:
-                    result = run_scenario(sc, sink=tee(sink, announce), on_sample=live.update)
+                    result = run_scenario(sc, sink=tee(sink, announce), on_sample=live.update, pcap=pcap)
         rd.write_metrics_csv(result.samples)
         rd.write_meta(_meta(args.file, sc_result=result, topology=topology))
     text, pngs = rerender(rd.path, plots=not args.no_plots)

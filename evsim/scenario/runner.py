@@ -21,6 +21,7 @@ import datetime as _dt
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import attrs
 import trio
@@ -149,9 +150,11 @@ class ScenarioRunner:
         on_sample: Callable[[Sample], None] | None = None,
         sample_every: float | None = None,
         echo: bool = False,
+        pcap: str | Path | None = None,
     ) -> None:
         self.scenario = scenario
         self.echo = echo
+        self.pcap = pcap
         self.sink = sink
         self.on_sample = on_sample
         sim = scenario.simulation
@@ -238,6 +241,7 @@ class ScenarioRunner:
             sink=self.sink,
             echo=self.echo,
             expiry_warning=sc.pki.expiry_warning,
+            pcap=self.pcap,
         ) as world:
             self.world = world
             world.recorder.emit(
@@ -495,8 +499,12 @@ def run_scenario(
     *,
     sink: Callable[[Event], None] | None = None,
     on_sample: Callable[[Sample], None] | None = None,
+    pcap: str | Path | None = None,
 ) -> RunResult:
     """Run a scenario to its end and return what happened (also after Ctrl-C or a node crashing).
+
+    With ``pcap``, the in-memory network's connections and the TLS secrets go to that pcapng file
+    (:func:`evsim.world.open_world`).
 
     A scenario built in Python (without a ``source``) is first validated like a file (:meth:`Scenario.validate`).
 
@@ -508,7 +516,7 @@ def run_scenario(
         scenario = scenario.validate()
     preflight(scenario)
     tune_gc()
-    runner = ScenarioRunner(scenario, sink=sink, on_sample=on_sample)
+    runner = ScenarioRunner(scenario, sink=sink, on_sample=on_sample, pcap=pcap)
     clock = trio.testing.MockClock(autojump_threshold=0) if scenario.simulation.clock == "virtual" else None
     wall0 = time.perf_counter()
     try:

@@ -29,7 +29,15 @@ from __future__ import annotations
 
 from evsim.tls import events, suites
 from evsim.tls.config import DEFAULT_SUITES, Identity, SessionPolicy, SuiteMap, TlsProfile
-from evsim.tls.context import ClientAuth, ClientTls, KeylogWarning, ServerTls, clear_context_cache
+from evsim.tls.context import (
+    ClientAuth,
+    ClientTls,
+    KeylogWarning,
+    KeySink,
+    ServerTls,
+    capture_keys,
+    clear_context_cache,
+)
 from evsim.tls.events import ocpp_security_event
 from evsim.tls.failures import TlsBrokenTransport, TlsClosedTransport, TlsHandshakeFailed, TlsRecordError
 from evsim.tls.listener import Listener
@@ -43,6 +51,7 @@ __all__ = [
     "ClientAuth",
     "ClientTls",
     "Identity",
+    "KeySink",
     "KeylogWarning",
     "Listener",
     "PeerEvent",
@@ -62,6 +71,7 @@ __all__ = [
     "TlsSession",
     "TlsStream",
     "TrustStore",
+    "capture_keys",
     "clear_context_cache",
     "events",
     "ocpp_security_event",

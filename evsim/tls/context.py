@@ -21,7 +21,8 @@ What each model field compiles to:
   sessions of verified clients; TLS 1.3 tickets as OpenSSL defaults (two per handshake).
 * server ``sni`` (``evsim.tls.listener.Listener.sni_identities``): a servername callback on the default
   context switches the connection to the context compiled for the requested name (:func:`_install_sni`).
-* ``keylog``: an NSS key log writer, with a :class:`KeylogWarning` and a log warning when compiled.
+* ``keylog``: an NSS key log writer, with a :class:`KeylogWarning` and a log warning when compiled; inside
+  :func:`capture_keys` every context also hands its key log lines to the capture's sink.
 * ``alpn``: ``set_alpn_protos`` (client) / a select callback taking the server's first choice offered;
   ``alpn_require`` is checked by the stream after the handshake (``alpn_refused``).
 * peer trust (``evsim.tls.peer``): a :class:`~evsim.tls.peer.PeerPolicy` per connection (or bound at
@@ -52,7 +53,7 @@ import functools
 import hashlib
 import logging
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeAlias, cast
 
@@ -222,14 +223,45 @@ def _subject(cert: crypto.X509) -> str:
     return cert.to_cryptography().subject.rfc4514_string()
 
 
-def _keylog_writer(path: str) -> Callable[[SSL.Connection, bytes], None]:
-    target = Path(path)
+KeySink: TypeAlias = Callable[[bytes], None]
+"""Takes NSS key log lines, each ending in a newline (e.g. :meth:`evsim.net.capture.Capture.add_secrets`)."""
+
+_key_sink: KeySink | None = None
+
+
+@contextlib.contextmanager
+def capture_keys(sink: KeySink) -> Iterator[None]:
+    """Send the TLS secrets of every handshake in this process to ``sink`` while the block runs.
+
+    Contexts compiled before the block are forgotten on entering and leaving it, so every context used inside
+    reports to ``sink`` and none does afterwards. One capture at a time per process.
+
+    Raises:
+        ConfigError: another ``capture_keys`` block is active.
+    """
+    global _key_sink
+    if _key_sink is not None:
+        raise ConfigError("TLS secrets are already being captured in this process (one capture at a time)")
+    clear_context_cache()
+    _key_sink = sink
+    try:
+        yield
+    finally:
+        _key_sink = None
+        clear_context_cache()
+
+
+def _keylog_writer(path: str | None, sink: KeySink | None) -> Callable[[SSL.Connection, bytes], None]:
+    target = Path(path) if path else None
 
     @c_callback(refuse=None)
     def write(conn: SSL.Connection, line: bytes) -> None:
         del conn
-        with target.open("ab") as fh:
-            fh.write(line + b"\n")
+        if target is not None:
+            with target.open("ab") as fh:
+                fh.write(line + b"\n")
+        if sink is not None:
+            sink(line + b"\n")
 
     return write
 
@@ -290,7 +322,8 @@ def _base_context(
         )
         warnings.warn(message, KeylogWarning, stacklevel=4)
         log.warning(message)
-        ctx.set_keylog_callback(_keylog_writer(profile.keylog))
+    if profile.keylog or _key_sink is not None:
+        ctx.set_keylog_callback(_keylog_writer(profile.keylog, _key_sink))
     _apply_engine_knobs(ctx, profile, server=server)
     return ctx
 

@@ -19,6 +19,7 @@ import trio.testing
 from evsim.clock import SimClock
 from evsim.errors import ConfigError
 from evsim.net.base import FaultyNetwork, Network
+from evsim.net.capture import Capture
 from evsim.net.relay import FaultRelay, RelayedNetwork
 from evsim.net.tcp import TcpNetwork
 from evsim.net.virtual import VirtualNetwork
@@ -126,6 +127,12 @@ class WorldBase:
         """Emits ``cert_expiring`` for the certificates the nodes use and meet (None: no expiry warnings)."""
 
     # ------------------------------------------------------------------ helpers
+
+    def attach_capture(self, capture: Capture | None) -> None:
+        """Capture the connections the world's network opens from now on (``open_world(pcap=...)``)."""
+        network = self.memory if self.memory is not None else self._tcp
+        assert network is not None
+        network.attach_capture(capture)
 
     def rng(self, name: str) -> random.Random:
         """The seeded random source of the node ``name``."""

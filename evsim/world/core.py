@@ -29,6 +29,7 @@ import contextlib
 import datetime as _dt
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeAlias, TypeVar
 
 import attrs
@@ -69,6 +70,7 @@ from evsim.world.base import (
     _identity,
     _label,
 )
+from evsim.world.capture import open_capture
 from evsim.world.clocks import ClockSpec, WorldClocks
 from evsim.world.energy import WorldEnergy
 from evsim.world.files import FileSettings, WorldFiles
@@ -145,6 +147,7 @@ async def open_world(
     sink: Callable[[Event], None] | None = None,
     echo: bool = False,
     expiry_warning: float | None = None,
+    pcap: str | Path | None = None,
 ) -> AsyncIterator[World]:
     """Open a world: shared clock, recorder, network and PKI, and a nursery its nodes run in.
 
@@ -165,12 +168,16 @@ async def open_world(
         echo: print events as they are recorded.
         expiry_warning: every node emits ``cert_expiring`` this many seconds before the notAfter of its own
             certificate and of each peer certificate it met (:mod:`evsim.nodes.expiry`); None: no warnings.
+        pcap: write every connection of the world's network to this pcapng file, with the TLS secrets of
+            every handshake in the process (:mod:`evsim.net.capture`; timestamps are the simulation's wall
+            time; on loopback TCP, as seen by the client ends); None: no capture, at no cost.
 
     Yields:
         The world; leaving the block cancels every node in it.
 
     Raises:
-        ConfigError: the clock kind does not match trio's clock, or an unknown network kind.
+        ConfigError: the clock kind does not match trio's clock, an unknown network kind, or another
+            capture runs in this process.
     """
     check_clock(clock)
     if network not in ("memory", "tcp"):
@@ -181,27 +188,29 @@ async def open_world(
     pki = WorldPki.build(
         anchor, organization=organization, key_type=key_type, roots=roots, crl_lifetime_s=crl_lifetime
     )
-    async with trio.open_nursery() as nursery:
-        world = World(
-            seed=seed,
-            clock=sim_clock,
-            recorder=recorder,
-            network=network,
-            pki=pki,
-            nursery=nursery,
-            fault_relay=fault_relay,
-        )
-        if world.relay is not None:
-            await nursery.start(world.relay.run)
-        if expiry_warning is not None:
-            world.expiry = ExpiryMonitor(
-                expiry_warning, clock=sim_clock, recorder=recorder, running=world.is_running
+    with open_capture(pcap, clock=sim_clock) as capture:
+        async with trio.open_nursery() as nursery:
+            world = World(
+                seed=seed,
+                clock=sim_clock,
+                recorder=recorder,
+                network=network,
+                pki=pki,
+                nursery=nursery,
+                fault_relay=fault_relay,
             )
-            nursery.start_soon(world.expiry.run)
-        try:
-            yield world
-        finally:
-            nursery.cancel_scope.cancel()
+            world.attach_capture(capture)
+            if world.relay is not None:
+                await nursery.start(world.relay.run)
+            if expiry_warning is not None:
+                world.expiry = ExpiryMonitor(
+                    expiry_warning, clock=sim_clock, recorder=recorder, running=world.is_running
+                )
+                nursery.start_soon(world.expiry.run)
+            try:
+                yield world
+            finally:
+                nursery.cancel_scope.cancel()
 
 
 def _plain(value: object) -> object:
