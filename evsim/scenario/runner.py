@@ -375,6 +375,20 @@ class ScenarioRunner:
                     sc.file_transfers.log_bytes,
                 ),
             )
+        # after the stations: their SHIP links dial at once; over TCP the default SHIP port would clash between
+        # runs on one machine, so each manager takes a free one (the stations learn it from the world)
+        tcp = sc.simulation.network == "tcp"
+        for em in sc.energy_managers.values():
+            await world.start_energy_manager(
+                em.name,
+                host=em.host,
+                port=0 if tcp else em.port,
+                auto_accept=em.auto_accept,
+                pairing_window=em.pairing_window,
+                confirm=em.confirm,
+            )
+            for selector in em.stations:
+                await world.link_energy_manager(selector, em.name, trust=em.station_trust, retry=em.retry)
 
     async def start_file_servers(self, world: World) -> None:
         """The scenario's firmware releases, file servers and file services (:mod:`evsim.scenario.files`)."""
@@ -410,20 +424,6 @@ class ScenarioRunner:
                     for m in service.mirrors
                 ],
             )
-        # after the stations: their SHIP links dial at once; over TCP the default SHIP port would clash between
-        # runs on one machine, so each manager takes a free one (the stations learn it from the world)
-        tcp = sc.simulation.network == "tcp"
-        for em in sc.energy_managers.values():
-            await world.start_energy_manager(
-                em.name,
-                host=em.host,
-                port=0 if tcp else em.port,
-                auto_accept=em.auto_accept,
-                pairing_window=em.pairing_window,
-                confirm=em.confirm,
-            )
-            for selector in em.stations:
-                await world.link_energy_manager(selector, em.name, trust=em.station_trust, retry=em.retry)
 
     def _self_signed(self, world: World, group: StationGroupSpec) -> Callable[[str], Identity] | None:
         """Stations whose first endpoint is a pairing controller present self-signed certificates (CN = the
