@@ -11,6 +11,9 @@ determine it; a changed event changes exactly its node's line (and a kind count 
     python -m evsim.scenario.golden                  check every shipped scenario (exit 1 on a difference)
     python -m evsim.scenario.golden boot_storm       check some of them
     python -m evsim.scenario.golden --update [name]  rewrite scenarios/golden/*.log after an intended change
+
+Lessons (``scenarios/lessons/<nn>_<topic>/lesson.toml``) have golden logs too, named ``lessons/<nn>_<topic>``
+(``scenarios/golden/lessons/<nn>_<topic>.log``): ``python -m evsim.scenario.golden lessons/02_versions_downgrade``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from evsim.scenario.runner import run_scenario
 
 SCENARIOS_DIR = Path(__file__).resolve().parent.parent.parent / "scenarios"
 GOLDEN_DIR = SCENARIOS_DIR / "golden"
+LESSONS_DIR = SCENARIOS_DIR / "lessons"
 FULL_LIMIT = 3000
 
 
@@ -125,35 +129,55 @@ def shipped() -> list[Path]:
     return sorted(SCENARIOS_DIR.glob("*.toml"))
 
 
+def lessons() -> list[Path]:
+    """The lesson scenarios: one ``lesson.toml`` per directory of ``scenarios/lessons``."""
+    return sorted(LESSONS_DIR.glob("*/lesson.toml"))
+
+
+def golden_name(path: Path) -> str:
+    """A scenario's name for golden logs: its file stem, or ``lessons/<directory>`` for a lesson."""
+    if path.name == "lesson.toml" and path.parent.parent == LESSONS_DIR:
+        return f"lessons/{path.parent.name}"
+    return path.stem
+
+
+def golden_path(path: Path) -> Path:
+    """Where the golden log of scenario file ``path`` lives."""
+    return GOLDEN_DIR / f"{golden_name(path)}.log"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--update", action="store_true", help="rewrite the golden files")
-    p.add_argument("names", nargs="*", help="scenarios to check or update (file stems; default: all)")
+    p.add_argument(
+        "names", nargs="*", help="scenarios to check or update (file stems, lessons/<dir>; default: all)"
+    )
     args = p.parse_args(argv)
-    paths = shipped()
-    unknown = set(args.names) - {path.stem for path in paths}
+    paths = shipped() + lessons()
+    unknown = set(args.names) - {golden_name(path) for path in paths}
     if unknown:
         p.error(f"no shipped scenario {', '.join(sorted(unknown))}")
     GOLDEN_DIR.mkdir(exist_ok=True)
     failed = 0
     for path in paths:
-        if args.names and path.stem not in args.names:
+        if args.names and golden_name(path) not in args.names:
             continue
         lines = scenario_log(path)
         text = golden_text(lines)
-        golden = GOLDEN_DIR / f"{path.stem}.log"
+        golden = golden_path(path)
         if args.update:
+            golden.parent.mkdir(exist_ok=True)
             golden.write_text(text)
             print(f"wrote {golden} ({text.count(chr(10))} lines)")
         elif not golden.exists():
             failed += 1
-            print(f"{path.name}: no golden log {golden}", file=sys.stderr)
+            print(f"{golden_name(path)}: no golden log {golden}", file=sys.stderr)
         elif golden.read_text() != text:
             failed += 1
-            print(f"{path.name}: differs from {golden}", file=sys.stderr)
+            print(f"{golden_name(path)}: differs from {golden}", file=sys.stderr)
             print(golden_diff(golden.read_text(), lines), file=sys.stderr)
         else:
-            print(f"{path.name}: matches its golden log")
+            print(f"{golden_name(path)}: matches its golden log")
     return 1 if failed else 0
 
 
