@@ -379,9 +379,9 @@ def _explain(args: argparse.Namespace) -> int:
     import importlib
 
     if args.target == "handshake":
-        from evsim.explain import handshake
+        from evsim.explain import handshake_cli
 
-        return handshake.main(args.rest)
+        return handshake_cli.main(args.rest)
     try:
         story = importlib.import_module("evsim.explain.run_story")
     except ModuleNotFoundError:

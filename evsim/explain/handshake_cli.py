@@ -1,0 +1,124 @@
+"""``evsim explain handshake`` options: canned case, profile keys for each side, depth, JSON.
+
+See :mod:`evsim.explain.handshake` for what is run and told.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tomllib
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from evsim.errors import ConfigError
+from evsim.explain.handshake import CASES, explain, setup
+from evsim.tls import TlsProfile
+
+USAGE = """\
+Run one real TLS handshake (verification on, in memory, virtual time) and tell it step by step: the
+ClientHello's offers, the server's choices and the knob that decided each, the certificate chain and each
+verification step, the session ticket, and where a refused handshake stopped (alert, knob).
+
+Peers: a canned case (--case) makes a throwaway PKI in memory; --client / --server KEY=VALUE set keys of
+a scenario's [tls.profiles.<name>] table (TOML values: --server 'versions=["1.3"]', --client
+'session.resumption="off"'); --client-profile / --server-profile FILE read a whole profile as
+'evsim tls capabilities --profile' does.
+
+examples:
+  evsim explain handshake --case downgrade
+  evsim explain handshake --case ok --server 'cipher_suites={"1.3"=["TLS_AES_128_GCM_SHA256"]}' --depth 3
+  evsim explain handshake --case resumption --json
+"""
+
+
+def build_parser(prog: str = "evsim explain handshake") -> argparse.ArgumentParser:
+    """The options of ``evsim explain handshake``."""
+    p = argparse.ArgumentParser(
+        prog=prog, description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--case", default="ok", choices=tuple(CASES), help="the canned case (default: ok)")
+    for side in ("client", "server"):
+        p.add_argument(
+            f"--{side}",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"a {side} profile key with a TOML value (repeatable; dotted keys for tables)",
+        )
+        p.add_argument(
+            f"--{side}-profile", default=None, metavar="FILE", help=f"the {side} profile from a TOML file"
+        )
+        p.add_argument(
+            f"--{side}-name", default=None, metavar="NAME", help=f"which profile of --{side}-profile's file"
+        )
+    p.add_argument("--resume", action="store_true", help="a second connection that resumes the first")
+    p.add_argument(
+        "--depth",
+        type=int,
+        choices=(1, 2, 3),
+        default=2,
+        help="1 the story, 2 every decision (default), 3 every message",
+    )
+    p.add_argument("--json", action="store_true", help="print the steps as JSON")
+    return p
+
+
+def parse_keys(items: Sequence[str], *, who: str) -> dict[str, Any]:
+    """``KEY=VALUE`` items (TOML values, dotted keys) as a profile table.
+
+    Raises:
+        ConfigError: an item without ``=`` or a value that is not TOML.
+    """
+    table: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ConfigError("expected KEY=VALUE", path=f"--{who}", value=item, fix='e.g. versions=["1.3"]')
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ConfigError(
+                "the value is not TOML", path=f"--{who} {key}", value=value, fix='quote strings: tls="1.3"'
+            ) from None
+        *parents, last = key.split(".")
+        node = table
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError("a key is both a value and a table", path=f"--{who} {key}")
+        node[last] = parsed
+    return table
+
+
+def main(argv: Sequence[str]) -> int:
+    """``evsim explain handshake ARGV``: print the explanation; 0 (a refused handshake is a story too).
+
+    Raises:
+        ConfigError: bad options or profile keys.
+    """
+    args = build_parser().parse_args(list(argv))
+    profiles: dict[str, TlsProfile | None] = {}
+    for side in ("client", "server"):
+        file = getattr(args, f"{side}_profile")
+        if file is None:
+            profiles[side] = None
+            continue
+        from evsim.scenario.profile_file import load_tls_profile
+
+        profiles[side] = load_tls_profile(file, getattr(args, f"{side}_name"))
+    s = setup(
+        args.case,
+        client_keys=parse_keys(args.client, who="client"),
+        server_keys=parse_keys(args.server, who="server"),
+        client_profile=profiles["client"],
+        server_profile=profiles["server"],
+    )
+    if args.resume:
+        s = attrs.evolve(s, connections=2)
+    story = explain(s)
+    print(json.dumps(story.to_json(), indent=2) if args.json else story.render(args.depth))
+    return 0
