@@ -4,6 +4,7 @@ memory, virtual time), the message trace, and the command line."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -183,3 +184,12 @@ def test_keys_are_toml_values_with_dotted_names() -> None:
     }
     with pytest.raises(ConfigError):
         parse_keys(["versions=1.3.4"], who="client")
+
+
+def test_cli_profile_files_take_scenario_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    server = tmp_path / "server.toml"
+    server.write_text('versions = ["1.3"]\ncipher_suites = { "1.3" = ["TLS_CHACHA20_POLY1305_SHA256"] }\n')
+    assert main(["explain", "handshake", "--server-profile", str(server), "--depth", "1"]) == 0
+    assert "TLS 1.3, TLS_CHACHA20_POLY1305_SHA256" in capsys.readouterr().out
+    server.write_text("handshake_timeout_s = 5\n")  # the engine's key, not the scenario's
+    assert main(["explain", "handshake", "--server-profile", str(server)]) == 2
