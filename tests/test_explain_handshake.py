@@ -193,3 +193,30 @@ def test_cli_profile_files_take_scenario_keys(tmp_path: Path, capsys: pytest.Cap
     assert "TLS 1.3, TLS_CHACHA20_POLY1305_SHA256" in capsys.readouterr().out
     server.write_text("handshake_timeout_s = 5\n")  # the engine's key, not the scenario's
     assert main(["explain", "handshake", "--server-profile", str(server)]) == 2
+
+
+def test_peers_from_a_scenario_file() -> None:
+    from evsim.explain.handshake_scenario import scenario_setup
+
+    scenarios = Path(__file__).resolve().parent.parent / "scenarios"
+    attack = explain(scenario_setup(str(scenarios / "tls_downgrade_attack.toml"), "attacker", "main"))
+    assert "attack_downgrade client offering ['1.2'] -> CSMS main" in attack.setup.title
+    assert "server -> alert protocol_version (fatal)" in texts(attack, "refusal")
+    assert "server.versions" in failed_knobs(attack)
+    honest = explain(scenario_setup(str(scenarios / "tls_downgrade_attack.toml"), "honest", "main"))
+    assert "connected: TLSv1.3" in texts(honest, "result")
+    impostor = explain(scenario_setup(str(scenarios / "wrong_ca_mitm.toml"), "fleet", "impostor"))
+    chain = next(s for s in steps(impostor, "verify") if s.text.startswith("chain building"))
+    assert chain.ok is False and chain.knob == "client.trust.roots"
+    with pytest.raises(ConfigError, match="no such client"):
+        scenario_setup(str(scenarios / "wrong_ca_mitm.toml"), "nobody", "main")
+
+
+def test_cli_scenario_form(capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = str(Path(__file__).resolve().parent.parent / "scenarios" / "tls_downgrade_attack.toml")
+    assert (
+        main(["explain", "handshake", scenario, "--client", "attacker", "--server", "main", "--depth", "1"])
+        == 0
+    )
+    assert "alert protocol_version" in capsys.readouterr().out
+    assert main(["explain", "handshake", scenario, "--client", "attacker"]) == 2

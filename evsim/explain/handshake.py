@@ -80,8 +80,7 @@ class Setup:
         server: the server's model.
         now: both verifiers' clock.
         connections: 1, or 2 to show resumption.
-        client_keys: the client's profile keys (as given: for naming knobs).
-        server_keys: the server's.
+        title: what is shown (default: the case's description).
     """
 
     case: str
@@ -89,8 +88,7 @@ class Setup:
     server: ServerSide
     now: _dt.datetime
     connections: int = 1
-    client_keys: Mapping[str, Any] = attrs.field(factory=dict)
-    server_keys: Mapping[str, Any] = attrs.field(factory=dict)
+    title: str = ""
 
 
 @attrs.frozen
@@ -191,7 +189,7 @@ def setup(
     client = ClientSide(cprofile, TrustStore("operator", (root.cert,)), server_name=SERVER_NAME, pins=pins)
     server = ServerSide(sprofile, Identity.from_cert_key(server_cert))
     connections = 2 if case == "resumption" else 1
-    return Setup(case, client, server, now, connections, ckeys, skeys)
+    return Setup(case, client, server, now, connections)
 
 
 # ---------------------------------------------------------------- running
@@ -281,8 +279,12 @@ def _list(items: Sequence[str]) -> str:
     return "[" + ", ".join(items) + "]" if items else "[] (the engine's default)"
 
 
-def _knob(keys: Mapping[str, Any], key: str) -> str:
-    return "configured" if key in keys else "default"
+_DEFAULT_PROFILE = TlsProfile()
+
+
+def _knob(profile: TlsProfile, key: str) -> str:
+    """Whether ``profile`` sets ``key`` to something else than the built-in profile."""
+    return "default" if getattr(profile, key) == getattr(_DEFAULT_PROFILE, key) else "configured"
 
 
 def _tls13(conn: Connection) -> bool:
@@ -314,14 +316,14 @@ def _first(conn: Connection, kind: type[Any]) -> Any:
 
 
 def _offer(n: int, ch: tm.ClientHello, s: Setup) -> list[Step]:
-    p, k = s.client.profile, s.client_keys
+    p = s.client.profile
     steps = [
         Step(
             n,
             "offer",
             1,
             f"client -> ClientHello: versions {_list(ch.versions)}, SNI {ch.sni or '(none)'}",
-            f"client versions = {list(p.versions)} ({_knob(k, 'versions')})",
+            f"client versions = {list(p.versions)} ({_knob(p, 'versions')})",
             "client.versions",
         ),
         Step(
@@ -329,7 +331,7 @@ def _offer(n: int, ch: tm.ClientHello, s: Setup) -> list[Step]:
             "offer",
             2,
             f"suites offered {_list(ch.suite_names)}",
-            f"client cipher_suites ({_knob(k, 'cipher_suites')}), most preferred first",
+            f"client cipher_suites ({_knob(p, 'cipher_suites')}), most preferred first",
             "client.cipher_suites",
         ),
         Step(
@@ -725,7 +727,7 @@ class Explanation:
         """Plain text; ``depth`` 1 (the story) .. 3 (every message)."""
         s = self.setup
         lines = [
-            f"evsim explain handshake --case {s.case}: {CASES[s.case]}",
+            f"evsim explain handshake: {s.title or s.case + ': ' + CASES[s.case]}",
             f"verifiers' clock {s.now:%Y-%m-%d %H:%M:%S} UTC; predicted by the model: {self.predicted}",
         ]
         current = 0

@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from evsim.errors import ConfigError
-from evsim.explain.handshake import CASES, explain, setup
+from evsim.explain.handshake import CASES, Setup, explain, setup
 from evsim.tls import TlsProfile
 
 USAGE = """\
@@ -27,8 +27,12 @@ a scenario's [tls.profiles.<name>] table (TOML values: --server 'versions=["1.3"
 'session.resumption="off"'); --client-profile / --server-profile FILE read a whole profile as
 'evsim tls capabilities --profile' does.
 
+Or peers from a scenario file: SCENARIO --client NODE --server NODE (station group, controller, CSMS;
+'attacker' is the timeline's attack_downgrade client, 'impostor' the attack_wrong_ca / attack_mitm server).
+
 examples:
   evsim explain handshake --case downgrade
+  evsim explain handshake scenarios/tls_downgrade_attack.toml --client attacker --server main
   evsim explain handshake --case ok --server 'cipher_suites={"1.3"=["TLS_AES_128_GCM_SHA256"]}' --depth 3
   evsim explain handshake --case resumption --json
 """
@@ -39,14 +43,25 @@ def build_parser(prog: str = "evsim explain handshake") -> argparse.ArgumentPars
     p = argparse.ArgumentParser(
         prog=prog, description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    p.add_argument(
+        "scenario",
+        nargs="?",
+        default=None,
+        metavar="SCENARIO",
+        help="a scenario file: --client and --server then name its nodes",
+    )
     p.add_argument("--case", default="ok", choices=tuple(CASES), help="the canned case (default: ok)")
-    for side in ("client", "server"):
+    for side, nodes in (
+        ("client", "a station group, a controller or 'attacker'"),
+        ("server", "a CSMS, a controller or 'impostor'"),
+    ):
         p.add_argument(
             f"--{side}",
             action="append",
             default=[],
-            metavar="KEY=VALUE",
-            help=f"a {side} profile key with a TOML value (repeatable; dotted keys for tables)",
+            metavar="KEY=VALUE|NODE",
+            help=f"a {side} profile key with a TOML value (repeatable; dotted keys for tables); with SCENARIO: "
+            f"{nodes} of it",
         )
         p.add_argument(
             f"--{side}-profile", default=None, metavar="FILE", help=f"the {side} profile from a TOML file"
@@ -101,6 +116,17 @@ def main(argv: Sequence[str]) -> int:
         ConfigError: bad options or profile keys.
     """
     args = build_parser().parse_args(list(argv))
+    if args.scenario is not None:
+        from evsim.explain.handshake_scenario import scenario_setup
+
+        if len(args.client) != 1 or len(args.server) != 1:
+            raise ConfigError(
+                "with a scenario file, name one client and one server node",
+                path="--client/--server",
+                fix="e.g. --client attacker --server main",
+            )
+        s = scenario_setup(args.scenario, args.client[0], args.server[0], connections=2 if args.resume else 1)
+        return _show(s, args)
     profiles: dict[str, TlsProfile | None] = {}
     for side in ("client", "server"):
         file = getattr(args, f"{side}_profile")
@@ -119,6 +145,10 @@ def main(argv: Sequence[str]) -> int:
     )
     if args.resume:
         s = attrs.evolve(s, connections=2)
+    return _show(s, args)
+
+
+def _show(s: Setup, args: argparse.Namespace) -> int:
     story = explain(s)
     print(json.dumps(story.to_json(), indent=2) if args.json else story.render(args.depth))
     return 0
