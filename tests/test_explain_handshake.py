@@ -220,3 +220,21 @@ def test_cli_scenario_form(capsys: pytest.CaptureFixture[str]) -> None:
     )
     assert "alert protocol_version" in capsys.readouterr().out
     assert main(["explain", "handshake", scenario, "--client", "attacker"]) == 2
+
+
+@pytest.mark.parametrize("case", ["ok", "downgrade", "unknown-ca", "expired", "pin-mismatch", "resumption"])
+def test_the_model_agrees_with_the_engine_on_every_case(case: str) -> None:
+    story = explain(setup(case))
+    (check,) = steps(story, "check")
+    assert check.ok is True and story.predicted in check.text
+
+
+def test_a_rule_the_model_lacks_shows_as_a_disagreement() -> None:
+    story = explain(setup("ok", client_keys={"groups": ["X25519"]}, server_keys={"groups": ["secp384r1"]}))
+    (check,) = steps(story, "check")
+    assert check.ok is False and check.depth == 1
+    assert "refused by the server: group_refused" in check.text
+    client = next(s for s in steps(story, "refusal") if s.text.startswith("client stops"))
+    assert (
+        client.knob == "server.groups"
+    )  # the client only hears handshake_failure; the server's knob decided

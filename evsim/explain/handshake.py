@@ -585,61 +585,69 @@ def _verify(n: int, chain: Sequence[x509.Certificate], s: Setup) -> list[Step]:
     else:
         check(
             "revocation",
-            True,
-            f"crl = {rev.crl!r}, ocsp = {rev.ocsp!r}",
-            "checked by the engine",
+            None,
+            f"configured (crl = {rev.crl!r}, ocsp = {rev.ocsp!r})",
+            "checked by the engine: its verdict is the result below",
             "client.trust.revocation",
         )
     return steps
 
 
 _REASON_KNOB: Mapping[str, str] = {
-    "downgrade_refused": "versions",
-    "cipher_refused": "cipher_suites",
+    "downgrade_refused": "server.versions",
+    "cipher_refused": "server.cipher_suites",
+    "group_refused": "server.groups",
+    "alpn_refused": "client.alpn_require",
     "cert_invalid:unknown_ca": "client.trust.roots",
     "cert_invalid:expired": "client.trust.time_check",
     "cert_invalid:not_yet_valid": "client.trust.time_check",
     "cert_invalid:hostname_mismatch": "client.trust.hostname",
     "cert_invalid:wildcard": "client.trust.wildcards",
+    "cert_invalid:revoked": "client.trust.revocation",
     "pin_mismatch": "client.pins",
 }
+"""The knob behind the reason of the side that refused (the other side only hears an alert)."""
+
+
+def _refusal_why(reason: str, s: Setup) -> str:
+    c, sv = s.client.profile, s.server.profile
+    if reason == "downgrade_refused":
+        return (
+            f"no version both enable: client versions = {list(c.versions)}, server versions = "
+            f"{list(sv.versions)} (RFC 8446 §4.2.1, alert protocol_version)"
+        )
+    if reason == "cipher_refused":
+        return "no suite of the negotiated version in both lists (RFC 8446 §4.1.1, alert handshake_failure)"
+    if reason == "group_refused":
+        return (
+            f"no key-exchange group in common: client groups = {_list(c.groups)}, server groups = "
+            f"{_list(sv.groups)} (RFC 8446 §4.2.7)"
+        )
+    return ""
 
 
 def _refusal(n: int, conn: Connection, s: Setup) -> list[Step]:
     steps: list[Step] = []
     last = "before any message"
     for m, msg in _parsed(conn):
-        if not isinstance(msg, tm.Alert) and m.data:
-            last = f"after {tm.message_name(m.data[0])}"
+        if not isinstance(msg, tm.Alert):
+            last = f"after {tm.message_name(m.data[0])}" if m.data else last
             continue
-        if isinstance(msg, tm.Alert):
-            steps.append(Step(n, "refusal", 1, f"the handshake stopped {last}"))
-            level = "fatal" if msg.level == 2 else "warning"
-            steps.append(
-                Step(
-                    n,
-                    "refusal",
-                    1,
-                    f"{m.side} -> alert {msg.name} ({level})",
-                    "the side that refused tells the other why",
-                    None,
-                    False,
-                )
-            )
-    for side, err in (("server", conn.server_error), ("client", conn.client_error)):
-        if err is None:
-            continue
-        knob = _REASON_KNOB.get(err.reason.removeprefix("peer_alert:"))
-        why = ""
-        if err.reason == "downgrade_refused":
-            c, sv = s.client.profile, s.server.profile
-            knob = "server.versions"
-            why = (
-                f"no version both enable: client versions = {list(c.versions)}, server versions = "
-                f"{list(sv.versions)} (RFC 8446 §4.2.1, alert protocol_version)"
-            )
+        steps.append(Step(n, "refusal", 1, f"the handshake stopped {last}"))
+        level = "fatal" if msg.level == 2 else "warning"
+        text = f"{m.side} -> alert {msg.name} ({level})"
+        steps.append(Step(n, "refusal", 1, text, "the side that refused tells the other why", None, False))
+    errors = [
+        (side, err) for side, err in (("server", conn.server_error), ("client", conn.client_error)) if err
+    ]
+    decider = next((err.reason for _, err in errors if not err.remote), None)
+    for side, err in errors:
+        reason = err.reason if not err.remote or decider is None else decider
+        knob = _REASON_KNOB.get(reason)
         who = "the peer's alert" if err.remote else "its own check"
-        steps.append(Step(n, "refusal", 1, f"{side} stops: {err.reason} ({who})", why, knob, False))
+        steps.append(
+            Step(n, "refusal", 1, f"{side} stops: {err.reason} ({who})", _refusal_why(reason, s), knob, False)
+        )
     return steps
 
 
@@ -762,10 +770,43 @@ def _predicted(s: Setup) -> str:
     return f"refused by the {out.side}: {out.reason}"
 
 
+_VERSION_NAMES: Mapping[str, str] = {"TLSv1.3": "1.3", "TLSv1.2": "1.2", "TLSv1.1": "1.1", "TLSv1": "1.0"}
+
+
+def _engine_said(conn: Connection) -> str:
+    """The first connection's outcome in the predictor's words."""
+    for side, err in (("server", conn.server_error), ("client", conn.client_error)):
+        if err is not None and not err.remote:
+            return f"refused by the {side}: {err.reason}"
+    if conn.client is not None and conn.client_error is None and conn.server_error is None:
+        return (
+            f"TLS {_VERSION_NAMES.get(conn.client.version, conn.client.version)}, {conn.client.cipher_iana}"
+        )
+    err = conn.client_error or conn.server_error
+    return f"refused: {err.reason if err else 'no handshake'}"
+
+
+def _agreement(conn: Connection, s: Setup, predicted: str) -> Step:
+    said = _engine_said(conn)
+    if said == predicted:
+        return Step(1, "check", 2, f"the model's prediction agrees with the engine: {said}", ok=True)
+    return Step(
+        1,
+        "check",
+        1,
+        f"the model predicted {predicted!r} but the engine did {said!r}",
+        "a rule evsim.tls.predict does not know (groups, signature algorithms, change policies...)",
+        ok=False,
+    )
+
+
 def explain(s: Setup) -> Explanation:
     """Run the setup and tell what happened."""
     conns = run(s)
+    predicted = _predicted(s)
     steps: list[Step] = []
     for i, conn in enumerate(conns, 1):
         steps += _story(i, conn, s)
-    return Explanation(s, tuple(steps), _predicted(s))
+        if i == 1:
+            steps.append(_agreement(conn, s, predicted))
+    return Explanation(s, tuple(steps), predicted)

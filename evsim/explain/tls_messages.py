@@ -88,6 +88,8 @@ GROUPS: Mapping[int, str] = {
     0x11EB: "SecP256r1MLKEM768",
     0x11EC: "X25519MLKEM768",
     0x11ED: "SecP384r1MLKEM1024",
+    0x11EE: "curveSM2MLKEM768",
+    0x0029: "curveSM2",
 }
 SIGNATURE_SCHEMES: Mapping[int, str] = {
     0x0401: "rsa_pkcs1_sha256",
@@ -109,6 +111,16 @@ SIGNATURE_SCHEMES: Mapping[int, str] = {
     0x0904: "mldsa44",
     0x0905: "mldsa65",
     0x0906: "mldsa87",
+    0x081A: "ecdsa_brainpoolP256r1tls13_sha256",
+    0x081B: "ecdsa_brainpoolP384r1tls13_sha384",
+    0x081C: "ecdsa_brainpoolP512r1tls13_sha512",
+    0x0303: "ecdsa_sha224",
+    0x0301: "rsa_pkcs1_sha224",
+    0x0302: "dsa_sha224",
+    0x0402: "dsa_sha256",
+    0x0502: "dsa_sha384",
+    0x0602: "dsa_sha512",
+    0x0708: "sm2sig_sm3",
 }
 EXTENSIONS: Mapping[int, str] = {
     0: "server_name",
