@@ -375,7 +375,9 @@ def _tls_capabilities(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    """``explain handshake ...`` (evsim.explain.handshake) or ``explain RUN_DIR ...`` (evsim.explain.run_story)."""
+    """``explain handshake ...`` (evsim.explain.handshake_cli) or ``explain RUN_DIR ...``: the latter calls
+    ``evsim.explain.run_story.main(args)`` with ``args.target`` (the run directory) and ``args.rest`` (its
+    options, unparsed) when that module exists."""
     import importlib
 
     if args.target == "handshake":

@@ -78,6 +78,12 @@ def build_parser(prog: str = "evsim explain handshake") -> argparse.ArgumentPars
         help="1 the story, 2 every decision (default), 3 every message",
     )
     p.add_argument("--json", action="store_true", help="print the steps as JSON")
+    p.add_argument(
+        "-v", "--verbose", action="count", default=0, help=argparse.SUPPRESS
+    )  # evsim's own, accepted
+    p.add_argument(
+        "-q", "--quiet", action="count", default=0, help=argparse.SUPPRESS
+    )  # after the command too
     return p
 
 
