@@ -165,7 +165,7 @@ def test_cli_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
         == 0
     )
     doc = json.loads(capsys.readouterr().out)
-    assert doc["case"] == "ok" and doc["predicted"].startswith("TLS 1.2")
+    assert doc["case"] == "ok" and doc["predicted"].startswith("TLS 1.2") and doc["title"]
     assert any(s["connection"] == 2 and "resumed" in s["text"] for s in doc["steps"])
 
 

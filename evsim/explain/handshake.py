@@ -757,6 +757,7 @@ class Explanation:
         """The document ``--json`` prints."""
         return {
             "case": self.setup.case,
+            "title": self.setup.title or CASES.get(self.setup.case, ""),
             "now": self.setup.now.isoformat(),
             "predicted": self.predicted,
             "steps": [attrs.asdict(st) for st in self.steps],
