@@ -6,6 +6,7 @@ evsim stations --csms URL --stations N    run N stations against any OCPP 2.0.1 
 evsim demo --pki DIR                      a CSMS and ten stations in one process (virtual time)
 evsim run FILE / validate FILE... / report RUN_DIR   scenarios (``--json`` on each)
 evsim tls capabilities [--json]           TLS versions, suites, groups and knob states of this engine
+evsim explain handshake [--case C]        one real TLS handshake step by step (offers, choices, checks, why)
 evsim firmware sign --version V           a signed test firmware image (manufacturer root of the dev PKI)
 
 One name per concept on every command: ``--pki DIR`` is the PKI directory, ``--stations N`` a number of
@@ -325,6 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     caps.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    exp = sub.add_parser(
+        "explain",
+        help="explain one TLS handshake step by step ('explain handshake --help'), or a run directory",
+        description="evsim explain handshake [OPTIONS]: one real TLS handshake told step by step (see "
+        "'evsim explain handshake --help'); evsim explain RUN_DIR: the story of a run.",
+        parents=[verbosity],
+    )
+    exp.add_argument("target", metavar="handshake|RUN_DIR", help="'handshake' or a run directory")
+    exp.add_argument("rest", nargs=argparse.REMAINDER, help="the options of that form")
+
     fw = sub.add_parser("firmware", help="signed firmware images (OCPP L01)", parents=[verbosity])
     fw_sub = fw.add_subparsers(dest="firmware_command", required=True, metavar="ACTION")
     sign = fw_sub.add_parser(
@@ -369,6 +380,23 @@ def _tls_capabilities(args: argparse.Namespace) -> int:
     caps = Capabilities.of_profile(profile)
     print(json.dumps(caps.to_json(), indent=2) if args.json else caps.render())
     return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """``explain handshake ...`` (evsim.explain.handshake_cli) or ``explain RUN_DIR ...``: the latter calls
+    ``evsim.explain.run_story.main(args)`` with ``args.target`` (the run directory) and ``args.rest`` (its
+    options, unparsed) when that module exists."""
+    import importlib
+
+    if args.target == "handshake":
+        from evsim.explain import handshake_cli
+
+        return handshake_cli.main(args.rest)
+    try:
+        story = importlib.import_module("evsim.explain.run_story")
+    except ModuleNotFoundError:
+        raise ConfigError("explain RUN_DIR is not available", path="explain", value=args.target) from None
+    return int(story.main(args))
 
 
 class _EventLines(logging.Handler):
@@ -438,6 +466,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return scenario_cli.report(args)
         if args.command == "tls":
             return _tls_capabilities(args)
+        if args.command == "explain":
+            return _explain(args)
         if args.command == "firmware":
             return commands.firmware_sign(args)
     except (EvsimError, KeyboardInterrupt) as exc:

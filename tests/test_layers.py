@@ -57,6 +57,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("metrics", ("evsim.metrics",)),
     ("world", ("evsim.world", "evsim.testing")),
     ("scenario", ("evsim.scenario",)),
+    ("explain", ("evsim.explain",)),
     ("cli", ("evsim.cli", "evsim.commands", "evsim.__main__")),
 )
 

@@ -52,14 +52,23 @@ def load_tls_profile(file: str, name: str | None = None) -> TlsProfile:
                 fix=f"pass --name with one of: {', '.join(defined)}",
             )
         return scenario.tls_profiles[chosen].engine_profile()
+    return profile_from_table(data, source=file)
+
+
+def profile_from_table(data: dict[str, object], *, source: str) -> TlsProfile:
+    """The TLS profile of one ``[tls.profiles.<name>]`` table (keys as in a scenario file).
+
+    Raises:
+        ConfigError: a bad key or value (its path inside the table, and ``source``).
+    """
     doc = {**_FRAME, "tls": {"profiles": {_PROFILE: data}}}
     try:
-        scenario = loads_document(doc, source=file)
+        scenario = loads_document(doc, source=source)
     except ConfigError as exc:
         prefix = f"tls.profiles.{_PROFILE}"
         path = exc.path.removeprefix(prefix).lstrip(".")
-        raise ConfigError(exc.message, path=path, value=exc.value, fix=exc.fix, file=file) from None
+        raise ConfigError(exc.message, path=path, value=exc.value, fix=exc.fix, file=source) from None
     return scenario.tls_profiles[_PROFILE].engine_profile()
 
 
-__all__ = ["load_tls_profile"]
+__all__ = ["load_tls_profile", "profile_from_table"]

@@ -17,6 +17,9 @@ than pyOpenSSL wraps. We use exactly these functions:
   be an EC curve (``groups`` is then *partial*, see ``knobs.py``).
 * ``SSL_CTX_set1_sigalgs_list``: the signature algorithms offered / accepted
   (``TlsProfile.signature_algorithms``). No fallback: without it the knob is *declared*.
+* ``SSL_CTX_set_msg_callback``: every protocol message a context's connections send and receive, as
+  plaintext (``evsim.tls.trace``, for ``evsim explain handshake``). Fallback: no trace (the explanation
+  then rests on the negotiated values alone).
 
 The module reads private attributes (``OpenSSL._util.lib``, ``Connection._ssl``); the dependency pins
 (pyOpenSSL < 27, cryptography < 51) keep them stable, and the fallbacks keep evsim working if they go.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
@@ -34,8 +38,9 @@ from evsim.tls.verify import whole_seconds
 
 try:
     _LIB: Any = importlib.import_module("OpenSSL._util").lib
+    _FFI: Any = importlib.import_module("OpenSSL._util").ffi
 except (ImportError, AttributeError):  # pragma: no cover
-    _LIB = None
+    _LIB = _FFI = None
 
 _get0_param = getattr(_LIB, "SSL_get0_param", None)
 _set_time = getattr(_LIB, "X509_VERIFY_PARAM_set_time", None)
@@ -43,6 +48,7 @@ _session_reused = getattr(_LIB, "SSL_session_reused", None)
 
 _set_groups = getattr(_LIB, "SSL_CTX_set1_curves_list", None)
 _set_sigalgs = getattr(_LIB, "SSL_CTX_set1_sigalgs_list", None)
+_set_msg_callback = getattr(_LIB, "SSL_CTX_set_msg_callback", None)
 
 HAVE_GROUPS_LIST: bool = _set_groups is not None
 """True when :func:`set_groups` applies the whole ordered list (else only the first EC curve)."""
@@ -111,6 +117,46 @@ def set_sigalgs(ctx: SSL.Context, names: list[str]) -> bool:
     if _set_sigalgs is None or ptr is None:  # pragma: no cover - binding without the call
         return False
     return bool(_set_sigalgs(ptr, ":".join(names).encode("ascii")) == 1)
+
+
+HAVE_MESSAGE_CALLBACK: bool = _set_msg_callback is not None and _FFI is not None
+"""True when :func:`set_message_callback` works."""
+
+MessageCallback = Callable[[bool, int, int, bytes], None]
+"""``(sent, version, content_type, data)``: one protocol message of a connection (see ``SSL_CTX_set_msg_callback``)."""
+_MESSAGE_CALLBACKS: dict[int, Any] = {}
+"""The cffi callbacks installed, by context address (a callback must live as long as OpenSSL holds it)."""
+
+
+def set_message_callback(ctx: SSL.Context, callback: MessageCallback | None) -> bool:
+    """Report every protocol message of ``ctx``'s connections to ``callback`` (None: stop reporting).
+
+    ``callback`` runs inside OpenSSL and must not raise (cffi would print and drop the exception).
+
+    Returns:
+        False when the binding lacks the call (nothing is reported).
+    """
+    ptr = _ctx_ptr(ctx)
+    if (
+        _set_msg_callback is None or _FFI is None or ptr is None
+    ):  # pragma: no cover - binding without the call
+        return False
+    key = int(_FFI.cast("uintptr_t", ptr))
+    if callback is None:
+        _set_msg_callback(ptr, _FFI.NULL)
+        _MESSAGE_CALLBACKS.pop(key, None)
+        return True
+    user = callback
+
+    def on_message(
+        write_p: int, version: int, content_type: int, buf: Any, size: int, ssl: Any, arg: Any
+    ) -> None:
+        user(bool(write_p), version, content_type, bytes(_FFI.buffer(buf, size)))
+
+    raw = _FFI.callback("void(int, int, int, const void *, size_t, SSL *, void *)", on_message)
+    _MESSAGE_CALLBACKS[key] = raw
+    _set_msg_callback(ptr, raw)
+    return True
 
 
 def engine_version() -> str:

@@ -1,0 +1,1 @@
+"""Explanations: TLS handshakes step by step (``handshake``) and the story of a run."""
