@@ -178,10 +178,14 @@ def summarize(
         Tables: station groups, links, TLS negotiated, failures by reason, OCPP messages by action, security
         events, attacks, timeline; then, for runs with an outage, a controller or queue statistics,
         recovery after outages, connections per endpoint and the offline queue (:mod:`evsim.metrics.failover`);
-        for runs with certificate lifecycle events, renewal, its failures and expiry warnings
-        (:mod:`evsim.metrics.certificates`).
+        load: connect, boot and OCPP round-trip latency, throughput, and all per time bucket
+        (:mod:`evsim.metrics.load`); for runs with certificate lifecycle events, renewal, its failures and
+        expiry warnings (:mod:`evsim.metrics.certificates`); for runs whose handshakes name their issuers, the
+        certificates in use by issuer (:mod:`evsim.metrics.issuers`).
     """
-    from evsim.metrics.certificates import certificate_tables  # it imports Table from here
+    from evsim.metrics.certificates import certificate_tables  # these import Table from here
+    from evsim.metrics.issuers import issuer_table, issuer_uses
+    from evsim.metrics.load import load_tables
 
     topo = topology or Topology()
     # (time, node, node sequence): within one node, seq is the true order (the online state machine needs it)
@@ -222,7 +226,9 @@ def summarize(
             _attacks_table(a.attacks),
             _timeline_table(a.timeline),
             *_failover_tables(evs, roles, topo, tx_queues),
+            *load_tables(evs, roles, topo),
             *certificate_tables(evs),
+            *((issuer_table(uses),) if (uses := issuer_uses(evs, roles)) else ()),
         )
     )
 

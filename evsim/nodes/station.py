@@ -65,7 +65,7 @@ from evsim.nodes.firmware import FirmwareUpdater
 from evsim.nodes.logupload import LogUploader
 from evsim.nodes.station_model import DeviceModel, StationConfig
 from evsim.ocpp.limits import BOOT_RETRY_INTERVAL, HEARTBEAT_INTERVAL, OutOfRange
-from evsim.ocpp.rpc import BadInput, RpcConnection, RpcEvent
+from evsim.ocpp.rpc import BadInput, CallTimedOut, ErrorReceived, ResultReceived, RpcConnection, RpcEvent
 from evsim.ocpp.session import OcppSession
 from evsim.ocpp.transaction import TransactionRecorder
 from evsim.ocpp.txqueue import QueuedMessage, TxQueue
@@ -199,6 +199,8 @@ class Station:
         self.expiry: ExpiryMonitor | None = None
         """Where the certificates of its connections are noted for ``cert_expiring`` (None: not watched)."""
         self._used_candidate = False  # the current connection attempt uses a renewed, unproven certificate
+        self._boot_started: float | None = None  # first connection attempt since the station was last online
+        self._boot_attempts = 0  # connection attempts since then
         self._bad_inputs = 0
         self.firmware = FirmwareUpdater(self, files or FileTransferConfig(), config.firmware_version)
         self.logs = LogUploader(self, files or FileTransferConfig())
@@ -369,8 +371,15 @@ class Station:
             expiry.note(self.name, info.peer_chain[0], role="peer", peer=host)
 
     def _on_rpc_event(self, event: RpcEvent) -> None:
-        """Record what the CSMS sent that the RPC core refused (one ``bad_input`` event each, at most
-        :data:`BAD_INPUT_EVENTS` per connection)."""
+        """Count the round trip of each CALL answered or timed out (:meth:`Recorder.round_trip`, under the
+        endpoint's host), and record what the CSMS sent that the RPC core refused (one ``bad_input`` event
+        each, at most :data:`BAD_INPUT_EVENTS` per connection)."""
+        if isinstance(event, ResultReceived | ErrorReceived):
+            self.recorder.round_trip(ROUND_TRIP_CALLER, self._peer(), event.round_trip)
+            return
+        if isinstance(event, CallTimedOut):
+            self.recorder.round_trip(ROUND_TRIP_CALLER, self._peer(), None)
+            return
         if not isinstance(event, BadInput):
             return
         self._bad_inputs += 1
@@ -426,6 +435,10 @@ class Station:
             client_tls = self._station_tls()
             self._used_candidate = self.certs.candidate is not None
         self._bad_inputs = 0
+        started = trio.current_time()
+        if self._boot_started is None:
+            self._boot_started = started
+        self._boot_attempts += 1
         stream: trio.abc.Stream = await self.network.connect(host, port, source=self.config.station_id)
         ws: WebSocket | None = None
         try:
@@ -443,6 +456,8 @@ class Station:
                     suite=tls_stream.info.cipher_iana,
                     group=tls_stream.info.group or "",
                     resumed=tls_stream.info.session_reused,
+                    connect_s=round(trio.current_time() - started, 6),
+                    **certificate_issuers(client_tls, tls_stream.info),
                 )
                 if self.expiry is not None:
                     self._note_certificates(self.expiry, client_tls, tls_stream.info, host)
@@ -540,7 +555,16 @@ class Station:
                 self.boots += 1
                 self.booted = True
                 self.heartbeat_s = interval
-                self.recorder.emit(self.name, "booted", interval=interval, status="Accepted")
+                started = self._boot_started
+                self.recorder.emit(
+                    self.name,
+                    "booted",
+                    interval=interval,
+                    status="Accepted",
+                    boot_s=round(trio.current_time() - (started if started is not None else 0.0), 6),
+                    boot_attempts=self._boot_attempts,
+                )
+                self._boot_started, self._boot_attempts = None, 0
                 self.firmware.booted()
                 return
             self.recorder.emit(self.name, "boot_pending", status=resp["status"], retry_in=interval)
@@ -828,6 +852,24 @@ class Station:
 BAD_INPUT_EVENTS = 10
 """Refused frames or payloads from the CSMS recorded per connection (``bad_input``); the rest are counted by
 the RPC core only."""
+
+ROUND_TRIP_CALLER = "stations"
+"""The caller stations' round trips are counted under (:meth:`Recorder.round_trip`), per endpoint host."""
+
+ISSUER_LENGTH = 200
+"""Characters of an issuer name kept in an event (a name is the peer's text)."""
+
+
+def certificate_issuers(tls: ClientTls, info: TlsInfo) -> dict[str, str]:
+    """The ``handshake_ok`` fields naming who issued the certificates of a connection: ``server_issuer`` (the
+    leaf the CSMS sent; absent when it sent none, as on a resumed session) and ``client_issuer`` (the
+    station's own certificate, profile 3), as RFC 4514 strings."""
+    out: dict[str, str] = {}
+    if info.peer_chain:
+        out["server_issuer"] = info.peer_chain[0].issuer.rfc4514_string()[:ISSUER_LENGTH]
+    if tls.identity is not None:
+        out["client_issuer"] = tls.identity.chain[0].issuer.rfc4514_string()[:ISSUER_LENGTH]
+    return out
 
 
 class Rebooting(TransportError):

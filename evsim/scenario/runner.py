@@ -240,6 +240,7 @@ class ScenarioRunner:
             if self.outcome == "running":
                 self.outcome = "completed"
             self._take_sample(world)
+            world.recorder.flush()  # the round-trip windows still open
             world.recorder.emit("runner", "run_ended", outcome=self.outcome)
 
     async def start_nodes(self, world: World) -> None:
@@ -348,6 +349,7 @@ class ScenarioRunner:
         self.outcome = "interrupted"
         if self.world is not None:
             self._take_sample(self.world)
+            self.world.recorder.flush()
             self.world.recorder.emit("runner", "run_ended", outcome=self.outcome)
             self.world.recorder.stop()
 
