@@ -221,7 +221,7 @@ class RoundTrips:
         if seconds is None:
             window.timeouts += 1
         else:
-            window.values[quantize(seconds)] += 1
+            window.values[quantize(round(seconds, 9))] += 1  # rounded first: 0.03 measured as 0.0299999...
             window.largest = max(window.largest, seconds)
         return closed
 

@@ -171,7 +171,7 @@ def issuer_table(uses: Sequence[IssuerUse]) -> Table:
             "certificate",
             "issuer",
             "handshakes",
-            "first (s)",
+            "first in use (s)",
             "last handshake (s)",
             "peak in use",
             "in use at end",
