@@ -80,6 +80,7 @@ EVENT_LEVELS: dict[str, int] = {
     "timeline": logging.DEBUG,
     "service_attempt": logging.DEBUG,
     "nts_sample": logging.DEBUG,
+    "round_trips": logging.DEBUG,  # the recorder's own sums (Recorder.round_trip)
 }
 
 #: Words that make an unlisted kind a refusal or loss (WARNING); other unlisted kinds are INFO.

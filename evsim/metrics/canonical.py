@@ -95,9 +95,10 @@ subject, issuer and validity, which the seed and the timeline decide, stay. The 
 
 UNDECIDED_KINDS = frozenset({ROUND_TRIPS})
 """Event kinds left out of the canonical log: the recorder's ``round_trips`` sums count every CALL of a window,
-Heartbeats included, and which CALLs a window holds is not all decided by the seed (two runs of ``default``
-with one seed send different numbers of Heartbeats, none of which leaves an event of its own). The JSONL log
-and the report keep them."""
+Heartbeats included, and which CALLs a window holds is not all decided by the seed: a station's Heartbeat due
+at the very instant its next meter value is queued is sent or skipped depending on which task trio runs first
+(two runs of ``default`` with one seed sent 50 and 64 Heartbeats), and a Heartbeat leaves no event of its own.
+The JSONL log and the report keep them."""
 
 _ADDRESS = re.compile(r".+:[0-9]+")
 

@@ -236,6 +236,7 @@ class Station:
         reason (``network_profiles.log``).
         """
         profiles = self.network_profiles
+        self._boot_started, self._boot_attempts = None, 0  # a restarted station's boot starts again
         while True:
             slot = profiles.current
             self._established = False
