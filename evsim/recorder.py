@@ -21,6 +21,7 @@ import collections
 import contextvars
 import datetime as _dt
 import decimal
+import functools
 import logging
 import math
 import sys
@@ -163,6 +164,7 @@ ROUND_TRIP_DIGITS = 3
 _FLOOR = decimal.Context(rounding=decimal.ROUND_FLOOR)
 
 
+@functools.lru_cache(maxsize=4096)  # round trips repeat (in virtual time, exactly): one cut per value
 def quantize(seconds: float, digits: int = ROUND_TRIP_DIGITS) -> float:
     """A duration cut (never rounded up) to ``digits`` significant digits: 0.0012345 -> 0.00123.
 

@@ -21,6 +21,7 @@ import hypothesis.strategies as st
 from hypothesis import given
 
 from evsim.clock import SimClock
+from evsim.metrics.canonical import canonical_log
 from evsim.metrics.issuers import issuer_table, issuer_uses
 from evsim.metrics.load import (
     Distribution,
@@ -248,6 +249,11 @@ def test_tables_from_events() -> None:
     assert tables["OCPP round trips"].rows == (("stations -> csms", 3, 1, "1.0", "12.3", "12.3", "12.3"),)
     assert tables["Throughput per endpoint"].rows == (("csms", 3, "0.30", "0.30"),)
     assert [w.pair for w in round_trip_windows(events, topo)] == ["stations -> csms"]
+    shuffled = list(events)
+    random.Random(3).shuffle(shuffled)
+    assert load_tables(shuffled, roles, topo) == load_tables(events, roles, topo)
+    assert issuer_uses(shuffled, roles) == issuer_uses(events, roles)
+    assert [line.split()[2] for line in canonical_log(events)].count(ROUND_TRIPS) == 0  # not in goldens
     uses = issuer_uses(events, roles)
     assert [(u.label, u.handshakes, u.peak, u.at_end) for u in uses] == [
         ("server: CN=New", 1, 1, 1),

@@ -201,6 +201,7 @@ class Station:
         self._used_candidate = False  # the current connection attempt uses a renewed, unproven certificate
         self._boot_started: float | None = None  # first connection attempt since the station was last online
         self._boot_attempts = 0  # connection attempts since then
+        self._session_host = ""  # the host of the current connection's endpoint (its round trips' endpoint)
         self._bad_inputs = 0
         self.firmware = FirmwareUpdater(self, files or FileTransferConfig(), config.firmware_version)
         self.logs = LogUploader(self, files or FileTransferConfig())
@@ -376,10 +377,10 @@ class Station:
         endpoint's host), and record what the CSMS sent that the RPC core refused (one ``bad_input`` event
         each, at most :data:`BAD_INPUT_EVENTS` per connection)."""
         if isinstance(event, ResultReceived | ErrorReceived):
-            self.recorder.round_trip(ROUND_TRIP_CALLER, self._peer(), event.round_trip)
+            self.recorder.round_trip(ROUND_TRIP_CALLER, self._session_host, event.round_trip)
             return
         if isinstance(event, CallTimedOut):
-            self.recorder.round_trip(ROUND_TRIP_CALLER, self._peer(), None)
+            self.recorder.round_trip(ROUND_TRIP_CALLER, self._session_host, None)
             return
         if not isinstance(event, BadInput):
             return
@@ -436,6 +437,7 @@ class Station:
             client_tls = self._station_tls()
             self._used_candidate = self.certs.candidate is not None
         self._bad_inputs = 0
+        self._session_host = host
         started = trio.current_time()
         if self._boot_started is None:
             self._boot_started = started
