@@ -53,16 +53,14 @@ class Recomputed:
         self.hosts: dict[str, str] = topo["hosts"]
         self.connects: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
         self.boots: dict[str, list[tuple[float, float, int]]] = collections.defaultdict(list)
-        last: dict[str, str] = {}
         for e in self.events:
             node = str(e["node"])
             if node not in self.group:
                 continue
-            if "endpoint" in e:
-                last[node] = self.hosts[e["endpoint"]]
             if e["kind"] not in ("handshake_ok", "booted"):
                 continue
-            link = f"{self.group[node]} -> {last.get(node) or hop[self.group[node]]}"
+            where = self.hosts[e["endpoint"]] if "endpoint" in e else hop[self.group[node]]
+            link = f"{self.group[node]} -> {where}"
             if e["kind"] == "handshake_ok":
                 self.connects[link].append((float(e["t"]), float(e["connect_s"])))
             else:

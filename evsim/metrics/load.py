@@ -161,9 +161,8 @@ def station_latencies(
 ) -> tuple[list[StationLatency], list[StationLatency]]:
     """Connect and boot latencies measured by the stations, in time order.
 
-    The endpoint of a station's event is its ``endpoint`` host (stations with several endpoints), for a boot
-    the endpoint of the station's last connection attempt before it; otherwise the server it connects to
-    (:func:`first_hops`), else its group's CSMS in the topology.
+    The endpoint of a station's event is its ``endpoint`` host (stations with several endpoints); otherwise
+    the server it connects to (:func:`first_hops`), else its group's CSMS in the topology.
 
     Args:
         events: JSON event objects, any order.
@@ -176,17 +175,17 @@ def station_latencies(
     topo = topology or Topology()
     evs = sorted(events, key=lambda e: (float(e["t"]), str(e["node"]), int(e.get("seq", 0))))
     hops = first_hops(evs)
-    last_endpoint: dict[str, str] = {}
     connects: list[StationLatency] = []
     boots: list[StationLatency] = []
     for e in evs:
         node, kind = str(e["node"]), e["kind"]
         if roles.get(node) != "station":
             continue
-        if "endpoint" in e:
-            last_endpoint[node] = topo.hosts.get(str(e["endpoint"]), str(e["endpoint"]))
         group = topo.group_of(node)
-        server = last_endpoint.get(node) or hops.get(node) or topo.links.get(group, "?")
+        if "endpoint" in e:
+            server = topo.hosts.get(str(e["endpoint"]), str(e["endpoint"]))
+        else:
+            server = hops.get(node) or topo.links.get(group, "?")
         if kind == "handshake_ok" and "connect_s" in e:
             connects.append(StationLatency(float(e["t"]), f"{group} -> {server}", float(e["connect_s"])))
         elif kind == "booted" and "boot_s" in e:

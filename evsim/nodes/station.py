@@ -489,7 +489,7 @@ class Station:
                 # station boots on every connection anyway (the CSMS requires it per connection, B02.FR.09)
                 if self.network_profiles.must_boot(slot) and previous is not None:
                     self.recorder.emit(self.name, "network_slot_switched", previous=previous, slot=slot.slot)
-                await self._boot(session)
+                await self._boot(session, self._endpoint(slot))
                 self.connects_ok += 1
                 self.network_profiles.report(slot, True, "", trio.current_time())
                 if slot.tls is None:
@@ -534,7 +534,9 @@ class Station:
         self._last_activity = trio.current_time()
         return result
 
-    async def _boot(self, session: OcppSession) -> None:
+    async def _boot(self, session: OcppSession, where: dict[str, str]) -> None:
+        """BootNotification until Accepted (Pending / Rejected: again after the interval given); ``booted``
+        names the endpoint (``where``, stations with several) and the boot's latency and attempts."""
         cfg = self.config
         reason = self.firmware.boot_reason() or ("PowerUp" if self.boots == 0 else "Unknown")
         self._rebooting = False
@@ -562,6 +564,7 @@ class Station:
                 self.recorder.emit(
                     self.name,
                     "booted",
+                    **where,
                     interval=interval,
                     status="Accepted",
                     boot_s=round(trio.current_time() - (started if started is not None else 0.0), 6),
