@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from evsim.metrics import plots
 from evsim.metrics.issuers import issuer_uses
 from evsim.metrics.topology import node_roles
 from tests.test_attribution import parse_tables, run_report, table
@@ -86,3 +87,6 @@ def test_renewal_and_rollover_move_the_fleet(tmp_path: Path, capsys: pytest.Capt
     assert max(uses[f"server: {old_root}"].counts) == 3
     first_switch = min(float(e["t"]) for e in switched)
     assert uses[f"client: {renewed}"].times[0] == first_switch
+
+    written = plots.render_plots(run)
+    assert (run.path / "plots" / "certificates_by_issuer.png") in written

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from evsim.metrics import plots
 from evsim.metrics.load import round_trip_series, round_trip_windows
 from evsim.metrics.topology import Topology
 from tests.test_attribution import CHAINED, CONTROLLER, DIRECT, SECONDARY, parse_tables, run_report, table
@@ -161,6 +162,7 @@ def test_latency_is_measured(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert min(connects) >= 0.03
     values, _, _ = truth.round_trips()["stations -> main"]
     assert min(values) >= 0.03  # a CALL and its answer cross the link once each
+    assert (run.path / "plots" / "load_latency.png") in plots.render_plots(run)
 
 
 def test_secondary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
