@@ -40,7 +40,9 @@ class IssuerUse:
         label: ``client: <issuer>`` (``(renewed)`` appended for renewed client certificates) or
             ``server: <issuer>``.
         handshakes: handshakes completed with such a certificate.
-        first, last: the first and last of them (s).
+        first: when the first connection used one (s).
+        last: the last handshake with one (s), None when none did (a renewed certificate whose connection
+            was switched to it, and no later one).
         peak: most connections using one at once.
         at_end: connections using one when the run ended.
         times, counts: the step series: from ``times[i]`` on, ``counts[i]`` connections use one.
@@ -49,7 +51,7 @@ class IssuerUse:
     label: str
     handshakes: int
     first: float
-    last: float
+    last: float | None
     peak: int
     at_end: int
     times: tuple[float, ...]
@@ -73,7 +75,8 @@ def issuer_uses(events: Iterable[Mapping[str, Any]], roles: Mapping[str, str]) -
     current: collections.Counter[str] = collections.Counter()
     series: dict[str, tuple[list[float], list[int]]] = {}
     handshakes: collections.Counter[str] = collections.Counter()
-    seen: dict[str, list[float]] = {}
+    first_use: dict[str, float] = {}
+    last_handshake: dict[str, float] = {}
     peak: collections.Counter[str] = collections.Counter()
 
     def step(label: str, delta: int, t: float) -> None:
@@ -108,7 +111,8 @@ def issuer_uses(events: Iterable[Mapping[str, Any]], roles: Mapping[str, str]) -
             in_use[node] = tuple(labels)
             for label in labels:
                 handshakes[label] += 1
-                seen.setdefault(label, [t, t])[1] = t
+                first_use.setdefault(label, t)
+                last_handshake[label] = t
                 step(label, +1, t)
         elif kind == "reconnect_wait":
             close(node, t)
@@ -126,13 +130,13 @@ def issuer_uses(events: Iterable[Mapping[str, Any]], roles: Mapping[str, str]) -
                 in_use[node] = moved
                 for label in moved:
                     step(label, +1, t)
-                    seen.setdefault(label, [t, t])
+                    first_use.setdefault(label, t)
     return [
         IssuerUse(
             label=label,
             handshakes=handshakes[label],
-            first=seen[label][0],
-            last=seen[label][1],
+            first=first_use[label],
+            last=last_handshake.get(label),
             peak=peak[label],
             at_end=current[label],
             times=tuple(ts),
@@ -159,7 +163,7 @@ def issuer_table(uses: Sequence[IssuerUse]) -> Table:
             u.label.split(": ", 1)[1],
             u.handshakes,
             f"{u.first:.1f}",
-            f"{u.last:.1f}",
+            "-" if u.last is None else f"{u.last:.1f}",
             u.peak,
             u.at_end,
         )
