@@ -31,6 +31,7 @@ from evsim.metrics.load import (
     round_trip_windows,
 )
 from evsim.metrics.topology import node_roles
+from evsim.nodes.measures import BootClock
 from evsim.nodes.relay import CSMS, STATION, RelayCore
 from evsim.ocpp.framing import CallResult, encode_frame
 from evsim.ocpp.rpc import ResultReceived, RpcConnection, default_id_factory
@@ -260,3 +261,18 @@ def test_tables_from_events() -> None:
         ("server: CN=Old", 1, 1, 0),
     ]
     assert issuer_table(uses).rows[1][:3] == ("server", "CN=Old", 1)
+
+
+def test_a_boot_runs_from_the_first_attempt_since_last_online() -> None:
+    clock = BootClock()
+    clock.attempt(10.0)
+    clock.attempt(25.0)  # after a failure and a back-off wait
+    assert clock.booted(26.5, {"endpoint": "b.evsim.test"}) == {
+        "endpoint": "b.evsim.test",
+        "boot_s": 16.5,
+        "boot_attempts": 2,
+    }
+    clock.attempt(100.0)  # the next boot starts afresh
+    clock.reset()  # ... unless the station starts again
+    clock.attempt(130.0)
+    assert clock.booted(130.25, {}) == {"boot_s": 0.25, "boot_attempts": 1}

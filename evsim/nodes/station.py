@@ -63,6 +63,7 @@ from evsim.nodes.expiry import ExpiryMonitor
 from evsim.nodes.filetransfer import FileTransferConfig
 from evsim.nodes.firmware import FirmwareUpdater
 from evsim.nodes.logupload import LogUploader
+from evsim.nodes.measures import ROUND_TRIP_CALLER, BootClock, certificate_issuers
 from evsim.nodes.station_model import DeviceModel, StationConfig
 from evsim.ocpp.limits import BOOT_RETRY_INTERVAL, HEARTBEAT_INTERVAL, OutOfRange
 from evsim.ocpp.rpc import BadInput, CallTimedOut, ErrorReceived, ResultReceived, RpcConnection, RpcEvent
@@ -199,8 +200,7 @@ class Station:
         self.expiry: ExpiryMonitor | None = None
         """Where the certificates of its connections are noted for ``cert_expiring`` (None: not watched)."""
         self._used_candidate = False  # the current connection attempt uses a renewed, unproven certificate
-        self._boot_started: float | None = None  # first connection attempt since the station was last online
-        self._boot_attempts = 0  # connection attempts since then
+        self._boot_clock = BootClock()
         self._session_host = ""  # the host of the current connection's endpoint (its round trips' endpoint)
         self._bad_inputs = 0
         self.firmware = FirmwareUpdater(self, files or FileTransferConfig(), config.firmware_version)
@@ -237,7 +237,7 @@ class Station:
         reason (``network_profiles.log``).
         """
         profiles = self.network_profiles
-        self._boot_started, self._boot_attempts = None, 0  # a restarted station's boot starts again
+        self._boot_clock.reset()  # a restarted station's boot starts again
         while True:
             slot = profiles.current
             self._established = False
@@ -373,14 +373,11 @@ class Station:
             expiry.note(self.name, info.peer_chain[0], role="peer", peer=host)
 
     def _on_rpc_event(self, event: RpcEvent) -> None:
-        """Count the round trip of each CALL answered or timed out (:meth:`Recorder.round_trip`, under the
-        endpoint's host), and record what the CSMS sent that the RPC core refused (one ``bad_input`` event
-        each, at most :data:`BAD_INPUT_EVENTS` per connection)."""
-        if isinstance(event, ResultReceived | ErrorReceived):
-            self.recorder.round_trip(ROUND_TRIP_CALLER, self._session_host, event.round_trip)
-            return
-        if isinstance(event, CallTimedOut):
-            self.recorder.round_trip(ROUND_TRIP_CALLER, self._session_host, None)
+        """Count each CALL's round trip (:meth:`Recorder.round_trip`, per endpoint host); record what the RPC
+        core refused of the CSMS's (one ``bad_input`` event each, at most :data:`BAD_INPUT_EVENTS` per link)."""
+        if isinstance(event, ResultReceived | ErrorReceived | CallTimedOut):
+            rtt = None if isinstance(event, CallTimedOut) else event.round_trip
+            self.recorder.round_trip(ROUND_TRIP_CALLER, self._session_host, rtt)
             return
         if not isinstance(event, BadInput):
             return
@@ -438,10 +435,7 @@ class Station:
             self._used_candidate = self.certs.candidate is not None
         self._bad_inputs = 0
         self._session_host = host
-        started = trio.current_time()
-        if self._boot_started is None:
-            self._boot_started = started
-        self._boot_attempts += 1
+        self._boot_clock.attempt(started := trio.current_time())
         stream: trio.abc.Stream = await self.network.connect(host, port, source=self.config.station_id)
         ws: WebSocket | None = None
         try:
@@ -535,8 +529,6 @@ class Station:
         return result
 
     async def _boot(self, session: OcppSession, where: dict[str, str]) -> None:
-        """BootNotification until Accepted (Pending / Rejected: again after the interval given); ``booted``
-        names the endpoint (``where``, stations with several) and the boot's latency and attempts."""
         cfg = self.config
         reason = self.firmware.boot_reason() or ("PowerUp" if self.boots == 0 else "Unknown")
         self._rebooting = False
@@ -560,17 +552,8 @@ class Station:
                 self.boots += 1
                 self.booted = True
                 self.heartbeat_s = interval
-                started = self._boot_started
-                self.recorder.emit(
-                    self.name,
-                    "booted",
-                    **where,
-                    interval=interval,
-                    status="Accepted",
-                    boot_s=round(trio.current_time() - (started if started is not None else 0.0), 6),
-                    boot_attempts=self._boot_attempts,
-                )
-                self._boot_started, self._boot_attempts = None, 0
+                fields = self._boot_clock.booted(trio.current_time(), where)
+                self.recorder.emit(self.name, "booted", interval=interval, status="Accepted", **fields)
                 self.firmware.booted()
                 return
             self.recorder.emit(self.name, "boot_pending", status=resp["status"], retry_in=interval)
@@ -858,24 +841,6 @@ class Station:
 BAD_INPUT_EVENTS = 10
 """Refused frames or payloads from the CSMS recorded per connection (``bad_input``); the rest are counted by
 the RPC core only."""
-
-ROUND_TRIP_CALLER = "stations"
-"""The caller stations' round trips are counted under (:meth:`Recorder.round_trip`), per endpoint host."""
-
-ISSUER_LENGTH = 200
-"""Characters of an issuer name kept in an event (a name is the peer's text)."""
-
-
-def certificate_issuers(tls: ClientTls, info: TlsInfo) -> dict[str, str]:
-    """The ``handshake_ok`` fields naming who issued the certificates of a connection: ``server_issuer`` (the
-    leaf the CSMS sent; absent when it sent none, as on a resumed session) and ``client_issuer`` (the
-    station's own certificate, profile 3), as RFC 4514 strings."""
-    out: dict[str, str] = {}
-    if info.peer_chain:
-        out["server_issuer"] = info.peer_chain[0].issuer.rfc4514_string()[:ISSUER_LENGTH]
-    if tls.identity is not None:
-        out["client_issuer"] = tls.identity.chain[0].issuer.rfc4514_string()[:ISSUER_LENGTH]
-    return out
 
 
 class Rebooting(TransportError):
