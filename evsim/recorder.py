@@ -20,7 +20,10 @@ from __future__ import annotations
 import collections
 import contextvars
 import datetime as _dt
+import decimal
+import functools
 import logging
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -78,6 +81,7 @@ EVENT_LEVELS: dict[str, int] = {
     "timeline": logging.DEBUG,
     "service_attempt": logging.DEBUG,
     "nts_sample": logging.DEBUG,
+    "round_trips": logging.DEBUG,  # the recorder's own sums (Recorder.round_trip)
 }
 
 #: Words that make an unlisted kind a refusal or loss (WARNING); other unlisted kinds are INFO.
@@ -146,6 +150,103 @@ class Event:
         return {"t": round(self.t, 6), "node": self.node, "seq": self.seq, "kind": self.kind, **self.data}
 
 
+#: Node name of the events the recorder itself emits: the OCPP round trips it aggregated (a control node of
+#: the run, like ``runner`` and ``timeline``).
+MEASUREMENT_NODE = "metrics"
+#: Kind of the aggregated round-trip events.
+ROUND_TRIPS = "round_trips"
+#: Width (s) of one round-trip window: fine enough to show a reconnect storm's shape, coarse enough that a day
+#: with 10,000 stations adds at most 8,640 events per (caller, endpoint) pair to the log.
+ROUND_TRIP_WINDOW = 10.0
+#: Significant digits a round trip keeps in its window's histogram (:func:`quantize`).
+ROUND_TRIP_DIGITS = 3
+
+_FLOOR = decimal.Context(rounding=decimal.ROUND_FLOOR)
+
+
+@functools.lru_cache(maxsize=4096)  # round trips repeat (in virtual time, exactly): one cut per value
+def quantize(seconds: float, digits: int = ROUND_TRIP_DIGITS) -> float:
+    """A duration cut (never rounded up) to ``digits`` significant digits: 0.0012345 -> 0.00123.
+
+    The cut is done on the value's shortest decimal form, so the result is never above ``seconds`` and at most
+    one unit of its last kept digit below (under 1 % for 3 digits). Zero and negative values (a clock that did
+    not move) give 0.0.
+    """
+    if not seconds > 0 or not math.isfinite(seconds):
+        return 0.0
+    d = decimal.Decimal(repr(float(seconds)))
+    step = decimal.Decimal(1).scaleb(d.adjusted() - digits + 1)
+    return float(d.quantize(step, context=_FLOOR))
+
+
+@attrs.define
+class _Window:
+    """The round trips of one (caller, endpoint) pair in one window."""
+
+    start: float
+    values: collections.Counter[float] = attrs.field(factory=collections.Counter)
+    largest: float = 0.0
+    timeouts: int = 0
+
+
+@attrs.define
+class RoundTrips:
+    """OCPP round trips (CALL sent to CALLRESULT / CALLERROR received) summed per (caller, endpoint) and window.
+
+    A per-message event would make a log as long as the run's message count; one event per pair and window of
+    :data:`ROUND_TRIP_WINDOW` seconds keeps every figure of the report recomputable from the log at a bounded
+    cost: each event holds the window's histogram of round trips cut to :data:`ROUND_TRIP_DIGITS` significant
+    digits (:func:`quantize`; value -> count), the exact largest one, and the CALLs that timed out. Percentiles
+    are then exact over the cut values, and the maximum is exact.
+
+    A window is closed (returned by :meth:`add`) when the pair's first sample of a later window arrives, and by
+    :meth:`flush` at the end of a run. Samples arrive in time order, so what a window holds does not depend on
+    the order trio ran the callers that finished at one instant. Sans-IO: times are passed in.
+    """
+
+    width: float = ROUND_TRIP_WINDOW
+    _open: dict[tuple[str, str], _Window] = attrs.field(init=False, factory=dict)
+
+    def add(self, caller: str, endpoint: str, now: float, seconds: float | None) -> dict[str, Any] | None:
+        """Count one round trip (``seconds``), or one CALL that timed out (None).
+
+        Returns:
+            The fields of the event of the pair's window this sample closed, or None.
+        """
+        key = (caller, endpoint)
+        start = math.floor(now / self.width) * self.width
+        window = self._open.get(key)
+        closed = None
+        if window is None or window.start != start:
+            if window is not None:
+                closed = self._fields(key, window)
+            window = self._open[key] = _Window(start)
+        if seconds is None:
+            window.timeouts += 1
+        else:
+            window.values[quantize(round(seconds, 9))] += 1  # rounded first: 0.03 measured as 0.0299999...
+            window.largest = max(window.largest, seconds)
+        return closed
+
+    def flush(self) -> list[dict[str, Any]]:
+        """The events of every open window (sorted by caller and endpoint), which are forgotten."""
+        out = [self._fields(key, w) for key, w in sorted(self._open.items())]
+        self._open.clear()
+        return out
+
+    def _fields(self, key: tuple[str, str], w: _Window) -> dict[str, Any]:
+        return {
+            "caller": key[0],
+            "endpoint": key[1],
+            "start": w.start,
+            "width": self.width,
+            "calls": sum(w.values.values()),
+            "timeouts": w.timeouts,
+            "max": round(w.largest, 6),
+            "histogram": [[v, n] for v, n in sorted(w.values.items())],
+        }
+
+
 @attrs.define
 class Recorder:
     """Collects events from all nodes of a run.
@@ -170,6 +271,7 @@ class Recorder:
     counts: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     _node_seq: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     _stopped_at: float | None = attrs.field(init=False, default=None)
+    _round_trips: RoundTrips = attrs.field(init=False, factory=RoundTrips)
 
     def __attrs_post_init__(self) -> None:
         self.events = collections.deque(maxlen=self.keep)
@@ -183,7 +285,7 @@ class Recorder:
         if self._stopped_at is not None:
             return Event(t=self._stopped_at, node=node, seq=-1, kind=kind, data=data)
         peer = _PEER.get()
-        if peer and "peer" not in data:
+        if peer and "peer" not in data and node != MEASUREMENT_NODE:  # a run-wide sum concerns no one peer
             data["peer"] = peer
         seq = self._node_seq[node]
         self._node_seq[node] = seq + 1
@@ -198,8 +300,28 @@ class Recorder:
             self.sink(ev)
         return ev
 
+    def round_trip(self, caller: str, endpoint: str, seconds: float | None) -> None:
+        """Count one OCPP round trip ``caller`` measured towards ``endpoint`` (None: the CALL timed out).
+
+        No event per CALL: the round trips are summed per window (:class:`RoundTrips`), and a ``round_trips``
+        event of node :data:`MEASUREMENT_NODE` is recorded when a window closes and by :meth:`flush`.
+        """
+        if self._stopped_at is not None:
+            return
+        closed = self._round_trips.add(caller, endpoint, self.clock.elapsed(), seconds)
+        if closed is not None:
+            self.emit(MEASUREMENT_NODE, ROUND_TRIPS, **closed)
+
+    def flush(self) -> None:
+        """Record the round-trip windows still open (the end of a run; :meth:`stop` does it too)."""
+        if self._stopped_at is None:
+            for fields in self._round_trips.flush():
+                self.emit(MEASUREMENT_NODE, ROUND_TRIPS, **fields)
+
     def stop(self) -> None:
-        """Record nothing more: what happens after this (a run being torn down) is not part of the run."""
+        """Record nothing more: what happens after this (a run being torn down) is not part of the run. The
+        round-trip windows still open are recorded first (:meth:`flush`)."""
+        self.flush()
         if self._stopped_at is None:
             self._stopped_at = self.clock.elapsed()
 

@@ -1,6 +1,6 @@
 """PNG plots of a run over simulated time (matplotlib, non-interactive Agg canvas).
 
-Five plots, written to ``<run>/plots/``:
+Seven plots, written to ``<run>/plots/``:
 
 * ``connected_stations.png`` — stations connected and accepted over time (the metrics samples when the run
   has them, else derived from the stations' ``booted`` / ``reconnect_wait`` events), with the fleet size;
@@ -16,6 +16,10 @@ Five plots, written to ``<run>/plots/``:
 * ``reconnect_storm.png`` — WebSocket sessions accepted per second by each CSMS and controller, with the
   timeline's outages marked: the shape of the reconnect storm and where it lands
   (:func:`evsim.metrics.failover.storm_series`).
+* ``load_latency.png`` — connect and boot latency of every connection and boot (station side, per link), OCPP
+  round-trip p50 / p95 and calls answered per second per endpoint, per time bucket (:mod:`evsim.metrics.load`);
+* ``certificates_by_issuer.png`` — connections using a station client certificate, and a CSMS server
+  certificate, from each issuer over time (:mod:`evsim.metrics.issuers`).
 
 The series are computed by pure functions (:func:`connected_series`, :func:`handshake_buckets`,
 :func:`connection_rates`, :func:`transaction_curves`) that need no matplotlib; only :func:`render_plots`
@@ -55,6 +59,8 @@ PLOT_FILES = (
     "transactions.png",
     "reconnect_storm.png",
     "clock_offsets.png",
+    "load_latency.png",
+    "certificates_by_issuer.png",
 )
 
 _DPI = 110
@@ -355,7 +361,7 @@ def transaction_curves(
 def render_plots(
     run: RunData, topology: Topology | None = None, *, out_dir: Path | None = None
 ) -> list[Path]:
-    """Draw the four plots of a run (see the module doc) as PNG files.
+    """Draw the plots of a run (see the module doc) as PNG files.
 
     Args:
         run: the run (:func:`evsim.metrics.rundir.load`, or built in memory).
@@ -388,6 +394,8 @@ def render_plots(
         ("transactions.png", lambda f: _draw_transactions(f, run, topo, axis, span, name)),
         ("reconnect_storm.png", lambda f: _draw_storm(f, run, topo, axis, span, name)),
         ("clock_offsets.png", lambda f: _draw_clocks(f, run, axis, span, name)),
+        ("load_latency.png", lambda f: _draw_load(f, run, topo, axis, span, name)),
+        ("certificates_by_issuer.png", lambda f: _draw_issuers(f, run, topo, axis, span, name)),
     ]
     written = []
     for filename, draw in draws:
@@ -640,3 +648,76 @@ def _draw_clocks(fig: Figure, run: RunData, axis: TimeAxis, span: float, name: s
     ax.set_ylabel("station clock offset (s, log)")
     ax.set_title(f"{name}: station clock offsets")
     _finish_time_axis(ax, axis, span)
+
+
+def _draw_load(fig: Figure, run: RunData, topo: Topology, axis: TimeAxis, span: float, name: str) -> None:
+    from evsim.metrics.load import over_time_width, round_trip_series, round_trip_windows, station_latencies
+
+    connect_ax, boot_ax, rtt_ax, rate_ax = fig.subplots(4, 1, sharex=True)
+    fig.set_size_inches(_SIZE[0], _SIZE[1] * 2)
+    fig.suptitle(f"{name}: load (latency and throughput)")
+    connects, boots = station_latencies(run.events, node_roles(run.events, topo), topo)
+    for ax, items, scale, unit, what in (
+        (connect_ax, connects, 1000.0, "ms", "connect latency"),
+        (boot_ax, boots, 1.0, "s", "boot latency"),
+    ):
+        links = sorted({i.link for i in items})
+        for link in links:
+            own = [i for i in items if i.link == link]
+            ax.scatter(
+                axis.scale(i.t for i in own), [i.seconds * scale for i in own], s=6, alpha=0.6, label=link
+            )
+        if links:
+            _legend(ax)
+        else:
+            _no_data(ax, what)
+        ax.set_ylabel(f"{what} ({unit})")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+    width = over_time_width(span, rows=100)
+    series = round_trip_series(round_trip_windows(run.events, topo), width)
+    for i, (endpoint, s) in enumerate(series.items()):
+        color = _FAILURE_COLORS[i % len(_FAILURE_COLORS)]
+        xs = axis.scale(s.starts)
+        rtt_ax.step(xs, [v * 1000 for v in s.p95], where="post", color=color, label=f"{endpoint} p95")
+        rtt_ax.step(
+            xs, [v * 1000 for v in s.p50], where="post", color=color, linestyle=":", label=f"{endpoint} p50"
+        )
+        rate_ax.step(xs, s.rate, where="post", color=color, label=endpoint)
+    for ax, what in ((rtt_ax, "round trips"), (rate_ax, "calls answered")):
+        if series:
+            _legend(ax)
+        else:
+            _no_data(ax, what)
+        ax.set_ylim(bottom=0)
+    rtt_ax.set_ylabel(f"OCPP round trip (ms, per {format_width(width)})")
+    rtt_ax.grid(True, alpha=0.3)
+    rate_ax.set_ylabel("calls answered / s")
+    _finish_time_axis(rate_ax, axis, span)
+
+
+def _draw_issuers(fig: Figure, run: RunData, topo: Topology, axis: TimeAxis, span: float, name: str) -> None:
+    from evsim.metrics.issuers import CLIENT, issuer_uses
+
+    client_ax, server_ax = fig.subplots(2, 1, sharex=True)
+    fig.suptitle(f"{name}: certificates in use by issuer (connections, station side)")
+    uses = issuer_uses(run.events, node_roles(run.events, topo))
+    for ax, kind, title in (
+        (client_ax, CLIENT, "station client certificates"),
+        (server_ax, "server", "CSMS server certificates"),
+    ):
+        own = [u for u in uses if u.label.startswith(f"{kind}: ")]
+        for u in own:
+            xs = axis.scale([*u.times, max(span, u.times[-1])])
+            ax.step(
+                xs, [*u.counts, u.counts[-1]], where="post", linewidth=1.6, label=u.label.split(": ", 1)[1]
+            )
+        if own:
+            _legend(ax, "issuer")
+        else:
+            _no_data(ax, title)
+        ax.set_ylabel(f"{title}\nin use")
+        ax.set_ylim(bottom=0)
+        _integer_y(ax)
+        ax.grid(True, alpha=0.3)
+    _finish_time_axis(server_ax, axis, span)

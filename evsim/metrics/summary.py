@@ -192,14 +192,18 @@ def summarize(
         Tables: station groups, links, TLS negotiated, failures by reason, OCPP messages by action, security
         events, attacks, timeline; then, for runs with an outage, a controller or queue statistics,
         recovery after outages, connections per endpoint and the offline queue (:mod:`evsim.metrics.failover`);
-        for runs with certificate lifecycle events, renewal, its failures and expiry warnings
-        (:mod:`evsim.metrics.certificates`); for runs that transferred files, firmware rollouts, log
-        collection, transfers by mirror and their failures (:mod:`evsim.metrics.transfers`).
+        load: connect, boot and OCPP round-trip latency, throughput, and all per time bucket
+        (:mod:`evsim.metrics.load`); for runs with certificate lifecycle events, renewal, its failures and
+        expiry warnings (:mod:`evsim.metrics.certificates`); for runs whose handshakes name their issuers, the
+        certificates in use by issuer (:mod:`evsim.metrics.issuers`); for runs that transferred files, firmware
+        rollouts, log collection, transfers by mirror and their failures (:mod:`evsim.metrics.transfers`).
     """
-    from evsim.metrics.certificates import certificate_tables  # it imports Table from here
-    from evsim.metrics.clocks import clock_tables  # so does this one
-    from evsim.metrics.pairing import PAIRING_KINDS, pairing_tables  # likewise
-    from evsim.metrics.transfers import transfer_tables  # it imports Table from here
+    from evsim.metrics.certificates import certificate_tables  # these import Table from here
+    from evsim.metrics.clocks import clock_tables
+    from evsim.metrics.issuers import issuer_table, issuer_uses
+    from evsim.metrics.load import load_tables
+    from evsim.metrics.pairing import PAIRING_KINDS, pairing_tables
+    from evsim.metrics.transfers import transfer_tables
 
     topo = topology or Topology()
     # (time, node, node sequence): within one node, seq is the true order (the online state machine needs it)
@@ -240,10 +244,12 @@ def summarize(
             _attacks_table(a.attacks),
             _timeline_table(a.timeline),
             *_failover_tables(evs, roles, topo, tx_queues),
+            *load_tables(evs, roles, topo),
             *certificate_tables(evs),
             *clock_tables(evs),
             *pairing_tables(evs),
             *transfer_tables(evs),
+            *((issuer_table(uses),) if (uses := issuer_uses(evs, roles)) else ()),
         )
     )
 

@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from evsim.frozenmap import FrozenMap
+from evsim.recorder import MEASUREMENT_NODE
 
 __all__ = [
     "CONTROL_NODES",
@@ -165,8 +166,9 @@ STATION_KINDS = frozenset(
         "message_discarded",
     }
 )
-#: Nodes of the simulation itself (run start/end, timeline actions), not of the charging network.
-CONTROL_NODES = frozenset({"runner", "timeline"})
+#: Nodes of the simulation itself (run start/end, timeline actions, the recorder's aggregated round trips), not
+#: of the charging network.
+CONTROL_NODES = frozenset({"runner", "timeline", MEASUREMENT_NODE})
 
 
 def node_roles(events: Iterable[Mapping[str, Any]], topology: Topology | None = None) -> dict[str, str]:

@@ -45,7 +45,7 @@ CALLERROR); while up such a frame is relayed like any other, and the CSMS answer
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final, Literal, TypeAlias
 
 import attrs
@@ -181,6 +181,7 @@ class _Item:
     action: str
     text: str
     deadline: float = 0.0
+    sent_at: float = 0.0
 
 
 @attrs.define
@@ -225,6 +226,9 @@ class RelayCore:
         id_prefix: prefix of own message ids (at most :data:`MAX_ID_PREFIX` characters).
         call_timeout: seconds before an own CALL times out and a relayed one is forgotten.
         max_queue: CALLs that may wait in one lane; :meth:`has_room` says when the node must stop reading.
+        on_round_trip: called with the side and the seconds from sending a CALL there (relayed or own) to its
+            answer, or None when the lane stopped waiting for it (an own CALL timed out, a relayed one was
+            forgotten): the controller hop's round trips.
 
     Raises:
         ConfigError: a prefix that is empty or too long, a non-positive timeout or queue size.
@@ -237,6 +241,7 @@ class RelayCore:
         id_prefix: str = "lc-",
         call_timeout: float = 30.0,
         max_queue: int = 16,
+        on_round_trip: Callable[[Side, float | None], None] | None = None,
     ) -> None:
         if not 0 < len(id_prefix) <= MAX_ID_PREFIX:
             raise ConfigError(
@@ -251,6 +256,7 @@ class RelayCore:
         self.id_prefix = id_prefix
         self.call_timeout = float(call_timeout)
         self.max_queue = max_queue
+        self._on_round_trip = on_round_trip
         self.upstream_up = True
         self.last_station_boot: dict[str, Any] | None = None
         #: the station's BootNotifications the CSMS answered with status Accepted
@@ -350,6 +356,7 @@ class RelayCore:
         own = lane.own_out
         if own is not None and own.message_id == mid:
             lane.own_out = None
+            self._round_trip(side, now - own.sent_at)
             event = self._own_outcome(side, own, frame, text)
             self._pump(side, now)
             return [event]
@@ -357,6 +364,7 @@ class RelayCore:
         if item is None:
             self._stats["stale"] += 1
         else:
+            self._round_trip(side, now - item.sent_at)
             if (
                 side == CSMS
                 and item.action == "BootNotification"
@@ -419,10 +427,12 @@ class RelayCore:
             if own is not None and own.deadline <= now:
                 lane.own_out = None
                 self._stats["own_timeouts"] += 1
+                self._round_trip(side, None)
                 events.append(OwnTimedOut(side, own.message_id, own.action))
             for mid in [m for m, item in lane.relayed_out.items() if item.deadline <= now]:
                 del lane.relayed_out[mid]
                 self._stats["forgotten"] += 1
+                self._round_trip(side, None)
             self._pump(side, now)
         return events
 
@@ -497,6 +507,10 @@ class RelayCore:
             side, own.message_id, own.action, "FormatViolation", f"malformed answer: {text[:100]}"
         )
 
+    def _round_trip(self, side: Side, seconds: float | None) -> None:
+        if self._on_round_trip is not None:
+            self._on_round_trip(side, seconds)
+
     def _submit(self, to: Side, item: _Item, now: float) -> None:
         lane = self._lanes[to]
         if not lane.queue and lane.own_out is None:
@@ -509,6 +523,7 @@ class RelayCore:
 
     def _send(self, to: Side, lane: _Lane, item: _Item, now: float) -> None:
         item.deadline = now + self.call_timeout
+        item.sent_at = now
         lane.out.append(item.text)
         if item.own:
             lane.own_out = item

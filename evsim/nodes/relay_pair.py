@@ -125,6 +125,7 @@ class RelayPair:
             id_prefix=prefix,
             call_timeout=cfg.call_timeout,
             max_queue=cfg.max_queue,
+            on_round_trip=self._round_trip,
         )
         self.upstream_ws: WebSocket | None = None
         self.cancel_scope = trio.CancelScope()
@@ -278,6 +279,11 @@ class RelayPair:
                 self._handle(events)
         if early:
             self._after_change()
+
+    def _round_trip(self, side: Side, seconds: float | None) -> None:
+        """The controller hop's round trips: CALLs it relayed or sent towards the CSMS, per upstream endpoint."""
+        if side == CSMS:
+            self.lc.recorder.round_trip(self.name, self.state.upstream_endpoint or "?", seconds)
 
     async def _connect_upstream(self, *, first: bool) -> WebSocket:
         lc, cfg, state = self.lc, self.lc.config, self.state

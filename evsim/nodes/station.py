@@ -64,9 +64,10 @@ from evsim.nodes.expiry import ExpiryMonitor
 from evsim.nodes.filetransfer import FileTransferConfig
 from evsim.nodes.firmware import FirmwareUpdater
 from evsim.nodes.logupload import LogUploader
+from evsim.nodes.measures import ROUND_TRIP_CALLER, BootClock, certificate_issuers
 from evsim.nodes.station_model import DeviceModel, StationConfig
 from evsim.ocpp.limits import BOOT_RETRY_INTERVAL, HEARTBEAT_INTERVAL, OutOfRange
-from evsim.ocpp.rpc import BadInput, RpcConnection, RpcEvent
+from evsim.ocpp.rpc import BadInput, CallTimedOut, ErrorReceived, ResultReceived, RpcConnection, RpcEvent
 from evsim.ocpp.session import OcppSession
 from evsim.ocpp.transaction import TransactionRecorder
 from evsim.ocpp.txqueue import QueuedMessage, TxQueue
@@ -203,6 +204,8 @@ class Station:
         self.expiry: ExpiryMonitor | None = None
         """Where the certificates of its connections are noted for ``cert_expiring`` (None: not watched)."""
         self._used_candidate = False  # the current connection attempt uses a renewed, unproven certificate
+        self._boot_clock = BootClock()
+        self._session_host = ""  # the host of the current connection's endpoint (its round trips' endpoint)
         self._bad_inputs = 0
         self.firmware = FirmwareUpdater(self, files or FileTransferConfig(), config.firmware_version)
         self.logs = LogUploader(self, files or FileTransferConfig())
@@ -240,6 +243,7 @@ class Station:
         reason (``network_profiles.log``).
         """
         profiles = self.network_profiles
+        self._boot_clock.reset()  # a restarted station's boot starts again
         while True:
             slot = profiles.current
             self._established = False
@@ -375,8 +379,12 @@ class Station:
             expiry.note(self.name, info.peer_chain[0], role="peer", peer=host)
 
     def _on_rpc_event(self, event: RpcEvent) -> None:
-        """Record what the CSMS sent that the RPC core refused (one ``bad_input`` event each, at most
-        :data:`BAD_INPUT_EVENTS` per connection)."""
+        """Count each CALL's round trip (:meth:`Recorder.round_trip`, per endpoint host); record what the RPC
+        core refused of the CSMS's (one ``bad_input`` event each, at most :data:`BAD_INPUT_EVENTS` per link)."""
+        if isinstance(event, ResultReceived | ErrorReceived | CallTimedOut):
+            rtt = None if isinstance(event, CallTimedOut) else event.round_trip
+            self.recorder.round_trip(ROUND_TRIP_CALLER, self._session_host, rtt)
+            return
         if not isinstance(event, BadInput):
             return
         self._bad_inputs += 1
@@ -432,6 +440,8 @@ class Station:
             client_tls = self._station_tls()
             self._used_candidate = self.certs.candidate is not None
         self._bad_inputs = 0
+        self._session_host = host
+        self._boot_clock.attempt(started := trio.current_time())
         stream: trio.abc.Stream = await self.network.connect(host, port, source=self.config.station_id)
         ws: WebSocket | None = None
         try:
@@ -454,6 +464,8 @@ class Station:
                     suite=tls_stream.info.cipher_iana,
                     group=tls_stream.info.group or "",
                     resumed=tls_stream.info.session_reused,
+                    connect_s=round(trio.current_time() - started, 6),
+                    **certificate_issuers(client_tls, tls_stream.info),
                 )
                 if self.expiry is not None:
                     self._note_certificates(self.expiry, client_tls, tls_stream.info, host)
@@ -482,7 +494,7 @@ class Station:
                 # station boots on every connection anyway (the CSMS requires it per connection, B02.FR.09)
                 if self.network_profiles.must_boot(slot) and previous is not None:
                     self.recorder.emit(self.name, "network_slot_switched", previous=previous, slot=slot.slot)
-                await self._boot(session)
+                await self._boot(session, self._endpoint(slot))
                 self.connects_ok += 1
                 self.network_profiles.report(slot, True, "", trio.current_time())
                 if slot.tls is None:
@@ -527,7 +539,7 @@ class Station:
         self._last_activity = trio.current_time()
         return result
 
-    async def _boot(self, session: OcppSession) -> None:
+    async def _boot(self, session: OcppSession, where: dict[str, str]) -> None:
         cfg = self.config
         reason = self.firmware.boot_reason() or ("PowerUp" if self.boots == 0 else "Unknown")
         self._rebooting = False
@@ -552,7 +564,8 @@ class Station:
                 self.boots += 1
                 self.booted = True
                 self.heartbeat_s = interval
-                self.recorder.emit(self.name, "booted", interval=interval, status="Accepted")
+                fields = self._boot_clock.booted(trio.current_time(), where)
+                self.recorder.emit(self.name, "booted", interval=interval, status="Accepted", **fields)
                 self.firmware.booted()
                 return
             self.recorder.emit(self.name, "boot_pending", status=resp["status"], retry_in=interval)

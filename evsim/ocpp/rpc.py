@@ -106,6 +106,8 @@ class ResultReceived:
     message_id: str
     action: str
     payload: dict[str, Any]
+    round_trip: float | None = attrs.field(default=None, eq=False)
+    """Seconds from sending the CALL to receiving this answer (a measurement: left out of comparisons)."""
 
 
 @attrs.frozen
@@ -123,6 +125,8 @@ class ErrorReceived:
     description: str
     details: dict[str, Any]
     local: bool = False
+    round_trip: float | None = attrs.field(default=None, eq=False)
+    """Seconds from sending the CALL to receiving the answer (a measurement: left out of comparisons)."""
 
 
 @attrs.frozen
@@ -231,6 +235,7 @@ class _OutgoingCall:
     payload: dict[str, Any]
     text: str
     deadline: float = math.inf
+    sent_at: float = math.nan
 
 
 class RpcConnection:
@@ -371,6 +376,7 @@ class RpcConnection:
         if self._outstanding is None and self._queue:
             head = self._queue.popleft()
             head.deadline = now + self.call_timeout
+            head.sent_at = now
             self._outstanding = head
             self._emit(head.text)
             self._calls_sent += 1
@@ -623,6 +629,7 @@ class RpcConnection:
                     f"malformed {mtype.name}: {exc.description}",
                     {},
                     local=True,
+                    round_trip=now - current.sent_at,
                 )
             )
         return events
@@ -680,11 +687,12 @@ class RpcConnection:
                         f"invalid CALLRESULT: {exc.description}",
                         {},
                         local=True,
+                        round_trip=now - current.sent_at,
                     ),
                 ]
         self._finish(now)
         self._results_received += 1
-        return [ResultReceived(current.message_id, current.action, frame.payload)]
+        return [ResultReceived(current.message_id, current.action, frame.payload, now - current.sent_at)]
 
     def _on_error(self, frame: CallError, now: float) -> list[RpcEvent]:
         current = self._outstanding
@@ -699,7 +707,12 @@ class RpcConnection:
         self._errors_received += 1
         return [
             ErrorReceived(
-                current.message_id, current.action, frame.error_code, frame.description, frame.details
+                current.message_id,
+                current.action,
+                frame.error_code,
+                frame.description,
+                frame.details,
+                round_trip=now - current.sent_at,
             )
         ]
 

@@ -258,6 +258,7 @@ class ScenarioRunner:
             self._take_sample(world)
             if world.relay is not None:
                 world.recorder.emit("relay", "relay_statistics", **attrs.asdict(world.relay.statistics()))
+            world.recorder.flush()  # the round-trip windows still open
             world.recorder.emit("runner", "run_ended", outcome=self.outcome)
 
     async def start_nodes(self, world: World) -> None:
@@ -458,6 +459,7 @@ class ScenarioRunner:
         self.outcome = "interrupted"
         if self.world is not None:
             self._take_sample(self.world)
+            self.world.recorder.flush()
             self.world.recorder.emit("runner", "run_ended", outcome=self.outcome)
             self.world.recorder.stop()
 
