@@ -285,6 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     run.add_argument("--canonical-log", default=None, help="also write the canonical event log to FILE")
     run.add_argument(
+        "--explain",
+        type=int,
+        nargs="?",
+        const=2,
+        default=None,
+        choices=(1, 2, 3),
+        metavar="DEPTH",
+        help="after the report, tell the story of the run (as 'evsim explain RUN_DIR --depth DEPTH'; default 2)",
+    )
+    run.add_argument(
         "--json",
         action="store_true",
         help="print the run directory, its plots and its summary (summary.json, docs/summary-json.md) as JSON "

@@ -55,6 +55,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("link", ("evsim.link",)),
     ("nodes", ("evsim.nodes",)),
     ("metrics", ("evsim.metrics",)),
+    ("explain", ("evsim.explain",)),
     ("world", ("evsim.world", "evsim.testing")),
     ("scenario", ("evsim.scenario",)),
     ("cli", ("evsim.cli", "evsim.commands", "evsim.__main__")),

@@ -26,9 +26,10 @@ import attrs
 
 from evsim import __version__, interrupts
 from evsim.errors import ConfigError
+from evsim.explain.run_story import build_story, render_text
 from evsim.metrics.canonical import canonical_log
 from evsim.metrics.live import LiveProgress
-from evsim.metrics.rundir import RunDir, read_summary_json, rerender, tee
+from evsim.metrics.rundir import RunDir, load, read_summary_json, rerender, tee
 from evsim.metrics.summary import Table
 from evsim.metrics.summary_json import table_document
 from evsim.metrics.topology import Topology
@@ -138,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         doc = _report_json(rd.path, pngs)
         if links is not None:
             doc["station_links"] = table_document(links)
+        if args.explain:
+            doc["story"] = build_story(load(rd.path), args.explain).as_json()
         print_json(doc)
     else:
         print(text)
@@ -147,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nrun directory: {rd.path}")
         for png in pngs:
             print(f"  plot: {png}")
+        if args.explain:
+            print()
+            print(render_text(build_story(load(rd.path), args.explain)))
     if result.error:
         print(f"evsim: run {result.outcome}: {result.error}", file=sys.stderr)
     if result.outcome == "interrupted":
@@ -229,6 +235,7 @@ def _meta(file: str, *, sc_result: RunResult, topology: Topology) -> dict[str, A
         "scenario": sim.name,
         "description": sim.description,
         "expected_outcome": sim.outcome,
+        "expect": sim.expect.as_json() if sim.expect is not None else None,
         "seed": sim.seed,
         "file": file,
         "started_utc": (sim.start.isoformat() if sim.start else None),
