@@ -169,3 +169,42 @@ def test_depths_grow_and_depth_3_lists_every_handshake(
         "all stations booted",
     }
     assert all(c["ok"] for c in doc["outcome_check"])
+
+
+FAST = [
+    "default",
+    "partition_heal",
+    "pin_rotation",
+    "root_rollover",
+    "station_revocation",
+    "certificate_revocation",
+]
+SLOWER = ["certificate_expiry", "clock_drift_nts", "lc_upstream_failover", "multi_hop", "log_collection"]
+
+
+@pytest.mark.parametrize("name", [*FAST, *(pytest.param(n, marks=pytest.mark.slow) for n in SLOWER)])
+def test_each_small_shipped_scenario_tells_its_expected_outcome_and_the_events_proving_it(
+    name: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    run_dir, _ = _run(name, tmp_path_factory)
+    run = load(run_dir)
+    story = build_story(run, 2)
+    text = render_text(story)
+    expected = " ".join(str(run.meta["expected_outcome"]).split())
+    assert expected and f"What it should show: {expected}" in text
+    # one episode for the start and one per instant the timeline acted
+    instants = {e["t"] for e in run.events if e["node"] == "timeline" and e["kind"] != "certificate_not_sent"}
+    assert len(story.chapters) == 1 + len(instants)
+    # the outcome holds, and each stated expectation names the first event that proves it
+    expect = run.meta["expect"]
+    assert story.proofs and all(p.ok for p in story.proofs), [p for p in story.proofs if not p.ok]
+    for p in story.proofs[1:]:
+        if not p.check.startswith(("all stations", "no transaction")):
+            assert p.first_event and f"first: {p.first_event.strip()}" in text
+    # the narrative itself tells every expected failure reason, in the episode where it happened
+    items = [i for c in story.chapters for i in c.items]
+    for reason in expect.get("reasons", []):
+        told = [i for i in items if i.reason == reason]
+        assert told and all(i.why for i in told), reason
+    one_page = render_text(build_story(run, 1))
+    assert len(one_page.splitlines()) <= 60

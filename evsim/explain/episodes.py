@@ -39,7 +39,6 @@ EPISODE_OF_ACTION: dict[str, str] = {
     "install_certificate": "rotation",
     "delete_certificate": "rotation",
     "switch_server_certificate": "rotation",
-    "certificate_not_sent": "rotation",
     "attack_downgrade": "attack",
     "attack_wrong_ca": "attack",
     "attack_mitm": "attack",
@@ -52,6 +51,10 @@ EPISODE_OF_ACTION: dict[str, str] = {
     "update_firmware": "firmware",
     "get_log": "log collection",
 }
+
+#: Timeline events that report what an action could not do (``certificate_not_sent``): findings of the
+#: episode they happen in, not the start of a new one.
+TIMELINE_REPORTS = frozenset({"certificate_not_sent"})
 
 #: Kinds that are routine traffic: never a finding.
 ROUTINE_KINDS = frozenset(
@@ -69,6 +72,7 @@ ROUTINE_KINDS = frozenset(
         "firmware_status_received",
         "firmware_status",
         "meter_value",
+        "nts_sample",
     }
 )
 
@@ -143,7 +147,7 @@ def split_episodes(
     starts: list[float] = [0.0]
     acts: dict[float, list[Mapping[str, Any]]] = {0.0: []}
     for e in evs:
-        if e["node"] == "timeline":
+        if e["node"] == "timeline" and e["kind"] not in TIMELINE_REPORTS:
             t = round(float(e["t"]), 6)
             if t not in acts:
                 starts.append(t)
@@ -195,7 +199,7 @@ def findings(events: Sequence[Mapping[str, Any]], roles: Mapping[str, str]) -> l
         roles: node -> role.
 
     Returns:
-        The findings; routine kinds (:data:`ROUTINE_KINDS`) and the timeline's own events are left out, as
+        The findings; routine kinds (:data:`ROUTINE_KINDS`) and the timeline's actions are left out, as
         are the CSMS's copies of handshakes it accepted (the stations' side tells them).
     """
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -203,7 +207,9 @@ def findings(events: Sequence[Mapping[str, Any]], roles: Mapping[str, str]) -> l
         kind = str(e["kind"])
         node = str(e["node"])
         side = "attacker" if node.startswith(ATTACKER_PREFIX) else roles.get(node, "other")
-        if kind in ROUTINE_KINDS or node == "timeline" or (side == "csms" and kind in HANDSHAKE_KINDS):
+        if node == "timeline" and kind not in TIMELINE_REPORTS:
+            continue  # the episode's title tells the actions
+        if kind in ROUTINE_KINDS or (side == "csms" and kind in HANDSHAKE_KINDS):
             continue
         reason = str(e.get("reason") or "")
         key = (side, kind, reason)

@@ -78,7 +78,8 @@ _SECURITY_EVENT = Reference(
 )
 _CERT_MGMT = Reference(
     "OCPP 2.0.1 Part 2 M04 (DeleteCertificate) / M05 (InstallCertificate)",
-    "the CSMS manages the station's trusted roots over OCPP; a station refuses to delete its last CSMS root",
+    "the CSMS installs (M05) and deletes (M04) the station's trusted certificates over OCPP; deleting the "
+    "station's own certificate is not allowed (M04.FR.06)",
 )
 _RENEWAL = Reference(
     "OCPP 2.0.1 Part 2 A02 / A03 (certificate update)",
@@ -162,10 +163,14 @@ REFERENCES: dict[str, Reference] = {
 }
 
 
+#: Kind families whose reference comes before their reason's (a TLS refusal inside NTS-KE is an NTS matter).
+_KIND_FIRST = frozenset({"nts", "firmware"})
+
+
 def reference_for(kind: str, reason: str = "", security_event: str = "") -> Reference | None:
-    """The reference for one event: its reason first (``tls:`` and ``remote:`` prefixes stripped; a
-    ``peer_alert:...`` is a received TLS alert), then its security event type, then its kind, then the family
-    of its kind (``firmware_*``, ``nts_*``, ``clock_*``, ``renewal_*``).
+    """The reference for one event: the family of an NTS or firmware kind first, then its reason (``tls:`` and
+    ``remote:`` prefixes stripped; a ``peer_alert:...`` is a received TLS alert), then its security event
+    type, then its kind, then the family of its kind (``clock_*``...).
 
     Args:
         kind: the event kind.
@@ -175,6 +180,9 @@ def reference_for(kind: str, reason: str = "", security_event: str = "") -> Refe
     Returns:
         The reference, or None when the table has none.
     """
+    family = kind.split("_", 1)[0]
+    if family in _KIND_FIRST:
+        return REFERENCES[family]  # an NTS or firmware failure is governed by its own protocol first
     r = reason
     while r.startswith(("tls:", "remote:")):
         r = r.split(":", 1)[1]
@@ -187,7 +195,6 @@ def reference_for(kind: str, reason: str = "", security_event: str = "") -> Refe
     for key in (security_event, kind):
         if key and key in REFERENCES:
             return REFERENCES[key]
-    family = kind.split("_", 1)[0]
     if family in REFERENCES:
         return REFERENCES[family]
     if kind.startswith(("cert_renew", "renew")):

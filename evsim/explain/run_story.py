@@ -319,6 +319,8 @@ def _item(
 ) -> Item:
     peers = f.sample.get("peers")
     who = compress_names(list(f.nodes))
+    if f.side == "control" and "station" in f.sample:
+        who = f"{who} (for {f.sample['station']})"
     if f.side in ("csms", "attacker") and isinstance(peers, list) and peers:
         who = f"{who} (peers: {compress_names([str(p) for p in peers])})"
     phrase = what(f.side, f.kind)
@@ -332,7 +334,7 @@ def _item(
         phrase = f"attacked: {f.sample.get('outcome', '?')}"
     elif f.kind == "reconnect_wait" and "seconds_min" in f.sample:
         lo, hi = float(f.sample["seconds_min"]), float(f.sample["seconds_max"])
-        phrase = f"waited {human_duration(lo)} to {human_duration(hi)} before reconnecting (back-off)"
+        phrase = f"waited {_range(lo, hi)} before reconnecting (back-off)"
     elif f.kind == "security_event_received" and f.security_event:
         phrase = f"received the security event {f.security_event}"
     elif f.kind in ("certificate_installed", "certificate_deleted", "certificate_call"):
@@ -348,7 +350,7 @@ def _item(
         kind=f.kind,
         reason=f.reason,
         what=phrase,
-        why=why(f.reason, f.sample) if f.kind not in _SUCCESS_KINDS else "",
+        why=why(f.reason, f.sample) if f.kind not in _SUCCESS_KINDS and f.side != "control" else "",
         knob=knob(f.reason, f.kind),
         clocks=_clocks(f, events, start_utc) if normal_reason(f.reason) in _TIME_REASONS else "",
         reference=reference_for(f.kind, f.reason, f.security_event),
@@ -373,7 +375,8 @@ def _clocks(f: Finding, events: Sequence[Mapping[str, Any]], start_utc: _dt.date
         else:
             parts.append(f"{node} {off:+.0f} s off true time{when}")
     if start_utc is not None:
-        parts.append(f"true time {start_utc + _dt.timedelta(seconds=f.first):%Y-%m-%d %H:%M:%S} UTC")
+        at = start_utc + _dt.timedelta(seconds=f.first)
+        parts.append(f"the other side (no clock events: true time) {at:%Y-%m-%d %H:%M:%S} UTC")
     return "; ".join(parts)
 
 
@@ -385,9 +388,7 @@ def _next(f: Finding, ep: Episode, later: Sequence[Mapping[str, Any]]) -> str:
     if f.side == "station" and f.kind in ("handshake_failed", "connection_lost"):
         waits = [float(e["seconds"]) for e in after if e["kind"] == "reconnect_wait" and "seconds" in e]
         if waits:
-            out.append(
-                f"they back off {human_duration(min(waits))} to {human_duration(max(waits))} and retry"
-            )
+            out.append(f"they back off {_range(min(waits), max(waits))} and retry")
         if f.security_event:
             received = [
                 e
@@ -418,6 +419,10 @@ def _next(f: Finding, ep: Episode, later: Sequence[Mapping[str, Any]]) -> str:
     elif f.kind == "pin_mismatch":
         out.append("the station refuses the connection and keeps retrying with back-off")
     return "; ".join(out)
+
+
+def _range(lo: float, hi: float) -> str:
+    return human_duration(lo) if lo == hi else f"{human_duration(lo)} to {human_duration(hi)}"
 
 
 def _last_first_boot(boots: Sequence[Mapping[str, Any]], nodes: set[str]) -> float:

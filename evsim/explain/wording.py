@@ -31,6 +31,7 @@ WHY: dict[str, str] = {
     "connection_refused": "nothing accepted the TCP connection (the endpoint is stopped or unreachable)",
     "refused": "nothing accepted the TCP connection (the endpoint is stopped or unreachable)",
     "no_response": "the peer did not answer in time",
+    "ke_failed": "the NTS key exchange with that server failed",
     "ws_closed_1013": "the server closed the WebSocket with 1013 (try again later: overloaded)",
     "ws_closed_1001": "the peer closed the WebSocket with 1001 (going away)",
     "certificate_switch": "the station reconnects on purpose to use a new certificate",
@@ -89,6 +90,11 @@ _VERBS: dict[tuple[str, str], str] = {
     ("csms", "certificate_call"): "sent certificate management calls",
     ("station", "handshake_ok"): "completed TLS handshakes",
     ("control", "link_reset"): "reset links",
+    ("station", "nts_failover"): "switched to their next NTS server",
+    ("station", "nts_ke_failed"): "failed the NTS key exchange (NTS-KE over TLS)",
+    ("station", "clock_adjusted"): "corrected their clocks from NTS (a step, or a slew)",
+    ("station", "clock_set"): "started with a clock off true time",
+    ("control", "certificate_not_sent"): "could not send a certificate call: the station was offline",
 }
 
 

@@ -21,6 +21,9 @@ from evsim.metrics.topology import Topology, node_roles
 #: Width the scenario's description and outcome are wrapped at in the first table.
 WRAP = 100
 
+#: Run outcomes (``meta.json``'s ``outcome``) of a run that ran to its end.
+COMPLETED = ("completed", "all stations done")
+
 #: Keys of the ``[expect]`` table.
 EXPECT_KEYS = ("all_booted", "no_tx_lost", "reasons", "no_reasons", "security_events", "kinds")
 
@@ -119,7 +122,7 @@ def outcome_checks(
         One :class:`Check` per stated expectation, after "run completed".
     """
     evs = [as_dict(e) for e in events]
-    checks = [Check("run completed", run_outcome == "completed", f"outcome: {run_outcome}")]
+    checks = [Check("run completed", run_outcome in COMPLETED, f"outcome: {run_outcome}")]
     if expect is None:
         return checks
     roles = node_roles(evs, topology)
