@@ -208,3 +208,11 @@ def test_each_small_shipped_scenario_tells_its_expected_outcome_and_the_events_p
         assert told and all(i.why for i in told), reason
     one_page = render_text(build_story(run, 1))
     assert len(one_page.splitlines()) <= 60
+
+
+def test_run_json_explain_carries_the_story(tmp_path_factory: pytest.TempPathFactory) -> None:
+    run_dir, printed = _run("tls_downgrade_attack", tmp_path_factory, "--json", "--explain", "3")
+    doc = json.loads(printed)
+    assert doc["run_directory"] == str(run_dir)
+    assert doc["story"] == build_story(load(run_dir), 3).as_json()
+    assert doc["summary"]["tables"][-1]["key"] == "outcome_check"

@@ -98,7 +98,7 @@ def scenario_table(meta: Mapping[str, Any]) -> Table | None:
             rows.append((label if i == 0 else "", line))
     if not rows:
         return None
-    return Table("Scenario (what it is and what it should show)", ("", "text"), tuple(rows))
+    return Table("Scenario (what it is and what it should show)", ("part", "text"), tuple(rows))
 
 
 def outcome_checks(
