@@ -84,6 +84,8 @@ def test_references_follow_reason_then_security_event_then_kind() -> None:
     assert backoff is not None and "RetryBackOffWaitMinimum" in backoff.source
     sec = reference_for("security_event_received", "", "InvalidChargingStationCertificate")
     assert sec is not None and "A00.FR.407" in sec.source
+    hop = reference_for("upstream_lost", "link_lost")
+    assert hop is not None and "§6.2-6.3 (Local Controller)" in hop.source
     assert reference_for("something_new", "nothing known") is None
     assert compress_names(["a", "b", "c"], limit=2) == "a, b and 1 more"
 

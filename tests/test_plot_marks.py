@@ -82,7 +82,15 @@ def test_the_servers_refusals_are_counted_on_their_side() -> None:
         _ev(61.0, "lc", "station_connected", station="ST-1"),
         _ev(75.0, "lc", "upgrade_rejected", reason="unknown station", status=404),
         _ev(80.0, "ST-1", "handshake_failed", reason="cert_invalid:unknown_ca"),  # station side: not here
+        _ev(90.0, "lc", "upstream_lost", reason="link_lost", station="ST-1"),  # the controller's next hop
+        _ev(95.0, "attacker-mitm", "attack_result", outcome="refused", reason="peer_alert:unknown_ca"),
+        _ev(95.0, "attacker-downgrade-1", "attack_result", outcome="refused", reason="downgrade_refused"),
     ]
     topo = Topology(groups={"ST-1": "fleet"}, links={"fleet": "main"})
     b = server_refusal_buckets(events, 120.0, 30.0, topo)
-    assert b.series == {"main: downgrade_refused": (0, 0, 2, 0), "lc: unknown station": (0, 0, 1, 0)}
+    assert b.series == {
+        "main: downgrade_refused": (0, 0, 2, 0),
+        "lc: unknown station": (0, 0, 1, 0),
+        "lc upstream: link_lost": (0, 0, 0, 1),
+        "attacker-mitm: peer_alert:unknown_ca": (0, 0, 0, 1),
+    }

@@ -108,6 +108,12 @@ _BOOT = Reference(
     "OCPP 2.0.1 Part 2 B01 (cold boot), Part 4 (OCPP-J) §3.1",
     "the station opens its WebSocket (wss:// with TLS) and sends BootNotification; Accepted starts heartbeats",
 )
+_UPSTREAM = Reference(
+    "OCPP 2.0.1 Part 4 (OCPP-J) §6.2-6.3 (Local Controller)",
+    "a Local Controller opens one upstream WebSocket per connected station; when one is lost it closes the "
+    "station's socket, unless it can answer the station itself and forward transaction messages later "
+    "(errata)",
+)
 _WS_CLOSED = Reference(
     "RFC 6455 §7.4 (close codes); OCPP 2.0.1 Part 4 (OCPP-J) §5.3",
     "1013 try again later: the server is overloaded; the station reconnects with back-off",
@@ -159,12 +165,13 @@ REFERENCES: dict[str, Reference] = {
     "nts": _NTS,
     "clock": _NTS,
     "booted": _BOOT,
+    "upstream": _UPSTREAM,
     "handshake_ok": _BOOT,
 }
 
 
 #: Kind families whose reference comes before their reason's (a TLS refusal inside NTS-KE is an NTS matter).
-_KIND_FIRST = frozenset({"nts", "firmware"})
+_KIND_FIRST = frozenset({"nts", "firmware", "upstream"})
 
 
 def reference_for(kind: str, reason: str = "", security_event: str = "") -> Reference | None:

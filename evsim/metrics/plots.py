@@ -6,8 +6,9 @@ Five plots, written to ``<run>/plots/``:
   has them, else derived from the stations' ``booted`` / ``reconnect_wait`` events), with the fleet size, and
   an inset zoomed on the first recovery too short to see at the run's scale (from the events);
 * ``handshakes.png`` — per time bucket, TLS handshakes completed (full / resumed, stacked), connection
-  failures seen by the stations, stacked by reason, and the connections the CSMSs and controllers refused, by
-  node and reason (:func:`server_refusal_buckets`: a downgrading client is only seen there);
+  failures seen by the stations, stacked by reason, and what the CSMSs, controllers and attackers acting as
+  servers refused or lost (their upstream hops too), by node and reason (:func:`server_refusal_buckets`: a
+  downgrading client is only seen there);
 * ``connection_rate.png`` — connection attempts per second: TLS handshakes started, TCP connections refused,
   WebSocket sessions accepted by each CSMS and controller (the shape of a reconnect storm);
 * ``transactions.png`` — cumulative transactions started at the stations, started at the CSMS and ended at
@@ -39,6 +40,7 @@ import attrs
 from evsim.errors import ConfigError
 from evsim.metrics.plot_marks import CHAR_EM, place_labels, timeline_marks, zoom_windows
 from evsim.metrics.rundir import RunData, Sample
+from evsim.metrics.summary import ATTACKER_PREFIX
 from evsim.metrics.topology import Topology, node_roles
 from evsim.report import human_duration
 
@@ -275,12 +277,17 @@ def handshake_buckets(
 #: CSMS-side (and controller-side) event kinds drawn as refusals in the handshake plot.
 SERVER_REFUSALS = ("handshake_failed", "upgrade_rejected", "boot_rejected", "accept_failed")
 
+#: A controller's failures on its upstream hop (towards the CSMS), drawn with the servers' refusals.
+UPSTREAM_FAILURES = ("upstream_failed", "upstream_lost")
+
 
 def server_refusal_buckets(
     events: Sequence[Mapping[str, Any]], span_s: float, width: float, topology: Topology | None = None
 ) -> Buckets:
-    """Connections the servers (CSMSs and controllers) refused, per bucket, as they saw them: the other side
-    of :func:`handshake_buckets` (a downgrading client is only ever seen by the CSMS).
+    """Connections the servers (CSMSs, controllers, an impostor or relay) refused or lost, per bucket, as they
+    saw them: the other side of :func:`handshake_buckets` (a downgrading client is only ever seen by the
+    CSMS). A controller's upstream hop counts as ``<controller> upstream: <reason>``; a relaying attacker's
+    handshakes the stations refused with an alert as ``<attacker>: <alert>``.
 
     Args:
         events: JSON event objects.
@@ -293,11 +300,17 @@ def server_refusal_buckets(
         kept and the rest summed as ``other``, most frequent first.
     """
     roles = node_roles(events, topology)
-    refused = [
-        (f"{e['node']}: {e.get('reason') or e['kind']}", float(e["t"]))
-        for e in events
-        if roles[e["node"]] == "csms" and e["kind"] in SERVER_REFUSALS
-    ]
+    refused: list[tuple[str, float]] = []
+    for e in events:
+        node, kind, reason = str(e["node"]), e["kind"], str(e.get("reason") or e["kind"])
+        if roles[node] == "csms" and kind in SERVER_REFUSALS:
+            refused.append((f"{node}: {reason}", float(e["t"])))
+        elif roles[node] == "csms" and kind in UPSTREAM_FAILURES:
+            refused.append((f"{node} upstream: {reason}", float(e["t"])))
+        elif (
+            node.startswith(ATTACKER_PREFIX) and kind == "attack_result" and reason.startswith("peer_alert:")
+        ):
+            refused.append((f"{node}: {reason}", float(e["t"])))
     ranked = [r for r, _ in collections.Counter(r for r, _ in refused).most_common()]
     keep = set(ranked[:MAX_REASONS]) if len(ranked) > MAX_REASONS + 1 else set(ranked)
     refused = [(r if r in keep else "other", t) for r, t in refused]
@@ -591,7 +604,7 @@ def _draw_handshakes(
     top, bottom, server = fig.subplots(3, 1, sharex=True)
     per = format_width(width)
     fig.suptitle(
-        f"{name}: TLS handshakes, failures seen by the stations and refusals by the servers (per {per})"
+        f"{name}: TLS handshakes, failures seen by the stations, refusals and lost hops at the servers (per {per})"
     )
     if _stacked_bars(top, axis, ok, (_COLORS["ok"], _COLORS["resumed"])):
         _legend(top, title="handshake")
@@ -607,10 +620,10 @@ def _draw_handshakes(
     bottom.set_ylabel(f"failures / {per}")
     _integer_y(bottom)
     if _stacked_bars(server, axis, refused, _FAILURE_COLORS):
-        _legend(server, title="refused by\n(CSMS / controller side)")
+        _legend(server, title="refused or lost\n(CSMS / controller side)")
     else:
         _no_data(server, "refusals by the CSMSs and controllers")
-    server.set_ylabel(f"refusals / {per}")
+    server.set_ylabel(f"server side / {per}")
     _integer_y(server)
     _finish_time_axis(server, axis, span)
     _mark_timeline(top, axis, run.events, span)
