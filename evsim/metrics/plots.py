@@ -20,7 +20,7 @@ Five plots, written to ``<run>/plots/``:
   timeline's outages marked: the shape of the reconnect storm and where it lands
   (:func:`evsim.metrics.failover.storm_series`).
 
-Every time plot marks each timeline event (and scheduled link reset) with a dotted line and a label; labels
+Every plot over time but the clock offsets marks each timeline event (and scheduled link reset) with a dotted line and a label; labels
 go in rows that never overlap (:mod:`evsim.metrics.plot_marks`). The series are computed by pure functions (:func:`connected_series`, :func:`handshake_buckets`,
 :func:`connection_rates`, :func:`transaction_curves`) that need no matplotlib; only :func:`render_plots`
 imports it, and says how to install it when it is missing. Figures are drawn on
@@ -651,6 +651,7 @@ def _draw_rates(
     ax.set_ylim(bottom=0)
     ax.set_title(f"{name}: connection attempts per second")
     _finish_time_axis(ax, axis, span)
+    _mark_timeline(ax, axis, run.events, span)
 
 
 def _draw_transactions(
