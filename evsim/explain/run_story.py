@@ -340,6 +340,10 @@ def _item(
     elif f.kind in ("certificate_installed", "certificate_deleted", "certificate_call"):
         detail = f.sample.get("type") or f.sample.get("action") or ""
         phrase = f"{phrase} ({detail})" if detail else phrase
+    because = why(f.reason, f.sample) if f.kind not in _SUCCESS_KINDS and f.side != "control" else ""
+    offered = [a["versions"] for a in ep.actions if isinstance(a.get("versions"), list)]
+    if because and normal_reason(f.reason) == "downgrade_refused" and offered:
+        because += f"; the attack offered TLS {', '.join(str(v) for v in offered[0])} only"
     return Item(
         at=f.first,
         until=f.last,
@@ -350,7 +354,7 @@ def _item(
         kind=f.kind,
         reason=f.reason,
         what=phrase,
-        why=why(f.reason, f.sample) if f.kind not in _SUCCESS_KINDS and f.side != "control" else "",
+        why=because,
         knob=knob(f.reason, f.kind),
         clocks=_clocks(f, events, start_utc) if normal_reason(f.reason) in _TIME_REASONS else "",
         reference=reference_for(f.kind, f.reason, f.security_event),
