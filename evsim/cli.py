@@ -22,6 +22,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from evsim import DEV_PASSWORD, __version__, interrupts
@@ -286,6 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     run.add_argument("--canonical-log", default=None, help="also write the canonical event log to FILE")
     run.add_argument(
+        "--explain",
+        type=int,
+        nargs="?",
+        const=2,
+        default=None,
+        choices=(1, 2, 3),
+        metavar="DEPTH",
+        help="after the report, tell the story of the run (as 'evsim explain RUN_DIR --depth DEPTH'; default 2)",
+    )
+    run.add_argument(
         "--json",
         action="store_true",
         help="print the run directory, its plots and its summary (summary.json, docs/summary-json.md) as JSON "
@@ -383,20 +394,26 @@ def _tls_capabilities(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    """``explain handshake ...`` (evsim.explain.handshake_cli) or ``explain RUN_DIR ...``: the latter calls
-    ``evsim.explain.run_story.main(args)`` with ``args.target`` (the run directory) and ``args.rest`` (its
-    options, unparsed) when that module exists."""
-    import importlib
-
+    """``explain handshake ...`` (:mod:`evsim.explain.handshake_cli`) or ``explain RUN_DIR [--depth D] [--json]``
+    (:mod:`evsim.explain.run_story`)."""
     if args.target == "handshake":
         from evsim.explain import handshake_cli
 
         return handshake_cli.main(args.rest)
-    try:
-        story = importlib.import_module("evsim.explain.run_story")
-    except ModuleNotFoundError:
-        raise ConfigError("explain RUN_DIR is not available", path="explain", value=args.target) from None
-    return int(story.main(args))
+    from evsim.explain import run_story
+
+    story_parser = argparse.ArgumentParser(prog="evsim explain", description="the story of a run directory")
+    run_story.add_arguments(story_parser)
+    return run_story.main(story_parser.parse_args([args.target, *args.rest]))
+
+
+def _story(run_dir: Path, depth: int, as_json: bool) -> object:
+    """The story of a run directory for ``evsim run --explain``: its JSON form or its text."""
+    from evsim.explain.run_story import build_story, render_text
+    from evsim.metrics.rundir import load
+
+    story = build_story(load(run_dir), depth)
+    return story.as_json() if as_json else render_text(story)
 
 
 class _EventLines(logging.Handler):
@@ -455,7 +472,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command == "run":
             from evsim.scenario import cli as scenario_cli
 
-            return scenario_cli.run(args)
+            return scenario_cli.run(args, tell=_story)
         if args.command == "validate":
             from evsim.scenario import cli as scenario_cli
 

@@ -20,6 +20,8 @@ import pytest
 from evsim.metrics import plots
 from evsim.metrics.load import round_trip_series, round_trip_windows
 from evsim.metrics.topology import Topology
+from evsim.report import human_duration
+from evsim.scenario.units import parse_duration
 from tests.test_attribution import CHAINED, CONTROLLER, DIRECT, SECONDARY, parse_tables, run_report, table
 
 LATENCY = (
@@ -37,10 +39,9 @@ def rank(values: Sequence[float], q: float) -> float:
     return ordered[math.ceil(q * len(ordered)) - 1]
 
 
-def figures(values: Sequence[float], scale: float, digits: int) -> list[str]:
-    return [f"{rank(values, q) * scale:.{digits}f}" for q in (0.5, 0.95, 0.99)] + [
-        f"{max(values) * scale:.{digits}f}"
-    ]
+def figures(values: Sequence[float]) -> list[str]:
+    """p50, p95, p99 and max as the tables print durations."""
+    return [human_duration(rank(values, q)) for q in (0.5, 0.95, 0.99)] + [human_duration(max(values))]
 
 
 class Recomputed:
@@ -93,12 +94,10 @@ def check_load_tables(run: Any, hop: Mapping[str, str]) -> Recomputed:
         r["link"]: [r["connects"], r["p50"], r["p95"], r["p99"], r["max"]]
         for r in table(tables, "Connect latency")
     }
-    assert connect == {
-        link: [str(len(v)), *figures([s for _, s in v], 1000.0, 1)] for link, v in truth.connects.items()
-    }
+    assert connect == {link: [str(len(v)), *figures([s for _, s in v])] for link, v in truth.connects.items()}
     boot = {r["link"]: [r["boots"], r["retries"], r["p50"], r["max"]] for r in table(tables, "Boot latency")}
     assert boot == {
-        link: [str(len(v)), str(sum(a - 1 for *_, a in v)), *figures([s for _, s, _ in v], 1.0, 3)[::3]]
+        link: [str(len(v)), str(sum(a - 1 for *_, a in v)), *figures([s for _, s, _ in v])[::3]]
         for link, v in truth.boots.items()
     }
 
@@ -108,8 +107,8 @@ def check_load_tables(run: Any, hop: Mapping[str, str]) -> Recomputed:
     for pair, (values, largest, timeouts) in expected.items():
         row = rtt[pair]
         assert (int(row["calls"]), int(row["timeouts"])) == (len(values), timeouts)
-        cut = [f"{min(rank(values, q), largest) * 1000:.1f}" for q in (0.5, 0.95, 0.99)]
-        assert [row["p50"], row["p95"], row["p99"], row["max"]] == [*cut, f"{largest * 1000:.1f}"]
+        cut = [human_duration(min(rank(values, q), largest)) for q in (0.5, 0.95, 0.99)]
+        assert [row["p50"], row["p95"], row["p99"], row["max"]] == [*cut, human_duration(largest)]
 
     per_endpoint = truth.round_trips("endpoint")
     throughput = {r["endpoint"]: int(r["calls"]) for r in table(tables, "Throughput")}
@@ -117,10 +116,10 @@ def check_load_tables(run: Any, hop: Mapping[str, str]) -> Recomputed:
 
     # over time: the bucket width of the title; per (bucket, endpoint) connects, boots and calls
     (title,) = [t for t in tables if t.startswith("Load over time")]
-    width = float(title.split("per ")[1].split(" s")[0])
+    width = parse_duration(title.split("per ")[1].split(",")[0])
     over: dict[tuple[str, str], tuple[int, int, int]] = {}
     for r in tables[title]:
-        over[(r["from (s)"], r["endpoint"])] = (int(r["connects"]), int(r["boots"]), int(r["calls"]))
+        over[(r["from"], r["endpoint"])] = (int(r["connects"]), int(r["boots"]), int(r["calls"]))
     counts: dict[tuple[str, str], list[int]] = collections.defaultdict(lambda: [0, 0, 0])
     times = {
         0: {link: [t for t, _ in v] for link, v in truth.connects.items()},
@@ -129,9 +128,9 @@ def check_load_tables(run: Any, hop: Mapping[str, str]) -> Recomputed:
     for i, by_link in times.items():
         for link, ts in by_link.items():
             for t in ts:
-                counts[(f"{math.floor(t / width) * width:g}", link.split(" -> ")[1])][i] += 1
+                counts[(human_duration(math.floor(t / width) * width), link.split(" -> ")[1])][i] += 1
     for e in truth.windows:
-        key = (f"{math.floor(e['start'] / width) * width:g}", truth.pair(e).split(" -> ")[1])
+        key = (human_duration(math.floor(e["start"] / width) * width), truth.pair(e).split(" -> ")[1])
         counts[key][2] += e["calls"]
     assert over == {k: tuple(v) for k, v in counts.items()}
 

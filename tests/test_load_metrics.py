@@ -245,9 +245,9 @@ def test_tables_from_events() -> None:
 
     topo = Topology(hosts={"csms.evsim.test": "csms"})
     tables = {t.title.split(" (")[0]: t for t in load_tables(events, roles, topo)}
-    assert tables["Connect latency"].rows == (("ST -> csms", 2, "100.0", "200.0", "200.0", "200.0"),)
-    assert tables["Boot latency"].rows == (("ST -> csms", 2, 1, "0.500", "5.300", "5.300", "5.300"),)
-    assert tables["OCPP round trips"].rows == (("stations -> csms", 3, 1, "1.0", "12.3", "12.3", "12.3"),)
+    assert tables["Connect latency"].rows == (("ST -> csms", 2, 0.1, 0.2, 0.2, 0.2),)
+    assert tables["Boot latency"].rows == (("ST -> csms", 2, 1, 0.5, 5.3, 5.3, 5.3),)
+    assert tables["OCPP round trips"].rows == (("stations -> csms", 3, 1, 0.001, 0.0123, 0.0123, 0.0123),)
     assert tables["Throughput per endpoint"].rows == (("csms", 3, "0.30", "0.30"),)
     assert [w.pair for w in round_trip_windows(events, topo)] == ["stations -> csms"]
     shuffled = list(events)

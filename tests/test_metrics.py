@@ -454,7 +454,10 @@ def test_rerender_rebuilds_summary_and_plots_from_files(tmp_path: Path) -> None:
     run = _write_run(tmp_path)
     text, written = rerender(run.path)
     assert text.startswith("scenario demo, seed 1, simulated 1m, outcome: completed\n\n")
-    assert text.endswith(GOLDEN_SUMMARY)
+    # the summary's tables, closed by the check of the outcome (this run states no [expect])
+    body, check = text.rsplit("\n\nOutcome check", 1)
+    assert body.endswith(GOLDEN_SUMMARY)
+    assert check.startswith(" (as expected)\n") and "no [expect] table" in check
     assert run.summary_path.read_text() == text + "\n"
     assert load(run.path).summary == text + "\n"
     assert [p.name for p in written] == list(plots.PLOT_FILES)

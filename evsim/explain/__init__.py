@@ -1,1 +1,2 @@
-"""Explanations: TLS handshakes step by step (``handshake``) and the story of a run."""
+"""Explain mode in plain language: the story of a run (``run_story``) and one TLS handshake step by step
+(``handshake``)."""

@@ -34,6 +34,7 @@ import attrs
 from evsim.metrics.summary import Table
 from evsim.metrics.topology import Topology
 from evsim.recorder import MEASUREMENT_NODE, ROUND_TRIP_WINDOW, ROUND_TRIPS
+from evsim.report import Seconds, human_duration
 
 __all__ = [
     "QUANTILES",
@@ -112,11 +113,12 @@ class Distribution:
         p50, p95, p99 = (min(nearest_rank_counts(pairs, q), largest) for q in QUANTILES)
         return cls(total, p50, p95, p99, largest)
 
-    def cells(self, scale: float = 1.0, digits: int = 1) -> tuple[str, ...]:
-        """p50, p95, p99, max as text in the unit ``scale`` gives (1000: milliseconds); ``-`` when empty."""
+    def cells(self) -> tuple[Seconds | str, ...]:
+        """p50, p95, p99, max as durations (tables print them as people read them, ``summary.json`` as
+        seconds); ``-`` when empty."""
         if self.count == 0:
             return ("-",) * 4
-        return tuple(f"{v * scale:.{digits}f}" for v in (self.p50, self.p95, self.p99, self.max))
+        return tuple(Seconds(v) for v in (self.p50, self.p95, self.p99, self.max))
 
 
 @attrs.frozen
@@ -309,11 +311,11 @@ def _by(items: Iterable[StationLatency]) -> dict[str, list[StationLatency]]:
 
 def _connect_table(connects: Sequence[StationLatency]) -> Table:
     rows = [
-        (link, len(items), *Distribution.of(i.seconds for i in items).cells(1000.0))
+        (link, len(items), *Distribution.of(i.seconds for i in items).cells())
         for link, items in _by(connects).items()
     ]
     return Table(
-        "Connect latency (station side, ms)",
+        "Connect latency (station side)",
         ("link", "connects", "p50", "p95", "p99", "max"),
         tuple(rows),
         note="from the start of the TCP connect to the end of the TLS handshake (handshake_ok connect_s)",
@@ -324,9 +326,9 @@ def _boot_table(boots: Sequence[StationLatency]) -> Table:
     rows = []
     for link, items in _by(boots).items():
         retries = sum(i.attempts - 1 for i in items)
-        rows.append((link, len(items), retries, *Distribution.of(i.seconds for i in items).cells(1.0, 3)))
+        rows.append((link, len(items), retries, *Distribution.of(i.seconds for i in items).cells()))
     return Table(
-        "Boot latency (station side, s)",
+        "Boot latency (station side)",
         ("link", "boots", "retries", "p50", "p95", "p99", "max"),
         tuple(rows),
         note="from the first connection attempt since the station was last online to BootNotification "
@@ -341,9 +343,9 @@ def _round_trip_table(windows: Sequence[RoundTripWindow]) -> Table:
     rows = []
     for pair, ws in sorted(pairs.items()):
         d = merged(ws)
-        rows.append((pair, d.count, sum(w.timeouts for w in ws), *d.cells(1000.0)))
+        rows.append((pair, d.count, sum(w.timeouts for w in ws), *d.cells()))
     return Table(
-        "OCPP round trips (caller side, ms)",
+        "OCPP round trips (caller side)",
         ("caller -> endpoint", "calls", "timeouts", "p50", "p95", "p99", "max"),
         tuple(rows),
         note="CALL sent to CALLRESULT / CALLERROR received (round_trips events, per 10 s window, values cut "
@@ -400,32 +402,32 @@ def _over_time_table(
         connect, boot, rt = c.get("connect", empty), c.get("boot", empty), c.get("rtt", empty)
         rows.append(
             (
-                f"{start:g}",
+                Seconds(start),
                 endpoint,
                 connect.count,
-                connect.cells(1000.0)[1],
+                connect.cells()[1],
                 boot.count,
-                boot.cells(1.0, 3)[1],
+                boot.cells()[1],
                 rt.count,
                 f"{rt.count / width:.2f}",
-                *rt.cells(1000.0)[:2],
-                rt.cells(1000.0)[3],
+                *rt.cells()[:2],
+                rt.cells()[3],
             )
         )
     return Table(
-        f"Load over time (per {width:g} s, by endpoint)",
+        f"Load over time (per {human_duration(width)}, by endpoint)",
         (
-            "from (s)",
+            "from",
             "endpoint",
             "connects",
-            "connect p95 ms",
+            "connect p95",
             "boots",
-            "boot p95 s",
+            "boot p95",
             "calls",
             "calls / s",
-            "rtt p50 ms",
-            "rtt p95 ms",
-            "rtt max ms",
+            "rtt p50",
+            "rtt p95",
+            "rtt max",
         ),
         tuple(rows),
         note="connects and boots: completed in the bucket (station side); calls: answered in the bucket's "

@@ -3,9 +3,12 @@
 Seven plots, written to ``<run>/plots/``:
 
 * ``connected_stations.png`` — stations connected and accepted over time (the metrics samples when the run
-  has them, else derived from the stations' ``booted`` / ``reconnect_wait`` events), with the fleet size;
-* ``handshakes.png`` — per time bucket, TLS handshakes completed (full / resumed, stacked) above connection
-  failures seen by the stations, stacked by reason;
+  has them, else derived from the stations' ``booted`` / ``reconnect_wait`` events), with the fleet size, and
+  an inset zoomed on the first recovery too short to see at the run's scale (from the events);
+* ``handshakes.png`` — per time bucket, TLS handshakes completed (full / resumed, stacked), connection
+  failures seen by the stations, stacked by reason, and what the CSMSs, controllers and attackers acting as
+  servers refused or lost (their upstream hops too), by node and reason (:func:`server_refusal_buckets`: a
+  downgrading client is only seen there);
 * ``connection_rate.png`` — connection attempts per second: TLS handshakes started, TCP connections refused,
   WebSocket sessions accepted by each CSMS and controller (the shape of a reconnect storm);
 * ``transactions.png`` — cumulative transactions started at the stations, started at the CSMS and ended at
@@ -21,7 +24,8 @@ Seven plots, written to ``<run>/plots/``:
 * ``certificates_by_issuer.png`` — connections using a station client certificate, and a CSMS server
   certificate, from each issuer over time (:mod:`evsim.metrics.issuers`).
 
-The series are computed by pure functions (:func:`connected_series`, :func:`handshake_buckets`,
+Every plot over time but the clock offsets marks each timeline event (and scheduled link reset) with a dotted line and a label; labels
+go in rows that never overlap (:mod:`evsim.metrics.plot_marks`). The series are computed by pure functions (:func:`connected_series`, :func:`handshake_buckets`,
 :func:`connection_rates`, :func:`transaction_curves`) that need no matplotlib; only :func:`render_plots`
 imports it, and says how to install it when it is missing. Figures are drawn on
 :class:`~matplotlib.backends.backend_agg.FigureCanvasAgg` directly, without pyplot: no global state, no GUI
@@ -38,8 +42,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from evsim.errors import ConfigError
+from evsim.metrics.plot_marks import CHAR_EM, place_labels, timeline_marks, zoom_windows
 from evsim.metrics.rundir import RunData, Sample
+from evsim.metrics.summary import ATTACKER_PREFIX
 from evsim.metrics.topology import Topology, node_roles
+from evsim.report import human_duration
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -273,6 +280,50 @@ def handshake_buckets(
     return _bucketize(span_s, width, ok, ("full", "resumed")), _bucketize(span_s, width, failed, order)
 
 
+#: CSMS-side (and controller-side) event kinds drawn as refusals in the handshake plot.
+SERVER_REFUSALS = ("handshake_failed", "upgrade_rejected", "boot_rejected", "accept_failed")
+
+#: A controller's failures on its upstream hop (towards the CSMS), drawn with the servers' refusals.
+UPSTREAM_FAILURES = ("upstream_failed", "upstream_lost")
+
+
+def server_refusal_buckets(
+    events: Sequence[Mapping[str, Any]], span_s: float, width: float, topology: Topology | None = None
+) -> Buckets:
+    """Connections the servers (CSMSs, controllers, an impostor or relay) refused or lost, per bucket, as they
+    saw them: the other side of :func:`handshake_buckets` (a downgrading client is only ever seen by the
+    CSMS). A controller's upstream hop counts as ``<controller> upstream: <reason>``; a relaying attacker's
+    handshakes the stations refused with an alert as ``<attacker>: <alert>``.
+
+    Args:
+        events: JSON event objects.
+        span_s: simulated seconds covered.
+        width: bucket width, seconds.
+        topology: tells servers from stations.
+
+    Returns:
+        One series per ``node: reason`` (``main: downgrade_refused``), the :data:`MAX_REASONS` most frequent
+        kept and the rest summed as ``other``, most frequent first.
+    """
+    roles = node_roles(events, topology)
+    refused: list[tuple[str, float]] = []
+    for e in events:
+        node, kind, reason = str(e["node"]), e["kind"], str(e.get("reason") or e["kind"])
+        if roles[node] == "csms" and kind in SERVER_REFUSALS:
+            refused.append((f"{node}: {reason}", float(e["t"])))
+        elif roles[node] == "csms" and kind in UPSTREAM_FAILURES:
+            refused.append((f"{node} upstream: {reason}", float(e["t"])))
+        elif (
+            node.startswith(ATTACKER_PREFIX) and kind == "attack_result" and reason.startswith("peer_alert:")
+        ):
+            refused.append((f"{node}: {reason}", float(e["t"])))
+    ranked = [r for r, _ in collections.Counter(r for r, _ in refused).most_common()]
+    keep = set(ranked[:MAX_REASONS]) if len(ranked) > MAX_REASONS + 1 else set(ranked)
+    refused = [(r if r in keep else "other", t) for r, t in refused]
+    order = [r for r in ranked if r in keep] + (["other"] if len(keep) < len(ranked) else [])
+    return _bucketize(span_s, width, refused, order)
+
+
 def connection_rates(
     events: Sequence[Mapping[str, Any]], span_s: float, width: float, topology: Topology | None = None
 ) -> Buckets:
@@ -467,7 +518,76 @@ def _draw_connected(
     _integer_y(ax)
     ax.set_title(f"{name}: connected stations")
     _legend(ax)
+    _mark_timeline(ax, axis, run.events, span)
+    _zoom_recovery(ax, axis, run, topo, span)
     _finish_time_axis(ax, axis, span)
+
+
+def _zoom_recovery(ax: Axes, axis: TimeAxis, run: RunData, topo: Topology, span: float) -> None:
+    """An inset magnifying the first recovery that is too short to see at the run's scale, drawn from the
+    events (the periodic samples are too coarse for it)."""
+    from evsim.metrics.failover import recoveries
+
+    outages = [(r.t, r.time_until(1.0)) for r in recoveries(run.events, node_roles(run.events, topo))]
+    windows = zoom_windows(outages, span)
+    ts, ns = connected_series(run.events, [], topo)
+    if not windows or len(ts) < 2:
+        return
+    t0, t1 = windows[0]
+    xs = axis.scale([*ts, span])
+    ns = [*ns, ns[-1]]
+    x0, x1 = axis.scale([t0, t1])
+    inset = ax.inset_axes((0.62, 0.12, 0.35, 0.42))
+    inset.step(xs, ns, where="post", color=_COLORS["line"])
+    inset.fill_between(xs, ns, step="post", color=_COLORS["line"], alpha=0.15)
+    inset.set_xlim(x0, x1)
+    inset.set_ylim(ax.get_ylim())
+    inset.set_title(f"zoom: {human_duration(t0)} to {human_duration(t1)} (from events)", fontsize=7)
+    inset.tick_params(labelsize=6)
+    ax.indicate_inset_zoom(inset, edgecolor="#555555")
+
+
+#: Font size of the timeline labels, points; a row of labels is this times 1.4 high.
+_LABEL_POINTS = 7.0
+
+
+def _mark_timeline(ax: Axes, axis: TimeAxis, events: Sequence[Mapping[str, Any]], span: float) -> None:
+    """A dotted line at every timeline instant and its label, in rows that never overlap
+    (:func:`~evsim.metrics.plot_marks.place_labels`, with the label widths measured against the axes as laid
+    out); the y axis grows to make room for the rows. Call it after the legend is placed."""
+    marks = timeline_marks(events)
+    if not marks:
+        return
+    fig = ax.get_figure(root=True)
+    assert fig is not None
+    fig.draw_without_rendering()  # lay the figure out, so the axes have their final size
+    box = ax.get_window_extent()
+    points = fig.dpi / 72.0
+    char = CHAR_EM * _LABEL_POINTS * points / max(box.width, 1.0)
+    row_height = 1.4 * _LABEL_POINTS * points / max(box.height, 1.0)
+    hi = span / axis.seconds  # the x range _finish_time_axis sets
+    xs = [axis.scale([m.t])[0] for m in marks]
+    fractions = [x / hi if hi > 0 else 0.0 for x in xs]
+    widths = [len(m.label) * char for m in marks]
+    # a label that would run past the right edge sits to the left of its line
+    lefts = [f if f + w <= 1.0 else max(0.0, f - w) for f, w in zip(fractions, widths, strict=True)]
+    rows = place_labels(lefts, widths)
+    y0, y1 = ax.get_ylim()
+    free = 1.0 - row_height * (max(rows) + 1) - 0.02  # the share of the axes left to the data
+    ax.set_ylim(y0, y0 + (y1 - y0) / max(free, 0.3))
+    for x, left, mark, row in zip(xs, lefts, marks, rows, strict=True):
+        ax.axvline(x, color="#999999", linestyle=":", linewidth=1)
+        text = ax.annotate(
+            mark.label,
+            (left, 1.0 - row_height * (row + 0.5)),
+            xycoords="axes fraction",
+            va="center",
+            ha="left",
+            fontsize=_LABEL_POINTS,
+            family="monospace",
+            color="#444444",
+        )
+        text.set_in_layout(False)
 
 
 def _stacked_bars(ax: Axes, axis: TimeAxis, buckets: Buckets, colors: Sequence[str]) -> bool:
@@ -488,9 +608,12 @@ def _draw_handshakes(
     fig: Figure, run: RunData, topo: Topology, axis: TimeAxis, span: float, width: float, name: str
 ) -> None:
     ok, failed = handshake_buckets(run.events, span, width, topo)
-    top, bottom = fig.subplots(2, 1, sharex=True)
+    refused = server_refusal_buckets(run.events, span, width, topo)
+    top, bottom, server = fig.subplots(3, 1, sharex=True)
     per = format_width(width)
-    fig.suptitle(f"{name}: TLS handshakes and connection failures (per {per})")
+    fig.suptitle(
+        f"{name}: TLS handshakes, failures seen by the stations, refusals and lost hops at the servers (per {per})"
+    )
     if _stacked_bars(top, axis, ok, (_COLORS["ok"], _COLORS["resumed"])):
         _legend(top, title="handshake")
     else:
@@ -504,7 +627,14 @@ def _draw_handshakes(
         _no_data(bottom, "connection failures")
     bottom.set_ylabel(f"failures / {per}")
     _integer_y(bottom)
-    _finish_time_axis(bottom, axis, span)
+    if _stacked_bars(server, axis, refused, _FAILURE_COLORS):
+        _legend(server, title="refused or lost\n(CSMS / controller side)")
+    else:
+        _no_data(server, "refusals by the CSMSs and controllers")
+    server.set_ylabel(f"server side / {per}")
+    _integer_y(server)
+    _finish_time_axis(server, axis, span)
+    _mark_timeline(top, axis, run.events, span)
 
 
 def _draw_rates(
@@ -529,6 +659,7 @@ def _draw_rates(
     ax.set_ylim(bottom=0)
     ax.set_title(f"{name}: connection attempts per second")
     _finish_time_axis(ax, axis, span)
+    _mark_timeline(ax, axis, run.events, span)
 
 
 def _draw_transactions(
@@ -572,6 +703,7 @@ def _draw_transactions(
     ax.set_ylim(bottom=0)
     ax.set_ylabel("transactions (cumulative)")
     _integer_y(ax)
+    _mark_timeline(ax, axis, run.events, span)
     ax.set_title(f"{name}: transactions")
     _finish_time_axis(ax, axis, span)
 
@@ -582,7 +714,7 @@ shape (1 s buckets up to a 10-minute run)."""
 
 
 def _draw_storm(fig: Figure, run: RunData, topo: Topology, axis: TimeAxis, span: float, name: str) -> None:
-    from evsim.metrics.failover import OUTAGE_ACTIONS, storm_series
+    from evsim.metrics.failover import storm_series
 
     ax = fig.add_subplot()
     width = bucket_width(span, target=STORM_BUCKETS)
@@ -598,26 +730,6 @@ def _draw_storm(fig: Figure, run: RunData, topo: Topology, axis: TimeAxis, span:
     for i, (endpoint, counts) in enumerate(series.items()):
         rates = [c / width for c in counts]
         ax.stairs(rates, xs, label=endpoint, linewidth=2.2 - 0.4 * (i % 3), linestyle=styles[i % len(styles)])
-    marks: dict[float, list[str]] = {}
-    for e in run.events:
-        if e["node"] == "timeline" and e["kind"] in (*OUTAGE_ACTIONS, "start", "heal", "set_network_profile"):
-            label = f"{e['kind']} {e.get('target', '')}".strip()
-            at = marks.setdefault(float(e["t"]), [])
-            if label not in at:
-                at.append(label)
-    for t, labels in marks.items():
-        x = axis.scale([t])[0]
-        ax.axvline(x, color="#999999", linestyle=":", linewidth=1)
-        ax.annotate(
-            ", ".join(labels),
-            (x, 1.0),
-            xycoords=("data", "axes fraction"),
-            rotation=90,
-            va="top",
-            ha="right",
-            fontsize=7,
-            color="#555555",
-        )
     if series:
         _legend(ax, "endpoint")
     else:
@@ -625,6 +737,7 @@ def _draw_storm(fig: Figure, run: RunData, topo: Topology, axis: TimeAxis, span:
     ax.set_ylabel(f"sessions accepted / s (mean over {format_width(width)})")
     ax.set_ylim(bottom=0)
     ax.set_title(f"{name}: reconnect storm (sessions accepted per endpoint)")
+    _mark_timeline(ax, axis, run.events, span)
     _finish_time_axis(ax, axis, span)
 
 

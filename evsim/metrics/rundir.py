@@ -37,6 +37,7 @@ from evsim.report import human_duration
 
 if TYPE_CHECKING:
     from evsim.metrics.summary import Summary
+    from evsim.metrics.topology import Topology
 
 EVENTS_FILE = "events.jsonl"
 METRICS_FILE = "metrics.csv"
@@ -455,12 +456,44 @@ def summary_of(run: RunData) -> Summary:
         value = run.meta.get(key)
         return value if isinstance(value, Mapping) else None
 
-    return summarize(
+    topology = Topology.from_json(run.meta.get("topology"))
+    tables = summarize(
         run.events,
-        Topology.from_json(run.meta.get("topology")),
+        topology,
         messages=mapping("ocpp_messages"),
         endpoint_messages=mapping("ocpp_messages_by_endpoint"),
         tx_queues=mapping("tx_queues"),
+    )
+    return with_story(tables, run, topology)
+
+
+def with_story(summary: Summary, run: RunData, topology: Topology | None = None) -> Summary:
+    """``summary`` opened by the scenario's description and expected outcome and closed by the check of that
+    outcome (:mod:`evsim.metrics.outcome`), as ``meta.json`` states them.
+
+    Args:
+        summary: the tables of :func:`~evsim.metrics.summary.summarize`.
+        run: the run (its meta and events).
+        topology: which nodes are stations.
+    """
+    from evsim.metrics.outcome import Expectation, outcome_checks, outcome_table, scenario_table
+    from evsim.metrics.summary import Summary
+
+    expect = Expectation.from_json(run.meta.get("expect"))
+    checks = outcome_checks(
+        run.events,
+        expect,
+        summary=summary,
+        topology=topology,
+        run_outcome=str(run.meta.get("outcome", "completed")),
+    )
+    first = scenario_table(run.meta)
+    return Summary(
+        (
+            *(() if first is None else (first,)),
+            *summary.tables,
+            outcome_table(checks, stated=expect is not None),
+        )
     )
 
 

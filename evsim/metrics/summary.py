@@ -41,6 +41,10 @@ _SERVER_FAILURES = (
     "accept_failed",
 )
 
+#: How the world names the attacker nodes it adds (an impostor CSMS, a relay, a downgrading client): the
+#: Attacks table lists each, whatever role its events give it.
+ATTACKER_PREFIX = "attacker-"
+
 
 @attrs.frozen
 class Table:
@@ -369,6 +373,9 @@ class _Analysis:
                 link.security_events += 1
                 self.security[(where, "received by CSMS", str(e.get("type", "")))] += 1
                 self.derived_messages[(where, "SecurityEventNotification")] += 1
+        if node.startswith(ATTACKER_PREFIX) and kind == "handshake_failed":
+            # an impostor server: every station that refused it is one attempt of the attack, refused
+            self.attacks[(node, "refused", str(e.get("reason", "")))] += 1
         if kind in _SERVER_FAILURES:
             reason = str(e.get("reason", ""))
             if kind == "upgrade_rejected":

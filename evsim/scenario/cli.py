@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +102,13 @@ def print_json(doc: object) -> None:
     print(json.dumps(doc, indent=2, ensure_ascii=False, default=str))
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, *, tell: Callable[[Path, int, bool], object] | None = None) -> int:
     """Run a scenario file; write the run directory; print the summary (or, with ``--json``, the summary
-    document). Exit 0 only if the run completed."""
+    document). Exit 0 only if the run completed.
+
+    ``tell(run_dir, depth, as_json)`` gives the story of the run for ``--explain`` (the explain layer sits above
+    this one, so the command line passes it in): its JSON form or its text.
+    """
     sc, errors = scenario_errors(args.file)
     if sc is None or errors:  # every error at once, as evsim validate says them
         for exc in errors:
@@ -144,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
         doc = _report_json(rd.path, pngs)
         if links is not None:
             doc["station_links"] = table_document(links)
+        if args.explain and tell is not None:
+            doc["story"] = tell(rd.path, args.explain, True)
         print_json(doc)
     else:
         print(text)
@@ -153,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nrun directory: {rd.path}")
         for png in pngs:
             print(f"  plot: {png}")
+        if args.explain and tell is not None:
+            print()
+            print(tell(rd.path, args.explain, False))
     if result.error:
         print(f"evsim: run {result.outcome}: {result.error}", file=sys.stderr)
     if result.outcome == "interrupted":
@@ -235,6 +245,7 @@ def _meta(file: str, *, sc_result: RunResult, topology: Topology) -> dict[str, A
         "scenario": sim.name,
         "description": sim.description,
         "expected_outcome": sim.outcome,
+        "expect": sim.expect.as_json() if sim.expect is not None else None,
         "seed": sim.seed,
         "file": file,
         "started_utc": (sim.start.isoformat() if sim.start else None),

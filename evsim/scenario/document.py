@@ -291,8 +291,10 @@ def scenario_document(sc: Scenario) -> dict[str, Any]:
             "stop_when_done": sim.stop_when_done,
         }
     )
+    expect = sim.expect.as_json() if sim.expect is not None else None
     doc: dict[str, Any] = {
         "simulation": simulation,
+        **({"expect": expect} if expect is not None else {}),
         "pki": {
             "key_type": sc.pki.key_type,
             "validity": sc.pki.validity,

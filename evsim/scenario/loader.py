@@ -38,7 +38,10 @@ import tomllib
 from pathlib import Path
 from typing import Final
 
+import attrs
+
 from evsim.errors import ConfigError
+from evsim.metrics.outcome import EXPECT_KEYS, Expectation
 from evsim.scenario.model import (
     DEFAULT_START,
     PkiSpec,
@@ -230,6 +233,7 @@ class _Builder(NodeReader, EnergyReader, FileReader, TimelineReader):
         sim = self.simulation(
             ScenarioTable(self.ctx, ("simulation",), doc["simulation"], SIMULATION_KEYS, what="[simulation]")
         )
+        sim = self.expectation(root, sim)
         # The order is the dependency order of the references between sections: trust stores name roots,
         # CSMS name profiles and roots, pin sets name CSMS keys (so they come after the CSMS, and a CSMS's
         # own pins / change after them), controllers name CSMS and each other, station groups name CSMS,
@@ -313,6 +317,23 @@ class _Builder(NodeReader, EnergyReader, FileReader, TimelineReader):
             start=start,
             stop_when_done=t.boolean("stop_when_done", False),
         )
+
+    def expectation(self, root: ScenarioTable, sim: SimulationSpec) -> SimulationSpec:
+        """``[expect]``: the checks of the outcome the report ends with (:class:`Expectation`), kept on the
+        simulation settings."""
+        t = root.sub_table("expect", EXPECT_KEYS, "[expect]")
+        if t is None:
+            return sim
+        example = '["cert_invalid:unknown_ca"]'
+        expect = Expectation(
+            all_booted=t.boolean("all_booted", False),
+            no_tx_lost=t.boolean("no_tx_lost", False),
+            reasons=t.string_list("reasons", (), example=example),
+            no_reasons=t.string_list("no_reasons", (), example=example),
+            security_events=t.string_list("security_events", (), example='["InvalidCsmsCertificate"]'),
+            kinds=t.string_list("kinds", (), example='["pin_promoted"]'),
+        )
+        return attrs.evolve(sim, expect=expect)
 
     # ------------------------------------------------------------ [pki]
 

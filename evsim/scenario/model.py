@@ -22,6 +22,7 @@ import attrs
 from evsim.backoff import RetryBackOff
 from evsim.frozenmap import FrozenMap, frozen_map
 from evsim.link.service import Service
+from evsim.metrics.outcome import Expectation
 from evsim.metrics.topology import Topology
 from evsim.nodes.certificates import CertificateSettings
 from evsim.nodes.controller import ControllerConfig
@@ -88,6 +89,7 @@ class SimulationSpec:
             starts" (only with ``clock = "real"``).
         stop_when_done: end before ``duration`` once every station has played its sessions and emptied its
             queue.
+        expect: the file's ``[expect]`` table: checks of the outcome the report ends with; None when absent.
     """
 
     name: str
@@ -99,6 +101,7 @@ class SimulationSpec:
     network: NetworkKind = "memory"
     start: _dt.datetime | None = DEFAULT_START
     stop_when_done: bool = False
+    expect: Expectation | None = None
 
 
 @attrs.frozen(kw_only=True)

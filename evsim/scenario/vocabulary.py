@@ -48,6 +48,7 @@ TOP_KEYS: Final = (
     "file_servers",
     "file_services",
     "file_transfers",
+    "expect",
 )
 SIMULATION_KEYS: Final = (
     "name",
