@@ -182,6 +182,7 @@ def summarize(
         (:mod:`evsim.metrics.certificates`).
     """
     from evsim.metrics.certificates import certificate_tables  # it imports Table from here
+    from evsim.metrics.cpu import cpu_tables  # so does this one
 
     topo = topology or Topology()
     # (time, node, node sequence): within one node, seq is the true order (the online state machine needs it)
@@ -223,6 +224,7 @@ def summarize(
             _timeline_table(a.timeline),
             *_failover_tables(evs, roles, topo, tx_queues),
             *certificate_tables(evs),
+            *cpu_tables(evs, topo),
         )
     )
 

@@ -68,12 +68,14 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from evsim.clock import SimClock
+from evsim.cpu import Cpu
 from evsim.errors import ConfigError, HandshakeFailed, UpgradeFailed
 from evsim.net.base import peer_address, remote_address
 from evsim.nodes.expiry import ExpiryMonitor
 from evsim.ocpp.versions import choose_subprotocol, subprotocol_for
 from evsim.recorder import Recorder, bind_peer
 from evsim.tls.context import ServerTls
+from evsim.tls.cost import failed_handshake_kind, handshake_kind
 from evsim.tls.events import ocpp_security_event
 from evsim.tls.stream import TlsInfo, TlsStream, tls_accept
 from evsim.ws import Accept, Reject, UpgradeRequest, WebSocket, ws_server
@@ -610,6 +612,7 @@ async def admit_station(
     on_tls: Callable[[TlsInfo], None] | None = None,
     budget: AuthBudget | None = None,
     rejections: collections.Counter[int] | None = None,
+    cpu: Cpu | None = None,
 ) -> bool:
     """The listener steps of the CSMS and the Local Controller: :func:`accept_tls` (when ``server_tls`` is
     set), then :func:`upgrade_station` with ``decide`` seeing the handshake's outcome.
@@ -631,6 +634,8 @@ async def admit_station(
         budget: failed authentications per source: 401 refusals count, an address past its budget gets 429
             without ``decide`` being asked (one ``auth_throttled`` event per cool-down).
         rejections: upgrade refusals by HTTP status, counted here for the 429s.
+        cpu: the server's CPU model (virtual time): charged for the handshake (failed ones too) and for the
+            upgrade, before the upgrade request is answered.
 
     Returns:
         True when the station is admitted (``admission.ws`` and ``admission.decision`` set), False when the
@@ -651,9 +656,13 @@ async def admit_station(
             admission.stream, server_tls, node=node, clock=clock, recorder=recorder, failures=failures
         )
         if tls_stream is None:
+            if cpu is not None:
+                await cpu.charge(failed_handshake_kind("server"))
             return False
         admission.stream = tls_stream
         admission.tls_info = info = tls_stream.info
+        if cpu is not None:
+            await cpu.charge(handshake_kind(info, server_cert=server_tls.identity.chain[0]))
         client = common_name(info.peer_chain[0]) if info.peer_chain else None
         recorder.emit(
             node,
@@ -692,6 +701,8 @@ async def admit_station(
             )
         return verdict
 
+    if cpu is not None:
+        await cpu.charge(("ws", "server"))
     upgraded = await upgrade_station(
         admission.stream,
         gate,

@@ -46,6 +46,7 @@ from evsim.scenario.model import (
     Scenario,
     SimulationSpec,
 )
+from evsim.scenario.read_cpu import read_cpu
 from evsim.scenario.read_nodes import NodeReader
 from evsim.scenario.read_timeline import TimelineReader
 from evsim.scenario.reader import LoadContext, ScenarioTable
@@ -259,6 +260,7 @@ class _Builder(NodeReader, TimelineReader):
             source=self.ctx.source,
             pin_sets=pin_sets,
             change_policies=change_policies,
+            cpu=read_cpu(self.ctx, doc),
         )
 
     # ------------------------------------------------------------ [simulation]

@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeAlias
 import attrs
 
 from evsim.backoff import RetryBackOff
+from evsim.cpu import CpuSpec
 from evsim.frozenmap import FrozenMap, frozen_map
 from evsim.link.service import Service
 from evsim.metrics.topology import Topology
@@ -472,6 +473,8 @@ class Scenario:
         source: the file it was loaded from, or the ``source`` label given to the loader.
         pin_sets: ``[tls.pins.<name>]`` by name.
         change_policies: ``[tls.change.<name>]`` by name.
+        cpu: node or station-group name -> its CPU model in virtual time (:mod:`evsim.scenario.read_cpu`);
+            empty: operations take no virtual time.
     """
 
     simulation: SimulationSpec
@@ -486,6 +489,7 @@ class Scenario:
     source: str | None = None
     pin_sets: FrozenMap[str, PinSetSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
     change_policies: FrozenMap[str, ChangeSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    cpu: FrozenMap[str, CpuSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
 
     def station_ids(self) -> list[str]:
         """Every station identity, group by group in file order.

@@ -232,6 +232,7 @@ class ScenarioRunner:
                 "runner", "run_started", scenario=sim.name, seed=sim.seed, stations=sc.station_count()
             )
             self.outcome = "running"
+            world.cpu_plan.update(sc.cpu)
             await self.start_nodes(world)
             world.play((ev.at, ev.action) for ev in sc.timeline)
             world.nursery.start_soon(self._sampler, world)
@@ -240,6 +241,7 @@ class ScenarioRunner:
             if self.outcome == "running":
                 self.outcome = "completed"
             self._take_sample(world)
+            world.record_cpu_usage()
             world.recorder.emit("runner", "run_ended", outcome=self.outcome)
 
     async def start_nodes(self, world: World) -> None:

@@ -44,6 +44,7 @@ SIMULATION_KEYS: Final = (
     "network",
     "start",
     "stop_when_done",
+    "cpu",
 )
 PKI_KEYS: Final = ("key_type", "validity", "organization", "roots", "expiry_warning")
 ROOT_KEYS: Final = ("key_type",)
@@ -84,6 +85,7 @@ CSMS_KEYS: Final = (
     "trusted_controllers",
     "signing",
     "client_trust",
+    "cpu",
 )
 SIGNING_KEYS: Final = ("max_concurrent", "max_queued", "validity")
 STATION_CERTIFICATE_KEYS: Final = (
@@ -119,6 +121,7 @@ STATION_KEYS: Final = (
     "network_attempts",
     "fallback",
     "certificates",
+    "cpu",
 )
 CONTROLLER_KEYS: Final = (
     "host",
@@ -137,6 +140,7 @@ CONTROLLER_KEYS: Final = (
     "behind_controller",
     "trusted_controllers",
     "client_trust",
+    "cpu",
 )
 ENDPOINT_KEYS: Final = ("csms", "controller", "priority", "trust", "tls_profile", "pins")
 BACKOFF_KEYS: Final = ("wait_minimum", "random_range", "repeat_times")
