@@ -1,11 +1,12 @@
 """``make bench``: evsim against its peers and floors, measured in the same run, printed as tables.
 
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
-``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``),
+``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``,
+``cpu-model``),
 ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs in its own
 subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute times.
 
-``python -m bench SECTION`` runs one section alone; sections: ``tls-handshake``, ``failover``.
+``python -m bench SECTION`` runs one section alone; sections: ``tls-handshake``, ``failover``, ``cpu-model``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from bench.common import Result
+from bench.common import Result, print_module_section
 from bench.floor import handshake_floor
 from evsim.clock import real_utcnow
 from evsim.pki import init_dev_pki
@@ -47,21 +48,20 @@ def _tls_handshake_section() -> None:
 def _failover_section() -> None:
     """Failover recovery of N stations when the primary CSMS dies, in virtual time and over loopback TCP
     (``bench/failover.py``; a subprocess, bounded by the runs' durations)."""
-    n = os.environ.get("BENCH_N", "1000")
-    try:
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.failover", "--stations", n],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        print(out.stdout.rstrip() or out.stderr.strip().splitlines()[-1:])
-    except subprocess.TimeoutExpired:
-        print("! the failover runs did not finish within 10 minutes")
+    print_module_section("bench.failover", timeout=600, what="failover runs")
 
 
-SECTIONS = {"tls-handshake": _tls_handshake_section, "failover": _failover_section}
+def _cpu_model_section() -> None:
+    from bench import cpu_model
+
+    cpu_model.section()
+
+
+SECTIONS = {
+    "tls-handshake": _tls_handshake_section,
+    "failover": _failover_section,
+    "cpu-model": _cpu_model_section,
+}
 """Sections ``python -m bench SECTION`` runs alone."""
 
 
@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     if "failover" not in skip:
         print()
         _failover_section()
+    if "cpu-model" not in skip:
+        print()
+        _cpu_model_section()
     print(f"\n(benchmark took {time.perf_counter() - t0:.0f} s)")
     return 0
 

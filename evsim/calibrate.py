@@ -26,6 +26,7 @@ import functools
 import json
 import os
 import platform
+import random
 import ssl
 import statistics
 import time
@@ -37,14 +38,19 @@ import trio
 import trio.testing
 
 from evsim import interrupts
-from evsim.clock import real_utcnow
-from evsim.cpu import PROFILE_FORMAT, CpuProfile, Kind
+from evsim.clock import SimClock, real_utcnow
+from evsim.cpu import PROFILE_FORMAT, Cpu, CpuProfile, Kind
 from evsim.errors import ConfigError
 from evsim.frozenmap import FrozenMap
+from evsim.net.tcp import TcpNetwork
+from evsim.nodes.csms import Csms, CsmsConfig
+from evsim.nodes.station import Station
+from evsim.nodes.station_model import StationConfig
 from evsim.ocpp.rpc import RpcConnection
 from evsim.ocpp.schema import SchemaRegistry
 from evsim.ocpp.session import OcppSession
 from evsim.pki import CertificateAuthority, KeyType
+from evsim.recorder import Recorder
 from evsim.report import table
 from evsim.tls import (
     ClientTls,
@@ -376,6 +382,120 @@ async def _ocpp(
     _put(costs, ("relay", "csms"), heartbeat / 2)
 
 
+class _Watch(Cpu):
+    """A CSMS's accounting-only CPU that tells when it has been charged for ``n`` StatusNotifications (the last
+    message of a station's boot)."""
+
+    def __init__(self, name: str, profile: CpuProfile, n: int) -> None:
+        super().__init__(name, profile, sleep=False)
+        self.left = n
+        self.done = trio.Event()
+
+    async def charge(self, kind: Kind, size: int = 0) -> None:
+        await super().charge(kind, size)
+        if kind == ("ocpp", "serve", "StatusNotification"):
+            self.left -= 1
+            if self.left <= 0:
+                self.done.set()
+
+
+LIFECYCLE_PASSWORD = "calibrate-password-0001"
+
+
+async def _lifecycle(
+    sides: _Sides, pki: _Tls, n: int, rounds: int, profile: CpuProfile, costs: dict[str, float]
+) -> None:
+    """``conn/<side>``: ``n`` Station nodes boot against a Csms node over loopback TCP (the real nodes, real
+    sockets); what each side spent per station beyond what ``profile`` charges for the operations the nodes
+    reported (a :class:`Cpu` that only accounts) is the connection's own cost."""
+    client_tls, server_tls = pki.contexts("1.3", "ec", False)
+    net = TcpNetwork(resolve={HOST: "127.0.0.1"})
+    clock = SimClock.start()
+    recorder = Recorder(clock)
+    samples: list[tuple[float, float]] = []
+    for r in range(rounds + 1):  # the first round warms up
+        csms_cpu, fleet_cpu = _Watch("csms", profile, n), Cpu("fleet", profile, sleep=False)
+        csms = Csms(
+            CsmsConfig(host=HOST, port=0, default_password=LIFECYCLE_PASSWORD),
+            network=net,
+            server_tls=server_tls,
+            clock=clock,
+            recorder=recorder,
+        )
+        csms.cpu = csms_cpu
+        async with trio.open_nursery() as nursery:
+            _, port = await nursery.start(_named_csms, csms, name=SERVER)
+            stations = []
+            for i in range(n):
+                sid = f"CAL-{r}-{i:05d}"
+                station = Station(
+                    StationConfig(
+                        station_id=sid,
+                        csms_url=f"wss://{HOST}:{port}/ocpp",
+                        password=LIFECYCLE_PASSWORD,
+                        sessions=0,
+                    ),
+                    network=net,
+                    client_tls=client_tls,
+                    clock=clock,
+                    recorder=recorder,
+                    rng=random.Random(sid),
+                )
+                station.cpu = fleet_cpu
+                stations.append(station)
+            sides.window()
+            sides.on = True
+            await nursery.start(_named_fleet, stations, csms_cpu, sides, name=CLIENT)
+            nursery.cancel_scope.cancel()
+        client, server = sides.window()
+        samples.append(
+            (
+                max(0.0, client - fleet_cpu.statistics().busy_s),
+                max(0.0, server - csms_cpu.statistics().busy_s),
+            )
+        )
+    client_us, server_us = _median_us(samples, n)
+    _put(costs, ("conn", "client"), client_us)
+    _put(costs, ("conn", "server"), server_us)
+
+
+async def _named_csms(
+    csms: Csms, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    await csms.run(task_status=task_status)
+
+
+async def _named_fleet(
+    stations: list[Station],
+    watch: _Watch,
+    sides: _Sides,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the stations until each has booted and the CSMS got its StatusNotification; then stop them."""
+    async with trio.open_nursery() as nursery:
+        for station in stations:
+            nursery.start_soon(station.run)
+        for station in stations:
+            await station.wait_online()
+        await watch.done.wait()
+        sides.on = False  # closing the links is no part of a storm
+        nursery.cancel_scope.cancel()
+    task_status.started()
+
+
+def _machine() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else the architecture."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.machine()
+
+
 async def calibrate(*, n: int = 50, rounds: int = 5, name: str = "calibrated") -> CpuProfile:
     """Measure every kind (``n`` operations per round, the median of ``rounds``); call inside ``trio.run``
     (on the real clock)."""
@@ -394,8 +514,10 @@ async def _measure(sides: _Sides, *, n: int, rounds: int, name: str) -> CpuProfi
     await _tls(sides, pki, n, rounds, costs)
     await _websocket(sides, n, rounds, costs)
     await _ocpp(sides, pki, n, rounds, costs, per_kib)
+    parts = CpuProfile(name, FrozenMap(costs), FrozenMap(per_kib))
+    await _lifecycle(sides, pki, n, rounds, parts, costs)
     measured = {
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": _machine(),
         "cpus": str(os.cpu_count() or 1),
         "python": platform.python_version(),
         "openssl": ssl.OPENSSL_VERSION,

@@ -3,13 +3,17 @@
 Theory of operation. Under trio's MockClock the code of a node runs in zero virtual time, so a storm of a
 thousand TLS handshakes is over at ``t = 0``. The model puts the time back: a node (or a fleet of stations
 sharing one process) gets a :class:`Cpu` with ``cores`` and a :class:`CpuProfile`; at each costly operation
-the node calls :meth:`Cpu.charge` with the operation's kind, which waits for a free core (FIFO) and then
-sleeps the operation's service time on the virtual clock. Work that arrives while every core is busy queues,
-as it would on a real machine, so latencies, time to drain and back-off retries come out of the run.
+the node calls :meth:`Cpu.charge` with the operation's kind, which takes the operation's service time on the
+virtual clock, the cores shared by every operation in progress (as an event loop interleaves its tasks).
+Work that arrives while the cores are busy slows everything down, as on a real machine, so latencies, time
+to drain and back-off retries come out of the run.
 
 The costs are pure data (:class:`CpuProfile`, a JSON file written by ``evsim calibrate``); kinds are
 tuples of names, most general first, joined with ``/`` in the file:
 
+* ``conn/<side>``: what a connection costs a node besides the operations below (accepting or opening the
+  socket, the node's own tasks and bookkeeping per connection; ``evsim calibrate`` measures it as what a
+  station's boot costs each side beyond its operations).
 * ``tls/<side>/<mode>/<version>/<group>/<key>``: a TLS handshake; side ``client`` or ``server``, mode
   ``full``, ``resumed``, ``mutual`` (full, with a client certificate) or ``failed``; version ``1.2`` /
   ``1.3``; the key-exchange group (``x25519``, ``secp256r1``...); the server key type (``ec`` / ``rsa``).
@@ -29,6 +33,8 @@ The model is for virtual time only: on the real clock real CPU is spent and node
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -59,7 +65,7 @@ PROFILES_DIR: Final = Path(__file__).resolve().parent / "cpu_profiles"
 """Where the shipped profiles live (``<name>.json``)."""
 CPU_KEYS: Final = ("cores", "profile", "scale", "costs", "shared")
 """Keys of a scenario's ``cpu`` table."""
-KIND_ROOTS: Final = ("tls", "ws", "ocpp", "validate", "relay")
+KIND_ROOTS: Final = ("conn", "tls", "ws", "ocpp", "validate", "relay")
 """The first name of every operation kind."""
 MAX_CORES: Final = 1024
 MAX_COST_US: Final = 10_000_000.0  # ten seconds of one core for one operation: a typo, not a cost
@@ -263,9 +269,9 @@ class CpuStatistics:
 
     Attributes:
         cores: its capacity.
-        busy_s: core-seconds spent (sum of service times).
-        queue_peak: most operations waiting for a core at once.
-        waiting: operations waiting now.
+        busy_s: core-seconds spent (sum of the service served).
+        queue_peak: most operations in progress at once (more than ``cores``: they shared the cores).
+        waiting: operations in progress now beyond one per core.
         operations: kind (its first three names) -> operations charged.
         busy_by_kind: kind (first three names) -> core-seconds.
     """
@@ -278,63 +284,146 @@ class CpuStatistics:
     busy_by_kind: Mapping[str, float]
 
 
+@attrs.define(eq=False)
+class _Job:
+    """One operation in a :class:`Cpu`: done when the CPU's per-job service reaches ``finish``."""
+
+    finish: float
+    label: str
+    start: float  # the per-job service when it arrived
+    deadline: float = math.inf  # set while it is the job that finishes first (it keeps the CPU's timer)
+    scope: trio.CancelScope | None = None
+    done: bool = False
+
+
 class Cpu:
-    """``cores`` processors serving operations first come, first served, in virtual time.
+    """``cores`` processors shared by the operations in progress, in virtual time (processor sharing).
+
+    Theory of operation. Every operation in progress gets an equal share of the cores, at most one each
+    (``min(1, cores / n)``), as an event loop interleaves the tasks it runs: an operation of service time ``w``
+    that arrives alone takes ``w``; four that arrive together on one core all end after ``4 w``. Operations
+    that arrive at the same instant are served alike whatever order trio's scheduler started them in, so a
+    seed gives one run. The per-job service ``V(t)`` (how much one job in progress has been served) grows at
+    that share; a job arriving with ``w`` ends when ``V`` reaches ``V(arrival) + w``; the job that ends first
+    holds the one timer (a cancel-scope deadline), so an arrival or a departure costs ``O(log n)``.
 
     Args:
         name: the node (or station group) it belongs to.
         profile: the service times.
-        cores: operations served at once.
+        cores: processors.
         scale: multiplies every service time.
+        sleep: False only accounts (busy time, operations) without taking any time: what the model would
+            charge a run on the real clock (``evsim calibrate`` compares it with the CPU really spent).
     """
 
-    def __init__(self, name: str, profile: CpuProfile, *, cores: int = 1, scale: float = 1.0) -> None:
+    EPSILON: Final = 1e-9
+    """Service (s) below which a job counts as served (float error of the clock arithmetic)."""
+
+    def __init__(
+        self, name: str, profile: CpuProfile, *, cores: int = 1, scale: float = 1.0, sleep: bool = True
+    ) -> None:
         if cores < 1 or not math.isfinite(scale) or scale < 0:
             raise ValueError("cores must be >= 1 and scale a finite number >= 0")
         self.name = name
         self.profile = profile
         self.cores = cores
         self.scale = scale
-        self._free = trio.Semaphore(cores)  # FIFO: trio's semaphore wakes waiters in arrival order
+        self.sleep = sleep
+        self._jobs: list[tuple[float, int, _Job]] = []  # heap by finish tag (the int only breaks ties)
+        self._tie = itertools.count()
+        self._active = 0
+        self._served = 0.0  # V: service per job in progress so far
+        self._synced = 0.0  # when V was last brought up to date
+        self._timer: _Job | None = None
         self._busy = 0.0
-        self._waiting = 0
         self._queue_peak = 0
         self._ops: collections.Counter[str] = collections.Counter()
         self._busy_by: dict[str, float] = collections.defaultdict(float)
 
     async def charge(self, kind: Kind, size: int = 0) -> None:
-        """Spend the service time of ``kind`` (a message of ``size`` bytes) on a free core, waiting for one.
-
-        Cancellation while waiting or serving is fine: the core is released, the time served is counted.
-        """
+        """Spend the service time of ``kind`` (a message of ``size`` bytes), sharing the cores with the
+        operations in progress. Cancelled, it leaves at once (what it was served counts as busy time)."""
         cost = self.profile.cost(kind, size) * self.scale
         label = _key(kind[:3])
         self._ops[label] += 1
         if cost <= 0:
             return
-        self._waiting += 1
-        if self._waiting > self._queue_peak:
-            self._queue_peak = self._waiting
+        if not self.sleep:
+            self._busy += cost
+            self._busy_by[label] += cost
+            return
+        now = trio.current_time()
+        self._sync(now)
+        job = _Job(self._served + cost, label, self._served)
+        heapq.heappush(self._jobs, (job.finish, next(self._tie), job))
+        self._active += 1
+        self._queue_peak = max(self._queue_peak, self._active)
+        self._arm(now)
         try:
-            await self._free.acquire()
+            while not job.done:
+                job.scope = trio.CancelScope(deadline=job.deadline)
+                with job.scope:
+                    await trio.sleep_forever()
+                if not job.done:  # its deadline: it is the first to finish (or a stale timer)
+                    self._complete(trio.current_time())
         finally:
-            self._waiting -= 1
-        start = trio.current_time()
-        try:
-            await trio.sleep(cost)
-        finally:
-            spent = trio.current_time() - start
-            self._busy += spent
-            self._busy_by[label] += spent
-            self._free.release()
+            if not job.done:  # cancelled from outside: leave the CPU
+                now = trio.current_time()
+                self._sync(now)
+                job.done = True
+                self._active -= 1
+                self._busy_by[label] += self._served - job.start
+                self._arm(now)
+
+    def _share(self) -> float:
+        return min(1.0, self.cores / self._active) if self._active else 1.0
+
+    def _sync(self, now: float) -> None:
+        dt = now - self._synced
+        if dt > 0:
+            self._served += dt * self._share()
+            self._busy += dt * min(self._active, self.cores)
+        self._synced = now
+
+    def _head(self) -> _Job | None:
+        while self._jobs and self._jobs[0][2].done:
+            heapq.heappop(self._jobs)  # left early (cancelled)
+        return self._jobs[0][2] if self._jobs else None
+
+    def _complete(self, now: float) -> None:
+        """End every job served by ``now``; re-arm the timer."""
+        self._sync(now)
+        while (head := self._head()) is not None and head.finish <= self._served + self.EPSILON:
+            heapq.heappop(self._jobs)
+            head.done = True
+            self._active -= 1
+            self._busy_by[head.label] += head.finish - head.start
+            if head.scope is not None:
+                head.scope.cancel()
+        self._arm(now)
+
+    def _arm(self, now: float) -> None:
+        """Give the timer to the job that finishes first, at the time it will at the current share."""
+        head = self._head()
+        if self._timer is not None and self._timer is not head:
+            self._timer.deadline = math.inf
+            if self._timer.scope is not None:
+                self._timer.scope.deadline = math.inf
+        self._timer = head
+        if head is not None:
+            head.deadline = now + max(0.0, head.finish - self._served) / self._share()
+            if head.scope is not None:
+                head.scope.deadline = head.deadline
 
     def statistics(self) -> CpuStatistics:
-        """A snapshot of the counters."""
+        """A snapshot of the counters (busy time up to now)."""
+        if self.sleep:
+            self._sync(trio.current_time())
         return CpuStatistics(
             cores=self.cores,
             busy_s=self._busy,
             queue_peak=self._queue_peak,
-            waiting=self._waiting,
+            waiting=max(0, self._active - self.cores),
             operations=dict(self._ops),
             busy_by_kind=dict(self._busy_by),
         )

@@ -190,7 +190,12 @@ def recovery_rows(recs: Sequence[Recovery]) -> list[tuple[object, ...]]:
         cells: list[object] = [f"{r.t:.3f}", r.action, r.target, r.online, r.affected]
         for q in QUANTILES:
             v = r.time_until(q)
-            cells.append("-" if r.affected == 0 else ("not by end" if v is None else f"{v:.1f}"))
+            # sub-second recoveries (the CPU model's queues) keep three decimals
+            cells.append(
+                "-"
+                if r.affected == 0
+                else ("not by end" if v is None else f"{v:.3f}" if 0 < v < 1 else f"{v:.1f}")
+            )
         cells.append(", ".join(f"{k} {n}" for k, n in r.back_to.items()) or "-")
         rows.append(tuple(cells))
     return rows

@@ -634,8 +634,8 @@ async def admit_station(
         budget: failed authentications per source: 401 refusals count, an address past its budget gets 429
             without ``decide`` being asked (one ``auth_throttled`` event per cool-down).
         rejections: upgrade refusals by HTTP status, counted here for the 429s.
-        cpu: the server's CPU model (virtual time): charged for the handshake (failed ones too) and for the
-            upgrade, before the upgrade request is answered.
+        cpu: the server's CPU model (virtual time): charged for the connection, the handshake (failed ones
+            too) and the upgrade, before the upgrade request is answered.
 
     Returns:
         True when the station is admitted (``admission.ws`` and ``admission.decision`` set), False when the
@@ -651,6 +651,8 @@ async def admit_station(
     source = admission.source
     bind_peer(admission.peer)
     recorder.emit(node, "connection_opened")
+    if cpu is not None:
+        await cpu.charge(("conn", "server"))
     if server_tls is not None:
         tls_stream = await accept_tls(
             admission.stream, server_tls, node=node, clock=clock, recorder=recorder, failures=failures

@@ -432,6 +432,8 @@ class Station:
         stream: trio.abc.Stream = await self.network.connect(host, port, source=self.config.station_id)
         ws: WebSocket | None = None
         try:
+            if self.cpu is not None:
+                await self.cpu.charge(("conn", "client"))
             if client_tls is not None:
                 tls_stream = await tls_connect(
                     stream, client_tls, server_name, verify_time=self.clock.utcnow, sessions=self.tls_sessions
