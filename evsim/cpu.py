@@ -33,6 +33,7 @@ The model is for virtual time only: on the real clock real CPU is spent and node
 from __future__ import annotations
 
 import collections
+import functools
 import heapq
 import itertools
 import json
@@ -259,8 +260,12 @@ class CpuSpec:
         return spec
 
     def build(self, name: str) -> Cpu:
-        """A processor for node ``name``."""
-        return Cpu(name, load_profile(self.profile).merged(self.costs), cores=self.cores, scale=self.scale)
+        """A processor for node ``name`` (the profile is read once per spec, however many stations ask)."""
+        return Cpu(name, self._profile(), cores=self.cores, scale=self.scale)
+
+    @functools.cache  # noqa: B019 (frozen and hashable: one entry per spec, kept for the process's life)
+    def _profile(self) -> CpuProfile:
+        return load_profile(self.profile).merged(self.costs)
 
 
 @attrs.frozen

@@ -162,6 +162,17 @@ def _first_boots(cpu: str, fleet_cpu: str = "") -> tuple[dict[str, float], list[
     return storm_figures(events, topo)["fleet"], [e for e in events if e["kind"] == "cpu_usage"]
 
 
+def test_a_group_may_give_each_station_its_own_cpu() -> None:
+    _, usage = _first_boots("cpu = { cores = 1 }", "cpu = { shared = false }")
+    assert sorted(str(u["cpu"]) for u in usage) == [
+        "fleet-0001",
+        "fleet-0002",
+        "fleet-0003",
+        "fleet-0004",
+        "main",
+    ]
+
+
 def test_the_model_is_off_by_default() -> None:
     figures, usage = _first_boots("")
     assert figures["booted"] == 4
