@@ -15,7 +15,8 @@ tuples of names, most general first, joined with ``/`` in the file:
   socket, the node's own tasks and bookkeeping per connection; ``evsim calibrate`` measures it as what a
   station's boot costs each side beyond its operations).
 * ``tls/<side>/<mode>/<version>/<group>/<key>``: a TLS handshake; side ``client`` or ``server``, mode
-  ``full``, ``resumed``, ``mutual`` (full, with a client certificate) or ``failed``; version ``1.2`` /
+  ``full``, ``resumed`` or ``mutual`` (full, with a client certificate); a server charges ``tls/server``
+  before the handshake (the client waits meanwhile) and what the negotiated kind costs beyond it after; version ``1.2`` /
   ``1.3``; the key-exchange group (``x25519``, ``secp256r1``...); the server key type (``ec`` / ``rsa``).
 * ``ws/<side>``: a WebSocket opening handshake.
 * ``ocpp/serve/<action>``: answering a CALL (decode, dispatch, encode the answer), ``ocpp/call/<action>``:
@@ -345,10 +346,13 @@ class Cpu:
         self._ops: collections.Counter[str] = collections.Counter()
         self._busy_by: dict[str, float] = collections.defaultdict(float)
 
-    async def charge(self, kind: Kind, size: int = 0) -> None:
+    async def charge(self, kind: Kind, size: int = 0, *, less: Kind | None = None) -> None:
         """Spend the service time of ``kind`` (a message of ``size`` bytes), sharing the cores with the
-        operations in progress. Cancelled, it leaves at once (what it was served counts as busy time)."""
+        operations in progress; with ``less``, only what ``kind`` costs beyond ``less`` (charged before, when
+        the precise kind was not known yet). Cancelled, it leaves at once (what it was served counts)."""
         cost = self.profile.cost(kind, size) * self.scale
+        if less is not None:
+            cost = max(0.0, cost - self.profile.cost(less) * self.scale)
         label = _key(kind[:3])
         self._ops[label] += 1
         if cost <= 0:

@@ -185,16 +185,35 @@ def test_a_storm_queues_on_the_model_and_more_cores_drain_it_sooner() -> None:
     one, usage = _first_boots(f"cpu = {{ cores = 1, {costs} }}")
     two, _ = _first_boots(f"cpu = {{ cores = 2, {costs} }}", f"cpu = {{ cores = 1, {costs} }}")
     assert one["booted"] == two["booted"] == 4
-    # four server handshakes of 0.1 s share one core and all end at 0.4 s, or two cores and end at 0.2 s (the
-    # clients' 1 ms each runs on the fleet's own core meanwhile)
-    assert one["drain_s"] == pytest.approx(0.4, abs=1e-4)
-    assert two["drain_s"] == pytest.approx(0.2, abs=1e-4)
+    # four server handshakes of 0.1 s share one core and all end at 0.4 s, or two cores and end at 0.2 s; then
+    # the clients' 1 ms each, the four sharing the fleet's core
+    assert one["drain_s"] == pytest.approx(0.404, abs=1e-4)
+    assert two["drain_s"] == pytest.approx(0.204, abs=1e-4)
     main = next(u for u in usage if u["cpu"] == "main")
     assert main["busy"] == pytest.approx(0.4, abs=1e-4)  # plus the profile's per-KiB message costs
     assert isinstance(main["queue_peak"], int) and main["queue_peak"] >= 3
     ops = main["operations"]
     assert isinstance(ops, dict) and ops["tls/server/full"] == 4 and ops["ws/server"] == 4
     assert ops["ocpp/serve/BootNotification"] == 4
+
+
+def test_an_overloaded_server_times_handshakes_out_and_stations_retry_with_back_off() -> None:
+    # six 2-second server handshakes on one core: 12 s of work, past the clients' 10 s handshake timeout
+    slow = 'costs = { "tls/server" = 2000000 }'
+    storm = STORM.replace("count = 4", "count = 6").replace('duration = "5m"', 'duration = "10m"')
+    result = run_scenario(loads_scenario(storm.format(cpu=f"cpu = {{ cores = 1, {slow} }}", fleet_cpu="")))
+    events = [{"t": e.t, "node": e.node, "kind": e.kind, **e.data} for e in result.recorder.events]
+    topo = Topology(groups={f"fleet-{n:04d}": "fleet" for n in range(1, 7)})
+    one = storm_figures(events, topo)["fleet"]
+    assert one["booted"] == 6  # all in the end, spread out by the back-off
+    assert one["retries"] > 0 and one["stations_retried"] > 0
+    assert one["drain_s"] > 20
+    # four cores: 3 s each, within the timeout; no retry
+    result = run_scenario(loads_scenario(storm.format(cpu=f"cpu = {{ cores = 4, {slow} }}", fleet_cpu="")))
+    events = [{"t": e.t, "node": e.node, "kind": e.kind, **e.data} for e in result.recorder.events]
+    four = storm_figures(events, topo)["fleet"]
+    assert (four["booted"], four["retries"]) == (6, 0)
+    assert four["drain_s"] == pytest.approx(3.0, abs=0.05)
 
 
 def test_calibrate_writes_a_loadable_profile(tmp_path: Path) -> None:

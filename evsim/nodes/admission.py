@@ -75,7 +75,7 @@ from evsim.nodes.expiry import ExpiryMonitor
 from evsim.ocpp.versions import choose_subprotocol, subprotocol_for
 from evsim.recorder import Recorder, bind_peer
 from evsim.tls.context import ServerTls
-from evsim.tls.cost import failed_handshake_kind, handshake_kind
+from evsim.tls.cost import handshake_kind
 from evsim.tls.events import ocpp_security_event
 from evsim.tls.stream import TlsInfo, TlsStream, tls_accept
 from evsim.ws import Accept, Reject, UpgradeRequest, WebSocket, ws_server
@@ -634,8 +634,9 @@ async def admit_station(
         budget: failed authentications per source: 401 refusals count, an address past its budget gets 429
             without ``decide`` being asked (one ``auth_throttled`` event per cool-down).
         rejections: upgrade refusals by HTTP status, counted here for the 429s.
-        cpu: the server's CPU model (virtual time): charged for the connection, the handshake (failed ones
-            too) and the upgrade, before the upgrade request is answered.
+        cpu: the server's CPU model (virtual time): charged for the connection, a full handshake before the
+            handshake (so an overloaded server makes clients' handshakes time out), what the kind negotiated
+            costs beyond that after it, and the upgrade before the request is answered.
 
     Returns:
         True when the station is admitted (``admission.ws`` and ``admission.decision`` set), False when the
@@ -654,17 +655,21 @@ async def admit_station(
     if cpu is not None:
         await cpu.charge(("conn", "server"))
     if server_tls is not None:
+        if (
+            cpu is not None
+        ):  # the handshake's work, while the client waits for it (its handshake_timeout runs)
+            await cpu.charge(("tls", "server"))
         tls_stream = await accept_tls(
             admission.stream, server_tls, node=node, clock=clock, recorder=recorder, failures=failures
         )
         if tls_stream is None:
-            if cpu is not None:
-                await cpu.charge(failed_handshake_kind("server"))
             return False
         admission.stream = tls_stream
         admission.tls_info = info = tls_stream.info
-        if cpu is not None:
-            await cpu.charge(handshake_kind(info, server_cert=server_tls.identity.chain[0]))
+        if cpu is not None:  # what this kind of handshake costs beyond the one charged
+            await cpu.charge(
+                handshake_kind(info, server_cert=server_tls.identity.chain[0]), less=("tls", "server")
+            )
         client = common_name(info.peer_chain[0]) if info.peer_chain else None
         recorder.emit(
             node,

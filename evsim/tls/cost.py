@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from evsim.cpu import Kind
 from evsim.tls.stream import TlsInfo
 
-__all__ = ["failed_handshake_kind", "handshake_kind", "key_kind"]
+__all__ = ["handshake_kind", "key_kind"]
 
 
 def key_kind(cert: x509.Certificate | None) -> str:
@@ -50,8 +50,3 @@ def handshake_kind(
     leaf = info.peer_chain[0] if info.side == "client" and info.peer_chain else server_cert
     version = info.version.removeprefix("TLSv")
     return ("tls", info.side, mode, version, (info.group or "unknown").lower(), key_kind(leaf))
-
-
-def failed_handshake_kind(side: str) -> Kind:
-    """A handshake that failed: the profile's ``tls/<side>/failed`` (or ``tls/<side>``) cost."""
-    return ("tls", side, "failed")
