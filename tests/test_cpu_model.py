@@ -143,6 +143,8 @@ def test_scenario_cpu_keys_are_validated_with_did_you_mean() -> None:
     assert "tls" in info.value.fix
     with pytest.raises(ConfigError, match="cores"):
         loads_scenario(STORM.format(cpu="cpu = { cores = 0 }", fleet_cpu=""))
+    with pytest.raises(ConfigError, match="virtual time only"):
+        loads_scenario(STORM.format(cpu='clock = "real"', fleet_cpu="cpu = { cores = 1 }"))
 
 
 def test_scenario_cpu_tables_reach_every_node_and_a_node_may_override() -> None:

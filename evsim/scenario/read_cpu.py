@@ -25,15 +25,23 @@ def read_cpu(ctx: LoadContext, doc: Mapping[str, object]) -> FrozenMap[str, CpuS
     """Node or group name -> its CPU model, for every node that has one (the sections are already checked).
 
     Raises:
-        ConfigError: a bad ``cpu`` table, located in the file.
+        ConfigError: a bad ``cpu`` table, located in the file, or one in a run on the real clock (real CPU is
+            spent there: the model would do nothing).
     """
     base = None if ctx.source.startswith("<") else Path(ctx.source).resolve().parent
 
     def spec(path: tuple[str, ...], data: object) -> CpuSpec:
+        if real_clock:
+            raise ctx.error(
+                path,
+                "the CPU model runs in virtual time only (on the real clock the real CPU is spent)",
+                fix='remove this cpu table, or use clock = "virtual"',
+            )
         what = 'a cpu table, e.g. cpu = { cores = 1, profile = "reference" }'
         return CpuSpec.from_toml(ScenarioTable(ctx, path, data, CPU_KEYS, what=what), base=base)
 
     sim = doc.get("simulation")
+    real_clock = isinstance(sim, Mapping) and sim.get("clock") == "real"
     default = spec(("simulation", "cpu"), sim["cpu"]) if isinstance(sim, Mapping) and "cpu" in sim else None
     plan: dict[str, CpuSpec] = {}
     for section in NODE_SECTIONS:
