@@ -2,7 +2,7 @@
 
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
 ``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``,
-and any name of ``SECTIONS``: ``nts``, ``relay``, ``firmware``, ...; ``BENCH_NTS_SECONDS`` seconds per NTS phase,
+and any name of ``SECTIONS``: ``nts``, ``relay``, ``firmware``, ``cpu-model``, ...; ``BENCH_NTS_SECONDS`` seconds per NTS phase,
 default 3), ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs
 in its own subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute
 times.
@@ -20,7 +20,7 @@ import tempfile
 import time
 
 from bench import firmware, nts
-from bench.common import Result
+from bench.common import Result, print_module_section
 from bench.floor import handshake_floor
 from evsim.clock import real_utcnow
 from evsim.pki import init_dev_pki
@@ -50,18 +50,7 @@ def _tls_handshake_section() -> None:
 def _failover_section() -> None:
     """Failover recovery of N stations when the primary CSMS dies, in virtual time and over loopback TCP
     (``bench/failover.py``; a subprocess, bounded by the runs' durations)."""
-    n = os.environ.get("BENCH_N", "1000")
-    try:
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.failover", "--stations", n],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        print(out.stdout.rstrip() or out.stderr.strip().splitlines()[-1:])
-    except subprocess.TimeoutExpired:
-        print("! the failover runs did not finish within 10 minutes")
+    print_module_section("bench.failover", timeout=600, what="failover runs")
 
 
 def _relay_section() -> None:
@@ -71,12 +60,19 @@ def _relay_section() -> None:
     print(relay.render(relay.run(500, 300, 5), 500, 300))
 
 
+def _cpu_model_section() -> None:
+    from bench import cpu_model
+
+    cpu_model.section()
+
+
 SECTIONS = {
     "tls-handshake": _tls_handshake_section,
     "failover": _failover_section,
     "nts": nts.section,
     "relay": _relay_section,
     "firmware": firmware.section,
+    "cpu-model": _cpu_model_section,
 }
 """Sections ``python -m bench SECTION`` runs alone."""
 

@@ -8,7 +8,10 @@ owns (normally a temporary one).
 from __future__ import annotations
 
 import datetime
+import os
 import resource
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -130,3 +133,20 @@ def load_note(wall_s: float, cpu_seconds: float) -> str | None:
         f"taken on a loaded machine: wall {wall_s:.1f} s vs CPU {cpu_seconds:.1f} s "
         f"({wall_s / cpu_seconds:.1f}x); CPU figures are the ones to read"
     )
+
+
+def print_module_section(module: str, *, timeout: float, what: str) -> None:
+    """Run ``python -m module --stations BENCH_N`` in a subprocess (its own memory and file limits), bounded by
+    ``timeout`` seconds, and print its output (or its last error line; ``what`` names it when it times out)."""
+    n = os.environ.get("BENCH_N", "1000")
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", module, "--stations", n],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        print(out.stdout.rstrip() or out.stderr.strip().splitlines()[-1:])
+    except subprocess.TimeoutExpired:
+        print(f"! the {what} did not finish within {timeout / 60:g} minutes")

@@ -347,6 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("target", metavar="handshake|RUN_DIR", help="'handshake' or a run directory")
     exp.add_argument("rest", nargs=argparse.REMAINDER, help="the options of that form")
 
+    cal = sub.add_parser(
+        "calibrate",
+        help="measure the CPU model's service times on this machine and write a profile (JSON)",
+        parents=[verbosity],
+    )
+    cal.add_argument(
+        "--out", default="cpu-profile.json", help="profile file to write (default: cpu-profile.json)"
+    )
+    cal.add_argument("--name", default="calibrated", help="the profile's name (default: calibrated)")
+    cal.add_argument("--iterations", type=int, default=50, help="operations per round and kind (default: 50)")
+    cal.add_argument("--rounds", type=int, default=5, help="rounds per kind; the median counts (default: 5)")
+
     fw = sub.add_parser("firmware", help="signed firmware images (OCPP L01)", parents=[verbosity])
     fw_sub = fw.add_subparsers(dest="firmware_command", required=True, metavar="ACTION")
     sign = fw_sub.add_parser(
@@ -487,6 +499,10 @@ def _main(argv: Sequence[str] | None) -> int:
             return _explain(args)
         if args.command == "firmware":
             return commands.firmware_sign(args)
+        if args.command == "calibrate":
+            from evsim import calibrate
+
+            return calibrate.command(args)
     except (EvsimError, KeyboardInterrupt) as exc:
         return _failed(exc)
     except BrokenPipeError as exc:

@@ -21,7 +21,7 @@ class Seconds(float):
 def human_duration(seconds: float) -> str:
     """A duration as a person reads it, in units :func:`evsim.scenario.units.parse_duration` reads back.
 
-    Below a second: milliseconds (``250ms``, ``0.4ms``); below a minute: seconds with up to three significant
+    Below a millisecond: microseconds (``183us``); below a second: milliseconds (``250ms``, ``1.5ms``); below a minute: seconds with up to three significant
     digits (``1.5s``, ``42.3s``); from a minute up: whole seconds split into days, hours, minutes and seconds,
     zero parts left out (``4d``, ``1h30m``, ``30m24s``).
 
@@ -37,6 +37,8 @@ def human_duration(seconds: float) -> str:
         return "-" + human_duration(-seconds)
     if seconds == 0:
         return "0s"
+    if seconds < 0.0009995:
+        return f"{seconds * 1_000_000:.3g}us"
     if seconds < 0.9995:
         return f"{seconds * 1000:.3g}ms"
     if seconds < 59.95:

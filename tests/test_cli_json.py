@@ -157,7 +157,8 @@ def test_human_durations_read_back_as_scenario_durations() -> None:
 
     cases = {
         0.0: "0s",
-        0.00042: "0.42ms",
+        0.00042: "420us",
+        0.0042: "4.2ms",
         0.25: "250ms",
         1.5: "1.5s",
         42.34: "42.3s",

@@ -43,6 +43,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "evsim.text",
             "evsim.toml_table",
             "evsim.interrupts",
+            "evsim.cpu",
         ),
     ),
     ("pki", ("evsim.pki",)),
@@ -58,7 +59,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("world", ("evsim.world", "evsim.testing")),
     ("scenario", ("evsim.scenario",)),
     ("explain", ("evsim.explain",)),
-    ("cli", ("evsim.cli", "evsim.commands", "evsim.__main__")),
+    ("cli", ("evsim.cli", "evsim.commands", "evsim.__main__", "evsim.calibrate")),
 )
 
 #: Layers that may import from fewer layers than all those below them.

@@ -110,6 +110,12 @@ def test_boot_storm_outcome() -> None:
     assert r.recorder.counts["handshake_failed"] == 0
     assert sum(rec.boots for rec in r.csms["main"].stations.values()) == 1000
     assert r.samples[-1].connected_stations == 1000  # sampled at the end, before teardown
+    # the CPU model is on: the storm takes virtual time, the fleet's core and the CSMS's are both busy
+    usage = {e.data["cpu"]: e.data for e in r.recorder.of_kind("cpu_usage")}
+    assert set(usage) == {"main", "storm"} and all(
+        u["busy"] > 0.5 and u["queue_peak"] > 100 for u in usage.values()
+    )
+    assert max(e.t for e in r.recorder.of_kind("booted")) > 0.5
 
 
 def test_tls_downgrade_attack_outcome() -> None:
@@ -217,6 +223,8 @@ def test_lc_upstream_failover_outcome() -> None:
     assert (stations.online, stations.affected) == (20, 0)  # keep_station: no station noticed
     assert not [e for e in r.recorder.of_kind("connection_lost") if e.node in r.stations]
     assert (links.affected, dict(links.back_to)) == (20, {"depot -> secondary": 20})
+    back = links.time_until(1.0)
+    assert back is not None and 0 < back < 1  # the CPU model: 20 upstream handshakes and boots take time
     secondary_boots = [e for e in r.recorder.of_kind("booted") if e.node == "secondary"]
     assert len(secondary_boots) == 20  # the controller replays each kept station's boot on the new endpoint
     assert _tx(r) == (40, 40, 0, True)

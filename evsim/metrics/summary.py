@@ -204,6 +204,7 @@ def summarize(
     """
     from evsim.metrics.certificates import certificate_tables  # these import Table from here
     from evsim.metrics.clocks import clock_tables
+    from evsim.metrics.cpu import cpu_tables
     from evsim.metrics.issuers import issuer_table, issuer_uses
     from evsim.metrics.load import load_tables
     from evsim.metrics.pairing import PAIRING_KINDS, pairing_tables
@@ -254,6 +255,7 @@ def summarize(
             *pairing_tables(evs),
             *transfer_tables(evs),
             *((issuer_table(uses),) if (uses := issuer_uses(evs, roles)) else ()),
+            *cpu_tables(evs, topo),
         )
     )
 

@@ -68,12 +68,14 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from evsim.clock import SimClock
+from evsim.cpu import Cpu
 from evsim.errors import ConfigError, HandshakeFailed, UpgradeFailed
 from evsim.net.base import peer_address, remote_address
 from evsim.nodes.expiry import ExpiryMonitor
 from evsim.ocpp.versions import choose_subprotocol, subprotocol_for
 from evsim.recorder import Recorder, bind_peer
 from evsim.tls.context import ServerTls
+from evsim.tls.cost import handshake_kind
 from evsim.tls.events import ocpp_security_event
 from evsim.tls.stream import TlsInfo, TlsStream, tls_accept
 from evsim.ws import Accept, Reject, UpgradeRequest, WebSocket, ws_server
@@ -610,6 +612,7 @@ async def admit_station(
     on_tls: Callable[[TlsInfo], None] | None = None,
     budget: AuthBudget | None = None,
     rejections: collections.Counter[int] | None = None,
+    cpu: Cpu | None = None,
 ) -> bool:
     """The listener steps of the CSMS and the Local Controller: :func:`accept_tls` (when ``server_tls`` is
     set), then :func:`upgrade_station` with ``decide`` seeing the handshake's outcome.
@@ -631,6 +634,9 @@ async def admit_station(
         budget: failed authentications per source: 401 refusals count, an address past its budget gets 429
             without ``decide`` being asked (one ``auth_throttled`` event per cool-down).
         rejections: upgrade refusals by HTTP status, counted here for the 429s.
+        cpu: the server's CPU model (virtual time): charged for the connection, a full handshake before the
+            handshake (so an overloaded server makes clients' handshakes time out), what the kind negotiated
+            costs beyond that after it, and the upgrade before the request is answered.
 
     Returns:
         True when the station is admitted (``admission.ws`` and ``admission.decision`` set), False when the
@@ -646,7 +652,13 @@ async def admit_station(
     source = admission.source
     bind_peer(admission.peer)
     recorder.emit(node, "connection_opened")
+    if cpu is not None:
+        await cpu.charge(("conn", "server"))
     if server_tls is not None:
+        if (
+            cpu is not None
+        ):  # the handshake's work, while the client waits for it (its handshake_timeout runs)
+            await cpu.charge(("tls", "server"))
         tls_stream = await accept_tls(
             admission.stream, server_tls, node=node, clock=clock, recorder=recorder, failures=failures
         )
@@ -654,6 +666,10 @@ async def admit_station(
             return False
         admission.stream = tls_stream
         admission.tls_info = info = tls_stream.info
+        if cpu is not None:  # what this kind of handshake costs beyond the one charged
+            await cpu.charge(
+                handshake_kind(info, server_cert=server_tls.identity.chain[0]), less=("tls", "server")
+            )
         client = common_name(info.peer_chain[0]) if info.peer_chain else None
         recorder.emit(
             node,
@@ -692,6 +708,8 @@ async def admit_station(
             )
         return verdict
 
+    if cpu is not None:
+        await cpu.charge(("ws", "server"))
     upgraded = await upgrade_station(
         admission.stream,
         gate,

@@ -71,6 +71,7 @@ import trio
 from cryptography import x509
 
 from evsim.clock import SimClock
+from evsim.cpu import Cpu
 from evsim.errors import (
     ConfigError,
     TransportError,
@@ -395,6 +396,8 @@ class LocalController:
         #: failed upstream attempts by reason (counted by the relay pairs; ``statistics().upstream_failures``)
         self.upstream_failures: collections.Counter[str] = collections.Counter()
         self._auth_budget = AuthBudget(config.auth_budget) if config.auth_budget is not None else None
+        self.cpu: Cpu | None = None
+        """Its CPU model in virtual time (:mod:`evsim.cpu`; None: operations cost no time)."""
         self.expiry: ExpiryMonitor | None = None
         """Where its own certificate and its stations' are noted for ``cert_expiring`` (None: not watched)."""
 
@@ -427,6 +430,7 @@ class LocalController:
                 compression=self.config.compression,
                 budget=self._auth_budget,
                 rejections=self._upgrade_rejections,
+                cpu=self.cpu,
             ):
                 assert admission.ws is not None
                 decision = admission.decision

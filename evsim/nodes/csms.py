@@ -59,6 +59,7 @@ import trio
 from cryptography import x509
 
 from evsim.clock import SimClock, isoformat
+from evsim.cpu import Cpu
 from evsim.errors import (
     ConfigError,
     OcppError,
@@ -298,6 +299,8 @@ class Csms:
         self._tls_versions: collections.Counter[str] = collections.Counter()
         self._tls_suites: collections.Counter[str] = collections.Counter()
         self._auth_budget = AuthBudget(config.auth_budget) if config.auth_budget is not None else None
+        self.cpu: Cpu | None = None
+        """Its CPU model in virtual time (:mod:`evsim.cpu`; None: operations cost no time)."""
         self.expiry: ExpiryMonitor | None = None
         """Where its own certificate and its stations' are noted for ``cert_expiring`` (None: not watched)."""
         #: running totals for cheap periodic sampling: "messages", "tx_started", "tx_ended"
@@ -339,6 +342,7 @@ class Csms:
                 on_tls=self._count_tls,
                 budget=self._auth_budget,
                 rejections=self._upgrade_rejections,
+                cpu=self.cpu,
             ):
                 assert admission.ws is not None
                 decision = admission.decision
@@ -436,7 +440,7 @@ class Csms:
                 connection_admitted()
             return response
 
-        session = conn.session = OcppSession(ws, rpc, handler, on_event=inputs)
+        session = conn.session = OcppSession(ws, rpc, handler, on_event=inputs, cpu=self.cpu)
         if rec.connection is None:
             make_live(rec, conn)  # else it waits beside the live one until its own boot is Accepted
         self.recorder.emit(

@@ -40,6 +40,8 @@ from evsim.nodes.relay import (
 )
 from evsim.ocpp.rpc import random_id_prefix
 from evsim.ocpp.versions import version_for
+from evsim.tls.cost import handshake_kind
+from evsim.tls.stream import TlsStream
 from evsim.ws import WebSocket, ws_client
 from evsim.ws.auth import basic_auth_header
 from evsim.ws.paths import station_path
@@ -297,6 +299,12 @@ class RelayPair:
                 headers.append(basic_auth_header(sid, password))
 
         async def setup(stream: trio.abc.Stream, endpoint: Endpoint) -> WebSocket:
+            if lc.cpu is not None:
+                if isinstance(stream, TlsStream):
+                    await lc.cpu.charge(
+                        handshake_kind(stream.info, client_cert=endpoint.identity is not None)
+                    )
+                await lc.cpu.charge(("ws", "client"))
             ws = await ws_client(
                 stream,
                 host=endpoint.host,
@@ -401,6 +409,8 @@ class RelayPair:
             while not core.has_room(to):
                 await self._wait_changed()
             text = await ws.receive_text()
+            if self.lc.cpu is not None:
+                await self.lc.cpu.charge(("relay", side), len(text))
             if side == STATION:
                 state.frames_up += 1
             else:

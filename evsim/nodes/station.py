@@ -47,6 +47,7 @@ import attrs
 import trio
 
 from evsim.clock import NodeClock, SimClock, isoformat
+from evsim.cpu import Cpu
 from evsim.errors import (
     CallErrorReceived,
     CallTimeout,
@@ -76,6 +77,7 @@ from evsim.pki.ca import CertKey
 from evsim.recorder import Recorder
 from evsim.tls.config import Identity
 from evsim.tls.context import ClientTls
+from evsim.tls.cost import handshake_kind
 from evsim.tls.events import (
     PEER_KEY_CHANGED,
     PIN_ADDED,
@@ -203,6 +205,7 @@ class Station:
         self._tls_built: tuple[int, ClientTls, ClientTls] | None = None  # (version, base, built)
         self.expiry: ExpiryMonitor | None = None
         """Where the certificates of its connections are noted for ``cert_expiring`` (None: not watched)."""
+        self.cpu: Cpu | None = None  # the CPU model in virtual time (evsim.cpu), often shared by a fleet
         self._used_candidate = False  # the current connection attempt uses a renewed, unproven certificate
         self._boot_clock = BootClock()
         self._session_host = ""  # the host of the current connection's endpoint (its round trips' endpoint)
@@ -445,6 +448,8 @@ class Station:
         stream: trio.abc.Stream = await self.network.connect(host, port, source=self.config.station_id)
         ws: WebSocket | None = None
         try:
+            if self.cpu is not None:
+                await self.cpu.charge(("conn", "client"))
             if client_tls is not None:
                 tls_stream = await tls_connect(
                     stream,
@@ -456,6 +461,10 @@ class Station:
                 )
                 stream = tls_stream
                 self.tls_info = tls_stream.info
+                if self.cpu is not None:
+                    await self.cpu.charge(
+                        handshake_kind(tls_stream.info, client_cert=client_tls.identity is not None)
+                    )
                 self.recorder.emit(
                     self.name,
                     "handshake_ok",
@@ -472,6 +481,8 @@ class Station:
             headers: list[tuple[str, str]] = []
             if profile.security_profile in (1, 2) and password is not None:
                 headers.append(basic_auth_header(identity, password))
+            if self.cpu is not None:
+                await self.cpu.charge(("ws", "client"))
             ws = await ws_client(
                 stream,
                 host=host,
@@ -485,7 +496,7 @@ class Station:
                 await ws.aclose(1002, "no OCPP subprotocol agreed")
                 raise OcppError("CSMS agreed no OCPP subprotocol", error_code="ProtocolError")
             rpc = RpcConnection(version=version_for(ws.subprotocol), call_timeout=profile.message_timeout)
-            session = OcppSession(ws, rpc, self._handle_csms_call, on_event=self._on_rpc_event)
+            session = OcppSession(ws, rpc, self._handle_csms_call, on_event=self._on_rpc_event, cpu=self.cpu)
             async with trio.open_nursery() as nursery:
                 self._link_scope = nursery.cancel_scope
                 await nursery.start(self._run_session, session, nursery.cancel_scope)

@@ -59,6 +59,7 @@ import attrs
 import trio
 
 from evsim.clock import SimClock
+from evsim.cpu import Cpu
 from evsim.errors import (
     BrokenTransport,
     CallErrorReceived,
@@ -216,6 +217,10 @@ class OcppSession:
         max_send_queue: bytes that may wait to be sent before the reader stops reading (back-pressure).
         send_timeout: seconds without progress of the writer, while frames wait, before the session ends
             with :class:`~evsim.errors.PeerNotReading` (found within twice that); None never gives up.
+        cpu: the node's CPU model in virtual time (:mod:`evsim.cpu`): ``call()`` charges
+            ``ocpp/call/<action>`` (and ``validate/<action>`` when the RPC core validates) before the CALL
+            leaves, an incoming CALL ``ocpp/serve/<action>`` (and ``validate/<action>``) before its handler
+            runs, both by the frame's size. None: no cost.
     """
 
     def __init__(
@@ -229,6 +234,7 @@ class OcppSession:
         on_send: SendHandler | None = None,
         max_send_queue: int = DEFAULT_MAX_SEND_QUEUE,
         send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
+        cpu: Cpu | None = None,
     ) -> None:
         if max_send_queue < 1 or (send_timeout is not None and send_timeout <= 0):
             raise ValueError("max_send_queue and send_timeout must be positive")
@@ -270,6 +276,8 @@ class OcppSession:
 
         self._handler_errors = 0
         self._last_handler_error: str | None = None
+        self._cpu = cpu
+        self._sizes: dict[str, int] = {}  # with a CPU model: incoming CALL id -> its frame's size
 
     # ---- public API -----------------------------------------------------------------------------------
 
@@ -341,11 +349,14 @@ class OcppSession:
         """
         if self._closed:
             raise self._closed_error(action)
+        queued = self.rpc.queued_bytes
         mid = self.rpc.call(action, payload, self._now())
         waiter = _Waiter()
         self._waiters[mid] = waiter
-        self._send_queued()
         try:
+            if self._cpu is not None:
+                await self._charge("call", action, self.rpc.queued_bytes - queued)
+            self._send_queued()
             await waiter.wait()
         finally:
             if not waiter.done:  # cancelled: withdraw it if it has not been sent yet
@@ -467,7 +478,12 @@ class OcppSession:
         try:
             while True:
                 text = await receive_text()
-                self._dispatch(rpc.receive(text, now()))
+                events = rpc.receive(text, now())
+                if self._cpu is not None:
+                    for event in events:
+                        if isinstance(event, CallReceived):
+                            self._sizes[event.message_id] = len(text)
+                self._dispatch(events)
                 if incoming and not self._handling and await self._answer_incoming():
                     return  # a handler blocked: another task reads now
                 self._send_queued()
@@ -625,8 +641,16 @@ class OcppSession:
         with contextlib.suppress(ValueError):  # no longer pending: the connection was reset meanwhile
             self.rpc.reply_error(message_id, code, description)
 
+    async def _charge(self, role: str, action: str, size: int) -> None:
+        assert self._cpu is not None
+        await self._cpu.charge(("ocpp", role, action), size)
+        if self.rpc.validate:
+            await self._cpu.charge(("validate", action), size)
+
     async def _answer(self, event: CallReceived) -> None:
         mid = event.message_id
+        if self._cpu is not None:
+            await self._charge("serve", event.action, self._sizes.pop(mid, 0))
         try:
             response = await self._handler(event.action, event.payload)
         except OcppError as exc:

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from evsim.backoff import RetryBackOff
+from evsim.cpu import CpuSpec
 from evsim.scenario.model import (
     CertificateSpec,
     ChangeSpec,
@@ -275,6 +276,16 @@ def _energy_manager(e: EnergyManagerSpec) -> dict[str, Any]:
     }
 
 
+def _cpu(c: CpuSpec) -> dict[str, Any]:
+    return {
+        "cores": c.cores,
+        "profile": c.profile,
+        "scale": c.scale,
+        "costs": dict(c.costs),
+        "shared": c.shared,
+    }
+
+
 def scenario_document(sc: Scenario) -> dict[str, Any]:
     """The parsed-TOML form of a scenario: what ``tomllib`` would return for a file saying the same."""
     sim = sc.simulation
@@ -323,6 +334,10 @@ def scenario_document(sc: Scenario) -> dict[str, Any]:
             )
             for n in sc.nts_servers.values()
         }
+    for name, spec in sc.cpu.items():  # each node's own table (a [simulation] default is already spread out)
+        for section in ("csms", "controllers", "stations"):
+            if name in doc[section]:
+                doc[section][name]["cpu"] = _cpu(spec)
     return doc
 
 

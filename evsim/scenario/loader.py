@@ -50,6 +50,7 @@ from evsim.scenario.model import (
     SimulationSpec,
 )
 from evsim.scenario.read_clocks import check_nts_names, read_nts_servers
+from evsim.scenario.read_cpu import read_cpu
 from evsim.scenario.read_energy import EnergyReader
 from evsim.scenario.read_files import FileReader
 from evsim.scenario.read_nodes import NodeReader
@@ -278,6 +279,7 @@ class _Builder(NodeReader, EnergyReader, FileReader, TimelineReader):
             file_servers=file_servers,
             file_services=file_services,
             file_transfers=self.file_transfers(root),
+            cpu=read_cpu(self.ctx, doc),
         )
 
     # ------------------------------------------------------------ [simulation]

@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeAlias
 import attrs
 
 from evsim.backoff import RetryBackOff
+from evsim.cpu import CpuSpec
 from evsim.frozenmap import FrozenMap, frozen_map
 from evsim.link.service import Service
 from evsim.metrics.outcome import Expectation
@@ -531,6 +532,8 @@ class Scenario:
         energy_managers: ``[energy_managers.<name>]`` by name.
         firmware, file_servers, file_services, file_transfers: HTTPS file servers and what they serve
             (:mod:`evsim.scenario.files`).
+        cpu: node or station-group name -> its CPU model in virtual time (:mod:`evsim.scenario.read_cpu`);
+            empty: operations take no virtual time.
     """
 
     simulation: SimulationSpec
@@ -551,6 +554,7 @@ class Scenario:
     file_servers: FrozenMap[str, FileServerSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
     file_services: FrozenMap[str, FileServiceSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
     file_transfers: FileTransfersSpec = attrs.field(factory=FileTransfersSpec)
+    cpu: FrozenMap[str, CpuSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
 
     def station_ids(self) -> list[str]:
         """Every station identity, group by group in file order.

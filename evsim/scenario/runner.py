@@ -248,6 +248,7 @@ class ScenarioRunner:
                 "runner", "run_started", scenario=sim.name, seed=sim.seed, stations=sc.station_count()
             )
             self.outcome = "running"
+            world.cpu_plan.update(sc.cpu)
             await self.start_nodes(world)
             world.play((ev.at, ev.action) for ev in sc.timeline)
             world.nursery.start_soon(self._sampler, world)
@@ -259,6 +260,7 @@ class ScenarioRunner:
             if world.relay is not None:
                 world.recorder.emit("relay", "relay_statistics", **attrs.asdict(world.relay.statistics()))
             world.recorder.flush()  # the round-trip windows still open
+            world.record_cpu_usage()
             world.recorder.emit("runner", "run_ended", outcome=self.outcome)
 
     async def start_nodes(self, world: World) -> None:

@@ -30,7 +30,14 @@ __all__ = [
     "type_name",
 ]
 
-UNIT_SECONDS: dict[str, float] = {"d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+UNIT_SECONDS: dict[str, float] = {
+    "d": 86_400.0,
+    "h": 3_600.0,
+    "m": 60.0,
+    "s": 1.0,
+    "ms": 0.001,
+    "us": 0.000_001,
+}
 """Duration units, largest first (their order in a combination like ``"1h30m"``)."""
 
 MAX_DURATION_S = 100 * 365 * 86_400.0

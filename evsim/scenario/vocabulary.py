@@ -60,6 +60,7 @@ SIMULATION_KEYS: Final = (
     "network",
     "start",
     "stop_when_done",
+    "cpu",
 )
 PKI_KEYS: Final = ("key_type", "validity", "organization", "roots", "expiry_warning")
 ROOT_KEYS: Final = ("key_type",)
@@ -100,6 +101,7 @@ CSMS_KEYS: Final = (
     "trusted_controllers",
     "signing",
     "client_trust",
+    "cpu",
 )
 SIGNING_KEYS: Final = ("max_concurrent", "max_queued", "validity")
 STATION_CERTIFICATE_KEYS: Final = (
@@ -136,6 +138,7 @@ STATION_KEYS: Final = (
     "fallback",
     "certificates",
     "clock",
+    "cpu",
 )
 CLOCK_KEYS: Final = (
     "offset",
@@ -173,6 +176,7 @@ CONTROLLER_KEYS: Final = (
     "client_auth",
     "auto_accept",
     "pairing_window",
+    "cpu",
 )
 CLIENT_AUTH_KINDS: Final[tuple[Literal["required", "pairing"], ...]] = ("required", "pairing")
 ENERGY_MANAGER_KEYS: Final = (

@@ -17,6 +17,7 @@ import trio
 import trio.testing
 
 from evsim.clock import SimClock
+from evsim.cpu import Cpu, CpuSpec
 from evsim.errors import ConfigError
 from evsim.net.base import FaultyNetwork, Network
 from evsim.net.capture import Capture
@@ -124,6 +125,9 @@ class WorldBase:
         self._hosts: dict[str, str] = {}  # host -> node name (CSMS and controllers)
         self._server_peers: dict[str, PeerPolicy] = {}
         self.expiry: ExpiryMonitor | None = None
+        self.cpu_plan: dict[str, CpuSpec] = {}
+        """Node or station-group name -> its CPU model, set before the node starts (see :meth:`cpu_for`)."""
+        self.cpus: dict[str, Cpu] = {}
         """Emits ``cert_expiring`` for the certificates the nodes use and meet (None: no expiry warnings)."""
 
     # ------------------------------------------------------------------ helpers
@@ -133,6 +137,33 @@ class WorldBase:
         network = self.memory if self.memory is not None else self._tcp
         assert network is not None
         network.attach_capture(capture)
+
+    def cpu_for(self, name: str, member: str | None = None) -> Cpu | None:
+        """The CPU model of node ``name`` (of station ``member`` of group ``name``), or None: none planned, or
+        the real clock (where real CPU is spent). A group's stations share one unless its spec says not."""
+        spec = self.cpu_plan.get(name)
+        if spec is None or not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+            return None
+        key = name if member is None or spec.shared else member
+        cpu = self.cpus.get(key)
+        if cpu is None:
+            cpu = self.cpus[key] = spec.build(key)
+        return cpu
+
+    def record_cpu_usage(self) -> None:
+        """One ``cpu_usage`` event per CPU model (node ``runner``, ``cpu`` names it): busy core-seconds,
+        queue peak and operations by kind, so the report's CPU table comes from the event log."""
+        for name, cpu in sorted(self.cpus.items()):
+            st = cpu.statistics()
+            self.recorder.emit(
+                "runner",
+                "cpu_usage",
+                cpu=name,
+                cores=st.cores,
+                busy=round(st.busy_s, 6),
+                queue_peak=st.queue_peak,
+                operations=dict(sorted(st.operations.items())),
+            )
 
     def rng(self, name: str) -> random.Random:
         """The seeded random source of the node ``name``."""

@@ -318,6 +318,7 @@ class World(WorldClocks, WorldEnergy, WorldFiles, WorldStalls):
                 )
             ),
         )
+        csms.cpu = self.cpu_for(name)
         node = CsmsNode(csms, tls=tls, primary=primary, station_password=password)
         node.certificate = cert
         node.signer = signer
@@ -416,6 +417,7 @@ class World(WorldClocks, WorldEnergy, WorldFiles, WorldStalls):
             rng=self.rng(name),
         )
         lc.expiry = self.expiry
+        lc.cpu = self.cpu_for(name)
         if self.expiry is not None and identity is not None:
             self.expiry.note(name, identity.chain[0], role="own")
         node = ControllerNode(lc, tls=tls, routes=routes, upstream_security_profile=upstream_security_profile)
@@ -605,6 +607,7 @@ class World(WorldClocks, WorldEnergy, WorldFiles, WorldStalls):
             station.tls_sessions = SessionStore(tls.session_cache) if tls.session_cache else None
             self.use_nts(station, group, clock)
             station.expiry = self.expiry
+            station.cpu = self.cpu_for(group.name, sid)
             if self.expiry is not None and station.certs.identity is not None:
                 self.expiry.note(sid, station.certs.identity.cert, role="own")
             node = StationNode(station, group)
