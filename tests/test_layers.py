@@ -43,6 +43,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "evsim.text",
             "evsim.toml_table",
             "evsim.interrupts",
+            "evsim.shards",
         ),
     ),
     ("pki", ("evsim.pki",)),
@@ -57,7 +58,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("metrics", ("evsim.metrics",)),
     ("world", ("evsim.world", "evsim.testing")),
     ("scenario", ("evsim.scenario",)),
-    ("cli", ("evsim.cli", "evsim.commands", "evsim.__main__")),
+    ("cli", ("evsim.cli", "evsim.commands", "evsim.__main__", "evsim.workers", "evsim.deploy")),
 )
 
 #: Layers that may import from fewer layers than all those below them.
