@@ -3,6 +3,9 @@
 evsim certs init [--pki certs]            make the development PKI
 evsim csms --listen HOST:PORT --pki DIR   serve wss://HOST:PORT/ocpp/<station-id>
 evsim stations --csms URL --stations N    run N stations against any OCPP 2.0.1 CSMS
+    [--workers K | --shard I/N] [--out DIR] in K processes, or shard I of N; a run directory per shard
+evsim report --merge DIR... [--out DIR]   combine shard run directories into one run and report it
+evsim k8s manifest --shards N             a Kubernetes Indexed Job running the fleet as N shards
 evsim demo --pki DIR                      a CSMS and ten stations in one process (virtual time)
 evsim run FILE / validate FILE... / report RUN_DIR   scenarios (``--json`` on each)
 evsim tls capabilities [--json]           TLS versions, suites, groups and knob states of this engine

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import random
+import resource
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -401,6 +402,8 @@ def run_stations(args: argparse.Namespace) -> int:
         "stations": len(stations),
         "booted": booted,
         "completed": done,
+        # this process's peak resident memory (Linux: KiB), what a pod of this shard needs
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     if shard is not None:
         result["shard"] = {"index": shard.index, "count": shard.count, "first": ids[0], "last": ids[-1]}

@@ -98,6 +98,7 @@ def merged_result(results: Sequence[dict[str, Any] | None], count: int) -> dict[
         "stations": sum(int(r.get("stations", 0)) for r in got),
         "booted": sum(int(r.get("booted", 0)) for r in got),
         "completed": sum(int(r.get("completed", 0)) for r in got),
+        "peak_rss_mib": max((float(r.get("peak_rss_mib", 0)) for r in got), default=0.0),
         "workers": [
             {
                 "shard": f"{i}/{count}",
