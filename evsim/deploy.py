@@ -36,6 +36,8 @@ FORWARDER_IMAGE = "docker.io/alpine/socat:1.8.0.3"
 """The TCP forwarder of the sidecar (any plain TCP proxy does: it never sees plaintext)."""
 
 PKI_MOUNT = "/etc/evsim/pki"
+EVSIM_UID = 10001
+"""The user of ``deploy/Containerfile``'s image."""
 RESULTS_MOUNT = "/results"
 
 
@@ -122,6 +124,8 @@ def job_manifest(
         "args": args,
         "env": env,
         "resources": {"requests": {"cpu": "1", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+        # the image's unprivileged user; it reads the Secret and writes the results through the pod's fsGroup
+        "securityContext": {"runAsUser": EVSIM_UID, "runAsNonRoot": True, "allowPrivilegeEscalation": False},
         "volumeMounts": [
             {"name": "pki", "mountPath": PKI_MOUNT, "readOnly": True},
             {"name": "results", "mountPath": RESULTS_MOUNT},
@@ -131,9 +135,10 @@ def job_manifest(
         del container["env"]
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
+        "securityContext": {"fsGroup": EVSIM_UID},
         "containers": [container],
         "volumes": [
-            {"name": "pki", "secret": {"secretName": f"{name}-pki", "defaultMode": 0o400}},
+            {"name": "pki", "secret": {"secretName": f"{name}-pki", "defaultMode": 0o440}},
             {"name": "results", "persistentVolumeClaim": {"claimName": f"{name}-results"}},
         ],
     }

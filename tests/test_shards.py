@@ -126,10 +126,11 @@ def test_manifest_shards_cover_the_fleet(shards: int, extra: int, profile: int) 
     assert sidecar["restartPolicy"] == "Always"
     assert sidecar["args"][-1] == "TCP:csms.example.com:8443"
     # secrets come from Secrets, never from the manifest
-    assert {"name": "pki", "secret": {"secretName": "evsim-stations-pki", "defaultMode": 0o400}} in pod[
+    assert {"name": "pki", "secret": {"secretName": "evsim-stations-pki", "defaultMode": 0o440}} in pod[
         "volumes"
     ]
     assert ("--password" in container["args"]) == (profile == 2)
+    assert container["securityContext"]["runAsNonRoot"] and pod["securityContext"]["fsGroup"] == 10001
     assert "BEGIN" not in to_yaml(manifest)
 
 
