@@ -501,13 +501,14 @@ def _main(argv: Sequence[str] | None) -> int:
     level = {0: logging.WARNING, 1: logging.INFO}.get(max(args.verbose - args.quiet, 0), logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     _event_lines_as_they_are()
-    from evsim import commands
-    from evsim.runtime import raise_open_file_limit, tune_gc
-
-    tune_gc()
-    raise_open_file_limit()
-
     try:
+        # inside the try: a Ctrl-C while the modules load (a worker of --workers stopped as it starts) is an
+        # interruption like any other, not a traceback
+        from evsim import commands
+        from evsim.runtime import raise_open_file_limit, tune_gc
+
+        tune_gc()
+        raise_open_file_limit()
         if args.command == "certs":
             return commands.certs_init(args)
         if args.command == "csms":

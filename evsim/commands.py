@@ -428,6 +428,7 @@ def run_stations(args: argparse.Namespace) -> int:
         if run_dir is not None:
             print(f"run directory: {run_dir.path}")
     if outcome == "interrupted":
+        print("evsim: interrupted", file=sys.stderr)  # as evsim.cli says it for every command
         return interrupts.EXIT_INTERRUPTED
     return 0 if result["ok"] else 1
 

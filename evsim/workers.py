@@ -10,7 +10,9 @@ the parent merges them (:func:`evsim.metrics.merge.merge_shards`) into one more.
 Ctrl-C is answered once for all: the children run in their own process group, so the terminal's SIGINT reaches
 only the parent; the parent's first Ctrl-C stops its trio run (:mod:`evsim.interrupts`), and while it winds down it
 sends each live child one SIGINT (the child stops cleanly, writes its run directory and prints its result), waits
-for them (up to :data:`CHILD_GRACE_S`, then kills), and exits 130 with what they reported. A second Ctrl-C exits
+for them (up to :data:`CHILD_GRACE_S`, then kills), and exits 130 with what they reported. Each child starts
+with SIGINT blocked and unblocks it when its trio run can stop cleanly (:func:`evsim.interrupts.run`), so a
+Ctrl-C while the children are still starting stops them the same way. A second Ctrl-C exits
 the parent at once (:mod:`evsim.interrupts`); the children, in their own process group, then end on their own
 ``--duration``.
 """
@@ -110,12 +112,24 @@ def merged_result(results: Sequence[dict[str, Any] | None], count: int) -> dict[
     }
 
 
-async def _child(argv: list[str], slot: list[tuple[int, bytes]]) -> None:
-    """Run one child to its end; on cancellation, SIGINT it once and wait (shielded) for its result."""
+def _block_sigint() -> None:
+    """In the child between fork and exec: SIGINT stays pending until the child's trio run accepts it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+async def _child(
+    argv: list[str],
+    slot: list[tuple[int, bytes]],
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one child to its end (``task_status.started`` gets its pid); on cancellation, SIGINT it once and wait
+    (shielded) for its result."""
     proc = await trio.lowlevel.open_process(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, process_group=0
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, process_group=0, preexec_fn=_block_sigint
     )
     assert proc.stdout is not None
+    task_status.started(proc.pid)
     out = bytearray()
     try:
         while chunk := await proc.stdout.receive_some():
@@ -152,8 +166,13 @@ def run_workers(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            for i in range(k):
-                nursery.start_soon(_child, shard_argv(args, Shard(i, k)), slots[i])
+            pids = [await nursery.start(_child, shard_argv(args, Shard(i, k)), slots[i]) for i in range(k)]
+            print(
+                f"evsim stations: {k} workers started, "
+                + ", ".join(f"shard {i}/{k} pid {pid}" for i, pid in enumerate(pids)),
+                file=sys.stderr,
+                flush=True,
+            )
 
     interrupted = False
     try:
@@ -175,8 +194,10 @@ def run_workers(args: argparse.Namespace) -> int:
         )
         if "run_directory" in merged:
             print(f"run directory: {merged['run_directory']}")
-    status = worst_status(statuses)
-    return interrupts.EXIT_INTERRUPTED if interrupted else status
+    if interrupted:
+        print("evsim: interrupted", file=sys.stderr)
+        return interrupts.EXIT_INTERRUPTED
+    return worst_status(statuses)
 
 
 def _parse(out: bytes) -> dict[str, Any] | None:

@@ -337,32 +337,37 @@ async def test_shards_and_workers_against_one_csms(pki_dir: Path, tmp_path: Path
 
 @pytest.mark.loopback
 @pytest.mark.slow
-async def test_one_ctrl_c_stops_every_worker(pki_dir: Path, tmp_path: Path) -> None:
-    """SIGINT to the parent only (the terminal's group): each worker gets one, stops cleanly and reports."""
+@pytest.mark.parametrize("when", ["starting", "running"])
+async def test_one_ctrl_c_stops_every_worker(pki_dir: Path, tmp_path: Path, when: str) -> None:
+    """SIGINT to the parent only (the terminal's group): each worker gets one, stops cleanly and reports, also
+    when it arrives while the workers are still loading (they hold it until their run can stop cleanly)."""
     argv = [*_fleet("9", pki_dir, tmp_path / "runs", stations=4, duration=90), "--workers", "2"]
     argv.remove("-q")  # the connection_lost lines say both workers are running
     with trio.fail_after(60):
         proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert proc.stdout is not None and proc.stderr is not None
-        err = b""
-        while b"ST-0001 connection_lost" not in err or b"ST-0003 connection_lost" not in err:
+        err = bytearray()
+        ready = [b"workers started"]
+        if when == "running":
+            ready += [b"ST-0001 connection_lost", b"ST-0003 connection_lost"]
+        while not all(line in err for line in ready):
             chunk = await proc.stderr.receive_some()
             assert chunk, err
             err += chunk
         proc.send_signal(signal.SIGINT)
         out = bytearray()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_drain, proc.stderr)
-            while chunk := await proc.stdout.receive_some():
-                out += chunk
+            nursery.start_soon(_read_all, proc.stderr, err)
+            await _read_all(proc.stdout, out)
             await proc.wait()
     assert proc.returncode == 130
+    assert err.rstrip().endswith(b"evsim: interrupted")
     doc = json.loads(out)
     assert [w["shard"]["index"] for w in doc["workers"]] == [0, 1] and doc["stations"] == 4
     merged = json.loads((Path(doc["run_directory"]) / "meta.json").read_text())
     assert merged["outcome"] == "incomplete (shard 0: interrupted; shard 1: interrupted)"
 
 
-async def _drain(stream: trio.abc.ReceiveStream) -> None:
-    while await stream.receive_some():
-        pass
+async def _read_all(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+    while chunk := await stream.receive_some():
+        into += chunk
