@@ -371,3 +371,40 @@ async def test_one_ctrl_c_stops_every_worker(pki_dir: Path, tmp_path: Path, when
 async def _read_all(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
     while chunk := await stream.receive_some():
         into += chunk
+
+
+@pytest.mark.loopback
+@pytest.mark.slow
+async def test_resolve_reaches_a_named_csms_through_loopback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--resolve: the URL keeps the CSMS's name (TLS checks it) and the connection goes to a loopback address."""
+    pki = tmp_path / "pki"
+    assert main(["certs", "init", "--pki", str(pki), "--host", "csms.test"]) == 0
+    url_args = ["--stations", "1", "--ca", str(pki / "ca.crt"), "--session-duration", "1", "--json", "-q"]
+    assert main(["stations", "--csms", "wss://csms.test:9/ocpp", *url_args]) == 2
+    assert "--resolve csms.test=127.0.0.1" in capsys.readouterr().err
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            csms, port = await start_csms(nursery, ["--listen", "127.0.0.1:0", "--pki", str(pki), "-q"])
+            named = ["stations", "--csms", f"wss://csms.test:{port}/ocpp", *url_args, "--duration", "30"]
+            result = await trio.run_process(
+                [*EVSIM, *named, "--resolve", "csms.test=127.0.0.1"], capture_stdout=True, check=False
+            )
+            # the same CSMS as localhost: its certificate names csms.test only, so TLS refuses it
+            at_localhost = [
+                "stations",
+                "--csms",
+                f"wss://localhost:{port}/ocpp",
+                *url_args,
+                "--duration",
+                "3",
+            ]
+            wrong = await trio.run_process(
+                [*EVSIM, *at_localhost], capture_stdout=True, capture_stderr=True, check=False
+            )
+            csms.terminate()
+            nursery.cancel_scope.cancel()
+    assert result.returncode == 0 and json.loads(result.stdout)["completed"] == 1
+    assert wrong.returncode == 1 and json.loads(wrong.stdout)["booted"] == 0
+    assert b"handshake_failed" in wrong.stderr
