@@ -2,8 +2,9 @@
 
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
 ``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``,
-and any name of ``SECTIONS``: ``nts``, ``relay``, ``firmware``, ``cpu-model``, ...; ``BENCH_NTS_SECONDS`` seconds per NTS phase,
-default 3), ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs
+and any name of ``SECTIONS``: ``nts``, ``relay``, ``firmware``, ``cpu-model``, ``workers``, ...;
+``BENCH_NTS_SECONDS`` seconds per NTS phase, default 3), ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS
+handshake section (default 200), ``BENCH_WORKERS_N`` stations of the workers section (default 500). Each fleet runs
 in its own subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute
 times.
 
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from bench import firmware, nts
+from bench import firmware, nts, workers
 from bench.common import Result, print_module_section
 from bench.floor import handshake_floor
 from evsim.clock import real_utcnow
@@ -73,6 +74,7 @@ SECTIONS = {
     "relay": _relay_section,
     "firmware": firmware.section,
     "cpu-model": _cpu_model_section,
+    "workers": workers.section,
 }
 """Sections ``python -m bench SECTION`` runs alone."""
 

@@ -3,6 +3,9 @@
 evsim certs init [--pki certs]            make the development PKI
 evsim csms --listen HOST:PORT --pki DIR   serve wss://HOST:PORT/ocpp/<station-id>
 evsim stations --csms URL --stations N    run N stations against any OCPP 2.0.1 CSMS
+    [--workers K | --shard I/N] [--out DIR] in K processes, or shard I of N; a run directory per shard
+evsim report --merge DIR... [--out DIR]   combine shard run directories into one run and report it
+evsim k8s manifest --shards N             a Kubernetes Indexed Job running the fleet as N shards
 evsim demo --pki DIR                      a CSMS and ten stations in one process (virtual time)
 evsim run FILE / validate FILE... / report RUN_DIR   scenarios (``--json`` on each)
 evsim tls capabilities [--json]           TLS versions, suites, groups and knob states of this engine
@@ -27,6 +30,7 @@ from typing import NoReturn
 
 from evsim import DEV_PASSWORD, __version__, interrupts
 from evsim.errors import ConfigError, EvsimError
+from evsim.shards import Shard, parse_shard
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -106,6 +110,85 @@ enough that a dead URL ends the command."""
 def _add_verbosity(parser: argparse.ArgumentParser, *, default: object) -> None:
     parser.add_argument("-v", "--verbose", action="count", default=default, help=_VERBOSE_HELP)
     parser.add_argument("-q", "--quiet", action="count", default=default, help=_QUIET_HELP)
+
+
+def _shard(value: str) -> Shard:
+    try:
+        return parse_shard(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r}: {exc.message}; {exc.fix}") from None
+
+
+def _workers(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 256:
+        raise argparse.ArgumentTypeError(f"{value!r}: a number of processes, 1 to 256")
+    return int(value)
+
+
+def _resolve(value: str) -> tuple[str, str]:
+    from evsim.net.base import is_loopback
+
+    name, sep, address = value.partition("=")
+    if not sep or not name or not is_loopback(address.strip("[]")):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected NAME=ADDRESS with a loopback ADDRESS (127.0.0.0/8, ::1), e.g. csms.example.com=127.0.0.1"
+        )
+    return name.lower(), address.strip("[]")
+
+
+def _add_fleet_split(st: argparse.ArgumentParser) -> None:
+    """The ``evsim stations`` flags that split a fleet over processes and machines (:mod:`evsim.shards`)."""
+    split = st.add_mutually_exclusive_group()
+    split.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="K",
+        help="run the fleet in K processes on this machine (each a contiguous range of station ids, as --shard "
+        "I/K); one merged summary, the worst exit status; Ctrl-C stops them all (default 1)",
+    )
+    split.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        metavar="I/N",
+        help="run only shard I (0-based) of N of the --stations fleet: stations M*I/N+1 .. M*(I+1)/N, numbered "
+        "as in the whole fleet (e.g. a Kubernetes Indexed Job's JOB_COMPLETION_INDEX as I)",
+    )
+    st.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="write a run directory under DIR (events.jsonl, meta.json, summary.txt, summary.json), one per "
+        "shard or worker: 'evsim report --merge' combines them",
+    )
+    st.add_argument(
+        "--resolve",
+        type=_resolve,
+        action="append",
+        metavar="NAME=ADDRESS",
+        help="connect to the --csms host NAME at this loopback ADDRESS (a TCP forwarder to a CSMS elsewhere; TLS "
+        "still checks NAME); repeatable",
+    )
+
+
+_K8S_HELP = "print a Kubernetes Indexed Job running a sharded 'evsim stations' fleet (deploy/k8s/README.md)"
+
+
+def _add_k8s_manifest(m: argparse.ArgumentParser) -> None:
+    m.add_argument("--shards", type=int, default=4, metavar="N", help="pods, one shard each (default 4)")
+    m.add_argument("--stations", type=int, default=1000, metavar="M", help="fleet size (default 1000)")
+    m.add_argument(
+        "--csms",
+        default="wss://csms.example.com:443/ocpp",
+        help="the CSMS URL the stations use; a host that is not loopback gets a TCP forwarder sidecar",
+    )
+    m.add_argument(
+        "--security-profile", type=_profile, default=3, help="2 or 3 (default 3: client certificates)"
+    )
+    m.add_argument("--image", default="evsim:latest", help="the image built from deploy/Containerfile")
+    m.add_argument("--name", default="evsim-stations", help="the Job's name")
+    m.add_argument("--duration", default="10m", help="evsim stations --duration in each pod (default 10m)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         "time left; default 5s; 0: none; -q hides them)",
     )
     st.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    _add_fleet_split(st)
     st.add_argument("--seed", type=int, default=1, help="seed for timing jitter and transaction ids")
     st.add_argument("--keylog", default=None, help="write an NSS key log (for Wireshark) to FILE")
     st.add_argument(
@@ -322,7 +406,20 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser(
         "report", help="re-render the summary and plots of a run directory", parents=[verbosity]
     )
-    rep.add_argument("run_dir", help="a directory written by 'evsim run'")
+    rep.add_argument("run_dir", nargs="?", help="a directory written by 'evsim run'")
+    rep.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="DIR",
+        default=None,
+        help="combine the run directories of the shards of one 'evsim stations' fleet (--shard, --workers --out) "
+        "into a new run directory with one summary and plots; refuses overlapping shards or different fleets",
+    )
+    rep.add_argument(
+        "--out",
+        default="runs",
+        help="with --merge: base directory for the merged run directory (default: runs)",
+    )
     rep.add_argument("--no-plots", action="store_true", help="only print the summary")
     rep.add_argument(
         "--json", action="store_true", help="print the summary document (summary.json) instead of the text"
@@ -383,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="which [tls.profiles.<name>] of the --profile file (needed when it defines several)",
     )
+    k8s = sub.add_parser("k8s", help="Kubernetes manifests for sharded fleets", parents=[verbosity])
+    k8s_sub = k8s.add_subparsers(dest="k8s_command", required=True, metavar="ACTION")
+    _add_k8s_manifest(k8s_sub.add_parser("manifest", help=_K8S_HELP, parents=[verbosity]))
     return p
 
 
@@ -466,13 +566,14 @@ def _main(argv: Sequence[str] | None) -> int:
     level = {0: logging.WARNING, 1: logging.INFO}.get(max(args.verbose - args.quiet, 0), logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     _event_lines_as_they_are()
-    from evsim import commands
-    from evsim.runtime import raise_open_file_limit, tune_gc
-
-    tune_gc()
-    raise_open_file_limit()
-
     try:
+        # inside the try: a Ctrl-C while the modules load (a worker of --workers stopped as it starts) is an
+        # interruption like any other, not a traceback
+        from evsim import commands
+        from evsim.runtime import raise_open_file_limit, tune_gc
+
+        tune_gc()
+        raise_open_file_limit()
         if args.command == "certs":
             return commands.certs_init(args)
         if args.command == "csms":
@@ -503,6 +604,10 @@ def _main(argv: Sequence[str] | None) -> int:
             from evsim import calibrate
 
             return calibrate.command(args)
+        if args.command == "k8s":
+            from evsim.deploy import print_manifest
+
+            return print_manifest(args)
     except (EvsimError, KeyboardInterrupt) as exc:
         return _failed(exc)
     except BrokenPipeError as exc:

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
 import json
 import logging
 import math
 import random
+import resource
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import trio
 import trio.testing
 
-from evsim import DEV_PASSWORD, interrupts
+from evsim import DEV_PASSWORD, __version__, interrupts
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, PkiError
+from evsim.metrics.rundir import EventSink, RunDir, rerender, tee
 from evsim.metrics.summary import Table
 from evsim.metrics.summary_json import table_document
+from evsim.metrics.topology import Topology
 from evsim.net.base import Network, format_address, is_loopback
 from evsim.net.tcp import TcpNetwork
 from evsim.nodes.certificates import CertificateSettings
@@ -29,8 +34,9 @@ from evsim.nodes.station import Station, station_ids
 from evsim.nodes.station_model import StationConfig
 from evsim.pki import DevPki, init_dev_pki
 from evsim.pki.dev import ALL_FILES, CsmsPki
-from evsim.recorder import EventPrinter, Recorder, level_of_verbosity
+from evsim.recorder import Event, EventPrinter, Recorder, level_of_verbosity
 from evsim.report import human_duration, table
+from evsim.shards import Shard
 from evsim.tls import Identity, TrustStore
 from evsim.tls.context import ServerTls
 from evsim.urls import parse_url
@@ -202,11 +208,20 @@ def event_log_level(args: argparse.Namespace) -> int:
     return level_of_verbosity(getattr(args, "verbose", 0) or 0, getattr(args, "quiet", 0) or 0)
 
 
-def _recorder(clock: SimClock, printer: EventPrinter) -> Recorder:
-    """A recorder printing its events as log lines (and per-message detail at DEBUG)."""
+def _recorder(clock: SimClock, printer: EventPrinter, log: EventSink | None = None) -> Recorder:
+    """A recorder printing its events as log lines (and per-message detail at DEBUG), and writing them to
+    ``log`` (a run directory's event log; without the ``progress`` lines, which are for the terminal) when
+    given."""
     printer.start_utc = clock.start_utc
     trace = printer if printer.level <= logging.DEBUG else None
-    return Recorder(clock, sink=printer, echo=False, trace=trace)
+    if log is None:
+        return Recorder(clock, sink=printer, echo=False, trace=trace)
+
+    def logged(event: Event) -> None:
+        if event.kind != "progress":
+            log(event)
+
+    return Recorder(clock, sink=tee(printer, logged), echo=False, trace=trace)
 
 
 async def serve_csms(
@@ -251,13 +266,19 @@ def run_stations(args: argparse.Namespace) -> int:
             value=args.stations,
             fix="use --stations 1 or more",
         )
+    if args.workers > 1:
+        from evsim.workers import run_workers
+
+        return run_workers(args)
+    resolve = dict(args.resolve or ())
     scheme, host, _port, _path = parse_url(args.csms)
-    if not is_loopback(host.strip("[]")):
+    if not is_loopback(resolve.get(host.lower(), host).strip("[]")):
         raise ConfigError(
             "evsim connects only to this machine (loopback: localhost, 127.0.0.0/8, ::1)",
             path="--csms",
             value=args.csms,
-            fix=f"use {scheme}://localhost:PORT/... with the CSMS listening on loopback",
+            fix=f"use {scheme}://localhost:PORT/... with the CSMS listening on loopback, or map the name to a "
+            f"loopback forwarder with --resolve {host}=127.0.0.1",
         )
     if args.security_profile == 1 and scheme != "ws":
         raise ConfigError(
@@ -287,8 +308,17 @@ def run_stations(args: argparse.Namespace) -> int:
     if ca_file is None and scheme == "wss" and not args.insecure_skip_verify:
         raise ConfigError("no CSMS root to trust", path="--ca", fix="pass --ca FILE (the CSMS root CA, PEM)")
     anchors = load_anchors(ca_file) if ca_file else ()
-    ids = station_ids(args.id_prefix, args.stations)
-    for sid in (ids[0], ids[-1]):  # the prefix is the same for all; the last has the widest number
+    fleet = station_ids(args.id_prefix, args.stations)
+    shard = args.shard
+    if shard is not None and shard.count > args.stations:
+        raise ConfigError(
+            f"{shard.count} shards of {args.stations} stations would leave shards empty",
+            path="--shard",
+            value=str(shard),
+            fix=f"use at most {args.stations} shards",
+        )
+    ids = shard.ids(args.id_prefix, args.stations) if shard is not None else fleet
+    for sid in (fleet[0], fleet[-1]):  # the prefix is the same for all; the last has the widest number
         if not valid_identity(sid):
             raise ConfigError(
                 f"station identity {sid!r} is not {IDENTITY_RULE}",
@@ -329,12 +359,18 @@ def run_stations(args: argparse.Namespace) -> int:
     }
 
     printer = EventPrinter(level=event_log_level(args))
+    run_dir = RunDir.create(Path(args.out), shard_run_name(shard), now) if args.out else None
+    sink = run_dir.open_event_sink() if run_dir is not None else None
+    stations: list[Station] = []
+    started: list[SimClock] = []
+    elapsed: list[float] = []
 
-    async def main() -> list[Station]:
+    async def main() -> None:
         clock = SimClock.start()
-        recorder = _recorder(clock, printer)
-        net = TcpNetwork()
-        stations = [
+        started.append(clock)
+        recorder = _recorder(clock, printer, sink)
+        net = TcpNetwork(resolve)
+        stations[:] = [
             Station(
                 c,
                 network=net,
@@ -345,38 +381,126 @@ def run_stations(args: argparse.Namespace) -> int:
             )
             for c in configs
         ]
-        with trio.move_on_after(args.duration):
-            async with trio.open_nursery() as nursery:
-                for st in stations:
-                    nursery.start_soon(st.run)
-                if args.progress > 0:
-                    nursery.start_soon(_report_progress, stations, recorder, args.progress, args.duration)
-                for st in stations:
-                    await st.done.wait()
-                nursery.cancel_scope.cancel()
-        return stations
+        try:
+            await _run_fleet(stations, recorder, args, shard_run_name(shard))
+        finally:
+            elapsed.append(clock.elapsed())
 
-    stations = interrupts.run(main)
+    outcome = "completed"
+    try:
+        interrupts.run(main)
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+    finally:
+        if sink is not None:
+            sink.close()
     done = sum(st.done.is_set() for st in stations)
+    booted = sum(bool(st.statistics().boots) for st in stations)
     links = _stations_table(stations)
-    if args.json:
-        booted = sum(bool(st.statistics().boots) for st in stations)
-        print(
-            json.dumps(
-                {
-                    "ok": done == len(stations),
-                    "stations": len(stations),
-                    "booted": booted,
-                    "completed": done,
-                    "table": table_document(links),
-                },
-                indent=2,
+    result: dict[str, object] = {
+        "ok": outcome == "completed" and done == len(stations),
+        "stations": len(stations),
+        "booted": booted,
+        "completed": done,
+        # this process's peak resident memory (Linux: KiB), what a pod of this shard needs
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    if shard is not None:
+        result["shard"] = {"index": shard.index, "count": shard.count, "first": ids[0], "last": ids[-1]}
+    if run_dir is not None:
+        clock = started[0] if started else None
+        with interrupts.deferred():
+            write_stations_run(
+                run_dir,
+                args,
+                outcome=outcome if result["ok"] or outcome != "completed" else "incomplete",
+                started_utc=clock.start_utc if clock is not None else now,
+                elapsed=elapsed[0] if elapsed else 0.0,
+                ids=ids,
             )
-        )
+        result["run_directory"] = str(run_dir.path)
+    if args.json:
+        result["table"] = table_document(links)
+        print(json.dumps(result, indent=2))
     else:
         print(links.render())
         print(f"{done}/{len(stations)} stations booted and completed their sessions")
-    return 0 if done == len(stations) else 1
+        if run_dir is not None:
+            print(f"run directory: {run_dir.path}")
+    if outcome == "interrupted":
+        print("evsim: interrupted", file=sys.stderr)  # as evsim.cli says it for every command
+        return interrupts.EXIT_INTERRUPTED
+    return 0 if result["ok"] else 1
+
+
+async def _run_fleet(
+    stations: list[Station], recorder: Recorder, args: argparse.Namespace, node: str
+) -> None:
+    """Run the stations until every one is done or ``--duration`` is up, with ``progress`` events of ``node``."""
+    with trio.move_on_after(args.duration):
+        async with trio.open_nursery() as nursery:
+            for st in stations:
+                nursery.start_soon(st.run)
+            if args.progress > 0:
+                nursery.start_soon(_report_progress, stations, recorder, args.progress, args.duration, node)
+            for st in stations:
+                await st.done.wait()
+            nursery.cancel_scope.cancel()
+
+
+def shard_run_name(shard: Shard | None) -> str:
+    """The name of an ``evsim stations --out`` run directory (before its timestamp)."""
+    return "stations" if shard is None else f"stations-shard-{shard.index}-of-{shard.count}"
+
+
+#: The ``evsim stations`` arguments that must be equal in every shard of one run (``evsim report --merge``).
+FLEET_KEYS = (
+    "csms",
+    "stations",
+    "id_prefix",
+    "seed",
+    "security_profile",
+    "sessions",
+    "session_duration",
+    "meter_interval",
+)
+
+
+def write_stations_run(
+    run_dir: RunDir,
+    args: argparse.Namespace,
+    *,
+    outcome: str,
+    started_utc: datetime.datetime,
+    elapsed: float,
+    ids: Sequence[str],
+) -> None:
+    """Finish an ``evsim stations --out`` run directory: ``meta.json`` (the fleet, this shard, its stations
+    and how it ended), then ``summary.txt`` / ``summary.json`` rendered from the event log."""
+    shard = args.shard
+    run_dir.write_meta(
+        {
+            "scenario": "stations",
+            "seed": args.seed,
+            "started_utc": started_utc,
+            "duration_s": elapsed,
+            "wall_time_s": round(elapsed, 3),
+            "evsim_version": __version__,
+            "outcome": outcome,
+            "clock": "real",
+            "network": "tcp",
+            "stations_total": len(ids),
+            "fleet": {key: getattr(args, key) for key in FLEET_KEYS},
+            "shard": {
+                "index": shard.index if shard is not None else 0,
+                "count": shard.count if shard is not None else 1,
+                "first": ids[0],
+                "last": ids[-1],
+            },
+            "topology": Topology.from_groups({"stations": list(ids)}, {}).as_json(),
+        }
+    )
+    rerender(run_dir.path, plots=False)
 
 
 def progress_fields(stations: list[Station], elapsed: float, limit: float) -> dict[str, object]:
@@ -390,11 +514,14 @@ def progress_fields(stations: list[Station], elapsed: float, limit: float) -> di
     }
 
 
-async def _report_progress(stations: list[Station], recorder: Recorder, every: float, limit: float) -> None:
-    """A ``progress`` event (an INFO line: ``-q`` hides it) every ``every`` seconds, until cancelled."""
+async def _report_progress(
+    stations: list[Station], recorder: Recorder, every: float, limit: float, node: str
+) -> None:
+    """A ``progress`` event of ``node`` (an INFO line: ``-q`` hides it) every ``every`` seconds, until
+    cancelled."""
     while True:
         await trio.sleep(every)
-        recorder.emit("stations", "progress", **progress_fields(stations, recorder.clock.elapsed(), limit))
+        recorder.emit(node, "progress", **progress_fields(stations, recorder.clock.elapsed(), limit))
 
 
 # ---------------------------------------------------------------------------- demo

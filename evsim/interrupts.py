@@ -176,6 +176,7 @@ def run(
                 scope.cancel()
 
             previous, _SIGINT.stop = _SIGINT.stop, functools.partial(token.run_sync_soon, stop_now)
+            _accept_sigint()
             if _SIGINT.pending:  # Ctrl-C came in a deferred() block just before the run: it stops the run
                 _SIGINT.pending = False
                 token.run_sync_soon(stop_now)
@@ -195,6 +196,17 @@ def run(
     if stopped:
         raise KeyboardInterrupt
     return returned[0]
+
+
+def _accept_sigint() -> None:
+    """Unblock SIGINT in this thread, now that a Ctrl-C stops the run cleanly.
+
+    A process started with SIGINT blocked (a worker of ``evsim stations --workers``: its parent blocks it in the
+    child before ``exec``) keeps a Ctrl-C that arrives while it starts pending until here, so it stops the run
+    instead of interrupting the imports; in every other process this changes nothing.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 # ---------------------------------------------------------------- closed standard output

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import pytest
 import trio
 
 from evsim.cli import build_parser, main
+from tests.processes import start_csms
 
 EVSIM = [sys.executable, "-m", "evsim"]
 
@@ -83,33 +82,19 @@ async def test_csms_and_stations_as_two_processes(pki_dir: Path, tmp_path: Path,
     keylog = tmp_path / "keys.log"
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:
-            csms: trio.Process = await nursery.start(
-                functools.partial(
-                    trio.run_process,
-                    [
-                        *EVSIM,
-                        "csms",
-                        "--listen",
-                        "127.0.0.1:0",
-                        "--pki",
-                        str(pki_dir),
-                        "--duration",
-                        "60",
-                        "--security-profile",
-                        profile,
-                    ],
-                    stdout=subprocess.PIPE,
-                    check=False,
-                )
+            csms, port = await start_csms(
+                nursery,
+                [
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--pki",
+                    str(pki_dir),
+                    "--duration",
+                    "60",
+                    "--security-profile",
+                    profile,
+                ],
             )
-            assert csms.stdout is not None
-            buf = b""
-            while b"CSMS listening on " not in buf:
-                chunk = await csms.stdout.receive_some()
-                assert chunk, "evsim csms exited before listening"
-                buf += chunk
-            url = buf.split(b"CSMS listening on ")[1].split(b"/<station-id>")[0].decode()
-            port = url.rsplit(":", 1)[1].split("/")[0]
             cmd = [
                 *EVSIM,
                 "stations",

@@ -44,6 +44,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "evsim.toml_table",
             "evsim.interrupts",
             "evsim.cpu",
+            "evsim.shards",
         ),
     ),
     ("pki", ("evsim.pki",)),
@@ -59,7 +60,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("world", ("evsim.world", "evsim.testing")),
     ("scenario", ("evsim.scenario",)),
     ("explain", ("evsim.explain",)),
-    ("cli", ("evsim.cli", "evsim.commands", "evsim.__main__", "evsim.calibrate")),
+    (
+        "cli",
+        ("evsim.cli", "evsim.commands", "evsim.__main__", "evsim.calibrate", "evsim.workers", "evsim.deploy"),
+    ),
 )
 
 #: Layers that may import from fewer layers than all those below them.

@@ -279,10 +279,24 @@ def _meta(file: str, *, sc_result: RunResult, topology: Topology) -> dict[str, A
 
 def report(args: argparse.Namespace) -> int:
     """Re-render ``summary.txt``, ``summary.json`` and the plots of a run directory; print the summary (or,
-    with ``--json``, the summary document)."""
-    text, pngs = rerender(Path(args.run_dir), plots=not args.no_plots)
+    with ``--json``, the summary document). With ``--merge DIR...``, first combine shard run directories into a
+    new one (:func:`evsim.metrics.merge.merge_shards`) and report that."""
+    if args.merge is not None:
+        if args.run_dir is not None:
+            raise ConfigError(
+                "give either RUN_DIR or --merge DIR...", path="report", fix="put every shard after --merge"
+            )
+        from evsim.metrics.merge import merge_shards
+
+        run_dir = merge_shards([Path(d) for d in args.merge], Path(args.out))
+        print(f"merged {len(args.merge)} shard(s) into {run_dir}", file=sys.stderr)
+    elif args.run_dir is None:
+        raise ConfigError("which run directory?", path="report", fix="give RUN_DIR, or --merge DIR...")
+    else:
+        run_dir = Path(args.run_dir)
+    text, pngs = rerender(run_dir, plots=not args.no_plots)
     if args.json:
-        print_json(_report_json(Path(args.run_dir), pngs))
+        print_json(_report_json(run_dir, pngs))
         return 0
     print(text)
     for png in pngs:

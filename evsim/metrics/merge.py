@@ -1,0 +1,161 @@
+"""``evsim report --merge``: the run directories of one sharded fleet combined into one run directory.
+
+Each shard (``evsim stations --shard I/N --out DIR``, or a worker of ``--workers``) wrote its own run directory:
+its events timed from its own start, its ``meta.json`` naming the fleet (``fleet``: the arguments every shard
+must share) and its slice (``shard``: index, count, first and last station). The merge checks the shards belong
+together (same fleet, same shard count, no shard twice, no station in two shards), puts every event on one time
+axis (the earliest shard start is 0; each shard is shifted by how much later it started), and writes a new run
+directory whose ``meta.json`` records the shards; the summary and plots are then rendered from it as for any
+run. Missing shards are allowed (a pod that never ran) and recorded, and make the outcome ``incomplete``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from evsim.errors import ConfigError
+from evsim.metrics.rundir import RunData, RunDir, load
+from evsim.metrics.topology import Topology
+
+__all__ = ["merge_shards"]
+
+
+def _started(run: RunData) -> _dt.datetime:
+    value = run.meta.get("started_utc")
+    try:
+        started = _dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        raise ConfigError("no readable started_utc", file=str(run.path / "meta.json"), value=value) from None
+    return started if started.tzinfo is not None else started.replace(tzinfo=_dt.UTC)
+
+
+def _shard_of(run: RunData) -> dict[str, Any]:
+    shard, fleet = run.meta.get("shard"), run.meta.get("fleet")
+    if not isinstance(shard, dict) or not isinstance(fleet, dict):
+        raise ConfigError(
+            "not a shard of an 'evsim stations' fleet (meta.json has no shard / fleet)",
+            value=str(run.path),
+            fix="give run directories written by 'evsim stations --shard I/N --out DIR' (or --workers K --out DIR)",
+        )
+    return shard
+
+
+def _check_together(runs: Sequence[RunData]) -> None:
+    """Refuse shards of different fleets, a shard given twice, or a station in two shards."""
+    first = runs[0]
+    by_index: dict[int, Path] = {}
+    owner: dict[str, Path] = {}
+    for run in runs:
+        shard = _shard_of(run)
+        for key in ("fleet",):
+            if run.meta.get(key) != first.meta.get(key):
+                raise ConfigError(
+                    f"shards of different runs: {key} differs from {first.path}'s",
+                    value=str(run.path),
+                    fix="merge only the shards of one 'evsim stations' command line (same --csms, --stations, "
+                    "--id-prefix, --seed, profile and sessions)",
+                )
+        if shard.get("count") != _shard_of(first).get("count"):
+            raise ConfigError(
+                f"shard {shard.get('index')}/{shard.get('count')} is not one of "
+                f"{_shard_of(first).get('count')} shards like {first.path}",
+                value=str(run.path),
+                fix="merge shards of the same --shard I/N split",
+            )
+        index = int(shard.get("index", -1))
+        if index in by_index:
+            raise ConfigError(
+                f"overlapping shards: shard {index} is given twice ({by_index[index]} and {run.path})",
+                value=str(run.path),
+                fix="give each shard's run directory once",
+            )
+        by_index[index] = run.path
+        nodes = {str(e["node"]) for e in run.events} | set(
+            Topology.from_json(run.meta.get("topology")).groups
+        )
+        for node in sorted(nodes):
+            if node in owner:
+                raise ConfigError(
+                    f"overlapping shards: {node} is in {owner[node]} and {run.path}",
+                    value=str(run.path),
+                    fix="merge shards of one --shard I/N split (each station in exactly one shard)",
+                )
+            owner[node] = run.path
+
+
+def merge_shards(dirs: Sequence[Path], out: Path) -> Path:
+    """Merge shard run directories into a new run directory under ``out``.
+
+    Args:
+        dirs: the shards' run directories, any order.
+        out: base directory of the merged run directory (created if missing).
+
+    Returns:
+        The merged run directory (events, ``meta.json``; :func:`~evsim.metrics.rundir.rerender` renders it).
+
+    Raises:
+        ConfigError: no shards, a directory that is no shard run, shards of different fleets or overlapping.
+    """
+    if not dirs:
+        raise ConfigError("nothing to merge", path="--merge", fix="give the shards' run directories")
+    runs = sorted((load(d) for d in dirs), key=lambda r: int(_shard_of(r).get("index", -1)))
+    _check_together(runs)
+    starts = [_started(r) for r in runs]
+    t0 = min(starts)
+    count = int(_shard_of(runs[0]).get("count", len(runs)))
+    present = {int(_shard_of(r)["index"]) for r in runs}
+    missing = [i for i in range(count) if i not in present]
+    merged: list[tuple[float, int, int, dict[str, Any]]] = []
+    shards: list[dict[str, Any]] = []
+    stations: dict[str, list[str]] = {}
+    end = 0.0
+    for run, start in zip(runs, starts, strict=True):
+        shift = (start - t0).total_seconds()
+        index = int(_shard_of(run)["index"])
+        for n, event in enumerate(run.events):
+            merged.append((float(event["t"]) + shift, index, n, {**event, "t": float(event["t"]) + shift}))
+        duration = run.meta.get("duration_s")
+        end = max(end, shift + (float(duration) if isinstance(duration, int | float) else 0.0))
+        for group, ids in Topology.from_json(run.meta.get("topology")).members().items():
+            stations.setdefault(group, []).extend(ids)
+        shards.append(
+            {
+                **_shard_of(run),
+                "run_directory": str(run.path),
+                "started_utc": start.isoformat(),
+                "offset_s": round(shift, 6),
+                "stations_total": run.meta.get("stations_total"),
+                "outcome": run.meta.get("outcome"),
+            }
+        )
+    merged.sort(key=lambda item: item[:3])
+    failed = [f"shard {s['index']}: {s['outcome']}" for s in shards if s["outcome"] != "completed"]
+    failed += [f"shard {i}: missing" for i in missing]
+    rd = RunDir.create(out, f"stations-merged-{count}-shards", t0)
+    with rd.open_event_sink() as sink:
+        for *_, event in merged:
+            sink.write(event)
+    first = runs[0].meta
+    rd.write_meta(
+        {
+            "scenario": "stations",
+            "description": f"{len(runs)} of {count} shards merged",
+            "seed": first.get("seed"),
+            "started_utc": t0,
+            "duration_s": end,
+            "wall_time_s": round(end, 3),
+            "evsim_version": first.get("evsim_version"),
+            "outcome": "completed" if not failed else "incomplete (" + "; ".join(failed) + ")",
+            "clock": first.get("clock"),
+            "network": first.get("network"),
+            "stations_total": sum(int(r.meta.get("stations_total", 0)) for r in runs),
+            "fleet": first.get("fleet"),
+            "shards": shards,
+            "shards_missing": missing,
+            "topology": Topology.from_groups(stations, {}).as_json(),
+        }
+    )
+    return rd.path
