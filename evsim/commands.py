@@ -345,6 +345,9 @@ def run_stations(args: argparse.Namespace) -> int:
             )
             for c in configs
         ]
+        window = trio.CapacityLimiter(args.connect_window) if args.connect_window > 0 else None
+        for st in stations:
+            st.connect_window = window
         with trio.move_on_after(args.duration):
             async with trio.open_nursery() as nursery:
                 for st in stations:

@@ -64,7 +64,8 @@ from evsim.nodes.expiry import ExpiryMonitor
 from evsim.nodes.filetransfer import FileTransferConfig
 from evsim.nodes.firmware import FirmwareUpdater
 from evsim.nodes.logupload import LogUploader
-from evsim.nodes.station_model import DeviceModel, StationConfig
+from evsim.nodes.setup_window import SetupHold
+from evsim.nodes.station_model import DeviceModel, StationConfig, StationStatistics
 from evsim.ocpp.limits import BOOT_RETRY_INTERVAL, HEARTBEAT_INTERVAL, OutOfRange
 from evsim.ocpp.rpc import BadInput, RpcConnection, RpcEvent
 from evsim.ocpp.session import OcppSession
@@ -92,26 +93,6 @@ from evsim.ws.auth import basic_auth_header
 from evsim.ws.paths import station_path
 
 log = logging.getLogger("evsim.station")
-
-
-@attrs.frozen
-class StationStatistics:
-    station_id: str
-    connected: bool
-    booted: bool
-    connects_ok: int
-    connect_failures: dict[str, int]
-    boots: int
-    heartbeats: int
-    sessions_completed: int
-    queue: Any
-    tls: TlsInfo | None
-    messages_sent: dict[str, int]
-    security_events_queued: int
-    active_slot: int | None = None
-    slot_switches: int = 0
-    slots_skipped: int = 0
-    certificates_renewed: int = 0
 
 
 class Station:
@@ -189,6 +170,8 @@ class Station:
         self._reported_keys: set[tuple[str, str | None]] = set()  # (peer event, key) queued already
         self.tls_sessions: SessionStore | None = None
         """Where TLS sessions are kept for resumption (None: every handshake is a full one)."""
+        self.connect_window: trio.CapacityLimiter | None = None
+        """The fleet's connect window (:mod:`evsim.nodes.setup_window`; None: connect at once)."""
         own = client_tls.identity if client_tls is not None else None
         self.certs = StationCertificates(
             config.station_id,
@@ -432,7 +415,8 @@ class Station:
             client_tls = self._station_tls()
             self._used_candidate = self.certs.candidate is not None
         self._bad_inputs = 0
-        stream: trio.abc.Stream = await self.network.connect(host, port, source=self.config.station_id)
+        hold = await SetupHold.connect(self.network, host, port, cfg.station_id, self.connect_window)
+        stream: trio.abc.Stream = hold.stream
         ws: WebSocket | None = None
         try:
             if client_tls is not None:
@@ -469,6 +453,7 @@ class Station:
                 compression=cfg.compression,
                 close_timeout=cfg.close_timeout_s,
             )
+            hold.release()
             if ws.subprotocol is None:
                 await ws.aclose(1002, "no OCPP subprotocol agreed")
                 raise OcppError("CSMS agreed no OCPP subprotocol", error_code="ProtocolError")
@@ -497,6 +482,7 @@ class Station:
             if self._rebooting:
                 raise Rebooting("rebooting to install new firmware")
         finally:
+            hold.release()
             self._link_scope = None
             # A station that stops (end of run, node stop) is cancelled here: it still says goodbye with a close
             # frame (1001) rather than dropping the link; one that gives up on this connection closes with 1000.
