@@ -95,7 +95,12 @@ def run(
         work = Path(tmp)
         pki_dir = pki or work / "pki"
         if not (pki_dir / "ca.crt").exists():
-            subprocess.run(_evsim("certs", "init", "--pki", str(pki_dir), "-q"), check=True, timeout=120)
+            subprocess.run(
+                _evsim("certs", "init", "--pki", str(pki_dir), "-q"),
+                check=True,
+                timeout=120,
+                stdout=subprocess.DEVNULL,
+            )
         port = _free_port()
         csms_log, st_log = work / "csms.log", work / "stations.log"
         with csms_log.open("wb") as csms_err:
