@@ -41,6 +41,8 @@ class Result:
     cpu_us_per_rtt: float
     kib_per_station: float
     notes: str = ""
+    group: str = ""
+    """The key-exchange group its TLS handshakes negotiated ("" if unknown)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +56,7 @@ class Result:
             cpu_us_per_rtt=float(data["cpu_us_per_rtt"]),
             kib_per_station=float(data["kib_per_station"]),
             notes=str(data.get("notes", "")),
+            group=str(data.get("group", "")),
         )
 
 

@@ -24,17 +24,24 @@ import trio
 from bench.common import Result, cpu_s, raise_nofile, rss_kib
 from evsim.clock import SimClock, real_utcnow
 from evsim.net.tcp import TcpNetwork
+from evsim.nodes.acceptor import DEFAULT_MAX_HANDSHAKES
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.security import csms_server_tls, station_client_tls
+from evsim.nodes.setup_window import DEFAULT_CONNECT_WINDOW
 from evsim.nodes.station import Station, station_ids
 from evsim.nodes.station_model import StationConfig
 from evsim.pki import DevPki, init_dev_pki
 from evsim.recorder import Recorder
+from evsim.tls import TlsProfile
 
 PASSWORD = "bench-password-000001"
 
 
-async def _run(n: int, rtt_seconds: float, pki: DevPki, compression: bool) -> Result:
+async def _run(
+    n: int, rtt_seconds: float, pki: DevPki, compression: bool, setup: tuple[int, int], group: str | None
+) -> Result:
+    window, max_handshakes = setup
+    profile = TlsProfile(groups=(group,)) if group else None
     clock = SimClock.start()
     recorder = Recorder(clock, keep=1000)
     net = TcpNetwork()
@@ -45,13 +52,15 @@ async def _run(n: int, rtt_seconds: float, pki: DevPki, compression: bool) -> Re
             heartbeat_interval=3600,
             default_password=PASSWORD,
             compression=compression,
+            max_handshakes=max_handshakes or None,
         ),
         network=net,
-        server_tls=csms_server_tls(pki, security_profile=2),
+        server_tls=csms_server_tls(pki, security_profile=2, profile=profile),
         clock=clock,
         recorder=recorder,
     )
-    client_tls = station_client_tls((pki.root.cert,))
+    client_tls = station_client_tls((pki.root.cert,), profile=profile)
+    connect_window = trio.CapacityLimiter(window) if window else None
     rss0 = rss_kib()
     async with trio.open_nursery() as nursery:
         _, port = await nursery.start(csms.run)
@@ -75,6 +84,7 @@ async def _run(n: int, rtt_seconds: float, pki: DevPki, compression: bool) -> Re
         ]
         t0 = time.perf_counter()
         for st in stations:
+            st.connect_window = connect_window
             nursery.start_soon(st.run)
         with trio.fail_after(240):
             for st in stations:
@@ -106,7 +116,9 @@ async def _run(n: int, rtt_seconds: float, pki: DevPki, compression: bool) -> Re
         rtt_per_s=count[0] / wall,
         cpu_us_per_rtt=cpu / max(count[0], 1) * 1e6,
         kib_per_station=kib,
-        notes=f"validation on; {failures} connect failures during the storm",
+        notes=f"validation on; {failures} connect failures during the storm; connect window {window or 'none'}, "
+        f"max_handshakes {max_handshakes or 'none'}",
+        group=stations[0].tls_info.group or "" if stations[0].tls_info is not None else "",
     )
 
 
@@ -123,6 +135,21 @@ def main(argv: list[str] | None = None) -> int:
         help="gc.set_threshold(N, 20, 100) before the run (Python's default is 700, 10, 10): what an "
         "application holding thousands of stations may choose; off by default, as in the other peers",
     )
+    p.add_argument(
+        "--connect-window",
+        type=int,
+        default=DEFAULT_CONNECT_WINDOW,
+        help=f"stations in connection set-up at once, as evsim stations (default {DEFAULT_CONNECT_WINDOW}; 0: all)",
+    )
+    p.add_argument(
+        "--max-handshakes",
+        type=int,
+        default=DEFAULT_MAX_HANDSHAKES,
+        help=f"the CSMS's handshake admission limit (default {DEFAULT_MAX_HANDSHAKES}; 0: none)",
+    )
+    p.add_argument(
+        "--group", default=None, help="key-exchange group of both ends (default: the engine's list)"
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     raise_nofile()
@@ -134,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         import tempfile
 
         pki = init_dev_pki(tempfile.mkdtemp(prefix="evsim-bench-"), host="localhost", now=real_utcnow())
-    result = trio.run(_run, args.n, args.rtt_seconds, pki, args.compression == "deflate")
+    setup = (args.connect_window, args.max_handshakes)
+    result = trio.run(_run, args.n, args.rtt_seconds, pki, args.compression == "deflate", setup, args.group)
     if args.gc_threshold is not None:
         result.name += f", gc threshold {args.gc_threshold}"
     if args.json:

@@ -5,7 +5,11 @@ from one to the other by hand until both sides finish (including the server's po
 tickets, which the client reads). What remains is OpenSSL's handshake machinery plus pyOpenSSL's
 call overhead: a lower bound for any peer's boot storm.
 
-    python -m bench.floor --n 500 [--stations 1000] [--json]
+    python -m bench.floor --n 500 [--stations 1000] [--group X25519] [--json]
+
+The key-exchange group decides much of the cost (X25519MLKEM768, OpenSSL 3.5+'s first choice for TLS 1.3, adds
+an ML-KEM encapsulation to every handshake): a fleet is compared with the floor of the group *it* negotiated.
+``--group`` restricts both ends to one group; without it both use the engine's default list.
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ from typing import Any
 from OpenSSL import SSL
 
 from bench.common import make_bench_pki
+from evsim.tls import _ossl
 
 __all__ = ["cli", "handshake_floor"]
 
 _CHUNK = 1 << 16
 
 
-def _contexts(pki: dict[str, Path]) -> tuple[SSL.Context, SSL.Context]:
+def _contexts(pki: dict[str, Path], group: str | None = None) -> tuple[SSL.Context, SSL.Context]:
     server = SSL.Context(SSL.TLS_METHOD)
     server.set_min_proto_version(SSL.TLS1_3_VERSION)
     server.use_certificate_file(str(pki["cert"]))
@@ -38,6 +43,10 @@ def _contexts(pki: dict[str, Path]) -> tuple[SSL.Context, SSL.Context]:
     client.set_min_proto_version(SSL.TLS1_3_VERSION)
     client.load_verify_locations(str(pki["ca"]))
     client.set_verify(SSL.VERIFY_PEER, None)
+    if group is not None:
+        for ctx in (client, server):
+            if not _ossl.set_groups(ctx, [group]):
+                raise ValueError(f"this OpenSSL refuses the key-exchange group {group!r}")
     return client, server
 
 
@@ -65,7 +74,9 @@ def _step(conn: SSL.Connection, done: bool) -> bool:
     return True
 
 
-def _one_handshake(client_ctx: SSL.Context, server_ctx: SSL.Context, cpu: list[float]) -> int:
+def _one_handshake(
+    client_ctx: SSL.Context, server_ctx: SSL.Context, cpu: list[float], seen: list[str] | None = None
+) -> int:
     """One full handshake; adds each end's CPU seconds to ``cpu[0]`` (client) and ``cpu[1]`` (server).
 
     Returns the number of bytes that crossed the (virtual) wire.
@@ -105,15 +116,25 @@ def _one_handshake(client_ctx: SSL.Context, server_ctx: SSL.Context, cpu: list[f
         raise RuntimeError("TLS handshake did not converge")
     if client.get_protocol_version_name() != "TLSv1.3":
         raise RuntimeError(f"expected TLSv1.3, got {client.get_protocol_version_name()}")
+    if seen is not None:
+        seen.append(client.get_group_name() or "?")
     return wire
 
 
 def handshake_floor(
-    n: int = 500, *, stations: int = 1000, pki: dict[str, Path] | None = None, warmup: int = 20
+    n: int = 500,
+    *,
+    stations: int = 1000,
+    pki: dict[str, Path] | None = None,
+    warmup: int = 20,
+    group: str | None = None,
 ) -> dict[str, Any]:
     """Run ``n`` full TLS 1.3 ECDSA P-256 handshakes on memory BIOs and report the floor.
 
-    Keys: ``handshakes``, ``wall_s``, ``handshakes_per_s``, ``cpu_ms_per_handshake`` (both ends),
+    ``group`` restricts both ends to that key-exchange group (None: the engine's default list); ``group`` in the
+    result is the one negotiated.
+
+    Keys: ``handshakes``, ``wall_s``, ``handshakes_per_s``, ``cpu_ms_per_handshake`` (both ends), ``group``,
     ``client_cpu_ms``, ``server_cpu_ms``, ``stations`` and ``storm_floor_s`` (= stations x CPU per
     handshake: the CPU seconds of one core a storm of that many stations cannot go below).
     """
@@ -121,10 +142,11 @@ def handshake_floor(
         raise ValueError("n must be >= 1")
     with tempfile.TemporaryDirectory(prefix="evsim-floor-") as tmp:
         paths = pki if pki is not None else make_bench_pki(tmp)
-        client_ctx, server_ctx = _contexts(paths)
+        client_ctx, server_ctx = _contexts(paths, group)
         scratch = [0.0, 0.0]
-        for _ in range(warmup):
-            _one_handshake(client_ctx, server_ctx, scratch)
+        negotiated: list[str] = []
+        for _ in range(max(warmup, 1)):
+            _one_handshake(client_ctx, server_ctx, scratch, negotiated)
         cpu = [0.0, 0.0]
         wall0 = time.perf_counter()
         cpu0 = time.process_time()
@@ -142,6 +164,7 @@ def handshake_floor(
         "server_cpu_ms": round(cpu[1] / n * 1e3, 4),
         "stations": stations,
         "storm_floor_s": round(per_handshake * stations, 4),
+        "group": negotiated[-1],
         "tls": "TLSv1.3, ECDSA P-256 server certificate, no client certificate, memory BIOs",
     }
 
@@ -150,9 +173,14 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=500, help="handshakes to time (default 500)")
     parser.add_argument("--stations", type=int, default=1000, help="storm size for the floor (default 1000)")
+    parser.add_argument(
+        "--group",
+        default=None,
+        help="key-exchange group for both ends, e.g. X25519 (default: the engine's list)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    result = handshake_floor(args.n, stations=args.stations)
+    result = handshake_floor(args.n, stations=args.stations, group=args.group)
     if args.json:
         print(json.dumps(result))
     else:

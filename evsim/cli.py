@@ -86,6 +86,12 @@ def _day_count(value: str) -> int:
     return int(value)
 
 
+def _window(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a whole number, 0 or more")
+    return int(value)
+
+
 def _profile(value: str) -> int:
     if value not in ("1", "2", "3"):
         raise argparse.ArgumentTypeError("security profile is 1, 2 or 3")
@@ -284,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="DANGEROUS: allow security profile 1 (plain ws://, passwords in clear)",
     )
 
+    from evsim.nodes.setup_window import DEFAULT_CONNECT_WINDOW
+
     st = sub.add_parser("stations", help="run N charging stations against a CSMS", parents=[verbosity])
     st.add_argument(
         "--csms",
@@ -335,6 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="time between 'progress' lines on standard error (stations booted and done, connection failures, "
         "time left; default 5s; 0: none; -q hides them)",
+    )
+    st.add_argument(
+        "--connect-window",
+        type=_window,
+        metavar="N",
+        default=DEFAULT_CONNECT_WINDOW,
+        help="stations setting up a connection (TCP, TLS, WebSocket upgrade) at once; the others wait their turn, "
+        f"so a storm of thousands finishes within the handshake timeout (default {DEFAULT_CONNECT_WINDOW}; 0: all at "
+        "once)",
     )
     st.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     _add_fleet_split(st)

@@ -381,6 +381,9 @@ def run_stations(args: argparse.Namespace) -> int:
             )
             for c in configs
         ]
+        window = trio.CapacityLimiter(args.connect_window) if args.connect_window > 0 else None
+        for st in stations:
+            st.connect_window = window
         try:
             await _run_fleet(stations, recorder, args, shard_run_name(shard))
         finally:

@@ -54,6 +54,7 @@ _PASSED: tuple[tuple[str, str], ...] = (
     ("meter_interval", "--meter-interval"),
     ("duration", "--duration"),
     ("progress", "--progress"),
+    ("connect_window", "--connect-window"),
     ("seed", "--seed"),
     ("keylog", "--keylog"),
     ("out", "--out"),

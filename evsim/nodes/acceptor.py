@@ -31,6 +31,14 @@ one connection does, the loop keeps accepting and the other sessions keep runnin
       comes from 127.0.0.1) is not refused; what bounds the time a connection may stay pre-admission is the TLS
       handshake timeout, the WebSocket ``open_timeout`` and the node's boot timeout.
 
+**Handshake admission** (``max_handshakes``, opt-in): at most that many accepted connections may be in their
+set-up (the TLS handshake) at once; while they are, the loop does not call accept(2), so further connections wait
+in the kernel's listen backlog rather than in the TLS layer. A storm of thousands of simultaneous connects then
+costs each handshake about ``max_handshakes`` handshakes' time instead of the whole storm's: those in progress
+finish within the handshake timeout (which starts when the server starts the handshake, after accept) instead of
+all starving together. The handler ends its set-up with :func:`handshake_finished` (or by being admitted, or by
+returning).
+
 The handler marks its connection admitted with :func:`connection_admitted` (from the connection's task or any
 task it started); a connection's slots are released when its handler returns.
 """
@@ -53,12 +61,14 @@ from evsim.recorder import Recorder
 __all__ = [
     "ACCEPT_RETRY_INITIAL_S",
     "ACCEPT_RETRY_MAX_S",
+    "DEFAULT_MAX_HANDSHAKES",
     "FD_RESERVE",
     "AcceptStatistics",
     "Acceptor",
     "connection_admitted",
     "current_peer",
     "default_max_connections",
+    "handshake_finished",
 ]
 
 ACCEPT_RETRY_INITIAL_S = 0.05
@@ -66,6 +76,11 @@ ACCEPT_RETRY_INITIAL_S = 0.05
 
 ACCEPT_RETRY_MAX_S = 1.0
 """Longest wait between accept retries while out of descriptors or memory (s)."""
+
+DEFAULT_MAX_HANDSHAKES = 128
+"""The CSMS's ``max_handshakes`` default: at a few ms of CPU per handshake, the last of 128 in progress finishes
+well under a second after the first; enough in flight to keep a core busy over loopback. Each is bounded by the
+handshake timeout, so connections that never finish theirs delay others by at most that long."""
 
 FD_RESERVE = 64
 """Descriptors kept free below ``RLIMIT_NOFILE`` for everything but accepted connections (log and run files,
@@ -108,6 +123,14 @@ def connection_admitted() -> None:
         slot.admit()
 
 
+def handshake_finished() -> None:
+    """End the current task's connection's set-up: it no longer counts against ``max_handshakes``. Idempotent;
+    does nothing outside a connection handler."""
+    slot = _current.get(None)
+    if slot is not None:
+        slot.set_up()
+
+
 def current_peer() -> str:
     """``host:port`` of the current task's accepted connection ("?" when unknown or outside a handler)."""
     slot = _current.get(None)
@@ -128,6 +151,8 @@ class AcceptStatistics:
         retries: accept retries during those episodes.
         max_connections: the limit in force (None: none).
         max_pending_per_address: the limit in force (None: none).
+        handshakes: connections in their set-up (counted against ``max_handshakes``).
+        max_handshakes: the limit in force (None: none).
     """
 
     accepted: int
@@ -139,20 +164,30 @@ class AcceptStatistics:
     retries: int
     max_connections: int | None
     max_pending_per_address: int | None
+    handshakes: int = 0
+    max_handshakes: int | None = None
 
 
 class _Slot:
     """One accepted connection's share of the limits."""
 
-    __slots__ = ("_acceptor", "_address", "_pending", "peer")
+    __slots__ = ("_acceptor", "_address", "_pending", "_setup", "peer")
 
-    def __init__(self, acceptor: Acceptor, address: str, peer: str) -> None:
+    def __init__(self, acceptor: Acceptor, address: str, peer: str, setup: object | None) -> None:
         self._acceptor = acceptor
         self._address = address
         self._pending = True
+        self._setup = setup  # the handshake-admission token, until the set-up ends
         self.peer = peer
 
+    def set_up(self) -> None:
+        setup, self._setup = self._setup, None
+        if setup is not None:
+            self._acceptor._in_setup -= 1
+            self._acceptor._end_setup(setup)
+
     def admit(self) -> None:
+        self.set_up()
         if self._pending:
             self._pending = False
             self._acceptor._unpend(self._address)
@@ -173,6 +208,7 @@ class Acceptor:
         max_pending_per_address: not-yet-admitted connections per peer address; None: half of
             ``max_connections``.
         fds_per_connection: descriptors one connection costs the node (for the derived ``max_connections``).
+        max_handshakes: connections in their set-up at once (see the module docstring); None: no limit.
 
     Raises:
         ConfigError: a limit below 1.
@@ -186,10 +222,12 @@ class Acceptor:
         max_connections: int | None = None,
         max_pending_per_address: int | None = None,
         fds_per_connection: int = 1,
+        max_handshakes: int | None = None,
     ) -> None:
         for name, limit in (
             ("max_connections", max_connections),
             ("max_pending_per_address", max_pending_per_address),
+            ("max_handshakes", max_handshakes),
         ):
             if limit is not None and limit < 1:
                 raise ConfigError(f"{name} must be >= 1", path=f"{node}.{name}", value=limit)
@@ -207,6 +245,9 @@ class Acceptor:
         self._refused: collections.Counter[str] = collections.Counter()
         self._pauses = 0
         self._retries = 0
+        self.max_handshakes = max_handshakes
+        self._handshakes = trio.CapacityLimiter(max_handshakes) if max_handshakes is not None else None
+        self._in_setup = 0  # handlers holding a place (the loop holds one more while it waits in accept)
 
     async def serve(
         self,
@@ -222,11 +263,17 @@ class Acceptor:
         async with trio.open_nursery() as nursery:
             delay: float | None = None  # the wait before the next retry while out of resources
             while True:
+                setup: object | None = None
+                if self._handshakes is not None:
+                    setup = object()
+                    await self._handshakes.acquire_on_behalf_of(setup)
                 try:
                     stream = await listener.accept()
                 except ClosedTransport:
+                    self._end_setup(setup)
                     return
                 except OSError as exc:
+                    self._end_setup(setup)
                     if exc.errno in _CAPACITY_ERRNOS:
                         if delay is None:
                             delay = ACCEPT_RETRY_INITIAL_S
@@ -247,10 +294,14 @@ class Acceptor:
                     await self._accept_failed(exc, per_connection=exc.errno in _PER_CONNECTION_ERRNOS)
                     continue
                 except TransportError as exc:
+                    self._end_setup(setup)
                     await self._accept_failed(exc, per_connection=isinstance(exc, BrokenTransport))
                     continue
+                except BaseException:
+                    self._end_setup(setup)
+                    raise
                 delay = None
-                await self._admit(stream, nursery, handler)
+                await self._admit(stream, nursery, handler, setup)
 
     def resolve_limits(self, listener: trio.abc.Listener[trio.abc.Stream]) -> None:
         """Fill in the default limits for ``listener``: ``max_connections`` from ``RLIMIT_NOFILE`` only when its
@@ -276,6 +327,7 @@ class Acceptor:
         stream: trio.abc.Stream,
         nursery: trio.Nursery,
         handler: Callable[[trio.abc.Stream], Awaitable[None]],
+        setup: object | None = None,
     ) -> None:
         peer = remote_address(stream)
         host = peer[0] if peer is not None else "?"
@@ -295,12 +347,15 @@ class Acceptor:
                 peer=shown,
                 limit=limit,
             )
+            self._end_setup(setup)
             await _close(stream)
             return
         self._accepted += 1
         self._open += 1
         self._pending[host] += 1
-        nursery.start_soon(self._run, _Slot(self, host, shown), stream, handler)
+        if setup is not None:
+            self._in_setup += 1
+        nursery.start_soon(self._run, _Slot(self, host, shown, setup), stream, handler)
 
     async def _run(
         self, slot: _Slot, stream: trio.abc.Stream, handler: Callable[[trio.abc.Stream], Awaitable[None]]
@@ -310,6 +365,10 @@ class Acceptor:
             await handler(stream)
         finally:
             slot.release()
+
+    def _end_setup(self, setup: object | None) -> None:
+        if setup is not None and self._handshakes is not None:
+            self._handshakes.release_on_behalf_of(setup)
 
     def _unpend(self, host: str) -> None:
         left = self._pending[host] - 1
@@ -330,6 +389,8 @@ class Acceptor:
             retries=self._retries,
             max_connections=self.max_connections,
             max_pending_per_address=self.max_pending_per_address,
+            handshakes=self._in_setup,
+            max_handshakes=self.max_handshakes,
         )
 
 

@@ -71,6 +71,7 @@ from evsim.clock import SimClock
 from evsim.cpu import Cpu
 from evsim.errors import ConfigError, HandshakeFailed, UpgradeFailed
 from evsim.net.base import peer_address, remote_address
+from evsim.nodes.acceptor import handshake_finished
 from evsim.nodes.expiry import ExpiryMonitor
 from evsim.ocpp.versions import choose_subprotocol, subprotocol_for
 from evsim.recorder import Recorder, bind_peer
@@ -682,6 +683,7 @@ async def admit_station(
         )
         if on_tls is not None:
             on_tls(info)
+    handshake_finished()  # the listener may accept the next connection (acceptor: max_handshakes)
 
     def gate(req: UpgradeRequest, decision: dict[str, str]) -> Accept | Reject:
         if budget is None:

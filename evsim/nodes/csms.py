@@ -67,7 +67,7 @@ from evsim.errors import (
     failure_reason,
 )
 from evsim.net.base import Network
-from evsim.nodes.acceptor import Acceptor, connection_admitted, current_peer
+from evsim.nodes.acceptor import DEFAULT_MAX_HANDSHAKES, Acceptor, connection_admitted, current_peer
 from evsim.nodes.admission import (
     BEHIND_CONTROLLER_CHOICES,
     DUPLICATE_POLICY_CHOICES,
@@ -152,6 +152,9 @@ class CsmsConfig:
         max_pending_per_address: connections from one peer address not yet admitted (TLS, HTTP upgrade, or
             no Accepted BootNotification yet); more are closed at once. None (default): half of
             ``max_connections`` (admitted stations do not count, so a fleet behind one address is not refused).
+        max_handshakes: connections in their TLS handshake at once; further connections wait in the listen
+            backlog until one finishes (:mod:`evsim.nodes.acceptor`). Default
+            :data:`~evsim.nodes.acceptor.DEFAULT_MAX_HANDSHAKES`; None: no limit.
         boot_timeout: seconds (trio time) a WebSocket connection may stay open without an Accepted
             BootNotification; then it is closed (1008) with a ``boot_timeout`` event. Measured per connection
             from the upgrade to the first Accepted boot, across Pending/Rejected boots a station resends (B02).
@@ -188,6 +191,7 @@ class CsmsConfig:
     trusted_controllers: tuple[TrustedController, ...] = ()
     max_connections: int | None = None
     max_pending_per_address: int | None = None
+    max_handshakes: int | None = DEFAULT_MAX_HANDSHAKES
     boot_timeout: float = 180.0
     station_issuers: tuple[x509.Certificate, ...] = ()
     client_status: ClientStatus | None = attrs.field(default=None, eq=False, repr=False)
@@ -202,7 +206,7 @@ class CsmsConfig:
                 path="csms.security_profile",
                 value=self.security_profile,
             )
-        for limit in ("max_connections", "max_pending_per_address"):
+        for limit in ("max_connections", "max_pending_per_address", "max_handshakes"):
             value = getattr(self, limit)
             if value is not None and value < 1:
                 raise ConfigError(
@@ -292,6 +296,7 @@ class Csms:
             recorder,
             max_connections=config.max_connections,
             max_pending_per_address=config.max_pending_per_address,
+            max_handshakes=config.max_handshakes,
         )
         self._connections_total = 0
         self._handshake_failures: collections.Counter[str] = collections.Counter()

@@ -66,7 +66,8 @@ from evsim.nodes.filetransfer import FileTransferConfig
 from evsim.nodes.firmware import FirmwareUpdater
 from evsim.nodes.logupload import LogUploader
 from evsim.nodes.measures import ROUND_TRIP_CALLER, BootClock, certificate_issuers
-from evsim.nodes.station_model import DeviceModel, StationConfig
+from evsim.nodes.setup_window import SetupHold
+from evsim.nodes.station_model import DeviceModel, StationConfig, StationStatistics
 from evsim.ocpp.limits import BOOT_RETRY_INTERVAL, HEARTBEAT_INTERVAL, OutOfRange
 from evsim.ocpp.rpc import BadInput, CallTimedOut, ErrorReceived, ResultReceived, RpcConnection, RpcEvent
 from evsim.ocpp.session import OcppSession
@@ -95,26 +96,6 @@ from evsim.ws.auth import basic_auth_header
 from evsim.ws.paths import station_path
 
 log = logging.getLogger("evsim.station")
-
-
-@attrs.frozen
-class StationStatistics:
-    station_id: str
-    connected: bool
-    booted: bool
-    connects_ok: int
-    connect_failures: dict[str, int]
-    boots: int
-    heartbeats: int
-    sessions_completed: int
-    queue: Any
-    tls: TlsInfo | None
-    messages_sent: dict[str, int]
-    security_events_queued: int
-    active_slot: int | None = None
-    slot_switches: int = 0
-    slots_skipped: int = 0
-    certificates_renewed: int = 0
 
 
 class Station:
@@ -192,6 +173,8 @@ class Station:
         self._reported_keys: set[tuple[str, str | None]] = set()  # (peer event, key) queued already
         self.tls_sessions: SessionStore | None = None
         """Where TLS sessions are kept for resumption (None: every handshake is a full one)."""
+        self.connect_window: trio.CapacityLimiter | None = None
+        """The fleet's connect window (:mod:`evsim.nodes.setup_window`; None: connect at once)."""
         own = client_tls.identity if client_tls is not None else None
         self.certs = StationCertificates(
             config.station_id,
@@ -445,7 +428,8 @@ class Station:
         self._bad_inputs = 0
         self._session_host = host
         self._boot_clock.attempt(started := trio.current_time())
-        stream: trio.abc.Stream = await self.network.connect(host, port, source=self.config.station_id)
+        hold = await SetupHold.connect(self.network, host, port, cfg.station_id, self.connect_window)
+        stream: trio.abc.Stream = hold.stream
         ws: WebSocket | None = None
         try:
             if self.cpu is not None:
@@ -492,6 +476,7 @@ class Station:
                 compression=cfg.compression,
                 close_timeout=cfg.close_timeout_s,
             )
+            hold.release()
             if ws.subprotocol is None:
                 await ws.aclose(1002, "no OCPP subprotocol agreed")
                 raise OcppError("CSMS agreed no OCPP subprotocol", error_code="ProtocolError")
@@ -520,6 +505,7 @@ class Station:
             if self._rebooting:
                 raise Rebooting("rebooting to install new firmware")
         finally:
+            hold.release()
             self._link_scope = None
             # A station that stops (end of run, node stop) is cancelled here: it still says goodbye with a close
             # frame (1001) rather than dropping the link; one that gives up on this connection closes with 1000.

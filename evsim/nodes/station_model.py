@@ -31,6 +31,7 @@ from evsim.ocpp.limits import HEARTBEAT_INTERVAL, OutOfRange
 from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile, NetworkSettings, ProfileRejected
 from evsim.recorder import Recorder
 from evsim.tls.context import ClientTls
+from evsim.tls.stream import TlsInfo
 
 
 @attrs.frozen
@@ -147,6 +148,28 @@ _NETWORK_SETTERS: dict[str, Callable[[NetworkProfiles, str], None]] = {
     "RetryBackOffRepeatTimes": lambda p, v: p.set_backoff(repeat_times=v),
 }
 """The OCPPCommCtrlr variables SetVariables may write, and how (:class:`NetworkProfiles` validates)."""
+
+
+@attrs.frozen
+class StationStatistics:
+    """A snapshot of a station (:meth:`evsim.nodes.station.Station.statistics`)."""
+
+    station_id: str
+    connected: bool
+    booted: bool
+    connects_ok: int
+    connect_failures: dict[str, int]
+    boots: int
+    heartbeats: int
+    sessions_completed: int
+    queue: Any
+    tls: TlsInfo | None
+    messages_sent: dict[str, int]
+    security_events_queued: int
+    active_slot: int | None = None
+    slot_switches: int = 0
+    slots_skipped: int = 0
+    certificates_renewed: int = 0
 
 
 class ModelHost(Protocol):
