@@ -474,6 +474,7 @@ class Station:
                 await self._boot(session)
                 self.connects_ok += 1
                 self.network_profiles.report(slot, True, "", trio.current_time())
+                self.device_model.note_upgrade()
                 if slot.tls is None:
                     self.certs.connection_succeeded()
                 self._established = True
@@ -638,6 +639,7 @@ class Station:
         certs = self.certs
         if certs.take_reconnect():
             raise CertificateSwitch("reconnecting with the renewed client certificate")
+        self.device_model.check_reset()
         request = certs.poll(trio.current_time(), self.clock.utcnow())
         if request is None:
             return False
@@ -795,7 +797,8 @@ class Station:
         if action == "GetInstalledCertificateIds":
             return self.certs.installed_ids(payload)
         if action == "Reset":
-            return {"status": "Rejected"}
+            self._wake.set()
+            return self.device_model.reset(payload)
         if action == "UpdateFirmware":
             return self.firmware.update_firmware(payload)
         if action == "GetLog":

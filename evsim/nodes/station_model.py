@@ -11,7 +11,9 @@ no state of its own: every value is read from, and written to, the live station 
 :class:`~evsim.link.slots.NetworkProfiles` and :class:`~evsim.nodes.certificates.StationCertificates`
 validate what they own. A value out of range is Rejected with a ``reasonCode`` and recorded once
 (``value_refused``, ``network_profile_rejected`` or ``network_variable_set`` with its reason); changes to the
-network slots and their priority take effect at the next reconnect.
+network slots and their priority take effect at the next reconnect. A change that would raise the security
+profile (A05: a profile 3 slot put first) is refused with ``NoCsmsRootCertificate`` or ``NoClientCertificate``
+unless the station holds a valid CSMS root and, for profile 3, a valid client certificate.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any, Protocol
 import attrs
 
 from evsim.backoff import RetryBackOff
-from evsim.errors import ConfigError
+from evsim.clock import SimClock
+from evsim.errors import ConfigError, TransportError
 from evsim.link.slots import NetworkProfiles, NetworkSlot
 from evsim.nodes.certificates import CertificateSettings, StationCertificates
 from evsim.ocpp.limits import HEARTBEAT_INTERVAL, OutOfRange
@@ -136,13 +139,21 @@ class StationConfig:
 
 
 _NETWORK_SETTERS: dict[str, Callable[[NetworkProfiles, str], None]] = {
-    "NetworkConfigurationPriority": NetworkProfiles.set_priority,
     "NetworkProfileConnectionAttempts": NetworkProfiles.set_connection_attempts,
     "RetryBackOffWaitMinimum": lambda p, v: p.set_backoff(wait_minimum=v),
     "RetryBackOffRandomRange": lambda p, v: p.set_backoff(random_range=v),
     "RetryBackOffRepeatTimes": lambda p, v: p.set_backoff(repeat_times=v),
 }
-"""The OCPPCommCtrlr variables SetVariables may write, and how (:class:`NetworkProfiles` validates)."""
+"""The OCPPCommCtrlr variables SetVariables may write, and how (:class:`NetworkProfiles` validates); and
+NetworkConfigurationPriority, whose upgrade the device model checks first (A05)."""
+_PRIORITY = "NetworkConfigurationPriority"
+
+
+class ResetRequested(TransportError):
+    """The station ends its connection and connects again, as the CSMS asked with Reset (B11/B12; the
+    simulated station keeps its charging session, and reconnects with its current network configuration)."""
+
+    reason = "reset"
 
 
 class ModelHost(Protocol):
@@ -152,6 +163,7 @@ class ModelHost(Protocol):
     def name(self) -> str: ...
 
     config: StationConfig
+    clock: SimClock
     recorder: Recorder
     client_tls: ClientTls | None
     network_profiles: NetworkProfiles
@@ -170,6 +182,7 @@ class DeviceModel:
     def __init__(self, station: ModelHost, refused: Callable[[str, OutOfRange], None]) -> None:
         self.station = station
         self._refused = refused
+        self._reset = False
 
     def variables(self) -> dict[tuple[str, str], str]:
         out = {
@@ -186,6 +199,51 @@ class DeviceModel:
             out[("SecurityCtrlr", name)] = value
         return out
 
+    def _upgrade_check(self, security_profile: int) -> None:
+        """A05: the station moves up to ``security_profile`` only with a valid CSMS root (A05.FR.02) and, for
+        profile 3, a valid client certificate (A05.FR.03); else the change is Rejected and nothing changes."""
+        now = self.station.clock.utcnow()
+        certs = self.station.certs
+        if not certs.valid_csms_root(now):
+            raise ProfileRejected(
+                "NoCsmsRootCertificate",
+                f"security profile {security_profile} needs a valid CSMSRootCertificate",
+            )
+        if security_profile == 3 and certs.valid_client_certificate(now) is None:
+            raise ProfileRejected(
+                "NoClientCertificate",
+                "security profile 3 needs a valid ChargingStationCertificate (renew it first, A02)",
+            )
+
+    def reset(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Reset (B11/B12): a station-wide OnIdle or Immediate reset is Accepted and done as a reconnect
+        (:meth:`check_reset`), which is how the CSMS makes a new NetworkConfigurationPriority take effect
+        (A05.FR.05); an EVSE reset is Rejected (the station has one EVSE and no per-EVSE reset)."""
+        if payload.get("evseId") is not None:
+            return {"status": "Rejected", "statusInfo": {"reasonCode": "UnsupportedRequest"}}
+        self._reset = True
+        self.station.recorder.emit(self.station.name, "reset_requested", type=payload["type"])
+        return {"status": "Accepted"}
+
+    def check_reset(self) -> None:
+        """Raises :class:`ResetRequested` once after an accepted Reset (the station's uplink calls it)."""
+        if self._reset:
+            self._reset = False
+            raise ResetRequested("reset by the CSMS")
+
+    def note_upgrade(self) -> None:
+        """After a successful connection: record the A05 upgrade it made, if any (``security_profile_upgraded``,
+        with the slots dropped because their profile is lower, A05.FR.06)."""
+        upgrade = self.station.network_profiles.take_upgrade()
+        if upgrade is not None:
+            self.station.recorder.emit(
+                self.station.name,
+                "security_profile_upgraded",
+                previous=upgrade.previous,
+                security_profile=upgrade.current,
+                removed_slots=list(upgrade.removed),
+            )
+
     def set_network_profile(self, payload: dict[str, Any]) -> dict[str, Any]:
         """SetNetworkProfile (B09): validate and store the slot; used from the next reconnect on.
 
@@ -197,7 +255,9 @@ class DeviceModel:
             profile = NetworkConnectionProfile.from_ocpp(payload["connectionData"])
             if profile.security_profile >= 2 and self.station.client_tls is None:
                 raise ProfileRejected("InvalidNetworkConf", "no TLS configuration installed for wss://")
-            self.station.network_profiles.set_network_profile(slot, profile)
+            self.station.network_profiles.set_network_profile(
+                slot, profile, upgrade_check=self._upgrade_check
+            )
         except ProfileRejected as exc:
             self.station.recorder.emit(
                 self.station.name,
@@ -243,9 +303,12 @@ class DeviceModel:
             except OutOfRange as exc:
                 status, info = "Rejected", {"reasonCode": exc.reason_code, "additionalInfo": str(exc)[:512]}
                 self._refused("SetVariables", exc)
-        elif key[0] == "OCPPCommCtrlr" and key[1] in _NETWORK_SETTERS:
+        elif key[0] == "OCPPCommCtrlr" and (key[1] in _NETWORK_SETTERS or key[1] == _PRIORITY):
             try:
-                _NETWORK_SETTERS[key[1]](self.station.network_profiles, value)
+                if key[1] == _PRIORITY:
+                    self.station.network_profiles.set_priority(value, upgrade_check=self._upgrade_check)
+                else:
+                    _NETWORK_SETTERS[key[1]](self.station.network_profiles, value)
                 status = "Accepted"  # B10.FR.01; takes effect at the next reconnect (see netprofile)
             except ProfileRejected as exc:  # B10.FR.02
                 status, info = "Rejected", {"reasonCode": exc.reason_code, "additionalInfo": str(exc)[:512]}

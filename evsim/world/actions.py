@@ -471,6 +471,26 @@ class TriggerRenewal(Action):
         world.trigger_renewal(self.target, spread=self.spread)
 
 
+@action("upgrade_security_profile", "target", "to", "spread")
+@attrs.frozen
+class UpgradeSecurityProfile(Action):
+    """A05: the CSMS holding each station's session moves it to the CSMS endpoint ``to`` at that endpoint's
+    higher security profile (SetNetworkProfile, NetworkConfigurationPriority, Reset), spread over ``spread``."""
+
+    target: str
+    to: str
+    spread: float = 0.0
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        target = r.target(("csms", "group", "station"))
+        r.require("to", 'add to = "<name>" (the profile 3 CSMS endpoint the stations move to)')
+        return cls(target=target, to=r.target(("csms",), key="to"), spread=_spread(r))
+
+    async def apply(self, world: World) -> None:
+        world.upgrade_security_profile(self.target, self.to, spread=self.spread)
+
+
 @action("install_certificate", "target", "root", "type", "spread")
 @attrs.frozen
 class InstallCertificate(Action):
@@ -663,5 +683,6 @@ __all__ = [
     "Stop",
     "SwitchServerCertificate",
     "TriggerRenewal",
+    "UpgradeSecurityProfile",
     "action",
 ]
