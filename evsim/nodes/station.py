@@ -72,7 +72,7 @@ from evsim.ocpp.txqueue import QueuedMessage, TxQueue
 from evsim.ocpp.versions import subprotocol_for, version_for
 from evsim.pki.ca import CertKey
 from evsim.recorder import Recorder
-from evsim.tls.config import Identity
+from evsim.tls.config import Identity, TlsProfile
 from evsim.tls.context import ClientTls
 from evsim.tls.events import (
     PEER_KEY_CHANGED,
@@ -195,7 +195,7 @@ class Station:
             security_event=self.queue_security_event,
         )
         """The station's certificates and their OCPP management (A02/A03, M03-M05)."""
-        self._tls_built: tuple[int, ClientTls, ClientTls] | None = None  # (version, base, built)
+        self._tls_built: tuple[tuple[int, TlsProfile | None], ClientTls, ClientTls] | None = None
         self.expiry: ExpiryMonitor | None = None
         """Where the certificates of its connections are noted for ``cert_expiring`` (None: not watched)."""
         self._used_candidate = False  # the current connection attempt uses a renewed, unproven certificate
@@ -337,17 +337,19 @@ class Station:
 
     def _station_tls(self) -> ClientTls | None:
         """The TLS configuration of the next connection: the configured one, rebuilt with the installed CSMS
-        roots and client certificate once OCPP changed them (:attr:`StationCertificates.version`).
+        roots and client certificate once OCPP changed them (:attr:`StationCertificates.version`), and with the
+        TLS versions and suites the CSMS set (:mod:`evsim.nodes.station_tls`).
 
         Raises:
             HandshakeFailed: no CSMS root is installed any more (``no_csms_root``); nothing can be verified.
         """
         base = self.client_tls
         certs = self.certs
-        if base is None or certs.version == 0:
+        key = (certs.version, self.device_model.tls.profile)  # the TLS variables the CSMS set (or None)
+        if base is None or key == (0, None):
             return base
         built = self._tls_built
-        if built is not None and built[0] == certs.version and built[1] is base:
+        if built is not None and built[0] == key and built[1] is base:
             return built[2]
         trust = base.trust
         if trust.mode == "pki" and not trust.insecure_skip_verify:
@@ -357,8 +359,8 @@ class Station:
             trust = attrs.evolve(trust, anchors=anchors)
         cert = certs.client_certificate()
         identity = Identity(cert.chain, cert.key) if cert is not None else None
-        tls = ClientTls.build(base.profile, trust, identity, peer=base.peer)
-        self._tls_built = (certs.version, base, tls)
+        tls = ClientTls.build(key[1] or base.profile, trust, identity, peer=base.peer)
+        self._tls_built = (key, base, tls)
         return tls
 
     def _note_certificates(self, expiry: ExpiryMonitor, tls: ClientTls, info: TlsInfo, host: str) -> None:

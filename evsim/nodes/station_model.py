@@ -6,7 +6,8 @@ the CSMS URL or its network configuration slots, charging behaviour, retry and q
 settings). Some of it is also visible to the CSMS as device-model variables, and a little of it can be changed
 at run time: :class:`DeviceModel` answers GetVariables and SetVariables (B06/B05: the heartbeat interval, the
 security profile and identity, the OCPPCommCtrlr network variables of :mod:`evsim.ocpp.netprofile`, the
-SecurityCtrlr certificate variables of :mod:`evsim.nodes.certificates`) and SetNetworkProfile (B09). It keeps
+SecurityCtrlr certificate variables of :mod:`evsim.nodes.certificates`, the TLS versions and suites of
+:mod:`evsim.nodes.station_tls`), SetNetworkProfile (B09) and Reset (done as a reconnect). It keeps
 no state of its own: every value is read from, and written to, the live station (:class:`ModelHost`), whose
 :class:`~evsim.link.slots.NetworkProfiles` and :class:`~evsim.nodes.certificates.StationCertificates`
 validate what they own. A value out of range is Rejected with a ``reasonCode`` and recorded once
@@ -28,6 +29,9 @@ from evsim.clock import SimClock
 from evsim.errors import ConfigError, TransportError
 from evsim.link.slots import NetworkProfiles, NetworkSlot
 from evsim.nodes.certificates import CertificateSettings, StationCertificates
+from evsim.nodes.station_tls import COMPONENT as TLS_COMPONENT
+from evsim.nodes.station_tls import NAMES as TLS_NAMES
+from evsim.nodes.station_tls import TlsSettings
 from evsim.ocpp.limits import HEARTBEAT_INTERVAL, OutOfRange
 from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile, NetworkSettings, ProfileRejected
 from evsim.recorder import Recorder
@@ -183,6 +187,11 @@ class DeviceModel:
         self.station = station
         self._refused = refused
         self._reset = False
+        self.tls = TlsSettings(
+            lambda: station.client_tls.profile if station.client_tls is not None else None,
+            lambda kind, **fields: station.recorder.emit(station.name, kind, **fields),
+        )
+        """The TLS versions and suites (``InternalCtrlr``; :mod:`evsim.nodes.station_tls`)."""
 
     def variables(self) -> dict[tuple[str, str], str]:
         out = {
@@ -197,6 +206,8 @@ class DeviceModel:
             out[("OCPPCommCtrlr", name)] = value
         for name, value in self.station.certs.variables().items():
             out[("SecurityCtrlr", name)] = value
+        for name, value in self.tls.variables().items():
+            out[(TLS_COMPONENT, name)] = value
         return out
 
     def _upgrade_check(self, security_profile: int) -> None:
@@ -321,6 +332,8 @@ class DeviceModel:
                 status=status,
                 **reason,
             )
+        elif key[0] == TLS_COMPONENT and key[1] in TLS_NAMES:
+            status, info = self.tls.set_variable(key[1], value)
         elif key[0] == "SecurityCtrlr" and key[1] in self.station.certs.variables():
             status, code = self.station.certs.set_variable(key[1], value)
             if code is not None:
