@@ -220,6 +220,7 @@ def test_every_action_is_accepted() -> None:
         "delete_certificate": 'target = "fleet-0001"\nroot = "root"',
         "switch_server_certificate": 'target = "main"\nroot = "rogue"',
         "degrade_ca": 'target = "main"\ndelay = "30s"\nfailure_rate = 0.25',
+        "upgrade_security_profile": 'target = "fleet"\nto = "backup"\nspread = "1m"',
     }
     assert set(params) == set(ACTIONS)
     text = (

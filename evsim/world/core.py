@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeAlias, TypeVar
 
 import attrs
@@ -141,6 +141,8 @@ async def open_world(
     sink: Callable[[Event], None] | None = None,
     echo: bool = False,
     expiry_warning: float | None = None,
+    intermediates: Mapping[str, tuple[str, KeyType]] | None = None,
+    station_issuer: str = "root",
 ) -> AsyncIterator[World]:
     """Open a world: shared clock, recorder, network and PKI, and a nursery its nodes run in.
 
@@ -158,6 +160,9 @@ async def open_world(
         echo: print events as they are recorded.
         expiry_warning: every node emits ``cert_expiring`` this many seconds before the notAfter of its own
             certificate and of each peer certificate it met (:mod:`evsim.nodes.expiry`); None: no warnings.
+        intermediates: intermediate CAs by name, ``(issuer, key_type)`` (issuers first); a CSMS certificate
+            names one as its ``issuer``.
+        station_issuer: the CA that issues the station sub-CA (``root`` or an intermediate under it).
 
     Yields:
         The world; leaving the block cancels every node in it.
@@ -172,7 +177,13 @@ async def open_world(
     sim_clock = SimClock.start(anchor)
     recorder = Recorder(sim_clock, sink=sink, echo=echo)
     pki = WorldPki.build(
-        anchor, organization=organization, key_type=key_type, roots=roots, crl_lifetime_s=crl_lifetime
+        anchor,
+        organization=organization,
+        key_type=key_type,
+        roots=roots,
+        crl_lifetime_s=crl_lifetime,
+        intermediates=intermediates,
+        station_issuer=station_issuer,
     )
     async with trio.open_nursery() as nursery:
         world = World(

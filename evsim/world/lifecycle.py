@@ -148,9 +148,10 @@ class WorldLifecycle(WorldAttacks):
 
     # ------------------------------------------------------------------ the CSMS side
 
-    def switch_server_certificate(self, target: Selector, root: str) -> None:
-        """Move a CSMS to a server certificate issued by ``root`` now (its current key, its certificate spec's
-        validity): the next handshakes present the new hierarchy; open connections are undisturbed."""
+    def switch_server_certificate(self, target: Selector, root: str, *, issuer: str | None = None) -> None:
+        """Move a CSMS to a server certificate issued by ``root`` now, or by the intermediate CA ``issuer``
+        under it (its current key, its certificate spec's validity): the next handshakes present the new chain;
+        open connections are undisturbed."""
         name = self._name(target)
         if name not in self.csms:
             raise ConfigError(f"{name!r} is not a CSMS", value=name, fix="name a CSMS")
@@ -161,7 +162,9 @@ class WorldLifecycle(WorldAttacks):
                 value=name,
                 fix="name another CSMS",
             )
-        node.tls = attrs.evolve(node.tls, certificate=attrs.evolve(node.tls.certificate, root=root))
+        node.tls = attrs.evolve(
+            node.tls, certificate=attrs.evolve(node.tls.certificate, root=root, issuer=issuer)
+        )
         cert = self.pki.server_certificate(node.host, node.tls.certificate, at=self.clock.elapsed())
         self._install_server_certificate(node, cert)
 
