@@ -56,7 +56,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("metrics", ("evsim.metrics",)),
     ("world", ("evsim.world", "evsim.testing")),
     ("scenario", ("evsim.scenario",)),
-    ("cli", ("evsim.cli", "evsim.commands", "evsim.__main__")),
+    ("cli", ("evsim.cli", "evsim.commands", "evsim.admin", "evsim.__main__")),
 )
 
 #: Layers that may import from fewer layers than all those below them.
