@@ -1,11 +1,12 @@
 """``make bench``: evsim against its peers and floors, measured in the same run, printed as tables.
 
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
-``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``),
+``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``,
+``renewal``),
 ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs in its own
 subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute times.
 
-``python -m bench SECTION`` runs one section alone; sections: ``tls-handshake``, ``failover``.
+``python -m bench SECTION`` runs one section alone; sections: ``tls-handshake``, ``failover``, ``renewal``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 
+from bench import renewal
 from bench.common import Result
 from bench.floor import handshake_floor
 from evsim.clock import real_utcnow
@@ -61,7 +63,11 @@ def _failover_section() -> None:
         print("! the failover runs did not finish within 10 minutes")
 
 
-SECTIONS = {"tls-handshake": _tls_handshake_section, "failover": _failover_section}
+SECTIONS = {
+    "tls-handshake": _tls_handshake_section,
+    "failover": _failover_section,
+    "renewal": renewal.section,
+}
 """Sections ``python -m bench SECTION`` runs alone."""
 
 
@@ -194,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     if "failover" not in skip:
         print()
         _failover_section()
+    if "renewal" not in skip:
+        print()
+        renewal.section()
     print(f"\n(benchmark took {time.perf_counter() - t0:.0f} s)")
     return 0
 
