@@ -103,3 +103,14 @@ def test_an_issuer_under_another_root_is_refused() -> None:
     with pytest.raises(ConfigError) as exc:
         loads_scenario(text)
     assert exc.value.path == "csms.main.certificate.issuer" and "not under root 'other'" in exc.value.message
+
+
+def test_switch_server_certificate_names_an_issuer() -> None:
+    entry = '\n[[timeline]]\nat = "1m"\naction = "switch_server_certificate"\ntarget = "main"\nissuer = "policy"\n'
+    sc = loads_scenario(BASE + entry)
+    (action,) = [e.action for e in sc.timeline]
+    assert action.fields() == {"target": "main", "root": "root", "issuer": "policy"}
+    assert sc.validate() == sc  # root and issuer written back together are accepted
+    with pytest.raises(ConfigError) as exc:
+        loads_scenario(BASE.replace("[pki]\n", "[pki.roots.other]\n\n[pki]\n") + entry + 'root = "other"\n')
+    assert exc.value.path == "timeline[0].root" and "under root 'root'" in exc.value.message

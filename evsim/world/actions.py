@@ -550,11 +550,13 @@ class SwitchServerCertificate(Action):
     def read(cls, r: Reader) -> Self:
         target = r.tls_csms()
         if r.has("issuer"):
-            if r.has("root"):
-                raise r.error(
-                    "root", "give root or issuer, not both", fix="remove root (the issuer's is used)"
-                )
             issuer, root = r.intermediate("issuer")
+            if r.has("root") and r.root(None) != root:
+                raise r.error(
+                    "root",
+                    f"intermediate {issuer!r} is under root {root!r}",
+                    fix="remove root (the issuer's is used)",
+                )
             return cls(target=target, root=root, issuer=issuer)
         return cls(target=target, root=r.root(None))
 
