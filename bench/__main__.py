@@ -2,7 +2,7 @@
 
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
 ``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``,
-and any name of ``SECTIONS``: ``nts``, ``relay``, ``firmware``, ``cpu-model``, ``workers``, ``storm``, ...;
+and any name of ``SECTIONS``: ``nts``, ``relay``, ``firmware``, ``cpu-model``, ``workers``, ``storm``, ``renewal``, ...;
 ``BENCH_STORM_N`` stations of the mutual-TLS storm of two processes, default 2000; ``BENCH_NTS_SECONDS`` seconds
 per NTS phase, default 3), ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200),
 ``BENCH_WORKERS_N`` stations of the workers section (default 500). Each fleet runs
@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from bench import firmware, nts, storm, workers
+from bench import firmware, nts, renewal, storm, workers
 from bench.common import Result, print_module_section
 from bench.floor import handshake_floor
 from evsim.clock import real_utcnow
@@ -82,6 +82,7 @@ SECTIONS = {
     "cpu-model": _cpu_model_section,
     "workers": workers.section,
     "storm": storm.section,
+    "renewal": renewal.section,
 }
 """Sections ``python -m bench SECTION`` runs alone."""
 

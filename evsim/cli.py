@@ -289,6 +289,43 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="DANGEROUS: allow security profile 1 (plain ws://, passwords in clear)",
     )
+    csms.add_argument(
+        "--admin-socket",
+        default=None,
+        metavar="PATH",
+        help="listen for operator commands on this unix socket (mode 0600): 'evsim admin --socket PATH ...' "
+        "triggers certificate renewal or installs a root on the connected stations",
+    )
+
+    adm = sub.add_parser(
+        "admin",
+        help="operator commands to a running 'evsim csms --admin-socket PATH'",
+        description="Send one command to a running CSMS over its admin socket and print each station's answer. "
+        "trigger-renewal: TriggerMessage SignChargingStationCertificate (OCPP A02; the CSMS then signs the "
+        "stations' CSRs); install-root: InstallCertificate of a PEM root (M05); status: the connected stations. "
+        "Exit status 0 when every target station accepted, 1 otherwise.",
+        parents=[verbosity],
+    )
+    adm.add_argument("--socket", required=True, metavar="PATH", help="the CSMS's --admin-socket")
+    adm_sub = adm.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    renew = adm_sub.add_parser(
+        "trigger-renewal", help="TriggerMessage SignChargingStationCertificate (A02)", parents=[verbosity]
+    )
+    install = adm_sub.add_parser(
+        "install-root", help="InstallCertificate of a root certificate (M05)", parents=[verbosity]
+    )
+    install.add_argument("file", help="the root certificate (PEM)")
+    install.add_argument(
+        "--type",
+        default="CSMSRootCertificate",
+        choices=("CSMSRootCertificate", "ManufacturerRootCertificate"),
+        help="certificateType (default CSMSRootCertificate)",
+    )
+    for action in (renew, install):
+        which = action.add_mutually_exclusive_group(required=True)
+        which.add_argument("--stations", help="comma-separated station identities, e.g. ST-0001,ST-0002")
+        which.add_argument("--all", action="store_true", help="every station connected now")
+    adm_sub.add_parser("status", help="the stations connected now", parents=[verbosity])
 
     from evsim.nodes.setup_window import DEFAULT_CONNECT_WINDOW
 
@@ -625,6 +662,8 @@ def _main(argv: Sequence[str] | None) -> int:
             from evsim.deploy import print_manifest
 
             return print_manifest(args)
+        if args.command == "admin":
+            return commands.run_admin(args)
     except (EvsimError, KeyboardInterrupt) as exc:
         return _failed(exc)
     except BrokenPipeError as exc:

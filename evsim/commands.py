@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 from evsim import DEV_PASSWORD, __version__, interrupts
+from evsim.admin import admin_call, serve_admin
 from evsim.clock import SimClock, real_utcnow
 from evsim.errors import ConfigError, PkiError
 from evsim.metrics.rundir import EventSink, RunDir, rerender, tee
@@ -28,6 +29,7 @@ from evsim.net.base import Network, format_address, is_loopback
 from evsim.net.tcp import TcpNetwork
 from evsim.nodes.certificates import CertificateSettings
 from evsim.nodes.csms import Csms, CsmsConfig
+from evsim.nodes.csms_admin import AdminRefused, AdminRequest
 from evsim.nodes.csms_certs import CsrSigner, SubCaSigner
 from evsim.nodes.security import csms_server_tls, load_anchors, station_client_tls
 from evsim.nodes.station import Station, station_ids
@@ -151,6 +153,7 @@ def run_csms(args: argparse.Namespace) -> int:
             printer=printer,
             duration=args.duration,
             signer=signer,
+            admin_socket=args.admin_socket,
         )
     )
     return 0
@@ -232,10 +235,12 @@ async def serve_csms(
     printer: EventPrinter,
     duration: float | None = None,
     signer: CsrSigner | None = None,
+    admin_socket: str | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> Csms:
     """Run the CSMS of ``evsim csms`` on ``network`` for ``duration`` seconds (None: until cancelled): one log
     line per event through ``printer``, the listening URL and, at the end, the summary on standard output.
+    With ``admin_socket``, operator commands are served there (:mod:`evsim.admin`).
 
     ``task_status.started`` gets the bound address.
     """
@@ -245,6 +250,9 @@ async def serve_csms(
     with trio.move_on_after(duration if duration is not None else math.inf):
         async with trio.open_nursery() as nursery:
             addr = await nursery.start(csms.run)
+            if admin_socket is not None:
+                await nursery.start(serve_admin, csms, admin_socket)
+                print(f"admin socket: {admin_socket}", flush=True)
             scheme = "ws" if config.security_profile == 1 else "wss"
             print(
                 f"CSMS listening on {scheme}://{addr[0]}:{addr[1]}{config.path_prefix}/<station-id>",
@@ -253,6 +261,54 @@ async def serve_csms(
             task_status.started(addr)
     print(_csms_summary(csms))
     return csms
+
+
+# ---------------------------------------------------------------------------- admin
+
+
+def run_admin(args: argparse.Namespace) -> int:
+    """``evsim admin``: one request to a running CSMS's admin socket; prints each station's answer."""
+    stations = None
+    if getattr(args, "stations", None):
+        stations = tuple(s.strip() for s in args.stations.split(",") if s.strip())
+    if args.admin_command == "install-root":
+        try:
+            pem = Path(args.file).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the certificate ({exc})", path="file", value=args.file) from exc
+        request = AdminRequest("install_root", stations, pem, args.type)
+    else:
+        request = AdminRequest(
+            "trigger_renewal" if args.admin_command == "trigger-renewal" else "status", stations
+        )
+    try:
+        response = trio.run(admin_call, args.socket, request)
+    except OSError as exc:
+        raise ConfigError(
+            f"no CSMS admin socket at {args.socket} ({exc.strerror or exc})",
+            path="--socket",
+            value=args.socket,
+            fix="start it with evsim csms --admin-socket PATH",
+        ) from exc
+    except AdminRefused as exc:
+        print(f"evsim admin: {exc}", file=sys.stderr)
+        return 1
+    if not response.get("ok"):
+        print(f"evsim admin: refused by the CSMS: {response.get('error')}", file=sys.stderr)
+        return 1
+    if request.op == "status":
+        connected = response.get("connected", [])
+        print(
+            f"{len(connected)} stations connected"
+            + (": " + ", ".join(map(str, connected)) if connected else "")
+        )
+        return 0
+    results = response.get("results", {})
+    for sid, result in results.items():
+        print(f"{sid}: {result.get('status') or 'not sent: ' + str(result.get('error'))}")
+    accepted = sum(1 for r in results.values() if r.get("status") == "Accepted")
+    print(f"{accepted}/{len(results)} stations accepted")
+    return 0 if results and accepted == len(results) else 1
 
 
 # ---------------------------------------------------------------------------- stations

@@ -36,6 +36,37 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
     return init_dev_pki(tmp_path_factory.mktemp("pki"), host="localhost", now=real_utcnow())
 
 
+async def _start_lib_csms(nursery: trio.Nursery, cmd: list[str]) -> tuple[trio.Process, bytes, int]:
+    """Start the ocpp-library CSMS; returns once it printed its readiness line (no polling): the process,
+    what it printed so far, and its port."""
+    proc: trio.Process = await nursery.start(
+        functools.partial(trio.run_process, cmd, stdout=subprocess.PIPE, check=False)
+    )
+    assert proc.stdout is not None
+    buf = b""
+    while b'"listening"' not in buf:
+        chunk = await proc.stdout.receive_some()
+        assert chunk, "the ocpp-library CSMS exited before listening"
+        buf += chunk
+    return proc, buf, int(json.loads(buf.split(b"\n")[0])["port"])
+
+
+async def _stop_lib_csms(proc: trio.Process) -> bytes:
+    """Terminate the ocpp-library CSMS and return the rest of what it printed."""
+    assert proc.stdout is not None
+    proc.terminate()
+    rest = b""
+    while chunk := await proc.stdout.receive_some():
+        rest += chunk
+    return rest
+
+
+def _lib_csms_cmd(pki: DevPki) -> list[str]:
+    """The ocpp-library CSMS on a free port with the dev PKI's server certificate."""
+    cert, key = str(pki.path("server.crt")), str(pki.path("server.key"))
+    return [sys.executable, str(HERE / "ocpp_lib_csms.py"), "--port", "0", "--cert", cert, "--key", key]
+
+
 def _lines(out: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
 
@@ -120,16 +151,7 @@ async def test_evsim_stations_against_ocpp_lib_csms(pki: DevPki, tmp_path: Path)
     ]
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            proc: trio.Process = await nursery.start(
-                functools.partial(trio.run_process, csms_cmd, stdout=subprocess.PIPE, check=False)
-            )
-            assert proc.stdout is not None
-            buf = b""
-            while b'"listening"' not in buf:  # wait for the peer's readiness line, no polling
-                chunk = await proc.stdout.receive_some()
-                assert chunk, "the ocpp-library CSMS exited before listening"
-                buf += chunk
-            port = json.loads(buf.split(b"\n")[0])["port"]
+            proc, buf, port = await _start_lib_csms(nursery, csms_cmd)
             result = await trio.run_process(
                 [
                     sys.executable,
@@ -155,10 +177,7 @@ async def test_evsim_stations_against_ocpp_lib_csms(pki: DevPki, tmp_path: Path)
                 capture_stderr=True,
                 check=False,
             )
-            proc.terminate()
-            rest = b""
-            while chunk := await proc.stdout.receive_some():
-                rest += chunk
+            rest = await _stop_lib_csms(proc)
             nursery.cancel_scope.cancel()
     assert result.returncode == 0, (result.stdout.decode(), result.stderr.decode())
     assert b"3/3 stations booted and completed" in result.stdout
@@ -199,16 +218,7 @@ async def test_ocpp_lib_csms_renews_evsim_station_certificates(pki: DevPki, tmp_
     ]
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            proc: trio.Process = await nursery.start(
-                functools.partial(trio.run_process, csms_cmd, stdout=subprocess.PIPE, check=False)
-            )
-            assert proc.stdout is not None
-            buf = b""
-            while b'"listening"' not in buf:
-                chunk = await proc.stdout.receive_some()
-                assert chunk, "the ocpp-library CSMS exited before listening"
-                buf += chunk
-            port = json.loads(buf.split(b"\n")[0])["port"]
+            proc, buf, port = await _start_lib_csms(nursery, csms_cmd)
             result = await trio.run_process(
                 [
                     sys.executable,
@@ -234,10 +244,7 @@ async def test_ocpp_lib_csms_renews_evsim_station_certificates(pki: DevPki, tmp_
                 capture_stderr=True,
                 check=False,
             )
-            proc.terminate()
-            rest = b""
-            while chunk := await proc.stdout.receive_some():
-                rest += chunk
+            rest = await _stop_lib_csms(proc)
             nursery.cancel_scope.cancel()
     assert result.returncode == 0, (result.stdout.decode(), result.stderr.decode())
     seen = _lines(buf + rest)
@@ -297,3 +304,47 @@ async def test_ocpp_lib_station_gets_its_csr_signed_by_evsim_csms(pki: DevPki) -
     assert steps["certificate_signed"]["verified"] is True, steps["certificate_signed"]
     (signed,) = [e.data for e in recorder.of_kind("certificate_signed")]
     assert signed["status"] == "Accepted"
+
+
+async def test_ocpp_lib_csms_changes_evsim_station_tls_settings(pki: DevPki) -> None:
+    """TLS settings in the device model: an ocpp-library CSMS reads an evsim station's TLS versions and suites
+    (InternalCtrlr), sets TLS 1.2 with one suite, is refused for what the engine cannot do (with a reason),
+    resets the station, and its next connection is TLS 1.2 with that suite."""
+    csms_cmd = [*_lib_csms_cmd(pki), "--password", PASSWORD, "--tls-settings", "--duration", "40"]
+    with trio.fail_after(50):
+        async with trio.open_nursery() as nursery:
+            proc, buf, port = await _start_lib_csms(nursery, csms_cmd)
+            result = await trio.run_process(
+                [
+                    *(sys.executable, "-m", "evsim", "stations", "--csms", f"wss://localhost:{port}/ocpp"),
+                    *("--count", "1", "--ca", str(pki.path("ca.crt")), "--password", PASSWORD),
+                    *("--session-duration", "12", "--meter-interval", "4", "--duration", "25"),
+                ],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            rest = await _stop_lib_csms(proc)
+            nursery.cancel_scope.cancel()
+    assert result.returncode == 0, (result.stdout.decode(), result.stderr.decode())
+    seen = _lines(buf + rest)
+    (got,) = [ln["variables"] for ln in seen if ln.get("sent") == "GetVariables"]
+    assert got["TlsVersions"] == "TLSv1.3,TLSv1.2"
+    assert "TLSv1.2" in got["AvailableTlsVersions"].split(",")
+    assert "ECDHE-ECDSA-AES256-GCM-SHA384" in got["SupportedCiphers12"].split(":")
+    assert set(got["SupportedCiphers13"].split(":")) <= set(got["AvailableCiphers13"].split(":"))
+    (changes,) = [ln["results"] for ln in seen if ln.get("sent") == "SetVariables"]
+    assert [(c["status"], c["reasonCode"]) for c in changes] == [
+        ("Accepted", None),
+        ("Accepted", None),
+        ("Rejected", "UnsupportedByEngine"),
+        ("Rejected", "InvalidValue"),
+    ]
+    assert [ln["status"] for ln in seen if ln.get("sent") == "Reset"] == ["Accepted"]
+    connects = [ln for ln in seen if ln.get("event") == "connected"]
+    assert len(connects) >= 2, connects
+    assert connects[0]["tls_version"] == "TLSv1.3"
+    assert (connects[-1]["tls_version"], connects[-1]["cipher"]) == (
+        "TLSv1.2",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+    )

@@ -62,7 +62,15 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("explain", ("evsim.explain",)),
     (
         "cli",
-        ("evsim.cli", "evsim.commands", "evsim.__main__", "evsim.calibrate", "evsim.workers", "evsim.deploy"),
+        (
+            "evsim.cli",
+            "evsim.commands",
+            "evsim.admin",
+            "evsim.__main__",
+            "evsim.calibrate",
+            "evsim.workers",
+            "evsim.deploy",
+        ),
     ),
 )
 

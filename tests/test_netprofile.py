@@ -133,9 +133,51 @@ def test_connecting_at_a_higher_profile_raises_the_bar() -> None:
     fail_n(p, 1)
     assert connect(p).slot == 1
     assert p.security_profile == 3
+    # A05.FR.06: the lower slots are gone, from the slots and from NetworkConfigurationPriority
+    assert p.take_upgrade() == netprofile.ProfileUpgrade(2, 3, (0,))
+    assert p.take_upgrade() is None
+    assert set(p.slots) == {1} and p.priority == (1,)
+    assert p.variables()["NetworkConfigurationPriority"] == "1"
     p.connection_lost(0.0)
-    assert p.order == (1,)  # slot 0 (profile 2) is a downgrade now
-    assert p.skipped[0].reason == "NoSecurityDowngrade"
+    assert p.order == (1,) and p.skipped == ()
+    with pytest.raises(ProfileRejected) as exc:
+        p.set_network_profile(0, NetworkConnectionProfile("wss://csms0.evsim.test/ocpp", 2))
+    assert exc.value.reason_code == "NoSecurityDowngrade"
+
+
+def _refuse(sp: int) -> None:
+    raise ProfileRejected("NoClientCertificate", f"no certificate for {sp}")
+
+
+def test_upgrade_check_guards_the_priority_and_listed_slots() -> None:
+    """A05.FR.02/03: a new priority (or a listed slot rewritten) that would raise the profile is refused by
+    the station's check, and nothing changes; the same at the active profile is not checked."""
+    p = profiles([slot(0, 2), slot(1, 2)])
+    up = NetworkConnectionProfile("wss://csms3.evsim.test/ocpp", 3)
+    p.set_network_profile(2, up, upgrade_check=_refuse)  # not listed: stored, not yet an upgrade
+    with pytest.raises(ProfileRejected) as exc:
+        p.set_priority("2,0", upgrade_check=_refuse)
+    assert exc.value.reason_code == "NoClientCertificate"
+    assert p.variables()["NetworkConfigurationPriority"] == "0,1"
+    p.set_priority("1,0", upgrade_check=_refuse)  # same profile: no check
+    with pytest.raises(ProfileRejected):
+        p.set_network_profile(1, up, upgrade_check=_refuse)  # listed slot rewritten to profile 3
+    seen: list[int] = []
+    p.set_priority("2,0,1", upgrade_check=seen.append)
+    assert seen == [3]
+
+
+def test_a_failing_upgrade_falls_back_to_the_old_profile() -> None:
+    p = profiles([slot(0, 2)], attempts=1)
+    connect(p)
+    p.set_network_profile(1, NetworkConnectionProfile("wss://csms3.evsim.test/ocpp", 3))
+    p.set_priority("1,0")
+    p.connection_lost(0.0)
+    assert p.current.slot == 1
+    fail_n(p, 1)
+    assert p.current.slot == 0  # the profile 3 slot failed: the walk goes on to the old slot
+    connect(p)
+    assert p.security_profile == 2 and p.take_upgrade() is None and set(p.slots) == {0, 1}
 
 
 def test_must_boot_after_reboot_and_slot_switch_only() -> None:
@@ -272,10 +314,10 @@ class NetworkProfilesMachine(RuleBasedStateMachine):
         self.failures_in_a_row = 0
         self.tried_since_success = []
 
-    @precondition(lambda self: len(self.slots) >= 2)
+    @precondition(lambda self: len(self.p.slots) >= 2)
     @rule(data=st.data())
     def change_priority(self, data: st.DataObject) -> None:
-        order = data.draw(st.permutations([s.slot for s in self.slots]))
+        order = data.draw(st.permutations(sorted(self.p.slots)))  # an upgrade drops the lower slots (A05)
         self.p.set_priority(",".join(map(str, order)))
 
     @invariant()

@@ -228,6 +228,7 @@ def test_every_action_is_accepted() -> None:
         "ship_impostor": 'target = "hems"\ndevice = "fleet-0003"\nattempts = 2',
         "update_firmware": 'target = "fleet"\nfirmware = "v2"\nservice = "fw"\nspread = "5m"',
         "get_log": 'target = "main"\nservice = "fw"\nlog_type = "SecurityLog"\nretries = 1\nretry_interval = "1m"',
+        "upgrade_security_profile": 'target = "fleet"\nto = "backup"\nspread = "1m"',
     }
     assert set(params) == set(ACTIONS)
     text = (

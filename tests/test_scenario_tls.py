@@ -122,7 +122,7 @@ BAD = [
         '{ target = "intermediate", root = "root"',
         11,
         "tls.pins.leaf.pins[2].target",
-        "give its spki_sha256",
+        "name it with intermediate",
     ),
     ('root = "root", state', 'root = "rogue", state', 11, "tls.pins.leaf.pins[2].root", "undefined root"),
     (
@@ -130,7 +130,7 @@ BAD = [
         'root = "root", cert = "csms.main", state',
         11,
         "tls.pins.leaf.pins[2].root",
-        "exactly one of cert, root, spki_sha256",
+        "exactly one of cert, root, intermediate, spki_sha256",
     ),
     (
         '{ target = "leaf", cert = "csms.main" },',

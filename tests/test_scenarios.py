@@ -21,7 +21,15 @@ from evsim.scenario.loader import load_scenario, loads_scenario
 from evsim.scenario.runner import RunResult, preflight, run_scenario
 
 SCENARIOS = {p.stem: p for p in shipped()}
-LARGE = frozenset({"boot_storm", "failover_primary_down", "fleet_certificate_renewal", "firmware_rollout"})
+LARGE = frozenset(
+    {
+        "boot_storm",
+        "failover_primary_down",
+        "fleet_certificate_renewal",
+        "firmware_rollout",
+        "intermediate_pinning",
+    }
+)
 """The 1,000-station scenarios (marked slow: ``make test-fast`` leaves them out)."""
 
 
@@ -249,6 +257,32 @@ def test_fleet_certificate_renewal_outcome() -> None:
         cert = node.certificate
         assert cert is not None and cert.cert.issuer == issuer
         assert cert.cert.not_valid_before_utc.timestamp() >= renewal_start - 3600  # issued by the renewal
+
+
+@pytest.mark.slow
+def test_intermediate_pinning_outcome() -> None:
+    """1,000 stations pin the CSMS's intermediate CA: a leaf key rotation needs no pin change, the move to the
+    announced intermediate promotes its pin on every station, the legacy group (no announcement) is refused,
+    and going back to the released intermediate is refused by the fleet."""
+    r = _run("intermediate_pinning")
+    assert r.world is not None
+    events = list(r.recorder.events)
+
+    def of(kind: str, group: str, start: float, end: float) -> set[str]:
+        return {e.node for e in events if e.kind == kind and e.node.startswith(group) and start <= e.t < end}
+
+    fleet = {n for n in r.world.stations if n.startswith("FLEET")}
+    legacy = {n for n in r.world.stations if n.startswith("LEGACY")}
+    assert len(fleet) == 1000 and len(legacy) == 50
+    chain = r.world.csms["main"].certificate
+    assert chain is not None and chain.intermediates[0] == r.world.pki.intermediates["ica1"].cert
+    assert of("booted", "FLEET", 300, 600) == fleet  # after the leaf key rotation at 3 min, no pin change
+    assert not of("pin_mismatch", "", 0, 720) and not of("pin_promoted", "", 0, 720)
+    assert of("pin_promoted", "FLEET", 720, 1320) == fleet  # ica2 announced: promoted at the next handshake
+    assert of("pin_mismatch", "LEGACY", 720, 1320) == legacy  # not announced: refused
+    assert not of("booted", "LEGACY", 900, 1320)
+    assert of("pin_mismatch", "FLEET", 1320, 1800) == fleet  # ica1 released by the promotion
+    assert of("booted", "LEGACY", 1320, 1800) == legacy
 
 
 def test_root_rollover_outcome() -> None:

@@ -183,8 +183,9 @@ def test_run_scenario_async_checks_the_clock() -> None:
 
 
 def test_world_summary_is_the_summary_evsim_run_prints(tmp_path: Path) -> None:
-    """The summary a world computes is the one ``evsim run`` prints (rebuilt from the run directory)."""
-    from evsim.metrics.rundir import RunDir, rerender
+    """The summary a world computes is the one ``evsim run`` prints (rebuilt from the run directory), which opens
+    with the scenario's description and closes with the check of its expected outcome."""
+    from evsim.metrics.rundir import RunDir, load, rerender, with_story
     from evsim.scenario.cli import _meta
 
     sc = load_scenario(ROOT / "scenarios" / "partition_heal.toml")
@@ -197,7 +198,7 @@ def test_world_summary_is_the_summary_evsim_run_prints(tmp_path: Path) -> None:
     assert result.world is not None
     header, tables = printed.split("\n\n", 1)
     assert header.startswith("scenario partition_heal")
-    assert tables == result.world.summary().render()
+    assert tables == with_story(result.world.summary(), load(rd.path)).render()
 
 
 # ---------------------------------------------------------------------------- evsim.testing

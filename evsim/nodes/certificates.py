@@ -163,6 +163,10 @@ class _Request:
     accepted: bool = False
 
 
+def _valid_at(cert: x509.Certificate, now_utc: _dt.datetime) -> bool:
+    return cert.not_valid_before_utc <= now_utc <= cert.not_valid_after_utc
+
+
 def _variable_int(value: str, *, low: int, high: int) -> int | None:
     try:
         number = int(value)
@@ -231,6 +235,17 @@ class StationCertificates:
         if self.root_fallback is not None and self.root_fallback not in roots:
             roots.append(self.root_fallback)
         return tuple(roots)
+
+    def valid_client_certificate(self, now_utc: _dt.datetime) -> CertKey | None:
+        """A client certificate valid at ``now_utc`` (the installed one, else a candidate), or None."""
+        for cert in (self.identity, self.candidate):
+            if cert is not None and _valid_at(cert.cert, now_utc):
+                return cert
+        return None
+
+    def valid_csms_root(self, now_utc: _dt.datetime) -> bool:
+        """Whether a CSMS root valid at ``now_utc`` is installed."""
+        return any(_valid_at(root, now_utc) for root in self.anchors())
 
     def entries(self) -> int:
         """``CertificateEntries``: installed certificates, the station's own included."""

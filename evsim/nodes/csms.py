@@ -39,8 +39,9 @@ Numbers a station sends are range-checked against :mod:`evsim.ocpp.limits` befor
 every other station are not affected. Refusals are recorded per connection up to :data:`BAD_INPUT_EVENTS`
 (:class:`InputLog`): a peer sending nothing but bad frames or values cannot flood the log.
 
-The records kept per station and per connection, and the bounds on their memory, are
-:mod:`evsim.nodes.csms_records`.
+A station that moved up to a higher security profile (A05, :mod:`evsim.nodes.csms_upgrade`) is refused
+below it from then on by every endpoint sharing its record (HTTP 401, A05.FR.07). The records kept per
+station and per connection, and the bounds on their memory, are :mod:`evsim.nodes.csms_records`.
 """
 
 from __future__ import annotations
@@ -380,7 +381,7 @@ class Csms:
         """The HTTP upgrade gate (see module doc): the shared decision, with the CSMS's own password table,
         unknown-identity check and password check of stations behind a trusted controller."""
         cfg = self.config
-        return decide_upgrade(
+        decision = decide_upgrade(
             req,
             tls_info,
             out,
@@ -401,6 +402,17 @@ class Csms:
             connected=self._connected,
             refuse_newer=cfg.duplicate_identity == "refuse_newer",
         )
+        rec = self.stations.get(out.get("station_id", ""))
+        if isinstance(decision, Accept) and rec is not None and cfg.security_profile < rec.security_floor:
+            return reject_upgrade(  # A05.FR.07: never the lower profile again after an upgrade
+                self.recorder,
+                cfg.name,
+                self._upgrade_rejections,
+                401,
+                f"security profile {cfg.security_profile} is below the station's {rec.security_floor}",
+                rec.station_id,
+            )
+        return decision
 
     def _connected(self, station_id: str) -> bool:
         rec = self.stations.get(station_id)
@@ -616,6 +628,14 @@ class Csms:
                 )
         rec.accepted = True
         self.recorder.emit(self.config.name, "booted", station=rec.station_id, reason=payload["reason"])
+        if rec.upgrade_to and self.config.security_profile >= rec.upgrade_to and conn.controller is None:
+            rec.security_floor, rec.upgrade_to = rec.upgrade_to, 0
+            self.recorder.emit(
+                self.config.name,
+                "security_profile_upgraded",
+                station=rec.station_id,
+                floor=rec.security_floor,
+            )
         return {"currentTime": now, "interval": self.config.heartbeat_interval, "status": "Accepted"}
 
     def _token_status(self, token: str) -> str:

@@ -157,6 +157,11 @@ class StationRecord:
     """The last FirmwareStatusNotification status (None before the first)."""
     log_status: str | None = None
     """The last LogStatusNotification status (None before the first)."""
+    upgrade_to: int = 0
+    """The security profile the CSMS asked the station to move up to (A05), until it connects with it."""
+    security_floor: int = 0
+    """The lowest security profile the CSMS still admits the station with: raised when it connected after an
+    upgrade (A05.FR.07); 0: any."""
 
     def tx_events(self) -> int:
         """TransactionEvents received from this station (duplicates not counted), retired ones included."""

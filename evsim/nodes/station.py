@@ -76,7 +76,7 @@ from evsim.ocpp.txqueue import QueuedMessage, TxQueue
 from evsim.ocpp.versions import subprotocol_for, version_for
 from evsim.pki.ca import CertKey
 from evsim.recorder import Recorder
-from evsim.tls.config import Identity
+from evsim.tls.config import Identity, TlsProfile
 from evsim.tls.context import ClientTls
 from evsim.tls.cost import handshake_kind
 from evsim.tls.events import (
@@ -185,7 +185,7 @@ class Station:
             security_event=self.queue_security_event,
         )
         """The station's certificates and their OCPP management (A02/A03, M03-M05)."""
-        self._tls_built: tuple[int, ClientTls, ClientTls] | None = None  # (version, base, built)
+        self._tls_built: tuple[tuple[int, TlsProfile | None], ClientTls, ClientTls] | None = None
         self.expiry: ExpiryMonitor | None = None
         """Where the certificates of its connections are noted for ``cert_expiring`` (None: not watched)."""
         self.cpu: Cpu | None = None  # the CPU model in virtual time (evsim.cpu), often shared by a fleet
@@ -333,17 +333,19 @@ class Station:
 
     def _station_tls(self) -> ClientTls | None:
         """The TLS configuration of the next connection: the configured one, rebuilt with the installed CSMS
-        roots and client certificate once OCPP changed them (:attr:`StationCertificates.version`).
+        roots and client certificate once OCPP changed them (:attr:`StationCertificates.version`), and with the
+        TLS versions and suites the CSMS set (:mod:`evsim.nodes.station_tls`).
 
         Raises:
             HandshakeFailed: no CSMS root is installed any more (``no_csms_root``); nothing can be verified.
         """
         base = self.client_tls
         certs = self.certs
-        if base is None or certs.version == 0:
+        key = (certs.version, self.device_model.tls.profile)  # the TLS variables the CSMS set (or None)
+        if base is None or key == (0, None):
             return base
         built = self._tls_built
-        if built is not None and built[0] == certs.version and built[1] is base:
+        if built is not None and built[0] == key and built[1] is base:
             return built[2]
         trust = base.trust
         if trust.mode == "pki" and not trust.insecure_skip_verify:
@@ -353,8 +355,8 @@ class Station:
             trust = attrs.evolve(trust, anchors=anchors)
         cert = certs.client_certificate()
         identity = Identity(cert.chain, cert.key) if cert is not None else None
-        tls = ClientTls.build(base.profile, trust, identity, peer=base.peer)
-        self._tls_built = (certs.version, base, tls)
+        tls = ClientTls.build(key[1] or base.profile, trust, identity, peer=base.peer)
+        self._tls_built = (key, base, tls)
         return tls
 
     def _note_certificates(self, expiry: ExpiryMonitor, tls: ClientTls, info: TlsInfo, host: str) -> None:
@@ -493,6 +495,7 @@ class Station:
                 await self._boot(session, self._endpoint(slot))
                 self.connects_ok += 1
                 self.network_profiles.report(slot, True, "", trio.current_time())
+                self.device_model.note_upgrade()
                 if slot.tls is None:
                     self.certs.connection_succeeded()
                 self._established = True
@@ -662,6 +665,7 @@ class Station:
         certs = self.certs
         if certs.take_reconnect():
             raise CertificateSwitch("reconnecting with the renewed client certificate")
+        self.device_model.check_reset()
         request = certs.poll(trio.current_time(), self.clock.utcnow())
         if request is None:
             return False
@@ -819,7 +823,8 @@ class Station:
         if action == "GetInstalledCertificateIds":
             return self.certs.installed_ids(payload)
         if action == "Reset":
-            return {"status": "Rejected"}
+            self._wake.set()
+            return self.device_model.reset(payload)
         if action == "UpdateFirmware":
             return self.firmware.update_firmware(payload)
         if action == "GetLog":

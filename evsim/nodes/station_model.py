@@ -7,12 +7,15 @@ settings). Some of it is also visible to the CSMS as device-model variables, and
 at run time: :class:`DeviceModel` answers GetVariables and SetVariables (B06/B05: the heartbeat interval, the
 security profile and identity, the OCPPCommCtrlr network variables of :mod:`evsim.ocpp.netprofile`, the
 SecurityCtrlr certificate variables of :mod:`evsim.nodes.certificates`, the ClockCtrlr variables of
-:mod:`evsim.nodes.devicetime`) and SetNetworkProfile (B09). It keeps
+:mod:`evsim.nodes.devicetime`, the TLS versions and suites of :mod:`evsim.nodes.station_tls`), SetNetworkProfile
+(B09) and Reset (done as a reconnect). It keeps
 no state of its own: every value is read from, and written to, the live station (:class:`ModelHost`), whose
 :class:`~evsim.link.slots.NetworkProfiles` and :class:`~evsim.nodes.certificates.StationCertificates`
 validate what they own. A value out of range is Rejected with a ``reasonCode`` and recorded once
 (``value_refused``, ``network_profile_rejected`` or ``network_variable_set`` with its reason); changes to the
-network slots and their priority take effect at the next reconnect.
+network slots and their priority take effect at the next reconnect. A change that would raise the security
+profile (A05: a profile 3 slot put first) is refused with ``NoCsmsRootCertificate`` or ``NoClientCertificate``
+unless the station holds a valid CSMS root and, for profile 3, a valid client certificate.
 """
 
 from __future__ import annotations
@@ -23,10 +26,14 @@ from typing import Any, Protocol
 import attrs
 
 from evsim.backoff import RetryBackOff
-from evsim.errors import ConfigError
+from evsim.clock import SimClock
+from evsim.errors import ConfigError, TransportError
 from evsim.link.slots import NetworkProfiles, NetworkSlot
 from evsim.nodes.certificates import CertificateSettings, StationCertificates
 from evsim.nodes.devicetime import ClockSettings, DeviceTime
+from evsim.nodes.station_tls import COMPONENT as TLS_COMPONENT
+from evsim.nodes.station_tls import NAMES as TLS_NAMES
+from evsim.nodes.station_tls import TlsSettings
 from evsim.ocpp.limits import HEARTBEAT_INTERVAL, OutOfRange
 from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile, NetworkSettings, ProfileRejected
 from evsim.recorder import Recorder
@@ -141,13 +148,21 @@ class StationConfig:
 
 
 _NETWORK_SETTERS: dict[str, Callable[[NetworkProfiles, str], None]] = {
-    "NetworkConfigurationPriority": NetworkProfiles.set_priority,
     "NetworkProfileConnectionAttempts": NetworkProfiles.set_connection_attempts,
     "RetryBackOffWaitMinimum": lambda p, v: p.set_backoff(wait_minimum=v),
     "RetryBackOffRandomRange": lambda p, v: p.set_backoff(random_range=v),
     "RetryBackOffRepeatTimes": lambda p, v: p.set_backoff(repeat_times=v),
 }
-"""The OCPPCommCtrlr variables SetVariables may write, and how (:class:`NetworkProfiles` validates)."""
+"""The OCPPCommCtrlr variables SetVariables may write, and how (:class:`NetworkProfiles` validates); and
+NetworkConfigurationPriority, whose upgrade the device model checks first (A05)."""
+_PRIORITY = "NetworkConfigurationPriority"
+
+
+class ResetRequested(TransportError):
+    """The station ends its connection and connects again, as the CSMS asked with Reset (B11/B12; the
+    simulated station keeps its charging session, and reconnects with its current network configuration)."""
+
+    reason = "reset"
 
 
 @attrs.frozen
@@ -178,6 +193,9 @@ class ModelHost(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def clock(self) -> SimClock: ...  # read only: a station's own NodeClock fits
+
     config: StationConfig
     recorder: Recorder
     client_tls: ClientTls | None
@@ -198,6 +216,12 @@ class DeviceModel:
     def __init__(self, station: ModelHost, refused: Callable[[str, OutOfRange], None]) -> None:
         self.station = station
         self._refused = refused
+        self._reset = False
+        self.tls = TlsSettings(
+            lambda: station.client_tls.profile if station.client_tls is not None else None,
+            lambda kind, **fields: station.recorder.emit(station.name, kind, **fields),
+        )
+        """The TLS versions and suites (``InternalCtrlr``; :mod:`evsim.nodes.station_tls`)."""
 
     def variables(self) -> dict[tuple[str, str], str]:
         out = {
@@ -214,7 +238,54 @@ class DeviceModel:
             out[("SecurityCtrlr", name)] = value
         for name, value in self.station.time.variables().items():
             out[("ClockCtrlr", name)] = value
+        for name, value in self.tls.variables().items():
+            out[(TLS_COMPONENT, name)] = value
         return out
+
+    def _upgrade_check(self, security_profile: int) -> None:
+        """A05: the station moves up to ``security_profile`` only with a valid CSMS root (A05.FR.02) and, for
+        profile 3, a valid client certificate (A05.FR.03); else the change is Rejected and nothing changes."""
+        now = self.station.clock.utcnow()
+        certs = self.station.certs
+        if not certs.valid_csms_root(now):
+            raise ProfileRejected(
+                "NoCsmsRootCertificate",
+                f"security profile {security_profile} needs a valid CSMSRootCertificate",
+            )
+        if security_profile == 3 and certs.valid_client_certificate(now) is None:
+            raise ProfileRejected(
+                "NoClientCertificate",
+                "security profile 3 needs a valid ChargingStationCertificate (renew it first, A02)",
+            )
+
+    def reset(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Reset (B11/B12): a station-wide OnIdle or Immediate reset is Accepted and done as a reconnect
+        (:meth:`check_reset`), which is how the CSMS makes a new NetworkConfigurationPriority take effect
+        (A05.FR.05); an EVSE reset is Rejected (the station has one EVSE and no per-EVSE reset)."""
+        if payload.get("evseId") is not None:
+            return {"status": "Rejected", "statusInfo": {"reasonCode": "UnsupportedRequest"}}
+        self._reset = True
+        self.station.recorder.emit(self.station.name, "reset_requested", type=payload["type"])
+        return {"status": "Accepted"}
+
+    def check_reset(self) -> None:
+        """Raises :class:`ResetRequested` once after an accepted Reset (the station's uplink calls it)."""
+        if self._reset:
+            self._reset = False
+            raise ResetRequested("reset by the CSMS")
+
+    def note_upgrade(self) -> None:
+        """After a successful connection: record the A05 upgrade it made, if any (``security_profile_upgraded``,
+        with the slots dropped because their profile is lower, A05.FR.06)."""
+        upgrade = self.station.network_profiles.take_upgrade()
+        if upgrade is not None:
+            self.station.recorder.emit(
+                self.station.name,
+                "security_profile_upgraded",
+                previous=upgrade.previous,
+                security_profile=upgrade.current,
+                removed_slots=list(upgrade.removed),
+            )
 
     def set_network_profile(self, payload: dict[str, Any]) -> dict[str, Any]:
         """SetNetworkProfile (B09): validate and store the slot; used from the next reconnect on.
@@ -227,7 +298,9 @@ class DeviceModel:
             profile = NetworkConnectionProfile.from_ocpp(payload["connectionData"])
             if profile.security_profile >= 2 and self.station.client_tls is None:
                 raise ProfileRejected("InvalidNetworkConf", "no TLS configuration installed for wss://")
-            self.station.network_profiles.set_network_profile(slot, profile)
+            self.station.network_profiles.set_network_profile(
+                slot, profile, upgrade_check=self._upgrade_check
+            )
         except ProfileRejected as exc:
             self.station.recorder.emit(
                 self.station.name,
@@ -273,9 +346,12 @@ class DeviceModel:
             except OutOfRange as exc:
                 status, info = "Rejected", {"reasonCode": exc.reason_code, "additionalInfo": str(exc)[:512]}
                 self._refused("SetVariables", exc)
-        elif key[0] == "OCPPCommCtrlr" and key[1] in _NETWORK_SETTERS:
+        elif key[0] == "OCPPCommCtrlr" and (key[1] in _NETWORK_SETTERS or key[1] == _PRIORITY):
             try:
-                _NETWORK_SETTERS[key[1]](self.station.network_profiles, value)
+                if key[1] == _PRIORITY:
+                    self.station.network_profiles.set_priority(value, upgrade_check=self._upgrade_check)
+                else:
+                    _NETWORK_SETTERS[key[1]](self.station.network_profiles, value)
                 status = "Accepted"  # B10.FR.01; takes effect at the next reconnect (see netprofile)
             except ProfileRejected as exc:  # B10.FR.02
                 status, info = "Rejected", {"reasonCode": exc.reason_code, "additionalInfo": str(exc)[:512]}
@@ -288,6 +364,8 @@ class DeviceModel:
                 status=status,
                 **reason,
             )
+        elif key[0] == TLS_COMPONENT and key[1] in TLS_NAMES:
+            status, info = self.tls.set_variable(key[1], value)
         elif key[0] == "SecurityCtrlr" and key[1] in self.station.certs.variables():
             status, code = self.station.certs.set_variable(key[1], value)
             if code is not None:

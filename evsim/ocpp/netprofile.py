@@ -22,6 +22,11 @@ attempt, ``connection_lost(now)`` plans the reconnect after an established conne
   last successful connection (never downgrade, A05/B09.FR.04; 3→2 only with ``AllowSecurityProfileDowngrade``,
   errata 2025-01; profile 1 never once above 1, B09.FR.31). Skipped slots are counted and listed in
   :attr:`NetworkProfiles.skipped`.
+* Upgrade (A05): the CSMS puts a slot with a higher security profile into the priority list (or writes one
+  into a listed slot); the station's ``upgrade_check`` refuses it without a valid CSMS root or client
+  certificate (A05.FR.02/03). The first successful connection at the higher profile raises the bar and drops
+  every slot below it (A05.FR.06, :meth:`NetworkProfiles.take_upgrade`); until then a failing new slot is
+  just one entry of the walk, which falls back to the old ones.
 * After a reboot the walk starts with the first entry (B10.FR.04). After a reboot or a lost connection each
   entry gets ``NetworkProfileConnectionAttempts`` attempts, then the walk moves to the next entry (B10.FR.03).
   Where the walk after a lost connection starts is the ``fallback`` setting (below).
@@ -61,7 +66,7 @@ from __future__ import annotations
 
 import collections
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Literal, Protocol, TypeAlias, TypeVar
 
 import attrs
@@ -88,8 +93,10 @@ __all__ = [
     "NetworkSettings",
     "NetworkSlot",
     "ProfileRejected",
+    "ProfileUpgrade",
     "SkippedSlot",
     "SlotTls",
+    "UpgradeCheck",
 ]
 
 FallbackPolicy: TypeAlias = Literal["last_working", "restart_list"]
@@ -342,6 +349,26 @@ class NetworkSettings:
 
 
 @attrs.frozen
+class ProfileUpgrade:
+    """A connection succeeded at a higher security profile than the one before (A05.FR.06).
+
+    Attributes:
+        previous: the security profile before.
+        current: the profile of the connection that succeeded.
+        removed: the slots dropped because their profile is lower than ``current``.
+    """
+
+    previous: int
+    current: int
+    removed: tuple[int, ...]
+
+
+UpgradeCheck = Callable[[int], None]
+"""``check(security_profile)``: raises :class:`ProfileRejected` when the station cannot use that higher profile
+yet (A05.FR.02/03: no valid CSMS root, no valid client certificate)."""
+
+
+@attrs.frozen
 class SkippedSlot:
     """A slot left out of the walk, and why (``NoSecurityDowngrade``, ``NoProfile``)."""
 
@@ -412,6 +439,7 @@ class NetworkProfiles(Generic[TlsT]):
         self.skipped: tuple[SkippedSlot, ...] = ()
         self.skipped_total = 0
         self.switches = 0
+        self._upgrade: ProfileUpgrade | None = None
         self._order: tuple[int, ...] = ()
         self._index = 0
         self._tries = 0
@@ -510,7 +538,9 @@ class NetworkProfiles(Generic[TlsT]):
                 self.switches += 1
             self.active_slot = self.last_good = slot.slot
             # the walk only offers allowed slots, so this raises the profile or makes an allowed 3→2 downgrade
-            self.security_profile = slot.profile.security_profile
+            previous, self.security_profile = self.security_profile, slot.profile.security_profile
+            if self.security_profile > previous:
+                self._upgraded(previous)
             self.backoff.reset()
             self._tries = 0
             self._exhausted = 0
@@ -518,6 +548,28 @@ class NetworkProfiles(Generic[TlsT]):
         else:
             self._ready_at = now + self._failed(slot)
         return attempt
+
+    def _upgraded(self, previous: int) -> None:
+        """A05.FR.06: after the first connection at a higher profile, drop every slot with a lower one (also
+        from the priority list, pending changes included): the station can never go back to them."""
+        current = self.security_profile
+        removed = sorted(n for n, s in self._slots.items() if s.profile.security_profile < current)
+        for n in removed:
+            del self._slots[n]
+        for n in [n for n, s in self._pending_slots.items() if s.profile.security_profile < current]:
+            del self._pending_slots[n]
+        self.priority = tuple(n for n in self.priority if n in self._slots)
+        if self._pending_priority is not None:
+            known = {**self._slots, **self._pending_slots}
+            self._pending_priority = tuple(n for n in self._pending_priority if n in known) or None
+        self._order = tuple(n for n in self._order if n in self._slots)
+        self._index = self._order.index(self.active_slot) if self.active_slot in self._order else 0
+        self._upgrade = ProfileUpgrade(previous, current, tuple(removed))
+
+    def take_upgrade(self) -> ProfileUpgrade | None:
+        """The upgrade the last successful connection made (once; None if it made none)."""
+        upgrade, self._upgrade = self._upgrade, None
+        return upgrade
 
     def _failed(self, slot: NetworkSlot[TlsT]) -> float:
         self._tries += 1
@@ -607,15 +659,21 @@ class NetworkProfiles(Generic[TlsT]):
             return f"slots {missing} have no network profile"
         return ""
 
-    def set_network_profile(self, slot: int, profile: NetworkConnectionProfile) -> None:
+    def set_network_profile(
+        self, slot: int, profile: NetworkConnectionProfile, *, upgrade_check: UpgradeCheck | None = None
+    ) -> None:
         """SetNetworkProfile (B09): validate and store; effective at the next reconnect.
 
         Args:
             slot: ``configurationSlot``.
             profile: the validated ``connectionData``.
+            upgrade_check: called with the profile's security profile when it is higher than the active one
+                and the slot is in NetworkConfigurationPriority (so it would be used at the next reconnect:
+                an upgrade, A05); it raises to refuse.
 
         Raises:
-            ProfileRejected: ``InvalidConfSlot`` (B09.FR.05), ``NoSecurityDowngrade`` (B09.FR.04/31).
+            ProfileRejected: ``InvalidConfSlot`` (B09.FR.05), ``NoSecurityDowngrade`` (B09.FR.04/31), or what
+                ``upgrade_check`` raised.
         """
         if slot not in self.slot_numbers:
             raise ProfileRejected("InvalidConfSlot", f"slot {slot} is not one of {list(self.slot_numbers)}")
@@ -628,16 +686,22 @@ class NetworkProfiles(Generic[TlsT]):
                 "NoSecurityDowngrade",
                 f"security profile {profile.security_profile} is lower than the active {self.security_profile}",
             )
+        listed = self._pending_priority if self._pending_priority is not None else self.priority
+        if upgrade_check is not None and slot in listed and profile.security_profile > self.security_profile:
+            upgrade_check(profile.security_profile)
         self._pending_slots[slot] = NetworkSlot(slot, profile)
 
-    def set_priority(self, value: str) -> None:
+    def set_priority(self, value: str, *, upgrade_check: UpgradeCheck | None = None) -> None:
         """SetVariables ``OCPPCommCtrlr.NetworkConfigurationPriority`` (B10.FR.01/02); effective at reconnect.
 
         Args:
             value: a SequenceList such as ``"1,0"``.
+            upgrade_check: called with each security profile in the new list that is higher than the active
+                one (the A05 upgrade); it raises to refuse, and nothing changes (A05.FR.02/03).
 
         Raises:
-            ProfileRejected: ``InvalidValue`` - not a list of configured slot numbers without repeats.
+            ProfileRejected: ``InvalidValue`` - not a list of configured slot numbers without repeats; or what
+                ``upgrade_check`` raised.
         """
         try:
             priority = tuple(int(x) for x in value.split(","))
@@ -646,6 +710,11 @@ class NetworkProfiles(Generic[TlsT]):
         problem = self._priority_problem(priority, self._pending_slots)
         if problem:
             raise ProfileRejected("InvalidValue", problem)
+        if upgrade_check is not None:
+            known = {**self._slots, **self._pending_slots}
+            for sp in sorted({known[n].profile.security_profile for n in priority}):
+                if sp > self.security_profile:
+                    upgrade_check(sp)
         self._pending_priority = priority
 
     def set_connection_attempts(self, value: str) -> None:

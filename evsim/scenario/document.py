@@ -58,7 +58,8 @@ def _lists(value: Any) -> Any:
 
 
 def _certificate(c: CertificateSpec) -> dict[str, Any]:
-    return {"root": c.root, "validity": c.validity, "not_before": c.not_before, "key_type": c.key_type}
+    out = {"root": c.root, "validity": c.validity, "not_before": c.not_before, "key_type": c.key_type}
+    return out | ({"issuer": c.issuer} if c.issuer is not None else {})
 
 
 def _backoff(b: RetryBackOff) -> dict[str, Any]:
@@ -106,6 +107,8 @@ def _pin(p: PinSpec) -> dict[str, Any]:
         out |= {"cert": f"csms.{p.csms}", "key": p.key}
     elif p.root is not None:
         out["root"] = p.root
+    elif p.intermediate is not None:
+        out["intermediate"] = p.intermediate
     else:
         out["spki_sha256"] = p.spki_sha256
     if p.not_after is not None:
@@ -312,6 +315,17 @@ def scenario_document(sc: Scenario) -> dict[str, Any]:
             "organization": sc.pki.organization,
             "roots": {name: {"key_type": r.key_type} for name, r in sc.pki.roots.items() if name != "root"},
             **({"expiry_warning": sc.pki.expiry_warning} if sc.pki.expiry_warning is not None else {}),
+            **(
+                {
+                    "intermediates": {
+                        n: {"issuer": i.issuer, "key_type": i.key_type}
+                        for n, i in sc.pki.intermediates.items()
+                    }
+                }
+                if sc.pki.intermediates
+                else {}
+            ),
+            **({"station_issuer": sc.pki.station_issuer} if sc.pki.station_issuer != "root" else {}),
         },
         "tls": {
             "profiles": {name: _profile(p) for name, p in sc.tls_profiles.items()},

@@ -44,6 +44,7 @@ from evsim.errors import ConfigError
 from evsim.metrics.outcome import EXPECT_KEYS, Expectation
 from evsim.scenario.model import (
     DEFAULT_START,
+    IntermediateSpec,
     PkiSpec,
     RootSpec,
     Scenario,
@@ -61,6 +62,7 @@ from evsim.scenario.units import (
 )
 from evsim.scenario.vocabulary import (
     CLOCKS,
+    INTERMEDIATE_KEYS,
     KEY_TYPES,
     NETWORKS,
     PKI_KEYS,
@@ -69,6 +71,7 @@ from evsim.scenario.vocabulary import (
     TLS_KEYS,
     TOP_KEYS,
 )
+from evsim.world.pki import STATION_CA
 
 _SYNTAX_POSITION = re.compile(
     r"^(?P<msg>.*?) \(at (?:line (?P<line>\d+), column (?P<col>\d+)|end of document)\)$", re.S
@@ -358,6 +361,38 @@ class _Builder(NodeReader, EnergyReader, FileReader, TimelineReader):
                 what=f"[pki.roots.{name}] (may be empty: {{}})",
             )
             roots[name] = RootSpec(name=name, key_type=r.enum("key_type", KEY_TYPES, key_type))
+        intermediates: dict[str, IntermediateSpec] = {}
+        for name, value in t.named_tables("intermediates", "intermediate CAs, e.g. [pki.intermediates.ica1]"):
+            if name in roots or name == STATION_CA:
+                raise t.error(f"intermediates.{name}", f"{name!r} already names a CA", fix="rename it")
+            i = ScenarioTable(
+                self.ctx,
+                t.at("intermediates", name),
+                value,
+                INTERMEDIATE_KEYS,
+                what=f'[pki.intermediates.{name}] (e.g. issuer = "root")',
+            )
+            issuer = i.reference(
+                "issuer",
+                "root",
+                [*roots, *intermediates],
+                "CA",
+                "[pki.roots.<name>] or an earlier intermediate",
+            )
+            intermediates[name] = IntermediateSpec(
+                name=name, issuer=issuer, key_type=i.enum("key_type", KEY_TYPES, key_type)
+            )
+        spec = PkiSpec(roots=roots, intermediates=intermediates)
+        station_issuer = t.reference(
+            "station_issuer", "root", ["root", *intermediates], "CA", "[pki.intermediates]"
+        )
+        if spec.top_root(station_issuer) != "root":
+            raise t.error(
+                "station_issuer",
+                f"{station_issuer!r} is not under the operator's root",
+                value=station_issuer,
+                fix='name an intermediate whose chain ends at "root"',
+            )
         expiry_warning = t.duration("expiry_warning", 0.0, positive=True) if t.has("expiry_warning") else None
         return PkiSpec(
             key_type=key_type,
@@ -365,4 +400,6 @@ class _Builder(NodeReader, EnergyReader, FileReader, TimelineReader):
             organization=organization,
             roots=roots,
             expiry_warning=expiry_warning,
+            intermediates=intermediates,
+            station_issuer=station_issuer,
         )

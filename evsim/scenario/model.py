@@ -119,6 +119,21 @@ class RootSpec:
 
 
 @attrs.frozen(kw_only=True)
+class IntermediateSpec:
+    """An intermediate CA generated for the run (``[pki.intermediates.<name>]``).
+
+    Attributes:
+        name: its name, referenced by certificates (``issuer``), pins and ``switch_server_certificate``.
+        issuer: the root or (earlier) intermediate that signs it.
+        key_type: ``"ec"`` (P-256) or ``"rsa"`` (2048 bits).
+    """
+
+    name: str
+    issuer: str = "root"
+    key_type: KeyType = "ec"
+
+
+@attrs.frozen(kw_only=True)
 class PkiSpec:
     """The ``[pki]`` table: what the run generates.
 
@@ -129,6 +144,8 @@ class PkiSpec:
         roots: root CAs by name, always including ``"root"`` (the operator's CSMS root).
         expiry_warning: every node emits ``cert_expiring`` this many seconds before the notAfter of its own and
             its peers' certificates; None: no expiry warnings.
+        intermediates: intermediate CAs by name, in the order they are generated (issuers first).
+        station_issuer: the CA the station sub-CA is issued by (``root``, or an intermediate under it).
     """
 
     key_type: KeyType = "ec"
@@ -138,6 +155,14 @@ class PkiSpec:
         factory=lambda: FrozenMap({"root": RootSpec(name="root")}), converter=frozen_map
     )
     expiry_warning: float | None = None
+    intermediates: FrozenMap[str, IntermediateSpec] = attrs.field(factory=FrozenMap, converter=frozen_map)
+    station_issuer: str = "root"
+
+    def top_root(self, ca: str) -> str:
+        """The root at the top of ``ca``'s chain (``ca`` itself for a root)."""
+        while ca in self.intermediates:
+            ca = self.intermediates[ca].issuer
+        return ca
 
 
 @attrs.frozen(kw_only=True)
@@ -653,6 +678,7 @@ __all__ = [
     "FallbackKind",
     "FrozenMap",
     "HostnameCheck",
+    "IntermediateSpec",
     "KeyType",
     "LinkSpec",
     "NetworkKind",

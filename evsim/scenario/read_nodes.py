@@ -207,8 +207,23 @@ class NodeReader(TlsReader, ScenarioChecks):
                 value=c.data.get("not_before"),
                 fix='use e.g. not_before = "-1h" (one hour before the start)',
             )
+        root = c.reference("root", "root", pki.roots, "root", "[pki.roots.<name>]")
+        issuer = None
+        if c.has("issuer"):
+            issuer = c.reference(
+                "issuer", "", pki.intermediates, "intermediate CA", "[pki.intermediates.<name>]"
+            )
+            if c.has("root") and pki.top_root(issuer) != root:
+                raise c.error(
+                    "issuer",
+                    f"intermediate {issuer!r} is not under root {root!r}",
+                    value=issuer,
+                    fix=f"remove root (the issuer's is {pki.top_root(issuer)!r}) or name another issuer",
+                )
+            root = pki.top_root(issuer)
         return CertificateSpec(
-            root=c.reference("root", "root", pki.roots, "root", "[pki.roots.<name>]"),
+            root=root,
+            issuer=issuer,
             validity=validity,
             not_before=not_before,
             key_type=c.enum("key_type", KEY_TYPES, pki.key_type),

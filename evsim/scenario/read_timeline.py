@@ -377,6 +377,12 @@ class ActionReader:
     def root(self, default: str | None) -> str:
         return self._b.root_ref(self._t, self._pki, default)
 
+    def intermediate(self, key: str) -> tuple[str, str]:
+        name = self._t.reference(
+            key, "", self._pki.intermediates, "intermediate CA", "[pki.intermediates.<name>]"
+        )
+        return name, self._pki.top_root(name)
+
     def key_reference(self) -> PinSpec:
         return self._b.key_reference(self._t, self._pki, self._b.nodes.csms, action="release_pin")
 

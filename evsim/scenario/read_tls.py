@@ -75,6 +75,7 @@ from evsim.tls.config import MAX_FRAGMENT, MIN_FRAGMENT, TlsProfile
 from evsim.tls.peer import PeerPolicy
 from evsim.tls.suites import DEFAULT_TLS12_SUITES, DEFAULT_TLS13_SUITES
 from evsim.toml_table import FieldPath, choices_fix, format_path, type_name
+from evsim.world.pki import STATION_CA
 from evsim.world.specs import layer_change_policy, layer_pin_set, placeholder_spki
 
 
@@ -373,7 +374,16 @@ class TlsReader(SectionReader):
                 where = _layer_path(exc.path)
                 if len(where) == 3 and where[2] == "spki_sha256" and isinstance(where[1], int):
                     pin = pins[where[1]]
-                    where = (*where[:2], "cert" if pin.csms else "root" if pin.root else "spki_sha256")
+                    where = (
+                        *where[:2],
+                        "cert"
+                        if pin.csms
+                        else "root"
+                        if pin.root
+                        else "intermediate"
+                        if pin.intermediate
+                        else "spki_sha256",
+                    )
                 raise self.ctx.error((*t.path, *where), exc.message, value=None, fix=exc.fix) from None
             self._pin_sets[name] = spec
         return self._pin_sets
@@ -398,13 +408,21 @@ class TlsReader(SectionReader):
                 value=target,
                 fix='use target = "leaf" (or "any"), or pin the issuing root with root = "<name>"',
             )
+        if source.intermediate is not None and target not in ("intermediate", "any"):
+            raise p.error(
+                "target",
+                "an intermediate key is only ever an intermediate of the chain "
+                f"(target {target!r} never matches)",
+                value=target,
+                fix='use target = "intermediate" (or "any")',
+            )
         if source.root is not None and target not in ("root", "any"):
             raise p.error(
                 "target",
                 "scenario roots issue CSMS certificates directly, so a root key is only ever the root of the "
                 f"chain (target {target!r} never matches)",
                 value=target,
-                fix='use target = "root" (or "any"); for an intermediate, give its spki_sha256',
+                fix='use target = "root" (or "any"); for an intermediate, name it with intermediate = "<name>"',
             )
         not_after: float | None = None
         if p.has("not_after"):
@@ -419,10 +437,10 @@ class TlsReader(SectionReader):
         if len(given) != 1:
             raise self.ctx.error(
                 p.at(given[1]) if len(given) > 1 else p.path,
-                "name the key with exactly one of cert, root, spki_sha256"
+                "name the key with exactly one of cert, root, intermediate, spki_sha256"
                 + (f" (got {', '.join(given)})" if given else ""),
                 fix='e.g. cert = "csms.main" (its key at the start; key = "next" for the key it rotates to), '
-                'root = "root", or spki_sha256 = "<64 hex digits>"',
+                'root = "root", intermediate = "<name>", or spki_sha256 = "<64 hex digits>"',
             )
         if p.has("key") and given[0] != "cert":
             raise p.error("key", "key selects one of a CSMS's keys: it goes with cert", fix="remove key")
@@ -438,6 +456,14 @@ class TlsReader(SectionReader):
             except ConfigError as exc:
                 raise self.ctx.relocate(exc, p.at("spki_sha256")) from None
             return PinSpec(target="any", spki_sha256=spki)
+        if given[0] == "intermediate":
+            known = [*pki.intermediates, STATION_CA]
+            return PinSpec(
+                target="intermediate",
+                intermediate=p.reference(
+                    "intermediate", "", known, "intermediate CA", "[pki.intermediates.<name>], or station-ca"
+                ),
+            )
         if given[0] == "root":
             return PinSpec(
                 target="root", root=p.reference("root", "", pki.roots, "root", "[pki.roots.<name>]")
@@ -659,7 +685,7 @@ class TlsReader(SectionReader):
                 next(k for k in PIN_SOURCES if t.has(k)),
                 f"pin set {pinset.name!r} of group {group.name!r} has no pin for this key",
                 value=None,
-                fix="name the key as one of its pins does (cert and key, root, or spki_sha256)",
+                fix="name the key as one of its pins does (cert and key, root, intermediate, or spki_sha256)",
             )
 
 

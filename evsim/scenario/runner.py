@@ -236,6 +236,8 @@ class ScenarioRunner:
             organization=sc.pki.organization,
             key_type=sc.pki.key_type,
             roots={name: root.key_type for name, root in sc.pki.roots.items()},
+            intermediates={n: (i.issuer, i.key_type) for n, i in sc.pki.intermediates.items()},
+            station_issuer=sc.pki.station_issuer,
             # CRLs stay valid past the end of the run: a station meets an expired CRL only if asked to
             crl_lifetime=sim.duration + 86_400.0,
             sink=self.sink,

@@ -62,8 +62,17 @@ SIMULATION_KEYS: Final = (
     "stop_when_done",
     "cpu",
 )
-PKI_KEYS: Final = ("key_type", "validity", "organization", "roots", "expiry_warning")
+PKI_KEYS: Final = (
+    "key_type",
+    "validity",
+    "organization",
+    "roots",
+    "intermediates",
+    "station_issuer",
+    "expiry_warning",
+)
 ROOT_KEYS: Final = ("key_type",)
+INTERMEDIATE_KEYS: Final = ("issuer", "key_type")
 TLS_KEYS: Final = ("profiles", "trust", "pins", "change")
 PROFILE_KEYS: Final = (
     "versions",
@@ -112,7 +121,7 @@ STATION_CERTIFICATE_KEYS: Final = (
     "sign_repeat_times",
     "renewed_attempts",
 )
-CERTIFICATE_KEYS: Final = ("root", "validity", "not_before", "key_type")
+CERTIFICATE_KEYS: Final = ("root", "issuer", "validity", "not_before", "key_type")
 STATION_KEYS: Final = (
     "count",
     "id_pattern",
@@ -249,8 +258,8 @@ MAX_COMMON_NAME: Final = 64
 # ---------------------------------------------------------------- the TLS model tables (checked by the TLS layer)
 
 PINSET_KEYS: Final = ("enforcement", "tofu", "pins")
-PIN_KEYS: Final = ("target", "state", "cert", "key", "root", "spki_sha256", "not_after")
-PIN_SOURCES: Final = ("cert", "root", "spki_sha256")
+PIN_KEYS: Final = ("target", "state", "cert", "key", "root", "intermediate", "spki_sha256", "not_after")
+PIN_SOURCES: Final = ("cert", "root", "intermediate", "spki_sha256")
 CHANGE_KEYS: Final = ("on_peer_key_change", "on_peer_cert_change_same_key")
 TRUST_MODES: Final = typing.get_args(tls_trust.TrustMode)
 REVOCATION_KEYS: Final = ("crl", "ocsp", "on_unknown")

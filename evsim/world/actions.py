@@ -105,6 +105,9 @@ class Reader(Protocol):
     def root(self, default: str | None) -> str:
         """A root of the scenario's PKI (``root``; required when ``default`` is None)."""
 
+    def intermediate(self, key: str) -> tuple[str, str]:
+        """An intermediate CA of the scenario's PKI named at ``key``, and the root above it."""
+
     def key_reference(self) -> PinSpec:
         """The key named as in a pin: ``cert`` (+ ``key``), ``root`` or ``spki_sha256``."""
 
@@ -424,7 +427,7 @@ class RemoveRoot(Action):
         world.remove_root(self.target, self.root)
 
 
-@action("release_pin", "target", "cert", "key", "root", "spki_sha256")
+@action("release_pin", "target", "cert", "key", "root", "intermediate", "spki_sha256")
 @attrs.frozen
 class ReleasePin(Action):
     """Each target station releases its pins of ``key`` (its next connection no longer matches them)."""
@@ -453,6 +456,8 @@ class ReleasePin(Action):
             out |= {"cert": f"csms.{self.key.csms}", "key": self.key.key}
         elif self.key.root is not None:
             out["root"] = self.key.root
+        elif self.key.intermediate is not None:
+            out["intermediate"] = self.key.intermediate
         else:
             out["spki_sha256"] = self.key.spki_sha256
         return out
@@ -487,6 +492,26 @@ class TriggerRenewal(Action):
 
     async def apply(self, world: World) -> None:
         world.trigger_renewal(self.target, spread=self.spread)
+
+
+@action("upgrade_security_profile", "target", "to", "spread")
+@attrs.frozen
+class UpgradeSecurityProfile(Action):
+    """A05: the CSMS holding each station's session moves it to the CSMS endpoint ``to`` at that endpoint's
+    higher security profile (SetNetworkProfile, NetworkConfigurationPriority, Reset), spread over ``spread``."""
+
+    target: str
+    to: str
+    spread: float = 0.0
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        target = r.target(("csms", "group", "station"))
+        r.require("to", 'add to = "<name>" (the profile 3 CSMS endpoint the stations move to)')
+        return cls(target=target, to=r.target(("csms",), key="to"), spread=_spread(r))
+
+    async def apply(self, world: World) -> None:
+        world.upgrade_security_profile(self.target, self.to, spread=self.spread)
 
 
 @action("install_certificate", "target", "root", "type", "spread")
@@ -529,20 +554,35 @@ class DeleteCertificate(Action):
         world.delete_certificate(self.target, self.root, spread=self.spread)
 
 
-@action("switch_server_certificate", "target", "root")
+@action("switch_server_certificate", "target", "root", "issuer")
 @attrs.frozen
 class SwitchServerCertificate(Action):
-    """The CSMS moves to a server certificate from another root (a new hierarchy), from its next handshake."""
+    """The CSMS moves to a server certificate from another root (a new hierarchy) or issued by another
+    intermediate CA (``issuer``), from its next handshake."""
 
     target: str
     root: str
+    issuer: str | None = None
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        return cls(target=r.tls_csms(), root=r.root(None))
+        target = r.tls_csms()
+        if r.has("issuer"):
+            issuer, root = r.intermediate("issuer")
+            if r.has("root") and r.root(None) != root:
+                raise r.error(
+                    "root",
+                    f"intermediate {issuer!r} is under root {root!r}",
+                    fix="remove root (the issuer's is used)",
+                )
+            return cls(target=target, root=root, issuer=issuer)
+        return cls(target=target, root=r.root(None))
 
     async def apply(self, world: World) -> None:
-        world.switch_server_certificate(self.target, self.root)
+        world.switch_server_certificate(self.target, self.root, issuer=self.issuer)
+
+    def fields(self) -> dict[str, object]:
+        return {key: value for key, value in super().fields().items() if value is not None}
 
 
 @action("degrade_ca", "target", "delay", "failure_rate")
@@ -799,6 +839,7 @@ __all__ = [
     "SwitchServerCertificate",
     "TriggerRenewal",
     "Unpair",
+    "UpgradeSecurityProfile",
     "action",
     "link_not_yet",
 ]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, TypeVar
 
@@ -148,6 +148,8 @@ async def open_world(
     echo: bool = False,
     expiry_warning: float | None = None,
     pcap: str | Path | None = None,
+    intermediates: Mapping[str, tuple[str, KeyType]] | None = None,
+    station_issuer: str = "root",
 ) -> AsyncIterator[World]:
     """Open a world: shared clock, recorder, network and PKI, and a nursery its nodes run in.
 
@@ -171,6 +173,9 @@ async def open_world(
         pcap: write every connection of the world's network to this pcapng file, with the TLS secrets of
             every handshake in the process (:mod:`evsim.net.capture`; timestamps are the simulation's wall
             time; on loopback TCP, as seen by the client ends); None: no capture, at no cost.
+        intermediates: intermediate CAs by name, ``(issuer, key_type)`` (issuers first); a CSMS certificate
+            names one as its ``issuer``.
+        station_issuer: the CA that issues the station sub-CA (``root`` or an intermediate under it).
 
     Yields:
         The world; leaving the block cancels every node in it.
@@ -186,7 +191,13 @@ async def open_world(
     sim_clock = SimClock.start(anchor)
     recorder = Recorder(sim_clock, sink=sink, echo=echo)
     pki = WorldPki.build(
-        anchor, organization=organization, key_type=key_type, roots=roots, crl_lifetime_s=crl_lifetime
+        anchor,
+        organization=organization,
+        key_type=key_type,
+        roots=roots,
+        crl_lifetime_s=crl_lifetime,
+        intermediates=intermediates,
+        station_issuer=station_issuer,
     )
     with open_capture(pcap, clock=sim_clock) as capture:
         async with trio.open_nursery() as nursery:

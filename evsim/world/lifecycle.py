@@ -4,7 +4,8 @@ Theory of operation. Unlike the fiat operations of :mod:`evsim.world.trust` (the
 trust store), everything here goes through OCPP and the nodes' own logic: the CSMS holding a station's session
 sends TriggerMessage SignChargingStationCertificate (the station then generates a key, sends a CSR, the CSMS
 signs it with its CA and the station validates the result and reconnects with it, A02), InstallCertificate or
-DeleteCertificate (M04/M05, with the station-side rules). Each operation covers a set of stations (a CSMS's
+DeleteCertificate (M04/M05, with the station-side rules), and the security profile upgrade (A05: a new
+profile 3 slot first in the station's priority, then Reset). Each operation covers a set of stations (a CSMS's
 whole fleet, a group, a station) and is spread uniformly over a window (``spread`` seconds, drawn from the
 world's seed), so a fleet of 10,000 does not hit its CSMS at one instant. Every message goes in a task of its
 own; the CSMS records each answer (``certificate_call``); a station that could not be reached is recorded as
@@ -26,6 +27,8 @@ import trio
 from evsim.errors import ConfigError, OcppError, TransportError, failure_reason
 from evsim.nodes.certificates import CSMS_ROOT
 from evsim.nodes.csms import Csms
+from evsim.nodes.csms_upgrade import upgrade_security_profile
+from evsim.ocpp.netprofile import NetworkConnectionProfile
 from evsim.pki.keys import certs_to_pem
 from evsim.pki.lifecycle import certificate_hash_data
 from evsim.world.attackers import WorldAttacks
@@ -126,11 +129,29 @@ class WorldLifecycle(WorldAttacks):
 
         self._fan_out("delete_certificate", target, spread, send)
 
+    def upgrade_security_profile(self, target: Selector, to: str, *, spread: float = 0.0) -> None:
+        """A05: the CSMS holding each station's session moves it to the CSMS endpoint ``to`` at that
+        endpoint's (higher) security profile: SetNetworkProfile in a free slot, that slot first in
+        NetworkConfigurationPriority, Reset OnIdle (:func:`~evsim.nodes.csms_upgrade.upgrade_security_profile`);
+        spread over ``spread`` seconds; returns at once. A station without a client certificate refuses
+        (``security_upgrade_refused``); one whose new connection fails falls back to its old slots."""
+        name = self._name(to)
+        if name not in self.csms:
+            raise ConfigError(f"{name!r} is not a CSMS", path="to", value=name, fix="name a profile 3 CSMS")
+        node = self.csms[name]
+        profile = NetworkConnectionProfile(self.url(name, node.security_profile), node.security_profile)
+
+        async def send(csms: Csms, sid: str) -> object:
+            return await upgrade_security_profile(csms, sid, profile)
+
+        self._fan_out("upgrade_security_profile", target, spread, send)
+
     # ------------------------------------------------------------------ the CSMS side
 
-    def switch_server_certificate(self, target: Selector, root: str) -> None:
-        """Move a CSMS to a server certificate issued by ``root`` now (its current key, its certificate spec's
-        validity): the next handshakes present the new hierarchy; open connections are undisturbed."""
+    def switch_server_certificate(self, target: Selector, root: str, *, issuer: str | None = None) -> None:
+        """Move a CSMS to a server certificate issued by ``root`` now, or by the intermediate CA ``issuer``
+        under it (its current key, its certificate spec's validity): the next handshakes present the new chain;
+        open connections are undisturbed."""
         name = self._name(target)
         if name not in self.csms:
             raise ConfigError(f"{name!r} is not a CSMS", value=name, fix="name a CSMS")
@@ -141,7 +162,9 @@ class WorldLifecycle(WorldAttacks):
                 value=name,
                 fix="name another CSMS",
             )
-        node.tls = attrs.evolve(node.tls, certificate=attrs.evolve(node.tls.certificate, root=root))
+        node.tls = attrs.evolve(
+            node.tls, certificate=attrs.evolve(node.tls.certificate, root=root, issuer=issuer)
+        )
         cert = self.pki.server_certificate(node.host, node.tls.certificate, at=self.clock.elapsed())
         self._install_server_certificate(node, cert)
 

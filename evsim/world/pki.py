@@ -1,4 +1,5 @@
-"""The per-run PKI of a world: named roots, the station sub-CA, CSMS, controller and station certificates.
+"""The per-run PKI of a world: named roots, intermediate CAs under them, the station sub-CA, CSMS, controller and
+station certificates.
 
 Keys are generated for each run and never written anywhere. Every certificate is issued at the simulation's
 time (``start`` plus an offset in seconds), so expiry happens in virtual time exactly where a scenario says.
@@ -41,7 +42,8 @@ def issue_window(start: _dt.datetime, offset_s: float, validity_s: float) -> tup
 
 @attrs.define
 class WorldPki:
-    """Roots by name (``root`` always exists), the station sub-CA under ``root``, and issued certificates."""
+    """Roots by name (``root`` always exists), intermediate CAs by name, the station sub-CA under ``root`` (or an
+    intermediate under it), and issued certificates."""
 
     start: _dt.datetime
     organization: str
@@ -55,6 +57,7 @@ class WorldPki:
     """The run's key type: ``root``, the station sub-CA and the station certificates it issues."""
     _responders: dict[str, OcspResponder] = attrs.field(factory=dict)
     _crls: dict[str, x509.CertificateRevocationList] = attrs.field(factory=dict)
+    intermediates: dict[str, CertificateAuthority] = attrs.field(factory=dict)
 
     @classmethod
     def build(
@@ -65,6 +68,8 @@ class WorldPki:
         key_type: KeyType = "ec",
         roots: Mapping[str, KeyType] | None = None,
         crl_lifetime_s: float = 7 * 86_400.0,
+        intermediates: Mapping[str, tuple[str, KeyType]] | None = None,
+        station_issuer: str = "root",
     ) -> WorldPki:
         """Generate the roots and the station sub-CA.
 
@@ -75,6 +80,9 @@ class WorldPki:
             roots: further roots by name and key type (``root``, the operator's, always exists).
             crl_lifetime_s: how long each published CRL stays valid (pass more than the run's duration so a
                 station never meets an expired CRL unless a scenario asks for it).
+            intermediates: intermediate CAs by name: ``(issuer, key_type)``, the issuer a root or an earlier
+                intermediate (they are generated in the order given).
+            station_issuer: the CA that issues the station sub-CA: ``root`` or an intermediate under it.
         """
         org = organization
         ca_start = start - _dt.timedelta(days=1)
@@ -89,7 +97,18 @@ class WorldPki:
             made[name] = CertificateAuthority.create_root(
                 f"{name} Root CA", name, now=ca_start, days=CA_DAYS, key_type=root_key_type
             )
-        station_ca = made["root"].create_sub_ca(
+        cas = dict(made)
+        inter: dict[str, CertificateAuthority] = {}
+        for name, (issuer, inter_key_type) in (intermediates or {}).items():
+            inter[name] = cas[name] = cas[issuer].create_sub_ca(
+                f"{name} Intermediate CA",
+                org if cas[issuer].root == made["root"].cert else issuer,
+                now=ca_start,
+                days=CA_DAYS,
+                key_type=inter_key_type,
+                path_length=None,
+            )
+        station_ca = cas[station_issuer].create_sub_ca(
             f"{org} Charging Station Sub-CA", org, now=ca_start, days=CA_DAYS, key_type=key_type
         )
         return cls(
@@ -99,6 +118,7 @@ class WorldPki:
             station_ca=station_ca,
             crl_lifetime_s=crl_lifetime_s,
             key_type=key_type,
+            intermediates=inter,
         )
 
     def add_root(self, name: str, key_type: KeyType = "ec") -> CertificateAuthority:
@@ -113,6 +133,10 @@ class WorldPki:
             )
         return self.roots[name]
 
+    def issuing_ca(self, cert: CertificateSpec) -> CertificateAuthority:
+        """The CA that issues a certificate of ``cert``: its intermediate ``issuer``, else its root."""
+        return self.intermediates[cert.issuer] if cert.issuer is not None else self.roots[cert.root]
+
     def server_certificate(
         self, host: str, cert: CertificateSpec, *, at: float = 0.0, root: str | None = None
     ) -> CertKey:
@@ -122,7 +146,7 @@ class WorldPki:
         ``root`` (an attacker's certificate for the name) a fresh key.
         """
         now, days = issue_window(self.start, at, cert.validity)
-        ca = self.roots[root or cert.root]
+        ca = self.roots[root] if root is not None else self.issuing_ca(cert)
         key = None if root is not None else self.current_csms_key(host, cert)
         return ca.issue_server(
             host, now=now, days=days, key_type=cert.key_type, key=key, extended_key_usage=SERVER_EKU
@@ -144,7 +168,7 @@ class WorldPki:
     def expired_server_certificate(self, host: str, cert: CertificateSpec, *, at: float) -> CertKey:
         """A certificate for ``host`` (its current key) whose validity ended one second before ``at``."""
         now, days = issue_window(self.start, at - 86_400 - 1, 86_400)
-        return self.roots[cert.root].issue_server(
+        return self.issuing_ca(cert).issue_server(
             host,
             now=now,
             days=days,
@@ -192,6 +216,11 @@ class WorldPki:
     def root_spki(self, root: str) -> str:
         """Hex SHA-256 of a root CA's SubjectPublicKeyInfo."""
         return hashlib.sha256(public_key_der(self.roots[root].cert)).hexdigest()
+
+    def intermediate_spki(self, name: str) -> str:
+        """Hex SHA-256 of an intermediate CA's SubjectPublicKeyInfo (``station-ca``: the station sub-CA)."""
+        ca = self.station_ca if name == STATION_CA else self.intermediates[name]
+        return hashlib.sha256(public_key_der(ca.cert)).hexdigest()
 
     def station_certificate(
         self, station_id: str, *, validity_s: float, at: float = 0.0, renew: bool = False

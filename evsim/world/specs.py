@@ -67,7 +67,9 @@ class CertificateSpec:
     """A node's certificate, relative to the simulation start.
 
     Attributes:
-        root: name of the issuing root of the run's PKI.
+        root: name of the root of the run's PKI at the top of its chain.
+        issuer: the intermediate CA (``[pki.intermediates]``) that issues it, under ``root``; None: the root
+            issues it directly.
         validity: ``notAfter`` = simulation start + ``validity`` seconds.
         not_before: ``notBefore`` = simulation start + ``not_before`` seconds (negative: before the start).
         key_type: ``"ec"`` or ``"rsa"``.
@@ -77,12 +79,13 @@ class CertificateSpec:
     validity: float = 365 * 86_400.0
     not_before: float = -3_600.0
     key_type: KeyType = "ec"
+    issuer: str | None = None
 
 
 @attrs.frozen(kw_only=True)
 class PinSpec:
     """One pin of a ``[tls.pins.<name>]`` table. Keys are generated per run, so a pin names its key by
-    reference to the run's PKI; exactly one of ``spki_sha256``, ``csms`` and ``root`` is set.
+    reference to the run's PKI; exactly one of ``spki_sha256``, ``csms``, ``root`` and ``intermediate`` is set.
 
     Attributes:
         target: ``leaf``, ``intermediate``, ``root`` or ``any`` (:mod:`evsim.tls.pins`).
@@ -92,6 +95,7 @@ class PinSpec:
         key: which key of that CSMS: 0 = the key at the start, 1 = the key its first
             ``rotate_certificate`` with a new key switches to ("next"), and so on.
         root: the root CA (``[pki.roots]``) whose key is pinned.
+        intermediate: the intermediate CA (``[pki.intermediates]``, or ``station-ca``) whose key is pinned.
         not_after: the pin stops matching this many seconds after the start; None = never.
     """
 
@@ -102,6 +106,7 @@ class PinSpec:
     key: int = 0
     root: str | None = None
     not_after: float | None = None
+    intermediate: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -149,7 +154,10 @@ def placeholder_spki(pin: PinSpec) -> str:
     """
     if pin.spki_sha256 is not None:
         return pin.spki_sha256
-    ref = f"csms:{pin.csms}#{pin.key}" if pin.csms is not None else f"root:{pin.root}"
+    if pin.csms is not None:
+        ref = f"csms:{pin.csms}#{pin.key}"
+    else:
+        ref = f"root:{pin.root}" if pin.root is not None else f"intermediate:{pin.intermediate}"
     return hashlib.sha256(ref.encode()).hexdigest()
 
 

@@ -142,6 +142,8 @@ class WorldTls(WorldBase):
             return pin.spki_sha256
         if pin.root is not None:
             return self.pki.root_spki(pin.root)
+        if pin.intermediate is not None:
+            return self.pki.intermediate_spki(pin.intermediate)
         assert pin.csms is not None
         node = self.csms[pin.csms]
         return self.pki.csms_spki(node.host, pin.key, node.tls.certificate.key_type)

@@ -9,6 +9,10 @@ at ``wss://localhost:<port>/ocpp/<station id>``. Every line on stdout is one JSO
 * ``{"station": id, "action": A, "message_id": M, "payload": {...}}`` per CALL received (wire camelCase);
 * ``{"station": id, "sent": "TriggerMessage", "status": ...}`` with ``--trigger-heartbeat`` or ``--trigger-csr``;
 * ``{"station": id, "sent": "CertificateSigned", "status": ..., "cert_sha256": ...}`` with ``--trigger-csr``;
+* with ``--tls-settings``, once per station after its first boot: ``{"station": id, "sent": "GetVariables",
+  "variables": {name: value}}`` (the InternalCtrlr TLS variables), ``{"station": id, "sent": "SetVariables",
+  "results": [{"variable", "status", "reasonCode"}]}`` (TLS 1.2 only with one suite, and two values the
+  station must refuse), then ``{"station": id, "sent": "Reset", "status": ...}``;
 * ``{"event": "disconnected", "station": id, "code": C}``;
 * ``{"event": "summary", "transactions": {...}}`` and ``{"event": "exit", "reason": ...}`` at the end.
 
@@ -50,6 +54,9 @@ SUBPROTOCOL = Subprotocol("ocpp2.0.1")
 PATH_PREFIX = "/ocpp/"
 LISTEN_HOST = "127.0.0.1"  # never anything else
 HEARTBEAT_INTERVAL = 300
+TLS_COMPONENT = "InternalCtrlr"
+TLS_VARIABLES = ("TlsVersions", "SupportedCiphers12", "SupportedCiphers13")
+TLS12_SUITE = "ECDHE-ECDSA-AES256-GCM-SHA384"
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -109,11 +116,13 @@ class StationLink(ChargePoint):  # type: ignore[misc]  # subclassing an untyped 
         recorder: Recorder,
         trigger: bool,
         signer: CsrSigner | None = None,
+        tls_settings: set[str] | None = None,
     ) -> None:
         super().__init__(station_id, connection, response_timeout=30)
         self.recorder = recorder
         self.trigger_heartbeat = trigger
         self.signer = signer
+        self.tls_settings = tls_settings  # stations whose TLS settings were changed already
 
     async def route_message(self, raw_msg: str) -> None:
         # Log every CALL as it came off the wire (camelCase), then let the library dispatch it.
@@ -141,6 +150,56 @@ class StationLink(ChargePoint):  # type: ignore[misc]  # subclassing an untyped 
         if self.signer is not None and self.id not in self.signer.renewed:
             self.signer.renewed.add(self.id)  # once per station: its next connection uses the new certificate
             await self._trigger("SignChargingStationCertificate")
+        if self.tls_settings is not None and self.id not in self.tls_settings:
+            self.tls_settings.add(self.id)
+            await self._change_tls_settings()
+
+    async def _change_tls_settings(self) -> None:
+        """Read the station's TLS variables, ask for TLS 1.2 with one suite (plus two values it cannot do),
+        and reset it so the next connection uses them."""
+        names = [*TLS_VARIABLES, "AvailableTlsVersions", "AvailableCiphers12", "AvailableCiphers13"]
+        got = await self.call(
+            call.GetVariables(
+                get_variable_data=[
+                    {"component": {"name": TLS_COMPONENT}, "variable": {"name": n}} for n in names
+                ]
+            ),
+            suppress=False,
+        )
+        variables = {r["variable"]["name"]: r.get("attribute_value") for r in got.get_variable_result}
+        emit(station=self.id, sent="GetVariables", variables=variables)
+        wanted = [
+            ("TlsVersions", "TLSv1.2"),
+            ("SupportedCiphers12", TLS12_SUITE),
+            ("TlsVersions", "TLSv1.2,TLSv1.3"),  # OpenSSL cannot prefer the older version: refused
+            ("SupportedCiphers12", "NO-SUCH-CIPHER"),  # unknown: refused
+        ]
+        results = []
+        for name, value in wanted:  # one request each, so their order is the order they apply in
+            answer = await self.call(
+                call.SetVariables(
+                    set_variable_data=[
+                        {
+                            "attribute_value": value,
+                            "component": {"name": TLS_COMPONENT},
+                            "variable": {"name": name},
+                        }
+                    ]
+                ),
+                suppress=False,
+            )
+            (result,) = answer.set_variable_result
+            info = result.get("attribute_status_info") or {}
+            results.append(
+                {
+                    "variable": name,
+                    "status": result["attribute_status"],
+                    "reasonCode": info.get("reason_code"),
+                }
+            )
+        emit(station=self.id, sent="SetVariables", results=results)
+        reset = await self.call(call.Reset(type="OnIdle"), suppress=False)
+        emit(station=self.id, sent="Reset", status=reset.status)
 
     async def _trigger(self, what: str) -> None:
         try:
@@ -279,6 +338,7 @@ class Csms:
         self.args = args
         self.recorder = Recorder()
         self.signer = CsrSigner(args.sign_cert, args.sign_key) if args.sign_cert else None
+        self.tls_settings: set[str] | None = set() if args.tls_settings else None
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         station_id = station_id_from_path(request.path)
@@ -317,7 +377,14 @@ class Csms:
             await connection.close(1002, "subprotocol ocpp2.0.1 required")
             emit(event="disconnected", station=station_id, code=1002, reason="no subprotocol")
             return
-        link = StationLink(station_id, connection, self.recorder, self.args.trigger_heartbeat, self.signer)
+        link = StationLink(
+            station_id,
+            connection,
+            self.recorder,
+            self.args.trigger_heartbeat,
+            self.signer,
+            self.tls_settings,
+        )
         with contextlib.suppress(ConnectionClosed):  # the library's read loop ends only this way
             await link.start()
         emit(event="disconnected", station=station_id, code=connection.close_code)
@@ -385,6 +452,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "TriggerMessage(SignChargingStationCertificate) and answer its SignCertificate with CertificateSigned",
     )
     parser.add_argument("--sign-key", help="private key of --sign-cert (PEM)")
+    parser.add_argument(
+        "--tls-settings",
+        action="store_true",
+        help="after each station's first BootNotification read its TLS variables, set TLS 1.2 with one suite "
+        "(and two values it must refuse), and Reset it",
+    )
     args = parser.parse_args(argv)
     if bool(args.sign_cert) != bool(args.sign_key):
         parser.error("--sign-cert and --sign-key go together")
