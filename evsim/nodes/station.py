@@ -67,7 +67,15 @@ from evsim.nodes.firmware import FirmwareUpdater
 from evsim.nodes.logupload import LogUploader
 from evsim.nodes.measures import ROUND_TRIP_CALLER, BootClock, certificate_issuers
 from evsim.nodes.setup_window import SetupHold
-from evsim.nodes.station_model import DeviceModel, StationConfig, StationStatistics
+from evsim.nodes.station_model import (
+    DeviceModel,
+    PendingCall,
+    Rebooting,
+    StationConfig,
+    StationStatistics,
+    peer_event_fields,
+    sole_failure,
+)
 from evsim.ocpp.limits import BOOT_RETRY_INTERVAL, HEARTBEAT_INTERVAL, OutOfRange
 from evsim.ocpp.rpc import BadInput, CallTimedOut, ErrorReceived, ResultReceived, RpcConnection, RpcEvent
 from evsim.ocpp.session import OcppSession
@@ -154,7 +162,7 @@ class Station:
         self.tls_info: TlsInfo | None = None
         self.connector_status = "Available"
         self._wake = trio.Event()  # set by producers (queue, status, authorize, triggers) to wake the uplink
-        self._authorize_request: _Pending | None = None
+        self._authorize_request: PendingCall | None = None
         self._reported_status: str | None = None
         self._trigger_heartbeat = False
         self._last_activity = 0.0
@@ -238,7 +246,7 @@ class Station:
                 try:
                     await self._connect_once(slot)
                 except BaseExceptionGroup as group:
-                    raise _sole_failure(group) from group
+                    raise sole_failure(group) from group
             except HandshakeFailed as exc:
                 reason, detail = exc.reason, exc.detail
                 self._on_connect_failure(exc.reason, detail=exc.detail, handshake=exc, slot=slot)
@@ -770,7 +778,7 @@ class Station:
         if self.session is None:
             self.recorder.emit(self.name, "authorize_offline", token=token)
             return
-        request = _Pending({"idToken": {"idToken": token, "type": "ISO14443"}})
+        request = PendingCall({"idToken": {"idToken": token, "type": "ISO14443"}})
         self._authorize_request = request
         self._wake.set()
         await request.done.wait()
@@ -857,56 +865,6 @@ class Station:
 BAD_INPUT_EVENTS = 10
 """Refused frames or payloads from the CSMS recorded per connection (``bad_input``); the rest are counted by
 the RPC core only."""
-
-
-class Rebooting(TransportError):
-    """The station ends its CSMS connection to reboot (a firmware install)."""
-
-    reason = "reboot"
-
-
-@attrs.define
-class _Pending:
-    """A CALL the behaviour asked the uplink to make; ``result`` stays None if the link dropped."""
-
-    payload: dict[str, Any]
-    done: trio.Event = attrs.field(factory=trio.Event)
-    result: dict[str, Any] | None = None
-
-
-def _sole_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The connection failure inside a nursery's exception group.
-
-    A connection's tasks fail together when the link goes (each sees the broken transport); they are one
-    failure. If anything other than transport/OCPP errors is in the group, re-raise the whole group: that is a
-    bug, not a network event, and must not be swallowed.
-    """
-    matched, rest = group.split((TransportError, OcppError))
-    if rest is not None or matched is None:
-        raise group
-    first: BaseException = matched
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first
-
-
-def peer_event_fields(event: PeerEvent) -> dict[str, Any]:
-    """What the event log records of a peer-trust event (the same for stations and the CSMS).
-
-    Args:
-        event: the event.
-
-    Returns:
-        ``peer``, ``detail`` (free text: left out of canonical logs), ``severity``, ``refused`` and
-        ``security_event`` (the OCPP type, or "").
-    """
-    return {
-        "peer": event.peer,
-        "detail": event.detail,
-        "severity": event.severity,
-        "refused": event.reason is not None,
-        "security_event": event.ocpp_security_event or "",
-    }
 
 
 def station_ids(prefix: str, count: int, start: int = 1) -> Sequence[str]:

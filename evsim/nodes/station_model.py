@@ -24,10 +24,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
+import trio
 
 from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock
-from evsim.errors import ConfigError, TransportError
+from evsim.errors import ConfigError, OcppError, TransportError
 from evsim.link.slots import NetworkProfiles, NetworkSlot
 from evsim.nodes.certificates import CertificateSettings, StationCertificates
 from evsim.nodes.devicetime import ClockSettings, DeviceTime
@@ -38,6 +39,7 @@ from evsim.ocpp.limits import HEARTBEAT_INTERVAL, OutOfRange
 from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile, NetworkSettings, ProfileRejected
 from evsim.recorder import Recorder
 from evsim.tls.context import ClientTls
+from evsim.tls.peer import PeerEvent
 from evsim.tls.stream import TlsInfo
 
 
@@ -378,3 +380,56 @@ class DeviceModel:
         if info is not None:
             result["attributeStatusInfo"] = info
         return result
+
+
+# ---------------------------------------------------------------- what the station's tasks share
+
+
+class Rebooting(TransportError):
+    """The station ends its CSMS connection to reboot (a firmware install)."""
+
+    reason = "reboot"
+
+
+@attrs.define
+class PendingCall:
+    """A CALL the behaviour asked the uplink to make; ``result`` stays None if the link dropped."""
+
+    payload: dict[str, Any]
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: dict[str, Any] | None = None
+
+
+def sole_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The connection failure inside a nursery's exception group.
+
+    A connection's tasks fail together when the link goes (each sees the broken transport); they are one
+    failure. If anything other than transport/OCPP errors is in the group, re-raise the whole group: that is a
+    bug, not a network event, and must not be swallowed.
+    """
+    matched, rest = group.split((TransportError, OcppError))
+    if rest is not None or matched is None:
+        raise group
+    first: BaseException = matched
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
+def peer_event_fields(event: PeerEvent) -> dict[str, Any]:
+    """What the event log records of a peer-trust event (the same for stations and the CSMS).
+
+    Args:
+        event: the event.
+
+    Returns:
+        ``peer``, ``detail`` (free text: left out of canonical logs), ``severity``, ``refused`` and
+        ``security_event`` (the OCPP type, or "").
+    """
+    return {
+        "peer": event.peer,
+        "detail": event.detail,
+        "severity": event.severity,
+        "refused": event.reason is not None,
+        "security_event": event.ocpp_security_event or "",
+    }

@@ -68,12 +68,12 @@ from evsim.world.base import (
     NetworkKind,
     Selector,
     _identity,
-    _label,
 )
 from evsim.world.capture import open_capture
 from evsim.world.clocks import ClockSpec, WorldClocks
 from evsim.world.energy import WorldEnergy
 from evsim.world.files import FileSettings, WorldFiles
+from evsim.world.links import WorldLinks
 from evsim.world.nodes import ControllerNode, CsmsNode, StationGroup, StationNode
 from evsim.world.pki import WorldPki
 from evsim.world.specs import (
@@ -84,7 +84,6 @@ from evsim.world.specs import (
     Tls,
     TrustSpec,
 )
-from evsim.world.stalls import WorldStalls
 
 ClockKind: TypeAlias = Literal["virtual", "real"]
 T = TypeVar("T")
@@ -231,12 +230,12 @@ def _plain(value: object) -> object:
     return value
 
 
-class World(WorldClocks, WorldEnergy, WorldFiles, WorldStalls):
+class World(WorldClocks, WorldEnergy, WorldFiles, WorldLinks):
     """A network of nodes sharing one clock, recorder, network and PKI (open it with :func:`open_world`).
 
     Starting nodes, their lifecycle and the network are here; TLS and certificates in
     :class:`~evsim.world.trust.WorldTls`, attackers in :class:`~evsim.world.attackers.WorldAttacks`, link stalls in
-    :class:`~evsim.world.stalls.WorldStalls`, certificate
+    :class:`~evsim.world.links.WorldLinks`, certificate
     operations over OCPP in :class:`~evsim.world.lifecycle.WorldLifecycle`, the shared state and selectors in
     :class:`~evsim.world.base.WorldBase`.
     """
@@ -703,63 +702,6 @@ class World(WorldClocks, WorldEnergy, WorldFiles, WorldStalls):
             await self.csms[n].start_in(self.nursery)
         for sid in station_ids:
             await self.stations[sid].start_in(self.nursery)
-
-    # ------------------------------------------------------------------ the network
-
-    def partition(self, a: Selector, b: Selector) -> None:
-        """Cut every link between the hosts of two selectors (open connections break)."""
-        net = self._faults("partition")
-        for x, y in self._pairs(a, b):
-            net.partition(x, y)
-
-    def heal(self, a: Selector, b: Selector) -> None:
-        """Undo :meth:`partition`."""
-        net = self._faults("heal")
-        for x, y in self._pairs(a, b):
-            net.heal(x, y)
-
-    def set_link(
-        self, a: Selector, b: Selector, *, latency: float | None = None, bytes_per_s: float | None = None
-    ) -> None:
-        """The policy of every link between two selectors: one-way ``latency`` (seconds) and the rate of each
-        direction (``bytes_per_s``, 0: unlimited; the in-memory network only); a key left None keeps the link's
-        current value."""
-        net = self._faults("a link policy")
-        for x, y in self._pairs(a, b):
-            now = net.link_policy(x, y)
-            net.set_link_policy(
-                x,
-                y,
-                attrs.evolve(
-                    now,
-                    latency_s=now.latency_s if latency is None else latency,
-                    bytes_per_s=now.bytes_per_s if bytes_per_s is None else bytes_per_s,
-                ),
-            )
-
-    def reset_links(self, a: Selector, b: Selector) -> None:
-        """Reset the connections between two selectors now (both ends see a broken stream)."""
-        net = self._faults("a link reset")
-        for x, y in self._pairs(a, b):
-            net.partition(x, y)
-            net.heal(x, y)
-
-    def reset_links_every(self, a: Selector, b: Selector, every: float, *, label: str | None = None) -> None:
-        """Reset the connections between two selectors every ``every`` seconds (a background task; the
-        hosts are those the selectors cover now)."""
-        net = self._faults("a link reset")
-        between = label or f"{_label(a)}<->{_label(b)}"
-        pairs = self._pairs(a, b)
-
-        async def resets() -> None:
-            while True:
-                await trio.sleep(every)
-                for x, y in pairs:
-                    net.partition(x, y)
-                    net.heal(x, y)
-                self.recorder.emit("runner", "link_reset", between=between)
-
-        self.nursery.start_soon(resets)
 
     async def set_network_profile(self, target: Selector, to: str, *, reconnect: bool = True) -> None:
         """B09/B10 from the CSMS holding each station's link: SetNetworkProfile for the new endpoint (a free

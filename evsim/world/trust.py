@@ -19,7 +19,7 @@ from cryptography import x509
 
 from evsim.errors import ConfigError
 from evsim.nodes.admission import ClientStatus
-from evsim.nodes.station import peer_event_fields
+from evsim.nodes.station_model import peer_event_fields
 from evsim.pki import CertKey
 from evsim.tls import (
     ClientTls,
