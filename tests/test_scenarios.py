@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import re
 from pathlib import Path
 
 import attrs
@@ -524,3 +525,11 @@ def test_real_clock_over_loopback_tcp() -> None:
     assert _tx(r) == (3, 3, 0, True)
     assert r.wall_s < 30
     assert {st.tls_info.version for st in r.stations.values() if st.tls_info} == {"TLSv1.3"}
+
+
+def test_event_details_are_words_not_exception_reprs() -> None:
+    """A broken link is told as what broke it ("network partition between ..."), not as a Python repr such as
+    ``StreamBroken('network partition ...')``: the event log is read by people (and by ``evsim explain``)."""
+    details = [str(e.data.get("detail", "")) for e in _run("partition_heal").recorder.events]
+    assert any("network partition between" in d for d in details)
+    assert not [d for d in details if re.search(r"\b[A-Z]\w+\(['\"]", d)]

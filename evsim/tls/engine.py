@@ -64,6 +64,12 @@ except ImportError:  # pragma: no cover
 _scratch = threading.local()
 
 
+def broke(what: str, exc: BaseException) -> str:
+    """Why a transport broke, in words: the underlying error's message (its type when it has none), not its
+    repr, so event details read as text."""
+    return f"transport broke while {what}: {str(exc) or type(exc).__name__}"
+
+
 def _buffer() -> Any:
     buf = getattr(_scratch, "buf", None)
     if buf is None:
@@ -282,7 +288,7 @@ class BioPump:
             await self.transport_stream.send_all(data)
             return True
         except (trio.BrokenResourceError, BrokenTransport) as exc:
-            raise self._set_broken(TlsBrokenTransport(f"transport broke while sending: {exc!r}")) from exc
+            raise self._set_broken(TlsBrokenTransport(broke("sending", exc))) from exc
         except (trio.ClosedResourceError, ClosedTransport) as exc:
             raise TlsClosedTransport("the transport under this TLS stream is closed") from exc
         except BaseException:
@@ -328,7 +334,7 @@ class BioPump:
         try:
             data = await self.transport_stream.receive_some(RECEIVE_CHUNK)
         except (trio.BrokenResourceError, BrokenTransport) as exc:
-            raise self._set_broken(TlsBrokenTransport(f"transport broke while receiving: {exc!r}")) from exc
+            raise self._set_broken(TlsBrokenTransport(broke("receiving", exc))) from exc
         except (trio.ClosedResourceError, ClosedTransport) as exc:
             raise TlsClosedTransport("the transport under this TLS stream is closed") from exc
         self._recv_count += 1

@@ -78,7 +78,7 @@ from OpenSSL import SSL, crypto
 from evsim.errors import BrokenTransport, ClosedTransport, TlsError
 from evsim.tls import _ossl, events
 from evsim.tls.context import ClientTls, ServerTls
-from evsim.tls.engine import CLOSE_NOTIFY_TIMEOUT_S, BioPump, StreamState
+from evsim.tls.engine import CLOSE_NOTIFY_TIMEOUT_S, BioPump, StreamState, broke
 from evsim.tls.failures import (
     TlsBrokenTransport,
     TlsClosedTransport,
@@ -384,7 +384,7 @@ class TlsStream(BioPump, trio.abc.Stream):
         try:
             taken = push(out)
         except (trio.BrokenResourceError, BrokenTransport) as exc:
-            raise self._set_broken(TlsBrokenTransport(f"transport broke while sending: {exc!r}")) from exc
+            raise self._set_broken(TlsBrokenTransport(broke("sending", exc))) from exc
         except (trio.ClosedResourceError, ClosedTransport) as exc:
             raise TlsClosedTransport("the transport under this TLS stream is closed") from exc
         if taken is None:  # the transport took nothing: the records wait here for send_all(b"")
