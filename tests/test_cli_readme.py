@@ -47,6 +47,11 @@ HANDLING: dict[str, tuple[str, str, str]] = {
         '.venv/bin/evsim report "$(ls -d runs/*/ | tail -n 1)"',
         "<dir> is a placeholder: the run directory the previous command wrote",
     ),
+    ".venv/bin/evsim explain runs/<dir> --depth 1": (
+        "rewrite",
+        '.venv/bin/evsim explain "$(ls -d runs/*/ | tail -n 1)" --depth 1',
+        "<dir> is a placeholder: the run directory written before",
+    ),
 }
 
 
