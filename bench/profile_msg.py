@@ -19,7 +19,7 @@ from collections import Counter
 
 import trio
 
-import bench.evsim_peer as fleet
+from bench.evsim_peer import _run as run_fleet
 from evsim.clock import real_utcnow
 from evsim.pki import init_dev_pki
 from evsim.runtime import GC_THRESHOLD
@@ -50,25 +50,17 @@ def _layer(filename: str, callers: dict[tuple[str, int, str], tuple[int, int, fl
 def profile(n: int, rtt_seconds: float) -> tuple[pstats.Stats, int]:
     """Run the fleet and profile its steady state; returns the statistics and the round trips made."""
     prof = cProfile.Profile()
-    marks = [0]
-    real_cpu = fleet.cpu_s
 
-    def cpu_s() -> float:  # evsim_peer reads the CPU clock right before and right after the steady state
-        marks[0] += 1
-        if marks[0] == 1:
+    def steady(on: bool) -> None:
+        if on:
             prof.enable()
         else:
             prof.disable()
-        return real_cpu()
 
-    fleet.cpu_s = cpu_s
-    try:
-        with tempfile.TemporaryDirectory(prefix="evsim-profile-") as tmp:
-            pki = init_dev_pki(tmp, host="localhost", now=real_utcnow())
-            gc.set_threshold(GC_THRESHOLD[0], 20, 100)
-            result = trio.run(fleet._run, n, rtt_seconds, pki, True)
-    finally:
-        fleet.cpu_s = real_cpu
+    with tempfile.TemporaryDirectory(prefix="evsim-profile-") as tmp:
+        pki = init_dev_pki(tmp, host="localhost", now=real_utcnow())
+        gc.set_threshold(GC_THRESHOLD[0], 20, 100)
+        result = trio.run(run_fleet, n, rtt_seconds, pki, True, steady)
     round_trips = round(result.rtt_per_s * rtt_seconds)
     return pstats.Stats(prof), round_trips
 
