@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import gc
 import pstats
 import tempfile
@@ -60,7 +61,7 @@ def profile(n: int, rtt_seconds: float) -> tuple[pstats.Stats, int]:
     with tempfile.TemporaryDirectory(prefix="evsim-profile-") as tmp:
         pki = init_dev_pki(tmp, host="localhost", now=real_utcnow())
         gc.set_threshold(GC_THRESHOLD[0], 20, 100)
-        result = trio.run(run_fleet, n, rtt_seconds, pki, True, steady)
+        result = trio.run(functools.partial(run_fleet, steady=steady), n, rtt_seconds, pki, True)
     round_trips = round(result.rtt_per_s * rtt_seconds)
     return pstats.Stats(prof), round_trips
 
