@@ -18,6 +18,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -38,8 +39,16 @@ PASSWORD = "bench-password-000001"
 
 
 async def _run(
-    n: int, rtt_seconds: float, pki: DevPki, compression: bool, setup: tuple[int, int], group: str | None
+    n: int,
+    rtt_seconds: float,
+    pki: DevPki,
+    compression: bool,
+    setup: tuple[int, int],
+    group: str | None,
+    steady: Callable[[bool], None] | None = None,
 ) -> Result:
+    """Boot the fleet, then hammer; ``steady(True)`` / ``steady(False)`` mark the steady state (a profiler's
+    switch: ``bench.profile_msg``)."""
     window, max_handshakes = setup
     profile = TlsProfile(groups=(group,)) if group else None
     clock = SimClock.start()
@@ -102,11 +111,15 @@ async def _run(
                 await session.call("Heartbeat", {})
                 count[0] += 1
 
+        if steady is not None:
+            steady(True)
         c0, w0 = cpu_s(), time.perf_counter()
         async with trio.open_nursery() as inner:
             for st in stations:
                 inner.start_soon(hammer, st)
         cpu, wall = cpu_s() - c0, time.perf_counter() - w0
+        if steady is not None:
+            steady(False)
         nursery.cancel_scope.cancel()
     failures = sum(sum(st.connect_failures.values()) for st in stations)
     return Result(

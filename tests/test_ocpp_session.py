@@ -277,6 +277,41 @@ async def test_idle_session_costs_no_wakeups(autojump_clock: trio.testing.MockCl
             assert checks[0] == 1
 
 
+async def test_busy_calls_leave_an_early_deadline_and_still_time_out_on_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """CALLs a second apart (busy: the timer's deadline only moves earlier) leave a stale, earlier deadline
+    behind; the timer looks early once, re-arms, and a CALL left unanswered after the burst times out exactly
+    call_timeout after it was sent."""
+    answering = [True]
+
+    async def fickle(action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if not answering[0]:
+            await trio.sleep_forever()
+        return {"currentTime": NOW}
+
+    with trio.fail_after(1000):
+        async with session_pair(csms_handler=fickle, call_timeout=30.0) as p:
+            checks = [0]
+            real = p.station.rpc.handle_timer
+
+            def counting(now: float) -> list[Any]:
+                checks[0] += 1
+                return real(now)
+
+            p.station.rpc.handle_timer = counting  # type: ignore[method-assign]
+            for _ in range(20):
+                assert await p.station.call("Heartbeat", {}) == {"currentTime": NOW}
+                await trio.sleep(1)
+            answering[0] = False
+            start = trio.current_time()
+            with pytest.raises(CallTimeout):
+                await p.station.call("Heartbeat", {})
+            assert trio.current_time() - start == pytest.approx(30.0)
+            assert 1 <= checks[0] <= 2  # the early look at the stale deadline, then the timeout
+            assert p.station.statistics().rpc.timeouts == 1
+
+
 async def test_transport_close_wakes_pending_call(autojump_clock: trio.testing.MockClock) -> None:
     async def silent(action: str, payload: dict[str, Any]) -> dict[str, Any]:
         await trio.sleep_forever()

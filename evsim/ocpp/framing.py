@@ -262,6 +262,11 @@ def decode_frame(text: str, *, version: str, max_size: int = DEFAULT_MAX_FRAME) 
     mid: str = raw_id if id_readable else UNREADABLE_ID
     if type(raw_type) is not int:
         raise FrameDecodeError("message type is not an integer", message_id=mid)
+    if id_readable:  # the well-formed CALL and CALLRESULT (both versions) skip the checks below
+        if raw_type == 3 and n == 3 and type(msg[2]) is dict:
+            return CallResult(mid, msg[2])
+        if raw_type == 2 and n == 4 and type(msg[2]) is str and type(msg[3]) is dict:
+            return Call(mid, msg[2], msg[3])
     if raw_type not in _TYPES_OF_VERSION.get(version, _TYPES_OF_VERSION["2.0.1"]):
         if version == "2.1":
             # OCPP-J 2.1 §4.1.3: the receiver SHALL ignore a message of an unknown type.
