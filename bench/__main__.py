@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from bench import firmware, nts
+from bench import firmware, memory, nts
 from bench.common import Result
 from bench.floor import handshake_floor
 from evsim.clock import real_utcnow
@@ -77,6 +77,7 @@ SECTIONS = {
     "nts": nts.section,
     "relay": _relay_section,
     "firmware": firmware.section,
+    "memory": memory.section,
 }
 """Sections ``python -m bench SECTION`` runs alone."""
 

@@ -44,6 +44,14 @@ stack of coroutines: measured ≈5 µs), so the common path has none besides wai
   armed when the writer starts, it looks every ``send_timeout`` s whether the busy writer sent anything
   since, so a stuck writer is found after between one and two ``send_timeout``; the writer only counts.
 
+* **Idle watch.** A quiet link need not hold its compression state and buffers (thousands of stations spend
+  most of their time between Heartbeats): once no frame moved for ``idle_release_s`` seconds, the timer calls
+  the transport's ``release_idle_state()`` when it has one (:meth:`evsim.ws.WebSocket.release_idle_state`).
+  Like the stall watch it costs the message path nothing but a comparison: armed by the first message after
+  a release, it looks every ``idle_release_s`` s whether frames moved since, and releases when none did;
+  then it asks the C allocator to return the freed pages (:func:`evsim.runtime.give_back_memory`, rate-limited
+  per process: when it declines, the watch looks once more a period later).
+
 A round trip over a WebSocket costs the caller one wake-up (its result), the answering side one (its reader).
 """
 
@@ -80,12 +88,16 @@ from evsim.ocpp.rpc import (
     RpcStatistics,
     SendReceived,
 )
+from evsim.runtime import give_back_memory
 
 DEFAULT_MAX_SEND_QUEUE = 256 * 1024
 """Bytes (UTF-8 text of OCPP frames) that may wait to be sent to one peer before the session stops reading it."""
 
 DEFAULT_SEND_TIMEOUT = 60.0
 """Seconds the writer may make no progress while frames wait before the peer is dropped as not reading."""
+
+DEFAULT_IDLE_RELEASE_S = 5.0
+"""Seconds without a frame after which the transport's idle state is released (see the idle watch above)."""
 
 _OUTCOMES = (ResultReceived, ErrorReceived, CallTimedOut)  # tuples: no union object built per event
 _INCOMING = (CallReceived, SendReceived)
@@ -197,6 +209,15 @@ class _Waiter:
         await trio.lowlevel.wait_task_rescheduled(self._abort)
 
 
+@runtime_checkable
+class IdleRelease(Protocol):
+    """A transport that can give back state it does not need while the link is idle (:class:`evsim.ws.WebSocket`)."""
+
+    def release_idle_state(self) -> int:
+        """Free what the next message can rebuild; the number of objects freed (0: nothing held)."""
+        ...
+
+
 class OcppSession:
     """Runs an :class:`RpcConnection` over a text transport.
 
@@ -216,6 +237,8 @@ class OcppSession:
         max_send_queue: bytes that may wait to be sent before the reader stops reading (back-pressure).
         send_timeout: seconds without progress of the writer, while frames wait, before the session ends
             with :class:`~evsim.errors.PeerNotReading` (found within twice that); None never gives up.
+        idle_release_s: seconds without a frame after which the transport's ``release_idle_state()`` is
+            called (found within twice that); None never releases.
     """
 
     def __init__(
@@ -229,9 +252,10 @@ class OcppSession:
         on_send: SendHandler | None = None,
         max_send_queue: int = DEFAULT_MAX_SEND_QUEUE,
         send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
+        idle_release_s: float | None = DEFAULT_IDLE_RELEASE_S,
     ) -> None:
-        if max_send_queue < 1 or (send_timeout is not None and send_timeout <= 0):
-            raise ValueError("max_send_queue and send_timeout must be positive")
+        if max_send_queue < 1 or any(t is not None and t <= 0 for t in (send_timeout, idle_release_s)):
+            raise ValueError("max_send_queue, send_timeout and idle_release_s must be positive")
         self.transport = transport
         self.rpc = rpc
         self._handler = handler
@@ -261,6 +285,15 @@ class OcppSession:
         self._sends_done = 0  # the writer's progress: flushes and frames sent
         self._stall_deadline = math.inf  # when the stall watch looks at the writer's progress next
         self._stall_mark = 0  # _sends_done when the stall watch was armed
+        self._release_idle: Callable[[], int] | None = (
+            transport.release_idle_state
+            if idle_release_s is not None and isinstance(transport, IdleRelease)
+            else None
+        )
+        self._idle_release_s = idle_release_s or math.inf
+        self._idle_deadline = math.inf  # when the idle watch looks next (inf: off, armed by the next frame)
+        self._idle_mark = -1  # frames moved when the idle watch was armed
+        self._trim_due = False  # a release's trim was deferred (rate limit): the watch looks once more
         self._queue_peak = 0
         self._reads_paused = 0
         self._running = False
@@ -412,11 +445,15 @@ class OcppSession:
     def _send_queued(self) -> None:
         """Send what the RPC core queued, without blocking (see the module docstring)."""
         rpc = self.rpc
+        if self._idle_deadline == math.inf and self._release_idle is not None:
+            self._watch_idle()
         deadline = rpc.get_timer()
         if deadline is None:
             deadline = math.inf
         if self._stall_deadline < deadline:
             deadline = self._stall_deadline
+        if self._idle_deadline < deadline:
+            deadline = self._idle_deadline
         if deadline != self._timer_deadline and self._timer_scope is not None:
             self._timer_deadline = self._timer_scope.deadline = deadline
         if self._writing or not rpc.has_data_to_send or self._nursery is None:
@@ -505,6 +542,31 @@ class OcppSession:
             if self._timer_scope is not None and self._stall_deadline < self._timer_deadline:
                 self._timer_deadline = self._timer_scope.deadline = self._stall_deadline
 
+    def _frames_moved(self) -> int:
+        stats = self.rpc.statistics()
+        return stats.frames_in + stats.frames_out
+
+    def _watch_idle(self) -> None:
+        """A frame moved while the idle watch was off: arm it (the caller moves the timer's deadline)."""
+        self._idle_deadline = self._now() + self._idle_release_s
+        self._idle_mark = self._frames_moved()
+
+    def _check_idle(self, now: float) -> None:
+        """The idle watch's deadline passed: release the transport's idle state if no frame moved since it
+        was armed (then the watch is off until the next frame), else look again ``idle_release_s`` later."""
+        moved = self._frames_moved()
+        if moved != self._idle_mark:
+            self._idle_mark = moved
+            self._idle_deadline = now + self._idle_release_s
+            return
+        self._idle_deadline = math.inf
+        freed = self._release_idle() if self._release_idle is not None and not self._closed else 0
+        if (freed or self._trim_due) and not give_back_memory():
+            self._trim_due = True  # another session trimmed just now: try again one period later
+            self._idle_deadline = now + self._idle_release_s
+        else:
+            self._trim_due = False
+
     def _check_stall(self, now: float) -> None:
         """The stall watch's deadline passed: drop the peer if the busy writer sent nothing since it was
         armed; else re-arm it while the writer is busy. A writer stuck for ``send_timeout`` is thus found
@@ -534,7 +596,7 @@ class OcppSession:
         while True:
             deadline = rpc.get_timer()
             deadline = math.inf if deadline is None else deadline
-            self._timer_deadline = min(deadline, self._stall_deadline)
+            self._timer_deadline = min(deadline, self._stall_deadline, self._idle_deadline)
             with trio.CancelScope(deadline=self._timer_deadline) as scope:
                 self._timer_scope = scope
                 await trio.sleep_forever()
@@ -542,6 +604,8 @@ class OcppSession:
             now = self._now()
             if now >= self._stall_deadline:
                 self._check_stall(now)
+            if now >= self._idle_deadline:
+                self._check_idle(now)
             events = rpc.handle_timer(now)
             if events:  # only CallTimedOut: wakes a caller, may release the next CALL
                 self._dispatch(events)

@@ -393,6 +393,24 @@ class TlsStream(BioPump, trio.abc.Stream):
             return False
         return taken
 
+    def release_idle_state(self) -> int:
+        """Give back the memory BIOs' grown buffers while the link is idle (:class:`~evsim.net.base.IdleState`):
+        after the handshake they hold its largest flight; new empty ones take their place when nothing waits
+        in them (``_ossl.renew_memory_bios``). OpenSSL's own record buffers are released by
+        ``SSL_MODE_RELEASE_BUFFERS`` already; the handshake's key shares it keeps until the connection ends.
+
+        Returns:
+            1 when the BIOs were renewed, else 0.
+        """
+        if (
+            self._hs is not _Hs.DONE
+            or self._state is not StreamState.OK
+            or self._transport_eof
+            or self._outbox
+        ):
+            return 0
+        return 1 if self._renew_bios() else 0
+
     # ------------------------------------------------------------ handshake
 
     async def do_handshake(self) -> None:
