@@ -2,7 +2,7 @@
 
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
 ``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``,
-and any name of ``SECTIONS``: ``nts``, ``relay``, ``firmware``, ...; ``BENCH_NTS_SECONDS`` seconds per NTS phase,
+and any name of ``SECTIONS``: ``nts``, ``relay``, ``firmware``, ``memory``, ...; ``BENCH_NTS_SECONDS`` seconds per NTS phase,
 default 3), ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs
 in its own subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute
 times.

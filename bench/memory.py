@@ -220,7 +220,18 @@ def run(n: int) -> list[tuple[str, dict[str, Any] | str]]:
     with tempfile.TemporaryDirectory(prefix="evsim-bench-memory-") as tmp:
         init_dev_pki(tmp, host="localhost", now=real_utcnow())
         for variant in VARIANTS:
-            cmd = [sys.executable, "-m", "bench.memory", "--variant", variant, "--n", str(n), "--pki", tmp]
+            cmd = [
+                sys.executable,
+                "-m",
+                "bench.memory",
+                "--variant",
+                variant,
+                "--n",
+                str(n),
+                "--pki",
+                tmp,
+                "--json",
+            ]
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
             except subprocess.TimeoutExpired:
