@@ -18,7 +18,7 @@ The variants switch one saving off at a time, so each row's difference to ``as s
   state and the TLS stream's grown BIO buffers stay allocated on idle links;
 * ``no deflate``: permessage-deflate not negotiated at all (the floor that compression state sits on);
 * ``tls pairs``: only N TLS 1.3 connections (client and server stream over in-memory pipes, handshaken,
-  one record each way), with OpenSSL's default groups (X25519MLKEM768 first) and with X25519 alone: the share
+  one record each way, idle state released), with OpenSSL's default groups (X25519MLKEM768 first) and with X25519 alone: the share
   of the hybrid post-quantum key shares, which OpenSSL keeps until the connection is freed.
 
 Environment: ``BENCH_MEMORY_N`` (default ``BENCH_N``, else 1000).
@@ -193,6 +193,8 @@ async def _tls_pairs(n: int, pki: DevPki, groups: tuple[str, ...]) -> dict[str, 
         await server.receive_some()
         await server.send_all(b"y" * 100)
         await client.receive_some()
+        client.release_idle_state()  # what the idle watch does on a quiet link (memory BIOs renewed)
+        server.release_idle_state()
         pairs.append((client, server))
     connect_s = time.perf_counter() - t0
     after = _probe()
