@@ -28,7 +28,6 @@ from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.security import csms_server_tls, station_client_tls
 from evsim.nodes.station import Station, station_ids
 from evsim.nodes.station_model import StationConfig
-from evsim.ocpp.session import DEFAULT_IDLE_RELEASE_S
 from evsim.pki import DevPki, init_dev_pki
 from evsim.recorder import Recorder
 
@@ -81,9 +80,7 @@ async def _run(n: int, rtt_seconds: float, pki: DevPki, compression: bool) -> Re
             for st in stations:
                 await st.wait_online()
         boot = time.perf_counter() - t0
-        # let the StatusNotifications that follow boot settle and the links go idle: the sessions' idle watch
-        # releases their deflate state and buffers within two periods, the deferred trims one period later
-        await trio.sleep(3 * DEFAULT_IDLE_RELEASE_S + 0.5)
+        await trio.sleep(0.5)  # let the StatusNotifications that follow boot settle
         kib = (rss_kib() - rss0) / n
         count = [0]
         deadline = trio.current_time() + rtt_seconds

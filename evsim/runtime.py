@@ -49,6 +49,7 @@ one waits ``d / TRIM_COST_SHARE`` seconds (a trim walks the whole heap: ≈5 ms 
 _trim: Callable[[int], int] | None = None
 _trim_resolved = False
 _next_trim = 0.0
+_retry_claimed = False
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -62,7 +63,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return _trim
 
 
-def give_back_memory() -> bool:
+def give_back_memory() -> bool | None:
     """Return the C heap's free pages to the operating system (glibc's ``malloc_trim(0)``), rate-limited.
 
     glibc keeps memory that was freed in the middle of its heap (a released compressor between live
@@ -71,12 +72,18 @@ def give_back_memory() -> bool:
     :data:`TRIM_MIN_INTERVAL_S`, and at most :data:`TRIM_COST_SHARE` of the time.
 
     Returns:
-        True when a trim ran (or cannot run here: not glibc); False when the last one was too recent.
+        True when a trim ran (or cannot run here: not glibc); False when the last one was too recent and the
+        caller is the one to try again later (one caller at a time is told so: the others' frees are trimmed
+        by that retry); None when too recent and another caller retries.
     """
-    global _next_trim
+    global _next_trim, _retry_claimed
     now = time.monotonic()
     if now < _next_trim:
+        if _retry_claimed:
+            return None
+        _retry_claimed = True
         return False
+    _retry_claimed = False
     trim = _malloc_trim()
     if trim is None:
         return True

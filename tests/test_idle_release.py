@@ -196,3 +196,27 @@ async def test_session_without_idle_release_never_releases(autojump_clock: trio.
 
 async def _no_calls(action: str, payload: dict[str, object]) -> dict[str, object]:
     return {"currentTime": "2030-06-01T12:00:00Z"}
+
+
+async def test_session_default_is_off_in_virtual_time(autojump_clock: trio.testing.MockClock) -> None:
+    """By default the watch runs in real time only (its wake-ups would cost a simulated day ≈30 % CPU)."""
+    transport = _Transport()
+    session = OcppSession(transport, RpcConnection(), _no_calls)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(session.run)
+        await transport.send.send('[2,"a","Heartbeat",{}]')
+        await trio.sleep(1000)
+        assert transport.releases == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_session_default_releases_in_real_time() -> None:
+    transport = _Transport()
+    session = OcppSession(transport, RpcConnection(), _no_calls)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(session.run)
+            await transport.send.send('[2,"a","Heartbeat",{}]')
+            await trio.testing.wait_all_tasks_blocked()
+            assert session._release_idle is not None  # armed: the real-time default applies
+            nursery.cancel_scope.cancel()

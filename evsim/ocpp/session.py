@@ -45,12 +45,13 @@ stack of coroutines: measured ≈5 µs), so the common path has none besides wai
   since, so a stuck writer is found after between one and two ``send_timeout``; the writer only counts.
 
 * **Idle watch.** A quiet link need not hold its compression state and buffers (thousands of stations spend
-  most of their time between Heartbeats): once no frame moved for ``idle_release_s`` seconds, the timer calls
+  most of their time between Heartbeats): once no frame arrived for ``idle_release_s`` seconds, the timer calls
   the transport's ``release_idle_state()`` when it has one (:meth:`evsim.ws.WebSocket.release_idle_state`).
-  Like the stall watch it costs the message path nothing but a comparison: armed by the first message after
-  a release, it looks every ``idle_release_s`` s whether frames moved since, and releases when none did;
-  then it asks the C allocator to return the freed pages (:func:`evsim.runtime.give_back_memory`, rate-limited
-  per process: when it declines, the watch looks once more a period later).
+  Like the stall watch it costs the message path a comparison: armed by the first frame received after a
+  release, it looks every ``idle_release_s`` s whether frames arrived since, and releases when none did (a
+  Heartbeat every 300 s costs each end one wake-up). Then it asks the C allocator to return the freed pages
+  (:func:`evsim.runtime.give_back_memory`, rate-limited per process; when it declines, one session of the
+  process tries once more a period later).
 
 A round trip over a WebSocket costs the caller one wake-up (its result), the answering side one (its reader).
 """
@@ -58,6 +59,7 @@ A round trip over a WebSocket costs the caller one wake-up (its result), the ans
 from __future__ import annotations
 
 import contextlib
+import enum
 import math
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
@@ -65,6 +67,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import attrs
 import trio
+import trio.testing
 
 from evsim.clock import SimClock
 from evsim.errors import (
@@ -96,8 +99,17 @@ DEFAULT_MAX_SEND_QUEUE = 256 * 1024
 DEFAULT_SEND_TIMEOUT = 60.0
 """Seconds the writer may make no progress while frames wait before the peer is dropped as not reading."""
 
-DEFAULT_IDLE_RELEASE_S = 5.0
-"""Seconds without a frame after which the transport's idle state is released (see the idle watch above)."""
+DEFAULT_IDLE_RELEASE_S = 30.0
+"""Seconds without a received frame after which the transport's idle state is released (the idle watch above),
+in real time; in virtual time (trio's ``MockClock``) the default is off: there the watch's wake-ups cost more
+(≈+30 % CPU per message on a simulated day) than the memory is worth."""
+
+
+class _Default(enum.Enum):
+    IDLE_RELEASE = "idle release: DEFAULT_IDLE_RELEASE_S in real time, off in virtual time"
+
+
+IDLE_RELEASE_DEFAULT = _Default.IDLE_RELEASE
 
 _OUTCOMES = (ResultReceived, ErrorReceived, CallTimedOut)  # tuples: no union object built per event
 _INCOMING = (CallReceived, SendReceived)
@@ -237,8 +249,9 @@ class OcppSession:
         max_send_queue: bytes that may wait to be sent before the reader stops reading (back-pressure).
         send_timeout: seconds without progress of the writer, while frames wait, before the session ends
             with :class:`~evsim.errors.PeerNotReading` (found within twice that); None never gives up.
-        idle_release_s: seconds without a frame after which the transport's ``release_idle_state()`` is
-            called (found within twice that); None never releases.
+        idle_release_s: seconds without a received frame after which the transport's ``release_idle_state()``
+            is called (found within twice that); None never releases; by default
+            :data:`DEFAULT_IDLE_RELEASE_S` in real time and off under trio's ``MockClock``.
     """
 
     def __init__(
@@ -252,8 +265,11 @@ class OcppSession:
         on_send: SendHandler | None = None,
         max_send_queue: int = DEFAULT_MAX_SEND_QUEUE,
         send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
-        idle_release_s: float | None = DEFAULT_IDLE_RELEASE_S,
+        idle_release_s: float | _Default | None = IDLE_RELEASE_DEFAULT,
     ) -> None:
+        self._idle_auto = idle_release_s is IDLE_RELEASE_DEFAULT
+        if isinstance(idle_release_s, _Default):
+            idle_release_s = DEFAULT_IDLE_RELEASE_S
         if max_send_queue < 1 or any(t is not None and t <= 0 for t in (send_timeout, idle_release_s)):
             raise ValueError("max_send_queue, send_timeout and idle_release_s must be positive")
         self.transport = transport
@@ -338,6 +354,8 @@ class OcppSession:
         if self._running or self._closed:
             raise RuntimeError("an OcppSession runs once")
         self._running = True
+        if self._idle_auto and isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+            self._release_idle = None  # virtual time: see DEFAULT_IDLE_RELEASE_S
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -445,8 +463,6 @@ class OcppSession:
     def _send_queued(self) -> None:
         """Send what the RPC core queued, without blocking (see the module docstring)."""
         rpc = self.rpc
-        if self._idle_deadline == math.inf and self._release_idle is not None:
-            self._watch_idle()
         deadline = rpc.get_timer()
         if deadline is None:
             deadline = math.inf
@@ -505,6 +521,8 @@ class OcppSession:
             while True:
                 text = await receive_text()
                 self._dispatch(rpc.receive(text, now()))
+                if self._idle_deadline == math.inf and self._release_idle is not None:
+                    self._watch_idle()  # armed by a received frame (our answer to it is not activity)
                 if incoming and not self._handling and await self._answer_incoming():
                     return  # a handler blocked: another task reads now
                 self._send_queued()
@@ -543,11 +561,11 @@ class OcppSession:
                 self._timer_deadline = self._timer_scope.deadline = self._stall_deadline
 
     def _frames_moved(self) -> int:
-        stats = self.rpc.statistics()
-        return stats.frames_in + stats.frames_out
+        """Frames received: every exchange has one at both ends, and what we send answers or follows it."""
+        return self.rpc.statistics().frames_in
 
     def _watch_idle(self) -> None:
-        """A frame moved while the idle watch was off: arm it (the caller moves the timer's deadline)."""
+        """A frame arrived while the idle watch was off: arm it (``_send_queued`` moves the timer's deadline)."""
         self._idle_deadline = self._now() + self._idle_release_s
         self._idle_mark = self._frames_moved()
 
@@ -560,12 +578,11 @@ class OcppSession:
             self._idle_deadline = now + self._idle_release_s
             return
         self._idle_deadline = math.inf
+        retry, self._trim_due = self._trim_due, False
         freed = self._release_idle() if self._release_idle is not None and not self._closed else 0
-        if (freed or self._trim_due) and not give_back_memory():
-            self._trim_due = True  # another session trimmed just now: try again one period later
+        if (freed or retry) and give_back_memory() is False and not retry:
+            self._trim_due = True  # trimmed too recently and no other session retries: once more later
             self._idle_deadline = now + self._idle_release_s
-        else:
-            self._trim_due = False
 
     def _check_stall(self, now: float) -> None:
         """The stall watch's deadline passed: drop the peer if the busy writer sent nothing since it was
