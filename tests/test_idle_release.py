@@ -220,3 +220,48 @@ async def test_session_default_releases_in_real_time() -> None:
             await trio.testing.wait_all_tasks_blocked()
             assert session._release_idle is not None  # armed: the real-time default applies
             nursery.cancel_scope.cancel()
+
+
+def test_a_stock_rfc7692_inflater_reads_what_follows_a_release() -> None:
+    """Any peer's inflater with context takeover (here plain zlib with the 15-bit window RFC 7692 allows) reads
+    the primed compressor's output: the preset dictionary is the history it holds already."""
+    _, server = _pair()
+    peer = zlib.decompressobj(-15)
+    rng = random.Random(7)
+    for n in range(30):
+        message = b'[3,"%d",{"currentTime":"2030-06-01T12:00:00Z","status":"Accepted"}]' % n + rng.randbytes(
+            n * 7
+        )
+        if n % 3 == 0:
+            server.release()
+        wire = server.compress_message(message, client=False)
+        assert peer.decompress(wire + b"\x00\x00\xff\xff") == message
+
+
+async def test_ocpp_over_websocket_over_tls_survives_idle_releases(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """End to end: both sessions release between exchanges (deflate state, TLS BIOs) and every CALL still
+    gets its answer, compressed both ways."""
+    from tests.test_ws_connection import open_ok
+
+    client_tls = ClientTls.build(TlsProfile(), PKI.csms_trust())
+    server_tls = ServerTls.build(TlsProfile(), PKI.server_identity())
+    with trio.fail_after(600):
+        c, s = await tls_pair(client_tls, server_tls)
+        assert isinstance(c, TlsStream) and isinstance(s, TlsStream)
+        client_ws, server_ws = await open_ok(
+            streams=(c, s), client={"compression": True}, server={"compression": True}
+        )
+        assert client_ws.compressed and server_ws.compressed
+        station = OcppSession(client_ws, RpcConnection(), _no_calls, idle_release_s=1.0)
+        csms = OcppSession(server_ws, RpcConnection(), _no_calls, idle_release_s=1.0)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(station.run)
+            await nursery.start(csms.run)
+            for n in range(6):
+                answer = await station.call("Heartbeat", {})
+                assert answer == {"currentTime": "2030-06-01T12:00:00Z"}
+                await trio.sleep(5 if n % 2 else 0.1)  # idle long enough to release, or not
+            assert client_ws.release_idle_state() == 0  # already released: nothing held
+            nursery.cancel_scope.cancel()
