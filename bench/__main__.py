@@ -1,13 +1,12 @@
 """``make bench``: evsim against its peers and floors, measured in the same run, printed as tables.
 
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
-``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``,
-and any name of ``SECTIONS``: ``nts``, ``relay``, ``firmware``, ``cpu-model``, ``workers``, ``storm``, ``renewal``, ...;
-``BENCH_STORM_N`` stations of the mutual-TLS storm of two processes, default 2000; ``BENCH_NTS_SECONDS`` seconds
-per NTS phase, default 3), ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200),
-``BENCH_WORKERS_N`` stations of the workers section (default 500). Each fleet runs
-in its own subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute
-times.
+``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``, and
+any name of ``SECTIONS``: ``nts``, ``relay``, ``firmware``, ``cpu-model``, ``workers``, ``storm``, ``renewal``,
+``memory``). Section sizes: ``BENCH_STORM_N`` (the two-process mutual-TLS storm, default 2000), ``BENCH_WORKERS_N``
+(default 500), ``BENCH_MEMORY_N`` (default ``BENCH_N``); ``BENCH_NTS_SECONDS`` seconds per NTS phase (default 3);
+``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs in its own
+subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute times.
 
 ``python -m bench SECTION`` runs one section alone; sections: the keys of ``SECTIONS``.
 """
@@ -22,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from bench import firmware, nts, renewal, storm, workers
+from bench import firmware, memory, nts, renewal, storm, workers
 from bench.common import Result, print_module_section
 from bench.floor import handshake_floor
 from evsim.clock import real_utcnow
@@ -83,6 +82,7 @@ SECTIONS = {
     "workers": workers.section,
     "storm": storm.section,
     "renewal": renewal.section,
+    "memory": memory.section,
 }
 """Sections ``python -m bench SECTION`` runs alone."""
 

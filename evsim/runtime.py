@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import time
+from collections.abc import Callable
 
 #: Generation-0 threshold. A fleet allocates many long-lived objects (TLS, WebSocket and OCPP state per
 #: station); with CPython's default (700) a 1,000-station storm triggers repeated full collections that walk all of
@@ -35,3 +38,56 @@ def raise_open_file_limit() -> int | None:
             return soft
         return target
     return soft
+
+
+TRIM_MIN_INTERVAL_S = 1.0
+"""Seconds (real) between two :func:`give_back_memory` trims at least."""
+TRIM_COST_SHARE = 0.02
+"""At most this share of the process's time goes to trimming: after a trim that took ``d`` seconds the next
+one waits ``d / TRIM_COST_SHARE`` seconds (a trim walks the whole heap: ≈5 ms for 300 stations)."""
+
+_trim: Callable[[int], int] | None = None
+_trim_resolved = False
+_next_trim = 0.0
+_retry_claimed = False
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    global _trim, _trim_resolved
+    if not _trim_resolved:
+        _trim_resolved = True
+        try:
+            _trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):  # not glibc: nothing to call
+            _trim = None
+    return _trim
+
+
+def give_back_memory() -> bool | None:
+    """Return the C heap's free pages to the operating system (glibc's ``malloc_trim(0)``), rate-limited.
+
+    glibc keeps memory that was freed in the middle of its heap (a released compressor between live
+    objects) in the process; only a trim hands those pages back, so the resident set shrinks when idle links
+    release their state (``evsim.ocpp.session``'s idle watch calls this after a release). At most once per
+    :data:`TRIM_MIN_INTERVAL_S`, and at most :data:`TRIM_COST_SHARE` of the time.
+
+    Returns:
+        True when a trim ran (or cannot run here: not glibc); False when the last one was too recent and the
+        caller is the one to try again later (one caller at a time is told so: the others' frees are trimmed
+        by that retry); None when too recent and another caller retries.
+    """
+    global _next_trim, _retry_claimed
+    now = time.monotonic()
+    if now < _next_trim:
+        if _retry_claimed:
+            return None
+        _retry_claimed = True
+        return False
+    _retry_claimed = False
+    trim = _malloc_trim()
+    if trim is None:
+        return True
+    trim(0)
+    took = time.monotonic() - now
+    _next_trim = now + max(TRIM_MIN_INTERVAL_S, took / TRIM_COST_SHARE)
+    return True

@@ -346,6 +346,8 @@ def test_architecture_doc_lists_the_layers_of_the_code() -> None:
 PRIVATE_BY_NAME: dict[tuple[str, str], str] = {
     ("evsim.tls._ossl", "_ssl"): "Connection's SSL* for the cffi calls pyOpenSSL does not wrap",
     ("evsim.tls._ossl", "_context"): "Context's SSL_CTX* for the cffi calls pyOpenSSL does not wrap",
+    ("evsim.tls._ossl", "_into_ssl"): "renew_memory_bios: the incoming memory BIO swapped for an empty one",
+    ("evsim.tls._ossl", "_from_ssl"): "renew_memory_bios: the outgoing memory BIO swapped for an empty one",
     ("evsim.tls.engine", "_ssl"): "record-layer fast path: SSL_read/SSL_write on the raw binding",
     ("evsim.tls.engine", "_from_ssl"): "record-layer fast path: BIO_read of the outgoing memory BIO",
     ("evsim.tls.engine", "_into_ssl"): "record-layer fast path: BIO_write of the incoming memory BIO",

@@ -30,6 +30,7 @@ __all__ = [
     "DatagramSocket",
     "DatagramStatistics",
     "FaultyNetwork",
+    "IdleState",
     "NetListener",
     "Network",
     "NetworkStatistics",
@@ -172,6 +173,19 @@ class Network(Protocol):
 
     def statistics(self) -> NetworkStatistics:
         """A snapshot of the network's counters."""
+        ...
+
+
+@runtime_checkable
+class IdleState(Protocol):
+    """A stream holding buffers it need not keep while the link is idle (:class:`~evsim.tls.stream.TlsStream`).
+
+    The layer above calls :meth:`release_idle_state` when it knows the link went quiet (the WebSocket, on
+    behalf of the OCPP session's idle watch).
+    """
+
+    def release_idle_state(self) -> int:
+        """Free what the next operation can rebuild; the number of objects freed (0: nothing)."""
         ...
 
 

@@ -49,12 +49,22 @@ stack of coroutines: measured ≈5 µs), so the common path has none besides wai
   armed when the writer starts, it looks every ``send_timeout`` s whether the busy writer sent anything
   since, so a stuck writer is found after between one and two ``send_timeout``; the writer only counts.
 
+* **Idle watch.** A quiet link need not hold its compression state and buffers (thousands of stations spend
+  most of their time between Heartbeats): once no frame arrived for ``idle_release_s`` seconds, the timer calls
+  the transport's ``release_idle_state()`` when it has one (:meth:`evsim.ws.WebSocket.release_idle_state`).
+  Like the stall watch it costs the message path a comparison: armed by the first frame received after a
+  release, it looks every ``idle_release_s`` s whether frames arrived since, and releases when none did (a
+  Heartbeat every 300 s costs each end one wake-up). Then it asks the C allocator to return the freed pages
+  (:func:`evsim.runtime.give_back_memory`, rate-limited per process; when it declines, one session of the
+  process tries once more a period later).
+
 A round trip over a WebSocket costs the caller one wake-up (its result), the answering side one (its reader).
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import math
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
@@ -62,6 +72,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import attrs
 import trio
+import trio.testing
 
 from evsim.clock import SimClock
 from evsim.cpu import Cpu
@@ -86,6 +97,7 @@ from evsim.ocpp.rpc import (
     RpcStatistics,
     SendReceived,
 )
+from evsim.runtime import give_back_memory
 
 DEFAULT_MAX_SEND_QUEUE = 256 * 1024
 """Bytes (UTF-8 text of OCPP frames) that may wait to be sent to one peer before the session stops reading it."""
@@ -96,6 +108,18 @@ DEFAULT_SEND_TIMEOUT = 60.0
 _BUSY_FRACTION = 0.25
 """CALLs less than this fraction of ``call_timeout`` apart count as busy traffic: the timer's deadline is then
 only moved earlier (see the module docstring)."""
+
+DEFAULT_IDLE_RELEASE_S = 30.0
+"""Seconds without a received frame after which the transport's idle state is released (the idle watch above),
+in real time; in virtual time (trio's ``MockClock``) the default is off: there the watch's wake-ups cost more
+(≈+30 % CPU per message on a simulated day) than the memory is worth."""
+
+
+class _Default(enum.Enum):
+    IDLE_RELEASE = "idle release: DEFAULT_IDLE_RELEASE_S in real time, off in virtual time"
+
+
+IDLE_RELEASE_DEFAULT = _Default.IDLE_RELEASE
 
 _OUTCOMES = (ResultReceived, ErrorReceived, CallTimedOut)  # tuples: no union object built per event
 _INCOMING = (CallReceived, SendReceived)
@@ -207,6 +231,15 @@ class _Waiter:
         await trio.lowlevel.wait_task_rescheduled(self._abort)
 
 
+@runtime_checkable
+class IdleRelease(Protocol):
+    """A transport that can give back state it does not need while the link is idle (:class:`evsim.ws.WebSocket`)."""
+
+    def release_idle_state(self) -> int:
+        """Free what the next message can rebuild; the number of objects freed (0: nothing held)."""
+        ...
+
+
 class OcppSession:
     """Runs an :class:`RpcConnection` over a text transport.
 
@@ -230,6 +263,9 @@ class OcppSession:
             ``ocpp/call/<action>`` (and ``validate/<action>`` when the RPC core validates) before the CALL
             leaves, an incoming CALL ``ocpp/serve/<action>`` (and ``validate/<action>``) before its handler
             runs, both by the frame's size. None: no cost.
+        idle_release_s: seconds without a received frame after which the transport's ``release_idle_state()``
+            is called (found within twice that); None never releases; by default
+            :data:`DEFAULT_IDLE_RELEASE_S` in real time and off under trio's ``MockClock``.
     """
 
     def __init__(
@@ -244,9 +280,13 @@ class OcppSession:
         max_send_queue: int = DEFAULT_MAX_SEND_QUEUE,
         send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
         cpu: Cpu | None = None,
+        idle_release_s: float | _Default | None = IDLE_RELEASE_DEFAULT,
     ) -> None:
-        if max_send_queue < 1 or (send_timeout is not None and send_timeout <= 0):
-            raise ValueError("max_send_queue and send_timeout must be positive")
+        self._idle_auto = idle_release_s is IDLE_RELEASE_DEFAULT
+        if isinstance(idle_release_s, _Default):
+            idle_release_s = DEFAULT_IDLE_RELEASE_S
+        if max_send_queue < 1 or any(t is not None and t <= 0 for t in (send_timeout, idle_release_s)):
+            raise ValueError("max_send_queue, send_timeout and idle_release_s must be positive")
         self.transport = transport
         self.rpc = rpc
         self._handler = handler
@@ -278,6 +318,15 @@ class OcppSession:
         self._sends_done = 0  # the writer's progress: flushes and frames sent
         self._stall_deadline = math.inf  # when the stall watch looks at the writer's progress next
         self._stall_mark = 0  # _sends_done when the stall watch was armed
+        self._release_idle: Callable[[], int] | None = (
+            transport.release_idle_state
+            if idle_release_s is not None and isinstance(transport, IdleRelease)
+            else None
+        )
+        self._idle_release_s = idle_release_s or math.inf
+        self._idle_deadline = math.inf  # when the idle watch looks next (inf: off, armed by the next frame)
+        self._idle_mark = -1  # frames moved when the idle watch was armed
+        self._trim_due = False  # a release's trim was deferred (rate limit): the watch looks once more
         self._queue_peak = 0
         self._reads_paused = 0
         self._running = False
@@ -324,6 +373,8 @@ class OcppSession:
         if self._running or self._closed:
             raise RuntimeError("an OcppSession runs once")
         self._running = True
+        if self._idle_auto and isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+            self._release_idle = None  # virtual time: see DEFAULT_IDLE_RELEASE_S
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -443,6 +494,8 @@ class OcppSession:
             deadline = math.inf
         if self._stall_deadline < deadline:
             deadline = self._stall_deadline
+        if self._idle_deadline < deadline:
+            deadline = self._idle_deadline
         if (
             deadline != self._timer_deadline
             and self._timer_scope is not None
@@ -503,6 +556,8 @@ class OcppSession:
                         if isinstance(event, CallReceived):
                             self._sizes[event.message_id] = len(text)
                 self._dispatch(events)
+                if self._idle_deadline == math.inf and self._release_idle is not None:
+                    self._watch_idle()  # armed by a received frame (our answer to it is not activity)
                 if incoming and not self._handling and await self._answer_incoming():
                     return  # a handler blocked: another task reads now
                 self._send_queued()
@@ -540,6 +595,30 @@ class OcppSession:
             if self._timer_scope is not None and self._stall_deadline < self._timer_deadline:
                 self._timer_deadline = self._timer_scope.deadline = self._stall_deadline
 
+    def _frames_moved(self) -> int:
+        """Frames received: every exchange has one at both ends, and what we send answers or follows it."""
+        return self.rpc.statistics().frames_in
+
+    def _watch_idle(self) -> None:
+        """A frame arrived while the idle watch was off: arm it (``_send_queued`` moves the timer's deadline)."""
+        self._idle_deadline = self._now() + self._idle_release_s
+        self._idle_mark = self._frames_moved()
+
+    def _check_idle(self, now: float) -> None:
+        """The idle watch's deadline passed: release the transport's idle state if no frame moved since it
+        was armed (then the watch is off until the next frame), else look again ``idle_release_s`` later."""
+        moved = self._frames_moved()
+        if moved != self._idle_mark:
+            self._idle_mark = moved
+            self._idle_deadline = now + self._idle_release_s
+            return
+        self._idle_deadline = math.inf
+        retry, self._trim_due = self._trim_due, False
+        freed = self._release_idle() if self._release_idle is not None and not self._closed else 0
+        if (freed or retry) and give_back_memory() is False and not retry:
+            self._trim_due = True  # trimmed too recently and no other session retries: once more later
+            self._idle_deadline = now + self._idle_release_s
+
     def _check_stall(self, now: float) -> None:
         """The stall watch's deadline passed: drop the peer if the busy writer sent nothing since it was
         armed; else re-arm it while the writer is busy. A writer stuck for ``send_timeout`` is thus found
@@ -569,7 +648,7 @@ class OcppSession:
         while True:
             deadline = rpc.get_timer()
             deadline = math.inf if deadline is None else deadline
-            self._timer_deadline = min(deadline, self._stall_deadline)
+            self._timer_deadline = min(deadline, self._stall_deadline, self._idle_deadline)
             with trio.CancelScope(deadline=self._timer_deadline) as scope:
                 self._timer_scope = scope
                 await trio.sleep_forever()
@@ -577,6 +656,8 @@ class OcppSession:
             now = self._now()
             if now >= self._stall_deadline:
                 self._check_stall(now)
+            if now >= self._idle_deadline:
+                self._check_idle(now)
             events = rpc.handle_timer(now)
             if events:  # only CallTimedOut: wakes a caller, may release the next CALL
                 self._dispatch(events)

@@ -20,6 +20,11 @@ than pyOpenSSL wraps. We use exactly these functions:
 * ``SSL_CTX_set_msg_callback``: every protocol message a context's connections send and receive, as
   plaintext (``evsim.tls.trace``, for ``evsim explain handshake``). Fallback: no trace (the explanation
   then rests on the negotiated values alone).
+* ``BIO_new(BIO_s_mem())`` + ``SSL_set_bio`` on a connection in memory-BIO mode (pyOpenSSL's
+  ``Connection._into_ssl`` / ``_from_ssl``): :func:`renew_memory_bios` swaps two empty memory BIOs for new
+  ones, because a memory BIO keeps the largest buffer it ever held (≈9 KiB per connection pair after a
+  TLS 1.3 handshake: the flights and the session tickets). ``SSL_set_bio`` frees the old pair. Fallback:
+  the BIOs stay.
 
 The module reads private attributes (``OpenSSL._util.lib``, ``Connection._ssl``); the dependency pins
 (pyOpenSSL < 27, cryptography < 51) keep them stable, and the fallbacks keep evsim working if they go.
@@ -80,6 +85,51 @@ def session_reused(conn: SSL.Connection) -> bool | None:
     if _session_reused is None or ptr is None:  # pragma: no cover
         return None
     return bool(_session_reused(ptr))
+
+
+_new_bio = getattr(_LIB, "BIO_new", None)
+_mem_method = getattr(_LIB, "BIO_s_mem", None)
+_set_bio = getattr(_LIB, "SSL_set_bio", None)
+_mem_data = getattr(_LIB, "BIO_get_mem_data", None)
+_pending = getattr(_LIB, "SSL_pending", None)
+
+
+def renew_memory_bios(conn: SSL.Connection) -> tuple[Any, Any] | None:
+    """Give ``conn`` (memory-BIO mode) two new, empty memory BIOs when nothing waits in the old ones, nor
+    plaintext in the engine; ``SSL_set_bio`` frees the old pair (see the module doc).
+
+    Returns:
+        The new ``(incoming, outgoing)`` BIO pointers (for a caller that holds them, as the stream's
+        record-layer fast path does), or None when nothing was swapped (bytes waiting, the transport's EOF
+        already fed, or a binding without the calls).
+    """
+    ssl = _ssl_ptr(conn)
+    into, out = getattr(conn, "_into_ssl", None), getattr(conn, "_from_ssl", None)  # pyOpenSSL's pair
+    if (
+        _new_bio is None
+        or _mem_method is None
+        or _set_bio is None
+        or _mem_data is None
+        or _pending is None
+        or _FFI is None
+        or ssl is None
+        or into is None
+        or out is None
+    ):  # pragma: no cover - binding or pyOpenSSL without them
+        return None
+    if _mem_data(into, _FFI.NULL) or _mem_data(out, _FFI.NULL) or _pending(ssl):
+        return None
+    new_in = _new_bio(_mem_method())
+    new_out = _new_bio(_mem_method())
+    if new_in == _FFI.NULL or new_out == _FFI.NULL:  # pragma: no cover - out of memory
+        for bio in (new_in, new_out):
+            if bio != _FFI.NULL:
+                _LIB.BIO_free(bio)
+        return None
+    _set_bio(ssl, new_in, new_out)
+    setattr(conn, "_into_ssl", new_in)  # noqa: B010 - pyOpenSSL's bio_read/bio_write use the new pair
+    setattr(conn, "_from_ssl", new_out)  # noqa: B010
+    return new_in, new_out
 
 
 def _ctx_ptr(ctx: SSL.Context) -> Any:

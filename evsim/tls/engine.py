@@ -27,6 +27,7 @@ from OpenSSL import SSL
 
 from evsim.errors import BrokenTransport, ClosedTransport
 from evsim.net.base import NowaitSend
+from evsim.tls import _ossl
 from evsim.tls.failures import TlsBrokenTransport, TlsClosedTransport, again
 
 __all__ = ["BIO_READ_SIZE", "CLOSE_NOTIFY_TIMEOUT_S", "RECEIVE_CHUNK", "BioPump", "StreamState"]
@@ -86,6 +87,11 @@ class _Engine:
     def __init__(self, conn: SSL.Connection, ssl: Any, in_bio: Any, out_bio: Any) -> None:
         self._conn = conn
         self._ssl = ssl
+        self._in = in_bio
+        self._out = out_bio
+
+    def rebind(self, in_bio: Any, out_bio: Any) -> None:
+        """Use new memory BIOs (after ``_ossl.renew_memory_bios``)."""
         self._in = in_bio
         self._out = out_bio
 
@@ -190,6 +196,7 @@ class BioPump:
     __slots__ = (
         "_conn",
         "_drain_fast",
+        "_engine",
         "_failure",
         "_feed",
         "_need_input",
@@ -216,7 +223,7 @@ class BioPump:
             transport_stream.send_nowait if isinstance(transport_stream, NowaitSend) else None
         )
         self._conn = conn
-        fast = _fast_engine(conn)
+        fast = self._engine = _fast_engine(conn)
         self._recv: Callable[[int], bytes] = fast.recv if fast is not None else conn.recv
         self._drain_fast: Callable[[], bytes] | None = fast.drain if fast is not None else None
         self._write: Callable[[bytes], int] = fast.send if fast is not None else conn.send
@@ -271,6 +278,16 @@ class BioPump:
             if len(more) < BIO_READ_SIZE:
                 break
         return b"".join(parts)
+
+    def _renew_bios(self) -> bool:
+        """Swap the engine's memory BIOs for new empty ones if nothing waits in them (a memory BIO keeps the
+        largest buffer it ever held: ``_ossl.renew_memory_bios``). Only between engine calls."""
+        bios = _ossl.renew_memory_bios(self._conn)
+        if bios is None:
+            return False
+        if self._engine is not None:
+            self._engine.rebind(*bios)
+        return True
 
     async def _send_raw(self, data: bytes) -> bool:
         """Hand ``data`` to the transport; True if that yielded to trio (a checkpoint happened)."""

@@ -199,6 +199,7 @@ class TlsStream(BioPump, trio.abc.Stream):
         "_hs",
         "_hs_event",
         "_hs_seconds",
+        "_idle_mark",
         "_info",
         "_receiving",
         "_sending",
@@ -241,6 +242,7 @@ class TlsStream(BioPump, trio.abc.Stream):
         self._eof = False
         self._app_data_seen = False
         self._info: TlsInfo | None = None
+        self._idle_mark = (-1, -1)  # (reads, bytes queued) when the BIOs were last renewed
         self._sessions: SessionStore | None = None  # client: where the session is kept (evsim.tls.sessions)
 
     # ------------------------------------------------------------ constructors
@@ -392,6 +394,28 @@ class TlsStream(BioPump, trio.abc.Stream):
             self._out_sent -= len(out)
             return False
         return taken
+
+    def release_idle_state(self) -> int:
+        """Give back the memory BIOs' grown buffers while the link is idle (:class:`~evsim.net.base.IdleState`):
+        after the handshake they hold its largest flight; new empty ones take their place when nothing waits
+        in them (``_ossl.renew_memory_bios``). OpenSSL's own record buffers are released by
+        ``SSL_MODE_RELEASE_BUFFERS`` already; the handshake's key shares it keeps until the connection ends.
+
+        Returns:
+            1 when the BIOs were renewed, else 0 (also when no byte moved since they last were).
+        """
+        if (
+            self._hs is not _Hs.DONE
+            or self._state is not StreamState.OK
+            or self._transport_eof
+            or self._outbox
+        ):
+            return 0
+        mark = (self._recv_count, self._out_total)
+        if mark == self._idle_mark or not self._renew_bios():
+            return 0
+        self._idle_mark = mark
+        return 1
 
     # ------------------------------------------------------------ handshake
 

@@ -76,7 +76,7 @@ from evsim.errors import (
     TransportError,
     WebSocketClosed,
 )
-from evsim.net.base import NowaitSend
+from evsim.net.base import IdleState, NowaitSend
 from evsim.ws.deflate import BoundedDeflate
 from evsim.ws.frames import OP_BINARY, OP_TEXT, FrameReader, encode_data_frame
 
@@ -351,6 +351,22 @@ class WebSocket(trio.abc.AsyncResource):
             await trio.aclose_forcefully(self._stream)
         if self._close_done is not None:
             self._close_done.set()
+
+    def release_idle_state(self) -> int:
+        """Give back what an idle connection need not hold: the permessage-deflate state
+        (:meth:`~evsim.ws.deflate.BoundedDeflate.release`) and the stream's idle buffers when it has a
+        ``release_idle_state`` too (:meth:`evsim.tls.stream.TlsStream.release_idle_state`). The next message
+        rebuilds what it needs. Call it when the link went quiet (the OCPP session's idle watch does).
+
+        Returns:
+            How many objects were freed (0: nothing to release).
+        """
+        freed = 0
+        if self._deflate is not None:
+            freed += self._deflate.release()
+        if isinstance(self._stream, IdleState):
+            freed += self._stream.release_idle_state()
+        return freed
 
     async def send_text(self, text: str) -> None:
         """Send one text message.
