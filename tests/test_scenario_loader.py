@@ -84,7 +84,7 @@ def test_default_scenario_contents() -> None:
     main = s.csms["main"]
     assert (main.security_profile, main.heartbeat_interval, main.host, main.port) == (
         2,
-        60,
+        30,
         "main.evsim.test",
         443,
     )
