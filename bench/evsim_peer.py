@@ -24,6 +24,7 @@ import trio
 
 from bench.common import Result, cpu_s, raise_nofile, rss_kib
 from evsim.clock import SimClock, real_utcnow
+from evsim.net.base import Network
 from evsim.net.tcp import TcpNetwork
 from evsim.nodes.acceptor import DEFAULT_MAX_HANDSHAKES
 from evsim.nodes.csms import Csms, CsmsConfig
@@ -34,8 +35,41 @@ from evsim.nodes.station_model import StationConfig
 from evsim.pki import DevPki, init_dev_pki
 from evsim.recorder import Recorder
 from evsim.tls import TlsProfile
+from evsim.tls.context import ClientTls
 
 PASSWORD = "bench-password-000001"
+
+
+def bench_stations(
+    prefix: str,
+    n: int,
+    url: str,
+    net: Network,
+    client_tls: ClientTls,
+    clock: SimClock,
+    recorder: Recorder,
+    compression: bool,
+) -> list[Station]:
+    """The benchmarks' fleet: ``n`` stations ``<prefix>0001``... at security profile 2, no sessions (they boot and
+    heartbeat), a long message timeout so a loaded machine does not fail them."""
+    return [
+        Station(
+            StationConfig(
+                station_id=sid,
+                csms_url=url,
+                password=PASSWORD,
+                sessions=0,
+                compression=compression,
+                message_timeout_s=120.0,
+            ),
+            network=net,
+            client_tls=client_tls,
+            clock=clock,
+            recorder=recorder,
+            rng=random.Random(sid),
+        )
+        for sid in station_ids(prefix, n)
+    ]
 
 
 async def _run(
@@ -73,24 +107,9 @@ async def _run(
     rss0 = rss_kib()
     async with trio.open_nursery() as nursery:
         _, port = await nursery.start(csms.run)
-        stations = [
-            Station(
-                StationConfig(
-                    station_id=sid,
-                    csms_url=f"wss://localhost:{port}/ocpp",
-                    password=PASSWORD,
-                    sessions=0,
-                    compression=compression,
-                    message_timeout_s=120.0,
-                ),
-                network=net,
-                client_tls=client_tls,
-                clock=clock,
-                recorder=recorder,
-                rng=random.Random(sid),
-            )
-            for sid in station_ids("B-", n)
-        ]
+        stations = bench_stations(
+            "B-", n, f"wss://localhost:{port}/ocpp", net, client_tls, clock, recorder, compression
+        )
         t0 = time.perf_counter()
         for st in stations:
             st.connect_window = connect_window

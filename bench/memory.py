@@ -33,7 +33,6 @@ import ctypes
 import gc
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -43,12 +42,11 @@ from typing import Any
 import trio
 
 from bench.common import rss_kib
+from bench.evsim_peer import PASSWORD, bench_stations
 from evsim.clock import SimClock, real_utcnow
 from evsim.net.virtual import VirtualNetwork, memory_pipe_pair
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.security import csms_server_tls, station_client_tls
-from evsim.nodes.station import Station, station_ids
-from evsim.nodes.station_model import StationConfig
 from evsim.ocpp import session as ocpp_session
 from evsim.pki import DevPki, init_dev_pki
 from evsim.recorder import Recorder
@@ -56,7 +54,6 @@ from evsim.report import table
 from evsim.tls import TlsProfile
 from evsim.tls.stream import tls_accept, tls_connect
 
-PASSWORD = "bench-password-000001"
 WAVE = 100
 """Stations connecting at once."""
 IDLE_S = 5.0
@@ -137,24 +134,9 @@ async def _fleet(n: int, pki: DevPki, *, compression: bool, idle: float | None) 
     client_tls = station_client_tls((pki.root.cert,))
     async with trio.open_nursery() as nursery:
         await nursery.start(csms.run)
-        stations = [
-            Station(
-                StationConfig(
-                    station_id=sid,
-                    csms_url="wss://localhost:443/ocpp",
-                    password=PASSWORD,
-                    sessions=0,
-                    compression=compression,
-                    message_timeout_s=120.0,
-                ),
-                network=net,
-                client_tls=client_tls,
-                clock=clock,
-                recorder=recorder,
-                rng=random.Random(sid),
-            )
-            for sid in station_ids("M-", n)
-        ]
+        stations = bench_stations(
+            "M-", n, "wss://localhost:443/ocpp", net, client_tls, clock, recorder, compression
+        )
         before = _probe()
         t0 = time.perf_counter()
         for start in range(0, n, WAVE):
