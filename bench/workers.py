@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evsim.report import table
+from bench.common import bench_table
 
 SESSION_S = 8.0
 METER_S = 0.1
@@ -147,7 +147,8 @@ def render(rows: list[dict[str, Any]]) -> str:
         ]
         for r in rows
     ]
-    return table(
+    return bench_table(
+        "workers",
         [
             "K",
             "booted",
@@ -164,6 +165,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         body,
         title=f"evsim stations --workers K against one evsim csms, profile 3 (mutual TLS), loopback, "
         f"{os.cpu_count()} cores",
+        raw=rows,
     )
 
 
