@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             f"evsim benchmark: N = {n} stations, {rtt} s of steady-state round trips, loopback TCP, "
             "TLS 1.3 ECDSA P-256\n"
         )
-    command = "python -m bench " + " ".join(args) if args else "make bench"
+    command = " ".join(["python -m bench", *args])
     with bench_run(command) as run:
         for name, section in SECTIONS.items():
             if args and name not in args:
