@@ -215,7 +215,7 @@ class BenchRun:
             try:
                 run()
             except Exception as exc:  # a section's bug must not lose the other sections' figures
-                error = "".join(traceback.format_exception_only(exc)).strip()
+                error = _describe(exc)
                 traceback.print_exc()
                 print(f"! section {name} failed: {error}")
         entry["wall_s"] = round(time.perf_counter() - wall0, 1)
@@ -278,6 +278,18 @@ def bench_run(command: str) -> Iterator[BenchRun]:
             print(f"\nresult file: {shown} (run {run.run_id}); README tables: python -m bench readme")
         finally:
             run.close()
+
+
+def _describe(exc: BaseException) -> str:
+    """The exception in one line; for a group, with its first leaf (a nursery's group of 200 timeouts says
+    little by itself)."""
+    text = "".join(traceback.format_exception_only(exc)).strip().splitlines()[0]
+    leaf = exc
+    while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+        leaf = leaf.exceptions[0]
+    if leaf is not exc:
+        text += f"; the first: {type(leaf).__name__}: {leaf}"
+    return text
 
 
 def _cpu_with_children() -> float:
