@@ -242,19 +242,23 @@ def main(argv: list[str] | None = None) -> int:
             "TLS 1.3 ECDSA P-256\n"
         )
     command = " ".join(["python -m bench", *args])
-    with bench_run(command) as run:
-        for name, section in SECTIONS.items():
-            if args and name not in args:
-                continue
-            if not args and name in skip:
-                run.skip(name, "BENCH_SKIP")
-                continue
-            run.section(name, section)
-            print()
-        print(f"(benchmark took {time.perf_counter() - t0:.0f} s)")
-        failed = run.failed()
-        if failed:
-            print(f"! failed sections: {', '.join(failed)} (recorded as such in the result file)")
+    try:
+        with bench_run(command) as run:
+            for name, section in SECTIONS.items():
+                if args and name not in args:
+                    continue
+                if not args and name in skip:
+                    run.skip(name, "BENCH_SKIP")
+                    continue
+                run.section(name, section)
+                print()
+            print(f"(benchmark took {time.perf_counter() - t0:.0f} s)")
+            failed = run.failed()
+            if failed:
+                print(f"! failed sections: {', '.join(failed)} (recorded as such in the result file)")
+    except KeyboardInterrupt:
+        print("interrupted: the result file holds the sections run so far", file=sys.stderr)
+        return 130
     return 1 if failed else 0
 
 

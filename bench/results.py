@@ -204,13 +204,15 @@ class BenchRun:
 
     def section(self, name: str, run: Callable[[], object]) -> str:
         """Run one section, teeing its output, and record it; returns its status (``ok``, ``partial``: tables
-        and problems, ``failed``: problems or an exception and no table)."""
+        and problems, ``failed``: problems or an exception and no table). Ctrl-C records the section as
+        ``interrupted`` and raises KeyboardInterrupt again."""
         offset = self._record.stat().st_size
         entry: dict[str, Any] = {"name": name, "started": _now(), "load_start": load_average()}
         wall0 = time.perf_counter()
         cpu0 = _cpu_with_children()
         tee = _Tee(sys.stdout)
         error = None
+        interrupted = False
         with contextlib.redirect_stdout(tee):
             try:
                 run()
@@ -218,6 +220,22 @@ class BenchRun:
                 error = _describe(exc)
                 traceback.print_exc()
                 print(f"! section {name} failed: {error}")
+            except KeyboardInterrupt:
+                # recorded as interrupted; the run stops and bench_run still writes what it has
+                interrupted = True
+                error = "interrupted (Ctrl-C)"
+        entry.update(self._finish(offset, wall0, cpu0, error, tee.copy.getvalue()))
+        if interrupted:
+            entry["status"] = "interrupted"
+        self.sections.append(entry)
+        if interrupted:
+            raise KeyboardInterrupt
+        return str(entry["status"])
+
+    def _finish(
+        self, offset: int, wall0: float, cpu0: float, error: str | None, output: str
+    ) -> dict[str, Any]:
+        entry: dict[str, Any] = {}
         entry["wall_s"] = round(time.perf_counter() - wall0, 1)
         entry["cpu_s"] = round(_cpu_with_children() - cpu0, 1)
         entry["load_end"] = load_average()
@@ -232,15 +250,14 @@ class BenchRun:
                 else:
                     problems.append(str(item["message"]))
         if error:
-            problems.append(f"section raised {error}")
+            problems.append(error if error.startswith("interrupted") else f"section raised {error}")
         entry["status"] = "failed" if not tables and problems else "partial" if problems else "ok"
         entry["tables"] = tables
         entry["problems"] = problems
         if error:
             entry["error"] = error
-        entry["output"] = tee.copy.getvalue()
-        self.sections.append(entry)
-        return str(entry["status"])
+        entry["output"] = output
+        return entry
 
     def failed(self) -> list[str]:
         """Names of the sections that failed."""
