@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -242,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
             "TLS 1.3 ECDSA P-256\n"
         )
     command = " ".join(["python -m bench", *args])
+    # Ctrl-C, SIGINT or `kill PID` stop the run and the result file is still written (a background job starts
+    # with SIGINT ignored, so it is restored; SIGTERM becomes SIGINT, which trio delivers safely inside a run)
+    previous = (
+        signal.signal(signal.SIGINT, signal.default_int_handler),
+        signal.signal(signal.SIGTERM, _interrupt),
+    )
     try:
         with bench_run(command) as run:
             for name, section in SECTIONS.items():
@@ -259,7 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the result file holds the sections run so far", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
     return 1 if failed else 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -220,8 +220,13 @@ class BenchRun:
                 error = _describe(exc)
                 traceback.print_exc()
                 print(f"! section {name} failed: {error}")
-            except KeyboardInterrupt:
-                # recorded as interrupted; the run stops and bench_run still writes what it has
+            except BaseException as exc:
+                # Ctrl-C (inside trio: in an exception group): recorded as interrupted, then the run stops
+                # and bench_run still writes what it has
+                if not isinstance(exc, KeyboardInterrupt) and not (
+                    isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None
+                ):
+                    raise
                 interrupted = True
                 error = "interrupted (Ctrl-C)"
         entry.update(self._finish(offset, wall0, cpu0, error, tee.copy.getvalue()))

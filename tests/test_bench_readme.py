@@ -162,12 +162,17 @@ def test_a_run_records_every_table_and_every_failure(tmp_path: Path, monkeypatch
     assert f"Run {run.run_id}" in body.strip().splitlines()[-1]
 
 
-def test_ctrl_c_records_the_section_and_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("grouped", [False, True], ids=["bare", "in a trio nursery's group"])
+def test_ctrl_c_records_the_section_and_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grouped: bool
+) -> None:
     monkeypatch.setenv("BENCH_OUT", str(tmp_path / "result.json"))
     run = BenchRun("python -m bench test")
 
     def interrupted() -> None:
         print(bench_table("t", ["n"], [[1]]))
+        if grouped:
+            raise BaseExceptionGroup("nursery", [KeyboardInterrupt()])
         raise KeyboardInterrupt
 
     try:
