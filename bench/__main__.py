@@ -1,9 +1,9 @@
 """``make bench``: evsim against its peers and floors, measured in the same run, printed as tables.
 
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
-``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``, and
-any name of ``SECTIONS``: ``nts``, ``relay``, ``firmware``, ``cpu-model``, ``workers``, ``storm``, ``renewal``,
-``memory``). Section sizes: ``BENCH_STORM_N`` (the two-process mutual-TLS storm, default 2000), ``BENCH_WORKERS_N``
+``BENCH_SKIP`` comma-separated parts to skip (``peers``: the asyncio fleets, and any name of ``SECTIONS``:
+``fleet``, ``micro``, ``tls-handshake``, ``scale``, ``failover``, ``nts``, ``relay``, ``firmware``, ``cpu-model``,
+``workers``, ``storm``, ``renewal``, ``memory``). Section sizes: ``BENCH_STORM_N`` (the two-process mutual-TLS storm, default 2000), ``BENCH_WORKERS_N``
 (default 500), ``BENCH_MEMORY_N`` (default ``BENCH_N``); ``BENCH_NTS_SECONDS`` seconds per NTS phase (default 3);
 ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs in its own
 subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute times.

@@ -89,6 +89,11 @@ def run_one(stations: int, workers: int, pki: Path, work: Path) -> dict[str, Any
     finally:
         csms.terminate()
         csms.wait(timeout=60)
+    if not out.stdout.strip():
+        tail = out.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(
+            f"evsim stations --workers {workers} exited with status {out.returncode}: {tail[0]}"
+        )
     doc = json.loads(out.stdout)
     events = [json.loads(x) for x in (Path(doc["run_directory"]) / "events.jsonl").read_text().splitlines()]
     boots = [e["t"] for e in events if e["kind"] == "booted"]
