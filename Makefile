@@ -49,6 +49,8 @@ test: lint pytest
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider -m "not slow"
 
+# Every run writes bench/results/<run id>.json (the machine, the run, every table printed); then
+# `$(BIN)/python -m bench readme` copies those tables into README.md's marked blocks.
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

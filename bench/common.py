@@ -1,28 +1,42 @@
-"""Shared pieces of the benchmark: the result record, a throwaway PKI and process probes.
+"""Shared pieces of the benchmark: the result record, the table every section prints, a throwaway PKI and
+process probes.
 
 Everything here is benchmark scaffolding, not simulator code: the PKI is a minimal root CA plus one
 ECDSA P-256 server certificate for ``localhost`` / ``127.0.0.1``, written to a directory the caller
 owns (normally a temporary one).
+
+Tables: a section prints each table through :func:`bench_table` (the text of :func:`evsim.report.table`) and each
+failure or gap through :func:`bench_problem`. When ``make bench`` runs (``bench/results.py``), the environment
+variable :data:`RECORD_ENV` names a file and both append one JSON line to it, in whichever process the section
+runs (sections that run in a subprocess inherit the variable), so the run's result file holds every table as
+printed and ``python -m bench readme`` copies them into the README without anyone copying by hand.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
+import math
 import os
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from evsim.pki.ca import CertificateAuthority
 from evsim.pki.keys import write_cert_file, write_key_file
+from evsim.report import cell, table
 
 __all__ = [
     "LOADED_WALL_OVER_CPU",
+    "RECORD_ENV",
     "Result",
+    "bench_problem",
+    "bench_table",
     "cpu_s",
     "load_note",
     "make_bench_pki",
@@ -58,6 +72,72 @@ class Result:
             notes=str(data.get("notes", "")),
             group=str(data.get("group", "")),
         )
+
+
+RECORD_ENV = "BENCH_RECORD"
+"""The environment variable naming the file :func:`bench_table` and :func:`bench_problem` append to (unset: they
+only return the text)."""
+
+
+def bench_table(
+    key: str,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    *,
+    title: str = "",
+    raw: object = None,
+) -> str:
+    """A section's table: the text of :func:`evsim.report.table`, recorded for the run's result file.
+
+    Args:
+        key: what README blocks name it by (``<!-- bench:KEY -->``); stable across runs, e.g. ``"fleet"``.
+        headers, rows, title: as :func:`evsim.report.table`.
+        raw: the measurements the rows were formatted from (JSON-serializable), kept beside them.
+
+    Returns:
+        The text to print.
+    """
+    shown = [[cell(c) for c in row] for row in rows]
+    entry: dict[str, Any] = {
+        "kind": "table",
+        "key": key,
+        "title": title,
+        "columns": [str(h) for h in headers],
+    }
+    entry["rows"] = shown
+    if any(isinstance(c, int | float) for row in rows for c in row):
+        # the cells that were numbers, as numbers (the rest as shown)
+        entry["values"] = [[c if isinstance(c, int | float) else cell(c) for c in row] for row in rows]
+    entry["raw"] = raw
+    _record(entry)
+    return table(headers, rows, title=title)
+
+
+def bench_problem(message: str) -> str:
+    """Record that part of a section failed, timed out or was left out; returns the line to print (``! ...``)."""
+    _record({"kind": "problem", "message": message})
+    return f"! {message}"
+
+
+def _record(entry: dict[str, Any]) -> None:
+    path = os.environ.get(RECORD_ENV)
+    if not path:
+        return
+    line = json.dumps(_plain(entry), ensure_ascii=False, default=str) + "\n"
+    # one write of a whole line in append mode: lines from a section's subprocesses do not interleave
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(line)
+
+
+def _plain(value: object) -> object:
+    """``value`` with non-finite floats as strings (JSON has no NaN) and tuples as lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def make_bench_pki(directory: Path | str) -> dict[str, Path]:
@@ -142,14 +222,19 @@ def print_module_section(module: str, *, timeout: float, what: str) -> None:
     """Run ``python -m module --stations BENCH_N`` in a subprocess (its own memory and file limits), bounded by
     ``timeout`` seconds, and print its output (or its last error line; ``what`` names it when it times out)."""
     n = os.environ.get("BENCH_N", "1000")
+    run_and_print([sys.executable, "-m", module, "--stations", n], timeout=timeout, what=what)
+
+
+def run_and_print(cmd: Sequence[str], *, timeout: float, what: str) -> None:
+    """Run a section's subprocess, bounded by ``timeout`` seconds, and print its output; a timeout, a failure
+    exit status or no output is printed and recorded with :func:`bench_problem` (``what`` names the runs)."""
     try:
-        out = subprocess.run(
-            [sys.executable, "-m", module, "--stations", n],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        print(out.stdout.rstrip() or out.stderr.strip().splitlines()[-1:])
+        out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        print(f"! the {what} did not finish within {timeout / 60:g} minutes")
+        print(bench_problem(f"the {what} did not finish within {timeout / 60:g} minutes"))
+        return
+    if out.stdout.strip():
+        print(out.stdout.rstrip())
+    if out.returncode != 0 or not out.stdout.strip():
+        last = out.stderr.strip().splitlines()[-1:] or ["no output"]
+        print(bench_problem(f"the {what} exited with status {out.returncode}: {last[0]}"))

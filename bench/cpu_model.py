@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from bench.common import print_module_section, raise_nofile
+from bench.common import bench_table, print_module_section, raise_nofile
 from evsim import DEV_PASSWORD
 from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock, real_utcnow
@@ -39,7 +39,6 @@ from evsim.nodes.station import Station
 from evsim.nodes.station_model import StationConfig
 from evsim.pki import init_dev_pki
 from evsim.recorder import Recorder
-from evsim.report import table
 from evsim.runtime import tune_gc
 from evsim.scenario.loader import loads_scenario
 from evsim.scenario.runner import run_scenario
@@ -199,10 +198,12 @@ def render(n: int, v: dict[str, float], r: dict[str, float]) -> str:
     rows.append(_compare("time to drain at that share s", v["drain_s"] / share, r["drain_s"]))
     rows.append(_compare("p95 at that share s", v["first_boot_p95"] / share, r["first_boot_p95"]))
     rows.append(["wall s", f"{v['wall_s']:.1f}", f"{r['wall_s']:.1f}", "", ""])
-    text = table(
+    text = bench_table(
+        "cpu-model",
         ["boot storm", "virtual + CPU model", "real, loopback", "virtual / real", "within 25 %"],
         rows,
         title=f"CPU model against a real storm, N = {n} (CSMS and stations: one process each)",
+        raw={"stations": n, "virtual": v, "real": r},
     )
     return text + "\n" + NOTE
 

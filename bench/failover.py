@@ -22,10 +22,9 @@ import sys
 import time
 from typing import Any
 
-from bench.common import raise_nofile
+from bench.common import bench_table, raise_nofile
 from evsim.metrics.failover import endpoint_counts, recoveries
 from evsim.metrics.topology import node_roles
-from evsim.report import table
 from evsim.scenario.loader import loads_scenario
 from evsim.scenario.runner import run_scenario
 
@@ -113,10 +112,12 @@ def render(rows: list[dict[str, Any]]) -> str:
         for r in rows
     ]
     n = rows[0]["stations"] if rows else 0
-    return table(
+    return bench_table(
+        "failover",
         ["run", "lost / online", "50 % s", "95 % s", "100 % s", "back to", "peak sessions/s", "wall s"],
         body,
         title=f"Failover recovery: {n} stations, the primary CSMS dies (seconds from its death until booted again)",
+        raw=rows,
     )
 
 

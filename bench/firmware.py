@@ -32,7 +32,7 @@ from typing import Any
 
 import trio
 
-from bench.common import cpu_s, make_bench_pki
+from bench.common import bench_table, cpu_s, make_bench_pki, run_and_print
 from evsim.clock import SimClock
 from evsim.http import HttpLimits
 from evsim.link.service import Endpoint, Service
@@ -41,7 +41,6 @@ from evsim.net.tcp import TcpNetwork
 from evsim.nodes.fileserver import FileServer, FileServerConfig
 from evsim.pki.keys import load_cert_file, load_key_file
 from evsim.recorder import Recorder
-from evsim.report import table
 from evsim.tls import Identity, ServerTls, TlsProfile, TrustStore
 
 SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "firmware_rollout.toml"
@@ -199,11 +198,13 @@ def throughput(size: int, repeats: int) -> dict[str, Any]:
 
 def render(r: dict[str, Any], t: dict[str, Any] | None) -> str:
     """The tables ``make bench`` prints."""
-    out = table(
+    out = bench_table(
+        "firmware-rollout",
         ["stations", "virtual s", "wall s", "CPU s", "max RSS MiB", "installed", "InvalidSignature", "50 % s", "95 % s", "100 % s"],
         [[r["stations"], f"{r['virtual_s']:.0f}", f"{r['wall_s']:.1f}", f"{r['cpu_s']:.1f}", f"{r['max_rss_mib']:.0f}",
           r["installed"], r["invalid_signature"], r["t50_s"], r["t95_s"], r["t100_s"]]],
         title="Firmware rollout in virtual time (scenarios/firmware_rollout.toml; x %: of the north group installed)",
+        raw=r,
     )  # fmt: skip
     if t is None:
         return out + "\n(curl not installed: no download throughput)"
@@ -214,11 +215,13 @@ def render(r: dict[str, Any], t: dict[str, Any] | None) -> str:
     return (
         out
         + "\n\n"
-        + table(
+        + bench_table(
+            "firmware-download",
             ["client", "MB/s (best)", "of curl"],
             rows,
             title=f"HTTPS download over loopback: {t['size_mib']:.0f} MiB from one evsim file server, TLS 1.3 "
             f"AES-128-GCM, best of {t['repeats']}",
+            raw=t,
         )
     )
 
@@ -226,17 +229,9 @@ def render(r: dict[str, Any], t: dict[str, Any] | None) -> str:
 def section() -> None:
     """``make bench``'s firmware section: the rollout in a subprocess, then the throughput (bounded)."""
     n = os.environ.get("BENCH_N", "1000")
-    try:
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.firmware", "--stations", n],
-            capture_output=True,
-            text=True,
-            timeout=1500,
-            check=False,
-        )
-        print(out.stdout.rstrip() or out.stderr.strip().splitlines()[-1:])
-    except subprocess.TimeoutExpired:
-        print("! the firmware benchmark did not finish within 25 minutes")
+    run_and_print(
+        [sys.executable, "-m", "bench.firmware", "--stations", n], timeout=1500, what="firmware benchmark"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

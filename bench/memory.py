@@ -41,7 +41,7 @@ from typing import Any
 
 import trio
 
-from bench.common import rss_kib
+from bench.common import bench_problem, bench_table, rss_kib
 from bench.evsim_peer import PASSWORD, bench_stations
 from evsim.clock import SimClock, real_utcnow
 from evsim.net.virtual import VirtualNetwork, memory_pipe_pair
@@ -50,7 +50,6 @@ from evsim.nodes.security import csms_server_tls, station_client_tls
 from evsim.ocpp import session as ocpp_session
 from evsim.pki import DevPki, init_dev_pki
 from evsim.recorder import Recorder
-from evsim.report import table
 from evsim.tls import TlsProfile
 from evsim.tls.stream import tls_accept, tls_connect
 
@@ -237,7 +236,7 @@ def render(results: list[tuple[str, dict[str, Any] | str]], n: int) -> str:
     shipped = next((r for v, r in results if v == "shipped" and isinstance(r, dict)), None)
     for variant, r in results:
         if isinstance(r, str):
-            notes.append(f"! {variant}: {r}")
+            notes.append(bench_problem(f"memory variant {variant}: {r}"))
             continue
         delta = f"{r['rss_kib'] - shipped['rss_kib']:+.0f}" if shipped and variant != "shipped" else "-"
         rows.append(
@@ -251,7 +250,8 @@ def render(results: list[tuple[str, dict[str, Any] | str]], n: int) -> str:
                 str(r["failures"]),
             ]
         )
-    head = table(
+    head = bench_table(
+        "memory",
         [
             "variant",
             "RSS KiB/station",
@@ -263,6 +263,7 @@ def render(results: list[tuple[str, dict[str, Any] | str]], n: int) -> str:
         ],
         rows,
         title=f"Memory per connected station, both ends in one process, in-memory network, N = {n} (target <= 100 KiB)",
+        raw={"stations": n, "variants": dict(results)},
     )
     return "\n".join([head, *notes])
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import trio
 from cryptography.hazmat.primitives import serialization
 
+from bench.common import bench_problem, bench_table
 from evsim.clock import SimClock, real_utcnow
 from evsim.net import TcpNetwork
 from evsim.nodes.nts import KeFailed, NtsServer, NtsServerConfig, NtsSource, nts_ke, ntske_profile
@@ -46,7 +47,6 @@ from evsim.nts.errors import NtpRejected
 from evsim.nts.exchange import NtpSample, NtsAssociation
 from evsim.pki import CertificateAuthority
 from evsim.recorder import Recorder
-from evsim.report import table
 from evsim.tls import ClientTls, Identity, TrustStore
 
 CONCURRENCY = 4
@@ -284,14 +284,16 @@ def render(evsim: dict[str, float], chrony: dict[str, float] | str) -> str:
         else:
             row += ["-", "-", "-", "-"]
         rows.append(row)
-    text = table(
+    text = bench_table(
+        "nts",
         ["per second (wall)", "evsim /s", "evsim server CPU us", "chrony /s", "chrony server CPU us",
          "evsim/chrony rate", "evsim/chrony CPU"],
         rows,
         title=f"NTS servers on loopback ({CONCURRENCY} closed-loop clients, one evsim client for both)",
+        raw={"evsim": evsim, "chrony": chrony},
     )  # fmt: skip
     if isinstance(chrony, str):
-        text += f"\n! {chrony}"
+        text += "\n" + bench_problem(chrony)
     return text
 
 

@@ -19,9 +19,9 @@ import time
 
 import trio
 
+from bench.common import bench_table
 from evsim.net.relay import FaultRelay, RelayedNetwork
 from evsim.net.tcp import TcpNetwork
-from evsim.report import table
 
 
 async def echo(stream: trio.abc.Stream) -> None:
@@ -100,10 +100,12 @@ def render(result: dict[str, dict[str, float]], n: int, size: int) -> str:
                 f"{relayed['cpu_us']:.0f}",
             ]
         )
-    return table(
+    return bench_table(
+        "relay",
         ["operation", "direct µs", "relayed µs", "ratio", "direct CPU µs", "relayed CPU µs"],
         rows,
         title=f"Fault relay on loopback TCP ({n} operations per round, {size}-byte messages; medians)",
+        raw=result,
     )
 
 

@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from typing import Any
 
-from bench.common import raise_nofile
+from bench.common import bench_table, raise_nofile, run_and_print
 from evsim.metrics.certificates import percentile
 from evsim.recorder import Event
-from evsim.report import table
 from evsim.scenario.loader import loads_scenario
 from evsim.scenario.runner import run_scenario
 
@@ -136,10 +134,12 @@ def render(rows: list[dict[str, Any]]) -> str:
         ]
         for r in rows
     ]
-    return table(
+    return bench_table(
+        "renewal",
         ["run", "N", "renewed / triggered", "fleet s", "p50 s", "p95 s", "CSRs/s (wall)", "wall s"],
         body,
         title="Certificate renewal at security profile 3 (A02): trigger, key pair, CSR, signing, reconnect",
+        raw=rows,
     )
 
 
@@ -155,11 +155,7 @@ def section() -> None:
         "--real",
         os.environ.get("BENCH_RENEWAL_REAL", "1000"),
     ]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
-        print(out.stdout.rstrip() or out.stderr.strip().splitlines()[-1:])
-    except subprocess.TimeoutExpired:
-        print("! the renewal runs did not finish within 30 minutes")
+    run_and_print(cmd, timeout=1800, what="renewal runs")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import attrs
 
+from bench.common import bench_table
 from evsim.scenario.loader import load_scenario
 from evsim.scenario.runner import run_scenario
 
@@ -59,8 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stations", type=int, default=None, help="override every station group's count")
     p.add_argument("--hours", type=float, default=None, help="override the simulated duration (hours)")
     args = p.parse_args(argv)
-    for name, value, unit in run(args.file, args.stations, args.hours):
-        print(f"{name:60s} {value:12.1f} {unit}")
+    rows = run(args.file, args.stations, args.hours)
+    print(
+        bench_table(
+            "scale",
+            ["measure", "value", "unit"],
+            [[name, f"{value:.1f}", unit] for name, value, unit in rows],
+            title=f"Scale in virtual time ({args.file.name})",
+            raw=[{"measure": name, "value": value, "unit": unit} for name, value, unit in rows],
+        )
+    )
     return 0
 
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evsim.report import table
+from bench.common import bench_table
 
 __all__ = ["parse_log", "render", "run"]
 
@@ -184,7 +184,8 @@ def render(results: list[dict[str, Any]]) -> str:
         ]
         for r in results
     ]
-    return table(
+    return bench_table(
+        "storm",
         [
             "stations",
             "connect window",
@@ -199,6 +200,7 @@ def render(results: list[dict[str, Any]]) -> str:
         rows,
         title="Boot storm, security profile 3 (mutual TLS), evsim stations -> evsim csms, loopback, defaults "
         "(connect time: storm start -> BootNotification Accepted)",
+        raw=results,
     )
 
 

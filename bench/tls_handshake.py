@@ -54,11 +54,10 @@ import trio
 import trio.testing
 from OpenSSL import SSL, crypto
 
-from bench.common import cpu_s, load_note
+from bench.common import bench_table, cpu_s, load_note
 from bench.floor import _drain
 from evsim.clock import real_utcnow
 from evsim.pki import CertificateAuthority, KeyType
-from evsim.report import table
 from evsim.tls import (
     ClientTls,
     Identity,
@@ -715,13 +714,15 @@ def render(section: Section) -> str:
         "overhead client / server / total",
     ]
     lines = [
-        table(
+        bench_table(
+            "tls-handshake",
             headers,
             body,
             title=(
                 f"TLS handshakes: CPU µs per handshake, median of {section.rounds} rounds, "
                 f"{section.n} handshakes per row and method"
             ),
+            raw=[r.to_dict() for r in section.rows],
         ),
         "floor: raw pyOpenSSL on memory BIOs, no trio; each side's engine calls timed with process_time.",
         "evsim: tls_connect/tls_accept over memory_stream_pair in one trio.run; µs/handshake = CPU of the run / N.",

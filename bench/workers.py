@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evsim.report import table
+from bench.common import bench_table
 
 SESSION_S = 8.0
 METER_S = 0.1
@@ -89,6 +89,11 @@ def run_one(stations: int, workers: int, pki: Path, work: Path) -> dict[str, Any
     finally:
         csms.terminate()
         csms.wait(timeout=60)
+    if not out.stdout.strip():
+        tail = out.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(
+            f"evsim stations --workers {workers} exited with status {out.returncode}: {tail[0]}"
+        )
     doc = json.loads(out.stdout)
     events = [json.loads(x) for x in (Path(doc["run_directory"]) / "events.jsonl").read_text().splitlines()]
     boots = [e["t"] for e in events if e["kind"] == "booted"]
@@ -147,7 +152,8 @@ def render(rows: list[dict[str, Any]]) -> str:
         ]
         for r in rows
     ]
-    return table(
+    return bench_table(
+        "workers",
         [
             "K",
             "booted",
@@ -164,6 +170,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         body,
         title=f"evsim stations --workers K against one evsim csms, profile 3 (mutual TLS), loopback, "
         f"{os.cpu_count()} cores",
+        raw=rows,
     )
 
 
