@@ -50,7 +50,6 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, TypeAlias
 
@@ -316,7 +315,8 @@ class RpcConnection:
         self._next_id = id_factory or default_id_factory(random_id_prefix())
         self._is_21 = version == "2.1"
 
-        self._queue: deque[_OutgoingCall] = deque()
+        # a list, not a deque: at most max_outbox entries, usually none (an empty deque is 624 bytes)
+        self._queue: list[_OutgoingCall] = []
         self._outstanding: _OutgoingCall | None = None
         self._incoming: dict[str, str] = {}  # message id -> action of CALLs we still have to answer
         self._out: list[str] = []
@@ -408,7 +408,7 @@ class RpcConnection:
     def _release(self, now: float) -> None:
         """Send the head of the outbox if no CALL is outstanding (OCPP-J 2.1 §4.1.1)."""
         if self._outstanding is None and self._queue:
-            head = self._queue.popleft()
+            head = self._queue.pop(0)
             head.deadline = now + self.call_timeout
             head.sent_at = now
             self._outstanding = head
