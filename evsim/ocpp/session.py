@@ -31,7 +31,9 @@ stack of coroutines: measured ≈5 µs), so the common path has none besides wai
   moving a cancel scope's deadline costs trio a heap update (≈3 µs, two per CALL), while leaving an earlier,
   stale deadline costs one early look per ``call_timeout`` at most - the timer then re-arms on the
   outstanding CALL. Sparse traffic (a Heartbeat every few minutes) moves it both ways, as it would look
-  early after every CALL otherwise.
+  early after every CALL otherwise. The timer task exists only while something has a deadline: when it wakes
+  and finds none (an idle link after its release), it ends, and the next deadline starts it again
+  (:meth:`OcppSession._start_timer`).
 
 * **Back-pressure.** Reading produces output for the same peer (a CALLRESULT or CALLERROR per CALL, even per
   malformed frame), so a peer that sends and never reads would make us queue without limit. When frames wait
