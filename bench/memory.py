@@ -6,8 +6,9 @@
 :data:`WAVE` (so a loaded machine does not turn the storm into handshake timeouts; the storm itself is
 ``make bench``'s fleet rows), lets the links go idle and reads, per station:
 
-* **RSS**: the process's resident set growth from before the stations existed (what ``make bench``'s fleet
-  rows call KiB/station, there over loopback TCP);
+* **RSS**: the process's resident set growth from before the station objects existed (what ``make bench``'s
+  fleet rows call KiB/station, there over loopback TCP), and of it the station objects alone, built and not
+  yet connected (``objects``);
 * **C heap**: glibc's ``mallinfo2`` bytes in use (OpenSSL, zlib, and Python objects above 512 bytes);
 * **Python heap**: ``sys.getallocatedblocks`` growth times the average pymalloc block (an estimate; the
   exact per-line accounting is ``tracemalloc``, too slow to leave on here).
@@ -133,10 +134,11 @@ async def _fleet(n: int, pki: DevPki, *, compression: bool, idle: float | None) 
     client_tls = station_client_tls((pki.root.cert,))
     async with trio.open_nursery() as nursery:
         await nursery.start(csms.run)
+        before = _probe()  # before the station objects exist: a connected station includes them
         stations = bench_stations(
             "M-", n, "wss://localhost:443/ocpp", net, client_tls, clock, recorder, compression
         )
-        before = _probe()
+        built = _probe()
         t0 = time.perf_counter()
         for start in range(0, n, WAVE):
             wave = stations[start : start + WAVE]
@@ -152,7 +154,13 @@ async def _fleet(n: int, pki: DevPki, *, compression: bool, idle: float | None) 
         after = _probe()
         failures = sum(sum(st.connect_failures.values()) for st in stations)
         nursery.cancel_scope.cancel()
-    return {**_per_station(before, after, n), "connect_s": connect_s, "failures": failures}
+    objects = _per_station(before, built, n)["rss_kib"]
+    return {
+        **_per_station(before, after, n),
+        "objects_kib": objects,
+        "connect_s": connect_s,
+        "failures": failures,
+    }
 
 
 async def _tls_pairs(n: int, pki: DevPki, groups: tuple[str, ...]) -> dict[str, Any]:
@@ -243,6 +251,7 @@ def render(results: list[tuple[str, dict[str, Any] | str]], n: int) -> str:
             [
                 VARIANTS[variant],
                 f"{r['rss_kib']:.0f}",
+                f"{r['objects_kib']:.0f}" if "objects_kib" in r else "-",
                 delta if variant in ("no-idle-release", "no-deflate") else "-",
                 f"{r['c_heap_kib']:.0f}",
                 f"{r['python_kib']:.0f}",
@@ -255,6 +264,7 @@ def render(results: list[tuple[str, dict[str, Any] | str]], n: int) -> str:
         [
             "variant",
             "RSS KiB/station",
+            "of which station objects",
             "vs shipped",
             "C heap KiB",
             "Python KiB (est.)",

@@ -11,12 +11,14 @@ import random
 import zlib
 from typing import cast
 
+import pytest
 import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
+from evsim.errors import CallTimeout
 from evsim.ocpp.rpc import RpcConnection
 from evsim.ocpp.session import OcppSession
 from evsim.tls import ClientTls, ServerTls, TlsProfile
@@ -181,6 +183,36 @@ async def test_session_releases_an_idle_transport_once(autojump_clock: trio.test
         await trio.sleep(11)
         assert transport.releases == 2
         nursery.cancel_scope.cancel()
+
+
+async def test_an_idle_session_holds_no_timer_task_and_still_times_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Once the idle watch has released the link nothing has a deadline: the timer task has ended; the next
+    CALL starts it again and still times out on time."""
+    transport = _Transport()
+    session = OcppSession(transport, RpcConnection(call_timeout=30.0), _no_calls, idle_release_s=5.0)
+    with trio.fail_after(1000):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(session.run)
+            (run_task,) = nursery.child_tasks
+
+            def timer_tasks() -> int:
+                return sum(
+                    t.name.endswith("_timer_loop") for n in run_task.child_nurseries for t in n.child_tasks
+                )
+
+            await transport.send.send('[2,"a","Heartbeat",{}]')  # the idle watch is armed
+            await trio.sleep(1)
+            assert timer_tasks() == 1
+            await trio.sleep(100)  # the idle release, and the stall watch (armed by our answer) disarmed
+            assert transport.releases == 1
+            assert timer_tasks() == 0
+            start = trio.current_time()
+            with pytest.raises(CallTimeout):
+                await session.call("Heartbeat", {})  # nobody answers
+            assert trio.current_time() - start == pytest.approx(30.0)
+            nursery.cancel_scope.cancel()
 
 
 async def test_session_without_idle_release_never_releases(autojump_clock: trio.testing.MockClock) -> None:

@@ -250,7 +250,23 @@ async def test_timeout_under_virtual_time(autojump_clock: trio.testing.MockClock
             assert p.station.statistics().rpc.timeouts == 2
 
 
-async def test_idle_session_costs_no_wakeups(autojump_clock: trio.testing.MockClock) -> None:
+def _count_timer_checks(monkeypatch: pytest.MonkeyPatch, rpc: RpcConnection) -> list[int]:
+    """Count ``rpc.handle_timer`` calls (patched on the class: the RPC core has ``__slots__``)."""
+    checks = [0]
+    real = RpcConnection.handle_timer
+
+    def counting(self: RpcConnection, now: float) -> list[Any]:
+        if self is rpc:
+            checks[0] += 1
+        return real(self, now)
+
+    monkeypatch.setattr(RpcConnection, "handle_timer", counting)
+    return checks
+
+
+async def test_idle_session_costs_no_wakeups(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With no CALL outstanding the timer parks: a day of idleness checks no timer at all (at scale, thousands
     of idle stations would otherwise wake every call_timeout), and a CALL sent afterwards still times out."""
 
@@ -260,14 +276,7 @@ async def test_idle_session_costs_no_wakeups(autojump_clock: trio.testing.MockCl
 
     with trio.fail_after(100_000):
         async with session_pair(csms_handler=silent, call_timeout=30.0) as p:
-            checks = [0]
-            real = p.station.rpc.handle_timer
-
-            def counting(now: float) -> list[Any]:
-                checks[0] += 1
-                return real(now)
-
-            p.station.rpc.handle_timer = counting  # type: ignore[method-assign]
+            checks = _count_timer_checks(monkeypatch, p.station.rpc)
             await trio.sleep(86_400)
             assert checks[0] == 0
             start = trio.current_time()
@@ -278,7 +287,7 @@ async def test_idle_session_costs_no_wakeups(autojump_clock: trio.testing.MockCl
 
 
 async def test_busy_calls_leave_an_early_deadline_and_still_time_out_on_time(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """CALLs a second apart (busy: the timer's deadline only moves earlier) leave a stale, earlier deadline
     behind; the timer looks early once, re-arms, and a CALL left unanswered after the burst times out exactly
@@ -292,14 +301,7 @@ async def test_busy_calls_leave_an_early_deadline_and_still_time_out_on_time(
 
     with trio.fail_after(1000):
         async with session_pair(csms_handler=fickle, call_timeout=30.0) as p:
-            checks = [0]
-            real = p.station.rpc.handle_timer
-
-            def counting(now: float) -> list[Any]:
-                checks[0] += 1
-                return real(now)
-
-            p.station.rpc.handle_timer = counting  # type: ignore[method-assign]
+            checks = _count_timer_checks(monkeypatch, p.station.rpc)
             for _ in range(20):
                 assert await p.station.call("Heartbeat", {}) == {"currentTime": NOW}
                 await trio.sleep(1)

@@ -91,6 +91,7 @@ from evsim.nodes.csms_certs import CsmsCertificates, CsrSigner, SigningSettings
 from evsim.nodes.csms_records import (
     MAX_CONNECTORS,
     MAX_TRANSACTIONS_KEPT,
+    SECURITY_EVENTS_KEPT,
     InputLog,
     StationConnection,
     StationRecord,
@@ -553,7 +554,10 @@ class Csms:
         if action == "SignCertificate":
             return self.certificates.on_sign_certificate(rec.station_id, payload)
         if action == "SecurityEventNotification":
-            rec.security_events.append(payload)
+            events = rec.security_events
+            if not isinstance(events, collections.deque):  # made on the first: most stations never send one
+                events = rec.security_events = collections.deque(maxlen=SECURITY_EVENTS_KEPT)
+            events.append(payload)
             rec.security_events_total += 1
             self.recorder.emit(
                 self.config.name,

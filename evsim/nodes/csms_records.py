@@ -46,7 +46,7 @@ MAX_TRANSACTIONS_KEPT = 100
 MAX_CONNECTORS = 64
 """Distinct (evseId, connectorId) pairs whose status is kept per station."""
 SECURITY_EVENTS_KEPT = 100
-"""The most recent SecurityEventNotifications kept per station (:attr:`StationRecord.security_events`)."""
+"""The most recent SecurityEventNotifications kept per station (:attr:`StationRecord.security_events`, empty ``()`` until the first)."""
 BAD_INPUT_EVENTS = 10
 """Refusals (``bad_input``, ``value_refused``) recorded per connection; after that one ``bad_input_suppressed``
 event, then silence (a peer sending nothing but bad frames or values must not turn each into a log line)."""
@@ -146,9 +146,7 @@ class StationRecord:
     connectors: dict[tuple[int, int], str] = attrs.field(factory=dict)
     transactions: dict[str, TransactionRecord] = attrs.field(factory=dict)
     retired: RetiredTransactions = attrs.field(factory=RetiredTransactions)
-    security_events: collections.deque[dict[str, Any]] = attrs.field(
-        factory=lambda: collections.deque(maxlen=SECURITY_EVENTS_KEPT)
-    )
+    security_events: collections.deque[dict[str, Any]] | tuple[()] = ()
     security_events_total: int = 0
     messages: collections.Counter[str] = attrs.field(factory=collections.Counter)
     session: OcppSession | None = None
@@ -186,7 +184,7 @@ class InputLog:
         self._node = node
         self._station_id = station_id
         self._count = 0
-        self._recent: collections.deque[str] = collections.deque(maxlen=RECENT_CALL_IDS)
+        self._recent: list[str] = []  # the last RECENT_CALL_IDS (a short list is smaller than a deque)
 
     def emit(self, kind: str, **fields: Any) -> None:
         """Record one refusal (within the connection's budget)."""
@@ -218,6 +216,8 @@ class InputLog:
                     replied=True,
                 )
             self._recent.append(mid)
+            if len(self._recent) > RECENT_CALL_IDS:
+                del self._recent[0]
         if self._recorder.tracing:
             fields = {
                 name: getattr(event, name)

@@ -89,9 +89,9 @@ class FirmwareUpdater:
         """The last status notification queued (TriggerMessage answers it)."""
         return self._report.last_status
 
-    async def run(self) -> None:
-        """The update task (start it in the station's nursery)."""
-        await self._slot.run()
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Run updates in ``nursery`` (the station's): a task exists only while one runs."""
+        self._slot.attach(nursery)
 
     # ---------------------------------------------------------------- boot
 

@@ -85,9 +85,9 @@ class LogUploader:
         """The last status notification queued (TriggerMessage answers it)."""
         return self._report.last_status
 
-    async def run(self) -> None:
-        """The upload task (start it in the station's nursery)."""
-        await self._slot.run()
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Run uploads in ``nursery`` (the station's): a task exists only while one runs."""
+        self._slot.attach(nursery)
 
     def get_log(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Answer GetLog and start the upload (see the module docstring)."""

@@ -222,8 +222,8 @@ class Station:
         """Run until cancelled: the connection loop and the charging behaviour."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._connection_loop)
-            nursery.start_soon(self.firmware.run)
-            nursery.start_soon(self.logs.run)
+            self.firmware.attach(nursery)
+            self.logs.attach(nursery)
             if self.time.nts is not None:
                 nursery.start_soon(self.time.nts.run)
             task_status.started()

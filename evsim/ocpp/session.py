@@ -31,7 +31,9 @@ stack of coroutines: measured ≈5 µs), so the common path has none besides wai
   moving a cancel scope's deadline costs trio a heap update (≈3 µs, two per CALL), while leaving an earlier,
   stale deadline costs one early look per ``call_timeout`` at most - the timer then re-arms on the
   outstanding CALL. Sparse traffic (a Heartbeat every few minutes) moves it both ways, as it would look
-  early after every CALL otherwise.
+  early after every CALL otherwise. The timer task exists only while something has a deadline: when it wakes
+  and finds none (an idle link after its release), it ends, and the next deadline starts it again
+  (:meth:`OcppSession._start_timer`).
 
 * **Back-pressure.** Reading produces output for the same peer (a CALLRESULT or CALLERROR per CALL, even per
   malformed frame), so a peer that sends and never reads would make us queue without limit. When frames wait
@@ -268,6 +270,53 @@ class OcppSession:
             :data:`DEFAULT_IDLE_RELEASE_S` in real time and off under trio's ``MockClock``.
     """
 
+    # one per connection end: slots instead of an instance dict (≈1.5 KiB each for a session, bench/memory.py)
+    __slots__ = (
+        "_backlog",
+        "_busy",
+        "_close_reason",
+        "_closed",
+        "_cpu",
+        "_flush_fast",
+        "_handler",
+        "_handler_errors",
+        "_handling",
+        "_held",
+        "_idle_auto",
+        "_idle_deadline",
+        "_idle_mark",
+        "_idle_release_s",
+        "_incoming",
+        "_last_call",
+        "_last_handler_error",
+        "_max_send_queue",
+        "_moved",
+        "_now",
+        "_nursery",
+        "_on_event",
+        "_on_send",
+        "_queue_peak",
+        "_reads_paused",
+        "_release_idle",
+        "_room",
+        "_running",
+        "_send_fast",
+        "_send_timeout",
+        "_sends_done",
+        "_sizes",
+        "_stall_deadline",
+        "_stall_mark",
+        "_timer_deadline",
+        "_timer_running",
+        "_timer_scope",
+        "_trim_due",
+        "_waiters",
+        "_write_ready",
+        "_writing",
+        "rpc",
+        "transport",
+    )
+
     def __init__(
         self,
         transport: TextTransport,
@@ -307,6 +356,7 @@ class OcppSession:
         self._write_ready: trio.Event | None = None  # None: no writer task yet
         self._timer_scope: trio.CancelScope | None = None  # the timer loop waits in it (see _timer_loop)
         self._timer_deadline = math.inf  # what the scope's deadline was last set to
+        self._timer_running = False  # the timer task exists (it ends when nothing has a deadline)
         self._last_call = -math.inf  # when call() last ran
         self._busy = False  # CALLs follow each other closely: the deadline only moves earlier
         self._writing = False
@@ -378,7 +428,6 @@ class OcppSession:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._timer_loop)
                 self._send_queued()  # CALLs made before run()
                 task_status.started()
                 # This task is the first reader; if a handler blocks it, a new reader takes over and this
@@ -502,6 +551,8 @@ class OcppSession:
             and (deadline < self._timer_deadline or not self._busy)
         ):
             self._timer_deadline = self._timer_scope.deadline = deadline
+        elif deadline < math.inf:
+            self._start_timer()
         if self._writing or not rpc.has_data_to_send or self._nursery is None:
             return  # the writer drains the queue; before run() the CALLs wait for it
         send = self._send_fast
@@ -594,6 +645,8 @@ class OcppSession:
             self._stall_mark = self._sends_done
             if self._timer_scope is not None and self._stall_deadline < self._timer_deadline:
                 self._timer_deadline = self._timer_scope.deadline = self._stall_deadline
+            else:
+                self._start_timer()
 
     def _frames_moved(self) -> int:
         """Frames received: every exchange has one at both ends, and what we send answers or follows it."""
@@ -637,18 +690,29 @@ class OcppSession:
             self._stall_deadline = now + self._send_timeout
             self._stall_mark = self._sends_done
 
+    def _start_timer(self) -> None:
+        """Start the timer task if it is not running (a deadline was just armed)."""
+        if not self._timer_running and self._nursery is not None:
+            self._timer_running = True
+            self._nursery.start_soon(self._timer_loop)
+
     async def _timer_loop(self) -> None:
-        """Wait until the outstanding CALL's deadline passes; with none outstanding, wait without a deadline.
+        """Wait until the earliest deadline passes (the outstanding CALL's, the stall and idle watches').
 
         The deadline lives in a cancel scope that :meth:`_send_queued` moves (earlier or later, or to
         infinity when nothing is outstanding) instead of waking this task: an idle session, and a CALL
         answered in time, cost no wake-up - at scale in virtual time every wake-up is also a clock jump.
+        The task ends when it wakes and finds no deadline armed (an idle link holds no timer task and its
+        frames, ≈1.7 KiB, ``bench/memory.py``); :meth:`_start_timer` starts it again with the next one.
         """
         rpc = self.rpc
         while True:
             deadline = rpc.get_timer()
             deadline = math.inf if deadline is None else deadline
             self._timer_deadline = min(deadline, self._stall_deadline, self._idle_deadline)
+            if self._timer_deadline == math.inf:
+                self._timer_running = False
+                return
             with trio.CancelScope(deadline=self._timer_deadline) as scope:
                 self._timer_scope = scope
                 await trio.sleep_forever()
