@@ -115,14 +115,20 @@ class _Engine:
 
     @trio.lowlevel.enable_ki_protection
     def recv(self, size: int) -> bytes:
-        buf = _buffer()
+        try:
+            buf = _scratch.buf
+        except AttributeError:  # this thread's first call
+            buf = _buffer()
         n = _lib.SSL_read(self._ssl, buf, min(size, RECEIVE_CHUNK))
         if n <= 0:
             self._conn._raise_ssl_error(self._ssl, n)  # raises what Connection.recv raises
         return cast(bytes, _ffi.buffer(buf, n)[:])
 
     def drain(self) -> bytes:
-        buf = _buffer()
+        try:
+            buf = _scratch.buf
+        except AttributeError:  # this thread's first call
+            buf = _buffer()
         bio_read, out = _lib.BIO_read, self._out
         n = bio_read(out, buf, RECEIVE_CHUNK)
         if n <= 0:  # a memory BIO says -1 (retry) when empty
