@@ -156,11 +156,12 @@ async def test_a_cancelled_receive_takes_nothing(transport: str) -> None:
     """receive_some is a checkpoint that takes nothing when cancelled: with the engine starved (its transport's
     receive is the checkpoint then), with the bytes still in the transport, in both directions."""
     with trio.fail_after(10):
+        pair: tuple[trio.abc.Stream, trio.abc.Stream]
         if transport == "memory":
-            a, b = trio.testing.memory_stream_pair()
+            pair = trio.testing.memory_stream_pair()
         else:
-            a, b = await _evsim_tcp_transports()
-        client, server = make_pair((a, b))
+            pair = await _evsim_tcp_transports()
+        client, server = make_pair(pair)
         await handshake_both(client, server)
         for sender, receiver in ((client, server), (server, client), (client, server)):
             with trio.CancelScope() as scope:
