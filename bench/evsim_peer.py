@@ -121,12 +121,16 @@ async def _run(
         await trio.sleep(0.5)  # let the StatusNotifications that follow boot settle
         kib = (rss_kib() - rss0) / n
         count = [0]
-        deadline = trio.current_time() + rtt_seconds
+        running = [True]  # a flag, as in the asyncio peer: no clock reading per round trip
+
+        async def stop_after() -> None:
+            await trio.sleep(rtt_seconds)
+            running[0] = False
 
         async def hammer(st: Station) -> None:
             session = st.session
             assert session is not None
-            while trio.current_time() < deadline:
+            while running[0]:
                 await session.call("Heartbeat", {})
                 count[0] += 1
 
@@ -134,6 +138,7 @@ async def _run(
             steady(True)
         c0, w0 = cpu_s(), time.perf_counter()
         async with trio.open_nursery() as inner:
+            inner.start_soon(stop_after)
             for st in stations:
                 inner.start_soon(hammer, st)
         cpu, wall = cpu_s() - c0, time.perf_counter() - w0

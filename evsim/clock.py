@@ -167,17 +167,32 @@ class NodeClock(SimClock):
         return self.device.offset(trio.current_time() if now is None else now)
 
 
+_ONE_SECOND = _dt.timedelta(seconds=1)
+_second: tuple[_dt.datetime, _dt.datetime, str] | None = None
+"""The whole second :func:`isoformat` formatted last: its start, its end and its text up to the seconds (one
+tuple, replaced whole, so a reader never sees half of an update)."""
+
+
 def isoformat(ts: _dt.datetime) -> str:
     """OCPP dateTime: RFC 3339 UTC with millisecond precision and a ``Z`` suffix.
 
-    On the hot path (every TransactionEvent, meter value and Heartbeat answer): ``datetime.isoformat``
-    (which truncates to milliseconds like ``microsecond // 1000``) costs about half of ``strftime``. Years
-    before 1000 keep the ``strftime`` form, whose ``%Y`` is not zero-padded on every platform.
+    On the hot path (every TransactionEvent, meter value and Heartbeat answer): timestamps come in time order,
+    so the text up to the seconds is kept for the second formatted last and only the milliseconds are added
+    (≈3x cheaper than ``datetime.isoformat``). Otherwise ``datetime.isoformat`` (which truncates to
+    milliseconds like ``microsecond // 1000``) costs about half of ``strftime``. Years before 1000 keep the
+    ``strftime`` form, whose ``%Y`` is not zero-padded on every platform.
     """
+    global _second
     utc = ts.astimezone(UTC)
+    second = _second
+    if second is not None and second[0] <= utc < second[1]:
+        return f"{second[2]}.{utc.microsecond // 1000:03d}Z"
     if utc.year >= 1000:
         # isoformat() without ``timespec`` is faster; its microseconds truncate to milliseconds like it
         # ("2026-01-02T03:04:05.678901+00:00"), and it leaves out a zero fraction altogether
         text = utc.isoformat()
+        start = utc.replace(microsecond=0)
+        if start < _dt.datetime.max.replace(tzinfo=UTC) - _ONE_SECOND:
+            _second = (start, start + _ONE_SECOND, text[:19])
         return text[:23] + "Z" if utc.microsecond else text[:19] + ".000Z"
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"

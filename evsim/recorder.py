@@ -171,7 +171,33 @@ def quantize(seconds: float, digits: int = ROUND_TRIP_DIGITS) -> float:
     The cut is done on the value's shortest decimal form, so the result is never above ``seconds`` and at most
     one unit of its last kept digit below (under 1 % for 3 digits). Zero and negative values (a clock that did
     not move) give 0.0.
+
+    Every real-time round trip is a new value, so this runs once per CALL: it works on the float formatting of
+    ``seconds`` instead of :mod:`decimal` (≈1 µs against ≈10 µs). The nearest ``digits``-digit decimal ``D``
+    (``"%.2e"``) is the answer when ``float(D) <= seconds``, else the one a unit below it is. That equals the
+    cut of the shortest form: a ``digits``-digit decimal is at most the shortest form exactly when its float is
+    at most ``seconds`` (rounding to the nearest float is monotonic, and no two such decimals of fewer than 16
+    digits share a float). :func:`_quantize_decimal` is the definition, kept for the tests.
     """
+    if not seconds > 0 or not math.isfinite(seconds):
+        return 0.0
+    if not 0 < digits < 16:
+        return _quantize_decimal(seconds, digits)
+    text = f"{seconds:.{digits - 1}e}"  # "1.23e-03": digits significant digits, rounded to nearest
+    near = float(text)
+    if near <= seconds:
+        return near
+    mantissa, _, exponent = text.partition("e")
+    units = int(mantissa.replace(".", "")) - 1  # the digits as an integer, one unit lower
+    scale = int(exponent) - digits + 1
+    if units < 10 ** (digits - 1):  # 1.00e-02 - 1 unit = 9.99e-03: one decade down
+        units = 10**digits - 1
+        scale -= 1
+    return float(f"{units}e{scale}")
+
+
+def _quantize_decimal(seconds: float, digits: int = ROUND_TRIP_DIGITS) -> float:
+    """:func:`quantize` by its definition, in :mod:`decimal` (for ``digits`` beyond a float's, and the tests)."""
     if not seconds > 0 or not math.isfinite(seconds):
         return 0.0
     d = decimal.Decimal(repr(float(seconds)))

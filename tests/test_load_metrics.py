@@ -35,7 +35,15 @@ from evsim.nodes.measures import BootClock
 from evsim.nodes.relay import CSMS, STATION, RelayCore
 from evsim.ocpp.framing import CallResult, encode_frame
 from evsim.ocpp.rpc import ResultReceived, RpcConnection, default_id_factory
-from evsim.recorder import MEASUREMENT_NODE, ROUND_TRIPS, Recorder, RoundTrips, bind_peer, quantize
+from evsim.recorder import (
+    MEASUREMENT_NODE,
+    ROUND_TRIPS,
+    Recorder,
+    RoundTrips,
+    _quantize_decimal,
+    bind_peer,
+    quantize,
+)
 
 durations = st.floats(min_value=0.0, max_value=1e5, allow_nan=False, allow_infinity=False)
 samples = st.lists(durations, min_size=1, max_size=200)
@@ -99,6 +107,34 @@ def test_cut_examples() -> None:
     assert quantize(0.00123) == 0.00123
     assert quantize(123456.0) == 123000.0
     assert quantize(0.0) == quantize(-1.0) == quantize(math.nan) == 0.0
+
+
+@given(
+    st.floats(min_value=0.0, exclude_min=True, allow_nan=False, allow_infinity=False)
+    | st.builds(lambda m, e: m * 10.0**e, st.integers(1, 9999), st.integers(-12, 8)),
+    st.integers(1, 6),
+)
+def test_the_fast_cut_is_the_decimal_cut(v: float, digits: int) -> None:
+    """The float-formatting cut equals its definition on the shortest decimal form, also on values just
+    below or at a cut boundary (0.03 is stored as 0.0299999...: its shortest form is 0.03)."""
+    assert quantize.__wrapped__(v, digits) == _quantize_decimal(v, digits)
+
+
+def test_fast_cut_boundaries() -> None:
+    for v in (
+        0.03,
+        0.0299999,
+        0.0009995,
+        0.9995,
+        1.0,
+        999.5,
+        100.0,
+        5e-324,
+        1.7976931348623157e308,
+        0.1 + 0.2,
+    ):
+        for digits in (1, 3, 4):
+            assert quantize.__wrapped__(v, digits) == _quantize_decimal(v, digits), (v, digits)
 
 
 # ------------------------------------------------------------------------------------------------ windows

@@ -124,3 +124,38 @@ def test_isoformat_is_ocpp_datetime(ts: dt.datetime) -> None:
     if utc.year >= 1000:
         assert isoformat(ts) == expected
     assert isoformat(ts)[-1] == "Z"
+
+
+def _reference_isoformat(ts: dt.datetime) -> str:
+    utc = ts.astimezone(dt.UTC)
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}"
+        f".{utc.microsecond // 1000:03d}Z"
+    )
+
+
+@given(
+    st.datetimes(
+        min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2100, 1, 1), timezones=st.just(dt.UTC)
+    ),
+    st.lists(st.integers(-2_000_000, 2_000_000), min_size=1, max_size=30),
+    st.sampled_from(
+        [dt.UTC, dt.timezone(dt.timedelta(hours=5, minutes=30)), dt.timezone(dt.timedelta(hours=-7))]
+    ),
+)
+def test_isoformat_in_a_row_reuses_only_the_same_second(
+    start: dt.datetime, steps_us: list[int], tz: dt.tzinfo
+) -> None:
+    """Timestamps formatted one after another (in and out of order, across second boundaries and time zones)
+    each give their own text: what is kept from the second formatted last never leaks into another."""
+    ts = start
+    for step in steps_us:
+        ts += dt.timedelta(microseconds=step)
+        assert isoformat(ts.astimezone(tz)) == _reference_isoformat(ts)
+
+
+def test_isoformat_second_boundaries() -> None:
+    base = dt.datetime(2026, 1, 1, 12, 0, 59, tzinfo=dt.UTC)
+    for us in (0, 999, 1000, 999_999, 1_000_000, 1_000_001, 999_999, 0, -1, 60_000_000):
+        ts = base + dt.timedelta(microseconds=us)
+        assert isoformat(ts) == _reference_isoformat(ts), ts

@@ -13,6 +13,7 @@ import trio.testing
 
 from evsim.errors import BrokenTransport, ClosedTransport, HandshakeFailed, TlsError
 from evsim.net import NowaitSend, VirtualNetwork
+from evsim.net.tcp import TcpNetwork
 from evsim.tls import (
     ClientTls,
     Identity,
@@ -131,6 +132,51 @@ async def test_concurrent_calls_are_busy() -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(server.receive_some, 10)
                 nursery.start_soon(server.receive_some, 10)
+
+
+async def _evsim_tcp_transports() -> tuple[trio.abc.Stream, trio.abc.Stream]:
+    net = TcpNetwork()
+    listener = await net.listen("127.0.0.1", 0)
+    try:
+        async with trio.open_nursery() as nursery:
+            accepted: list[trio.abc.Stream] = []
+
+            async def accept() -> None:
+                accepted.append(await listener.accept())
+
+            nursery.start_soon(accept)
+            a = await net.connect("127.0.0.1", listener.address[1])
+    finally:
+        await listener.aclose()
+    return a, accepted[0]
+
+
+@pytest.mark.parametrize("transport", ["memory", pytest.param("tcp", marks=pytest.mark.loopback)])
+async def test_a_cancelled_receive_takes_nothing(transport: str) -> None:
+    """receive_some is a checkpoint that takes nothing when cancelled: with the engine starved (its transport's
+    receive is the checkpoint then), with the bytes still in the transport, in both directions."""
+    with trio.fail_after(10):
+        pair: tuple[trio.abc.Stream, trio.abc.Stream]
+        if transport == "memory":
+            pair = trio.testing.memory_stream_pair()
+        else:
+            pair = await _evsim_tcp_transports()
+        client, server = make_pair(pair)
+        await handshake_both(client, server)
+        for sender, receiver in ((client, server), (server, client), (client, server)):
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await receiver.receive_some(100)
+            assert scope.cancelled_caught
+            await sender.send_all(b"hello")
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await receiver.receive_some(100)
+            assert scope.cancelled_caught
+            assert await receiver.receive_some(100) == b"hello"
+        await client.aclose()
+        await server.aclose()
 
 
 # ---------------------------------------------------------------- negotiated info

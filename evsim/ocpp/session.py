@@ -423,8 +423,13 @@ class OcppSession:
         if self._running or self._closed:
             raise RuntimeError("an OcppSession runs once")
         self._running = True
-        if self._idle_auto and isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+        trio_clock = trio.lowlevel.current_clock()
+        if self._idle_auto and isinstance(trio_clock, trio.testing.MockClock):
             self._release_idle = None  # virtual time: see DEFAULT_IDLE_RELEASE_S
+        if self._now is trio.current_time or getattr(self._now, "__func__", None) is SimClock.now:
+            # the same reading with two calls less per message (trio.current_time() is the run's clock's
+            # current_time(); SimClock.now is trio.current_time())
+            self._now = trio_clock.current_time
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

@@ -627,7 +627,11 @@ class TlsStream(BioPump, trio.abc.Stream):
                 if size < 1:
                     raise ValueError("max_bytes must be >= 1")
             self._check_usable()
-            await trio.lowlevel.checkpoint_if_cancelled()
+            # The common case (established, the engine starved): the transport's receive below is this
+            # call's checkpoint, and a cancelled transport receive takes nothing.
+            common = self._need_input and self._hs is _Hs.DONE and not self._eof
+            if not common:
+                await trio.lowlevel.checkpoint_if_cancelled()
             if self._hs is not _Hs.DONE:
                 await self._handshake()
             if self._eof:
@@ -646,7 +650,10 @@ class TlsStream(BioPump, trio.abc.Stream):
                         finally:
                             lock.release()
                     yielded = True  # the transport's receive is a checkpoint
-                data = await self._drive(self._recv, size, yielded=yielded)
+                if common:
+                    data = await self._recv_fed(size)
+                else:
+                    data = await self._drive(self._recv, size, yielded=yielded)
                 starved = self._starved
                 if starved is not None and starved():
                     self._need_input = True  # skip the next, doomed engine call (and its exception)
@@ -662,6 +669,26 @@ class TlsStream(BioPump, trio.abc.Stream):
             return data
         finally:
             self._receiving = False
+
+    async def _recv_fed(self, size: int) -> bytes:
+        """Decrypt after the transport's receive (a checkpoint) fed the engine: ``_drive(self._recv, ...,
+        yielded=True)`` with its first engine call inline, as a whole record usually arrived in one read.
+        The rest (a partial record: WantRead) goes through ``_drive``, whose first call then finds the
+        engine still starved, so it receives more."""
+        before = self._out_total
+        try:
+            data: bytes = self._recv(size)
+        except SSL.WantReadError:
+            return await self._drive(self._recv, size, yielded=True)
+        except SSL.Error:
+            # as in _drive: the engine may have written an alert for the peer; best-effort delivery
+            self._collect()
+            await self._flush_quietly()
+            raise
+        end = self._collect()
+        if end > before:  # e.g. the answer to a KeyUpdate
+            await self._flush_to(end)
+        return data
 
     async def aclose(self) -> None:
         """Send close_notify (best effort, bounded) and close the transport. Idempotent."""

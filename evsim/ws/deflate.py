@@ -53,6 +53,7 @@ MEM_LEVEL = 1
 
 _MAX_BITS = 15  # RFC 7692 §7.1.2: the largest LZ77 window a peer may use when it did not agree on less
 _WINDOW_PARAMS = ("client_max_window_bits", "server_max_window_bits")
+_TAIL = b"\x00\x00\xff\xff"  # the empty stored block a sync flush ends with, dropped by the sender
 
 
 class _Tail:
@@ -230,11 +231,12 @@ class BoundedDeflate(PerMessageDeflate):
             bits = self.server_max_window_bits if client else self.client_max_window_bits
             decompressor = self._decompressor = self._new_decompressor(int(bits))
         try:
-            out = decompressor.decompress(data, self._inflate_limit)
+            # One call with the 00 00 ff ff tail appended (RFC 7692 §7.2.2) instead of three (data, tail,
+            # flush): the tail inflates to nothing, and unless the limit stopped zlib all output is out. When
+            # the limit stopped it, input is left over (at least the tail): too big, as before.
+            out = decompressor.decompress(data + _TAIL, self._inflate_limit)
             if decompressor.unconsumed_tail:
                 return CloseReason.MESSAGE_TOO_BIG
-            out += decompressor.decompress(b"\x00\x00\xff\xff")
-            out += decompressor.flush()
         except zlib.error:
             return CloseReason.INVALID_FRAME_PAYLOAD_DATA
         if self.server_no_context_takeover if client else self.client_no_context_takeover:
