@@ -2,8 +2,9 @@
 
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
 ``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``, and
-any name of ``SECTIONS``: ``nts``, ``relay``, ``firmware``, ``cpu-model``, ``workers``, ``storm``, ``renewal``,
-``memory``). Section sizes: ``BENCH_STORM_N`` (the two-process mutual-TLS storm, default 2000), ``BENCH_WORKERS_N``
+any name of ``SECTIONS``: ``nts``, ``relay``, ``firmware``, ``cpu-model``, ``workers``, ``storm``, ``heartbeat``,
+``renewal``, ``memory``). Section sizes: ``BENCH_STORM_N`` (the two-process mutual-TLS storm, default 2000), ``BENCH_HB_N`` (heartbeat
+latency against the asyncio peers, default 3000; ``bench/heartbeat.py``), ``BENCH_WORKERS_N``
 (default 500), ``BENCH_MEMORY_N`` (default ``BENCH_N``); ``BENCH_NTS_SECONDS`` seconds per NTS phase (default 3);
 ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs in its own
 subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute times.
@@ -21,9 +22,9 @@ import sys
 import tempfile
 import time
 
-from bench import firmware, memory, nts, renewal, storm, workers
+from bench import firmware, heartbeat, memory, nts, renewal, storm, workers
 from bench.common import Result, print_module_section
-from bench.floor import handshake_floor
+from bench.floor import handshake_floor, stdlib_floor
 from evsim.clock import real_utcnow
 from evsim.pki import init_dev_pki
 from evsim.report import table
@@ -81,6 +82,7 @@ SECTIONS = {
     "cpu-model": _cpu_model_section,
     "workers": workers.section,
     "storm": storm.section,
+    "heartbeat": heartbeat.section,
     "renewal": renewal.section,
     "memory": memory.section,
 }
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     # one floor per key-exchange group: each fleet is compared with the floor of the group it negotiated
     floors = [handshake_floor(500, stations=n, group=g) for g in (None, "X25519")]
     storm_floors = {str(f["group"]).lower(): float(f["storm_floor_s"]) for f in floors}
+    std = stdlib_floor(500, stations=n)
     print(
         table(
             ["floor", *(str(f["group"]) for f in floors)],
@@ -123,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
                     *(f"{f['client_cpu_ms']:.3f} / {f['server_cpu_ms']:.3f} ms" for f in floors),
                 ],
                 [f"boot-storm floor for {n} stations", *(f"{f['storm_floor_s']:.2f} s" for f in floors)],
+                [
+                    f"the same with Python's ssl ({std['openssl']}, its default group: the asyncio peers')",
+                    "",
+                    f"{std['cpu_ms_per_handshake']:.3f} ms, {std['storm_floor_s']:.2f} s",
+                ],
             ],
             title="Handshake floor by key-exchange group (memory BIOs, one thread)",
         )
@@ -174,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r.boot_storm_s:.2f}",
                 f"{r.boot_storm_s / own_floor:.2f}x" if own_floor else "-",
                 f"{r.boot_storm_s / base.boot_storm_s:.2f}x" if base else "-",
+                f"{r.boot_cpu_s:.2f}",
+                f"{r.boot_cpu_s / own_floor:.2f}x" if own_floor and r.boot_cpu_s else "-",
+                f"{r.boot_cpu_s / base.boot_cpu_s:.2f}x" if base and base.boot_cpu_s else "-",
                 f"{r.rtt_per_s:.0f}",
                 f"{r.rtt_per_s / base.rtt_per_s:.2f}x" if base else "-",
                 f"{r.cpu_us_per_rtt:.0f}",
@@ -188,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                 "boot s",
                 "x floor (same group)",
                 "x hand-written boot",
+                "boot CPU s",
+                "CPU x floor",
+                "CPU x hand-written",
                 "RT/s",
                 "x hand-written",
                 "CPU us/RT",
