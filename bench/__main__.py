@@ -3,11 +3,13 @@
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
 ``BENCH_SKIP`` comma-separated parts to skip (``peers``, ``micro``, ``tls-handshake``, ``scale``, ``failover``, and
 any name of ``SECTIONS``: ``nts``, ``relay``, ``firmware``, ``cpu-model``, ``workers``, ``storm``, ``heartbeat``,
-``renewal``, ``memory``). Section sizes: ``BENCH_STORM_N`` (the two-process mutual-TLS storm, default 2000), ``BENCH_HB_N`` (heartbeat
-latency against the asyncio peers, default 3000; ``bench/heartbeat.py``), ``BENCH_WORKERS_N``
-(default 500), ``BENCH_MEMORY_N`` (default ``BENCH_N``); ``BENCH_NTS_SECONDS`` seconds per NTS phase (default 3);
-``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs in its own
-subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute times.
+``renewal``, ``memory``). Section sizes: ``BENCH_STORM_N`` (the two-process mutual-TLS storm, default 2000),
+``BENCH_HB_N`` (heartbeat latency against the asyncio peers, default 3000; ``bench/heartbeat.py``),
+``BENCH_WORKERS_N`` (default 500), ``BENCH_MEMORY_N`` (default ``BENCH_N``); ``BENCH_NTS_SECONDS`` seconds per NTS
+phase (default 3); ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each
+fleet runs in its own subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not
+the absolute times; the fleet table also gives each boot storm's CPU seconds, the figure to hold against the
+floor (CPU too) when other processes share the machine.
 
 ``python -m bench SECTION`` runs one section alone; sections: the keys of ``SECTIONS``.
 """
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 ],
                 [f"boot-storm floor for {n} stations", *(f"{f['storm_floor_s']:.2f} s" for f in floors)],
                 [
-                    f"the same with Python's ssl ({std['openssl']}, its default group: the asyncio peers')",
+                    f"the same, Python's ssl ({' '.join(str(std['openssl']).split()[:2])}, asyncio peers)",
                     "",
                     f"{std['cpu_ms_per_handshake']:.3f} ms, {std['storm_floor_s']:.2f} s",
                 ],
