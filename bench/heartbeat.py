@@ -52,7 +52,7 @@ def run(
     """Every fleet ``rounds`` times, interleaved; one list per round, in run order."""
     paced = ["--n", str(stations), "--rtt-seconds", "0.1", "--hb-interval", str(interval)]
     paced += ["--hb-seconds", str(seconds)]
-    budget = 600.0 + seconds + interval
+    budget = 900.0 + seconds + interval
     out: list[list[Result | str]] = []
     with tempfile.TemporaryDirectory(prefix="evsim-bench-hb-") as tmp:
         init_dev_pki(tmp, host="localhost", now=real_utcnow())
