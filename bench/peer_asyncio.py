@@ -502,6 +502,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--compression", choices=("deflate", "none"), default="deflate")
     parser.add_argument("--hard-cap", type=float, default=300.0, help="kill the process after this long")
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=None,
+        help="gc.set_threshold(N, 20, 100) before the run, as bench.evsim_peer's option (default: Python's)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args(argv)
     given = [args.ca, args.cert, args.key]
@@ -527,6 +533,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     faulthandler.dump_traceback_later(args.hard_cap, exit=True)
+    if args.gc_threshold is not None:
+        gc.set_threshold(args.gc_threshold, 20, 100)
     try:
         with tempfile.TemporaryDirectory(prefix="evsim-peer-") as tmp:
             pki = (
