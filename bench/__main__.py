@@ -3,10 +3,13 @@
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
 ``BENCH_SKIP`` comma-separated parts to skip (``peers``: the asyncio fleets, and any name of ``SECTIONS``:
 ``fleet``, ``micro``, ``tls-handshake``, ``scale``, ``failover``, ``nts``, ``relay``, ``firmware``, ``cpu-model``,
-``workers``, ``storm``, ``renewal``, ``memory``). Section sizes: ``BENCH_STORM_N`` (the two-process mutual-TLS storm, default 2000), ``BENCH_WORKERS_N``
-(default 500), ``BENCH_MEMORY_N`` (default ``BENCH_N``); ``BENCH_NTS_SECONDS`` seconds per NTS phase (default 3);
-``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs in its own
-subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute times.
+``workers``, ``storm``, ``heartbeat``, ``renewal``, ``memory``). Section sizes: ``BENCH_STORM_N`` (the
+two-process mutual-TLS storm, default 2000), ``BENCH_HB_N`` (heartbeat latency against the asyncio peers, default
+3000; ``bench/heartbeat.py``), ``BENCH_WORKERS_N`` (default 500), ``BENCH_MEMORY_N`` (default ``BENCH_N``);
+``BENCH_NTS_SECONDS`` seconds per NTS phase (default 3); ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS
+handshake section (default 200). Each fleet runs in its own subprocess so its memory figure is its own. Shared
+machines are noisy: read the ratios, not the absolute times; the fleet table also gives each boot storm's CPU
+seconds, the figure to hold against the floor (CPU too) when other processes share the machine.
 
 ``python -m bench SECTION...`` runs those sections alone; sections: the keys of ``SECTIONS``. Every run writes a
 result file (``bench/results/<run id>.json``, or ``BENCH_OUT``: the machine, the run and every table printed;
@@ -25,9 +28,9 @@ import sys
 import tempfile
 import time
 
-from bench import firmware, memory, nts, renewal, storm, workers
+from bench import firmware, heartbeat, memory, nts, renewal, storm, workers
 from bench.common import Result, bench_problem, bench_table, print_module_section, run_and_print
-from bench.floor import handshake_floor
+from bench.floor import handshake_floor, stdlib_floor
 from bench.results import bench_run
 from evsim.clock import real_utcnow
 from evsim.pki import init_dev_pki
@@ -61,6 +64,7 @@ def _fleet_section() -> None:
     # one floor per key-exchange group: each fleet is compared with the floor of the group it negotiated
     floors = [handshake_floor(500, stations=n, group=g) for g in (None, "X25519")]
     storm_floors = {str(f["group"]).lower(): float(f["storm_floor_s"]) for f in floors}
+    std = stdlib_floor(500, stations=n)
     print(
         bench_table(
             "floor",
@@ -75,6 +79,11 @@ def _fleet_section() -> None:
                     *(f"{f['client_cpu_ms']:.3f} / {f['server_cpu_ms']:.3f} ms" for f in floors),
                 ],
                 [f"boot-storm floor for {n} stations", *(f"{f['storm_floor_s']:.2f} s" for f in floors)],
+                [
+                    f"the same, Python's ssl ({' '.join(str(std['openssl']).split()[:2])}, asyncio peers)",
+                    "",
+                    f"{std['cpu_ms_per_handshake']:.3f} ms, {std['storm_floor_s']:.2f} s",
+                ],
             ],
             title="Handshake floor by key-exchange group (memory BIOs, one thread)",
             raw=floors,
@@ -126,6 +135,9 @@ def _fleet_section() -> None:
                 f"{r.boot_storm_s:.2f}",
                 f"{r.boot_storm_s / own_floor:.2f}x" if own_floor else "-",
                 f"{r.boot_storm_s / base.boot_storm_s:.2f}x" if base else "-",
+                f"{r.boot_cpu_s:.2f}",
+                f"{r.boot_cpu_s / own_floor:.2f}x" if own_floor and r.boot_cpu_s else "-",
+                f"{r.boot_cpu_s / base.boot_cpu_s:.2f}x" if base and base.boot_cpu_s else "-",
                 f"{r.rtt_per_s:.0f}",
                 f"{r.rtt_per_s / base.rtt_per_s:.2f}x" if base else "-",
                 f"{r.cpu_us_per_rtt:.0f}",
@@ -141,6 +153,9 @@ def _fleet_section() -> None:
                 "boot s",
                 "x floor (same group)",
                 "x hand-written boot",
+                "boot CPU s",
+                "CPU x floor",
+                "CPU x hand-written",
                 "RT/s",
                 "x hand-written",
                 "CPU us/RT",
@@ -210,6 +225,7 @@ SECTIONS = {
     "cpu-model": _cpu_model_section,
     "workers": workers.section,
     "storm": storm.section,
+    "heartbeat": heartbeat.section,
     "renewal": renewal.section,
     "memory": memory.section,
 }

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ __all__ = [
     "bench_problem",
     "bench_table",
     "cpu_s",
+    "latency_percentiles_ms",
     "load_note",
     "make_bench_pki",
     "raise_nofile",
@@ -57,6 +59,13 @@ class Result:
     notes: str = ""
     group: str = ""
     """The key-exchange group its TLS handshakes negotiated ("" if unknown)."""
+    boot_cpu_s: float = 0.0
+    """CPU seconds the process spent during the boot storm (all threads): the figure to compare with the
+    handshake floor's CPU on a shared machine, where wall time also counts other processes' turns."""
+    hb_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Paced heartbeat round-trip latency p50 / p95 / p99 in ms (0 when the run did not pace heartbeats)."""
+    hb_count: int = 0
+    """Paced heartbeat round trips the percentiles were taken over."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,7 +80,23 @@ class Result:
             kib_per_station=float(data["kib_per_station"]),
             notes=str(data.get("notes", "")),
             group=str(data.get("group", "")),
+            boot_cpu_s=float(data.get("boot_cpu_s", 0.0)),
+            hb_ms=_three(data.get("hb_ms")),
+            hb_count=int(data.get("hb_count", 0)),
         )
+
+
+def _three(value: Any) -> tuple[float, float, float]:
+    p50, p95, p99 = (float(x) for x in value) if value else (0.0, 0.0, 0.0)
+    return p50, p95, p99
+
+
+def latency_percentiles_ms(samples_s: list[float]) -> tuple[float, float, float]:
+    """p50 / p95 / p99 of latencies given in seconds, in milliseconds (zeros when fewer than two samples)."""
+    if len(samples_s) < 2:
+        return 0.0, 0.0, 0.0
+    q = statistics.quantiles(samples_s, n=100, method="inclusive")
+    return round(q[49] * 1e3, 3), round(q[94] * 1e3, 3), round(q[98] * 1e3, 3)
 
 
 RECORD_ENV = "BENCH_RECORD"

@@ -13,6 +13,7 @@ back to back through its live OCPP session for ``--rtt-seconds``.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import random
@@ -22,7 +23,7 @@ from collections.abc import Callable
 
 import trio
 
-from bench.common import Result, cpu_s, raise_nofile, rss_kib
+from bench.common import Result, cpu_s, latency_percentiles_ms, raise_nofile, rss_kib
 from evsim.clock import SimClock, real_utcnow
 from evsim.net.base import Network
 from evsim.net.tcp import TcpNetwork
@@ -80,9 +81,11 @@ async def _run(
     setup: tuple[int, int],
     group: str | None,
     steady: Callable[[bool], None] | None = None,
+    paced: tuple[float, float] = (0.0, 0.0),
 ) -> Result:
     """Boot the fleet, then hammer; ``steady(True)`` / ``steady(False)`` mark the steady state (a profiler's
-    switch: ``bench.profile_msg``)."""
+    switch: ``bench.profile_msg``). ``paced = (interval, seconds)`` with seconds > 0 adds a paced phase: every
+    station sends one Heartbeat per interval (phases spread over the interval) and each round trip is timed."""
     window, max_handshakes = setup
     profile = TlsProfile(groups=(group,)) if group else None
     clock = SimClock.start()
@@ -110,14 +113,16 @@ async def _run(
         stations = bench_stations(
             "B-", n, f"wss://localhost:{port}/ocpp", net, client_tls, clock, recorder, compression
         )
-        t0 = time.perf_counter()
+        t0, boot_c0 = time.perf_counter(), cpu_s()
         for st in stations:
             st.connect_window = connect_window
             nursery.start_soon(st.run)
-        with trio.fail_after(240):
+        with trio.fail_after(
+            max(600.0, 0.2 * n)
+        ):  # generous: a shared machine may give this process little CPU
             for st in stations:
                 await st.wait_online()
-        boot = time.perf_counter() - t0
+        boot, boot_cpu = time.perf_counter() - t0, cpu_s() - boot_c0
         await trio.sleep(0.5)  # let the StatusNotifications that follow boot settle
         kib = (rss_kib() - rss0) / n
         count = [0]
@@ -144,6 +149,7 @@ async def _run(
         cpu, wall = cpu_s() - c0, time.perf_counter() - w0
         if steady is not None:
             steady(False)
+        latencies = await _paced_heartbeats(stations, *paced) if paced[1] > 0 else []
         nursery.cancel_scope.cancel()
     failures = sum(sum(st.connect_failures.values()) for st in stations)
     return Result(
@@ -156,7 +162,34 @@ async def _run(
         notes=f"validation on; {failures} connect failures during the storm; connect window {window or 'none'}, "
         f"max_handshakes {max_handshakes or 'none'}",
         group=stations[0].tls_info.group or "" if stations[0].tls_info is not None else "",
+        boot_cpu_s=boot_cpu,
+        hb_ms=latency_percentiles_ms(latencies),
+        hb_count=len(latencies),
     )
+
+
+async def _paced_heartbeats(stations: list[Station], interval: float, seconds: float) -> list[float]:
+    """Each station sends a Heartbeat every ``interval`` seconds for ``seconds`` (start phases spread evenly
+    over one interval); returns each round trip's latency in seconds (send to CALLRESULT)."""
+    latencies: list[float] = []
+    start = trio.current_time() + 0.1
+    end = start + seconds
+
+    async def paced(st: Station, phase: float) -> None:
+        session = st.session
+        assert session is not None
+        at = start + phase
+        while at < end:
+            await trio.sleep_until(at)
+            sent = time.perf_counter()
+            await session.call("Heartbeat", {})
+            latencies.append(time.perf_counter() - sent)
+            at += interval
+
+    async with trio.open_nursery() as nursery:
+        for i, st in enumerate(stations):
+            nursery.start_soon(paced, st, interval * i / len(stations))
+    return latencies
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,6 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--group", default=None, help="key-exchange group of both ends (default: the engine's list)"
     )
+    p.add_argument(
+        "--hb-interval", type=float, default=10.0, help="paced phase: seconds between a station's Heartbeats"
+    )
+    p.add_argument(
+        "--hb-seconds",
+        type=float,
+        default=0.0,
+        help="paced phase length in seconds (default 0: no paced phase)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     raise_nofile()
@@ -199,7 +241,18 @@ def main(argv: list[str] | None = None) -> int:
 
         pki = init_dev_pki(tempfile.mkdtemp(prefix="evsim-bench-"), host="localhost", now=real_utcnow())
     setup = (args.connect_window, args.max_handshakes)
-    result = trio.run(_run, args.n, args.rtt_seconds, pki, args.compression == "deflate", setup, args.group)
+    result = trio.run(
+        functools.partial(
+            _run,
+            args.n,
+            args.rtt_seconds,
+            pki,
+            args.compression == "deflate",
+            setup,
+            args.group,
+            paced=(args.hb_interval, args.hb_seconds),
+        )
+    )
     if args.gc_threshold is not None:
         result.name += f", gc threshold {args.gc_threshold}"
     if args.json:

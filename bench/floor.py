@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 import tempfile
 import time
@@ -27,7 +28,7 @@ from OpenSSL import SSL
 from bench.common import make_bench_pki
 from evsim.tls import _ossl
 
-__all__ = ["cli", "handshake_floor"]
+__all__ = ["cli", "handshake_floor", "stdlib_floor"]
 
 _CHUNK = 1 << 16
 
@@ -166,6 +167,64 @@ def handshake_floor(
         "storm_floor_s": round(per_handshake * stations, 4),
         "group": negotiated[-1],
         "tls": "TLSv1.3, ECDSA P-256 server certificate, no client certificate, memory BIOs",
+    }
+
+
+def _stdlib_handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext) -> str:
+    """One full handshake between two ``ssl.SSLObject`` on memory BIOs; returns the negotiated version."""
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    client_done = server_done = False
+    for _ in range(32):
+        try:
+            if client_done:
+                client.read(_CHUNK)  # NewSessionTicket messages
+            else:
+                client.do_handshake()
+                client_done = True
+        except ssl.SSLWantReadError:
+            pass
+        to_server = c_out.read()
+        if to_server:
+            s_in.write(to_server)
+        if not server_done:
+            try:
+                server.do_handshake()
+                server_done = True
+            except ssl.SSLWantReadError:
+                pass
+        to_client = s_out.read()
+        if to_client:
+            c_in.write(to_client)
+        if client_done and server_done and not to_server and not to_client:
+            return str(client.version())
+    raise RuntimeError("TLS handshake did not converge")  # pragma: no cover
+
+
+def stdlib_floor(n: int = 500, *, stations: int = 1000, warmup: int = 20) -> dict[str, Any]:
+    """The same floor with Python's ``ssl`` module (the OpenSSL the asyncio peers run on, with its default group).
+
+    Keys: ``cpu_ms_per_handshake`` (both ends), ``storm_floor_s``, ``openssl`` (the linked version).
+    """
+    with tempfile.TemporaryDirectory(prefix="evsim-floor-") as tmp:
+        paths = make_bench_pki(tmp)
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.minimum_version = ssl.TLSVersion.TLSv1_3
+        server.load_cert_chain(str(paths["cert"]), str(paths["key"]))
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the host name
+        client.minimum_version = ssl.TLSVersion.TLSv1_3
+        client.load_verify_locations(str(paths["ca"]))
+        for _ in range(max(warmup, 1)):
+            _stdlib_handshake(client, server)
+        cpu0 = time.process_time()
+        for _ in range(n):
+            _stdlib_handshake(client, server)
+        per_handshake = (time.process_time() - cpu0) / n
+    return {
+        "cpu_ms_per_handshake": round(per_handshake * 1e3, 4),
+        "storm_floor_s": round(per_handshake * stations, 4),
+        "openssl": ssl.OPENSSL_VERSION,
     }
 
 

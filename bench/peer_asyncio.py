@@ -49,7 +49,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from bench.common import Result, cpu_s, make_bench_pki, raise_nofile, rss_kib
+from bench.common import Result, cpu_s, latency_percentiles_ms, make_bench_pki, raise_nofile, rss_kib
 
 __all__ = ["PeerConfig", "main", "run_peer"]
 
@@ -81,6 +81,8 @@ class PeerConfig:
     cert: Path
     key: Path
     rtt_seconds: float = 10.0
+    hb_interval: float = 10.0
+    hb_seconds: float = 0.0
     boot_timeout: float = 150.0
     compression: str | None = "deflate"
     hard_cap: float = 300.0
@@ -284,11 +286,12 @@ class _Boot:
     errors: dict[str, int] = field(default_factory=dict)
     timed_out: int = 0
     wall_s: float = 0.0
+    cpu_s: float = 0.0
 
 
 async def _boot_storm(stations: list[Station], deadline_s: float) -> _Boot:
     out = _Boot()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_s()
 
     async def boot_one(station: Station) -> Station:
         await station.boot()
@@ -312,6 +315,7 @@ async def _boot_storm(stations: list[Station], deadline_s: float) -> _Boot:
             kind = type(exc).__name__
             out.errors[kind] = out.errors.get(kind, 0) + 1
     out.wall_s = max(out.times) if out.times else deadline_s
+    out.cpu_s = cpu_s() - c0
     return out
 
 
@@ -350,6 +354,32 @@ async def _steady_state(stations: list[Station], seconds: float) -> _Steady:
         else:
             out.round_trips += task.result()
     return out
+
+
+async def _paced_heartbeats(stations: list[Station], interval: float, seconds: float) -> list[float]:
+    """Each station sends a Heartbeat every ``interval`` seconds for ``seconds`` (start phases spread evenly
+    over one interval; as ``bench.evsim_peer``); returns each round trip's latency in seconds."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    start = loop.time() + 0.1
+    end = start + seconds
+
+    async def paced(station: Station, phase: float) -> None:
+        at = start + phase
+        while at < end:
+            await asyncio.sleep(max(0.0, at - loop.time()))
+            sent = time.perf_counter()
+            await station.heartbeat()
+            latencies.append(time.perf_counter() - sent)
+            at += interval
+
+    tasks = [asyncio.create_task(paced(st, interval * i / len(stations))) for i, st in enumerate(stations)]
+    _done, pending = await asyncio.wait(tasks, timeout=seconds + interval + STEADY_DRAIN_S)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=CLOSE_TIMEOUT_S)
+    return latencies
 
 
 async def _close_all(stations: list[Station], server: Server) -> None:
@@ -419,6 +449,9 @@ async def run_peer(cfg: PeerConfig) -> Result:
             f"{cfg.variant}: {steady.round_trips} heartbeat round trips in {steady.wall_s:.2f} s "
             f"({steady.errors} station loops failed)"
         )
+    latencies: list[float] = []
+    if n_booted and cfg.hb_seconds > 0:
+        latencies = await _paced_heartbeats(boot.booted, cfg.hb_interval, cfg.hb_seconds)
     await _close_all(boot.booted, server)
 
     notes = [f"booted {n_booted}/{cfg.n}"]
@@ -441,6 +474,9 @@ async def run_peer(cfg: PeerConfig) -> Result:
         cpu_us_per_rtt=round(steady.cpu_s / steady.round_trips * 1e6, 1) if steady.round_trips else 0.0,
         kib_per_station=round((rss_after - rss_before) / n_booted, 1) if n_booted else 0.0,
         notes="; ".join(notes),
+        boot_cpu_s=round(boot.cpu_s, 4),
+        hb_ms=latency_percentiles_ms(latencies),
+        hb_count=len(latencies),
     )
 
 
@@ -458,10 +494,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--key", type=Path, help="CSMS private key (PEM)")
     parser.add_argument("--rtt-seconds", type=float, default=10.0, help="steady-state duration (default 10)")
     parser.add_argument(
+        "--hb-interval", type=float, default=10.0, help="paced phase: seconds between Heartbeats"
+    )
+    parser.add_argument("--hb-seconds", type=float, default=0.0, help="paced phase length (default 0: none)")
+    parser.add_argument(
         "--boot-timeout", type=float, default=150.0, help="boot storm deadline, also the open timeout"
     )
     parser.add_argument("--compression", choices=("deflate", "none"), default="deflate")
     parser.add_argument("--hard-cap", type=float, default=300.0, help="kill the process after this long")
+    parser.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=None,
+        help="gc.set_threshold(N, 20, 100) before the run, as bench.evsim_peer's option (default: Python's)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args(argv)
     given = [args.ca, args.cert, args.key]
@@ -469,7 +515,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--ca, --cert and --key go together")
     if args.n < 1 or args.rtt_seconds <= 0 or args.boot_timeout <= 0:
         parser.error("--n, --rtt-seconds and --boot-timeout must be positive")
-    budget = args.boot_timeout + args.rtt_seconds + STEADY_DRAIN_S + 3 * CLOSE_TIMEOUT_S + SETUP_MARGIN_S
+    budget = (
+        args.boot_timeout
+        + args.rtt_seconds
+        + args.hb_seconds
+        + args.hb_interval
+        + 2 * STEADY_DRAIN_S
+        + 3 * CLOSE_TIMEOUT_S
+        + SETUP_MARGIN_S
+    )
     if budget > args.hard_cap:
         args.boot_timeout = max(1.0, args.hard_cap - (budget - args.boot_timeout))
         _log(f"boot timeout lowered to {args.boot_timeout:.0f} s to fit the {args.hard_cap:.0f} s hard cap")
@@ -479,6 +533,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     faulthandler.dump_traceback_later(args.hard_cap, exit=True)
+    if args.gc_threshold is not None:
+        gc.set_threshold(args.gc_threshold, 20, 100)
     try:
         with tempfile.TemporaryDirectory(prefix="evsim-peer-") as tmp:
             pki = (
@@ -491,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
                 cert=pki["cert"],
                 key=pki["key"],
                 rtt_seconds=args.rtt_seconds,
+                hb_interval=args.hb_interval,
+                hb_seconds=args.hb_seconds,
                 boot_timeout=args.boot_timeout,
                 compression=None if args.compression == "none" else args.compression,
                 hard_cap=args.hard_cap,

@@ -42,12 +42,17 @@ _LINE = re.compile(r"^\S+ \[\s*(?P<t>[0-9.]+)\] \S+\s+(?P<node>\S+) (?P<kind>\S+
 _FAILURES = ("handshake_failed", "connection_lost")
 
 
-def parse_log(lines: list[str]) -> dict[str, Any]:
+def parse_log(lines: list[str], *, server: bool = False) -> dict[str, Any]:
     """Connect times and failures from one process's event lines.
 
+    Args:
+        lines: the process's event lines.
+        server: the lines are the CSMS's: one node (``csms``) logs every connection, so every failure event
+            counts (a station's log counts those of stations not yet booted only).
+
     Returns:
-        ``booted``: station -> elapsed seconds of its first ``booted`` event; ``failures``: failure events of nodes
-        not yet booted, by kind; ``events``: lines read.
+        ``booted``: node -> elapsed seconds of its first ``booted`` event; ``failures``: failure events (of nodes
+        not yet booted, unless ``server``), by kind; ``events``: lines read.
     """
     booted: dict[str, float] = {}
     failures: dict[str, int] = {}
@@ -60,7 +65,7 @@ def parse_log(lines: list[str]) -> dict[str, Any]:
         node, kind = m["node"], m["kind"]
         if kind == "booted":
             booted.setdefault(node, float(m["t"]))
-        elif kind in _FAILURES and node not in booted:
+        elif kind in _FAILURES and (server or node not in booted):
             failures[kind] = failures.get(kind, 0) + 1
     return {"booted": booted, "failures": failures, "events": events}
 
@@ -147,7 +152,7 @@ def run(
                     csms.kill()
                     csms.wait()
         st = parse_log(st_log.read_text(errors="replace").splitlines())
-        cs = parse_log(csms_log.read_text(errors="replace").splitlines())
+        cs = parse_log(csms_log.read_text(errors="replace").splitlines(), server=True)
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
             shutil.copy(st_log, keep / "stations.log")

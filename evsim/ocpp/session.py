@@ -70,7 +70,7 @@ import enum
 import math
 import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Protocol, TypeAlias, cast, runtime_checkable
 
 import attrs
 import trio
@@ -99,7 +99,7 @@ from evsim.ocpp.rpc import (
     RpcStatistics,
     SendReceived,
 )
-from evsim.runtime import give_back_memory
+from evsim.runtime import conforms, give_back_memory
 
 DEFAULT_MAX_SEND_QUEUE = 256 * 1024
 """Bytes (UTF-8 text of OCPP frames) that may wait to be sent to one peer before the session stops reading it."""
@@ -346,8 +346,9 @@ class OcppSession:
         # the transport's synchronous send path (see the module docstring), when it has one
         self._send_fast: Callable[[str], bool] | None = None
         self._flush_fast: Callable[[], Awaitable[None]] | None = None
-        if isinstance(transport, NowaitTextTransport):
-            self._send_fast, self._flush_fast = transport.send_text_nowait, transport.flush
+        if conforms(transport, NowaitTextTransport):
+            fast = cast(NowaitTextTransport, transport)
+            self._send_fast, self._flush_fast = fast.send_text_nowait, fast.flush
 
         self._waiters: dict[str, _Waiter] = {}
         self._incoming: list[CallReceived | SendReceived] = []  # usually empty: a list is 10x smaller
@@ -369,8 +370,8 @@ class OcppSession:
         self._stall_deadline = math.inf  # when the stall watch looks at the writer's progress next
         self._stall_mark = 0  # _sends_done when the stall watch was armed
         self._release_idle: Callable[[], int] | None = (
-            transport.release_idle_state
-            if idle_release_s is not None and isinstance(transport, IdleRelease)
+            cast(IdleRelease, transport).release_idle_state
+            if idle_release_s is not None and conforms(transport, IdleRelease)
             else None
         )
         self._idle_release_s = idle_release_s or math.inf

@@ -20,13 +20,14 @@ import contextlib
 import enum
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import trio
 from OpenSSL import SSL
 
 from evsim.errors import BrokenTransport, ClosedTransport
 from evsim.net.base import NowaitSend
+from evsim.runtime import conforms
 from evsim.tls import _ossl
 from evsim.tls.failures import TlsBrokenTransport, TlsClosedTransport, again
 
@@ -228,7 +229,7 @@ class BioPump:
         # evsim's own transports take bytes synchronously and keep what the kernel did not take queued, in
         # order, even when a send is cancelled (NowaitSend): then no send can break the stream.
         self._push: Callable[[bytes], bool | None] | None = (
-            transport_stream.send_nowait if isinstance(transport_stream, NowaitSend) else None
+            cast(NowaitSend, transport_stream).send_nowait if conforms(transport_stream, NowaitSend) else None
         )
         self._conn = conn
         fast = self._engine = _fast_engine(conn)

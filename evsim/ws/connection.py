@@ -77,6 +77,7 @@ from evsim.errors import (
     WebSocketClosed,
 )
 from evsim.net.base import IdleState, NowaitSend
+from evsim.runtime import conforms
 from evsim.ws.deflate import BoundedDeflate
 from evsim.ws.frames import OP_BINARY, OP_TEXT, FrameReader, encode_data_frame
 
@@ -265,7 +266,7 @@ class WebSocket(trio.abc.AsyncResource):
         self._send_broken: str | None = None
         # evsim streams (TlsStream, TcpStream) take bytes synchronously: see send_text_nowait
         self._push: Callable[[bytes], bool | None] | None = (
-            stream.send_nowait if isinstance(stream, NowaitSend) else None
+            cast(NowaitSend, stream).send_nowait if conforms(stream, NowaitSend) else None
         )
         # closing
         self._close_code: int | None = None
@@ -364,8 +365,8 @@ class WebSocket(trio.abc.AsyncResource):
         freed = 0
         if self._deflate is not None:
             freed += self._deflate.release()
-        if isinstance(self._stream, IdleState):
-            freed += self._stream.release_idle_state()
+        if conforms(self._stream, IdleState):
+            freed += cast(IdleState, self._stream).release_idle_state()
         return freed
 
     async def send_text(self, text: str) -> None:
