@@ -661,7 +661,9 @@ class Station:
                 continue
             self._check_done()
             self._wake = trio.Event()
-            wake_at = min(next_heartbeat, self.certs.next_deadline(trio.current_time(), self.clock.utcnow()))
+            wake_at = next_heartbeat
+            if self.certs.planned:
+                wake_at = min(wake_at, self.certs.next_deadline(trio.current_time(), self.clock.utcnow()))
             with trio.move_on_at(wake_at) as timer:
                 await self._wake.wait()
             if timer.cancelled_caught:  # tasks due now wake in random order: theirs go before a Heartbeat
@@ -674,6 +676,8 @@ class Station:
         if certs.take_reconnect():
             raise CertificateSwitch("reconnecting with the renewed client certificate")
         self.device_model.check_reset()
+        if not certs.planned:
+            return False
         request = certs.poll(trio.current_time(), self.clock.utcnow())
         if request is None:
             return False
