@@ -24,8 +24,33 @@ import math
 
 import attrs
 import trio
+import trio.testing
 
 UTC = _dt.UTC
+
+
+def virtual_clock() -> trio.testing.MockClock:
+    """trio's ``MockClock(autojump_threshold=0)`` for a run in virtual time, with a cheaper ``current_time``.
+
+    At rate 0 a MockClock's time moves only when it jumps, yet each reading still asks the machine's clock and
+    converts; trio and evsim read it several times per message. This one keeps the time it last jumped to.
+    Its ``rate`` must stay 0 (nothing in evsim changes it).
+    """
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    read = clock.current_time
+    jump = clock.jump
+    now = [read()]
+
+    def current_time() -> float:
+        return now[0]
+
+    def jump_to(seconds: float) -> None:
+        jump(seconds)
+        now[0] = read()
+
+    setattr(clock, "current_time", current_time)  # noqa: B010 - instance attributes shadow the methods
+    setattr(clock, "jump", jump_to)  # noqa: B010
+    return clock
 
 
 def real_utcnow() -> _dt.datetime:
@@ -42,6 +67,10 @@ class SimClock:
 
     start_utc: _dt.datetime
     t0: float = 0.0
+    # utc_at's last answer: a node asks several times at one instant (one task step), and building the
+    # datetime costs more than the rest of a clock read.
+    _last_at: float = attrs.field(default=math.nan, init=False, eq=False, repr=False)
+    _last_utc: _dt.datetime | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
     @classmethod
     def start(cls, start_utc: _dt.datetime | None = None) -> SimClock:
@@ -65,7 +94,11 @@ class SimClock:
 
     def utc_at(self, now: float) -> _dt.datetime:
         """Simulation wall time at trio time ``now`` (for sans-IO code that got ``now`` passed in)."""
-        return self.start_utc + _dt.timedelta(seconds=now - self.t0)
+        if now == self._last_at and self._last_utc is not None:
+            return self._last_utc
+        utc = self.start_utc + _dt.timedelta(seconds=now - self.t0)
+        self._last_at, self._last_utc = now, utc
+        return utc
 
 
 MAX_SLEW_PPM = 500.0

@@ -12,7 +12,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from evsim.clock import MAX_SLEW_PPM, DeviceClock, NodeClock, SimClock
+from evsim.clock import MAX_SLEW_PPM, DeviceClock, NodeClock, SimClock, virtual_clock
 from evsim.errors import ConfigError
 from evsim.nodes.devicetime import ClockSettings, DeviceTime
 
@@ -179,3 +179,30 @@ async def test_clock_variables_and_their_validation(autojump_clock: trio.testing
     assert time.set_variable("Nope", "1") == ("UnknownVariable", None)
     with pytest.raises(ConfigError):
         ClockSettings(time_source=())
+
+
+@given(times, times)
+def test_a_date_read_again_is_the_same_and_another_instant_gives_its_own(t1: float, t2: float) -> None:
+    clock = SimClock(start_utc=START, t0=0.0)
+    for t in (t1, t1, t2, t1):
+        assert clock.utc_at(t) == START + dt.timedelta(seconds=t)
+
+
+def test_the_virtual_clock_reads_the_time_it_jumped_to() -> None:
+    clock = virtual_clock()
+    seen: list[float] = []
+
+    async def main() -> None:
+        seen.append(trio.current_time())
+        await trio.sleep(300.0)  # every task waits: the clock jumps to the deadline
+        seen.append(trio.current_time())
+        clock.jump(2.5)
+        seen.append(trio.current_time())
+        with trio.move_on_after(60.0):
+            await trio.sleep_forever()
+        seen.append(trio.current_time())
+
+    trio.run(main, clock=clock)
+    assert isinstance(clock, trio.testing.MockClock)
+    assert seen == [0.0, 300.0, 302.5, 362.5]
+    assert clock.current_time() == 362.5

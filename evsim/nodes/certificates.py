@@ -225,6 +225,12 @@ class StationCertificates:
         """A signing request is in progress."""
         return self._request is not None
 
+    @property
+    def planned(self) -> bool:
+        """:meth:`poll` may have something to send, now or later (a request in progress or a renewal to
+        plan). False lets the caller skip reading the clocks for :meth:`poll` and :meth:`next_deadline`."""
+        return self._request is not None or self._renewal_at() is not None
+
     def client_certificate(self) -> CertKey | None:
         """The certificate the next connection uses: the candidate, else the installed one."""
         return self.candidate if self.candidate is not None else self.identity

@@ -28,7 +28,7 @@ import trio
 import trio.testing
 
 from evsim import interrupts
-from evsim.clock import SimClock, real_utcnow
+from evsim.clock import SimClock, real_utcnow, virtual_clock
 from evsim.errors import ConfigError
 from evsim.metrics.rundir import Sample
 from evsim.nodes.controller import LocalController
@@ -523,7 +523,7 @@ def run_scenario(
     preflight(scenario)
     tune_gc()
     runner = ScenarioRunner(scenario, sink=sink, on_sample=on_sample, pcap=pcap)
-    clock = trio.testing.MockClock(autojump_threshold=0) if scenario.simulation.clock == "virtual" else None
+    clock = virtual_clock() if scenario.simulation.clock == "virtual" else None
     wall0 = time.perf_counter()
     try:
         interrupts.run(runner.run, clock=clock, on_interrupt=runner.interrupt)

@@ -38,7 +38,7 @@ import trio.testing
 
 from evsim import interrupts
 from evsim.backoff import RetryBackOff
-from evsim.clock import SimClock, real_utcnow
+from evsim.clock import SimClock, real_utcnow, virtual_clock
 from evsim.errors import ConfigError, OcppError, TransportError
 from evsim.link.service import Endpoint, Service
 from evsim.link.slots import NetworkSlot
@@ -100,7 +100,7 @@ def run(main: Callable[..., Awaitable[T]], *args: object, clock: ClockKind = "vi
     Returns:
         What ``main`` returns.
     """
-    mock = trio.testing.MockClock(autojump_threshold=0) if clock == "virtual" else None
+    mock = virtual_clock() if clock == "virtual" else None
     return interrupts.run(main, *args, clock=mock)
 
 
