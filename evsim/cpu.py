@@ -280,8 +280,8 @@ class CpuStatistics:
     Attributes:
         cores: its capacity.
         busy_s: core-seconds spent (sum of the service served).
-        queue_peak: most operations in progress at once (more than ``cores``: they shared the cores).
-        waiting: operations in progress now beyond one per core.
+        queue_peak: most operations in the CPU at once, served or waiting (more than ``cores``: some waited).
+        waiting: operations waiting for a core now.
         operations: kind (its first three names) -> operations charged.
         busy_by_kind: kind (first three names) -> core-seconds.
     """
