@@ -391,8 +391,10 @@ class _Watch(Cpu):
         self.left = n
         self.done = trio.Event()
 
-    async def charge(self, kind: Kind, size: int = 0, *, less: Kind | None = None) -> None:
-        await super().charge(kind, size, less=less)
+    async def charge(
+        self, kind: Kind, size: int = 0, *, less: Kind | None = None, owner: str | None = None
+    ) -> None:
+        await super().charge(kind, size, less=less, owner=owner)
         if kind == ("ocpp", "serve", "StatusNotification"):
             self.left -= 1
             if self.left <= 0:

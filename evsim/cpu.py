@@ -4,9 +4,11 @@ Theory of operation. Under trio's MockClock the code of a node runs in zero virt
 thousand TLS handshakes is over at ``t = 0``. The model puts the time back: a node (or a fleet of stations
 sharing one process) gets a :class:`Cpu` with ``cores`` and a :class:`CpuProfile`; at each costly operation
 the node calls :meth:`Cpu.charge` with the operation's kind, which takes the operation's service time on the
-virtual clock, the cores shared by every operation in progress (as an event loop interleaves its tasks).
-Work that arrives while the cores are busy slows everything down, as on a real machine, so latencies, time
-to drain and back-off retries come out of the run.
+virtual clock once a core is free, first come first served (as an event loop runs each task step to its end,
+the tasks that became ready first first). Work that arrives while the cores are busy waits, as on a real
+machine, so latencies, time to drain and back-off retries come out of the run; a node's admission limits
+(the CSMS's ``max_handshakes``, a fleet's connect window) are the nodes' own code and apply in virtual time
+too.
 
 The costs are pure data (:class:`CpuProfile`, a JSON file written by ``evsim calibrate``); kinds are
 tuples of names, most general first, joined with ``/`` in the file:
@@ -34,6 +36,7 @@ The model is for virtual time only: on the real clock real CPU is spent and node
 from __future__ import annotations
 
 import collections
+import contextvars
 import functools
 import heapq
 import itertools
@@ -58,6 +61,7 @@ __all__ = [
     "CpuStatistics",
     "Kind",
     "load_profile",
+    "set_cpu_owner",
     "shipped_profiles",
 ]
 
@@ -276,8 +280,8 @@ class CpuStatistics:
     Attributes:
         cores: its capacity.
         busy_s: core-seconds spent (sum of the service served).
-        queue_peak: most operations in progress at once (more than ``cores``: they shared the cores).
-        waiting: operations in progress now beyond one per core.
+        queue_peak: most operations in the CPU at once, served or waiting (more than ``cores``: some waited).
+        waiting: operations waiting for a core now.
         operations: kind (its first three names) -> operations charged.
         busy_by_kind: kind (first three names) -> core-seconds.
     """
@@ -292,26 +296,42 @@ class CpuStatistics:
 
 @attrs.define(eq=False)
 class _Job:
-    """One operation in a :class:`Cpu`: done when the CPU's per-job service reaches ``finish``."""
+    """One operation in a :class:`Cpu`: waiting (``start`` is NaN) or served since ``start``."""
 
-    finish: float
+    order: tuple[float, str, int]  # (arrival, owner, sequence): the order of service
+    cost: float
     label: str
-    start: float  # the per-job service when it arrived
-    deadline: float = math.inf  # set while it is the job that finishes first (it keeps the CPU's timer)
-    scope: trio.CancelScope | None = None
+    scope: trio.CancelScope
+    start: float = math.nan
     done: bool = False
 
 
-class Cpu:
-    """``cores`` processors shared by the operations in progress, in virtual time (processor sharing).
+_OWNER: contextvars.ContextVar[str] = contextvars.ContextVar("evsim_cpu_owner", default="")
 
-    Theory of operation. Every operation in progress gets an equal share of the cores, at most one each
-    (``min(1, cores / n)``), as an event loop interleaves the tasks it runs: an operation of service time ``w``
-    that arrives alone takes ``w``; four that arrive together on one core all end after ``4 w``. Operations
-    that arrive at the same instant are served alike whatever order trio's scheduler started them in, so a
-    seed gives one run. The per-job service ``V(t)`` (how much one job in progress has been served) grows at
-    that share; a job arriving with ``w`` ends when ``V`` reaches ``V(arrival) + w``; the job that ends first
-    holds the one timer (a cancel-scope deadline), so an arrival or a departure costs ``O(log n)``.
+
+def set_cpu_owner(owner: str) -> None:
+    """Name whom the current task (and the tasks it starts from now on) works for: a station its own id, a
+    server's connection task the peer it serves. Operations that reach a :class:`Cpu` at the same virtual
+    instant are served in the order of their owners' names, so trio's scheduling order does not decide."""
+    _OWNER.set(owner)
+
+
+class Cpu:
+    """``cores`` processors serving operations one at a time each, first come first served, in virtual time.
+
+    Theory of operation. A node's event loop (trio) runs each task step to its end before the next: the TLS
+    work of a handshake, the parsing of a message are not interleaved with other tasks' work, and the tasks
+    that became ready first run first. The model does the same with whole operations: a core serves one
+    operation at a time, for its service time, and the operations waiting for a core are served in the order
+    they arrived (ties at one virtual instant: by the owner's name, :func:`set_cpu_owner`, then by arrival,
+    so a seed gives one run whatever order trio started the tasks in). A storm therefore drains in waves of
+    operations, as a real process does: the first stations finish their handshakes while later ones still
+    wait, and the next operations of the first overlap with other nodes' work on theirs.
+
+    An operation that gets a core at the instant of a decision has not been served yet; it gives its core
+    back to one that arrives at that same instant and comes before it in the order (only then is the order
+    of one instant final). Each operation in service holds its own timer (a cancel-scope deadline at its
+    end), so an arrival or a departure costs ``O(log n)``.
 
     Args:
         name: the node (or station group) it belongs to.
@@ -321,9 +341,6 @@ class Cpu:
         sleep: False only accounts (busy time, operations) without taking any time: what the model would
             charge a run on the real clock (``evsim calibrate`` compares it with the CPU really spent).
     """
-
-    EPSILON: Final = 1e-9
-    """Service (s) below which a job counts as served (float error of the clock arithmetic)."""
 
     def __init__(
         self, name: str, profile: CpuProfile, *, cores: int = 1, scale: float = 1.0, sleep: bool = True
@@ -335,21 +352,23 @@ class Cpu:
         self.cores = cores
         self.scale = scale
         self.sleep = sleep
-        self._jobs: list[tuple[float, int, _Job]] = []  # heap by finish tag (the int only breaks ties)
-        self._tie = itertools.count()
-        self._active = 0
-        self._served = 0.0  # V: service per job in progress so far
-        self._synced = 0.0  # when V was last brought up to date
-        self._timer: _Job | None = None
-        self._busy = 0.0
+        self._waiting: list[tuple[tuple[float, str, int], _Job]] = []  # heap by order of service
+        self._serving: list[_Job] = []  # at most ``cores``
+        self._seq = itertools.count()
+        self._in_system = 0  # waiting + in service
+        self._busy = 0.0  # core-seconds of the operations ended (or left)
         self._queue_peak = 0
         self._ops: collections.Counter[str] = collections.Counter()
         self._busy_by: dict[str, float] = collections.defaultdict(float)
 
-    async def charge(self, kind: Kind, size: int = 0, *, less: Kind | None = None) -> None:
-        """Spend the service time of ``kind`` (a message of ``size`` bytes), sharing the cores with the
-        operations in progress; with ``less``, only what ``kind`` costs beyond ``less`` (charged before, when
-        the precise kind was not known yet). Cancelled, it leaves at once (what it was served counts)."""
+    async def charge(
+        self, kind: Kind, size: int = 0, *, less: Kind | None = None, owner: str | None = None
+    ) -> None:
+        """Spend the service time of ``kind`` (a message of ``size`` bytes) on a core, after the operations
+        that arrived before it; with ``less``, only what ``kind`` costs beyond ``less`` (charged before, when
+        the precise kind was not known yet). ``owner`` orders it among operations arriving at the same
+        instant (default: the task's, :func:`set_cpu_owner`). Cancelled, it leaves at once (what it was
+        served counts)."""
         cost = self.profile.cost(kind, size) * self.scale
         if less is not None:
             cost = max(0.0, cost - self.profile.cost(less) * self.scale)
@@ -362,77 +381,70 @@ class Cpu:
             self._busy_by[label] += cost
             return
         now = trio.current_time()
-        self._sync(now)
-        job = _Job(self._served + cost, label, self._served)
-        heapq.heappush(self._jobs, (job.finish, next(self._tie), job))
-        self._active += 1
-        self._queue_peak = max(self._queue_peak, self._active)
-        self._arm(now)
+        who = _OWNER.get() if owner is None else owner
+        job = _Job((now, who, next(self._seq)), cost, label, trio.CancelScope())
+        heapq.heappush(self._waiting, (job.order, job))
+        self._in_system += 1
+        self._queue_peak = max(self._queue_peak, self._in_system)
+        self._dispatch(now)
         try:
-            while not job.done:
-                job.scope = trio.CancelScope(deadline=job.deadline)
-                with job.scope:
-                    await trio.sleep_forever()
-                if not job.done:  # its deadline: it is the first to finish (or a stale timer)
-                    self._complete(trio.current_time())
+            with job.scope:  # its deadline is its end of service, set when it gets a core
+                await trio.sleep_forever()
         finally:
-            if not job.done:  # cancelled from outside: leave the CPU
-                now = trio.current_time()
-                self._sync(now)
-                job.done = True
-                self._active -= 1
-                self._busy_by[label] += self._served - job.start
-                self._arm(now)
+            now = trio.current_time()
+            served = 0.0
+            if not math.isnan(job.start):  # in service: to its end, or cancelled part of the way
+                served = job.cost if now >= job.start + job.cost else now - job.start
+                self._serving.remove(job)
+            job.done = True  # a waiting one leaves the heap lazily
+            self._in_system -= 1
+            self._busy += served
+            self._busy_by[label] += served
+            self._dispatch(now)
 
-    def _share(self) -> float:
-        return min(1.0, self.cores / self._active) if self._active else 1.0
+    def _dispatch(self, now: float) -> None:
+        """Give free cores to the first waiting operations, and a core taken at ``now`` (not served yet) to a
+        waiting operation that comes before its holder."""
+        waiting, serving = self._waiting, self._serving
+        while True:
+            while waiting and waiting[0][1].done:
+                heapq.heappop(waiting)
+            if not waiting:
+                return
+            head = waiting[0][1]
+            if len(serving) < self.cores:
+                heapq.heappop(waiting)
+                self._start(head, now)
+                continue
+            provisional = [j for j in serving if j.start == now]
+            if not provisional:
+                return
+            last = max(provisional, key=lambda j: j.order)
+            if head.order >= last.order:
+                return
+            heapq.heappop(waiting)
+            serving.remove(last)
+            last.start = math.nan
+            last.scope.deadline = math.inf
+            heapq.heappush(waiting, (last.order, last))
+            self._start(head, now)
 
-    def _sync(self, now: float) -> None:
-        dt = now - self._synced
-        if dt > 0:
-            self._served += dt * self._share()
-            self._busy += dt * min(self._active, self.cores)
-        self._synced = now
-
-    def _head(self) -> _Job | None:
-        while self._jobs and self._jobs[0][2].done:
-            heapq.heappop(self._jobs)  # left early (cancelled)
-        return self._jobs[0][2] if self._jobs else None
-
-    def _complete(self, now: float) -> None:
-        """End every job served by ``now``; re-arm the timer."""
-        self._sync(now)
-        while (head := self._head()) is not None and head.finish <= self._served + self.EPSILON:
-            heapq.heappop(self._jobs)
-            head.done = True
-            self._active -= 1
-            self._busy_by[head.label] += head.finish - head.start
-            if head.scope is not None:
-                head.scope.cancel()
-        self._arm(now)
-
-    def _arm(self, now: float) -> None:
-        """Give the timer to the job that finishes first, at the time it will at the current share."""
-        head = self._head()
-        if self._timer is not None and self._timer is not head:
-            self._timer.deadline = math.inf
-            if self._timer.scope is not None:
-                self._timer.scope.deadline = math.inf
-        self._timer = head
-        if head is not None:
-            head.deadline = now + max(0.0, head.finish - self._served) / self._share()
-            if head.scope is not None:
-                head.scope.deadline = head.deadline
+    def _start(self, job: _Job, now: float) -> None:
+        job.start = now
+        job.scope.deadline = now + job.cost
+        self._serving.append(job)
 
     def statistics(self) -> CpuStatistics:
         """A snapshot of the counters (busy time up to now)."""
-        if self.sleep:
-            self._sync(trio.current_time())
+        busy = self._busy
+        if self.sleep and self._serving:
+            now = trio.current_time()
+            busy += sum(min(j.cost, now - j.start) for j in self._serving)
         return CpuStatistics(
             cores=self.cores,
-            busy_s=self._busy,
+            busy_s=busy,
             queue_peak=self._queue_peak,
-            waiting=max(0, self._active - self.cores),
+            waiting=self._in_system - len(self._serving),
             operations=dict(self._ops),
             busy_by_kind=dict(self._busy_by),
         )

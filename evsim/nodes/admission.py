@@ -68,7 +68,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from evsim.clock import SimClock
-from evsim.cpu import Cpu
+from evsim.cpu import Cpu, set_cpu_owner
 from evsim.errors import ConfigError, HandshakeFailed, UpgradeFailed
 from evsim.net.base import peer_address, remote_address
 from evsim.nodes.acceptor import handshake_finished
@@ -652,6 +652,7 @@ async def admit_station(
         admission.source = stream_source(admission.stream)
     source = admission.source
     bind_peer(admission.peer)
+    set_cpu_owner(source)  # on the in-memory network a station's host name is its id
     recorder.emit(node, "connection_opened")
     if cpu is not None:
         await cpu.charge(("conn", "server"))

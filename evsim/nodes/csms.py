@@ -458,7 +458,9 @@ class Csms:
                 connection_admitted()
             return response
 
-        session = conn.session = OcppSession(ws, rpc, handler, on_event=inputs, cpu=self.cpu)
+        session = conn.session = OcppSession(
+            ws, rpc, handler, on_event=inputs, cpu=self.cpu, cpu_owner=station_id
+        )
         if rec.connection is None:
             make_live(rec, conn)  # else it waits beside the live one until its own boot is Accepted
         self.recorder.emit(

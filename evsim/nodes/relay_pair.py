@@ -321,6 +321,9 @@ class RelayPair:
         # First link for a station: a few attempts, the station waits meanwhile. Reconnects (keep_station):
         # until it works or the station leaves.
         attempts = cfg.upstream_connect_attempts if first else None
+        if lc.cpu is not None:  # opening the link costs the controller (as a station's connection does); the
+            # links it opens at one instant leave in the order of their station ids, so a seed gives one run
+            await lc.cpu.charge(("conn", "client"), owner=sid)
         try:
             conn = await connect_service(
                 lc.upstream,

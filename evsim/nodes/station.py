@@ -47,7 +47,7 @@ import attrs
 import trio
 
 from evsim.clock import NodeClock, SimClock, isoformat
-from evsim.cpu import Cpu
+from evsim.cpu import Cpu, set_cpu_owner
 from evsim.errors import (
     CallErrorReceived,
     CallTimeout,
@@ -222,6 +222,7 @@ class Station:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled: the connection loop and the charging behaviour."""
+        set_cpu_owner(self.name)  # its operations queue on a shared CPU model in the order of station ids
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._connection_loop)
             self.firmware.attach(nursery)
@@ -493,7 +494,14 @@ class Station:
                 await ws.aclose(1002, "no OCPP subprotocol agreed")
                 raise OcppError("CSMS agreed no OCPP subprotocol", error_code="ProtocolError")
             rpc = RpcConnection(version=version_for(ws.subprotocol), call_timeout=profile.message_timeout)
-            session = OcppSession(ws, rpc, self._handle_csms_call, on_event=self._on_rpc_event, cpu=self.cpu)
+            session = OcppSession(
+                ws,
+                rpc,
+                self._handle_csms_call,
+                on_event=self._on_rpc_event,
+                cpu=self.cpu,
+                cpu_owner=self.name,
+            )
             async with trio.open_nursery() as nursery:
                 self._link_scope = nursery.cancel_scope
                 await nursery.start(self._run_session, session, nursery.cancel_scope)

@@ -265,6 +265,8 @@ class OcppSession:
             ``ocpp/call/<action>`` (and ``validate/<action>`` when the RPC core validates) before the CALL
             leaves, an incoming CALL ``ocpp/serve/<action>`` (and ``validate/<action>``) before its handler
             runs, both by the frame's size. None: no cost.
+        cpu_owner: whom these operations are for (the station's id), the order among operations that reach
+            ``cpu`` at the same instant (:func:`evsim.cpu.set_cpu_owner`); None: the calling task's.
         idle_release_s: seconds without a received frame after which the transport's ``release_idle_state()``
             is called (found within twice that); None never releases; by default
             :data:`DEFAULT_IDLE_RELEASE_S` in real time and off under trio's ``MockClock``.
@@ -277,6 +279,7 @@ class OcppSession:
         "_close_reason",
         "_closed",
         "_cpu",
+        "_cpu_owner",
         "_flush_fast",
         "_handler",
         "_handler_errors",
@@ -329,6 +332,7 @@ class OcppSession:
         max_send_queue: int = DEFAULT_MAX_SEND_QUEUE,
         send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
         cpu: Cpu | None = None,
+        cpu_owner: str | None = None,
         idle_release_s: float | _Default | None = IDLE_RELEASE_DEFAULT,
     ) -> None:
         self._idle_auto = idle_release_s is IDLE_RELEASE_DEFAULT
@@ -388,6 +392,7 @@ class OcppSession:
         self._handler_errors = 0
         self._last_handler_error: str | None = None
         self._cpu = cpu
+        self._cpu_owner = cpu_owner
         self._sizes: dict[str, int] = {}  # with a CPU model: incoming CALL id -> its frame's size
 
     # ---- public API -----------------------------------------------------------------------------------
@@ -813,9 +818,9 @@ class OcppSession:
 
     async def _charge(self, role: str, action: str, size: int) -> None:
         assert self._cpu is not None
-        await self._cpu.charge(("ocpp", role, action), size)
+        await self._cpu.charge(("ocpp", role, action), size, owner=self._cpu_owner)
         if self.rpc.validate:
-            await self._cpu.charge(("validate", action), size)
+            await self._cpu.charge(("validate", action), size, owner=self._cpu_owner)
 
     async def _answer(self, event: CallReceived) -> None:
         mid = event.message_id

@@ -210,6 +210,7 @@ def _group(g: StationGroupSpec) -> dict[str, Any]:
             "heartbeat_fallback": g.heartbeat_fallback,
             "retry_backoff": _backoff(g.retry_backoff),
             "queue_max": g.queue_max,
+            "connect_window": g.connect_window or None,
             "pins": g.pins,
             "change": g.change,
             "certificates": _drop_none(

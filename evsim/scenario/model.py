@@ -427,6 +427,8 @@ class StationGroupSpec:
         heartbeat_fallback: heartbeat interval until the CSMS gives one, seconds.
         retry_backoff: reconnect back-off.
         queue_max: offline message queue threshold.
+        connect_window: how many of the group's stations may be setting up a connection at once (TCP, TLS,
+            WebSocket), as ``evsim stations --connect-window``; 0: no limit.
         pins: name of a :class:`PinSetSpec` (each station gets its own pin memory), or None.
         change: name of a :class:`ChangeSpec` (each station remembers the CSMS's leaf), or None.
         endpoints: the endpoints the stations connect to, one network-profile slot each (slot = position);
@@ -456,6 +458,7 @@ class StationGroupSpec:
     heartbeat_fallback: float = default_of(StationConfig, "default_heartbeat_s")
     retry_backoff: RetryBackOff = attrs.field(factory=RetryBackOff)
     queue_max: int = default_of(StationConfig, "queue_max")
+    connect_window: int = 0
     pins: str | None = None
     change: str | None = None
     endpoints: tuple[EndpointSpec, ...] = ()

@@ -663,6 +663,7 @@ class NodeReader(TlsReader, ScenarioChecks):
             ),
             retry_backoff=self.backoff(t),
             queue_max=t.integer("queue_max", default_of(StationGroupSpec, "queue_max"), 1, 10_000_000),
+            connect_window=t.integer("connect_window", 0, 0, 1_000_000),
             endpoints=endpoints,
             network_attempts=t.integer(
                 "network_attempts", default_of(StationGroupSpec, "network_attempts"), 1, MAX_NETWORK_ATTEMPTS

@@ -372,6 +372,7 @@ class ScenarioRunner:
                 heartbeat_fallback=group.heartbeat_fallback,
                 retry_backoff=group.retry_backoff,
                 queue_max=group.queue_max,
+                connect_window=group.connect_window,
                 network_attempts=group.network_attempts,
                 fallback=group.fallback,
                 certificates=group.certificates.settings(sc.pki.organization),

@@ -140,6 +140,7 @@ STATION_KEYS: Final = (
     "heartbeat_fallback",
     "retry_backoff",
     "queue_max",
+    "connect_window",
     "pins",
     "change",
     "endpoints",

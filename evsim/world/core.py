@@ -494,6 +494,7 @@ class World(WorldClocks, WorldEnergy, WorldFiles, WorldLinks):
         heartbeat_fallback: float = 300.0,
         retry_backoff: RetryBackOff | None = None,
         queue_max: int = 1000,
+        connect_window: int = 0,
         network_attempts: int = 3,
         fallback: Literal["restart_list", "last_working"] = "restart_list",
         certificates: CertificateSettings | None = None,
@@ -522,6 +523,8 @@ class World(WorldClocks, WorldEnergy, WorldFiles, WorldLinks):
             heartbeat_fallback: heartbeat interval until the CSMS gives one, seconds.
             retry_backoff: reconnect back-off; default OCPP's.
             queue_max: offline message queue threshold.
+            connect_window: how many of them may be setting up a connection at once, as ``evsim stations
+                --connect-window`` (:mod:`evsim.nodes.setup_window`); 0: no limit.
             network_attempts: attempts per slot before the next (with ``routes``).
             fallback: the slot walk after every slot failed (with ``routes``).
             certificates: their certificate device model (key pair of a CSR, A03 renewal threshold,
@@ -581,6 +584,7 @@ class World(WorldClocks, WorldEnergy, WorldFiles, WorldLinks):
             "certificates": certificates or CertificateSettings(organization_name=self.pki.organization),
             "clock": clock.settings(),
         }
+        window = trio.CapacityLimiter(connect_window) if connect_window > 0 else None
         for n in range(1, count + 1):
             sid = pattern.format(n=n)
             if sid in self.stations or sid in self.csms or sid in self.controllers or sid in self.groups:
@@ -618,6 +622,7 @@ class World(WorldClocks, WorldEnergy, WorldFiles, WorldLinks):
             self.use_nts(station, group, clock)
             station.expiry = self.expiry
             station.cpu = self.cpu_for(group.name, sid)
+            station.connect_window = window
             if self.expiry is not None and station.certs.identity is not None:
                 self.expiry.note(sid, station.certs.identity.cert, role="own")
             node = StationNode(station, group)
