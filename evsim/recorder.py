@@ -2,9 +2,12 @@
 
 Every node reports what happens (``handshake_ok``, ``handshake_failed``, ``booted``, ``tx_event`` ...) through
 :meth:`Recorder.emit`. Each event carries the simulation time (seconds since the run started), the node name, a
-per-recorder sequence number and a small dict of fields. The recorder keeps a bounded window of events, counts
+per-recorder sequence number and a small dict of fields. The recorder keeps a bounded window of events (the
+last :data:`DEFAULT_KEEP` unless told otherwise; :attr:`Recorder.dropped` counts the older ones it forgot), counts
 every kind, and forwards each event to an optional sink (a JSONL writer, a live display). Trio's scheduler
-order is random, so a canonical log is the events sorted by (time, node, node-local sequence).
+order is random, so a canonical log is the events sorted by (time, node, node-local sequence), and it needs
+*every* event: a window drops the oldest events in the order trio happened to run their tasks, so which events
+of a storm at one instant are left depends on the scheduler, not the seed.
 
 A log line (:func:`format_event`) shows an event with its times, its level (:data:`EVENT_LEVELS`), node, kind
 and fields, every value escaped with :func:`evsim.text.escape`: what a peer sent never reaches a terminal or a
@@ -273,13 +276,19 @@ class RoundTrips:
         }
 
 
+DEFAULT_KEEP = 200_000
+"""Events a recorder keeps in memory by default: bounds a long-running node's memory (an event costs a few hundred
+bytes). A 10,000-station scenario records more than that; what needs all of a run's events (a canonical or golden
+log) asks for ``keep=None``."""
+
+
 @attrs.define
 class Recorder:
     """Collects events from all nodes of a run.
 
     Args:
         clock: the run's clock (event times are ``clock.elapsed()``).
-        keep: how many recent events to keep in memory (bounded).
+        keep: how many recent events to keep in memory; None keeps every event (the run's length bounds them).
         sink: optional callable receiving every event as it happens.
         echo: log each event on the ``evsim`` logger at its :func:`event_level` (WARNING for refusals and
             losses). Off, events are not logged: a scenario run keeps them in its event log and summary, and
@@ -289,7 +298,7 @@ class Recorder:
     """
 
     clock: SimClock
-    keep: int = 200_000
+    keep: int | None = DEFAULT_KEEP
     sink: Callable[[Event], None] | None = None
     echo: bool = True
     trace_sink: Callable[[Event], None] | None = attrs.field(default=None, alias="trace")
@@ -298,6 +307,8 @@ class Recorder:
     _node_seq: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     _stopped_at: float | None = attrs.field(init=False, default=None)
     _round_trips: RoundTrips = attrs.field(init=False, factory=RoundTrips)
+    dropped: int = attrs.field(init=False, default=0)
+    """Events recorded but no longer in :attr:`events` (past ``keep``): 0 means :attr:`events` is complete."""
 
     def __attrs_post_init__(self) -> None:
         self.events = collections.deque(maxlen=self.keep)
@@ -316,6 +327,8 @@ class Recorder:
         seq = self._node_seq[node]
         self._node_seq[node] = seq + 1
         ev = Event(t=self.clock.elapsed(), node=node, seq=seq, kind=kind, data=data)
+        if len(self.events) == self.keep:
+            self.dropped += 1  # the append below forgets the oldest event
         self.events.append(ev)
         self.counts[kind] += 1
         if self.echo:

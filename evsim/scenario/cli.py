@@ -34,7 +34,7 @@ from evsim.metrics.summary import Table
 from evsim.metrics.summary_json import table_document
 from evsim.metrics.topology import Topology
 from evsim.net.capture import open_capture_file
-from evsim.recorder import Event
+from evsim.recorder import DEFAULT_KEEP, Event
 from evsim.scenario.diagnose import scenario_errors
 from evsim.scenario.model import Scenario
 from evsim.scenario.runner import RunResult, preflight, run_scenario
@@ -132,13 +132,17 @@ def run(args: argparse.Namespace, *, tell: Callable[[Path, int, bool], object] |
             pcap = args.pcap
             if pcap:
                 print(f"evsim: capturing to {pcap}, TLS session secrets included", file=sys.stderr)
+            # a canonical log needs every event in memory, not the recorder's last DEFAULT_KEEP
+            keep = None if args.canonical_log else DEFAULT_KEEP
             if args.no_live:
-                result = run_scenario(sc, sink=tee(sink, announce), pcap=pcap)
+                result = run_scenario(sc, sink=tee(sink, announce), pcap=pcap, keep_events=keep)
             else:
                 with LiveProgress(
                     sc.station_count(), sim.duration, title=f"evsim run {sim.name}", to_stderr=args.json
                 ) as live:
-                    result = run_scenario(sc, sink=tee(sink, announce), on_sample=live.update, pcap=pcap)
+                    result = run_scenario(
+                        sc, sink=tee(sink, announce), on_sample=live.update, pcap=pcap, keep_events=keep
+                    )
         rd.write_metrics_csv(result.samples)
         rd.write_meta(_meta(args.file, sc_result=result, topology=topology))
     text, pngs = rerender(rd.path, plots=not args.no_plots)

@@ -28,7 +28,7 @@ from pathlib import Path
 from evsim.metrics.canonical import canonical_log
 from evsim.recorder import Event
 from evsim.scenario.loader import load_scenario
-from evsim.scenario.runner import run_scenario
+from evsim.scenario.runner import RunResult, run_scenario
 
 SCENARIOS_DIR = Path(__file__).resolve().parent.parent.parent / "scenarios"
 GOLDEN_DIR = SCENARIOS_DIR / "golden"
@@ -101,15 +101,32 @@ def golden_diff(
 
 
 def scenario_log(path: Path) -> list[str]:
-    """Run a scenario and return its canonical log.
+    """Run a scenario, keeping every event, and return its canonical log (:func:`run_log`).
 
     Raises:
         RuntimeError: the run did not complete.
     """
-    result = run_scenario(load_scenario(path))
+    result = run_scenario(load_scenario(path), keep_events=None)
     if not result.ok:
         raise RuntimeError(f"{path}: run {result.outcome}: {result.error}")
-    return canonical_log(deterministic_events(list(result.recorder.events)))
+    return run_log(result)
+
+
+def run_log(result: RunResult) -> list[str]:
+    """The canonical log of a run (:func:`deterministic_events`), from every event it recorded.
+
+    Raises:
+        RuntimeError: the run's recorder forgot its oldest events (a run with more events than
+            :data:`~evsim.recorder.DEFAULT_KEEP`, run without ``keep_events=None``): what is left of an instant
+            with many events, e.g. a boot storm at t = 0, depends on the order trio ran their tasks.
+    """
+    recorder = result.recorder
+    if recorder.dropped:
+        raise RuntimeError(
+            f"the run kept only its last {len(recorder.events)} events ({recorder.dropped} older ones were "
+            "dropped): a canonical log needs every event; run the scenario with keep_events=None"
+        )
+    return canonical_log(deterministic_events(list(recorder.events)))
 
 
 def deterministic_events(events: list[Event]) -> list[Event]:

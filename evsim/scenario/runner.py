@@ -37,7 +37,7 @@ from evsim.nodes.csms_certs import SigningSettings
 from evsim.nodes.csms_records import StationRecord
 from evsim.nodes.station import Station
 from evsim.pki import issue_self_signed
-from evsim.recorder import Event, Recorder
+from evsim.recorder import DEFAULT_KEEP, Event, Recorder
 from evsim.runtime import tune_gc
 from evsim.scenario.model import (
     EndpointSpec,
@@ -151,10 +151,12 @@ class ScenarioRunner:
         sample_every: float | None = None,
         echo: bool = False,
         pcap: str | Path | None = None,
+        keep_events: int | None = DEFAULT_KEEP,
     ) -> None:
         self.scenario = scenario
         self.echo = echo
         self.pcap = pcap
+        self.keep_events = keep_events
         self.sink = sink
         self.on_sample = on_sample
         sim = scenario.simulation
@@ -244,6 +246,7 @@ class ScenarioRunner:
             echo=self.echo,
             expiry_warning=sc.pki.expiry_warning,
             pcap=self.pcap,
+            keep_events=self.keep_events,
         ) as world:
             self.world = world
             world.recorder.emit(
@@ -507,11 +510,14 @@ def run_scenario(
     sink: Callable[[Event], None] | None = None,
     on_sample: Callable[[Sample], None] | None = None,
     pcap: str | Path | None = None,
+    keep_events: int | None = DEFAULT_KEEP,
 ) -> RunResult:
     """Run a scenario to its end and return what happened (also after Ctrl-C or a node crashing).
 
     With ``pcap``, the in-memory network's connections and the TLS secrets go to that pcapng file
-    (:func:`evsim.world.open_world`).
+    (:func:`evsim.world.open_world`). ``keep_events`` bounds the events the result's recorder keeps in memory
+    (every one goes to ``sink``); None keeps them all, as a canonical log needs
+    (:func:`evsim.scenario.golden.run_log`).
 
     A scenario built in Python (without a ``source``) is first validated like a file (:meth:`Scenario.validate`).
 
@@ -523,7 +529,7 @@ def run_scenario(
         scenario = scenario.validate()
     preflight(scenario)
     tune_gc()
-    runner = ScenarioRunner(scenario, sink=sink, on_sample=on_sample, pcap=pcap)
+    runner = ScenarioRunner(scenario, sink=sink, on_sample=on_sample, pcap=pcap, keep_events=keep_events)
     clock = virtual_clock() if scenario.simulation.clock == "virtual" else None
     wall0 = time.perf_counter()
     try:

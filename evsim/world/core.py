@@ -54,7 +54,7 @@ from evsim.nodes.expiry import ExpiryMonitor
 from evsim.nodes.station import Station
 from evsim.nodes.station_model import StationConfig
 from evsim.ocpp.netprofile import DEFAULT_SLOT_NUMBERS, NetworkConnectionProfile
-from evsim.recorder import Event, Recorder
+from evsim.recorder import DEFAULT_KEEP, Event, Recorder
 from evsim.tls import (
     Identity,
     PeerPolicy,
@@ -149,6 +149,7 @@ async def open_world(
     pcap: str | Path | None = None,
     intermediates: Mapping[str, tuple[str, KeyType]] | None = None,
     station_issuer: str = "root",
+    keep_events: int | None = DEFAULT_KEEP,
 ) -> AsyncIterator[World]:
     """Open a world: shared clock, recorder, network and PKI, and a nursery its nodes run in.
 
@@ -175,6 +176,7 @@ async def open_world(
         intermediates: intermediate CAs by name, ``(issuer, key_type)`` (issuers first); a CSMS certificate
             names one as its ``issuer``.
         station_issuer: the CA that issues the station sub-CA (``root`` or an intermediate under it).
+        keep_events: events the world's recorder keeps in memory (``Recorder.keep``; None: every one).
 
     Yields:
         The world; leaving the block cancels every node in it.
@@ -188,7 +190,7 @@ async def open_world(
         raise ConfigError("unknown network", path="network", value=network, fix='use "memory" or "tcp"')
     anchor = start if start is not None else (WORLD_START if clock == "virtual" else real_utcnow())
     sim_clock = SimClock.start(anchor)
-    recorder = Recorder(sim_clock, sink=sink, echo=echo)
+    recorder = Recorder(sim_clock, sink=sink, echo=echo, keep=keep_events)
     pki = WorldPki.build(
         anchor,
         organization=organization,
