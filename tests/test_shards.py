@@ -17,6 +17,7 @@ from hypothesis import strategies as hst
 from evsim.cli import build_parser, main
 from evsim.deploy import job_manifest, to_yaml
 from evsim.errors import ConfigError
+from evsim.metrics.load import round_trip_windows
 from evsim.metrics.merge import merge_shards
 from evsim.metrics.rundir import RunDir
 from evsim.nodes.station import station_ids
@@ -156,7 +157,14 @@ def test_manifest_refusals() -> None:
 
 
 def _shard_dir(
-    base: Path, index: int, count: int, ids: list[str], *, seed: int = 1, start: str = "00"
+    base: Path,
+    index: int,
+    count: int,
+    ids: list[str],
+    *,
+    seed: int = 1,
+    start: str = "00",
+    round_trips: bool = False,
 ) -> Path:
     import datetime as dt
 
@@ -165,6 +173,14 @@ def _shard_dir(
     with rd.open_event_sink() as sink:
         for n, sid in enumerate(ids):
             sink.write({"t": 1.0 + n, "node": sid, "seq": n, "kind": "connected"})
+        if round_trips:
+            # what every shard's recorder writes besides its stations: run-wide nodes
+            sink.write({"t": 0.0, "node": "runner", "seq": len(ids), "kind": "run_started"})
+            window = {"caller": ids[0], "endpoint": "csms", "start": 0.0, "width": 10.0}
+            sink.write(
+                {"t": 10.0, "node": "metrics", "seq": len(ids) + 1, "kind": "round_trips", **window}
+                | {"histogram": [[0.002, 3]], "max": 0.002, "timeouts": 0}
+            )
     rd.write_meta(
         {
             "scenario": "stations",
@@ -198,6 +214,21 @@ def test_merge_puts_shards_on_one_time_axis(tmp_path: Path) -> None:
     assert main(["report", str(merged), "--no-plots"]) == 0
     alone = merge_shards([a], tmp_path / "out")  # a missing shard is recorded, not hidden
     assert json.loads((alone / "meta.json").read_text())["outcome"] == "incomplete (shard 1: missing)"
+
+
+def test_merge_keeps_every_shards_run_wide_events(tmp_path: Path) -> None:
+    """Each shard has its own runner and round-trip sums (node ``metrics``): they are no station, so they do not
+    make shards overlap, and a round-trip window moves to the merged time axis with its event."""
+    a = _shard_dir(tmp_path / "in", 0, 2, ["ST-0001", "ST-0002"], start="05", round_trips=True)
+    b = _shard_dir(tmp_path / "in", 1, 2, ["ST-0003", "ST-0004"], start="00", round_trips=True)
+    merged = merge_shards([a, b], tmp_path / "out")
+    events = [json.loads(line) for line in (merged / "events.jsonl").read_text().splitlines()]
+    windows = round_trip_windows(events)
+    assert [(w.pair, w.start, w.calls) for w in windows] == [
+        ("ST-0003 -> csms", 0.0, 3),
+        ("ST-0001 -> csms", 5.0, 3),
+    ]
+    assert main(["report", str(merged), "--no-plots"]) == 0
 
 
 def test_merge_refuses_overlapping_or_mismatched_shards(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ from typing import Any
 
 from evsim.errors import ConfigError
 from evsim.metrics.rundir import RunData, RunDir, load
-from evsim.metrics.topology import Topology
+from evsim.metrics.topology import CONTROL_NODES, Topology
+from evsim.recorder import ROUND_TRIPS
 
 __all__ = ["merge_shards"]
 
@@ -73,7 +74,8 @@ def _check_together(runs: Sequence[RunData]) -> None:
                 fix="give each shard's run directory once",
             )
         by_index[index] = run.path
-        nodes = {str(e["node"]) for e in run.events} | set(
+        # every shard has its own run-wide nodes (runner, timeline, the round-trip sums): not stations
+        nodes = ({str(e["node"]) for e in run.events} - CONTROL_NODES) | set(
             Topology.from_json(run.meta.get("topology")).groups
         )
         for node in sorted(nodes):
@@ -116,7 +118,10 @@ def merge_shards(dirs: Sequence[Path], out: Path) -> Path:
         shift = (start - t0).total_seconds()
         index = int(_shard_of(run)["index"])
         for n, event in enumerate(run.events):
-            merged.append((float(event["t"]) + shift, index, n, {**event, "t": float(event["t"]) + shift}))
+            moved = {**event, "t": float(event["t"]) + shift}
+            if event.get("kind") == ROUND_TRIPS and isinstance(event.get("start"), int | float):
+                moved["start"] = float(event["start"]) + shift  # the window's own time, on the merged axis
+            merged.append((moved["t"], index, n, moved))
         duration = run.meta.get("duration_s")
         end = max(end, shift + (float(duration) if isinstance(duration, int | float) else 0.0))
         for group, ids in Topology.from_json(run.meta.get("topology")).members().items():
