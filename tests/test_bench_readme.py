@@ -26,6 +26,11 @@ MARKED = {
     "memory",
     "failover",
     "cpu-model",
+    "heartbeat",
+    "scale",
+    "nts",
+    "workers",
+    "renewal",
 }
 """The README's generated tables: removing a marker (and with it the check) fails here."""
 
