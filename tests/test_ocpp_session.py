@@ -362,6 +362,30 @@ async def test_stopped_session_refuses_calls() -> None:
             await session.call("Heartbeat", {})
 
 
+async def test_a_call_while_the_session_nursery_closes_ends_with_the_session() -> None:
+    """The session's nursery closes when its last task ends; until run() gets its turn, another task's CALL still
+    sees it. That CALL must end as the session does, not crash its caller with trio's closed-nursery error."""
+    station_end, _csms_end = text_pipe()
+    session = OcppSession(station_end, RpcConnection(), boot_handler)
+    async with trio.open_nursery() as closed:
+        pass
+    session._nursery = closed  # that instant: run() has not yet closed the session
+    outcome: list[BaseException] = []
+
+    async def caller() -> None:
+        try:
+            await session.call("Heartbeat", {})
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(caller)
+            await trio.testing.wait_all_tasks_blocked()
+            session._close()  # what run() does next
+    assert [type(e) for e in outcome] == [ClosedTransport]
+
+
 async def test_cancelled_caller_withdraws_queued_call(autojump_clock: trio.testing.MockClock) -> None:
     seen: list[str] = []
 

@@ -582,9 +582,9 @@ class OcppSession:
 
     def _wake_writer(self) -> None:
         if self._write_ready is None:
-            assert self._nursery is not None
+            if not self._spawn(self._guarded, self._writer_loop):
+                return  # the session is ending; its close fails what waits
             self._write_ready = trio.Event()
-            self._nursery.start_soon(self._guarded, self._writer_loop)
         self._write_ready.set()
 
     def _dispatch(self, events: list[RpcEvent]) -> None:
@@ -704,8 +704,24 @@ class OcppSession:
     def _start_timer(self) -> None:
         """Start the timer task if it is not running (a deadline was just armed)."""
         if not self._timer_running and self._nursery is not None:
-            self._timer_running = True
-            self._nursery.start_soon(self._timer_loop)
+            self._timer_running = self._spawn(self._timer_loop)
+
+    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> bool:
+        """Start a task of the session; False when the session is ending.
+
+        Its nursery closes when its last task ends, and :meth:`run` learns it only when its turn comes: a CALL
+        another task makes in between finds the nursery closed. Then nothing is started, and :meth:`run`'s
+        close wakes that CALL with the session's end.
+        """
+        nursery = self._nursery
+        if nursery is None:
+            return False
+        try:
+            nursery.start_soon(fn, *args)
+        except RuntimeError:  # "Nursery is closed to new arrivals"
+            self._nursery = None
+            return False
+        return True
 
     async def _timer_loop(self) -> None:
         """Wait until the earliest deadline passes (the outstanding CALL's, the stall and idle watches').
