@@ -255,7 +255,9 @@ def as_real(v: dict[str, float], r: dict[str, float]) -> dict[str, float]:
     }
 
 
-def render(n: int, v: dict[str, float], r: dict[str, float], w: dict[str, float]) -> str:
+def render(
+    n: int, v: dict[str, float], r: dict[str, float], w: dict[str, float], *, profile: str = "reference"
+) -> str:
     """The comparison table: the model's figures beside the real run's, with their ratios; ``w`` is the model
     run again with the real run's costs and CPU shares (:func:`as_real`)."""
     rows = [
@@ -295,10 +297,14 @@ def render(n: int, v: dict[str, float], r: dict[str, float], w: dict[str, float]
         "cpu-model",
         ["boot storm", "virtual + CPU model", "real, loopback", "virtual / real", "within 25 %"],
         rows,
-        title=f"CPU model against a real storm, N = {n} (CSMS and stations: one process each)",
+        title=f"CPU model against a real storm, N = {n} (CSMS and stations: one process each; profile: {profile})",
         raw={"stations": n, "virtual": v, "real": r},
     )
     return text + "\n" + NOTE
+
+
+HERE = "here"
+"""``--profile here``: calibrate first, so the model runs on the costs of the machine the real storm runs on."""
 
 
 def _sides(stations: float, csms: float) -> str:
@@ -308,7 +314,12 @@ def _sides(stations: float, csms: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stations", type=int, default=500)
-    p.add_argument("--profile", default="reference", help="shipped profile name or profile file")
+    p.add_argument(
+        "--profile",
+        default=HERE,
+        help=f"shipped profile name or profile file; {HERE!r} (default): calibrate on this machine first "
+        "(evsim calibrate), as the model's costs are this machine's",
+    )
     p.add_argument(
         "--connect-window",
         type=int,
@@ -317,13 +328,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    v = virtual(args.stations, args.profile, args.connect_window)
+    with tempfile.TemporaryDirectory(prefix="evsim-bench-calibrate-") as tmp:
+        profile = args.profile
+        shown = profile
+        if profile == HERE:
+            profile = calibrate_here(f"{tmp}/here.json")
+            shown = "calibrated on this machine just before (evsim calibrate)"
+        return _compare_runs(args, profile, shown)
+
+
+def calibrate_here(path: str) -> str:
+    """Run ``evsim calibrate`` into ``path`` (about 10 s): the costs of this machine as it is now."""
+    cmd = [sys.executable, "-m", "evsim", "calibrate", "--out", path, "--name", "here", "-q"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    return path
+
+
+def _compare_runs(args: argparse.Namespace, profile: str, shown: str) -> int:
+    v = virtual(args.stations, profile, args.connect_window)
     r = real(args.stations, args.connect_window)
-    w = virtual(args.stations, args.profile, args.connect_window, **as_real(v, r))
+    w = virtual(args.stations, profile, args.connect_window, **as_real(v, r))
     if args.json:
         print(json.dumps({"stations": args.stations, "virtual": v, "real": r, "virtual_as_real": w}))
     else:
-        print(render(args.stations, v, r, w))
+        print(render(args.stations, v, r, w, profile=shown))
     return 0
 
 
