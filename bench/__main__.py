@@ -184,7 +184,9 @@ def _micro_section() -> None:
 
 def _scale_section() -> None:
     """A simulated day of 1,000 stations in virtual time (``bench/scale.py``, a subprocess)."""
-    print("Scale in virtual time (bench/scenarios/day_1000.toml; target: <= 60 s of wall time and <= 4 GiB; 10,000 stations: <= 10 min)")
+    print(
+        "Scale in virtual time (bench/scenarios/day_1000.toml; target: <= 60 s of wall time and <= 4 GiB; 10,000 stations: <= 10 min)"
+    )
     run_and_print([sys.executable, "-m", "bench.scale"], timeout=1200, what="scale run")
 
 
