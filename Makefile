@@ -7,7 +7,7 @@ PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 CERTS  ?= certs
 
-.PHONY: all venv demo test test-fast lint typecheck pytest bench soak certs clean distclean
+.PHONY: all venv demo test test-fast test-huge lint typecheck pytest bench soak certs clean distclean
 
 all: test
 
@@ -40,7 +40,11 @@ lint: $(STAMP)
 typecheck: lint
 
 pytest: $(STAMP)
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -m "not huge"
+
+# The 10,000-station scenarios and their golden logs (about 4 GB and several minutes each; not in make test).
+test-huge: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider -m huge
 
 test: lint pytest
 

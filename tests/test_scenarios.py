@@ -32,8 +32,9 @@ LARGE = frozenset(
 )
 """The 1,000-station scenarios (marked slow: ``make test-fast`` leaves them out)."""
 HUGE = frozenset({"fleet_certificate_renewal"})
-"""The 10,000-station scenarios (minutes and gigabytes each): run once per test session; their golden log, written
-by another run, is what shows that the same seed gives the same log."""
+"""The 10,000-station scenarios (minutes and gigabytes each; marked ``huge``: ``make test-huge`` runs them, ``make
+test`` leaves them out to keep CI under 20 minutes): run once per test session; their golden log, written by
+another run, is what shows that the same seed gives the same log."""
 
 
 @functools.cache
@@ -71,7 +72,13 @@ def test_every_shipped_scenario_has_a_golden_log() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=[pytest.mark.slow] if n in LARGE else []) for n in sorted(SCENARIOS)]
+    "name",
+    [
+        pytest.param(
+            n, marks=[pytest.mark.slow, *([pytest.mark.huge] if n in HUGE else [])] if n in LARGE else []
+        )
+        for n in sorted(SCENARIOS)
+    ],
 )
 def test_same_seed_same_log_and_matches_golden(name: str) -> None:
     again = _run(name) if name in HUGE else _run_once(name)
@@ -247,6 +254,7 @@ def test_lc_upstream_failover_outcome() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.huge
 def test_fleet_certificate_renewal_outcome() -> None:
     r = _run("fleet_certificate_renewal")
     assert r.world is not None
