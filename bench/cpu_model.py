@@ -23,204 +23,24 @@ import argparse
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any
 
-import trio
-
-from bench.common import bench_table, print_module_section, raise_nofile
-from evsim import DEV_PASSWORD
-from evsim.backoff import RetryBackOff
-from evsim.clock import SimClock, real_utcnow
-from evsim.metrics.cpu import storm_figures
-from evsim.metrics.topology import Topology
-from evsim.net.tcp import TcpNetwork
-from evsim.nodes.security import load_anchors, station_client_tls
+from bench.common import bench_table, print_module_section
 from evsim.nodes.setup_window import DEFAULT_CONNECT_WINDOW
-from evsim.nodes.station import Station
-from evsim.nodes.station_model import StationConfig
-from evsim.pki import init_dev_pki
-from evsim.recorder import Recorder
-from evsim.runtime import tune_gc
-from evsim.scenario.loader import loads_scenario
-from evsim.scenario.runner import run_scenario
-
-BACKOFF = RetryBackOff(wait_minimum=3.0, random_range=3.0, repeat_times=4)
-TIMEOUT_S = 300.0
-"""The real storm gives up after this long (bounded load loop)."""
-
-SCENARIO = """
-[simulation]
-duration = "10m"
-stop_when_done = true
-cpu = {{ cores = 1, profile = "{profile}" }}
-
-[csms.main]
-cpu = {{ cores = 1, profile = "{profile}", scale = {csms_scale} }}
-
-[stations.storm]
-count = {n}
-id_pattern = "BS-{{n:05d}}"
-csms = "main"
-sessions = 0
-retry_backoff = {{ wait_minimum = "3s", random_range = "3s", repeat_times = 4 }}
-connect_window = {window}
-cpu = {{ cores = 1, profile = "{profile}", scale = {stations_scale} }}
-"""
-
-
-def _figures(events: list[dict[str, Any]], ids: list[str]) -> dict[str, float]:
-    return storm_figures(events, Topology(groups=dict.fromkeys(ids, "storm")))["storm"]
-
-
-def virtual(
-    n: int,
-    profile: str,
-    window: int = DEFAULT_CONNECT_WINDOW,
-    *,
-    csms_scale: float = 1.0,
-    stations_scale: float = 1.0,
-) -> dict[str, float]:
-    """The model's prediction (the scales multiply each process's costs)."""
-    t0 = time.perf_counter()
-    text = SCENARIO.format(
-        n=n,
-        profile=profile,
-        window=window,
-        csms_scale=f"{csms_scale:.6f}",
-        stations_scale=f"{stations_scale:.6f}",
-    )
-    sc = loads_scenario(text)
-    result = run_scenario(sc)
-    events = [{"t": e.t, "node": e.node, "kind": e.kind, **e.data} for e in result.recorder.events]
-    out = _figures(events, sc.station_ids())
-    out["wall_s"] = time.perf_counter() - t0
-    for e in events:
-        if e["kind"] == "cpu_usage":
-            out["cpu_stations_s" if e["cpu"] == "storm" else "cpu_csms_s"] = float(e["busy"])
-    return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("evsim csms exited")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError("evsim csms did not listen in time")
+from evsim.stormfit import model_storm, real_storm
 
 
 def real(n: int, window: int = DEFAULT_CONNECT_WINDOW) -> dict[str, float]:
     """The same storm on the real clock: ``evsim csms`` in a subprocess, the stations here."""
-    raise_nofile()
-    tune_gc()  # as evsim csms and evsim stations run
-    with tempfile.TemporaryDirectory(prefix="evsim-cpu-bench-") as pki:
-        init_dev_pki(pki, host="localhost", now=real_utcnow())
-        port = _free_port()
-        cmd = [sys.executable, "-m", "evsim", "csms", "-q", "--listen", f"127.0.0.1:{port}", "--pki", pki]
-        cmd += ["--password", DEV_PASSWORD, "--duration", str(TIMEOUT_S + 30)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            _wait_listening(port, proc)
-            anchors = load_anchors(f"{pki}/ca.crt")
-            out, events = trio.run(_stations, n, port, anchors, proc.pid, window)
-            if os.environ.get("EVSIM_BENCH_EVENTS"):  # the real run's event log, to look at its timeline
-                with open(os.environ["EVSIM_BENCH_EVENTS"], "w", encoding="utf-8") as fh:
-                    json.dump(events, fh)
-            return out
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-
-
-def _schedstat(pid: int) -> tuple[float, float]:
-    """Seconds process ``pid``'s main thread has run and has waited runnable for a CPU (Linux
-    ``/proc/PID/schedstat``; NaN elsewhere): the wait is what other processes on the machine cost it."""
-    try:
-        with open(f"/proc/{pid}/schedstat", encoding="ascii") as fh:
-            run_ns, wait_ns = fh.read().split()[:2]
-    except (OSError, ValueError):
-        return float("nan"), float("nan")
-    return int(run_ns) / 1e9, int(wait_ns) / 1e9
-
-
-def _process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid`` so far (Linux /proc; NaN elsewhere)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def _stations(
-    n: int, port: int, anchors: Any, csms_pid: int, window: int
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    clock = SimClock.start()
-    recorder = Recorder(clock)
-    net = TcpNetwork(resolve={"localhost": "127.0.0.1"})
-    ids = [f"BS-{i:05d}" for i in range(1, n + 1)]
-    tls = station_client_tls(anchors)
-    stations = [
-        Station(
-            StationConfig(
-                station_id=sid,
-                csms_url=f"wss://localhost:{port}/ocpp",
-                security_profile=2,
-                password=DEV_PASSWORD,
-                sessions=0,
-                backoff=BACKOFF,
-            ),
-            network=net,
-            client_tls=tls,
-            clock=clock,
-            recorder=recorder,
-            rng=__import__("random").Random(sid),
-        )
-        for sid in ids
-    ]
-    limiter = trio.CapacityLimiter(window) if window > 0 else None  # as evsim stations --connect-window
-    for st in stations:
-        st.connect_window = limiter
-    me = os.getpid()
-    t0, cpu0, csms0 = time.perf_counter(), time.process_time(), _process_cpu(csms_pid)
-    sched0 = _schedstat(me), _schedstat(csms_pid)
-    drained: dict[str, float] = {}
-    recorder.emit("runner", "run_started")
-    with trio.move_on_after(TIMEOUT_S):
-        async with trio.open_nursery() as nursery:
-            for st in stations:
-                nursery.start_soon(st.run)
-            for st in stations:
-                await st.wait_online()
-            # the drain's end: CPU and run-queue waits up to here (not the teardown below)
-            drained["cpu_stations_s"] = time.process_time() - cpu0
-            drained["cpu_csms_s"] = _process_cpu(csms_pid) - csms0
-            sched1 = _schedstat(me), _schedstat(csms_pid)
-            drained["wait_stations_s"] = sched1[0][1] - sched0[0][1]
-            drained["wait_csms_s"] = sched1[1][1] - sched0[1][1]
-            nursery.cancel_scope.cancel()
-    events = [{"t": e.t, "node": e.node, "kind": e.kind, **e.data} for e in recorder.events]
-    out = _figures(events, ids)
-    out["wall_s"] = time.perf_counter() - t0
-    out["cpu_stations_total_s"] = time.process_time() - cpu0
-    out["cpu_csms_total_s"] = _process_cpu(csms_pid) - csms0
-    out.update(drained)
-    return out, events
+    events: list[dict[str, Any]] = []
+    out = real_storm(n, window, events_out=events)
+    if os.environ.get("EVSIM_BENCH_EVENTS"):  # the real run's event log, to look at its timeline
+        with open(os.environ["EVSIM_BENCH_EVENTS"], "w", encoding="utf-8") as fh:
+            json.dump(events, fh)
+    return out
 
 
 NOTE = (
@@ -333,21 +153,29 @@ def main(argv: list[str] | None = None) -> int:
         shown = profile
         if profile == HERE:
             profile = calibrate_here(f"{tmp}/here.json")
-            shown = "calibrated on this machine just before (evsim calibrate)"
+            shown = "calibrated on this machine just before (evsim calibrate: operations, fitted to a storm of 300)"
         return _compare_runs(args, profile, shown)
 
 
 def calibrate_here(path: str) -> str:
-    """Run ``evsim calibrate`` into ``path`` (about 10 s): the costs of this machine as it is now."""
+    """Run ``evsim calibrate`` into ``path`` (about 20 s: the operations alone, then fitted to a real storm of
+    300 stations, :mod:`evsim.stormfit`): the costs of this machine as it is now."""
     cmd = [sys.executable, "-m", "evsim", "calibrate", "--out", path, "--name", "here", "-q"]
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     return path
 
 
 def _compare_runs(args: argparse.Namespace, profile: str, shown: str) -> int:
-    v = virtual(args.stations, profile, args.connect_window)
+    v = model_storm(args.stations, profile, args.connect_window)
     r = real(args.stations, args.connect_window)
-    w = virtual(args.stations, profile, args.connect_window, **as_real(v, r))
+    scales = as_real(v, r)
+    w = model_storm(
+        args.stations,
+        profile,
+        args.connect_window,
+        csms_scale=scales["csms_scale"],
+        stations_scale=scales["stations_scale"],
+    )
     if args.json:
         print(json.dumps({"stations": args.stations, "virtual": v, "real": r, "virtual_as_real": w}))
     else:

@@ -509,6 +509,14 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--name", default="calibrated", help="the profile's name (default: calibrated)")
     cal.add_argument("--iterations", type=int, default=50, help="operations per round and kind (default: 50)")
     cal.add_argument("--rounds", type=int, default=5, help="rounds per kind; the median counts (default: 5)")
+    cal.add_argument(
+        "--storm",
+        type=int,
+        default=300,
+        metavar="N",
+        help="then fit the costs to a real boot storm of N stations over loopback, two processes, as a storm "
+        "costs more than operations alone (default: 300; 0: operations alone)",
+    )
 
     fw = sub.add_parser("firmware", help="signed firmware images (OCPP L01)", parents=[verbosity])
     fw_sub = fw.add_subparsers(dest="firmware_command", required=True, metavar="ACTION")

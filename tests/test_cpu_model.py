@@ -309,7 +309,21 @@ def test_an_overloaded_server_times_handshakes_out_and_stations_retry_with_back_
 def test_calibrate_writes_a_loadable_profile(tmp_path: Path) -> None:
     out = tmp_path / "mine.json"
     assert (
-        cli_main(["calibrate", "--iterations", "1", "--rounds", "1", "--name", "mine", "--out", str(out)])
+        cli_main(
+            [
+                "calibrate",
+                "--iterations",
+                "1",
+                "--rounds",
+                "1",
+                "--storm",
+                "0",
+                "--name",
+                "mine",
+                "--out",
+                str(out),
+            ]
+        )
         == 0
     )
     profile = load_profile(str(out))

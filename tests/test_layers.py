@@ -68,6 +68,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "evsim.admin",
             "evsim.__main__",
             "evsim.calibrate",
+            "evsim.stormfit",
             "evsim.workers",
             "evsim.deploy",
         ),
