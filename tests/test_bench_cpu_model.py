@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.cpu_model import as_real, render, share
+from bench.cpu_model import as_real, render, share, shares_only
 
 
 def _real(**over: float) -> dict[str, float]:
@@ -51,3 +51,13 @@ def test_the_table_shows_ratios_and_whether_they_are_within_the_target() -> None
     assert "0.25 / 1.00" in lines["CPU share (ran / runnable), stations / CSMS"]
     assert "0.50 / 0.20" in lines["CPU s after the drain (closing), stations / CSMS"]
     assert lines["time to drain, model at the real costs and shares s"].rstrip().endswith("yes")
+
+
+def test_the_model_at_the_real_shares_only_slows_each_process_by_its_share() -> None:
+    assert shares_only(_real()) == pytest.approx({"stations_scale": 4.0, "csms_scale": 1.0})
+    model = _real(drain_s=2.5, first_boot_p95=2.4, cpu_stations_s=2.0, cpu_csms_s=1.0)
+    text = render(100, model, _real(), _real(), shared=_real(drain_s=10.5, first_boot_p95=9.0))
+    lines = {line.split("  ")[0]: line for line in text.splitlines()}
+    assert lines["time to drain, model at the real shares s"].rstrip().endswith("yes")
+    assert "0.95" in lines["p95, model at the real shares s"]
+    assert "time to drain, model at the real shares s" not in render(100, model, _real(), _real())
