@@ -40,7 +40,7 @@ lint: $(STAMP)
 typecheck: lint
 
 pytest: $(STAMP)
-	$(BIN)/pytest -q -p no:cacheprovider -m "not huge"
+	$(BIN)/pytest -q -p no:cacheprovider -m "not huge" --durations=25
 
 # The 10,000-station scenarios and their golden logs (about 4 GB and several minutes each; not in make test).
 test-huge: $(STAMP)
