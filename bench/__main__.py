@@ -4,7 +4,7 @@ Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-s
 ``BENCH_SKIP`` comma-separated parts to skip (``peers``: the asyncio fleets, and any name of ``SECTIONS``:
 ``fleet``, ``micro``, ``tls-handshake``, ``scale``, ``failover``, ``nts``, ``relay``, ``firmware``, ``cpu-model``,
 ``workers``, ``storm``, ``heartbeat``, ``renewal``, ``memory``). Section sizes: ``BENCH_STORM_N`` (the
-two-process mutual-TLS storm, default 2000), ``BENCH_HB_N`` (heartbeat latency against the asyncio peers, default
+two-process mutual-TLS storm, default 10000), ``BENCH_HB_N`` (heartbeat latency against the asyncio peers, default
 3000; ``bench/heartbeat.py``), ``BENCH_WORKERS_N`` (default 500), ``BENCH_MEMORY_N`` (default ``BENCH_N``);
 ``BENCH_NTS_SECONDS`` seconds per NTS phase (default 3); ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS
 handshake section (default 200). Each fleet runs in its own subprocess so its memory figure is its own. Shared
