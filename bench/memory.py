@@ -296,21 +296,26 @@ async def _tls_pairs(
 
 
 def run_variant(variant: str, n: int, pki: DevPki) -> dict[str, Any]:
-    """Measure one variant in this process (run it in a fresh process: RSS is per process)."""
+    """Measure one variant in this process (run it in a fresh process: RSS is per process); the process-wide
+    switches it turns are restored when it returns."""
+    if variant not in FLEET_VARIANTS:
+        return trio.run(_tls_pairs, n, pki, _profile(variant))
     # the bench's switch for every session this process makes: the idle watch at IDLE_S (instead of the
     # default's 30 s, so a run does not wait minutes), or off
     defaults = ocpp_session.OcppSession.__init__.__kwdefaults__
     assert defaults is not None
     idle = 0.0 if variant == "no-idle-release" else IDLE_S
+    saved = defaults["idle_release_s"], runtime._trim_resolved, runtime._trim
     defaults["idle_release_s"] = idle or None
     if variant == "no-trim":
         runtime._trim_resolved = True  # give_back_memory then finds no malloc_trim and returns at once
         runtime._trim = None
-    if variant in FLEET_VARIANTS:
+    try:
         return trio.run(
             lambda: _fleet(n, pki, compression=variant != "no-deflate", idle=idle, profile=_profile(variant))
         )
-    return trio.run(_tls_pairs, n, pki, _profile(variant))
+    finally:
+        defaults["idle_release_s"], runtime._trim_resolved, runtime._trim = saved
 
 
 def run(n: int) -> list[tuple[str, dict[str, Any] | str]]:
