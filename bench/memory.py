@@ -29,9 +29,13 @@ The variants switch one saving off at a time, so each row's difference to ``as s
   what the two tickets a server sends per handshake and the client's session cost;
 * ``X25519``: ``groups = ["X25519"]`` on both ends, an opt-in (the default keeps OpenSSL's X25519MLKEM768
   first): what the hybrid post-quantum key shares cost per connected station;
-* ``tls pairs``: only N TLS 1.3 connections (client and server stream over in-memory pipes, handshaken,
-  one record each way, idle state released), with OpenSSL's default groups (X25519MLKEM768 first) and with X25519 alone: the share
-  of the hybrid post-quantum key shares, which OpenSSL keeps until the connection is freed.
+* ``tls pairs``: only N TLS 1.3 connections (client and server stream over in-memory pipes), with OpenSSL's
+  default groups (X25519MLKEM768 first) and with X25519 alone, measured after each step for all N at once
+  (a second table): connection objects made (``SSL_new`` and the memory BIOs: OpenSSL's own per-connection
+  structures, before a byte moved), handshaken (the stream releases the BIOs its flights grew right then),
+  one record each way (the client reads the server's tickets), idle state released and the heap trimmed.
+  The difference between the two groups is the hybrid post-quantum key shares, which OpenSSL keeps until
+  the connection is freed.
 
 Environment: ``BENCH_MEMORY_N`` (default ``BENCH_N``, else 1000).
 """
