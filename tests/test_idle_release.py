@@ -121,7 +121,7 @@ async def test_tls_stream_renews_its_bios_when_idle() -> None:
     with trio.fail_after(10):
         c, s = await tls_pair(client_tls, server_tls)
         assert isinstance(c, TlsStream) and isinstance(s, TlsStream)
-        assert c.release_idle_state() == 1 and s.release_idle_state() == 1
+        assert c.release_idle_state() == 1 and s.release_idle_state() == 1  # after tls_pair's ping/pong
         rng = random.Random(1)
         for size in (1, 300, 20_000, 70_000):
             payload = rng.randbytes(size)
@@ -137,6 +137,24 @@ async def test_tls_stream_renews_its_bios_when_idle() -> None:
                 got += await c.receive_some(65536)
             assert got == payload[::-1]
             assert c.release_idle_state() == 1
+
+
+@pytest.mark.parametrize("version", ["1.3", "1.2"])
+async def test_tls_stream_releases_its_bios_when_the_handshake_completes(version: str) -> None:
+    """The memory BIOs that carried the handshake's flights are new, empty ones once it completed (on both
+    ends), and the connection works on them."""
+    profile = TlsProfile(versions=(version,))
+    client_tls = ClientTls.build(profile, PKI.csms_trust())
+    server_tls = ServerTls.build(profile, PKI.server_identity())
+    with trio.fail_after(10):
+        c, s = await tls_pair(client_tls, server_tls, exchange=False)
+        assert isinstance(c, TlsStream) and isinstance(s, TlsStream)
+        assert c.release_idle_state() == 0 and s.release_idle_state() == 0  # nothing held, nothing to renew
+        await c.send_all(b"ping")
+        assert await s.receive_some() == b"ping"
+        await s.send_all(b"pong")
+        assert await c.receive_some() == b"pong"
+        assert c.release_idle_state() == 1 and s.release_idle_state() == 1  # bytes moved: renewed again
 
 
 class _Transport:
