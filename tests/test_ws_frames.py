@@ -314,7 +314,10 @@ def test_frame_reader_agrees_with_wsproto(case: Case) -> None:
 # -- short messages uncompressed ---------------------------------------------------------------------------
 
 _SHORT = '[2,"19223201","Heartbeat",{}]'  # 29 bytes
-_LONG = '[3,"19223201",{"currentTime":"2026-12-07T03:05:11Z","interval":300,"status":"Accepted"}]'
+_LONG = (
+    '[2,"19223201","StatusNotification",{"timestamp":"2026-12-07T03:05:11.000Z",'
+    '"connectorStatus":"Available","evseId":1,"connectorId":1}]'
+)
 
 
 def test_short_messages_go_uncompressed_and_both_kinds_inflate_in_order() -> None:
@@ -323,7 +326,7 @@ def test_short_messages_go_uncompressed_and_both_kinds_inflate_in_order() -> Non
     uncompressed messages interleaved delivers them all, and wsproto alone reads the same bytes alike."""
     assert len(_SHORT) < COMPRESS_MIN_SIZE <= len(_LONG)
     sender = _extension("client")
-    messages = [_LONG, _SHORT, _LONG, _SHORT, _SHORT, _LONG.replace("300", "301")]
+    messages = [_LONG, _SHORT, _LONG, _SHORT, _SHORT, _LONG.replace("Available", "Occupied")]
     frames = [encode_data_frame(m.encode(), OP_TEXT, client=True, deflate=sender) for m in messages]
     rsv1 = [bool(f[0] & 0x40) for f in frames]
     assert rsv1 == [len(m) >= COMPRESS_MIN_SIZE for m in messages]

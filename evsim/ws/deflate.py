@@ -54,13 +54,15 @@ WINDOW_BITS = 11
 MEM_LEVEL = 1
 """zlib memLevel for our compressors (default 8): ≈15 KiB instead of 262 KiB per compressor (see above)."""
 
-COMPRESS_MIN_SIZE = 64
+COMPRESS_MIN_SIZE = 128
 """Messages shorter than this many bytes are sent uncompressed (RSV1 clear; RFC 7692 §6 lets a sender choose per
-message). With context takeover a repeated short OCPP message deflates to ≈8 bytes (a Heartbeat's 29, its
-CALLRESULT's 53), but compressing and inflating it costs both ends ≈5 µs of zlib and bookkeeping per message, a
-tenth of a Heartbeat round trip's CPU; at most 56 bytes more on the wire per message, against the ≈80 bytes of
-TLS record and TCP/IP headers every message pays anyway. Measurement: ``bench.evsim_peer`` (see the README's
-performance section)."""
+message). With context takeover a repeated OCPP message deflates to 14-18 bytes whatever its size, but deflating and
+inflating it costs both ends 5-8 µs more than a raw frame (frame codec, sans-IO, 2026-12-07: a Heartbeat 9.9 against
+4.6 µs, its CALLRESULT 10.8 against 4.8, a BootNotification CALLRESULT of 107 bytes 16.1 against 8.4, a
+StatusNotification of 148 bytes 9.5 against 5.1). Below 128 bytes - Heartbeats and their answers, the ``{}`` and
+``{"status": ...}`` CALLRESULTs - that buys at most ≈110 bytes per message, next to the 22 bytes of TLS 1.3 record
+and ≈52 of TCP/IP headers every message pays anyway; the larger messages (StatusNotification, MeterValues,
+TransactionEvent, BootNotification) stay compressed."""
 
 _MAX_BITS = 15  # RFC 7692 §7.1.2: the largest LZ77 window a peer may use when it did not agree on less
 _WINDOW_PARAMS = ("client_max_window_bits", "server_max_window_bits")
