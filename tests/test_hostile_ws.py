@@ -302,11 +302,11 @@ async def test_control_frame_between_compressed_fragments(
             assert peer.ws.statistics().pings_received == 4
         else:
             assert peer.ws.statistics().pongs_received == 4
-        # and the other way round, our compressor is in step
-        await peer.ws.send_text(text)
+        # and the other way round, our compressor is in step (a message long enough to be compressed)
+        await peer.ws.send_text(text * 2)
         opcode, payload = await peer.next_frame()
         assert opcode == 0x1
-        assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == MESSAGE
+        assert zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff") == MESSAGE * 2
 
 
 @pytest.mark.parametrize("side", SIDES)

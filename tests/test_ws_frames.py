@@ -23,8 +23,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
-from evsim.ws.deflate import WINDOW_BITS, BoundedDeflate
-from evsim.ws.frames import FrameReader
+from evsim.ws.deflate import COMPRESS_MIN_SIZE, WINDOW_BITS, BoundedDeflate
+from evsim.ws.frames import OP_TEXT, FrameReader, encode_data_frame
 
 LIMIT = 1 << 20  # larger than any message drawn: the size limit is not what is compared here
 
@@ -309,3 +309,46 @@ def test_frame_reader_agrees_with_wsproto(case: Case) -> None:
     if case.corruption is None:  # the drawing itself is checked: valid frames, nothing refused
         assert not theirs.refused
         assert len(theirs.seen) == len(case.frames)
+
+
+# -- short messages uncompressed ---------------------------------------------------------------------------
+
+_SHORT = '[2,"19223201","Heartbeat",{}]'  # 29 bytes
+_LONG = (
+    '[2,"19223201","StatusNotification",{"timestamp":"2026-12-07T03:05:11.000Z",'
+    '"connectorStatus":"Available","evseId":1,"connectorId":1}]'
+)
+
+
+def test_short_messages_go_uncompressed_and_both_kinds_inflate_in_order() -> None:
+    """Below ``compress_min_size`` a message goes out with RSV1 clear (RFC 7692 §6: the sender's choice per
+    message) and stays out of the shared LZ77 window on both ends: a reader that sees compressed and
+    uncompressed messages interleaved delivers them all, and wsproto alone reads the same bytes alike."""
+    assert len(_SHORT) < COMPRESS_MIN_SIZE <= len(_LONG)
+    sender = _extension("client")
+    messages = [_LONG, _SHORT, _LONG, _SHORT, _SHORT, _LONG.replace("Available", "Occupied")]
+    frames = [encode_data_frame(m.encode(), OP_TEXT, client=True, deflate=sender) for m in messages]
+    rsv1 = [bool(f[0] & 0x40) for f in frames]
+    assert rsv1 == [len(m) >= COMPRESS_MIN_SIZE for m in messages]
+    assert all(
+        len(f) == 2 + 4 + len(m) for f, m in zip(frames, messages, strict=True) if len(m) < COMPRESS_MIN_SIZE
+    )
+    assert len(frames[2]) < len(frames[0])  # the window carried over the uncompressed message between
+    ours = Ours("server", compression=True)
+    theirs = Frames("server", _extension("server"))
+    for frame in frames:
+        ours.feed(frame)
+        theirs.feed(frame)
+    assert not ours.ended and not theirs.refused
+    assert [m for _, m, _ in ours.seen] == messages
+    assert [m for _, m, _ in theirs.seen] == messages
+
+
+def test_compress_min_size_zero_compresses_every_message() -> None:
+    sender = BoundedDeflate(LIMIT, compress_min_size=0)
+    sender.finalize(f"permessage-deflate; server_max_window_bits={WINDOW_BITS}")
+    frame = encode_data_frame(_SHORT.encode(), OP_TEXT, client=False, deflate=sender)
+    assert frame[0] & 0x40
+    ours = Ours("client", compression=True)
+    ours.feed(frame)
+    assert [m for _, m, _ in ours.seen] == [_SHORT]

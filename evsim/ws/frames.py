@@ -29,8 +29,9 @@ both directions. Nearly every frame of an OCPP session is a whole text message i
 module handles that one case and hands everything else to wsproto unchanged:
 
 * **Building** (:func:`encode_data_frame`): one unfragmented text or binary frame, compressed with
-  :meth:`BoundedDeflate.compress_message` when permessage-deflate is in use and masked with a fresh key
-  on the client side. Control frames and close frames are still built by wsproto.
+  :meth:`BoundedDeflate.compress_message` when permessage-deflate is in use and the message has at least
+  :attr:`BoundedDeflate.compress_min_size` bytes (a shorter one goes out with RSV1 clear, RFC 7692 §6), and
+  masked with a fresh key on the client side. Control frames and close frames are still built by wsproto.
 * **Parsing** (:class:`FrameReader`) walks received bytes from a frame boundary. A frame is parsed here
   when it is complete and it is a FIN text or binary frame, outside a fragmented message, with the mask
   this side expects, RSV bits 0 (or RSV1 with permessage-deflate), the shortest length form and at most
@@ -125,7 +126,7 @@ def encode_data_frame(payload: bytes, opcode: int, *, client: bool, deflate: Bou
         deflate: the negotiated permessage-deflate extension, or None.
     """
     first = 0x80 | opcode
-    if deflate is not None:
+    if deflate is not None and len(payload) >= deflate.compress_min_size:
         payload = deflate.compress_message(payload, client)
         first |= 0x40
     n = len(payload)
