@@ -24,6 +24,7 @@ MARKED = {
     "storm",
     "tls-handshake",
     "memory",
+    "memory-tls",
     "failover",
     "cpu-model",
     "heartbeat",
