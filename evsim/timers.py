@@ -229,7 +229,8 @@ class VirtualTimers:
         now = clock.current_time()
         if deadline > now:
             others = trio.lowlevel.current_statistics().seconds_to_next_deadline
-            if others < deadline - now:
+            ahead = deadline - now
+            if others < ahead:
                 clock.jump(others)  # a cancel scope's deadline comes first: trio expires it next
                 return
             for _ in range(3):  # the float sum may land short of the deadline (an ulp)
@@ -237,8 +238,8 @@ class VirtualTimers:
                 now = clock.current_time()
                 if now >= deadline or math.isnan(now):
                     break
-            if first[1]:
-                return  # late sleepers wake once what trio's own timers woke at this instant has run too
+            if first[1] and others == ahead:
+                return  # late sleepers wake once what trio's timers wake at this instant has run too
         late = first[1]
         woken = 0
         while heap:
