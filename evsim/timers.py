@@ -16,9 +16,14 @@ timeout, ``trio.sleep`` in code that does not use this module) has an earlier de
 instead and trio expires it as before. With no sleeper in its heap the timer task waits without asking for
 idle passes, and MockClock's autojump runs the run as before.
 
-*Late* sleepers (``late=True``) due at one instant wake only after everything else due then (on this heap or
-on trio's timers) has run and the run is idle again: a station's uplink waits so, so that a meter value due at the same instant as its Heartbeat
-is queued first, whatever order trio runs the woken tasks in.
+*Late* sleepers (``late=True``) due at one instant wake only after everything else due then has run: right
+after the jump when nothing else is due at that instant, else once the sleepers and trio deadlines due then have
+run and the run is idle again. A station's uplink waits so: a meter value due at the same instant as its
+Heartbeat is queued first, and the end of a run (the runner's own deadline) comes before a Heartbeat due then,
+whatever order trio runs a batch in.
+
+A test that calls ``wait_all_tasks_blocked`` itself while this timer task has sleepers is woken in the same pass
+as the timer task (both wait with cushion 0), so it may see the clock already moved; no test of a world does.
 
 :func:`sleep`, :func:`sleep_until` and :class:`Alarm` use the run's timer task when there is one and trio's
 timers otherwise (the real clock, tests without a world): callers' code is the same on both clocks. A sleeper
