@@ -191,3 +191,25 @@ async def test_without_a_service_the_same_calls_use_trios_timers(
 def test_the_service_needs_a_mock_clock() -> None:
     with pytest.raises(RuntimeError, match="MockClock"):
         trio.run(VirtualTimers().run)
+
+
+async def test_a_world_in_virtual_time_wakes_its_stations_on_its_timer_task(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Heartbeats and meter values of a world's stations are timer-task wake-ups, not cancel scopes: the world
+    runs a VirtualTimers, and the stations' uplinks and sessions sleep on it."""
+    import evsim
+
+    with trio.fail_after(100_000):
+        async with evsim.open_world(seed=3) as world:
+            service = current_timers()
+            assert service is not None
+            csms = await world.start_csms("main", heartbeat_interval=60)
+            fleet = await world.start_stations(2, csms=csms, session_duration=120, meter_interval=30)
+            await fleet.done()
+            await trio.sleep(600.0)  # idle: Heartbeats every 60 s
+            heartbeats = sum(node.station.heartbeats for node in world.stations.values())
+            assert heartbeats >= 2 * 9
+            # each Heartbeat and each meter value starts with a wake-up on the timer task
+            assert service.wakeups >= heartbeats + 2 * 4
+    assert current_timers() is None
