@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "evsim",
             "evsim.errors",
             "evsim.clock",
+            "evsim.timers",
             "evsim.report",
             "evsim.runtime",
             "evsim.backoff",

@@ -46,6 +46,7 @@ from typing import Any
 import attrs
 import trio
 
+from evsim import timers
 from evsim.clock import NodeClock, SimClock, isoformat
 from evsim.cpu import Cpu, set_cpu_owner
 from evsim.errors import (
@@ -84,6 +85,7 @@ from evsim.ocpp.txqueue import QueuedMessage, TxQueue
 from evsim.ocpp.versions import subprotocol_for, version_for
 from evsim.pki.ca import CertKey
 from evsim.recorder import Recorder
+from evsim.timers import Alarm
 from evsim.tls.config import Identity, TlsProfile
 from evsim.tls.context import ClientTls
 from evsim.tls.cost import handshake_kind
@@ -161,9 +163,7 @@ class Station:
         self.heartbeat_s = config.default_heartbeat_s
         self.tls_info: TlsInfo | None = None
         self.connector_status = "Available"
-        self._uplink_parked: trio.lowlevel.Task | None = (
-            None  # the uplink while it waits for work (see _poke)
-        )
+        self._uplink_alarm = Alarm()  # the uplink waits on it for work (see _poke) or its next deadline
         self._authorize_request: PendingCall | None = None
         self._reported_status: str | None = None
         self._trigger_heartbeat = False
@@ -673,23 +673,14 @@ class Station:
             wake_at = next_heartbeat
             if self.certs.planned:
                 wake_at = min(wake_at, self.certs.next_deadline(trio.current_time(), self.clock.utcnow()))
-            with trio.move_on_at(wake_at) as timer:
-                self._uplink_parked = trio.lowlevel.current_task()
-                await trio.lowlevel.wait_task_rescheduled(self._unpark)
-            if timer.cancelled_caught:  # tasks due now wake in random order: theirs go before a Heartbeat
-                await trio.lowlevel.cancel_shielded_checkpoint()
+            # late: what else is due at the same instant (a meter value) goes before a Heartbeat
+            await self._uplink_alarm.wait_until(wake_at, late=True)
 
     def _poke(self) -> None:
         """Wake the uplink if it waits for work (producers: queue, status, authorize, triggers). Nothing is
         lost when it is busy: it looks at all of them before it waits again. Cheaper than a trio.Event per
         wait, which the uplink made for every message."""
-        task, self._uplink_parked = self._uplink_parked, None
-        if task is not None:
-            trio.lowlevel.reschedule(task)
-
-    def _unpark(self, _raise_cancel: Any) -> trio.lowlevel.Abort:
-        self._uplink_parked = None
-        return trio.lowlevel.Abort.SUCCEEDED
+        self._uplink_alarm.wake()
 
     async def _certificate_step(self, session: OcppSession) -> bool:
         """The uplink's certificate work: reconnect with an accepted certificate (A02.FR.08), or send the
@@ -748,7 +739,7 @@ class Station:
         cfg = self.config
         for _ in range(cfg.sessions):
             lo, hi = cfg.session_start_s
-            await trio.sleep(self.rng.uniform(lo, hi))
+            await timers.sleep(self.rng.uniform(lo, hi))
             await self._charging_session()
             self.sessions_completed += 1
             self._poke()
@@ -769,7 +760,7 @@ class Station:
         steps = max(1, math.ceil(cfg.session_duration_s / cfg.meter_interval_s))
         step_s = cfg.session_duration_s / steps
         for _ in range(steps):
-            await trio.sleep(step_s)
+            await timers.sleep(step_s)
             self.energy_wh += cfg.charge_power_w * step_s / 3600.0
             self._enqueue(
                 "TransactionEvent",

@@ -55,6 +55,7 @@ from evsim.nodes.station import Station
 from evsim.nodes.station_model import StationConfig
 from evsim.ocpp.netprofile import DEFAULT_SLOT_NUMBERS, NetworkConnectionProfile
 from evsim.recorder import DEFAULT_KEEP, Event, Recorder
+from evsim.timers import VirtualTimers
 from evsim.tls import (
     Identity,
     PeerPolicy,
@@ -212,6 +213,8 @@ async def open_world(
                 fault_relay=fault_relay,
             )
             world.attach_capture(capture)
+            if clock == "virtual":
+                await nursery.start(VirtualTimers().run)  # cheaper wake-ups (evsim.timers)
             if world.relay is not None:
                 await nursery.start(world.relay.run)
             if expiry_warning is not None:
