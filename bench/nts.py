@@ -47,6 +47,7 @@ from evsim.nts.errors import NtpRejected
 from evsim.nts.exchange import NtpSample, NtsAssociation
 from evsim.pki import CertificateAuthority
 from evsim.recorder import Recorder
+from evsim.runtime import process_cpu
 from evsim.tls import ClientTls, Identity, TrustStore
 
 CONCURRENCY = 4
@@ -54,7 +55,6 @@ CONCURRENCY = 4
 MAX_OPS = 200_000
 """Upper bound of operations per phase (the time bound normally ends it first)."""
 START_TIMEOUT_S = 15.0
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def chronyd_path() -> str | None:
@@ -65,12 +65,6 @@ def _free_port(kind: int) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _cpu_of(pid: int) -> float:
-    """utime + stime of process ``pid`` in seconds (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def _write_pki(directory: Path) -> CertificateAuthority:
@@ -240,9 +234,9 @@ def _measure(pid: int, port: int, root: CertificateAuthority, seconds: float) ->
     )
     out: dict[str, float] = {}
     for name, phase in (("ke", _ke_phase), ("ntp", _ntp_phase)):
-        before = _cpu_of(pid)
+        before = process_cpu(pid)
         n, wall = trio.run(phase, source, seconds)
-        cpu = _cpu_of(pid) - before
+        cpu = process_cpu(pid) - before
         out[f"{name}_per_s"] = n / wall if wall else 0.0
         out[f"{name}_server_us"] = cpu / n * 1e6 if n else float("nan")
         out[f"{name}_n"] = n

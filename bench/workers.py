@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import bench_table
+from evsim.runtime import process_cpu
 
 SESSION_S = 8.0
 METER_S = 0.1
@@ -41,11 +42,6 @@ _FAILURES = frozenset({"handshake_failed", "connection_lost"})
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def _proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_one(stations: int, workers: int, pki: Path, work: Path) -> dict[str, Any]:
@@ -85,7 +81,7 @@ def run_one(stations: int, workers: int, pki: Path, work: Path) -> dict[str, Any
         )
         wall = time.perf_counter() - wall
         stations_cpu = _children_cpu() - before
-        csms_cpu = _proc_cpu(csms.pid)
+        csms_cpu = process_cpu(csms.pid)
     finally:
         csms.terminate()
         csms.wait(timeout=60)

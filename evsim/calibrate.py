@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import json
 import os
 import platform
 import random
@@ -44,7 +43,7 @@ import trio.testing
 
 from evsim import interrupts
 from evsim.clock import SimClock, real_utcnow
-from evsim.cpu import PROFILE_FORMAT, Cpu, CpuProfile, Kind
+from evsim.cpu import Cpu, CpuProfile, Kind, write_profile
 from evsim.errors import ConfigError
 from evsim.frozenmap import FrozenMap
 from evsim.net.tcp import TcpNetwork
@@ -538,13 +537,6 @@ async def _measure(sides: _Sides, *, n: int, rounds: int, name: str) -> CpuProfi
     return CpuProfile(
         name=name, costs=FrozenMap(costs), per_kib=FrozenMap(per_kib), measured=FrozenMap(measured)
     )
-
-
-def write_profile(profile: CpuProfile, path: Path) -> None:
-    """Write ``profile`` as JSON (:data:`~evsim.cpu.PROFILE_FORMAT`; :func:`evsim.cpu.load_profile` reads it)."""
-    data = profile.to_json()
-    assert data["format"] == PROFILE_FORMAT
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def command(args: argparse.Namespace) -> int:

@@ -63,6 +63,7 @@ __all__ = [
     "load_profile",
     "set_cpu_owner",
     "shipped_profiles",
+    "write_profile",
 ]
 
 PROFILE_FORMAT: Final = "evsim-cpu-profile/1"
@@ -448,3 +449,10 @@ class Cpu:
             operations=dict(self._ops),
             busy_by_kind=dict(self._busy_by),
         )
+
+
+def write_profile(profile: CpuProfile, path: Path) -> None:
+    """Write ``profile`` as JSON (:data:`~evsim.cpu.PROFILE_FORMAT`; :func:`evsim.cpu.load_profile` reads it)."""
+    data = profile.to_json()
+    assert data["format"] == PROFILE_FORMAT
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import math
+import os
 import time
 from collections.abc import Callable
 
@@ -108,3 +110,24 @@ def conforms(obj: object, protocol: type) -> bool:
     if known is None:
         known = _CONFORMS[key] = isinstance(obj, protocol)
     return known
+
+
+def schedstat(pid: int) -> tuple[float, float]:
+    """Seconds process ``pid``'s main thread has run and has waited runnable for a CPU (Linux
+    ``/proc/PID/schedstat``; NaN elsewhere): the wait is what other processes on the machine cost it."""
+    try:
+        with open(f"/proc/{pid}/schedstat", encoding="ascii") as fh:
+            run_ns, wait_ns = fh.read().split()[:2]
+    except (OSError, ValueError):
+        return math.nan, math.nan
+    return int(run_ns) / 1e9, int(wait_ns) / 1e9
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` so far (Linux /proc; NaN elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -26,7 +26,6 @@ size (``bench/cpu_model.py``). Real-clock loopback only; bounded (:data:`TIMEOUT
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -46,7 +45,7 @@ import trio
 from evsim import DEV_PASSWORD
 from evsim.backoff import RetryBackOff
 from evsim.clock import SimClock, real_utcnow
-from evsim.cpu import CpuProfile
+from evsim.cpu import CpuProfile, write_profile
 from evsim.frozenmap import FrozenMap
 from evsim.metrics.cpu import storm_figures
 from evsim.metrics.topology import Topology
@@ -57,7 +56,7 @@ from evsim.nodes.station import Station
 from evsim.nodes.station_model import StationConfig
 from evsim.pki import init_dev_pki
 from evsim.recorder import Recorder
-from evsim.runtime import raise_open_file_limit, tune_gc
+from evsim.runtime import process_cpu, raise_open_file_limit, schedstat, tune_gc
 from evsim.scenario.loader import loads_scenario
 from evsim.scenario.runner import run_scenario
 
@@ -164,27 +163,6 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], limit: float = 30.
                 return
         time.sleep(0.05)
     raise RuntimeError(f"evsim csms did not listen on 127.0.0.1:{port} within {limit:.0f} s")
-
-
-def schedstat(pid: int) -> tuple[float, float]:
-    """Seconds process ``pid``'s main thread has run and has waited runnable for a CPU (Linux
-    ``/proc/PID/schedstat``; NaN elsewhere): the wait is what other processes on the machine cost it."""
-    try:
-        with open(f"/proc/{pid}/schedstat", encoding="ascii") as fh:
-            run_ns, wait_ns = fh.read().split()[:2]
-    except (OSError, ValueError):
-        return math.nan, math.nan
-    return int(run_ns) / 1e9, int(wait_ns) / 1e9
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid`` so far (Linux /proc; NaN elsewhere)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return math.nan
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def real_storm(
@@ -336,7 +314,7 @@ def fit_to_storm(
     sample)."""
     with tempfile.TemporaryDirectory(prefix="evsim-fit-") as tmp:
         path = Path(tmp) / "parts.json"
-        path.write_text(json.dumps(profile.to_json()), encoding="utf-8")
+        write_profile(profile, path)
         model = model_storm(n, str(path), window)
         bare = model_storm(n, str(path), window, no_validation_cost=True)
     storms = [real_storm(n, window) for _ in range(max(1, rounds))]
