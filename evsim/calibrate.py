@@ -74,6 +74,8 @@ __all__ = ["DEFAULT_STORM", "MESSAGES", "calibrate", "command", "write_profile"]
 
 DEFAULT_STORM = 300
 """Stations of the real boot storm the measured costs are fitted to (:mod:`evsim.stormfit`; 0: none)."""
+MAX_STORM = 10_000
+"""The largest fit storm: it runs three times in this process, and a bigger one needs more memory than it tells."""
 HOST = "csms.evsim.test"
 CLIENT = "evsim-calibrate-client"
 SERVER = "evsim-calibrate-server"
@@ -547,9 +549,9 @@ def command(args: argparse.Namespace) -> int:
             value=(args.iterations, args.rounds),
             fix="e.g. --iterations 50 --rounds 5",
         )
-    if args.storm < 0:
+    if not 0 <= args.storm <= MAX_STORM:
         raise ConfigError(
-            "--storm must be 0 (no storm) or a number of stations",
+            f"--storm must be 0 (no storm) or a number of stations up to {MAX_STORM:,}",
             value=args.storm,
             fix=f"e.g. --storm {DEFAULT_STORM}",
         )

@@ -69,6 +69,10 @@ def test_calibrate_fits_the_profile_to_a_real_storm_over_loopback(tmp_path: Path
     assert profile.cost(("tls", "client", "full")) > 0
 
 
-def test_a_negative_storm_is_refused_with_the_flag_to_use(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_main(["calibrate", "--storm", "-1", "--out", "/nonexistent/x.json"]) != 0
-    assert "--storm" in capsys.readouterr().err
+@pytest.mark.parametrize("storm", ["-1", "10001", "99999999"])
+def test_a_storm_out_of_range_is_refused_with_the_flag_to_use(
+    storm: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli_main(["calibrate", "--storm", storm, "--out", "/nonexistent/x.json"]) != 0
+    err = capsys.readouterr().err
+    assert "--storm" in err and "10,000" in err
