@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -125,6 +126,27 @@ async def test_loopback_streams_pass_trio_stream_checks() -> None:
 async def _send_until_broken(stream: TcpStream) -> None:
     for _ in range(100):
         await stream.send_all(b"x" * 65536)
+
+
+@pytest.mark.loopback
+async def test_a_cancelled_connect_leaves_no_socket_and_a_connected_one_has_nodelay() -> None:
+    net = TcpNetwork()
+    with trio.fail_after(10):
+        listener = await net.listen("127.0.0.1", 0)
+        port = listener.address[1]
+        fds = len(os.listdir("/proc/self/fd"))
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await net.connect("127.0.0.1", port)
+        assert len(os.listdir("/proc/self/fd")) == fds
+        assert net.statistics().connects == 0
+        client = await net.connect("127.0.0.1", port)
+        server = await listener.accept()
+        assert client.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert client.statistics().remote == server.statistics().local
+        await client.aclose()
+        await server.aclose()
+        await listener.aclose()
 
 
 @pytest.mark.loopback

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import attrs
+from cryptography import x509
 
 from evsim.tls.context import ClientTls
 from evsim.tls.stream import TlsInfo
@@ -64,7 +65,26 @@ def certificate_issuers(tls: ClientTls, info: TlsInfo) -> dict[str, str]:
     station's own certificate, profile 3), as RFC 4514 strings."""
     out: dict[str, str] = {}
     if info.peer_chain:
-        out["server_issuer"] = info.peer_chain[0].issuer.rfc4514_string()[:ISSUER_LENGTH]
+        out["server_issuer"] = _issuer_text(info.peer_chain[0])
     if tls.identity is not None:
-        out["client_issuer"] = tls.identity.chain[0].issuer.rfc4514_string()[:ISSUER_LENGTH]
+        out["client_issuer"] = _issuer_text(tls.identity.chain[0])
     return out
+
+
+_ISSUERS: dict[int, tuple[x509.Certificate, str]] = {}
+_ISSUERS_MAX = 256  # distinct certificates a process sees in a run: a few CSMS leaves, the fleet's own
+
+
+def _issuer_text(cert: x509.Certificate) -> str:
+    """The issuer of ``cert`` as an RFC 4514 string, remembered per certificate object: a fleet's stations
+    see one shared object per CSMS certificate (``evsim.tls.stream`` shares them), and formatting the name
+    (≈13 µs) on every connection was a visible share of a boot storm. Keyed by identity (hashing a
+    certificate costs half as much as formatting it); the entry holds the object, so its id stays its own."""
+    hit = _ISSUERS.get(id(cert))
+    if hit is not None and hit[0] is cert:
+        return hit[1]
+    text = cert.issuer.rfc4514_string()[:ISSUER_LENGTH]
+    if len(_ISSUERS) >= _ISSUERS_MAX:
+        _ISSUERS.clear()
+    _ISSUERS[id(cert)] = (cert, text)
+    return text
