@@ -22,10 +22,8 @@ from __future__ import annotations
 import contextlib
 import http
 import math
-import re
 import types
 from collections.abc import Callable, Mapping, Sequence
-from typing import cast
 
 import attrs
 import h11
@@ -34,8 +32,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 from wsproto.extensions import Extension
-from wsproto.handshake import server_extensions_handshake
-from wsproto.utilities import ProtocolError, generate_accept_token
+from wsproto.utilities import ProtocolError
 
 from evsim.errors import (
     BrokenTransport,
@@ -409,7 +406,6 @@ async def ws_server(
             ws = await _accept(
                 stream,
                 conn,
-                event,
                 request,
                 decision,
                 compression,
@@ -451,7 +447,6 @@ def _upgrade_request(event: Request) -> UpgradeRequest:
 async def _accept(
     stream: trio.abc.Stream,
     conn: WSConnection,
-    event: Request,
     request: UpgradeRequest,
     decision: Accept,
     compression: bool,
@@ -467,26 +462,19 @@ async def _accept(
         )
     extension = BoundedDeflate(max_message_size) if compression else None
     try:
-        answer = _switching_protocols(event, decision, extension)
-        if answer is not None:
-            data, connection = answer
-        else:  # what the fast path does not vouch for: wsproto builds (or refuses) the answer
-            extension = BoundedDeflate(max_message_size) if compression else None
-            data = conn.send(
-                AcceptConnection(
-                    subprotocol=decision.subprotocol,
-                    extensions=[extension] if extension is not None else [],
-                    extra_headers=[
-                        (n.encode("ascii"), v.encode("latin-1")) for n, v in decision.extra_headers
-                    ],
-                )
+        data = conn.send(
+            AcceptConnection(
+                subprotocol=decision.subprotocol,
+                extensions=[extension] if extension is not None else [],
+                extra_headers=[(n.encode("ascii"), v.encode("latin-1")) for n, v in decision.extra_headers],
             )
-            assert conn.connection is not None
-            connection = conn.connection
+        )
     except _ERRORS as exc:
         await _send_best_effort(stream, _http_response(400, "bad WebSocket upgrade request"))
         raise WebSocketError(f"cannot accept the WebSocket upgrade: {exc}") from exc
     await _send(stream, data)
+    connection = conn.connection
+    assert connection is not None
     return WebSocket(
         stream,
         connection,
@@ -502,45 +490,3 @@ async def _accept(
         deflate=extension,
         early_data=_early_data(raw),
     )
-
-
-# A header value the fast path writes as it is: visible ASCII words separated by spaces or tabs, which h11's
-# field-value rule (RFC 9110 §5.5) accepts too; anything else goes through wsproto and h11.
-_PLAIN_VALUE = re.compile(rb"[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*")
-
-
-def _switching_protocols(
-    event: Request, decision: Accept, extension: BoundedDeflate | None
-) -> tuple[bytes, Connection] | None:
-    """The 101 answer and the server's frame protocol, as wsproto's ``send(AcceptConnection(...))`` makes them
-    byte for byte (same headers, order and spelling: ``tests/test_ws_handshake_fast.py``), without building
-    and re-validating an h11 event; about a third of the server's upgrade CPU in a boot storm. Only what is
-    ours or was checked on the way in is written: the accept token (base64), the subprotocol the client
-    offered and the extension answer, each a plain header value; None when there are ``extra_headers`` or a
-    value is not plain (wsproto then answers, or refuses, as before).
-
-    Raises:
-        ValueError: the client's extension offer is malformed (as from wsproto: the caller answers 400).
-    """
-    if decision.extra_headers:
-        return None
-    nonce = b", ".join(v for n, v in event.extra_headers if n == b"sec-websocket-key")
-    lines = [
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
-        b"Sec-WebSocket-Accept: %s\r\n" % generate_accept_token(nonce),
-    ]
-    if decision.subprotocol is not None:
-        protocol = decision.subprotocol.encode("ascii")  # offered by the client: checked by h11 on the way in
-        if not _PLAIN_VALUE.fullmatch(protocol):
-            return None
-        lines.append(b"Sec-WebSocket-Protocol: %s\r\n" % protocol)
-    extensions: list[Extension] = [extension] if extension is not None else []
-    if extensions:
-        # a server's Request carries the client's offers as text (wsproto's own _accept casts the same way)
-        accepts = server_extensions_handshake(cast("Sequence[str]", event.extensions), extensions)
-        if accepts:
-            if not _PLAIN_VALUE.fullmatch(accepts):
-                return None
-            lines.append(b"Sec-WebSocket-Extensions: %s\r\n" % accepts)
-    lines.append(b"\r\n")
-    return b"".join(lines), Connection(ConnectionType.SERVER, extensions)
