@@ -150,12 +150,12 @@ def shard_errors(scenario: Scenario, count: int) -> list[ConfigError]:
             value=count,
             fix=f"use at most {sc.station_count()} shards",
         )
-    for name in sc.cpu:
+    if sc.cpu:
         refuse(
             "a CPU model makes nodes share cores: a server replicated per shard would serve its slice on a "
             "whole core, so every cost and queue would shrink",
             path="cpu",
-            value=name,
+            value=sorted(sc.cpu),
             fix=f"remove the cpu tables (the CPU model), {_UNSHARDED}",
         )
     for name, group in sc.stations.items():
@@ -177,10 +177,15 @@ def shard_errors(scenario: Scenario, count: int) -> list[ConfigError]:
                 value={"max_concurrent": s.max_concurrent, "max_queued": s.max_queued},
                 fix=f"remove max_concurrent / max_queued, {_UNSHARDED}",
             )
-    upstream_can_fail = bool(sc.controllers) and (
-        any(link.reset is not None or link.stall is not None for link in sc.links)
-        or any(ev.action.needs_faults() or isinstance(ev.action, Stop) for ev in sc.timeline)
-    )
+    servers = {*sc.csms, *sc.controllers, "*"}
+
+    def hits_upstream(action: Action) -> bool:
+        """A stop of, or a network fault on, a CSMS or controller while controllers serve stations."""
+        return (isinstance(action, Stop) or action.needs_faults()) and bool(
+            servers & set(_strings(tuple(action.fields().values())))
+        )
+
+    upstream_can_fail = bool(sc.controllers)
     owner = _owner(sc, count) if count <= sc.station_count() else {}
     for i, ev in enumerate(sc.timeline):
         action: Action = ev.action
@@ -197,7 +202,7 @@ def shard_errors(scenario: Scenario, count: int) -> list[ConfigError]:
                 fix=f"remove it, {_UNSHARDED}",
                 line=ev.line,
             )
-        elif upstream_can_fail and (action.needs_faults() or isinstance(action, Stop)):
+        elif upstream_can_fail and hits_upstream(action):
             refuse(
                 "a controller draws each station's upstream retry jitter from its own RNG in arrival order, so "
                 "after an upstream failure a station's retries depend on the other shards' stations",
@@ -225,7 +230,11 @@ def shard_errors(scenario: Scenario, count: int) -> list[ConfigError]:
                 fix=f"name a station and a server, or groups, {_UNSHARDED}",
                 line=link.line,
             )
-        elif upstream_can_fail and (link.reset is not None or link.stall is not None):
+        elif (
+            upstream_can_fail
+            and (link.reset is not None or link.stall is not None)
+            and servers & set(link.between)
+        ):
             refuse(
                 "a link reset or stall while controllers serve the stations: their upstream retries would "
                 "depend on the other shards' stations",
