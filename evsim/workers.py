@@ -1,4 +1,5 @@
-"""``evsim stations --workers K``: one fleet in K processes on this machine, one result.
+"""``evsim stations --workers K`` and ``evsim run FILE --workers K``: one fleet or one scenario run in K processes
+on this machine, one result.
 
 Theory of operation. The parent runs no station: it starts K children, ``evsim stations ... --shard I/K --json``
 (the same evsim, the same arguments, each its own trio run with its contiguous range of station ids:
@@ -6,6 +7,11 @@ Theory of operation. The parent runs no station: it starts K children, ``evsim s
 go to the shared standard error), and prints one merged result; its exit status is the worst child's
 (interrupted > configuration error > incomplete > ok). With ``--out DIR`` every child writes its run directory and
 the parent merges them (:func:`evsim.metrics.merge.merge_shards`) into one more.
+
+``evsim run FILE --workers K`` is the same for a scenario in virtual time: child ``I`` runs
+``evsim run FILE --shard I/K --json`` (a replica of every server and its slice of every station group:
+:mod:`evsim.scenario.shard`) and writes its run directory; the parent merges them into one run directory and
+prints its report as ``evsim run`` does (:func:`run_scenario_workers`).
 
 Ctrl-C is answered once for all: the children run in their own process group, so the terminal's SIGINT reaches
 only the parent; the parent's first Ctrl-C stops its trio run (:mod:`evsim.interrupts`), and while it winds down it

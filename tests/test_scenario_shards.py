@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import collections
 import json
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import given
 from hypothesis import strategies as hst
 
@@ -299,3 +301,46 @@ def test_run_workers_merges_the_shards(tmp_path: Path) -> None:
         check=False,
     )
     assert refused.returncode == 2 and "--pcap needs the whole run in one process" in refused.stderr
+
+
+@pytest.mark.slow
+async def test_one_ctrl_c_stops_every_scenario_worker(tmp_path: Path) -> None:
+    """SIGINT to the parent only: each shard stops, writes its run directory and reports; the merged run says
+    it is incomplete (an interrupted run never passes for a complete one) and the exit status is 130."""
+    file = tmp_path / "long.toml"
+    file.write_text(TINY.replace('duration = "2h"', 'duration = "365d"'))
+    argv = [
+        *EVSIM,
+        "run",
+        str(file),
+        "--workers",
+        "2",
+        "--out",
+        str(tmp_path / "runs"),
+        "--no-plots",
+        "--json",
+    ]
+    with trio.fail_after(120):
+        proc = await trio.lowlevel.open_process(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        err = bytearray()
+        while b"workers started" not in err:
+            chunk = await proc.stderr.receive_some()
+            assert chunk, err
+            err += chunk
+        proc.send_signal(signal.SIGINT)
+        out = bytearray()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_all, proc.stderr, err)
+            await _read_all(proc.stdout, out)
+            await proc.wait()
+    assert proc.returncode == 130, err
+    meta = json.loads((Path(json.loads(out)["run_directory"]) / "meta.json").read_text())
+    assert meta["outcome"] == "incomplete (shard 0: interrupted; shard 1: interrupted)"
+
+
+async def _read_all(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+    while chunk := await stream.receive_some():
+        into += chunk

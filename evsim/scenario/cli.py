@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -164,6 +165,8 @@ def run(args: argparse.Namespace, *, tell: Callable[[Path, int, bool], object] |
         if plan is not None:  # what 'evsim report --merge' checks the shards of one run by
             meta["scenario_run"] = scenario_run_id(Path(args.file).read_bytes(), sc)
             meta["shard"] = plan.as_json()
+            # this process's peak resident memory (Linux: KiB): what a shard of this size needs
+            meta["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         rd.write_meta(meta)
     text, pngs = rerender(rd.path, plots=not args.no_plots)
     links = station_links_table(result) if 0 < len(result.stations) <= PER_STATION_TABLE_MAX else None
