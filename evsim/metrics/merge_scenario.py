@@ -7,13 +7,14 @@ and duration) and its slice (``shard``: index, count, and per group the station 
 
 The merge checks the shards belong together (the same scenario run, the same shard count, no shard twice, no
 station in two shards), keeps every event at its own time (no shift: the axes are one), and writes a run
-directory whose ``meta.json`` unites the per-station counts and records the shards and that the servers were
+directory whose ``meta.json`` unites the per-station counts (a timeline event every shard played is kept once) and records the shards and that the servers were
 replicated per shard: a server's events appear once per shard, each replica with the stations of its shard.
 Missing shards are recorded and make the outcome ``incomplete``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ REPLICATED = (
 """What the merged ``meta.json`` says about the server nodes (``servers``)."""
 
 _DONE = ("completed", "all stations done")
+TIMELINE_NODE = "timeline"
+"""The node of the events that record a timeline entry being played (:meth:`evsim.world.World.play`)."""
+_Item = tuple[float, int, int, dict[str, Any]]
 
 
 def _shard(run: RunData) -> dict[str, Any]:
@@ -104,6 +108,23 @@ def _union(runs: Sequence[RunData], key: str, *, depth: int = 1) -> dict[str, An
     return out
 
 
+def _timeline_once(events: list[_Item]) -> list[_Item]:
+    """``events`` with each timeline event once: a shard records an event aimed at a server or a group as every
+    shard does (the same instant, action and parameters), and the merged run, like the unsharded one, played
+    it once."""
+    seen: set[str] = set()
+    out = []
+    for item in events:
+        event = item[3]
+        if event.get("node") == TIMELINE_NODE:
+            key = json.dumps({k: v for k, v in event.items() if k != "seq"}, sort_keys=True, default=str)
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(item)
+    return out
+
+
 def merge_scenario_shards(runs: Sequence[RunData], out: Path) -> Path:
     """Merge the run directories of the shards of one scenario run into a new run directory under ``out``.
 
@@ -126,6 +147,7 @@ def merge_scenario_shards(runs: Sequence[RunData], out: Path) -> Path:
         ((float(e["t"]), int(_shard(run)["index"]), n, e) for run in runs for n, e in enumerate(run.events)),
         key=lambda item: item[:3],
     )
+    events = _timeline_once(events)
     shards = [
         {
             **_shard(run),
