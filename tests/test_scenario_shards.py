@@ -311,7 +311,7 @@ async def test_one_ctrl_c_stops_every_scenario_worker(tmp_path: Path) -> None:
     """SIGINT to the parent only: each shard stops, writes its run directory and reports; the merged run says
     it is incomplete (an interrupted run never passes for a complete one) and the exit status is 130."""
     file = tmp_path / "long.toml"
-    file.write_text(TINY.replace('duration = "2h"', 'duration = "365d"'))
+    file.write_text(TINY.replace('duration = "2h"', 'duration = "30d"'))
     argv = [
         *EVSIM,
         "run",
@@ -323,22 +323,26 @@ async def test_one_ctrl_c_stops_every_scenario_worker(tmp_path: Path) -> None:
         "--no-plots",
         "--json",
     ]
-    with trio.fail_after(120):
-        proc = await trio.lowlevel.open_process(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO
-        )
-        assert proc.stdout is not None and proc.stderr is not None
-        err = bytearray()
-        while b"workers started" not in err:
-            chunk = await proc.stderr.receive_some()
-            assert chunk, err
-            err += chunk
-        proc.send_signal(signal.SIGINT)
-        out = bytearray()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_read_all, proc.stderr, err)
-            await _read_all(proc.stdout, out)
-            await proc.wait()
+    proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        with trio.fail_after(120):
+            err = bytearray()
+            while b"workers started" not in err:
+                chunk = await proc.stderr.receive_some()
+                assert chunk, err
+                err += chunk
+            proc.send_signal(signal.SIGINT)
+            out = bytearray()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_read_all, proc.stderr, err)
+                await _read_all(proc.stdout, out)
+                await proc.wait()
+    finally:
+        if proc.returncode is None:  # the parent passes its SIGINT on to its workers
+            proc.send_signal(signal.SIGINT)
+            with trio.move_on_after(60):
+                await proc.wait()
     assert proc.returncode == 130, err
     meta = json.loads((Path(json.loads(out)["run_directory"]) / "meta.json").read_text())
     assert meta["outcome"] == "incomplete (shard 0: interrupted; shard 1: interrupted)"
