@@ -109,7 +109,7 @@ def run_workers(
     n = int(meta["stations_total"])
     shards = f"{workers} workers" if workers > 1 else "unsharded"
     processes = f"all {workers + 1} processes" if workers > 1 else "the process"
-    return [
+    rows = [
         (
             f"{n} stations x {float(meta['duration_s']) / 3600:.0f} h simulated, {shards}: wall time",
             wall,
@@ -122,6 +122,10 @@ def run_workers(
         ("CPU time per OCPP message (whole stack, both ends)", cpu / max(messages, 1) * 1e6, "us"),
         ("peak RSS of the largest worker" if workers > 1 else "peak RSS of the process", max(peaks), "MiB"),
     ]
+    if workers > 1:  # the rest is the parent's: its start, the merge and the merged report
+        shard_cpu = sum(float(s.get("cpu_s") or 0.0) for s in meta["shards"])
+        rows.append(("CPU time of the workers until their runs ended (start and run, sum)", shard_cpu, "s"))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -156,6 +156,7 @@ def merge_scenario_shards(runs: Sequence[RunData], out: Path) -> Path:
             "wall_time_s": run.meta.get("wall_time_s"),
             "stations_total": run.meta.get("stations_total"),
             "peak_rss_mib": run.meta.get("peak_rss_mib"),
+            "cpu_s": run.meta.get("cpu_s"),
         }
         for run in runs
     ]

@@ -166,7 +166,9 @@ def run(args: argparse.Namespace, *, tell: Callable[[Path, int, bool], object] |
             meta["scenario_run"] = scenario_run_id(Path(args.file).read_bytes(), sc)
             meta["shard"] = plan.as_json()
             # this process's peak resident memory (Linux: KiB): what a shard of this size needs
-            meta["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            meta["peak_rss_mib"] = round(usage.ru_maxrss / 1024, 1)
+            meta["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 3)  # start and run, before the report
         rd.write_meta(meta)
     text, pngs = rerender(rd.path, plots=not args.no_plots)
     links = station_links_table(result) if 0 < len(result.stations) <= PER_STATION_TABLE_MAX else None
