@@ -8,6 +8,7 @@ evsim report --merge DIR... [--out DIR]   combine shard run directories into one
 evsim k8s manifest --shards N             a Kubernetes Indexed Job running the fleet as N shards
 evsim demo --pki DIR                      a CSMS and ten stations in one process (virtual time)
 evsim run FILE / validate FILE... / report RUN_DIR   scenarios (``--json`` on each)
+    [--workers K | --shard I/N]           a scenario as K shards in K processes, or shard I of N
 evsim tls capabilities [--json]           TLS versions, suites, groups and knob states of this engine
 evsim explain handshake [--case C]        one real TLS handshake step by step (offers, choices, checks, why)
 evsim firmware sign --version V           a signed test firmware image (manufacturer root of the dev PKI)
@@ -424,6 +425,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-live", action="store_true", help="no live progress display")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     run.add_argument("--canonical-log", default=None, help="also write the canonical event log to FILE")
+    split = run.add_mutually_exclusive_group()
+    split.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="K",
+        help="run the scenario as K shards in K processes on this machine (each every server and its slice "
+        "of every station group, as --shard I/K); one merged run directory and report, the worst exit status; "
+        "Ctrl-C stops them all (default 1; scenarios/README.md, Sharded runs)",
+    )
+    split.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        metavar="I/N",
+        help="run only shard I (0-based) of N: every server, and stations count*I/N+1 .. count*(I+1)/N of each "
+        "group, named as in the whole run; 'evsim report --merge' combines the shards' run directories",
+    )
     run.add_argument(
         "--explain",
         type=int,
@@ -467,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         default=None,
         help="combine the run directories of the shards of one 'evsim stations' fleet (--shard, --workers --out) "
-        "into a new run directory with one summary and plots; refuses overlapping shards or different fleets",
+        "or of one 'evsim run FILE --shard I/N' into a new run directory with one summary and plots; refuses "
+        "overlapping shards or shards of different fleets or scenario runs",
     )
     rep.add_argument(
         "--out",
@@ -647,6 +667,10 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command == "run":
             from evsim.scenario import cli as scenario_cli
 
+            if args.workers > 1:
+                from evsim.workers import run_scenario_workers
+
+                return run_scenario_workers(args, tell=_story)
             return scenario_cli.run(args, tell=_story)
         if args.command == "validate":
             from evsim.scenario import cli as scenario_cli

@@ -1,4 +1,5 @@
-"""``evsim stations --workers K``: one fleet in K processes on this machine, one result.
+"""``evsim stations --workers K`` and ``evsim run FILE --workers K``: one fleet or one scenario run in K processes
+on this machine, one result.
 
 Theory of operation. The parent runs no station: it starts K children, ``evsim stations ... --shard I/K --json``
 (the same evsim, the same arguments, each its own trio run with its contiguous range of station ids:
@@ -6,6 +7,11 @@ Theory of operation. The parent runs no station: it starts K children, ``evsim s
 go to the shared standard error), and prints one merged result; its exit status is the worst child's
 (interrupted > configuration error > incomplete > ok). With ``--out DIR`` every child writes its run directory and
 the parent merges them (:func:`evsim.metrics.merge.merge_shards`) into one more.
+
+``evsim run FILE --workers K`` is the same for a scenario in virtual time: child ``I`` runs
+``evsim run FILE --shard I/K --json`` (a replica of every server and its slice of every station group:
+:mod:`evsim.scenario.shard`) and writes its run directory; the parent merges them into one run directory and
+prints its report as ``evsim run`` does (:func:`run_scenario_workers`).
 
 Ctrl-C is answered once for all: the children run in their own process group, so the terminal's SIGINT reaches
 only the parent; the parent's first Ctrl-C stops its trio run (:mod:`evsim.interrupts`), and while it winds down it
@@ -24,10 +30,11 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from evsim import interrupts
@@ -35,7 +42,16 @@ from evsim.errors import ConfigError
 from evsim.metrics.summary import Table
 from evsim.shards import Shard
 
-__all__ = ["CHILD_GRACE_S", "merged_result", "run_workers", "shard_argv", "worst_status"]
+__all__ = [
+    "CHILD_GRACE_S",
+    "merged_result",
+    "run_children",
+    "run_scenario_workers",
+    "run_workers",
+    "scenario_shard_argv",
+    "shard_argv",
+    "worst_status",
+]
 
 CHILD_GRACE_S = 30.0
 """How long a child may take to stop after its SIGINT before it is killed."""
@@ -163,25 +179,9 @@ def run_workers(args: argparse.Namespace) -> int:
             value=k,
             fix=f"use at most {args.stations} workers",
         )
-    slots: list[list[tuple[int, bytes]]] = [[] for _ in range(k)]
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            pids = [await nursery.start(_child, shard_argv(args, Shard(i, k)), slots[i]) for i in range(k)]
-            print(
-                f"evsim stations: {k} workers started, "
-                + ", ".join(f"shard {i}/{k} pid {pid}" for i, pid in enumerate(pids)),
-                file=sys.stderr,
-                flush=True,
-            )
-
-    interrupted = False
-    try:
-        interrupts.run(main)
-    except KeyboardInterrupt:
-        interrupted = True
-    statuses = [slot[0][0] if slot else interrupts.EXIT_INTERRUPTED for slot in slots]
-    results = [_parse(slot[0][1]) if slot else None for slot in slots]
+    statuses, results, interrupted = run_children(
+        [shard_argv(args, Shard(i, k)) for i in range(k)], "evsim stations"
+    )
     merged = merged_result(results, k)
     if args.out:
         merged["run_directory"] = _merge_run_dirs(results, Path(args.out))
@@ -199,6 +199,38 @@ def run_workers(args: argparse.Namespace) -> int:
         print("evsim: interrupted", file=sys.stderr)
         return interrupts.EXIT_INTERRUPTED
     return worst_status(statuses)
+
+
+def run_children(
+    argvs: Sequence[list[str]], what: str
+) -> tuple[list[int], list[dict[str, Any] | None], bool]:
+    """Run one child per command line (child ``i`` is shard ``i``) until all end, answering Ctrl-C once for all
+    (see the module docstring).
+
+    Returns:
+        Each child's exit status (130 for one that never reported), its JSON result from standard output (None:
+        none), and whether this process was interrupted.
+    """
+    k = len(argvs)
+    slots: list[list[tuple[int, bytes]]] = [[] for _ in range(k)]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            pids = [await nursery.start(_child, argv, slots[i]) for i, argv in enumerate(argvs)]
+            print(
+                f"{what}: {k} workers started, "
+                + ", ".join(f"shard {i}/{k} pid {pid}" for i, pid in enumerate(pids)),
+                file=sys.stderr,
+                flush=True,
+            )
+
+    interrupted = False
+    try:
+        interrupts.run(main)
+    except KeyboardInterrupt:
+        interrupted = True
+    statuses = [slot[0][0] if slot else interrupts.EXIT_INTERRUPTED for slot in slots]
+    return statuses, [_parse(slot[0][1]) if slot else None for slot in slots], interrupted
 
 
 def _parse(out: bytes) -> dict[str, Any] | None:
@@ -228,3 +260,78 @@ def _table(merged: dict[str, Any]) -> Table:
     rows = tuple(tuple(row.get(c["name"], "") for c in columns) for row in doc["rows"])
     headers = tuple(str(c.get("header", c["name"])) for c in columns)
     return Table(str(doc["title"]), headers, rows)
+
+
+# ---------------------------------------------------------------- evsim run FILE --workers K
+
+
+def scenario_shard_argv(args: argparse.Namespace, shard: Shard) -> list[str]:
+    """The command line of the child running ``shard`` of ``evsim run FILE`` (its run directory under
+    ``--out``, its result as JSON, no live display or plots: the parent renders the merged run)."""
+    argv = [sys.executable, "-m", "evsim", "run", args.file, "--out", args.out, "--no-live", "--no-plots"]
+    if args.seed is not None:
+        argv += ["--seed", str(args.seed)]
+    argv += ["-v"] * (getattr(args, "verbose", 0) or 0) + ["-q"] * (getattr(args, "quiet", 0) or 0)
+    return [*argv, "--shard", str(shard), "--json"]
+
+
+def run_scenario_workers(
+    args: argparse.Namespace, *, tell: Callable[[Path, int, bool], object] | None = None
+) -> int:
+    """``evsim run FILE --workers K``: K shards in K processes, their run directories merged into one, whose
+    report is printed as ``evsim run`` prints it; the worst child's exit status.
+
+    Raises:
+        ConfigError: an option a sharded run cannot honour, or a scenario sharding would change (checked here
+            first, so one message says why instead of K).
+    """
+    from evsim.metrics.merge import merge_shards
+    from evsim.metrics.rundir import rerender
+    from evsim.scenario import cli as scenario_cli
+    from evsim.scenario.diagnose import scenario_errors
+    from evsim.scenario.runner import preflight
+
+    for flag, value in (("--pcap", args.pcap), ("--canonical-log", args.canonical_log)):
+        if value:
+            raise ConfigError(
+                f"{flag} needs the whole run in one process",
+                path=flag,
+                value=value,
+                fix=f"drop {flag} or --workers",
+            )
+    sc, errors = scenario_errors(args.file)
+    if sc is None or errors:
+        for exc in errors:
+            print(f"evsim: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.seed is not None:
+        sc = attrs.evolve(sc, simulation=attrs.evolve(sc.simulation, seed=args.seed))
+    k = args.workers
+    preflight(sc, Shard(0, k))  # every shard would refuse the same way
+    statuses, results, interrupted = run_children(
+        [scenario_shard_argv(args, Shard(i, k)) for i in range(k)], f"evsim run {sc.simulation.name}"
+    )
+    dirs = [Path(r["run_directory"]) for r in results if r is not None and "run_directory" in r]
+    if not dirs:
+        print("evsim: no shard wrote a run directory", file=sys.stderr)
+        return interrupts.EXIT_INTERRUPTED if interrupted else worst_status(statuses) or 1
+    with interrupts.deferred():
+        merged = merge_shards(dirs, Path(args.out))
+    text, pngs = rerender(merged, plots=not args.no_plots)
+    if args.json:
+        doc = {**scenario_cli.report_json(merged, pngs), "shards": [str(d) for d in dirs]}
+        if args.explain and tell is not None:
+            doc["story"] = tell(merged, args.explain, True)
+        scenario_cli.print_json(doc)
+    else:
+        print(text)
+        print(f"\nrun directory: {merged} ({k} shards: {', '.join(str(d) for d in dirs)})")
+        for png in pngs:
+            print(f"  plot: {png}")
+        if args.explain and tell is not None:
+            print()
+            print(tell(merged, args.explain, False))
+    if interrupted:
+        print("evsim: interrupted", file=sys.stderr)
+        return interrupts.EXIT_INTERRUPTED
+    return worst_status(statuses)

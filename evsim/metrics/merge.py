@@ -7,6 +7,10 @@ together (same fleet, same shard count, no shard twice, no station in two shards
 axis (the earliest shard start is 0; each shard is shifted by how much later it started), and writes a new run
 directory whose ``meta.json`` records the shards; the summary and plots are then rendered from it as for any
 run. Missing shards are allowed (a pod that never ran) and recorded, and make the outcome ``incomplete``.
+
+The shards of one scenario run (``evsim run FILE --shard I/N``, or a worker of ``--workers``) name the run in
+``scenario_run`` (the file's content hash, seed and duration) instead of ``fleet``, and the stations each ran
+in ``shard.groups``; they are merged by :mod:`evsim.metrics.merge_scenario`: the same checks, no time shift.
 """
 
 from __future__ import annotations
@@ -103,7 +107,12 @@ def merge_shards(dirs: Sequence[Path], out: Path) -> Path:
     """
     if not dirs:
         raise ConfigError("nothing to merge", path="--merge", fix="give the shards' run directories")
-    runs = sorted((load(d) for d in dirs), key=lambda r: int(_shard_of(r).get("index", -1)))
+    loaded = [load(d) for d in dirs]
+    if any("scenario_run" in r.meta for r in loaded):
+        from evsim.metrics.merge_scenario import merge_scenario_shards
+
+        return merge_scenario_shards(loaded, out)
+    runs = sorted(loaded, key=lambda r: int(_shard_of(r).get("index", -1)))
     _check_together(runs)
     starts = [_started(r) for r in runs]
     t0 = min(starts)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,7 @@ from evsim.recorder import DEFAULT_KEEP, Event
 from evsim.scenario.diagnose import scenario_errors
 from evsim.scenario.model import Scenario
 from evsim.scenario.runner import RunResult, preflight, run_scenario
+from evsim.scenario.shard import ShardPlan, scenario_run_id
 
 
 def validate(args: argparse.Namespace) -> int:
@@ -116,14 +118,21 @@ def run(args: argparse.Namespace, *, tell: Callable[[Path, int, bool], object] |
         return 2
     if args.seed is not None:
         sc = attrs.evolve(sc, simulation=attrs.evolve(sc.simulation, seed=args.seed))
-    preflight(sc)  # refuse before creating anything
+    shard = getattr(args, "shard", None)
+    preflight(sc, shard)  # refuse before creating anything
     if args.pcap:
         open_capture_file(args.pcap).close()  # a path that cannot be written is refused before the run
     sim = sc.simulation
     from evsim.clock import real_utcnow
 
-    rd = RunDir.create(Path(args.out), sim.name, real_utcnow())
+    plan = None if shard is None else ShardPlan.of(sc, shard)
+    name = sim.name if shard is None else f"{sim.name}-shard-{shard.index}-of-{shard.count}"
+    rd = RunDir.create(Path(args.out), name, real_utcnow())
     topology = sc.topology()
+    if plan is not None:  # the shard's stations only: the merge checks no station is in two shards
+        topology = attrs.evolve(
+            topology, groups={sid: g for sid, g in topology.groups.items() if sid in plan.members}
+        )
     # On loopback TCP, say where each node listens as soon as it does (a capture filter needs the ports).
     announce = _announce_listening if sim.network == "tcp" else _ignore
     # Ctrl-C during the run stops it (the result says "interrupted"); around it, it waits for whole files
@@ -135,22 +144,38 @@ def run(args: argparse.Namespace, *, tell: Callable[[Path, int, bool], object] |
             # a canonical log needs every event in memory, not the recorder's last DEFAULT_KEEP
             keep = None if args.canonical_log else DEFAULT_KEEP
             if args.no_live:
-                result = run_scenario(sc, sink=tee(sink, announce), pcap=pcap, keep_events=keep)
+                result = run_scenario(sc, sink=tee(sink, announce), pcap=pcap, keep_events=keep, shard=shard)
             else:
                 with LiveProgress(
-                    sc.station_count(), sim.duration, title=f"evsim run {sim.name}", to_stderr=args.json
+                    sc.station_count() if plan is None else len(plan.members),
+                    sim.duration,
+                    title=f"evsim run {name}",
+                    to_stderr=args.json,
                 ) as live:
                     result = run_scenario(
-                        sc, sink=tee(sink, announce), on_sample=live.update, pcap=pcap, keep_events=keep
+                        sc,
+                        sink=tee(sink, announce),
+                        on_sample=live.update,
+                        pcap=pcap,
+                        keep_events=keep,
+                        shard=shard,
                     )
         rd.write_metrics_csv(result.samples)
-        rd.write_meta(_meta(args.file, sc_result=result, topology=topology))
+        meta = _meta(args.file, sc_result=result, topology=topology)
+        if plan is not None:  # what 'evsim report --merge' checks the shards of one run by
+            meta["scenario_run"] = scenario_run_id(Path(args.file).read_bytes(), sc)
+            meta["shard"] = plan.as_json()
+            # this process's peak resident memory (Linux: KiB): what a shard of this size needs
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            meta["peak_rss_mib"] = round(usage.ru_maxrss / 1024, 1)
+            meta["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 3)  # start and run, before the report
+        rd.write_meta(meta)
     text, pngs = rerender(rd.path, plots=not args.no_plots)
     links = station_links_table(result) if 0 < len(result.stations) <= PER_STATION_TABLE_MAX else None
     if args.canonical_log:
         Path(args.canonical_log).write_text("\n".join(canonical_log(list(result.recorder.events))) + "\n")
     if args.json:
-        doc = _report_json(rd.path, pngs)
+        doc = report_json(rd.path, pngs)
         if links is not None:
             doc["station_links"] = table_document(links)
         if args.explain and tell is not None:
@@ -183,7 +208,7 @@ def _ignore(event: Event) -> None:
     pass
 
 
-def _report_json(run_dir: Path, pngs: list[Path]) -> dict[str, Any]:
+def report_json(run_dir: Path, pngs: list[Path]) -> dict[str, Any]:
     """What ``run --json`` and ``report --json`` print: the run directory, its plots and its summary."""
     return {
         "run_directory": str(run_dir),
@@ -300,7 +325,7 @@ def report(args: argparse.Namespace) -> int:
         run_dir = Path(args.run_dir)
     text, pngs = rerender(run_dir, plots=not args.no_plots)
     if args.json:
-        print_json(_report_json(run_dir, pngs))
+        print_json(report_json(run_dir, pngs))
         return 0
     print(text)
     for png in pngs:

@@ -44,6 +44,8 @@ from evsim.scenario.model import (
     Scenario,
     StationGroupSpec,
 )
+from evsim.scenario.shard import ShardPlan, shard_errors, station_refs
+from evsim.shards import Shard
 from evsim.tls import Identity, TlsProfile
 from evsim.tls.pairing import PeerTrust
 from evsim.world import CertificateSpec, FileRoute, FileSettings, Route, Tls, World, open_world
@@ -90,14 +92,17 @@ def needs_fault_relay(scenario: Scenario) -> bool:
     return bool(scenario.links) or any(ev.action.needs_faults() for ev in scenario.timeline)
 
 
-def preflight(scenario: Scenario) -> None:
+def preflight(scenario: Scenario, shard: Shard | None = None) -> None:
     """Refuse, before anything starts, what the model accepts but a run cannot enforce yet (each timeline
-    action's :meth:`~evsim.world.actions.Action.preflight`, and link policy knobs).
+    action's :meth:`~evsim.world.actions.Action.preflight`, and link policy knobs), and, for a ``shard``, what
+    sharding would change (:func:`evsim.scenario.shard.shard_errors`).
 
     Raises:
         ConfigError: the first of :func:`preflight_errors`, naming the file, line, field and why.
     """
     errors = preflight_errors(scenario)
+    if shard is not None:
+        errors += shard_errors(scenario, shard.count)
     if errors:
         raise errors[0]
 
@@ -152,8 +157,11 @@ class ScenarioRunner:
         echo: bool = False,
         pcap: str | Path | None = None,
         keep_events: int | None = DEFAULT_KEEP,
+        shard: Shard | None = None,
     ) -> None:
         self.scenario = scenario
+        self.plan = None if shard is None else ShardPlan.of(scenario, shard)
+        """In a shard: the stations it runs (None: all)."""
         self.echo = echo
         self.pcap = pcap
         self.keep_events = keep_events
@@ -200,7 +208,11 @@ class ScenarioRunner:
             return (
                 [c.host for c in sc.csms.values()]
                 + [c.host for c in sc.controllers.values()]
-                + sc.station_ids()
+                + (
+                    sc.station_ids()
+                    if self.plan is None
+                    else [s for ids in self.plan.ids.values() for s in ids]
+                )
                 + [n.address for n in sc.nts_servers.values()]
             )
         if selector in sc.nts_servers:
@@ -210,10 +222,15 @@ class ScenarioRunner:
         if selector in sc.controllers:
             return [sc.controllers[selector].host]
         if selector in sc.stations:
-            return sc.stations[selector].station_ids()
+            return sc.stations[selector].station_ids() if self.plan is None else self.plan.ids[selector]
         if selector in sc.file_servers:
             return [sc.file_servers[selector].host]
         return [selector]
+
+    def _here(self, values: tuple[object, ...]) -> bool:
+        """Whether an entry naming ``values`` runs in this process: always unsharded; in a shard, unless it
+        names only stations another shard runs."""
+        return self.plan is None or self.plan.runs(station_refs(self.scenario, values))
 
     def _sessions(self, group: StationGroupSpec) -> tuple[int, tuple[float, float]]:
         if group.sessions_per_day is None:
@@ -249,13 +266,17 @@ class ScenarioRunner:
             keep_events=self.keep_events,
         ) as world:
             self.world = world
+            shard = {} if self.plan is None else {"shard": str(self.plan.shard)}
+            stations = sc.station_count() if self.plan is None else len(self.plan.members)
             world.recorder.emit(
-                "runner", "run_started", scenario=sim.name, seed=sim.seed, stations=sc.station_count()
+                "runner", "run_started", scenario=sim.name, seed=sim.seed, stations=stations, **shard
             )
             self.outcome = "running"
             world.cpu_plan.update(sc.cpu)
             await self.start_nodes(world)
-            world.play((ev.at, ev.action) for ev in sc.timeline)
+            world.play(
+                (ev.at, ev.action) for ev in sc.timeline if self._here(tuple(ev.action.fields().values()))
+            )
             world.nursery.start_soon(self._sampler, world)
             if await world.run_for(sim.duration, until_done=sim.stop_when_done):
                 self.outcome = "all stations done"
@@ -300,6 +321,8 @@ class ScenarioRunner:
         await self.start_file_servers(world)
         # links first: no station (or controller) may connect before its link has its policy
         for link in sc.links:
+            if not self._here(link.between):
+                continue
             a, b = (self._hosts(sel) for sel in link.between)
             if world.faults is not None:
                 world.set_link(a, b, latency=link.latency, bytes_per_s=(link.bandwidth or 0.0) / 8)
@@ -351,6 +374,7 @@ class ScenarioRunner:
             sessions, session_start = self._sessions(group)
             await world.start_stations(
                 group.count,
+                numbers=None if self.plan is None else self.plan.numbers[group.name],
                 csms=None if group.endpoints else group.csms,
                 routes=[self._route(ep) for ep in group.endpoints],
                 name=group.name,
@@ -401,6 +425,8 @@ class ScenarioRunner:
                 confirm=em.confirm,
             )
             for selector in em.stations:
+                if not self._here((selector,)):
+                    continue
                 await world.link_energy_manager(selector, em.name, trust=em.station_trust, retry=em.retry)
 
     async def start_file_servers(self, world: World) -> None:
@@ -511,13 +537,15 @@ def run_scenario(
     on_sample: Callable[[Sample], None] | None = None,
     pcap: str | Path | None = None,
     keep_events: int | None = DEFAULT_KEEP,
+    shard: Shard | None = None,
 ) -> RunResult:
     """Run a scenario to its end and return what happened (also after Ctrl-C or a node crashing).
 
     With ``pcap``, the in-memory network's connections and the TLS secrets go to that pcapng file
     (:func:`evsim.world.open_world`). ``keep_events`` bounds the events the result's recorder keeps in memory
     (every one goes to ``sink``); None keeps them all, as a canonical log needs
-    (:func:`evsim.scenario.golden.run_log`).
+    (:func:`evsim.scenario.golden.run_log`). With ``shard``, only that shard's stations run, beside a replica of
+    every server (:mod:`evsim.scenario.shard`).
 
     A scenario built in Python (without a ``source``) is first validated like a file (:meth:`Scenario.validate`).
 
@@ -527,9 +555,11 @@ def run_scenario(
     """
     if scenario.source is None:
         scenario = scenario.validate()
-    preflight(scenario)
+    preflight(scenario, shard)
     tune_gc()
-    runner = ScenarioRunner(scenario, sink=sink, on_sample=on_sample, pcap=pcap, keep_events=keep_events)
+    runner = ScenarioRunner(
+        scenario, sink=sink, on_sample=on_sample, pcap=pcap, keep_events=keep_events, shard=shard
+    )
     clock = virtual_clock() if scenario.simulation.clock == "virtual" else None
     wall0 = time.perf_counter()
     try:

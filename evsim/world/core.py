@@ -506,6 +506,7 @@ class World(WorldClocks, WorldEnergy, WorldFiles, WorldLinks):
         clock: ClockSpec | None = None,
         files: Sequence[str] = (),
         file_settings: FileSettings | None = None,
+        numbers: range | None = None,
     ) -> StationGroup:
         """Start ``count`` stations that behave alike; returns once each one's connection loop runs.
 
@@ -539,6 +540,7 @@ class World(WorldClocks, WorldEnergy, WorldFiles, WorldLinks):
                 default perfect clocks (:mod:`evsim.world.clocks`).
             files: the file services (:meth:`add_file_service`) their firmware updates and log uploads use.
             file_settings: their retries, install time and log size for file transfers.
+            numbers: start only these of the ``count`` (a shard, :mod:`evsim.shards`); ids stay the fleet's.
         """
         clock = clock or ClockSpec()
         if (csms is None) == (not routes):
@@ -573,6 +575,8 @@ class World(WorldClocks, WorldEnergy, WorldFiles, WorldLinks):
         if name in self.groups or name in self.csms or name in self.controllers:
             raise ConfigError(f"a node named {name!r} exists already", value=name, fix="give it another name")
         self.groups[name] = group
+        if numbers is not None:  # the whole group's ids, for draws made over all its stations
+            group.fleet_ids = [pattern.format(n=n) for n in range(1, count + 1)]
         csms_node = self.csms[resolved]
         common: dict[str, Any] = {
             "security_profile": sp,
@@ -590,7 +594,7 @@ class World(WorldClocks, WorldEnergy, WorldFiles, WorldLinks):
             "clock": clock.settings(),
         }
         window = trio.CapacityLimiter(connect_window) if connect_window > 0 else None
-        for n in range(1, count + 1):
+        for n in range(1, count + 1) if numbers is None else numbers:
             sid = pattern.format(n=n)
             if sid in self.stations or sid in self.csms or sid in self.controllers or sid in self.groups:
                 raise ConfigError(f"station id {sid!r} is taken", value=pattern, fix="use another id_pattern")

@@ -45,12 +45,19 @@ class WorldLifecycle(WorldAttacks):
 
     # ------------------------------------------------------------------ which stations
 
-    def fleet_of(self, target: Selector) -> list[str]:
+    def fleet_of(self, target: Selector, *, whole: bool = False) -> list[str]:
         """Station ids a lifecycle target covers: a CSMS (every station whose group reaches it), a group, or a
-        station id."""
+        station id; with ``whole``, in a shard also the stations other shards run."""
         name = self._name(target)
         if name in self.csms:
-            return [sid for g in self.groups.values() if g.csms == name for sid in g.ids]
+            return [
+                sid
+                for g in self.groups.values()
+                if g.csms == name
+                for sid in (g.whole_ids if whole else g.ids)
+            ]
+        if whole and name in self.groups:
+            return self.groups[name].whole_ids
         _, station_ids = self.targets(name)
         return station_ids
 
@@ -67,9 +74,14 @@ class WorldLifecycle(WorldAttacks):
         (seeded by the world's seed, the action and the time), each in a task of its own; returns at once."""
         if spread < 0:
             raise ConfigError("spread must be >= 0", path="spread", value=spread, fix="use e.g. 60")
-        station_ids = self.fleet_of(target)
+        here = set(self.fleet_of(target))
         rng = random.Random(f"{self.seed}:{action}:{round(self.clock.elapsed(), 6)}")
-        plan = sorted((rng.uniform(0.0, spread) if spread > 0 else 0.0, sid) for sid in station_ids)
+        # drawn for the whole fleet, so a shard gives each of its stations the offset the unsharded run gives it
+        draws = [
+            (rng.uniform(0.0, spread) if spread > 0 else 0.0, sid)
+            for sid in self.fleet_of(target, whole=True)
+        ]
+        plan = sorted(d for d in draws if d[1] in here)
 
         async def sender() -> None:
             start = trio.current_time()

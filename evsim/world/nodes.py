@@ -195,11 +195,18 @@ class StationGroup:
         self.password = password
         self.backoff = backoff
         self.stations: list[StationNode] = []
+        self.fleet_ids: list[str] | None = None
+        """In a shard (``start_stations(numbers=...)``): every identity of the whole group, in order."""
 
     @property
     def ids(self) -> list[str]:
         """The station identities, in order."""
         return [node.name for node in self.stations]
+
+    @property
+    def whole_ids(self) -> list[str]:
+        """The identities of the whole group, also those another shard runs (:attr:`fleet_ids`)."""
+        return self.ids if self.fleet_ids is None else self.fleet_ids
 
     def __iter__(self) -> Any:
         return iter(self.stations)
