@@ -559,7 +559,7 @@ class OcppSession:
             and (deadline < self._timer_deadline or not self._busy)
         ):
             self._timer_deadline = self._timer_scope.deadline = deadline
-        elif deadline < math.inf:
+        elif deadline < math.inf and not self._timer_running:
             self._start_timer()
         if self._writing or not rpc.has_data_to_send or self._nursery is None:
             return  # the writer drains the queue; before run() the CALLs wait for it

@@ -369,7 +369,8 @@ class TlsStream(BioPump, trio.abc.Stream):
         """
         if self._sending or self._hs is not _Hs.DONE or len(data) > self._write_chunk or not data:
             return None
-        self._check_usable()
+        if self._state is not StreamState.OK:  # the check, inlined on the message path
+            self._check_usable()
         try:
             self._write(data if type(data) is bytes else bytes(data))  # one whole record or nothing
         except SSL.WantReadError:
@@ -632,7 +633,8 @@ class TlsStream(BioPump, trio.abc.Stream):
                 size = operator.index(max_bytes)
                 if size < 1:
                     raise ValueError("max_bytes must be >= 1")
-            self._check_usable()
+            if self._state is not StreamState.OK:  # the check, inlined on the message path
+                self._check_usable()
             # The common case (established, the engine starved): the transport's receive below is this
             # call's checkpoint, and a cancelled transport receive takes nothing.
             common = self._need_input and self._hs is _Hs.DONE and not self._eof
