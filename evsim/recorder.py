@@ -252,9 +252,12 @@ class RoundTrips:
             window = self._open[key] = _Window(start)
         if seconds is None:
             window.timeouts += 1
-        else:
+        elif seconds > 0.0:
             window.values[quantize(round(seconds, 9))] += 1  # rounded first: 0.03 measured as 0.0299999...
-            window.largest = max(window.largest, seconds)
+            if seconds > window.largest:
+                window.largest = seconds
+        else:  # what quantize gives a zero, negative or NaN duration (virtual time: round trips take no time)
+            window.values[0.0] += 1
         return closed
 
     def flush(self) -> list[dict[str, Any]]:

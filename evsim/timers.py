@@ -25,24 +25,33 @@ whatever order trio runs a batch in.
 A test that calls ``wait_all_tasks_blocked`` itself while this timer task has sleepers is woken in the same pass
 as the timer task (both wait with cushion 0), so it may see the clock already moved; no test of a world does.
 
-:func:`sleep`, :func:`sleep_until` and :class:`Alarm` use the run's timer task when there is one and trio's
-timers otherwise (the real clock, tests without a world): callers' code is the same on both clocks. A sleeper
-whose timer task ends (the world closed) goes on sleeping on trio's timers.
+:func:`sleep`, :func:`sleep_until`, :func:`repeat` and :class:`Alarm` use the run's timer task when there is one
+and trio's timers otherwise (the real clock, tests without a world): callers' code is the same on both clocks. A
+sleeper whose timer task ends (the world closed) goes on sleeping on trio's timers.
+
+:func:`repeat` is a periodic loop (``for _ in range(n): await sleep(s); fn()``) whose calls but the last run in the
+timer task itself, at their instants, while the caller stays parked: a station's meter values cost the run one
+task switch less each (the behaviour task's wake-up; the uplink it pokes is woken either way). The heap entry of
+such a loop is a :class:`_Repeat`, which the timer task "rings" like an alarm; since that runs the loop's
+function, which may wake or cancel other sleepers, :meth:`VirtualTimers._fire` reads the heap afresh after
+every ring.
 """
 
 from __future__ import annotations
 
+import contextvars
 import heapq
 import itertools
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import outcome
 import trio
 import trio.testing
 from trio.lowlevel import Abort, RaiseCancelT, RunVar, Task, current_task, reschedule, wait_task_rescheduled
 
-__all__ = ["Alarm", "VirtualTimers", "current_timers", "sleep", "sleep_until"]
+__all__ = ["Alarm", "VirtualTimers", "current_timers", "repeat", "sleep", "sleep_until"]
 
 # what a parked sleeper is sent (an outcome is unwrapped once, so each wake-up makes its own)
 _RANG = True
@@ -53,6 +62,12 @@ _COMPACT_AT = 4096
 """Stale heap entries (sleepers woken early or cancelled) tolerated before the heap is rebuilt without them."""
 
 _TIMERS: RunVar[VirtualTimers | None] = RunVar("evsim_timers", default=None)
+
+
+class _Sleeper(Protocol):
+    """What a heap entry of :class:`VirtualTimers` holds: :class:`Alarm` or :class:`_Repeat`."""
+
+    def _ring(self, value: bool | None) -> None: ...
 
 
 class Alarm:
@@ -149,13 +164,124 @@ async def sleep(seconds: float) -> None:
     await sleep_until(trio.current_time() + seconds)
 
 
+class _Repeat:
+    """The heap entry of a :func:`repeat` loop: calls its function at each instant but the last, then wakes
+    the parked caller (also on an error of the function, or when the timer task ends)."""
+
+    __slots__ = (
+        "_context",
+        "_entry",
+        "_fn",
+        "_seconds",
+        "_task",
+        "_timers",
+        "deadline",
+        "due",
+        "error",
+        "gone",
+        "left",
+    )
+
+    def __init__(self, timers: VirtualTimers, seconds: float, count: int, fn: Callable[[], object]) -> None:
+        task = current_task()
+        self._timers = timers
+        self._seconds = seconds
+        self._fn = fn
+        self._task: Task | None = task
+        self._context: contextvars.Context = task.context  # the caller's context variables, as in its loop
+        self._entry: list[Any] | None = None
+        self.left = count  # calls not made yet
+        self.deadline = math.inf  # of the next call
+        self.error: BaseException | None = None
+        self.due = False  # the last call's instant came: the caller makes it
+        self.gone = False  # the timer task ended before the next call: the caller goes on on trio's timers
+
+    def arm(self) -> bool:
+        """Schedule the next call ``seconds`` from now; False when that is not later than now (float limits)."""
+        now = trio.current_time()
+        deadline = now + self._seconds
+        if not deadline > now:
+            return False
+        self.deadline = deadline
+        self._entry = self._timers.add(deadline, False, self)
+        return True
+
+    def _ring(self, value: bool | None) -> None:
+        self._entry = None
+        if value is not _RANG:
+            self.gone = True
+        elif self.left == 1:
+            self.due = True
+        else:
+            self.left -= 1
+            try:
+                self._context.run(self._fn)
+            except BaseException as exc:  # the caller raises it: the timer task serves every sleeper
+                self.error = exc
+            else:
+                if self.arm():
+                    return
+        task = self._task
+        if task is not None:
+            self._task = None
+            reschedule(task)
+
+    def _abort(self, _raise_cancel: RaiseCancelT) -> Abort:
+        self._task = None
+        entry = self._entry
+        if entry is not None:
+            self._entry = None
+            entry[3] = None
+            self._timers.forgot()
+        return Abort.SUCCEEDED
+
+
+async def repeat(seconds: float, count: int, fn: Callable[[], object]) -> None:
+    """``for _ in range(count): await sleep(seconds); fn()``, each sleep starting when the previous call returned.
+
+    On the run's :class:`VirtualTimers` the calls but the last run in the timer task at their instants (in the
+    caller's context variables) and the caller is woken once, for the last (see the module docstring); what
+    ``fn`` raises is raised here, at its instant, and ends the loop. ``fn`` must not block (it is synchronous)
+    and must not depend on which task runs it.
+
+    Raises:
+        ValueError: ``seconds`` is negative.
+    """
+    if seconds < 0:
+        raise ValueError("duration must be non-negative")
+    timers = _TIMERS.get()
+    if timers is None or count < 2:
+        for _ in range(count):
+            await sleep(seconds)
+            fn()
+        return
+    loop = _Repeat(timers, seconds, count, fn)
+    left = count
+    if loop.arm():
+        await wait_task_rescheduled(loop._abort)
+        if loop.error is not None:
+            raise loop.error
+        if loop.due:
+            fn()  # the last call, in the caller's task: what follows the loop runs in the same step
+            return
+        left = loop.left
+        if loop.gone:  # the timer task ended: on trio's timers from here on
+            await sleep_until(loop.deadline)
+            fn()
+            left -= 1
+        # else the next instant was not later than now (float limits): each call after its own sleep
+    for _ in range(left):
+        await sleep(seconds)
+        fn()
+
+
 class VirtualTimers:
     """The timer task of a run in virtual time (see the module docstring); :meth:`run` it in a nursery."""
 
     __slots__ = ("_heap", "_live", "_parked", "_seq", "_stale", "wakeups")
 
     def __init__(self) -> None:
-        self._heap: list[list[Any]] = []  # [deadline, late, sequence, alarm or None once stale]
+        self._heap: list[list[Any]] = []  # [deadline, late, sequence, sleeper or None once stale]
         self._seq = itertools.count()
         self._live = 0
         self._stale = 0
@@ -163,7 +289,7 @@ class VirtualTimers:
         self.wakeups = 0
         """Sleepers woken by a deadline so far."""
 
-    def add(self, deadline: float, late: bool, alarm: Alarm) -> list[Any]:
+    def add(self, deadline: float, late: bool, alarm: _Sleeper) -> list[Any]:
         entry = [deadline, late, next(self._seq), alarm]
         heapq.heappush(self._heap, entry)
         self._live += 1
@@ -263,6 +389,7 @@ class VirtualTimers:
             self._live -= 1
             alarm._ring(_RANG)
             woken += 1
+            heap = self._heap  # a repeat's call may have made entries stale, and forgot() rebuilt the heap
         self.wakeups += woken
 
 

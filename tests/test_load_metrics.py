@@ -184,6 +184,17 @@ def test_a_window_closes_when_the_next_one_starts_and_pairs_are_apart() -> None:
     assert agg.flush() == []
 
 
+def test_durations_of_no_time_count_as_zero_and_leave_the_maximum() -> None:
+    """A zero (virtual time), negative or NaN duration counts where quantize() puts it (0.0)."""
+    agg = RoundTrips(width=10.0)
+    for seconds in (0.0, -0.0, -1e-9, math.nan, 0.0021, 0.0):
+        agg.add("stations", "csms", 1.0, seconds)
+    (window,) = agg.flush()
+    assert window["histogram"] == [[0.0, 5], [quantize(0.0021), 1]]
+    assert window["calls"] == 6
+    assert window["max"] == 0.0021
+
+
 class _SetClock(SimClock):
     """A clock the test sets by hand (no trio run)."""
 

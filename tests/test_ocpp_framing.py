@@ -18,6 +18,7 @@ from evsim.ocpp.framing import (
     FrameDecodeError,
     MessageType,
     Send,
+    decode_call_or_result,
     decode_frame,
     dumps,
     encode_frame,
@@ -223,3 +224,40 @@ def test_subprotocol_mapping_both_ways() -> None:
 )
 def test_choose_subprotocol(offered: list[str], supported: list[str], chosen: str | None) -> None:
     assert choose_subprotocol(offered, supported) == chosen
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[2,"1","Heartbeat",{}]',
+        '[3,"1",{"currentTime":"2024-01-01T00:00:00Z"}]',
+        '[4,"1","GenericError","x",{}]',
+        '[2,"1","Heartbeat",[]]',
+        '[3,"1",{},1]',
+        '[6,"1","NotifyPeriodicEventStream",{}]',
+        "[3," + '"' + "x" * 37 + '"' + ",{}]",
+    ],
+)
+def test_the_receive_path_decodes_as_decode_frame(text: str) -> None:
+    """decode_call_or_result: a well-formed CALL or CALLRESULT as its list, anything else as decode_frame."""
+    for version in ("2.0.1", "2.1"):
+        expected: Frame | FrameDecodeError
+        try:
+            expected = decode_frame(text, version=version)
+        except FrameDecodeError as exc:
+            expected = exc
+        if isinstance(expected, FrameDecodeError):
+            with pytest.raises(FrameDecodeError) as raised:
+                decode_call_or_result(text, version=version)
+            assert (raised.value.error_code, raised.value.message_id) == (
+                expected.error_code,
+                expected.message_id,
+            )
+            continue
+        fast = decode_call_or_result(text, version=version)
+        if isinstance(expected, Call):
+            assert fast == [2, expected.message_id, expected.action, expected.payload]
+        elif isinstance(expected, CallResult):
+            assert fast == [3, expected.message_id, expected.payload]
+        else:
+            assert fast == expected

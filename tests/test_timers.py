@@ -213,3 +213,93 @@ async def test_a_world_in_virtual_time_wakes_its_stations_on_its_timer_task(
             # each Heartbeat and each meter value starts with a wake-up on the timer task
             assert service.wakeups >= heartbeats + 2 * 4
     assert current_timers() is None
+
+
+async def _repeat_run(count: int, fail_at: int | None = None) -> tuple[list[tuple[float, bool]], int]:
+    """Run ``timers.repeat(10.0, count, ...)``: each call's time and whether the caller's task made it, and how
+    often the caller's task was scheduled meanwhile."""
+    caller = trio.lowlevel.current_task()
+    calls: list[tuple[float, bool]] = []
+    t0 = trio.current_time()
+
+    def fn() -> None:
+        calls.append((trio.current_time() - t0, trio.lowlevel.current_task() is caller))
+        if len(calls) == fail_at:
+            raise KeyError("fn failed")
+
+    class Steps(trio.abc.Instrument):
+        n = 0
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task is caller:
+                Steps.n += 1
+
+    steps = Steps()
+    trio.lowlevel.add_instrument(steps)
+    try:
+        await timers.repeat(10.0, count, fn)
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    return calls, Steps.n
+
+
+async def test_repeat_calls_at_each_instant_and_wakes_its_caller_once(
+    autojump_clock: trio.testing.MockClock, service: VirtualTimers
+) -> None:
+    """On the timer task, the calls but the last run there (not in the caller's task), at the instants the
+    plain loop would make them; the caller is scheduled once (to make the last call)."""
+    with trio.fail_after(10_000):
+        calls, caller_steps = await _repeat_run(5)
+    assert calls == [(10.0, False), (20.0, False), (30.0, False), (40.0, False), (50.0, True)]
+    assert caller_steps == 1
+    assert service.wakeups == 5
+    assert service._live == 0
+
+
+async def test_repeat_without_a_service_is_the_plain_loop(autojump_clock: trio.testing.MockClock) -> None:
+    assert current_timers() is None
+    with trio.fail_after(10_000):
+        calls, caller_steps = await _repeat_run(3)
+        assert calls == [(10.0, True), (20.0, True), (30.0, True)]
+        assert caller_steps == 3
+        with pytest.raises(ValueError, match="non-negative"):
+            await timers.repeat(-1.0, 2, lambda: None)
+
+
+async def test_repeat_raises_what_a_call_raised_and_stops(
+    autojump_clock: trio.testing.MockClock, service: VirtualTimers
+) -> None:
+    with trio.fail_after(10_000):
+        t0 = trio.current_time()
+        with pytest.raises(KeyError, match="fn failed"):
+            await _repeat_run(5, fail_at=2)
+        assert trio.current_time() - t0 == 20.0
+        await timers.sleep(100.0)  # nothing left in the heap calls again
+    assert service._live == 0
+
+
+async def test_repeat_cancelled_makes_no_more_calls(
+    autojump_clock: trio.testing.MockClock, service: VirtualTimers
+) -> None:
+    calls: list[float] = []
+    t0 = trio.current_time()
+    with trio.fail_after(10_000):
+        with trio.move_on_after(25.0):
+            await timers.repeat(10.0, 5, lambda: calls.append(trio.current_time() - t0))
+        await timers.sleep(100.0)
+    assert calls == [10.0, 20.0]
+    assert service._live == 0
+
+
+async def test_repeat_goes_on_on_trios_timers_when_the_service_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    calls: list[float] = []
+    t0 = trio.current_time()
+    with trio.fail_after(10_000):
+        async with trio.open_nursery() as outer, trio.open_nursery() as inner:
+            await inner.start(VirtualTimers().run)
+            outer.start_soon(timers.repeat, 10.0, 4, lambda: calls.append(trio.current_time() - t0))
+            await trio.sleep(15.0)
+            inner.cancel_scope.cancel()
+    assert calls == [10.0, 20.0, 30.0, 40.0]

@@ -380,7 +380,7 @@ class Station:
     def _on_rpc_event(self, event: RpcEvent) -> None:
         """Count each CALL's round trip (:meth:`Recorder.round_trip`, per endpoint host); record what the RPC
         core refused of the CSMS's (one ``bad_input`` event each, at most :data:`BAD_INPUT_EVENTS` per link)."""
-        if isinstance(event, ResultReceived | ErrorReceived | CallTimedOut):
+        if isinstance(event, _OUTCOMES):
             rtt = None if isinstance(event, CallTimedOut) else event.round_trip
             self.recorder.round_trip(ROUND_TRIP_CALLER, self._session_host, rtt)
             return
@@ -759,8 +759,8 @@ class Station:
         )
         steps = max(1, math.ceil(cfg.session_duration_s / cfg.meter_interval_s))
         step_s = cfg.session_duration_s / steps
-        for _ in range(steps):
-            await timers.sleep(step_s)
+
+        def meter_value() -> None:  # in virtual time, the timer task calls it (timers.repeat)
             self.energy_wh += cfg.charge_power_w * step_s / 3600.0
             self._enqueue(
                 "TransactionEvent",
@@ -771,6 +771,8 @@ class Station:
                     power_w=cfg.charge_power_w,
                 ),
             )
+
+        await timers.repeat(step_s, steps, meter_value)
         self._enqueue(
             "TransactionEvent",
             tx.updated(
@@ -878,6 +880,8 @@ class Station:
             certificates_renewed=self.certs.renewals,
         )
 
+
+_OUTCOMES = (ResultReceived, ErrorReceived, CallTimedOut)  # a tuple: a union type would be built per message
 
 BAD_INPUT_EVENTS = 10
 """Refused frames or payloads from the CSMS recorded per connection (``bad_input``); the rest are counted by

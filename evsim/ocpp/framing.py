@@ -247,6 +247,18 @@ def decode_frame(text: str, *, version: str, max_size: int = DEFAULT_MAX_FRAME) 
             ``FormatViolation``; an unknown type number (or 5/6 on 2.0.1) → ``MessageTypeNotSupported``
             (2.1 ignores unknown types: ``reply=False``).
     """
+    msg = decode_call_or_result(text, version=version, max_size=max_size)
+    if isinstance(msg, list):
+        return CallResult(msg[1], msg[2]) if msg[0] == 3 else Call(msg[1], msg[2], msg[3])
+    return msg
+
+
+def decode_call_or_result(text: str, *, version: str, max_size: int = DEFAULT_MAX_FRAME) -> list[Any] | Frame:
+    """:func:`decode_frame` for the RPC core's receive path: a well-formed CALL (``[2, id, action, payload]``)
+    or CALLRESULT (``[3, id, payload]``) comes back as the decoded list itself, checked as :func:`decode_frame`
+    checks it, without a frame object (the RPC core makes its event from it); anything else as
+    :func:`decode_frame` returns it or raises.
+    """
     if len(text) > max_size or (not text.isascii() and utf8_length(text) > max_size):
         raise FrameDecodeError(f"frame too large (limit {max_size} bytes)", error_code="FormatViolation")
     try:
@@ -264,9 +276,16 @@ def decode_frame(text: str, *, version: str, max_size: int = DEFAULT_MAX_FRAME) 
         raise FrameDecodeError("message type is not an integer", message_id=mid)
     if id_readable:  # the well-formed CALL and CALLRESULT (both versions) skip the checks below
         if raw_type == 3 and n == 3 and type(msg[2]) is dict:
-            return CallResult(mid, msg[2])
+            return msg
         if raw_type == 2 and n == 4 and type(msg[2]) is str and type(msg[3]) is dict:
-            return Call(mid, msg[2], msg[3])
+            return msg
+    return _checked_frame(msg, n, raw_type, raw_id, id_readable, mid, version)
+
+
+def _checked_frame(
+    msg: list[Any], n: int, raw_type: int, raw_id: Any, id_readable: bool, mid: str, version: str
+) -> Frame:
+    """The frame of a decoded message that is not a well-formed CALL or CALLRESULT (see :func:`decode_frame`)."""
     if raw_type not in _TYPES_OF_VERSION.get(version, _TYPES_OF_VERSION["2.0.1"]):
         if version == "2.1":
             # OCPP-J 2.1 §4.1.3: the receiver SHALL ignore a message of an unknown type.

@@ -47,6 +47,7 @@ __all__ = [
     "OutOfRange",
 ]
 
+_NUMBERS = (int, float)  # a tuple: isinstance() with a union type would build it per call
 _MAX_TEXT = 20
 """Longest SetVariables value :meth:`Bound.parse` converts (longer: refused without parsing)."""
 
@@ -111,7 +112,18 @@ class Bound:
             OutOfRange: not a number (booleans are not), not finite, not whole for an integer field, or outside
                 ``low..high``.
         """
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        # the usual cases first, without building anything: an int in range, a finite float in range (decimal field)
+        if isinstance(value, int):
+            if type(value) is int and self.low <= value <= self.high:
+                return value
+        elif (
+            isinstance(value, float)
+            and not self.integer
+            and self.low <= value <= self.high
+            and math.isfinite(value)
+        ):
+            return value
+        if isinstance(value, bool) or not isinstance(value, _NUMBERS):
             raise self._refuse(value, "InvalidValue", "is not a number")
         if isinstance(value, float) and not math.isfinite(value):
             raise self._refuse(value, "InvalidValue", "is not finite")

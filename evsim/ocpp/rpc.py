@@ -59,9 +59,7 @@ from evsim.errors import OcppError, OutboxFull, SchemaViolation
 from evsim.ocpp import framing
 from evsim.ocpp.framing import (
     MAX_MESSAGE_ID_LENGTH,
-    Call,
     CallError,
-    CallResult,
     CallResultError,
     FrameDecodeError,
     Send,
@@ -626,14 +624,14 @@ class RpcConnection:
         self._frames_in += 1
         self._bytes_in += len(text) if text.isascii() else framing.utf8_length(text)
         try:
-            frame = framing.decode_frame(text, version=self.version, max_size=self.max_frame)
+            frame = framing.decode_call_or_result(text, version=self.version, max_size=self.max_frame)
         except FrameDecodeError as exc:
             return self._bad_frame(exc, now)
 
-        if type(frame) is Call:
-            return self._on_call(frame)
-        if type(frame) is CallResult:
-            return self._on_result(frame, now)
+        if type(frame) is list:  # a well-formed CALL or CALLRESULT, as decoded
+            if frame[0] == 2:
+                return self._on_call(frame[1], frame[2], frame[3])
+            return self._on_result(frame[1], frame[2], now)
         if type(frame) is CallError:
             return self._on_error(frame, now)
         if type(frame) is Send:
@@ -668,8 +666,7 @@ class RpcConnection:
             )
         return events
 
-    def _on_call(self, frame: Call) -> list[RpcEvent]:
-        mid, action = frame.message_id, frame.action
+    def _on_call(self, mid: str, action: str, payload: dict[str, Any]) -> list[RpcEvent]:
         if mid in self._incoming:
             # Answering would give the peer two answers for one id; drop it.
             return [
@@ -687,29 +684,29 @@ class RpcConnection:
             return [self._bad(error, True)]
         if self.validate:
             try:
-                self._schemas.validate(action, "request", frame.payload)
+                self._schemas.validate(action, "request", payload)
             except SchemaViolation as exc:
                 self._send_error(mid, exc)
                 return [self._bad(exc, True)]
         self._incoming[mid] = action
         self._calls_received += 1
-        return [CallReceived(mid, action, frame.payload)]
+        return [CallReceived(mid, action, payload)]
 
-    def _on_result(self, frame: CallResult, now: float) -> list[RpcEvent]:
+    def _on_result(self, mid: str, payload: dict[str, Any], now: float) -> list[RpcEvent]:
         current = self._outstanding
-        if current is None or current.message_id != frame.message_id:
+        if current is None or current.message_id != mid:
             error = FrameDecodeError(
-                f"CALLRESULT {frame.message_id!r} matches no outstanding CALL",
-                message_id=frame.message_id,
+                f"CALLRESULT {mid!r} matches no outstanding CALL",
+                message_id=mid,
                 reply=False,
             )
             return [self._bad(error, False)]
         if self.validate:
             try:
-                self._schemas.validate(current.action, "response", frame.payload)
+                self._schemas.validate(current.action, "response", payload)
             except SchemaViolation as exc:
                 if self._is_21:
-                    self._send_error(frame.message_id, exc, result_error=True)
+                    self._send_error(mid, exc, result_error=True)
                 self._finish(now)
                 self._errors_received += 1
                 return [
@@ -726,7 +723,7 @@ class RpcConnection:
                 ]
         self._finish(now)
         self._results_received += 1
-        return [ResultReceived(current.message_id, current.action, frame.payload, now - current.sent_at)]
+        return [ResultReceived(current.message_id, current.action, payload, now - current.sent_at)]
 
     def _on_error(self, frame: CallError, now: float) -> list[RpcEvent]:
         current = self._outstanding

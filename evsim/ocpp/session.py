@@ -225,13 +225,6 @@ class _Waiter:
         self.task = None
         return trio.lowlevel.Abort.SUCCEEDED
 
-    async def wait(self) -> None:
-        if self.done:
-            await trio.lowlevel.checkpoint()
-            return
-        self.task = trio.lowlevel.current_task()
-        await trio.lowlevel.wait_task_rescheduled(self._abort)
-
 
 @runtime_checkable
 class IdleRelease(Protocol):
@@ -483,7 +476,11 @@ class OcppSession:
             if self._cpu is not None:
                 await self._charge("call", action, self.rpc.queued_bytes - queued)
             self._send_queued()
-            await waiter.wait()
+            if waiter.done:  # the wait, here rather than in a method: one coroutine less per CALL
+                await trio.lowlevel.checkpoint()
+            else:
+                waiter.task = trio.lowlevel.current_task()
+                await trio.lowlevel.wait_task_rescheduled(waiter._abort)
         finally:
             if not waiter.done:  # cancelled: withdraw it if it has not been sent yet
                 del self._waiters[mid]
@@ -562,7 +559,7 @@ class OcppSession:
             and (deadline < self._timer_deadline or not self._busy)
         ):
             self._timer_deadline = self._timer_scope.deadline = deadline
-        elif deadline < math.inf:
+        elif deadline < math.inf and not self._timer_running:
             self._start_timer()
         if self._writing or not rpc.has_data_to_send or self._nursery is None:
             return  # the writer drains the queue; before run() the CALLs wait for it
@@ -620,9 +617,11 @@ class OcppSession:
                 self._dispatch(events)
                 if self._idle_deadline == math.inf and self._release_idle is not None:
                     self._watch_idle()  # armed by a received frame (our answer to it is not activity)
-                if incoming and not self._handling and await self._answer_incoming():
-                    return  # a handler blocked: another task reads now
-                self._send_queued()
+                if incoming and not self._handling:
+                    if await self._answer_incoming():
+                        return  # a handler blocked: another task reads now
+                else:  # (answering sent what the answers and any CALL released meanwhile queued)
+                    self._send_queued()
                 queued = self._held + rpc.queued_bytes  # frames waiting for the writer, usually none
                 if queued:
                     if queued > self._queue_peak:

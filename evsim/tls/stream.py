@@ -369,7 +369,8 @@ class TlsStream(BioPump, trio.abc.Stream):
         """
         if self._sending or self._hs is not _Hs.DONE or len(data) > self._write_chunk or not data:
             return None
-        self._check_usable()
+        if self._state is not StreamState.OK:  # the check, inlined on the message path
+            self._check_usable()
         try:
             self._write(data if type(data) is bytes else bytes(data))  # one whole record or nothing
         except SSL.WantReadError:
@@ -632,7 +633,8 @@ class TlsStream(BioPump, trio.abc.Stream):
                 size = operator.index(max_bytes)
                 if size < 1:
                     raise ValueError("max_bytes must be >= 1")
-            self._check_usable()
+            if self._state is not StreamState.OK:  # the check, inlined on the message path
+                self._check_usable()
             # The common case (established, the engine starved): the transport's receive below is this
             # call's checkpoint, and a cancelled transport receive takes nothing.
             common = self._need_input and self._hs is _Hs.DONE and not self._eof
@@ -657,7 +659,24 @@ class TlsStream(BioPump, trio.abc.Stream):
                             lock.release()
                     yielded = True  # the transport's receive is a checkpoint
                 if common:
-                    data = await self._recv_fed(size)
+                    # Decrypt what the transport's receive (a checkpoint) just fed: _drive(self._recv, ...,
+                    # yielded=True) with its first engine call inline, as a whole record usually arrived in
+                    # one read. The rest (a partial record: WantRead) goes through _drive, whose first call
+                    # then finds the engine still starved, so it receives more.
+                    before = self._out_total
+                    try:
+                        data = self._recv(size)
+                    except SSL.WantReadError:
+                        data = await self._drive(self._recv, size, yielded=True)
+                    except SSL.Error:
+                        # as in _drive: the engine may have written an alert for the peer; best-effort delivery
+                        self._collect()
+                        await self._flush_quietly()
+                        raise
+                    else:
+                        end = self._collect()
+                        if end > before:  # e.g. the answer to a KeyUpdate
+                            await self._flush_to(end)
                 else:
                     data = await self._drive(self._recv, size, yielded=yielded)
                 starved = self._starved
@@ -675,26 +694,6 @@ class TlsStream(BioPump, trio.abc.Stream):
             return data
         finally:
             self._receiving = False
-
-    async def _recv_fed(self, size: int) -> bytes:
-        """Decrypt after the transport's receive (a checkpoint) fed the engine: ``_drive(self._recv, ...,
-        yielded=True)`` with its first engine call inline, as a whole record usually arrived in one read.
-        The rest (a partial record: WantRead) goes through ``_drive``, whose first call then finds the
-        engine still starved, so it receives more."""
-        before = self._out_total
-        try:
-            data: bytes = self._recv(size)
-        except SSL.WantReadError:
-            return await self._drive(self._recv, size, yielded=True)
-        except SSL.Error:
-            # as in _drive: the engine may have written an alert for the peer; best-effort delivery
-            self._collect()
-            await self._flush_quietly()
-            raise
-        end = self._collect()
-        if end > before:  # e.g. the answer to a KeyUpdate
-            await self._flush_to(end)
-        return data
 
     async def aclose(self) -> None:
         """Send close_notify (best effort, bounded) and close the transport. Idempotent."""
