@@ -188,10 +188,14 @@ def _scale_section() -> None:
         "Scale in virtual time (bench/scenarios/day_1000.toml; target: <= 60 s of wall time and <= 4 GiB; 10,000 stations: <= 10 min)"
     )
     run_and_print([sys.executable, "-m", "bench.scale"], timeout=1200, what="scale run")
-    # the same day as two shard processes (evsim run --workers 2): the all-cores figure, K = 1 vs 2 in one run
-    run_and_print(
-        [sys.executable, "-m", "bench.scale", "--workers", "2"], timeout=1200, what="scale run, 2 workers"
-    )
+    # the same day through evsim run, unsharded (K = 1) and as two shard processes (K = 2): the all-cores
+    # figure, both with the run directory, the merge and the report, measured in one run
+    for k in (1, 2):
+        run_and_print(
+            [sys.executable, "-m", "bench.scale", "--workers", str(k)],
+            timeout=1200,
+            what=f"scale run, {k} worker(s)",
+        )
 
 
 def _tls_handshake_section() -> None:
