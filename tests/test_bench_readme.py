@@ -29,6 +29,8 @@ MARKED = {
     "cpu-model",
     "heartbeat",
     "scale",
+    "scale-workers-1",
+    "scale-workers-2",
     "nts",
     "workers",
     "renewal",
