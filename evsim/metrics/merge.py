@@ -16,7 +16,7 @@ in ``shard.groups``; they are merged by :mod:`evsim.metrics.merge_scenario`: the
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from evsim.metrics.rundir import RunData, RunDir, load
 from evsim.metrics.topology import CONTROL_NODES, Topology
 from evsim.recorder import ROUND_TRIPS
 
-__all__ = ["merge_shards"]
+__all__ = ["check_split", "merge_shards"]
 
 
 def _started(run: RunData) -> _dt.datetime:
@@ -48,25 +48,33 @@ def _shard_of(run: RunData) -> dict[str, Any]:
     return shard
 
 
-def _check_together(runs: Sequence[RunData]) -> None:
-    """Refuse shards of different fleets, a shard given twice, or a station in two shards."""
+def check_split(
+    runs: Sequence[RunData],
+    shard_of: Callable[[RunData], Mapping[str, Any]],
+    members_of: Callable[[RunData], Iterable[str]],
+    *,
+    identity: str,
+    different: str,
+    different_fix: str,
+    member: str = "",
+) -> None:
+    """Refuse shards that do not make one split of one run: ``meta.json``'s ``identity`` differs from the first
+    shard's (``different`` says of what, ``different_fix`` how to mend it), another shard count, a shard given
+    twice, or a member (``members_of``: the stations a shard ran; ``member`` prefixes its name in the error) in
+    two shards."""
     first = runs[0]
+    count = shard_of(first).get("count")
     by_index: dict[int, Path] = {}
     owner: dict[str, Path] = {}
     for run in runs:
-        shard = _shard_of(run)
-        for key in ("fleet",):
-            if run.meta.get(key) != first.meta.get(key):
-                raise ConfigError(
-                    f"shards of different runs: {key} differs from {first.path}'s",
-                    value=str(run.path),
-                    fix="merge only the shards of one 'evsim stations' command line (same --csms, --stations, "
-                    "--id-prefix, --seed, profile and sessions)",
-                )
-        if shard.get("count") != _shard_of(first).get("count"):
+        shard = shard_of(run)
+        if run.meta.get(identity) != first.meta.get(identity):
             raise ConfigError(
-                f"shard {shard.get('index')}/{shard.get('count')} is not one of "
-                f"{_shard_of(first).get('count')} shards like {first.path}",
+                f"{different}: {identity} differs from {first.path}'s", value=str(run.path), fix=different_fix
+            )
+        if shard.get("count") != count:
+            raise ConfigError(
+                f"shard {shard.get('index')}/{shard.get('count')} is not one of {count} shards like {first.path}",
                 value=str(run.path),
                 fix="merge shards of the same --shard I/N split",
             )
@@ -78,18 +86,36 @@ def _check_together(runs: Sequence[RunData]) -> None:
                 fix="give each shard's run directory once",
             )
         by_index[index] = run.path
-        # every shard has its own run-wide nodes (runner, timeline, the round-trip sums): not stations
-        nodes = ({str(e["node"]) for e in run.events} - CONTROL_NODES) | set(
-            Topology.from_json(run.meta.get("topology")).groups
-        )
-        for node in sorted(nodes):
-            if node in owner:
+        for name in members_of(run):
+            if name in owner:
                 raise ConfigError(
-                    f"overlapping shards: {node} is in {owner[node]} and {run.path}",
+                    f"overlapping shards: {member}{name} is in {owner[name]} and {run.path}",
                     value=str(run.path),
                     fix="merge shards of one --shard I/N split (each station in exactly one shard)",
                 )
-            owner[node] = run.path
+            owner[name] = run.path
+
+
+def _fleet_stations(run: RunData) -> list[str]:
+    """The nodes of a fleet shard that are its stations: every shard has its own run-wide nodes (runner,
+    timeline, the round-trip sums)."""
+    nodes = ({str(e["node"]) for e in run.events} - CONTROL_NODES) | set(
+        Topology.from_json(run.meta.get("topology")).groups
+    )
+    return sorted(nodes)
+
+
+def _check_together(runs: Sequence[RunData]) -> None:
+    """Refuse shards of different fleets, a shard given twice, or a station in two shards."""
+    check_split(
+        runs,
+        _shard_of,
+        _fleet_stations,
+        identity="fleet",
+        different="shards of different runs",
+        different_fix="merge only the shards of one 'evsim stations' command line (same --csms, --stations, "
+        "--id-prefix, --seed, profile and sessions)",
+    )
 
 
 def merge_shards(dirs: Sequence[Path], out: Path) -> Path:

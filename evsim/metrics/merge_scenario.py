@@ -23,6 +23,7 @@ import attrs
 
 from evsim.clock import real_utcnow
 from evsim.errors import ConfigError
+from evsim.metrics.merge import check_split
 from evsim.metrics.rundir import RunData, RunDir
 from evsim.metrics.topology import Topology
 
@@ -57,40 +58,15 @@ def _station_ids(run: RunData) -> list[str]:
 
 def _check_together(runs: Sequence[RunData]) -> None:
     """Refuse shards of different scenario runs, of different splits, a shard given twice, or a station in two."""
-    first = runs[0]
-    by_index: dict[int, Path] = {}
-    owner: dict[str, Path] = {}
-    for run in runs:
-        shard = _shard(run)
-        if run.meta["scenario_run"] != first.meta["scenario_run"]:
-            raise ConfigError(
-                f"shards of different scenario runs: scenario_run differs from {first.path}'s",
-                value=str(run.path),
-                fix="merge only the shards of one scenario file (same content), seed and duration",
-            )
-        if shard.get("count") != _shard(first).get("count"):
-            raise ConfigError(
-                f"shard {shard.get('index')}/{shard.get('count')} is not one of "
-                f"{_shard(first).get('count')} shards like {first.path}",
-                value=str(run.path),
-                fix="merge shards of the same --shard I/N split",
-            )
-        index = int(shard.get("index", -1))
-        if index in by_index:
-            raise ConfigError(
-                f"overlapping shards: shard {index} is given twice ({by_index[index]} and {run.path})",
-                value=str(run.path),
-                fix="give each shard's run directory once",
-            )
-        by_index[index] = run.path
-        for sid in _station_ids(run):
-            if sid in owner:
-                raise ConfigError(
-                    f"overlapping shards: station {sid} is in {owner[sid]} and {run.path}",
-                    value=str(run.path),
-                    fix="merge shards of one --shard I/N split (each station in exactly one shard)",
-                )
-            owner[sid] = run.path
+    check_split(
+        runs,
+        _shard,
+        _station_ids,
+        identity="scenario_run",
+        different="shards of different scenario runs",
+        different_fix="merge only the shards of one scenario file (same content), seed and duration",
+        member="station ",
+    )
 
 
 def _union(runs: Sequence[RunData], key: str, *, depth: int = 1) -> dict[str, Any]:
