@@ -20,6 +20,7 @@ from evsim.errors import ConfigError
 from evsim.metrics.canonical import canonical_log
 from evsim.metrics.merge import merge_shards
 from evsim.metrics.merge_scenario import REPLICATED
+from evsim.metrics.rundir import load, summary_of
 from evsim.scenario.loader import load_scenario
 from evsim.scenario.model import Scenario
 from evsim.scenario.runner import preflight, run_scenario
@@ -245,6 +246,35 @@ def test_merge_of_scenario_shards(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["report", str(merged), "--no-plots"]) == 0
     alone = merge_shards([a], tmp_path / "out")
     assert json.loads((alone / "meta.json").read_text())["outcome"] == "incomplete (shard 1: missing)"
+
+
+def test_a_merged_run_reports_what_the_unsharded_run_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every figure of a merged run is recomputed from its own events.jsonl and meta.json, and every table
+    equals the unsharded run's (only the header's wall time differs)."""
+    file = _tiny(tmp_path)
+    shards = [_run_shard(file, f"{i}/2", tmp_path / "runs", capsys) for i in range(2)]
+    assert (
+        main(["run", str(file), "--out", str(tmp_path / "whole"), "--no-live", "--no-plots", "--json"]) == 0
+    )
+    whole = Path(json.loads(capsys.readouterr().out)["run_directory"])
+    merged = merge_shards(shards, tmp_path / "out")
+    assert main(["report", str(merged), "--no-plots"]) == 0
+    capsys.readouterr()
+    text = (merged / "summary.txt").read_text()
+    recomputed = summary_of(load(merged))
+    assert len(recomputed.tables) > 15 and any(
+        t.title.startswith("Certificate renewal") for t in recomputed.tables
+    )
+    assert recomputed.render(header="x") == "x" + text[text.index("\n") :].rstrip("\n")
+    tables, unsharded = (t.split("\n", 1) for t in (text, (whole / "summary.txt").read_text()))
+    assert tables[1] == unsharded[1]
+    assert (
+        tables[0].split(", wall ")[0]
+        == unsharded[0].split(", wall ")[0]
+        == "scenario tiny, seed 11, simulated 2h"
+    )
 
 
 def test_merge_refuses_scenario_shards_that_do_not_belong_together(
