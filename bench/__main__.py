@@ -7,7 +7,7 @@ Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-s
 two-process mutual-TLS storm, default 10000), ``BENCH_HB_N`` (heartbeat latency against the asyncio peers, default
 3000; ``bench/heartbeat.py``), ``BENCH_WORKERS_N`` (default 500), ``BENCH_MEMORY_N`` (default ``BENCH_N``);
 ``BENCH_NTS_SECONDS`` seconds per NTS phase (default 3); ``BENCH_LADDER_ROUNDS`` / ``BENCH_LADDER_SECONDS``
-rounds of the stack ladder and seconds of steady state per rung (default 2 / 2; ``bench/ladder.py``);
+rounds of the stack ladder and seconds of steady state per rung (default 2 / 1.5; ``bench/ladder.py``);
 ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs in its
 own subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute times; the fleet table also gives each boot storm's CPU
 seconds, the figure to hold against the floor (CPU too) when other processes share the machine.

@@ -22,11 +22,11 @@ window). evsim's rungs use the synchronous send paths evsim's own stack uses (``
 ``send_text_nowait``). Every rung runs with evsim's garbage-collector setting (``evsim.runtime.GC_THRESHOLD``),
 both runtimes alike.
 
-    python -m bench.ladder --row trio-tls --n 1000 --seconds 2 --pki DIR --json   # one rung, one process
+    python -m bench.ladder --row trio-tls --n 1000 --seconds 1.5 --pki DIR --json   # one rung, one process
 
 ``section()`` (``python -m bench ladder``) runs every rung in its own subprocess, trio and asyncio rungs
 interleaved, ``BENCH_LADDER_ROUNDS`` rounds (default 2; each figure is the median of the rounds),
-``BENCH_LADDER_SECONDS`` seconds of steady state each (default 2). The two full stacks are the fleet section's
+``BENCH_LADDER_SECONDS`` seconds of steady state each (default 1.5). The two full stacks are the fleet section's
 rows when it ran earlier in the same run (``make bench``), else they run once here with the ladder's window; the boot storms are compared with the raw pyOpenSSL handshake floor of the group each
 negotiated (``bench/floor.py``).
 """
@@ -72,7 +72,7 @@ SUBPROTOCOL = "ocpp2.0.1"
 HOST = "127.0.0.1"
 SERVER_NAME = "localhost"
 PASSWORD = "bench-password-000001"
-WARMUP_S = 0.5
+WARMUP_S = 0.3
 BACKLOG = 4096
 BOOT_TIMEOUT_S = 300.0
 
@@ -725,7 +725,7 @@ def render(
 def section() -> None:
     """``python -m bench ladder``: the rungs, the full stacks and the floors, printed as three tables."""
     n = int(os.environ.get("BENCH_N", "1000"))
-    seconds = float(os.environ.get("BENCH_LADDER_SECONDS", "2"))
+    seconds = float(os.environ.get("BENCH_LADDER_SECONDS", "1.5"))
     rounds = int(os.environ.get("BENCH_LADDER_ROUNDS", "2"))
     runs, problems, from_fleet = measure(n, seconds, rounds)
     for problem in problems:
@@ -791,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.ladder", description=__doc__.split("\n\n")[0])
     p.add_argument("--row", choices=list(ROWS), required=True)
     p.add_argument("--n", type=int, default=1000, help="connections (default 1000)")
-    p.add_argument("--seconds", type=float, default=2.0, help="steady-state window (default 2)")
+    p.add_argument("--seconds", type=float, default=1.5, help="steady-state window (default 1.5)")
     p.add_argument("--pki", type=Path, required=True, help="a development PKI directory (evsim certs init)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
