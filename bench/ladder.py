@@ -15,7 +15,7 @@ full stack       the fleet's evsim row (``bench.evsim_peer``)   the fleet's A0 r
 ===============  ===========================================  ==============================================
 
 Per rung: the *boot storm* (every connection opened at once: TCP connect and accept, then the TLS handshake,
-then the WebSocket upgrade; process CPU from the first connect until every client has its stream) and the
+then the WebSocket upgrade; process CPU from the first connect until both ends of every connection are open) and the
 *steady state* (every connection echoes back to back: a 200-byte message on the TCP and TLS rungs, a 94-byte
 OCPP-sized text frame on the WebSocket rungs; after a warm-up, process CPU and round trips over a fixed
 window). evsim's rungs use the synchronous send paths evsim's own stack uses (``send_nowait``,
@@ -194,8 +194,11 @@ async def _echo_ws(ws: WebSocket) -> None:
 class _TrioRung:
     """Both ends of one trio rung: a server that echoes, and a client per connection."""
 
-    def __init__(self, row: str, pki: DevPki) -> None:
+    def __init__(self, row: str, n: int, pki: DevPki) -> None:
         self.row = row
+        self.n = n
+        self.opened = 0  # connections the server side has finished opening (TLS handshake, upgrade)
+        self.all_open = trio.Event()
         self.clock = SimClock.start()
         self.net = TcpNetwork()
         self.group = ""
@@ -209,6 +212,7 @@ class _TrioRung:
         if self.row == "trio-socketstream":
 
             async def plain(stream: trio.SocketStream) -> None:
+                self._opened()
                 await _echo_bytes(stream, fast=False)
 
             listeners = await nursery.start(
@@ -225,16 +229,24 @@ class _TrioRung:
         nursery.start_soon(accept_loop)
         return listener.address[1]
 
+    def _opened(self) -> None:
+        self.opened += 1
+        if self.opened == self.n:
+            self.all_open.set()
+
     async def _handle(self, stream: TcpStream) -> None:
         if self.row == "trio-tcp":
+            self._opened()
             await _echo_bytes(stream, fast=True)
             return
         tls = await tls_accept(stream, self.server_tls, verify_time=self.clock.utcnow)
         if self.row == "trio-tls":
+            self._opened()
             await _echo_bytes(tls, fast=True)
             return
         ws = await ws_server(tls, lambda request: Accept(subprotocol=SUBPROTOCOL), compression=True)
         if ws is not None:
+            self._opened()
             await _echo_ws(ws)
 
     async def connect(self, port: int, index: int) -> RoundTrip:
@@ -277,7 +289,7 @@ class _TrioRung:
 
 
 async def _trio_row(row: str, n: int, seconds: float, pki: DevPki) -> RowResult:
-    rung = _TrioRung(row, pki)
+    rung = _TrioRung(row, n, pki)
     async with trio.open_nursery() as nursery:
         port = await rung.serve(nursery)
         clients: list[RoundTrip] = []
@@ -290,6 +302,7 @@ async def _trio_row(row: str, n: int, seconds: float, pki: DevPki) -> RowResult:
             async with trio.open_nursery() as storm:
                 for i in range(n):
                     storm.start_soon(open_one, i)
+            await rung.all_open.wait()  # and the server side has finished every one
         boot_wall, boot_cpu = time.perf_counter() - wall0, cpu_s() - cpu0
         count = [0]
         running = [True]
@@ -320,9 +333,13 @@ def _asyncio_group() -> str:
 
 
 class _EchoProtocol(asyncio.Protocol):
+    def __init__(self, opened: Callable[[], None]) -> None:
+        self.opened = opened
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.opened()
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)
@@ -369,11 +386,19 @@ async def _asyncio_row(row: str, n: int, seconds: float, pki_dir: Path) -> RowRe
     round_trips: list[RoundTrip] = []
 
     handlers: set[asyncio.Task[Any]] = set()
+    opened = [0]  # connections the server side has finished opening (TLS handshake, upgrade)
+    all_open = asyncio.Event()
+
+    def note_open() -> None:
+        opened[0] += 1
+        if opened[0] == n:
+            all_open.set()
 
     async def echo_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         handlers.add(task)
+        note_open()
         try:
             while data := await reader.read(65536):
                 writer.write(data)
@@ -394,13 +419,14 @@ async def _asyncio_row(row: str, n: int, seconds: float, pki_dir: Path) -> RowRe
             ssl_handshake_timeout=BOOT_TIMEOUT_S if server_ctx else None,
         )
     elif row == "asyncio-protocol":
-        server = await loop.create_server(_EchoProtocol, HOST, 0, backlog=BACKLOG)
+        server = await loop.create_server(lambda: _EchoProtocol(note_open), HOST, 0, backlog=BACKLOG)
     else:
         from websockets.asyncio.server import ServerConnection, serve
         from websockets.exceptions import ConnectionClosed
         from websockets.typing import Subprotocol
 
         async def echo_ws(ws: ServerConnection) -> None:
+            note_open()
             try:
                 async for message in ws:
                     await ws.send(message)
@@ -472,6 +498,7 @@ async def _asyncio_row(row: str, n: int, seconds: float, pki_dir: Path) -> RowRe
     wall0, cpu0 = time.perf_counter(), cpu_s()
     async with asyncio.timeout(BOOT_TIMEOUT_S):
         await asyncio.gather(*(open_one(i) for i in range(n)))
+        await all_open.wait()  # and the server side has finished every one
     boot_wall, boot_cpu = time.perf_counter() - wall0, cpu_s() - cpu0
     count = 0
     running = True
