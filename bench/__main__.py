@@ -2,13 +2,14 @@
 
 Environment: ``BENCH_N`` stations (default 1000), ``BENCH_RTT_SECONDS`` steady-state seconds (default 10),
 ``BENCH_SKIP`` comma-separated parts to skip (``peers``: the asyncio fleets, and any name of ``SECTIONS``:
-``fleet``, ``micro``, ``tls-handshake``, ``scale``, ``failover``, ``nts``, ``relay``, ``firmware``, ``cpu-model``,
-``workers``, ``storm``, ``heartbeat``, ``renewal``, ``memory``). Section sizes: ``BENCH_STORM_N`` (the
+``fleet``, ``ladder``, ``micro``, ``tls-handshake``, ``scale``, ``failover``, ``nts``, ``relay``, ``firmware``,
+``cpu-model``, ``workers``, ``storm``, ``heartbeat``, ``renewal``, ``memory``). Section sizes: ``BENCH_STORM_N`` (the
 two-process mutual-TLS storm, default 10000), ``BENCH_HB_N`` (heartbeat latency against the asyncio peers, default
 3000; ``bench/heartbeat.py``), ``BENCH_WORKERS_N`` (default 500), ``BENCH_MEMORY_N`` (default ``BENCH_N``);
-``BENCH_NTS_SECONDS`` seconds per NTS phase (default 3); ``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS
-handshake section (default 200). Each fleet runs in its own subprocess so its memory figure is its own. Shared
-machines are noisy: read the ratios, not the absolute times; the fleet table also gives each boot storm's CPU
+``BENCH_NTS_SECONDS`` seconds per NTS phase (default 3); ``BENCH_LADDER_ROUNDS`` / ``BENCH_LADDER_SECONDS``
+rounds of the stack ladder and seconds of steady state per rung (default 2 / 1.5; ``bench/ladder.py``);
+``BENCH_TLS_HANDSHAKE_N`` handshakes per row of the TLS handshake section (default 200). Each fleet runs in its
+own subprocess so its memory figure is its own. Shared machines are noisy: read the ratios, not the absolute times; the fleet table also gives each boot storm's CPU
 seconds, the figure to hold against the floor (CPU too) when other processes share the machine.
 
 ``python -m bench SECTION...`` runs those sections alone; sections: the keys of ``SECTIONS``. Every run writes a
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from bench import firmware, heartbeat, memory, nts, renewal, storm, workers
+from bench import firmware, heartbeat, ladder, memory, nts, renewal, storm, workers
 from bench.common import Result, bench_problem, bench_table, print_module_section, run_and_print
 from bench.floor import handshake_floor, stdlib_floor
 from bench.results import bench_run
@@ -225,6 +226,7 @@ def _cpu_model_section() -> None:
 
 SECTIONS = {
     "fleet": _fleet_section,
+    "ladder": ladder.section,
     "micro": _micro_section,
     "tls-handshake": _tls_handshake_section,
     "scale": _scale_section,

@@ -21,6 +21,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 MARKED = {
     "floor",
     "fleet",
+    "ladder",
     "storm",
     "tls-handshake",
     "memory",
