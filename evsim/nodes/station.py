@@ -522,7 +522,7 @@ class Station:
                 self.queue.went_online()
                 self._online.set()
                 self._reported_status = None  # report the connector status on every new connection
-                nursery.start_soon(self._uplink, session)
+                await self._uplink(session)  # in this task: no task more per connected station
             if self._rebooting:
                 raise Rebooting("rebooting to install new firmware")
         finally:
