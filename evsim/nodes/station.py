@@ -546,7 +546,9 @@ class Station:
         self, session: OcppSession, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
     ) -> None:
         try:
-            await session.run(task_status=task_status)
+            run = session.run(task_status=task_status)
+            del task_status  # trio's start() holds a nursery for as long as the status lives: only run has it
+            await run
             raise TransportError("CSMS closed the connection")
         finally:
             scope.cancel()
