@@ -224,13 +224,16 @@ class Station:
         """Run until cancelled: the connection loop and the charging behaviour."""
         set_cpu_owner(self.name)  # its operations queue on a shared CPU model in the order of station ids
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._connection_loop)
+            # without charging sessions (nothing to play) the connection loop runs in this task: one task less
+            if plays := self.config.sessions > 0:
+                nursery.start_soon(self._connection_loop)
             self.firmware.attach(nursery)
             self.logs.attach(nursery)
             if self.time.nts is not None:
                 nursery.start_soon(self.time.nts.run)
             task_status.started()
-            await self._behaviour()
+            del task_status  # (kept, it would hold the nursery of a caller's start() as long as this runs)
+            await (self._behaviour() if plays else self._connection_loop())
 
     async def _connection_loop(self) -> None:
         """Walk the network slots forever (B10.FR.09): connect, run, and after a failure or loss wait and retry.
