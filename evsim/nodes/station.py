@@ -38,7 +38,6 @@ import collections
 import contextlib
 import logging
 import math
-import random
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -85,6 +84,7 @@ from evsim.ocpp.txqueue import QueuedMessage, TxQueue
 from evsim.ocpp.versions import subprotocol_for, version_for
 from evsim.pki.ca import CertKey
 from evsim.recorder import Recorder
+from evsim.seeded import RandomSource
 from evsim.timers import Alarm
 from evsim.tls.config import Identity, TlsProfile
 from evsim.tls.context import ClientTls
@@ -132,7 +132,7 @@ class Station:
         client_tls: ClientTls | None,
         clock: SimClock,
         recorder: Recorder,
-        rng: random.Random,
+        rng: RandomSource,
         files: FileTransferConfig | None = None,
     ) -> None:
         slots = config.slots()

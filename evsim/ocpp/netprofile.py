@@ -65,7 +65,6 @@ record and :class:`~evsim.backoff.BackOffSchedule`.)
 from __future__ import annotations
 
 import collections
-import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Literal, Protocol, TypeAlias, TypeVar
 
@@ -82,6 +81,7 @@ from evsim.ocpp.limits import (
     Bound,
     OutOfRange,
 )
+from evsim.seeded import RandomSource
 from evsim.urls import parse_url
 
 __all__ = [
@@ -406,7 +406,7 @@ class NetworkProfiles(Generic[TlsT]):
         self,
         slots: Iterable[NetworkSlot[TlsT]],
         settings: NetworkSettings,
-        rng: random.Random,
+        rng: RandomSource,
         *,
         security_profile: int | None = None,
         log_size: int = 200,
