@@ -62,7 +62,7 @@ from evsim.net.base import Network
 from evsim.nodes.certificates import CertificateSwitch, StationCertificates
 from evsim.nodes.devicetime import DeviceTime
 from evsim.nodes.expiry import ExpiryMonitor
-from evsim.nodes.filetransfer import FileTransferConfig
+from evsim.nodes.filetransfer import NO_FILES, FileTransferConfig
 from evsim.nodes.firmware import FirmwareUpdater
 from evsim.nodes.logupload import LogUploader
 from evsim.nodes.measures import ROUND_TRIP_CALLER, BootClock, certificate_issuers
@@ -203,8 +203,8 @@ class Station:
         self._boot_clock = BootClock()
         self._session_host = ""  # the host of the current connection's endpoint (its round trips' endpoint)
         self._bad_inputs = 0
-        self.firmware = FirmwareUpdater(self, files or FileTransferConfig(), config.firmware_version)
-        self.logs = LogUploader(self, files or FileTransferConfig())
+        self.firmware = FirmwareUpdater(self, files or NO_FILES, config.firmware_version)
+        self.logs = LogUploader(self, files or NO_FILES)
         self.device_model = DeviceModel(self, self._refused)
         """Answers GetVariables, SetVariables and SetNetworkProfile from the station's live values."""
         self._link_scope: trio.CancelScope | None = None
