@@ -31,8 +31,8 @@ from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.csms_admin import AdminRefused, AdminRequest
 from evsim.nodes.csms_certs import CsrSigner, SubCaSigner
 from evsim.nodes.security import csms_server_tls, load_anchors, station_client_tls
-from evsim.nodes.station import Station, station_ids
-from evsim.nodes.station_model import StationConfig
+from evsim.nodes.station import Station
+from evsim.nodes.station_model import StationConfig, station_ids
 from evsim.pki import DevPki, init_dev_pki
 from evsim.pki.dev import ALL_FILES, CsmsPki
 from evsim.recorder import Event, EventPrinter, Recorder, level_of_verbosity

@@ -39,7 +39,6 @@ import contextlib
 import logging
 import math
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -68,6 +67,7 @@ from evsim.nodes.logupload import LogUploader
 from evsim.nodes.measures import ROUND_TRIP_CALLER, BootClock, certificate_issuers
 from evsim.nodes.setup_window import SetupHold
 from evsim.nodes.station_model import (
+    STATION_SLOTS,
     DeviceModel,
     PendingCall,
     Rebooting,
@@ -123,6 +123,8 @@ class Station:
             :mod:`evsim.nodes.logupload`); None: no mirrors, no manufacturer root, so every signed update is
             refused with InvalidCertificate.
     """
+
+    __slots__ = STATION_SLOTS  # (station_model.py)
 
     def __init__(
         self,
@@ -891,9 +893,3 @@ _OUTCOMES = (ResultReceived, ErrorReceived, CallTimedOut)  # a tuple: a union ty
 BAD_INPUT_EVENTS = 10
 """Refused frames or payloads from the CSMS recorded per connection (``bad_input``); the rest are counted by
 the RPC core only."""
-
-
-def station_ids(prefix: str, count: int, start: int = 1) -> Sequence[str]:
-    """``prefix`` + zero-padded numbers: ``station_ids("ST-", 3) == ["ST-0001", "ST-0002", "ST-0003"]``."""
-    width = max(4, len(str(start + count - 1)))
-    return [f"{prefix}{i:0{width}d}" for i in range(start, start + count)]
