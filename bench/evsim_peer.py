@@ -16,7 +16,6 @@ import argparse
 import functools
 import gc
 import json
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -31,10 +30,11 @@ from evsim.nodes.acceptor import DEFAULT_MAX_HANDSHAKES
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.security import csms_server_tls, station_client_tls
 from evsim.nodes.setup_window import DEFAULT_CONNECT_WINDOW
-from evsim.nodes.station import Station, station_ids
-from evsim.nodes.station_model import StationConfig
+from evsim.nodes.station import Station
+from evsim.nodes.station_model import StationConfig, station_ids
 from evsim.pki import DevPki, init_dev_pki
 from evsim.recorder import Recorder
+from evsim.seeded import SeededRandom
 from evsim.tls import TlsProfile
 from evsim.tls.context import ClientTls
 
@@ -67,7 +67,7 @@ def bench_stations(
             client_tls=client_tls,
             clock=clock,
             recorder=recorder,
-            rng=random.Random(sid),
+            rng=SeededRandom(sid),
         )
         for sid in station_ids(prefix, n)
     ]

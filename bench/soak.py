@@ -45,8 +45,8 @@ from evsim.clock import SimClock, real_utcnow
 from evsim.net.tcp import TcpNetwork
 from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.security import csms_server_tls, station_client_tls
-from evsim.nodes.station import Station, station_ids
-from evsim.nodes.station_model import StationConfig
+from evsim.nodes.station import Station
+from evsim.nodes.station_model import StationConfig, station_ids
 from evsim.pki import DevPki, init_dev_pki
 from evsim.recorder import Recorder
 from evsim.report import table

@@ -11,11 +11,10 @@ kept. A successful connection resets the schedule.
 
 from __future__ import annotations
 
-import random
-
 import attrs
 
 from evsim.errors import ConfigError
+from evsim.seeded import RandomSource
 
 
 @attrs.frozen
@@ -44,11 +43,12 @@ class BackOffSchedule:
 
     Args:
         policy: the RetryBackOff settings.
-        rng: a seeded ``random.Random`` so virtual runs are reproducible.
+        rng: a seeded source (``random.Random``, :class:`~evsim.seeded.SeededRandom`) so virtual runs are
+            reproducible.
     """
 
     policy: RetryBackOff
-    rng: random.Random
+    rng: RandomSource
     attempt: int = 0
     previous: float | None = None
 

@@ -8,7 +8,6 @@ import functools
 import json
 import logging
 import math
-import random
 import resource
 import sys
 from collections.abc import Sequence
@@ -32,12 +31,13 @@ from evsim.nodes.csms import Csms, CsmsConfig
 from evsim.nodes.csms_admin import AdminRefused, AdminRequest
 from evsim.nodes.csms_certs import CsrSigner, SubCaSigner
 from evsim.nodes.security import csms_server_tls, load_anchors, station_client_tls
-from evsim.nodes.station import Station, station_ids
-from evsim.nodes.station_model import StationConfig
+from evsim.nodes.station import Station
+from evsim.nodes.station_model import StationConfig, station_ids
 from evsim.pki import DevPki, init_dev_pki
 from evsim.pki.dev import ALL_FILES, CsmsPki
 from evsim.recorder import Event, EventPrinter, Recorder, level_of_verbosity
 from evsim.report import human_duration, table
+from evsim.seeded import SeededRandom
 from evsim.shards import Shard
 from evsim.tls import Identity, TrustStore
 from evsim.tls.context import ServerTls
@@ -433,7 +433,7 @@ def run_stations(args: argparse.Namespace) -> int:
                 client_tls=tls_by_id[c.station_id],
                 clock=clock,
                 recorder=recorder,
-                rng=random.Random(f"{args.seed}:{c.station_id}"),
+                rng=SeededRandom(f"{args.seed}:{c.station_id}"),
             )
             for c in configs
         ]

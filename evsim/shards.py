@@ -38,7 +38,7 @@ class Shard:
 
     def ids(self, prefix: str, total: int) -> list[str]:
         """This shard's station identities: ``prefix`` + the number, zero-padded to the fleet's width (at least 4,
-        as :func:`evsim.nodes.station.station_ids` numbers a whole fleet)."""
+        as :func:`evsim.nodes.station_model.station_ids` numbers a whole fleet)."""
         width = max(4, len(str(total)))
         return [f"{prefix}{n:0{width}d}" for n in self.numbers(total)]
 

@@ -38,6 +38,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "evsim.report",
             "evsim.runtime",
             "evsim.backoff",
+            "evsim.seeded",
             "evsim.urls",
             "evsim.recorder",
             "evsim.frozenmap",

@@ -85,6 +85,18 @@ def test_restart_list_walks_priority_with_attempts_and_backoff() -> None:
     assert all(a.reason == "refused" for a in p.log)
 
 
+def test_the_log_keeps_the_last_log_size_attempts() -> None:
+    settings = NetworkSettings(priority=(0, 1), connection_attempts=1, backoff=FIXED)
+    p = NetworkProfiles([slot(0), slot(1)], settings, random.Random(0), log_size=3)
+    tried = [f"slot{n}" for n, _ in fail_n(p, 4)]
+    s = connect(p, 5.0)
+    assert [(a.endpoint, a.ok, a.t) for a in p.log] == [
+        (tried[2], False, 0.0),
+        (tried[3], False, 0.0),
+        (s.name, True, 5.0),
+    ]
+
+
 def test_fallback_decides_where_the_walk_goes_after_a_loss_and_after_a_failed_pass() -> None:
     def lost_on_slot_1(fallback: FallbackPolicy) -> NetworkProfiles:
         p = profiles([slot(0), slot(1), slot(2)], attempts=1, fallback=fallback)

@@ -20,7 +20,7 @@ from evsim.errors import ConfigError
 from evsim.metrics.load import round_trip_windows
 from evsim.metrics.merge import merge_shards
 from evsim.metrics.rundir import RunDir
-from evsim.nodes.station import station_ids
+from evsim.nodes.station_model import station_ids
 from evsim.shards import Shard, parse_shard
 from evsim.workers import merged_result, shard_argv, worst_status
 from tests.processes import EVSIM, start_csms

@@ -1,4 +1,5 @@
-"""Sans-IO station pieces: OCPP RetryBackOff, the offline message queue, the transaction builder."""
+"""Sans-IO station pieces: OCPP RetryBackOff, the offline message queue, the transaction builder; a station's
+own memory."""
 
 from __future__ import annotations
 
@@ -10,10 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from evsim.backoff import BackOffSchedule, RetryBackOff
-from evsim.clock import isoformat
+from evsim.clock import SimClock, isoformat
 from evsim.errors import ConfigError
+from evsim.net.virtual import VirtualNetwork
+from evsim.nodes.station import Station
+from evsim.nodes.station_model import StationConfig
 from evsim.ocpp.transaction import TransactionRecorder
 from evsim.ocpp.txqueue import TxQueue
+from evsim.recorder import Recorder
+from evsim.seeded import SeededRandom
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -159,3 +165,26 @@ def test_isoformat_second_boundaries() -> None:
     for us in (0, 999, 1000, 999_999, 1_000_000, 1_000_001, 999_999, 0, -1, 60_000_000):
         ts = base + dt.timedelta(microseconds=us)
         assert isoformat(ts) == _reference_isoformat(ts), ts
+
+
+async def test_a_station_holds_no_instance_dict_and_no_generator_before_its_first_draw() -> None:
+    """Per-station memory (bench/memory.py): the attributes are slots (a __dict__ of over 30 keys is ≈1.6 KiB)
+    and a seeded source that was never drawn from holds no Mersenne-Twister state."""
+    clock = SimClock.start()
+    rng = SeededRandom("CS-1")
+    station = Station(
+        StationConfig(
+            station_id="CS-1",
+            csms_url="ws://csms.evsim.test/ocpp",
+            password="x" * 16,
+            security_profile=1,
+            sessions=0,
+        ),
+        network=VirtualNetwork(),
+        client_tls=None,
+        clock=clock,
+        recorder=Recorder(clock, echo=False),
+        rng=rng,
+    )
+    assert not hasattr(station, "__dict__")
+    assert station.rng is rng and "drawn" not in repr(rng)

@@ -725,6 +725,32 @@ async def test_ping_pong(autojump_clock: trio.testing.MockClock) -> None:
             await client.ping(b"x" * 126)
 
 
+async def test_wsproto_is_made_only_when_a_frame_needs_it(autojump_clock: trio.testing.MockClock) -> None:
+    """An open link that moves only whole messages holds no wsproto connection (≈2 KiB per end); a ping
+    makes it, and compressed messages keep flowing through the shared deflate state afterwards."""
+    message = '{"status":"Accepted","currentTime":"2026-12-07T09:00:00Z"}' * 10  # compressed (>= 128 bytes)
+    with trio.fail_after(5):
+        client, server = await open_ok(client={"compression": True}, server={"compression": True})
+        assert client.compressed and server.compressed
+        for _ in range(2):
+            await client.send_text(message)
+            assert await server.receive_text() == message
+            await server.send_text(message)
+            assert await client.receive_text() == message
+        assert [ws._conn for ws in (client, server)] == [None, None]
+        async with trio.open_nursery() as nursery:
+
+            async def echo_once() -> None:
+                await server.send_text(await server.receive_text())
+
+            nursery.start_soon(echo_once)
+            await client.ping(b"made now")
+            await client.send_text(message)
+            assert await client.receive_text() == message
+        assert None not in [ws._conn for ws in (client, server)]
+        assert client.statistics().pongs_received == 1
+
+
 async def test_ping_is_answered_on_the_next_receive(autojump_clock: trio.testing.MockClock) -> None:
     a, b = memory_pipe_pair()
     with trio.fail_after(5):

@@ -448,13 +448,15 @@ class Csms:
         conn = StationConnection(rec.connections, source, ws, tls_info, controller, serial, inputs)
         rpc = RpcConnection(version=version, call_timeout=self.config.call_timeout)
 
-        # B02: until its first Accepted boot a connection is pending; it has boot_timeout to get there.
-        boot_scope = trio.CancelScope(deadline=trio.current_time() + self.config.boot_timeout)
+        # B02: until its first Accepted boot a connection is pending; it has boot_timeout to get there: the
+        # deadline of the connection's scope, which otherwise only its replacement cancels (one scope less)
+        scope = conn.cancel_scope
+        scope.deadline = trio.current_time() + self.config.boot_timeout
 
         async def handler(action: str, payload: dict[str, Any]) -> dict[str, Any]:
             response = await self._handle_call(rec, conn, action, payload)
             if action == "BootNotification" and response.get("status") == "Accepted":
-                boot_scope.deadline = math.inf
+                scope.deadline = math.inf
                 connection_admitted()
             return response
 
@@ -474,18 +476,17 @@ class Csms:
             compressed=ws.compressed,
         )
         try:
-            with conn.cancel_scope:
-                with boot_scope:
-                    await session.run()
-                if boot_scope.cancelled_caught:
-                    self.recorder.emit(
-                        name,
-                        "boot_timeout",
-                        station=station_id,
-                        peer=current_peer(),
-                        timeout=self.config.boot_timeout,
-                    )
-                    await ws.aclose(1008, "no accepted BootNotification in time")
+            with scope:
+                await session.run()
+            if scope.cancelled_caught and not conn.replaced:  # the boot deadline passed
+                self.recorder.emit(
+                    name,
+                    "boot_timeout",
+                    station=station_id,
+                    peer=current_peer(),
+                    timeout=self.config.boot_timeout,
+                )
+                await ws.aclose(1008, "no accepted BootNotification in time")
         except (TransportError, OcppError) as exc:
             self.recorder.emit(
                 name,

@@ -45,6 +45,16 @@ TIME_SOURCES = ("Heartbeat", "NTP", "GPS", "RealTimeClock", "MobileNetwork", "Ra
 """The values of ``ClockCtrlr.TimeSource`` (OCPP 2.0.1 part 2, appendix 3)."""
 WAITING_SOURCES = frozenset({"Heartbeat", "NTP"})
 """Time sources evsim models: a station listing one waits for it before it counts as synced."""
+_WAITED: dict[frozenset[str], frozenset[str]] = {}
+"""The subsets of :data:`WAITING_SOURCES` the stations wait for, each made once (see :func:`_shared`)."""
+
+
+def _shared(waited: frozenset[str]) -> frozenset[str]:
+    """The one instance of the set ``waited`` (a subset of :data:`WAITING_SOURCES`): every station holds one,
+    216 bytes each."""
+    return _WAITED.setdefault(waited, waited)
+
+
 MAX_REPORT_THRESHOLD_S = 10 * 365 * 86_400
 """Largest TimeAdjustmentReportingThreshold accepted (ten years; a choice of evsim)."""
 
@@ -148,7 +158,8 @@ class DeviceTime:
 
     def _waited_sources(self) -> frozenset[str]:
         waited = WAITING_SOURCES & set(self.settings.time_source)
-        return waited if self.nts is not None else waited - {"NTP"}
+        waited = waited if self.nts is not None else waited - {"NTP"}
+        return _shared(waited)
 
     @property
     def synced(self) -> bool:
@@ -172,7 +183,8 @@ class DeviceTime:
             step: step whatever the size (the operator's ``clock_step``).
         """
         at = trio.current_time() if now is None else now
-        self._waiting_for -= {"NTP"} if source == "nts" else {"Heartbeat"} if source == "csms" else set()
+        done = {"NTP"} if source == "nts" else {"Heartbeat"} if source == "csms" else set()
+        self._waiting_for = _shared(self._waiting_for - done)
         if not step and abs(delta) < 1e-6:
             return "none"
         device = self.clock.device
@@ -243,5 +255,5 @@ class DeviceTime:
                 return ("Rejected", "ReadOnly") if name in self.variables() else ("UnknownVariable", None)
         except (ConfigError, ValueError):
             return "Rejected", "InvalidValue"
-        self._waiting_for &= self._waited_sources()
+        self._waiting_for = _shared(self._waiting_for & self._waited_sources())
         return "Accepted", None

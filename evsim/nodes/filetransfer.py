@@ -107,6 +107,11 @@ class FileTransferConfig:
                 )
 
 
+NO_FILES = FileTransferConfig()
+"""The settings of a station given none (no mirrors, no manufacturer root): one frozen instance for all of
+them (two copies per station were ≈1 KiB with their TLS profile and limits)."""
+
+
 class StationHooks(Protocol):
     """What the firmware and log jobs need of their station (:class:`evsim.nodes.station.Station` fits)."""
 

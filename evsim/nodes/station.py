@@ -38,9 +38,7 @@ import collections
 import contextlib
 import logging
 import math
-import random
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -63,12 +61,13 @@ from evsim.net.base import Network
 from evsim.nodes.certificates import CertificateSwitch, StationCertificates
 from evsim.nodes.devicetime import DeviceTime
 from evsim.nodes.expiry import ExpiryMonitor
-from evsim.nodes.filetransfer import FileTransferConfig
+from evsim.nodes.filetransfer import NO_FILES, FileTransferConfig
 from evsim.nodes.firmware import FirmwareUpdater
 from evsim.nodes.logupload import LogUploader
 from evsim.nodes.measures import ROUND_TRIP_CALLER, BootClock, certificate_issuers
 from evsim.nodes.setup_window import SetupHold
 from evsim.nodes.station_model import (
+    STATION_SLOTS,
     DeviceModel,
     PendingCall,
     Rebooting,
@@ -85,6 +84,7 @@ from evsim.ocpp.txqueue import QueuedMessage, TxQueue
 from evsim.ocpp.versions import subprotocol_for, version_for
 from evsim.pki.ca import CertKey
 from evsim.recorder import Recorder
+from evsim.seeded import RandomSource
 from evsim.timers import Alarm
 from evsim.tls.config import Identity, TlsProfile
 from evsim.tls.context import ClientTls
@@ -124,6 +124,8 @@ class Station:
             refused with InvalidCertificate.
     """
 
+    __slots__ = STATION_SLOTS  # (station_model.py)
+
     def __init__(
         self,
         config: StationConfig,
@@ -132,7 +134,7 @@ class Station:
         client_tls: ClientTls | None,
         clock: SimClock,
         recorder: Recorder,
-        rng: random.Random,
+        rng: RandomSource,
         files: FileTransferConfig | None = None,
     ) -> None:
         slots = config.slots()
@@ -203,8 +205,8 @@ class Station:
         self._boot_clock = BootClock()
         self._session_host = ""  # the host of the current connection's endpoint (its round trips' endpoint)
         self._bad_inputs = 0
-        self.firmware = FirmwareUpdater(self, files or FileTransferConfig(), config.firmware_version)
-        self.logs = LogUploader(self, files or FileTransferConfig())
+        self.firmware = FirmwareUpdater(self, files or NO_FILES, config.firmware_version)
+        self.logs = LogUploader(self, files or NO_FILES)
         self.device_model = DeviceModel(self, self._refused)
         """Answers GetVariables, SetVariables and SetNetworkProfile from the station's live values."""
         self._link_scope: trio.CancelScope | None = None
@@ -224,13 +226,16 @@ class Station:
         """Run until cancelled: the connection loop and the charging behaviour."""
         set_cpu_owner(self.name)  # its operations queue on a shared CPU model in the order of station ids
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._connection_loop)
+            # without charging sessions (nothing to play) the connection loop runs in this task: one task less
+            if plays := self.config.sessions > 0:
+                nursery.start_soon(self._connection_loop)
             self.firmware.attach(nursery)
             self.logs.attach(nursery)
             if self.time.nts is not None:
                 nursery.start_soon(self.time.nts.run)
             task_status.started()
-            await self._behaviour()
+            del task_status  # (kept, it would hold the nursery of a caller's start() as long as this runs)
+            await (self._behaviour() if plays else self._connection_loop())
 
     async def _connection_loop(self) -> None:
         """Walk the network slots forever (B10.FR.09): connect, run, and after a failure or loss wait and retry.
@@ -522,7 +527,7 @@ class Station:
                 self.queue.went_online()
                 self._online.set()
                 self._reported_status = None  # report the connector status on every new connection
-                nursery.start_soon(self._uplink, session)
+                await self._uplink(session)  # in this task: no task more per connected station
             if self._rebooting:
                 raise Rebooting("rebooting to install new firmware")
         finally:
@@ -546,7 +551,9 @@ class Station:
         self, session: OcppSession, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
     ) -> None:
         try:
-            await session.run(task_status=task_status)
+            run = session.run(task_status=task_status)
+            del task_status  # trio's start() holds a nursery for as long as the status lives: only run has it
+            await run
             raise TransportError("CSMS closed the connection")
         finally:
             scope.cancel()
@@ -886,9 +893,3 @@ _OUTCOMES = (ResultReceived, ErrorReceived, CallTimedOut)  # a tuple: a union ty
 BAD_INPUT_EVENTS = 10
 """Refused frames or payloads from the CSMS recorded per connection (``bad_input``); the rest are counted by
 the RPC core only."""
-
-
-def station_ids(prefix: str, count: int, start: int = 1) -> Sequence[str]:
-    """``prefix`` + zero-padded numbers: ``station_ids("ST-", 3) == ["ST-0001", "ST-0002", "ST-0003"]``."""
-    width = max(4, len(str(start + count - 1)))
-    return [f"{prefix}{i:0{width}d}" for i in range(start, start + count)]

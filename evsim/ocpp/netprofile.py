@@ -64,8 +64,6 @@ record and :class:`~evsim.backoff.BackOffSchedule`.)
 
 from __future__ import annotations
 
-import collections
-import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Literal, Protocol, TypeAlias, TypeVar
 
@@ -82,6 +80,7 @@ from evsim.ocpp.limits import (
     Bound,
     OutOfRange,
 )
+from evsim.seeded import RandomSource
 from evsim.urls import parse_url
 
 __all__ = [
@@ -406,7 +405,7 @@ class NetworkProfiles(Generic[TlsT]):
         self,
         slots: Iterable[NetworkSlot[TlsT]],
         settings: NetworkSettings,
-        rng: random.Random,
+        rng: RandomSource,
         *,
         security_profile: int | None = None,
         log_size: int = 200,
@@ -445,7 +444,8 @@ class NetworkProfiles(Generic[TlsT]):
         self._tries = 0
         self._exhausted = 0
         self._ready_at = 0.0
-        self._log: collections.deque[Attempt] = collections.deque(maxlen=log_size)
+        self._log: list[Attempt] = []  # the last log_size (a station logs few: an empty deque is 624 bytes)
+        self._log_size = log_size
         self._replan()
         if not self._order:
             raise ConfigError(
@@ -533,6 +533,8 @@ class NetworkProfiles(Generic[TlsT]):
             raise ValueError("a failed attempt needs a reason")
         attempt = Attempt(slot.name, now, ok, "" if ok else reason, detail)
         self._log.append(attempt)
+        if len(self._log) > self._log_size:
+            del self._log[0]
         if ok:
             if self.active_slot is not None and self.active_slot != slot.slot:
                 self.switches += 1

@@ -434,6 +434,8 @@ class OcppSession:
                 self._nursery = nursery
                 self._send_queued()  # CALLs made before run()
                 task_status.started()
+                # a status kept in this frame would hold trio's start() nursery (≈0.7 KiB) as long as it runs
+                del task_status
                 # This task is the first reader; if a handler blocks it, a new reader takes over and this
                 # one leaves the loop once the queued CALLs are answered, then waits for the others here.
                 await self._reader_loop()

@@ -55,6 +55,7 @@ from evsim.nodes.station import Station
 from evsim.nodes.station_model import StationConfig
 from evsim.ocpp.netprofile import DEFAULT_SLOT_NUMBERS, NetworkConnectionProfile
 from evsim.recorder import DEFAULT_KEEP, Event, Recorder
+from evsim.seeded import SeededRandom
 from evsim.timers import VirtualTimers
 from evsim.tls import (
     Identity,
@@ -622,7 +623,7 @@ class World(WorldClocks, WorldEnergy, WorldFiles, WorldLinks):
                 client_tls=self._client_tls(group, sid, peer),
                 clock=self.station_clock(sid, clock),
                 recorder=self.recorder,
-                rng=self.rng(sid),
+                rng=SeededRandom(f"{self.seed}:{sid}"),  # as self.rng(sid), seeded on its first draw
                 files=self.files_config(group, sid, files, file_settings or FileSettings())
                 if files
                 else None,

@@ -54,7 +54,10 @@ class NodeHandle:
         with trio.CancelScope() as scope:
             self._scope = scope
             try:
-                await self._run(task_status=task_status)
+                run = self._run(task_status=task_status)
+                # kept in this frame, the status would hold trio's start() nursery (≈0.7 KiB) while it runs
+                del task_status
+                await run
             finally:
                 self._scope = None
                 ended.set()

@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, cast
 
 import attrs
 import trio
-from wsproto.connection import Connection, ConnectionState
+from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from evsim.errors import (
@@ -231,7 +231,9 @@ class WebSocket(trio.abc.AsyncResource):
         self.request = request
         self.compressed = compressed
         self._stream = stream
-        self._conn = conn
+        # wsproto's connection (≈2 KiB) only when it holds bytes from the handshake; else made on first use
+        # (rare frames, closing): until then its state is OPEN, as a fresh one's (see _wsproto)
+        self._conn: Connection | None = conn if trailing_data else None
         self._max = max_message_size
         self._close_timeout = math.inf if close_timeout is None else close_timeout
         self._send_timeout = math.inf if send_timeout is None else send_timeout
@@ -465,7 +467,7 @@ class WebSocket(trio.abc.AsyncResource):
         if len(payload) > 125:
             raise ValueError("a ping payload is at most 125 bytes (RFC 6455 §5.5)")
         self._check_can_send()
-        data = self._conn.send(Ping(payload=payload))
+        data = self._wsproto().send(Ping(payload=payload))
         self._pings_sent += 1
         await self._write(data, wait=True)
 
@@ -548,13 +550,13 @@ class WebSocket(trio.abc.AsyncResource):
             raise ValueError(f"close code {code} may not be sent (RFC 6455 §7.4)")
         try:
             if (
-                self._conn.state is ConnectionState.OPEN
+                self._wsproto().state is ConnectionState.OPEN
                 and self._broken is None
                 and self._send_broken is None
                 and not self._transport_closed
             ):
                 self._set_close(code, reason, "local")
-                data = self._conn.send(CloseConnection(code=code, reason=reason))
+                data = self._wsproto().send(CloseConnection(code=code, reason=reason))
                 with trio.move_on_after(self._close_timeout):  # bounds a blocked writer too
                     try:
                         await self._write(data, wait=True)
@@ -574,7 +576,7 @@ class WebSocket(trio.abc.AsyncResource):
         if self._broken is not None:
             raise self._broken_error(self._broken)
         if self._close_code is not None and (
-            self._transport_closed or self._failed or self._conn.state is ConnectionState.CLOSED
+            self._transport_closed or self._failed or self._wsproto().state is ConnectionState.CLOSED
         ):
             raise WebSocketClosed(self._close_code, self._close_reason)
         if self._transport_closed:
@@ -582,7 +584,6 @@ class WebSocket(trio.abc.AsyncResource):
 
     async def _pump(self) -> None:
         """Read once (or drain what the handshake left), handle the events, answer, maybe close."""
-        conn = self._conn
         if self._check_events:  # once per connection: frames that came with the handshake response
             self._check_events = False
             await trio.lowlevel.checkpoint()
@@ -612,9 +613,10 @@ class WebSocket(trio.abc.AsyncResource):
             if reader is not None:
                 out = reader.receive(data)
             else:
-                conn.receive_data(bytes(data))
+                self._wsproto().receive_data(bytes(data))
                 out = self._handle_events()
-        ending = self._failed or conn.state is ConnectionState.CLOSED
+        conn = self._conn  # (made meanwhile if the frames needed it)
+        ending = self._failed or (conn is not None and conn.state is ConnectionState.CLOSED)
         if out:
             if ending:  # a close frame: make sure it left before the stream closes
                 with contextlib.suppress(TransportError), trio.move_on_after(self._close_timeout):
@@ -653,7 +655,7 @@ class WebSocket(trio.abc.AsyncResource):
 
     def _handle_events(self) -> bytearray | None:
         """Walk wsproto's events; return bytes to send (pongs, close replies), if any."""
-        conn = self._conn
+        conn = self._wsproto()
         out: bytearray | None = None
         for event in conn.events():
             kind = type(event)
@@ -695,7 +697,7 @@ class WebSocket(trio.abc.AsyncResource):
         Returns:
             The bytes to send (or None) and whether the connection ended.
         """
-        conn = self._conn
+        conn = self._wsproto()
         conn.receive_data(data)
         out = self._handle_events()
         return out, self._failed or conn.state is ConnectionState.CLOSED
@@ -742,8 +744,9 @@ class WebSocket(trio.abc.AsyncResource):
         """Fail the connection (RFC 6455 §7.1.7): close frame now, no reply awaited, stream closed after."""
         self._failed = True
         self._set_close(code, reason, "local")
-        if self._conn.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-            return self._conn.send(CloseConnection(code=code, reason=reason))
+        conn = self._wsproto()
+        if conn.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            return conn.send(CloseConnection(code=code, reason=reason))
         return b""
 
     async def _fail_now(self, code: int, reason: str) -> None:
@@ -765,7 +768,7 @@ class WebSocket(trio.abc.AsyncResource):
         self._receiving = True
         try:
             while (
-                self._conn.state is ConnectionState.LOCAL_CLOSING
+                self._wsproto().state is ConnectionState.LOCAL_CLOSING
                 and not self._transport_closed
                 and self._broken is None
             ):
@@ -785,8 +788,18 @@ class WebSocket(trio.abc.AsyncResource):
             raise self._broken_error(self._send_broken)
         if self._close_code is not None:
             raise WebSocketClosed(self._close_code, self._close_reason)
-        if self._transport_closed or self._conn.state is not ConnectionState.OPEN:
+        conn = self._conn
+        if self._transport_closed or (conn is not None and conn.state is not ConnectionState.OPEN):
             raise WebSocketClosed(1006, "connection closed")
+
+    def _wsproto(self) -> Connection:
+        """wsproto's connection, made now if there was none yet: a fresh one for the negotiated extensions
+        is what the handshake's is when it holds no bytes (its frame parser at a frame boundary)."""
+        conn = self._conn
+        if conn is None:
+            kind = ConnectionType.CLIENT if self._client else ConnectionType.SERVER
+            conn = self._conn = Connection(kind, [self._deflate] if self._deflate is not None else [])
+        return conn
 
     async def _write(self, data: bytes | bytearray, *, wait: bool, counted: bool = False) -> None:
         """Send ``data`` after everything queued before it; see the module docstring.
