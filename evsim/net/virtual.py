@@ -219,7 +219,9 @@ class VirtualStream(trio.abc.HalfCloseableStream):
         Raises:
             StreamBroken, StreamClosed: as :meth:`send_all`.
         """
-        self._check_send()
+        pipe = self._out
+        if self._closed or self._eof_sent or pipe.broken is not None or pipe.reader_gone:
+            self._check_send()  # raises (inlined test: once per message)
         return self._push(data) or self._sending
 
     def _check_send(self) -> None:
