@@ -73,15 +73,19 @@ class _Sleeper(Protocol):
 class Alarm:
     """A task parked until a deadline or until another task calls :meth:`wake`, whichever comes first.
 
-    One task waits at a time (:meth:`wait_until`); :meth:`wake` while nobody waits does nothing.
+    One task waits at a time (:meth:`wait_until`); :meth:`wake` while nobody waits does nothing. :meth:`move`
+    changes the deadline of the waiting task without waking it.
     """
 
-    __slots__ = ("_entry", "_task", "_timers")
+    __slots__ = ("_deadline", "_entry", "_late", "_scope", "_task", "_timers")
 
     def __init__(self) -> None:
         self._task: Task | None = None
+        self._deadline = math.inf  # of the waiting task
+        self._late = False
         self._entry: list[Any] | None = None  # its heap entry while it waits on a VirtualTimers
         self._timers: VirtualTimers | None = None
+        self._scope: trio.CancelScope | None = None  # its deadline while it waits on trio's timers
 
     @property
     def waiting(self) -> bool:
@@ -96,6 +100,32 @@ class Alarm:
             self._forget()
             reschedule(task, outcome.Value(_WOKEN))
 
+    def move(self, deadline: float) -> None:
+        """Make the waiting task's deadline ``deadline`` (earlier or later; ``math.inf``: none) without waking
+        it; nothing if none waits (a deadline already passed wakes it at once).
+
+        On :class:`VirtualTimers` this replaces the alarm's heap entry (the old one goes stale), a heap push;
+        on trio's timers it moves the cancel scope's deadline, which costs a registration in trio's own heap
+        (a context manager and two heap updates: measured ≈3 µs). A late waiter stays late.
+        """
+        if self._task is None or deadline == self._deadline:
+            return
+        self._deadline = deadline
+        scope = self._scope
+        if scope is not None:
+            scope.deadline = deadline
+            return
+        timers = self._timers
+        assert timers is not None
+        if timers.ended:  # it ended while this alarm had no deadline: go on on trio's timers
+            self._ring(_GONE)
+            return
+        entry = self._entry
+        if entry is not None:
+            entry[3] = None
+            timers.forgot()
+        self._entry = timers.add(deadline, self._late, self) if deadline < math.inf else None
+
     async def wait_until(self, deadline: float, *, late: bool = False) -> bool:
         """Wait until trio time ``deadline`` or :meth:`wake`.
 
@@ -108,18 +138,26 @@ class Alarm:
         Returns:
             True when the deadline passed, False when :meth:`wake` ended the wait.
         """
+        self._deadline = deadline
+        self._late = late
         timers = _TIMERS.get()
         if timers is not None:
             self._task = current_task()
             self._timers = timers
-            self._entry = timers.add(deadline, late, self)
+            # no entry for no deadline: the timer task has nothing to jump to
+            self._entry = timers.add(deadline, late, self) if deadline < math.inf else None
             rang = await wait_task_rescheduled(self._abort)
             if rang is not None:
                 return bool(rang)
+            deadline = self._deadline  # (moved meanwhile)
         # trio's timers (also a sleeper whose timer task ended)
         self._task = current_task()
         with trio.move_on_at(deadline) as scope:
-            await wait_task_rescheduled(self._abort)
+            self._scope = scope
+            try:
+                await wait_task_rescheduled(self._abort)
+            finally:
+                self._scope = None
         if scope.cancelled_caught:
             self._task = None
             if late:
@@ -278,7 +316,7 @@ async def repeat(seconds: float, count: int, fn: Callable[[], object]) -> None:
 class VirtualTimers:
     """The timer task of a run in virtual time (see the module docstring); :meth:`run` it in a nursery."""
 
-    __slots__ = ("_heap", "_live", "_parked", "_seq", "_stale", "wakeups")
+    __slots__ = ("_heap", "_live", "_parked", "_seq", "_stale", "ended", "wakeups")
 
     def __init__(self) -> None:
         self._heap: list[list[Any]] = []  # [deadline, late, sequence, sleeper or None once stale]
@@ -288,6 +326,8 @@ class VirtualTimers:
         self._parked: Task | None = None  # the timer task, while it waits for a first sleeper
         self.wakeups = 0
         """Sleepers woken by a deadline so far."""
+        self.ended = False
+        """Its :meth:`run` ended: sleepers go on on trio's timers."""
 
     def add(self, deadline: float, late: bool, alarm: _Sleeper) -> list[Any]:
         entry = [deadline, late, next(self._seq), alarm]
@@ -334,6 +374,7 @@ class VirtualTimers:
                 self._fire(clock)
         finally:
             _TIMERS.set(None)
+            self.ended = True
             self._parked = None
             heap, self._heap = self._heap, []
             self._live = self._stale = 0

@@ -7,6 +7,7 @@ import functools
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -551,3 +552,30 @@ def test_event_details_are_words_not_exception_reprs() -> None:
     details = [str(e.data.get("detail", "")) for e in _run("partition_heal").recorder.events]
     assert any("network partition between" in d for d in details)
     assert not [d for d in details if re.search(r"\b[A-Z]\w+\(['\"]", d)]
+
+
+def test_samples_count_the_stations_as_a_walk_over_them_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """World.sample reads the fleet's tally, which the stations keep up to date: at every sample of a run with
+    lost links, offline queues, refused reconnects and stations that finish, it equals a walk over them."""
+    from evsim.world.core import World
+
+    sample = World.sample
+    checked: list[float] = []
+
+    def walked(world: World) -> Any:
+        got = sample(world)
+        stations = [node.station for node in world.stations.values()]
+        assert (got.connected_stations, got.queued_messages, got.done_stations, got.connect_failures) == (
+            sum(st.session is not None for st in stations),
+            sum(len(st.queue) for st in stations),
+            sum(st.done.is_set() for st in stations),
+            sum(sum(st.connect_failures.values()) for st in stations),
+        )
+        checked.append(got.queued_messages)
+        return got
+
+    monkeypatch.setattr(World, "sample", walked)
+    r = _run_once("partition_heal")  # not the cached run: this one samples through walked()
+    assert len(checked) > 100 and max(checked) > 0  # messages queued while the link was down
+    assert r.samples[-1].done_stations == len(r.stations)
+    assert any(sum(st.connect_failures.values()) for st in r.stations.values())

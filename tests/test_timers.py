@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 
 import pytest
@@ -85,6 +86,76 @@ async def test_alarm_woken_early_or_by_its_deadline(
             alarm.wake()  # nobody waits any more: nothing happens
     assert results == [(False, 20.0), (True, 80.0)]
     assert not alarm.waiting
+
+
+async def _moved_alarm_wakes() -> tuple[list[float], int]:
+    """An alarm whose deadline another task moves later, to none, earlier and later again while it waits:
+    when it woke (seconds from the start) and how many heap entries the run's service woke."""
+    alarm = Alarm()
+    t0 = trio.current_time()
+    woke: list[float] = []
+    vt = current_timers()
+    before = vt.wakeups if vt is not None else 0
+
+    async def waiter() -> None:
+        assert await alarm.wait_until(t0 + 50.0)
+        woke.append(trio.current_time() - t0)
+
+    with trio.fail_after(10_000):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await trio.sleep(10.0)
+            alarm.move(t0 + 200.0)  # later: nothing at 50
+            await trio.sleep(50.0)
+            alarm.move(math.inf)  # none: waits for a move or a wake
+            await trio.sleep(300.0)
+            assert alarm.waiting and not woke
+            alarm.move(t0 + 400.0)
+            alarm.move(t0 + 380.0)  # earlier again
+            alarm.move(t0 + 380.0)  # unchanged
+    alarm.move(t0 + 5.0)  # nobody waits: nothing happens
+    after = vt.wakeups if vt is not None else 0
+    return woke, after - before
+
+
+async def test_a_moved_alarm_wakes_at_its_last_deadline_only(
+    autojump_clock: trio.testing.MockClock, service: VirtualTimers
+) -> None:
+    woke, wakeups = await _moved_alarm_wakes()
+    assert woke == [380.0]
+    assert wakeups == 1  # the entries it left behind went stale: no early wake-ups
+    assert service._live == 0
+
+
+async def test_a_moved_alarm_on_trios_timers(autojump_clock: trio.testing.MockClock) -> None:
+    assert current_timers() is None
+    woke, _ = await _moved_alarm_wakes()
+    assert woke == [380.0]
+
+
+async def test_an_alarm_without_a_deadline_moves_to_trios_timers_after_the_service_ended(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Parked with no deadline when the service ended (so it was not rung), a move puts it on trio's timers."""
+    alarm = Alarm()
+    t0 = trio.current_time()
+    woke: list[float] = []
+
+    async def waiter() -> None:
+        assert await alarm.wait_until(math.inf)
+        woke.append(trio.current_time() - t0)
+
+    with trio.fail_after(10_000):
+        async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as inner:
+                await inner.start(VirtualTimers().run)
+                outer.start_soon(waiter)
+                await trio.sleep(100.0)
+                inner.cancel_scope.cancel()
+            alarm.move(t0 + 250.0)
+            await trio.sleep(10.0)
+            alarm.move(t0 + 150.0)  # on trio's timers now: a cancel scope's deadline moves
+    assert woke == [150.0]
 
 
 async def test_late_alarm_wakes_after_what_else_is_due_at_that_instant(

@@ -219,7 +219,9 @@ class VirtualStream(trio.abc.HalfCloseableStream):
         Raises:
             StreamBroken, StreamClosed: as :meth:`send_all`.
         """
-        self._check_send()
+        pipe = self._out
+        if self._closed or self._eof_sent or pipe.broken is not None or pipe.reader_gone:
+            self._check_send()  # raises (inlined test: once per message)
         return self._push(data) or self._sending
 
     def _check_send(self) -> None:
@@ -381,7 +383,8 @@ class VirtualStream(trio.abc.HalfCloseableStream):
                     n = len(data)
                     self._bytes_received += n
                     self._counters.bytes_received += n
-                    pipe.wake_writer()
+                    if pipe.writer is not None:  # (tested inline: no writer waits on the message path)
+                        pipe.wake_writer()
                     return data
                 if deadline is None:  # park_reader(None), inlined: one coroutine less per message
                     pipe.reader = current_task()

@@ -69,6 +69,7 @@ from evsim.nodes.setup_window import SetupHold
 from evsim.nodes.station_model import (
     STATION_SLOTS,
     DeviceModel,
+    FleetTally,
     PendingCall,
     Rebooting,
     StationConfig,
@@ -161,6 +162,7 @@ class Station:
         self.backoff = self.network_profiles.backoff
         self.queue = TxQueue(max_length=config.queue_max)
         self.session: OcppSession | None = None
+        self.tally = FleetTally()  # the fleet's (World.sample) replaces it before the station runs
         self.booted = False
         self.heartbeat_s = config.default_heartbeat_s
         self.tls_info: TlsInfo | None = None
@@ -262,6 +264,7 @@ class Station:
                 reason, detail = failure_reason(exc), str(exc)
                 self._on_connect_failure(reason, detail=detail, slot=slot)
             finally:
+                self.tally.connected -= self.session is not None
                 self.session = None
                 self.booted = False
                 if self._authorize_request is not None:
@@ -301,6 +304,7 @@ class Station:
         slot: NetworkSlot | None = None,
     ) -> None:
         self.connect_failures[reason] += 1
+        self.tally.connect_failures += 1
         kind = "handshake_failed" if handshake is not None else "connection_lost"
         security_event = ocpp_security_event(reason, side="client") if handshake is not None else None
         if reason == "http_401":
@@ -523,6 +527,7 @@ class Station:
                     self.certs.connection_succeeded()
                 self._established = True
                 self._failure_streak_event = None
+                self.tally.connected += self.session is None
                 self.session = session
                 self.queue.went_online()
                 self._online.set()
@@ -734,6 +739,7 @@ class Station:
 
     def _check_done(self) -> None:
         if self.sessions_completed >= self.config.sessions and self.booted and not len(self.queue):
+            self.tally.done += not self.done.is_set()
             self.done.set()
 
     # ---------------------------------------------------------------- behaviour

@@ -37,6 +37,7 @@ from evsim.nodes.station_tls import NAMES as TLS_NAMES
 from evsim.nodes.station_tls import TlsSettings
 from evsim.ocpp.limits import HEARTBEAT_INTERVAL, OutOfRange
 from evsim.ocpp.netprofile import FallbackPolicy, NetworkConnectionProfile, NetworkSettings, ProfileRejected
+from evsim.ocpp.txqueue import QueueTally
 from evsim.recorder import Recorder
 from evsim.tls.context import ClientTls
 from evsim.tls.peer import PeerEvent
@@ -187,6 +188,21 @@ class StationStatistics:
     slot_switches: int = 0
     slots_skipped: int = 0
     certificates_renewed: int = 0
+
+
+class FleetTally(QueueTally):
+    """A fleet's figures that a periodic sample reads without walking the stations (``World.sample``):
+    connected and done stations, connection failures and (:class:`~evsim.ocpp.txqueue.QueueTally`) queued
+    messages. A station counted in one (its ``tally``, its queue's :meth:`~evsim.ocpp.txqueue.TxQueue.count_in`
+    from before it runs) keeps them up to date; a station counted in none adds to a throw-away tally."""
+
+    __slots__ = ("connect_failures", "connected", "done")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connected = 0
+        self.done = 0
+        self.connect_failures = 0
 
 
 class ModelHost(Protocol):

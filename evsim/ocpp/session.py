@@ -20,15 +20,17 @@ stack of coroutines: measured ≈5 µs), so the common path has none besides wai
   suspension the reader starts a *new reader task* and carries on as the handler's task; once the queue of
   incoming CALLs is empty it ends. So crossing CALLs (a handler awaiting :meth:`OcppSession.call`) still get
   their results, and two peers with full buffers cannot deadlock, because reading never waits on writing.
-* the *timer* waits in one cancel scope whose deadline follows :meth:`RpcConnection.get_timer` (kept up to
-  date by :meth:`OcppSession._send_queued`, which runs whenever the RPC core may have released a CALL): it
-  wakes only when the outstanding CALL's deadline really passes, then calls
-  :meth:`RpcConnection.handle_timer`. A CALL answered in time costs two deadline updates and no wake-up
+* the *timer* waits on an :class:`~evsim.timers.Alarm` whose deadline follows
+  :meth:`RpcConnection.get_timer` (kept up to date by :meth:`OcppSession._send_queued`, which runs whenever the
+  RPC core may have released a CALL): it wakes only when the outstanding CALL's deadline really passes, then
+  calls :meth:`RpcConnection.handle_timer`. A CALL answered in time costs two deadline moves and no wake-up
   (sleeping until each deadline cost a task switch, a Cancelled exception and, in virtual time, a clock
-  jump of its own per CALL). Whatever the scope's deadline, ``handle_timer`` decides: a stale deadline only
-  causes a harmless early look. That is also why, while CALLs follow each other closely (less than a
-  quarter of ``call_timeout`` apart: :data:`_BUSY_FRACTION`), the deadline is only ever moved *earlier*:
-  moving a cancel scope's deadline costs trio a heap update (≈3 µs, two per CALL), while leaving an earlier,
+  jump of its own per CALL); in virtual time a move is a push on the run's timer heap
+  (:class:`~evsim.timers.VirtualTimers`), on the real clock a cancel scope's. Whatever the deadline,
+  ``handle_timer`` decides: a stale deadline only causes a harmless early look. That is also why, while
+  CALLs follow each other closely (less than a quarter of ``call_timeout`` apart: :data:`_BUSY_FRACTION`),
+  the deadline is only ever moved *earlier*: moving a cancel scope's deadline costs trio a heap update
+  (≈3 µs, two per CALL), while leaving an earlier,
   stale deadline costs one early look per ``call_timeout`` at most - the timer then re-arms on the
   outstanding CALL. Sparse traffic (a Heartbeat every few minutes) moves it both ways, as it would look
   early after every CALL otherwise. The timer task exists only while something has a deadline: when it wakes
@@ -100,6 +102,7 @@ from evsim.ocpp.rpc import (
     SendReceived,
 )
 from evsim.runtime import conforms, give_back_memory
+from evsim.timers import Alarm
 
 DEFAULT_MAX_SEND_QUEUE = 256 * 1024
 """Bytes (UTF-8 text of OCPP frames) that may wait to be sent to one peer before the session stops reading it."""
@@ -302,9 +305,9 @@ class OcppSession:
         "_sizes",
         "_stall_deadline",
         "_stall_mark",
+        "_timer",
         "_timer_deadline",
         "_timer_running",
-        "_timer_scope",
         "_trim_due",
         "_waiters",
         "_write_ready",
@@ -352,7 +355,7 @@ class OcppSession:
         self._handling = False  # a task is answering incoming CALLs (the reader, or a former reader)
         self._moved = False  # ... and a handler blocked it, so another task reads now
         self._write_ready: trio.Event | None = None  # None: no writer task yet
-        self._timer_scope: trio.CancelScope | None = None  # the timer loop waits in it (see _timer_loop)
+        self._timer: Alarm | None = None  # the timer loop waits on it (see _timer_loop)
         self._timer_deadline = math.inf  # what the scope's deadline was last set to
         self._timer_running = False  # the timer task exists (it ends when nothing has a deadline)
         self._last_call = -math.inf  # when call() last ran
@@ -557,10 +560,11 @@ class OcppSession:
             deadline = self._idle_deadline
         if (
             deadline != self._timer_deadline
-            and self._timer_scope is not None
+            and self._timer is not None
             and (deadline < self._timer_deadline or not self._busy)
         ):
-            self._timer_deadline = self._timer_scope.deadline = deadline
+            self._timer_deadline = deadline
+            self._timer.move(deadline)
         elif deadline < math.inf and not self._timer_running:
             self._start_timer()
         if self._writing or not rpc.has_data_to_send or self._nursery is None:
@@ -655,8 +659,9 @@ class OcppSession:
         if self._send_timeout is not None:
             self._stall_deadline = self._now() + self._send_timeout
             self._stall_mark = self._sends_done
-            if self._timer_scope is not None and self._stall_deadline < self._timer_deadline:
-                self._timer_deadline = self._timer_scope.deadline = self._stall_deadline
+            if self._timer is not None and self._stall_deadline < self._timer_deadline:
+                self._timer_deadline = self._stall_deadline
+                self._timer.move(self._stall_deadline)
             else:
                 self._start_timer()
 
@@ -727,13 +732,14 @@ class OcppSession:
     async def _timer_loop(self) -> None:
         """Wait until the earliest deadline passes (the outstanding CALL's, the stall and idle watches').
 
-        The deadline lives in a cancel scope that :meth:`_send_queued` moves (earlier or later, or to
-        infinity when nothing is outstanding) instead of waking this task: an idle session, and a CALL
+        The task waits on an :class:`~evsim.timers.Alarm` whose deadline :meth:`_send_queued` moves (earlier or
+        later, or to infinity when nothing is outstanding) instead of waking this task: an idle session, and a CALL
         answered in time, cost no wake-up - at scale in virtual time every wake-up is also a clock jump.
         The task ends when it wakes and finds no deadline armed (an idle link holds no timer task and its
         frames, ≈1.7 KiB, ``bench/memory.py``); :meth:`_start_timer` starts it again with the next one.
         """
         rpc = self.rpc
+        alarm = Alarm()
         while True:
             deadline = rpc.get_timer()
             deadline = math.inf if deadline is None else deadline
@@ -741,10 +747,9 @@ class OcppSession:
             if self._timer_deadline == math.inf:
                 self._timer_running = False
                 return
-            with trio.CancelScope(deadline=self._timer_deadline) as scope:
-                self._timer_scope = scope
-                await trio.sleep_forever()
-            self._timer_scope = None
+            self._timer = alarm
+            await alarm.wait_until(self._timer_deadline)
+            self._timer = None
             now = self._now()
             if now >= self._stall_deadline:
                 self._check_stall(now)

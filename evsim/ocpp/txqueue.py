@@ -53,6 +53,16 @@ class QueuedMessage:
         )
 
 
+class QueueTally:
+    """Messages waiting in a set of queues together (a fleet's): a periodic sample reads one number instead of
+    every queue, which at thousands of stations costs a cache miss each (measured ≈1 µs per station)."""
+
+    __slots__ = ("queued",)
+
+    def __init__(self) -> None:
+        self.queued = 0
+
+
 @attrs.frozen
 class TxQueueStatistics:
     queued: int
@@ -76,6 +86,8 @@ class TxQueue:
     _items: list[QueuedMessage] = attrs.field(factory=list)  # an empty deque is 624 bytes, a list 56
     _seq: itertools.count[int] = attrs.field(factory=itertools.count)
     online: bool = False
+    tally: QueueTally | None = attrs.field(default=None, init=False, repr=False, eq=False)
+    """Counts this queue's messages with others' (:meth:`count_in`)."""
     enqueued_total: int = 0
     delivered_total: int = 0
     dropped_total: int = 0
@@ -88,6 +100,13 @@ class TxQueue:
     def __len__(self) -> int:
         return len(self._items)
 
+    def count_in(self, tally: QueueTally) -> None:
+        """Keep ``tally.queued`` up to date with this queue's length (from now on, what it holds counted)."""
+        if self.tally is not None:
+            self.tally.queued -= len(self._items)
+        self.tally = tally
+        tally.queued += len(self._items)
+
     def put(self, action: str, payload: dict[str, Any]) -> QueuedMessage:
         """Queue a message. Transaction events produced while offline are flagged ``offline=True``."""
         if action == "TransactionEvent" and not self.online:
@@ -95,6 +114,8 @@ class TxQueue:
         msg = QueuedMessage(seq=next(self._seq), action=action, payload=payload)
         self._items.append(msg)
         self.enqueued_total += 1
+        if self.tally is not None:
+            self.tally.queued += 1
         if len(self._items) > self.max_length:
             self._shed()
         self.peak = max(self.peak, len(self._items))
@@ -112,6 +133,8 @@ class TxQueue:
                     break
                 self._items.remove(victim)
                 self.dropped_total += 1
+                if self.tally is not None:
+                    self.tally.queued -= 1
                 p = victim.payload
                 log = self.dropped_log
                 if not isinstance(log, deque):
@@ -133,11 +156,15 @@ class TxQueue:
         else:  # pragma: no cover - only the head is ever in flight
             self._items.remove(msg)
         self.delivered_total += 1
+        if self.tally is not None:
+            self.tally.queued -= 1
 
     def give_up(self, msg: QueuedMessage) -> None:
         """The last allowed attempt failed with an answer (E13.FR.04): discard and continue."""
         self._items.remove(msg)
         self.failed_total += 1
+        if self.tally is not None:
+            self.tally.queued -= 1
 
     def went_offline(self) -> None:
         """Connection lost: every queued transaction event will be sent with ``offline=True`` (E11.FR.07)."""

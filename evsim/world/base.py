@@ -26,6 +26,7 @@ from evsim.net.tcp import TcpNetwork
 from evsim.net.virtual import VirtualNetwork
 from evsim.nodes.csms_records import StationRecord
 from evsim.nodes.expiry import ExpiryMonitor
+from evsim.nodes.station_model import FleetTally
 from evsim.recorder import Recorder
 from evsim.tls import (
     Identity,
@@ -119,6 +120,7 @@ class WorldBase:
         self.csms: dict[str, CsmsNode] = {}
         self.controllers: dict[str, ControllerNode] = {}
         self.stations: dict[str, StationNode] = {}
+        self.tally = FleetTally()  # its stations' figures for World.sample (counted in when they start)
         self.groups: dict[str, StationGroup] = {}
         self.attackers: dict[str, NodeHandle] = {}
         self._stores: dict[str, dict[str, StationRecord]] = {}  # primary CSMS -> its station records

@@ -633,6 +633,8 @@ class World(WorldClocks, WorldEnergy, WorldFiles, WorldLinks):
             station.expiry = self.expiry
             station.cpu = self.cpu_for(group.name, sid)
             station.connect_window = window
+            station.tally = self.tally  # (a new station: not connected, not done, no failures)
+            station.queue.count_in(self.tally)
             if self.expiry is not None and station.certs.identity is not None:
                 self.expiry.note(sid, station.certs.identity.cert, role="own")
             node = StationNode(station, group)
@@ -790,30 +792,21 @@ class World(WorldClocks, WorldEnergy, WorldFiles, WorldLinks):
         counts = self.recorder.counts
         csms = [c.csms for c in self.csms.values()]
         csms_handshake_failures = sum(sum(c.statistics_handshake_failures().values()) for c in csms)
-        # One pass over the stations (not one per figure): at 1,000 stations this ran ~1 % of a scale run.
-        connected = queued = done = connect_failures = 0
-        for node in self.stations.values():
-            st = node.station
-            if st.session is not None:
-                connected += 1
-            queued += len(st.queue)
-            if st.done.is_set():
-                done += 1
-            failures = st.connect_failures
-            if failures:
-                connect_failures += sum(failures.values())
+        # The stations' figures are kept up to date by the stations themselves (a walk over them cost ≈2 ms per
+        # sample at 1,000 stations, a cache miss per station and field: 3 % of a 4 h scale run).
+        tally = self.tally
         return Sample(
             t=round(self.clock.elapsed(), 6),
-            connected_stations=connected,
+            connected_stations=tally.connected,
             stations=len(self.stations),
             messages_total=sum(c.totals["messages"] for c in csms),
             handshakes_ok=counts["handshake_ok"],
             handshakes_failed=counts["handshake_failed"] - csms_handshake_failures,
             tx_started=sum(c.totals["tx_started"] for c in csms),
             tx_ended=sum(c.totals["tx_ended"] for c in csms),
-            queued_messages=queued,
-            done_stations=done,
-            connect_failures=connect_failures,
+            queued_messages=tally.queued,
+            done_stations=tally.done,
+            connect_failures=tally.connect_failures,
         )
 
     def topology(self) -> Topology:
