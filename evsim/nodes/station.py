@@ -538,10 +538,9 @@ class Station:
         finally:
             hold.release()
             self._link_scope = None
-            # A station that stops (end of run, node stop) is cancelled here: it still says goodbye with a close
-            # frame (1001) rather than dropping the link; one that gives up on this connection closes with 1000.
-            # Either way within close_timeout_s: a CSMS that does not answer cannot hold the station.
-            # A connection the CSMS closed or that broke is only closed here (ws.aclose is idempotent).
+            # A stopping station (cancelled here) still says goodbye with a close frame (1001), one that gives up on
+            # this connection closes with 1000, both within close_timeout_s (a silent CSMS cannot hold it); a
+            # connection the CSMS closed or that broke is only closed here (ws.aclose is idempotent).
             stopping = trio.current_effective_deadline() == -math.inf
             with (
                 trio.CancelScope(shield=True),

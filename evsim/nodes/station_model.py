@@ -503,6 +503,7 @@ STATION_SLOTS = (
     "security_events_queued",
     "session",
     "sessions_completed",
+    "tally",
     "time",
     "tls_info",
     "tls_sessions",
