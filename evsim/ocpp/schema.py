@@ -327,6 +327,8 @@ class SchemaRegistry:
                 self._files["request"][stem] = name
                 self._send_actions.add(stem)
         self._call_actions = {a for a in self._files["request"] if a in self._files["response"]}
+        #: the CALL actions (the RPC core checks membership here once per CALL, without a method call)
+        self.call_actions: frozenset[str] = frozenset(self._call_actions)
         self._validators: dict[Kind, dict[str, Validator]] = {"request": {}, "response": {}}
         self._fast: dict[Kind, dict[str, _Check | None]] = {"request": {}, "response": {}}
 
