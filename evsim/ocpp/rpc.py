@@ -443,7 +443,8 @@ class RpcConnection:
         if self.validate:
             if action not in self._schemas.call_actions:
                 raise SchemaViolation(f"{action} is not a CALL action", error_code="NotImplemented")
-            self._schemas.validate(action, "request", payload)
+            schemas = self._schemas
+            (schemas.request_checks.get(action) or schemas.checker(action, "request"))(payload)
         if len(self._queue) + (self._outstanding is not None) >= self.max_outbox:
             raise OutboxFull(f"{self.max_outbox} CALLs already waiting; {action} refused")
         if self._next_id is None:  # _new_id inlined: once per CALL
@@ -517,7 +518,8 @@ class RpcConnection:
         if action is None:
             raise ValueError(f"no unanswered incoming CALL with id {message_id!r}")
         if self.validate:
-            self._schemas.validate(action, "response", payload)
+            schemas = self._schemas
+            (schemas.response_checks.get(action) or schemas.checker(action, "response"))(payload)
         data = self._encode([3, message_id, payload])
         del self._incoming[message_id]
         size = len(data)  # _emit inlined: once per answered CALL
@@ -707,8 +709,9 @@ class RpcConnection:
             self._send_error(mid, error)
             return [self._bad(error, True)]
         if self.validate:
+            schemas = self._schemas
             try:
-                self._schemas.validate(action, "request", payload)
+                (schemas.request_checks.get(action) or schemas.checker(action, "request"))(payload)
             except SchemaViolation as exc:
                 self._send_error(mid, exc)
                 return [self._bad(exc, True)]
@@ -726,8 +729,10 @@ class RpcConnection:
             )
             return [self._bad(error, False)]
         if self.validate:
+            schemas = self._schemas
+            action = current.action
             try:
-                self._schemas.validate(current.action, "response", payload)
+                (schemas.response_checks.get(action) or schemas.checker(action, "response"))(payload)
             except SchemaViolation as exc:
                 if self._is_21:
                     self._send_error(mid, exc, result_error=True)
