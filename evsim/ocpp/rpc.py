@@ -78,7 +78,11 @@ ID_PREFIX_LENGTH: Final = 16
 # Events
 
 
-@attrs.frozen
+# The two events of every round trip are slotted but not frozen: a frozen attrs class sets each field through
+# object.__setattr__ (≈0.55 µs per event against ≈0.23). Treat them as read-only all the same.
+
+
+@attrs.define(slots=True)
 class CallReceived:
     """The peer sent a valid CALL; answer it with :meth:`RpcConnection.reply` or ``reply_error``."""
 
@@ -96,7 +100,7 @@ class SendReceived:
     payload: dict[str, Any]
 
 
-@attrs.frozen
+@attrs.define(slots=True)
 class ResultReceived:
     """Our outstanding CALL ``action`` was answered with a valid CALLRESULT."""
 
