@@ -652,13 +652,35 @@ class RpcConnection:
             it caused).
         """
         self._frames_in += 1
-        self._bytes_in += len(text) if text.isascii() else framing.utf8_length(text)
+        size = len(text) if text.isascii() else framing.utf8_length(text)
+        self._bytes_in += size
+        if size > self.max_frame:
+            return self._bad_frame(
+                FrameDecodeError(
+                    f"frame too large (limit {self.max_frame} bytes)", error_code="FormatViolation"
+                ),
+                now,
+            )
         try:
-            frame = framing.decode_call_or_result(text, version=self.version, max_size=self.max_frame)
+            msg = framing.parse_json(text)
+        except framing.JSONDecodeError:
+            return self._bad_frame(FrameDecodeError("invalid JSON"), now)
+        # framing.decoded_call_or_result's checks of the two frames of every round trip, inlined
+        if type(msg) is list:
+            n = len(msg)
+            if n == 3 or n == 4:
+                raw_type, mid = msg[0], msg[1]
+                if type(raw_type) is int and type(mid) is str and len(mid) <= MAX_MESSAGE_ID_LENGTH:
+                    if raw_type == 3 and n == 3 and type(msg[2]) is dict:
+                        return self._on_result(mid, msg[2], now)
+                    if raw_type == 2 and n == 4 and type(msg[2]) is str and type(msg[3]) is dict:
+                        return self._on_call(mid, msg[2], msg[3])
+        try:
+            frame = framing.decoded_call_or_result(msg, version=self.version)
         except FrameDecodeError as exc:
             return self._bad_frame(exc, now)
 
-        if type(frame) is list:  # a well-formed CALL or CALLRESULT, as decoded
+        if type(frame) is list:  # a well-formed CALL or CALLRESULT (handled above; kept for completeness)
             if frame[0] == 2:
                 return self._on_call(frame[1], frame[2], frame[3])
             return self._on_result(frame[1], frame[2], now)
