@@ -294,6 +294,7 @@ class RpcConnection:
         "max_incoming",
         "max_outbox",
         "queued_bytes",
+        "timer",
         "validate",
         "version",
     )
@@ -334,6 +335,8 @@ class RpcConnection:
         """True when :meth:`data_to_send` would return frames."""
         self.queued_bytes = 0
         """UTF-8 bytes of the frames :meth:`data_to_send` would return (what the driver must bound)."""
+        self.timer: float | None = None
+        """What :meth:`get_timer` returns, as an attribute (no call for a driver that reads it per message)."""
 
         self._calls_sent = self._calls_received = 0
         self._results_sent = self._results_received = 0
@@ -419,6 +422,7 @@ class RpcConnection:
         head.deadline = now + self.call_timeout
         head.sent_at = now
         self._outstanding = head
+        self.timer = head.deadline
         self._emit(head.text, head.size)
         self._calls_sent += 1
 
@@ -583,8 +587,8 @@ class RpcConnection:
     # ---- timers -------------------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        """Deadline of the outstanding CALL (call :meth:`handle_timer` then), or None."""
-        return self._outstanding.deadline if self._outstanding is not None else None
+        """Deadline of the outstanding CALL (call :meth:`handle_timer` then), or None (also :attr:`timer`)."""
+        return self.timer
 
     def handle_timer(self, now: float) -> list[RpcEvent]:
         """Expire the outstanding CALL if its deadline has passed, releasing the next one.
@@ -600,6 +604,7 @@ class RpcConnection:
             return []
         self._timeouts += 1
         self._outstanding = None
+        self.timer = None
         self._release(now)
         return [CallTimedOut(current.message_id, current.action)]
 
@@ -616,6 +621,7 @@ class RpcConnection:
         if self._outstanding is not None:
             pending.append((self._outstanding.action, self._outstanding.payload))
             self._outstanding = None
+            self.timer = None
         pending.extend((item.action, item.payload) for item in self._queue)
         self._queue.clear()
         self._incoming.clear()
@@ -635,6 +641,7 @@ class RpcConnection:
         current = self._outstanding
         assert current is not None
         self._outstanding = None
+        self.timer = None
         self._release(now)
         return current
 
