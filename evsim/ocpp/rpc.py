@@ -229,6 +229,14 @@ def default_id_factory(prefix: str) -> Callable[[], str]:
 # The connection
 
 
+def _not_json(exc: TypeError) -> SchemaViolation:
+    return SchemaViolation(f"payload is not JSON-serializable: {exc}", error_code="FormatViolation")
+
+
+def _too_large(limit: int) -> SchemaViolation:
+    return SchemaViolation(f"frame too large (limit {limit} bytes)", error_code="FormatViolation")
+
+
 @attrs.define(slots=True)
 class _OutgoingCall:
     message_id: str
@@ -390,13 +398,9 @@ class RpcConnection:
         try:
             data = framing.dumps_utf8(value)
         except TypeError as exc:
-            raise SchemaViolation(
-                f"payload is not JSON-serializable: {exc}", error_code="FormatViolation"
-            ) from None
+            raise _not_json(exc) from None
         if len(data) > self.max_frame:
-            raise SchemaViolation(
-                f"frame too large (limit {self.max_frame} bytes)", error_code="FormatViolation"
-            )
+            raise _too_large(self.max_frame)
         return data
 
     def _emit(self, text: str, size: int) -> None:
@@ -460,12 +464,27 @@ class RpcConnection:
             mid = self._id_head + str(self._id_count)
         else:
             mid = self._new_id()
-        data = self._encode([2, mid, action, payload])
-        item = _OutgoingCall(mid, action, payload, data.decode(), len(data))
-        if self._outstanding is None and not self._queue:
-            self._start(item, now)  # the usual case: nothing waits, so it goes out at once
+        try:  # _encode inlined
+            data = framing.dumps_utf8([2, mid, action, payload])
+        except TypeError as exc:
+            raise _not_json(exc) from None
+        size = len(data)
+        if size > self.max_frame:
+            raise _too_large(self.max_frame)
+        text = data.decode()
+        if (
+            self._outstanding is None and not self._queue
+        ):  # the usual case: it goes out at once (_start inlined)
+            deadline = self.timer = now + self.call_timeout
+            self._outstanding = _OutgoingCall(mid, action, payload, text, size, deadline, now)
+            self._out.append(text)
+            self.has_data_to_send = True
+            self._frames_out += 1
+            self._bytes_out += size
+            self.queued_bytes += size
+            self._calls_sent += 1
         else:
-            self._queue.append(item)
+            self._queue.append(_OutgoingCall(mid, action, payload, text, size))
         return mid
 
     def cancel_call(self, message_id: str) -> bool:
@@ -528,9 +547,15 @@ class RpcConnection:
         if self.validate:
             schemas = self._schemas
             (schemas.response_checks.get(action) or schemas.checker(action, "response"))(payload)
-        data = self._encode([3, message_id, payload])
+        try:  # _encode inlined
+            data = framing.dumps_utf8([3, message_id, payload])
+        except TypeError as exc:
+            raise _not_json(exc) from None
+        size = len(data)
+        if size > self.max_frame:
+            raise _too_large(self.max_frame)
         del self._incoming[message_id]
-        size = len(data)  # _emit inlined: once per answered CALL
+        # _emit inlined: once per answered CALL
         self._out.append(data.decode())
         self.has_data_to_send = True
         self._frames_out += 1
@@ -783,7 +808,10 @@ class RpcConnection:
                         round_trip=now - current.sent_at,
                     ),
                 ]
-        self._finish(now)
+        self._outstanding = None  # _finish inlined
+        self.timer = None
+        if self._queue:
+            self._start(self._queue.pop(0), now)
         self._results_received += 1
         return [ResultReceived(current.message_id, current.action, payload, now - current.sent_at)]
 
