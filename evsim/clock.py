@@ -205,6 +205,8 @@ _ONE_SECOND = _dt.timedelta(seconds=1)
 _second: tuple[_dt.datetime, _dt.datetime, str] | None = None
 """The whole second :func:`isoformat` formatted last: its start, its end and its text up to the seconds (one
 tuple, replaced whole, so a reader never sees half of an update)."""
+_MILLIS: tuple[str, ...] = tuple(f".{ms:03d}Z" for ms in range(1000))
+"""The text :func:`isoformat` puts after the seconds, per millisecond."""
 
 
 def isoformat(ts: _dt.datetime) -> str:
@@ -217,10 +219,10 @@ def isoformat(ts: _dt.datetime) -> str:
     ``strftime`` form, whose ``%Y`` is not zero-padded on every platform.
     """
     global _second
-    utc = ts.astimezone(UTC)
+    utc = ts if ts.tzinfo is UTC else ts.astimezone(UTC)  # the simulation's times are UTC already
     second = _second
     if second is not None and second[0] <= utc < second[1]:
-        return f"{second[2]}.{utc.microsecond // 1000:03d}Z"
+        return second[2] + _MILLIS[utc.microsecond // 1000]
     if utc.year >= 1000:
         # isoformat() without ``timespec`` is faster; its microseconds truncate to milliseconds like it
         # ("2026-01-02T03:04:05.678901+00:00"), and it leaves out a zero fraction altogether

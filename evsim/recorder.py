@@ -24,7 +24,6 @@ import collections
 import contextvars
 import datetime as _dt
 import decimal
-import functools
 import logging
 import math
 import sys
@@ -167,7 +166,12 @@ ROUND_TRIP_DIGITS = 3
 _FLOOR = decimal.Context(rounding=decimal.ROUND_FLOOR)
 
 
-@functools.lru_cache(maxsize=4096)  # round trips repeat (in virtual time, exactly): one cut per value
+_CUTS: dict[str, tuple[float, float]] = {}
+"""Per ``"%.2e"`` text of :func:`quantize` (3 digits): that decimal's float and the float a unit below it. At most
+900 texts per decade of durations; cleared past :data:`_CUTS_MAX`."""
+_CUTS_MAX = 65536
+
+
 def quantize(seconds: float, digits: int = ROUND_TRIP_DIGITS) -> float:
     """A duration cut (never rounded up) to ``digits`` significant digits: 0.0012345 -> 0.00123.
 
@@ -180,16 +184,32 @@ def quantize(seconds: float, digits: int = ROUND_TRIP_DIGITS) -> float:
     (``"%.2e"``) is the answer when ``float(D) <= seconds``, else the one a unit below it is. That equals the
     cut of the shortest form: a ``digits``-digit decimal is at most the shortest form exactly when its float is
     at most ``seconds`` (rounding to the nearest float is monotonic, and no two such decimals of fewer than 16
-    digits share a float). :func:`_quantize_decimal` is the definition, kept for the tests.
+    digits share a float). :func:`_quantize_decimal` is the definition, kept for the tests. Both candidates
+    depend on ``D``'s text only, so for 3 digits they are remembered per text (:data:`_CUTS`): a new duration
+    then costs one formatting and one lookup (≈0.6 µs against 1.4-2.9 µs).
     """
     if not seconds > 0 or not math.isfinite(seconds):
         return 0.0
+    if digits == ROUND_TRIP_DIGITS:
+        text = f"{seconds:.2e}"
+        cut = _CUTS.get(text)
+        if cut is None:
+            if len(_CUTS) >= _CUTS_MAX:
+                _CUTS.clear()
+            near = float(text)
+            cut = _CUTS[text] = (near, _below(text, digits))
+        return cut[0] if cut[0] <= seconds else cut[1]
     if not 0 < digits < 16:
         return _quantize_decimal(seconds, digits)
     text = f"{seconds:.{digits - 1}e}"  # "1.23e-03": digits significant digits, rounded to nearest
     near = float(text)
     if near <= seconds:
         return near
+    return _below(text, digits)
+
+
+def _below(text: str, digits: int) -> float:
+    """The ``digits``-digit decimal one unit below the one written ``text`` (``"%.{digits-1}e"``), as a float."""
     mantissa, _, exponent = text.partition("e")
     units = int(mantissa.replace(".", "")) - 1  # the digits as an integer, one unit lower
     scale = int(exponent) - digits + 1

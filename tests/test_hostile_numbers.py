@@ -220,14 +220,14 @@ class FakeCsms(Csms):
             rec.accepted = conn.accepted = True
         return {"currentTime": now, "interval": interval, "status": status}
 
-    async def _handle_call(
+    def _answer_call(
         self, rec: StationRecord, conn: StationConnection, action: str, payload: dict[str, Any]
     ) -> dict[str, Any]:
         if action == "Heartbeat" and rec.heartbeats >= self.heartbeat_limit:
             self.flooded.add(rec.station_id)
             if self.cancel_on_flood is not None:
                 self.cancel_on_flood.cancel()
-        return await super()._handle_call(rec, conn, action, payload)
+        return super()._answer_call(rec, conn, action, payload)
 
 
 async def _start_fake(h: Harness, boot: Any, heartbeat_limit: int = 50) -> FakeCsms:

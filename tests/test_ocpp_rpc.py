@@ -632,3 +632,23 @@ class RpcModel(RuleBasedStateMachine):
 
 RpcModel.TestCase.settings = settings(RpcModel.TestCase.settings, stateful_step_count=40)
 test_rpc_model = RpcModel.TestCase
+
+
+def test_timer_attribute_follows_the_outstanding_call() -> None:
+    """``timer`` (what a driver reads per message instead of calling get_timer) is the outstanding CALL's deadline."""
+    a = RpcConnection(call_timeout=5.0, id_factory=default_id_factory("a"))
+
+    def both() -> tuple[float | None, float | None]:
+        return a.timer, a.get_timer()
+
+    assert both() == (None, None)
+    first = a.call("Heartbeat", {}, 10.0)
+    a.call("Heartbeat", {}, 11.0)  # queued behind the first
+    assert both() == (15.0, 15.0)
+    a.receive(f'[3, "{first}", {{"currentTime": "2026-01-01T00:00:00.000Z"}}]', 12.0)
+    assert both() == (17.0, 17.0)  # the second was released at 12
+    assert [type(e).__name__ for e in a.handle_timer(17.0)] == ["CallTimedOut"]
+    assert both() == (None, None)
+    a.call("Heartbeat", {}, 20.0)
+    a.cancel_pending()
+    assert both() == (None, None)

@@ -376,3 +376,25 @@ def test_fast_path_accepts_only_what_fastjsonschema_accepts(version: str, data: 
     else:
         with pytest.raises(SchemaViolation):
             registry.validate(action, kind, payload)
+
+
+@pytest.mark.parametrize(("action", "kind", "payload", "code", "path"), VIOLATIONS)
+def test_checker_is_one_function_with_validates_errors(
+    registry: SchemaRegistry, action: str, kind: Any, payload: Any, code: str, path: str
+) -> None:
+    """checker() (what the RPC core calls) raises what validate() raises, and is cached per pair."""
+    check = registry.checker(action, kind)
+    assert registry.checker(action, kind) is check
+    with pytest.raises(SchemaViolation) as info:
+        check(payload)
+    assert info.value.error_code == code
+    if path:
+        assert info.value.path == path
+
+
+def test_checker_hands_what_the_fast_path_refuses_to_fastjsonschema(registry: SchemaRegistry) -> None:
+    """A valid payload outside the fast path's subset (5.0 for an integer) passes the one-function checker."""
+    payload = {**TX_EVENT, "seqNo": 5.0}
+    assert not registry.fast_checker("TransactionEvent", "request")(payload)  # type: ignore[misc]
+    assert registry.checker("TransactionEvent", "request")(payload) is None
+    assert registry.checker("Heartbeat", "response")({"currentTime": NOW}) is None

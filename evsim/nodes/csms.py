@@ -454,8 +454,10 @@ class Csms:
         scope.deadline = trio.current_time() + self.config.boot_timeout
 
         async def handler(action: str, payload: dict[str, Any]) -> dict[str, Any]:
+            if action != "BootNotification":  # answered without waiting: no coroutine of _handle_call
+                return self._answer_call(rec, conn, action, payload)
             response = await self._handle_call(rec, conn, action, payload)
-            if action == "BootNotification" and response.get("status") == "Accepted":
+            if response.get("status") == "Accepted":
                 scope.deadline = math.inf
                 connection_admitted()
             return response
@@ -521,11 +523,21 @@ class Csms:
     async def _handle_call(
         self, rec: StationRecord, conn: StationConnection, action: str, payload: dict[str, Any]
     ) -> dict[str, Any]:
+        """Answer a CALL (a BootNotification may wait: it can close the connection)."""
+        if action != "BootNotification":
+            return self._answer_call(rec, conn, action, payload)
         rec.messages[action] += 1
         self.received[rec.station_id][action] += 1
         self.totals["messages"] += 1
-        if action == "BootNotification":
-            return await self._on_boot(rec, conn, payload, isoformat(self.clock.utcnow()))
+        return await self._on_boot(rec, conn, payload, isoformat(self.clock.utcnow()))
+
+    def _answer_call(
+        self, rec: StationRecord, conn: StationConnection, action: str, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Answer a CALL other than BootNotification (none waits for anything)."""
+        rec.messages[action] += 1
+        self.received[rec.station_id][action] += 1
+        self.totals["messages"] += 1
         if not conn.accepted:
             error = OcppError(
                 "station has not been accepted by BootNotification yet", error_code="SecurityError"

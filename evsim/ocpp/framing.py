@@ -159,6 +159,17 @@ def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+#: :func:`dumps` without the decoding: orjson's UTF-8 bytes, whose length is the frame's size (the RPC core's send
+#: path). Raises what :func:`dumps` raises.
+dumps_utf8: Final = orjson.dumps
+
+
+#: :func:`loads` itself (orjson's), for the RPC core's receive path; raises :data:`JSONDecodeError`.
+parse_json: Final = orjson.loads
+#: What :data:`parse_json` raises on invalid JSON (a ``ValueError``).
+JSONDecodeError: Final = orjson.JSONDecodeError
+
+
 def loads(text: str | bytes) -> Any:
     """Parse JSON text with orjson.
 
@@ -265,6 +276,12 @@ def decode_call_or_result(text: str, *, version: str, max_size: int = DEFAULT_MA
         msg = orjson.loads(text)
     except orjson.JSONDecodeError:
         raise FrameDecodeError("invalid JSON") from None
+    return decoded_call_or_result(msg, version=version)
+
+
+def decoded_call_or_result(msg: Any, *, version: str) -> list[Any] | Frame:
+    """:func:`decode_call_or_result` of the JSON value ``msg`` that a received text parsed to (the RPC core
+    parses the text itself and checks the well-formed CALL and CALLRESULT inline, then comes here)."""
     if type(msg) is not list or not msg:
         raise FrameDecodeError("frame is not a non-empty JSON array")
     n = len(msg)

@@ -78,7 +78,11 @@ ID_PREFIX_LENGTH: Final = 16
 # Events
 
 
-@attrs.frozen
+# The two events of every round trip are slotted but not frozen: a frozen attrs class sets each field through
+# object.__setattr__ (≈0.55 µs per event against ≈0.23). Treat them as read-only all the same.
+
+
+@attrs.define(slots=True)
 class CallReceived:
     """The peer sent a valid CALL; answer it with :meth:`RpcConnection.reply` or ``reply_error``."""
 
@@ -96,7 +100,7 @@ class SendReceived:
     payload: dict[str, Any]
 
 
-@attrs.frozen
+@attrs.define(slots=True)
 class ResultReceived:
     """Our outstanding CALL ``action`` was answered with a valid CALLRESULT."""
 
@@ -225,12 +229,21 @@ def default_id_factory(prefix: str) -> Callable[[], str]:
 # The connection
 
 
+def _not_json(exc: TypeError) -> SchemaViolation:
+    return SchemaViolation(f"payload is not JSON-serializable: {exc}", error_code="FormatViolation")
+
+
+def _too_large(limit: int) -> SchemaViolation:
+    return SchemaViolation(f"frame too large (limit {limit} bytes)", error_code="FormatViolation")
+
+
 @attrs.define(slots=True)
 class _OutgoingCall:
     message_id: str
     action: str
     payload: dict[str, Any]
     text: str
+    size: int  # UTF-8 bytes of text
     deadline: float = math.inf
     sent_at: float = math.nan
 
@@ -249,7 +262,7 @@ class RpcConnection:
             more are answered with ``RpcFrameworkError``.
         max_frame: largest frame accepted or sent, in UTF-8 bytes.
         id_factory: returns a new message id per CALL/SEND (unique for this sender, ≤ 36 characters);
-            default ``default_id_factory(random_id_prefix())``.
+            default: ids as ``default_id_factory(random_id_prefix())`` makes them, counted inline.
 
     Raises:
         ConfigError: unknown version.
@@ -267,11 +280,12 @@ class RpcConnection:
         "_errors_sent",
         "_frames_in",
         "_frames_out",
+        "_id_count",
+        "_id_head",
         "_incoming",
         "_is_21",
         "_next_id",
         "_out",
-        "_out_bytes",
         "_outstanding",
         "_queue",
         "_result_errors_received",
@@ -283,9 +297,12 @@ class RpcConnection:
         "_sends_sent",
         "_timeouts",
         "call_timeout",
+        "has_data_to_send",
         "max_frame",
         "max_incoming",
         "max_outbox",
+        "queued_bytes",
+        "timer",
         "validate",
         "version",
     )
@@ -310,7 +327,10 @@ class RpcConnection:
         self.max_incoming = max_incoming
         self.max_frame = max_frame
         self._schemas = SchemaRegistry.for_version(version)
-        self._next_id = id_factory or default_id_factory(random_id_prefix())
+        # the default ids are made inline (no factory call per CALL): "<random prefix>-<counter>"
+        self._next_id = id_factory
+        self._id_head = random_id_prefix() + "-"
+        self._id_count = 0
         self._is_21 = version == "2.1"
 
         # a list, not a deque: at most max_outbox entries, usually none (an empty deque is 624 bytes)
@@ -318,7 +338,13 @@ class RpcConnection:
         self._outstanding: _OutgoingCall | None = None
         self._incoming: dict[str, str] = {}  # message id -> action of CALLs we still have to answer
         self._out: list[str] = []
-        self._out_bytes = 0  # UTF-8 bytes of the frames in _out
+        # plain attributes, not properties: the driver reads them several times per message
+        self.has_data_to_send = False
+        """True when :meth:`data_to_send` would return frames."""
+        self.queued_bytes = 0
+        """UTF-8 bytes of the frames :meth:`data_to_send` would return (what the driver must bound)."""
+        self.timer: float | None = None
+        """What :meth:`get_timer` returns, as an attribute (no call for a driver that reads it per message)."""
 
         self._calls_sent = self._calls_received = 0
         self._results_sent = self._results_received = 0
@@ -335,16 +361,6 @@ class RpcConnection:
     def outstanding_id(self) -> str | None:
         """Message id of our outstanding CALL, or None."""
         return self._outstanding.message_id if self._outstanding is not None else None
-
-    @property
-    def has_data_to_send(self) -> bool:
-        """True when :meth:`data_to_send` would return frames."""
-        return bool(self._out)
-
-    @property
-    def queued_bytes(self) -> int:
-        """UTF-8 bytes of the frames :meth:`data_to_send` would return (what the driver must bound)."""
-        return self._out_bytes
 
     def pending_incoming(self) -> dict[str, str]:
         """Incoming CALLs not answered yet, message id → action (a copy)."""
@@ -376,42 +392,48 @@ class RpcConnection:
 
     # ---- sending ------------------------------------------------------------------------------------
 
-    def _encode(self, value: list[Any]) -> str:
-        """Serialize an outgoing frame; refuse what the peer could not take."""
+    def _encode(self, value: list[Any]) -> bytes:
+        """Serialize an outgoing frame to UTF-8 (its length is the frame's size); refuse what the peer could
+        not take."""
         try:
-            text = framing.dumps(value)
+            data = framing.dumps_utf8(value)
         except TypeError as exc:
-            raise SchemaViolation(
-                f"payload is not JSON-serializable: {exc}", error_code="FormatViolation"
-            ) from None
-        if (len(text) if text.isascii() else framing.utf8_length(text)) > self.max_frame:
-            raise SchemaViolation(
-                f"frame too large (limit {self.max_frame} bytes)", error_code="FormatViolation"
-            )
-        return text
+            raise _not_json(exc) from None
+        if len(data) > self.max_frame:
+            raise _too_large(self.max_frame)
+        return data
 
-    def _emit(self, text: str) -> None:
-        size = len(text) if text.isascii() else framing.utf8_length(text)  # inlined: twice per round trip
+    def _emit(self, text: str, size: int) -> None:
+        """Queue a frame of ``size`` UTF-8 bytes for :meth:`data_to_send` (inlined in :meth:`reply`)."""
         self._out.append(text)
+        self.has_data_to_send = True
         self._frames_out += 1
         self._bytes_out += size
-        self._out_bytes += size
+        self.queued_bytes += size
 
     def _new_id(self) -> str:
-        mid = self._next_id()
+        factory = self._next_id
+        if factory is None:
+            self._id_count += 1
+            return self._id_head + str(self._id_count)  # 16 + 1 + at most 19 digits: 36 characters
+        mid = factory()
         if type(mid) is not str or len(mid) > MAX_MESSAGE_ID_LENGTH:
             raise ValueError(f"id_factory returned an invalid message id: {mid!r}")
         return mid
 
+    def _start(self, head: _OutgoingCall, now: float) -> None:
+        """Send ``head`` as the outstanding CALL (none is outstanding)."""
+        head.deadline = now + self.call_timeout
+        head.sent_at = now
+        self._outstanding = head
+        self.timer = head.deadline
+        self._emit(head.text, head.size)
+        self._calls_sent += 1
+
     def _release(self, now: float) -> None:
         """Send the head of the outbox if no CALL is outstanding (OCPP-J 2.1 §4.1.1)."""
         if self._outstanding is None and self._queue:
-            head = self._queue.pop(0)
-            head.deadline = now + self.call_timeout
-            head.sent_at = now
-            self._outstanding = head
-            self._emit(head.text)
-            self._calls_sent += 1
+            self._start(self._queue.pop(0), now)
 
     def call(self, action: str, payload: dict[str, Any], now: float) -> str:
         """Queue a CALL; it is sent as soon as no other CALL of ours is outstanding.
@@ -431,15 +453,38 @@ class RpcConnection:
             OutboxFull: ``max_outbox`` CALLs are already unfinished.
         """
         if self.validate:
-            if not self._schemas.is_call_action(action):
+            if action not in self._schemas.call_actions:
                 raise SchemaViolation(f"{action} is not a CALL action", error_code="NotImplemented")
-            self._schemas.validate(action, "request", payload)
+            schemas = self._schemas
+            (schemas.request_checks.get(action) or schemas.checker(action, "request"))(payload)
         if len(self._queue) + (self._outstanding is not None) >= self.max_outbox:
             raise OutboxFull(f"{self.max_outbox} CALLs already waiting; {action} refused")
-        mid = self._new_id()
-        text = self._encode([2, mid, action, payload])
-        self._queue.append(_OutgoingCall(mid, action, payload, text))
-        self._release(now)
+        if self._next_id is None:  # _new_id inlined: once per CALL
+            self._id_count += 1
+            mid = self._id_head + str(self._id_count)
+        else:
+            mid = self._new_id()
+        try:  # _encode inlined
+            data = framing.dumps_utf8([2, mid, action, payload])
+        except TypeError as exc:
+            raise _not_json(exc) from None
+        size = len(data)
+        if size > self.max_frame:
+            raise _too_large(self.max_frame)
+        text = data.decode()
+        if (
+            self._outstanding is None and not self._queue
+        ):  # the usual case: it goes out at once (_start inlined)
+            deadline = self.timer = now + self.call_timeout
+            self._outstanding = _OutgoingCall(mid, action, payload, text, size, deadline, now)
+            self._out.append(text)
+            self.has_data_to_send = True
+            self._frames_out += 1
+            self._bytes_out += size
+            self.queued_bytes += size
+            self._calls_sent += 1
+        else:
+            self._queue.append(_OutgoingCall(mid, action, payload, text, size))
         return mid
 
     def cancel_call(self, message_id: str) -> bool:
@@ -479,7 +524,8 @@ class RpcConnection:
         if len(self._out) >= self.max_outbox:
             raise OutboxFull(f"{len(self._out)} frames waiting to be sent; SEND {action} refused")
         mid = self._new_id()
-        self._emit(self._encode([6, mid, action, payload]))
+        data = self._encode([6, mid, action, payload])
+        self._emit(data.decode(), len(data))
         self._sends_sent += 1
         return mid
 
@@ -499,10 +545,22 @@ class RpcConnection:
         if action is None:
             raise ValueError(f"no unanswered incoming CALL with id {message_id!r}")
         if self.validate:
-            self._schemas.validate(action, "response", payload)
-        text = self._encode([3, message_id, payload])
+            schemas = self._schemas
+            (schemas.response_checks.get(action) or schemas.checker(action, "response"))(payload)
+        try:  # _encode inlined
+            data = framing.dumps_utf8([3, message_id, payload])
+        except TypeError as exc:
+            raise _not_json(exc) from None
+        size = len(data)
+        if size > self.max_frame:
+            raise _too_large(self.max_frame)
         del self._incoming[message_id]
-        self._emit(text)
+        # _emit inlined: once per answered CALL
+        self._out.append(data.decode())
+        self.has_data_to_send = True
+        self._frames_out += 1
+        self._bytes_out += size
+        self.queued_bytes += size
         self._results_sent += 1
 
     def reply_error(
@@ -524,21 +582,20 @@ class RpcConnection:
             raise ValueError(f"no unanswered incoming CALL with id {message_id!r}")
         if error_code not in framing.ERROR_CODES:
             raise ValueError(f"not an OCPP-J error code: {error_code!r}")
-        text = self._encode(
+        data = self._encode(
             [4, message_id, error_code, framing.truncate_description(description), details or {}]
         )
         del self._incoming[message_id]
-        self._emit(text)
+        self._emit(data.decode(), len(data))
         self._errors_sent += 1
 
     def _send_error(self, message_id: str, error: OcppError, *, result_error: bool = False) -> None:
         """Answer bad input ourselves (the error texts are ours, always serializable)."""
         code = 5 if result_error else 4
-        self._emit(
-            framing.dumps(
-                [code, message_id, error.error_code, framing.truncate_description(error.description), {}]
-            )
+        data = framing.dumps_utf8(
+            [code, message_id, error.error_code, framing.truncate_description(error.description), {}]
         )
+        self._emit(data.decode(), len(data))
         if result_error:
             self._result_errors_sent += 1
         else:
@@ -548,14 +605,15 @@ class RpcConnection:
         """Take the text messages waiting to be sent, oldest first (empties the queue)."""
         out = self._out
         self._out = []
-        self._out_bytes = 0
+        self.has_data_to_send = False
+        self.queued_bytes = 0
         return out
 
     # ---- timers -------------------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        """Deadline of the outstanding CALL (call :meth:`handle_timer` then), or None."""
-        return self._outstanding.deadline if self._outstanding is not None else None
+        """Deadline of the outstanding CALL (call :meth:`handle_timer` then), or None (also :attr:`timer`)."""
+        return self.timer
 
     def handle_timer(self, now: float) -> list[RpcEvent]:
         """Expire the outstanding CALL if its deadline has passed, releasing the next one.
@@ -571,6 +629,7 @@ class RpcConnection:
             return []
         self._timeouts += 1
         self._outstanding = None
+        self.timer = None
         self._release(now)
         return [CallTimedOut(current.message_id, current.action)]
 
@@ -587,11 +646,13 @@ class RpcConnection:
         if self._outstanding is not None:
             pending.append((self._outstanding.action, self._outstanding.payload))
             self._outstanding = None
+            self.timer = None
         pending.extend((item.action, item.payload) for item in self._queue)
         self._queue.clear()
         self._incoming.clear()
         self._out = []
-        self._out_bytes = 0
+        self.has_data_to_send = False
+        self.queued_bytes = 0
         return pending
 
     # ---- receiving ----------------------------------------------------------------------------------
@@ -605,6 +666,7 @@ class RpcConnection:
         current = self._outstanding
         assert current is not None
         self._outstanding = None
+        self.timer = None
         self._release(now)
         return current
 
@@ -622,13 +684,35 @@ class RpcConnection:
             it caused).
         """
         self._frames_in += 1
-        self._bytes_in += len(text) if text.isascii() else framing.utf8_length(text)
+        size = len(text) if text.isascii() else framing.utf8_length(text)
+        self._bytes_in += size
+        if size > self.max_frame:
+            return self._bad_frame(
+                FrameDecodeError(
+                    f"frame too large (limit {self.max_frame} bytes)", error_code="FormatViolation"
+                ),
+                now,
+            )
         try:
-            frame = framing.decode_call_or_result(text, version=self.version, max_size=self.max_frame)
+            msg = framing.parse_json(text)
+        except framing.JSONDecodeError:
+            return self._bad_frame(FrameDecodeError("invalid JSON"), now)
+        # framing.decoded_call_or_result's checks of the two frames of every round trip, inlined
+        if type(msg) is list:
+            n = len(msg)
+            if n == 3 or n == 4:
+                raw_type, mid = msg[0], msg[1]
+                if type(raw_type) is int and type(mid) is str and len(mid) <= MAX_MESSAGE_ID_LENGTH:
+                    if raw_type == 3 and n == 3 and type(msg[2]) is dict:
+                        return self._on_result(mid, msg[2], now)
+                    if raw_type == 2 and n == 4 and type(msg[2]) is str and type(msg[3]) is dict:
+                        return self._on_call(mid, msg[2], msg[3])
+        try:
+            frame = framing.decoded_call_or_result(msg, version=self.version)
         except FrameDecodeError as exc:
             return self._bad_frame(exc, now)
 
-        if type(frame) is list:  # a well-formed CALL or CALLRESULT, as decoded
+        if type(frame) is list:  # a well-formed CALL or CALLRESULT (handled above; kept for completeness)
             if frame[0] == 2:
                 return self._on_call(frame[1], frame[2], frame[3])
             return self._on_result(frame[1], frame[2], now)
@@ -678,13 +762,14 @@ class RpcConnection:
             )
             self._send_error(mid, error)
             return [self._bad(error, True)]
-        if not self._schemas.is_call_action(action):
+        if action not in self._schemas.call_actions:
             error = OcppError(f"unknown action {action!r}", error_code="NotImplemented")
             self._send_error(mid, error)
             return [self._bad(error, True)]
         if self.validate:
+            schemas = self._schemas
             try:
-                self._schemas.validate(action, "request", payload)
+                (schemas.request_checks.get(action) or schemas.checker(action, "request"))(payload)
             except SchemaViolation as exc:
                 self._send_error(mid, exc)
                 return [self._bad(exc, True)]
@@ -702,8 +787,10 @@ class RpcConnection:
             )
             return [self._bad(error, False)]
         if self.validate:
+            schemas = self._schemas
+            action = current.action
             try:
-                self._schemas.validate(current.action, "response", payload)
+                (schemas.response_checks.get(action) or schemas.checker(action, "response"))(payload)
             except SchemaViolation as exc:
                 if self._is_21:
                     self._send_error(mid, exc, result_error=True)
@@ -721,7 +808,10 @@ class RpcConnection:
                         round_trip=now - current.sent_at,
                     ),
                 ]
-        self._finish(now)
+        self._outstanding = None  # _finish inlined
+        self.timer = None
+        if self._queue:
+            self._start(self._queue.pop(0), now)
         self._results_received += 1
         return [ResultReceived(current.message_id, current.action, payload, now - current.sent_at)]
 

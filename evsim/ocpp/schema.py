@@ -114,10 +114,25 @@ def _fast_check(schema: dict[str, Any], date_time: re.Pattern[str] | None) -> _C
         The checker (False means "ask fastjsonschema", not "invalid"), or None when the schema uses a
         keyword or form outside the modelled subset (see the module docstring).
     """
+    return _write_check(schema, date_time, None)
+
+
+def _fast_validator(
+    schema: dict[str, Any], date_time: re.Pattern[str] | None, slow: Callable[[Any], None]
+) -> Callable[[Any], None] | None:
+    """:func:`_fast_check` as a whole validator: the generated function returns ``slow(payload)`` (the full
+    validation, which raises) wherever the checker would return False, and None where it would return True,
+    so a payload the fast path accepts costs one call. None when the schema has no fast path."""
+    return _write_check(schema, date_time, slow)
+
+
+def _write_check(
+    schema: dict[str, Any], date_time: re.Pattern[str] | None, slow: Callable[[Any], None] | None
+) -> Callable[[Any], Any] | None:
     definitions = schema.get("definitions", {})
     if type(definitions) is not dict:
         return None
-    writer = _CheckWriter(definitions, date_time)
+    writer = _CheckWriter(definitions, date_time, slow)
     try:
         writer.node(schema, "v", 1)
         return writer.compile()
@@ -126,24 +141,32 @@ def _fast_check(schema: dict[str, Any], date_time: re.Pattern[str] | None) -> _C
 
 
 class _CheckWriter:
-    """Writes the source of one schema's fast checker: statements that ``return False`` on anything the
-    modelled subset does not accept, one variable per nesting level (``v``, ``v1``, ...), constants (enum and
-    key sets, the date-time matcher) in the function's globals."""
+    """Writes the source of one schema's fast checker: statements that ``return False`` (with ``slow``:
+    ``return slow(v)``) on anything the modelled subset does not accept, one variable per nesting level (``v``,
+    ``v1``, ...), constants (enum and key sets, the date-time matcher, ``slow``) in the function's globals."""
 
-    def __init__(self, definitions: dict[str, Any], date_time: re.Pattern[str] | None) -> None:
+    def __init__(
+        self,
+        definitions: dict[str, Any],
+        date_time: re.Pattern[str] | None,
+        slow: Callable[[Any], None] | None = None,
+    ) -> None:
         self._definitions = definitions
         self._date_time = date_time
         self._lines: list[str] = []
         self._names: dict[str, Any] = {}
         self._resolving: list[str] = []
         self._vars = 0
+        self._slow = slow
+        self._no = "return False" if slow is None else f"return {self._const(slow)}(v)"
 
-    def compile(self) -> _Check:
-        source = "def check(v):\n" + "\n".join(self._lines) + "\n    return True\n"
+    def compile(self) -> Callable[[Any], Any]:
+        done = "return True" if self._slow is None else "return None"
+        source = "def check(v):\n" + "\n".join(self._lines) + f"\n    {done}\n"
         namespace: dict[str, Any] = dict(self._names)
         # the source holds only our statements; schema strings enter as repr() literals, the rest as constants
         exec(compile(source, "<evsim.ocpp.schema fast check>", "exec"), namespace)
-        check: _Check = namespace["check"]
+        check: Callable[[Any], Any] = namespace["check"]
         return check
 
     def _put(self, depth: int, line: str) -> None:
@@ -176,7 +199,7 @@ class _CheckWriter:
         elif kind == "integer" or kind == "number":
             self.number(node, keys, var, depth, integer=kind == "integer")
         elif kind == "boolean" and keys == {"type"}:
-            self._put(depth, f"if type({var}) is not bool: return False")
+            self._put(depth, f"if type({var}) is not bool: {self._no}")
         elif kind == "array":
             self.array(node, keys, var, depth)
         else:
@@ -210,17 +233,17 @@ class _CheckWriter:
             or type(open_) is not bool
         ):
             raise _Unsupported
-        self._put(depth, f"if type({var}) is not dict: return False")
+        self._put(depth, f"if type({var}) is not dict: {self._no}")
         for name in required:
-            self._put(depth, f"if {name!r} not in {var}: return False")
+            self._put(depth, f"if {name!r} not in {var}: {self._no}")
         if not open_:
             known = self._const(frozenset(properties))
             if set(required) <= set(properties):  # only the required keys: all known (no view built)
                 self._put(
-                    depth, f"if len({var}) > {len(required)} and not {var}.keys() <= {known}: return False"
+                    depth, f"if len({var}) > {len(required)} and not {var}.keys() <= {known}: {self._no}"
                 )
             else:
-                self._put(depth, f"if not {var}.keys() <= {known}: return False")
+                self._put(depth, f"if not {var}.keys() <= {known}: {self._no}")
         needed = set(required)
         for name, sub in properties.items():
             item = self._var()
@@ -244,14 +267,14 @@ class _CheckWriter:
             raise _Unsupported
         if fmt is not None and (fmt != "date-time" or self._date_time is None):
             raise _Unsupported
-        self._put(depth, f"if type({var}) is not str: return False")
+        self._put(depth, f"if type({var}) is not str: {self._no}")
         if max_length is not None:
-            self._put(depth, f"if len({var}) > {max_length}: return False")
+            self._put(depth, f"if len({var}) > {max_length}: {self._no}")
         if enum is not None:
-            self._put(depth, f"if {var} not in {self._const(frozenset(enum))}: return False")
+            self._put(depth, f"if {var} not in {self._const(frozenset(enum))}: {self._no}")
         if fmt is not None:
             assert self._date_time is not None
-            self._put(depth, f"if {self._const(self._date_time.match)}({var}) is None: return False")
+            self._put(depth, f"if {self._const(self._date_time.match)}({var}) is None: {self._no}")
 
     def number(self, node: dict[str, Any], keys: set[str], var: str, depth: int, *, integer: bool) -> None:
         if keys - {"type", "minimum", "maximum"}:
@@ -261,13 +284,13 @@ class _CheckWriter:
         if (low is not None and not _number(low)) or (high is not None and not _number(high)):
             raise _Unsupported
         if integer:
-            self._put(depth, f"if type({var}) is not int: return False")
+            self._put(depth, f"if type({var}) is not int: {self._no}")
         else:
-            self._put(depth, f"if type({var}) is not int and type({var}) is not float: return False")
+            self._put(depth, f"if type({var}) is not int and type({var}) is not float: {self._no}")
         if low is not None:
-            self._put(depth, f"if {var} < {self._const(low)}: return False")
+            self._put(depth, f"if {var} < {self._const(low)}: {self._no}")
         if high is not None:
-            self._put(depth, f"if {var} > {self._const(high)}: return False")
+            self._put(depth, f"if {var} > {self._const(high)}: {self._no}")
 
     def array(self, node: dict[str, Any], keys: set[str], var: str, depth: int) -> None:
         # additionalItems only applies to the list form of items, which is unsupported here
@@ -277,11 +300,11 @@ class _CheckWriter:
         high = node.get("maxItems")
         if type(low) is not int or (high is not None and type(high) is not int):
             raise _Unsupported
-        self._put(depth, f"if type({var}) is not list: return False")
+        self._put(depth, f"if type({var}) is not list: {self._no}")
         if low:
-            self._put(depth, f"if len({var}) < {low}: return False")
+            self._put(depth, f"if len({var}) < {low}: {self._no}")
         if high is not None:
-            self._put(depth, f"if len({var}) > {high}: return False")
+            self._put(depth, f"if len({var}) > {high}: {self._no}")
         item = self._var()
         self._put(depth, f"for {item} in {var}:")
         self.node(node["items"], item, depth + 1)
@@ -327,8 +350,14 @@ class SchemaRegistry:
                 self._files["request"][stem] = name
                 self._send_actions.add(stem)
         self._call_actions = {a for a in self._files["request"] if a in self._files["response"]}
+        #: the CALL actions (the RPC core checks membership here once per CALL, without a method call)
+        self.call_actions: frozenset[str] = frozenset(self._call_actions)
         self._validators: dict[Kind, dict[str, Validator]] = {"request": {}, "response": {}}
         self._fast: dict[Kind, dict[str, _Check | None]] = {"request": {}, "response": {}}
+        #: action -> its whole validator (:meth:`checker`), filled on first use: the RPC core looks its
+        #: validators up here, so a payload the fast path accepts costs one call
+        self.request_checks: dict[str, Callable[[Any], None]] = {}
+        self.response_checks: dict[str, Callable[[Any], None]] = {}
 
     @classmethod
     def for_version(cls, version: str) -> SchemaRegistry:
@@ -398,6 +427,31 @@ class SchemaRegistry:
         self.validator(action, kind)
         return self._fast[kind][action]
 
+    def checker(self, action: str, kind: Kind) -> Callable[[Any], None]:
+        """The validator of (action, kind) as one function: :meth:`validate` for that pair (cached in
+        :attr:`request_checks` / :attr:`response_checks`).
+
+        Raises:
+            SchemaViolation: no such schema (``error_code`` NotImplemented).
+        """
+        checks = self.request_checks if kind == "request" else self.response_checks
+        fn = checks.get(action)
+        if fn is None:
+            full = self.validator(action, kind)
+            name = self._files[kind][action][: -len(".json")]
+
+            def slow(payload: Any) -> None:
+                try:
+                    full(payload)
+                except fastjsonschema.JsonSchemaValueException as exc:
+                    raise _violation(name, exc) from None
+
+            fast = None
+            if self._fast[kind][action] is not None:
+                fast = _fast_validator(self.schema(action, kind), _date_time_pattern(full), slow)
+            fn = checks[action] = fast or slow
+        return fn
+
     def validate(self, action: str, kind: Kind, payload: Any) -> None:
         """Check a payload against its schema.
 
@@ -411,13 +465,11 @@ class SchemaRegistry:
                 and ``path`` the JSON path of the offending field. An unknown action or kind raises it with
                 ``error_code`` NotImplemented.
         """
-        fn = self._validators[kind].get(action)
+        checks = self.request_checks if kind == "request" else self.response_checks
+        fn = checks.get(action)
         if fn is None:
-            fn = self.validator(action, kind)
-        fast = self._fast[kind][action]
-        if fast is not None and fast(payload):
-            return  # accepted by the fast path, which only accepts what fastjsonschema accepts
-        try:
-            fn(payload)
-        except fastjsonschema.JsonSchemaValueException as exc:
-            raise _violation(self._files[kind][action][: -len(".json")], exc) from None
+            if kind not in self._files:
+                raise SchemaViolation(f"no {kind} schema for action {action!r}", error_code="NotImplemented")
+            fn = self.checker(action, kind)
+        # the fast path only accepts what fastjsonschema accepts, and hands everything else to it
+        fn(payload)
