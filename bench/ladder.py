@@ -717,35 +717,42 @@ def render(
             ]
         )
     targets: list[list[object]] = []
-    if "A0" in fig:
-        budget = fig["A0"]["cpu_us_per_rt"] / 1.5
-        for row in ("trio-socketstream", "trio-tcp", "trio-tls", "trio-ws", "evsim"):
+
+    def allowance(title: str, rows: Sequence[str], key: str, allowed: float, unit: str, digits: int) -> None:
+        for row in rows:
             if row in fig:
-                used = fig[row]["cpu_us_per_rt"]
+                used = fig[row][key]
                 targets.append(
                     [
-                        f"round trip: 1.5x A0's RT/s allows {budget:.0f} us CPU",
+                        title,
                         _label(row),
-                        f"{used:.0f} us",
-                        f"{used / budget:.0%}",
-                        f"{budget - used:+.0f} us",
+                        f"{used:.{digits}f} {unit}",
+                        f"{used / allowed:.0%}",
+                        f"{allowed - used:+.{digits}f} {unit}",
                     ]
                 )
+
+    if "A0" in fig:
+        budget = fig["A0"]["cpu_us_per_rt"] / 1.5
+        allowance(
+            f"round trip: 1.5x A0's RT/s allows {budget:.0f} us CPU",
+            ("trio-socketstream", "trio-tcp", "trio-tls", "trio-ws", "evsim"),
+            "cpu_us_per_rt",
+            budget,
+            "us",
+            0,
+        )
     trio_floor = floors.get(runtime_group["trio"].lower())
     if trio_floor:
         allowed = 1.5 * trio_floor
-        for row in ("trio-tcp", "trio-tls", "trio-ws", "evsim"):
-            if row in fig:
-                used = fig[row]["boot_cpu_s"]
-                targets.append(
-                    [
-                        f"boot storm: 1.5x the {runtime_group['trio']} floor allows {allowed:.2f} s CPU",
-                        _label(row),
-                        f"{used:.2f} s",
-                        f"{used / allowed:.0%}",
-                        f"{allowed - used:+.2f} s",
-                    ]
-                )
+        allowance(
+            f"boot storm: 1.5x the {runtime_group['trio']} floor allows {allowed:.2f} s CPU",
+            ("trio-tcp", "trio-tls", "trio-ws", "evsim"),
+            "boot_cpu_s",
+            allowed,
+            "s",
+            2,
+        )
     return steady, boot, targets
 
 

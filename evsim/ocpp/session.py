@@ -551,7 +551,7 @@ class OcppSession:
     def _send_queued(self) -> None:
         """Send what the RPC core queued, without blocking (see the module docstring)."""
         rpc = self.rpc
-        deadline = rpc.get_timer()
+        deadline = rpc.timer
         if deadline is None:
             deadline = math.inf
         if self._stall_deadline < deadline:
